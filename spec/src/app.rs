@@ -1,0 +1,387 @@
+//! The validated app spec: what one app is, once every field has been checked.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SpecError;
+
+/// Default grace between the stop signal and SIGKILL.
+pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest instance count one app may ask for.
+pub const MAX_INSTANCES: u32 = 100_000;
+
+/// A validated app: build it with [`AppSpec::validate`] or the config/wire parsers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    pub name: String,
+    pub script: String,
+    pub args: Vec<String>,
+    pub cwd: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub instances: u32,
+    pub port: PortSpec,
+    pub instance_var: Option<String>,
+    /// Run `script` + `args` through `/bin/sh -c`.
+    pub shell: bool,
+    pub autorestart: bool,
+    #[serde(with = "millis")]
+    pub restart_delay: Duration,
+    #[serde(with = "millis")]
+    pub kill_timeout: Duration,
+    pub exec_mode: ExecMode,
+    pub merge_logs: bool,
+}
+
+/// PM2's `exec_mode`. Every instance is its own OS process either way; "cluster" is accepted so
+/// PM2 configs load unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecMode {
+    #[default]
+    Fork,
+    Cluster,
+}
+
+impl ExecMode {
+    pub fn parse(s: &str) -> Result<ExecMode, SpecError> {
+        match s {
+            "" | "fork" | "fork_mode" => Ok(ExecMode::Fork),
+            "cluster" | "cluster_mode" => Ok(ExecMode::Cluster),
+            other => Err(SpecError::new(
+                "exec_mode",
+                format!("unknown mode {other:?}; use \"fork\" or \"cluster\""),
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecMode::Fork => "fork",
+            ExecMode::Cluster => "cluster",
+        }
+    }
+}
+
+/// How instances get their ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum PortSpec {
+    #[default]
+    None,
+    /// One fixed port: only valid with one instance.
+    Single(u16),
+    /// Index i gets `start + i`; inclusive range.
+    Range(u16, u16),
+    /// The agent picks a port of the inclusive range that is free on its host.
+    Auto(u16, u16),
+}
+
+impl PortSpec {
+    /// Parses `""`, `"3000"`, `"3000-3011"` or `"auto:3000-3100"`.
+    pub fn parse(s: &str) -> Result<PortSpec, SpecError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(PortSpec::None);
+        }
+        if let Some(rest) = s.strip_prefix("auto:") {
+            let (a, b) = parse_range(rest)?;
+            return Ok(PortSpec::Auto(a, b));
+        }
+        if s.contains('-') {
+            let (a, b) = parse_range(s)?;
+            return Ok(PortSpec::Range(a, b));
+        }
+        Ok(PortSpec::Single(parse_port(s)?))
+    }
+
+    /// Ports the spec can hand out, or `None` when it has no limit (no port at all).
+    pub fn capacity(self) -> Option<u32> {
+        match self {
+            PortSpec::None => None,
+            PortSpec::Single(_) => Some(1),
+            PortSpec::Range(a, b) | PortSpec::Auto(a, b) => Some(u32::from(b) - u32::from(a) + 1),
+        }
+    }
+
+    /// Port of instance `index` when the spec fixes it; `None` for no port or auto.
+    pub fn port_for(self, index: u32) -> Option<u16> {
+        match self {
+            PortSpec::Single(p) if index == 0 => Some(p),
+            PortSpec::Range(a, b) => {
+                let p = u32::from(a) + index;
+                (p <= u32::from(b)).then(|| p as u16)
+            }
+            _ => None,
+        }
+    }
+
+    /// Checks that `instances` fit in the spec's ports.
+    pub fn check_count(self, instances: u32) -> Result<(), SpecError> {
+        match self.capacity() {
+            Some(cap) if instances > cap => Err(SpecError::new(
+                "port",
+                format!(
+                    "{self} holds {cap} port{} but {instances} instances were asked for; \
+                     widen the range (e.g. {})",
+                    if cap == 1 { "" } else { "s" },
+                    self.widened(instances)
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn widened(self, instances: u32) -> String {
+        let start = match self {
+            PortSpec::Single(a) | PortSpec::Range(a, _) | PortSpec::Auto(a, _) => u32::from(a),
+            PortSpec::None => 3000,
+        };
+        let end = (start + instances.saturating_sub(1)).min(65535);
+        match self {
+            PortSpec::Auto(..) => format!("auto:{start}-{end}"),
+            _ => format!("{start}-{end}"),
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortSpec::None => Ok(()),
+            PortSpec::Single(p) => write!(f, "{p}"),
+            PortSpec::Range(a, b) => write!(f, "{a}-{b}"),
+            PortSpec::Auto(a, b) => write!(f, "auto:{a}-{b}"),
+        }
+    }
+}
+
+fn parse_port(s: &str) -> Result<u16, SpecError> {
+    match s.trim().parse::<u16>() {
+        Ok(0) | Err(_) => Err(SpecError::new(
+            "port",
+            format!("{s:?} is not a port number (1-65535)"),
+        )),
+        Ok(p) => Ok(p),
+    }
+}
+
+fn parse_range(s: &str) -> Result<(u16, u16), SpecError> {
+    let Some((a, b)) = s.split_once('-') else {
+        return Err(SpecError::new(
+            "port",
+            format!("{s:?} is not a port range; write it as START-END, e.g. 3000-3003"),
+        ));
+    };
+    let (a, b) = (parse_port(a)?, parse_port(b)?);
+    if a > b {
+        return Err(SpecError::new(
+            "port",
+            format!("range {s:?} ends before it starts"),
+        ));
+    }
+    Ok((a, b))
+}
+
+/// Checks an app name: 1-64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+pub fn validate_name(name: &str) -> Result<(), SpecError> {
+    let ok_len = !name.is_empty() && name.len() <= 64;
+    let ok_first = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok_len && ok_first && ok_chars {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "name",
+            format!(
+                "{name:?} is not a valid app name: use 1-64 letters, digits, '.', '_' or '-', \
+                 starting with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn validate_env_key(field: &str, key: &str) -> Result<(), SpecError> {
+    let ok = !key.is_empty()
+        && !key.contains('=')
+        && !key.contains('\0')
+        && !key.chars().next().is_some_and(|c| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            field,
+            format!("{key:?} is not a valid environment variable name"),
+        ))
+    }
+}
+
+impl AppSpec {
+    /// Checks every field; the error names the first field at fault.
+    pub fn validate(self) -> Result<AppSpec, SpecError> {
+        validate_name(&self.name)?;
+        if self.script.trim().is_empty() {
+            return Err(SpecError::new(
+                "script",
+                "is empty: give the program to run, e.g. \"node\" with args [\"server.js\"]",
+            ));
+        }
+        if self.script.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
+            return Err(SpecError::new("args", "contains a NUL byte"));
+        }
+        if self.instances > MAX_INSTANCES {
+            return Err(SpecError::new(
+                "instances",
+                format!(
+                    "{} is more than the limit of {MAX_INSTANCES}",
+                    self.instances
+                ),
+            ));
+        }
+        self.port.check_count(self.instances)?;
+        for key in self.env.keys() {
+            validate_env_key("env", key)?;
+        }
+        if let Some(var) = &self.instance_var {
+            validate_env_key("instance_var", var)?;
+        }
+        if let Some(cwd) = &self.cwd
+            && cwd.contains('\0')
+        {
+            return Err(SpecError::new("cwd", "contains a NUL byte"));
+        }
+        Ok(self)
+    }
+
+    /// The same spec with another instance count, checked against the port range.
+    pub fn with_instances(&self, instances: u32) -> Result<AppSpec, SpecError> {
+        if instances > MAX_INSTANCES {
+            return Err(SpecError::new(
+                "instances",
+                format!("{instances} is more than the limit of {MAX_INSTANCES}"),
+            ));
+        }
+        self.port.check_count(instances)?;
+        Ok(AppSpec {
+            instances,
+            ..self.clone()
+        })
+    }
+
+    /// A minimal spec, mostly for tests and `pmcluster start`.
+    pub fn new(name: &str, script: &str, args: &[&str]) -> AppSpec {
+        AppSpec {
+            name: name.to_string(),
+            script: script.to_string(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            cwd: None,
+            env: BTreeMap::new(),
+            instances: 1,
+            port: PortSpec::None,
+            instance_var: None,
+            shell: false,
+            autorestart: true,
+            restart_delay: Duration::ZERO,
+            kill_timeout: DEFAULT_KILL_TIMEOUT,
+            exec_mode: ExecMode::Fork,
+            merge_logs: false,
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_spec_parse() {
+        let cases: &[(&str, Result<PortSpec, &str>)] = &[
+            ("", Ok(PortSpec::None)),
+            ("3000", Ok(PortSpec::Single(3000))),
+            (" 3000-3003 ", Ok(PortSpec::Range(3000, 3003))),
+            ("auto:3000-3100", Ok(PortSpec::Auto(3000, 3100))),
+            ("3003-3000", Err("ends before it starts")),
+            ("abc", Err("not a port number")),
+            ("0", Err("not a port number")),
+            ("70000", Err("not a port number")),
+            ("3000-", Err("not a port number")),
+            ("auto:3000", Err("not a port range")),
+            ("3000-x", Err("not a port number")),
+        ];
+        for (input, want) in cases {
+            let got = PortSpec::parse(input);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "input {input:?}"),
+                (Err(w), Err(e)) => {
+                    assert_eq!(e.field, "port");
+                    assert!(e.to_string().contains(w), "input {input:?}: {e}");
+                }
+                _ => panic!("input {input:?}: got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn port_for_index() {
+        let cases = [
+            (PortSpec::Range(4100, 4199), 0, Some(4100)),
+            (PortSpec::Range(4100, 4199), 2, Some(4102)),
+            (PortSpec::Range(4100, 4101), 2, None),
+            (PortSpec::Single(80), 0, Some(80)),
+            (PortSpec::Single(80), 1, None),
+            (PortSpec::Auto(1, 9), 0, None),
+            (PortSpec::None, 0, None),
+        ];
+        for (spec, index, want) in cases {
+            assert_eq!(spec.port_for(index), want, "{spec:?} index {index}");
+        }
+    }
+
+    #[test]
+    fn range_smaller_than_count_is_an_error() {
+        let spec = AppSpec {
+            instances: 5,
+            port: PortSpec::Range(3000, 3003),
+            ..AppSpec::new("web", "node", &["server.js"])
+        };
+        let err = spec.clone().validate().unwrap_err();
+        assert_eq!(err.field, "port");
+        assert!(err.to_string().contains("3000-3004"), "{err}");
+        assert!(spec.with_instances(4).is_ok());
+        let single = AppSpec {
+            port: PortSpec::Single(3000),
+            ..AppSpec::new("web", "node", &[])
+        };
+        assert!(single.with_instances(2).is_err());
+    }
+
+    #[test]
+    fn names() {
+        for ok in ["web", "web-cluster", "a.b_c", "9lives"] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-web", "web cluster", "web/1", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Config files in the PMDaemon/PM2 shapes: one app object, or `{"apps": [...]}`, as JSON, YAML
+//! or TOML. Unknown fields are errors, so a typo never silently drops a setting.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::SpecError;
+use crate::app::{AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PortSpec};
+
+/// Format of a config file, usually from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    /// Guesses from a file name; JSON when the extension says nothing.
+    pub fn from_path(path: &str) -> Format {
+        let lower = path.to_ascii_lowercase();
+        if lower.ends_with(".yaml") || lower.ends_with(".yml") {
+            Format::Yaml
+        } else if lower.ends_with(".toml") {
+            Format::Toml
+        } else {
+            Format::Json
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApps {
+    apps: Vec<RawApp>,
+}
+
+/// One app as written in a file, before validation.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApp {
+    pub name: Option<String>,
+    pub script: Option<String>,
+    pub args: Option<RawArgs>,
+    pub cwd: Option<String>,
+    pub env: Option<BTreeMap<String, Scalar>>,
+    pub instances: Option<Scalar>,
+    pub port: Option<Scalar>,
+    pub instance_var: Option<String>,
+    pub shell: Option<bool>,
+    pub autorestart: Option<bool>,
+    pub restart_delay: Option<Scalar>,
+    pub kill_timeout: Option<Scalar>,
+    pub exec_mode: Option<String>,
+    pub merge_logs: Option<bool>,
+}
+
+/// `args` as a list, or as one string split like a shell would (PM2 accepts both).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawArgs {
+    List(Vec<String>),
+    Line(String),
+}
+
+/// A string, number or boolean, for fields that the seeds write either way (`"port": 3000` or
+/// `"port": "3000-3003"`, env values).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Scalar {
+    fn to_text(&self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Str(s) => s.clone(),
+        }
+    }
+}
+
+/// Parses a config file's text into validated specs. The error names the app and field at fault.
+pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError> {
+    // Read into a generic tree first, so the shape (one app or `apps`) is decided before the
+    // strict, unknown-field-rejecting parse, which then reports the real cause of an error.
+    let tree: serde_json::Value = match format {
+        Format::Json => serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+        Format::Yaml => serde_saphyr::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+        Format::Toml => toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+    };
+    let raws = if tree.get("apps").is_some() {
+        serde_json::from_value::<RawApps>(tree)
+            .map_err(|e| syntax_error(&e.to_string()))?
+            .apps
+    } else if tree.is_object() {
+        vec![serde_json::from_value::<RawApp>(tree).map_err(|e| syntax_error(&e.to_string()))?]
+    } else {
+        return Err(syntax_error("expected one app object or {\"apps\": [...]}"));
+    };
+    if raws.is_empty() {
+        return Err(SpecError::new("apps", "is empty: the file defines no app"));
+    }
+    let mut specs = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.into_iter().enumerate() {
+        let label = raw.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
+        let spec = raw.into_spec().map_err(|e| e.in_app(&label))?;
+        if specs.iter().any(|s: &AppSpec| s.name == spec.name) {
+            return Err(SpecError::new(
+                "name",
+                format!("app {:?} is defined twice", spec.name),
+            ));
+        }
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+fn syntax_error(msg: &str) -> SpecError {
+    SpecError::new("file", msg.to_string())
+}
+
+/// Parses a duration written as milliseconds (`2000`) or with a unit (`"2s"`, `"500ms"`).
+pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError> {
+    match value {
+        Scalar::Int(ms) if *ms >= 0 => Ok(Duration::from_millis(*ms as u64)),
+        Scalar::Str(s) => {
+            let s = s.trim();
+            if let Ok(ms) = s.parse::<u64>() {
+                return Ok(Duration::from_millis(ms));
+            }
+            humantime::parse_duration(s).map_err(|e| {
+                SpecError::new(
+                    field,
+                    format!("{s:?} is not a duration ({e}); write e.g. \"2s\" or 2000"),
+                )
+            })
+        }
+        other => Err(SpecError::new(
+            field,
+            format!(
+                "{:?} is not a duration; write e.g. \"2s\" or 2000",
+                other.to_text()
+            ),
+        )),
+    }
+}
+
+/// Parses an instance count: a whole number 0..=100000. `"max"` is recognised but not supported yet.
+pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
+    let text = value.to_text();
+    match value {
+        Scalar::Int(n) if *n >= 0 => {
+            u32::try_from(*n).map_err(|_| SpecError::new("instances", format!("{n} is too large")))
+        }
+        Scalar::Str(s) if s.trim() == "max" => Err(SpecError::new(
+            "instances",
+            "\"max\" is not supported yet; give a number of instances",
+        )),
+        Scalar::Str(s) => s.trim().parse::<u32>().map_err(|_| {
+            SpecError::new(
+                "instances",
+                format!("{s:?} is not a whole number of instances (0 or more)"),
+            )
+        }),
+        _ => Err(SpecError::new(
+            "instances",
+            format!("{text} is not a whole number of instances (0 or more)"),
+        )),
+    }
+}
+
+impl RawApp {
+    /// Fills defaults and validates.
+    pub fn into_spec(self) -> Result<AppSpec, SpecError> {
+        let name = self
+            .name
+            .ok_or_else(|| SpecError::new("name", "is missing"))?;
+        let script = self
+            .script
+            .ok_or_else(|| SpecError::new("script", "is missing: give the program to run"))?;
+        let args = match self.args {
+            None => Vec::new(),
+            Some(RawArgs::List(v)) => v,
+            Some(RawArgs::Line(line)) => shell_words::split(&line)
+                .map_err(|e| SpecError::new("args", format!("cannot split {line:?}: {e}")))?,
+        };
+        let env = self
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.to_text()))
+            .collect();
+        let instances = match &self.instances {
+            None => 1,
+            Some(v) => parse_instances(v)?,
+        };
+        let port = match &self.port {
+            None => PortSpec::None,
+            Some(Scalar::Int(p)) => PortSpec::parse(&p.to_string())?,
+            Some(Scalar::Str(s)) => PortSpec::parse(s)?,
+            Some(other) => {
+                return Err(SpecError::new(
+                    "port",
+                    format!("{:?} is not a port or range", other.to_text()),
+                ));
+            }
+        };
+        let restart_delay = match &self.restart_delay {
+            None => Duration::ZERO,
+            Some(v) => parse_duration("restart_delay", v)?,
+        };
+        let kill_timeout = match &self.kill_timeout {
+            None => DEFAULT_KILL_TIMEOUT,
+            Some(v) => parse_duration("kill_timeout", v)?,
+        };
+        let exec_mode = ExecMode::parse(self.exec_mode.as_deref().unwrap_or(""))?;
+        AppSpec {
+            name,
+            script,
+            args,
+            cwd: self.cwd.filter(|c| !c.is_empty()),
+            env,
+            instances,
+            port,
+            instance_var: self.instance_var.filter(|v| !v.is_empty()),
+            shell: self.shell.unwrap_or(false),
+            autorestart: self.autorestart.unwrap_or(true),
+            restart_delay,
+            kill_timeout,
+            exec_mode,
+            merge_logs: self.merge_logs.unwrap_or(false),
+        }
+        .validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, format: Format, want: Result<&[(&str, u32, &str)], &str>) {
+        let got = parse_apps(text, format);
+        match (want, got) {
+            (Ok(w), Ok(g)) => {
+                let g: Vec<(String, u32, String)> = g
+                    .iter()
+                    .map(|s| (s.name.clone(), s.instances, s.port.to_string()))
+                    .collect();
+                let w: Vec<(String, u32, String)> = w
+                    .iter()
+                    .map(|(n, i, p)| (n.to_string(), *i, p.to_string()))
+                    .collect();
+                assert_eq!(g, w, "{text}");
+            }
+            (Err(w), Err(e)) => assert!(e.to_string().contains(w), "{text}\nwant {w:?}\ngot {e}"),
+            (w, g) => panic!("{text}\nwant {w:?}\ngot {g:?}"),
+        }
+    }
+
+    const SEED_SINGLE: &str = r#"{
+      "name": "web-cluster", "script": "node", "args": ["server.js"], "instances": 4,
+      "exec_mode": "cluster", "port": "3000-3003", "env": {"NODE_ENV": "production"},
+      "instance_var": "INSTANCE_ID", "merge_logs": true }"#;
+
+    const SEED_MANY: &str = r#"{ "apps": [
+      { "name": "master-instance", "script": "node", "args": ["server.js", "--role=master"],
+        "instances": 1, "port": "3000", "env": {"ROLE": "master", "ENABLE_CRON": "true"} },
+      { "name": "worker-instances", "script": "node", "args": ["server.js", "--role=worker"],
+        "instances": 6, "port": "3001-3006", "env": {"ROLE": "worker"} },
+      { "name": "worker-tier", "script": "python", "args": ["worker.py"], "instances": 2,
+        "env": {"TIER": "worker", "POOL": 10} } ] }"#;
+
+    #[test]
+    fn files() {
+        use Format::*;
+        check(SEED_SINGLE, Json, Ok(&[("web-cluster", 4, "3000-3003")]));
+        check(
+            SEED_MANY,
+            Json,
+            Ok(&[
+                ("master-instance", 1, "3000"),
+                ("worker-instances", 6, "3001-3006"),
+                ("worker-tier", 2, ""),
+            ]),
+        );
+        check(
+            "name: web\nscript: node\nargs: server.js --x\ninstances: 3\nport: 4100-4199\n",
+            Yaml,
+            Ok(&[("web", 3, "4100-4199")]),
+        );
+        check(
+            "[[apps]]\nname = \"web\"\nscript = \"node\"\ninstances = 2\nport = \"8080-8081\"\n[[apps]]\nname = \"api\"\nscript = \"x\"\n",
+            Toml,
+            Ok(&[("web", 2, "8080-8081"), ("api", 1, "")]),
+        );
+        check(
+            r#"{"name": "web", "script": "node", "instancez": 2}"#,
+            Json,
+            Err("unknown field `instancez`"),
+        );
+        check(
+            r#"{"apps": [{"name": "web", "script": "n", "colour": 1}]}"#,
+            Json,
+            Err("unknown field `colour`"),
+        );
+        check(r#"{"name": "web", "script": "node""#, Json, Err("file"));
+        check(r#"{"name": "web", "script": ""}"#, Json, Err("script"));
+        check(r#"{"script": "node"}"#, Json, Err("name"));
+        check(
+            r#"{"name": "web", "script": "node", "instances": -1}"#,
+            Json,
+            Err("instances"),
+        );
+        check(
+            r#"{"name": "web", "script": "node", "instances": "lots"}"#,
+            Json,
+            Err("instances"),
+        );
+        check(
+            r#"{"name": "web", "script": "node", "instances": 4, "port": "3000-3002"}"#,
+            Json,
+            Err("holds 3 ports"),
+        );
+        check(
+            r#"{"name": "web", "script": "node", "port": "30x0"}"#,
+            Json,
+            Err("port"),
+        );
+        check(
+            r#"{"name": "web", "script": "node", "restart_delay": "2 parsecs"}"#,
+            Json,
+            Err("restart_delay"),
+        );
+        check(r#"{"apps": []}"#, Json, Err("defines no app"));
+        check(
+            r#"{"apps": [{"name": "a", "script": "x"}, {"name": "a", "script": "y"}]}"#,
+            Json,
+            Err("defined twice"),
+        );
+    }
+
+    #[test]
+    fn defaults_and_conversions() {
+        let specs = parse_apps(
+            r#"{"name": "w", "script": "node", "args": "a 'b c'", "restart_delay": "2s", "kill_timeout": 1500, "env": {"N": 1, "B": true}}"#,
+            Format::Json,
+        )
+        .unwrap();
+        let s = &specs[0];
+        assert_eq!(s.args, vec!["a", "b c"]);
+        assert_eq!(s.restart_delay, Duration::from_secs(2));
+        assert_eq!(s.kill_timeout, Duration::from_millis(1500));
+        assert_eq!(s.env.get("N").map(String::as_str), Some("1"));
+        assert_eq!(s.env.get("B").map(String::as_str), Some("true"));
+        assert!(s.autorestart);
+        assert_eq!(s.instances, 1);
+    }
+
+    #[test]
+    fn format_from_path() {
+        assert_eq!(Format::from_path("a.yml"), Format::Yaml);
+        assert_eq!(Format::from_path("a.YAML"), Format::Yaml);
+        assert_eq!(Format::from_path("a.toml"), Format::Toml);
+        assert_eq!(Format::from_path("ecosystem.json"), Format::Json);
+    }
+}

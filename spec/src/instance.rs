@@ -1,0 +1,108 @@
+//! What makes one instance different from its siblings: its index, its port, and the environment
+//! and arguments derived from them.
+
+use crate::AppSpec;
+
+/// Environment variables that carry the instance index, always set.
+pub const INDEX_VARS: [&str; 3] = [
+    "PMCLUSTER_INSTANCE_ID",
+    "PM2_INSTANCE_ID",
+    "NODE_APP_INSTANCE",
+];
+
+/// Replaces `${PORT}` and `${INSTANCE_ID}` in `s`. Without a port, `${PORT}` becomes empty.
+pub fn expand(s: &str, index: u32, port: Option<u16>) -> String {
+    let port = port.map(|p| p.to_string()).unwrap_or_default();
+    s.replace("${PORT}", &port)
+        .replace("${INSTANCE_ID}", &index.to_string())
+}
+
+/// The environment an instance gets on top of the agent's: the spec's `env` (expanded), the index
+/// variables, the spec's `instance_var`, and `PORT` when it has a port. Later entries win.
+pub fn instance_env(spec: &AppSpec, index: u32, port: Option<u16>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), expand(v, index, port)))
+        .collect();
+    let idx = index.to_string();
+    for var in INDEX_VARS {
+        env.push((var.to_string(), idx.clone()));
+    }
+    if let Some(var) = &spec.instance_var {
+        env.push((var.clone(), idx.clone()));
+    }
+    if let Some(p) = port {
+        env.push(("PORT".to_string(), p.to_string()));
+    }
+    env.push(("PMCLUSTER_APP".to_string(), spec.name.clone()));
+    env
+}
+
+/// The argv an instance runs: `script args...` expanded, or `/bin/sh -c "script args..."` when the
+/// spec asks for a shell.
+pub fn instance_argv(spec: &AppSpec, index: u32, port: Option<u16>) -> Vec<String> {
+    let script = expand(&spec.script, index, port);
+    let args = spec.args.iter().map(|a| expand(a, index, port));
+    if spec.shell {
+        let mut line = script;
+        for a in args {
+            line.push(' ');
+            line.push_str(&a);
+        }
+        vec!["/bin/sh".to_string(), "-c".to_string(), line]
+    } else {
+        std::iter::once(script).chain(args).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PortSpec;
+
+    #[test]
+    fn expansion() {
+        let cases = [
+            ("--port=${PORT}", 2, Some(4102), "--port=4102"),
+            ("id-${INSTANCE_ID}-${INSTANCE_ID}", 7, None, "id-7-7"),
+            ("${PORT}", 0, None, ""),
+            ("plain", 1, Some(1), "plain"),
+            ("${port}", 1, Some(1), "${port}"),
+        ];
+        for (input, index, port, want) in cases {
+            assert_eq!(expand(input, index, port), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn env_and_argv() {
+        let mut spec = AppSpec::new("web", "node", &["server.js", "--port=${PORT}"]);
+        spec.instance_var = Some("INSTANCE_ID".into());
+        spec.env
+            .insert("URL".into(), "http://localhost:${PORT}/".into());
+        spec.port = PortSpec::Range(4100, 4199);
+        let env = instance_env(&spec, 2, spec.port.port_for(2));
+        let get = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("PMCLUSTER_INSTANCE_ID"), Some("2"));
+        assert_eq!(get("PM2_INSTANCE_ID"), Some("2"));
+        assert_eq!(get("NODE_APP_INSTANCE"), Some("2"));
+        assert_eq!(get("INSTANCE_ID"), Some("2"));
+        assert_eq!(get("PORT"), Some("4102"));
+        assert_eq!(get("URL"), Some("http://localhost:4102/"));
+        assert_eq!(
+            instance_argv(&spec, 2, Some(4102)),
+            vec!["node", "server.js", "--port=4102"]
+        );
+        spec.shell = true;
+        assert_eq!(
+            instance_argv(&spec, 2, Some(4102)),
+            vec!["/bin/sh", "-c", "node server.js --port=4102"]
+        );
+    }
+}
