@@ -1,0 +1,269 @@
+//! gRPC services: thin adapters between the wire and [`Control`]. Requests are converted (and
+//! validated) at this boundary; errors map to status codes in one place.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use pmcluster_proto::v1 as pb;
+use pmcluster_proto::v1::agent_message::Msg as Up;
+use pmcluster_proto::v1::coordinator_message::Msg as Down;
+use pmcluster_spec::AppSpec;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::control::{Action, AgentCommand, Control, ControlError};
+
+impl From<ControlError> for Status {
+    fn from(e: ControlError) -> Status {
+        match e {
+            ControlError::InvalidSpec(e) => Status::invalid_argument(e.to_string()),
+            ControlError::InvalidArgument(m) => Status::invalid_argument(m),
+            ControlError::NotFound(m) => Status::not_found(m),
+            ControlError::AlreadyExists(m) => Status::already_exists(m),
+            ControlError::Unavailable(m) => Status::unavailable(m),
+            ControlError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                Status::unavailable("the coordinator cannot write its state; see its log")
+            }
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The public `Cluster` service.
+pub struct ClusterApi {
+    pub control: Arc<Control>,
+}
+
+fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
+    (t.app, t.index)
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterApi {
+    async fn apply_app(
+        &self,
+        r: Request<pb::ApplyAppRequest>,
+    ) -> Result<Response<pb::ApplyAppReply>, Status> {
+        let wire = r
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
+        let spec = AppSpec::try_from(wire).map_err(ControlError::from)?;
+        let (app, created, changed) = self.control.apply(spec)?;
+        Ok(Response::new(pb::ApplyAppReply {
+            app: Some(app),
+            created,
+            changed,
+        }))
+    }
+
+    async fn get_app(&self, r: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
+        Ok(Response::new(self.control.get_app(&r.into_inner().name)?))
+    }
+
+    async fn list_apps(
+        &self,
+        _r: Request<pb::ListAppsRequest>,
+    ) -> Result<Response<pb::ListAppsReply>, Status> {
+        Ok(Response::new(pb::ListAppsReply {
+            apps: self.control.list_apps(),
+        }))
+    }
+
+    async fn delete_app(
+        &self,
+        r: Request<pb::DeleteAppRequest>,
+    ) -> Result<Response<pb::DeleteAppReply>, Status> {
+        let removed = self.control.delete_app(&r.into_inner().name)?;
+        Ok(Response::new(pb::DeleteAppReply { removed }))
+    }
+
+    async fn scale(
+        &self,
+        r: Request<pb::ScaleRequest>,
+    ) -> Result<Response<pb::ScaleReply>, Status> {
+        let r = r.into_inner();
+        let (previous, instances) = self.control.scale(&r.app, r.instances)?;
+        Ok(Response::new(pb::ScaleReply {
+            previous,
+            instances,
+        }))
+    }
+
+    async fn start(
+        &self,
+        r: Request<pb::InstanceTarget>,
+    ) -> Result<Response<pb::ActionReply>, Status> {
+        let (app, index) = target(r.into_inner());
+        let affected = self.control.act(&app, index, Action::Start)?;
+        Ok(Response::new(pb::ActionReply { affected }))
+    }
+
+    async fn stop(
+        &self,
+        r: Request<pb::InstanceTarget>,
+    ) -> Result<Response<pb::ActionReply>, Status> {
+        let (app, index) = target(r.into_inner());
+        let affected = self.control.act(&app, index, Action::Stop)?;
+        Ok(Response::new(pb::ActionReply { affected }))
+    }
+
+    async fn restart(
+        &self,
+        r: Request<pb::InstanceTarget>,
+    ) -> Result<Response<pb::ActionReply>, Status> {
+        let (app, index) = target(r.into_inner());
+        let affected = self.control.act(&app, index, Action::Restart)?;
+        Ok(Response::new(pb::ActionReply { affected }))
+    }
+
+    async fn list_instances(
+        &self,
+        r: Request<pb::ListInstancesRequest>,
+    ) -> Result<Response<pb::ListInstancesReply>, Status> {
+        let instances = self.control.list_instances(&r.into_inner().app)?;
+        Ok(Response::new(pb::ListInstancesReply { instances }))
+    }
+
+    async fn list_nodes(
+        &self,
+        _r: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesReply>, Status> {
+        Ok(Response::new(pb::ListNodesReply {
+            nodes: self.control.list_nodes(),
+        }))
+    }
+
+    type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
+
+    async fn stream_logs(
+        &self,
+        r: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let rx = self.control.stream_logs(&r.into_inner())?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type WatchEventsStream = BoxStream<pb::Event>;
+
+    async fn watch_events(
+        &self,
+        r: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let app = r.into_inner().app;
+        let events = BroadcastStream::new(self.control.subscribe_events()).filter_map(move |e| {
+            match e {
+                Ok(ev) if app.is_empty() || ev.app == app => Some(Ok(ev)),
+                // A lagging watcher skips what it missed rather than failing.
+                _ => None,
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+}
+
+/// The `AgentLink` service: one long-lived session per agent.
+pub struct AgentLinkApi {
+    pub control: Arc<Control>,
+}
+
+#[tonic::async_trait]
+impl pb::agent_link_server::AgentLink for AgentLinkApi {
+    type SessionStream = ReceiverStream<Result<pb::CoordinatorMessage, Status>>;
+
+    async fn session(
+        &self,
+        r: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let mut inbound = r.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before register"))?;
+        let Some(Up::Register(reg)) = first.msg else {
+            return Err(Status::invalid_argument(
+                "register: the first message of a session must be register",
+            ));
+        };
+        let node = reg.node_name.clone();
+        let attached = self.control.attach(&reg)?;
+        tracing::info!(node = %node, instances = reg.instances.len(), "agent connected");
+        let session_id = attached.session_id;
+        let (tx, rx) = mpsc::channel(64);
+        let control = self.control.clone();
+        tokio::spawn(outbound(attached, tx.clone()));
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => match msg.msg {
+                        Some(Up::Status(report)) => control.report(&node, session_id, report),
+                        Some(Up::LogChunk(chunk)) => control.log_chunk(&node, chunk),
+                        Some(Up::Register(_)) | None => {}
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(node = %node, error = %e, "agent stream error");
+                        break;
+                    }
+                }
+            }
+            tracing::info!(node = %node, "agent disconnected");
+            control.detach(&node, session_id);
+            drop(tx);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// Feeds one session's outbound stream: `registered`, then every new desired set and command,
+/// until the session is closed or the agent goes away.
+async fn outbound(
+    mut a: crate::control::Attached,
+    tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+) {
+    let send = |msg: Down| pb::CoordinatorMessage { msg: Some(msg) };
+    let registered = Down::Registered(pb::Registered {
+        heartbeat_interval_ms: a.heartbeat_interval.as_millis() as u64,
+    });
+    if tx.send(Ok(send(registered))).await.is_err() {
+        return;
+    }
+    a.desired.mark_changed();
+    loop {
+        tokio::select! {
+            changed = a.desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let set = a.desired.borrow_and_update().clone();
+                if let Some(set) = set
+                    && tx.send(Ok(send(Down::Desired(set)))).await.is_err()
+                {
+                    return;
+                }
+            }
+            cmd = a.commands.recv() => {
+                let msg = match cmd {
+                    Some(AgentCommand::Logs(req)) => Down::LogRequest(req),
+                    Some(AgentCommand::CancelLogs(request_id)) => {
+                        Down::CancelLogs(pb::CancelLogs { request_id })
+                    }
+                    None => return,
+                };
+                if tx.send(Ok(send(msg))).await.is_err() {
+                    return;
+                }
+            }
+            _ = a.closed.changed() => {
+                // The session was replaced or timed out: end the stream so the agent reconnects.
+                let _ = tx.send(Err(Status::unavailable("session closed by the coordinator"))).await;
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,1043 @@
+//! The control shell: owns the in-memory state, turns user commands and agent reports into store
+//! batches, runs the reconciler on every change, and publishes each node's desired set.
+//!
+//! Every change follows one path, [`Control::write`]: command batch -> reconcile on the result ->
+//! generations for touched nodes -> one store commit -> apply in memory -> publish. Nothing is
+//! applied in memory or sent to an agent before the store has accepted it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::{AppSpec, SpecError};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::core::reconcile::{self, Plan, Snapshot};
+use crate::core::scheduler;
+use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+use crate::store::{Store, StoreError};
+
+/// Knobs of the control loop.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// How often agents report; sent to them at registration.
+    pub heartbeat_interval: Duration,
+    /// A connected node that has not reported for this long is considered down.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// A user command that targets an app or one of its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Messages to an agent besides its desired set.
+#[derive(Debug, Clone)]
+pub enum AgentCommand {
+    Logs(pb::LogRequest),
+    CancelLogs(u64),
+}
+
+/// Live side of a node: its session (if connected) and last report.
+struct NodeLive {
+    /// Latest desired set; the session task sends each new value.
+    desired: watch::Sender<Option<pb::DesiredSet>>,
+    session: Option<Session>,
+    last_heartbeat: Option<Instant>,
+    last_heartbeat_ms: i64,
+    host: Option<pb::HostMetrics>,
+}
+
+struct Session {
+    id: u64,
+    commands: mpsc::Sender<AgentCommand>,
+    /// Dropped to end the session's outbound stream.
+    _closer: watch::Sender<()>,
+}
+
+/// Where the lines of one log request go.
+struct LogRoute {
+    node: String,
+    lines: mpsc::Sender<Result<pb::LogLine, tonic::Status>>,
+}
+
+struct Inner {
+    state: Persisted,
+    nodes: BTreeMap<String, NodeLive>,
+    observed: HashMap<Uuid, pb::InstanceStatus>,
+    log_routes: HashMap<u64, LogRoute>,
+}
+
+pub struct Control {
+    inner: Mutex<Inner>,
+    store: Arc<dyn Store>,
+    events: broadcast::Sender<pb::Event>,
+    config: ControlConfig,
+    ids: AtomicU64,
+}
+
+/// What a new agent session receives.
+pub struct Attached {
+    pub session_id: u64,
+    pub desired: watch::Receiver<Option<pb::DesiredSet>>,
+    pub commands: mpsc::Receiver<AgentCommand>,
+    pub closed: watch::Receiver<()>,
+    pub heartbeat_interval: Duration,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_node_live() -> NodeLive {
+    NodeLive {
+        desired: watch::Sender::new(None),
+        session: None,
+        last_heartbeat: None,
+        last_heartbeat_ms: 0,
+        host: None,
+    }
+}
+
+impl Control {
+    /// Loads the state from `store` and publishes every node's desired set, ready for agents to
+    /// reconnect. Instances are neither started nor stopped by a restart of the coordinator.
+    pub fn open(store: Arc<dyn Store>, config: ControlConfig) -> Result<Control> {
+        let state = store.load()?;
+        let mut nodes = BTreeMap::new();
+        for name in state.nodes.keys() {
+            nodes.insert(name.clone(), new_node_live());
+        }
+        let mut inner = Inner {
+            state,
+            nodes,
+            observed: HashMap::new(),
+            log_routes: HashMap::new(),
+        };
+        let names: Vec<String> = inner.nodes.keys().cloned().collect();
+        for name in names {
+            publish(&mut inner, &name);
+        }
+        let (events, _) = broadcast::channel(1024);
+        Ok(Control {
+            inner: Mutex::new(inner),
+            store,
+            events,
+            config,
+            ids: AtomicU64::new(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state that was only ever changed after a
+        // successful commit, so it is still consistent: keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    pub fn subscribe_events(&self) -> broadcast::Receiver<pb::Event> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, kind: &str, app: &str, node: &str, index: Option<u32>, message: String) {
+        // No receivers is fine: events are for watchers, not a log.
+        let _ = self.events.send(pb::Event {
+            at_ms: now_ms(),
+            kind: kind.to_string(),
+            app: app.to_string(),
+            node: node.to_string(),
+            index,
+            message,
+        });
+    }
+
+    // ----- user commands -----
+
+    /// Creates or updates an app. Returns the stored app and (created, changed).
+    pub fn apply(&self, spec: AppSpec) -> Result<(pb::App, bool, bool)> {
+        let mut inner = self.lock();
+        let existing = inner.state.apps.get(&spec.name).cloned();
+        let (record, created, changed) = match existing {
+            None => (
+                AppRecord {
+                    spec,
+                    version: 1,
+                    updated_at_ms: now_ms(),
+                },
+                true,
+                true,
+            ),
+            Some(old) => {
+                let same_but_count = AppSpec {
+                    instances: old.spec.instances,
+                    ..spec.clone()
+                } == old.spec;
+                if same_but_count && old.spec.instances == spec.instances {
+                    let view = app_view(&inner, &self.config, &old);
+                    return Ok((view, false, false));
+                }
+                let version = if same_but_count {
+                    old.version
+                } else {
+                    old.version + 1
+                };
+                let rec = AppRecord {
+                    spec,
+                    version,
+                    updated_at_ms: now_ms(),
+                };
+                (rec, false, true)
+            }
+        };
+        let name = record.spec.name.clone();
+        let (version, count) = (record.version, record.spec.instances);
+        self.write(
+            &mut inner,
+            Batch {
+                put_apps: vec![record],
+                ..Batch::default()
+            },
+        )?;
+        let view = inner
+            .state
+            .apps
+            .get(&name)
+            .map(|a| app_view(&inner, &self.config, a))
+            .unwrap_or_default();
+        drop(inner);
+        let what = if created { "created" } else { "updated" };
+        self.emit(
+            "app.applied",
+            &name,
+            "",
+            None,
+            format!("{name} {what}: version {version}, {count} instances"),
+        );
+        Ok((view, created, changed))
+    }
+
+    pub fn get_app(&self, name: &str) -> Result<pb::App> {
+        let inner = self.lock();
+        let app = find_app(&inner, name)?;
+        Ok(app_view(&inner, &self.config, app))
+    }
+
+    pub fn list_apps(&self) -> Vec<pb::App> {
+        let inner = self.lock();
+        inner
+            .state
+            .apps
+            .values()
+            .map(|a| app_view(&inner, &self.config, a))
+            .collect()
+    }
+
+    /// Forgets an app; its instances are stopped by their agents. Returns how many there were.
+    pub fn delete_app(&self, name: &str) -> Result<u32> {
+        let mut inner = self.lock();
+        find_app(&inner, name)?;
+        let removed = inner.state.app_instances(name).len() as u32;
+        self.write(
+            &mut inner,
+            Batch {
+                del_apps: vec![name.to_string()],
+                ..Batch::default()
+            },
+        )?;
+        drop(inner);
+        self.emit("app.deleted", name, "", None, format!("{name} deleted"));
+        Ok(removed)
+    }
+
+    /// Sets the desired count. Returns (previous, new).
+    pub fn scale(&self, name: &str, count: i64) -> Result<(u32, u32)> {
+        if count < 0 {
+            return Err(ControlError::InvalidArgument(format!(
+                "instances: {count} is negative; give a count of 0 or more"
+            )));
+        }
+        let count = u32::try_from(count).map_err(|_| {
+            ControlError::InvalidArgument(format!("instances: {count} is too large"))
+        })?;
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let previous = app.spec.instances;
+        let spec = app.spec.with_instances(count)?;
+        let mut batch = Batch {
+            put_apps: vec![AppRecord {
+                spec,
+                updated_at_ms: now_ms(),
+                ..app
+            }],
+            ..Batch::default()
+        };
+        if count < previous {
+            self.rebalance_moves(&inner, name, count, &mut batch);
+        }
+        self.write(&mut inner, batch)?;
+        drop(inner);
+        self.emit(
+            "app.scaled",
+            name,
+            "",
+            None,
+            format!("{name} scaled from {previous} to {count}"),
+        );
+        Ok((previous, count))
+    }
+
+    /// Moves that keep the app's spread even after a scale-down to `count`.
+    fn rebalance_moves(&self, inner: &Inner, name: &str, count: u32, batch: &mut Batch) {
+        let ready = ready_nodes(inner, &self.config);
+        let mut placed: BTreeMap<String, Vec<u32>> =
+            ready.iter().map(|n| (n.clone(), Vec::new())).collect();
+        let mut by_index = BTreeMap::new();
+        for inst in inner.state.app_instances(name) {
+            if inst.index >= count {
+                continue;
+            }
+            if let Some(v) = inst.node.as_ref().and_then(|n| placed.get_mut(n)) {
+                v.push(inst.index);
+                by_index.insert(inst.index, inst.clone());
+            }
+        }
+        for (index, _from, to) in scheduler::rebalance(&placed) {
+            if let Some(old) = by_index.get(&index) {
+                batch.del_instances.push(old.id);
+                batch.put_instances.push(InstanceRecord {
+                    id: Uuid::new_v4(),
+                    node: Some(to),
+                    ..old.clone()
+                });
+            }
+        }
+    }
+
+    /// Starts, stops or restarts the app's instances, or one of them.
+    pub fn act(&self, name: &str, index: Option<u32>, action: Action) -> Result<u32> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?;
+        if let Some(i) = index
+            && i >= app.spec.instances
+        {
+            return Err(ControlError::NotFound(format!(
+                "app {name:?} has no instance {i}: it has {} (indices 0-{})",
+                app.spec.instances,
+                app.spec.instances.saturating_sub(1)
+            )));
+        }
+        let mut batch = Batch::default();
+        for inst in inner.state.app_instances(name) {
+            if index.is_some_and(|i| i != inst.index) {
+                continue;
+            }
+            let mut next = inst.clone();
+            match action {
+                Action::Start => next.stopped = false,
+                Action::Stop => next.stopped = true,
+                Action::Restart => {
+                    next.stopped = false;
+                    next.restart_epoch += 1;
+                }
+            }
+            if next != *inst {
+                batch.put_instances.push(next);
+            }
+        }
+        let affected = match action {
+            // Starting what already runs is a no-op, but it still "applies" to those instances.
+            Action::Start | Action::Stop => inner
+                .state
+                .app_instances(name)
+                .iter()
+                .filter(|i| index.is_none_or(|x| x == i.index))
+                .count() as u32,
+            Action::Restart => batch.put_instances.len() as u32,
+        };
+        self.write(&mut inner, batch)?;
+        drop(inner);
+        let verb = match action {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+        };
+        self.emit(
+            &format!("app.{verb}"),
+            name,
+            "",
+            index,
+            format!("{verb} {name}: {affected} instances"),
+        );
+        Ok(affected)
+    }
+
+    pub fn list_instances(&self, app: &str) -> Result<Vec<pb::Instance>> {
+        let inner = self.lock();
+        if !app.is_empty() {
+            find_app(&inner, app)?;
+        }
+        let mut out: Vec<pb::Instance> = inner
+            .state
+            .instances
+            .values()
+            .filter(|i| app.is_empty() || i.app == app)
+            .map(|i| instance_view(&inner, &self.config, i))
+            .collect();
+        out.sort_by(|a, b| (&a.app, a.index, &a.id).cmp(&(&b.app, b.index, &b.id)));
+        Ok(out)
+    }
+
+    pub fn list_nodes(&self) -> Vec<pb::Node> {
+        let inner = self.lock();
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for inst in inner.state.instances.values() {
+            if let Some(n) = &inst.node {
+                *counts.entry(n.as_str()).or_default() += 1;
+            }
+        }
+        inner
+            .state
+            .nodes
+            .values()
+            .map(|n| {
+                let live = inner.nodes.get(&n.name);
+                let ready = live.is_some_and(|l| is_ready(l, &self.config));
+                let host = live.and_then(|l| l.host.clone()).unwrap_or_default();
+                pb::Node {
+                    name: n.name.clone(),
+                    status: if ready {
+                        pb::NodeStatus::Ready
+                    } else {
+                        pb::NodeStatus::Down
+                    } as i32,
+                    labels: n.labels.clone().into_iter().collect(),
+                    cores: n.cores,
+                    memory_bytes: n.memory_bytes,
+                    instances: counts.get(n.name.as_str()).copied().unwrap_or(0),
+                    last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
+                    hostname: n.hostname.clone(),
+                    agent_version: n.agent_version.clone(),
+                    cpu_percent: host.cpu_percent,
+                    memory_used_bytes: host.memory_used_bytes,
+                }
+            })
+            .collect()
+    }
+
+    // ----- logs -----
+
+    /// Asks the agents of the app's instances for their logs. The returned receiver ends when
+    /// every agent has sent all it had (without `follow`), or never (with `follow`), until the
+    /// reader goes away.
+    pub fn stream_logs(
+        &self,
+        req: &pb::StreamLogsRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::LogLine, tonic::Status>>> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, &req.app)?;
+        if let Some(i) = req.index
+            && i >= app.spec.instances
+        {
+            return Err(ControlError::NotFound(format!(
+                "app {:?} has no instance {i}: it has {}",
+                req.app, app.spec.instances
+            )));
+        }
+        let lines = match req.lines {
+            0 => 20,
+            n => n.min(10_000),
+        };
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for inst in inner.state.app_instances(&req.app) {
+            if req.index.is_some_and(|i| i != inst.index) {
+                continue;
+            }
+            if let Some(node) = &inst.node {
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(inst.id.to_string());
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        for (node, instance_ids) in by_node {
+            let Some(commands) = inner
+                .nodes
+                .get(&node)
+                .and_then(|l| l.session.as_ref())
+                .map(|s| s.commands.clone())
+            else {
+                continue;
+            };
+            let request_id = self.ids.fetch_add(1, Ordering::Relaxed);
+            let request = pb::LogRequest {
+                request_id,
+                instance_ids,
+                lines,
+                follow: req.follow,
+            };
+            if commands.try_send(AgentCommand::Logs(request)).is_ok() {
+                inner.log_routes.insert(
+                    request_id,
+                    LogRoute {
+                        node,
+                        lines: tx.clone(),
+                    },
+                );
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Routes lines an agent sent; drops the route at end of stream or when the reader is gone.
+    pub fn log_chunk(&self, node: &str, chunk: pb::LogChunk) {
+        let mut inner = self.lock();
+        let Some(route) = inner.log_routes.get(&chunk.request_id) else {
+            return;
+        };
+        if route.node != node {
+            return;
+        }
+        let mut gone = false;
+        for line in chunk.lines {
+            match route.lines.try_send(Ok(line)) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // The reader is slower than the instance writes; drop rather than stall the
+                    // agent's link, which also carries heartbeats.
+                    tracing::debug!(
+                        request = chunk.request_id,
+                        "log reader lagging, dropping a line"
+                    );
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    gone = true;
+                    break;
+                }
+            }
+        }
+        if !chunk.error.is_empty() {
+            tracing::warn!(node, error = %chunk.error, "agent could not read logs");
+        }
+        if gone || chunk.eof {
+            inner.log_routes.remove(&chunk.request_id);
+            if gone && !chunk.eof {
+                send_command(&inner, node, AgentCommand::CancelLogs(chunk.request_id));
+            }
+        }
+    }
+
+    /// Drops log routes whose reader went away and tells their agents to stop following.
+    pub fn reap_log_routes(&self) {
+        let mut inner = self.lock();
+        let gone: Vec<(u64, String)> = inner
+            .log_routes
+            .iter()
+            .filter(|(_, r)| r.lines.is_closed())
+            .map(|(id, r)| (*id, r.node.clone()))
+            .collect();
+        for (id, node) in gone {
+            inner.log_routes.remove(&id);
+            send_command(&inner, &node, AgentCommand::CancelLogs(id));
+        }
+    }
+
+    // ----- agent sessions -----
+
+    /// Registers a node's session. Refuses a name whose session is still alive.
+    pub fn attach(&self, reg: &pb::Register) -> Result<Attached> {
+        pmcluster_spec::app::validate_name(&reg.node_name)
+            .map_err(|e| ControlError::InvalidArgument(format!("node_name: {}", e.message)))?;
+        let mut inner = self.lock();
+        let name = reg.node_name.clone();
+        if let Some(live) = inner.nodes.get(&name)
+            && live.session.is_some()
+            && is_ready(live, &self.config)
+        {
+            return Err(ControlError::AlreadyExists(format!(
+                "node {name:?} is already connected; each agent needs its own --node-name"
+            )));
+        }
+        let record = NodeRecord {
+            name: name.clone(),
+            labels: reg.labels.clone().into_iter().collect(),
+            cores: reg.cores,
+            memory_bytes: reg.memory_bytes,
+            hostname: reg.hostname.clone(),
+            agent_version: reg.agent_version.clone(),
+            generation: inner
+                .state
+                .nodes
+                .get(&name)
+                .map(|n| n.generation)
+                .unwrap_or(0),
+        };
+        if inner.state.nodes.get(&name) != Some(&record) {
+            let batch = Batch {
+                put_nodes: vec![record],
+                ..Batch::default()
+            };
+            self.store.commit(&batch)?;
+            inner.state.apply(&batch);
+        }
+        let session_id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (commands_tx, commands) = mpsc::channel(256);
+        let (closer, closed) = watch::channel(());
+        let live = inner
+            .nodes
+            .entry(name.clone())
+            .or_insert_with(new_node_live);
+        live.session = Some(Session {
+            id: session_id,
+            commands: commands_tx,
+            _closer: closer,
+        });
+        live.last_heartbeat = Some(Instant::now());
+        live.last_heartbeat_ms = now_ms();
+        let desired = live.desired.subscribe();
+        for st in &reg.instances {
+            if let Ok(id) = st.instance_id.parse::<Uuid>() {
+                inner.observed.insert(id, st.clone());
+            }
+        }
+        publish(&mut inner, &name);
+        // A new node may take pending instances.
+        if let Err(e) = self.write(&mut inner, Batch::default()) {
+            tracing::error!(error = %e, "reconcile after node registration failed");
+        }
+        drop(inner);
+        self.emit("node.up", "", &name, None, format!("node {name} connected"));
+        Ok(Attached {
+            session_id,
+            desired,
+            commands,
+            closed,
+            heartbeat_interval: self.config.heartbeat_interval,
+        })
+    }
+
+    /// Records a status report (also the heartbeat). Ignored if the session was replaced.
+    pub fn report(&self, node: &str, session_id: u64, report: pb::StatusReport) {
+        let mut inner = self.lock();
+        let Some(live) = inner.nodes.get_mut(node) else {
+            return;
+        };
+        if live.session.as_ref().map(|s| s.id) != Some(session_id) {
+            return;
+        }
+        live.last_heartbeat = Some(Instant::now());
+        live.last_heartbeat_ms = now_ms();
+        live.host = report.host;
+        let mut changes = Vec::new();
+        for st in report.instances {
+            let Ok(id) = st.instance_id.parse::<Uuid>() else {
+                continue;
+            };
+            let Some(rec) = inner.state.instances.get(&id) else {
+                continue;
+            };
+            if rec.node.as_deref() != Some(node) {
+                continue;
+            }
+            let before = inner.observed.get(&id).map(|o| o.state);
+            if before != Some(st.state) {
+                changes.push((rec.app.clone(), rec.index, st.state, st.message.clone()));
+            }
+            inner.observed.insert(id, st);
+        }
+        drop(inner);
+        for (app, index, state, message) in changes {
+            let state = state_name(state);
+            let text = if message.is_empty() {
+                format!("{app}[{index}] is {state}")
+            } else {
+                format!("{app}[{index}] is {state}: {message}")
+            };
+            self.emit("instance.state", &app, node, Some(index), text);
+        }
+    }
+
+    /// Ends a node's session (its stream closed). Ignored if a newer session replaced it.
+    pub fn detach(&self, node: &str, session_id: u64) {
+        let mut inner = self.lock();
+        let Some(live) = inner.nodes.get_mut(node) else {
+            return;
+        };
+        if live.session.as_ref().map(|s| s.id) != Some(session_id) {
+            return;
+        }
+        live.session = None;
+        inner.log_routes.retain(|_, r| r.node != node);
+        drop(inner);
+        self.emit(
+            "node.down",
+            "",
+            node,
+            None,
+            format!("node {node} disconnected"),
+        );
+    }
+
+    /// Periodic housekeeping: ends sessions that stopped heartbeating.
+    pub fn tick(&self) {
+        let mut lapsed = Vec::new();
+        {
+            let mut inner = self.lock();
+            for (name, live) in inner.nodes.iter_mut() {
+                if live.session.is_some() && !is_ready(live, &self.config) {
+                    live.session = None;
+                    lapsed.push(name.clone());
+                }
+            }
+        }
+        for name in lapsed {
+            self.emit(
+                "node.down",
+                "",
+                &name,
+                None,
+                format!("node {name} missed heartbeats"),
+            );
+        }
+        self.reap_log_routes();
+    }
+
+    // ----- the one write path -----
+
+    /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
+    fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
+        let mut next = inner.state.clone();
+        next.apply(&batch);
+        let ready = ready_nodes(inner, &self.config);
+        let plan = reconcile::reconcile(Snapshot {
+            apps: &next.apps,
+            instances: &next.instances,
+            ready_nodes: &ready,
+        });
+        let placed = materialize(&next, &plan, &mut batch);
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Nodes whose desired set changes: old and new homes of every touched record.
+        let mut touched = BTreeSet::new();
+        for inst in &batch.put_instances {
+            if let Some(old) = inner
+                .state
+                .instances
+                .get(&inst.id)
+                .and_then(|i| i.node.clone())
+            {
+                touched.insert(old);
+            }
+            if let Some(n) = &inst.node {
+                touched.insert(n.clone());
+            }
+        }
+        for id in &batch.del_instances {
+            if let Some(old) = inner.state.instances.get(id).and_then(|i| i.node.clone()) {
+                touched.insert(old);
+            }
+        }
+        // App spec changes reach agents through refreshed records, already counted above.
+        let mut generation = inner.state.generation;
+        for name in &touched {
+            if let Some(node) = inner.state.nodes.get(name) {
+                generation += 1;
+                batch.put_nodes.push(NodeRecord {
+                    generation,
+                    ..node.clone()
+                });
+            }
+        }
+        if generation != inner.state.generation {
+            batch.generation = Some(generation);
+        }
+        self.store.commit(&batch)?;
+        inner.state.apply(&batch);
+        for id in &batch.del_instances {
+            inner.observed.remove(id);
+        }
+        for name in &touched {
+            publish(inner, name);
+        }
+        for (app, index, node) in placed {
+            self.emit(
+                "instance.placed",
+                &app,
+                node.as_deref().unwrap_or(""),
+                Some(index),
+                match &node {
+                    Some(n) => format!("{app}[{index}] placed on {n}"),
+                    None => format!("{app}[{index}] pending: no ready node"),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a node has a live session (for tests and the API).
+    pub fn is_connected(&self, node: &str) -> bool {
+        let inner = self.lock();
+        inner.nodes.get(node).is_some_and(|l| l.session.is_some())
+    }
+}
+
+/// Turns a plan into records in `batch` (minting ids). Returns (app, index, node) of placements.
+fn materialize(
+    state: &Persisted,
+    plan: &Plan,
+    batch: &mut Batch,
+) -> Vec<(String, u32, Option<String>)> {
+    let mut placed = Vec::new();
+    let put: BTreeMap<Uuid, usize> = batch
+        .put_instances
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i))
+        .collect();
+    let edit = |batch: &mut Batch, id: Uuid, f: &dyn Fn(&mut InstanceRecord)| {
+        if let Some(&i) = put.get(&id) {
+            if let Some(rec) = batch.put_instances.get_mut(i) {
+                f(rec);
+            }
+        } else if let Some(rec) = state.instances.get(&id) {
+            let mut rec = rec.clone();
+            f(&mut rec);
+            batch.put_instances.push(rec);
+        }
+    };
+    for (id, node) in &plan.assign {
+        edit(batch, *id, &|r| r.node = Some(node.clone()));
+        if let Some(r) = state.instances.get(id) {
+            placed.push((r.app.clone(), r.index, Some(node.clone())));
+        }
+    }
+    for (id, version, port) in &plan.refresh {
+        edit(batch, *id, &|r| {
+            r.app_version = *version;
+            r.port = *port;
+        });
+    }
+    for c in &plan.create {
+        let version = state.apps.get(&c.app).map(|a| a.version).unwrap_or(1);
+        batch.put_instances.push(InstanceRecord {
+            id: Uuid::new_v4(),
+            app: c.app.clone(),
+            index: c.index,
+            node: c.node.clone(),
+            port: c.port,
+            app_version: version,
+            restart_epoch: 0,
+            stopped: false,
+        });
+        placed.push((c.app.clone(), c.index, c.node.clone()));
+    }
+    batch.del_instances.extend(plan.remove.iter().copied());
+    placed
+}
+
+fn is_ready(live: &NodeLive, config: &ControlConfig) -> bool {
+    live.session.is_some()
+        && live
+            .last_heartbeat
+            .is_some_and(|t| t.elapsed() <= config.heartbeat_timeout)
+}
+
+fn ready_nodes(inner: &Inner, config: &ControlConfig) -> Vec<String> {
+    inner
+        .nodes
+        .iter()
+        .filter(|(_, l)| is_ready(l, config))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn send_command(inner: &Inner, node: &str, cmd: AgentCommand) {
+    if let Some(s) = inner.nodes.get(node).and_then(|l| l.session.as_ref()) {
+        // A full queue means the agent is not reading; its session will be replaced anyway.
+        let _ = s.commands.try_send(cmd);
+    }
+}
+
+/// Recomputes a node's desired set from the records and hands it to its session.
+fn publish(inner: &mut Inner, node: &str) {
+    let generation = inner
+        .state
+        .nodes
+        .get(node)
+        .map(|n| n.generation)
+        .unwrap_or(0);
+    let mut assignments: Vec<pb::Assignment> = inner
+        .state
+        .instances
+        .values()
+        .filter(|i| i.node.as_deref() == Some(node))
+        .filter_map(|i| {
+            let app = inner.state.apps.get(&i.app)?;
+            Some(pb::Assignment {
+                instance_id: i.id.to_string(),
+                index: i.index,
+                app_version: i.app_version,
+                spec: Some(pb::AppSpec::from(&app.spec)),
+                port: i.port.map(u32::from).unwrap_or(0),
+                run: !i.stopped,
+                restart_epoch: i.restart_epoch,
+            })
+        })
+        .collect();
+    assignments.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let set = pb::DesiredSet {
+        generation,
+        assignments,
+    };
+    let live = inner
+        .nodes
+        .entry(node.to_string())
+        .or_insert_with(new_node_live);
+    live.desired.send_replace(Some(set));
+}
+
+fn find_app<'a>(inner: &'a Inner, name: &str) -> Result<&'a AppRecord> {
+    if name.is_empty() {
+        return Err(ControlError::InvalidArgument("app: name is empty".into()));
+    }
+    inner.state.apps.get(name).ok_or_else(|| {
+        ControlError::NotFound(format!(
+            "app {name:?} not found; see the apps with 'pmcluster apps'"
+        ))
+    })
+}
+
+fn instance_view(inner: &Inner, config: &ControlConfig, rec: &InstanceRecord) -> pb::Instance {
+    use pb::InstanceState as S;
+    let observed = inner.observed.get(&rec.id);
+    let mut out = pb::Instance {
+        id: rec.id.to_string(),
+        app: rec.app.clone(),
+        index: rec.index,
+        node: rec.node.clone().unwrap_or_default(),
+        port: rec.port.map(u32::from).unwrap_or(0),
+        app_version: rec.app_version,
+        stopped: rec.stopped,
+        ..pb::Instance::default()
+    };
+    if let Some(o) = observed {
+        out.pid = o.pid;
+        if o.port != 0 {
+            out.port = o.port;
+        }
+        out.cpu_percent = o.cpu_percent;
+        out.memory_bytes = o.memory_bytes;
+        out.restarts = o.restarts;
+        out.started_at_ms = o.started_at_ms;
+        out.last_exit_code = o.last_exit_code;
+        out.message = o.message.clone();
+    }
+    let connected = rec
+        .node
+        .as_ref()
+        .and_then(|n| inner.nodes.get(n))
+        .is_some_and(|l| is_ready(l, config));
+    let state = match (&rec.node, observed) {
+        (None, _) => {
+            out.message = "no ready node to run it".into();
+            if rec.stopped { S::Stopped } else { S::Pending }
+        }
+        (Some(n), _) if !connected => {
+            out.message = format!("node {n} is down");
+            S::Unknown
+        }
+        (Some(_), Some(o)) => {
+            let s = S::try_from(o.state).unwrap_or(S::Launching);
+            match (rec.stopped, s) {
+                (true, S::Stopped) => S::Stopped,
+                (true, _) => S::Stopping,
+                // Asked to run again but the agent has not acted on it yet.
+                (false, S::Stopped) => S::Launching,
+                (false, s) => s,
+            }
+        }
+        (Some(_), None) => {
+            if rec.stopped {
+                S::Stopped
+            } else {
+                S::Launching
+            }
+        }
+    };
+    out.state = state as i32;
+    out
+}
+
+fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> pb::App {
+    let mut view = pb::App {
+        spec: Some(pb::AppSpec::from(&app.spec)),
+        version: app.version,
+        updated_at_ms: app.updated_at_ms,
+        ..pb::App::default()
+    };
+    for rec in inner.state.app_instances(&app.spec.name) {
+        match pb::InstanceState::try_from(instance_view(inner, config, rec).state) {
+            Ok(pb::InstanceState::Online) => view.online += 1,
+            Ok(pb::InstanceState::Pending) => view.pending += 1,
+            Ok(pb::InstanceState::Stopped) => view.stopped += 1,
+            _ => {}
+        }
+    }
+    view
+}
+
+/// Lowercase state name as users see it (`online`, `pending`, ...).
+pub fn state_name(state: i32) -> &'static str {
+    match pb::InstanceState::try_from(state) {
+        Ok(pb::InstanceState::Pending) => "pending",
+        Ok(pb::InstanceState::Launching) => "launching",
+        Ok(pb::InstanceState::Online) => "online",
+        Ok(pb::InstanceState::Stopped) => "stopped",
+        Ok(pb::InstanceState::Exited) => "exited",
+        Ok(pb::InstanceState::Errored) => "errored",
+        Ok(pb::InstanceState::Stopping) => "stopping",
+        Ok(pb::InstanceState::Unknown) => "unknown",
+        _ => "unspecified",
+    }
+}

@@ -1,0 +1,6 @@
+//! The pure core: deterministic functions over plain data. No tokio, tonic, clocks, randomness,
+//! environment or files here (a test in `lib.rs` enforces it); the control loop feeds them
+//! snapshots and applies what they return.
+
+pub mod reconcile;
+pub mod scheduler;

@@ -1,0 +1,119 @@
+//! `pmcluster-coordinator`: parses flags, validates them before binding, serves until SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use pmcluster_coordinator::control::ControlConfig;
+use pmcluster_coordinator::server::{self, Config};
+
+/// The pmcluster coordinator: stores apps, places instances on agents, serves the gRPC API.
+#[derive(Debug, Parser)]
+#[command(name = "pmcluster-coordinator", version)]
+struct Args {
+    /// Address to serve gRPC on (the CLI and agents connect here). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7450", env = "PMCLUSTER_LISTEN")]
+    listen: String,
+    /// Directory for the state file (state.redb).
+    #[arg(long, env = "PMCLUSTER_DATA_DIR")]
+    data_dir: PathBuf,
+    /// A node that has not reported for this long is down, e.g. "10s".
+    #[arg(long, default_value = "10s")]
+    heartbeat_timeout: String,
+    /// How often agents report, e.g. "1s".
+    #[arg(long, default_value = "1s")]
+    heartbeat_interval: String,
+}
+
+fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
+    let d = humantime::parse_duration(s)
+        .with_context(|| format!("--{flag}: {s:?} is not a duration like \"10s\""))?;
+    anyhow::ensure!(!d.is_zero(), "--{flag}: must be more than zero");
+    Ok(d)
+}
+
+fn validate(args: Args) -> anyhow::Result<Config> {
+    let listen: SocketAddr = args.listen.parse().with_context(|| {
+        format!(
+            "--listen: {:?} is not an address like 127.0.0.1:7450",
+            args.listen
+        )
+    })?;
+    let heartbeat_timeout = duration("heartbeat-timeout", &args.heartbeat_timeout)?;
+    let heartbeat_interval = duration("heartbeat-interval", &args.heartbeat_interval)?;
+    anyhow::ensure!(
+        heartbeat_interval < heartbeat_timeout,
+        "--heartbeat-interval must be shorter than --heartbeat-timeout"
+    );
+    Ok(Config {
+        listen,
+        data_dir: args.data_dir,
+        control: ControlConfig {
+            heartbeat_interval,
+            heartbeat_timeout,
+        },
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let control = server::open_control(&config)?;
+    let listener = server::bind(config.listen).await?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Tests and `pmcluster up` read this line to learn the port.
+    println!("pmcluster-coordinator listening on {addr}");
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
+    server::serve(control, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match validate(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Plain data the coordinator keeps: desired state (apps, instance assignments) that is persisted,
+//! and node records. No I/O and no async here.
+
+use std::collections::BTreeMap;
+
+use pmcluster_spec::AppSpec;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// An app as stored: its spec (whose `instances` is the desired count) and its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRecord {
+    pub spec: AppSpec,
+    /// Incremented by every apply that changes the spec (instance count aside).
+    pub version: u64,
+    pub updated_at_ms: i64,
+}
+
+/// One placed (or pending) instance of an app: the unit the scheduler decides about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    /// New for every placement, so an agent can tell a replacement from the instance it runs.
+    pub id: Uuid,
+    pub app: String,
+    pub index: u32,
+    /// `None` while pending (no ready node could take it).
+    pub node: Option<String>,
+    /// Fixed port from the app's range; `None` for no port or `auto:` ports.
+    pub port: Option<u16>,
+    pub app_version: u64,
+    /// Bumped by Restart; the agent restarts the process when it sees a higher epoch.
+    pub restart_epoch: u64,
+    /// Stopped by a user: kept in the app but not run.
+    pub stopped: bool,
+}
+
+/// A node as registered by its agent. Persisted so assignments survive a coordinator restart
+/// while the agent reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub hostname: String,
+    pub agent_version: String,
+    /// Generation of the last desired set computed for this node.
+    pub generation: u64,
+}
+
+/// Everything the store holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persisted {
+    pub apps: BTreeMap<String, AppRecord>,
+    pub instances: BTreeMap<Uuid, InstanceRecord>,
+    pub nodes: BTreeMap<String, NodeRecord>,
+    /// Highest desired-set generation handed out, cluster-wide.
+    pub generation: u64,
+}
+
+/// A set of changes written to the store in one transaction, then applied in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub put_apps: Vec<AppRecord>,
+    pub del_apps: Vec<String>,
+    pub put_instances: Vec<InstanceRecord>,
+    pub del_instances: Vec<Uuid>,
+    pub put_nodes: Vec<NodeRecord>,
+    pub generation: Option<u64>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.put_apps.is_empty()
+            && self.del_apps.is_empty()
+            && self.put_instances.is_empty()
+            && self.del_instances.is_empty()
+            && self.put_nodes.is_empty()
+            && self.generation.is_none()
+    }
+}
+
+impl Persisted {
+    /// Applies a batch that the store has accepted.
+    pub fn apply(&mut self, batch: &Batch) {
+        for app in &batch.put_apps {
+            self.apps.insert(app.spec.name.clone(), app.clone());
+        }
+        for name in &batch.del_apps {
+            self.apps.remove(name);
+        }
+        for inst in &batch.put_instances {
+            self.instances.insert(inst.id, inst.clone());
+        }
+        for id in &batch.del_instances {
+            self.instances.remove(id);
+        }
+        for node in &batch.put_nodes {
+            self.nodes.insert(node.name.clone(), node.clone());
+        }
+        if let Some(g) = batch.generation {
+            self.generation = g;
+        }
+    }
+
+    /// Instances of one app, sorted by index.
+    pub fn app_instances(&self, app: &str) -> Vec<&InstanceRecord> {
+        let mut v: Vec<&InstanceRecord> =
+            self.instances.values().filter(|i| i.app == app).collect();
+        v.sort_by_key(|i| (i.index, i.id));
+        v
+    }
+}
