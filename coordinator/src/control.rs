@@ -1041,3 +1041,131 @@ pub fn state_name(state: i32) -> &'static str {
         _ => "unspecified",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+    use pmcluster_spec::PortSpec;
+
+    fn register(name: &str) -> pb::Register {
+        pb::Register {
+            node_name: name.into(),
+            cores: 2,
+            memory_bytes: 1 << 30,
+            ..pb::Register::default()
+        }
+    }
+
+    fn web(instances: u32) -> AppSpec {
+        let mut spec = AppSpec::new("web", "testapp", &[]);
+        spec.instances = instances;
+        spec.port = PortSpec::Range(4100, 4199);
+        spec
+    }
+
+    /// Per-node instance counts of `app`, as text like "a:4 b:4 c:4".
+    fn spread(c: &Control, app: &str) -> String {
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for i in c.list_instances(app).unwrap_or_default() {
+            *counts.entry(if i.node.is_empty() { "-".into() } else { i.node }).or_default() += 1;
+        }
+        counts
+            .iter()
+            .map(|(n, c)| format!("{n}:{c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[tokio::test]
+    async fn pending_until_nodes_then_spread_and_scale_down() -> Result<()> {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let c = Control::open(store.clone(), ControlConfig::default())?;
+        c.apply(web(3))?;
+        assert_eq!(spread(&c, "web"), "-:3");
+        let _a = c.attach(&register("a"))?;
+        let _b = c.attach(&register("b"))?;
+        let _c = c.attach(&register("c"))?;
+        assert_eq!(spread(&c, "web"), "a:3", "pending instances go to the first node that appears");
+        c.delete_app("web")?;
+        c.apply(web(1))?;
+        c.scale("web", 12)?;
+        assert_eq!(spread(&c, "web"), "a:4 b:4 c:4");
+        let ports: Vec<u32> = c.list_instances("web")?.iter().map(|i| i.port).collect();
+        assert_eq!(ports, (4100..4112).collect::<Vec<u32>>());
+        c.scale("web", 5)?;
+        assert_eq!(spread(&c, "web"), "a:2 b:2 c:1");
+        let indices: Vec<u32> = c.list_instances("web")?.iter().map(|i| i.index).collect();
+        assert_eq!(indices, vec![0, 1, 2, 3, 4]);
+
+        // A coordinator restart from the same store keeps every assignment and generation.
+        let before = c.list_instances("web")?;
+        let gens: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
+        drop(c);
+        let c2 = Control::open(store.clone(), ControlConfig::default())?;
+        let after = c2.list_instances("web")?;
+        let ids = |v: &[pb::Instance]| v.iter().map(|i| (i.id.clone(), i.node.clone())).collect::<Vec<_>>();
+        assert_eq!(ids(&before), ids(&after));
+        let gens2: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
+        assert_eq!(gens, gens2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn desired_sets_follow_commands() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let mut a = c.attach(&register("a"))?;
+        c.apply(web(2))?;
+        let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+        assert_eq!(set.assignments.len(), 2);
+        assert!(set.assignments.iter().all(|x| x.run));
+        let g1 = set.generation;
+        c.act("web", Some(1), Action::Stop)?;
+        let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+        assert!(set.generation > g1);
+        let stopped: Vec<u32> = set.assignments.iter().filter(|x| !x.run).map(|x| x.index).collect();
+        assert_eq!(stopped, vec![1]);
+        c.act("web", None, Action::Restart)?;
+        let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+        assert!(set.assignments.iter().all(|x| x.run && x.restart_epoch == 1));
+        // Unchanged apply: no new generation.
+        let g = set.generation;
+        let (_, created, changed) = c.apply(web(2))?;
+        assert!(!created && !changed);
+        assert_eq!(a.desired.borrow().as_ref().map(|s| s.generation), Some(g));
+        // Changed spec: new version reaches the agent.
+        let mut v2 = web(2);
+        v2.env.insert("X".into(), "1".into());
+        let (app, _, changed) = c.apply(v2)?;
+        assert!(changed);
+        assert_eq!(app.version, 2);
+        let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+        assert!(set.assignments.iter().all(|x| x.app_version == 2));
+        c.delete_app("web")?;
+        let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+        assert!(set.assignments.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_without_change() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let _a = c.attach(&register("a"))?;
+        c.apply(web(2))?;
+        let cases: Vec<(Result<(u32, u32)>, &str)> = vec![
+            (c.scale("web", -1), "negative"),
+            (c.scale("nope", 1), "not found"),
+            (c.scale("web", 101), "port"),
+            (c.scale("", 1), "empty"),
+        ];
+        for (got, want) in cases {
+            let err = got.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        assert!(matches!(c.act("web", Some(2), Action::Restart), Err(ControlError::NotFound(_))));
+        assert!(matches!(c.attach(&register("a")), Err(ControlError::AlreadyExists(_))));
+        assert!(matches!(c.attach(&register("bad name")), Err(ControlError::InvalidArgument(_))));
+        assert_eq!(spread(&c, "web"), "a:2");
+        Ok(())
+    }
+}
