@@ -442,7 +442,7 @@ impl Control {
             .map(|n| {
                 let live = inner.nodes.get(&n.name);
                 let ready = live.is_some_and(|l| is_ready(l, &self.config));
-                let host = live.and_then(|l| l.host.clone()).unwrap_or_default();
+                let host = live.and_then(|l| l.host).unwrap_or_default();
                 pb::Node {
                     name: n.name.clone(),
                     status: if ready {

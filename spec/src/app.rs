@@ -111,7 +111,11 @@ impl PortSpec {
             PortSpec::Single(p) if index == 0 => Some(p),
             PortSpec::Range(a, b) => {
                 let p = u32::from(a) + index;
-                (p <= u32::from(b)).then(|| p as u16)
+                if p <= u32::from(b) {
+                    u16::try_from(p).ok()
+                } else {
+                    None
+                }
             }
             _ => None,
         }
