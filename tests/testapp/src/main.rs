@@ -296,9 +296,9 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Resp, Infal
         "/sleep" => sleep(query).await,
         "/log" => log(query).await,
         "/spawn-child" => spawn_child(),
-        _ => Err(text(StatusCode::NOT_FOUND, "not found")),
+        _ => Err(fail(StatusCode::NOT_FOUND, "not found")),
     };
-    Ok(resp.unwrap_or_else(|err| err))
+    Ok(resp.unwrap_or_else(|Failure(status, msg)| text(status, &msg)))
 }
 
 fn status_json(state: &State, status: StatusCode) -> Resp {
@@ -315,7 +315,7 @@ fn status_json(state: &State, status: StatusCode) -> Resp {
     )
 }
 
-async fn burn(query: &str) -> Result<Resp, Resp> {
+async fn burn(query: &str) -> Result<Resp, Failure> {
     let ms = param::<u64>(query, "ms")?.min(MAX_BURN_MS);
     tokio::task::spawn_blocking(move || {
         let deadline = Instant::now() + Duration::from_millis(ms);
@@ -328,7 +328,7 @@ async fn burn(query: &str) -> Result<Resp, Resp> {
     })
     .await
     .map_err(|e| {
-        text(
+        fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("burn failed: {e}"),
         )
@@ -336,7 +336,7 @@ async fn burn(query: &str) -> Result<Resp, Resp> {
     Ok(json_resp(StatusCode::OK, &json!({ "burned_ms": ms })))
 }
 
-async fn hold(query: &str, state: &Arc<State>) -> Result<Resp, Resp> {
+async fn hold(query: &str, state: &Arc<State>) -> Result<Resp, Failure> {
     let mib = param::<usize>(query, "mib")?;
     if mib > MAX_HOLD_MIB {
         return Err(bad_request(&format!("mib must be at most {MAX_HOLD_MIB}")));
@@ -346,7 +346,7 @@ async fn hold(query: &str, state: &Arc<State>) -> Result<Resp, Resp> {
         let bytes = mib * 1024 * 1024;
         let mut block = Vec::new();
         block.try_reserve_exact(bytes).map_err(|e| {
-            text(
+            fail(
                 StatusCode::INSUFFICIENT_STORAGE,
                 &format!("allocation failed: {e}"),
             )
@@ -360,14 +360,14 @@ async fn hold(query: &str, state: &Arc<State>) -> Result<Resp, Resp> {
     })
     .await
     .map_err(|e| {
-        text(
+        fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("hold failed: {e}"),
         )
     })?
 }
 
-fn exit_soon(query: &str) -> Result<Resp, Resp> {
+fn exit_soon(query: &str) -> Result<Resp, Failure> {
     let code = param::<i32>(query, "code")?;
     tokio::spawn(async move {
         tokio::time::sleep(EXIT_DELAY).await;
@@ -377,13 +377,13 @@ fn exit_soon(query: &str) -> Result<Resp, Resp> {
     Ok(json_resp(StatusCode::OK, &json!({ "exiting": code })))
 }
 
-async fn sleep(query: &str) -> Result<Resp, Resp> {
+async fn sleep(query: &str) -> Result<Resp, Failure> {
     let ms = param::<u64>(query, "ms")?.min(MAX_SLEEP_MS);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     Ok(json_resp(StatusCode::OK, &json!({ "slept_ms": ms })))
 }
 
-async fn log(query: &str) -> Result<Resp, Resp> {
+async fn log(query: &str) -> Result<Resp, Failure> {
     let n = param::<u64>(query, "n")?;
     if n > MAX_LOG_LINES {
         return Err(bad_request(&format!("n must be at most {MAX_LOG_LINES}")));
@@ -414,18 +414,18 @@ async fn log(query: &str) -> Result<Resp, Resp> {
                 &json!({ "logged": n, "stream": stream }),
             ))
         }
-        Ok(Err(e)) => Err(text(
+        Ok(Err(e)) => Err(fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("write failed: {e}"),
         )),
-        Err(e) => Err(text(
+        Err(e) => Err(fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("log failed: {e}"),
         )),
     }
 }
 
-fn spawn_child() -> Result<Resp, Resp> {
+fn spawn_child() -> Result<Resp, Failure> {
     // Same process group as us (no setsid), so a group kill reaches it.
     // tokio reaps the child in the background once the handle is dropped.
     let child = tokio::process::Command::new("sleep")
@@ -435,7 +435,7 @@ fn spawn_child() -> Result<Resp, Resp> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| {
-            text(
+            fail(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("spawn failed: {e}"),
             )
@@ -454,15 +454,22 @@ fn query_value<'q>(query: &'q str, key: &str) -> Option<&'q str> {
 }
 
 /// Parses the required query parameter `key`, or yields a 400 response.
-fn param<T: FromStr>(query: &str, key: &str) -> Result<T, Resp> {
+fn param<T: FromStr>(query: &str, key: &str) -> Result<T, Failure> {
     let raw = query_value(query, key)
         .ok_or_else(|| bad_request(&format!("missing query parameter {key}")))?;
     raw.parse()
         .map_err(|_| bad_request(&format!("invalid value for {key}: {raw:?}")))
 }
 
-fn bad_request(msg: &str) -> Resp {
-    text(StatusCode::BAD_REQUEST, msg)
+fn bad_request(msg: &str) -> Failure {
+    fail(StatusCode::BAD_REQUEST, msg)
+}
+
+/// A failed request: its status and a short plain-text message.
+struct Failure(StatusCode, String);
+
+fn fail(status: StatusCode, msg: &str) -> Failure {
+    Failure(status, msg.to_owned())
 }
 
 fn text(status: StatusCode, msg: &str) -> Resp {
