@@ -1068,7 +1068,13 @@ mod tests {
     fn spread(c: &Control, app: &str) -> String {
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();
         for i in c.list_instances(app).unwrap_or_default() {
-            *counts.entry(if i.node.is_empty() { "-".into() } else { i.node }).or_default() += 1;
+            *counts
+                .entry(if i.node.is_empty() {
+                    "-".into()
+                } else {
+                    i.node
+                })
+                .or_default() += 1;
         }
         counts
             .iter()
@@ -1086,7 +1092,11 @@ mod tests {
         let _a = c.attach(&register("a"))?;
         let _b = c.attach(&register("b"))?;
         let _c = c.attach(&register("c"))?;
-        assert_eq!(spread(&c, "web"), "a:3", "pending instances go to the first node that appears");
+        assert_eq!(
+            spread(&c, "web"),
+            "a:3",
+            "pending instances go to the first node that appears"
+        );
         c.delete_app("web")?;
         c.apply(web(1))?;
         c.scale("web", 12)?;
@@ -1104,7 +1114,11 @@ mod tests {
         drop(c);
         let c2 = Control::open(store.clone(), ControlConfig::default())?;
         let after = c2.list_instances("web")?;
-        let ids = |v: &[pb::Instance]| v.iter().map(|i| (i.id.clone(), i.node.clone())).collect::<Vec<_>>();
+        let ids = |v: &[pb::Instance]| {
+            v.iter()
+                .map(|i| (i.id.clone(), i.node.clone()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(&before), ids(&after));
         let gens2: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
         assert_eq!(gens, gens2);
@@ -1123,11 +1137,20 @@ mod tests {
         c.act("web", Some(1), Action::Stop)?;
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert!(set.generation > g1);
-        let stopped: Vec<u32> = set.assignments.iter().filter(|x| !x.run).map(|x| x.index).collect();
+        let stopped: Vec<u32> = set
+            .assignments
+            .iter()
+            .filter(|x| !x.run)
+            .map(|x| x.index)
+            .collect();
         assert_eq!(stopped, vec![1]);
         c.act("web", None, Action::Restart)?;
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
-        assert!(set.assignments.iter().all(|x| x.run && x.restart_epoch == 1));
+        assert!(
+            set.assignments
+                .iter()
+                .all(|x| x.run && x.restart_epoch == 1)
+        );
         // Unchanged apply: no new generation.
         let g = set.generation;
         let (_, created, changed) = c.apply(web(2))?;
@@ -1162,9 +1185,18 @@ mod tests {
             let err = got.err().map(|e| e.to_string()).unwrap_or_default();
             assert!(err.contains(want), "want {want:?} in {err:?}");
         }
-        assert!(matches!(c.act("web", Some(2), Action::Restart), Err(ControlError::NotFound(_))));
-        assert!(matches!(c.attach(&register("a")), Err(ControlError::AlreadyExists(_))));
-        assert!(matches!(c.attach(&register("bad name")), Err(ControlError::InvalidArgument(_))));
+        assert!(matches!(
+            c.act("web", Some(2), Action::Restart),
+            Err(ControlError::NotFound(_))
+        ));
+        assert!(matches!(
+            c.attach(&register("a")),
+            Err(ControlError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            c.attach(&register("bad name")),
+            Err(ControlError::InvalidArgument(_))
+        ));
         assert_eq!(spread(&c, "web"), "a:2");
         Ok(())
     }

@@ -37,7 +37,11 @@ mod tidy {
             let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
             for (n, line) in code.enumerate() {
                 for word in forbidden {
-                    assert!(!line.contains(word), "{}: {word} in {line:?} ({n})", path.display());
+                    assert!(
+                        !line.contains(word),
+                        "{}: {word} in {line:?} ({n})",
+                        path.display()
+                    );
                 }
             }
         }

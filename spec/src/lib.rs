@@ -7,6 +7,7 @@
 pub mod app;
 pub mod config;
 pub mod instance;
+pub mod placement;
 pub mod wire;
 
 pub use app::{AppSpec, ExecMode, PortSpec};

@@ -151,7 +151,10 @@ mod tests {
     fn rebalance_after_scale_down() {
         check_rebalance(&[], "");
         check_rebalance(&[("a", &[0, 3]), ("b", &[1, 4]), ("c", &[2])], "");
-        check_rebalance(&[("a", &[0, 1, 2, 3]), ("b", &[]), ("c", &[4])], "3:a->b 2:a->b");
+        check_rebalance(
+            &[("a", &[0, 1, 2, 3]), ("b", &[]), ("c", &[4])],
+            "3:a->b 2:a->b",
+        );
         check_rebalance(&[("a", &[0, 1, 2, 3, 4]), ("b", &[])], "4:a->b 3:a->b");
         check_rebalance(
             &[("a", &[5]), ("b", &[0, 1, 2]), ("c", &[3, 4, 6])],
