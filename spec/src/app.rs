@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SpecError;
+use crate::placement::{Affinity, Constraint, Strategy};
 
 /// Default grace between the stop signal and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +34,53 @@ pub struct AppSpec {
     pub kill_timeout: Duration,
     pub exec_mode: ExecMode,
     pub merge_logs: bool,
+    /// `instances: "max"`: one per CPU core of the eligible matching nodes; `instances` is then
+    /// computed by the coordinator.
+    #[serde(default)]
+    pub instances_max: bool,
+    #[serde(default)]
+    pub placement: PlacementSpec,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub reschedule: Reschedule,
+}
+
+/// Where an app's instances may go.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PlacementSpec {
+    pub strategy: Strategy,
+    pub constraints: Vec<Constraint>,
+    pub affinities: Vec<Affinity>,
+    /// At most this many instances per node (`distinct_hosts` is 1).
+    pub max_per_node: Option<u32>,
+}
+
+/// What one instance reserves on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub overcommit: bool,
+}
+
+/// What happens to instances of a node that went down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reschedule {
+    /// Start them on other nodes once the node has been down this long.
+    #[serde(with = "millis")]
+    After(Duration),
+    /// Wait for the node to come back.
+    Never,
+}
+
+/// Default delay before instances of a down node are started elsewhere.
+pub const DEFAULT_RESCHEDULE_AFTER: Duration = Duration::from_secs(30);
+
+impl Default for Reschedule {
+    fn default() -> Reschedule {
+        Reschedule::After(DEFAULT_RESCHEDULE_AFTER)
+    }
 }
 
 /// PM2's `exec_mode`. Every instance is its own OS process either way; "cluster" is accepted so
@@ -255,6 +303,32 @@ impl AppSpec {
         if let Some(var) = &self.instance_var {
             validate_env_key("instance_var", var)?;
         }
+        if let Some(a) = self
+            .placement
+            .affinities
+            .iter()
+            .find(|a| !(-100..=100).contains(&a.weight))
+        {
+            return Err(SpecError::new(
+                "placement.affinities",
+                format!(
+                    "weight {} of {} is outside -100..100",
+                    a.weight, a.constraint
+                ),
+            ));
+        }
+        if self.placement.max_per_node == Some(0) {
+            return Err(SpecError::new(
+                "placement.max_per_node",
+                "must be 1 or more (leave it out for no limit)",
+            ));
+        }
+        if self.instances_max && matches!(self.port, PortSpec::Single(_)) {
+            return Err(SpecError::new(
+                "port",
+                "instances \"max\" needs a port range or auto: ports, not a single port",
+            ));
+        }
         if let Some(cwd) = &self.cwd
             && cwd.contains('\0')
         {
@@ -295,6 +369,10 @@ impl AppSpec {
             kill_timeout: DEFAULT_KILL_TIMEOUT,
             exec_mode: ExecMode::Fork,
             merge_logs: false,
+            instances_max: false,
+            placement: PlacementSpec::default(),
+            resources: Resources::default(),
+            reschedule: Reschedule::default(),
         }
     }
 }

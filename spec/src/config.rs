@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::SpecError;
-use crate::app::{AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PortSpec};
+use crate::app::{
+    AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
+};
+use crate::placement::{Affinity, Constraint, Strategy, parse_cpu, parse_memory};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,107 @@ pub struct RawApp {
     pub kill_timeout: Option<Scalar>,
     pub exec_mode: Option<String>,
     pub merge_logs: Option<bool>,
+    pub placement: Option<RawPlacement>,
+    pub resources: Option<RawResources>,
+    /// `"30s"`, or `"never"` to wait for a down node instead of moving its instances.
+    pub reschedule_after: Option<Scalar>,
+}
+
+/// The `placement` block of an app.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlacement {
+    pub strategy: Option<String>,
+    pub constraints: Option<Vec<String>>,
+    pub affinities: Option<Vec<RawAffinity>>,
+    pub distinct_hosts: Option<bool>,
+    pub max_per_node: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAffinity {
+    pub expr: String,
+    pub weight: Option<i32>,
+}
+
+/// The `resources` block of an app: what one instance reserves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    /// Cores (`0.5`) or millicores (`"500m"`).
+    pub cpu: Option<Scalar>,
+    /// `"512M"`, `"1G"` or bytes.
+    pub memory: Option<Scalar>,
+    pub overcommit: Option<bool>,
+}
+
+impl RawPlacement {
+    pub fn into_spec(self) -> Result<PlacementSpec, SpecError> {
+        let constraints = self
+            .constraints
+            .unwrap_or_default()
+            .iter()
+            .map(|c| Constraint::parse("placement.constraints", c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let affinities = self
+            .affinities
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                Ok(Affinity {
+                    constraint: Constraint::parse("placement.affinities", &a.expr)?,
+                    weight: a.weight.unwrap_or(50),
+                })
+            })
+            .collect::<Result<Vec<_>, SpecError>>()?;
+        let max_per_node = match (self.distinct_hosts, self.max_per_node) {
+            (Some(true), Some(m)) if m != 1 => {
+                return Err(SpecError::new(
+                    "placement.max_per_node",
+                    format!("{m} contradicts distinct_hosts (at most 1 per node)"),
+                ));
+            }
+            (Some(true), _) => Some(1),
+            (_, m) => m,
+        };
+        Ok(PlacementSpec {
+            strategy: Strategy::parse(self.strategy.as_deref().unwrap_or(""))?,
+            constraints,
+            affinities,
+            max_per_node,
+        })
+    }
+}
+
+impl RawResources {
+    pub fn into_spec(self) -> Result<Resources, SpecError> {
+        let cpu_millis = match &self.cpu {
+            None => 0,
+            Some(v) => parse_cpu("resources.cpu", &v.to_text())?,
+        };
+        let memory_bytes = match &self.memory {
+            None => 0,
+            Some(v) => parse_memory("resources.memory", &v.to_text())?,
+        };
+        Ok(Resources {
+            cpu_millis,
+            memory_bytes,
+            overcommit: self.overcommit.unwrap_or(false),
+        })
+    }
+}
+
+/// Parses `reschedule_after`: a duration, or `"never"`/`"off"` to wait for the node.
+pub fn parse_reschedule(value: &Scalar) -> Result<Reschedule, SpecError> {
+    match value {
+        Scalar::Str(s) if matches!(s.trim(), "never" | "off") => Ok(Reschedule::Never),
+        Scalar::Bool(false) => Ok(Reschedule::Never),
+        other => Ok(Reschedule::After(parse_duration(
+            "reschedule_after",
+            other,
+        )?)),
+    }
 }
 
 /// `args` as a list, or as one string split like a shell would (PM2 accepts both).
@@ -153,17 +257,13 @@ pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError
     }
 }
 
-/// Parses an instance count: a whole number 0..=100000. `"max"` is recognised but not supported yet.
+/// Parses an instance count: a whole number 0..=100000 (`"max"` is handled by the caller).
 pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
     let text = value.to_text();
     match value {
         Scalar::Int(n) if *n >= 0 => {
             u32::try_from(*n).map_err(|_| SpecError::new("instances", format!("{n} is too large")))
         }
-        Scalar::Str(s) if s.trim() == "max" => Err(SpecError::new(
-            "instances",
-            "\"max\" is not supported yet; give a number of instances",
-        )),
         Scalar::Str(s) => s.trim().parse::<u32>().map_err(|_| {
             SpecError::new(
                 "instances",
@@ -198,8 +298,10 @@ impl RawApp {
             .into_iter()
             .map(|(k, v)| (k, v.to_text()))
             .collect();
+        let instances_max = matches!(&self.instances, Some(Scalar::Str(s)) if s.trim() == "max");
         let instances = match &self.instances {
             None => 1,
+            Some(_) if instances_max => 0,
             Some(v) => parse_instances(v)?,
         };
         let port = match &self.port {
@@ -237,6 +339,23 @@ impl RawApp {
             kill_timeout,
             exec_mode,
             merge_logs: self.merge_logs.unwrap_or(false),
+            instances_max,
+            placement: self
+                .placement
+                .map(RawPlacement::into_spec)
+                .transpose()?
+                .unwrap_or_default(),
+            resources: self
+                .resources
+                .map(RawResources::into_spec)
+                .transpose()?
+                .unwrap_or_default(),
+            reschedule: self
+                .reschedule_after
+                .as_ref()
+                .map(parse_reschedule)
+                .transpose()?
+                .unwrap_or_default(),
         }
         .validate()
     }
@@ -245,6 +364,7 @@ impl RawApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::placement::Strategy;
 
     fn check(text: &str, format: Format, want: Result<&[(&str, u32, &str)], &str>) {
         let got = parse_apps(text, format);
@@ -362,6 +482,72 @@ mod tests {
         assert_eq!(s.env.get("B").map(String::as_str), Some("true"));
         assert!(s.autorestart);
         assert_eq!(s.instances, 1);
+    }
+
+    #[test]
+    fn placement_blocks() {
+        let specs = parse_apps(
+            r#"{"name": "w", "script": "x", "instances": "max", "port": "auto:3000-3100",
+                "placement": {"strategy": "binpack", "constraints": ["region=eu", "disk in (ssd,nvme)"],
+                              "affinities": [{"expr": "zone=a", "weight": -20}], "distinct_hosts": true},
+                "resources": {"cpu": "250m", "memory": "512M"}, "reschedule_after": "never"}"#,
+            Format::Json,
+        )
+        .unwrap();
+        let s = &specs[0];
+        assert!(s.instances_max);
+        assert_eq!(s.placement.strategy, Strategy::Binpack);
+        assert_eq!(s.placement.constraints.len(), 2);
+        assert_eq!(s.placement.affinities[0].weight, -20);
+        assert_eq!(s.placement.max_per_node, Some(1));
+        assert_eq!(s.resources.cpu_millis, 250);
+        assert_eq!(s.resources.memory_bytes, 512 << 20);
+        assert_eq!(s.reschedule, Reschedule::Never);
+        let wire = pmcluster_proto::v1::AppSpec::from(s);
+        assert_eq!(AppSpec::try_from(wire).as_ref(), Ok(s));
+
+        let bad = [
+            (
+                r#"{"name": "w", "script": "x", "placement": {"strategy": "random"}}"#,
+                "placement.strategy",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "placement": {"constraints": ["a b"]}}"#,
+                "placement.constraints",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "placement": {"colour": 1}}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "placement": {"distinct_hosts": true, "max_per_node": 3}}"#,
+                "contradicts",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "placement": {"affinities": [{"expr": "a=b", "weight": 500}]}}"#,
+                "outside -100..100",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "resources": {"memory": "lots"}}"#,
+                "resources.memory",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "resources": {"cpu": "-1"}}"#,
+                "resources.cpu",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "reschedule_after": "soon"}"#,
+                "reschedule_after",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "instances": "max", "port": 3000}"#,
+                "single port",
+            ),
+        ];
+        for (text, want) in bad {
+            let err = parse_apps(text, Format::Json).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::time::Duration;
 use pmcluster_proto::v1 as pb;
 
 use crate::SpecError;
-use crate::app::{AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PortSpec};
+use crate::app::{
+    AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
+};
+use crate::placement::{Affinity, Constraint, Strategy};
 
 impl From<&AppSpec> for pb::AppSpec {
     fn from(s: &AppSpec) -> pb::AppSpec {
@@ -25,6 +28,37 @@ impl From<&AppSpec> for pb::AppSpec {
             kill_timeout_ms: millis(s.kill_timeout),
             exec_mode: s.exec_mode.as_str().to_string(),
             merge_logs: s.merge_logs,
+            instances_max: s.instances_max,
+            placement: Some(pb::Placement {
+                strategy: s.placement.strategy.as_str().to_string(),
+                constraints: s
+                    .placement
+                    .constraints
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+                affinities: s
+                    .placement
+                    .affinities
+                    .iter()
+                    .map(|a| pb::Affinity {
+                        expr: a.constraint.to_string(),
+                        weight: a.weight,
+                    })
+                    .collect(),
+                distinct_hosts: s.placement.max_per_node == Some(1),
+                max_per_node: s.placement.max_per_node.unwrap_or(0),
+            }),
+            resources: Some(pb::Resources {
+                cpu_millis: s.resources.cpu_millis,
+                memory_bytes: s.resources.memory_bytes,
+                overcommit: s.resources.overcommit,
+            }),
+            reschedule_after_ms: match s.reschedule {
+                Reschedule::After(d) => Some(millis(d)),
+                Reschedule::Never => None,
+            },
+            wait_for_node: s.reschedule == Reschedule::Never,
         }
     }
 }
@@ -52,9 +86,59 @@ impl TryFrom<pb::AppSpec> for AppSpec {
             },
             exec_mode: ExecMode::parse(&p.exec_mode)?,
             merge_logs: p.merge_logs,
+            instances_max: p.instances_max,
+            placement: placement_from_wire(p.placement.unwrap_or_default())?,
+            resources: p
+                .resources
+                .map(|r| Resources {
+                    cpu_millis: r.cpu_millis,
+                    memory_bytes: r.memory_bytes,
+                    overcommit: r.overcommit,
+                })
+                .unwrap_or_default(),
+            reschedule: match (p.wait_for_node, p.reschedule_after_ms) {
+                (true, _) => Reschedule::Never,
+                (false, Some(ms)) => Reschedule::After(Duration::from_millis(ms)),
+                (false, None) => Reschedule::default(),
+            },
         }
         .validate()
     }
+}
+
+fn placement_from_wire(p: pb::Placement) -> Result<PlacementSpec, SpecError> {
+    let constraints = p
+        .constraints
+        .iter()
+        .map(|c| Constraint::parse("placement.constraints", c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let affinities = p
+        .affinities
+        .iter()
+        .map(|a| {
+            Ok(Affinity {
+                constraint: Constraint::parse("placement.affinities", &a.expr)?,
+                weight: a.weight,
+            })
+        })
+        .collect::<Result<Vec<_>, SpecError>>()?;
+    let max_per_node = match (p.distinct_hosts, p.max_per_node) {
+        (true, m) if m > 1 => {
+            return Err(SpecError::new(
+                "placement.max_per_node",
+                format!("{m} contradicts distinct_hosts (at most 1 per node)"),
+            ));
+        }
+        (true, _) => Some(1),
+        (false, 0) => None,
+        (false, m) => Some(m),
+    };
+    Ok(PlacementSpec {
+        strategy: Strategy::parse(&p.strategy)?,
+        constraints,
+        affinities,
+        max_per_node,
+    })
 }
 
 fn millis(d: Duration) -> u64 {
