@@ -459,6 +459,7 @@ impl Control {
                     agent_version: n.agent_version.clone(),
                     cpu_percent: host.cpu_percent,
                     memory_used_bytes: host.memory_used_bytes,
+                    ..pb::Node::default()
                 }
             })
             .collect()
