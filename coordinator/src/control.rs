@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::core::reconcile::{self, Plan, Snapshot};
+use crate::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
 use crate::core::scheduler;
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
 use crate::store::{Store, StoreError};
@@ -80,6 +80,8 @@ struct NodeLive {
     last_heartbeat: Option<Instant>,
     last_heartbeat_ms: i64,
     host: Option<pb::HostMetrics>,
+    /// Unix ms the node was last seen going down; `None` while connected.
+    down_since_ms: Option<i64>,
 }
 
 struct Session {
@@ -100,6 +102,8 @@ struct Inner {
     nodes: BTreeMap<String, NodeLive>,
     observed: HashMap<Uuid, pb::InstanceStatus>,
     log_routes: HashMap<u64, LogRoute>,
+    /// Why instances of an app are pending, from the last reconcile.
+    pending: BTreeMap<String, String>,
 }
 
 pub struct Control {
@@ -133,6 +137,7 @@ fn new_node_live() -> NodeLive {
         last_heartbeat: None,
         last_heartbeat_ms: 0,
         host: None,
+        down_since_ms: Some(now_ms()),
     }
 }
 
@@ -150,6 +155,7 @@ impl Control {
             nodes,
             observed: HashMap::new(),
             log_routes: HashMap::new(),
+            pending: BTreeMap::new(),
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
         for name in names {
@@ -328,7 +334,31 @@ impl Control {
 
     /// Moves that keep the app's spread even after a scale-down to `count`.
     fn rebalance_moves(&self, inner: &Inner, name: &str, count: u32, batch: &mut Batch) {
-        let ready = ready_nodes(inner, &self.config);
+        let Some(app) = inner.state.apps.get(name) else {
+            return;
+        };
+        let spec = &app.spec;
+        // Only plain spread apps: moving instances of apps with resources or limits could break
+        // a rule the scheduler honoured when it placed them.
+        if spec.placement.strategy != pmcluster_spec::placement::Strategy::Spread
+            || spec.placement.max_per_node.is_some()
+            || spec.resources != pmcluster_spec::app::Resources::default()
+        {
+            return;
+        }
+        let ready: Vec<String> = ready_nodes(inner, &self.config)
+            .into_iter()
+            .filter(|n| {
+                inner.state.nodes.get(n).is_some_and(|rec| {
+                    !rec.drain
+                        && spec
+                            .placement
+                            .constraints
+                            .iter()
+                            .all(|c| c.matches(&rec.labels))
+                })
+            })
+            .collect();
         let mut placed: BTreeMap<String, Vec<u32>> =
             ready.iter().map(|n| (n.clone(), Vec::new())).collect();
         let mut by_index = BTreeMap::new();
@@ -429,10 +459,16 @@ impl Control {
 
     pub fn list_nodes(&self) -> Vec<pb::Node> {
         let inner = self.lock();
-        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        // (instances, cpu millis, memory bytes) reserved per node.
+        let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
         for inst in inner.state.instances.values() {
             if let Some(n) = &inst.node {
-                *counts.entry(n.as_str()).or_default() += 1;
+                let c = counts.entry(n.as_str()).or_default();
+                c.0 += 1;
+                if let Some(app) = inner.state.apps.get(&inst.app) {
+                    c.1 += u64::from(app.spec.resources.cpu_millis);
+                    c.2 += app.spec.resources.memory_bytes;
+                }
             }
         }
         inner
@@ -443,23 +479,33 @@ impl Control {
                 let live = inner.nodes.get(&n.name);
                 let ready = live.is_some_and(|l| is_ready(l, &self.config));
                 let host = live.and_then(|l| l.host).unwrap_or_default();
+                let (instances, cpu, memory) =
+                    counts.get(n.name.as_str()).copied().unwrap_or_default();
+                let status = match (ready, n.drain) {
+                    (false, _) => pb::NodeStatus::Down,
+                    (true, false) => pb::NodeStatus::Ready,
+                    (true, true) if instances > 0 => pb::NodeStatus::Draining,
+                    (true, true) => pb::NodeStatus::Ineligible,
+                };
                 pb::Node {
                     name: n.name.clone(),
-                    status: if ready {
-                        pb::NodeStatus::Ready
-                    } else {
-                        pb::NodeStatus::Down
-                    } as i32,
+                    status: status as i32,
                     labels: n.labels.clone().into_iter().collect(),
                     cores: n.cores,
                     memory_bytes: n.memory_bytes,
-                    instances: counts.get(n.name.as_str()).copied().unwrap_or(0),
+                    instances,
+                    allocated_cpu_millis: cpu,
+                    allocated_memory_bytes: memory,
+                    down_since_ms: if ready {
+                        0
+                    } else {
+                        live.and_then(|l| l.down_since_ms).unwrap_or(0)
+                    },
                     last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
                     hostname: n.hostname.clone(),
                     agent_version: n.agent_version.clone(),
                     cpu_percent: host.cpu_percent,
                     memory_used_bytes: host.memory_used_bytes,
-                    ..pb::Node::default()
                 }
             })
             .collect()
@@ -612,6 +658,7 @@ impl Control {
                 .get(&name)
                 .map(|n| n.generation)
                 .unwrap_or(0),
+            drain: inner.state.nodes.get(&name).is_some_and(|n| n.drain),
         };
         if inner.state.nodes.get(&name) != Some(&record) {
             let batch = Batch {
@@ -635,6 +682,7 @@ impl Control {
         });
         live.last_heartbeat = Some(Instant::now());
         live.last_heartbeat_ms = now_ms();
+        live.down_since_ms = None;
         let desired = live.desired.subscribe();
         for st in &reg.instances {
             if let Ok(id) = st.instance_id.parse::<Uuid>() {
@@ -708,6 +756,7 @@ impl Control {
             return;
         }
         live.session = None;
+        live.down_since_ms = Some(now_ms());
         inner.log_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(
@@ -719,16 +768,22 @@ impl Control {
         );
     }
 
-    /// Periodic housekeeping: ends sessions that stopped heartbeating.
+    /// Periodic housekeeping: ends sessions that stopped heartbeating, and reconciles, which
+    /// reschedules instances of nodes down for too long and advances drains.
     pub fn tick(&self) {
         let mut lapsed = Vec::new();
         {
             let mut inner = self.lock();
+            let now = now_ms();
             for (name, live) in inner.nodes.iter_mut() {
                 if live.session.is_some() && !is_ready(live, &self.config) {
                     live.session = None;
+                    live.down_since_ms = Some(now);
                     lapsed.push(name.clone());
                 }
+            }
+            if let Err(e) = self.write(&mut inner, Batch::default()) {
+                tracing::error!(error = %e, "periodic reconcile failed");
             }
         }
         for name in lapsed {
@@ -743,20 +798,62 @@ impl Control {
         self.reap_log_routes();
     }
 
+    /// Starts (or stops, with `drain = false`) draining a node.
+    pub fn set_drain(&self, node: &str, drain: bool) -> Result<pb::Node> {
+        let mut inner = self.lock();
+        let Some(record) = inner.state.nodes.get(node).cloned() else {
+            return Err(ControlError::NotFound(format!(
+                "node {node:?} not found; see the nodes with 'pmcluster nodes'"
+            )));
+        };
+        if record.drain != drain {
+            let batch = Batch {
+                put_nodes: vec![NodeRecord { drain, ..record }],
+                ..Batch::default()
+            };
+            self.write(&mut inner, batch)?;
+        }
+        drop(inner);
+        let what = if drain { "draining" } else { "eligible again" };
+        self.emit("node.drain", "", node, None, format!("node {node} {what}"));
+        self.list_nodes()
+            .into_iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))
+    }
+
     // ----- the one write path -----
 
     /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
     fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
-        let mut next = inner.state.clone();
-        next.apply(&batch);
-        let ready = ready_nodes(inner, &self.config);
+        let now = now_ms();
+        let owned;
+        let view: &Persisted = if batch.is_empty() {
+            &inner.state
+        } else {
+            let mut next = inner.state.clone();
+            next.apply(&batch);
+            owned = next;
+            &owned
+        };
+        let online: BTreeSet<Uuid> = inner
+            .observed
+            .iter()
+            .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
+            .map(|(id, _)| *id)
+            .collect();
+        let nodes = node_views(inner, view, &self.config);
         let plan = reconcile::reconcile(Snapshot {
-            apps: &next.apps,
-            instances: &next.instances,
-            ready_nodes: &ready,
+            apps: &view.apps,
+            instances: &view.instances,
+            nodes: &nodes,
+            online: &online,
+            now_ms: now,
         });
-        let placed = materialize(&next, &plan, &mut batch);
+        let pending = plan.pending.clone();
+        let placed = materialize(view, &plan, &mut batch);
         if batch.is_empty() {
+            inner.pending = pending;
             return Ok(());
         }
         // Nodes whose desired set changes: old and new homes of every touched record.
@@ -782,8 +879,9 @@ impl Control {
         // App spec changes reach agents through refreshed records, already counted above.
         let mut generation = inner.state.generation;
         for name in &touched {
-            if let Some(node) = inner.state.nodes.get(name) {
+            if let Some(node) = view.nodes.get(name) {
                 generation += 1;
+                batch.put_nodes.retain(|n| &n.name != name);
                 batch.put_nodes.push(NodeRecord {
                     generation,
                     ..node.clone()
@@ -793,6 +891,7 @@ impl Control {
         if generation != inner.state.generation {
             batch.generation = Some(generation);
         }
+        inner.pending = pending;
         self.store.commit(&batch)?;
         inner.state.apply(&batch);
         for id in &batch.del_instances {
@@ -869,7 +968,8 @@ fn materialize(
             port: c.port,
             app_version: version,
             restart_epoch: 0,
-            stopped: false,
+            stopped: c.stopped,
+            replaces: c.replaces,
         });
         placed.push((c.app.clone(), c.index, c.node.clone()));
     }
@@ -882,6 +982,29 @@ fn is_ready(live: &NodeLive, config: &ControlConfig) -> bool {
         && live
             .last_heartbeat
             .is_some_and(|t| t.elapsed() <= config.heartbeat_timeout)
+}
+
+/// The reconciler's view of every registered node.
+fn node_views<'a>(inner: &Inner, view: &'a Persisted, config: &ControlConfig) -> Vec<NodeView<'a>> {
+    view.nodes
+        .values()
+        .map(|n| {
+            let live = inner.nodes.get(&n.name);
+            let link = match live {
+                Some(l) if is_ready(l, config) => Link::Up,
+                Some(l) => Link::Down(l.down_since_ms.unwrap_or(0)),
+                None => Link::Down(0),
+            };
+            NodeView {
+                name: &n.name,
+                labels: &n.labels,
+                cores: n.cores,
+                memory_bytes: n.memory_bytes,
+                link,
+                drain: n.drain,
+            }
+        })
+        .collect()
 }
 
 fn ready_nodes(inner: &Inner, config: &ControlConfig) -> Vec<String> {
@@ -981,7 +1104,11 @@ fn instance_view(inner: &Inner, config: &ControlConfig, rec: &InstanceRecord) ->
         .is_some_and(|l| is_ready(l, config));
     let state = match (&rec.node, observed) {
         (None, _) => {
-            out.message = "no ready node to run it".into();
+            out.message = inner
+                .pending
+                .get(&rec.app)
+                .cloned()
+                .unwrap_or_else(|| "waiting for a node".into());
             if rec.stopped { S::Stopped } else { S::Pending }
         }
         (Some(n), _) if !connected => {

@@ -20,7 +20,6 @@ mod tidy {
         let forbidden = [
             "tokio",
             "tonic",
-            "std::time",
             "Instant",
             "SystemTime",
             "std::env",

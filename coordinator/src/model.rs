@@ -32,6 +32,10 @@ pub struct InstanceRecord {
     pub restart_epoch: u64,
     /// Stopped by a user: kept in the app but not run.
     pub stopped: bool,
+    /// The record of the same index this one takes over from once online (a migration off a
+    /// draining node). Both run meanwhile; the old one is removed after the handoff.
+    #[serde(default)]
+    pub replaces: Option<Uuid>,
 }
 
 /// A node as registered by its agent. Persisted so assignments survive a coordinator restart
@@ -46,6 +50,9 @@ pub struct NodeRecord {
     pub agent_version: String,
     /// Generation of the last desired set computed for this node.
     pub generation: u64,
+    /// A drain was requested: the node takes no new instances and its instances move off.
+    #[serde(default)]
+    pub drain: bool,
 }
 
 /// Everything the store holds.

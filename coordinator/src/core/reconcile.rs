@@ -1,24 +1,55 @@
-//! The reconciler: compares desired apps with the instance records and says what must change.
+//! The reconciler: compares desired apps with the instance records and the nodes, and says what
+//! must change. Pure, deterministic and idempotent: a converged state gives an empty plan.
 //!
-//! Buckets per app: *excess* (index at or above the desired count, or app gone) is removed;
-//! *missing* indices are created; *pending* records (no node) are placed when a ready node exists;
-//! *outdated* records (older app version or a port that no longer matches the range) are
-//! refreshed in place. Everything else is left alone, so a converged state gives an empty plan.
+//! Records of each app index fall in one bucket:
+//! - *excess*: index at or above the desired count, or app deleted: removed;
+//! - *missing*: no record for an index below the count: created and placed;
+//! - *pending*: no node yet: placed when a node fits, else the app gets a pending reason;
+//! - *lost*: on a node down for longer than the app's `reschedule_after`: replaced elsewhere
+//!   (the old record is removed, so the returning node is told to stop it);
+//! - *migrating*: on a draining node: a replacement is created on another node (one per draining
+//!   node at a time), and the old record is removed once the replacement is online;
+//! - *outdated*: older app version or a port that no longer matches the range: refreshed;
+//! - *conflicting*: more than one record for an index outside a migration: the best is kept.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use pmcluster_spec::app::Reschedule;
 use uuid::Uuid;
 
-use crate::core::scheduler::{self, NodeLoad};
+use crate::core::placement::{Ask, NodeSlot, Placer};
 use crate::model::{AppRecord, InstanceRecord};
+
+/// Connection state of a node, as the reconciler needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Up,
+    /// Down since this unix time (ms).
+    Down(i64),
+}
+
+/// One registered node.
+#[derive(Debug, Clone)]
+pub struct NodeView<'a> {
+    pub name: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub link: Link,
+    /// A drain was requested: no new instances, existing ones move off.
+    pub drain: bool,
+}
 
 /// What the reconciler looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct Snapshot<'a> {
     pub apps: &'a BTreeMap<String, AppRecord>,
     pub instances: &'a BTreeMap<Uuid, InstanceRecord>,
-    /// Nodes that may receive new instances, sorted.
-    pub ready_nodes: &'a [String],
+    /// Every registered node, sorted by name.
+    pub nodes: &'a [NodeView<'a>],
+    /// Instances their agents report online.
+    pub online: &'a BTreeSet<Uuid>,
+    pub now_ms: i64,
 }
 
 /// A new instance record to create; the apply step mints its id.
@@ -28,6 +59,10 @@ pub struct Create {
     pub index: u32,
     pub node: Option<String>,
     pub port: Option<u16>,
+    /// The record this one takes over from once online (migration).
+    pub replaces: Option<Uuid>,
+    /// Carried over from a replaced record a user had stopped.
+    pub stopped: bool,
 }
 
 /// The reconciler's output. Empty when nothing needs to change.
@@ -39,6 +74,10 @@ pub struct Plan {
     /// Records whose version or port changed: the new version and port.
     pub refresh: Vec<(Uuid, u64, Option<u16>)>,
     pub remove: Vec<Uuid>,
+    /// Why instances of an app could not be placed (not a change; shown to users).
+    pub pending: BTreeMap<String, String>,
+    /// Earliest time (ms) at which a lost node's instances become due for rescheduling.
+    pub followup_at: Option<i64>,
 }
 
 impl Plan {
@@ -50,156 +89,445 @@ impl Plan {
     }
 }
 
+/// Instance count of an app: its spec's, or with `instances: "max"` one per core of the nodes it
+/// may use (down nodes included, drained ones not), capped by its port range.
+pub fn desired_count(app: &AppRecord, nodes: &[NodeView<'_>]) -> u32 {
+    if !app.spec.instances_max {
+        return app.spec.instances;
+    }
+    let cores: u32 = nodes
+        .iter()
+        .filter(|n| !n.drain)
+        .filter(|n| {
+            app.spec
+                .placement
+                .constraints
+                .iter()
+                .all(|c| c.matches(n.labels))
+        })
+        .map(|n| n.cores)
+        .sum();
+    app.spec.port.capacity().map_or(cores, |cap| cores.min(cap))
+}
+
+/// Builds the scheduler's view of every node: capacity minus what the records reserve.
+fn slots<'a>(snap: &Snapshot<'a>) -> Vec<NodeSlot<'a>> {
+    let mut slots: Vec<NodeSlot<'a>> = snap
+        .nodes
+        .iter()
+        .map(|n| NodeSlot {
+            name: n.name,
+            labels: n.labels,
+            eligible: n.link == Link::Up && !n.drain,
+            cpu_capacity: i64::from(n.cores) * 1000,
+            memory_capacity: n.memory_bytes as i64,
+            cpu_free: i64::from(n.cores) * 1000,
+            memory_free: n.memory_bytes as i64,
+            ports_used: BTreeSet::new(),
+            total: 0,
+        })
+        .collect();
+    let index: BTreeMap<&str, usize> = slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+    for inst in snap.instances.values() {
+        let Some(&i) = inst.node.as_deref().and_then(|n| index.get(n)) else {
+            continue;
+        };
+        let slot = &mut slots[i];
+        slot.total += 1;
+        if let Some(app) = snap.apps.get(&inst.app) {
+            slot.cpu_free -= i64::from(app.spec.resources.cpu_millis);
+            slot.memory_free -= app.spec.resources.memory_bytes as i64;
+        }
+        if let Some(p) = inst.port {
+            slot.ports_used.insert(p);
+        }
+    }
+    slots
+}
+
+fn ask(app: &AppRecord) -> Ask<'_> {
+    let spec = &app.spec;
+    Ask {
+        strategy: spec.placement.strategy,
+        constraints: &spec.placement.constraints,
+        affinities: &spec.placement.affinities,
+        max_per_node: spec.placement.max_per_node,
+        cpu: spec.resources.cpu_millis,
+        memory: spec.resources.memory_bytes,
+        overcommit: spec.resources.overcommit,
+    }
+}
+
 pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     let mut plan = Plan::default();
-    let mut by_app: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
+    let nodes: BTreeMap<&str, &NodeView<'_>> = snap.nodes.iter().map(|n| (n.name, n)).collect();
+    let mut by_app: BTreeMap<&str, BTreeMap<u32, Vec<&InstanceRecord>>> = BTreeMap::new();
     for inst in snap.instances.values() {
-        by_app.entry(inst.app.as_str()).or_default().push(inst);
+        by_app
+            .entry(inst.app.as_str())
+            .or_default()
+            .entry(inst.index)
+            .or_default()
+            .push(inst);
     }
-    // Records of deleted apps.
-    for (app, insts) in &by_app {
+    for (app, indices) in &by_app {
         if !snap.apps.contains_key(*app) {
-            plan.remove.extend(insts.iter().map(|i| i.id));
+            plan.remove.extend(indices.values().flatten().map(|i| i.id));
         }
     }
-    // Loads over every app, kept current as this plan places instances.
-    let mut totals: BTreeMap<&str, u32> =
-        snap.ready_nodes.iter().map(|n| (n.as_str(), 0)).collect();
+    // Migrations still under way (replacement not online yet), per draining node: one at a
+    // time each.
+    let mut migrating_from: BTreeMap<&str, u32> = BTreeMap::new();
     for inst in snap.instances.values() {
-        if let Some(t) = inst.node.as_deref().and_then(|n| totals.get_mut(n)) {
-            *t += 1;
+        if snap.online.contains(&inst.id) {
+            continue;
+        }
+        if let Some(old) = inst.replaces.and_then(|id| snap.instances.get(&id))
+            && let Some(n) = old.node.as_deref()
+        {
+            *migrating_from.entry(n).or_default() += 1;
         }
     }
+    let mut slots = slots(&snap);
+    let slot_of: BTreeMap<&str, usize> =
+        slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+    let link = |node: Option<&str>| link_of(&nodes, node);
+
     for (name, app) in snap.apps {
-        let want = app.spec.instances;
-        let mut insts = by_app.remove(name.as_str()).unwrap_or_default();
-        // Placed records first, then by id, so a duplicate index keeps its running copy.
-        insts.sort_by_key(|i| (i.index, i.node.is_none(), i.id));
-        let mut seen = BTreeSet::new();
-        let mut keep = Vec::new();
-        for inst in insts {
-            if inst.index >= want || !seen.insert(inst.index) {
-                plan.remove.push(inst.id);
-            } else {
-                keep.push(inst);
-            }
+        let want = desired_count(app, snap.nodes);
+        let empty = BTreeMap::new();
+        let indices = by_app.get(name.as_str()).unwrap_or(&empty);
+        // Requests for the placer, gathered first so it is built at most once per app.
+        enum Need<'r> {
+            Assign(&'r InstanceRecord),
+            Replace(&'r InstanceRecord, bool),
+            Create(u32),
         }
-        let mut loads: Vec<NodeLoad> = snap
-            .ready_nodes
-            .iter()
-            .map(|n| NodeLoad {
-                name: n.clone(),
-                app_count: keep.iter().filter(|i| i.node.as_deref() == Some(n)).count() as u32,
-                total: totals.get(n.as_str()).copied().unwrap_or(0),
-            })
-            .collect();
-        let place = |loads: &mut Vec<NodeLoad>, totals: &mut BTreeMap<&str, u32>| {
-            let node = scheduler::place_one(loads)?;
-            if let Some(t) = totals.get_mut(node.as_str()) {
-                *t += 1;
+        let mut needs: Vec<Need<'_>> = Vec::new();
+        for (&index, records) in indices {
+            if index >= want {
+                plan.remove.extend(records.iter().map(|r| r.id));
+                continue;
             }
-            Some(node)
-        };
-        for inst in &keep {
-            let port = app.spec.port.port_for(inst.index);
+            let kept = settle_index(records, &snap, &nodes, &mut plan);
+            let Some(inst) = kept else {
+                continue;
+            };
+            let port = app.spec.port.port_for(index);
             if inst.app_version != app.version || inst.port != port {
                 plan.refresh.push((inst.id, app.version, port));
             }
-            if inst.node.is_none()
-                && let Some(node) = place(&mut loads, &mut totals)
-            {
-                plan.assign.push((inst.id, node));
+            let has_replacement = records.iter().any(|r| r.replaces == Some(inst.id));
+            match (inst.node.as_deref(), link(inst.node.as_deref())) {
+                (None, _) => needs.push(Need::Assign(inst)),
+                (Some(_), None) => needs.push(Need::Replace(inst, true)),
+                (Some(_), Some((Link::Down(since), drain))) => {
+                    let due = match app.spec.reschedule {
+                        _ if drain => Some(since),
+                        Reschedule::Never => None,
+                        Reschedule::After(d) => Some(since + d.as_millis() as i64),
+                    };
+                    match due {
+                        Some(at) if at <= snap.now_ms => needs.push(Need::Replace(inst, true)),
+                        Some(at) => {
+                            plan.followup_at = Some(plan.followup_at.map_or(at, |f| f.min(at)));
+                        }
+                        None => {}
+                    }
+                }
+                // A stopped instance has nothing to hand over: it just moves.
+                (Some(_), Some((Link::Up, true))) if inst.stopped => {
+                    needs.push(Need::Replace(inst, true));
+                }
+                (Some(n), Some((Link::Up, true))) if !has_replacement => {
+                    let busy = migrating_from.entry(n).or_default();
+                    if *busy == 0 {
+                        *busy += 1;
+                        needs.push(Need::Replace(inst, false));
+                    }
+                }
+                _ => {}
             }
         }
         for index in 0..want {
-            if !seen.contains(&index) {
-                plan.create.push(Create {
+            if !indices.contains_key(&index) {
+                needs.push(Need::Create(index));
+            }
+        }
+        if needs.is_empty() {
+            continue;
+        }
+        let counts: Vec<u32> = {
+            let mut c = vec![0; slots.len()];
+            for inst in indices.values().flatten() {
+                if let Some(&i) = inst.node.as_deref().and_then(|n| slot_of.get(n)) {
+                    c[i] += 1;
+                }
+            }
+            c
+        };
+        let mut placer = Placer::new(&mut slots, counts, ask(app));
+        let mut unplaced = 0u32;
+        let mut reason = String::new();
+        for need in needs {
+            let index = match &need {
+                Need::Assign(r) | Need::Replace(r, _) => r.index,
+                Need::Create(i) => *i,
+            };
+            let port = app.spec.port.port_for(index);
+            let picked = placer.place(port).map(str::to_string);
+            if let Err(why) = &picked
+                && !matches!(need, Need::Replace(_, false))
+            {
+                unplaced += 1;
+                reason = why.clone();
+            }
+            let node = picked.ok();
+            match need {
+                Need::Assign(r) => {
+                    if let Some(n) = node {
+                        plan.assign.push((r.id, n));
+                    }
+                }
+                Need::Create(index) => plan.create.push(Create {
                     app: name.clone(),
                     index,
-                    node: place(&mut loads, &mut totals),
-                    port: app.spec.port.port_for(index),
-                });
+                    node,
+                    port,
+                    replaces: None,
+                    stopped: false,
+                }),
+                // A lost instance is replaced even when nothing fits (the new record waits as
+                // pending): its node is gone either way.
+                Need::Replace(r, true) => {
+                    plan.remove.push(r.id);
+                    plan.create.push(Create {
+                        app: name.clone(),
+                        index,
+                        node,
+                        port,
+                        replaces: None,
+                        stopped: r.stopped,
+                    });
+                }
+                // A migration only starts when the replacement has somewhere to go.
+                Need::Replace(r, false) => {
+                    if let Some(n) = node {
+                        plan.create.push(Create {
+                            app: name.clone(),
+                            index,
+                            node: Some(n),
+                            port,
+                            replaces: Some(r.id),
+                            stopped: false,
+                        });
+                    }
+                }
             }
+        }
+        if unplaced > 0 {
+            plan.pending
+                .insert(name.clone(), format!("{unplaced} pending: {reason}"));
         }
     }
     plan.remove.sort();
+    plan.remove.dedup();
     plan
+}
+
+/// Link state and drain flag of a record's node; `None` for no node or an unknown one.
+fn link_of(nodes: &BTreeMap<&str, &NodeView<'_>>, node: Option<&str>) -> Option<(Link, bool)> {
+    node.and_then(|n| nodes.get(n)).map(|n| (n.link, n.drain))
+}
+
+/// Resolves the records of one index to the one that counts, removing what must go:
+/// a finished migration's old record, a migration whose old side is gone, and conflicts.
+fn settle_index<'r>(
+    records: &[&'r InstanceRecord],
+    snap: &Snapshot<'_>,
+    nodes: &BTreeMap<&str, &NodeView<'_>>,
+    plan: &mut Plan,
+) -> Option<&'r InstanceRecord> {
+    let link = |node: Option<&str>| link_of(nodes, node);
+    if let [only] = records {
+        return Some(only);
+    }
+    // A migration pair: the replacement takes over once online, or when the old side is lost.
+    if let [a, b] = records {
+        let pair = if b.replaces == Some(a.id) {
+            Some((*a, *b))
+        } else if a.replaces == Some(b.id) {
+            Some((*b, *a))
+        } else {
+            None
+        };
+        if let Some((old, new)) = pair {
+            let old_up = matches!(link(old.node.as_deref()), Some((Link::Up, _)));
+            if snap.online.contains(&new.id) || !old_up {
+                plan.remove.push(old.id);
+                return Some(new);
+            }
+            return Some(old);
+        }
+    }
+    // Conflicting records: keep one that runs on an up node, preferring an online one, then the
+    // lowest id; remove the others.
+    let score = |r: &InstanceRecord| {
+        let up = matches!(link(r.node.as_deref()), Some((Link::Up, _)));
+        (!snap.online.contains(&r.id), !up, r.node.is_none(), r.id)
+    };
+    let best = records.iter().min_by_key(|r| score(r))?;
+    for r in records {
+        if r.id != best.id {
+            plan.remove.push(r.id);
+        }
+    }
+    Some(best)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pmcluster_spec::placement::Constraint;
     use pmcluster_spec::{AppSpec, PortSpec};
+    use std::time::Duration;
 
-    /// Builds state from text: apps as `name=count[@port-range][vN]`, instances as
-    /// `app/index@node` (`-` for pending), ids numbered in order.
+    /// name, labels, link, drain, cores, memory.
+    type FixtureNode = (String, BTreeMap<String, String>, Link, bool, u32, u64);
+
     struct Fixture {
         apps: BTreeMap<String, AppRecord>,
         instances: BTreeMap<Uuid, InstanceRecord>,
-        nodes: Vec<String>,
+        nodes: Vec<FixtureNode>,
+        online: BTreeSet<Uuid>,
     }
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
     }
 
+    /// Apps: `name=count[@ports][vN][ mem=MiB][ eu][ wait]` separated by `;`.
+    /// Instances: `app/index@node[*][>n]` (`*` online, `>n` replaces record n), ids 1, 2, ...
+    /// Nodes: `name[:k=v][ down=T][ drain][ mem=MiB][ cores=N]` separated by `;`.
     fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
         let apps = apps
-            .split_whitespace()
+            .split(';')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
             .map(|a| {
-                let (name, rest) = a.split_once('=').unwrap_or((a, "1"));
+                let mut words = a.split_whitespace();
+                let head = words.next().unwrap_or_default();
+                let (name, rest) = head.split_once('=').unwrap_or((head, "1"));
                 let (rest, version) = rest.split_once('v').unwrap_or((rest, "1"));
                 let (count, port) = rest.split_once('@').unwrap_or((rest, ""));
                 let mut spec = AppSpec::new(name, "x", &[]);
-                spec.instances = count.parse().unwrap_or(0);
-                spec.port = PortSpec::parse(port).unwrap_or_default();
+                if count == "max" {
+                    spec.instances_max = true;
+                } else {
+                    spec.instances = count.parse().unwrap();
+                }
+                spec.port = PortSpec::parse(port).unwrap();
+                spec.reschedule = Reschedule::After(Duration::from_millis(1000));
+                for w in words {
+                    match w.split_once('=') {
+                        Some(("mem", v)) => {
+                            spec.resources.memory_bytes = v.parse::<u64>().unwrap() << 20
+                        }
+                        Some(("max", v)) => spec.placement.max_per_node = Some(v.parse().unwrap()),
+                        _ if w == "eu" => {
+                            spec.placement.constraints =
+                                vec![Constraint::parse("c", "region=eu").unwrap()]
+                        }
+                        _ if w == "wait" => spec.reschedule = Reschedule::Never,
+                        _ => panic!("bad app word {w}"),
+                    }
+                }
                 let rec = AppRecord {
                     spec,
-                    version: version.parse().unwrap_or(1),
+                    version: version.parse().unwrap(),
                     updated_at_ms: 0,
                 };
                 (name.to_string(), rec)
             })
             .collect();
+        let mut online = BTreeSet::new();
         let instances = instances
             .split_whitespace()
             .enumerate()
             .map(|(n, s)| {
+                let (s, replaces) = s
+                    .split_once('>')
+                    .map_or((s, None), |(s, r)| (s, Some(id(r.parse().unwrap()))));
+                let (s, is_online) = s.strip_suffix('*').map_or((s, false), |s| (s, true));
                 let (ai, node) = s.split_once('@').unwrap_or((s, "-"));
-                let (app, index) = ai.split_once('/').unwrap_or((ai, "0"));
+                let (app, index) = ai.split_once('/').unwrap();
                 let rec = InstanceRecord {
                     id: id(n as u128 + 1),
                     app: app.into(),
-                    index: index.parse().unwrap_or(0),
+                    index: index.parse().unwrap(),
                     node: (node != "-").then(|| node.to_string()),
                     port: None,
                     app_version: 1,
                     restart_epoch: 0,
                     stopped: false,
+                    replaces,
                 };
+                if is_online {
+                    online.insert(rec.id);
+                }
                 (rec.id, rec)
+            })
+            .collect();
+        let nodes = nodes
+            .split(';')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                let mut words = n.split_whitespace();
+                let head = words.next().unwrap_or_default();
+                let (name, labels) = head.split_once(':').unwrap_or((head, ""));
+                let labels = labels
+                    .split(',')
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                let (mut link, mut drain, mut cores, mut mem) = (Link::Up, false, 2, 4096u64 << 20);
+                for w in words {
+                    match w.split_once('=') {
+                        Some(("down", t)) => link = Link::Down(t.parse().unwrap()),
+                        Some(("mem", v)) => mem = v.parse::<u64>().unwrap() << 20,
+                        Some(("cores", v)) => cores = v.parse().unwrap(),
+                        _ if w == "drain" => drain = true,
+                        _ => panic!("bad node word {w}"),
+                    }
+                }
+                (name.to_string(), labels, link, drain, cores, mem)
             })
             .collect();
         Fixture {
             apps,
             instances,
-            nodes: nodes.split_whitespace().map(String::from).collect(),
+            nodes,
+            online,
         }
     }
 
-    /// Renders a plan as text: `+app/index@node`, `=id@node` (assign), `~id vN pP` (refresh),
-    /// `-id` (remove).
+    /// Renders a plan: `+app/index@node[:port][>id]`, `=id@node`, `~id vN pP`, `-id`,
+    /// `pending(app: reason)`, `followup@T`.
     fn render(plan: &Plan) -> String {
         let short = |u: &Uuid| u.as_u128().to_string();
         let mut out = Vec::new();
         for c in &plan.create {
             let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let rep = c
+                .replaces
+                .map(|r| format!(">{}", short(&r)))
+                .unwrap_or_default();
             out.push(format!(
-                "+{}/{}@{}{}",
+                "+{}/{}@{}{port}{rep}",
                 c.app,
                 c.index,
-                c.node.as_deref().unwrap_or("-"),
-                port
+                c.node.as_deref().unwrap_or("-")
             ));
         }
         for (i, n) in &plan.assign {
@@ -215,15 +543,35 @@ mod tests {
         for i in &plan.remove {
             out.push(format!("-{}", short(i)));
         }
+        for (app, why) in &plan.pending {
+            out.push(format!("pending({app}: {why})"));
+        }
+        if let Some(t) = plan.followup_at {
+            out.push(format!("followup@{t}"));
+        }
         out.join(" ")
     }
 
-    fn check(apps: &str, instances: &str, nodes: &str, want: &str) {
+    fn check(apps: &str, instances: &str, nodes: &str, now_ms: i64, want: &str) {
         let f = fixture(apps, instances, nodes);
+        let views: Vec<NodeView<'_>> = f
+            .nodes
+            .iter()
+            .map(|(name, labels, link, drain, cores, mem)| NodeView {
+                name,
+                labels,
+                cores: *cores,
+                memory_bytes: *mem,
+                link: *link,
+                drain: *drain,
+            })
+            .collect();
         let snap = Snapshot {
             apps: &f.apps,
             instances: &f.instances,
-            ready_nodes: &f.nodes,
+            nodes: &views,
+            online: &f.online,
+            now_ms,
         };
         let plan = reconcile(snap);
         assert_eq!(
@@ -231,36 +579,129 @@ mod tests {
             want,
             "apps {apps:?} instances {instances:?} nodes {nodes:?}"
         );
-        // Idempotence: the same input gives the same plan.
-        assert_eq!(reconcile(snap), plan);
+        assert_eq!(reconcile(snap), plan, "not deterministic");
     }
 
     #[test]
-    fn table() {
-        // Converged: nothing to do.
-        check("web=2", "web/0@a web/1@b", "a b", "");
-        check("", "", "a", "");
-        // Fresh app spreads over the nodes.
-        check("web=4", "", "a b c", "+web/0@a +web/1@b +web/2@c +web/3@a");
-        // No ready node: everything pending.
-        check("web=2", "", "", "+web/0@- +web/1@-");
-        // Pending instances are placed when a node appears.
-        check("web=2", "web/0@- web/1@-", "b", "=1@b =2@b");
-        // Scale up fills the least loaded nodes first.
-        check("web=3", "web/0@a web/1@a", "a b", "+web/2@b");
-        // Other apps count towards the tie-break.
-        check("web=1 api=1", "api/0@a", "a b", "+web/0@b");
-        // Scale down removes the highest indices.
-        check("web=1", "web/0@a web/1@b web/2@c", "a b c", "-2 -3");
-        // Deleted app: every record goes.
-        check("", "web/0@a web/1@b", "a b", "-1 -2");
-        // Duplicate index: the placed copy stays.
-        check("web=1", "web/0@- web/0@a", "a", "-1");
-        // Ports follow the index.
-        check("web=2@4100-4199", "", "a", "+web/0@a:4100 +web/1@a:4101");
-        // A new version refreshes records in place.
-        check("web=1v2", "web/0@a", "a", "~1 v2 p-");
-        // Instances on a node that is not ready stay where they are (no rescheduling here).
-        check("web=2", "web/0@gone web/1@a", "a", "");
+    fn placement_and_scaling() {
+        check("web=2", "web/0@a web/1@b", "a; b", 0, "");
+        check("", "", "a", 0, "");
+        check(
+            "web=4",
+            "",
+            "a; b; c",
+            0,
+            "+web/0@a +web/1@b +web/2@c +web/3@a",
+        );
+        check(
+            "web=2",
+            "",
+            "",
+            0,
+            "+web/0@- +web/1@- pending(web: 2 pending: no node has registered yet)",
+        );
+        check("web=2", "web/0@- web/1@-", "b", 0, "=1@b =2@b");
+        check("web=3", "web/0@a web/1@a", "a; b", 0, "+web/2@b");
+        check("web=1; api=1", "api/0@a", "a; b", 0, "+web/0@b");
+        check("web=1", "web/0@a web/1@b web/2@c", "a; b; c", 0, "-2 -3");
+        check("", "web/0@a web/1@b", "a; b", 0, "-1 -2");
+        check("web=2@4100-4199", "", "a", 0, "+web/0@a:4100 +web/1@a:4101");
+        check("web=1v2", "web/0@a", "a", 0, "~1 v2 p-");
+        // instances "max": one per core of the usable nodes (drained ones excluded).
+        check(
+            "web=max",
+            "",
+            "a cores=2; b cores=1; c cores=4 drain",
+            0,
+            "+web/0@a +web/1@b +web/2@a",
+        );
+    }
+
+    #[test]
+    fn constraints_resources_and_pending_reasons() {
+        check(
+            "web=3 eu",
+            "",
+            "a:region=eu; b:region=us",
+            0,
+            "+web/0@a +web/1@a +web/2@a",
+        );
+        check(
+            "web=3 eu mem=512",
+            "",
+            "a:region=eu mem=1024; b:region=us",
+            0,
+            "+web/0@a +web/1@a +web/2@- pending(web: 1 pending: no ready node with 512 MiB memory free matching region=eu (2 nodes: 1 not matching region=eu, 1 short of memory))",
+        );
+        // Capacity appears: the pending record is placed.
+        check("web=1 mem=512", "web/0@-", "a mem=1024", 0, "=1@a");
+        check("web=2 max=1", "", "a; b; c", 0, "+web/0@a +web/1@b");
+    }
+
+    #[test]
+    fn node_loss() {
+        // Down, but not for long enough: wait, and say when to look again.
+        check(
+            "web=2",
+            "web/0@a web/1@b",
+            "a down=500; b",
+            1000,
+            "followup@1500",
+        );
+        // Down long enough: replaced on a ready node, old record removed.
+        check(
+            "web=2",
+            "web/0@a web/1@b",
+            "a down=0; b",
+            1000,
+            "+web/0@b -1",
+        );
+        // Apps that wait for their node are left alone.
+        check("web=2 wait", "web/0@a web/1@b", "a down=0; b", 99_999, "");
+        // Scaling while a node is down: new instances go to ready nodes only.
+        check(
+            "web=3",
+            "web/0@a web/1@b",
+            "a down=900; b",
+            1000,
+            "+web/2@b followup@1900",
+        );
+        // Nowhere to go: the replacement waits as pending.
+        check(
+            "web=1",
+            "web/0@a",
+            "a down=0",
+            5000,
+            "+web/0@- -1 pending(web: 1 pending: no ready node (1 node: 1 not ready))",
+        );
+        // Node back after its instances moved: nothing of it is in any plan (the records are gone).
+        check("web=1", "web/0@b", "a; b", 0, "");
+        // Conflicting reports: two records for one index; the online one on an up node stays.
+        check("web=1", "web/0@a web/0@b*", "a; b", 0, "-1");
+        check("web=1", "web/0@a web/0@b", "a down=0; b", 0, "-1");
+    }
+
+    #[test]
+    fn drain() {
+        // One migration at a time per draining node; the replacement goes elsewhere.
+        check("web=2", "web/0@a web/1@a", "a drain; b", 0, "+web/0@b>1");
+        // Waiting for the replacement to come online: nothing new.
+        check("web=2", "web/0@a web/1@a web/0@b>1", "a drain; b", 0, "");
+        // Replacement online: the old record goes; the next migration starts.
+        check(
+            "web=2",
+            "web/0@a web/1@a web/0@b*>1",
+            "a drain; b",
+            0,
+            "+web/1@b>2 -1",
+        );
+        // Done.
+        check("web=2", "web/0@b* web/1@b*", "a drain; b", 0, "");
+        // No other node: the migration does not start, and the instance keeps running.
+        check("web=1", "web/0@a", "a drain", 0, "");
+        // Draining node goes down: its instances are replaced at once.
+        check("web=1", "web/0@a", "a drain down=0; b", 1, "+web/0@b -1");
+        // Drained nodes take nothing new.
+        check("web=2", "", "a drain; b", 0, "+web/0@b +web/1@b");
     }
 }

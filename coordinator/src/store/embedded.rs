@@ -149,6 +149,7 @@ mod tests {
             app_version: 3,
             restart_epoch: 1,
             stopped: false,
+            replaces: None,
         };
         let node = NodeRecord {
             name: "a".into(),
@@ -158,6 +159,7 @@ mod tests {
             hostname: "h".into(),
             agent_version: "0.1.0".into(),
             generation: 5,
+            drain: false,
         };
         let batch = Batch {
             put_apps: vec![app],
