@@ -1,0 +1,318 @@
+//! The command line as clap sees it: verbs, flags, help text and defaults.
+//!
+//! Only shapes live here. Values that need domain checks (instance counts, ports, durations,
+//! `KEY=VALUE` pairs) stay strings so that `commands` can validate them with errors that name the
+//! flag at fault, the same way config files name the field.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Address of the coordinator when neither `--coordinator` nor the environment says otherwise.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7450";
+/// Where `pmcluster up` makes the local coordinator listen by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pmcluster",
+    version,
+    about = "PM2-style process management across many machines",
+    long_about = "PM2-style process management across many machines.\n\n\
+        Start a local cluster with `pmcluster up`, then run apps on it:\n  \
+        pmcluster start \"node server.js\" --name web --instances 4 --port 3000-3003\n  \
+        pmcluster scale web 8\n  \
+        pmcluster list",
+    propagate_version = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Coordinator to talk to: http://HOST:PORT or HOST:PORT
+    #[arg(
+        long,
+        global = true,
+        env = "PMCLUSTER_COORDINATOR",
+        default_value = DEFAULT_COORDINATOR,
+        value_name = "URL"
+    )]
+    pub coordinator: String,
+
+    /// Output format: human tables, or JSON for scripts (logs and events: one object per line)
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command line as an app, or start a stopped app again
+    #[command(after_help = "Examples:\n  \
+        pmcluster start \"node server.js\" --name web --instances 4 --port 3000-3003\n  \
+        pmcluster start \"python worker.py --queue default\" --name worker -i 2\n  \
+        pmcluster start \"./serve.sh | tee out.log\" --name served --shell\n  \
+        pmcluster start web               # start a stopped app again\n  \
+        pmcluster start web --instance 2  # start one stopped instance")]
+    Start(StartArgs),
+
+    /// Create or update the apps of a config file (JSON, YAML or TOML)
+    Apply(ApplyArgs),
+
+    /// Set the number of instances of an app
+    Scale(ScaleArgs),
+
+    /// List instances: where they run and how they are doing
+    #[command(visible_aliases = ["ls", "status", "ps"])]
+    List(ListArgs),
+
+    /// Show an app: its spec, version and instances
+    #[command(visible_alias = "describe")]
+    Info(AppArg),
+
+    /// Stop an app's instances (they stay in the app until started again)
+    Stop(TargetArgs),
+
+    /// Restart an app's running instances in place
+    Restart(TargetArgs),
+
+    /// Stop every instance of an app and forget the app
+    #[command(visible_aliases = ["del", "rm"])]
+    Delete(AppArg),
+
+    /// Show the recent output of an app, and follow it with -f
+    Logs(LogsArgs),
+
+    /// List the nodes (hosts running an agent)
+    Nodes,
+
+    /// List the apps with their versions and instance counts
+    Apps,
+
+    /// Print cluster events as they happen, until Ctrl-C
+    Events(EventsArgs),
+
+    /// Start a local coordinator and agent in the background
+    Up(UpArgs),
+
+    /// Stop the local coordinator and agent started by `up`
+    Down(DownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The command line to run ("node server.js"), or the name of an existing app to start again
+    #[arg(value_name = "COMMAND|APP")]
+    pub target: String,
+
+    /// App name (default: the program's file name)
+    #[arg(short = 'n', long)]
+    pub name: Option<String>,
+
+    /// Number of instances, or max for one per CPU core of the eligible nodes
+    #[arg(short = 'i', long, value_name = "N", allow_negative_numbers = true)]
+    pub instances: Option<String>,
+
+    /// Ports: 3000 (one instance), 3000-3003 (instance i gets 3000+i) or auto:3000-3100
+    #[arg(short = 'p', long, value_name = "PORTS")]
+    pub port: Option<String>,
+
+    /// Environment variable for every instance; repeat for more
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+
+    /// Working directory of each instance on its host
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<String>,
+
+    /// Extra environment variable that receives the instance index
+    #[arg(long, value_name = "VAR")]
+    pub instance_var: Option<String>,
+
+    /// Run the command line through /bin/sh -c (needed for |, &&, ;, redirections)
+    #[arg(long)]
+    pub shell: bool,
+
+    /// Leave instances down when they exit
+    #[arg(long)]
+    pub no_autorestart: bool,
+
+    /// Delay before a crashed instance is restarted, e.g. 2s or 500ms
+    #[arg(long, value_name = "DURATION")]
+    pub restart_delay: Option<String>,
+
+    /// Time between the stop signal and SIGKILL, e.g. 5s
+    #[arg(long, value_name = "DURATION")]
+    pub kill_timeout: Option<String>,
+
+    /// With an app name: start only the instance with this index
+    #[arg(long, value_name = "INDEX")]
+    pub instance: Option<u32>,
+
+    /// Arguments appended to the command line, as given (after --)
+    #[arg(last = true, value_name = "ARGS")]
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Config file, or - for standard input
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: String,
+
+    /// File format (default: from the file extension, JSON for stdin)
+    #[arg(long, value_enum)]
+    pub format: Option<FileFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileFormat {
+    Json,
+    Yaml,
+    Toml,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// App name
+    pub app: String,
+    /// New number of instances (0 or more)
+    // A string, so "-1" and "abc" reach our own message instead of clap's.
+    #[arg(value_name = "N", allow_negative_numbers = true)]
+    pub instances: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this app's instances
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AppArg {
+    /// App name
+    pub app: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// App name
+    pub app: String,
+    /// Only the instance with this index
+    #[arg(long, value_name = "INDEX")]
+    pub instance: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// App name
+    pub app: String,
+    /// Only the instance with this index
+    #[arg(long, value_name = "INDEX")]
+    pub instance: Option<u32>,
+    /// Lines of history per instance and stream (default 20, at most 10000)
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub lines: Option<u32>,
+    /// Keep printing new lines until Ctrl-C
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Print only the lines, without the app[index] prefix
+    #[arg(long)]
+    pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only this app's events
+    pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Directory for pid files, logs and the daemons' data
+    /// (default: $XDG_DATA_HOME/pmcluster or ~/.local/share/pmcluster)
+    #[arg(long, env = "PMCLUSTER_HOME", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the coordinator listens on
+    #[arg(long, default_value = DEFAULT_LISTEN, value_name = "ADDR")]
+    pub listen: String,
+    /// Name of the local node (default: the hostname)
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Directory given to `pmcluster up`
+    #[arg(long, env = "PMCLUSTER_HOME", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    fn parse(line: &str) -> Result<Cli, ErrorKind> {
+        let words = shell_words::split(line).expect("test line splits");
+        Cli::try_parse_from(words).map_err(|e| e.kind())
+    }
+
+    #[test]
+    fn parses() {
+        let ok = [
+            "pmcluster scale web 3",
+            "pmcluster scale web -1",
+            "pmcluster scale web abc",
+            "pmcluster -o json list",
+            "pmcluster list -o json",
+            "pmcluster ls web",
+            "pmcluster status",
+            "pmcluster rm web",
+            "pmcluster start 'node server.js' --name web -i 4 --port 3000-3003 -e A=1 -e B=2",
+            "pmcluster start web --instance 2",
+            "pmcluster start 'node server.js' --name web -- --flag x",
+            "pmcluster logs web -f --lines 50 --instance 1",
+            "pmcluster apply -f apps.yaml --format yaml",
+            "pmcluster up --listen 127.0.0.1:0 --data-dir /tmp/x",
+            "pmcluster --coordinator 10.0.0.1:7450 nodes",
+        ];
+        for line in ok {
+            assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
+        }
+        let bad = [
+            ("pmcluster scale web", ErrorKind::MissingRequiredArgument),
+            ("pmcluster frobnicate", ErrorKind::InvalidSubcommand),
+            ("pmcluster list -o yaml", ErrorKind::InvalidValue),
+            ("pmcluster logs web --lines 0", ErrorKind::ValueValidation),
+            (
+                "pmcluster stop web --instance -1",
+                ErrorKind::UnknownArgument,
+            ),
+        ];
+        for (line, kind) in bad {
+            assert_eq!(parse(line).err(), Some(kind), "{line}");
+        }
+    }
+
+    #[test]
+    fn negative_count_reaches_the_command() {
+        let cli = parse("pmcluster scale web -1").expect("parses");
+        match cli.command {
+            Command::Scale(s) => assert_eq!(s.instances, "-1"),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The connection to the coordinator: address normalisation, connecting with a deadline, and
+//! unary calls with a deadline, so that no verb can hang on a silent coordinator.
+
+use std::future::Future;
+use std::time::Duration;
+
+use pmcluster_proto::v1::cluster_client::ClusterClient;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::error::{ApiError, UsageError};
+
+/// How long connecting may take before we say the coordinator cannot be reached.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a unary call may take. Streams (logs, events) have no deadline.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type Client = ClusterClient<Channel>;
+
+/// Turns `host:port` or `http://host:port` into the URL we dial; the error names the flag.
+pub fn normalize_url(input: &str) -> Result<String, UsageError> {
+    let trimmed = input.trim().trim_end_matches('/');
+    let url = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let bad = || {
+        UsageError::new(format!(
+            "--coordinator: {input:?} is not an address; use HOST:PORT or http://HOST:PORT"
+        ))
+    };
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad())?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(UsageError::new(format!(
+                "--coordinator: {input:?}: TLS is not supported by this pmcluster yet; use http://"
+            )));
+        }
+        _ => return Err(bad()),
+    }
+    match uri.authority() {
+        Some(a) if !a.host().is_empty() => Ok(url),
+        _ => Err(bad()),
+    }
+}
+
+/// Connects to the coordinator at `url` (already normalised), failing within
+/// [`CONNECT_TIMEOUT`] with a message that says what to do.
+pub async fn connect(url: &str) -> anyhow::Result<Client> {
+    connect_with(url, CONNECT_TIMEOUT).await
+}
+
+/// [`connect`] with another deadline; `up` polls with a short one while the coordinator starts.
+pub async fn connect_with(url: &str, timeout: Duration) -> anyhow::Result<Client> {
+    let unreachable = |why: String| {
+        anyhow::anyhow!(
+            "cannot reach the coordinator at {url}: {why}; is it running? \
+             start a local one with 'pmcluster up'"
+        )
+    };
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| UsageError::new(format!("--coordinator: {url:?}: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    // The outer deadline also covers the HTTP/2 handshake, which connect_timeout does not.
+    let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => return Err(unreachable(root_cause(&e))),
+        Ok(Ok(channel)) => channel,
+    };
+    Ok(ClusterClient::new(channel))
+}
+
+/// The innermost cause: "Connection refused (os error 111)" rather than "transport error".
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = err;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A request that tells the server our deadline, so it can give up when we do.
+pub fn request<T>(message: T) -> Request<T> {
+    let mut req = Request::new(message);
+    req.set_timeout(CALL_TIMEOUT);
+    req
+}
+
+/// Awaits a unary call with [`CALL_TIMEOUT`]; the server-side deadline alone does not save us
+/// from a coordinator that accepted the connection and then went silent.
+pub async fn unary<T, F>(call: F) -> Result<T, ApiError>
+where
+    F: Future<Output = Result<Response<T>, Status>>,
+{
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Err(_) => Err(ApiError {
+            code: tonic::Code::DeadlineExceeded,
+            message: format!(
+                "the coordinator did not answer within {}s",
+                CALL_TIMEOUT.as_secs()
+            ),
+        }),
+        Ok(Err(status)) => Err(status.into()),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let cases: &[(&str, Result<&str, &str>)] = &[
+            ("http://127.0.0.1:7450", Ok("http://127.0.0.1:7450")),
+            ("127.0.0.1:7450", Ok("http://127.0.0.1:7450")),
+            ("coord.internal:7450/", Ok("http://coord.internal:7450")),
+            ("[::1]:7450", Ok("http://[::1]:7450")),
+            ("https://c:7450", Err("TLS is not supported")),
+            ("ftp://c:7450", Err("is not an address")),
+            ("", Err("is not an address")),
+            ("a b:1", Err("is not an address")),
+        ];
+        for (input, want) in cases {
+            let got = normalize_url(input).map_err(|e| e.to_string());
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{input:?}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{input:?}: {g}"),
+                _ => panic!("{input:?}: got {got:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,504 @@
+//! One function per verb that talks to the coordinator: check the input, connect, call, render.
+//!
+//! Input is validated before connecting, so bad input gets its own message (exit 2) whether or
+//! not a coordinator is running. Rendering is delegated to `output`; this module only chooses what
+//! to render and writes it to `out`, propagating write errors so a closed pipe ends the command.
+
+use std::io::Write;
+
+use anyhow::Context;
+use futures::StreamExt;
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use pmcluster_spec::config::{Format, parse_apps};
+use serde_json::{Value, json};
+use tonic::Code;
+
+use crate::args::{
+    AppArg, ApplyArgs, EventsArgs, FileFormat, ListArgs, LogsArgs, OutputFormat, ScaleArgs,
+    StartArgs, TargetArgs,
+};
+use crate::client::{connect, request, unary};
+use crate::error::{ApiError, UsageError};
+use crate::output;
+use crate::validate::{StartPlan, parse_count, plan_start};
+
+/// Where a verb writes and how.
+pub struct Ctx<'a> {
+    /// Coordinator URL, already normalised.
+    pub url: String,
+    pub output: OutputFormat,
+    pub out: &'a mut dyn Write,
+}
+
+impl Ctx<'_> {
+    fn json(&self) -> bool {
+        self.output == OutputFormat::Json
+    }
+
+    fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        writeln!(self.out, "{text}").context("writing to stdout")
+    }
+
+    fn text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.out
+            .write_all(text.as_bytes())
+            .context("writing to stdout")
+    }
+
+    /// Pretty JSON for one-shot answers.
+    fn value(&mut self, value: &Value) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
+        self.line(&text)
+    }
+
+    /// One compact JSON object per line, for streams (logs, events).
+    fn json_line(&mut self, value: &Value) -> anyhow::Result<()> {
+        let text = serde_json::to_string(value).context("encoding JSON")?;
+        self.line(&text)
+    }
+}
+
+fn plural(n: u32, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// "4 instances of web" or "web[2]".
+fn describe_target(app: &str, index: Option<u32>, affected: u32) -> String {
+    match index {
+        Some(i) => format!("{app}[{i}]"),
+        None => format!("{} of {app}", plural(affected, "instance")),
+    }
+}
+
+fn instance_count(app: &pb::App) -> u32 {
+    app.spec.as_ref().map(|s| s.instances).unwrap_or_default()
+}
+
+/// "4 instances", or "max instances (4 now)" for `instances: "max"`.
+fn count_phrase(app: &pb::App) -> String {
+    let n = instance_count(app);
+    if app.spec.as_ref().is_some_and(|s| s.instances_max) {
+        format!("max instances ({n} now)")
+    } else {
+        plural(n, "instance")
+    }
+}
+
+/// The word `apply` uses for an ApplyApp answer.
+fn apply_result(reply: &pb::ApplyAppReply) -> &'static str {
+    if reply.created {
+        "created"
+    } else if reply.changed {
+        "configured"
+    } else {
+        "unchanged"
+    }
+}
+
+fn apply_json(name: &str, reply: &pb::ApplyAppReply) -> Value {
+    let app = reply.app.clone().unwrap_or_default();
+    json!({
+        "app": name,
+        "result": apply_result(reply),
+        "version": app.version,
+        "instances": instance_count(&app),
+    })
+}
+
+async fn apply_one(
+    client: &mut crate::client::Client,
+    spec: &AppSpec,
+) -> anyhow::Result<pb::ApplyAppReply> {
+    let req = pb::ApplyAppRequest {
+        spec: Some(pb::AppSpec::from(spec)),
+    };
+    Ok(unary(client.apply_app(request(req))).await?)
+}
+
+/// `start "command line" --name web ...` or `start web [--instance N]`.
+pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let plan = plan_start(&args)?;
+    let mut client = connect(&ctx.url).await?;
+    match plan {
+        StartPlan::Existing { app, index } => {
+            let target = pb::InstanceTarget {
+                app: app.clone(),
+                index,
+            };
+            let reply = match unary(client.start(request(target))).await {
+                Err(e) if e.code == Code::NotFound && index.is_none() => {
+                    return Err(anyhow::anyhow!(
+                        "{}; to run {app:?} as a new app, give it a name: \
+                         pmcluster start {app} --name NAME",
+                        e.message
+                    ));
+                }
+                other => other?,
+            };
+            if ctx.json() {
+                return ctx.value(&json!({
+                    "app": app, "action": "started", "index": index, "affected": reply.affected,
+                }));
+            }
+            let what = describe_target(&app, index, reply.affected);
+            ctx.line(&format!("started {what}"))
+        }
+        StartPlan::Apply { spec, derived_name } => {
+            if derived_name {
+                refuse_to_overwrite(&mut client, &spec).await?;
+            }
+            let reply = apply_one(&mut client, &spec).await?;
+            let app = reply.app.clone().unwrap_or_default();
+            let unchanged = !reply.created && !reply.changed;
+            if unchanged {
+                // PM2's `start` on an app that exists starts it; an unchanged spec alone would
+                // leave instances a user stopped down.
+                let target = pb::InstanceTarget {
+                    app: spec.name.clone(),
+                    index: None,
+                };
+                unary(client.start(request(target))).await?;
+            }
+            if ctx.json() {
+                return ctx.value(&apply_json(&spec.name, &reply));
+            }
+            let verb = if reply.created || unchanged {
+                "started"
+            } else {
+                "updated"
+            };
+            let note = if unchanged { ", spec unchanged" } else { "" };
+            ctx.line(&format!(
+                "{verb} app {}: {} (version {}{note})",
+                spec.name,
+                count_phrase(&app),
+                app.version,
+            ))
+        }
+    }
+}
+
+/// A name derived from the program must not silently replace another app of that name.
+async fn refuse_to_overwrite(
+    client: &mut crate::client::Client,
+    spec: &AppSpec,
+) -> anyhow::Result<()> {
+    let req = pb::GetAppRequest {
+        name: spec.name.clone(),
+    };
+    let existing = match unary(client.get_app(request(req))).await {
+        Err(e) if e.code == Code::NotFound => return Ok(()),
+        other => other?,
+    };
+    let same = existing
+        .spec
+        .and_then(|s| AppSpec::try_from(s).ok())
+        .is_some_and(|s| &s == spec);
+    if same {
+        return Ok(());
+    }
+    Err(UsageError::new(format!(
+        "an app named {:?} already exists with another spec; give this one its own name with \
+         --name, or change that app with `pmcluster scale`/`pmcluster apply`",
+        spec.name
+    ))
+    .into())
+}
+
+/// `apply -f FILE`: every app of the file is validated before any is sent.
+pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let text = if args.file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading apps from standard input")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| UsageError::new(format!("cannot read {}: {e}", args.file)))?
+    };
+    let format = match args.format {
+        Some(FileFormat::Json) => Format::Json,
+        Some(FileFormat::Yaml) => Format::Yaml,
+        Some(FileFormat::Toml) => Format::Toml,
+        None => Format::from_path(&args.file),
+    };
+    let source = if args.file == "-" {
+        "<stdin>"
+    } else {
+        args.file.as_str()
+    };
+    let specs = parse_apps(&text, format).map_err(|e| UsageError::new(format!("{source}: {e}")))?;
+    let mut client = connect(&ctx.url).await?;
+    let mut results = Vec::with_capacity(specs.len());
+    for (n, spec) in specs.iter().enumerate() {
+        let reply = apply_one(&mut client, spec).await.with_context(|| {
+            let done: Vec<&str> = specs[..n].iter().map(|s| s.name.as_str()).collect();
+            if done.is_empty() {
+                format!("applying app {:?}", spec.name)
+            } else {
+                format!(
+                    "applying app {:?} (already applied: {})",
+                    spec.name,
+                    done.join(", ")
+                )
+            }
+        })?;
+        if ctx.json() {
+            results.push(apply_json(&spec.name, &reply));
+            continue;
+        }
+        let app = reply.app.clone().unwrap_or_default();
+        let result = apply_result(&reply);
+        let line = if result == "unchanged" {
+            format!("{}: unchanged (version {})", spec.name, app.version)
+        } else {
+            format!(
+                "{}: {result} (version {}, {})",
+                spec.name,
+                app.version,
+                count_phrase(&app)
+            )
+        };
+        ctx.line(&line)?;
+    }
+    if ctx.json() {
+        ctx.value(&Value::Array(results))?;
+    }
+    Ok(())
+}
+
+/// `scale APP N`.
+pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let instances = parse_count(&args.instances).map_err(UsageError::new)?;
+    let mut client = connect(&ctx.url).await?;
+    let req = pb::ScaleRequest {
+        app: args.app.clone(),
+        instances: i64::from(instances),
+    };
+    let reply = unary(client.scale(request(req))).await?;
+    if ctx.json() {
+        return ctx.value(&json!({
+            "app": args.app, "previous": reply.previous, "instances": reply.instances,
+        }));
+    }
+    ctx.line(&format!(
+        "scaled {}: {} -> {}",
+        args.app, reply.previous, reply.instances
+    ))
+}
+
+async fn list_instances(
+    client: &mut crate::client::Client,
+    app: &str,
+) -> Result<Vec<pb::Instance>, ApiError> {
+    let req = pb::ListInstancesRequest {
+        app: app.to_string(),
+    };
+    Ok(unary(client.list_instances(request(req))).await?.instances)
+}
+
+/// `list [APP]`.
+pub async fn list(args: ListArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let app = args.app.unwrap_or_default();
+    let instances = list_instances(&mut client, &app).await?;
+    let now = output::now_ms();
+    if ctx.json() {
+        return ctx.value(&output::instances_json(&instances, now));
+    }
+    if instances.is_empty() {
+        return if app.is_empty() {
+            ctx.line(output::NO_INSTANCES)
+        } else {
+            ctx.line(&format!(
+                "app {app} has no instances; scale it up with: pmcluster scale {app} 2"
+            ))
+        };
+    }
+    ctx.text(&output::instances_table(&instances, now))
+}
+
+/// `info APP`.
+pub async fn info(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let req = pb::GetAppRequest {
+        name: args.app.clone(),
+    };
+    let app = unary(client.get_app(request(req))).await?;
+    let instances = list_instances(&mut client, &args.app).await?;
+    let now = output::now_ms();
+    if ctx.json() {
+        return ctx.value(&output::app_info_json(&app, &instances, now));
+    }
+    ctx.text(&output::app_info_text(&app, &instances, now))
+}
+
+#[derive(Clone, Copy)]
+enum Action {
+    Stop,
+    Restart,
+}
+
+/// `stop APP [--instance N]`.
+pub async fn stop(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    action(Action::Stop, args, ctx).await
+}
+
+/// `restart APP [--instance N]`.
+pub async fn restart(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    action(Action::Restart, args, ctx).await
+}
+
+async fn action(action: Action, args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let target = pb::InstanceTarget {
+        app: args.app.clone(),
+        index: args.instance,
+    };
+    let (reply, verb) = match action {
+        Action::Stop => (unary(client.stop(request(target))).await?, "stopped"),
+        Action::Restart => (unary(client.restart(request(target))).await?, "restarted"),
+    };
+    if ctx.json() {
+        return ctx.value(&json!({
+            "app": args.app, "action": verb, "index": args.instance, "affected": reply.affected,
+        }));
+    }
+    let what = describe_target(&args.app, args.instance, reply.affected);
+    ctx.line(&format!("{verb} {what}"))
+}
+
+/// `delete APP`.
+pub async fn delete(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let req = pb::DeleteAppRequest {
+        name: args.app.clone(),
+    };
+    let reply = unary(client.delete_app(request(req))).await?;
+    if ctx.json() {
+        return ctx.value(&json!({"app": args.app, "action": "deleted", "removed": reply.removed}));
+    }
+    ctx.line(&format!(
+        "deleted {}: {} removed",
+        args.app,
+        plural(reply.removed, "instance")
+    ))
+}
+
+/// `nodes`.
+pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let nodes = unary(client.list_nodes(request(pb::ListNodesRequest {})))
+        .await?
+        .nodes;
+    if ctx.json() {
+        return ctx.value(&output::nodes_json(&nodes));
+    }
+    if nodes.is_empty() {
+        return ctx.line(output::NO_NODES);
+    }
+    ctx.text(&output::nodes_table(&nodes, output::now_ms()))
+}
+
+/// `apps`.
+pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let apps = unary(client.list_apps(request(pb::ListAppsRequest {})))
+        .await?
+        .apps;
+    if ctx.json() {
+        return ctx.value(&output::apps_json(&apps));
+    }
+    if apps.is_empty() {
+        return ctx.line(output::NO_APPS);
+    }
+    ctx.text(&output::apps_table(&apps))
+}
+
+/// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.
+pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let req = pb::StreamLogsRequest {
+        app: args.app.clone(),
+        index: args.instance,
+        lines: args.lines.unwrap_or(0),
+        follow: args.follow,
+    };
+    // No grpc-timeout on the request: a followed stream lives as long as the user wants.
+    let stream = unary(client.stream_logs(tonic::Request::new(req))).await?;
+    let json = ctx.json();
+    until_ctrl_c(stream, |line: pb::LogLine| {
+        if json {
+            ctx.json_line(&output::log_json(&line))
+        } else {
+            ctx.line(&output::log_line(&line, args.raw))
+        }
+    })
+    .await
+}
+
+/// `events [APP]`: until Ctrl-C.
+pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let req = pb::WatchEventsRequest {
+        app: args.app.unwrap_or_default(),
+    };
+    let stream = unary(client.watch_events(tonic::Request::new(req))).await?;
+    let json = ctx.json();
+    until_ctrl_c(stream, |event: pb::Event| {
+        if json {
+            ctx.json_line(&output::event_json(&event))
+        } else {
+            ctx.line(&output::event_line(&event))
+        }
+    })
+    .await
+}
+
+/// Feeds each message of a server stream to `each` until the stream ends, fails, or the user
+/// presses Ctrl-C (a normal way to end, so not an error).
+async fn until_ctrl_c<T>(
+    mut stream: tonic::Streaming<T>,
+    mut each: impl FnMut(T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            next = stream.next() => match next {
+                None => return Ok(()),
+                Some(Err(status)) => return Err(ApiError::from(status).into()),
+                Some(Ok(message)) => each(message)?,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phrases() {
+        let cases = [
+            (("web", None, 4), "4 instances of web"),
+            (("web", None, 1), "1 instance of web"),
+            (("web", None, 0), "0 instances of web"),
+            (("web", Some(2), 1), "web[2]"),
+        ];
+        for ((app, index, affected), want) in cases {
+            assert_eq!(describe_target(app, index, affected), want);
+        }
+        let reply = |created, changed| pb::ApplyAppReply {
+            app: None,
+            created,
+            changed,
+        };
+        assert_eq!(apply_result(&reply(true, true)), "created");
+        assert_eq!(apply_result(&reply(false, true)), "configured");
+        assert_eq!(apply_result(&reply(false, false)), "unchanged");
+    }
+}

@@ -1,0 +1,51 @@
+//! The `pmcluster` command-line client: parses verbs, talks to the coordinator over the
+//! `pmcluster.v1.Cluster` gRPC API, and renders answers as tables or JSON. `up`/`down` run a
+//! local single-machine cluster as background daemons.
+//!
+//! It owns no cluster state: every verb except `up`/`down` is one or a few coordinator calls.
+//! `main.rs` only parses, calls [`run`] and maps the error to an exit code with
+//! [`error::exit_code`].
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod error;
+pub mod local;
+pub mod output;
+pub mod validate;
+
+use std::io::Write;
+
+use args::{Cli, Command};
+use commands::Ctx;
+
+/// Runs one parsed command line, writing human output to `out`.
+pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> anyhow::Result<()> {
+    let command = match cli.command {
+        Command::Up(a) => return local::up(a, env, cli.output, out).await,
+        Command::Down(a) => return local::down(a, env, out),
+        other => other,
+    };
+    let url = client::normalize_url(&cli.coordinator)?;
+    let mut ctx = Ctx {
+        url,
+        output: cli.output,
+        out,
+    };
+    let ctx = &mut ctx;
+    match command {
+        Command::Start(a) => commands::start(a, ctx).await,
+        Command::Apply(a) => commands::apply(a, ctx).await,
+        Command::Scale(a) => commands::scale(a, ctx).await,
+        Command::List(a) => commands::list(a, ctx).await,
+        Command::Info(a) => commands::info(a, ctx).await,
+        Command::Stop(a) => commands::stop(a, ctx).await,
+        Command::Restart(a) => commands::restart(a, ctx).await,
+        Command::Delete(a) => commands::delete(a, ctx).await,
+        Command::Logs(a) => commands::logs(a, ctx).await,
+        Command::Nodes => commands::nodes(ctx).await,
+        Command::Apps => commands::apps(ctx).await,
+        Command::Events(a) => commands::events(a, ctx).await,
+        Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,704 @@
+//! `up` and `down`: a single-machine cluster made of one coordinator and one agent, run as
+//! background daemons out of a data directory.
+//!
+//! The data directory holds `coordinator.pid`, `agent.pid`, their logs, the address the
+//! coordinator listens on and the agent's node name, plus each daemon's own data. Processes are
+//! only ever signalled by the pid in their pid file, and only after `/proc/PID/cmdline` shows the
+//! expected binary, so a recycled pid is never hit. Nothing here looks processes up by name.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use pmcluster_proto::v1 as pb;
+use serde_json::json;
+
+use crate::args::{DownArgs, OutputFormat, UpArgs};
+use crate::client::{connect_with, request, unary};
+use crate::error::UsageError;
+
+pub const COORDINATOR_BIN: &str = "pmcluster-coordinator";
+pub const AGENT_BIN: &str = "pmcluster-agent";
+
+/// How long `up` waits for the coordinator to answer and the agent's node to be ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `down` gives the agent to stop its instances before SIGKILL.
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
+const COORDINATOR_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often waits re-check; these are polls of other processes, not test sleeps.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The files of one local cluster.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    fn pid_file(&self, daemon: Daemon) -> PathBuf {
+        self.path(&format!("{}.pid", daemon.short()))
+    }
+    fn log_file(&self, daemon: Daemon) -> PathBuf {
+        self.path(&format!("{}.log", daemon.short()))
+    }
+    fn data_dir(&self, daemon: Daemon) -> PathBuf {
+        self.path(daemon.short())
+    }
+    /// The address the running coordinator was told to listen on.
+    fn listen_file(&self) -> PathBuf {
+        self.path("coordinator.listen")
+    }
+    /// The node name the running agent was given.
+    fn node_file(&self) -> PathBuf {
+        self.path("agent.node")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Daemon {
+    Coordinator,
+    Agent,
+}
+
+impl Daemon {
+    fn short(self) -> &'static str {
+        match self {
+            Daemon::Coordinator => "coordinator",
+            Daemon::Agent => "agent",
+        }
+    }
+    fn binary(self) -> &'static str {
+        match self {
+            Daemon::Coordinator => COORDINATOR_BIN,
+            Daemon::Agent => AGENT_BIN,
+        }
+    }
+}
+
+/// The default data directory: `$XDG_DATA_HOME/pmcluster`, else `$HOME/.local/share/pmcluster`.
+/// (`$PMCLUSTER_HOME` arrives through `--data-dir`'s clap env binding.) A relative
+/// `XDG_DATA_HOME` is ignored, as the XDG spec asks.
+pub fn default_data_dir(
+    xdg_data_home: Option<OsString>,
+    home: Option<OsString>,
+) -> Option<PathBuf> {
+    let xdg = xdg_data_home.map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(xdg) = xdg {
+        return Some(xdg.join("pmcluster"));
+    }
+    home.filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/share/pmcluster"))
+}
+
+/// What `up` and `down` take from the process environment, read once by `main` so that nothing
+/// below it reads the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub xdg_data_home: Option<OsString>,
+    pub home: Option<OsString>,
+    pub path: Option<OsString>,
+    /// Directory of the running `pmcluster`, where the daemons ship.
+    pub exe_dir: Option<PathBuf>,
+}
+
+impl Environment {
+    pub fn from_process() -> Environment {
+        Environment {
+            xdg_data_home: std::env::var_os("XDG_DATA_HOME"),
+            home: std::env::var_os("HOME"),
+            path: std::env::var_os("PATH"),
+            exe_dir: std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(Path::to_path_buf)),
+        }
+    }
+}
+
+fn resolve_data_dir(arg: Option<PathBuf>, env: &Environment) -> anyhow::Result<Layout> {
+    let dir = match arg {
+        Some(dir) => dir,
+        None => default_data_dir(env.xdg_data_home.clone(), env.home.clone()).ok_or_else(|| {
+            UsageError::new(
+                "cannot tell where to keep the local cluster: HOME is not set; give --data-dir",
+            )
+        })?,
+    };
+    Ok(Layout { dir })
+}
+
+/// True when `cmdline` (NUL-separated, as in /proc/PID/cmdline) runs the binary `name`.
+pub fn cmdline_runs(cmdline: &[u8], name: &str) -> bool {
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    let argv0 = String::from_utf8_lossy(argv0);
+    Path::new(argv0.as_ref())
+        .file_name()
+        .is_some_and(|f| f == OsStr::new(name))
+}
+
+/// Whether `pid` is a live process running `name`. A zombie has an empty cmdline and counts as
+/// gone.
+fn runs(pid: i32, name: &str) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| cmdline_runs(&c, name))
+}
+
+/// Parses a pid file's content.
+pub fn parse_pid(text: &str) -> Option<i32> {
+    text.trim().parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// The pid of `daemon` if its pid file names a live process running its binary.
+fn running_pid(layout: &Layout, daemon: Daemon) -> Option<i32> {
+    let text = fs::read_to_string(layout.pid_file(daemon)).ok()?;
+    parse_pid(&text).filter(|pid| runs(*pid, daemon.binary()))
+}
+
+/// Looks for `name` next to our own executable first (a release archive or `target/debug`),
+/// then in `PATH`.
+pub fn find_binary(
+    name: &str,
+    exe_dir: Option<&Path>,
+    path_var: Option<&OsStr>,
+) -> Option<PathBuf> {
+    let is_executable = |p: &Path| {
+        fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let beside = exe_dir.map(|d| d.join(name)).filter(|p| is_executable(p));
+    beside.or_else(|| {
+        std::env::split_paths(path_var?)
+            .map(|d| d.join(name))
+            .find(|p| is_executable(p))
+    })
+}
+
+fn locate(daemon: Daemon, env: &Environment) -> anyhow::Result<PathBuf> {
+    let exe_dir = env.exe_dir.as_deref();
+    find_binary(daemon.binary(), exe_dir, env.path.as_deref()).ok_or_else(|| {
+        let beside = exe_dir
+            .map(|d| format!(" next to {} or", d.display()))
+            .unwrap_or_default();
+        anyhow::anyhow!(
+            "cannot find {}{beside} in PATH; build them with cargo build --release \
+             (they ship next to the pmcluster binary)",
+            daemon.binary()
+        )
+    })
+}
+
+/// Parses `--listen`. Port 0 is refused: the agent and this CLI must know where to dial.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, UsageError> {
+    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+        UsageError::new(format!(
+            "--listen: {text:?} is not an address like 127.0.0.1:7450"
+        ))
+    })?;
+    if addr.port() == 0 {
+        return Err(UsageError::new(
+            "--listen: port 0 is not supported; give a fixed port like 127.0.0.1:7450",
+        ));
+    }
+    Ok(addr)
+}
+
+/// Where a client on this machine dials a coordinator listening on `listen`: an unspecified
+/// address (0.0.0.0, ::) means every interface, so dial loopback.
+pub fn dial_url(listen: SocketAddr) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, listen.port()))
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_string())
+}
+
+/// One daemon `up` started in this run, kept to notice if it dies during the wait.
+struct Started {
+    daemon: Daemon,
+    child: Child,
+}
+
+fn spawn(
+    layout: &Layout,
+    daemon: Daemon,
+    binary: &Path,
+    args: &[OsString],
+) -> anyhow::Result<Started> {
+    let data = layout.data_dir(daemon);
+    fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let log_path = layout.log_file(daemon);
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    writeln!(
+        log,
+        "--- pmcluster up: starting {} at {} ---",
+        binary.display(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+    )
+    .with_context(|| format!("writing {}", log_path.display()))?;
+    let stderr = log
+        .try_clone()
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let child = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        // Its own process group, so Ctrl-C in this terminal does not reach the daemon.
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let pid_file = layout.pid_file(daemon);
+    fs::write(&pid_file, format!("{}\n", child.id()))
+        .with_context(|| format!("writing {}", pid_file.display()))?;
+    Ok(Started { daemon, child })
+}
+
+/// Refuses to start a coordinator on an address something else already holds.
+async fn check_listen_free(listen: SocketAddr, url: &str) -> anyhow::Result<()> {
+    match TcpListener::bind(listen) {
+        Ok(probe) => {
+            drop(probe);
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // Bounded: whatever holds the port may accept connections and never answer.
+            let probe = async {
+                let mut client = connect_with(url, Duration::from_secs(1)).await.ok()?;
+                unary(client.list_nodes(request(pb::ListNodesRequest {})))
+                    .await
+                    .ok()
+            };
+            let answers = tokio::time::timeout(Duration::from_secs(2), probe)
+                .await
+                .ok()
+                .flatten()
+                .is_some();
+            if answers {
+                anyhow::bail!(
+                    "a coordinator already answers at {url}, but it was not started from this \
+                     data directory; use it directly, stop it, or pick another address with --listen"
+                );
+            }
+            anyhow::bail!(
+                "cannot listen on {listen}: the address is in use by another program; \
+                 pick another one with --listen"
+            )
+        }
+        Err(e) => Err(anyhow::anyhow!("cannot listen on {listen}: {e}")),
+    }
+}
+
+/// The last lines of a log, to show why a daemon died.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `up`: start what is not running, then wait until the node is ready.
+pub async fn up(
+    args: UpArgs,
+    env: &Environment,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let listen = parse_listen(&args.listen)?;
+    let layout = resolve_data_dir(args.data_dir, env)?;
+    fs::create_dir_all(&layout.dir)
+        .with_context(|| format!("creating {}", layout.dir.display()))?;
+    let mut started = Vec::new();
+    let mut notes = Vec::new();
+
+    let coordinator_pid = running_pid(&layout, Daemon::Coordinator);
+    let agent_pid = running_pid(&layout, Daemon::Agent);
+    // Find both binaries before starting either, so a missing one leaves nothing behind.
+    let coordinator_bin = coordinator_pid
+        .is_none()
+        .then(|| locate(Daemon::Coordinator, env))
+        .transpose()?;
+    let agent_bin = agent_pid
+        .is_none()
+        .then(|| locate(Daemon::Agent, env))
+        .transpose()?;
+    let listen = match &coordinator_bin {
+        None => {
+            // The running coordinator keeps the address it was started with.
+            let recorded = fs::read_to_string(layout.listen_file())
+                .ok()
+                .and_then(|t| t.trim().parse::<SocketAddr>().ok())
+                .unwrap_or(listen);
+            if let Some(pid) = coordinator_pid {
+                notes.push(format!("coordinator already running (pid {pid})"));
+            }
+            recorded
+        }
+        Some(binary) => {
+            let url = dial_url(listen);
+            check_listen_free(listen, &url).await?;
+            let data = layout.data_dir(Daemon::Coordinator);
+            let argv = [
+                "--listen".into(),
+                listen.to_string().into(),
+                "--data-dir".into(),
+                data.into_os_string(),
+            ];
+            started.push(spawn(&layout, Daemon::Coordinator, binary, &argv)?);
+            fs::write(layout.listen_file(), format!("{listen}\n"))
+                .with_context(|| format!("writing {}", layout.listen_file().display()))?;
+            listen
+        }
+    };
+    let url = dial_url(listen);
+
+    let node_name = match &agent_bin {
+        None => {
+            if let Some(pid) = agent_pid {
+                notes.push(format!("agent already running (pid {pid})"));
+            }
+            fs::read_to_string(layout.node_file())
+                .ok()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| args.node_name.clone().unwrap_or_else(hostname))
+        }
+        Some(binary) => {
+            let name = args.node_name.clone().unwrap_or_else(hostname);
+            let data = layout.data_dir(Daemon::Agent);
+            let argv = [
+                "--coordinator".into(),
+                url.clone().into(),
+                "--node-name".into(),
+                name.clone().into(),
+                "--data-dir".into(),
+                data.into_os_string(),
+            ];
+            started.push(spawn(&layout, Daemon::Agent, binary, &argv)?);
+            fs::write(layout.node_file(), format!("{name}\n"))
+                .with_context(|| format!("writing {}", layout.node_file().display()))?;
+            name
+        }
+    };
+
+    for note in &notes {
+        writeln!(out, "{note}").context("writing to stdout")?;
+    }
+    wait_ready(&layout, &url, &node_name, &mut started).await?;
+
+    let pid = |d| running_pid(&layout, d);
+    if format == OutputFormat::Json {
+        let value = json!({
+            "data_dir": layout.dir,
+            "coordinator": {
+                "url": url,
+                "pid": pid(Daemon::Coordinator),
+                "log": layout.log_file(Daemon::Coordinator),
+            },
+            "agent": {
+                "node": node_name,
+                "pid": pid(Daemon::Agent),
+                "log": layout.log_file(Daemon::Agent),
+            },
+        });
+        let text = serde_json::to_string_pretty(&value).context("encoding JSON")?;
+        writeln!(out, "{text}").context("writing to stdout")?;
+        return Ok(());
+    }
+    let show_pid = |p: Option<i32>| p.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    let mut text = format!(
+        "coordinator listening on {url}{}\n\
+         agent ready as node {node_name:?}{}\n\
+         data: {}\n\
+         logs: {} and {}\n",
+        show_pid(pid(Daemon::Coordinator)),
+        show_pid(pid(Daemon::Agent)),
+        layout.dir.display(),
+        layout.log_file(Daemon::Coordinator).display(),
+        layout.log_file(Daemon::Agent).display(),
+    );
+    if url != crate::args::DEFAULT_COORDINATOR {
+        text.push_str(&format!(
+            "point the CLI at it with: export PMCLUSTER_COORDINATOR={url}\n"
+        ));
+    }
+    text.push_str("stop it with: pmcluster down\n");
+    out.write_all(text.as_bytes()).context("writing to stdout")
+}
+
+/// Waits until the coordinator answers and lists `node` as ready, failing early if a daemon
+/// started by this run exits.
+async fn wait_ready(
+    layout: &Layout,
+    url: &str,
+    node: &str,
+    started: &mut [Started],
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::from("the coordinator did not answer");
+    loop {
+        for s in started.iter_mut() {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                let log = layout.log_file(s.daemon);
+                let _ = fs::remove_file(layout.pid_file(s.daemon));
+                anyhow::bail!(
+                    "{} exited right after starting ({status}); its log {} ends with:\n{}",
+                    s.daemon.binary(),
+                    log.display(),
+                    log_tail(&log, 10)
+                );
+            }
+        }
+        if let Ok(mut client) = connect_with(url, Duration::from_millis(500)).await {
+            match unary(client.list_nodes(request(pb::ListNodesRequest {}))).await {
+                Ok(reply) => {
+                    let found = reply.nodes.iter().find(|n| n.name == node);
+                    match found {
+                        Some(n) if n.status == pb::NodeStatus::Ready as i32 => return Ok(()),
+                        Some(_) => last = format!("node {node:?} is registered but not ready"),
+                        None => last = format!("node {node:?} has not registered yet"),
+                    }
+                }
+                Err(e) => last = format!("the coordinator answered: {e}"),
+            }
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "the local cluster was not ready within {}s: {last}; the daemons are left \
+                 running (stop them with 'pmcluster down'); see {} and {}",
+                READY_TIMEOUT.as_secs(),
+                layout.log_file(Daemon::Coordinator).display(),
+                layout.log_file(Daemon::Agent).display()
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What `down` did to one daemon.
+#[derive(Debug, PartialEq, Eq)]
+enum Stopped {
+    NotRunning,
+    Terminated(i32),
+    Killed(i32),
+}
+
+fn stop_daemon(layout: &Layout, daemon: Daemon, grace: Duration) -> anyhow::Result<Stopped> {
+    let pid_file = layout.pid_file(daemon);
+    let Some(pid) = running_pid(layout, daemon) else {
+        // A stale pid file: its process is gone (or the pid now belongs to something else).
+        remove_if_exists(&pid_file)?;
+        return Ok(Stopped::NotRunning);
+    };
+    let name = daemon.binary();
+    let signal = |sig| match kill(Pid::from_raw(pid), sig) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("cannot signal {name} (pid {pid}): {e}")),
+    };
+    let gone_within = |limit: Duration| {
+        let deadline = Instant::now() + limit;
+        while runs(pid, name) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(POLL);
+        }
+        true
+    };
+    signal(Signal::SIGTERM)?;
+    let result = if gone_within(grace) {
+        Stopped::Terminated(pid)
+    } else {
+        signal(Signal::SIGKILL)?;
+        if !gone_within(Duration::from_secs(5)) {
+            anyhow::bail!("{name} (pid {pid}) did not exit even after SIGKILL");
+        }
+        Stopped::Killed(pid)
+    };
+    remove_if_exists(&pid_file)?;
+    Ok(result)
+}
+
+fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("removing {}: {e}", path.display())),
+    }
+}
+
+/// `down`: the agent first, so it stops its instances while the coordinator still runs.
+pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
+    let layout = resolve_data_dir(args.data_dir, env)?;
+    let mut any = false;
+    for (daemon, grace) in [
+        (Daemon::Agent, AGENT_STOP_TIMEOUT),
+        (Daemon::Coordinator, COORDINATOR_STOP_TIMEOUT),
+    ] {
+        let line = match stop_daemon(&layout, daemon, grace)? {
+            Stopped::NotRunning => continue,
+            Stopped::Terminated(pid) => format!("stopped {} (pid {pid})", daemon.short()),
+            Stopped::Killed(pid) => format!(
+                "killed {} (pid {pid}): it did not stop within {}s of SIGTERM",
+                daemon.short(),
+                grace.as_secs()
+            ),
+        };
+        any = true;
+        writeln!(out, "{line}").context("writing to stdout")?;
+    }
+    if !any {
+        writeln!(out, "nothing to stop").context("writing to stdout")?;
+    }
+    for file in [layout.listen_file(), layout.node_file()] {
+        remove_if_exists(&file)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_dirs() {
+        let s = |v: &str| Some(OsString::from(v));
+        let cases = [
+            (s("/xdg"), s("/home/u"), Some("/xdg/pmcluster")),
+            (
+                s("relative"),
+                s("/home/u"),
+                Some("/home/u/.local/share/pmcluster"),
+            ),
+            (None, s("/home/u"), Some("/home/u/.local/share/pmcluster")),
+            (s(""), s(""), None),
+            (None, None, None),
+        ];
+        for (xdg, home, want) in cases {
+            assert_eq!(
+                default_data_dir(xdg.clone(), home.clone()),
+                want.map(PathBuf::from),
+                "{xdg:?} {home:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cmdlines() {
+        let cases: &[(&[u8], &str, bool)] = &[
+            (
+                b"/usr/bin/pmcluster-agent\0--node-name\0a\0",
+                AGENT_BIN,
+                true,
+            ),
+            (b"pmcluster-agent\0", AGENT_BIN, true),
+            (b"/usr/bin/pmcluster-agent\0", COORDINATOR_BIN, false),
+            (b"/bin/sleep\0pmcluster-agent\0", AGENT_BIN, false),
+            (b"/x/pmcluster-agent-old\0", AGENT_BIN, false),
+            (b"", AGENT_BIN, false),
+        ];
+        for (cmdline, name, want) in cases {
+            assert_eq!(cmdline_runs(cmdline, name), *want, "{cmdline:?} {name}");
+        }
+        assert!(!runs(std::process::id() as i32, AGENT_BIN));
+    }
+
+    #[test]
+    fn pids_and_addresses() {
+        assert_eq!(parse_pid("123\n"), Some(123));
+        assert_eq!(parse_pid("0"), None);
+        assert_eq!(parse_pid("-5"), None);
+        assert_eq!(parse_pid("abc"), None);
+        let cases = [
+            ("127.0.0.1:7450", Ok("http://127.0.0.1:7450")),
+            ("0.0.0.0:7450", Ok("http://127.0.0.1:7450")),
+            ("[::]:7450", Ok("http://[::1]:7450")),
+            ("127.0.0.1:0", Err("port 0 is not supported")),
+            ("localhost", Err("is not an address")),
+        ];
+        for (input, want) in cases {
+            let got = parse_listen(input).map(dial_url).map_err(|e| e.to_string());
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{input}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{input}: {g}"),
+                _ => panic!("{input}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn binaries_are_found_beside_then_in_path() -> anyhow::Result<()> {
+        let beside = tempfile::tempdir()?;
+        let in_path = tempfile::tempdir()?;
+        let make = |dir: &Path, mode: u32| -> anyhow::Result<PathBuf> {
+            let p = dir.join(AGENT_BIN);
+            fs::write(&p, "#!/bin/sh\n")?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+            Ok(p)
+        };
+        let path_var = std::env::join_paths([in_path.path()])?;
+        assert_eq!(
+            find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+            None
+        );
+        let from_path = make(in_path.path(), 0o755)?;
+        assert_eq!(
+            find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+            Some(from_path)
+        );
+        // Not executable: skipped.
+        make(beside.path(), 0o644)?;
+        assert_ne!(
+            find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+            Some(beside.path().join(AGENT_BIN))
+        );
+        let next_to_us = make(beside.path(), 0o755)?;
+        assert_eq!(
+            find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+            Some(next_to_us)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn down_with_nothing_running() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        // A stale pid file naming a process that is not an agent (this test) is left alone
+        // as a process and removed as a file.
+        fs::write(
+            dir.path().join("agent.pid"),
+            format!("{}\n", std::process::id()),
+        )?;
+        let mut out = Vec::new();
+        down(
+            DownArgs {
+                data_dir: Some(dir.path().to_path_buf()),
+            },
+            &Environment::default(),
+            &mut out,
+        )?;
+        assert_eq!(String::from_utf8(out)?, "nothing to stop\n");
+        assert!(!dir.path().join("agent.pid").exists());
+        Ok(())
+    }
+}

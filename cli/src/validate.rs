@@ -1,0 +1,467 @@
+//! Checks of user input that happen before anything is sent: instance counts, the `start` command
+//! line and its flags. Pure, so every message is pinned by a test; errors name the flag at fault.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use pmcluster_spec::app::{MAX_INSTANCES, validate_name};
+use pmcluster_spec::config::{Scalar, parse_duration};
+use pmcluster_spec::{AppSpec, PortSpec, SpecError};
+
+use crate::args::StartArgs;
+use crate::error::UsageError;
+
+/// Parses an instance count: a whole number from 0 to the spec's limit.
+pub fn parse_count(text: &str) -> Result<u32, String> {
+    let trimmed = text.trim();
+    if trimmed == "max" {
+        return Err(format!(
+            "invalid instance count {text:?}: give a number (\"max\" is only for `start \
+             --instances max` and config files)"
+        ));
+    }
+    let n: u32 = trimmed.parse().map_err(|_| {
+        format!("invalid instance count {text:?}: must be a whole number 0 or more")
+    })?;
+    if n > MAX_INSTANCES {
+        return Err(format!(
+            "invalid instance count {text:?}: the limit is {MAX_INSTANCES}"
+        ));
+    }
+    Ok(n)
+}
+
+/// The first shell operator of `line` that a shell would interpret, if any: pipes, lists,
+/// redirections and command substitution. Quoted text is skipped, except that `$(` and backticks
+/// still substitute inside double quotes.
+pub fn shell_operator(line: &str) -> Option<&'static str> {
+    let mut chars = line.chars().peekable();
+    let (mut single, mut double) = (false, false);
+    while let Some(c) = chars.next() {
+        if single {
+            single = c != '\'';
+            continue;
+        }
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '\'' if !double => single = true,
+            '"' => double = !double,
+            '`' => return Some("`"),
+            '$' if chars.peek() == Some(&'(') => return Some("$("),
+            _ if double => {}
+            '|' if chars.peek() == Some(&'|') => return Some("||"),
+            '|' => return Some("|"),
+            '&' if chars.peek() == Some(&'&') => return Some("&&"),
+            '&' => return Some("&"),
+            ';' => return Some(";"),
+            '>' => return Some(">"),
+            '<' => return Some("<"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What `pmcluster start` will do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPlan {
+    /// `start APP [--instance N]`: start instances of an existing app that a user stopped.
+    Existing { app: String, index: Option<u32> },
+    /// `start "command line" ...`: create the app, or replace its spec.
+    Apply {
+        spec: Box<AppSpec>,
+        /// The name came from the program's file name, not from `--name`; the caller must not
+        /// overwrite an unrelated app that happens to have that name.
+        derived_name: bool,
+    },
+}
+
+/// Decides between starting an existing app and applying a new spec, and builds the spec.
+///
+/// `start web` (one word that is a valid app name, no spec flags) names an existing app, as in
+/// PM2. Anything else is a command line to run.
+pub fn plan_start(args: &StartArgs) -> Result<StartPlan, UsageError> {
+    let spec_flags = args.name.is_some()
+        || args.instances.is_some()
+        || args.port.is_some()
+        || !args.env.is_empty()
+        || args.cwd.is_some()
+        || args.instance_var.is_some()
+        || args.shell
+        || args.no_autorestart
+        || args.restart_delay.is_some()
+        || args.kill_timeout.is_some()
+        || !args.extra_args.is_empty();
+    let one_word = !args.target.trim().is_empty() && !args.target.contains(char::is_whitespace);
+    if !spec_flags && one_word && validate_name(&args.target).is_ok() {
+        return Ok(StartPlan::Existing {
+            app: args.target.clone(),
+            index: args.instance,
+        });
+    }
+    if args.instance.is_some() {
+        return Err(UsageError::new(
+            "--instance starts one instance of an existing app: pmcluster start APP --instance N",
+        ));
+    }
+    let derived_name = args.name.is_none();
+    Ok(StartPlan::Apply {
+        spec: Box::new(start_spec(args)?),
+        derived_name,
+    })
+}
+
+/// Builds and validates the spec of `start "command line" --name ... [flags]`.
+pub fn start_spec(args: &StartArgs) -> Result<AppSpec, UsageError> {
+    let line = args.target.trim();
+    if line.is_empty() {
+        return Err(UsageError::new(
+            "the command line is empty; give the program to run, e.g. \"node server.js\"",
+        ));
+    }
+    let words = shell_words::split(line)
+        .map_err(|e| UsageError::new(format!("cannot split the command line {line:?}: {e}")));
+    let (script, mut script_args) = if args.shell {
+        // The shell parses the line, so it goes over verbatim; only the name needs a first word.
+        (line.to_string(), Vec::new())
+    } else {
+        if let Some(op) = shell_operator(line) {
+            return Err(UsageError::new(format!(
+                "the command line contains the shell operator {op:?}, which pmcluster does not \
+                 interpret; add --shell to run it through /bin/sh -c"
+            )));
+        }
+        let mut words = words?.into_iter();
+        let Some(script) = words.next() else {
+            return Err(UsageError::new("the command line is empty"));
+        };
+        (script, words.collect())
+    };
+    if args.shell {
+        // Quoted, so the shell sees each one as a single word.
+        let mut script = script;
+        for extra in &args.extra_args {
+            script.push(' ');
+            script.push_str(&shell_words::quote(extra));
+        }
+        return finish_spec(args, script, Vec::new(), line);
+    }
+    script_args.extend(args.extra_args.iter().cloned());
+    finish_spec(args, script, script_args, line)
+}
+
+fn finish_spec(
+    args: &StartArgs,
+    script: String,
+    script_args: Vec<String>,
+    line: &str,
+) -> Result<AppSpec, UsageError> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => derive_name(line)?,
+    };
+    // PM2's `-i max`: one instance per core, counted by the coordinator.
+    let instances_max = args.instances.as_deref().map(str::trim) == Some("max");
+    let instances = match &args.instances {
+        None => 1,
+        Some(_) if instances_max => 0,
+        Some(text) => {
+            parse_count(text).map_err(|e| UsageError::new(format!("--instances: {e}")))?
+        }
+    };
+    let port = match &args.port {
+        None => PortSpec::None,
+        Some(text) => PortSpec::parse(text).map_err(flag_error)?,
+    };
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(UsageError::new(format!("--env: {pair:?} is not KEY=VALUE")));
+        };
+        env.insert(key.to_string(), value.to_string());
+    }
+    let duration = |field: &str, text: &Option<String>| {
+        text.as_ref()
+            .map(|t| parse_duration(field, &Scalar::Str(t.clone())).map_err(flag_error))
+            .transpose()
+    };
+    let base = AppSpec::new(&name, &script, &[]);
+    AppSpec {
+        args: script_args,
+        cwd: args.cwd.clone().filter(|c| !c.is_empty()),
+        env,
+        instances,
+        port,
+        instance_var: args.instance_var.clone().filter(|v| !v.is_empty()),
+        shell: args.shell,
+        autorestart: !args.no_autorestart,
+        restart_delay: duration("restart_delay", &args.restart_delay)?
+            .unwrap_or(base.restart_delay),
+        kill_timeout: duration("kill_timeout", &args.kill_timeout)?.unwrap_or(base.kill_timeout),
+        instances_max,
+        ..base
+    }
+    .validate()
+    .map_err(flag_error)
+}
+
+/// PM2 names an app after its script: `node` for "node server.js", `server` for "./server.sh".
+fn derive_name(line: &str) -> Result<String, UsageError> {
+    let first = shell_words::split(line)
+        .ok()
+        .and_then(|w| w.into_iter().next())
+        .unwrap_or_default();
+    let stem = Path::new(&first)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if validate_name(&stem).is_ok() {
+        Ok(stem)
+    } else {
+        Err(UsageError::new(format!(
+            "cannot name the app after {first:?}; give it a name with --name"
+        )))
+    }
+}
+
+/// A spec error as the `start` flag that caused it: `--port: "30x0" is not a port number`.
+fn flag_error(e: SpecError) -> UsageError {
+    let flag = match e.field.as_str() {
+        "name" => "--name",
+        "script" | "args" => "command line",
+        "instances" => "--instances",
+        "port" => "--port",
+        "env" => "--env",
+        "instance_var" => "--instance-var",
+        "cwd" => "--cwd",
+        "restart_delay" => "--restart-delay",
+        "kill_timeout" => "--kill-timeout",
+        other => other,
+    };
+    UsageError::new(format!("{flag}: {}", e.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    use crate::args::{Cli, Command};
+
+    fn start_args(line: &str) -> StartArgs {
+        let words = shell_words::split(line).expect("test line splits");
+        match Cli::try_parse_from(words).expect("parses").command {
+            Command::Start(args) => args,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn counts() {
+        let cases: &[(&str, Result<u32, &str>)] = &[
+            ("0", Ok(0)),
+            ("12", Ok(12)),
+            (" 3 ", Ok(3)),
+            (
+                "-1",
+                Err("invalid instance count \"-1\": must be a whole number 0 or more"),
+            ),
+            (
+                "abc",
+                Err("invalid instance count \"abc\": must be a whole number 0 or more"),
+            ),
+            (
+                "1.5",
+                Err("invalid instance count \"1.5\": must be a whole number 0 or more"),
+            ),
+            ("max", Err("invalid instance count \"max\": give a number")),
+            ("100001", Err("the limit is 100000")),
+        ];
+        for (input, want) in cases {
+            let got = parse_count(input);
+            match (want, &got) {
+                (Ok(w), Ok(g)) => assert_eq!(w, g, "{input:?}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{input:?}: {g}"),
+                _ => panic!("{input:?}: got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn shell_operators() {
+        let cases = [
+            ("node server.js", None),
+            ("node server.js --port=${PORT}", None),
+            ("a | b", Some("|")),
+            ("a || b", Some("||")),
+            ("a && b", Some("&&")),
+            ("a &", Some("&")),
+            ("a; b", Some(";")),
+            ("a > out.log", Some(">")),
+            ("a < in", Some("<")),
+            ("echo $(date)", Some("$(")),
+            ("echo `date`", Some("`")),
+            ("echo \"$(date)\"", Some("$(")),
+            ("node -e 'a;b|c'", None),
+            ("node -e \"a;b|c\"", None),
+            ("echo a\\;b", None),
+            ("grep -E 'a|b' file", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(shell_operator(input), want, "{input}");
+        }
+    }
+
+    /// `check(command line, expected)`: the plan as text, or the error message.
+    fn check(line: &str, want: Result<&str, &str>) {
+        let got = plan_start(&start_args(line)).map(|plan| match plan {
+            StartPlan::Existing { app, index } => format!("start {app} {index:?}"),
+            StartPlan::Apply { spec, derived_name } => format!(
+                "apply name={}{} script={} args={:?} n={}{} port={} env={:?} shell={} auto={} delay={:?} kill={:?} cwd={:?} var={:?}",
+                spec.name,
+                if derived_name { "(derived)" } else { "" },
+                spec.script,
+                spec.args,
+                spec.instances,
+                if spec.instances_max { "(max)" } else { "" },
+                spec.port,
+                spec.env,
+                spec.shell,
+                spec.autorestart,
+                spec.restart_delay,
+                spec.kill_timeout,
+                spec.cwd,
+                spec.instance_var,
+            ),
+        });
+        match (want, got) {
+            (Ok(w), Ok(g)) => assert_eq!(g, w, "{line}"),
+            (Err(w), Err(e)) => {
+                let e = e.to_string();
+                assert!(e.contains(w), "{line}\nwant error {w:?}\ngot {e:?}");
+            }
+            (w, g) => panic!("{line}\nwant {w:?}\ngot {g:?}"),
+        }
+    }
+
+    #[test]
+    fn start_plans() {
+        check("pmcluster start web", Ok("start web None"));
+        check("pmcluster start web --instance 2", Ok("start web Some(2)"));
+        check(
+            "pmcluster start 'node server.js' --name web -i 4 --port 3000-3003 -e NODE_ENV=production -e A=b=c",
+            Ok(
+                "apply name=web script=node args=[\"server.js\"] n=4 port=3000-3003 env={\"A\": \"b=c\", \"NODE_ENV\": \"production\"} shell=false auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
+        check(
+            "pmcluster start 'node server.js' --no-autorestart --restart-delay 2s --kill-timeout 1500 --cwd /srv --instance-var WORKER",
+            Ok(
+                "apply name=node(derived) script=node args=[\"server.js\"] n=1 port= env={} shell=false auto=false delay=2s kill=1.5s cwd=Some(\"/srv\") var=Some(\"WORKER\")",
+            ),
+        );
+        check(
+            "pmcluster start ./server.sh",
+            Ok(
+                "apply name=server(derived) script=./server.sh args=[] n=1 port= env={} shell=false auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
+        check(
+            "pmcluster start server.js -i 2",
+            Ok(
+                "apply name=server(derived) script=server.js args=[] n=2 port= env={} shell=false auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
+        check(
+            "pmcluster start 'node s.js' --name web -i max --port auto:3000-3100",
+            Ok(
+                "apply name=web script=node args=[\"s.js\"] n=0(max) port=auto:3000-3100 env={} shell=false auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
+        check(
+            "pmcluster start \"python -c 'print(1)'\" --name py -- --flag 'two words'",
+            Ok(
+                "apply name=py script=python args=[\"-c\", \"print(1)\", \"--flag\", \"two words\"] n=1 port= env={} shell=false auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
+        check(
+            "pmcluster start './serve | tee log' --name s --shell -- 'a b'",
+            Ok(
+                "apply name=s script=./serve | tee log 'a b' args=[] n=1 port= env={} shell=true auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
+    }
+
+    #[test]
+    fn start_errors() {
+        let cases = [
+            (
+                "pmcluster start 'node a.js | tee x' --name w",
+                "shell operator \"|\"",
+            ),
+            ("pmcluster start 'a && b' --name w", "add --shell"),
+            (
+                "pmcluster start 'node s.js' --name w --port 30x0",
+                "--port: \"30x0\" is not a port number",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w -i 4 --port 3000-3002",
+                "--port: 3000-3002 holds 3 ports but 4 instances",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w -i -1",
+                "--instances: invalid instance count \"-1\"",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w -i abc",
+                "--instances: invalid instance count \"abc\"",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w -i max --port 3000",
+                "--port: instances \"max\" needs a port range",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w -e FOO",
+                "--env: \"FOO\" is not KEY=VALUE",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w -e 1A=x",
+                "--env: \"1A\" is not a valid environment variable name",
+            ),
+            (
+                "pmcluster start 'node s.js' --name 'my app'",
+                "--name: \"my app\" is not a valid app name",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --restart-delay soon",
+                "--restart-delay: \"soon\" is not a duration",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --kill-timeout 5x",
+                "--kill-timeout:",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --instance-var 9X",
+                "--instance-var:",
+            ),
+            (
+                "pmcluster start 'node s.js' --instance 2",
+                "--instance starts one instance of an existing app",
+            ),
+            (
+                "pmcluster start 'node \"unclosed'",
+                "cannot split the command line",
+            ),
+            ("pmcluster start '   '", "the command line is empty"),
+            (
+                "pmcluster start '_x y'",
+                "cannot name the app after \"_x\"; give it a name with --name",
+            ),
+        ];
+        for (line, want) in cases {
+            check(line, Err(want));
+        }
+    }
+}
