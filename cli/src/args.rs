@@ -95,6 +95,19 @@ pub enum Command {
     /// List the apps with their versions and instance counts
     Apps,
 
+    /// Show nodes with their instances as a tree
+    Topology(TopologyArgs),
+
+    /// Move every instance off a node, one at a time, and keep new ones away
+    #[command(
+        after_help = "Each replacement starts on another node and must be online before \
+        the instance it replaces is stopped.\nUndo with: pmcluster undrain NODE"
+    )]
+    Drain(NodeArg),
+
+    /// Make a drained node eligible for new instances again
+    Undrain(NodeArg),
+
     /// Print cluster events as they happen, until Ctrl-C
     Events(EventsArgs),
 
@@ -103,6 +116,18 @@ pub enum Command {
 
     /// Stop the local coordinator and agent started by `up`
     Down(DownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArg {
+    /// Node name, as `pmcluster nodes` shows it
+    pub node: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TopologyArgs {
+    /// Only this app's instances
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::args::{
-    AppArg, ApplyArgs, EventsArgs, FileFormat, ListArgs, LogsArgs, OutputFormat, ScaleArgs,
-    StartArgs, TargetArgs,
+    AppArg, ApplyArgs, EventsArgs, FileFormat, ListArgs, LogsArgs, NodeArg, OutputFormat,
+    ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
 };
 use crate::client::{connect, request, unary};
 use crate::error::{ApiError, UsageError};
@@ -400,6 +400,50 @@ pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return ctx.line(output::NO_NODES);
     }
     ctx.text(&output::nodes_table(&nodes, output::now_ms()))
+}
+
+/// `topology [APP]`: nodes with their instances as a tree.
+pub async fn topology(args: TopologyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let nodes = unary(client.list_nodes(request(pb::ListNodesRequest {})))
+        .await?
+        .nodes;
+    let app = args.app.unwrap_or_default();
+    let instances = list_instances(&mut client, &app).await?;
+    if ctx.json() {
+        return ctx.value(&output::topology_json(&nodes, &instances));
+    }
+    ctx.text(&output::topology_text(&nodes, &instances))
+}
+
+/// `drain NODE` / `undrain NODE`.
+pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let target = request(pb::NodeTarget {
+        node: args.node.clone(),
+    });
+    let reply = if drain {
+        unary(client.drain_node(target)).await?
+    } else {
+        unary(client.undrain_node(target)).await?
+    };
+    let node = reply.node.unwrap_or_default();
+    if ctx.json() {
+        return ctx.value(&output::node_json(&node));
+    }
+    let status = output::node_status_name(node.status);
+    if drain {
+        ctx.line(&format!(
+            "draining {}: {} to move, one at a time (status {status}); watch with: pmcluster topology",
+            args.node,
+            plural(node.instances, "instance")
+        ))
+    } else {
+        ctx.line(&format!(
+            "{} is eligible again (status {status})",
+            args.node
+        ))
+    }
 }
 
 /// `apps`.

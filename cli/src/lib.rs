@@ -45,6 +45,9 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Logs(a) => commands::logs(a, ctx).await,
         Command::Nodes => commands::nodes(ctx).await,
         Command::Apps => commands::apps(ctx).await,
+        Command::Topology(a) => commands::topology(a, ctx).await,
+        Command::Drain(a) => commands::drain(a, true, ctx).await,
+        Command::Undrain(a) => commands::drain(a, false, ctx).await,
         Command::Events(a) => commands::events(a, ctx).await,
         Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
     }

@@ -292,6 +292,7 @@ pub fn nodes_table(nodes: &[pb::Node], now_ms: i64) -> String {
                 percent(n.cpu_percent),
                 human_bytes(n.memory_used_bytes),
                 n.instances.to_string(),
+                allocated(n),
                 if labels.is_empty() {
                     NONE.to_string()
                 } else {
@@ -314,6 +315,7 @@ pub fn nodes_table(nodes: &[pb::Node], now_ms: i64) -> String {
             "cpu",
             "mem used",
             "instances",
+            "allocated",
             "labels",
             "last heartbeat",
         ],
@@ -337,9 +339,115 @@ pub fn node_json(n: &pb::Node) -> Value {
         "cpu_percent": n.cpu_percent,
         "memory_used_bytes": n.memory_used_bytes,
         "instances": n.instances,
+        "allocated_cpu_millis": n.allocated_cpu_millis,
+        "allocated_memory_bytes": n.allocated_memory_bytes,
+        "down_since_ms": if n.down_since_ms > 0 { json!(n.down_since_ms) } else { Value::Null },
         "labels": labels,
         "last_heartbeat_ms": if n.last_heartbeat_ms > 0 { json!(n.last_heartbeat_ms) } else { Value::Null },
     })
+}
+
+/// Reserved resources of a node: `500m cpu, 1.0 GiB` or `-`.
+fn allocated(n: &pb::Node) -> String {
+    let mut parts = Vec::new();
+    if n.allocated_cpu_millis > 0 {
+        parts.push(format!("{}m cpu", n.allocated_cpu_millis));
+    }
+    if n.allocated_memory_bytes > 0 {
+        parts.push(human_bytes(n.allocated_memory_bytes));
+    }
+    if parts.is_empty() {
+        NONE.to_string()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// `topology`: each node with its instances as a tree, then instances with no node.
+pub fn topology_text(nodes: &[pb::Node], instances: &[pb::Instance]) -> String {
+    let mut out = String::new();
+    let line = |i: &pb::Instance| {
+        let mut s = format!("{}[{}] {}", i.app, i.index, state_name(i.state));
+        if i.pid != 0 {
+            s.push_str(&format!(" pid {}", i.pid));
+        }
+        if i.port != 0 {
+            s.push_str(&format!(" port {}", i.port));
+        }
+        s
+    };
+    let mut write_group = |title: String, members: Vec<&pb::Instance>| {
+        out.push_str(&title);
+        out.push('\n');
+        let n = members.len();
+        for (k, i) in members.into_iter().enumerate() {
+            let branch = if k + 1 == n { "└─" } else { "├─" };
+            out.push_str(&format!("  {branch} {}\n", line(i)));
+        }
+    };
+    for node in nodes {
+        let members: Vec<&pb::Instance> =
+            instances.iter().filter(|i| i.node == node.name).collect();
+        write_group(
+            format!(
+                "{} ({}, {} cores, {})",
+                node.name,
+                node_status_name(node.status),
+                node.cores,
+                plural_instances(members.len())
+            ),
+            members,
+        );
+    }
+    let pending: Vec<&pb::Instance> = instances.iter().filter(|i| i.node.is_empty()).collect();
+    if !pending.is_empty() {
+        let why = pending
+            .first()
+            .map(|i| i.message.clone())
+            .unwrap_or_default();
+        write_group(format!("(no node) {why}"), pending);
+    }
+    if out.is_empty() {
+        out.push_str(NO_NODES);
+        out.push('\n');
+    }
+    out
+}
+
+fn plural_instances(n: usize) -> String {
+    if n == 1 {
+        "1 instance".into()
+    } else {
+        format!("{n} instances")
+    }
+}
+
+pub fn topology_json(nodes: &[pb::Node], instances: &[pb::Instance]) -> Value {
+    let now = now_ms();
+    let mut list: Vec<Value> = nodes
+        .iter()
+        .map(|n| {
+            let mut v = node_json(n);
+            let members: Vec<Value> = instances
+                .iter()
+                .filter(|i| i.node == n.name)
+                .map(|i| instance_json(i, now))
+                .collect();
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("instance_list".into(), Value::Array(members));
+            }
+            v
+        })
+        .collect();
+    let pending: Vec<Value> = instances
+        .iter()
+        .filter(|i| i.node.is_empty())
+        .map(|i| instance_json(i, now))
+        .collect();
+    if !pending.is_empty() {
+        list.push(json!({ "name": null, "status": "pending", "instance_list": pending }));
+    }
+    Value::Array(list)
 }
 
 pub fn nodes_json(nodes: &[pb::Node]) -> Value {
@@ -691,6 +799,39 @@ mod tests {
     }
 
     #[test]
+    fn topology_tree() {
+        let nodes = vec![
+            pb::Node {
+                name: "node-a".into(),
+                status: pb::NodeStatus::Ready as i32,
+                cores: 2,
+                ..Default::default()
+            },
+            pb::Node {
+                name: "node-b".into(),
+                status: pb::NodeStatus::Draining as i32,
+                cores: 4,
+                ..Default::default()
+            },
+        ];
+        let mut pending = instance("web", 2, pb::InstanceState::Pending);
+        pending.message = "1 pending: no ready node".into();
+        let instances = vec![
+            instance("web", 0, pb::InstanceState::Online),
+            instance("web", 1, pb::InstanceState::Launching),
+            pending,
+        ];
+        let want = "node-a (ready, 2 cores, 2 instances)\n  ├─ web[0] online pid 4100 port 3000\n  \
+                    └─ web[1] launching port 3001\nnode-b (draining, 4 cores, 0 instances)\n\
+                    (no node) 1 pending: no ready node\n  └─ web[2] pending port 3002\n";
+        assert_eq!(topology_text(&nodes, &instances), want);
+        let json = topology_json(&nodes, &instances);
+        assert_eq!(json[0]["instance_list"].as_array().map(Vec::len), Some(2));
+        assert_eq!(json[2]["status"], "pending");
+        assert_eq!(topology_text(&[], &[]), format!("{NO_NODES}\n"));
+    }
+
+    #[test]
     fn human_units() {
         let bytes = [
             (0, "0 B"),
@@ -859,9 +1000,9 @@ web      4  -          -     -  pending      -         -         4       -
         check_table(
             nodes_table(&[node("a", pb::NodeStatus::Ready), down], NOW),
             "\
-NODE  STATUS  CORES    MEMORY   CPU  MEM USED  INSTANCES  LABELS           LAST HEARTBEAT
-a     ready       8  16.0 GiB  7.2%   3.0 GiB          3  disk=ssd,zone=a  1s ago
-b     down        8  16.0 GiB  7.2%   3.0 GiB          3  -                never
+NODE  STATUS  CORES    MEMORY   CPU  MEM USED  INSTANCES  ALLOCATED  LABELS           LAST HEARTBEAT
+a     ready       8  16.0 GiB  7.2%   3.0 GiB          3  -          disk=ssd,zone=a  1s ago
+b     down        8  16.0 GiB  7.2%   3.0 GiB          3  -          -                never
 ",
         );
         let got = node_json(&node("a", pb::NodeStatus::Ready));

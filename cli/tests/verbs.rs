@@ -255,6 +255,30 @@ impl Cluster for Fake {
         }))
     }
 
+    async fn drain_node(&self, r: Request<pb::NodeTarget>) -> Reply<pb::NodeReply> {
+        let node = r.into_inner().node;
+        if node != "node-a" {
+            return Err(Status::not_found(format!("node {node:?} not found")));
+        }
+        Ok(Response::new(pb::NodeReply {
+            node: Some(pb::Node {
+                name: node,
+                status: pb::NodeStatus::Draining as i32,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn undrain_node(&self, r: Request<pb::NodeTarget>) -> Reply<pb::NodeReply> {
+        Ok(Response::new(pb::NodeReply {
+            node: Some(pb::Node {
+                name: r.into_inner().node,
+                status: pb::NodeStatus::Ready as i32,
+                ..Default::default()
+            }),
+        }))
+    }
+
     type StreamLogsStream = Stream<pb::LogLine>;
 
     async fn stream_logs(

@@ -20,7 +20,10 @@ fn main() {
         .map(|i| {
             let mut l = BTreeMap::new();
             l.insert("region".to_string(), REGIONS[i % REGIONS.len()].to_string());
-            l.insert("disk".to_string(), if i % 3 == 0 { "hdd" } else { "ssd" }.to_string());
+            l.insert(
+                "disk".to_string(),
+                if i % 3 == 0 { "hdd" } else { "ssd" }.to_string(),
+            );
             (format!("node-{i:05}"), l)
         })
         .collect();
@@ -43,13 +46,21 @@ fn main() {
             spec.resources.cpu_millis = 100;
             spec.resources.memory_bytes = 64 << 20;
             spec.placement.constraints = vec![
-                Constraint::parse("c", &format!("region={}", REGIONS[a % REGIONS.len()])).unwrap_or(Constraint::Exists("region".into())),
+                Constraint::parse("c", &format!("region={}", REGIONS[a % REGIONS.len()]))
+                    .unwrap_or(Constraint::Exists("region".into())),
                 Constraint::parse("c", "disk!=hdd").unwrap_or(Constraint::Exists("disk".into())),
             ];
             if a % 2 == 1 {
                 spec.placement.strategy = Strategy::Binpack;
             }
-            (name, AppRecord { spec, version: 1, updated_at_ms: 0 })
+            (
+                name,
+                AppRecord {
+                    spec,
+                    version: 1,
+                    updated_at_ms: 0,
+                },
+            )
         })
         .collect();
     let instances = BTreeMap::new();
@@ -66,7 +77,12 @@ fn main() {
         });
         let secs = start.elapsed().as_secs_f64();
         let placed = plan.create.iter().filter(|c| c.node.is_some()).count();
-        assert_eq!(placed, APPS * PER_APP as usize, "everything fits: {:?}", plan.pending);
+        assert_eq!(
+            placed,
+            APPS * PER_APP as usize,
+            "everything fits: {:?}",
+            plan.pending
+        );
         println!(
             "run {run}: placed {placed} instances over {NODES} nodes in {:.1} ms = {:.0} placements/s",
             secs * 1000.0,

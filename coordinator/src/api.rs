@@ -139,6 +139,22 @@ impl pb::cluster_server::Cluster for ClusterApi {
         }))
     }
 
+    async fn drain_node(
+        &self,
+        r: Request<pb::NodeTarget>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let node = self.control.set_drain(&r.into_inner().node, true)?;
+        Ok(Response::new(pb::NodeReply { node: Some(node) }))
+    }
+
+    async fn undrain_node(
+        &self,
+        r: Request<pb::NodeTarget>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let node = self.control.set_drain(&r.into_inner().node, false)?;
+        Ok(Response::new(pb::NodeReply { node: Some(node) }))
+    }
+
     type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
 
     async fn stream_logs(
