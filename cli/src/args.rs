@@ -180,6 +180,38 @@ pub struct StartArgs {
     #[arg(long, value_name = "INDEX")]
     pub instance: Option<u32>,
 
+    /// Node label constraint, e.g. region=eu, disk!=hdd, "zone in (a,b)"; repeat for more
+    #[arg(long = "constraint", value_name = "EXPR", help_heading = "Placement")]
+    pub constraints: Vec<String>,
+
+    /// spread (default) or binpack
+    #[arg(long, value_name = "STRATEGY", help_heading = "Placement")]
+    pub strategy: Option<String>,
+
+    /// At most one instance per node
+    #[arg(long, help_heading = "Placement")]
+    pub distinct_hosts: bool,
+
+    /// At most N instances per node
+    #[arg(long, value_name = "N", help_heading = "Placement")]
+    pub max_per_node: Option<u32>,
+
+    /// CPU each instance reserves: cores (0.5) or millicores (500m)
+    #[arg(long, value_name = "CPU", help_heading = "Placement")]
+    pub cpu: Option<String>,
+
+    /// Memory each instance reserves, e.g. 512M
+    #[arg(long, value_name = "SIZE", help_heading = "Placement")]
+    pub memory: Option<String>,
+
+    /// Place beyond node capacity
+    #[arg(long, help_heading = "Placement")]
+    pub overcommit: bool,
+
+    /// How long a node may be down before its instances move elsewhere (default 30s), or never
+    #[arg(long, value_name = "DURATION|never", help_heading = "Placement")]
+    pub reschedule_after: Option<String>,
+
     /// Arguments appended to the command line, as given (after --)
     #[arg(last = true, value_name = "ARGS")]
     pub extra_args: Vec<String>,

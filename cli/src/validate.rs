@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use pmcluster_spec::app::{MAX_INSTANCES, validate_name};
-use pmcluster_spec::config::{Scalar, parse_duration};
+use pmcluster_spec::config::{
+    RawPlacement, RawResources, Scalar, parse_duration, parse_reschedule,
+};
 use pmcluster_spec::{AppSpec, PortSpec, SpecError};
 
 use crate::args::StartArgs;
@@ -201,6 +203,29 @@ fn finish_spec(
             .unwrap_or(base.restart_delay),
         kill_timeout: duration("kill_timeout", &args.kill_timeout)?.unwrap_or(base.kill_timeout),
         instances_max,
+        placement: RawPlacement {
+            strategy: args.strategy.clone(),
+            constraints: Some(args.constraints.clone()),
+            affinities: None,
+            distinct_hosts: Some(args.distinct_hosts),
+            max_per_node: args.max_per_node,
+        }
+        .into_spec()
+        .map_err(flag_error)?,
+        resources: RawResources {
+            cpu: args.cpu.clone().map(Scalar::Str),
+            memory: args.memory.clone().map(Scalar::Str),
+            overcommit: Some(args.overcommit),
+        }
+        .into_spec()
+        .map_err(flag_error)?,
+        reschedule: args
+            .reschedule_after
+            .as_ref()
+            .map(|t| parse_reschedule(&Scalar::Str(t.clone())))
+            .transpose()
+            .map_err(flag_error)?
+            .unwrap_or_default(),
         ..base
     }
     .validate()
@@ -238,6 +263,12 @@ fn flag_error(e: SpecError) -> UsageError {
         "cwd" => "--cwd",
         "restart_delay" => "--restart-delay",
         "kill_timeout" => "--kill-timeout",
+        "placement.constraints" => "--constraint",
+        "placement.strategy" => "--strategy",
+        "placement.max_per_node" => "--max-per-node",
+        "resources.cpu" => "--cpu",
+        "resources.memory" => "--memory",
+        "reschedule_after" => "--reschedule-after",
         other => other,
     };
     UsageError::new(format!("{flag}: {}", e.message))
@@ -454,6 +485,27 @@ mod tests {
                 "pmcluster start 'node \"unclosed'",
                 "cannot split the command line",
             ),
+            (
+                "pmcluster start 'node s.js' --name w --constraint 'a b'",
+                "--constraint:",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --strategy random",
+                "--strategy:",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --memory lots",
+                "--memory:",
+            ),
+            ("pmcluster start 'node s.js' --name w --cpu x", "--cpu:"),
+            (
+                "pmcluster start 'node s.js' --name w --distinct-hosts --max-per-node 2",
+                "--max-per-node:",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --reschedule-after soon",
+                "--reschedule-after:",
+            ),
             ("pmcluster start '   '", "the command line is empty"),
             (
                 "pmcluster start '_x y'",
@@ -463,5 +515,19 @@ mod tests {
         for (line, want) in cases {
             check(line, Err(want));
         }
+    }
+
+    #[test]
+    fn placement_flags() {
+        let args = start_args(
+            "pmcluster start 'node s.js' --name w --constraint region=eu --constraint 'disk in (ssd)' \
+             --strategy binpack --distinct-hosts --cpu 500m --memory 256M --reschedule-after never",
+        );
+        let spec = start_spec(&args).expect("valid");
+        assert_eq!(spec.placement.constraints.len(), 2);
+        assert_eq!(spec.placement.max_per_node, Some(1));
+        assert_eq!(spec.resources.cpu_millis, 500);
+        assert_eq!(spec.resources.memory_bytes, 256 << 20);
+        assert_eq!(spec.reschedule, pmcluster_spec::app::Reschedule::Never);
     }
 }
