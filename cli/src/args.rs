@@ -60,7 +60,7 @@ pub enum Command {
         pmcluster start \"./serve.sh | tee out.log\" --name served --shell\n  \
         pmcluster start web               # start a stopped app again\n  \
         pmcluster start web --instance 2  # start one stopped instance")]
-    Start(StartArgs),
+    Start(Box<StartArgs>),
 
     /// Create or update the apps of a config file (JSON, YAML or TOML)
     Apply(ApplyArgs),

@@ -34,7 +34,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
     };
     let ctx = &mut ctx;
     match command {
-        Command::Start(a) => commands::start(a, ctx).await,
+        Command::Start(a) => commands::start(*a, ctx).await,
         Command::Apply(a) => commands::apply(a, ctx).await,
         Command::Scale(a) => commands::scale(a, ctx).await,
         Command::List(a) => commands::list(a, ctx).await,

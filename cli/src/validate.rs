@@ -284,7 +284,7 @@ mod tests {
     fn start_args(line: &str) -> StartArgs {
         let words = shell_words::split(line).expect("test line splits");
         match Cli::try_parse_from(words).expect("parses").command {
-            Command::Start(args) => args,
+            Command::Start(args) => *args,
             other => panic!("{other:?}"),
         }
     }
