@@ -1,1 +1,47 @@
+//! End-to-end tests: a real coordinator, real agents, the real `pmcluster` CLI and real
+//! instances (`pmcluster-testapp`, `sh`) on loopback, through the harness in `pmcluster_tests`.
+//!
+//! Every test waits on conditions with generous deadlines (CI has two cores) and never sleeps
+//! for correctness. The binaries must be built first: `cargo build --workspace --bins`.
 
+mod apply;
+mod bad_input;
+mod nodes;
+mod scale;
+
+use std::time::Duration;
+
+use pmcluster_tests::{Cluster, Instance, pid_alive, render, wait_until};
+
+/// Deadline of every wait in these tests.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Online, with a pid that is alive now: the list reflects the agents' last reports, so a pid
+/// listed right after a change may already be gone.
+pub fn live(inst: &Instance) -> bool {
+    inst.online() && inst.pid.is_some_and(pid_alive)
+}
+
+/// Waits until `app` has exactly `n` instances, indices 0..n, all [`live`]; returns them.
+#[track_caller]
+pub fn wait_online(c: &Cluster, app: &str, n: usize) -> Vec<Instance> {
+    wait_until(DEADLINE, &format!("{n} online instances of {app}"), || {
+        let list = c.instances(app)?;
+        let indices_ok = list
+            .iter()
+            .enumerate()
+            .all(|(i, inst)| inst.index as usize == i);
+        if list.len() == n && indices_ok && list.iter().all(live) {
+            Ok(list)
+        } else {
+            Err(render(&list))
+        }
+    })
+}
+
+/// The instance with `index` in a list, or a description of the list.
+pub fn by_index(list: &[Instance], index: u32) -> Result<&Instance, String> {
+    list.iter()
+        .find(|i| i.index == index)
+        .ok_or_else(|| format!("no index {index} in:{}", render(list)))
+}

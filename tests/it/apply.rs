@@ -1,0 +1,229 @@
+//! A PMDaemon-style config file with two apps, their logs and environment, and the lifecycle
+//! verbs: stop, start, restart of one instance, delete.
+
+use std::collections::BTreeMap;
+
+use pmcluster_tests::{
+    Cluster, Instance, ProcId, free_port_range, health, http_get, render, wait_until,
+};
+use serde_json::json;
+
+use crate::{DEADLINE, by_index, live, wait_online};
+
+fn proc_ids(list: &[Instance]) -> Vec<ProcId> {
+    list.iter().filter_map(|i| ProcId::of(i.pid?)).collect()
+}
+
+#[track_caller]
+fn wait_gone(procs: &[ProcId], what: &str) {
+    wait_until(DEADLINE, what, || {
+        let alive: Vec<u32> = procs.iter().filter(|p| p.alive()).map(|p| p.pid).collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still alive: {alive:?}"))
+        }
+    });
+}
+
+/// Waits until `logs ARGS` prints every one of `want`; returns the output.
+#[track_caller]
+fn wait_logs(c: &Cluster, args: &[&str], want: &[&str]) -> String {
+    let what = format!("pmcluster {} to show {want:?}", args.join(" "));
+    wait_until(DEADLINE, &what, || {
+        let out = c.try_cli(args)?;
+        if out.success() && want.iter().all(|w| out.stdout.contains(w)) {
+            Ok(out.stdout)
+        } else {
+            Err(out.to_string())
+        }
+    })
+}
+
+fn pid_by_index(list: &[Instance]) -> BTreeMap<u32, Option<u32>> {
+    list.iter().map(|i| (i.index, i.pid)).collect()
+}
+
+#[test]
+fn apply_file_and_logs() {
+    let c = Cluster::start(2).expect("coordinator and two agents start");
+    let base = free_port_range(2).expect("two free ports");
+    let config = json!({
+        "apps": [
+            {
+                "name": "api",
+                "script": c.testapp().display().to_string(),
+                "instances": 2,
+                "port": format!("{base}-{}", base + 1),
+            },
+            {
+                "name": "echo",
+                "script": "sh",
+                "args": [
+                    "-c",
+                    "echo hello-from-$PMCLUSTER_INSTANCE_ID; echo var=$MY_VAR; \
+                     echo greeting=$GREETING; exec sleep 600",
+                ],
+                "instances": 2,
+                "instance_var": "MY_VAR",
+                "env": {"GREETING": "hi-${INSTANCE_ID}"},
+                "kill_timeout": "2s",
+            },
+        ]
+    });
+    let path = c.root().join("apps.json");
+    std::fs::write(&path, config.to_string()).expect("write apps.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+
+    let api = wait_online(&c, "api", 2);
+    let echo = wait_online(&c, "echo", 2);
+    for inst in &api {
+        assert_eq!(inst.port, Some(base + inst.index as u16), "{inst}");
+    }
+    for inst in &echo {
+        assert_eq!(inst.port, None, "an app without a port gets none: {inst}");
+    }
+
+    // Output of every instance, through the coordinator, with instance_var and expanded env.
+    wait_logs(
+        &c,
+        &["logs", "echo", "--lines", "5"],
+        &[
+            "hello-from-0",
+            "hello-from-1",
+            "var=0",
+            "var=1",
+            "greeting=hi-0",
+            "greeting=hi-1",
+        ],
+    );
+    let one = wait_logs(
+        &c,
+        &["logs", "echo", "--instance", "1", "--lines", "5"],
+        &["hello-from-1"],
+    );
+    assert!(
+        !one.contains("hello-from-0"),
+        "--instance 1 shows only index 1:\n{one}"
+    );
+
+    // The agent keeps the output in its data dir.
+    let echo0 = by_index(&echo, 0).expect("echo[0]");
+    let node = echo0.node.clone().expect("echo[0] has a node");
+    let agent = c.agent(
+        c.agent_idx(&node)
+            .expect("echo[0] runs on one of our agents"),
+    );
+    let log_file = agent.data_dir.join("logs").join("echo-0-out.log");
+    let text = std::fs::read_to_string(&log_file)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", log_file.display()));
+    assert!(
+        text.contains("hello-from-0"),
+        "{}:\n{text}",
+        log_file.display()
+    );
+
+    // Lines an instance writes later show up too.
+    let api0_port = by_index(&api, 0)
+        .expect("api[0]")
+        .port
+        .expect("api[0] port");
+    let reply = http_get(api0_port, "/log?n=3").expect("GET /log on api[0]");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    wait_logs(
+        &c,
+        &["logs", "api", "--instance", "0", "--lines", "5"],
+        &["line 3"],
+    );
+
+    // stop: the processes end and the instances stay, stopped.
+    let echo_procs = proc_ids(&echo);
+    assert_eq!(
+        echo_procs.len(),
+        2,
+        "both echo instances run:{}",
+        render(&echo)
+    );
+    c.cli(&["stop", "echo"]).assert_ok();
+    wait_until(DEADLINE, "both echo instances stopped", || {
+        let list = c.instances("echo")?;
+        if list.len() == 2
+            && list
+                .iter()
+                .all(|i| i.status == "stopped" && i.pid.is_none())
+        {
+            Ok(())
+        } else {
+            Err(render(&list))
+        }
+    });
+    wait_gone(&echo_procs, "the stopped echo processes to end");
+    assert_eq!(
+        pid_by_index(&c.instances("api").expect("list api")),
+        pid_by_index(&api),
+        "stopping echo leaves api alone"
+    );
+
+    // start: online again, as new processes.
+    c.cli(&["start", "echo"]).assert_ok();
+    let echo_again = wait_online(&c, "echo", 2);
+    for (old, new) in echo.iter().zip(&echo_again) {
+        assert_ne!(old.pid, new.pid, "{new} is a new process");
+    }
+
+    // restart of one instance: index 0 gets a new process, index 1 keeps its own.
+    c.cli(&["restart", "api", "--instance", "0"]).assert_ok();
+    let old0 = by_index(&api, 0).expect("api[0]").pid;
+    let old1 = by_index(&api, 1).expect("api[1]").pid;
+    let api_again = wait_until(DEADLINE, "api[0] online with a new pid", || {
+        let list = c.instances("api")?;
+        let i0 = by_index(&list, 0)?;
+        if list.len() == 2 && list.iter().all(live) && i0.pid != old0 {
+            Ok(list)
+        } else {
+            Err(render(&list))
+        }
+    });
+    assert_eq!(
+        by_index(&api_again, 1).expect("api[1]").pid,
+        old1,
+        "{}",
+        render(&api_again)
+    );
+    let new0 = by_index(&api_again, 0).expect("api[0]").clone();
+    wait_until(DEADLINE, "the restarted api[0] to answer /health", || {
+        let h = health(api0_port)?;
+        if h["instance"] == "0" && h["pid"] == new0.pid.unwrap_or(0) {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+
+    // delete: gone from the list, processes gone; the other app stays.
+    let api_procs = proc_ids(&api_again);
+    c.cli(&["delete", "api"]).assert_ok();
+    wait_until(DEADLINE, "api gone from the list", || {
+        let all = c.instances("")?;
+        if all.iter().all(|i| i.app != "api") {
+            Ok(())
+        } else {
+            Err(render(&all))
+        }
+    });
+    wait_gone(&api_procs, "the deleted api processes to end");
+    let listed = c.cli(&["list", "api", "-o", "json"]);
+    assert!(listed.assert_failed().contains("api"), "{listed}");
+    assert_eq!(
+        pid_by_index(&wait_online(&c, "echo", 2)),
+        pid_by_index(&echo_again),
+        "deleting api leaves echo alone"
+    );
+
+    let echo_procs = proc_ids(&echo_again);
+    c.cli(&["delete", "echo"]).assert_ok();
+    wait_gone(&echo_procs, "the deleted echo processes to end");
+    let all = c.instances("").expect("list");
+    assert!(all.is_empty(), "{}", render(&all));
+}

@@ -1,0 +1,217 @@
+//! Bad input is refused with a message that names the problem, and nothing is half-applied.
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_proto::v1::cluster_client::ClusterClient;
+use pmcluster_tests::{Cluster, free_port_range, render};
+use serde_json::{Value, json};
+use tonic::Code;
+
+use crate::wait_online;
+
+/// A refused command: the args, the exit code it must give (`None`: any non-zero) and words its
+/// stderr must contain.
+struct Refused<'a> {
+    args: Vec<&'a str>,
+    code: Option<i32>,
+    says: &'a [&'a str],
+}
+
+fn refused<'a>(args: &[&'a str], code: Option<i32>, says: &'a [&'a str]) -> Refused<'a> {
+    Refused {
+        args: args.to_vec(),
+        code,
+        says,
+    }
+}
+
+/// Every app as `apps -o json` shows it, without the instance counts that change as instances
+/// come and go.
+fn stored_apps(c: &Cluster) -> Vec<Value> {
+    let apps = c.cli(&["apps", "-o", "json"]).assert_ok().json();
+    let apps = apps.expect("apps -o json is JSON");
+    apps.as_array()
+        .expect("apps -o json is an array")
+        .iter()
+        .map(|a| {
+            json!({
+                "name": a["name"], "version": a["version"],
+                "updated_at_ms": a["updated_at_ms"], "spec": a["spec"],
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn bad_input() {
+    let c = Cluster::start(1).expect("coordinator and one agent start");
+    let base = free_port_range(2).expect("two free ports");
+    let web_ports = format!("{base}-{}", base + 1);
+    let testapp = c.testapp().display().to_string();
+    c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "web",
+        "--instances",
+        "2",
+        "--port",
+        &web_ports,
+    ])
+    .assert_ok();
+    let web = wait_online(&c, "web", 2);
+    let apps_before = stored_apps(&c);
+    assert_eq!(apps_before.len(), 1, "{apps_before:?}");
+
+    let dir = c.root().join("bad-input");
+    std::fs::create_dir_all(&dir).expect("create the config dir");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write a config file");
+        path.display().to_string()
+    };
+    let unknown_field = write(
+        "unknown-field.json",
+        r#"{"apps": [{"name": "typo", "script": "sleep", "args": ["600"], "instancez": 2}]}"#,
+    );
+    let malformed = write(
+        "malformed.json",
+        r#"{"apps": [{"name": "broken", "script": "sleep""#,
+    );
+    // The first app is fine, the second is not: neither may be applied.
+    let second_bad = write(
+        "second-bad.json",
+        r#"{"apps": [
+            {"name": "first-ok", "script": "sleep", "args": ["600"]},
+            {"name": "second-bad", "script": "sleep", "instances": 3, "port": "30000-30001"}
+        ]}"#,
+    );
+    let small_base = free_port_range(2).expect("two free ports");
+    let small_range = format!("{small_base}-{}", small_base + 1);
+
+    let cases = [
+        refused(&["scale", "web", "-1"], Some(2), &["-1"]),
+        refused(&["scale", "web", "abc"], Some(2), &["abc"]),
+        refused(&["scale", "nosuchapp", "3"], None, &["nosuchapp"]),
+        // The range of web holds two ports.
+        refused(&["scale", "web", "3"], Some(2), &["port"]),
+        refused(&["apply", "-f", &unknown_field], Some(2), &["instancez"]),
+        refused(&["apply", "-f", &malformed], Some(2), &["malformed.json"]),
+        refused(
+            &["apply", "-f", &second_bad],
+            Some(2),
+            &["port", "second-bad"],
+        ),
+        refused(&["start", ""], Some(2), &["command"]),
+        refused(
+            &["start", "x", "--name", "w", "--port", "30x0"],
+            Some(2),
+            &["port", "30x0"],
+        ),
+        refused(
+            &[
+                "start",
+                &testapp,
+                "--name",
+                "small",
+                "--instances",
+                "3",
+                "--port",
+                &small_range,
+            ],
+            Some(2),
+            &["port", "instances"],
+        ),
+        refused(&["stop", "nosuchapp"], None, &["nosuchapp"]),
+        refused(&["delete", "nosuchapp"], None, &["nosuchapp"]),
+        refused(&["logs", "nosuchapp"], None, &["nosuchapp"]),
+    ];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let out = c.cli(&case.args);
+        let code_ok = match case.code {
+            Some(want) => out.code() == Some(want),
+            None => !out.success(),
+        };
+        let missing: Vec<&str> = case
+            .says
+            .iter()
+            .filter(|w| !out.stderr.contains(**w))
+            .copied()
+            .collect();
+        if !code_ok || !missing.is_empty() {
+            failures.push(format!(
+                "want exit {:?} and stderr naming {:?}, got {out}",
+                case.code.map_or("non-zero".to_string(), |c| c.to_string()),
+                case.says
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n\n"));
+
+    // Nothing was half-applied: only web, with the same version and spec, and the same processes.
+    assert_eq!(stored_apps(&c), apps_before);
+    let now = c.instances("").expect("list");
+    assert_eq!(now.len(), 2, "{}", render(&now));
+    for (a, b) in web.iter().zip(&now) {
+        assert_eq!(
+            (a.index, a.pid, a.port),
+            (b.index, b.pid, b.port),
+            "{}",
+            render(&now)
+        );
+    }
+
+    // The API itself, without the CLI's own checks.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    rt.block_on(async {
+        let mut client = ClusterClient::connect(c.url())
+            .await
+            .expect("connect to the coordinator");
+        let scale = |app: &str, instances: i64| pb::ScaleRequest {
+            app: app.to_string(),
+            instances,
+        };
+        let err = client
+            .scale(scale("web", -1))
+            .await
+            .expect_err("scale to -1 is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("instances"), "{err:?}");
+        let err = client
+            .scale(scale("nosuchapp", 1))
+            .await
+            .expect_err("scaling an unknown app is refused");
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert!(err.message().contains("nosuchapp"), "{err:?}");
+        let err = client
+            .get_app(pb::GetAppRequest {
+                name: "nosuchapp".into(),
+            })
+            .await
+            .expect_err("an unknown app is not found");
+        assert_eq!(err.code(), Code::NotFound, "{err:?}");
+        assert!(err.message().contains("nosuchapp"), "{err:?}");
+        let err = client
+            .apply_app(pb::ApplyAppRequest {
+                spec: Some(pb::AppSpec {
+                    name: "bad name!".into(),
+                    script: "sleep".into(),
+                    instances: 1,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect_err("a bad app name is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("name"), "{err:?}");
+        let err = client
+            .apply_app(pb::ApplyAppRequest { spec: None })
+            .await
+            .expect_err("a missing spec is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    });
+    assert_eq!(stored_apps(&c), apps_before);
+}

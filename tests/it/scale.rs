@@ -1,0 +1,209 @@
+//! Issue 2 acceptance: spread over three agents, scale up and down, restart after `kill -9`, and
+//! a coordinator crash that starts and stops nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nix::sys::signal::Signal;
+use pmcluster_tests::{
+    Cluster, Instance, ProcId, free_port_range, health, kill_pid, now_ms, per_node, render,
+    wait_until,
+};
+
+use crate::{DEADLINE, by_index, live, wait_online};
+
+/// Waits until `GET /health` on the instance's port names its index and pid.
+#[track_caller]
+fn wait_healthy(inst: &Instance) {
+    let port = inst.port.expect("instance has a port");
+    let pid = inst.pid.expect("instance has a pid");
+    let what = format!(
+        "/health of {inst} to answer instance {} pid {pid}",
+        inst.index
+    );
+    let index = inst.index.to_string();
+    wait_until(DEADLINE, &what, || {
+        let h = health(port)?;
+        if h["instance"] == index.as_str() && h["pid"] == pid {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+}
+
+/// Instances that survived a scale on the same node but run as a new process.
+fn restarted_by_scale(what: &str, before: &[Instance], after: &[Instance]) -> Option<String> {
+    let restarted: Vec<String> = after
+        .iter()
+        .filter_map(|new| {
+            let old = before.iter().find(|o| o.index == new.index)?;
+            (old.node == new.node && old.pid != new.pid).then(|| format!("\n  {old}\n   -> {new}"))
+        })
+        .collect();
+    (!restarted.is_empty()).then(|| {
+        format!(
+            "scale {what} restarted instances it should have left running:{}",
+            restarted.concat()
+        )
+    })
+}
+
+fn pids(list: &[Instance]) -> BTreeMap<u32, Option<u32>> {
+    list.iter().map(|i| (i.index, i.pid)).collect()
+}
+
+#[test]
+fn spread_scale_kill_restart() {
+    let mut c = Cluster::start(3).expect("coordinator and three agents start");
+    let base = free_port_range(12).expect("twelve free ports");
+    let ports = format!("{base}-{}", base + 11);
+    let testapp = c.testapp().display().to_string();
+
+    c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "web",
+        "--instances",
+        "1",
+        "--port",
+        &ports,
+    ])
+    .assert_ok();
+    let one = wait_online(&c, "web", 1);
+    c.cli(&["scale", "web", "12"]).assert_ok();
+
+    // Twelve online, four per node, instance i on port base+i and answering as itself.
+    let twelve = wait_online(&c, "web", 12);
+    // Changing the count must leave running instances alone (PM2's scale does). Checked at the
+    // end, so that one failure does not hide the rest of the scenario.
+    let mut problems = Vec::new();
+    problems.extend(restarted_by_scale("1 -> 12", &one, &twelve));
+    let counts: Vec<usize> = per_node(&twelve).into_values().collect();
+    assert_eq!(
+        per_node(&twelve).keys().collect::<Vec<_>>(),
+        ["node-a", "node-b", "node-c"],
+        "{}",
+        render(&twelve)
+    );
+    assert_eq!(counts, [4, 4, 4], "{}", render(&twelve));
+    for inst in &twelve {
+        assert_eq!(inst.port, Some(base + inst.index as u16), "{inst}");
+        wait_healthy(inst);
+    }
+    let removed: Vec<ProcId> = twelve
+        .iter()
+        .filter(|i| i.index >= 5)
+        .filter_map(|i| ProcId::of(i.pid?))
+        .collect();
+    assert_eq!(
+        removed.len(),
+        7,
+        "every removed instance runs before the scale-down"
+    );
+
+    // Down to five: the highest indices go, the rest stays spread.
+    c.cli(&["scale", "web", "5"]).assert_ok();
+    let five = wait_until(DEADLINE, "5 online instances spread 1/2/2", || {
+        let list = c.instances("web")?;
+        let mut counts: Vec<usize> = per_node(&list).into_values().collect();
+        counts.sort_unstable();
+        let indices: Vec<u32> = list.iter().map(|i| i.index).collect();
+        if indices == [0, 1, 2, 3, 4] && list.iter().all(live) && counts == [1, 2, 2] {
+            Ok(list)
+        } else {
+            Err(render(&list))
+        }
+    });
+    for inst in &five {
+        assert_eq!(inst.port, Some(base + inst.index as u16), "{inst}");
+    }
+    problems.extend(restarted_by_scale("12 -> 5", &twelve, &five));
+    wait_until(DEADLINE, "the removed instances' processes to end", || {
+        let alive: Vec<u32> = removed
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| p.pid)
+            .collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still alive: {alive:?}"))
+        }
+    });
+
+    // kill -9 of one instance: the agent restarts it in place.
+    let victim = by_index(&five, 2).expect("index 2").clone();
+    let victim_pid = victim.pid.expect("index 2 has a pid");
+    kill_pid(victim_pid, Signal::SIGKILL).expect("kill -9 index 2");
+    let restarted = wait_until(DEADLINE, "web[2] online again with a new pid", || {
+        let list = c.instances("web")?;
+        let i2 = by_index(&list, 2)?;
+        if live(i2) && i2.pid != Some(victim_pid) {
+            Ok(i2.clone())
+        } else {
+            Err(render(&list))
+        }
+    });
+    assert_eq!(restarted.port, victim.port, "{restarted}");
+    assert_eq!(restarted.node, victim.node, "{restarted}");
+    assert!(restarted.restarts >= 1, "{restarted}");
+    wait_healthy(&restarted);
+
+    // A coordinator crash starts and stops nothing.
+    let before = wait_online(&c, "web", 5);
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    c.restart_coordinator()
+        .expect("the coordinator restarts on the same port with the same data dir");
+    let after = wait_until(
+        DEADLINE,
+        "the restarted coordinator to list the same 5 online instances on ready nodes",
+        || {
+            let ready = c
+                .nodes_json()?
+                .iter()
+                .filter(|n| n["status"] == "ready")
+                .count();
+            let list = c.instances("web")?;
+            if ready == 3 && list.len() == 5 && list.iter().all(live) {
+                Ok(list)
+            } else {
+                Err(format!("{ready} ready nodes;{}", render(&list)))
+            }
+        },
+    );
+    assert_eq!(
+        pids(&after),
+        pids(&before),
+        "no instance may restart because the coordinator did:\nbefore:{}\nafter:{}",
+        render(&before),
+        render(&after)
+    );
+
+    // Let every agent report again after it received its desired set, then check that nothing
+    // started behind the list's back: the agents' children are exactly the five listed pids.
+    let converged_at = now_ms();
+    wait_until(DEADLINE, "every node to report again", || {
+        let nodes = c.nodes_json()?;
+        let fresh = nodes
+            .iter()
+            .filter(|n| n["last_heartbeat_ms"].as_i64().unwrap_or(0) > converged_at + 1000)
+            .count();
+        if fresh == 3 {
+            Ok(())
+        } else {
+            Err(serde_json::Value::Array(nodes).to_string())
+        }
+    });
+    let last = c.instances("web").expect("list after the restart");
+    assert_eq!(pids(&last), pids(&before), "{}", render(&last));
+    let listed: BTreeSet<u32> = last.iter().filter_map(|i| i.pid).collect();
+    let children: BTreeSet<u32> = c.agent_children().into_keys().collect();
+    assert_eq!(
+        children,
+        listed,
+        "the agents' child processes must be exactly the listed instances:{}",
+        render(&last)
+    );
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
