@@ -1,0 +1,237 @@
+//! Agent configuration: the raw values `main` collects from flags and environment, and their
+//! validation into the [`Config`] that [`crate::run`] takes.
+//!
+//! Errors name the flag at fault. Nothing here reads the environment or touches files; `main`
+//! does that and passes the values in.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Values as given on the command line, before any check.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    pub coordinator: String,
+    /// `None`: use `hostname`.
+    pub node_name: Option<String>,
+    /// The host's name, the default node name.
+    pub hostname: Option<String>,
+    pub data_dir: PathBuf,
+    /// `KEY=VALUE` pairs, already split by [`parse_label`].
+    pub labels: Vec<(String, String)>,
+}
+
+/// Checked agent settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Coordinator URL (`http://`; TLS comes with mTLS later).
+    pub coordinator: String,
+    pub node_name: String,
+    /// Where the agent keeps its files (`logs/` for instance output).
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A flag value that cannot be accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--coordinator {url:?}: {reason}")]
+    Coordinator { url: String, reason: String },
+    #[error("--node-name {name:?}: {reason}")]
+    NodeName { name: String, reason: String },
+    #[error("--node-name is not set and the hostname cannot be read; pass --node-name")]
+    NoNodeName,
+    #[error("--label {value:?}: {reason}")]
+    Label { value: String, reason: String },
+    #[error("--data-dir is empty")]
+    DataDir,
+}
+
+/// Splits one `--label` value, `KEY=VALUE`. Usable as a clap value parser.
+pub fn parse_label(value: &str) -> Result<(String, String), ConfigError> {
+    let Some((key, val)) = value.split_once('=') else {
+        return Err(ConfigError::Label {
+            value: value.to_string(),
+            reason: "expected KEY=VALUE, e.g. --label zone=a".to_string(),
+        });
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ConfigError::Label {
+            value: value.to_string(),
+            reason: "the key before '=' is empty".to_string(),
+        });
+    }
+    Ok((key.to_string(), val.trim().to_string()))
+}
+
+impl RawConfig {
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let coordinator = validate_url(self.coordinator)?;
+        let node_name = match self.node_name {
+            Some(n) => n,
+            None => self
+                .hostname
+                .filter(|h| !h.is_empty())
+                .ok_or(ConfigError::NoNodeName)?,
+        };
+        validate_node_name(&node_name)?;
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::DataDir);
+        }
+        let mut labels = BTreeMap::new();
+        for (key, value) in self.labels {
+            if labels.contains_key(&key) {
+                return Err(ConfigError::Label {
+                    value: format!("{key}={value}"),
+                    reason: format!("key {key:?} is given twice"),
+                });
+            }
+            labels.insert(key, value);
+        }
+        Ok(Config {
+            coordinator,
+            node_name,
+            data_dir: self.data_dir,
+            labels,
+        })
+    }
+}
+
+fn validate_url(url: String) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::Coordinator {
+        url: url.clone(),
+        reason: reason.to_string(),
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(bad("expected a URL such as http://127.0.0.1:7450"));
+    };
+    if scheme == "https" {
+        // TLS on the link comes with mTLS (agent identity in its certificate), a later issue.
+        return Err(bad("https is not supported yet; use http://"));
+    }
+    if scheme != "http" {
+        return Err(bad("the scheme must be http"));
+    }
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err(bad("the URL has no host"));
+    }
+    if tonic::transport::Endpoint::from_shared(url.clone()).is_err() {
+        return Err(bad("not a valid URL"));
+    }
+    Ok(url)
+}
+
+/// Node names are hostnames or similar: 1-253 characters of `[A-Za-z0-9._-]`.
+fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::NodeName {
+            name: name.to_string(),
+            reason: "use 1-253 letters, digits, '.', '_' or '-'".to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        RawConfig {
+            coordinator: "http://127.0.0.1:7450".into(),
+            node_name: Some("n1".into()),
+            hostname: None,
+            data_dir: "/tmp/x".into(),
+            labels: vec![],
+        }
+    }
+
+    #[test]
+    fn labels() {
+        type Case<'a> = (&'a str, Result<(&'a str, &'a str), &'a str>);
+        let cases: &[Case] = &[
+            ("zone=a", Ok(("zone", "a"))),
+            ("k=", Ok(("k", ""))),
+            ("k=a=b", Ok(("k", "a=b"))),
+            ("k", Err("--label \"k\": expected KEY=VALUE")),
+            ("=v", Err("key before '=' is empty")),
+        ];
+        for (input, want) in cases {
+            let got = parse_label(input);
+            match (want, got) {
+                (Ok((k, v)), Ok((gk, gv))) => assert_eq!((*k, *v), (gk.as_str(), gv.as_str())),
+                (Err(w), Err(e)) => assert!(e.to_string().contains(w), "{input}: {e}"),
+                (w, g) => panic!("{input}: want {w:?} got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn validation() {
+        assert!(raw().validate().is_ok());
+        let cases: Vec<(RawConfig, &str)> = vec![
+            (
+                RawConfig {
+                    coordinator: "127.0.0.1:7450".into(),
+                    ..raw()
+                },
+                "--coordinator",
+            ),
+            (
+                RawConfig {
+                    coordinator: "ftp://x".into(),
+                    ..raw()
+                },
+                "scheme",
+            ),
+            (
+                RawConfig {
+                    node_name: Some("a b".into()),
+                    ..raw()
+                },
+                "--node-name",
+            ),
+            (
+                RawConfig {
+                    node_name: None,
+                    ..raw()
+                },
+                "pass --node-name",
+            ),
+            (
+                RawConfig {
+                    labels: vec![("a".into(), "1".into()), ("a".into(), "2".into())],
+                    ..raw()
+                },
+                "given twice",
+            ),
+            (
+                RawConfig {
+                    data_dir: "".into(),
+                    ..raw()
+                },
+                "--data-dir",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = input.clone().validate();
+            match got {
+                Err(e) => assert!(e.to_string().contains(want), "{input:?}: {e}"),
+                Ok(c) => panic!("{input:?}: accepted as {c:?}"),
+            }
+        }
+        let defaulted = RawConfig {
+            node_name: None,
+            hostname: Some("host-1".into()),
+            ..raw()
+        }
+        .validate();
+        assert_eq!(defaulted.map(|c| c.node_name), Ok("host-1".to_string()));
+    }
+}

@@ -1,0 +1,310 @@
+//! The link to the coordinator: one `AgentLink/Session` stream at a time, dialled out by the
+//! agent. Registers, sends status reports (every heartbeat interval and promptly after instance
+//! state changes), hands desired sets to the supervisors and log requests to the log tasks, and
+//! reconnects with backoff when the stream fails.
+//!
+//! The link never waits on a supervisor: applying a desired set only updates targets. While the
+//! coordinator is unreachable the instances keep running as last desired (static stability).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_proto::v1::agent_link_client::AgentLinkClient;
+use pmcluster_proto::v1::agent_message::Msg as Up;
+use pmcluster_proto::v1::coordinator_message::Msg as Down;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::logs::LogRequests;
+use crate::metrics::HostInfo;
+use crate::model::DesiredSet;
+use crate::{Agent, AgentError, restart, supervisor};
+
+/// Heartbeat period when the coordinator sends 0.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
+/// Reconnect backoff: first delay, doubled per failed attempt up to the max.
+pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// How long the coordinator may take to answer a new session.
+const SESSION_SETUP: Duration = Duration::from_secs(10);
+/// State changes within this window go out in one report.
+const COALESCE: Duration = Duration::from_millis(20);
+/// Reports waiting to go out. Each one is a full snapshot, so when the queue is full the next
+/// one is simply skipped: a later report carries the same news.
+const STATUS_QUEUE: usize = 4;
+/// Log chunks waiting to go out; log tasks wait for room.
+const LOG_QUEUE: usize = 32;
+
+/// What the link needs besides the agent.
+pub(crate) struct LinkConfig {
+    pub url: String,
+    pub endpoint: Endpoint,
+    pub labels: BTreeMap<String, String>,
+    pub host: HostInfo,
+}
+
+/// The endpoint for `url`, with timeouts that notice a dead coordinator.
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| AgentError::Coordinator {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// Delay before reconnect attempt `attempt` (0-based), before jitter.
+pub fn reconnect_delay(attempt: u32) -> Duration {
+    restart::doubling(RECONNECT_BASE, attempt, RECONNECT_MAX)
+}
+
+/// How a session ended.
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    Ended {
+        /// The coordinator had accepted the registration.
+        registered: bool,
+        /// It refused us because a node of our name is connected.
+        already_exists: bool,
+        reason: String,
+    },
+}
+
+/// Runs sessions until `cancel`. Fails only when the very first session the coordinator answers
+/// says the node name is taken.
+pub(crate) async fn run(
+    agent: Arc<Agent>,
+    cfg: LinkConfig,
+    cancel: CancellationToken,
+) -> Result<(), AgentError> {
+    let mut attempt = 0u32;
+    let mut ever_registered = false;
+    loop {
+        match session(&agent, &cfg, &cancel).await {
+            End::Shutdown => return Ok(()),
+            End::Ended {
+                already_exists: true,
+                ..
+            } if !ever_registered => {
+                return Err(AgentError::NameTaken {
+                    node: agent.node_name.clone(),
+                });
+            }
+            End::Ended {
+                registered,
+                already_exists,
+                reason,
+            } => {
+                if registered {
+                    ever_registered = true;
+                    attempt = 0;
+                }
+                let delay = with_jitter(reconnect_delay(attempt));
+                attempt = attempt.saturating_add(1);
+                if already_exists {
+                    tracing::warn!(
+                        "coordinator still has a session for node {}; retrying in {delay:?}",
+                        agent.node_name
+                    );
+                } else if registered {
+                    tracing::warn!(
+                        "link to coordinator lost ({reason}); reconnecting in {delay:?}"
+                    );
+                } else {
+                    tracing::warn!(
+                        "cannot reach coordinator at {} ({reason}); retrying in {delay:?}",
+                        cfg.url
+                    );
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Adds up to a quarter of `delay` at random, so agents cut off together do not all come back
+/// in the same millisecond.
+fn with_jitter(delay: Duration) -> Duration {
+    let max_ms = u64::try_from(delay.as_millis() / 4).unwrap_or(0);
+    delay + Duration::from_millis(rand::random_range(0..=max_ms))
+}
+
+/// One stream to the coordinator, from connect to its end.
+async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToken) -> End {
+    let channel = tokio::select! {
+        () = cancel.cancelled() => return End::Shutdown,
+        c = cfg.endpoint.connect() => match c {
+            Ok(c) => c,
+            Err(e) => return ended(false, false, error_chain(&e)),
+        },
+    };
+    let mut client = AgentLinkClient::new(channel);
+    let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE);
+    let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
+    let register = pb::Register {
+        node_name: agent.node_name.clone(),
+        labels: cfg.labels.clone().into_iter().collect(),
+        cores: cfg.host.cores,
+        memory_bytes: cfg.host.memory_bytes,
+        hostname: cfg.host.hostname.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        generation: agent.state.generation(),
+        instances: agent.state.instances(),
+    };
+    // A fresh queue has room: this cannot fail.
+    let _ = status_tx.try_send(up(Up::Register(register)));
+    // Reports and log chunks share the stream fairly, so a log flood cannot starve heartbeats.
+    let outbound = ReceiverStream::new(status_rx).merge(ReceiverStream::new(log_rx));
+    let response = tokio::select! {
+        () = cancel.cancelled() => return End::Shutdown,
+        r = tokio::time::timeout(SESSION_SETUP, client.session(outbound)) => r,
+    };
+    let mut inbound = match response {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => return from_status(false, &status),
+        Err(_) => {
+            return ended(false, false, format!("no answer within {SESSION_SETUP:?}"));
+        }
+    };
+    let mut registered = false;
+    let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut report_at: Option<Instant> = None;
+    let mut logs = LogRequests::new(Arc::clone(agent), log_tx);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return End::Shutdown,
+            msg = inbound.next() => match msg {
+                Some(Ok(pb::CoordinatorMessage { msg: Some(msg) })) => match msg {
+                    Down::Registered(r) => {
+                        registered = true;
+                        let period = match r.heartbeat_interval_ms {
+                            0 => DEFAULT_HEARTBEAT,
+                            ms => Duration::from_millis(ms),
+                        };
+                        tracing::info!("registered with the coordinator (heartbeat {period:?})");
+                        heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+                        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        // Changes between Register and now go out at once.
+                        send_report(agent, &status_tx);
+                        report_at = None;
+                    }
+                    Down::Desired(set) => supervisor::apply(agent, DesiredSet::from(set)),
+                    Down::LogRequest(req) => logs.start(req),
+                    Down::CancelLogs(c) => logs.cancel(c.request_id),
+                },
+                Some(Ok(pb::CoordinatorMessage { msg: None })) => {}
+                Some(Err(status)) => return from_status(registered, &status),
+                None => return ended(registered, false, "the coordinator closed the stream".into()),
+            },
+            _ = heartbeat.tick(), if registered => {
+                send_report(agent, &status_tx);
+                report_at = None;
+            }
+            () = agent.state.changed.notified(), if report_at.is_none() => {
+                report_at = Some(Instant::now() + COALESCE);
+            }
+            () = sleep_until_opt(report_at), if registered => {
+                send_report(agent, &status_tx);
+                report_at = None;
+            }
+            () = logs.reap() => {}
+        }
+    }
+}
+
+fn send_report(agent: &Agent, status_tx: &mpsc::Sender<pb::AgentMessage>) {
+    match status_tx.try_send(up(Up::Status(agent.state.report()))) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            tracing::debug!("status queue full; skipping a report");
+        }
+        // The stream is going away; the inbound side reports why.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+fn up(msg: Up) -> pb::AgentMessage {
+    pb::AgentMessage { msg: Some(msg) }
+}
+
+fn ended(registered: bool, already_exists: bool, reason: String) -> End {
+    End::Ended {
+        registered,
+        already_exists,
+        reason,
+    }
+}
+
+fn from_status(registered: bool, status: &tonic::Status) -> End {
+    let already_exists = status.code() == tonic::Code::AlreadyExists;
+    let reason = if status.message().is_empty() {
+        format!("{}", status.code())
+    } else {
+        format!("{}: {}", status.code(), status.message())
+    };
+    ended(registered, already_exists, reason)
+}
+
+/// An error and its causes on one line (tonic's transport errors say little at the top level).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        // Layers often repeat their cause's words; say them once.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff() {
+        let ms = |n| Duration::from_millis(n);
+        let cases = [
+            (0, ms(100)),
+            (1, ms(200)),
+            (2, ms(400)),
+            (5, ms(3200)),
+            (6, ms(5000)),
+            (100, ms(5000)),
+        ];
+        for (attempt, want) in cases {
+            assert_eq!(reconnect_delay(attempt), want, "attempt {attempt}");
+            let jittered = with_jitter(want);
+            assert!(
+                jittered >= want && jittered <= want + want / 4,
+                "{jittered:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! Instance logs: where each instance's stdout and stderr files are, reading their last lines
+//! (backwards from the end, never the whole file), following them as they grow, and answering the
+//! coordinator's `LogRequest`s with `LogChunk`s.
+//!
+//! Log tasks only read files and send through the link's bounded log queue; when the queue is full
+//! they wait. They never touch a supervisor, so a slow reader cannot hold an instance up (the
+//! instance writes straight into its files).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pmcluster_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Agent;
+use crate::model::InstanceId;
+use crate::state::LogSource;
+
+/// History lines when a request asks for 0.
+pub const DEFAULT_LINES: u32 = 20;
+/// Most history lines per instance and stream.
+pub const MAX_LINES: u32 = 10_000;
+/// Most lines in one `LogChunk`.
+pub const CHUNK_LINES: usize = 500;
+/// Most bytes of line text in one `LogChunk`, well under gRPC's 4 MiB message limit.
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// Longer lines are cut (a program writing binary junk without newlines must not make one
+/// giant message).
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+/// How far back from the end a history read looks at most.
+const MAX_SCAN_BYTES: u64 = 8 << 20;
+/// Most bytes read from a followed file per poll.
+const MAX_FOLLOW_READ: u64 = 1 << 20;
+/// How often followed files are checked for growth.
+pub const FOLLOW_POLL: Duration = Duration::from_millis(150);
+
+/// Path of one instance's stdout or stderr file.
+pub fn log_path(logs_dir: &Path, app: &str, index: u32, stream: pb::LogStream) -> PathBuf {
+    let suffix = match stream {
+        pb::LogStream::Stderr => "err",
+        _ => "out",
+    };
+    logs_dir.join(format!("{app}-{index}-{suffix}.log"))
+}
+
+/// The end of a file as read by [`read_last_lines`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tail {
+    /// Last complete lines, oldest first, without their newline.
+    pub lines: Vec<String>,
+    /// Text after the last newline (a line still being written); empty when none.
+    pub partial: String,
+    /// File offset just after the last newline: where a follower starts.
+    pub end: u64,
+    /// Device and inode, to notice the file being replaced.
+    pub ident: Option<(u64, u64)>,
+}
+
+/// Reads the last `n` complete lines of `path` (and any unterminated last line), reading backwards
+/// in blocks from the end. A missing file reads as empty.
+pub fn read_last_lines(path: &Path, n: usize) -> io::Result<Tail> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Tail::default()),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let ident = Some((meta.dev(), meta.ino()));
+    const BLOCK: u64 = 8 * 1024;
+    // Blocks read so far, last block first.
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut start = len;
+    let mut newlines = 0usize;
+    let floor = len.saturating_sub(MAX_SCAN_BYTES);
+    // n complete lines need n newlines for their ends, plus one more before the oldest so it is
+    // known to be whole (or the start of the file). The file's last newline ends the newest line.
+    while start > floor && newlines <= n {
+        let size = BLOCK.min(start - floor);
+        start -= size;
+        file.seek(SeekFrom::Start(start))?;
+        let mut block = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        file.read_exact(&mut block)?;
+        newlines += block.iter().filter(|b| **b == b'\n').count();
+        blocks.push(block);
+    }
+    let data: Vec<u8> = blocks.into_iter().rev().flatten().collect();
+    let mut segments: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    // The last segment follows the last newline: a partial line, or empty.
+    let partial = segments.pop().unwrap_or_default();
+    if start > 0 && !segments.is_empty() {
+        // The first segment may begin mid-line.
+        segments.remove(0);
+    }
+    let skip = segments.len().saturating_sub(n);
+    let lines = segments[skip..].iter().map(|s| line_text(s)).collect();
+    Ok(Tail {
+        lines,
+        partial: line_text(partial),
+        end: len - partial.len() as u64,
+        ident,
+    })
+}
+
+/// One line's text: lossy UTF-8, no trailing `\r`, cut at [`MAX_LINE_BYTES`].
+fn line_text(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let cut = &bytes[..bytes.len().min(MAX_LINE_BYTES)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+
+/// Follows one file from an offset: new complete lines as it grows; starts over when the file is
+/// truncated or replaced (rotation, `rm` and recreate).
+///
+/// It keeps the file it reads open, like `tail -F`: that is how a replacement is told apart from
+/// the same file even when the new one gets the old inode number back.
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    offset: u64,
+    /// Bytes after the last newline read so far.
+    pending: Vec<u8>,
+}
+
+fn ident(meta: &std::fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+
+impl Follower {
+    /// Follows `path` from where `tail` (read from it just before) ended. Blocking file I/O.
+    pub fn new(path: PathBuf, tail: &Tail) -> Follower {
+        let file = File::open(&path).ok();
+        let same = match (&file, tail.ident) {
+            (Some(f), Some(id)) => f.metadata().is_ok_and(|m| ident(&m) == id),
+            _ => false,
+        };
+        Follower {
+            path,
+            file,
+            offset: if same { tail.end } else { 0 },
+            pending: Vec::new(),
+        }
+    }
+
+    /// New complete lines since the last call. Blocking file I/O: call from the blocking pool.
+    pub fn poll(&mut self) -> io::Result<Vec<String>> {
+        let on_disk = match std::fs::metadata(&self.path) {
+            Ok(m) => Some(ident(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let held = match &self.file {
+            Some(f) => Some(ident(&f.metadata()?)),
+            None => None,
+        };
+        if on_disk.is_some() && on_disk != held {
+            // A new file at the path: what it holds is all new.
+            self.file = Some(File::open(&self.path)?);
+            self.offset = 0;
+            self.pending.clear();
+        }
+        let Some(file) = &mut self.file else {
+            return Ok(Vec::new());
+        };
+        let len = file.metadata()?.len();
+        if len < self.offset {
+            // Truncated (`> file`): start over.
+            self.offset = 0;
+            self.pending.clear();
+        }
+        if len == self.offset {
+            return Ok(Vec::new());
+        }
+        let want = (len - self.offset).min(MAX_FOLLOW_READ);
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        file.take(want).read_to_end(&mut buf)?;
+        self.offset += buf.len() as u64;
+        self.pending.extend_from_slice(&buf);
+        let mut lines = Vec::new();
+        let mut rest: &[u8] = &self.pending;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            lines.push(line_text(&rest[..pos]));
+            rest = &rest[pos + 1..];
+        }
+        // An endless line without newline is flushed in pieces rather than buffered forever.
+        if rest.len() >= MAX_LINE_BYTES {
+            lines.push(line_text(rest));
+            rest = &[];
+        }
+        self.pending = rest.to_vec();
+        Ok(lines)
+    }
+}
+
+/// The log requests of one link session. Dropping it aborts every task (the session ended).
+pub(crate) struct LogRequests {
+    agent: Arc<Agent>,
+    out: mpsc::Sender<pb::AgentMessage>,
+    /// Each task returns its request id and its serial number.
+    tasks: JoinSet<(u64, u64)>,
+    /// Cancel handles of running requests, with the serial of the task that owns the id.
+    cancels: BTreeMap<u64, (u64, CancellationToken)>,
+    next_serial: u64,
+}
+
+impl LogRequests {
+    pub fn new(agent: Arc<Agent>, out: mpsc::Sender<pb::AgentMessage>) -> LogRequests {
+        LogRequests {
+            agent,
+            out,
+            tasks: JoinSet::new(),
+            cancels: BTreeMap::new(),
+            next_serial: 0,
+        }
+    }
+
+    /// Starts answering one request.
+    pub fn start(&mut self, req: pb::LogRequest) {
+        let ids: Vec<InstanceId> = req.instance_ids.iter().map(InstanceId::new).collect();
+        let cancel = CancellationToken::new();
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        if let Some((_, old)) = self
+            .cancels
+            .insert(req.request_id, (serial, cancel.clone()))
+        {
+            // The coordinator reused an id: the new request replaces the old one.
+            old.cancel();
+        }
+        let job = Job {
+            request_id: req.request_id,
+            node: self.agent.node_name.clone(),
+            logs_dir: self.agent.logs_dir.clone(),
+            sources: self.agent.state.log_sources(&ids),
+            lines: match req.lines {
+                0 => DEFAULT_LINES,
+                n => n.min(MAX_LINES),
+            },
+            follow: req.follow,
+            out: self.out.clone(),
+            cancel,
+        };
+        let request_id = req.request_id;
+        self.tasks.spawn(async move {
+            job.run().await;
+            (request_id, serial)
+        });
+    }
+
+    pub fn cancel(&mut self, request_id: u64) {
+        if let Some((_, cancel)) = self.cancels.remove(&request_id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Waits for a task to finish and forgets it; pending forever when there is none.
+    pub async fn reap(&mut self) {
+        match self.tasks.join_next().await {
+            Some(Ok((request_id, serial))) => {
+                // Only forget the handle if no newer request took over the id.
+                if self
+                    .cancels
+                    .get(&request_id)
+                    .is_some_and(|(owner, _)| *owner == serial)
+                {
+                    self.cancels.remove(&request_id);
+                }
+            }
+            Some(Err(e)) => tracing::error!("log task failed: {e}"),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for LogRequests {
+    fn drop(&mut self) {
+        for (_, cancel) in self.cancels.values() {
+            cancel.cancel();
+        }
+    }
+}
+
+/// One request being answered.
+struct Job {
+    request_id: u64,
+    node: String,
+    logs_dir: PathBuf,
+    sources: Result<Vec<LogSource>, Vec<InstanceId>>,
+    lines: u32,
+    follow: bool,
+    out: mpsc::Sender<pb::AgentMessage>,
+    cancel: CancellationToken,
+}
+
+/// One followed file and what its lines are labelled with.
+struct Stream {
+    source: LogSource,
+    stream: pb::LogStream,
+    follower: Follower,
+}
+
+impl Job {
+    async fn run(self) {
+        let sources = match &self.sources {
+            Ok(s) => s.clone(),
+            Err(unknown) => {
+                let ids: Vec<&str> = unknown.iter().map(InstanceId::as_str).collect();
+                let error = format!("unknown instance on this node: {}", ids.join(", "));
+                self.send(Vec::new(), true, error).await;
+                return;
+            }
+        };
+        let mut history = Vec::new();
+        let mut streams = Vec::new();
+        for source in &sources {
+            if pmcluster_spec::app::validate_name(&source.app).is_err() {
+                // An invalid spec never ran, so it has no files; its name may not be a safe path.
+                continue;
+            }
+            for stream in [pb::LogStream::Stdout, pb::LogStream::Stderr] {
+                let path = log_path(&self.logs_dir, &source.app, source.index, stream);
+                let n = usize::try_from(self.lines).unwrap_or(usize::MAX);
+                let read_path = path.clone();
+                let follow = self.follow;
+                let read = tokio::task::spawn_blocking(move || {
+                    let tail = read_last_lines(&read_path, n)?;
+                    let follower = follow.then(|| Follower::new(read_path, &tail));
+                    io::Result::Ok((tail, follower))
+                });
+                let (mut tail, follower) = match read.await {
+                    Ok(Ok(read)) => read,
+                    Ok(Err(e)) => {
+                        let error = format!("cannot read {}: {e}", path.display());
+                        self.send(history, true, error).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!("log reader failed: {e}");
+                        self.send(history, true, "log reader failed".into()).await;
+                        return;
+                    }
+                };
+                let label = |line: String| self.line(source, stream, line);
+                history.extend(std::mem::take(&mut tail.lines).into_iter().map(&label));
+                if let Some(follower) = follower {
+                    streams.push(Stream {
+                        source: source.clone(),
+                        stream,
+                        follower,
+                    });
+                } else if !tail.partial.is_empty() {
+                    history.push(label(std::mem::take(&mut tail.partial)));
+                }
+            }
+        }
+        if !self.follow {
+            self.send(history, true, String::new()).await;
+            return;
+        }
+        if !history.is_empty() && !self.send(history, false, String::new()).await {
+            return;
+        }
+        self.follow(streams).await;
+    }
+
+    async fn follow(&self, mut streams: Vec<Stream>) {
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    // Tell the coordinator the request is closed; it may not be listening any more,
+                    // so do not wait for room.
+                    let _ = self.out.try_send(self.chunk(Vec::new(), true, String::new()));
+                    return;
+                }
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            let node = self.node.clone();
+            let polled = tokio::task::spawn_blocking(move || {
+                let mut lines = Vec::new();
+                for s in &mut streams {
+                    match s.follower.poll() {
+                        Ok(new) => lines.extend(new.into_iter().map(|line| pb::LogLine {
+                            app: s.source.app.clone(),
+                            index: s.source.index,
+                            node: node.clone(),
+                            stream: s.stream.into(),
+                            line,
+                        })),
+                        Err(e) => tracing::debug!("following {}: {e}", s.follower.path.display()),
+                    }
+                }
+                (streams, lines)
+            })
+            .await;
+            let lines;
+            (streams, lines) = match polled {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!("log follower failed: {e}");
+                    return;
+                }
+            };
+            if !lines.is_empty() && !self.send(lines, false, String::new()).await {
+                return;
+            }
+        }
+    }
+
+    fn line(&self, source: &LogSource, stream: pb::LogStream, line: String) -> pb::LogLine {
+        pb::LogLine {
+            app: source.app.clone(),
+            index: source.index,
+            node: self.node.clone(),
+            stream: stream.into(),
+            line,
+        }
+    }
+
+    fn chunk(&self, lines: Vec<pb::LogLine>, eof: bool, error: String) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::LogChunk(pb::LogChunk {
+                request_id: self.request_id,
+                lines,
+                eof,
+                error,
+            })),
+        }
+    }
+
+    /// Sends `lines` in chunks of at most [`CHUNK_LINES`] lines and [`CHUNK_BYTES`] bytes, `eof`
+    /// and `error` on the last one. Returns false when the request was cancelled or the link is
+    /// gone.
+    async fn send(&self, lines: Vec<pb::LogLine>, eof: bool, error: String) -> bool {
+        let mut chunks: Vec<Vec<pb::LogLine>> = Vec::new();
+        let mut current = Vec::new();
+        let mut bytes = 0usize;
+        for line in lines {
+            if current.len() >= CHUNK_LINES || bytes + line.line.len() > CHUNK_BYTES {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += line.line.len();
+            current.push(line);
+        }
+        if !current.is_empty() || chunks.is_empty() {
+            chunks.push(current);
+        }
+        let last = chunks.len() - 1;
+        for (i, lines) in chunks.into_iter().enumerate() {
+            let msg = if i == last {
+                self.chunk(lines, eof, error.clone())
+            } else {
+                self.chunk(lines, false, String::new())
+            };
+            let sent = tokio::select! {
+                () = self.cancel.cancelled() => false,
+                r = self.out.send(msg) => r.is_ok(),
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn file_with(content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = match tempfile::NamedTempFile::new() {
+            Ok(f) => f,
+            Err(e) => panic!("temp file: {e}"),
+        };
+        if let Err(e) = f.write_all(content) {
+            panic!("write: {e}");
+        }
+        f
+    }
+
+    fn check(content: &[u8], n: usize, want_lines: &[&str], want_partial: &str) {
+        let f = file_with(content);
+        let tail = match read_last_lines(f.path(), n) {
+            Ok(t) => t,
+            Err(e) => panic!("read: {e}"),
+        };
+        let name = String::from_utf8_lossy(&content[..content.len().min(40)]).into_owned();
+        assert_eq!(tail.lines, want_lines, "{name:?} n={n}");
+        assert_eq!(tail.partial, want_partial, "{name:?} n={n}");
+        assert_eq!(
+            tail.end,
+            (content.len() - want_partial.len()) as u64,
+            "{name:?}"
+        );
+    }
+
+    #[test]
+    fn last_lines() {
+        check(b"", 5, &[], "");
+        check(b"a\nb\nc\n", 2, &["b", "c"], "");
+        check(b"a\nb\nc\n", 3, &["a", "b", "c"], "");
+        check(b"a\nb\nc\n", 10, &["a", "b", "c"], "");
+        check(b"a\nb\nc", 2, &["a", "b"], "c");
+        check(b"a\nb\nc", 0, &[], "c");
+        check(b"only", 3, &[], "only");
+        check(b"\n\n\n", 2, &["", ""], "");
+        check(b"crlf\r\nline\r\n", 5, &["crlf", "line"], "");
+        check(b"bad \xff utf8\n", 1, &["bad \u{fffd} utf8"], "");
+    }
+
+    #[test]
+    fn last_lines_across_blocks() {
+        // 3000 numbered lines span many 8 KiB blocks.
+        let mut content = String::new();
+        for i in 0..3000 {
+            content.push_str(&format!("line {i:05} {}\n", "x".repeat(20)));
+        }
+        let f = file_with(content.as_bytes());
+        for n in [1usize, 7, 500, 2999, 3000, 5000] {
+            let tail = match read_last_lines(f.path(), n) {
+                Ok(t) => t,
+                Err(e) => panic!("read: {e}"),
+            };
+            let first = 3000usize.saturating_sub(n);
+            assert_eq!(tail.lines.len(), n.min(3000), "n={n}");
+            assert!(
+                tail.lines[0].starts_with(&format!("line {first:05} ")),
+                "n={n}: {}",
+                tail.lines[0]
+            );
+            assert!(tail.lines[tail.lines.len() - 1].starts_with("line 02999 "));
+        }
+    }
+
+    #[test]
+    fn missing_file_is_empty() {
+        let tail = read_last_lines(Path::new("/nonexistent/pmcluster/x.log"), 5);
+        assert_eq!(tail.ok(), Some(Tail::default()));
+    }
+
+    #[test]
+    fn follower_sees_growth_truncation_and_replacement() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let path = dir.path().join("a.log");
+        let write = |content: &[u8], append: bool| {
+            let mut f = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(append)
+                .write(true)
+                .truncate(!append)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) => panic!("open: {e}"),
+            };
+            if let Err(e) = f.write_all(content) {
+                panic!("write: {e}");
+            }
+        };
+        write(b"old\npart", false);
+        let tail = match read_last_lines(&path, 10) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(tail.lines, ["old"]);
+        let mut follower = Follower::new(path.clone(), &tail);
+        let mut poll = || match follower.poll() {
+            Ok(lines) => lines,
+            Err(e) => panic!("poll: {e}"),
+        };
+        // The unterminated line is not sent until it is complete.
+        assert!(poll().is_empty());
+        write(b"ial\nnew\n", true);
+        assert_eq!(poll(), ["partial", "new"]);
+        assert!(poll().is_empty());
+        // Truncated and rewritten shorter.
+        write(b"x\n", false);
+        assert_eq!(poll(), ["x"]);
+        // Replaced by a new file.
+        if let Err(e) = std::fs::remove_file(&path) {
+            panic!("rm: {e}");
+        }
+        write(b"fresh file line\n", false);
+        assert_eq!(poll(), ["fresh file line"]);
+    }
+}

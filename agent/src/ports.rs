@@ -1,0 +1,115 @@
+//! Ports for `auto:A-B` specs: picks, for an instance, a port of the range that this agent has
+//! not given to another instance and that is free on the host, and keeps it across restarts.
+//!
+//! A port is "free" when both 127.0.0.1:p and 0.0.0.0:p can be bound (and are released at once).
+//! Fixed ports (`3000`, `3000-3011`) are resolved by the coordinator and never pass through here.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::{Mutex, PoisonError};
+
+use crate::model::InstanceId;
+
+/// Ports handed out by this agent, by port.
+#[derive(Default)]
+pub(crate) struct Ports {
+    given: Mutex<BTreeMap<u16, InstanceId>>,
+}
+
+impl Ports {
+    /// A port of `lo..=hi` for `id`: `previous` when it is still in the range, not given to
+    /// another instance and free; otherwise the lowest such port. `None` when the range is full.
+    pub fn pick(&self, id: &InstanceId, lo: u16, hi: u16, previous: Option<u16>) -> Option<u16> {
+        self.pick_with(id, lo, hi, previous, is_free)
+    }
+
+    fn pick_with(
+        &self,
+        id: &InstanceId,
+        lo: u16,
+        hi: u16,
+        previous: Option<u16>,
+        free: impl Fn(u16) -> bool,
+    ) -> Option<u16> {
+        let mut given = self.given.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = previous
+            && (lo..=hi).contains(&p)
+            && given.get(&p).is_none_or(|owner| owner == id)
+            && free(p)
+        {
+            given.insert(p, id.clone());
+            return Some(p);
+        }
+        // The old port is gone: give it back before looking for another.
+        given.retain(|_, owner| owner != id);
+        let port = (lo..=hi).find(|p| !given.contains_key(p) && free(*p))?;
+        given.insert(port, id.clone());
+        Some(port)
+    }
+
+    /// Gives back every port of `id` (the instance was forgotten).
+    pub fn release(&self, id: &InstanceId) {
+        self.given
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, owner| owner != id);
+    }
+}
+
+/// Whether nothing listens on `port`, on loopback or on all interfaces.
+fn is_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        && TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_skip_given_and_busy_ports() {
+        let ports = Ports::default();
+        let (a, b, c) = (
+            InstanceId::new("a"),
+            InstanceId::new("b"),
+            InstanceId::new("c"),
+        );
+        let busy = |p: u16| p != 3001;
+        assert_eq!(ports.pick_with(&a, 3000, 3003, None, busy), Some(3000));
+        // 3000 is a's, 3001 is taken by some other program.
+        assert_eq!(ports.pick_with(&b, 3000, 3003, None, busy), Some(3002));
+        // a keeps its port across a restart.
+        assert_eq!(
+            ports.pick_with(&a, 3000, 3003, Some(3000), busy),
+            Some(3000)
+        );
+        // b's old port is now busy: it moves, and gives the old one back.
+        let not_3002 = |p: u16| p != 3001 && p != 3002;
+        assert_eq!(
+            ports.pick_with(&b, 3000, 3003, Some(3002), not_3002),
+            Some(3003)
+        );
+        assert_eq!(ports.pick_with(&c, 3000, 3003, None, |_| true), Some(3001));
+        assert_eq!(ports.pick_with(&c, 3000, 3003, None, |_| true), Some(3001));
+        // Full range.
+        let d = InstanceId::new("d");
+        assert_eq!(ports.pick_with(&d, 3000, 3003, None, |_| true), Some(3002));
+        let e = InstanceId::new("e");
+        assert_eq!(ports.pick_with(&e, 3000, 3003, None, |_| true), None);
+        ports.release(&a);
+        assert_eq!(ports.pick_with(&e, 3000, 3003, None, |_| true), Some(3000));
+    }
+
+    #[test]
+    fn real_port_is_free_then_busy() {
+        let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
+            return;
+        };
+        let Ok(addr) = listener.local_addr() else {
+            return;
+        };
+        assert!(!is_free(addr.port()));
+        drop(listener);
+        assert!(is_free(addr.port()));
+    }
+}

@@ -1,0 +1,144 @@
+//! Agent tests against a fake coordinator, with real child processes (`sh`, `sleep`).
+//!
+//! Every wait has a deadline ([`fake::DEADLINE`]); no test sleeps for correctness. Every process
+//! an agent starts is recorded in a [`Reaper`] that kills its group when the test ends, pass or
+//! fail, and agents are stopped (or killed) by the test that started them.
+
+mod binary;
+mod fake;
+mod link;
+mod skeleton;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use pmcluster_agent::{AgentError, Config};
+use pmcluster_proto::v1 as pb;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use fake::{DEADLINE, must};
+
+/// A spec that runs `sh -c LINE`.
+pub fn sh_spec(app: &str, line: &str) -> pb::AppSpec {
+    pb::AppSpec {
+        name: app.to_string(),
+        script: "sh".to_string(),
+        args: vec!["-c".to_string(), line.to_string()],
+        instances: 1,
+        kill_timeout_ms: 2000,
+        ..Default::default()
+    }
+}
+
+pub fn assignment(id: &str, index: u32, spec: &pb::AppSpec) -> pb::Assignment {
+    pb::Assignment {
+        instance_id: id.to_string(),
+        index,
+        app_version: 1,
+        spec: Some(spec.clone()),
+        port: 0,
+        run: true,
+        restart_epoch: 0,
+    }
+}
+
+/// Kills the process groups of every pid it was given when dropped.
+#[derive(Default)]
+pub struct Reaper {
+    pids: Mutex<Vec<u32>>,
+}
+
+impl Reaper {
+    pub fn add(&self, pid: u32) {
+        if pid != 0 {
+            self.pids
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(pid);
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let pids = self
+            .pids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for pid in pids.iter() {
+            let pid = Pid::from_raw(*pid as i32);
+            let _ = killpg(pid, Signal::SIGKILL);
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether a process (or zombie) with this pid exists.
+pub fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Whether any process of this process group runs. Zombies do not count: orphaned members are
+/// reaped by init, which some sandboxes never do.
+pub fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return killpg(Pid::from_raw(pgid as i32), None).is_ok();
+    };
+    entries.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+/// Waits until `f` holds, polling every 20 ms; fails the test at the deadline.
+pub async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !f() {
+        if tokio::time::Instant::now() > deadline {
+            panic!("{what}: not true within {DEADLINE:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An agent running inside the test process.
+pub struct InProcessAgent {
+    cancel: CancellationToken,
+    task: JoinHandle<Result<(), AgentError>>,
+}
+
+impl InProcessAgent {
+    pub fn start(url: &str, data_dir: &Path, node: &str) -> InProcessAgent {
+        let config = Config {
+            coordinator: url.to_string(),
+            node_name: node.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            labels: [("zone".to_string(), "a".to_string())].into(),
+        };
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(pmcluster_agent::run(config, cancel.clone()));
+        InProcessAgent { cancel, task }
+    }
+
+    /// Stops the agent (and so its instances) and returns its result.
+    pub async fn stop(self) -> Result<(), AgentError> {
+        self.cancel.cancel();
+        match tokio::time::timeout(DEADLINE, self.task).await {
+            Ok(joined) => must(joined, "agent task"),
+            Err(_) => panic!("agent did not stop within {DEADLINE:?}"),
+        }
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    must(tempfile::tempdir(), "tempdir")
+}
