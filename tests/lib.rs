@@ -909,6 +909,11 @@ impl Cluster {
     /// Starts an agent named `name` with a data dir of its own, without waiting for it to be
     /// ready. Returns its index for [`Cluster::agent`].
     pub fn add_agent(&mut self, name: &str) -> Result<usize, Error> {
+        self.add_agent_with(name, &[])
+    }
+
+    /// As [`Cluster::add_agent`], with extra agent flags (e.g. `--label region=eu`).
+    pub fn add_agent_with(&mut self, name: &str, extra_args: &[&str]) -> Result<usize, Error> {
         let idx = self.agents.len();
         let base = format!("agent-{idx}-{name}");
         let data_dir = self.root.join(&base);
@@ -922,6 +927,7 @@ impl Cluster {
             .arg(name)
             .arg("--data-dir")
             .arg(&data_dir)
+            .args(extra_args)
             // Plain logs in the files the failure report prints.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -938,8 +944,11 @@ impl Cluster {
     pub fn wait_ready(&self, names: &[&str], timeout: Duration) -> Result<(), Error> {
         let what = format!("nodes {names:?} to be ready");
         poll_until(timeout, &what, || {
-            for agent in self.agents.iter() {
-                if names.contains(&agent.name.as_str())
+            for (i, agent) in self.agents.iter().enumerate() {
+                // Only the newest agent of a name counts: an older one may have been killed on purpose.
+                let newest = !self.agents[i + 1..].iter().any(|a| a.name == agent.name);
+                if newest
+                    && names.contains(&agent.name.as_str())
                     && let Some(status) = agent.try_exit()
                 {
                     return Ok(Err(Error::EarlyExit {

@@ -6,6 +6,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::Arc;
+
+use pmcluster_spec::AppSpec;
 
 use crate::model::{Assignment, DesiredSet, InstanceId};
 
@@ -109,11 +112,21 @@ fn start_or_stop(wanted: &Assignment) -> Action {
     }
 }
 
+/// Whether two assignment specs run the same process (the count and placement do not matter,
+/// so scaling an app leaves its running instances alone).
+fn same_process(a: &Result<Arc<AppSpec>, String>, b: &Result<Arc<AppSpec>, String>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a.same_process(b),
+        (Err(a), Err(b)) => a == b,
+        _ => false,
+    }
+}
+
 /// The action for an instance the agent has and the set still holds.
 fn diff_one(old: &Assignment, wanted: &Assignment) -> Option<Action> {
     // Anything that changes the process itself (its argv, env, port or log files) needs a restart.
     let changed = old.app_version != wanted.app_version
-        || old.spec != wanted.spec
+        || !same_process(&old.spec, &wanted.spec)
         || old.port != wanted.port
         || old.index != wanted.index
         || old.app != wanted.app;
@@ -167,6 +180,11 @@ mod tests {
                 "i" => out.index = u32::try_from(n).unwrap_or(0),
                 "stop" => out.run = false,
                 "script" => out.spec = Ok(Arc::new(AppSpec::new("web", v, &[]))),
+                "n" => {
+                    let mut spec = AppSpec::new("web", "sleep", &["30"]);
+                    spec.instances = v.parse().expect("count");
+                    out.spec = Ok(Arc::new(spec));
+                }
                 "bad" => out.spec = Err("invalid spec: script: is empty".into()),
                 other => panic!("unknown word {other:?} in {text:?}"),
             }
@@ -262,6 +280,8 @@ mod tests {
         // Version, spec, port and index changes restart a running instance.
         check("a v=1", 1, "2: a v=2", "gen 2, restart a");
         check("a", 1, "2: a script=node", "gen 2, restart a");
+        // A new instance count (scale) is not a change of the process.
+        check("a", 1, "2: a n=12", "gen 2");
         check("a", 1, "2: a bad", "gen 2, restart a");
         check("a p=3000", 1, "2: a p=3001", "gen 2, restart a");
         check("a i=0", 1, "2: a i=1", "gen 2, restart a");

@@ -352,6 +352,20 @@ impl AppSpec {
         })
     }
 
+    /// Whether two specs run the same process: equal but for the instance count, placement,
+    /// resources and rescheduling, which change where instances run, not what they run.
+    pub fn same_process(&self, other: &AppSpec) -> bool {
+        let shape = |s: &AppSpec| AppSpec {
+            instances: 0,
+            instances_max: false,
+            placement: PlacementSpec::default(),
+            resources: Resources::default(),
+            reschedule: Reschedule::default(),
+            ..s.clone()
+        };
+        shape(self) == shape(other)
+    }
+
     /// A minimal spec, mostly for tests and `pmcluster start`.
     pub fn new(name: &str, script: &str, args: &[&str]) -> AppSpec {
         AppSpec {
@@ -455,6 +469,18 @@ mod tests {
             ..AppSpec::new("web", "node", &[])
         };
         assert!(single.with_instances(2).is_err());
+    }
+
+    #[test]
+    fn same_process_ignores_count_and_placement() {
+        let a = AppSpec::new("web", "node", &["s.js"]);
+        let mut b = a.clone();
+        b.instances = 12;
+        b.resources.memory_bytes = 1 << 20;
+        b.placement.max_per_node = Some(1);
+        assert!(a.same_process(&b));
+        b.args.push("--x".into());
+        assert!(!a.same_process(&b));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod apply;
 mod bad_input;
 mod nodes;
 mod scale;
+mod scheduling;
 
 use std::time::Duration;
 

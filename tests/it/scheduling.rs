@@ -1,0 +1,400 @@
+//! Issue 4: node loss and rescheduling, node return without duplicates, drain without a gap,
+//! constraints, resources and pending reasons.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use pmcluster_tests::{
+    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, free_port_range, kill_pid, per_node,
+    pid_alive, render, wait_until,
+};
+use serde_json::Value;
+
+use crate::{DEADLINE, live, wait_online};
+
+/// Samples `list -o json` every 100 ms on its own thread, checking an invariant on each sample.
+/// Collects violations instead of panicking, so the main thread reports them with context.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Sampler {
+    fn start(
+        cli: PathBuf,
+        url: String,
+        app: &str,
+        check: impl Fn(&[Instance]) -> Result<(), String> + Send + 'static,
+    ) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let app = app.to_string();
+        let handle = thread::spawn(move || {
+            let mut samples = 0;
+            let mut violations = Vec::new();
+            // Bounded: stops when asked, and never runs past ten minutes.
+            let end = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                let out = Command::new(&cli)
+                    .args(["--coordinator", &url, "list", &app, "-o", "json"])
+                    .output();
+                if let Ok(out) = out
+                    && out.status.success()
+                    && let Ok(Value::Array(entries)) = serde_json::from_slice::<Value>(&out.stdout)
+                {
+                    let list: Vec<Instance> = entries
+                        .iter()
+                        .filter_map(|e| Instance::from_json(e).ok())
+                        .collect();
+                    samples += 1;
+                    if let Err(why) = check(&list) {
+                        violations.push(why);
+                    }
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            (samples, violations)
+        });
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops sampling; returns how many samples were taken and the violations seen.
+    fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or((0, vec!["sampler thread panicked".into()]))
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// No index listed twice.
+fn no_duplicate_index(list: &[Instance]) -> Result<(), String> {
+    let mut seen = BTreeMap::new();
+    for i in list {
+        *seen.entry(i.index).or_insert(0) += 1;
+    }
+    match seen.iter().find(|(_, n)| **n > 1) {
+        Some((index, n)) => Err(format!("index {index} listed {n} times:{}", render(list))),
+        None => Ok(()),
+    }
+}
+
+/// The process of each instance of `app` still running, by index, from the instances' own
+/// environment (`PMCLUSTER_INSTANCE_ID`), to catch a duplicate that `list` would not show.
+fn processes_by_index(c: &Cluster, app: &str) -> BTreeMap<u32, Vec<u32>> {
+    let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for pid in c.agent_children().into_keys() {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let vars: BTreeMap<String, String> = env
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        if vars.get("PMCLUSTER_APP").map(String::as_str) == Some(app)
+            && let Some(index) = vars
+                .get("PMCLUSTER_INSTANCE_ID")
+                .and_then(|v| v.parse().ok())
+        {
+            out.entry(index).or_default().push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn node_loss_reschedules_and_return_never_duplicates() {
+    let mut c = Cluster::start_with(3, &["--heartbeat-timeout", "3s"]).expect("cluster starts");
+    let base = free_port_range(6).expect("six free ports");
+    let testapp = c.testapp().display().to_string();
+    let ports = format!("{base}-{}", base + 5);
+    c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "web",
+        "--instances",
+        "6",
+        "--port",
+        &ports,
+        "--reschedule-after",
+        "2s",
+    ])
+    .assert_ok();
+    let before = wait_online(&c, "web", 6);
+    assert_eq!(
+        per_node(&before).into_values().collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
+    let sampler = Sampler::start(c.bins().cli.clone(), c.url(), "web", no_duplicate_index);
+
+    // node-a's host dies: its agent and its instances are killed (on loopback they would
+    // otherwise keep the ports their replacements need).
+    let lost: Vec<&Instance> = before
+        .iter()
+        .filter(|i| i.node.as_deref() == Some("node-a"))
+        .collect();
+    let a = c.agent_idx("node-a").expect("node-a runs");
+    c.agent(a).kill();
+    for inst in &lost {
+        let pid = inst.pid.expect("online instances have a pid");
+        kill_pid(pid, Signal::SIGKILL).expect("kill an instance of the lost node");
+    }
+    let t0 = Instant::now();
+    let moved = wait_until(
+        DEADLINE,
+        "node-a's instances to run on node-b and node-c",
+        || {
+            let list = c.instances("web")?;
+            let on_a = list.iter().any(|i| i.node.as_deref() == Some("node-a"));
+            if list.len() == 6 && !on_a && list.iter().all(live) {
+                Ok(list)
+            } else {
+                Err(render(&list))
+            }
+        },
+    );
+    let took = t0.elapsed();
+    eprintln!("rescheduled 2 instances of a lost node in {took:?} (reschedule_after 2s)");
+    for inst in &lost {
+        let now = moved
+            .iter()
+            .find(|m| m.index == inst.index)
+            .expect("every index is back");
+        assert_eq!(now.port, inst.port, "same index keeps its port: {now}");
+    }
+    assert_eq!(per_node(&moved).into_values().collect::<Vec<_>>(), [3, 3]);
+
+    // node-a comes back: it must not bring back a second copy of anything.
+    c.add_agent("node-a").expect("restart node-a's agent");
+    c.wait_ready(&["node-a"], STARTUP_TIMEOUT)
+        .expect("node-a ready again");
+    // Give the returning node a few report rounds, checking all along.
+    let until = Instant::now() + Duration::from_secs(3);
+    wait_until(DEADLINE, "three seconds of node-a being back", || {
+        let procs = processes_by_index(&c, "web");
+        if let Some((index, pids)) = procs.iter().find(|(_, p)| p.len() > 1) {
+            panic!("index {index} runs twice: pids {pids:?}");
+        }
+        if Instant::now() >= until {
+            Ok(())
+        } else {
+            Err(format!("processes by index: {procs:?}"))
+        }
+    });
+    let after = wait_online(&c, "web", 6);
+    assert!(
+        after.iter().all(|i| i.node.as_deref() != Some("node-a")),
+        "nothing moves back on its own:{}",
+        render(&after)
+    );
+    let (samples, violations) = sampler.finish();
+    assert!(samples > 10, "the sampler ran ({samples} samples)");
+    assert!(violations.is_empty(), "duplicates seen: {violations:#?}");
+}
+
+#[test]
+fn drain_moves_everything_without_a_gap() {
+    let c = Cluster::start(3).expect("cluster starts");
+    let base = free_port_range(30).expect("free ports");
+    let testapp = c.testapp().display().to_string();
+    // auto: ports, because on loopback a replacement cannot take the port its predecessor still
+    // holds; on separate hosts a fixed range works the same way.
+    let ports = format!("auto:{base}-{}", base + 29);
+    c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "web",
+        "--instances",
+        "6",
+        "--port",
+        &ports,
+    ])
+    .assert_ok();
+    let before = wait_online(&c, "web", 6);
+    assert_eq!(per_node(&before).get("node-a"), Some(&2));
+
+    let sampler = Sampler::start(c.bins().cli.clone(), c.url(), "web", |list| {
+        for index in 0..6 {
+            let online = list
+                .iter()
+                .filter(|i| i.index == index && i.online() && i.pid.is_some_and(pid_alive))
+                .count();
+            if online == 0 {
+                return Err(format!("index {index} has no online copy:{}", render(list)));
+            }
+        }
+        Ok(())
+    });
+    let out = c.cli(&["drain", "node-a"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("draining node-a"), "{out}");
+    let drained = wait_until(DEADLINE, "node-a to be empty and ineligible", || {
+        let list = c.instances("web")?;
+        let nodes = c.nodes_json()?;
+        let a = nodes.iter().find(|n| n["name"] == "node-a").cloned();
+        let on_a = list
+            .iter()
+            .filter(|i| i.node.as_deref() == Some("node-a"))
+            .count();
+        let status = a.as_ref().map(|n| n["status"].clone()).unwrap_or_default();
+        if on_a == 0 && list.len() == 6 && list.iter().all(live) && status == "ineligible" {
+            Ok(list)
+        } else {
+            Err(format!("node-a {status}, {on_a} on it:{}", render(&list)))
+        }
+    });
+    let (samples, violations) = sampler.finish();
+    assert!(samples > 3, "the sampler ran ({samples} samples)");
+    assert!(
+        violations.is_empty(),
+        "an index had no online copy: {violations:#?}"
+    );
+    assert_eq!(per_node(&drained).into_values().collect::<Vec<_>>(), [3, 3]);
+
+    // New instances stay off the drained node; undrain makes it eligible again.
+    c.cli(&["scale", "web", "8"]).assert_ok();
+    let eight = wait_online(&c, "web", 8);
+    assert!(eight.iter().all(|i| i.node.as_deref() != Some("node-a")));
+    c.cli(&["undrain", "node-a"]).assert_ok();
+    c.cli(&["scale", "web", "9"]).assert_ok();
+    let nine = wait_online(&c, "web", 9);
+    assert_eq!(
+        nine.iter()
+            .find(|i| i.index == 8)
+            .and_then(|i| i.node.as_deref()),
+        Some("node-a"),
+        "the emptiest node takes the next instance:{}",
+        render(&nine)
+    );
+    let topo = c.cli(&["topology", "web"]);
+    topo.assert_ok();
+    assert!(topo.stdout.contains("node-a (ready"), "{topo}");
+    assert!(
+        c.cli(&["drain", "no-such-node"])
+            .assert_failed()
+            .contains("no-such-node")
+    );
+}
+
+/// `pmcluster start` of an app whose instances just sleep.
+fn start_sleeper(c: &Cluster, name: &str, extra: &[&str]) -> CliOutput {
+    let mut args = vec!["start", "exec sleep 600", "--shell", "--name", name];
+    args.extend_from_slice(extra);
+    c.cli(&args)
+}
+
+#[test]
+fn constraints_resources_and_pending_reasons() {
+    let mut c = Cluster::start(0).expect("coordinator starts");
+    let labels = [
+        ("node-a", "region=eu"),
+        ("node-b", "region=eu"),
+        ("node-c", "region=us"),
+    ];
+    for (name, label) in labels {
+        c.add_agent_with(name, &["--label", label])
+            .expect("agent starts");
+    }
+    c.wait_ready(&NODE_NAMES[..3], STARTUP_TIMEOUT)
+        .expect("agents ready");
+
+    // Hard constraint: only the eu nodes, spread over both.
+    start_sleeper(&c, "eu", &["--instances", "4", "--constraint", "region=eu"]).assert_ok();
+    let eu = wait_online(&c, "eu", 4);
+    assert_eq!(
+        per_node(&eu).into_iter().collect::<Vec<_>>(),
+        [("node-a".to_string(), 2), ("node-b".to_string(), 2)]
+    );
+
+    // Not enough memory anywhere: pending, with the reason in list and topology.
+    start_sleeper(
+        &c,
+        "big",
+        &["--memory", "100000G", "--constraint", "region=eu"],
+    )
+    .assert_ok();
+    let big = wait_until(DEADLINE, "big to be pending with a reason", || {
+        let list = c.list_json("big")?;
+        match list.first() {
+            Some(i)
+                if i["status"] == "pending"
+                    && i["message"].as_str().is_some_and(|m| !m.is_empty()) =>
+            {
+                Ok(i["message"].as_str().unwrap_or_default().to_string())
+            }
+            _ => Err(format!("{list:?}")),
+        }
+    });
+    for part in [
+        "1 pending",
+        "no ready node with",
+        "memory free matching region=eu",
+        "short of memory",
+        "not matching region=eu",
+    ] {
+        assert!(big.contains(part), "{part:?} in {big:?}");
+    }
+    let table = c.cli(&["list", "big"]);
+    assert!(table.stdout.contains("short of memory"), "{table}");
+    assert!(c.cli(&["topology"]).stdout.contains("(no node)"));
+
+    // At most one per node: the fourth waits.
+    start_sleeper(&c, "spread", &["--instances", "4", "--distinct-hosts"]).assert_ok();
+    wait_until(DEADLINE, "three placed and one pending", || {
+        let list = c.instances("spread")?;
+        let placed = list.iter().filter(|i| live(i)).count();
+        let pending = list.iter().filter(|i| i.status == "pending").count();
+        if placed == 3 && pending == 1 && per_node(&list).values().all(|n| *n == 1) {
+            Ok(())
+        } else {
+            Err(render(&list))
+        }
+    });
+
+    // A node that matches appears: the pending instances are placed on it at once.
+    start_sleeper(&c, "gpu", &["--constraint", "gpu=yes"]).assert_ok();
+    wait_until(DEADLINE, "gpu pending", || {
+        let list = c.instances("gpu")?;
+        if list.len() == 1 && list[0].status == "pending" {
+            Ok(())
+        } else {
+            Err(render(&list))
+        }
+    });
+    c.add_agent_with("node-d", &["--label", "gpu=yes"])
+        .expect("node-d starts");
+    let gpu = wait_online(&c, "gpu", 1);
+    assert_eq!(gpu[0].node.as_deref(), Some("node-d"));
+    let spread = wait_online(&c, "spread", 4);
+    assert_eq!(per_node(&spread).len(), 4, "{}", render(&spread));
+
+    // Bad placement input is refused with the flag named.
+    let err = start_sleeper(&c, "bad", &["--constraint", "a b"])
+        .assert_failed()
+        .to_string();
+    assert!(err.contains("--constraint"), "{err}");
+    let err = start_sleeper(&c, "bad", &["--memory", "lots"])
+        .assert_failed()
+        .to_string();
+    assert!(err.contains("--memory"), "{err}");
+}
