@@ -166,6 +166,7 @@ impl Status {
             last_exit_code: self.last_exit_code,
             message: self.message.clone(),
             restart_epoch: self.restart_epoch,
+            health: 0,
         }
     }
 }

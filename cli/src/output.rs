@@ -795,6 +795,7 @@ mod tests {
             last_exit_code: None,
             message: String::new(),
             stopped: state == pb::InstanceState::Stopped,
+            health: 0,
         }
     }
 

@@ -86,6 +86,7 @@ impl Fake {
                     last_exit_code: None,
                     message: String::new(),
                     stopped,
+                    health: 0,
                 });
             }
         }

@@ -212,7 +212,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
         let control = self.control.clone();
-        tokio::spawn(outbound(attached, tx.clone()));
+        tokio::spawn(outbound(attached, tx));
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
@@ -230,14 +230,15 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
             }
             tracing::info!(node = %node, "agent disconnected");
             control.detach(&node, session_id);
-            drop(tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
 /// Feeds one session's outbound stream: `registered`, then every new desired set and command,
-/// until the session is closed or the agent goes away.
+/// until the session is closed or the agent goes away. This task holds the only sender of the
+/// stream, so its end (with an UNAVAILABLE status when the coordinator closed the session) is
+/// the stream's end, and the agent reconnects.
 async fn outbound(
     mut a: crate::control::Attached,
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
@@ -269,7 +270,11 @@ async fn outbound(
                     Some(AgentCommand::CancelLogs(request_id)) => {
                         Down::CancelLogs(pb::CancelLogs { request_id })
                     }
-                    None => return,
+                    // The session was dropped (replaced or timed out), like `closed` below.
+                    None => {
+                        let _ = tx.send(Err(Status::unavailable("session closed by the coordinator"))).await;
+                        return;
+                    }
                 };
                 if tx.send(Ok(send(msg))).await.is_err() {
                     return;

@@ -214,15 +214,13 @@ impl Control {
                 true,
             ),
             Some(old) => {
-                let same_but_count = AppSpec {
-                    instances: old.spec.instances,
-                    ..spec.clone()
-                } == old.spec;
-                if same_but_count && old.spec.instances == spec.instances {
+                if old.spec == spec {
                     let view = app_view(&inner, &self.config, &old);
                     return Ok((view, false, false));
                 }
-                let version = if same_but_count {
+                // The version counts what runs: a new count, placement or autoscaling policy
+                // changes where instances run, not what they run, so nothing restarts.
+                let version = if old.spec.same_process(&spec) {
                     old.version
                 } else {
                     old.version + 1
@@ -1096,6 +1094,7 @@ fn instance_view(inner: &Inner, config: &ControlConfig, rec: &InstanceRecord) ->
         out.started_at_ms = o.started_at_ms;
         out.last_exit_code = o.last_exit_code;
         out.message = o.message.clone();
+        out.health = o.health;
     }
     let connected = rec
         .node

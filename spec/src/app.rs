@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SpecError;
+use crate::autoscale::AutoscalePolicy;
 use crate::placement::{Affinity, Constraint, Strategy};
+use crate::supervise::Supervision;
 
 /// Default grace between the stop signal and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,6 +46,10 @@ pub struct AppSpec {
     pub resources: Resources,
     #[serde(default)]
     pub reschedule: Reschedule,
+    #[serde(default)]
+    pub supervision: Supervision,
+    #[serde(default)]
+    pub autoscale: Option<AutoscalePolicy>,
 }
 
 /// Where an app's instances may go.
@@ -329,6 +335,14 @@ impl AppSpec {
                 "instances \"max\" needs a port range or auto: ports, not a single port",
             ));
         }
+        self.supervision.validate()?;
+        if let Some(policy) = &self.autoscale {
+            policy.validate()?;
+            self.port.check_count(policy.max).map_err(|e| SpecError {
+                field: "autoscale.max".into(),
+                ..e
+            })?;
+        }
         if let Some(cwd) = &self.cwd
             && cwd.contains('\0')
         {
@@ -361,6 +375,7 @@ impl AppSpec {
             placement: PlacementSpec::default(),
             resources: Resources::default(),
             reschedule: Reschedule::default(),
+            autoscale: None,
             ..s.clone()
         };
         shape(self) == shape(other)
@@ -387,11 +402,13 @@ impl AppSpec {
             placement: PlacementSpec::default(),
             resources: Resources::default(),
             reschedule: Reschedule::default(),
+            supervision: Supervision::default(),
+            autoscale: None,
         }
     }
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -10,7 +10,15 @@ use crate::SpecError;
 use crate::app::{
     AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
 };
+use crate::autoscale::{
+    AutoscalePolicy, DEFAULT_COOLDOWN, DEFAULT_DOWN_STABILIZATION, DEFAULT_SCALE_DOWN_FRACTION,
+    DEFAULT_TOLERANCE, DEFAULT_UP_STABILIZATION, MemoryThreshold, Mode as AutoscaleMode,
+};
 use crate::placement::{Affinity, Constraint, Strategy, parse_cpu, parse_memory};
+use crate::supervise::{
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_URL,
+    HealthCheck, Probe, StopSignal, Supervision,
+};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +70,250 @@ pub struct RawApp {
     pub resources: Option<RawResources>,
     /// `"30s"`, or `"never"` to wait for a down node instead of moving its instances.
     pub reschedule_after: Option<Scalar>,
+    pub min_uptime: Option<Scalar>,
+    pub max_restarts: Option<u32>,
+    pub restart_window: Option<Scalar>,
+    pub restart_backoff_max: Option<Scalar>,
+    #[serde(alias = "kill_signal")]
+    pub stop_signal: Option<String>,
+    pub listen_timeout: Option<Scalar>,
+    pub health_check: Option<RawHealthCheck>,
+    /// `"600M"`: restart when the process tree's resident memory exceeds it.
+    #[serde(alias = "max_memory")]
+    pub max_memory_restart: Option<Scalar>,
+    /// `"0,1"` or `[0, 1]`.
+    pub cpu_affinity: Option<RawAffinityList>,
+    #[serde(alias = "rlimits")]
+    pub limits: Option<BTreeMap<String, u64>>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub cron_restart: Option<String>,
+    /// PM2's `time`.
+    #[serde(alias = "time")]
+    pub log_timestamps: Option<bool>,
+    /// `"10M"`, or 0 to never rotate.
+    pub log_max_size: Option<Scalar>,
+    #[serde(alias = "log_keep")]
+    pub log_retain: Option<u32>,
+    pub autoscale: Option<RawAutoscale>,
+}
+
+/// `cpu_affinity` as a list or a comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAffinityList {
+    List(Vec<u32>),
+    Text(String),
+}
+
+/// The seeds' `health_check` block. Plain numbers for `interval` and `timeout` are seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub check_type: Option<String>,
+    pub url: Option<String>,
+    pub expected_status: Option<u16>,
+    pub command: Option<String>,
+    pub interval: Option<Scalar>,
+    pub timeout: Option<Scalar>,
+    pub retries: Option<u32>,
+    pub restart_unhealthy: Option<bool>,
+}
+
+/// The `autoscale` block.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoscale {
+    pub min: Option<u32>,
+    pub max: Option<u32>,
+    pub mode: Option<String>,
+    pub cpu_threshold: Option<f64>,
+    /// A percent (`80`) or a size (`"512M"`).
+    pub memory_threshold: Option<Scalar>,
+    pub scale_down_fraction: Option<f64>,
+    pub tolerance: Option<f64>,
+    pub cooldown: Option<Scalar>,
+    pub up_stabilization: Option<Scalar>,
+    pub down_stabilization: Option<Scalar>,
+}
+
+/// Seconds when a plain number (the seeds' `health_check` shape), else a duration string.
+fn seconds_or_duration(field: &str, v: &Scalar) -> Result<Duration, SpecError> {
+    match v {
+        Scalar::Int(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+        Scalar::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+        other => parse_duration(field, other),
+    }
+}
+
+impl RawHealthCheck {
+    pub fn into_spec(self) -> Result<HealthCheck, SpecError> {
+        let kind = self
+            .check_type
+            .as_deref()
+            .unwrap_or("http")
+            .trim()
+            .to_ascii_lowercase();
+        let probe = match kind.as_str() {
+            "http" => Probe::Http {
+                url: self.url.unwrap_or_else(|| DEFAULT_HEALTH_URL.to_string()),
+                expected_status: self.expected_status,
+            },
+            "tcp" => Probe::Tcp,
+            "exec" | "script" | "command" => Probe::Exec {
+                command: self.command.ok_or_else(|| {
+                    SpecError::new("health_check.command", "is missing for an exec check")
+                })?,
+            },
+            other => {
+                return Err(SpecError::new(
+                    "health_check.check_type",
+                    format!("unknown check type {other:?}; use \"http\", \"tcp\" or \"exec\""),
+                ));
+            }
+        };
+        let interval = match &self.interval {
+            None => DEFAULT_HEALTH_INTERVAL,
+            Some(v) => seconds_or_duration("health_check.interval", v)?,
+        };
+        let timeout = match &self.timeout {
+            None => DEFAULT_HEALTH_TIMEOUT,
+            Some(v) => seconds_or_duration("health_check.timeout", v)?,
+        };
+        Ok(HealthCheck {
+            probe,
+            interval,
+            timeout,
+            retries: self.retries.unwrap_or(DEFAULT_HEALTH_RETRIES).max(1),
+            restart_unhealthy: self.restart_unhealthy.unwrap_or(true),
+        })
+    }
+}
+
+impl RawAutoscale {
+    pub fn into_spec(self) -> Result<AutoscalePolicy, SpecError> {
+        let d = |field: &str, v: &Option<Scalar>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => parse_duration(field, v),
+        };
+        let memory_threshold = match &self.memory_threshold {
+            None => None,
+            Some(Scalar::Int(n)) => Some(MemoryThreshold::Percent(*n as f64)),
+            Some(Scalar::Float(f)) => Some(MemoryThreshold::Percent(*f)),
+            Some(Scalar::Str(s)) if s.trim().ends_with('%') => {
+                let p = s
+                    .trim()
+                    .trim_end_matches('%')
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| {
+                        SpecError::new(
+                            "autoscale.memory_threshold",
+                            format!("{s:?} is not a percent"),
+                        )
+                    })?;
+                Some(MemoryThreshold::Percent(p))
+            }
+            Some(Scalar::Str(s)) => Some(MemoryThreshold::Bytes(parse_memory(
+                "autoscale.memory_threshold",
+                s,
+            )?)),
+            Some(Scalar::Bool(_)) => {
+                return Err(SpecError::new(
+                    "autoscale.memory_threshold",
+                    "is not a percent or a size",
+                ));
+            }
+        };
+        let policy = AutoscalePolicy {
+            min: self.min.unwrap_or(1),
+            max: self
+                .max
+                .ok_or_else(|| SpecError::new("autoscale.max", "is missing"))?,
+            mode: AutoscaleMode::parse(self.mode.as_deref().unwrap_or(""))?,
+            cpu_threshold: self.cpu_threshold,
+            memory_threshold,
+            scale_down_fraction: self
+                .scale_down_fraction
+                .unwrap_or(DEFAULT_SCALE_DOWN_FRACTION),
+            tolerance: self.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+            cooldown: d("autoscale.cooldown", &self.cooldown, DEFAULT_COOLDOWN)?,
+            up_stabilization: d(
+                "autoscale.up_stabilization",
+                &self.up_stabilization,
+                DEFAULT_UP_STABILIZATION,
+            )?,
+            down_stabilization: d(
+                "autoscale.down_stabilization",
+                &self.down_stabilization,
+                DEFAULT_DOWN_STABILIZATION,
+            )?,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+}
+
+impl RawApp {
+    fn supervision(&mut self) -> Result<Supervision, SpecError> {
+        let base = Supervision::default();
+        let d = |field: &str, v: &Option<Scalar>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => parse_duration(field, v),
+        };
+        let cpu_affinity = match self.cpu_affinity.take() {
+            None => Vec::new(),
+            Some(RawAffinityList::List(v)) => v,
+            Some(RawAffinityList::Text(t)) => t
+                .split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(|x| {
+                    x.parse::<u32>().map_err(|_| {
+                        SpecError::new("cpu_affinity", format!("{x:?} is not a core number"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let log_max_bytes = match &self.log_max_size {
+            None => base.log_max_bytes,
+            Some(Scalar::Int(0)) => None,
+            Some(v) => match parse_memory("log_max_size", &v.to_text())? {
+                0 => None,
+                n => Some(n),
+            },
+        };
+        let max_memory_restart = match &self.max_memory_restart {
+            None => None,
+            Some(v) => Some(parse_memory("max_memory_restart", &v.to_text())?).filter(|n| *n > 0),
+        };
+        Ok(Supervision {
+            min_uptime: d("min_uptime", &self.min_uptime, base.min_uptime)?,
+            max_restarts: self.max_restarts.unwrap_or(base.max_restarts),
+            restart_window: d("restart_window", &self.restart_window, base.restart_window)?,
+            restart_backoff_max: d(
+                "restart_backoff_max",
+                &self.restart_backoff_max,
+                base.restart_backoff_max,
+            )?,
+            stop_signal: StopSignal::parse(self.stop_signal.as_deref().unwrap_or(""))?,
+            listen_timeout: d("listen_timeout", &self.listen_timeout, base.listen_timeout)?,
+            health_check: self
+                .health_check
+                .take()
+                .map(RawHealthCheck::into_spec)
+                .transpose()?,
+            max_memory_restart,
+            cpu_affinity,
+            limits: self.limits.take().unwrap_or_default(),
+            user: self.user.take().filter(|u| !u.is_empty()),
+            group: self.group.take().filter(|g| !g.is_empty()),
+            cron_restart: self.cron_restart.take().filter(|c| !c.trim().is_empty()),
+            log_timestamps: self.log_timestamps.unwrap_or(false),
+            log_max_bytes,
+            log_keep: self.log_retain.unwrap_or(base.log_keep),
+        })
+    }
 }
 
 /// The `placement` block of an app.
@@ -279,7 +531,13 @@ pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
 
 impl RawApp {
     /// Fills defaults and validates.
-    pub fn into_spec(self) -> Result<AppSpec, SpecError> {
+    pub fn into_spec(mut self) -> Result<AppSpec, SpecError> {
+        let supervision = self.supervision()?;
+        let autoscale = self
+            .autoscale
+            .take()
+            .map(RawAutoscale::into_spec)
+            .transpose()?;
         let name = self
             .name
             .ok_or_else(|| SpecError::new("name", "is missing"))?;
@@ -356,6 +614,8 @@ impl RawApp {
                 .map(parse_reschedule)
                 .transpose()?
                 .unwrap_or_default(),
+            supervision,
+            autoscale,
         }
         .validate()
     }
@@ -365,6 +625,7 @@ impl RawApp {
 mod tests {
     use super::*;
     use crate::placement::Strategy;
+    use crate::supervise::StopSignal;
 
     fn check(text: &str, format: Format, want: Result<&[(&str, u32, &str)], &str>) {
         let got = parse_apps(text, format);
@@ -542,6 +803,93 @@ mod tests {
             (
                 r#"{"name": "w", "script": "x", "instances": "max", "port": 3000}"#,
                 "single port",
+            ),
+        ];
+        for (text, want) in bad {
+            let err = parse_apps(text, Format::Json).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+
+    /// The seeds' fault-tolerant and tuned clusters parse as written.
+    #[test]
+    fn seed_supervision_and_autoscale() {
+        let specs = parse_apps(
+            r#"{ "name": "fault-tolerant-cluster", "script": "node", "args": ["server.js"],
+                 "instances": 4, "port": "3000-3009", "autorestart": true, "max_restarts": 5,
+                 "min_uptime": "10s", "restart_delay": "2s", "max_memory_restart": "600M",
+                 "cpu_affinity": "0,1", "limits": {"nofile": 65536}, "stop_signal": "SIGINT",
+                 "cron_restart": "0 3 * * *", "time": true, "log_max_size": "1M", "log_retain": 3,
+                 "health_check": { "check_type": "http", "url": "http://localhost:${PORT}/health",
+                                   "timeout": 5, "interval": 15, "retries": 3 },
+                 "autoscale": { "min": 2, "max": 10, "cpu_threshold": 70, "cooldown": "30s" } }"#,
+            Format::Json,
+        )
+        .unwrap();
+        let s = &specs[0];
+        let sup = &s.supervision;
+        assert_eq!(sup.max_restarts, 5);
+        assert_eq!(sup.min_uptime, Duration::from_secs(10));
+        assert_eq!(sup.max_memory_restart, Some(600 << 20));
+        assert_eq!(sup.cpu_affinity, vec![0, 1]);
+        assert_eq!(sup.limits.get("nofile"), Some(&65536));
+        assert_eq!(sup.stop_signal, StopSignal::Int);
+        assert!(sup.log_timestamps);
+        assert_eq!(sup.log_max_bytes, Some(1 << 20));
+        assert_eq!(sup.log_keep, 3);
+        let hc = sup.health_check.as_ref().unwrap();
+        assert_eq!(hc.interval, Duration::from_secs(15));
+        assert_eq!(hc.timeout, Duration::from_secs(5));
+        assert_eq!(hc.retries, 3);
+        let auto = s.autoscale.as_ref().unwrap();
+        assert_eq!(
+            (auto.min, auto.max, auto.cpu_threshold),
+            (2, 10, Some(70.0))
+        );
+        assert_eq!(auto.cooldown, Duration::from_secs(30));
+        let wire = pmcluster_proto::v1::AppSpec::from(s);
+        assert_eq!(AppSpec::try_from(wire).as_ref(), Ok(s));
+
+        let bad = [
+            (
+                r#"{"name": "w", "script": "x", "cron_restart": "every day"}"#,
+                "cron_restart",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "stop_signal": "SIGKILL"}"#,
+                "stop_signal",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "limits": {"files": 1}}"#,
+                "unknown limit",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "health_check": {"check_type": "ping"}}"#,
+                "health_check.check_type",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "health_check": {"check_type": "exec"}}"#,
+                "health_check.command",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "health_check": {"colour": 1}}"#,
+                "unknown field",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "max_memory_restart": "lots"}"#,
+                "max_memory_restart",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "autoscale": {"min": 5, "max": 2, "cpu_threshold": 70}}"#,
+                "autoscale.min",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "autoscale": {"max": 2, "cpu_threshold": 170000}}"#,
+                "autoscale.cpu_threshold",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "port": "3000-3001", "autoscale": {"max": 5, "cpu_threshold": 70}}"#,
+                "autoscale.max",
             ),
         ];
         for (text, want) in bad {

@@ -5,9 +5,11 @@
 //! Pure: no I/O, no clocks, no environment reads.
 
 pub mod app;
+pub mod autoscale;
 pub mod config;
 pub mod instance;
 pub mod placement;
+pub mod supervise;
 pub mod wire;
 
 pub use app::{AppSpec, ExecMode, PortSpec};

@@ -9,7 +9,15 @@ use crate::SpecError;
 use crate::app::{
     AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
 };
+use crate::autoscale::{
+    AutoscalePolicy, DEFAULT_COOLDOWN, DEFAULT_DOWN_STABILIZATION, DEFAULT_SCALE_DOWN_FRACTION,
+    DEFAULT_TOLERANCE, MemoryThreshold, Mode as AutoscaleMode,
+};
 use crate::placement::{Affinity, Constraint, Strategy};
+use crate::supervise::{
+    DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_URL,
+    HealthCheck, Probe, StopSignal, Supervision,
+};
 
 impl From<&AppSpec> for pb::AppSpec {
     fn from(s: &AppSpec) -> pb::AppSpec {
@@ -59,6 +67,23 @@ impl From<&AppSpec> for pb::AppSpec {
                 Reschedule::Never => None,
             },
             wait_for_node: s.reschedule == Reschedule::Never,
+            min_uptime_ms: Some(millis(s.supervision.min_uptime)),
+            max_restarts: Some(s.supervision.max_restarts),
+            restart_window_ms: Some(millis(s.supervision.restart_window)),
+            restart_backoff_max_ms: Some(millis(s.supervision.restart_backoff_max)),
+            stop_signal: s.supervision.stop_signal.name().to_string(),
+            listen_timeout_ms: Some(millis(s.supervision.listen_timeout)),
+            health_check: s.supervision.health_check.as_ref().map(health_to_wire),
+            max_memory_restart_bytes: s.supervision.max_memory_restart.unwrap_or(0),
+            cpu_affinity: s.supervision.cpu_affinity.clone(),
+            limits: s.supervision.limits.clone().into_iter().collect(),
+            user: s.supervision.user.clone().unwrap_or_default(),
+            group: s.supervision.group.clone().unwrap_or_default(),
+            cron_restart: s.supervision.cron_restart.clone().unwrap_or_default(),
+            log_timestamps: s.supervision.log_timestamps,
+            log_max_bytes: Some(s.supervision.log_max_bytes.unwrap_or(0)),
+            log_keep: Some(s.supervision.log_keep),
+            autoscale: s.autoscale.as_ref().map(autoscale_to_wire),
         }
     }
 }
@@ -67,6 +92,11 @@ impl TryFrom<pb::AppSpec> for AppSpec {
     type Error = SpecError;
 
     fn try_from(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
+        let supervision = supervision_from_wire(&p)?;
+        let autoscale = match &p.autoscale {
+            Some(a) if a.enabled => Some(autoscale_from_wire(a)?),
+            _ => None,
+        };
         AppSpec {
             name: p.name,
             script: p.script,
@@ -101,9 +131,180 @@ impl TryFrom<pb::AppSpec> for AppSpec {
                 (false, Some(ms)) => Reschedule::After(Duration::from_millis(ms)),
                 (false, None) => Reschedule::default(),
             },
+            supervision,
+            autoscale,
         }
         .validate()
     }
+}
+
+fn health_to_wire(h: &HealthCheck) -> pb::HealthCheck {
+    let (check_type, url, expected_status, command) = match &h.probe {
+        Probe::Http {
+            url,
+            expected_status,
+        } => (
+            "http",
+            url.clone(),
+            expected_status.map(u32::from).unwrap_or(0),
+            String::new(),
+        ),
+        Probe::Tcp => ("tcp", String::new(), 0, String::new()),
+        Probe::Exec { command } => ("exec", String::new(), 0, command.clone()),
+    };
+    pb::HealthCheck {
+        check_type: check_type.to_string(),
+        url,
+        expected_status,
+        command,
+        interval_ms: millis(h.interval),
+        timeout_ms: millis(h.timeout),
+        retries: h.retries,
+        restart_unhealthy: Some(h.restart_unhealthy),
+    }
+}
+
+fn health_from_wire(h: &pb::HealthCheck) -> Result<Option<HealthCheck>, SpecError> {
+    let probe = match h.check_type.trim() {
+        "" => return Ok(None),
+        "http" => Probe::Http {
+            url: if h.url.is_empty() {
+                DEFAULT_HEALTH_URL.to_string()
+            } else {
+                h.url.clone()
+            },
+            expected_status: match h.expected_status {
+                0 => None,
+                n => Some(u16::try_from(n).map_err(|_| {
+                    SpecError::new(
+                        "health_check.expected_status",
+                        format!("{n} is not an HTTP status"),
+                    )
+                })?),
+            },
+        },
+        "tcp" => Probe::Tcp,
+        "exec" => Probe::Exec {
+            command: h.command.clone(),
+        },
+        other => {
+            return Err(SpecError::new(
+                "health_check.check_type",
+                format!("unknown check type {other:?}; use \"http\", \"tcp\" or \"exec\""),
+            ));
+        }
+    };
+    let or = |ms: u64, default: Duration| {
+        if ms == 0 {
+            default
+        } else {
+            Duration::from_millis(ms)
+        }
+    };
+    Ok(Some(HealthCheck {
+        probe,
+        interval: or(h.interval_ms, DEFAULT_HEALTH_INTERVAL),
+        timeout: or(h.timeout_ms, DEFAULT_HEALTH_TIMEOUT),
+        retries: if h.retries == 0 {
+            DEFAULT_HEALTH_RETRIES
+        } else {
+            h.retries
+        },
+        restart_unhealthy: h.restart_unhealthy.unwrap_or(true),
+    }))
+}
+
+fn supervision_from_wire(p: &pb::AppSpec) -> Result<Supervision, SpecError> {
+    let base = Supervision::default();
+    let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+    Ok(Supervision {
+        min_uptime: ms(p.min_uptime_ms, base.min_uptime),
+        max_restarts: p.max_restarts.unwrap_or(base.max_restarts),
+        restart_window: ms(p.restart_window_ms, base.restart_window),
+        restart_backoff_max: ms(p.restart_backoff_max_ms, base.restart_backoff_max),
+        stop_signal: StopSignal::parse(&p.stop_signal)?,
+        listen_timeout: ms(p.listen_timeout_ms, base.listen_timeout),
+        health_check: match &p.health_check {
+            Some(h) => health_from_wire(h)?,
+            None => None,
+        },
+        max_memory_restart: Some(p.max_memory_restart_bytes).filter(|n| *n > 0),
+        cpu_affinity: p.cpu_affinity.clone(),
+        limits: p.limits.clone().into_iter().collect(),
+        user: Some(p.user.clone()).filter(|u| !u.is_empty()),
+        group: Some(p.group.clone()).filter(|g| !g.is_empty()),
+        cron_restart: Some(p.cron_restart.clone()).filter(|c| !c.trim().is_empty()),
+        log_timestamps: p.log_timestamps,
+        log_max_bytes: match p.log_max_bytes {
+            None => base.log_max_bytes,
+            Some(0) => None,
+            Some(n) => Some(n),
+        },
+        log_keep: p.log_keep.unwrap_or(base.log_keep),
+    })
+}
+
+fn autoscale_to_wire(a: &AutoscalePolicy) -> pb::Autoscale {
+    let (memory_threshold, memory_threshold_bytes) = match a.memory_threshold {
+        None => (0.0, 0),
+        Some(MemoryThreshold::Percent(p)) => (p, 0),
+        Some(MemoryThreshold::Bytes(b)) => (0.0, b),
+    };
+    pb::Autoscale {
+        enabled: true,
+        min: a.min,
+        max: a.max,
+        mode: a.mode.as_str().to_string(),
+        cpu_threshold: a.cpu_threshold.unwrap_or(0.0),
+        memory_threshold,
+        memory_threshold_bytes,
+        scale_down_fraction: a.scale_down_fraction,
+        tolerance: a.tolerance,
+        cooldown_ms: millis(a.cooldown),
+        up_stabilization_ms: millis(a.up_stabilization),
+        down_stabilization_ms: millis(a.down_stabilization),
+    }
+}
+
+/// Reads an enabled policy from the wire; zero fields take their defaults.
+pub fn autoscale_from_wire(a: &pb::Autoscale) -> Result<AutoscalePolicy, SpecError> {
+    let memory_threshold = if a.memory_threshold_bytes > 0 {
+        Some(MemoryThreshold::Bytes(a.memory_threshold_bytes))
+    } else if a.memory_threshold != 0.0 {
+        Some(MemoryThreshold::Percent(a.memory_threshold))
+    } else {
+        None
+    };
+    let policy = AutoscalePolicy {
+        min: a.min,
+        max: a.max,
+        mode: AutoscaleMode::parse(&a.mode)?,
+        cpu_threshold: Some(a.cpu_threshold).filter(|c| *c != 0.0),
+        memory_threshold,
+        scale_down_fraction: if a.scale_down_fraction == 0.0 {
+            DEFAULT_SCALE_DOWN_FRACTION
+        } else {
+            a.scale_down_fraction
+        },
+        tolerance: if a.tolerance == 0.0 {
+            DEFAULT_TOLERANCE
+        } else {
+            a.tolerance
+        },
+        cooldown: if a.cooldown_ms == 0 {
+            DEFAULT_COOLDOWN
+        } else {
+            Duration::from_millis(a.cooldown_ms)
+        },
+        up_stabilization: Duration::from_millis(a.up_stabilization_ms),
+        down_stabilization: if a.down_stabilization_ms == 0 {
+            DEFAULT_DOWN_STABILIZATION
+        } else {
+            Duration::from_millis(a.down_stabilization_ms)
+        },
+    };
+    policy.validate()?;
+    Ok(policy)
 }
 
 fn placement_from_wire(p: pb::Placement) -> Result<PlacementSpec, SpecError> {

@@ -398,3 +398,75 @@ fn constraints_resources_and_pending_reasons() {
         .to_string();
     assert!(err.contains("--memory"), "{err}");
 }
+
+#[test]
+fn partitioned_node_returns_and_its_stale_copies_are_stopped() {
+    let c = Cluster::start_with(3, &["--heartbeat-timeout", "2s"]).expect("cluster starts");
+    let base = free_port_range(40).expect("free ports");
+    let testapp = c.testapp().display().to_string();
+    // auto: ports, so replacements can start on loopback while the cut-off copies still run.
+    let ports = format!("auto:{base}-{}", base + 39);
+    c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "web",
+        "--instances",
+        "3",
+        "--port",
+        &ports,
+        "--reschedule-after",
+        "1s",
+    ])
+    .assert_ok();
+    let before = wait_online(&c, "web", 3);
+    let stale: Vec<u32> = before
+        .iter()
+        .filter(|i| i.node.as_deref() == Some("node-a"))
+        .filter_map(|i| i.pid)
+        .collect();
+    assert_eq!(stale.len(), 1, "{}", render(&before));
+
+    // Cut node-a off: its agent stops answering (SIGSTOP) but its instance keeps running, as
+    // it would behind a network partition.
+    let a = c.agent_idx("node-a").expect("node-a runs");
+    c.agent(a).signal(Signal::SIGSTOP);
+    let moved = wait_until(
+        DEADLINE,
+        "node-a's instance to be replaced elsewhere",
+        || {
+            let list = c.instances("web")?;
+            let on_a = list.iter().any(|i| i.node.as_deref() == Some("node-a"));
+            if list.len() == 3 && !on_a && list.iter().all(live) {
+                Ok(list)
+            } else {
+                Err(render(&list))
+            }
+        },
+    );
+    assert!(
+        stale.iter().all(|p| pid_alive(*p)),
+        "the cut-off copy still runs meanwhile"
+    );
+
+    // The partition heals: the returning agent learns its copy was replaced and stops it.
+    c.agent(a).signal(Signal::SIGCONT);
+    wait_until(DEADLINE, "the stale copy on node-a to be stopped", || {
+        let alive: Vec<&u32> = stale.iter().filter(|p| pid_alive(**p)).collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running: {alive:?}"))
+        }
+    });
+    c.wait_ready(&["node-a"], STARTUP_TIMEOUT)
+        .expect("node-a ready again");
+    let procs = processes_by_index(&c, "web");
+    assert!(
+        procs.values().all(|p| p.len() == 1) && procs.len() == 3,
+        "one process per index: {procs:?}"
+    );
+    let after = wait_online(&c, "web", 3);
+    let ids = |l: &[Instance]| l.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&after), ids(&moved), "the replacements stay");
+}

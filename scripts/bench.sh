@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every benchmark, in release mode; prints the figures the notes report.
+# Usage: ./scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --bins
+echo "== scheduler (pure placement throughput)"
+cargo bench -p pmcluster-coordinator --bench scheduler
+echo "== fake agents (1,000 agents, scale 0 -> 10,000 through gRPC)"
+cargo bench -p pmcluster-coordinator --bench fake_agents
+echo "== scale12 (3 real agents, scale web 12 until all answer /health)"
+cargo bench -p pmcluster-tests --bench scale12

@@ -1,0 +1,280 @@
+//! How an agent supervises each instance: restart policy, stop signal, readiness, health check,
+//! resource rules and logs. Plain validated data; the agent acts on it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::SpecError;
+
+/// Supervision settings of an app. `Default` is what an app gets when it says nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Supervision {
+    /// An exit sooner than this after start is unstable.
+    #[serde(with = "crate::app::millis")]
+    pub min_uptime: Duration,
+    /// Unstable restarts allowed within `restart_window` before the instance is errored
+    /// (0: never give up).
+    pub max_restarts: u32,
+    #[serde(with = "crate::app::millis")]
+    pub restart_window: Duration,
+    /// Cap of the crash-loop backoff added to `restart_delay`.
+    #[serde(with = "crate::app::millis")]
+    pub restart_backoff_max: Duration,
+    pub stop_signal: StopSignal,
+    /// Time to accept connections (or pass the health check) before a restart.
+    #[serde(with = "crate::app::millis")]
+    pub listen_timeout: Duration,
+    pub health_check: Option<HealthCheck>,
+    /// Resident memory of the process tree that triggers a restart.
+    pub max_memory_restart: Option<u64>,
+    pub cpu_affinity: Vec<u32>,
+    /// setrlimit values by name (soft = hard).
+    pub limits: BTreeMap<String, u64>,
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Five-field cron expression.
+    pub cron_restart: Option<String>,
+    pub log_timestamps: bool,
+    /// Rotate at this size (None: never).
+    pub log_max_bytes: Option<u64>,
+    pub log_keep: u32,
+}
+
+pub const DEFAULT_MIN_UPTIME: Duration = Duration::from_secs(1);
+pub const DEFAULT_MAX_RESTARTS: u32 = 15;
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(15);
+pub const DEFAULT_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+
+impl Default for Supervision {
+    fn default() -> Supervision {
+        Supervision {
+            min_uptime: DEFAULT_MIN_UPTIME,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            restart_window: DEFAULT_RESTART_WINDOW,
+            restart_backoff_max: DEFAULT_RESTART_BACKOFF_MAX,
+            stop_signal: StopSignal::Term,
+            listen_timeout: DEFAULT_LISTEN_TIMEOUT,
+            health_check: None,
+            max_memory_restart: None,
+            cpu_affinity: Vec::new(),
+            limits: BTreeMap::new(),
+            user: None,
+            group: None,
+            cron_restart: None,
+            log_timestamps: false,
+            log_max_bytes: Some(DEFAULT_LOG_MAX_BYTES),
+            log_keep: DEFAULT_LOG_KEEP,
+        }
+    }
+}
+
+/// Signals an instance may be stopped with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum StopSignal {
+    #[default]
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Usr1,
+    Usr2,
+}
+
+impl StopSignal {
+    pub fn parse(s: &str) -> Result<StopSignal, SpecError> {
+        let upper = s.trim().to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        match name {
+            "" | "TERM" => Ok(StopSignal::Term),
+            "INT" => Ok(StopSignal::Int),
+            "QUIT" => Ok(StopSignal::Quit),
+            "HUP" => Ok(StopSignal::Hup),
+            "USR1" => Ok(StopSignal::Usr1),
+            "USR2" => Ok(StopSignal::Usr2),
+            _ => Err(SpecError::new(
+                "stop_signal",
+                format!("{s:?} is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2"),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Term => "SIGTERM",
+            StopSignal::Int => "SIGINT",
+            StopSignal::Quit => "SIGQUIT",
+            StopSignal::Hup => "SIGHUP",
+            StopSignal::Usr1 => "SIGUSR1",
+            StopSignal::Usr2 => "SIGUSR2",
+        }
+    }
+}
+
+/// What a health check probes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// GET this URL (`${PORT}` expanded); healthy on `expected_status`, or any 2xx when `None`.
+    Http {
+        url: String,
+        expected_status: Option<u16>,
+    },
+    /// Connect to the instance's port.
+    Tcp,
+    /// Run through `/bin/sh -c` with the instance's env; exit 0 is healthy.
+    Exec { command: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    #[serde(with = "crate::app::millis")]
+    pub interval: Duration,
+    #[serde(with = "crate::app::millis")]
+    pub timeout: Duration,
+    /// Consecutive failures before the instance is unhealthy.
+    pub retries: u32,
+    pub restart_unhealthy: bool,
+}
+
+pub const DEFAULT_HEALTH_URL: &str = "http://127.0.0.1:${PORT}/health";
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+
+/// Limits the agent knows how to set.
+pub const LIMIT_NAMES: [&str; 8] = [
+    "nofile", "nproc", "core", "memlock", "stack", "as", "fsize", "cpu",
+];
+
+impl Supervision {
+    /// Checks the fields that need more than their type.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if let Some(name) = self
+            .limits
+            .keys()
+            .find(|k| !LIMIT_NAMES.contains(&k.as_str()))
+        {
+            return Err(SpecError::new(
+                "limits",
+                format!("unknown limit {name:?}; known: {}", LIMIT_NAMES.join(", ")),
+            ));
+        }
+        if let Some(cron) = &self.cron_restart {
+            validate_cron(cron)?;
+        }
+        if let Some(hc) = &self.health_check {
+            if hc.interval.is_zero() {
+                return Err(SpecError::new(
+                    "health_check.interval",
+                    "must be more than zero",
+                ));
+            }
+            if let Probe::Http { url, .. } = &hc.probe
+                && !(url.starts_with("http://"))
+            {
+                return Err(SpecError::new(
+                    "health_check.url",
+                    format!("{url:?} must start with http:// (e.g. {DEFAULT_HEALTH_URL})"),
+                ));
+            }
+            if let Probe::Exec { command } = &hc.probe
+                && command.trim().is_empty()
+            {
+                return Err(SpecError::new("health_check.command", "is empty"));
+            }
+        }
+        for name in [&self.user, &self.group].into_iter().flatten() {
+            if name.is_empty() || name.contains(['\0', '/', ':']) {
+                return Err(SpecError::new(
+                    "user",
+                    format!("{name:?} is not a user or group name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a five-field cron expression: each field `*`, `*/n`, numbers, ranges `a-b[/n]` and
+/// lists, within the field's bounds.
+pub fn validate_cron(expr: &str) -> Result<(), SpecError> {
+    const BOUNDS: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let bad = |why: String| SpecError::new("cron_restart", format!("{expr:?}: {why}"));
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(bad(format!(
+            "has {} fields; write minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\"",
+            fields.len()
+        )));
+    }
+    for (field, (what, lo, hi)) in fields.iter().zip(BOUNDS) {
+        for part in field.split(',') {
+            let (range, step) = part
+                .split_once('/')
+                .map_or((part, None), |(r, s)| (r, Some(s)));
+            if let Some(step) = step
+                && step.parse::<u32>().map_or(true, |n| n == 0)
+            {
+                return Err(bad(format!("bad step {step:?} in the {what} field")));
+            }
+            if range == "*" {
+                continue;
+            }
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            for v in [a, b] {
+                match v.parse::<u32>() {
+                    Ok(n) if (lo..=hi).contains(&n) => {}
+                    _ => return Err(bad(format!("{v:?} is not a {what} ({lo}-{hi})"))),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron() {
+        for ok in [
+            "0 3 * * *",
+            "*/5 * * * *",
+            "0 0-6/2 1,15 * 1-5",
+            "30 4 * 12 0",
+        ] {
+            assert!(validate_cron(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "* * * *",
+            "60 * * * *",
+            "* 24 * * *",
+            "*/0 * * * *",
+            "a * * * *",
+            "0 0 0 * *",
+        ] {
+            assert!(validate_cron(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(StopSignal::parse("SIGINT").ok(), Some(StopSignal::Int));
+        assert_eq!(StopSignal::parse("usr2").ok(), Some(StopSignal::Usr2));
+        assert!(StopSignal::parse("SIGKILL").is_err());
+    }
+}
