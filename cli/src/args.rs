@@ -108,8 +108,16 @@ pub enum Command {
     /// Make a drained node eligible for new instances again
     Undrain(NodeArg),
 
-    /// Print cluster events as they happen, until Ctrl-C
+    /// Print recent cluster events, then new ones as they happen, until Ctrl-C
     Events(EventsArgs),
+
+    /// Scale an app from its CPU or memory, within bounds; without options, show its state
+    #[command(after_help = "Examples:\n  \
+        pmcluster autoscale web --min 2 --max 10 --cpu-threshold 70\n  \
+        pmcluster autoscale web --mode target --cpu-threshold 60 --cooldown 30s\n  \
+        pmcluster autoscale web            # policy, current metrics, last decisions\n  \
+        pmcluster autoscale web --off")]
+    Autoscale(AutoscaleArgs),
 
     /// Start a local coordinator and agent in the background
     Up(UpArgs),
@@ -288,6 +296,68 @@ pub struct LogsArgs {
 pub struct EventsArgs {
     /// Only this app's events
     pub app: Option<String>,
+
+    /// Show up to N recent events first
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub history: u32,
+
+    /// Exit after the recent events instead of following new ones
+    #[arg(long)]
+    pub no_follow: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("change").multiple(true).args([
+    "min", "max", "cpu_threshold", "memory_threshold", "mode", "cooldown",
+    "scale_down_fraction", "tolerance", "up_stabilization", "down_stabilization",
+])))]
+pub struct AutoscaleArgs {
+    /// App name
+    pub app: String,
+
+    /// Turn autoscaling off (the instance count stays where it is)
+    #[arg(long, conflicts_with = "change")]
+    pub off: bool,
+
+    /// Fewest instances
+    #[arg(long, value_name = "N")]
+    pub min: Option<u32>,
+
+    /// Most instances
+    #[arg(long, value_name = "N")]
+    pub max: Option<u32>,
+
+    /// Average CPU per instance, percent of one core, e.g. 70
+    #[arg(long, value_name = "PERCENT")]
+    pub cpu_threshold: Option<f64>,
+
+    /// Average memory per instance: percent of its limit (80) or a size (512M)
+    #[arg(long, value_name = "PERCENT|SIZE")]
+    pub memory_threshold: Option<String>,
+
+    /// threshold (+1/-1, the default) or target (proportional, like Kubernetes' HPA)
+    #[arg(long, value_name = "MODE")]
+    pub mode: Option<String>,
+
+    /// Minimum time between two changes, e.g. 60s
+    #[arg(long, value_name = "DURATION")]
+    pub cooldown: Option<String>,
+
+    /// Threshold mode: scale down below this fraction of the threshold (default 0.5)
+    #[arg(long, value_name = "FRACTION")]
+    pub scale_down_fraction: Option<f64>,
+
+    /// Target mode: no change within 1 +- this of the target (default 0.1)
+    #[arg(long, value_name = "FRACTION")]
+    pub tolerance: Option<f64>,
+
+    /// How long the load must stay high before scaling up (default 0s)
+    #[arg(long, value_name = "DURATION")]
+    pub up_stabilization: Option<String>,
+
+    /// How long the load must stay low before scaling down (default 5m)
+    #[arg(long, value_name = "DURATION")]
+    pub down_stabilization: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::args::{
-    AppArg, ApplyArgs, EventsArgs, FileFormat, ListArgs, LogsArgs, NodeArg, OutputFormat,
-    ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
+    AppArg, ApplyArgs, AutoscaleArgs, EventsArgs, FileFormat, ListArgs, LogsArgs, NodeArg,
+    OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
 };
 use crate::client::{connect, request, unary};
 use crate::error::{ApiError, UsageError};
@@ -488,6 +488,8 @@ pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut client = connect(&ctx.url).await?;
     let req = pb::WatchEventsRequest {
         app: args.app.unwrap_or_default(),
+        history: args.history,
+        no_follow: args.no_follow,
     };
     let stream = unary(client.watch_events(tonic::Request::new(req))).await?;
     let json = ctx.json();
@@ -499,6 +501,31 @@ pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }
     })
     .await
+}
+
+/// `autoscale APP [options]`: changes the policy when options are given, then shows it.
+pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let app = args.app.clone();
+    let changing = args.off || crate::validate::autoscale_changes(&args);
+    let status = if changing {
+        let current =
+            unary(client.get_autoscale(request(pb::GetAutoscaleRequest { app: app.clone() })))
+                .await?;
+        let policy = crate::validate::autoscale_policy(&args, current.policy.as_ref())
+            .map_err(anyhow::Error::from)?;
+        unary(client.set_autoscale(request(pb::SetAutoscaleRequest {
+            app,
+            policy: Some(policy),
+        })))
+        .await?
+    } else {
+        unary(client.get_autoscale(request(pb::GetAutoscaleRequest { app }))).await?
+    };
+    if ctx.json() {
+        return ctx.value(&output::autoscale_json(&status));
+    }
+    ctx.text(&output::autoscale_text(&status))
 }
 
 /// Feeds each message of a server stream to `each` until the stream ends, fails, or the user

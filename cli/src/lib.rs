@@ -49,6 +49,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Drain(a) => commands::drain(a, true, ctx).await,
         Command::Undrain(a) => commands::drain(a, false, ctx).await,
         Command::Events(a) => commands::events(a, ctx).await,
+        Command::Autoscale(a) => commands::autoscale(a, ctx).await,
         Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
     }
 }

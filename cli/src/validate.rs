@@ -274,6 +274,104 @@ fn flag_error(e: SpecError) -> UsageError {
     UsageError::new(format!("{flag}: {}", e.message))
 }
 
+/// Whether `autoscale` was given any option that changes the policy.
+pub fn autoscale_changes(a: &crate::args::AutoscaleArgs) -> bool {
+    a.min.is_some()
+        || a.max.is_some()
+        || a.cpu_threshold.is_some()
+        || a.memory_threshold.is_some()
+        || a.mode.is_some()
+        || a.cooldown.is_some()
+        || a.scale_down_fraction.is_some()
+        || a.tolerance.is_some()
+        || a.up_stabilization.is_some()
+        || a.down_stabilization.is_some()
+}
+
+/// The policy `autoscale` sends: the options given, on top of the current policy when it is on.
+/// Checked here first, so a bad option is named as the flag the user typed.
+pub fn autoscale_policy(
+    a: &crate::args::AutoscaleArgs,
+    current: Option<&pmcluster_proto::v1::Autoscale>,
+) -> Result<pmcluster_proto::v1::Autoscale, UsageError> {
+    use pmcluster_proto::v1 as pb;
+    if a.off {
+        return Ok(pb::Autoscale::default());
+    }
+    let mut p = current.filter(|c| c.enabled).cloned().unwrap_or_default();
+    p.enabled = true;
+    if let Some(v) = a.min {
+        p.min = v;
+    }
+    if let Some(v) = a.max {
+        p.max = v;
+    }
+    if let Some(v) = a.cpu_threshold {
+        p.cpu_threshold = v;
+    }
+    if let Some(text) = &a.memory_threshold {
+        let t = text.trim().trim_end_matches('%');
+        match t.parse::<f64>() {
+            Ok(pct) => {
+                p.memory_threshold = pct;
+                p.memory_threshold_bytes = 0;
+            }
+            Err(_) => {
+                p.memory_threshold_bytes =
+                    pmcluster_spec::placement::parse_memory("autoscale.memory_threshold", text)
+                        .map_err(autoscale_flag_error)?;
+                p.memory_threshold = 0.0;
+            }
+        }
+    }
+    if let Some(v) = &a.mode {
+        p.mode = v.clone();
+    }
+    if let Some(v) = a.scale_down_fraction {
+        p.scale_down_fraction = v;
+    }
+    if let Some(v) = a.tolerance {
+        p.tolerance = v;
+    }
+    let ms = |field: &str, text: &Option<String>, into: &mut u64| -> Result<(), UsageError> {
+        if let Some(t) = text {
+            let d = parse_duration(field, &Scalar::Str(t.clone())).map_err(autoscale_flag_error)?;
+            *into = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        }
+        Ok(())
+    };
+    ms("autoscale.cooldown", &a.cooldown, &mut p.cooldown_ms)?;
+    ms(
+        "autoscale.up_stabilization",
+        &a.up_stabilization,
+        &mut p.up_stabilization_ms,
+    )?;
+    ms(
+        "autoscale.down_stabilization",
+        &a.down_stabilization,
+        &mut p.down_stabilization_ms,
+    )?;
+    pmcluster_spec::wire::autoscale_from_wire(&p).map_err(autoscale_flag_error)?;
+    Ok(p)
+}
+
+fn autoscale_flag_error(e: SpecError) -> UsageError {
+    let flag = match e.field.as_str() {
+        "autoscale.min" => "--min",
+        "autoscale.max" => "--max",
+        "autoscale.cpu_threshold" => "--cpu-threshold",
+        "autoscale.memory_threshold" => "--memory-threshold",
+        "autoscale.mode" => "--mode",
+        "autoscale.scale_down_fraction" => "--scale-down-fraction",
+        "autoscale.tolerance" => "--tolerance",
+        "autoscale.cooldown" => "--cooldown",
+        "autoscale.up_stabilization" => "--up-stabilization",
+        "autoscale.down_stabilization" => "--down-stabilization",
+        other => other,
+    };
+    UsageError::new(format!("{flag}: {}", e.message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,5 +627,64 @@ mod tests {
         assert_eq!(spec.resources.cpu_millis, 500);
         assert_eq!(spec.resources.memory_bytes, 256 << 20);
         assert_eq!(spec.reschedule, pmcluster_spec::app::Reschedule::Never);
+    }
+
+    #[test]
+    fn autoscale_flags() {
+        use crate::args::{Cli, Command};
+        let parse =
+            |line: &str| match Cli::try_parse_from(shell_words::split(line).expect("splits"))
+                .expect("parses")
+                .command
+            {
+                Command::Autoscale(a) => a,
+                other => panic!("{other:?}"),
+            };
+        let a = parse("pmcluster autoscale web --min 2 --max 10 --cpu-threshold 70 --cooldown 30s");
+        assert!(autoscale_changes(&a));
+        let p = autoscale_policy(&a, None).expect("valid");
+        assert!(p.enabled && p.min == 2 && p.max == 10 && p.cooldown_ms == 30_000);
+        // Options given later keep the rest of the current policy.
+        let b = parse("pmcluster autoscale web --max 6");
+        let p2 = autoscale_policy(&b, Some(&p)).expect("valid");
+        assert_eq!((p2.min, p2.max, p2.cpu_threshold), (2, 6, 70.0));
+        let m = parse("pmcluster autoscale web --max 3 --memory-threshold 512M");
+        assert_eq!(
+            autoscale_policy(&m, None)
+                .expect("valid")
+                .memory_threshold_bytes,
+            512 << 20
+        );
+        assert!(
+            !autoscale_policy(&parse("pmcluster autoscale web --off"), Some(&p))
+                .expect("off")
+                .enabled
+        );
+        let bad = [
+            (
+                "pmcluster autoscale web --min 5 --max 2 --cpu-threshold 70",
+                "--min",
+            ),
+            (
+                "pmcluster autoscale web --max 2 --cpu-threshold 70 --cooldown soon",
+                "--cooldown",
+            ),
+            (
+                "pmcluster autoscale web --max 2 --memory-threshold lots",
+                "--memory-threshold",
+            ),
+            (
+                "pmcluster autoscale web --max 2 --cpu-threshold 70 --tolerance 3",
+                "--tolerance",
+            ),
+        ];
+        for (line, want) in bad {
+            let err = autoscale_policy(&parse(line), None).expect_err(line);
+            assert!(err.0.starts_with(want), "{line}: {}", err.0);
+        }
+        assert!(!autoscale_changes(&parse("pmcluster autoscale web")));
+        assert!(
+            Cli::try_parse_from(["pmcluster", "autoscale", "web", "--off", "--max", "3"]).is_err()
+        );
     }
 }

@@ -280,6 +280,28 @@ impl Cluster for Fake {
         }))
     }
 
+    async fn set_autoscale(
+        &self,
+        r: Request<pb::SetAutoscaleRequest>,
+    ) -> Reply<pb::AutoscaleStatus> {
+        let r = r.into_inner();
+        Ok(Response::new(pb::AutoscaleStatus {
+            app: r.app,
+            policy: r.policy,
+            ..Default::default()
+        }))
+    }
+
+    async fn get_autoscale(
+        &self,
+        r: Request<pb::GetAutoscaleRequest>,
+    ) -> Reply<pb::AutoscaleStatus> {
+        Ok(Response::new(pb::AutoscaleStatus {
+            app: r.into_inner().app,
+            ..Default::default()
+        }))
+    }
+
     type StreamLogsStream = Stream<pb::LogLine>;
 
     async fn stream_logs(

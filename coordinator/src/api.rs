@@ -155,6 +155,29 @@ impl pb::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
+    async fn set_autoscale(
+        &self,
+        r: Request<pb::SetAutoscaleRequest>,
+    ) -> Result<Response<pb::AutoscaleStatus>, Status> {
+        let r = r.into_inner();
+        let policy = match r.policy {
+            Some(p) if p.enabled => {
+                Some(pmcluster_spec::wire::autoscale_from_wire(&p).map_err(ControlError::from)?)
+            }
+            _ => None,
+        };
+        Ok(Response::new(self.control.set_autoscale(&r.app, policy)?))
+    }
+
+    async fn get_autoscale(
+        &self,
+        r: Request<pb::GetAutoscaleRequest>,
+    ) -> Result<Response<pb::AutoscaleStatus>, Status> {
+        Ok(Response::new(
+            self.control.get_autoscale(&r.into_inner().app)?,
+        ))
+    }
+
     type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
 
     async fn stream_logs(
@@ -171,15 +194,25 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let app = r.into_inner().app;
-        let events = BroadcastStream::new(self.control.subscribe_events()).filter_map(move |e| {
-            match e {
-                Ok(ev) if app.is_empty() || ev.app == app => Some(Ok(ev)),
-                // A lagging watcher skips what it missed rather than failing.
-                _ => None,
-            }
+        let r = r.into_inner();
+        // Subscribe before reading the history, so nothing falls between the two.
+        let live = BroadcastStream::new(self.control.subscribe_events());
+        let history = self
+            .control
+            .recent_events(&r.app, None, r.history as usize)
+            .into_iter()
+            .map(Ok);
+        let past = tokio_stream::iter(history);
+        if r.no_follow {
+            return Ok(Response::new(Box::pin(past)));
+        }
+        let app = r.app;
+        let live = live.filter_map(move |e| match e {
+            Ok(ev) if app.is_empty() || ev.app == app => Some(Ok(ev)),
+            // A lagging watcher skips what it missed rather than failing.
+            _ => None,
         });
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(Box::pin(past.chain(live))))
     }
 }
 

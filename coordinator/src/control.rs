@@ -5,17 +5,19 @@
 //! generations for touched nodes -> one store commit -> apply in memory -> publish. Nothing is
 //! applied in memory or sent to an agent before the store has accepted it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pmcluster_proto::v1 as pb;
+use pmcluster_spec::autoscale::AutoscalePolicy;
 use pmcluster_spec::{AppSpec, SpecError};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::core::autoscale::{self, Decision, Sample};
 use crate::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
 use crate::core::scheduler;
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
@@ -104,12 +106,30 @@ struct Inner {
     log_routes: HashMap<u64, LogRoute>,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
+    /// Autoscaler memory per app: metric history and last change.
+    scaling: BTreeMap<String, Scaling>,
+    last_sample_ms: i64,
 }
+
+/// What the autoscaler remembers of one app (in memory: a coordinator restart starts afresh).
+#[derive(Default)]
+struct Scaling {
+    history: VecDeque<Sample>,
+    last_change_ms: Option<i64>,
+    last_reason: String,
+}
+
+/// Most samples kept per app (one a second): an hour.
+const MAX_SAMPLES: usize = 3600;
+/// Most recent events kept for `events` and `autoscale` history.
+const RECENT_EVENTS: usize = 1000;
 
 pub struct Control {
     inner: Mutex<Inner>,
     store: Arc<dyn Store>,
     events: broadcast::Sender<pb::Event>,
+    /// The last events, for late watchers (`events --history`) and autoscale status.
+    recent: Mutex<VecDeque<pb::Event>>,
     config: ControlConfig,
     ids: AtomicU64,
 }
@@ -156,6 +176,8 @@ impl Control {
             observed: HashMap::new(),
             log_routes: HashMap::new(),
             pending: BTreeMap::new(),
+            scaling: BTreeMap::new(),
+            last_sample_ms: 0,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
         for name in names {
@@ -166,6 +188,7 @@ impl Control {
             inner: Mutex::new(inner),
             store,
             events,
+            recent: Mutex::new(VecDeque::new()),
             config,
             ids: AtomicU64::new(1),
         })
@@ -186,15 +209,38 @@ impl Control {
     }
 
     fn emit(&self, kind: &str, app: &str, node: &str, index: Option<u32>, message: String) {
-        // No receivers is fine: events are for watchers, not a log.
-        let _ = self.events.send(pb::Event {
+        let event = pb::Event {
             at_ms: now_ms(),
             kind: kind.to_string(),
             app: app.to_string(),
             node: node.to_string(),
             index,
             message,
-        });
+        };
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= RECENT_EVENTS {
+                recent.pop_front();
+            }
+            recent.push_back(event.clone());
+        }
+        // No receivers is fine: events are for watchers, not a log.
+        let _ = self.events.send(event);
+    }
+
+    /// Up to `n` most recent events of `app` (all apps when empty), oldest first.
+    pub fn recent_events(&self, app: &str, kind: Option<&str>, n: usize) -> Vec<pb::Event> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<pb::Event> = recent
+            .iter()
+            .rev()
+            .filter(|e| app.is_empty() || e.app == app)
+            .filter(|e| kind.is_none_or(|k| e.kind == k))
+            .take(n)
+            .cloned()
+            .collect();
+        out.reverse();
+        out
     }
 
     // ----- user commands -----
@@ -305,6 +351,15 @@ impl Control {
         })?;
         let mut inner = self.lock();
         let app = find_app(&inner, name)?.clone();
+        if let Some(p) = &app.spec.autoscale
+            && !(p.min..=p.max).contains(&count)
+        {
+            return Err(ControlError::InvalidArgument(format!(
+                "instances: {name} autoscales between {} and {}; scale within that range, or turn \
+                 autoscaling off first with: pmcluster autoscale {name} --off",
+                p.min, p.max
+            )));
+        }
         let previous = app.spec.instances;
         let spec = app.spec.with_instances(count)?;
         let mut batch = Batch {
@@ -319,6 +374,12 @@ impl Control {
             self.rebalance_moves(&inner, name, count, &mut batch);
         }
         self.write(&mut inner, batch)?;
+        // A manual scale inside the bounds holds until the metrics say otherwise.
+        inner
+            .scaling
+            .entry(name.to_string())
+            .or_default()
+            .last_change_ms = Some(now_ms());
         drop(inner);
         self.emit(
             "app.scaled",
@@ -770,6 +831,7 @@ impl Control {
     /// reschedules instances of nodes down for too long and advances drains.
     pub fn tick(&self) {
         let mut lapsed = Vec::new();
+        let mut scaled = Vec::new();
         {
             let mut inner = self.lock();
             let now = now_ms();
@@ -783,6 +845,13 @@ impl Control {
             if let Err(e) = self.write(&mut inner, Batch::default()) {
                 tracing::error!(error = %e, "periodic reconcile failed");
             }
+            if now - inner.last_sample_ms >= 1000 {
+                inner.last_sample_ms = now;
+                scaled = self.autoscale_tick(&mut inner, now);
+            }
+        }
+        for (app, reason) in scaled {
+            self.emit("autoscale", &app, "", None, format!("{app}: {reason}"));
         }
         for name in lapsed {
             self.emit(
@@ -794,6 +863,178 @@ impl Control {
             );
         }
         self.reap_log_routes();
+    }
+
+    /// Samples every autoscaled app and applies the decisions. Returns (app, reason) of changes.
+    fn autoscale_tick(&self, inner: &mut Inner, now: i64) -> Vec<(String, String)> {
+        let apps: Vec<(String, AppRecord)> = inner
+            .state
+            .apps
+            .iter()
+            .filter(|(_, a)| a.spec.autoscale.is_some())
+            .map(|(n, a)| (n.clone(), a.clone()))
+            .collect();
+        inner
+            .scaling
+            .retain(|name, _| apps.iter().any(|(n, _)| n == name));
+        let mut changes = Vec::new();
+        for (name, app) in apps {
+            let Some(policy) = app.spec.autoscale.clone() else {
+                continue;
+            };
+            let sample = self.sample(inner, &name, now);
+            let scaling = inner.scaling.entry(name.clone()).or_default();
+            scaling.history.push_back(sample);
+            let keep_ms = (policy
+                .up_stabilization
+                .max(policy.down_stabilization)
+                .as_millis() as i64)
+                + 60_000;
+            while scaling.history.len() > MAX_SAMPLES
+                || scaling
+                    .history
+                    .front()
+                    .is_some_and(|s| s.at_ms < now - keep_ms)
+            {
+                scaling.history.pop_front();
+            }
+            let history: Vec<Sample> = scaling.history.iter().copied().collect();
+            let memory_request = app
+                .spec
+                .supervision
+                .max_memory_restart
+                .unwrap_or(app.spec.resources.memory_bytes);
+            let decision = autoscale::decide(autoscale::Input {
+                policy: &policy,
+                memory_request,
+                current: app.spec.instances,
+                history: &history,
+                last_change_ms: scaling.last_change_ms,
+                now_ms: now,
+            });
+            match decision {
+                Decision::Hold { reason } => scaling.last_reason = reason,
+                Decision::Scale { to, reason } => {
+                    scaling.last_reason = reason.clone();
+                    scaling.last_change_ms = Some(now);
+                    let spec = match app.spec.with_instances(to) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(app = %name, error = %e, "autoscale target refused");
+                            continue;
+                        }
+                    };
+                    let batch = Batch {
+                        put_apps: vec![AppRecord {
+                            spec,
+                            updated_at_ms: now,
+                            ..app.clone()
+                        }],
+                        ..Batch::default()
+                    };
+                    match self.write(inner, batch) {
+                        Ok(()) => changes.push((name.clone(), reason)),
+                        Err(e) => {
+                            tracing::error!(app = %name, error = %e, "autoscale write failed")
+                        }
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// Average metrics of an app's online instances whose node reported recently.
+    fn sample(&self, inner: &Inner, app: &str, now: i64) -> Sample {
+        let fresh_ms = (self.config.heartbeat_interval.as_millis() as i64) * 3 + 500;
+        let (mut n, mut cpu, mut mem) = (0u32, 0.0, 0.0);
+        for rec in inner.state.app_instances(app) {
+            let Some(node) = rec.node.as_ref().and_then(|n| inner.nodes.get(n)) else {
+                continue;
+            };
+            if node.session.is_none() || now - node.last_heartbeat_ms > fresh_ms {
+                continue;
+            }
+            if let Some(o) = inner.observed.get(&rec.id)
+                && o.state == pb::InstanceState::Online as i32
+            {
+                n += 1;
+                cpu += o.cpu_percent;
+                mem += o.memory_bytes as f64;
+            }
+        }
+        Sample {
+            at_ms: now,
+            online: n,
+            cpu: (n > 0).then(|| cpu / f64::from(n)),
+            memory: (n > 0).then(|| mem / f64::from(n)),
+        }
+    }
+
+    /// Turns autoscaling on or off (`None`), or changes the policy.
+    pub fn set_autoscale(
+        &self,
+        name: &str,
+        policy: Option<AutoscalePolicy>,
+    ) -> Result<pb::AutoscaleStatus> {
+        {
+            let mut inner = self.lock();
+            let app = find_app(&inner, name)?.clone();
+            let spec = AppSpec {
+                autoscale: policy.clone(),
+                ..app.spec.clone()
+            }
+            .validate()?;
+            if spec != app.spec {
+                let batch = Batch {
+                    put_apps: vec![AppRecord {
+                        spec,
+                        updated_at_ms: now_ms(),
+                        ..app
+                    }],
+                    ..Batch::default()
+                };
+                self.write(&mut inner, batch)?;
+            }
+            // A new policy is judged on fresh evidence, without a cooldown from before.
+            inner.scaling.remove(name);
+        }
+        let text = match &policy {
+            Some(p) => format!("{name}: autoscaling between {} and {}", p.min, p.max),
+            None => format!("{name}: autoscaling off"),
+        };
+        self.emit("autoscale.policy", name, "", None, text);
+        self.get_autoscale(name)
+    }
+
+    pub fn get_autoscale(&self, name: &str) -> Result<pb::AutoscaleStatus> {
+        let inner = self.lock();
+        let app = find_app(&inner, name)?;
+        let sample = self.sample(&inner, name, now_ms());
+        let policy = app
+            .spec
+            .autoscale
+            .as_ref()
+            .map(pmcluster_spec::wire::autoscale_to_wire);
+        let status = pb::AutoscaleStatus {
+            app: name.to_string(),
+            policy: Some(policy.unwrap_or_default()),
+            instances: app.spec.instances,
+            online: sample.online,
+            cpu_avg: sample.cpu,
+            memory_avg_bytes: sample.memory.map(|m| m as u64),
+            state: inner
+                .scaling
+                .get(name)
+                .map(|s| s.last_reason.clone())
+                .unwrap_or_default(),
+            decisions: Vec::new(),
+        };
+        drop(inner);
+        Ok(pb::AutoscaleStatus {
+            decisions: self.recent_events(name, Some("autoscale"), 20),
+            ..status
+        })
     }
 
     /// Starts (or stops, with `drain = false`) draining a node.

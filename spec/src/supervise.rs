@@ -201,47 +201,34 @@ impl Supervision {
     }
 }
 
-/// Checks a five-field cron expression: each field `*`, `*/n`, numbers, ranges `a-b[/n]` and
-/// lists, within the field's bounds.
+/// The cron parser every part of pmcluster uses: five fields (minute hour day-of-month month
+/// day-of-week), no seconds or years, POSIX weekdays (0 and 7 are Sunday), names (`MON`, `JAN`),
+/// steps, ranges, lists and the `@daily`-style aliases. The agent schedules `cron_restart` with
+/// the same parser, so whatever validates here also runs there.
+pub fn cron_parser() -> croner::parser::CronParser {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+}
+
+/// Checks a five-field cron expression (see [`cron_parser`]).
 pub fn validate_cron(expr: &str) -> Result<(), SpecError> {
-    const BOUNDS: [(&str, u32, u32); 5] = [
-        ("minute", 0, 59),
-        ("hour", 0, 23),
-        ("day of month", 1, 31),
-        ("month", 1, 12),
-        ("day of week", 0, 7),
-    ];
-    let bad = |why: String| SpecError::new("cron_restart", format!("{expr:?}: {why}"));
-    let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(bad(format!(
-            "has {} fields; write minute hour day-of-month month day-of-week, e.g. \"0 3 * * *\"",
-            fields.len()
-        )));
+    let fields = expr.split_whitespace().count();
+    // croner's own message for a wrong field count names seconds; say what pmcluster expects.
+    if fields != 5 && !expr.trim_start().starts_with('@') {
+        return Err(SpecError::new(
+            "cron_restart",
+            format!(
+                "{expr:?}: has {fields} fields; write minute hour day-of-month month day-of-week, \
+                 e.g. \"0 3 * * *\""
+            ),
+        ));
     }
-    for (field, (what, lo, hi)) in fields.iter().zip(BOUNDS) {
-        for part in field.split(',') {
-            let (range, step) = part
-                .split_once('/')
-                .map_or((part, None), |(r, s)| (r, Some(s)));
-            if let Some(step) = step
-                && step.parse::<u32>().map_or(true, |n| n == 0)
-            {
-                return Err(bad(format!("bad step {step:?} in the {what} field")));
-            }
-            if range == "*" {
-                continue;
-            }
-            let (a, b) = range.split_once('-').unwrap_or((range, range));
-            for v in [a, b] {
-                match v.parse::<u32>() {
-                    Ok(n) if (lo..=hi).contains(&n) => {}
-                    _ => return Err(bad(format!("{v:?} is not a {what} ({lo}-{hi})"))),
-                }
-            }
-        }
-    }
-    Ok(())
+    cron_parser()
+        .parse(expr)
+        .map(|_| ())
+        .map_err(|e| SpecError::new("cron_restart", format!("{expr:?}: {e}")))
 }
 
 #[cfg(test)]
@@ -255,6 +242,9 @@ mod tests {
             "*/5 * * * *",
             "0 0-6/2 1,15 * 1-5",
             "30 4 * 12 0",
+            "0 3 * * 7",
+            "0 9 * * MON-FRI",
+            "@daily",
         ] {
             assert!(validate_cron(ok).is_ok(), "{ok}");
         }
@@ -266,6 +256,8 @@ mod tests {
             "*/0 * * * *",
             "a * * * *",
             "0 0 0 * *",
+            "0 0 * * * *",
+            "0 0 32 * *",
         ] {
             assert!(validate_cron(bad).is_err(), "{bad}");
         }

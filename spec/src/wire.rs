@@ -244,7 +244,8 @@ fn supervision_from_wire(p: &pb::AppSpec) -> Result<Supervision, SpecError> {
     })
 }
 
-fn autoscale_to_wire(a: &AutoscalePolicy) -> pb::Autoscale {
+/// The wire form of a policy (enabled).
+pub fn autoscale_to_wire(a: &AutoscalePolicy) -> pb::Autoscale {
     let (memory_threshold, memory_threshold_bytes) = match a.memory_threshold {
         None => (0.0, 0),
         Some(MemoryThreshold::Percent(p)) => (p, 0),

@@ -2,6 +2,7 @@
 //! environment or files here (a test in `lib.rs` enforces it); the control loop feeds them
 //! snapshots and applies what they return.
 
+pub mod autoscale;
 pub mod placement;
 pub mod reconcile;
 pub mod scheduler;
