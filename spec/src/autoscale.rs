@@ -66,7 +66,7 @@ impl Eq for AutoscalePolicy {}
 
 pub const DEFAULT_SCALE_DOWN_FRACTION: f64 = 0.5;
 pub const DEFAULT_TOLERANCE: f64 = 0.1;
-pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(60);
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(15);
 pub const DEFAULT_UP_STABILIZATION: Duration = Duration::ZERO;
 pub const DEFAULT_DOWN_STABILIZATION: Duration = Duration::from_secs(300);
 
