@@ -34,6 +34,7 @@ pub fn state_name(state: i32) -> &'static str {
         S::Exited => "exited",
         S::Errored => "errored",
         S::Stopping => "stopping",
+        S::Draining => "draining",
         S::Unknown | S::Unspecified => "unknown",
     }
 }

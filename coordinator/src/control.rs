@@ -1406,6 +1406,7 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(pb::InstanceState::Errored) => "errored",
         Ok(pb::InstanceState::Stopping) => "stopping",
         Ok(pb::InstanceState::Unknown) => "unknown",
+        Ok(pb::InstanceState::Draining) => "draining",
         _ => "unspecified",
     }
 }

@@ -10,6 +10,7 @@ use crate::SpecError;
 use crate::autoscale::AutoscalePolicy;
 use crate::placement::{Affinity, Constraint, Strategy};
 use crate::supervise::Supervision;
+use crate::update::UpdatePolicy;
 
 /// Default grace between the stop signal and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +51,8 @@ pub struct AppSpec {
     pub supervision: Supervision,
     #[serde(default)]
     pub autoscale: Option<AutoscalePolicy>,
+    #[serde(default)]
+    pub update: UpdatePolicy,
 }
 
 /// Where an app's instances may go.
@@ -336,6 +339,7 @@ impl AppSpec {
             ));
         }
         self.supervision.validate()?;
+        self.update.validate()?;
         if let Some(policy) = &self.autoscale {
             policy.validate()?;
             self.port.check_count(policy.max).map_err(|e| SpecError {
@@ -367,7 +371,8 @@ impl AppSpec {
     }
 
     /// Whether two specs run the same process: equal but for the instance count, placement,
-    /// resources and rescheduling, which change where instances run, not what they run.
+    /// resources, rescheduling, autoscaling and update policy, which change where and how
+    /// instances run, not what they run.
     pub fn same_process(&self, other: &AppSpec) -> bool {
         let shape = |s: &AppSpec| AppSpec {
             instances: 0,
@@ -376,6 +381,7 @@ impl AppSpec {
             resources: Resources::default(),
             reschedule: Reschedule::default(),
             autoscale: None,
+            update: UpdatePolicy::default(),
             ..s.clone()
         };
         shape(self) == shape(other)
@@ -404,6 +410,7 @@ impl AppSpec {
             reschedule: Reschedule::default(),
             supervision: Supervision::default(),
             autoscale: None,
+            update: UpdatePolicy::default(),
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::supervise::{
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_URL,
     HealthCheck, Probe, StopSignal, Supervision,
 };
+use crate::update::UpdatePolicy;
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +97,59 @@ pub struct RawApp {
     #[serde(alias = "log_keep")]
     pub log_retain: Option<u32>,
     pub autoscale: Option<RawAutoscale>,
+    pub update: Option<RawUpdate>,
+}
+
+/// The `update` block: how a new version rolls out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpdate {
+    pub max_surge: Option<u32>,
+    pub max_unavailable: Option<u32>,
+    pub min_healthy_time: Option<Scalar>,
+    pub healthy_deadline: Option<Scalar>,
+    pub progress_deadline: Option<Scalar>,
+    pub auto_rollback: Option<bool>,
+    pub canary: Option<u32>,
+    pub shutdown_delay: Option<Scalar>,
+}
+
+impl RawUpdate {
+    pub fn into_spec(self) -> Result<UpdatePolicy, SpecError> {
+        let base = UpdatePolicy::default();
+        let d = |field: &str, v: &Option<Scalar>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => parse_duration(field, v),
+        };
+        let policy = UpdatePolicy {
+            max_surge: self.max_surge.unwrap_or(base.max_surge),
+            max_unavailable: self.max_unavailable.unwrap_or(base.max_unavailable),
+            min_healthy_time: d(
+                "update.min_healthy_time",
+                &self.min_healthy_time,
+                base.min_healthy_time,
+            )?,
+            healthy_deadline: d(
+                "update.healthy_deadline",
+                &self.healthy_deadline,
+                base.healthy_deadline,
+            )?,
+            progress_deadline: d(
+                "update.progress_deadline",
+                &self.progress_deadline,
+                base.progress_deadline,
+            )?,
+            auto_rollback: self.auto_rollback.unwrap_or(base.auto_rollback),
+            canary: self.canary.unwrap_or(base.canary),
+            shutdown_delay: d(
+                "update.shutdown_delay",
+                &self.shutdown_delay,
+                base.shutdown_delay,
+            )?,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
 }
 
 /// `cpu_affinity` as a list or a comma-separated string.
@@ -538,6 +592,12 @@ impl RawApp {
             .take()
             .map(RawAutoscale::into_spec)
             .transpose()?;
+        let update = self
+            .update
+            .take()
+            .map(RawUpdate::into_spec)
+            .transpose()?
+            .unwrap_or_default();
         let name = self
             .name
             .ok_or_else(|| SpecError::new("name", "is missing"))?;
@@ -616,6 +676,7 @@ impl RawApp {
                 .unwrap_or_default(),
             supervision,
             autoscale,
+            update,
         }
         .validate()
     }

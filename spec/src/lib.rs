@@ -10,6 +10,7 @@ pub mod config;
 pub mod instance;
 pub mod placement;
 pub mod supervise;
+pub mod update;
 pub mod wire;
 
 pub use app::{AppSpec, ExecMode, PortSpec};

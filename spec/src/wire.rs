@@ -18,6 +18,7 @@ use crate::supervise::{
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_URL,
     HealthCheck, Probe, StopSignal, Supervision,
 };
+use crate::update::UpdatePolicy;
 
 impl From<&AppSpec> for pb::AppSpec {
     fn from(s: &AppSpec) -> pb::AppSpec {
@@ -84,6 +85,7 @@ impl From<&AppSpec> for pb::AppSpec {
             log_max_bytes: Some(s.supervision.log_max_bytes.unwrap_or(0)),
             log_keep: Some(s.supervision.log_keep),
             autoscale: s.autoscale.as_ref().map(autoscale_to_wire),
+            update: Some(update_to_wire(&s.update)),
         }
     }
 }
@@ -133,6 +135,7 @@ impl TryFrom<pb::AppSpec> for AppSpec {
             },
             supervision,
             autoscale,
+            update: update_from_wire(p.update.unwrap_or_default())?,
         }
         .validate()
     }
@@ -303,6 +306,36 @@ pub fn autoscale_from_wire(a: &pb::Autoscale) -> Result<AutoscalePolicy, SpecErr
         } else {
             Duration::from_millis(a.down_stabilization_ms)
         },
+    };
+    policy.validate()?;
+    Ok(policy)
+}
+
+pub fn update_to_wire(u: &UpdatePolicy) -> pb::UpdatePolicy {
+    pb::UpdatePolicy {
+        max_surge: Some(u.max_surge),
+        max_unavailable: Some(u.max_unavailable),
+        min_healthy_time_ms: Some(millis(u.min_healthy_time)),
+        healthy_deadline_ms: Some(millis(u.healthy_deadline)),
+        progress_deadline_ms: Some(millis(u.progress_deadline)),
+        auto_rollback: Some(u.auto_rollback),
+        canary: u.canary,
+        shutdown_delay_ms: millis(u.shutdown_delay),
+    }
+}
+
+pub fn update_from_wire(u: pb::UpdatePolicy) -> Result<UpdatePolicy, SpecError> {
+    let base = UpdatePolicy::default();
+    let ms = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_millis);
+    let policy = UpdatePolicy {
+        max_surge: u.max_surge.unwrap_or(base.max_surge),
+        max_unavailable: u.max_unavailable.unwrap_or(base.max_unavailable),
+        min_healthy_time: ms(u.min_healthy_time_ms, base.min_healthy_time),
+        healthy_deadline: ms(u.healthy_deadline_ms, base.healthy_deadline),
+        progress_deadline: ms(u.progress_deadline_ms, base.progress_deadline),
+        auto_rollback: u.auto_rollback.unwrap_or(base.auto_rollback),
+        canary: u.canary,
+        shutdown_delay: Duration::from_millis(u.shutdown_delay_ms),
     };
     policy.validate()?;
     Ok(policy)
