@@ -1209,6 +1209,8 @@ fn materialize(
             restart_epoch: 0,
             stopped: c.stopped,
             replaces: c.replaces,
+            draining_since: None,
+            created_ms: 0,
         });
         placed.push((c.app.clone(), c.index, c.node.clone()));
     }

@@ -36,6 +36,13 @@ pub struct InstanceRecord {
     /// draining node). Both run meanwhile; the old one is removed after the handoff.
     #[serde(default)]
     pub replaces: Option<Uuid>,
+    /// Being replaced in a rollout: no longer an endpoint since this time (ms); removed after the
+    /// app's shutdown_delay.
+    #[serde(default)]
+    pub draining_since: Option<i64>,
+    /// When the record was created (ms), for the rollout's healthy deadline.
+    #[serde(default)]
+    pub created_ms: i64,
 }
 
 /// A node as registered by its agent. Persisted so assignments survive a coordinator restart

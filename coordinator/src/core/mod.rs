@@ -5,4 +5,5 @@
 pub mod autoscale;
 pub mod placement;
 pub mod reconcile;
+pub mod rollout;
 pub mod scheduler;

@@ -471,6 +471,8 @@ mod tests {
                     restart_epoch: 0,
                     stopped: false,
                     replaces,
+                    draining_since: None,
+                    created_ms: 0,
                 };
                 if is_online {
                     online.insert(rec.id);

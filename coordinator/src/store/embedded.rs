@@ -150,6 +150,8 @@ mod tests {
             restart_epoch: 1,
             stopped: false,
             replaces: None,
+            draining_since: None,
+            created_ms: 0,
         };
         let node = NodeRecord {
             name: "a".into(),

@@ -1,0 +1,654 @@
+//! The deployment engine: one step of a rolling update or rolling restart, as a pure function
+//! (deployment, app, instance records, observed health, now) -> actions and the next state.
+//!
+//! Per index: an *outdated* record (older version, or an older restart epoch in a rolling
+//! restart) gets a replacement of the target version (`replaces` = its id), at most
+//! `max_surge + max_unavailable` indices at once (`canary` first, then wait for promotion). Once
+//! the replacement has been healthy for `min_healthy_time`, the old record is marked draining,
+//! and removed `shutdown_delay` later. Indices beyond `max_surge` drain their old record at once
+//! (stop-then-start). A replacement not healthy within `healthy_deadline`, or no index finished
+//! within `progress_deadline`, fails the deployment; with `auto_rollback` the shell then rolls
+//! back to the previous version.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pmcluster_spec::update::UpdatePolicy;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::model::InstanceRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A new version.
+    Update,
+    /// Same version, fresh processes (`restart --rolling`).
+    Restart,
+    /// Back to an earlier version after a failure (or `rollout undo`).
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Running,
+    Paused,
+    /// The canaries are healthy; waiting for `rollout promote`.
+    AwaitingPromotion,
+    Succeeded,
+    Failed,
+    /// Failed, and a rollback deployment replaced it.
+    RolledBack,
+    /// Replaced by a newer deployment before it finished.
+    Superseded,
+}
+
+impl State {
+    pub fn active(self) -> bool {
+        matches!(
+            self,
+            State::Running | State::Paused | State::AwaitingPromotion
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::AwaitingPromotion => "awaiting promotion",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::RolledBack => "rolled back",
+            State::Superseded => "superseded",
+        }
+    }
+}
+
+/// A rollout of one app, persisted with the app so a coordinator restart resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: u64,
+    pub kind: Kind,
+    pub from_version: u64,
+    pub to_version: u64,
+    /// Rolling restart: records below this restart epoch are outdated.
+    pub restart_epoch: u64,
+    pub state: State,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+    /// Last time an index finished (or the start).
+    pub progress_ms: i64,
+    pub promoted: bool,
+    pub message: String,
+    /// Indices finished, of `total`, as of the last step.
+    pub done: u32,
+    pub total: u32,
+}
+
+/// What the engine knows of one record beyond the record itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Facts {
+    /// Online (and healthy, when it has a health check) continuously since this time.
+    pub healthy_since: Option<i64>,
+    /// Its node is connected.
+    pub node_up: bool,
+}
+
+/// What the shell must do after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// Create a replacement of the target version for these records (old ids).
+    pub replace: Vec<Uuid>,
+    /// Mark these records draining (no longer endpoints) from now.
+    pub drain: Vec<Uuid>,
+    pub remove: Vec<Uuid>,
+    /// The deployment after this step.
+    pub deployment: Deployment,
+    /// The deployment failed and the policy asks for a rollback.
+    pub rollback: bool,
+}
+
+/// A record is outdated for this deployment when it runs another version, or, in a rolling
+/// restart, an older process.
+pub fn outdated(d: &Deployment, r: &InstanceRecord) -> bool {
+    r.app_version != d.to_version || (d.kind == Kind::Restart && r.restart_epoch < d.restart_epoch)
+}
+
+pub fn step(
+    d: &Deployment,
+    policy: &UpdatePolicy,
+    count: u32,
+    records: &[&InstanceRecord],
+    facts: &BTreeMap<Uuid, Facts>,
+    now_ms: i64,
+) -> Step {
+    let mut out = Step {
+        replace: Vec::new(),
+        drain: Vec::new(),
+        remove: Vec::new(),
+        deployment: d.clone(),
+        rollback: false,
+    };
+    if !d.state.active() {
+        return out;
+    }
+    let fact = |id: &Uuid| facts.get(id).copied().unwrap_or_default();
+    let min_healthy = policy.min_healthy_time.as_millis() as i64;
+    let shutdown_delay = policy.shutdown_delay.as_millis() as i64;
+    let mut by_index: BTreeMap<u32, Vec<&InstanceRecord>> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.index < count) {
+        by_index.entry(r.index).or_default().push(r);
+    }
+    let mut done = 0u32;
+    let mut in_flight = 0u32;
+    let mut waiting = Vec::new();
+    let mut failure = None;
+    let replaced_before = records
+        .iter()
+        .filter(|r| r.replaces.is_some() && !outdated(d, r))
+        .count() as u32;
+    for index in 0..count {
+        let recs = by_index.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+        let old: Vec<&&InstanceRecord> = recs.iter().filter(|r| outdated(d, r)).collect();
+        let new: Option<&&InstanceRecord> = recs.iter().find(|r| !outdated(d, r));
+        if old.is_empty() {
+            if new.is_some() {
+                done += 1;
+            }
+            continue;
+        }
+        // A stopped instance has nothing to hand over: it is replaced in place.
+        if old.iter().all(|o| o.stopped) && new.is_none() {
+            out.replace.extend(old.iter().map(|o| o.id));
+            in_flight += 1;
+            continue;
+        }
+        match new {
+            None => {
+                // Draining already (stop-then-start): its replacement comes with it below.
+                waiting.push(index);
+            }
+            Some(n) => {
+                in_flight += 1;
+                let f = fact(&n.id);
+                let healthy_long = f.healthy_since.is_some_and(|t| now_ms - t >= min_healthy);
+                for o in &old {
+                    match o.draining_since {
+                        Some(since) if now_ms - since >= shutdown_delay => out.remove.push(o.id),
+                        Some(_) => {}
+                        None if healthy_long || !fact(&o.id).node_up => out.drain.push(o.id),
+                        None => {}
+                    }
+                }
+                let deadline = n.created_ms + policy.healthy_deadline.as_millis() as i64;
+                if f.healthy_since.is_none() && now_ms > deadline && failure.is_none() {
+                    failure = Some(format!(
+                        "instance {index} of version {} not healthy within {}s",
+                        d.to_version,
+                        policy.healthy_deadline.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+    let total = count;
+    let mut next = d.clone();
+    if done > d.done {
+        next.progress_ms = now_ms;
+    }
+    next.done = done;
+    next.total = total;
+    next.updated_ms = now_ms;
+    if failure.is_none() && now_ms - next.progress_ms > policy.progress_deadline.as_millis() as i64
+    {
+        failure = Some(format!(
+            "no instance replaced within {}s",
+            policy.progress_deadline.as_secs()
+        ));
+    }
+    if let Some(why) = failure {
+        next.state = State::Failed;
+        next.message = why;
+        out.rollback = policy.auto_rollback && d.kind != Kind::Rollback;
+        // Stop what was starting; the old instances still serve.
+        out.replace.clear();
+        out.drain.clear();
+        out.remove.clear();
+        out.deployment = next;
+        return out;
+    }
+    if waiting.is_empty() && in_flight == 0 {
+        next.state = State::Succeeded;
+        next.message = format!("{done} of {total} instances on version {}", d.to_version);
+        out.deployment = next;
+        return out;
+    }
+    // Canaries: replace `canary` indices, then wait for a promotion.
+    let canary_cap = (policy.canary > 0 && !d.promoted).then_some(policy.canary);
+    let started = replaced_before.max(done + in_flight);
+    if let Some(cap) = canary_cap
+        && done >= cap.min(total)
+        && in_flight == 0
+        && next.state == State::Running
+    {
+        next.state = State::AwaitingPromotion;
+        next.message =
+            format!("{done} canaries healthy; promote with: pmcluster rollout promote APP");
+    }
+    let budget = policy.max_surge + policy.max_unavailable;
+    let mut starts = 0u32;
+    if next.state == State::Running {
+        for index in waiting {
+            if in_flight + starts >= budget {
+                break;
+            }
+            if let Some(cap) = canary_cap
+                && started + starts >= cap
+            {
+                break;
+            }
+            let recs = by_index.get(&index).map(Vec::as_slice).unwrap_or(&[]);
+            let Some(old) = recs.iter().find(|r| outdated(d, r)) else {
+                continue;
+            };
+            out.replace.push(old.id);
+            // Past the surge budget, the old one goes first (counts as unavailable).
+            if in_flight + starts >= policy.max_surge && old.draining_since.is_none() {
+                out.drain.push(old.id);
+            }
+            starts += 1;
+        }
+        next.message = format!(
+            "{done} of {total} on version {}, {} in progress",
+            d.to_version,
+            in_flight + starts
+        );
+    }
+    out.deployment = next;
+    out
+}
+
+/// Indices with no healthy instance, for the zero-downtime invariant in tests.
+pub fn unavailable(
+    records: &[&InstanceRecord],
+    facts: &BTreeMap<Uuid, Facts>,
+    count: u32,
+) -> BTreeSet<u32> {
+    (0..count)
+        .filter(|i| {
+            !records.iter().any(|r| {
+                r.index == *i
+                    && r.draining_since.is_none()
+                    && facts.get(&r.id).is_some_and(|f| f.healthy_since.is_some())
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Records as `index:version[e=epoch][*since][~draining_since][c=created]` separated by
+    /// spaces; ids are 1, 2, ... in order. `*T` means healthy since T.
+    fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
+        let mut recs = Vec::new();
+        let mut facts = BTreeMap::new();
+        for (n, word) in text.split_whitespace().enumerate() {
+            let id = Uuid::from_u128(n as u128 + 1);
+            let mut parts = word.split(['*', '~', '@']);
+            let head = parts.next().unwrap_or_default();
+            let (index, version) = head.split_once(':').unwrap();
+            let (version, epoch) = version.split_once('e').unwrap_or((version, "0"));
+            let mut rec = InstanceRecord {
+                id,
+                app: "web".into(),
+                index: index.parse().unwrap(),
+                node: Some("a".into()),
+                port: None,
+                app_version: version.parse().unwrap(),
+                restart_epoch: epoch.parse().unwrap(),
+                stopped: false,
+                replaces: None,
+                draining_since: None,
+                created_ms: 0,
+            };
+            let mut f = Facts {
+                healthy_since: None,
+                node_up: true,
+            };
+            // Markers in order of appearance.
+            let mut rest = &word[head.len()..];
+            while !rest.is_empty() {
+                let marker = rest.chars().next().unwrap_or(' ');
+                let tail = &rest[1..];
+                let end = tail.find(['*', '~', '@']).unwrap_or(tail.len());
+                let value: i64 = tail[..end].parse().unwrap_or(0);
+                match marker {
+                    '*' => f.healthy_since = Some(value),
+                    '~' => rec.draining_since = Some(value),
+                    '@' => rec.created_ms = value,
+                    _ => {}
+                }
+                rest = &tail[end..];
+            }
+            if rec.app_version == 2 || rec.restart_epoch > 0 {
+                rec.replaces = Some(Uuid::from_u128(1));
+            }
+            facts.insert(id, f);
+            recs.push(rec);
+        }
+        (recs, facts)
+    }
+
+    fn deployment(kind: Kind) -> Deployment {
+        Deployment {
+            id: 1,
+            kind,
+            from_version: 1,
+            to_version: if kind == Kind::Restart { 1 } else { 2 },
+            restart_epoch: if kind == Kind::Restart { 1 } else { 0 },
+            state: State::Running,
+            started_ms: 0,
+            updated_ms: 0,
+            progress_ms: 0,
+            promoted: false,
+            message: String::new(),
+            done: 0,
+            total: 0,
+        }
+    }
+
+    fn policy() -> UpdatePolicy {
+        UpdatePolicy {
+            min_healthy_time: Duration::from_millis(100),
+            healthy_deadline: Duration::from_millis(1000),
+            progress_deadline: Duration::from_millis(5000),
+            shutdown_delay: Duration::from_millis(50),
+            ..UpdatePolicy::default()
+        }
+    }
+
+    fn render(s: &Step) -> String {
+        let ids = |v: &[Uuid]| {
+            v.iter()
+                .map(|u| u.as_u128().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut out = Vec::new();
+        if !s.replace.is_empty() {
+            out.push(format!("replace {}", ids(&s.replace)));
+        }
+        if !s.drain.is_empty() {
+            out.push(format!("drain {}", ids(&s.drain)));
+        }
+        if !s.remove.is_empty() {
+            out.push(format!("remove {}", ids(&s.remove)));
+        }
+        out.push(format!(
+            "{} {}/{}",
+            s.deployment.state.name(),
+            s.deployment.done,
+            s.deployment.total
+        ));
+        if s.rollback {
+            out.push("rollback".into());
+        }
+        out.join("; ")
+    }
+
+    fn check(d: &Deployment, p: &UpdatePolicy, count: u32, recs: &str, now: i64, want: &str) {
+        let (rs, facts) = records(recs);
+        let refs: Vec<&InstanceRecord> = rs.iter().collect();
+        let got = step(d, p, count, &refs, &facts, now);
+        assert_eq!(render(&got), want, "records {recs:?} at {now}");
+    }
+
+    #[test]
+    fn rolling_update_one_at_a_time() {
+        let d = deployment(Kind::Update);
+        let p = policy();
+        // Start: one replacement (max_surge 1), old ones keep serving.
+        check(&d, &p, 3, "0:1*0 1:1*0 2:1*0", 10, "replace 1; running 0/3");
+        // Replacement not healthy long enough yet: wait.
+        check(&d, &p, 3, "0:1*0 1:1*0 2:1*0 0:2*50@20", 100, "running 0/3");
+        // Healthy for min_healthy_time: the old one drains.
+        check(
+            &d,
+            &p,
+            3,
+            "0:1*0 1:1*0 2:1*0 0:2*50@20",
+            200,
+            "drain 1; running 0/3",
+        );
+        // After shutdown_delay it is removed.
+        check(
+            &d,
+            &p,
+            3,
+            "0:1*0~200 1:1*0 2:1*0 0:2*50@20",
+            260,
+            "remove 1; running 0/3",
+        );
+        // Index 0 done: the next one starts.
+        check(
+            &d,
+            &p,
+            3,
+            "1:1*0 2:1*0 0:2*50",
+            300,
+            "replace 1; running 1/3",
+        );
+        // All done.
+        check(&d, &p, 3, "0:2*0 1:2*0 2:2*0", 900, "succeeded 3/3");
+    }
+
+    #[test]
+    fn surge_and_unavailable_budgets() {
+        let d = deployment(Kind::Update);
+        let p = UpdatePolicy {
+            max_surge: 2,
+            ..policy()
+        };
+        check(
+            &d,
+            &p,
+            4,
+            "0:1*0 1:1*0 2:1*0 3:1*0",
+            10,
+            "replace 1,2; running 0/4",
+        );
+        let p = UpdatePolicy {
+            max_surge: 1,
+            max_unavailable: 1,
+            ..policy()
+        };
+        // The second one beyond the surge budget drains its old instance at once.
+        check(
+            &d,
+            &p,
+            4,
+            "0:1*0 1:1*0 2:1*0 3:1*0",
+            10,
+            "replace 1,2; drain 2; running 0/4",
+        );
+    }
+
+    #[test]
+    fn failure_and_rollback() {
+        let d = deployment(Kind::Update);
+        let p = policy();
+        // The replacement never becomes healthy: fail after healthy_deadline, roll back.
+        check(&d, &p, 2, "0:1*0 1:1*0 0:2@0", 999, "running 0/2");
+        check(&d, &p, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2; rollback");
+        let no_rollback = UpdatePolicy {
+            auto_rollback: false,
+            ..policy()
+        };
+        check(&d, &no_rollback, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2");
+        // A rollback that fails does not roll back again.
+        let rb = Deployment {
+            kind: Kind::Rollback,
+            ..deployment(Kind::Update)
+        };
+        check(&rb, &p, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2");
+        // No progress at all for progress_deadline.
+        let stuck = Deployment {
+            progress_ms: 0,
+            ..deployment(Kind::Update)
+        };
+        check(
+            &stuck,
+            &p,
+            2,
+            "0:1*0 1:1*0 0:2*4000@3000",
+            5001,
+            "failed 0/2; rollback",
+        );
+    }
+
+    #[test]
+    fn pause_canary_and_restart() {
+        let paused = Deployment {
+            state: State::Paused,
+            ..deployment(Kind::Update)
+        };
+        // Paused: no new replacement, but the one in flight finishes.
+        check(&paused, &policy(), 2, "0:1*0 1:1*0", 10, "paused 0/2");
+        check(
+            &paused,
+            &policy(),
+            2,
+            "0:1*0 1:1*0 0:2*0",
+            200,
+            "drain 1; paused 0/2",
+        );
+        let p = UpdatePolicy {
+            canary: 1,
+            ..policy()
+        };
+        let d = deployment(Kind::Update);
+        check(&d, &p, 3, "0:1*0 1:1*0 2:1*0", 10, "replace 1; running 0/3");
+        check(
+            &d,
+            &p,
+            3,
+            "1:1*0 2:1*0 0:2*0",
+            300,
+            "awaiting promotion 1/3",
+        );
+        let promoted = Deployment {
+            promoted: true,
+            ..d.clone()
+        };
+        check(
+            &promoted,
+            &p,
+            3,
+            "1:1*0 2:1*0 0:2*0",
+            300,
+            "replace 1; running 1/3",
+        );
+        // Rolling restart: same version, older epoch is outdated.
+        let r = deployment(Kind::Restart);
+        check(
+            &r,
+            &policy(),
+            2,
+            "0:1*0 1:1*0",
+            10,
+            "replace 1; running 0/2",
+        );
+        check(&r, &policy(), 2, "0:1e1*0 1:1e1*0", 10, "succeeded 2/2");
+    }
+
+    #[test]
+    fn node_loss_during_rollout() {
+        let d = deployment(Kind::Update);
+        // The old instance's node is down: drain (and so remove) it without waiting.
+        let (mut rs, mut facts) = records("0:1*0 1:1*0 0:2@0");
+        rs[0].draining_since = None;
+        facts.insert(
+            Uuid::from_u128(1),
+            Facts {
+                healthy_since: None,
+                node_up: false,
+            },
+        );
+        let refs: Vec<&InstanceRecord> = rs.iter().collect();
+        let got = step(&d, &policy(), 2, &refs, &facts, 10);
+        assert_eq!(render(&got), "drain 1; running 0/2");
+        // Finished or failed deployments do nothing.
+        let done = Deployment {
+            state: State::Succeeded,
+            ..deployment(Kind::Update)
+        };
+        check(&done, &policy(), 2, "0:1*0", 10, "succeeded 0/0");
+    }
+
+    #[test]
+    fn zero_unavailable_through_a_whole_update() {
+        // Drive a 4-instance update step by step with instant health, checking that every
+        // index always has a healthy, non-draining instance.
+        let d0 = deployment(Kind::Update);
+        let p = policy();
+        let mut recs: Vec<InstanceRecord> = records("0:1*0 1:1*0 2:1*0 3:1*0").0;
+        let mut facts: BTreeMap<Uuid, Facts> = recs
+            .iter()
+            .map(|r| {
+                (
+                    r.id,
+                    Facts {
+                        healthy_since: Some(0),
+                        node_up: true,
+                    },
+                )
+            })
+            .collect();
+        let mut d = d0;
+        let mut next_id = 100u128;
+        for tick in 1..200 {
+            let now = tick * 50;
+            let refs: Vec<&InstanceRecord> = recs.iter().collect();
+            assert!(
+                unavailable(&refs, &facts, 4).is_empty(),
+                "tick {tick}: {recs:?}"
+            );
+            let s = step(&d, &p, 4, &refs, &facts, now);
+            for old in &s.replace {
+                let o = recs.iter().find(|r| r.id == *old).cloned().unwrap();
+                next_id += 1;
+                let id = Uuid::from_u128(next_id);
+                recs.push(InstanceRecord {
+                    id,
+                    app_version: 2,
+                    replaces: Some(o.id),
+                    draining_since: None,
+                    created_ms: now,
+                    ..o
+                });
+                // Healthy right away (the step after next sees it past min_healthy_time).
+                facts.insert(
+                    id,
+                    Facts {
+                        healthy_since: Some(now),
+                        node_up: true,
+                    },
+                );
+            }
+            for id in &s.drain {
+                if let Some(r) = recs.iter_mut().find(|r| r.id == *id) {
+                    r.draining_since = Some(now);
+                }
+            }
+            recs.retain(|r| !s.remove.contains(&r.id));
+            d = s.deployment;
+            if d.state == State::Succeeded {
+                assert!(recs.iter().all(|r| r.app_version == 2) && recs.len() == 4);
+                return;
+            }
+        }
+        panic!("the update did not finish: {d:?}");
+    }
+}
