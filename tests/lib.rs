@@ -912,27 +912,73 @@ impl Cluster {
         self.add_agent_with(name, &[])
     }
 
-    /// As [`Cluster::add_agent`], with extra agent flags (e.g. `--label region=eu`).
+    /// As [`Cluster::add_agent`], with extra agent flags (e.g. `--label region=eu`). The agent
+    /// stops its instances when it gets SIGTERM (`--stop-instances-on-exit`), so that a test's
+    /// end cleans up.
     pub fn add_agent_with(&mut self, name: &str, extra_args: &[&str]) -> Result<usize, Error> {
+        let data_dir = self
+            .root
+            .join(format!("agent-{}-{name}", self.agents.len()));
+        self.spawn_agent(name, data_dir, extra_args, true)
+    }
+
+    /// As [`Cluster::add_agent_with`], but SIGTERM makes the agent leave its instances running
+    /// (the agent's default).
+    pub fn add_agent_leaving_instances(
+        &mut self,
+        name: &str,
+        extra_args: &[&str],
+    ) -> Result<usize, Error> {
+        let data_dir = self
+            .root
+            .join(format!("agent-{}-{name}", self.agents.len()));
+        self.spawn_agent(name, data_dir, extra_args, false)
+    }
+
+    /// Starts a new agent with the name and data dir of agent `idx` (which must have exited or
+    /// been killed), as an agent restart on the same host would. Returns the new agent's index.
+    pub fn restart_agent(&mut self, idx: usize, extra_args: &[&str]) -> Result<usize, Error> {
+        let old = &self.agents[idx];
+        if old.running() {
+            return Err(unexpected(
+                format!("restarting agent {}", old.name),
+                "it still runs; kill it first",
+            ));
+        }
+        let (name, data_dir) = (old.name.clone(), old.data_dir.clone());
+        self.spawn_agent(&name, data_dir, extra_args, true)
+    }
+
+    fn spawn_agent(
+        &mut self,
+        name: &str,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+        stop_instances_on_exit: bool,
+    ) -> Result<usize, Error> {
         let idx = self.agents.len();
         let base = format!("agent-{idx}-{name}");
-        let data_dir = self.root.join(&base);
         fs::create_dir_all(&data_dir).map_err(io_err("creating an agent data dir"))?;
         let stdout_path = self.root.join(format!("{base}.stdout.log"));
         let stderr_path = self.root.join(format!("{base}.stderr.log"));
-        let child = Command::new(&self.bins.agent)
-            .arg("--coordinator")
+        let mut cmd = Command::new(&self.bins.agent);
+        cmd.arg("--coordinator")
             .arg(self.url())
             .arg("--node-name")
             .arg(name)
             .arg("--data-dir")
             .arg(&data_dir)
             .args(extra_args)
+            .env_remove("PMCLUSTER_STOP_INSTANCES_ON_EXIT")
             // Plain logs in the files the failure report prints.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log_file(&stdout_path)?)
-            .stderr(log_file(&stderr_path)?)
+            .stderr(log_file(&stderr_path)?);
+        if stop_instances_on_exit {
+            cmd.arg("--stop-instances-on-exit");
+        }
+        let child = cmd
             .spawn()
             .map_err(io_err(format!("spawning {}", self.bins.agent.display())))?;
         self.agents
@@ -1078,6 +1124,20 @@ impl Cluster {
         match out.json()? {
             Value::Array(nodes) => Ok(nodes),
             other => Err(unexpected("pmcluster nodes -o json", other.to_string())),
+        }
+    }
+
+    /// Records processes to end at drop whatever their parent (instances adopted by a restarted
+    /// agent are not its children).
+    pub fn remember_pids(&self, pids: &[u32]) {
+        let mut known = self
+            .instance_procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for &pid in pids {
+            if let Some(id) = ProcId::of(pid) {
+                known.insert(id);
+            }
         }
     }
 

@@ -6,6 +6,10 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default of `--coordinator-grace`.
+pub const DEFAULT_COORDINATOR_GRACE: Duration = Duration::from_secs(30);
 
 /// Values as given on the command line, before any check.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +22,10 @@ pub struct RawConfig {
     pub data_dir: PathBuf,
     /// `KEY=VALUE` pairs, already split by [`parse_label`].
     pub labels: Vec<(String, String)>,
+    pub stop_instances_on_exit: bool,
+    /// `None`: the default.
+    pub coordinator_grace: Option<Duration>,
+    pub subreaper: bool,
 }
 
 /// Checked agent settings.
@@ -29,6 +37,32 @@ pub struct Config {
     /// Where the agent keeps its files (`logs/` for instance output).
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
+    /// On SIGTERM/SIGINT, stop every instance before exiting. Off by default: the agent exits
+    /// and leaves its instances running, and the next agent with this data dir adopts them.
+    pub stop_instances_on_exit: bool,
+    /// At startup, how long to wait for the coordinator's desired set before starting the
+    /// instances of the local state that are not running.
+    pub coordinator_grace: Duration,
+    /// Become a child subreaper (`PR_SET_CHILD_SUBREAPER`) and reap every child, so the orphans
+    /// of instances are reaped (and killed with their instance). Off for an agent embedded in
+    /// another process (tests), which must leave that process's other children alone.
+    pub subreaper: bool,
+}
+
+impl Config {
+    /// Settings for an agent embedded in a test: it stops its instances when cancelled and
+    /// reaps only its own children.
+    pub fn embedded(coordinator: &str, node_name: &str, data_dir: PathBuf) -> Config {
+        Config {
+            coordinator: coordinator.to_string(),
+            node_name: node_name.to_string(),
+            data_dir,
+            labels: BTreeMap::new(),
+            stop_instances_on_exit: true,
+            coordinator_grace: DEFAULT_COORDINATOR_GRACE,
+            subreaper: false,
+        }
+    }
 }
 
 /// A flag value that cannot be accepted.
@@ -93,6 +127,9 @@ impl RawConfig {
             node_name,
             data_dir: self.data_dir,
             labels,
+            stop_instances_on_exit: self.stop_instances_on_exit,
+            coordinator_grace: self.coordinator_grace.unwrap_or(DEFAULT_COORDINATOR_GRACE),
+            subreaper: self.subreaper,
         })
     }
 }
@@ -149,6 +186,7 @@ mod tests {
             hostname: None,
             data_dir: "/tmp/x".into(),
             labels: vec![],
+            ..RawConfig::default()
         }
     }
 

@@ -7,28 +7,41 @@
 //! supervising while the coordinator is unreachable.
 //!
 //! Owns no listening port and reads no environment: `main` builds the [`Config`].
+//!
+//! Restarting the agent does not touch the instances: by default it exits and leaves them
+//! running; the next agent with the same data dir adopts them from its local state ([`persist`]),
+//! asks the coordinator before starting anything that does not run, and starts its last desired
+//! set on its own only when the coordinator stays unreachable past the grace period.
 
 pub mod config;
 pub mod desired;
+pub mod health;
 pub mod link;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod persist;
 mod ports;
+pub mod process;
 pub mod restart;
 mod state;
 mod supervisor;
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError, RawConfig};
+
+use crate::model::{Assignment, DesiredSet, InstanceId};
+use crate::process::ProcId;
 
 /// Extra time, beyond the longest kill timeout, that shutdown waits for instances to stop before
 /// it kills what is left.
@@ -39,13 +52,20 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 pub enum AgentError {
     #[error("node name {node} is already connected to the coordinator; pick another --node-name")]
     NameTaken { node: String },
-    #[error("cannot create log directory {}: {source}", path.display())]
-    LogDir {
+    #[error("cannot create directory {}: {source}", path.display())]
+    Dir {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "data dir {} is in use by another agent; each agent needs its own --data-dir",
+        path.display()
+    )]
+    DataDirInUse { path: PathBuf },
     #[error("cannot read host information: {0}")]
     Host(String),
+    #[error("cannot watch for child exits: {0}")]
+    Signals(std::io::Error),
     #[error("coordinator URL {url:?}: {reason}")]
     Coordinator { url: String, reason: String },
     #[error("link task failed: {0}")]
@@ -57,24 +77,52 @@ pub(crate) struct Agent {
     pub node_name: String,
     /// `DATA_DIR/logs`: instance stdout/stderr files.
     pub logs_dir: PathBuf,
+    /// `DATA_DIR/instances`: one record per instance (see [`persist`]).
+    pub instances_dir: PathBuf,
     pub state: state::State,
     pub ports: ports::Ports,
+    pub reaper: Arc<process::Reaper>,
     /// Every supervisor task.
     pub supervisors: TaskTracker,
-    /// Cancelled at shutdown: every supervisor stops its instance and ends.
+    /// Cancelled at shutdown with `stop_instances_on_exit`: every supervisor stops its instance
+    /// and ends.
     pub stop_instances: CancellationToken,
+    /// Cancelled at shutdown otherwise: every supervisor records its process and ends, leaving
+    /// it running.
+    pub detach: CancellationToken,
+    /// Mirrors `Inner::cleared` for supervisors to wait on.
+    pub cleared: watch::Sender<bool>,
+    /// Instances of the local state that did not run at startup: forgotten unless the first
+    /// desired set brings them back.
+    pub unclaimed: Mutex<Vec<InstanceId>>,
+    /// The origin of the restart policy's clock.
+    pub started: Instant,
 }
 
-/// Runs the agent until `shutdown` is cancelled (then stops every instance and returns `Ok`), or
-/// until the coordinator refuses the node name at the first connection.
+/// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
+/// configured, and returns `Ok`), or until the coordinator refuses the node name at the first
+/// connection.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let logs_dir = config.data_dir.join("logs");
-    if let Err(source) = tokio::fs::create_dir_all(&logs_dir).await {
-        return Err(AgentError::LogDir {
-            path: logs_dir,
-            source,
-        });
+    let instances_dir = config.data_dir.join("instances");
+    for dir in [&logs_dir, &instances_dir] {
+        if let Err(source) = tokio::fs::create_dir_all(dir).await {
+            return Err(AgentError::Dir {
+                path: dir.clone(),
+                source,
+            });
+        }
     }
+    // Held until the agent returns: two agents adopting the same instances would fight.
+    let _lock = lock_data_dir(&config.data_dir)?;
+    if config.subreaper
+        && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
+    {
+        tracing::warn!("cannot become a child subreaper ({e}); orphans of instances go to init");
+    }
+    // Listening before the first spawn, so that no exit goes unnoticed.
+    let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
+        .map_err(AgentError::Signals)?;
     let sampler = metrics::Sampler::new().map_err(|e| AgentError::Host(e.to_string()))?;
     let link_config = link::LinkConfig {
         endpoint: link::endpoint(&config.coordinator)?,
@@ -82,13 +130,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         labels: config.labels.clone(),
         host: sampler.host_info(),
     };
+    let (cleared, _) = watch::channel(false);
     let agent = Arc::new(Agent {
         node_name: config.node_name.clone(),
         logs_dir,
+        instances_dir,
         state: state::State::default(),
         ports: ports::Ports::default(),
+        reaper: Arc::new(process::Reaper::new(config.subreaper)),
         supervisors: TaskTracker::new(),
         stop_instances: CancellationToken::new(),
+        detach: CancellationToken::new(),
+        cleared,
+        unclaimed: Mutex::new(Vec::new()),
+        started: Instant::now(),
     });
     tracing::info!(
         node = %config.node_name,
@@ -97,9 +152,24 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         "agent starting"
     );
 
-    // Link and metrics stop after the instances, so the coordinator can watch them go.
+    // Reaper, link and metrics stop after the instances, so stops see their exits and the
+    // coordinator can watch them go.
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
+    {
+        let reaper = Arc::clone(&agent.reaper);
+        let cancel = background.clone();
+        tasks.spawn(async move { reaper.run(sigchld, cancel).await });
+    }
+    let local = adopt_local(&agent);
+    if !local.is_empty() {
+        tasks.spawn(start_local_after(
+            Arc::clone(&agent),
+            local,
+            config.coordinator_grace,
+            background.clone(),
+        ));
+    }
     tasks.spawn(metrics::run(
         Arc::clone(&agent),
         sampler,
@@ -120,11 +190,128 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         },
     };
 
-    stop_instances(&agent).await;
+    if config.stop_instances_on_exit {
+        stop_instances(&agent).await;
+    } else {
+        leave_instances(&agent).await;
+    }
     background.cancel();
     tasks.wait().await;
     tracing::info!("agent stopped");
     result
+}
+
+/// Takes an exclusive lock on `DATA_DIR/agent.lock` for as long as the returned file lives.
+fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
+    let path = data_dir.join("agent.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| AgentError::Dir {
+            path: path.clone(),
+            source,
+        })?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(_) => Err(AgentError::DataDirInUse {
+            path: data_dir.to_path_buf(),
+        }),
+    }
+}
+
+/// Reads the local state: adopts every instance whose process still runs (same pid, same start
+/// time) and returns the assignments of the others, which must wait for the coordinator.
+fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
+    let (saved, bad) = match persist::load(&agent.instances_dir) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::warn!(
+                "cannot read the local state in {}: {e}; starting empty",
+                agent.instances_dir.display()
+            );
+            return Vec::new();
+        }
+    };
+    for (path, why) in bad {
+        tracing::warn!("ignoring {}: {why}", path.display());
+    }
+    let mut waiting = Vec::new();
+    for s in saved {
+        let alive = s.process.as_ref().and_then(|p| {
+            let id = ProcId {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            };
+            id.alive().then_some((p, id))
+        });
+        let assignment = match s.assignment() {
+            Ok(a) => a,
+            Err(why) => {
+                // Nothing to supervise it with. Left alone (and reported in the log): the
+                // coordinator may place a new copy, which then finds its port taken.
+                tracing::error!(
+                    instance = %s.instance_id,
+                    pid = alive.map(|(_, id)| id.pid),
+                    "cannot read the saved spec ({why}); not adopting it"
+                );
+                continue;
+            }
+        };
+        match alive {
+            Some((p, id)) => supervisor::adopt(agent, &s, assignment, p, id),
+            None => {
+                if let Some(p) = &s.process {
+                    tracing::info!(
+                        instance = %s.instance_id,
+                        pid = p.pid,
+                        "ended while the agent was down"
+                    );
+                }
+                waiting.push(assignment);
+            }
+        }
+    }
+    *agent
+        .unclaimed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        waiting.iter().map(|a| a.instance_id.clone()).collect();
+    waiting
+}
+
+/// Starts the instances of the local state that do not run if the coordinator has not sent a
+/// desired set within `grace` (static stability: a host keeps its services up when the
+/// coordinator is down), and not at all if it has (it knows whether they moved elsewhere).
+async fn start_local_after(
+    agent: Arc<Agent>,
+    waiting: Vec<Assignment>,
+    grace: Duration,
+    cancel: CancellationToken,
+) {
+    let mut cleared = agent.cleared.subscribe();
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        _ = cleared.wait_for(|c| *c) => {}
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(
+                "no desired set from the coordinator within {grace:?}; starting the {} instance(s) \
+                 of the last desired set that do not run",
+                waiting.len()
+            );
+            let mut assignments: Vec<Assignment> = {
+                let inner = agent.state.lock();
+                inner
+                    .instances
+                    .values()
+                    .map(|e| e.target.borrow().assignment.clone())
+                    .collect()
+            };
+            assignments.extend(waiting);
+            supervisor::apply_local(&agent, DesiredSet { generation: 0, assignments });
+        }
+    }
 }
 
 /// Stops every instance in parallel (each supervisor does its own graceful stop) and waits; kills
@@ -160,10 +347,23 @@ async fn stop_instances(agent: &Agent) {
             left.len()
         );
         for (id, pid) in left {
-            let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
             tracing::warn!(instance = %id, pid, "SIGKILL");
-            supervisor::signal_group(pgid, Signal::SIGKILL);
+            process::signal_group(pid, Signal::SIGKILL);
         }
+    }
+}
+
+/// Ends every supervisor and leaves the processes running, recorded for the next agent.
+async fn leave_instances(agent: &Agent) {
+    let n = agent.state.running_pids().len();
+    tracing::info!("leaving {n} instance(s) running for the next agent to adopt");
+    agent.detach.cancel();
+    agent.supervisors.close();
+    if tokio::time::timeout(SHUTDOWN_SLACK, agent.supervisors.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some supervisors did not end within {SHUTDOWN_SLACK:?}");
     }
 }
 

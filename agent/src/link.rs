@@ -164,6 +164,8 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         generation: agent.state.generation(),
         instances: agent.state.instances(),
+        // The coordinator takes the source address of this connection.
+        ..Default::default()
     };
     // A fresh queue has room: this cannot fail.
     let _ = status_tx.try_send(up(Up::Register(register)));

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +48,187 @@ pub fn log_path(logs_dir: &Path, app: &str, index: u32, stream: pb::LogStream) -
         _ => "out",
     };
     logs_dir.join(format!("{app}-{index}-{suffix}.log"))
+}
+
+/// The streams an instance has files for: stderr goes into the stdout file with `merge_logs`.
+pub fn log_streams(merged: bool) -> &'static [pb::LogStream] {
+    if merged {
+        &[pb::LogStream::Stdout]
+    } else {
+        &[pb::LogStream::Stdout, pb::LogStream::Stderr]
+    }
+}
+
+/// The `n`th rotated file of `path`: `web-0-out.log.3`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// The renames that make room for a new `.1` while keeping `keep` rotated files, oldest first so
+/// that each one replaces a file that is already kept elsewhere (`.keep` is replaced, so dropped).
+pub fn rotation_renames(path: &Path, keep: u32) -> Vec<(PathBuf, PathBuf)> {
+    (1..keep)
+        .rev()
+        .map(|n| (rotated(path, n), rotated(path, n + 1)))
+        .collect()
+}
+
+/// Rotates a file that an instance writes to directly (with `O_APPEND`), by copy and truncate:
+/// shift the kept files, copy the live file to `.1`, truncate the live file to zero.
+///
+/// Why copy-truncate and not rename: the instance holds the file open and would go on writing
+/// into the renamed file; the agent cannot make it reopen. Why the instance writes to the file
+/// directly at all (and not through a pipe the agent reads): a file needs no reader, so no
+/// slow or busy agent can ever block the instance, and a file outlives the agent, so instances
+/// keep logging while the agent restarts (kill -9, upgrade). The cost is a small window: bytes
+/// written between the last copy pass and the truncate are lost. The copy repeats until the
+/// file stops growing (at most a few passes), which keeps that window to one syscall.
+pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
+    if keep > 0 {
+        for (from, to) in rotation_renames(path, keep) {
+            match std::fs::rename(&from, &to) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        let mut src = File::open(path)?;
+        let mut dst = File::create(rotated(path, 1))?;
+        let mut copied = 0u64;
+        for _ in 0..4 {
+            let len = src.metadata()?.len();
+            if len <= copied {
+                break;
+            }
+            src.seek(SeekFrom::Start(copied))?;
+            copied += io::copy(&mut (&mut src).take(len - copied), &mut dst)?;
+        }
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)?
+        .set_len(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timestamped logs (pipe mode)
+//
+// `log_timestamps` needs each line to pass through the agent, so those instances (only those)
+// write into pipes the agent reads: the pump below stamps every line and appends it to the
+// file, rotating by rename (lossless: the agent owns the file). It reads as fast as the pipe
+// fills and holds at most one read buffer and one line, so it never builds up memory and never
+// makes the instance wait for anything but the disk. The cost is the agent restart: while no
+// agent runs, the pipe has no reader and the instance's writes fail (EPIPE, or SIGPIPE for a
+// program that does not ignore it). The next agent reattaches to the pipes of an adopted
+// instance through `/proc/PID/fd`. Instances without timestamps write to their files directly
+// and do not have this weakness; that is why it is not the default.
+
+/// Bytes read from an instance's pipe at a time.
+const PUMP_READ: usize = 64 * 1024;
+/// Kernel buffer asked for each pipe: room for bursts while the agent is busy.
+pub const PIPE_BUFFER: usize = 1 << 20;
+
+/// Prefixes every line that starts in `chunk` with `stamp` and a space. `at_line_start` carries
+/// over from the previous chunk (a line may span chunks).
+pub fn stamp_lines(chunk: &[u8], at_line_start: &mut bool, stamp: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + stamp.len() + 1);
+    for &b in chunk {
+        if *at_line_start {
+            out.extend_from_slice(stamp.as_bytes());
+            out.push(b' ');
+            *at_line_start = false;
+        }
+        out.push(b);
+        if b == b'\n' {
+            *at_line_start = true;
+        }
+    }
+    out
+}
+
+/// Where a pump writes and when it rotates.
+#[derive(Clone, Debug)]
+pub struct PumpTarget {
+    pub path: PathBuf,
+    /// Rotate at this size; `None`: never.
+    pub max_bytes: Option<u64>,
+    pub keep: u32,
+}
+
+/// Copies one pipe into its log file with a timestamp on each line until the pipe ends (every
+/// process holding its write end exited) or `cancel`.
+pub async fn pump(reader: std::os::fd::OwnedFd, target: PumpTarget, cancel: CancellationToken) {
+    use tokio::io::AsyncReadExt;
+    let _ = rustix::pipe::fcntl_setpipe_size(&reader, PIPE_BUFFER);
+    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("cannot read the pipe of {}: {e}", target.path.display());
+            return;
+        }
+    };
+    let mut file = match open_append(&target.path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("cannot open {}: {e}", target.path.display());
+            return;
+        }
+    };
+    let mut buf = vec![0u8; PUMP_READ];
+    let mut at_line_start = true;
+    loop {
+        let n = tokio::select! {
+            () = cancel.cancelled() => return,
+            read = pipe.read(&mut buf) => match read {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!("reading the pipe of {}: {e}", target.path.display());
+                    return;
+                }
+            },
+        };
+        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        let bytes = stamp_lines(&buf[..n], &mut at_line_start, &stamp);
+        // A page-cache write of at most one read's worth: short enough for a runtime worker.
+        if let Err(e) = file.write_all(&bytes) {
+            tracing::warn!("writing {}: {e}", target.path.display());
+        }
+        let full = target
+            .max_bytes
+            .is_some_and(|max| file.metadata().is_ok_and(|m| m.len() >= max));
+        if full {
+            match rotate_by_rename(&target.path, target.keep)
+                .and_then(|()| open_append(&target.path))
+            {
+                Ok(f) => file = f,
+                Err(e) => tracing::warn!("cannot rotate {}: {e}", target.path.display()),
+            }
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Rotation of a file only the agent writes: shift the kept files and rename the live one to
+/// `.1` (nothing is copied, nothing lost). With `keep` 0 the live file is removed.
+pub fn rotate_by_rename(path: &Path, keep: u32) -> io::Result<()> {
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    for (from, to) in rotation_renames(path, keep) {
+        match std::fs::rename(&from, &to) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    std::fs::rename(path, rotated(path, 1))
 }
 
 /// The end of a file as read by [`read_last_lines`].
@@ -326,7 +507,7 @@ impl Job {
                 // An invalid spec never ran, so it has no files; its name may not be a safe path.
                 continue;
             }
-            for stream in [pb::LogStream::Stdout, pb::LogStream::Stderr] {
+            for &stream in log_streams(source.merged) {
                 let path = log_path(&self.logs_dir, &source.app, source.index, stream);
                 let n = usize::try_from(self.lines).unwrap_or(usize::MAX);
                 let read_path = path.clone();
@@ -542,6 +723,107 @@ mod tests {
             );
             assert!(tail.lines[tail.lines.len() - 1].starts_with("line 02999 "));
         }
+    }
+
+    #[test]
+    fn rotation_names() {
+        let p = Path::new("/logs/web-0-out.log");
+        let render = |keep| -> Vec<String> {
+            rotation_renames(p, keep)
+                .into_iter()
+                .map(|(a, b)| format!("{} -> {}", a.display(), b.display()))
+                .collect()
+        };
+        assert_eq!(rotated(p, 2), Path::new("/logs/web-0-out.log.2"));
+        assert!(render(0).is_empty());
+        assert!(render(1).is_empty());
+        assert_eq!(
+            render(3),
+            [
+                "/logs/web-0-out.log.2 -> /logs/web-0-out.log.3",
+                "/logs/web-0-out.log.1 -> /logs/web-0-out.log.2",
+            ]
+        );
+    }
+
+    #[test]
+    fn copy_truncate_keeps_n_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        for round in 1..=5 {
+            std::fs::write(&path, format!("round {round}\n")).expect("write");
+            rotate_copy_truncate(&path, 3).expect("rotate");
+            assert_eq!(std::fs::metadata(&path).map(|m| m.len()).ok(), Some(0));
+        }
+        let read = |n| std::fs::read_to_string(rotated(&path, n)).ok();
+        assert_eq!(read(1).as_deref(), Some("round 5\n"));
+        assert_eq!(read(2).as_deref(), Some("round 4\n"));
+        assert_eq!(read(3).as_deref(), Some("round 3\n"));
+        assert_eq!(read(4), None);
+        // keep 0: truncate only.
+        std::fs::write(&path, "x\n").expect("write");
+        rotate_copy_truncate(&path, 0).expect("rotate");
+        assert_eq!(read(1).as_deref(), Some("round 5\n"));
+    }
+
+    #[test]
+    fn stamps() {
+        // (chunks, at line start before) -> output
+        let cases: [(&[&[u8]], &str); 5] = [
+            (&[b"a\nb\n"], "T a\nT b\n"),
+            (&[b"par", b"tial\nnext"], "T partial\nT next"),
+            (&[b"\n\n"], "T \nT \n"),
+            (&[b"x", b"\n", b"y\n"], "T x\nT y\n"),
+            (&[b""], ""),
+        ];
+        for (chunks, want) in cases {
+            let mut start = true;
+            let got: Vec<u8> = chunks
+                .iter()
+                .flat_map(|c| stamp_lines(c, &mut start, "T"))
+                .collect();
+            assert_eq!(String::from_utf8_lossy(&got), want, "{chunks:?}");
+        }
+    }
+
+    #[test]
+    fn rename_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.log");
+        for round in 1..=4 {
+            std::fs::write(&path, format!("{round}")).expect("write");
+            rotate_by_rename(&path, 2).expect("rotate");
+            assert!(!path.exists());
+        }
+        let read = |n| std::fs::read_to_string(rotated(&path, n)).ok();
+        assert_eq!(
+            (read(1), read(2), read(3)),
+            (Some("4".into()), Some("3".into()), None)
+        );
+    }
+
+    #[tokio::test]
+    async fn pump_stamps_and_ends_with_the_pipe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.log");
+        let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+        let target = PumpTarget {
+            path: path.clone(),
+            max_bytes: None,
+            keep: 0,
+        };
+        let task = tokio::spawn(pump(reader, target, CancellationToken::new()));
+        let mut w = File::from(writer);
+        w.write_all(b"one\ntwo\n").expect("write");
+        drop(w);
+        task.await.expect("pump ends at EOF");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("Z one") && lines[1].ends_with("Z two"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! `pmcluster-agent`: parses flags, sets up logging and signals, runs the agent library and maps
 //! its result to an exit code (0 ok, 1 failed, 2 usage).
+//!
+//! SIGTERM or SIGINT ends the agent. By default its instances keep running (a host's services
+//! must not go down because their supervisor is restarted or upgraded) and the next agent started
+//! with the same `--data-dir` adopts them; `--stop-instances-on-exit` stops them first.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,14 +25,28 @@ struct Args {
     )]
     coordinator: String,
     /// Node name, unique in the cluster [default: the hostname].
-    #[arg(long)]
+    #[arg(long, env = "PMCLUSTER_NODE_NAME")]
     node_name: Option<String>,
-    /// Directory for the agent's files (instance logs go to DIR/logs).
-    #[arg(long, value_name = "DIR")]
+    /// Directory for the agent's files: instance logs in DIR/logs, its local state (what runs,
+    /// for adoption after a restart) in DIR/instances.
+    #[arg(long, env = "PMCLUSTER_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
     /// Node label, repeatable: --label zone=a --label disk=ssd.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = label)]
     labels: Vec<(String, String)>,
+    /// On SIGTERM or SIGINT, stop every instance before exiting. Without it the agent exits and
+    /// leaves its instances running; an agent started again with the same --data-dir adopts them.
+    /// In the environment, any value but "", 0, false, no, off or n means on.
+    #[arg(
+        long,
+        env = "PMCLUSTER_STOP_INSTANCES_ON_EXIT",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    stop_instances_on_exit: bool,
+    /// At startup, how long to wait for the coordinator before starting the instances of the
+    /// last desired set (kept in --data-dir) that are not running [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    coordinator_grace: Option<std::time::Duration>,
 }
 
 /// `--label` for clap, which names the flag and value itself: only the reason is needed.
@@ -48,6 +66,10 @@ fn main() -> ExitCode {
         hostname: sysinfo::System::host_name().ok(),
         data_dir: args.data_dir,
         labels: args.labels,
+        stop_instances_on_exit: args.stop_instances_on_exit,
+        coordinator_grace: args.coordinator_grace,
+        // A standalone agent reaps the orphans of its instances.
+        subreaper: true,
     };
     let config = match raw.validate() {
         Ok(c) => c,

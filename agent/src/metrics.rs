@@ -1,26 +1,33 @@
-//! Metrics sampling: once per second, one sysinfo refresh for every instance pid at once (not one
-//! per instance) plus the host's CPU, memory and load, written into [`State`].
+//! The once-per-tick pass: one read of `/proc` for every instance at once (not one per
+//! instance), from which each instance's CPU and resident memory are summed over its whole
+//! process tree; the host's CPU, memory and load; and, in the same pass, the size checks that
+//! rotate log files and the memory checks behind `max_memory_restart`.
 //!
-//! The sysinfo `System` lives as long as the agent inside one [`Sampler`]: CPU percentages are
-//! deltas between two refreshes of the same `System`. The refresh reads `/proc`, so it runs on the
-//! blocking pool, never on a runtime worker.
+//! The pass reads files, so it runs on the blocking pool, never on a runtime worker. Turning a
+//! process table into per-instance numbers ([`aggregate`]) is pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sysinfo::{
-    CpuRefreshKind, MemoryRefreshKind, Pid, ProcessRefreshKind, ProcessesToUpdate, RefreshKind,
-    System,
-};
-use tokio::time::MissedTickBehavior;
+use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::Agent;
-use crate::model::HostSample;
+use crate::logs::rotate_copy_truncate;
+use crate::model::{HostSample, InstanceId};
+use crate::process::{self, ProcId, Stat};
+use crate::state::SampleTarget;
+use crate::supervisor::Poke;
 
 /// How often instances and host are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Every this many passes the whole of `/proc` is read, to find processes that joined an
+/// instance's tree; the passes in between read only the processes already known (and every
+/// leader). Reading every process on a busy host each second would be most of the agent's idle
+/// cost; a child is seen within this many seconds.
+pub const FULL_SCAN_EVERY: u32 = 5;
 
 /// Static host facts for registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,16 +37,28 @@ pub struct HostInfo {
     pub memory_bytes: u64,
 }
 
-/// Owns the long-lived sysinfo `System`.
-pub struct Sampler {
-    system: System,
+/// One instance's numbers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InstanceSample {
+    /// Percent of one core, over the whole process tree, since the previous pass.
+    pub cpu_percent: f64,
+    /// Resident memory of the whole process tree.
+    pub rss_bytes: u64,
+    pub family: Vec<ProcId>,
 }
 
-/// One sample: per-pid (cpu percent of one core, RSS bytes) and host numbers.
-#[derive(Clone, Debug, Default)]
-pub struct Sample {
-    pub per_pid: BTreeMap<u32, (f64, u64)>,
-    pub host: HostSample,
+/// Owns what must live from one pass to the next: sysinfo's `System` (host CPU percentages are
+/// deltas between two refreshes) and each process's CPU time at the previous pass.
+pub struct Sampler {
+    system: System,
+    /// CPU ticks by process at the last pass, keyed with the start time against pid reuse.
+    previous: BTreeMap<ProcId, u64>,
+    last: Option<Instant>,
+    ticks_per_second: u64,
+    page_size: u64,
+    passes: u32,
+    /// The processes of every instance at the last pass.
+    known: BTreeSet<u32>,
 }
 
 impl Sampler {
@@ -49,7 +68,15 @@ impl Sampler {
                 .with_cpu(CpuRefreshKind::nothing().with_usage())
                 .with_memory(MemoryRefreshKind::nothing().with_ram()),
         )?;
-        Ok(Sampler { system })
+        Ok(Sampler {
+            system,
+            previous: BTreeMap::new(),
+            last: None,
+            ticks_per_second: rustix::param::clock_ticks_per_second().max(1),
+            page_size: u64::try_from(rustix::param::page_size()).unwrap_or(4096),
+            passes: 0,
+            known: BTreeSet::new(),
+        })
     }
 
     pub fn host_info(&self) -> HostInfo {
@@ -69,28 +96,51 @@ impl Sampler {
         }
     }
 
-    /// One refresh pass for `pids` and the host.
-    pub fn sample(&mut self, pids: &[u32]) -> Sample {
-        let pids: Vec<Pid> = pids.iter().map(|p| Pid::from_u32(*p)).collect();
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&pids),
-            true,
-            // Threads are not needed and are the expensive part on Linux.
-            ProcessRefreshKind::nothing()
-                .with_cpu()
-                .with_memory()
-                .without_tasks(),
+    /// One pass: every instance leader in `leaders` (id, pid) and the host.
+    pub fn sample(
+        &mut self,
+        leaders: &[(InstanceId, u32)],
+    ) -> (BTreeMap<InstanceId, InstanceSample>, HostSample) {
+        let now = Instant::now();
+        let elapsed = self.last.map(|t| now.duration_since(t));
+        self.last = Some(now);
+        // No instance, no scan: an idle agent does not read /proc for nothing.
+        let full = self.passes.is_multiple_of(FULL_SCAN_EVERY);
+        self.passes = self.passes.wrapping_add(1);
+        let table = if leaders.is_empty() {
+            Vec::new()
+        } else if full {
+            process::scan().unwrap_or_default()
+        } else {
+            let mut pids = self.known.clone();
+            pids.extend(leaders.iter().map(|(_, pid)| *pid));
+            pids.into_iter().filter_map(process::read_stat).collect()
+        };
+        let usage = aggregate(
+            &table,
+            leaders,
+            &self.previous,
+            elapsed,
+            self.ticks_per_second,
+            self.page_size,
         );
+        self.known = usage
+            .values()
+            .flat_map(|u| u.family.iter().map(|p| p.pid))
+            .collect();
+        self.previous = table
+            .iter()
+            .map(|s| {
+                let id = ProcId {
+                    pid: s.pid,
+                    start_ticks: s.start_ticks,
+                };
+                (id, s.cpu_ticks)
+            })
+            .collect();
         self.system.refresh_cpu_usage();
         self.system
             .refresh_memory_specifics(MemoryRefreshKind::nothing().with_ram());
-        let per_pid = pids
-            .iter()
-            .filter_map(|pid| {
-                let proc = self.system.process(*pid)?;
-                Some((pid.as_u32(), (f64::from(proc.cpu_usage()), proc.memory())))
-            })
-            .collect();
         let host = HostSample {
             cpu_percent: f64::from(self.system.global_cpu_usage()),
             memory_used_bytes: self.system.used_memory(),
@@ -98,7 +148,61 @@ impl Sampler {
             load1: System::load_average().map(|l| l.one).unwrap_or(0.0),
             cores: self.cores(),
         };
-        Sample { per_pid, host }
+        (usage, host)
+    }
+}
+
+/// Per-instance numbers from one process table: each leader's family (see
+/// [`process::family`]); CPU from the ticks each process used since `previous` (a process first
+/// seen in this pass counts from this pass on), over `elapsed`.
+pub fn aggregate(
+    table: &[Stat],
+    leaders: &[(InstanceId, u32)],
+    previous: &BTreeMap<ProcId, u64>,
+    elapsed: Option<Duration>,
+    ticks_per_second: u64,
+    page_size: u64,
+) -> BTreeMap<InstanceId, InstanceSample> {
+    let children = process::children_index(table);
+    let seconds = elapsed.map_or(0.0, |e| e.as_secs_f64());
+    leaders
+        .iter()
+        .map(|(id, leader)| {
+            let mut sample = InstanceSample::default();
+            let mut ticks = 0u64;
+            // Instances lead their own process group (the agent starts them so).
+            for i in process::family(table, &children, *leader, *leader) {
+                let s = &table[i];
+                let pid = ProcId {
+                    pid: s.pid,
+                    start_ticks: s.start_ticks,
+                };
+                if let Some(before) = previous.get(&pid) {
+                    ticks += s.cpu_ticks.saturating_sub(*before);
+                }
+                sample.rss_bytes += s.rss_pages * page_size;
+                sample.family.push(pid);
+            }
+            if seconds > 0.0 {
+                sample.cpu_percent = ticks as f64 * 100.0 / (seconds * ticks_per_second as f64);
+            }
+            (id.clone(), sample)
+        })
+        .collect()
+}
+
+/// Rotates the log files of `targets` that grew past their limit. Blocking file I/O.
+fn rotate_logs(targets: &[SampleTarget]) {
+    for t in targets {
+        let Some((paths, max, keep)) = &t.logs else {
+            continue;
+        };
+        for path in paths {
+            let big = std::fs::metadata(path).is_ok_and(|m| m.len() >= *max);
+            if big && let Err(e) = rotate_copy_truncate(path, *keep) {
+                tracing::warn!(instance = %t.id, "cannot rotate {}: {e}", path.display());
+            }
+        }
     }
 }
 
@@ -111,21 +215,35 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let pids = agent.state.pids();
+        let targets = agent.state.sample_targets(&agent.logs_dir);
+        let leaders: Vec<(InstanceId, u32)> = targets
+            .iter()
+            .filter_map(|t| Some((t.id.clone(), t.pid?)))
+            .collect();
         let joined = tokio::task::spawn_blocking(move || {
-            let sample = sampler.sample(&pids);
-            (sampler, sample)
+            let (usage, host) = sampler.sample(&leaders);
+            rotate_logs(&targets);
+            (sampler, usage, host, targets)
         })
         .await;
-        match joined {
-            Ok((back, sample)) => {
-                sampler = back;
-                agent.state.record_metrics(&sample.per_pid, sample.host);
-            }
+        let (back, usage, host, targets) = match joined {
+            Ok(result) => result,
             Err(e) => {
                 // The sampler went down with the blocking task; the agent goes on without metrics.
                 tracing::error!("metrics sampler failed, no more metrics: {e}");
                 return;
+            }
+        };
+        sampler = back;
+        agent.state.record_metrics(&usage, host);
+        for t in &targets {
+            let (Some(limit), Some(pid)) = (t.max_memory, t.pid) else {
+                continue;
+            };
+            let rss = usage.get(&t.id).map_or(0, |u| u.rss_bytes);
+            if rss > limit {
+                // A full queue means a request is already waiting: nothing is lost.
+                let _ = agent.state.poke(&t.id, Poke::Memory { pid, rss, limit });
             }
         }
     }
@@ -134,6 +252,78 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stat(pid: u32, ppid: u32, pgrp: u32, cpu_ticks: u64, rss_pages: u64) -> Stat {
+        Stat {
+            pid,
+            state: 'S',
+            ppid,
+            pgrp,
+            cpu_ticks,
+            start_ticks: 1000 + u64::from(pid),
+            rss_pages,
+        }
+    }
+
+    fn id(pid: u32) -> ProcId {
+        ProcId {
+            pid,
+            start_ticks: 1000 + u64::from(pid),
+        }
+    }
+
+    #[test]
+    fn tree_sums() {
+        // Instance a: leader 10, child 11, grandchild 12 (setsid'd). Instance b: 20 alone.
+        let table = vec![
+            stat(1, 0, 1, 999, 100),
+            stat(10, 1, 10, 150, 10),
+            stat(11, 10, 10, 300, 20),
+            stat(12, 11, 12, 40, 30),
+            stat(20, 1, 20, 500, 5),
+        ];
+        // 11 is new since the last pass; 10 used 50 ticks, 12 used 40, 20 used 0.
+        let previous: BTreeMap<ProcId, u64> =
+            [(id(10), 100), (id(12), 0), (id(20), 500), (id(99), 7)].into();
+        let leaders = vec![
+            (InstanceId::new("a"), 10),
+            (InstanceId::new("b"), 20),
+            (InstanceId::new("gone"), 30),
+        ];
+        let got = aggregate(
+            &table,
+            &leaders,
+            &previous,
+            Some(Duration::from_secs(2)),
+            100,
+            4096,
+        );
+        let render: Vec<String> = got
+            .iter()
+            .map(|(id, s)| {
+                let pids: Vec<u32> = s.family.iter().map(|p| p.pid).collect();
+                format!(
+                    "{id}: {:.1}% {} {pids:?}",
+                    s.cpu_percent,
+                    s.rss_bytes / 4096
+                )
+            })
+            .collect();
+        assert_eq!(
+            render,
+            [
+                "a: 45.0% 60 [10, 11, 12]",
+                "b: 0.0% 5 [20]",
+                "gone: 0.0% 0 []"
+            ]
+        );
+        // The first pass has no elapsed time: no CPU figure yet.
+        let first = aggregate(&table, &leaders, &previous, None, 100, 4096);
+        assert_eq!(
+            first.get(&InstanceId::new("a")).map(|s| s.cpu_percent),
+            Some(0.0)
+        );
+    }
 
     #[test]
     fn samples_own_process() {
@@ -144,12 +334,9 @@ mod tests {
         let info = sampler.host_info();
         assert!(info.cores >= 1);
         assert!(info.memory_bytes > 0);
-        let sample = sampler.sample(&[me]);
-        let (_, rss) = sample.per_pid.get(&me).copied().unwrap_or_default();
-        assert!(rss > 0, "rss of own process: {sample:?}");
-        assert!(sample.host.memory_total_bytes >= sample.host.memory_used_bytes);
-        // A pid that does not exist is simply absent.
-        let sample = sampler.sample(&[u32::MAX - 1]);
-        assert!(sample.per_pid.is_empty());
+        let (usage, host) = sampler.sample(&[(InstanceId::new("me"), me)]);
+        let rss = usage.get(&InstanceId::new("me")).map_or(0, |u| u.rss_bytes);
+        assert!(rss > 0, "rss of own process: {usage:?}");
+        assert!(host.memory_total_bytes >= host.memory_used_bytes);
     }
 }

@@ -10,6 +10,8 @@ use std::sync::Arc;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 
+use crate::health::Health;
+
 /// Instance id as the coordinator minted it (a UUID, kept as text: the agent only compares it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstanceId(String);
@@ -135,6 +137,7 @@ pub struct Status {
     pub last_exit_code: Option<i32>,
     pub message: String,
     pub restart_epoch: u64,
+    pub health: Health,
 }
 
 impl Status {
@@ -150,6 +153,7 @@ impl Status {
             last_exit_code: None,
             message: String::new(),
             restart_epoch,
+            health: Health::None,
         }
     }
 
@@ -166,7 +170,7 @@ impl Status {
             last_exit_code: self.last_exit_code,
             message: self.message.clone(),
             restart_epoch: self.restart_epoch,
-            health: 0,
+            health: pb::HealthState::from(self.health).into(),
         }
     }
 }

@@ -47,6 +47,14 @@ impl Ports {
         Some(port)
     }
 
+    /// Records that `id` holds `port` (an adopted process runs on it).
+    pub fn claim(&self, id: &InstanceId, port: u16) {
+        self.given
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port, id.clone());
+    }
+
     /// Gives back every port of `id` (the instance was forgotten).
     pub fn release(&self, id: &InstanceId) {
         self.given
@@ -57,7 +65,7 @@ impl Ports {
 }
 
 /// Whether nothing listens on `port`, on loopback or on all interfaces.
-fn is_free(port: u16) -> bool {
+pub(crate) fn is_free(port: u16) -> bool {
     TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
         && TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
 }

@@ -1,17 +1,18 @@
-//! Restart policy: how long an instance (or the link) waits before the next try.
+//! Restart policy: what happens after an instance's process exits on its own, and how long the
+//! link waits before reconnecting.
 //!
-//! Pure functions of counters and durations; the caller measures uptime and sleeps. No clocks,
-//! no randomness here (the link adds its jitter itself).
+//! Pure functions of the spec's settings, a small crash history and the times the caller passes
+//! in (a `Duration` since any fixed origin): no clocks, no randomness (the link adds its jitter
+//! itself), no tokio.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-/// An instance that exits sooner than this after its start counts as crashing; one that stays up
-/// this long resets the crash streak.
-pub const QUICK_EXIT: Duration = Duration::from_secs(1);
-/// Extra delay of the second quick crash in a row; it doubles with every further one.
+use pmcluster_spec::AppSpec;
+
+/// Extra delay of the second unstable exit in a row; it doubles with every further one, up to
+/// the app's `restart_backoff_max`.
 pub const CRASH_BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// Ceiling of the extra crash delay.
-pub const CRASH_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// `base * 2^step`, capped at `cap` (and never overflowing).
 pub fn doubling(base: Duration, step: u32, cap: Duration) -> Duration {
@@ -19,27 +20,147 @@ pub fn doubling(base: Duration, step: u32, cap: Duration) -> Duration {
     base.checked_mul(factor).map_or(cap, |d| d.min(cap))
 }
 
-/// After an exit (or a failed spawn, with `uptime` zero): the new crash streak and the delay before
-/// the next start.
-///
-/// The first quick crash restarts after `restart_delay` alone, so a `kill -9` brings an instance
-/// back at once; each further quick crash in a row adds 100 ms, 200 ms, ... up to 10 s on top.
-/// An instance that stayed up for [`QUICK_EXIT`] starts over with a clean streak.
-pub fn after_exit(streak: u32, uptime: Duration, restart_delay: Duration) -> (u32, Duration) {
-    let streak = if uptime >= QUICK_EXIT {
-        0
-    } else {
-        streak.saturating_add(1)
-    };
-    (streak, crash_delay(streak, restart_delay))
+/// The restart settings of one app.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub autorestart: bool,
+    pub restart_delay: Duration,
+    /// An exit sooner than this after the start is unstable.
+    pub min_uptime: Duration,
+    /// Unstable exits allowed within `window` before the instance is errored; 0: never.
+    pub max_restarts: u32,
+    pub window: Duration,
+    pub backoff_max: Duration,
 }
 
-/// Delay before the next start given the number of quick crashes in a row.
-pub fn crash_delay(streak: u32, restart_delay: Duration) -> Duration {
+impl Policy {
+    pub fn of(spec: &AppSpec) -> Policy {
+        let s = &spec.supervision;
+        Policy {
+            autorestart: spec.autorestart,
+            restart_delay: spec.restart_delay,
+            min_uptime: s.min_uptime,
+            max_restarts: s.max_restarts,
+            window: s.restart_window,
+            backoff_max: s.restart_backoff_max,
+        }
+    }
+}
+
+/// What the policy remembers of one instance's recent exits. Reset by a user's start or restart.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Crashes {
+    /// Unstable exits in a row (the backoff step).
+    pub streak: u32,
+    /// When the unstable exits within the window happened, oldest first.
+    pub unstable: VecDeque<Duration>,
+}
+
+/// What to do after an exit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Start again after `delay`.
+    Restart { delay: Duration },
+    /// Leave it down and report it ERRORED with this message, until a user restarts it.
+    GiveUp { message: String },
+    /// Leave it down and report it EXITED (autorestart is off).
+    Exited { message: String },
+}
+
+/// Who the instance is, for messages that tell the user what to type.
+#[derive(Clone, Copy, Debug)]
+pub struct Named<'a> {
+    pub app: &'a str,
+    pub index: u32,
+}
+
+/// Decides after an exit the instance did on its own (or a start that failed the listen timeout,
+/// passed as an unstable exit). `now` is the time of the exit, `uptime` how long the process ran,
+/// `how` says how it ended ("exited with code 1", "killed by SIGKILL").
+pub fn on_exit(
+    policy: &Policy,
+    crashes: &mut Crashes,
+    now: Duration,
+    uptime: Duration,
+    how: &str,
+    who: Named<'_>,
+) -> Decision {
+    if !policy.autorestart {
+        return Decision::Exited {
+            message: format!("{how}; autorestart is off"),
+        };
+    }
+    if uptime >= policy.min_uptime {
+        // It ran long enough: whatever happened before is forgotten.
+        crashes.streak = 0;
+        crashes.unstable.clear();
+        return Decision::Restart {
+            delay: policy.restart_delay,
+        };
+    }
+    crashes.streak = crashes.streak.saturating_add(1);
+    crashes.unstable.push_back(now);
+    while crashes
+        .unstable
+        .front()
+        .is_some_and(|t| now.saturating_sub(*t) > policy.window)
+    {
+        crashes.unstable.pop_front();
+    }
+    let n = crashes.unstable.len();
+    if policy.max_restarts > 0 && n > policy.max_restarts as usize {
+        return Decision::GiveUp {
+            message: format!(
+                "crashed {n} times within {} (last: {how}); restart it with: pmcluster restart \
+                 {} --instance {}",
+                human(policy.window),
+                who.app,
+                who.index
+            ),
+        };
+    }
+    Decision::Restart {
+        delay: policy
+            .restart_delay
+            .saturating_add(backoff(crashes.streak, policy.backoff_max)),
+    }
+}
+
+/// Extra delay for the `streak`-th unstable exit in a row: none for the first (so a `kill -9`
+/// or a one-off crash comes back at once), then 100 ms, 200 ms, ... up to `cap`.
+pub fn backoff(streak: u32, cap: Duration) -> Duration {
     if streak <= 1 {
-        restart_delay
+        Duration::ZERO
     } else {
-        restart_delay.saturating_add(doubling(CRASH_BACKOFF_BASE, streak - 2, CRASH_BACKOFF_MAX))
+        doubling(CRASH_BACKOFF_BASE, streak - 2, cap)
+    }
+}
+
+/// Delay before retrying a start that failed before any process ran (program not found, port
+/// taken): the same doubling, so a broken setup does not spin.
+pub fn retry_delay(attempt: u32, restart_delay: Duration, cap: Duration) -> Duration {
+    restart_delay.saturating_add(backoff(attempt.saturating_add(1), cap))
+}
+
+/// "60s", "1m30s", "250ms": short, for messages.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    if !ms.is_multiple_of(1000) && ms < 10_000 {
+        return format!("{:.1}s", d.as_secs_f64());
+    }
+    let s = d.as_secs();
+    if s < 100 {
+        return format!("{s}s");
+    }
+    match (s / 3600, (s % 3600) / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
     }
 }
 
@@ -50,6 +171,22 @@ mod tests {
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
+
+    fn policy() -> Policy {
+        Policy {
+            autorestart: true,
+            restart_delay: ms(0),
+            min_uptime: ms(1000),
+            max_restarts: 3,
+            window: ms(10_000),
+            backoff_max: ms(1000),
+        }
+    }
+
+    const WHO: Named<'static> = Named {
+        app: "web",
+        index: 2,
+    };
 
     #[test]
     fn doubling_caps() {
@@ -66,30 +203,149 @@ mod tests {
         }
     }
 
+    /// Runs exits `(at, uptime)` through a fresh history; renders each decision on one line.
+    fn run(policy: &Policy, exits: &[(u64, u64)]) -> Vec<String> {
+        let mut crashes = Crashes::default();
+        exits
+            .iter()
+            .map(|(at, up)| {
+                match on_exit(
+                    policy,
+                    &mut crashes,
+                    ms(*at),
+                    ms(*up),
+                    "exited with code 1",
+                    WHO,
+                ) {
+                    Decision::Restart { delay } => format!("restart in {}", human(delay)),
+                    Decision::GiveUp { message } => format!("give up: {message}"),
+                    Decision::Exited { message } => format!("exited: {message}"),
+                }
+            })
+            .collect()
+    }
+
     #[test]
-    fn backoff_table() {
-        // (streak before, uptime, restart_delay) -> (streak after, delay)
-        let cases = [
-            // A long-running instance that dies restarts after restart_delay alone.
-            (0, ms(5000), ms(0), (0, ms(0))),
-            (7, ms(1000), ms(250), (0, ms(250))),
-            // The first quick crash: restart_delay only (kill -9 comes back at once).
-            (0, ms(10), ms(0), (1, ms(0))),
-            (0, ms(999), ms(300), (1, ms(300))),
-            // Crashing again and again: 100 ms doubling on top of restart_delay.
-            (1, ms(10), ms(0), (2, ms(100))),
-            (2, ms(10), ms(0), (3, ms(200))),
-            (3, ms(10), ms(50), (4, ms(450))),
-            (8, ms(0), ms(0), (9, ms(10_000))),
-            (30, ms(0), ms(1000), (31, ms(11_000))),
-            (u32::MAX, ms(0), ms(0), (u32::MAX, ms(10_000))),
+    fn decisions() {
+        let p = policy();
+        type Case = (Policy, &'static [(u64, u64)], &'static [&'static str]);
+        let cases: Vec<Case> = vec![
+            // Stable exits restart after restart_delay alone, forever.
+            (
+                p.clone(),
+                &[(5000, 5000), (9000, 4000), (20_000, 1000)],
+                &["restart in 0ms"; 3],
+            ),
+            // Unstable exits: at once, then 100 ms doubling, capped; the fourth within the window
+            // is one more than max_restarts allows.
+            (
+                p.clone(),
+                &[(100, 100), (200, 50), (400, 50), (800, 50)],
+                &[
+                    "restart in 0ms",
+                    "restart in 100ms",
+                    "restart in 200ms",
+                    "give up: crashed 4 times within 10s (last: exited with code 1); restart it \
+                     with: pmcluster restart web --instance 2",
+                ],
+            ),
+            // Spread over more than the window: old crashes fall out, but the streak keeps the
+            // backoff growing until a stable run.
+            (
+                p.clone(),
+                &[
+                    (0, 10),
+                    (6000, 10),
+                    (12_000, 10),
+                    (18_000, 10),
+                    (30_000, 5000),
+                    (31_000, 10),
+                ],
+                &[
+                    "restart in 0ms",
+                    "restart in 100ms",
+                    "restart in 200ms",
+                    "restart in 400ms",
+                    "restart in 0ms",
+                    "restart in 0ms",
+                ],
+            ),
+            // max_restarts 0: never give up; the backoff stops at its cap.
+            (
+                Policy {
+                    max_restarts: 0,
+                    backoff_max: ms(250),
+                    ..p.clone()
+                },
+                &[(0, 0), (1, 0), (2, 0), (3, 0), (4, 0), (5, 0)],
+                &[
+                    "restart in 0ms",
+                    "restart in 100ms",
+                    "restart in 200ms",
+                    "restart in 250ms",
+                    "restart in 250ms",
+                    "restart in 250ms",
+                ],
+            ),
+            // restart_delay comes on top of the backoff.
+            (
+                Policy {
+                    restart_delay: ms(500),
+                    ..p.clone()
+                },
+                &[(0, 0), (1, 0)],
+                &["restart in 500ms", "restart in 600ms"],
+            ),
+            // autorestart off: exited, whatever the uptime.
+            (
+                Policy {
+                    autorestart: false,
+                    ..p.clone()
+                },
+                &[(0, 0), (0, 99_999)],
+                &["exited: exited with code 1; autorestart is off"; 2],
+            ),
         ];
-        for (streak, uptime, delay, want) in cases {
-            assert_eq!(
-                after_exit(streak, uptime, delay),
-                want,
-                "streak {streak} uptime {uptime:?} restart_delay {delay:?}"
-            );
+        for (policy, exits, want) in cases {
+            assert_eq!(run(&policy, exits), want, "{policy:?} {exits:?}");
+        }
+    }
+
+    #[test]
+    fn start_retries_back_off() {
+        let cap = ms(15_000);
+        let got: Vec<Duration> = (0..8).map(|a| retry_delay(a, ms(0), cap)).collect();
+        assert_eq!(
+            got,
+            [
+                ms(0),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(6400)
+            ]
+        );
+        assert_eq!(retry_delay(u32::MAX, ms(10), cap), ms(15_010));
+    }
+
+    #[test]
+    fn human_durations() {
+        let cases = [
+            (ms(250), "250ms"),
+            (ms(1500), "1.5s"),
+            (ms(60_000), "60s"),
+            (ms(59_000), "59s"),
+            (ms(90_000), "90s"),
+            (ms(150_000), "2m30s"),
+            (ms(120_000), "2m"),
+            (ms(3_600_000), "1h"),
+            (ms(5_400_000), "1h30m"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(human(d), want, "{d:?}");
         }
     }
 }

@@ -6,13 +6,16 @@
 //! (started, online, exited) ring [`State::changed`], which the link coalesces into a report.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pmcluster_proto::v1 as pb;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
+use crate::logs::{log_path, log_streams};
 use crate::model::{HostSample, InstanceId, Status};
-use crate::supervisor::Target;
+use crate::process::ProcId;
+use crate::supervisor::{Poke, Target};
 
 /// Shared agent state; see the module doc.
 #[derive(Default)]
@@ -28,6 +31,10 @@ pub(crate) struct Inner {
     pub generation: u64,
     pub instances: BTreeMap<InstanceId, Entry>,
     pub host: HostSample,
+    /// Whether instances that do not run may be started: false after an agent restart until
+    /// the coordinator's first desired set is applied (or the grace period passed), so that a
+    /// node whose work moved elsewhere never starts a second copy of it.
+    pub cleared: bool,
 }
 
 /// One supervised instance.
@@ -37,6 +44,21 @@ pub(crate) struct Entry {
     pub status: Status,
     /// Steers the instance's supervisor task; its current value is the last applied assignment.
     pub target: watch::Sender<Target>,
+    /// Asks the supervisor for something the metrics pass noticed (memory over the limit).
+    pub pokes: mpsc::Sender<Poke>,
+    /// The processes of the instance at the last sample (leader, descendants, group), so that a
+    /// stop also reaches descendants that left the group and outlived the leader.
+    pub family: Vec<ProcId>,
+}
+
+/// What the metrics pass needs of one instance.
+#[derive(Clone, Debug)]
+pub(crate) struct SampleTarget {
+    pub id: InstanceId,
+    pub pid: Option<u32>,
+    pub max_memory: Option<u64>,
+    /// Files to rotate: paths, size limit, files kept.
+    pub logs: Option<(Vec<PathBuf>, u64, u32)>,
 }
 
 /// Where one instance's output goes, for the log reader.
@@ -44,6 +66,8 @@ pub(crate) struct Entry {
 pub(crate) struct LogSource {
     pub app: String,
     pub index: u32,
+    /// stdout and stderr share one file (`merge_logs`).
+    pub merged: bool,
 }
 
 impl State {
@@ -116,28 +140,77 @@ impl State {
         forgot
     }
 
-    /// Pids of every running instance, for the metrics sampler.
-    pub fn pids(&self) -> Vec<u32> {
+    /// What the metrics pass samples and checks, one entry per instance.
+    pub fn sample_targets(&self, logs_dir: &std::path::Path) -> Vec<SampleTarget> {
         self.lock()
             .instances
-            .values()
-            .filter_map(|e| e.status.pid)
+            .iter()
+            .map(|(id, e)| {
+                let target = e.target.borrow();
+                let spec = target.assignment.spec.as_ref().ok();
+                // Timestamped logs go through the agent, which rotates them as it writes.
+                let logs = spec
+                    .filter(|s| !s.supervision.log_timestamps)
+                    .and_then(|spec| {
+                        let max = spec.supervision.log_max_bytes.filter(|m| *m > 0)?;
+                        let paths = log_streams(spec.merge_logs)
+                            .iter()
+                            .map(|s| log_path(logs_dir, &e.app, e.index, *s))
+                            .collect();
+                        Some((paths, max, spec.supervision.log_keep))
+                    });
+                SampleTarget {
+                    id: id.clone(),
+                    pid: e.status.pid,
+                    max_memory: spec.and_then(|s| s.supervision.max_memory_restart),
+                    logs,
+                }
+            })
             .collect()
     }
 
-    /// Stores a metrics sample: per-pid cpu and memory, and the host numbers.
-    pub fn record_metrics(&self, per_pid: &BTreeMap<u32, (f64, u64)>, host: HostSample) {
+    /// Stores a metrics sample: per-instance cpu, memory and processes, and the host numbers.
+    pub fn record_metrics(
+        &self,
+        per_instance: &BTreeMap<InstanceId, crate::metrics::InstanceSample>,
+        host: HostSample,
+    ) {
         let mut inner = self.lock();
-        for entry in inner.instances.values_mut() {
-            let (cpu, mem) = entry
-                .status
-                .pid
-                .and_then(|pid| per_pid.get(&pid).copied())
-                .unwrap_or((0.0, 0));
-            entry.status.cpu_percent = cpu;
-            entry.status.memory_bytes = mem;
+        for (id, entry) in inner.instances.iter_mut() {
+            match per_instance.get(id) {
+                Some(sample) if entry.status.pid.is_some() => {
+                    entry.status.cpu_percent = sample.cpu_percent;
+                    entry.status.memory_bytes = sample.rss_bytes;
+                    entry.family.clone_from(&sample.family);
+                }
+                _ => {
+                    entry.status.cpu_percent = 0.0;
+                    entry.status.memory_bytes = 0;
+                }
+            }
         }
         inner.host = host;
+    }
+
+    /// Passes a request to an instance's supervisor without waiting; false when its queue is
+    /// full (a request is already waiting) or the instance is gone.
+    pub fn poke(&self, id: &InstanceId, poke: Poke) -> bool {
+        let tx = self.lock().instances.get(id).map(|e| e.pokes.clone());
+        tx.is_some_and(|tx| tx.try_send(poke).is_ok())
+    }
+
+    /// The processes of an instance at the last sample.
+    pub fn family(&self, id: &InstanceId) -> Vec<ProcId> {
+        self.lock()
+            .instances
+            .get(id)
+            .map(|e| e.family.clone())
+            .unwrap_or_default()
+    }
+
+    /// One instance's status.
+    pub fn status(&self, id: &InstanceId) -> Option<Status> {
+        self.lock().instances.get(id).map(|e| e.status.clone())
     }
 
     /// Log sources of the given instances, or the ids this agent does not know.
@@ -150,6 +223,13 @@ impl State {
                 Some(e) => sources.push(LogSource {
                     app: e.app.clone(),
                     index: e.index,
+                    merged: e
+                        .target
+                        .borrow()
+                        .assignment
+                        .spec
+                        .as_ref()
+                        .is_ok_and(|s| s.merge_logs),
                 }),
                 None => unknown.push(id.clone()),
             }

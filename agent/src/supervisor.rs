@@ -1,7 +1,10 @@
-//! Supervision: one tokio task per instance that starts its process, watches it, restarts it when
-//! it exits, stops it (SIGTERM to its process group, SIGKILL after the kill timeout) and keeps its
-//! status in [`State`](crate::state::State) current. Also carries out desired-set plans: spawning
-//! these tasks and steering them through a `watch` channel each.
+//! Supervision: one tokio task per instance that starts its process, watches it (exit, readiness,
+//! health checks, cron schedule, memory pokes from the metrics pass), restarts it as the
+//! [`crate::restart`] policy says, stops it (stop signal to its process group, SIGKILL after the
+//! kill timeout, then every descendant left) and keeps its status in
+//! [`State`](crate::state::State) and its record on disk ([`crate::persist`]) current. Also
+//! carries out desired-set plans: spawning these tasks and steering them through a `watch`
+//! channel each, and adopting the processes a previous agent left running.
 //!
 //! A supervisor never blocks the runtime on a child and never holds the state lock across an
 //! `.await`. Decisions about *what* to run come from [`crate::desired`]; *when* to restart comes
@@ -11,35 +14,50 @@ use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::process::ExitStatusExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
+use nix::sys::resource::Resource;
+use nix::sys::signal::Signal;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::instance::{instance_argv, instance_env};
+use pmcluster_spec::supervise::{HealthCheck, StopSignal};
 use pmcluster_spec::{AppSpec, PortSpec};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::Agent;
 use crate::desired::{self, Action, Current, Plan};
-use crate::logs::log_path;
+use crate::health::{self, Change, Health, Outcome, Tracker};
+use crate::logs::{self, PumpTarget, log_path, log_streams};
 use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
-use crate::restart;
+use crate::persist::{self, Saved, SavedProcess};
+use crate::process::{self, Exit, ExitWatch, ProcId, signal_group};
+use crate::restart::{self, Crashes, Decision, Named, Policy};
 use crate::state::{Entry, Inner};
 
 /// How often a launching instance's port is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// How long one probe connect may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often a launching instance's health check runs until it first passes (then: its
+/// interval).
+const READINESS_CHECK: Duration = Duration::from_millis(100);
 /// How often a stopping group is checked for members left after its leader exited.
-const GROUP_POLL: Duration = Duration::from_millis(50);
+const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long a restart waits for what is left of the previous process's group to go (it was just
+/// sent SIGKILL) before it checks the port.
+const GROUP_GONE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stop waits for a process after SIGKILL before it gives up on it (a process stuck
+/// in the kernel cannot be killed; the agent must not hang on it).
+const AFTER_KILL_WAIT: Duration = Duration::from_secs(10);
+/// Requests from the metrics pass waiting for a supervisor.
+const POKE_QUEUE: usize = 2;
 
 /// What a supervisor must make its instance be. The latest value is all that matters, which is
 /// why it travels in a `watch` channel.
@@ -54,11 +72,34 @@ pub(crate) struct Target {
     pub start_seq: u64,
 }
 
-/// Applies a desired set: diffs it against what runs, then starts, steers and stops supervisors.
-/// Stale sets are ignored. Synchronous and quick: stopping happens in the supervisors.
+/// Something the metrics pass asks of a supervisor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Poke {
+    /// The process tree of `pid` uses `rss` bytes, more than `limit`.
+    Memory { pid: u32, rss: u64, limit: u64 },
+}
+
+/// Applies a desired set from the coordinator: diffs it against what runs, then starts, steers
+/// and stops supervisors. Stale sets are ignored. Synchronous and quick: stopping happens in the
+/// supervisors.
 pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
+    if apply_set(agent, set, false) {
+        forget_unclaimed(agent);
+    }
+}
+
+/// Applies the last desired set kept on disk, unless the coordinator's has been applied since.
+pub(crate) fn apply_local(agent: &Arc<Agent>, set: DesiredSet) {
+    apply_set(agent, set, true);
+}
+
+/// Returns whether the set was applied.
+fn apply_set(agent: &Arc<Agent>, set: DesiredSet, local: bool) -> bool {
     {
         let mut inner = agent.state.lock();
+        if local && inner.cleared {
+            return false;
+        }
         let current: BTreeMap<InstanceId, Current> = inner
             .instances
             .iter()
@@ -77,7 +118,7 @@ pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
                 highest,
             } => {
                 tracing::debug!("ignoring stale desired set {generation} (applied {highest})");
-                return;
+                return false;
             }
             Plan::Apply {
                 generation,
@@ -86,6 +127,7 @@ pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
                 tracing::debug!(
                     generation,
                     n_actions = actions.len(),
+                    local,
                     "applying desired set"
                 );
                 for action in actions {
@@ -101,11 +143,37 @@ pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
                     }
                 }
                 inner.generation = inner.generation.max(generation);
+                inner.cleared = true;
             }
         }
     }
+    agent.cleared.send_replace(true);
     // The coordinator learns the applied generation with the next (prompt) report.
     agent.state.changed.notify_one();
+    true
+}
+
+/// After the coordinator's first set: the records of instances that were not running at the
+/// agent's start and that the set did not bring back are gone for good.
+fn forget_unclaimed(agent: &Agent) {
+    let unclaimed = std::mem::take(
+        &mut *agent
+            .unclaimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if unclaimed.is_empty() {
+        return;
+    }
+    let inner = agent.state.lock();
+    for id in unclaimed {
+        if !inner.instances.contains_key(&id) {
+            tracing::info!(instance = %id, "not in the coordinator's desired set; forgetting it");
+            if let Err(e) = persist::remove(&agent.instances_dir, id.as_str()) {
+                tracing::warn!(instance = %id, "cannot remove its record: {e}");
+            }
+        }
+    }
 }
 
 /// Steers an existing instance to `assignment`, or creates it with a new supervisor.
@@ -129,12 +197,86 @@ fn upsert(agent: &Arc<Agent>, inner: &mut Inner, assignment: Assignment, start: 
         InstanceState::Stopped
     };
     let status = Status::new(state, assignment.restart_epoch);
+    spawn_supervisor(agent, inner, assignment, status, u64::from(start), None);
+}
+
+/// Takes over a process a previous agent started and left running (same pid, same start time).
+pub(crate) fn adopt(
+    agent: &Arc<Agent>,
+    saved: &Saved,
+    assignment: Assignment,
+    process: &SavedProcess,
+    id: ProcId,
+) {
+    let spec = match &assignment.spec {
+        Ok(spec) => Arc::clone(spec),
+        Err(_) => return,
+    };
+    let now_ms = unix_ms();
+    let uptime = Duration::from_millis(u64::try_from(now_ms - process.started_at_ms).unwrap_or(0));
+    let started = Instant::now()
+        .checked_sub(uptime)
+        .unwrap_or_else(Instant::now);
+    let health_target = health::Target {
+        index: saved.index,
+        port: process.port,
+        env: instance_env(&spec, saved.index, process.port),
+        cwd: spec.cwd.clone(),
+    };
+    let running = Running::new(
+        id,
+        ExitWatch::adopt(id),
+        started,
+        Arc::clone(&spec),
+        saved.index,
+        process.port,
+        &health_target,
+    );
+    let mut status = Status::new(
+        if running.ready {
+            InstanceState::Online
+        } else {
+            InstanceState::Launching
+        },
+        saved.restart_epoch,
+    );
+    status.pid = Some(id.pid);
+    status.port = process.port;
+    status.started_at_ms = process.started_at_ms;
+    status.restarts = saved.restarts;
+    status.last_exit_code = saved.last_exit_code;
+    status.health = running.health_state();
+    status.message = "adopted after an agent restart".to_string();
+    tracing::info!(instance = %assignment.instance_id, app = %saved.app, index = saved.index, pid = id.pid, "adopted");
+    if spec.supervision.log_timestamps {
+        reattach_pipes(agent, id.pid, &saved.app, saved.index, &spec);
+    }
+    let mut inner = agent.state.lock();
+    // A Start action would restart it; the adopted process *is* the started one.
+    spawn_supervisor(agent, &mut inner, assignment, status, 0, Some(running));
+}
+
+fn spawn_supervisor(
+    agent: &Arc<Agent>,
+    inner: &mut Inner,
+    assignment: Assignment,
+    status: Status,
+    start_seq: u64,
+    running: Option<Running>,
+) {
+    let id = assignment.instance_id.clone();
     let (app, index) = (assignment.app.clone(), assignment.index);
+    let restarts = status.restarts;
+    let auto_port = match (&assignment.spec, running.as_ref()) {
+        (Ok(spec), Some(r)) if matches!(spec.port, PortSpec::Auto(..)) => r.port,
+        _ => None,
+    };
     let (tx, rx) = watch::channel(Target {
         assignment,
         remove: false,
-        start_seq: u64::from(start),
+        start_seq,
     });
+    let (pokes_tx, pokes_rx) = mpsc::channel(POKE_QUEUE);
     inner.instances.insert(
         id.clone(),
         Entry {
@@ -142,17 +284,27 @@ fn upsert(agent: &Arc<Agent>, inner: &mut Inner, assignment: Assignment, start: 
             index,
             status,
             target: tx,
+            pokes: pokes_tx,
+            family: Vec::new(),
         },
     );
+    if let Some(port) = auto_port {
+        // Held by the adopted process: no other instance of this agent may get it.
+        agent.ports.claim(&id, port);
+    }
     let supervisor = Supervisor {
         agent: Arc::clone(agent),
         id,
         target: rx,
-        auto_port: None,
-        streak: 0,
-        started_once: false,
+        pokes: pokes_rx,
+        cleared: agent.cleared.subscribe(),
+        auto_port,
+        crashes: Crashes::default(),
+        start_failures: 0,
+        started_once: running.is_some() || restarts > 0,
+        reason: None,
     };
-    agent.supervisors.spawn(supervisor.run());
+    agent.supervisors.spawn(supervisor.run(running));
 }
 
 /// The task that owns one instance.
@@ -160,61 +312,157 @@ struct Supervisor {
     agent: Arc<Agent>,
     id: InstanceId,
     target: watch::Receiver<Target>,
+    pokes: mpsc::Receiver<Poke>,
+    cleared: watch::Receiver<bool>,
     /// Port of an `auto:` range held by this instance, kept across restarts while it stays free.
     auto_port: Option<u16>,
-    /// Quick crashes in a row, for the restart backoff.
-    streak: u32,
+    crashes: Crashes,
+    /// Starts in a row that failed before a process ran (program missing, port taken).
+    start_failures: u32,
     /// Whether a process was ever spawned, so later spawns count as restarts.
     started_once: bool,
+    /// Why the next start is a restart ("restarted after: killed by SIGKILL"): the new process
+    /// carries it as its message, so the reason stays visible once it runs again.
+    reason: Option<String>,
 }
 
-/// A spawned process.
+/// A running process.
 struct Running {
-    child: Child,
-    /// Its process group (the process leads it), which is what stop signals go to.
-    pgid: Pid,
+    proc: ProcId,
+    exit: ExitWatch,
     started: Instant,
     /// The spec it was started with: its kill timeout and restart policy apply to this process.
     spec: Arc<AppSpec>,
+    index: u32,
     port: Option<u16>,
-    online: bool,
-    probe: Interval,
+    /// Accepting connections (or passing its health check): ONLINE.
+    ready: bool,
+    /// Past this without being ready, it is restarted.
+    listen_by: Instant,
+    port_probe: Interval,
+    health: Option<HealthRun>,
+    cron_at: Option<Instant>,
+}
+
+/// The health check of one process.
+struct HealthRun {
+    check: HealthCheck,
+    target: health::Target,
+    tracker: Tracker,
+    next: Instant,
+    in_flight: Option<health::Check>,
+    /// Why the last check failed, also before the process was ready.
+    last_failure: String,
+}
+
+impl Running {
+    fn new(
+        proc: ProcId,
+        exit: ExitWatch,
+        started: Instant,
+        spec: Arc<AppSpec>,
+        index: u32,
+        port: Option<u16>,
+        health_target: &health::Target,
+    ) -> Running {
+        let mut port_probe = tokio::time::interval(PROBE_INTERVAL);
+        port_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let health = spec
+            .supervision
+            .health_check
+            .clone()
+            .map(|check| HealthRun {
+                tracker: Tracker::new(check.retries),
+                check,
+                target: health_target.clone(),
+                next: Instant::now(),
+                in_flight: None,
+                last_failure: String::new(),
+            });
+        let ready = health.is_none() && port.is_none();
+        let cron_at = spec
+            .supervision
+            .cron_restart
+            .as_deref()
+            .and_then(next_cron)
+            .map(|d| Instant::now() + d);
+        Running {
+            proc,
+            exit,
+            started,
+            listen_by: Instant::now() + spec.supervision.listen_timeout,
+            spec,
+            index,
+            port,
+            ready,
+            port_probe,
+            health,
+            cron_at,
+        }
+    }
+
+    fn health_state(&self) -> Health {
+        self.health
+            .as_ref()
+            .map_or(Health::None, |h| h.tracker.health)
+    }
 }
 
 /// Why a start did not happen.
 enum StartError {
-    /// Retrying cannot help until the assignment changes (invalid spec).
+    /// Retrying cannot help until the assignment changes (invalid spec, unknown user).
     Fatal(String),
     /// Retry with backoff (the program may be installed, the port freed, the dir created).
     Retry(String),
 }
 
 enum Event {
-    Online,
-    Exited(io::Result<ExitStatus>),
+    Exited(Exit),
+    /// The port accepts connections (no health check).
+    Ready,
+    ListenTimeout,
+    Health(Outcome),
+    Cron,
 }
 
 impl Supervisor {
-    async fn run(mut self) {
-        let mut running: Option<Running> = None;
+    async fn run(mut self, mut running: Option<Running>) {
         // When to (re)start the process; `None` while it runs or must not be started.
         let mut next_start: Option<Instant> = None;
-        let mut seen_seq = 0u64;
+        let mut seen_seq = if running.is_some() {
+            self.target.borrow().start_seq
+        } else {
+            0
+        };
+        if let Some(r) = &running {
+            self.persist(Some(r));
+        }
         loop {
             let target = self.target.borrow_and_update().clone();
+            if self.agent.detach.is_cancelled() {
+                // The agent exits and leaves the process running for the next agent to adopt.
+                self.persist(running.as_ref());
+                return;
+            }
             let shutting_down = self.agent.stop_instances.is_cancelled();
             if target.remove || shutting_down || !target.assignment.run {
                 if let Some(r) = running.take() {
-                    self.stop(r).await;
+                    let exit = self.stop(r).await;
+                    self.stopped(exit);
                 }
                 next_start = None;
                 if shutting_down {
                     self.set_state(InstanceState::Stopped, "agent stopped");
+                    self.persist(None);
                     return;
                 }
                 if target.remove {
                     if self.agent.state.forget_if_removed(&self.id) {
                         self.agent.ports.release(&self.id);
+                        if let Err(e) = persist::remove(&self.agent.instances_dir, self.id.as_str())
+                        {
+                            tracing::warn!(instance = %self.id, "cannot remove its record: {e}");
+                        }
                         tracing::info!(instance = %self.id, "removed");
                         return;
                     }
@@ -222,33 +470,44 @@ impl Supervisor {
                     continue;
                 }
                 self.set_state(InstanceState::Stopped, "");
+                self.persist(None);
                 seen_seq = target.start_seq;
             } else if target.start_seq != seen_seq {
                 seen_seq = target.start_seq;
                 if let Some(r) = running.take() {
-                    self.stop(r).await;
+                    let exit = self.stop(r).await;
+                    self.stopped(exit);
                 }
-                self.streak = 0;
+                self.crashes = Crashes::default();
+                self.start_failures = 0;
+                self.reason = None;
                 next_start = Some(Instant::now());
             }
 
-            if running.is_none() && next_start.is_some_and(|at| at <= Instant::now()) {
+            let cleared = *self.cleared.borrow_and_update();
+            if running.is_none() && cleared && next_start.is_some_and(|at| at <= Instant::now()) {
                 next_start = None;
                 match self.start(&target) {
-                    Ok(r) => running = Some(r),
+                    Ok(r) => {
+                        self.start_failures = 0;
+                        self.persist(Some(&r));
+                        running = Some(r);
+                    }
                     Err(StartError::Fatal(message)) => {
                         tracing::warn!(instance = %self.id, "cannot start: {message}");
                         self.set_state(InstanceState::Errored, &message);
+                        self.persist(None);
                     }
                     Err(StartError::Retry(message)) => {
-                        let restart_delay = target
+                        let (restart_delay, cap) = target
                             .assignment
                             .spec
                             .as_ref()
-                            .map_or(Duration::ZERO, |s| s.restart_delay);
-                        let (streak, delay) =
-                            restart::after_exit(self.streak, Duration::ZERO, restart_delay);
-                        self.streak = streak;
+                            .map_or((Duration::ZERO, restart::CRASH_BACKOFF_BASE), |s| {
+                                (s.restart_delay, s.supervision.restart_backoff_max)
+                            });
+                        let delay = restart::retry_delay(self.start_failures, restart_delay, cap);
+                        self.start_failures = self.start_failures.saturating_add(1);
                         tracing::warn!(instance = %self.id, "cannot start: {message}; retrying in {delay:?}");
                         self.set_state(InstanceState::Errored, &message);
                         next_start = Some(Instant::now() + delay);
@@ -256,8 +515,16 @@ impl Supervisor {
                 }
             }
 
+            let detaching = self.agent.detach.is_cancelled();
             tokio::select! {
+                () = self.agent.detach.cancelled(), if !detaching => {}
                 () = self.agent.stop_instances.cancelled(), if !shutting_down => {}
+                changed = self.cleared.changed(), if !cleared => {
+                    if changed.is_err() {
+                        // The agent is going away.
+                        return;
+                    }
+                }
                 changed = self.target.changed() => {
                     if changed.is_err() {
                         // Nothing can steer this instance any more (its entry is gone): end it.
@@ -268,40 +535,187 @@ impl Supervisor {
                         return;
                     }
                 }
-                event = next_event(running.as_mut()) => match event {
-                    Event::Online => {
-                        if let Some(r) = running.as_mut() {
-                            r.online = true;
-                        }
-                        tracing::info!(instance = %self.id, "online");
-                        self.set_state(InstanceState::Online, "");
-                    }
-                    Event::Exited(result) => {
-                        if let Some(r) = running.take() {
-                            next_start = self.exited(r, result);
+                Some(poke) = self.pokes.recv() => {
+                    if let Some(r) = running.take() {
+                        match self.poked(r, poke).await {
+                            Ok(r) => running = Some(r),
+                            Err(at) => next_start = Some(at),
                         }
                     }
-                },
+                }
+                event = next_event(running.as_mut(), &self.agent.reaper) => {
+                    if let Some(r) = running.take() {
+                        match self.event(r, event).await {
+                            Ok(r) => running = Some(r),
+                            Err(at) => next_start = at,
+                        }
+                    }
+                }
                 () = sleep_until_opt(next_start), if running.is_none() => {}
             }
         }
+    }
+
+    /// Handles one event of a running process. `Ok` hands the process back; `Err` says it is
+    /// gone and when to start the next one (if at all).
+    async fn event(&mut self, mut r: Running, event: Event) -> Result<Running, Option<Instant>> {
+        match event {
+            Event::Exited(exit) => Err(self.exited(r, exit).await),
+            Event::Ready => {
+                r.ready = true;
+                tracing::info!(instance = %self.id, "online");
+                self.set_state(InstanceState::Online, "");
+                Ok(r)
+            }
+            Event::ListenTimeout => {
+                let timeout = restart::human(r.spec.supervision.listen_timeout);
+                let why = match (&r.health, r.port) {
+                    (Some(h), _) if !h.last_failure.is_empty() => format!(
+                        "its health check did not pass within {timeout} (last: {})",
+                        h.last_failure
+                    ),
+                    (Some(_), _) => format!("its health check did not pass within {timeout}"),
+                    (None, Some(port)) => format!("not listening on port {port} within {timeout}"),
+                    (None, None) => format!("not ready within {timeout}"),
+                };
+                tracing::warn!(instance = %self.id, "{why}; restarting it");
+                let policy = Policy::of(&r.spec);
+                let index = r.index;
+                let exit = self.stop(r).await;
+                self.stopped(exit);
+                // It never came up: an unstable start, counted as such.
+                let decision = self.decide(&policy, Duration::ZERO, &why, index);
+                let next = self.after(decision, &why, None);
+                self.reason = Some(format!("restarted: {why}"));
+                Err(next)
+            }
+            Event::Health(outcome) => self.health_result(r, outcome).await,
+            Event::Cron => {
+                let expr = r.spec.supervision.cron_restart.clone().unwrap_or_default();
+                let why = format!("restarted by cron_restart {expr:?}");
+                tracing::info!(instance = %self.id, "{why}");
+                Err(Some(self.restart_now(r, &why).await))
+            }
+        }
+    }
+
+    async fn health_result(
+        &mut self,
+        mut r: Running,
+        outcome: Outcome,
+    ) -> Result<Running, Option<Instant>> {
+        let ready = r.ready;
+        let Some(h) = r.health.as_mut() else {
+            return Ok(r);
+        };
+        if let Outcome::Fail(why) = &outcome {
+            h.last_failure.clone_from(why);
+            if !ready {
+                // Failures while it starts are expected; listen_timeout bounds them.
+                return Ok(r);
+            }
+        }
+        let change = h.tracker.record(&outcome);
+        let failures = h.tracker.failures();
+        let last = h.tracker.last_failure.clone();
+        let restart_unhealthy = h.check.restart_unhealthy;
+        let health = h.tracker.health;
+        match change {
+            Change::Same => Ok(r),
+            Change::Healthy if !ready => {
+                r.ready = true;
+                tracing::info!(instance = %self.id, "online (health check passed)");
+                self.agent.state.update(&self.id, |s| {
+                    s.state = InstanceState::Online;
+                    s.health = health;
+                });
+                Ok(r)
+            }
+            Change::Healthy => {
+                tracing::info!(instance = %self.id, "healthy again");
+                self.agent.state.update(&self.id, |s| {
+                    s.health = health;
+                    if s.message.starts_with("unhealthy") {
+                        s.message.clear();
+                    }
+                });
+                Ok(r)
+            }
+            Change::Unhealthy => {
+                let why =
+                    format!("unhealthy: {failures} health checks failed in a row (last: {last})");
+                if restart_unhealthy {
+                    tracing::warn!(instance = %self.id, "{why}; restarting it");
+                    self.agent
+                        .state
+                        .update(&self.id, |s| s.health = Health::Unhealthy);
+                    Err(Some(
+                        self.restart_now(r, &format!("restarted: {why}")).await,
+                    ))
+                } else {
+                    tracing::warn!(instance = %self.id, "{why}");
+                    self.agent.state.update(&self.id, |s| {
+                        s.health = Health::Unhealthy;
+                        s.message.clone_from(&why);
+                    });
+                    self.agent.state.changed.notify_one();
+                    Ok(r)
+                }
+            }
+        }
+    }
+
+    async fn poked(&mut self, r: Running, poke: Poke) -> Result<Running, Instant> {
+        match poke {
+            Poke::Memory { pid, rss, limit } if pid == r.proc.pid => {
+                let why = format!(
+                    "restarted: memory {} over max_memory_restart {}",
+                    bytes(rss),
+                    bytes(limit)
+                );
+                tracing::warn!(instance = %self.id, "{why}");
+                Err(self.restart_now(r, &why).await)
+            }
+            // About a process that is gone already.
+            Poke::Memory { .. } => Ok(r),
+        }
+    }
+
+    /// Stops the process and asks for a start at once, with `why` as the instance's message.
+    async fn restart_now(&mut self, r: Running, why: &str) -> Instant {
+        let exit = self.stop(r).await;
+        self.stopped(exit);
+        self.set_state(InstanceState::Launching, why);
+        self.reason = Some(why.to_string());
+        Instant::now()
     }
 
     /// Spawns the instance's process.
     fn start(&mut self, target: &Target) -> Result<Running, StartError> {
         let a = &target.assignment;
         let spec = a.spec.clone().map_err(StartError::Fatal)?;
-        let port =
-            match spec.port {
-                PortSpec::Auto(lo, hi) => {
-                    let picked = self.agent.ports.pick(&self.id, lo, hi, self.auto_port);
-                    self.auto_port = picked;
-                    Some(picked.ok_or_else(|| {
-                        StartError::Retry(format!("no free port in {}", spec.port))
-                    })?)
+        let port = match spec.port {
+            PortSpec::Auto(lo, hi) => {
+                let picked = self.agent.ports.pick(&self.id, lo, hi, self.auto_port);
+                self.auto_port = picked;
+                Some(picked.ok_or_else(|| {
+                    StartError::Retry(format!("no free port in {} on this host", spec.port))
+                })?)
+            }
+            fixed => {
+                let port = a.port.or_else(|| fixed.port_for(a.index));
+                if let Some(p) = port
+                    && !crate::ports::is_free(p)
+                {
+                    // Checked before spawning: a program that cannot bind would crash-loop with
+                    // nothing but its own log to say why.
+                    return Err(StartError::Retry(format!(
+                        "port {p} is already in use on this host"
+                    )));
                 }
-                fixed => a.port.or_else(|| fixed.port_for(a.index)),
-            };
+                port
+            }
+        };
         let argv = instance_argv(&spec, a.index, port);
         let Some((program, args)) = argv.split_first() else {
             return Err(StartError::Fatal("the command is empty".to_string()));
@@ -315,147 +729,324 @@ impl Supervisor {
                 Err(e) => return Err(StartError::Retry(format!("cwd {cwd:?}: {}", describe(&e)))),
             }
         }
-        let stdout = open_log(&self.agent.logs_dir, &a.app, a.index, pb::LogStream::Stdout)?;
-        let stderr = open_log(&self.agent.logs_dir, &a.app, a.index, pb::LogStream::Stderr)?;
-        let mut cmd = Command::new(program);
+        let (uid, gid) = credentials(&spec).map_err(StartError::Fatal)?;
+        let affinity = affinity(&spec.supervision.cpu_affinity).map_err(StartError::Fatal)?;
+        let limits = limits(&spec.supervision.limits).map_err(StartError::Fatal)?;
+        let (stdout, stderr, pumps) = output(&self.agent.logs_dir, &a.app, a.index, &spec)?;
+        let env = instance_env(&spec, a.index, port);
+        let mut cmd = std::process::Command::new(program);
         cmd.args(args)
-            .envs(instance_env(&spec, a.index, port))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            // The files themselves, not pipes: the instance writes straight to disk, so no reader
-            // can slow it down and nothing is lost if the agent is busy.
+            // The files themselves (see `logs::rotate_copy_truncate` for why), or pipes for
+            // timestamps (see `logs::pump`).
             .stdout(stdout)
             .stderr(stderr)
             // Its own process group, so a stop reaches everything it started.
-            .process_group(0)
-            // Last resort if this task is dropped without a stop; a stop is the normal path.
-            .kill_on_drop(true);
+            .process_group(0);
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| StartError::Retry(format!("cannot run {program:?}: {}", describe(&e))))?;
-        let Some(pid) = child.id() else {
-            return Err(StartError::Retry(format!("{program:?} vanished at start")));
-        };
-        let pgid = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        if let Some(uid) = uid {
+            cmd.uid(uid);
+        }
+        if let Some(gid) = gid {
+            cmd.gid(gid);
+        }
+        let special = uid.is_some() || gid.is_some() || affinity.is_some() || !limits.is_empty();
+        process::set_in_child(&mut cmd, affinity, limits);
+        let spawned = self.agent.reaper.spawn(&mut cmd).map_err(|e| {
+            let message = format!("cannot run {program:?}: {}", describe(&e));
+            // Not being allowed to switch user or raise a limit does not get better by retrying.
+            let denied = matches!(e.raw_os_error(), Some(code)
+                if code == nix::errno::Errno::EPERM as i32 || code == nix::errno::Errno::EINVAL as i32);
+            if special && denied {
+                StartError::Fatal(format!(
+                    "{message} (user, group, cpu_affinity or limits need privileges this agent \
+                     lacks)"
+                ))
+            } else {
+                StartError::Retry(message)
+            }
+        })?;
+        // The parent's copies of the pipes' write ends go with the command: a pipe must end
+        // when the instance's processes are gone.
+        drop(cmd);
+        for (reader, target) in pumps {
+            self.agent
+                .supervisors
+                .spawn(logs::pump(reader, target, self.agent.detach.clone()));
+        }
+        let pid = spawned.pid;
+        let proc = ProcId::of(pid).unwrap_or(ProcId {
+            pid,
+            start_ticks: 0,
+        });
         let restarted = self.started_once;
         self.started_once = true;
-        let state = if port.is_some() {
-            InstanceState::Launching
-        } else {
+        let running = Running::new(
+            proc,
+            ExitWatch::Child(spawned.exit),
+            Instant::now(),
+            Arc::clone(&spec),
+            a.index,
+            port,
+            &health::Target {
+                index: a.index,
+                port,
+                env,
+                cwd: spec.cwd.clone(),
+            },
+        );
+        let state = if running.ready {
             InstanceState::Online
+        } else {
+            InstanceState::Launching
         };
+        let health = running.health_state();
+        let message = self.reason.take().unwrap_or_default();
         tracing::info!(instance = %self.id, app = %a.app, index = a.index, pid, ?port, "started");
         self.agent.state.update(&self.id, |s| {
             s.state = state;
             s.pid = Some(pid);
             s.port = port;
             s.started_at_ms = unix_ms();
-            s.message.clear();
             s.restart_epoch = a.restart_epoch;
+            s.health = health;
+            s.message = message;
             if restarted {
                 s.restarts = s.restarts.saturating_add(1);
             }
         });
-        let mut probe = tokio::time::interval(PROBE_INTERVAL);
-        probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Ok(Running {
-            child,
-            pgid,
-            started: Instant::now(),
-            spec,
-            port,
-            online: port.is_none(),
-            probe,
-        })
+        Ok(running)
     }
 
     /// Records an exit the instance did on its own; returns when to start it again, if at all.
-    fn exited(&mut self, r: Running, result: io::Result<ExitStatus>) -> Option<Instant> {
-        // Whatever the leader left behind in its group would collide with the next start (a port
-        // still bound, a worker still writing): it goes with the leader.
-        signal_group(r.pgid, Signal::SIGKILL);
-        let (code, how) = describe_exit(&result);
-        let (streak, delay) =
-            restart::after_exit(self.streak, r.started.elapsed(), r.spec.restart_delay);
-        self.streak = streak;
-        let (state, message, next) = if r.spec.autorestart {
-            tracing::info!(instance = %self.id, "{how}; restarting in {delay:?}");
-            (InstanceState::Exited, how, Some(Instant::now() + delay))
-        } else {
-            tracing::info!(instance = %self.id, "{how}; autorestart is off");
-            (
-                InstanceState::Stopped,
-                format!("{how}; autorestart is off"),
-                None,
-            )
+    async fn exited(&mut self, r: Running, exit: Exit) -> Option<Instant> {
+        // Whatever the leader left behind would collide with the next start (a port still bound,
+        // a worker still writing): it goes with the leader.
+        let family = self.agent.state.family(&self.id);
+        process::kill_all(r.proc.pid, &family);
+        let how = exit.describe();
+        let policy = Policy::of(&r.spec);
+        let decision = self.decide(&policy, r.started.elapsed(), &how, r.index);
+        let next = self.after(decision, &how, exit.code());
+        if next.is_some() {
+            self.reason = Some(format!("restarted after: {how}"));
+            wait_group_gone(r.proc.pid).await;
+        }
+        self.persist(None);
+        next
+    }
+
+    fn decide(&mut self, policy: &Policy, uptime: Duration, how: &str, index: u32) -> Decision {
+        let app = self.target.borrow().assignment.app.clone();
+        restart::on_exit(
+            policy,
+            &mut self.crashes,
+            self.agent.started.elapsed(),
+            uptime,
+            how,
+            Named { app: &app, index },
+        )
+    }
+
+    /// Reports a decision; returns when to start again.
+    fn after(&mut self, decision: Decision, how: &str, code: Option<i32>) -> Option<Instant> {
+        let (state, message, next) = match decision {
+            Decision::Restart { delay } => {
+                tracing::info!(instance = %self.id, "{how}; restarting in {delay:?}");
+                let message = if delay.is_zero() {
+                    how.to_string()
+                } else {
+                    format!("{how}; restarting in {}", restart::human(delay))
+                };
+                (InstanceState::Exited, message, Some(Instant::now() + delay))
+            }
+            Decision::GiveUp { message } => {
+                tracing::warn!(instance = %self.id, "{message}");
+                (InstanceState::Errored, message, None)
+            }
+            Decision::Exited { message } => {
+                tracing::info!(instance = %self.id, "{message}");
+                (InstanceState::Exited, message, None)
+            }
         };
         self.agent.state.update(&self.id, |s| {
             s.state = state;
             s.pid = None;
             s.started_at_ms = 0;
-            s.last_exit_code = code;
+            if code.is_some() || s.last_exit_code.is_none() {
+                s.last_exit_code = code;
+            }
+            s.health = Health::None;
             s.message = message;
         });
         next
     }
 
-    /// Stops the process: SIGTERM to its group, SIGKILL to the group after the kill timeout.
-    /// Returns once the leader has been reaped and the group is gone (or killed).
-    async fn stop(&self, mut r: Running) {
-        self.set_state(InstanceState::Stopping, "");
-        let grace = r.spec.kill_timeout;
-        let deadline = Instant::now() + grace;
-        signal_group(r.pgid, Signal::SIGTERM);
-        let result = match tokio::time::timeout_at(deadline, r.child.wait()).await {
-            Ok(result) => {
-                // Give the rest of the group what is left of the grace period.
-                while group_alive(r.pgid) && Instant::now() < deadline {
-                    tokio::time::sleep(GROUP_POLL).await;
-                }
-                result
-            }
-            Err(_elapsed) => {
-                tracing::warn!(instance = %self.id, "still running {grace:?} after SIGTERM; sending SIGKILL");
-                signal_group(r.pgid, Signal::SIGKILL);
-                r.child.wait().await
-            }
-        };
-        signal_group(r.pgid, Signal::SIGKILL);
-        let (code, how) = describe_exit(&result);
+    /// Records a stop the agent did.
+    fn stopped(&self, exit: Exit) {
+        let how = exit.describe();
         tracing::info!(instance = %self.id, "stopped: {how}");
         self.agent.state.update(&self.id, |s| {
             s.pid = None;
             s.started_at_ms = 0;
-            s.last_exit_code = code;
-            s.message = how;
+            s.last_exit_code = exit.code();
+            s.health = Health::None;
         });
+        self.persist(None);
+    }
+
+    /// Stops the process: the stop signal to its group (and to descendants that left it),
+    /// SIGKILL to all of them after the kill timeout. Returns once the leader has ended and
+    /// nothing of its family is left.
+    async fn stop(&self, mut r: Running) -> Exit {
+        self.set_state(InstanceState::Stopping, "");
+        let pgid = r.proc.pid;
+        let grace = r.spec.kill_timeout;
+        let deadline = Instant::now() + grace;
+        let signal = stop_signal(r.spec.supervision.stop_signal);
+        // Who is in the family now: descendants that called setsid are not in the group, and
+        // once the leader is gone nothing else links them to it.
+        let mut family = self.agent.state.family(&self.id);
+        family.extend(family_now(pgid));
+        signal_group(pgid, signal);
+        for p in &family {
+            if process::read_stat(p.pid).is_some_and(|s| s.pgrp != pgid) {
+                p.signal(signal);
+            }
+        }
+        let exit = match tokio::time::timeout_at(deadline, r.exit.wait()).await {
+            Ok(exit) => {
+                // Give the rest of the group what is left of the grace period.
+                while process::group_alive(pgid) && Instant::now() < deadline {
+                    tokio::time::sleep(GROUP_POLL).await;
+                }
+                exit
+            }
+            Err(_elapsed) => {
+                tracing::warn!(instance = %self.id, "still running {grace:?} after {}; sending SIGKILL", signal.as_str());
+                process::kill_all(pgid, &family);
+                match tokio::time::timeout(AFTER_KILL_WAIT, r.exit.wait()).await {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        tracing::error!(instance = %self.id, pid = pgid, "does not die even after SIGKILL; giving up on it");
+                        Exit::Unknown
+                    }
+                }
+            }
+        };
+        family.extend(family_now(pgid));
+        process::kill_all(pgid, &family);
+        exit
     }
 
     fn set_state(&self, state: InstanceState, message: &str) {
         self.agent.state.update(&self.id, |s| {
             s.state = state;
-            if !message.is_empty() || state == InstanceState::Online {
+            if !message.is_empty() {
                 s.message = message.to_string();
+            }
+            if state == InstanceState::Stopped && message.is_empty() {
+                s.message.clear();
             }
         });
     }
+
+    /// Writes this instance's record (see [`crate::persist`]).
+    fn persist(&self, running: Option<&Running>) {
+        let saved = {
+            let target = self.target.borrow();
+            Saved::of(&target.assignment)
+        };
+        let Some(mut saved) = saved else {
+            let _ = persist::remove(&self.agent.instances_dir, self.id.as_str());
+            return;
+        };
+        if let Some(status) = self.agent.state.status(&self.id) {
+            saved.restarts = status.restarts;
+            saved.last_exit_code = status.last_exit_code;
+            saved.process = running.map(|r| SavedProcess {
+                pid: r.proc.pid,
+                start_ticks: r.proc.start_ticks,
+                port: r.port,
+                started_at_ms: status.started_at_ms,
+            });
+        }
+        if let Err(e) = persist::write(&self.agent.instances_dir, &saved) {
+            tracing::warn!(instance = %self.id, "cannot write its record: {e}");
+        }
+    }
 }
 
-/// The next thing a running process does: start listening on its port, or exit. Pending forever
-/// when nothing runs.
-async fn next_event(running: Option<&mut Running>) -> Event {
+/// Processes of the family of `pgid`'s leader right now, from a `/proc` scan.
+fn family_now(pgid: u32) -> Vec<ProcId> {
+    process::family_now(pgid, pgid)
+}
+
+/// Waits (briefly) until nothing of a process group runs any more.
+async fn wait_group_gone(pgid: u32) {
+    let deadline = Instant::now() + GROUP_GONE_WAIT;
+    while process::group_alive(pgid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The next thing a running process does. Pending forever when nothing runs. Cancel-safe: all
+/// state lives in `Running`.
+async fn next_event(running: Option<&mut Running>, reaper: &Arc<process::Reaper>) -> Event {
     let Some(r) = running else {
         return std::future::pending().await;
     };
-    match r.port {
-        Some(port) if !r.online => tokio::select! {
-            result = r.child.wait() => Event::Exited(result),
-            () = probe(&mut r.probe, port) => Event::Online,
-        },
-        _ => Event::Exited(r.child.wait().await),
+    let Running {
+        exit,
+        ready,
+        listen_by,
+        port,
+        port_probe,
+        health,
+        cron_at,
+        ..
+    } = r;
+    let probing_port = !*ready && health.is_none() && port.is_some();
+    let port = port.unwrap_or(0);
+    let ready = *ready;
+    tokio::select! {
+        exit = exit.wait() => Event::Exited(exit),
+        () = probe(port_probe, port), if probing_port => Event::Ready,
+        () = tokio::time::sleep_until(*listen_by), if !ready => Event::ListenTimeout,
+        outcome = health_step(health, ready, reaper) => Event::Health(outcome),
+        () = sleep_until_opt(*cron_at) => Event::Cron,
     }
+}
+
+/// Runs the next health check when it is due; pending forever without a health check.
+async fn health_step(
+    health: &mut Option<HealthRun>,
+    ready: bool,
+    reaper: &Arc<process::Reaper>,
+) -> Outcome {
+    let Some(h) = health else {
+        return std::future::pending().await;
+    };
+    if h.in_flight.is_none() {
+        tokio::time::sleep_until(h.next).await;
+        h.in_flight = Some(health::probe(&h.check, &h.target, reaper));
+    }
+    let Some(check) = h.in_flight.as_mut() else {
+        return std::future::pending().await;
+    };
+    let outcome = check.await;
+    h.in_flight = None;
+    // Until it first passes, check often: that is how fast it goes online.
+    let every = if ready || outcome == Outcome::Pass {
+        h.check.interval
+    } else {
+        READINESS_CHECK.min(h.check.interval)
+    };
+    h.next = Instant::now() + every;
+    outcome
 }
 
 /// Returns once something accepts TCP connections on 127.0.0.1:`port`.
@@ -473,6 +1064,178 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Time until the next run of a cron expression, in the agent's local time.
+fn next_cron(expr: &str) -> Option<Duration> {
+    let cron = pmcluster_spec::supervise::cron_parser().parse(expr).ok()?;
+    let now = chrono::Local::now();
+    let next = cron.find_next_occurrence(&now, false).ok()?;
+    (next - now).to_std().ok()
+}
+
+fn stop_signal(s: StopSignal) -> Signal {
+    match s {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Int => Signal::SIGINT,
+        StopSignal::Quit => Signal::SIGQUIT,
+        StopSignal::Hup => Signal::SIGHUP,
+        StopSignal::Usr1 => Signal::SIGUSR1,
+        StopSignal::Usr2 => Signal::SIGUSR2,
+    }
+}
+
+/// The uid and gid to run as: names or numbers; a user without a group runs with its primary
+/// group.
+fn credentials(spec: &AppSpec) -> Result<(Option<u32>, Option<u32>), String> {
+    use nix::unistd::{Group, User};
+    let s = &spec.supervision;
+    let user = match &s.user {
+        None => None,
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(uid) => User::from_uid(uid.into()),
+                Err(_) => User::from_name(name),
+            };
+            match found {
+                Ok(Some(u)) => Some(u),
+                Ok(None) => return Err(format!("user {name:?} does not exist on this host")),
+                Err(e) => return Err(format!("cannot look up user {name:?}: {e}")),
+            }
+        }
+    };
+    let gid = match &s.group {
+        None => user.as_ref().map(|u| u.gid.as_raw()),
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(gid.into()),
+                Err(_) => Group::from_name(name),
+            };
+            match found {
+                Ok(Some(g)) => Some(g.gid.as_raw()),
+                Ok(None) => return Err(format!("group {name:?} does not exist on this host")),
+                Err(e) => return Err(format!("cannot look up group {name:?}: {e}")),
+            }
+        }
+    };
+    Ok((user.map(|u| u.uid.as_raw()), gid))
+}
+
+fn affinity(cpus: &[u32]) -> Result<Option<nix::sched::CpuSet>, String> {
+    if cpus.is_empty() {
+        return Ok(None);
+    }
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in cpus {
+        set.set(*cpu as usize).map_err(|_| {
+            format!(
+                "cpu_affinity: no CPU {cpu} (at most {})",
+                nix::sched::CpuSet::count() - 1
+            )
+        })?;
+    }
+    Ok(Some(set))
+}
+
+/// The spec's limits as `setrlimit` resources (names were validated with the spec).
+pub(crate) fn limits(by_name: &BTreeMap<String, u64>) -> Result<Vec<(Resource, u64)>, String> {
+    by_name
+        .iter()
+        .map(|(name, value)| {
+            let resource = match name.as_str() {
+                "nofile" => Resource::RLIMIT_NOFILE,
+                "nproc" => Resource::RLIMIT_NPROC,
+                "core" => Resource::RLIMIT_CORE,
+                "memlock" => Resource::RLIMIT_MEMLOCK,
+                "stack" => Resource::RLIMIT_STACK,
+                "as" => Resource::RLIMIT_AS,
+                "fsize" => Resource::RLIMIT_FSIZE,
+                "cpu" => Resource::RLIMIT_CPU,
+                other => return Err(format!("limits: unknown limit {other:?}")),
+            };
+            Ok((resource, *value))
+        })
+        .collect()
+}
+
+/// An instance's stdout and stderr: its log files, or with `log_timestamps` pipes whose read
+/// ends go to pumps.
+type Output = (Stdio, Stdio, Vec<(OwnedFd, PumpTarget)>);
+
+fn output(logs_dir: &Path, app: &str, index: u32, spec: &AppSpec) -> Result<Output, StartError> {
+    let s = &spec.supervision;
+    if !s.log_timestamps {
+        let stdout = open_log(logs_dir, app, index, pb::LogStream::Stdout)?;
+        let stderr = if spec.merge_logs {
+            stdout.try_clone().map_err(|e| {
+                StartError::Retry(format!("cannot share the log file: {}", describe(&e)))
+            })?
+        } else {
+            open_log(logs_dir, app, index, pb::LogStream::Stderr)?
+        };
+        return Ok((stdout.into(), stderr.into(), Vec::new()));
+    }
+    std::fs::create_dir_all(logs_dir).map_err(|e| {
+        StartError::Retry(format!(
+            "cannot create {}: {}",
+            logs_dir.display(),
+            describe(&e)
+        ))
+    })?;
+    let pipe_error =
+        |e: io::Error| StartError::Retry(format!("cannot make a pipe: {}", describe(&e)));
+    let mut pumps = Vec::new();
+    let mut ends = Vec::new();
+    for &stream in log_streams(spec.merge_logs) {
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| pipe_error(e.into()))?;
+        pumps.push((reader, pump_target(logs_dir, app, index, stream, spec)));
+        ends.push(writer);
+    }
+    let (stdout, stderr) = match (ends.pop(), ends.pop()) {
+        // Two pipes: the last made is stderr's.
+        (Some(err), Some(out)) => (out, err),
+        (Some(both), None) => (both.try_clone().map_err(pipe_error)?, both),
+        _ => return Err(StartError::Retry("cannot make a pipe".to_string())),
+    };
+    Ok((stdout.into(), stderr.into(), pumps))
+}
+
+fn pump_target(
+    logs_dir: &Path,
+    app: &str,
+    index: u32,
+    stream: pb::LogStream,
+    spec: &AppSpec,
+) -> PumpTarget {
+    PumpTarget {
+        path: log_path(logs_dir, app, index, stream),
+        max_bytes: spec.supervision.log_max_bytes.filter(|m| *m > 0),
+        keep: spec.supervision.log_keep,
+    }
+}
+
+/// Pumps again the output pipes of an adopted instance with timestamps: they outlived the
+/// agent that read them, and `/proc/PID/fd/N` opens a new read end of the same pipe.
+fn reattach_pipes(agent: &Agent, pid: u32, app: &str, index: u32, spec: &AppSpec) {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    for (fd, &stream) in [1, 2].iter().zip(log_streams(spec.merge_logs)) {
+        let path = format!("/proc/{pid}/fd/{fd}");
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path);
+        match opened {
+            Ok(f) if f.metadata().is_ok_and(|m| m.file_type().is_fifo()) => {
+                let target = pump_target(&agent.logs_dir, app, index, stream, spec);
+                agent
+                    .supervisors
+                    .spawn(logs::pump(OwnedFd::from(f), target, agent.detach.clone()));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pid, "cannot reopen {path} for its logs: {e}"),
+        }
     }
 }
 
@@ -503,80 +1266,17 @@ pub(crate) fn describe(e: &io::Error) -> String {
     }
 }
 
-/// The exit code (when it exited normally) and a human description of how it ended.
-fn describe_exit(result: &io::Result<ExitStatus>) -> (Option<i32>, String) {
-    match result {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => (Some(code), format!("exited with code {code}")),
-            (None, Some(sig)) => {
-                let name = Signal::try_from(sig)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| format!("signal {sig}"));
-                (None, format!("killed by {name}"))
-            }
-            (None, None) => (None, format!("ended: {status}")),
-        },
-        Err(e) => (None, format!("lost track of the process: {}", describe(e))),
+/// "612 MiB" for messages.
+fn bytes(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if n >= MIB {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{} KiB", n / 1024)
     }
 }
 
-/// Sends `signal` to a process group; a group that is already gone is fine.
-pub(crate) fn signal_group(pgid: Pid, signal: Signal) {
-    match killpg(pgid, signal) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!("cannot send {signal} to process group {pgid}: {e}"),
-    }
-}
-
-/// Whether any process of the group still runs. Zombies do not count: an orphaned member that
-/// exited waits for init to reap it, which on some hosts (containers without an init) never
-/// happens, and a stop must not wait for that.
-fn group_alive(pgid: Pid) -> bool {
-    if killpg(pgid, None).is_err() {
-        return false;
-    }
-    // Something is there, maybe only zombies: look closer. Without /proc, assume it runs.
-    live_member(pgid.as_raw()).unwrap_or(true)
-}
-
-fn live_member(pgid: i32) -> io::Result<bool> {
-    for entry in std::fs::read_dir("/proc")? {
-        let entry = entry?;
-        if !entry
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        // The process may be gone by now; that is not an error.
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        if let Some((state, pgrp)) = parse_stat(&stat)
-            && pgrp == pgid
-            && state != 'Z'
-            && state != 'X'
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
-/// State and process group from a `/proc/PID/stat` line. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted from its closing parenthesis.
-fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-fn unix_ms() -> i64 {
+pub(crate) fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -587,31 +1287,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proc_stat_fields() {
-        let cases = [
-            ("123 (sleep) S 1 123 123 0 -1", Some(('S', 123))),
-            ("7 (a b) (c)) Z 1 99 7 0", Some(('Z', 99))),
-            ("7 (x) R", None),
-            ("garbage", None),
-        ];
-        for (line, want) in cases {
-            assert_eq!(parse_stat(line), want, "{line}");
-        }
-    }
-
-    #[test]
     fn error_descriptions() {
         let e = io::Error::from_raw_os_error(2);
         assert_eq!(describe(&e), "No such file or directory");
-        let killed = ExitStatus::from_raw(9);
+        assert_eq!(bytes(612 << 20), "612 MiB");
+        assert_eq!(bytes(5000), "4 KiB");
+    }
+
+    #[test]
+    fn limits_and_affinity() {
+        let by_name: BTreeMap<String, u64> =
+            [("nofile".to_string(), 4096), ("core".to_string(), 0)].into();
         assert_eq!(
-            describe_exit(&Ok(killed)),
-            (None, "killed by SIGKILL".to_string())
+            limits(&by_name),
+            Ok(vec![
+                (Resource::RLIMIT_CORE, 0),
+                (Resource::RLIMIT_NOFILE, 4096)
+            ])
         );
-        let code = ExitStatus::from_raw(3 << 8);
-        assert_eq!(
-            describe_exit(&Ok(code)),
-            (Some(3), "exited with code 3".to_string())
+        let bad: BTreeMap<String, u64> = [("nofiles".to_string(), 1)].into();
+        assert!(limits(&bad).is_err());
+        assert!(matches!(affinity(&[]), Ok(None)));
+        assert!(matches!(affinity(&[0]), Ok(Some(_))));
+        assert!(affinity(&[1 << 20]).is_err_and(|e| e.contains("no CPU")));
+    }
+
+    #[test]
+    fn cron_schedule() {
+        let next = next_cron("* * * * *");
+        assert!(
+            next.is_some_and(|d| d <= Duration::from_secs(60)),
+            "{next:?}"
         );
+        assert_eq!(next_cron("not cron"), None);
     }
 }

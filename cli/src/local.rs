@@ -393,6 +393,9 @@ pub async fn up(
                 name.clone().into(),
                 "--data-dir".into(),
                 data.into_os_string(),
+                // `down` means everything stops: the agent takes its instances with it (a bare
+                // agent would leave them running for the next one to adopt).
+                "--stop-instances-on-exit".into(),
             ];
             started.push(spawn(&layout, Daemon::Agent, binary, &argv)?);
             fs::write(layout.node_file(), format!("{name}\n"))

@@ -7,6 +7,8 @@
 mod binary;
 mod fake;
 mod link;
+mod logging;
+mod resources;
 mod skeleton;
 
 use std::path::Path;
@@ -118,12 +120,8 @@ pub struct InProcessAgent {
 
 impl InProcessAgent {
     pub fn start(url: &str, data_dir: &Path, node: &str) -> InProcessAgent {
-        let config = Config {
-            coordinator: url.to_string(),
-            node_name: node.to_string(),
-            data_dir: data_dir.to_path_buf(),
-            labels: [("zone".to_string(), "a".to_string())].into(),
-        };
+        let mut config = Config::embedded(url, node, data_dir.to_path_buf());
+        config.labels = [("zone".to_string(), "a".to_string())].into();
         let cancel = CancellationToken::new();
         let task = tokio::spawn(pmcluster_agent::run(config, cancel.clone()));
         InProcessAgent { cancel, task }

@@ -408,7 +408,7 @@ async fn crash_loop_backs_off_and_autorestart_off_stays_down() {
     let r = s
         .report_where("c restarted 4 times, o down for good", |r| {
             instance(r, "c").is_some_and(|i| i.restarts >= 4 && i.last_exit_code == Some(3))
-                && is_state(r, "o", pb::InstanceState::Stopped)
+                && is_state(r, "o", pb::InstanceState::Exited)
         })
         .await;
     // Without backoff a crash loop restarts hundreds of times a second; with it, 4 restarts take

@@ -1,0 +1,348 @@
+//! The agent's local state on disk: one small JSON file per instance in `DATA_DIR/instances/`,
+//! holding its assignment (so the agent can run its last desired set without the coordinator)
+//! and its process (pid plus start time, so a restarted agent can adopt it and never start a
+//! duplicate).
+//!
+//! Why one file per instance: each supervisor writes its own file at each change (start, exit,
+//! new assignment) with no coordination, in tens of microseconds, and a write stays small however
+//! many instances the host runs. Writes are atomic (temporary file, then rename). They are not
+//! fsynced: the file matters while the processes it names run, and a crash that loses the page
+//! cache (power loss) ends those processes too.
+//!
+//! Encoding and decoding are pure; only [`write`], [`remove`] and [`load`] touch files.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Assignment, InstanceId};
+
+/// Version of the file layout; files of another version are ignored with a warning.
+pub const FORMAT: u32 = 1;
+
+/// What the agent keeps of one instance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Saved {
+    pub format: u32,
+    pub instance_id: String,
+    pub app: String,
+    pub index: u32,
+    pub app_version: u64,
+    /// The spec in its wire form (protobuf, hex): protobuf reads across versions, so an agent
+    /// upgraded in place still adopts what the previous version started, and the spec read back
+    /// is converted exactly as the coordinator's next desired set will be (no spurious restart).
+    pub spec_wire: String,
+    /// The same spec for people reading the file; never read back.
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    /// Port the coordinator resolved (fixed ranges).
+    pub assigned_port: Option<u16>,
+    pub run: bool,
+    pub restart_epoch: u64,
+    pub restarts: u32,
+    pub last_exit_code: Option<i32>,
+    /// The process running now, if any.
+    pub process: Option<SavedProcess>,
+}
+
+/// A running process, as the agent must find it again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedProcess {
+    pub pid: u32,
+    /// `/proc/PID/stat` field 22: with the pid, identifies the process across pid reuse.
+    pub start_ticks: u64,
+    /// The port it was started with (picked by the agent for `auto:` ranges).
+    pub port: Option<u16>,
+    pub started_at_ms: i64,
+}
+
+impl Saved {
+    /// The record of an assignment with a valid spec (an invalid one never runs: nothing to keep).
+    pub fn of(a: &Assignment) -> Option<Saved> {
+        let spec = a.spec.as_ref().ok()?;
+        Some(Saved {
+            format: FORMAT,
+            instance_id: a.instance_id.as_str().to_string(),
+            app: a.app.clone(),
+            index: a.index,
+            app_version: a.app_version,
+            spec_wire: hex(&pb::AppSpec::from(spec.as_ref()).encode_to_vec()),
+            spec: serde_json::to_value(spec.as_ref()).unwrap_or_default(),
+            assigned_port: a.port,
+            run: a.run,
+            restart_epoch: a.restart_epoch,
+            restarts: 0,
+            last_exit_code: None,
+            process: None,
+        })
+    }
+
+    /// The assignment read back, or why its spec cannot be read.
+    pub fn assignment(&self) -> Result<Assignment, String> {
+        let bytes = unhex(&self.spec_wire).ok_or("spec_wire is not hex")?;
+        let wire = pb::AppSpec::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+        let spec = AppSpec::try_from(wire).map_err(|e| e.to_string())?;
+        Ok(Assignment {
+            instance_id: InstanceId::new(&self.instance_id),
+            app: self.app.clone(),
+            index: self.index,
+            app_version: self.app_version,
+            spec: Ok(Arc::new(spec)),
+            port: self.assigned_port,
+            run: self.run,
+            restart_epoch: self.restart_epoch,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+pub fn encode(saved: &Saved) -> Vec<u8> {
+    // Plain data of strings, numbers and maps with string keys: serialising cannot fail, and if
+    // it ever did, an empty file is read back as "nothing saved", which is safe.
+    serde_json::to_vec_pretty(saved).unwrap_or_default()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
+    let saved: Saved = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if saved.format != FORMAT {
+        return Err(format!(
+            "format {} (this agent reads {FORMAT})",
+            saved.format
+        ));
+    }
+    Ok(saved)
+}
+
+/// File name for an instance id. Ids are UUIDs; anything else is hex-encoded so that no id can
+/// name a path outside the directory.
+pub fn file_name(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        format!("{id}.json")
+    } else {
+        format!("x-{}.json", hex(id.as_bytes()))
+    }
+}
+
+/// Writes one instance's file atomically.
+pub fn write(dir: &Path, saved: &Saved) -> io::Result<()> {
+    let name = file_name(&saved.instance_id);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, encode(saved))?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+/// Forgets an instance.
+pub fn remove(dir: &Path, id: &str) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(file_name(id))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A record file that could not be read, and why.
+pub type Unreadable = (PathBuf, String);
+
+/// Every saved instance, sorted by id, and the files that could not be read.
+pub fn load(dir: &Path) -> io::Result<(Vec<Saved>, Vec<Unreadable>)> {
+    let mut saved = Vec::new();
+    let mut bad = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((saved, bad)),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        let is_record = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'));
+        if !is_record {
+            continue;
+        }
+        match std::fs::read(&path) {
+            Ok(bytes) => match decode(&bytes) {
+                Ok(s) => saved.push(s),
+                Err(why) => bad.push((path, why)),
+            },
+            Err(e) => bad.push((path, e.to_string())),
+        }
+    }
+    saved.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    Ok((saved, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use pmcluster_proto::v1 as pb;
+
+    use super::*;
+
+    /// A spec with every supervision field set, from the wire as the coordinator sends it.
+    fn full_spec() -> AppSpec {
+        let wire = pb::AppSpec {
+            name: "web".into(),
+            script: "node".into(),
+            args: vec!["server.js".into(), "--port=${PORT}".into()],
+            cwd: "/srv".into(),
+            env: [("A".to_string(), "1".to_string())].into(),
+            instances: 4,
+            port: "auto:3000-3100".into(),
+            restart_delay_ms: 250,
+            kill_timeout_ms: 3000,
+            merge_logs: true,
+            min_uptime_ms: Some(2000),
+            max_restarts: Some(5),
+            restart_window_ms: Some(30_000),
+            restart_backoff_max_ms: Some(4000),
+            stop_signal: "SIGINT".into(),
+            listen_timeout_ms: Some(8000),
+            health_check: Some(pb::HealthCheck {
+                check_type: "http".into(),
+                url: "http://127.0.0.1:${PORT}/ready".into(),
+                expected_status: 204,
+                interval_ms: 1000,
+                timeout_ms: 500,
+                retries: 2,
+                restart_unhealthy: Some(false),
+                ..Default::default()
+            }),
+            max_memory_restart_bytes: 600 << 20,
+            cpu_affinity: vec![0, 1],
+            limits: [("nofile".to_string(), 4096u64)].into(),
+            user: "www".into(),
+            cron_restart: "0 3 * * *".into(),
+            log_timestamps: true,
+            log_max_bytes: Some(1 << 20),
+            log_keep: Some(3),
+            ..Default::default()
+        };
+        match AppSpec::try_from(wire) {
+            Ok(s) => s,
+            Err(e) => panic!("spec: {e}"),
+        }
+    }
+
+    fn saved() -> Saved {
+        let a = Assignment {
+            instance_id: InstanceId::new("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"),
+            app: "web".into(),
+            index: 2,
+            app_version: 7,
+            spec: Ok(Arc::new(full_spec())),
+            port: None,
+            run: true,
+            restart_epoch: 3,
+        };
+        let mut s = Saved::of(&a).expect("valid spec");
+        s.restarts = 4;
+        s.last_exit_code = Some(1);
+        s.process = Some(SavedProcess {
+            pid: 4242,
+            start_ticks: 987_654,
+            port: Some(3004),
+            started_at_ms: 1_700_000_000_000,
+        });
+        s
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let s = saved();
+        let back = decode(&encode(&s));
+        assert_eq!(back.as_ref(), Ok(&s));
+        // The assignment read back is the one saved: the desired-set diff sees no change.
+        let a = s.assignment().expect("readable spec");
+        assert_eq!(a.spec.as_deref(), Ok(&full_spec()));
+        let again = Saved::of(&a).map(|mut x| {
+            x.restarts = s.restarts;
+            x.last_exit_code = s.last_exit_code;
+            x.process = s.process.clone();
+            x
+        });
+        assert_eq!(again.as_ref(), Some(&s));
+        // A spec that no longer reads is reported, not guessed.
+        let bad = Saved {
+            spec_wire: "zz".into(),
+            ..s.clone()
+        };
+        assert!(bad.assignment().is_err());
+        assert_eq!(unhex("0aff"), Some(vec![10, 255]));
+        assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn decode_errors() {
+        let mut other = saved();
+        other.format = 99;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"".to_vec(), "EOF"),
+            (b"{".to_vec(), "EOF"),
+            (b"{\"format\": 1}".to_vec(), "missing field"),
+            (encode(&other), "format 99"),
+        ];
+        for (bytes, want) in cases {
+            match decode(&bytes) {
+                Err(e) => assert!(e.contains(want), "{e}"),
+                Ok(s) => panic!("decoded {s:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn file_names() {
+        let cases = [
+            ("0190a1b2-c3d4", "0190a1b2-c3d4.json"),
+            ("a_b", "a_b.json"),
+            ("../etc", "x-2e2e2f657463.json"),
+            ("", "x-.json"),
+        ];
+        for (id, want) in cases {
+            assert_eq!(file_name(id), want, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn write_load_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = saved();
+        let mut b = saved();
+        b.instance_id = "b".into();
+        a.instance_id = "a".into();
+        write(dir.path(), &b).expect("write b");
+        write(dir.path(), &a).expect("write a");
+        std::fs::write(dir.path().join("junk.json"), b"nope").expect("junk");
+        let (got, bad) = load(dir.path()).expect("load");
+        assert_eq!(got, vec![a.clone(), b.clone()]);
+        assert_eq!(bad.len(), 1);
+        remove(dir.path(), "a").expect("remove");
+        remove(dir.path(), "a").expect("remove twice");
+        let (got, _) = load(dir.path()).expect("load");
+        assert_eq!(got, vec![b]);
+        let (none, _) = load(&dir.path().join("missing")).expect("missing dir");
+        assert!(none.is_empty());
+    }
+}

@@ -1,0 +1,572 @@
+//! Processes: spawning instance processes, reaping them (this module is the agent's only caller of
+//! `waitpid`), watching processes the agent did not spawn (adopted after an agent restart),
+//! signalling a process group and every descendant, and reading `/proc`.
+//!
+//! Why one reaper: the agent is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so the orphans of
+//! its instances (a daemonising worker, a grandchild whose parent died) become its children and
+//! must be reaped or they stay zombies for as long as the agent runs. Reaping "any child" would
+//! steal the exit status of an instance leader from whoever waits for it, so nothing else may
+//! wait: every spawn goes through [`Reaper::spawn`], which registers the pid under the same lock
+//! the reaper holds while it reaps, and the reaper hands each registered exit to its waiter.
+//!
+//! What this module must not do: decide anything about restarts (see `restart`), or block the
+//! runtime for longer than one short syscall burst.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{ChildStderr, ChildStdout, Command};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// How often the reaper looks for exits even without SIGCHLD (a safety net: signals coalesce,
+/// and one may arrive before the listener exists).
+const REAP_SWEEP: Duration = Duration::from_secs(2);
+/// How often an adopted process is checked when pidfds are not available (kernels before 5.3).
+const ADOPTED_POLL: Duration = Duration::from_millis(500);
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// The agent could not learn it: the process was adopted (not the agent's child), or the
+    /// agent is shutting down.
+    Unknown,
+}
+
+impl Exit {
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// "exited with code 3", "killed by SIGKILL", "exited".
+    pub fn describe(self) -> String {
+        match self {
+            Exit::Code(code) => format!("exited with code {code}"),
+            Exit::Signal(sig) => format!("killed by {}", signal_name(sig)),
+            Exit::Unknown => "exited (status unknown: the agent did not start it)".to_string(),
+        }
+    }
+}
+
+/// `SIGKILL` for 9, `signal 77` for what nix does not know.
+pub fn signal_name(sig: i32) -> String {
+    Signal::try_from(sig)
+        .map(|s| s.as_str().to_string())
+        .unwrap_or_else(|_| format!("signal {sig}"))
+}
+
+/// A process, identified by pid and start time (clock ticks after boot, `/proc/PID/stat` field
+/// 22) so that a reused pid is never mistaken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ProcId {
+    pub pid: u32,
+    pub start_ticks: u64,
+}
+
+impl ProcId {
+    /// The process running now under `pid`.
+    pub fn of(pid: u32) -> Option<ProcId> {
+        let stat = read_stat(pid)?;
+        Some(ProcId {
+            pid,
+            start_ticks: stat.start_ticks,
+        })
+    }
+
+    /// Whether this very process still runs (zombies count as gone).
+    pub fn alive(&self) -> bool {
+        read_stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.running())
+    }
+
+    /// Sends `signal` if this very process still runs.
+    pub fn signal(&self, signal: Signal) {
+        if self.alive() {
+            let _ = kill(to_pid(self.pid), signal);
+        }
+    }
+}
+
+pub fn to_pid(pid: u32) -> Pid {
+    Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX))
+}
+
+/// Sends `signal` to a process group; a group that is already gone is fine.
+pub fn signal_group(pgid: u32, signal: Signal) {
+    match killpg(to_pid(pgid), signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => tracing::warn!("cannot send {signal} to process group {pgid}: {e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spawning and reaping
+
+/// A spawned process: its pid, its exit (delivered by the reaper) and, in pipe mode, its output.
+pub struct Spawned {
+    pub pid: u32,
+    pub exit: oneshot::Receiver<Exit>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+}
+
+/// The agent's reaper; see the module doc.
+pub struct Reaper {
+    /// Waiters by pid. Held while spawning and while reaping, so a child that exits at once is
+    /// never reaped before its waiter is registered.
+    waiting: Mutex<BTreeMap<u32, oneshot::Sender<Exit>>>,
+    /// Reap any child (`waitpid(-1)`): the agent is a subreaper and adopts orphans. Off for an
+    /// agent embedded in another process (tests), which must only reap its own spawns.
+    reap_all: bool,
+}
+
+impl Reaper {
+    pub fn new(reap_all: bool) -> Reaper {
+        Reaper {
+            waiting: Mutex::new(BTreeMap::new()),
+            reap_all,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, oneshot::Sender<Exit>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns `cmd` and registers its pid. Blocking (fork and exec) for well under a
+    /// millisecond; the caller's `Command` decides stdio, group and credentials.
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
+        let mut waiting = self.lock();
+        let mut child = cmd.spawn()?;
+        let pid = child.id();
+        let (tx, rx) = oneshot::channel();
+        waiting.insert(pid, tx);
+        // Dropping a std `Child` neither waits nor kills: the reaper owns its exit from here.
+        Ok(Spawned {
+            pid,
+            exit: rx,
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+        })
+    }
+
+    /// Reaps every child that has exited and hands registered exits to their waiters.
+    pub fn reap(&self) {
+        let mut waiting = self.lock();
+        if self.reap_all {
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                    Err(Errno::EINTR) => continue,
+                    Err(e) => {
+                        tracing::warn!("waitpid failed: {e}");
+                        break;
+                    }
+                    Ok(status) => deliver(&mut waiting, status),
+                }
+            }
+        } else {
+            let pids: Vec<u32> = waiting.keys().copied().collect();
+            for pid in pids {
+                match waitpid(to_pid(pid), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(status) => deliver(&mut waiting, status),
+                    // Not our child any more (cannot happen for a registered pid); forget it.
+                    Err(Errno::ECHILD) => {
+                        if let Some(tx) = waiting.remove(&pid) {
+                            let _ = tx.send(Exit::Unknown);
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Reaps on every SIGCHLD (and every [`REAP_SWEEP`]) until `cancel`. Waiters still registered
+    /// then are dropped, which reads as [`Exit::Unknown`].
+    pub async fn run(&self, mut sigchld: tokio::signal::unix::Signal, cancel: CancellationToken) {
+        let mut sweep = tokio::time::interval(REAP_SWEEP);
+        sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = sigchld.recv() => {}
+                _ = sweep.tick() => {}
+            }
+            self.reap();
+        }
+    }
+}
+
+fn deliver(waiting: &mut BTreeMap<u32, oneshot::Sender<Exit>>, status: WaitStatus) {
+    let (pid, exit) = match status {
+        WaitStatus::Exited(pid, code) => (pid, Exit::Code(code)),
+        WaitStatus::Signaled(pid, sig, _core) => (pid, Exit::Signal(sig as i32)),
+        // Stops and continues are not asked for.
+        _ => return,
+    };
+    let Ok(pid) = u32::try_from(pid.as_raw()) else {
+        return;
+    };
+    match waiting.remove(&pid) {
+        Some(tx) => {
+            let _ = tx.send(exit);
+        }
+        None => tracing::debug!(pid, "reaped an orphan: {}", exit.describe()),
+    }
+}
+
+/// Sets what a child needs before it runs the program: its CPU affinity and resource limits.
+///
+/// Why `pre_exec` and not `sched_setaffinity`/`prlimit` on the pid after the spawn: by then the
+/// program runs, and many read their limits once at startup (nginx sizes its connection table
+/// from RLIMIT_NOFILE, Go and the JVM raise theirs) or start threads at once (which an affinity
+/// set afterwards on the pid would miss). Doing it in the child between fork and exec is the
+/// only way to have them in force from the program's first instruction.
+///
+/// Sound because the closure only makes two kinds of raw syscalls through nix
+/// (`sched_setaffinity`, `setrlimit`), which are async-signal-safe, on values built before the
+/// fork and captured by move: it does not allocate, lock or touch any other state of the parent.
+#[allow(unsafe_code)]
+pub fn set_in_child(
+    cmd: &mut Command,
+    affinity: Option<nix::sched::CpuSet>,
+    limits: Vec<(nix::sys::resource::Resource, u64)>,
+) {
+    if affinity.is_none() && limits.is_empty() {
+        return;
+    }
+    // SAFETY: see the function doc: only async-signal-safe syscalls on pre-built values.
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(set) = &affinity {
+                nix::sched::sched_setaffinity(Pid::from_raw(0), set).map_err(io::Error::from)?;
+            }
+            for (resource, value) in &limits {
+                nix::sys::resource::setrlimit(*resource, *value, *value)
+                    .map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching an exit
+
+/// How a supervisor learns that its process ended.
+pub enum ExitWatch {
+    /// Its own child: the reaper delivers the status.
+    Child(oneshot::Receiver<Exit>),
+    /// Adopted after an agent restart (not our child): its pidfd becomes readable at exit.
+    Pidfd(AsyncFd<OwnedFd>),
+    /// Adopted, and pidfds are not available: poll `/proc`.
+    Poll(ProcId, Interval),
+    /// Already known to have ended.
+    Done(Exit),
+}
+
+impl ExitWatch {
+    /// Watches a process this agent did not spawn.
+    pub fn adopt(id: ProcId) -> ExitWatch {
+        match pidfd(id) {
+            Ok(fd) => ExitWatch::Pidfd(fd),
+            Err(e) => {
+                tracing::debug!(pid = id.pid, "no pidfd ({e}); polling /proc for its exit");
+                let mut interval = tokio::time::interval(ADOPTED_POLL);
+                interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                ExitWatch::Poll(id, interval)
+            }
+        }
+    }
+
+    /// Waits for the exit. Cancel-safe: dropping the future loses nothing.
+    pub async fn wait(&mut self) -> Exit {
+        match self {
+            ExitWatch::Child(rx) => {
+                let exit = (&mut *rx).await.unwrap_or(Exit::Unknown);
+                *self = ExitWatch::Done(exit);
+                exit
+            }
+            ExitWatch::Pidfd(fd) => match fd.readable().await {
+                Ok(_) => {
+                    *self = ExitWatch::Done(Exit::Unknown);
+                    Exit::Unknown
+                }
+                Err(e) => {
+                    tracing::warn!("watching a pidfd failed ({e}); assuming the process ended");
+                    *self = ExitWatch::Done(Exit::Unknown);
+                    Exit::Unknown
+                }
+            },
+            ExitWatch::Poll(id, interval) => {
+                loop {
+                    interval.tick().await;
+                    if !id.alive() {
+                        break;
+                    }
+                }
+                *self = ExitWatch::Done(Exit::Unknown);
+                Exit::Unknown
+            }
+            ExitWatch::Done(exit) => *exit,
+        }
+    }
+}
+
+fn pidfd(id: ProcId) -> io::Result<AsyncFd<OwnedFd>> {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(id.pid).unwrap_or(i32::MAX))
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    // The pid may have been reused between the caller's check and the open: the fd must name
+    // the very process that was recorded.
+    if !id.alive() {
+        return Err(io::Error::from(io::ErrorKind::NotFound));
+    }
+    register(fd)
+}
+
+/// Registers a pidfd with the runtime. tokio deprecated its safe constructors in favour of
+/// `unsafe` ones whose contract is that the fd stays open and the same for the `AsyncFd`'s whole
+/// life; an `OwnedFd` moved into the `AsyncFd` guarantees exactly that, so the safe (deprecated)
+/// form is sound here and keeps the crate free of `unsafe` for it.
+#[allow(deprecated)]
+fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+/// The fields of `/proc/PID/stat` the agent uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    pub pid: u32,
+    pub state: char,
+    pub ppid: u32,
+    pub pgrp: u32,
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    pub start_ticks: u64,
+    pub rss_pages: u64,
+}
+
+impl Stat {
+    /// Not a zombie (nor dead).
+    pub fn running(&self) -> bool {
+        !matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// Parses one `/proc/PID/stat` line. The command name (field 2) may hold spaces and parentheses,
+/// so fields are counted from its last closing parenthesis.
+pub fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state): field n is f[n - 3].
+    let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
+    Some(Stat {
+        pid,
+        state: f.first()?.chars().next()?,
+        ppid: u32::try_from(num(4)?).ok()?,
+        pgrp: u32::try_from(num(5)?).ok()?,
+        cpu_ticks: num(14)?.saturating_add(num(15)?),
+        start_ticks: num(22)?,
+        rss_pages: num(24)?,
+    })
+}
+
+pub fn read_stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
+}
+
+/// Every process on the host, read once (one `/proc/PID/stat` per process). Processes that end
+/// during the scan are simply missing.
+pub fn scan() -> io::Result<Vec<Stat>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Some(stat) = read_stat(pid) {
+            out.push(stat);
+        }
+    }
+    Ok(out)
+}
+
+/// Children by parent pid, for [`family`].
+pub fn children_index(table: &[Stat]) -> BTreeMap<u32, Vec<usize>> {
+    let mut index: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, s) in table.iter().enumerate() {
+        index.entry(s.ppid).or_default().push(i);
+    }
+    index
+}
+
+/// The processes of one instance in `table`: the leader, its descendants (by parent links, so
+/// those that left the group with `setsid` count), and whatever else is in its process group
+/// (orphans reparented to the agent). Zombies are left out. Indices into `table`, sorted.
+pub fn family(
+    table: &[Stat],
+    children: &BTreeMap<u32, Vec<usize>>,
+    leader: u32,
+    pgid: u32,
+) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<usize> = table
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.pid == leader || s.pgrp == pgid)
+        .map(|(i, _)| i)
+        .collect();
+    while let Some(i) = todo.pop() {
+        if !seen.insert(i) {
+            continue;
+        }
+        if let Some(kids) = children.get(&table[i].pid) {
+            todo.extend(kids.iter().copied());
+        }
+    }
+    seen.into_iter().filter(|i| table[*i].running()).collect()
+}
+
+/// The live processes of an instance right now (see [`family`]), as ids to kill later safely.
+pub fn family_now(leader: u32, pgid: u32) -> Vec<ProcId> {
+    let Ok(table) = scan() else {
+        return Vec::new();
+    };
+    let children = children_index(&table);
+    family(&table, &children, leader, pgid)
+        .into_iter()
+        .map(|i| ProcId {
+            pid: table[i].pid,
+            start_ticks: table[i].start_ticks,
+        })
+        .collect()
+}
+
+/// Whether any process of the group runs (zombies do not count: an orphaned member that exited
+/// may wait a while for its reaper, and a stop must not wait for that).
+pub fn group_alive(pgid: u32) -> bool {
+    if killpg(to_pid(pgid), None).is_err() {
+        return false;
+    }
+    match scan() {
+        Ok(table) => table.iter().any(|s| s.pgrp == pgid && s.running()),
+        // Without /proc, trust the signal probe.
+        Err(_) => true,
+    }
+}
+
+/// SIGKILL for a process group and every process of `known` that still runs.
+pub fn kill_all(pgid: u32, known: &[ProcId]) {
+    signal_group(pgid, Signal::SIGKILL);
+    for p in known {
+        p.signal(Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(pid: u32, ppid: u32, pgrp: u32, state: char) -> Stat {
+        Stat {
+            pid,
+            state,
+            ppid,
+            pgrp,
+            cpu_ticks: 0,
+            start_ticks: u64::from(pid),
+            rss_pages: 0,
+        }
+    }
+
+    #[test]
+    fn stat_lines() {
+        let line = "123 (my (odd) app) S 1 123 123 0 -1 4194304 100 0 0 0 7 5 0 0 20 0 3 0 \
+                    9876 1000000 250 18446744073709551615";
+        assert_eq!(
+            parse_stat(123, line),
+            Some(Stat {
+                pid: 123,
+                state: 'S',
+                ppid: 1,
+                pgrp: 123,
+                cpu_ticks: 12,
+                start_ticks: 9876,
+                rss_pages: 250,
+            })
+        );
+        for bad in ["", "garbage", "7 (x) R", "7 (x) R 1 2"] {
+            assert_eq!(parse_stat(7, bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn families() {
+        // 10 leads group 10 with child 11 (grandchild 12 left the group with setsid); 13 is an
+        // orphan of group 10 reparented to the agent (pid 1); 20 is another instance; 14 a zombie.
+        let table = vec![
+            stat(1, 0, 1, 'S'),
+            stat(10, 1, 10, 'S'),
+            stat(11, 10, 10, 'S'),
+            stat(12, 11, 12, 'S'),
+            stat(13, 1, 10, 'R'),
+            stat(14, 10, 10, 'Z'),
+            stat(20, 1, 20, 'S'),
+            stat(21, 20, 20, 'S'),
+        ];
+        let children = children_index(&table);
+        let pids = |leader, pgid| -> Vec<u32> {
+            family(&table, &children, leader, pgid)
+                .into_iter()
+                .map(|i| table[i].pid)
+                .collect()
+        };
+        assert_eq!(pids(10, 10), [10, 11, 12, 13]);
+        assert_eq!(pids(20, 20), [20, 21]);
+        assert_eq!(pids(99, 99), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn exits() {
+        assert_eq!(Exit::Code(3).describe(), "exited with code 3");
+        assert_eq!(Exit::Signal(9).describe(), "killed by SIGKILL");
+        assert_eq!(Exit::Signal(15).code(), None);
+        assert_eq!(signal_name(200), "signal 200");
+    }
+
+    #[test]
+    fn own_process() {
+        let me = std::process::id();
+        let stat = read_stat(me);
+        assert!(
+            stat.is_some_and(|s| s.running() && s.rss_pages > 0),
+            "{stat:?}"
+        );
+        let id = ProcId::of(me);
+        assert!(id.is_some_and(|id| id.alive()));
+    }
+}

@@ -1,0 +1,537 @@
+#!/usr/bin/env python3
+"""pmcluster's agent against supervisord and PMDaemon, the same scenarios in one run.
+
+Scenarios (loopback only, every loop bounded in count and time):
+  crash    SIGKILL an instance, time until its port accepts again (a new process), median of N
+  rss      resident memory of the supervisor process while it supervises 50 instances
+  cpu      CPU of the supervisor process over an idle period with 50 instances
+  start50  time from the start command until 50 instances accept connections, minus the time
+           the same 50 processes take when started directly (the app's own start), per instance
+
+The app is pmcluster-testapp (release build) everywhere. Every process started here is ended
+by pid (or by its supervisor) before the script exits. Run by scripts/bench-supervisors.sh.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+N_MANY = 50
+
+
+# ----------------------------------------------------------------------------------------------
+# /proc and sockets
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def port_free(port):
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def free_range(n, low=20000, high=30000):
+    start = low
+    while start + n < high:
+        if all(port_free(p) for p in range(start, start + n)):
+            return start
+        start += n
+    raise SystemExit(f"no {n} free ports between {low} and {high}")
+
+
+def wait_ports(ports, timeout):
+    """Seconds until every port accepts a connection, or None after `timeout`."""
+    t0 = time.perf_counter()
+    left = set(ports)
+    while left:
+        left = {p for p in left if not port_open(p)}
+        if not left:
+            break
+        if time.perf_counter() - t0 > timeout:
+            return None
+        time.sleep(0.002)
+    return time.perf_counter() - t0
+
+
+def wait_closed(ports, timeout):
+    t0 = time.perf_counter()
+    while any(port_open(p) for p in ports):
+        if time.perf_counter() - t0 > timeout:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def listen_inode(port):
+    want = f"0100007F:{port:04X}"
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[1] == want and parts[3] == "0A":
+                    return parts[9]
+    except OSError:
+        pass
+    return None
+
+
+def listener_pid(port):
+    """The pid of the process that listens on 127.0.0.1:port."""
+    inode = listen_inode(port)
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def kill_pid(pid, sig=signal.SIGKILL):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------
+# The systems under test
+
+
+class Pmcluster:
+    name = "pmcluster"
+
+    def __init__(self, bin_dir, testapp, work):
+        self.bin = bin_dir
+        self.testapp = testapp
+        self.home = os.path.join(work, "pmcluster")
+        self.cport = free_range(1, 31000, 32000)
+        self.env = dict(os.environ, PMCLUSTER_HOME=self.home,
+                        PMCLUSTER_COORDINATOR=f"http://127.0.0.1:{self.cport}")
+
+    def cli(self, *args, check=True):
+        r = subprocess.run([os.path.join(self.bin, "pmcluster"), *args], env=self.env,
+                           capture_output=True, text=True, timeout=60)
+        if check and r.returncode != 0:
+            raise RuntimeError(f"pmcluster {' '.join(args)}: {r.stdout}{r.stderr}")
+        return r
+
+    def setup(self):
+        self.cli("up", "--listen", f"127.0.0.1:{self.cport}", "--node-name", "bench")
+
+    def daemon_pid(self):
+        with open(os.path.join(self.home, "agent.pid")) as f:
+            return int(f.read().strip())
+
+    def coordinator_pid(self):
+        with open(os.path.join(self.home, "coordinator.pid")) as f:
+            return int(f.read().strip())
+
+    def start_one(self, port):
+        self.cli("start", self.testapp, "--name", "crash", "--port", str(port))
+
+    def stop_one(self):
+        self.cli("delete", "crash")
+
+    def start_many(self, base):
+        self.cli("start", self.testapp, "--name", "many", "--instances", str(N_MANY),
+                 "--port", f"{base}-{base + N_MANY - 1}")
+
+    def stop_many(self):
+        self.cli("delete", "many")
+
+    def teardown(self):
+        self.cli("down", check=False)
+
+
+class Supervisord:
+    name = "supervisord"
+
+    def __init__(self, testapp, work):
+        self.testapp = testapp
+        self.dir = os.path.join(work, "supervisord")
+        os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
+        self.conf = os.path.join(self.dir, "supervisord.conf")
+        self.proc = None
+
+    def write_conf(self, crash_port, base):
+        d = self.dir
+        # An unprivileged, self-contained instance: its own unix socket, logs and pid file in a
+        # temporary dir; nothing of the system service is used. Same policy as the others:
+        # restart on any exit, no delay, the whole group stopped.
+        text = f"""
+[unix_http_server]
+file={d}/supervisor.sock
+
+[supervisord]
+logfile={d}/supervisord.log
+pidfile={d}/supervisord.pid
+childlogdir={d}/logs
+nodaemon=true
+loglevel=warn
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://{d}/supervisor.sock
+
+[program:crash]
+command={self.testapp}
+environment=PORT="{crash_port}"
+autostart=false
+autorestart=true
+startsecs=1
+stopasgroup=true
+killasgroup=true
+stdout_logfile={d}/logs/crash.out
+stderr_logfile={d}/logs/crash.err
+
+[program:many]
+command={self.testapp}
+process_name=%(program_name)s_%(process_num)02d
+numprocs={N_MANY}
+numprocs_start={base % 100}
+environment=PORT="{base // 100}%(process_num)02d"
+autostart=false
+autorestart=true
+startsecs=1
+stopasgroup=true
+killasgroup=true
+stdout_logfile={d}/logs/%(program_name)s_%(process_num)02d.out
+stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
+"""
+        with open(self.conf, "w") as f:
+            f.write(text)
+
+    def ctl(self, *args):
+        r = subprocess.run(["supervisorctl", "-c", self.conf, *args], capture_output=True,
+                           text=True, timeout=120)
+        return r
+
+    def setup(self):
+        self.proc = subprocess.Popen(["supervisord", "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for _ in range(200):
+            if self.ctl("status").returncode in (0, 3):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("supervisord did not answer")
+
+    def daemon_pid(self):
+        return self.proc.pid
+
+    def start_one(self, port):
+        self.ctl("start", "crash")
+
+    def stop_one(self):
+        self.ctl("stop", "crash")
+
+    def start_many(self, base):
+        self.ctl("start", "many:*")
+
+    def stop_many(self):
+        self.ctl("stop", "many:*")
+
+    def teardown(self):
+        if self.proc:
+            self.ctl("stop", "all")
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                kill_pid(self.proc.pid)
+                self.proc.wait()
+
+
+class Pmdaemon:
+    name = "pmdaemon"
+
+    def __init__(self, binary, testapp, work):
+        self.bin = binary
+        self.testapp = testapp
+        self.home = os.path.join(work, "pmdaemon")
+        os.makedirs(self.home, exist_ok=True)
+        self.env = dict(os.environ, HOME=self.home, NO_COLOR="1")
+
+    def cmd(self, *args):
+        return subprocess.run([self.bin, *args], env=self.env, capture_output=True, text=True,
+                              timeout=120)
+
+    def setup(self):
+        pass
+
+    def daemon_pid(self):
+        # PMDaemon 0.1.x keeps no resident process: `start` spawns the app and exits.
+        return None
+
+    def start_one(self, port):
+        self.cmd("start", self.testapp, "--name", "crash", "--port", str(port))
+
+    def stop_one(self):
+        self.cmd("delete", "crash")
+        self.kill_leftovers()
+
+    def start_many(self, base):
+        self.cmd("start", self.testapp, "--name", "many", "--instances", str(N_MANY),
+                 "--port", f"{base}-{base + N_MANY - 1}")
+
+    def stop_many(self):
+        self.cmd("delete", "many")
+        self.kill_leftovers()
+
+    def teardown(self):
+        self.cmd("delete", "all")
+        self.kill_leftovers()
+
+    def kill_leftovers(self):
+        """`pmdaemon delete` (0.1.4) leaves the processes running: end the ones it started here
+        (the test app with this run's private HOME in its environment), by pid."""
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = f.read().split(b"\0")
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.endswith(b"pmcluster-testapp") and f"HOME={self.home}".encode() in env:
+                kill_pid(int(pid))
+
+
+# ----------------------------------------------------------------------------------------------
+# Scenarios
+
+
+def crash_latency(system, port, n):
+    """Median seconds from SIGKILL of the instance to its port answering from a new process."""
+    system.start_one(port)
+    if wait_ports([port], 30) is None:
+        return None, "did not start"
+    samples = []
+    note = ""
+    for _ in range(n):
+        # Past every system's minimum uptime (1 s), so each kill is a "stable" crash.
+        time.sleep(1.5)
+        pid = listener_pid(port)
+        if pid is None:
+            note = "no listener found"
+            break
+        t0 = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        while True:
+            elapsed = time.perf_counter() - t0
+            if elapsed > 10:
+                note = "never restarted (waited 10 s)"
+                break
+            if port_open(port):
+                # Timed when the port answers; whose answer it was is checked after, untimed
+                # (the /proc walk takes milliseconds in Python).
+                answered = time.perf_counter() - t0
+                new = listener_pid(port)
+                if new is not None and new != pid:
+                    samples.append(answered)
+                    break
+            time.sleep(0.0002)
+        if note:
+            break
+    system.stop_one()
+    wait_closed([port], 30)
+    if not samples:
+        return None, note
+    return statistics.median(samples), f"n={len(samples)} min={min(samples) * 1000:.1f}ms " \
+        f"max={max(samples) * 1000:.1f}ms"
+
+
+def direct_start(testapp, base):
+    """Seconds for 50 test apps started directly (no supervisor) to accept connections."""
+    ports = list(range(base, base + N_MANY))
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([testapp], env=dict(os.environ, PORT=str(p)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    took = wait_ports(ports, 60)
+    took = None if took is None else time.perf_counter() - t0
+    for p in procs:
+        kill_pid(p.pid)
+    for p in procs:
+        p.wait()
+    wait_closed(ports, 30)
+    return took
+
+
+def many(system, base, idle_seconds):
+    """start50 seconds, RSS KiB and CPU % of the supervisor with 50 instances."""
+    ports = list(range(base, base + N_MANY))
+    t0 = time.perf_counter()
+    system.start_many(base)
+    took = wait_ports(ports, 120)
+    took = None if took is None else time.perf_counter() - t0
+    out = {"start50_s": took}
+    pid = system.daemon_pid()
+    if pid is not None and took is not None:
+        time.sleep(2)  # settle: first samples, first heartbeats
+        out["rss_kib"] = rss_kib(pid)
+        c0, w0 = cpu_ticks(pid), time.perf_counter()
+        time.sleep(idle_seconds)
+        c1, w1 = cpu_ticks(pid), time.perf_counter()
+        out["cpu_pct"] = (c1 - c0) / CLK_TCK / (w1 - w0) * 100
+        out["rss_kib_after"] = rss_kib(pid)
+    system.stop_many()
+    wait_closed(ports, 60)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def fmt_ms(s):
+    return "-" if s is None else f"{s * 1000:.1f} ms"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin-dir", required=True)
+    ap.add_argument("--pmdaemon", default="")
+    ap.add_argument("--pmdaemon-note", default="")
+    ap.add_argument("--crash-samples", type=int, default=20)
+    ap.add_argument("--idle-seconds", type=int, default=60)
+    args = ap.parse_args()
+
+    testapp = os.path.join(args.bin_dir, "pmcluster-testapp")
+    work = tempfile.mkdtemp(prefix="pmcluster-bench-")
+    crash_port = free_range(1, 20000, 21000)
+    base = free_range(N_MANY, 21000, 29900)
+    base -= base % 100  # supervisord builds ports from a prefix and a 2-digit process number
+    while not all(port_free(p) for p in range(base, base + N_MANY)):
+        base += 100
+
+    systems = [Pmcluster(args.bin_dir, testapp, work)]
+    if shutil.which("supervisord"):
+        sv = Supervisord(testapp, work)
+        sv.write_conf(crash_port, base)
+        systems.append(sv)
+    else:
+        print("supervisord: not installed (apt-get install -y supervisor); skipped")
+    if args.pmdaemon:
+        systems.append(Pmdaemon(args.pmdaemon, testapp, work))
+    else:
+        print(f"pmdaemon: not available ({args.pmdaemon_note or 'not installed'}); skipped")
+
+    direct = direct_start(testapp, base)
+    print(f"baseline: 50 test apps started directly accept connections after {fmt_ms(direct)}")
+    results = {}
+    for system in systems:
+        print(f"== {system.name}", flush=True)
+        r = {}
+        try:
+            system.setup()
+            r["crash_s"], r["crash_note"] = crash_latency(system, crash_port, args.crash_samples)
+            print(f"   crash-to-restart median {fmt_ms(r['crash_s'])} ({r['crash_note']})",
+                  flush=True)
+            r.update(many(system, base, args.idle_seconds))
+            print(f"   {json.dumps(r)}", flush=True)
+            if isinstance(system, Pmcluster):
+                r["coordinator_rss_kib"] = rss_kib(system.coordinator_pid())
+        finally:
+            system.teardown()
+        results[system.name] = r
+
+    # The table: one row per metric, the ratio pmcluster / peer in each peer's column.
+    me = results.get("pmcluster", {})
+
+    def per_instance_ms(r):
+        if r.get("start50_s") is None or direct is None:
+            return None
+        return (r["start50_s"] - direct) / N_MANY * 1000
+
+    rows = [
+        ("crash-to-restart median", lambda r: r.get("crash_s"), lambda v: f"{v * 1000:.1f} ms",
+         "< 20 ms"),
+        ("agent RSS, 50 instances", lambda r: r.get("rss_kib"), lambda v: f"{v / 1024:.1f} MiB",
+         "<= 15 MiB"),
+        (f"agent CPU, {args.idle_seconds} s idle, 50 instances", lambda r: r.get("cpu_pct"),
+         lambda v: f"{v:.3f} %", "<= 0.5 %"),
+        ("start 50: overhead per instance", per_instance_ms, lambda v: f"{v:.2f} ms", "< 5 ms"),
+        ("start 50: total", lambda r: r.get("start50_s"), lambda v: f"{v * 1000:.0f} ms", ""),
+    ]
+    names = list(results)
+    print()
+    header = f"{'metric':<40}" + "".join(f"{n:>22}" for n in names) + f"{'goal':>12}"
+    print(header)
+    print("-" * len(header))
+    for label, get, show, goal in rows:
+        line = f"{label:<40}"
+        mine = get(me)
+        for n in names:
+            v = get(results[n])
+            if v is None:
+                cell = "n/a"
+            else:
+                cell = show(v)
+                if n != "pmcluster" and mine is not None and v:
+                    cell += f" ({mine / v:.2f}x)"
+            line += f"{cell:>22}"
+        print(line + f"{goal:>12}")
+    print("(x) = pmcluster / peer: below 1 means pmcluster is lower (better) on that metric")
+    if "pmcluster" in results:
+        print(f"pmcluster coordinator RSS (not a peer of any process above): "
+              f"{results['pmcluster'].get('coordinator_rss_kib', 0) / 1024:.1f} MiB")
+    for n in names:
+        note = results[n].get("crash_note", "")
+        if results[n].get("crash_s") is None and note:
+            print(f"{n}: crash-to-restart n/a: {note}")
+        if results[n].get("rss_kib") is None and n == "pmdaemon":
+            print(f"{n}: RSS/CPU n/a: no resident supervisor process ('pmdaemon start' spawns "
+                  "the app and exits; nothing watches it afterwards; 'pmdaemon delete' leaves "
+                  "the processes running, so this script ends them by pid)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
