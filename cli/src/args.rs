@@ -49,6 +49,10 @@ pub struct Cli {
 pub enum OutputFormat {
     Table,
     Json,
+    /// `endpoints` only: an nginx upstream block
+    Nginx,
+    /// `endpoints` only: an HAProxy backend section
+    Haproxy,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,8 +83,25 @@ pub enum Command {
     /// Stop an app's instances (they stay in the app until started again)
     Stop(TargetArgs),
 
-    /// Restart an app's running instances in place
-    Restart(TargetArgs),
+    /// Restart an app's instances: in place, or in waves with --rolling
+    Restart(RestartArgs),
+
+    /// Roll out a new version: from a file, from --set changes, or with a new count
+    #[command(after_help = "Examples:\n  \
+        pmcluster reload web --set env.FEATURE=on          # shows the diff, asks, rolls out\n  \
+        pmcluster reload web -f apps.json --yes\n  \
+        pmcluster reload web --set update.max_surge=2 --set args='[\"server.js\",\"--v2\"]'")]
+    Reload(ReloadArgs),
+
+    /// Follow and steer rolling updates: status, pause, resume, promote, history, undo
+    Rollout(RolloutArgs),
+
+    /// The app's online, healthy endpoints (host:port), as text, JSON, nginx or HAProxy config
+    #[command(after_help = "Examples:\n  \
+        pmcluster endpoints web -o nginx\n  \
+        pmcluster endpoints web -o haproxy --watch --file /etc/haproxy/web.cfg \\\n      \
+        --exec 'kill -USR2 $(cat /run/haproxy.pid)'")]
+    Endpoints(EndpointsArgs),
 
     /// Stop every instance of an app and forget the app
     #[command(visible_aliases = ["del", "rm"])]
@@ -124,6 +145,91 @@ pub enum Command {
 
     /// Stop the local coordinator and agent started by `up`
     Down(DownArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Replace the instances in waves under the app's update policy (no downtime)
+    #[arg(long, conflicts_with = "instance")]
+    pub rolling: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// App name
+    pub app: String,
+
+    /// Take the app's new spec from this config file
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "instances"
+    )]
+    pub file: Option<String>,
+
+    /// Change one field (dotted for blocks: env.NODE_ENV=prod, update.max_surge=2); repeat
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+
+    /// New instance count
+    #[arg(long, value_name = "N")]
+    pub instances: Option<u32>,
+
+    /// Apply without showing the diff and asking
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    #[command(subcommand)]
+    pub command: RolloutCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// The current rollout; --wait follows it to the end (exit 1 if it fails)
+    Status {
+        app: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Start no more replacements (those in progress finish)
+    Pause { app: String },
+    /// Continue a paused rollout
+    Resume { app: String },
+    /// Continue past the canaries
+    Promote { app: String },
+    /// Past rollouts and the versions kept for undo
+    History { app: String },
+    /// Roll back to the previous version, or --to-version N
+    Undo {
+        app: String,
+        #[arg(long, value_name = "N")]
+        to_version: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointsArgs {
+    /// App name
+    pub app: String,
+
+    /// Keep running and rewrite the output on every change
+    #[arg(long)]
+    pub watch: bool,
+
+    /// Write to this file (atomically) instead of standard output
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<String>,
+
+    /// With --watch: run this shell command after each change (e.g. reload the load balancer)
+    #[arg(long, value_name = "CMD", requires = "watch")]
+    pub exec: Option<String>,
 }
 
 #[derive(Debug, Args)]

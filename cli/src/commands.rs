@@ -32,28 +32,28 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn json(&self) -> bool {
+    pub(crate) fn json(&self) -> bool {
         self.output == OutputFormat::Json
     }
 
-    fn line(&mut self, text: &str) -> anyhow::Result<()> {
+    pub(crate) fn line(&mut self, text: &str) -> anyhow::Result<()> {
         writeln!(self.out, "{text}").context("writing to stdout")
     }
 
-    fn text(&mut self, text: &str) -> anyhow::Result<()> {
+    pub(crate) fn text(&mut self, text: &str) -> anyhow::Result<()> {
         self.out
             .write_all(text.as_bytes())
             .context("writing to stdout")
     }
 
     /// Pretty JSON for one-shot answers.
-    fn value(&mut self, value: &Value) -> anyhow::Result<()> {
+    pub(crate) fn value(&mut self, value: &Value) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
         self.line(&text)
     }
 
     /// One compact JSON object per line, for streams (logs, events).
-    fn json_line(&mut self, value: &Value) -> anyhow::Result<()> {
+    pub(crate) fn json_line(&mut self, value: &Value) -> anyhow::Result<()> {
         let text = serde_json::to_string(value).context("encoding JSON")?;
         self.line(&text)
     }
@@ -107,6 +107,7 @@ fn apply_json(name: &str, reply: &pb::ApplyAppReply) -> Value {
         "result": apply_result(reply),
         "version": app.version,
         "instances": instance_count(&app),
+        "rollout": reply.deployment.as_ref().map(output::deployment_json),
     })
 }
 
@@ -129,6 +130,7 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             let target = pb::InstanceTarget {
                 app: app.clone(),
                 index,
+                rolling: false,
             };
             let reply = match unary(client.start(request(target))).await {
                 Err(e) if e.code == Code::NotFound && index.is_none() => {
@@ -161,6 +163,7 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 let target = pb::InstanceTarget {
                     app: spec.name.clone(),
                     index: None,
+                    rolling: false,
                 };
                 unary(client.start(request(target))).await?;
             }
@@ -262,6 +265,12 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             )
         };
         ctx.line(&line)?;
+        if let Some(d) = &reply.deployment {
+            ctx.line(&format!(
+                "{}: rolling out version {} in waves; follow it with: pmcluster rollout status {} --wait",
+                spec.name, d.to_version, spec.name
+            ))?;
+        }
     }
     if ctx.json() {
         ctx.value(&Value::Array(results))?;
@@ -356,6 +365,7 @@ async fn action(action: Action, args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::
     let target = pb::InstanceTarget {
         app: args.app.clone(),
         index: args.instance,
+        rolling: false,
     };
     let (reply, verb) = match action {
         Action::Stop => (unary(client.stop(request(target))).await?, "stopped"),
@@ -567,6 +577,7 @@ mod tests {
             app: None,
             created,
             changed,
+            deployment: None,
         };
         assert_eq!(apply_result(&reply(true, true)), "created");
         assert_eq!(apply_result(&reply(false, true)), "configured");

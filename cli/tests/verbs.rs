@@ -155,6 +155,7 @@ impl Cluster for Fake {
             app: Some(app),
             created,
             changed,
+            deployment: None,
         }))
     }
 
@@ -300,6 +301,51 @@ impl Cluster for Fake {
             app: r.into_inner().app,
             ..Default::default()
         }))
+    }
+
+    async fn get_rollout(&self, r: Request<pb::RolloutRequest>) -> Reply<pb::RolloutStatus> {
+        let app = r.into_inner().app;
+        if !self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apps
+            .contains_key(&app)
+        {
+            return Err(not_found(&app));
+        }
+        Ok(Response::new(pb::RolloutStatus::default()))
+    }
+
+    async fn control_rollout(
+        &self,
+        _: Request<pb::ControlRolloutRequest>,
+    ) -> Reply<pb::Deployment> {
+        Err(Status::invalid_argument("no rollout in progress"))
+    }
+
+    async fn undo_rollout(&self, _: Request<pb::UndoRolloutRequest>) -> Reply<pb::Deployment> {
+        Err(Status::invalid_argument("no earlier version"))
+    }
+
+    type WatchEndpointsStream = Stream<pb::Endpoints>;
+
+    async fn watch_endpoints(
+        &self,
+        r: Request<pb::WatchEndpointsRequest>,
+    ) -> Reply<Self::WatchEndpointsStream> {
+        let app = r.into_inner().app;
+        let e = pb::Endpoints {
+            app: app.clone(),
+            endpoints: vec![pb::Endpoint {
+                host: "127.0.0.1".into(),
+                port: 3000,
+                index: 0,
+                node: "node-a".into(),
+                version: 1,
+            }],
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(e)]))))
     }
 
     type StreamLogsStream = Stream<pb::LogLine>;

@@ -53,14 +53,7 @@ fn main() {
             if a % 2 == 1 {
                 spec.placement.strategy = Strategy::Binpack;
             }
-            (
-                name,
-                AppRecord {
-                    spec,
-                    version: 1,
-                    updated_at_ms: 0,
-                },
-            )
+            (name, AppRecord::new(spec, 0))
         })
         .collect();
     let instances = BTreeMap::new();

@@ -54,11 +54,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
         let spec = AppSpec::try_from(wire).map_err(ControlError::from)?;
-        let (app, created, changed) = self.control.apply(spec)?;
+        let (app, created, changed, deployment) = self.control.apply(spec)?;
         Ok(Response::new(pb::ApplyAppReply {
             app: Some(app),
             created,
             changed,
+            deployment,
         }))
     }
 
@@ -117,7 +118,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
-        let (app, index) = target(r.into_inner());
+        let t = r.into_inner();
+        if t.rolling {
+            if t.index.is_some() {
+                return Err(Status::invalid_argument(
+                    "index: a rolling restart replaces every instance; leave --instance out",
+                ));
+            }
+            let d = self.control.rolling_restart(&t.app)?;
+            return Ok(Response::new(pb::ActionReply { affected: d.total }));
+        }
+        let (app, index) = target(t);
         let affected = self.control.act(&app, index, Action::Restart)?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
@@ -178,6 +189,76 @@ impl pb::cluster_server::Cluster for ClusterApi {
         ))
     }
 
+    async fn get_rollout(
+        &self,
+        r: Request<pb::RolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        Ok(Response::new(
+            self.control.get_rollout(&r.into_inner().app)?,
+        ))
+    }
+
+    async fn control_rollout(
+        &self,
+        r: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.control.control_rollout(&r.app, &r.action)?,
+        ))
+    }
+
+    async fn undo_rollout(
+        &self,
+        r: Request<pb::UndoRolloutRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(
+            self.control.undo_rollout(&r.app, r.to_version)?,
+        ))
+    }
+
+    type WatchEndpointsStream = ReceiverStream<Result<pb::Endpoints, Status>>;
+
+    async fn watch_endpoints(
+        &self,
+        r: Request<pb::WatchEndpointsRequest>,
+    ) -> Result<Response<Self::WatchEndpointsStream>, Status> {
+        let app = r.into_inner().app;
+        let first = self.control.endpoints(&app)?;
+        let (tx, rx) = mpsc::channel(8);
+        let control = self.control.clone();
+        tokio::spawn(async move {
+            // Polled: endpoints follow agent reports, which arrive every heartbeat; 100 ms keeps
+            // a load balancer within a tenth of a second of the truth at little cost.
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
+            loop {
+                every.tick().await;
+                if tx.is_closed() {
+                    return;
+                }
+                match control.endpoints(&app) {
+                    Ok(now) if now != last => {
+                        if tx.send(Ok(now.clone())).await.is_err() {
+                            return;
+                        }
+                        last = now;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
     type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
 
     async fn stream_logs(
@@ -229,6 +310,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         &self,
         r: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        let peer = r.remote_addr().map(|a| a.ip());
         let mut inbound = r.into_inner();
         let first = inbound
             .message()
@@ -240,7 +322,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
             ));
         };
         let node = reg.node_name.clone();
-        let attached = self.control.attach(&reg)?;
+        let attached = self.control.attach(&reg, peer)?;
         tracing::info!(node = %node, instances = reg.instances.len(), "agent connected");
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);

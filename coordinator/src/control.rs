@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::core::autoscale::{self, Decision, Sample};
 use crate::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
+use crate::core::rollout::{self, Deployment, Facts, Kind, State};
 use crate::core::scheduler;
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
 use crate::store::{Store, StoreError};
@@ -106,6 +107,8 @@ struct Inner {
     log_routes: HashMap<u64, LogRoute>,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
+    /// Since when each instance has been reported online without a break.
+    online_since: HashMap<Uuid, i64>,
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
     last_sample_ms: i64,
@@ -176,6 +179,7 @@ impl Control {
             observed: HashMap::new(),
             log_routes: HashMap::new(),
             pending: BTreeMap::new(),
+            online_since: HashMap::new(),
             scaling: BTreeMap::new(),
             last_sample_ms: 0,
         };
@@ -245,40 +249,42 @@ impl Control {
 
     // ----- user commands -----
 
-    /// Creates or updates an app. Returns the stored app and (created, changed).
-    pub fn apply(&self, spec: AppSpec) -> Result<(pb::App, bool, bool)> {
+    /// Creates or updates an app. Returns the stored app, (created, changed), and the rollout a
+    /// process change started.
+    pub fn apply(&self, spec: AppSpec) -> Result<(pb::App, bool, bool, Option<pb::Deployment>)> {
         let mut inner = self.lock();
         let existing = inner.state.apps.get(&spec.name).cloned();
+        let now = now_ms();
         let (record, created, changed) = match existing {
-            None => (
-                AppRecord {
-                    spec,
-                    version: 1,
-                    updated_at_ms: now_ms(),
-                },
-                true,
-                true,
-            ),
+            None => (AppRecord::new(spec, now), true, true),
             Some(old) => {
                 if old.spec == spec {
                     let view = app_view(&inner, &self.config, &old);
-                    return Ok((view, false, false));
+                    return Ok((view, false, false, None));
                 }
                 // The version counts what runs: a new count, placement or autoscaling policy
                 // changes where instances run, not what they run, so nothing restarts.
-                let version = if old.spec.same_process(&spec) {
-                    old.version
+                if old.spec.same_process(&spec) {
+                    let rec = AppRecord {
+                        spec,
+                        updated_at_ms: now,
+                        ..old
+                    };
+                    (rec, false, true)
                 } else {
-                    old.version + 1
-                };
-                let rec = AppRecord {
-                    spec,
-                    version,
-                    updated_at_ms: now_ms(),
-                };
-                (rec, false, true)
+                    let has_instances = !inner.state.app_instances(&old.spec.name).is_empty();
+                    (
+                        new_version(old, spec, now, Kind::Update, has_instances),
+                        false,
+                        true,
+                    )
+                }
             }
         };
+        let deployment = record
+            .deployment
+            .clone()
+            .filter(|d| d.state.active() && d.started_ms == now);
         let name = record.spec.name.clone();
         let (version, count) = (record.version, record.spec.instances);
         self.write(
@@ -295,6 +301,19 @@ impl Control {
             .map(|a| app_view(&inner, &self.config, a))
             .unwrap_or_default();
         drop(inner);
+        let deployment = deployment.map(|d| deployment_view(&name, &d));
+        if let Some(d) = &deployment {
+            self.emit(
+                "rollout.started",
+                &name,
+                "",
+                None,
+                format!(
+                    "{name}: rolling out version {} (from {})",
+                    d.to_version, d.from_version
+                ),
+            );
+        }
         let what = if created { "created" } else { "updated" };
         self.emit(
             "app.applied",
@@ -303,7 +322,7 @@ impl Control {
             None,
             format!("{name} {what}: version {version}, {count} instances"),
         );
-        Ok((view, created, changed))
+        Ok((view, created, changed, deployment))
     }
 
     pub fn get_app(&self, name: &str) -> Result<pb::App> {
@@ -500,6 +519,325 @@ impl Control {
         Ok(affected)
     }
 
+    /// Replaces every instance of the app in waves (its update policy) with fresh processes.
+    pub fn rolling_restart(&self, name: &str) -> Result<pb::Deployment> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let now = now_ms();
+        let epoch = inner
+            .state
+            .app_instances(name)
+            .iter()
+            .map(|i| i.restart_epoch)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let d = start_deployment(&app, Kind::Restart, app.version, app.version, epoch, now);
+        let record = with_deployment(app, d.clone());
+        self.write(
+            &mut inner,
+            Batch {
+                put_apps: vec![record],
+                ..Batch::default()
+            },
+        )?;
+        drop(inner);
+        self.emit(
+            "rollout.started",
+            name,
+            "",
+            None,
+            format!("{name}: rolling restart"),
+        );
+        Ok(deployment_view(name, &d))
+    }
+
+    /// The app's rollout and rollout history.
+    pub fn get_rollout(&self, name: &str) -> Result<pb::RolloutStatus> {
+        let inner = self.lock();
+        let app = find_app(&inner, name)?;
+        let mut versions: Vec<u64> = app.versions.keys().copied().collect();
+        versions.push(app.version);
+        Ok(pb::RolloutStatus {
+            current: app.deployment.as_ref().map(|d| deployment_view(name, d)),
+            history: app
+                .history
+                .iter()
+                .map(|d| deployment_view(name, d))
+                .collect(),
+            versions,
+            version: app.version,
+        })
+    }
+
+    /// Pauses, resumes or promotes the app's running rollout.
+    pub fn control_rollout(&self, name: &str, action: &str) -> Result<pb::Deployment> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let Some(mut d) = app.deployment.clone().filter(|d| d.state.active()) else {
+            return Err(ControlError::InvalidArgument(format!(
+                "app {name:?} has no rollout in progress; see: pmcluster rollout history {name}"
+            )));
+        };
+        match action {
+            "pause" => d.state = State::Paused,
+            "resume" => d.state = State::Running,
+            "promote" => {
+                d.promoted = true;
+                d.state = State::Running;
+            }
+            other => {
+                return Err(ControlError::InvalidArgument(format!(
+                    "action: {other:?} is not pause, resume or promote"
+                )));
+            }
+        }
+        d.updated_ms = now_ms();
+        let record = with_deployment(app, d.clone());
+        self.write(
+            &mut inner,
+            Batch {
+                put_apps: vec![record],
+                ..Batch::default()
+            },
+        )?;
+        drop(inner);
+        self.emit(
+            &format!("rollout.{action}"),
+            name,
+            "",
+            None,
+            format!("{name}: rollout {action}"),
+        );
+        Ok(deployment_view(name, &d))
+    }
+
+    /// Rolls back to the previous version (or `to_version`) as a new rollout.
+    pub fn undo_rollout(&self, name: &str, to_version: Option<u64>) -> Result<pb::Deployment> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let target = match to_version {
+            Some(v) => v,
+            None => app
+                .versions
+                .keys()
+                .copied()
+                .filter(|v| *v < app.version)
+                .max()
+                .ok_or_else(|| {
+                    ControlError::InvalidArgument(format!(
+                        "app {name:?} has no earlier version to go back to"
+                    ))
+                })?,
+        };
+        let Some(spec) = app.versions.get(&target).cloned() else {
+            let known: Vec<String> = app.versions.keys().map(|v| v.to_string()).collect();
+            return Err(ControlError::InvalidArgument(format!(
+                "to_version: app {name:?} has no version {target} to go back to (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        // The old process, with today's count and policies.
+        let spec = AppSpec {
+            instances: app.spec.instances,
+            autoscale: app.spec.autoscale.clone(),
+            update: app.spec.update.clone(),
+            ..spec
+        };
+        let now = now_ms();
+        let has_instances = !inner.state.app_instances(name).is_empty();
+        let record = new_version(app, spec, now, Kind::Rollback, has_instances);
+        let d = record.deployment.clone();
+        self.write(
+            &mut inner,
+            Batch {
+                put_apps: vec![record],
+                ..Batch::default()
+            },
+        )?;
+        drop(inner);
+        self.emit(
+            "rollout.started",
+            name,
+            "",
+            None,
+            format!("{name}: rolling back to version {target}"),
+        );
+        d.map(|d| deployment_view(name, &d))
+            .ok_or_else(|| ControlError::InvalidArgument("nothing to roll back".into()))
+    }
+
+    /// The app's endpoints: online, healthy, not draining instances with their node's address.
+    pub fn endpoints(&self, name: &str) -> Result<pb::Endpoints> {
+        let inner = self.lock();
+        find_app(&inner, name)?;
+        let mut endpoints: Vec<pb::Endpoint> = inner
+            .state
+            .app_instances(name)
+            .into_iter()
+            .filter(|r| r.draining_since.is_none())
+            .filter(|r| healthy_since(&inner, r).is_some())
+            .filter_map(|r| {
+                let node = r.node.as_ref()?;
+                let port = inner
+                    .observed
+                    .get(&r.id)
+                    .map(|o| o.port)
+                    .filter(|p| *p != 0)
+                    .or(r.port.map(u32::from))?;
+                let host = inner
+                    .state
+                    .nodes
+                    .get(node)
+                    .map(|n| n.address.clone())
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| "127.0.0.1".into());
+                Some(pb::Endpoint {
+                    host,
+                    port,
+                    index: r.index,
+                    node: node.clone(),
+                    version: r.app_version,
+                })
+            })
+            .collect();
+        endpoints.sort_by_key(|e| (e.index, e.port));
+        Ok(pb::Endpoints {
+            app: name.to_string(),
+            endpoints,
+        })
+    }
+
+    /// One step of every running rollout.
+    fn rollout_tick(&self, inner: &mut Inner, now: i64) -> Vec<(String, String)> {
+        let rolling: Vec<AppRecord> = inner
+            .state
+            .apps
+            .values()
+            .filter(|a| a.rolling())
+            .cloned()
+            .collect();
+        let mut events = Vec::new();
+        for app in rolling {
+            let Some(d) = app.deployment.clone() else {
+                continue;
+            };
+            let name = app.spec.name.clone();
+            let records: Vec<InstanceRecord> = inner
+                .state
+                .app_instances(&name)
+                .into_iter()
+                .cloned()
+                .collect();
+            let refs: Vec<&InstanceRecord> = records.iter().collect();
+            let facts: BTreeMap<Uuid, Facts> = records
+                .iter()
+                .map(|r| {
+                    let node_up = r
+                        .node
+                        .as_ref()
+                        .and_then(|n| inner.nodes.get(n))
+                        .is_some_and(|l| is_ready(l, &self.config));
+                    let f = Facts {
+                        healthy_since: healthy_since(inner, r),
+                        node_up,
+                        placed: r.node.is_some(),
+                    };
+                    (r.id, f)
+                })
+                .collect();
+            let step = rollout::step(&d, &app.spec.update, app.spec.instances, &refs, &facts, now);
+            let mut batch = Batch::default();
+            for old_id in &step.replace {
+                let Some(old) = records.iter().find(|r| r.id == *old_id) else {
+                    continue;
+                };
+                let epoch = if d.kind == Kind::Restart {
+                    d.restart_epoch
+                } else {
+                    old.restart_epoch
+                };
+                batch.put_instances.push(InstanceRecord {
+                    id: Uuid::new_v4(),
+                    app: name.clone(),
+                    index: old.index,
+                    node: None,
+                    port: app.spec.port.port_for(old.index),
+                    app_version: d.to_version,
+                    restart_epoch: epoch,
+                    stopped: old.stopped,
+                    replaces: Some(old.id),
+                    draining_since: None,
+                    created_ms: now,
+                });
+                if old.stopped {
+                    batch.del_instances.push(old.id);
+                }
+            }
+            for id in &step.drain {
+                if let Some(r) = records.iter().find(|r| r.id == *id) {
+                    batch.put_instances.push(InstanceRecord {
+                        draining_since: Some(now),
+                        ..r.clone()
+                    });
+                }
+            }
+            batch.del_instances.extend(step.remove.iter().copied());
+            let next = step.deployment.clone();
+            let mut record = with_deployment(app.clone(), next.clone());
+            if next.state != d.state || next.done != d.done {
+                events.push((
+                    name.clone(),
+                    format!(
+                        "{name}: rollout to version {} {} ({}/{})",
+                        next.to_version,
+                        next.state.name(),
+                        next.done,
+                        next.total
+                    ),
+                ));
+            }
+            if step.rollback {
+                let back = app.spec_of(d.from_version).clone();
+                let spec = AppSpec {
+                    instances: app.spec.instances,
+                    autoscale: app.spec.autoscale.clone(),
+                    update: app.spec.update.clone(),
+                    ..back
+                };
+                let failed = Deployment {
+                    state: State::RolledBack,
+                    ..next
+                };
+                record = new_version(
+                    with_deployment(app.clone(), failed),
+                    spec,
+                    now,
+                    Kind::Rollback,
+                    true,
+                );
+                events.push((
+                    name.clone(),
+                    format!(
+                        "{name}: rolling back to version {}: {}",
+                        d.from_version, step.deployment.message
+                    ),
+                ));
+            }
+            if record != app || !batch.is_empty() {
+                batch.put_apps.push(record);
+                if let Err(e) = self.write(inner, batch) {
+                    tracing::error!(app = %name, error = %e, "rollout step failed to commit");
+                }
+            }
+        }
+        events
+    }
+
     pub fn list_instances(&self, app: &str) -> Result<Vec<pb::Instance>> {
         let inner = self.lock();
         if !app.is_empty() {
@@ -565,6 +903,7 @@ impl Control {
                     agent_version: n.agent_version.clone(),
                     cpu_percent: host.cpu_percent,
                     memory_used_bytes: host.memory_used_bytes,
+                    address: n.address.clone(),
                 }
             })
             .collect()
@@ -691,7 +1030,7 @@ impl Control {
     // ----- agent sessions -----
 
     /// Registers a node's session. Refuses a name whose session is still alive.
-    pub fn attach(&self, reg: &pb::Register) -> Result<Attached> {
+    pub fn attach(&self, reg: &pb::Register, peer: Option<std::net::IpAddr>) -> Result<Attached> {
         pmcluster_spec::app::validate_name(&reg.node_name)
             .map_err(|e| ControlError::InvalidArgument(format!("node_name: {}", e.message)))?;
         let mut inner = self.lock();
@@ -718,6 +1057,11 @@ impl Control {
                 .map(|n| n.generation)
                 .unwrap_or(0),
             drain: inner.state.nodes.get(&name).is_some_and(|n| n.drain),
+            address: if reg.advertise_address.is_empty() {
+                peer.map(|p| p.to_string()).unwrap_or_default()
+            } else {
+                reg.advertise_address.clone()
+            },
         };
         if inner.state.nodes.get(&name) != Some(&record) {
             let batch = Batch {
@@ -787,9 +1131,15 @@ impl Control {
             if rec.node.as_deref() != Some(node) {
                 continue;
             }
+            let (app, index) = (rec.app.clone(), rec.index);
             let before = inner.observed.get(&id).map(|o| o.state);
+            if st.state == pb::InstanceState::Online as i32 {
+                inner.online_since.entry(id).or_insert_with(now_ms);
+            } else {
+                inner.online_since.remove(&id);
+            }
             if before != Some(st.state) {
-                changes.push((rec.app.clone(), rec.index, st.state, st.message.clone()));
+                changes.push((app, index, st.state, st.message.clone()));
             }
             inner.observed.insert(id, st);
         }
@@ -832,6 +1182,7 @@ impl Control {
     pub fn tick(&self) {
         let mut lapsed = Vec::new();
         let mut scaled = Vec::new();
+        let rolled;
         {
             let mut inner = self.lock();
             let now = now_ms();
@@ -845,6 +1196,7 @@ impl Control {
             if let Err(e) = self.write(&mut inner, Batch::default()) {
                 tracing::error!(error = %e, "periodic reconcile failed");
             }
+            rolled = self.rollout_tick(&mut inner, now);
             if now - inner.last_sample_ms >= 1000 {
                 inner.last_sample_ms = now;
                 scaled = self.autoscale_tick(&mut inner, now);
@@ -852,6 +1204,9 @@ impl Control {
         }
         for (app, reason) in scaled {
             self.emit("autoscale", &app, "", None, format!("{app}: {reason}"));
+        }
+        for (app, text) in rolled {
+            self.emit("rollout", &app, "", None, text);
         }
         for name in lapsed {
             self.emit(
@@ -1135,6 +1490,7 @@ impl Control {
         inner.state.apply(&batch);
         for id in &batch.del_instances {
             inner.observed.remove(id);
+            inner.online_since.remove(id);
         }
         for name in &touched {
             publish(inner, name);
@@ -1375,7 +1731,11 @@ fn instance_view(inner: &Inner, config: &ControlConfig, rec: &InstanceRecord) ->
             }
         }
     };
-    out.state = state as i32;
+    out.state = if rec.draining_since.is_some() && state == S::Online {
+        S::Draining as i32
+    } else {
+        state as i32
+    };
     out
 }
 
@@ -1395,6 +1755,130 @@ fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> pb::App {
         }
     }
     view
+}
+
+/// Online, and healthy when the app has a health check: since when, without a break.
+fn healthy_since(inner: &Inner, r: &InstanceRecord) -> Option<i64> {
+    let since = *inner.online_since.get(&r.id)?;
+    let o = inner.observed.get(&r.id)?;
+    let has_check = inner
+        .state
+        .apps
+        .get(&r.app)
+        .is_some_and(|a| a.spec_of(r.app_version).supervision.health_check.is_some());
+    let health = pb::HealthState::try_from(o.health).unwrap_or(pb::HealthState::Unspecified);
+    match health {
+        pb::HealthState::Unhealthy => None,
+        pb::HealthState::Healthy => Some(since),
+        _ if has_check => None,
+        _ => Some(since),
+    }
+}
+
+fn start_deployment(
+    app: &AppRecord,
+    kind: Kind,
+    from: u64,
+    to: u64,
+    epoch: u64,
+    now: i64,
+) -> Deployment {
+    Deployment {
+        id: app
+            .history
+            .last()
+            .map(|d| d.id)
+            .max(app.deployment.as_ref().map(|d| d.id))
+            .unwrap_or(0)
+            + 1,
+        kind,
+        from_version: from,
+        to_version: to,
+        restart_epoch: epoch,
+        state: State::Running,
+        started_ms: now,
+        updated_ms: now,
+        progress_ms: now,
+        promoted: false,
+        message: String::new(),
+        done: 0,
+        total: app.spec.instances,
+    }
+}
+
+/// The app with `d` as its deployment; a deployment it replaces goes to the history.
+fn with_deployment(mut app: AppRecord, d: Deployment) -> AppRecord {
+    if let Some(old) = app.deployment.take()
+        && old.id != d.id
+    {
+        let old = if old.state.active() {
+            Deployment {
+                state: State::Superseded,
+                ..old
+            }
+        } else {
+            old
+        };
+        app.history.push(old);
+        let excess = app.history.len().saturating_sub(20);
+        app.history.drain(..excess);
+    }
+    app.deployment = Some(d);
+    app
+}
+
+/// The app at a new version running `spec`; with running instances, a rollout to it starts.
+fn new_version(old: AppRecord, spec: AppSpec, now: i64, kind: Kind, roll: bool) -> AppRecord {
+    let from = old.version;
+    let to = old
+        .versions
+        .keys()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(old.version)
+        + 1;
+    let mut app = AppRecord {
+        versions: old.versions.clone(),
+        ..old.clone()
+    };
+    app.versions.insert(from, old.spec.clone());
+    // Keep the last ten versions.
+    while app.versions.len() > 10 {
+        let Some(first) = app.versions.keys().next().copied() else {
+            break;
+        };
+        app.versions.remove(&first);
+    }
+    app.spec = spec;
+    app.version = to;
+    app.updated_at_ms = now;
+    if roll {
+        let d = start_deployment(&app, kind, from, to, 0, now);
+        app = with_deployment(app, d);
+    }
+    app
+}
+
+fn deployment_view(app: &str, d: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        id: d.id,
+        app: app.to_string(),
+        kind: match d.kind {
+            Kind::Update => "update",
+            Kind::Restart => "restart",
+            Kind::Rollback => "rollback",
+        }
+        .to_string(),
+        from_version: d.from_version,
+        to_version: d.to_version,
+        state: d.state.name().to_string(),
+        started_ms: d.started_ms,
+        updated_ms: d.updated_ms,
+        message: d.message.clone(),
+        done: d.done,
+        total: d.total,
+    }
 }
 
 /// Lowercase state name as users see it (`online`, `pending`, ...).
@@ -1460,9 +1944,9 @@ mod tests {
         let c = Control::open(store.clone(), ControlConfig::default())?;
         c.apply(web(3))?;
         assert_eq!(spread(&c, "web"), "-:3");
-        let _a = c.attach(&register("a"))?;
-        let _b = c.attach(&register("b"))?;
-        let _c = c.attach(&register("c"))?;
+        let _a = c.attach(&register("a"), None)?;
+        let _b = c.attach(&register("b"), None)?;
+        let _c = c.attach(&register("c"), None)?;
         assert_eq!(
             spread(&c, "web"),
             "a:3",
@@ -1499,7 +1983,7 @@ mod tests {
     #[tokio::test]
     async fn desired_sets_follow_commands() -> Result<()> {
         let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
-        let mut a = c.attach(&register("a"))?;
+        let mut a = c.attach(&register("a"), None)?;
         c.apply(web(2))?;
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert_eq!(set.assignments.len(), 2);
@@ -1524,17 +2008,39 @@ mod tests {
         );
         // Unchanged apply: no new generation.
         let g = set.generation;
-        let (_, created, changed) = c.apply(web(2))?;
+        let (_, created, changed, _) = c.apply(web(2))?;
         assert!(!created && !changed);
         assert_eq!(a.desired.borrow().as_ref().map(|s| s.generation), Some(g));
         // Changed spec: new version reaches the agent.
         let mut v2 = web(2);
         v2.env.insert("X".into(), "1".into());
-        let (app, _, changed) = c.apply(v2)?;
+        let (app, _, changed, deployment) = c.apply(v2)?;
         assert!(changed);
         assert_eq!(app.version, 2);
+        // A new process rolls out in waves: nothing is replaced in place.
+        let d = deployment.expect("a rollout starts");
+        assert_eq!(
+            (d.from_version, d.to_version, d.state.as_str()),
+            (1, 2, "running")
+        );
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
-        assert!(set.assignments.iter().all(|x| x.app_version == 2));
+        assert!(set.assignments.iter().all(|x| x.app_version == 1));
+        // Its first step creates a replacement for index 0. Port 4100 is held by the old one on
+        // the only node, so the old one goes first (stop-then-start), then the new one starts.
+        for _ in 0..3 {
+            c.tick();
+        }
+        let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+        let versions: Vec<(u32, u64)> = set
+            .assignments
+            .iter()
+            .map(|x| (x.index, x.app_version))
+            .collect();
+        assert!(
+            versions.contains(&(0, 2)) && versions.contains(&(1, 1)),
+            "{versions:?}"
+        );
+        assert_eq!(set.assignments.len(), 2);
         c.delete_app("web")?;
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert!(set.assignments.is_empty());
@@ -1544,7 +2050,7 @@ mod tests {
     #[tokio::test]
     async fn bad_input_is_refused_without_change() -> Result<()> {
         let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
-        let _a = c.attach(&register("a"))?;
+        let _a = c.attach(&register("a"), None)?;
         c.apply(web(2))?;
         let cases: Vec<(Result<(u32, u32)>, &str)> = vec![
             (c.scale("web", -1), "negative"),
@@ -1561,11 +2067,11 @@ mod tests {
             Err(ControlError::NotFound(_))
         ));
         assert!(matches!(
-            c.attach(&register("a")),
+            c.attach(&register("a"), None),
             Err(ControlError::AlreadyExists(_))
         ));
         assert!(matches!(
-            c.attach(&register("bad name")),
+            c.attach(&register("bad name"), None),
             Err(ControlError::InvalidArgument(_))
         ));
         assert_eq!(spread(&c, "web"), "a:2");

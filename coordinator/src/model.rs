@@ -7,6 +7,8 @@ use pmcluster_spec::AppSpec;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::core::rollout::Deployment;
+
 /// An app as stored: its spec (whose `instances` is the desired count) and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppRecord {
@@ -14,6 +16,44 @@ pub struct AppRecord {
     /// Incremented by every apply that changes the spec (instance count aside).
     pub version: u64,
     pub updated_at_ms: i64,
+    /// Earlier specs by version, for instances still running them during a rollout and for
+    /// `rollout undo`. The current spec is `spec`.
+    #[serde(default)]
+    pub versions: BTreeMap<u64, AppSpec>,
+    /// The running rollout, or the last one.
+    #[serde(default)]
+    pub deployment: Option<Deployment>,
+    /// Finished rollouts, oldest first (the last 20).
+    #[serde(default)]
+    pub history: Vec<Deployment>,
+}
+
+impl AppRecord {
+    /// A new app at version 1.
+    pub fn new(spec: AppSpec, now_ms: i64) -> AppRecord {
+        AppRecord {
+            spec,
+            version: 1,
+            updated_at_ms: now_ms,
+            versions: BTreeMap::new(),
+            deployment: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// The spec instances of `version` run.
+    pub fn spec_of(&self, version: u64) -> &AppSpec {
+        if version == self.version {
+            &self.spec
+        } else {
+            self.versions.get(&version).unwrap_or(&self.spec)
+        }
+    }
+
+    /// Whether a rollout is under way.
+    pub fn rolling(&self) -> bool {
+        self.deployment.as_ref().is_some_and(|d| d.state.active())
+    }
 }
 
 /// One placed (or pending) instance of an app: the unit the scheduler decides about.
@@ -60,6 +100,9 @@ pub struct NodeRecord {
     /// A drain was requested: the node takes no new instances and its instances move off.
     #[serde(default)]
     pub drain: bool,
+    /// Where its instances are reached (advertised, or the agent connection's source address).
+    #[serde(default)]
+    pub address: String,
 }
 
 /// Everything the store holds.

@@ -7,9 +7,12 @@
 mod apply;
 mod autoscale;
 mod bad_input;
+mod lb;
 mod nodes;
+mod rollout;
 mod scale;
 mod scheduling;
+mod supervision;
 
 use std::time::Duration;
 

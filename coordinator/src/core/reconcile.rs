@@ -209,12 +209,14 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 plan.remove.extend(records.iter().map(|r| r.id));
                 continue;
             }
-            let kept = settle_index(records, &snap, &nodes, &mut plan);
+            let kept = settle_index(records, &snap, &nodes, app, &mut plan);
             let Some(inst) = kept else {
                 continue;
             };
             let port = app.spec.port.port_for(index);
-            if inst.app_version != app.version || inst.port != port {
+            // During a rollout, older versions are replaced by the engine, not refreshed here.
+            let outdated = inst.app_version != app.version && !app.rolling();
+            if outdated || (inst.port != port && inst.app_version == app.version) {
                 plan.refresh.push((inst.id, app.version, port));
             }
             let has_replacement = records.iter().any(|r| r.replaces == Some(inst.id));
@@ -346,6 +348,7 @@ fn settle_index<'r>(
     records: &[&'r InstanceRecord],
     snap: &Snapshot<'_>,
     nodes: &BTreeMap<&str, &NodeView<'_>>,
+    app: &AppRecord,
     plan: &mut Plan,
 ) -> Option<&'r InstanceRecord> {
     let link = |node: Option<&str>| link_of(nodes, node);
@@ -362,6 +365,11 @@ fn settle_index<'r>(
             None
         };
         if let Some((old, new)) = pair {
+            // A rollout's pair belongs to the deployment engine, which drains and removes the
+            // old side itself; the new side is what this index is placed by.
+            if app.rolling() {
+                return Some(new);
+            }
             let old_up = matches!(link(old.node.as_deref()), Some((Link::Up, _)));
             if snap.online.contains(&new.id) || !old_up {
                 plan.remove.push(old.id);
@@ -443,9 +451,8 @@ mod tests {
                     }
                 }
                 let rec = AppRecord {
-                    spec,
                     version: version.parse().unwrap(),
-                    updated_at_ms: 0,
+                    ..AppRecord::new(spec, 0)
                 };
                 (name.to_string(), rec)
             })

@@ -91,6 +91,10 @@ pub struct Facts {
     pub healthy_since: Option<i64>,
     /// Its node is connected.
     pub node_up: bool,
+    /// It has a node. A replacement still without one after a step could not be placed next to
+    /// the instance it replaces (a fixed port on the only node that fits): the old one then
+    /// goes first (stop-then-start) rather than the rollout stalling.
+    pub placed: bool,
 }
 
 /// What the shell must do after a step.
@@ -175,7 +179,9 @@ pub fn step(
                     match o.draining_since {
                         Some(since) if now_ms - since >= shutdown_delay => out.remove.push(o.id),
                         Some(_) => {}
-                        None if healthy_long || !fact(&o.id).node_up => out.drain.push(o.id),
+                        None if healthy_long || !fact(&o.id).node_up || !f.placed => {
+                            out.drain.push(o.id)
+                        }
                         None => {}
                     }
                 }
@@ -296,7 +302,7 @@ mod tests {
         let mut facts = BTreeMap::new();
         for (n, word) in text.split_whitespace().enumerate() {
             let id = Uuid::from_u128(n as u128 + 1);
-            let mut parts = word.split(['*', '~', '@']);
+            let mut parts = word.split(['*', '~', '@', '!']);
             let head = parts.next().unwrap_or_default();
             let (index, version) = head.split_once(':').unwrap();
             let (version, epoch) = version.split_once('e').unwrap_or((version, "0"));
@@ -316,18 +322,20 @@ mod tests {
             let mut f = Facts {
                 healthy_since: None,
                 node_up: true,
+                placed: true,
             };
             // Markers in order of appearance.
             let mut rest = &word[head.len()..];
             while !rest.is_empty() {
                 let marker = rest.chars().next().unwrap_or(' ');
                 let tail = &rest[1..];
-                let end = tail.find(['*', '~', '@']).unwrap_or(tail.len());
+                let end = tail.find(['*', '~', '@', '!']).unwrap_or(tail.len());
                 let value: i64 = tail[..end].parse().unwrap_or(0);
                 match marker {
                     '*' => f.healthy_since = Some(value),
                     '~' => rec.draining_since = Some(value),
                     '@' => rec.created_ms = value,
+                    '!' => f.placed = false,
                     _ => {}
                 }
                 rest = &tail[end..];
@@ -564,6 +572,20 @@ mod tests {
     }
 
     #[test]
+    fn unplaceable_replacement_goes_stop_then_start() {
+        // The replacement found no node (its port is held by the old one on the only node):
+        // the old one drains now instead of the rollout stalling until its deadline.
+        check(
+            &deployment(Kind::Update),
+            &policy(),
+            1,
+            "0:1*0 0:2@0!",
+            10,
+            "drain 1; running 0/1",
+        );
+    }
+
+    #[test]
     fn node_loss_during_rollout() {
         let d = deployment(Kind::Update);
         // The old instance's node is down: drain (and so remove) it without waiting.
@@ -574,6 +596,7 @@ mod tests {
             Facts {
                 healthy_since: None,
                 node_up: false,
+                placed: true,
             },
         );
         let refs: Vec<&InstanceRecord> = rs.iter().collect();
@@ -602,6 +625,7 @@ mod tests {
                     Facts {
                         healthy_since: Some(0),
                         node_up: true,
+                        placed: true,
                     },
                 )
             })
@@ -634,6 +658,7 @@ mod tests {
                     Facts {
                         healthy_since: Some(now),
                         node_up: true,
+                        placed: true,
                     },
                 );
             }

@@ -136,9 +136,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("state.redb");
         let app = AppRecord {
-            spec: AppSpec::new("web", "node", &["server.js"]),
             version: 3,
-            updated_at_ms: 42,
+            ..AppRecord::new(AppSpec::new("web", "node", &["server.js"]), 42)
         };
         let inst = InstanceRecord {
             id: uuid::Uuid::from_u128(7),
@@ -162,6 +161,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             generation: 5,
             drain: false,
+            address: "127.0.0.1".into(),
         };
         let batch = Batch {
             put_apps: vec![app],

@@ -1,0 +1,446 @@
+//! Rolling updates from the command line: `reload`, `restart --rolling`, `rollout ...` and
+//! `endpoints` (load-balancer integration).
+
+use std::io::{BufRead, IsTerminal};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use pmcluster_spec::config::{Format, parse_apps, to_config};
+use serde_json::Value;
+
+use crate::args::{EndpointsArgs, OutputFormat, ReloadArgs, RolloutArgs, RolloutCommand};
+use crate::client::{connect, request, unary};
+use crate::commands::Ctx;
+use crate::error::UsageError;
+use crate::output;
+
+/// Sets `key` (dotted for nested blocks: `update.max_surge`, `env.NODE_ENV`) in a config object.
+/// The value is read as JSON when it parses (numbers, booleans, lists), else as a string.
+pub fn set_field(config: &mut Value, assignment: &str) -> Result<(), UsageError> {
+    let Some((key, raw)) = assignment.split_once('=') else {
+        return Err(UsageError::new(format!(
+            "--set: {assignment:?} is not KEY=VALUE"
+        )));
+    };
+    let value =
+        serde_json::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let mut node = config;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err(UsageError::new(format!("--set: {key:?} has an empty part")));
+        }
+        let Value::Object(map) = node else {
+            return Err(UsageError::new(format!(
+                "--set: {key:?}: {} is not a block",
+                parts[..i].join(".")
+            )));
+        };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_string(), value);
+            return Ok(());
+        }
+        node = map
+            .entry((*part).to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    Ok(())
+}
+
+/// Lines of `old` and `new` (pretty JSON) that differ, as `- old` / `+ new`.
+pub fn diff(old: &Value, new: &Value) -> Vec<String> {
+    let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let (a, b) = (pretty(old), pretty(new));
+    let a: Vec<&str> = a.lines().collect();
+    let b: Vec<&str> = b.lines().collect();
+    let mut out = Vec::new();
+    for line in &a {
+        if !b.contains(line) {
+            out.push(format!("- {}", line.trim()));
+        }
+    }
+    for line in &b {
+        if !a.contains(line) {
+            out.push(format!("+ {}", line.trim()));
+        }
+    }
+    out
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(
+            UsageError::new("not asking on a non-interactive input; add --yes to apply").into(),
+        );
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    stdin
+        .lock()
+        .read_line(&mut answer)
+        .context("reading the answer")?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+/// `reload APP [-f FILE | --set K=V... | --instances N] [--yes]`.
+pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let app = unary(client.get_app(request(pb::GetAppRequest {
+        name: args.app.clone(),
+    })))
+    .await?;
+    let current = AppSpec::try_from(app.spec.clone().unwrap_or_default())
+        .map_err(|e| anyhow::anyhow!("the coordinator sent an invalid spec: {e}"))?;
+    let old_config = to_config(&current);
+    let mut config = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            let specs = parse_apps(&text, Format::from_path(path))
+                .map_err(|e| UsageError::new(format!("{path}: {e}")))?;
+            let spec = specs
+                .into_iter()
+                .find(|s| s.name == args.app)
+                .ok_or_else(|| {
+                    UsageError::new(format!("{path} has no app named {:?}", args.app))
+                })?;
+            to_config(&spec)
+        }
+        None => old_config.clone(),
+    };
+    for assignment in &args.set {
+        set_field(&mut config, assignment)?;
+    }
+    if let Some(n) = args.instances {
+        set_field(&mut config, &format!("instances={n}"))?;
+    }
+    let new = parse_apps(&config.to_string(), Format::Json)
+        .map_err(|e| UsageError::new(format!("--set: {e}")))?
+        .remove(0);
+    if new.name != args.app {
+        return Err(
+            UsageError::new("--set: the name cannot change; start a new app instead").into(),
+        );
+    }
+    let changes = diff(&old_config, &to_config(&new));
+    if changes.is_empty() {
+        return ctx.line(&format!(
+            "{}: nothing to change (version {})",
+            args.app, app.version
+        ));
+    }
+    if !ctx.json() {
+        ctx.line(&format!("{} version {} -> changes:", args.app, app.version))?;
+        for line in &changes {
+            ctx.line(&format!("  {line}"))?;
+        }
+    }
+    if !args.yes && !confirm("apply these changes?")? {
+        return ctx.line("nothing applied");
+    }
+    let reply = unary(client.apply_app(request(pb::ApplyAppRequest {
+        spec: Some(pb::AppSpec::from(&new)),
+    })))
+    .await?;
+    let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
+    if ctx.json() {
+        return ctx.value(&serde_json::json!({
+            "app": args.app, "version": version,
+            "deployment": reply.deployment.as_ref().map(output::deployment_json),
+        }));
+    }
+    match &reply.deployment {
+        Some(d) => ctx.line(&format!(
+            "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
+            args.app, d.to_version, d.from_version, args.app
+        )),
+        None => ctx.line(&format!("{}: updated (version {version}, no instance restarts)", args.app)),
+    }
+}
+
+/// `restart APP --rolling`.
+pub async fn rolling_restart(app: &str, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let target = pb::InstanceTarget {
+        app: app.to_string(),
+        index: None,
+        rolling: true,
+    };
+    let reply = unary(client.restart(request(target))).await?;
+    if ctx.json() {
+        return ctx.value(&serde_json::json!({"app": app, "action": "rolling restart", "affected": reply.affected}));
+    }
+    ctx.line(&format!(
+        "rolling restart of {app}: {} instances, in waves; follow it with: pmcluster rollout status {app} --wait",
+        reply.affected
+    ))
+}
+
+/// `rollout status|pause|resume|promote|history|undo APP`.
+pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    match args.command {
+        RolloutCommand::Status { app, wait } => {
+            let status =
+                unary(client.get_rollout(request(pb::RolloutRequest { app: app.clone() }))).await?;
+            let Some(mut d) = status.current else {
+                return ctx.line(&format!(
+                    "{app} has not rolled out anything yet (version {})",
+                    status.version
+                ));
+            };
+            if wait && output::deployment_active(&d) {
+                let bar = (!ctx.json() && std::io::stderr().is_terminal()).then(|| {
+                    let bar = indicatif::ProgressBar::new(u64::from(d.total.max(1)));
+                    bar.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{prefix} [{bar:30}] {pos}/{len} {msg}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                        .progress_chars("=> "),
+                    );
+                    bar.set_prefix(format!("{app} v{}", d.to_version));
+                    bar
+                });
+                // Bounded: the coordinator fails a stuck rollout at its progress deadline.
+                while output::deployment_active(&d) {
+                    if let Some(bar) = &bar {
+                        bar.set_length(u64::from(d.total.max(1)));
+                        bar.set_position(u64::from(d.done));
+                        bar.set_message(d.state.clone());
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let status =
+                        unary(client.get_rollout(request(pb::RolloutRequest { app: app.clone() })))
+                            .await?;
+                    let Some(next) = status.current else { break };
+                    // A rollback replaces the failed rollout: report the failure.
+                    if next.id != d.id {
+                        if let Some(bar) = &bar {
+                            bar.finish_and_clear();
+                        }
+                        let failed = status
+                            .history
+                            .iter()
+                            .find(|h| h.id == d.id)
+                            .cloned()
+                            .unwrap_or(d.clone());
+                        ctx.line(&output::deployment_line(&failed))?;
+                        ctx.line(&output::deployment_line(&next))?;
+                        anyhow::bail!(
+                            "the rollout of version {} failed: {}",
+                            failed.to_version,
+                            failed.message
+                        );
+                    }
+                    d = next;
+                }
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
+            }
+            if ctx.json() {
+                ctx.value(&output::deployment_json(&d))?;
+            } else {
+                ctx.line(&output::deployment_line(&d))?;
+            }
+            if matches!(d.state.as_str(), "failed" | "rolled back") {
+                anyhow::bail!(
+                    "the rollout of version {} {}: {}",
+                    d.to_version,
+                    d.state,
+                    d.message
+                );
+            }
+            Ok(())
+        }
+        RolloutCommand::Pause { app } => control(&mut client, ctx, &app, "pause").await,
+        RolloutCommand::Resume { app } => control(&mut client, ctx, &app, "resume").await,
+        RolloutCommand::Promote { app } => control(&mut client, ctx, &app, "promote").await,
+        RolloutCommand::History { app } => {
+            let status =
+                unary(client.get_rollout(request(pb::RolloutRequest { app: app.clone() }))).await?;
+            let mut all = status.history.clone();
+            all.extend(status.current.clone());
+            if ctx.json() {
+                return ctx.value(&Value::Array(
+                    all.iter().map(output::deployment_json).collect(),
+                ));
+            }
+            if all.is_empty() {
+                return ctx.line(&format!(
+                    "{app}: no rollouts yet (version {})",
+                    status.version
+                ));
+            }
+            ctx.text(&output::deployments_table(&all))?;
+            let versions: Vec<String> = status.versions.iter().map(|v| v.to_string()).collect();
+            ctx.line(&format!(
+                "current version {}; versions kept for undo: {}",
+                status.version,
+                versions.join(", ")
+            ))
+        }
+        RolloutCommand::Undo { app, to_version } => {
+            let d = unary(client.undo_rollout(request(pb::UndoRolloutRequest {
+                app: app.clone(),
+                to_version,
+            })))
+            .await?;
+            if ctx.json() {
+                return ctx.value(&output::deployment_json(&d));
+            }
+            ctx.line(&format!(
+                "{app}: rolling back to the spec of version {} as version {}; follow it with: pmcluster rollout status {app} --wait",
+                to_version.map(|v| v.to_string()).unwrap_or_else(|| "before".into()),
+                d.to_version
+            ))
+        }
+    }
+}
+
+async fn control(
+    client: &mut crate::client::Client,
+    ctx: &mut Ctx<'_>,
+    app: &str,
+    action: &str,
+) -> anyhow::Result<()> {
+    let req = pb::ControlRolloutRequest {
+        app: app.to_string(),
+        action: action.to_string(),
+    };
+    let d = unary(client.control_rollout(request(req))).await?;
+    if ctx.json() {
+        return ctx.value(&output::deployment_json(&d));
+    }
+    ctx.line(&output::deployment_line(&d))
+}
+
+/// `endpoints APP [-o json|nginx|haproxy] [--watch --file F [--exec CMD]]`.
+pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let req = pb::WatchEndpointsRequest {
+        app: args.app.clone(),
+    };
+    let mut stream = unary(client.watch_endpoints(tonic::Request::new(req))).await?;
+    let format = ctx.output;
+    let render = move |e: &pb::Endpoints| match format {
+        OutputFormat::Json => {
+            serde_json::to_string_pretty(&output::endpoints_json(e)).unwrap_or_default() + "\n"
+        }
+        OutputFormat::Nginx => output::endpoints_nginx(e),
+        OutputFormat::Haproxy => output::endpoints_haproxy(e),
+        OutputFormat::Table => output::endpoints_plain(e),
+    };
+    if !args.watch {
+        let first = stream
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the coordinator sent no endpoints"))?;
+        let e = first.map_err(crate::error::ApiError::from)?;
+        let text = render(&e);
+        return match &args.file {
+            Some(path) => write_atomic(Path::new(path), &text),
+            None => ctx.text(&text),
+        };
+    }
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut last: Option<String> = None;
+    loop {
+        // A watcher runs for days: when the coordinator goes away (restart, failover), it
+        // reconnects and carries on; the file keeps its last content meanwhile.
+        let next = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            next = stream.next() => next,
+        };
+        let e = match next {
+            Some(Ok(e)) => e,
+            other => {
+                let why = match other {
+                    Some(Err(status)) => status.message().to_string(),
+                    _ => "stream ended".to_string(),
+                };
+                eprintln!("{}: lost the coordinator ({why}); reconnecting", args.app);
+                loop {
+                    tokio::select! {
+                        _ = &mut ctrl_c => return Ok(()),
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    let req = pb::WatchEndpointsRequest {
+                        app: args.app.clone(),
+                    };
+                    if let Ok(mut c) = connect(&ctx.url).await
+                        && let Ok(s) = c.watch_endpoints(tonic::Request::new(req)).await
+                    {
+                        stream = s.into_inner();
+                        break;
+                    }
+                }
+                continue;
+            }
+        };
+        let text = render(&e);
+        if last.as_deref() == Some(text.as_str()) {
+            continue;
+        }
+        match &args.file {
+            Some(path) => write_atomic(Path::new(path), &text)?,
+            None => ctx.text(&text)?,
+        }
+        last = Some(text);
+        if let Some(cmd) = &args.exec {
+            let status = tokio::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(cmd)
+                .status()
+                .await
+                .with_context(|| format!("running --exec {cmd:?}"))?;
+            if !status.success() {
+                eprintln!("warning: --exec {cmd:?} exited with {status}");
+            }
+        }
+        eprintln!("{}: {} endpoints", args.app, e.endpoints.len());
+    }
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a config.
+fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp-pmcluster");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn set_fields() {
+        let mut v = json!({"name": "web", "instances": 2, "env": {"A": "1"}});
+        set_field(&mut v, "instances=4").unwrap();
+        set_field(&mut v, "env.B=two").unwrap();
+        set_field(&mut v, "update.max_surge=2").unwrap();
+        set_field(&mut v, "args=[\"--x\"]").unwrap();
+        assert_eq!(
+            v,
+            json!({"name": "web", "instances": 4, "env": {"A": "1", "B": "two"}, "update": {"max_surge": 2}, "args": ["--x"]})
+        );
+        assert!(set_field(&mut v, "noequals").is_err());
+        assert!(set_field(&mut v, "instances.x=1").is_err());
+        assert!(set_field(&mut v, "a..b=1").is_err());
+    }
+
+    #[test]
+    fn diffs() {
+        let a = json!({"name": "web", "env": {"V": "1"}});
+        let b = json!({"name": "web", "env": {"V": "2"}});
+        assert_eq!(diff(&a, &b), vec!["- \"V\": \"1\"", "+ \"V\": \"2\""]);
+        assert!(diff(&a, &a).is_empty());
+    }
+}

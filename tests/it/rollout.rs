@@ -1,0 +1,144 @@
+//! Issue 5: rolling updates behind a real HAProxy kept current by `pmcluster endpoints --watch`:
+//! zero failed requests through a reload, an automatic rollback of a bad version, and a rollout
+//! that survives a coordinator restart half-way.
+//!
+//! Needs `haproxy` on PATH (`.ci/run` installs Debian's package); without it the test says so
+//! and fails, since CI must run it.
+
+use std::fs;
+use std::path::Path;
+
+use pmcluster_tests::{Cluster, free_port_range, wait_until};
+
+use crate::lb::{Balancer, Load, wait_all_answers};
+use crate::{DEADLINE, wait_online};
+
+fn config(dir: &Path, testapp: &str, base: u16) -> String {
+    let path = dir.join("web.json");
+    let text = serde_json::json!({
+        "name": "web",
+        "script": testapp,
+        "instances": 6,
+        "port": format!("auto:{base}-{}", base + 59),
+        "env": { "TESTAPP_VERSION": "v1" },
+        "health_check": { "check_type": "http", "url": "http://127.0.0.1:${PORT}/health", "interval": "1s", "timeout": "1s", "retries": 2 },
+        "update": {
+            "max_surge": 1,
+            "min_healthy_time": "1s",
+            "healthy_deadline": "6s",
+            "progress_deadline": "20s",
+            "shutdown_delay": "1s"
+        }
+    });
+    fs::write(&path, text.to_string()).expect("write web.json");
+    path.display().to_string()
+}
+
+#[test]
+fn rolling_updates_behind_haproxy_lose_no_request() {
+    let mut c = Cluster::start(3).expect("cluster starts");
+    let base = free_port_range(60).expect("free ports");
+    let testapp = c.testapp().display().to_string();
+    let file = config(c.root(), &testapp, base);
+    c.cli(&["apply", "-f", &file]).assert_ok();
+    wait_online(&c, "web", 6);
+    let lb = Balancer::start(&c, "web");
+    wait_until(DEADLINE, "six servers in the backend", || {
+        let b = lb.backend();
+        if b.matches("    server ").count() == 6 {
+            Ok(())
+        } else {
+            Err(b)
+        }
+    });
+
+    // 1. A reload to v2 under load: no request fails, and then only v2 answers.
+    let load = Load::start(lb.port);
+    let out = c.cli(&["reload", "web", "--set", "env.TESTAPP_VERSION=v2", "--yes"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("TESTAPP_VERSION"),
+        "the diff is shown: {out}"
+    );
+    c.cli(&["rollout", "status", "web", "--wait"]).assert_ok();
+    wait_all_answers(lb.port, "v2");
+    let (n, failures, versions) = load.snapshot();
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed during the reload: {failures:?}",
+        failures.len()
+    );
+    assert!(
+        versions.contains_key("v1") && versions.contains_key("v2"),
+        "{versions:?}"
+    );
+    eprintln!("reload v1 -> v2: {n} requests, 0 failed, by version {versions:?}");
+
+    // 2. A version that fails its health check: rolled back on its own, still without a failed
+    // request.
+    c.cli(&[
+        "reload",
+        "web",
+        "--set",
+        "env.TESTAPP_FAIL_HEALTH=1",
+        "--yes",
+    ])
+    .assert_ok();
+    let status = c.cli(&["rollout", "status", "web", "--wait"]);
+    assert!(
+        !status.success(),
+        "a failed rollout exits non-zero: {status}"
+    );
+    assert!(status.to_string().contains("failed"), "{status}");
+    wait_until(DEADLINE, "the rollback to finish", || {
+        let out = c.cli(&["rollout", "status", "web", "-o", "json"]);
+        let v = out.json().map_err(|e| e.to_string())?;
+        if v["kind"] == "rollback" && v["state"] == "succeeded" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    let history = c.cli(&["rollout", "history", "web"]);
+    assert!(history.stdout.contains("rolled back"), "{history}");
+    wait_all_answers(lb.port, "v2");
+    let (n2, failures, _) = load.snapshot();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed during the failed rollout: {failures:?}",
+        failures.len()
+    );
+    eprintln!(
+        "bad version rolled back: {} more requests, 0 failed",
+        n2 - n
+    );
+
+    // 3. A rollout survives a coordinator restart half-way.
+    c.cli(&["reload", "web", "--set", "env.TESTAPP_VERSION=v3", "--yes"])
+        .assert_ok();
+    wait_until(DEADLINE, "the rollout to be under way", || {
+        let v = c
+            .cli(&["rollout", "status", "web", "-o", "json"])
+            .json()
+            .map_err(|e| e.to_string())?;
+        if v["done"].as_u64().is_some_and(|d| (1..6).contains(&d)) {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    c.restart_coordinator().expect("restart the coordinator");
+    c.cli(&["rollout", "status", "web", "--wait"]).assert_ok();
+    wait_all_answers(lb.port, "v3");
+    let (n3, failures, versions) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {n3} requests failed: {failures:?}",
+        failures.len()
+    );
+    eprintln!("all phases: {n3} requests, 0 failed, by version {versions:?}");
+    let list = c.instances("web").expect("list");
+    assert_eq!(list.len(), 6);
+    drop(lb);
+}
