@@ -81,7 +81,7 @@ pub async fn serve(
     let ticker = {
         let control = control.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(500));
+            let mut every = tokio::time::interval(Duration::from_millis(250));
             loop {
                 every.tick().await;
                 control.tick();

@@ -51,7 +51,12 @@ fn run(c: &Cluster, surge: u32, testapp: &str) -> Result<String, String> {
     if !out.success() {
         return Err(out.to_string());
     }
-    let out = c.cli(&["rollout", "status", &app, "--wait"]);
+    let out = c
+        .try_cli_timeout(
+            &["rollout", "status", &app, "--wait"],
+            Duration::from_secs(300),
+        )
+        .map_err(|e| e.to_string())?;
     let took = t0.elapsed().as_secs_f64();
     if !out.success() {
         return Err(out.to_string());

@@ -13,6 +13,15 @@ use pmcluster_tests::{Cluster, free_port_range, wait_until};
 use crate::lb::{Balancer, Load, wait_all_answers};
 use crate::{DEADLINE, wait_online};
 
+/// `rollout status web --wait`, allowed longer than an ordinary CLI call.
+fn wait_rollout(c: &Cluster) -> pmcluster_tests::CliOutput {
+    c.try_cli_timeout(
+        &["rollout", "status", "web", "--wait"],
+        std::time::Duration::from_secs(180),
+    )
+    .expect("pmcluster rollout status --wait runs")
+}
+
 fn config(dir: &Path, testapp: &str, base: u16) -> String {
     let path = dir.join("web.json");
     let text = serde_json::json!({
@@ -60,7 +69,7 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
         out.stdout.contains("TESTAPP_VERSION"),
         "the diff is shown: {out}"
     );
-    c.cli(&["rollout", "status", "web", "--wait"]).assert_ok();
+    wait_rollout(&c).assert_ok();
     wait_all_answers(lb.port, "v2");
     let (n, failures, versions) = load.snapshot();
     assert!(
@@ -84,7 +93,7 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
         "--yes",
     ])
     .assert_ok();
-    let status = c.cli(&["rollout", "status", "web", "--wait"]);
+    let status = wait_rollout(&c);
     assert!(
         !status.success(),
         "a failed rollout exits non-zero: {status}"
@@ -129,7 +138,7 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
     });
     c.kill_coordinator().expect("kill -9 the coordinator");
     c.restart_coordinator().expect("restart the coordinator");
-    c.cli(&["rollout", "status", "web", "--wait"]).assert_ok();
+    wait_rollout(&c).assert_ok();
     wait_all_answers(lb.port, "v3");
     let (n3, failures, versions) = load.finish();
     assert!(

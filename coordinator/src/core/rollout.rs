@@ -144,6 +144,8 @@ pub fn step(
     }
     let mut done = 0u32;
     let mut in_flight = 0u32;
+    // Indices whose old instance drains behind a healthy replacement.
+    let mut draining = 0u32;
     let mut waiting = Vec::new();
     let mut failure = None;
     let replaced_before = records
@@ -172,9 +174,16 @@ pub fn step(
                 waiting.push(index);
             }
             Some(n) => {
-                in_flight += 1;
                 let f = fact(&n.id);
                 let healthy_long = f.healthy_since.is_some_and(|t| now_ms - t >= min_healthy);
+                // Once its replacement has proven itself, an index no longer holds the budget:
+                // the next wave starts while the old instance drains.
+                let handed_over = healthy_long || old.iter().all(|o| o.draining_since.is_some());
+                if handed_over {
+                    draining += 1;
+                } else {
+                    in_flight += 1;
+                }
                 for o in &old {
                     match o.draining_since {
                         Some(since) if now_ms - since >= shutdown_delay => out.remove.push(o.id),
@@ -222,7 +231,7 @@ pub fn step(
         out.deployment = next;
         return out;
     }
-    if waiting.is_empty() && in_flight == 0 {
+    if waiting.is_empty() && in_flight == 0 && draining == 0 {
         next.state = State::Succeeded;
         next.message = format!("{done} of {total} instances on version {}", d.to_version);
         out.deployment = next;
@@ -266,7 +275,7 @@ pub fn step(
         next.message = format!(
             "{done} of {total} on version {}, {} in progress",
             d.to_version,
-            in_flight + starts
+            in_flight + draining + starts
         );
     }
     out.deployment = next;
@@ -417,29 +426,19 @@ mod tests {
     fn rolling_update_one_at_a_time() {
         let d = deployment(Kind::Update);
         let p = policy();
+        let base = "0:1*0 1:1*0 2:1*0";
         // Start: one replacement (max_surge 1), old ones keep serving.
-        check(&d, &p, 3, "0:1*0 1:1*0 2:1*0", 10, "replace 1; running 0/3");
+        check(&d, &p, 3, base, 10, "replace 1; running 0/3");
         // Replacement not healthy long enough yet: wait.
-        check(&d, &p, 3, "0:1*0 1:1*0 2:1*0 0:2*50@20", 100, "running 0/3");
-        // Healthy for min_healthy_time: the old one drains.
-        check(
-            &d,
-            &p,
-            3,
-            "0:1*0 1:1*0 2:1*0 0:2*50@20",
-            200,
-            "drain 1; running 0/3",
-        );
-        // After shutdown_delay it is removed.
-        check(
-            &d,
-            &p,
-            3,
-            "0:1*0~200 1:1*0 2:1*0 0:2*50@20",
-            260,
-            "remove 1; running 0/3",
-        );
-        // Index 0 done: the next one starts.
+        let wave = "0:1*0 1:1*0 2:1*0 0:2*50@20";
+        check(&d, &p, 3, wave, 100, "running 0/3");
+        // Healthy for min_healthy_time: the old one drains, and the next wave starts.
+        check(&d, &p, 3, wave, 200, "replace 2; drain 1; running 0/3");
+        // After shutdown_delay the drained one is removed.
+        let draining = "0:1*0~200 1:1*0 2:1*0 0:2*50@20";
+        check(&d, &p, 3, draining, 230, "replace 2; running 0/3");
+        check(&d, &p, 3, draining, 260, "replace 2; remove 1; running 0/3");
+        // Index 0 done.
         check(
             &d,
             &p,
