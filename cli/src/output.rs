@@ -1008,6 +1008,51 @@ mod tests {
     }
 
     #[test]
+    fn endpoint_renderings() {
+        let e = pb::Endpoints {
+            app: "web".into(),
+            endpoints: vec![
+                pb::Endpoint {
+                    host: "10.0.0.1".into(),
+                    port: 4100,
+                    index: 0,
+                    node: "a".into(),
+                    version: 2,
+                },
+                pb::Endpoint {
+                    host: "10.0.0.2".into(),
+                    port: 4101,
+                    index: 1,
+                    node: "b".into(),
+                    version: 2,
+                },
+            ],
+        };
+        assert_eq!(endpoints_plain(&e), "10.0.0.1:4100\n10.0.0.2:4101\n");
+        let nginx = endpoints_nginx(&e);
+        assert!(nginx.contains("upstream web {\n"), "{nginx}");
+        assert!(
+            nginx.contains("    server 10.0.0.2:4101 max_fails=1 fail_timeout=1s;  # web[1] v2\n"),
+            "{nginx}"
+        );
+        assert!(nginx.ends_with("}\n"));
+        let haproxy = endpoints_haproxy(&e);
+        assert!(haproxy.contains("backend web\n"), "{haproxy}");
+        assert!(
+            haproxy.contains("    server web-0-v2 10.0.0.1:4100\n"),
+            "{haproxy}"
+        );
+        assert_eq!(endpoints_json(&e)[1]["port"], 4101);
+        // No endpoint: nginx needs a server line to accept the block.
+        let none = pb::Endpoints {
+            app: "web".into(),
+            endpoints: vec![],
+        };
+        assert!(endpoints_nginx(&none).contains("server 127.0.0.1:9 down;"));
+        assert!(!endpoints_haproxy(&none).contains("    server "));
+    }
+
+    #[test]
     fn topology_tree() {
         let nodes = vec![
             pb::Node {

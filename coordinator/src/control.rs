@@ -287,13 +287,7 @@ impl Control {
             .filter(|d| d.state.active() && d.started_ms == now);
         let name = record.spec.name.clone();
         let (version, count) = (record.version, record.spec.instances);
-        self.write(
-            &mut inner,
-            Batch {
-                put_apps: vec![record],
-                ..Batch::default()
-            },
-        )?;
+        self.write(&mut inner, Batch::app(record))?;
         let view = inner
             .state
             .apps
@@ -534,13 +528,7 @@ impl Control {
             + 1;
         let d = start_deployment(&app, Kind::Restart, app.version, app.version, epoch, now);
         let record = with_deployment(app, d.clone());
-        self.write(
-            &mut inner,
-            Batch {
-                put_apps: vec![record],
-                ..Batch::default()
-            },
-        )?;
+        self.write(&mut inner, Batch::app(record))?;
         drop(inner);
         self.emit(
             "rollout.started",
@@ -594,13 +582,7 @@ impl Control {
         }
         d.updated_ms = now_ms();
         let record = with_deployment(app, d.clone());
-        self.write(
-            &mut inner,
-            Batch {
-                put_apps: vec![record],
-                ..Batch::default()
-            },
-        )?;
+        self.write(&mut inner, Batch::app(record))?;
         drop(inner);
         self.emit(
             &format!("rollout.{action}"),
@@ -642,23 +624,12 @@ impl Control {
             )));
         };
         // The old process, with today's count and policies.
-        let spec = AppSpec {
-            instances: app.spec.instances,
-            autoscale: app.spec.autoscale.clone(),
-            update: app.spec.update.clone(),
-            ..spec
-        };
+        let spec = with_current_policies(&app, spec);
         let now = now_ms();
         let has_instances = !inner.state.app_instances(name).is_empty();
         let record = new_version(app, spec, now, Kind::Rollback, has_instances);
         let d = record.deployment.clone();
-        self.write(
-            &mut inner,
-            Batch {
-                put_apps: vec![record],
-                ..Batch::default()
-            },
-        )?;
+        self.write(&mut inner, Batch::app(record))?;
         drop(inner);
         self.emit(
             "rollout.started",
@@ -802,13 +773,7 @@ impl Control {
                 ));
             }
             if step.rollback {
-                let back = app.spec_of(d.from_version).clone();
-                let spec = AppSpec {
-                    instances: app.spec.instances,
-                    autoscale: app.spec.autoscale.clone(),
-                    update: app.spec.update.clone(),
-                    ..back
-                };
+                let spec = with_current_policies(&app, app.spec_of(d.from_version).clone());
                 let failed = Deployment {
                     state: State::RolledBack,
                     ..next
@@ -1772,6 +1737,16 @@ fn healthy_since(inner: &Inner, r: &InstanceRecord) -> Option<i64> {
         pb::HealthState::Healthy => Some(since),
         _ if has_check => None,
         _ => Some(since),
+    }
+}
+
+/// An earlier process (`spec`) with the app's current count and policies: what a rollback runs.
+fn with_current_policies(app: &AppRecord, spec: AppSpec) -> AppSpec {
+    AppSpec {
+        instances: app.spec.instances,
+        autoscale: app.spec.autoscale.clone(),
+        update: app.spec.update.clone(),
+        ..spec
     }
 }
 

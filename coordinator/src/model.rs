@@ -127,6 +127,14 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch that writes one app record.
+    pub fn app(record: AppRecord) -> Batch {
+        Batch {
+            put_apps: vec![record],
+            ..Batch::default()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.put_apps.is_empty()
             && self.del_apps.is_empty()
