@@ -48,13 +48,10 @@ impl Burner {
     }
 }
 
-fn count(c: &Cluster, app: &str) -> usize {
-    c.instances(app).map(|l| l.len()).unwrap_or(0)
-}
-
-#[test]
-fn scales_up_under_load_and_down_after() {
-    let c = Cluster::start(2).expect("cluster starts");
+/// A cluster of `agents` agents running `web` (the test app) as 2 instances on a range of 4
+/// ports; returns the cluster and the first port.
+fn web_with_two_instances(agents: usize) -> (Cluster, u16) {
+    let c = Cluster::start(agents).expect("cluster starts");
     let base = free_port_range(4).expect("free ports");
     let ports = format!("{base}-{}", base + 3);
     let testapp = c.testapp().display().to_string();
@@ -70,6 +67,16 @@ fn scales_up_under_load_and_down_after() {
     ])
     .assert_ok();
     wait_online(&c, "web", 2);
+    (c, base)
+}
+
+fn count(c: &Cluster, app: &str) -> usize {
+    c.instances(app).map(|l| l.len()).unwrap_or(0)
+}
+
+#[test]
+fn scales_up_under_load_and_down_after() {
+    let (c, base) = web_with_two_instances(2);
     c.cli(&[
         "autoscale",
         "web",
@@ -143,22 +150,7 @@ fn scales_up_under_load_and_down_after() {
 
 #[test]
 fn steady_load_does_not_flap() {
-    let c = Cluster::start(1).expect("cluster starts");
-    let base = free_port_range(4).expect("free ports");
-    let ports = format!("{base}-{}", base + 3);
-    let testapp = c.testapp().display().to_string();
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "2",
-        "--port",
-        &ports,
-    ])
-    .assert_ok();
-    wait_online(&c, "web", 2);
+    let (c, base) = web_with_two_instances(1);
     // About half a core per instance against a 90% threshold: between the scale-down line (45%)
     // and the threshold most of the time; the stabilization windows absorb the noise.
     c.cli(&[
