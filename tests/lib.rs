@@ -1160,7 +1160,16 @@ impl Cluster {
         }
     }
 
-    /// Pids of the processes our running agents have as children right now (their instances).
+    /// Pids of the running agents.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents
+            .iter()
+            .filter(|a| a.running())
+            .map(|a| a.pid())
+            .collect()
+    }
+
+    /// Every child process of a running agent, with the agent's node name.
     pub fn agent_children(&self) -> BTreeMap<u32, String> {
         let mut out = BTreeMap::new();
         for agent in self.agents.iter() {

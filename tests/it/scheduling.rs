@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use pmcluster_tests::{
-    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, free_port_range, kill_pid, per_node,
-    pid_alive, render, wait_until,
+    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, children_of, free_port_range,
+    kill_pid, per_node, pid_alive, render, wait_until,
 };
 use serde_json::Value;
 
@@ -98,8 +98,21 @@ fn no_duplicate_index(list: &[Instance]) -> Result<(), String> {
 /// The process of each instance of `app` still running, by index, from the instances' own
 /// environment (`PMCLUSTER_INSTANCE_ID`), to catch a duplicate that `list` would not show.
 fn processes_by_index(c: &Cluster, app: &str) -> BTreeMap<u32, Vec<u32>> {
+    // agent_children also remembers the pids, so the harness cleans them up whatever happens.
+    let agents: Vec<u32> = c.agent_children().into_keys().collect();
+    by_index(&agents, app)
+}
+
+/// Like `processes_by_index`, from the agents' pids alone (usable off the test's thread).
+fn processes_of(agents: &[u32], app: &str) -> BTreeMap<u32, Vec<u32>> {
+    let children: Vec<u32> = agents.iter().flat_map(|&a| children_of(a)).collect();
+    by_index(&children, app)
+}
+
+/// The instances of `app` among `pids`, by index.
+fn by_index(pids: &[u32], app: &str) -> BTreeMap<u32, Vec<u32>> {
     let mut out: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-    for pid in c.agent_children().into_keys() {
+    for &pid in pids {
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
@@ -233,14 +246,19 @@ fn drain_moves_everything_without_a_gap() {
     let before = wait_online(&c, "web", 6);
     assert_eq!(per_node(&before).get("node-a"), Some(&2));
 
-    let sampler = Sampler::start(c.bins().cli.clone(), c.url(), "web", |list| {
+    // Two views, each consistent in itself: the coordinator's list (every index has a copy it
+    // reports online) and, right after it, the processes the agents run (every index has a live
+    // process). Checking a listed pid against /proc later would race with a handoff that the list
+    // predates, so the views are not mixed.
+    let agents = c.agent_pids();
+    let sampler = Sampler::start(c.bins().cli.clone(), c.url(), "web", move |list| {
+        let procs = processes_of(&agents, "web");
         for index in 0..6 {
-            let online = list
-                .iter()
-                .filter(|i| i.index == index && i.online() && i.pid.is_some_and(pid_alive))
-                .count();
-            if online == 0 {
+            if !list.iter().any(|i| i.index == index && i.online()) {
                 return Err(format!("index {index} has no online copy:{}", render(list)));
+            }
+            if procs.get(&index).is_none_or(|p| p.is_empty()) {
+                return Err(format!("index {index} has no process: {procs:?}"));
             }
         }
         Ok(())
