@@ -650,9 +650,12 @@ pub fn endpoints_haproxy(e: &pb::Endpoints) -> String {
         e.app, e.app
     );
     for p in &e.endpoints {
+        // HAProxy refuses two servers of one name, and during a rolling restart or a drain two
+        // copies of an index (same version) are both endpoints: the id tells them apart.
+        let id: String = p.instance_id.chars().take(8).collect();
         s.push_str(&format!(
-            "    server {}-{}-v{} {}:{}\n",
-            e.app, p.index, p.version, p.host, p.port
+            "    server {}-{}-v{}-{} {}:{}\n",
+            e.app, p.index, p.version, id, p.host, p.port
         ));
     }
     s
@@ -1018,6 +1021,7 @@ mod tests {
                     index: 0,
                     node: "a".into(),
                     version: 2,
+                    instance_id: "1e2d4b6c-0000-4000-8000-000000000001".into(),
                 },
                 pb::Endpoint {
                     host: "10.0.0.2".into(),
@@ -1025,10 +1029,22 @@ mod tests {
                     index: 1,
                     node: "b".into(),
                     version: 2,
+                    instance_id: "0b9c7e2a-0000-4000-8000-000000000002".into(),
+                },
+                pb::Endpoint {
+                    host: "10.0.0.2".into(),
+                    port: 4102,
+                    index: 1,
+                    node: "b".into(),
+                    version: 2,
+                    instance_id: "5f1d3a90-0000-4000-8000-000000000003".into(),
                 },
             ],
         };
-        assert_eq!(endpoints_plain(&e), "10.0.0.1:4100\n10.0.0.2:4101\n");
+        assert_eq!(
+            endpoints_plain(&e),
+            "10.0.0.1:4100\n10.0.0.2:4101\n10.0.0.2:4102\n"
+        );
         let nginx = endpoints_nginx(&e);
         assert!(nginx.contains("upstream web {\n"), "{nginx}");
         assert!(
@@ -1039,9 +1055,16 @@ mod tests {
         let haproxy = endpoints_haproxy(&e);
         assert!(haproxy.contains("backend web\n"), "{haproxy}");
         assert!(
-            haproxy.contains("    server web-0-v2 10.0.0.1:4100\n"),
+            haproxy.contains("    server web-0-v2-1e2d4b6c 10.0.0.1:4100\n"),
             "{haproxy}"
         );
+        // Two copies of index 1 (a handoff): distinct server names, as HAProxy requires.
+        let names: std::collections::BTreeSet<&str> = haproxy
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("server "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert_eq!(names.len(), 3, "{haproxy}");
         assert_eq!(endpoints_json(&e)[1]["port"], 4101);
         // No endpoint: nginx needs a server line to accept the block.
         let none = pb::Endpoints {

@@ -343,6 +343,7 @@ impl Cluster for Fake {
                 index: 0,
                 node: "node-a".into(),
                 version: 1,
+                instance_id: "0f0e0d0c-0000-4000-8000-000000000000".into(),
             }],
         };
         Ok(Response::new(Box::pin(futures::stream::iter(vec![Ok(e)]))))

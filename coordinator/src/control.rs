@@ -673,6 +673,7 @@ impl Control {
                     index: r.index,
                     node: node.clone(),
                     version: r.app_version,
+                    instance_id: r.id.to_string(),
                 })
             })
             .collect();
@@ -1410,7 +1411,7 @@ impl Control {
             now_ms: now,
         });
         let pending = plan.pending.clone();
-        let placed = materialize(view, &plan, &mut batch);
+        let placed = materialize(view, &plan, &mut batch, now);
         if batch.is_empty() {
             inner.pending = pending;
             return Ok(());
@@ -1487,6 +1488,7 @@ fn materialize(
     state: &Persisted,
     plan: &Plan,
     batch: &mut Batch,
+    now_ms: i64,
 ) -> Vec<(String, u32, Option<String>)> {
     let mut placed = Vec::new();
     let put: BTreeMap<Uuid, usize> = batch
@@ -1507,7 +1509,11 @@ fn materialize(
         }
     };
     for (id, node) in &plan.assign {
-        edit(batch, *id, &|r| r.node = Some(node.clone()));
+        // Placed now: a rollout's healthy deadline counts from here, not from when it was pending.
+        edit(batch, *id, &|r| {
+            r.node = Some(node.clone());
+            r.created_ms = now_ms;
+        });
         if let Some(r) = state.instances.get(id) {
             placed.push((r.app.clone(), r.index, Some(node.clone())));
         }
@@ -1531,7 +1537,7 @@ fn materialize(
             stopped: c.stopped,
             replaces: c.replaces,
             draining_since: None,
-            created_ms: 0,
+            created_ms: now_ms,
         });
         placed.push((c.app.clone(), c.index, c.node.clone()));
     }
@@ -1604,7 +1610,9 @@ fn publish(inner: &mut Inner, node: &str) {
                 instance_id: i.id.to_string(),
                 index: i.index,
                 app_version: i.app_version,
-                spec: Some(pb::AppSpec::from(&app.spec)),
+                // An instance runs the spec of its own version: during a rollout the old ones
+                // must keep their process (the agent restarts an instance whose spec differs).
+                spec: Some(pb::AppSpec::from(app.spec_of(i.app_version))),
                 port: i.port.map(u32::from).unwrap_or(0),
                 run: !i.stopped,
                 restart_epoch: i.restart_epoch,
@@ -2000,6 +2008,11 @@ mod tests {
         );
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert!(set.assignments.iter().all(|x| x.app_version == 1));
+        let old_spec = set
+            .assignments
+            .iter()
+            .find(|x| x.index == 1)
+            .map(|x| x.spec.clone());
         // Its first step creates a replacement for index 0. Port 4100 is held by the old one on
         // the only node, so the old one goes first (stop-then-start), then the new one starts.
         for _ in 0..3 {
@@ -2016,6 +2029,11 @@ mod tests {
             "{versions:?}"
         );
         assert_eq!(set.assignments.len(), 2);
+        // The instance still on version 1 keeps version 1's spec, so its agent leaves it running.
+        let still_old = set.assignments.iter().find(|x| x.index == 1);
+        assert_eq!(still_old.map(|x| x.spec.clone()), old_spec);
+        let new = set.assignments.iter().find(|x| x.index == 0);
+        assert_ne!(new.map(|x| x.spec.clone()), old_spec);
         c.delete_app("web")?;
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert!(set.assignments.is_empty());

@@ -213,6 +213,11 @@ pub fn step(
     next.done = done;
     next.total = total;
     next.updated_ms = now_ms;
+    // Waiting for a person (paused, or canaries awaiting promotion) is not a lack of progress:
+    // the progress clock restarts when the rollout moves on its own again.
+    if matches!(d.state, State::Paused | State::AwaitingPromotion) {
+        next.progress_ms = now_ms;
+    }
     if failure.is_none() && now_ms - next.progress_ms > policy.progress_deadline.as_millis() as i64
     {
         failure = Some(format!(
@@ -523,6 +528,24 @@ mod tests {
         };
         // Paused: no new replacement, but the one in flight finishes.
         check(&paused, &policy(), 2, "0:1*0 1:1*0", 10, "paused 0/2");
+        // Paused for longer than progress_deadline (5 s here): still paused, not failed.
+        check(&paused, &policy(), 2, "0:1*0 1:1*0", 60_000, "paused 0/2");
+        let waiting = Deployment {
+            state: State::AwaitingPromotion,
+            ..deployment(Kind::Update)
+        };
+        let canary = UpdatePolicy {
+            canary: 1,
+            ..policy()
+        };
+        check(
+            &waiting,
+            &canary,
+            3,
+            "1:1*0 2:1*0 0:2*0",
+            60_000,
+            "awaiting promotion 1/3",
+        );
         check(
             &paused,
             &policy(),
