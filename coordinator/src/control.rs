@@ -1541,6 +1541,9 @@ fn materialize(
         });
         placed.push((c.app.clone(), c.index, c.node.clone()));
     }
+    for id in &plan.drain {
+        edit(batch, *id, &|r| r.draining_since = Some(now_ms));
+    }
     batch.del_instances.extend(plan.remove.iter().copied());
     placed
 }

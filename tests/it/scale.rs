@@ -207,3 +207,52 @@ fn spread_scale_kill_restart() {
     );
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
+
+/// A scale-down retires a serving instance gracefully: it is listed `draining` and left out of
+/// the endpoints for the app's `update.shutdown_delay` while its process still runs, then it is
+/// stopped.
+#[test]
+fn scale_down_drains_for_the_shutdown_delay() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let base = free_port_range(2).expect("two free ports");
+    let testapp = c.testapp().display().to_string();
+    let path = c.root().join("web.json");
+    let spec = serde_json::json!({
+        "name": "web", "script": testapp, "instances": 2,
+        "port": format!("{base}-{}", base + 1),
+        "update": { "shutdown_delay": "3s" }
+    });
+    std::fs::write(&path, spec.to_string()).expect("write web.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    let before = wait_online(&c, "web", 2);
+    let leaving =
+        ProcId::of(by_index(&before, 1).expect("index 1").pid.expect("pid")).expect("index 1 runs");
+    c.cli(&["scale", "web", "1"]).assert_ok();
+    wait_until(
+        DEADLINE,
+        "index 1 draining, still running, no endpoint",
+        || {
+            let list = c.instances("web")?;
+            let one = by_index(&list, 1)?;
+            let endpoints = c.cli(&["endpoints", "web", "-o", "json"]).json()?;
+            let ports: Vec<u64> = endpoints
+                .as_array()
+                .map(|a| a.iter().filter_map(|e| e["port"].as_u64()).collect())
+                .unwrap_or_default();
+            if one.status == "draining" && leaving.alive() && ports == [u64::from(base)] {
+                Ok(())
+            } else {
+                Err(format!("endpoints {ports:?}:{}", render(&list)))
+            }
+        },
+    );
+    wait_until(DEADLINE, "index 1 gone after the delay", || {
+        let list = c.instances("web")?;
+        if list.len() == 1 && !leaving.alive() {
+            Ok(())
+        } else {
+            Err(render(&list))
+        }
+    });
+}

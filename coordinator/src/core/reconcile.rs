@@ -11,6 +11,10 @@
 //!   node at a time), and the old record is removed once the replacement is online;
 //! - *outdated*: older app version or a port that no longer matches the range: refreshed;
 //! - *conflicting*: more than one record for an index outside a migration: the best is kept.
+//!
+//! Excess records and a finished migration's old record *retire*: one that serves (online on an
+//! up node) is first marked draining, so load balancers drop it, and removed once the app's
+//! `update.shutdown_delay` has passed; anything else is removed at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -74,9 +78,12 @@ pub struct Plan {
     /// Records whose version or port changed: the new version and port.
     pub refresh: Vec<(Uuid, u64, Option<u16>)>,
     pub remove: Vec<Uuid>,
+    /// Serving records to mark draining now (removed after the app's shutdown_delay).
+    pub drain: Vec<Uuid>,
     /// Why instances of an app could not be placed (not a change; shown to users).
     pub pending: BTreeMap<String, String>,
-    /// Earliest time (ms) at which a lost node's instances become due for rescheduling.
+    /// Earliest time (ms) at which something becomes due: a lost node's instances for
+    /// rescheduling, or a draining record for removal.
     pub followup_at: Option<i64>,
 }
 
@@ -86,6 +93,11 @@ impl Plan {
             && self.assign.is_empty()
             && self.refresh.is_empty()
             && self.remove.is_empty()
+            && self.drain.is_empty()
+    }
+
+    fn follow_up(&mut self, at: i64) {
+        self.followup_at = Some(self.followup_at.map_or(at, |f| f.min(at)));
     }
 }
 
@@ -206,13 +218,21 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         let mut needs: Vec<Need<'_>> = Vec::new();
         for (&index, records) in indices {
             if index >= want {
-                plan.remove.extend(records.iter().map(|r| r.id));
+                for r in records {
+                    retire(r, app, &snap, &nodes, &mut plan);
+                }
                 continue;
             }
             let kept = settle_index(records, &snap, &nodes, app, &mut plan);
             let Some(inst) = kept else {
                 continue;
             };
+            // Retiring already (a scale-down, then a scale-up before it was gone): it finishes
+            // retiring, and the index is created again once it is removed.
+            if inst.draining_since.is_some() && !app.rolling() {
+                retire(inst, app, &snap, &nodes, &mut plan);
+                continue;
+            }
             let port = app.spec.port.port_for(index);
             // During a rollout, older versions are replaced by the engine, not refreshed here.
             let outdated = inst.app_version != app.version && !app.rolling();
@@ -231,9 +251,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     };
                     match due {
                         Some(at) if at <= snap.now_ms => needs.push(Need::Replace(inst, true)),
-                        Some(at) => {
-                            plan.followup_at = Some(plan.followup_at.map_or(at, |f| f.min(at)));
-                        }
+                        Some(at) => plan.follow_up(at),
                         None => {}
                     }
                 }
@@ -334,7 +352,32 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     }
     plan.remove.sort();
     plan.remove.dedup();
+    plan.drain.sort();
+    plan.drain.dedup();
     plan
+}
+
+/// Takes a record out of service: a serving one drains for the app's shutdown_delay first.
+fn retire(
+    rec: &InstanceRecord,
+    app: &AppRecord,
+    snap: &Snapshot<'_>,
+    nodes: &BTreeMap<&str, &NodeView<'_>>,
+    plan: &mut Plan,
+) {
+    let delay = app.spec.update.shutdown_delay.as_millis() as i64;
+    let serving = snap.online.contains(&rec.id)
+        && !rec.stopped
+        && matches!(link_of(nodes, rec.node.as_deref()), Some((Link::Up, _)));
+    match rec.draining_since {
+        Some(since) if snap.now_ms - since >= delay || !serving => plan.remove.push(rec.id),
+        Some(since) => plan.follow_up(since + delay),
+        None if serving && delay > 0 => {
+            plan.drain.push(rec.id);
+            plan.follow_up(snap.now_ms + delay);
+        }
+        None => plan.remove.push(rec.id),
+    }
 }
 
 /// Link state and drain flag of a record's node; `None` for no node or an unknown one.
@@ -372,7 +415,7 @@ fn settle_index<'r>(
             }
             let old_up = matches!(link(old.node.as_deref()), Some((Link::Up, _)));
             if snap.online.contains(&new.id) || !old_up {
-                plan.remove.push(old.id);
+                retire(old, app, snap, nodes, plan);
                 return Some(new);
             }
             return Some(old);
@@ -414,8 +457,10 @@ mod tests {
         Uuid::from_u128(n)
     }
 
-    /// Apps: `name=count[@ports][vN][ mem=MiB][ eu][ wait]` separated by `;`.
-    /// Instances: `app/index@node[*][>n]` (`*` online, `>n` replaces record n), ids 1, 2, ...
+    /// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ eu][ wait]` separated by `;`
+    /// (`sd` shutdown delay).
+    /// Instances: `app/index@node[*][>n][~T]` (`*` online, `>n` replaces record n, `~T` draining
+    /// since T), ids 1, 2, ...
     /// Nodes: `name[:k=v][ down=T][ drain][ mem=MiB][ cores=N]` separated by `;`.
     fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
         let apps = apps
@@ -442,6 +487,9 @@ mod tests {
                             spec.resources.memory_bytes = v.parse::<u64>().unwrap() << 20
                         }
                         Some(("max", v)) => spec.placement.max_per_node = Some(v.parse().unwrap()),
+                        Some(("sd", v)) => {
+                            spec.update.shutdown_delay = Duration::from_millis(v.parse().unwrap())
+                        }
                         _ if w == "eu" => {
                             spec.placement.constraints =
                                 vec![Constraint::parse("c", "region=eu").unwrap()]
@@ -465,6 +513,9 @@ mod tests {
                 let (s, replaces) = s
                     .split_once('>')
                     .map_or((s, None), |(s, r)| (s, Some(id(r.parse().unwrap()))));
+                let (s, draining_since) = s
+                    .split_once('~')
+                    .map_or((s, None), |(s, t)| (s, Some(t.parse().unwrap())));
                 let (s, is_online) = s.strip_suffix('*').map_or((s, false), |s| (s, true));
                 let (ai, node) = s.split_once('@').unwrap_or((s, "-"));
                 let (app, index) = ai.split_once('/').unwrap();
@@ -478,7 +529,7 @@ mod tests {
                     restart_epoch: 0,
                     stopped: false,
                     replaces,
-                    draining_since: None,
+                    draining_since,
                     created_ms: 0,
                 };
                 if is_online {
@@ -521,7 +572,8 @@ mod tests {
         }
     }
 
-    /// Renders a plan: `+app/index@node[:port][>id]`, `=id@node`, `~id vN pP`, `-id`,
+    /// Renders a plan: `+app/index@node[:port][>id]`, `=id@node`, `~id vN pP`, `!id` (drain),
+    /// `-id`,
     /// `pending(app: reason)`, `followup@T`.
     fn render(plan: &Plan) -> String {
         let short = |u: &Uuid| u.as_u128().to_string();
@@ -548,6 +600,9 @@ mod tests {
                 short(i),
                 p.map(|p| p.to_string()).unwrap_or("-".into())
             ));
+        }
+        for i in &plan.drain {
+            out.push(format!("!{}", short(i)));
         }
         for i in &plan.remove {
             out.push(format!("-{}", short(i)));
@@ -712,5 +767,69 @@ mod tests {
         check("web=1", "web/0@a", "a drain down=0; b", 1, "+web/0@b -1");
         // Drained nodes take nothing new.
         check("web=2", "", "a drain; b", 0, "+web/0@b +web/1@b");
+        // With a shutdown delay the old record drains before it goes.
+        check(
+            "web=1 sd=500",
+            "web/0@a* web/0@b*>1",
+            "a drain; b",
+            100,
+            "!1 followup@600",
+        );
+        check(
+            "web=1 sd=500",
+            "web/0@a*~100 web/0@b*>1",
+            "a drain; b",
+            400,
+            "followup@600",
+        );
+        check(
+            "web=1 sd=500",
+            "web/0@a*~100 web/0@b*>1",
+            "a drain; b",
+            600,
+            "-1",
+        );
+    }
+
+    #[test]
+    fn graceful_scale_down() {
+        // No shutdown delay (the default): excess records go at once.
+        check("web=1", "web/0@a* web/1@b*", "a; b", 0, "-2");
+        // A serving instance drains for the delay, then goes.
+        check(
+            "web=1 sd=1000",
+            "web/0@a* web/1@b*",
+            "a; b",
+            0,
+            "!2 followup@1000",
+        );
+        check(
+            "web=1 sd=1000",
+            "web/0@a* web/1@b*~0",
+            "a; b",
+            999,
+            "followup@1000",
+        );
+        check("web=1 sd=1000", "web/0@a* web/1@b*~0", "a; b", 1000, "-2");
+        // Not serving (launching, or its node is down): nothing to drain.
+        check("web=1 sd=1000", "web/0@a* web/1@b", "a; b", 0, "-2");
+        check(
+            "web=1 sd=1000",
+            "web/0@a* web/1@b*~0",
+            "a; b down=0",
+            10,
+            "-2",
+        );
+        // Scaled back up while one drains: it finishes retiring, then the index comes back.
+        check(
+            "web=2 sd=1000",
+            "web/0@a* web/1@b*~0",
+            "a; b",
+            500,
+            "followup@1000",
+        );
+        check("web=2 sd=1000", "web/0@a*", "a; b", 1000, "+web/1@b");
+        // A deleted app's records go at once (its spec is gone).
+        check("", "web/0@a*", "a", 0, "-1");
     }
 }
