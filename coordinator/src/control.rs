@@ -98,6 +98,8 @@ struct Session {
 struct LogRoute {
     node: String,
     lines: mpsc::Sender<Result<pb::LogLine, tonic::Status>>,
+    /// Lines dropped since the reader last had room; announced to it once it has room again.
+    dropped: u64,
 }
 
 struct Inner {
@@ -933,6 +935,7 @@ impl Control {
                     LogRoute {
                         node,
                         lines: tx.clone(),
+                        dropped: 0,
                     },
                 );
             }
@@ -943,30 +946,13 @@ impl Control {
     /// Routes lines an agent sent; drops the route at end of stream or when the reader is gone.
     pub fn log_chunk(&self, node: &str, chunk: pb::LogChunk) {
         let mut inner = self.lock();
-        let Some(route) = inner.log_routes.get(&chunk.request_id) else {
+        let Some(route) = inner.log_routes.get_mut(&chunk.request_id) else {
             return;
         };
         if route.node != node {
             return;
         }
-        let mut gone = false;
-        for line in chunk.lines {
-            match route.lines.try_send(Ok(line)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // The reader is slower than the instance writes; drop rather than stall the
-                    // agent's link, which also carries heartbeats.
-                    tracing::debug!(
-                        request = chunk.request_id,
-                        "log reader lagging, dropping a line"
-                    );
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {
-                    gone = true;
-                    break;
-                }
-            }
-        }
+        let gone = route_lines(route, chunk.lines);
         if !chunk.error.is_empty() {
             tracing::warn!(node, error = %chunk.error, "agent could not read logs");
         }
@@ -1594,6 +1580,39 @@ fn send_command(inner: &Inner, node: &str, cmd: AgentCommand) {
     }
 }
 
+/// Hands lines to a log reader without ever waiting for it: the agent's link also carries
+/// heartbeats. What does not fit is dropped and counted, and the reader is told how many lines it
+/// missed (a line of its own, stream UNSPECIFIED) as soon as it has room.
+/// Returns whether the reader is gone.
+fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool {
+    for line in lines {
+        if route.dropped > 0 {
+            let (n, free) = (route.dropped, route.lines.capacity());
+            if free < 2 {
+                route.dropped += 1;
+                continue;
+            }
+            let notice = pb::LogLine {
+                app: line.app.clone(),
+                index: line.index,
+                node: line.node.clone(),
+                stream: pb::LogStream::Unspecified as i32,
+                line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
+            };
+            if route.lines.try_send(Ok(notice)).is_err() {
+                return route.lines.is_closed();
+            }
+            route.dropped = 0;
+        }
+        match route.lines.try_send(Ok(line)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => route.dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => return true,
+        }
+    }
+    false
+}
+
 /// Recomputes a node's desired set from the records and hands it to its session.
 fn publish(inner: &mut Inner, node: &str) {
     let generation = inner
@@ -2041,6 +2060,45 @@ mod tests {
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert!(set.assignments.is_empty());
         Ok(())
+    }
+
+    #[test]
+    fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut route = LogRoute {
+            node: "a".into(),
+            lines: tx,
+            dropped: 0,
+        };
+        let lines = |from: u32, n: u32| -> Vec<pb::LogLine> {
+            (from..from + n)
+                .map(|i| pb::LogLine {
+                    app: "web".into(),
+                    line: format!("line {i}"),
+                    stream: pb::LogStream::Stdout as i32,
+                    ..pb::LogLine::default()
+                })
+                .collect()
+        };
+        // Ten lines into room for four: four arrive, six are counted, nothing waits.
+        assert!(!route_lines(&mut route, lines(0, 10)));
+        assert_eq!(route.dropped, 6);
+        let mut got = Vec::new();
+        while let Ok(Ok(l)) = rx.try_recv() {
+            got.push(l.line);
+        }
+        assert_eq!(got, ["line 0", "line 1", "line 2", "line 3"]);
+        // Room again: the gap is announced before the next line.
+        assert!(!route_lines(&mut route, lines(10, 1)));
+        let notice = rx.try_recv().ok().and_then(|l| l.ok()).unwrap_or_default();
+        assert_eq!(notice.stream, pb::LogStream::Unspecified as i32);
+        assert!(notice.line.contains("6 lines dropped"), "{}", notice.line);
+        let next = rx.try_recv().ok().and_then(|l| l.ok()).unwrap_or_default();
+        assert_eq!(next.line, "line 10");
+        assert_eq!(route.dropped, 0);
+        // The reader went away.
+        drop(rx);
+        assert!(route_lines(&mut route, lines(11, 1)));
     }
 
     #[tokio::test]
