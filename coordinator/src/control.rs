@@ -21,7 +21,9 @@ use crate::core::autoscale::{self, Decision, Sample};
 use crate::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
 use crate::core::rollout::{self, Deployment, Facts, Kind, State};
 use crate::core::scheduler;
-use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+use crate::model::{
+    AppRecord, Batch, InstanceRecord, NodeRecord, Persisted, SCALE_DECISIONS_KEPT, ScaleDecision,
+};
 use crate::store::{Store, StoreError};
 
 /// Knobs of the control loop.
@@ -1231,10 +1233,18 @@ impl Control {
                             continue;
                         }
                     };
+                    let mut scaled = app.scaled.clone();
+                    scaled.push(ScaleDecision {
+                        at_ms: now,
+                        reason: format!("{name}: {reason}"),
+                    });
+                    let excess = scaled.len().saturating_sub(SCALE_DECISIONS_KEPT);
+                    scaled.drain(..excess);
                     let batch = Batch {
                         put_apps: vec![AppRecord {
                             spec,
                             updated_at_ms: now,
+                            scaled,
                             ..app.clone()
                         }],
                         ..Batch::default()
@@ -1335,13 +1345,19 @@ impl Control {
                 .get(name)
                 .map(|s| s.last_reason.clone())
                 .unwrap_or_default(),
-            decisions: Vec::new(),
+            decisions: app
+                .scaled
+                .iter()
+                .map(|d| pb::Event {
+                    at_ms: d.at_ms,
+                    kind: "autoscale".into(),
+                    app: name.to_string(),
+                    message: d.reason.clone(),
+                    ..pb::Event::default()
+                })
+                .collect(),
         };
-        drop(inner);
-        Ok(pb::AutoscaleStatus {
-            decisions: self.recent_events(name, Some("autoscale"), 20),
-            ..status
-        })
+        Ok(status)
     }
 
     /// Starts (or stops, with `drain = false`) draining a node.

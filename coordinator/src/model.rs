@@ -26,7 +26,22 @@ pub struct AppRecord {
     /// Finished rollouts, oldest first (the last 20).
     #[serde(default)]
     pub history: Vec<Deployment>,
+    /// The autoscaler's changes, oldest first (the last 20), kept with the app so that
+    /// `autoscale APP` shows them after a coordinator restart and however busy the event feed is.
+    #[serde(default)]
+    pub scaled: Vec<ScaleDecision>,
 }
+
+/// One change the autoscaler made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleDecision {
+    pub at_ms: i64,
+    /// E.g. `cpu avg 86% > 70% for 30s: 4 -> 5`.
+    pub reason: String,
+}
+
+/// Most autoscaler decisions kept per app.
+pub const SCALE_DECISIONS_KEPT: usize = 20;
 
 impl AppRecord {
     /// A new app at version 1.
@@ -38,6 +53,7 @@ impl AppRecord {
             versions: BTreeMap::new(),
             deployment: None,
             history: Vec::new(),
+            scaled: Vec::new(),
         }
     }
 

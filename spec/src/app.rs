@@ -346,6 +346,21 @@ impl AppSpec {
                 field: "autoscale.max".into(),
                 ..e
             })?;
+            let limit = self
+                .supervision
+                .max_memory_restart
+                .unwrap_or(self.resources.memory_bytes);
+            if let Some(crate::autoscale::MemoryThreshold::Percent(p)) = policy.memory_threshold
+                && limit == 0
+            {
+                return Err(SpecError::new(
+                    "autoscale.memory_threshold",
+                    format!(
+                        "{p}% of what? the app has no memory limit: set max_memory_restart or \
+                         resources.memory, or give a size such as \"512M\""
+                    ),
+                ));
+            }
         }
         if let Some(cwd) = &self.cwd
             && cwd.contains('\0')
@@ -493,6 +508,44 @@ mod tests {
             ..AppSpec::new("web", "node", &[])
         };
         assert!(single.with_instances(2).is_err());
+    }
+
+    #[test]
+    fn memory_percent_needs_a_memory_limit() {
+        use crate::autoscale::{AutoscalePolicy, MemoryThreshold};
+        let with = |threshold, limit: Option<u64>, request: u64| {
+            let mut spec = AppSpec::new("web", "node", &[]);
+            spec.supervision.max_memory_restart = limit;
+            spec.resources.memory_bytes = request;
+            spec.autoscale = Some(AutoscalePolicy {
+                memory_threshold: Some(threshold),
+                cpu_threshold: None,
+                ..AutoscalePolicy::new(1, 4, 70.0)
+            });
+            spec.validate().map(|_| ()).map_err(|e| e.to_string())
+        };
+        let cases = [
+            (
+                MemoryThreshold::Percent(80.0),
+                None,
+                0,
+                Some("no memory limit"),
+            ),
+            (MemoryThreshold::Percent(80.0), Some(600 << 20), 0, None),
+            (MemoryThreshold::Percent(80.0), None, 512 << 20, None),
+            (MemoryThreshold::Bytes(512 << 20), None, 0, None),
+        ];
+        for (threshold, limit, request, want) in cases {
+            let got = with(threshold.clone(), limit, request);
+            match want {
+                Some(w) => assert!(
+                    got.as_ref()
+                        .is_err_and(|e| e.contains(w) && e.contains("memory_threshold")),
+                    "{threshold:?}: {got:?}"
+                ),
+                None => assert!(got.is_ok(), "{threshold:?}: {got:?}"),
+            }
+        }
     }
 
     #[test]
