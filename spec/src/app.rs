@@ -536,7 +536,7 @@ mod tests {
             (MemoryThreshold::Bytes(512 << 20), None, 0, None),
         ];
         for (threshold, limit, request, want) in cases {
-            let got = with(threshold.clone(), limit, request);
+            let got = with(threshold, limit, request);
             match want {
                 Some(w) => assert!(
                     got.as_ref()
