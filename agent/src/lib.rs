@@ -57,6 +57,11 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot read or write the agent id file {}: {source}", path.display())]
+    IdFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "data dir {} is in use by another agent; each agent needs its own --data-dir",
         path.display()
@@ -125,6 +130,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         .map_err(AgentError::Signals)?;
     let sampler = metrics::Sampler::new().map_err(|e| AgentError::Host(e.to_string()))?;
     let link_config = link::LinkConfig {
+        agent_id: agent_id(&config.data_dir)?,
         endpoint: link::endpoint(&config.coordinator)?,
         url: config.coordinator.clone(),
         labels: config.labels.clone(),
@@ -199,6 +205,28 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     tasks.wait().await;
     tracing::info!("agent stopped");
     result
+}
+
+/// The agent's persistent id, `DATA_DIR/agent-id`, made on its first start. It lets the
+/// coordinator tell this agent after a restart (whose old session may still look alive) from
+/// another agent configured with the same node name.
+fn agent_id(data_dir: &Path) -> Result<String, AgentError> {
+    let path = data_dir.join("agent-id");
+    let io = |source| AgentError::IdFile {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    let tmp = data_dir.join("agent-id.tmp");
+    std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
 }
 
 /// Takes an exclusive lock on `DATA_DIR/agent.lock` for as long as the returned file lives.
@@ -388,5 +416,22 @@ impl ShutdownSignals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_id_is_made_once_and_kept() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let first = agent_id(dir.path())?;
+        assert_eq!(first.len(), 32);
+        assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(agent_id(dir.path())?, first);
+        let other = tempfile::tempdir()?;
+        assert_ne!(agent_id(other.path())?, first);
+        Ok(())
     }
 }

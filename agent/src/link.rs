@@ -43,6 +43,8 @@ const LOG_QUEUE: usize = 32;
 
 /// What the link needs besides the agent.
 pub(crate) struct LinkConfig {
+    /// Sent at registration: see [`crate::agent_id`].
+    pub agent_id: String,
     pub url: String,
     pub endpoint: Endpoint,
     pub labels: BTreeMap<String, String>,
@@ -164,6 +166,7 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         generation: agent.state.generation(),
         instances: agent.state.instances(),
+        agent_id: cfg.agent_id.clone(),
         // The coordinator takes the source address of this connection.
         ..Default::default()
     };

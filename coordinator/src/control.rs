@@ -91,6 +91,8 @@ struct NodeLive {
 
 struct Session {
     id: u64,
+    /// The agent's persistent id (empty for agents that send none).
+    agent_id: String,
     commands: mpsc::Sender<AgentCommand>,
     /// Dropped to end the session's outbound stream.
     _closer: watch::Sender<()>,
@@ -990,12 +992,17 @@ impl Control {
         let mut inner = self.lock();
         let name = reg.node_name.clone();
         if let Some(live) = inner.nodes.get(&name)
-            && live.session.is_some()
+            && let Some(session) = &live.session
             && is_ready(live, &self.config)
         {
-            return Err(ControlError::AlreadyExists(format!(
-                "node {name:?} is already connected; each agent needs its own --node-name"
-            )));
+            if reg.agent_id.is_empty() || session.agent_id != reg.agent_id {
+                return Err(ControlError::AlreadyExists(format!(
+                    "node {name:?} is already connected; each agent needs its own --node-name"
+                )));
+            }
+            // The same agent again (restarted, or its old connection is half-open): the new
+            // session replaces the old one, whose stream ends when its closer is dropped below.
+            tracing::info!(node = %name, "agent reconnected; replacing its previous session");
         }
         let record = NodeRecord {
             name: name.clone(),
@@ -1034,6 +1041,7 @@ impl Control {
             .or_insert_with(new_node_live);
         live.session = Some(Session {
             id: session_id,
+            agent_id: reg.agent_id.clone(),
             commands: commands_tx,
             _closer: closer,
         });
@@ -2075,6 +2083,32 @@ mod tests {
         c.delete_app("web")?;
         let set = a.desired.borrow_and_update().clone().unwrap_or_default();
         assert!(set.assignments.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn the_same_agent_replaces_its_stale_session_and_another_is_refused() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let with_id = |id: &str| pb::Register {
+            agent_id: id.into(),
+            ..register("a")
+        };
+        let first = c.attach(&with_id("agent-1"), None)?;
+        // Same agent id (the agent restarted; its old connection still looks alive).
+        let second = c.attach(&with_id("agent-1"), None)?;
+        assert!(c.is_connected("a"));
+        // Another agent configured with the same node name, or one that sends no id.
+        for other in ["agent-2", ""] {
+            assert!(matches!(
+                c.attach(&with_id(other), None),
+                Err(ControlError::AlreadyExists(_))
+            ));
+        }
+        // The replaced session ending later does not take the node down.
+        c.detach("a", first.session_id);
+        assert!(c.is_connected("a"));
+        c.detach("a", second.session_id);
+        assert!(!c.is_connected("a"));
         Ok(())
     }
 
