@@ -84,13 +84,19 @@ pub enum Command {
     Stop(TargetArgs),
 
     /// Restart an app's instances: in place, or in waves with --rolling
+    #[command(after_help = "Examples:\n  \
+        pmcluster restart web                 # every instance at once, in place\n  \
+        pmcluster restart web --instance 2\n  \
+        pmcluster restart web --rolling       # in waves, under the app's update policy\n  \
+        pmcluster restart web --rolling --max-surge 2 --shutdown-delay 5s  # change it first")]
     Restart(RestartArgs),
 
     /// Roll out a new version: from a file, from --set changes, or with a new count
     #[command(after_help = "Examples:\n  \
         pmcluster reload web --set env.FEATURE=on          # shows the diff, asks, rolls out\n  \
         pmcluster reload web -f apps.json --yes\n  \
-        pmcluster reload web --set update.max_surge=2 --set args='[\"server.js\",\"--v2\"]'")]
+        pmcluster reload web --set update.max_surge=2 --set args='[\"server.js\",\"--v2\"]'\n  \
+        pmcluster reload web --set env.V=2 --max-surge 2 --canary 1 --yes")]
     Reload(ReloadArgs),
 
     /// Follow and steer rolling updates: status, pause, resume, promote, history, undo
@@ -155,6 +161,73 @@ pub struct RestartArgs {
     /// Replace the instances in waves under the app's update policy (no downtime)
     #[arg(long, conflicts_with = "instance")]
     pub rolling: bool,
+
+    // With --rolling: the app's update policy is changed first, then the restart follows it.
+    #[command(flatten)]
+    pub update: UpdateFlags,
+}
+
+/// The app's update policy (the config's `update` block), as flags of `start`, `reload` and
+/// `restart --rolling`. Strings, so that `validate::PolicyChanges` names the flag at fault.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Update policy (flags left out keep the current values)")]
+pub struct UpdateFlags {
+    /// Replacements started next to the instances they replace, per wave (default 1)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_surge: Option<String>,
+
+    /// Instances that may be replaced stop-then-start at once (default 0)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_unavailable: Option<String>,
+
+    /// How long a replacement must be online and healthy before it counts, e.g. 5s (default 5s;
+    /// a plain number is milliseconds)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub min_healthy_time: Option<String>,
+
+    /// A replacement not healthy within this long fails the rollout (default 5m)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub healthy_deadline: Option<String>,
+
+    /// The rollout fails when no instance is replaced within this long (default 10m)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub progress_deadline: Option<String>,
+
+    /// Roll back to the previous version when the rollout fails (default true)
+    #[arg(
+        long,
+        value_name = "true|false",
+        allow_hyphen_values = true,
+        conflicts_with = "no_auto_rollback"
+    )]
+    pub auto_rollback: Option<String>,
+
+    /// Same as --auto-rollback false
+    #[arg(long)]
+    pub no_auto_rollback: bool,
+
+    /// Replace N instances first, then wait for `pmcluster rollout promote` (default 0: none)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub canary: Option<String>,
+
+    /// How long a replaced instance is out of the endpoints before its stop signal (default 0s)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub shutdown_delay: Option<String>,
+}
+
+impl UpdateFlags {
+    /// Whether any update-policy flag was given.
+    pub fn any(&self) -> bool {
+        self.max_surge.is_some()
+            || self.max_unavailable.is_some()
+            || self.min_healthy_time.is_some()
+            || self.healthy_deadline.is_some()
+            || self.progress_deadline.is_some()
+            || self.auto_rollback.is_some()
+            || self.no_auto_rollback
+            || self.canary.is_some()
+            || self.shutdown_delay.is_some()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +255,11 @@ pub struct ReloadArgs {
     /// Apply without showing the diff and asking
     #[arg(short = 'y', long)]
     pub yes: bool,
+
+    // Applied after -f and --set. A policy change alone restarts nothing: it applies to the next
+    // rollout.
+    #[command(flatten)]
+    pub update: UpdateFlags,
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +403,9 @@ pub struct StartArgs {
     /// How long a node may be down before its instances move elsewhere (default 30s), or never
     #[arg(long, value_name = "DURATION|never", help_heading = "Placement")]
     pub reschedule_after: Option<String>,
+
+    #[command(flatten)]
+    pub update: UpdateFlags,
 
     /// Arguments appended to the command line, as given (after --)
     #[arg(last = true, value_name = "ARGS")]
@@ -521,6 +602,9 @@ mod tests {
             "pmcluster apply -f apps.yaml --format yaml",
             "pmcluster up --listen 127.0.0.1:0 --data-dir /tmp/x",
             "pmcluster --coordinator 10.0.0.1:7450 nodes",
+            "pmcluster restart web --rolling --max-surge 2 --no-auto-rollback --shutdown-delay 5s",
+            "pmcluster reload web --max-surge -1 --min-healthy-time -5s --yes",
+            "pmcluster start 'node s.js' --name web --canary 1 --auto-rollback false",
         ];
         for line in ok {
             assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
@@ -532,6 +616,14 @@ mod tests {
             ("pmcluster logs web --lines 0", ErrorKind::ValueValidation),
             (
                 "pmcluster stop web --instance -1",
+                ErrorKind::UnknownArgument,
+            ),
+            (
+                "pmcluster reload web --auto-rollback true --no-auto-rollback",
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                "pmcluster stop web --max-surge 2",
                 ErrorKind::UnknownArgument,
             ),
         ];

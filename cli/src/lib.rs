@@ -41,8 +41,11 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::List(a) => commands::list(a, ctx).await,
         Command::Info(a) => commands::info(a, ctx).await,
         Command::Stop(a) => commands::stop(a, ctx).await,
-        Command::Restart(a) if a.rolling => rollout::rolling_restart(&a.target.app, ctx).await,
-        Command::Restart(a) => commands::restart(a.target, ctx).await,
+        Command::Restart(a) if a.rolling => rollout::rolling_restart(a, ctx).await,
+        Command::Restart(a) => {
+            validate::check_restart(&a)?;
+            commands::restart(a.target, ctx).await
+        }
         Command::Reload(a) => rollout::reload(a, ctx).await,
         Command::Rollout(a) => rollout::rollout(a, ctx).await,
         Command::Endpoints(a) => rollout::endpoints(a, ctx).await,

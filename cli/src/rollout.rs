@@ -10,13 +10,18 @@ use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::config::{Format, parse_apps, to_config};
-use serde_json::Value;
+use pmcluster_spec::update::UpdatePolicy;
+use pmcluster_spec::wire::{update_from_wire, update_to_wire};
+use serde_json::{Value, json};
 
-use crate::args::{EndpointsArgs, OutputFormat, ReloadArgs, RolloutArgs, RolloutCommand};
+use crate::args::{
+    EndpointsArgs, OutputFormat, ReloadArgs, RestartArgs, RolloutArgs, RolloutCommand,
+};
 use crate::client::{connect, request, unary};
 use crate::commands::Ctx;
 use crate::error::UsageError;
 use crate::output;
+use crate::validate::PolicyChanges;
 
 /// Sets `key` (dotted for nested blocks: `update.max_surge`, `env.NODE_ENV`) in a config object.
 /// The value is read as JSON when it parses (numbers, booleans, lists), else as a string.
@@ -51,22 +56,91 @@ pub fn set_field(config: &mut Value, assignment: &str) -> Result<(), UsageError>
     Ok(())
 }
 
-/// Lines of `old` and `new` (pretty JSON) that differ, as `- old` / `+ new`.
+/// Unchanged lines shown around each change by [`diff`].
+const DIFF_CONTEXT: usize = 2;
+
+/// One line of a line diff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Edit {
+    Same,
+    Removed,
+    Added,
+}
+
+/// An order-aware line diff: the longest common subsequence of `a` and `b`, as the edits that turn
+/// `a` into `b`, removals before additions at each change. Quadratic in the lines that differ
+/// after the common head and tail, which is nothing for an app's spec.
+fn line_edits<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<(Edit, &'a str)> {
+    let head = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let tail = a[head..]
+        .iter()
+        .rev()
+        .zip(b[head..].iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (am, bm) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
+    // lcs[i][j]: length of the longest common subsequence of am[i..] and bm[j..].
+    let mut lcs = vec![vec![0u32; bm.len() + 1]; am.len() + 1];
+    for i in (0..am.len()).rev() {
+        for j in (0..bm.len()).rev() {
+            lcs[i][j] = if am[i] == bm[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut out: Vec<(Edit, &str)> = a[..head].iter().map(|l| (Edit::Same, *l)).collect();
+    let (mut i, mut j) = (0, 0);
+    while i < am.len() || j < bm.len() {
+        if i < am.len() && j < bm.len() && am[i] == bm[j] {
+            out.push((Edit::Same, am[i]));
+            (i, j) = (i + 1, j + 1);
+        } else if j == bm.len() || (i < am.len() && lcs[i + 1][j] >= lcs[i][j + 1]) {
+            out.push((Edit::Removed, am[i]));
+            i += 1;
+        } else {
+            out.push((Edit::Added, bm[j]));
+            j += 1;
+        }
+    }
+    out.extend(a[a.len() - tail..].iter().map(|l| (Edit::Same, *l)));
+    out
+}
+
+/// What changes from `old` to `new`, as a line diff of their pretty JSON: `- line` removed,
+/// `+ line` added, in order (so a reordered list shows), with up to [`DIFF_CONTEXT`] unchanged
+/// lines (`  line`) around each change and `  ...` where unchanged lines are left out.
+/// Empty when nothing changes.
 pub fn diff(old: &Value, new: &Value) -> Vec<String> {
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let (a, b) = (pretty(old), pretty(new));
     let a: Vec<&str> = a.lines().collect();
     let b: Vec<&str> = b.lines().collect();
-    let mut out = Vec::new();
-    for line in &a {
-        if !b.contains(line) {
-            out.push(format!("- {}", line.trim()));
-        }
+    let edits = line_edits(&a, &b);
+    let changed: Vec<usize> = (0..edits.len())
+        .filter(|&k| edits[k].0 != Edit::Same)
+        .collect();
+    if changed.is_empty() {
+        return Vec::new();
     }
-    for line in &b {
-        if !a.contains(line) {
-            out.push(format!("+ {}", line.trim()));
+    let near_change = |k: usize| changed.iter().any(|&c| c.abs_diff(k) <= DIFF_CONTEXT);
+    let mut out = Vec::new();
+    let mut last_shown: Option<usize> = None;
+    for (k, (edit, line)) in edits.iter().enumerate() {
+        if !near_change(k) {
+            continue;
         }
+        if last_shown.is_some_and(|l| l + 1 < k) {
+            out.push("  ...".to_string());
+        }
+        last_shown = Some(k);
+        let mark = match edit {
+            Edit::Same => ' ',
+            Edit::Removed => '-',
+            Edit::Added => '+',
+        };
+        out.push(format!("{mark} {line}"));
     }
     out
 }
@@ -87,8 +161,10 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
-/// `reload APP [-f FILE | --set K=V... | --instances N] [--yes]`.
+/// `reload APP [-f FILE | --set K=V... | --instances N] [update-policy flags] [--yes]`.
 pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let policy = PolicyChanges::parse(&args.update)?;
+    policy.check_sets(&args.set)?;
     let mut client = connect(&ctx.url).await?;
     let app = unary(client.get_app(request(pb::GetAppRequest {
         name: args.app.clone(),
@@ -118,9 +194,12 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if let Some(n) = args.instances {
         set_field(&mut config, &format!("instances={n}"))?;
     }
-    let new = parse_apps(&config.to_string(), Format::Json)
+    let mut new = parse_apps(&config.to_string(), Format::Json)
         .map_err(|e| UsageError::new(format!("--set: {e}")))?
         .remove(0);
+    if !policy.is_empty() {
+        new.update = policy.apply(&new.update)?;
+    }
     if new.name != args.app {
         return Err(
             UsageError::new("--set: the name cannot change; start a new app instead").into(),
@@ -158,26 +237,136 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
             args.app, d.to_version, d.from_version, args.app
         )),
+        None if new.update != current.update => ctx.line(&format!(
+            "{}: updated (version {version}, no instance restarts); the new update policy applies \
+             to the next rollout or `pmcluster restart {} --rolling`",
+            args.app, args.app
+        )),
         None => ctx.line(&format!("{}: updated (version {version}, no instance restarts)", args.app)),
     }
 }
 
-/// `restart APP --rolling`.
-pub async fn rolling_restart(app: &str, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+/// `restart APP --rolling [update-policy flags]`. With flags, the app's update policy is changed
+/// first (ApplyApp with only `update` changed: the same process, so no version and no restart),
+/// then the rolling restart follows the new policy. Nothing is applied when a flag is refused.
+pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let app = args.target.app.as_str();
+    let changes = PolicyChanges::parse(&args.update)?;
     let mut client = connect(&ctx.url).await?;
+    let mut changed_policy: Option<(UpdatePolicy, UpdatePolicy)> = None;
+    if !changes.is_empty() {
+        let current = unary(client.get_app(request(pb::GetAppRequest {
+            name: app.to_string(),
+        })))
+        .await?;
+        let mut spec = current
+            .spec
+            .ok_or_else(|| anyhow::anyhow!("the coordinator sent no spec for {app:?}"))?;
+        let old = update_from_wire(spec.update.unwrap_or_default()).map_err(|e| {
+            anyhow::anyhow!("the coordinator sent an invalid update policy for {app:?}: {e}")
+        })?;
+        let new = changes.apply(&old)?;
+        if new != old {
+            // The spec as the coordinator sent it, but for the policy.
+            spec.update = Some(update_to_wire(&new));
+            unary(client.apply_app(request(pb::ApplyAppRequest { spec: Some(spec) })))
+                .await
+                .with_context(|| format!("changing the update policy of {app}"))?;
+            changed_policy = Some((old, new));
+        }
+    }
     let target = pb::InstanceTarget {
         app: app.to_string(),
         index: None,
         rolling: true,
     };
-    let reply = unary(client.restart(request(target))).await?;
+    let restarted = unary(client.restart(request(target))).await;
+    let reply = match (restarted, &changed_policy) {
+        (Ok(reply), _) => reply,
+        (Err(e), None) => return Err(e.into()),
+        (Err(e), Some(_)) => {
+            return Err(anyhow::Error::from(e).context(format!(
+                "the update policy of {app} was changed, but the rolling restart failed"
+            )));
+        }
+    };
     if ctx.json() {
-        return ctx.value(&serde_json::json!({"app": app, "action": "rolling restart", "affected": reply.affected}));
+        return ctx.value(&json!({
+            "app": app, "action": "rolling restart", "affected": reply.affected,
+            "update": changed_policy.as_ref().map(|(_, new)| policy_json(new)),
+        }));
+    }
+    if let Some((old, new)) = &changed_policy {
+        ctx.line(&format!(
+            "{app}: update policy changed: {}",
+            policy_changes(old, new).join(", ")
+        ))?;
     }
     ctx.line(&format!(
         "rolling restart of {app}: {} instances, in waves; follow it with: pmcluster rollout status {app} --wait",
         reply.affected
     ))
+}
+
+/// An update policy as JSON, durations in milliseconds as in the wire type.
+fn policy_json(p: &UpdatePolicy) -> Value {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    json!({
+        "max_surge": p.max_surge, "max_unavailable": p.max_unavailable,
+        "min_healthy_time_ms": ms(p.min_healthy_time),
+        "healthy_deadline_ms": ms(p.healthy_deadline),
+        "progress_deadline_ms": ms(p.progress_deadline),
+        "auto_rollback": p.auto_rollback, "canary": p.canary,
+        "shutdown_delay_ms": ms(p.shutdown_delay),
+    })
+}
+
+/// The fields that differ, as `max_surge 1 -> 2`.
+fn policy_changes(old: &UpdatePolicy, new: &UpdatePolicy) -> Vec<String> {
+    let d = |d: Duration| humantime::format_duration(d).to_string();
+    let fields = [
+        (
+            "max_surge",
+            old.max_surge.to_string(),
+            new.max_surge.to_string(),
+        ),
+        (
+            "max_unavailable",
+            old.max_unavailable.to_string(),
+            new.max_unavailable.to_string(),
+        ),
+        (
+            "min_healthy_time",
+            d(old.min_healthy_time),
+            d(new.min_healthy_time),
+        ),
+        (
+            "healthy_deadline",
+            d(old.healthy_deadline),
+            d(new.healthy_deadline),
+        ),
+        (
+            "progress_deadline",
+            d(old.progress_deadline),
+            d(new.progress_deadline),
+        ),
+        (
+            "auto_rollback",
+            old.auto_rollback.to_string(),
+            new.auto_rollback.to_string(),
+        ),
+        ("canary", old.canary.to_string(), new.canary.to_string()),
+        (
+            "shutdown_delay",
+            d(old.shutdown_delay),
+            d(new.shutdown_delay),
+        ),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a} -> {b}"))
+        .collect()
 }
 
 /// `rollout status|pause|resume|promote|history|undo APP`.
@@ -440,7 +629,107 @@ mod tests {
     fn diffs() {
         let a = json!({"name": "web", "env": {"V": "1"}});
         let b = json!({"name": "web", "env": {"V": "2"}});
-        assert_eq!(diff(&a, &b), vec!["- \"V\": \"1\"", "+ \"V\": \"2\""]);
+        assert_eq!(
+            diff(&a, &b),
+            vec![
+                "  {",
+                "    \"env\": {",
+                "-     \"V\": \"1\"",
+                "+     \"V\": \"2\"",
+                "    },",
+                "    \"name\": \"web\"",
+            ]
+        );
         assert!(diff(&a, &a).is_empty());
+    }
+
+    #[test]
+    fn reordered_args_are_a_change() {
+        let spec = |args: &[&str]| to_config(&AppSpec::new("web", "node", args));
+        let old = spec(&["server.js", "--a", "--b", "--c"]);
+        let new = spec(&["server.js", "--b", "--a", "--c"]);
+        // The same lines, as a set: only their order tells the specs apart.
+        let sorted = |v: &Value| {
+            let mut lines: Vec<String> = serde_json::to_string_pretty(v)
+                .expect("encodes")
+                .lines()
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        };
+        assert_eq!(sorted(&old), sorted(&new));
+        let changes = diff(&old, &new);
+        let edits: Vec<&str> = changes
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.starts_with(' '))
+            .collect();
+        assert_eq!(
+            edits,
+            vec!["-     \"--a\",", "+     \"--a\","],
+            "{changes:#?}"
+        );
+        assert!(
+            changes.contains(&"    \"args\": [".to_string()),
+            "the context shows where: {changes:#?}"
+        );
+    }
+
+    #[test]
+    fn diff_context_and_gaps() {
+        let old: Value = (0..20).map(|i| json!(i)).collect();
+        let mut new = old.clone();
+        new[1] = json!("one");
+        new[15] = json!("fifteen");
+        let changes = diff(&old, &new);
+        assert_eq!(
+            changes,
+            vec![
+                "  [",
+                "    0,",
+                "-   1,",
+                "+   \"one\",",
+                "    2,",
+                "    3,",
+                "  ...",
+                "    13,",
+                "    14,",
+                "-   15,",
+                "+   \"fifteen\",",
+                "    16,",
+                "    17,",
+            ]
+        );
+        // Additions and removals at the ends, and between empty and full.
+        let e = json!([]);
+        assert_eq!(diff(&e, &json!([1])), vec!["- []", "+ [", "+   1", "+ ]"]);
+        assert_eq!(diff(&json!([1]), &e), vec!["- [", "-   1", "- ]", "+ []"]);
+        let grown = diff(&json!([1, 2]), &json!([1, 2, 3]));
+        assert_eq!(
+            grown,
+            vec!["  [", "    1,", "-   2", "+   2,", "+   3", "  ]"]
+        );
+    }
+
+    #[test]
+    fn policy_change_lines() {
+        let old = UpdatePolicy::default();
+        let new = UpdatePolicy {
+            max_surge: 2,
+            shutdown_delay: Duration::from_millis(2500),
+            auto_rollback: false,
+            ..old.clone()
+        };
+        assert_eq!(
+            policy_changes(&old, &new),
+            vec![
+                "max_surge 1 -> 2",
+                "auto_rollback true -> false",
+                "shutdown_delay 0s -> 2s 500ms",
+            ]
+        );
+        assert!(policy_changes(&old, &old).is_empty());
+        assert_eq!(policy_json(&new)["shutdown_delay_ms"], 2500);
     }
 }

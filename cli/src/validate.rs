@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use pmcluster_spec::app::{MAX_INSTANCES, validate_name};
 use pmcluster_spec::config::{
     RawPlacement, RawResources, Scalar, parse_duration, parse_reschedule,
 };
+use pmcluster_spec::update::UpdatePolicy;
 use pmcluster_spec::{AppSpec, PortSpec, SpecError};
 
-use crate::args::StartArgs;
+use crate::args::{RestartArgs, StartArgs, UpdateFlags};
 use crate::error::UsageError;
 
 /// Parses an instance count: a whole number from 0 to the spec's limit.
@@ -95,6 +97,7 @@ pub fn plan_start(args: &StartArgs) -> Result<StartPlan, UsageError> {
         || args.no_autorestart
         || args.restart_delay.is_some()
         || args.kill_timeout.is_some()
+        || args.update.any()
         || !args.extra_args.is_empty();
     let one_word = !args.target.trim().is_empty() && !args.target.contains(char::is_whitespace);
     if !spec_flags && one_word && validate_name(&args.target).is_ok() {
@@ -190,6 +193,7 @@ fn finish_spec(
             .transpose()
     };
     let base = AppSpec::new(&name, &script, &[]);
+    let update = PolicyChanges::parse(&args.update)?.apply(&base.update)?;
     AppSpec {
         args: script_args,
         cwd: args.cwd.clone().filter(|c| !c.is_empty()),
@@ -226,6 +230,7 @@ fn finish_spec(
             .transpose()
             .map_err(flag_error)?
             .unwrap_or_default(),
+        update,
         ..base
     }
     .validate()
@@ -272,6 +277,219 @@ fn flag_error(e: SpecError) -> UsageError {
         other => other,
     };
     UsageError::new(format!("{flag}: {}", e.message))
+}
+
+/// The update-policy flags that were given, parsed: each value checked on its own, with errors
+/// that name the flag. [`PolicyChanges::apply`] puts them on top of a policy and checks the
+/// whole (the spec's own rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyChanges {
+    pub max_surge: Option<u32>,
+    pub max_unavailable: Option<u32>,
+    pub min_healthy_time: Option<Duration>,
+    pub healthy_deadline: Option<Duration>,
+    pub progress_deadline: Option<Duration>,
+    pub auto_rollback: Option<bool>,
+    pub canary: Option<u32>,
+    pub shutdown_delay: Option<Duration>,
+}
+
+/// The `update` block's fields, each with its flag.
+const POLICY_FLAGS: [(&str, &str); 8] = [
+    ("max_surge", "--max-surge"),
+    ("max_unavailable", "--max-unavailable"),
+    ("min_healthy_time", "--min-healthy-time"),
+    ("healthy_deadline", "--healthy-deadline"),
+    ("progress_deadline", "--progress-deadline"),
+    ("auto_rollback", "--auto-rollback"),
+    ("canary", "--canary"),
+    ("shutdown_delay", "--shutdown-delay"),
+];
+
+/// The flag of an `update` field (`max_surge` -> `--max-surge`).
+fn policy_flag(field: &str) -> &str {
+    POLICY_FLAGS
+        .iter()
+        .find(|(f, _)| *f == field)
+        .map_or(field, |(_, flag)| flag)
+}
+
+fn count_flag(flag: &str, text: &str) -> Result<u32, UsageError> {
+    let t = text.trim();
+    t.parse::<u32>().map_err(|_| {
+        let digits = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit());
+        let why = if t.strip_prefix('-').is_some_and(digits) {
+            "is negative; give a whole number 0 or more"
+        } else if digits(t) {
+            "is too large"
+        } else {
+            "is not a whole number (0 or more)"
+        };
+        UsageError::new(format!("{flag}: {text:?} {why}"))
+    })
+}
+
+fn duration_flag(field: &str, text: &str) -> Result<Duration, UsageError> {
+    let flag = policy_flag(field);
+    if text.trim().starts_with('-') {
+        return Err(UsageError::new(format!(
+            "{flag}: {text:?} is negative; give a duration of 0 or more, e.g. 5s"
+        )));
+    }
+    parse_duration(&format!("update.{field}"), &Scalar::Str(text.to_string()))
+        .map_err(|e| UsageError::new(format!("{flag}: {}", e.message)))
+}
+
+impl PolicyChanges {
+    /// Parses the flags given; bad values are refused here, before anything is sent.
+    pub fn parse(flags: &UpdateFlags) -> Result<PolicyChanges, UsageError> {
+        let count = |field: &str, text: &Option<String>| {
+            text.as_deref()
+                .map(|t| count_flag(policy_flag(field), t))
+                .transpose()
+        };
+        let duration = |field: &str, text: &Option<String>| {
+            text.as_deref().map(|t| duration_flag(field, t)).transpose()
+        };
+        let auto_rollback = if flags.no_auto_rollback {
+            Some(false)
+        } else {
+            flags
+                .auto_rollback
+                .as_deref()
+                .map(|t| match t.trim().to_ascii_lowercase().as_str() {
+                    "true" => Ok(true),
+                    "false" => Ok(false),
+                    _ => Err(UsageError::new(format!(
+                        "--auto-rollback: {t:?} is not true or false"
+                    ))),
+                })
+                .transpose()?
+        };
+        Ok(PolicyChanges {
+            max_surge: count("max_surge", &flags.max_surge)?,
+            max_unavailable: count("max_unavailable", &flags.max_unavailable)?,
+            min_healthy_time: duration("min_healthy_time", &flags.min_healthy_time)?,
+            healthy_deadline: duration("healthy_deadline", &flags.healthy_deadline)?,
+            progress_deadline: duration("progress_deadline", &flags.progress_deadline)?,
+            auto_rollback,
+            canary: count("canary", &flags.canary)?,
+            shutdown_delay: duration("shutdown_delay", &flags.shutdown_delay)?,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self == &PolicyChanges::default()
+    }
+
+    /// Whether the flag of this `update` field was given.
+    pub fn has(&self, field: &str) -> bool {
+        match field {
+            "max_surge" => self.max_surge.is_some(),
+            "max_unavailable" => self.max_unavailable.is_some(),
+            "min_healthy_time" => self.min_healthy_time.is_some(),
+            "healthy_deadline" => self.healthy_deadline.is_some(),
+            "progress_deadline" => self.progress_deadline.is_some(),
+            "auto_rollback" => self.auto_rollback.is_some(),
+            "canary" => self.canary.is_some(),
+            "shutdown_delay" => self.shutdown_delay.is_some(),
+            _ => false,
+        }
+    }
+
+    /// `base` with the flags given, checked by the spec's rules ([`UpdatePolicy::validate`]).
+    /// A rule between two fields names the flags given among them, with both values.
+    pub fn apply(&self, base: &UpdatePolicy) -> Result<UpdatePolicy, UsageError> {
+        let p = UpdatePolicy {
+            max_surge: self.max_surge.unwrap_or(base.max_surge),
+            max_unavailable: self.max_unavailable.unwrap_or(base.max_unavailable),
+            min_healthy_time: self.min_healthy_time.unwrap_or(base.min_healthy_time),
+            healthy_deadline: self.healthy_deadline.unwrap_or(base.healthy_deadline),
+            progress_deadline: self.progress_deadline.unwrap_or(base.progress_deadline),
+            auto_rollback: self.auto_rollback.unwrap_or(base.auto_rollback),
+            canary: self.canary.unwrap_or(base.canary),
+            shutdown_delay: self.shutdown_delay.unwrap_or(base.shutdown_delay),
+        };
+        p.validate().map_err(|e| self.policy_error(&e, &p))?;
+        Ok(p)
+    }
+
+    fn policy_error(&self, e: &SpecError, p: &UpdatePolicy) -> UsageError {
+        let show = |d: Duration| humantime::format_duration(d).to_string();
+        let field = e.field.strip_prefix("update.").unwrap_or(&e.field);
+        let (fields, text): (&[&str], String) = match field {
+            "max_surge" => (
+                &["max_surge", "max_unavailable"],
+                "max_surge and max_unavailable would both be 0: nothing could ever be replaced; \
+                 allow 1 or more of either"
+                    .to_string(),
+            ),
+            "healthy_deadline" => (
+                &["healthy_deadline", "min_healthy_time"],
+                format!(
+                    "healthy_deadline ({}) must be longer than min_healthy_time ({})",
+                    show(p.healthy_deadline),
+                    show(p.min_healthy_time)
+                ),
+            ),
+            "progress_deadline" => (
+                &["progress_deadline", "healthy_deadline"],
+                format!(
+                    "progress_deadline ({}) must be at least healthy_deadline ({})",
+                    show(p.progress_deadline),
+                    show(p.healthy_deadline)
+                ),
+            ),
+            // A rule this client does not know yet: the spec's own words.
+            other => (&[], format!("{other}: {}", e.message)),
+        };
+        let given: Vec<&str> = fields
+            .iter()
+            .filter(|f| self.has(f))
+            .map(|f| policy_flag(f))
+            .collect();
+        let names = if given.is_empty() {
+            e.field.clone()
+        } else {
+            given.join(", ")
+        };
+        UsageError::new(format!("{names}: {text}"))
+    }
+
+    /// Refuses a field given both as a flag and as `--set update.FIELD=...`.
+    pub fn check_sets(&self, sets: &[String]) -> Result<(), UsageError> {
+        for assignment in sets {
+            let key = assignment
+                .split_once('=')
+                .map_or(assignment.as_str(), |(k, _)| k);
+            if let Some(field) = key.trim().strip_prefix("update.")
+                && self.has(field)
+            {
+                return Err(UsageError::new(format!(
+                    "{}: also given as --set {key}=...; give it once",
+                    policy_flag(field)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `restart` takes update-policy flags only with `--rolling`: an in-place restart follows none.
+pub fn check_restart(args: &RestartArgs) -> Result<(), UsageError> {
+    if args.rolling || !args.update.any() {
+        return Ok(());
+    }
+    let changes = PolicyChanges::parse(&args.update)?;
+    let flag = POLICY_FLAGS
+        .iter()
+        .find(|(f, _)| changes.has(f))
+        .map_or("--auto-rollback", |(_, flag)| flag);
+    Err(UsageError::new(format!(
+        "{flag}: only with --rolling (an in-place restart does not follow the update policy): \
+         pmcluster restart {} --rolling {flag} ...",
+        args.target.app
+    )))
 }
 
 /// Whether `autoscale` was given any option that changes the policy.
@@ -627,6 +845,244 @@ mod tests {
         assert_eq!(spec.resources.cpu_millis, 500);
         assert_eq!(spec.resources.memory_bytes, 256 << 20);
         assert_eq!(spec.reschedule, pmcluster_spec::app::Reschedule::Never);
+    }
+
+    fn policy_flags(line: &str) -> Result<PolicyChanges, UsageError> {
+        let words = shell_words::split(line).expect("test line splits");
+        let update = match Cli::try_parse_from(words).expect("parses").command {
+            Command::Start(a) => a.update,
+            Command::Reload(a) => a.update,
+            Command::Restart(a) => a.update,
+            other => panic!("{other:?}"),
+        };
+        PolicyChanges::parse(&update)
+    }
+
+    #[test]
+    fn update_policy_flags() {
+        let all = policy_flags(
+            "pmcluster restart web --rolling --max-surge 2 --max-unavailable 1 \
+             --min-healthy-time 2s --healthy-deadline 1m --progress-deadline 3m \
+             --auto-rollback false --canary 1 --shutdown-delay 500ms",
+        )
+        .expect("valid");
+        let want = PolicyChanges {
+            max_surge: Some(2),
+            max_unavailable: Some(1),
+            min_healthy_time: Some(Duration::from_secs(2)),
+            healthy_deadline: Some(Duration::from_secs(60)),
+            progress_deadline: Some(Duration::from_secs(180)),
+            auto_rollback: Some(false),
+            canary: Some(1),
+            shutdown_delay: Some(Duration::from_millis(500)),
+        };
+        assert_eq!(all, want);
+        let p = all.apply(&UpdatePolicy::default()).expect("valid");
+        assert_eq!(
+            (p.max_surge, p.max_unavailable, p.canary, p.auto_rollback),
+            (2, 1, 1, false)
+        );
+        // Fields not given keep the base's values.
+        let base = UpdatePolicy {
+            canary: 3,
+            ..UpdatePolicy::default()
+        };
+        let one = policy_flags("pmcluster reload web --max-surge 4").expect("valid");
+        assert_eq!(
+            one.apply(&base).expect("valid"),
+            UpdatePolicy {
+                max_surge: 4,
+                ..base.clone()
+            }
+        );
+        assert!(
+            policy_flags("pmcluster reload web")
+                .expect("none")
+                .is_empty()
+        );
+        let no = policy_flags("pmcluster start 'node s.js' --name w --no-auto-rollback");
+        assert_eq!(no.expect("valid").auto_rollback, Some(false));
+        assert_eq!(
+            policy_flags("pmcluster reload web --auto-rollback TRUE")
+                .expect("valid")
+                .auto_rollback,
+            Some(true)
+        );
+        // A plain number is milliseconds, as in config files and the other duration flags.
+        assert_eq!(
+            policy_flags("pmcluster reload web --shutdown-delay 1500")
+                .expect("valid")
+                .shutdown_delay,
+            Some(Duration::from_millis(1500))
+        );
+
+        let bad = [
+            (
+                "pmcluster reload web --max-surge -1",
+                "--max-surge: \"-1\" is negative; give a whole number 0 or more",
+            ),
+            (
+                "pmcluster reload web --max-unavailable two",
+                "--max-unavailable: \"two\" is not a whole number (0 or more)",
+            ),
+            (
+                "pmcluster reload web --canary 1.5",
+                "--canary: \"1.5\" is not a whole number (0 or more)",
+            ),
+            (
+                "pmcluster reload web --canary 99999999999",
+                "--canary: \"99999999999\" is too large",
+            ),
+            (
+                "pmcluster reload web --min-healthy-time soon",
+                "--min-healthy-time: \"soon\" is not a duration",
+            ),
+            (
+                "pmcluster reload web --healthy-deadline -5s",
+                "--healthy-deadline: \"-5s\" is negative; give a duration of 0 or more",
+            ),
+            (
+                "pmcluster reload web --progress-deadline 10x",
+                "--progress-deadline: \"10x\" is not a duration",
+            ),
+            (
+                "pmcluster reload web --shutdown-delay ''",
+                "--shutdown-delay: \"\" is not a duration",
+            ),
+            (
+                "pmcluster reload web --auto-rollback maybe",
+                "--auto-rollback: \"maybe\" is not true or false",
+            ),
+        ];
+        for (line, want) in bad {
+            let err = policy_flags(line).expect_err(line);
+            assert!(
+                err.0.starts_with(want),
+                "{line}\nwant {want}\ngot  {}",
+                err.0
+            );
+        }
+        let cli = |line: &str| Cli::try_parse_from(shell_words::split(line).expect("splits"));
+        assert!(cli("pmcluster reload web --auto-rollback true --no-auto-rollback").is_err());
+        assert!(cli("pmcluster reload web --max-surge").is_err());
+    }
+
+    #[test]
+    fn update_policy_rules_name_the_flags_given() {
+        let base = UpdatePolicy::default();
+        let cases = [
+            (
+                "pmcluster reload web --max-surge 0",
+                "--max-surge: max_surge and max_unavailable would both be 0: nothing could ever \
+                 be replaced",
+            ),
+            (
+                "pmcluster reload web --max-surge 0 --max-unavailable 0",
+                "--max-surge, --max-unavailable: max_surge and max_unavailable would both be 0",
+            ),
+            (
+                "pmcluster reload web --min-healthy-time 10m",
+                "--min-healthy-time: healthy_deadline (5m) must be longer than min_healthy_time \
+                 (10m)",
+            ),
+            (
+                "pmcluster reload web --healthy-deadline 5s",
+                "--healthy-deadline: healthy_deadline (5s) must be longer than min_healthy_time \
+                 (5s)",
+            ),
+            (
+                "pmcluster reload web --healthy-deadline 20m",
+                "--healthy-deadline: progress_deadline (10m) must be at least healthy_deadline \
+                 (20m)",
+            ),
+            (
+                "pmcluster reload web --progress-deadline 1m",
+                "--progress-deadline: progress_deadline (1m) must be at least healthy_deadline \
+                 (5m)",
+            ),
+        ];
+        for (line, want) in cases {
+            let changes = policy_flags(line).expect("each value is valid");
+            let err = changes.apply(&base).expect_err(line);
+            assert!(
+                err.0.starts_with(want),
+                "{line}\nwant {want}\ngot  {}",
+                err.0
+            );
+        }
+        // Together they can be fine: 0 surge with 1 unavailable, a longer deadline with it.
+        for line in [
+            "pmcluster reload web --max-surge 0 --max-unavailable 1",
+            "pmcluster reload web --min-healthy-time 8m --healthy-deadline 9m",
+        ] {
+            let changes = policy_flags(line).expect("valid");
+            assert!(changes.apply(&base).is_ok(), "{line}");
+        }
+    }
+
+    #[test]
+    fn update_policy_flags_elsewhere() {
+        // `start`: the flags make the spec's policy, and count as spec flags.
+        let spec = start_spec(&start_args(
+            "pmcluster start 'node s.js' --name w --max-surge 3 --canary 1",
+        ))
+        .expect("valid");
+        assert_eq!((spec.update.max_surge, spec.update.canary), (3, 1));
+        assert!(matches!(
+            plan_start(&start_args("pmcluster start web --max-surge 3")),
+            Ok(StartPlan::Apply { .. })
+        ));
+        let err = plan_start(&start_args(
+            "pmcluster start 'node s.js' --name w --max-surge 0",
+        ))
+        .expect_err("refused");
+        assert!(
+            err.0
+                .starts_with("--max-surge: max_surge and max_unavailable"),
+            "{}",
+            err.0
+        );
+
+        // `reload`: one field given twice is refused.
+        let changes = policy_flags("pmcluster reload web --max-surge 2").expect("valid");
+        assert!(
+            changes
+                .check_sets(&["env.A=1".into(), "update.canary=1".into()])
+                .is_ok()
+        );
+        let err = changes
+            .check_sets(&["update.max_surge=3".into()])
+            .expect_err("twice");
+        assert_eq!(
+            err.0,
+            "--max-surge: also given as --set update.max_surge=...; give it once"
+        );
+
+        // `restart`: only with --rolling.
+        let restart =
+            |line: &str| match Cli::try_parse_from(shell_words::split(line).expect("splits"))
+                .expect("parses")
+                .command
+            {
+                Command::Restart(a) => a,
+                other => panic!("{other:?}"),
+            };
+        assert!(check_restart(&restart("pmcluster restart web")).is_ok());
+        assert!(check_restart(&restart("pmcluster restart web --rolling --canary 1")).is_ok());
+        let err = check_restart(&restart("pmcluster restart web --shutdown-delay 2s"))
+            .expect_err("needs --rolling");
+        assert!(
+            err.0.starts_with("--shutdown-delay: only with --rolling"),
+            "{}",
+            err.0
+        );
+        let err = check_restart(&restart("pmcluster restart web --no-auto-rollback"))
+            .expect_err("needs --rolling");
+        assert!(
+            err.0.starts_with("--auto-rollback: only with --rolling"),
+            "{}",
+            err.0
+        );
     }
 
     #[test]

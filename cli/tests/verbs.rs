@@ -21,6 +21,10 @@ struct State {
     apps: BTreeMap<String, pb::App>,
     /// (app, index) a user stopped.
     stopped: Vec<(String, u32)>,
+    /// Every ApplyApp and Restart received, in order, as `ApplyApp APP` / `Restart APP rolling`.
+    calls: Vec<String>,
+    /// The specs ApplyApp received, in order.
+    applied: Vec<pb::AppSpec>,
 }
 
 #[derive(Default, Clone)]
@@ -137,6 +141,8 @@ impl Cluster for Fake {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: is missing"))?;
         let mut state = self.lock();
+        state.calls.push(format!("ApplyApp {}", spec.name));
+        state.applied.push(spec.clone());
         let (created, changed, version) = match state.apps.get(&spec.name) {
             None => (true, true, 1),
             Some(app) if app.spec.as_ref() == Some(&spec) => (false, false, app.version),
@@ -220,7 +226,12 @@ impl Cluster for Fake {
     }
 
     async fn restart(&self, r: Request<pb::InstanceTarget>) -> Reply<pb::ActionReply> {
-        self.act(r.into_inner(), None)
+        let target = r.into_inner();
+        let rolling = if target.rolling { " rolling" } else { "" };
+        self.lock()
+            .calls
+            .push(format!("Restart {}{rolling}", target.app));
+        self.act(target, None)
     }
 
     async fn list_instances(
@@ -399,13 +410,19 @@ impl Cluster for Fake {
 
 /// Serves a fresh fake on a loopback port; returns its address as `host:port`.
 async fn serve() -> anyhow::Result<String> {
+    Ok(serve_fake().await?.0)
+}
+
+/// [`serve`], also returning the fake to look at the requests it received.
+async fn serve_fake() -> anyhow::Result<(String, Fake)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    let fake = Fake::default();
     let server = tonic::transport::Server::builder()
-        .add_service(ClusterServer::new(Fake::default()))
+        .add_service(ClusterServer::new(fake.clone()))
         .serve_with_incoming(TcpListenerStream::new(listener));
     tokio::spawn(server);
-    Ok(addr.to_string())
+    Ok((addr.to_string(), fake))
 }
 
 struct Run {
@@ -709,5 +726,313 @@ async fn unreachable_coordinator() -> anyhow::Result<()> {
         "{}",
         got.stderr
     );
+    Ok(())
+}
+
+/// The update-policy flags of `start`, `reload` and `restart --rolling`: what the coordinator
+/// receives, and that a refused flag sends nothing.
+#[tokio::test]
+async fn update_policy_flags() -> anyhow::Result<()> {
+    let (a, fake) = serve_fake().await?;
+    let a = &a;
+    let calls = |fake: &Fake| std::mem::take(&mut fake.lock().calls);
+    let last_spec = |fake: &Fake| fake.lock().applied.last().cloned().unwrap_or_default();
+
+    check(
+        a,
+        &[
+            "start",
+            "node s.js --a --b --c",
+            "--name",
+            "web",
+            "-i",
+            "2",
+            "--max-surge",
+            "2",
+            "--max-unavailable",
+            "1",
+            "--min-healthy-time",
+            "2s",
+            "--healthy-deadline",
+            "1m",
+            "--progress-deadline",
+            "3m",
+            "--no-auto-rollback",
+            "--canary",
+            "1",
+            "--shutdown-delay",
+            "500ms",
+        ],
+        0,
+        "started app web: 2 instances (version 1)",
+        "",
+    )
+    .await?;
+    assert_eq!(calls(&fake), ["ApplyApp web"]);
+    let started = last_spec(&fake);
+    assert_eq!(
+        started.update,
+        Some(pb::UpdatePolicy {
+            max_surge: Some(2),
+            max_unavailable: Some(1),
+            min_healthy_time_ms: Some(2_000),
+            healthy_deadline_ms: Some(60_000),
+            progress_deadline_ms: Some(180_000),
+            auto_rollback: Some(false),
+            canary: 1,
+            shutdown_delay_ms: 500,
+        })
+    );
+
+    // restart --rolling with flags: the policy first (the same spec otherwise), then the restart.
+    let out = check(
+        a,
+        &[
+            "restart",
+            "web",
+            "--rolling",
+            "--max-surge",
+            "3",
+            "--auto-rollback",
+            "true",
+            "--shutdown-delay",
+            "2s",
+        ],
+        0,
+        "web: update policy changed: max_surge 2 -> 3, auto_rollback false -> true, \
+         shutdown_delay 500ms -> 2s\nrolling restart of web: 2 instances",
+        "",
+    )
+    .await?;
+    assert!(!out.stdout.contains("version"), "{}", out.stdout);
+    assert_eq!(calls(&fake), ["ApplyApp web", "Restart web rolling"]);
+    let restarted = last_spec(&fake);
+    let policy = restarted.update.unwrap_or_default();
+    assert_eq!(
+        (
+            policy.max_surge,
+            policy.auto_rollback,
+            policy.shutdown_delay_ms
+        ),
+        (Some(3), Some(true), 2_000)
+    );
+    assert_eq!(
+        pb::AppSpec {
+            update: None,
+            ..restarted
+        },
+        pb::AppSpec {
+            update: None,
+            ..started
+        },
+        "only the policy changes"
+    );
+
+    // The same values again, or no flags: no ApplyApp.
+    check(
+        a,
+        &["restart", "web", "--rolling", "--max-surge", "3"],
+        0,
+        "rolling restart of web",
+        "",
+    )
+    .await?;
+    assert_eq!(calls(&fake), ["Restart web rolling"]);
+    let json = check(a, &["restart", "web", "--rolling", "-o", "json"], 0, "", "").await?;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(json["update"], serde_json::Value::Null, "{json}");
+    assert_eq!(calls(&fake), ["Restart web rolling"]);
+    let json = check(
+        a,
+        &["restart", "web", "--rolling", "--canary", "0", "-o", "json"],
+        0,
+        "",
+        "",
+    )
+    .await?;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(json["update"]["canary"], 0, "{json}");
+    assert_eq!(json["update"]["shutdown_delay_ms"], 2_000, "{json}");
+    assert_eq!(calls(&fake), ["ApplyApp web", "Restart web rolling"]);
+
+    // reload with flags only: a policy change, shown in the diff, restarting nothing.
+    check(
+        a,
+        &["reload", "web", "--canary", "2", "--yes"],
+        0,
+        "-     \"canary\": 0,\n  +     \"canary\": 2,",
+        "",
+    )
+    .await?;
+    assert_eq!(calls(&fake), ["ApplyApp web"]);
+    assert_eq!(last_spec(&fake).update.map(|u| u.canary), Some(2));
+
+    // reload with a new spec and flags: one ApplyApp with both.
+    check(
+        a,
+        &[
+            "reload",
+            "web",
+            "--set",
+            "env.V=2",
+            "--max-unavailable",
+            "0",
+            "--yes",
+        ],
+        0,
+        "+     \"V\": \"2\"",
+        "",
+    )
+    .await?;
+    assert_eq!(calls(&fake), ["ApplyApp web"]);
+    let spec = last_spec(&fake);
+    assert_eq!(spec.env.get("V").map(String::as_str), Some("2"));
+    assert_eq!(spec.update.and_then(|u| u.max_unavailable), Some(0));
+
+    // Refused: exit 2, the flag named, nothing applied or restarted.
+    let refused: &[(&[&str], &str)] = &[
+        (
+            &["restart", "web", "--rolling", "--max-surge", "-1"],
+            "error: --max-surge: \"-1\" is negative",
+        ),
+        (
+            &["restart", "web", "--rolling", "--max-unavailable", "x"],
+            "error: --max-unavailable: \"x\" is not a whole number",
+        ),
+        (
+            &["restart", "web", "--rolling", "--min-healthy-time", "soon"],
+            "error: --min-healthy-time: \"soon\" is not a duration",
+        ),
+        (
+            &["restart", "web", "--rolling", "--max-surge", "0"],
+            "error: --max-surge: max_surge and max_unavailable would both be 0",
+        ),
+        (
+            &[
+                "reload",
+                "web",
+                "--max-surge",
+                "0",
+                "--max-unavailable",
+                "0",
+                "--yes",
+            ],
+            "error: --max-surge, --max-unavailable: max_surge and max_unavailable would both be 0",
+        ),
+        (
+            &["reload", "web", "--healthy-deadline", "1s", "--yes"],
+            "error: --healthy-deadline: healthy_deadline (1s) must be longer than \
+             min_healthy_time (2s)",
+        ),
+        (
+            &["reload", "web", "--auto-rollback", "maybe", "--yes"],
+            "error: --auto-rollback: \"maybe\" is not true or false",
+        ),
+        (
+            &[
+                "reload",
+                "web",
+                "--set",
+                "update.canary=1",
+                "--canary",
+                "3",
+                "--yes",
+            ],
+            "error: --canary: also given as --set update.canary",
+        ),
+        (
+            &["restart", "web", "--shutdown-delay", "1s"],
+            "error: --shutdown-delay: only with --rolling",
+        ),
+        (
+            &[
+                "start",
+                "node s.js",
+                "--name",
+                "w2",
+                "--progress-deadline",
+                "1m",
+            ],
+            "error: --progress-deadline: progress_deadline (1m) must be at least \
+             healthy_deadline (5m)",
+        ),
+        (
+            &[
+                "restart",
+                "web",
+                "--rolling",
+                "--auto-rollback",
+                "false",
+                "--no-auto-rollback",
+            ],
+            "cannot be used with",
+        ),
+    ];
+    for (args, stderr) in refused {
+        check(a, args, 2, "", stderr).await?;
+        assert!(calls(&fake).is_empty(), "pmcluster {}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// A reordering of `args` is a change: the diff shows it and the reload applies it.
+#[tokio::test]
+async fn reload_sees_reordered_args() -> anyhow::Result<()> {
+    let (a, fake) = serve_fake().await?;
+    let a = &a;
+    check(
+        a,
+        &["start", "node s.js --a --b --c", "--name", "web"],
+        0,
+        "started app web",
+        "",
+    )
+    .await?;
+    let out = check(
+        a,
+        &[
+            "reload",
+            "web",
+            "--set",
+            r#"args=["s.js","--b","--a","--c"]"#,
+            "--yes",
+        ],
+        0,
+        "web version 1 -> changes:\n",
+        "",
+    )
+    .await?;
+    assert!(
+        out.stdout.contains("\n  -     \"--a\",\n") && out.stdout.contains("\n  +     \"--a\",\n"),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains("nothing to change"), "{}", out.stdout);
+    let args = fake.lock().applied.last().map(|s| s.args.clone());
+    assert_eq!(
+        args,
+        Some(vec![
+            "s.js".into(),
+            "--b".into(),
+            "--a".into(),
+            "--c".into()
+        ])
+    );
+    // The same order again: nothing to change, nothing sent.
+    check(
+        a,
+        &[
+            "reload",
+            "web",
+            "--set",
+            r#"args=["s.js","--b","--a","--c"]"#,
+            "--yes",
+        ],
+        0,
+        "web: nothing to change (version 2)",
+        "",
+    )
+    .await?;
+    assert_eq!(fake.lock().applied.len(), 2);
     Ok(())
 }
