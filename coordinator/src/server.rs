@@ -78,6 +78,11 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pmcluster_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    // Older grpcurl and some language clients only speak the v1alpha reflection protocol.
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pmcluster_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
     let ticker = {
         let control = control.clone();
         tokio::spawn(async move {
@@ -93,6 +98,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(pb::cluster_server::ClusterServer::new(ClusterApi {
             control: control.clone(),
         }))
