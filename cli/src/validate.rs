@@ -98,6 +98,14 @@ pub fn plan_start(args: &StartArgs) -> Result<StartPlan, UsageError> {
         || args.restart_delay.is_some()
         || args.kill_timeout.is_some()
         || args.update.any()
+        || !args.constraints.is_empty()
+        || args.strategy.is_some()
+        || args.distinct_hosts
+        || args.max_per_node.is_some()
+        || args.cpu.is_some()
+        || args.memory.is_some()
+        || args.overcommit
+        || args.reschedule_after.is_some()
         || !args.extra_args.is_empty();
     let one_word = !args.target.trim().is_empty() && !args.target.contains(char::is_whitespace);
     if !spec_flags && one_word && validate_name(&args.target).is_ok() {
@@ -697,6 +705,13 @@ mod tests {
     fn start_plans() {
         check("pmcluster start web", Ok("start web None"));
         check("pmcluster start web --instance 2", Ok("start web Some(2)"));
+        // A placement flag makes it a new app's spec, never a silently ignored flag.
+        check(
+            "pmcluster start web --cpu 1",
+            Ok(
+                "apply name=web(derived) script=web args=[] n=1 port= env={} shell=false auto=true delay=0ns kill=5s cwd=None var=None",
+            ),
+        );
         check(
             "pmcluster start 'node server.js' --name web -i 4 --port 3000-3003 -e NODE_ENV=production -e A=b=c",
             Ok(
