@@ -9,6 +9,8 @@ echo "== scheduler (pure placement throughput)"
 cargo bench -p pmcluster-coordinator --bench scheduler
 echo "== fake agents (1,000 agents, scale 0 -> 10,000 through gRPC)"
 cargo bench -p pmcluster-coordinator --bench fake_agents
+echo "== autoscale simulation (step, ramp, sine, noisy traces: decision function vs the seeds' +1/-1)"
+cargo bench -p pmcluster-coordinator --bench autoscale_sim
 echo "== scale12 (3 real agents, scale web 12 until all answer /health)"
 cargo bench -p pmcluster-tests --bench scale12
 echo "== rollout12 (12 instances behind HAProxy: time against waves x min_healthy_time, failed requests)"
