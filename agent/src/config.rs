@@ -26,6 +26,8 @@ pub struct RawConfig {
     /// `None`: the default.
     pub coordinator_grace: Option<Duration>,
     pub subreaper: bool,
+    /// See [`Config::log_pump`].
+    pub log_pump: Option<PathBuf>,
 }
 
 /// Checked agent settings.
@@ -47,6 +49,11 @@ pub struct Config {
     /// of instances are reaped (and killed with their instance). Off for an agent embedded in
     /// another process (tests), which must leave that process's other children alone.
     pub subreaper: bool,
+    /// The program that runs as `PROGRAM log-pump ...` to stamp the output of instances with
+    /// `log_timestamps` (see [`crate::logs`]): the agent binary, which passes `/proc/self/exe`
+    /// (the very binary that runs, even once an upgrade replaced the file). `None`: pump in
+    /// threads of this process, which end with it (an agent embedded in a test).
+    pub log_pump: Option<PathBuf>,
 }
 
 impl Config {
@@ -61,6 +68,7 @@ impl Config {
             stop_instances_on_exit: true,
             coordinator_grace: DEFAULT_COORDINATOR_GRACE,
             subreaper: false,
+            log_pump: None,
         }
     }
 }
@@ -130,6 +138,7 @@ impl RawConfig {
             stop_instances_on_exit: self.stop_instances_on_exit,
             coordinator_grace: self.coordinator_grace.unwrap_or(DEFAULT_COORDINATOR_GRACE),
             subreaper: self.subreaper,
+            log_pump: self.log_pump,
         })
     }
 }

@@ -102,6 +102,8 @@ pub(crate) struct Agent {
     pub unclaimed: Mutex<Vec<InstanceId>>,
     /// The origin of the restart policy's clock.
     pub started: Instant,
+    /// See [`Config::log_pump`].
+    pub log_pump: Option<PathBuf>,
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
@@ -150,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         cleared,
         unclaimed: Mutex::new(Vec::new()),
         started: Instant::now(),
+        log_pump: config.log_pump.clone(),
     });
     tracing::info!(
         node = %config.node_name,

@@ -1,14 +1,16 @@
-//! Instance logs: where each instance's stdout and stderr files are, reading their last lines
-//! (backwards from the end, never the whole file), following them as they grow, and answering the
-//! coordinator's `LogRequest`s with `LogChunk`s.
+//! Instance logs: where each instance's stdout and stderr files are, their rotation, the pumps
+//! that stamp timestamped output into them, reading their last lines (backwards from the end,
+//! never the whole file), following them as they grow, and answering the coordinator's
+//! `LogRequest`s with `LogChunk`s.
 //!
 //! Log tasks only read files and send through the link's bounded log queue; when the queue is full
 //! they wait. They never touch a supervisor, so a slow reader cannot hold an instance up (the
-//! instance writes straight into its files).
+//! instance, or its pump, writes straight into its files).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,9 +82,10 @@ pub fn rotation_renames(path: &Path, keep: u32) -> Vec<(PathBuf, PathBuf)> {
 ///
 /// Why copy-truncate and not rename: the instance holds the file open and would go on writing
 /// into the renamed file; the agent cannot make it reopen. Why the instance writes to the file
-/// directly at all (and not through a pipe the agent reads): a file needs no reader, so no
-/// slow or busy agent can ever block the instance, and a file outlives the agent, so instances
-/// keep logging while the agent restarts (kill -9, upgrade). The cost is a small window: bytes
+/// directly at all (and not through a pipe and a pump, as with timestamps): a file needs no
+/// reader, so no slow reader can ever block the instance and no dead one kill it, and a file
+/// outlives the agent, so instances keep logging while the agent restarts (kill -9, upgrade),
+/// all with no extra process. The cost is a small window: bytes
 /// written between the last copy pass and the truncate are lost. The copy repeats until the
 /// file stops growing (at most a few passes), which keeps that window to one syscall.
 pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
@@ -114,20 +117,39 @@ pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Timestamped logs (pipe mode)
 //
-// `log_timestamps` needs each line to pass through the agent, so those instances (only those)
-// write into pipes the agent reads: the pump below stamps every line and appends it to the
-// file, rotating by rename (lossless: the agent owns the file). It reads as fast as the pipe
-// fills and holds at most one read buffer and one line, so it never builds up memory and never
-// makes the instance wait for anything but the disk. The cost is the agent restart: while no
-// agent runs, the pipe has no reader and the instance's writes fail (EPIPE, or SIGPIPE for a
-// program that does not ignore it). The next agent reattaches to the pipes of an adopted
-// instance through `/proc/PID/fd`. Instances without timestamps write to their files directly
-// and do not have this weakness; that is why it is not the default.
+// `log_timestamps` needs each line to pass through a process that stamps it, so those instances
+// (only those) write into pipes. Each pipe is read by a *pump*: a small helper process, the agent
+// binary run as `pmcluster-agent log-pump --out FILE ...` with the pipe as its stdin, which
+// stamps every line and appends it to the file, rotating by rename (lossless: the pump owns the
+// file). It reads as fast as the pipe fills and holds at most one read buffer, so it never
+// builds up memory and never makes the instance wait for anything but the disk.
+//
+// Why a process of its own and not a task of the agent: a pipe whose reader is gone makes the
+// writer's next write fail with EPIPE, and kill the writer with SIGPIPE unless it ignores it (a
+// shell, most programs). Were the agent the reader, `kill -9` of the agent, its crash or its
+// upgrade would kill every timestamped instance at its next line. The pump outlives the agent,
+// so the instance keeps running and its lines keep arriving, stamped, in the same files; the
+// next agent finds the pump by its recorded pid (see `persist::SavedPump`) and leaves it alone.
+// The pump runs in its own process group, neither the agent's (Ctrl-C in the agent's terminal,
+// or anything else aimed at the agent's group, would end it) nor the instance's (the stop
+// signal and the SIGKILL sweep after the leader exits would end it before it read the last
+// lines, which after a crash are the ones that matter, and it would count in the instance's
+// memory and CPU). It needs no signal to end: it ends when its pipe does, that is when every
+// process of the instance holding the write end has exited, so stopping the instance ends it.
+// It also ignores SIGHUP, SIGINT, SIGQUIT and SIGTERM for the same reason, and names itself
+// `pmcluster-pump`, so that `pkill pmcluster-agent` does not take it for the agent.
+//
+// An agent embedded in another process (tests) without a helper program pumps in a thread of
+// that process instead ([`pump`] is the same code): it ends with that process.
 
 /// Bytes read from an instance's pipe at a time.
 const PUMP_READ: usize = 64 * 1024;
-/// Kernel buffer asked for each pipe: room for bursts while the agent is busy.
+/// Kernel buffer asked for each pipe: room for bursts while the pump waits for the disk.
 pub const PIPE_BUFFER: usize = 1 << 20;
+/// The agent binary's hidden subcommand that runs one pump.
+pub const PUMP_COMMAND: &str = "log-pump";
+/// A pump's process name (`comm`, at most 15 bytes).
+pub const PUMP_NAME: &std::ffi::CStr = c"pmcluster-pump";
 
 /// Prefixes every line that starts in `chunk` with `stamp` and a space. `at_line_start` carries
 /// over from the previous chunk (a line may span chunks).
@@ -148,7 +170,7 @@ pub fn stamp_lines(chunk: &[u8], at_line_start: &mut bool, stamp: &str) -> Vec<u
 }
 
 /// Where a pump writes and when it rotates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PumpTarget {
     pub path: PathBuf,
     /// Rotate at this size; `None`: never.
@@ -156,64 +178,151 @@ pub struct PumpTarget {
     pub keep: u32,
 }
 
-/// Copies one pipe into its log file with a timestamp on each line until the pipe ends (every
-/// process holding its write end exited) or `cancel`.
-pub async fn pump(reader: std::os::fd::OwnedFd, target: PumpTarget, cancel: CancellationToken) {
-    use tokio::io::AsyncReadExt;
-    let _ = rustix::pipe::fcntl_setpipe_size(&reader, PIPE_BUFFER);
-    let mut pipe = match tokio::net::unix::pipe::Receiver::from_owned_fd(reader) {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!("cannot read the pipe of {}: {e}", target.path.display());
-            return;
+impl PumpTarget {
+    /// The arguments after [`PUMP_COMMAND`] that make a pump write to this target.
+    pub fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--out".into(), self.path.clone().into_os_string()];
+        if let Some(max) = self.max_bytes {
+            args.push("--max-bytes".into());
+            args.push(max.to_string().into());
         }
-    };
-    let mut file = match open_append(&target.path) {
-        Ok(f) => f,
-        Err(e) => {
-            tracing::warn!("cannot open {}: {e}", target.path.display());
-            return;
+        args.push("--keep".into());
+        args.push(self.keep.to_string().into());
+        args
+    }
+}
+
+/// Stamps output and appends it to a pump's file, rotating the file by rename once it is full.
+///
+/// A write that fails (disk full, log directory removed) is reported once and its bytes are
+/// dropped; the next write opens the file again. The pump never stops reading for it: an
+/// instance whose pipe has no reader dies, one whose pipe is not read blocks.
+pub struct Stamper {
+    target: PumpTarget,
+    file: Option<File>,
+    at_line_start: bool,
+    failing: bool,
+}
+
+impl Stamper {
+    pub fn new(target: PumpTarget) -> Stamper {
+        Stamper {
+            target,
+            file: None,
+            at_line_start: true,
+            failing: false,
         }
-    };
-    let mut buf = vec![0u8; PUMP_READ];
-    let mut at_line_start = true;
-    loop {
-        let n = tokio::select! {
-            () = cancel.cancelled() => return,
-            read = pipe.read(&mut buf) => match read {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!("reading the pipe of {}: {e}", target.path.display());
-                    return;
-                }
-            },
-        };
+    }
+
+    /// Stamps the lines of `chunk` with the time now and appends them.
+    pub fn write(&mut self, chunk: &[u8]) {
         let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let bytes = stamp_lines(&buf[..n], &mut at_line_start, &stamp);
-        // A page-cache write of at most one read's worth: short enough for a runtime worker.
-        if let Err(e) = file.write_all(&bytes) {
-            tracing::warn!("writing {}: {e}", target.path.display());
-        }
-        let full = target
-            .max_bytes
-            .is_some_and(|max| file.metadata().is_ok_and(|m| m.len() >= max));
-        if full {
-            match rotate_by_rename(&target.path, target.keep)
-                .and_then(|()| open_append(&target.path))
-            {
-                Ok(f) => file = f,
-                Err(e) => tracing::warn!("cannot rotate {}: {e}", target.path.display()),
+        let bytes = stamp_lines(chunk, &mut self.at_line_start, &stamp);
+        let result = self.append(&bytes);
+        let path = &self.target.path;
+        match result {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("writing {} again", path.display());
             }
+            Ok(()) => {}
+            Err(e) => {
+                self.file = None;
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(
+                        "writing {}: {e}; dropping its output until it works",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut file = match self.file.take() {
+            Some(f) => f,
+            None => open_append(&self.target.path)?,
+        };
+        let mut meta = file.metadata()?;
+        if meta.nlink() == 0 {
+            // Removed (`rm`, the log directory deleted): write where `logs` will look.
+            file = open_append(&self.target.path)?;
+            meta = file.metadata()?;
+        }
+        let file = self.file.insert(file);
+        file.write_all(bytes)?;
+        let len = meta.len() + bytes.len() as u64;
+        if self.target.max_bytes.is_some_and(|max| len >= max) {
+            self.file = None;
+            rotate_by_rename(&self.target.path, self.target.keep)?;
+            self.file = Some(open_append(&self.target.path)?);
+        }
+        Ok(())
+    }
+}
+
+/// Copies one pipe into its log file with a timestamp on each line until the pipe ends (every
+/// process holding its write end exited). Blocking: the body of a pump process, or of a pump
+/// thread.
+pub fn pump(mut input: impl Read, target: PumpTarget) -> io::Result<()> {
+    let mut stamper = Stamper::new(target);
+    let mut buf = vec![0u8; PUMP_READ];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => stamper.write(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
 
+/// The `log-pump` process: pumps its stdin (an instance's pipe) into `target` until the pipe
+/// ends. See the section doc for why it ignores the usual termination signals.
+pub fn pump_process(target: PumpTarget) -> io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Blocked, not handled: they stay pending and never end the process. Before any thread
+    // starts, so that every thread inherits the mask.
+    let mut blocked = SigSet::empty();
+    for signal in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+    ] {
+        blocked.add(signal);
+    }
+    blocked.thread_block().map_err(io::Error::from)?;
+    if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
+        tracing::debug!("cannot set the process name: {e}");
+    }
+    let input = std::io::stdin().as_fd().try_clone_to_owned()?;
+    // A pipe reopened through /proc may have been opened non-blocking; this loop blocks.
+    let flags = rustix::fs::fcntl_getfl(&input)?;
+    if flags.contains(rustix::fs::OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(&input, flags - rustix::fs::OFlags::NONBLOCK)?;
+    }
+    pump(File::from(input), target)
+}
+
 fn open_append(path: &Path) -> io::Result<File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    match open() {
+        // The directory may have been removed under a running instance; recreate it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Rotation of a file only the agent writes: shift the kept files and rename the live one to
@@ -802,8 +911,8 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn pump_stamps_and_ends_with_the_pipe() {
+    #[test]
+    fn pump_stamps_and_ends_with_the_pipe() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p.log");
         let (reader, writer) = rustix::pipe::pipe().expect("pipe");
@@ -812,11 +921,12 @@ mod tests {
             max_bytes: None,
             keep: 0,
         };
-        let task = tokio::spawn(pump(reader, target, CancellationToken::new()));
+        let pumping = std::thread::spawn(move || pump(File::from(reader), target));
         let mut w = File::from(writer);
         w.write_all(b"one\ntwo\n").expect("write");
         drop(w);
-        task.await.expect("pump ends at EOF");
+        let ended = pumping.join().expect("pump thread");
+        assert!(ended.is_ok(), "pump ends at EOF: {ended:?}");
         let text = std::fs::read_to_string(&path).expect("read");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -824,6 +934,69 @@ mod tests {
             lines[0].ends_with("Z one") && lines[1].ends_with("Z two"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn stamper_rotates_by_rename_and_survives_a_removed_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        let path = logs.join("r.log");
+        // "<24-byte stamp> line NN\n" is 33 bytes: the file is full after two lines.
+        let mut stamper = Stamper::new(PumpTarget {
+            path: path.clone(),
+            max_bytes: Some(60),
+            keep: 2,
+        });
+        for i in 0..7 {
+            stamper.write(format!("line {i:02}\n").as_bytes());
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let ends = |p: &Path| -> Vec<String> {
+            read(p)
+                .lines()
+                .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_string())
+                .collect()
+        };
+        // 7 lines: [0 1] dropped, [2 3] in .2, [4 5] in .1, [6] live.
+        assert_eq!(ends(&rotated(&path, 2)), ["line 02", "line 03"]);
+        assert_eq!(ends(&rotated(&path, 1)), ["line 04", "line 05"]);
+        assert_eq!(ends(&path), ["line 06"]);
+        assert!(!rotated(&path, 3).exists());
+        // The directory removed under the pump: it is made again at the next write.
+        std::fs::remove_dir_all(&logs).expect("rm");
+        stamper.write(b"after\n");
+        assert_eq!(ends(&path), ["after"]);
+    }
+
+    #[test]
+    fn pump_arguments() {
+        let target = PumpTarget {
+            path: PathBuf::from("/l/a-0-out.log"),
+            max_bytes: Some(1024),
+            keep: 3,
+        };
+        let args: Vec<String> = target
+            .args()
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--out",
+                "/l/a-0-out.log",
+                "--max-bytes",
+                "1024",
+                "--keep",
+                "3"
+            ]
+        );
+        let never = PumpTarget {
+            max_bytes: None,
+            ..target
+        };
+        assert_eq!(never.args().len(), 4);
+        assert!(PUMP_NAME.to_bytes().len() <= 15);
     }
 
     #[test]

@@ -57,7 +57,34 @@ fn label(value: &str) -> Result<(String, String), String> {
     })
 }
 
+/// Internal: the agent runs one per output pipe of an instance with `log_timestamps` (see
+/// `pmcluster_agent::logs`). Stamps each line of its stdin (the pipe) into the file.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pmcluster-agent log-pump",
+    bin_name = "pmcluster-agent log-pump"
+)]
+struct PumpArgs {
+    /// The log file to append stamped lines to.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Rotate the file (by rename) once it holds this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_bytes: Option<u64>,
+    /// Rotated files to keep.
+    #[arg(long, default_value_t = 0)]
+    keep: u32,
+}
+
 fn main() -> ExitCode {
+    // A hidden subcommand, looked for before the agent's own flags so that it stays out of
+    // --help and needs none of them.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == pmcluster_agent::logs::PUMP_COMMAND)
+    {
+        return log_pump(PumpArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let args = Args::parse();
     init_tracing();
     let raw = RawConfig {
@@ -70,6 +97,8 @@ fn main() -> ExitCode {
         coordinator_grace: args.coordinator_grace,
         // A standalone agent reaps the orphans of its instances.
         subreaper: true,
+        // Pumps are this very binary (see `Config::log_pump`).
+        log_pump: Some(PathBuf::from("/proc/self/exe")),
     };
     let config = match raw.validate() {
         Ok(c) => c,
@@ -107,6 +136,31 @@ fn run(config: pmcluster_agent::Config) -> anyhow::Result<()> {
         agent.await?;
         Ok(())
     })
+}
+
+fn log_pump(args: PumpArgs) -> ExitCode {
+    // Its stderr is the agent's, which may be gone (a closed terminal, a dead pipe): a failed
+    // write of a message must be dropped, not reported with `eprintln!`, which would panic and
+    // end the pump, and with it the instance at its next line.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false)
+        .init();
+    let target = pmcluster_agent::logs::PumpTarget {
+        path: args.out,
+        max_bytes: args.max_bytes.filter(|m| *m > 0),
+        keep: args.keep,
+    };
+    match pmcluster_agent::logs::pump_process(target.clone()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("log pump for {}: {e}", target.path.display());
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn init_tracing() {

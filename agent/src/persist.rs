@@ -59,6 +59,21 @@ pub struct SavedProcess {
     /// The port it was started with (picked by the agent for `auto:` ranges).
     pub port: Option<u16>,
     pub started_at_ms: i64,
+    /// The log pumps reading its output pipes (instances with `log_timestamps`). Missing in the
+    /// files of agents that pumped in-process; older agents ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pumps: Vec<SavedPump>,
+}
+
+/// A log pump process (see [`crate::logs`]), so that the next agent knows whether an adopted
+/// instance's pipe is still read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedPump {
+    pub pid: u32,
+    pub start_ticks: u64,
+    /// The instance's file descriptor whose pipe it reads: 1 (stdout, also stderr with
+    /// `merge_logs`) or 2.
+    pub fd: u32,
 }
 
 impl Saved {
@@ -265,6 +280,11 @@ mod tests {
             start_ticks: 987_654,
             port: Some(3004),
             started_at_ms: 1_700_000_000_000,
+            pumps: vec![SavedPump {
+                pid: 4243,
+                start_ticks: 987_655,
+                fd: 1,
+            }],
         });
         s
     }
@@ -292,6 +312,17 @@ mod tests {
         assert!(bad.assignment().is_err());
         assert_eq!(unhex("0aff"), Some(vec![10, 255]));
         assert_eq!(unhex("abc"), None);
+    }
+
+    #[test]
+    fn files_without_pumps_still_read() {
+        let mut s = saved();
+        if let Some(p) = s.process.as_mut() {
+            p.pumps.clear();
+        }
+        let text = String::from_utf8(encode(&s)).unwrap_or_default();
+        assert!(!text.contains("pumps"), "{text}");
+        assert_eq!(decode(text.as_bytes()), Ok(s));
     }
 
     #[test]

@@ -230,7 +230,24 @@ fn deliver(waiting: &mut BTreeMap<u32, oneshot::Sender<Exit>>, status: WaitStatu
     }
 }
 
-/// Sets what a child needs before it runs the program: its CPU affinity and resource limits.
+/// Who a child runs as, resolved before the fork: the user and group databases (NSS) lock and
+/// allocate, so they cannot be read between fork and exec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The supplementary groups to set (`setgroups`); `None` leaves the agent's.
+    pub groups: Option<Vec<u32>>,
+}
+
+impl Credentials {
+    pub fn is_empty(&self) -> bool {
+        self.uid.is_none() && self.gid.is_none() && self.groups.is_none()
+    }
+}
+
+/// Sets what a child needs before it runs the program: its CPU affinity, resource limits and
+/// credentials, in that order.
 ///
 /// Why `pre_exec` and not `sched_setaffinity`/`prlimit` on the pid after the spawn: by then the
 /// program runs, and many read their limits once at startup (nginx sizes its connection table
@@ -238,18 +255,29 @@ fn deliver(waiting: &mut BTreeMap<u32, oneshot::Sender<Exit>>, status: WaitStatu
 /// set afterwards on the pid would miss). Doing it in the child between fork and exec is the
 /// only way to have them in force from the program's first instruction.
 ///
-/// Sound because the closure only makes two kinds of raw syscalls through nix
-/// (`sched_setaffinity`, `setrlimit`), which are async-signal-safe, on values built before the
-/// fork and captured by move: it does not allocate, lock or touch any other state of the parent.
+/// Why the credentials are switched here and not with `Command::uid`/`gid`: std switches them
+/// *before* it runs `pre_exec` closures, so a limit above the agent's hard limit (which only a
+/// privileged process may raise) would fail with EPERM for every instance that has a `user`.
+/// Here the limits are set while the child is still privileged, then `setgroups`, `setgid` and
+/// `setuid` drop the privileges (in that order: each needs the privilege the next one drops).
+///
+/// Sound because the closure only makes raw syscalls through nix (`sched_setaffinity`,
+/// `setrlimit`, `setgroups`, `setgid`, `setuid`), which are async-signal-safe, on values built
+/// before the fork and captured by move: it does not allocate, lock or touch any other state of
+/// the parent.
 #[allow(unsafe_code)]
 pub fn set_in_child(
     cmd: &mut Command,
     affinity: Option<nix::sched::CpuSet>,
     limits: Vec<(nix::sys::resource::Resource, u64)>,
+    credentials: Credentials,
 ) {
-    if affinity.is_none() && limits.is_empty() {
+    if affinity.is_none() && limits.is_empty() && credentials.is_empty() {
         return;
     }
+    let Credentials { uid, gid, groups } = credentials;
+    let groups: Option<Vec<nix::unistd::Gid>> =
+        groups.map(|g| g.into_iter().map(nix::unistd::Gid::from_raw).collect());
     // SAFETY: see the function doc: only async-signal-safe syscalls on pre-built values.
     unsafe {
         cmd.pre_exec(move || {
@@ -259,6 +287,15 @@ pub fn set_in_child(
             for (resource, value) in &limits {
                 nix::sys::resource::setrlimit(*resource, *value, *value)
                     .map_err(io::Error::from)?;
+            }
+            if let Some(groups) = &groups {
+                nix::unistd::setgroups(groups).map_err(io::Error::from)?;
+            }
+            if let Some(gid) = gid {
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(gid)).map_err(io::Error::from)?;
+            }
+            if let Some(uid) = uid {
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(io::Error::from)?;
             }
             Ok(())
         });

@@ -148,7 +148,7 @@ impl State {
             .map(|(id, e)| {
                 let target = e.target.borrow();
                 let spec = target.assignment.spec.as_ref().ok();
-                // Timestamped logs go through the agent, which rotates them as it writes.
+                // Timestamped logs go through a log pump, which rotates them as it writes.
                 let logs = spec
                     .filter(|s| !s.supervision.log_timestamps)
                     .and_then(|spec| {

@@ -36,7 +36,7 @@ use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Change, Health, Outcome, Tracker};
 use crate::logs::{self, PumpTarget, log_path, log_streams};
 use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
-use crate::persist::{self, Saved, SavedProcess};
+use crate::persist::{self, Saved, SavedProcess, SavedPump};
 use crate::process::{self, Exit, ExitWatch, ProcId, signal_group};
 use crate::restart::{self, Crashes, Decision, Named, Policy};
 use crate::state::{Entry, Inner};
@@ -223,7 +223,7 @@ pub(crate) fn adopt(
         env: instance_env(&spec, saved.index, process.port),
         cwd: spec.cwd.clone(),
     };
-    let running = Running::new(
+    let mut running = Running::new(
         id,
         ExitWatch::adopt(id),
         started,
@@ -232,6 +232,16 @@ pub(crate) fn adopt(
         process.port,
         &health_target,
     );
+    if spec.supervision.log_timestamps {
+        running.pumps = keep_pumping(
+            agent,
+            id.pid,
+            &saved.app,
+            saved.index,
+            &spec,
+            &process.pumps,
+        );
+    }
     let mut status = Status::new(
         if running.ready {
             InstanceState::Online
@@ -248,9 +258,6 @@ pub(crate) fn adopt(
     status.health = running.health_state();
     status.message = "adopted after an agent restart".to_string();
     tracing::info!(instance = %assignment.instance_id, app = %saved.app, index = saved.index, pid = id.pid, "adopted");
-    if spec.supervision.log_timestamps {
-        reattach_pipes(agent, id.pid, &saved.app, saved.index, &spec);
-    }
     let mut inner = agent.state.lock();
     // A Start action would restart it; the adopted process *is* the started one.
     spawn_supervisor(agent, &mut inner, assignment, status, 0, Some(running));
@@ -342,6 +349,8 @@ struct Running {
     port_probe: Interval,
     health: Option<HealthRun>,
     cron_at: Option<Instant>,
+    /// The log pump processes reading its output pipes (`log_timestamps`).
+    pumps: Vec<SavedPump>,
 }
 
 /// The health check of one process.
@@ -398,6 +407,7 @@ impl Running {
             port_probe,
             health,
             cron_at,
+            pumps: Vec::new(),
         }
     }
 
@@ -729,13 +739,15 @@ impl Supervisor {
                 Err(e) => return Err(StartError::Retry(format!("cwd {cwd:?}: {}", describe(&e)))),
             }
         }
-        let (uid, gid) = credentials(&spec).map_err(StartError::Fatal)?;
+        let run_as = run_as(&spec).map_err(StartError::Fatal)?;
         let affinity = affinity(&spec.supervision.cpu_affinity).map_err(StartError::Fatal)?;
         let limits = limits(&spec.supervision.limits).map_err(StartError::Fatal)?;
         let (stdout, stderr, pumps) = output(&self.agent.logs_dir, &a.app, a.index, &spec)?;
         let env = instance_env(&spec, a.index, port);
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
+            // The user's HOME, USER and LOGNAME first, so that the spec's env overrides them.
+            .envs(run_as.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             // The files themselves (see `logs::rotate_copy_truncate` for why), or pipes for
@@ -747,14 +759,9 @@ impl Supervisor {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
-        if let Some(uid) = uid {
-            cmd.uid(uid);
-        }
-        if let Some(gid) = gid {
-            cmd.gid(gid);
-        }
-        let special = uid.is_some() || gid.is_some() || affinity.is_some() || !limits.is_empty();
-        process::set_in_child(&mut cmd, affinity, limits);
+        // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them itself.
+        let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
+        process::set_in_child(&mut cmd, affinity, limits, run_as.credentials);
         let spawned = self.agent.reaper.spawn(&mut cmd).map_err(|e| {
             let message = format!("cannot run {program:?}: {}", describe(&e));
             // Not being allowed to switch user or raise a limit does not get better by retrying.
@@ -772,19 +779,18 @@ impl Supervisor {
         // The parent's copies of the pipes' write ends go with the command: a pipe must end
         // when the instance's processes are gone.
         drop(cmd);
-        for (reader, target) in pumps {
-            self.agent
-                .supervisors
-                .spawn(logs::pump(reader, target, self.agent.detach.clone()));
-        }
         let pid = spawned.pid;
+        let pumps: Vec<SavedPump> = pumps
+            .into_iter()
+            .filter_map(|p| spawn_pump(&self.agent, p.reader, p.target, p.fd))
+            .collect();
         let proc = ProcId::of(pid).unwrap_or(ProcId {
             pid,
             start_ticks: 0,
         });
         let restarted = self.started_once;
         self.started_once = true;
-        let running = Running::new(
+        let mut running = Running::new(
             proc,
             ExitWatch::Child(spawned.exit),
             Instant::now(),
@@ -798,6 +804,7 @@ impl Supervisor {
                 cwd: spec.cwd.clone(),
             },
         );
+        running.pumps = pumps;
         let state = if running.ready {
             InstanceState::Online
         } else {
@@ -972,6 +979,7 @@ impl Supervisor {
                 start_ticks: r.proc.start_ticks,
                 port: r.port,
                 started_at_ms: status.started_at_ms,
+                pumps: r.pumps.clone(),
             });
         }
         if let Err(e) = persist::write(&self.agent.instances_dir, &saved) {
@@ -1086,10 +1094,21 @@ fn stop_signal(s: StopSignal) -> Signal {
     }
 }
 
-/// The uid and gid to run as: names or numbers; a user without a group runs with its primary
-/// group.
-fn credentials(spec: &AppSpec) -> Result<(Option<u32>, Option<u32>), String> {
-    use nix::unistd::{Group, User};
+/// Who an instance runs as: its credentials and, with a `user`, what a login as that user would
+/// put in its environment.
+#[derive(Debug)]
+struct RunAs {
+    credentials: process::Credentials,
+    /// `HOME`, `USER` and `LOGNAME` of the user. Set before the instance's own environment, so
+    /// the spec's `env` overrides them.
+    env: Vec<(String, String)>,
+}
+
+/// The user and group to run as (names or numbers; a user without a group runs with its primary
+/// group) and, for a user, its supplementary groups. Reads the user and group databases, so it
+/// runs before the fork, never in the child.
+fn run_as(spec: &AppSpec) -> Result<RunAs, String> {
+    use nix::unistd::{Gid, Group, Uid, User};
     let s = &spec.supervision;
     let user = match &s.user {
         None => None,
@@ -1119,7 +1138,43 @@ fn credentials(spec: &AppSpec) -> Result<(Option<u32>, Option<u32>), String> {
             }
         }
     };
-    Ok((user.map(|u| u.uid.as_raw()), gid))
+    let Some(user) = user else {
+        // A group alone: the agent's user and supplementary groups, another primary group.
+        return Ok(RunAs {
+            credentials: process::Credentials {
+                uid: None,
+                gid,
+                groups: None,
+            },
+            env: Vec::new(),
+        });
+    };
+    // As initgroups(3) (and systemd's User=/Group=) do: every group the user is a member of, plus
+    // the group it runs with. Only a privileged agent can set them; an unprivileged one can only
+    // run instances as itself, with its own groups.
+    let groups = if Uid::effective().is_root() {
+        let name = std::ffi::CString::new(user.name.as_str())
+            .map_err(|_| format!("user {:?}: the name holds a NUL byte", user.name))?;
+        let primary = Gid::from_raw(gid.unwrap_or(user.gid.as_raw()));
+        let list = nix::unistd::getgrouplist(&name, primary)
+            .map_err(|e| format!("cannot look up the groups of user {:?}: {e}", user.name))?;
+        Some(list.into_iter().map(Gid::as_raw).collect())
+    } else {
+        None
+    };
+    let env = vec![
+        ("HOME".to_string(), user.dir.to_string_lossy().into_owned()),
+        ("USER".to_string(), user.name.clone()),
+        ("LOGNAME".to_string(), user.name.clone()),
+    ];
+    Ok(RunAs {
+        credentials: process::Credentials {
+            uid: Some(user.uid.as_raw()),
+            gid,
+            groups,
+        },
+        env,
+    })
 }
 
 fn affinity(cpus: &[u32]) -> Result<Option<nix::sched::CpuSet>, String> {
@@ -1159,9 +1214,17 @@ pub(crate) fn limits(by_name: &BTreeMap<String, u64>) -> Result<Vec<(Resource, u
         .collect()
 }
 
+/// The read end of one of an instance's output pipes, for its pump.
+struct PumpPipe {
+    reader: OwnedFd,
+    target: PumpTarget,
+    /// The instance's file descriptor it is on (1, or 2).
+    fd: u32,
+}
+
 /// An instance's stdout and stderr: its log files, or with `log_timestamps` pipes whose read
 /// ends go to pumps.
-type Output = (Stdio, Stdio, Vec<(OwnedFd, PumpTarget)>);
+type Output = (Stdio, Stdio, Vec<PumpPipe>);
 
 fn output(logs_dir: &Path, app: &str, index: u32, spec: &AppSpec) -> Result<Output, StartError> {
     let s = &spec.supervision;
@@ -1187,10 +1250,16 @@ fn output(logs_dir: &Path, app: &str, index: u32, spec: &AppSpec) -> Result<Outp
         |e: io::Error| StartError::Retry(format!("cannot make a pipe: {}", describe(&e)));
     let mut pumps = Vec::new();
     let mut ends = Vec::new();
-    for &stream in log_streams(spec.merge_logs) {
+    for (&stream, fd) in log_streams(spec.merge_logs).iter().zip([1, 2]) {
         let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
             .map_err(|e| pipe_error(e.into()))?;
-        pumps.push((reader, pump_target(logs_dir, app, index, stream, spec)));
+        // Best effort: the default (64 KiB) works, only with less room for bursts.
+        let _ = rustix::pipe::fcntl_setpipe_size(&reader, logs::PIPE_BUFFER);
+        pumps.push(PumpPipe {
+            reader,
+            target: pump_target(logs_dir, app, index, stream, spec),
+            fd,
+        });
         ends.push(writer);
     }
     let (stdout, stderr) = match (ends.pop(), ends.pop()) {
@@ -1209,34 +1278,122 @@ fn pump_target(
     stream: pb::LogStream,
     spec: &AppSpec,
 ) -> PumpTarget {
+    let path = log_path(logs_dir, app, index, stream);
     PumpTarget {
-        path: log_path(logs_dir, app, index, stream),
+        // The pump runs in `/`, so that it holds no directory busy.
+        path: std::path::absolute(&path).unwrap_or(path),
         max_bytes: spec.supervision.log_max_bytes.filter(|m| *m > 0),
         keep: spec.supervision.log_keep,
     }
 }
 
-/// Pumps again the output pipes of an adopted instance with timestamps: they outlived the
-/// agent that read them, and `/proc/PID/fd/N` opens a new read end of the same pipe.
-fn reattach_pipes(agent: &Agent, pid: u32, app: &str, index: u32, spec: &AppSpec) {
+/// Starts the pump of one output pipe (see [`crate::logs`] for why it is a process): the
+/// agent's `log-pump` helper in a process group of its own, with the pipe as its stdin; returns
+/// it for the instance's record. Without a helper program, or when it cannot be started, a
+/// thread of the agent pumps instead (which the agent's exit ends).
+fn spawn_pump(agent: &Agent, reader: OwnedFd, target: PumpTarget, fd: u32) -> Option<SavedPump> {
+    if let Some(program) = &agent.log_pump {
+        match reader.try_clone() {
+            Ok(spare) => {
+                let mut cmd = std::process::Command::new(program);
+                cmd.arg0("pmcluster-agent")
+                    .arg(logs::PUMP_COMMAND)
+                    .args(target.args())
+                    .stdin(Stdio::from(spare))
+                    .stdout(Stdio::null())
+                    // Its rare messages go where the agent's go.
+                    .stderr(Stdio::inherit())
+                    .current_dir("/")
+                    .process_group(0);
+                match agent.reaper.spawn(&mut cmd) {
+                    Ok(spawned) => {
+                        // The reaper reaps it; nobody waits for its exit: it ends with its pipe.
+                        let id = ProcId::of(spawned.pid).unwrap_or(ProcId {
+                            pid: spawned.pid,
+                            start_ticks: 0,
+                        });
+                        return Some(SavedPump {
+                            pid: id.pid,
+                            start_ticks: id.start_ticks,
+                            fd,
+                        });
+                    }
+                    Err(e) => tracing::warn!(
+                        "cannot start the log pump {}: {}; pumping {} in the agent, which \
+                         its exit ends",
+                        program.display(),
+                        describe(&e),
+                        target.path.display()
+                    ),
+                }
+            }
+            Err(e) => tracing::warn!("cannot pass a pipe to a log pump: {}", describe(&e)),
+        }
+    }
+    let path = target.path.clone();
+    let thread = std::thread::Builder::new()
+        .name("log-pump".to_string())
+        .spawn(move || {
+            if let Err(e) = logs::pump(std::fs::File::from(reader), target) {
+                tracing::warn!("pumping into {}: {e}", path.display());
+            }
+        });
+    if let Err(e) = thread {
+        tracing::error!("cannot start a log pump thread: {e}; the instance's output is lost");
+    }
+    None
+}
+
+/// The pumps of an adopted instance with timestamps: those recorded that still run, and new
+/// ones for the pipes nobody reads any more (a pump died while no agent ran, or the instance was
+/// started by an agent that pumped in-process). A new pump opens the pipe through
+/// `/proc/PID/fd/N`, which gives a new read end of the same pipe.
+fn keep_pumping(
+    agent: &Agent,
+    pid: u32,
+    app: &str,
+    index: u32,
+    spec: &AppSpec,
+    recorded: &[SavedPump],
+) -> Vec<SavedPump> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    for (fd, &stream) in [1, 2].iter().zip(log_streams(spec.merge_logs)) {
+    let mut pumps = Vec::new();
+    for (&stream, fd) in log_streams(spec.merge_logs).iter().zip([1u32, 2]) {
+        let running = recorded.iter().find(|p| {
+            p.fd == fd
+                && ProcId {
+                    pid: p.pid,
+                    start_ticks: p.start_ticks,
+                }
+                .alive()
+        });
+        if let Some(p) = running {
+            pumps.push(p.clone());
+            continue;
+        }
         let path = format!("/proc/{pid}/fd/{fd}");
+        // Non-blocking: opening a pipe for reading waits for a writer, and the instance may be
+        // just exiting. The pump reads it blocking again.
         let opened = OpenOptions::new()
             .read(true)
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(&path);
         match opened {
             Ok(f) if f.metadata().is_ok_and(|m| m.file_type().is_fifo()) => {
+                let fd_owned = OwnedFd::from(f);
+                if let Err(e) = rustix::fs::fcntl_setfl(&fd_owned, rustix::fs::OFlags::empty()) {
+                    tracing::warn!(pid, "cannot make {path} blocking: {e}");
+                    continue;
+                }
+                tracing::info!(pid, "its log pump for fd {fd} is gone; starting another");
                 let target = pump_target(&agent.logs_dir, app, index, stream, spec);
-                agent
-                    .supervisors
-                    .spawn(logs::pump(OwnedFd::from(f), target, agent.detach.clone()));
+                pumps.extend(spawn_pump(agent, fd_owned, target, fd));
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(pid, "cannot reopen {path} for its logs: {e}"),
         }
     }
+    pumps
 }
 
 fn open_log(

@@ -292,3 +292,303 @@ async fn agent_restarts_adopt_running_instances() {
     assert_eq!(pid_in(&r, "a"), pid_a2);
     agent.kill().await.ok();
 }
+
+/// The pipe on file descriptor `fd` of `pid` (`pipe:[1234]`), if that is a pipe.
+fn pipe_of(pid: u32, fd: u32) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let link = link.to_string_lossy().into_owned();
+    link.starts_with("pipe:").then_some(link)
+}
+
+/// Process group of `pid` (0 when it is gone).
+fn pgrp_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    rest.split_whitespace()
+        .nth(2)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Live processes outside process group `pgid` that hold `pipe` open: the readers of an
+/// instance's output pipe (its own processes, the writers, are in its group).
+fn pipe_holders(pipe: &str, pgid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pgrp_of(pid) == pgid || !group_alive_pid(pid) {
+            continue;
+        }
+        let holds = std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_string_lossy() == pipe));
+        if holds {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Whether `pid` runs (not a zombie).
+fn group_alive_pid(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    rest.split_whitespace()
+        .next()
+        .is_some_and(|s| s != "Z" && s != "X")
+}
+
+/// Numbers of the lines `<RFC 3339 stamp> <word> <n>` of `text`; panics on a line without a
+/// stamp. A last line without its newline is left out (it may still be being written).
+fn stamped_numbers(text: &str, word: &str) -> Vec<u64> {
+    let complete = text.rfind('\n').map_or("", |i| &text[..i]);
+    complete
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (stamp, rest) = l.split_once(' ').unwrap_or(("", l));
+            let b = stamp.as_bytes();
+            let stamped = stamp.len() == 24 && b[10] == b'T' && b[23] == b'Z';
+            let n = rest
+                .strip_prefix(word)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok());
+            match (stamped, n) {
+                (true, Some(n)) => n,
+                _ => panic!("not a stamped {word} line: {l:?}"),
+            }
+        })
+        .collect()
+}
+
+/// Everything a log file holds with its rotated copies, oldest first.
+fn read_rotated(path: &Path, keep: u32) -> String {
+    let mut text = String::new();
+    for n in (1..=keep).rev() {
+        let mut name = path.as_os_str().to_os_string();
+        name.push(format!(".{n}"));
+        text.push_str(&std::fs::read_to_string(name).unwrap_or_default());
+    }
+    text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+    text
+}
+
+/// Identity of a file (inode), 0 when missing.
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |m| m.ino())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_agent_leaves_timestamped_instances_logging() {
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let mut coord = FakeCoordinator::start().await;
+    let data = dir.path().join("data");
+    let data_arg = data.to_string_lossy().into_owned();
+    let url = coord.url.clone();
+    let args = [
+        "--coordinator",
+        &url,
+        "--node-name",
+        "stamps",
+        "--data-dir",
+        &data_arg,
+        "--coordinator-grace",
+        "60s",
+    ];
+    let mut agent = spawn_agent(dir.path(), &args);
+    let (mut s, _) = coord.accept().await;
+    s.registered(100).await;
+    // A line on stdout every ~50 ms; on stderr the same with padding, so that its file (16 KiB
+    // at most) rotates about once a second.
+    let pad = "x".repeat(900);
+    let mut spec = sh_spec(
+        "ticking",
+        &format!(
+            "i=0; while :; do i=$((i+1)); echo tick $i; echo pad $i {pad} >&2; sleep 0.05; done"
+        ),
+    );
+    spec.log_timestamps = true;
+    spec.log_max_bytes = Some(16 * 1024);
+    spec.log_keep = Some(3);
+    let mut a = assignment("t", 0, &spec);
+    s.desired(1, vec![a.clone()]).await;
+    let r = s
+        .report_where("t online", |r| is_state(r, "t", pb::InstanceState::Online))
+        .await;
+    let pid = pid_in(&r, "t");
+    assert_ne!(pid, 0);
+    reaper.add(pid);
+    let agent_pid = agent.id().unwrap_or(0);
+    let logs = data.join("logs");
+    let out = logs.join("ticking-0-out.log");
+    let err = logs.join("ticking-0-err.log");
+    let ticks = || stamped_numbers(&read_rotated(&out, 3), "tick");
+    wait_until("first ticks", || ticks().len() >= 3).await;
+
+    // Who reads the instance's pipes: one pump each, not the agent.
+    let pipes: Vec<String> = [1, 2].iter().filter_map(|fd| pipe_of(pid, *fd)).collect();
+    assert_eq!(pipes.len(), 2, "stdout and stderr are pipes");
+    let pumps: Vec<Vec<u32>> = pipes.iter().map(|p| pipe_holders(p, pid)).collect();
+    for (pipe, readers) in pipes.iter().zip(&pumps) {
+        for r in readers {
+            reaper.add(*r);
+        }
+        assert_eq!(readers.len(), 1, "{pipe}: readers {readers:?}");
+        assert_ne!(readers[0], agent_pid, "{pipe} is read by the agent itself");
+    }
+
+    // kill -9 of the agent: the instance lives on and its lines keep coming, stamped, into the
+    // same files, which keep rotating.
+    must(agent.kill().await, "kill -9 the agent");
+    let _ = agent.wait().await;
+    let at_kill = ticks().last().copied().unwrap_or(0);
+    let err_rotated = inode(&logs.join("ticking-0-err.log.1"));
+    wait_until("ticks after the agent died", || {
+        ticks().last().is_some_and(|n| *n >= at_kill + 20)
+    })
+    .await;
+    wait_until("stderr rotated without the agent", || {
+        inode(&logs.join("ticking-0-err.log.1")) != err_rotated
+    })
+    .await;
+    assert!(group_alive_pid(pid), "the instance died with the agent");
+    let seen = ticks();
+    let first = seen.iter().position(|n| *n == at_kill).unwrap_or(0);
+    assert_eq!(
+        seen[first..].to_vec(),
+        (at_kill..at_kill + (seen.len() - first) as u64).collect::<Vec<_>>(),
+        "a line went missing"
+    );
+    assert!(stamped_numbers(&read_rotated(&err, 3), "pad").len() > 1);
+
+    // The next agent adopts it (same pid), does not start a second reader, and the lines go on.
+    let mut agent = spawn_agent(dir.path(), &args);
+    let (mut s, register) = coord.accept().await;
+    let adopted: Vec<(String, u32)> = register
+        .instances
+        .iter()
+        .map(|i| (i.instance_id.clone(), i.pid))
+        .collect();
+    assert_eq!(adopted, [("t".to_string(), pid)], "{register:?}");
+    s.registered(100).await;
+    s.desired(2, vec![a.clone()]).await;
+    let r = s
+        .report_where("t online after the restart", |r| {
+            r.generation == 2 && is_state(r, "t", pb::InstanceState::Online)
+        })
+        .await;
+    assert_eq!(pid_in(&r, "t"), pid, "adopted, not restarted");
+    let now = ticks().last().copied().unwrap_or(0);
+    wait_until("ticks after the adoption", || {
+        ticks().last().is_some_and(|n| *n >= now + 5)
+    })
+    .await;
+    let again: Vec<Vec<u32>> = pipes.iter().map(|p| pipe_holders(p, pid)).collect();
+    assert_eq!(again, pumps, "the same pumps read the pipes");
+
+    // Stopping the instance ends its pumps: their pipes end with it.
+    a.run = false;
+    s.desired(3, vec![a]).await;
+    s.report_where("t stopped", |r| {
+        is_state(r, "t", pb::InstanceState::Stopped)
+    })
+    .await;
+    wait_until("pumps gone", || {
+        pumps.iter().flatten().all(|p| !group_alive_pid(*p))
+    })
+    .await;
+    agent.kill().await.ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_instance_whose_pumps_died_gets_new_ones() {
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let mut coord = FakeCoordinator::start().await;
+    let data = dir.path().join("data");
+    let data_arg = data.to_string_lossy().into_owned();
+    let url = coord.url.clone();
+    let args = [
+        "--coordinator",
+        &url,
+        "--node-name",
+        "repump",
+        "--data-dir",
+        &data_arg,
+        "--coordinator-grace",
+        "60s",
+    ];
+    let mut agent = spawn_agent(dir.path(), &args);
+    let (mut s, _) = coord.accept().await;
+    s.registered(100).await;
+    // It ignores SIGPIPE, so it lives through the time its pipe has no reader (its lines are
+    // lost then); merged, so one pipe carries both streams.
+    let mut spec = sh_spec(
+        "repumped",
+        "trap '' PIPE; i=0; while :; do i=$((i+1)); echo tick $i; echo tick $i >&2; sleep 0.05; done",
+    );
+    spec.log_timestamps = true;
+    spec.merge_logs = true;
+    let a = assignment("p", 0, &spec);
+    s.desired(1, vec![a.clone()]).await;
+    let r = s
+        .report_where("p online", |r| is_state(r, "p", pb::InstanceState::Online))
+        .await;
+    let pid = pid_in(&r, "p");
+    assert_ne!(pid, 0);
+    reaper.add(pid);
+    let out = data.join("logs").join("repumped-0-out.log");
+    let ticks = || stamped_numbers(&std::fs::read_to_string(&out).unwrap_or_default(), "tick");
+    wait_until("first ticks", || ticks().len() >= 4).await;
+    let pipe = pipe_of(pid, 1).unwrap_or_default();
+    assert_eq!(pipe_of(pid, 2).as_ref(), Some(&pipe), "one pipe for both");
+    let old = pipe_holders(&pipe, pid);
+    assert_eq!(old.len(), 1, "{old:?}");
+    reaper.add(old[0]);
+
+    // No agent, and its pump is killed too: nobody reads the pipe.
+    must(agent.kill().await, "kill -9 the agent");
+    let _ = agent.wait().await;
+    must(
+        kill(Pid::from_raw(old[0] as i32), Signal::SIGKILL),
+        "kill -9 the pump",
+    );
+    wait_until("the pump gone", || pipe_holders(&pipe, pid).is_empty()).await;
+    let before = ticks().last().copied().unwrap_or(0);
+
+    // The next agent adopts the instance and starts a new pump on its pipe.
+    let mut agent = spawn_agent(dir.path(), &args);
+    let (mut s, register) = coord.accept().await;
+    let adopted: Vec<u32> = register.instances.iter().map(|i| i.pid).collect();
+    assert_eq!(adopted, [pid], "{register:?}");
+    s.registered(100).await;
+    s.desired(2, vec![a]).await;
+    wait_until("a new pump", || pipe_holders(&pipe, pid).len() == 1).await;
+    let new = pipe_holders(&pipe, pid);
+    reaper.add(new[0]);
+    assert_ne!(new, old);
+    assert_ne!(new[0], agent.id().unwrap_or(0), "a pump, not the agent");
+    wait_until("ticks again", || {
+        ticks().last().is_some_and(|n| *n >= before + 5)
+    })
+    .await;
+    assert!(group_alive_pid(pid));
+    let r = s
+        .report_where("p online", |r| {
+            r.generation == 2 && is_state(r, "p", pb::InstanceState::Online)
+        })
+        .await;
+    assert_eq!(pid_in(&r, "p"), pid);
+    agent.kill().await.ok();
+}

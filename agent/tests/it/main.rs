@@ -122,6 +122,8 @@ impl InProcessAgent {
     pub fn start(url: &str, data_dir: &Path, node: &str) -> InProcessAgent {
         let mut config = Config::embedded(url, node, data_dir.to_path_buf());
         config.labels = [("zone".to_string(), "a".to_string())].into();
+        // Timestamped output goes through pump processes, as with the agent binary.
+        config.log_pump = Some(env!("CARGO_BIN_EXE_pmcluster-agent").into());
         let cancel = CancellationToken::new();
         let task = tokio::spawn(pmcluster_agent::run(config, cancel.clone()));
         InProcessAgent { cancel, task }

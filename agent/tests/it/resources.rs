@@ -109,3 +109,126 @@ async fn crash_loop_gives_up_and_a_restart_epoch_revives_it() {
     .await;
     must(agent.stop().await, "agent result");
 }
+
+/// A field of `/proc/PID/status` (`Uid`, `Groups`), as numbers.
+fn status_numbers(pid: u32, field: &str) -> Vec<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+/// Whether this process may raise hard limits (CAP_SYS_RESOURCE, bit 24 of CapEff).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// Soft and hard "Max open files" of `/proc/PID/limits`.
+fn nofile_of(pid: u32) -> Option<(String, String)> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let f: Vec<&str> = line.split_whitespace().collect();
+    Some((f.get(3)?.to_string(), f.get(4)?.to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_instance_gets_limits_above_the_agents_and_its_groups_and_home() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: running an instance as another user needs root");
+        return;
+    }
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("skipped: no user nobody on this host");
+        return;
+    };
+    // Above the agent's own hard limit (the instance inherits the agent's limits), within what
+    // the kernel allows at all. Raising a hard limit takes CAP_SYS_RESOURCE, which some
+    // containers drop even for root: then no order of the calls could raise it, and the test
+    // checks a value below the hard limit (the groups and environment still count).
+    let (_, hard) = must(getrlimit(Resource::RLIMIT_NOFILE), "getrlimit");
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let want = if !has_cap_sys_resource() {
+        eprintln!(
+            "no CAP_SYS_RESOURCE here: not even root can raise the hard nofile limit \
+             ({hard}); checking {} as user nobody instead",
+            hard - 1
+        );
+        hard - 1
+    } else if hard == RLIM_INFINITY || hard >= nr_open {
+        eprintln!(
+            "the agent's hard nofile limit ({hard}) is already the kernel's maximum; \
+             checking {nr_open} as user nobody without raising it"
+        );
+        nr_open
+    } else {
+        (hard + 4096).min(nr_open)
+    };
+    let groups = {
+        let name = must(std::ffi::CString::new(nobody.name.clone()), "user name");
+        let mut g: Vec<u64> = must(nix::unistd::getgrouplist(&name, nobody.gid), "groups")
+            .iter()
+            .map(|g| u64::from(g.as_raw()))
+            .collect();
+        g.sort_unstable();
+        g.dedup();
+        g
+    };
+
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let mut coord = FakeCoordinator::start().await;
+    let agent = InProcessAgent::start(&coord.url, dir.path(), "n11");
+    let (mut s, _) = coord.accept().await;
+    s.registered(100).await;
+    let mut spec = sh_spec("raised", "exec sleep 30");
+    spec.user = "nobody".into();
+    spec.limits = [("nofile".to_string(), want)].into();
+    // The spec's own value wins over the user's.
+    spec.env = [("LOGNAME".to_string(), "from-spec".to_string())].into();
+    s.desired(1, vec![assignment("r", 0, &spec)]).await;
+    let r = s
+        .report_where("r online", |r| is_state(r, "r", pb::InstanceState::Online))
+        .await;
+    let pid = instance(&r, "r").map_or(0, |i| i.pid);
+    reaper.add(pid);
+    assert_ne!(pid, 0);
+    let want_text = want.to_string();
+    assert_eq!(
+        nofile_of(pid),
+        Some((want_text.clone(), want_text)),
+        "/proc/{pid}/limits"
+    );
+    let uid = u64::from(nobody.uid.as_raw());
+    let gid = u64::from(nobody.gid.as_raw());
+    assert_eq!(status_numbers(pid, "Uid"), [uid; 4]);
+    assert_eq!(status_numbers(pid, "Gid"), [gid; 4]);
+    let mut got = status_numbers(pid, "Groups");
+    got.sort_unstable();
+    assert_eq!(got, groups, "supplementary groups");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let environ: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    for want in [
+        format!("HOME={}", nobody.dir.display()),
+        "USER=nobody".to_string(),
+        "LOGNAME=from-spec".to_string(),
+    ] {
+        assert!(environ.contains(&want), "{want} not in {environ:?}");
+    }
+    must(agent.stop().await, "agent result");
+}
