@@ -519,7 +519,17 @@ impl Supervisor {
                         let delay = restart::retry_delay(self.start_failures, restart_delay, cap);
                         self.start_failures = self.start_failures.saturating_add(1);
                         tracing::warn!(instance = %self.id, "cannot start: {message}; retrying in {delay:?}");
-                        self.set_state(InstanceState::Errored, &message);
+                        // A first miss is usually a handoff (the predecessor still releasing its
+                        // port): still launching. Repeated misses are an error a user must see.
+                        let state = if self.start_failures <= 2 {
+                            InstanceState::Launching
+                        } else {
+                            InstanceState::Errored
+                        };
+                        self.set_state(
+                            state,
+                            &format!("{message}; retrying in {}", restart::human(delay)),
+                        );
                         next_start = Some(Instant::now() + delay);
                     }
                 }
