@@ -95,6 +95,16 @@ async fn fake_agent(
     Ok(())
 }
 
+/// Kills the coordinator whatever way the bench ends.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 async fn run() -> BenchResult<()> {
     let bin = env!("CARGO_BIN_EXE_pmcluster-coordinator");
     let dir = tempfile::tempdir()?;
@@ -108,6 +118,7 @@ async fn run() -> BenchResult<()> {
         .spawn()?;
     let pid = child.id();
     let stdout = child.stdout.take().ok_or("no stdout")?;
+    let child = Reap(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let addr = line
@@ -136,8 +147,16 @@ async fn run() -> BenchResult<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while registered.load(Ordering::Relaxed) < AGENTS {
         if Instant::now() > deadline {
+            let mut why = Vec::new();
+            while let Some(done) = agents.try_join_next() {
+                why.push(match done {
+                    Ok(Ok(())) => "a fake agent's session ended".to_string(),
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                });
+            }
             return Err(format!(
-                "only {} agents registered",
+                "only {} agents registered: {why:?}",
                 registered.load(Ordering::Relaxed)
             )
             .into());
@@ -202,8 +221,7 @@ async fn run() -> BenchResult<()> {
         rss_kib(pid, "VmRSS") as f64 / 1024.0
     );
     agents.abort_all();
-    child.kill()?;
-    child.wait()?;
+    drop(child);
     Ok(())
 }
 
