@@ -1,7 +1,9 @@
 //! Autoscaling decisions: (policy, metric history, current count, now) -> new count and reason.
 //!
-//! Two modes. *Threshold* (the seeds' policy, made stable): +1 when the load ratio stayed above
-//! 1 for the up window, -1 when it stayed below `scale_down_fraction` for the down window.
+//! Two modes. *Threshold* (the seeds' policy, made stable and quicker): up when the load ratio
+//! stayed above 1 for the up window, by as many instances as bring it back to 1 at the lowest
+//! ratio of the window (at least +1; the seeds' +1 alone needs one cooldown per instance to catch a
+//! step in load), -1 when it stayed below `scale_down_fraction` for the down window.
 //! *Target* (Kubernetes' HPA rule): desired = ceil(online x ratio), ignored inside the tolerance
 //! band; scale-ups take the lowest recommendation of the up window, scale-downs the highest of
 //! the down window, so one spike or dip does not move the count.
@@ -165,7 +167,9 @@ pub fn decide(input: Input<'_>) -> Decision {
                 && rs.iter().all(|r| *r > 1.0)
                 && input.current < p.max
             {
-                let to = input.current + 1;
+                let lowest = rs.iter().copied().fold(f64::INFINITY, f64::min);
+                let enough = (f64::from(latest.online.max(1)) * lowest).ceil() as u32;
+                let to = clamp(enough.max(input.current + 1));
                 return Decision::Scale {
                     to,
                     reason: format!(
@@ -325,6 +329,17 @@ mod tests {
         // Not enough history to cover the window.
         check(&p, 4, &[(10, 90.0), (0, 90.0)], None, "hold");
         check(&p, 10, &flat(40, 99.0), None, "hold");
+        // Far above: enough instances at once to bring the average back to the threshold, by the
+        // lowest load of the window, within max.
+        check(
+            &p,
+            4,
+            &flat(40, 140.0),
+            None,
+            "-> 8: cpu avg 140% > 70% for 30s: 4 -> 8",
+        );
+        check(&p, 4, &[(30, 105.0), (20, 140.0), (0, 140.0)], None, "-> 6");
+        check(&p, 4, &flat(40, 400.0), None, "-> 10");
         check(
             &p,
             4,
@@ -352,7 +367,7 @@ mod tests {
             Some(20),
             "cooling down for 40s more",
         );
-        check(&p, 4, &flat(40, 90.0), Some(61), "-> 5");
+        check(&p, 4, &flat(40, 90.0), Some(61), "-> 6");
         // Bounds are enforced even without metrics.
         check(&p, 1, &[], None, "-> 2: outside the bounds 2..10");
         check(&p, 12, &[], Some(1), "-> 10");
