@@ -115,6 +115,9 @@ pub struct Target {
     pub port: Option<u16>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
+    /// The instance's user and group: an exec probe runs as the instance does, not as the agent.
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
 }
 
 /// A probe in flight, polled by the supervisor.
@@ -240,6 +243,12 @@ async fn exec(command: String, target: Target, reaper: Arc<Reaper>) -> Outcome {
     if let Some(cwd) = &target.cwd {
         cmd.current_dir(cwd);
     }
+    if let Some(gid) = target.gid {
+        cmd.gid(gid);
+    }
+    if let Some(uid) = target.uid {
+        cmd.uid(uid);
+    }
     let spawned = match reaper.spawn(&mut cmd) {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(format!("cannot run /bin/sh: {}", describe(&e))),
@@ -351,6 +360,8 @@ mod tests {
             port: None,
             env: vec![("WANT".into(), "7".into())],
             cwd: None,
+            uid: None,
+            gid: None,
         };
         let check = |command: &str, timeout_ms: u64| HealthCheck {
             probe: Probe::Exec {

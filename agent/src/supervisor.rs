@@ -217,11 +217,20 @@ pub(crate) fn adopt(
     let started = Instant::now()
         .checked_sub(uptime)
         .unwrap_or_else(Instant::now);
+    let (probe_env, uid, gid) = match run_as(&spec) {
+        Ok(r) => (r.env, r.credentials.uid, r.credentials.gid),
+        Err(_) => (Vec::new(), None, None),
+    };
     let health_target = health::Target {
         index: saved.index,
         port: process.port,
-        env: instance_env(&spec, saved.index, process.port),
+        env: probe_env
+            .into_iter()
+            .chain(instance_env(&spec, saved.index, process.port))
+            .collect(),
         cwd: spec.cwd.clone(),
+        uid,
+        gid,
     };
     let mut running = Running::new(
         id,
@@ -769,6 +778,13 @@ impl Supervisor {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
+        let probe_env: Vec<(String, String)> = run_as
+            .env
+            .iter()
+            .cloned()
+            .chain(env.iter().cloned())
+            .collect();
+        let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
         // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them itself.
         let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
         process::set_in_child(&mut cmd, affinity, limits, run_as.credentials);
@@ -810,8 +826,10 @@ impl Supervisor {
             &health::Target {
                 index: a.index,
                 port,
-                env,
+                env: probe_env,
                 cwd: spec.cwd.clone(),
+                uid: probe_uid,
+                gid: probe_gid,
             },
         );
         running.pumps = pumps;

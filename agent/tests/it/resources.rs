@@ -232,3 +232,45 @@ async fn a_user_instance_gets_limits_above_the_agents_and_its_groups_and_home() 
     }
     must(agent.stop().await, "agent result");
 }
+
+/// An exec health check runs as the instance's user, with its HOME and USER, not as the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_health_checks_run_as_the_instances_user() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
+        eprintln!("skipped: no user nobody on this host");
+        return;
+    };
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let mut coord = FakeCoordinator::start().await;
+    let agent = InProcessAgent::start(&coord.url, dir.path(), "n9");
+    let (mut s, _) = coord.accept().await;
+    s.registered(100).await;
+    let mut spec = sh_spec("probed", "exec sleep 30");
+    spec.user = "nobody".into();
+    spec.health_check = Some(pb::HealthCheck {
+        check_type: "exec".into(),
+        command: format!(
+            "[ \"$(id -u)\" = {} ] && [ \"$USER\" = nobody ]",
+            nobody.uid.as_raw()
+        ),
+        interval_ms: 200,
+        timeout_ms: 2000,
+        retries: 1,
+        ..Default::default()
+    });
+    s.desired(1, vec![assignment("q", 0, &spec)]).await;
+    // Online only once the check passes, which it does only as nobody.
+    let r = s
+        .report_where("q online and healthy", |r| {
+            is_state(r, "q", pb::InstanceState::Online)
+                && instance(r, "q").is_some_and(|i| i.health == pb::HealthState::Healthy as i32)
+        })
+        .await;
+    reaper.add(instance(&r, "q").map_or(0, |i| i.pid));
+    must(agent.stop().await, "agent result");
+}
