@@ -262,7 +262,7 @@ impl Credentials {
 /// `setuid` drop the privileges (in that order: each needs the privilege the next one drops).
 ///
 /// Sound because the closure only makes raw syscalls through nix (`sched_setaffinity`,
-/// `setrlimit`, `setgroups`, `setgid`, `setuid`), which are async-signal-safe, on values built
+/// `setrlimit`, `setgroups`, `setgid`, `setuid`, `chdir`), which are async-signal-safe, on values built
 /// before the fork and captured by move: it does not allocate, lock or touch any other state of
 /// the parent.
 #[allow(unsafe_code)]
@@ -271,8 +271,9 @@ pub fn set_in_child(
     affinity: Option<nix::sched::CpuSet>,
     limits: Vec<(nix::sys::resource::Resource, u64)>,
     credentials: Credentials,
+    cwd_as_user: Option<std::ffi::CString>,
 ) {
-    if affinity.is_none() && limits.is_empty() && credentials.is_empty() {
+    if affinity.is_none() && limits.is_empty() && credentials.is_empty() && cwd_as_user.is_none() {
         return;
     }
     let Credentials { uid, gid, groups } = credentials;
@@ -296,6 +297,11 @@ pub fn set_in_child(
             }
             if let Some(uid) = uid {
                 nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(io::Error::from)?;
+            }
+            // After the switch, so the directory is entered with the instance's rights (std's
+            // own chdir runs before this hook, as the agent).
+            if let Some(dir) = &cwd_as_user {
+                nix::unistd::chdir(dir.as_c_str()).map_err(io::Error::from)?;
             }
             Ok(())
         });

@@ -775,8 +775,18 @@ impl Supervisor {
             .stderr(stderr)
             // Its own process group, so a stop reaches everything it started.
             .process_group(0);
+        // With another user, the directory is entered after the switch (in the child): the
+        // instance must be able to enter it itself.
+        let switches_user = run_as.credentials.uid.is_some() || run_as.credentials.gid.is_some();
+        let mut cwd_as_user = None;
         if let Some(cwd) = &spec.cwd {
-            cmd.current_dir(cwd);
+            if switches_user {
+                let c = std::ffi::CString::new(cwd.as_str())
+                    .map_err(|_| StartError::Fatal(format!("cwd {cwd:?} contains a NUL byte")))?;
+                cwd_as_user = Some(c);
+            } else {
+                cmd.current_dir(cwd);
+            }
         }
         let probe_env: Vec<(String, String)> = run_as
             .env
@@ -787,8 +797,20 @@ impl Supervisor {
         let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
         // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them itself.
         let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
-        process::set_in_child(&mut cmd, affinity, limits, run_as.credentials);
+        process::set_in_child(&mut cmd, affinity, limits, run_as.credentials, cwd_as_user);
+        let entering_cwd = switches_user && spec.cwd.is_some();
         let spawned = self.agent.reaper.spawn(&mut cmd).map_err(|e| {
+            let cwd_refused = matches!(e.raw_os_error(), Some(code)
+                if code == nix::errno::Errno::EACCES as i32);
+            if entering_cwd && cwd_refused {
+                // The program itself is checked by exec as the same user; a refused directory is
+                // the likelier cause, and the one a user can act on.
+                return StartError::Retry(format!(
+                    "cannot run {program:?} in cwd {:?} as its user: {}",
+                    spec.cwd.as_deref().unwrap_or_default(),
+                    describe(&e)
+                ));
+            }
             let message = format!("cannot run {program:?}: {}", describe(&e));
             // Not being allowed to switch user or raise a limit does not get better by retrying.
             let denied = matches!(e.raw_os_error(), Some(code)

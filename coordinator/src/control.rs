@@ -449,12 +449,23 @@ impl Control {
                 by_index.insert(inst.index, inst.clone());
             }
         }
+        // With a shutdown_delay the app asked for graceful stops: a move is a handoff (the new
+        // copy replaces the old one once online, and the old one then drains), as in a node
+        // drain. Without one it is a plain move, which also works when two agents share a host
+        // and a fixed port.
+        let handoff = !spec.update.shutdown_delay.is_zero();
+        let now = now_ms();
         for (index, _from, to) in scheduler::rebalance(&placed) {
             if let Some(old) = by_index.get(&index) {
-                batch.del_instances.push(old.id);
+                if !handoff {
+                    batch.del_instances.push(old.id);
+                }
                 batch.put_instances.push(InstanceRecord {
                     id: Uuid::new_v4(),
                     node: Some(to),
+                    replaces: handoff.then_some(old.id),
+                    draining_since: None,
+                    created_ms: now,
                     ..old.clone()
                 });
             }
@@ -956,7 +967,11 @@ impl Control {
         if route.node != node {
             return;
         }
-        let gone = route_lines(route, chunk.lines);
+        let mut gone = route_lines(route, chunk.lines);
+        if chunk.eof && route.dropped > 0 && !gone {
+            // The end of a request: announce what was dropped at its tail, if there is room.
+            gone = announce_dropped(route, None);
+        }
         if !chunk.error.is_empty() {
             tracing::warn!(node, error = %chunk.error, "agent could not read logs");
         }
@@ -1003,6 +1018,9 @@ impl Control {
             // The same agent again (restarted, or its old connection is half-open): the new
             // session replaces the old one, whose stream ends when its closer is dropped below.
             tracing::info!(node = %name, "agent reconnected; replacing its previous session");
+            // The new session knows nothing of the old one's log requests: their readers end
+            // now rather than wait forever.
+            inner.log_routes.retain(|_, r| r.node != name);
         }
         let record = NodeRecord {
             name: name.clone(),
@@ -1611,22 +1629,13 @@ fn send_command(inner: &Inner, node: &str, cmd: AgentCommand) {
 fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool {
     for line in lines {
         if route.dropped > 0 {
-            let (n, free) = (route.dropped, route.lines.capacity());
-            if free < 2 {
+            if route.lines.capacity() < 2 {
                 route.dropped += 1;
                 continue;
             }
-            let notice = pb::LogLine {
-                app: line.app.clone(),
-                index: line.index,
-                node: line.node.clone(),
-                stream: pb::LogStream::Unspecified as i32,
-                line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
-            };
-            if route.lines.try_send(Ok(notice)).is_err() {
-                return route.lines.is_closed();
+            if announce_dropped(route, Some(&line)) {
+                return true;
             }
-            route.dropped = 0;
         }
         match route.lines.try_send(Ok(line)) {
             Ok(()) => {}
@@ -1635,6 +1644,27 @@ fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool {
         }
     }
     false
+}
+
+/// Sends the "N lines dropped" notice (app and node of `next`, when known) and resets the count.
+/// Returns whether the reader is gone.
+fn announce_dropped(route: &mut LogRoute, next: Option<&pb::LogLine>) -> bool {
+    let n = route.dropped;
+    let notice = pb::LogLine {
+        app: next.map(|l| l.app.clone()).unwrap_or_default(),
+        index: next.map_or(0, |l| l.index),
+        node: next.map_or_else(|| route.node.clone(), |l| l.node.clone()),
+        stream: pb::LogStream::Unspecified as i32,
+        line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
+    };
+    match route.lines.try_send(Ok(notice)) {
+        Ok(()) => {
+            route.dropped = 0;
+            false
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(_)) => true,
+    }
 }
 
 /// Recomputes a node's desired set from the records and hands it to its session.
@@ -2006,6 +2036,40 @@ mod tests {
         assert_eq!(ids(&before), ids(&after));
         let gens2: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
         assert_eq!(gens, gens2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_rebalance_move_with_a_shutdown_delay_is_a_handoff() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let _a = c.attach(&register("a"), None)?;
+        let _b = c.attach(&register("b"), None)?;
+        let mut spec = web(6);
+        spec.update.shutdown_delay = Duration::from_secs(5);
+        c.apply(spec)?;
+        assert_eq!(spread(&c, "web"), "a:3 b:3");
+        // A node joins; the scale-down to 3 would leave a:2 b:1 c:0, so one index moves to c.
+        let _c = c.attach(&register("c"), None)?;
+        let before = c.list_instances("web")?;
+        c.scale("web", 3)?;
+        // Every kept index still has its old copy; a moved one also has a new copy elsewhere,
+        // which takes over once online (the old one then drains for the delay).
+        let after = c.list_instances("web")?;
+        assert!(after.iter().any(|i| i.node == "c"), "{after:?}");
+        for index in 0..3 {
+            let old = before
+                .iter()
+                .find(|i| i.index == index)
+                .map(|i| i.id.clone());
+            assert!(
+                after
+                    .iter()
+                    .any(|i| i.index == index && Some(&i.id) == old.as_ref()),
+                "index {index} lost its serving copy"
+            );
+        }
+        let copies = |index: u32| after.iter().filter(|i| i.index == index).count();
+        assert!((0..3).any(|i| copies(i) == 2), "a move was made: {after:?}");
         Ok(())
     }
 

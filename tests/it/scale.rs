@@ -220,7 +220,7 @@ fn scale_down_drains_for_the_shutdown_delay() {
     let spec = serde_json::json!({
         "name": "web", "script": testapp, "instances": 2,
         "port": format!("{base}-{}", base + 1),
-        "update": { "shutdown_delay": "3s" }
+        "update": { "shutdown_delay": "8s" }
     });
     std::fs::write(&path, spec.to_string()).expect("write web.json");
     c.cli(&["apply", "-f", &path.display().to_string()])

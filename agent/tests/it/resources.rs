@@ -274,3 +274,51 @@ async fn exec_health_checks_run_as_the_instances_user() {
     reaper.add(instance(&r, "q").map_or(0, |i| i.pid));
     must(agent.stop().await, "agent result");
 }
+
+/// The instance enters its cwd with its own rights: a directory its user may not enter is
+/// refused with a clear message, where the agent (root) could have entered it for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cwd_is_entered_as_the_instances_user() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: switching users needs root");
+        return;
+    }
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let private = dir.path().join("private");
+    must(std::fs::create_dir(&private), "mkdir");
+    must(
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)),
+        "chmod 700",
+    );
+    let mut coord = FakeCoordinator::start().await;
+    let agent = InProcessAgent::start(&coord.url, dir.path(), "n10");
+    let (mut s, _) = coord.accept().await;
+    s.registered(100).await;
+    let mut spec = sh_spec("walled", "exec sleep 30");
+    spec.user = "nobody".into();
+    spec.cwd = private.display().to_string();
+    let mut open = sh_spec("open", "exec sleep 30");
+    open.user = "nobody".into();
+    open.cwd = "/tmp".into();
+    s.desired(
+        1,
+        vec![assignment("w", 0, &spec), assignment("o", 0, &open)],
+    )
+    .await;
+    let r = s
+        .report_where("o online, w refused", |r| {
+            is_state(r, "o", pb::InstanceState::Online)
+                && instance(r, "w").is_some_and(|i| i.message.contains("as its user"))
+        })
+        .await;
+    reaper.add(instance(&r, "o").map_or(0, |i| i.pid));
+    let w = instance(&r, "w").cloned().unwrap_or_default();
+    assert_eq!(
+        w.pid, 0,
+        "nothing runs in a directory its user cannot enter: {w:?}"
+    );
+    assert!(w.message.contains("Permission denied"), "{w:?}");
+    must(agent.stop().await, "agent result");
+}

@@ -223,16 +223,22 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 }
                 continue;
             }
-            let kept = settle_index(records, &snap, &nodes, app, &mut plan);
+            // Draining records are on their way out and never the index's copy: outside a
+            // rollout they finish retiring (a scale-down, then a scale-up before they were gone,
+            // or a drain handoff's old side); in a rollout the deployment engine removes them.
+            // Kept out of the pair and conflict rules, which would otherwise weigh them against
+            // the copy that serves.
+            let (draining, active): (Vec<&InstanceRecord>, Vec<&InstanceRecord>) =
+                records.iter().partition(|r| r.draining_since.is_some());
+            if !app.rolling() {
+                for r in draining {
+                    retire(r, app, &snap, &nodes, &mut plan);
+                }
+            }
+            let kept = settle_index(&active, &snap, &nodes, app, &mut plan);
             let Some(inst) = kept else {
                 continue;
             };
-            // Retiring already (a scale-down, then a scale-up before it was gone): it finishes
-            // retiring, and the index is created again once it is removed.
-            if inst.draining_since.is_some() && !app.rolling() {
-                retire(inst, app, &snap, &nodes, &mut plan);
-                continue;
-            }
             let port = app.spec.port.port_for(index);
             // During a rollout, older versions are replaced by the engine, not refreshed here.
             let outdated = inst.app_version != app.version && !app.rolling();
@@ -788,6 +794,23 @@ mod tests {
             "a drain; b",
             600,
             "-1",
+        );
+        // The replacement's node is drained too while the old side still drains: the old side
+        // keeps retiring, the serving copy is never weighed against it, and the next migration
+        // (to c) proceeds as a pair.
+        check(
+            "web=1 sd=500",
+            "web/0@a*~100 web/0@b*>1 web/0@c>2",
+            "a drain; b drain; c",
+            300,
+            "followup@600",
+        );
+        check(
+            "web=1 sd=500",
+            "web/0@a*~100 web/0@b*>1 web/0@c*>2",
+            "a drain; b drain; c",
+            300,
+            "!2 followup@600",
         );
     }
 
