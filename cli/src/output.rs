@@ -184,7 +184,8 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
                 } else {
                     NONE.to_string()
                 },
-                if up {
+                // A process has memory: zero means its first sample has not come in yet.
+                if up && i.memory_bytes > 0 {
                     human_bytes(i.memory_bytes)
                 } else {
                     NONE.to_string()

@@ -176,19 +176,24 @@ fn steady_load_does_not_flap() {
     let burner = Burner::start(vec![base, base + 1], 100, 100);
     let mut changes = 0;
     let mut last = 2;
-    let end = Instant::now() + Duration::from_secs(15);
-    wait_until(DEADLINE, "fifteen seconds of steady load", || {
-        let n = count(&c, "web");
-        if n != last {
-            changes += 1;
-            last = n;
-        }
-        if Instant::now() >= end {
-            Ok(())
-        } else {
-            Err(format!("{n} instances"))
-        }
-    });
+    // Thirty seconds: six times each stabilization window.
+    let end = Instant::now() + Duration::from_secs(30);
+    wait_until(
+        Duration::from_secs(60),
+        "thirty seconds of steady load",
+        || {
+            let n = count(&c, "web");
+            if n != last {
+                changes += 1;
+                last = n;
+            }
+            if Instant::now() >= end {
+                Ok(())
+            } else {
+                Err(format!("{n} instances"))
+            }
+        },
+    );
     burner.stop();
     assert!(
         changes <= 1,
