@@ -478,6 +478,15 @@ impl PolicyChanges {
                     policy_flag(field)
                 )));
             }
+            // A whole block sets every field: any policy flag would silently win over part of it.
+            if key.trim() == "update"
+                && let Some((_, flag)) = POLICY_FLAGS.iter().find(|(f, _)| self.has(f))
+            {
+                return Err(UsageError::new(format!(
+                    "{flag}: --set update=... gives the whole policy already; give the field in \
+                     the block or as a flag, not both"
+                )));
+            }
         }
         Ok(())
     }
@@ -1071,6 +1080,14 @@ mod tests {
         assert_eq!(
             err.0,
             "--max-surge: also given as --set update.max_surge=...; give it once"
+        );
+        let err = changes
+            .check_sets(&[r#"update={"max_surge": 3}"#.into()])
+            .expect_err("a whole block and a flag");
+        assert!(
+            err.0.starts_with("--max-surge: --set update=..."),
+            "{}",
+            err.0
         );
 
         // `restart`: only with --rolling.
