@@ -117,6 +117,7 @@ async fn apply_one(
 ) -> anyhow::Result<pb::ApplyAppReply> {
     let req = pb::ApplyAppRequest {
         spec: Some(pb::AppSpec::from(spec)),
+        keep_instances: false,
     };
     Ok(unary(client.apply_app(request(req))).await?)
 }

@@ -221,8 +221,17 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if !args.yes && !confirm("apply these changes?")? {
         return ctx.line("nothing applied");
     }
+    // Unless this reload sets the count, the count stays whatever it is when the coordinator
+    // applies it: a scale or autoscaler change since the spec was read is not undone.
+    let sets_count = args.file.is_some()
+        || args.instances.is_some()
+        || args
+            .set
+            .iter()
+            .any(|s| s.split('=').next().is_some_and(|k| k.trim() == "instances"));
     let reply = unary(client.apply_app(request(pb::ApplyAppRequest {
         spec: Some(pb::AppSpec::from(&new)),
+        keep_instances: !sets_count,
     })))
     .await?;
     let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
@@ -269,7 +278,12 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         if new != old {
             // The spec as the coordinator sent it, but for the policy.
             spec.update = Some(update_to_wire(&new));
-            unary(client.apply_app(request(pb::ApplyAppRequest { spec: Some(spec) })))
+            // Only the policy changes: the count stays whatever it is by then.
+            let req = pb::ApplyAppRequest {
+                spec: Some(spec),
+                keep_instances: true,
+            };
+            unary(client.apply_app(request(req)))
                 .await
                 .with_context(|| format!("changing the update policy of {app}"))?;
             changed_policy = Some((old, new));

@@ -180,6 +180,7 @@ async fn run() -> BenchResult<()> {
                 instances: 0,
                 ..Default::default()
             }),
+            keep_instances: false,
         })
         .await?;
     let t0 = Instant::now();

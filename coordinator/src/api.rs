@@ -49,12 +49,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ApplyAppRequest>,
     ) -> Result<Response<pb::ApplyAppReply>, Status> {
-        let wire = r
-            .into_inner()
+        let req = r.into_inner();
+        let wire = req
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
         let spec = AppSpec::try_from(wire).map_err(ControlError::from)?;
-        let (app, created, changed, deployment) = self.control.apply(spec)?;
+        let (app, created, changed, deployment) =
+            self.control.apply_keeping(spec, req.keep_instances)?;
         Ok(Response::new(pb::ApplyAppReply {
             app: Some(app),
             created,

@@ -258,8 +258,26 @@ impl Control {
     /// Creates or updates an app. Returns the stored app, (created, changed), and the rollout a
     /// process change started.
     pub fn apply(&self, spec: AppSpec) -> Result<(pb::App, bool, bool, Option<pb::Deployment>)> {
+        self.apply_keeping(spec, false)
+    }
+
+    /// [`Control::apply`], optionally keeping the app's current instance count (see
+    /// `ApplyAppRequest.keep_instances`): decided under the same lock as the write, so a scale
+    /// that landed after the caller read the spec stands.
+    pub fn apply_keeping(
+        &self,
+        spec: AppSpec,
+        keep_instances: bool,
+    ) -> Result<(pb::App, bool, bool, Option<pb::Deployment>)> {
         let mut inner = self.lock();
         let existing = inner.state.apps.get(&spec.name).cloned();
+        let spec = match &existing {
+            Some(old) if keep_instances => AppSpec {
+                instances_max: old.spec.instances_max,
+                ..spec.with_instances(old.spec.instances)?
+            },
+            _ => spec,
+        };
         let now = now_ms();
         let (record, created, changed) = match existing {
             None => (AppRecord::new(spec, now), true, true),
@@ -2036,6 +2054,32 @@ mod tests {
         assert_eq!(ids(&before), ids(&after));
         let gens2: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
         assert_eq!(gens, gens2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_apply_can_keep_the_count_a_scale_set_meanwhile() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let _a = c.attach(&register("a"), None)?;
+        c.apply(web(2))?;
+        // A client read the spec at 2 instances, then someone scaled to 5...
+        let mut read = web(2);
+        c.scale("web", 5)?;
+        // ...and the client applies its edit: the count it read does not undo the scale.
+        read.env.insert("X".into(), "1".into());
+        let (app, _, changed, _) = c.apply_keeping(read.clone(), true)?;
+        assert!(changed);
+        assert_eq!(app.spec.map(|s| s.instances), Some(5));
+        // Without keep_instances the spec's count is the count.
+        let (app, ..) = c.apply_keeping(read, false)?;
+        assert_eq!(app.spec.map(|s| s.instances), Some(2));
+        // A new app takes its spec's count either way.
+        let mut other = web(3);
+        other.name = "other".into();
+        other.port = PortSpec::Range(4300, 4399);
+        let (app, created, ..) = c.apply_keeping(other, true)?;
+        assert!(created);
+        assert_eq!(app.spec.map(|s| s.instances), Some(3));
         Ok(())
     }
 

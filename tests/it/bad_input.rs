@@ -202,13 +202,17 @@ fn bad_input() {
                     instances: 1,
                     ..Default::default()
                 }),
+                keep_instances: false,
             })
             .await
             .expect_err("a bad app name is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("name"), "{err:?}");
         let err = client
-            .apply_app(pb::ApplyAppRequest { spec: None })
+            .apply_app(pb::ApplyAppRequest {
+                spec: None,
+                keep_instances: false,
+            })
             .await
             .expect_err("a missing spec is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
