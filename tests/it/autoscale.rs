@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use pmcluster_tests::{Cluster, free_port_range, http_get, render, wait_until};
 
-use crate::{DEADLINE, live, wait_online};
+use crate::{live, wait_online};
 
 /// Keeps every instance on `ports` busy: a thread per port asks for `burn_ms` of CPU, then
 /// rests `rest_ms`, until stopped (bounded to two minutes in any case). Ports that do not
