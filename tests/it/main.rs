@@ -8,6 +8,7 @@ mod apply;
 mod autoscale;
 mod bad_input;
 mod lb;
+mod local;
 mod nodes;
 mod rollout;
 mod scale;
