@@ -545,3 +545,35 @@ fn agent_kill_9_leaves_instances_running_and_the_next_agent_adopts_them() {
     assert_eq!(back.restarts, 1, "{}", back.json);
     assert!(procs[0].alive() && procs[2].alive());
 }
+
+/// `cron_restart` restarts a healthy instance on its schedule (every minute here: cron's finest
+/// grain), says why, and counts it as a restart.
+#[test]
+fn cron_restart_restarts_on_schedule() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    apply(
+        &c,
+        json!({"name": "nightly", "script": "sh", "args": ["-c", "exec sleep 600"],
+               "cron_restart": "* * * * *"}),
+    );
+    let first = wait_instance(&c, "nightly", "online", |i| i.online());
+    let pid = first.pid.expect("online instances have a pid");
+    // Up to a minute until the next minute starts, plus room for a loaded machine.
+    let again = wait_until(
+        std::time::Duration::from_secs(90),
+        "nightly[0] restarted by its cron schedule",
+        || {
+            let list = c.instances("nightly")?;
+            match list.first() {
+                Some(i) if i.online() && i.pid.is_some_and(|p| p != pid) => Ok(i.clone()),
+                _ => Err(render(&list)),
+            }
+        },
+    );
+    assert!(again.restarts >= 1, "{again}");
+    assert!(
+        message(&again).contains("cron_restart"),
+        "the reason is shown: {}",
+        message(&again)
+    );
+}
