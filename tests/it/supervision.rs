@@ -577,3 +577,68 @@ fn cron_restart_restarts_on_schedule() {
         message(&again)
     );
 }
+
+/// `logs -f` follows an instance's output live through the coordinator, and a follower that
+/// goes away leaves the instance and the agent running.
+#[test]
+fn logs_follow_streams_new_lines_through_the_coordinator() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    apply(
+        &c,
+        json!({"name": "ticker", "script": "sh",
+               "args": ["-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]}),
+    );
+    let before = wait_instance(&c, "ticker", "online", |i| i.online());
+    let mut follower = Command::new(&c.bins().cli)
+        .args([
+            "--coordinator",
+            &c.url(),
+            "logs",
+            "ticker",
+            "-f",
+            "--lines",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pmcluster logs -f starts");
+    let stdout = follower.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Ten successive ticks arrive as the instance writes them.
+    let mut ticks: Vec<u64> = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while ticks.len() < 10 && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+            && let Some(n) = line
+                .rsplit("tick ")
+                .next()
+                .and_then(|n| n.trim().parse().ok())
+        {
+            ticks.push(n);
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+    assert!(ticks.len() >= 10, "followed lines: {ticks:?}");
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost: {ticks:?}"
+    );
+    // The follower is gone; the instance and its agent carry on.
+    let after = wait_instance(&c, "ticker", "online", |i| i.online());
+    assert_eq!(after.pid, before.pid);
+    assert!(c.agent(0).running());
+}
