@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub subreaper: bool,
     /// See [`Config::log_pump`].
     pub log_pump: Option<PathBuf>,
+    /// `--no-cgroups`.
+    pub no_cgroups: bool,
 }
 
 /// Checked agent settings.
@@ -54,6 +56,9 @@ pub struct Config {
     /// (the very binary that runs, even once an upgrade replaced the file). `None`: pump in
     /// threads of this process, which end with it (an agent embedded in a test).
     pub log_pump: Option<PathBuf>,
+    /// Run each instance in a cgroup of its own (see [`crate::cgroup`]) when a writable cgroup2
+    /// hierarchy is available. On by default; `--no-cgroups` turns it off.
+    pub cgroups: bool,
 }
 
 impl Config {
@@ -69,6 +74,7 @@ impl Config {
             coordinator_grace: DEFAULT_COORDINATOR_GRACE,
             subreaper: false,
             log_pump: None,
+            cgroups: true,
         }
     }
 }
@@ -139,6 +145,7 @@ impl RawConfig {
             coordinator_grace: self.coordinator_grace.unwrap_or(DEFAULT_COORDINATOR_GRACE),
             subreaper: self.subreaper,
             log_pump: self.log_pump,
+            cgroups: !self.no_cgroups,
         })
     }
 }

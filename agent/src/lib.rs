@@ -13,6 +13,7 @@
 //! asks the coordinator before starting anything that does not run, and starts its last desired
 //! set on its own only when the coordinator stays unreachable past the grace period.
 
+pub mod cgroup;
 pub mod config;
 pub mod desired;
 pub mod health;
@@ -27,6 +28,7 @@ pub mod restart;
 mod state;
 mod supervisor;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,6 +106,8 @@ pub(crate) struct Agent {
     pub started: Instant,
     /// See [`Config::log_pump`].
     pub log_pump: Option<PathBuf>,
+    /// Where instances' cgroups go (see [`cgroup`]), if anywhere.
+    pub cgroups: cgroup::Cgroups,
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
@@ -139,6 +143,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         host: sampler.host_info(),
     };
     let (cleared, _) = watch::channel(false);
+    let cgroups = if config.cgroups {
+        cgroup::Cgroups::detect(&config.node_name)
+    } else {
+        tracing::info!("instances run without cgroups (--no-cgroups)");
+        cgroup::Cgroups::off()
+    };
     let agent = Arc::new(Agent {
         node_name: config.node_name.clone(),
         logs_dir,
@@ -153,6 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         unclaimed: Mutex::new(Vec::new()),
         started: Instant::now(),
         log_pump: config.log_pump.clone(),
+        cgroups,
     });
     tracing::info!(
         node = %config.node_name,
@@ -206,6 +217,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     background.cancel();
     tasks.wait().await;
+    agent.cgroups.tidy();
     tracing::info!("agent stopped");
     result
 }
@@ -269,7 +281,16 @@ fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
         tracing::warn!("ignoring {}: {why}", path.display());
     }
     let mut waiting = Vec::new();
+    // Cgroups of instances that run (left alone) and of those whose process ended while no
+    // agent ran (what is left in them goes: nothing supervises it).
+    let mut running_cgroups = BTreeSet::new();
+    let mut dead_cgroups = BTreeSet::new();
     for s in saved {
+        let cgroup = s
+            .process
+            .as_ref()
+            .and_then(|p| p.cgroup.clone())
+            .or_else(|| agent.cgroups.path_for(&InstanceId::new(&s.instance_id)));
         let alive = s.process.as_ref().and_then(|p| {
             let id = ProcId {
                 pid: p.pid,
@@ -277,6 +298,11 @@ fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
             };
             id.alive().then_some((p, id))
         });
+        match (&cgroup, alive.is_some()) {
+            (Some(path), true) => running_cgroups.insert(path.clone()),
+            (Some(path), false) => dead_cgroups.insert(path.clone()),
+            (None, _) => false,
+        };
         let assignment = match s.assignment() {
             Ok(a) => a,
             Err(why) => {
@@ -304,6 +330,9 @@ fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
             }
         }
     }
+    agent
+        .cgroups
+        .sweep_at_start(&running_cgroups, &dead_cgroups);
     *agent
         .unclaimed
         .lock()
@@ -380,6 +409,9 @@ async fn stop_instances(agent: &Agent) {
         for (id, pid) in left {
             tracing::warn!(instance = %id, pid, "SIGKILL");
             process::signal_group(pid, Signal::SIGKILL);
+            if let Some(path) = agent.cgroups.path_for(&id) {
+                cgroup::kill(&path);
+            }
         }
     }
 }

@@ -47,6 +47,15 @@ struct Args {
     /// last desired set (kept in --data-dir) that are not running [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     coordinator_grace: Option<std::time::Duration>,
+    /// Do not put each instance in a cgroup of its own. By default, when a writable cgroup2
+    /// hierarchy is available, every instance runs in a cgroup under the agent's, so that a stop
+    /// or crash ends everything it started, even processes that left its process group.
+    #[arg(
+        long,
+        env = "PMCLUSTER_NO_CGROUPS",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    no_cgroups: bool,
 }
 
 /// `--label` for clap, which names the flag and value itself: only the reason is needed.
@@ -99,6 +108,7 @@ fn main() -> ExitCode {
         subreaper: true,
         // Pumps are this very binary (see `Config::log_pump`).
         log_pump: Some(PathBuf::from("/proc/self/exe")),
+        no_cgroups: args.no_cgroups,
     };
     let config = match raw.validate() {
         Ok(c) => c,

@@ -63,6 +63,9 @@ pub struct SavedProcess {
     /// files of agents that pumped in-process; older agents ignore it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pumps: Vec<SavedPump>,
+    /// Its cgroup (see [`crate::cgroup`]), when it runs in one. Missing in older files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A log pump process (see [`crate::logs`]), so that the next agent knows whether an adopted
@@ -149,15 +152,21 @@ pub fn decode(bytes: &[u8]) -> Result<Saved, String> {
 /// File name for an instance id. Ids are UUIDs; anything else is hex-encoded so that no id can
 /// name a path outside the directory.
 pub fn file_name(id: &str) -> String {
+    format!("{}.json", safe_name(id))
+}
+
+/// An instance id as a file or directory name: itself when it is plain (UUIDs), else `x-` and
+/// its hex form, so that no id can name a path outside a directory.
+pub fn safe_name(id: &str) -> String {
     let plain = !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if plain {
-        format!("{id}.json")
+        id.to_string()
     } else {
-        format!("x-{}.json", hex(id.as_bytes()))
+        format!("x-{}", hex(id.as_bytes()))
     }
 }
 
@@ -285,6 +294,7 @@ mod tests {
                 start_ticks: 987_655,
                 fd: 1,
             }],
+            cgroup: Some(PathBuf::from("/sys/fs/cgroup/pmcluster-n1/0190a1b2")),
         });
         s
     }
@@ -315,13 +325,15 @@ mod tests {
     }
 
     #[test]
-    fn files_without_pumps_still_read() {
+    fn files_without_pumps_or_cgroup_still_read() {
         let mut s = saved();
         if let Some(p) = s.process.as_mut() {
             p.pumps.clear();
+            p.cgroup = None;
         }
         let text = String::from_utf8(encode(&s)).unwrap_or_default();
         assert!(!text.contains("pumps"), "{text}");
+        assert!(!text.contains("cgroup"), "{text}");
         assert_eq!(decode(text.as_bytes()), Ok(s));
     }
 

@@ -246,8 +246,17 @@ impl Credentials {
     }
 }
 
-/// Sets what a child needs before it runs the program: its CPU affinity, resource limits and
-/// credentials, in that order.
+/// Sets what a child needs before it runs the program: its cgroup, CPU affinity, resource limits
+/// and credentials, in that order.
+///
+/// Why the cgroup is joined here, first: a child joined after the spawn could fork (and its
+/// children escape) before; and joining needs write access to `cgroup.procs`, which the agent
+/// has and the instance's user may not, so it comes before the privileges are dropped. The
+/// file is opened before the fork (`cgroup_procs`, close-on-exec, owned by the closure and so
+/// closed in the parent when the `Command` is dropped); the child writes its own pid, formatted
+/// into a stack buffer. A failed write is ignored: the instance then runs outside the cgroup
+/// and its stop relies on its process group and family, as without cgroups (never fail a start
+/// because of cgroups).
 ///
 /// Why `pre_exec` and not `sched_setaffinity`/`prlimit` on the pid after the spawn: by then the
 /// program runs, and many read their limits once at startup (nginx sizes its connection table
@@ -261,19 +270,26 @@ impl Credentials {
 /// Here the limits are set while the child is still privileged, then `setgroups`, `setgid` and
 /// `setuid` drop the privileges (in that order: each needs the privilege the next one drops).
 ///
-/// Sound because the closure only makes raw syscalls through nix (`sched_setaffinity`,
-/// `setrlimit`, `setgroups`, `setgid`, `setuid`, `chdir`), which are async-signal-safe, on values built
-/// before the fork and captured by move: it does not allocate, lock or touch any other state of
-/// the parent.
+/// Sound because the closure only makes raw syscalls through nix (`getpid`, `write`,
+/// `sched_setaffinity`, `setrlimit`, `setgroups`, `setgid`, `setuid`, `chdir`), which are
+/// async-signal-safe, on values built before the fork and captured by move (the pid's digits go
+/// into a buffer on the stack): it does not allocate, lock or touch any other state of the
+/// parent.
 #[allow(unsafe_code)]
 pub fn set_in_child(
     cmd: &mut Command,
+    cgroup_procs: Option<OwnedFd>,
     affinity: Option<nix::sched::CpuSet>,
     limits: Vec<(nix::sys::resource::Resource, u64)>,
     credentials: Credentials,
     cwd_as_user: Option<std::ffi::CString>,
 ) {
-    if affinity.is_none() && limits.is_empty() && credentials.is_empty() && cwd_as_user.is_none() {
+    if cgroup_procs.is_none()
+        && affinity.is_none()
+        && limits.is_empty()
+        && credentials.is_empty()
+        && cwd_as_user.is_none()
+    {
         return;
     }
     let Credentials { uid, gid, groups } = credentials;
@@ -282,6 +298,12 @@ pub fn set_in_child(
     // SAFETY: see the function doc: only async-signal-safe syscalls on pre-built values.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(fd) = &cgroup_procs {
+                let mut digits = [0u8; 10];
+                let pid = u32::try_from(nix::unistd::getpid().as_raw()).unwrap_or(0);
+                // Ignored on failure: see the function doc.
+                let _ = nix::unistd::write(fd, crate::cgroup::decimal(pid, &mut digits));
+            }
             if let Some(set) = &affinity {
                 nix::sched::sched_setaffinity(Pid::from_raw(0), set).map_err(io::Error::from)?;
             }

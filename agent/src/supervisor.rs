@@ -16,7 +16,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::Agent;
+use crate::cgroup;
 use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Change, Health, Outcome, Tracker};
 use crate::logs::{self, PumpTarget, log_path, log_streams};
@@ -241,6 +242,12 @@ pub(crate) fn adopt(
         process.port,
         &health_target,
     );
+    // Found again by its record, or by its instance id (records of older agents).
+    running.cgroup = process
+        .cgroup
+        .clone()
+        .or_else(|| agent.cgroups.path_for(&assignment.instance_id))
+        .filter(|path| cgroup::contains(path, id.pid));
     if spec.supervision.log_timestamps {
         running.pumps = keep_pumping(
             agent,
@@ -360,6 +367,8 @@ struct Running {
     cron_at: Option<Instant>,
     /// The log pump processes reading its output pipes (`log_timestamps`).
     pumps: Vec<SavedPump>,
+    /// Its cgroup (see [`crate::cgroup`]), when it runs in one.
+    cgroup: Option<PathBuf>,
 }
 
 /// The health check of one process.
@@ -417,6 +426,7 @@ impl Running {
             health,
             cron_at,
             pumps: Vec::new(),
+            cgroup: None,
         }
     }
 
@@ -797,9 +807,24 @@ impl Supervisor {
         let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
         // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them itself.
         let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
-        process::set_in_child(&mut cmd, affinity, limits, run_as.credentials, cwd_as_user);
+        // Made last: nothing below can fail before the spawn but the spawn itself.
+        let (cgroup_path, cgroup_procs) = match self.agent.cgroups.create(&self.id) {
+            Some((path, fd)) => (Some(path), Some(fd)),
+            None => (None, None),
+        };
+        process::set_in_child(
+            &mut cmd,
+            cgroup_procs,
+            affinity,
+            limits,
+            run_as.credentials,
+            cwd_as_user,
+        );
         let entering_cwd = switches_user && spec.cwd.is_some();
         let spawned = self.agent.reaper.spawn(&mut cmd).map_err(|e| {
+            if let Some(path) = &cgroup_path {
+                cgroup::discard(path);
+            }
             let cwd_refused = matches!(e.raw_os_error(), Some(code)
                 if code == nix::errno::Errno::EACCES as i32);
             if entering_cwd && cwd_refused {
@@ -824,8 +849,8 @@ impl Supervisor {
                 StartError::Retry(message)
             }
         })?;
-        // The parent's copies of the pipes' write ends go with the command: a pipe must end
-        // when the instance's processes are gone.
+        // The parent's copies of the pipes' write ends go with the command (a pipe must end
+        // when the instance's processes are gone), and so does `cgroup.procs`.
         drop(cmd);
         let pid = spawned.pid;
         let pumps: Vec<SavedPump> = pumps
@@ -855,6 +880,7 @@ impl Supervisor {
             },
         );
         running.pumps = pumps;
+        running.cgroup = cgroup_path;
         let state = if running.ready {
             InstanceState::Online
         } else {
@@ -884,6 +910,10 @@ impl Supervisor {
         // a worker still writing): it goes with the leader.
         let family = self.agent.state.family(&self.id);
         process::kill_all(r.proc.pid, &family);
+        // And whatever escaped both (a double fork into a session of its own).
+        if let Some(path) = &r.cgroup {
+            cgroup::end(path).await;
+        }
         let how = exit.describe();
         let policy = Policy::of(&r.spec);
         let decision = self.decide(&policy, r.started.elapsed(), &how, r.index);
@@ -969,15 +999,29 @@ impl Supervisor {
         let mut family = self.agent.state.family(&self.id);
         family.extend(family_now(pgid));
         signal_group(pgid, signal);
+        let mut signalled = std::collections::BTreeSet::new();
         for p in &family {
             if process::read_stat(p.pid).is_some_and(|s| s.pgrp != pgid) {
                 p.signal(signal);
+                signalled.insert(p.pid);
             }
         }
+        // The cgroup holds whatever escaped the group and the family as well.
+        if let Some(path) = &r.cgroup {
+            for pid in cgroup::procs(path).unwrap_or_default() {
+                if signalled.contains(&pid)
+                    || process::read_stat(pid).is_none_or(|s| s.pgrp == pgid)
+                {
+                    continue;
+                }
+                let _ = nix::sys::signal::kill(process::to_pid(pid), signal);
+            }
+        }
+        let cgroup_busy = |r: &Running| r.cgroup.as_deref().is_some_and(cgroup::populated);
         let exit = match tokio::time::timeout_at(deadline, r.exit.wait()).await {
             Ok(exit) => {
-                // Give the rest of the group what is left of the grace period.
-                while process::group_alive(pgid) && Instant::now() < deadline {
+                // Give the rest of the group (and cgroup) what is left of the grace period.
+                while (process::group_alive(pgid) || cgroup_busy(&r)) && Instant::now() < deadline {
                     tokio::time::sleep(GROUP_POLL).await;
                 }
                 exit
@@ -996,6 +1040,9 @@ impl Supervisor {
         };
         family.extend(family_now(pgid));
         process::kill_all(pgid, &family);
+        if let Some(path) = &r.cgroup {
+            cgroup::end(path).await;
+        }
         exit
     }
 
@@ -1030,6 +1077,7 @@ impl Supervisor {
                 port: r.port,
                 started_at_ms: status.started_at_ms,
                 pumps: r.pumps.clone(),
+                cgroup: r.cgroup.clone(),
             });
         }
         if let Err(e) = persist::write(&self.agent.instances_dir, &saved) {

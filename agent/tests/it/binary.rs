@@ -12,7 +12,7 @@ use crate::fake::{DEADLINE, FakeCoordinator, instance, is_state, must};
 use crate::{Reaper, alive, assignment, group_alive, sh_spec, tempdir, wait_until};
 
 /// Starts the agent binary; its stderr goes to `DIR/agent.err`.
-fn spawn_agent(dir: &Path, args: &[&str]) -> Child {
+pub(crate) fn spawn_agent(dir: &Path, args: &[&str]) -> Child {
     let stderr = must(std::fs::File::create(dir.join("agent.err")), "stderr file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmcluster-agent"));
     cmd.args(args)
@@ -20,6 +20,7 @@ fn spawn_agent(dir: &Path, args: &[&str]) -> Child {
         .env_remove("PMCLUSTER_DATA_DIR")
         .env_remove("PMCLUSTER_NODE_NAME")
         .env_remove("PMCLUSTER_STOP_INSTANCES_ON_EXIT")
+        .env_remove("PMCLUSTER_NO_CGROUPS")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -27,14 +28,14 @@ fn spawn_agent(dir: &Path, args: &[&str]) -> Child {
     must(cmd.spawn(), "spawn agent")
 }
 
-async fn exit_of(child: &mut Child) -> ExitStatus {
+pub(crate) async fn exit_of(child: &mut Child) -> ExitStatus {
     match tokio::time::timeout(DEADLINE, child.wait()).await {
         Ok(status) => must(status, "wait agent"),
         Err(_) => panic!("agent did not exit within {DEADLINE:?}"),
     }
 }
 
-fn stderr_of(dir: &Path) -> String {
+pub(crate) fn stderr_of(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("agent.err")).unwrap_or_default()
 }
 

@@ -5,6 +5,7 @@
 //! fail, and agents are stopped (or killed) by the test that started them.
 
 mod binary;
+mod cgroups;
 mod fake;
 mod link;
 mod logging;
@@ -70,12 +71,42 @@ impl Drop for Reaper {
             .pids
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The agent's cgroups of these processes (an agent that left its instances running
+        // does not remove them): emptied by the kills below, then removed.
+        let cgroups: Vec<std::path::PathBuf> =
+            pids.iter().filter_map(|p| agent_cgroup(*p)).collect();
         for pid in pids.iter() {
             let pid = Pid::from_raw(*pid as i32);
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = kill(pid, Signal::SIGKILL);
         }
+        for cg in cgroups {
+            pmcluster_agent::cgroup::kill(&cg);
+            for _ in 0..50 {
+                if std::fs::remove_dir(&cg).is_ok() || !cg.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            // The agent's directory too, once nothing is left in it.
+            if let Some(parent) = cg.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
     }
+}
+
+/// The cgroup an agent put `pid` in (`.../pmcluster-NODE/INSTANCE`), if any.
+fn agent_cgroup(pid: u32) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = pmcluster_agent::cgroup::parse_own_cgroup(&text)?;
+    let parent = own.rsplit('/').nth(1)?;
+    if !parent.starts_with("pmcluster-") {
+        return None;
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = pmcluster_agent::cgroup::parse_mountinfo(&mountinfo)?;
+    Some(mount.join(own.trim_start_matches('/')))
 }
 
 /// Whether a process (or zombie) with this pid exists.

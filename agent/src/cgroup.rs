@@ -1,0 +1,438 @@
+//! cgroup v2 membership for instances: every instance runs in a cgroup of its own, so a stop or a
+//! crash ends everything it started, including processes that left its process group and its
+//! family (a double fork plus `setsid` between two `/proc` scans).
+//!
+//! Layout: `<cgroup2 mount><agent's own cgroup>/pmcluster-<node>/<instance>`. Under the agent's
+//! own cgroup, so that a service manager that delegates it (systemd's `Delegate=yes`) lets the
+//! agent manage the subtree. Membership only: no controller is enabled, so the "no internal
+//! processes" rule does not apply and the agent may stay in its own cgroup.
+//!
+//! Best effort everywhere: without a writable cgroup2 hierarchy (no cgroup2, read-only, not
+//! privileged) the agent says so once at info level and works as before (process groups plus
+//! `/proc` families). Nothing here ever fails a start.
+//!
+//! The child joins its cgroup between fork and exec (see [`crate::process::set_in_child`]), so
+//! that it is in it before it can fork. Ending a cgroup writes `cgroup.kill` (Linux 5.14+; before,
+//! SIGKILL to every pid of `cgroup.procs`), waits (polling, bounded) until `cgroup.procs` is
+//! empty, and removes the directory.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::time::Instant;
+
+use crate::model::InstanceId;
+use crate::process::to_pid;
+
+/// How often an ending cgroup is checked for members left.
+const POLL: Duration = Duration::from_millis(20);
+/// How long an ending cgroup may take to empty after SIGKILL (a process stuck in the kernel
+/// cannot be killed; the agent must not hang on it).
+const END_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the agent puts its instances' cgroups, if anywhere.
+#[derive(Debug, Default)]
+pub struct Cgroups {
+    /// `<mount><own>/pmcluster-<node>`; `None`: cgroups are off or unavailable.
+    base: Option<PathBuf>,
+    /// Whether the failure to create an instance's cgroup was logged already.
+    told: AtomicBool,
+}
+
+impl Cgroups {
+    /// No cgroups (`--no-cgroups`).
+    pub fn off() -> Cgroups {
+        Cgroups::default()
+    }
+
+    /// Finds the cgroup2 hierarchy and the agent's own cgroup and creates the agent's directory
+    /// under it. Logs (info) and turns cgroups off when any of that fails.
+    pub fn detect(node: &str) -> Cgroups {
+        match base_dir(node) {
+            Ok(base) => {
+                tracing::info!(
+                    "each instance runs in a cgroup of its own under {}",
+                    base.display()
+                );
+                Cgroups {
+                    base: Some(base),
+                    told: AtomicBool::new(false),
+                }
+            }
+            Err(why) => {
+                tracing::info!(
+                    "instances run without cgroups ({why}); stops rely on process groups and \
+                     /proc scans"
+                );
+                Cgroups::off()
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// The cgroup an instance gets (whether or not it exists).
+    pub fn path_for(&self, id: &InstanceId) -> Option<PathBuf> {
+        Some(
+            self.base
+                .as_ref()?
+                .join(crate::persist::safe_name(id.as_str())),
+        )
+    }
+
+    /// Makes the instance's cgroup (or finds it: anything left in it is what remained of an
+    /// earlier process of this instance, and is killed) and opens its `cgroup.procs` for the
+    /// child to join. `None` (logged once) when that fails: the instance runs without one.
+    pub fn create(&self, id: &InstanceId) -> Option<(PathBuf, OwnedFd)> {
+        let path = self.path_for(id)?;
+        match make(&path) {
+            Ok(fd) => Some((path, fd)),
+            Err(e) => {
+                if !self.told.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        instance = %id,
+                        "cannot use cgroup {}: {e}; instances that cannot get one run without",
+                        path.display()
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// At startup: removes the agent's cgroups that no instance of the local state owns (empty
+    /// ones; others are reported and left alone), and kills what is left in the cgroups of
+    /// instances in `dead` (their process ended while no agent ran) before removing them.
+    /// Never waits: a cgroup still busy is killed again when its instance next starts.
+    pub fn sweep_at_start(&self, keep: &BTreeSet<PathBuf>, dead: &BTreeSet<PathBuf>) {
+        let Some(base) = &self.base else { return };
+        let Ok(entries) = std::fs::read_dir(base) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) || keep.contains(&path) {
+                continue;
+            }
+            let members = procs(&path).unwrap_or_default();
+            if !members.is_empty() {
+                if dead.contains(&path) {
+                    tracing::info!(
+                        cgroup = %path.display(),
+                        "killing {} process(es) left by an instance that ended while the agent \
+                         was down",
+                        members.len()
+                    );
+                    kill(&path);
+                } else {
+                    tracing::warn!(
+                        cgroup = %path.display(),
+                        pids = ?members,
+                        "cgroup of no known instance still has processes; leaving it alone"
+                    );
+                    continue;
+                }
+            }
+            match std::fs::remove_dir(&path) {
+                Ok(()) => tracing::debug!(cgroup = %path.display(), "removed a stale cgroup"),
+                Err(e) => tracing::debug!(cgroup = %path.display(), "cannot remove it yet: {e}"),
+            }
+        }
+    }
+}
+
+impl Cgroups {
+    /// At the agent's exit: removes its directory when no instance cgroup is left in it.
+    pub fn tidy(&self) {
+        if let Some(base) = &self.base {
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
+
+fn base_dir(node: &str) -> Result<PathBuf, String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let mount = parse_mountinfo(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let own = parse_own_cgroup(&own).ok_or("/proc/self/cgroup has no cgroup2 entry")?;
+    let base = join_base(&mount, &own, node)
+        .ok_or_else(|| format!("the agent's cgroup {own:?} is outside the visible hierarchy"))?;
+    std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+    // Creating a directory may succeed where joining is refused (a cgroup1 directory tree that
+    // looks alike, a read-only interface file): the kernel's files must be there.
+    if !base.join("cgroup.procs").exists() {
+        return Err(format!("{} is not a cgroup2 directory", base.display()));
+    }
+    Ok(base)
+}
+
+/// `<mount><own>/pmcluster-<node>`; `None` for an own path that climbs out (`/../..`, a cgroup
+/// namespace that hides the agent's cgroup).
+pub fn join_base(mount: &Path, own: &str, node: &str) -> Option<PathBuf> {
+    let mut base = mount.to_path_buf();
+    for part in own.split('/').filter(|p| !p.is_empty()) {
+        if part == ".." || part == "." {
+            return None;
+        }
+        base.push(part);
+    }
+    base.push(format!("pmcluster-{node}"));
+    Some(base)
+}
+
+/// The mount point of the cgroup2 file system in `/proc/self/mountinfo` text (the first one,
+/// preferring one mounted at its root).
+pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
+    let mut found = None;
+    for line in text.lines() {
+        // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let fields: Vec<&str> = left.split_whitespace().collect();
+        let (Some(root), Some(mount)) = (fields.get(3), fields.get(4)) else {
+            continue;
+        };
+        let mount = PathBuf::from(unescape(mount));
+        if *root == "/" {
+            return Some(mount);
+        }
+        found.get_or_insert(mount);
+    }
+    found
+}
+
+/// Undoes the octal escapes of mountinfo (`\040` for a space).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = bytes
+                .get(i + 1..i + 4)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The cgroup2 path in `/proc/self/cgroup` text (the `0::/path` line).
+pub fn parse_own_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end().to_string())
+        .filter(|p| p.starts_with('/'))
+}
+
+fn make(path: &Path) -> io::Result<OwnedFd> {
+    match std::fs::create_dir(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // Left over (an earlier process of this instance that did not die, or an agent
+            // that went down): nothing in it belongs to the process about to start.
+            if procs(path).is_ok_and(|p| !p.is_empty()) {
+                tracing::info!(cgroup = %path.display(), "killing what is left in it");
+                kill(path);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    // std opens with O_CLOEXEC: the program never inherits it.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("cgroup.procs"))?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The pids in a cgroup.
+pub fn procs(path: &Path) -> io::Result<Vec<u32>> {
+    let text = std::fs::read_to_string(path.join("cgroup.procs"))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// SIGKILL for everything in the cgroup: `cgroup.kill`, or each pid of `cgroup.procs` on
+/// kernels before 5.14.
+pub fn kill(path: &Path) {
+    match std::fs::write(path.join("cgroup.kill"), b"1") {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound && path.exists() => {
+            for pid in procs(path).unwrap_or_default() {
+                let _ = nix::sys::signal::kill(to_pid(pid), Signal::SIGKILL);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(cgroup = %path.display(), "cannot write cgroup.kill: {e}"),
+    }
+}
+
+/// Whether anything runs in the cgroup (a cgroup that cannot be read counts as empty).
+pub fn populated(path: &Path) -> bool {
+    procs(path).is_ok_and(|p| !p.is_empty())
+}
+
+/// Kills everything in the cgroup, waits (bounded, polling) until it is empty and removes it.
+/// Returns whether it is gone.
+pub async fn end(path: &Path) -> bool {
+    let deadline = Instant::now() + END_WAIT;
+    loop {
+        let members = match procs(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return true,
+            Err(e) => {
+                tracing::warn!(cgroup = %path.display(), "cannot read cgroup.procs: {e}");
+                Vec::new()
+            }
+        };
+        if members.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::error!(
+                cgroup = %path.display(),
+                pids = ?members,
+                "processes do not die even after SIGKILL; leaving the cgroup"
+            );
+            return false;
+        }
+        kill(path);
+        tokio::time::sleep(POLL).await;
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(cgroup = %path.display(), "cannot remove the cgroup: {e}");
+            false
+        }
+    }
+}
+
+/// Removes an empty cgroup that was made for a process that never started.
+pub fn discard(path: &Path) {
+    let _ = std::fs::remove_dir(path);
+}
+
+/// Whether `pid` is a member of the cgroup at `path` (for checks in logs and tests).
+pub fn contains(path: &Path, pid: u32) -> bool {
+    procs(path).is_ok_and(|p| p.contains(&pid))
+}
+
+/// Writes `n` in decimal into `buf` and returns the digits. Used between fork and exec, so it
+/// must not allocate.
+pub fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+23 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const UNIFIED: &str = "\
+25 18 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+
+    #[test]
+    fn mounts() {
+        assert_eq!(
+            parse_mountinfo(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_mountinfo(UNIFIED),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+        let none = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw\n\
+                    32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n";
+        assert_eq!(parse_mountinfo(none), None);
+        assert_eq!(parse_mountinfo(""), None);
+        // A bind mount of a subtree is only used when nothing better is mounted.
+        let bound = "50 1 0:22 /sub /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_mountinfo(bound), Some(PathBuf::from("/mnt/my cg")));
+        let both = format!("{bound}{UNIFIED}");
+        assert_eq!(
+            parse_mountinfo(&both),
+            Some(PathBuf::from("/sys/fs/cgroup"))
+        );
+    }
+
+    #[test]
+    fn own_cgroups() {
+        let hybrid = "9:name=systemd:/\n4:memory:/x/y\n1:cpu:/\n0::/\n";
+        assert_eq!(parse_own_cgroup(hybrid), Some("/".to_string()));
+        let systemd = "0::/system.slice/pmcluster-agent.service\n";
+        assert_eq!(
+            parse_own_cgroup(systemd).as_deref(),
+            Some("/system.slice/pmcluster-agent.service")
+        );
+        assert_eq!(parse_own_cgroup("1:cpu:/\n"), None);
+        assert_eq!(parse_own_cgroup(""), None);
+    }
+
+    #[test]
+    fn bases() {
+        let mount = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            join_base(mount, "/system.slice/pmcluster-agent.service", "n1"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/system.slice/pmcluster-agent.service/pmcluster-n1"
+            ))
+        );
+        assert_eq!(
+            join_base(Path::new("/sys/fs/cgroup/unified"), "/", "web-1"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/pmcluster-web-1"))
+        );
+        assert_eq!(join_base(mount, "/../../user.slice", "n1"), None);
+    }
+
+    #[test]
+    fn digits() {
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(7, &mut buf), b"7");
+        assert_eq!(decimal(4_194_304, &mut buf), b"4194304");
+        assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape("/plain\\"), "/plain\\");
+        assert_eq!(unescape("/x\\9"), "/x\\9");
+    }
+}
