@@ -22,8 +22,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{self, Signal};
@@ -1289,6 +1289,74 @@ impl Drop for Cluster {
             let path = dir.keep();
             eprintln!("harness: kept {}", path.display());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sampling `list` in the background
+
+/// Samples `list -o json` every 100 ms on its own thread, checking an invariant on each sample.
+/// Collects violations instead of panicking, so the main thread reports them with context.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<(usize, Vec<String>)>>,
+}
+
+impl Sampler {
+    pub fn start(
+        cli: PathBuf,
+        url: String,
+        app: &str,
+        check: impl Fn(&[Instance]) -> Result<(), String> + Send + 'static,
+    ) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let app = app.to_string();
+        let handle = std::thread::spawn(move || {
+            let mut samples = 0;
+            let mut violations = Vec::new();
+            // Bounded: stops when asked, and never runs past ten minutes.
+            let end = Instant::now() + Duration::from_secs(600);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < end {
+                let out = Command::new(&cli)
+                    .args(["--coordinator", &url, "list", &app, "-o", "json"])
+                    .output();
+                if let Ok(out) = out
+                    && out.status.success()
+                    && let Ok(Value::Array(entries)) = serde_json::from_slice::<Value>(&out.stdout)
+                {
+                    let list: Vec<Instance> = entries
+                        .iter()
+                        .filter_map(|e| Instance::from_json(e).ok())
+                        .collect();
+                    samples += 1;
+                    if let Err(why) = check(&list) {
+                        violations.push(why);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (samples, violations)
+        });
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops sampling; returns how many samples were taken and the violations seen.
+    pub fn finish(mut self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or((0, vec!["sampler thread panicked".into()]))
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -43,6 +43,24 @@ fn daemon(home: &Path, file: &str) -> Option<ProcId> {
     ProcId::of(pid)
 }
 
+/// The two online instances of `web`, as `list` shows them, or the list.
+fn two_online(cli: &Path, home: &Path, url: &str) -> Result<Vec<ProcId>, String> {
+    let out = pm(cli, home, url, &["list", "web", "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let online: Vec<ProcId> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["status"] == "online")
+        .filter_map(|i| ProcId::of(u32::try_from(i["pid"].as_u64()?).ok()?))
+        .collect();
+    if online.len() == 2 {
+        Ok(online)
+    } else {
+        Err(list.to_string())
+    }
+}
+
 /// Ends whatever `up` started, by pid, if the test failed half-way.
 struct Down<'a> {
     cli: &'a Path,
@@ -117,21 +135,8 @@ fn up_runs_a_local_cluster_and_down_stops_everything() {
         ),
         "start",
     );
-    let instances: Vec<ProcId> = wait_until(DEADLINE, "2 online instances", || {
-        let out = pm(cli, home, &url, &["list", "web", "-o", "json"]);
-        let list: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        let online: Vec<ProcId> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["status"] == "online")
-            .filter_map(|i| ProcId::of(u32::try_from(i["pid"].as_u64()?).ok()?))
-            .collect();
-        if online.len() == 2 {
-            Ok(online)
-        } else {
-            Err(list.to_string())
-        }
+    let instances = wait_until(DEADLINE, "2 online instances", || {
+        two_online(cli, home, &url)
     });
 
     // `down` stops the agent with its instances, then the coordinator.
@@ -162,19 +167,7 @@ fn up_runs_a_local_cluster_and_down_stops_everything() {
         "up after down",
     );
     wait_until(DEADLINE, "web back with 2 online", || {
-        let out = pm(cli, home, &url, &["list", "web", "-o", "json"]);
-        let list: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-        let online = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| i["status"] == "online")
-            .count();
-        if online == 2 {
-            Ok(())
-        } else {
-            Err(list.to_string())
-        }
+        two_online(cli, home, &url)
     });
     ok(&pm(cli, home, &url, &["down"]), "down again");
 }

@@ -8,14 +8,8 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
 
-use pmcluster_tests::{Cluster, Instance, free_port_range, wait_until};
-use serde_json::Value;
+use pmcluster_tests::{Cluster, Sampler, free_port_range, wait_until};
 
 use crate::lb::{Balancer, Load, wait_all_answers};
 use crate::{DEADLINE, wait_online};
@@ -27,64 +21,6 @@ fn wait_rollout(c: &Cluster) -> pmcluster_tests::CliOutput {
         std::time::Duration::from_secs(180),
     )
     .expect("pmcluster rollout status --wait runs")
-}
-
-/// Samples `list` every 100 ms and records every instance of `originals` (id -> pid) that is
-/// still listed with another pid.
-struct OldPidWatch {
-    stop: Arc<AtomicBool>,
-    handle: Option<thread::JoinHandle<(usize, Vec<String>)>>,
-}
-
-impl OldPidWatch {
-    fn start(c: &Cluster, originals: BTreeMap<String, u32>) -> OldPidWatch {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let (cli, url) = (c.bins().cli.clone(), c.url());
-        let handle = thread::spawn(move || {
-            let (mut samples, mut changed) = (0, Vec::new());
-            // Bounded: stops when asked, and never runs past five minutes.
-            let end = Instant::now() + Duration::from_secs(300);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < end {
-                let out = Command::new(&cli)
-                    .args(["--coordinator", &url, "list", "web", "-o", "json"])
-                    .output();
-                if let Ok(out) = out
-                    && out.status.success()
-                    && let Ok(Value::Array(entries)) = serde_json::from_slice::<Value>(&out.stdout)
-                {
-                    samples += 1;
-                    for i in entries.iter().filter_map(|e| Instance::from_json(e).ok()) {
-                        if let (Some(&was), Some(now)) = (originals.get(&i.id), i.pid)
-                            && was != now
-                        {
-                            changed.push(format!("{} index {}: pid {was} -> {now}", i.id, i.index));
-                        }
-                    }
-                }
-                thread::sleep(Duration::from_millis(100));
-            }
-            (samples, changed)
-        });
-        OldPidWatch {
-            stop,
-            handle: Some(handle),
-        }
-    }
-
-    fn finish(mut self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.handle
-            .take()
-            .and_then(|h| h.join().ok())
-            .unwrap_or((0, vec!["pid watch thread panicked".into()]))
-    }
-}
-
-impl Drop for OldPidWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
 }
 
 fn config(dir: &Path, testapp: &str, base: u16) -> String {
@@ -136,7 +72,20 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
         .filter_map(|i| Some((i.id, i.pid?)))
         .collect();
     assert_eq!(originals.len(), 6);
-    let watch = OldPidWatch::start(&c, originals);
+    let watch = Sampler::start(c.bins().cli.clone(), c.url(), "web", move |list| {
+        let changed: Vec<String> = list
+            .iter()
+            .filter_map(|i| {
+                let (was, now) = (*originals.get(&i.id)?, i.pid?);
+                (was != now).then(|| format!("{} index {}: pid {was} -> {now}", i.id, i.index))
+            })
+            .collect();
+        if changed.is_empty() {
+            Ok(())
+        } else {
+            Err(changed.join("; "))
+        }
+    });
     let load = Load::start(lb.port);
     let out = c.cli(&["reload", "web", "--set", "env.TESTAPP_VERSION=v2", "--yes"]);
     out.assert_ok();
