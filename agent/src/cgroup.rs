@@ -293,7 +293,28 @@ pub fn populated(path: &Path) -> bool {
 /// Kills everything in the cgroup, waits (bounded, polling) until it is empty and removes it.
 /// Returns whether it is gone.
 pub async fn end(path: &Path) -> bool {
+    if !empty(path).await {
+        return false;
+    }
+    match std::fs::remove_dir(path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
+        Err(e) => {
+            tracing::warn!(cgroup = %path.display(), "cannot remove the cgroup: {e}");
+            false
+        }
+    }
+}
+
+/// Kills everything in the cgroup and waits (bounded, polling) until it is empty, keeping the
+/// cgroup itself: a restart reuses it, since removing and making a cgroup costs the kernel
+/// milliseconds (an RCU grace period) that a crash-to-restart should not pay. Returns whether it
+/// is empty (or gone).
+pub async fn empty(path: &Path) -> bool {
     let deadline = Instant::now() + END_WAIT;
+    // Killed processes are usually gone within a millisecond, and a crashed instance's restart
+    // waits on this: look again soon, then less often.
+    let mut pause = Duration::from_millis(1);
     loop {
         let members = match procs(path) {
             Ok(m) => m,
@@ -315,16 +336,10 @@ pub async fn end(path: &Path) -> bool {
             return false;
         }
         kill(path);
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL);
     }
-    match std::fs::remove_dir(path) {
-        Ok(()) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => true,
-        Err(e) => {
-            tracing::warn!(cgroup = %path.display(), "cannot remove the cgroup: {e}");
-            false
-        }
-    }
+    true
 }
 
 /// Removes an empty cgroup that was made for a process that never started.

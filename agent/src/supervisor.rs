@@ -910,14 +910,20 @@ impl Supervisor {
         // a worker still writing): it goes with the leader.
         let family = self.agent.state.family(&self.id);
         process::kill_all(r.proc.pid, &family);
-        // And whatever escaped both (a double fork into a session of its own).
+        // And whatever escaped both (a double fork into a session of its own). The cgroup stays
+        // for a restart (see `cgroup::empty`) and goes when none follows.
         if let Some(path) = &r.cgroup {
-            cgroup::end(path).await;
+            cgroup::empty(path).await;
         }
         let how = exit.describe();
         let policy = Policy::of(&r.spec);
         let decision = self.decide(&policy, r.started.elapsed(), &how, r.index);
         let next = self.after(decision, &how, exit.code());
+        if next.is_none()
+            && let Some(path) = &r.cgroup
+        {
+            cgroup::end(path).await;
+        }
         if next.is_some() {
             self.reason = Some(format!("restarted after: {how}"));
             wait_group_gone(r.proc.pid).await;
