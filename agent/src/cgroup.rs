@@ -149,11 +149,20 @@ impl Cgroups {
 }
 
 impl Cgroups {
-    /// At the agent's exit: removes its directory when no instance cgroup is left in it.
+    /// At the agent's exit: removes the empty instance cgroups (an instance that never started,
+    /// or one stopped for good; instances left running keep theirs, with their processes), then
+    /// its own directory when nothing is left in it.
     pub fn tidy(&self) {
-        if let Some(base) = &self.base {
-            let _ = std::fs::remove_dir(base);
+        let Some(base) = &self.base else { return };
+        for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir())
+                && procs(&path).is_ok_and(|p| p.is_empty())
+            {
+                let _ = std::fs::remove_dir(&path);
+            }
         }
+        let _ = std::fs::remove_dir(base);
     }
 }
 
