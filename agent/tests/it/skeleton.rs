@@ -340,9 +340,11 @@ async fn ports_fixed_and_auto() {
     s.desired(1, vec![fixed, auto]).await;
     let r = s
         .report_where("both launching with ports", |r| {
+            // Started (a pid): a start still waiting for its port is launching too.
             is_state(r, "f", pb::InstanceState::Launching)
+                && instance(r, "f").is_some_and(|i| i.pid != 0)
                 && is_state(r, "u", pb::InstanceState::Launching)
-                && instance(r, "u").is_some_and(|i| i.port != 0)
+                && instance(r, "u").is_some_and(|i| i.port != 0 && i.pid != 0)
         })
         .await;
     reaper.add(pid_of(&r, "f"));
