@@ -8,11 +8,57 @@ use nix::unistd::Pid;
 use pmcluster_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
-use crate::fake::{DEADLINE, FakeCoordinator, instance, is_state, must};
+use crate::fake::{DEADLINE, FakeCoordinator, Session, instance, is_state, must};
 use crate::{Reaper, alive, assignment, group_alive, sh_spec, tempdir, wait_until};
 
 /// Starts the agent binary; its stderr goes to `DIR/agent.err`.
-pub(crate) fn spawn_agent(dir: &Path, args: &[&str]) -> Child {
+/// `--coordinator URL --node-name NODE --data-dir DATA`, then `extra`: how these tests run it.
+pub(crate) fn agent_args(url: &str, node: &str, data: &Path, extra: &[&str]) -> Vec<String> {
+    let data = data.to_string_lossy();
+    [
+        "--coordinator",
+        url,
+        "--node-name",
+        node,
+        "--data-dir",
+        &data,
+    ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .map(str::to_string)
+    .collect()
+}
+
+/// A real agent (this binary) registered with a fresh fake coordinator: how most of these tests
+/// begin. `args` starts it again the same way.
+pub(crate) struct Started {
+    pub dir: tempfile::TempDir,
+    pub coord: FakeCoordinator,
+    pub data: std::path::PathBuf,
+    pub args: Vec<String>,
+    pub agent: Child,
+    pub session: Session,
+}
+
+pub(crate) async fn start_agent(node: &str, extra: &[&str]) -> Started {
+    let dir = tempdir();
+    let mut coord = FakeCoordinator::start().await;
+    let data = dir.path().join("data");
+    let args = agent_args(&coord.url, node, &data, extra);
+    let agent = spawn_agent(dir.path(), &args);
+    let (session, _) = coord.accept().await;
+    session.registered(100).await;
+    Started {
+        dir,
+        coord,
+        data,
+        args,
+        agent,
+        session,
+    }
+}
+
+pub(crate) fn spawn_agent(dir: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Child {
     let stderr = must(std::fs::File::create(dir.join("agent.err")), "stderr file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmcluster-agent"));
     cmd.args(args)
@@ -44,19 +90,8 @@ async fn taken_node_name_exits_1() {
     let dir = tempdir();
     let coord = FakeCoordinator::start().await;
     coord.reject_next(1);
-    let data = dir.path().join("data");
-    let data = data.to_string_lossy();
-    let mut agent = spawn_agent(
-        dir.path(),
-        &[
-            "--coordinator",
-            &coord.url,
-            "--node-name",
-            "dup",
-            "--data-dir",
-            &data,
-        ],
-    );
+    let args = agent_args(&coord.url, "dup", &dir.path().join("data"), &[]);
+    let mut agent = spawn_agent(dir.path(), &args);
     let status = exit_of(&mut agent).await;
     let err = stderr_of(dir.path());
     assert_eq!(status.code(), Some(1), "{err}");
@@ -95,24 +130,14 @@ async fn bad_flags_exit_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_stop_flag_stops_every_instance() {
     let reaper = Reaper::default();
-    let dir = tempdir();
-    let mut coord = FakeCoordinator::start().await;
-    let data = dir.path().join("data");
-    let data = data.to_string_lossy();
-    let mut agent = spawn_agent(
-        dir.path(),
-        &[
-            "--coordinator",
-            &coord.url,
-            "--node-name",
-            "term",
-            "--data-dir",
-            &data,
-            "--stop-instances-on-exit",
-        ],
-    );
-    let (mut s, _) = coord.accept().await;
-    s.registered(100).await;
+    let Started {
+        dir,
+        mut agent,
+        session: mut s,
+        // Kept to the end: `..` would drop the fake coordinator at once.
+        coord: _coord,
+        ..
+    } = start_agent("term", &["--stop-instances-on-exit"]).await;
     // One instance ignores SIGTERM (the ignored disposition survives exec), so only the SIGKILL
     // after its kill timeout ends it; the other has a child of its own in its group.
     let mut stubborn = sh_spec("stubborn", "trap '' TERM; exec sleep 30");
@@ -162,27 +187,9 @@ async fn agent_restarts_adopt_running_instances() {
     let dir = tempdir();
     let mut coord = FakeCoordinator::start().await;
     let data = dir.path().join("data");
-    let data = data.to_string_lossy().into_owned();
     let url = coord.url.clone();
-    let args = |grace: &'static str| -> Vec<String> {
-        [
-            "--coordinator",
-            &url,
-            "--node-name",
-            "keep",
-            "--data-dir",
-            &data,
-            "--coordinator-grace",
-            grace,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    };
-    let spawn = |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        spawn_agent(dir.path(), &args)
-    };
+    let args = |grace: &str| agent_args(&url, "keep", &data, &["--coordinator-grace", grace]);
+    let spawn = |args: Vec<String>| spawn_agent(dir.path(), &args);
 
     // Agent 1 runs a (with a child of its own) and b.
     let mut agent = spawn(args("60s"));
@@ -392,24 +399,14 @@ fn inode(path: &Path) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_agent_leaves_timestamped_instances_logging() {
     let reaper = Reaper::default();
-    let dir = tempdir();
-    let mut coord = FakeCoordinator::start().await;
-    let data = dir.path().join("data");
-    let data_arg = data.to_string_lossy().into_owned();
-    let url = coord.url.clone();
-    let args = [
-        "--coordinator",
-        &url,
-        "--node-name",
-        "stamps",
-        "--data-dir",
-        &data_arg,
-        "--coordinator-grace",
-        "60s",
-    ];
-    let mut agent = spawn_agent(dir.path(), &args);
-    let (mut s, _) = coord.accept().await;
-    s.registered(100).await;
+    let Started {
+        dir,
+        mut coord,
+        data,
+        args,
+        mut agent,
+        session: mut s,
+    } = start_agent("stamps", &["--coordinator-grace", "60s"]).await;
     // A line on stdout every ~50 ms; on stderr the same with padding, so that its file (16 KiB
     // at most) rotates about once a second.
     let pad = "x".repeat(900);
@@ -515,24 +512,14 @@ async fn kill_9_of_the_agent_leaves_timestamped_instances_logging() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_adopted_instance_whose_pumps_died_gets_new_ones() {
     let reaper = Reaper::default();
-    let dir = tempdir();
-    let mut coord = FakeCoordinator::start().await;
-    let data = dir.path().join("data");
-    let data_arg = data.to_string_lossy().into_owned();
-    let url = coord.url.clone();
-    let args = [
-        "--coordinator",
-        &url,
-        "--node-name",
-        "repump",
-        "--data-dir",
-        &data_arg,
-        "--coordinator-grace",
-        "60s",
-    ];
-    let mut agent = spawn_agent(dir.path(), &args);
-    let (mut s, _) = coord.accept().await;
-    s.registered(100).await;
+    let Started {
+        dir,
+        mut coord,
+        data,
+        args,
+        mut agent,
+        session: mut s,
+    } = start_agent("repump", &["--coordinator-grace", "60s"]).await;
     // It ignores SIGPIPE, so it lives through the time its pipe has no reader (its lines are
     // lost then); merged, so one pipe carries both streams.
     let mut spec = sh_spec(

@@ -9,9 +9,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use pmcluster_proto::v1 as pb;
 
-use crate::binary::{exit_of, spawn_agent, stderr_of};
-use crate::fake::{FakeCoordinator, instance, is_state, must};
-use crate::{Reaper, assignment, sh_spec, tempdir, wait_until};
+use crate::binary::{Started, exit_of, start_agent, stderr_of};
+use crate::fake::{instance, is_state, must};
+use crate::{Reaper, assignment, sh_spec, wait_until};
 
 /// The cgroup2 mount point if this process may make cgroups under its own, or why not.
 fn usable(test: &str) -> Result<PathBuf, String> {
@@ -149,24 +149,15 @@ async fn a_stop_ends_a_grandchild_that_left_group_and_family() {
         }
     };
     let reaper = Reaper::default();
-    let dir = tempdir();
-    let mut coord = FakeCoordinator::start().await;
-    let data = dir.path().join("data");
-    let data_arg = data.to_string_lossy().into_owned();
-    let mut agent = spawn_agent(
-        dir.path(),
-        &[
-            "--coordinator",
-            &coord.url,
-            "--node-name",
-            "cg-stop",
-            "--data-dir",
-            &data_arg,
-            "--stop-instances-on-exit",
-        ],
-    );
-    let (mut s, _) = coord.accept().await;
-    s.registered(100).await;
+    let Started {
+        dir,
+        data,
+        mut agent,
+        session: mut s,
+        // Kept to the end: `..` would drop the fake coordinator at once.
+        coord: _coord,
+        ..
+    } = start_agent("cg-stop", &["--stop-instances-on-exit"]).await;
     let file = dir.path().join("escaped.pid");
     let spec = escaping_spec("escaper", &file, "exec sleep 300");
     let mut a = assignment("e1", 0, &spec);
@@ -221,24 +212,15 @@ async fn a_crash_ends_a_grandchild_that_left_group_and_family() {
         }
     };
     let reaper = Reaper::default();
-    let dir = tempdir();
-    let mut coord = FakeCoordinator::start().await;
-    let data = dir.path().join("data");
-    let data_arg = data.to_string_lossy().into_owned();
-    let mut agent = spawn_agent(
-        dir.path(),
-        &[
-            "--coordinator",
-            &coord.url,
-            "--node-name",
-            "cg-crash",
-            "--data-dir",
-            &data_arg,
-            "--stop-instances-on-exit",
-        ],
-    );
-    let (mut s, _) = coord.accept().await;
-    s.registered(100).await;
+    let Started {
+        dir,
+        data,
+        mut agent,
+        session: mut s,
+        // Kept to the end: `..` would drop the fake coordinator at once.
+        coord: _coord,
+        ..
+    } = start_agent("cg-crash", &["--stop-instances-on-exit"]).await;
     let file = dir.path().join("escaped.pid");
     let spec = escaping_spec("crasher", &file, "sleep 2; exit 3");
     s.desired(1, vec![assignment("c1", 0, &spec)]).await;
