@@ -10,6 +10,7 @@ mod bad_input;
 mod lb;
 mod local;
 mod nodes;
+mod reliability;
 mod rollout;
 mod scale;
 mod scheduling;

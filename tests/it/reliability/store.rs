@@ -1,0 +1,1 @@
+//! Reliability regressions: see the module doc of `reliability`.
