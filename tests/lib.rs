@@ -935,6 +935,17 @@ impl Cluster {
         self.spawn_agent(name, data_dir, extra_args, false)
     }
 
+    /// Starts an agent named `name` on an existing data dir (another agent's, say, to reuse it
+    /// under a new name). Returns its index for [`Cluster::agent`].
+    pub fn add_agent_in(
+        &mut self,
+        name: &str,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Result<usize, Error> {
+        self.spawn_agent(name, data_dir, extra_args, true)
+    }
+
     /// Starts a new agent with the name and data dir of agent `idx` (which must have exited or
     /// been killed), as an agent restart on the same host would. Returns the new agent's index.
     pub fn restart_agent(&mut self, idx: usize, extra_args: &[&str]) -> Result<usize, Error> {

@@ -30,6 +30,8 @@ pub struct RawConfig {
     pub log_pump: Option<PathBuf>,
     /// `--no-cgroups`.
     pub no_cgroups: bool,
+    /// `--rename-node`.
+    pub rename_node: bool,
 }
 
 /// Checked agent settings.
@@ -59,6 +61,9 @@ pub struct Config {
     /// Run each instance in a cgroup of its own (see [`crate::cgroup`]) when a writable cgroup2
     /// hierarchy is available. On by default; `--no-cgroups` turns it off.
     pub cgroups: bool,
+    /// The data dir may belong to another node name: rename that node to `node_name` (see
+    /// [`crate::identity`]). Without it such a start is refused.
+    pub rename_node: bool,
 }
 
 impl Config {
@@ -75,6 +80,7 @@ impl Config {
             subreaper: false,
             log_pump: None,
             cgroups: true,
+            rename_node: false,
         }
     }
 }
@@ -146,6 +152,7 @@ impl RawConfig {
             subreaper: self.subreaper,
             log_pump: self.log_pump,
             cgroups: !self.no_cgroups,
+            rename_node: self.rename_node,
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod cgroup;
 pub mod config;
 pub mod desired;
 pub mod health;
+pub mod identity;
 pub mod link;
 pub mod logs;
 pub mod metrics;
@@ -77,11 +78,23 @@ pub enum AgentError {
     Coordinator { url: String, reason: String },
     #[error("link task failed: {0}")]
     Link(String),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+}
+
+impl AgentError {
+    /// Whether the error is the operator's to fix before a restart can help (exit 64).
+    pub fn is_config(&self) -> bool {
+        matches!(self, AgentError::Identity(_))
+    }
 }
 
 /// What every part of the agent shares.
 pub(crate) struct Agent {
     pub node_name: String,
+    pub data_dir: PathBuf,
+    /// What the data dir remembers (see [`identity`]); saved whenever it changes.
+    pub identity: Mutex<identity::Identity>,
     /// `DATA_DIR/logs`: instance stdout/stderr files.
     pub logs_dir: PathBuf,
     /// `DATA_DIR/instances`: one record per instance (see [`persist`]).
@@ -126,6 +139,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     // Held until the agent returns: two agents adopting the same instances would fight.
     let _lock = lock_data_dir(&config.data_dir)?;
+    let remembered = identity::check_node_name(
+        &config.data_dir,
+        identity::load(&config.data_dir)?,
+        &config.node_name,
+        config.rename_node,
+    )?;
+    if !remembered.renamed_from.is_empty() {
+        tracing::warn!(
+            "renaming node {:?} to {:?} (--rename-node): the coordinator moves its instances over",
+            remembered.renamed_from,
+            config.node_name
+        );
+    }
+    identity::save(&config.data_dir, &remembered)?;
     if config.subreaper
         && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
     {
@@ -149,11 +176,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         tracing::info!("instances run without cgroups (--no-cgroups)");
         cgroup::Cgroups::off()
     };
+    let state = state::State::default();
+    // Sets below this generation are stale even right after a restart: a coordinator that lost
+    // its state must not be able to empty this node.
+    state.lock().generation = remembered.generation;
     let agent = Arc::new(Agent {
         node_name: config.node_name.clone(),
+        data_dir: config.data_dir.clone(),
+        identity: Mutex::new(remembered),
         logs_dir,
         instances_dir,
-        state: state::State::default(),
+        state,
         ports: ports::Ports::default(),
         reaper: Arc::new(process::Reaper::new(config.subreaper)),
         supervisors: TaskTracker::new(),
@@ -369,7 +402,10 @@ async fn start_local_after(
                     .collect()
             };
             assignments.extend(waiting);
-            supervisor::apply_local(&agent, DesiredSet { generation: 0, assignments });
+            // The last set applied, again: its generation is the remembered one (a lower one
+            // would be stale).
+            let generation = agent.state.generation();
+            supervisor::apply_local(&agent, DesiredSet { generation, assignments });
         }
     }
 }

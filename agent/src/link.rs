@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
+use crate::identity::{self, Verdict};
 use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
@@ -157,6 +158,11 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
     let mut client = AgentLinkClient::new(channel);
     let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE);
     let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
+    let remembered = agent
+        .identity
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let register = pb::Register {
         node_name: agent.node_name.clone(),
         labels: cfg.labels.clone().into_iter().collect(),
@@ -167,6 +173,9 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
         generation: agent.state.generation(),
         instances: agent.state.instances(),
         agent_id: cfg.agent_id.clone(),
+        cluster_id: remembered.cluster_id.clone(),
+        held: agent.state.held(),
+        renamed_from: remembered.renamed_from.clone(),
         // The coordinator takes the source address of this connection.
         ..Default::default()
     };
@@ -190,6 +199,8 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut report_at: Option<Instant> = None;
     let mut logs = LogRequests::new(Arc::clone(agent), log_tx);
+    // A refused set is said once per session, not once per set.
+    let mut refused = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return End::Shutdown,
@@ -202,13 +213,14 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
                             ms => Duration::from_millis(ms),
                         };
                         tracing::info!("registered with the coordinator (heartbeat {period:?})");
+                        check_registered(agent, &r);
                         heartbeat = tokio::time::interval_at(Instant::now() + period, period);
                         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
                         // Changes between Register and now go out at once.
                         send_report(agent, &status_tx);
                         report_at = None;
                     }
-                    Down::Desired(set) => supervisor::apply(agent, DesiredSet::from(set)),
+                    Down::Desired(set) => accept_set(agent, set, &mut refused),
                     Down::LogRequest(req) => logs.start(req),
                     Down::CancelLogs(c) => logs.cancel(c.request_id),
                 },
@@ -229,6 +241,105 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
             }
             () = logs.reap() => {}
         }
+    }
+}
+
+/// Says loudly when the coordinator serves another cluster or quarantined this node: its sets
+/// will be refused (or not sent) and the instances keep running until an operator adopts it.
+fn check_registered(agent: &Agent, r: &pb::Registered) {
+    let ours = agent
+        .identity
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .cluster_id
+        .clone();
+    if !ours.is_empty() && !r.cluster_id.is_empty() && ours != r.cluster_id {
+        tracing::error!(
+            "this agent belongs to cluster {ours}, but the coordinator serves cluster {}: its \
+             desired sets will be refused and every instance here keeps running. If the \
+             coordinator lost its state and this is the new cluster, adopt the node there: \
+             pmcluster nodes adopt {}",
+            r.cluster_id,
+            agent.node_name
+        );
+    }
+    if !r.quarantine.is_empty() {
+        tracing::error!("the coordinator quarantined this node: {}", r.quarantine);
+    }
+}
+
+/// Applies a desired set unless the remembered identity refuses it (another cluster, or a
+/// generation below the highest applied); then remembers the set's cluster and generation.
+fn accept_set(agent: &Arc<Agent>, set: pb::DesiredSet, refused: &mut bool) {
+    let verdict = {
+        let id = agent
+            .identity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        identity::verdict(&id, &set.cluster_id, set.generation, set.adopt)
+    };
+    match verdict {
+        Verdict::Apply => {}
+        Verdict::Foreign { ours, theirs } => {
+            if !std::mem::replace(refused, true) {
+                tracing::error!(
+                    "refusing the desired set of cluster {theirs}: this agent belongs to cluster \
+                     {ours}. Every instance here keeps running. To move this node to cluster \
+                     {theirs}, run: pmcluster nodes adopt {}",
+                    agent.node_name
+                );
+            }
+            return;
+        }
+        Verdict::Stale {
+            generation,
+            highest,
+        } => {
+            if !std::mem::replace(refused, true) {
+                tracing::error!(
+                    "refusing desired set generation {generation}: this agent already applied \
+                     generation {highest}, so the coordinator's state is older than this node's \
+                     (a lost or restored store?). Every instance here keeps running. To accept \
+                     the coordinator's state, run: pmcluster nodes adopt {}",
+                    agent.node_name
+                );
+            }
+            return;
+        }
+    }
+    *refused = false;
+    let (cluster_id, adopt) = (set.cluster_id.clone(), set.adopt);
+    supervisor::apply(agent, DesiredSet::from(set));
+    remember(agent, &cluster_id, adopt);
+}
+
+/// Saves the cluster id and highest applied generation when they changed.
+fn remember(agent: &Agent, cluster_id: &str, adopt: bool) {
+    let generation = agent.state.generation();
+    let mut id = agent
+        .identity
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut next = id.clone();
+    if !cluster_id.is_empty() {
+        next.cluster_id = cluster_id.to_string();
+    }
+    next.generation = next.generation.max(generation);
+    next.renamed_from.clear();
+    if next == *id {
+        return;
+    }
+    if adopt && !id.cluster_id.is_empty() && id.cluster_id != next.cluster_id {
+        tracing::warn!(
+            "adopted into cluster {} (was {}) by an operator",
+            next.cluster_id,
+            id.cluster_id
+        );
+    }
+    match identity::save(&agent.data_dir, &next) {
+        Ok(()) => *id = next,
+        // Applied, but not remembered: after a restart this node would accept older sets again.
+        Err(e) => tracing::error!("cannot remember the applied desired set: {e}"),
     }
 }
 

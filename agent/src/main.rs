@@ -56,6 +56,11 @@ struct Args {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     no_cgroups: bool,
+    /// Start even though --data-dir belongs to another node name: that node is renamed to
+    /// --node-name, and the coordinator moves its instances over, so they keep running. Without
+    /// it such a start is refused (it would stop every instance the data dir holds).
+    #[arg(long)]
+    rename_node: bool,
 }
 
 /// `--label` for clap, which names the flag and value itself: only the reason is needed.
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
         // Pumps are this very binary (see `Config::log_pump`).
         log_pump: Some(PathBuf::from("/proc/self/exe")),
         no_cgroups: args.no_cgroups,
+        rename_node: args.rename_node,
     };
     let config = match raw.validate() {
         Ok(c) => c,
@@ -121,7 +127,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pmcluster-agent: {e:#}");
-            ExitCode::from(1)
+            let config_error = e
+                .downcast_ref::<pmcluster_agent::AgentError>()
+                .is_some_and(pmcluster_agent::AgentError::is_config);
+            ExitCode::from(if config_error { 64 } else { 1 })
         }
     }
 }

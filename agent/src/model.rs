@@ -248,6 +248,7 @@ mod tests {
         let set = DesiredSet::from(pb::DesiredSet {
             generation: 4,
             assignments: vec![pb::Assignment::default()],
+            ..Default::default()
         });
         assert_eq!(set.generation, 4);
         assert!(set.assignments.is_empty());

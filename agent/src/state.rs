@@ -90,6 +90,32 @@ impl State {
             .collect()
     }
 
+    /// The assignments of the instances held (not being removed), sorted by id: what a
+    /// coordinator that lost its state needs to list and adopt them.
+    pub fn held(&self) -> Vec<pb::Assignment> {
+        self.lock()
+            .instances
+            .iter()
+            .filter_map(|(id, e)| {
+                let t = e.target.borrow();
+                if t.remove {
+                    return None;
+                }
+                let a = &t.assignment;
+                let spec = a.spec.as_ref().ok()?;
+                Some(pb::Assignment {
+                    instance_id: id.to_string(),
+                    index: a.index,
+                    app_version: a.app_version,
+                    spec: Some(pb::AppSpec::from(spec.as_ref())),
+                    port: a.port.map(u32::from).unwrap_or(0),
+                    run: a.run,
+                    restart_epoch: a.restart_epoch,
+                })
+            })
+            .collect()
+    }
+
     /// A full status report (the heartbeat).
     pub fn report(&self) -> pb::StatusReport {
         let inner = self.lock();

@@ -116,8 +116,8 @@ pub enum Command {
     /// Show the recent output of an app, and follow it with -f
     Logs(LogsArgs),
 
-    /// List the nodes (hosts running an agent)
-    Nodes,
+    /// List the nodes (hosts running an agent); adopt or forget one
+    Nodes(NodesArgs),
 
     /// List the apps with their versions and instance counts
     Apps,
@@ -308,6 +308,37 @@ pub struct EndpointsArgs {
     /// With --watch: run this shell command after each change (e.g. reload the load balancer)
     #[arg(long, value_name = "CMD", requires = "watch")]
     pub exec: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(subcommand)]
+    pub action: Option<NodesAction>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesAction {
+    /// Adopt a quarantined node into this cluster: the instances it runs become this cluster's
+    #[command(
+        after_help = "A node is quarantined when its agent served another cluster, or applied \
+        newer desired sets than this coordinator's store knows (a lost or restored state file). \
+        Its instances keep running and are listed; nothing is sent to it until it is adopted. \
+        Apps it runs that this cluster does not have are created from the agent's specs."
+    )]
+    Adopt(AdoptArgs),
+    /// Forget a node that is not connected: its instances are placed elsewhere at once
+    #[command(visible_aliases = ["rm"])]
+    Forget(NodeArg),
+}
+
+#[derive(Debug, Args)]
+pub struct AdoptArgs {
+    /// Node name, as `pmcluster nodes` shows it
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub node: Option<String>,
+    /// Adopt every quarantined node, in one step (so no index is placed twice meanwhile)
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::args::{
-    AppArg, ApplyArgs, AutoscaleArgs, EventsArgs, FileFormat, ListArgs, LogsArgs, NodeArg,
-    OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
+    AdoptArgs, AppArg, ApplyArgs, AutoscaleArgs, EventsArgs, FileFormat, ListArgs, LogsArgs,
+    NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
 };
 use crate::client::{connect, request, unary};
 use crate::error::{ApiError, UsageError};
@@ -410,7 +410,57 @@ pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if nodes.is_empty() {
         return ctx.line(output::NO_NODES);
     }
-    ctx.text(&output::nodes_table(&nodes, output::now_ms()))
+    ctx.text(&output::nodes_table(&nodes, output::now_ms()))?;
+    for n in nodes.iter().filter(|n| !n.message.is_empty()) {
+        ctx.line(&format!(
+            "{} is {}: {}",
+            n.name,
+            output::node_status_name(n.status),
+            n.message
+        ))?;
+    }
+    Ok(())
+}
+
+/// `nodes adopt NODE|--all`.
+pub async fn adopt(args: AdoptArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let target = request(pb::NodeTarget {
+        node: args.node.unwrap_or_default(),
+    });
+    let nodes = unary(client.adopt_node(target)).await?.nodes;
+    if ctx.json() {
+        return ctx.value(&output::nodes_json(&nodes));
+    }
+    for n in &nodes {
+        ctx.line(&format!(
+            "adopted {}: {} now this cluster's (status {})",
+            n.name,
+            plural(n.instances, "instance"),
+            output::node_status_name(n.status)
+        ))?;
+    }
+    Ok(())
+}
+
+/// `nodes forget NODE`.
+pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut client = connect(&ctx.url).await?;
+    let target = request(pb::NodeTarget {
+        node: args.node.clone(),
+    });
+    let node = unary(client.forget_node(target))
+        .await?
+        .node
+        .unwrap_or_default();
+    if ctx.json() {
+        return ctx.value(&output::node_json(&node));
+    }
+    ctx.line(&format!(
+        "forgot node {}: its {} placed elsewhere",
+        args.node,
+        plural(node.instances, "instance")
+    ))
 }
 
 /// `topology [APP]`: nodes with their instances as a tree.

@@ -17,7 +17,7 @@ pub mod validate;
 
 use std::io::Write;
 
-use args::{Cli, Command};
+use args::{Cli, Command, NodesAction};
 use commands::Ctx;
 
 /// Runs one parsed command line, writing human output to `out`.
@@ -51,7 +51,11 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Endpoints(a) => rollout::endpoints(a, ctx).await,
         Command::Delete(a) => commands::delete(a, ctx).await,
         Command::Logs(a) => commands::logs(a, ctx).await,
-        Command::Nodes => commands::nodes(ctx).await,
+        Command::Nodes(a) => match a.action {
+            None => commands::nodes(ctx).await,
+            Some(NodesAction::Adopt(a)) => commands::adopt(a, ctx).await,
+            Some(NodesAction::Forget(a)) => commands::forget(a, ctx).await,
+        },
         Command::Apps => commands::apps(ctx).await,
         Command::Topology(a) => commands::topology(a, ctx).await,
         Command::Drain(a) => commands::drain(a, true, ctx).await,

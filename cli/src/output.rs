@@ -60,6 +60,7 @@ pub fn node_status_name(status: i32) -> &'static str {
             "DOWN" => "down",
             "DRAINING" => "draining",
             "INELIGIBLE" => "ineligible",
+            "QUARANTINED" => "quarantined",
             _ => "unknown",
         })
         .unwrap_or("unknown")
@@ -360,6 +361,7 @@ pub fn node_json(n: &pb::Node) -> Value {
         "down_since_ms": if n.down_since_ms > 0 { json!(n.down_since_ms) } else { Value::Null },
         "labels": labels,
         "last_heartbeat_ms": if n.last_heartbeat_ms > 0 { json!(n.last_heartbeat_ms) } else { Value::Null },
+        "message": n.message,
     })
 }
 

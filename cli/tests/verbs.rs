@@ -282,6 +282,24 @@ impl Cluster for Fake {
         }))
     }
 
+    async fn adopt_node(&self, r: Request<pb::NodeTarget>) -> Reply<pb::ListNodesReply> {
+        Ok(Response::new(pb::ListNodesReply {
+            nodes: vec![pb::Node {
+                name: r.into_inner().node,
+                status: pb::NodeStatus::Ready as i32,
+                instances: 2,
+                ..Default::default()
+            }],
+        }))
+    }
+
+    async fn forget_node(&self, r: Request<pb::NodeTarget>) -> Reply<pb::NodeReply> {
+        Err(Status::failed_precondition(format!(
+            "node {:?} is connected; stop its agent first",
+            r.into_inner().node
+        )))
+    }
+
     async fn undrain_node(&self, r: Request<pb::NodeTarget>) -> Reply<pb::NodeReply> {
         Ok(Response::new(pb::NodeReply {
             node: Some(pb::Node {

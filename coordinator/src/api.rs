@@ -24,6 +24,7 @@ impl From<ControlError> for Status {
             ControlError::NotFound(m) => Status::not_found(m),
             ControlError::AlreadyExists(m) => Status::already_exists(m),
             ControlError::Unavailable(m) => Status::unavailable(m),
+            ControlError::FailedPrecondition(m) => Status::failed_precondition(m),
             ControlError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 Status::unavailable("the coordinator cannot write its state; see its log")
@@ -164,6 +165,22 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
         let node = self.control.set_drain(&r.into_inner().node, false)?;
+        Ok(Response::new(pb::NodeReply { node: Some(node) }))
+    }
+
+    async fn adopt_node(
+        &self,
+        r: Request<pb::NodeTarget>,
+    ) -> Result<Response<pb::ListNodesReply>, Status> {
+        let nodes = self.control.adopt_node(&r.into_inner().node)?;
+        Ok(Response::new(pb::ListNodesReply { nodes }))
+    }
+
+    async fn forget_node(
+        &self,
+        r: Request<pb::NodeTarget>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let node = self.control.forget_node(&r.into_inner().node)?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -362,6 +379,8 @@ async fn outbound(
     let send = |msg: Down| pb::CoordinatorMessage { msg: Some(msg) };
     let registered = Down::Registered(pb::Registered {
         heartbeat_interval_ms: a.heartbeat_interval.as_millis() as u64,
+        cluster_id: a.cluster_id.clone(),
+        quarantine: a.quarantine.clone(),
     });
     if tx.send(Ok(send(registered))).await.is_err() {
         return;

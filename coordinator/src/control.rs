@@ -56,6 +56,8 @@ pub enum ControlError {
     AlreadyExists(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -87,6 +89,12 @@ struct NodeLive {
     host: Option<pb::HostMetrics>,
     /// Unix ms the node was last seen going down; `None` while connected.
     down_since_ms: Option<i64>,
+    /// The instances the agent said it holds at registration (see `pb::Register::held`).
+    held: Vec<pb::Assignment>,
+    /// Highest desired-set generation the agent reported applying.
+    reported_generation: u64,
+    /// Adopted by an operator and not yet confirmed by a report: its sets carry `adopt`.
+    adopting: bool,
 }
 
 struct Session {
@@ -96,6 +104,8 @@ struct Session {
     commands: mpsc::Sender<AgentCommand>,
     /// Dropped to end the session's outbound stream.
     _closer: watch::Sender<()>,
+    /// Why the node is quarantined: nothing is sent to it or placed on it until adopted.
+    quarantine: Option<String>,
 }
 
 /// Where the lines of one log request go.
@@ -150,6 +160,9 @@ pub struct Attached {
     pub commands: mpsc::Receiver<AgentCommand>,
     pub closed: watch::Receiver<()>,
     pub heartbeat_interval: Duration,
+    pub cluster_id: String,
+    /// Why the node is quarantined (empty: it is not).
+    pub quarantine: String,
 }
 
 pub fn now_ms() -> i64 {
@@ -167,14 +180,40 @@ fn new_node_live() -> NodeLive {
         last_heartbeat_ms: 0,
         host: None,
         down_since_ms: Some(now_ms()),
+        held: Vec::new(),
+        reported_generation: 0,
+        adopting: false,
     }
+}
+
+fn is_quarantined(live: &NodeLive) -> bool {
+    live.session
+        .as_ref()
+        .is_some_and(|s| s.quarantine.is_some())
 }
 
 impl Control {
     /// Loads the state from `store` and publishes every node's desired set, ready for agents to
     /// reconnect. Instances are neither started nor stopped by a restart of the coordinator.
     pub fn open(store: Arc<dyn Store>, config: ControlConfig) -> Result<Control> {
-        let state = store.load()?;
+        let mut state = store.load()?;
+        if state.cluster_id.is_empty() {
+            // A new store is a new cluster. Agents that served another one refuse its sets, so a
+            // coordinator that lost its state cannot empty them.
+            let batch = Batch {
+                cluster_id: Some(Uuid::new_v4().to_string()),
+                ..Batch::default()
+            };
+            store.commit(&batch)?;
+            state.apply(&batch);
+            if state.nodes.is_empty() && state.apps.is_empty() {
+                tracing::info!(cluster_id = %state.cluster_id, "new cluster");
+            } else {
+                tracing::info!(cluster_id = %state.cluster_id, "the store had no cluster id yet; made one");
+            }
+        } else {
+            tracing::info!(cluster_id = %state.cluster_id, "cluster loaded");
+        }
         let mut nodes = BTreeMap::new();
         for name in state.nodes.keys() {
             nodes.insert(name.clone(), new_node_live());
@@ -841,7 +880,7 @@ impl Control {
 
     pub fn list_instances(&self, app: &str) -> Result<Vec<pb::Instance>> {
         let inner = self.lock();
-        if !app.is_empty() {
+        if !app.is_empty() && held_views(&inner, app).is_empty() {
             find_app(&inner, app)?;
         }
         let mut out: Vec<pb::Instance> = inner
@@ -851,6 +890,7 @@ impl Control {
             .filter(|i| app.is_empty() || i.app == app)
             .map(|i| instance_view(&inner, &self.config, i))
             .collect();
+        out.extend(held_views(&inner, app));
         out.sort_by(|a, b| (&a.app, a.index, &a.id).cmp(&(&b.app, b.index, &b.id)));
         Ok(out)
     }
@@ -879,7 +919,12 @@ impl Control {
                 let host = live.and_then(|l| l.host).unwrap_or_default();
                 let (instances, cpu, memory) =
                     counts.get(n.name.as_str()).copied().unwrap_or_default();
+                let quarantine = live
+                    .and_then(|l| l.session.as_ref())
+                    .and_then(|s| s.quarantine.clone())
+                    .filter(|_| ready);
                 let status = match (ready, n.drain) {
+                    _ if quarantine.is_some() => pb::NodeStatus::Quarantined,
                     (false, _) => pb::NodeStatus::Down,
                     (true, false) => pb::NodeStatus::Ready,
                     (true, true) if instances > 0 => pb::NodeStatus::Draining,
@@ -905,6 +950,7 @@ impl Control {
                     cpu_percent: host.cpu_percent,
                     memory_used_bytes: host.memory_used_bytes,
                     address: n.address.clone(),
+                    message: quarantine.unwrap_or_default(),
                 }
             })
             .collect()
@@ -1040,6 +1086,13 @@ impl Control {
             // now rather than wait forever.
             inner.log_routes.retain(|_, r| r.node != name);
         }
+        let quarantine = quarantine_reason(&inner.state, reg);
+        let mut batch = Batch::default();
+        let mut renamed = None;
+        if quarantine.is_none() && !reg.renamed_from.is_empty() && reg.renamed_from != name {
+            renamed = self.rename_batch(&inner, &reg.renamed_from, &name, &mut batch)?;
+        }
+        let known = inner.state.nodes.get(&name).or(renamed.as_ref()).cloned();
         let record = NodeRecord {
             name: name.clone(),
             labels: reg.labels.clone().into_iter().collect(),
@@ -1047,13 +1100,8 @@ impl Control {
             memory_bytes: reg.memory_bytes,
             hostname: reg.hostname.clone(),
             agent_version: reg.agent_version.clone(),
-            generation: inner
-                .state
-                .nodes
-                .get(&name)
-                .map(|n| n.generation)
-                .unwrap_or(0),
-            drain: inner.state.nodes.get(&name).is_some_and(|n| n.drain),
+            generation: known.as_ref().map(|n| n.generation).unwrap_or(0),
+            drain: known.as_ref().is_some_and(|n| n.drain),
             address: if reg.advertise_address.is_empty() {
                 peer.map(|p| p.to_string()).unwrap_or_default()
             } else {
@@ -1061,10 +1109,9 @@ impl Control {
             },
         };
         if inner.state.nodes.get(&name) != Some(&record) {
-            let batch = Batch {
-                put_nodes: vec![record],
-                ..Batch::default()
-            };
+            batch.put_nodes.push(record);
+        }
+        if !batch.is_empty() {
             self.store.commit(&batch)?;
             inner.state.apply(&batch);
         }
@@ -1080,30 +1127,218 @@ impl Control {
             agent_id: reg.agent_id.clone(),
             commands: commands_tx,
             _closer: closer,
+            quarantine: quarantine.clone(),
         });
         live.last_heartbeat = Some(Instant::now());
         live.last_heartbeat_ms = now_ms();
         live.down_since_ms = None;
+        live.held = reg.held.clone();
+        live.reported_generation = reg.generation;
+        live.adopting = false;
+        if quarantine.is_some() {
+            // Nothing goes to a quarantined node, not even the set published at load.
+            live.desired.send_replace(None);
+        }
         let desired = live.desired.subscribe();
         for st in &reg.instances {
             if let Ok(id) = st.instance_id.parse::<Uuid>() {
                 inner.observed.insert(id, st.clone());
             }
         }
+        if let Some(old) = &renamed {
+            inner.nodes.remove(&old.name);
+        }
         publish(&mut inner, &name);
         // A new node may take pending instances.
         if let Err(e) = self.write(&mut inner, Batch::default()) {
             tracing::error!(error = %e, "reconcile after node registration failed");
         }
+        let cluster_id = inner.state.cluster_id.clone();
         drop(inner);
-        self.emit("node.up", "", &name, None, format!("node {name} connected"));
+        if let Some(old) = renamed {
+            let text = format!(
+                "node {} renamed to {name}; its instances moved with it",
+                old.name
+            );
+            tracing::warn!("{text}");
+            self.emit("node.renamed", "", &name, None, text);
+        }
+        match &quarantine {
+            Some(why) => {
+                tracing::error!(node = %name, "node quarantined: {why}");
+                self.emit(
+                    "node.quarantined",
+                    "",
+                    &name,
+                    None,
+                    format!("node {name} quarantined: {why}"),
+                );
+            }
+            None => self.emit("node.up", "", &name, None, format!("node {name} connected")),
+        }
         Ok(Attached {
             session_id,
             desired,
             commands,
             closed,
             heartbeat_interval: self.config.heartbeat_interval,
+            cluster_id,
+            quarantine: quarantine.unwrap_or_default(),
         })
+    }
+
+    /// Adds to `batch` the move of node `old`'s records to `new` and the removal of `old`.
+    /// Returns `old`'s record, or `None` when there is no such node (nothing to move).
+    fn rename_batch(
+        &self,
+        inner: &Inner,
+        old: &str,
+        new: &str,
+        batch: &mut Batch,
+    ) -> Result<Option<NodeRecord>> {
+        let Some(record) = inner.state.nodes.get(old) else {
+            return Ok(None);
+        };
+        if inner.nodes.get(old).is_some_and(|l| l.session.is_some()) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "cannot rename node {old:?} to {new:?}: {old:?} is connected; stop its agent first"
+            )));
+        }
+        if inner.state.nodes.contains_key(new) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "cannot rename node {old:?} to {new:?}: a node {new:?} exists already; forget it \
+                 first with 'pmcluster nodes forget {new}'"
+            )));
+        }
+        for rec in inner.state.instances.values() {
+            if rec.node.as_deref() == Some(old) {
+                batch.put_instances.push(InstanceRecord {
+                    node: Some(new.to_string()),
+                    ..rec.clone()
+                });
+            }
+        }
+        batch.del_nodes.push(old.to_string());
+        Ok(Some(record.clone()))
+    }
+
+    /// Adopts quarantined nodes (`name`, or every quarantined node when empty): their held
+    /// instances become this cluster's (apps that are not here are created from the agents'
+    /// specs), and they receive desired sets again, with a generation above the one each agent
+    /// applied and `adopt` set so that it takes this cluster's id. Adopting every node in one
+    /// write keeps the reconciler from placing an index that a not-yet-adopted node holds.
+    pub fn adopt_node(&self, name: &str) -> Result<Vec<pb::Node>> {
+        let mut inner = self.lock();
+        let names: Vec<String> = if name.is_empty() {
+            inner
+                .nodes
+                .iter()
+                .filter(|(_, l)| is_quarantined(l))
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            let live = inner.nodes.get(name).ok_or_else(|| node_not_found(name))?;
+            if !is_quarantined(live) {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "node {name:?} is not quarantined; there is nothing to adopt"
+                )));
+            }
+            vec![name.to_string()]
+        };
+        if names.is_empty() {
+            return Err(ControlError::FailedPrecondition(
+                "no node is quarantined; there is nothing to adopt".into(),
+            ));
+        }
+        let now = now_ms();
+        let mut scratch = inner.state.clone();
+        let mut batch = Batch::default();
+        let mut generation = inner.state.generation;
+        let mut imported = Vec::new();
+        for n in &names {
+            let Some(live) = inner.nodes.get(n) else {
+                continue;
+            };
+            let part = adoption_batch(&scratch, n, &live.held, now);
+            generation = generation.max(live.reported_generation);
+            imported.push((n.clone(), part.put_instances.len()));
+            scratch.apply(&part);
+            batch
+                .put_apps
+                .retain(|a| !part.put_apps.iter().any(|p| p.spec.name == a.spec.name));
+            batch.put_apps.extend(part.put_apps);
+            batch.put_instances.extend(part.put_instances);
+            batch.del_instances.extend(part.del_instances);
+        }
+        // Above anything the agents applied, so their next sets are not stale.
+        generation += 1;
+        batch.generation = Some(generation);
+        for n in &names {
+            let node = inner
+                .state
+                .nodes
+                .get(n)
+                .cloned()
+                .ok_or_else(|| node_not_found(n))?;
+            batch.put_nodes.push(NodeRecord { generation, ..node });
+        }
+        self.write(&mut inner, batch)?;
+        for n in &names {
+            if let Some(live) = inner.nodes.get_mut(n) {
+                if let Some(s) = live.session.as_mut() {
+                    s.quarantine = None;
+                }
+                live.adopting = true;
+            }
+            publish(&mut inner, n);
+        }
+        // Anything the adoption left unplaced can go to these nodes now.
+        if let Err(e) = self.write(&mut inner, Batch::default()) {
+            tracing::error!(error = %e, "reconcile after adoption failed");
+        }
+        drop(inner);
+        for (n, count) in imported {
+            let text = format!("node {n} adopted with {count} of its instances");
+            tracing::warn!("{text}");
+            self.emit("node.adopted", "", &n, None, text);
+        }
+        Ok(self
+            .list_nodes()
+            .into_iter()
+            .filter(|n| names.contains(&n.name))
+            .collect())
+    }
+
+    /// Forgets a node that is not connected: its record goes, and its instances are replaced
+    /// elsewhere at once (the reconciler treats records on an unknown node as lost).
+    pub fn forget_node(&self, name: &str) -> Result<pb::Node> {
+        let before = self
+            .list_nodes()
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| node_not_found(name))?;
+        let mut inner = self.lock();
+        if inner.nodes.get(name).is_some_and(|l| l.session.is_some()) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "node {name:?} is connected; stop its agent first (or drain it to move its \
+                 instances while it runs)"
+            )));
+        }
+        let batch = Batch {
+            del_nodes: vec![name.to_string()],
+            ..Batch::default()
+        };
+        self.write(&mut inner, batch)?;
+        inner.nodes.remove(name);
+        drop(inner);
+        self.emit(
+            "node.forgotten",
+            "",
+            name,
+            None,
+            format!("node {name} forgotten; its instances are placed elsewhere"),
+        );
+        Ok(before)
     }
 
     /// Records a status report (also the heartbeat). Ignored if the session was replaced.
@@ -1118,12 +1353,26 @@ impl Control {
         live.last_heartbeat = Some(Instant::now());
         live.last_heartbeat_ms = now_ms();
         live.host = report.host;
+        live.reported_generation = report.generation;
+        let quarantined = is_quarantined(live);
+        let node_generation = inner.state.nodes.get(node).map_or(0, |n| n.generation);
+        if let Some(live) = inner.nodes.get_mut(node)
+            && live.adopting
+            && report.generation >= node_generation
+        {
+            // The agent applied a set of this cluster: it has taken the new cluster id.
+            live.adopting = false;
+        }
         let mut changes = Vec::new();
         for st in report.instances {
             let Ok(id) = st.instance_id.parse::<Uuid>() else {
                 continue;
             };
             let Some(rec) = inner.state.instances.get(&id) else {
+                if quarantined {
+                    // Held by a quarantined node: listed from what the agent reports.
+                    inner.observed.insert(id, st);
+                }
                 continue;
             };
             if rec.node.as_deref() != Some(node) {
@@ -1483,7 +1732,8 @@ impl Control {
             }
         }
         // App spec changes reach agents through refreshed records, already counted above.
-        let mut generation = inner.state.generation;
+        // An adoption raises the generation above what its agent applied.
+        let mut generation = inner.state.generation.max(batch.generation.unwrap_or(0));
         for name in &touched {
             if let Some(node) = view.nodes.get(name) {
                 generation += 1;
@@ -1608,6 +1858,7 @@ fn node_views<'a>(inner: &Inner, view: &'a Persisted, config: &ControlConfig) ->
         .map(|n| {
             let live = inner.nodes.get(&n.name);
             let link = match live {
+                Some(l) if is_ready(l, config) && is_quarantined(l) => Link::Quarantined,
                 Some(l) if is_ready(l, config) => Link::Up,
                 Some(l) => Link::Down(l.down_since_ms.unwrap_or(0)),
                 None => Link::Down(0),
@@ -1714,15 +1965,139 @@ fn publish(inner: &mut Inner, node: &str) {
         })
         .collect();
     assignments.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-    let set = pb::DesiredSet {
-        generation,
-        assignments,
-    };
+    let cluster_id = inner.state.cluster_id.clone();
     let live = inner
         .nodes
         .entry(node.to_string())
         .or_insert_with(new_node_live);
+    if is_quarantined(live) {
+        return;
+    }
+    let set = pb::DesiredSet {
+        generation,
+        assignments,
+        cluster_id,
+        adopt: live.adopting,
+    };
     live.desired.send_replace(Some(set));
+}
+
+fn node_not_found(name: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "node {name:?} not found; see the nodes with 'pmcluster nodes'"
+    ))
+}
+
+/// Why a registering agent must be quarantined: it serves another cluster, or it applied a
+/// newer desired set than this coordinator's record of the node (the store lost writes or was
+/// restored). Either way this coordinator's view of the node is not to be trusted over the
+/// agent's, so it sends nothing until an operator adopts the node.
+fn quarantine_reason(state: &Persisted, reg: &pb::Register) -> Option<String> {
+    let name = &reg.node_name;
+    let n = reg.held.len();
+    let adopt = format!(
+        "its {n} instance(s) keep running; to make them this cluster's, run 'pmcluster nodes adopt {name}'"
+    );
+    if !reg.cluster_id.is_empty() && reg.cluster_id != state.cluster_id {
+        return Some(format!(
+            "the agent belongs to cluster {}, this coordinator serves cluster {} (a lost or \
+             replaced store?); {adopt}",
+            reg.cluster_id, state.cluster_id
+        ));
+    }
+    // A renamed node brings the generations of its old name.
+    let known = state
+        .nodes
+        .get(name)
+        .or_else(|| state.nodes.get(&reg.renamed_from))
+        .map(|n| n.generation)
+        .unwrap_or(0);
+    if reg.generation > known {
+        return Some(format!(
+            "the agent applied desired-set generation {}, but this coordinator's store knows the \
+             node only up to generation {known} (a lost or restored store?); {adopt}",
+            reg.generation
+        ));
+    }
+    None
+}
+
+/// The records that make a quarantined node's held instances this cluster's. Apps that do not
+/// exist are created from the agent's spec, with enough instances for every held index. A held
+/// instance is taken only where it fits: its app has the same process spec (else the reconciler
+/// replaces it), and its index has no placed record already (a pending one is replaced by it).
+fn adoption_batch(state: &Persisted, node: &str, held: &[pb::Assignment], now: i64) -> Batch {
+    let mut batch = Batch::default();
+    let mut apps: BTreeMap<String, AppRecord> = BTreeMap::new();
+    let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut sorted: Vec<&pb::Assignment> = held.iter().collect();
+    sorted.sort_by_key(|a| (a.index, a.instance_id.clone()));
+    for a in sorted {
+        let Ok(id) = a.instance_id.parse::<Uuid>() else {
+            continue;
+        };
+        let Some(Ok(spec)) = a.spec.clone().map(AppSpec::try_from) else {
+            continue;
+        };
+        if state.instances.contains_key(&id) {
+            continue;
+        }
+        let name = spec.name.clone();
+        // An app this cluster had (or an earlier held instance created) keeps its count: an
+        // index beyond it is not wanted. A new app counts what its spec says, or more.
+        let (mut app, existed) = match apps.get(&name).or(state.apps.get(&name)) {
+            Some(app) => (app.clone(), state.apps.contains_key(&name)),
+            None => (
+                AppRecord {
+                    version: a.app_version.max(1),
+                    ..AppRecord::new(spec.clone(), now)
+                },
+                false,
+            ),
+        };
+        if !app.spec.same_process(&spec)
+            || (existed && a.index >= app.spec.instances)
+            || !taken.insert((name.clone(), a.index))
+        {
+            continue;
+        }
+        let occupied = state
+            .app_instances(&name)
+            .iter()
+            .filter(|r| r.index == a.index && r.draining_since.is_none())
+            .any(|r| r.node.is_some());
+        if occupied {
+            continue;
+        }
+        for r in state.app_instances(&name) {
+            if r.index == a.index && r.node.is_none() {
+                batch.del_instances.push(r.id);
+            }
+        }
+        if app.spec.instances <= a.index {
+            app.spec.instances = a.index + 1;
+        }
+        batch.put_instances.push(InstanceRecord {
+            id,
+            app: name.clone(),
+            index: a.index,
+            node: Some(node.to_string()),
+            port: u16::try_from(a.port).ok().filter(|p| *p != 0),
+            app_version: app.version,
+            restart_epoch: a.restart_epoch,
+            stopped: !a.run,
+            replaces: None,
+            draining_since: None,
+            created_ms: now,
+        });
+        apps.insert(name, app);
+    }
+    for (name, app) in apps {
+        if state.apps.get(&name) != Some(&app) {
+            batch.put_apps.push(app);
+        }
+    }
+    batch
 }
 
 fn find_app<'a>(inner: &'a Inner, name: &str) -> Result<&'a AppRecord> {
@@ -1803,6 +2178,59 @@ fn instance_view(inner: &Inner, config: &ControlConfig, rec: &InstanceRecord) ->
     } else {
         state as i32
     };
+    out
+}
+
+/// The instances that quarantined nodes hold and this cluster has no record of (of `app`, or of
+/// every app when empty), as the agents report them: listed, so that an operator sees what runs
+/// before adopting it.
+fn held_views(inner: &Inner, app: &str) -> Vec<pb::Instance> {
+    let mut out = Vec::new();
+    for (node, live) in &inner.nodes {
+        let Some(why) = live.session.as_ref().and_then(|s| s.quarantine.as_ref()) else {
+            continue;
+        };
+        for a in &live.held {
+            let app_name = a.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            if (!app.is_empty() && app_name != app)
+                || a.instance_id
+                    .parse::<Uuid>()
+                    .is_ok_and(|id| inner.state.instances.contains_key(&id))
+            {
+                continue;
+            }
+            let mut view = pb::Instance {
+                id: a.instance_id.clone(),
+                app: app_name,
+                index: a.index,
+                node: node.clone(),
+                port: a.port,
+                app_version: a.app_version,
+                stopped: !a.run,
+                state: pb::InstanceState::Unknown as i32,
+                ..pb::Instance::default()
+            };
+            if let Some(o) = a
+                .instance_id
+                .parse::<Uuid>()
+                .ok()
+                .and_then(|id| inner.observed.get(&id))
+            {
+                view.pid = o.pid;
+                if o.port != 0 {
+                    view.port = o.port;
+                }
+                view.cpu_percent = o.cpu_percent;
+                view.memory_bytes = o.memory_bytes;
+                view.restarts = o.restarts;
+                view.started_at_ms = o.started_at_ms;
+                view.state = o.state;
+                view.health = o.health;
+            }
+            view.message = format!("not managed: node {node} is quarantined ({why})");
+            out.push(view);
+        }
+    }
     out
 }
 
@@ -2013,6 +2441,161 @@ mod tests {
             .map(|(n, c)| format!("{n}:{c}"))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// The held assignments of node `name` in `c`'s desired set, as an agent would send them.
+    fn held_of(c: &Control, name: &str) -> Vec<pb::Assignment> {
+        let inner = c.lock();
+        inner
+            .nodes
+            .get(name)
+            .and_then(|l| l.desired.borrow().clone())
+            .map(|s| s.assignments)
+            .unwrap_or_default()
+    }
+
+    /// Issue 9 item 2: a coordinator on a new store quarantines agents of the old cluster (sends
+    /// nothing, lists what they hold), and adoption imports their instances with the same ids,
+    /// a generation above theirs and `adopt` set.
+    #[tokio::test]
+    async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result<()> {
+        let old = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let _a = old.attach(&register("a"), None)?;
+        let _b = old.attach(&register("b"), None)?;
+        old.apply(web(4))?;
+        let old_cluster = old.lock().state.cluster_id.clone();
+        let regs: Vec<pb::Register> = ["a", "b"]
+            .iter()
+            .map(|n| {
+                let generation = old.lock().state.nodes[*n].generation;
+                pb::Register {
+                    cluster_id: old_cluster.clone(),
+                    generation,
+                    held: held_of(&old, n),
+                    ..register(n)
+                }
+            })
+            .collect();
+        let old_ids: BTreeSet<String> = old
+            .list_instances("web")?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+
+        let new = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        assert_ne!(new.lock().state.cluster_id, old_cluster);
+        let mut sessions = Vec::new();
+        for reg in &regs {
+            let attached = new.attach(reg, None)?;
+            assert!(
+                attached.quarantine.contains("nodes adopt"),
+                "{}",
+                attached.quarantine
+            );
+            assert!(
+                attached.desired.borrow().is_none(),
+                "a set went to a quarantined node"
+            );
+            sessions.push(attached);
+        }
+        let nodes = new.list_nodes();
+        assert!(
+            nodes
+                .iter()
+                .all(|n| n.status == pb::NodeStatus::Quarantined as i32)
+        );
+        let listed: BTreeSet<String> = new
+            .list_instances("web")?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(listed, old_ids, "the held instances are listed");
+        assert!(
+            new.lock().state.apps.is_empty(),
+            "nothing is imported before adoption"
+        );
+
+        let adopted = new.adopt_node("")?;
+        assert_eq!(adopted.len(), 2);
+        let ids: BTreeSet<String> = new
+            .list_instances("web")?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
+        assert_eq!(ids, old_ids, "the same instances, none new");
+        assert_eq!(new.get_app("web")?.spec.map(|s| s.instances), Some(4));
+        for (reg, session) in regs.iter().zip(&sessions) {
+            let set = session
+                .desired
+                .borrow()
+                .clone()
+                .ok_or(ControlError::NotFound("no set".into()))?;
+            assert!(set.adopt && set.generation > reg.generation, "{set:?}");
+            let cluster_id = new.lock().state.cluster_id.clone();
+            assert_eq!(set.cluster_id, cluster_id);
+            let mut got: Vec<String> = set
+                .assignments
+                .iter()
+                .map(|a| a.instance_id.clone())
+                .collect();
+            let mut want: Vec<String> = reg.held.iter().map(|a| a.instance_id.clone()).collect();
+            got.sort();
+            want.sort();
+            assert_eq!(
+                got, want,
+                "node {} keeps exactly what it holds",
+                reg.node_name
+            );
+        }
+        assert!(matches!(
+            new.adopt_node("a"),
+            Err(ControlError::FailedPrecondition(_))
+        ));
+        Ok(())
+    }
+
+    /// A store that is behind the agent (restored from an old copy) quarantines it too.
+    #[test]
+    fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
+        let mut state = Persisted {
+            cluster_id: "c1".into(),
+            ..Persisted::default()
+        };
+        state.nodes.insert(
+            "a".into(),
+            NodeRecord {
+                name: "a".into(),
+                labels: BTreeMap::new(),
+                cores: 1,
+                memory_bytes: 1,
+                hostname: String::new(),
+                agent_version: String::new(),
+                generation: 5,
+                drain: false,
+                address: String::new(),
+            },
+        );
+        let reg = |cluster: &str, generation: u64| pb::Register {
+            cluster_id: cluster.into(),
+            generation,
+            ..register("a")
+        };
+        // (agent's cluster, agent's generation) -> quarantined?
+        let cases = [
+            ("c1", 5, false),
+            ("c1", 3, false),
+            ("", 0, false),
+            ("c1", 6, true),
+            ("c2", 5, true),
+            ("c2", 0, true),
+        ];
+        for (cluster, generation, want) in cases {
+            assert_eq!(
+                quarantine_reason(&state, &reg(cluster, generation)).is_some(),
+                want,
+                "{cluster} {generation}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -129,6 +129,9 @@ pub struct Persisted {
     pub nodes: BTreeMap<String, NodeRecord>,
     /// Highest desired-set generation handed out, cluster-wide.
     pub generation: u64,
+    /// Made once, when the store is created. Agents remember it: a coordinator that lost its
+    /// state comes back with another id, and they refuse its desired sets until adopted.
+    pub cluster_id: String,
 }
 
 /// A set of changes written to the store in one transaction, then applied in memory.
@@ -139,7 +142,11 @@ pub struct Batch {
     pub put_instances: Vec<InstanceRecord>,
     pub del_instances: Vec<Uuid>,
     pub put_nodes: Vec<NodeRecord>,
+    /// Nodes forgotten (`nodes forget`) or renamed away.
+    pub del_nodes: Vec<String>,
     pub generation: Option<u64>,
+    /// Set once, by the first commit to a new store.
+    pub cluster_id: Option<String>,
 }
 
 impl Batch {
@@ -157,7 +164,9 @@ impl Batch {
             && self.put_instances.is_empty()
             && self.del_instances.is_empty()
             && self.put_nodes.is_empty()
+            && self.del_nodes.is_empty()
             && self.generation.is_none()
+            && self.cluster_id.is_none()
     }
 }
 
@@ -179,8 +188,14 @@ impl Persisted {
         for node in &batch.put_nodes {
             self.nodes.insert(node.name.clone(), node.clone());
         }
+        for name in &batch.del_nodes {
+            self.nodes.remove(name);
+        }
         if let Some(g) = batch.generation {
             self.generation = g;
+        }
+        if let Some(id) = &batch.cluster_id {
+            self.cluster_id.clone_from(id);
         }
     }
 

@@ -146,6 +146,7 @@ impl Session {
     pub async fn registered(&self, heartbeat_ms: u64) {
         self.send(Down::Registered(pb::Registered {
             heartbeat_interval_ms: heartbeat_ms,
+            ..Default::default()
         }))
         .await;
     }
@@ -154,6 +155,7 @@ impl Session {
         self.send(Down::Desired(pb::DesiredSet {
             generation,
             assignments,
+            ..Default::default()
         }))
         .await;
     }

@@ -30,6 +30,9 @@ pub enum Link {
     Up,
     /// Down since this unix time (ms).
     Down(i64),
+    /// Connected, but quarantined (its agent serves another cluster, or is ahead of the store):
+    /// nothing new goes there, and its records are neither lost nor moved until it is adopted.
+    Quarantined,
 }
 
 /// One registered node.

@@ -15,6 +15,9 @@ const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances"
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
+/// Text-valued metadata (the cluster id).
+const IDENTITY: TableDefinition<&str, &str> = TableDefinition::new("identity");
+const CLUSTER_ID: &str = "cluster_id";
 
 pub struct EmbeddedStore {
     db: Database,
@@ -38,6 +41,7 @@ impl EmbeddedStore {
             tx.open_table(INSTANCES).map_err(io)?;
             tx.open_table(NODES).map_err(io)?;
             tx.open_table(META).map_err(io)?;
+            tx.open_table(IDENTITY).map_err(io)?;
         }
         tx.commit().map_err(io)?;
         Ok(EmbeddedStore { db })
@@ -86,6 +90,12 @@ impl Store for EmbeddedStore {
             .map_err(io)?
             .map(|g| g.value())
             .unwrap_or(0);
+        let identity = tx.open_table(IDENTITY).map_err(io)?;
+        state.cluster_id = identity
+            .get(CLUSTER_ID)
+            .map_err(io)?
+            .map(|g| g.value().to_string())
+            .unwrap_or_default();
         Ok(state)
     }
 
@@ -115,6 +125,13 @@ impl Store for EmbeddedStore {
                 nodes
                     .insert(node.name.as_str(), encode(node)?.as_slice())
                     .map_err(io)?;
+            }
+            for name in &batch.del_nodes {
+                nodes.remove(name.as_str()).map_err(io)?;
+            }
+            if let Some(id) = &batch.cluster_id {
+                let mut identity = tx.open_table(IDENTITY).map_err(io)?;
+                identity.insert(CLUSTER_ID, id.as_str()).map_err(io)?;
             }
             if let Some(g) = batch.generation {
                 let mut meta = tx.open_table(META).map_err(io)?;

@@ -1,1 +1,254 @@
-//! Reliability regressions: see the module doc of `reliability`.
+//! Issue 9, items 2 and 5: a coordinator that lost its state, or an agent data dir reused under
+//! another node name, must never stop the instances that run.
+
+use std::fs;
+
+use pmcluster_tests::{Cluster, Instance, ProcId, free_port_range, render, wait_until};
+
+use crate::{DEADLINE, live, wait_online};
+
+/// Starts `web` (the test app) with `n` instances on fixed ports and waits for them online.
+fn start_web(c: &Cluster, n: u16) -> Vec<ProcId> {
+    let base = free_port_range(n).expect("free ports");
+    c.cli(&[
+        "start",
+        &c.testapp().display().to_string(),
+        "--name",
+        "web",
+        "--instances",
+        &n.to_string(),
+        "--port",
+        &format!("{base}-{}", base + n - 1),
+    ])
+    .assert_ok();
+    let online = wait_online(c, "web", usize::from(n));
+    let procs: Vec<ProcId> = online
+        .iter()
+        .map(|i| ProcId::of(i.pid.expect("online has a pid")).expect("the pid is alive"))
+        .collect();
+    c.remember_pids(&procs.iter().map(|p| p.pid).collect::<Vec<_>>());
+    procs
+}
+
+/// `list web` shows exactly these processes, each live; returns the list.
+#[track_caller]
+fn wait_same_pids(c: &Cluster, procs: &[ProcId], what: &str) -> Vec<Instance> {
+    wait_until(DEADLINE, what, || {
+        let list = c.instances("web")?;
+        let mut pids: Vec<u32> = list.iter().filter_map(|i| i.pid).collect();
+        pids.sort_unstable();
+        let mut want: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+        want.sort_unstable();
+        if pids == want && list.len() == procs.len() && list.iter().all(live) {
+            Ok(list)
+        } else {
+            Err(render(&list))
+        }
+    })
+}
+
+fn node_status(c: &Cluster, name: &str) -> Result<(String, String), String> {
+    let nodes = c.nodes_json().map_err(|e| e.to_string())?;
+    let n = nodes
+        .iter()
+        .find(|n| n["name"] == name)
+        .ok_or_else(|| format!("no node {name} in {nodes:?}"))?;
+    Ok((
+        n["status"].as_str().unwrap_or_default().to_string(),
+        n["message"].as_str().unwrap_or_default().to_string(),
+    ))
+}
+
+/// A coordinator whose state file is gone starts a new cluster. Agents (one restarted, one not)
+/// keep every instance, both sides say why, `list` shows what runs, and `nodes adopt --all`
+/// makes it the new cluster's without restarting anything.
+#[test]
+fn issue9_a_lost_state_file_never_stops_instances() {
+    let mut c = Cluster::start(2).expect("coordinator and two agents start");
+    let procs = start_web(&c, 4);
+
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    let state = c.root().join("coordinator").join("state.redb");
+    fs::remove_file(&state).expect("delete state.redb");
+    // One agent restarts while the coordinator is away, the other keeps running.
+    let a = c.agent_idx("node-a").expect("node-a");
+    c.agent(a).kill();
+    c.restart_agent(a, &[]).expect("restart node-a's agent");
+    c.restart_coordinator()
+        .expect("a coordinator on an empty store");
+
+    for node in ["node-a", "node-b"] {
+        let (status, message) =
+            wait_until(
+                DEADLINE,
+                &format!("{node} quarantined"),
+                || match node_status(&c, node)? {
+                    (s, m) if s == "quarantined" => Ok((s, m)),
+                    other => Err(format!("{other:?}")),
+                },
+            );
+        assert_eq!(status, "quarantined");
+        assert!(
+            message.contains("belongs to cluster") && message.contains("nodes adopt"),
+            "{message}"
+        );
+    }
+    // What runs is listed from the agents' reports, and nothing was stopped.
+    let held = wait_same_pids(&c, &procs, "the held instances listed");
+    assert!(
+        held.iter().all(|i| i.json["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not managed")),
+        "{}",
+        render(&held)
+    );
+    // Loud on both sides.
+    let coordinator_log = c.coordinator().expect("coordinator").stderr();
+    assert!(
+        coordinator_log.contains("node quarantined"),
+        "{coordinator_log}"
+    );
+    let agent_log = c.agent(c.agent_idx("node-b").expect("node-b")).stderr();
+    assert!(agent_log.contains("belongs to cluster"), "{agent_log}");
+
+    let out = c.cli(&["nodes", "adopt", "--all"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("adopted node-a"), "{out}");
+    let after = wait_same_pids(&c, &procs, "the same pids, managed again");
+    assert!(
+        after
+            .iter()
+            .all(|i| i.json["message"].as_str().unwrap_or("").is_empty()
+                || !i.json["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not managed")),
+        "{}",
+        render(&after)
+    );
+    for node in ["node-a", "node-b"] {
+        wait_until(DEADLINE, &format!("{node} ready"), || {
+            match node_status(&c, node)? {
+                (s, _) if s == "ready" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+    }
+    // The app is this cluster's now: a scale works and keeps the adopted processes.
+    c.cli(&["scale", "web", "3"]).assert_ok();
+    let three = wait_online(&c, "web", 3);
+    for i in &three {
+        assert!(
+            procs.iter().any(|p| Some(p.pid) == i.pid),
+            "a new process after adoption: {}",
+            render(&three)
+        );
+    }
+}
+
+/// An agent started on another node's data dir is refused (exit 64, naming the flag), and
+/// every instance keeps running; `--rename-node` moves the node's instances to the new name
+/// without restarting them, and the old name is gone from `nodes`.
+#[test]
+fn issue9_a_data_dir_reused_under_another_name_is_refused_or_renamed() {
+    let mut c = Cluster::start(1).expect("coordinator and an agent start");
+    let procs = start_web(&c, 2);
+    let a = c.agent_idx("node-a").expect("node-a");
+    let data_dir = c.agent(a).data_dir.clone();
+    c.agent(a).kill();
+
+    let refused = c
+        .add_agent_in("node-z", data_dir.clone(), &[])
+        .expect("spawn an agent under another name");
+    let status = c
+        .agent(refused)
+        .wait_exit(DEADLINE)
+        .expect("the agent exits");
+    assert_eq!(status.code(), Some(64), "{}", c.agent(refused).stderr());
+    let err = c.agent(refused).stderr();
+    assert!(
+        err.contains("--rename-node") && err.contains("node-a"),
+        "{err}"
+    );
+    for p in &procs {
+        assert!(p.alive(), "pid {} died at a refused start", p.pid);
+    }
+
+    c.add_agent_in("node-z", data_dir, &["--rename-node"])
+        .expect("spawn the renaming agent");
+    c.wait_ready(&["node-z"], DEADLINE).expect("node-z ready");
+    let list = wait_same_pids(&c, &procs, "the same pids on node-z");
+    assert!(
+        list.iter().all(|i| i.node.as_deref() == Some("node-z")),
+        "{}",
+        render(&list)
+    );
+    let nodes = c.nodes_json().expect("nodes");
+    assert!(
+        !nodes.iter().any(|n| n["name"] == "node-a"),
+        "node-a still listed: {nodes:?}"
+    );
+}
+
+/// `nodes forget` is refused while the node is connected, and afterwards places its instances
+/// elsewhere at once (not after `reschedule_after`), and the node is no longer listed.
+#[test]
+fn issue9_nodes_forget_removes_a_gone_node() {
+    let c = Cluster::start(2).expect("coordinator and two agents start");
+    c.cli(&[
+        "start",
+        "sh",
+        "--name",
+        "idle",
+        "--instances",
+        "2",
+        "--",
+        "-c",
+        "exec sleep 600",
+    ])
+    .assert_ok();
+    let before = wait_until(DEADLINE, "idle on both nodes", || {
+        let list = c.instances("idle")?;
+        let on_b = list.iter().any(|i| i.node.as_deref() == Some("node-b"));
+        if list.len() == 2 && list.iter().all(live) && on_b {
+            Ok(list)
+        } else {
+            Err(render(&list))
+        }
+    });
+    c.remember_pids(&before.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+
+    let refused = c.cli(&["nodes", "forget", "node-b"]);
+    let err = refused.assert_failed();
+    assert!(err.contains("connected"), "{err}");
+
+    // Agents in this harness stop their instances on SIGTERM.
+    let b = c.agent_idx("node-b").expect("node-b");
+    c.agent(b).signal(nix::sys::signal::Signal::SIGTERM);
+    c.agent(b)
+        .wait_exit(DEADLINE)
+        .expect("node-b's agent exits");
+    let out = c.cli(&["nodes", "forget", "node-b"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("forgot node node-b"), "{out}");
+    // The default reschedule_after is 30 s; the forgotten node's index moves at once.
+    let moved = wait_until(
+        std::time::Duration::from_secs(15),
+        "both instances on node-a",
+        || {
+            let list = c.instances("idle")?;
+            if list.len() == 2
+                && list.iter().all(live)
+                && list.iter().all(|i| i.node.as_deref() == Some("node-a"))
+            {
+                Ok(list)
+            } else {
+                Err(render(&list))
+            }
+        },
+    );
+    c.remember_pids(&moved.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+    let nodes = c.nodes_json().expect("nodes");
+    assert!(!nodes.iter().any(|n| n["name"] == "node-b"), "{nodes:?}");
+}
