@@ -58,6 +58,19 @@ fn validate(args: Args) -> anyhow::Result<Config> {
     })
 }
 
+fn is_store_error(e: &anyhow::Error) -> bool {
+    use pmcluster_coordinator::control::ControlError;
+    use pmcluster_coordinator::server::ServeError;
+    matches!(
+        e.downcast_ref::<ServeError>(),
+        Some(
+            ServeError::DataDir { .. }
+                | ServeError::Store(_)
+                | ServeError::Control(ControlError::Store(_))
+        )
+    )
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -113,7 +126,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A data dir or state file that cannot be used is the operator's to fix, like a bad
+            // flag: 64, so a supervisor can tell it from a crash.
+            if is_store_error(&e) {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
