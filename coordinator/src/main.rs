@@ -32,6 +32,9 @@ fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
     let d = humantime::parse_duration(s)
         .with_context(|| format!("--{flag}: {s:?} is not a duration like \"10s\""))?;
     anyhow::ensure!(!d.is_zero(), "--{flag}: must be more than zero");
+    // Deadlines are added to clock readings, which a huge value overflows.
+    const MAX: Duration = Duration::from_secs(24 * 3600);
+    anyhow::ensure!(d <= MAX, "--{flag}: must be at most 1 day");
     Ok(d)
 }
 
