@@ -837,6 +837,17 @@ impl Supervisor {
                 ));
             }
             let message = format!("cannot run {program:?}: {}", describe(&e));
+            // A NUL byte in the argv or environment (std refuses it before exec), or an argument
+            // too long for the kernel: the spec itself is at fault, and retrying cannot help.
+            // Validation refuses both; this covers a spec stored before it did.
+            let too_long = e.raw_os_error() == Some(nix::errno::Errno::E2BIG as i32);
+            let nul = e.raw_os_error().is_none() && e.kind() == io::ErrorKind::InvalidInput;
+            if nul || too_long {
+                return StartError::Fatal(format!(
+                    "{message} (the spec's command line or env holds a NUL byte or an over-long \
+                     value; fix the spec and apply it again)"
+                ));
+            }
             // Not being allowed to switch user or raise a limit does not get better by retrying.
             let denied = matches!(e.raw_os_error(), Some(code)
                 if code == nix::errno::Errno::EPERM as i32 || code == nix::errno::Errno::EINVAL as i32);

@@ -10,7 +10,7 @@ use pmcluster_spec::config::{
     RawPlacement, RawResources, Scalar, parse_duration, parse_reschedule,
 };
 use pmcluster_spec::update::UpdatePolicy;
-use pmcluster_spec::{AppSpec, PortSpec, SpecError};
+use pmcluster_spec::{AppSpec, PortSpec, SpecError, echo};
 
 use crate::args::{RestartArgs, StartArgs, UpdateFlags};
 use crate::error::UsageError;
@@ -20,16 +20,21 @@ pub fn parse_count(text: &str) -> Result<u32, String> {
     let trimmed = text.trim();
     if trimmed == "max" {
         return Err(format!(
-            "invalid instance count {text:?}: give a number (\"max\" is only for `start \
-             --instances max` and config files)"
+            "invalid instance count {}: give a number (\"max\" is only for `start \
+             --instances max` and config files)",
+            echo(text)
         ));
     }
     let n: u32 = trimmed.parse().map_err(|_| {
-        format!("invalid instance count {text:?}: must be a whole number 0 or more")
+        format!(
+            "invalid instance count {}: must be a whole number 0 or more",
+            echo(text)
+        )
     })?;
     if n > MAX_INSTANCES {
         return Err(format!(
-            "invalid instance count {text:?}: the limit is {MAX_INSTANCES}"
+            "invalid instance count {}: the limit is {MAX_INSTANCES}",
+            echo(text)
         ));
     }
     Ok(n)
@@ -135,7 +140,7 @@ pub fn start_spec(args: &StartArgs) -> Result<AppSpec, UsageError> {
         ));
     }
     let words = shell_words::split(line)
-        .map_err(|e| UsageError::new(format!("cannot split the command line {line:?}: {e}")));
+        .map_err(|e| UsageError::new(format!("cannot split the command line {}: {e}", echo(line))));
     let (script, mut script_args) = if args.shell {
         // The shell parses the line, so it goes over verbatim; only the name needs a first word.
         (line.to_string(), Vec::new())
@@ -191,7 +196,10 @@ fn finish_spec(
     let mut env = BTreeMap::new();
     for pair in &args.env {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(UsageError::new(format!("--env: {pair:?} is not KEY=VALUE")));
+            return Err(UsageError::new(format!(
+                "--env: {} is not KEY=VALUE",
+                echo(pair)
+            )));
         };
         env.insert(key.to_string(), value.to_string());
     }
@@ -259,13 +267,20 @@ fn derive_name(line: &str) -> Result<String, UsageError> {
         Ok(stem)
     } else {
         Err(UsageError::new(format!(
-            "cannot name the app after {first:?}; give it a name with --name"
+            "cannot name the app after {}; give it a name with --name",
+            echo(&first)
         )))
     }
 }
 
 /// A spec error as the `start` flag that caused it: `--port: "30x0" is not a port number`.
 fn flag_error(e: SpecError) -> UsageError {
+    if let Some(key) = e.field.strip_prefix("env.") {
+        return UsageError::new(format!("--env {key}: {}", e.message));
+    }
+    if e.field.starts_with("args[") {
+        return UsageError::new(format!("command line ({}): {}", e.field, e.message));
+    }
     let flag = match e.field.as_str() {
         "name" => "--name",
         "script" | "args" => "command line",
@@ -333,7 +348,7 @@ fn count_flag(flag: &str, text: &str) -> Result<u32, UsageError> {
         } else {
             "is not a whole number (0 or more)"
         };
-        UsageError::new(format!("{flag}: {text:?} {why}"))
+        UsageError::new(format!("{flag}: {} {why}", echo(text)))
     })
 }
 
@@ -341,7 +356,8 @@ fn duration_flag(field: &str, text: &str) -> Result<Duration, UsageError> {
     let flag = policy_flag(field);
     if text.trim().starts_with('-') {
         return Err(UsageError::new(format!(
-            "{flag}: {text:?} is negative; give a duration of 0 or more, e.g. 5s"
+            "{flag}: {} is negative; give a duration of 0 or more, e.g. 5s",
+            echo(text)
         )));
     }
     parse_duration(&format!("update.{field}"), &Scalar::Str(text.to_string()))
@@ -369,7 +385,8 @@ impl PolicyChanges {
                     "true" => Ok(true),
                     "false" => Ok(false),
                     _ => Err(UsageError::new(format!(
-                        "--auto-rollback: {t:?} is not true or false"
+                        "--auto-rollback: {} is not true or false",
+                        echo(t)
                     ))),
                 })
                 .transpose()?
@@ -814,6 +831,22 @@ mod tests {
                 "--kill-timeout:",
             ),
             (
+                "pmcluster start 'node s.js' --name w --restart-delay 5124095576030h",
+                "--restart-delay: 584542046years 1month 2days 15h 26m 24s is more than the maximum of 1h",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --kill-timeout 18446744073709551615",
+                "--kill-timeout: 584542046years",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --reschedule-after 2days",
+                "--reschedule-after: 2days is more than the maximum of 1day; write \"never\"",
+            ),
+            (
+                "pmcluster start 'node s.js' --name w --min-healthy-time 2days",
+                "--min-healthy-time: 2days is more than the maximum of 1day",
+            ),
+            (
                 "pmcluster start 'node s.js' --name w --instance-var 9X",
                 "--instance-var:",
             ),
@@ -972,6 +1005,14 @@ mod tests {
             (
                 "pmcluster reload web --shutdown-delay ''",
                 "--shutdown-delay: \"\" is not a duration",
+            ),
+            (
+                "pmcluster reload web --shutdown-delay 2h",
+                "--shutdown-delay: 2h is more than the maximum of 1h",
+            ),
+            (
+                "pmcluster reload web --progress-deadline 18446744073709551615",
+                "--progress-deadline: 584542046years",
             ),
             (
                 "pmcluster reload web --auto-rollback maybe",
@@ -1164,6 +1205,10 @@ mod tests {
             (
                 "pmcluster autoscale web --max 2 --cpu-threshold 70 --tolerance 3",
                 "--tolerance",
+            ),
+            (
+                "pmcluster autoscale web --max 2 --cpu-threshold 70 --down-stabilization 2days",
+                "--down-stabilization: 2days is more than the maximum of 1day",
             ),
         ];
         for (line, want) in bad {

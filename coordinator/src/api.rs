@@ -12,24 +12,30 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::control::{Action, AgentCommand, Control, ControlError};
 
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
-        match e {
-            ControlError::InvalidSpec(e) => Status::invalid_argument(e.to_string()),
-            ControlError::InvalidArgument(m) => Status::invalid_argument(m),
-            ControlError::NotFound(m) => Status::not_found(m),
-            ControlError::AlreadyExists(m) => Status::already_exists(m),
-            ControlError::Unavailable(m) => Status::unavailable(m),
-            ControlError::FailedPrecondition(m) => Status::failed_precondition(m),
+        let (code, message) = match e {
+            ControlError::InvalidSpec(e) => (Code::InvalidArgument, e.to_string()),
+            ControlError::InvalidArgument(m) => (Code::InvalidArgument, m),
+            ControlError::NotFound(m) => (Code::NotFound, m),
+            ControlError::AlreadyExists(m) => (Code::AlreadyExists, m),
+            ControlError::Unavailable(m) => (Code::Unavailable, m),
+            ControlError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
             ControlError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
-                Status::unavailable("the coordinator cannot write its state; see its log")
+                return Status::unavailable("the coordinator cannot write its state; see its log");
             }
-        }
+        };
+        // The message travels in a header: one that echoes a huge request (a 1 MB app name)
+        // would fail the call with RESOURCE_EXHAUSTED instead of this code.
+        Status::new(
+            code,
+            pmcluster_spec::cut(&message, pmcluster_spec::MESSAGE_MAX_BYTES),
+        )
     }
 }
 
@@ -421,5 +427,42 @@ async fn outbound(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a control error echoes, its status keeps the code and a message that fits in a
+    /// header.
+    #[test]
+    fn status_messages_are_bounded() {
+        let huge = "n".repeat(1 << 20);
+        let cases = [
+            (
+                ControlError::NotFound(format!("app {huge:?} not found")),
+                Code::NotFound,
+            ),
+            (
+                ControlError::InvalidArgument(huge.clone()),
+                Code::InvalidArgument,
+            ),
+            (
+                ControlError::AlreadyExists("app \"web\" exists".into()),
+                Code::AlreadyExists,
+            ),
+        ];
+        for (error, code) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code);
+            assert!(
+                status.message().len() <= pmcluster_spec::MESSAGE_MAX_BYTES,
+                "{}",
+                status.message().len()
+            );
+        }
+        let short = Status::from(ControlError::NotFound("app \"web\" not found".into()));
+        assert_eq!(short.message(), "app \"web\" not found");
     }
 }

@@ -32,6 +32,9 @@ fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
     let d = humantime::parse_duration(s)
         .with_context(|| format!("--{flag}: {s:?} is not a duration like \"10s\""))?;
     anyhow::ensure!(!d.is_zero(), "--{flag}: must be more than zero");
+    // Deadlines are added to clock readings, which a huge value overflows.
+    const MAX: Duration = Duration::from_secs(24 * 3600);
+    anyhow::ensure!(d <= MAX, "--{flag}: must be at most 1 day");
     Ok(d)
 }
 
@@ -56,6 +59,19 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             heartbeat_timeout,
         },
     })
+}
+
+fn is_store_error(e: &anyhow::Error) -> bool {
+    use pmcluster_coordinator::control::ControlError;
+    use pmcluster_coordinator::server::ServeError;
+    matches!(
+        e.downcast_ref::<ServeError>(),
+        Some(
+            ServeError::DataDir { .. }
+                | ServeError::Store(_)
+                | ServeError::Control(ControlError::Store(_))
+        )
+    )
 }
 
 async fn shutdown_signal() {
@@ -113,7 +129,13 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A data dir or state file that cannot be used is the operator's to fix, like a bad
+            // flag: 64, so a supervisor can tell it from a crash.
+            if is_store_error(&e) {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

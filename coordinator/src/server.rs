@@ -25,12 +25,8 @@ pub struct Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot create data dir {path}: {source}")]
-    DataDir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot create data dir {path}: {error}; create it, or give another --data-dir")]
+    DataDir { path: String, error: std::io::Error },
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
@@ -49,9 +45,9 @@ pub enum ServeError {
 
 /// Opens the embedded store in `config.data_dir`.
 pub fn open_control(config: &Config) -> Result<Arc<Control>, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| ServeError::DataDir {
         path: config.data_dir.display().to_string(),
-        source,
+        error,
     })?;
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir.join("state.redb"))?);
     Ok(Arc::new(Control::open(store, config.control.clone())?))

@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::SpecError;
 use crate::autoscale::AutoscalePolicy;
+use crate::limits::{MAX_ARG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text};
 use crate::placement::{Affinity, Constraint, Strategy};
 use crate::supervise::Supervision;
 use crate::update::UpdatePolicy;
+use crate::{SpecError, echo};
 
 /// Default grace between the stop signal and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -65,6 +66,32 @@ pub struct PlacementSpec {
     pub max_per_node: Option<u32>,
 }
 
+impl PlacementSpec {
+    /// Bounds the label keys and values that constraints and affinities name.
+    fn validate(&self) -> Result<(), SpecError> {
+        let constraints = self
+            .constraints
+            .iter()
+            .map(|c| ("placement.constraints", c))
+            .chain(
+                self.affinities
+                    .iter()
+                    .map(|a| ("placement.affinities", &a.constraint)),
+            );
+        for (field, c) in constraints {
+            let (key, values): (&String, &[String]) = match c {
+                Constraint::Eq(k, v) | Constraint::Ne(k, v) => (k, std::slice::from_ref(v)),
+                Constraint::In(k, vs) | Constraint::NotIn(k, vs) => (k, vs),
+                Constraint::Exists(k) | Constraint::Missing(k) => (k, &[]),
+            };
+            for text in std::iter::once(key).chain(values) {
+                check_text(field, text, MAX_NAME_BYTES)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What one instance reserves on its node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Resources {
@@ -109,7 +136,7 @@ impl ExecMode {
             "cluster" | "cluster_mode" => Ok(ExecMode::Cluster),
             other => Err(SpecError::new(
                 "exec_mode",
-                format!("unknown mode {other:?}; use \"fork\" or \"cluster\""),
+                format!("unknown mode {}; use \"fork\" or \"cluster\"", echo(other)),
             )),
         }
     }
@@ -222,7 +249,7 @@ fn parse_port(s: &str) -> Result<u16, SpecError> {
     match s.trim().parse::<u16>() {
         Ok(0) | Err(_) => Err(SpecError::new(
             "port",
-            format!("{s:?} is not a port number (1-65535)"),
+            format!("{} is not a port number (1-65535)", echo(s)),
         )),
         Ok(p) => Ok(p),
     }
@@ -232,14 +259,17 @@ fn parse_range(s: &str) -> Result<(u16, u16), SpecError> {
     let Some((a, b)) = s.split_once('-') else {
         return Err(SpecError::new(
             "port",
-            format!("{s:?} is not a port range; write it as START-END, e.g. 3000-3003"),
+            format!(
+                "{} is not a port range; write it as START-END, e.g. 3000-3003",
+                echo(s)
+            ),
         ));
     };
     let (a, b) = (parse_port(a)?, parse_port(b)?);
     if a > b {
         return Err(SpecError::new(
             "port",
-            format!("range {s:?} ends before it starts"),
+            format!("range {} ends before it starts", echo(s)),
         ));
     }
     Ok((a, b))
@@ -261,26 +291,36 @@ pub fn validate_name(name: &str) -> Result<(), SpecError> {
         Err(SpecError::new(
             "name",
             format!(
-                "{name:?} is not a valid app name: use 1-64 letters, digits, '.', '_' or '-', \
-                 starting with a letter or digit"
+                "{} is not a valid app name: use 1-64 letters, digits, '.', '_' or '-', \
+                 starting with a letter or digit",
+                echo(name)
             ),
         ))
     }
 }
 
 fn validate_env_key(field: &str, key: &str) -> Result<(), SpecError> {
-    let ok = !key.is_empty()
-        && !key.contains('=')
-        && !key.contains('\0')
-        && !key.chars().next().is_some_and(|c| c.is_ascii_digit());
-    if ok {
-        Ok(())
+    let why = if key.is_empty() {
+        "is empty"
+    } else if key.contains('=') {
+        "contains '=', which ends a name in the environment"
+    } else if key.contains('\0') {
+        "contains a NUL byte, which no program can receive"
+    } else if key.starts_with(|c: char| c.is_ascii_digit()) {
+        "starts with a digit"
+    } else if key.len() > MAX_NAME_BYTES {
+        "is too long"
     } else {
-        Err(SpecError::new(
-            field,
-            format!("{key:?} is not a valid environment variable name"),
-        ))
-    }
+        return Ok(());
+    };
+    Err(SpecError::new(
+        field,
+        format!(
+            "{} is not a valid environment variable name: it {why} (use at most \
+             {MAX_NAME_BYTES} bytes, not starting with a digit, no '=' or NUL)",
+            echo(key)
+        ),
+    ))
 }
 
 impl AppSpec {
@@ -293,8 +333,22 @@ impl AppSpec {
                 "is empty: give the program to run, e.g. \"node\" with args [\"server.js\"]",
             ));
         }
-        if self.script.contains('\0') || self.args.iter().any(|a| a.contains('\0')) {
-            return Err(SpecError::new("args", "contains a NUL byte"));
+        check_text("script", &self.script, MAX_ARG_BYTES)?;
+        for (i, arg) in self.args.iter().enumerate() {
+            check_text(&format!("args[{i}]"), arg, MAX_ARG_BYTES)?;
+        }
+        if self.shell {
+            // `/bin/sh -c` gets the whole line as one argument.
+            let line = self.script.len() + self.args.iter().map(|a| a.len() + 1).sum::<usize>();
+            if line > MAX_ARG_BYTES {
+                return Err(SpecError::new(
+                    "args",
+                    format!(
+                        "the shell command line is {line} bytes, more than the limit of \
+                         {MAX_ARG_BYTES} for one argument"
+                    ),
+                ));
+            }
         }
         if self.instances > MAX_INSTANCES {
             return Err(SpecError::new(
@@ -309,9 +363,22 @@ impl AppSpec {
         for key in self.env.keys() {
             validate_env_key("env", key)?;
         }
+        for (key, value) in &self.env {
+            // The program gets `KEY=VALUE` as one string.
+            check_text(&format!("env.{key}"), value, MAX_ARG_BYTES - key.len() - 1)?;
+        }
         if let Some(var) = &self.instance_var {
             validate_env_key("instance_var", var)?;
         }
+        if let Some(cwd) = &self.cwd {
+            check_text("cwd", cwd, MAX_PATH_BYTES)?;
+        }
+        check_duration("restart_delay", self.restart_delay)?;
+        check_duration("kill_timeout", self.kill_timeout)?;
+        if let Reschedule::After(d) = self.reschedule {
+            check_duration("reschedule_after", d)?;
+        }
+        self.placement.validate()?;
         if let Some(a) = self
             .placement
             .affinities
@@ -361,11 +428,6 @@ impl AppSpec {
                     ),
                 ));
             }
-        }
-        if let Some(cwd) = &self.cwd
-            && cwd.contains('\0')
-        {
-            return Err(SpecError::new("cwd", "contains a NUL byte"));
         }
         Ok(self)
     }
@@ -567,6 +629,196 @@ mod tests {
         }
         for bad in ["", "-web", "web cluster", "web/1", &"x".repeat(65)] {
             assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// `check(change, field, words)`: the error a change to a valid spec gives, by field.
+    #[test]
+    fn field_errors() {
+        type Change = fn(&mut AppSpec);
+        let cases: Vec<(Change, &str, &str)> = vec![
+            (
+                |s| s.script = "no\0de".into(),
+                "script",
+                "contains a NUL byte",
+            ),
+            (
+                |s| s.args = vec!["a".into(), "b".into(), "c\0".into()],
+                "args[2]",
+                "NUL",
+            ),
+            (
+                |s| {
+                    s.env.insert("FOO".into(), "a\0b".into());
+                },
+                "env.FOO",
+                "\"a\\0b\" contains a NUL byte",
+            ),
+            (
+                |s| {
+                    s.env.insert("A=B".into(), "x".into());
+                },
+                "env",
+                "contains '='",
+            ),
+            (
+                |s| {
+                    s.env.insert("A\0".into(), "x".into());
+                },
+                "env",
+                "NUL",
+            ),
+            (
+                |s| {
+                    s.env.insert("K".repeat(300), "x".into());
+                },
+                "env",
+                "is too long",
+            ),
+            (
+                |s| {
+                    s.env.insert("BIG".into(), "v".repeat(MAX_ARG_BYTES));
+                },
+                "env.BIG",
+                "more than the limit of 131067",
+            ),
+            (|s| s.cwd = Some("/tmp\0".into()), "cwd", "NUL"),
+            (
+                |s| s.instance_var = Some("I\0D".into()),
+                "instance_var",
+                "NUL",
+            ),
+            (
+                |s| s.supervision.user = Some("ro\0ot".into()),
+                "user",
+                "NUL",
+            ),
+            (
+                |s| s.supervision.group = Some("a:b".into()),
+                "group",
+                "not a user or group",
+            ),
+            (
+                |s| s.args = vec!["a".repeat(MAX_ARG_BYTES + 1)],
+                "args[0]",
+                "bytes, more than",
+            ),
+            (
+                |s| {
+                    s.shell = true;
+                    s.args = vec!["a".repeat(MAX_ARG_BYTES / 2), "b".repeat(MAX_ARG_BYTES / 2)];
+                },
+                "args",
+                "shell command line",
+            ),
+            (
+                |s| s.restart_delay = Duration::from_millis(u64::MAX),
+                "restart_delay",
+                "maximum of 1h",
+            ),
+            (
+                |s| s.kill_timeout = Duration::from_secs(3601),
+                "kill_timeout",
+                "maximum of 1h",
+            ),
+            (
+                |s| s.reschedule = Reschedule::After(Duration::from_secs(90_000)),
+                "reschedule_after",
+                "never",
+            ),
+            (
+                |s| s.supervision.min_uptime = Duration::MAX,
+                "min_uptime",
+                "maximum",
+            ),
+            (
+                |s| s.supervision.restart_window = Duration::MAX,
+                "restart_window",
+                "maximum",
+            ),
+            (
+                |s| s.supervision.restart_backoff_max = Duration::MAX,
+                "restart_backoff_max",
+                "maximum",
+            ),
+            (
+                |s| s.supervision.listen_timeout = Duration::MAX,
+                "listen_timeout",
+                "maximum",
+            ),
+            (
+                |s| {
+                    s.supervision.health_check = Some(crate::supervise::HealthCheck {
+                        probe: crate::supervise::Probe::Tcp,
+                        interval: Duration::from_secs(7200),
+                        timeout: Duration::from_secs(1),
+                        retries: 1,
+                        restart_unhealthy: true,
+                    });
+                },
+                "health_check.interval",
+                "maximum of 1h",
+            ),
+            (
+                |s| {
+                    s.supervision.health_check = Some(crate::supervise::HealthCheck {
+                        probe: crate::supervise::Probe::Exec {
+                            command: "true\0".into(),
+                        },
+                        interval: Duration::from_secs(1),
+                        timeout: Duration::from_secs(1),
+                        retries: 1,
+                        restart_unhealthy: true,
+                    });
+                },
+                "health_check.command",
+                "NUL",
+            ),
+            (
+                |s| s.update.shutdown_delay = Duration::from_secs(7200),
+                "update.shutdown_delay",
+                "maximum of 1h",
+            ),
+            (
+                |s| {
+                    s.update.healthy_deadline = Duration::MAX;
+                    s.update.progress_deadline = Duration::MAX;
+                },
+                "update.healthy_deadline",
+                "maximum of 1day",
+            ),
+            (
+                |s| {
+                    let mut a = crate::autoscale::AutoscalePolicy::new(1, 2, 50.0);
+                    a.down_stabilization = Duration::from_millis(u64::MAX);
+                    s.autoscale = Some(a);
+                },
+                "autoscale.down_stabilization",
+                "maximum of 1day",
+            ),
+            (
+                |s| s.placement.constraints = vec![Constraint::Eq("zone".into(), "v".repeat(300))],
+                "placement.constraints",
+                "more than the limit of 256",
+            ),
+            (
+                |s| s.name = "n".repeat(1 << 20),
+                "name",
+                "… (1048576 bytes) is not a valid app name",
+            ),
+        ];
+        for (change, field, words) in cases {
+            let mut spec = AppSpec::new("web", "node", &["server.js"]);
+            change(&mut spec);
+            let err = spec.validate().expect_err(field);
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.message.contains(words), "{field}: {}", err.message);
+            // However big the value, the message stays short.
+            assert!(
+                err.to_string().len() < 400,
+                "{field}: {} bytes",
+                err.to_string().len()
+            );
         }
     }
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::SpecError;
+use crate::limits::check_duration;
+use crate::{SpecError, echo};
 
 /// How the desired count follows the metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -23,7 +24,10 @@ impl Mode {
             "target" | "target-tracking" => Ok(Mode::Target),
             other => Err(SpecError::new(
                 "autoscale.mode",
-                format!("unknown mode {other:?}; use \"threshold\" or \"target\""),
+                format!(
+                    "unknown mode {}; use \"threshold\" or \"target\"",
+                    echo(other)
+                ),
             )),
         }
     }
@@ -131,6 +135,9 @@ impl AutoscalePolicy {
             }
             _ => {}
         }
+        check_duration("autoscale.cooldown", self.cooldown)?;
+        check_duration("autoscale.up_stabilization", self.up_stabilization)?;
+        check_duration("autoscale.down_stabilization", self.down_stabilization)?;
         if self.cpu_threshold.is_none() && self.memory_threshold.is_none() {
             return Err(SpecError::new(
                 "autoscale.cpu_threshold",

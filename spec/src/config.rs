@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::SpecError;
 use crate::app::{
     AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
 };
@@ -14,12 +13,14 @@ use crate::autoscale::{
     AutoscalePolicy, DEFAULT_COOLDOWN, DEFAULT_DOWN_STABILIZATION, DEFAULT_SCALE_DOWN_FRACTION,
     DEFAULT_TOLERANCE, DEFAULT_UP_STABILIZATION, MemoryThreshold, Mode as AutoscaleMode,
 };
+use crate::limits::check_duration;
 use crate::placement::{Affinity, Constraint, Strategy, parse_cpu, parse_memory};
 use crate::supervise::{
     DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_URL,
     HealthCheck, Probe, StopSignal, Supervision,
 };
 use crate::update::UpdatePolicy;
+use crate::{SpecError, echo};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,8 +195,12 @@ pub struct RawAutoscale {
 /// Seconds when a plain number (the seeds' `health_check` shape), else a duration string.
 fn seconds_or_duration(field: &str, v: &Scalar) -> Result<Duration, SpecError> {
     match v {
-        Scalar::Int(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
-        Scalar::Float(f) if f.is_finite() && *f >= 0.0 => Ok(Duration::from_secs_f64(*f)),
+        Scalar::Int(n) if *n >= 0 => check_duration(field, Duration::from_secs(*n as u64)),
+        // `try_`: a float too large for a Duration would panic.
+        Scalar::Float(f) if f.is_finite() && *f >= 0.0 => match Duration::try_from_secs_f64(*f) {
+            Ok(d) => check_duration(field, d),
+            Err(_) => check_duration(field, Duration::MAX),
+        },
         other => parse_duration(field, other),
     }
 }
@@ -222,7 +227,10 @@ impl RawHealthCheck {
             other => {
                 return Err(SpecError::new(
                     "health_check.check_type",
-                    format!("unknown check type {other:?}; use \"http\", \"tcp\" or \"exec\""),
+                    format!(
+                        "unknown check type {}; use \"http\", \"tcp\" or \"exec\"",
+                        echo(other)
+                    ),
                 ));
             }
         };
@@ -263,7 +271,7 @@ impl RawAutoscale {
                     .map_err(|_| {
                         SpecError::new(
                             "autoscale.memory_threshold",
-                            format!("{s:?} is not a percent"),
+                            format!("{} is not a percent", echo(s)),
                         )
                     })?;
                 Some(MemoryThreshold::Percent(p))
@@ -324,7 +332,7 @@ impl RawApp {
                 .filter(|x| !x.is_empty())
                 .map(|x| {
                     x.parse::<u32>().map_err(|_| {
-                        SpecError::new("cpu_affinity", format!("{x:?} is not a core number"))
+                        SpecError::new("cpu_affinity", format!("{} is not a core number", echo(x)))
                     })
                 })
                 .collect::<Result<_, _>>()?,
@@ -525,7 +533,7 @@ pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError>
         if specs.iter().any(|s: &AppSpec| s.name == spec.name) {
             return Err(SpecError::new(
                 "name",
-                format!("app {:?} is defined twice", spec.name),
+                format!("app {} is defined twice", echo(&spec.name)),
             ));
         }
         specs.push(spec);
@@ -537,30 +545,37 @@ fn syntax_error(msg: &str) -> SpecError {
     SpecError::new("file", msg.to_string())
 }
 
-/// Parses a duration written as milliseconds (`2000`) or with a unit (`"2s"`, `"500ms"`).
+/// Parses a duration written as milliseconds (`2000`) or with a unit (`"2s"`, `"500ms"`), and
+/// checks it against the field's maximum ([`crate::limits::DURATION_MAX`]).
 pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError> {
-    match value {
-        Scalar::Int(ms) if *ms >= 0 => Ok(Duration::from_millis(*ms as u64)),
+    let d = match value {
+        Scalar::Int(ms) if *ms >= 0 => Duration::from_millis(*ms as u64),
         Scalar::Str(s) => {
             let s = s.trim();
-            if let Ok(ms) = s.parse::<u64>() {
-                return Ok(Duration::from_millis(ms));
+            match s.parse::<u64>() {
+                Ok(ms) => Duration::from_millis(ms),
+                Err(_) => humantime::parse_duration(s).map_err(|e| {
+                    SpecError::new(
+                        field,
+                        format!(
+                            "{} is not a duration ({e}); write e.g. \"2s\" or 2000",
+                            echo(s)
+                        ),
+                    )
+                })?,
             }
-            humantime::parse_duration(s).map_err(|e| {
-                SpecError::new(
-                    field,
-                    format!("{s:?} is not a duration ({e}); write e.g. \"2s\" or 2000"),
-                )
-            })
         }
-        other => Err(SpecError::new(
-            field,
-            format!(
-                "{:?} is not a duration; write e.g. \"2s\" or 2000",
-                other.to_text()
-            ),
-        )),
-    }
+        other => {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "{} is not a duration; write e.g. \"2s\" or 2000",
+                    echo(&other.to_text())
+                ),
+            ));
+        }
+    };
+    check_duration(field, d)
 }
 
 /// Parses an instance count: a whole number 0..=100000 (`"max"` is handled by the caller).
@@ -573,7 +588,7 @@ pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
         Scalar::Str(s) => s.trim().parse::<u32>().map_err(|_| {
             SpecError::new(
                 "instances",
-                format!("{s:?} is not a whole number of instances (0 or more)"),
+                format!("{} is not a whole number of instances (0 or more)", echo(s)),
             )
         }),
         _ => Err(SpecError::new(
@@ -607,8 +622,9 @@ impl RawApp {
         let args = match self.args {
             None => Vec::new(),
             Some(RawArgs::List(v)) => v,
-            Some(RawArgs::Line(line)) => shell_words::split(&line)
-                .map_err(|e| SpecError::new("args", format!("cannot split {line:?}: {e}")))?,
+            Some(RawArgs::Line(line)) => shell_words::split(&line).map_err(|e| {
+                SpecError::new("args", format!("cannot split {}: {e}", echo(&line)))
+            })?,
         };
         let env = self
             .env
@@ -629,7 +645,7 @@ impl RawApp {
             Some(other) => {
                 return Err(SpecError::new(
                     "port",
-                    format!("{:?} is not a port or range", other.to_text()),
+                    format!("{} is not a port or range", echo(&other.to_text())),
                 ));
             }
         };
@@ -1144,6 +1160,109 @@ mod tests {
             plain,
             "{back}"
         );
+    }
+
+    /// Every duration of a config file is bounded, named as written in the file.
+    #[test]
+    fn durations_have_a_maximum() {
+        let cases = [
+            (
+                r#""restart_delay": 9223372036854775807"#,
+                "restart_delay: 292271023years",
+            ),
+            (
+                r#""restart_delay": "2h""#,
+                "restart_delay: 2h is more than the maximum of 1h",
+            ),
+            (
+                r#""kill_timeout": "1h 1s""#,
+                "kill_timeout: 1h 1s is more than",
+            ),
+            (
+                r#""reschedule_after": "30days""#,
+                "reschedule_after: 30days is more than the maximum of 1day; write \"never\"",
+            ),
+            (r#""min_uptime": "2h""#, "min_uptime"),
+            (r#""restart_window": "2days""#, "restart_window"),
+            (r#""restart_backoff_max": "2h""#, "restart_backoff_max"),
+            (r#""listen_timeout": "2h""#, "listen_timeout"),
+            (
+                r#""health_check": {"check_type": "tcp", "interval": 86400}"#,
+                "health_check.interval: 1day is more than the maximum of 1h",
+            ),
+            (
+                r#""health_check": {"check_type": "tcp", "timeout": 1e300}"#,
+                "health_check.timeout",
+            ),
+            (
+                r#""autoscale": {"max": 2, "cpu_threshold": 50, "cooldown": "2days"}"#,
+                "autoscale.cooldown",
+            ),
+            (
+                r#""autoscale": {"max": 2, "cpu_threshold": 50, "up_stabilization": "2days"}"#,
+                "autoscale.up_stabilization",
+            ),
+            (
+                r#""autoscale": {"max": 2, "cpu_threshold": 50, "down_stabilization": "2days"}"#,
+                "autoscale.down_stabilization",
+            ),
+            (
+                r#""update": {"min_healthy_time": "2days"}"#,
+                "update.min_healthy_time",
+            ),
+            (
+                r#""update": {"healthy_deadline": "2days"}"#,
+                "update.healthy_deadline",
+            ),
+            (
+                r#""update": {"progress_deadline": "2days"}"#,
+                "update.progress_deadline",
+            ),
+            (
+                r#""update": {"shutdown_delay": "2h"}"#,
+                "update.shutdown_delay",
+            ),
+        ];
+        for (field, want) in cases {
+            let text = format!(r#"{{"name": "w", "script": "x", {field}}}"#);
+            let err = parse_apps(&text, Format::Json).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+            assert!(err.contains("maximum"), "{text}: {err}");
+        }
+        // Each bound itself is accepted.
+        let at_max = r#"{"name": "w", "script": "x", "restart_delay": "1h", "kill_timeout": "1h",
+            "reschedule_after": "1day", "update": {"healthy_deadline": "1day", "progress_deadline": "1day"}}"#;
+        assert!(parse_apps(at_max, Format::Json).is_ok());
+    }
+
+    #[test]
+    fn nul_bytes_are_named() {
+        let cases = [
+            (
+                r#"{"name": "w", "script": "no\u0000de"}"#,
+                "script: \"no\\0de\" contains a NUL byte",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "args": ["a", "b", "c\u0000"]}"#,
+                "args[2]: ",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "env": {"FOO": "a\u0000b"}}"#,
+                "env.FOO: ",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "env": {"A=B": "1"}}"#,
+                "env: \"A=B\" is not a valid",
+            ),
+            (
+                r#"{"name": "w", "script": "x", "cwd": "/t\u0000"}"#,
+                "cwd: ",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = parse_apps(text, Format::Json).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

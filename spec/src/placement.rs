@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::SpecError;
+use crate::{SpecError, echo};
 
 /// How the scheduler chooses among nodes that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -26,7 +26,10 @@ impl Strategy {
             "binpack" => Ok(Strategy::Binpack),
             other => Err(SpecError::new(
                 "placement.strategy",
-                format!("unknown strategy {other:?}; use \"spread\" or \"binpack\""),
+                format!(
+                    "unknown strategy {}; use \"spread\" or \"binpack\"",
+                    echo(other)
+                ),
             )),
         }
     }
@@ -58,7 +61,8 @@ impl Constraint {
             SpecError::new(
                 field,
                 format!(
-                    "{s:?} {why}; write key=value, key!=value, key in (a,b), key not in (a,b), key or !key"
+                    "{} {why}; write key=value, key!=value, key in (a,b), key not in (a,b), key or !key",
+                    echo(s)
                 ),
             )
         };
@@ -168,7 +172,10 @@ pub fn parse_cpu(field: &str, s: &str) -> Result<u32, SpecError> {
     let bad = || {
         SpecError::new(
             field,
-            format!("{s:?} is not a CPU amount; write cores (0.5, 2) or millicores (\"500m\")"),
+            format!(
+                "{} is not a CPU amount; write cores (0.5, 2) or millicores (\"500m\")",
+                echo(s)
+            ),
         )
     };
     let millis = if let Some(m) = s.strip_suffix('m') {
@@ -190,7 +197,10 @@ pub fn parse_memory(field: &str, s: &str) -> Result<u64, SpecError> {
     let bad = || {
         SpecError::new(
             field,
-            format!("{s:?} is not a memory amount; write e.g. \"512M\" or \"2G\""),
+            format!(
+                "{} is not a memory amount; write e.g. \"512M\" or \"2G\"",
+                echo(s)
+            ),
         )
     };
     let split = s

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::SpecError;
+use crate::limits::{MAX_ARG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text};
+use crate::{SpecError, echo};
 
 /// Supervision settings of an app. `Default` is what an app gets when it says nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,7 +100,10 @@ impl StopSignal {
             "USR2" => Ok(StopSignal::Usr2),
             _ => Err(SpecError::new(
                 "stop_signal",
-                format!("{s:?} is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2"),
+                format!(
+                    "{} is not one of SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2",
+                    echo(s)
+                ),
             )),
         }
     }
@@ -162,13 +166,32 @@ impl Supervision {
         {
             return Err(SpecError::new(
                 "limits",
-                format!("unknown limit {name:?}; known: {}", LIMIT_NAMES.join(", ")),
+                format!(
+                    "unknown limit {}; known: {}",
+                    echo(name),
+                    LIMIT_NAMES.join(", ")
+                ),
             ));
         }
+        check_duration("min_uptime", self.min_uptime)?;
+        check_duration("restart_window", self.restart_window)?;
+        check_duration("restart_backoff_max", self.restart_backoff_max)?;
+        check_duration("listen_timeout", self.listen_timeout)?;
         if let Some(cron) = &self.cron_restart {
+            check_text("cron_restart", cron, MAX_NAME_BYTES)?;
             validate_cron(cron)?;
         }
         if let Some(hc) = &self.health_check {
+            check_duration("health_check.interval", hc.interval)?;
+            check_duration("health_check.timeout", hc.timeout)?;
+            match &hc.probe {
+                Probe::Http { url, .. } => check_text("health_check.url", url, MAX_PATH_BYTES)?,
+                // Run as `/bin/sh -c COMMAND`: one argument.
+                Probe::Exec { command } => {
+                    check_text("health_check.command", command, MAX_ARG_BYTES)?
+                }
+                Probe::Tcp => {}
+            }
             if hc.interval.is_zero() {
                 return Err(SpecError::new(
                     "health_check.interval",
@@ -180,7 +203,10 @@ impl Supervision {
             {
                 return Err(SpecError::new(
                     "health_check.url",
-                    format!("{url:?} must start with http:// (e.g. {DEFAULT_HEALTH_URL})"),
+                    format!(
+                        "{} must start with http:// (e.g. {DEFAULT_HEALTH_URL})",
+                        echo(url)
+                    ),
                 ));
             }
             if let Probe::Exec { command } = &hc.probe
@@ -189,11 +215,16 @@ impl Supervision {
                 return Err(SpecError::new("health_check.command", "is empty"));
             }
         }
-        for name in [&self.user, &self.group].into_iter().flatten() {
-            if name.is_empty() || name.contains(['\0', '/', ':']) {
+        let names = [("user", &self.user), ("group", &self.group)];
+        for (field, name) in names
+            .into_iter()
+            .filter_map(|(f, n)| Some((f, n.as_ref()?)))
+        {
+            check_text(field, name, MAX_NAME_BYTES)?;
+            if name.is_empty() || name.contains(['/', ':']) {
                 return Err(SpecError::new(
-                    "user",
-                    format!("{name:?} is not a user or group name"),
+                    field,
+                    format!("{} is not a user or group name", echo(name)),
                 ));
             }
         }
@@ -220,15 +251,16 @@ pub fn validate_cron(expr: &str) -> Result<(), SpecError> {
         return Err(SpecError::new(
             "cron_restart",
             format!(
-                "{expr:?}: has {fields} fields; write minute hour day-of-month month day-of-week, \
-                 e.g. \"0 3 * * *\""
+                "{}: has {fields} fields; write minute hour day-of-month month day-of-week, \
+                 e.g. \"0 3 * * *\"",
+                echo(expr)
             ),
         ));
     }
     cron_parser()
         .parse(expr)
         .map(|_| ())
-        .map_err(|e| SpecError::new("cron_restart", format!("{expr:?}: {e}")))
+        .map_err(|e| SpecError::new("cron_restart", format!("{}: {e}", echo(expr))))
 }
 
 #[cfg(test)]

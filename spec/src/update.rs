@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::SpecError;
+use crate::limits::check_duration;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -51,6 +52,10 @@ impl Default for UpdatePolicy {
 
 impl UpdatePolicy {
     pub fn validate(&self) -> Result<(), SpecError> {
+        check_duration("update.min_healthy_time", self.min_healthy_time)?;
+        check_duration("update.healthy_deadline", self.healthy_deadline)?;
+        check_duration("update.progress_deadline", self.progress_deadline)?;
+        check_duration("update.shutdown_delay", self.shutdown_delay)?;
         if self.max_surge == 0 && self.max_unavailable == 0 {
             return Err(SpecError::new(
                 "update.max_surge",

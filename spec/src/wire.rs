@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
 
-use crate::SpecError;
 use crate::app::{
     AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
 };
@@ -19,6 +18,7 @@ use crate::supervise::{
     HealthCheck, Probe, StopSignal, Supervision,
 };
 use crate::update::UpdatePolicy;
+use crate::{SpecError, echo};
 
 impl From<&AppSpec> for pb::AppSpec {
     fn from(s: &AppSpec) -> pb::AppSpec {
@@ -193,7 +193,10 @@ fn health_from_wire(h: &pb::HealthCheck) -> Result<Option<HealthCheck>, SpecErro
         other => {
             return Err(SpecError::new(
                 "health_check.check_type",
-                format!("unknown check type {other:?}; use \"http\", \"tcp\" or \"exec\""),
+                format!(
+                    "unknown check type {}; use \"http\", \"tcp\" or \"exec\"",
+                    echo(other)
+                ),
             ));
         }
     };

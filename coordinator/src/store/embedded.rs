@@ -1,9 +1,18 @@
 //! The default store: one redb file in the coordinator's data dir. Records are JSON values keyed
 //! by name or id, so the file stays readable across versions of the domain types.
+//!
+//! A file damaged outside redb (truncated, zeroed, overwritten) must be an error that names it,
+//! never a crash: the open runs redb's integrity check, and open and load run with panics caught
+//! (redb may panic on such a file rather than return an error).
 
-use std::path::Path;
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, StorageError, TableDefinition,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -21,21 +30,120 @@ const CLUSTER_ID: &str = "cluster_id";
 
 pub struct EmbeddedStore {
     db: Database,
+    path: PathBuf,
 }
 
 fn io(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Io(Box::new(e))
 }
 
+/// Runs `f` with a panic turned into `Err(message)`, printing nothing for it: a panic inside
+/// redb means a damaged file, which the caller reports as such. Panics of other threads in the
+/// meantime still reach the hook that was there before.
+fn catching_panics<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Send + Sync>;
+    // Hooks are process-wide: one swap at a time.
+    static SWAP: Mutex<()> = Mutex::new(());
+    let _one = SWAP.lock().unwrap_or_else(|e| e.into_inner());
+    let previous: Arc<Hook> = Arc::new(panic::take_hook());
+    let caller = std::thread::current().id();
+    let others = previous.clone();
+    panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() != caller {
+            others(info);
+        }
+    }));
+    let result = panic::catch_unwind(AssertUnwindSafe(f));
+    panic::set_hook(Box::new(move |info| previous(info)));
+    result.map_err(|payload| panic_message(payload.as_ref()))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
 impl EmbeddedStore {
-    /// Opens or creates `path`. Fails when another coordinator holds the file.
+    /// Opens or creates `path`. Fails when another coordinator holds the file, and when the file
+    /// is empty, not a redb file, or damaged.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.display().to_string(),
-            source: Box::new(e),
+        let shown = path.display().to_string();
+        let damaged = |why: String| StoreError::Damaged {
+            path: shown.clone(),
+            why,
+        };
+        // redb would make a fresh database of an empty file; but an empty file here is a store
+        // that lost its contents (a truncation), and starting empty in its place must be a choice.
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() == 0 => {
+                return Err(damaged("is empty (0 bytes)".to_string()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(StoreError::PermissionDenied { path: shown });
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: shown,
+                    error: Box::new(e),
+                });
+            }
+        }
+        let opened = catching_panics(|| {
+            Database::builder()
+                // Every page's checksum, not only after a crash: a file altered outside redb is
+                // then an error rather than a panic or garbage later. It reads the whole file
+                // once per start, which a coordinator's store (megabytes) affords.
+                .set_check_integrity_on_open(true)
+                .create(path)
+        })
+        .map_err(|panic| damaged(format!("is damaged (reading it failed: {panic})")))?;
+        let db = opened.map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: shown.clone(),
+            },
+            DatabaseError::Storage(StorageError::Io(e))
+                if e.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                StoreError::PermissionDenied {
+                    path: shown.clone(),
+                }
+            }
+            DatabaseError::Storage(StorageError::Io(e))
+                if e.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                damaged(format!("is not a pmcluster state file ({e})"))
+            }
+            DatabaseError::Storage(StorageError::Corrupted(why)) => {
+                damaged(format!("is damaged ({why})"))
+            }
+            // Shorter than redb's header: cut off while it was first written, or truncated.
+            DatabaseError::Storage(StorageError::Io(e))
+                if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                damaged(format!("is truncated ({e})"))
+            }
+            other => StoreError::Open {
+                path: shown.clone(),
+                error: Box::new(other),
+            },
         })?;
+        let store = EmbeddedStore {
+            db,
+            path: path.to_path_buf(),
+        };
         // Create the tables up front so reads of a fresh file find them.
-        let tx = db.begin_write().map_err(io)?;
+        catching_panics(|| store.create_tables())
+            .map_err(|panic| damaged(format!("is damaged (writing it failed: {panic})")))??;
+        Ok(store)
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(io)?;
         {
             tx.open_table(APPS).map_err(io)?;
             tx.open_table(INSTANCES).map_err(io)?;
@@ -43,45 +151,21 @@ impl EmbeddedStore {
             tx.open_table(META).map_err(io)?;
             tx.open_table(IDENTITY).map_err(io)?;
         }
-        tx.commit().map_err(io)?;
-        Ok(EmbeddedStore { db })
+        tx.commit().map_err(io)
     }
-}
 
-fn read_all<T: DeserializeOwned>(
-    tx: &redb::ReadTransaction,
-    def: TableDefinition<&str, &[u8]>,
-    table: &'static str,
-) -> Result<Vec<T>, StoreError> {
-    let t = tx.open_table(def).map_err(io)?;
-    let mut out = Vec::new();
-    for row in t.iter().map_err(io)? {
-        let (k, v) = row.map_err(io)?;
-        let value = serde_json::from_slice(v.value()).map_err(|source| StoreError::Corrupt {
-            table,
-            key: k.value().to_string(),
-            source,
-        })?;
-        out.push(value);
-    }
-    Ok(out)
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(io)
-}
-
-impl Store for EmbeddedStore {
-    fn load(&self) -> Result<Persisted, StoreError> {
+    fn load_tables(&self) -> Result<Persisted, StoreError> {
         let tx = self.db.begin_read().map_err(io)?;
         let mut state = Persisted::default();
-        for app in read_all::<crate::model::AppRecord>(&tx, APPS, "apps")? {
+        for app in read_all::<crate::model::AppRecord>(&tx, APPS, "apps", &self.path)? {
             state.apps.insert(app.spec.name.clone(), app);
         }
-        for inst in read_all::<crate::model::InstanceRecord>(&tx, INSTANCES, "instances")? {
+        for inst in
+            read_all::<crate::model::InstanceRecord>(&tx, INSTANCES, "instances", &self.path)?
+        {
             state.instances.insert(inst.id, inst);
         }
-        for node in read_all::<crate::model::NodeRecord>(&tx, NODES, "nodes")? {
+        for node in read_all::<crate::model::NodeRecord>(&tx, NODES, "nodes", &self.path)? {
             state.nodes.insert(node.name.clone(), node);
         }
         let meta = tx.open_table(META).map_err(io)?;
@@ -97,6 +181,45 @@ impl Store for EmbeddedStore {
             .map(|g| g.value().to_string())
             .unwrap_or_default();
         Ok(state)
+    }
+}
+
+fn read_all<T: DeserializeOwned>(
+    tx: &redb::ReadTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    table: &'static str,
+    path: &Path,
+) -> Result<Vec<T>, StoreError> {
+    let t = tx.open_table(def).map_err(io)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(io)? {
+        let (k, v) = row.map_err(io)?;
+        let value = serde_json::from_slice(v.value()).map_err(|error| StoreError::Corrupt {
+            path: path.display().to_string(),
+            table,
+            key: pmcluster_spec::cut(k.value(), 128),
+            error,
+        })?;
+        out.push(value);
+    }
+    Ok(out)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(io)
+}
+
+impl Store for EmbeddedStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        let damaged = |why: String| StoreError::Damaged {
+            path: self.path.display().to_string(),
+            why: format!("is damaged (reading it failed: {why})"),
+        };
+        match catching_panics(|| self.load_tables()) {
+            Err(panic) => Err(damaged(panic)),
+            Ok(Err(StoreError::Io(e))) => Err(damaged(e.to_string())),
+            Ok(loaded) => loaded,
+        }
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -204,5 +327,121 @@ mod tests {
         assert!(got.apps.is_empty() && got.instances.is_empty());
         assert_eq!(got.nodes.len(), 1);
         Ok(())
+    }
+
+    /// A store file as a test damages it.
+    fn damaged_copy(
+        damage: impl FnOnce(&Path),
+    ) -> Result<(tempfile::TempDir, PathBuf), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.redb");
+        {
+            let store = EmbeddedStore::open(&path)?;
+            store.commit(&Batch {
+                put_apps: vec![AppRecord::new(AppSpec::new("web", "node", &[]), 1)],
+                generation: Some(3),
+                ..Batch::default()
+            })?;
+        }
+        damage(&path);
+        Ok((dir, path))
+    }
+
+    /// `check(damage, words)`: opening (and loading) the damaged file fails, with an error that
+    /// names the file and says what to do.
+    #[test]
+    fn damaged_files_are_errors() -> Result<(), Box<dyn std::error::Error>> {
+        type Damage = fn(&Path);
+        let cases: Vec<(Damage, &str)> = vec![
+            (
+                |p| std::fs::write(p, b"").expect("truncate"),
+                "is empty (0 bytes)",
+            ),
+            (
+                |p| std::fs::write(p, vec![0x5a; 70_000]).expect("overwrite"),
+                "is not a pmcluster state file",
+            ),
+            (
+                |p| {
+                    let mut bytes = std::fs::read(p).expect("read");
+                    bytes.truncate(10_000);
+                    std::fs::write(p, bytes).expect("write");
+                },
+                "is damaged",
+            ),
+            (
+                |p| {
+                    let mut bytes = std::fs::read(p).expect("read");
+                    bytes.truncate(300);
+                    std::fs::write(p, bytes).expect("write");
+                },
+                "is truncated",
+            ),
+            (
+                |p| {
+                    let mut bytes = std::fs::read(p).expect("read");
+                    bytes[512..].fill(0);
+                    std::fs::write(p, bytes).expect("write");
+                },
+                "is damaged",
+            ),
+            (
+                |p| {
+                    // A record that is not JSON: the file is sound, its content is not.
+                    let db = Database::create(p).expect("open");
+                    let tx = db.begin_write().expect("write");
+                    {
+                        let mut apps = tx.open_table(APPS).expect("table");
+                        apps.insert("web", b"{not json".as_slice()).expect("insert");
+                    }
+                    tx.commit().expect("commit");
+                },
+                "holds a damaged record \"web\" in table apps",
+            ),
+        ];
+        for (damage, words) in cases {
+            let (_dir, path) = damaged_copy(damage)?;
+            let err = match EmbeddedStore::open(&path) {
+                Err(e) => e,
+                Ok(store) => match store.load() {
+                    Err(e) => e,
+                    Ok(_) => panic!("{words}: the damaged store loaded"),
+                },
+            };
+            let text = err.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains(words), "want {words:?}: {text}");
+            assert!(
+                text.ends_with(
+                    "restore it from a backup, or move it aside to start an empty cluster"
+                ),
+                "{text}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_second_open_names_the_other_coordinator() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.redb");
+        let _first = EmbeddedStore::open(&path)?;
+        let Err(err) = EmbeddedStore::open(&path) else {
+            panic!("a second open succeeded");
+        };
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Locked { .. }), "{text}");
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("in use by another coordinator"), "{text}");
+        Ok(())
+    }
+
+    #[test]
+    fn panics_become_errors() {
+        assert_eq!(catching_panics(|| 7), Ok(7));
+        let caught = catching_panics(|| -> u32 { panic!("bad page {}", 12) });
+        assert_eq!(caught, Err("bad page 12".to_string()));
+        // The hook is back: a later panic elsewhere is still caught by the test harness.
+        assert!(std::panic::catch_unwind(|| ()).is_ok());
     }
 }
