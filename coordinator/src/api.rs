@@ -94,10 +94,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn list_apps(
         &self,
-        _r: Request<pb::ListAppsRequest>,
+        r: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
+        let r = r.into_inner();
+        let (apps, next_page_token) = self.control.list_apps_page(r.page_size, &r.page_token);
         Ok(Response::new(pb::ListAppsReply {
-            apps: self.control.list_apps(),
+            apps,
+            next_page_token,
         }))
     }
 
@@ -162,8 +165,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
-        let instances = self.control.list_instances(&r.into_inner().app)?;
-        Ok(Response::new(pb::ListInstancesReply { instances }))
+        let r = r.into_inner();
+        let (instances, next_page_token) =
+            self.control
+                .list_instances_page(&r.app, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListInstancesReply {
+            instances,
+            next_page_token,
+        }))
     }
 
     async fn list_nodes(
