@@ -119,6 +119,15 @@ struct Inner {
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
     last_sample_ms: i64,
+    /// Something the reconciler looks at changed since it last ran (a node came, went or
+    /// lapsed, an instance went on- or offline, a write committed). The reconciler is a pure
+    /// function of that state and the clock, so while this is false and its follow-up time has
+    /// not come, a tick skips it: with 100,000 pending instances, re-placing them four times a
+    /// second held a core and the lock.
+    reconcile_due: bool,
+    /// When the last reconcile said something becomes due (a lost node's reschedule, the end
+    /// of a drain delay).
+    followup_at: Option<i64>,
 }
 
 /// What the autoscaler remembers of one app (in memory: a coordinator restart starts afresh).
@@ -176,6 +185,9 @@ impl InstanceKey {
         (self.app.as_str(), self.index, self.id) < *key
     }
 }
+
+/// Placements of one app in one write that still get an event each; more get one event.
+const EVENTS_PER_WRITE: usize = 20;
 
 /// Most samples kept per app (one a second): an hour.
 const MAX_SAMPLES: usize = 3600;
@@ -237,6 +249,8 @@ impl Control {
             online_since: HashMap::new(),
             scaling: BTreeMap::new(),
             last_sample_ms: 0,
+            reconcile_due: true,
+            followup_at: None,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
         for name in names {
@@ -1246,6 +1260,7 @@ impl Control {
         }
         publish(&mut inner, &name);
         // A new node may take pending instances.
+        inner.reconcile_due = true;
         if let Err(e) = self.write(&mut inner, Batch::default()) {
             tracing::error!(error = %e, "reconcile after node registration failed");
         }
@@ -1285,6 +1300,11 @@ impl Control {
             }
             let (app, index) = (rec.app.clone(), rec.index);
             let before = inner.observed.get(&id).map(|o| o.state);
+            let online = pb::InstanceState::Online as i32;
+            if (before == Some(online)) != (st.state == online) {
+                // Handoffs and drains wait for instances to come online.
+                inner.reconcile_due = true;
+            }
             if st.state == pb::InstanceState::Online as i32 {
                 inner.online_since.entry(id).or_insert_with(now_ms);
             } else {
@@ -1318,6 +1338,7 @@ impl Control {
         }
         live.session = None;
         live.down_since_ms = Some(now_ms());
+        inner.reconcile_due = true;
         inner.log_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(
@@ -1344,6 +1365,9 @@ impl Control {
                     live.down_since_ms = Some(now);
                     lapsed.push(name.clone());
                 }
+            }
+            if !lapsed.is_empty() {
+                inner.reconcile_due = true;
             }
             if let Err(e) = self.write(&mut inner, Batch::default()) {
                 tracing::error!(error = %e, "periodic reconcile failed");
@@ -1594,6 +1618,9 @@ impl Control {
                     .map_err(ControlError::InvalidArgument)?;
             }
         }
+        if batch.is_empty() && !inner.reconcile_due && inner.followup_at.is_none_or(|at| now < at) {
+            return Ok(());
+        }
         let owned;
         let view: &Persisted = if batch.is_empty() {
             &inner.state
@@ -1618,9 +1645,12 @@ impl Control {
             now_ms: now,
         });
         let pending = plan.pending.clone();
+        let followup_at = plan.followup_at;
         let placed = materialize(view, &plan, &mut batch, now);
         if batch.is_empty() {
             inner.pending = pending;
+            inner.reconcile_due = false;
+            inner.followup_at = followup_at;
             return Ok(());
         }
         // Nodes whose desired set changes: old and new homes of every touched record.
@@ -1664,6 +1694,10 @@ impl Control {
         inner.pending = pending;
         self.store.commit(&batch)?;
         inner.state.apply(&batch);
+        // The plan was applied in full, so the next reconcile should find nothing; one more run
+        // confirms it cheaply.
+        inner.reconcile_due = true;
+        inner.followup_at = followup_at;
         for id in &batch.del_instances {
             inner.observed.remove(id);
             inner.online_since.remove(id);
@@ -1671,17 +1705,40 @@ impl Control {
         for name in &touched {
             publish(inner, name);
         }
-        for (app, index, node) in placed {
-            self.emit(
-                "instance.placed",
-                &app,
-                node.as_deref().unwrap_or(""),
-                Some(index),
-                match &node {
-                    Some(n) => format!("{app}[{index}] placed on {n}"),
-                    None => format!("{app}[{index}] pending: no ready node"),
-                },
-            );
+        // One event per placement, unless a write places many of an app: then one for all of
+        // them, so that a scale to 100,000 does not flood watchers and the event history.
+        let mut per_app: BTreeMap<&str, Vec<(u32, Option<&str>)>> = BTreeMap::new();
+        for (app, index, node) in &placed {
+            per_app
+                .entry(app.as_str())
+                .or_default()
+                .push((*index, node.as_deref()));
+        }
+        for (app, placements) in per_app {
+            if placements.len() > EVENTS_PER_WRITE {
+                let on_nodes = placements.iter().filter(|p| p.1.is_some()).count();
+                let pending = placements.len() - on_nodes;
+                self.emit(
+                    "instance.placed",
+                    app,
+                    "",
+                    None,
+                    format!("{app}: {on_nodes} instances placed, {pending} pending"),
+                );
+                continue;
+            }
+            for (index, node) in placements {
+                self.emit(
+                    "instance.placed",
+                    app,
+                    node.unwrap_or(""),
+                    Some(index),
+                    match node {
+                        Some(n) => format!("{app}[{index}] placed on {n}"),
+                        None => format!("{app}[{index}] pending: no ready node"),
+                    },
+                );
+            }
         }
         Ok(())
     }
