@@ -155,7 +155,11 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
             Err(e) => return ended(false, false, error_chain(&e)),
         },
     };
-    let mut client = AgentLinkClient::new(channel);
+    // The same limits as the coordinator's (tonic's 4 MiB default refused large desired sets,
+    // and the link then failed on every reconnect); the coordinator budgets each set below them.
+    let mut client = AgentLinkClient::new(channel)
+        .max_decoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES);
     let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE);
     let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
     let remembered = agent

@@ -70,7 +70,11 @@ pub async fn connect_with(url: &str, timeout: Duration) -> anyhow::Result<Client
         Ok(Err(e)) => return Err(unreachable(root_cause(&e))),
         Ok(Ok(channel)) => channel,
     };
-    Ok(ClusterClient::new(channel))
+    // The coordinator's limits: replies are paged or budgeted below them, so a reply it sends is
+    // one we accept.
+    Ok(ClusterClient::new(channel)
+        .max_decoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES))
 }
 
 /// The innermost cause: "Connection refused (os error 111)" rather than "transport error".

@@ -303,10 +303,54 @@ async fn list_instances(
     client: &mut crate::client::Client,
     app: &str,
 ) -> Result<Vec<pb::Instance>, ApiError> {
-    let req = pb::ListInstancesRequest {
-        app: app.to_string(),
-    };
-    Ok(unary(client.list_instances(request(req))).await?.instances)
+    let mut instances = Vec::new();
+    let mut page_token = String::new();
+    // Bounded: 1000 pages of 5000 is far beyond any cluster; a token that does not move would
+    // otherwise loop forever.
+    for _ in 0..MAX_PAGES {
+        let req = pb::ListInstancesRequest {
+            app: app.to_string(),
+            page_size: PAGE_SIZE,
+            page_token: page_token.clone(),
+        };
+        let reply = unary(client.list_instances(request(req))).await?;
+        instances.extend(reply.instances);
+        if reply.next_page_token.is_empty() || reply.next_page_token == page_token {
+            return Ok(instances);
+        }
+        page_token = reply.next_page_token;
+    }
+    Err(too_many_pages())
+}
+
+/// Instances (or apps) asked for per page: the most the coordinator gives.
+const PAGE_SIZE: u32 = 5000;
+/// Pages followed at most by one listing.
+const MAX_PAGES: usize = 1000;
+
+fn too_many_pages() -> ApiError {
+    ApiError {
+        code: tonic::Code::OutOfRange,
+        message: format!("the listing did not end after {MAX_PAGES} pages; list one app at a time"),
+    }
+}
+
+async fn list_apps(client: &mut crate::client::Client) -> Result<Vec<pb::App>, ApiError> {
+    let mut apps = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..MAX_PAGES {
+        let req = pb::ListAppsRequest {
+            page_size: PAGE_SIZE,
+            page_token: page_token.clone(),
+        };
+        let reply = unary(client.list_apps(request(req))).await?;
+        apps.extend(reply.apps);
+        if reply.next_page_token.is_empty() || reply.next_page_token == page_token {
+            return Ok(apps);
+        }
+        page_token = reply.next_page_token;
+    }
+    Err(too_many_pages())
 }
 
 /// `list [APP]`.
@@ -510,9 +554,7 @@ pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Res
 /// `apps`.
 pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut client = connect(&ctx.url).await?;
-    let apps = unary(client.list_apps(request(pb::ListAppsRequest {})))
-        .await?
-        .apps;
+    let apps = list_apps(&mut client).await?;
     if ctx.json() {
         return ctx.value(&output::apps_json(&apps));
     }

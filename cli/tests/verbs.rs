@@ -174,7 +174,11 @@ impl Cluster for Fake {
 
     async fn list_apps(&self, _: Request<pb::ListAppsRequest>) -> Reply<pb::ListAppsReply> {
         let apps = self.lock().apps.values().cloned().collect();
-        Ok(Response::new(pb::ListAppsReply { apps }))
+        // One page: the fake holds a handful.
+        Ok(Response::new(pb::ListAppsReply {
+            apps,
+            next_page_token: String::new(),
+        }))
     }
 
     async fn delete_app(&self, r: Request<pb::DeleteAppRequest>) -> Reply<pb::DeleteAppReply> {
@@ -244,6 +248,7 @@ impl Cluster for Fake {
         }
         Ok(Response::new(pb::ListInstancesReply {
             instances: self.instances(&app),
+            next_page_token: String::new(),
         }))
     }
 

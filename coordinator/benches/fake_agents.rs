@@ -202,11 +202,24 @@ async fn run() -> BenchResult<()> {
     let all = t0.elapsed();
     // Let the status reports for 10,000 instances land, then read the high-water mark.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let listed = cluster
-        .list_instances(pb::ListInstancesRequest { app: "web".into() })
-        .await?
-        .into_inner()
-        .instances;
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    // Paged; bounded in case a token never ends.
+    for _ in 0..1000 {
+        let reply = cluster
+            .list_instances(pb::ListInstancesRequest {
+                app: "web".into(),
+                page_size: 5000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        listed.extend(reply.instances);
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        page_token = reply.next_page_token;
+    }
     let online = listed
         .iter()
         .filter(|i| i.state == pb::InstanceState::Online as i32)

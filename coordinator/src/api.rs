@@ -12,6 +12,8 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::control::{Action, AgentCommand, Control, ControlError};
@@ -41,9 +43,31 @@ impl From<ControlError> for Status {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+/// The server's shutdown: `cancel` fires on SIGTERM/SIGINT, and every task a service spawns is
+/// in `tasks`, so the server can wait for them (within its grace) instead of leaving them
+/// detached. Long-lived streams (agent sessions, `logs -f`, `events`, endpoints) end on `cancel`:
+/// they never end by themselves, and a graceful shutdown waits for every open stream.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    pub cancel: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Lifecycle {
+    /// `stream`, ended (cleanly) when the server shuts down.
+    fn until_shutdown<T: Send + 'static>(
+        &self,
+        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> BoxStream<T> {
+        use futures::StreamExt as _;
+        Box::pin(stream.take_until(self.cancel.clone().cancelled_owned()))
+    }
+}
+
 /// The public `Cluster` service.
 pub struct ClusterApi {
     pub control: Arc<Control>,
+    pub life: Lifecycle,
 }
 
 fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
@@ -77,10 +101,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn list_apps(
         &self,
-        _r: Request<pb::ListAppsRequest>,
+        r: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
+        let r = r.into_inner();
+        let (apps, next_page_token) = self.control.list_apps_page(r.page_size, &r.page_token);
         Ok(Response::new(pb::ListAppsReply {
-            apps: self.control.list_apps(),
+            apps,
+            next_page_token,
         }))
     }
 
@@ -145,8 +172,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
-        let instances = self.control.list_instances(&r.into_inner().app)?;
-        Ok(Response::new(pb::ListInstancesReply { instances }))
+        let r = r.into_inner();
+        let (instances, next_page_token) =
+            self.control
+                .list_instances_page(&r.app, r.page_size, &r.page_token)?;
+        Ok(Response::new(pb::ListInstancesReply {
+            instances,
+            next_page_token,
+        }))
     }
 
     async fn list_nodes(
@@ -252,7 +285,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let first = self.control.endpoints(&app)?;
         let (tx, rx) = mpsc::channel(8);
         let control = self.control.clone();
-        tokio::spawn(async move {
+        let cancel = self.life.cancel.clone();
+        self.life.tasks.spawn(async move {
             // Polled: endpoints follow agent reports, which arrive every heartbeat; 100 ms keeps
             // a load balancer within a tenth of a second of the truth at little cost.
             let mut last = first;
@@ -261,7 +295,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
             }
             let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
             loop {
-                every.tick().await;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = every.tick() => {}
+                }
                 if tx.is_closed() {
                     return;
                 }
@@ -283,14 +320,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    type StreamLogsStream = ReceiverStream<Result<pb::LogLine, Status>>;
+    type StreamLogsStream = BoxStream<pb::LogLine>;
 
     async fn stream_logs(
         &self,
         r: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let rx = self.control.stream_logs(&r.into_inner())?;
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(
+            self.life.until_shutdown(ReceiverStream::new(rx)),
+        ))
     }
 
     type WatchEventsStream = BoxStream<pb::Event>;
@@ -317,6 +356,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             // A lagging watcher skips what it missed rather than failing.
             _ => None,
         });
+        let live = self.life.until_shutdown(live);
         Ok(Response::new(Box::pin(past.chain(live))))
     }
 }
@@ -324,6 +364,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
 /// The `AgentLink` service: one long-lived session per agent.
 pub struct AgentLinkApi {
     pub control: Arc<Control>,
+    pub life: Lifecycle,
 }
 
 #[tonic::async_trait]
@@ -351,10 +392,19 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
         let control = self.control.clone();
-        tokio::spawn(outbound(attached, tx));
-        tokio::spawn(async move {
+        let cancel = self.life.cancel.clone();
+        self.life
+            .tasks
+            .spawn(outbound(attached, tx, cancel.clone()));
+        self.life.tasks.spawn(async move {
             loop {
-                match inbound.message().await {
+                let message = tokio::select! {
+                    // Dropping the inbound half with the outbound one lets the HTTP/2 stream,
+                    // and so the graceful shutdown, finish.
+                    () = cancel.cancelled() => break,
+                    m = inbound.message() => m,
+                };
+                match message {
                     Ok(Some(msg)) => match msg.msg {
                         Some(Up::Status(report)) => control.report(&node, session_id, report),
                         Some(Up::LogChunk(chunk)) => control.log_chunk(&node, chunk),
@@ -381,6 +431,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
 async fn outbound(
     mut a: crate::control::Attached,
     tx: mpsc::Sender<Result<pb::CoordinatorMessage, Status>>,
+    shutdown: CancellationToken,
 ) {
     let send = |msg: Down| pb::CoordinatorMessage { msg: Some(msg) };
     let registered = Down::Registered(pb::Registered {
@@ -394,6 +445,11 @@ async fn outbound(
     a.desired.mark_changed();
     loop {
         tokio::select! {
+            () = shutdown.cancelled() => {
+                // The agent keeps its instances and reconnects, to this coordinator's successor.
+                let _ = tx.try_send(Err(Status::unavailable("the coordinator is shutting down")));
+                return;
+            }
             changed = a.desired.changed() => {
                 if changed.is_err() {
                     return;

@@ -21,6 +21,7 @@ use crate::core::autoscale::{self, Decision, Sample};
 use crate::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
 use crate::core::rollout::{self, Deployment, Facts, Kind, State};
 use crate::core::scheduler;
+use crate::limits;
 use crate::model::{
     AppRecord, Batch, InstanceRecord, NodeRecord, Persisted, SCALE_DECISIONS_KEPT, ScaleDecision,
 };
@@ -128,6 +129,15 @@ struct Inner {
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
     last_sample_ms: i64,
+    /// Something the reconciler looks at changed since it last ran (a node came, went or
+    /// lapsed, an instance went on- or offline, a write committed). The reconciler is a pure
+    /// function of that state and the clock, so while this is false and its follow-up time has
+    /// not come, a tick skips it: with 100,000 pending instances, re-placing them four times a
+    /// second held a core and the lock.
+    reconcile_due: bool,
+    /// When the last reconcile said something becomes due (a lost node's reschedule, the end
+    /// of a drain delay).
+    followup_at: Option<i64>,
 }
 
 /// What the autoscaler remembers of one app (in memory: a coordinator restart starts afresh).
@@ -137,6 +147,57 @@ struct Scaling {
     last_change_ms: Option<i64>,
     last_reason: String,
 }
+
+/// Instances per `ListInstances` page unless the client asks for another size, and the most it
+/// may ask for: a page of views is built under the state lock, so it must stay short.
+const DEFAULT_INSTANCE_PAGE: u32 = 1000;
+const MAX_INSTANCE_PAGE: u32 = 5000;
+/// Apps per `ListApps` page, likewise (an app's view carries its spec, up to 1 MiB).
+const DEFAULT_APP_PAGE: u32 = 100;
+const MAX_APP_PAGE: u32 = 1000;
+
+/// Where a `ListInstances` page ends, as its token says: the sort key of its last instance.
+#[derive(Debug, PartialEq, Eq)]
+struct InstanceKey {
+    app: String,
+    index: u32,
+    id: Uuid,
+}
+
+impl InstanceKey {
+    /// `index/id/app`: the app name last, so that it needs no escaping.
+    fn token(app: &str, index: u32, id: &str) -> String {
+        format!("{index}/{id}/{app}")
+    }
+
+    fn parse(token: &str) -> Result<Option<InstanceKey>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            ControlError::InvalidArgument(
+                "page_token: not a token this coordinator gave; list again without it".into(),
+            )
+        };
+        let mut parts = token.splitn(3, '/');
+        let index = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let id = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let app = parts.next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+        Ok(Some(InstanceKey {
+            app: app.to_string(),
+            index,
+            id,
+        }))
+    }
+
+    /// Whether `key` sorts after this one (and so belongs to a later page).
+    fn is_before(&self, key: &(&str, u32, Uuid)) -> bool {
+        (self.app.as_str(), self.index, self.id) < *key
+    }
+}
+
+/// Placements of one app in one write that still get an event each; more get one event.
+const EVENTS_PER_WRITE: usize = 20;
 
 /// Most samples kept per app (one a second): an hour.
 const MAX_SAMPLES: usize = 3600;
@@ -227,6 +288,8 @@ impl Control {
             online_since: HashMap::new(),
             scaling: BTreeMap::new(),
             last_sample_ms: 0,
+            reconcile_due: true,
+            followup_at: None,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
         for name in names {
@@ -895,6 +958,111 @@ impl Control {
         Ok(out)
     }
 
+    /// One page of `list_instances`: at most `page_size` instances (0: the default) after the
+    /// position `page_token` names, within [`limits::LIST_REPLY_BUDGET`]. Returns the page and the
+    /// token of the next one (empty after the last).
+    pub fn list_instances_page(
+        &self,
+        app: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<pb::Instance>, String)> {
+        let page_size = match page_size {
+            0 => DEFAULT_INSTANCE_PAGE,
+            n => n.min(MAX_INSTANCE_PAGE),
+        } as usize;
+        let after = InstanceKey::parse(page_token)?;
+        let inner = self.lock();
+        if !app.is_empty() {
+            find_app(&inner, app)?;
+        }
+        // Only keys are sorted; views are built for the page alone.
+        let mut keys: Vec<(&str, u32, Uuid)> = inner
+            .state
+            .instances
+            .values()
+            .filter(|i| app.is_empty() || i.app == app)
+            .map(|i| (i.app.as_str(), i.index, i.id))
+            .filter(|k| after.as_ref().is_none_or(|a| a.is_before(k)))
+            .collect();
+        // A partial sort: the page is all that is needed of the order.
+        let wanted = page_size.min(keys.len());
+        if wanted < keys.len() {
+            keys.select_nth_unstable(wanted);
+            keys.truncate(wanted + 1);
+        }
+        keys.sort_unstable();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut more = keys.len() > wanted;
+        for key in &keys {
+            let Some(rec) = inner.state.instances.get(&key.2) else {
+                continue;
+            };
+            if page.len() == wanted {
+                break;
+            }
+            let view = instance_view(&inner, &self.config, rec);
+            let size = prost::Message::encoded_len(&view) + 8;
+            if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
+                more = true;
+                break;
+            }
+            bytes += size;
+            page.push(view);
+        }
+        let next = match page.last() {
+            Some(last) if more => InstanceKey::token(&last.app, last.index, &last.id),
+            _ => String::new(),
+        };
+        Ok((page, next))
+    }
+
+    /// One page of `list_apps`, as [`Control::list_instances_page`] pages instances.
+    pub fn list_apps_page(&self, page_size: u32, page_token: &str) -> (Vec<pb::App>, String) {
+        let page_size = match page_size {
+            0 => DEFAULT_APP_PAGE,
+            n => n.min(MAX_APP_PAGE),
+        } as usize;
+        let inner = self.lock();
+        let counts = state_counts(&inner, &self.config);
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        let start = (
+            std::ops::Bound::Excluded(page_token.to_string()),
+            std::ops::Bound::Unbounded,
+        );
+        let apps: Box<dyn Iterator<Item = &AppRecord>> = if page_token.is_empty() {
+            Box::new(inner.state.apps.values())
+        } else {
+            Box::new(inner.state.apps.range(start).map(|(_, a)| a))
+        };
+        for app in apps {
+            if page.len() == page_size {
+                more = true;
+                break;
+            }
+            let view = app_view_counted(app, counts.get(app.spec.name.as_str()));
+            let size = prost::Message::encoded_len(&view) + 8;
+            if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
+                more = true;
+                break;
+            }
+            bytes += size;
+            page.push(view);
+        }
+        let next = match page.last() {
+            Some(last) if more => last
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        (page, next)
+    }
+
     pub fn list_nodes(&self) -> Vec<pb::Node> {
         let inner = self.lock();
         // (instances, cpu millis, memory bytes) reserved per node.
@@ -1150,6 +1318,7 @@ impl Control {
         }
         publish(&mut inner, &name);
         // A new node may take pending instances.
+        inner.reconcile_due = true;
         if let Err(e) = self.write(&mut inner, Batch::default()) {
             tracing::error!(error = %e, "reconcile after node registration failed");
         }
@@ -1293,6 +1462,7 @@ impl Control {
             publish(&mut inner, n);
         }
         // Anything the adoption left unplaced can go to these nodes now.
+        inner.reconcile_due = true;
         if let Err(e) = self.write(&mut inner, Batch::default()) {
             tracing::error!(error = %e, "reconcile after adoption failed");
         }
@@ -1380,6 +1550,11 @@ impl Control {
             }
             let (app, index) = (rec.app.clone(), rec.index);
             let before = inner.observed.get(&id).map(|o| o.state);
+            let online = pb::InstanceState::Online as i32;
+            if (before == Some(online)) != (st.state == online) {
+                // Handoffs and drains wait for instances to come online.
+                inner.reconcile_due = true;
+            }
             if st.state == pb::InstanceState::Online as i32 {
                 inner.online_since.entry(id).or_insert_with(now_ms);
             } else {
@@ -1413,6 +1588,7 @@ impl Control {
         }
         live.session = None;
         live.down_since_ms = Some(now_ms());
+        inner.reconcile_due = true;
         inner.log_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(
@@ -1439,6 +1615,9 @@ impl Control {
                     live.down_since_ms = Some(now);
                     lapsed.push(name.clone());
                 }
+            }
+            if !lapsed.is_empty() {
+                inner.reconcile_due = true;
             }
             if let Err(e) = self.write(&mut inner, Batch::default()) {
                 tracing::error!(error = %e, "periodic reconcile failed");
@@ -1682,6 +1861,16 @@ impl Control {
     /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
     fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
         let now = now_ms();
+        for app in &batch.put_apps {
+            let stored = inner.state.apps.get(&app.spec.name).map(|a| &a.spec);
+            if stored != Some(&app.spec) {
+                limits::check_spec(&pb::AppSpec::from(&app.spec))
+                    .map_err(ControlError::InvalidArgument)?;
+            }
+        }
+        if batch.is_empty() && !inner.reconcile_due && inner.followup_at.is_none_or(|at| now < at) {
+            return Ok(());
+        }
         let owned;
         let view: &Persisted = if batch.is_empty() {
             &inner.state
@@ -1706,9 +1895,12 @@ impl Control {
             now_ms: now,
         });
         let pending = plan.pending.clone();
+        let followup_at = plan.followup_at;
         let placed = materialize(view, &plan, &mut batch, now);
         if batch.is_empty() {
             inner.pending = pending;
+            inner.reconcile_due = false;
+            inner.followup_at = followup_at;
             return Ok(());
         }
         // Nodes whose desired set changes: old and new homes of every touched record.
@@ -1747,9 +1939,16 @@ impl Control {
         if generation != inner.state.generation {
             batch.generation = Some(generation);
         }
+        // Before anything is committed: a set its agent cannot decode would take the node, and
+        // every app on it, offline. A refused write changes nothing.
+        check_desired_sets(&inner.state, &batch, &touched)?;
         inner.pending = pending;
         self.store.commit(&batch)?;
         inner.state.apply(&batch);
+        // The plan was applied in full, so the next reconcile should find nothing; one more run
+        // confirms it cheaply.
+        inner.reconcile_due = true;
+        inner.followup_at = followup_at;
         for id in &batch.del_instances {
             inner.observed.remove(id);
             inner.online_since.remove(id);
@@ -1757,17 +1956,40 @@ impl Control {
         for name in &touched {
             publish(inner, name);
         }
-        for (app, index, node) in placed {
-            self.emit(
-                "instance.placed",
-                &app,
-                node.as_deref().unwrap_or(""),
-                Some(index),
-                match &node {
-                    Some(n) => format!("{app}[{index}] placed on {n}"),
-                    None => format!("{app}[{index}] pending: no ready node"),
-                },
-            );
+        // One event per placement, unless a write places many of an app: then one for all of
+        // them, so that a scale to 100,000 does not flood watchers and the event history.
+        let mut per_app: BTreeMap<&str, Vec<(u32, Option<&str>)>> = BTreeMap::new();
+        for (app, index, node) in &placed {
+            per_app
+                .entry(app.as_str())
+                .or_default()
+                .push((*index, node.as_deref()));
+        }
+        for (app, placements) in per_app {
+            if placements.len() > EVENTS_PER_WRITE {
+                let on_nodes = placements.iter().filter(|p| p.1.is_some()).count();
+                let pending = placements.len() - on_nodes;
+                self.emit(
+                    "instance.placed",
+                    app,
+                    "",
+                    None,
+                    format!("{app}: {on_nodes} instances placed, {pending} pending"),
+                );
+                continue;
+            }
+            for (index, node) in placements {
+                self.emit(
+                    "instance.placed",
+                    app,
+                    node.unwrap_or(""),
+                    Some(index),
+                    match node {
+                        Some(n) => format!("{app}[{index}] placed on {n}"),
+                        None => format!("{app}[{index}] pending: no ready node"),
+                    },
+                );
+            }
         }
         Ok(())
     }
@@ -1777,6 +1999,82 @@ impl Control {
         let inner = self.lock();
         inner.nodes.get(node).is_some_and(|l| l.session.is_some())
     }
+}
+
+/// Refuses `batch` when it would make the desired set of a node in `touched` weigh more than
+/// [`limits::DESIRED_SET_BUDGET`]. The error names `instances` (the count is what a user can
+/// change on the spot), the node, the app weighing most there and that app's largest field.
+fn check_desired_sets(state: &Persisted, batch: &Batch, touched: &BTreeSet<String>) -> Result<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let put: BTreeMap<Uuid, &InstanceRecord> =
+        batch.put_instances.iter().map(|r| (r.id, r)).collect();
+    let deleted: BTreeSet<Uuid> = batch.del_instances.iter().copied().collect();
+    let app_of = |name: &str| -> Option<&AppRecord> {
+        if batch.del_apps.iter().any(|d| d == name) {
+            return None;
+        }
+        batch
+            .put_apps
+            .iter()
+            .rev()
+            .find(|a| a.spec.name == name)
+            .or_else(|| state.apps.get(name))
+    };
+    // Bytes of one assignment per (app, version): the spec dominates and is weighed once.
+    let mut weights: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    // Per node: total bytes, and (bytes, instances) per app.
+    type Weighed<'a> = (usize, BTreeMap<&'a str, (usize, u32)>);
+    let mut per_node: BTreeMap<&str, Weighed<'_>> = BTreeMap::new();
+    let kept = state
+        .instances
+        .values()
+        .filter(|r| !put.contains_key(&r.id))
+        .chain(put.values().copied())
+        .filter(|r| !deleted.contains(&r.id));
+    for rec in kept {
+        let Some(node) = rec.node.as_deref().filter(|n| touched.contains(*n)) else {
+            continue;
+        };
+        let Some(app) = app_of(&rec.app) else {
+            continue;
+        };
+        let bytes = *weights
+            .entry((rec.app.as_str(), rec.app_version))
+            .or_insert_with(|| {
+                use prost::Message as _;
+                limits::assignment_bytes(
+                    pb::AppSpec::from(app.spec_of(rec.app_version)).encoded_len(),
+                )
+            });
+        let entry = per_node.entry(node).or_default();
+        entry.0 += bytes;
+        let by_app = entry.1.entry(rec.app.as_str()).or_default();
+        by_app.0 += bytes;
+        by_app.1 += 1;
+    }
+    let Some((node, (total, apps))) = per_node
+        .into_iter()
+        .filter(|(_, (total, _))| *total > limits::DESIRED_SET_BUDGET)
+        .max_by_key(|(_, (total, _))| *total)
+    else {
+        return Ok(());
+    };
+    let (app, (app_bytes, count)) = apps
+        .into_iter()
+        .max_by_key(|(_, (bytes, _))| *bytes)
+        .unwrap_or_default();
+    let field = app_of(app)
+        .map(|a| limits::largest_field(&pb::AppSpec::from(&a.spec)))
+        .map(|(name, size)| format!("; its largest field is {name} ({})", limits::human(size)))
+        .unwrap_or_default();
+    Err(ControlError::InvalidArgument(format!(
+        "instances: this change would make node {node:?}'s desired set {}, over the {} limit of          one node's set; {count} instances of {app:?} weigh {} there{field}. Lower the count,          spread the app with placement.max_per_node, or make its spec smaller",
+        limits::human(total),
+        limits::human(limits::DESIRED_SET_BUDGET),
+        limits::human(app_bytes),
+    )))
 }
 
 /// Turns a plan into records in `batch` (minting ids). Returns (app, index, node) of placements.
@@ -2235,21 +2533,54 @@ fn held_views(inner: &Inner, app: &str) -> Vec<pb::Instance> {
 }
 
 fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> pb::App {
-    let mut view = pb::App {
-        spec: Some(pb::AppSpec::from(&app.spec)),
-        version: app.version,
-        updated_at_ms: app.updated_at_ms,
-        ..pb::App::default()
-    };
+    let mut counts = StateCounts::default();
     for rec in inner.state.app_instances(&app.spec.name) {
-        match pb::InstanceState::try_from(instance_view(inner, config, rec).state) {
-            Ok(pb::InstanceState::Online) => view.online += 1,
-            Ok(pb::InstanceState::Pending) => view.pending += 1,
-            Ok(pb::InstanceState::Stopped) => view.stopped += 1,
+        counts.add(instance_view(inner, config, rec).state);
+    }
+    app_view_counted(app, Some(&counts))
+}
+
+/// Online, pending and stopped instances of an app, as its view shows them.
+#[derive(Debug, Default, Clone, Copy)]
+struct StateCounts {
+    online: u32,
+    pending: u32,
+    stopped: u32,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: i32) {
+        match pb::InstanceState::try_from(state) {
+            Ok(pb::InstanceState::Online) => self.online += 1,
+            Ok(pb::InstanceState::Pending) => self.pending += 1,
+            Ok(pb::InstanceState::Stopped) => self.stopped += 1,
             _ => {}
         }
     }
-    view
+}
+
+/// [`StateCounts`] of every app in one pass over the instances.
+fn state_counts<'a>(inner: &'a Inner, config: &ControlConfig) -> BTreeMap<&'a str, StateCounts> {
+    let mut counts: BTreeMap<&str, StateCounts> = BTreeMap::new();
+    for rec in inner.state.instances.values() {
+        counts
+            .entry(rec.app.as_str())
+            .or_default()
+            .add(instance_view(inner, config, rec).state);
+    }
+    counts
+}
+
+fn app_view_counted(app: &AppRecord, counts: Option<&StateCounts>) -> pb::App {
+    let counts = counts.copied().unwrap_or_default();
+    pb::App {
+        spec: Some(pb::AppSpec::from(&app.spec)),
+        version: app.version,
+        updated_at_ms: app.updated_at_ms,
+        online: counts.online,
+        pending: counts.pending,
+        stopped: counts.stopped,
+    }
 }
 
 /// Online, and healthy when the app has a health check: since when, without a break.
@@ -2840,6 +3171,116 @@ mod tests {
         // The reader went away.
         drop(rx);
         assert!(route_lines(&mut route, lines(11, 1)));
+    }
+
+    #[tokio::test]
+    async fn pages_cover_every_instance_once_in_order() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let _a = c.attach(&register("a"), None)?;
+        c.apply(web(7))?;
+        let mut other = web(3);
+        other.name = "api".into();
+        other.port = PortSpec::Range(4300, 4399);
+        c.apply(other)?;
+        let all = c.list_instances("")?;
+        let key = |i: &pb::Instance| (i.app.clone(), i.index, i.id.clone());
+        // (app filter, page size) -> every page's length.
+        let cases: &[(&str, u32, &[usize])] = &[
+            ("", 0, &[10]),
+            ("", 3, &[3, 3, 3, 1]),
+            ("", 5, &[5, 5]),
+            ("", 10, &[10]),
+            ("web", 2, &[2, 2, 2, 1]),
+            ("api", 2, &[2, 1]),
+            ("api", 9, &[3]),
+        ];
+        for (app, size, lengths) in cases {
+            let (mut got, mut pages, mut token) = (Vec::new(), Vec::new(), String::new());
+            for _ in 0..20 {
+                let (page, next) = c.list_instances_page(app, *size, &token)?;
+                pages.push(page.len());
+                got.extend(page);
+                if next.is_empty() {
+                    break;
+                }
+                token = next;
+            }
+            assert_eq!(&pages, lengths, "app {app:?} size {size}");
+            let want: Vec<_> = all
+                .iter()
+                .filter(|i| app.is_empty() || i.app == *app)
+                .map(key)
+                .collect();
+            assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want);
+        }
+        assert!(matches!(
+            c.list_instances_page("", 2, "not a token"),
+            Err(ControlError::InvalidArgument(m)) if m.starts_with("page_token:")
+        ));
+        let (apps, next) = c.list_apps_page(1, "");
+        assert_eq!((apps.len(), next.as_str()), (1, "api"));
+        let (apps, next) = c.list_apps_page(1, &next);
+        assert_eq!(
+            apps.first()
+                .and_then(|a| a.spec.as_ref())
+                .map(|s| s.name.as_str()),
+            Some("web")
+        );
+        assert_eq!(apps.first().map(|a| a.online + a.pending), Some(0));
+        assert!(next.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_desired_set_over_budget_is_refused_and_changes_nothing() -> Result<()> {
+        let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+        let mut a = c.attach(&register("a"), None)?;
+        let mut small = web(2);
+        small.name = "small".into();
+        c.apply(small)?;
+        // Just under the spec limit: a few fit in one node's set, twenty do not.
+        let mut big = web(1);
+        big.name = "big".into();
+        big.port = PortSpec::None;
+        big.env.insert("BIG".into(), "x".repeat(900 << 10));
+        c.apply(big.clone())?;
+        let before = a.desired.borrow_and_update().clone().unwrap_or_default();
+        let err = c
+            .scale("big", 20)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        for want in [
+            "instances:",
+            "node \"a\"",
+            "over the 12 MiB limit",
+            "env.BIG (900 KiB)",
+        ] {
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+        }
+        // Refused as a whole: nothing stored, nothing sent, the app keeps its count.
+        assert!(!a.desired.has_changed().unwrap_or(true));
+        assert_eq!(a.desired.borrow().clone().unwrap_or_default(), before);
+        assert_eq!(c.get_app("big")?.spec.map(|s| s.instances), Some(1));
+        // The same through an apply of the count.
+        let err = c
+            .apply(big.with_instances(20)?)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.starts_with("instances:")));
+        // A spec over its own limit names its largest field, whatever else it changes.
+        big.env.insert("BIG".into(), "x".repeat(3 << 19));
+        let err = c
+            .apply(big)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("env.BIG: app \"big\" encodes to 1.5 MiB, over the 1 MiB limit"),
+            "{err}"
+        );
+        assert_eq!(spread(&c, "small"), "a:2");
+        Ok(())
     }
 
     #[tokio::test]

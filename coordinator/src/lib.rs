@@ -8,6 +8,7 @@
 pub mod api;
 pub mod control;
 pub mod core;
+pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;

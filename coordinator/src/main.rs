@@ -26,6 +26,10 @@ struct Args {
     /// How often agents report, e.g. "1s".
     #[arg(long, default_value = "1s")]
     heartbeat_interval: String,
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the coordinator
+    /// exits anyway, e.g. "5s". Agent sessions close at once; agents keep their instances.
+    #[arg(long, default_value = "5s", env = "PMCLUSTER_SHUTDOWN_GRACE")]
+    shutdown_grace: String,
 }
 
 fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
@@ -51,6 +55,14 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         heartbeat_interval < heartbeat_timeout,
         "--heartbeat-interval must be shorter than --heartbeat-timeout"
     );
+    let shutdown_grace = duration("shutdown-grace", &args.shutdown_grace)?;
+    // A service manager kills what outlives its stop timeout (systemd: 90 s by default); a grace
+    // longer than that would never be honoured.
+    anyhow::ensure!(
+        shutdown_grace <= Duration::from_secs(60),
+        "--shutdown-grace: {} is more than 60s; give at most 60s",
+        args.shutdown_grace
+    );
     Ok(Config {
         listen,
         data_dir: args.data_dir,
@@ -58,6 +70,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             heartbeat_interval,
             heartbeat_timeout,
         },
+        shutdown_grace,
     })
 }
 
@@ -98,7 +111,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and `pmcluster up` read this line to learn the port.
     println!("pmcluster-coordinator listening on {addr}");
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
-    server::serve(control, listener, shutdown_signal()).await?;
+    server::serve(control, listener, shutdown_signal(), config.shutdown_grace).await?;
     Ok(())
 }
 
@@ -125,7 +138,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let result = runtime.block_on(run(config));
+    // Whatever still runs after the grace (a stuck call) must not hold the exit, nor the store.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

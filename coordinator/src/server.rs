@@ -10,8 +10,10 @@ use std::time::Duration;
 use pmcluster_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::api::{AgentLinkApi, ClusterApi};
+use crate::api::{AgentLinkApi, ClusterApi, Lifecycle};
 use crate::control::{Control, ControlConfig};
 use crate::store::{EmbeddedStore, Store};
 
@@ -21,6 +23,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub control: ControlConfig,
+    /// How long a shutdown may take to finish in-flight calls before the process exits anyway.
+    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,11 +64,22 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves every service on `listener` until `shutdown` completes.
+/// Largest gRPC message, either way, on every link (agent sessions and the public API). tonic's
+/// default decode limit is 4 MiB and its encode limit is unbounded, so a reply or desired set
+/// could be sent that the peer then refuses. Set on both sides from one constant, with the
+/// coordinator keeping desired sets and replies well below it (see `control`'s budgets).
+pub const MAX_MESSAGE_BYTES: usize = pmcluster_proto::MAX_MESSAGE_BYTES;
+
+/// Serves every service on `listener` until `shutdown` completes, then shuts down within
+/// `grace`: agent sessions are closed at once (agents keep their instances and reconnect to the
+/// next coordinator), in-flight calls may finish, and every task the server spawned is awaited.
+/// When the grace expires the call returns anyway, so a stuck client cannot hold the process
+/// (and with it the store) past it.
 pub async fn serve(
     control: Arc<Control>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -79,30 +94,77 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(pmcluster_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let ticker = {
+    let life = Lifecycle {
+        cancel: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+    };
+    {
         let control = control.clone();
-        tokio::spawn(async move {
+        let cancel = life.cancel.clone();
+        life.tasks.spawn(async move {
             let mut every = tokio::time::interval(Duration::from_millis(250));
             loop {
-                every.tick().await;
-                control.tick();
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = every.tick() => control.tick(),
+                }
             }
-        })
-    };
-    let result = tonic::transport::Server::builder()
+        });
+    }
+    let stopping = life.cancel.clone();
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(pb::cluster_server::ClusterServer::new(ClusterApi {
-            control: control.clone(),
-        }))
-        .add_service(pb::agent_link_server::AgentLinkServer::new(AgentLinkApi {
-            control,
-        }))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
-    ticker.abort();
-    Ok(result?)
+        .add_service(
+            pb::cluster_server::ClusterServer::new(ClusterApi {
+                control: control.clone(),
+                life: life.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::agent_link_server::AgentLinkServer::new(AgentLinkApi {
+                control,
+                life: life.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stopping.cancelled().await
+        });
+    let mut server = std::pin::pin!(server);
+    let failed = tokio::select! {
+        r = &mut server => Some(r),
+        () = shutdown => None,
+    };
+    // From here on: no new connections, sessions end, streams end, the ticker stops.
+    life.cancel.cancel();
+    life.tasks.close();
+    if let Some(result) = failed {
+        life.tasks.wait().await;
+        return Ok(result?);
+    }
+    tracing::info!(
+        ?grace,
+        "shutting down: closing agent sessions, finishing in-flight calls"
+    );
+    let drained = tokio::time::timeout(grace, async {
+        let result = server.await;
+        life.tasks.wait().await;
+        result
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => tracing::warn!(
+            ?grace,
+            "shutdown grace expired with calls still open; exiting anyway"
+        ),
+    }
+    Ok(())
 }

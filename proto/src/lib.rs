@@ -11,3 +11,9 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every pmcluster proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/pmcluster_descriptor.bin"));
+
+/// Largest gRPC message either side of any pmcluster link accepts or sends. tonic's defaults (4
+/// MiB to decode, unbounded to encode) let one side send what the other refuses; every server
+/// and client sets both limits from this constant instead. The coordinator keeps what it sends
+/// well below it: desired sets and one app spec are budgeted, list replies are paged.
+pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

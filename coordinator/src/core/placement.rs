@@ -144,6 +144,12 @@ impl<'s, 'a> Placer<'s, 'a> {
         }
     }
 
+    /// No node is left that could take another instance of this app: every further
+    /// [`Placer::place`] fails the same way. (A node held back only by a port clash stays.)
+    pub fn exhausted(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// Chooses a node for one instance (with `port`, if fixed) and books it there.
     pub fn place(&mut self, port: Option<u16>) -> Result<&'a str, String> {
         let mut port_clash = Vec::new();

@@ -304,14 +304,23 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 Need::Create(i) => *i,
             };
             let port = app.spec.port.port_for(index);
-            let picked = placer.place(port).map(str::to_string);
-            if let Err(why) = &picked
-                && !matches!(need, Need::Replace(_, false))
-            {
+            // Once no node is left for the app, the rest of its needs fail for the same reason:
+            // skip the placer (and its explanation) so that a huge pending count stays cheap.
+            let picked = if !reason.is_empty() && placer.exhausted() {
+                None
+            } else {
+                match placer.place(port) {
+                    Ok(n) => Some(n.to_string()),
+                    Err(why) => {
+                        reason = why;
+                        None
+                    }
+                }
+            };
+            if picked.is_none() && !matches!(need, Need::Replace(_, false)) {
                 unplaced += 1;
-                reason = why.clone();
             }
-            let node = picked.ok();
+            let node = picked;
             match need {
                 Need::Assign(r) => {
                     if let Some(n) = node {
