@@ -973,7 +973,8 @@ impl Control {
         } as usize;
         let after = InstanceKey::parse(page_token)?;
         let inner = self.lock();
-        if !app.is_empty() {
+        let held = held_views(&inner, app);
+        if !app.is_empty() && held.is_empty() {
             find_app(&inner, app)?;
         }
         // Only keys are sorted; views are built for the page alone.
@@ -1015,6 +1016,12 @@ impl Control {
             Some(last) if more => InstanceKey::token(&last.app, last.index, &last.id),
             _ => String::new(),
         };
+        // What quarantined nodes hold is not in the records' order; it comes with the first page
+        // (a handful of instances per node, bounded by the desired-set budget).
+        if page_token.is_empty() {
+            page.extend(held);
+            page.sort_by(|a, b| (&a.app, a.index, &a.id).cmp(&(&b.app, b.index, &b.id)));
+        }
         Ok((page, next))
     }
 
