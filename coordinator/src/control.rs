@@ -8,15 +8,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::autoscale::AutoscalePolicy;
 use pmcluster_spec::{AppSpec, SpecError};
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::clock::{Clock, SystemClock};
 use crate::core::autoscale::{self, Decision, Sample};
 use crate::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
 use crate::core::rollout::{self, Deployment, Facts, Kind, State};
@@ -85,7 +85,6 @@ struct NodeLive {
     /// Latest desired set; the session task sends each new value.
     desired: watch::Sender<Option<pb::DesiredSet>>,
     session: Option<Session>,
-    last_heartbeat: Option<Instant>,
     last_heartbeat_ms: i64,
     host: Option<pb::HostMetrics>,
     /// Unix ms the node was last seen going down; `None` while connected.
@@ -118,6 +117,8 @@ struct LogRoute {
 }
 
 struct Inner {
+    /// The time of the current critical section (see `Control::lock`).
+    now: i64,
     state: Persisted,
     nodes: BTreeMap<String, NodeLive>,
     observed: HashMap<Uuid, pb::InstanceStatus>,
@@ -212,6 +213,8 @@ pub struct Control {
     recent: Mutex<VecDeque<pb::Event>>,
     config: ControlConfig,
     ids: AtomicU64,
+    /// The time and fresh ids: an input, so tests and the simulation can drive them.
+    clock: Arc<dyn Clock>,
 }
 
 /// What a new agent session receives.
@@ -226,21 +229,13 @@ pub struct Attached {
     pub quarantine: String,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-fn new_node_live() -> NodeLive {
+fn new_node_live(now: i64) -> NodeLive {
     NodeLive {
         desired: watch::Sender::new(None),
         session: None,
-        last_heartbeat: None,
         last_heartbeat_ms: 0,
         host: None,
-        down_since_ms: Some(now_ms()),
+        down_since_ms: Some(now),
         held: Vec::new(),
         reported_generation: 0,
         adopting: false,
@@ -257,12 +252,23 @@ impl Control {
     /// Loads the state from `store` and publishes every node's desired set, ready for agents to
     /// reconnect. Instances are neither started nor stopped by a restart of the coordinator.
     pub fn open(store: Arc<dyn Store>, config: ControlConfig) -> Result<Control> {
+        Control::open_with(store, config, Arc::new(SystemClock::default()))
+    }
+
+    /// As [`Control::open`], with the time and ids from `clock` (a manual one in tests and the
+    /// simulation).
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        config: ControlConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Control> {
         let mut state = store.load()?;
+        let now = clock.now_ms();
         if state.cluster_id.is_empty() {
             // A new store is a new cluster. Agents that served another one refuse its sets, so a
             // coordinator that lost its state cannot empty them.
             let batch = Batch {
-                cluster_id: Some(Uuid::new_v4().to_string()),
+                cluster_id: Some(clock.new_id().to_string()),
                 ..Batch::default()
             };
             store.commit(&batch)?;
@@ -277,7 +283,7 @@ impl Control {
         }
         let mut nodes = BTreeMap::new();
         for name in state.nodes.keys() {
-            nodes.insert(name.clone(), new_node_live());
+            nodes.insert(name.clone(), new_node_live(now));
         }
         let mut inner = Inner {
             state,
@@ -290,6 +296,7 @@ impl Control {
             last_sample_ms: 0,
             reconcile_due: true,
             followup_at: None,
+            now,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
         for name in names {
@@ -303,13 +310,22 @@ impl Control {
             recent: Mutex::new(VecDeque::new()),
             config,
             ids: AtomicU64::new(1),
+            clock,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves state that was only ever changed after a
         // successful commit, so it is still consistent: keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // One time for the whole critical section, read under the lock so it never goes back.
+        inner.now = inner.now.max(self.clock.now_ms());
+        inner
+    }
+
+    /// The time of the current critical section's clock (outside one: now).
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     pub fn config(&self) -> &ControlConfig {
@@ -322,7 +338,7 @@ impl Control {
 
     fn emit(&self, kind: &str, app: &str, node: &str, index: Option<u32>, message: String) {
         let event = pb::Event {
-            at_ms: now_ms(),
+            at_ms: self.now(),
             kind: kind.to_string(),
             app: app.to_string(),
             node: node.to_string(),
@@ -380,7 +396,7 @@ impl Control {
             },
             _ => spec,
         };
-        let now = now_ms();
+        let now = self.now();
         let (record, created, changed) = match existing {
             None => (AppRecord::new(spec, now), true, true),
             Some(old) => {
@@ -504,7 +520,7 @@ impl Control {
         let mut batch = Batch {
             put_apps: vec![AppRecord {
                 spec,
-                updated_at_ms: now_ms(),
+                updated_at_ms: self.now(),
                 ..app
             }],
             ..Batch::default()
@@ -518,7 +534,7 @@ impl Control {
             .scaling
             .entry(name.to_string())
             .or_default()
-            .last_change_ms = Some(now_ms());
+            .last_change_ms = Some(self.now());
         drop(inner);
         self.emit(
             "app.scaled",
@@ -574,14 +590,14 @@ impl Control {
         // drain. Without one it is a plain move, which also works when two agents share a host
         // and a fixed port.
         let handoff = !spec.update.shutdown_delay.is_zero();
-        let now = now_ms();
+        let now = self.now();
         for (index, _from, to) in scheduler::rebalance(&placed) {
             if let Some(old) = by_index.get(&index) {
                 if !handoff {
                     batch.del_instances.push(old.id);
                 }
                 batch.put_instances.push(InstanceRecord {
-                    id: Uuid::new_v4(),
+                    id: self.clock.new_id(),
                     node: Some(to),
                     replaces: handoff.then_some(old.id),
                     draining_since: None,
@@ -654,7 +670,7 @@ impl Control {
     pub fn rolling_restart(&self, name: &str) -> Result<pb::Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner, name)?.clone();
-        let now = now_ms();
+        let now = self.now();
         let epoch = inner
             .state
             .app_instances(name)
@@ -717,7 +733,7 @@ impl Control {
                 )));
             }
         }
-        d.updated_ms = now_ms();
+        d.updated_ms = self.now();
         let record = with_deployment(app, d.clone());
         self.write(&mut inner, Batch::app(record))?;
         drop(inner);
@@ -762,7 +778,7 @@ impl Control {
         };
         // The old process, with today's count and policies.
         let spec = with_current_policies(&app, spec);
-        let now = now_ms();
+        let now = self.now();
         let has_instances = !inner.state.app_instances(name).is_empty();
         let record = new_version(app, spec, now, Kind::Rollback, has_instances);
         let d = record.deployment.clone();
@@ -850,7 +866,7 @@ impl Control {
                         .node
                         .as_ref()
                         .and_then(|n| inner.nodes.get(n))
-                        .is_some_and(|l| is_ready(l, &self.config));
+                        .is_some_and(|l| is_ready(l, &self.config, inner.now));
                     let f = Facts {
                         healthy_since: healthy_since(inner, r),
                         node_up,
@@ -871,7 +887,7 @@ impl Control {
                     old.restart_epoch
                 };
                 batch.put_instances.push(InstanceRecord {
-                    id: Uuid::new_v4(),
+                    id: self.clock.new_id(),
                     app: name.clone(),
                     index: old.index,
                     node: None,
@@ -1090,7 +1106,7 @@ impl Control {
             .values()
             .map(|n| {
                 let live = inner.nodes.get(&n.name);
-                let ready = live.is_some_and(|l| is_ready(l, &self.config));
+                let ready = live.is_some_and(|l| is_ready(l, &self.config, inner.now));
                 let host = live.and_then(|l| l.host).unwrap_or_default();
                 let (instances, cpu, memory) =
                     counts.get(n.name.as_str()).copied().unwrap_or_default();
@@ -1247,7 +1263,7 @@ impl Control {
         let name = reg.node_name.clone();
         if let Some(live) = inner.nodes.get(&name)
             && let Some(session) = &live.session
-            && is_ready(live, &self.config)
+            && is_ready(live, &self.config, inner.now)
         {
             if reg.agent_id.is_empty() || session.agent_id != reg.agent_id {
                 return Err(ControlError::AlreadyExists(format!(
@@ -1293,10 +1309,11 @@ impl Control {
         let session_id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (commands_tx, commands) = mpsc::channel(256);
         let (closer, closed) = watch::channel(());
+        let now = inner.now;
         let live = inner
             .nodes
             .entry(name.clone())
-            .or_insert_with(new_node_live);
+            .or_insert_with(|| new_node_live(now));
         live.session = Some(Session {
             id: session_id,
             agent_id: reg.agent_id.clone(),
@@ -1304,8 +1321,7 @@ impl Control {
             _closer: closer,
             quarantine: quarantine.clone(),
         });
-        live.last_heartbeat = Some(Instant::now());
-        live.last_heartbeat_ms = now_ms();
+        live.last_heartbeat_ms = self.now();
         live.down_since_ms = None;
         live.held = reg.held.clone();
         live.reported_generation = reg.generation;
@@ -1426,7 +1442,7 @@ impl Control {
                 "no node is quarantined; there is nothing to adopt".into(),
             ));
         }
-        let now = now_ms();
+        let now = self.now();
         let mut scratch = inner.state.clone();
         let mut batch = Batch::default();
         let mut generation = inner.state.generation;
@@ -1527,8 +1543,7 @@ impl Control {
         if live.session.as_ref().map(|s| s.id) != Some(session_id) {
             return;
         }
-        live.last_heartbeat = Some(Instant::now());
-        live.last_heartbeat_ms = now_ms();
+        live.last_heartbeat_ms = self.now();
         live.host = report.host;
         live.reported_generation = report.generation;
         let quarantined = is_quarantined(live);
@@ -1563,7 +1578,8 @@ impl Control {
                 inner.reconcile_due = true;
             }
             if st.state == pb::InstanceState::Online as i32 {
-                inner.online_since.entry(id).or_insert_with(now_ms);
+                let now = inner.now;
+                inner.online_since.entry(id).or_insert(now);
             } else {
                 inner.online_since.remove(&id);
             }
@@ -1594,7 +1610,7 @@ impl Control {
             return;
         }
         live.session = None;
-        live.down_since_ms = Some(now_ms());
+        live.down_since_ms = Some(self.now());
         inner.reconcile_due = true;
         inner.log_routes.retain(|_, r| r.node != node);
         drop(inner);
@@ -1615,9 +1631,9 @@ impl Control {
         let rolled;
         {
             let mut inner = self.lock();
-            let now = now_ms();
+            let now = self.now();
             for (name, live) in inner.nodes.iter_mut() {
-                if live.session.is_some() && !is_ready(live, &self.config) {
+                if live.session.is_some() && !is_ready(live, &self.config, now) {
                     live.session = None;
                     live.down_since_ms = Some(now);
                     lapsed.push(name.clone());
@@ -1785,7 +1801,7 @@ impl Control {
                 let batch = Batch {
                     put_apps: vec![AppRecord {
                         spec,
-                        updated_at_ms: now_ms(),
+                        updated_at_ms: self.now(),
                         ..app
                     }],
                     ..Batch::default()
@@ -1806,7 +1822,7 @@ impl Control {
     pub fn get_autoscale(&self, name: &str) -> Result<pb::AutoscaleStatus> {
         let inner = self.lock();
         let app = find_app(&inner, name)?;
-        let sample = self.sample(&inner, name, now_ms());
+        let sample = self.sample(&inner, name, self.now());
         let policy = app
             .spec
             .autoscale
@@ -1867,7 +1883,7 @@ impl Control {
 
     /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
     fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
-        let now = now_ms();
+        let now = self.now();
         for app in &batch.put_apps {
             let stored = inner.state.apps.get(&app.spec.name).map(|a| &a.spec);
             if stored != Some(&app.spec) {
@@ -1903,7 +1919,7 @@ impl Control {
         });
         let pending = plan.pending.clone();
         let followup_at = plan.followup_at;
-        let placed = materialize(view, &plan, &mut batch, now);
+        let placed = materialize(view, &plan, &mut batch, now, self.clock.as_ref());
         if batch.is_empty() {
             inner.pending = pending;
             inner.reconcile_due = false;
@@ -2090,6 +2106,7 @@ fn materialize(
     plan: &Plan,
     batch: &mut Batch,
     now_ms: i64,
+    clock: &dyn Clock,
 ) -> Vec<(String, u32, Option<String>)> {
     let mut placed = Vec::new();
     let put: BTreeMap<Uuid, usize> = batch
@@ -2128,7 +2145,7 @@ fn materialize(
     for c in &plan.create {
         let version = state.apps.get(&c.app).map(|a| a.version).unwrap_or(1);
         batch.put_instances.push(InstanceRecord {
-            id: Uuid::new_v4(),
+            id: clock.new_id(),
             app: c.app.clone(),
             index: c.index,
             node: c.node.clone(),
@@ -2149,11 +2166,9 @@ fn materialize(
     placed
 }
 
-fn is_ready(live: &NodeLive, config: &ControlConfig) -> bool {
-    live.session.is_some()
-        && live
-            .last_heartbeat
-            .is_some_and(|t| t.elapsed() <= config.heartbeat_timeout)
+fn is_ready(live: &NodeLive, config: &ControlConfig, now: i64) -> bool {
+    let timeout = i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
+    live.session.is_some() && now.saturating_sub(live.last_heartbeat_ms) <= timeout
 }
 
 /// The reconciler's view of every registered node.
@@ -2163,8 +2178,8 @@ fn node_views<'a>(inner: &Inner, view: &'a Persisted, config: &ControlConfig) ->
         .map(|n| {
             let live = inner.nodes.get(&n.name);
             let link = match live {
-                Some(l) if is_ready(l, config) && is_quarantined(l) => Link::Quarantined,
-                Some(l) if is_ready(l, config) => Link::Up,
+                Some(l) if is_ready(l, config, inner.now) && is_quarantined(l) => Link::Quarantined,
+                Some(l) if is_ready(l, config, inner.now) => Link::Up,
                 Some(l) => Link::Down(l.down_since_ms.unwrap_or(0)),
                 None => Link::Down(0),
             };
@@ -2184,7 +2199,7 @@ fn ready_nodes(inner: &Inner, config: &ControlConfig) -> Vec<String> {
     inner
         .nodes
         .iter()
-        .filter(|(_, l)| is_ready(l, config))
+        .filter(|(_, l)| is_ready(l, config, inner.now))
         .map(|(n, _)| n.clone())
         .collect()
 }
@@ -2271,10 +2286,11 @@ fn publish(inner: &mut Inner, node: &str) {
         .collect();
     assignments.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     let cluster_id = inner.state.cluster_id.clone();
+    let now = inner.now;
     let live = inner
         .nodes
         .entry(node.to_string())
-        .or_insert_with(new_node_live);
+        .or_insert_with(|| new_node_live(now));
     if is_quarantined(live) {
         return;
     }
@@ -2446,7 +2462,7 @@ fn instance_view(inner: &Inner, config: &ControlConfig, rec: &InstanceRecord) ->
         .node
         .as_ref()
         .and_then(|n| inner.nodes.get(n))
-        .is_some_and(|l| is_ready(l, config));
+        .is_some_and(|l| is_ready(l, config, inner.now));
     let state = match (&rec.node, observed) {
         (None, _) => {
             out.message = inner

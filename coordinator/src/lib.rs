@@ -6,6 +6,7 @@
 //! `server` (wiring and serving).
 
 pub mod api;
+pub mod clock;
 pub mod control;
 pub mod core;
 pub mod limits;

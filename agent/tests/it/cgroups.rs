@@ -116,16 +116,24 @@ fn check_membership(
     let members = pids_in(&cg);
     assert!(members.contains(&pid), "{members:?}");
     assert!(members.contains(&escaped), "{members:?}");
-    // Recorded, so that a restarted agent finds it again.
-    let (saved, _) = must(
-        pmcluster_agent::persist::load(&data.join("instances")),
-        "local state",
-    );
-    let recorded = saved
-        .iter()
-        .find(|s| s.instance_id == id)
-        .and_then(|s| s.process.as_ref())
-        .and_then(|p| p.cgroup.clone());
+    // Recorded, so that a restarted agent finds it again. The record is written right after the
+    // start is reported, so it may lag the report a little on a loaded machine.
+    let deadline = std::time::Instant::now() + crate::fake::DEADLINE;
+    let recorded = loop {
+        let (saved, _) = must(
+            pmcluster_agent::persist::load(&data.join("instances")),
+            "local state",
+        );
+        let recorded = saved
+            .iter()
+            .find(|s| s.instance_id == id)
+            .and_then(|s| s.process.as_ref())
+            .and_then(|p| p.cgroup.clone());
+        if recorded.as_deref() == Some(cg.as_path()) || std::time::Instant::now() > deadline {
+            break recorded;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert_eq!(recorded.as_deref(), Some(cg.as_path()));
     let pumps = pumps_of(data, id);
     assert!(!pumps.is_empty(), "no log pumps recorded");
