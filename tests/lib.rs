@@ -280,6 +280,14 @@ pub fn children_of(ppid: u32) -> Vec<u32> {
     pids
 }
 
+/// Whether `pid` is an agent's log pump (see the agent's `logs` module), by its environment.
+pub fn is_log_pump(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|b| *b == 0)
+            .any(|kv| kv.starts_with(b"PMCLUSTER_PUMP_FOR="))
+    })
+}
+
 /// One process, identified by pid and start time so that a reused pid is never mistaken for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProcId {
@@ -1180,12 +1188,16 @@ impl Cluster {
             .collect()
     }
 
-    /// Every child process of a running agent, with the agent's node name.
+    /// Every child process of a running agent but its log pumps (which carry
+    /// `PMCLUSTER_PUMP_FOR` from their start), with the agent's node name.
     pub fn agent_children(&self) -> BTreeMap<u32, String> {
         let mut out = BTreeMap::new();
         for agent in self.agents.iter() {
             if agent.running() {
                 for pid in children_of(agent.pid()) {
+                    if is_log_pump(pid) {
+                        continue;
+                    }
                     out.insert(pid, agent.name.clone());
                 }
             }

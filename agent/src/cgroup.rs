@@ -2,9 +2,13 @@
 //! crash ends everything it started, including processes that left its process group and its
 //! family (a double fork plus `setsid` between two `/proc` scans).
 //!
-//! Layout: `<cgroup2 mount><agent's own cgroup>/pmcluster-<node>/<instance>`. Under the agent's
-//! own cgroup, so that a service manager that delegates it (systemd's `Delegate=yes`) lets the
-//! agent manage the subtree. Membership only: no controller is enabled, so the "no internal
+//! Layout: `<cgroup2 mount><agent's own cgroup>/pmcluster-<node>-<key>/<instance>`, where `key`
+//! is the agent key (a hash of its data dir path, see [`crate::orphans::Marker`]). Under the
+//! agent's own cgroup, so that a service manager that delegates it (systemd's `Delegate=yes`)
+//! lets the agent manage the subtree. Named after the node and the key so that the agent owns
+//! everything in it: two agents never share it (not even two of the same node name on one host,
+//! as in tests), and the same agent finds it again after its data dir was wiped (see
+//! [`crate::orphans`] for what it does with cgroups no record names). Membership only: no controller is enabled, so the "no internal
 //! processes" rule does not apply and the agent may stay in its own cgroup.
 //!
 //! Best effort everywhere: without a writable cgroup2 hierarchy (no cgroup2, read-only, not
@@ -52,8 +56,8 @@ impl Cgroups {
 
     /// Finds the cgroup2 hierarchy and the agent's own cgroup and creates the agent's directory
     /// under it. Logs (info) and turns cgroups off when any of that fails.
-    pub fn detect(node: &str) -> Cgroups {
-        match base_dir(node) {
+    pub fn detect(node: &str, key: &str) -> Cgroups {
+        match base_dir(&format!("{node}-{key}")) {
             Ok(base) => {
                 tracing::info!(
                     "each instance runs in a cgroup of its own under {}",
@@ -108,13 +112,22 @@ impl Cgroups {
     }
 
     /// At startup: removes the agent's cgroups that no instance of the local state owns (empty
-    /// ones; others are reported and left alone), and kills what is left in the cgroups of
-    /// instances in `dead` (their process ended while no agent ran) before removing them.
-    /// Never waits: a cgroup still busy is killed again when its instance next starts.
-    pub fn sweep_at_start(&self, keep: &BTreeSet<PathBuf>, dead: &BTreeSet<PathBuf>) {
-        let Some(base) = &self.base else { return };
+    /// ones), and kills what is left in the cgroups of instances in `dead` (their process ended
+    /// while no agent ran) before removing them. Never waits: a cgroup still busy is killed
+    /// again when its instance next starts. Returns the cgroups that no record names and that
+    /// hold processes: orphans (see [`crate::orphans`]), for the coordinator's first desired
+    /// set to settle.
+    pub fn sweep_at_start(
+        &self,
+        keep: &BTreeSet<PathBuf>,
+        dead: &BTreeSet<PathBuf>,
+    ) -> Vec<PathBuf> {
+        let mut unknown = Vec::new();
+        let Some(base) = &self.base else {
+            return unknown;
+        };
         let Ok(entries) = std::fs::read_dir(base) else {
-            return;
+            return unknown;
         };
         for entry in entries.flatten() {
             let path = entry.path();
@@ -132,11 +145,7 @@ impl Cgroups {
                     );
                     kill(&path);
                 } else {
-                    tracing::warn!(
-                        cgroup = %path.display(),
-                        pids = ?members,
-                        "cgroup of no known instance still has processes; leaving it alone"
-                    );
+                    unknown.push(path);
                     continue;
                 }
             }
@@ -145,6 +154,8 @@ impl Cgroups {
                 Err(e) => tracing::debug!(cgroup = %path.display(), "cannot remove it yet: {e}"),
             }
         }
+        unknown.sort();
+        unknown
     }
 }
 

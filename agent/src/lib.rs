@@ -22,6 +22,7 @@ pub mod link;
 pub mod logs;
 pub mod metrics;
 pub mod model;
+pub mod orphans;
 pub mod persist;
 mod ports;
 pub mod process;
@@ -121,6 +122,11 @@ pub(crate) struct Agent {
     pub log_pump: Option<PathBuf>,
     /// Where instances' cgroups go (see [`cgroup`]), if anywhere.
     pub cgroups: cgroup::Cgroups,
+    /// What marks this agent's instances and pumps (see [`orphans`]).
+    pub marker: orphans::Marker,
+    /// Instances of no local record found at startup, until the coordinator's first desired
+    /// set settles them (see [`orphans`]).
+    pub orphans: Mutex<Option<Vec<orphans::Orphan>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
@@ -170,8 +176,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         host: sampler.host_info(),
     };
     let (cleared, _) = watch::channel(false);
+    let marker = orphans::Marker::new(&config.node_name, &config.data_dir);
     let cgroups = if config.cgroups {
-        cgroup::Cgroups::detect(&config.node_name)
+        cgroup::Cgroups::detect(&config.node_name, &marker.key)
     } else {
         tracing::info!("instances run without cgroups (--no-cgroups)");
         cgroup::Cgroups::off()
@@ -197,6 +204,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         started: Instant::now(),
         log_pump: config.log_pump.clone(),
         cgroups,
+        marker,
+        orphans: Mutex::new(None),
     });
     tracing::info!(
         node = %config.node_name,
@@ -314,6 +323,7 @@ fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
         tracing::warn!("ignoring {}: {why}", path.display());
     }
     let mut waiting = Vec::new();
+    let mut adopted = BTreeSet::new();
     // Cgroups of instances that run (left alone) and of those whose process ended while no
     // agent ran (what is left in them goes: nothing supervises it).
     let mut running_cgroups = BTreeSet::new();
@@ -350,7 +360,10 @@ fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
             }
         };
         match alive {
-            Some((p, id)) => supervisor::adopt(agent, &s, assignment, p, id),
+            Some((p, id)) => {
+                adopted.insert(assignment.instance_id.clone());
+                supervisor::adopt(agent, &s, assignment, p, id);
+            }
             None => {
                 if let Some(p) = &s.process {
                     tracing::info!(
@@ -363,9 +376,22 @@ fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
             }
         }
     }
-    agent
+    let unknown_cgroups = agent
         .cgroups
         .sweep_at_start(&running_cgroups, &dead_cgroups);
+    let found = orphans::find(&agent.marker, &unknown_cgroups, &adopted);
+    for o in &found {
+        tracing::warn!(
+            instance = %o.instance_id,
+            pids = ?o.members.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            "running, but no local record names it; the coordinator's first desired set \
+             decides whether it is adopted or stopped"
+        );
+    }
+    *agent
+        .orphans
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(found);
     *agent
         .unclaimed
         .lock()

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,17 +77,14 @@ pub fn rotation_renames(path: &Path, keep: u32) -> Vec<(PathBuf, PathBuf)> {
         .collect()
 }
 
-/// Rotates a file that an instance writes to directly (with `O_APPEND`), by copy and truncate:
+/// Rotates a file that a process writes to directly (with `O_APPEND`), by copy and truncate:
 /// shift the kept files, copy the live file to `.1`, truncate the live file to zero.
 ///
-/// Why copy-truncate and not rename: the instance holds the file open and would go on writing
-/// into the renamed file; the agent cannot make it reopen. Why the instance writes to the file
-/// directly at all (and not through a pipe and a pump, as with timestamps): a file needs no
-/// reader, so no slow reader can ever block the instance and no dead one kill it, and a file
-/// outlives the agent, so instances keep logging while the agent restarts (kill -9, upgrade),
-/// all with no extra process. The cost is a small window: bytes
-/// written between the last copy pass and the truncate are lost. The copy repeats until the
-/// file stops growing (at most a few passes), which keeps that window to one syscall.
+/// Only for instances adopted from an agent that let them write their files directly (before
+/// every instance's output went through a pump): such an instance holds its file open, and the
+/// agent cannot make it reopen one. It bounds nothing (the file grows as fast as the instance
+/// writes between two passes) and loses what is written between the copy and the truncate;
+/// the instance's next start puts it behind a pump.
 pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
     if keep > 0 {
         for (from, to) in rotation_renames(path, keep) {
@@ -115,41 +112,54 @@ pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Timestamped logs (pipe mode)
+// Log pumps
 //
-// `log_timestamps` needs each line to pass through a process that stamps it, so those instances
-// (only those) write into pipes. Each pipe is read by a *pump*: a small helper process, the agent
-// binary run as `pmcluster-agent log-pump --out FILE ...` with the pipe as its stdin, which
-// stamps every line and appends it to the file, rotating by rename (lossless: the pump owns the
-// file). It reads as fast as the pipe fills and holds at most one read buffer, so it never
-// builds up memory and never makes the instance wait for anything but the disk.
+// Every instance writes its stdout and stderr into pipes, and one *pump* per instance reads
+// them: a small helper process, the agent binary run as `pmcluster-agent log-pump --out FILE
+// [--err FILE] ...` with the stdout pipe as its stdin and the stderr pipe as its fd 3 (one pipe
+// and no `--err` with `merge_logs`). It appends what it reads to the files (stamping each line
+// with `log_timestamps`) and rotates them as it writes: before a write would take a file past
+// `log_max_size`, it writes what fits up to the last newline, renames the file to `.1` (the
+// kept files shift, the oldest beyond `log_retain` goes) and opens a new one. So no file ever
+// holds more than `log_max_size` (a line longer than that is cut over files), an instance's
+// files per stream never more than `log_max_size × (log_retain + 1)`, and nothing is lost to a
+// copy and truncate. Whatever an instance writes, the pump makes it wait only for the disk: it
+// reads as fast as the pipe fills, holds at most one read buffer, and a full pipe makes the
+// instance's write block, never grow a file past its bound.
+//
+// Why not let instances write their files directly (as they once did, rotated by copy and
+// truncate once a second): then nothing bounds a file between two passes. A program writing
+// 500 MB/s made files of gigabytes against a 10 MiB limit, and a host's disk is shared.
 //
 // Why a process of its own and not a task of the agent: a pipe whose reader is gone makes the
 // writer's next write fail with EPIPE, and kill the writer with SIGPIPE unless it ignores it (a
 // shell, most programs). Were the agent the reader, `kill -9` of the agent, its crash or its
-// upgrade would kill every timestamped instance at its next line. The pump outlives the agent,
-// so the instance keeps running and its lines keep arriving, stamped, in the same files; the
-// next agent finds the pump by its recorded pid (see `persist::SavedPump`) and leaves it alone.
+// upgrade would kill every instance at its next line. The pump outlives the agent, so the
+// instance keeps running and its lines keep arriving in the same files; the next agent finds
+// the pump by its recorded pid (see `persist::SavedPump`) and leaves it alone, or starts a new
+// one on a pipe nobody reads any more.
 // The pump runs in its own process group, neither the agent's (Ctrl-C in the agent's terminal,
 // or anything else aimed at the agent's group, would end it) nor the instance's (the stop
 // signal and the SIGKILL sweep after the leader exits would end it before it read the last
 // lines, which after a crash are the ones that matter, and it would count in the instance's
-// memory and CPU). It needs no signal to end: it ends when its pipe does, that is when every
-// process of the instance holding the write end has exited, so stopping the instance ends it.
+// memory and CPU). It needs no signal to end: it ends when its pipes do, that is when every
+// process of the instance holding a write end has exited, so stopping the instance ends it.
 // It also ignores SIGHUP, SIGINT, SIGQUIT and SIGTERM for the same reason, and names itself
 // `pmcluster-pump`, so that `pkill pmcluster-agent` does not take it for the agent.
 //
-// An agent embedded in another process (tests) without a helper program pumps in a thread of
-// that process instead ([`pump`] is the same code): it ends with that process.
+// An agent embedded in another process (tests) without a helper program pumps in threads of
+// that process instead ([`pump`] is the same code): they end with that process.
 
-/// Bytes read from an instance's pipe at a time.
-const PUMP_READ: usize = 64 * 1024;
+/// Bytes read from an instance's pipe at a time: the most one write of a pump adds to a file.
+pub const PUMP_READ: usize = 64 * 1024;
 /// Kernel buffer asked for each pipe: room for bursts while the pump waits for the disk.
 pub const PIPE_BUFFER: usize = 1 << 20;
 /// The agent binary's hidden subcommand that runs one pump.
 pub const PUMP_COMMAND: &str = "log-pump";
 /// A pump's process name (`comm`, at most 15 bytes).
 pub const PUMP_NAME: &std::ffi::CStr = c"pmcluster-pump";
+/// The pump's file descriptor for the stderr pipe (its stdin carries the stdout pipe).
+pub const PUMP_ERR_FD: i32 = 3;
 
 /// Prefixes every line that starts in `chunk` with `stamp` and a space. `at_line_start` carries
 /// over from the previous chunk (a line may span chunks).
@@ -169,44 +179,72 @@ pub fn stamp_lines(chunk: &[u8], at_line_start: &mut bool, stamp: &str) -> Vec<u
     out
 }
 
-/// Where a pump writes and when it rotates.
+/// How many bytes of `bytes` go into a file that has `room` bytes left before its limit, the
+/// rest going into the next file: all when they fit; else up to the last newline that fits, so
+/// lines stay whole; else, in a file still empty, as much as fits (a line longer than a whole
+/// file is cut); else none (the file is rotated first).
+pub fn split_at_room(bytes: &[u8], room: u64, file_empty: bool) -> usize {
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if bytes.len() <= room {
+        return bytes.len();
+    }
+    match bytes[..room].iter().rposition(|b| *b == b'\n') {
+        Some(newline) => newline + 1,
+        None if file_empty => room,
+        None => 0,
+    }
+}
+
+/// Where a pump writes, how, and when it rotates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PumpTarget {
     pub path: PathBuf,
-    /// Rotate at this size; `None`: never.
+    /// Rotate before the file would pass this size; `None`: never.
     pub max_bytes: Option<u64>,
     pub keep: u32,
+    /// Stamp each line with the time it was read (`log_timestamps`).
+    pub timestamps: bool,
 }
 
 impl PumpTarget {
-    /// The arguments after [`PUMP_COMMAND`] that make a pump write to this target.
-    pub fn args(&self) -> Vec<std::ffi::OsString> {
+    /// The arguments after [`PUMP_COMMAND`] that make a pump write to this target, and to `err`
+    /// (same settings, another path) what it reads on [`PUMP_ERR_FD`].
+    pub fn args(&self, err: Option<&Path>) -> Vec<std::ffi::OsString> {
         let mut args = vec!["--out".into(), self.path.clone().into_os_string()];
+        if let Some(err) = err {
+            args.push("--err".into());
+            args.push(err.as_os_str().to_os_string());
+        }
         if let Some(max) = self.max_bytes {
             args.push("--max-bytes".into());
             args.push(max.to_string().into());
         }
         args.push("--keep".into());
         args.push(self.keep.to_string().into());
+        if self.timestamps {
+            args.push("--timestamps".into());
+        }
         args
     }
 }
 
-/// Stamps output and appends it to a pump's file, rotating the file by rename once it is full.
+/// Appends output to a pump's file (stamped, with timestamps), rotating the file by rename
+/// before a write would take it past its limit.
 ///
 /// A write that fails (disk full, log directory removed) is reported once and its bytes are
 /// dropped; the next write opens the file again. The pump never stops reading for it: an
 /// instance whose pipe has no reader dies, one whose pipe is not read blocks.
-pub struct Stamper {
+pub struct LogWriter {
     target: PumpTarget,
-    file: Option<File>,
+    /// The open file and its size.
+    file: Option<(File, u64)>,
     at_line_start: bool,
     failing: bool,
 }
 
-impl Stamper {
-    pub fn new(target: PumpTarget) -> Stamper {
-        Stamper {
+impl LogWriter {
+    pub fn new(target: PumpTarget) -> LogWriter {
+        LogWriter {
             target,
             file: None,
             at_line_start: true,
@@ -214,11 +252,15 @@ impl Stamper {
         }
     }
 
-    /// Stamps the lines of `chunk` with the time now and appends them.
+    /// Appends `chunk` (its lines stamped with the time now, with timestamps).
     pub fn write(&mut self, chunk: &[u8]) {
-        let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        let bytes = stamp_lines(chunk, &mut self.at_line_start, &stamp);
-        let result = self.append(&bytes);
+        let result = if self.target.timestamps {
+            let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let bytes = stamp_lines(chunk, &mut self.at_line_start, &stamp);
+            self.append(&bytes)
+        } else {
+            self.append(chunk)
+        };
         let path = &self.target.path;
         match result {
             Ok(()) if self.failing => {
@@ -239,48 +281,58 @@ impl Stamper {
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let mut file = match self.file.take() {
-            Some(f) => f,
-            None => open_append(&self.target.path)?,
-        };
-        let mut meta = file.metadata()?;
-        if meta.nlink() == 0 {
+    fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if let Some((file, _)) = &self.file
+            && file.metadata()?.nlink() == 0
+        {
             // Removed (`rm`, the log directory deleted): write where `logs` will look.
-            file = open_append(&self.target.path)?;
-            meta = file.metadata()?;
-        }
-        let file = self.file.insert(file);
-        file.write_all(bytes)?;
-        let len = meta.len() + bytes.len() as u64;
-        if self.target.max_bytes.is_some_and(|max| len >= max) {
             self.file = None;
-            rotate_by_rename(&self.target.path, self.target.keep)?;
-            self.file = Some(open_append(&self.target.path)?);
+        }
+        while !bytes.is_empty() {
+            if self.file.is_none() {
+                let file = open_append(&self.target.path)?;
+                let len = file.metadata()?.len();
+                self.file = Some((file, len));
+            }
+            let Some((file, len)) = self.file.as_mut() else {
+                return Err(io::Error::other("no log file"));
+            };
+            let n = match self.target.max_bytes {
+                None => bytes.len(),
+                Some(max) => split_at_room(bytes, max.saturating_sub(*len), *len == 0),
+            };
+            file.write_all(&bytes[..n])?;
+            *len += n as u64;
+            bytes = &bytes[n..];
+            if !bytes.is_empty() {
+                // Full: what is left goes into a fresh file.
+                self.file = None;
+                rotate_by_rename(&self.target.path, self.target.keep)?;
+            }
         }
         Ok(())
     }
 }
 
-/// Copies one pipe into its log file with a timestamp on each line until the pipe ends (every
-/// process holding its write end exited). Blocking: the body of a pump process, or of a pump
-/// thread.
+/// Copies one pipe into its log file (stamped, with timestamps) until the pipe ends (every
+/// process holding its write end exited). Blocking: the body of a pump, or of a pump thread.
 pub fn pump(mut input: impl Read, target: PumpTarget) -> io::Result<()> {
-    let mut stamper = Stamper::new(target);
+    let mut writer = LogWriter::new(target);
     let mut buf = vec![0u8; PUMP_READ];
     loop {
         match input.read(&mut buf) {
             Ok(0) => return Ok(()),
-            Ok(n) => stamper.write(&buf[..n]),
+            Ok(n) => writer.write(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
 }
 
-/// The `log-pump` process: pumps its stdin (an instance's pipe) into `target` until the pipe
-/// ends. See the section doc for why it ignores the usual termination signals.
-pub fn pump_process(target: PumpTarget) -> io::Result<()> {
+/// The `log-pump` process: pumps its stdin (an instance's stdout pipe) into `out` and, with
+/// `err`, its fd [`PUMP_ERR_FD`] (the stderr pipe) into that, each in a thread, until both pipes
+/// end. See the section doc for why it ignores the usual termination signals.
+pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     // Blocked, not handled: they stay pending and never end the process. Before any thread
     // starts, so that every thread inherits the mask.
@@ -297,13 +349,46 @@ pub fn pump_process(target: PumpTarget) -> io::Result<()> {
     if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
         tracing::debug!("cannot set the process name: {e}");
     }
-    let input = std::io::stdin().as_fd().try_clone_to_owned()?;
-    // A pipe reopened through /proc may have been opened non-blocking; this loop blocks.
+    let stdout_pipe = blocking_input(std::io::stdin().as_fd().try_clone_to_owned()?)?;
+    let err_pump = match err {
+        Some(target) => {
+            // The agent put the stderr pipe there (see `supervisor::spawn_pump`). Opened again
+            // through /proc rather than taken over by number, which would need `unsafe`.
+            let file = File::open(format!("/proc/self/fd/{PUMP_ERR_FD}"))?;
+            if !file.metadata()?.file_type().is_fifo() {
+                return Err(io::Error::other(format!(
+                    "fd {PUMP_ERR_FD} is not the instance's stderr pipe"
+                )));
+            }
+            let pipe = blocking_input(std::os::fd::OwnedFd::from(file))?;
+            // A small stack: the thread only reads and writes through one buffer on the heap.
+            Some(
+                std::thread::Builder::new()
+                    .name("pump-err".to_string())
+                    .stack_size(64 * 1024)
+                    .spawn(move || pump(File::from(pipe), target))?,
+            )
+        }
+        None => None,
+    };
+    let out_result = pump(File::from(stdout_pipe), out);
+    let err_result = match err_pump {
+        Some(thread) => thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the stderr pump thread panicked"))),
+        None => Ok(()),
+    };
+    out_result.and(err_result)
+}
+
+/// A pipe to read from, made blocking: one reopened through /proc may have been opened
+/// non-blocking, and a pump's loop blocks.
+fn blocking_input(input: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
     let flags = rustix::fs::fcntl_getfl(&input)?;
     if flags.contains(rustix::fs::OFlags::NONBLOCK) {
         rustix::fs::fcntl_setfl(&input, flags - rustix::fs::OFlags::NONBLOCK)?;
     }
-    pump(File::from(input), target)
+    Ok(input)
 }
 
 fn open_append(path: &Path) -> io::Result<File> {
@@ -399,6 +484,28 @@ pub fn read_last_lines(path: &Path, n: usize) -> io::Result<Tail> {
     })
 }
 
+/// As [`read_last_lines`], topped up from the last rotated file (`.1`) when the live file holds
+/// fewer than `n` lines (it was just rotated), so that `logs --lines` shows as much right after
+/// a rotation as before it.
+pub fn read_last_lines_rotated(path: &Path, n: usize) -> io::Result<Tail> {
+    let mut tail = read_last_lines(path, n)?;
+    let missing = n.saturating_sub(tail.lines.len());
+    if missing > 0 {
+        let older = read_last_lines(&rotated(path, 1), missing)?;
+        // A rotated file ends where the live one starts: its unterminated last line (cut only
+        // when longer than a whole file) is as complete as it gets.
+        let mut lines = older.lines;
+        if !older.partial.is_empty() {
+            lines.push(older.partial);
+        }
+        let skip = lines.len().saturating_sub(missing);
+        lines.drain(..skip);
+        lines.append(&mut tail.lines);
+        tail.lines = lines;
+    }
+    Ok(tail)
+}
+
 /// One line's text: lossy UTF-8, no trailing `\r`, cut at [`MAX_LINE_BYTES`].
 fn line_text(bytes: &[u8]) -> String {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
@@ -452,21 +559,48 @@ impl Follower {
             None => None,
         };
         if on_disk.is_some() && on_disk != held {
-            // A new file at the path: what it holds is all new.
+            // Rotated (renamed away) or replaced: what is left of the old file first, then the
+            // new file, whose content is all new.
+            if let Some(file) = &self.file {
+                let len = file.metadata()?.len();
+                if len > self.offset {
+                    return self.read_held(len);
+                }
+            }
             self.file = Some(File::open(&self.path)?);
             self.offset = 0;
-            self.pending.clear();
+            if !self.pending.is_empty() {
+                // The old file ended mid-line: that line is complete as far as it goes.
+                let line = line_text(&std::mem::take(&mut self.pending));
+                let mut lines = vec![line];
+                let len = self.held_len()?;
+                lines.extend(self.read_held(len)?);
+                return Ok(lines);
+            }
         }
-        let Some(file) = &mut self.file else {
-            return Ok(Vec::new());
-        };
-        let len = file.metadata()?.len();
+        let len = self.held_len()?;
         if len < self.offset {
             // Truncated (`> file`): start over.
             self.offset = 0;
             self.pending.clear();
         }
-        if len == self.offset {
+        self.read_held(len)
+    }
+
+    fn held_len(&self) -> io::Result<u64> {
+        match &self.file {
+            Some(f) => Ok(f.metadata()?.len()),
+            None => Ok(0),
+        }
+    }
+
+    /// Complete lines of the held file from the offset towards `len` (at most
+    /// [`MAX_FOLLOW_READ`] bytes).
+    fn read_held(&mut self, len: u64) -> io::Result<Vec<String>> {
+        let Some(file) = &mut self.file else {
+            return Ok(Vec::new());
+        };
+        if len <= self.offset {
             return Ok(Vec::new());
         }
         let want = (len - self.offset).min(MAX_FOLLOW_READ);
@@ -622,7 +756,7 @@ impl Job {
                 let read_path = path.clone();
                 let follow = self.follow;
                 let read = tokio::task::spawn_blocking(move || {
-                    let tail = read_last_lines(&read_path, n)?;
+                    let tail = read_last_lines_rotated(&read_path, n)?;
                     let follower = follow.then(|| Follower::new(read_path, &tail));
                     io::Result::Ok((tail, follower))
                 });
@@ -920,6 +1054,7 @@ mod tests {
             path: path.clone(),
             max_bytes: None,
             keep: 0,
+            timestamps: true,
         };
         let pumping = std::thread::spawn(move || pump(File::from(reader), target));
         let mut w = File::from(writer);
@@ -941,11 +1076,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = dir.path().join("logs");
         let path = logs.join("r.log");
-        // "<24-byte stamp> line NN\n" is 33 bytes: the file is full after two lines.
-        let mut stamper = Stamper::new(PumpTarget {
+        // "<24-byte stamp> line NN\n" is 33 bytes: two lines fit, a third would not.
+        let mut stamper = LogWriter::new(PumpTarget {
             path: path.clone(),
-            max_bytes: Some(60),
+            max_bytes: Some(70),
             keep: 2,
+            timestamps: true,
         });
         for i in 0..7 {
             stamper.write(format!("line {i:02}\n").as_bytes());
@@ -969,14 +1105,85 @@ mod tests {
     }
 
     #[test]
+    fn splits_at_the_room_left() {
+        // (bytes, room, file empty) -> bytes into this file
+        let cases: [(&[u8], u64, bool, usize); 8] = [
+            (b"abc\n", 10, false, 4),
+            (b"abc\n", 4, false, 4),
+            (b"ab\ncd\nef\n", 7, false, 6),
+            (b"ab\ncd\nef\n", 2, false, 0),
+            (b"ab\ncd\nef\n", 2, true, 2),
+            (b"abcdef", 3, true, 3),
+            (b"abcdef", 3, false, 0),
+            (b"", 0, false, 0),
+        ];
+        for (bytes, room, empty, want) in cases {
+            let got = split_at_room(bytes, room, empty);
+            assert_eq!(
+                got,
+                want,
+                "{:?} room {room} empty {empty}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    /// Whatever the chunks, no file passes the limit, no more than `keep` rotated files stay,
+    /// and what they hold is the newest output, in order, lines whole.
+    #[test]
+    fn plain_writer_never_passes_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flood.log");
+        let max = 1000u64;
+        let mut writer = LogWriter::new(PumpTarget {
+            path: path.clone(),
+            max_bytes: Some(max),
+            keep: 2,
+            timestamps: false,
+        });
+        let mut all = Vec::new();
+        for i in 0..2000u32 {
+            // Lines of 6 to 60 bytes, written in chunks of 1 to ~3000 bytes that cut lines.
+            let line = format!("{i:05} {}\n", "x".repeat((i as usize * 7) % 55));
+            all.extend_from_slice(line.as_bytes());
+            if i % 37 == 0 {
+                writer.write(&all);
+                all.clear();
+            }
+        }
+        writer.write(&all);
+        let mut kept = Vec::new();
+        for p in [rotated(&path, 2), rotated(&path, 1), path.clone()] {
+            let bytes = std::fs::read(&p).expect("read");
+            assert!(
+                bytes.len() as u64 <= max,
+                "{}: {} bytes",
+                p.display(),
+                bytes.len()
+            );
+            assert!(bytes.ends_with(b"\n"), "{}: a line was cut", p.display());
+            kept.extend(bytes);
+        }
+        assert!(!rotated(&path, 3).exists());
+        let text = String::from_utf8(kept).expect("utf8");
+        let numbers: Vec<u32> = text
+            .lines()
+            .map(|l| l[..5].parse().expect("a numbered line"))
+            .collect();
+        assert_eq!(numbers.last(), Some(&1999));
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    #[test]
     fn pump_arguments() {
         let target = PumpTarget {
             path: PathBuf::from("/l/a-0-out.log"),
             max_bytes: Some(1024),
             keep: 3,
+            timestamps: true,
         };
         let args: Vec<String> = target
-            .args()
+            .args(Some(Path::new("/l/a-0-err.log")))
             .into_iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
@@ -985,18 +1192,45 @@ mod tests {
             [
                 "--out",
                 "/l/a-0-out.log",
+                "--err",
+                "/l/a-0-err.log",
                 "--max-bytes",
                 "1024",
                 "--keep",
-                "3"
+                "3",
+                "--timestamps"
             ]
         );
-        let never = PumpTarget {
+        let plain = PumpTarget {
             max_bytes: None,
+            timestamps: false,
             ..target
         };
-        assert_eq!(never.args().len(), 4);
+        assert_eq!(plain.args(None).len(), 4);
         assert!(PUMP_NAME.to_bytes().len() <= 15);
+    }
+
+    #[test]
+    fn last_lines_continue_into_the_rotated_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        std::fs::write(rotated(&path, 1), "a\nb\nc\n").expect("write");
+        std::fs::write(&path, "d\ne\npart").expect("write");
+        let lines = |n| {
+            read_last_lines_rotated(&path, n)
+                .map(|t| (t.lines, t.partial))
+                .ok()
+        };
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(lines(1), Some((owned(&["e"]), "part".to_string())));
+        assert_eq!(
+            lines(4),
+            Some((owned(&["b", "c", "d", "e"]), "part".to_string()))
+        );
+        assert_eq!(
+            lines(10),
+            Some((owned(&["a", "b", "c", "d", "e"]), "part".to_string()))
+        );
     }
 
     #[test]

@@ -71,23 +71,30 @@ fn label(value: &str) -> Result<(String, String), String> {
     })
 }
 
-/// Internal: the agent runs one per output pipe of an instance with `log_timestamps` (see
-/// `pmcluster_agent::logs`). Stamps each line of its stdin (the pipe) into the file.
+/// Internal: the agent runs one per instance (see `pmcluster_agent::logs`). Appends its stdin
+/// (the instance's stdout pipe) to `--out` and its fd 3 (the stderr pipe) to `--err`, rotating
+/// the files as it writes.
 #[derive(Debug, Parser)]
 #[command(
     name = "pmcluster-agent log-pump",
     bin_name = "pmcluster-agent log-pump"
 )]
 struct PumpArgs {
-    /// The log file to append stamped lines to.
+    /// The log file for stdin.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-    /// Rotate the file (by rename) once it holds this many bytes.
+    /// The log file for fd 3; without it, fd 3 is not read.
+    #[arg(long, value_name = "FILE")]
+    err: Option<PathBuf>,
+    /// Rotate a file (by rename) before a write would take it past this many bytes.
     #[arg(long, value_name = "BYTES")]
     max_bytes: Option<u64>,
     /// Rotated files to keep.
     #[arg(long, default_value_t = 0)]
     keep: u32,
+    /// Stamp each line with the time it was read.
+    #[arg(long)]
+    timestamps: bool,
 }
 
 fn main() -> ExitCode {
@@ -168,15 +175,18 @@ fn log_pump(args: PumpArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
         .init();
-    let target = pmcluster_agent::logs::PumpTarget {
-        path: args.out,
+    let target = |path| pmcluster_agent::logs::PumpTarget {
+        path,
         max_bytes: args.max_bytes.filter(|m| *m > 0),
         keep: args.keep,
+        timestamps: args.timestamps,
     };
-    match pmcluster_agent::logs::pump_process(target.clone()) {
+    let out = target(args.out.clone());
+    let err = args.err.clone().map(target);
+    match pmcluster_agent::logs::pump_process(out, err) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("log pump for {}: {e}", target.path.display());
+            tracing::error!("log pump for {}: {e}", args.out.display());
             ExitCode::from(1)
         }
     }

@@ -191,19 +191,31 @@ pub fn aggregate(
         .collect()
 }
 
-/// Rotates the log files of `targets` that grew past their limit. Blocking file I/O.
+/// Rotates the log files of `targets` that grew past their limit while their instance writes
+/// them directly (adopted from an older agent; a pump never lets a file pass its limit, and a
+/// copy and truncate behind its back would lose lines). Blocking file I/O.
 fn rotate_logs(targets: &[SampleTarget]) {
     for t in targets {
-        let Some((paths, max, keep)) = &t.logs else {
+        let (Some((paths, max, keep)), Some(pid)) = (&t.logs, t.pid) else {
             continue;
         };
         for path in paths {
-            let big = std::fs::metadata(path).is_ok_and(|m| m.len() >= *max);
-            if big && let Err(e) = rotate_copy_truncate(path, *keep) {
+            let big = std::fs::metadata(path).is_ok_and(|m| m.len() > *max);
+            if big
+                && writes_directly(pid)
+                && let Err(e) = rotate_copy_truncate(path, *keep)
+            {
                 tracing::warn!(instance = %t.id, "cannot rotate {}: {e}", path.display());
             }
         }
     }
+}
+
+/// Whether the process's stdout or stderr is a regular file (not a pipe to a pump).
+fn writes_directly(pid: u32) -> bool {
+    [1, 2]
+        .iter()
+        .any(|fd| std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|m| m.is_file()))
 }
 
 /// Samples every [`SAMPLE_INTERVAL`] until `cancel`.

@@ -170,6 +170,14 @@ pub fn safe_name(id: &str) -> String {
     }
 }
 
+/// The instance id a [`safe_name`] was made from.
+pub fn id_of_safe_name(name: &str) -> String {
+    name.strip_prefix("x-")
+        .and_then(unhex)
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .unwrap_or_else(|| name.to_string())
+}
+
 /// Writes one instance's file atomically.
 pub fn write(dir: &Path, saved: &Saved) -> io::Result<()> {
     let name = file_name(&saved.instance_id);

@@ -330,6 +330,35 @@ pub fn set_in_child(
     }
 }
 
+/// Gives the spawned program `fd` as its file descriptor `as_fd` (which must be above 2: std
+/// sets up 0 to 2 itself). Used for a log pump's second pipe.
+///
+/// Sound for the same reason as [`set_in_child`]: between fork and exec the closure only makes
+/// `dup2` and `fcntl` syscalls on a descriptor it owns, and allocates nothing. `dup2` clears
+/// close-on-exec on the copy; when `fd` already has the wanted number there is no copy, so the
+/// flag is cleared on it instead.
+#[allow(unsafe_code)]
+pub fn pass_fd(cmd: &mut Command, fd: OwnedFd, as_fd: i32) {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    // SAFETY: see the function doc: only async-signal-safe syscalls on pre-built values.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd.as_raw_fd() != as_fd {
+                let copy = nix::unistd::dup2_raw(&fd, as_fd).map_err(io::Error::from)?;
+                // The program owns it from here: not closed by this process.
+                std::mem::forget(copy);
+            }
+            let target = BorrowedFd::borrow_raw(as_fd);
+            nix::fcntl::fcntl(
+                target,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(io::Error::from)?;
+            Ok(())
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Watching an exit
 
@@ -453,6 +482,22 @@ pub fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
         start_ticks: num(22)?,
         rss_pages: num(24)?,
     })
+}
+
+/// When a process started (unix ms), from its start time in clock ticks after boot; 0 when the
+/// boot time cannot be read.
+pub fn started_at_ms(start_ticks: u64) -> i64 {
+    let btime = std::fs::read_to_string("/proc/stat").ok().and_then(|text| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    });
+    let Some(btime) = btime else { return 0 };
+    let hz = i64::try_from(rustix::param::clock_ticks_per_second().max(1)).unwrap_or(100);
+    let ticks = i64::try_from(start_ticks).unwrap_or(i64::MAX);
+    btime
+        .saturating_mul(1000)
+        .saturating_add(ticks.saturating_mul(1000) / hz)
 }
 
 pub fn read_stat(pid: u32) -> Option<Stat> {

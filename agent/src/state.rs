@@ -57,7 +57,8 @@ pub(crate) struct SampleTarget {
     pub id: InstanceId,
     pub pid: Option<u32>,
     pub max_memory: Option<u64>,
-    /// Files to rotate: paths, size limit, files kept.
+    /// Its log files, size limit and files kept, for an instance that writes its files itself
+    /// (see [`crate::logs::rotate_copy_truncate`]).
     pub logs: Option<(Vec<PathBuf>, u64, u32)>,
 }
 
@@ -174,17 +175,16 @@ impl State {
             .map(|(id, e)| {
                 let target = e.target.borrow();
                 let spec = target.assignment.spec.as_ref().ok();
-                // Timestamped logs go through a log pump, which rotates them as it writes.
-                let logs = spec
-                    .filter(|s| !s.supervision.log_timestamps)
-                    .and_then(|spec| {
-                        let max = spec.supervision.log_max_bytes.filter(|m| *m > 0)?;
-                        let paths = log_streams(spec.merge_logs)
-                            .iter()
-                            .map(|s| log_path(logs_dir, &e.app, e.index, *s))
-                            .collect();
-                        Some((paths, max, spec.supervision.log_keep))
-                    });
+                // Pumps rotate as they write; only an instance adopted from an agent that let it
+                // write its files directly needs the metrics pass (see `metrics::rotate_logs`).
+                let logs = spec.and_then(|spec| {
+                    let max = spec.supervision.log_max_bytes.filter(|m| *m > 0)?;
+                    let paths = log_streams(spec.merge_logs)
+                        .iter()
+                        .map(|s| log_path(logs_dir, &e.app, e.index, *s))
+                        .collect();
+                    Some((paths, max, spec.supervision.log_keep))
+                });
                 SampleTarget {
                     id: id.clone(),
                     pid: e.status.pid,

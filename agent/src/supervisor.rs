@@ -57,6 +57,8 @@ const GROUP_GONE_WAIT: Duration = Duration::from_secs(1);
 /// How long a stop waits for a process after SIGKILL before it gives up on it (a process stuck
 /// in the kernel cannot be killed; the agent must not hang on it).
 const AFTER_KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long an exit or stop waits for the instance's log pump to drain its pipes.
+const PUMP_DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// Requests from the metrics pass waiting for a supervisor.
 const POKE_QUEUE: usize = 2;
 
@@ -84,6 +86,18 @@ pub(crate) enum Poke {
 /// and stops supervisors. Stale sets are ignored. Synchronous and quick: stopping happens in the
 /// supervisors.
 pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
+    // The first set that will be applied settles the orphans found at startup, before its own
+    // actions (an adopted orphan must not be started again).
+    if set.generation >= agent.state.generation() {
+        let orphans = agent
+            .orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(orphans) = orphans {
+            crate::orphans::settle(agent, &set, orphans);
+        }
+    }
     if apply_set(agent, set, false) {
         forget_unclaimed(agent);
     }
@@ -248,16 +262,15 @@ pub(crate) fn adopt(
         .clone()
         .or_else(|| agent.cgroups.path_for(&assignment.instance_id))
         .filter(|path| cgroup::contains(path, id.pid));
-    if spec.supervision.log_timestamps {
-        running.pumps = keep_pumping(
-            agent,
-            id.pid,
-            &saved.app,
-            saved.index,
-            &spec,
-            &process.pumps,
-        );
-    }
+    running.pumps = keep_pumping(
+        agent,
+        &assignment.instance_id,
+        id.pid,
+        &saved.app,
+        saved.index,
+        &spec,
+        &process.pumps,
+    );
     let mut status = Status::new(
         if running.ready {
             InstanceState::Online
@@ -778,9 +791,13 @@ impl Supervisor {
             // The user's HOME, USER and LOGNAME first, so that the spec's env overrides them.
             .envs(run_as.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
+            // Last, so the spec cannot override them: how a later agent tells its instances.
+            .envs(crate::orphans::instance_markers(
+                &self.agent.marker,
+                &self.id,
+            ))
             .stdin(Stdio::null())
-            // The files themselves (see `logs::rotate_copy_truncate` for why), or pipes for
-            // timestamps (see `logs::pump`).
+            // Pipes to its pump (see `crate::logs`).
             .stdout(stdout)
             .stderr(stderr)
             // Its own process group, so a stop reaches everything it started.
@@ -864,10 +881,7 @@ impl Supervisor {
         // when the instance's processes are gone), and so does `cgroup.procs`.
         drop(cmd);
         let pid = spawned.pid;
-        let pumps: Vec<SavedPump> = pumps
-            .into_iter()
-            .filter_map(|p| spawn_pump(&self.agent, p.reader, p.target, p.fd))
-            .collect();
+        let pumps = spawn_pump(&self.agent, &self.id, pumps);
         let proc = ProcId::of(pid).unwrap_or(ProcId {
             pid,
             start_ticks: 0,
@@ -926,6 +940,7 @@ impl Supervisor {
         if let Some(path) = &r.cgroup {
             cgroup::empty(path).await;
         }
+        drained(&r.pumps).await;
         let how = exit.describe();
         let policy = Policy::of(&r.spec);
         let decision = self.decide(&policy, r.started.elapsed(), &how, r.index);
@@ -1060,6 +1075,7 @@ impl Supervisor {
         if let Some(path) = &r.cgroup {
             cgroup::end(path).await;
         }
+        drained(&r.pumps).await;
         exit
     }
 
@@ -1106,6 +1122,26 @@ impl Supervisor {
 /// Processes of the family of `pgid`'s leader right now, from a `/proc` scan.
 fn family_now(pgid: u32) -> Vec<ProcId> {
     process::family_now(pgid, pgid)
+}
+
+/// Waits (briefly) until the pumps of a process that ended have written what was left in its
+/// pipes and ended, so that its last lines are in its files once its exit is reported (and
+/// before a restart writes more). A pump whose pipe some escaped process still holds open is
+/// not waited for longer than [`PUMP_DRAIN_WAIT`].
+async fn drained(pumps: &[SavedPump]) {
+    let deadline = Instant::now() + PUMP_DRAIN_WAIT;
+    let alive = || {
+        pumps.iter().any(|p| {
+            ProcId {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            }
+            .alive()
+        })
+    };
+    while alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Waits (briefly) until nothing of a process group runs any more.
@@ -1198,7 +1234,7 @@ fn next_cron(expr: &str) -> Option<Duration> {
     (next - now).to_std().ok()
 }
 
-fn stop_signal(s: StopSignal) -> Signal {
+pub(crate) fn stop_signal(s: StopSignal) -> Signal {
     match s {
         StopSignal::Term => Signal::SIGTERM,
         StopSignal::Int => Signal::SIGINT,
@@ -1337,23 +1373,11 @@ struct PumpPipe {
     fd: u32,
 }
 
-/// An instance's stdout and stderr: its log files, or with `log_timestamps` pipes whose read
-/// ends go to pumps.
+/// An instance's stdout and stderr: the write ends of its pipes (one for both with
+/// `merge_logs`), and the read ends for its pump.
 type Output = (Stdio, Stdio, Vec<PumpPipe>);
 
 fn output(logs_dir: &Path, app: &str, index: u32, spec: &AppSpec) -> Result<Output, StartError> {
-    let s = &spec.supervision;
-    if !s.log_timestamps {
-        let stdout = open_log(logs_dir, app, index, pb::LogStream::Stdout)?;
-        let stderr = if spec.merge_logs {
-            stdout.try_clone().map_err(|e| {
-                StartError::Retry(format!("cannot share the log file: {}", describe(&e)))
-            })?
-        } else {
-            open_log(logs_dir, app, index, pb::LogStream::Stderr)?
-        };
-        return Ok((stdout.into(), stderr.into(), Vec::new()));
-    }
     std::fs::create_dir_all(logs_dir).map_err(|e| {
         StartError::Retry(format!(
             "cannot create {}: {}",
@@ -1399,72 +1423,102 @@ fn pump_target(
         path: std::path::absolute(&path).unwrap_or(path),
         max_bytes: spec.supervision.log_max_bytes.filter(|m| *m > 0),
         keep: spec.supervision.log_keep,
+        timestamps: spec.supervision.log_timestamps,
     }
 }
 
-/// Starts the pump of one output pipe (see [`crate::logs`] for why it is a process): the
-/// agent's `log-pump` helper in a process group of its own, with the pipe as its stdin; returns
-/// it for the instance's record. Without a helper program, or when it cannot be started, a
-/// thread of the agent pumps instead (which the agent's exit ends).
-fn spawn_pump(agent: &Agent, reader: OwnedFd, target: PumpTarget, fd: u32) -> Option<SavedPump> {
+/// Starts the pump of an instance's output pipes (see [`crate::logs`] for why it is a
+/// process): the agent's `log-pump` helper in a process group of its own, with the first pipe
+/// as its stdin and the second (if any) as its fd [`logs::PUMP_ERR_FD`]; returns it for the
+/// instance's record, once per pipe. Without a helper program, or when it cannot be started,
+/// threads of the agent pump instead (which the agent's exit ends).
+fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -> Vec<SavedPump> {
+    if pipes.is_empty() {
+        return Vec::new();
+    }
     if let Some(program) = &agent.log_pump {
-        match reader.try_clone() {
-            Ok(spare) => {
-                let mut cmd = std::process::Command::new(program);
-                cmd.arg0("pmcluster-agent")
-                    .arg(logs::PUMP_COMMAND)
-                    .args(target.args())
-                    .stdin(Stdio::from(spare))
-                    .stdout(Stdio::null())
-                    // Its rare messages go where the agent's go.
-                    .stderr(Stdio::inherit())
-                    .current_dir("/")
-                    .process_group(0);
-                match agent.reaper.spawn(&mut cmd) {
-                    Ok(spawned) => {
-                        // The reaper reaps it; nobody waits for its exit: it ends with its pipe.
-                        let id = ProcId::of(spawned.pid).unwrap_or(ProcId {
-                            pid: spawned.pid,
-                            start_ticks: 0,
-                        });
-                        return Some(SavedPump {
-                            pid: id.pid,
-                            start_ticks: id.start_ticks,
-                            fd,
-                        });
-                    }
-                    Err(e) => tracing::warn!(
-                        "cannot start the log pump {}: {}; pumping {} in the agent, which \
-                         its exit ends",
-                        program.display(),
-                        describe(&e),
-                        target.path.display()
-                    ),
-                }
+        match spawn_pump_process(agent, program, id, &pipes) {
+            Ok(pump) => {
+                return pipes
+                    .iter()
+                    .map(|p| SavedPump {
+                        fd: p.fd,
+                        ..pump.clone()
+                    })
+                    .collect();
             }
-            Err(e) => tracing::warn!("cannot pass a pipe to a log pump: {}", describe(&e)),
+            Err(e) => tracing::warn!(
+                instance = %id,
+                "cannot start the log pump {}: {}; pumping in the agent, which its exit ends",
+                program.display(),
+                describe(&e),
+            ),
         }
     }
-    let path = target.path.clone();
-    let thread = std::thread::Builder::new()
-        .name("log-pump".to_string())
-        .spawn(move || {
-            if let Err(e) = logs::pump(std::fs::File::from(reader), target) {
-                tracing::warn!("pumping into {}: {e}", path.display());
-            }
-        });
-    if let Err(e) = thread {
-        tracing::error!("cannot start a log pump thread: {e}; the instance's output is lost");
+    for p in pipes {
+        let path = p.target.path.clone();
+        let target = p.target;
+        let reader = p.reader;
+        let thread = std::thread::Builder::new()
+            .name("log-pump".to_string())
+            .spawn(move || {
+                if let Err(e) = logs::pump(std::fs::File::from(reader), target) {
+                    tracing::warn!("pumping into {}: {e}", path.display());
+                }
+            });
+        if let Err(e) = thread {
+            tracing::error!(instance = %id, "cannot start a log pump thread: {e}; its output is lost");
+        }
     }
-    None
+    Vec::new()
 }
 
-/// The pumps of an adopted instance with timestamps: those recorded that still run, and new
-/// ones for the pipes nobody reads any more (a pump died while no agent ran, or the instance was
-/// started by an agent that pumped in-process). A new pump opens the pipe through
-/// `/proc/PID/fd/N`, which gives a new read end of the same pipe.
+fn spawn_pump_process(
+    agent: &Agent,
+    program: &Path,
+    id: &InstanceId,
+    pipes: &[PumpPipe],
+) -> io::Result<SavedPump> {
+    let (first, second) = match pipes {
+        [first] => (first, None),
+        [first, second] => (first, Some(second)),
+        _ => return Err(io::Error::other("a pump reads one or two pipes")),
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg0("pmcluster-agent")
+        .arg(logs::PUMP_COMMAND)
+        .args(first.target.args(second.map(|p| p.target.path.as_path())))
+        .envs(crate::orphans::pump_markers(&agent.marker, id))
+        .stdin(Stdio::from(first.reader.try_clone()?))
+        .stdout(Stdio::null())
+        // Its rare messages go where the agent's go.
+        .stderr(Stdio::inherit())
+        .current_dir("/")
+        .process_group(0);
+    if let Some(second) = second {
+        process::pass_fd(&mut cmd, second.reader.try_clone()?, logs::PUMP_ERR_FD);
+    }
+    let spawned = agent.reaper.spawn(&mut cmd)?;
+    // The reaper reaps it; nobody waits for its exit: it ends with its pipes.
+    let pid = ProcId::of(spawned.pid).unwrap_or(ProcId {
+        pid: spawned.pid,
+        start_ticks: 0,
+    });
+    Ok(SavedPump {
+        pid: pid.pid,
+        start_ticks: pid.start_ticks,
+        fd: first.fd,
+    })
+}
+
+/// The pumps of an adopted instance: those recorded that still run, and a new one for the
+/// pipes nobody reads any more (a pump died while no agent ran, or the instance was started by
+/// an agent that pumped in-process). A new pump opens the pipe through `/proc/PID/fd/N`, which
+/// gives a new read end of the same pipe. An instance that writes its files directly (started
+/// by an older agent) has no pipe and gets no pump.
 fn keep_pumping(
     agent: &Agent,
+    id: &InstanceId,
     pid: u32,
     app: &str,
     index: u32,
@@ -1473,6 +1527,7 @@ fn keep_pumping(
 ) -> Vec<SavedPump> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let mut pumps = Vec::new();
+    let mut orphaned = Vec::new();
     for (&stream, fd) in log_streams(spec.merge_logs).iter().zip([1u32, 2]) {
         let running = recorded.iter().find(|p| {
             p.fd == fd
@@ -1501,33 +1556,18 @@ fn keep_pumping(
                     continue;
                 }
                 tracing::info!(pid, "its log pump for fd {fd} is gone; starting another");
-                let target = pump_target(&agent.logs_dir, app, index, stream, spec);
-                pumps.extend(spawn_pump(agent, fd_owned, target, fd));
+                orphaned.push(PumpPipe {
+                    reader: fd_owned,
+                    target: pump_target(&agent.logs_dir, app, index, stream, spec),
+                    fd,
+                });
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(pid, "cannot reopen {path} for its logs: {e}"),
         }
     }
+    pumps.extend(spawn_pump(agent, id, orphaned));
     pumps
-}
-
-fn open_log(
-    logs_dir: &Path,
-    app: &str,
-    index: u32,
-    stream: pb::LogStream,
-) -> Result<std::fs::File, StartError> {
-    let path = log_path(logs_dir, app, index, stream);
-    // The directory may have been removed under a running agent; recreate it.
-    let opened = std::fs::create_dir_all(logs_dir)
-        .and_then(|()| OpenOptions::new().create(true).append(true).open(&path));
-    opened.map_err(|e| {
-        StartError::Retry(format!(
-            "cannot open log file {}: {}",
-            path.display(),
-            describe(&e)
-        ))
-    })
 }
 
 /// An I/O error's text without the "(os error N)" suffix, e.g. "No such file or directory".

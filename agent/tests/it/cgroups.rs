@@ -108,8 +108,13 @@ fn check_membership(
     escaped: u32,
 ) -> PathBuf {
     let cg = cgroup_of(mount, pid).unwrap_or_default();
+    // `pmcluster-<node>-<agent key>/<instance>`.
+    let base = cg
+        .parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned());
     assert!(
-        cg.ends_with(format!("pmcluster-{node}/{id}")),
+        cg.ends_with(id) && base.is_some_and(|b| b.starts_with(&format!("pmcluster-{node}-"))),
         "instance {pid} is in {}",
         cg.display()
     );
