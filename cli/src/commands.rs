@@ -501,7 +501,7 @@ pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return ctx.value(&output::node_json(&node));
     }
     ctx.line(&format!(
-        "forgot node {}: its {} placed elsewhere",
+        "forgot node {}: its {} rescheduled on the other nodes (see: pmcluster list)",
         args.node,
         plural(node.instances, "instance")
     ))

@@ -1108,8 +1108,12 @@ impl Control {
                 let live = inner.nodes.get(&n.name);
                 let ready = live.is_some_and(|l| is_ready(l, &self.config, inner.now));
                 let host = live.and_then(|l| l.host).unwrap_or_default();
-                let (instances, cpu, memory) =
+                let (mut instances, cpu, memory) =
                     counts.get(n.name.as_str()).copied().unwrap_or_default();
+                if let Some(l) = live.filter(|l| is_quarantined(l)) {
+                    // What it runs is not this cluster's, but it is there.
+                    instances = instances.max(u32::try_from(l.held.len()).unwrap_or(u32::MAX));
+                }
                 let quarantine = live
                     .and_then(|l| l.session.as_ref())
                     .and_then(|s| s.quarantine.clone())
