@@ -13,42 +13,18 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
-use pmcluster_proto::v1 as pb;
 use pmcluster_spec::instance::expand;
 use pmcluster_spec::supervise::{HealthCheck, Probe};
 use tokio::net::TcpStream;
 
-use crate::process::{Exit, Reaper, signal_group};
-use crate::supervisor::describe;
+use crate::model::Health;
+use crate::process::{Exit, Reaper, describe, signal_group};
 
 /// One probe's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Pass,
     Fail(String),
-}
-
-/// Health as reported to the coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Health {
-    /// No health check.
-    #[default]
-    None,
-    /// Configured, no result yet for this process.
-    Unknown,
-    Healthy,
-    Unhealthy,
-}
-
-impl From<Health> for pb::HealthState {
-    fn from(h: Health) -> pb::HealthState {
-        match h {
-            Health::None => pb::HealthState::Unspecified,
-            Health::Unknown => pb::HealthState::Unknown,
-            Health::Healthy => pb::HealthState::Healthy,
-            Health::Unhealthy => pb::HealthState::Unhealthy,
-        }
-    }
 }
 
 /// Consecutive results of one process's checks.

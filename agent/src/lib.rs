@@ -46,6 +46,7 @@ pub use config::{Config, ConfigError, RawConfig};
 
 use crate::model::{Assignment, DesiredSet, InstanceId};
 use crate::process::ProcId;
+use crate::state::Agent;
 
 /// Extra time, beyond the longest kill timeout, that shutdown waits for instances to stop before
 /// it kills what is left.
@@ -54,8 +55,6 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("node name {node} is already connected to the coordinator; pick another --node-name")]
-    NameTaken { node: String },
     #[error("cannot create directory {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -75,10 +74,10 @@ pub enum AgentError {
     Host(String),
     #[error("cannot watch for child exits: {0}")]
     Signals(std::io::Error),
-    #[error("coordinator URL {url:?}: {reason}")]
-    Coordinator { url: String, reason: String },
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
     #[error("link task failed: {0}")]
-    Link(String),
+    LinkTask(String),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
 }
@@ -88,45 +87,6 @@ impl AgentError {
     pub fn is_config(&self) -> bool {
         matches!(self, AgentError::Identity(_))
     }
-}
-
-/// What every part of the agent shares.
-pub(crate) struct Agent {
-    pub node_name: String,
-    pub data_dir: PathBuf,
-    /// What the data dir remembers (see [`identity`]); saved whenever it changes.
-    pub identity: Mutex<identity::Identity>,
-    /// `DATA_DIR/logs`: instance stdout/stderr files.
-    pub logs_dir: PathBuf,
-    /// `DATA_DIR/instances`: one record per instance (see [`persist`]).
-    pub instances_dir: PathBuf,
-    pub state: state::State,
-    pub ports: ports::Ports,
-    pub reaper: Arc<process::Reaper>,
-    /// Every supervisor task.
-    pub supervisors: TaskTracker,
-    /// Cancelled at shutdown with `stop_instances_on_exit`: every supervisor stops its instance
-    /// and ends.
-    pub stop_instances: CancellationToken,
-    /// Cancelled at shutdown otherwise: every supervisor records its process and ends, leaving
-    /// it running.
-    pub detach: CancellationToken,
-    /// Mirrors `Inner::cleared` for supervisors to wait on.
-    pub cleared: watch::Sender<bool>,
-    /// Instances of the local state that did not run at startup: forgotten unless the first
-    /// desired set brings them back.
-    pub unclaimed: Mutex<Vec<InstanceId>>,
-    /// The origin of the restart policy's clock.
-    pub started: Instant,
-    /// See [`Config::log_pump`].
-    pub log_pump: Option<PathBuf>,
-    /// Where instances' cgroups go (see [`cgroup`]), if anywhere.
-    pub cgroups: cgroup::Cgroups,
-    /// What marks this agent's instances and pumps (see [`orphans`]).
-    pub marker: orphans::Marker,
-    /// Instances of no local record found at startup, until the coordinator's first desired
-    /// set settles them (see [`orphans`]).
-    pub orphans: Mutex<Option<Vec<orphans::Orphan>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
@@ -247,8 +207,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let result = tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         joined = &mut link_task => match joined {
-            Ok(r) => r,
-            Err(e) => Err(AgentError::Link(e.to_string())),
+            Ok(r) => r.map_err(AgentError::from),
+            Err(e) => Err(AgentError::LinkTask(e.to_string())),
         },
     };
 

@@ -21,8 +21,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::Agent;
 use crate::model::InstanceId;
+use crate::state::Agent;
 use crate::state::LogSource;
 
 /// History lines when a request asks for 0.

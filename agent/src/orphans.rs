@@ -29,11 +29,11 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 use tokio::time::Instant;
 
-use crate::Agent;
 use crate::cgroup;
 use crate::model::{Assignment, DesiredSet, InstanceId};
 use crate::persist::{Saved, SavedProcess, SavedPump};
 use crate::process::{self, ProcId, Stat};
+use crate::state::Agent;
 
 /// The instance id of an instance process.
 pub const INSTANCE_VAR: &str = "PMCLUSTER_INSTANCE_UUID";

@@ -19,7 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::sys::resource::Resource;
 use nix::sys::signal::Signal;
@@ -31,16 +31,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::Agent;
 use crate::cgroup;
 use crate::desired::{self, Action, Current, Plan};
-use crate::health::{self, Change, Health, Outcome, Tracker};
+use crate::health::{self, Change, Outcome, Tracker};
 use crate::logs::{self, PumpTarget, log_path, log_streams};
-use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
+use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
 use crate::persist::{self, Saved, SavedProcess, SavedPump};
-use crate::process::{self, Exit, ExitWatch, ProcId, signal_group};
+use crate::process::{self, Exit, ExitWatch, ProcId, describe, signal_group, unix_ms};
 use crate::restart::{self, Crashes, Decision, Named, Policy};
-use crate::state::{Entry, Inner};
+use crate::state::Agent;
+use crate::state::{Entry, Inner, Poke, Target};
 
 /// How often a launching instance's port is probed.
 const PROBE_INTERVAL: Duration = Duration::from_millis(25);
@@ -61,26 +61,6 @@ const AFTER_KILL_WAIT: Duration = Duration::from_secs(10);
 const PUMP_DRAIN_WAIT: Duration = Duration::from_millis(500);
 /// Requests from the metrics pass waiting for a supervisor.
 const POKE_QUEUE: usize = 2;
-
-/// What a supervisor must make its instance be. The latest value is all that matters, which is
-/// why it travels in a `watch` channel.
-#[derive(Clone, Debug)]
-pub(crate) struct Target {
-    /// The assignment last applied; `run` says whether the process should run.
-    pub assignment: Assignment,
-    /// The instance left the desired set: stop it and forget it.
-    pub remove: bool,
-    /// Bumped by every Start and Restart action. A supervisor that sees a new value (re)starts
-    /// its process at once, even if it was waiting out a backoff or had given up.
-    pub start_seq: u64,
-}
-
-/// Something the metrics pass asks of a supervisor.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Poke {
-    /// The process tree of `pid` uses `rss` bytes, more than `limit`.
-    Memory { pid: u32, rss: u64, limit: u64 },
-}
 
 /// Applies a desired set from the coordinator: diffs it against what runs, then starts, steers
 /// and stops supervisors. Stale sets are ignored. Synchronous and quick: stopping happens in the
@@ -1570,14 +1550,6 @@ fn keep_pumping(
     pumps
 }
 
-/// An I/O error's text without the "(os error N)" suffix, e.g. "No such file or directory".
-pub(crate) fn describe(e: &io::Error) -> String {
-    match e.raw_os_error() {
-        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
-        None => e.to_string(),
-    }
-}
-
 /// "612 MiB" for messages.
 fn bytes(n: u64) -> String {
     const MIB: u64 = 1 << 20;
@@ -1588,20 +1560,12 @@ fn bytes(n: u64) -> String {
     }
 }
 
-pub(crate) fn unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn error_descriptions() {
-        let e = io::Error::from_raw_os_error(2);
-        assert_eq!(describe(&e), "No such file or directory");
         assert_eq!(bytes(612 << 20), "612 MiB");
         assert_eq!(bytes(5000), "4 KiB");
     }
