@@ -313,8 +313,17 @@ mod tests {
         );
         assert_eq!(http(url.clone(), Some(200)).await, Outcome::Pass);
         let _ = server.await;
-        // Nothing listens any more.
-        assert!(matches!(tcp(Some(addr.port())).await, Outcome::Fail(_)));
+        // A port bound but not listening refuses connections; holding it keeps another test
+        // from taking the freed port between the close and the check.
+        let closed = tokio::net::TcpSocket::new_v4().and_then(|s| {
+            s.bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+            Ok(s)
+        });
+        let closed_port = closed.as_ref().ok().and_then(|s| s.local_addr().ok());
+        let Some(closed_port) = closed_port.map(|a| a.port()) else {
+            panic!("cannot bind a socket on 127.0.0.1: {:?}", closed.err());
+        };
+        assert!(matches!(tcp(Some(closed_port)).await, Outcome::Fail(_)));
         assert!(matches!(tcp(None).await, Outcome::Fail(m) if m.contains("needs a port")));
     }
 
