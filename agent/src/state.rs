@@ -4,6 +4,11 @@
 //! One plain mutex guards it and is never held across an `.await`: every method takes the lock,
 //! copies or changes plain data, and returns. State changes that the coordinator must see fast
 //! (started, online, exited) ring [`State::changed`], which the link coalesces into a report.
+//!
+//! Also what every part of the agent shares ([`Agent`]: dirs, reaper, cgroups, shutdown tokens,
+//! the state) and the two messages to a supervisor that several layers send ([`Target`] from
+//! the desired set, [`Poke`] from the metrics pass). They live here, below logs, metrics, the
+//! supervisor and the link, so that none of those reaches up for them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

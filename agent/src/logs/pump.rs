@@ -251,7 +251,7 @@ pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> 
     let stdout_pipe = blocking_input(std::io::stdin().as_fd().try_clone_to_owned()?)?;
     let err_pump = match err {
         Some(target) => {
-            // The agent put the stderr pipe there (see `supervisor::spawn_pump`). Opened again
+            // The agent put the stderr pipe there (see `spawn_pump_process`). Opened again
             // through /proc rather than taken over by number, which would need `unsafe`.
             let file = File::open(format!("/proc/self/fd/{PUMP_ERR_FD}"))?;
             if !file.metadata()?.file_type().is_fifo() {
@@ -350,7 +350,7 @@ pub(crate) fn output(
     };
     Ok((stdout.into(), stderr.into(), pumps))
 }
-pub(crate) fn pump_target(
+fn pump_target(
     logs_dir: &Path,
     app: &str,
     index: u32,
@@ -411,7 +411,7 @@ pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -
     }
     Vec::new()
 }
-pub(crate) fn spawn_pump_process(
+fn spawn_pump_process(
     agent: &Agent,
     program: &Path,
     id: &InstanceId,

@@ -83,7 +83,7 @@ impl Supervisor {
             // Last, so the spec cannot override them: how a later agent tells its instances.
             .envs(instance_markers(&self.agent.marker, &self.id))
             .stdin(Stdio::null())
-            // Pipes to its pump (see `crate::logs`).
+            // Pipes to its pump (see `crate::logs::pump`).
             .stdout(stdout)
             .stderr(stderr)
             // Its own process group, so a stop reaches everything it started.
