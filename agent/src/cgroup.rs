@@ -372,21 +372,6 @@ pub fn contains(path: &Path, pid: u32) -> bool {
     procs(path).is_ok_and(|p| p.contains(&pid))
 }
 
-/// Writes `n` in decimal into `buf` and returns the digits. Used between fork and exec, so it
-/// must not allocate.
-pub fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,15 +438,6 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/unified/pmcluster-web-1"))
         );
         assert_eq!(join_base(mount, "/../../user.slice", "n1"), None);
-    }
-
-    #[test]
-    fn digits() {
-        let mut buf = [0u8; 10];
-        assert_eq!(decimal(0, &mut buf), b"0");
-        assert_eq!(decimal(7, &mut buf), b"7");
-        assert_eq!(decimal(4_194_304, &mut buf), b"4194304");
-        assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
     }
 
     #[test]

@@ -13,42 +13,18 @@ use http_body_util::Empty;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use nix::sys::signal::Signal;
-use pmcluster_proto::v1 as pb;
 use pmcluster_spec::instance::expand;
 use pmcluster_spec::supervise::{HealthCheck, Probe};
 use tokio::net::TcpStream;
 
-use crate::process::{Exit, Reaper, signal_group};
-use crate::supervisor::describe;
+use crate::model::Health;
+use crate::process::{Exit, Reaper, describe, signal_group};
 
 /// One probe's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     Pass,
     Fail(String),
-}
-
-/// Health as reported to the coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Health {
-    /// No health check.
-    #[default]
-    None,
-    /// Configured, no result yet for this process.
-    Unknown,
-    Healthy,
-    Unhealthy,
-}
-
-impl From<Health> for pb::HealthState {
-    fn from(h: Health) -> pb::HealthState {
-        match h {
-            Health::None => pb::HealthState::Unspecified,
-            Health::Unknown => pb::HealthState::Unknown,
-            Health::Healthy => pb::HealthState::Healthy,
-            Health::Unhealthy => pb::HealthState::Unhealthy,
-        }
-    }
 }
 
 /// Consecutive results of one process's checks.
@@ -337,8 +313,17 @@ mod tests {
         );
         assert_eq!(http(url.clone(), Some(200)).await, Outcome::Pass);
         let _ = server.await;
-        // Nothing listens any more.
-        assert!(matches!(tcp(Some(addr.port())).await, Outcome::Fail(_)));
+        // A port bound but not listening refuses connections; holding it keeps another test
+        // from taking the freed port between the close and the check.
+        let closed = tokio::net::TcpSocket::new_v4().and_then(|s| {
+            s.bind("127.0.0.1:0".parse().map_err(std::io::Error::other)?)?;
+            Ok(s)
+        });
+        let closed_port = closed.as_ref().ok().and_then(|s| s.local_addr().ok());
+        let Some(closed_port) = closed_port.map(|a| a.port()) else {
+            panic!("cannot bind a socket on 127.0.0.1: {:?}", closed.err());
+        };
+        assert!(matches!(tcp(Some(closed_port)).await, Outcome::Fail(_)));
         assert!(matches!(tcp(None).await, Outcome::Fail(m) if m.contains("needs a port")));
     }
 

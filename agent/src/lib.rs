@@ -30,7 +30,6 @@ pub mod restart;
 mod state;
 mod supervisor;
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -44,8 +43,7 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{Config, ConfigError, RawConfig};
 
-use crate::model::{Assignment, DesiredSet, InstanceId};
-use crate::process::ProcId;
+use crate::state::Agent;
 
 /// Extra time, beyond the longest kill timeout, that shutdown waits for instances to stop before
 /// it kills what is left.
@@ -54,8 +52,6 @@ const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
 /// Why the agent stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("node name {node} is already connected to the coordinator; pick another --node-name")]
-    NameTaken { node: String },
     #[error("cannot create directory {}: {source}", path.display())]
     Dir {
         path: PathBuf,
@@ -75,10 +71,10 @@ pub enum AgentError {
     Host(String),
     #[error("cannot watch for child exits: {0}")]
     Signals(std::io::Error),
-    #[error("coordinator URL {url:?}: {reason}")]
-    Coordinator { url: String, reason: String },
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
     #[error("link task failed: {0}")]
-    Link(String),
+    LinkTask(String),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
 }
@@ -88,45 +84,6 @@ impl AgentError {
     pub fn is_config(&self) -> bool {
         matches!(self, AgentError::Identity(_))
     }
-}
-
-/// What every part of the agent shares.
-pub(crate) struct Agent {
-    pub node_name: String,
-    pub data_dir: PathBuf,
-    /// What the data dir remembers (see [`identity`]); saved whenever it changes.
-    pub identity: Mutex<identity::Identity>,
-    /// `DATA_DIR/logs`: instance stdout/stderr files.
-    pub logs_dir: PathBuf,
-    /// `DATA_DIR/instances`: one record per instance (see [`persist`]).
-    pub instances_dir: PathBuf,
-    pub state: state::State,
-    pub ports: ports::Ports,
-    pub reaper: Arc<process::Reaper>,
-    /// Every supervisor task.
-    pub supervisors: TaskTracker,
-    /// Cancelled at shutdown with `stop_instances_on_exit`: every supervisor stops its instance
-    /// and ends.
-    pub stop_instances: CancellationToken,
-    /// Cancelled at shutdown otherwise: every supervisor records its process and ends, leaving
-    /// it running.
-    pub detach: CancellationToken,
-    /// Mirrors `Inner::cleared` for supervisors to wait on.
-    pub cleared: watch::Sender<bool>,
-    /// Instances of the local state that did not run at startup: forgotten unless the first
-    /// desired set brings them back.
-    pub unclaimed: Mutex<Vec<InstanceId>>,
-    /// The origin of the restart policy's clock.
-    pub started: Instant,
-    /// See [`Config::log_pump`].
-    pub log_pump: Option<PathBuf>,
-    /// Where instances' cgroups go (see [`cgroup`]), if anywhere.
-    pub cgroups: cgroup::Cgroups,
-    /// What marks this agent's instances and pumps (see [`orphans`]).
-    pub marker: orphans::Marker,
-    /// Instances of no local record found at startup, until the coordinator's first desired
-    /// set settles them (see [`orphans`]).
-    pub orphans: Mutex<Option<Vec<orphans::Orphan>>>,
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
@@ -223,9 +180,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         let cancel = background.clone();
         tasks.spawn(async move { reaper.run(sigchld, cancel).await });
     }
-    let local = adopt_local(&agent);
+    let local = supervisor::adopt_local(&agent);
     if !local.is_empty() {
-        tasks.spawn(start_local_after(
+        tasks.spawn(supervisor::start_local_after(
             Arc::clone(&agent),
             local,
             config.coordinator_grace,
@@ -247,8 +204,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let result = tokio::select! {
         () = shutdown.cancelled() => Ok(()),
         joined = &mut link_task => match joined {
-            Ok(r) => r,
-            Err(e) => Err(AgentError::Link(e.to_string())),
+            Ok(r) => r.map_err(AgentError::from),
+            Err(e) => Err(AgentError::LinkTask(e.to_string())),
         },
     };
 
@@ -303,136 +260,6 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
         Err(_) => Err(AgentError::DataDirInUse {
             path: data_dir.to_path_buf(),
         }),
-    }
-}
-
-/// Reads the local state: adopts every instance whose process still runs (same pid, same start
-/// time) and returns the assignments of the others, which must wait for the coordinator.
-fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
-    let (saved, bad) = match persist::load(&agent.instances_dir) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            tracing::warn!(
-                "cannot read the local state in {}: {e}; starting empty",
-                agent.instances_dir.display()
-            );
-            return Vec::new();
-        }
-    };
-    for (path, why) in bad {
-        tracing::warn!("ignoring {}: {why}", path.display());
-    }
-    let mut waiting = Vec::new();
-    let mut adopted = BTreeSet::new();
-    // Cgroups of instances that run (left alone) and of those whose process ended while no
-    // agent ran (what is left in them goes: nothing supervises it).
-    let mut running_cgroups = BTreeSet::new();
-    let mut dead_cgroups = BTreeSet::new();
-    for s in saved {
-        let cgroup = s
-            .process
-            .as_ref()
-            .and_then(|p| p.cgroup.clone())
-            .or_else(|| agent.cgroups.path_for(&InstanceId::new(&s.instance_id)));
-        let alive = s.process.as_ref().and_then(|p| {
-            let id = ProcId {
-                pid: p.pid,
-                start_ticks: p.start_ticks,
-            };
-            id.alive().then_some((p, id))
-        });
-        match (&cgroup, alive.is_some()) {
-            (Some(path), true) => running_cgroups.insert(path.clone()),
-            (Some(path), false) => dead_cgroups.insert(path.clone()),
-            (None, _) => false,
-        };
-        let assignment = match s.assignment() {
-            Ok(a) => a,
-            Err(why) => {
-                // Nothing to supervise it with. Left alone (and reported in the log): the
-                // coordinator may place a new copy, which then finds its port taken.
-                tracing::error!(
-                    instance = %s.instance_id,
-                    pid = alive.map(|(_, id)| id.pid),
-                    "cannot read the saved spec ({why}); not adopting it"
-                );
-                continue;
-            }
-        };
-        match alive {
-            Some((p, id)) => {
-                adopted.insert(assignment.instance_id.clone());
-                supervisor::adopt(agent, &s, assignment, p, id);
-            }
-            None => {
-                if let Some(p) = &s.process {
-                    tracing::info!(
-                        instance = %s.instance_id,
-                        pid = p.pid,
-                        "ended while the agent was down"
-                    );
-                }
-                waiting.push(assignment);
-            }
-        }
-    }
-    let unknown_cgroups = agent
-        .cgroups
-        .sweep_at_start(&running_cgroups, &dead_cgroups);
-    let found = orphans::find(&agent.marker, &unknown_cgroups, &adopted);
-    for o in &found {
-        tracing::warn!(
-            instance = %o.instance_id,
-            pids = ?o.members.iter().map(|p| p.pid).collect::<Vec<_>>(),
-            "running, but no local record names it; the coordinator's first desired set \
-             decides whether it is adopted or stopped"
-        );
-    }
-    *agent
-        .orphans
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(found);
-    *agent
-        .unclaimed
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-        waiting.iter().map(|a| a.instance_id.clone()).collect();
-    waiting
-}
-
-/// Starts the instances of the local state that do not run if the coordinator has not sent a
-/// desired set within `grace` (static stability: a host keeps its services up when the
-/// coordinator is down), and not at all if it has (it knows whether they moved elsewhere).
-async fn start_local_after(
-    agent: Arc<Agent>,
-    waiting: Vec<Assignment>,
-    grace: Duration,
-    cancel: CancellationToken,
-) {
-    let mut cleared = agent.cleared.subscribe();
-    tokio::select! {
-        () = cancel.cancelled() => {}
-        _ = cleared.wait_for(|c| *c) => {}
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(
-                "no desired set from the coordinator within {grace:?}; starting the {} instance(s) \
-                 of the last desired set that do not run",
-                waiting.len()
-            );
-            let mut assignments: Vec<Assignment> = {
-                let inner = agent.state.lock();
-                inner
-                    .instances
-                    .values()
-                    .map(|e| e.target.borrow().assignment.clone())
-                    .collect()
-            };
-            assignments.extend(waiting);
-            // The last set applied, again: its generation is the remembered one (a lower one
-            // would be stale).
-            let generation = agent.state.generation();
-            supervisor::apply_local(&agent, DesiredSet { generation, assignments });
-        }
     }
 }
 
@@ -530,5 +357,153 @@ mod tests {
         let other = tempfile::tempdir()?;
         assert_ne!(agent_id(other.path())?, first);
         Ok(())
+    }
+}
+
+/// Keeps the module layering of ARCHITECTURE.md ("Agent layers") honest: every file under
+/// `src/` belongs to a module of [`LAYERS`], and no module names (`crate::x`) a module listed
+/// after it or the crate root. Submodules (`logs/pump.rs`) count as their module, which may use
+/// its own parts freely (`super::`).
+#[cfg(test)]
+mod layering {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    /// Bottom to top; a module may use only modules listed before it. Each line is one layer of
+    /// ARCHITECTURE.md; the order within a line is the order of use within that layer.
+    const LAYERS: &[&[&str]] = &[
+        &["model", "config"],
+        &["restart", "desired"],
+        &["persist", "identity"],
+        &["process", "cgroup", "ports", "orphans"],
+        &["health"],
+        &["state"],
+        &["logs"],
+        &["metrics"],
+        &["supervisor"],
+        &["link"],
+    ];
+
+    /// The crate-level names each file uses (`crate::name`, and each head of a
+    /// `crate::{a, b::c}` group). Line comments are left out: a doc link is no dependency.
+    fn uses(source: &str) -> Vec<String> {
+        let code: String = source
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut names = Vec::new();
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("crate::") {
+            let before = rest[..at].chars().next_back();
+            rest = &rest[at + "crate::".len()..];
+            // `pmcluster_crate::` or similar is another path.
+            if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+                continue;
+            }
+            if let Some(group) = rest.strip_prefix('{') {
+                let mut depth = 0usize;
+                let mut head = true;
+                let mut name = String::new();
+                for c in group.chars() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' if depth == 0 => break,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => head = true,
+                        ':' if depth == 0 => head = false,
+                        c if head && (c.is_alphanumeric() || c == '_') => name.push(c),
+                        _ => {}
+                    }
+                    if (!head || c == ',') && !name.is_empty() {
+                        names.push(std::mem::take(&mut name));
+                    }
+                }
+                if !name.is_empty() {
+                    names.push(name);
+                }
+            } else {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+        names
+    }
+
+    /// Every `.rs` file under `dir`, as (module it belongs to, path under `src`, text).
+    fn files(
+        src: &Path,
+        dir: &Path,
+        module: Option<&str>,
+        out: &mut Vec<(String, String, String)>,
+    ) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for path in entries {
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            if path.is_dir() {
+                files(src, &path, Some(module.unwrap_or(&name)), out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let source = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+                let shown = path
+                    .strip_prefix(src)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
+                out.push((module.unwrap_or(&name).to_string(), shown, source));
+            }
+        }
+    }
+
+    #[test]
+    fn no_module_uses_one_above_it() {
+        let rank: BTreeMap<&str, usize> = LAYERS
+            .iter()
+            .flat_map(|layer| layer.iter())
+            .enumerate()
+            .map(|(i, m)| (*m, i))
+            .collect();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut all = Vec::new();
+        files(&src, &src, None, &mut all);
+        let mut wrong = Vec::new();
+        for (module, path, source) in &all {
+            if module == "lib" || module == "main" {
+                continue;
+            }
+            let Some(&own) = rank.get(module.as_str()) else {
+                wrong.push(format!("{path}: module {module} is in no layer of LAYERS"));
+                continue;
+            };
+            for used in uses(source) {
+                match rank.get(used.as_str()) {
+                    Some(&r) if r < own || used == *module => {}
+                    Some(_) => {
+                        wrong.push(format!("{path}: {module} uses {used}, a module above it"))
+                    }
+                    None => wrong.push(format!(
+                        "{path}: {module} uses crate::{used}, the crate root (move it down)"
+                    )),
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "layering broken:\n{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn uses_reads_paths_and_groups() {
+        let source = "use crate::model::Id;\n// crate::link in a comment\nuse crate::{Agent, logs::{a, b}, state};\nlet x = crate::restart::human(d);\nuse pmcluster_crate::x;";
+        assert_eq!(uses(source), ["model", "Agent", "logs", "state", "restart"]);
     }
 }

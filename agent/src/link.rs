@@ -25,7 +25,8 @@ use crate::identity::{self, Verdict};
 use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
-use crate::{Agent, AgentError, restart, supervisor};
+use crate::state::Agent;
+use crate::{restart, supervisor};
 
 /// Heartbeat period when the coordinator sends 0.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -42,9 +43,18 @@ const STATUS_QUEUE: usize = 4;
 /// Log chunks waiting to go out; log tasks wait for room.
 const LOG_QUEUE: usize = 32;
 
+/// Why the link gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("node name {node} is already connected to the coordinator; pick another --node-name")]
+    NameTaken { node: String },
+    #[error("coordinator URL {url:?}: {reason}")]
+    Coordinator { url: String, reason: String },
+}
+
 /// What the link needs besides the agent.
 pub(crate) struct LinkConfig {
-    /// Sent at registration: see [`crate::agent_id`].
+    /// Sent at registration: the agent's persistent id (`DATA_DIR/agent-id`).
     pub agent_id: String,
     pub url: String,
     pub endpoint: Endpoint,
@@ -53,8 +63,8 @@ pub(crate) struct LinkConfig {
 }
 
 /// The endpoint for `url`, with timeouts that notice a dead coordinator.
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, AgentError> {
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| AgentError::Coordinator {
+pub(crate) fn endpoint(url: &str) -> Result<Endpoint, LinkError> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| LinkError::Coordinator {
         url: url.to_string(),
         reason: e.to_string(),
     })?;
@@ -90,7 +100,7 @@ pub(crate) async fn run(
     agent: Arc<Agent>,
     cfg: LinkConfig,
     cancel: CancellationToken,
-) -> Result<(), AgentError> {
+) -> Result<(), LinkError> {
     let mut attempt = 0u32;
     let mut ever_registered = false;
     loop {
@@ -100,7 +110,7 @@ pub(crate) async fn run(
                 already_exists: true,
                 ..
             } if !ever_registered => {
-                return Err(AgentError::NameTaken {
+                return Err(LinkError::NameTaken {
                     node: agent.node_name.clone(),
                 });
             }

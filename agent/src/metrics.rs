@@ -7,6 +7,7 @@
 //! process table into per-instance numbers ([`aggregate`]) is pure.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,11 @@ use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::Agent;
-use crate::logs::rotate_copy_truncate;
+use crate::logs::{log_path, log_streams, rotate_copy_truncate};
 use crate::model::{HostSample, InstanceId};
 use crate::process::{self, ProcId, Stat};
-use crate::state::SampleTarget;
-use crate::supervisor::Poke;
+use crate::state::Agent;
+use crate::state::{Poke, State};
 
 /// How often instances and host are sampled.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
@@ -45,6 +45,17 @@ pub struct InstanceSample {
     /// Resident memory of the whole process tree.
     pub rss_bytes: u64,
     pub family: Vec<ProcId>,
+}
+
+/// What the metrics pass needs of one instance.
+#[derive(Clone, Debug)]
+struct SampleTarget {
+    pub id: InstanceId,
+    pub pid: Option<u32>,
+    pub max_memory: Option<u64>,
+    /// Its log files, size limit and files kept, for an instance that writes its files itself
+    /// (see [`rotate_copy_truncate`]).
+    pub logs: Option<(Vec<PathBuf>, u64, u32)>,
 }
 
 /// Owns what must live from one pass to the next: sysinfo's `System` (host CPU percentages are
@@ -191,6 +202,58 @@ pub fn aggregate(
         .collect()
 }
 
+/// What the metrics pass samples and checks, one entry per instance.
+fn sample_targets(state: &State, logs_dir: &Path) -> Vec<SampleTarget> {
+    state
+        .lock()
+        .instances
+        .iter()
+        .map(|(id, e)| {
+            let target = e.target.borrow();
+            let spec = target.assignment.spec.as_ref().ok();
+            // Pumps rotate as they write; only an instance adopted from an agent that let it
+            // write its files directly needs the metrics pass (see `metrics::rotate_logs`).
+            let logs = spec.and_then(|spec| {
+                let max = spec.supervision.log_max_bytes.filter(|m| *m > 0)?;
+                let paths = log_streams(spec.merge_logs)
+                    .iter()
+                    .map(|s| log_path(logs_dir, &e.app, e.index, *s))
+                    .collect();
+                Some((paths, max, spec.supervision.log_keep))
+            });
+            SampleTarget {
+                id: id.clone(),
+                pid: e.status.pid,
+                max_memory: spec.and_then(|s| s.supervision.max_memory_restart),
+                logs,
+            }
+        })
+        .collect()
+}
+
+/// Stores a metrics sample: per-instance cpu, memory and processes, and the host numbers.
+fn record_metrics(
+    state: &State,
+    per_instance: &BTreeMap<InstanceId, InstanceSample>,
+    host: HostSample,
+) {
+    let mut inner = state.lock();
+    for (id, entry) in inner.instances.iter_mut() {
+        match per_instance.get(id) {
+            Some(sample) if entry.status.pid.is_some() => {
+                entry.status.cpu_percent = sample.cpu_percent;
+                entry.status.memory_bytes = sample.rss_bytes;
+                entry.family.clone_from(&sample.family);
+            }
+            _ => {
+                entry.status.cpu_percent = 0.0;
+                entry.status.memory_bytes = 0;
+            }
+        }
+    }
+    inner.host = host;
+}
+
 /// Rotates the log files of `targets` that grew past their limit while their instance writes
 /// them directly (adopted from an older agent; a pump never lets a file pass its limit, and a
 /// copy and truncate behind its back would lose lines). Blocking file I/O.
@@ -227,7 +290,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let targets = agent.state.sample_targets(&agent.logs_dir);
+        let targets = sample_targets(&agent.state, &agent.logs_dir);
         let leaders: Vec<(InstanceId, u32)> = targets
             .iter()
             .filter_map(|t| Some((t.id.clone(), t.pid?)))
@@ -247,7 +310,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
             }
         };
         sampler = back;
-        agent.state.record_metrics(&usage, host);
+        record_metrics(&agent.state, &usage, host);
         for t in &targets {
             let (Some(limit), Some(pid)) = (t.max_memory, t.pid) else {
                 continue;

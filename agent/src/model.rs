@@ -10,8 +10,6 @@ use std::sync::Arc;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 
-use crate::health::Health;
-
 /// Instance id as the coordinator minted it (a UUID, kept as text: the agent only compares it).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstanceId(String);
@@ -118,6 +116,29 @@ impl From<InstanceState> for pb::InstanceState {
             InstanceState::Errored => pb::InstanceState::Errored,
             InstanceState::Stopping => pb::InstanceState::Stopping,
             InstanceState::Stopped => pb::InstanceState::Stopped,
+        }
+    }
+}
+
+/// Health as reported to the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Health {
+    /// No health check.
+    #[default]
+    None,
+    /// Configured, no result yet for this process.
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl From<Health> for pb::HealthState {
+    fn from(h: Health) -> pb::HealthState {
+        match h {
+            Health::None => pb::HealthState::Unspecified,
+            Health::Unknown => pb::HealthState::Unknown,
+            Health::Healthy => pb::HealthState::Healthy,
+            Health::Unhealthy => pb::HealthState::Unhealthy,
         }
     }
 }

@@ -10,29 +10,17 @@
 //! not a process with another node name or another key (several agents may share a host, even
 //! with the same node name in tests), not one without markers outside the agent's cgroups.
 //!
-//! The rule: once the coordinator's first desired set arrives (not one read from disk, not
-//! before: until then nothing is stopped or started), an orphan whose instance id the set holds
-//! with `run`, and whose one leader (its process group leader, identified by pid and start
-//! time) still runs, is adopted like an instance of the local state; every other orphan is
-//! stopped (its stop signal, or SIGTERM, to its processes and group; SIGKILL and `cgroup.kill`
-//! after its kill timeout). Each decision is logged at warn. So a wiped data dir neither leaves
-//! removed instances running nor starts a second copy of one that runs.
+//! What happens to them is the supervisor's (`supervisor::adopt`): the coordinator's first
+//! desired set adopts or stops each. This module only marks processes and finds orphans.
 //!
 //! Finding them reads `/proc/PID/environ` of every process (all of them as root; an unprivileged
 //! agent sees its own user's) once, at startup. Parsing and grouping are pure.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use tokio::time::Instant;
-
-use crate::Agent;
 use crate::cgroup;
-use crate::model::{Assignment, DesiredSet, InstanceId};
-use crate::persist::{Saved, SavedProcess, SavedPump};
+use crate::model::InstanceId;
 use crate::process::{self, ProcId, Stat};
 
 /// The instance id of an instance process.
@@ -46,10 +34,6 @@ pub const PUMP_VAR: &str = "PMCLUSTER_PUMP_FOR";
 /// Most bytes of one process's environment read (the markers are among the first variables
 /// of an instance's environment only by chance: the environment is sorted by name).
 const MAX_ENVIRON: u64 = 8 << 20;
-/// How often a stopping orphan is checked.
-const POLL: Duration = Duration::from_millis(20);
-/// How long a stop waits after SIGKILL before it gives up on a process stuck in the kernel.
-const AFTER_KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// What marks this agent's processes: its node name and its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -285,137 +269,6 @@ fn read_environ(pid: u32) -> Option<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(MAX_ENVIRON).read_to_end(&mut bytes).ok()?;
     Some(bytes)
-}
-
-/// Settles the orphans found at startup against the coordinator's first desired set: adopts
-/// those it holds with `run` whose leader still runs (and that the agent does not supervise
-/// already), stops the others. Called before the set's own actions, so that an adopted orphan
-/// is not started a second time.
-pub(crate) fn settle(agent: &Arc<Agent>, set: &DesiredSet, orphans: Vec<Orphan>) {
-    let wanted: BTreeMap<&InstanceId, &Assignment> = set
-        .assignments
-        .iter()
-        .map(|a| (&a.instance_id, a))
-        .collect();
-    for orphan in orphans {
-        let assignment = wanted.get(&orphan.instance_id).copied();
-        let supervised = agent
-            .state
-            .lock()
-            .instances
-            .contains_key(&orphan.instance_id);
-        let adoptable = match (assignment, orphan.leader) {
-            (Some(a), Some(leader)) if a.run && a.spec.is_ok() && !supervised => {
-                leader.alive().then_some((a, leader))
-            }
-            _ => None,
-        };
-        match adoptable {
-            Some((a, leader)) => adopt(agent, a.clone(), &orphan, leader),
-            None => {
-                let why = match (assignment, orphan.leader) {
-                    (None, _) => "not in the coordinator's desired set",
-                    (Some(_), _) if supervised => "a second copy of an instance the agent runs",
-                    (Some(a), _) if !a.run => "stopped in the coordinator's desired set",
-                    (Some(_), None) => "no single leader process to adopt",
-                    (Some(_), Some(_)) => "its leader ended or its spec is invalid",
-                };
-                tracing::warn!(
-                    instance = %orphan.instance_id,
-                    pids = ?orphan.members.iter().map(|p| p.pid).collect::<Vec<_>>(),
-                    cgroup = ?orphan.cgroup,
-                    "stopping an instance of no local record: {why}"
-                );
-                let (signal, grace) = assignment.and_then(|a| a.spec.as_ref().ok()).map_or(
-                    (Signal::SIGTERM, pmcluster_spec::app::DEFAULT_KILL_TIMEOUT),
-                    |s| {
-                        (
-                            crate::supervisor::stop_signal(s.supervision.stop_signal),
-                            s.kill_timeout,
-                        )
-                    },
-                );
-                agent.supervisors.spawn(stop(orphan, signal, grace));
-            }
-        }
-    }
-}
-
-fn adopt(agent: &Arc<Agent>, assignment: Assignment, orphan: &Orphan, leader: ProcId) {
-    let Some(mut saved) = Saved::of(&assignment) else {
-        return;
-    };
-    let fds: &[u32] = match assignment.spec.as_ref() {
-        Ok(spec) if spec.merge_logs => &[1],
-        _ => &[1, 2],
-    };
-    // One pump reads every pipe of an instance; two pumps would mean a later agent's repair.
-    let pumps = match orphan.pumps.as_slice() {
-        [pump] => fds
-            .iter()
-            .map(|fd| SavedPump {
-                pid: pump.pid,
-                start_ticks: pump.start_ticks,
-                fd: *fd,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let process = SavedProcess {
-        pid: leader.pid,
-        start_ticks: leader.start_ticks,
-        port: orphan.port.or(assignment.port),
-        started_at_ms: process::started_at_ms(leader.start_ticks),
-        pumps,
-        cgroup: orphan
-            .cgroup
-            .clone()
-            .filter(|path| cgroup::contains(path, leader.pid)),
-    };
-    tracing::warn!(
-        instance = %orphan.instance_id,
-        pid = leader.pid,
-        "adopting an instance of no local record: the coordinator's desired set holds it"
-    );
-    saved.process = Some(process.clone());
-    crate::supervisor::adopt(agent, &saved, assignment, &process, leader);
-}
-
-/// Stops an orphan: `signal` to every process of it and to its leader's group, SIGKILL (and
-/// `cgroup.kill`) to what is left after `grace`, then removes its cgroup.
-async fn stop(orphan: Orphan, signal: Signal, grace: Duration) {
-    let send = |sig: Signal| {
-        if let Some(leader) = orphan.leader.filter(ProcId::alive) {
-            process::signal_group(leader.pid, sig);
-        }
-        for p in &orphan.members {
-            p.signal(sig);
-        }
-    };
-    let alive = || {
-        orphan.members.iter().any(ProcId::alive)
-            || orphan.cgroup.as_deref().is_some_and(cgroup::populated)
-    };
-    send(signal);
-    let deadline = Instant::now() + grace;
-    while alive() && Instant::now() < deadline {
-        tokio::time::sleep(POLL).await;
-    }
-    if alive() {
-        tracing::warn!(instance = %orphan.instance_id, "still running {grace:?} after {}; sending SIGKILL", signal.as_str());
-        send(Signal::SIGKILL);
-        if let Some(path) = &orphan.cgroup {
-            cgroup::kill(path);
-        }
-        let deadline = Instant::now() + AFTER_KILL_WAIT;
-        while orphan.members.iter().any(ProcId::alive) && Instant::now() < deadline {
-            tokio::time::sleep(POLL).await;
-        }
-    }
-    if let Some(path) = &orphan.cgroup {
-        cgroup::end(path).await;
-    }
-    tracing::warn!(instance = %orphan.instance_id, "stopped");
 }
 
 #[cfg(test)]

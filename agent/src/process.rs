@@ -18,7 +18,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{ChildStderr, ChildStdout, Command};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
@@ -302,7 +302,7 @@ pub fn set_in_child(
                 let mut digits = [0u8; 10];
                 let pid = u32::try_from(nix::unistd::getpid().as_raw()).unwrap_or(0);
                 // Ignored on failure: see the function doc.
-                let _ = nix::unistd::write(fd, crate::cgroup::decimal(pid, &mut digits));
+                let _ = nix::unistd::write(fd, decimal(pid, &mut digits));
             }
             if let Some(set) = &affinity {
                 nix::sched::sched_setaffinity(Pid::from_raw(0), set).map_err(io::Error::from)?;
@@ -597,6 +597,36 @@ pub fn kill_all(pgid: u32, known: &[ProcId]) {
     }
 }
 
+/// Writes `n` in decimal into `buf` and returns the digits. Used between fork and exec, so it
+/// must not allocate.
+pub fn decimal(mut n: u32, buf: &mut [u8; 10]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// An I/O error's text without the "(os error N)" suffix, e.g. "No such file or directory".
+pub fn describe(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Now, in Unix milliseconds (the wall clock: what a user reads as "started at").
+pub fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -658,6 +688,21 @@ mod tests {
         assert_eq!(pids(10, 10), [10, 11, 12, 13]);
         assert_eq!(pids(20, 20), [20, 21]);
         assert_eq!(pids(99, 99), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn digits() {
+        let mut buf = [0u8; 10];
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(7, &mut buf), b"7");
+        assert_eq!(decimal(4_194_304, &mut buf), b"4194304");
+        assert_eq!(decimal(u32::MAX, &mut buf), b"4294967295");
+    }
+
+    #[test]
+    fn error_descriptions() {
+        let e = io::Error::from_raw_os_error(2);
+        assert_eq!(describe(&e), "No such file or directory");
     }
 
     #[test]

@@ -4,18 +4,88 @@
 //! One plain mutex guards it and is never held across an `.await`: every method takes the lock,
 //! copies or changes plain data, and returns. State changes that the coordinator must see fast
 //! (started, online, exited) ring [`State::changed`], which the link coalesces into a report.
+//!
+//! Also what every part of the agent shares ([`Agent`]: dirs, reaper, cgroups, shutdown tokens,
+//! the state) and the two messages to a supervisor that several layers send ([`Target`] from
+//! the desired set, [`Poke`] from the metrics pass). They live here, below logs, metrics, the
+//! supervisor and the link, so that none of those reaches up for them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use pmcluster_proto::v1 as pb;
 use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::logs::{log_path, log_streams};
-use crate::model::{HostSample, InstanceId, Status};
-use crate::process::ProcId;
-use crate::supervisor::{Poke, Target};
+use crate::cgroup::Cgroups;
+use crate::identity::Identity;
+use crate::orphans::{Marker, Orphan};
+use crate::ports::Ports;
+
+use crate::model::{Assignment, HostSample, InstanceId, Status};
+use crate::process::{ProcId, Reaper};
+
+/// What a supervisor must make its instance be. The latest value is all that matters, which is
+/// why it travels in a `watch` channel.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    /// The assignment last applied; `run` says whether the process should run.
+    pub assignment: Assignment,
+    /// The instance left the desired set: stop it and forget it.
+    pub remove: bool,
+    /// Bumped by every Start and Restart action. A supervisor that sees a new value (re)starts
+    /// its process at once, even if it was waiting out a backoff or had given up.
+    pub start_seq: u64,
+}
+
+/// Something the metrics pass asks of a supervisor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Poke {
+    /// The process tree of `pid` uses `rss` bytes, more than `limit`.
+    Memory { pid: u32, rss: u64, limit: u64 },
+}
+
+/// What every part of the agent shares.
+pub(crate) struct Agent {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// What the data dir remembers (see [`crate::identity`]); saved whenever it changes.
+    pub identity: Mutex<Identity>,
+    /// `DATA_DIR/logs`: instance stdout/stderr files.
+    pub logs_dir: PathBuf,
+    /// `DATA_DIR/instances`: one record per instance (see [`crate::persist`]).
+    pub instances_dir: PathBuf,
+    pub state: State,
+    pub ports: Ports,
+    pub reaper: Arc<Reaper>,
+    /// Every supervisor task.
+    pub supervisors: TaskTracker,
+    /// Cancelled at shutdown with `stop_instances_on_exit`: every supervisor stops its instance
+    /// and ends.
+    pub stop_instances: CancellationToken,
+    /// Cancelled at shutdown otherwise: every supervisor records its process and ends, leaving
+    /// it running.
+    pub detach: CancellationToken,
+    /// Mirrors `Inner::cleared` for supervisors to wait on.
+    pub cleared: watch::Sender<bool>,
+    /// Instances of the local state that did not run at startup: forgotten unless the first
+    /// desired set brings them back.
+    pub unclaimed: Mutex<Vec<InstanceId>>,
+    /// The origin of the restart policy's clock.
+    pub started: Instant,
+    /// See [`crate::Config::log_pump`].
+    pub log_pump: Option<PathBuf>,
+    /// Where instances' cgroups go (see [`crate::cgroup`]), if anywhere.
+    pub cgroups: Cgroups,
+    /// What marks this agent's instances and pumps (see [`crate::orphans`]).
+    pub marker: Marker,
+    /// Instances of no local record found at startup, until the coordinator's first desired
+    /// set settles them (see [`crate::orphans`]).
+    pub orphans: Mutex<Option<Vec<Orphan>>>,
+}
 
 /// Shared agent state; see the module doc.
 #[derive(Default)]
@@ -49,17 +119,6 @@ pub(crate) struct Entry {
     /// The processes of the instance at the last sample (leader, descendants, group), so that a
     /// stop also reaches descendants that left the group and outlived the leader.
     pub family: Vec<ProcId>,
-}
-
-/// What the metrics pass needs of one instance.
-#[derive(Clone, Debug)]
-pub(crate) struct SampleTarget {
-    pub id: InstanceId,
-    pub pid: Option<u32>,
-    pub max_memory: Option<u64>,
-    /// Its log files, size limit and files kept, for an instance that writes its files itself
-    /// (see [`crate::logs::rotate_copy_truncate`]).
-    pub logs: Option<(Vec<PathBuf>, u64, u32)>,
 }
 
 /// Where one instance's output goes, for the log reader.
@@ -165,57 +224,6 @@ impl State {
             self.changed.notify_one();
         }
         forgot
-    }
-
-    /// What the metrics pass samples and checks, one entry per instance.
-    pub fn sample_targets(&self, logs_dir: &std::path::Path) -> Vec<SampleTarget> {
-        self.lock()
-            .instances
-            .iter()
-            .map(|(id, e)| {
-                let target = e.target.borrow();
-                let spec = target.assignment.spec.as_ref().ok();
-                // Pumps rotate as they write; only an instance adopted from an agent that let it
-                // write its files directly needs the metrics pass (see `metrics::rotate_logs`).
-                let logs = spec.and_then(|spec| {
-                    let max = spec.supervision.log_max_bytes.filter(|m| *m > 0)?;
-                    let paths = log_streams(spec.merge_logs)
-                        .iter()
-                        .map(|s| log_path(logs_dir, &e.app, e.index, *s))
-                        .collect();
-                    Some((paths, max, spec.supervision.log_keep))
-                });
-                SampleTarget {
-                    id: id.clone(),
-                    pid: e.status.pid,
-                    max_memory: spec.and_then(|s| s.supervision.max_memory_restart),
-                    logs,
-                }
-            })
-            .collect()
-    }
-
-    /// Stores a metrics sample: per-instance cpu, memory and processes, and the host numbers.
-    pub fn record_metrics(
-        &self,
-        per_instance: &BTreeMap<InstanceId, crate::metrics::InstanceSample>,
-        host: HostSample,
-    ) {
-        let mut inner = self.lock();
-        for (id, entry) in inner.instances.iter_mut() {
-            match per_instance.get(id) {
-                Some(sample) if entry.status.pid.is_some() => {
-                    entry.status.cpu_percent = sample.cpu_percent;
-                    entry.status.memory_bytes = sample.rss_bytes;
-                    entry.family.clone_from(&sample.family);
-                }
-                _ => {
-                    entry.status.cpu_percent = 0.0;
-                    entry.status.memory_bytes = 0;
-                }
-            }
-        }
-        inner.host = host;
     }
 
     /// Passes a request to an instance's supervisor without waiting; false when its queue is

@@ -1,0 +1,714 @@
+//! Log pumps.
+//!
+//! Every instance writes its stdout and stderr into pipes, and one *pump* per instance reads
+//! them: a small helper process, the agent binary run as `pmcluster-agent log-pump --out FILE
+//! [--err FILE] ...` with the stdout pipe as its stdin and the stderr pipe as its fd 3 (one pipe
+//! and no `--err` with `merge_logs`). It appends what it reads to the files (stamping each line
+//! with `log_timestamps`) and rotates them as it writes: before a write would take a file past
+//! `log_max_size`, it writes what fits up to the last newline, renames the file to `.1` (the
+//! kept files shift, the oldest beyond `log_retain` goes) and opens a new one. So no file ever
+//! holds more than `log_max_size` (a line longer than that is cut over files), an instance's
+//! files per stream never more than `log_max_size × (log_retain + 1)`, and nothing is lost to a
+//! copy and truncate. Whatever an instance writes, the pump makes it wait only for the disk: it
+//! reads as fast as the pipe fills, holds at most one read buffer, and a full pipe makes the
+//! instance's write block, never grow a file past its bound.
+//!
+//! Why not let instances write their files directly (as they once did, rotated by copy and
+//! truncate once a second): then nothing bounds a file between two passes. A program writing
+//! 500 MB/s made files of gigabytes against a 10 MiB limit, and a host's disk is shared.
+//!
+//! Why a process of its own and not a task of the agent: a pipe whose reader is gone makes the
+//! writer's next write fail with EPIPE, and kill the writer with SIGPIPE unless it ignores it (a
+//! shell, most programs). Were the agent the reader, `kill -9` of the agent, its crash or its
+//! upgrade would kill every instance at its next line. The pump outlives the agent, so the
+//! instance keeps running and its lines keep arriving in the same files; the next agent finds
+//! the pump by its recorded pid (see `persist::SavedPump`) and leaves it alone, or starts a new
+//! one on a pipe nobody reads any more.
+//! The pump runs in its own process group, neither the agent's (Ctrl-C in the agent's terminal,
+//! or anything else aimed at the agent's group, would end it) nor the instance's (the stop
+//! signal and the SIGKILL sweep after the leader exits would end it before it read the last
+//! lines, which after a crash are the ones that matter, and it would count in the instance's
+//! memory and CPU). It needs no signal to end: it ends when its pipes do, that is when every
+//! process of the instance holding a write end has exited, so stopping the instance ends it.
+//! It also ignores SIGHUP, SIGINT, SIGQUIT and SIGTERM for the same reason, and names itself
+//! `pmcluster-pump`, so that `pkill pmcluster-agent` does not take it for the agent.
+//!
+//! An agent embedded in another process (tests) without a helper program pumps in threads of
+//! that process instead ([`pump`] is the same code): they end with that process.
+use std::fs::File;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use tokio::time::Instant;
+
+use super::{log_path, log_streams, rotate_by_rename};
+use crate::model::InstanceId;
+use crate::orphans::pump_markers;
+use crate::persist::SavedPump;
+use crate::process::{self, ProcId, describe};
+use crate::state::Agent;
+
+/// Bytes read from an instance's pipe at a time: the most one write of a pump adds to a file.
+pub const PUMP_READ: usize = 64 * 1024;
+/// Kernel buffer asked for each pipe: room for bursts while the pump waits for the disk.
+pub const PIPE_BUFFER: usize = 1 << 20;
+/// The agent binary's hidden subcommand that runs one pump.
+pub const PUMP_COMMAND: &str = "log-pump";
+/// A pump's process name (`comm`, at most 15 bytes).
+pub const PUMP_NAME: &std::ffi::CStr = c"pmcluster-pump";
+/// The pump's file descriptor for the stderr pipe (its stdin carries the stdout pipe).
+pub const PUMP_ERR_FD: i32 = 3;
+/// Prefixes every line that starts in `chunk` with `stamp` and a space. `at_line_start` carries
+/// over from the previous chunk (a line may span chunks).
+pub fn stamp_lines(chunk: &[u8], at_line_start: &mut bool, stamp: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + stamp.len() + 1);
+    for &b in chunk {
+        if *at_line_start {
+            out.extend_from_slice(stamp.as_bytes());
+            out.push(b' ');
+            *at_line_start = false;
+        }
+        out.push(b);
+        if b == b'\n' {
+            *at_line_start = true;
+        }
+    }
+    out
+}
+/// How many bytes of `bytes` go into a file that has `room` bytes left before its limit, the
+/// rest going into the next file: all when they fit; else up to the last newline that fits, so
+/// lines stay whole; else, in a file still empty, as much as fits (a line longer than a whole
+/// file is cut); else none (the file is rotated first).
+pub fn split_at_room(bytes: &[u8], room: u64, file_empty: bool) -> usize {
+    let room = usize::try_from(room).unwrap_or(usize::MAX);
+    if bytes.len() <= room {
+        return bytes.len();
+    }
+    match bytes[..room].iter().rposition(|b| *b == b'\n') {
+        Some(newline) => newline + 1,
+        None if file_empty => room,
+        None => 0,
+    }
+}
+/// Where a pump writes, how, and when it rotates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PumpTarget {
+    pub path: PathBuf,
+    /// Rotate before the file would pass this size; `None`: never.
+    pub max_bytes: Option<u64>,
+    pub keep: u32,
+    /// Stamp each line with the time it was read (`log_timestamps`).
+    pub timestamps: bool,
+}
+impl PumpTarget {
+    /// The arguments after [`PUMP_COMMAND`] that make a pump write to this target, and to `err`
+    /// (same settings, another path) what it reads on [`PUMP_ERR_FD`].
+    pub fn args(&self, err: Option<&Path>) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--out".into(), self.path.clone().into_os_string()];
+        if let Some(err) = err {
+            args.push("--err".into());
+            args.push(err.as_os_str().to_os_string());
+        }
+        if let Some(max) = self.max_bytes {
+            args.push("--max-bytes".into());
+            args.push(max.to_string().into());
+        }
+        args.push("--keep".into());
+        args.push(self.keep.to_string().into());
+        if self.timestamps {
+            args.push("--timestamps".into());
+        }
+        args
+    }
+}
+/// Appends output to a pump's file (stamped, with timestamps), rotating the file by rename
+/// before a write would take it past its limit.
+///
+/// A write that fails (disk full, log directory removed) is reported once and its bytes are
+/// dropped; the next write opens the file again. The pump never stops reading for it: an
+/// instance whose pipe has no reader dies, one whose pipe is not read blocks.
+pub struct LogWriter {
+    target: PumpTarget,
+    /// The open file and its size.
+    file: Option<(File, u64)>,
+    at_line_start: bool,
+    failing: bool,
+}
+impl LogWriter {
+    pub fn new(target: PumpTarget) -> LogWriter {
+        LogWriter {
+            target,
+            file: None,
+            at_line_start: true,
+            failing: false,
+        }
+    }
+
+    /// Appends `chunk` (its lines stamped with the time now, with timestamps).
+    pub fn write(&mut self, chunk: &[u8]) {
+        let result = if self.target.timestamps {
+            let stamp = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            let bytes = stamp_lines(chunk, &mut self.at_line_start, &stamp);
+            self.append(&bytes)
+        } else {
+            self.append(chunk)
+        };
+        let path = &self.target.path;
+        match result {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("writing {} again", path.display());
+            }
+            Ok(()) => {}
+            Err(e) => {
+                self.file = None;
+                if !self.failing {
+                    self.failing = true;
+                    tracing::warn!(
+                        "writing {}: {e}; dropping its output until it works",
+                        path.display()
+                    );
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if let Some((file, _)) = &self.file
+            && file.metadata()?.nlink() == 0
+        {
+            // Removed (`rm`, the log directory deleted): write where `logs` will look.
+            self.file = None;
+        }
+        while !bytes.is_empty() {
+            if self.file.is_none() {
+                let file = open_append(&self.target.path)?;
+                let len = file.metadata()?.len();
+                self.file = Some((file, len));
+            }
+            let Some((file, len)) = self.file.as_mut() else {
+                return Err(io::Error::other("no log file"));
+            };
+            let n = match self.target.max_bytes {
+                None => bytes.len(),
+                Some(max) => split_at_room(bytes, max.saturating_sub(*len), *len == 0),
+            };
+            file.write_all(&bytes[..n])?;
+            *len += n as u64;
+            bytes = &bytes[n..];
+            if !bytes.is_empty() {
+                // Full: what is left goes into a fresh file.
+                self.file = None;
+                rotate_by_rename(&self.target.path, self.target.keep)?;
+            }
+        }
+        Ok(())
+    }
+}
+/// Copies one pipe into its log file (stamped, with timestamps) until the pipe ends (every
+/// process holding its write end exited). Blocking: the body of a pump, or of a pump thread.
+pub fn pump(mut input: impl Read, target: PumpTarget) -> io::Result<()> {
+    let mut writer = LogWriter::new(target);
+    let mut buf = vec![0u8; PUMP_READ];
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => writer.write(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+/// The `log-pump` process: pumps its stdin (an instance's stdout pipe) into `out` and, with
+/// `err`, its fd [`PUMP_ERR_FD`] (the stderr pipe) into that, each in a thread, until both pipes
+/// end. See the section doc for why it ignores the usual termination signals.
+pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    // Blocked, not handled: they stay pending and never end the process. Before any thread
+    // starts, so that every thread inherits the mask.
+    let mut blocked = SigSet::empty();
+    for signal in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+    ] {
+        blocked.add(signal);
+    }
+    blocked.thread_block().map_err(io::Error::from)?;
+    if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
+        tracing::debug!("cannot set the process name: {e}");
+    }
+    let stdout_pipe = blocking_input(std::io::stdin().as_fd().try_clone_to_owned()?)?;
+    let err_pump = match err {
+        Some(target) => {
+            // The agent put the stderr pipe there (see `spawn_pump_process`). Opened again
+            // through /proc rather than taken over by number, which would need `unsafe`.
+            let file = File::open(format!("/proc/self/fd/{PUMP_ERR_FD}"))?;
+            if !file.metadata()?.file_type().is_fifo() {
+                return Err(io::Error::other(format!(
+                    "fd {PUMP_ERR_FD} is not the instance's stderr pipe"
+                )));
+            }
+            let pipe = blocking_input(std::os::fd::OwnedFd::from(file))?;
+            // A small stack: the thread only reads and writes through one buffer on the heap.
+            Some(
+                std::thread::Builder::new()
+                    .name("pump-err".to_string())
+                    .stack_size(64 * 1024)
+                    .spawn(move || pump(File::from(pipe), target))?,
+            )
+        }
+        None => None,
+    };
+    let out_result = pump(File::from(stdout_pipe), out);
+    let err_result = match err_pump {
+        Some(thread) => thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the stderr pump thread panicked"))),
+        None => Ok(()),
+    };
+    out_result.and(err_result)
+}
+/// A pipe to read from, made blocking: one reopened through /proc may have been opened
+/// non-blocking, and a pump's loop blocks.
+fn blocking_input(input: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
+    let flags = rustix::fs::fcntl_getfl(&input)?;
+    if flags.contains(rustix::fs::OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(&input, flags - rustix::fs::OFlags::NONBLOCK)?;
+    }
+    Ok(input)
+}
+fn open_append(path: &Path) -> io::Result<File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    match open() {
+        // The directory may have been removed under a running instance; recreate it.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            open()
+        }
+        other => other,
+    }
+}
+/// How long an exit or stop waits for the instance's log pump to drain its pipes.
+const PUMP_DRAIN_WAIT: Duration = Duration::from_millis(500);
+
+/// The read end of one of an instance's output pipes, for its pump.
+pub(crate) struct PumpPipe {
+    reader: OwnedFd,
+    target: PumpTarget,
+    /// The instance's file descriptor it is on (1, or 2).
+    fd: u32,
+}
+/// An instance's stdout and stderr: the write ends of its pipes (one for both with
+/// `merge_logs`), and the read ends for its pump.
+pub(crate) type Output = (Stdio, Stdio, Vec<PumpPipe>);
+pub(crate) fn output(
+    logs_dir: &Path,
+    app: &str,
+    index: u32,
+    spec: &AppSpec,
+) -> Result<Output, String> {
+    std::fs::create_dir_all(logs_dir)
+        .map_err(|e| format!("cannot create {}: {}", logs_dir.display(), describe(&e)))?;
+    let pipe_error = |e: io::Error| format!("cannot make a pipe: {}", describe(&e));
+    let mut pumps = Vec::new();
+    let mut ends = Vec::new();
+    for (&stream, fd) in log_streams(spec.merge_logs).iter().zip([1, 2]) {
+        let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| pipe_error(e.into()))?;
+        // Best effort: the default (64 KiB) works, only with less room for bursts.
+        let _ = rustix::pipe::fcntl_setpipe_size(&reader, PIPE_BUFFER);
+        pumps.push(PumpPipe {
+            reader,
+            target: pump_target(logs_dir, app, index, stream, spec),
+            fd,
+        });
+        ends.push(writer);
+    }
+    let (stdout, stderr) = match (ends.pop(), ends.pop()) {
+        // Two pipes: the last made is stderr's.
+        (Some(err), Some(out)) => (out, err),
+        (Some(both), None) => (both.try_clone().map_err(pipe_error)?, both),
+        _ => return Err("cannot make a pipe".to_string()),
+    };
+    Ok((stdout.into(), stderr.into(), pumps))
+}
+fn pump_target(
+    logs_dir: &Path,
+    app: &str,
+    index: u32,
+    stream: pb::LogStream,
+    spec: &AppSpec,
+) -> PumpTarget {
+    let path = log_path(logs_dir, app, index, stream);
+    PumpTarget {
+        // The pump runs in `/`, so that it holds no directory busy.
+        path: std::path::absolute(&path).unwrap_or(path),
+        max_bytes: spec.supervision.log_max_bytes.filter(|m| *m > 0),
+        keep: spec.supervision.log_keep,
+        timestamps: spec.supervision.log_timestamps,
+    }
+}
+/// Starts the pump of an instance's output pipes (see the module doc for why it is a
+/// process): the agent's `log-pump` helper in a process group of its own, with the first pipe
+/// as its stdin and the second (if any) as its fd [`PUMP_ERR_FD`]; returns it for the
+/// instance's record, once per pipe. Without a helper program, or when it cannot be started,
+/// threads of the agent pump instead (which the agent's exit ends).
+pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -> Vec<SavedPump> {
+    if pipes.is_empty() {
+        return Vec::new();
+    }
+    if let Some(program) = &agent.log_pump {
+        match spawn_pump_process(agent, program, id, &pipes) {
+            Ok(pump) => {
+                return pipes
+                    .iter()
+                    .map(|p| SavedPump {
+                        fd: p.fd,
+                        ..pump.clone()
+                    })
+                    .collect();
+            }
+            Err(e) => tracing::warn!(
+                instance = %id,
+                "cannot start the log pump {}: {}; pumping in the agent, which its exit ends",
+                program.display(),
+                describe(&e),
+            ),
+        }
+    }
+    for p in pipes {
+        let path = p.target.path.clone();
+        let target = p.target;
+        let reader = p.reader;
+        let thread = std::thread::Builder::new()
+            .name("log-pump".to_string())
+            .spawn(move || {
+                if let Err(e) = pump(std::fs::File::from(reader), target) {
+                    tracing::warn!("pumping into {}: {e}", path.display());
+                }
+            });
+        if let Err(e) = thread {
+            tracing::error!(instance = %id, "cannot start a log pump thread: {e}; its output is lost");
+        }
+    }
+    Vec::new()
+}
+fn spawn_pump_process(
+    agent: &Agent,
+    program: &Path,
+    id: &InstanceId,
+    pipes: &[PumpPipe],
+) -> io::Result<SavedPump> {
+    let (first, second) = match pipes {
+        [first] => (first, None),
+        [first, second] => (first, Some(second)),
+        _ => return Err(io::Error::other("a pump reads one or two pipes")),
+    };
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg0("pmcluster-agent")
+        .arg(PUMP_COMMAND)
+        .args(first.target.args(second.map(|p| p.target.path.as_path())))
+        .envs(pump_markers(&agent.marker, id))
+        .stdin(Stdio::from(first.reader.try_clone()?))
+        .stdout(Stdio::null())
+        // Its rare messages go where the agent's go.
+        .stderr(Stdio::inherit())
+        .current_dir("/")
+        .process_group(0);
+    if let Some(second) = second {
+        process::pass_fd(&mut cmd, second.reader.try_clone()?, PUMP_ERR_FD);
+    }
+    let spawned = agent.reaper.spawn(&mut cmd)?;
+    // The reaper reaps it; nobody waits for its exit: it ends with its pipes.
+    let pid = ProcId::of(spawned.pid).unwrap_or(ProcId {
+        pid: spawned.pid,
+        start_ticks: 0,
+    });
+    Ok(SavedPump {
+        pid: pid.pid,
+        start_ticks: pid.start_ticks,
+        fd: first.fd,
+    })
+}
+/// The pumps of an adopted instance: those recorded that still run, and a new one for the
+/// pipes nobody reads any more (a pump died while no agent ran, or the instance was started by
+/// an agent that pumped in-process). A new pump opens the pipe through `/proc/PID/fd/N`, which
+/// gives a new read end of the same pipe. An instance that writes its files directly (started
+/// by an older agent) has no pipe and gets no pump.
+pub(crate) fn keep_pumping(
+    agent: &Agent,
+    id: &InstanceId,
+    pid: u32,
+    app: &str,
+    index: u32,
+    spec: &AppSpec,
+    recorded: &[SavedPump],
+) -> Vec<SavedPump> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut pumps = Vec::new();
+    let mut orphaned = Vec::new();
+    for (&stream, fd) in log_streams(spec.merge_logs).iter().zip([1u32, 2]) {
+        let running = recorded.iter().find(|p| {
+            p.fd == fd
+                && ProcId {
+                    pid: p.pid,
+                    start_ticks: p.start_ticks,
+                }
+                .alive()
+        });
+        if let Some(p) = running {
+            pumps.push(p.clone());
+            continue;
+        }
+        let path = format!("/proc/{pid}/fd/{fd}");
+        // Non-blocking: opening a pipe for reading waits for a writer, and the instance may be
+        // just exiting. The pump reads it blocking again.
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&path);
+        match opened {
+            Ok(f) if f.metadata().is_ok_and(|m| m.file_type().is_fifo()) => {
+                let fd_owned = OwnedFd::from(f);
+                if let Err(e) = rustix::fs::fcntl_setfl(&fd_owned, rustix::fs::OFlags::empty()) {
+                    tracing::warn!(pid, "cannot make {path} blocking: {e}");
+                    continue;
+                }
+                tracing::info!(pid, "its log pump for fd {fd} is gone; starting another");
+                orphaned.push(PumpPipe {
+                    reader: fd_owned,
+                    target: pump_target(&agent.logs_dir, app, index, stream, spec),
+                    fd,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(pid, "cannot reopen {path} for its logs: {e}"),
+        }
+    }
+    pumps.extend(spawn_pump(agent, id, orphaned));
+    pumps
+}
+/// Waits (briefly) until the pumps of a process that ended have written what was left in its
+/// pipes and ended, so that its last lines are in its files once its exit is reported (and
+/// before a restart writes more). A pump whose pipe some escaped process still holds open is
+/// not waited for longer than [`PUMP_DRAIN_WAIT`].
+pub(crate) async fn drained(pumps: &[SavedPump]) {
+    let deadline = Instant::now() + PUMP_DRAIN_WAIT;
+    let alive = || {
+        pumps.iter().any(|p| {
+            ProcId {
+                pid: p.pid,
+                start_ticks: p.start_ticks,
+            }
+            .alive()
+        })
+    };
+    while alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::logs::rotated;
+
+    #[test]
+    fn stamps() {
+        // (chunks, at line start before) -> output
+        let cases: [(&[&[u8]], &str); 5] = [
+            (&[b"a\nb\n"], "T a\nT b\n"),
+            (&[b"par", b"tial\nnext"], "T partial\nT next"),
+            (&[b"\n\n"], "T \nT \n"),
+            (&[b"x", b"\n", b"y\n"], "T x\nT y\n"),
+            (&[b""], ""),
+        ];
+        for (chunks, want) in cases {
+            let mut start = true;
+            let got: Vec<u8> = chunks
+                .iter()
+                .flat_map(|c| stamp_lines(c, &mut start, "T"))
+                .collect();
+            assert_eq!(String::from_utf8_lossy(&got), want, "{chunks:?}");
+        }
+    }
+    #[test]
+    fn pump_stamps_and_ends_with_the_pipe() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.log");
+        let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+        let target = PumpTarget {
+            path: path.clone(),
+            max_bytes: None,
+            keep: 0,
+            timestamps: true,
+        };
+        let pumping = std::thread::spawn(move || pump(File::from(reader), target));
+        let mut w = File::from(writer);
+        w.write_all(b"one\ntwo\n").expect("write");
+        drop(w);
+        let ended = pumping.join().expect("pump thread");
+        assert!(ended.is_ok(), "pump ends at EOF: {ended:?}");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("Z one") && lines[1].ends_with("Z two"),
+            "{text}"
+        );
+    }
+    #[test]
+    fn stamper_rotates_by_rename_and_survives_a_removed_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        let path = logs.join("r.log");
+        // "<24-byte stamp> line NN\n" is 33 bytes: two lines fit, a third would not.
+        let mut stamper = LogWriter::new(PumpTarget {
+            path: path.clone(),
+            max_bytes: Some(70),
+            keep: 2,
+            timestamps: true,
+        });
+        for i in 0..7 {
+            stamper.write(format!("line {i:02}\n").as_bytes());
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let ends = |p: &Path| -> Vec<String> {
+            read(p)
+                .lines()
+                .map(|l| l.split_once(' ').map_or("", |(_, rest)| rest).to_string())
+                .collect()
+        };
+        // 7 lines: [0 1] dropped, [2 3] in .2, [4 5] in .1, [6] live.
+        assert_eq!(ends(&rotated(&path, 2)), ["line 02", "line 03"]);
+        assert_eq!(ends(&rotated(&path, 1)), ["line 04", "line 05"]);
+        assert_eq!(ends(&path), ["line 06"]);
+        assert!(!rotated(&path, 3).exists());
+        // The directory removed under the pump: it is made again at the next write.
+        std::fs::remove_dir_all(&logs).expect("rm");
+        stamper.write(b"after\n");
+        assert_eq!(ends(&path), ["after"]);
+    }
+    #[test]
+    fn splits_at_the_room_left() {
+        // (bytes, room, file empty) -> bytes into this file
+        let cases: [(&[u8], u64, bool, usize); 8] = [
+            (b"abc\n", 10, false, 4),
+            (b"abc\n", 4, false, 4),
+            (b"ab\ncd\nef\n", 7, false, 6),
+            (b"ab\ncd\nef\n", 2, false, 0),
+            (b"ab\ncd\nef\n", 2, true, 2),
+            (b"abcdef", 3, true, 3),
+            (b"abcdef", 3, false, 0),
+            (b"", 0, false, 0),
+        ];
+        for (bytes, room, empty, want) in cases {
+            let got = split_at_room(bytes, room, empty);
+            assert_eq!(
+                got,
+                want,
+                "{:?} room {room} empty {empty}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+    /// Whatever the chunks, no file passes the limit, no more than `keep` rotated files stay,
+    /// and what they hold is the newest output, in order, lines whole.
+    #[test]
+    fn plain_writer_never_passes_the_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("flood.log");
+        let max = 1000u64;
+        let mut writer = LogWriter::new(PumpTarget {
+            path: path.clone(),
+            max_bytes: Some(max),
+            keep: 2,
+            timestamps: false,
+        });
+        let mut all = Vec::new();
+        for i in 0..2000u32 {
+            // Lines of 6 to 60 bytes, written in chunks of 1 to ~3000 bytes that cut lines.
+            let line = format!("{i:05} {}\n", "x".repeat((i as usize * 7) % 55));
+            all.extend_from_slice(line.as_bytes());
+            if i % 37 == 0 {
+                writer.write(&all);
+                all.clear();
+            }
+        }
+        writer.write(&all);
+        let mut kept = Vec::new();
+        for p in [rotated(&path, 2), rotated(&path, 1), path.clone()] {
+            let bytes = std::fs::read(&p).expect("read");
+            assert!(
+                bytes.len() as u64 <= max,
+                "{}: {} bytes",
+                p.display(),
+                bytes.len()
+            );
+            assert!(bytes.ends_with(b"\n"), "{}: a line was cut", p.display());
+            kept.extend(bytes);
+        }
+        assert!(!rotated(&path, 3).exists());
+        let text = String::from_utf8(kept).expect("utf8");
+        let numbers: Vec<u32> = text
+            .lines()
+            .map(|l| l[..5].parse().expect("a numbered line"))
+            .collect();
+        assert_eq!(numbers.last(), Some(&1999));
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+    #[test]
+    fn pump_arguments() {
+        let target = PumpTarget {
+            path: PathBuf::from("/l/a-0-out.log"),
+            max_bytes: Some(1024),
+            keep: 3,
+            timestamps: true,
+        };
+        let args: Vec<String> = target
+            .args(Some(Path::new("/l/a-0-err.log")))
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "--out",
+                "/l/a-0-out.log",
+                "--err",
+                "/l/a-0-err.log",
+                "--max-bytes",
+                "1024",
+                "--keep",
+                "3",
+                "--timestamps"
+            ]
+        );
+        let plain = PumpTarget {
+            max_bytes: None,
+            timestamps: false,
+            ..target
+        };
+        assert_eq!(plain.args(None).len(), 4);
+        assert!(PUMP_NAME.to_bytes().len() <= 15);
+    }
+}

@@ -1,0 +1,286 @@
+//! Answers the coordinator's `LogRequest`s with `LogChunk`s: history from [`super::tail`], then
+//! (with follow) new lines as they come, through the link's bounded log queue.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pmcluster_proto::v1 as pb;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::tail::{Follower, read_last_lines_rotated};
+use super::{
+    CHUNK_BYTES, CHUNK_LINES, DEFAULT_LINES, FOLLOW_POLL, MAX_LINES, log_path, log_streams,
+};
+use crate::model::InstanceId;
+use crate::state::{Agent, LogSource};
+
+/// The log requests of one link session. Dropping it aborts every task (the session ended).
+pub(crate) struct LogRequests {
+    agent: Arc<Agent>,
+    out: mpsc::Sender<pb::AgentMessage>,
+    /// Each task returns its request id and its serial number.
+    tasks: JoinSet<(u64, u64)>,
+    /// Cancel handles of running requests, with the serial of the task that owns the id.
+    cancels: BTreeMap<u64, (u64, CancellationToken)>,
+    next_serial: u64,
+}
+impl LogRequests {
+    pub fn new(agent: Arc<Agent>, out: mpsc::Sender<pb::AgentMessage>) -> LogRequests {
+        LogRequests {
+            agent,
+            out,
+            tasks: JoinSet::new(),
+            cancels: BTreeMap::new(),
+            next_serial: 0,
+        }
+    }
+
+    /// Starts answering one request.
+    pub fn start(&mut self, req: pb::LogRequest) {
+        let ids: Vec<InstanceId> = req.instance_ids.iter().map(InstanceId::new).collect();
+        let cancel = CancellationToken::new();
+        self.next_serial += 1;
+        let serial = self.next_serial;
+        if let Some((_, old)) = self
+            .cancels
+            .insert(req.request_id, (serial, cancel.clone()))
+        {
+            // The coordinator reused an id: the new request replaces the old one.
+            old.cancel();
+        }
+        let job = Job {
+            request_id: req.request_id,
+            node: self.agent.node_name.clone(),
+            logs_dir: self.agent.logs_dir.clone(),
+            sources: self.agent.state.log_sources(&ids),
+            lines: match req.lines {
+                0 => DEFAULT_LINES,
+                n => n.min(MAX_LINES),
+            },
+            follow: req.follow,
+            out: self.out.clone(),
+            cancel,
+        };
+        let request_id = req.request_id;
+        self.tasks.spawn(async move {
+            job.run().await;
+            (request_id, serial)
+        });
+    }
+
+    pub fn cancel(&mut self, request_id: u64) {
+        if let Some((_, cancel)) = self.cancels.remove(&request_id) {
+            cancel.cancel();
+        }
+    }
+
+    /// Waits for a task to finish and forgets it; pending forever when there is none.
+    pub async fn reap(&mut self) {
+        match self.tasks.join_next().await {
+            Some(Ok((request_id, serial))) => {
+                // Only forget the handle if no newer request took over the id.
+                if self
+                    .cancels
+                    .get(&request_id)
+                    .is_some_and(|(owner, _)| *owner == serial)
+                {
+                    self.cancels.remove(&request_id);
+                }
+            }
+            Some(Err(e)) => tracing::error!("log task failed: {e}"),
+            None => std::future::pending().await,
+        }
+    }
+}
+impl Drop for LogRequests {
+    fn drop(&mut self) {
+        for (_, cancel) in self.cancels.values() {
+            cancel.cancel();
+        }
+    }
+}
+/// One request being answered.
+struct Job {
+    request_id: u64,
+    node: String,
+    logs_dir: PathBuf,
+    sources: Result<Vec<LogSource>, Vec<InstanceId>>,
+    lines: u32,
+    follow: bool,
+    out: mpsc::Sender<pb::AgentMessage>,
+    cancel: CancellationToken,
+}
+/// One followed file and what its lines are labelled with.
+struct Stream {
+    source: LogSource,
+    stream: pb::LogStream,
+    follower: Follower,
+}
+impl Job {
+    async fn run(self) {
+        let sources = match &self.sources {
+            Ok(s) => s.clone(),
+            Err(unknown) => {
+                let ids: Vec<&str> = unknown.iter().map(InstanceId::as_str).collect();
+                let error = format!("unknown instance on this node: {}", ids.join(", "));
+                self.send(Vec::new(), true, error).await;
+                return;
+            }
+        };
+        let mut history = Vec::new();
+        let mut streams = Vec::new();
+        for source in &sources {
+            if pmcluster_spec::app::validate_name(&source.app).is_err() {
+                // An invalid spec never ran, so it has no files; its name may not be a safe path.
+                continue;
+            }
+            for &stream in log_streams(source.merged) {
+                let path = log_path(&self.logs_dir, &source.app, source.index, stream);
+                let n = usize::try_from(self.lines).unwrap_or(usize::MAX);
+                let read_path = path.clone();
+                let follow = self.follow;
+                let read = tokio::task::spawn_blocking(move || {
+                    let tail = read_last_lines_rotated(&read_path, n)?;
+                    let follower = follow.then(|| Follower::new(read_path, &tail));
+                    io::Result::Ok((tail, follower))
+                });
+                let (mut tail, follower) = match read.await {
+                    Ok(Ok(read)) => read,
+                    Ok(Err(e)) => {
+                        let error = format!("cannot read {}: {e}", path.display());
+                        self.send(history, true, error).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!("log reader failed: {e}");
+                        self.send(history, true, "log reader failed".into()).await;
+                        return;
+                    }
+                };
+                let label = |line: String| self.line(source, stream, line);
+                history.extend(std::mem::take(&mut tail.lines).into_iter().map(&label));
+                if let Some(follower) = follower {
+                    streams.push(Stream {
+                        source: source.clone(),
+                        stream,
+                        follower,
+                    });
+                } else if !tail.partial.is_empty() {
+                    history.push(label(std::mem::take(&mut tail.partial)));
+                }
+            }
+        }
+        if !self.follow {
+            self.send(history, true, String::new()).await;
+            return;
+        }
+        if !history.is_empty() && !self.send(history, false, String::new()).await {
+            return;
+        }
+        self.follow(streams).await;
+    }
+
+    async fn follow(&self, mut streams: Vec<Stream>) {
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    // Tell the coordinator the request is closed; it may not be listening any more,
+                    // so do not wait for room.
+                    let _ = self.out.try_send(self.chunk(Vec::new(), true, String::new()));
+                    return;
+                }
+                () = tokio::time::sleep(FOLLOW_POLL) => {}
+            }
+            let node = self.node.clone();
+            let polled = tokio::task::spawn_blocking(move || {
+                let mut lines = Vec::new();
+                for s in &mut streams {
+                    match s.follower.poll() {
+                        Ok(new) => lines.extend(new.into_iter().map(|line| pb::LogLine {
+                            app: s.source.app.clone(),
+                            index: s.source.index,
+                            node: node.clone(),
+                            stream: s.stream.into(),
+                            line,
+                        })),
+                        Err(e) => tracing::debug!("following {}: {e}", s.follower.path().display()),
+                    }
+                }
+                (streams, lines)
+            })
+            .await;
+            let lines;
+            (streams, lines) = match polled {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!("log follower failed: {e}");
+                    return;
+                }
+            };
+            if !lines.is_empty() && !self.send(lines, false, String::new()).await {
+                return;
+            }
+        }
+    }
+
+    fn line(&self, source: &LogSource, stream: pb::LogStream, line: String) -> pb::LogLine {
+        pb::LogLine {
+            app: source.app.clone(),
+            index: source.index,
+            node: self.node.clone(),
+            stream: stream.into(),
+            line,
+        }
+    }
+
+    fn chunk(&self, lines: Vec<pb::LogLine>, eof: bool, error: String) -> pb::AgentMessage {
+        pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::LogChunk(pb::LogChunk {
+                request_id: self.request_id,
+                lines,
+                eof,
+                error,
+            })),
+        }
+    }
+
+    /// Sends `lines` in chunks of at most [`CHUNK_LINES`] lines and [`CHUNK_BYTES`] bytes, `eof`
+    /// and `error` on the last one. Returns false when the request was cancelled or the link is
+    /// gone.
+    async fn send(&self, lines: Vec<pb::LogLine>, eof: bool, error: String) -> bool {
+        let mut chunks: Vec<Vec<pb::LogLine>> = Vec::new();
+        let mut current = Vec::new();
+        let mut bytes = 0usize;
+        for line in lines {
+            if current.len() >= CHUNK_LINES || bytes + line.line.len() > CHUNK_BYTES {
+                chunks.push(std::mem::take(&mut current));
+                bytes = 0;
+            }
+            bytes += line.line.len();
+            current.push(line);
+        }
+        if !current.is_empty() || chunks.is_empty() {
+            chunks.push(current);
+        }
+        let last = chunks.len() - 1;
+        for (i, lines) in chunks.into_iter().enumerate() {
+            let msg = if i == last {
+                self.chunk(lines, eof, error.clone())
+            } else {
+                self.chunk(lines, false, String::new())
+            };
+            let sent = tokio::select! {
+                () = self.cancel.cancelled() => false,
+                r = self.out.send(msg) => r.is_ok(),
+            };
+            if !sent {
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,356 @@
+//! Reading an instance's files: its last lines (backwards from the end, never the whole file,
+//! continuing into the rotated file) and following it as it grows, is truncated or replaced.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::{MAX_LINE_BYTES, rotated};
+
+/// How far back from the end a history read looks at most.
+const MAX_SCAN_BYTES: u64 = 8 << 20;
+/// Most bytes read from a followed file per poll.
+const MAX_FOLLOW_READ: u64 = 1 << 20;
+
+/// The end of a file as read by [`read_last_lines`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tail {
+    /// Last complete lines, oldest first, without their newline.
+    pub lines: Vec<String>,
+    /// Text after the last newline (a line still being written); empty when none.
+    pub partial: String,
+    /// File offset just after the last newline: where a follower starts.
+    pub end: u64,
+    /// Device and inode, to notice the file being replaced.
+    pub ident: Option<(u64, u64)>,
+}
+/// Reads the last `n` complete lines of `path` (and any unterminated last line), reading backwards
+/// in blocks from the end. A missing file reads as empty.
+pub fn read_last_lines(path: &Path, n: usize) -> io::Result<Tail> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Tail::default()),
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    let len = meta.len();
+    let ident = Some((meta.dev(), meta.ino()));
+    const BLOCK: u64 = 8 * 1024;
+    // Blocks read so far, last block first.
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    let mut start = len;
+    let mut newlines = 0usize;
+    let floor = len.saturating_sub(MAX_SCAN_BYTES);
+    // n complete lines need n newlines for their ends, plus one more before the oldest so it is
+    // known to be whole (or the start of the file). The file's last newline ends the newest line.
+    while start > floor && newlines <= n {
+        let size = BLOCK.min(start - floor);
+        start -= size;
+        file.seek(SeekFrom::Start(start))?;
+        let mut block = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        file.read_exact(&mut block)?;
+        newlines += block.iter().filter(|b| **b == b'\n').count();
+        blocks.push(block);
+    }
+    let data: Vec<u8> = blocks.into_iter().rev().flatten().collect();
+    let mut segments: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
+    // The last segment follows the last newline: a partial line, or empty.
+    let partial = segments.pop().unwrap_or_default();
+    if start > 0 && !segments.is_empty() {
+        // The first segment may begin mid-line.
+        segments.remove(0);
+    }
+    let skip = segments.len().saturating_sub(n);
+    let lines = segments[skip..].iter().map(|s| line_text(s)).collect();
+    Ok(Tail {
+        lines,
+        partial: line_text(partial),
+        end: len - partial.len() as u64,
+        ident,
+    })
+}
+/// As [`read_last_lines`], topped up from the last rotated file (`.1`) when the live file holds
+/// fewer than `n` lines (it was just rotated), so that `logs --lines` shows as much right after
+/// a rotation as before it.
+pub fn read_last_lines_rotated(path: &Path, n: usize) -> io::Result<Tail> {
+    let mut tail = read_last_lines(path, n)?;
+    let missing = n.saturating_sub(tail.lines.len());
+    if missing > 0 {
+        let older = read_last_lines(&rotated(path, 1), missing)?;
+        // A rotated file ends where the live one starts: its unterminated last line (cut only
+        // when longer than a whole file) is as complete as it gets.
+        let mut lines = older.lines;
+        if !older.partial.is_empty() {
+            lines.push(older.partial);
+        }
+        let skip = lines.len().saturating_sub(missing);
+        lines.drain(..skip);
+        lines.append(&mut tail.lines);
+        tail.lines = lines;
+    }
+    Ok(tail)
+}
+/// One line's text: lossy UTF-8, no trailing `\r`, cut at [`MAX_LINE_BYTES`].
+fn line_text(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+    let cut = &bytes[..bytes.len().min(MAX_LINE_BYTES)];
+    String::from_utf8_lossy(cut).into_owned()
+}
+/// Follows one file from an offset: new complete lines as it grows; starts over when the file is
+/// truncated or replaced (rotation, `rm` and recreate).
+///
+/// It keeps the file it reads open, like `tail -F`: that is how a replacement is told apart from
+/// the same file even when the new one gets the old inode number back.
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    offset: u64,
+    /// Bytes after the last newline read so far.
+    pending: Vec<u8>,
+}
+fn ident(meta: &std::fs::Metadata) -> (u64, u64) {
+    (meta.dev(), meta.ino())
+}
+impl Follower {
+    /// The file it follows.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Follows `path` from where `tail` (read from it just before) ended. Blocking file I/O.
+    pub fn new(path: PathBuf, tail: &Tail) -> Follower {
+        let file = File::open(&path).ok();
+        let same = match (&file, tail.ident) {
+            (Some(f), Some(id)) => f.metadata().is_ok_and(|m| ident(&m) == id),
+            _ => false,
+        };
+        Follower {
+            path,
+            file,
+            offset: if same { tail.end } else { 0 },
+            pending: Vec::new(),
+        }
+    }
+
+    /// New complete lines since the last call. Blocking file I/O: call from the blocking pool.
+    pub fn poll(&mut self) -> io::Result<Vec<String>> {
+        let on_disk = match std::fs::metadata(&self.path) {
+            Ok(m) => Some(ident(&m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let held = match &self.file {
+            Some(f) => Some(ident(&f.metadata()?)),
+            None => None,
+        };
+        if on_disk.is_some() && on_disk != held {
+            // Rotated (renamed away) or replaced: what is left of the old file first, then the
+            // new file, whose content is all new.
+            if let Some(file) = &self.file {
+                let len = file.metadata()?.len();
+                if len > self.offset {
+                    return self.read_held(len);
+                }
+            }
+            self.file = Some(File::open(&self.path)?);
+            self.offset = 0;
+            if !self.pending.is_empty() {
+                // The old file ended mid-line: that line is complete as far as it goes.
+                let line = line_text(&std::mem::take(&mut self.pending));
+                let mut lines = vec![line];
+                let len = self.held_len()?;
+                lines.extend(self.read_held(len)?);
+                return Ok(lines);
+            }
+        }
+        let len = self.held_len()?;
+        if len < self.offset {
+            // Truncated (`> file`): start over.
+            self.offset = 0;
+            self.pending.clear();
+        }
+        self.read_held(len)
+    }
+
+    fn held_len(&self) -> io::Result<u64> {
+        match &self.file {
+            Some(f) => Ok(f.metadata()?.len()),
+            None => Ok(0),
+        }
+    }
+
+    /// Complete lines of the held file from the offset towards `len` (at most
+    /// [`MAX_FOLLOW_READ`] bytes).
+    fn read_held(&mut self, len: u64) -> io::Result<Vec<String>> {
+        let Some(file) = &mut self.file else {
+            return Ok(Vec::new());
+        };
+        if len <= self.offset {
+            return Ok(Vec::new());
+        }
+        let want = (len - self.offset).min(MAX_FOLLOW_READ);
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut buf = Vec::new();
+        file.take(want).read_to_end(&mut buf)?;
+        self.offset += buf.len() as u64;
+        self.pending.extend_from_slice(&buf);
+        let mut lines = Vec::new();
+        let mut rest: &[u8] = &self.pending;
+        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+            lines.push(line_text(&rest[..pos]));
+            rest = &rest[pos + 1..];
+        }
+        // An endless line without newline is flushed in pieces rather than buffered forever.
+        if rest.len() >= MAX_LINE_BYTES {
+            lines.push(line_text(rest));
+            rest = &[];
+        }
+        self.pending = rest.to_vec();
+        Ok(lines)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn file_with(content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = match tempfile::NamedTempFile::new() {
+            Ok(f) => f,
+            Err(e) => panic!("temp file: {e}"),
+        };
+        if let Err(e) = f.write_all(content) {
+            panic!("write: {e}");
+        }
+        f
+    }
+    fn check(content: &[u8], n: usize, want_lines: &[&str], want_partial: &str) {
+        let f = file_with(content);
+        let tail = match read_last_lines(f.path(), n) {
+            Ok(t) => t,
+            Err(e) => panic!("read: {e}"),
+        };
+        let name = String::from_utf8_lossy(&content[..content.len().min(40)]).into_owned();
+        assert_eq!(tail.lines, want_lines, "{name:?} n={n}");
+        assert_eq!(tail.partial, want_partial, "{name:?} n={n}");
+        assert_eq!(
+            tail.end,
+            (content.len() - want_partial.len()) as u64,
+            "{name:?}"
+        );
+    }
+    #[test]
+    fn last_lines() {
+        check(b"", 5, &[], "");
+        check(b"a\nb\nc\n", 2, &["b", "c"], "");
+        check(b"a\nb\nc\n", 3, &["a", "b", "c"], "");
+        check(b"a\nb\nc\n", 10, &["a", "b", "c"], "");
+        check(b"a\nb\nc", 2, &["a", "b"], "c");
+        check(b"a\nb\nc", 0, &[], "c");
+        check(b"only", 3, &[], "only");
+        check(b"\n\n\n", 2, &["", ""], "");
+        check(b"crlf\r\nline\r\n", 5, &["crlf", "line"], "");
+        check(b"bad \xff utf8\n", 1, &["bad \u{fffd} utf8"], "");
+    }
+    #[test]
+    fn last_lines_across_blocks() {
+        // 3000 numbered lines span many 8 KiB blocks.
+        let mut content = String::new();
+        for i in 0..3000 {
+            content.push_str(&format!("line {i:05} {}\n", "x".repeat(20)));
+        }
+        let f = file_with(content.as_bytes());
+        for n in [1usize, 7, 500, 2999, 3000, 5000] {
+            let tail = match read_last_lines(f.path(), n) {
+                Ok(t) => t,
+                Err(e) => panic!("read: {e}"),
+            };
+            let first = 3000usize.saturating_sub(n);
+            assert_eq!(tail.lines.len(), n.min(3000), "n={n}");
+            assert!(
+                tail.lines[0].starts_with(&format!("line {first:05} ")),
+                "n={n}: {}",
+                tail.lines[0]
+            );
+            assert!(tail.lines[tail.lines.len() - 1].starts_with("line 02999 "));
+        }
+    }
+    #[test]
+    fn last_lines_continue_into_the_rotated_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        std::fs::write(rotated(&path, 1), "a\nb\nc\n").expect("write");
+        std::fs::write(&path, "d\ne\npart").expect("write");
+        let lines = |n| {
+            read_last_lines_rotated(&path, n)
+                .map(|t| (t.lines, t.partial))
+                .ok()
+        };
+        let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(lines(1), Some((owned(&["e"]), "part".to_string())));
+        assert_eq!(
+            lines(4),
+            Some((owned(&["b", "c", "d", "e"]), "part".to_string()))
+        );
+        assert_eq!(
+            lines(10),
+            Some((owned(&["a", "b", "c", "d", "e"]), "part".to_string()))
+        );
+    }
+    #[test]
+    fn missing_file_is_empty() {
+        let tail = read_last_lines(Path::new("/nonexistent/pmcluster/x.log"), 5);
+        assert_eq!(tail.ok(), Some(Tail::default()));
+    }
+    #[test]
+    fn follower_sees_growth_truncation_and_replacement() {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let path = dir.path().join("a.log");
+        let write = |content: &[u8], append: bool| {
+            let mut f = match std::fs::OpenOptions::new()
+                .create(true)
+                .append(append)
+                .write(true)
+                .truncate(!append)
+                .open(&path)
+            {
+                Ok(f) => f,
+                Err(e) => panic!("open: {e}"),
+            };
+            if let Err(e) = f.write_all(content) {
+                panic!("write: {e}");
+            }
+        };
+        write(b"old\npart", false);
+        let tail = match read_last_lines(&path, 10) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(tail.lines, ["old"]);
+        let mut follower = Follower::new(path.clone(), &tail);
+        let mut poll = || match follower.poll() {
+            Ok(lines) => lines,
+            Err(e) => panic!("poll: {e}"),
+        };
+        // The unterminated line is not sent until it is complete.
+        assert!(poll().is_empty());
+        write(b"ial\nnew\n", true);
+        assert_eq!(poll(), ["partial", "new"]);
+        assert!(poll().is_empty());
+        // Truncated and rewritten shorter.
+        write(b"x\n", false);
+        assert_eq!(poll(), ["x"]);
+        // Replaced by a new file.
+        if let Err(e) = std::fs::remove_file(&path) {
+            panic!("rm: {e}");
+        }
+        write(b"fresh file line\n", false);
+        assert_eq!(poll(), ["fresh file line"]);
+    }
+}

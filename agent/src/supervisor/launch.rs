@@ -1,0 +1,356 @@
+//! Launching an instance's process: its port, user and groups, CPU affinity, limits, cgroup,
+//! working directory and output pipes, then the spawn through the reaper. Every failure says
+//! whether retrying can help ([`StartError`]).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use nix::sys::resource::Resource;
+use pmcluster_spec::instance::{instance_argv, instance_env};
+use pmcluster_spec::{AppSpec, PortSpec};
+use tokio::time::Instant;
+
+use super::{Running, Supervisor};
+use crate::cgroup;
+use crate::health;
+use crate::logs::pump::{output, spawn_pump};
+use crate::model::InstanceState;
+use crate::orphans::instance_markers;
+use crate::process::{self, ExitWatch, ProcId, describe, unix_ms};
+use crate::state::Target;
+
+/// Why a start did not happen.
+pub(super) enum StartError {
+    /// Retrying cannot help until the assignment changes (invalid spec, unknown user).
+    Fatal(String),
+    /// Retry with backoff (the program may be installed, the port freed, the dir created).
+    Retry(String),
+}
+impl Supervisor {
+    /// Spawns the instance's process.
+    pub(super) fn start(&mut self, target: &Target) -> Result<Running, StartError> {
+        let a = &target.assignment;
+        let spec = a.spec.clone().map_err(StartError::Fatal)?;
+        let port = match spec.port {
+            PortSpec::Auto(lo, hi) => {
+                let picked = self.agent.ports.pick(&self.id, lo, hi, self.auto_port);
+                self.auto_port = picked;
+                Some(picked.ok_or_else(|| {
+                    StartError::Retry(format!("no free port in {} on this host", spec.port))
+                })?)
+            }
+            fixed => {
+                let port = a.port.or_else(|| fixed.port_for(a.index));
+                if let Some(p) = port
+                    && !crate::ports::is_free(p)
+                {
+                    // Checked before spawning: a program that cannot bind would crash-loop with
+                    // nothing but its own log to say why.
+                    return Err(StartError::Retry(format!(
+                        "port {p} is already in use on this host"
+                    )));
+                }
+                port
+            }
+        };
+        let argv = instance_argv(&spec, a.index, port);
+        let Some((program, args)) = argv.split_first() else {
+            return Err(StartError::Fatal("the command is empty".to_string()));
+        };
+        if let Some(cwd) = &spec.cwd {
+            match std::fs::metadata(cwd) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    return Err(StartError::Retry(format!("cwd {cwd:?} is not a directory")));
+                }
+                Err(e) => return Err(StartError::Retry(format!("cwd {cwd:?}: {}", describe(&e)))),
+            }
+        }
+        let run_as = run_as(&spec).map_err(StartError::Fatal)?;
+        let affinity = affinity(&spec.supervision.cpu_affinity).map_err(StartError::Fatal)?;
+        let limits = limits(&spec.supervision.limits).map_err(StartError::Fatal)?;
+        let (stdout, stderr, pumps) =
+            output(&self.agent.logs_dir, &a.app, a.index, &spec).map_err(StartError::Retry)?;
+        let env = instance_env(&spec, a.index, port);
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args)
+            // The user's HOME, USER and LOGNAME first, so that the spec's env overrides them.
+            .envs(run_as.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            // Last, so the spec cannot override them: how a later agent tells its instances.
+            .envs(instance_markers(&self.agent.marker, &self.id))
+            .stdin(Stdio::null())
+            // Pipes to its pump (see `crate::logs::pump`).
+            .stdout(stdout)
+            .stderr(stderr)
+            // Its own process group, so a stop reaches everything it started.
+            .process_group(0);
+        // With another user, the directory is entered after the switch (in the child): the
+        // instance must be able to enter it itself.
+        let switches_user = run_as.credentials.uid.is_some() || run_as.credentials.gid.is_some();
+        let mut cwd_as_user = None;
+        if let Some(cwd) = &spec.cwd {
+            if switches_user {
+                let c = std::ffi::CString::new(cwd.as_str())
+                    .map_err(|_| StartError::Fatal(format!("cwd {cwd:?} contains a NUL byte")))?;
+                cwd_as_user = Some(c);
+            } else {
+                cmd.current_dir(cwd);
+            }
+        }
+        let probe_env: Vec<(String, String)> = run_as
+            .env
+            .iter()
+            .cloned()
+            .chain(env.iter().cloned())
+            .collect();
+        let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
+        // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them itself.
+        let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
+        // Made last: nothing below can fail before the spawn but the spawn itself.
+        let (cgroup_path, cgroup_procs) = match self.agent.cgroups.create(&self.id) {
+            Some((path, fd)) => (Some(path), Some(fd)),
+            None => (None, None),
+        };
+        process::set_in_child(
+            &mut cmd,
+            cgroup_procs,
+            affinity,
+            limits,
+            run_as.credentials,
+            cwd_as_user,
+        );
+        let entering_cwd = switches_user && spec.cwd.is_some();
+        let spawned = self.agent.reaper.spawn(&mut cmd).map_err(|e| {
+            if let Some(path) = &cgroup_path {
+                cgroup::discard(path);
+            }
+            let cwd_refused = matches!(e.raw_os_error(), Some(code)
+                if code == nix::errno::Errno::EACCES as i32);
+            if entering_cwd && cwd_refused {
+                // The program itself is checked by exec as the same user; a refused directory is
+                // the likelier cause, and the one a user can act on.
+                return StartError::Retry(format!(
+                    "cannot run {program:?} in cwd {:?} as its user: {}",
+                    spec.cwd.as_deref().unwrap_or_default(),
+                    describe(&e)
+                ));
+            }
+            let message = format!("cannot run {program:?}: {}", describe(&e));
+            // A NUL byte in the argv or environment (std refuses it before exec), or an argument
+            // too long for the kernel: the spec itself is at fault, and retrying cannot help.
+            // Validation refuses both; this covers a spec stored before it did.
+            let too_long = e.raw_os_error() == Some(nix::errno::Errno::E2BIG as i32);
+            let nul = e.raw_os_error().is_none() && e.kind() == io::ErrorKind::InvalidInput;
+            if nul || too_long {
+                return StartError::Fatal(format!(
+                    "{message} (the spec's command line or env holds a NUL byte or an over-long \
+                     value; fix the spec and apply it again)"
+                ));
+            }
+            // Not being allowed to switch user or raise a limit does not get better by retrying.
+            let denied = matches!(e.raw_os_error(), Some(code)
+                if code == nix::errno::Errno::EPERM as i32 || code == nix::errno::Errno::EINVAL as i32);
+            if special && denied {
+                StartError::Fatal(format!(
+                    "{message} (user, group, cpu_affinity or limits need privileges this agent \
+                     lacks)"
+                ))
+            } else {
+                StartError::Retry(message)
+            }
+        })?;
+        // The parent's copies of the pipes' write ends go with the command (a pipe must end
+        // when the instance's processes are gone), and so does `cgroup.procs`.
+        drop(cmd);
+        let pid = spawned.pid;
+        let pumps = spawn_pump(&self.agent, &self.id, pumps);
+        let proc = ProcId::of(pid).unwrap_or(ProcId {
+            pid,
+            start_ticks: 0,
+        });
+        let restarted = self.started_once;
+        self.started_once = true;
+        let mut running = Running::new(
+            proc,
+            ExitWatch::Child(spawned.exit),
+            Instant::now(),
+            Arc::clone(&spec),
+            a.index,
+            port,
+            &health::Target {
+                index: a.index,
+                port,
+                env: probe_env,
+                cwd: spec.cwd.clone(),
+                uid: probe_uid,
+                gid: probe_gid,
+            },
+        );
+        running.pumps = pumps;
+        running.cgroup = cgroup_path;
+        let state = if running.ready {
+            InstanceState::Online
+        } else {
+            InstanceState::Launching
+        };
+        let health = running.health_state();
+        let message = self.reason.take().unwrap_or_default();
+        tracing::info!(instance = %self.id, app = %a.app, index = a.index, pid, ?port, "started");
+        self.agent.state.update(&self.id, |s| {
+            s.state = state;
+            s.pid = Some(pid);
+            s.port = port;
+            s.started_at_ms = unix_ms();
+            s.restart_epoch = a.restart_epoch;
+            s.health = health;
+            s.message = message;
+            if restarted {
+                s.restarts = s.restarts.saturating_add(1);
+            }
+        });
+        Ok(running)
+    }
+}
+
+/// Who an instance runs as: its credentials and, with a `user`, what a login as that user would
+/// put in its environment.
+#[derive(Debug)]
+pub(super) struct RunAs {
+    pub(super) credentials: process::Credentials,
+    /// `HOME`, `USER` and `LOGNAME` of the user. Set before the instance's own environment, so
+    /// the spec's `env` overrides them.
+    pub(super) env: Vec<(String, String)>,
+}
+/// The user and group to run as (names or numbers; a user without a group runs with its primary
+/// group) and, for a user, its supplementary groups. Reads the user and group databases, so it
+/// runs before the fork, never in the child.
+pub(super) fn run_as(spec: &AppSpec) -> Result<RunAs, String> {
+    use nix::unistd::{Gid, Group, Uid, User};
+    let s = &spec.supervision;
+    let user = match &s.user {
+        None => None,
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(uid) => User::from_uid(uid.into()),
+                Err(_) => User::from_name(name),
+            };
+            match found {
+                Ok(Some(u)) => Some(u),
+                Ok(None) => return Err(format!("user {name:?} does not exist on this host")),
+                Err(e) => return Err(format!("cannot look up user {name:?}: {e}")),
+            }
+        }
+    };
+    let gid = match &s.group {
+        None => user.as_ref().map(|u| u.gid.as_raw()),
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(gid.into()),
+                Err(_) => Group::from_name(name),
+            };
+            match found {
+                Ok(Some(g)) => Some(g.gid.as_raw()),
+                Ok(None) => return Err(format!("group {name:?} does not exist on this host")),
+                Err(e) => return Err(format!("cannot look up group {name:?}: {e}")),
+            }
+        }
+    };
+    let Some(user) = user else {
+        // A group alone: the agent's user and supplementary groups, another primary group.
+        return Ok(RunAs {
+            credentials: process::Credentials {
+                uid: None,
+                gid,
+                groups: None,
+            },
+            env: Vec::new(),
+        });
+    };
+    // As initgroups(3) (and systemd's User=/Group=) do: every group the user is a member of, plus
+    // the group it runs with. Only a privileged agent can set them; an unprivileged one can only
+    // run instances as itself, with its own groups.
+    let groups = if Uid::effective().is_root() {
+        let name = std::ffi::CString::new(user.name.as_str())
+            .map_err(|_| format!("user {:?}: the name holds a NUL byte", user.name))?;
+        let primary = Gid::from_raw(gid.unwrap_or(user.gid.as_raw()));
+        let list = nix::unistd::getgrouplist(&name, primary)
+            .map_err(|e| format!("cannot look up the groups of user {:?}: {e}", user.name))?;
+        Some(list.into_iter().map(Gid::as_raw).collect())
+    } else {
+        None
+    };
+    let env = vec![
+        ("HOME".to_string(), user.dir.to_string_lossy().into_owned()),
+        ("USER".to_string(), user.name.clone()),
+        ("LOGNAME".to_string(), user.name.clone()),
+    ];
+    Ok(RunAs {
+        credentials: process::Credentials {
+            uid: Some(user.uid.as_raw()),
+            gid,
+            groups,
+        },
+        env,
+    })
+}
+pub(super) fn affinity(cpus: &[u32]) -> Result<Option<nix::sched::CpuSet>, String> {
+    if cpus.is_empty() {
+        return Ok(None);
+    }
+    let mut set = nix::sched::CpuSet::new();
+    for cpu in cpus {
+        set.set(*cpu as usize).map_err(|_| {
+            format!(
+                "cpu_affinity: no CPU {cpu} (at most {})",
+                nix::sched::CpuSet::count() - 1
+            )
+        })?;
+    }
+    Ok(Some(set))
+}
+/// The spec's limits as `setrlimit` resources (names were validated with the spec).
+pub(super) fn limits(by_name: &BTreeMap<String, u64>) -> Result<Vec<(Resource, u64)>, String> {
+    by_name
+        .iter()
+        .map(|(name, value)| {
+            let resource = match name.as_str() {
+                "nofile" => Resource::RLIMIT_NOFILE,
+                "nproc" => Resource::RLIMIT_NPROC,
+                "core" => Resource::RLIMIT_CORE,
+                "memlock" => Resource::RLIMIT_MEMLOCK,
+                "stack" => Resource::RLIMIT_STACK,
+                "as" => Resource::RLIMIT_AS,
+                "fsize" => Resource::RLIMIT_FSIZE,
+                "cpu" => Resource::RLIMIT_CPU,
+                other => return Err(format!("limits: unknown limit {other:?}")),
+            };
+            Ok((resource, *value))
+        })
+        .collect()
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_affinity() {
+        let by_name: BTreeMap<String, u64> =
+            [("nofile".to_string(), 4096), ("core".to_string(), 0)].into();
+        assert_eq!(
+            limits(&by_name),
+            Ok(vec![
+                (Resource::RLIMIT_CORE, 0),
+                (Resource::RLIMIT_NOFILE, 4096)
+            ])
+        );
+        let bad: BTreeMap<String, u64> = [("nofiles".to_string(), 1)].into();
+        assert!(limits(&bad).is_err());
+        assert!(matches!(affinity(&[]), Ok(None)));
+        assert!(matches!(affinity(&[0]), Ok(Some(_))));
+        assert!(affinity(&[1 << 20]).is_err_and(|e| e.contains("no CPU")));
+    }
+}

@@ -1,0 +1,527 @@
+//! Supervision: one tokio task per instance that starts its process, watches it (exit, readiness,
+//! health checks, cron schedule, memory pokes from the metrics pass), restarts it as the
+//! [`crate::restart`] policy says, stops it (stop signal to its process group, SIGKILL after the
+//! kill timeout, then every descendant left) and keeps its status in
+//! [`State`](crate::state::State) and its record on disk ([`crate::persist`]) current. Also
+//! carries out desired-set plans: spawning these tasks and steering them through a `watch`
+//! channel each, and adopting the processes a previous agent left running.
+//!
+//! Parts: this file is the registry (applying a desired set) and each task's main loop;
+//! [`launch`] spawns a process; [`wait`] turns what a running process does (exit, readiness,
+//! health, cron, pokes) into the next step; [`stop`] ends one; [`adopt`] takes over processes a
+//! previous agent left, recorded or not.
+//!
+//! A supervisor never blocks the runtime on a child and never holds the state lock across an
+//! `.await`. Decisions about *what* to run come from [`crate::desired`]; *when* to restart comes
+//! from [`crate::restart`].
+mod adopt;
+mod launch;
+mod stop;
+mod wait;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pmcluster_spec::supervise::HealthCheck;
+use pmcluster_spec::{AppSpec, PortSpec};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+pub(crate) use adopt::{adopt_local, start_local_after};
+use launch::StartError;
+use wait::{next_cron, next_event, sleep_until_opt};
+
+use crate::desired::{self, Action, Current, Plan};
+use crate::health::{self, Tracker};
+use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
+use crate::persist::{self, Saved, SavedProcess, SavedPump};
+use crate::process::{ExitWatch, ProcId};
+use crate::restart::{self, Crashes};
+use crate::state::{Agent, Entry, Inner, Poke, Target};
+
+/// How often a launching instance's port is probed.
+const PROBE_INTERVAL: Duration = Duration::from_millis(25);
+/// Requests from the metrics pass waiting for a supervisor.
+const POKE_QUEUE: usize = 2;
+
+/// Applies a desired set from the coordinator: diffs it against what runs, then starts, steers
+/// and stops supervisors. Stale sets are ignored. Synchronous and quick: stopping happens in the
+/// supervisors.
+pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
+    // The first set that will be applied settles the orphans found at startup, before its own
+    // actions (an adopted orphan must not be started again).
+    if set.generation >= agent.state.generation() {
+        let orphans = agent
+            .orphans
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(orphans) = orphans {
+            adopt::settle(agent, &set, orphans);
+        }
+    }
+    if apply_set(agent, set, false) {
+        forget_unclaimed(agent);
+    }
+}
+/// Applies the last desired set kept on disk, unless the coordinator's has been applied since.
+pub(crate) fn apply_local(agent: &Arc<Agent>, set: DesiredSet) {
+    apply_set(agent, set, true);
+}
+/// Returns whether the set was applied.
+fn apply_set(agent: &Arc<Agent>, set: DesiredSet, local: bool) -> bool {
+    {
+        let mut inner = agent.state.lock();
+        if local && inner.cleared {
+            return false;
+        }
+        let current: BTreeMap<InstanceId, Current> = inner
+            .instances
+            .iter()
+            .map(|(id, e)| {
+                let t = e.target.borrow();
+                let current = Current {
+                    assignment: t.assignment.clone(),
+                    removing: t.remove,
+                };
+                (id.clone(), current)
+            })
+            .collect();
+        match desired::plan(&current, inner.generation, &set) {
+            Plan::Stale {
+                generation,
+                highest,
+            } => {
+                tracing::debug!("ignoring stale desired set {generation} (applied {highest})");
+                return false;
+            }
+            Plan::Apply {
+                generation,
+                actions,
+            } => {
+                tracing::debug!(
+                    generation,
+                    n_actions = actions.len(),
+                    local,
+                    "applying desired set"
+                );
+                for action in actions {
+                    tracing::info!(generation, "{action}");
+                    match action {
+                        Action::Start(a) | Action::Restart(a) => upsert(agent, &mut inner, a, true),
+                        Action::Stop(a) => upsert(agent, &mut inner, a, false),
+                        Action::Remove(id) => {
+                            if let Some(entry) = inner.instances.get(&id) {
+                                entry.target.send_modify(|t| t.remove = true);
+                            }
+                        }
+                    }
+                }
+                inner.generation = inner.generation.max(generation);
+                inner.cleared = true;
+            }
+        }
+    }
+    agent.cleared.send_replace(true);
+    // The coordinator learns the applied generation with the next (prompt) report.
+    agent.state.changed.notify_one();
+    true
+}
+/// After the coordinator's first set: the records of instances that were not running at the
+/// agent's start and that the set did not bring back are gone for good.
+fn forget_unclaimed(agent: &Agent) {
+    let unclaimed = std::mem::take(
+        &mut *agent
+            .unclaimed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
+    );
+    if unclaimed.is_empty() {
+        return;
+    }
+    let inner = agent.state.lock();
+    for id in unclaimed {
+        if !inner.instances.contains_key(&id) {
+            tracing::info!(instance = %id, "not in the coordinator's desired set; forgetting it");
+            if let Err(e) = persist::remove(&agent.instances_dir, id.as_str()) {
+                tracing::warn!(instance = %id, "cannot remove its record: {e}");
+            }
+        }
+    }
+}
+/// Steers an existing instance to `assignment`, or creates it with a new supervisor.
+fn upsert(agent: &Arc<Agent>, inner: &mut Inner, assignment: Assignment, start: bool) {
+    let id = assignment.instance_id.clone();
+    if let Some(entry) = inner.instances.get_mut(&id) {
+        entry.app = assignment.app.clone();
+        entry.index = assignment.index;
+        entry.target.send_modify(|t| {
+            t.assignment = assignment;
+            t.remove = false;
+            if start {
+                t.start_seq += 1;
+            }
+        });
+        return;
+    }
+    let state = if assignment.run {
+        InstanceState::Launching
+    } else {
+        InstanceState::Stopped
+    };
+    let status = Status::new(state, assignment.restart_epoch);
+    spawn_supervisor(agent, inner, assignment, status, u64::from(start), None);
+}
+fn spawn_supervisor(
+    agent: &Arc<Agent>,
+    inner: &mut Inner,
+    assignment: Assignment,
+    status: Status,
+    start_seq: u64,
+    running: Option<Running>,
+) {
+    let id = assignment.instance_id.clone();
+    let (app, index) = (assignment.app.clone(), assignment.index);
+    let restarts = status.restarts;
+    let auto_port = match (&assignment.spec, running.as_ref()) {
+        (Ok(spec), Some(r)) if matches!(spec.port, PortSpec::Auto(..)) => r.port,
+        _ => None,
+    };
+    let (tx, rx) = watch::channel(Target {
+        assignment,
+        remove: false,
+        start_seq,
+    });
+    let (pokes_tx, pokes_rx) = mpsc::channel(POKE_QUEUE);
+    inner.instances.insert(
+        id.clone(),
+        Entry {
+            app,
+            index,
+            status,
+            target: tx,
+            pokes: pokes_tx,
+            family: Vec::new(),
+        },
+    );
+    if let Some(port) = auto_port {
+        // Held by the adopted process: no other instance of this agent may get it.
+        agent.ports.claim(&id, port);
+    }
+    let supervisor = Supervisor {
+        agent: Arc::clone(agent),
+        id,
+        target: rx,
+        pokes: pokes_rx,
+        cleared: agent.cleared.subscribe(),
+        auto_port,
+        crashes: Crashes::default(),
+        start_failures: 0,
+        started_once: running.is_some() || restarts > 0,
+        reason: None,
+    };
+    agent.supervisors.spawn(supervisor.run(running));
+}
+/// The task that owns one instance.
+struct Supervisor {
+    agent: Arc<Agent>,
+    id: InstanceId,
+    target: watch::Receiver<Target>,
+    pokes: mpsc::Receiver<Poke>,
+    cleared: watch::Receiver<bool>,
+    /// Port of an `auto:` range held by this instance, kept across restarts while it stays free.
+    auto_port: Option<u16>,
+    crashes: Crashes,
+    /// Starts in a row that failed before a process ran (program missing, port taken).
+    start_failures: u32,
+    /// Whether a process was ever spawned, so later spawns count as restarts.
+    started_once: bool,
+    /// Why the next start is a restart ("restarted after: killed by SIGKILL"): the new process
+    /// carries it as its message, so the reason stays visible once it runs again.
+    reason: Option<String>,
+}
+/// A running process.
+struct Running {
+    proc: ProcId,
+    exit: ExitWatch,
+    started: Instant,
+    /// The spec it was started with: its kill timeout and restart policy apply to this process.
+    spec: Arc<AppSpec>,
+    index: u32,
+    port: Option<u16>,
+    /// Accepting connections (or passing its health check): ONLINE.
+    ready: bool,
+    /// Past this without being ready, it is restarted.
+    listen_by: Instant,
+    port_probe: Interval,
+    health: Option<HealthRun>,
+    cron_at: Option<Instant>,
+    /// The log pump processes reading its output pipes (`log_timestamps`).
+    pumps: Vec<SavedPump>,
+    /// Its cgroup (see [`crate::cgroup`]), when it runs in one.
+    cgroup: Option<PathBuf>,
+}
+/// The health check of one process.
+struct HealthRun {
+    check: HealthCheck,
+    target: health::Target,
+    tracker: Tracker,
+    next: Instant,
+    in_flight: Option<health::Check>,
+    /// Why the last check failed, also before the process was ready.
+    last_failure: String,
+}
+impl Running {
+    fn new(
+        proc: ProcId,
+        exit: ExitWatch,
+        started: Instant,
+        spec: Arc<AppSpec>,
+        index: u32,
+        port: Option<u16>,
+        health_target: &health::Target,
+    ) -> Running {
+        let mut port_probe = tokio::time::interval(PROBE_INTERVAL);
+        port_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let health = spec
+            .supervision
+            .health_check
+            .clone()
+            .map(|check| HealthRun {
+                tracker: Tracker::new(check.retries),
+                check,
+                target: health_target.clone(),
+                next: Instant::now(),
+                in_flight: None,
+                last_failure: String::new(),
+            });
+        let ready = health.is_none() && port.is_none();
+        let cron_at = spec
+            .supervision
+            .cron_restart
+            .as_deref()
+            .and_then(next_cron)
+            .map(|d| Instant::now() + d);
+        Running {
+            proc,
+            exit,
+            started,
+            listen_by: Instant::now() + spec.supervision.listen_timeout,
+            spec,
+            index,
+            port,
+            ready,
+            port_probe,
+            health,
+            cron_at,
+            pumps: Vec::new(),
+            cgroup: None,
+        }
+    }
+
+    fn health_state(&self) -> Health {
+        self.health
+            .as_ref()
+            .map_or(Health::None, |h| h.tracker.health)
+    }
+}
+impl Supervisor {
+    async fn run(mut self, mut running: Option<Running>) {
+        // When to (re)start the process; `None` while it runs or must not be started.
+        let mut next_start: Option<Instant> = None;
+        let mut seen_seq = if running.is_some() {
+            self.target.borrow().start_seq
+        } else {
+            0
+        };
+        if let Some(r) = &running {
+            self.persist(Some(r));
+        }
+        loop {
+            let target = self.target.borrow_and_update().clone();
+            if self.agent.detach.is_cancelled() {
+                // The agent exits and leaves the process running for the next agent to adopt.
+                self.persist(running.as_ref());
+                return;
+            }
+            let shutting_down = self.agent.stop_instances.is_cancelled();
+            if target.remove || shutting_down || !target.assignment.run {
+                if let Some(r) = running.take() {
+                    let exit = self.stop(r).await;
+                    self.stopped(exit);
+                }
+                next_start = None;
+                if shutting_down {
+                    self.set_state(InstanceState::Stopped, "agent stopped");
+                    self.persist(None);
+                    return;
+                }
+                if target.remove {
+                    if self.agent.state.forget_if_removed(&self.id) {
+                        self.agent.ports.release(&self.id);
+                        if let Err(e) = persist::remove(&self.agent.instances_dir, self.id.as_str())
+                        {
+                            tracing::warn!(instance = %self.id, "cannot remove its record: {e}");
+                        }
+                        tracing::info!(instance = %self.id, "removed");
+                        return;
+                    }
+                    // Brought back while it was stopping: decide again.
+                    continue;
+                }
+                self.set_state(InstanceState::Stopped, "");
+                self.persist(None);
+                seen_seq = target.start_seq;
+            } else if target.start_seq != seen_seq {
+                seen_seq = target.start_seq;
+                if let Some(r) = running.take() {
+                    let exit = self.stop(r).await;
+                    self.stopped(exit);
+                }
+                self.crashes = Crashes::default();
+                self.start_failures = 0;
+                self.reason = None;
+                next_start = Some(Instant::now());
+            }
+
+            let cleared = *self.cleared.borrow_and_update();
+            if running.is_none() && cleared && next_start.is_some_and(|at| at <= Instant::now()) {
+                next_start = None;
+                match self.start(&target) {
+                    Ok(r) => {
+                        self.start_failures = 0;
+                        self.persist(Some(&r));
+                        running = Some(r);
+                    }
+                    Err(StartError::Fatal(message)) => {
+                        tracing::warn!(instance = %self.id, "cannot start: {message}");
+                        self.set_state(InstanceState::Errored, &message);
+                        self.persist(None);
+                    }
+                    Err(StartError::Retry(message)) => {
+                        let (restart_delay, cap) = target
+                            .assignment
+                            .spec
+                            .as_ref()
+                            .map_or((Duration::ZERO, restart::CRASH_BACKOFF_BASE), |s| {
+                                (s.restart_delay, s.supervision.restart_backoff_max)
+                            });
+                        let delay = restart::retry_delay(self.start_failures, restart_delay, cap);
+                        self.start_failures = self.start_failures.saturating_add(1);
+                        tracing::warn!(instance = %self.id, "cannot start: {message}; retrying in {delay:?}");
+                        // A first miss is usually a handoff (the predecessor still releasing its
+                        // port): still launching. Repeated misses are an error a user must see.
+                        let state = if self.start_failures <= 2 {
+                            InstanceState::Launching
+                        } else {
+                            InstanceState::Errored
+                        };
+                        self.set_state(
+                            state,
+                            &format!("{message}; retrying in {}", restart::human(delay)),
+                        );
+                        next_start = Some(Instant::now() + delay);
+                    }
+                }
+            }
+
+            let detaching = self.agent.detach.is_cancelled();
+            tokio::select! {
+                () = self.agent.detach.cancelled(), if !detaching => {}
+                () = self.agent.stop_instances.cancelled(), if !shutting_down => {}
+                changed = self.cleared.changed(), if !cleared => {
+                    if changed.is_err() {
+                        // The agent is going away.
+                        return;
+                    }
+                }
+                changed = self.target.changed() => {
+                    if changed.is_err() {
+                        // Nothing can steer this instance any more (its entry is gone): end it.
+                        if let Some(r) = running.take() {
+                            self.stop(r).await;
+                        }
+                        self.agent.ports.release(&self.id);
+                        return;
+                    }
+                }
+                Some(poke) = self.pokes.recv() => {
+                    if let Some(r) = running.take() {
+                        match self.poked(r, poke).await {
+                            Ok(r) => running = Some(r),
+                            Err(at) => next_start = Some(at),
+                        }
+                    }
+                }
+                event = next_event(running.as_mut(), &self.agent.reaper) => {
+                    if let Some(r) = running.take() {
+                        match self.event(r, event).await {
+                            Ok(r) => running = Some(r),
+                            Err(at) => next_start = at,
+                        }
+                    }
+                }
+                () = sleep_until_opt(next_start), if running.is_none() => {}
+            }
+        }
+    }
+    fn set_state(&self, state: InstanceState, message: &str) {
+        self.agent.state.update(&self.id, |s| {
+            s.state = state;
+            if !message.is_empty() {
+                s.message = message.to_string();
+            }
+            if state == InstanceState::Stopped && message.is_empty() {
+                s.message.clear();
+            }
+        });
+    }
+    /// Writes this instance's record (see [`crate::persist`]).
+    fn persist(&self, running: Option<&Running>) {
+        let saved = {
+            let target = self.target.borrow();
+            Saved::of(&target.assignment)
+        };
+        let Some(mut saved) = saved else {
+            let _ = persist::remove(&self.agent.instances_dir, self.id.as_str());
+            return;
+        };
+        if let Some(status) = self.agent.state.status(&self.id) {
+            saved.restarts = status.restarts;
+            saved.last_exit_code = status.last_exit_code;
+            saved.process = running.map(|r| SavedProcess {
+                pid: r.proc.pid,
+                start_ticks: r.proc.start_ticks,
+                port: r.port,
+                started_at_ms: status.started_at_ms,
+                pumps: r.pumps.clone(),
+                cgroup: r.cgroup.clone(),
+            });
+        }
+        if let Err(e) = persist::write(&self.agent.instances_dir, &saved) {
+            tracing::warn!(instance = %self.id, "cannot write its record: {e}");
+        }
+    }
+}
+
+/// "612 MiB" for messages.
+fn bytes(n: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if n >= MIB {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{} KiB", n / 1024)
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_descriptions() {
+        assert_eq!(bytes(612 << 20), "612 MiB");
+        assert_eq!(bytes(5000), "4 KiB");
+    }
+}

@@ -1,0 +1,109 @@
+//! Stopping an instance's process: the stop signal to its group and to descendants that left
+//! it, SIGKILL to all of them after the kill timeout, the cgroup emptied and removed.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use pmcluster_spec::supervise::StopSignal;
+use tokio::time::Instant;
+
+use super::{Running, Supervisor};
+use crate::cgroup;
+use crate::logs::pump::drained;
+use crate::model::InstanceState;
+use crate::process::{self, Exit, ProcId, signal_group};
+
+/// How often a stopping group is checked for members left after its leader exited.
+const GROUP_POLL: Duration = Duration::from_millis(20);
+/// How long a restart waits for what is left of the previous process's group to go (it was just
+/// sent SIGKILL) before it checks the port.
+const GROUP_GONE_WAIT: Duration = Duration::from_secs(1);
+/// How long a stop waits for a process after SIGKILL before it gives up on it (a process stuck
+/// in the kernel cannot be killed; the agent must not hang on it).
+pub(super) const AFTER_KILL_WAIT: Duration = Duration::from_secs(10);
+
+impl Supervisor {
+    /// Stops the process: the stop signal to its group (and to descendants that left it),
+    /// SIGKILL to all of them after the kill timeout. Returns once the leader has ended and
+    /// nothing of its family is left.
+    pub(super) async fn stop(&self, mut r: Running) -> Exit {
+        self.set_state(InstanceState::Stopping, "");
+        let pgid = r.proc.pid;
+        let grace = r.spec.kill_timeout;
+        let deadline = Instant::now() + grace;
+        let signal = stop_signal(r.spec.supervision.stop_signal);
+        // Who is in the family now: descendants that called setsid are not in the group, and
+        // once the leader is gone nothing else links them to it.
+        let mut family = self.agent.state.family(&self.id);
+        family.extend(family_now(pgid));
+        signal_group(pgid, signal);
+        let mut signalled = std::collections::BTreeSet::new();
+        for p in &family {
+            if process::read_stat(p.pid).is_some_and(|s| s.pgrp != pgid) {
+                p.signal(signal);
+                signalled.insert(p.pid);
+            }
+        }
+        // The cgroup holds whatever escaped the group and the family as well.
+        if let Some(path) = &r.cgroup {
+            for pid in cgroup::procs(path).unwrap_or_default() {
+                if signalled.contains(&pid)
+                    || process::read_stat(pid).is_none_or(|s| s.pgrp == pgid)
+                {
+                    continue;
+                }
+                let _ = nix::sys::signal::kill(process::to_pid(pid), signal);
+            }
+        }
+        let cgroup_busy = |r: &Running| r.cgroup.as_deref().is_some_and(cgroup::populated);
+        let exit = match tokio::time::timeout_at(deadline, r.exit.wait()).await {
+            Ok(exit) => {
+                // Give the rest of the group (and cgroup) what is left of the grace period.
+                while (process::group_alive(pgid) || cgroup_busy(&r)) && Instant::now() < deadline {
+                    tokio::time::sleep(GROUP_POLL).await;
+                }
+                exit
+            }
+            Err(_elapsed) => {
+                tracing::warn!(instance = %self.id, "still running {grace:?} after {}; sending SIGKILL", signal.as_str());
+                process::kill_all(pgid, &family);
+                match tokio::time::timeout(AFTER_KILL_WAIT, r.exit.wait()).await {
+                    Ok(exit) => exit,
+                    Err(_) => {
+                        tracing::error!(instance = %self.id, pid = pgid, "does not die even after SIGKILL; giving up on it");
+                        Exit::Unknown
+                    }
+                }
+            }
+        };
+        family.extend(family_now(pgid));
+        process::kill_all(pgid, &family);
+        if let Some(path) = &r.cgroup {
+            cgroup::end(path).await;
+        }
+        drained(&r.pumps).await;
+        exit
+    }
+}
+
+/// Processes of the family of `pgid`'s leader right now, from a `/proc` scan.
+pub(super) fn family_now(pgid: u32) -> Vec<ProcId> {
+    process::family_now(pgid, pgid)
+}
+/// Waits (briefly) until nothing of a process group runs any more.
+pub(super) async fn wait_group_gone(pgid: u32) {
+    let deadline = Instant::now() + GROUP_GONE_WAIT;
+    while process::group_alive(pgid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+pub(crate) fn stop_signal(s: StopSignal) -> Signal {
+    match s {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Int => Signal::SIGINT,
+        StopSignal::Quit => Signal::SIGQUIT,
+        StopSignal::Hup => Signal::SIGHUP,
+        StopSignal::Usr1 => Signal::SIGUSR1,
+        StopSignal::Usr2 => Signal::SIGUSR2,
+    }
+}
