@@ -2026,6 +2026,36 @@ impl Control {
         let inner = self.lock();
         inner.nodes.get(node).is_some_and(|l| l.session.is_some())
     }
+
+    /// A copy of the stored records (read-only; for the simulation's invariant checks).
+    pub fn persisted(&self) -> Persisted {
+        self.lock().state.clone()
+    }
+
+    /// Nodes with a live session that reports in time, i.e. where the reconciler may place.
+    pub fn ready_node_names(&self) -> Vec<String> {
+        let inner = self.lock();
+        ready_nodes(&inner, &self.config)
+    }
+
+    /// What the reconciler would do now, without doing it: empty once the cluster converged.
+    pub fn dry_plan(&self) -> Plan {
+        let inner = self.lock();
+        let online: BTreeSet<Uuid> = inner
+            .observed
+            .iter()
+            .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
+            .map(|(id, _)| *id)
+            .collect();
+        let nodes = node_views(&inner, &inner.state, &self.config);
+        reconcile::reconcile(Snapshot {
+            apps: &inner.state.apps,
+            instances: &inner.state.instances,
+            nodes: &nodes,
+            online: &online,
+            now_ms: inner.now,
+        })
+    }
 }
 
 /// Refuses `batch` when it would make the desired set of a node in `touched` weigh more than

@@ -267,7 +267,13 @@ pub fn step(
                 break;
             }
             let recs = by_index.get(&index).map(Vec::as_slice).unwrap_or(&[]);
-            let Some(old) = recs.iter().find(|r| outdated(d, r)) else {
+            // A draining record is on its way out: replacing it instead of the copy that serves
+            // made a replacement the reconciler removed as a conflict, every tick, forever.
+            let Some(old) = recs
+                .iter()
+                .filter(|r| outdated(d, r))
+                .min_by_key(|r| r.draining_since.is_some())
+            else {
                 continue;
             };
             out.replace.push(old.id);
