@@ -474,24 +474,9 @@ fn logs_rotate_survive_bursts_and_keep_the_last_lines() {
 #[test]
 fn agent_kill_9_leaves_instances_running_and_the_next_agent_adopts_them() {
     let mut c = Cluster::start(1).expect("coordinator and an agent start");
-    let base = free_port_range(3).expect("three free ports");
-    c.cli(&[
-        "start",
-        &c.testapp().display().to_string(),
-        "--name",
-        "web",
-        "--instances",
-        "3",
-        "--port",
-        &format!("{base}-{}", base + 2),
-    ])
-    .assert_ok();
-    let before = wait_online(&c, "web", 3);
-    let procs: Vec<ProcId> = before
-        .iter()
-        .map(|i| ProcId::of(i.pid.expect("pid")).expect("alive"))
-        .collect();
-    c.remember_pids(&procs.iter().map(|p| p.pid).collect::<Vec<_>>());
+    let web = c.start_app("web", 3).online().expect("web starts");
+    let (base, before, procs) = (web.base_port, web.instances.clone(), web.procs());
+    assert_eq!(procs.len(), 3, "every instance runs: {procs:?}");
 
     let old = c.agent_idx("node-a").expect("node-a");
     c.agent(old).kill();
