@@ -34,13 +34,19 @@ impl HttpReply {
 /// A new connection per request, as before: through a balancer, every request must be free to
 /// go to another backend, and a pooled connection would pin it.
 pub fn http_get(port: u16, path: &str) -> Result<HttpReply, Error> {
+    http_get_within(port, path, HTTP_TIMEOUT)
+}
+
+/// [`http_get`] with `step` per step, for a request the app takes long to answer by design
+/// (touching memory, burning CPU), which a loaded CI machine slows further.
+pub fn http_get_within(port: u16, path: &str, step: Duration) -> Result<HttpReply, Error> {
     let url = format!("http://127.0.0.1:{port}{path}");
     let what = format!("GET {url}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_connect(Some(HTTP_TIMEOUT))
-        .timeout_send_request(Some(HTTP_TIMEOUT))
-        .timeout_recv_response(Some(HTTP_TIMEOUT))
-        .timeout_recv_body(Some(HTTP_TIMEOUT))
+        .timeout_connect(Some(step))
+        .timeout_send_request(Some(step))
+        .timeout_recv_response(Some(step))
+        .timeout_recv_body(Some(step))
         .http_status_as_error(false)
         .max_idle_connections(0)
         .build()

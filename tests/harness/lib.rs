@@ -38,7 +38,7 @@ pub use cli::{CliOutput, Instance, per_node, render};
 pub use cluster::{AGENT_GRACE, CLI_TIMEOUT, Cluster, KEEP_ENV, NODE_NAMES, STARTUP_TIMEOUT};
 pub use daemon::{Daemon, tail};
 pub use error::Error;
-pub use http::{HttpReply, health, http_get};
+pub use http::{HttpReply, health, http_get, http_get_within};
 pub use ports::free_port_range;
 pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
 pub use sampler::Sampler;
