@@ -6,27 +6,18 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use pmcluster_tests::{Cluster, free_port_range, health};
+use pmcluster_tests::{Cluster, health};
 
 const RUNS: usize = 5;
 
-fn run_once(c: &Cluster, run: usize, testapp: &str) -> Result<Duration, String> {
-    let base = free_port_range(12).map_err(|e| e.to_string())?;
+fn run_once(c: &Cluster, run: usize) -> Result<Duration, String> {
     let name = format!("web{run}");
-    let ports = format!("{base}-{}", base + 11);
-    let out = c.cli(&[
-        "start",
-        testapp,
-        "--name",
-        &name,
-        "--instances",
-        "0",
-        "--port",
-        &ports,
-    ]);
-    if !out.success() {
-        return Err(out.to_string());
-    }
+    let base = c
+        .start_app(&name, 0)
+        .ports(12)
+        .online()
+        .map_err(|e| e.to_string())?
+        .base_port;
     let t0 = Instant::now();
     let out = c.cli(&["scale", &name, "12"]);
     if !out.success() {
@@ -63,10 +54,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let testapp = c.testapp().display().to_string();
     let mut times = Vec::new();
     for run in 0..RUNS {
-        match run_once(&c, run, &testapp) {
+        match run_once(&c, run) {
             Ok(t) => {
                 println!(
                     "run {run}: scale web 12 -> 12/12 answering /health in {:.0} ms",

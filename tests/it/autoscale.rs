@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pmcluster_tests::{Cluster, free_port_range, http_get, render, wait_until};
+use pmcluster_tests::{Cluster, http_get, render, wait_until};
 
 use crate::{live, wait_online};
 
@@ -52,21 +52,12 @@ impl Burner {
 /// ports; returns the cluster and the first port.
 fn web_with_two_instances(agents: usize) -> (Cluster, u16) {
     let c = Cluster::start(agents).expect("cluster starts");
-    let base = free_port_range(4).expect("free ports");
-    let ports = format!("{base}-{}", base + 3);
-    let testapp = c.testapp().display().to_string();
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "2",
-        "--port",
-        &ports,
-    ])
-    .assert_ok();
-    wait_online(&c, "web", 2);
+    let base = c
+        .start_app("web", 2)
+        .ports(4)
+        .online()
+        .expect("web starts")
+        .base_port;
     (c, base)
 }
 

@@ -6,8 +6,6 @@ use pmcluster_tests::{Cluster, free_port_range, render};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::wait_online;
-
 /// A refused command: the args, the exit code it must give (`None`: any non-zero) and words its
 /// stderr must contain.
 struct Refused<'a> {
@@ -44,21 +42,12 @@ fn stored_apps(c: &Cluster) -> Vec<Value> {
 #[test]
 fn bad_input() {
     let c = Cluster::start(1).expect("coordinator and one agent start");
-    let base = free_port_range(2).expect("two free ports");
-    let web_ports = format!("{base}-{}", base + 1);
+    let web = c
+        .start_app("web", 2)
+        .online()
+        .expect("web starts")
+        .instances;
     let testapp = c.testapp().display().to_string();
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "2",
-        "--port",
-        &web_ports,
-    ])
-    .assert_ok();
-    let web = wait_online(&c, "web", 2);
     let apps_before = stored_apps(&c);
     assert_eq!(apps_before.len(), 1, "{apps_before:?}");
 

@@ -18,7 +18,7 @@ mod supervision;
 
 use std::time::Duration;
 
-use pmcluster_tests::{Cluster, Instance, pid_alive, render, wait_until};
+use pmcluster_tests::{Cluster, Instance, render};
 
 /// Deadline of every wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -26,24 +26,16 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 /// Online, with a pid that is alive now: the list reflects the agents' last reports, so a pid
 /// listed right after a change may already be gone.
 pub fn live(inst: &Instance) -> bool {
-    inst.online() && inst.pid.is_some_and(pid_alive)
+    inst.live()
 }
 
 /// Waits until `app` has exactly `n` instances, indices 0..n, all [`live`]; returns them.
 #[track_caller]
 pub fn wait_online(c: &Cluster, app: &str, n: usize) -> Vec<Instance> {
-    wait_until(DEADLINE, &format!("{n} online instances of {app}"), || {
-        let list = c.instances(app)?;
-        let indices_ok = list
-            .iter()
-            .enumerate()
-            .all(|(i, inst)| inst.index as usize == i);
-        if list.len() == n && indices_ok && list.iter().all(live) {
-            Ok(list)
-        } else {
-            Err(render(&list))
-        }
-    })
+    match c.wait_online(app, n) {
+        Ok(list) => list,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 /// The instance with `index` in a list, or a description of the list.

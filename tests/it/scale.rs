@@ -55,22 +55,12 @@ fn pids(list: &[Instance]) -> BTreeMap<u32, Option<u32>> {
 #[test]
 fn spread_scale_kill_restart() {
     let mut c = Cluster::start(3).expect("coordinator and three agents start");
-    let base = free_port_range(12).expect("twelve free ports");
-    let ports = format!("{base}-{}", base + 11);
-    let testapp = c.testapp().display().to_string();
-
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "1",
-        "--port",
-        &ports,
-    ])
-    .assert_ok();
-    let one = wait_online(&c, "web", 1);
+    let web = c
+        .start_app("web", 1)
+        .ports(12)
+        .online()
+        .expect("web starts");
+    let (base, one) = (web.base_port, web.instances);
     c.cli(&["scale", "web", "12"]).assert_ok();
 
     // Twelve online, four per node, instance i on port base+i and answering as itself.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use pmcluster_tests::{
-    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, Sampler, children_of,
-    free_port_range, kill_pid, per_node, pid_alive, render, wait_until,
+    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, Sampler, children_of, kill_pid,
+    per_node, pid_alive, render, wait_until,
 };
 
 use crate::{DEADLINE, live, wait_online};
@@ -65,23 +65,12 @@ fn by_index(pids: &[u32], app: &str) -> BTreeMap<u32, Vec<u32>> {
 #[test]
 fn node_loss_reschedules_and_return_never_duplicates() {
     let mut c = Cluster::start_with(3, &["--heartbeat-timeout", "3s"]).expect("cluster starts");
-    let base = free_port_range(6).expect("six free ports");
-    let testapp = c.testapp().display().to_string();
-    let ports = format!("{base}-{}", base + 5);
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "6",
-        "--port",
-        &ports,
-        "--reschedule-after",
-        "2s",
-    ])
-    .assert_ok();
-    let before = wait_online(&c, "web", 6);
+    let before = c
+        .start_app("web", 6)
+        .args(&["--reschedule-after", "2s"])
+        .online()
+        .expect("web starts")
+        .instances;
     assert_eq!(
         per_node(&before).into_values().collect::<Vec<_>>(),
         [2, 2, 2]
@@ -162,23 +151,14 @@ fn node_loss_reschedules_and_return_never_duplicates() {
 #[test]
 fn drain_moves_everything_without_a_gap() {
     let c = Cluster::start(3).expect("cluster starts");
-    let base = free_port_range(30).expect("free ports");
-    let testapp = c.testapp().display().to_string();
     // auto: ports, because on loopback a replacement cannot take the port its predecessor still
     // holds; on separate hosts a fixed range works the same way.
-    let ports = format!("auto:{base}-{}", base + 29);
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "6",
-        "--port",
-        &ports,
-    ])
-    .assert_ok();
-    let before = wait_online(&c, "web", 6);
+    let before = c
+        .start_app("web", 6)
+        .auto_ports(30)
+        .online()
+        .expect("web starts")
+        .instances;
     assert_eq!(per_node(&before).get("node-a"), Some(&2));
 
     // Two views, each consistent in itself: the coordinator's list (every index has a copy it
@@ -355,24 +335,14 @@ fn constraints_resources_and_pending_reasons() {
 #[test]
 fn partitioned_node_returns_and_its_stale_copies_are_stopped() {
     let c = Cluster::start_with(3, &["--heartbeat-timeout", "2s"]).expect("cluster starts");
-    let base = free_port_range(40).expect("free ports");
-    let testapp = c.testapp().display().to_string();
     // auto: ports, so replacements can start on loopback while the cut-off copies still run.
-    let ports = format!("auto:{base}-{}", base + 39);
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "3",
-        "--port",
-        &ports,
-        "--reschedule-after",
-        "1s",
-    ])
-    .assert_ok();
-    let before = wait_online(&c, "web", 3);
+    let before = c
+        .start_app("web", 3)
+        .auto_ports(40)
+        .args(&["--reschedule-after", "1s"])
+        .online()
+        .expect("web starts")
+        .instances;
     let stale: Vec<u32> = before
         .iter()
         .filter(|i| i.node.as_deref() == Some("node-a"))

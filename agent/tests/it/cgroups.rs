@@ -1,6 +1,6 @@
 //! Every instance in a cgroup of its own: a grandchild that double-forks into a session of its
 //! own (out of the instance's process group and family, and reparented to the agent) still goes
-//! with the instance's stop or crash. Skipped, with the reason printed, without root or a
+//! with the instance's stop or crash. Reported as skipped (see `skip`) without root or a
 //! writable cgroup2 hierarchy.
 
 use std::path::{Path, PathBuf};
@@ -11,13 +11,19 @@ use pmcluster_proto::v1 as pb;
 
 use crate::binary::{Started, exit_of, start_agent, stderr_of};
 use crate::fake::{instance, is_state, must};
+use crate::skip::{Need, skip};
 use crate::{Reaper, assignment, sh_spec, wait_until};
 
-/// The cgroup2 mount point if this process may make cgroups under its own, or why not.
-fn usable(test: &str) -> Result<PathBuf, String> {
+/// The cgroup2 mount point if this process may make cgroups under its own, or what is missing
+/// and why.
+fn usable(test: &str) -> Result<PathBuf, (Need, String)> {
     if !nix::unistd::Uid::effective().is_root() {
-        return Err("not root".to_string());
+        return Err((Need::Root, "not root".to_string()));
     }
+    cgroup2_dir(test).map_err(|why| (Need::Cgroup2, why))
+}
+
+fn cgroup2_dir(test: &str) -> Result<PathBuf, String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
     let mount = pmcluster_agent::cgroup::parse_mountinfo(&mountinfo)
         .ok_or("no cgroup2 file system mounted")?;
@@ -156,10 +162,7 @@ fn check_membership(
 async fn a_stop_ends_a_grandchild_that_left_group_and_family() {
     let mount = match usable("stop") {
         Ok(m) => m,
-        Err(why) => {
-            println!("skipped: cgroups are not usable here ({why})");
-            return;
-        }
+        Err((need, why)) => return skip(need, &format!("cgroups are not usable here: {why}")),
     };
     let reaper = Reaper::default();
     let Started {
@@ -219,10 +222,7 @@ async fn a_stop_ends_a_grandchild_that_left_group_and_family() {
 async fn a_crash_ends_a_grandchild_that_left_group_and_family() {
     let mount = match usable("crash") {
         Ok(m) => m,
-        Err(why) => {
-            println!("skipped: cgroups are not usable here ({why})");
-            return;
-        }
+        Err((need, why)) => return skip(need, &format!("cgroups are not usable here: {why}")),
     };
     let reaper = Reaper::default();
     let Started {

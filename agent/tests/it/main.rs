@@ -11,6 +11,7 @@ mod link;
 mod logging;
 mod resources;
 mod skeleton;
+mod skip;
 
 use std::path::Path;
 use std::sync::Mutex;

@@ -4,6 +4,7 @@
 use pmcluster_proto::v1 as pb;
 
 use crate::fake::{FakeCoordinator, instance, is_state, must};
+use crate::skip::{Need, skip};
 use crate::{InProcessAgent, Reaper, assignment, sh_spec, tempdir, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,12 +145,10 @@ fn nofile_of(pid: u32) -> Option<(String, String)> {
 async fn a_user_instance_gets_limits_above_the_agents_and_its_groups_and_home() {
     use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: running an instance as another user needs root");
-        return;
+        return skip(Need::Root, "running an instance as another user needs root");
     }
     let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
-        eprintln!("skipped: no user nobody on this host");
-        return;
+        return skip(Need::Root, "no user nobody on this host");
     };
     // Above the agent's own hard limit (the instance inherits the agent's limits), within what
     // the kernel allows at all. Raising a hard limit takes CAP_SYS_RESOURCE, which some
@@ -237,12 +236,10 @@ async fn a_user_instance_gets_limits_above_the_agents_and_its_groups_and_home() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_health_checks_run_as_the_instances_user() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: switching users needs root");
-        return;
+        return skip(Need::Root, "switching users needs root");
     }
     let Some(nobody) = nix::unistd::User::from_name("nobody").ok().flatten() else {
-        eprintln!("skipped: no user nobody on this host");
-        return;
+        return skip(Need::Root, "no user nobody on this host");
     };
     let reaper = Reaper::default();
     let dir = tempdir();
@@ -281,8 +278,7 @@ async fn exec_health_checks_run_as_the_instances_user() {
 async fn cwd_is_entered_as_the_instances_user() {
     use std::os::unix::fs::PermissionsExt;
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: switching users needs root");
-        return;
+        return skip(Need::Root, "switching users needs root");
     }
     let reaper = Reaper::default();
     let dir = tempdir();

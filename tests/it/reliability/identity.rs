@@ -3,30 +3,18 @@
 
 use std::fs;
 
-use pmcluster_tests::{Cluster, Instance, ProcId, free_port_range, render, wait_until};
+use pmcluster_tests::{Cluster, Instance, ProcId, render, wait_until};
 
 use crate::{DEADLINE, live, wait_online};
 
 /// Starts `web` (the test app) with `n` instances on fixed ports and waits for them online.
 fn start_web(c: &Cluster, n: u16) -> Vec<ProcId> {
-    let base = free_port_range(n).expect("free ports");
-    c.cli(&[
-        "start",
-        &c.testapp().display().to_string(),
-        "--name",
-        "web",
-        "--instances",
-        &n.to_string(),
-        "--port",
-        &format!("{base}-{}", base + n - 1),
-    ])
-    .assert_ok();
-    let online = wait_online(c, "web", usize::from(n));
-    let procs: Vec<ProcId> = online
-        .iter()
-        .map(|i| ProcId::of(i.pid.expect("online has a pid")).expect("the pid is alive"))
-        .collect();
-    c.remember_pids(&procs.iter().map(|p| p.pid).collect::<Vec<_>>());
+    let procs = c.start_app("web", n).online().expect("web starts").procs();
+    assert_eq!(
+        procs.len(),
+        usize::from(n),
+        "every instance runs: {procs:?}"
+    );
     procs
 }
 

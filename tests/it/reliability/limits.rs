@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use pmcluster_tests::{Cluster, free_port_range, render};
+use pmcluster_tests::{Cluster, render};
 use serde_json::{Value, json};
 
 use crate::{live, wait_online};
@@ -31,24 +31,10 @@ fn write_config(c: &Cluster, file: &str, apps: Value) -> String {
 
 /// An app of three instances on three nodes, whose pids must outlive what the test does.
 fn start_witness(c: &Cluster) -> BTreeMap<u32, u32> {
-    let base = free_port_range(3).expect("three free ports");
-    let ports = format!("{base}-{}", base + 2);
-    let testapp = c.testapp().display().to_string();
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "witness",
-        "--instances",
-        "3",
-        "--port",
-        &ports,
-    ])
-    .assert_ok();
-    wait_online(c, "witness", 3)
-        .iter()
-        .filter_map(|i| Some((i.index, i.pid?)))
-        .collect()
+    c.start_app("witness", 3)
+        .online()
+        .expect("the witness starts")
+        .pids()
 }
 
 /// Every node is ready, no agent ever failed to decode a message, and the witness app runs the
@@ -142,16 +128,11 @@ fn issue9_a_desired_set_over_the_link_limit_is_refused_and_nodes_stay_up() {
 #[test]
 fn issue9_a_scale_that_would_overflow_a_nodes_desired_set_is_refused() {
     let c = Cluster::start(1).expect("coordinator and one agent start");
-    let witness: BTreeMap<u32, u32> = {
-        let testapp = c.testapp().display().to_string();
-        let port = free_port_range(1).expect("a free port").to_string();
-        c.cli(&["start", &testapp, "--name", "witness", "--port", &port])
-            .assert_ok();
-        wait_online(&c, "witness", 1)
-            .iter()
-            .filter_map(|i| Some((i.index, i.pid?)))
-            .collect()
-    };
+    let witness: BTreeMap<u32, u32> = c
+        .start_app("witness", 1)
+        .online()
+        .expect("the witness starts")
+        .pids();
     // 900 KiB of env in nine values: exec refuses one string over 128 KiB.
     let env: serde_json::Map<String, Value> = (0..9)
         .map(|i| (format!("BLOB{i}"), Value::from("z".repeat(100 << 10))))

@@ -5,9 +5,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pmcluster_tests::{Cluster, free_port_range, pid_alive, render, wait_until};
+use pmcluster_tests::{Cluster, pid_alive, render, wait_until};
 
-use crate::{DEADLINE, live, wait_online};
+use crate::{DEADLINE, live};
 
 /// Issue 9, item 4: SIGTERM used to close the API port and then wait for the agents' session
 /// streams, which never end, so the coordinator stayed until the last agent left and its
@@ -16,24 +16,7 @@ use crate::{DEADLINE, live, wait_online};
 fn issue9_sigterm_exits_within_grace_with_agents_connected() {
     let mut c = Cluster::start_with(2, &["--shutdown-grace", "3s"])
         .expect("coordinator and two agents start");
-    let base = free_port_range(4).expect("four free ports");
-    let ports = format!("{base}-{}", base + 3);
-    let testapp = c.testapp().display().to_string();
-    c.cli(&[
-        "start",
-        &testapp,
-        "--name",
-        "web",
-        "--instances",
-        "4",
-        "--port",
-        &ports,
-    ])
-    .assert_ok();
-    let before: BTreeMap<u32, u32> = wait_online(&c, "web", 4)
-        .iter()
-        .filter_map(|i| Some((i.index, i.pid?)))
-        .collect();
+    let before: BTreeMap<u32, u32> = c.start_app("web", 4).online().expect("web starts").pids();
     assert_eq!(before.len(), 4, "every instance has a pid: {before:?}");
     // A follower of events is a stream that never ends by itself either: it must not hold the
     // shutdown.

@@ -1,0 +1,638 @@
+//! The cluster: a coordinator and agents on loopback in one temporary directory, the CLI run
+//! against it, and the cleanup at drop that ends, by pid, everything it started or saw.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use pmcluster_agent::process::{read_stat, signal_group};
+use serde_json::Value;
+
+use crate::bins::Bins;
+use crate::cli::{CliOutput, Instance, render};
+use crate::daemon::{Daemon, log_file, tail};
+use crate::error::{Error, io_err, unexpected};
+use crate::proc::{ProcId, children_of, is_log_pump};
+use crate::wait::{poll_every, poll_until};
+
+/// How long the harness waits for a daemon to come up, or for instances to come online.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one CLI call may take before the harness kills it.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long agents get after SIGTERM to stop their instances and exit.
+pub const AGENT_GRACE: Duration = Duration::from_secs(10);
+/// Set to keep the temporary directory of every cluster, not only of failed tests.
+pub const KEEP_ENV: &str = "PMCLUSTER_TEST_KEEP";
+
+/// Node names given to the agents of [`Cluster::start`], in order.
+pub const NODE_NAMES: [&str; 8] = [
+    "node-a", "node-b", "node-c", "node-d", "node-e", "node-f", "node-g", "node-h",
+];
+
+/// A coordinator and its agents on loopback, in one temporary directory.
+pub struct Cluster {
+    /// `None` once kept (the directory then outlives the cluster).
+    dir: Option<tempfile::TempDir>,
+    root: PathBuf,
+    bins: Bins,
+    coordinator: Option<Daemon>,
+    /// Earlier coordinator processes (killed), kept for their logs.
+    past_coordinators: Vec<Daemon>,
+    /// Port the coordinator serves on; kept across restarts.
+    port: u16,
+    agents: Vec<Daemon>,
+    /// Instance processes seen in `list`, killed at drop if still alive.
+    instance_procs: Mutex<BTreeSet<ProcId>>,
+    cli_runs: AtomicU64,
+    coordinator_args: Vec<String>,
+}
+
+impl Cluster {
+    /// A coordinator and `n_agents` agents named node-a, node-b, ..., each ready.
+    pub fn start(n_agents: usize) -> Result<Cluster, Error> {
+        Cluster::start_with(n_agents, &[])
+    }
+
+    /// As [`Cluster::start`], with extra coordinator flags (e.g. `--heartbeat-timeout 3s`).
+    pub fn start_with(n_agents: usize, coordinator_args: &[&str]) -> Result<Cluster, Error> {
+        if n_agents > NODE_NAMES.len() {
+            return Err(unexpected(
+                "starting a cluster",
+                format!("at most {} agents", NODE_NAMES.len()),
+            ));
+        }
+        let bins = Bins::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pmcluster-it-")
+            .tempdir()
+            .map_err(io_err("creating the temporary directory"))?;
+        let root = dir.path().to_path_buf();
+        let mut cluster = Cluster {
+            dir: Some(dir),
+            root,
+            bins,
+            coordinator: None,
+            past_coordinators: Vec::new(),
+            port: 0,
+            agents: Vec::new(),
+            instance_procs: Mutex::new(BTreeSet::new()),
+            cli_runs: AtomicU64::new(0),
+            coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+        };
+        match cluster.boot(n_agents) {
+            Ok(()) => Ok(cluster),
+            Err(e) => Err(Error::Start {
+                source: Box::new(e),
+                tails: cluster.tails(),
+            }),
+        }
+    }
+
+    fn boot(&mut self, n_agents: usize) -> Result<(), Error> {
+        self.spawn_coordinator()?;
+        let names = &NODE_NAMES[..n_agents];
+        for name in names {
+            self.add_agent(name)?;
+        }
+        self.wait_ready(names, STARTUP_TIMEOUT)
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn bins(&self) -> &Bins {
+        &self.bins
+    }
+
+    /// Path of `pmcluster-testapp`.
+    pub fn testapp(&self) -> &Path {
+        &self.bins.testapp
+    }
+
+    /// The coordinator's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`, for `--coordinator` and gRPC clients.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn coordinator(&self) -> Option<&Daemon> {
+        self.coordinator.as_ref()
+    }
+
+    pub fn agents(&self) -> &[Daemon] {
+        &self.agents
+    }
+
+    /// The agent [`Cluster::add_agent`] returned `idx` for.
+    pub fn agent(&self, idx: usize) -> &Daemon {
+        &self.agents[idx]
+    }
+
+    /// Index of the first agent started with this node name.
+    pub fn agent_idx(&self, name: &str) -> Option<usize> {
+        self.agents.iter().position(|a| a.name == name)
+    }
+
+    /// Starts the coordinator on `self.port` (0 the first time) and waits for the line that
+    /// names its address.
+    fn spawn_coordinator(&mut self) -> Result<(), Error> {
+        let run = self.past_coordinators.len() + usize::from(self.coordinator.is_some()) + 1;
+        let data_dir = self.root.join("coordinator");
+        fs::create_dir_all(&data_dir).map_err(io_err("creating the coordinator data dir"))?;
+        let stdout_path = self.root.join(format!("coordinator-{run}.stdout.log"));
+        let stderr_path = self.root.join(format!("coordinator-{run}.stderr.log"));
+        let listen = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(&self.bins.coordinator)
+            .arg("--listen")
+            .arg(&listen)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(&self.coordinator_args)
+            .env_remove("PMCLUSTER_LISTEN")
+            .env_remove("PMCLUSTER_DATA_DIR")
+            // Plain logs in the files the failure report prints.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file(&stdout_path)?)
+            .stderr(log_file(&stderr_path)?)
+            .spawn()
+            .map_err(io_err(format!(
+                "spawning {}",
+                self.bins.coordinator.display()
+            )))?;
+        if let Some(old) = self.coordinator.take() {
+            self.past_coordinators.push(old);
+        }
+        let daemon = self.coordinator.insert(Daemon::new(
+            "coordinator",
+            data_dir,
+            stdout_path.clone(),
+            stderr_path,
+            child,
+        ));
+        const PREFIX: &str = "pmcluster-coordinator listening on ";
+        let port = poll_until(STARTUP_TIMEOUT, "the coordinator's listening line", || {
+            let out = fs::read_to_string(&stdout_path).unwrap_or_default();
+            if let Some(line) = out.lines().find(|l| l.starts_with(PREFIX)) {
+                let addr = &line[PREFIX.len()..];
+                return match addr.trim().parse::<SocketAddr>() {
+                    Ok(a) => Ok(Ok(a.port())),
+                    Err(e) => Ok(Err(unexpected(
+                        "the coordinator's listening line",
+                        format!("{line:?}: {e}"),
+                    ))),
+                };
+            }
+            if let Some(status) = daemon.try_exit() {
+                return Ok(Err(Error::EarlyExit {
+                    what: format!("pmcluster-coordinator --listen {listen}"),
+                    status: status.to_string(),
+                    tail: daemon.stderr_tail(30),
+                }));
+            }
+            Err(format!("stdout so far: {out:?}"))
+        })??;
+        if self.port != 0 && port != self.port {
+            return Err(unexpected(
+                "restarting the coordinator",
+                format!("asked for port {}, it listens on {port}", self.port),
+            ));
+        }
+        self.port = port;
+        Ok(())
+    }
+
+    /// Starts an agent named `name` with a data dir of its own, without waiting for it to be
+    /// ready. Returns its index for [`Cluster::agent`].
+    pub fn add_agent(&mut self, name: &str) -> Result<usize, Error> {
+        self.add_agent_with(name, &[])
+    }
+
+    /// As [`Cluster::add_agent`], with extra agent flags (e.g. `--label region=eu`). The agent
+    /// stops its instances when it gets SIGTERM (`--stop-instances-on-exit`), so that a test's
+    /// end cleans up.
+    pub fn add_agent_with(&mut self, name: &str, extra_args: &[&str]) -> Result<usize, Error> {
+        let data_dir = self
+            .root
+            .join(format!("agent-{}-{name}", self.agents.len()));
+        self.spawn_agent(name, data_dir, extra_args, true)
+    }
+
+    /// As [`Cluster::add_agent_with`], but SIGTERM makes the agent leave its instances running
+    /// (the agent's default).
+    pub fn add_agent_leaving_instances(
+        &mut self,
+        name: &str,
+        extra_args: &[&str],
+    ) -> Result<usize, Error> {
+        let data_dir = self
+            .root
+            .join(format!("agent-{}-{name}", self.agents.len()));
+        self.spawn_agent(name, data_dir, extra_args, false)
+    }
+
+    /// Starts an agent named `name` on an existing data dir (another agent's, say, to reuse it
+    /// under a new name). Returns its index for [`Cluster::agent`].
+    pub fn add_agent_in(
+        &mut self,
+        name: &str,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+    ) -> Result<usize, Error> {
+        self.spawn_agent(name, data_dir, extra_args, true)
+    }
+
+    /// Starts a new agent with the name and data dir of agent `idx` (which must have exited or
+    /// been killed), as an agent restart on the same host would. Returns the new agent's index.
+    pub fn restart_agent(&mut self, idx: usize, extra_args: &[&str]) -> Result<usize, Error> {
+        let old = &self.agents[idx];
+        if old.running() {
+            return Err(unexpected(
+                format!("restarting agent {}", old.name),
+                "it still runs; kill it first",
+            ));
+        }
+        let (name, data_dir) = (old.name.clone(), old.data_dir.clone());
+        self.spawn_agent(&name, data_dir, extra_args, true)
+    }
+
+    fn spawn_agent(
+        &mut self,
+        name: &str,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+        stop_instances_on_exit: bool,
+    ) -> Result<usize, Error> {
+        let idx = self.agents.len();
+        let base = format!("agent-{idx}-{name}");
+        fs::create_dir_all(&data_dir).map_err(io_err("creating an agent data dir"))?;
+        let stdout_path = self.root.join(format!("{base}.stdout.log"));
+        let stderr_path = self.root.join(format!("{base}.stderr.log"));
+        let mut cmd = Command::new(&self.bins.agent);
+        cmd.arg("--coordinator")
+            .arg(self.url())
+            .arg("--node-name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(extra_args)
+            .env_remove("PMCLUSTER_STOP_INSTANCES_ON_EXIT")
+            // Plain logs in the files the failure report prints.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file(&stdout_path)?)
+            .stderr(log_file(&stderr_path)?);
+        if stop_instances_on_exit {
+            cmd.arg("--stop-instances-on-exit");
+        }
+        let child = cmd
+            .spawn()
+            .map_err(io_err(format!("spawning {}", self.bins.agent.display())))?;
+        self.agents
+            .push(Daemon::new(name, data_dir, stdout_path, stderr_path, child));
+        Ok(idx)
+    }
+
+    /// Waits until `nodes` lists each of `names` as ready.
+    pub fn wait_ready(&self, names: &[&str], timeout: Duration) -> Result<(), Error> {
+        let what = format!("nodes {names:?} to be ready");
+        poll_until(timeout, &what, || {
+            for (i, agent) in self.agents.iter().enumerate() {
+                // Only the newest agent of a name counts: an older one may have been killed on purpose.
+                let newest = !self.agents[i + 1..].iter().any(|a| a.name == agent.name);
+                if newest
+                    && names.contains(&agent.name.as_str())
+                    && let Some(status) = agent.try_exit()
+                {
+                    return Ok(Err(Error::EarlyExit {
+                        what: format!("agent {}", agent.name),
+                        status: status.to_string(),
+                        tail: agent.stderr_tail(30),
+                    }));
+                }
+            }
+            let nodes = self.nodes_json()?;
+            let ready: BTreeSet<&str> = nodes
+                .iter()
+                .filter(|n| n["status"] == "ready")
+                .filter_map(|n| n["name"].as_str())
+                .collect();
+            if names.iter().all(|n| ready.contains(n)) {
+                Ok(Ok(()))
+            } else {
+                Err(format!("{}", Value::Array(nodes)))
+            }
+        })?
+    }
+
+    /// Runs `pmcluster --coordinator URL args...`, killing it after [`CLI_TIMEOUT`].
+    pub fn try_cli(&self, args: &[&str]) -> Result<CliOutput, Error> {
+        self.try_cli_timeout(args, CLI_TIMEOUT)
+    }
+
+    pub fn try_cli_timeout(&self, args: &[&str], timeout: Duration) -> Result<CliOutput, Error> {
+        let run = self.cli_runs.fetch_add(1, Ordering::Relaxed);
+        let dir = self.root.join("cli");
+        fs::create_dir_all(&dir).map_err(io_err("creating the cli output dir"))?;
+        let out_path = dir.join(format!("{run}.out"));
+        let err_path = dir.join(format!("{run}.err"));
+        let what = format!("pmcluster {}", args.join(" "));
+        let mut child = Command::new(&self.bins.cli)
+            .arg("--coordinator")
+            .arg(self.url())
+            .args(args)
+            .env_remove("PMCLUSTER_COORDINATOR")
+            .stdin(Stdio::null())
+            .stdout(log_file(&out_path)?)
+            .stderr(log_file(&err_path)?)
+            .spawn()
+            .map_err(io_err(format!("spawning {what}")))?;
+        // A CLI call takes milliseconds; poll its exit finely so that waits stay quick.
+        let interval = Duration::from_millis(10);
+        let waited = poll_every(interval, timeout, &what, || match child.try_wait() {
+            Ok(Some(status)) => Ok(Ok(status)),
+            Ok(None) => Err(tail(&err_path, 5)),
+            Err(e) => Ok(Err(io_err(format!("waiting for {what}"))(e))),
+        });
+        let status = match waited {
+            Ok(status) => status?,
+            Err(timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(timeout);
+            }
+        };
+        let read = |p: &Path| {
+            fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .map_err(io_err(format!("reading {}", p.display())))
+        };
+        let output = CliOutput {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            status,
+            stdout: read(&out_path)?,
+            stderr: read(&err_path)?,
+        };
+        let _ = fs::remove_file(&out_path);
+        let _ = fs::remove_file(&err_path);
+        Ok(output)
+    }
+
+    /// [`Cluster::try_cli`] that panics if the CLI could not be run at all (its exit status is
+    /// the caller's to check).
+    #[track_caller]
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        match self.try_cli(args) {
+            Ok(out) => out,
+            Err(e) => panic!("running pmcluster {args:?}: {e}"),
+        }
+    }
+
+    /// `list [APP] -o json` (every app when `app` is empty), as JSON objects. Remembers the
+    /// instance pids it sees so that drop can end them.
+    pub fn list_json(&self, app: &str) -> Result<Vec<Value>, Error> {
+        let mut args = vec!["list", "-o", "json"];
+        if !app.is_empty() {
+            args.push(app);
+        }
+        let out = self.try_cli(&args)?;
+        if !out.success() {
+            return Err(unexpected("pmcluster list", out.to_string()));
+        }
+        let entries = match out.json()? {
+            Value::Array(entries) => entries,
+            other => return Err(unexpected("pmcluster list -o json", other.to_string())),
+        };
+        let pids = entries
+            .iter()
+            .filter_map(|e| e["pid"].as_u64())
+            .filter_map(|p| u32::try_from(p).ok());
+        self.remember_instances(pids);
+        Ok(entries)
+    }
+
+    /// `list [APP]` as typed entries, sorted by app and index.
+    pub fn instances(&self, app: &str) -> Result<Vec<Instance>, Error> {
+        let mut list = self
+            .list_json(app)?
+            .iter()
+            .map(Instance::from_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        list.sort_by(|a, b| (&a.app, a.index).cmp(&(&b.app, b.index)));
+        Ok(list)
+    }
+
+    /// Waits until `app` has exactly `n` instances, indices 0..n, all [`Instance::live`]; returns
+    /// them sorted by index.
+    pub fn wait_online(&self, app: &str, n: usize) -> Result<Vec<Instance>, Error> {
+        poll_until(
+            STARTUP_TIMEOUT,
+            &format!("{n} online instances of {app}"),
+            || {
+                let list = self.instances(app)?;
+                let indices_ok = list
+                    .iter()
+                    .enumerate()
+                    .all(|(i, inst)| inst.index as usize == i);
+                if list.len() == n && indices_ok && list.iter().all(Instance::live) {
+                    Ok(list)
+                } else {
+                    Err(render(&list))
+                }
+            },
+        )
+    }
+
+    /// `nodes -o json`.
+    pub fn nodes_json(&self) -> Result<Vec<Value>, Error> {
+        let out = self.try_cli(&["nodes", "-o", "json"])?;
+        if !out.success() {
+            return Err(unexpected("pmcluster nodes", out.to_string()));
+        }
+        match out.json()? {
+            Value::Array(nodes) => Ok(nodes),
+            other => Err(unexpected("pmcluster nodes -o json", other.to_string())),
+        }
+    }
+
+    /// Records processes to end at drop whatever their parent (instances adopted by a restarted
+    /// agent are not its children).
+    pub fn remember_pids(&self, pids: &[u32]) {
+        let mut known = self
+            .instance_procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for &pid in pids {
+            if let Some(id) = ProcId::of(pid) {
+                known.insert(id);
+            }
+        }
+    }
+
+    /// Records processes that are children of one of our agents, for the safety net at drop.
+    fn remember_instances(&self, pids: impl Iterator<Item = u32>) {
+        let agent_pids: BTreeSet<u32> = self.agents.iter().map(Daemon::pid).collect();
+        let mut known = self
+            .instance_procs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for pid in pids {
+            // One read for the parent and the start time, so both are of the same process.
+            if let Some(stat) = read_stat(pid)
+                && agent_pids.contains(&stat.ppid)
+            {
+                known.insert(ProcId {
+                    pid,
+                    start_ticks: stat.start_ticks,
+                });
+            }
+        }
+    }
+
+    /// Pids of the running agents.
+    pub fn agent_pids(&self) -> Vec<u32> {
+        self.agents
+            .iter()
+            .filter(|a| a.running())
+            .map(|a| a.pid())
+            .collect()
+    }
+
+    /// Every child process of a running agent but its log pumps (which carry
+    /// `PMCLUSTER_PUMP_FOR` from their start), with the agent's node name.
+    pub fn agent_children(&self) -> BTreeMap<u32, String> {
+        let mut out = BTreeMap::new();
+        for agent in self.agents.iter() {
+            if agent.running() {
+                for pid in children_of(agent.pid()) {
+                    if is_log_pump(pid) {
+                        continue;
+                    }
+                    out.insert(pid, agent.name.clone());
+                }
+            }
+        }
+        let pids: Vec<u32> = out.keys().copied().collect();
+        self.remember_instances(pids.into_iter());
+        out
+    }
+
+    /// SIGKILLs the coordinator and reaps it.
+    pub fn kill_coordinator(&mut self) -> Result<(), Error> {
+        let daemon = self
+            .coordinator
+            .as_ref()
+            .ok_or_else(|| unexpected("killing the coordinator", "it is not running"))?;
+        daemon.kill();
+        Ok(())
+    }
+
+    /// Starts the coordinator again on the same port with the same data dir.
+    pub fn restart_coordinator(&mut self) -> Result<(), Error> {
+        if let Some(c) = self.coordinator.as_ref()
+            && c.running()
+        {
+            return Err(unexpected(
+                "restarting the coordinator",
+                "it still runs; kill it first",
+            ));
+        }
+        self.spawn_coordinator()
+    }
+
+    /// The last lines of every daemon's stderr, for failure reports.
+    pub fn tails(&self) -> String {
+        let mut out = String::new();
+        let daemons = self
+            .past_coordinators
+            .iter()
+            .chain(self.coordinator.iter())
+            .chain(self.agents.iter());
+        for d in daemons {
+            out.push_str(&format!(
+                "\n===== {} (pid {}) {} =====\n{}\n",
+                d.name,
+                d.pid(),
+                d.stderr_path.display(),
+                d.stderr_tail(40)
+            ));
+        }
+        out
+    }
+
+    /// Ends every process this cluster started or saw, by pid.
+    fn shutdown(&mut self) {
+        // Learn the latest instances while the coordinator and agents still run.
+        if self.coordinator.as_ref().is_some_and(Daemon::running) {
+            let _ = self.try_cli_timeout(&["list", "-o", "json"], Duration::from_secs(5));
+        }
+        self.agent_children();
+        for agent in self.agents.iter() {
+            agent.signal(Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + AGENT_GRACE;
+        for agent in self.agents.iter() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if agent.wait_exit(left).is_none() {
+                eprintln!(
+                    "harness: agent {} (pid {}) still runs {AGENT_GRACE:?} after SIGTERM; \
+                     sending SIGKILL",
+                    agent.name,
+                    agent.pid()
+                );
+                agent.kill();
+            }
+        }
+        if let Some(c) = self.coordinator.as_ref() {
+            c.kill();
+        }
+        let known = std::mem::take(
+            &mut *self
+                .instance_procs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for proc in known {
+            if !proc.alive() {
+                continue;
+            }
+            // An instance that leads its own process group may have children in it.
+            if read_stat(proc.pid).is_some_and(|s| s.pgrp == proc.pid) {
+                signal_group(proc.pid, Signal::SIGKILL);
+            }
+            proc.signal(Signal::SIGKILL);
+            eprintln!(
+                "harness: instance pid {} outlived its agent; sent SIGKILL",
+                proc.pid
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.shutdown();
+        let failed = std::thread::panicking();
+        if failed {
+            eprintln!("harness: daemon logs of the failed test:{}", self.tails());
+        }
+        if (failed || std::env::var_os(KEEP_ENV).is_some())
+            && let Some(dir) = self.dir.take()
+        {
+            let path = dir.keep();
+            eprintln!("harness: kept {}", path.display());
+        }
+    }
+}

@@ -1,0 +1,45 @@
+//! Harness for pmcluster's end-to-end tests and benchmarks: runs a real coordinator and real
+//! agents on loopback in a temporary directory, drives the real `pmcluster` CLI, and talks to
+//! instances over HTTP.
+//!
+//! It owns every process it starts and ends them by pid when the [`Cluster`] drops: agents first
+//! with SIGTERM (so they stop their instances), then SIGKILL for leftovers, then the coordinator,
+//! then any instance it saw that is still alive. It never kills by name, and never kills a pid
+//! unless that pid is still the very process it recorded (same start time).
+//!
+//! It must not make correctness depend on sleeping: callers wait on conditions with
+//! [`wait_until`], which polls and, on timeout, panics with the last state it observed.
+//!
+//! The binaries come from the cargo target dir (`cargo build --workspace --bins`): the dir of
+//! the running test executable, or `PMCLUSTER_BIN_DIR`.
+//!
+//! Modules, bottom up: `error`; `wait` (polling with deadlines); `bins` (locating binaries);
+//! `proc` (pids, over the agent's own `/proc` code); `daemon` (one started daemon); `ports`;
+//! `http`; `cli` (a CLI run's output and `list` entries); `cluster` (the cluster and its
+//! cleanup); `app` (starting the test app, the one way every test does it); `sampler`.
+
+mod app;
+mod bins;
+mod cli;
+mod cluster;
+mod daemon;
+mod error;
+mod http;
+mod ports;
+mod proc;
+mod sampler;
+mod wait;
+
+pub use app::{AppStart, StartedApp};
+pub use bins::{
+    AGENT_BIN, BIN_DIR_ENV, Bins, CLI_BIN, COORDINATOR_BIN, TESTAPP_BIN, bin_dir, binary,
+};
+pub use cli::{CliOutput, Instance, per_node, render};
+pub use cluster::{AGENT_GRACE, CLI_TIMEOUT, Cluster, KEEP_ENV, NODE_NAMES, STARTUP_TIMEOUT};
+pub use daemon::{Daemon, tail};
+pub use error::Error;
+pub use http::{HttpReply, health, http_get, http_get_within};
+pub use ports::free_port_range;
+pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
+pub use sampler::Sampler;
+pub use wait::{POLL_INTERVAL, now_ms, poll_until, wait_for, wait_until};
