@@ -88,7 +88,9 @@ fn issue9_plain_logs_stay_within_log_max_size_times_retain_plus_one() {
         .lines()
         .filter(|l| l.contains("flood-line"))
         .collect();
-    assert_eq!(lines.len(), 5, "{}", out.stdout);
+    // Five complete lines, plus the line being written when it was read (shown as PM2 shows
+    // it), which under `yes` may already read "flood-line" in full.
+    assert!((5..=6).contains(&lines.len()), "{}", out.stdout);
     assert!(
         lines.iter().all(|l| l.ends_with("flood-line")),
         "{}",
