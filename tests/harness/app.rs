@@ -62,7 +62,7 @@ impl Cluster {
     /// port per instance (at least one); the builder changes ports and adds flags, and
     /// [`AppStart::online`] runs it:
     ///
-    /// ```ignore
+    /// ```text
     /// let web = c.start_app("web", 4).online().expect("web starts");
     /// let web = c.start_app("web", 6).auto_ports(30).args(&["--reschedule-after", "2s"]).online()?;
     /// ```
