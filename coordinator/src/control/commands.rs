@@ -11,6 +11,7 @@ use crate::core::rollout::{Deployment, Kind, State};
 use crate::core::scheduler;
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
 
+use super::events::EventKind;
 use super::sessions::adoption_batch;
 use super::views::{app_view, deployment_view};
 use super::write::publish;
@@ -87,7 +88,7 @@ impl Control {
         let deployment = deployment.map(|d| deployment_view(&name, &d));
         if let Some(d) = &deployment {
             self.emit(
-                "rollout.started",
+                EventKind::RolloutStarted,
                 &name,
                 "",
                 None,
@@ -99,7 +100,7 @@ impl Control {
         }
         let what = if created { "created" } else { "updated" };
         self.emit(
-            "app.applied",
+            EventKind::AppApplied,
             &name,
             "",
             None,
@@ -121,7 +122,13 @@ impl Control {
             },
         )?;
         drop(inner);
-        self.emit("app.deleted", name, "", None, format!("{name} deleted"));
+        self.emit(
+            EventKind::AppDeleted,
+            name,
+            "",
+            None,
+            format!("{name} deleted"),
+        );
         Ok(removed)
     }
 
@@ -168,7 +175,7 @@ impl Control {
             .last_change_ms = Some(self.now());
         drop(inner);
         self.emit(
-            "app.scaled",
+            EventKind::AppScaled,
             name,
             "",
             None,
@@ -282,13 +289,13 @@ impl Control {
         };
         self.write(&mut inner, batch)?;
         drop(inner);
-        let verb = match action {
-            Action::Start => "start",
-            Action::Stop => "stop",
-            Action::Restart => "restart",
+        let (verb, kind) = match action {
+            Action::Start => ("start", EventKind::AppStart),
+            Action::Stop => ("stop", EventKind::AppStop),
+            Action::Restart => ("restart", EventKind::AppRestart),
         };
         self.emit(
-            &format!("app.{verb}"),
+            kind,
             name,
             "",
             index,
@@ -315,7 +322,7 @@ impl Control {
         self.write(&mut inner, Batch::app(record))?;
         drop(inner);
         self.emit(
-            "rollout.started",
+            EventKind::RolloutStarted,
             name,
             "",
             None,
@@ -333,30 +340,31 @@ impl Control {
                 "app {name:?} has no rollout in progress; see: pmcluster rollout history {name}"
             )));
         };
-        match action {
-            "pause" => d.state = State::Paused,
-            "resume" => d.state = State::Running,
+        let kind = match action {
+            "pause" => {
+                d.state = State::Paused;
+                EventKind::RolloutPause
+            }
+            "resume" => {
+                d.state = State::Running;
+                EventKind::RolloutResume
+            }
             "promote" => {
                 d.promoted = true;
                 d.state = State::Running;
+                EventKind::RolloutPromote
             }
             other => {
                 return Err(ControlError::InvalidArgument(format!(
                     "action: {other:?} is not pause, resume or promote"
                 )));
             }
-        }
+        };
         d.updated_ms = self.now();
         let record = with_deployment(app, d.clone());
         self.write(&mut inner, Batch::app(record))?;
         drop(inner);
-        self.emit(
-            &format!("rollout.{action}"),
-            name,
-            "",
-            None,
-            format!("{name}: rollout {action}"),
-        );
+        self.emit(kind, name, "", None, format!("{name}: rollout {action}"));
         Ok(deployment_view(name, &d))
     }
 
@@ -398,7 +406,7 @@ impl Control {
         self.write(&mut inner, Batch::app(record))?;
         drop(inner);
         self.emit(
-            "rollout.started",
+            EventKind::RolloutStarted,
             name,
             "",
             None,
@@ -487,7 +495,7 @@ impl Control {
         for (n, count) in imported {
             let text = format!("node {n} adopted with {count} of its instances");
             tracing::warn!("{text}");
-            self.emit("node.adopted", "", &n, None, text);
+            self.emit(EventKind::NodeAdopted, "", &n, None, text);
         }
         Ok(self
             .list_nodes()
@@ -519,7 +527,7 @@ impl Control {
         inner.nodes.remove(name);
         drop(inner);
         self.emit(
-            "node.forgotten",
+            EventKind::NodeForgotten,
             "",
             name,
             None,
@@ -560,7 +568,7 @@ impl Control {
             Some(p) => format!("{name}: autoscaling between {} and {}", p.min, p.max),
             None => format!("{name}: autoscaling off"),
         };
-        self.emit("autoscale.policy", name, "", None, text);
+        self.emit(EventKind::AutoscalePolicy, name, "", None, text);
         self.get_autoscale(name)
     }
 
@@ -581,7 +589,13 @@ impl Control {
         }
         drop(inner);
         let what = if drain { "draining" } else { "eligible again" };
-        self.emit("node.drain", "", node, None, format!("node {node} {what}"));
+        self.emit(
+            EventKind::NodeDrain,
+            "",
+            node,
+            None,
+            format!("node {node} {what}"),
+        );
         self.list_nodes()
             .into_iter()
             .find(|n| n.name == node)

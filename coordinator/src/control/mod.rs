@@ -36,6 +36,7 @@ mod tick;
 mod views;
 mod write;
 
+pub use events::EventKind;
 pub use views::state_name;
 use write::publish;
 

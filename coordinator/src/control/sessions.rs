@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
 
+use super::events::EventKind;
 use super::views::state_name;
 use super::write::{self, publish};
 use super::{
@@ -115,20 +116,26 @@ impl Control {
                 old.name
             );
             tracing::warn!("{text}");
-            self.emit("node.renamed", "", &name, None, text);
+            self.emit(EventKind::NodeRenamed, "", &name, None, text);
         }
         match &quarantine {
             Some(why) => {
                 tracing::error!(node = %name, "node quarantined: {why}");
                 self.emit(
-                    "node.quarantined",
+                    EventKind::NodeQuarantined,
                     "",
                     &name,
                     None,
                     format!("node {name} quarantined: {why}"),
                 );
             }
-            None => self.emit("node.up", "", &name, None, format!("node {name} connected")),
+            None => self.emit(
+                EventKind::NodeUp,
+                "",
+                &name,
+                None,
+                format!("node {name} connected"),
+            ),
         }
         Ok(Attached {
             session_id,
@@ -238,7 +245,7 @@ impl Control {
             } else {
                 format!("{app}[{index}] is {state}: {message}")
             };
-            self.emit("instance.state", &app, node, Some(index), text);
+            self.emit(EventKind::InstanceState, &app, node, Some(index), text);
         }
     }
 
@@ -257,7 +264,7 @@ impl Control {
         inner.log_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(
-            "node.down",
+            EventKind::NodeDown,
             "",
             node,
             None,

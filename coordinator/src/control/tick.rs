@@ -11,6 +11,7 @@ use crate::core::rollout::{self, Deployment, Facts, Kind, State};
 use crate::model::{AppRecord, Batch, InstanceRecord, SCALE_DECISIONS_KEPT, ScaleDecision};
 
 use super::commands::{new_version, with_current_policies, with_deployment};
+use super::events::EventKind;
 use super::views::healthy_since;
 use super::{Control, Inner, is_ready};
 
@@ -167,14 +168,20 @@ impl Control {
             }
         }
         for (app, reason) in scaled {
-            self.emit("autoscale", &app, "", None, format!("{app}: {reason}"));
+            self.emit(
+                EventKind::Autoscale,
+                &app,
+                "",
+                None,
+                format!("{app}: {reason}"),
+            );
         }
         for (app, text) in rolled {
-            self.emit("rollout", &app, "", None, text);
+            self.emit(EventKind::RolloutStep, &app, "", None, text);
         }
         for name in lapsed {
             self.emit(
-                "node.down",
+                EventKind::NodeDown,
                 "",
                 &name,
                 None,

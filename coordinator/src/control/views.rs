@@ -10,6 +10,7 @@ use crate::core::rollout::{Deployment, Kind};
 use crate::limits;
 use crate::model::{AppRecord, InstanceRecord};
 
+use super::events::EventKind;
 use super::{Control, ControlConfig, ControlError, Inner, Result, find_app, is_ready};
 
 /// Instances per `ListInstances` page unless the client asks for another size, and the most it
@@ -356,7 +357,7 @@ impl Control {
                 .iter()
                 .map(|d| pb::Event {
                     at_ms: d.at_ms,
-                    kind: "autoscale".into(),
+                    kind: EventKind::Autoscale.as_str().into(),
                     app: name.to_string(),
                     message: d.reason.clone(),
                     ..pb::Event::default()

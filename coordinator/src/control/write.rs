@@ -11,6 +11,7 @@ use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
 
+use super::events::EventKind;
 use super::{Control, ControlError, Inner, Result, is_quarantined, new_node_live, node_views};
 use crate::clock::Clock;
 use crate::store::Store;
@@ -141,7 +142,7 @@ impl Control {
                 let on_nodes = placements.iter().filter(|p| p.1.is_some()).count();
                 let pending = placements.len() - on_nodes;
                 self.emit(
-                    "instance.placed",
+                    EventKind::InstancePlaced,
                     app,
                     "",
                     None,
@@ -151,7 +152,7 @@ impl Control {
             }
             for (index, node) in placements {
                 self.emit(
-                    "instance.placed",
+                    EventKind::InstancePlaced,
                     app,
                     node.unwrap_or(""),
                     Some(index),
