@@ -7,9 +7,12 @@ use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::autoscale::AutoscalePolicy;
 
-use crate::core::rollout::{Deployment, Kind, State};
 use crate::core::scheduler;
+use crate::core::versions::{
+    new_version, start_deployment, with_current_policies, with_deployment,
+};
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
+use crate::model::{Kind, State};
 
 use super::events::EventKind;
 use super::sessions::adoption_batch;
@@ -601,105 +604,4 @@ impl Control {
             .find(|n| n.name == node)
             .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))
     }
-}
-
-/// An earlier process (`spec`) with the app's current count and policies: what a rollback runs.
-pub(super) fn with_current_policies(app: &AppRecord, spec: AppSpec) -> AppSpec {
-    AppSpec {
-        instances: app.spec.instances,
-        autoscale: app.spec.autoscale.clone(),
-        update: app.spec.update.clone(),
-        ..spec
-    }
-}
-
-pub(super) fn start_deployment(
-    app: &AppRecord,
-    kind: Kind,
-    from: u64,
-    to: u64,
-    epoch: u64,
-    now: i64,
-) -> Deployment {
-    Deployment {
-        id: app
-            .history
-            .last()
-            .map(|d| d.id)
-            .max(app.deployment.as_ref().map(|d| d.id))
-            .unwrap_or(0)
-            + 1,
-        kind,
-        from_version: from,
-        to_version: to,
-        restart_epoch: epoch,
-        state: State::Running,
-        started_ms: now,
-        updated_ms: now,
-        progress_ms: now,
-        promoted: false,
-        message: String::new(),
-        done: 0,
-        total: app.spec.instances,
-    }
-}
-
-/// The app with `d` as its deployment; a deployment it replaces goes to the history.
-pub(super) fn with_deployment(mut app: AppRecord, d: Deployment) -> AppRecord {
-    if let Some(old) = app.deployment.take()
-        && old.id != d.id
-    {
-        let old = if old.state.active() {
-            Deployment {
-                state: State::Superseded,
-                ..old
-            }
-        } else {
-            old
-        };
-        app.history.push(old);
-        let excess = app.history.len().saturating_sub(20);
-        app.history.drain(..excess);
-    }
-    app.deployment = Some(d);
-    app
-}
-
-/// The app at a new version running `spec`; with running instances, a rollout to it starts.
-pub(super) fn new_version(
-    old: AppRecord,
-    spec: AppSpec,
-    now: i64,
-    kind: Kind,
-    roll: bool,
-) -> AppRecord {
-    let from = old.version;
-    let to = old
-        .versions
-        .keys()
-        .copied()
-        .max()
-        .unwrap_or(0)
-        .max(old.version)
-        + 1;
-    let mut app = AppRecord {
-        versions: old.versions.clone(),
-        ..old.clone()
-    };
-    app.versions.insert(from, old.spec.clone());
-    // Keep the last ten versions.
-    while app.versions.len() > 10 {
-        let Some(first) = app.versions.keys().next().copied() else {
-            break;
-        };
-        app.versions.remove(&first);
-    }
-    app.spec = spec;
-    app.version = to;
-    app.updated_at_ms = now;
-    if roll {
-        let d = start_deployment(&app, kind, from, to, 0, now);
-        app = with_deployment(app, d);
-    }
-    app
 }

@@ -7,10 +7,9 @@ use pmcluster_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::core::autoscale::{self, Decision, Sample};
-use crate::core::rollout::{self, Deployment, Facts, Kind, State};
+use crate::core::rollout::{self, Facts};
 use crate::model::{AppRecord, Batch, InstanceRecord, SCALE_DECISIONS_KEPT, ScaleDecision};
 
-use super::commands::{new_version, with_current_policies, with_deployment};
 use super::events::EventKind;
 use super::views::healthy_since;
 use super::{Control, Inner, is_ready};
@@ -58,82 +57,13 @@ impl Control {
                 })
                 .collect();
             let step = rollout::step(&d, &app.spec.update, app.spec.instances, &refs, &facts, now);
-            let mut batch = Batch::default();
-            for old_id in &step.replace {
-                let Some(old) = records.iter().find(|r| r.id == *old_id) else {
-                    continue;
-                };
-                let epoch = if d.kind == Kind::Restart {
-                    d.restart_epoch
-                } else {
-                    old.restart_epoch
-                };
-                batch.put_instances.push(InstanceRecord {
-                    id: self.clock.new_id(),
-                    app: name.clone(),
-                    index: old.index,
-                    node: None,
-                    port: app.spec.port.port_for(old.index),
-                    app_version: d.to_version,
-                    restart_epoch: epoch,
-                    stopped: old.stopped,
-                    replaces: Some(old.id),
-                    draining_since: None,
-                    created_ms: now,
-                });
-                if old.stopped {
-                    batch.del_instances.push(old.id);
-                }
-            }
-            for id in &step.drain {
-                if let Some(r) = records.iter().find(|r| r.id == *id) {
-                    batch.put_instances.push(InstanceRecord {
-                        draining_since: Some(now),
-                        ..r.clone()
-                    });
-                }
-            }
-            batch.del_instances.extend(step.remove.iter().copied());
-            let next = step.deployment.clone();
-            let mut record = with_deployment(app.clone(), next.clone());
-            if next.state != d.state || next.done != d.done {
-                events.push((
-                    name.clone(),
-                    format!(
-                        "{name}: rollout to version {} {} ({}/{})",
-                        next.to_version,
-                        next.state.name(),
-                        next.done,
-                        next.total
-                    ),
-                ));
-            }
-            if step.rollback {
-                let spec = with_current_policies(&app, app.spec_of(d.from_version).clone());
-                let failed = Deployment {
-                    state: State::RolledBack,
-                    ..next
-                };
-                record = new_version(
-                    with_deployment(app.clone(), failed),
-                    spec,
-                    now,
-                    Kind::Rollback,
-                    true,
-                );
-                events.push((
-                    name.clone(),
-                    format!(
-                        "{name}: rolling back to version {}: {}",
-                        d.from_version, step.deployment.message
-                    ),
-                ));
-            }
-            if record != app || !batch.is_empty() {
-                batch.put_apps.push(record);
-                if let Err(e) = self.write(inner, batch) {
-                    tracing::error!(app = %name, error = %e, "rollout step failed to commit");
-                }
+            let (batch, messages) =
+                rollout::apply_step(&app, &d, &records, &step, now, &mut || self.clock.new_id());
+            events.extend(messages.into_iter().map(|m| (name.clone(), m)));
+            if !batch.is_empty()
+                && let Err(e) = self.write(inner, batch)
+            {
+                tracing::error!(app = %name, error = %e, "rollout step failed to commit");
             }
         }
         events

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use pmcluster_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::rollout::{Deployment, Kind};
+use crate::core::status::{self, Note, Status};
 use crate::limits;
 use crate::model::{AppRecord, InstanceRecord};
+use crate::model::{Deployment, Kind};
 
 use super::events::EventKind;
 use super::{Control, ControlConfig, ControlError, Inner, Result, find_app, is_ready};
@@ -373,7 +374,6 @@ pub(super) fn instance_view(
     config: &ControlConfig,
     rec: &InstanceRecord,
 ) -> pb::Instance {
-    use pb::InstanceState as S;
     let observed = inner.observed.get(&rec.id);
     let mut out = pb::Instance {
         id: rec.id.to_string(),
@@ -398,47 +398,25 @@ pub(super) fn instance_view(
         out.message = o.message.clone();
         out.health = o.health;
     }
-    let connected = rec
+    let node_up = rec
         .node
         .as_ref()
         .and_then(|n| inner.nodes.get(n))
         .is_some_and(|l| is_ready(l, config, inner.now));
-    let state = match (&rec.node, observed) {
-        (None, _) => {
+    let reported = observed.map(|o| status_from_wire(o.state));
+    let (status, note) = status::derive(rec, reported, node_up);
+    match note {
+        Note::Pending => {
             out.message = inner
                 .pending
                 .get(&rec.app)
                 .cloned()
                 .unwrap_or_else(|| "waiting for a node".into());
-            if rec.stopped { S::Stopped } else { S::Pending }
         }
-        (Some(n), _) if !connected => {
-            out.message = format!("node {n} is down");
-            S::Unknown
-        }
-        (Some(_), Some(o)) => {
-            let s = S::try_from(o.state).unwrap_or(S::Launching);
-            match (rec.stopped, s) {
-                (true, S::Stopped) => S::Stopped,
-                (true, _) => S::Stopping,
-                // Asked to run again but the agent has not acted on it yet.
-                (false, S::Stopped) => S::Launching,
-                (false, s) => s,
-            }
-        }
-        (Some(_), None) => {
-            if rec.stopped {
-                S::Stopped
-            } else {
-                S::Launching
-            }
-        }
-    };
-    out.state = if rec.draining_since.is_some() && state == S::Online {
-        S::Draining as i32
-    } else {
-        state as i32
-    };
+        Note::NodeDown(n) => out.message = format!("node {n} is down"),
+        Note::Reported => {}
+    }
+    out.state = status_to_wire(status) as i32;
     out
 }
 
@@ -601,5 +579,38 @@ pub fn state_name(state: i32) -> &'static str {
         Ok(pb::InstanceState::Unknown) => "unknown",
         Ok(pb::InstanceState::Draining) => "draining",
         _ => "unspecified",
+    }
+}
+
+/// A reported wire state; one this coordinator does not know counts as launching.
+pub(super) fn status_from_wire(state: i32) -> Status {
+    use pb::InstanceState as W;
+    match W::try_from(state) {
+        Ok(W::Unspecified) => Status::Unspecified,
+        Ok(W::Pending) => Status::Pending,
+        Ok(W::Launching) | Err(_) => Status::Launching,
+        Ok(W::Online) => Status::Online,
+        Ok(W::Stopped) => Status::Stopped,
+        Ok(W::Exited) => Status::Exited,
+        Ok(W::Errored) => Status::Errored,
+        Ok(W::Stopping) => Status::Stopping,
+        Ok(W::Unknown) => Status::Unknown,
+        Ok(W::Draining) => Status::Draining,
+    }
+}
+
+pub(super) fn status_to_wire(status: Status) -> pb::InstanceState {
+    use pb::InstanceState as W;
+    match status {
+        Status::Unspecified => W::Unspecified,
+        Status::Pending => W::Pending,
+        Status::Launching => W::Launching,
+        Status::Online => W::Online,
+        Status::Stopped => W::Stopped,
+        Status::Exited => W::Exited,
+        Status::Errored => W::Errored,
+        Status::Stopping => W::Stopping,
+        Status::Unknown => W::Unknown,
+        Status::Draining => W::Draining,
     }
 }

@@ -7,3 +7,5 @@ pub mod placement;
 pub mod reconcile;
 pub mod rollout;
 pub mod scheduler;
+pub mod status;
+pub mod versions;
