@@ -172,6 +172,9 @@ pub struct Control {
     ids: AtomicU64,
     /// The time and fresh ids: an input, so tests and the simulation can drive them.
     clock: Arc<dyn Clock>,
+    /// Rung when something the tick acts on changed (a commit, a node came or went, an instance
+    /// went on- or offline): the control loop then ticks at once instead of at its next wake-up.
+    changed: tokio::sync::Notify,
 }
 
 /// What a new agent session receives.
@@ -267,6 +270,7 @@ impl Control {
             config,
             ids: AtomicU64::new(1),
             clock,
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -281,6 +285,11 @@ impl Control {
 
     /// The time of the current critical section's clock (outside one: now).
     fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The time as this control's clock says (milliseconds), for loops that wait on it.
+    pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
     }
 

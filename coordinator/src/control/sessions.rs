@@ -225,6 +225,7 @@ impl Control {
             if (before == Some(online)) != (st.state == online) {
                 // Handoffs and drains wait for instances to come online.
                 inner.reconcile_due = true;
+                self.changed.notify_one();
             }
             if st.state == pb::InstanceState::Online as i32 {
                 let now = inner.now;
@@ -261,6 +262,7 @@ impl Control {
         live.session = None;
         live.down_since_ms = Some(self.now());
         inner.reconcile_due = true;
+        self.changed.notify_one();
         inner.log_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(

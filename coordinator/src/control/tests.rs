@@ -583,3 +583,51 @@ async fn bad_input_is_refused_without_change() -> Result<()> {
     assert_eq!(spread(&c, "web"), "a:2");
     Ok(())
 }
+
+/// Issue 10 item 2: the control loop wakes when work is due, not on a fixed poll. The wake-up
+/// time follows the state: a due reconcile (now), a heartbeat that may lapse, a running rollout's
+/// next step, or the safety tick; a commit rings `changed`.
+#[tokio::test]
+async fn issue10_the_loop_wakes_when_work_is_due() -> Result<()> {
+    use super::tick::SAFETY_TICK_MS;
+    use crate::clock::ManualClock;
+    let t0 = 1_000_000;
+    let clock = Arc::new(ManualClock::new(t0, 7));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_millis(1500),
+        ..ControlConfig::default()
+    };
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
+    // A new control has not reconciled yet.
+    assert_eq!(c.next_tick_at(), t0);
+    c.tick();
+    assert_eq!(
+        c.next_tick_at(),
+        t0 + SAFETY_TICK_MS,
+        "idle: the safety tick"
+    );
+    let _a = c.attach(&register("a"), None)?;
+    c.tick();
+    assert_eq!(
+        c.next_tick_at(),
+        t0 + 1501,
+        "the heartbeat of a could lapse then"
+    );
+    let changed = || tokio::time::timeout(Duration::ZERO, c.changed());
+    // Drain what the attach rang.
+    let _ = changed().await;
+    assert!(changed().await.is_err(), "nothing changed since");
+    c.apply(web(2))?;
+    assert!(changed().await.is_ok(), "a commit rings");
+    c.tick();
+    clock.advance_ms(100);
+    let mut next = web(2);
+    next.script = "testapp2".into();
+    c.apply(next)?;
+    // Paused, it still steps (a paused rollout resumes on its own clock).
+    c.control_rollout("web", "pause")?;
+    assert_eq!(c.next_tick_at(), t0 + 100, "a commit: tick again at once");
+    c.tick();
+    assert_eq!(c.next_tick_at(), t0 + 100 + 250, "a running rollout steps");
+    Ok(())
+}

@@ -16,8 +16,57 @@ use super::{Control, Inner, is_ready};
 
 /// Most samples kept per app (one a second): an hour.
 pub(super) const MAX_SAMPLES: usize = 3600;
+/// How often the autoscaler samples.
+const SAMPLE_EVERY_MS: i64 = 1000;
+/// How often a running rollout steps: its deadlines and `min_healthy_time` count in time, not in
+/// changes.
+const ROLLOUT_STEP_MS: i64 = 250;
+/// The longest the loop sleeps whatever the state says: a backstop (log readers that went away
+/// are reaped on a tick), not what keeps deadlines.
+pub const SAFETY_TICK_MS: i64 = 2000;
 
 impl Control {
+    /// When the next [`Control::tick`] has work (clock milliseconds): the reconciler's follow-up
+    /// time, the first heartbeat that could lapse, the next autoscale sample, the next step of a
+    /// running rollout, or now when a reconcile is due; at the latest [`SAFETY_TICK_MS`] from now.
+    pub fn next_tick_at(&self) -> i64 {
+        let inner = self.lock();
+        let now = inner.now;
+        let mut at = now + SAFETY_TICK_MS;
+        if inner.reconcile_due {
+            return now;
+        }
+        if let Some(f) = inner.followup_at {
+            at = at.min(f);
+        }
+        let timeout = i64::try_from(self.config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
+        for live in inner.nodes.values().filter(|l| l.session.is_some()) {
+            at = at.min(
+                live.last_heartbeat_ms
+                    .saturating_add(timeout)
+                    .saturating_add(1),
+            );
+        }
+        if inner
+            .state
+            .apps
+            .values()
+            .any(|a| a.spec.autoscale.is_some())
+        {
+            at = at.min(inner.last_sample_ms + SAMPLE_EVERY_MS);
+        }
+        if inner.state.apps.values().any(|a| a.rolling()) {
+            at = at.min(now + ROLLOUT_STEP_MS);
+        }
+        at.max(now)
+    }
+
+    /// Resolves once something changed since the last call (see [`Control::next_tick_at`]): a
+    /// change that comes while nobody waits is kept for the next waiter, so none is missed.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     /// One step of every running rollout.
     pub(super) fn rollout_tick(&self, inner: &mut Inner, now: i64) -> Vec<(String, String)> {
         let rolling: Vec<AppRecord> = inner
@@ -92,7 +141,7 @@ impl Control {
                 tracing::error!(error = %e, "periodic reconcile failed");
             }
             rolled = self.rollout_tick(&mut inner, now);
-            if now - inner.last_sample_ms >= 1000 {
+            if now - inner.last_sample_ms >= SAMPLE_EVERY_MS {
                 inner.last_sample_ms = now;
                 scaled = self.autoscale_tick(&mut inner, now);
             }

@@ -120,6 +120,7 @@ impl Control {
         // The plan was applied in full, so the next reconcile should find nothing; one more run
         // confirms it cheaply.
         inner.reconcile_due = true;
+        self.changed.notify_one();
         inner.followup_at = followup_at;
         for id in &batch.del_instances {
             inner.observed.remove(id);

@@ -45,8 +45,9 @@ pub struct Step {
     pub rollback: bool,
 }
 
-/// What one step of `app`'s deployment `d` changes: the records to write (an empty batch: nothing),
-/// and a line for watchers per state change. `new_id` mints the ids of replacements.
+/// What one step of `app`'s deployment `d` changes: the records to write (an empty batch: nothing
+/// but the time of the step, which is not worth a commit), and a line for watchers per state
+/// change. `new_id` mints the ids of replacements.
 pub fn apply_step(
     app: &AppRecord,
     d: &Deployment,
@@ -123,7 +124,22 @@ pub fn apply_step(
             d.from_version, step.deployment.message
         ));
     }
-    if record != *app || !batch.is_empty() {
+    // A step that only moved `updated_ms` changed nothing worth a commit: the loop steps whenever
+    // something changes, and a store write per wake-up would follow every report.
+    let unchanged = || {
+        record.deployment.as_ref().map(|n| Deployment {
+            updated_ms: d.updated_ms,
+            ..n.clone()
+        }) == app.deployment
+            && AppRecord {
+                deployment: None,
+                ..record.clone()
+            } == AppRecord {
+                deployment: None,
+                ..app.clone()
+            }
+    };
+    if !batch.is_empty() || !unchanged() {
         batch.put_apps.push(record);
     }
     (batch, messages)
@@ -788,6 +804,16 @@ mod tests {
         check_apply(
             "0:1 1:1",
             step(&[], &[], &[], d.clone()),
+            "put [] del [] apps [] msgs 0",
+        );
+        // Only the time of the step moved: still nothing to commit.
+        let later = Deployment {
+            updated_ms: 99,
+            ..d.clone()
+        };
+        check_apply(
+            "0:1 1:1",
+            step(&[], &[], &[], later),
             "put [] del [] apps [] msgs 0",
         );
         // A replacement of the target version, linked to the old record.
