@@ -110,7 +110,11 @@ pub async fn serve(
             // that may lapse, an autoscale sample, a rollout step), never more often than
             // MIN_TICK_GAP and never less often than the control's safety tick.
             loop {
-                control.tick();
+                // A tick may commit (rollout steps, autoscaling, reschedules): off the workers.
+                let ticking = control.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || ticking.tick()).await {
+                    tracing::error!(error = %e, "control tick failed");
+                }
                 let wait_ms = control.next_tick_at() - control.now_ms();
                 let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
                 tokio::select! {

@@ -14,32 +14,13 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::{Action, AgentCommand, Control, ControlError};
 
-impl From<ControlError> for Status {
-    fn from(e: ControlError) -> Status {
-        let (code, message) = match e {
-            ControlError::InvalidSpec(e) => (Code::InvalidArgument, e.to_string()),
-            ControlError::InvalidArgument(m) => (Code::InvalidArgument, m),
-            ControlError::NotFound(m) => (Code::NotFound, m),
-            ControlError::AlreadyExists(m) => (Code::AlreadyExists, m),
-            ControlError::Unavailable(m) => (Code::Unavailable, m),
-            ControlError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
-            ControlError::Store(e) => {
-                tracing::error!(error = %e, "store failure");
-                return Status::unavailable("the coordinator cannot write its state; see its log");
-            }
-        };
-        // The message travels in a header: one that echoes a huge request (a 1 MB app name)
-        // would fail the call with RESOURCE_EXHAUSTED instead of this code.
-        Status::new(
-            code,
-            pmcluster_spec::cut(&message, pmcluster_spec::MESSAGE_MAX_BYTES),
-        )
-    }
-}
+mod convert;
+
+use convert::target;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -64,14 +45,32 @@ impl Lifecycle {
     }
 }
 
+impl Lifecycle {
+    /// Runs `f` (a control call that may commit to the store) on a blocking thread: an fsync
+    /// must not hold an async worker, and with it every other call and session on that worker.
+    /// The thread is tracked, so a shutdown waits for the write (within its grace).
+    async fn write<T: Send + 'static>(
+        &self,
+        control: &Arc<Control>,
+        f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let control = control.clone();
+        match self.tasks.spawn_blocking(move || f(&control)).await {
+            Ok(result) => Ok(result?),
+            Err(e) => {
+                tracing::error!(error = %e, "a write failed to run");
+                Err(Status::internal(
+                    "the coordinator failed this write; see its log",
+                ))
+            }
+        }
+    }
+}
+
 /// The public `Cluster` service.
 pub struct ClusterApi {
     pub control: Arc<Control>,
     pub life: Lifecycle,
-}
-
-fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
-    (t.app, t.index)
 }
 
 #[tonic::async_trait]
@@ -85,8 +84,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .spec
             .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
         let spec = AppSpec::try_from(wire).map_err(ControlError::from)?;
-        let (app, created, changed, deployment) =
-            self.control.apply_keeping(spec, req.keep_instances)?;
+        let keep = req.keep_instances;
+        let (app, created, changed, deployment) = self
+            .life
+            .write(&self.control, move |c| c.apply_keeping(spec, keep))
+            .await?;
         Ok(Response::new(pb::ApplyAppReply {
             app: Some(app),
             created,
@@ -115,7 +117,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppReply>, Status> {
-        let removed = self.control.delete_app(&r.into_inner().name)?;
+        let name = r.into_inner().name;
+        let removed = self
+            .life
+            .write(&self.control, move |c| c.delete_app(&name))
+            .await?;
         Ok(Response::new(pb::DeleteAppReply { removed }))
     }
 
@@ -124,7 +130,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleReply>, Status> {
         let r = r.into_inner();
-        let (previous, instances) = self.control.scale(&r.app, r.instances)?;
+        let (previous, instances) = self
+            .life
+            .write(&self.control, move |c| c.scale(&r.app, r.instances))
+            .await?;
         Ok(Response::new(pb::ScaleReply {
             previous,
             instances,
@@ -136,7 +145,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
         let (app, index) = target(r.into_inner());
-        let affected = self.control.act(&app, index, Action::Start)?;
+        let affected = self
+            .life
+            .write(&self.control, move |c| c.act(&app, index, Action::Start))
+            .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
 
@@ -145,7 +157,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
         let (app, index) = target(r.into_inner());
-        let affected = self.control.act(&app, index, Action::Stop)?;
+        let affected = self
+            .life
+            .write(&self.control, move |c| c.act(&app, index, Action::Stop))
+            .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
 
@@ -160,11 +175,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     "index: a rolling restart replaces every instance; leave --instance out",
                 ));
             }
-            let d = self.control.rolling_restart(&t.app)?;
+            let d = self
+                .life
+                .write(&self.control, move |c| c.rolling_restart(&t.app))
+                .await?;
             return Ok(Response::new(pb::ActionReply { affected: d.total }));
         }
         let (app, index) = target(t);
-        let affected = self.control.act(&app, index, Action::Restart)?;
+        let affected = self
+            .life
+            .write(&self.control, move |c| c.act(&app, index, Action::Restart))
+            .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
 
@@ -195,7 +216,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = self.control.set_drain(&r.into_inner().node, true)?;
+        let node = r.into_inner().node;
+        let node = self
+            .life
+            .write(&self.control, move |c| c.set_drain(&node, true))
+            .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -203,7 +228,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = self.control.set_drain(&r.into_inner().node, false)?;
+        let node = r.into_inner().node;
+        let node = self
+            .life
+            .write(&self.control, move |c| c.set_drain(&node, false))
+            .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -211,7 +240,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
-        let nodes = self.control.adopt_node(&r.into_inner().node)?;
+        let node = r.into_inner().node;
+        let nodes = self
+            .life
+            .write(&self.control, move |c| c.adopt_node(&node))
+            .await?;
         Ok(Response::new(pb::ListNodesReply { nodes }))
     }
 
@@ -219,7 +252,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = self.control.forget_node(&r.into_inner().node)?;
+        let node = r.into_inner().node;
+        let node = self
+            .life
+            .write(&self.control, move |c| c.forget_node(&node))
+            .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -234,7 +271,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
             }
             _ => None,
         };
-        Ok(Response::new(self.control.set_autoscale(&r.app, policy)?))
+        let status = self
+            .life
+            .write(&self.control, move |c| c.set_autoscale(&r.app, policy))
+            .await?;
+        Ok(Response::new(status))
     }
 
     async fn get_autoscale(
@@ -260,9 +301,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(
-            self.control.control_rollout(&r.app, &r.action)?,
-        ))
+        let d = self
+            .life
+            .write(&self.control, move |c| c.control_rollout(&r.app, &r.action))
+            .await?;
+        Ok(Response::new(d))
     }
 
     async fn undo_rollout(
@@ -270,9 +313,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::UndoRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(
-            self.control.undo_rollout(&r.app, r.to_version)?,
-        ))
+        let d = self
+            .life
+            .write(&self.control, move |c| c.undo_rollout(&r.app, r.to_version))
+            .await?;
+        Ok(Response::new(d))
     }
 
     type WatchEndpointsStream = ReceiverStream<Result<pb::Endpoints, Status>>;
@@ -387,7 +432,10 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
             ));
         };
         let node = reg.node_name.clone();
-        let attached = self.control.attach(&reg, peer)?;
+        let (attached, reg) = self
+            .life
+            .write(&self.control, move |c| Ok((c.attach(&reg, peer)?, reg)))
+            .await?;
         tracing::info!(node = %node, instances = reg.instances.len(), "agent connected");
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
@@ -483,42 +531,5 @@ async fn outbound(
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whatever a control error echoes, its status keeps the code and a message that fits in a
-    /// header.
-    #[test]
-    fn status_messages_are_bounded() {
-        let huge = "n".repeat(1 << 20);
-        let cases = [
-            (
-                ControlError::NotFound(format!("app {huge:?} not found")),
-                Code::NotFound,
-            ),
-            (
-                ControlError::InvalidArgument(huge.clone()),
-                Code::InvalidArgument,
-            ),
-            (
-                ControlError::AlreadyExists("app \"web\" exists".into()),
-                Code::AlreadyExists,
-            ),
-        ];
-        for (error, code) in cases {
-            let status = Status::from(error);
-            assert_eq!(status.code(), code);
-            assert!(
-                status.message().len() <= pmcluster_spec::MESSAGE_MAX_BYTES,
-                "{}",
-                status.message().len()
-            );
-        }
-        let short = Status::from(ControlError::NotFound("app \"web\" not found".into()));
-        assert_eq!(short.message(), "app \"web\" not found");
     }
 }
