@@ -8,7 +8,6 @@ use futures::Stream;
 use pmcluster_proto::v1 as pb;
 use pmcluster_proto::v1::agent_message::Msg as Up;
 use pmcluster_proto::v1::coordinator_message::Msg as Down;
-use pmcluster_spec::AppSpec;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
@@ -16,9 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::{Action, AgentCommand, Control, ControlError};
+use crate::control::{Action, AgentCommand, ApplyCmd, Control, ControlError, ScaleCmd};
 
-mod convert;
+mod compat;
+pub mod convert;
 
 use convert::target;
 
@@ -79,20 +79,19 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ApplyAppRequest>,
     ) -> Result<Response<pb::ApplyAppReply>, Status> {
-        let req = r.into_inner();
-        let wire = req
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let spec = AppSpec::try_from(wire).map_err(ControlError::from)?;
-        let keep = req.keep_instances;
-        let (app, created, changed, deployment) = self
+        let cmd = ApplyCmd::try_from(r.into_inner())?;
+        let applied = self
             .life
-            .write(&self.control, move |c| c.apply_keeping(spec, keep))
+            .write(&self.control, move |c| c.apply_app(cmd))
             .await?;
+        let deployment = applied
+            .deployment
+            .as_ref()
+            .map(|d| convert::deployment(&applied.app, d));
         Ok(Response::new(pb::ApplyAppReply {
-            app: Some(app),
-            created,
-            changed,
+            app: Some(self.control.get_app(&applied.app).unwrap_or_default()),
+            created: applied.created,
+            changed: applied.changed,
             deployment,
         }))
     }
@@ -129,15 +128,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleReply>, Status> {
-        let r = r.into_inner();
-        let (previous, instances) = self
+        let cmd = ScaleCmd::try_from(r.into_inner())?;
+        let scaled = self
             .life
-            .write(&self.control, move |c| c.scale(&r.app, r.instances))
+            .write(&self.control, move |c| c.scale_app(cmd))
             .await?;
-        Ok(Response::new(pb::ScaleReply {
-            previous,
-            instances,
-        }))
+        Ok(Response::new(scaled.into()))
     }
 
     async fn start(
@@ -177,7 +173,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             }
             let d = self
                 .life
-                .write(&self.control, move |c| c.rolling_restart(&t.app))
+                .write(&self.control, move |c| c.restart_rolling(&t.app))
                 .await?;
             return Ok(Response::new(pb::ActionReply { affected: d.total }));
         }
@@ -291,9 +287,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::RolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        Ok(Response::new(
-            self.control.get_rollout(&r.into_inner().app)?,
-        ))
+        let app = r.into_inner().app;
+        let rollouts = self.control.rollouts(&app)?;
+        Ok(Response::new(convert::rollout_status(&app, &rollouts)))
     }
 
     async fn control_rollout(
@@ -301,11 +297,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = r.into_inner();
+        let action = convert::rollout_action(&r)?;
+        let app = r.app;
         let d = self
             .life
-            .write(&self.control, move |c| c.control_rollout(&r.app, &r.action))
+            .write(&self.control, {
+                let app = app.clone();
+                move |c| c.steer_rollout(&app, action)
+            })
             .await?;
-        Ok(Response::new(d))
+        Ok(Response::new(convert::deployment(&app, &d)))
     }
 
     async fn undo_rollout(
@@ -313,11 +314,15 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::UndoRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = r.into_inner();
+        let app = r.app;
         let d = self
             .life
-            .write(&self.control, move |c| c.undo_rollout(&r.app, r.to_version))
+            .write(&self.control, {
+                let app = app.clone();
+                move |c| c.roll_back(&app, r.to_version)
+            })
             .await?;
-        Ok(Response::new(d))
+        Ok(Response::new(convert::deployment(&app, &d)))
     }
 
     type WatchEndpointsStream = ReceiverStream<Result<pb::Endpoints, Status>>;

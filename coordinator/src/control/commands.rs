@@ -12,32 +12,105 @@ use crate::core::versions::{
     new_version, start_deployment, with_current_policies, with_deployment,
 };
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
-use crate::model::{Kind, State};
+use crate::model::{Deployment, Kind, State};
 
 use super::events::EventKind;
 use super::sessions::adoption_batch;
-use super::views::{app_view, deployment_view};
 use super::write::publish;
 use super::{
     Action, Control, ControlError, Inner, Result, find_app, is_quarantined, node_not_found,
     ready_nodes,
 };
 
-impl Control {
-    /// Creates or updates an app. Returns the stored app, (created, changed), and the rollout a
-    /// process change started.
-    pub fn apply(&self, spec: AppSpec) -> Result<(pb::App, bool, bool, Option<pb::Deployment>)> {
-        self.apply_keeping(spec, false)
+/// `apply`: a spec, and whether to keep the app's current count instead of the spec's.
+#[derive(Debug, Clone)]
+pub struct ApplyCmd {
+    pub spec: AppSpec,
+    pub keep_instances: bool,
+}
+
+/// What an apply did: the app's name, whether it was created or changed, and the rollout a
+/// process change started.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub app: String,
+    pub created: bool,
+    pub changed: bool,
+    pub deployment: Option<Deployment>,
+}
+
+/// `scale`: a count already known to be a count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleCmd {
+    pub app: String,
+    pub instances: u32,
+}
+
+impl ScaleCmd {
+    /// A count as users give it (the wire carries a signed number): refused, naming the field,
+    /// when negative or too large.
+    pub fn new(app: &str, count: i64) -> Result<ScaleCmd> {
+        if count < 0 {
+            return Err(ControlError::InvalidArgument(format!(
+                "instances: {count} is negative; give a count of 0 or more"
+            )));
+        }
+        let instances = u32::try_from(count).map_err(|_| {
+            ControlError::InvalidArgument(format!("instances: {count} is too large"))
+        })?;
+        Ok(ScaleCmd {
+            app: app.to_string(),
+            instances,
+        })
+    }
+}
+
+/// What a scale did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaled {
+    pub previous: u32,
+    pub instances: u32,
+}
+
+/// What an operator can do to a running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Promote,
+}
+
+impl RolloutAction {
+    /// The action a word names (`pause`, `resume`, `promote`).
+    pub fn parse(text: &str) -> Result<RolloutAction> {
+        match text {
+            "pause" => Ok(RolloutAction::Pause),
+            "resume" => Ok(RolloutAction::Resume),
+            "promote" => Ok(RolloutAction::Promote),
+            other => Err(ControlError::InvalidArgument(format!(
+                "action: {other:?} is not pause, resume or promote"
+            ))),
+        }
     }
 
-    /// [`Control::apply`], optionally keeping the app's current instance count (see
-    /// `ApplyAppRequest.keep_instances`): decided under the same lock as the write, so a scale
-    /// that landed after the caller read the spec stands.
-    pub fn apply_keeping(
-        &self,
-        spec: AppSpec,
-        keep_instances: bool,
-    ) -> Result<(pb::App, bool, bool, Option<pb::Deployment>)> {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+        }
+    }
+}
+
+impl Control {
+    /// Creates or updates an app: its spec, optionally keeping the current instance count (see
+    /// `ApplyAppRequest.keep_instances`), decided under the same lock as the write so that a
+    /// scale that landed after the caller read the spec stands.
+    pub fn apply_app(&self, cmd: ApplyCmd) -> Result<Applied> {
+        let ApplyCmd {
+            spec,
+            keep_instances,
+        } = cmd;
         let mut inner = self.lock();
         let existing = inner.state.apps.get(&spec.name).cloned();
         let spec = match &existing {
@@ -52,8 +125,12 @@ impl Control {
             None => (AppRecord::new(spec, now), true, true),
             Some(old) => {
                 if old.spec == spec {
-                    let view = app_view(&inner, &self.config, &old);
-                    return Ok((view, false, false, None));
+                    return Ok(Applied {
+                        app: old.spec.name.clone(),
+                        created: false,
+                        changed: false,
+                        deployment: None,
+                    });
                 }
                 // The version counts what runs: a new count, placement or autoscaling policy
                 // changes where instances run, not what they run, so nothing restarts.
@@ -81,14 +158,7 @@ impl Control {
         let name = record.spec.name.clone();
         let (version, count) = (record.version, record.spec.instances);
         self.write(&mut inner, Batch::app(record))?;
-        let view = inner
-            .state
-            .apps
-            .get(&name)
-            .map(|a| app_view(&inner, &self.config, a))
-            .unwrap_or_default();
         drop(inner);
-        let deployment = deployment.map(|d| deployment_view(&name, &d));
         if let Some(d) = &deployment {
             self.emit(
                 EventKind::RolloutStarted,
@@ -109,7 +179,12 @@ impl Control {
             None,
             format!("{name} {what}: version {version}, {count} instances"),
         );
-        Ok((view, created, changed, deployment))
+        Ok(Applied {
+            app: name,
+            created,
+            changed,
+            deployment,
+        })
     }
 
     /// Forgets an app; its instances are stopped by their agents. Returns how many there were.
@@ -135,16 +210,9 @@ impl Control {
         Ok(removed)
     }
 
-    /// Sets the desired count. Returns (previous, new).
-    pub fn scale(&self, name: &str, count: i64) -> Result<(u32, u32)> {
-        if count < 0 {
-            return Err(ControlError::InvalidArgument(format!(
-                "instances: {count} is negative; give a count of 0 or more"
-            )));
-        }
-        let count = u32::try_from(count).map_err(|_| {
-            ControlError::InvalidArgument(format!("instances: {count} is too large"))
-        })?;
+    /// Sets an app's desired count.
+    pub fn scale_app(&self, cmd: ScaleCmd) -> Result<Scaled> {
+        let (name, count) = (cmd.app.as_str(), cmd.instances);
         let mut inner = self.lock();
         let app = find_app(&inner, name)?.clone();
         if let Some(p) = &app.spec.autoscale
@@ -184,7 +252,10 @@ impl Control {
             None,
             format!("{name} scaled from {previous} to {count}"),
         );
-        Ok((previous, count))
+        Ok(Scaled {
+            previous,
+            instances: count,
+        })
     }
 
     /// Moves that keep the app's spread even after a scale-down to `count`.
@@ -308,7 +379,7 @@ impl Control {
     }
 
     /// Replaces every instance of the app in waves (its update policy) with fresh processes.
-    pub fn rolling_restart(&self, name: &str) -> Result<pb::Deployment> {
+    pub fn restart_rolling(&self, name: &str) -> Result<Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner, name)?.clone();
         let now = self.now();
@@ -331,11 +402,11 @@ impl Control {
             None,
             format!("{name}: rolling restart"),
         );
-        Ok(deployment_view(name, &d))
+        Ok(d)
     }
 
     /// Pauses, resumes or promotes the app's running rollout.
-    pub fn control_rollout(&self, name: &str, action: &str) -> Result<pb::Deployment> {
+    pub fn steer_rollout(&self, name: &str, action: RolloutAction) -> Result<Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner, name)?.clone();
         let Some(mut d) = app.deployment.clone().filter(|d| d.state.active()) else {
@@ -344,35 +415,31 @@ impl Control {
             )));
         };
         let kind = match action {
-            "pause" => {
+            RolloutAction::Pause => {
                 d.state = State::Paused;
                 EventKind::RolloutPause
             }
-            "resume" => {
+            RolloutAction::Resume => {
                 d.state = State::Running;
                 EventKind::RolloutResume
             }
-            "promote" => {
+            RolloutAction::Promote => {
                 d.promoted = true;
                 d.state = State::Running;
                 EventKind::RolloutPromote
-            }
-            other => {
-                return Err(ControlError::InvalidArgument(format!(
-                    "action: {other:?} is not pause, resume or promote"
-                )));
             }
         };
         d.updated_ms = self.now();
         let record = with_deployment(app, d.clone());
         self.write(&mut inner, Batch::app(record))?;
         drop(inner);
+        let action = action.as_str();
         self.emit(kind, name, "", None, format!("{name}: rollout {action}"));
-        Ok(deployment_view(name, &d))
+        Ok(d)
     }
 
     /// Rolls back to the previous version (or `to_version`) as a new rollout.
-    pub fn undo_rollout(&self, name: &str, to_version: Option<u64>) -> Result<pb::Deployment> {
+    pub fn roll_back(&self, name: &str, to_version: Option<u64>) -> Result<Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner, name)?.clone();
         let target = match to_version {
@@ -415,8 +482,7 @@ impl Control {
             None,
             format!("{name}: rolling back to version {target}"),
         );
-        d.map(|d| deployment_view(name, &d))
-            .ok_or_else(|| ControlError::InvalidArgument("nothing to roll back".into()))
+        d.ok_or_else(|| ControlError::InvalidArgument("nothing to roll back".into()))
     }
 
     /// Adopts quarantined nodes (`name`, or every quarantined node when empty): their held

@@ -36,7 +36,9 @@ mod tick;
 mod views;
 mod write;
 
+pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
 pub use events::EventKind;
+pub use views::Rollouts;
 pub use views::state_name;
 use write::publish;
 

@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use crate::core::status::{self, Note, Status};
 use crate::limits;
+use crate::model::Deployment;
 use crate::model::{AppRecord, InstanceRecord};
-use crate::model::{Deployment, Kind};
 
 use super::events::EventKind;
 use super::{Control, ControlConfig, ControlError, Inner, Result, find_app, is_ready};
@@ -65,6 +65,16 @@ impl InstanceKey {
     }
 }
 
+/// An app's rollouts: the running or last one, the finished ones (oldest first), and the versions
+/// it keeps (the current one last).
+#[derive(Debug, Clone)]
+pub struct Rollouts {
+    pub current: Option<Deployment>,
+    pub history: Vec<Deployment>,
+    pub versions: Vec<u64>,
+    pub version: u64,
+}
+
 impl Control {
     pub fn get_app(&self, name: &str) -> Result<pb::App> {
         let inner = self.lock();
@@ -82,19 +92,15 @@ impl Control {
             .collect()
     }
 
-    /// The app's rollout and rollout history.
-    pub fn get_rollout(&self, name: &str) -> Result<pb::RolloutStatus> {
+    /// The app's rollout, its history and the versions it keeps.
+    pub fn rollouts(&self, name: &str) -> Result<Rollouts> {
         let inner = self.lock();
         let app = find_app(&inner, name)?;
         let mut versions: Vec<u64> = app.versions.keys().copied().collect();
         versions.push(app.version);
-        Ok(pb::RolloutStatus {
-            current: app.deployment.as_ref().map(|d| deployment_view(name, d)),
-            history: app
-                .history
-                .iter()
-                .map(|d| deployment_view(name, d))
-                .collect(),
+        Ok(Rollouts {
+            current: app.deployment.clone(),
+            history: app.history.clone(),
             versions,
             version: app.version,
         })
@@ -542,27 +548,6 @@ pub(super) fn healthy_since(inner: &Inner, r: &InstanceRecord) -> Option<i64> {
         pb::HealthState::Healthy => Some(since),
         _ if has_check => None,
         _ => Some(since),
-    }
-}
-
-pub(super) fn deployment_view(app: &str, d: &Deployment) -> pb::Deployment {
-    pb::Deployment {
-        id: d.id,
-        app: app.to_string(),
-        kind: match d.kind {
-            Kind::Update => "update",
-            Kind::Restart => "restart",
-            Kind::Rollback => "rollback",
-        }
-        .to_string(),
-        from_version: d.from_version,
-        to_version: d.to_version,
-        state: d.state.name().to_string(),
-        started_ms: d.started_ms,
-        updated_ms: d.updated_ms,
-        message: d.message.clone(),
-        done: d.done,
-        total: d.total,
     }
 }
 
