@@ -15,12 +15,13 @@ use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
 use crate::model::{Deployment, Kind, State};
 
 use super::events::EventKind;
-use super::sessions::adoption_batch;
+use super::sessions::held;
 use super::write::publish;
 use super::{
     Action, Control, ControlError, Inner, Result, find_app, is_quarantined, node_not_found,
     ready_nodes,
 };
+use crate::core::adoption::adoption_batch;
 
 /// `apply`: a spec, and whether to keep the app's current count instead of the spec's.
 #[derive(Debug, Clone)]
@@ -522,7 +523,7 @@ impl Control {
             let Some(live) = inner.nodes.get(n) else {
                 continue;
             };
-            let part = adoption_batch(&scratch, n, &live.held, now);
+            let part = adoption_batch(&scratch, n, &held(&live.held), now);
             generation = generation.max(live.reported_generation);
             imported.push((n.clone(), part.put_instances.len()));
             scratch.apply(&part);

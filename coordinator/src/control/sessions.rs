@@ -1,6 +1,5 @@
 //! Agent sessions: attach (quarantine or rename), status reports (the heartbeat), detach.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 
 use pmcluster_proto::v1 as pb;
@@ -8,7 +7,7 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+use crate::model::{Batch, InstanceRecord, NodeRecord};
 
 use super::events::EventKind;
 use super::views::state_name;
@@ -17,6 +16,7 @@ use super::{
     Attached, Control, ControlError, Inner, Result, Session, is_quarantined, is_ready,
     new_node_live,
 };
+use crate::core::adoption::{self, Held, Registration};
 
 impl Control {
     /// Registers a node's session. Refuses a name whose session is still alive.
@@ -41,7 +41,7 @@ impl Control {
             // now rather than wait forever.
             inner.log_routes.retain(|_, r| r.node != name);
         }
-        let quarantine = quarantine_reason(&inner.state, reg);
+        let quarantine = adoption::quarantine_reason(&inner.state, &registration(reg));
         let mut batch = Batch::default();
         let mut renamed = None;
         if quarantine.is_none() && !reg.renamed_from.is_empty() && reg.renamed_from != name {
@@ -275,119 +275,32 @@ impl Control {
     }
 }
 
-/// Why a registering agent must be quarantined: it serves another cluster, or it applied a
-/// newer desired set than this coordinator's record of the node (the store lost writes or was
-/// restored). Either way this coordinator's view of the node is not to be trusted over the
-/// agent's, so it sends nothing until an operator adopts the node.
-pub(super) fn quarantine_reason(state: &Persisted, reg: &pb::Register) -> Option<String> {
-    let name = &reg.node_name;
-    let n = reg.held.len();
-    let adopt = format!(
-        "its {n} instance(s) keep running; to make them this cluster's, run 'pmcluster nodes adopt {name}'"
-    );
-    if !reg.cluster_id.is_empty() && reg.cluster_id != state.cluster_id {
-        return Some(format!(
-            "the agent belongs to cluster {}, this coordinator serves cluster {} (a lost or \
-             replaced store?); {adopt}",
-            reg.cluster_id, state.cluster_id
-        ));
+/// What the core's quarantine decision needs of a registration.
+pub(super) fn registration(reg: &pb::Register) -> Registration<'_> {
+    Registration {
+        node: &reg.node_name,
+        cluster_id: &reg.cluster_id,
+        renamed_from: &reg.renamed_from,
+        generation: reg.generation,
+        held: reg.held.len(),
     }
-    // A renamed node brings the generations of its old name.
-    let known = state
-        .nodes
-        .get(name)
-        .or_else(|| state.nodes.get(&reg.renamed_from))
-        .map(|n| n.generation)
-        .unwrap_or(0);
-    if reg.generation > known {
-        return Some(format!(
-            "the agent applied desired-set generation {}, but this coordinator's store knows the \
-             node only up to generation {known} (a lost or restored store?); {adopt}",
-            reg.generation
-        ));
-    }
-    None
 }
 
-/// The records that make a quarantined node's held instances this cluster's. Apps that do not
-/// exist are created from the agent's spec, with enough instances for every held index. A held
-/// instance is taken only where it fits: its app has the same process spec (else the reconciler
-/// replaces it), and its index has no placed record already (a pending one is replaced by it).
-pub(super) fn adoption_batch(
-    state: &Persisted,
-    node: &str,
-    held: &[pb::Assignment],
-    now: i64,
-) -> Batch {
-    let mut batch = Batch::default();
-    let mut apps: BTreeMap<String, AppRecord> = BTreeMap::new();
-    let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
-    let mut sorted: Vec<&pb::Assignment> = held.iter().collect();
-    sorted.sort_by_key(|a| (a.index, a.instance_id.clone()));
-    for a in sorted {
-        let Ok(id) = a.instance_id.parse::<Uuid>() else {
-            continue;
-        };
-        let Some(Ok(spec)) = a.spec.clone().map(AppSpec::try_from) else {
-            continue;
-        };
-        if state.instances.contains_key(&id) {
-            continue;
-        }
-        let name = spec.name.clone();
-        // An app this cluster had (or an earlier held instance created) keeps its count: an
-        // index beyond it is not wanted. A new app counts what its spec says, or more.
-        let (mut app, existed) = match apps.get(&name).or(state.apps.get(&name)) {
-            Some(app) => (app.clone(), state.apps.contains_key(&name)),
-            None => (
-                AppRecord {
-                    version: a.app_version.max(1),
-                    ..AppRecord::new(spec.clone(), now)
-                },
-                false,
-            ),
-        };
-        if !app.spec.same_process(&spec)
-            || (existed && a.index >= app.spec.instances)
-            || !taken.insert((name.clone(), a.index))
-        {
-            continue;
-        }
-        let occupied = state
-            .app_instances(&name)
-            .iter()
-            .filter(|r| r.index == a.index && r.draining_since.is_none())
-            .any(|r| r.node.is_some());
-        if occupied {
-            continue;
-        }
-        for r in state.app_instances(&name) {
-            if r.index == a.index && r.node.is_none() {
-                batch.del_instances.push(r.id);
-            }
-        }
-        if app.spec.instances <= a.index {
-            app.spec.instances = a.index + 1;
-        }
-        batch.put_instances.push(InstanceRecord {
-            id,
-            app: name.clone(),
-            index: a.index,
-            node: Some(node.to_string()),
-            port: u16::try_from(a.port).ok().filter(|p| *p != 0),
-            app_version: app.version,
-            restart_epoch: a.restart_epoch,
-            stopped: !a.run,
-            replaces: None,
-            draining_since: None,
-            created_ms: now,
-        });
-        apps.insert(name, app);
-    }
-    for (name, app) in apps {
-        if state.apps.get(&name) != Some(&app) {
-            batch.put_apps.push(app);
-        }
-    }
-    batch
+/// The held assignments an agent sent that can be read (a valid id and spec); the others can
+/// be neither listed as this cluster's nor adopted.
+pub(super) fn held(assignments: &[pb::Assignment]) -> Vec<Held> {
+    assignments
+        .iter()
+        .filter_map(|a| {
+            Some(Held {
+                id: a.instance_id.parse::<Uuid>().ok()?,
+                spec: AppSpec::try_from(a.spec.clone()?).ok()?,
+                index: a.index,
+                port: a.port,
+                app_version: a.app_version,
+                restart_epoch: a.restart_epoch,
+                run: a.run,
+            })
+        })
+        .collect()
 }

@@ -3,8 +3,9 @@ use std::collections::BTreeSet;
 use pmcluster_spec::AppSpec;
 
 use super::logs::route_lines;
-use super::sessions::quarantine_reason;
+use super::sessions::registration;
 use super::*;
+use crate::core::adoption::quarantine_reason;
 use crate::model::NodeRecord;
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
@@ -192,7 +193,7 @@ fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
     ];
     for (cluster, generation, want) in cases {
         assert_eq!(
-            quarantine_reason(&state, &reg(cluster, generation)).is_some(),
+            quarantine_reason(&state, &registration(&reg(cluster, generation))).is_some(),
             want,
             "{cluster} {generation}"
         );
