@@ -4,6 +4,9 @@
 //! Pure and deterministic (sorted maps, actions ordered by instance id): no tokio, no clocks, no
 //! I/O. The supervisor module carries the actions out.
 
+// Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;

@@ -10,6 +10,9 @@
 //!
 //! The decisions ([`check_node_name`], [`verdict`]) are pure; [`load`] and [`save`] do the I/O.
 
+// Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 

@@ -5,6 +5,9 @@
 //! in (a `Duration` since any fixed origin): no clocks, no randomness (the link adds its jitter
 //! itself), no tokio.
 
+// Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 use std::collections::VecDeque;
 use std::time::Duration;
 

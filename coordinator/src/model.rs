@@ -1,13 +1,12 @@
-//! Plain data the coordinator keeps: desired state (apps, instance assignments) that is persisted,
-//! and node records. No I/O and no async here.
+//! Plain data the coordinator keeps: desired state (apps, instance assignments, rollouts) that is
+//! persisted, and node records. No I/O and no async here, and no import of the rest of the crate:
+//! the core computes over these records, never the other way round.
 
 use std::collections::BTreeMap;
 
 use pmcluster_spec::AppSpec;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-use crate::core::rollout::Deployment;
 
 /// An app as stored: its spec (whose `instances` is the desired count) and its version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,4 +205,72 @@ impl Persisted {
         v.sort_by_key(|i| (i.index, i.id));
         v
     }
+}
+
+/// What a rollout does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// A new version.
+    Update,
+    /// Same version, fresh processes (`restart --rolling`).
+    Restart,
+    /// Back to an earlier version after a failure (or `rollout undo`).
+    Rollback,
+}
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Running,
+    Paused,
+    /// The canaries are healthy; waiting for `rollout promote`.
+    AwaitingPromotion,
+    Succeeded,
+    Failed,
+    /// Failed, and a rollback deployment replaced it.
+    RolledBack,
+    /// Replaced by a newer deployment before it finished.
+    Superseded,
+}
+
+impl State {
+    pub fn active(self) -> bool {
+        matches!(
+            self,
+            State::Running | State::Paused | State::AwaitingPromotion
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::AwaitingPromotion => "awaiting promotion",
+            State::Succeeded => "succeeded",
+            State::Failed => "failed",
+            State::RolledBack => "rolled back",
+            State::Superseded => "superseded",
+        }
+    }
+}
+
+/// A rollout of one app, persisted with the app so a coordinator restart resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: u64,
+    pub kind: Kind,
+    pub from_version: u64,
+    pub to_version: u64,
+    /// Rolling restart: records below this restart epoch are outdated.
+    pub restart_epoch: u64,
+    pub state: State,
+    pub started_ms: i64,
+    pub updated_ms: i64,
+    /// Last time an index finished (or the start).
+    pub progress_ms: i64,
+    pub promoted: bool,
+    pub message: String,
+    /// Indices finished, of `total`, as of the last step.
+    pub done: u32,
+    pub total: u32,
 }

@@ -17,6 +17,10 @@ use crate::api::{AgentLinkApi, ClusterApi, Lifecycle};
 use crate::control::{Control, ControlConfig};
 use crate::store::{EmbeddedStore, Store};
 
+/// The least time between two ticks of the control loop: a burst of changes (reports of many
+/// instances coming online) costs one tick, not one each.
+const MIN_TICK_GAP: Duration = Duration::from_millis(20);
+
 /// Validated coordinator settings.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -102,11 +106,25 @@ pub async fn serve(
         let control = control.clone();
         let cancel = life.cancel.clone();
         life.tasks.spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_millis(250));
+            // Ticks when something changed or something becomes due (a follow-up, a heartbeat
+            // that may lapse, an autoscale sample, a rollout step), never more often than
+            // MIN_TICK_GAP and never less often than the control's safety tick.
             loop {
+                // A tick may commit (rollout steps, autoscaling, reschedules): off the workers.
+                let ticking = control.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || ticking.tick()).await {
+                    tracing::error!(error = %e, "control tick failed");
+                }
+                let wait_ms = control.next_tick_at() - control.now_ms();
+                let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
                 tokio::select! {
                     () = cancel.cancelled() => return,
-                    _ = every.tick() => control.tick(),
+                    () = control.changed() => {}
+                    () = tokio::time::sleep(wait) => {}
+                }
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(MIN_TICK_GAP) => {}
                 }
             }
         });

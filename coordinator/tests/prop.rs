@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pmcluster_coordinator::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
-use pmcluster_coordinator::core::rollout::{self, Deployment, Facts, Kind, State};
+use pmcluster_coordinator::core::rollout::{self, Facts};
 use pmcluster_coordinator::model::{AppRecord, InstanceRecord};
+use pmcluster_coordinator::model::{Deployment, Kind, State};
 use pmcluster_spec::AppSpec;
 use proptest::prelude::*;
 use uuid::Uuid;

@@ -4,6 +4,9 @@
 //!
 //! Pure: no I/O, no clocks, no environment reads.
 
+// Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
+#![deny(clippy::disallowed_methods, clippy::disallowed_types)]
+
 pub mod app;
 pub mod autoscale;
 pub mod config;

@@ -197,7 +197,9 @@ fn drain_moves_everything_without_a_gap() {
         }
     });
     let (samples, violations) = sampler.finish();
-    assert!(samples > 3, "the sampler ran ({samples} samples)");
+    // The control loop acts on each report as it comes (not on a 250 ms poll), so a drain of
+    // two instances may finish within a couple of list round trips.
+    assert!(samples >= 2, "the sampler ran ({samples} samples)");
     assert!(
         violations.is_empty(),
         "an index had no online copy: {violations:#?}"

@@ -13,76 +13,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pmcluster_spec::update::UpdatePolicy;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::model::InstanceRecord;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
-    /// A new version.
-    Update,
-    /// Same version, fresh processes (`restart --rolling`).
-    Restart,
-    /// Back to an earlier version after a failure (or `rollout undo`).
-    Rollback,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum State {
-    Running,
-    Paused,
-    /// The canaries are healthy; waiting for `rollout promote`.
-    AwaitingPromotion,
-    Succeeded,
-    Failed,
-    /// Failed, and a rollback deployment replaced it.
-    RolledBack,
-    /// Replaced by a newer deployment before it finished.
-    Superseded,
-}
-
-impl State {
-    pub fn active(self) -> bool {
-        matches!(
-            self,
-            State::Running | State::Paused | State::AwaitingPromotion
-        )
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            State::Running => "running",
-            State::Paused => "paused",
-            State::AwaitingPromotion => "awaiting promotion",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::RolledBack => "rolled back",
-            State::Superseded => "superseded",
-        }
-    }
-}
-
-/// A rollout of one app, persisted with the app so a coordinator restart resumes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deployment {
-    pub id: u64,
-    pub kind: Kind,
-    pub from_version: u64,
-    pub to_version: u64,
-    /// Rolling restart: records below this restart epoch are outdated.
-    pub restart_epoch: u64,
-    pub state: State,
-    pub started_ms: i64,
-    pub updated_ms: i64,
-    /// Last time an index finished (or the start).
-    pub progress_ms: i64,
-    pub promoted: bool,
-    pub message: String,
-    /// Indices finished, of `total`, as of the last step.
-    pub done: u32,
-    pub total: u32,
-}
+use crate::core::versions;
+use crate::model::{AppRecord, Batch, Deployment, InstanceRecord, Kind, State};
 
 /// What the engine knows of one record beyond the record itself.
 #[derive(Debug, Clone, Copy, Default)]
@@ -109,6 +43,106 @@ pub struct Step {
     pub deployment: Deployment,
     /// The deployment failed and the policy asks for a rollback.
     pub rollback: bool,
+}
+
+/// What one step of `app`'s deployment `d` changes: the records to write (an empty batch: nothing
+/// but the time of the step, which is not worth a commit), and a line for watchers per state
+/// change. `new_id` mints the ids of replacements.
+pub fn apply_step(
+    app: &AppRecord,
+    d: &Deployment,
+    records: &[InstanceRecord],
+    step: &Step,
+    now_ms: i64,
+    new_id: &mut dyn FnMut() -> Uuid,
+) -> (Batch, Vec<String>) {
+    let name = &app.spec.name;
+    let mut batch = Batch::default();
+    let mut messages = Vec::new();
+    for old_id in &step.replace {
+        let Some(old) = records.iter().find(|r| r.id == *old_id) else {
+            continue;
+        };
+        let epoch = if d.kind == Kind::Restart {
+            d.restart_epoch
+        } else {
+            old.restart_epoch
+        };
+        batch.put_instances.push(InstanceRecord {
+            id: new_id(),
+            app: name.clone(),
+            index: old.index,
+            node: None,
+            port: app.spec.port.port_for(old.index),
+            app_version: d.to_version,
+            restart_epoch: epoch,
+            stopped: old.stopped,
+            replaces: Some(old.id),
+            draining_since: None,
+            created_ms: now_ms,
+        });
+        // A stopped instance has nothing to hand over: its replacement takes the index now.
+        if old.stopped {
+            batch.del_instances.push(old.id);
+        }
+    }
+    for id in &step.drain {
+        if let Some(r) = records.iter().find(|r| r.id == *id) {
+            batch.put_instances.push(InstanceRecord {
+                draining_since: Some(now_ms),
+                ..r.clone()
+            });
+        }
+    }
+    batch.del_instances.extend(step.remove.iter().copied());
+    let next = step.deployment.clone();
+    let mut record = versions::with_deployment(app.clone(), next.clone());
+    if next.state != d.state || next.done != d.done {
+        messages.push(format!(
+            "{name}: rollout to version {} {} ({}/{})",
+            next.to_version,
+            next.state.name(),
+            next.done,
+            next.total
+        ));
+    }
+    if step.rollback {
+        let spec = versions::with_current_policies(app, app.spec_of(d.from_version).clone());
+        let failed = Deployment {
+            state: State::RolledBack,
+            ..next
+        };
+        record = versions::new_version(
+            versions::with_deployment(app.clone(), failed),
+            spec,
+            now_ms,
+            Kind::Rollback,
+            true,
+        );
+        messages.push(format!(
+            "{name}: rolling back to version {}: {}",
+            d.from_version, step.deployment.message
+        ));
+    }
+    // A step that only moved `updated_ms` changed nothing worth a commit: the loop steps whenever
+    // something changes, and a store write per wake-up would follow every report.
+    let unchanged = || {
+        record.deployment.as_ref().map(|n| Deployment {
+            updated_ms: d.updated_ms,
+            ..n.clone()
+        }) == app.deployment
+            && AppRecord {
+                deployment: None,
+                ..record.clone()
+            } == AppRecord {
+                deployment: None,
+                ..app.clone()
+            }
+    };
+    if !batch.is_empty() || !unchanged() {
+        batch.put_apps.push(record);
+    }
+    (batch, messages)
 }
 
 /// A record is outdated for this deployment when it runs another version, or, in a rolling
@@ -703,5 +737,123 @@ mod tests {
             }
         }
         panic!("the update did not finish: {d:?}");
+    }
+
+    /// `apply_step` over a hand-made step: the batch rendered as text.
+    fn check_apply(text: &str, step: Step, want: &str) {
+        let (recs, _) = records(text);
+        let d = deployment(Kind::Update);
+        let mut spec = pmcluster_spec::AppSpec::new("web", "v2", &[]);
+        spec.instances = 2;
+        let mut app = AppRecord::new(spec, 0);
+        app.version = 2;
+        app.versions
+            .insert(1, pmcluster_spec::AppSpec::new("web", "v1", &[]));
+        app.deployment = Some(d.clone());
+        let mut next_id = 100u128;
+        let (batch, messages) = apply_step(&app, &d, &recs, &step, 7, &mut || {
+            next_id += 1;
+            Uuid::from_u128(next_id)
+        });
+        let puts: Vec<String> = batch
+            .put_instances
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}:v{}{}{}",
+                    r.id.as_u128(),
+                    r.index,
+                    r.app_version,
+                    r.replaces
+                        .map(|o| format!("<{}", o.as_u128()))
+                        .unwrap_or_default(),
+                    r.draining_since
+                        .map(|t| format!("~{t}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        let dels: Vec<String> = batch
+            .del_instances
+            .iter()
+            .map(|id| id.as_u128().to_string())
+            .collect();
+        let apps: Vec<String> = batch
+            .put_apps
+            .iter()
+            .map(|a| {
+                let d = a.deployment.as_ref().map(|d| d.state.name()).unwrap_or("-");
+                format!("v{} {d}", a.version)
+            })
+            .collect();
+        let got = format!(
+            "put [{}] del [{}] apps [{}] msgs {}",
+            puts.join(" "),
+            dels.join(" "),
+            apps.join(" "),
+            messages.len()
+        );
+        assert_eq!(got, want, "{text}");
+    }
+
+    #[test]
+    fn applying_a_step() {
+        let d = deployment(Kind::Update);
+        let step = |replace: &[u128], drain: &[u128], remove: &[u128], next: Deployment| Step {
+            replace: replace.iter().map(|n| Uuid::from_u128(*n)).collect(),
+            drain: drain.iter().map(|n| Uuid::from_u128(*n)).collect(),
+            remove: remove.iter().map(|n| Uuid::from_u128(*n)).collect(),
+            deployment: next,
+            rollback: false,
+        };
+        // Nothing to do: an empty batch.
+        check_apply(
+            "0:1 1:1",
+            step(&[], &[], &[], d.clone()),
+            "put [] del [] apps [] msgs 0",
+        );
+        // Only the time of the step moved: still nothing to commit.
+        let later = Deployment {
+            updated_ms: 99,
+            ..d.clone()
+        };
+        check_apply(
+            "0:1 1:1",
+            step(&[], &[], &[], later),
+            "put [] del [] apps [] msgs 0",
+        );
+        // A replacement of the target version, linked to the old record.
+        check_apply(
+            "0:1 1:1",
+            step(&[1], &[], &[], d.clone()),
+            "put [101:0:v2<1] del [] apps [v2 running] msgs 0",
+        );
+        // Draining from now, and removal.
+        check_apply(
+            "0:1 0:2 1:1",
+            step(
+                &[],
+                &[1],
+                &[3],
+                Deployment {
+                    done: 1,
+                    ..d.clone()
+                },
+            ),
+            "put [1:0:v1~7] del [3] apps [v2 running] msgs 1",
+        );
+        // A failed step that asks for a rollback: a new version (3) rolling back.
+        let failed = Deployment {
+            state: State::Failed,
+            ..d.clone()
+        };
+        check_apply(
+            "0:1 0:2",
+            Step {
+                rollback: true,
+                ..step(&[], &[], &[], failed)
+            },
+            "put [] del [] apps [v3 running] msgs 2",
+        );
     }
 }

@@ -8,38 +8,19 @@ use futures::Stream;
 use pmcluster_proto::v1 as pb;
 use pmcluster_proto::v1::agent_message::Msg as Up;
 use pmcluster_proto::v1::coordinator_message::Msg as Down;
-use pmcluster_spec::AppSpec;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::control::{Action, AgentCommand, Control, ControlError};
+use crate::control::{Action, AgentCommand, ApplyCmd, Control, ControlError, ScaleCmd};
 
-impl From<ControlError> for Status {
-    fn from(e: ControlError) -> Status {
-        let (code, message) = match e {
-            ControlError::InvalidSpec(e) => (Code::InvalidArgument, e.to_string()),
-            ControlError::InvalidArgument(m) => (Code::InvalidArgument, m),
-            ControlError::NotFound(m) => (Code::NotFound, m),
-            ControlError::AlreadyExists(m) => (Code::AlreadyExists, m),
-            ControlError::Unavailable(m) => (Code::Unavailable, m),
-            ControlError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
-            ControlError::Store(e) => {
-                tracing::error!(error = %e, "store failure");
-                return Status::unavailable("the coordinator cannot write its state; see its log");
-            }
-        };
-        // The message travels in a header: one that echoes a huge request (a 1 MB app name)
-        // would fail the call with RESOURCE_EXHAUSTED instead of this code.
-        Status::new(
-            code,
-            pmcluster_spec::cut(&message, pmcluster_spec::MESSAGE_MAX_BYTES),
-        )
-    }
-}
+mod compat;
+pub mod convert;
+
+use convert::target;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -64,14 +45,32 @@ impl Lifecycle {
     }
 }
 
+impl Lifecycle {
+    /// Runs `f` (a control call that may commit to the store) on a blocking thread: an fsync
+    /// must not hold an async worker, and with it every other call and session on that worker.
+    /// The thread is tracked, so a shutdown waits for the write (within its grace).
+    async fn write<T: Send + 'static>(
+        &self,
+        control: &Arc<Control>,
+        f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let control = control.clone();
+        match self.tasks.spawn_blocking(move || f(&control)).await {
+            Ok(result) => Ok(result?),
+            Err(e) => {
+                tracing::error!(error = %e, "a write failed to run");
+                Err(Status::internal(
+                    "the coordinator failed this write; see its log",
+                ))
+            }
+        }
+    }
+}
+
 /// The public `Cluster` service.
 pub struct ClusterApi {
     pub control: Arc<Control>,
     pub life: Lifecycle,
-}
-
-fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
-    (t.app, t.index)
 }
 
 #[tonic::async_trait]
@@ -80,17 +79,19 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ApplyAppRequest>,
     ) -> Result<Response<pb::ApplyAppReply>, Status> {
-        let req = r.into_inner();
-        let wire = req
-            .spec
-            .ok_or_else(|| Status::invalid_argument("spec: missing"))?;
-        let spec = AppSpec::try_from(wire).map_err(ControlError::from)?;
-        let (app, created, changed, deployment) =
-            self.control.apply_keeping(spec, req.keep_instances)?;
+        let cmd = ApplyCmd::try_from(r.into_inner())?;
+        let applied = self
+            .life
+            .write(&self.control, move |c| c.apply_app(cmd))
+            .await?;
+        let deployment = applied
+            .deployment
+            .as_ref()
+            .map(|d| convert::deployment(&applied.app, d));
         Ok(Response::new(pb::ApplyAppReply {
-            app: Some(app),
-            created,
-            changed,
+            app: Some(self.control.get_app(&applied.app).unwrap_or_default()),
+            created: applied.created,
+            changed: applied.changed,
             deployment,
         }))
     }
@@ -115,7 +116,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppReply>, Status> {
-        let removed = self.control.delete_app(&r.into_inner().name)?;
+        let name = r.into_inner().name;
+        let removed = self
+            .life
+            .write(&self.control, move |c| c.delete_app(&name))
+            .await?;
         Ok(Response::new(pb::DeleteAppReply { removed }))
     }
 
@@ -123,12 +128,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleReply>, Status> {
-        let r = r.into_inner();
-        let (previous, instances) = self.control.scale(&r.app, r.instances)?;
-        Ok(Response::new(pb::ScaleReply {
-            previous,
-            instances,
-        }))
+        let cmd = ScaleCmd::try_from(r.into_inner())?;
+        let scaled = self
+            .life
+            .write(&self.control, move |c| c.scale_app(cmd))
+            .await?;
+        Ok(Response::new(scaled.into()))
     }
 
     async fn start(
@@ -136,7 +141,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
         let (app, index) = target(r.into_inner());
-        let affected = self.control.act(&app, index, Action::Start)?;
+        let affected = self
+            .life
+            .write(&self.control, move |c| c.act(&app, index, Action::Start))
+            .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
 
@@ -145,7 +153,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
         let (app, index) = target(r.into_inner());
-        let affected = self.control.act(&app, index, Action::Stop)?;
+        let affected = self
+            .life
+            .write(&self.control, move |c| c.act(&app, index, Action::Stop))
+            .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
 
@@ -160,11 +171,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     "index: a rolling restart replaces every instance; leave --instance out",
                 ));
             }
-            let d = self.control.rolling_restart(&t.app)?;
+            let d = self
+                .life
+                .write(&self.control, move |c| c.restart_rolling(&t.app))
+                .await?;
             return Ok(Response::new(pb::ActionReply { affected: d.total }));
         }
         let (app, index) = target(t);
-        let affected = self.control.act(&app, index, Action::Restart)?;
+        let affected = self
+            .life
+            .write(&self.control, move |c| c.act(&app, index, Action::Restart))
+            .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
 
@@ -195,7 +212,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = self.control.set_drain(&r.into_inner().node, true)?;
+        let node = r.into_inner().node;
+        let node = self
+            .life
+            .write(&self.control, move |c| c.set_drain(&node, true))
+            .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -203,7 +224,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = self.control.set_drain(&r.into_inner().node, false)?;
+        let node = r.into_inner().node;
+        let node = self
+            .life
+            .write(&self.control, move |c| c.set_drain(&node, false))
+            .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -211,7 +236,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
-        let nodes = self.control.adopt_node(&r.into_inner().node)?;
+        let node = r.into_inner().node;
+        let nodes = self
+            .life
+            .write(&self.control, move |c| c.adopt_node(&node))
+            .await?;
         Ok(Response::new(pb::ListNodesReply { nodes }))
     }
 
@@ -219,7 +248,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = self.control.forget_node(&r.into_inner().node)?;
+        let node = r.into_inner().node;
+        let node = self
+            .life
+            .write(&self.control, move |c| c.forget_node(&node))
+            .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
 
@@ -234,7 +267,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
             }
             _ => None,
         };
-        Ok(Response::new(self.control.set_autoscale(&r.app, policy)?))
+        let status = self
+            .life
+            .write(&self.control, move |c| c.set_autoscale(&r.app, policy))
+            .await?;
+        Ok(Response::new(status))
     }
 
     async fn get_autoscale(
@@ -250,9 +287,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::RolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
-        Ok(Response::new(
-            self.control.get_rollout(&r.into_inner().app)?,
-        ))
+        let app = r.into_inner().app;
+        let rollouts = self.control.rollouts(&app)?;
+        Ok(Response::new(convert::rollout_status(&app, &rollouts)))
     }
 
     async fn control_rollout(
@@ -260,9 +297,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(
-            self.control.control_rollout(&r.app, &r.action)?,
-        ))
+        let action = convert::rollout_action(&r)?;
+        let app = r.app;
+        let d = self
+            .life
+            .write(&self.control, {
+                let app = app.clone();
+                move |c| c.steer_rollout(&app, action)
+            })
+            .await?;
+        Ok(Response::new(convert::deployment(&app, &d)))
     }
 
     async fn undo_rollout(
@@ -270,9 +314,15 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::UndoRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(
-            self.control.undo_rollout(&r.app, r.to_version)?,
-        ))
+        let app = r.app;
+        let d = self
+            .life
+            .write(&self.control, {
+                let app = app.clone();
+                move |c| c.roll_back(&app, r.to_version)
+            })
+            .await?;
+        Ok(Response::new(convert::deployment(&app, &d)))
     }
 
     type WatchEndpointsStream = ReceiverStream<Result<pb::Endpoints, Status>>;
@@ -387,7 +437,10 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
             ));
         };
         let node = reg.node_name.clone();
-        let attached = self.control.attach(&reg, peer)?;
+        let (attached, reg) = self
+            .life
+            .write(&self.control, move |c| Ok((c.attach(&reg, peer)?, reg)))
+            .await?;
         tracing::info!(node = %node, instances = reg.instances.len(), "agent connected");
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
@@ -483,42 +536,5 @@ async fn outbound(
                 return;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whatever a control error echoes, its status keeps the code and a message that fits in a
-    /// header.
-    #[test]
-    fn status_messages_are_bounded() {
-        let huge = "n".repeat(1 << 20);
-        let cases = [
-            (
-                ControlError::NotFound(format!("app {huge:?} not found")),
-                Code::NotFound,
-            ),
-            (
-                ControlError::InvalidArgument(huge.clone()),
-                Code::InvalidArgument,
-            ),
-            (
-                ControlError::AlreadyExists("app \"web\" exists".into()),
-                Code::AlreadyExists,
-            ),
-        ];
-        for (error, code) in cases {
-            let status = Status::from(error);
-            assert_eq!(status.code(), code);
-            assert!(
-                status.message().len() <= pmcluster_spec::MESSAGE_MAX_BYTES,
-                "{}",
-                status.message().len()
-            );
-        }
-        let short = Status::from(ControlError::NotFound("app \"web\" not found".into()));
-        assert_eq!(short.message(), "app \"web\" not found");
     }
 }

@@ -1,0 +1,184 @@
+//! Every conversion between the wire (`pb`) and the control's domain types, and the one mapping
+//! of control errors to gRPC statuses. Requests are validated here, naming the field at fault.
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use tonic::{Code, Status};
+
+use crate::control::{ApplyCmd, ControlError, RolloutAction, Rollouts, ScaleCmd, Scaled};
+use crate::model::{Deployment, Kind};
+
+impl From<ControlError> for Status {
+    fn from(e: ControlError) -> Status {
+        let (code, message) = match e {
+            ControlError::InvalidSpec(e) => (Code::InvalidArgument, e.to_string()),
+            ControlError::InvalidArgument(m) => (Code::InvalidArgument, m),
+            ControlError::NotFound(m) => (Code::NotFound, m),
+            ControlError::AlreadyExists(m) => (Code::AlreadyExists, m),
+            ControlError::Unavailable(m) => (Code::Unavailable, m),
+            ControlError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            ControlError::Store(e) => {
+                tracing::error!(error = %e, "store failure");
+                return Status::unavailable("the coordinator cannot write its state; see its log");
+            }
+        };
+        // The message travels in a header: one that echoes a huge request (a 1 MB app name)
+        // would fail the call with RESOURCE_EXHAUSTED instead of this code.
+        Status::new(
+            code,
+            pmcluster_spec::cut(&message, pmcluster_spec::MESSAGE_MAX_BYTES),
+        )
+    }
+}
+
+/// The app and optional index an instance command targets.
+pub(super) fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
+    (t.app, t.index)
+}
+
+impl TryFrom<pb::ApplyAppRequest> for ApplyCmd {
+    type Error = ControlError;
+
+    fn try_from(r: pb::ApplyAppRequest) -> Result<ApplyCmd, ControlError> {
+        let wire = r
+            .spec
+            .ok_or_else(|| ControlError::InvalidArgument("spec: missing".into()))?;
+        Ok(ApplyCmd {
+            spec: AppSpec::try_from(wire)?,
+            keep_instances: r.keep_instances,
+        })
+    }
+}
+
+impl TryFrom<pb::ScaleRequest> for ScaleCmd {
+    type Error = ControlError;
+
+    fn try_from(r: pb::ScaleRequest) -> Result<ScaleCmd, ControlError> {
+        ScaleCmd::new(&r.app, r.instances)
+    }
+}
+
+impl From<Scaled> for pb::ScaleReply {
+    fn from(s: Scaled) -> pb::ScaleReply {
+        pb::ScaleReply {
+            previous: s.previous,
+            instances: s.instances,
+        }
+    }
+}
+
+/// The app and action of a `ControlRollout` request.
+pub(super) fn rollout_action(r: &pb::ControlRolloutRequest) -> Result<RolloutAction, ControlError> {
+    RolloutAction::parse(&r.action)
+}
+
+/// A deployment of `app` as the wire shows it.
+pub fn deployment(app: &str, d: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        id: d.id,
+        app: app.to_string(),
+        kind: match d.kind {
+            Kind::Update => "update",
+            Kind::Restart => "restart",
+            Kind::Rollback => "rollback",
+        }
+        .to_string(),
+        from_version: d.from_version,
+        to_version: d.to_version,
+        state: d.state.name().to_string(),
+        started_ms: d.started_ms,
+        updated_ms: d.updated_ms,
+        message: d.message.clone(),
+        done: d.done,
+        total: d.total,
+    }
+}
+
+/// The rollouts of `app` as the wire shows them.
+pub fn rollout_status(app: &str, r: &Rollouts) -> pb::RolloutStatus {
+    pb::RolloutStatus {
+        current: r.current.as_ref().map(|d| deployment(app, d)),
+        history: r.history.iter().map(|d| deployment(app, d)).collect(),
+        versions: r.versions.clone(),
+        version: r.version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever a control error echoes, its status keeps the code and a message that fits in a
+    /// header.
+    #[test]
+    fn status_messages_are_bounded() {
+        let huge = "n".repeat(1 << 20);
+        let cases = [
+            (
+                ControlError::NotFound(format!("app {huge:?} not found")),
+                Code::NotFound,
+            ),
+            (
+                ControlError::InvalidArgument(huge.clone()),
+                Code::InvalidArgument,
+            ),
+            (
+                ControlError::AlreadyExists("app \"web\" exists".into()),
+                Code::AlreadyExists,
+            ),
+        ];
+        for (error, code) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code);
+            assert!(
+                status.message().len() <= pmcluster_spec::MESSAGE_MAX_BYTES,
+                "{}",
+                status.message().len()
+            );
+        }
+        let short = Status::from(ControlError::NotFound("app \"web\" not found".into()));
+        assert_eq!(short.message(), "app \"web\" not found");
+    }
+
+    /// Typed commands refuse bad wire input naming the field, before the control sees it.
+    #[test]
+    fn commands_are_checked_at_the_boundary() {
+        let scale = |instances: i64| {
+            ScaleCmd::try_from(pb::ScaleRequest {
+                app: "web".into(),
+                instances,
+            })
+            .map_err(|e| Status::from(e).message().to_string())
+        };
+        assert_eq!(
+            scale(3),
+            Ok(ScaleCmd {
+                app: "web".into(),
+                instances: 3
+            })
+        );
+        assert!(scale(-1).is_err_and(|m| m.starts_with("instances: -1 is negative")));
+        assert!(
+            scale(1 << 40).is_err_and(|m| m.starts_with("instances: 1099511627776 is too large"))
+        );
+        for (word, want) in [
+            ("pause", Some(RolloutAction::Pause)),
+            ("resume", Some(RolloutAction::Resume)),
+            ("promote", Some(RolloutAction::Promote)),
+            ("Pause", None),
+            ("", None),
+        ] {
+            let r = pb::ControlRolloutRequest {
+                app: "web".into(),
+                action: word.into(),
+            };
+            assert_eq!(rollout_action(&r).ok(), want, "{word:?}");
+            if let Some(a) = want {
+                assert_eq!(a.as_str(), word);
+            }
+        }
+        let missing = ApplyCmd::try_from(pb::ApplyAppRequest::default())
+            .map_err(|e| Status::from(e).message().to_string());
+        assert!(missing.is_err_and(|m| m == "spec: missing"));
+    }
+}

@@ -1,0 +1,674 @@
+//! User commands (apply, scale, act, rollouts, autoscale policy, drain, adopt, forget): each
+//! validates, builds a `Batch` and hands it to the write path, then emits its event.
+
+use std::collections::BTreeMap;
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use pmcluster_spec::autoscale::AutoscalePolicy;
+
+use crate::core::scheduler;
+use crate::core::versions::{
+    new_version, start_deployment, with_current_policies, with_deployment,
+};
+use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
+use crate::model::{Deployment, Kind, State};
+
+use super::events::EventKind;
+use super::sessions::held;
+use super::write::publish;
+use super::{
+    Action, Control, ControlError, Inner, Result, find_app, is_quarantined, node_not_found,
+    ready_nodes,
+};
+use crate::core::adoption::adoption_batch;
+
+/// `apply`: a spec, and whether to keep the app's current count instead of the spec's.
+#[derive(Debug, Clone)]
+pub struct ApplyCmd {
+    pub spec: AppSpec,
+    pub keep_instances: bool,
+}
+
+/// What an apply did: the app's name, whether it was created or changed, and the rollout a
+/// process change started.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub app: String,
+    pub created: bool,
+    pub changed: bool,
+    pub deployment: Option<Deployment>,
+}
+
+/// `scale`: a count already known to be a count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleCmd {
+    pub app: String,
+    pub instances: u32,
+}
+
+impl ScaleCmd {
+    /// A count as users give it (the wire carries a signed number): refused, naming the field,
+    /// when negative or too large.
+    pub fn new(app: &str, count: i64) -> Result<ScaleCmd> {
+        if count < 0 {
+            return Err(ControlError::InvalidArgument(format!(
+                "instances: {count} is negative; give a count of 0 or more"
+            )));
+        }
+        let instances = u32::try_from(count).map_err(|_| {
+            ControlError::InvalidArgument(format!("instances: {count} is too large"))
+        })?;
+        Ok(ScaleCmd {
+            app: app.to_string(),
+            instances,
+        })
+    }
+}
+
+/// What a scale did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scaled {
+    pub previous: u32,
+    pub instances: u32,
+}
+
+/// What an operator can do to a running rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Promote,
+}
+
+impl RolloutAction {
+    /// The action a word names (`pause`, `resume`, `promote`).
+    pub fn parse(text: &str) -> Result<RolloutAction> {
+        match text {
+            "pause" => Ok(RolloutAction::Pause),
+            "resume" => Ok(RolloutAction::Resume),
+            "promote" => Ok(RolloutAction::Promote),
+            other => Err(ControlError::InvalidArgument(format!(
+                "action: {other:?} is not pause, resume or promote"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Promote => "promote",
+        }
+    }
+}
+
+impl Control {
+    /// Creates or updates an app: its spec, optionally keeping the current instance count (see
+    /// `ApplyAppRequest.keep_instances`), decided under the same lock as the write so that a
+    /// scale that landed after the caller read the spec stands.
+    pub fn apply_app(&self, cmd: ApplyCmd) -> Result<Applied> {
+        let ApplyCmd {
+            spec,
+            keep_instances,
+        } = cmd;
+        let mut inner = self.lock();
+        let existing = inner.state.apps.get(&spec.name).cloned();
+        let spec = match &existing {
+            Some(old) if keep_instances => AppSpec {
+                instances_max: old.spec.instances_max,
+                ..spec.with_instances(old.spec.instances)?
+            },
+            _ => spec,
+        };
+        let now = self.now();
+        let (record, created, changed) = match existing {
+            None => (AppRecord::new(spec, now), true, true),
+            Some(old) => {
+                if old.spec == spec {
+                    return Ok(Applied {
+                        app: old.spec.name.clone(),
+                        created: false,
+                        changed: false,
+                        deployment: None,
+                    });
+                }
+                // The version counts what runs: a new count, placement or autoscaling policy
+                // changes where instances run, not what they run, so nothing restarts.
+                if old.spec.same_process(&spec) {
+                    let rec = AppRecord {
+                        spec,
+                        updated_at_ms: now,
+                        ..old
+                    };
+                    (rec, false, true)
+                } else {
+                    let has_instances = !inner.state.app_instances(&old.spec.name).is_empty();
+                    (
+                        new_version(old, spec, now, Kind::Update, has_instances),
+                        false,
+                        true,
+                    )
+                }
+            }
+        };
+        let deployment = record
+            .deployment
+            .clone()
+            .filter(|d| d.state.active() && d.started_ms == now);
+        let name = record.spec.name.clone();
+        let (version, count) = (record.version, record.spec.instances);
+        self.write(&mut inner, Batch::app(record))?;
+        drop(inner);
+        if let Some(d) = &deployment {
+            self.emit(
+                EventKind::RolloutStarted,
+                &name,
+                "",
+                None,
+                format!(
+                    "{name}: rolling out version {} (from {})",
+                    d.to_version, d.from_version
+                ),
+            );
+        }
+        let what = if created { "created" } else { "updated" };
+        self.emit(
+            EventKind::AppApplied,
+            &name,
+            "",
+            None,
+            format!("{name} {what}: version {version}, {count} instances"),
+        );
+        Ok(Applied {
+            app: name,
+            created,
+            changed,
+            deployment,
+        })
+    }
+
+    /// Forgets an app; its instances are stopped by their agents. Returns how many there were.
+    pub fn delete_app(&self, name: &str) -> Result<u32> {
+        let mut inner = self.lock();
+        find_app(&inner, name)?;
+        let removed = inner.state.app_instances(name).len() as u32;
+        self.write(
+            &mut inner,
+            Batch {
+                del_apps: vec![name.to_string()],
+                ..Batch::default()
+            },
+        )?;
+        drop(inner);
+        self.emit(
+            EventKind::AppDeleted,
+            name,
+            "",
+            None,
+            format!("{name} deleted"),
+        );
+        Ok(removed)
+    }
+
+    /// Sets an app's desired count.
+    pub fn scale_app(&self, cmd: ScaleCmd) -> Result<Scaled> {
+        let (name, count) = (cmd.app.as_str(), cmd.instances);
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        if let Some(p) = &app.spec.autoscale
+            && !(p.min..=p.max).contains(&count)
+        {
+            return Err(ControlError::InvalidArgument(format!(
+                "instances: {name} autoscales between {} and {}; scale within that range, or turn \
+                 autoscaling off first with: pmcluster autoscale {name} --off",
+                p.min, p.max
+            )));
+        }
+        let previous = app.spec.instances;
+        let spec = app.spec.with_instances(count)?;
+        let mut batch = Batch {
+            put_apps: vec![AppRecord {
+                spec,
+                updated_at_ms: self.now(),
+                ..app
+            }],
+            ..Batch::default()
+        };
+        if count < previous {
+            self.rebalance_moves(&inner, name, count, &mut batch);
+        }
+        self.write(&mut inner, batch)?;
+        // A manual scale inside the bounds holds until the metrics say otherwise.
+        inner
+            .scaling
+            .entry(name.to_string())
+            .or_default()
+            .last_change_ms = Some(self.now());
+        drop(inner);
+        self.emit(
+            EventKind::AppScaled,
+            name,
+            "",
+            None,
+            format!("{name} scaled from {previous} to {count}"),
+        );
+        Ok(Scaled {
+            previous,
+            instances: count,
+        })
+    }
+
+    /// Moves that keep the app's spread even after a scale-down to `count`.
+    pub(super) fn rebalance_moves(&self, inner: &Inner, name: &str, count: u32, batch: &mut Batch) {
+        let Some(app) = inner.state.apps.get(name) else {
+            return;
+        };
+        let spec = &app.spec;
+        // Only plain spread apps: moving instances of apps with resources or limits could break
+        // a rule the scheduler honoured when it placed them.
+        if spec.placement.strategy != pmcluster_spec::placement::Strategy::Spread
+            || spec.placement.max_per_node.is_some()
+            || spec.resources != pmcluster_spec::app::Resources::default()
+        {
+            return;
+        }
+        let ready: Vec<String> = ready_nodes(inner, &self.config)
+            .into_iter()
+            .filter(|n| {
+                inner.state.nodes.get(n).is_some_and(|rec| {
+                    !rec.drain
+                        && spec
+                            .placement
+                            .constraints
+                            .iter()
+                            .all(|c| c.matches(&rec.labels))
+                })
+            })
+            .collect();
+        let mut placed: BTreeMap<String, Vec<u32>> =
+            ready.iter().map(|n| (n.clone(), Vec::new())).collect();
+        let mut by_index = BTreeMap::new();
+        for inst in inner.state.app_instances(name) {
+            if inst.index >= count {
+                continue;
+            }
+            if let Some(v) = inst.node.as_ref().and_then(|n| placed.get_mut(n)) {
+                v.push(inst.index);
+                by_index.insert(inst.index, inst.clone());
+            }
+        }
+        // With a shutdown_delay the app asked for graceful stops: a move is a handoff (the new
+        // copy replaces the old one once online, and the old one then drains), as in a node
+        // drain. Without one it is a plain move, which also works when two agents share a host
+        // and a fixed port.
+        let handoff = !spec.update.shutdown_delay.is_zero();
+        let now = self.now();
+        for (index, _from, to) in scheduler::rebalance(&placed) {
+            if let Some(old) = by_index.get(&index) {
+                if !handoff {
+                    batch.del_instances.push(old.id);
+                }
+                batch.put_instances.push(InstanceRecord {
+                    id: self.clock.new_id(),
+                    node: Some(to),
+                    replaces: handoff.then_some(old.id),
+                    draining_since: None,
+                    created_ms: now,
+                    ..old.clone()
+                });
+            }
+        }
+    }
+
+    /// Starts, stops or restarts the app's instances, or one of them.
+    pub fn act(&self, name: &str, index: Option<u32>, action: Action) -> Result<u32> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?;
+        if let Some(i) = index
+            && i >= app.spec.instances
+        {
+            return Err(ControlError::NotFound(format!(
+                "app {name:?} has no instance {i}: it has {} (indices 0-{})",
+                app.spec.instances,
+                app.spec.instances.saturating_sub(1)
+            )));
+        }
+        let mut batch = Batch::default();
+        for inst in inner.state.app_instances(name) {
+            if index.is_some_and(|i| i != inst.index) {
+                continue;
+            }
+            let mut next = inst.clone();
+            match action {
+                Action::Start => next.stopped = false,
+                Action::Stop => next.stopped = true,
+                Action::Restart => {
+                    next.stopped = false;
+                    next.restart_epoch += 1;
+                }
+            }
+            if next != *inst {
+                batch.put_instances.push(next);
+            }
+        }
+        let affected = match action {
+            // Starting what already runs is a no-op, but it still "applies" to those instances.
+            Action::Start | Action::Stop => inner
+                .state
+                .app_instances(name)
+                .iter()
+                .filter(|i| index.is_none_or(|x| x == i.index))
+                .count() as u32,
+            Action::Restart => batch.put_instances.len() as u32,
+        };
+        self.write(&mut inner, batch)?;
+        drop(inner);
+        let (verb, kind) = match action {
+            Action::Start => ("start", EventKind::AppStart),
+            Action::Stop => ("stop", EventKind::AppStop),
+            Action::Restart => ("restart", EventKind::AppRestart),
+        };
+        self.emit(
+            kind,
+            name,
+            "",
+            index,
+            format!("{verb} {name}: {affected} instances"),
+        );
+        Ok(affected)
+    }
+
+    /// Replaces every instance of the app in waves (its update policy) with fresh processes.
+    pub fn restart_rolling(&self, name: &str) -> Result<Deployment> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let now = self.now();
+        let epoch = inner
+            .state
+            .app_instances(name)
+            .iter()
+            .map(|i| i.restart_epoch)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let d = start_deployment(&app, Kind::Restart, app.version, app.version, epoch, now);
+        let record = with_deployment(app, d.clone());
+        self.write(&mut inner, Batch::app(record))?;
+        drop(inner);
+        self.emit(
+            EventKind::RolloutStarted,
+            name,
+            "",
+            None,
+            format!("{name}: rolling restart"),
+        );
+        Ok(d)
+    }
+
+    /// Pauses, resumes or promotes the app's running rollout.
+    pub fn steer_rollout(&self, name: &str, action: RolloutAction) -> Result<Deployment> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let Some(mut d) = app.deployment.clone().filter(|d| d.state.active()) else {
+            return Err(ControlError::InvalidArgument(format!(
+                "app {name:?} has no rollout in progress; see: pmcluster rollout history {name}"
+            )));
+        };
+        let kind = match action {
+            RolloutAction::Pause => {
+                d.state = State::Paused;
+                EventKind::RolloutPause
+            }
+            RolloutAction::Resume => {
+                d.state = State::Running;
+                EventKind::RolloutResume
+            }
+            RolloutAction::Promote => {
+                d.promoted = true;
+                d.state = State::Running;
+                EventKind::RolloutPromote
+            }
+        };
+        d.updated_ms = self.now();
+        let record = with_deployment(app, d.clone());
+        self.write(&mut inner, Batch::app(record))?;
+        drop(inner);
+        let action = action.as_str();
+        self.emit(kind, name, "", None, format!("{name}: rollout {action}"));
+        Ok(d)
+    }
+
+    /// Rolls back to the previous version (or `to_version`) as a new rollout.
+    pub fn roll_back(&self, name: &str, to_version: Option<u64>) -> Result<Deployment> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, name)?.clone();
+        let target = match to_version {
+            Some(v) => v,
+            None => app
+                .versions
+                .keys()
+                .copied()
+                .filter(|v| *v < app.version)
+                .max()
+                .ok_or_else(|| {
+                    ControlError::InvalidArgument(format!(
+                        "app {name:?} has no earlier version to go back to"
+                    ))
+                })?,
+        };
+        let Some(spec) = app.versions.get(&target).cloned() else {
+            let known: Vec<String> = app.versions.keys().map(|v| v.to_string()).collect();
+            return Err(ControlError::InvalidArgument(format!(
+                "to_version: app {name:?} has no version {target} to go back to (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        // The old process, with today's count and policies.
+        let spec = with_current_policies(&app, spec);
+        let now = self.now();
+        let has_instances = !inner.state.app_instances(name).is_empty();
+        let record = new_version(app, spec, now, Kind::Rollback, has_instances);
+        let d = record.deployment.clone();
+        self.write(&mut inner, Batch::app(record))?;
+        drop(inner);
+        self.emit(
+            EventKind::RolloutStarted,
+            name,
+            "",
+            None,
+            format!("{name}: rolling back to version {target}"),
+        );
+        d.ok_or_else(|| ControlError::InvalidArgument("nothing to roll back".into()))
+    }
+
+    /// Adopts quarantined nodes (`name`, or every quarantined node when empty): their held
+    /// instances become this cluster's (apps that are not here are created from the agents'
+    /// specs), and they receive desired sets again, with a generation above the one each agent
+    /// applied and `adopt` set so that it takes this cluster's id. Adopting every node in one
+    /// write keeps the reconciler from placing an index that a not-yet-adopted node holds.
+    pub fn adopt_node(&self, name: &str) -> Result<Vec<pb::Node>> {
+        let mut inner = self.lock();
+        let names: Vec<String> = if name.is_empty() {
+            inner
+                .nodes
+                .iter()
+                .filter(|(_, l)| is_quarantined(l))
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            let live = inner.nodes.get(name).ok_or_else(|| node_not_found(name))?;
+            if !is_quarantined(live) {
+                return Err(ControlError::FailedPrecondition(format!(
+                    "node {name:?} is not quarantined; there is nothing to adopt"
+                )));
+            }
+            vec![name.to_string()]
+        };
+        if names.is_empty() {
+            return Err(ControlError::FailedPrecondition(
+                "no node is quarantined; there is nothing to adopt".into(),
+            ));
+        }
+        let now = self.now();
+        let mut scratch = inner.state.clone();
+        let mut batch = Batch::default();
+        let mut generation = inner.state.generation;
+        let mut imported = Vec::new();
+        for n in &names {
+            let Some(live) = inner.nodes.get(n) else {
+                continue;
+            };
+            let part = adoption_batch(&scratch, n, &held(&live.held), now);
+            generation = generation.max(live.reported_generation);
+            imported.push((n.clone(), part.put_instances.len()));
+            scratch.apply(&part);
+            batch
+                .put_apps
+                .retain(|a| !part.put_apps.iter().any(|p| p.spec.name == a.spec.name));
+            batch.put_apps.extend(part.put_apps);
+            batch.put_instances.extend(part.put_instances);
+            batch.del_instances.extend(part.del_instances);
+        }
+        // Above anything the agents applied, so their next sets are not stale.
+        generation += 1;
+        batch.generation = Some(generation);
+        for n in &names {
+            let node = inner
+                .state
+                .nodes
+                .get(n)
+                .cloned()
+                .ok_or_else(|| node_not_found(n))?;
+            batch.put_nodes.push(NodeRecord { generation, ..node });
+        }
+        self.write(&mut inner, batch)?;
+        for n in &names {
+            if let Some(live) = inner.nodes.get_mut(n) {
+                if let Some(s) = live.session.as_mut() {
+                    s.quarantine = None;
+                }
+                live.adopting = true;
+            }
+            publish(&mut inner, n);
+        }
+        // Anything the adoption left unplaced can go to these nodes now.
+        inner.reconcile_due = true;
+        if let Err(e) = self.write(&mut inner, Batch::default()) {
+            tracing::error!(error = %e, "reconcile after adoption failed");
+        }
+        drop(inner);
+        for (n, count) in imported {
+            let text = format!("node {n} adopted with {count} of its instances");
+            tracing::warn!("{text}");
+            self.emit(EventKind::NodeAdopted, "", &n, None, text);
+        }
+        Ok(self
+            .list_nodes()
+            .into_iter()
+            .filter(|n| names.contains(&n.name))
+            .collect())
+    }
+
+    /// Forgets a node that is not connected: its record goes, and its instances are replaced
+    /// elsewhere at once (the reconciler treats records on an unknown node as lost).
+    pub fn forget_node(&self, name: &str) -> Result<pb::Node> {
+        let before = self
+            .list_nodes()
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| node_not_found(name))?;
+        let mut inner = self.lock();
+        if inner.nodes.get(name).is_some_and(|l| l.session.is_some()) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "node {name:?} is connected; stop its agent first (or drain it to move its \
+                 instances while it runs)"
+            )));
+        }
+        let batch = Batch {
+            del_nodes: vec![name.to_string()],
+            ..Batch::default()
+        };
+        self.write(&mut inner, batch)?;
+        inner.nodes.remove(name);
+        drop(inner);
+        self.emit(
+            EventKind::NodeForgotten,
+            "",
+            name,
+            None,
+            format!("node {name} forgotten; its instances are placed elsewhere"),
+        );
+        Ok(before)
+    }
+
+    /// Turns autoscaling on or off (`None`), or changes the policy.
+    pub fn set_autoscale(
+        &self,
+        name: &str,
+        policy: Option<AutoscalePolicy>,
+    ) -> Result<pb::AutoscaleStatus> {
+        {
+            let mut inner = self.lock();
+            let app = find_app(&inner, name)?.clone();
+            let spec = AppSpec {
+                autoscale: policy.clone(),
+                ..app.spec.clone()
+            }
+            .validate()?;
+            if spec != app.spec {
+                let batch = Batch {
+                    put_apps: vec![AppRecord {
+                        spec,
+                        updated_at_ms: self.now(),
+                        ..app
+                    }],
+                    ..Batch::default()
+                };
+                self.write(&mut inner, batch)?;
+            }
+            // A new policy is judged on fresh evidence, without a cooldown from before.
+            inner.scaling.remove(name);
+        }
+        let text = match &policy {
+            Some(p) => format!("{name}: autoscaling between {} and {}", p.min, p.max),
+            None => format!("{name}: autoscaling off"),
+        };
+        self.emit(EventKind::AutoscalePolicy, name, "", None, text);
+        self.get_autoscale(name)
+    }
+
+    /// Starts (or stops, with `drain = false`) draining a node.
+    pub fn set_drain(&self, node: &str, drain: bool) -> Result<pb::Node> {
+        let mut inner = self.lock();
+        let Some(record) = inner.state.nodes.get(node).cloned() else {
+            return Err(ControlError::NotFound(format!(
+                "node {node:?} not found; see the nodes with 'pmcluster nodes'"
+            )));
+        };
+        if record.drain != drain {
+            let batch = Batch {
+                put_nodes: vec![NodeRecord { drain, ..record }],
+                ..Batch::default()
+            };
+            self.write(&mut inner, batch)?;
+        }
+        drop(inner);
+        let what = if drain { "draining" } else { "eligible again" };
+        self.emit(
+            EventKind::NodeDrain,
+            "",
+            node,
+            None,
+            format!("node {node} {what}"),
+        );
+        self.list_nodes()
+            .into_iter()
+            .find(|n| n.name == node)
+            .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))
+    }
+}

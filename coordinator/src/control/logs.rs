@@ -1,0 +1,167 @@
+//! Log routing: requests to agents, their lines to readers, never waiting for a slow reader.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use pmcluster_proto::v1 as pb;
+use tokio::sync::mpsc;
+
+use super::{AgentCommand, Control, ControlError, Inner, LogRoute, Result, find_app};
+
+impl Control {
+    /// Asks the agents of the app's instances for their logs. The returned receiver ends when
+    /// every agent has sent all it had (without `follow`), or never (with `follow`), until the
+    /// reader goes away.
+    pub fn stream_logs(
+        &self,
+        req: &pb::StreamLogsRequest,
+    ) -> Result<mpsc::Receiver<Result<pb::LogLine, tonic::Status>>> {
+        let mut inner = self.lock();
+        let app = find_app(&inner, &req.app)?;
+        if let Some(i) = req.index
+            && i >= app.spec.instances
+        {
+            return Err(ControlError::NotFound(format!(
+                "app {:?} has no instance {i}: it has {}",
+                req.app, app.spec.instances
+            )));
+        }
+        let lines = match req.lines {
+            0 => 20,
+            n => n.min(10_000),
+        };
+        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for inst in inner.state.app_instances(&req.app) {
+            if req.index.is_some_and(|i| i != inst.index) {
+                continue;
+            }
+            if let Some(node) = &inst.node {
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(inst.id.to_string());
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        for (node, instance_ids) in by_node {
+            let Some(commands) = inner
+                .nodes
+                .get(&node)
+                .and_then(|l| l.session.as_ref())
+                .map(|s| s.commands.clone())
+            else {
+                continue;
+            };
+            let request_id = self.ids.fetch_add(1, Ordering::Relaxed);
+            let request = pb::LogRequest {
+                request_id,
+                instance_ids,
+                lines,
+                follow: req.follow,
+            };
+            if commands.try_send(AgentCommand::Logs(request)).is_ok() {
+                inner.log_routes.insert(
+                    request_id,
+                    LogRoute {
+                        node,
+                        lines: tx.clone(),
+                        dropped: 0,
+                    },
+                );
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Routes lines an agent sent; drops the route at end of stream or when the reader is gone.
+    pub fn log_chunk(&self, node: &str, chunk: pb::LogChunk) {
+        let mut inner = self.lock();
+        let Some(route) = inner.log_routes.get_mut(&chunk.request_id) else {
+            return;
+        };
+        if route.node != node {
+            return;
+        }
+        let mut gone = route_lines(route, chunk.lines);
+        if chunk.eof && route.dropped > 0 && !gone {
+            // The end of a request: announce what was dropped at its tail, if there is room.
+            gone = announce_dropped(route, None);
+        }
+        if !chunk.error.is_empty() {
+            tracing::warn!(node, error = %chunk.error, "agent could not read logs");
+        }
+        if gone || chunk.eof {
+            inner.log_routes.remove(&chunk.request_id);
+            if gone && !chunk.eof {
+                send_command(&inner, node, AgentCommand::CancelLogs(chunk.request_id));
+            }
+        }
+    }
+
+    /// Drops log routes whose reader went away and tells their agents to stop following.
+    pub fn reap_log_routes(&self) {
+        let mut inner = self.lock();
+        let gone: Vec<(u64, String)> = inner
+            .log_routes
+            .iter()
+            .filter(|(_, r)| r.lines.is_closed())
+            .map(|(id, r)| (*id, r.node.clone()))
+            .collect();
+        for (id, node) in gone {
+            inner.log_routes.remove(&id);
+            send_command(&inner, &node, AgentCommand::CancelLogs(id));
+        }
+    }
+}
+
+pub(super) fn send_command(inner: &Inner, node: &str, cmd: AgentCommand) {
+    if let Some(s) = inner.nodes.get(node).and_then(|l| l.session.as_ref()) {
+        // A full queue means the agent is not reading; its session will be replaced anyway.
+        let _ = s.commands.try_send(cmd);
+    }
+}
+
+/// Hands lines to a log reader without ever waiting for it: the agent's link also carries
+/// heartbeats. What does not fit is dropped and counted, and the reader is told how many lines it
+/// missed (a line of its own, stream UNSPECIFIED) as soon as it has room.
+/// Returns whether the reader is gone.
+pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool {
+    for line in lines {
+        if route.dropped > 0 {
+            if route.lines.capacity() < 2 {
+                route.dropped += 1;
+                continue;
+            }
+            if announce_dropped(route, Some(&line)) {
+                return true;
+            }
+        }
+        match route.lines.try_send(Ok(line)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => route.dropped += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => return true,
+        }
+    }
+    false
+}
+
+/// Sends the "N lines dropped" notice (app and node of `next`, when known) and resets the count.
+/// Returns whether the reader is gone.
+pub(super) fn announce_dropped(route: &mut LogRoute, next: Option<&pb::LogLine>) -> bool {
+    let n = route.dropped;
+    let notice = pb::LogLine {
+        app: next.map(|l| l.app.clone()).unwrap_or_default(),
+        index: next.map_or(0, |l| l.index),
+        node: next.map_or_else(|| route.node.clone(), |l| l.node.clone()),
+        stream: pb::LogStream::Unspecified as i32,
+        line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
+    };
+    match route.lines.try_send(Ok(notice)) {
+        Ok(()) => {
+            route.dropped = 0;
+            false
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => false,
+        Err(mpsc::error::TrySendError::Closed(_)) => true,
+    }
+}

@@ -1,0 +1,395 @@
+//! The control shell: owns the in-memory state, turns user commands and agent reports into store
+//! batches, runs the reconciler on every change, and publishes each node's desired set.
+//!
+//! Every change follows one path, `write::Control::write`: command batch -> reconcile on the
+//! result -> generations for touched nodes -> one store commit -> apply in memory -> publish.
+//! Nothing is applied in memory or sent to an agent before the store has accepted it, and nothing
+//! outside `write` calls the store.
+//!
+//! By concern: `commands` (user commands → batches), `write` (the write path), `tick` (heartbeat
+//! lapses, follow-ups, rollout steps, autoscale samples), `sessions` (attach, report, detach),
+//! `logs` (log routes), `events` (the event feed), `views` (read-only views). This file holds the
+//! state they share (`Inner`, under one lock), the handle and the error. Time and ids come from
+//! the `Clock` only.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::SpecError;
+use tokio::sync::{broadcast, mpsc, watch};
+use uuid::Uuid;
+
+use crate::clock::{Clock, SystemClock};
+use crate::core::autoscale::Sample;
+use crate::core::reconcile::{Link, NodeView};
+use crate::model::{AppRecord, Batch, Persisted};
+use crate::store::{Store, StoreError};
+
+mod commands;
+mod events;
+mod logs;
+mod sessions;
+mod tick;
+mod views;
+mod write;
+
+pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
+pub use events::EventKind;
+pub use views::Rollouts;
+pub use views::state_name;
+use write::publish;
+
+/// Knobs of the control loop.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// How often agents report; sent to them at registration.
+    pub heartbeat_interval: Duration,
+    /// A connected node that has not reported for this long is considered down.
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for ControlConfig {
+    fn default() -> ControlConfig {
+        ControlConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    InvalidSpec(#[from] SpecError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T, E = ControlError> = std::result::Result<T, E>;
+
+/// A user command that targets an app or one of its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Restart,
+}
+
+/// Messages to an agent besides its desired set.
+#[derive(Debug, Clone)]
+pub enum AgentCommand {
+    Logs(pb::LogRequest),
+    CancelLogs(u64),
+}
+
+/// Live side of a node: its session (if connected) and last report.
+struct NodeLive {
+    /// Latest desired set; the session task sends each new value.
+    desired: watch::Sender<Option<pb::DesiredSet>>,
+    session: Option<Session>,
+    last_heartbeat_ms: i64,
+    host: Option<pb::HostMetrics>,
+    /// Unix ms the node was last seen going down; `None` while connected.
+    down_since_ms: Option<i64>,
+    /// The instances the agent said it holds at registration (see `pb::Register::held`).
+    held: Vec<pb::Assignment>,
+    /// Highest desired-set generation the agent reported applying.
+    reported_generation: u64,
+    /// Adopted by an operator and not yet confirmed by a report: its sets carry `adopt`.
+    adopting: bool,
+}
+
+struct Session {
+    id: u64,
+    /// The agent's persistent id (empty for agents that send none).
+    agent_id: String,
+    commands: mpsc::Sender<AgentCommand>,
+    /// Dropped to end the session's outbound stream.
+    _closer: watch::Sender<()>,
+    /// Why the node is quarantined: nothing is sent to it or placed on it until adopted.
+    quarantine: Option<String>,
+}
+
+/// Where the lines of one log request go.
+struct LogRoute {
+    node: String,
+    lines: mpsc::Sender<Result<pb::LogLine, tonic::Status>>,
+    /// Lines dropped since the reader last had room; announced to it once it has room again.
+    dropped: u64,
+}
+
+struct Inner {
+    /// The time of the current critical section (see `Control::lock`).
+    now: i64,
+    state: Persisted,
+    nodes: BTreeMap<String, NodeLive>,
+    observed: HashMap<Uuid, pb::InstanceStatus>,
+    log_routes: HashMap<u64, LogRoute>,
+    /// Why instances of an app are pending, from the last reconcile.
+    pending: BTreeMap<String, String>,
+    /// Since when each instance has been reported online without a break.
+    online_since: HashMap<Uuid, i64>,
+    /// Autoscaler memory per app: metric history and last change.
+    scaling: BTreeMap<String, Scaling>,
+    last_sample_ms: i64,
+    /// Something the reconciler looks at changed since it last ran (a node came, went or
+    /// lapsed, an instance went on- or offline, a write committed). The reconciler is a pure
+    /// function of that state and the clock, so while this is false and its follow-up time has
+    /// not come, a tick skips it: with 100,000 pending instances, re-placing them four times a
+    /// second held a core and the lock.
+    reconcile_due: bool,
+    /// When the last reconcile said something becomes due (a lost node's reschedule, the end
+    /// of a drain delay).
+    followup_at: Option<i64>,
+}
+
+/// What the autoscaler remembers of one app (in memory: a coordinator restart starts afresh).
+#[derive(Default)]
+struct Scaling {
+    history: VecDeque<Sample>,
+    last_change_ms: Option<i64>,
+    last_reason: String,
+}
+
+pub struct Control {
+    inner: Mutex<Inner>,
+    store: Arc<dyn Store>,
+    events: broadcast::Sender<pb::Event>,
+    /// The last events, for late watchers (`events --history`) and autoscale status.
+    recent: Mutex<VecDeque<pb::Event>>,
+    config: ControlConfig,
+    ids: AtomicU64,
+    /// The time and fresh ids: an input, so tests and the simulation can drive them.
+    clock: Arc<dyn Clock>,
+    /// Rung when something the tick acts on changed (a commit, a node came or went, an instance
+    /// went on- or offline): the control loop then ticks at once instead of at its next wake-up.
+    changed: tokio::sync::Notify,
+}
+
+/// What a new agent session receives.
+pub struct Attached {
+    pub session_id: u64,
+    pub desired: watch::Receiver<Option<pb::DesiredSet>>,
+    pub commands: mpsc::Receiver<AgentCommand>,
+    pub closed: watch::Receiver<()>,
+    pub heartbeat_interval: Duration,
+    pub cluster_id: String,
+    /// Why the node is quarantined (empty: it is not).
+    pub quarantine: String,
+}
+
+fn new_node_live(now: i64) -> NodeLive {
+    NodeLive {
+        desired: watch::Sender::new(None),
+        session: None,
+        last_heartbeat_ms: 0,
+        host: None,
+        down_since_ms: Some(now),
+        held: Vec::new(),
+        reported_generation: 0,
+        adopting: false,
+    }
+}
+
+fn is_quarantined(live: &NodeLive) -> bool {
+    live.session
+        .as_ref()
+        .is_some_and(|s| s.quarantine.is_some())
+}
+
+impl Control {
+    /// Loads the state from `store` and publishes every node's desired set, ready for agents to
+    /// reconnect. Instances are neither started nor stopped by a restart of the coordinator.
+    pub fn open(store: Arc<dyn Store>, config: ControlConfig) -> Result<Control> {
+        Control::open_with(store, config, Arc::new(SystemClock::default()))
+    }
+
+    /// As [`Control::open`], with the time and ids from `clock` (a manual one in tests and the
+    /// simulation).
+    pub fn open_with(
+        store: Arc<dyn Store>,
+        config: ControlConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Control> {
+        let mut state = store.load()?;
+        let now = clock.now_ms();
+        if state.cluster_id.is_empty() {
+            // A new store is a new cluster. Agents that served another one refuse its sets, so a
+            // coordinator that lost its state cannot empty them.
+            let batch = Batch {
+                cluster_id: Some(clock.new_id().to_string()),
+                ..Batch::default()
+            };
+            write::commit(store.as_ref(), &mut state, &batch)?;
+            if state.nodes.is_empty() && state.apps.is_empty() {
+                tracing::info!(cluster_id = %state.cluster_id, "new cluster");
+            } else {
+                tracing::info!(cluster_id = %state.cluster_id, "the store had no cluster id yet; made one");
+            }
+        } else {
+            tracing::info!(cluster_id = %state.cluster_id, "cluster loaded");
+        }
+        let mut nodes = BTreeMap::new();
+        for name in state.nodes.keys() {
+            nodes.insert(name.clone(), new_node_live(now));
+        }
+        let mut inner = Inner {
+            state,
+            nodes,
+            observed: HashMap::new(),
+            log_routes: HashMap::new(),
+            pending: BTreeMap::new(),
+            online_since: HashMap::new(),
+            scaling: BTreeMap::new(),
+            last_sample_ms: 0,
+            reconcile_due: true,
+            followup_at: None,
+            now,
+        };
+        let names: Vec<String> = inner.nodes.keys().cloned().collect();
+        for name in names {
+            publish(&mut inner, &name);
+        }
+        let (events, _) = broadcast::channel(1024);
+        Ok(Control {
+            inner: Mutex::new(inner),
+            store,
+            events,
+            recent: Mutex::new(VecDeque::new()),
+            config,
+            ids: AtomicU64::new(1),
+            clock,
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves state that was only ever changed after a
+        // successful commit, so it is still consistent: keep serving.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // One time for the whole critical section, read under the lock so it never goes back.
+        inner.now = inner.now.max(self.clock.now_ms());
+        inner
+    }
+
+    /// The time of the current critical section's clock (outside one: now).
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// The time as this control's clock says (milliseconds), for loops that wait on it.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.config
+    }
+
+    /// Whether a node has a live session (for tests and the API).
+    pub fn is_connected(&self, node: &str) -> bool {
+        let inner = self.lock();
+        inner.nodes.get(node).is_some_and(|l| l.session.is_some())
+    }
+
+    /// A copy of the stored records (read-only; for the simulation's invariant checks).
+    pub fn persisted(&self) -> Persisted {
+        self.lock().state.clone()
+    }
+
+    /// Nodes with a live session that reports in time, i.e. where the reconciler may place.
+    pub fn ready_node_names(&self) -> Vec<String> {
+        let inner = self.lock();
+        ready_nodes(&inner, &self.config)
+    }
+
+    /// What the reconciler would do now, without doing it: empty once the cluster converged.
+    pub fn dry_plan(&self) -> crate::core::reconcile::Plan {
+        let inner = self.lock();
+        let online: std::collections::BTreeSet<Uuid> = inner
+            .observed
+            .iter()
+            .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
+            .map(|(id, _)| *id)
+            .collect();
+        let nodes = node_views(&inner, &inner.state, &self.config);
+        crate::core::reconcile::reconcile(crate::core::reconcile::Snapshot {
+            apps: &inner.state.apps,
+            instances: &inner.state.instances,
+            nodes: &nodes,
+            online: &online,
+            now_ms: inner.now,
+        })
+    }
+}
+
+fn is_ready(live: &NodeLive, config: &ControlConfig, now: i64) -> bool {
+    let timeout = i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
+    live.session.is_some() && now.saturating_sub(live.last_heartbeat_ms) <= timeout
+}
+
+/// The reconciler's view of every registered node.
+fn node_views<'a>(inner: &Inner, view: &'a Persisted, config: &ControlConfig) -> Vec<NodeView<'a>> {
+    view.nodes
+        .values()
+        .map(|n| {
+            let live = inner.nodes.get(&n.name);
+            let link = match live {
+                Some(l) if is_ready(l, config, inner.now) && is_quarantined(l) => Link::Quarantined,
+                Some(l) if is_ready(l, config, inner.now) => Link::Up,
+                Some(l) => Link::Down(l.down_since_ms.unwrap_or(0)),
+                None => Link::Down(0),
+            };
+            NodeView {
+                name: &n.name,
+                labels: &n.labels,
+                cores: n.cores,
+                memory_bytes: n.memory_bytes,
+                link,
+                drain: n.drain,
+            }
+        })
+        .collect()
+}
+
+fn ready_nodes(inner: &Inner, config: &ControlConfig) -> Vec<String> {
+    inner
+        .nodes
+        .iter()
+        .filter(|(_, l)| is_ready(l, config, inner.now))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+fn node_not_found(name: &str) -> ControlError {
+    ControlError::NotFound(format!(
+        "node {name:?} not found; see the nodes with 'pmcluster nodes'"
+    ))
+}
+
+fn find_app<'a>(inner: &'a Inner, name: &str) -> Result<&'a AppRecord> {
+    if name.is_empty() {
+        return Err(ControlError::InvalidArgument("app: name is empty".into()));
+    }
+    inner.state.apps.get(name).ok_or_else(|| {
+        ControlError::NotFound(format!(
+            "app {name:?} not found; see the apps with 'pmcluster apps'"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! Agent sessions: attach (quarantine or rename), status reports (the heartbeat), detach.
+
+use std::sync::atomic::Ordering;
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use crate::model::{Batch, InstanceRecord, NodeRecord};
+
+use super::events::EventKind;
+use super::views::state_name;
+use super::write::{self, publish};
+use super::{
+    Attached, Control, ControlError, Inner, Result, Session, is_quarantined, is_ready,
+    new_node_live,
+};
+use crate::core::adoption::{self, Held, Registration};
+
+impl Control {
+    /// Registers a node's session. Refuses a name whose session is still alive.
+    pub fn attach(&self, reg: &pb::Register, peer: Option<std::net::IpAddr>) -> Result<Attached> {
+        pmcluster_spec::app::validate_name(&reg.node_name)
+            .map_err(|e| ControlError::InvalidArgument(format!("node_name: {}", e.message)))?;
+        let mut inner = self.lock();
+        let name = reg.node_name.clone();
+        if let Some(live) = inner.nodes.get(&name)
+            && let Some(session) = &live.session
+            && is_ready(live, &self.config, inner.now)
+        {
+            if reg.agent_id.is_empty() || session.agent_id != reg.agent_id {
+                return Err(ControlError::AlreadyExists(format!(
+                    "node {name:?} is already connected; each agent needs its own --node-name"
+                )));
+            }
+            // The same agent again (restarted, or its old connection is half-open): the new
+            // session replaces the old one, whose stream ends when its closer is dropped below.
+            tracing::info!(node = %name, "agent reconnected; replacing its previous session");
+            // The new session knows nothing of the old one's log requests: their readers end
+            // now rather than wait forever.
+            inner.log_routes.retain(|_, r| r.node != name);
+        }
+        let quarantine = adoption::quarantine_reason(&inner.state, &registration(reg));
+        let mut batch = Batch::default();
+        let mut renamed = None;
+        if quarantine.is_none() && !reg.renamed_from.is_empty() && reg.renamed_from != name {
+            renamed = self.rename_batch(&inner, &reg.renamed_from, &name, &mut batch)?;
+        }
+        let known = inner.state.nodes.get(&name).or(renamed.as_ref()).cloned();
+        let record = NodeRecord {
+            name: name.clone(),
+            labels: reg.labels.clone().into_iter().collect(),
+            cores: reg.cores,
+            memory_bytes: reg.memory_bytes,
+            hostname: reg.hostname.clone(),
+            agent_version: reg.agent_version.clone(),
+            generation: known.as_ref().map(|n| n.generation).unwrap_or(0),
+            drain: known.as_ref().is_some_and(|n| n.drain),
+            address: if reg.advertise_address.is_empty() {
+                peer.map(|p| p.to_string()).unwrap_or_default()
+            } else {
+                reg.advertise_address.clone()
+            },
+        };
+        if inner.state.nodes.get(&name) != Some(&record) {
+            batch.put_nodes.push(record);
+        }
+        if !batch.is_empty() {
+            write::commit(self.store.as_ref(), &mut inner.state, &batch)?;
+        }
+        let session_id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (commands_tx, commands) = mpsc::channel(256);
+        let (closer, closed) = watch::channel(());
+        let now = inner.now;
+        let live = inner
+            .nodes
+            .entry(name.clone())
+            .or_insert_with(|| new_node_live(now));
+        live.session = Some(Session {
+            id: session_id,
+            agent_id: reg.agent_id.clone(),
+            commands: commands_tx,
+            _closer: closer,
+            quarantine: quarantine.clone(),
+        });
+        live.last_heartbeat_ms = self.now();
+        live.down_since_ms = None;
+        live.held = reg.held.clone();
+        live.reported_generation = reg.generation;
+        live.adopting = false;
+        if quarantine.is_some() {
+            // Nothing goes to a quarantined node, not even the set published at load.
+            live.desired.send_replace(None);
+        }
+        let desired = live.desired.subscribe();
+        for st in &reg.instances {
+            if let Ok(id) = st.instance_id.parse::<Uuid>() {
+                inner.observed.insert(id, st.clone());
+            }
+        }
+        if let Some(old) = &renamed {
+            inner.nodes.remove(&old.name);
+        }
+        publish(&mut inner, &name);
+        // A new node may take pending instances.
+        inner.reconcile_due = true;
+        if let Err(e) = self.write(&mut inner, Batch::default()) {
+            tracing::error!(error = %e, "reconcile after node registration failed");
+        }
+        let cluster_id = inner.state.cluster_id.clone();
+        drop(inner);
+        if let Some(old) = renamed {
+            let text = format!(
+                "node {} renamed to {name}; its instances moved with it",
+                old.name
+            );
+            tracing::warn!("{text}");
+            self.emit(EventKind::NodeRenamed, "", &name, None, text);
+        }
+        match &quarantine {
+            Some(why) => {
+                tracing::error!(node = %name, "node quarantined: {why}");
+                self.emit(
+                    EventKind::NodeQuarantined,
+                    "",
+                    &name,
+                    None,
+                    format!("node {name} quarantined: {why}"),
+                );
+            }
+            None => self.emit(
+                EventKind::NodeUp,
+                "",
+                &name,
+                None,
+                format!("node {name} connected"),
+            ),
+        }
+        Ok(Attached {
+            session_id,
+            desired,
+            commands,
+            closed,
+            heartbeat_interval: self.config.heartbeat_interval,
+            cluster_id,
+            quarantine: quarantine.unwrap_or_default(),
+        })
+    }
+
+    /// Adds to `batch` the move of node `old`'s records to `new` and the removal of `old`.
+    /// Returns `old`'s record, or `None` when there is no such node (nothing to move).
+    pub(super) fn rename_batch(
+        &self,
+        inner: &Inner,
+        old: &str,
+        new: &str,
+        batch: &mut Batch,
+    ) -> Result<Option<NodeRecord>> {
+        let Some(record) = inner.state.nodes.get(old) else {
+            return Ok(None);
+        };
+        if inner.nodes.get(old).is_some_and(|l| l.session.is_some()) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "cannot rename node {old:?} to {new:?}: {old:?} is connected; stop its agent first"
+            )));
+        }
+        if inner.state.nodes.contains_key(new) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "cannot rename node {old:?} to {new:?}: a node {new:?} exists already; forget it \
+                 first with 'pmcluster nodes forget {new}'"
+            )));
+        }
+        for rec in inner.state.instances.values() {
+            if rec.node.as_deref() == Some(old) {
+                batch.put_instances.push(InstanceRecord {
+                    node: Some(new.to_string()),
+                    ..rec.clone()
+                });
+            }
+        }
+        batch.del_nodes.push(old.to_string());
+        Ok(Some(record.clone()))
+    }
+
+    /// Records a status report (also the heartbeat). Ignored if the session was replaced.
+    pub fn report(&self, node: &str, session_id: u64, report: pb::StatusReport) {
+        let mut inner = self.lock();
+        let Some(live) = inner.nodes.get_mut(node) else {
+            return;
+        };
+        if live.session.as_ref().map(|s| s.id) != Some(session_id) {
+            return;
+        }
+        live.last_heartbeat_ms = self.now();
+        live.host = report.host;
+        live.reported_generation = report.generation;
+        let quarantined = is_quarantined(live);
+        let node_generation = inner.state.nodes.get(node).map_or(0, |n| n.generation);
+        if let Some(live) = inner.nodes.get_mut(node)
+            && live.adopting
+            && report.generation >= node_generation
+        {
+            // The agent applied a set of this cluster: it has taken the new cluster id.
+            live.adopting = false;
+        }
+        let mut changes = Vec::new();
+        for st in report.instances {
+            let Ok(id) = st.instance_id.parse::<Uuid>() else {
+                continue;
+            };
+            let Some(rec) = inner.state.instances.get(&id) else {
+                if quarantined {
+                    // Held by a quarantined node: listed from what the agent reports.
+                    inner.observed.insert(id, st);
+                }
+                continue;
+            };
+            if rec.node.as_deref() != Some(node) {
+                continue;
+            }
+            let (app, index) = (rec.app.clone(), rec.index);
+            let before = inner.observed.get(&id).map(|o| o.state);
+            let online = pb::InstanceState::Online as i32;
+            if (before == Some(online)) != (st.state == online) {
+                // Handoffs and drains wait for instances to come online.
+                inner.reconcile_due = true;
+                self.changed.notify_one();
+            }
+            if st.state == pb::InstanceState::Online as i32 {
+                let now = inner.now;
+                inner.online_since.entry(id).or_insert(now);
+            } else {
+                inner.online_since.remove(&id);
+            }
+            if before != Some(st.state) {
+                changes.push((app, index, st.state, st.message.clone()));
+            }
+            inner.observed.insert(id, st);
+        }
+        drop(inner);
+        for (app, index, state, message) in changes {
+            let state = state_name(state);
+            let text = if message.is_empty() {
+                format!("{app}[{index}] is {state}")
+            } else {
+                format!("{app}[{index}] is {state}: {message}")
+            };
+            self.emit(EventKind::InstanceState, &app, node, Some(index), text);
+        }
+    }
+
+    /// Ends a node's session (its stream closed). Ignored if a newer session replaced it.
+    pub fn detach(&self, node: &str, session_id: u64) {
+        let mut inner = self.lock();
+        let Some(live) = inner.nodes.get_mut(node) else {
+            return;
+        };
+        if live.session.as_ref().map(|s| s.id) != Some(session_id) {
+            return;
+        }
+        live.session = None;
+        live.down_since_ms = Some(self.now());
+        inner.reconcile_due = true;
+        self.changed.notify_one();
+        inner.log_routes.retain(|_, r| r.node != node);
+        drop(inner);
+        self.emit(
+            EventKind::NodeDown,
+            "",
+            node,
+            None,
+            format!("node {node} disconnected"),
+        );
+    }
+}
+
+/// What the core's quarantine decision needs of a registration.
+pub(super) fn registration(reg: &pb::Register) -> Registration<'_> {
+    Registration {
+        node: &reg.node_name,
+        cluster_id: &reg.cluster_id,
+        renamed_from: &reg.renamed_from,
+        generation: reg.generation,
+        held: reg.held.len(),
+    }
+}
+
+/// The held assignments an agent sent that can be read (a valid id and spec); the others can
+/// be neither listed as this cluster's nor adopted.
+pub(super) fn held(assignments: &[pb::Assignment]) -> Vec<Held> {
+    assignments
+        .iter()
+        .filter_map(|a| {
+            Some(Held {
+                id: a.instance_id.parse::<Uuid>().ok()?,
+                spec: AppSpec::try_from(a.spec.clone()?).ok()?,
+                index: a.index,
+                port: a.port,
+                app_version: a.app_version,
+                restart_epoch: a.restart_epoch,
+                run: a.run,
+            })
+        })
+        .collect()
+}

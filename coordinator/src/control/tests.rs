@@ -1,0 +1,634 @@
+use std::collections::BTreeSet;
+
+use pmcluster_spec::AppSpec;
+
+use super::logs::route_lines;
+use super::sessions::registration;
+use super::*;
+use crate::core::adoption::quarantine_reason;
+use crate::model::NodeRecord;
+use crate::store::MemoryStore;
+use pmcluster_spec::PortSpec;
+
+fn register(name: &str) -> pb::Register {
+    pb::Register {
+        node_name: name.into(),
+        cores: 2,
+        memory_bytes: 1 << 30,
+        ..pb::Register::default()
+    }
+}
+
+fn web(instances: u32) -> AppSpec {
+    let mut spec = AppSpec::new("web", "testapp", &[]);
+    spec.instances = instances;
+    spec.port = PortSpec::Range(4100, 4199);
+    spec
+}
+
+/// Per-node instance counts of `app`, as text like "a:4 b:4 c:4".
+fn spread(c: &Control, app: &str) -> String {
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for i in c.list_instances(app).unwrap_or_default() {
+        *counts
+            .entry(if i.node.is_empty() {
+                "-".into()
+            } else {
+                i.node
+            })
+            .or_default() += 1;
+    }
+    counts
+        .iter()
+        .map(|(n, c)| format!("{n}:{c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The held assignments of node `name` in `c`'s desired set, as an agent would send them.
+fn held_of(c: &Control, name: &str) -> Vec<pb::Assignment> {
+    let inner = c.lock();
+    inner
+        .nodes
+        .get(name)
+        .and_then(|l| l.desired.borrow().clone())
+        .map(|s| s.assignments)
+        .unwrap_or_default()
+}
+
+/// Issue 9 item 2: a coordinator on a new store quarantines agents of the old cluster (sends
+/// nothing, lists what they hold), and adoption imports their instances with the same ids,
+/// a generation above theirs and `adopt` set.
+#[tokio::test]
+async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result<()> {
+    let old = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = old.attach(&register("a"), None)?;
+    let _b = old.attach(&register("b"), None)?;
+    old.apply(web(4))?;
+    let old_cluster = old.lock().state.cluster_id.clone();
+    let regs: Vec<pb::Register> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let generation = old.lock().state.nodes[*n].generation;
+            pb::Register {
+                cluster_id: old_cluster.clone(),
+                generation,
+                held: held_of(&old, n),
+                ..register(n)
+            }
+        })
+        .collect();
+    let old_ids: BTreeSet<String> = old
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+
+    let new = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    assert_ne!(new.lock().state.cluster_id, old_cluster);
+    let mut sessions = Vec::new();
+    for reg in &regs {
+        let attached = new.attach(reg, None)?;
+        assert!(
+            attached.quarantine.contains("nodes adopt"),
+            "{}",
+            attached.quarantine
+        );
+        assert!(
+            attached.desired.borrow().is_none(),
+            "a set went to a quarantined node"
+        );
+        sessions.push(attached);
+    }
+    let nodes = new.list_nodes();
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.status == pb::NodeStatus::Quarantined as i32)
+    );
+    let listed: BTreeSet<String> = new
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(listed, old_ids, "the held instances are listed");
+    assert!(
+        new.lock().state.apps.is_empty(),
+        "nothing is imported before adoption"
+    );
+
+    let adopted = new.adopt_node("")?;
+    assert_eq!(adopted.len(), 2);
+    let ids: BTreeSet<String> = new
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, old_ids, "the same instances, none new");
+    assert_eq!(new.get_app("web")?.spec.map(|s| s.instances), Some(4));
+    for (reg, session) in regs.iter().zip(&sessions) {
+        let set = session
+            .desired
+            .borrow()
+            .clone()
+            .ok_or(ControlError::NotFound("no set".into()))?;
+        assert!(set.adopt && set.generation > reg.generation, "{set:?}");
+        let cluster_id = new.lock().state.cluster_id.clone();
+        assert_eq!(set.cluster_id, cluster_id);
+        let mut got: Vec<String> = set
+            .assignments
+            .iter()
+            .map(|a| a.instance_id.clone())
+            .collect();
+        let mut want: Vec<String> = reg.held.iter().map(|a| a.instance_id.clone()).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "node {} keeps exactly what it holds",
+            reg.node_name
+        );
+    }
+    assert!(matches!(
+        new.adopt_node("a"),
+        Err(ControlError::FailedPrecondition(_))
+    ));
+    Ok(())
+}
+
+/// A store that is behind the agent (restored from an old copy) quarantines it too.
+#[test]
+fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
+    let mut state = Persisted {
+        cluster_id: "c1".into(),
+        ..Persisted::default()
+    };
+    state.nodes.insert(
+        "a".into(),
+        NodeRecord {
+            name: "a".into(),
+            labels: BTreeMap::new(),
+            cores: 1,
+            memory_bytes: 1,
+            hostname: String::new(),
+            agent_version: String::new(),
+            generation: 5,
+            drain: false,
+            address: String::new(),
+        },
+    );
+    let reg = |cluster: &str, generation: u64| pb::Register {
+        cluster_id: cluster.into(),
+        generation,
+        ..register("a")
+    };
+    // (agent's cluster, agent's generation) -> quarantined?
+    let cases = [
+        ("c1", 5, false),
+        ("c1", 3, false),
+        ("", 0, false),
+        ("c1", 6, true),
+        ("c2", 5, true),
+        ("c2", 0, true),
+    ];
+    for (cluster, generation, want) in cases {
+        assert_eq!(
+            quarantine_reason(&state, &registration(&reg(cluster, generation))).is_some(),
+            want,
+            "{cluster} {generation}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pending_until_nodes_then_spread_and_scale_down() -> Result<()> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    c.apply(web(3))?;
+    assert_eq!(spread(&c, "web"), "-:3");
+    let _a = c.attach(&register("a"), None)?;
+    let _b = c.attach(&register("b"), None)?;
+    let _c = c.attach(&register("c"), None)?;
+    assert_eq!(
+        spread(&c, "web"),
+        "a:3",
+        "pending instances go to the first node that appears"
+    );
+    c.delete_app("web")?;
+    c.apply(web(1))?;
+    c.scale("web", 12)?;
+    assert_eq!(spread(&c, "web"), "a:4 b:4 c:4");
+    let ports: Vec<u32> = c.list_instances("web")?.iter().map(|i| i.port).collect();
+    assert_eq!(ports, (4100..4112).collect::<Vec<u32>>());
+    c.scale("web", 5)?;
+    assert_eq!(spread(&c, "web"), "a:2 b:2 c:1");
+    let indices: Vec<u32> = c.list_instances("web")?.iter().map(|i| i.index).collect();
+    assert_eq!(indices, vec![0, 1, 2, 3, 4]);
+
+    // A coordinator restart from the same store keeps every assignment and generation.
+    let before = c.list_instances("web")?;
+    let gens: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
+    drop(c);
+    let c2 = Control::open(store.clone(), ControlConfig::default())?;
+    let after = c2.list_instances("web")?;
+    let ids = |v: &[pb::Instance]| {
+        v.iter()
+            .map(|i| (i.id.clone(), i.node.clone()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&before), ids(&after));
+    let gens2: Vec<u64> = store.load()?.nodes.values().map(|n| n.generation).collect();
+    assert_eq!(gens, gens2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_apply_can_keep_the_count_a_scale_set_meanwhile() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    // A client read the spec at 2 instances, then someone scaled to 5...
+    let mut read = web(2);
+    c.scale("web", 5)?;
+    // ...and the client applies its edit: the count it read does not undo the scale.
+    read.env.insert("X".into(), "1".into());
+    let (app, _, changed, _) = c.apply_keeping(read.clone(), true)?;
+    assert!(changed);
+    assert_eq!(app.spec.map(|s| s.instances), Some(5));
+    // Without keep_instances the spec's count is the count.
+    let (app, ..) = c.apply_keeping(read, false)?;
+    assert_eq!(app.spec.map(|s| s.instances), Some(2));
+    // A new app takes its spec's count either way.
+    let mut other = web(3);
+    other.name = "other".into();
+    other.port = PortSpec::Range(4300, 4399);
+    let (app, created, ..) = c.apply_keeping(other, true)?;
+    assert!(created);
+    assert_eq!(app.spec.map(|s| s.instances), Some(3));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rebalance_move_with_a_shutdown_delay_is_a_handoff() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    let _b = c.attach(&register("b"), None)?;
+    let mut spec = web(6);
+    spec.update.shutdown_delay = Duration::from_secs(5);
+    c.apply(spec)?;
+    assert_eq!(spread(&c, "web"), "a:3 b:3");
+    // A node joins; the scale-down to 3 would leave a:2 b:1 c:0, so one index moves to c.
+    let _c = c.attach(&register("c"), None)?;
+    let before = c.list_instances("web")?;
+    c.scale("web", 3)?;
+    // Every kept index still has its old copy; a moved one also has a new copy elsewhere,
+    // which takes over once online (the old one then drains for the delay).
+    let after = c.list_instances("web")?;
+    assert!(after.iter().any(|i| i.node == "c"), "{after:?}");
+    for index in 0..3 {
+        let old = before
+            .iter()
+            .find(|i| i.index == index)
+            .map(|i| i.id.clone());
+        assert!(
+            after
+                .iter()
+                .any(|i| i.index == index && Some(&i.id) == old.as_ref()),
+            "index {index} lost its serving copy"
+        );
+    }
+    let copies = |index: u32| after.iter().filter(|i| i.index == index).count();
+    assert!((0..3).any(|i| copies(i) == 2), "a move was made: {after:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn desired_sets_follow_commands() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let mut a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+    assert_eq!(set.assignments.len(), 2);
+    assert!(set.assignments.iter().all(|x| x.run));
+    let g1 = set.generation;
+    c.act("web", Some(1), Action::Stop)?;
+    let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+    assert!(set.generation > g1);
+    let stopped: Vec<u32> = set
+        .assignments
+        .iter()
+        .filter(|x| !x.run)
+        .map(|x| x.index)
+        .collect();
+    assert_eq!(stopped, vec![1]);
+    c.act("web", None, Action::Restart)?;
+    let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+    assert!(
+        set.assignments
+            .iter()
+            .all(|x| x.run && x.restart_epoch == 1)
+    );
+    // Unchanged apply: no new generation.
+    let g = set.generation;
+    let (_, created, changed, _) = c.apply(web(2))?;
+    assert!(!created && !changed);
+    assert_eq!(a.desired.borrow().as_ref().map(|s| s.generation), Some(g));
+    // Changed spec: new version reaches the agent.
+    let mut v2 = web(2);
+    v2.env.insert("X".into(), "1".into());
+    let (app, _, changed, deployment) = c.apply(v2)?;
+    assert!(changed);
+    assert_eq!(app.version, 2);
+    // A new process rolls out in waves: nothing is replaced in place.
+    let d = deployment.expect("a rollout starts");
+    assert_eq!(
+        (d.from_version, d.to_version, d.state.as_str()),
+        (1, 2, "running")
+    );
+    let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+    assert!(set.assignments.iter().all(|x| x.app_version == 1));
+    let old_spec = set
+        .assignments
+        .iter()
+        .find(|x| x.index == 1)
+        .map(|x| x.spec.clone());
+    // Its first step creates a replacement for index 0. Port 4100 is held by the old one on
+    // the only node, so the old one goes first (stop-then-start), then the new one starts.
+    for _ in 0..3 {
+        c.tick();
+    }
+    let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+    let versions: Vec<(u32, u64)> = set
+        .assignments
+        .iter()
+        .map(|x| (x.index, x.app_version))
+        .collect();
+    assert!(
+        versions.contains(&(0, 2)) && versions.contains(&(1, 1)),
+        "{versions:?}"
+    );
+    assert_eq!(set.assignments.len(), 2);
+    // The instance still on version 1 keeps version 1's spec, so its agent leaves it running.
+    let still_old = set.assignments.iter().find(|x| x.index == 1);
+    assert_eq!(still_old.map(|x| x.spec.clone()), old_spec);
+    let new = set.assignments.iter().find(|x| x.index == 0);
+    assert_ne!(new.map(|x| x.spec.clone()), old_spec);
+    c.delete_app("web")?;
+    let set = a.desired.borrow_and_update().clone().unwrap_or_default();
+    assert!(set.assignments.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_same_agent_replaces_its_stale_session_and_another_is_refused() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let with_id = |id: &str| pb::Register {
+        agent_id: id.into(),
+        ..register("a")
+    };
+    let first = c.attach(&with_id("agent-1"), None)?;
+    // Same agent id (the agent restarted; its old connection still looks alive).
+    let second = c.attach(&with_id("agent-1"), None)?;
+    assert!(c.is_connected("a"));
+    // Another agent configured with the same node name, or one that sends no id.
+    for other in ["agent-2", ""] {
+        assert!(matches!(
+            c.attach(&with_id(other), None),
+            Err(ControlError::AlreadyExists(_))
+        ));
+    }
+    // The replaced session ending later does not take the node down.
+    c.detach("a", first.session_id);
+    assert!(c.is_connected("a"));
+    c.detach("a", second.session_id);
+    assert!(!c.is_connected("a"));
+    Ok(())
+}
+
+#[test]
+fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
+    let (tx, mut rx) = mpsc::channel(4);
+    let mut route = LogRoute {
+        node: "a".into(),
+        lines: tx,
+        dropped: 0,
+    };
+    let lines = |from: u32, n: u32| -> Vec<pb::LogLine> {
+        (from..from + n)
+            .map(|i| pb::LogLine {
+                app: "web".into(),
+                line: format!("line {i}"),
+                stream: pb::LogStream::Stdout as i32,
+                ..pb::LogLine::default()
+            })
+            .collect()
+    };
+    // Ten lines into room for four: four arrive, six are counted, nothing waits.
+    assert!(!route_lines(&mut route, lines(0, 10)));
+    assert_eq!(route.dropped, 6);
+    let mut got = Vec::new();
+    while let Ok(Ok(l)) = rx.try_recv() {
+        got.push(l.line);
+    }
+    assert_eq!(got, ["line 0", "line 1", "line 2", "line 3"]);
+    // Room again: the gap is announced before the next line.
+    assert!(!route_lines(&mut route, lines(10, 1)));
+    let notice = rx.try_recv().ok().and_then(|l| l.ok()).unwrap_or_default();
+    assert_eq!(notice.stream, pb::LogStream::Unspecified as i32);
+    assert!(notice.line.contains("6 lines dropped"), "{}", notice.line);
+    let next = rx.try_recv().ok().and_then(|l| l.ok()).unwrap_or_default();
+    assert_eq!(next.line, "line 10");
+    assert_eq!(route.dropped, 0);
+    // The reader went away.
+    drop(rx);
+    assert!(route_lines(&mut route, lines(11, 1)));
+}
+
+#[tokio::test]
+async fn pages_cover_every_instance_once_in_order() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(7))?;
+    let mut other = web(3);
+    other.name = "api".into();
+    other.port = PortSpec::Range(4300, 4399);
+    c.apply(other)?;
+    let all = c.list_instances("")?;
+    let key = |i: &pb::Instance| (i.app.clone(), i.index, i.id.clone());
+    // (app filter, page size) -> every page's length.
+    let cases: &[(&str, u32, &[usize])] = &[
+        ("", 0, &[10]),
+        ("", 3, &[3, 3, 3, 1]),
+        ("", 5, &[5, 5]),
+        ("", 10, &[10]),
+        ("web", 2, &[2, 2, 2, 1]),
+        ("api", 2, &[2, 1]),
+        ("api", 9, &[3]),
+    ];
+    for (app, size, lengths) in cases {
+        let (mut got, mut pages, mut token) = (Vec::new(), Vec::new(), String::new());
+        for _ in 0..20 {
+            let (page, next) = c.list_instances_page(app, *size, &token)?;
+            pages.push(page.len());
+            got.extend(page);
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(&pages, lengths, "app {app:?} size {size}");
+        let want: Vec<_> = all
+            .iter()
+            .filter(|i| app.is_empty() || i.app == *app)
+            .map(key)
+            .collect();
+        assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want);
+    }
+    assert!(matches!(
+        c.list_instances_page("", 2, "not a token"),
+        Err(ControlError::InvalidArgument(m)) if m.starts_with("page_token:")
+    ));
+    let (apps, next) = c.list_apps_page(1, "");
+    assert_eq!((apps.len(), next.as_str()), (1, "api"));
+    let (apps, next) = c.list_apps_page(1, &next);
+    assert_eq!(
+        apps.first()
+            .and_then(|a| a.spec.as_ref())
+            .map(|s| s.name.as_str()),
+        Some("web")
+    );
+    assert_eq!(apps.first().map(|a| a.online + a.pending), Some(0));
+    assert!(next.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_desired_set_over_budget_is_refused_and_changes_nothing() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let mut a = c.attach(&register("a"), None)?;
+    let mut small = web(2);
+    small.name = "small".into();
+    c.apply(small)?;
+    // Just under the spec limit: a few fit in one node's set, twenty do not.
+    let mut big = web(1);
+    big.name = "big".into();
+    big.port = PortSpec::None;
+    big.env.insert("BIG".into(), "x".repeat(900 << 10));
+    c.apply(big.clone())?;
+    let before = a.desired.borrow_and_update().clone().unwrap_or_default();
+    let err = c
+        .scale("big", 20)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    for want in [
+        "instances:",
+        "node \"a\"",
+        "over the 12 MiB limit",
+        "env.BIG (900 KiB)",
+    ] {
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+    }
+    // Refused as a whole: nothing stored, nothing sent, the app keeps its count.
+    assert!(!a.desired.has_changed().unwrap_or(true));
+    assert_eq!(a.desired.borrow().clone().unwrap_or_default(), before);
+    assert_eq!(c.get_app("big")?.spec.map(|s| s.instances), Some(1));
+    // The same through an apply of the count.
+    let err = c
+        .apply(big.with_instances(20)?)
+        .err()
+        .map(|e| e.to_string());
+    assert!(err.is_some_and(|e| e.starts_with("instances:")));
+    // A spec over its own limit names its largest field, whatever else it changes.
+    big.env.insert("BIG".into(), "x".repeat(3 << 19));
+    let err = c
+        .apply(big)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.starts_with("env.BIG: app \"big\" encodes to 1.5 MiB, over the 1 MiB limit"),
+        "{err}"
+    );
+    assert_eq!(spread(&c, "small"), "a:2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_without_change() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let cases: Vec<(Result<(u32, u32)>, &str)> = vec![
+        (c.scale("web", -1), "negative"),
+        (c.scale("nope", 1), "not found"),
+        (c.scale("web", 101), "port"),
+        (c.scale("", 1), "empty"),
+    ];
+    for (got, want) in cases {
+        let err = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains(want), "want {want:?} in {err:?}");
+    }
+    assert!(matches!(
+        c.act("web", Some(2), Action::Restart),
+        Err(ControlError::NotFound(_))
+    ));
+    assert!(matches!(
+        c.attach(&register("a"), None),
+        Err(ControlError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        c.attach(&register("bad name"), None),
+        Err(ControlError::InvalidArgument(_))
+    ));
+    assert_eq!(spread(&c, "web"), "a:2");
+    Ok(())
+}
+
+/// Issue 10 item 2: the control loop wakes when work is due, not on a fixed poll. The wake-up
+/// time follows the state: a due reconcile (now), a heartbeat that may lapse, a running rollout's
+/// next step, or the safety tick; a commit rings `changed`.
+#[tokio::test]
+async fn issue10_the_loop_wakes_when_work_is_due() -> Result<()> {
+    use super::tick::SAFETY_TICK_MS;
+    use crate::clock::ManualClock;
+    let t0 = 1_000_000;
+    let clock = Arc::new(ManualClock::new(t0, 7));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_millis(1500),
+        ..ControlConfig::default()
+    };
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
+    // A new control has not reconciled yet.
+    assert_eq!(c.next_tick_at(), t0);
+    c.tick();
+    assert_eq!(
+        c.next_tick_at(),
+        t0 + SAFETY_TICK_MS,
+        "idle: the safety tick"
+    );
+    let _a = c.attach(&register("a"), None)?;
+    c.tick();
+    assert_eq!(
+        c.next_tick_at(),
+        t0 + 1501,
+        "the heartbeat of a could lapse then"
+    );
+    let changed = || tokio::time::timeout(Duration::ZERO, c.changed());
+    // Drain what the attach rang.
+    let _ = changed().await;
+    assert!(changed().await.is_err(), "nothing changed since");
+    c.apply(web(2))?;
+    assert!(changed().await.is_ok(), "a commit rings");
+    c.tick();
+    clock.advance_ms(100);
+    let mut next = web(2);
+    next.script = "testapp2".into();
+    c.apply(next)?;
+    // Paused, it still steps (a paused rollout resumes on its own clock).
+    c.control_rollout("web", "pause")?;
+    assert_eq!(c.next_tick_at(), t0 + 100, "a commit: tick again at once");
+    c.tick();
+    assert_eq!(c.next_tick_at(), t0 + 100 + 250, "a running rollout steps");
+    Ok(())
+}

@@ -1,0 +1,605 @@
+//! Read-only views of the state: apps, instances (paged), nodes, rollouts, endpoints, autoscale
+//! status.
+
+use std::collections::BTreeMap;
+
+use pmcluster_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::core::status::{self, Note, Status};
+use crate::limits;
+use crate::model::Deployment;
+use crate::model::{AppRecord, InstanceRecord};
+
+use super::events::EventKind;
+use super::{Control, ControlConfig, ControlError, Inner, Result, find_app, is_ready};
+
+/// Instances per `ListInstances` page unless the client asks for another size, and the most it
+/// may ask for: a page of views is built under the state lock, so it must stay short.
+pub(super) const DEFAULT_INSTANCE_PAGE: u32 = 1000;
+
+pub(super) const MAX_INSTANCE_PAGE: u32 = 5000;
+
+/// Apps per `ListApps` page, likewise (an app's view carries its spec, up to 1 MiB).
+pub(super) const DEFAULT_APP_PAGE: u32 = 100;
+
+pub(super) const MAX_APP_PAGE: u32 = 1000;
+
+/// Where a `ListInstances` page ends, as its token says: the sort key of its last instance.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct InstanceKey {
+    app: String,
+    index: u32,
+    id: Uuid,
+}
+
+impl InstanceKey {
+    /// `index/id/app`: the app name last, so that it needs no escaping.
+    fn token(app: &str, index: u32, id: &str) -> String {
+        format!("{index}/{id}/{app}")
+    }
+
+    fn parse(token: &str) -> Result<Option<InstanceKey>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            ControlError::InvalidArgument(
+                "page_token: not a token this coordinator gave; list again without it".into(),
+            )
+        };
+        let mut parts = token.splitn(3, '/');
+        let index = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let id = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let app = parts.next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+        Ok(Some(InstanceKey {
+            app: app.to_string(),
+            index,
+            id,
+        }))
+    }
+
+    /// Whether `key` sorts after this one (and so belongs to a later page).
+    fn is_before(&self, key: &(&str, u32, Uuid)) -> bool {
+        (self.app.as_str(), self.index, self.id) < *key
+    }
+}
+
+/// An app's rollouts: the running or last one, the finished ones (oldest first), and the versions
+/// it keeps (the current one last).
+#[derive(Debug, Clone)]
+pub struct Rollouts {
+    pub current: Option<Deployment>,
+    pub history: Vec<Deployment>,
+    pub versions: Vec<u64>,
+    pub version: u64,
+}
+
+impl Control {
+    pub fn get_app(&self, name: &str) -> Result<pb::App> {
+        let inner = self.lock();
+        let app = find_app(&inner, name)?;
+        Ok(app_view(&inner, &self.config, app))
+    }
+
+    pub fn list_apps(&self) -> Vec<pb::App> {
+        let inner = self.lock();
+        inner
+            .state
+            .apps
+            .values()
+            .map(|a| app_view(&inner, &self.config, a))
+            .collect()
+    }
+
+    /// The app's rollout, its history and the versions it keeps.
+    pub fn rollouts(&self, name: &str) -> Result<Rollouts> {
+        let inner = self.lock();
+        let app = find_app(&inner, name)?;
+        let mut versions: Vec<u64> = app.versions.keys().copied().collect();
+        versions.push(app.version);
+        Ok(Rollouts {
+            current: app.deployment.clone(),
+            history: app.history.clone(),
+            versions,
+            version: app.version,
+        })
+    }
+
+    /// The app's endpoints: online, healthy, not draining instances with their node's address.
+    pub fn endpoints(&self, name: &str) -> Result<pb::Endpoints> {
+        let inner = self.lock();
+        find_app(&inner, name)?;
+        let mut endpoints: Vec<pb::Endpoint> = inner
+            .state
+            .app_instances(name)
+            .into_iter()
+            .filter(|r| r.draining_since.is_none())
+            .filter(|r| healthy_since(&inner, r).is_some())
+            .filter_map(|r| {
+                let node = r.node.as_ref()?;
+                let port = inner
+                    .observed
+                    .get(&r.id)
+                    .map(|o| o.port)
+                    .filter(|p| *p != 0)
+                    .or(r.port.map(u32::from))?;
+                let host = inner
+                    .state
+                    .nodes
+                    .get(node)
+                    .map(|n| n.address.clone())
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| "127.0.0.1".into());
+                Some(pb::Endpoint {
+                    host,
+                    port,
+                    index: r.index,
+                    node: node.clone(),
+                    version: r.app_version,
+                    instance_id: r.id.to_string(),
+                })
+            })
+            .collect();
+        endpoints.sort_by_key(|e| (e.index, e.port));
+        Ok(pb::Endpoints {
+            app: name.to_string(),
+            endpoints,
+        })
+    }
+
+    pub fn list_instances(&self, app: &str) -> Result<Vec<pb::Instance>> {
+        let inner = self.lock();
+        if !app.is_empty() && held_views(&inner, app).is_empty() {
+            find_app(&inner, app)?;
+        }
+        let mut out: Vec<pb::Instance> = inner
+            .state
+            .instances
+            .values()
+            .filter(|i| app.is_empty() || i.app == app)
+            .map(|i| instance_view(&inner, &self.config, i))
+            .collect();
+        out.extend(held_views(&inner, app));
+        out.sort_by(|a, b| (&a.app, a.index, &a.id).cmp(&(&b.app, b.index, &b.id)));
+        Ok(out)
+    }
+
+    /// One page of `list_instances`: at most `page_size` instances (0: the default) after the
+    /// position `page_token` names, within [`limits::LIST_REPLY_BUDGET`]. Returns the page and the
+    /// token of the next one (empty after the last).
+    pub fn list_instances_page(
+        &self,
+        app: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<pb::Instance>, String)> {
+        let page_size = match page_size {
+            0 => DEFAULT_INSTANCE_PAGE,
+            n => n.min(MAX_INSTANCE_PAGE),
+        } as usize;
+        let after = InstanceKey::parse(page_token)?;
+        let inner = self.lock();
+        let held = held_views(&inner, app);
+        if !app.is_empty() && held.is_empty() {
+            find_app(&inner, app)?;
+        }
+        // Only keys are sorted; views are built for the page alone.
+        let mut keys: Vec<(&str, u32, Uuid)> = inner
+            .state
+            .instances
+            .values()
+            .filter(|i| app.is_empty() || i.app == app)
+            .map(|i| (i.app.as_str(), i.index, i.id))
+            .filter(|k| after.as_ref().is_none_or(|a| a.is_before(k)))
+            .collect();
+        // A partial sort: the page is all that is needed of the order.
+        let wanted = page_size.min(keys.len());
+        if wanted < keys.len() {
+            keys.select_nth_unstable(wanted);
+            keys.truncate(wanted + 1);
+        }
+        keys.sort_unstable();
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut more = keys.len() > wanted;
+        for key in &keys {
+            let Some(rec) = inner.state.instances.get(&key.2) else {
+                continue;
+            };
+            if page.len() == wanted {
+                break;
+            }
+            let view = instance_view(&inner, &self.config, rec);
+            let size = prost::Message::encoded_len(&view) + 8;
+            if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
+                more = true;
+                break;
+            }
+            bytes += size;
+            page.push(view);
+        }
+        let next = match page.last() {
+            Some(last) if more => InstanceKey::token(&last.app, last.index, &last.id),
+            _ => String::new(),
+        };
+        // What quarantined nodes hold is not in the records' order; it comes with the first page
+        // (a handful of instances per node, bounded by the desired-set budget).
+        if page_token.is_empty() {
+            page.extend(held);
+            page.sort_by(|a, b| (&a.app, a.index, &a.id).cmp(&(&b.app, b.index, &b.id)));
+        }
+        Ok((page, next))
+    }
+
+    /// One page of `list_apps`, as [`Control::list_instances_page`] pages instances.
+    pub fn list_apps_page(&self, page_size: u32, page_token: &str) -> (Vec<pb::App>, String) {
+        let page_size = match page_size {
+            0 => DEFAULT_APP_PAGE,
+            n => n.min(MAX_APP_PAGE),
+        } as usize;
+        let inner = self.lock();
+        let counts = state_counts(&inner, &self.config);
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        let mut more = false;
+        let start = (
+            std::ops::Bound::Excluded(page_token.to_string()),
+            std::ops::Bound::Unbounded,
+        );
+        let apps: Box<dyn Iterator<Item = &AppRecord>> = if page_token.is_empty() {
+            Box::new(inner.state.apps.values())
+        } else {
+            Box::new(inner.state.apps.range(start).map(|(_, a)| a))
+        };
+        for app in apps {
+            if page.len() == page_size {
+                more = true;
+                break;
+            }
+            let view = app_view_counted(app, counts.get(app.spec.name.as_str()));
+            let size = prost::Message::encoded_len(&view) + 8;
+            if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
+                more = true;
+                break;
+            }
+            bytes += size;
+            page.push(view);
+        }
+        let next = match page.last() {
+            Some(last) if more => last
+                .spec
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            _ => String::new(),
+        };
+        (page, next)
+    }
+
+    pub fn list_nodes(&self) -> Vec<pb::Node> {
+        let inner = self.lock();
+        // (instances, cpu millis, memory bytes) reserved per node.
+        let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
+        for inst in inner.state.instances.values() {
+            if let Some(n) = &inst.node {
+                let c = counts.entry(n.as_str()).or_default();
+                c.0 += 1;
+                if let Some(app) = inner.state.apps.get(&inst.app) {
+                    c.1 += u64::from(app.spec.resources.cpu_millis);
+                    c.2 += app.spec.resources.memory_bytes;
+                }
+            }
+        }
+        inner
+            .state
+            .nodes
+            .values()
+            .map(|n| {
+                let live = inner.nodes.get(&n.name);
+                let ready = live.is_some_and(|l| is_ready(l, &self.config, inner.now));
+                let host = live.and_then(|l| l.host).unwrap_or_default();
+                let (mut instances, cpu, memory) =
+                    counts.get(n.name.as_str()).copied().unwrap_or_default();
+                if let Some(l) = live.filter(|l| super::is_quarantined(l)) {
+                    // What it runs is not this cluster's, but it is there.
+                    instances = instances.max(u32::try_from(l.held.len()).unwrap_or(u32::MAX));
+                }
+                let quarantine = live
+                    .and_then(|l| l.session.as_ref())
+                    .and_then(|s| s.quarantine.clone())
+                    .filter(|_| ready);
+                let status = match (ready, n.drain) {
+                    _ if quarantine.is_some() => pb::NodeStatus::Quarantined,
+                    (false, _) => pb::NodeStatus::Down,
+                    (true, false) => pb::NodeStatus::Ready,
+                    (true, true) if instances > 0 => pb::NodeStatus::Draining,
+                    (true, true) => pb::NodeStatus::Ineligible,
+                };
+                pb::Node {
+                    name: n.name.clone(),
+                    status: status as i32,
+                    labels: n.labels.clone().into_iter().collect(),
+                    cores: n.cores,
+                    memory_bytes: n.memory_bytes,
+                    instances,
+                    allocated_cpu_millis: cpu,
+                    allocated_memory_bytes: memory,
+                    down_since_ms: if ready {
+                        0
+                    } else {
+                        live.and_then(|l| l.down_since_ms).unwrap_or(0)
+                    },
+                    last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
+                    hostname: n.hostname.clone(),
+                    agent_version: n.agent_version.clone(),
+                    cpu_percent: host.cpu_percent,
+                    memory_used_bytes: host.memory_used_bytes,
+                    address: n.address.clone(),
+                    message: quarantine.unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn get_autoscale(&self, name: &str) -> Result<pb::AutoscaleStatus> {
+        let inner = self.lock();
+        let app = find_app(&inner, name)?;
+        let sample = self.sample(&inner, name, self.now());
+        let policy = app
+            .spec
+            .autoscale
+            .as_ref()
+            .map(pmcluster_spec::wire::autoscale_to_wire);
+        let status = pb::AutoscaleStatus {
+            app: name.to_string(),
+            policy: Some(policy.unwrap_or_default()),
+            instances: app.spec.instances,
+            online: sample.online,
+            cpu_avg: sample.cpu,
+            memory_avg_bytes: sample.memory.map(|m| m as u64),
+            state: inner
+                .scaling
+                .get(name)
+                .map(|s| s.last_reason.clone())
+                .unwrap_or_default(),
+            decisions: app
+                .scaled
+                .iter()
+                .map(|d| pb::Event {
+                    at_ms: d.at_ms,
+                    kind: EventKind::Autoscale.as_str().into(),
+                    app: name.to_string(),
+                    message: d.reason.clone(),
+                    ..pb::Event::default()
+                })
+                .collect(),
+        };
+        Ok(status)
+    }
+}
+
+pub(super) fn instance_view(
+    inner: &Inner,
+    config: &ControlConfig,
+    rec: &InstanceRecord,
+) -> pb::Instance {
+    let observed = inner.observed.get(&rec.id);
+    let mut out = pb::Instance {
+        id: rec.id.to_string(),
+        app: rec.app.clone(),
+        index: rec.index,
+        node: rec.node.clone().unwrap_or_default(),
+        port: rec.port.map(u32::from).unwrap_or(0),
+        app_version: rec.app_version,
+        stopped: rec.stopped,
+        ..pb::Instance::default()
+    };
+    if let Some(o) = observed {
+        out.pid = o.pid;
+        if o.port != 0 {
+            out.port = o.port;
+        }
+        out.cpu_percent = o.cpu_percent;
+        out.memory_bytes = o.memory_bytes;
+        out.restarts = o.restarts;
+        out.started_at_ms = o.started_at_ms;
+        out.last_exit_code = o.last_exit_code;
+        out.message = o.message.clone();
+        out.health = o.health;
+    }
+    let node_up = rec
+        .node
+        .as_ref()
+        .and_then(|n| inner.nodes.get(n))
+        .is_some_and(|l| is_ready(l, config, inner.now));
+    let reported = observed.map(|o| status_from_wire(o.state));
+    let (status, note) = status::derive(rec, reported, node_up);
+    match note {
+        Note::Pending => {
+            out.message = inner
+                .pending
+                .get(&rec.app)
+                .cloned()
+                .unwrap_or_else(|| "waiting for a node".into());
+        }
+        Note::NodeDown(n) => out.message = format!("node {n} is down"),
+        Note::Reported => {}
+    }
+    out.state = status_to_wire(status) as i32;
+    out
+}
+
+/// The instances that quarantined nodes hold and this cluster has no record of (of `app`, or of
+/// every app when empty), as the agents report them: listed, so that an operator sees what runs
+/// before adopting it.
+pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<pb::Instance> {
+    let mut out = Vec::new();
+    for (node, live) in &inner.nodes {
+        let Some(why) = live.session.as_ref().and_then(|s| s.quarantine.as_ref()) else {
+            continue;
+        };
+        for a in &live.held {
+            let app_name = a.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            if (!app.is_empty() && app_name != app)
+                || a.instance_id
+                    .parse::<Uuid>()
+                    .is_ok_and(|id| inner.state.instances.contains_key(&id))
+            {
+                continue;
+            }
+            let mut view = pb::Instance {
+                id: a.instance_id.clone(),
+                app: app_name,
+                index: a.index,
+                node: node.clone(),
+                port: a.port,
+                app_version: a.app_version,
+                stopped: !a.run,
+                state: pb::InstanceState::Unknown as i32,
+                ..pb::Instance::default()
+            };
+            if let Some(o) = a
+                .instance_id
+                .parse::<Uuid>()
+                .ok()
+                .and_then(|id| inner.observed.get(&id))
+            {
+                view.pid = o.pid;
+                if o.port != 0 {
+                    view.port = o.port;
+                }
+                view.cpu_percent = o.cpu_percent;
+                view.memory_bytes = o.memory_bytes;
+                view.restarts = o.restarts;
+                view.started_at_ms = o.started_at_ms;
+                view.state = o.state;
+                view.health = o.health;
+            }
+            view.message = format!("not managed: node {node} is quarantined ({why})");
+            out.push(view);
+        }
+    }
+    out
+}
+
+pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> pb::App {
+    let mut counts = StateCounts::default();
+    for rec in inner.state.app_instances(&app.spec.name) {
+        counts.add(instance_view(inner, config, rec).state);
+    }
+    app_view_counted(app, Some(&counts))
+}
+
+/// Online, pending and stopped instances of an app, as its view shows them.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct StateCounts {
+    online: u32,
+    pending: u32,
+    stopped: u32,
+}
+
+impl StateCounts {
+    fn add(&mut self, state: i32) {
+        match pb::InstanceState::try_from(state) {
+            Ok(pb::InstanceState::Online) => self.online += 1,
+            Ok(pb::InstanceState::Pending) => self.pending += 1,
+            Ok(pb::InstanceState::Stopped) => self.stopped += 1,
+            _ => {}
+        }
+    }
+}
+
+/// [`StateCounts`] of every app in one pass over the instances.
+pub(super) fn state_counts<'a>(
+    inner: &'a Inner,
+    config: &ControlConfig,
+) -> BTreeMap<&'a str, StateCounts> {
+    let mut counts: BTreeMap<&str, StateCounts> = BTreeMap::new();
+    for rec in inner.state.instances.values() {
+        counts
+            .entry(rec.app.as_str())
+            .or_default()
+            .add(instance_view(inner, config, rec).state);
+    }
+    counts
+}
+
+pub(super) fn app_view_counted(app: &AppRecord, counts: Option<&StateCounts>) -> pb::App {
+    let counts = counts.copied().unwrap_or_default();
+    pb::App {
+        spec: Some(pb::AppSpec::from(&app.spec)),
+        version: app.version,
+        updated_at_ms: app.updated_at_ms,
+        online: counts.online,
+        pending: counts.pending,
+        stopped: counts.stopped,
+    }
+}
+
+/// Online, and healthy when the app has a health check: since when, without a break.
+pub(super) fn healthy_since(inner: &Inner, r: &InstanceRecord) -> Option<i64> {
+    let since = *inner.online_since.get(&r.id)?;
+    let o = inner.observed.get(&r.id)?;
+    let has_check = inner
+        .state
+        .apps
+        .get(&r.app)
+        .is_some_and(|a| a.spec_of(r.app_version).supervision.health_check.is_some());
+    let health = pb::HealthState::try_from(o.health).unwrap_or(pb::HealthState::Unspecified);
+    match health {
+        pb::HealthState::Unhealthy => None,
+        pb::HealthState::Healthy => Some(since),
+        _ if has_check => None,
+        _ => Some(since),
+    }
+}
+
+/// Lowercase state name as users see it (`online`, `pending`, ...).
+pub fn state_name(state: i32) -> &'static str {
+    match pb::InstanceState::try_from(state) {
+        Ok(pb::InstanceState::Pending) => "pending",
+        Ok(pb::InstanceState::Launching) => "launching",
+        Ok(pb::InstanceState::Online) => "online",
+        Ok(pb::InstanceState::Stopped) => "stopped",
+        Ok(pb::InstanceState::Exited) => "exited",
+        Ok(pb::InstanceState::Errored) => "errored",
+        Ok(pb::InstanceState::Stopping) => "stopping",
+        Ok(pb::InstanceState::Unknown) => "unknown",
+        Ok(pb::InstanceState::Draining) => "draining",
+        _ => "unspecified",
+    }
+}
+
+/// A reported wire state; one this coordinator does not know counts as launching.
+pub(super) fn status_from_wire(state: i32) -> Status {
+    use pb::InstanceState as W;
+    match W::try_from(state) {
+        Ok(W::Unspecified) => Status::Unspecified,
+        Ok(W::Pending) => Status::Pending,
+        Ok(W::Launching) | Err(_) => Status::Launching,
+        Ok(W::Online) => Status::Online,
+        Ok(W::Stopped) => Status::Stopped,
+        Ok(W::Exited) => Status::Exited,
+        Ok(W::Errored) => Status::Errored,
+        Ok(W::Stopping) => Status::Stopping,
+        Ok(W::Unknown) => Status::Unknown,
+        Ok(W::Draining) => Status::Draining,
+    }
+}
+
+pub(super) fn status_to_wire(status: Status) -> pb::InstanceState {
+    use pb::InstanceState as W;
+    match status {
+        Status::Unspecified => W::Unspecified,
+        Status::Pending => W::Pending,
+        Status::Launching => W::Launching,
+        Status::Online => W::Online,
+        Status::Stopped => W::Stopped,
+        Status::Exited => W::Exited,
+        Status::Errored => W::Errored,
+        Status::Stopping => W::Stopping,
+        Status::Unknown => W::Unknown,
+        Status::Draining => W::Draining,
+    }
+}

@@ -1,0 +1,362 @@
+//! The one write path, and the only caller of [`Store::commit`]: command batch -> reconcile on
+//! the result -> ids for new records -> generations for touched nodes -> one store commit ->
+//! apply in memory -> publish the touched nodes' desired sets.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pmcluster_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::core::reconcile::{self, Plan, Snapshot};
+use crate::limits;
+use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+
+use super::events::EventKind;
+use super::{Control, ControlError, Inner, Result, is_quarantined, new_node_live, node_views};
+use crate::clock::Clock;
+use crate::store::Store;
+
+/// Placements of one app in one write that still get an event each; more get one event.
+pub(super) const EVENTS_PER_WRITE: usize = 20;
+
+/// Commits `batch` and only then applies it to `state`: the one place the store is written.
+/// [`Control::write`] ends here; the two writes that must not reconcile call it directly: the
+/// cluster id of a new store (there is no `Control` yet), and a registering node's record and
+/// rename (the node has no session yet, so a reconcile would take its records for lost; attach
+/// reconciles through [`Control::write`] once the session is in place).
+pub(super) fn commit(store: &dyn Store, state: &mut Persisted, batch: &Batch) -> Result<()> {
+    store.commit(batch)?;
+    state.apply(batch);
+    Ok(())
+}
+
+impl Control {
+    /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
+    pub(super) fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
+        let now = self.now();
+        for app in &batch.put_apps {
+            let stored = inner.state.apps.get(&app.spec.name).map(|a| &a.spec);
+            if stored != Some(&app.spec) {
+                limits::check_spec(&pb::AppSpec::from(&app.spec))
+                    .map_err(ControlError::InvalidArgument)?;
+            }
+        }
+        if batch.is_empty() && !inner.reconcile_due && inner.followup_at.is_none_or(|at| now < at) {
+            return Ok(());
+        }
+        let owned;
+        let view: &Persisted = if batch.is_empty() {
+            &inner.state
+        } else {
+            let mut next = inner.state.clone();
+            next.apply(&batch);
+            owned = next;
+            &owned
+        };
+        let online: BTreeSet<Uuid> = inner
+            .observed
+            .iter()
+            .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
+            .map(|(id, _)| *id)
+            .collect();
+        let nodes = node_views(inner, view, &self.config);
+        let plan = reconcile::reconcile(Snapshot {
+            apps: &view.apps,
+            instances: &view.instances,
+            nodes: &nodes,
+            online: &online,
+            now_ms: now,
+        });
+        let pending = plan.pending.clone();
+        let followup_at = plan.followup_at;
+        let placed = materialize(view, &plan, &mut batch, now, self.clock.as_ref());
+        if batch.is_empty() {
+            inner.pending = pending;
+            inner.reconcile_due = false;
+            inner.followup_at = followup_at;
+            return Ok(());
+        }
+        // Nodes whose desired set changes: old and new homes of every touched record.
+        let mut touched = BTreeSet::new();
+        for inst in &batch.put_instances {
+            if let Some(old) = inner
+                .state
+                .instances
+                .get(&inst.id)
+                .and_then(|i| i.node.clone())
+            {
+                touched.insert(old);
+            }
+            if let Some(n) = &inst.node {
+                touched.insert(n.clone());
+            }
+        }
+        for id in &batch.del_instances {
+            if let Some(old) = inner.state.instances.get(id).and_then(|i| i.node.clone()) {
+                touched.insert(old);
+            }
+        }
+        // App spec changes reach agents through refreshed records, already counted above.
+        // An adoption raises the generation above what its agent applied.
+        let mut generation = inner.state.generation.max(batch.generation.unwrap_or(0));
+        for name in &touched {
+            if let Some(node) = view.nodes.get(name) {
+                generation += 1;
+                batch.put_nodes.retain(|n| &n.name != name);
+                batch.put_nodes.push(NodeRecord {
+                    generation,
+                    ..node.clone()
+                });
+            }
+        }
+        if generation != inner.state.generation {
+            batch.generation = Some(generation);
+        }
+        // Before anything is committed: a set its agent cannot decode would take the node, and
+        // every app on it, offline. A refused write changes nothing.
+        check_desired_sets(&inner.state, &batch, &touched)?;
+        inner.pending = pending;
+        commit(self.store.as_ref(), &mut inner.state, &batch)?;
+        // The plan was applied in full, so the next reconcile should find nothing; one more run
+        // confirms it cheaply.
+        inner.reconcile_due = true;
+        self.changed.notify_one();
+        inner.followup_at = followup_at;
+        for id in &batch.del_instances {
+            inner.observed.remove(id);
+            inner.online_since.remove(id);
+        }
+        for name in &touched {
+            publish(inner, name);
+        }
+        // One event per placement, unless a write places many of an app: then one for all of
+        // them, so that a scale to 100,000 does not flood watchers and the event history.
+        let mut per_app: BTreeMap<&str, Vec<(u32, Option<&str>)>> = BTreeMap::new();
+        for (app, index, node) in &placed {
+            per_app
+                .entry(app.as_str())
+                .or_default()
+                .push((*index, node.as_deref()));
+        }
+        for (app, placements) in per_app {
+            if placements.len() > EVENTS_PER_WRITE {
+                let on_nodes = placements.iter().filter(|p| p.1.is_some()).count();
+                let pending = placements.len() - on_nodes;
+                self.emit(
+                    EventKind::InstancePlaced,
+                    app,
+                    "",
+                    None,
+                    format!("{app}: {on_nodes} instances placed, {pending} pending"),
+                );
+                continue;
+            }
+            for (index, node) in placements {
+                self.emit(
+                    EventKind::InstancePlaced,
+                    app,
+                    node.unwrap_or(""),
+                    Some(index),
+                    match node {
+                        Some(n) => format!("{app}[{index}] placed on {n}"),
+                        None => format!("{app}[{index}] pending: no ready node"),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses `batch` when it would make the desired set of a node in `touched` weigh more than
+/// [`limits::DESIRED_SET_BUDGET`]. The error names `instances` (the count is what a user can
+/// change on the spot), the node, the app weighing most there and that app's largest field.
+pub(super) fn check_desired_sets(
+    state: &Persisted,
+    batch: &Batch,
+    touched: &BTreeSet<String>,
+) -> Result<()> {
+    if touched.is_empty() {
+        return Ok(());
+    }
+    let put: BTreeMap<Uuid, &InstanceRecord> =
+        batch.put_instances.iter().map(|r| (r.id, r)).collect();
+    let deleted: BTreeSet<Uuid> = batch.del_instances.iter().copied().collect();
+    let app_of = |name: &str| -> Option<&AppRecord> {
+        if batch.del_apps.iter().any(|d| d == name) {
+            return None;
+        }
+        batch
+            .put_apps
+            .iter()
+            .rev()
+            .find(|a| a.spec.name == name)
+            .or_else(|| state.apps.get(name))
+    };
+    // Bytes of one assignment per (app, version): the spec dominates and is weighed once.
+    let mut weights: BTreeMap<(&str, u64), usize> = BTreeMap::new();
+    // Per node: total bytes, and (bytes, instances) per app.
+    type Weighed<'a> = (usize, BTreeMap<&'a str, (usize, u32)>);
+    let mut per_node: BTreeMap<&str, Weighed<'_>> = BTreeMap::new();
+    let kept = state
+        .instances
+        .values()
+        .filter(|r| !put.contains_key(&r.id))
+        .chain(put.values().copied())
+        .filter(|r| !deleted.contains(&r.id));
+    for rec in kept {
+        let Some(node) = rec.node.as_deref().filter(|n| touched.contains(*n)) else {
+            continue;
+        };
+        let Some(app) = app_of(&rec.app) else {
+            continue;
+        };
+        let bytes = *weights
+            .entry((rec.app.as_str(), rec.app_version))
+            .or_insert_with(|| {
+                use prost::Message as _;
+                limits::assignment_bytes(
+                    pb::AppSpec::from(app.spec_of(rec.app_version)).encoded_len(),
+                )
+            });
+        let entry = per_node.entry(node).or_default();
+        entry.0 += bytes;
+        let by_app = entry.1.entry(rec.app.as_str()).or_default();
+        by_app.0 += bytes;
+        by_app.1 += 1;
+    }
+    let Some((node, (total, apps))) = per_node
+        .into_iter()
+        .filter(|(_, (total, _))| *total > limits::DESIRED_SET_BUDGET)
+        .max_by_key(|(_, (total, _))| *total)
+    else {
+        return Ok(());
+    };
+    let (app, (app_bytes, count)) = apps
+        .into_iter()
+        .max_by_key(|(_, (bytes, _))| *bytes)
+        .unwrap_or_default();
+    let field = app_of(app)
+        .map(|a| limits::largest_field(&pb::AppSpec::from(&a.spec)))
+        .map(|(name, size)| format!("; its largest field is {name} ({})", limits::human(size)))
+        .unwrap_or_default();
+    Err(ControlError::InvalidArgument(format!(
+        "instances: this change would make node {node:?}'s desired set {}, over the {} limit of          one node's set; {count} instances of {app:?} weigh {} there{field}. Lower the count,          spread the app with placement.max_per_node, or make its spec smaller",
+        limits::human(total),
+        limits::human(limits::DESIRED_SET_BUDGET),
+        limits::human(app_bytes),
+    )))
+}
+
+/// Turns a plan into records in `batch` (minting ids). Returns (app, index, node) of placements.
+pub(super) fn materialize(
+    state: &Persisted,
+    plan: &Plan,
+    batch: &mut Batch,
+    now_ms: i64,
+    clock: &dyn Clock,
+) -> Vec<(String, u32, Option<String>)> {
+    let mut placed = Vec::new();
+    let put: BTreeMap<Uuid, usize> = batch
+        .put_instances
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id, i))
+        .collect();
+    let edit = |batch: &mut Batch, id: Uuid, f: &dyn Fn(&mut InstanceRecord)| {
+        if let Some(&i) = put.get(&id) {
+            if let Some(rec) = batch.put_instances.get_mut(i) {
+                f(rec);
+            }
+        } else if let Some(rec) = state.instances.get(&id) {
+            let mut rec = rec.clone();
+            f(&mut rec);
+            batch.put_instances.push(rec);
+        }
+    };
+    for (id, node) in &plan.assign {
+        // Placed now: a rollout's healthy deadline counts from here, not from when it was pending.
+        edit(batch, *id, &|r| {
+            r.node = Some(node.clone());
+            r.created_ms = now_ms;
+        });
+        if let Some(r) = state.instances.get(id) {
+            placed.push((r.app.clone(), r.index, Some(node.clone())));
+        }
+    }
+    for (id, version, port) in &plan.refresh {
+        edit(batch, *id, &|r| {
+            r.app_version = *version;
+            r.port = *port;
+        });
+    }
+    for c in &plan.create {
+        let version = state.apps.get(&c.app).map(|a| a.version).unwrap_or(1);
+        batch.put_instances.push(InstanceRecord {
+            id: clock.new_id(),
+            app: c.app.clone(),
+            index: c.index,
+            node: c.node.clone(),
+            port: c.port,
+            app_version: version,
+            restart_epoch: 0,
+            stopped: c.stopped,
+            replaces: c.replaces,
+            draining_since: None,
+            created_ms: now_ms,
+        });
+        placed.push((c.app.clone(), c.index, c.node.clone()));
+    }
+    for id in &plan.drain {
+        edit(batch, *id, &|r| r.draining_since = Some(now_ms));
+    }
+    batch.del_instances.extend(plan.remove.iter().copied());
+    placed
+}
+
+/// Recomputes a node's desired set from the records and hands it to its session.
+pub(super) fn publish(inner: &mut Inner, node: &str) {
+    let generation = inner
+        .state
+        .nodes
+        .get(node)
+        .map(|n| n.generation)
+        .unwrap_or(0);
+    let mut assignments: Vec<pb::Assignment> = inner
+        .state
+        .instances
+        .values()
+        .filter(|i| i.node.as_deref() == Some(node))
+        .filter_map(|i| {
+            let app = inner.state.apps.get(&i.app)?;
+            Some(pb::Assignment {
+                instance_id: i.id.to_string(),
+                index: i.index,
+                app_version: i.app_version,
+                // An instance runs the spec of its own version: during a rollout the old ones
+                // must keep their process (the agent restarts an instance whose spec differs).
+                spec: Some(pb::AppSpec::from(app.spec_of(i.app_version))),
+                port: i.port.map(u32::from).unwrap_or(0),
+                run: !i.stopped,
+                restart_epoch: i.restart_epoch,
+            })
+        })
+        .collect();
+    assignments.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let cluster_id = inner.state.cluster_id.clone();
+    let now = inner.now;
+    let live = inner
+        .nodes
+        .entry(node.to_string())
+        .or_insert_with(|| new_node_live(now));
+    if is_quarantined(live) {
+        return;
+    }
+    let set = pb::DesiredSet {
+        generation,
+        assignments,
+        cluster_id,
+        adopt: live.adopting,
+    };
+    live.desired.send_replace(Some(set));
+}

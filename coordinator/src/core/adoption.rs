@@ -1,0 +1,236 @@
+//! Where an agent's memory and this coordinator's disagree: whether a registering node must be
+//! quarantined (it serves another cluster, or applied more than this store knows), and the
+//! records that adopt what a quarantined node holds. Pure; the shell reads the registration off
+//! the wire and commits the batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pmcluster_spec::AppSpec;
+use uuid::Uuid;
+
+use crate::model::{AppRecord, Batch, InstanceRecord, Persisted};
+
+/// What a registering agent says of itself, as far as quarantine goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Registration<'a> {
+    pub node: &'a str,
+    /// The cluster the agent remembers serving (empty: none yet).
+    pub cluster_id: &'a str,
+    /// The node name its data dir had before `--rename-node` (empty: none).
+    pub renamed_from: &'a str,
+    /// The highest desired-set generation it applied.
+    pub generation: u64,
+    /// How many instances it holds.
+    pub held: usize,
+}
+
+/// One instance a quarantined agent holds, as it described it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub id: Uuid,
+    pub spec: AppSpec,
+    pub index: u32,
+    pub port: u32,
+    pub app_version: u64,
+    pub restart_epoch: u64,
+    pub run: bool,
+}
+
+/// Why a registering agent must be quarantined: it serves another cluster, or it applied a
+/// newer desired set than this coordinator's record of the node (the store lost writes or was
+/// restored). Either way this coordinator's view of the node is not to be trusted over the
+/// agent's, so it sends nothing until an operator adopts the node.
+pub fn quarantine_reason(state: &Persisted, reg: &Registration) -> Option<String> {
+    let name = reg.node;
+    let n = reg.held;
+    let adopt = format!(
+        "its {n} instance(s) keep running; to make them this cluster's, run 'pmcluster nodes adopt {name}'"
+    );
+    if !reg.cluster_id.is_empty() && reg.cluster_id != state.cluster_id {
+        return Some(format!(
+            "the agent belongs to cluster {}, this coordinator serves cluster {} (a lost or \
+             replaced store?); {adopt}",
+            reg.cluster_id, state.cluster_id
+        ));
+    }
+    // A renamed node brings the generations of its old name.
+    let known = state
+        .nodes
+        .get(name)
+        .or_else(|| state.nodes.get(reg.renamed_from))
+        .map(|n| n.generation)
+        .unwrap_or(0);
+    if reg.generation > known {
+        return Some(format!(
+            "the agent applied desired-set generation {}, but this coordinator's store knows the \
+             node only up to generation {known} (a lost or restored store?); {adopt}",
+            reg.generation
+        ));
+    }
+    None
+}
+
+/// The records that make a quarantined node's held instances this cluster's. Apps that do not
+/// exist are created from the agent's spec, with enough instances for every held index. A held
+/// instance is taken only where it fits: its app has the same process spec (else the reconciler
+/// replaces it), and its index has no placed record already (a pending one is replaced by it).
+pub fn adoption_batch(state: &Persisted, node: &str, held: &[Held], now: i64) -> Batch {
+    let mut batch = Batch::default();
+    let mut apps: BTreeMap<String, AppRecord> = BTreeMap::new();
+    let mut taken: BTreeSet<(String, u32)> = BTreeSet::new();
+    let mut sorted: Vec<&Held> = held.iter().collect();
+    sorted.sort_by_key(|a| (a.index, a.id));
+    for a in sorted {
+        let (id, spec) = (a.id, &a.spec);
+        if state.instances.contains_key(&id) {
+            continue;
+        }
+        let name = spec.name.clone();
+        // An app this cluster had (or an earlier held instance created) keeps its count: an
+        // index beyond it is not wanted. A new app counts what its spec says, or more.
+        let (mut app, existed) = match apps.get(&name).or(state.apps.get(&name)) {
+            Some(app) => (app.clone(), state.apps.contains_key(&name)),
+            None => (
+                AppRecord {
+                    version: a.app_version.max(1),
+                    ..AppRecord::new(spec.clone(), now)
+                },
+                false,
+            ),
+        };
+        if !app.spec.same_process(spec)
+            || (existed && a.index >= app.spec.instances)
+            || !taken.insert((name.clone(), a.index))
+        {
+            continue;
+        }
+        let occupied = state
+            .app_instances(&name)
+            .iter()
+            .filter(|r| r.index == a.index && r.draining_since.is_none())
+            .any(|r| r.node.is_some());
+        if occupied {
+            continue;
+        }
+        for r in state.app_instances(&name) {
+            if r.index == a.index && r.node.is_none() {
+                batch.del_instances.push(r.id);
+            }
+        }
+        if app.spec.instances <= a.index {
+            app.spec.instances = a.index + 1;
+        }
+        batch.put_instances.push(InstanceRecord {
+            id,
+            app: name.clone(),
+            index: a.index,
+            node: Some(node.to_string()),
+            port: u16::try_from(a.port).ok().filter(|p| *p != 0),
+            app_version: app.version,
+            restart_epoch: a.restart_epoch,
+            stopped: !a.run,
+            replaces: None,
+            draining_since: None,
+            created_ms: now,
+        });
+        apps.insert(name, app);
+    }
+    for (name, app) in apps {
+        if state.apps.get(&name) != Some(&app) {
+            batch.put_apps.push(app);
+        }
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NodeRecord;
+
+    fn state(generation: u64) -> Persisted {
+        let mut state = Persisted {
+            cluster_id: "ours".into(),
+            ..Persisted::default()
+        };
+        state.nodes.insert(
+            "a".into(),
+            NodeRecord {
+                name: "a".into(),
+                labels: Default::default(),
+                cores: 1,
+                memory_bytes: 1 << 30,
+                hostname: String::new(),
+                agent_version: String::new(),
+                generation,
+                drain: false,
+                address: String::new(),
+            },
+        );
+        state
+    }
+
+    /// (cluster the agent remembers, generation it applied, renamed from) → quarantined?
+    #[test]
+    fn quarantine() {
+        let cases = [
+            ("", 0, "", false),
+            ("ours", 5, "", false),
+            ("ours", 6, "", true),
+            ("theirs", 0, "", true),
+            // A renamed node brings its old name's generations.
+            ("ours", 5, "a", false),
+        ];
+        for (cluster, generation, renamed_from, want) in cases {
+            let node = if renamed_from.is_empty() { "a" } else { "b" };
+            let reg = Registration {
+                node,
+                cluster_id: cluster,
+                renamed_from,
+                generation,
+                held: 1,
+            };
+            let got = quarantine_reason(&state(5), &reg);
+            assert_eq!(
+                got.is_some(),
+                want,
+                "{cluster} {generation} {renamed_from}: {got:?}"
+            );
+        }
+    }
+
+    /// Held instances of a new app are imported with their ids; one whose index a placed record
+    /// already holds is not, and neither is a second copy of an index.
+    #[test]
+    fn adoption() {
+        let held = |n: u128, index: u32| Held {
+            id: Uuid::from_u128(n),
+            spec: AppSpec::new("web", "app", &[]),
+            index,
+            port: 0,
+            app_version: 3,
+            restart_epoch: 0,
+            run: true,
+        };
+        let batch = adoption_batch(&state(5), "a", &[held(2, 1), held(1, 0), held(3, 1)], 9);
+        let got: Vec<(u128, u32)> = batch
+            .put_instances
+            .iter()
+            .map(|r| (r.id.as_u128(), r.index))
+            .collect();
+        assert_eq!(got, [(1, 0), (2, 1)]);
+        let app = batch
+            .put_apps
+            .first()
+            .map(|a| (a.version, a.spec.instances));
+        assert_eq!(
+            app,
+            Some((3, 2)),
+            "the app at the agent's version, with both indices"
+        );
+        let mut taken = state(5);
+        taken.apply(&batch);
+        let again = adoption_batch(&taken, "a", &[held(4, 0)], 10);
+        assert!(again.put_instances.is_empty(), "index 0 is held already");
+    }
+}

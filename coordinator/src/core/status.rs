@@ -1,0 +1,116 @@
+//! An instance's status as users see it, derived from its record, what its agent last reported
+//! and whether its node is up. Pure; the shell converts to and from the wire's `InstanceState`.
+
+use crate::model::InstanceRecord;
+
+/// The states of `list`. `Unspecified` is what an agent that sent no state said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Unspecified,
+    Pending,
+    Launching,
+    Online,
+    Stopped,
+    Exited,
+    Errored,
+    Stopping,
+    Unknown,
+    Draining,
+}
+
+/// Why a status says nothing more of its own: the shell words the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// Not placed: the reconciler's pending reason for the app goes here.
+    Pending,
+    /// Placed on a node that is down: the agent's last word is stale.
+    NodeDown(String),
+    /// The agent's own message stands.
+    Reported,
+}
+
+/// The status of `rec`, given the state its agent last reported (`None`: none yet) and whether
+/// its node is up.
+pub fn derive(rec: &InstanceRecord, reported: Option<Status>, node_up: bool) -> (Status, Note) {
+    use Status as S;
+    let (status, note) = match (&rec.node, reported) {
+        (None, _) if rec.stopped => (S::Stopped, Note::Pending),
+        (None, _) => (S::Pending, Note::Pending),
+        (Some(n), _) if !node_up => (S::Unknown, Note::NodeDown(n.clone())),
+        (Some(_), Some(s)) => {
+            let s = match (rec.stopped, s) {
+                (true, S::Stopped) => S::Stopped,
+                (true, _) => S::Stopping,
+                // Asked to run again but the agent has not acted on it yet.
+                (false, S::Stopped) => S::Launching,
+                (false, s) => s,
+            };
+            (s, Note::Reported)
+        }
+        (Some(_), None) if rec.stopped => (S::Stopped, Note::Reported),
+        (Some(_), None) => (S::Launching, Note::Reported),
+    };
+    // A draining instance still runs, but is no longer an endpoint.
+    if rec.draining_since.is_some() && status == S::Online {
+        return (S::Draining, note);
+    }
+    (status, note)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    /// `record` is `placed|pending` plus `stopped` and `draining` flags; the answer is rendered as
+    /// `Status/Note`.
+    fn check(record: &str, reported: Option<Status>, node_up: bool, want: &str) {
+        let rec = InstanceRecord {
+            id: Uuid::nil(),
+            app: "web".into(),
+            index: 0,
+            node: record.contains("placed").then(|| "a".to_string()),
+            port: None,
+            app_version: 1,
+            restart_epoch: 0,
+            stopped: record.contains("stopped"),
+            replaces: None,
+            draining_since: record.contains("draining").then_some(5),
+            created_ms: 0,
+        };
+        let (status, note) = derive(&rec, reported, node_up);
+        let note = match note {
+            Note::Pending => "pending".to_string(),
+            Note::NodeDown(n) => format!("down {n}"),
+            Note::Reported => "reported".to_string(),
+        };
+        assert_eq!(
+            format!("{status:?}/{note}"),
+            want,
+            "{record} {reported:?} {node_up}"
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        use Status as S;
+        check("pending", None, false, "Pending/pending");
+        check("pending stopped", Some(S::Online), true, "Stopped/pending");
+        check("placed", Some(S::Online), false, "Unknown/down a");
+        check("placed", None, true, "Launching/reported");
+        check("placed stopped", None, true, "Stopped/reported");
+        check("placed", Some(S::Online), true, "Online/reported");
+        check("placed", Some(S::Errored), true, "Errored/reported");
+        check("placed stopped", Some(S::Online), true, "Stopping/reported");
+        check("placed stopped", Some(S::Stopped), true, "Stopped/reported");
+        check("placed", Some(S::Stopped), true, "Launching/reported");
+        check(
+            "placed draining",
+            Some(S::Online),
+            true,
+            "Draining/reported",
+        );
+        check("placed draining", Some(S::Exited), true, "Exited/reported");
+        check("placed", Some(S::Unspecified), true, "Unspecified/reported");
+    }
+}
