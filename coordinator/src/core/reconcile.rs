@@ -268,6 +268,13 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 (Some(_), Some((Link::Up, true))) if inst.stopped => {
                     needs.push(Need::Replace(inst, true));
                 }
+                // An outdated copy on a draining node during a rollout is the rollout's to
+                // replace, within its surge budget: a drain handoff beside it would add copies
+                // the update policy does not allow (found by the simulation, seed 265).
+                (Some(_), Some((Link::Up, true)))
+                    if app.deployment.as_ref().is_some_and(|d| {
+                        d.state.active() && crate::core::rollout::outdated(d, inst)
+                    }) => {}
                 (Some(n), Some((Link::Up, true))) if !has_replacement => {
                     let busy = migrating_from.entry(n).or_default();
                     if *busy == 0 {

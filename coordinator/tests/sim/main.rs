@@ -364,3 +364,11 @@ fn regression(seed: u64) {
 fn seed_0_rollout_replaces_the_serving_copy_not_the_draining_one() {
     regression(0);
 }
+
+/// Seed 265: nodes drained while a rollout ran; the reconciler gave their outdated instances
+/// drain handoffs beside the rollout's own replacements, so 3 indices were being replaced under
+/// a budget of 2. Outdated copies on a draining node are now the rollout's to replace.
+#[test]
+fn seed_265_a_drain_during_a_rollout_stays_within_the_surge_budget() {
+    regression(265);
+}
