@@ -319,20 +319,7 @@ impl Control {
     /// What the reconciler would do now, without doing it: empty once the cluster converged.
     pub fn dry_plan(&self) -> crate::core::reconcile::Plan {
         let inner = self.lock();
-        let online: std::collections::BTreeSet<Uuid> = inner
-            .observed
-            .iter()
-            .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
-            .map(|(id, _)| *id)
-            .collect();
-        let nodes = node_views(&inner, &inner.state, &self.config);
-        crate::core::reconcile::reconcile(crate::core::reconcile::Snapshot {
-            apps: &inner.state.apps,
-            instances: &inner.state.instances,
-            nodes: &nodes,
-            online: &online,
-            now_ms: inner.now,
-        })
+        write::plan_for(&inner, &inner.state, &self.config, inner.now)
     }
 }
 

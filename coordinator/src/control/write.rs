@@ -53,20 +53,7 @@ impl Control {
             owned = next;
             &owned
         };
-        let online: BTreeSet<Uuid> = inner
-            .observed
-            .iter()
-            .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
-            .map(|(id, _)| *id)
-            .collect();
-        let nodes = node_views(inner, view, &self.config);
-        let plan = reconcile::reconcile(Snapshot {
-            apps: &view.apps,
-            instances: &view.instances,
-            nodes: &nodes,
-            online: &online,
-            now_ms: now,
-        });
+        let plan = plan_for(inner, view, &self.config, now);
         let pending = plan.pending.clone();
         let followup_at = plan.followup_at;
         let placed = materialize(view, &plan, &mut batch, now, self.clock.as_ref());
@@ -359,4 +346,28 @@ pub(super) fn publish(inner: &mut Inner, node: &str) {
         adopt: live.adopting,
     };
     live.desired.send_replace(Some(set));
+}
+
+/// The reconciler's plan for `view` (the stored state, or it with a batch applied), with what
+/// the agents report online and the nodes' link state as `inner` sees them now.
+pub(super) fn plan_for(
+    inner: &Inner,
+    view: &Persisted,
+    config: &super::ControlConfig,
+    now: i64,
+) -> Plan {
+    let online: BTreeSet<Uuid> = inner
+        .observed
+        .iter()
+        .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
+        .map(|(id, _)| *id)
+        .collect();
+    let nodes = node_views(inner, view, config);
+    reconcile::reconcile(Snapshot {
+        apps: &view.apps,
+        instances: &view.instances,
+        nodes: &nodes,
+        online: &online,
+        now_ms: now,
+    })
 }
