@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pmcluster/v1/types.proto",
         "pmcluster/v1/cluster.proto",
         "pmcluster/v1/agent.proto",
+        "pmcluster/v1/coordination.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

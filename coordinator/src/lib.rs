@@ -10,6 +10,7 @@ pub mod api;
 pub mod clock;
 pub mod control;
 pub mod core;
+pub mod lead;
 pub mod limits;
 pub mod model;
 pub mod server;

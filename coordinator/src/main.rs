@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pmcluster_coordinator::control::ControlConfig;
-use pmcluster_coordinator::server::{self, Config};
+use pmcluster_coordinator::lead::{Seat, StoreInfo};
+use pmcluster_coordinator::server::{self, Config, StoreChoice};
 
 /// The pmcluster coordinator: stores apps, places instances on agents, serves the gRPC API.
 #[derive(Debug, Parser)]
@@ -17,9 +18,35 @@ struct Args {
     /// Address to serve gRPC on (the CLI and agents connect here). Port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:7450", env = "PMCLUSTER_LISTEN")]
     listen: String,
-    /// Directory for the state file (state.redb).
+    /// Directory for the state file (state.redb). Needed with the embedded store.
     #[arg(long, env = "PMCLUSTER_DATA_DIR")]
-    data_dir: PathBuf,
+    data_dir: Option<PathBuf>,
+    /// Where the cluster's state lives: "embedded" (one file in --data-dir, one coordinator) or
+    /// "etcd" (shared by an HA pair of coordinators, which elect their leader there).
+    #[arg(long, default_value = "embedded", env = "PMCLUSTER_STORE")]
+    store: String,
+    /// With --store etcd: etcd's client URLs, comma-separated, e.g.
+    /// "http://h1:2379,http://h2:2379,http://h3:2379".
+    #[arg(long, env = "PMCLUSTER_ETCD_ENDPOINTS")]
+    etcd_endpoints: Option<String>,
+    /// With --store etcd: the key prefix of this cluster; coordinators with the same prefix form
+    /// one pair.
+    #[arg(
+        long,
+        default_value = "/pmcluster/default",
+        env = "PMCLUSTER_ETCD_PREFIX"
+    )]
+    etcd_prefix: String,
+    /// The URL clients and agents should dial to reach this coordinator, e.g.
+    /// "http://10.0.0.2:7450". A standby hands it out as the leader's address. Defaults to
+    /// http:// and the bound address (which must then not be 0.0.0.0 with --store etcd).
+    #[arg(long, env = "PMCLUSTER_ADVERTISE")]
+    advertise: Option<String>,
+    /// With --store etcd: the TTL of this coordinator's etcd lease, in whole seconds (at least
+    /// 2, etcd's minimum). A leader that cannot renew it within about two thirds of it steps
+    /// down; a standby takes over at most about this long after the leader is lost.
+    #[arg(long, default_value = "2s")]
+    lease_ttl: String,
     /// A node that has not reported for this long is down, e.g. "10s".
     #[arg(long, default_value = "10s")]
     heartbeat_timeout: String,
@@ -63,9 +90,69 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         "--shutdown-grace: {} is more than 60s; give at most 60s",
         args.shutdown_grace
     );
+    let store = match args.store.as_str() {
+        "embedded" => {
+            let Some(dir) = args.data_dir else {
+                anyhow::bail!("--data-dir is required with --store embedded (the default)");
+            };
+            StoreChoice::Embedded { data_dir: dir }
+        }
+        "etcd" => {
+            let raw = args.etcd_endpoints.unwrap_or_default();
+            let endpoints: Vec<String> = raw
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect();
+            anyhow::ensure!(
+                !endpoints.is_empty(),
+                "--etcd-endpoints is required with --store etcd, e.g. http://127.0.0.1:2379"
+            );
+            for e in &endpoints {
+                anyhow::ensure!(
+                    e.starts_with("http://") || e.starts_with("https://"),
+                    "--etcd-endpoints: {e:?} is not a URL like http://HOST:2379"
+                );
+            }
+            let prefix = args.etcd_prefix.trim_end_matches('/').to_string();
+            anyhow::ensure!(
+                prefix.starts_with('/') && prefix.len() > 1,
+                "--etcd-prefix: {:?} must start with / and name the cluster, e.g. /pmcluster/prod",
+                args.etcd_prefix
+            );
+            let ttl = duration("lease-ttl", &args.lease_ttl)?;
+            anyhow::ensure!(
+                ttl >= Duration::from_secs(2)
+                    && ttl.subsec_nanos() == 0
+                    && ttl <= Duration::from_secs(60),
+                "--lease-ttl: {} must be whole seconds from 2s (etcd's minimum) to 60s",
+                args.lease_ttl
+            );
+            StoreChoice::Etcd {
+                endpoints,
+                prefix,
+                lease_ttl: ttl,
+            }
+        }
+        other => anyhow::bail!("--store: {other:?} is not a store; use embedded or etcd"),
+    };
+    if let Some(url) = &args.advertise {
+        anyhow::ensure!(
+            url.starts_with("http://") || url.starts_with("https://"),
+            "--advertise: {url:?} is not a URL like http://HOST:7450"
+        );
+    } else if matches!(store, StoreChoice::Etcd { .. }) && listen.ip().is_unspecified() {
+        anyhow::bail!(
+            "--advertise is required when --listen is {listen} with --store etcd: a standby \
+             hands it to clients as the leader's address, e.g. --advertise http://10.0.0.2:{}",
+            listen.port()
+        );
+    }
     Ok(Config {
         listen,
-        data_dir: args.data_dir,
+        store,
+        advertise: args.advertise,
         control: ControlConfig {
             heartbeat_interval,
             heartbeat_timeout,
@@ -105,14 +192,41 @@ async fn shutdown_signal() {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let control = server::open_control(&config)?;
-    let listener = server::bind(config.listen).await?;
-    let addr = listener.local_addr().context("reading the bound address")?;
-    // Tests and `pmcluster up` read this line to learn the port.
-    println!("pmcluster-coordinator listening on {addr}");
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "serving");
-    server::serve(control, listener, shutdown_signal(), config.shutdown_grace).await?;
-    Ok(())
+    match &config.store {
+        StoreChoice::Embedded { data_dir } => {
+            let control = server::open_control(data_dir, &config.control)?;
+            let listener = server::bind(config.listen).await?;
+            let addr = listener.local_addr().context("reading the bound address")?;
+            // Tests and `pmcluster up` read this line to learn the port.
+            println!("pmcluster-coordinator listening on {addr}");
+            tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+            let advertise = config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let store = StoreInfo {
+                kind: "embedded".into(),
+                location: data_dir.join("state.redb").display().to_string(),
+            };
+            let seat = Seat::single(control, advertise, store);
+            server::serve(seat, listener, shutdown_signal(), config.shutdown_grace).await?;
+            Ok(())
+        }
+        StoreChoice::Etcd { .. } => run_pair(config).await,
+    }
+}
+
+#[cfg(feature = "etcd")]
+async fn run_pair(config: Config) -> anyhow::Result<()> {
+    pmcluster_coordinator::lead::etcd::serve_pair(config, shutdown_signal()).await
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn run_pair(_: Config) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "--store etcd: this pmcluster-coordinator was built without etcd support; build it \
+         with 'cargo build --release --features etcd'"
+    )
 }
 
 fn main() -> ExitCode {

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{AgentLinkApi, ClusterApi, Lifecycle};
 use crate::control::{Control, ControlConfig};
+use crate::lead::status::CoordinationApi;
+use crate::lead::{Directory, Role, Seat};
 use crate::store::{EmbeddedStore, Store};
 
 /// The least time between two ticks of the control loop: a burst of changes (reports of many
@@ -25,7 +27,9 @@ const MIN_TICK_GAP: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    pub store: StoreChoice,
+    /// The URL clients should dial; `None`: http:// and the bound address.
+    pub advertise: Option<String>,
     pub control: ControlConfig,
     /// How long a shutdown may take to finish in-flight calls before the process exits anyway.
     pub shutdown_grace: Duration,
@@ -51,14 +55,27 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Opens the embedded store in `config.data_dir`.
-pub fn open_control(config: &Config) -> Result<Arc<Control>, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|error| ServeError::DataDir {
-        path: config.data_dir.display().to_string(),
+/// Where the state lives.
+#[derive(Debug, Clone)]
+pub enum StoreChoice {
+    /// One redb file in the data dir: a single coordinator.
+    Embedded { data_dir: PathBuf },
+    /// etcd, shared by an HA pair that elects its leader there.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+        lease_ttl: Duration,
+    },
+}
+
+/// Opens the embedded store in `data_dir`.
+pub fn open_control(data_dir: &Path, control: &ControlConfig) -> Result<Arc<Control>, ServeError> {
+    std::fs::create_dir_all(data_dir).map_err(|error| ServeError::DataDir {
+        path: data_dir.display().to_string(),
         error,
     })?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&config.data_dir.join("state.redb"))?);
-    Ok(Arc::new(Control::open(store, config.control.clone())?))
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?);
+    Ok(Arc::new(Control::open(store, control.clone())?))
 }
 
 /// Binds the configured address.
@@ -80,15 +97,23 @@ pub const MAX_MESSAGE_BYTES: usize = pmcluster_proto::MAX_MESSAGE_BYTES;
 /// When the grace expires the call returns anyway, so a stuck client cannot hold the process
 /// (and with it the store) past it.
 pub async fn serve(
-    control: Arc<Control>,
+    seat: Arc<Seat>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    serve_with(seat, None, listener, shutdown, grace).await
+}
+
+/// [`serve`], with `directory` telling `pmcluster status` about the other coordinators.
+pub async fn serve_with(
+    seat: Arc<Seat>,
+    directory: Option<Arc<dyn Directory>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::cluster_server::ClusterServer<ClusterApi>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pmcluster_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
@@ -102,43 +127,24 @@ pub async fn serve(
         cancel: CancellationToken::new(),
         tasks: TaskTracker::new(),
     };
-    {
-        let control = control.clone();
-        let cancel = life.cancel.clone();
-        life.tasks.spawn(async move {
-            // Ticks when something changed or something becomes due (a follow-up, a heartbeat
-            // that may lapse, an autoscale sample, a rollout step), never more often than
-            // MIN_TICK_GAP and never less often than the control's safety tick.
-            loop {
-                // A tick may commit (rollout steps, autoscaling, reschedules): off the workers.
-                let ticking = control.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || ticking.tick()).await {
-                    tracing::error!(error = %e, "control tick failed");
-                }
-                let wait_ms = control.next_tick_at() - control.now_ms();
-                let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = control.changed() => {}
-                    () = tokio::time::sleep(wait) => {}
-                }
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(MIN_TICK_GAP) => {}
-                }
-            }
-        });
-    }
+    life.tasks
+        .spawn(drive(seat.clone(), health, life.cancel.clone()));
     let stopping = life.cancel.clone();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
+        .add_service(pb::coordination_server::CoordinationServer::new(
+            CoordinationApi {
+                seat: seat.clone(),
+                directory,
+            },
+        ))
         .add_service(reflection)
         .add_service(reflection_alpha)
         .add_service(
             pb::cluster_server::ClusterServer::new(ClusterApi {
-                control: control.clone(),
+                seat: seat.clone(),
                 life: life.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -146,7 +152,7 @@ pub async fn serve(
         )
         .add_service(
             pb::agent_link_server::AgentLinkServer::new(AgentLinkApi {
-                control,
+                seat: seat.clone(),
                 life: life.clone(),
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -185,4 +191,60 @@ pub async fn serve(
         ),
     }
     Ok(())
+}
+
+/// Runs the control loop of whichever control leads, and keeps the health service in step: a
+/// standby is `NOT_SERVING` for `pmcluster.v1.Cluster` and runs no loop (it neither schedules,
+/// reconciles, rolls out nor autoscales).
+async fn drive(
+    seat: Arc<Seat>,
+    health: tonic_health::server::HealthReporter,
+    cancel: CancellationToken,
+) {
+    let mut roles = seat.subscribe();
+    loop {
+        let role = roles.borrow_and_update().clone();
+        match role {
+            Role::Leader { control, .. } => {
+                health
+                    .set_serving::<pb::cluster_server::ClusterServer<ClusterApi>>()
+                    .await;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = control_loop(control.clone()) => {}
+                    () = control.retired() => {}
+                    changed = roles.changed() => if changed.is_err() { return },
+                }
+            }
+            Role::Standby { .. } => {
+                health
+                    .set_not_serving::<pb::cluster_server::ClusterServer<ClusterApi>>()
+                    .await;
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    changed = roles.changed() => if changed.is_err() { return },
+                }
+            }
+        }
+    }
+}
+
+/// Ticks when something changed or something becomes due (a follow-up, a heartbeat that may
+/// lapse, an autoscale sample, a rollout step), never more often than MIN_TICK_GAP and never
+/// less often than the control's safety tick. Runs until dropped.
+async fn control_loop(control: Arc<Control>) {
+    loop {
+        // A tick may commit (rollout steps, autoscaling, reschedules): off the workers.
+        let ticking = control.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || ticking.tick()).await {
+            tracing::error!(error = %e, "control tick failed");
+        }
+        let wait_ms = control.next_tick_at() - control.now_ms();
+        let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        tokio::select! {
+            () = control.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+        tokio::time::sleep(MIN_TICK_GAP).await;
+    }
 }

@@ -13,9 +13,11 @@ use serde_json::{Value, json};
 /// Shown instead of a value that does not apply (no pid while stopped, no port, ...).
 mod autoscale;
 mod deploys;
+mod status;
 
 pub use autoscale::*;
 pub use deploys::*;
+pub use status::*;
 
 const NONE: &str = "-";
 

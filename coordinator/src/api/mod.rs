@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::{Action, AgentCommand, ApplyCmd, Control, ControlError, ScaleCmd};
+use crate::lead::Seat;
 
 mod compat;
 pub mod convert;
@@ -35,13 +36,21 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// `stream`, ended (cleanly) when the server shuts down.
-    fn until_shutdown<T: Send + 'static>(
+    /// `stream`, ended (cleanly) when the server shuts down or `control` retires (this
+    /// coordinator stepped down: the client reconnects and finds the leader).
+    fn until_over<T: Send + 'static>(
         &self,
+        control: &Control,
         stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
     ) -> BoxStream<T> {
         use futures::StreamExt as _;
-        Box::pin(stream.take_until(self.cancel.clone().cancelled_owned()))
+        let (shutdown, retired) = (self.cancel.clone(), control.retired_token());
+        Box::pin(stream.take_until(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = retired.cancelled() => {}
+            }
+        }))
     }
 }
 
@@ -69,8 +78,15 @@ impl Lifecycle {
 
 /// The public `Cluster` service.
 pub struct ClusterApi {
-    pub control: Arc<Control>,
+    pub seat: Arc<Seat>,
     pub life: Lifecycle,
+}
+
+impl ClusterApi {
+    /// The leader's control, or a standby's refusal with the leader's URL.
+    fn control(&self) -> Result<Arc<Control>, Status> {
+        self.seat.control()
+    }
 }
 
 #[tonic::async_trait]
@@ -82,14 +98,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let cmd = ApplyCmd::try_from(r.into_inner())?;
         let applied = self
             .life
-            .write(&self.control, move |c| c.apply_app(cmd))
+            .write(&self.control()?, move |c| c.apply_app(cmd))
             .await?;
         let deployment = applied
             .deployment
             .as_ref()
             .map(|d| convert::deployment(&applied.app, d));
         Ok(Response::new(pb::ApplyAppReply {
-            app: Some(self.control.get_app(&applied.app).unwrap_or_default()),
+            app: Some(self.control()?.get_app(&applied.app).unwrap_or_default()),
             created: applied.created,
             changed: applied.changed,
             deployment,
@@ -97,7 +113,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     async fn get_app(&self, r: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
-        Ok(Response::new(self.control.get_app(&r.into_inner().name)?))
+        Ok(Response::new(
+            self.control()?.get_app(&r.into_inner().name)?,
+        ))
     }
 
     async fn list_apps(
@@ -105,7 +123,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
         let r = r.into_inner();
-        let (apps, next_page_token) = self.control.list_apps_page(r.page_size, &r.page_token);
+        let (apps, next_page_token) = self.control()?.list_apps_page(r.page_size, &r.page_token);
         Ok(Response::new(pb::ListAppsReply {
             apps,
             next_page_token,
@@ -119,7 +137,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let name = r.into_inner().name;
         let removed = self
             .life
-            .write(&self.control, move |c| c.delete_app(&name))
+            .write(&self.control()?, move |c| c.delete_app(&name))
             .await?;
         Ok(Response::new(pb::DeleteAppReply { removed }))
     }
@@ -131,7 +149,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let cmd = ScaleCmd::try_from(r.into_inner())?;
         let scaled = self
             .life
-            .write(&self.control, move |c| c.scale_app(cmd))
+            .write(&self.control()?, move |c| c.scale_app(cmd))
             .await?;
         Ok(Response::new(scaled.into()))
     }
@@ -143,7 +161,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let (app, index) = target(r.into_inner());
         let affected = self
             .life
-            .write(&self.control, move |c| c.act(&app, index, Action::Start))
+            .write(&self.control()?, move |c| c.act(&app, index, Action::Start))
             .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
@@ -155,7 +173,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let (app, index) = target(r.into_inner());
         let affected = self
             .life
-            .write(&self.control, move |c| c.act(&app, index, Action::Stop))
+            .write(&self.control()?, move |c| c.act(&app, index, Action::Stop))
             .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
@@ -173,14 +191,16 @@ impl pb::cluster_server::Cluster for ClusterApi {
             }
             let d = self
                 .life
-                .write(&self.control, move |c| c.restart_rolling(&t.app))
+                .write(&self.control()?, move |c| c.restart_rolling(&t.app))
                 .await?;
             return Ok(Response::new(pb::ActionReply { affected: d.total }));
         }
         let (app, index) = target(t);
         let affected = self
             .life
-            .write(&self.control, move |c| c.act(&app, index, Action::Restart))
+            .write(&self.control()?, move |c| {
+                c.act(&app, index, Action::Restart)
+            })
             .await?;
         Ok(Response::new(pb::ActionReply { affected }))
     }
@@ -191,7 +211,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
         let r = r.into_inner();
         let (instances, next_page_token) =
-            self.control
+            self.control()?
                 .list_instances_page(&r.app, r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListInstancesReply {
             instances,
@@ -204,7 +224,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         _r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
         Ok(Response::new(pb::ListNodesReply {
-            nodes: self.control.list_nodes(),
+            nodes: self.control()?.list_nodes(),
         }))
     }
 
@@ -215,7 +235,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let node = r.into_inner().node;
         let node = self
             .life
-            .write(&self.control, move |c| c.set_drain(&node, true))
+            .write(&self.control()?, move |c| c.set_drain(&node, true))
             .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
@@ -227,7 +247,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let node = r.into_inner().node;
         let node = self
             .life
-            .write(&self.control, move |c| c.set_drain(&node, false))
+            .write(&self.control()?, move |c| c.set_drain(&node, false))
             .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
@@ -239,7 +259,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let node = r.into_inner().node;
         let nodes = self
             .life
-            .write(&self.control, move |c| c.adopt_node(&node))
+            .write(&self.control()?, move |c| c.adopt_node(&node))
             .await?;
         Ok(Response::new(pb::ListNodesReply { nodes }))
     }
@@ -251,7 +271,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let node = r.into_inner().node;
         let node = self
             .life
-            .write(&self.control, move |c| c.forget_node(&node))
+            .write(&self.control()?, move |c| c.forget_node(&node))
             .await?;
         Ok(Response::new(pb::NodeReply { node: Some(node) }))
     }
@@ -269,7 +289,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         };
         let status = self
             .life
-            .write(&self.control, move |c| c.set_autoscale(&r.app, policy))
+            .write(&self.control()?, move |c| c.set_autoscale(&r.app, policy))
             .await?;
         Ok(Response::new(status))
     }
@@ -279,7 +299,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::GetAutoscaleRequest>,
     ) -> Result<Response<pb::AutoscaleStatus>, Status> {
         Ok(Response::new(
-            self.control.get_autoscale(&r.into_inner().app)?,
+            self.control()?.get_autoscale(&r.into_inner().app)?,
         ))
     }
 
@@ -288,7 +308,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::RolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let app = r.into_inner().app;
-        let rollouts = self.control.rollouts(&app)?;
+        let rollouts = self.control()?.rollouts(&app)?;
         Ok(Response::new(convert::rollout_status(&app, &rollouts)))
     }
 
@@ -301,7 +321,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let app = r.app;
         let d = self
             .life
-            .write(&self.control, {
+            .write(&self.control()?, {
                 let app = app.clone();
                 move |c| c.steer_rollout(&app, action)
             })
@@ -317,7 +337,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let app = r.app;
         let d = self
             .life
-            .write(&self.control, {
+            .write(&self.control()?, {
                 let app = app.clone();
                 move |c| c.roll_back(&app, r.to_version)
             })
@@ -332,10 +352,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::WatchEndpointsRequest>,
     ) -> Result<Response<Self::WatchEndpointsStream>, Status> {
         let app = r.into_inner().app;
-        let first = self.control.endpoints(&app)?;
+        let first = self.control()?.endpoints(&app)?;
         let (tx, rx) = mpsc::channel(8);
-        let control = self.control.clone();
+        let control = self.control()?;
         let cancel = self.life.cancel.clone();
+        let retired = control.retired_token();
         self.life.tasks.spawn(async move {
             // Polled: endpoints follow agent reports, which arrive every heartbeat; 100 ms keeps
             // a load balancer within a tenth of a second of the truth at little cost.
@@ -347,6 +368,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             loop {
                 tokio::select! {
                     () = cancel.cancelled() => return,
+                    () = retired.cancelled() => return,
                     _ = every.tick() => {}
                 }
                 if tx.is_closed() {
@@ -376,9 +398,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
-        let rx = self.control.stream_logs(&r.into_inner())?;
+        let control = self.control()?;
+        let rx = control.stream_logs(&r.into_inner())?;
         Ok(Response::new(
-            self.life.until_shutdown(ReceiverStream::new(rx)),
+            self.life.until_over(&control, ReceiverStream::new(rx)),
         ))
     }
 
@@ -390,9 +413,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let r = r.into_inner();
         // Subscribe before reading the history, so nothing falls between the two.
-        let live = BroadcastStream::new(self.control.subscribe_events());
-        let history = self
-            .control
+        let control = self.control()?;
+        let live = BroadcastStream::new(control.subscribe_events());
+        let history = control
             .recent_events(&r.app, None, r.history as usize)
             .into_iter()
             .map(Ok);
@@ -406,15 +429,22 @@ impl pb::cluster_server::Cluster for ClusterApi {
             // A lagging watcher skips what it missed rather than failing.
             _ => None,
         });
-        let live = self.life.until_shutdown(live);
+        let live = self.life.until_over(&control, live);
         Ok(Response::new(Box::pin(past.chain(live))))
     }
 }
 
 /// The `AgentLink` service: one long-lived session per agent.
 pub struct AgentLinkApi {
-    pub control: Arc<Control>,
+    pub seat: Arc<Seat>,
     pub life: Lifecycle,
+}
+
+impl AgentLinkApi {
+    /// The leader's control, or a standby's refusal: an agent follows its hint at once.
+    fn control(&self) -> Result<Arc<Control>, Status> {
+        self.seat.control()
+    }
 }
 
 #[tonic::async_trait]
@@ -425,6 +455,8 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         &self,
         r: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
+        // A standby refuses before reading anything: the agent dials the leader at once.
+        let control = self.control()?;
         let peer = r.remote_addr().map(|a| a.ip());
         let mut inbound = r.into_inner();
         let first = inbound
@@ -439,13 +471,13 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         let node = reg.node_name.clone();
         let (attached, reg) = self
             .life
-            .write(&self.control, move |c| Ok((c.attach(&reg, peer)?, reg)))
+            .write(&control, move |c| Ok((c.attach(&reg, peer)?, reg)))
             .await?;
         tracing::info!(node = %node, instances = reg.instances.len(), "agent connected");
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
-        let control = self.control.clone();
         let cancel = self.life.cancel.clone();
+        let retired = control.retired_token();
         self.life
             .tasks
             .spawn(outbound(attached, tx, cancel.clone()));
@@ -455,6 +487,8 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                     // Dropping the inbound half with the outbound one lets the HTTP/2 stream,
                     // and so the graceful shutdown, finish.
                     () = cancel.cancelled() => break,
+                    // Stepped down: the session closed (retire), the agent goes to the leader.
+                    () = retired.cancelled() => break,
                     m = inbound.message() => m,
                 };
                 match message {

@@ -177,6 +177,9 @@ pub struct Control {
     /// Rung when something the tick acts on changed (a commit, a node came or went, an instance
     /// went on- or offline): the control loop then ticks at once instead of at its next wake-up.
     changed: tokio::sync::Notify,
+    /// Cancelled when this control stops serving (its coordinator stepped down as leader):
+    /// streams and loops that hold it end.
+    retired: tokio_util::sync::CancellationToken,
 }
 
 /// What a new agent session receives.
@@ -273,6 +276,7 @@ impl Control {
             ids: AtomicU64::new(1),
             clock,
             changed: tokio::sync::Notify::new(),
+            retired: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -303,6 +307,33 @@ impl Control {
     pub fn is_connected(&self, node: &str) -> bool {
         let inner = self.lock();
         inner.nodes.get(node).is_some_and(|l| l.session.is_some())
+    }
+
+    /// How many agents have a live session.
+    pub fn connected_agents(&self) -> usize {
+        let inner = self.lock();
+        inner.nodes.values().filter(|l| l.session.is_some()).count()
+    }
+
+    /// Stops serving: every agent session closes (agents keep their instances and reconnect, to
+    /// the new leader), and [`Control::retired`] fires for the streams and the loop that hold
+    /// this control. Writes still in flight are refused by the store's fence, not here.
+    pub fn retire(&self) {
+        self.retired.cancel();
+        let mut inner = self.lock();
+        for live in inner.nodes.values_mut() {
+            live.session = None;
+        }
+    }
+
+    /// Completes once [`Control::retire`] was called.
+    pub fn retired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.retired.cancelled()
+    }
+
+    /// The token behind [`Control::retired`], for streams that outlive a borrow.
+    pub fn retired_token(&self) -> tokio_util::sync::CancellationToken {
+        self.retired.clone()
     }
 
     /// A copy of the stored records (read-only; for the simulation's invariant checks).

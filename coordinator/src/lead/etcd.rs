@@ -1,0 +1,469 @@
+//! The HA pair's election on etcd: who leads, and the fence that keeps a deposed leader's writes
+//! out.
+//!
+//! Each term: grant a lease (TTL `--lease-ttl`), keep it alive *before* campaigning, campaign on
+//! `PREFIX/election` with the advertise URL as the value. A campaign can return after the lease
+//! lapsed (the process was paused, the network cut), so the winner first checks that the leader
+//! key is still its own. Then it fences the store on that key's create revision (every commit
+//! is one etcd transaction conditioned on it), loads the store into a fresh [`Control`] and
+//! takes the seat.
+//!
+//! A leader steps down at once when: a commit is fenced off (someone else leads), the leader key
+//! is no longer its own, or no keep-alive was acknowledged for two thirds of the TTL (its lease
+//! may lapse any moment, and the standby would then lead beside it). Stepping down closes the
+//! agent sessions and stops the control loop; writes still in flight are refused by the fence.
+//! On SIGTERM the leader resigns, so the standby's campaign returns at once instead of after the
+//! lease's TTL.
+//!
+//! etcd locks cannot by themselves guarantee mutual exclusion (a paused holder wakes up and acts
+//! on a lock it lost); the fence is what makes a stale leader's writes harmless.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use etcd_client::{Client, ConnectOptions, GetOptions, LeaderKey, PutOptions, ResignOptions};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Directory, Peer, Role, Seat, StoreInfo};
+use crate::control::{Control, ControlConfig};
+use crate::model::{Batch, Persisted};
+use crate::server::{self, Config, StoreChoice};
+use crate::store::{EtcdConfig, EtcdStore, Fence, Store, StoreError};
+
+/// How long one etcd call of the election may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a standby asks who leads (for its refusal's hint) and a leader checks its key.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// How often a coordinator republishes itself for `pmcluster status`.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// Serves as one coordinator of an HA pair until `shutdown`: standby until elected, leader
+/// until it steps down, and so on. On shutdown a leader resigns before the server stops.
+pub async fn serve_pair(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let StoreChoice::Etcd {
+        endpoints,
+        prefix,
+        lease_ttl,
+    } = config.store.clone()
+    else {
+        anyhow::bail!("serve_pair needs --store etcd");
+    };
+    let store = Arc::new(EtcdStore::connect(EtcdConfig {
+        fenced: true,
+        ..EtcdConfig::new(endpoints.clone(), prefix.clone())
+    })?);
+    let client = Client::connect(
+        &endpoints,
+        Some(
+            ConnectOptions::new()
+                .with_connect_timeout(CALL_TIMEOUT)
+                .with_timeout(CALL_TIMEOUT)
+                .with_keep_alive(Duration::from_secs(1), CALL_TIMEOUT),
+        ),
+    )
+    .await
+    .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
+    let listener = server::bind(config.listen).await?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Tests and `pmcluster up` read this line to learn the port.
+    println!("pmcluster-coordinator listening on {addr}");
+    let advertise = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    tracing::info!(%addr, %advertise, etcd = %endpoints.join(","), %prefix, "serving as one of an HA pair");
+    let seat = Seat::standby(
+        advertise.clone(),
+        StoreInfo {
+            kind: "etcd".into(),
+            location: format!("{} {prefix}", endpoints.join(",")),
+        },
+    );
+    let election = Arc::new(Election {
+        client,
+        store,
+        seat: seat.clone(),
+        control: config.control.clone(),
+        prefix,
+        advertise,
+        ttl: lease_ttl,
+        lease_granted_ms: Mutex::new(None),
+    });
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(election.clone().run(stop.clone()));
+    // The election stops (and a leader resigns) before the server closes: the standby takes
+    // over while this one still finishes its in-flight calls.
+    let stopping = async move {
+        shutdown.await;
+        stop.cancel();
+        let _ = running.await;
+    };
+    let directory: Arc<dyn Directory> = election;
+    server::serve_with(
+        seat,
+        Some(directory),
+        listener,
+        stopping,
+        config.shutdown_grace,
+    )
+    .await?;
+    Ok(())
+}
+
+struct Election {
+    client: Client,
+    store: Arc<EtcdStore>,
+    seat: Arc<Seat>,
+    control: ControlConfig,
+    prefix: String,
+    advertise: String,
+    ttl: Duration,
+    lease_granted_ms: Mutex<Option<i64>>,
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+async fn within<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Err(_) => Err(format!(
+            "{what}: etcd did not answer within {CALL_TIMEOUT:?}"
+        )),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Ok(v)) => Ok(v),
+    }
+}
+
+/// The store of one term: commits go to etcd under the term's fence; a fenced-off commit ends
+/// the term at once (`lost`), before the caller even sees the error.
+struct TermStore {
+    inner: Arc<EtcdStore>,
+    lost: CancellationToken,
+}
+
+impl Store for TermStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        self.inner.load()
+    }
+
+    fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
+        let result = self.inner.commit(batch);
+        if matches!(result, Err(StoreError::Fenced | StoreError::NotLeader)) {
+            self.lost.cancel();
+        }
+        result
+    }
+}
+
+impl Election {
+    fn election_name(&self) -> String {
+        format!("{}/election", self.prefix)
+    }
+
+    fn members_prefix(&self) -> String {
+        format!("{}/members/", self.prefix)
+    }
+
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(why) = self.term(&stop).await {
+                tracing::warn!("{why}");
+            }
+            *self
+                .lease_granted_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = None;
+            // Not leading (any more): a stale control must not be left in the seat.
+            if self.seat.is_leader() {
+                self.seat.stand_by(None);
+            }
+            self.store.set_fence(None);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                // A pause, so that an unreachable etcd is not hammered.
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+        }
+    }
+
+    /// One lease: campaign, lead, and step down. `Ok` only when stopped on request.
+    async fn term(&self, stop: &CancellationToken) -> Result<(), String> {
+        let mut client = self.client.clone();
+        let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(2);
+        let lease = within("granting a lease", client.lease_grant(ttl, None))
+            .await?
+            .id();
+        *self
+            .lease_granted_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(wall_ms());
+        let (acked, last_ack) = watch::channel(Instant::now());
+        let keeper = tokio::spawn(keep_alive(client.clone(), lease, self.ttl, acked));
+        let _keeper = AbortOnDrop(keeper);
+        let ended = self.serve_term(&mut client, lease, last_ack, stop).await;
+        // Whatever ended the term, the lease goes with it: the members key disappears and, had
+        // the leader key survived, it is released.
+        let _ = within("revoking the lease", client.lease_revoke(lease)).await;
+        ended
+    }
+
+    async fn serve_term(
+        &self,
+        client: &mut Client,
+        lease: i64,
+        last_ack: watch::Receiver<Instant>,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let lapse = self.ttl * 2 / 3;
+        let name = self.election_name();
+        let key: LeaderKey = {
+            let campaign = client.campaign(name.clone(), self.advertise.clone(), lease);
+            tokio::select! {
+                r = campaign => r
+                    .map_err(|e| format!("campaign: {e}"))?
+                    .take_leader()
+                    .ok_or("campaign: etcd answered without a leader key")?,
+                () = lease_lapsed(last_ack.clone(), lapse) => {
+                    return Err("lease not renewed while campaigning; starting again".into());
+                }
+                () = stop.cancelled() => return Ok(()),
+                () = self.follow_leader(client.clone(), &name, lease) => {
+                    return Err("stopped following the leader".into());
+                }
+            }
+        };
+        // The campaign may have returned after the lease lapsed: act only on a key that is
+        // still ours, with a lease acknowledged recently.
+        let current = within("reading the leader", client.leader(name.clone())).await?;
+        let ours = current
+            .kv()
+            .is_some_and(|kv| kv.key() == key.key() && kv.create_revision() == key.rev());
+        if !ours || last_ack.borrow().elapsed() > lapse {
+            return Err("elected, but the leader key is no longer ours; not acting".into());
+        }
+        let term = key.rev();
+        self.store.set_fence(Some(Fence {
+            key: key.key().to_vec(),
+            create_revision: term,
+        }));
+        let lost = CancellationToken::new();
+        let term_store: Arc<dyn Store> = Arc::new(TermStore {
+            inner: self.store.clone(),
+            lost: lost.clone(),
+        });
+        let config = self.control.clone();
+        let opened = tokio::task::spawn_blocking(move || Control::open(term_store, config))
+            .await
+            .map_err(|e| format!("loading the store: {e}"))?;
+        let control = match opened {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                self.store.set_fence(None);
+                let _ = within(
+                    "resigning",
+                    client.resign(Some(ResignOptions::new().with_leader(key))),
+                )
+                .await;
+                return Err(format!("elected, but cannot load the store: {e}"));
+            }
+        };
+        let since = wall_ms();
+        self.seat.lead(control, term, since);
+        tracing::info!(term, advertise = %self.advertise, "leading");
+        let why = tokio::select! {
+            () = lease_lapsed(last_ack.clone(), lapse) => format!(
+                "stepping down: no keep-alive acknowledged for {lapse:?} (two thirds of the lease)"
+            ),
+            () = lost.cancelled() => {
+                "stepping down: a write was fenced off, another coordinator leads".to_string()
+            }
+            why = self.watch_own_key(client.clone(), &name, &key, lease, since) => why,
+            () = stop.cancelled() => {
+                // Resign first: the standby's campaign returns at once.
+                self.seat.stand_by(None);
+                self.store.set_fence(None);
+                let resigned = within(
+                    "resigning",
+                    client.resign(Some(ResignOptions::new().with_leader(key))),
+                )
+                .await;
+                match resigned {
+                    Ok(_) => tracing::info!(term, "resigned"),
+                    Err(e) => tracing::warn!(term, "{e}"),
+                }
+                return Ok(());
+            }
+        };
+        self.seat.stand_by(None);
+        self.store.set_fence(None);
+        Err(why)
+    }
+
+    /// While campaigning: learn who leads (for the refusal's hint) and publish ourselves.
+    async fn follow_leader(&self, mut client: Client, name: &str, lease: i64) {
+        let mut published = Instant::now() - PUBLISH_EVERY;
+        loop {
+            let leader = match within("reading the leader", client.leader(name.to_string())).await {
+                Ok(r) => r
+                    .kv()
+                    .and_then(|kv| kv.value_str().ok())
+                    .map(str::to_string),
+                Err(_) => None,
+            };
+            self.seat.set_leader_hint(leader);
+            if published.elapsed() >= PUBLISH_EVERY {
+                self.publish(&mut client, lease, None).await;
+                published = Instant::now();
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+
+    /// While leading: end the term if the leader key is no longer ours (deleted by hand, or
+    /// the lease revoked elsewhere). Publishes ourselves meanwhile.
+    async fn watch_own_key(
+        &self,
+        mut client: Client,
+        name: &str,
+        key: &LeaderKey,
+        lease: i64,
+        since: i64,
+    ) -> String {
+        let mut published = Instant::now() - PUBLISH_EVERY;
+        loop {
+            if let Ok(r) = within("reading the leader", client.leader(name.to_string())).await {
+                let ours = r
+                    .kv()
+                    .is_some_and(|kv| kv.key() == key.key() && kv.create_revision() == key.rev());
+                if !ours {
+                    return "stepping down: the leader key is no longer ours".into();
+                }
+            }
+            if published.elapsed() >= PUBLISH_EVERY {
+                self.publish(&mut client, lease, Some((key.rev(), since)))
+                    .await;
+                published = Instant::now();
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+
+    /// Writes this coordinator's member record, bound to its lease (it vanishes with it).
+    async fn publish(&self, client: &mut Client, lease: i64, leading: Option<(i64, i64)>) {
+        let agents = match self.seat.role() {
+            Role::Leader { control, .. } => control.connected_agents(),
+            Role::Standby { .. } => 0,
+        };
+        let peer = Peer {
+            advertise: self.advertise.clone(),
+            leader: leading.is_some(),
+            term: leading.map_or(0, |(term, _)| term),
+            lease_granted_ms: self
+                .lease_granted_ms
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or(0),
+            role_since_ms: leading.map_or(0, |(_, since)| since),
+            agents_connected: u32::try_from(agents).unwrap_or(u32::MAX),
+        };
+        let Ok(value) = serde_json::to_vec(&peer) else {
+            return;
+        };
+        let key = format!("{}{lease:x}", self.members_prefix());
+        if let Err(e) = within(
+            "publishing this coordinator",
+            client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+        )
+        .await
+        {
+            tracing::debug!("{e}");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Directory for Election {
+    async fn peers(&self) -> (Vec<Peer>, Result<(), String>) {
+        let mut client = self.client.clone();
+        let read = within(
+            "reading the coordinators",
+            client.get(self.members_prefix(), Some(GetOptions::new().with_prefix())),
+        )
+        .await;
+        match read {
+            Ok(r) => (
+                r.kvs()
+                    .iter()
+                    .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+                    .collect(),
+                Ok(()),
+            ),
+            Err(e) => (Vec::new(), Err(e)),
+        }
+    }
+
+    fn lease_granted_ms(&self) -> Option<i64> {
+        *self
+            .lease_granted_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Renews `lease` every quarter TTL and records each acknowledgement. Ends when etcd says the
+/// lease is gone; the term's deadline check does the rest.
+async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, acked: watch::Sender<Instant>) {
+    let every = ttl / 4;
+    let Ok((mut keeper, mut acks)) = client.lease_keep_alive(lease).await else {
+        return;
+    };
+    loop {
+        if keeper.keep_alive().await.is_err() {
+            return;
+        }
+        match tokio::time::timeout(every, acks.message()).await {
+            Ok(Ok(Some(ack))) if ack.ttl() > 0 => {
+                acked.send_replace(Instant::now());
+            }
+            // TTL 0: the lease expired; a broken stream cannot renew it either.
+            Ok(Ok(Some(_) | None) | Err(_)) => return,
+            // No answer within the period: try again; the deadline decides.
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Completes once the last acknowledgement is older than `lapse`.
+async fn lease_lapsed(last_ack: watch::Receiver<Instant>, lapse: Duration) {
+    loop {
+        let age = last_ack.borrow().elapsed();
+        if age > lapse {
+            return;
+        }
+        // Checked often: after a SIGSTOP, the first thing to run must be this check's verdict,
+        // not a write (the fence would refuse that write anyway).
+        tokio::time::sleep((lapse - age).min(Duration::from_millis(50))).await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
