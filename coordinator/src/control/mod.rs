@@ -10,7 +10,9 @@
 //! lapses, follow-ups, rollout steps, autoscale samples), `sessions` (attach, report, detach),
 //! `logs` (log routes), `events` (the event feed), `views` (read-only views). This file holds the
 //! state they share (`Inner`, under one lock), the handle and the error. Time and ids come from
-//! the `Clock` only.
+//! the `Clock` only. It takes and returns `model`'s plain types (commands, views, events, agent
+//! messages) and never a wire type: `api` converts at the boundary through `wire`, and `limits`
+//! weighs what must fit in a message.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
