@@ -2,7 +2,8 @@
 //! instances on nodes, and serves the public `Cluster` API and the `AgentLink` sessions.
 //!
 //! Layout: `model` (plain data), `core` (pure scheduler and reconciler), `store` (persistence
-//! behind a trait), `control` (the shell that applies core decisions), `api` (tonic adapters),
+//! behind a trait), `wire` (model to and from the protocol), `control` (the shell that applies
+//! core decisions, in domain types only), `api` (tonic adapters, converting through `wire`),
 //! `server` (wiring and serving). The core's purity is clippy's to enforce: `disallowed-methods`
 //! and `disallowed-types` in `clippy.toml`, denied at the top of `core`.
 
@@ -15,3 +16,4 @@ pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod wire;

@@ -7,7 +7,10 @@
 //! every other app on it) offline, which is what issue 9 found.
 
 use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
 use prost::Message;
+
+use crate::model::{AppView, InstanceView};
 
 /// Most bytes one app spec may encode to. One app must fit a single key of a future etcd store
 /// (its default request limit is 1.5 MiB), and Kubernetes holds a ConfigMap to the same 1 MiB.
@@ -31,6 +34,24 @@ pub fn assignment_bytes(spec_bytes: usize) -> usize {
     ASSIGNMENT_OVERHEAD + spec_bytes
 }
 
+/// Bytes `spec` encodes to on the wire (in a desired set, a list reply, the store's key).
+pub fn spec_bytes(spec: &AppSpec) -> usize {
+    pb::AppSpec::from(spec).encoded_len()
+}
+
+/// Bytes one app takes in a `ListApps` reply, its framing included.
+pub fn app_view_bytes(view: &AppView) -> usize {
+    pb::App::from(view).encoded_len() + LIST_ENTRY_OVERHEAD
+}
+
+/// Bytes one instance takes in a `ListInstances` reply, its framing included.
+pub fn instance_view_bytes(view: &InstanceView) -> usize {
+    pb::Instance::from(view).encoded_len() + LIST_ENTRY_OVERHEAD
+}
+
+/// An upper bound of the framing of one entry of a repeated field (tag and length).
+const LIST_ENTRY_OVERHEAD: usize = 8;
+
 /// "1.5 MiB", "900 KiB", "12 B": sizes as error messages show them.
 pub fn human(bytes: usize) -> String {
     const UNITS: [(&str, usize); 2] = [("MiB", 1 << 20), ("KiB", 1 << 10)];
@@ -51,7 +72,12 @@ pub fn human(bytes: usize) -> String {
 /// The field of `spec` that weighs most, as a user names it (`env.KEY`, `args[2]`, `script`),
 /// and its size in bytes. Maps and lists are looked at per entry: one huge value is what a
 /// user has to find.
-pub fn largest_field(spec: &pb::AppSpec) -> (String, usize) {
+pub fn largest_field(spec: &AppSpec) -> (String, usize) {
+    largest_wire_field(&pb::AppSpec::from(spec))
+}
+
+/// [`largest_field`] of a spec as it travels.
+fn largest_wire_field(spec: &pb::AppSpec) -> (String, usize) {
     let mut fields: Vec<(String, usize)> = vec![
         ("name".into(), spec.name.len()),
         ("script".into(), spec.script.len()),
@@ -109,12 +135,17 @@ pub fn largest_field(spec: &pb::AppSpec) -> (String, usize) {
 }
 
 /// Refuses a spec over [`MAX_APP_SPEC_BYTES`], naming its largest field. Returns its size.
-pub fn check_spec(spec: &pb::AppSpec) -> Result<usize, String> {
+pub fn check_spec(spec: &AppSpec) -> Result<usize, String> {
+    check_wire_spec(&pb::AppSpec::from(spec))
+}
+
+/// [`check_spec`] of a spec as it travels.
+fn check_wire_spec(spec: &pb::AppSpec) -> Result<usize, String> {
     let bytes = spec.encoded_len();
     if bytes <= MAX_APP_SPEC_BYTES {
         return Ok(bytes);
     }
-    let (field, size) = largest_field(spec);
+    let (field, size) = largest_wire_field(spec);
     // Echo the name only when it is short: it may itself be what is too large.
     let app = if spec.name.len() <= 64 {
         format!("app {:?}", spec.name)
@@ -186,13 +217,13 @@ mod tests {
             ),
         ];
         for (s, want) in cases {
-            assert_eq!(largest_field(&s).0, want);
+            assert_eq!(largest_wire_field(&s).0, want);
             if s.encoded_len() > MAX_APP_SPEC_BYTES {
-                let err = check_spec(&s).err().unwrap_or_default();
+                let err = check_wire_spec(&s).err().unwrap_or_default();
                 assert!(err.starts_with(&format!("{want}: app \"web\"")), "{err}");
                 assert!(err.contains("over the 1 MiB limit"), "{err}");
             } else {
-                assert!(check_spec(&s).is_ok());
+                assert!(check_wire_spec(&s).is_ok());
             }
         }
     }

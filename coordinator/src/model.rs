@@ -1,8 +1,24 @@
 //! Plain data the coordinator keeps: desired state (apps, instance assignments, rollouts) that is
-//! persisted, and node records. No I/O and no async here, and no import of the rest of the crate:
-//! the core computes over these records, never the other way round.
+//! persisted, and node records; and what the control takes and gives (`agent`: the messages of an
+//! agent session; `view`: read-only views; `event`: the event feed). No I/O and no async here,
+//! and no import of the rest of the crate: the core computes over these records, never the other
+//! way round, and `wire` converts them to and from the protocol.
 
 use std::collections::BTreeMap;
+
+pub mod agent;
+pub mod event;
+pub mod view;
+
+pub use agent::{
+    Assignment, DesiredSet, HostMetrics, InstanceObserved, LogChunk, LogLine, LogRequest,
+    LogStream, LogsQuery, Registration, Report,
+};
+pub use event::{Event, EventKind};
+pub use view::{
+    AppView, AutoscaleView, Endpoint, EndpointsView, Health, InstanceState, InstanceView,
+    NodeStatus, NodeView, Rollouts,
+};
 
 use pmcluster_spec::AppSpec;
 use serde::{Deserialize, Serialize};

@@ -1,12 +1,12 @@
-//! Every conversion between the wire (`pb`) and the control's domain types, and the one mapping
-//! of control errors to gRPC statuses. Requests are validated here, naming the field at fault.
+//! The requests of the public API read into the control's typed commands (validated here, naming
+//! the field at fault), the replies of those commands, and the one mapping of control errors to
+//! gRPC statuses. The conversions of plain data (views, events, agent messages) are `wire`'s.
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 use tonic::{Code, Status};
 
-use crate::control::{ApplyCmd, ControlError, RolloutAction, Rollouts, ScaleCmd, Scaled};
-use crate::model::{Deployment, Kind};
+use crate::control::{ApplyCmd, ControlError, RolloutAction, ScaleCmd, Scaled};
 
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
@@ -70,38 +70,6 @@ impl From<Scaled> for pb::ScaleReply {
 /// The app and action of a `ControlRollout` request.
 pub(super) fn rollout_action(r: &pb::ControlRolloutRequest) -> Result<RolloutAction, ControlError> {
     RolloutAction::parse(&r.action)
-}
-
-/// A deployment of `app` as the wire shows it.
-pub fn deployment(app: &str, d: &Deployment) -> pb::Deployment {
-    pb::Deployment {
-        id: d.id,
-        app: app.to_string(),
-        kind: match d.kind {
-            Kind::Update => "update",
-            Kind::Restart => "restart",
-            Kind::Rollback => "rollback",
-        }
-        .to_string(),
-        from_version: d.from_version,
-        to_version: d.to_version,
-        state: d.state.name().to_string(),
-        started_ms: d.started_ms,
-        updated_ms: d.updated_ms,
-        message: d.message.clone(),
-        done: d.done,
-        total: d.total,
-    }
-}
-
-/// The rollouts of `app` as the wire shows them.
-pub fn rollout_status(app: &str, r: &Rollouts) -> pb::RolloutStatus {
-    pb::RolloutStatus {
-        current: r.current.as_ref().map(|d| deployment(app, d)),
-        history: r.history.iter().map(|d| deployment(app, d)).collect(),
-        versions: r.versions.clone(),
-        version: r.version,
-    }
 }
 
 #[cfg(test)]

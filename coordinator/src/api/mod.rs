@@ -1,5 +1,6 @@
 //! gRPC services: thin adapters between the wire and [`Control`]. Requests are converted (and
-//! validated) at this boundary; errors map to status codes in one place.
+//! validated) at this boundary, replies converted through `wire`; errors map to status codes in
+//! one place. A handler reaches the control only through its service's `control()`, once, first.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,8 +18,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::control::{Action, AgentCommand, ApplyCmd, Control, ControlError, ScaleCmd};
 use crate::lead::Seat;
+use crate::model::{LogChunk, LogsQuery, NodeView, Registration, Report};
+use crate::wire;
 
-mod compat;
 pub mod convert;
 
 use convert::target;
@@ -83,9 +85,39 @@ pub struct ClusterApi {
 }
 
 impl ClusterApi {
-    /// The leader's control, or a standby's refusal with the leader's URL.
+    /// The control this service serves, or why it serves none now. Every handler asks once, at
+    /// its start, and nothing else reaches the control.
     fn control(&self) -> Result<Arc<Control>, Status> {
         self.seat.control()
+    }
+
+    /// `start`, `stop` and a restart of one or every instance.
+    async fn act(
+        &self,
+        control: &Arc<Control>,
+        t: pb::InstanceTarget,
+        action: Action,
+    ) -> Result<Response<pb::ActionReply>, Status> {
+        let (app, index) = target(t);
+        let affected = self
+            .life
+            .write(control, move |c| c.act(&app, index, action))
+            .await?;
+        Ok(Response::new(pb::ActionReply { affected }))
+    }
+
+    /// A node command that answers with the node.
+    async fn node_command(
+        &self,
+        r: Request<pb::NodeTarget>,
+        f: fn(&Control, &str) -> Result<NodeView, ControlError>,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let control = self.control()?;
+        let node = r.into_inner().node;
+        let node = self.life.write(&control, move |c| f(c, &node)).await?;
+        Ok(Response::new(pb::NodeReply {
+            node: Some(node.into()),
+        }))
     }
 }
 
@@ -95,17 +127,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ApplyAppRequest>,
     ) -> Result<Response<pb::ApplyAppReply>, Status> {
+        let control = self.control()?;
         let cmd = ApplyCmd::try_from(r.into_inner())?;
-        let applied = self
-            .life
-            .write(&self.control()?, move |c| c.apply_app(cmd))
-            .await?;
+        let applied = self.life.write(&control, move |c| c.apply_app(cmd)).await?;
         let deployment = applied
             .deployment
             .as_ref()
-            .map(|d| convert::deployment(&applied.app, d));
+            .map(|d| wire::deployment(&applied.app, d));
+        // The app as it is now (a command right after this one may already show).
+        let app = control.get_app(&applied.app).ok();
         Ok(Response::new(pb::ApplyAppReply {
-            app: Some(self.control()?.get_app(&applied.app).unwrap_or_default()),
+            app: Some(app.as_ref().map(pb::App::from).unwrap_or_default()),
             created: applied.created,
             changed: applied.changed,
             deployment,
@@ -113,19 +145,20 @@ impl pb::cluster_server::Cluster for ClusterApi {
     }
 
     async fn get_app(&self, r: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
-        Ok(Response::new(
-            self.control()?.get_app(&r.into_inner().name)?,
-        ))
+        let control = self.control()?;
+        let app = control.get_app(&r.into_inner().name)?;
+        Ok(Response::new(pb::App::from(&app)))
     }
 
     async fn list_apps(
         &self,
         r: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
+        let control = self.control()?;
         let r = r.into_inner();
-        let (apps, next_page_token) = self.control()?.list_apps_page(r.page_size, &r.page_token);
+        let (apps, next_page_token) = control.list_apps_page(r.page_size, &r.page_token);
         Ok(Response::new(pb::ListAppsReply {
-            apps,
+            apps: apps.iter().map(pb::App::from).collect(),
             next_page_token,
         }))
     }
@@ -134,10 +167,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::DeleteAppRequest>,
     ) -> Result<Response<pb::DeleteAppReply>, Status> {
+        let control = self.control()?;
         let name = r.into_inner().name;
         let removed = self
             .life
-            .write(&self.control()?, move |c| c.delete_app(&name))
+            .write(&control, move |c| c.delete_app(&name))
             .await?;
         Ok(Response::new(pb::DeleteAppReply { removed }))
     }
@@ -146,11 +180,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::ScaleRequest>,
     ) -> Result<Response<pb::ScaleReply>, Status> {
+        let control = self.control()?;
         let cmd = ScaleCmd::try_from(r.into_inner())?;
-        let scaled = self
-            .life
-            .write(&self.control()?, move |c| c.scale_app(cmd))
-            .await?;
+        let scaled = self.life.write(&control, move |c| c.scale_app(cmd)).await?;
         Ok(Response::new(scaled.into()))
     }
 
@@ -158,63 +190,49 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
-        let (app, index) = target(r.into_inner());
-        let affected = self
-            .life
-            .write(&self.control()?, move |c| c.act(&app, index, Action::Start))
-            .await?;
-        Ok(Response::new(pb::ActionReply { affected }))
+        let control = self.control()?;
+        self.act(&control, r.into_inner(), Action::Start).await
     }
 
     async fn stop(
         &self,
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
-        let (app, index) = target(r.into_inner());
-        let affected = self
-            .life
-            .write(&self.control()?, move |c| c.act(&app, index, Action::Stop))
-            .await?;
-        Ok(Response::new(pb::ActionReply { affected }))
+        let control = self.control()?;
+        self.act(&control, r.into_inner(), Action::Stop).await
     }
 
     async fn restart(
         &self,
         r: Request<pb::InstanceTarget>,
     ) -> Result<Response<pb::ActionReply>, Status> {
+        let control = self.control()?;
         let t = r.into_inner();
-        if t.rolling {
-            if t.index.is_some() {
-                return Err(Status::invalid_argument(
-                    "index: a rolling restart replaces every instance; leave --instance out",
-                ));
-            }
-            let d = self
-                .life
-                .write(&self.control()?, move |c| c.restart_rolling(&t.app))
-                .await?;
-            return Ok(Response::new(pb::ActionReply { affected: d.total }));
+        if !t.rolling {
+            return self.act(&control, t, Action::Restart).await;
         }
-        let (app, index) = target(t);
-        let affected = self
+        if t.index.is_some() {
+            return Err(Status::invalid_argument(
+                "index: a rolling restart replaces every instance; leave --instance out",
+            ));
+        }
+        let d = self
             .life
-            .write(&self.control()?, move |c| {
-                c.act(&app, index, Action::Restart)
-            })
+            .write(&control, move |c| c.restart_rolling(&t.app))
             .await?;
-        Ok(Response::new(pb::ActionReply { affected }))
+        Ok(Response::new(pb::ActionReply { affected: d.total }))
     }
 
     async fn list_instances(
         &self,
         r: Request<pb::ListInstancesRequest>,
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
+        let control = self.control()?;
         let r = r.into_inner();
         let (instances, next_page_token) =
-            self.control()?
-                .list_instances_page(&r.app, r.page_size, &r.page_token)?;
+            control.list_instances_page(&r.app, r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListInstancesReply {
-            instances,
+            instances: instances.iter().map(pb::Instance::from).collect(),
             next_page_token,
         }))
     }
@@ -223,8 +241,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         _r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
+        let control = self.control()?;
         Ok(Response::new(pb::ListNodesReply {
-            nodes: self.control()?.list_nodes(),
+            nodes: control
+                .list_nodes()
+                .into_iter()
+                .map(pb::Node::from)
+                .collect(),
         }))
     }
 
@@ -232,54 +255,45 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = r.into_inner().node;
-        let node = self
-            .life
-            .write(&self.control()?, move |c| c.set_drain(&node, true))
-            .await?;
-        Ok(Response::new(pb::NodeReply { node: Some(node) }))
+        self.node_command(r, |c, node| c.set_drain(node, true))
+            .await
     }
 
     async fn undrain_node(
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = r.into_inner().node;
-        let node = self
-            .life
-            .write(&self.control()?, move |c| c.set_drain(&node, false))
-            .await?;
-        Ok(Response::new(pb::NodeReply { node: Some(node) }))
+        self.node_command(r, |c, node| c.set_drain(node, false))
+            .await
     }
 
     async fn adopt_node(
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
+        let control = self.control()?;
         let node = r.into_inner().node;
         let nodes = self
             .life
-            .write(&self.control()?, move |c| c.adopt_node(&node))
+            .write(&control, move |c| c.adopt_node(&node))
             .await?;
-        Ok(Response::new(pb::ListNodesReply { nodes }))
+        Ok(Response::new(pb::ListNodesReply {
+            nodes: nodes.into_iter().map(pb::Node::from).collect(),
+        }))
     }
 
     async fn forget_node(
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        let node = r.into_inner().node;
-        let node = self
-            .life
-            .write(&self.control()?, move |c| c.forget_node(&node))
-            .await?;
-        Ok(Response::new(pb::NodeReply { node: Some(node) }))
+        self.node_command(r, Control::forget_node).await
     }
 
     async fn set_autoscale(
         &self,
         r: Request<pb::SetAutoscaleRequest>,
     ) -> Result<Response<pb::AutoscaleStatus>, Status> {
+        let control = self.control()?;
         let r = r.into_inner();
         let policy = match r.policy {
             Some(p) if p.enabled => {
@@ -289,17 +303,18 @@ impl pb::cluster_server::Cluster for ClusterApi {
         };
         let status = self
             .life
-            .write(&self.control()?, move |c| c.set_autoscale(&r.app, policy))
+            .write(&control, move |c| c.set_autoscale(&r.app, policy))
             .await?;
-        Ok(Response::new(status))
+        Ok(Response::new(status.into()))
     }
 
     async fn get_autoscale(
         &self,
         r: Request<pb::GetAutoscaleRequest>,
     ) -> Result<Response<pb::AutoscaleStatus>, Status> {
+        let control = self.control()?;
         Ok(Response::new(
-            self.control()?.get_autoscale(&r.into_inner().app)?,
+            control.get_autoscale(&r.into_inner().app)?.into(),
         ))
     }
 
@@ -307,42 +322,45 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::RolloutRequest>,
     ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let control = self.control()?;
         let app = r.into_inner().app;
-        let rollouts = self.control()?.rollouts(&app)?;
-        Ok(Response::new(convert::rollout_status(&app, &rollouts)))
+        let rollouts = control.rollouts(&app)?;
+        Ok(Response::new(wire::rollout_status(&app, &rollouts)))
     }
 
     async fn control_rollout(
         &self,
         r: Request<pb::ControlRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let control = self.control()?;
         let r = r.into_inner();
         let action = convert::rollout_action(&r)?;
         let app = r.app;
         let d = self
             .life
-            .write(&self.control()?, {
+            .write(&control, {
                 let app = app.clone();
                 move |c| c.steer_rollout(&app, action)
             })
             .await?;
-        Ok(Response::new(convert::deployment(&app, &d)))
+        Ok(Response::new(wire::deployment(&app, &d)))
     }
 
     async fn undo_rollout(
         &self,
         r: Request<pb::UndoRolloutRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
+        let control = self.control()?;
         let r = r.into_inner();
         let app = r.app;
         let d = self
             .life
-            .write(&self.control()?, {
+            .write(&control, {
                 let app = app.clone();
                 move |c| c.roll_back(&app, r.to_version)
             })
             .await?;
-        Ok(Response::new(convert::deployment(&app, &d)))
+        Ok(Response::new(wire::deployment(&app, &d)))
     }
 
     type WatchEndpointsStream = ReceiverStream<Result<pb::Endpoints, Status>>;
@@ -351,17 +369,17 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::WatchEndpointsRequest>,
     ) -> Result<Response<Self::WatchEndpointsStream>, Status> {
-        let app = r.into_inner().app;
-        let first = self.control()?.endpoints(&app)?;
-        let (tx, rx) = mpsc::channel(8);
         let control = self.control()?;
+        let app = r.into_inner().app;
+        let first = control.endpoints(&app)?;
+        let (tx, rx) = mpsc::channel(8);
         let cancel = self.life.cancel.clone();
         let retired = control.retired_token();
         self.life.tasks.spawn(async move {
             // Polled: endpoints follow agent reports, which arrive every heartbeat; 100 ms keeps
             // a load balancer within a tenth of a second of the truth at little cost.
             let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
+            if tx.send(Ok(last.clone().into())).await.is_err() {
                 return;
             }
             let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
@@ -376,7 +394,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 }
                 match control.endpoints(&app) {
                     Ok(now) if now != last => {
-                        if tx.send(Ok(now.clone())).await.is_err() {
+                        if tx.send(Ok(now.clone().into())).await.is_err() {
                             return;
                         }
                         last = now;
@@ -399,10 +417,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let control = self.control()?;
-        let rx = control.stream_logs(&r.into_inner())?;
-        Ok(Response::new(
-            self.life.until_over(&control, ReceiverStream::new(rx)),
-        ))
+        let rx = control.stream_logs(&LogsQuery::from(r.into_inner()))?;
+        let lines = ReceiverStream::new(rx).map(|l| Ok(pb::LogLine::from(l)));
+        Ok(Response::new(self.life.until_over(&control, lines)))
     }
 
     type WatchEventsStream = BoxStream<pb::Event>;
@@ -411,21 +428,21 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let control = self.control()?;
         let r = r.into_inner();
         // Subscribe before reading the history, so nothing falls between the two.
-        let control = self.control()?;
         let live = BroadcastStream::new(control.subscribe_events());
         let history = control
             .recent_events(&r.app, None, r.history as usize)
             .into_iter()
-            .map(Ok);
+            .map(|e| Ok(pb::Event::from(e)));
         let past = tokio_stream::iter(history);
         if r.no_follow {
             return Ok(Response::new(Box::pin(past)));
         }
         let app = r.app;
         let live = live.filter_map(move |e| match e {
-            Ok(ev) if app.is_empty() || ev.app == app => Some(Ok(ev)),
+            Ok(ev) if app.is_empty() || ev.app == app => Some(Ok(pb::Event::from(ev))),
             // A lagging watcher skips what it missed rather than failing.
             _ => None,
         });
@@ -441,7 +458,7 @@ pub struct AgentLinkApi {
 }
 
 impl AgentLinkApi {
-    /// The leader's control, or a standby's refusal: an agent follows its hint at once.
+    /// As [`ClusterApi::control`]: a session asks once, before it reads its first message.
     fn control(&self) -> Result<Arc<Control>, Status> {
         self.seat.control()
     }
@@ -455,7 +472,6 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         &self,
         r: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        // A standby refuses before reading anything: the agent dials the leader at once.
         let control = self.control()?;
         let peer = r.remote_addr().map(|a| a.ip());
         let mut inbound = r.into_inner();
@@ -468,12 +484,14 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                 "register: the first message of a session must be register",
             ));
         };
+        let reg = Registration::from(reg);
         let node = reg.node_name.clone();
-        let (attached, reg) = self
+        let instances = reg.instances.len();
+        let attached = self
             .life
-            .write(&control, move |c| Ok((c.attach(&reg, peer)?, reg)))
+            .write(&control, move |c| c.attach(&reg, peer))
             .await?;
-        tracing::info!(node = %node, instances = reg.instances.len(), "agent connected");
+        tracing::info!(node = %node, instances, "agent connected");
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.life.cancel.clone();
@@ -487,14 +505,18 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                     // Dropping the inbound half with the outbound one lets the HTTP/2 stream,
                     // and so the graceful shutdown, finish.
                     () = cancel.cancelled() => break,
-                    // Stepped down: the session closed (retire), the agent goes to the leader.
+                    // Stepped down: the session closed (retire); the agent goes to the leader.
                     () = retired.cancelled() => break,
                     m = inbound.message() => m,
                 };
                 match message {
                     Ok(Some(msg)) => match msg.msg {
-                        Some(Up::Status(report)) => control.report(&node, session_id, report),
-                        Some(Up::LogChunk(chunk)) => control.log_chunk(&node, chunk),
+                        Some(Up::Status(report)) => {
+                            control.report(&node, session_id, Report::from(report))
+                        }
+                        Some(Up::LogChunk(chunk)) => {
+                            control.log_chunk(&node, LogChunk::from(chunk))
+                        }
                         Some(Up::Register(_)) | None => {}
                     },
                     Ok(None) => break,
@@ -541,7 +563,7 @@ async fn outbound(
                 if changed.is_err() {
                     return;
                 }
-                let set = a.desired.borrow_and_update().clone();
+                let set = a.desired.borrow_and_update().as_ref().map(pb::DesiredSet::from);
                 if let Some(set) = set
                     && tx.send(Ok(send(Down::Desired(set)))).await.is_err()
                 {
@@ -550,7 +572,7 @@ async fn outbound(
             }
             cmd = a.commands.recv() => {
                 let msg = match cmd {
-                    Some(AgentCommand::Logs(req)) => Down::LogRequest(req),
+                    Some(AgentCommand::Logs(req)) => Down::LogRequest(req.into()),
                     Some(AgentCommand::CancelLogs(request_id)) => {
                         Down::CancelLogs(pb::CancelLogs { request_id })
                     }

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::autoscale::AutoscalePolicy;
 
@@ -12,10 +11,8 @@ use crate::core::versions::{
     new_version, start_deployment, with_current_policies, with_deployment,
 };
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
-use crate::model::{Deployment, Kind, State};
+use crate::model::{AppView, AutoscaleView, Deployment, EventKind, Kind, NodeView, State};
 
-use super::events::EventKind;
-use super::sessions::held;
 use super::write::publish;
 use super::{
     Action, Control, ControlError, Inner, Result, find_app, is_quarantined, node_not_found,
@@ -491,7 +488,7 @@ impl Control {
     /// specs), and they receive desired sets again, with a generation above the one each agent
     /// applied and `adopt` set so that it takes this cluster's id. Adopting every node in one
     /// write keeps the reconciler from placing an index that a not-yet-adopted node holds.
-    pub fn adopt_node(&self, name: &str) -> Result<Vec<pb::Node>> {
+    pub fn adopt_node(&self, name: &str) -> Result<Vec<NodeView>> {
         let mut inner = self.lock();
         let names: Vec<String> = if name.is_empty() {
             inner
@@ -523,7 +520,7 @@ impl Control {
             let Some(live) = inner.nodes.get(n) else {
                 continue;
             };
-            let part = adoption_batch(&scratch, n, &held(&live.held), now);
+            let part = adoption_batch(&scratch, n, &live.held, now);
             generation = generation.max(live.reported_generation);
             imported.push((n.clone(), part.put_instances.len()));
             scratch.apply(&part);
@@ -576,7 +573,7 @@ impl Control {
 
     /// Forgets a node that is not connected: its record goes, and its instances are replaced
     /// elsewhere at once (the reconciler treats records on an unknown node as lost).
-    pub fn forget_node(&self, name: &str) -> Result<pb::Node> {
+    pub fn forget_node(&self, name: &str) -> Result<NodeView> {
         let before = self
             .list_nodes()
             .into_iter()
@@ -611,7 +608,7 @@ impl Control {
         &self,
         name: &str,
         policy: Option<AutoscalePolicy>,
-    ) -> Result<pb::AutoscaleStatus> {
+    ) -> Result<AutoscaleView> {
         {
             let mut inner = self.lock();
             let app = find_app(&inner, name)?.clone();
@@ -643,7 +640,7 @@ impl Control {
     }
 
     /// Starts (or stops, with `drain = false`) draining a node.
-    pub fn set_drain(&self, node: &str, drain: bool) -> Result<pb::Node> {
+    pub fn set_drain(&self, node: &str, drain: bool) -> Result<NodeView> {
         let mut inner = self.lock();
         let Some(record) = inner.state.nodes.get(node).cloned() else {
             return Err(ControlError::NotFound(format!(
@@ -670,5 +667,35 @@ impl Control {
             .into_iter()
             .find(|n| n.name == node)
             .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))
+    }
+}
+
+/// Shorthands of the typed commands, for the tests and the simulation.
+impl Control {
+    /// Creates or updates an app. Returns the app as it is now, (created, changed), and the
+    /// rollout a process change started.
+    pub fn apply(&self, spec: AppSpec) -> Result<(AppView, bool, bool, Option<Deployment>)> {
+        self.apply_keeping(spec, false)
+    }
+
+    /// [`Control::apply`], optionally keeping the app's current instance count (see
+    /// [`Control::apply_app`]).
+    pub fn apply_keeping(
+        &self,
+        spec: AppSpec,
+        keep_instances: bool,
+    ) -> Result<(AppView, bool, bool, Option<Deployment>)> {
+        let applied = self.apply_app(ApplyCmd {
+            spec,
+            keep_instances,
+        })?;
+        let view = self.get_app(&applied.app)?;
+        Ok((view, applied.created, applied.changed, applied.deployment))
+    }
+
+    /// Sets the desired count as users give it. Returns (previous, new).
+    pub fn scale(&self, name: &str, count: i64) -> Result<(u32, u32)> {
+        let scaled = self.scale_app(ScaleCmd::new(name, count)?)?;
+        Ok((scaled.previous, scaled.instances))
     }
 }

@@ -3,8 +3,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use pmcluster_proto::v1 as pb;
 use tokio::sync::mpsc;
+
+use crate::model::{LogChunk, LogLine, LogRequest, LogStream, LogsQuery};
 
 use super::{AgentCommand, Control, ControlError, Inner, LogRoute, Result, find_app};
 
@@ -12,10 +13,7 @@ impl Control {
     /// Asks the agents of the app's instances for their logs. The returned receiver ends when
     /// every agent has sent all it had (without `follow`), or never (with `follow`), until the
     /// reader goes away.
-    pub fn stream_logs(
-        &self,
-        req: &pb::StreamLogsRequest,
-    ) -> Result<mpsc::Receiver<Result<pb::LogLine, tonic::Status>>> {
+    pub fn stream_logs(&self, req: &LogsQuery) -> Result<mpsc::Receiver<LogLine>> {
         let mut inner = self.lock();
         let app = find_app(&inner, &req.app)?;
         if let Some(i) = req.index
@@ -30,16 +28,13 @@ impl Control {
             0 => 20,
             n => n.min(10_000),
         };
-        let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut by_node: BTreeMap<String, Vec<uuid::Uuid>> = BTreeMap::new();
         for inst in inner.state.app_instances(&req.app) {
             if req.index.is_some_and(|i| i != inst.index) {
                 continue;
             }
             if let Some(node) = &inst.node {
-                by_node
-                    .entry(node.clone())
-                    .or_default()
-                    .push(inst.id.to_string());
+                by_node.entry(node.clone()).or_default().push(inst.id);
             }
         }
         let (tx, rx) = mpsc::channel(1024);
@@ -53,7 +48,7 @@ impl Control {
                 continue;
             };
             let request_id = self.ids.fetch_add(1, Ordering::Relaxed);
-            let request = pb::LogRequest {
+            let request = LogRequest {
                 request_id,
                 instance_ids,
                 lines,
@@ -74,7 +69,7 @@ impl Control {
     }
 
     /// Routes lines an agent sent; drops the route at end of stream or when the reader is gone.
-    pub fn log_chunk(&self, node: &str, chunk: pb::LogChunk) {
+    pub fn log_chunk(&self, node: &str, chunk: LogChunk) {
         let mut inner = self.lock();
         let Some(route) = inner.log_routes.get_mut(&chunk.request_id) else {
             return;
@@ -125,7 +120,7 @@ pub(super) fn send_command(inner: &Inner, node: &str, cmd: AgentCommand) {
 /// heartbeats. What does not fit is dropped and counted, and the reader is told how many lines it
 /// missed (a line of its own, stream UNSPECIFIED) as soon as it has room.
 /// Returns whether the reader is gone.
-pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool {
+pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<LogLine>) -> bool {
     for line in lines {
         if route.dropped > 0 {
             if route.lines.capacity() < 2 {
@@ -136,7 +131,7 @@ pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool
                 return true;
             }
         }
-        match route.lines.try_send(Ok(line)) {
+        match route.lines.try_send(line) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => route.dropped += 1,
             Err(mpsc::error::TrySendError::Closed(_)) => return true,
@@ -147,16 +142,16 @@ pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<pb::LogLine>) -> bool
 
 /// Sends the "N lines dropped" notice (app and node of `next`, when known) and resets the count.
 /// Returns whether the reader is gone.
-pub(super) fn announce_dropped(route: &mut LogRoute, next: Option<&pb::LogLine>) -> bool {
+pub(super) fn announce_dropped(route: &mut LogRoute, next: Option<&LogLine>) -> bool {
     let n = route.dropped;
-    let notice = pb::LogLine {
+    let notice = LogLine {
         app: next.map(|l| l.app.clone()).unwrap_or_default(),
         index: next.map_or(0, |l| l.index),
         node: next.map_or_else(|| route.node.clone(), |l| l.node.clone()),
-        stream: pb::LogStream::Unspecified as i32,
+        stream: LogStream::Unspecified,
         line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
     };
-    match route.lines.try_send(Ok(notice)) {
+    match route.lines.try_send(notice) {
         Ok(()) => {
             route.dropped = 0;
             false

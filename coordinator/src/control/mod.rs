@@ -10,22 +10,26 @@
 //! lapses, follow-ups, rollout steps, autoscale samples), `sessions` (attach, report, detach),
 //! `logs` (log routes), `events` (the event feed), `views` (read-only views). This file holds the
 //! state they share (`Inner`, under one lock), the handle and the error. Time and ids come from
-//! the `Clock` only.
+//! the `Clock` only. It takes and returns `model`'s plain types (commands, views, events, agent
+//! messages) and never a wire type: `api` converts at the boundary through `wire`, and `limits`
+//! weighs what must fit in a message.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use pmcluster_proto::v1 as pb;
 use pmcluster_spec::SpecError;
 use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 use crate::clock::{Clock, SystemClock};
 use crate::core::autoscale::Sample;
-use crate::core::reconcile::{Link, NodeView};
-use crate::model::{AppRecord, Batch, Persisted};
+use crate::core::reconcile::{self, Link};
+use crate::model::{
+    AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceObserved, LogLine,
+    LogRequest, Persisted,
+};
 use crate::store::{Store, StoreError};
 
 mod commands;
@@ -36,10 +40,8 @@ mod tick;
 mod views;
 mod write;
 
+pub use crate::model::{EventKind, Rollouts};
 pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
-pub use events::EventKind;
-pub use views::Rollouts;
-pub use views::state_name;
 use write::publish;
 
 /// Knobs of the control loop.
@@ -91,21 +93,23 @@ pub enum Action {
 /// Messages to an agent besides its desired set.
 #[derive(Debug, Clone)]
 pub enum AgentCommand {
-    Logs(pb::LogRequest),
+    Logs(LogRequest),
     CancelLogs(u64),
 }
 
 /// Live side of a node: its session (if connected) and last report.
 struct NodeLive {
     /// Latest desired set; the session task sends each new value.
-    desired: watch::Sender<Option<pb::DesiredSet>>,
+    desired: watch::Sender<Option<DesiredSet>>,
     session: Option<Session>,
     last_heartbeat_ms: i64,
-    host: Option<pb::HostMetrics>,
+    host: Option<HostMetrics>,
     /// Unix ms the node was last seen going down; `None` while connected.
     down_since_ms: Option<i64>,
-    /// The instances the agent said it holds at registration (see `pb::Register::held`).
-    held: Vec<pb::Assignment>,
+    /// The instances the agent said it holds at registration (see `Registration::held`).
+    held: Vec<Assignment>,
+    /// Held instances the agent sent that could not be read: counted in the node's view.
+    held_unreadable: usize,
     /// Highest desired-set generation the agent reported applying.
     reported_generation: u64,
     /// Adopted by an operator and not yet confirmed by a report: its sets carry `adopt`.
@@ -126,7 +130,7 @@ struct Session {
 /// Where the lines of one log request go.
 struct LogRoute {
     node: String,
-    lines: mpsc::Sender<Result<pb::LogLine, tonic::Status>>,
+    lines: mpsc::Sender<LogLine>,
     /// Lines dropped since the reader last had room; announced to it once it has room again.
     dropped: u64,
 }
@@ -136,7 +140,7 @@ struct Inner {
     now: i64,
     state: Persisted,
     nodes: BTreeMap<String, NodeLive>,
-    observed: HashMap<Uuid, pb::InstanceStatus>,
+    observed: HashMap<Uuid, InstanceObserved>,
     log_routes: HashMap<u64, LogRoute>,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
@@ -167,9 +171,9 @@ struct Scaling {
 pub struct Control {
     inner: Mutex<Inner>,
     store: Arc<dyn Store>,
-    events: broadcast::Sender<pb::Event>,
+    events: broadcast::Sender<Event>,
     /// The last events, for late watchers (`events --history`) and autoscale status.
-    recent: Mutex<VecDeque<pb::Event>>,
+    recent: Mutex<VecDeque<Event>>,
     config: ControlConfig,
     ids: AtomicU64,
     /// The time and fresh ids: an input, so tests and the simulation can drive them.
@@ -185,7 +189,7 @@ pub struct Control {
 /// What a new agent session receives.
 pub struct Attached {
     pub session_id: u64,
-    pub desired: watch::Receiver<Option<pb::DesiredSet>>,
+    pub desired: watch::Receiver<Option<DesiredSet>>,
     pub commands: mpsc::Receiver<AgentCommand>,
     pub closed: watch::Receiver<()>,
     pub heartbeat_interval: Duration,
@@ -202,6 +206,7 @@ fn new_node_live(now: i64) -> NodeLive {
         host: None,
         down_since_ms: Some(now),
         held: Vec::new(),
+        held_unreadable: 0,
         reported_generation: 0,
         adopting: false,
     }
@@ -360,7 +365,11 @@ fn is_ready(live: &NodeLive, config: &ControlConfig, now: i64) -> bool {
 }
 
 /// The reconciler's view of every registered node.
-fn node_views<'a>(inner: &Inner, view: &'a Persisted, config: &ControlConfig) -> Vec<NodeView<'a>> {
+fn node_views<'a>(
+    inner: &Inner,
+    view: &'a Persisted,
+    config: &ControlConfig,
+) -> Vec<reconcile::NodeView<'a>> {
     view.nodes
         .values()
         .map(|n| {
@@ -371,7 +380,7 @@ fn node_views<'a>(inner: &Inner, view: &'a Persisted, config: &ControlConfig) ->
                 Some(l) => Link::Down(l.down_since_ms.unwrap_or(0)),
                 None => Link::Down(0),
             };
-            NodeView {
+            reconcile::NodeView {
                 name: &n.name,
                 labels: &n.labels,
                 cores: n.cores,

@@ -2,25 +2,21 @@
 
 use std::sync::atomic::Ordering;
 
-use pmcluster_proto::v1 as pb;
-use pmcluster_spec::AppSpec;
 use tokio::sync::{mpsc, watch};
-use uuid::Uuid;
 
-use crate::model::{Batch, InstanceRecord, NodeRecord};
+use crate::model::{Batch, EventKind, InstanceRecord, InstanceState, NodeRecord};
+use crate::model::{Registration, Report};
 
-use super::events::EventKind;
-use super::views::state_name;
 use super::write::{self, publish};
 use super::{
     Attached, Control, ControlError, Inner, Result, Session, is_quarantined, is_ready,
     new_node_live,
 };
-use crate::core::adoption::{self, Held, Registration};
+use crate::core::adoption;
 
 impl Control {
     /// Registers a node's session. Refuses a name whose session is still alive.
-    pub fn attach(&self, reg: &pb::Register, peer: Option<std::net::IpAddr>) -> Result<Attached> {
+    pub fn attach(&self, reg: &Registration, peer: Option<std::net::IpAddr>) -> Result<Attached> {
         pmcluster_spec::app::validate_name(&reg.node_name)
             .map_err(|e| ControlError::InvalidArgument(format!("node_name: {}", e.message)))?;
         let mut inner = self.lock();
@@ -50,7 +46,7 @@ impl Control {
         let known = inner.state.nodes.get(&name).or(renamed.as_ref()).cloned();
         let record = NodeRecord {
             name: name.clone(),
-            labels: reg.labels.clone().into_iter().collect(),
+            labels: reg.labels.clone(),
             cores: reg.cores,
             memory_bytes: reg.memory_bytes,
             hostname: reg.hostname.clone(),
@@ -87,6 +83,7 @@ impl Control {
         live.last_heartbeat_ms = self.now();
         live.down_since_ms = None;
         live.held = reg.held.clone();
+        live.held_unreadable = reg.held_unreadable;
         live.reported_generation = reg.generation;
         live.adopting = false;
         if quarantine.is_some() {
@@ -95,9 +92,7 @@ impl Control {
         }
         let desired = live.desired.subscribe();
         for st in &reg.instances {
-            if let Ok(id) = st.instance_id.parse::<Uuid>() {
-                inner.observed.insert(id, st.clone());
-            }
+            inner.observed.insert(st.id, st.clone());
         }
         if let Some(old) = &renamed {
             inner.nodes.remove(&old.name);
@@ -184,7 +179,7 @@ impl Control {
     }
 
     /// Records a status report (also the heartbeat). Ignored if the session was replaced.
-    pub fn report(&self, node: &str, session_id: u64, report: pb::StatusReport) {
+    pub fn report(&self, node: &str, session_id: u64, report: Report) {
         let mut inner = self.lock();
         let Some(live) = inner.nodes.get_mut(node) else {
             return;
@@ -206,9 +201,7 @@ impl Control {
         }
         let mut changes = Vec::new();
         for st in report.instances {
-            let Ok(id) = st.instance_id.parse::<Uuid>() else {
-                continue;
-            };
+            let id = st.id;
             let Some(rec) = inner.state.instances.get(&id) else {
                 if quarantined {
                     // Held by a quarantined node: listed from what the agent reports.
@@ -221,13 +214,13 @@ impl Control {
             }
             let (app, index) = (rec.app.clone(), rec.index);
             let before = inner.observed.get(&id).map(|o| o.state);
-            let online = pb::InstanceState::Online as i32;
+            let online = InstanceState::Online;
             if (before == Some(online)) != (st.state == online) {
                 // Handoffs and drains wait for instances to come online.
                 inner.reconcile_due = true;
                 self.changed.notify_one();
             }
-            if st.state == pb::InstanceState::Online as i32 {
+            if st.state == online {
                 let now = inner.now;
                 inner.online_since.entry(id).or_insert(now);
             } else {
@@ -240,7 +233,7 @@ impl Control {
         }
         drop(inner);
         for (app, index, state, message) in changes {
-            let state = state_name(state);
+            let state = state.name();
             let text = if message.is_empty() {
                 format!("{app}[{index}] is {state}")
             } else {
@@ -276,31 +269,12 @@ impl Control {
 }
 
 /// What the core's quarantine decision needs of a registration.
-pub(super) fn registration(reg: &pb::Register) -> Registration<'_> {
-    Registration {
+pub(super) fn registration(reg: &Registration) -> adoption::Registration<'_> {
+    adoption::Registration {
         node: &reg.node_name,
         cluster_id: &reg.cluster_id,
         renamed_from: &reg.renamed_from,
         generation: reg.generation,
-        held: reg.held.len(),
+        held: reg.held.len() + reg.held_unreadable,
     }
-}
-
-/// The held assignments an agent sent that can be read (a valid id and spec); the others can
-/// be neither listed as this cluster's nor adopted.
-pub(super) fn held(assignments: &[pb::Assignment]) -> Vec<Held> {
-    assignments
-        .iter()
-        .filter_map(|a| {
-            Some(Held {
-                id: a.instance_id.parse::<Uuid>().ok()?,
-                spec: AppSpec::try_from(a.spec.clone()?).ok()?,
-                index: a.index,
-                port: a.port,
-                app_version: a.app_version,
-                restart_epoch: a.restart_epoch,
-                run: a.run,
-            })
-        })
-        .collect()
 }

@@ -6,16 +6,17 @@ use super::logs::route_lines;
 use super::sessions::registration;
 use super::*;
 use crate::core::adoption::quarantine_reason;
-use crate::model::NodeRecord;
+use crate::model::{InstanceView, LogStream, NodeRecord, NodeStatus, Registration};
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
+use uuid::Uuid;
 
-fn register(name: &str) -> pb::Register {
-    pb::Register {
+fn register(name: &str) -> Registration {
+    Registration {
         node_name: name.into(),
         cores: 2,
         memory_bytes: 1 << 30,
-        ..pb::Register::default()
+        ..Registration::default()
     }
 }
 
@@ -46,7 +47,7 @@ fn spread(c: &Control, app: &str) -> String {
 }
 
 /// The held assignments of node `name` in `c`'s desired set, as an agent would send them.
-fn held_of(c: &Control, name: &str) -> Vec<pb::Assignment> {
+fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
     let inner = c.lock();
     inner
         .nodes
@@ -66,11 +67,11 @@ async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result
     let _b = old.attach(&register("b"), None)?;
     old.apply(web(4))?;
     let old_cluster = old.lock().state.cluster_id.clone();
-    let regs: Vec<pb::Register> = ["a", "b"]
+    let regs: Vec<Registration> = ["a", "b"]
         .iter()
         .map(|n| {
             let generation = old.lock().state.nodes[*n].generation;
-            pb::Register {
+            Registration {
                 cluster_id: old_cluster.clone(),
                 generation,
                 held: held_of(&old, n),
@@ -101,11 +102,7 @@ async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result
         sessions.push(attached);
     }
     let nodes = new.list_nodes();
-    assert!(
-        nodes
-            .iter()
-            .all(|n| n.status == pb::NodeStatus::Quarantined as i32)
-    );
+    assert!(nodes.iter().all(|n| n.status == NodeStatus::Quarantined));
     let listed: BTreeSet<String> = new
         .list_instances("web")?
         .into_iter()
@@ -125,7 +122,7 @@ async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result
         .map(|i| i.id)
         .collect();
     assert_eq!(ids, old_ids, "the same instances, none new");
-    assert_eq!(new.get_app("web")?.spec.map(|s| s.instances), Some(4));
+    assert_eq!(new.get_app("web")?.spec.instances, 4);
     for (reg, session) in regs.iter().zip(&sessions) {
         let set = session
             .desired
@@ -135,12 +132,8 @@ async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result
         assert!(set.adopt && set.generation > reg.generation, "{set:?}");
         let cluster_id = new.lock().state.cluster_id.clone();
         assert_eq!(set.cluster_id, cluster_id);
-        let mut got: Vec<String> = set
-            .assignments
-            .iter()
-            .map(|a| a.instance_id.clone())
-            .collect();
-        let mut want: Vec<String> = reg.held.iter().map(|a| a.instance_id.clone()).collect();
+        let mut got: Vec<Uuid> = set.assignments.iter().map(|a| a.id).collect();
+        let mut want: Vec<Uuid> = reg.held.iter().map(|a| a.id).collect();
         got.sort();
         want.sort();
         assert_eq!(
@@ -177,7 +170,7 @@ fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
             address: String::new(),
         },
     );
-    let reg = |cluster: &str, generation: u64| pb::Register {
+    let reg = |cluster: &str, generation: u64| Registration {
         cluster_id: cluster.into(),
         generation,
         ..register("a")
@@ -231,7 +224,7 @@ async fn pending_until_nodes_then_spread_and_scale_down() -> Result<()> {
     drop(c);
     let c2 = Control::open(store.clone(), ControlConfig::default())?;
     let after = c2.list_instances("web")?;
-    let ids = |v: &[pb::Instance]| {
+    let ids = |v: &[InstanceView]| {
         v.iter()
             .map(|i| (i.id.clone(), i.node.clone()))
             .collect::<Vec<_>>()
@@ -254,17 +247,17 @@ async fn an_apply_can_keep_the_count_a_scale_set_meanwhile() -> Result<()> {
     read.env.insert("X".into(), "1".into());
     let (app, _, changed, _) = c.apply_keeping(read.clone(), true)?;
     assert!(changed);
-    assert_eq!(app.spec.map(|s| s.instances), Some(5));
+    assert_eq!(app.spec.instances, 5);
     // Without keep_instances the spec's count is the count.
     let (app, ..) = c.apply_keeping(read, false)?;
-    assert_eq!(app.spec.map(|s| s.instances), Some(2));
+    assert_eq!(app.spec.instances, 2);
     // A new app takes its spec's count either way.
     let mut other = web(3);
     other.name = "other".into();
     other.port = PortSpec::Range(4300, 4399);
     let (app, created, ..) = c.apply_keeping(other, true)?;
     assert!(created);
-    assert_eq!(app.spec.map(|s| s.instances), Some(3));
+    assert_eq!(app.spec.instances, 3);
     Ok(())
 }
 
@@ -342,7 +335,7 @@ async fn desired_sets_follow_commands() -> Result<()> {
     // A new process rolls out in waves: nothing is replaced in place.
     let d = deployment.expect("a rollout starts");
     assert_eq!(
-        (d.from_version, d.to_version, d.state.as_str()),
+        (d.from_version, d.to_version, d.state.name()),
         (1, 2, "running")
     );
     let set = a.desired.borrow_and_update().clone().unwrap_or_default();
@@ -382,7 +375,7 @@ async fn desired_sets_follow_commands() -> Result<()> {
 #[tokio::test]
 async fn the_same_agent_replaces_its_stale_session_and_another_is_refused() -> Result<()> {
     let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
-    let with_id = |id: &str| pb::Register {
+    let with_id = |id: &str| Registration {
         agent_id: id.into(),
         ..register("a")
     };
@@ -413,13 +406,13 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
         lines: tx,
         dropped: 0,
     };
-    let lines = |from: u32, n: u32| -> Vec<pb::LogLine> {
+    let lines = |from: u32, n: u32| -> Vec<LogLine> {
         (from..from + n)
-            .map(|i| pb::LogLine {
+            .map(|i| LogLine {
                 app: "web".into(),
                 line: format!("line {i}"),
-                stream: pb::LogStream::Stdout as i32,
-                ..pb::LogLine::default()
+                stream: LogStream::Stdout,
+                ..LogLine::default()
             })
             .collect()
     };
@@ -427,16 +420,16 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
     assert!(!route_lines(&mut route, lines(0, 10)));
     assert_eq!(route.dropped, 6);
     let mut got = Vec::new();
-    while let Ok(Ok(l)) = rx.try_recv() {
+    while let Ok(l) = rx.try_recv() {
         got.push(l.line);
     }
     assert_eq!(got, ["line 0", "line 1", "line 2", "line 3"]);
     // Room again: the gap is announced before the next line.
     assert!(!route_lines(&mut route, lines(10, 1)));
-    let notice = rx.try_recv().ok().and_then(|l| l.ok()).unwrap_or_default();
-    assert_eq!(notice.stream, pb::LogStream::Unspecified as i32);
+    let notice = rx.try_recv().unwrap_or_default();
+    assert_eq!(notice.stream, LogStream::Unspecified);
     assert!(notice.line.contains("6 lines dropped"), "{}", notice.line);
-    let next = rx.try_recv().ok().and_then(|l| l.ok()).unwrap_or_default();
+    let next = rx.try_recv().unwrap_or_default();
     assert_eq!(next.line, "line 10");
     assert_eq!(route.dropped, 0);
     // The reader went away.
@@ -454,7 +447,7 @@ async fn pages_cover_every_instance_once_in_order() -> Result<()> {
     other.port = PortSpec::Range(4300, 4399);
     c.apply(other)?;
     let all = c.list_instances("")?;
-    let key = |i: &pb::Instance| (i.app.clone(), i.index, i.id.clone());
+    let key = |i: &InstanceView| (i.app.clone(), i.index, i.id.clone());
     // (app filter, page size) -> every page's length.
     let cases: &[(&str, u32, &[usize])] = &[
         ("", 0, &[10]),
@@ -491,12 +484,7 @@ async fn pages_cover_every_instance_once_in_order() -> Result<()> {
     let (apps, next) = c.list_apps_page(1, "");
     assert_eq!((apps.len(), next.as_str()), (1, "api"));
     let (apps, next) = c.list_apps_page(1, &next);
-    assert_eq!(
-        apps.first()
-            .and_then(|a| a.spec.as_ref())
-            .map(|s| s.name.as_str()),
-        Some("web")
-    );
+    assert_eq!(apps.first().map(|a| a.spec.name.as_str()), Some("web"));
     assert_eq!(apps.first().map(|a| a.online + a.pending), Some(0));
     assert!(next.is_empty());
     Ok(())
@@ -532,7 +520,7 @@ async fn a_desired_set_over_budget_is_refused_and_changes_nothing() -> Result<()
     // Refused as a whole: nothing stored, nothing sent, the app keeps its count.
     assert!(!a.desired.has_changed().unwrap_or(true));
     assert_eq!(a.desired.borrow().clone().unwrap_or_default(), before);
-    assert_eq!(c.get_app("big")?.spec.map(|s| s.instances), Some(1));
+    assert_eq!(c.get_app("big")?.spec.instances, 1);
     // The same through an apply of the count.
     let err = c
         .apply(big.with_instances(20)?)
@@ -626,7 +614,7 @@ async fn issue10_the_loop_wakes_when_work_is_due() -> Result<()> {
     next.script = "testapp2".into();
     c.apply(next)?;
     // Paused, it still steps (a paused rollout resumes on its own clock).
-    c.control_rollout("web", "pause")?;
+    c.steer_rollout("web", RolloutAction::Pause)?;
     assert_eq!(c.next_tick_at(), t0 + 100, "a commit: tick again at once");
     c.tick();
     assert_eq!(c.next_tick_at(), t0 + 100 + 250, "a running rollout steps");

@@ -3,16 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use pmcluster_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::core::autoscale::{self, Decision, Sample};
 use crate::core::rollout::{self, Facts};
 use crate::model::{AppRecord, Batch, InstanceRecord, SCALE_DECISIONS_KEPT, ScaleDecision};
 
-use super::events::EventKind;
 use super::views::healthy_since;
 use super::{Control, Inner, is_ready};
+use crate::model::{EventKind, InstanceState};
 
 /// Most samples kept per app (one a second): an hour.
 pub(super) const MAX_SAMPLES: usize = 3600;
@@ -269,7 +268,7 @@ impl Control {
                 continue;
             }
             if let Some(o) = inner.observed.get(&rec.id)
-                && o.state == pb::InstanceState::Online as i32
+                && o.state == InstanceState::Online
             {
                 n += 1;
                 cpu += o.cpu_percent;

@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use pmcluster_proto::v1 as pb;
 use uuid::Uuid;
 
-use crate::core::status::{self, Note, Status};
+use crate::core::status::{self, Note};
 use crate::limits;
-use crate::model::Deployment;
 use crate::model::{AppRecord, InstanceRecord};
+use crate::model::{
+    AppView, AutoscaleView, Endpoint, EndpointsView, Event, EventKind, Health, InstanceState,
+    InstanceView, NodeStatus, NodeView, Rollouts,
+};
 
-use super::events::EventKind;
 use super::{Control, ControlConfig, ControlError, Inner, Result, find_app, is_ready};
 
 /// Instances per `ListInstances` page unless the client asks for another size, and the most it
@@ -65,24 +66,14 @@ impl InstanceKey {
     }
 }
 
-/// An app's rollouts: the running or last one, the finished ones (oldest first), and the versions
-/// it keeps (the current one last).
-#[derive(Debug, Clone)]
-pub struct Rollouts {
-    pub current: Option<Deployment>,
-    pub history: Vec<Deployment>,
-    pub versions: Vec<u64>,
-    pub version: u64,
-}
-
 impl Control {
-    pub fn get_app(&self, name: &str) -> Result<pb::App> {
+    pub fn get_app(&self, name: &str) -> Result<AppView> {
         let inner = self.lock();
         let app = find_app(&inner, name)?;
         Ok(app_view(&inner, &self.config, app))
     }
 
-    pub fn list_apps(&self) -> Vec<pb::App> {
+    pub fn list_apps(&self) -> Vec<AppView> {
         let inner = self.lock();
         inner
             .state
@@ -107,10 +98,10 @@ impl Control {
     }
 
     /// The app's endpoints: online, healthy, not draining instances with their node's address.
-    pub fn endpoints(&self, name: &str) -> Result<pb::Endpoints> {
+    pub fn endpoints(&self, name: &str) -> Result<EndpointsView> {
         let inner = self.lock();
         find_app(&inner, name)?;
-        let mut endpoints: Vec<pb::Endpoint> = inner
+        let mut endpoints: Vec<Endpoint> = inner
             .state
             .app_instances(name)
             .into_iter()
@@ -131,7 +122,7 @@ impl Control {
                     .map(|n| n.address.clone())
                     .filter(|a| !a.is_empty())
                     .unwrap_or_else(|| "127.0.0.1".into());
-                Some(pb::Endpoint {
+                Some(Endpoint {
                     host,
                     port,
                     index: r.index,
@@ -142,18 +133,18 @@ impl Control {
             })
             .collect();
         endpoints.sort_by_key(|e| (e.index, e.port));
-        Ok(pb::Endpoints {
+        Ok(EndpointsView {
             app: name.to_string(),
             endpoints,
         })
     }
 
-    pub fn list_instances(&self, app: &str) -> Result<Vec<pb::Instance>> {
+    pub fn list_instances(&self, app: &str) -> Result<Vec<InstanceView>> {
         let inner = self.lock();
         if !app.is_empty() && held_views(&inner, app).is_empty() {
             find_app(&inner, app)?;
         }
-        let mut out: Vec<pb::Instance> = inner
+        let mut out: Vec<InstanceView> = inner
             .state
             .instances
             .values()
@@ -173,7 +164,7 @@ impl Control {
         app: &str,
         page_size: u32,
         page_token: &str,
-    ) -> Result<(Vec<pb::Instance>, String)> {
+    ) -> Result<(Vec<InstanceView>, String)> {
         let page_size = match page_size {
             0 => DEFAULT_INSTANCE_PAGE,
             n => n.min(MAX_INSTANCE_PAGE),
@@ -211,7 +202,7 @@ impl Control {
                 break;
             }
             let view = instance_view(&inner, &self.config, rec);
-            let size = prost::Message::encoded_len(&view) + 8;
+            let size = limits::instance_view_bytes(&view);
             if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
                 more = true;
                 break;
@@ -233,7 +224,7 @@ impl Control {
     }
 
     /// One page of `list_apps`, as [`Control::list_instances_page`] pages instances.
-    pub fn list_apps_page(&self, page_size: u32, page_token: &str) -> (Vec<pb::App>, String) {
+    pub fn list_apps_page(&self, page_size: u32, page_token: &str) -> (Vec<AppView>, String) {
         let page_size = match page_size {
             0 => DEFAULT_APP_PAGE,
             n => n.min(MAX_APP_PAGE),
@@ -258,7 +249,7 @@ impl Control {
                 break;
             }
             let view = app_view_counted(app, counts.get(app.spec.name.as_str()));
-            let size = prost::Message::encoded_len(&view) + 8;
+            let size = limits::app_view_bytes(&view);
             if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
                 more = true;
                 break;
@@ -267,17 +258,13 @@ impl Control {
             page.push(view);
         }
         let next = match page.last() {
-            Some(last) if more => last
-                .spec
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
+            Some(last) if more => last.spec.name.clone(),
             _ => String::new(),
         };
         (page, next)
     }
 
-    pub fn list_nodes(&self) -> Vec<pb::Node> {
+    pub fn list_nodes(&self) -> Vec<NodeView> {
         let inner = self.lock();
         // (instances, cpu millis, memory bytes) reserved per node.
         let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
@@ -303,23 +290,24 @@ impl Control {
                     counts.get(n.name.as_str()).copied().unwrap_or_default();
                 if let Some(l) = live.filter(|l| super::is_quarantined(l)) {
                     // What it runs is not this cluster's, but it is there.
-                    instances = instances.max(u32::try_from(l.held.len()).unwrap_or(u32::MAX));
+                    let held = l.held.len() + l.held_unreadable;
+                    instances = instances.max(u32::try_from(held).unwrap_or(u32::MAX));
                 }
                 let quarantine = live
                     .and_then(|l| l.session.as_ref())
                     .and_then(|s| s.quarantine.clone())
                     .filter(|_| ready);
                 let status = match (ready, n.drain) {
-                    _ if quarantine.is_some() => pb::NodeStatus::Quarantined,
-                    (false, _) => pb::NodeStatus::Down,
-                    (true, false) => pb::NodeStatus::Ready,
-                    (true, true) if instances > 0 => pb::NodeStatus::Draining,
-                    (true, true) => pb::NodeStatus::Ineligible,
+                    _ if quarantine.is_some() => NodeStatus::Quarantined,
+                    (false, _) => NodeStatus::Down,
+                    (true, false) => NodeStatus::Ready,
+                    (true, true) if instances > 0 => NodeStatus::Draining,
+                    (true, true) => NodeStatus::Ineligible,
                 };
-                pb::Node {
+                NodeView {
                     name: n.name.clone(),
-                    status: status as i32,
-                    labels: n.labels.clone().into_iter().collect(),
+                    status,
+                    labels: n.labels.clone(),
                     cores: n.cores,
                     memory_bytes: n.memory_bytes,
                     instances,
@@ -342,18 +330,13 @@ impl Control {
             .collect()
     }
 
-    pub fn get_autoscale(&self, name: &str) -> Result<pb::AutoscaleStatus> {
+    pub fn get_autoscale(&self, name: &str) -> Result<AutoscaleView> {
         let inner = self.lock();
         let app = find_app(&inner, name)?;
         let sample = self.sample(&inner, name, self.now());
-        let policy = app
-            .spec
-            .autoscale
-            .as_ref()
-            .map(pmcluster_spec::wire::autoscale_to_wire);
-        let status = pb::AutoscaleStatus {
+        let status = AutoscaleView {
             app: name.to_string(),
-            policy: Some(policy.unwrap_or_default()),
+            policy: app.spec.autoscale.clone(),
             instances: app.spec.instances,
             online: sample.online,
             cpu_avg: sample.cpu,
@@ -366,12 +349,13 @@ impl Control {
             decisions: app
                 .scaled
                 .iter()
-                .map(|d| pb::Event {
+                .map(|d| Event {
                     at_ms: d.at_ms,
-                    kind: EventKind::Autoscale.as_str().into(),
+                    kind: EventKind::Autoscale,
                     app: name.to_string(),
+                    node: String::new(),
+                    index: None,
                     message: d.reason.clone(),
-                    ..pb::Event::default()
                 })
                 .collect(),
         };
@@ -383,9 +367,9 @@ pub(super) fn instance_view(
     inner: &Inner,
     config: &ControlConfig,
     rec: &InstanceRecord,
-) -> pb::Instance {
+) -> InstanceView {
     let observed = inner.observed.get(&rec.id);
-    let mut out = pb::Instance {
+    let mut out = InstanceView {
         id: rec.id.to_string(),
         app: rec.app.clone(),
         index: rec.index,
@@ -393,7 +377,7 @@ pub(super) fn instance_view(
         port: rec.port.map(u32::from).unwrap_or(0),
         app_version: rec.app_version,
         stopped: rec.stopped,
-        ..pb::Instance::default()
+        ..InstanceView::default()
     };
     if let Some(o) = observed {
         out.pid = o.pid;
@@ -413,7 +397,7 @@ pub(super) fn instance_view(
         .as_ref()
         .and_then(|n| inner.nodes.get(n))
         .is_some_and(|l| is_ready(l, config, inner.now));
-    let reported = observed.map(|o| status_from_wire(o.state));
+    let reported = observed.map(|o| o.state);
     let (status, note) = status::derive(rec, reported, node_up);
     match note {
         Note::Pending => {
@@ -426,45 +410,36 @@ pub(super) fn instance_view(
         Note::NodeDown(n) => out.message = format!("node {n} is down"),
         Note::Reported => {}
     }
-    out.state = status_to_wire(status) as i32;
+    out.state = status;
     out
 }
 
 /// The instances that quarantined nodes hold and this cluster has no record of (of `app`, or of
 /// every app when empty), as the agents report them: listed, so that an operator sees what runs
 /// before adopting it.
-pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<pb::Instance> {
+pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<InstanceView> {
     let mut out = Vec::new();
     for (node, live) in &inner.nodes {
         let Some(why) = live.session.as_ref().and_then(|s| s.quarantine.as_ref()) else {
             continue;
         };
         for a in &live.held {
-            let app_name = a.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-            if (!app.is_empty() && app_name != app)
-                || a.instance_id
-                    .parse::<Uuid>()
-                    .is_ok_and(|id| inner.state.instances.contains_key(&id))
+            if (!app.is_empty() && a.spec.name != app) || inner.state.instances.contains_key(&a.id)
             {
                 continue;
             }
-            let mut view = pb::Instance {
-                id: a.instance_id.clone(),
-                app: app_name,
+            let mut view = InstanceView {
+                id: a.id.to_string(),
+                app: a.spec.name.clone(),
                 index: a.index,
                 node: node.clone(),
                 port: a.port,
                 app_version: a.app_version,
                 stopped: !a.run,
-                state: pb::InstanceState::Unknown as i32,
-                ..pb::Instance::default()
+                state: InstanceState::Unknown,
+                ..InstanceView::default()
             };
-            if let Some(o) = a
-                .instance_id
-                .parse::<Uuid>()
-                .ok()
-                .and_then(|id| inner.observed.get(&id))
-            {
+            if let Some(o) = inner.observed.get(&a.id) {
                 view.pid = o.pid;
                 if o.port != 0 {
                     view.port = o.port;
@@ -483,7 +458,7 @@ pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<pb::Instance> {
     out
 }
 
-pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> pb::App {
+pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> AppView {
     let mut counts = StateCounts::default();
     for rec in inner.state.app_instances(&app.spec.name) {
         counts.add(instance_view(inner, config, rec).state);
@@ -500,11 +475,11 @@ pub(super) struct StateCounts {
 }
 
 impl StateCounts {
-    fn add(&mut self, state: i32) {
-        match pb::InstanceState::try_from(state) {
-            Ok(pb::InstanceState::Online) => self.online += 1,
-            Ok(pb::InstanceState::Pending) => self.pending += 1,
-            Ok(pb::InstanceState::Stopped) => self.stopped += 1,
+    fn add(&mut self, state: InstanceState) {
+        match state {
+            InstanceState::Online => self.online += 1,
+            InstanceState::Pending => self.pending += 1,
+            InstanceState::Stopped => self.stopped += 1,
             _ => {}
         }
     }
@@ -525,10 +500,10 @@ pub(super) fn state_counts<'a>(
     counts
 }
 
-pub(super) fn app_view_counted(app: &AppRecord, counts: Option<&StateCounts>) -> pb::App {
+pub(super) fn app_view_counted(app: &AppRecord, counts: Option<&StateCounts>) -> AppView {
     let counts = counts.copied().unwrap_or_default();
-    pb::App {
-        spec: Some(pb::AppSpec::from(&app.spec)),
+    AppView {
+        spec: app.spec.clone(),
         version: app.version,
         updated_at_ms: app.updated_at_ms,
         online: counts.online,
@@ -546,60 +521,10 @@ pub(super) fn healthy_since(inner: &Inner, r: &InstanceRecord) -> Option<i64> {
         .apps
         .get(&r.app)
         .is_some_and(|a| a.spec_of(r.app_version).supervision.health_check.is_some());
-    let health = pb::HealthState::try_from(o.health).unwrap_or(pb::HealthState::Unspecified);
-    match health {
-        pb::HealthState::Unhealthy => None,
-        pb::HealthState::Healthy => Some(since),
+    match o.health {
+        Health::Unhealthy => None,
+        Health::Healthy => Some(since),
         _ if has_check => None,
         _ => Some(since),
-    }
-}
-
-/// Lowercase state name as users see it (`online`, `pending`, ...).
-pub fn state_name(state: i32) -> &'static str {
-    match pb::InstanceState::try_from(state) {
-        Ok(pb::InstanceState::Pending) => "pending",
-        Ok(pb::InstanceState::Launching) => "launching",
-        Ok(pb::InstanceState::Online) => "online",
-        Ok(pb::InstanceState::Stopped) => "stopped",
-        Ok(pb::InstanceState::Exited) => "exited",
-        Ok(pb::InstanceState::Errored) => "errored",
-        Ok(pb::InstanceState::Stopping) => "stopping",
-        Ok(pb::InstanceState::Unknown) => "unknown",
-        Ok(pb::InstanceState::Draining) => "draining",
-        _ => "unspecified",
-    }
-}
-
-/// A reported wire state; one this coordinator does not know counts as launching.
-pub(super) fn status_from_wire(state: i32) -> Status {
-    use pb::InstanceState as W;
-    match W::try_from(state) {
-        Ok(W::Unspecified) => Status::Unspecified,
-        Ok(W::Pending) => Status::Pending,
-        Ok(W::Launching) | Err(_) => Status::Launching,
-        Ok(W::Online) => Status::Online,
-        Ok(W::Stopped) => Status::Stopped,
-        Ok(W::Exited) => Status::Exited,
-        Ok(W::Errored) => Status::Errored,
-        Ok(W::Stopping) => Status::Stopping,
-        Ok(W::Unknown) => Status::Unknown,
-        Ok(W::Draining) => Status::Draining,
-    }
-}
-
-pub(super) fn status_to_wire(status: Status) -> pb::InstanceState {
-    use pb::InstanceState as W;
-    match status {
-        Status::Unspecified => W::Unspecified,
-        Status::Pending => W::Pending,
-        Status::Launching => W::Launching,
-        Status::Online => W::Online,
-        Status::Stopped => W::Stopped,
-        Status::Exited => W::Exited,
-        Status::Errored => W::Errored,
-        Status::Stopping => W::Stopping,
-        Status::Unknown => W::Unknown,
-        Status::Draining => W::Draining,
     }
 }

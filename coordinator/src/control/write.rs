@@ -4,16 +4,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pmcluster_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
-use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+use crate::model::{
+    AppRecord, Assignment, Batch, DesiredSet, InstanceRecord, InstanceState, NodeRecord, Persisted,
+};
 
-use super::events::EventKind;
 use super::{Control, ControlError, Inner, Result, is_quarantined, new_node_live, node_views};
 use crate::clock::Clock;
+use crate::model::EventKind;
 use crate::store::Store;
 
 /// Placements of one app in one write that still get an event each; more get one event.
@@ -37,8 +38,7 @@ impl Control {
         for app in &batch.put_apps {
             let stored = inner.state.apps.get(&app.spec.name).map(|a| &a.spec);
             if stored != Some(&app.spec) {
-                limits::check_spec(&pb::AppSpec::from(&app.spec))
-                    .map_err(ControlError::InvalidArgument)?;
+                limits::check_spec(&app.spec).map_err(ControlError::InvalidArgument)?;
             }
         }
         if batch.is_empty() && !inner.reconcile_due && inner.followup_at.is_none_or(|at| now < at) {
@@ -201,10 +201,7 @@ pub(super) fn check_desired_sets(
         let bytes = *weights
             .entry((rec.app.as_str(), rec.app_version))
             .or_insert_with(|| {
-                use prost::Message as _;
-                limits::assignment_bytes(
-                    pb::AppSpec::from(app.spec_of(rec.app_version)).encoded_len(),
-                )
+                limits::assignment_bytes(limits::spec_bytes(app.spec_of(rec.app_version)))
             });
         let entry = per_node.entry(node).or_default();
         entry.0 += bytes;
@@ -224,7 +221,7 @@ pub(super) fn check_desired_sets(
         .max_by_key(|(_, (bytes, _))| *bytes)
         .unwrap_or_default();
     let field = app_of(app)
-        .map(|a| limits::largest_field(&pb::AppSpec::from(&a.spec)))
+        .map(|a| limits::largest_field(&a.spec))
         .map(|(name, size)| format!("; its largest field is {name} ({})", limits::human(size)))
         .unwrap_or_default();
     Err(ControlError::InvalidArgument(format!(
@@ -309,27 +306,28 @@ pub(super) fn publish(inner: &mut Inner, node: &str) {
         .get(node)
         .map(|n| n.generation)
         .unwrap_or(0);
-    let mut assignments: Vec<pb::Assignment> = inner
+    let mut assignments: Vec<Assignment> = inner
         .state
         .instances
         .values()
         .filter(|i| i.node.as_deref() == Some(node))
         .filter_map(|i| {
             let app = inner.state.apps.get(&i.app)?;
-            Some(pb::Assignment {
-                instance_id: i.id.to_string(),
+            Some(Assignment {
+                id: i.id,
                 index: i.index,
                 app_version: i.app_version,
                 // An instance runs the spec of its own version: during a rollout the old ones
                 // must keep their process (the agent restarts an instance whose spec differs).
-                spec: Some(pb::AppSpec::from(app.spec_of(i.app_version))),
+                spec: app.spec_of(i.app_version).clone(),
                 port: i.port.map(u32::from).unwrap_or(0),
                 run: !i.stopped,
                 restart_epoch: i.restart_epoch,
             })
         })
         .collect();
-    assignments.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    // The order the wire always had: by the id's text, which is the UUID's order.
+    assignments.sort_by_key(|a| a.id);
     let cluster_id = inner.state.cluster_id.clone();
     let now = inner.now;
     let live = inner
@@ -339,7 +337,7 @@ pub(super) fn publish(inner: &mut Inner, node: &str) {
     if is_quarantined(live) {
         return;
     }
-    let set = pb::DesiredSet {
+    let set = DesiredSet {
         generation,
         assignments,
         cluster_id,
@@ -359,7 +357,7 @@ pub(super) fn plan_for(
     let online: BTreeSet<Uuid> = inner
         .observed
         .iter()
-        .filter(|(_, o)| o.state == pb::InstanceState::Online as i32)
+        .filter(|(_, o)| o.state == InstanceState::Online)
         .map(|(id, _)| *id)
         .collect();
     let nodes = node_views(inner, view, config);

@@ -5,9 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pmcluster_spec::AppSpec;
-use uuid::Uuid;
-
 use crate::model::{AppRecord, Batch, InstanceRecord, Persisted};
 
 /// What a registering agent says of itself, as far as quarantine goes.
@@ -24,17 +21,8 @@ pub struct Registration<'a> {
     pub held: usize,
 }
 
-/// One instance a quarantined agent holds, as it described it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Held {
-    pub id: Uuid,
-    pub spec: AppSpec,
-    pub index: u32,
-    pub port: u32,
-    pub app_version: u64,
-    pub restart_epoch: u64,
-    pub run: bool,
-}
+/// One instance a quarantined agent holds, as it described it: an assignment it runs.
+pub use crate::model::Assignment as Held;
 
 /// Why a registering agent must be quarantined: it serves another cluster, or it applied a
 /// newer desired set than this coordinator's record of the node (the store lost writes or was
@@ -147,6 +135,8 @@ pub fn adoption_batch(state: &Persisted, node: &str, held: &[Held], now: i64) ->
 mod tests {
     use super::*;
     use crate::model::NodeRecord;
+    use pmcluster_spec::AppSpec;
+    use uuid::Uuid;
 
     fn state(generation: u64) -> Persisted {
         let mut state = Persisted {

@@ -1,22 +1,10 @@
 //! An instance's status as users see it, derived from its record, what its agent last reported
-//! and whether its node is up. Pure; the shell converts to and from the wire's `InstanceState`.
+//! and whether its node is up. Pure.
 
 use crate::model::InstanceRecord;
 
-/// The states of `list`. `Unspecified` is what an agent that sent no state said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
-    Unspecified,
-    Pending,
-    Launching,
-    Online,
-    Stopped,
-    Exited,
-    Errored,
-    Stopping,
-    Unknown,
-    Draining,
-}
+/// The states of `list` (plain data, in `model`; this module decides which one applies).
+pub use crate::model::InstanceState as Status;
 
 /// Why a status says nothing more of its own: the shell words the message.
 #[derive(Debug, Clone, PartialEq, Eq)]

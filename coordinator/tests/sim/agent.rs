@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 
-use pmcluster_proto::v1 as pb;
+use pmcluster_coordinator::model::{
+    Assignment, DesiredSet, InstanceObserved, InstanceState, Registration, Report,
+};
 
 /// One simulated process.
 #[derive(Debug, Clone)]
 pub struct Proc {
-    pub assignment: pb::Assignment,
-    pub state: pb::InstanceState,
+    pub assignment: Assignment,
+    pub state: InstanceState,
     /// When a launching (or crashed) process comes online.
     pub online_at: i64,
     pub restarts: u32,
@@ -32,7 +34,7 @@ pub struct SimAgent {
     /// Remembered across agent restarts, like the agent's identity file.
     pub cluster_id: String,
     pub highest_generation: u64,
-    /// Instances by id; they survive an agent restart (re-adopted), not a host loss.
+    /// Instances by id (as text, as the agent's files name them); they survive an agent restart (re-adopted), not a host loss.
     pub procs: BTreeMap<String, Proc>,
     /// CPU percent each online instance reports (the autoscaler's input).
     pub load: f64,
@@ -53,7 +55,7 @@ impl SimAgent {
 
     /// Applies `set` unless the agent's identity refuses it; `launch_ms` is how long a new or
     /// restarted process takes to come online.
-    pub fn apply(&mut self, set: &pb::DesiredSet, now: i64, launch_ms: i64) -> Verdict {
+    pub fn apply(&mut self, set: &DesiredSet, now: i64, launch_ms: i64) -> Verdict {
         let foreign = !self.cluster_id.is_empty()
             && !set.cluster_id.is_empty()
             && self.cluster_id != set.cluster_id;
@@ -66,27 +68,27 @@ impl SimAgent {
                 highest: self.highest_generation,
             };
         }
-        let wanted: BTreeMap<&str, &pb::Assignment> = set
+        let wanted: BTreeMap<String, &Assignment> = set
             .assignments
             .iter()
-            .map(|a| (a.instance_id.as_str(), a))
+            .map(|a| (a.id.to_string(), a))
             .collect();
         // What the set leaves out is stopped (and forgotten).
         self.procs.retain(|id, _| wanted.contains_key(id.as_str()));
         for (id, a) in wanted {
-            let launching = |a: &pb::Assignment| Proc {
+            let launching = |a: &Assignment| Proc {
                 assignment: a.clone(),
                 state: if a.run {
-                    pb::InstanceState::Launching
+                    InstanceState::Launching
                 } else {
-                    pb::InstanceState::Stopped
+                    InstanceState::Stopped
                 },
                 online_at: now + launch_ms,
                 restarts: 0,
             };
-            match self.procs.get_mut(id) {
+            match self.procs.get_mut(&id) {
                 None => {
-                    self.procs.insert(id.to_string(), launching(a));
+                    self.procs.insert(id, launching(a));
                 }
                 Some(p) => {
                     let old = &p.assignment;
@@ -94,11 +96,11 @@ impl SimAgent {
                         || old.app_version != a.app_version
                         || !same_process(old, a)
                         || old.port != a.port;
-                    let was_running = p.state != pb::InstanceState::Stopped;
+                    let was_running = p.state != InstanceState::Stopped;
                     if !a.run {
-                        p.state = pb::InstanceState::Stopped;
+                        p.state = InstanceState::Stopped;
                     } else if restart || !was_running {
-                        p.state = pb::InstanceState::Launching;
+                        p.state = InstanceState::Launching;
                         p.online_at = now + launch_ms;
                     }
                     p.assignment = a.clone();
@@ -115,8 +117,8 @@ impl SimAgent {
     /// Moves processes along: launching ones whose time came are online.
     pub fn advance(&mut self, now: i64) {
         for p in self.procs.values_mut() {
-            if p.state == pb::InstanceState::Launching && now >= p.online_at {
-                p.state = pb::InstanceState::Online;
+            if p.state == InstanceState::Launching && now >= p.online_at {
+                p.state = InstanceState::Online;
             }
         }
     }
@@ -124,8 +126,8 @@ impl SimAgent {
     /// Crashes one process; the agent's restart policy brings it back after `restart_ms`.
     pub fn crash(&mut self, id: &str, now: i64, restart_ms: i64) -> bool {
         match self.procs.get_mut(id) {
-            Some(p) if p.state != pb::InstanceState::Stopped => {
-                p.state = pb::InstanceState::Launching;
+            Some(p) if p.state != InstanceState::Stopped => {
+                p.state = InstanceState::Launching;
                 p.online_at = now + restart_ms;
                 p.restarts += 1;
                 true
@@ -134,14 +136,14 @@ impl SimAgent {
         }
     }
 
-    pub fn statuses(&self) -> Vec<pb::InstanceStatus> {
+    pub fn statuses(&self) -> Vec<InstanceObserved> {
         self.procs
-            .iter()
-            .map(|(id, p)| pb::InstanceStatus {
-                instance_id: id.clone(),
-                state: p.state as i32,
+            .values()
+            .map(|p| InstanceObserved {
+                id: p.assignment.id,
+                state: p.state,
                 port: p.assignment.port,
-                cpu_percent: if p.state == pb::InstanceState::Online {
+                cpu_percent: if p.state == InstanceState::Online {
                     self.load
                 } else {
                     0.0
@@ -149,13 +151,13 @@ impl SimAgent {
                 memory_bytes: 50 << 20,
                 restarts: p.restarts,
                 restart_epoch: p.assignment.restart_epoch,
-                ..pb::InstanceStatus::default()
+                ..InstanceObserved::default()
             })
             .collect()
     }
 
-    pub fn report(&self) -> pb::StatusReport {
-        pb::StatusReport {
+    pub fn report(&self) -> Report {
+        Report {
             generation: self.highest_generation,
             instances: self.statuses(),
             host: None,
@@ -163,8 +165,8 @@ impl SimAgent {
     }
 
     /// What a (re)connecting agent tells the coordinator.
-    pub fn register(&self) -> pb::Register {
-        pb::Register {
+    pub fn register(&self) -> Registration {
+        Registration {
             node_name: self.name.clone(),
             cores: self.cores,
             memory_bytes: 8 << 30,
@@ -175,7 +177,7 @@ impl SimAgent {
             agent_id: self.agent_id.clone(),
             cluster_id: self.cluster_id.clone(),
             held: self.procs.values().map(|p| p.assignment.clone()).collect(),
-            ..pb::Register::default()
+            ..Registration::default()
         }
     }
 
@@ -183,26 +185,22 @@ impl SimAgent {
     pub fn online(&self) -> impl Iterator<Item = (&String, &Proc)> {
         self.procs
             .iter()
-            .filter(|(_, p)| p.state == pb::InstanceState::Online)
+            .filter(|(_, p)| p.state == InstanceState::Online)
     }
 }
 
 /// Whether two assignments run the same process, as the agent judges it: a new count, placement
 /// or policy in the spec restarts nothing.
-pub fn same_process(a: &pb::Assignment, b: &pb::Assignment) -> bool {
-    let spec = |x: &pb::Assignment| x.spec.clone().map(pmcluster_spec::AppSpec::try_from);
-    match (spec(a), spec(b)) {
-        (Some(Ok(x)), Some(Ok(y))) => x.same_process(&y),
-        (x, y) => x.is_none() && y.is_none(),
-    }
+pub fn same_process(a: &Assignment, b: &Assignment) -> bool {
+    a.spec.same_process(&b.spec)
 }
 
 /// Whether two desired sets ask for the same processes (ids, versions, epochs, run flags, ports
 /// and process specs).
-pub fn same_sets(a: &[pb::Assignment], b: &[pb::Assignment]) -> bool {
+pub fn same_sets(a: &[Assignment], b: &[Assignment]) -> bool {
     a.len() == b.len()
         && a.iter().zip(b).all(|(x, y)| {
-            x.instance_id == y.instance_id
+            x.id == y.id
                 && x.index == y.index
                 && x.app_version == y.app_version
                 && x.restart_epoch == y.restart_epoch

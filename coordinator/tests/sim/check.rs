@@ -3,8 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use pmcluster_coordinator::core::rollout;
-use pmcluster_coordinator::model::{InstanceRecord, Persisted};
-use pmcluster_proto::v1 as pb;
+use pmcluster_coordinator::model::{Assignment, DesiredSet, InstanceRecord, Persisted};
 use uuid::Uuid;
 
 use crate::world::{Link, World};
@@ -33,7 +32,7 @@ pub fn acknowledged(before: &Persisted, after: &Persisted) -> Result<(), String>
 /// A node's desired sets only move forward: never a lower generation, and never other processes
 /// under the same generation (an agent that applied it would miss the change). The specs inside
 /// may carry an older count or policy (a scale touches no record), which changes no process.
-pub fn published(world: &mut World, node: &str, set: &pb::DesiredSet) -> Result<(), String> {
+pub fn published(world: &mut World, node: &str, set: &DesiredSet) -> Result<(), String> {
     if let Some((generation, assignments)) = world.published.get(node) {
         if set.generation < *generation {
             return Err(format!(
@@ -43,13 +42,13 @@ pub fn published(world: &mut World, node: &str, set: &pb::DesiredSet) -> Result<
         }
         if set.generation == *generation && !crate::agent::same_sets(assignments, &set.assignments)
         {
-            let show = |a: &[pb::Assignment]| {
+            let show = |a: &[Assignment]| {
                 a.iter()
                     .map(|a| {
-                        let spec = a.spec.as_ref().map(|s| (s.name.clone(), s.instances));
+                        let spec = (a.spec.name.clone(), a.spec.instances);
                         format!(
                             "{}:{spec:?}[{}] v{} e{} run={}",
-                            crate::faults::short(&a.instance_id),
+                            crate::faults::short(&a.id.to_string()),
                             a.index,
                             a.app_version,
                             a.restart_epoch,
@@ -114,12 +113,7 @@ pub fn step(world: &World) -> Result<(), String> {
             continue;
         }
         for (id, p) in node.agent.online() {
-            let app = p
-                .assignment
-                .spec
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default();
+            let app = p.assignment.spec.name.clone();
             online
                 .entry((app, p.assignment.index))
                 .or_default()

@@ -152,7 +152,7 @@ fn command(world: &mut World) -> Result<(), String> {
         8 => {
             let r = world
                 .control
-                .rolling_restart(app)
+                .restart_rolling(app)
                 .map_err(|e| e.to_string());
             (format!("restart --rolling {app}"), r.map(|_| String::new()))
         }

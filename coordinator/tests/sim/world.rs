@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use pmcluster_coordinator::clock::ManualClock;
 use pmcluster_coordinator::control::{Control, ControlConfig};
-use pmcluster_coordinator::model::Persisted;
+use pmcluster_coordinator::model::{Assignment, DesiredSet, Persisted, Report};
 use pmcluster_coordinator::store::MemoryStore;
-use pmcluster_proto::v1 as pb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
@@ -28,7 +27,7 @@ const START_MS: i64 = 1_700_000_000_000;
 pub enum Link {
     Up {
         session: u64,
-        desired: watch::Receiver<Option<pb::DesiredSet>>,
+        desired: watch::Receiver<Option<DesiredSet>>,
     },
     /// Half-open: the coordinator still holds the session, nothing gets through either way,
     /// until the agent gives up on it at `until` and reconnects.
@@ -50,8 +49,8 @@ pub struct InFlight<T> {
 pub struct Node {
     pub agent: SimAgent,
     pub link: Link,
-    pub to_agent: Vec<InFlight<pb::DesiredSet>>,
-    pub to_coordinator: Vec<InFlight<pb::StatusReport>>,
+    pub to_agent: Vec<InFlight<DesiredSet>>,
+    pub to_coordinator: Vec<InFlight<Report>>,
     pub last_report_ms: i64,
 }
 
@@ -67,7 +66,7 @@ pub struct World {
     pub faults: bool,
     /// Highest generation published to each node so far, with the set's assignments: a set
     /// with other content must come with a higher generation.
-    pub published: BTreeMap<String, (u64, Vec<pb::Assignment>)>,
+    pub published: BTreeMap<String, (u64, Vec<Assignment>)>,
     /// The records before the current step (to find what the step placed).
     pub before: Persisted,
     /// Processes come online this long after launch.

@@ -1,0 +1,170 @@
+//! What the control shows of the cluster: read-only views of apps, instances, nodes, endpoints,
+//! rollouts and autoscaling, built under the state lock and handed out as plain data. `wire`
+//! turns them into the public API's messages.
+
+use std::collections::BTreeMap;
+
+use pmcluster_spec::AppSpec;
+use pmcluster_spec::autoscale::AutoscalePolicy;
+
+use super::Deployment;
+use super::event::Event;
+
+/// An instance's state as `list` shows it (and as agents report it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InstanceState {
+    /// What an agent that sent no state said.
+    #[default]
+    Unspecified,
+    Pending,
+    Launching,
+    Online,
+    Stopped,
+    Exited,
+    Errored,
+    Stopping,
+    Unknown,
+    Draining,
+}
+
+impl InstanceState {
+    /// Lowercase, as users see it (`online`, `pending`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Unspecified => "unspecified",
+            InstanceState::Pending => "pending",
+            InstanceState::Launching => "launching",
+            InstanceState::Online => "online",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Exited => "exited",
+            InstanceState::Errored => "errored",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Unknown => "unknown",
+            InstanceState::Draining => "draining",
+        }
+    }
+}
+
+/// An instance's health check result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Health {
+    /// No health check configured (or not run yet).
+    #[default]
+    Unspecified,
+    Healthy,
+    Unhealthy,
+    /// Configured but no result yet.
+    Unknown,
+}
+
+/// An app with the counts of its instances by state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppView {
+    pub spec: AppSpec,
+    pub version: u64,
+    pub updated_at_ms: i64,
+    pub online: u32,
+    pub pending: u32,
+    pub stopped: u32,
+}
+
+/// One instance: its record merged with what its agent last reported.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InstanceView {
+    /// A text: an instance a quarantined node holds is listed with the id its agent sent.
+    pub id: String,
+    pub app: String,
+    pub index: u32,
+    /// Empty while pending.
+    pub node: String,
+    pub state: InstanceState,
+    pub pid: u32,
+    pub port: u32,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub restarts: u32,
+    pub started_at_ms: i64,
+    pub app_version: u64,
+    pub last_exit_code: Option<i32>,
+    pub message: String,
+    pub stopped: bool,
+    pub health: Health,
+}
+
+/// A node's status as `nodes` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Ready,
+    Down,
+    /// Drained with instances still on it.
+    Draining,
+    /// Drained and empty.
+    Ineligible,
+    Quarantined,
+}
+
+/// One node: its record, its link and what it reported last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub name: String,
+    pub status: NodeStatus,
+    pub labels: BTreeMap<String, String>,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub instances: u32,
+    pub last_heartbeat_ms: i64,
+    pub hostname: String,
+    pub agent_version: String,
+    pub cpu_percent: f64,
+    pub memory_used_bytes: u64,
+    pub allocated_cpu_millis: u64,
+    pub allocated_memory_bytes: u64,
+    /// 0 while ready.
+    pub down_since_ms: i64,
+    pub address: String,
+    /// Why the node is quarantined (empty: it is not).
+    pub message: String,
+}
+
+/// Where one instance of an app serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u32,
+    pub index: u32,
+    pub node: String,
+    pub version: u64,
+    pub instance_id: String,
+}
+
+/// An app's endpoints: online, healthy, not draining instances, by index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointsView {
+    pub app: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// An app's autoscaling: its policy (`None`: off), what the autoscaler sees and decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleView {
+    pub app: String,
+    pub policy: Option<AutoscalePolicy>,
+    pub instances: u32,
+    pub online: u32,
+    pub cpu_avg: Option<f64>,
+    pub memory_avg_bytes: Option<u64>,
+    /// The autoscaler's last reason (empty before its first sample).
+    pub state: String,
+    /// Its changes, oldest first.
+    pub decisions: Vec<Event>,
+}
+
+/// An app's rollouts: the running or last one, the finished ones (oldest first), and the versions
+/// it keeps (the current one last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollouts {
+    pub current: Option<Deployment>,
+    pub history: Vec<Deployment>,
+    pub versions: Vec<u64>,
+    pub version: u64,
+}

@@ -1,0 +1,416 @@
+//! Every conversion between the coordinator's domain types (`model`) and the protocol
+//! (`pmcluster_proto::v1`), both ways: the public API's replies, and the messages of an agent
+//! session. A pure layer below `control`: it imports `model` and the wire types, nothing of
+//! `control`, `api` or `server`. `api` converts here at the boundary; below it nothing sees a wire
+//! type, except `limits`, which weighs messages as they will travel.
+//!
+//! Reading from the wire never fails as a whole: a part that cannot be read (an instance id that
+//! is not a UUID, a held spec that does not validate) is dropped, as the control always ignored
+//! such parts, and a state this coordinator does not know reads as `Launching`.
+
+use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
+use pmcluster_spec::wire::autoscale_to_wire;
+
+use crate::model::{
+    AppView, Assignment, AutoscaleView, Deployment, DesiredSet, EndpointsView, Event, Health,
+    HostMetrics, InstanceObserved, InstanceState, InstanceView, Kind, LogChunk, LogLine,
+    LogRequest, LogStream, LogsQuery, NodeStatus, NodeView, Registration, Report, Rollouts,
+};
+
+/// A reported state; one this coordinator does not know counts as launching.
+pub fn state_from_wire(state: i32) -> InstanceState {
+    use InstanceState as S;
+    use pb::InstanceState as W;
+    match W::try_from(state) {
+        Ok(W::Unspecified) => S::Unspecified,
+        Ok(W::Pending) => S::Pending,
+        Ok(W::Launching) | Err(_) => S::Launching,
+        Ok(W::Online) => S::Online,
+        Ok(W::Stopped) => S::Stopped,
+        Ok(W::Exited) => S::Exited,
+        Ok(W::Errored) => S::Errored,
+        Ok(W::Stopping) => S::Stopping,
+        Ok(W::Unknown) => S::Unknown,
+        Ok(W::Draining) => S::Draining,
+    }
+}
+
+pub fn state_to_wire(state: InstanceState) -> pb::InstanceState {
+    use InstanceState as S;
+    use pb::InstanceState as W;
+    match state {
+        S::Unspecified => W::Unspecified,
+        S::Pending => W::Pending,
+        S::Launching => W::Launching,
+        S::Online => W::Online,
+        S::Stopped => W::Stopped,
+        S::Exited => W::Exited,
+        S::Errored => W::Errored,
+        S::Stopping => W::Stopping,
+        S::Unknown => W::Unknown,
+        S::Draining => W::Draining,
+    }
+}
+
+/// A reported health; one this coordinator does not know counts as no check.
+pub fn health_from_wire(health: i32) -> Health {
+    match pb::HealthState::try_from(health) {
+        Ok(pb::HealthState::Healthy) => Health::Healthy,
+        Ok(pb::HealthState::Unhealthy) => Health::Unhealthy,
+        Ok(pb::HealthState::Unknown) => Health::Unknown,
+        Ok(pb::HealthState::Unspecified) | Err(_) => Health::Unspecified,
+    }
+}
+
+pub fn health_to_wire(health: Health) -> pb::HealthState {
+    match health {
+        Health::Unspecified => pb::HealthState::Unspecified,
+        Health::Healthy => pb::HealthState::Healthy,
+        Health::Unhealthy => pb::HealthState::Unhealthy,
+        Health::Unknown => pb::HealthState::Unknown,
+    }
+}
+
+// --- The agent session, up: registration, reports, log lines.
+
+/// An instance status; `None` when its id is not a UUID (no record can have it).
+pub fn observed(s: pb::InstanceStatus) -> Option<InstanceObserved> {
+    Some(InstanceObserved {
+        id: s.instance_id.parse().ok()?,
+        state: state_from_wire(s.state),
+        pid: s.pid,
+        port: s.port,
+        cpu_percent: s.cpu_percent,
+        memory_bytes: s.memory_bytes,
+        restarts: s.restarts,
+        started_at_ms: s.started_at_ms,
+        last_exit_code: s.last_exit_code,
+        message: s.message,
+        restart_epoch: s.restart_epoch,
+        health: health_from_wire(s.health),
+    })
+}
+
+pub fn observed_to_wire(o: &InstanceObserved) -> pb::InstanceStatus {
+    pb::InstanceStatus {
+        instance_id: o.id.to_string(),
+        state: state_to_wire(o.state) as i32,
+        pid: o.pid,
+        port: o.port,
+        cpu_percent: o.cpu_percent,
+        memory_bytes: o.memory_bytes,
+        restarts: o.restarts,
+        started_at_ms: o.started_at_ms,
+        last_exit_code: o.last_exit_code,
+        message: o.message.clone(),
+        restart_epoch: o.restart_epoch,
+        health: health_to_wire(o.health) as i32,
+    }
+}
+
+/// An assignment an agent sent (what it holds); `None` when its id or spec cannot be read.
+pub fn assignment(a: pb::Assignment) -> Option<Assignment> {
+    Some(Assignment {
+        id: a.instance_id.parse().ok()?,
+        spec: AppSpec::try_from(a.spec?).ok()?,
+        index: a.index,
+        port: a.port,
+        app_version: a.app_version,
+        restart_epoch: a.restart_epoch,
+        run: a.run,
+    })
+}
+
+impl From<pb::Register> for Registration {
+    fn from(r: pb::Register) -> Registration {
+        let held_sent = r.held.len();
+        let held: Vec<Assignment> = r.held.into_iter().filter_map(assignment).collect();
+        Registration {
+            held_unreadable: held_sent - held.len(),
+            held,
+            node_name: r.node_name,
+            labels: r.labels.into_iter().collect(),
+            cores: r.cores,
+            memory_bytes: r.memory_bytes,
+            hostname: r.hostname,
+            agent_version: r.agent_version,
+            generation: r.generation,
+            instances: r.instances.into_iter().filter_map(observed).collect(),
+            advertise_address: r.advertise_address,
+            agent_id: r.agent_id,
+            cluster_id: r.cluster_id,
+            renamed_from: r.renamed_from,
+        }
+    }
+}
+
+impl From<pb::HostMetrics> for HostMetrics {
+    fn from(h: pb::HostMetrics) -> HostMetrics {
+        HostMetrics {
+            cpu_percent: h.cpu_percent,
+            memory_used_bytes: h.memory_used_bytes,
+            memory_total_bytes: h.memory_total_bytes,
+            load1: h.load1,
+            cores: h.cores,
+        }
+    }
+}
+
+impl From<pb::StatusReport> for Report {
+    fn from(r: pb::StatusReport) -> Report {
+        Report {
+            generation: r.generation,
+            instances: r.instances.into_iter().filter_map(observed).collect(),
+            host: r.host.map(HostMetrics::from),
+        }
+    }
+}
+
+fn stream_from_wire(stream: i32) -> LogStream {
+    match pb::LogStream::try_from(stream) {
+        Ok(pb::LogStream::Stdout) => LogStream::Stdout,
+        Ok(pb::LogStream::Stderr) => LogStream::Stderr,
+        Ok(pb::LogStream::Unspecified) | Err(_) => LogStream::Unspecified,
+    }
+}
+
+impl From<pb::LogLine> for LogLine {
+    fn from(l: pb::LogLine) -> LogLine {
+        LogLine {
+            stream: stream_from_wire(l.stream),
+            app: l.app,
+            index: l.index,
+            node: l.node,
+            line: l.line,
+        }
+    }
+}
+
+impl From<pb::LogChunk> for LogChunk {
+    fn from(c: pb::LogChunk) -> LogChunk {
+        LogChunk {
+            request_id: c.request_id,
+            lines: c.lines.into_iter().map(LogLine::from).collect(),
+            eof: c.eof,
+            error: c.error,
+        }
+    }
+}
+
+// --- The agent session, down: desired sets and log requests.
+
+impl From<&Assignment> for pb::Assignment {
+    fn from(a: &Assignment) -> pb::Assignment {
+        pb::Assignment {
+            instance_id: a.id.to_string(),
+            index: a.index,
+            app_version: a.app_version,
+            spec: Some(pb::AppSpec::from(&a.spec)),
+            port: a.port,
+            run: a.run,
+            restart_epoch: a.restart_epoch,
+        }
+    }
+}
+
+impl From<&DesiredSet> for pb::DesiredSet {
+    fn from(s: &DesiredSet) -> pb::DesiredSet {
+        pb::DesiredSet {
+            generation: s.generation,
+            assignments: s.assignments.iter().map(pb::Assignment::from).collect(),
+            cluster_id: s.cluster_id.clone(),
+            adopt: s.adopt,
+        }
+    }
+}
+
+impl From<LogRequest> for pb::LogRequest {
+    fn from(r: LogRequest) -> pb::LogRequest {
+        pb::LogRequest {
+            request_id: r.request_id,
+            instance_ids: r.instance_ids.iter().map(ToString::to_string).collect(),
+            lines: r.lines,
+            follow: r.follow,
+        }
+    }
+}
+
+// --- The public API: requests read here, replies written here.
+
+impl From<pb::StreamLogsRequest> for LogsQuery {
+    fn from(r: pb::StreamLogsRequest) -> LogsQuery {
+        LogsQuery {
+            app: r.app,
+            index: r.index,
+            lines: r.lines,
+            follow: r.follow,
+        }
+    }
+}
+
+impl From<LogLine> for pb::LogLine {
+    fn from(l: LogLine) -> pb::LogLine {
+        pb::LogLine {
+            app: l.app,
+            index: l.index,
+            node: l.node,
+            stream: match l.stream {
+                LogStream::Unspecified => pb::LogStream::Unspecified,
+                LogStream::Stdout => pb::LogStream::Stdout,
+                LogStream::Stderr => pb::LogStream::Stderr,
+            } as i32,
+            line: l.line,
+        }
+    }
+}
+
+impl From<&AppView> for pb::App {
+    fn from(a: &AppView) -> pb::App {
+        pb::App {
+            spec: Some(pb::AppSpec::from(&a.spec)),
+            version: a.version,
+            updated_at_ms: a.updated_at_ms,
+            online: a.online,
+            pending: a.pending,
+            stopped: a.stopped,
+        }
+    }
+}
+
+impl From<&InstanceView> for pb::Instance {
+    fn from(i: &InstanceView) -> pb::Instance {
+        pb::Instance {
+            id: i.id.clone(),
+            app: i.app.clone(),
+            index: i.index,
+            node: i.node.clone(),
+            state: state_to_wire(i.state) as i32,
+            pid: i.pid,
+            port: i.port,
+            cpu_percent: i.cpu_percent,
+            memory_bytes: i.memory_bytes,
+            restarts: i.restarts,
+            started_at_ms: i.started_at_ms,
+            app_version: i.app_version,
+            last_exit_code: i.last_exit_code,
+            message: i.message.clone(),
+            stopped: i.stopped,
+            health: health_to_wire(i.health) as i32,
+        }
+    }
+}
+
+impl From<NodeView> for pb::Node {
+    fn from(n: NodeView) -> pb::Node {
+        let status = match n.status {
+            NodeStatus::Ready => pb::NodeStatus::Ready,
+            NodeStatus::Down => pb::NodeStatus::Down,
+            NodeStatus::Draining => pb::NodeStatus::Draining,
+            NodeStatus::Ineligible => pb::NodeStatus::Ineligible,
+            NodeStatus::Quarantined => pb::NodeStatus::Quarantined,
+        };
+        pb::Node {
+            name: n.name,
+            status: status as i32,
+            labels: n.labels.into_iter().collect(),
+            cores: n.cores,
+            memory_bytes: n.memory_bytes,
+            instances: n.instances,
+            last_heartbeat_ms: n.last_heartbeat_ms,
+            hostname: n.hostname,
+            agent_version: n.agent_version,
+            cpu_percent: n.cpu_percent,
+            memory_used_bytes: n.memory_used_bytes,
+            allocated_cpu_millis: n.allocated_cpu_millis,
+            allocated_memory_bytes: n.allocated_memory_bytes,
+            down_since_ms: n.down_since_ms,
+            address: n.address,
+            message: n.message,
+        }
+    }
+}
+
+impl From<EndpointsView> for pb::Endpoints {
+    fn from(e: EndpointsView) -> pb::Endpoints {
+        pb::Endpoints {
+            app: e.app,
+            endpoints: e
+                .endpoints
+                .into_iter()
+                .map(|e| pb::Endpoint {
+                    host: e.host,
+                    port: e.port,
+                    index: e.index,
+                    node: e.node,
+                    version: e.version,
+                    instance_id: e.instance_id,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<Event> for pb::Event {
+    fn from(e: Event) -> pb::Event {
+        pb::Event {
+            at_ms: e.at_ms,
+            kind: e.kind.as_str().to_string(),
+            app: e.app,
+            node: e.node,
+            index: e.index,
+            message: e.message,
+        }
+    }
+}
+
+impl From<AutoscaleView> for pb::AutoscaleStatus {
+    fn from(a: AutoscaleView) -> pb::AutoscaleStatus {
+        pb::AutoscaleStatus {
+            app: a.app,
+            // Always present: a disabled policy is the default one (`enabled` false).
+            policy: Some(a.policy.as_ref().map(autoscale_to_wire).unwrap_or_default()),
+            instances: a.instances,
+            online: a.online,
+            cpu_avg: a.cpu_avg,
+            memory_avg_bytes: a.memory_avg_bytes,
+            state: a.state,
+            decisions: a.decisions.into_iter().map(pb::Event::from).collect(),
+        }
+    }
+}
+
+/// A deployment of `app` as the wire shows it.
+pub fn deployment(app: &str, d: &Deployment) -> pb::Deployment {
+    pb::Deployment {
+        id: d.id,
+        app: app.to_string(),
+        kind: match d.kind {
+            Kind::Update => "update",
+            Kind::Restart => "restart",
+            Kind::Rollback => "rollback",
+        }
+        .to_string(),
+        from_version: d.from_version,
+        to_version: d.to_version,
+        state: d.state.name().to_string(),
+        started_ms: d.started_ms,
+        updated_ms: d.updated_ms,
+        message: d.message.clone(),
+        done: d.done,
+        total: d.total,
+    }
+}
+
+/// The rollouts of `app` as the wire shows them.
+pub fn rollout_status(app: &str, r: &Rollouts) -> pb::RolloutStatus {
+    pb::RolloutStatus {
+        current: r.current.as_ref().map(|d| deployment(app, d)),
+        history: r.history.iter().map(|d| deployment(app, d)).collect(),
+        versions: r.versions.clone(),
+        version: r.version,
+    }
+}
+
+#[cfg(test)]
+mod tests;
