@@ -15,8 +15,9 @@
 //!
 //! Modules, bottom up: `error`; `wait` (polling with deadlines); `bins` (locating binaries);
 //! `proc` (pids, over the agent's own `/proc` code); `daemon` (one started daemon); `ports`;
-//! `http`; `cli` (a CLI run's output and `list` entries); `cluster` (the cluster and its
-//! cleanup); `app` (starting the test app, the one way every test does it); `sampler`.
+//! `http`; `skip` (reporting a test this host cannot run); `cli` (a CLI run's output and `list`
+//! entries); `cluster` (the cluster and its cleanup); `app` (starting the test app, the one way
+//! every test does it); `sampler`; `etcd` (etcd members for the HA store and pair).
 
 mod app;
 mod bins;
@@ -24,10 +25,12 @@ mod cli;
 mod cluster;
 mod daemon;
 mod error;
+mod etcd;
 mod http;
 mod ports;
 mod proc;
 mod sampler;
+mod skip;
 mod wait;
 
 pub use app::{AppStart, StartedApp};
@@ -38,8 +41,10 @@ pub use cli::{CliOutput, Instance, per_node, render};
 pub use cluster::{AGENT_GRACE, CLI_TIMEOUT, Cluster, KEEP_ENV, NODE_NAMES, STARTUP_TIMEOUT};
 pub use daemon::{Daemon, tail};
 pub use error::Error;
+pub use etcd::{ETCD_STARTUP_TIMEOUT, Etcd, etcd_binary};
 pub use http::{HttpReply, health, http_get, http_get_within};
 pub use ports::free_port_range;
 pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
 pub use sampler::Sampler;
+pub use skip::{REQUIRE_ENV, SKIP_MARK, requires, skip};
 pub use wait::{POLL_INTERVAL, now_ms, poll_until, wait_for, wait_until};
