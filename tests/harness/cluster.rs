@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -16,7 +15,7 @@ use serde_json::Value;
 
 use crate::bins::Bins;
 use crate::cli::{CliOutput, Instance, render};
-use crate::daemon::{Daemon, log_file, tail};
+use crate::daemon::{Daemon, log_file, tail, wait_listening};
 use crate::error::{Error, io_err, unexpected};
 use crate::proc::{ProcId, children_of, is_log_pump};
 use crate::wait::{poll_every, poll_until};
@@ -51,6 +50,9 @@ pub struct Cluster {
     instance_procs: Mutex<BTreeSet<ProcId>>,
     cli_runs: AtomicU64,
     coordinator_args: Vec<String>,
+    /// Coordinator URLs (comma-separated) of coordinators the cluster does not run itself
+    /// (an HA pair, see [`crate::Pair`]); agents and the CLI get them all.
+    external: Option<String>,
 }
 
 impl Cluster {
@@ -67,6 +69,27 @@ impl Cluster {
                 format!("at most {} agents", NODE_NAMES.len()),
             ));
         }
+        let args = coordinator_args.iter().map(|s| s.to_string()).collect();
+        Cluster::build(n_agents, args, None)
+    }
+
+    /// `n_agents` agents (node-a, ...) of coordinators that run elsewhere, at `urls`
+    /// (comma-separated, as `--coordinator` takes them); ready when one of them answers.
+    pub fn start_external(n_agents: usize, urls: &str) -> Result<Cluster, Error> {
+        if n_agents > NODE_NAMES.len() {
+            return Err(unexpected(
+                "starting a cluster",
+                format!("at most {} agents", NODE_NAMES.len()),
+            ));
+        }
+        Cluster::build(n_agents, Vec::new(), Some(urls.to_string()))
+    }
+
+    fn build(
+        n_agents: usize,
+        coordinator_args: Vec<String>,
+        external: Option<String>,
+    ) -> Result<Cluster, Error> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new()
             .prefix("pmcluster-it-")
@@ -83,7 +106,8 @@ impl Cluster {
             agents: Vec::new(),
             instance_procs: Mutex::new(BTreeSet::new()),
             cli_runs: AtomicU64::new(0),
-            coordinator_args: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            coordinator_args,
+            external,
         };
         match cluster.boot(n_agents) {
             Ok(()) => Ok(cluster),
@@ -95,7 +119,9 @@ impl Cluster {
     }
 
     fn boot(&mut self, n_agents: usize) -> Result<(), Error> {
-        self.spawn_coordinator()?;
+        if self.external.is_none() {
+            self.spawn_coordinator()?;
+        }
         let names = &NODE_NAMES[..n_agents];
         for name in names {
             self.add_agent(name)?;
@@ -124,7 +150,10 @@ impl Cluster {
 
     /// `http://127.0.0.1:PORT`, for `--coordinator` and gRPC clients.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match &self.external {
+            Some(urls) => urls.clone(),
+            None => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     pub fn coordinator(&self) -> Option<&Daemon> {
@@ -182,28 +211,8 @@ impl Cluster {
             stderr_path,
             child,
         ));
-        const PREFIX: &str = "pmcluster-coordinator listening on ";
-        let port = poll_until(STARTUP_TIMEOUT, "the coordinator's listening line", || {
-            let out = fs::read_to_string(&stdout_path).unwrap_or_default();
-            if let Some(line) = out.lines().find(|l| l.starts_with(PREFIX)) {
-                let addr = &line[PREFIX.len()..];
-                return match addr.trim().parse::<SocketAddr>() {
-                    Ok(a) => Ok(Ok(a.port())),
-                    Err(e) => Ok(Err(unexpected(
-                        "the coordinator's listening line",
-                        format!("{line:?}: {e}"),
-                    ))),
-                };
-            }
-            if let Some(status) = daemon.try_exit() {
-                return Ok(Err(Error::EarlyExit {
-                    what: format!("pmcluster-coordinator --listen {listen}"),
-                    status: status.to_string(),
-                    tail: daemon.stderr_tail(30),
-                }));
-            }
-            Err(format!("stdout so far: {out:?}"))
-        })??;
+        let port =
+            wait_listening(daemon, &format!("pmcluster-coordinator --listen {listen}"))?.port();
         if self.port != 0 && port != self.port {
             return Err(unexpected(
                 "restarting the coordinator",
@@ -575,7 +584,7 @@ impl Cluster {
     /// Ends every process this cluster started or saw, by pid.
     fn shutdown(&mut self) {
         // Learn the latest instances while the coordinator and agents still run.
-        if self.coordinator.as_ref().is_some_and(Daemon::running) {
+        if self.coordinator.as_ref().is_some_and(Daemon::running) || self.external.is_some() {
             let _ = self.try_cli_timeout(&["list", "-o", "json"], Duration::from_secs(5));
         }
         self.agent_children();

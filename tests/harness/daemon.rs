@@ -10,7 +10,10 @@ use std::time::Duration;
 use nix::sys::signal::{self, Signal};
 use pmcluster_agent::process::to_pid;
 
-use crate::error::{Error, io_err};
+use std::net::SocketAddr;
+
+use crate::cluster::STARTUP_TIMEOUT;
+use crate::error::{Error, io_err, unexpected};
 use crate::wait::poll_until;
 
 /// The last `n` lines of a file, for failure reports.
@@ -109,4 +112,30 @@ impl Daemon {
     pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
         poll_until(timeout, "exit", || self.try_exit().ok_or_else(String::new)).ok()
     }
+}
+
+/// Waits for the line a coordinator prints once it listens, and returns that address.
+pub(crate) fn wait_listening(daemon: &Daemon, what: &str) -> Result<SocketAddr, Error> {
+    const PREFIX: &str = "pmcluster-coordinator listening on ";
+    poll_until(STARTUP_TIMEOUT, "the coordinator's listening line", || {
+        let out = fs::read_to_string(&daemon.stdout_path).unwrap_or_default();
+        if let Some(line) = out.lines().find(|l| l.starts_with(PREFIX)) {
+            let addr = &line[PREFIX.len()..];
+            return match addr.trim().parse::<SocketAddr>() {
+                Ok(a) => Ok(Ok(a)),
+                Err(e) => Ok(Err(unexpected(
+                    "the coordinator's listening line",
+                    format!("{line:?}: {e}"),
+                ))),
+            };
+        }
+        if let Some(status) = daemon.try_exit() {
+            return Ok(Err(Error::EarlyExit {
+                what: what.to_string(),
+                status: status.to_string(),
+                tail: daemon.stderr_tail(30),
+            }));
+        }
+        Err(format!("stdout so far: {out:?}"))
+    })?
 }

@@ -230,7 +230,9 @@ impl Election {
         let lapse = self.ttl * 2 / 3;
         let name = self.election_name();
         let key: LeaderKey = {
-            let campaign = client.campaign(name.clone(), self.advertise.clone(), lease);
+            let follower = client.clone();
+            let mut campaigner = client.clone();
+            let campaign = campaigner.campaign(name.clone(), self.advertise.clone(), lease);
             tokio::select! {
                 r = campaign => r
                     .map_err(|e| format!("campaign: {e}"))?
@@ -240,7 +242,7 @@ impl Election {
                     return Err("lease not renewed while campaigning; starting again".into());
                 }
                 () = stop.cancelled() => return Ok(()),
-                () = self.follow_leader(client.clone(), &name, lease) => {
+                () = self.follow_leader(follower, &name, lease) => {
                     return Err("stopped following the leader".into());
                 }
             }

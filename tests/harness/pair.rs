@@ -1,0 +1,289 @@
+//! An HA pair: two coordinators sharing one etcd (the harness's own, see [`Etcd`]), each on its
+//! own port and prefix-sharing, with agents and the CLI given both URLs. Kill, stop and restart
+//! one coordinator; ask which one leads.
+//!
+//! Drop order: agents and instances first (the [`Cluster`]), then the coordinators, by pid,
+//! then etcd.
+
+use std::fs;
+use std::ops::Deref;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::bins::Bins;
+use crate::cluster::Cluster;
+use crate::daemon::{Daemon, log_file, wait_listening};
+use crate::error::{Error, io_err, unexpected};
+use crate::etcd::Etcd;
+use crate::ports::free_port_range;
+use crate::wait::poll_until;
+
+static PAIRS: AtomicU64 = AtomicU64::new(0);
+
+/// Two coordinators on etcd, and agents of both.
+pub struct Pair {
+    /// `None` only while dropping (it goes first).
+    cluster: Option<Cluster>,
+    bins: Bins,
+    dir: tempfile::TempDir,
+    ports: [u16; 2],
+    /// The current process of each coordinator (`None`: not started yet).
+    coordinators: [Option<Daemon>; 2],
+    /// Earlier processes, kept for their logs.
+    past: Vec<Daemon>,
+    runs: u32,
+    prefix: String,
+    extra: Vec<String>,
+    /// Last: after the coordinators are gone.
+    etcd: Etcd,
+}
+
+impl Deref for Pair {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        self.cluster()
+    }
+}
+
+impl Pair {
+    /// Two coordinators (`--store etcd --lease-ttl 2s` plus `coordinator_args`) on `etcd`, the
+    /// first started first (so it leads), and `n_agents` agents of both.
+    pub fn start(etcd: Etcd, n_agents: usize, coordinator_args: &[&str]) -> Result<Pair, Error> {
+        let bins = Bins::locate()?;
+        let dir = tempfile::Builder::new()
+            .prefix("pmcluster-pair-")
+            .tempdir()
+            .map_err(io_err("creating the pair's directory"))?;
+        let n = PAIRS.fetch_add(1, Ordering::Relaxed);
+        let mut pair = Pair {
+            cluster: None,
+            bins,
+            dir,
+            ports: [free_port_range(1)?, free_port_range(1)?],
+            coordinators: [None, None],
+            past: Vec::new(),
+            runs: 0,
+            prefix: format!("/pmcluster-it/{}-{n}", std::process::id()),
+            extra: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            etcd,
+        };
+        let booted = pair.spawn(0).and_then(|()| {
+            pair.wait_leader(Duration::from_secs(30))?;
+            pair.spawn(1)
+        });
+        if let Err(e) = booted {
+            return Err(Error::Start {
+                source: Box::new(e),
+                tails: pair.tails(),
+            });
+        }
+        pair.cluster = Some(Cluster::start_external(n_agents, &pair.urls())?);
+        Ok(pair)
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        match &self.cluster {
+            Some(c) => c,
+            None => unreachable!("the cluster is only taken while dropping"),
+        }
+    }
+
+    pub fn cluster_mut(&mut self) -> &mut Cluster {
+        match &mut self.cluster {
+            Some(c) => c,
+            None => unreachable!("the cluster is only taken while dropping"),
+        }
+    }
+
+    pub fn etcd(&self) -> &Etcd {
+        &self.etcd
+    }
+
+    pub fn etcd_mut(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
+    /// `http://127.0.0.1:PORT` of coordinator `i` (0 or 1).
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Both URLs, comma-separated, as `--coordinator` takes them.
+    pub fn urls(&self) -> String {
+        format!("{},{}", self.url(0), self.url(1))
+    }
+
+    pub fn coordinator(&self, i: usize) -> Option<&Daemon> {
+        self.coordinators[i].as_ref()
+    }
+
+    /// Starts coordinator `i` (again) on its port.
+    pub fn spawn(&mut self, i: usize) -> Result<(), Error> {
+        if self.coordinators[i].as_ref().is_some_and(Daemon::running) {
+            return Err(unexpected("starting a coordinator", "it still runs"));
+        }
+        self.runs += 1;
+        let name = format!("coordinator-{}", ["a", "b"][i]);
+        let stdout_path = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.stdout.log", self.runs));
+        let stderr_path = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.stderr.log", self.runs));
+        let listen = format!("127.0.0.1:{}", self.ports[i]);
+        let child = Command::new(&self.bins.coordinator)
+            .args(["--listen", &listen, "--store", "etcd", "--lease-ttl", "2s"])
+            .args(["--etcd-endpoints", &self.etcd.endpoints().join(",")])
+            .args(["--etcd-prefix", &self.prefix])
+            .args(&self.extra)
+            .env_remove("PMCLUSTER_LISTEN")
+            .env_remove("PMCLUSTER_DATA_DIR")
+            .env_remove("PMCLUSTER_STORE")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log_file(&stdout_path)?)
+            .stderr(log_file(&stderr_path)?)
+            .spawn()
+            .map_err(io_err(format!("spawning {name}")))?;
+        let daemon = Daemon::new(
+            &name,
+            self.dir.path().to_path_buf(),
+            stdout_path,
+            stderr_path,
+            child,
+        );
+        if let Some(old) = self.coordinators[i].replace(daemon) {
+            self.past.push(old);
+        }
+        if let Some(d) = &self.coordinators[i] {
+            wait_listening(d, &format!("{name} --listen {listen}"))?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL coordinator `i`.
+    pub fn kill(&self, i: usize) {
+        if let Some(d) = &self.coordinators[i] {
+            d.kill();
+        }
+    }
+
+    pub fn signal(&self, i: usize, sig: Signal) {
+        if let Some(d) = &self.coordinators[i] {
+            d.signal(sig);
+        }
+    }
+
+    /// `status -o json` as coordinator `i` answers it (`None`: through both URLs).
+    pub fn status(&self, i: Option<usize>) -> Result<Value, Error> {
+        let url = match i {
+            Some(i) => self.url(i),
+            None => self.urls(),
+        };
+        let out = Command::new(&self.bins.cli)
+            .args(["--coordinator", &url, "status", "-o", "json"])
+            .env_remove("PMCLUSTER_COORDINATOR")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(io_err("running pmcluster status"))?;
+        if !out.status.success() {
+            return Err(unexpected(
+                "pmcluster status",
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        serde_json::from_slice(&out.stdout)
+            .map_err(|e| unexpected("pmcluster status -o json", e.to_string()))
+    }
+
+    /// Which coordinator says it leads, asking each directly.
+    pub fn leader(&self) -> Option<usize> {
+        (0..2).find(|&i| {
+            self.coordinators[i].as_ref().is_some_and(Daemon::running)
+                && self.status(Some(i)).is_ok_and(|v| {
+                    v["coordinators"].as_array().is_some_and(|list| {
+                        list.iter()
+                            .any(|c| c["answered"] == true && c["role"] == "leader")
+                    })
+                })
+        })
+    }
+
+    /// Waits until one coordinator leads; returns it.
+    pub fn wait_leader(&self, timeout: Duration) -> Result<usize, Error> {
+        poll_until(timeout, "a leader", || {
+            self.leader().ok_or_else(|| self.roles())
+        })
+    }
+
+    /// Waits until coordinator `i` leads; returns how long that took.
+    pub fn wait_leads(&self, i: usize, timeout: Duration) -> Result<Duration, Error> {
+        let start = Instant::now();
+        poll_until(timeout, &format!("coordinator {i} leading"), || {
+            if self.leader() == Some(i) {
+                Ok(start.elapsed())
+            } else {
+                Err(self.roles())
+            }
+        })
+    }
+
+    fn roles(&self) -> String {
+        (0..2)
+            .map(|i| match self.status(Some(i)) {
+                Ok(v) => format!("{}: {v}", self.url(i)),
+                Err(e) => format!("{}: {e}", self.url(i)),
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The last lines of both coordinators' stderr (every run), for failure reports.
+    pub fn tails(&self) -> String {
+        let mut out = String::new();
+        for d in self.past.iter().chain(self.coordinators.iter().flatten()) {
+            out.push_str(&format!(
+                "\n===== {} (pid {}) =====\n{}\n",
+                d.name,
+                d.pid(),
+                d.stderr_tail(40)
+            ));
+        }
+        out
+    }
+
+    /// Every line of coordinator `i`'s stderr, all runs.
+    pub fn stderr(&self, i: usize) -> String {
+        let name = format!("coordinator-{}", ["a", "b"][i]);
+        self.past
+            .iter()
+            .chain(self.coordinators.iter().flatten())
+            .filter(|d| d.name == name)
+            .map(|d| fs::read_to_string(&d.stderr_path).unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        // Agents (which stop their instances) while a coordinator may still answer.
+        drop(self.cluster.take());
+        for d in self.coordinators.iter().flatten() {
+            // SIGKILL ends a stopped (SIGSTOP) process too.
+            d.kill();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "harness: coordinator logs of the failed test:{}",
+                self.tails()
+            );
+        }
+    }
+}
