@@ -160,8 +160,7 @@ pub(crate) async fn run(
                     );
                 } else if registered {
                     tracing::warn!(
-                        "link to coordinator at {url} lost ({reason}); reconnecting to {to} in \
-                         {delay:?}"
+                        "link to coordinator lost ({url}: {reason}); reconnecting to {to} in {delay:?}"
                     );
                 } else {
                     tracing::warn!(
