@@ -16,7 +16,8 @@
 //! Modules, bottom up: `error`; `wait` (polling with deadlines); `bins` (locating binaries);
 //! `proc` (pids, over the agent's own `/proc` code); `daemon` (one started daemon); `ports`;
 //! `http`; `cli` (a CLI run's output and `list` entries); `cluster` (the cluster and its
-//! cleanup); `app` (starting the test app, the one way every test does it); `sampler`.
+//! cleanup); `app` (starting the test app, the one way every test does it); `sampler`;
+//! `standby` (a fake standby coordinator that points clients at the real one).
 
 mod app;
 mod bins;
@@ -28,6 +29,7 @@ mod http;
 mod ports;
 mod proc;
 mod sampler;
+mod standby;
 mod wait;
 
 pub use app::{AppStart, StartedApp};
@@ -42,4 +44,5 @@ pub use http::{HttpReply, health, http_get, http_get_within};
 pub use ports::free_port_range;
 pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
 pub use sampler::Sampler;
+pub use standby::FakeStandby;
 pub use wait::{POLL_INTERVAL, now_ms, poll_until, wait_for, wait_until};
