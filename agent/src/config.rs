@@ -14,6 +14,7 @@ pub const DEFAULT_COORDINATOR_GRACE: Duration = Duration::from_secs(30);
 /// Values as given on the command line, before any check.
 #[derive(Debug, Clone, Default)]
 pub struct RawConfig {
+    /// One URL, or a comma-separated list (an HA pair).
     pub coordinator: String,
     /// `None`: use `hostname`.
     pub node_name: Option<String>,
@@ -37,8 +38,9 @@ pub struct RawConfig {
 /// Checked agent settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Coordinator URL (`http://`; TLS comes with mTLS later).
-    pub coordinator: String,
+    /// Coordinator URLs (`http://`; TLS comes with mTLS later), dialled in this order; an HA pair
+    /// has two. Never empty.
+    pub coordinators: Vec<String>,
     pub node_name: String,
     /// Where the agent keeps its files (`logs/` for instance output).
     pub data_dir: PathBuf,
@@ -71,7 +73,7 @@ impl Config {
     /// reaps only its own children.
     pub fn embedded(coordinator: &str, node_name: &str, data_dir: PathBuf) -> Config {
         Config {
-            coordinator: coordinator.to_string(),
+            coordinators: vec![coordinator.to_string()],
             node_name: node_name.to_string(),
             data_dir,
             labels: BTreeMap::new(),
@@ -120,7 +122,7 @@ pub fn parse_label(value: &str) -> Result<(String, String), ConfigError> {
 
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
-        let coordinator = validate_url(self.coordinator)?;
+        let coordinators = validate_urls(&self.coordinator)?;
         let node_name = match self.node_name {
             Some(n) => n,
             None => self
@@ -143,7 +145,7 @@ impl RawConfig {
             labels.insert(key, value);
         }
         Ok(Config {
-            coordinator,
+            coordinators,
             node_name,
             data_dir: self.data_dir,
             labels,
@@ -157,7 +159,31 @@ impl RawConfig {
     }
 }
 
-fn validate_url(url: String) -> Result<String, ConfigError> {
+/// Splits `--coordinator` at commas, checking each item; each URL is kept once, in order.
+fn validate_urls(input: &str) -> Result<Vec<String>, ConfigError> {
+    let mut urls: Vec<String> = Vec::new();
+    for (n, item) in input.split(',').enumerate() {
+        let item = item.trim();
+        if item.is_empty() {
+            return Err(ConfigError::Coordinator {
+                url: input.to_string(),
+                reason: format!(
+                    "item {} is empty; give one URL or several separated by commas, e.g. \
+                     http://10.0.0.1:7450,http://10.0.0.2:7450",
+                    n + 1
+                ),
+            });
+        }
+        let url = validate_url(item.to_string())?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    Ok(urls)
+}
+
+/// One coordinator URL; also checks the leader a standby names.
+pub(crate) fn validate_url(url: String) -> Result<String, ConfigError> {
     let bad = |reason: &str| ConfigError::Coordinator {
         url: url.clone(),
         reason: reason.to_string(),
@@ -253,6 +279,20 @@ mod tests {
             ),
             (
                 RawConfig {
+                    coordinator: "http://a:1,,http://b:1".into(),
+                    ..raw()
+                },
+                "--coordinator \"http://a:1,,http://b:1\": item 2 is empty",
+            ),
+            (
+                RawConfig {
+                    coordinator: "http://a:1,b:1".into(),
+                    ..raw()
+                },
+                "--coordinator \"b:1\": expected a URL",
+            ),
+            (
+                RawConfig {
                     node_name: Some("a b".into()),
                     ..raw()
                 },
@@ -294,5 +334,18 @@ mod tests {
         }
         .validate();
         assert_eq!(defaulted.map(|c| c.node_name), Ok("host-1".to_string()));
+        let pair = RawConfig {
+            coordinator: "http://a:7450, http://b:7450,http://a:7450".into(),
+            ..raw()
+        }
+        .validate()
+        .map(|c| c.coordinators);
+        assert_eq!(
+            pair,
+            Ok(vec![
+                "http://a:7450".to_string(),
+                "http://b:7450".to_string()
+            ])
+        );
     }
 }

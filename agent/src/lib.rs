@@ -127,8 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let sampler = metrics::Sampler::new().map_err(|e| AgentError::Host(e.to_string()))?;
     let link_config = link::LinkConfig {
         agent_id: agent_id(&config.data_dir)?,
-        endpoint: link::endpoint(&config.coordinator)?,
-        url: config.coordinator.clone(),
+        coordinators: config.coordinators.clone(),
         labels: config.labels.clone(),
         host: sampler.host_info(),
     };
@@ -166,7 +165,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     });
     tracing::info!(
         node = %config.node_name,
-        coordinator = %config.coordinator,
+        coordinators = %config.coordinators.join(","),
         data_dir = %config.data_dir.display(),
         "agent starting"
     );

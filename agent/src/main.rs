@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "pmcluster-agent", version)]
 struct Args {
-    /// Coordinator URL.
+    /// Coordinator URL, or a comma-separated list for an HA pair: a standby's refusal names the
+    /// leader, dialled at once; an unreachable one sends the agent to the next URL.
     #[arg(
         long,
         env = "PMCLUSTER_COORDINATOR",

@@ -27,7 +27,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// Coordinator to talk to: http://HOST:PORT or HOST:PORT
+    /// Coordinator to talk to: http://HOST:PORT or HOST:PORT; for an HA pair, a comma-separated
+    /// list (calls follow a standby's pointer to the leader, else go to the next URL)
     #[arg(
         long,
         global = true,
@@ -633,6 +634,7 @@ mod tests {
             "pmcluster apply -f apps.yaml --format yaml",
             "pmcluster up --listen 127.0.0.1:0 --data-dir /tmp/x",
             "pmcluster --coordinator 10.0.0.1:7450 nodes",
+            "pmcluster --coordinator http://10.0.0.1:7450,10.0.0.2:7450 scale web 2",
             "pmcluster restart web --rolling --max-surge 2 --no-auto-rollback --shutdown-delay 5s",
             "pmcluster reload web --max-surge -1 --min-healthy-time -5s --yes",
             "pmcluster start 'node s.js' --name web --canary 1 --auto-rollback false",
@@ -661,6 +663,23 @@ mod tests {
         for (line, kind) in bad {
             assert_eq!(parse(line).err(), Some(kind), "{line}");
         }
+    }
+
+    #[test]
+    fn coordinator_lists() {
+        let cli = parse("pmcluster list --coordinator 'c1:7450, http://c2:7450'").expect("parses");
+        let urls = crate::failover::parse_urls(&cli.coordinator).map_err(|e| e.to_string());
+        assert_eq!(
+            urls,
+            Ok(vec![
+                "http://c1:7450".to_string(),
+                "http://c2:7450".to_string()
+            ])
+        );
+        let cli = parse("pmcluster --coordinator c1:7450,,c2:7450 list").expect("parses");
+        let err = crate::failover::parse_urls(&cli.coordinator).map(|_| ());
+        let err = err.expect_err("an empty item is refused").to_string();
+        assert!(err.starts_with("--coordinator: item 2 of"), "{err}");
     }
 
     #[test]

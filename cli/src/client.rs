@@ -1,5 +1,6 @@
-//! The connection to the coordinator: address normalisation, connecting with a deadline, and
-//! unary calls with a deadline, so that no verb can hang on a silent coordinator.
+//! The connection to one coordinator: address normalisation, connecting with a deadline, and
+//! unary calls with a deadline, so that no verb can hang on a silent coordinator. Verbs call
+//! through [`crate::failover::Conn`], which uses these for each coordinator of the list.
 
 use std::future::Future;
 use std::time::Duration;
@@ -54,20 +55,36 @@ pub async fn connect(url: &str) -> anyhow::Result<Client> {
 
 /// [`connect`] with another deadline; `up` polls with a short one while the coordinator starts.
 pub async fn connect_with(url: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let unreachable = |why: String| {
-        anyhow::anyhow!(
-            "cannot reach the coordinator at {url}: {why}; is it running? \
-             start a local one with 'pmcluster up'"
-        )
-    };
+    match dial(url, timeout).await {
+        Ok(client) => Ok(client),
+        Err(Dial::BadUrl(e)) => Err(e.into()),
+        Err(Dial::Unreachable(why)) => Err(anyhow::anyhow!(unreachable(url, &why))),
+    }
+}
+
+/// Why a dial failed.
+pub(crate) enum Dial {
+    BadUrl(UsageError),
+    /// The innermost cause, or that nothing answered in time.
+    Unreachable(String),
+}
+
+pub(crate) fn unreachable(url: &str, why: &str) -> String {
+    format!(
+        "cannot reach the coordinator at {url}: {why}; is it running? \
+         start a local one with 'pmcluster up'"
+    )
+}
+
+pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
     let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| UsageError::new(format!("--coordinator: {url:?}: {e}")))?
+        .map_err(|e| Dial::BadUrl(UsageError::new(format!("--coordinator: {url:?}: {e}"))))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
     // The outer deadline also covers the HTTP/2 handshake, which connect_timeout does not.
     let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Err(_) => return Err(unreachable(format!("no answer within {timeout:?}"))),
-        Ok(Err(e)) => return Err(unreachable(root_cause(&e))),
+        Err(_) => return Err(Dial::Unreachable(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => return Err(Dial::Unreachable(root_cause(&e))),
         Ok(Ok(channel)) => channel,
     };
     // The coordinator's limits: replies are paged or budgeted below them, so a reply it sends is
@@ -93,7 +110,8 @@ pub fn request<T>(message: T) -> Request<T> {
     req
 }
 
-/// Awaits a unary call with [`CALL_TIMEOUT`]; the server-side deadline alone does not save us
+/// Awaits a unary call with [`CALL_TIMEOUT`] (for `up`, which talks to the one coordinator it
+/// started); the server-side deadline alone does not save us
 /// from a coordinator that accepted the connection and then went silent.
 pub async fn unary<T, F>(call: F) -> Result<T, ApiError>
 where

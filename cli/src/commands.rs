@@ -4,6 +4,8 @@
 //! not a coordinator is running. Rendering is delegated to `output`; this module only chooses what
 //! to render and writes it to `out`, propagating write errors so a closed pipe ends the command.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::io::Write;
 
 use anyhow::Context;
@@ -18,20 +20,27 @@ use crate::args::{
     AdoptArgs, AppArg, ApplyArgs, AutoscaleArgs, EventsArgs, FileFormat, ListArgs, LogsArgs,
     NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
 };
-use crate::client::{connect, request, unary};
+use crate::client::Client;
 use crate::error::{ApiError, UsageError};
+use crate::failover::{Conn, call};
 use crate::output;
 use crate::validate::{StartPlan, parse_count, plan_start};
 
 /// Where a verb writes and how.
 pub struct Ctx<'a> {
-    /// Coordinator URL, already normalised.
-    pub url: String,
+    /// Coordinator URLs (`--coordinator`, a list for an HA pair), already normalised.
+    pub urls: Vec<String>,
     pub output: OutputFormat,
     pub out: &'a mut dyn Write,
 }
 
 impl Ctx<'_> {
+    /// The first coordinator of the list that answers; calls through it follow a standby's
+    /// leader hint (see [`crate::failover`]).
+    pub(crate) async fn connect(&self) -> Result<Conn, ApiError> {
+        Conn::open(self.urls.clone()).await
+    }
+
     pub(crate) fn json(&self) -> bool {
         self.output == OutputFormat::Json
     }
@@ -111,21 +120,18 @@ fn apply_json(name: &str, reply: &pb::ApplyAppReply) -> Value {
     })
 }
 
-async fn apply_one(
-    client: &mut crate::client::Client,
-    spec: &AppSpec,
-) -> anyhow::Result<pb::ApplyAppReply> {
+async fn apply_one(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<pb::ApplyAppReply> {
     let req = pb::ApplyAppRequest {
         spec: Some(pb::AppSpec::from(spec)),
         keep_instances: false,
     };
-    Ok(unary(client.apply_app(request(req))).await?)
+    Ok(call!(conn, apply_app, req).await?)
 }
 
 /// `start "command line" --name web ...` or `start web [--instance N]`.
 pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let plan = plan_start(&args)?;
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     match plan {
         StartPlan::Existing { app, index } => {
             let target = pb::InstanceTarget {
@@ -133,7 +139,7 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 index,
                 rolling: false,
             };
-            let reply = match unary(client.start(request(target))).await {
+            let reply = match call!(conn, start, target).await {
                 Err(e) if e.code == Code::NotFound && index.is_none() => {
                     return Err(anyhow::anyhow!(
                         "{}; to run {app:?} as a new app, give it a name: \
@@ -153,9 +159,9 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }
         StartPlan::Apply { spec, derived_name } => {
             if derived_name {
-                refuse_to_overwrite(&mut client, &spec).await?;
+                refuse_to_overwrite(&mut conn, &spec).await?;
             }
-            let reply = apply_one(&mut client, &spec).await?;
+            let reply = apply_one(&mut conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;
             if unchanged {
@@ -166,7 +172,7 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                     index: None,
                     rolling: false,
                 };
-                unary(client.start(request(target))).await?;
+                call!(conn, start, target).await?;
             }
             if ctx.json() {
                 return ctx.value(&apply_json(&spec.name, &reply));
@@ -188,14 +194,11 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 /// A name derived from the program must not silently replace another app of that name.
-async fn refuse_to_overwrite(
-    client: &mut crate::client::Client,
-    spec: &AppSpec,
-) -> anyhow::Result<()> {
+async fn refuse_to_overwrite(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<()> {
     let req = pb::GetAppRequest {
         name: spec.name.clone(),
     };
-    let existing = match unary(client.get_app(request(req))).await {
+    let existing = match call!(conn, get_app, req).await {
         Err(e) if e.code == Code::NotFound => return Ok(()),
         other => other?,
     };
@@ -234,10 +237,10 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         args.file.as_str()
     };
     let specs = parse_apps(&text, format).map_err(|e| UsageError::new(format!("{source}: {e}")))?;
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let mut results = Vec::with_capacity(specs.len());
     for (n, spec) in specs.iter().enumerate() {
-        let reply = apply_one(&mut client, spec).await.with_context(|| {
+        let reply = apply_one(&mut conn, spec).await.with_context(|| {
             let done: Vec<&str> = specs[..n].iter().map(|s| s.name.as_str()).collect();
             if done.is_empty() {
                 format!("applying app {:?}", spec.name)
@@ -282,12 +285,12 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 /// `scale APP N`.
 pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let instances = parse_count(&args.instances).map_err(UsageError::new)?;
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let req = pb::ScaleRequest {
         app: args.app.clone(),
         instances: i64::from(instances),
     };
-    let reply = unary(client.scale(request(req))).await?;
+    let reply = call!(conn, scale, req).await?;
     if ctx.json() {
         return ctx.value(&json!({
             "app": args.app, "previous": reply.previous, "instances": reply.instances,
@@ -299,10 +302,7 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ))
 }
 
-async fn list_instances(
-    client: &mut crate::client::Client,
-    app: &str,
-) -> Result<Vec<pb::Instance>, ApiError> {
+async fn list_instances(conn: &mut Conn, app: &str) -> Result<Vec<pb::Instance>, ApiError> {
     let mut instances = Vec::new();
     let mut page_token = String::new();
     // Bounded: 1000 pages of 5000 is far beyond any cluster; a token that does not move would
@@ -313,7 +313,7 @@ async fn list_instances(
             page_size: PAGE_SIZE,
             page_token: page_token.clone(),
         };
-        let reply = unary(client.list_instances(request(req))).await?;
+        let reply = call!(conn, list_instances, req).await?;
         instances.extend(reply.instances);
         if reply.next_page_token.is_empty() || reply.next_page_token == page_token {
             return Ok(instances);
@@ -335,7 +335,7 @@ fn too_many_pages() -> ApiError {
     }
 }
 
-async fn list_apps(client: &mut crate::client::Client) -> Result<Vec<pb::App>, ApiError> {
+async fn list_apps(conn: &mut Conn) -> Result<Vec<pb::App>, ApiError> {
     let mut apps = Vec::new();
     let mut page_token = String::new();
     for _ in 0..MAX_PAGES {
@@ -343,7 +343,7 @@ async fn list_apps(client: &mut crate::client::Client) -> Result<Vec<pb::App>, A
             page_size: PAGE_SIZE,
             page_token: page_token.clone(),
         };
-        let reply = unary(client.list_apps(request(req))).await?;
+        let reply = call!(conn, list_apps, req).await?;
         apps.extend(reply.apps);
         if reply.next_page_token.is_empty() || reply.next_page_token == page_token {
             return Ok(apps);
@@ -355,9 +355,9 @@ async fn list_apps(client: &mut crate::client::Client) -> Result<Vec<pb::App>, A
 
 /// `list [APP]`.
 pub async fn list(args: ListArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let app = args.app.unwrap_or_default();
-    let instances = list_instances(&mut client, &app).await?;
+    let instances = list_instances(&mut conn, &app).await?;
     let now = output::now_ms();
     if ctx.json() {
         return ctx.value(&output::instances_json(&instances, now));
@@ -376,12 +376,12 @@ pub async fn list(args: ListArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `info APP`.
 pub async fn info(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let req = pb::GetAppRequest {
         name: args.app.clone(),
     };
-    let app = unary(client.get_app(request(req))).await?;
-    let instances = list_instances(&mut client, &args.app).await?;
+    let app = call!(conn, get_app, req).await?;
+    let instances = list_instances(&mut conn, &args.app).await?;
     let now = output::now_ms();
     if ctx.json() {
         return ctx.value(&output::app_info_json(&app, &instances, now));
@@ -406,15 +406,15 @@ pub async fn restart(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> 
 }
 
 async fn action(action: Action, args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let target = pb::InstanceTarget {
         app: args.app.clone(),
         index: args.instance,
         rolling: false,
     };
     let (reply, verb) = match action {
-        Action::Stop => (unary(client.stop(request(target))).await?, "stopped"),
-        Action::Restart => (unary(client.restart(request(target))).await?, "restarted"),
+        Action::Stop => (call!(conn, stop, target).await?, "stopped"),
+        Action::Restart => (call!(conn, restart, target).await?, "restarted"),
     };
     if ctx.json() {
         return ctx.value(&json!({
@@ -427,11 +427,11 @@ async fn action(action: Action, args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::
 
 /// `delete APP`.
 pub async fn delete(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let req = pb::DeleteAppRequest {
         name: args.app.clone(),
     };
-    let reply = unary(client.delete_app(request(req))).await?;
+    let reply = call!(conn, delete_app, req).await?;
     if ctx.json() {
         return ctx.value(&json!({"app": args.app, "action": "deleted", "removed": reply.removed}));
     }
@@ -444,8 +444,8 @@ pub async fn delete(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `nodes`.
 pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
-    let nodes = unary(client.list_nodes(request(pb::ListNodesRequest {})))
+    let mut conn = ctx.connect().await?;
+    let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
         .await?
         .nodes;
     if ctx.json() {
@@ -468,11 +468,11 @@ pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `nodes adopt NODE|--all`.
 pub async fn adopt(args: AdoptArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
-    let target = request(pb::NodeTarget {
+    let mut conn = ctx.connect().await?;
+    let target = pb::NodeTarget {
         node: args.node.unwrap_or_default(),
-    });
-    let nodes = unary(client.adopt_node(target)).await?.nodes;
+    };
+    let nodes = call!(conn, adopt_node, target).await?.nodes;
     if ctx.json() {
         return ctx.value(&output::nodes_json(&nodes));
     }
@@ -489,11 +489,11 @@ pub async fn adopt(args: AdoptArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `nodes forget NODE`.
 pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
-    let target = request(pb::NodeTarget {
+    let mut conn = ctx.connect().await?;
+    let target = pb::NodeTarget {
         node: args.node.clone(),
-    });
-    let node = unary(client.forget_node(target))
+    };
+    let node = call!(conn, forget_node, target)
         .await?
         .node
         .unwrap_or_default();
@@ -509,12 +509,12 @@ pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `topology [APP]`: nodes with their instances as a tree.
 pub async fn topology(args: TopologyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
-    let nodes = unary(client.list_nodes(request(pb::ListNodesRequest {})))
+    let mut conn = ctx.connect().await?;
+    let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
         .await?
         .nodes;
     let app = args.app.unwrap_or_default();
-    let instances = list_instances(&mut client, &app).await?;
+    let instances = list_instances(&mut conn, &app).await?;
     if ctx.json() {
         return ctx.value(&output::topology_json(&nodes, &instances));
     }
@@ -523,14 +523,14 @@ pub async fn topology(args: TopologyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<(
 
 /// `drain NODE` / `undrain NODE`.
 pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
-    let target = request(pb::NodeTarget {
+    let mut conn = ctx.connect().await?;
+    let target = pb::NodeTarget {
         node: args.node.clone(),
-    });
+    };
     let reply = if drain {
-        unary(client.drain_node(target)).await?
+        call!(conn, drain_node, target).await?
     } else {
-        unary(client.undrain_node(target)).await?
+        call!(conn, undrain_node, target).await?
     };
     let node = reply.node.unwrap_or_default();
     if ctx.json() {
@@ -553,8 +553,8 @@ pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Res
 
 /// `apps`.
 pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
-    let apps = list_apps(&mut client).await?;
+    let mut conn = ctx.connect().await?;
+    let apps = list_apps(&mut conn).await?;
     if ctx.json() {
         return ctx.value(&output::apps_json(&apps));
     }
@@ -566,64 +566,107 @@ pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.
 pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let req = pb::StreamLogsRequest {
         app: args.app.clone(),
         index: args.instance,
         lines: args.lines.unwrap_or(0),
         follow: args.follow,
     };
-    // No grpc-timeout on the request: a followed stream lives as long as the user wants.
-    let stream = unary(client.stream_logs(tonic::Request::new(req))).await?;
+    // Asked for again after a failover: the last line of each instance and stream, printed only
+    // when it is not the line printed last (one line is the least history a request can ask).
+    fn resume(req: &mut pb::StreamLogsRequest) {
+        req.lines = 1;
+    }
     let json = ctx.json();
-    until_ctrl_c(stream, |line: pb::LogLine| {
-        if json {
-            ctx.json_line(&output::log_json(&line))
-        } else {
-            ctx.line(&output::log_line(&line, args.raw))
-        }
-    })
+    let mut last: HashMap<(u32, i32), String> = HashMap::new();
+    let mut seen: HashMap<(u32, i32), String> = HashMap::new();
+    let open = |mut client: Client, req| async move { client.stream_logs(req).await };
+    watch(
+        &mut conn,
+        req,
+        open,
+        args.follow.then_some(resume),
+        |item| {
+            let line = match item {
+                Watched::Resumed => {
+                    seen = last.clone();
+                    return Ok(());
+                }
+                Watched::Message(line) => line,
+            };
+            let key = (line.index, line.stream);
+            if seen.remove(&key).is_some_and(|prev| prev == line.line) {
+                return Ok(());
+            }
+            last.insert(key, line.line.clone());
+            if json {
+                ctx.json_line(&output::log_json(&line))
+            } else {
+                ctx.line(&output::log_line(&line, args.raw))
+            }
+        },
+    )
     .await
 }
 
-/// `events [APP]`: until Ctrl-C.
+/// `events [APP]`: until Ctrl-C. After a failover it subscribes again, without history.
 pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let req = pb::WatchEventsRequest {
         app: args.app.unwrap_or_default(),
         history: args.history,
         no_follow: args.no_follow,
     };
-    let stream = unary(client.watch_events(tonic::Request::new(req))).await?;
+    fn resume(req: &mut pb::WatchEventsRequest) {
+        req.history = 0;
+    }
     let json = ctx.json();
-    until_ctrl_c(stream, |event: pb::Event| {
-        if json {
-            ctx.json_line(&output::event_json(&event))
-        } else {
-            ctx.line(&output::event_line(&event))
-        }
-    })
+    let open = |mut client: Client, req| async move { client.watch_events(req).await };
+    watch(
+        &mut conn,
+        req,
+        open,
+        (!args.no_follow).then_some(resume),
+        |item| {
+            let Watched::Message(event) = item else {
+                return Ok(());
+            };
+            if json {
+                ctx.json_line(&output::event_json(&event))
+            } else {
+                ctx.line(&output::event_line(&event))
+            }
+        },
+    )
     .await
 }
 
 /// `autoscale APP [options]`: changes the policy when options are given, then shows it.
 pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let app = args.app.clone();
     let changing = args.off || crate::validate::autoscale_changes(&args);
     let status = if changing {
-        let current =
-            unary(client.get_autoscale(request(pb::GetAutoscaleRequest { app: app.clone() })))
-                .await?;
+        let current = call!(
+            conn,
+            get_autoscale,
+            pb::GetAutoscaleRequest { app: app.clone() }
+        )
+        .await?;
         let policy = crate::validate::autoscale_policy(&args, current.policy.as_ref())
             .map_err(anyhow::Error::from)?;
-        unary(client.set_autoscale(request(pb::SetAutoscaleRequest {
-            app,
-            policy: Some(policy),
-        })))
+        call!(
+            conn,
+            set_autoscale,
+            pb::SetAutoscaleRequest {
+                app,
+                policy: Some(policy),
+            }
+        )
         .await?
     } else {
-        unary(client.get_autoscale(request(pb::GetAutoscaleRequest { app }))).await?
+        call!(conn, get_autoscale, pb::GetAutoscaleRequest { app }).await?
     };
     if ctx.json() {
         return ctx.value(&output::autoscale_json(&status));
@@ -631,23 +674,71 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
     ctx.text(&output::autoscale_text(&status))
 }
 
-/// Feeds each message of a server stream to `each` until the stream ends, fails, or the user
-/// presses Ctrl-C (a normal way to end, so not an error).
-async fn until_ctrl_c<T>(
-    mut stream: tonic::Streaming<T>,
-    mut each: impl FnMut(T) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+/// What a watch hands its consumer.
+enum Watched<T> {
+    Message(T),
+    /// The stream was lost and opened again (on the leader, after a failover): what follows may
+    /// repeat what came before.
+    Resumed,
+}
+
+/// Reopenings in a row, without a message in between, before a watch gives up.
+const MAX_RESUMES: u32 = 5;
+
+/// Opens a server stream through `conn` and feeds each message to `each` until the stream ends,
+/// fails, or the user presses Ctrl-C (a normal way to end, so not an error). With `resume`, a
+/// stream lost with UNAVAILABLE (a leader stepping down, a coordinator gone) is opened again
+/// through `conn`, which dials the leader the refusal named or the next coordinator of the list;
+/// `resume` adjusts the request first.
+async fn watch<Q, T, F, Fut>(
+    conn: &mut Conn,
+    mut message: Q,
+    mut open: F,
+    resume: Option<fn(&mut Q)>,
+    mut each: impl FnMut(Watched<T>) -> anyhow::Result<()>,
+) -> anyhow::Result<()>
+where
+    Q: Clone,
+    F: FnMut(Client, tonic::Request<Q>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    let mut stream = tokio::select! {
+        _ = &mut ctrl_c => return Ok(()),
+        s = conn.stream(message.clone(), &mut open) => s?,
+    };
+    let mut resumes = 0;
     loop {
-        tokio::select! {
+        let status = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
             next = stream.next() => match next {
                 None => return Ok(()),
-                Some(Err(status)) => return Err(ApiError::from(status).into()),
-                Some(Ok(message)) => each(message)?,
+                Some(Ok(m)) => {
+                    resumes = 0;
+                    each(Watched::Message(m))?;
+                    continue;
+                }
+                Some(Err(status)) => status,
             },
-        }
+        };
+        let adjust = match resume {
+            Some(adjust) if status.code() == Code::Unavailable && resumes < MAX_RESUMES => adjust,
+            _ => return Err(ApiError::from(status).into()),
+        };
+        resumes += 1;
+        eprintln!(
+            "lost the coordinator at {} ({}); reconnecting",
+            conn.url(),
+            status.message()
+        );
+        conn.lost(&status);
+        adjust(&mut message);
+        stream = tokio::select! {
+            _ = &mut ctrl_c => return Ok(()),
+            s = conn.stream(message.clone(), &mut open) => s?,
+        };
+        each(Watched::Resumed)?;
     }
 }
 

@@ -10,6 +10,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod error;
+pub mod failover;
 pub mod local;
 pub mod output;
 pub mod rollout;
@@ -27,9 +28,9 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Down(a) => return local::down(a, env, out),
         other => other,
     };
-    let url = client::normalize_url(&cli.coordinator)?;
+    let urls = failover::parse_urls(&cli.coordinator)?;
     let mut ctx = Ctx {
-        url,
+        urls,
         output: cli.output,
         out,
     };

@@ -17,9 +17,9 @@ use serde_json::{Value, json};
 use crate::args::{
     EndpointsArgs, OutputFormat, ReloadArgs, RestartArgs, RolloutArgs, RolloutCommand,
 };
-use crate::client::{connect, request, unary};
 use crate::commands::Ctx;
 use crate::error::UsageError;
+use crate::failover::{Conn, call, open};
 use crate::output;
 use crate::validate::PolicyChanges;
 
@@ -165,10 +165,14 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let policy = PolicyChanges::parse(&args.update)?;
     policy.check_sets(&args.set)?;
-    let mut client = connect(&ctx.url).await?;
-    let app = unary(client.get_app(request(pb::GetAppRequest {
-        name: args.app.clone(),
-    })))
+    let mut conn = ctx.connect().await?;
+    let app = call!(
+        conn,
+        get_app,
+        pb::GetAppRequest {
+            name: args.app.clone(),
+        }
+    )
     .await?;
     let current = AppSpec::try_from(app.spec.clone().unwrap_or_default())
         .map_err(|e| anyhow::anyhow!("the coordinator sent an invalid spec: {e}"))?;
@@ -229,10 +233,14 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             .set
             .iter()
             .any(|s| s.split('=').next().is_some_and(|k| k.trim() == "instances"));
-    let reply = unary(client.apply_app(request(pb::ApplyAppRequest {
-        spec: Some(pb::AppSpec::from(&new)),
-        keep_instances: !sets_count,
-    })))
+    let reply = call!(
+        conn,
+        apply_app,
+        pb::ApplyAppRequest {
+            spec: Some(pb::AppSpec::from(&new)),
+            keep_instances: !sets_count,
+        }
+    )
     .await?;
     let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
     if ctx.json() {
@@ -261,12 +269,16 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let app = args.target.app.as_str();
     let changes = PolicyChanges::parse(&args.update)?;
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let mut changed_policy: Option<(UpdatePolicy, UpdatePolicy)> = None;
     if !changes.is_empty() {
-        let current = unary(client.get_app(request(pb::GetAppRequest {
-            name: app.to_string(),
-        })))
+        let current = call!(
+            conn,
+            get_app,
+            pb::GetAppRequest {
+                name: app.to_string(),
+            }
+        )
         .await?;
         let mut spec = current
             .spec
@@ -283,7 +295,7 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
                 spec: Some(spec),
                 keep_instances: true,
             };
-            unary(client.apply_app(request(req)))
+            call!(conn, apply_app, req)
                 .await
                 .with_context(|| format!("changing the update policy of {app}"))?;
             changed_policy = Some((old, new));
@@ -294,7 +306,7 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         index: None,
         rolling: true,
     };
-    let restarted = unary(client.restart(request(target))).await;
+    let restarted = call!(conn, restart, target).await;
     let reply = match (restarted, &changed_policy) {
         (Ok(reply), _) => reply,
         (Err(e), None) => return Err(e.into()),
@@ -385,11 +397,10 @@ fn policy_changes(old: &UpdatePolicy, new: &UpdatePolicy) -> Vec<String> {
 
 /// `rollout status|pause|resume|promote|history|undo APP`.
 pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     match args.command {
         RolloutCommand::Status { app, wait } => {
-            let status =
-                unary(client.get_rollout(request(pb::RolloutRequest { app: app.clone() }))).await?;
+            let status = call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() }).await?;
             let Some(mut d) = status.current else {
                 return ctx.line(&format!(
                     "{app} has not rolled out anything yet (version {})",
@@ -418,8 +429,7 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     let status =
-                        unary(client.get_rollout(request(pb::RolloutRequest { app: app.clone() })))
-                            .await?;
+                        call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() }).await?;
                     let Some(next) = status.current else { break };
                     // A rollback replaces the failed rollout: report the failure.
                     if next.id != d.id {
@@ -461,12 +471,11 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             }
             Ok(())
         }
-        RolloutCommand::Pause { app } => control(&mut client, ctx, &app, "pause").await,
-        RolloutCommand::Resume { app } => control(&mut client, ctx, &app, "resume").await,
-        RolloutCommand::Promote { app } => control(&mut client, ctx, &app, "promote").await,
+        RolloutCommand::Pause { app } => control(&mut conn, ctx, &app, "pause").await,
+        RolloutCommand::Resume { app } => control(&mut conn, ctx, &app, "resume").await,
+        RolloutCommand::Promote { app } => control(&mut conn, ctx, &app, "promote").await,
         RolloutCommand::History { app } => {
-            let status =
-                unary(client.get_rollout(request(pb::RolloutRequest { app: app.clone() }))).await?;
+            let status = call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() }).await?;
             let mut all = status.history.clone();
             all.extend(status.current.clone());
             if ctx.json() {
@@ -489,10 +498,14 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             ))
         }
         RolloutCommand::Undo { app, to_version } => {
-            let d = unary(client.undo_rollout(request(pb::UndoRolloutRequest {
-                app: app.clone(),
-                to_version,
-            })))
+            let d = call!(
+                conn,
+                undo_rollout,
+                pb::UndoRolloutRequest {
+                    app: app.clone(),
+                    to_version,
+                }
+            )
             .await?;
             if ctx.json() {
                 return ctx.value(&output::deployment_json(&d));
@@ -507,7 +520,7 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
 }
 
 async fn control(
-    client: &mut crate::client::Client,
+    conn: &mut Conn,
     ctx: &mut Ctx<'_>,
     app: &str,
     action: &str,
@@ -516,7 +529,7 @@ async fn control(
         app: app.to_string(),
         action: action.to_string(),
     };
-    let d = unary(client.control_rollout(request(req))).await?;
+    let d = call!(conn, control_rollout, req).await?;
     if ctx.json() {
         return ctx.value(&output::deployment_json(&d));
     }
@@ -525,11 +538,11 @@ async fn control(
 
 /// `endpoints APP [-o json|nginx|haproxy] [--watch --file F [--exec CMD]]`.
 pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut client = connect(&ctx.url).await?;
+    let mut conn = ctx.connect().await?;
     let req = pb::WatchEndpointsRequest {
         app: args.app.clone(),
     };
-    let mut stream = unary(client.watch_endpoints(tonic::Request::new(req))).await?;
+    let mut stream = open!(conn, watch_endpoints, req).await?;
     let format = ctx.output;
     let render = move |e: &pb::Endpoints| match format {
         OutputFormat::Json => {
@@ -564,23 +577,34 @@ pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
         let e = match next {
             Some(Ok(e)) => e,
             other => {
-                let why = match other {
-                    Some(Err(status)) => status.message().to_string(),
+                let why = match &other {
+                    Some(Err(status)) => {
+                        conn.lost(status);
+                        status.message().to_string()
+                    }
                     _ => "stream ended".to_string(),
                 };
-                eprintln!("{}: lost the coordinator ({why}); reconnecting", args.app);
+                eprintln!(
+                    "{}: lost the coordinator at {} ({why}); reconnecting",
+                    args.app,
+                    conn.url()
+                );
+                // A leader named by the refusal is dialled at once; otherwise once a second.
+                let mut wait =
+                    !matches!(&other, Some(Err(s)) if pmcluster_proto::leader_hint(s).is_some());
                 loop {
-                    tokio::select! {
-                        _ = &mut ctrl_c => return Ok(()),
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    if wait {
+                        tokio::select! {
+                            _ = &mut ctrl_c => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
                     }
+                    wait = true;
                     let req = pb::WatchEndpointsRequest {
                         app: args.app.clone(),
                     };
-                    if let Ok(mut c) = connect(&ctx.url).await
-                        && let Ok(s) = c.watch_endpoints(tonic::Request::new(req)).await
-                    {
-                        stream = s.into_inner();
+                    if let Ok(s) = open!(conn, watch_endpoints, req).await {
+                        stream = s;
                         break;
                     }
                 }

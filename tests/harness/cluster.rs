@@ -239,6 +239,15 @@ impl Cluster {
         self.spawn_agent(name, data_dir, extra_args, true)
     }
 
+    /// As [`Cluster::add_agent`], dialling `coordinator` (one URL or a comma-separated list)
+    /// instead of this cluster's URL.
+    pub fn add_agent_at(&mut self, name: &str, coordinator: &str) -> Result<usize, Error> {
+        let data_dir = self
+            .root
+            .join(format!("agent-{}-{name}", self.agents.len()));
+        self.spawn_agent(name, data_dir, &["--coordinator", coordinator], true)
+    }
+
     /// As [`Cluster::add_agent_with`], but SIGTERM makes the agent leave its instances running
     /// (the agent's default).
     pub fn add_agent_leaving_instances(
@@ -290,9 +299,12 @@ impl Cluster {
         let stdout_path = self.root.join(format!("{base}.stdout.log"));
         let stderr_path = self.root.join(format!("{base}.stderr.log"));
         let mut cmd = Command::new(&self.bins.agent);
-        cmd.arg("--coordinator")
-            .arg(self.url())
-            .arg("--node-name")
+        // An explicit --coordinator among the extra flags replaces the cluster's (clap takes
+        // the flag once).
+        if !extra_args.contains(&"--coordinator") {
+            cmd.arg("--coordinator").arg(self.url());
+        }
+        cmd.arg("--node-name")
             .arg(name)
             .arg("--data-dir")
             .arg(&data_dir)
@@ -352,6 +364,17 @@ impl Cluster {
     }
 
     pub fn try_cli_timeout(&self, args: &[&str], timeout: Duration) -> Result<CliOutput, Error> {
+        self.try_cli_at(&self.url(), args, timeout)
+    }
+
+    /// Runs `pmcluster --coordinator COORDINATOR args...` (one URL or a comma-separated list),
+    /// killing it after `timeout`.
+    pub fn try_cli_at(
+        &self,
+        coordinator: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<CliOutput, Error> {
         let run = self.cli_runs.fetch_add(1, Ordering::Relaxed);
         let dir = self.root.join("cli");
         fs::create_dir_all(&dir).map_err(io_err("creating the cli output dir"))?;
@@ -360,7 +383,7 @@ impl Cluster {
         let what = format!("pmcluster {}", args.join(" "));
         let mut child = Command::new(&self.bins.cli)
             .arg("--coordinator")
-            .arg(self.url())
+            .arg(coordinator)
             .args(args)
             .env_remove("PMCLUSTER_COORDINATOR")
             .stdin(Stdio::null())

@@ -17,7 +17,9 @@
 //! `proc` (pids, over the agent's own `/proc` code); `daemon` (one started daemon); `ports`;
 //! `http`; `skip` (reporting a test this host cannot run); `cli` (a CLI run's output and `list`
 //! entries); `cluster` (the cluster and its cleanup); `app` (starting the test app, the one way
-//! every test does it); `sampler`; `etcd` (etcd members for the HA store and pair).
+//! every test does it); `sampler`; `etcd` (etcd members for the HA store and pair);
+//! `pair` (an HA pair of coordinators on etcd); `standby` (a fake standby coordinator that
+//! points clients at the real one).
 
 mod app;
 mod bins;
@@ -32,6 +34,7 @@ mod ports;
 mod proc;
 mod sampler;
 mod skip;
+mod standby;
 mod wait;
 
 pub use app::{AppStart, StartedApp};
@@ -49,4 +52,5 @@ pub use ports::free_port_range;
 pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
 pub use sampler::Sampler;
 pub use skip::{REQUIRE_ENV, SKIP_MARK, requires, skip};
+pub use standby::FakeStandby;
 pub use wait::{POLL_INTERVAL, now_ms, poll_until, wait_for, wait_until};

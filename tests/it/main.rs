@@ -7,6 +7,7 @@
 mod apply;
 mod autoscale;
 mod bad_input;
+mod failover;
 mod lb;
 mod local;
 mod nodes;

@@ -62,3 +62,48 @@ async fn reconnects_and_keeps_instances_running() {
     must(agent.stop().await, "agent result");
     assert!(!alive(pid));
 }
+
+/// A leader stepping down ends the session with UNAVAILABLE naming the new leader, which is not
+/// even in the agent's `--coordinator`: the agent dials it at once and registers there, and the
+/// instance runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_a_leader_stepping_down() {
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let mut old = FakeCoordinator::start().await;
+    let mut new = FakeCoordinator::start().await;
+    let agent = InProcessAgent::start(&old.url, dir.path(), "n5");
+
+    let (mut s, _) = old.accept().await;
+    s.registered(100).await;
+    let spec = sh_spec("steady", "exec sleep 30");
+    s.desired(1, vec![assignment("a", 0, &spec)]).await;
+    let r = s
+        .report_where("a online", |r| {
+            is_state(r, "a", pb::InstanceState::Online)
+                && instance(r, "a").is_some_and(|i| i.pid != 0)
+        })
+        .await;
+    let pid = instance(&r, "a").map_or(0, |i| i.pid);
+    reaper.add(pid);
+
+    let mut step_down = tonic::Status::unavailable("this coordinator is a standby now");
+    let leader = must(new.url.parse(), "the URL is a metadata value");
+    step_down
+        .metadata_mut()
+        .insert(pmcluster_proto::LEADER_METADATA, leader);
+    let stepped = std::time::Instant::now();
+    s.fail(step_down).await;
+    let (s2, register) = new.accept().await;
+    let took = stepped.elapsed();
+    eprintln!("registered with the new leader {took:?} after the step-down");
+    let again = register
+        .instances
+        .iter()
+        .find(|i| i.instance_id == "a")
+        .map(|i| i.pid);
+    assert_eq!(again, Some(pid));
+    assert!(alive(pid), "the instance ran on through the step-down");
+    s2.registered(100).await;
+    must(agent.stop().await, "agent result");
+}

@@ -1,7 +1,8 @@
 //! The link to the coordinator: one `AgentLink/Session` stream at a time, dialled out by the
 //! agent. Registers, sends status reports (every heartbeat interval and promptly after instance
 //! state changes), hands desired sets to the supervisors and log requests to the log tasks, and
-//! reconnects with backoff when the stream fails.
+//! reconnects when the stream fails: at once to the leader a standby names, or to the next
+//! coordinator of the list; with backoff after a whole round of the list failed (see [`dialer`]).
 //!
 //! The link never waits on a supervisor: applying a desired set only updates targets. While the
 //! coordinator is unreachable the instances keep running as last desired (static stability).
@@ -26,7 +27,11 @@ use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
 use crate::state::Agent;
-use crate::{restart, supervisor};
+use crate::{config, restart, supervisor};
+
+pub mod dialer;
+
+use dialer::{Dialer, Next};
 
 /// Heartbeat period when the coordinator sends 0.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
@@ -56,8 +61,8 @@ pub enum LinkError {
 pub(crate) struct LinkConfig {
     /// Sent at registration: the agent's persistent id (`DATA_DIR/agent-id`).
     pub agent_id: String,
-    pub url: String,
-    pub endpoint: Endpoint,
+    /// Coordinator URLs, in the order of `--coordinator`; an HA pair has two.
+    pub coordinators: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub host: HostInfo,
 }
@@ -90,6 +95,10 @@ enum End {
         registered: bool,
         /// It refused us because a node of our name is connected.
         already_exists: bool,
+        /// It answered as the leader does (any status but UNAVAILABLE): a failover will not help.
+        answered: bool,
+        /// The leader an UNAVAILABLE named (a standby's refusal, a leader stepping down).
+        hint: Option<String>,
         reason: String,
     },
 }
@@ -103,8 +112,10 @@ pub(crate) async fn run(
 ) -> Result<(), LinkError> {
     let mut attempt = 0u32;
     let mut ever_registered = false;
+    let mut dialer = Dialer::new(cfg.coordinators.clone());
     loop {
-        match session(&agent, &cfg, &cancel).await {
+        let url = dialer.target().to_string();
+        match session(&agent, &cfg, &url, &mut dialer, &cancel).await {
             End::Shutdown => return Ok(()),
             End::Ended {
                 already_exists: true,
@@ -117,27 +128,44 @@ pub(crate) async fn run(
             End::Ended {
                 registered,
                 already_exists,
+                answered,
+                hint,
                 reason,
             } => {
                 if registered {
                     ever_registered = true;
                     attempt = 0;
                 }
+                let next = dialer.ended(registered || answered, hint.clone());
+                if next == Next::Now {
+                    let to = dialer.target();
+                    match hint.as_deref() {
+                        Some(leader) if leader == to => tracing::info!(
+                            "coordinator at {url} is not the leader ({reason}); dialling the \
+                             leader it names at {to}"
+                        ),
+                        _ => tracing::warn!(
+                            "coordinator at {url}: {reason}; trying the coordinator at {to}"
+                        ),
+                    }
+                    continue;
+                }
                 let delay = with_jitter(reconnect_delay(attempt));
                 attempt = attempt.saturating_add(1);
+                let to = dialer.target();
                 if already_exists {
                     tracing::warn!(
-                        "coordinator still has a session for node {}; retrying in {delay:?}",
+                        "coordinator at {url} still has a session for node {}; retrying in {delay:?}",
                         agent.node_name
                     );
                 } else if registered {
                     tracing::warn!(
-                        "link to coordinator lost ({reason}); reconnecting in {delay:?}"
+                        "link to coordinator lost ({url}: {reason}); reconnecting to {to} in {delay:?}"
                     );
                 } else {
                     tracing::warn!(
-                        "cannot reach coordinator at {} ({reason}); retrying in {delay:?}",
-                        cfg.url
+                        "cannot reach a coordinator (last: {url}, {reason}); retrying {to} in \
+                         {delay:?}"
                     );
                 }
                 tokio::select! {
@@ -157,10 +185,21 @@ fn with_jitter(delay: Duration) -> Duration {
 }
 
 /// One stream to the coordinator, from connect to its end.
-async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToken) -> End {
+async fn session(
+    agent: &Arc<Agent>,
+    cfg: &LinkConfig,
+    url: &str,
+    dialer: &mut Dialer,
+    cancel: &CancellationToken,
+) -> End {
+    let endpoint = match endpoint(url) {
+        Ok(e) => e,
+        // Only a leader hint can be a bad URL here (the list was checked at startup).
+        Err(e) => return ended(false, false, e.to_string()),
+    };
     let channel = tokio::select! {
         () = cancel.cancelled() => return End::Shutdown,
-        c = cfg.endpoint.connect() => match c {
+        c = endpoint.connect() => match c {
             Ok(c) => c,
             Err(e) => return ended(false, false, error_chain(&e)),
         },
@@ -226,7 +265,10 @@ async fn session(agent: &Arc<Agent>, cfg: &LinkConfig, cancel: &CancellationToke
                             0 => DEFAULT_HEARTBEAT,
                             ms => Duration::from_millis(ms),
                         };
-                        tracing::info!("registered with the coordinator (heartbeat {period:?})");
+                        tracing::info!(
+                            "registered with the coordinator at {url} (heartbeat {period:?})"
+                        );
+                        dialer.registered();
                         check_registered(agent, &r);
                         heartbeat = tokio::time::interval_at(Instant::now() + period, period);
                         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -372,10 +414,13 @@ fn up(msg: Up) -> pb::AgentMessage {
     pb::AgentMessage { msg: Some(msg) }
 }
 
+/// An end without a status: a transport failure, or the coordinator closing the stream.
 fn ended(registered: bool, already_exists: bool, reason: String) -> End {
     End::Ended {
         registered,
         already_exists,
+        answered: false,
+        hint: None,
         reason,
     }
 }
@@ -387,7 +432,26 @@ fn from_status(registered: bool, status: &tonic::Status) -> End {
     } else {
         format!("{}: {}", status.code(), status.message())
     };
-    ended(registered, already_exists, reason)
+    End::Ended {
+        registered,
+        already_exists,
+        // UNAVAILABLE is a standby's refusal, or a transport failure as tonic reports it.
+        answered: status.code() != tonic::Code::Unavailable,
+        hint: hint(status),
+        reason,
+    }
+}
+
+/// The leader a refusal names, when it is a URL this agent could have been given.
+fn hint(status: &tonic::Status) -> Option<String> {
+    let hint = pmcluster_proto::leader_hint(status)?;
+    match config::validate_url(hint.trim_end_matches('/').to_string()) {
+        Ok(url) => Some(url),
+        Err(e) => {
+            tracing::warn!("ignoring the coordinator's leader hint: {e}");
+            None
+        }
+    }
 }
 
 /// An error and its causes on one line (tonic's transport errors say little at the top level).

@@ -1,0 +1,456 @@
+//! Calls to an HA pair of coordinators: the one place every unary call and every stream open of
+//! a verb goes through.
+//!
+//! `--coordinator` is a list. A standby refuses every call with `UNAVAILABLE` and names the
+//! leader in `pmcluster-leader` metadata; a refused call was not executed, so [`Conn`] dials the
+//! leader at once and retries there (at most [`MAX_HOPS`] times per call, so two confused
+//! standbys pointing at each other cannot bounce a call forever). A coordinator that cannot be
+//! reached, or refuses without a hint, sends the call to the next URL of the list. When every
+//! URL failed, the error names each one and what it said.
+//!
+//! A call that timed out is not retried anywhere: the coordinator may have executed it.
+
+use std::collections::VecDeque;
+use std::future::Future;
+
+use pmcluster_proto::leader_hint;
+use tonic::{Code, Request, Response, Status};
+
+use crate::client::{CALL_TIMEOUT, CONNECT_TIMEOUT, Client, Dial, dial, normalize_url, request};
+use crate::error::{ApiError, UsageError};
+
+/// Leader hints one call follows at most.
+pub const MAX_HOPS: usize = 3;
+
+/// Splits a `--coordinator` value into normalised URLs (see [`normalize_url`]), in the order
+/// given, each once. An empty item or a bad URL is a usage error naming the flag and the item.
+pub fn parse_urls(input: &str) -> Result<Vec<String>, UsageError> {
+    let mut urls: Vec<String> = Vec::new();
+    for (n, item) in input.split(',').enumerate() {
+        if item.trim().is_empty() {
+            return Err(UsageError::new(format!(
+                "--coordinator: item {} of {input:?} is empty; give one URL or several separated \
+                 by commas, e.g. http://10.0.0.1:7450,http://10.0.0.2:7450",
+                n + 1
+            )));
+        }
+        let url = normalize_url(item)?;
+        if !urls.contains(&url) {
+            urls.push(url);
+        }
+    }
+    Ok(urls)
+}
+
+/// One coordinator a call tried, and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tried {
+    pub url: String,
+    pub why: String,
+}
+
+/// The order one call tries coordinators in: a leader a refusal named comes first, at once;
+/// otherwise the list, starting at the URL in use and wrapping around, each URL once.
+#[derive(Debug)]
+pub struct Route {
+    list: VecDeque<String>,
+    hint: Option<String>,
+    hops: usize,
+    tried: Vec<Tried>,
+}
+
+impl Route {
+    /// `first` is the URL in use (it stays first: it answered last time); `hint` a leader named
+    /// before this call (by a stream's refusal), tried before anything else.
+    pub fn new(urls: &[String], first: Option<&str>, hint: Option<String>) -> Route {
+        let start = first
+            .and_then(|f| urls.iter().position(|u| u == f))
+            .unwrap_or(0);
+        let list = urls[start..]
+            .iter()
+            .chain(&urls[..start])
+            .cloned()
+            .collect();
+        Route {
+            list,
+            hint,
+            hops: 0,
+            tried: Vec::new(),
+        }
+    }
+
+    /// Where to go next; `None` once every URL of the list was tried.
+    pub fn next_url(&mut self) -> Option<String> {
+        if let Some(hint) = self.hint.take() {
+            return Some(hint);
+        }
+        while let Some(url) = self.list.pop_front() {
+            if !self.tried.iter().any(|t| t.url == url) {
+                return Some(url);
+            }
+        }
+        None
+    }
+
+    /// `url` could not be reached, or refused without naming a leader.
+    pub fn failed(&mut self, url: &str, why: String) {
+        self.tried.push(Tried {
+            url: url.to_string(),
+            why,
+        });
+    }
+
+    /// `url` refused the call; `hint` is the leader it named, if any.
+    pub fn refused(&mut self, url: &str, why: String, hint: Option<&str>) {
+        let mut why = why;
+        match hint.map(normalize_url) {
+            None => {}
+            // A standby naming itself has nothing to offer; the list goes on.
+            Some(Ok(leader)) if leader == url => {}
+            Some(Ok(leader)) if self.hops < MAX_HOPS => {
+                self.hops += 1;
+                self.hint = Some(leader);
+            }
+            Some(Ok(_)) => why.push_str(&format!(" (not followed: {MAX_HOPS} hints already)")),
+            Some(Err(_)) => why.push_str(" (its leader hint is not a URL)"),
+        }
+        self.failed(url, why);
+    }
+
+    pub fn tried(&self) -> &[Tried] {
+        &self.tried
+    }
+}
+
+/// The error when no coordinator took a call: with one attempt, that attempt's own error (so a
+/// single `--coordinator` reads as before); with several, every URL and what it said.
+fn give_up(tried: &[Tried], last: Option<ApiError>) -> ApiError {
+    match (tried, last) {
+        ([_], Some(last)) => last,
+        _ => ApiError {
+            code: Code::Unavailable,
+            message: format!(
+                "no coordinator took the call; tried {}",
+                tried
+                    .iter()
+                    .map(|t| format!("{}: {}", t.url, t.why))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        },
+    }
+}
+
+/// What a refusal or transport failure says, for the list of URLs tried.
+fn status_why(status: &Status) -> String {
+    if status.message().is_empty() {
+        status.code().description().to_string()
+    } else {
+        status.message().to_string()
+    }
+}
+
+/// A connection to whichever coordinator of the list takes calls.
+pub struct Conn {
+    urls: Vec<String>,
+    /// The coordinator calls go to now, and its client.
+    current: Option<(String, Client)>,
+    /// A leader a stream's refusal named: the next call dials it first.
+    hint: Option<String>,
+}
+
+impl Conn {
+    /// Dials the URLs in order and keeps the first that answers. A standby answers too: its
+    /// refusal of the first call leads to the leader.
+    pub async fn open(urls: Vec<String>) -> Result<Conn, ApiError> {
+        let mut conn = Conn {
+            urls,
+            current: None,
+            hint: None,
+        };
+        let mut route = Route::new(&conn.urls, None, None);
+        let mut last = None;
+        while let Some(url) = route.next_url() {
+            if conn.client_for(&url, &mut route, &mut last).await.is_some() {
+                return Ok(conn);
+            }
+        }
+        Err(give_up(route.tried(), last))
+    }
+
+    /// The URL calls go to now.
+    pub fn url(&self) -> &str {
+        self.current.as_ref().map_or("", |(url, _)| url.as_str())
+    }
+
+    /// A stream from the coordinator ended with `status`: the next call dials the leader it
+    /// named, if it named one.
+    pub fn lost(&mut self, status: &Status) {
+        self.hint = leader_hint(status).and_then(|h| normalize_url(&h).ok());
+    }
+
+    /// A unary call with [`CALL_TIMEOUT`], as a grpc-timeout and as a local deadline (the
+    /// server-side one alone does not save us from a coordinator that accepted the connection
+    /// and then went silent). `call` issues it on the client it is given.
+    pub async fn unary<Q, R, F, Fut>(&mut self, message: Q, call: F) -> Result<R, ApiError>
+    where
+        Q: Clone,
+        F: FnMut(Client, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.call(message, request, call).await
+    }
+
+    /// Opens a server stream: no grpc-timeout (a followed stream lives as long as the user
+    /// wants), but its opening must answer within [`CALL_TIMEOUT`].
+    pub async fn stream<Q, R, F, Fut>(&mut self, message: Q, call: F) -> Result<R, ApiError>
+    where
+        Q: Clone,
+        F: FnMut(Client, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.call(message, Request::new, call).await
+    }
+
+    async fn call<Q, R, F, Fut>(
+        &mut self,
+        message: Q,
+        make: fn(Q) -> Request<Q>,
+        mut call: F,
+    ) -> Result<R, ApiError>
+    where
+        Q: Clone,
+        F: FnMut(Client, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let first = self.current.as_ref().map(|(url, _)| url.clone());
+        let mut route = Route::new(&self.urls, first.as_deref(), self.hint.take());
+        let mut last = None;
+        while let Some(url) = route.next_url() {
+            let Some(client) = self.client_for(&url, &mut route, &mut last).await else {
+                continue;
+            };
+            let status =
+                match tokio::time::timeout(CALL_TIMEOUT, call(client, make(message.clone()))).await
+                {
+                    Err(_) => {
+                        return Err(ApiError {
+                            code: Code::DeadlineExceeded,
+                            message: format!(
+                                "the coordinator at {url} did not answer within {}s",
+                                CALL_TIMEOUT.as_secs()
+                            ),
+                        });
+                    }
+                    Ok(Ok(response)) => return Ok(response.into_inner()),
+                    Ok(Err(status)) => status,
+                };
+            if status.code() != Code::Unavailable {
+                return Err(status.into());
+            }
+            // Whatever comes next, it is not this connection.
+            self.current = None;
+            route.refused(&url, status_why(&status), leader_hint(&status).as_deref());
+            last = Some(ApiError::from(status));
+        }
+        Err(give_up(route.tried(), last))
+    }
+
+    /// The client for `url`: the one in use, or a new dial (which becomes the one in use). A
+    /// failed dial is noted in `route` and `last`.
+    async fn client_for(
+        &mut self,
+        url: &str,
+        route: &mut Route,
+        last: &mut Option<ApiError>,
+    ) -> Option<Client> {
+        if let Some((current, client)) = &self.current
+            && current == url
+        {
+            return Some(client.clone());
+        }
+        match dial(url, CONNECT_TIMEOUT).await {
+            Ok(client) => {
+                self.current = Some((url.to_string(), client.clone()));
+                Some(client)
+            }
+            Err(Dial::Unreachable(why)) => {
+                *last = Some(ApiError {
+                    code: Code::Unavailable,
+                    message: crate::client::unreachable(url, &why),
+                });
+                route.failed(url, format!("cannot reach it: {why}"));
+                None
+            }
+            Err(Dial::BadUrl(e)) => {
+                route.failed(url, e.to_string());
+                *last = Some(ApiError {
+                    code: Code::InvalidArgument,
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+}
+
+/// One unary call through a [`Conn`]: `call!(conn, scale, request_message)`.
+macro_rules! call {
+    ($conn:expr, $method:ident, $message:expr) => {
+        $conn.unary($message, |mut client, req| async move {
+            client.$method(req).await
+        })
+    };
+}
+
+/// One stream opened through a [`Conn`]: `open!(conn, stream_logs, request_message)`.
+macro_rules! open {
+    ($conn:expr, $method:ident, $message:expr) => {
+        $conn.stream($message, |mut client, req| async move {
+            client.$method(req).await
+        })
+    };
+}
+
+pub(crate) use {call, open};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|u| u.to_string()).collect()
+    }
+
+    #[test]
+    fn url_lists() {
+        let ok = parse_urls("10.0.0.1:7450, http://10.0.0.2:7450/ ,10.0.0.1:7450");
+        assert_eq!(
+            ok.map_err(|e| e.to_string()),
+            Ok(urls(&["http://10.0.0.1:7450", "http://10.0.0.2:7450"]))
+        );
+        assert_eq!(
+            parse_urls("c1:7450").map_err(|e| e.to_string()),
+            Ok(urls(&["http://c1:7450"]))
+        );
+        let cases = [
+            ("a:1,,b:2", "--coordinator: item 2 of \"a:1,,b:2\" is empty"),
+            ("a:1,", "item 2 of \"a:1,\" is empty"),
+            ("", "item 1 of \"\" is empty"),
+            ("a:1, ,b:2", "item 2"),
+            (
+                "a:1,ftp://b:2",
+                "--coordinator: \"ftp://b:2\" is not an address",
+            ),
+            (
+                "https://a:1,b:2",
+                "--coordinator: \"https://a:1\": TLS is not supported",
+            ),
+        ];
+        for (input, want) in cases {
+            match parse_urls(input) {
+                Err(e) => assert!(e.to_string().contains(want), "{input:?}: {e}"),
+                Ok(u) => panic!("{input:?}: accepted as {u:?}"),
+            }
+        }
+    }
+
+    /// Drives a route with scripted answers: `Some(hint)` a refusal (hint `""` for none),
+    /// `None` unreachable. Returns the URLs in the order tried.
+    fn drive(route: &mut Route, answer: impl Fn(&str) -> Option<&'static str>) -> Vec<String> {
+        let mut order = Vec::new();
+        while let Some(url) = route.next_url() {
+            order.push(url.clone());
+            match answer(&url) {
+                None => route.failed(&url, "refused".into()),
+                Some("") => route.refused(&url, "standby".into(), None),
+                Some(hint) => route.refused(&url, "standby".into(), Some(hint)),
+            }
+            assert!(order.len() < 20, "route does not end: {order:?}");
+        }
+        order
+    }
+
+    #[test]
+    fn routes() {
+        let list = urls(&["http://a:1", "http://b:1", "http://c:1"]);
+        // The list in order, starting at the one in use.
+        let mut r = Route::new(&list, Some("http://b:1"), None);
+        assert_eq!(
+            drive(&mut r, |_| None),
+            urls(&["http://b:1", "http://c:1", "http://a:1"])
+        );
+        assert_eq!(r.tried().len(), 3);
+        // A hint is followed at once, ahead of the list, and not tried again from the list.
+        let mut r = Route::new(&list, None, None);
+        let order = drive(&mut r, |u| (u == "http://a:1").then_some("c:1"));
+        assert_eq!(order, urls(&["http://a:1", "http://c:1", "http://b:1"]));
+        // A hint outside the list is followed too.
+        let mut r = Route::new(&list, None, None);
+        let order = drive(&mut r, |u| match u {
+            "http://a:1" => Some("http://leader:9"),
+            _ => None,
+        });
+        assert_eq!(order[..2], urls(&["http://a:1", "http://leader:9"]));
+        // Two standbys naming each other: at most MAX_HOPS hops, then the list goes on.
+        let mut r = Route::new(&list, None, None);
+        let order = drive(&mut r, |u| match u {
+            "http://a:1" => Some("b:1"),
+            "http://b:1" => Some("a:1"),
+            _ => None,
+        });
+        assert_eq!(
+            order,
+            urls(&[
+                "http://a:1",
+                "http://b:1",
+                "http://a:1",
+                "http://b:1",
+                "http://c:1"
+            ])
+        );
+        assert!(r.tried()[3].why.contains("not followed"), "{:?}", r.tried());
+        // A standby naming itself, a bad hint, no hint: the list goes on.
+        let mut r = Route::new(&list, None, None);
+        let order = drive(&mut r, |u| match u {
+            "http://a:1" => Some("a:1"),
+            "http://b:1" => Some("ftp://x"),
+            _ => Some(""),
+        });
+        assert_eq!(order, list);
+        assert!(r.tried()[1].why.contains("not a URL"), "{:?}", r.tried());
+        // A hint given before the call (a stream's refusal) comes first.
+        let mut r = Route::new(&list, Some("http://a:1"), Some("http://c:1".into()));
+        assert_eq!(r.next_url().as_deref(), Some("http://c:1"));
+    }
+
+    #[test]
+    fn giving_up() {
+        let one = [Tried {
+            url: "http://a:1".into(),
+            why: "cannot reach it: refused".into(),
+        }];
+        let own = ApiError {
+            code: Code::Unavailable,
+            message: "cannot reach the coordinator at http://a:1: refused".into(),
+        };
+        assert_eq!(
+            give_up(&one, Some(own)).message,
+            "cannot reach the coordinator at http://a:1: refused"
+        );
+        let two = [
+            one[0].clone(),
+            Tried {
+                url: "http://b:1".into(),
+                why: "this coordinator is a standby".into(),
+            },
+        ];
+        let err = give_up(&two, None);
+        assert_eq!(err.code, Code::Unavailable);
+        assert_eq!(
+            err.message,
+            "no coordinator took the call; tried http://a:1: cannot reach it: refused; \
+             http://b:1: this coordinator is a standby"
+        );
+    }
+}
