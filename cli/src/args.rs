@@ -74,7 +74,7 @@ pub enum Command {
     Scale(ScaleArgs),
 
     /// List instances: where they run and how they are doing
-    #[command(visible_aliases = ["ls", "status", "ps"])]
+    #[command(visible_aliases = ["ls", "ps"])]
     List(ListArgs),
 
     /// Show an app: its spec, version and instances
@@ -122,6 +122,10 @@ pub enum Command {
 
     /// List the apps with their versions and instance counts
     Apps,
+
+    /// Show the coordinators (leader or standby, term, lease age, agents) and the store's
+    /// health
+    Status,
 
     /// Show nodes with their instances as a tree
     Topology(TopologyArgs),

@@ -77,21 +77,26 @@ pub(crate) fn unreachable(url: &str, why: &str) -> String {
 }
 
 pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Dial::BadUrl(UsageError::new(format!("--coordinator: {url:?}: {e}"))))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true);
-    // The outer deadline also covers the HTTP/2 handshake, which connect_timeout does not.
-    let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Err(_) => return Err(Dial::Unreachable(format!("no answer within {timeout:?}"))),
-        Ok(Err(e)) => return Err(Dial::Unreachable(root_cause(&e))),
-        Ok(Ok(channel)) => channel,
-    };
+    let channel = dial_channel(url, timeout).await?;
     // The coordinator's limits: replies are paged or budgeted below them, so a reply it sends is
     // one we accept.
     Ok(ClusterClient::new(channel)
         .max_decoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES))
+}
+
+/// A connection to `url`, for any of the coordinator's services.
+pub(crate) async fn dial_channel(url: &str, timeout: Duration) -> Result<Channel, Dial> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| Dial::BadUrl(UsageError::new(format!("--coordinator: {url:?}: {e}"))))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    // The outer deadline also covers the HTTP/2 handshake, which connect_timeout does not.
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Err(_) => Err(Dial::Unreachable(format!("no answer within {timeout:?}"))),
+        Ok(Err(e)) => Err(Dial::Unreachable(root_cause(&e))),
+        Ok(Ok(channel)) => Ok(channel),
+    }
 }
 
 /// The innermost cause: "Connection refused (os error 111)" rather than "transport error".

@@ -14,6 +14,7 @@ pub mod failover;
 pub mod local;
 pub mod output;
 pub mod rollout;
+pub mod status;
 pub mod validate;
 
 use std::io::Write;
@@ -58,6 +59,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
             Some(NodesAction::Forget(a)) => commands::forget(a, ctx).await,
         },
         Command::Apps => commands::apps(ctx).await,
+        Command::Status => status::status(ctx).await,
         Command::Topology(a) => commands::topology(a, ctx).await,
         Command::Drain(a) => commands::drain(a, true, ctx).await,
         Command::Undrain(a) => commands::drain(a, false, ctx).await,

@@ -58,14 +58,24 @@ pub async fn serve_pair(
         fenced: true,
         ..EtcdConfig::new(endpoints.clone(), prefix.clone())
     })?);
+    // No HTTP/2 keep-alive pings: etcd refuses pings more often than every 5 s (its
+    // --grpc-keepalive-min-time) by closing the connection; deadlines and the lease do the
+    // liveness checking instead.
     let client = Client::connect(
         &endpoints,
         Some(
             ConnectOptions::new()
                 .with_connect_timeout(CALL_TIMEOUT)
-                .with_timeout(CALL_TIMEOUT)
-                .with_keep_alive(Duration::from_secs(1), CALL_TIMEOUT),
+                .with_timeout(CALL_TIMEOUT),
         ),
+    )
+    .await
+    .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
+    // A campaign waits for as long as another coordinator leads: no per-request deadline on
+    // this one (the lease's deadline ends a campaign that must not go on).
+    let campaigner = Client::connect(
+        &endpoints,
+        Some(ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT)),
     )
     .await
     .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
@@ -87,6 +97,7 @@ pub async fn serve_pair(
     );
     let election = Arc::new(Election {
         client,
+        campaigner,
         store,
         seat: seat.clone(),
         control: config.control.clone(),
@@ -118,6 +129,7 @@ pub async fn serve_pair(
 
 struct Election {
     client: Client,
+    campaigner: Client,
     store: Arc<EtcdStore>,
     seat: Arc<Seat>,
     control: ControlConfig,
@@ -231,7 +243,7 @@ impl Election {
         let name = self.election_name();
         let key: LeaderKey = {
             let follower = client.clone();
-            let mut campaigner = client.clone();
+            let mut campaigner = self.campaigner.clone();
             let campaign = campaigner.campaign(name.clone(), self.advertise.clone(), lease);
             tokio::select! {
                 r = campaign => r
