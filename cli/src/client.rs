@@ -77,12 +77,15 @@ pub(crate) fn unreachable(url: &str, why: &str) -> String {
 }
 
 pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
-    let channel = dial_channel(url, timeout).await?;
-    // The coordinator's limits: replies are paged or budgeted below them, so a reply it sends is
-    // one we accept.
-    Ok(ClusterClient::new(channel)
+    Ok(cluster_client(dial_channel(url, timeout).await?))
+}
+
+/// The `Cluster` client over `channel`, with the coordinator's limits: replies are paged or
+/// budgeted below them, so a reply it sends is one we accept.
+pub(crate) fn cluster_client(channel: Channel) -> Client {
+    ClusterClient::new(channel)
         .max_decoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES))
+        .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)
 }
 
 /// A connection to `url`, for any of the coordinator's services.

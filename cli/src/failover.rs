@@ -14,9 +14,15 @@ use std::collections::VecDeque;
 use std::future::Future;
 
 use pmcluster_proto::leader_hint;
+use pmcluster_proto::v1::coordination_client::CoordinationClient;
+use std::time::Duration;
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use crate::client::{CALL_TIMEOUT, CONNECT_TIMEOUT, Client, Dial, dial, normalize_url, request};
+use crate::client::{
+    CALL_TIMEOUT, CONNECT_TIMEOUT, Client, Dial, cluster_client, dial_channel, normalize_url,
+    request,
+};
 use crate::error::{ApiError, UsageError};
 
 /// Leader hints one call follows at most.
@@ -269,8 +275,22 @@ impl Conn {
         {
             return Some(client.clone());
         }
-        match dial(url, CONNECT_TIMEOUT).await {
-            Ok(client) => {
+        let dialled = dial_channel(url, CONNECT_TIMEOUT).await;
+        match dialled {
+            Ok(channel) if self.urls.len() > 1 && !answers(&channel).await => {
+                let why = format!(
+                    "it accepted the connection but did not answer within {PROBE_TIMEOUT:?} \
+                     (stopped or overloaded)"
+                );
+                *last = Some(ApiError {
+                    code: Code::Unavailable,
+                    message: crate::client::unreachable(url, &why),
+                });
+                route.failed(url, why);
+                None
+            }
+            Ok(channel) => {
+                let client = cluster_client(channel);
                 self.current = Some((url.to_string(), client.clone()));
                 Some(client)
             }
@@ -292,6 +312,20 @@ impl Conn {
             }
         }
     }
+}
+
+/// How long a coordinator of a list may take to answer its first request before the next one
+/// is tried.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a freshly dialled coordinator answers at all. A stopped process (SIGSTOP, a frozen
+/// host) still has the kernel accept connections, so a dial succeeds and only the call would
+/// hang; with several coordinators to choose from, one cheap read decides first. Any answer
+/// counts, a refusal or an older coordinator's UNIMPLEMENTED too: only silence moves on.
+async fn answers(channel: &Channel) -> bool {
+    let mut probe = CoordinationClient::new(channel.clone());
+    let ask = probe.get_status(pmcluster_proto::v1::GetStatusRequest {});
+    tokio::time::timeout(PROBE_TIMEOUT, ask).await.is_ok()
 }
 
 /// One unary call through a [`Conn`]: `call!(conn, scale, request_message)`.

@@ -8,6 +8,7 @@ mod apply;
 mod autoscale;
 mod bad_input;
 mod failover;
+mod ha;
 mod lb;
 mod local;
 mod nodes;

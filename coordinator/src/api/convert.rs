@@ -7,6 +7,7 @@ use pmcluster_spec::AppSpec;
 use tonic::{Code, Status};
 
 use crate::control::{ApplyCmd, ControlError, RolloutAction, ScaleCmd, Scaled};
+use crate::store::StoreError;
 
 impl From<ControlError> for Status {
     fn from(e: ControlError) -> Status {
@@ -17,6 +18,17 @@ impl From<ControlError> for Status {
             ControlError::AlreadyExists(m) => (Code::AlreadyExists, m),
             ControlError::Unavailable(m) => (Code::Unavailable, m),
             ControlError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            // Nothing was written in these: the message says why and what to do, and a client
+            // may retry elsewhere (a fenced-off leader's successor) or later (etcd's quorum).
+            ControlError::Store(
+                e @ (StoreError::Fenced | StoreError::NotLeader | StoreError::Unavailable(_)),
+            ) => {
+                tracing::warn!(error = %e, "write refused by the store");
+                (Code::Unavailable, e.to_string())
+            }
+            ControlError::Store(e @ StoreError::TooLarge { .. }) => {
+                (Code::InvalidArgument, e.to_string())
+            }
             ControlError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 return Status::unavailable("the coordinator cannot write its state; see its log");

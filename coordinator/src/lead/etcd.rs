@@ -173,7 +173,12 @@ impl Store for TermStore {
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let result = self.inner.commit(batch);
-        if matches!(result, Err(StoreError::Fenced | StoreError::NotLeader)) {
+        // Fenced: someone else leads. Unavailable: the write may or may not have landed, so
+        // this control's memory can no longer be trusted; a new term reloads the store.
+        if matches!(
+            result,
+            Err(StoreError::Fenced | StoreError::NotLeader | StoreError::Unavailable(_))
+        ) {
             self.lost.cancel();
         }
         result
@@ -302,7 +307,9 @@ impl Election {
                 "stepping down: no keep-alive acknowledged for {lapse:?} (two thirds of the lease)"
             ),
             () = lost.cancelled() => {
-                "stepping down: a write was fenced off, another coordinator leads".to_string()
+                "stepping down: a write was fenced off (another coordinator leads) or its \
+                 outcome is unknown (etcd unavailable)"
+                    .to_string()
             }
             why = self.watch_own_key(client.clone(), &name, &key, lease, since) => why,
             () = stop.cancelled() => {

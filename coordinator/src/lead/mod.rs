@@ -21,8 +21,9 @@ use tonic::Status;
 
 use crate::control::Control;
 
-/// The metadata key of a standby's refusal that holds the leader's advertise URL.
-pub const LEADER_METADATA: &str = "pmcluster-leader";
+/// The metadata key of a standby's refusal that holds the leader's advertise URL (shared with
+/// the clients, which read it).
+pub use pmcluster_proto::LEADER_METADATA;
 
 /// What the store knows of every coordinator sharing it (the HA pair's etcd), for
 /// `pmcluster status`. A single coordinator has none: it reports itself alone.
