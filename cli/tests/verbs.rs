@@ -558,7 +558,7 @@ async fn app_lifecycle() -> anyhow::Result<()> {
         "",
     )
     .await?;
-    check(a, &["status"], 0, "stopped", "").await?;
+    check(a, &["ps"], 0, "stopped", "").await?;
     check(a, &["start", "web"], 0, "started 1 instance of web\n", "").await?;
     check(
         a,
