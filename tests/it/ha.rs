@@ -453,11 +453,12 @@ fn ha_sigterm_of_the_leader_hands_over_at_once() {
         .wait_leads(1 - leader, DEADLINE)
         .expect("the standby takes over");
     eprintln!("SIGTERM of the leader: the standby led after {took:?}");
-    // Far below the lease TTL: the leader resigned instead of letting its lease run out. The
-    // figure itself (well under 0.5 s) is measured by bench/ha-failover.
+    // The leader resigned instead of letting its lease run out. The bound is 0.5 s;
+    // this is measured with status polls, so it includes their own time (scripts/bench-ha.sh
+    // times it to the first accepted write).
     assert!(
-        took < TTL,
-        "handover took {took:?}, as long as a lost lease"
+        took < Duration::from_millis(500),
+        "handover took {took:?}; a resignation should hand over at once"
     );
     let c = pair.cluster();
     c.cli(&["scale", "t", "3"]).assert_ok();
