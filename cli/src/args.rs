@@ -156,6 +156,14 @@ pub enum Command {
 
     /// Stop the local coordinator and agent started by `up`
     Down(DownArgs),
+
+    /// Make the cluster's CA and the certificates it signs, as files in --dir
+    #[command(after_help = "Examples:\n  \
+        pmcluster certs init --dir pki\n  \
+        pmcluster certs issue coordinator --dir pki --san coord.example --san 10.0.0.5\n  \
+        pmcluster certs issue agent host-a --dir pki\n  \
+        pmcluster certs issue user alice --dir pki")]
+    Certs(CertsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -604,6 +612,81 @@ pub struct DownArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// Validity of an issued certificate when --days is not given.
+pub const DEFAULT_CERT_DAYS: u32 = 365;
+/// Validity of a CA when --days is not given.
+pub const DEFAULT_CA_DAYS: u32 = 3650;
+/// The longest --days accepted: a hundred years is already more than anyone should want.
+pub const MAX_CERT_DAYS: i64 = 36_500;
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    #[command(subcommand)]
+    pub action: CertsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertsAction {
+    /// Make the CA: DIR/ca.pem and DIR/ca-key.pem (DIR is created, mode 0700)
+    Init(CertsInitArgs),
+    /// Issue a certificate signed by the CA in DIR
+    #[command(subcommand)]
+    Issue(IssueKind),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsInitArgs {
+    /// Directory for the CA's files
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Days the CA is valid
+    #[arg(long, default_value_t = DEFAULT_CA_DAYS, value_parser = clap::value_parser!(u32).range(1..=MAX_CERT_DAYS))]
+    pub days: u32,
+    /// Replace an existing CA (every certificate it signed stops being trusted)
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IssueKind {
+    /// The coordinator's certificate: DIR/coordinator.pem and DIR/coordinator-key.pem
+    Coordinator {
+        #[command(flatten)]
+        common: IssueArgs,
+        /// A DNS name or IP address clients reach the coordinator by (repeat, or separate
+        /// with commas)
+        #[arg(long, value_name = "HOST_OR_IP", required = true, num_args = 1.., value_delimiter = ',')]
+        san: Vec<String>,
+    },
+    /// An agent's certificate, for node NODE: DIR/agent-NODE.pem and DIR/agent-NODE-key.pem
+    Agent {
+        /// The node name the agent runs as (its --node-name)
+        node: String,
+        #[command(flatten)]
+        common: IssueArgs,
+    },
+    /// A user's certificate: DIR/user-NAME.pem and DIR/user-NAME-key.pem
+    User {
+        /// The user's name
+        name: String,
+        #[command(flatten)]
+        common: IssueArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IssueArgs {
+    /// Directory holding the CA (from `certs init`); the certificate is written there
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Days the certificate is valid (never past the CA's own expiry)
+    #[arg(long, default_value_t = DEFAULT_CERT_DAYS, value_parser = clap::value_parser!(u32).range(1..=MAX_CERT_DAYS))]
+    pub days: u32,
+    /// Replace an existing certificate and key of that name
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -642,6 +725,10 @@ mod tests {
             "pmcluster restart web --rolling --max-surge 2 --no-auto-rollback --shutdown-delay 5s",
             "pmcluster reload web --max-surge -1 --min-healthy-time -5s --yes",
             "pmcluster start 'node s.js' --name web --canary 1 --auto-rollback false",
+            "pmcluster certs init --dir d --days 10 --force",
+            "pmcluster certs issue coordinator --dir d --san a.example,10.0.0.1 --san ::1",
+            "pmcluster certs issue agent host-a --dir d --days 30",
+            "pmcluster certs issue user alice --dir d",
         ];
         for line in ok {
             assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
@@ -662,6 +749,19 @@ mod tests {
             (
                 "pmcluster stop web --max-surge 2",
                 ErrorKind::UnknownArgument,
+            ),
+            ("pmcluster certs init", ErrorKind::MissingRequiredArgument),
+            (
+                "pmcluster certs issue coordinator --dir d",
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                "pmcluster certs init --dir d --days 0",
+                ErrorKind::ValueValidation,
+            ),
+            (
+                "pmcluster certs issue agent --dir d",
+                ErrorKind::MissingRequiredArgument,
             ),
         ];
         for (line, kind) in bad {

@@ -2,11 +2,13 @@
 //! `pmcluster.v1.Cluster` gRPC API, and renders answers as tables or JSON. `up`/`down` run a
 //! local single-machine cluster as background daemons.
 //!
-//! It owns no cluster state: every verb except `up`/`down` is one or a few coordinator calls.
+//! It owns no cluster state: every verb except `up`/`down` and `certs` (files on this machine)
+//! is one or a few coordinator calls.
 //! `main.rs` only parses, calls [`run`] and maps the error to an exit code with
 //! [`error::exit_code`].
 
 pub mod args;
+pub mod certs;
 pub mod client;
 pub mod commands;
 pub mod error;
@@ -27,6 +29,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
     let command = match cli.command {
         Command::Up(a) => return local::up(a, env, cli.output, out).await,
         Command::Down(a) => return local::down(a, env, out),
+        Command::Certs(a) => return certs::run(a, cli.output, out),
         other => other,
     };
     let urls = failover::parse_urls(&cli.coordinator)?;
@@ -65,6 +68,6 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Undrain(a) => commands::drain(a, false, ctx).await,
         Command::Events(a) => commands::events(a, ctx).await,
         Command::Autoscale(a) => commands::autoscale(a, ctx).await,
-        Command::Up(_) | Command::Down(_) => unreachable!("handled above"),
+        Command::Up(_) | Command::Down(_) | Command::Certs(_) => unreachable!("handled above"),
     }
 }

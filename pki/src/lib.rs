@@ -1,0 +1,42 @@
+//! pmcluster's certificates: one cluster CA, and certificates for the coordinator, agents and
+//! users whose identity is a URI SAN under `spiffe://pmcluster/`.
+//!
+//! `issue` builds certificates and keys as PEM text (no files: the CLI writes them);
+//! `identity` reads the identity back from a certificate, which is what the coordinator will
+//! authorize on. Both live here so the coordinator never depends on the CLI.
+
+pub mod identity;
+pub mod issue;
+
+pub use identity::{Identity, identity_from_der, identity_from_pem};
+pub use issue::{Ca, Issued, San, issue, new_ca};
+
+/// Everything this crate refuses, each naming what it refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PkiError {
+    /// A node or user name outside the safe pattern.
+    #[error("{what} {name:?}: {reason}")]
+    Name {
+        what: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// A `--san` value that is neither an IP address nor a DNS name.
+    #[error("SAN {san:?}: {reason}")]
+    San { san: String, reason: String },
+    /// The CA certificate or key cannot sign (unreadable, not a CA, not a pair, expired).
+    #[error("CA: {0}")]
+    Ca(String),
+    /// A certificate whose identity cannot be read.
+    #[error("certificate: {0}")]
+    Certificate(String),
+    /// rcgen refused to build or sign.
+    #[error("cannot build the certificate: {0}")]
+    Build(String),
+}
+
+impl From<rcgen::Error> for PkiError {
+    fn from(e: rcgen::Error) -> PkiError {
+        PkiError::Build(e.to_string())
+    }
+}
