@@ -92,7 +92,11 @@ pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
             }
         }
         let mut src = File::open(path)?;
-        let mut dst = File::create(rotated(path, 1))?;
+        let mut dst = crate::persist::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(rotated(path, 1))?;
         let mut copied = 0u64;
         for _ in 0..4 {
             let len = src.metadata()?.len();
