@@ -1,6 +1,6 @@
 //! The validated app spec: what one app is, once every field has been checked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ use crate::supervise::Supervision;
 use crate::update::UpdatePolicy;
 use crate::{SpecError, echo};
 
+/// What outputs show in place of a secret env value.
+pub const SECRET_SHOWN: &str = "<secret>";
+
 /// Default grace between the stop signal and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest instance count one app may ask for.
@@ -28,6 +31,9 @@ pub struct AppSpec {
     pub args: Vec<String>,
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// Keys of `env` whose values are secret: shown as [`SECRET_SHOWN`], never as themselves.
+    #[serde(default)]
+    pub secret_env: BTreeSet<String>,
     pub instances: u32,
     pub port: PortSpec,
     pub instance_var: Option<String>,
@@ -380,6 +386,15 @@ impl AppSpec {
             // The program gets `KEY=VALUE` as one string.
             check_text(&format!("env.{key}"), value, MAX_ARG_BYTES - key.len() - 1)?;
         }
+        if let Some(key) = self.secret_env.iter().find(|k| !self.env.contains_key(*k)) {
+            return Err(SpecError::new(
+                "secret_env",
+                format!(
+                    "{} is not a key of env: a secret names an env value to hide",
+                    echo(key)
+                ),
+            ));
+        }
         if let Some(var) = &self.instance_var {
             validate_env_key("instance_var", var)?;
         }
@@ -485,6 +500,7 @@ impl AppSpec {
             args: args.iter().map(|a| a.to_string()).collect(),
             cwd: None,
             env: BTreeMap::new(),
+            secret_env: BTreeSet::new(),
             instances: 1,
             port: PortSpec::None,
             instance_var: None,
