@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pmcluster_spec::limits::{MAX_NAME_BYTES, check_text};
+
 /// Default of `--coordinator-grace`.
 pub const DEFAULT_COORDINATOR_GRACE: Duration = Duration::from_secs(30);
 
@@ -92,11 +94,11 @@ impl Config {
 pub enum ConfigError {
     #[error("--coordinator {url:?}: {reason}")]
     Coordinator { url: String, reason: String },
-    #[error("--node-name {name:?}: {reason}")]
+    #[error("--node-name {}: {reason}", pmcluster_spec::echo(name))]
     NodeName { name: String, reason: String },
     #[error("--node-name is not set and the hostname cannot be read; pass --node-name")]
     NoNodeName,
-    #[error("--label {value:?}: {reason}")]
+    #[error("--label {}: {reason}", pmcluster_spec::echo(value))]
     Label { value: String, reason: String },
     #[error("--data-dir is empty")]
     DataDir,
@@ -117,7 +119,18 @@ pub fn parse_label(value: &str) -> Result<(String, String), ConfigError> {
             reason: "the key before '=' is empty".to_string(),
         });
     }
-    Ok((key.to_string(), val.trim().to_string()))
+    let val = val.trim();
+    // The coordinator stores labels and placement compares them with constraints, which are
+    // bounded alike: a label no constraint could name is refused here, not at registration.
+    for (part, text) in [("key", key), ("value", val)] {
+        if let Err(e) = check_text(part, text, MAX_NAME_BYTES) {
+            return Err(ConfigError::Label {
+                value: value.to_string(),
+                reason: format!("the {part} {}", e.message),
+            });
+        }
+    }
+    Ok((key.to_string(), val.to_string()))
 }
 
 impl RawConfig {
@@ -207,21 +220,17 @@ pub(crate) fn validate_url(url: String) -> Result<String, ConfigError> {
     Ok(url)
 }
 
-/// Node names are hostnames or similar: 1-253 characters of `[A-Za-z0-9._-]`.
+/// Node names follow the coordinator's pattern (`pmcluster_spec::app::validate_node_name`), so
+/// a name it would refuse at every registration is refused before the agent starts.
 fn validate_node_name(name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ConfigError::NodeName {
-            name: name.to_string(),
-            reason: "use 1-253 letters, digits, '.', '_' or '-'".to_string(),
-        })
-    }
+    pmcluster_spec::app::validate_node_name(name).map_err(|e| ConfigError::NodeName {
+        name: name.to_string(),
+        reason: e
+            .message
+            .split_once(": ")
+            .map(|(_, how)| how.to_string())
+            .unwrap_or(e.message),
+    })
 }
 
 #[cfg(test)]
@@ -242,12 +251,16 @@ mod tests {
     #[test]
     fn labels() {
         type Case<'a> = (&'a str, Result<(&'a str, &'a str), &'a str>);
+        let big_value = format!("k={}", "v".repeat(1 << 20));
         let cases: &[Case] = &[
             ("zone=a", Ok(("zone", "a"))),
             ("k=", Ok(("k", ""))),
             ("k=a=b", Ok(("k", "a=b"))),
             ("k", Err("--label \"k\": expected KEY=VALUE")),
             ("=v", Err("key before '=' is empty")),
+            ("k=a\0b", Err("the value \"a\\0b\" contains a NUL byte")),
+            ("k\0=v", Err("the key \"k\\0\" contains a NUL byte")),
+            (&big_value, Err("bytes, more than the limit of 256")),
         ];
         for (input, want) in cases {
             let got = parse_label(input);
@@ -294,6 +307,20 @@ mod tests {
             (
                 RawConfig {
                     node_name: Some("a b".into()),
+                    ..raw()
+                },
+                "--node-name",
+            ),
+            (
+                RawConfig {
+                    node_name: Some("../etc".into()),
+                    ..raw()
+                },
+                "--node-name \"../etc\": use 1-64 letters",
+            ),
+            (
+                RawConfig {
+                    node_name: Some("n".repeat(65)),
                     ..raw()
                 },
                 "--node-name",

@@ -98,6 +98,11 @@ pub fn save(data_dir: &Path, identity: &Identity) -> Result<(), IdentityError> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io)?;
+    // A leftover temporary file keeps the mode it was made with.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
     f.write_all(&json).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)

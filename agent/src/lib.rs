@@ -93,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let logs_dir = config.data_dir.join("logs");
     let instances_dir = config.data_dir.join("instances");
     for dir in [&logs_dir, &instances_dir] {
-        if let Err(source) = tokio::fs::create_dir_all(dir).await {
+        if let Err(source) = persist::create_private_dir(dir) {
             return Err(AgentError::Dir {
                 path: dir.clone(),
                 source,
@@ -102,6 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     }
     // Held until the agent returns: two agents adopting the same instances would fight.
     let _lock = lock_data_dir(&config.data_dir)?;
+    tighten_data_dir(&config.data_dir);
     let remembered = identity::check_node_name(
         &config.data_dir,
         identity::load(&config.data_dir)?,
@@ -237,15 +238,38 @@ fn agent_id(data_dir: &Path) -> Result<String, AgentError> {
     }
     let id = format!("{:032x}", rand::random::<u128>());
     let tmp = data_dir.join("agent-id.tmp");
-    std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+    let mut file = persist::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io)?;
+    persist::tighten(&tmp).map_err(io)?;
+    std::io::Write::write_all(&mut file, format!("{id}\n").as_bytes()).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     Ok(id)
+}
+
+/// Makes the data dir its owner's only: it holds the agent id, the apps' environments and their
+/// output. A data dir an older agent (or a copy) left wider is tightened, and said so.
+fn tighten_data_dir(data_dir: &Path) {
+    let (tightened, failed) = persist::tighten_data_dir(data_dir);
+    for (path, mode) in &tightened {
+        tracing::warn!(
+            path = %path.display(),
+            "was mode {mode:04o}, readable beyond its owner; now {:04o}",
+            mode & 0o700
+        );
+    }
+    for (path, e) in &failed {
+        tracing::warn!(path = %path.display(), "cannot make it its owner's only: {e}");
+    }
 }
 
 /// Takes an exclusive lock on `DATA_DIR/agent.lock` for as long as the returned file lives.
 fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
     let path = data_dir.join("agent.lock");
-    let file = File::options()
+    let file = persist::private_file()
         .create(true)
         .truncate(false)
         .write(true)

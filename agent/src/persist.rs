@@ -118,7 +118,7 @@ impl Saved {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -178,12 +178,85 @@ pub fn id_of_safe_name(name: &str) -> String {
         .unwrap_or_else(|| name.to_string())
 }
 
-/// Writes one instance's file atomically.
+/// Writes one instance's file atomically, readable by its owner only (it holds the app's
+/// environment).
 pub fn write(dir: &Path, saved: &Saved) -> io::Result<()> {
+    use std::io::Write;
     let name = file_name(&saved.instance_id);
     let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, encode(saved))?;
+    let mut file = private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    // A leftover temporary file keeps the mode it was made with.
+    tighten(&tmp)?;
+    file.write_all(&encode(saved))?;
     std::fs::rename(&tmp, dir.join(name))
+}
+
+/// Options that create a file readable and writable by its owner only; every file the agent
+/// makes in its data dir (records, ids, logs) is opened through these.
+pub fn private_file() -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.mode(0o600);
+    options
+}
+
+/// Creates a directory and any missing parents, each readable by its owner only.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+/// Takes every permission of group and others away from `path` (not following a symlink),
+/// returning the mode it had when that changed anything.
+pub fn tighten(path: &Path) -> io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() || mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o700))?;
+    Ok(Some(mode))
+}
+
+/// Tightens `data_dir` and everything in it, two levels deep (the files there and in `logs/`
+/// and `instances/`), so that a data dir from an agent that wrote with wider modes is its
+/// owner's only from this start on. Symlinks are left alone (and not followed). Returns what
+/// was tightened, with the mode it had, and what could not be.
+pub fn tighten_data_dir(data_dir: &Path) -> (Vec<(PathBuf, u32)>, Vec<Unreadable>) {
+    let mut tightened = Vec::new();
+    let mut failed = Vec::new();
+    let mut visit = |path: &Path| match tighten(path) {
+        Ok(Some(mode)) => tightened.push((path.to_path_buf(), mode)),
+        Ok(None) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => failed.push((path.to_path_buf(), e.to_string())),
+    };
+    visit(data_dir);
+    let entries = |dir: &Path| -> Vec<(PathBuf, bool)> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| (e.path(), e.file_type().is_ok_and(|t| t.is_dir())))
+            .collect()
+    };
+    for (path, is_dir) in entries(data_dir) {
+        visit(&path);
+        if is_dir {
+            for (inner, _) in entries(&path) {
+                visit(&inner);
+            }
+        }
+    }
+    (tightened, failed)
 }
 
 /// Forgets an instance.
@@ -395,5 +468,74 @@ mod tests {
         assert_eq!(got, vec![b]);
         let (none, _) = load(&dir.path().join("missing")).expect("missing dir");
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn data_dirs_are_tightened_and_new_files_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        let root = tempfile::tempdir().expect("tempdir");
+        let data = root.path().join("data");
+        create_private_dir(&data.join("instances")).expect("mkdir");
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("instances")), 0o700);
+        let mut a = saved();
+        a.instance_id = "a".into();
+        write(&data.join("instances"), &a).expect("write");
+        assert_eq!(mode(&data.join("instances/a.json")), 0o600);
+
+        // A data dir an older agent wrote with wider modes.
+        std::fs::create_dir(data.join("logs")).expect("mkdir");
+        std::fs::write(data.join("logs/web-0-out.log"), "x").expect("write");
+        std::fs::write(data.join("agent-id"), "id").expect("write");
+        std::fs::write(root.path().join("outside"), "x").expect("write");
+        std::os::unix::fs::symlink(root.path().join("outside"), data.join("link")).expect("ln");
+        for (p, m) in [
+            (data.clone(), 0o755),
+            (data.join("logs"), 0o775),
+            (data.join("logs/web-0-out.log"), 0o644),
+            (data.join("agent-id"), 0o666),
+            (data.join("instances/a.json"), 0o640),
+            (root.path().join("outside"), 0o644),
+        ] {
+            set(&p, m);
+        }
+        let (tightened, failed) = tighten_data_dir(&data);
+        assert!(failed.is_empty(), "{failed:?}");
+        let mut got: Vec<(String, u32)> = tightened
+            .iter()
+            .map(|(p, m)| {
+                (
+                    p.strip_prefix(&data).expect("inside").display().to_string(),
+                    *m,
+                )
+            })
+            .collect();
+        got.sort();
+        let want = [
+            ("", 0o755),
+            ("agent-id", 0o666),
+            ("instances/a.json", 0o640),
+            ("logs", 0o775),
+            ("logs/web-0-out.log", 0o644),
+        ];
+        assert_eq!(got, want.map(|(p, m)| (p.to_string(), m)));
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("logs")), 0o700);
+        assert_eq!(mode(&data.join("logs/web-0-out.log")), 0o600);
+        assert_eq!(mode(&data.join("agent-id")), 0o600);
+        // A symlink is neither followed nor changed.
+        assert_eq!(mode(&root.path().join("outside")), 0o644);
+        // Once tight, nothing more to do.
+        assert_eq!(tighten_data_dir(&data).0, vec![]);
     }
 }

@@ -388,6 +388,11 @@ pub struct StartArgs {
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
 
+    /// Environment variable whose value is secret: the instance gets it, every output shows
+    /// "<secret>"; repeat for more
+    #[arg(long = "secret-env", value_name = "KEY=VALUE")]
+    pub secret_env: Vec<String>,
+
     /// Working directory of each instance on its host
     #[arg(long, value_name = "DIR")]
     pub cwd: Option<String>,

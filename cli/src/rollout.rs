@@ -112,6 +112,32 @@ fn line_edits<'a>(a: &[&'a str], b: &[&'a str]) -> Vec<(Edit, &'a str)> {
 /// `+ line` added, in order (so a reordered list shows), with up to [`DIFF_CONTEXT`] unchanged
 /// lines (`  line`) around each change and `  ...` where unchanged lines are left out.
 /// Empty when nothing changes.
+/// Two config forms with every secret env value (`{"secret": VALUE}`) replaced for showing:
+/// `<secret>`, or `<secret> (changed)` in the new one when its value differs, so a diff still
+/// shows that a secret changes, never what it is.
+pub fn hide_secrets(old: &Value, new: &Value) -> (Value, Value) {
+    use pmcluster_spec::app::SECRET_SHOWN;
+    let secret_of = |v: &Value, key: &str| v["env"][key]["secret"].clone();
+    let hide = |config: &Value, other: &Value, mark: bool| {
+        let mut shown = config.clone();
+        if let Some(env) = shown.get_mut("env").and_then(Value::as_object_mut) {
+            for (key, value) in env.iter_mut() {
+                if value.get("secret").is_none() {
+                    continue;
+                }
+                let text = if !mark || secret_of(config, key) == secret_of(other, key) {
+                    SECRET_SHOWN.to_string()
+                } else {
+                    format!("{SECRET_SHOWN} (changed)")
+                };
+                *value = serde_json::json!({ "secret": text });
+            }
+        }
+        shown
+    };
+    (hide(old, new, false), hide(new, old, true))
+}
+
 pub fn diff(old: &Value, new: &Value) -> Vec<String> {
     let pretty = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let (a, b) = (pretty(old), pretty(new));
@@ -209,7 +235,8 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             UsageError::new("--set: the name cannot change; start a new app instead").into(),
         );
     }
-    let changes = diff(&old_config, &to_config(&new));
+    let (shown_old, shown_new) = hide_secrets(&old_config, &to_config(&new));
+    let changes = diff(&shown_old, &shown_new);
     if changes.is_empty() {
         return ctx.line(&format!(
             "{}: nothing to change (version {})",
@@ -661,6 +688,25 @@ mod tests {
         assert!(set_field(&mut v, "noequals").is_err());
         assert!(set_field(&mut v, "instances.x=1").is_err());
         assert!(set_field(&mut v, "a..b=1").is_err());
+    }
+
+    #[test]
+    fn diffs_hide_secrets() {
+        let old = json!({"env": {"P": {"secret": "hunter2"}, "Q": {"secret": "same"}, "V": "1"}});
+        let new = json!({"env": {"P": {"secret": "hunter3"}, "Q": {"secret": "same"}, "V": "1"}});
+        let (a, b) = hide_secrets(&old, &new);
+        let shown = diff(&a, &b).join("\n");
+        assert!(!shown.contains("hunter"), "{shown}");
+        assert!(
+            shown.contains("-       \"secret\": \"<secret>\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("+       \"secret\": \"<secret> (changed)\""),
+            "{shown}"
+        );
+        let (a, b) = hide_secrets(&old, &old);
+        assert!(diff(&a, &b).is_empty());
     }
 
     #[test]

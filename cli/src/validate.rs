@@ -96,6 +96,7 @@ pub fn plan_start(args: &StartArgs) -> Result<StartPlan, UsageError> {
         || args.instances.is_some()
         || args.port.is_some()
         || !args.env.is_empty()
+        || !args.secret_env.is_empty()
         || args.cwd.is_some()
         || args.instance_var.is_some()
         || args.shell
@@ -203,6 +204,17 @@ fn finish_spec(
         };
         env.insert(key.to_string(), value.to_string());
     }
+    let mut secret_env = std::collections::BTreeSet::new();
+    for pair in &args.secret_env {
+        // Never echo the pair: its value is the secret.
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(UsageError::new(
+                "--secret-env: expected KEY=VALUE (the value is not shown here)",
+            ));
+        };
+        env.insert(key.to_string(), value.to_string());
+        secret_env.insert(key.to_string());
+    }
     let duration = |field: &str, text: &Option<String>| {
         text.as_ref()
             .map(|t| parse_duration(field, &Scalar::Str(t.clone())).map_err(flag_error))
@@ -214,6 +226,7 @@ fn finish_spec(
         args: script_args,
         cwd: args.cwd.clone().filter(|c| !c.is_empty()),
         env,
+        secret_env,
         instances,
         port,
         instance_var: args.instance_var.clone().filter(|v| !v.is_empty()),

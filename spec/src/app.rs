@@ -1,17 +1,22 @@
 //! The validated app spec: what one app is, once every field has been checked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::autoscale::AutoscalePolicy;
-use crate::limits::{MAX_ARG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text};
+use crate::limits::{
+    MAX_APP_NAME_BYTES, MAX_ARG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text,
+};
 use crate::placement::{Affinity, Constraint, Strategy};
 use crate::supervise::Supervision;
 use crate::update::UpdatePolicy;
 use crate::{SpecError, echo};
+
+/// What outputs show in place of a secret env value.
+pub const SECRET_SHOWN: &str = "<secret>";
 
 /// Default grace between the stop signal and SIGKILL.
 pub const DEFAULT_KILL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +31,9 @@ pub struct AppSpec {
     pub args: Vec<String>,
     pub cwd: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// Keys of `env` whose values are secret: shown as [`SECRET_SHOWN`], never as themselves.
+    #[serde(default)]
+    pub secret_env: BTreeSet<String>,
     pub instances: u32,
     pub port: PortSpec,
     pub instance_var: Option<String>,
@@ -275,24 +283,35 @@ fn parse_range(s: &str) -> Result<(u16, u16), SpecError> {
     Ok((a, b))
 }
 
-/// Checks an app name: 1-64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit.
+/// Checks an app name: 1-64 characters of `[A-Za-z0-9._-]`, starting with a letter or digit,
+/// without `..`. Agents name files and directories after it (logs, the etcd store's keys), so
+/// the pattern keeps it one plain path component.
 pub fn validate_name(name: &str) -> Result<(), SpecError> {
-    let ok_len = !name.is_empty() && name.len() <= 64;
-    let ok_first = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric());
-    let ok_chars = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok_len && ok_first && ok_chars {
+    if crate::limits::is_plain_name(name, MAX_APP_NAME_BYTES) {
         Ok(())
     } else {
         Err(SpecError::new(
             "name",
             format!(
-                "{} is not a valid app name: use 1-64 letters, digits, '.', '_' or '-', \
-                 starting with a letter or digit",
+                "{} is not a valid app name: use 1-{MAX_APP_NAME_BYTES} letters, digits, '.', \
+                 '_' or '-', starting with a letter or digit, without \"..\"",
+                echo(name)
+            ),
+        ))
+    }
+}
+
+/// Checks a node name: the same pattern as an app name. Agents name a cgroup after it and the
+/// coordinator refuses any other at registration, so an agent checks its own name up front.
+pub fn validate_node_name(name: &str) -> Result<(), SpecError> {
+    if crate::limits::is_plain_name(name, MAX_APP_NAME_BYTES) {
+        Ok(())
+    } else {
+        Err(SpecError::new(
+            "node_name",
+            format!(
+                "{} is not a valid node name: use 1-{MAX_APP_NAME_BYTES} letters, digits, '.', \
+                 '_' or '-', starting with a letter or digit, without \"..\"",
                 echo(name)
             ),
         ))
@@ -366,6 +385,15 @@ impl AppSpec {
         for (key, value) in &self.env {
             // The program gets `KEY=VALUE` as one string.
             check_text(&format!("env.{key}"), value, MAX_ARG_BYTES - key.len() - 1)?;
+        }
+        if let Some(key) = self.secret_env.iter().find(|k| !self.env.contains_key(*k)) {
+            return Err(SpecError::new(
+                "secret_env",
+                format!(
+                    "{} is not a key of env: a secret names an env value to hide",
+                    echo(key)
+                ),
+            ));
         }
         if let Some(var) = &self.instance_var {
             validate_env_key("instance_var", var)?;
@@ -472,6 +500,7 @@ impl AppSpec {
             args: args.iter().map(|a| a.to_string()).collect(),
             cwd: None,
             env: BTreeMap::new(),
+            secret_env: BTreeSet::new(),
             instances: 1,
             port: PortSpec::None,
             instance_var: None,
@@ -624,11 +653,40 @@ mod tests {
 
     #[test]
     fn names() {
-        for ok in ["web", "web-cluster", "a.b_c", "9lives"] {
+        for ok in [
+            "web",
+            "web-cluster",
+            "a.b_c",
+            "9lives",
+            "v1.2",
+            &"x".repeat(64),
+        ] {
             assert!(validate_name(ok).is_ok(), "{ok}");
+            assert!(validate_node_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-web", "web cluster", "web/1", &"x".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad}");
+        let bad = [
+            "",
+            "-web",
+            ".web",
+            ".",
+            "..",
+            "a..b",
+            "web..",
+            "web cluster",
+            "web/1",
+            "../etc",
+            "web\0",
+            "web\n",
+            "web\u{7f}",
+            "wéb",
+            &"x".repeat(65),
+        ];
+        for bad in bad {
+            let e = validate_name(bad).expect_err(bad);
+            assert_eq!(e.field, "name");
+            let e = validate_node_name(bad).expect_err(bad);
+            assert_eq!(e.field, "node_name");
+            assert!(e.message.contains("not a valid node name"), "{}", e.message);
         }
     }
 

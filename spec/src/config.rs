@@ -58,7 +58,8 @@ pub struct RawApp {
     pub script: Option<String>,
     pub args: Option<RawArgs>,
     pub cwd: Option<String>,
-    pub env: Option<BTreeMap<String, Scalar>>,
+    /// Values are plain, or `{"secret": VALUE}` (see [`crate::secret`]).
+    pub env: Option<BTreeMap<String, crate::secret::RawEnvValue>>,
     pub instances: Option<Scalar>,
     pub port: Option<Scalar>,
     pub instance_var: Option<String>,
@@ -495,7 +496,7 @@ pub enum Scalar {
 }
 
 impl Scalar {
-    fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         match self {
             Scalar::Bool(b) => b.to_string(),
             Scalar::Int(i) => i.to_string(),
@@ -626,12 +627,7 @@ impl RawApp {
                 SpecError::new("args", format!("cannot split {}: {e}", echo(&line)))
             })?,
         };
-        let env = self
-            .env
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.to_text()))
-            .collect();
+        let (env, secret_env) = crate::secret::split_env(self.env.unwrap_or_default());
         let instances_max = matches!(&self.instances, Some(Scalar::Str(s)) if s.trim() == "max");
         let instances = match &self.instances {
             None => 1,
@@ -664,6 +660,7 @@ impl RawApp {
             args,
             cwd: self.cwd.filter(|c| !c.is_empty()),
             env,
+            secret_env,
             instances,
             port,
             instance_var: self.instance_var.filter(|v| !v.is_empty()),
@@ -710,7 +707,10 @@ pub fn to_config(spec: &AppSpec) -> serde_json::Value {
     if let Some(cwd) = &spec.cwd {
         o.insert("cwd".into(), json!(cwd));
     }
-    o.insert("env".into(), json!(spec.env));
+    o.insert(
+        "env".into(),
+        crate::secret::env_config(&spec.env, &spec.secret_env, true),
+    );
     o.insert(
         "instances".into(),
         if spec.instances_max {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod instance;
 pub mod limits;
 pub mod placement;
+pub mod secret;
 pub mod supervise;
 pub mod update;
 pub mod wire;

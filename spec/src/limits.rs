@@ -104,6 +104,23 @@ pub const MAX_PATH_BYTES: usize = 4095;
 /// stays readable.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// Longest app or node name. Short enough that a log file name (`APP-INDEX-out.log.N`) and a
+/// cgroup (`pmcluster-NODE-KEY`) stay under a file name's 255 bytes.
+pub const MAX_APP_NAME_BYTES: usize = 64;
+
+/// Whether `name` is one plain path component: 1 to `max_bytes` of `[A-Za-z0-9._-]`, starting
+/// with a letter or digit (so never `.` or `..`, never hidden), and without `..` anywhere, so no
+/// joining or later splitting of it can climb a directory.
+pub fn is_plain_name(name: &str, max_bytes: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_bytes
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.contains("..")
+}
+
 /// Refuses a NUL byte (no program can receive one: argv, environment and paths are C strings)
 /// and a value longer than `max_bytes`.
 pub fn check_text(field: &str, value: &str, max_bytes: usize) -> Result<(), SpecError> {

@@ -84,6 +84,7 @@ impl From<&AppSpec> for pb::AppSpec {
             log_timestamps: s.supervision.log_timestamps,
             log_max_bytes: Some(s.supervision.log_max_bytes.unwrap_or(0)),
             log_keep: Some(s.supervision.log_keep),
+            secret_env: s.secret_env.iter().cloned().collect(),
             autoscale: s.autoscale.as_ref().map(autoscale_to_wire),
             update: Some(update_to_wire(&s.update)),
         }
@@ -105,6 +106,7 @@ impl TryFrom<pb::AppSpec> for AppSpec {
             args: p.args,
             cwd: Some(p.cwd).filter(|c| !c.is_empty()),
             env: p.env.into_iter().collect(),
+            secret_env: p.secret_env.into_iter().collect(),
             instances: p.instances,
             port: PortSpec::parse(&p.port)?,
             instance_var: Some(p.instance_var).filter(|v| !v.is_empty()),

@@ -36,13 +36,22 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How often followed files are checked for growth.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(150);
-/// Path of one instance's stdout or stderr file.
+/// Path of one instance's stdout or stderr file, always a file directly in `logs_dir`.
+///
+/// The app name comes from the wire or from a record on disk: a valid one is a plain path
+/// component already, and any other (which no instance runs under, but a saved record or a log
+/// request may still carry) is hex-encoded like an odd instance id, so no name can climb out.
 pub fn log_path(logs_dir: &Path, app: &str, index: u32, stream: pb::LogStream) -> PathBuf {
     let suffix = match stream {
         pb::LogStream::Stderr => "err",
         _ => "out",
     };
-    logs_dir.join(format!("{app}-{index}-{suffix}.log"))
+    let stem = if pmcluster_spec::app::validate_name(app).is_ok() {
+        app.to_string()
+    } else {
+        format!("x-{}", crate::persist::hex(app.as_bytes()))
+    };
+    logs_dir.join(format!("{stem}-{index}-{suffix}.log"))
 }
 /// The streams an instance has files for: stderr goes into the stdout file with `merge_logs`.
 pub fn log_streams(merged: bool) -> &'static [pb::LogStream] {
@@ -83,7 +92,11 @@ pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
             }
         }
         let mut src = File::open(path)?;
-        let mut dst = File::create(rotated(path, 1))?;
+        let mut dst = crate::persist::private_file()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(rotated(path, 1))?;
         let mut copied = 0u64;
         for _ in 0..4 {
             let len = src.metadata()?.len();
@@ -116,6 +129,28 @@ pub fn rotate_by_rename(path: &Path, keep: u32) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_paths_stay_in_the_logs_dir() {
+        let dir = Path::new("/data/logs");
+        let cases = [
+            ("web", pb::LogStream::Stdout, "web-0-out.log"),
+            ("web.v2", pb::LogStream::Stderr, "web.v2-0-err.log"),
+            (
+                "../../etc/passwd",
+                pb::LogStream::Stdout,
+                "x-2e2e2f2e2e2f6574632f706173737764-0-out.log",
+            ),
+            ("..", pb::LogStream::Stdout, "x-2e2e-0-out.log"),
+            ("", pb::LogStream::Stdout, "x--0-out.log"),
+            ("a/b", pb::LogStream::Stderr, "x-612f62-0-err.log"),
+        ];
+        for (app, stream, want) in cases {
+            let path = log_path(dir, app, 0, stream);
+            assert_eq!(path, dir.join(want), "{app:?}");
+            assert_eq!(path.parent(), Some(dir), "{app:?}");
+        }
+    }
 
     #[test]
     fn rotation_names() {

@@ -289,8 +289,9 @@ fn blocking_input(input: std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedF
     Ok(input)
 }
 fn open_append(path: &Path) -> io::Result<File> {
+    // An instance's output is its owner's only, like everything in the data dir.
     let open = || {
-        std::fs::OpenOptions::new()
+        crate::persist::private_file()
             .create(true)
             .append(true)
             .open(path)
@@ -299,7 +300,7 @@ fn open_append(path: &Path) -> io::Result<File> {
         // The directory may have been removed under a running instance; recreate it.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                crate::persist::create_private_dir(dir)?;
             }
             open()
         }
@@ -325,7 +326,7 @@ pub(crate) fn output(
     index: u32,
     spec: &AppSpec,
 ) -> Result<Output, String> {
-    std::fs::create_dir_all(logs_dir)
+    crate::persist::create_private_dir(logs_dir)
         .map_err(|e| format!("cannot create {}: {}", logs_dir.display(), describe(&e)))?;
     let pipe_error = |e: io::Error| format!("cannot make a pipe: {}", describe(&e));
     let mut pumps = Vec::new();

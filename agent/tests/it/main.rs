@@ -7,6 +7,7 @@
 mod binary;
 mod cgroups;
 mod fake;
+mod files;
 mod link;
 mod logging;
 mod resources;

@@ -4,6 +4,7 @@
 //! `serde_json::Value`s. Nothing here writes, reads the clock or talks to the network, so every
 //! format is pinned by a table-driven test.
 
+use pmcluster_spec::secret::shown;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use comfy_table::{CellAlignment, Table, presets};
@@ -520,7 +521,7 @@ pub fn apps_table(apps: &[pb::App]) -> String {
 pub fn spec_json(s: &pb::AppSpec) -> Value {
     let env: serde_json::Map<String, Value> = sorted_pairs(&s.env)
         .into_iter()
-        .map(|(k, v)| (k.clone(), json!(v)))
+        .map(|(k, v)| (k.clone(), json!(shown(k, v, &s.secret_env))))
         .collect();
     json!({
         "name": s.name,
@@ -528,6 +529,7 @@ pub fn spec_json(s: &pb::AppSpec) -> Value {
         "args": s.args,
         "cwd": empty_as_null(&s.cwd),
         "env": env,
+        "secret_env": s.secret_env,
         "instances": s.instances,
         "port": empty_as_null(&s.port),
         "instance_var": empty_as_null(&s.instance_var),
@@ -655,7 +657,7 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
     };
     let env = sorted_pairs(&s.env)
         .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{k}={}", shown(k, v, &s.secret_env)))
         .collect::<Vec<_>>();
     let kill_timeout = if s.kill_timeout_ms == 0 {
         "5s".to_string()
@@ -1125,6 +1127,32 @@ b     down        8  16.0 GiB  7.2%   3.0 GiB          3  -          -          
             online: 3,
             pending: 1,
             stopped: 0,
+        }
+    }
+
+    /// Issue 12 item 4: a secret env value is shown nowhere, its key and the others are.
+    #[test]
+    fn secret_env_values_are_hidden() {
+        let mut spec = pmcluster_spec::AppSpec::new("web", "node", &["server.js"]);
+        spec.env.insert("DB_PASS".into(), "hunter2".into());
+        spec.env.insert("MODE".into(), "prod".into());
+        spec.secret_env.insert("DB_PASS".into());
+        let app = pb::App {
+            spec: Some(pb::AppSpec::from(&spec)),
+            version: 1,
+            ..pb::App::default()
+        };
+        let instances = [instance("web", 0, pb::InstanceState::Online)];
+        let outputs = [
+            app_info_text(&app, &instances, NOW),
+            app_info_json(&app, &instances, NOW).to_string(),
+            apps_json(std::slice::from_ref(&app)).to_string(),
+        ];
+        for out in outputs {
+            assert!(!out.contains("hunter2"), "{out}");
+            assert!(out.contains("DB_PASS"), "{out}");
+            assert!(out.contains("<secret>"), "{out}");
+            assert!(out.contains("prod"), "{out}");
         }
     }
 

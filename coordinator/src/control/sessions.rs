@@ -17,8 +17,7 @@ use crate::core::adoption;
 impl Control {
     /// Registers a node's session. Refuses a name whose session is still alive.
     pub fn attach(&self, reg: &Registration, peer: Option<std::net::IpAddr>) -> Result<Attached> {
-        pmcluster_spec::app::validate_name(&reg.node_name)
-            .map_err(|e| ControlError::InvalidArgument(format!("node_name: {}", e.message)))?;
+        check_registration(reg)?;
         let mut inner = self.lock();
         let name = reg.node_name.clone();
         if let Some(live) = inner.nodes.get(&name)
@@ -277,4 +276,43 @@ pub(super) fn registration(reg: &Registration) -> adoption::Registration<'_> {
         generation: reg.generation,
         held: reg.held.len() + reg.held_unreadable,
     }
+}
+
+/// Refuses a registration whose names or texts the coordinator would store, show or use as a
+/// key unchecked: the node names (a cgroup and the etcd store's keys are named after them),
+/// labels (bounded as constraints are), and the free texts (no NUL, bounded), each error naming
+/// its field.
+fn check_registration(reg: &Registration) -> Result<()> {
+    use pmcluster_spec::limits::{MAX_NAME_BYTES, check_text};
+    let invalid = |e: pmcluster_spec::SpecError| {
+        ControlError::InvalidArgument(format!("{}: {}", e.field, e.message))
+    };
+    pmcluster_spec::app::validate_node_name(&reg.node_name).map_err(invalid)?;
+    if !reg.renamed_from.is_empty() {
+        pmcluster_spec::app::validate_node_name(&reg.renamed_from).map_err(|e| {
+            invalid(pmcluster_spec::SpecError {
+                field: "renamed_from".into(),
+                ..e
+            })
+        })?;
+    }
+    for (key, value) in &reg.labels {
+        if key.is_empty() {
+            return Err(ControlError::InvalidArgument(
+                "labels: a label key is empty".into(),
+            ));
+        }
+        check_text("labels", key, MAX_NAME_BYTES).map_err(invalid)?;
+        check_text(&format!("labels.{key}"), value, MAX_NAME_BYTES).map_err(invalid)?;
+    }
+    for (field, value) in [
+        ("hostname", &reg.hostname),
+        ("agent_version", &reg.agent_version),
+        ("advertise_address", &reg.advertise_address),
+        ("agent_id", &reg.agent_id),
+        ("cluster_id", &reg.cluster_id),
+    ] {
+        check_text(field, value, MAX_NAME_BYTES).map_err(invalid)?;
+    }
+    Ok(())
 }

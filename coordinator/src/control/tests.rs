@@ -565,10 +565,60 @@ async fn bad_input_is_refused_without_change() -> Result<()> {
         c.attach(&register("a"), None),
         Err(ControlError::AlreadyExists(_))
     ));
-    assert!(matches!(
-        c.attach(&register("bad name"), None),
-        Err(ControlError::InvalidArgument(_))
-    ));
+    let labelled = |key: &str, value: &str| Registration {
+        labels: BTreeMap::from([(key.to_string(), value.to_string())]),
+        ..register("b")
+    };
+    let refused: Vec<(Registration, &str)> = vec![
+        (register("bad name"), "node_name: \"bad name\""),
+        (register("../etc"), "node_name: \"../etc\""),
+        (register(&"n".repeat(65)), "node_name:"),
+        (
+            Registration {
+                renamed_from: "a/b".into(),
+                ..register("b")
+            },
+            "renamed_from: \"a/b\"",
+        ),
+        (
+            labelled("zone", "a\0b"),
+            "labels.zone: \"a\\0b\" contains a NUL",
+        ),
+        (
+            labelled("zo\0ne", "a"),
+            "labels: \"zo\\0ne\" contains a NUL",
+        ),
+        (labelled("", "a"), "labels: a label key is empty"),
+        (
+            labelled("zone", &"v".repeat(300)),
+            "more than the limit of 256",
+        ),
+        (
+            Registration {
+                hostname: "h\0".into(),
+                ..register("b")
+            },
+            "hostname:",
+        ),
+        (
+            Registration {
+                agent_id: "i".repeat(1 << 20),
+                ..register("b")
+            },
+            "agent_id:",
+        ),
+    ];
+    for (reg, want) in refused {
+        match c.attach(&reg, None) {
+            Err(ControlError::InvalidArgument(m)) => {
+                assert!(m.contains(want), "want {want:?} in {m:?}");
+                assert!(m.len() < 400, "{} bytes", m.len());
+            }
+            Err(e) => panic!("{want}: {e}"),
+            Ok(_) => panic!("{want}: accepted"),
+        }
+    }
+    assert!(c.list_nodes().iter().all(|n| n.name == "a"));
     assert_eq!(spread(&c, "web"), "a:2");
     Ok(())
 }

@@ -66,6 +66,31 @@ fn panic_message(payload: &(dyn Any + Send)) -> String {
         .unwrap_or_else(|| "no message".to_string())
 }
 
+/// Makes `path` readable by the coordinator's user only (`want`: 0600 for the state file, 0700
+/// for its directory) when group or others have any permission on it: the file holds every
+/// app's environment. Said at warn when it held state already, since someone may have read it.
+fn owner_only(path: &Path, want: u32, existed: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return;
+    }
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)) {
+        Ok(()) if existed => tracing::warn!(
+            path = %path.display(),
+            "was mode {mode:04o}, readable beyond its owner; now {want:04o}"
+        ),
+        Ok(()) => tracing::info!(path = %path.display(), "mode {want:04o} (was {mode:04o})"),
+        Err(e) => tracing::warn!(
+            path = %path.display(),
+            "cannot make it its owner's only (mode {mode:04o}): {e}"
+        ),
+    }
+}
+
 impl EmbeddedStore {
     /// Opens or creates `path`. Fails when another coordinator holds the file, and when the file
     /// is empty, not a redb file, or damaged.
@@ -77,12 +102,12 @@ impl EmbeddedStore {
         };
         // redb would make a fresh database of an empty file; but an empty file here is a store
         // that lost its contents (a truncation), and starting empty in its place must be a choice.
-        match std::fs::metadata(path) {
+        let existed = match std::fs::metadata(path) {
             Ok(m) if m.len() == 0 => {
                 return Err(damaged("is empty (0 bytes)".to_string()));
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(_) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(StoreError::PermissionDenied { path: shown });
             }
@@ -92,6 +117,11 @@ impl EmbeddedStore {
                     error: Box::new(e),
                 });
             }
+        };
+        // The directory first: once it is closed, the file redb creates is nobody else's
+        // even before its own mode is set.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            owner_only(dir, 0o700, existed);
         }
         let opened = catching_panics(|| {
             Database::builder()
@@ -132,6 +162,7 @@ impl EmbeddedStore {
                 error: Box::new(other),
             },
         })?;
+        owner_only(path, 0o600, existed);
         let store = EmbeddedStore {
             db,
             path: path.to_path_buf(),
@@ -418,6 +449,38 @@ mod tests {
                 "{text}"
             );
         }
+        Ok(())
+    }
+
+    /// Issue 12 item 4: a new state file and its dir are the owner's only; an existing store
+    /// left readable by all is tightened when opened, and keeps its contents.
+    #[test]
+    fn state_file_and_dir_are_owner_only() -> Result<(), Box<dyn std::error::Error>> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| -> std::io::Result<u32> {
+            Ok(std::fs::metadata(p)?.permissions().mode() & 0o7777)
+        };
+        let root = tempfile::tempdir()?;
+        let dir = root.path().join("data");
+        std::fs::create_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let path = dir.join("state.redb");
+        {
+            let store = EmbeddedStore::open(&path)?;
+            store.commit(&Batch {
+                generation: Some(7),
+                ..Batch::default()
+            })?;
+        }
+        assert_eq!(mode(&dir)?, 0o700);
+        assert_eq!(mode(&path)?, 0o600);
+
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o775))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        let store = EmbeddedStore::open(&path)?;
+        assert_eq!(mode(&dir)?, 0o700);
+        assert_eq!(mode(&path)?, 0o600);
+        assert_eq!(store.load()?.generation, 7);
         Ok(())
     }
 

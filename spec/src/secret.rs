@@ -1,0 +1,135 @@
+//! Secret env values: how a config file marks one (`"env": {"DB_PASS": {"secret": "hunter2"}}`),
+//! and how every output shows one ([`SECRET_SHOWN`]). The spec keeps the value in `env` (the
+//! instance needs it) and the key in `secret_env`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use crate::app::SECRET_SHOWN;
+use crate::config::Scalar;
+
+/// One env value of a config file: plain, or `{"secret": VALUE}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawEnvValue {
+    Secret(SecretValue),
+    Plain(Scalar),
+}
+
+/// `{"secret": VALUE}`, nothing else: a typo beside it must not pass as a plain value.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    pub secret: Scalar,
+}
+
+/// A config file's env: the values, and the keys whose values are secret.
+pub fn split_env(
+    raw: BTreeMap<String, RawEnvValue>,
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
+    let mut env = BTreeMap::new();
+    let mut secret = BTreeSet::new();
+    for (key, value) in raw {
+        let text = match value {
+            RawEnvValue::Secret(SecretValue { secret: v }) => {
+                secret.insert(key.clone());
+                v.to_text()
+            }
+            RawEnvValue::Plain(v) => v.to_text(),
+        };
+        env.insert(key, text);
+    }
+    (env, secret)
+}
+
+/// `env` as a config file writes it, each secret as `{"secret": VALUE}`, so that it reads back
+/// as a secret. With `reveal` false the value itself is [`SECRET_SHOWN`]: for showing.
+pub fn env_config(
+    env: &BTreeMap<String, String>,
+    secret: &BTreeSet<String>,
+    reveal: bool,
+) -> serde_json::Value {
+    use serde_json::json;
+    let map: serde_json::Map<String, serde_json::Value> = env
+        .iter()
+        .map(|(k, v)| {
+            let value = match (secret.contains(k), reveal) {
+                (false, _) => json!(v),
+                (true, true) => json!({ "secret": v }),
+                (true, false) => json!({ "secret": SECRET_SHOWN }),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+/// What an output shows for the value of `key`.
+pub fn shown<'a>(key: &str, value: &'a str, secret: &[String]) -> &'a str {
+    if secret.iter().any(|s| s == key) {
+        SECRET_SHOWN
+    } else {
+        value
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Format, parse_apps, to_config};
+
+    #[test]
+    fn secrets_parse_from_every_format_and_show_masked() {
+        let json = r#"{"name": "w", "script": "x", "env": {"DB_PASS": {"secret": "hunter2"}, "MODE": "prod", "N": {"secret": 7}}}"#;
+        let yaml = "name: w\nscript: x\nenv:\n  DB_PASS:\n    secret: hunter2\n  MODE: prod\n  N:\n    secret: 7\n";
+        let toml = "name = \"w\"\nscript = \"x\"\n[env]\nMODE = \"prod\"\nDB_PASS = { secret = \"hunter2\" }\nN = { secret = 7 }\n";
+        for (text, format) in [
+            (json, Format::Json),
+            (yaml, Format::Yaml),
+            (toml, Format::Toml),
+        ] {
+            let specs = parse_apps(text, format).expect("parses");
+            let s = &specs[0];
+            assert_eq!(
+                s.env.get("DB_PASS").map(String::as_str),
+                Some("hunter2"),
+                "{format:?}"
+            );
+            assert_eq!(s.env.get("N").map(String::as_str), Some("7"), "{format:?}");
+            assert_eq!(
+                s.secret_env.iter().map(String::as_str).collect::<Vec<_>>(),
+                ["DB_PASS", "N"],
+                "{format:?}"
+            );
+            // The config form reads back to the same spec (reload --set relies on it).
+            let again = parse_apps(&to_config(s).to_string(), Format::Json).expect("reads back");
+            assert_eq!(&again[0], s);
+            let masked = env_config(&s.env, &s.secret_env, false).to_string();
+            assert!(!masked.contains("hunter2"), "{masked}");
+            assert!(
+                masked.contains(r#""DB_PASS":{"secret":"<secret>"}"#),
+                "{masked}"
+            );
+            assert!(masked.contains(r#""MODE":"prod""#), "{masked}");
+        }
+        let secret = vec!["K".to_string()];
+        assert_eq!(shown("K", "v", &secret), SECRET_SHOWN);
+        assert_eq!(shown("L", "v", &secret), "v");
+    }
+
+    #[test]
+    fn a_secret_must_name_an_env_key() {
+        let mut spec = crate::AppSpec::new("w", "x", &[]);
+        spec.secret_env.insert("NOPE".into());
+        let e = spec.validate().expect_err("refused");
+        assert_eq!(e.field, "secret_env");
+        assert!(
+            e.message.contains("\"NOPE\" is not a key of env"),
+            "{}",
+            e.message
+        );
+        let bad = r#"{"name": "w", "script": "x", "env": {"A": {"secret": "v", "extra": 1}}}"#;
+        assert!(parse_apps(bad, Format::Json).is_err());
+    }
+}
