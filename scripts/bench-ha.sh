@@ -50,7 +50,7 @@ CLI() { "$B/pmcluster" --coordinator "$URLS" "$@"; }
 leader() {
   for i in 0 1; do
     if "$B/pmcluster" --coordinator "http://127.0.0.1:${P[$i]}" status -o json 2>/dev/null |
-      python3 -c 'import json,sys; v=json.load(sys.stdin); sys.exit(0 if any(c["answered"] and c["role"]=="leader" for c in v["coordinators"]) else 1)'; then
+      python3 -c 'import json,sys; v=json.load(sys.stdin); sys.exit(0 if any(c["answered"] and c["role"]=="leader" for c in v["coordinators"]) else 1)' 2>/dev/null; then
       echo "$i"; return
     fi
   done
