@@ -66,7 +66,12 @@ until CLI nodes 2>/dev/null | grep -q ready; do sleep 0.1; done
 CLI start "sleep 100000" --name s --instances 2 >/dev/null
 pids_before=$(CLI list s -o json | python3 -c 'import json,sys; print(sorted(i["pid"] for i in json.load(sys.stdin) if i.get("pid")))')
 
-failover() { # $1 = signal
+gone() { # $1 = port: wait until nothing listens there (the killed coordinator released it)
+  while ss -ltn "sport = :$1" | grep -q LISTEN; do sleep 0.01; done
+}
+
+RESULT=""
+failover() { # $1 = signal; sets RESULT (not run in a subshell: the coordinators are ours)
   local out=()
   for run in $(seq "$RUNS"); do
     local l; l=$(wait_leader)
@@ -78,15 +83,17 @@ failover() { # $1 = signal
       [ "$(now)" -lt "$deadline" ] || { echo "no write accepted within 30 s" >&2; exit 1; }
     done
     out+=("$(ms "$t0" "$(now)")")
-    wait "${CPID[$l]}" 2>/dev/null || true
+    gone "${P[$l]}"
     start_coord "$l"   # back as the standby
   done
-  stats "${out[@]}"
+  RESULT=$(stats "${out[@]}")
 }
 echo "== kill -9 of the leader -> first accepted write (CLI with both addresses), lease TTL 2 s"
-echo "   $(failover KILL)"
+failover KILL
+echo "   $RESULT"
 echo "== SIGTERM of the leader -> first accepted write"
-echo "   $(failover TERM)"
+failover TERM
+echo "   $RESULT"
 CLI scale s 2 >/dev/null
 sleep 3
 pids_after=$(CLI list s -o json | python3 -c 'import json,sys; print(sorted(i["pid"] for i in json.load(sys.stdin) if i.get("pid")))')
