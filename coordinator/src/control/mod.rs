@@ -160,7 +160,9 @@ struct Inner {
     followup_at: Option<i64>,
 }
 
-/// What the autoscaler remembers of one app (in memory: a coordinator restart starts afresh).
+/// What the autoscaler remembers of one app. The samples are in memory (a restart or a new
+/// leader samples afresh); the last change is seeded from the stored decisions, so a cooldown
+/// outlives the coordinator that started it.
 #[derive(Default)]
 struct Scaling {
     history: VecDeque<Sample>,
@@ -212,6 +214,25 @@ fn new_node_live(now: i64) -> NodeLive {
     }
 }
 
+/// The autoscaler's memory as the stored decisions leave it: the time and reason of each app's
+/// last change.
+fn resumed_scaling(state: &Persisted) -> BTreeMap<String, Scaling> {
+    state
+        .apps
+        .iter()
+        .filter_map(|(name, app)| {
+            app.scaled.last().map(|d| {
+                let scaling = Scaling {
+                    history: VecDeque::new(),
+                    last_change_ms: Some(d.at_ms),
+                    last_reason: d.reason.clone(),
+                };
+                (name.clone(), scaling)
+            })
+        })
+        .collect()
+}
+
 fn is_quarantined(live: &NodeLive) -> bool {
     live.session
         .as_ref()
@@ -254,6 +275,7 @@ impl Control {
         for name in state.nodes.keys() {
             nodes.insert(name.clone(), new_node_live(now));
         }
+        let scaling = resumed_scaling(&state);
         let mut inner = Inner {
             state,
             nodes,
@@ -261,7 +283,7 @@ impl Control {
             log_routes: HashMap::new(),
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
-            scaling: BTreeMap::new(),
+            scaling,
             last_sample_ms: 0,
             reconcile_due: true,
             followup_at: None,

@@ -670,3 +670,30 @@ async fn issue10_the_loop_wakes_when_work_is_due() -> Result<()> {
     assert_eq!(c.next_tick_at(), t0 + 100 + 250, "a running rollout steps");
     Ok(())
 }
+
+#[test]
+fn issue11_a_new_leader_resumes_the_autoscalers_last_change() -> Result<()> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    c.apply(web(2))?;
+    // A decision as the autoscaler stores it with the app.
+    let mut app = store.load()?.apps["web"].clone();
+    app.scaled.push(crate::model::ScaleDecision {
+        at_ms: 1_000,
+        reason: "cpu avg 90% > 70% for 30s: 1 -> 2".into(),
+    });
+    store.commit(&crate::model::Batch::app(app))?;
+    drop(c);
+    // The next leader loads the store: its cooldown starts from that change, not from nothing.
+    let next = Control::open(store, ControlConfig::default())?;
+    let inner = next.lock();
+    let scaling = inner
+        .scaling
+        .get("web")
+        .map(|s| (s.last_change_ms, s.last_reason.clone()));
+    assert_eq!(
+        scaling,
+        Some((Some(1_000), "cpu avg 90% > 70% for 30s: 1 -> 2".to_string()))
+    );
+    Ok(())
+}
