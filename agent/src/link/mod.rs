@@ -59,6 +59,8 @@ pub enum LinkError {
 
 /// What the link needs besides the agent.
 pub(crate) struct LinkConfig {
+    /// Mutual TLS for `https://` URLs (`--tls-cert`, `--tls-key`, `--ca`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Sent at registration: the agent's persistent id (`DATA_DIR/agent-id`).
     pub agent_id: String,
     /// Coordinator URLs, in the order of `--coordinator`; an HA pair has two.
@@ -68,11 +70,26 @@ pub(crate) struct LinkConfig {
 }
 
 /// The endpoint for `url`, with timeouts that notice a dead coordinator.
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, LinkError> {
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| LinkError::Coordinator {
+pub(crate) fn endpoint(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, LinkError> {
+    let bad = |reason: String| LinkError::Coordinator {
         url: url.to_string(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    if url.starts_with("https://") {
+        let Some(tls) = tls else {
+            // Only a leader hint can get here: the config refuses https without TLS files.
+            return Err(bad(
+                "https:// needs --tls-cert, --tls-key and --ca".to_string()
+            ));
+        };
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| bad(e.to_string()))?;
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
@@ -192,7 +209,7 @@ async fn session(
     dialer: &mut Dialer,
     cancel: &CancellationToken,
 ) -> End {
-    let endpoint = match endpoint(url) {
+    let endpoint = match endpoint(url, cfg.tls.as_ref()) {
         Ok(e) => e,
         // Only a leader hint can be a bad URL here (the list was checked at startup).
         Err(e) => return ended(false, false, e.to_string()),
