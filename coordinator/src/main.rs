@@ -335,3 +335,38 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["pmcluster-coordinator", "--data-dir", "d"];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        validate(args).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let all = ["--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"];
+        assert!(validated(&all).is_ok_and(|c| c.tls.is_some()));
+        let e = validated(&["--tls-cert", "c", "--client-ca", "ca"]).unwrap_err();
+        assert!(e.starts_with("--tls-key missing"), "{e}");
+        let e = validated(&["--tls-key", "k"]).unwrap_err();
+        assert!(e.starts_with("--tls-cert and --client-ca missing"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_insecure() {
+        assert!(validated(&[]).is_ok_and(|c| c.tls.is_none()));
+        assert!(validated(&["--listen", "[::1]:7450"]).is_ok());
+        let e = validated(&["--listen", "0.0.0.0:7450"]).unwrap_err();
+        assert!(e.contains("--insecure"), "{e}");
+        assert!(validated(&["--listen", "0.0.0.0:7450", "--insecure"]).is_ok());
+        let tls = ["--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"];
+        let mut on_all = vec!["--listen", "0.0.0.0:7450"];
+        on_all.extend_from_slice(&tls);
+        assert!(validated(&on_all).is_ok());
+    }
+}
