@@ -124,10 +124,10 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
     let before = lines_with(&c, &want);
     let b = c.add_agent_with("b", &flags).expect("agent b starts");
     wait_logged(&c, before, &want);
-    // tonic renders PERMISSION_DENIED as its description.
     wait_for(DEADLINE, "agent b to log PERMISSION_DENIED", || {
         let log = c.agent(b).stderr();
-        log.contains("does not have permission") && log.contains("registers as node \"b\"")
+        log.contains("refused this agent (PERMISSION_DENIED")
+            && log.contains("registers as node \"b\"")
     });
 
     // 6. A user certificate on AgentLink.

@@ -179,6 +179,11 @@ pub(crate) async fn run(
                     tracing::warn!(
                         "link to coordinator lost ({url}: {reason}); reconnecting to {to} in {delay:?}"
                     );
+                } else if reason.starts_with("PERMISSION_DENIED") {
+                    tracing::warn!(
+                        "coordinator at {url} refused this agent ({reason}); retrying {to} in \
+                         {delay:?}"
+                    );
                 } else {
                     tracing::warn!(
                         "cannot reach a coordinator (last: {url}, {reason}); retrying {to} in \
@@ -444,7 +449,14 @@ fn ended(registered: bool, already_exists: bool, reason: String) -> End {
 
 fn from_status(registered: bool, status: &tonic::Status) -> End {
     let already_exists = status.code() == tonic::Code::AlreadyExists;
-    let reason = if status.message().is_empty() {
+    let reason = if status.code() == tonic::Code::PermissionDenied {
+        // The node check: this is the operator's certificate or node name, not the network.
+        format!(
+            "PERMISSION_DENIED: {}; check that --tls-cert is this node's certificate \
+             (pmcluster certs issue agent NODE) and --node-name its NODE",
+            status.message()
+        )
+    } else if status.message().is_empty() {
         format!("{}", status.code())
     } else {
         format!("{}: {}", status.code(), status.message())
