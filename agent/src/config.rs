@@ -35,13 +35,26 @@ pub struct RawConfig {
     pub no_cgroups: bool,
     /// `--rename-node`.
     pub rename_node: bool,
+    /// `--tls-cert`, `--tls-key`, `--ca`: all three or none.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+}
+
+/// The files of mutual TLS on the link: this node's certificate and key (from `pmcluster certs
+/// issue agent NODE`) and the cluster CA that signed the coordinator's certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
 }
 
 /// Checked agent settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// Coordinator URLs (`http://`; TLS comes with mTLS later), dialled in this order; an HA pair
-    /// has two. Never empty.
+    /// Coordinator URLs (`https://` with `tls`, else `http://`), dialled in this order; an HA
+    /// pair has two. Never empty.
     pub coordinators: Vec<String>,
     pub node_name: String,
     /// Where the agent keeps its files (`logs/` for instance output).
@@ -68,6 +81,8 @@ pub struct Config {
     /// The data dir may belong to another node name: rename that node to `node_name` (see
     /// [`crate::identity`]). Without it such a start is refused.
     pub rename_node: bool,
+    /// Dial the coordinator over mutual TLS with these files. `None`: plaintext.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -85,6 +100,7 @@ impl Config {
             log_pump: None,
             cgroups: true,
             rename_node: false,
+            tls: None,
         }
     }
 }
@@ -102,6 +118,8 @@ pub enum ConfigError {
     Label { value: String, reason: String },
     #[error("--data-dir is empty")]
     DataDir,
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Splits one `--label` value, `KEY=VALUE`. Usable as a clap value parser.
@@ -157,6 +175,41 @@ impl RawConfig {
             }
             labels.insert(key, value);
         }
+        let tls = match (self.tls_cert, self.tls_key, self.ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            (cert, key, ca) => {
+                let missing: Vec<&str> = [
+                    (cert.is_none(), "--tls-cert"),
+                    (key.is_none(), "--tls-key"),
+                    (ca.is_none(), "--ca"),
+                ]
+                .into_iter()
+                .filter_map(|(gone, flag)| gone.then_some(flag))
+                .collect();
+                return Err(ConfigError::Tls(format!(
+                    "{} missing: --tls-cert, --tls-key and --ca go together (all three or none)",
+                    missing.join(" and ")
+                )));
+            }
+        };
+        // One scheme for the whole list: a plaintext URL would send the node's desired set
+        // (env values included) in clear, and https without a CA cannot verify anything.
+        for url in &coordinators {
+            let https = url.starts_with("https://");
+            if https && tls.is_none() {
+                return Err(ConfigError::Coordinator {
+                    url: url.clone(),
+                    reason: "https:// needs --tls-cert, --tls-key and --ca".to_string(),
+                });
+            }
+            if !https && tls.is_some() {
+                return Err(ConfigError::Coordinator {
+                    url: url.clone(),
+                    reason: "with --tls-cert, dial https://".to_string(),
+                });
+            }
+        }
         Ok(Config {
             coordinators,
             node_name,
@@ -168,6 +221,7 @@ impl RawConfig {
             log_pump: self.log_pump,
             cgroups: !self.no_cgroups,
             rename_node: self.rename_node,
+            tls,
         })
     }
 }
@@ -204,12 +258,8 @@ pub(crate) fn validate_url(url: String) -> Result<String, ConfigError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad("expected a URL such as http://127.0.0.1:7450"));
     };
-    if scheme == "https" {
-        // TLS on the link comes with mTLS (agent identity in its certificate), a later issue.
-        return Err(bad("https is not supported yet; use http://"));
-    }
-    if scheme != "http" {
-        return Err(bad("the scheme must be http"));
+    if scheme != "http" && scheme != "https" {
+        return Err(bad("the scheme must be http or https"));
     }
     if rest.is_empty() || rest.starts_with('/') {
         return Err(bad("the URL has no host"));
@@ -270,6 +320,38 @@ mod tests {
                 (w, g) => panic!("{input}: want {w:?} got {g:?}"),
             }
         }
+    }
+
+    #[test]
+    fn tls_flags_go_together_and_with_https() {
+        let tls = |cert: Option<&str>, key: Option<&str>, ca: Option<&str>, url: &str| {
+            RawConfig {
+                coordinator: url.into(),
+                tls_cert: cert.map(PathBuf::from),
+                tls_key: key.map(PathBuf::from),
+                ca: ca.map(PathBuf::from),
+                ..raw()
+            }
+            .validate()
+        };
+        let all = tls(Some("c"), Some("k"), Some("ca"), "https://127.0.0.1:1").map(|c| c.tls);
+        assert_eq!(
+            all,
+            Ok(Some(TlsFiles {
+                cert: "c".into(),
+                key: "k".into(),
+                ca: "ca".into()
+            }))
+        );
+        let e = tls(Some("c"), None, Some("ca"), "https://127.0.0.1:1").unwrap_err();
+        assert!(e.to_string().starts_with("--tls-key missing"), "{e}");
+        let e = tls(None, None, None, "https://127.0.0.1:1").unwrap_err();
+        assert!(e.to_string().contains("https:// needs --tls-cert"), "{e}");
+        let e = tls(Some("c"), Some("k"), Some("ca"), "http://127.0.0.1:1").unwrap_err();
+        assert!(
+            e.to_string().contains("with --tls-cert, dial https://"),
+            "{e}"
+        );
     }
 
     #[test]

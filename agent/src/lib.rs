@@ -77,13 +77,37 @@ pub enum AgentError {
     LinkTask(String),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    #[error("{flag} {}: {reason}", path.display())]
+    Tls {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
 }
 
 impl AgentError {
     /// Whether the error is the operator's to fix before a restart can help (exit 64).
     pub fn is_config(&self) -> bool {
-        matches!(self, AgentError::Identity(_))
+        matches!(self, AgentError::Identity(_) | AgentError::Tls { .. })
     }
+}
+
+/// Reads the TLS files once at startup, so a missing or unreadable one fails the start (exit
+/// 64) rather than every reconnect.
+fn client_tls(files: &config::TlsFiles) -> Result<tonic::transport::ClientTlsConfig, AgentError> {
+    let read = |flag: &'static str, path: &PathBuf| {
+        std::fs::read(path).map_err(|e| AgentError::Tls {
+            flag,
+            path: path.clone(),
+            reason: e.to_string(),
+        })
+    };
+    let cert = read("--tls-cert", &files.cert)?;
+    let key = read("--tls-key", &files.key)?;
+    let ca = read("--ca", &files.ca)?;
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(cert, key)))
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as
@@ -126,7 +150,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let sigchld = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child())
         .map_err(AgentError::Signals)?;
     let sampler = metrics::Sampler::new().map_err(|e| AgentError::Host(e.to_string()))?;
+    let tls = match &config.tls {
+        Some(files) => Some(client_tls(files)?),
+        None => None,
+    };
     let link_config = link::LinkConfig {
+        tls,
         agent_id: agent_id(&config.data_dir)?,
         coordinators: config.coordinators.clone(),
         labels: config.labels.clone(),

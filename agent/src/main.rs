@@ -62,6 +62,16 @@ struct Args {
     /// it such a start is refused (it would stop every instance the data dir holds).
     #[arg(long)]
     rename_node: bool,
+    /// This node's certificate (PEM), from `pmcluster certs issue agent NODE`: dial the
+    /// coordinator (https://) over mutual TLS. Needs --tls-key and --ca too.
+    #[arg(long, env = "PMCLUSTER_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PMCLUSTER_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM) that signed the coordinator's certificate.
+    #[arg(long, env = "PMCLUSTER_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
 }
 
 /// `--label` for clap, which names the flag and value itself: only the reason is needed.
@@ -123,6 +133,9 @@ fn main() -> ExitCode {
         log_pump: Some(PathBuf::from("/proc/self/exe")),
         no_cgroups: args.no_cgroups,
         rename_node: args.rename_node,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        ca: args.ca,
     };
     let config = match raw.validate() {
         Ok(c) => c,

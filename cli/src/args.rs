@@ -27,7 +27,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// Coordinator to talk to: http://HOST:PORT or HOST:PORT; for an HA pair, a comma-separated
+    /// Coordinator to talk to: http://HOST:PORT, https://HOST:PORT (with --ca, --cert, --key) or
+    /// HOST:PORT; for an HA pair, a comma-separated
     /// list (calls follow a standby's pointer to the leader, else go to the next URL)
     #[arg(
         long,
@@ -37,6 +38,19 @@ pub struct Cli {
         value_name = "URL"
     )]
     pub coordinator: String,
+
+    /// The cluster CA (PEM) that signed the coordinator's certificate; needed for https://
+    /// coordinators
+    #[arg(long, global = true, env = "PMCLUSTER_CA", value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
+
+    /// Your client certificate (PEM), e.g. from `pmcluster certs issue user NAME`; with --key
+    #[arg(long, global = true, env = "PMCLUSTER_CERT", value_name = "FILE")]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of --cert
+    #[arg(long, global = true, env = "PMCLUSTER_KEY", value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
 
     /// Output format: human tables, or JSON for scripts (logs and events: one object per line)
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]

@@ -3,10 +3,11 @@
 //! through [`crate::failover::Conn`], which uses these for each coordinator of the list.
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use pmcluster_proto::v1::cluster_client::ClusterClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Response, Status};
 
 use crate::error::{ApiError, UsageError};
@@ -28,18 +29,13 @@ pub fn normalize_url(input: &str) -> Result<String, UsageError> {
     };
     let bad = || {
         UsageError::new(format!(
-            "--coordinator: {input:?} is not an address; use HOST:PORT or http://HOST:PORT"
+            "--coordinator: {input:?} is not an address; use HOST:PORT, http://HOST:PORT or \
+             https://HOST:PORT"
         ))
     };
     let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad())?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(UsageError::new(format!(
-                "--coordinator: {input:?}: TLS is not supported by this pmcluster yet; use http://"
-            )));
-        }
-        _ => return Err(bad()),
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(bad());
     }
     match uri.authority() {
         Some(a) if !a.host().is_empty() => Ok(url),
@@ -77,7 +73,43 @@ pub(crate) fn unreachable(url: &str, why: &str) -> String {
 }
 
 pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
-    Ok(cluster_client(dial_channel(url, timeout).await?))
+    Ok(cluster_client(dial_channel(url, timeout, None).await?))
+}
+
+/// The TLS settings from `--ca`, `--cert` and `--key`, read once. `--ca` is needed when any
+/// URL is `https://`; `--cert` and `--key` go together. `None` when no URL is `https://` (a
+/// local `pmcluster up` cluster is plaintext on loopback, whatever the environment says).
+pub fn tls_config(
+    urls: &[String],
+    ca: Option<&Path>,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<ClientTlsConfig>, UsageError> {
+    if !urls.iter().any(|u| u.starts_with("https://")) {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path).map_err(|e| UsageError::new(format!("{flag} {}: {e}", path.display())))
+    };
+    let Some(ca) = ca else {
+        return Err(UsageError::new(
+            "--ca is needed for an https:// --coordinator: the cluster CA (ca.pem) that signed \
+             the coordinator's certificate",
+        ));
+    };
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            tls = tls.identity(Identity::from_pem(
+                read("--cert", cert)?,
+                read("--key", key)?,
+            ));
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(UsageError::new("--key is missing: --cert needs it")),
+        (None, Some(_)) => return Err(UsageError::new("--cert is missing: --key needs it")),
+    }
+    Ok(Some(tls))
 }
 
 /// The `Cluster` client over `channel`, with the coordinator's limits: replies are paged or
@@ -89,11 +121,23 @@ pub(crate) fn cluster_client(channel: Channel) -> Client {
 }
 
 /// A connection to `url`, for any of the coordinator's services.
-pub(crate) async fn dial_channel(url: &str, timeout: Duration) -> Result<Channel, Dial> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| Dial::BadUrl(UsageError::new(format!("--coordinator: {url:?}: {e}"))))?
+pub(crate) async fn dial_channel(
+    url: &str,
+    timeout: Duration,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, Dial> {
+    let bad = |e: String| Dial::BadUrl(UsageError::new(format!("--coordinator: {url:?}: {e}")));
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| bad(e.to_string()))?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
+    if url.starts_with("https://") {
+        // A leader hint can be https:// though the list was not.
+        let tls = tls.ok_or_else(|| bad("https:// needs --ca (and --cert, --key)".into()))?;
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| bad(e.to_string()))?;
+    }
     // The outer deadline also covers the HTTP/2 handshake, which connect_timeout does not.
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Err(_) => Err(Dial::Unreachable(format!("no answer within {timeout:?}"))),
@@ -143,13 +187,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_flags() {
+        let http = vec!["http://c:1".to_string()];
+        let https = vec!["https://c:1".to_string()];
+        let p = Path::new("/nonexistent/pmcluster-test.pem");
+        // Plaintext URLs ignore the flags (a PMCLUSTER_CA in the environment must not break `up`).
+        assert!(matches!(tls_config(&http, Some(p), None, None), Ok(None)));
+        let err = |r: Result<Option<ClientTlsConfig>, UsageError>| match r {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(err(tls_config(&https, None, None, None)).starts_with("--ca is needed"));
+        assert!(err(tls_config(&https, Some(p), None, None)).starts_with("--ca /nonexistent"));
+    }
+
+    #[test]
     fn urls() {
         let cases: &[(&str, Result<&str, &str>)] = &[
             ("http://127.0.0.1:7450", Ok("http://127.0.0.1:7450")),
             ("127.0.0.1:7450", Ok("http://127.0.0.1:7450")),
             ("coord.internal:7450/", Ok("http://coord.internal:7450")),
             ("[::1]:7450", Ok("http://[::1]:7450")),
-            ("https://c:7450", Err("TLS is not supported")),
+            ("https://c:7450", Ok("https://c:7450")),
             ("ftp://c:7450", Err("is not an address")),
             ("", Err("is not an address")),
             ("a b:1", Err("is not an address")),

@@ -30,6 +30,8 @@ use crate::validate::{StartPlan, parse_count, plan_start};
 pub struct Ctx<'a> {
     /// Coordinator URLs (`--coordinator`, a list for an HA pair), already normalised.
     pub urls: Vec<String>,
+    /// Mutual TLS for `https://` URLs (`--ca`, `--cert`, `--key`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     pub output: OutputFormat,
     pub out: &'a mut dyn Write,
 }
@@ -38,7 +40,7 @@ impl Ctx<'_> {
     /// The first coordinator of the list that answers; calls through it follow a standby's
     /// leader hint (see [`crate::failover`]).
     pub(crate) async fn connect(&self) -> Result<Conn, ApiError> {
-        Conn::open(self.urls.clone()).await
+        Conn::open(self.urls.clone(), self.tls.clone()).await
     }
 
     pub(crate) fn json(&self) -> bool {

@@ -163,16 +163,21 @@ pub struct Conn {
     current: Option<(String, Client)>,
     /// A leader a stream's refusal named: the next call dials it first.
     hint: Option<String>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Conn {
     /// Dials the URLs in order and keeps the first that answers. A standby answers too: its
     /// refusal of the first call leads to the leader.
-    pub async fn open(urls: Vec<String>) -> Result<Conn, ApiError> {
+    pub async fn open(
+        urls: Vec<String>,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Conn, ApiError> {
         let mut conn = Conn {
             urls,
             current: None,
             hint: None,
+            tls,
         };
         let mut route = Route::new(&conn.urls, None, None);
         let mut last = None;
@@ -275,7 +280,7 @@ impl Conn {
         {
             return Some(client.clone());
         }
-        let dialled = dial_channel(url, CONNECT_TIMEOUT).await;
+        let dialled = dial_channel(url, CONNECT_TIMEOUT, self.tls.as_ref()).await;
         match dialled {
             Ok(channel) if self.urls.len() > 1 && !answers(&channel).await => {
                 let why = format!(
@@ -375,10 +380,6 @@ mod tests {
             (
                 "a:1,ftp://b:2",
                 "--coordinator: \"ftp://b:2\" is not an address",
-            ),
-            (
-                "https://a:1,b:2",
-                "--coordinator: \"https://a:1\": TLS is not supported",
             ),
         ];
         for (input, want) in cases {

@@ -33,8 +33,15 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         other => other,
     };
     let urls = failover::parse_urls(&cli.coordinator)?;
+    let tls = client::tls_config(
+        &urls,
+        cli.ca.as_deref(),
+        cli.cert.as_deref(),
+        cli.key.as_deref(),
+    )?;
     let mut ctx = Ctx {
         urls,
+        tls,
         output: cli.output,
         out,
     };

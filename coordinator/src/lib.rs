@@ -16,4 +16,5 @@ pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod wire;

@@ -10,6 +10,7 @@ use clap::Parser;
 use pmcluster_coordinator::control::ControlConfig;
 use pmcluster_coordinator::lead::{Seat, StoreInfo};
 use pmcluster_coordinator::server::{self, Config, StoreChoice};
+use pmcluster_coordinator::tls::TlsFiles;
 
 /// The pmcluster coordinator: stores apps, places instances on agents, serves the gRPC API.
 #[derive(Debug, Parser)]
@@ -57,6 +58,22 @@ struct Args {
     /// exits anyway, e.g. "5s". Agent sessions close at once; agents keep their instances.
     #[arg(long, default_value = "5s", env = "PMCLUSTER_SHUTDOWN_GRACE")]
     shutdown_grace: String,
+    /// Serve mutual TLS with this certificate (PEM), e.g. from `pmcluster certs issue
+    /// coordinator`. Needs --tls-key and --client-ca too.
+    #[arg(long, env = "PMCLUSTER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, env = "PMCLUSTER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) every client certificate must be signed by: the cluster CA (`ca.pem`).
+    /// Connections without such a certificate are refused.
+    #[arg(long, env = "PMCLUSTER_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Serve plaintext on a non-loopback --listen address: anyone who reaches the port can
+    /// then run commands on every host. Without TLS and without this flag, such a coordinator
+    /// refuses to start.
+    #[arg(long, env = "PMCLUSTER_INSECURE")]
+    insecure: bool,
 }
 
 fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
@@ -149,9 +166,50 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             listen.port()
         );
     }
+    let tls = match (args.tls_cert, args.tls_key, args.client_ca) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        (cert, key, ca) => {
+            let missing: Vec<&str> = [
+                (cert.is_none(), "--tls-cert"),
+                (key.is_none(), "--tls-key"),
+                (ca.is_none(), "--client-ca"),
+            ]
+            .into_iter()
+            .filter_map(|(gone, flag)| gone.then_some(flag))
+            .collect();
+            anyhow::bail!(
+                "{} missing: --tls-cert, --tls-key and --client-ca go together (all three or \
+                 none)",
+                missing.join(" and ")
+            );
+        }
+    };
+    if tls.is_some() && matches!(store, StoreChoice::Etcd { .. }) {
+        // The HA pair's serving path does not take the TLS config yet.
+        anyhow::bail!("--tls-cert: TLS is not supported with --store etcd yet");
+    }
+    if tls.is_none() && !listen.ip().is_loopback() {
+        anyhow::ensure!(
+            args.insecure,
+            "--listen {listen} is reachable from other hosts but there is no TLS: anyone who \
+             reaches it can run commands on every host. Give --tls-cert, --tls-key and \
+             --client-ca (see `pmcluster certs`), or --insecure to serve plaintext anyway"
+        );
+        tracing::warn!(
+            %listen,
+            "INSECURE: serving plaintext gRPC on a non-loopback address (--insecure); anyone \
+             who can reach this port can run any command on every host of the cluster"
+        );
+    }
     Ok(Config {
         listen,
         store,
+        tls,
         advertise: args.advertise,
         control: ControlConfig {
             heartbeat_interval,
@@ -161,6 +219,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
     })
 }
 
+/// Whether `e` is the operator's to fix (a data dir, state file or TLS file that cannot be used).
 fn is_store_error(e: &anyhow::Error) -> bool {
     use pmcluster_coordinator::control::ControlError;
     use pmcluster_coordinator::server::ServeError;
@@ -168,6 +227,7 @@ fn is_store_error(e: &anyhow::Error) -> bool {
         e.downcast_ref::<ServeError>(),
         Some(
             ServeError::DataDir { .. }
+                | ServeError::Tls(_)
                 | ServeError::Store(_)
                 | ServeError::Control(ControlError::Store(_))
         )
@@ -194,22 +254,28 @@ async fn shutdown_signal() {
 async fn run(config: Config) -> anyhow::Result<()> {
     match &config.store {
         StoreChoice::Embedded { data_dir } => {
+            let tls = match &config.tls {
+                Some(files) => Some(pmcluster_coordinator::tls::server_config(files)?),
+                None => None,
+            };
             let control = server::open_control(data_dir, &config.control)?;
             let listener = server::bind(config.listen).await?;
             let addr = listener.local_addr().context("reading the bound address")?;
             // Tests and `pmcluster up` read this line to learn the port.
             println!("pmcluster-coordinator listening on {addr}");
             tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
+            let scheme = if tls.is_some() { "https" } else { "http" };
             let advertise = config
                 .advertise
                 .clone()
-                .unwrap_or_else(|| format!("http://{addr}"));
+                .unwrap_or_else(|| format!("{scheme}://{addr}"));
             let store = StoreInfo {
                 kind: "embedded".into(),
                 location: data_dir.join("state.redb").display().to_string(),
             };
             let seat = Seat::single(control, advertise, store);
-            server::serve(seat, listener, shutdown_signal(), config.shutdown_grace).await?;
+            let grace = config.shutdown_grace;
+            server::serve_tls(seat, None, tls, listener, shutdown_signal(), grace).await?;
             Ok(())
         }
         StoreChoice::Etcd { .. } => run_pair(config).await,
@@ -267,5 +333,40 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated(extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["pmcluster-coordinator", "--data-dir", "d"];
+        argv.extend_from_slice(extra);
+        let args = Args::try_parse_from(argv).map_err(|e| e.to_string())?;
+        validate(args).map_err(|e| format!("{e:#}"))
+    }
+
+    #[test]
+    fn tls_flags_go_together() {
+        let all = ["--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"];
+        assert!(validated(&all).is_ok_and(|c| c.tls.is_some()));
+        let e = validated(&["--tls-cert", "c", "--client-ca", "ca"]).unwrap_err();
+        assert!(e.starts_with("--tls-key missing"), "{e}");
+        let e = validated(&["--tls-key", "k"]).unwrap_err();
+        assert!(e.starts_with("--tls-cert and --client-ca missing"), "{e}");
+    }
+
+    #[test]
+    fn plaintext_off_loopback_needs_insecure() {
+        assert!(validated(&[]).is_ok_and(|c| c.tls.is_none()));
+        assert!(validated(&["--listen", "[::1]:7450"]).is_ok());
+        let e = validated(&["--listen", "0.0.0.0:7450"]).unwrap_err();
+        assert!(e.contains("--insecure"), "{e}");
+        assert!(validated(&["--listen", "0.0.0.0:7450", "--insecure"]).is_ok());
+        let tls = ["--tls-cert", "c", "--tls-key", "k", "--client-ca", "ca"];
+        let mut on_all = vec!["--listen", "0.0.0.0:7450"];
+        on_all.extend_from_slice(&tls);
+        assert!(validated(&on_all).is_ok());
     }
 }

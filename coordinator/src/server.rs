@@ -33,6 +33,8 @@ pub struct Config {
     pub control: ControlConfig,
     /// How long a shutdown may take to finish in-flight calls before the process exits anyway.
     pub shutdown_grace: Duration,
+    /// `--tls-cert`, `--tls-key`, `--client-ca`: serve mutual TLS. `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,8 @@ pub enum ServeError {
     },
     #[error("reflection service: {0}")]
     Reflection(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -113,6 +117,20 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
+    serve_tls(seat, directory, None, listener, shutdown, grace).await
+}
+
+/// [`serve_with`], serving mutual TLS when `tls` is given (see [`crate::tls::server_config`]):
+/// every connection then carries a client certificate from the cluster CA, and an agent
+/// session must carry the certificate of the node it registers as.
+pub async fn serve_tls(
+    seat: Arc<Seat>,
+    directory: Option<Arc<dyn Directory>>,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pmcluster_proto::FILE_DESCRIPTOR_SET)
@@ -130,7 +148,8 @@ pub async fn serve_with(
     life.tasks
         .spawn(drive(seat.clone(), health, life.cancel.clone()));
     let stopping = life.cancel.clone();
-    let server = tonic::transport::Server::builder()
+    let require_agent_cert = tls.is_some();
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
@@ -154,14 +173,25 @@ pub async fn serve_with(
             pb::agent_link_server::AgentLinkServer::new(AgentLinkApi {
                 seat: seat.clone(),
                 life: life.clone(),
+                require_agent_cert,
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stopping.cancelled().await
-        });
-    let mut server = std::pin::pin!(server);
+        );
+    let stopped = async move { stopping.cancelled().await };
+    // The two listeners yield different stream types, hence the box.
+    let server: std::pin::Pin<
+        Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match tls {
+        Some(config) => {
+            let incoming = crate::tls::incoming(listener, config, life.cancel.clone(), &life.tasks);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped))
+        }
+    };
+    let mut server = server;
     let failed = tokio::select! {
         r = &mut server => Some(r),
         () = shutdown => None,

@@ -53,6 +53,9 @@ pub struct Cluster {
     /// Coordinator URLs (comma-separated) of coordinators the cluster does not run itself
     /// (an HA pair, see [`crate::Pair`]); agents and the CLI get them all.
     external: Option<String>,
+    /// Mutual TLS on every link: the coordinator serves it, each agent and CLI call presents
+    /// its certificate from here.
+    tls: Option<crate::Pki>,
 }
 
 impl Cluster {
@@ -70,7 +73,18 @@ impl Cluster {
             ));
         }
         let args = coordinator_args.iter().map(|s| s.to_string()).collect();
-        Cluster::build(n_agents, args, None)
+        Cluster::build(n_agents, args, None, false)
+    }
+
+    /// As [`Cluster::start`], all over mutual TLS, with a CA and certificates made in the
+    /// cluster's directory (see [`Cluster::pki`]).
+    pub fn start_tls(n_agents: usize) -> Result<Cluster, Error> {
+        Cluster::build(n_agents, Vec::new(), None, true)
+    }
+
+    /// The certificates of a [`Cluster::start_tls`] cluster.
+    pub fn pki(&self) -> Option<&crate::Pki> {
+        self.tls.as_ref()
     }
 
     /// `n_agents` agents (node-a, ...) of coordinators that run elsewhere, at `urls`
@@ -82,13 +96,14 @@ impl Cluster {
                 format!("at most {} agents", NODE_NAMES.len()),
             ));
         }
-        Cluster::build(n_agents, Vec::new(), Some(urls.to_string()))
+        Cluster::build(n_agents, Vec::new(), Some(urls.to_string()), false)
     }
 
     fn build(
         n_agents: usize,
-        coordinator_args: Vec<String>,
+        mut coordinator_args: Vec<String>,
         external: Option<String>,
+        tls: bool,
     ) -> Result<Cluster, Error> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new()
@@ -96,6 +111,13 @@ impl Cluster {
             .tempdir()
             .map_err(io_err("creating the temporary directory"))?;
         let root = dir.path().to_path_buf();
+        let tls = if tls {
+            let pki = crate::Pki::create(&root.join("pki"))?;
+            coordinator_args.extend(pki.coordinator_args());
+            Some(pki)
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             dir: Some(dir),
             root,
@@ -108,6 +130,7 @@ impl Cluster {
             cli_runs: AtomicU64::new(0),
             coordinator_args,
             external,
+            tls,
         };
         match cluster.boot(n_agents) {
             Ok(()) => Ok(cluster),
@@ -152,6 +175,7 @@ impl Cluster {
     pub fn url(&self) -> String {
         match &self.external {
             Some(urls) => urls.clone(),
+            None if self.tls.is_some() => format!("https://127.0.0.1:{}", self.port),
             None => format!("http://127.0.0.1:{}", self.port),
         }
     }
@@ -304,6 +328,12 @@ impl Cluster {
         if !extra_args.contains(&"--coordinator") {
             cmd.arg("--coordinator").arg(self.url());
         }
+        // An explicit --tls-cert (a test's wrong certificate) replaces the node's own.
+        if let Some(pki) = &self.tls
+            && !extra_args.contains(&"--tls-cert")
+        {
+            cmd.args(pki.agent_args(name)?);
+        }
         cmd.arg("--node-name")
             .arg(name)
             .arg("--data-dir")
@@ -381,9 +411,15 @@ impl Cluster {
         let out_path = dir.join(format!("{run}.out"));
         let err_path = dir.join(format!("{run}.err"));
         let what = format!("pmcluster {}", args.join(" "));
+        // A test's own --ca (no or another certificate) replaces the test user's.
+        let tls = match &self.tls {
+            Some(pki) if !args.contains(&"--ca") => pki.cli_args(),
+            _ => Vec::new(),
+        };
         let mut child = Command::new(&self.bins.cli)
             .arg("--coordinator")
             .arg(coordinator)
+            .args(tls)
             .args(args)
             .env_remove("PMCLUSTER_COORDINATOR")
             .stdin(Stdio::null())

@@ -35,6 +35,7 @@ mod proc;
 mod sampler;
 mod skip;
 mod standby;
+mod tls;
 mod wait;
 
 pub use app::{AppStart, StartedApp};
@@ -53,4 +54,5 @@ pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
 pub use sampler::Sampler;
 pub use skip::{REQUIRE_ENV, SKIP_MARK, requires, skip};
 pub use standby::FakeStandby;
+pub use tls::{Pki, TEST_USER};
 pub use wait::{POLL_INTERVAL, now_ms, poll_until, wait_for, wait_until};

@@ -17,6 +17,7 @@ mod rollout;
 mod scale;
 mod scheduling;
 mod supervision;
+mod tls;
 
 use std::time::Duration;
 

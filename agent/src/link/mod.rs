@@ -59,6 +59,8 @@ pub enum LinkError {
 
 /// What the link needs besides the agent.
 pub(crate) struct LinkConfig {
+    /// Mutual TLS for `https://` URLs (`--tls-cert`, `--tls-key`, `--ca`).
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
     /// Sent at registration: the agent's persistent id (`DATA_DIR/agent-id`).
     pub agent_id: String,
     /// Coordinator URLs, in the order of `--coordinator`; an HA pair has two.
@@ -68,11 +70,26 @@ pub(crate) struct LinkConfig {
 }
 
 /// The endpoint for `url`, with timeouts that notice a dead coordinator.
-pub(crate) fn endpoint(url: &str) -> Result<Endpoint, LinkError> {
-    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| LinkError::Coordinator {
+pub(crate) fn endpoint(
+    url: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Endpoint, LinkError> {
+    let bad = |reason: String| LinkError::Coordinator {
         url: url.to_string(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| bad(e.to_string()))?;
+    if url.starts_with("https://") {
+        let Some(tls) = tls else {
+            // Only a leader hint can get here: the config refuses https without TLS files.
+            return Err(bad(
+                "https:// needs --tls-cert, --tls-key and --ca".to_string()
+            ));
+        };
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| bad(e.to_string()))?;
+    }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
@@ -162,6 +179,11 @@ pub(crate) async fn run(
                     tracing::warn!(
                         "link to coordinator lost ({url}: {reason}); reconnecting to {to} in {delay:?}"
                     );
+                } else if reason.starts_with("PERMISSION_DENIED") {
+                    tracing::warn!(
+                        "coordinator at {url} refused this agent ({reason}); retrying {to} in \
+                         {delay:?}"
+                    );
                 } else {
                     tracing::warn!(
                         "cannot reach a coordinator (last: {url}, {reason}); retrying {to} in \
@@ -192,7 +214,7 @@ async fn session(
     dialer: &mut Dialer,
     cancel: &CancellationToken,
 ) -> End {
-    let endpoint = match endpoint(url) {
+    let endpoint = match endpoint(url, cfg.tls.as_ref()) {
         Ok(e) => e,
         // Only a leader hint can be a bad URL here (the list was checked at startup).
         Err(e) => return ended(false, false, e.to_string()),
@@ -427,7 +449,14 @@ fn ended(registered: bool, already_exists: bool, reason: String) -> End {
 
 fn from_status(registered: bool, status: &tonic::Status) -> End {
     let already_exists = status.code() == tonic::Code::AlreadyExists;
-    let reason = if status.message().is_empty() {
+    let reason = if status.code() == tonic::Code::PermissionDenied {
+        // The node check: this is the operator's certificate or node name, not the network.
+        format!(
+            "PERMISSION_DENIED: {}; check that --tls-cert is this node's certificate \
+             (pmcluster certs issue agent NODE) and --node-name its NODE",
+            status.message()
+        )
+    } else if status.message().is_empty() {
         format!("{}", status.code())
     } else {
         format!("{}: {}", status.code(), status.message())

@@ -455,6 +455,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
 pub struct AgentLinkApi {
     pub seat: Arc<Seat>,
     pub life: Lifecycle,
+    /// Served over mutual TLS: a session must carry the agent certificate of the node it
+    /// registers as. (Cluster calls are allowed with any certificate of the cluster CA for
+    /// now; per-user roles and tokens are a later step.)
+    pub require_agent_cert: bool,
 }
 
 impl AgentLinkApi {
@@ -474,6 +478,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
     ) -> Result<Response<Self::SessionStream>, Status> {
         let control = self.control()?;
         let peer = r.remote_addr().map(|a| a.ip());
+        let certs = r.peer_certs();
         let mut inbound = r.into_inner();
         let first = inbound
             .message()
@@ -484,6 +489,9 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                 "register: the first message of a session must be register",
             ));
         };
+        if self.require_agent_cert {
+            check_agent_identity(certs.as_deref().map(Vec::as_slice), &reg.node_name, peer)?;
+        }
         let reg = Registration::from(reg);
         let node = reg.node_name.clone();
         let instances = reg.instances.len();
@@ -530,6 +538,33 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
             control.detach(&node, session_id);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The node authorizer: an agent registers only as the node its certificate names, so one
+/// host's certificate cannot fetch another's desired set (env values included).
+fn check_agent_identity(
+    certs: Option<&[tonic::transport::CertificateDer<'static>]>,
+    node: &str,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), Status> {
+    let refuse = |why: String| {
+        tracing::warn!(node, ?peer, "agent session refused: {why}");
+        Status::permission_denied(why)
+    };
+    match crate::tls::peer_identity(certs) {
+        Ok(pmcluster_pki::Identity::Agent(named)) if named == node => Ok(()),
+        Ok(pmcluster_pki::Identity::Agent(named)) => Err(refuse(format!(
+            "register: the certificate is for agent {named:?} but the session registers as \
+             node {node:?}"
+        ))),
+        Ok(other) => Err(refuse(format!(
+            "register: node {node:?} needs an agent certificate, not {}",
+            other.uri()
+        ))),
+        Err(e) => Err(refuse(format!(
+            "register: node {node:?}: no agent identity in the client certificate: {e}"
+        ))),
     }
 }
 
