@@ -189,10 +189,6 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             );
         }
     };
-    if tls.is_some() && matches!(store, StoreChoice::Etcd { .. }) {
-        // The HA pair's serving path does not take the TLS config yet.
-        anyhow::bail!("--tls-cert: TLS is not supported with --store etcd yet");
-    }
     if tls.is_none() && !listen.ip().is_loopback() {
         anyhow::ensure!(
             args.insecure,

@@ -79,14 +79,20 @@ pub async fn serve_pair(
     )
     .await
     .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
+    // Read before binding: a bad certificate file is an operator's error, not a half-started
+    // coordinator.
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::server_config(files)?),
+        None => None,
+    };
     let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Tests and `pmcluster up` read this line to learn the port.
     println!("pmcluster-coordinator listening on {addr}");
-    let advertise = config
-        .advertise
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let advertise = config.advertise.clone().unwrap_or_else(|| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    });
     tracing::info!(%addr, %advertise, etcd = %endpoints.join(","), %prefix, "serving as one of an HA pair");
     let seat = Seat::standby(
         advertise.clone(),
@@ -116,9 +122,10 @@ pub async fn serve_pair(
         let _ = running.await;
     };
     let directory: Arc<dyn Directory> = election;
-    server::serve_with(
+    server::serve_tls(
         seat,
         Some(directory),
+        tls,
         listener,
         stopping,
         config.shutdown_grace,
