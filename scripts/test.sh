@@ -4,24 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the suite needs, installed with apt when missing.
-apt_install() {
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-# The rolling-update test puts a real HAProxy in front of the instances.
-if ! command -v haproxy >/dev/null 2>&1 && ! [ -x /usr/sbin/haproxy ]; then
-  echo "== installing haproxy (Debian package) for the rolling-update test"
-  apt_install haproxy
-fi
-# The etcd store (feature `etcd`, built here with --all-features): its client crate runs protoc
-# at build time, and its tests start their own etcd.
-if ! command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; then
-  echo "== installing etcd and protoc (Debian packages) for the etcd store and its tests"
-  apt_install etcd-server etcd-client protobuf-compiler libprotobuf-dev
-fi
+./scripts/deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

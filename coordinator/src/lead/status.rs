@@ -13,6 +13,9 @@ pub struct CoordinationApi {
     pub directory: Option<Arc<dyn Directory>>,
 }
 
+/// How long a status waits for etcd's list of coordinators; well under the clients' 1 s probe.
+const PEERS_WAIT: std::time::Duration = std::time::Duration::from_millis(400);
+
 /// Wall-clock milliseconds, for ages shown to people (never for decisions).
 fn wall_ms() -> i64 {
     std::time::SystemTime::now()
@@ -59,7 +62,17 @@ impl pb::coordination_server::Coordination for CoordinationApi {
             }),
         };
         if let Some(directory) = &self.directory {
-            let (peers, health) = directory.peers().await;
+            // The status must answer while etcd cannot (no quorum): clients probe with it to
+            // tell a silent coordinator from a live one, so it waits on etcd only briefly.
+            let (peers, health) = match tokio::time::timeout(PEERS_WAIT, directory.peers()).await {
+                Ok(read) => read,
+                Err(_) => (
+                    Vec::new(),
+                    Err(format!(
+                        "etcd did not answer within {PEERS_WAIT:?} (has it lost its quorum?)"
+                    )),
+                ),
+            };
             for p in peers {
                 if p.advertise == self.seat.advertise() {
                     continue;
