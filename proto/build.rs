@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "pmcluster/v1/cluster.proto",
         "pmcluster/v1/agent.proto",
         "pmcluster/v1/coordination.proto",
+        "pmcluster/v1/access.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

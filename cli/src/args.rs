@@ -52,6 +52,17 @@ pub struct Cli {
     #[arg(long, global = true, env = "PMCLUSTER_KEY", value_name = "FILE")]
     pub key: Option<std::path::PathBuf>,
 
+    /// An API token (from `pmcluster token create`), sent as a bearer token with every call;
+    /// instead of, or besides, --cert/--key
+    #[arg(
+        long,
+        global = true,
+        env = "PMCLUSTER_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+
     /// Output format: human tables, or JSON for scripts (logs and events: one object per line)
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -176,8 +187,51 @@ pub enum Command {
         pmcluster certs init --dir pki\n  \
         pmcluster certs issue coordinator --dir pki --san coord.example --san 10.0.0.5\n  \
         pmcluster certs issue agent host-a --dir pki\n  \
-        pmcluster certs issue user alice --dir pki")]
+        pmcluster certs issue user alice --role admin --dir pki\n  \
+        pmcluster certs issue user ci --role operate --app 'web*' --dir pki")]
     Certs(CertsArgs),
+
+    /// Make, list and revoke API tokens (admin only)
+    #[command(after_help = "Examples:\n  \
+        pmcluster token create --role read --description dashboards\n  \
+        pmcluster token create --role operate --app 'web*'\n  \
+        pmcluster token list\n  \
+        pmcluster token revoke 3f9a1c0d5e7b\n\n\
+        Use a token with --token TOKEN or PMCLUSTER_TOKEN=TOKEN.")]
+    Token(TokenArgs),
+
+    /// Show who the coordinator takes you for, and your role
+    Whoami,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; it is printed once, and the coordinator keeps only its hash
+    Create {
+        /// read: sees state, no logs or env values; operate: also changes apps (scale, start,
+        /// stop, restart, apply, rollouts) and reads their logs; admin: everything
+        #[arg(long, value_parser = ["read", "operate", "admin"])]
+        role: String,
+        /// For operate: the apps it may change, as a glob (e.g. 'web*'); default every app
+        #[arg(long, value_name = "GLOB")]
+        app: Option<String>,
+        /// A note on who or what uses it
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List the tokens (ids and roles; never their secrets)
+    List,
+    /// Revoke a token by id: calls carrying it are refused from now on
+    Revoke {
+        /// The token's id (the part after pmc_, as `token list` shows it)
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -688,6 +742,12 @@ pub enum IssueKind {
     User {
         /// The user's name
         name: String,
+        /// What the certificate may do: read, operate or admin (as `token create --role`)
+        #[arg(long, value_parser = ["read", "operate", "admin"])]
+        role: String,
+        /// For operate: the apps it may change, as a glob (e.g. 'web*'); default every app
+        #[arg(long, value_name = "GLOB")]
+        app: Option<String>,
         #[command(flatten)]
         common: IssueArgs,
     },
@@ -747,7 +807,13 @@ mod tests {
             "pmcluster certs init --dir d --days 10 --force",
             "pmcluster certs issue coordinator --dir d --san a.example,10.0.0.1 --san ::1",
             "pmcluster certs issue agent host-a --dir d --days 30",
-            "pmcluster certs issue user alice --dir d",
+            "pmcluster certs issue user alice --role admin --dir d",
+            "pmcluster certs issue user ci --role operate --app 'web*' --dir d",
+            "pmcluster token create --role read --description dash",
+            "pmcluster token create --role operate --app 'web*'",
+            "pmcluster token list",
+            "pmcluster token revoke 0123456789ab",
+            "pmcluster --token pmc_x whoami",
         ];
         for line in ok {
             assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
@@ -770,6 +836,15 @@ mod tests {
                 ErrorKind::UnknownArgument,
             ),
             ("pmcluster certs init", ErrorKind::MissingRequiredArgument),
+            (
+                "pmcluster certs issue user alice --dir d",
+                ErrorKind::MissingRequiredArgument,
+            ),
+            (
+                "pmcluster token create --role owner",
+                ErrorKind::InvalidValue,
+            ),
+            ("pmcluster token create", ErrorKind::MissingRequiredArgument),
             (
                 "pmcluster certs issue coordinator --dir d",
                 ErrorKind::MissingRequiredArgument,

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use pmcluster_pki::issue::date;
-use pmcluster_pki::{Ca, Identity, Issued, PkiError, San};
+use pmcluster_pki::{Ca, Identity, Issued, PkiError, San, UserGrant};
 
 use crate::args::{CertsAction, CertsArgs, CertsInitArgs, IssueArgs, IssueKind, OutputFormat};
 use crate::error::UsageError;
@@ -77,22 +77,29 @@ fn init(args: &CertsInitArgs, now: SystemTime) -> anyhow::Result<Written> {
 }
 
 fn issue(kind: IssueKind, now: SystemTime) -> anyhow::Result<Written> {
-    let (identity, sans, common) = match kind {
+    let (identity, sans, common, grant) = match kind {
         IssueKind::Coordinator { common, san } => {
             let sans = san
                 .iter()
                 .map(|s| San::parse(s.trim()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| usage("--san", e))?;
-            (Identity::Coordinator, sans, common)
+            (Identity::Coordinator, sans, common, None)
         }
         IssueKind::Agent { node, common } => {
             let id = Identity::agent(&node).map_err(|e| usage("NODE", e))?;
-            (id, Vec::new(), common)
+            (id, Vec::new(), common, None)
         }
-        IssueKind::User { name, common } => {
+        IssueKind::User {
+            name,
+            role,
+            app,
+            common,
+        } => {
             let id = Identity::user(&name).map_err(|e| usage("NAME", e))?;
-            (id, Vec::new(), common)
+            let grant = UserGrant { role, apps: app };
+            grant.check().map_err(|e| usage("--app", e))?;
+            (id, Vec::new(), common, Some(grant))
         }
     };
     let IssueArgs { dir, days, force } = common;
@@ -110,10 +117,22 @@ fn issue(kind: IssueKind, now: SystemTime) -> anyhow::Result<Written> {
         }
     }
     let ca = load_ca(&dir, now)?;
-    let issued = pmcluster_pki::issue(&ca, &identity, &sans, days, now)?;
+    let issued = match (&identity, &grant) {
+        (Identity::User(name), Some(grant)) => {
+            pmcluster_pki::issue_user(&ca, name, grant, days, now)?
+        }
+        _ => pmcluster_pki::issue(&ca, &identity, &sans, days, now)?,
+    };
     place(&issued, &cert, &key, force)?;
+    let subject = match &grant {
+        Some(g) => match &g.apps {
+            Some(apps) => format!("{} (role {}, apps {apps})", identity.uri(), g.role),
+            None => format!("{} (role {})", identity.uri(), g.role),
+        },
+        None => identity.uri(),
+    };
     Ok(Written {
-        subject: identity.uri(),
+        subject,
         cert,
         key,
         not_after: date(issued.not_after),

@@ -17,7 +17,76 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a unary call may take. Streams (logs, events) have no deadline.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub type Client = ClusterClient<Channel>;
+pub type Client = ClusterClient<Authed>;
+
+/// A channel that adds `authorization: Bearer TOKEN` to every call when the user gave a token
+/// (`--token`, `PMCLUSTER_TOKEN`): every client of every service goes through one.
+#[derive(Clone)]
+pub struct Authed {
+    channel: Channel,
+    token: Option<tonic::codegen::http::HeaderValue>,
+}
+
+impl Authed {
+    pub fn new(channel: Channel, token: Option<&Token>) -> Authed {
+        Authed {
+            channel,
+            token: token.map(|t| t.0.clone()),
+        }
+    }
+}
+
+/// A bearer token, checked and ready to send.
+#[derive(Clone)]
+pub struct Token(tonic::codegen::http::HeaderValue);
+
+impl Token {
+    /// The value of `--token`; the error names the flag (and never echoes the token).
+    pub fn parse(text: &str) -> Result<Token, UsageError> {
+        let text = text.trim();
+        let well_formed = text.starts_with("pmc_")
+            && text.len() < 256
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !well_formed {
+            return Err(UsageError::new(
+                "--token (or PMCLUSTER_TOKEN): not a pmcluster token; it starts with pmc_ and is                  printed once by `pmcluster token create`",
+            ));
+        }
+        let mut value = tonic::codegen::http::HeaderValue::from_str(&format!("Bearer {text}"))
+            .map_err(|_| UsageError::new("--token: not a valid header value"))?;
+        value.set_sensitive(true);
+        Ok(Token(value))
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(..)")
+    }
+}
+
+impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Authed {
+    type Response =
+        <Channel as tower::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Response;
+    type Error =
+        <Channel as tower::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Error;
+    type Future =
+        <Channel as tower::Service<tonic::codegen::http::Request<tonic::body::Body>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.channel, cx)
+    }
+
+    fn call(&mut self, mut req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(token) = &self.token {
+            req.headers_mut().insert("authorization", token.clone());
+        }
+        tower::Service::call(&mut self.channel, req)
+    }
+}
 
 /// Turns `host:port` or `http://host:port` into the URL we dial; the error names the flag.
 pub fn normalize_url(input: &str) -> Result<String, UsageError> {
@@ -73,7 +142,17 @@ pub(crate) fn unreachable(url: &str, why: &str) -> String {
 }
 
 pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
-    Ok(cluster_client(dial_channel(url, timeout, None).await?))
+    Ok(cluster_client(Authed::new(
+        dial_channel(url, timeout, None).await?,
+        None,
+    )))
+}
+
+/// How to reach and prove ourselves to coordinators: TLS (`--ca`, `--cert`, `--key`) and a token.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    pub tls: Option<ClientTlsConfig>,
+    pub token: Option<Token>,
 }
 
 /// The TLS settings from `--ca`, `--cert` and `--key`, read once. `--ca` is needed when any
@@ -114,7 +193,7 @@ pub fn tls_config(
 
 /// The `Cluster` client over `channel`, with the coordinator's limits: replies are paged or
 /// budgeted below them, so a reply it sends is one we accept.
-pub(crate) fn cluster_client(channel: Channel) -> Client {
+pub(crate) fn cluster_client(channel: Authed) -> Client {
     ClusterClient::new(channel)
         .max_decoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES)

@@ -31,7 +31,8 @@ pub struct Ctx<'a> {
     /// Coordinator URLs (`--coordinator`, a list for an HA pair), already normalised.
     pub urls: Vec<String>,
     /// Mutual TLS for `https://` URLs (`--ca`, `--cert`, `--key`).
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Mutual TLS and token.
+    pub creds: crate::client::Credentials,
     pub output: OutputFormat,
     pub out: &'a mut dyn Write,
 }
@@ -40,7 +41,7 @@ impl Ctx<'_> {
     /// The first coordinator of the list that answers; calls through it follow a standby's
     /// leader hint (see [`crate::failover`]).
     pub(crate) async fn connect(&self) -> Result<Conn, ApiError> {
-        Conn::open(self.urls.clone(), self.tls.clone()).await
+        Conn::open(self.urls.clone(), self.creds.clone()).await
     }
 
     pub(crate) fn json(&self) -> bool {
@@ -207,7 +208,8 @@ async fn refuse_to_overwrite(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<
     let same = existing
         .spec
         .and_then(|s| AppSpec::try_from(s).ok())
-        .is_some_and(|s| &s == spec);
+        // The coordinator shows secrets as `<secret>`: compare what it can show.
+        .is_some_and(|s| s == spec.shown(true));
     if same {
         return Ok(());
     }

@@ -19,9 +19,11 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
+use pmcluster_proto::v1::access_client::AccessClient;
+
 use crate::client::{
-    CALL_TIMEOUT, CONNECT_TIMEOUT, Client, Dial, cluster_client, dial_channel, normalize_url,
-    request,
+    Authed, CALL_TIMEOUT, CONNECT_TIMEOUT, Client, Credentials, Dial, cluster_client, dial_channel,
+    normalize_url, request,
 };
 use crate::error::{ApiError, UsageError};
 
@@ -160,24 +162,21 @@ fn status_why(status: &Status) -> String {
 pub struct Conn {
     urls: Vec<String>,
     /// The coordinator calls go to now, and its client.
-    current: Option<(String, Client)>,
+    current: Option<(String, Authed)>,
     /// A leader a stream's refusal named: the next call dials it first.
     hint: Option<String>,
-    tls: Option<tonic::transport::ClientTlsConfig>,
+    creds: Credentials,
 }
 
 impl Conn {
     /// Dials the URLs in order and keeps the first that answers. A standby answers too: its
     /// refusal of the first call leads to the leader.
-    pub async fn open(
-        urls: Vec<String>,
-        tls: Option<tonic::transport::ClientTlsConfig>,
-    ) -> Result<Conn, ApiError> {
+    pub async fn open(urls: Vec<String>, creds: Credentials) -> Result<Conn, ApiError> {
         let mut conn = Conn {
             urls,
             current: None,
             hint: None,
-            tls,
+            creds,
         };
         let mut route = Route::new(&conn.urls, None, None);
         let mut last = None;
@@ -209,7 +208,17 @@ impl Conn {
         F: FnMut(Client, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.call(message, request, call).await
+        self.call(message, request, cluster_client, call).await
+    }
+
+    /// [`Conn::unary`] on the `Access` service (tokens, whoami).
+    pub async fn access<Q, R, F, Fut>(&mut self, message: Q, call: F) -> Result<R, ApiError>
+    where
+        Q: Clone,
+        F: FnMut(AccessClient<Authed>, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.call(message, request, AccessClient::new, call).await
     }
 
     /// Opens a server stream: no grpc-timeout (a followed stream lives as long as the user
@@ -220,18 +229,19 @@ impl Conn {
         F: FnMut(Client, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.call(message, Request::new, call).await
+        self.call(message, Request::new, cluster_client, call).await
     }
 
-    async fn call<Q, R, F, Fut>(
+    async fn call<C, Q, R, F, Fut>(
         &mut self,
         message: Q,
         make: fn(Q) -> Request<Q>,
+        client_of: fn(Authed) -> C,
         mut call: F,
     ) -> Result<R, ApiError>
     where
         Q: Clone,
-        F: FnMut(Client, Request<Q>) -> Fut,
+        F: FnMut(C, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
         let first = self.current.as_ref().map(|(url, _)| url.clone());
@@ -241,21 +251,24 @@ impl Conn {
             let Some(client) = self.client_for(&url, &mut route, &mut last).await else {
                 continue;
             };
-            let status =
-                match tokio::time::timeout(CALL_TIMEOUT, call(client, make(message.clone()))).await
-                {
-                    Err(_) => {
-                        return Err(ApiError {
-                            code: Code::DeadlineExceeded,
-                            message: format!(
-                                "the coordinator at {url} did not answer within {}s",
-                                CALL_TIMEOUT.as_secs()
-                            ),
-                        });
-                    }
-                    Ok(Ok(response)) => return Ok(response.into_inner()),
-                    Ok(Err(status)) => status,
-                };
+            let status = match tokio::time::timeout(
+                CALL_TIMEOUT,
+                call(client_of(client), make(message.clone())),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(ApiError {
+                        code: Code::DeadlineExceeded,
+                        message: format!(
+                            "the coordinator at {url} did not answer within {}s",
+                            CALL_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+                Ok(Ok(response)) => return Ok(response.into_inner()),
+                Ok(Err(status)) => status,
+            };
             if status.code() != Code::Unavailable {
                 return Err(status.into());
             }
@@ -274,13 +287,13 @@ impl Conn {
         url: &str,
         route: &mut Route,
         last: &mut Option<ApiError>,
-    ) -> Option<Client> {
+    ) -> Option<Authed> {
         if let Some((current, client)) = &self.current
             && current == url
         {
             return Some(client.clone());
         }
-        let dialled = dial_channel(url, CONNECT_TIMEOUT, self.tls.as_ref()).await;
+        let dialled = dial_channel(url, CONNECT_TIMEOUT, self.creds.tls.as_ref()).await;
         match dialled {
             Ok(channel) if self.urls.len() > 1 && !answers(&channel).await => {
                 let why = format!(
@@ -295,7 +308,7 @@ impl Conn {
                 None
             }
             Ok(channel) => {
-                let client = cluster_client(channel);
+                let client = Authed::new(channel, self.creds.token.as_ref());
                 self.current = Some((url.to_string(), client.clone()));
                 Some(client)
             }

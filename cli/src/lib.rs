@@ -17,6 +17,7 @@ pub mod local;
 pub mod output;
 pub mod rollout;
 pub mod status;
+pub mod token;
 pub mod validate;
 
 use std::io::Write;
@@ -39,9 +40,15 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         cli.cert.as_deref(),
         cli.key.as_deref(),
     )?;
+    let token = cli
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .map(client::Token::parse)
+        .transpose()?;
     let mut ctx = Ctx {
         urls,
-        tls,
+        creds: client::Credentials { tls, token },
         output: cli.output,
         out,
     };
@@ -70,6 +77,8 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         },
         Command::Apps => commands::apps(ctx).await,
         Command::Status => status::status(ctx).await,
+        Command::Token(a) => token::run(a.command, ctx).await,
+        Command::Whoami => token::whoami(ctx).await,
         Command::Topology(a) => commands::topology(a, ctx).await,
         Command::Drain(a) => commands::drain(a, true, ctx).await,
         Command::Undrain(a) => commands::drain(a, false, ctx).await,

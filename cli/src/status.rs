@@ -13,7 +13,7 @@ use crate::output;
 pub async fn status(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for url in ctx.urls.clone() {
-        let channel = match dial_channel(&url, CONNECT_TIMEOUT, ctx.tls.as_ref()).await {
+        let channel = match dial_channel(&url, CONNECT_TIMEOUT, ctx.creds.tls.as_ref()).await {
             Ok(c) => c,
             Err(Dial::BadUrl(e)) => return Err(e.into()),
             Err(Dial::Unreachable(why)) => {

@@ -70,9 +70,15 @@ fn init_and_issue_every_kind() {
         "certs", "issue", "agent", "host-a", "--dir", d, "--days", "30",
     ]);
     assert!(out.contains("spiffe://pmcluster/agent/host-a"), "{out}");
-    let json = ok(&["-o", "json", "certs", "issue", "user", "alice", "--dir", d]);
+    let json = ok(&[
+        "-o", "json", "certs", "issue", "user", "alice", "--role", "operate", "--app", "web*",
+        "--dir", d,
+    ]);
     let json: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON object");
-    assert_eq!(json["subject"], "spiffe://pmcluster/user/alice");
+    assert_eq!(
+        json["subject"],
+        "spiffe://pmcluster/user/alice (role operate, apps web*)"
+    );
 
     assert_eq!(mode(&dir), 0o700, "the directory");
     let pairs = [
@@ -142,13 +148,21 @@ fn bad_input_is_refused_naming_it() {
             "{bad}: {err}"
         );
     }
-    let err = refused(&["certs", "issue", "user", "x/../y", "--dir", d]);
+    let err = refused(&[
+        "certs", "issue", "user", "x/../y", "--role", "read", "--dir", d,
+    ]);
     assert!(err.contains("NAME: user name \"x/../y\""), "{err}");
+    let err = refused(&[
+        "certs", "issue", "user", "u", "--role", "admin", "--app", "web*", "--dir", d,
+    ]);
+    assert!(err.contains("--app: only an operate certificate"), "{err}");
     let err = refused(&["certs", "issue", "coordinator", "--dir", d, "--san", "a_b"]);
     assert!(err.contains("--san: SAN \"a_b\""), "{err}");
     let err = refused(&["certs", "issue", "coordinator", "--dir", d]);
     assert!(err.contains("--san"), "{err}");
-    let err = refused(&["certs", "issue", "user", "u", "--dir", d, "--days", "0"]);
+    let err = refused(&[
+        "certs", "issue", "user", "u", "--role", "read", "--dir", d, "--days", "0",
+    ]);
     assert!(err.contains("--days"), "{err}");
     // Nothing but the CA was written.
     let mut names: Vec<String> = std::fs::read_dir(tmp.path())

@@ -8,6 +8,7 @@
 //! and `disallowed-types` in `clippy.toml`, denied at the top of `core`.
 
 pub mod api;
+pub mod auth;
 pub mod clock;
 pub mod control;
 pub mod core;

@@ -116,6 +116,24 @@ pub struct InstanceRecord {
     pub created_ms: i64,
 }
 
+/// An API token. Only a hash of its secret is kept: the bearer value is shown once, when made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The public part of the bearer value (`pmc_<id>_<secret>`): lists and revocation use it.
+    pub id: String,
+    /// SHA-256 of the whole bearer value, lowercase hex.
+    pub hash: String,
+    pub role: crate::core::access::Role,
+    /// For `operate`: the apps it may change (a glob); `None` is every app.
+    #[serde(default)]
+    pub apps: Option<String>,
+    #[serde(default)]
+    pub description: String,
+    pub created_ms: i64,
+    #[serde(default)]
+    pub created_by: String,
+}
+
 /// A node as registered by its agent. Persisted so assignments survive a coordinator restart
 /// while the agent reconnects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +160,8 @@ pub struct Persisted {
     pub apps: BTreeMap<String, AppRecord>,
     pub instances: BTreeMap<Uuid, InstanceRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
+    /// API tokens by id.
+    pub tokens: BTreeMap<String, TokenRecord>,
     /// Highest desired-set generation handed out, cluster-wide.
     pub generation: u64,
     /// Made once, when the store is created. Agents remember it: a coordinator that lost its
@@ -159,6 +179,9 @@ pub struct Batch {
     pub put_nodes: Vec<NodeRecord>,
     /// Nodes forgotten (`nodes forget`) or renamed away.
     pub del_nodes: Vec<String>,
+    pub put_tokens: Vec<TokenRecord>,
+    /// Tokens revoked, by id.
+    pub del_tokens: Vec<String>,
     pub generation: Option<u64>,
     /// Set once, by the first commit to a new store.
     pub cluster_id: Option<String>,
@@ -180,6 +203,8 @@ impl Batch {
             && self.del_instances.is_empty()
             && self.put_nodes.is_empty()
             && self.del_nodes.is_empty()
+            && self.put_tokens.is_empty()
+            && self.del_tokens.is_empty()
             && self.generation.is_none()
             && self.cluster_id.is_none()
     }
@@ -205,6 +230,12 @@ impl Persisted {
         }
         for name in &batch.del_nodes {
             self.nodes.remove(name);
+        }
+        for token in &batch.put_tokens {
+            self.tokens.insert(token.id.clone(), token.clone());
+        }
+        for id in &batch.del_tokens {
+            self.tokens.remove(id);
         }
         if let Some(g) = batch.generation {
             self.generation = g;

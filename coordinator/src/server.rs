@@ -152,6 +152,7 @@ pub async fn serve_tls(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .layer(crate::auth::AuthLayer::new(seat.clone(), tls.is_some()))
         .add_service(health_service)
         .add_service(pb::coordination_server::CoordinationServer::new(
             CoordinationApi {
@@ -161,6 +162,12 @@ pub async fn serve_tls(
         ))
         .add_service(reflection)
         .add_service(reflection_alpha)
+        .add_service(pb::access_server::AccessServer::new(
+            crate::api::access::AccessApi {
+                seat: seat.clone(),
+                life: life.clone(),
+            },
+        ))
         .add_service(
             pb::cluster_server::ClusterServer::new(ClusterApi {
                 seat: seat.clone(),

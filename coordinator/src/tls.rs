@@ -65,8 +65,9 @@ fn read_certs(flag: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-/// Reads the files into a server config that refuses every connection without a client
-/// certificate signed by the client CA (and valid now).
+/// Reads the files into a server config that refuses every connection whose client certificate
+/// is not signed by the client CA (or not valid now). A connection without one is let through
+/// to the auth layer, which wants a token from it.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let certs = read_certs("--tls-cert", &files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
@@ -78,7 +79,10 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
             .map_err(|e| file_error("--client-ca", &files.client_ca, e))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // A client without a certificate gets through the handshake (it may carry a token); the
+    // auth layer refuses it unless it does. A certificate it does present must verify here.
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
         .build()
         .map_err(|e| file_error("--client-ca", &files.client_ca, e))?;
     let mut config = ServerConfig::builder_with_provider(provider)

@@ -265,10 +265,20 @@ impl From<LogLine> for pb::LogLine {
     }
 }
 
+/// An app as the API shows it: secret env values never leave (only agents get them, in their
+/// desired sets), and with `env_values` false no env value does.
+pub fn app_shown(a: &AppView, env_values: bool) -> pb::App {
+    pb::App {
+        spec: Some(pb::AppSpec::from(&a.spec.shown(env_values))),
+        ..pb::App::from(a)
+    }
+}
+
+/// The app without its secret values (see [`app_shown`]).
 impl From<&AppView> for pb::App {
     fn from(a: &AppView) -> pb::App {
         pb::App {
-            spec: Some(pb::AppSpec::from(&a.spec)),
+            spec: Some(pb::AppSpec::from(&a.spec.shown(true))),
             version: a.version,
             updated_at_ms: a.updated_at_ms,
             online: a.online,

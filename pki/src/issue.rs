@@ -14,7 +14,7 @@ use rcgen::{
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::{Identity, PkiError};
+use crate::{Identity, PkiError, UserGrant};
 
 /// How far back `not_before` goes: hosts' clocks differ a little, and a certificate made on
 /// one host is used on another at once.
@@ -170,10 +170,36 @@ pub fn issue(
     days: u32,
     now: SystemTime,
 ) -> Result<Issued, PkiError> {
+    build(ca, identity, sans, None, days, now)
+}
+
+/// A user's certificate that grants `grant` (see [`UserGrant`]), otherwise as [`issue`].
+pub fn issue_user(
+    ca: &Ca,
+    name: &str,
+    grant: &UserGrant,
+    days: u32,
+    now: SystemTime,
+) -> Result<Issued, PkiError> {
+    grant.check()?;
+    build(ca, &Identity::user(name)?, &[], Some(grant), days, now)
+}
+
+fn build(
+    ca: &Ca,
+    identity: &Identity,
+    sans: &[San],
+    grant: Option<&UserGrant>,
+    days: u32,
+    now: SystemTime,
+) -> Result<Issued, PkiError> {
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, "pmcluster");
+    if let Some(grant) = grant {
+        dn.push(DnType::OrganizationalUnitName, grant.unit());
+    }
     dn.push(
         DnType::CommonName,
         match identity {

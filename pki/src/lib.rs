@@ -5,11 +5,13 @@
 //! `identity` reads the identity back from a certificate, which is what the coordinator will
 //! authorize on. Both live here so the coordinator never depends on the CLI.
 
+pub mod grant;
 pub mod identity;
 pub mod issue;
 
+pub use grant::{UserGrant, user_grant_from_der};
 pub use identity::{Identity, identity_from_der, identity_from_pem};
-pub use issue::{Ca, Issued, San, issue, new_ca};
+pub use issue::{Ca, Issued, San, issue, issue_user, new_ca};
 
 /// Everything this crate refuses, each naming what it refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -30,6 +32,9 @@ pub enum PkiError {
     /// A certificate whose identity cannot be read.
     #[error("certificate: {0}")]
     Certificate(String),
+    /// A user certificate's role or app glob that cannot be.
+    #[error("{0}")]
+    Grant(String),
     /// rcgen refused to build or sign.
     #[error("cannot build the certificate: {0}")]
     Build(String),

@@ -132,4 +132,36 @@ mod tests {
         let bad = r#"{"name": "w", "script": "x", "env": {"A": {"secret": "v", "extra": 1}}}"#;
         assert!(parse_apps(bad, Format::Json).is_err());
     }
+
+    #[test]
+    fn shown_specs_hide_secrets_and_a_sent_back_placeholder_keeps_the_stored_value() {
+        use crate::AppSpec;
+        use crate::app::ENV_HIDDEN;
+        let mut stored = AppSpec::new("w", "x", &[]);
+        stored.env.insert("DB_PASS".into(), "hunter2".into());
+        stored.env.insert("MODE".into(), "prod".into());
+        stored.secret_env.insert("DB_PASS".into());
+        let shown = stored.shown(true);
+        assert_eq!(shown.env["DB_PASS"], SECRET_SHOWN);
+        assert_eq!(shown.env["MODE"], "prod");
+        let hidden = stored.shown(false);
+        assert_eq!(hidden.env["MODE"], ENV_HIDDEN);
+        assert_eq!(hidden.env["DB_PASS"], SECRET_SHOWN);
+
+        // Fetched, edited, sent back: the secret is the stored one again.
+        let mut edited = shown.clone();
+        edited.env.insert("MODE".into(), "dev".into());
+        edited.keep_secrets_of(Some(&stored)).expect("kept");
+        assert_eq!(edited.env["DB_PASS"], "hunter2");
+        assert_eq!(edited.env["MODE"], "dev");
+        // A new value replaces it.
+        let mut changed = shown.clone();
+        changed.env.insert("DB_PASS".into(), "new".into());
+        changed.keep_secrets_of(Some(&stored)).expect("kept");
+        assert_eq!(changed.env["DB_PASS"], "new");
+        // The placeholder with nothing stored is refused, naming the key.
+        let mut fresh = shown;
+        let err = fresh.keep_secrets_of(None).expect_err("nothing to keep");
+        assert_eq!(err.field, "env.DB_PASS");
+    }
 }

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use pmcluster_pki::{Ca, Identity, San, issue, new_ca};
+use pmcluster_pki::{Ca, Identity, San, UserGrant, issue, issue_user, new_ca};
 
 use crate::error::{Error, io_err, unexpected};
 
@@ -64,10 +64,30 @@ impl Pki {
         self.issue_once(&id)
     }
 
-    /// `user-NAME.pem`, issued now unless it exists.
+    /// `user-NAME.pem` with role admin, issued now unless it exists.
     pub fn user(&self, name: &str) -> Result<(PathBuf, PathBuf), Error> {
+        self.user_as(name, "admin", None)
+    }
+
+    /// `user-NAME.pem` granting `role` (and for operate, `apps`), issued now unless it exists.
+    pub fn user_as(
+        &self,
+        name: &str,
+        role: &str,
+        apps: Option<&str>,
+    ) -> Result<(PathBuf, PathBuf), Error> {
         let id = Identity::user(name).map_err(pki_err("a user identity"))?;
-        self.issue_once(&id)
+        let (cert, key) = self.pair(&id.file_stem());
+        if cert.exists() && key.exists() {
+            return Ok((cert, key));
+        }
+        let grant = UserGrant {
+            role: role.to_string(),
+            apps: apps.map(str::to_string),
+        };
+        let issued = issue_user(&self.ca, name, &grant, 30, SystemTime::now())
+            .map_err(pki_err("issuing"))?;
+        self.write(&id.file_stem(), &issued.cert_pem, &issued.key_pem)
     }
 
     /// A certificate for `identity` that expired a day ago, as `expired-STEM.pem`.

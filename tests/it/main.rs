@@ -5,6 +5,7 @@
 //! for correctness. The binaries must be built first: `cargo build --workspace --bins`.
 
 mod apply;
+mod auth;
 mod autoscale;
 mod bad_input;
 mod failover;

@@ -84,16 +84,28 @@ async fn walking_skeleton() {
         Some((pid_b, 0))
     );
 
-    // Logs: history of both streams, labelled.
-    s.send(Down::LogRequest(pb::LogRequest {
-        request_id: 1,
-        instance_ids: vec!["a".into()],
-        lines: 1000,
-        follow: false,
-    }))
-    .await;
-    let (lines, error) = s.logs_until_eof(1).await;
-    assert_eq!(error, "");
+    // Logs: history of both streams, labelled. "Online" comes at spawn, before the new process
+    // has printed its first line, so ask again until its hi is in (request ids from 100 on,
+    // apart from the ones below).
+    let deadline = tokio::time::Instant::now() + crate::fake::DEADLINE;
+    let mut request_id = 100;
+    let lines = loop {
+        s.send(Down::LogRequest(pb::LogRequest {
+            request_id,
+            instance_ids: vec!["a".into()],
+            lines: 1000,
+            follow: false,
+        }))
+        .await;
+        let (lines, error) = s.logs_until_eof(request_id).await;
+        assert_eq!(error, "");
+        let his = lines.iter().filter(|l| l.line == "hi from 0").count();
+        if his >= 2 || tokio::time::Instant::now() >= deadline {
+            break lines;
+        }
+        request_id += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let his: Vec<&pb::LogLine> = lines.iter().filter(|l| l.line == "hi from 0").collect();
     assert_eq!(his.len(), 2, "one hi per start: {lines:?}");
     assert!(his.iter().all(|l| l.app == "ticker"

@@ -144,6 +144,11 @@ fn running(i: &pb::Instance) -> bool {
     i.pid != 0 || i.started_at_ms != 0
 }
 
+/// [`render_table`] with every column left-aligned, for the verbs outside this module.
+pub fn render_rows(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    render_table(header, rows, &[])
+}
+
 /// A borderless, kubectl-style table: uppercase headers, two spaces between columns, numeric
 /// columns right-aligned, no trailing spaces.
 fn render_table(header: &[&str], rows: Vec<Vec<String>>, right_aligned: &[usize]) -> String {

@@ -16,11 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Caller;
 use crate::control::{Action, AgentCommand, ApplyCmd, Control, ControlError, ScaleCmd};
 use crate::lead::Seat;
 use crate::model::{LogChunk, LogsQuery, NodeView, Registration, Report};
 use crate::wire;
 
+pub mod access;
 pub mod convert;
 
 use convert::target;
@@ -128,6 +130,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ApplyAppRequest>,
     ) -> Result<Response<pb::ApplyAppReply>, Status> {
         let control = self.control()?;
+        let env_values = Caller::sees_env(r.extensions().get());
         let cmd = ApplyCmd::try_from(r.into_inner())?;
         let applied = self.life.write(&control, move |c| c.apply_app(cmd)).await?;
         let deployment = applied
@@ -137,7 +140,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         // The app as it is now (a command right after this one may already show).
         let app = control.get_app(&applied.app).ok();
         Ok(Response::new(pb::ApplyAppReply {
-            app: Some(app.as_ref().map(pb::App::from).unwrap_or_default()),
+            app: Some(
+                app.as_ref()
+                    .map(|a| wire::app_shown(a, env_values))
+                    .unwrap_or_default(),
+            ),
             created: applied.created,
             changed: applied.changed,
             deployment,
@@ -146,8 +153,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn get_app(&self, r: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let control = self.control()?;
+        let env_values = Caller::sees_env(r.extensions().get());
         let app = control.get_app(&r.into_inner().name)?;
-        Ok(Response::new(pb::App::from(&app)))
+        Ok(Response::new(wire::app_shown(&app, env_values)))
     }
 
     async fn list_apps(
@@ -155,10 +163,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
         let control = self.control()?;
+        let env_values = Caller::sees_env(r.extensions().get());
         let r = r.into_inner();
         let (apps, next_page_token) = control.list_apps_page(r.page_size, &r.page_token);
         Ok(Response::new(pb::ListAppsReply {
-            apps: apps.iter().map(pb::App::from).collect(),
+            apps: apps
+                .iter()
+                .map(|a| wire::app_shown(a, env_values))
+                .collect(),
             next_page_token,
         }))
     }

@@ -111,6 +111,8 @@ impl Control {
         } = cmd;
         let mut inner = self.lock();
         let existing = inner.state.apps.get(&spec.name).cloned();
+        let mut spec = spec;
+        spec.keep_secrets_of(existing.as_ref().map(|r| &r.spec))?;
         let spec = match &existing {
             Some(old) if keep_instances => AppSpec {
                 instances_max: old.spec.instances_max,

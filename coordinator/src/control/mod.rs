@@ -37,11 +37,13 @@ mod events;
 mod logs;
 mod sessions;
 mod tick;
+mod tokens;
 mod views;
 mod write;
 
 pub use crate::model::{EventKind, Rollouts};
 pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
+pub use tokens::NewToken;
 use write::publish;
 
 /// Knobs of the control loop.

@@ -5,6 +5,7 @@
 // Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod access;
 pub mod adoption;
 pub mod autoscale;
 pub mod placement;

@@ -22,6 +22,7 @@ use crate::model::{Batch, Persisted};
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
 /// Text-valued metadata (the cluster id).
@@ -179,6 +180,7 @@ impl EmbeddedStore {
             tx.open_table(APPS).map_err(io)?;
             tx.open_table(INSTANCES).map_err(io)?;
             tx.open_table(NODES).map_err(io)?;
+            tx.open_table(TOKENS).map_err(io)?;
             tx.open_table(META).map_err(io)?;
             tx.open_table(IDENTITY).map_err(io)?;
         }
@@ -198,6 +200,9 @@ impl EmbeddedStore {
         }
         for node in read_all::<crate::model::NodeRecord>(&tx, NODES, "nodes", &self.path)? {
             state.nodes.insert(node.name.clone(), node);
+        }
+        for token in read_all::<crate::model::TokenRecord>(&tx, TOKENS, "tokens", &self.path)? {
+            state.tokens.insert(token.id.clone(), token);
         }
         let meta = tx.open_table(META).map_err(io)?;
         state.generation = meta
@@ -282,6 +287,17 @@ impl Store for EmbeddedStore {
             }
             for name in &batch.del_nodes {
                 nodes.remove(name.as_str()).map_err(io)?;
+            }
+            if !batch.put_tokens.is_empty() || !batch.del_tokens.is_empty() {
+                let mut tokens = tx.open_table(TOKENS).map_err(io)?;
+                for token in &batch.put_tokens {
+                    tokens
+                        .insert(token.id.as_str(), encode(token)?.as_slice())
+                        .map_err(io)?;
+                }
+                for id in &batch.del_tokens {
+                    tokens.remove(id.as_str()).map_err(io)?;
+                }
             }
             if let Some(id) = &batch.cluster_id {
                 let mut identity = tx.open_table(IDENTITY).map_err(io)?;

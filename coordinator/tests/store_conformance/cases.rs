@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
 
-use pmcluster_coordinator::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+use pmcluster_coordinator::core::access::Role;
+use pmcluster_coordinator::model::{
+    AppRecord, Batch, InstanceRecord, NodeRecord, Persisted, TokenRecord,
+};
 use pmcluster_coordinator::store::Store;
 use pmcluster_spec::AppSpec;
 use uuid::Uuid;
@@ -25,6 +28,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("generation_and_cluster_id", generation_and_cluster_id),
     ("many_instances_across_chunks", many_instances_across_chunks),
     ("an_app_with_many_versions", an_app_with_many_versions),
+    ("tokens", tokens),
 ];
 
 /// Runs every case, each on a fresh backend from `make(case name)`, and fails naming the cases
@@ -285,4 +289,39 @@ fn an_app_with_many_versions(b: &mut dyn Backend) {
     let got = check(b, &batches);
     let versions: Vec<u64> = got.apps["web"].versions.keys().copied().collect();
     assert_eq!(versions, (2..=11).collect::<Vec<u64>>(), "{}", b.name());
+}
+
+fn token(id: &str, role: Role, apps: Option<&str>) -> TokenRecord {
+    TokenRecord {
+        id: id.into(),
+        hash: "ab".repeat(32),
+        role,
+        apps: apps.map(str::to_string),
+        description: format!("token {id}"),
+        created_ms: 1_700_000_000_000,
+        created_by: "user/tester".into(),
+    }
+}
+
+/// Tokens are made and revoked like any record, and only their hashes are kept.
+fn tokens(b: &mut dyn Backend) {
+    let read = token("0123456789ab", Role::Read, None);
+    let operate = token("ba9876543210", Role::Operate, Some("web*"));
+    let made = Batch {
+        put_tokens: vec![read.clone(), operate.clone()],
+        ..Batch::default()
+    };
+    let revoked = Batch {
+        del_tokens: vec![read.id.clone(), "000000000000".into()],
+        ..Batch::default()
+    };
+    let got = check(b, &[made]);
+    assert_eq!(got.tokens.len(), 2, "{}", b.name());
+    let got = check(b, &[revoked]);
+    assert_eq!(
+        got.tokens.values().collect::<Vec<_>>(),
+        vec![&operate],
+        "{}",
+        b.name()
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pmcluster_spec::AppSpec;
 use uuid::Uuid;
 
-use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted};
+use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted, TokenRecord};
 
 /// Instances per chunk key: a chunk of 256 records is ~80 KB of JSON, and scaling by 1,000 touches
 /// about 4 keys instead of 1,000.
@@ -48,6 +48,11 @@ impl Keys {
 
     pub fn node(&self, name: &str) -> String {
         format!("{}nodes/{name}", self.root)
+    }
+
+    /// Token ids are hex (`core::access::TOKEN_ID_LEN` characters), so safe in a key.
+    pub fn token(&self, id: &str) -> String {
+        format!("{}tokens/{id}", self.root)
     }
 
     pub fn app(&self, name: &str) -> String {
@@ -205,6 +210,7 @@ pub fn plan(keys: &Keys, mirror: &Mirror, batch: &Batch) -> Result<Plan, serde_j
         });
     }
     plan_nodes(keys, mirror, batch, &mut ops)?;
+    plan_tokens(keys, mirror, batch, &mut ops)?;
     plan_apps(keys, mirror, batch, &mut ops)?;
     let chunks = plan_instances(keys, mirror, batch, &mut ops)?;
     Ok(Plan { ops, chunks })
@@ -231,6 +237,34 @@ fn plan_nodes(
             }),
             None if mirror.state.nodes.contains_key(name) => ops.push(Op::Delete {
                 key: keys.node(name),
+            }),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn plan_tokens(
+    keys: &Keys,
+    mirror: &Mirror,
+    batch: &Batch,
+    ops: &mut Vec<Op>,
+) -> Result<(), serde_json::Error> {
+    let mut after: BTreeMap<&str, Option<&TokenRecord>> = BTreeMap::new();
+    for token in &batch.put_tokens {
+        after.insert(&token.id, Some(token));
+    }
+    for id in &batch.del_tokens {
+        after.insert(id, None);
+    }
+    for (id, token) in after {
+        match token {
+            Some(token) => ops.push(Op::Put {
+                key: keys.token(id),
+                value: serde_json::to_vec(token)?,
+            }),
+            None if mirror.state.tokens.contains_key(id) => ops.push(Op::Delete {
+                key: keys.token(id),
             }),
             None => {}
         }
@@ -419,6 +453,10 @@ pub fn parse(
             "nodes" => {
                 let node: NodeRecord = json(&key, &value)?;
                 state.nodes.insert(node.name.clone(), node);
+            }
+            "tokens" => {
+                let token: TokenRecord = json(&key, &value)?;
+                state.tokens.insert(token.id.clone(), token);
             }
             "apps" => {
                 let app: AppRecord = json(&key, &value)?;

@@ -1,0 +1,136 @@
+//! `pmcluster token create|list|revoke` and `pmcluster whoami`: the `Access` service.
+
+use pmcluster_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use crate::args::TokenCommand;
+use crate::commands::Ctx;
+use crate::output::{human_age, now_ms, render_rows};
+
+fn token_json(t: &pb::Token) -> Value {
+    json!({
+        "id": t.id,
+        "role": t.role,
+        "apps": if t.apps.is_empty() { Value::Null } else { json!(t.apps) },
+        "description": t.description,
+        "created_ms": t.created_ms,
+        "created_by": t.created_by,
+    })
+}
+
+pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create {
+            role,
+            app,
+            description,
+        } => {
+            let mut conn = ctx.connect().await?;
+            let req = pb::CreateTokenRequest {
+                role,
+                apps: app.unwrap_or_default(),
+                description,
+            };
+            let reply = conn
+                .access(req, |mut c, r| async move { c.create_token(r).await })
+                .await?;
+            let token = reply.token.unwrap_or_default();
+            if ctx.json() {
+                let mut value = token_json(&token);
+                value["secret"] = json!(reply.secret);
+                return ctx.value(&value);
+            }
+            let scope = if token.apps.is_empty() {
+                String::new()
+            } else {
+                format!(" for apps {}", token.apps)
+            };
+            ctx.line(&format!(
+                "created token {} (role {}{scope}). It is shown this once; keep it secret:",
+                token.id, token.role
+            ))?;
+            ctx.line(&reply.secret)?;
+            ctx.line("use it with --token TOKEN or PMCLUSTER_TOKEN=TOKEN")
+        }
+        TokenCommand::List => {
+            let mut conn = ctx.connect().await?;
+            let reply = conn
+                .access(pb::ListTokensRequest {}, |mut c, r| async move {
+                    c.list_tokens(r).await
+                })
+                .await?;
+            if ctx.json() {
+                let list: Vec<Value> = reply.tokens.iter().map(token_json).collect();
+                return ctx.value(&json!(list));
+            }
+            if reply.tokens.is_empty() {
+                return ctx.line("no tokens; make one with `pmcluster token create --role ROLE`");
+            }
+            let rows = reply
+                .tokens
+                .iter()
+                .map(|t| {
+                    vec![
+                        t.id.clone(),
+                        t.role.clone(),
+                        if t.apps.is_empty() {
+                            "*".to_string()
+                        } else {
+                            t.apps.clone()
+                        },
+                        human_age(now_ms() - t.created_ms),
+                        t.created_by.clone(),
+                        t.description.clone(),
+                    ]
+                })
+                .collect();
+            ctx.text(&render_rows(
+                &["ID", "ROLE", "APPS", "AGE", "CREATED BY", "DESCRIPTION"],
+                rows,
+            ))
+        }
+        TokenCommand::Revoke { id } => {
+            let mut conn = ctx.connect().await?;
+            let reply = conn
+                .access(pb::RevokeTokenRequest { id }, |mut c, r| async move {
+                    c.revoke_token(r).await
+                })
+                .await?;
+            let token = reply.token.unwrap_or_default();
+            if ctx.json() {
+                return ctx.value(&token_json(&token));
+            }
+            ctx.line(&format!(
+                "revoked token {} (role {}); calls carrying it are refused from now on",
+                token.id, token.role
+            ))
+        }
+    }
+}
+
+pub async fn whoami(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut conn = ctx.connect().await?;
+    let reply = conn
+        .access(pb::WhoAmIRequest {}, |mut c, r| async move {
+            c.who_am_i(r).await
+        })
+        .await?;
+    if ctx.json() {
+        return ctx.value(&json!({
+            "principal": reply.principal,
+            "role": reply.role,
+            "apps": if reply.apps.is_empty() { Value::Null } else { json!(reply.apps) },
+        }));
+    }
+    let scope = if reply.apps.is_empty() {
+        String::new()
+    } else {
+        format!(", apps {}", reply.apps)
+    };
+    ctx.line(&format!(
+        "{} (role {}{scope}) at {}",
+        reply.principal,
+        reply.role,
+        conn.url()
+    ))
+}
