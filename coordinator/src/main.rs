@@ -10,7 +10,7 @@ use clap::Parser;
 use pmcluster_coordinator::control::ControlConfig;
 use pmcluster_coordinator::lead::{Seat, StoreInfo};
 use pmcluster_coordinator::server::{self, Config, StoreChoice};
-use pmcluster_coordinator::tls::TlsFiles;
+use pmcluster_coordinator::tls::{EtcdTlsFiles, TlsFiles};
 
 /// The pmcluster coordinator: stores apps, places instances on agents, serves the gRPC API.
 #[derive(Debug, Parser)]
@@ -38,6 +38,18 @@ struct Args {
         env = "PMCLUSTER_ETCD_PREFIX"
     )]
     etcd_prefix: String,
+    /// With --store etcd: the CA (PEM) that signed etcd's server certificate. With --etcd-cert
+    /// and --etcd-key, the connection to etcd is TLS (https:// endpoints).
+    #[arg(long, env = "PMCLUSTER_ETCD_CA")]
+    etcd_ca: Option<PathBuf>,
+    /// With --store etcd: the client certificate (PEM) presented to etcd, which must trust its
+    /// CA (etcd's --trusted-ca-file); the coordinator's own from `pmcluster certs issue
+    /// coordinator` will do.
+    #[arg(long, env = "PMCLUSTER_ETCD_CERT")]
+    etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, env = "PMCLUSTER_ETCD_KEY")]
+    etcd_key: Option<PathBuf>,
     /// The URL clients and agents should dial to reach this coordinator, e.g.
     /// "http://10.0.0.2:7450". A standby hands it out as the leader's address. Defaults to
     /// http:// and the bound address (which must then not be 0.0.0.0 with --store etcd).
@@ -86,6 +98,33 @@ fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
     Ok(d)
 }
 
+/// `--etcd-ca`, `--etcd-cert` and `--etcd-key`: all three or none.
+fn etcd_tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> anyhow::Result<Option<EtcdTlsFiles>> {
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (Some(ca), Some(cert), Some(key)) => Ok(Some(EtcdTlsFiles { ca, cert, key })),
+        (ca, cert, key) => {
+            let missing: Vec<&str> = [
+                (ca.is_none(), "--etcd-ca"),
+                (cert.is_none(), "--etcd-cert"),
+                (key.is_none(), "--etcd-key"),
+            ]
+            .into_iter()
+            .filter_map(|(gone, flag)| gone.then_some(flag))
+            .collect();
+            anyhow::bail!(
+                "{} missing: --etcd-ca, --etcd-cert and --etcd-key go together (all three or \
+                 none)",
+                missing.join(" and ")
+            );
+        }
+    }
+}
+
 fn validate(args: Args) -> anyhow::Result<Config> {
     let listen: SocketAddr = args.listen.parse().with_context(|| {
         format!(
@@ -107,8 +146,14 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         "--shutdown-grace: {} is more than 60s; give at most 60s",
         args.shutdown_grace
     );
+    let etcd_tls = etcd_tls(args.etcd_ca, args.etcd_cert, args.etcd_key)?;
     let store = match args.store.as_str() {
         "embedded" => {
+            anyhow::ensure!(
+                etcd_tls.is_none(),
+                "--etcd-ca, --etcd-cert and --etcd-key need --store etcd; the embedded store \
+                 does not connect to etcd"
+            );
             let Some(dir) = args.data_dir else {
                 anyhow::bail!("--data-dir is required with --store embedded (the default)");
             };
@@ -131,6 +176,20 @@ fn validate(args: Args) -> anyhow::Result<Config> {
                     e.starts_with("http://") || e.starts_with("https://"),
                     "--etcd-endpoints: {e:?} is not a URL like http://HOST:2379"
                 );
+                if e.starts_with("https://") && etcd_tls.is_none() {
+                    anyhow::bail!(
+                        "--etcd-endpoints: {e} is https:// but there is no TLS to etcd: add \
+                         --etcd-ca (the CA of etcd's certificate), --etcd-cert and --etcd-key \
+                         (a client certificate etcd trusts, e.g. from `pmcluster certs issue \
+                         coordinator`)"
+                    );
+                }
+                if e.starts_with("http://") && etcd_tls.is_some() {
+                    anyhow::bail!(
+                        "--etcd-endpoints: {e} is plaintext http:// but --etcd-ca, --etcd-cert \
+                         and --etcd-key ask for TLS; give https:// endpoints"
+                    );
+                }
             }
             let prefix = args.etcd_prefix.trim_end_matches('/').to_string();
             anyhow::ensure!(
@@ -150,6 +209,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
                 endpoints,
                 prefix,
                 lease_ttl: ttl,
+                tls: etcd_tls,
             }
         }
         other => anyhow::bail!("--store: {other:?} is not a store; use embedded or etcd"),
@@ -351,6 +411,44 @@ mod tests {
         assert!(e.starts_with("--tls-key missing"), "{e}");
         let e = validated(&["--tls-key", "k"]).unwrap_err();
         assert!(e.starts_with("--tls-cert and --client-ca missing"), "{e}");
+    }
+
+    fn etcd(endpoints: &str, extra: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["--store", "etcd", "--etcd-endpoints", endpoints];
+        argv.extend_from_slice(extra);
+        validated(&argv)
+    }
+
+    #[test]
+    fn etcd_tls_flags_go_together_and_fit_the_endpoints() {
+        let all = ["--etcd-ca", "ca", "--etcd-cert", "c", "--etcd-key", "k"];
+        let tls_of = |c: Config| match c.store {
+            StoreChoice::Etcd { tls, .. } => tls,
+            StoreChoice::Embedded { .. } => None,
+        };
+        let c = etcd("https://127.0.0.1:2379", &all).expect("valid");
+        assert!(tls_of(c).is_some_and(|t| t.ca.as_path() == std::path::Path::new("ca")));
+        let c = etcd("http://127.0.0.1:2379", &[]).expect("valid");
+        assert!(tls_of(c).is_none());
+
+        let e = etcd("https://e:2379", &["--etcd-ca", "ca", "--etcd-cert", "c"]).unwrap_err();
+        assert!(e.starts_with("--etcd-key missing"), "{e}");
+        let e = etcd("https://e:2379", &["--etcd-key", "k"]).unwrap_err();
+        assert!(e.starts_with("--etcd-ca and --etcd-cert missing"), "{e}");
+
+        let e = etcd("http://a:2379,https://b:2379", &[]).unwrap_err();
+        assert!(
+            e.contains("https://b:2379") && e.contains("add --etcd-ca"),
+            "{e}"
+        );
+        let e = etcd("https://a:2379,http://b:2379", &all).unwrap_err();
+        assert!(
+            e.contains("http://b:2379") && e.contains("give https://"),
+            "{e}"
+        );
+
+        let e = validated(&all).unwrap_err();
+        assert!(e.contains("need --store etcd"), "{e}");
     }
 
     #[test]

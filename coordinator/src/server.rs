@@ -69,6 +69,9 @@ pub enum StoreChoice {
         endpoints: Vec<String>,
         prefix: String,
         lease_ttl: Duration,
+        /// `--etcd-ca`, `--etcd-cert`, `--etcd-key`: TLS with a client certificate to etcd
+        /// (`https://` endpoints). `None`: plaintext (`http://`).
+        tls: Option<crate::tls::EtcdTlsFiles>,
     },
 }
 

@@ -44,6 +44,9 @@ pub enum TlsError {
     },
     #[error("TLS configuration: {0}")]
     Config(String),
+    /// A TLS handshake with etcd was refused, by etcd or by this coordinator.
+    #[error("etcd at {endpoint}: {why}")]
+    EtcdRefused { endpoint: String, why: String },
 }
 
 fn file_error(flag: &'static str, path: &Path, reason: impl ToString) -> TlsError {
@@ -100,6 +103,90 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     // gRPC is HTTP/2 only.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The three files of `--etcd-ca`, `--etcd-cert` and `--etcd-key`: the HA pair's TLS client
+/// identity towards etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The CA that signed etcd's server certificate.
+    pub ca: PathBuf,
+    /// The client certificate etcd checks (`--client-cert-auth`), e.g. the coordinator's own.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The PEM text of [`EtcdTlsFiles`], checked: what etcd's client is given.
+#[derive(Clone)]
+pub struct EtcdTlsPem {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    /// The same as a rustls client config, for checking a handshake with etcd before serving.
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+// The key stays out of logs.
+impl std::fmt::Debug for EtcdTlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTlsPem")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the files and checks them the way the TLS client will use them (certificates that
+/// parse, a key that goes with the certificate), so that a wrong file is an error naming its
+/// flag at startup rather than a failing connection later.
+pub fn read_etcd_tls(files: &EtcdTlsFiles) -> Result<EtcdTlsPem, TlsError> {
+    let text = |flag: &'static str, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| file_error(flag, path, e))
+    };
+    let certs_in = |flag: &'static str, path: &Path, pem: &str| {
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_error(flag, path, e))?;
+        if certs.is_empty() {
+            return Err(file_error(flag, path, "holds no PEM certificate"));
+        }
+        Ok(certs)
+    };
+    let (ca, cert, key) = (
+        text("--etcd-ca", &files.ca)?,
+        text("--etcd-cert", &files.cert)?,
+        text("--etcd-key", &files.key)?,
+    );
+    let mut roots = RootCertStore::empty();
+    for der in certs_in("--etcd-ca", &files.ca, &ca)? {
+        roots
+            .add(der)
+            .map_err(|e| file_error("--etcd-ca", &files.ca, e))?;
+    }
+    let chain = certs_in("--etcd-cert", &files.cert, &cert)?;
+    let key_der = PrivateKeyDer::from_pem_slice(key.as_bytes())
+        .map_err(|e| file_error("--etcd-key", &files.key, e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key_der)
+        .map_err(|e| {
+            file_error(
+                "--etcd-key",
+                &files.key,
+                format!("does not go with --etcd-cert: {e}"),
+            )
+        })?;
+    // etcd serves gRPC, which is HTTP/2 only.
+    client.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(EtcdTlsPem {
+        ca,
+        cert,
+        key,
+        client: Arc::new(client),
+    })
 }
 
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake succeeded; each
@@ -161,4 +248,68 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'static>]>) -> Result<Identi
         .and_then(<[_]>::first)
         .ok_or_else(|| "no client certificate".to_string())?;
     pmcluster_pki::identity_from_der(leaf).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use pmcluster_pki::{Ca, San, issue, new_ca};
+
+    use super::*;
+
+    /// `ca.pem`, `c.pem`, `c-key.pem` of a fresh CA in `dir`, and a key of another certificate.
+    fn files(dir: &Path) -> (EtcdTlsFiles, PathBuf) {
+        let now = SystemTime::now();
+        let made = new_ca(30, now).expect("a CA");
+        let ca = Ca::from_pem(&made.cert_pem, &made.key_pem, now).expect("loads");
+        let local = [San::parse("127.0.0.1").expect("ip")];
+        let leaf = issue(&ca, &Identity::Coordinator, &local, 30, now).expect("issues");
+        let other = issue(&ca, &Identity::Coordinator, &local, 30, now).expect("issues");
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("writes");
+            path
+        };
+        let files = EtcdTlsFiles {
+            ca: write("ca.pem", &made.cert_pem),
+            cert: write("c.pem", &leaf.cert_pem),
+            key: write("c-key.pem", &leaf.key_pem),
+        };
+        (files, write("other-key.pem", &other.key_pem))
+    }
+
+    #[test]
+    fn etcd_tls_files_are_checked_naming_their_flag() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (good, other_key) = files(dir.path());
+        let pem = read_etcd_tls(&good).expect("good files");
+        assert!(pem.ca.contains("BEGIN CERTIFICATE"));
+        assert!(!format!("{pem:?}").contains("PRIVATE KEY"), "the key leaks");
+
+        let err = |files: EtcdTlsFiles| read_etcd_tls(&files).expect_err("refused").to_string();
+        let e = err(EtcdTlsFiles {
+            key: other_key,
+            ..good.clone()
+        });
+        assert!(e.starts_with("--etcd-key ") && e.contains("does not go with --etcd-cert"));
+        let e = err(EtcdTlsFiles {
+            ca: dir.path().join("missing.pem"),
+            ..good.clone()
+        });
+        assert!(e.starts_with("--etcd-ca "), "{e}");
+        let e = err(EtcdTlsFiles {
+            cert: good.key.clone(),
+            ..good.clone()
+        });
+        assert!(
+            e.starts_with("--etcd-cert ") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = err(EtcdTlsFiles {
+            key: good.cert.clone(),
+            ..good
+        });
+        assert!(e.starts_with("--etcd-key "), "{e}");
+    }
 }

@@ -376,6 +376,18 @@ mod tests {
         assert_eq!(days, 365);
     }
 
+    /// In an HA pair the coordinator's certificate is also its TLS client certificate towards
+    /// etcd, which requires the clientAuth usage of it (and may serve etcd itself in a test).
+    #[test]
+    fn coordinator_certificate_is_also_a_client() {
+        let now = SystemTime::now();
+        let (ca_pem, ca) = ca(3650, now);
+        let local = [San::parse("127.0.0.1").expect("ip")];
+        let leaf = issue(&ca, &Identity::Coordinator, &local, 30, now).expect("issues");
+        assert_eq!(verify(&ca_pem, &leaf, now, KeyUsage::client_auth()), Ok(()));
+        assert_eq!(verify(&ca_pem, &leaf, now, KeyUsage::server_auth()), Ok(()));
+    }
+
     #[test]
     fn agent_and_user_certificates_are_clients_only() {
         let now = SystemTime::now();

@@ -5,6 +5,10 @@
 //!
 //! A host without the binary skips the test ([`Etcd::single_or_skip`]), unless
 //! `PMCLUSTER_TEST_REQUIRE` names `etcd`: then the test fails.
+//!
+//! With [`EtcdTls`] the members serve their client URLs over TLS and require a client
+//! certificate signed by the given CA (`--client-cert-auth`); peer URLs stay plaintext, and
+//! `/health` is read on a separate plaintext metrics URL (`--listen-metrics-urls`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +21,7 @@ use crate::error::{Error, io_err, unexpected};
 use crate::http::http_get_within;
 use crate::ports::free_port_range;
 use crate::skip::skip;
+use crate::tls::Pki;
 use crate::wait::poll_until;
 
 /// How long a member may take to answer healthy after it starts.
@@ -35,11 +40,36 @@ pub fn etcd_binary() -> Option<PathBuf> {
     on_path.or_else(|| Some(PathBuf::from(DEFAULT_BINARY)).filter(|p| p.is_file()))
 }
 
+/// The TLS a member serves its clients with: `--cert-file`, `--key-file`, and the CA every
+/// client certificate must chain to (`--trusted-ca-file` with `--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl EtcdTls {
+    /// The coordinator certificate of `pki` (issued for 127.0.0.1) as etcd's server
+    /// certificate, and `pki`'s CA for the clients: the setup the README shows.
+    pub fn from_pki(pki: &Pki) -> EtcdTls {
+        let (cert, key) = pki.pair("coordinator");
+        EtcdTls {
+            cert,
+            key,
+            client_ca: pki.ca(),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Member {
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Where `/health` is served: the client port, or with TLS the plaintext metrics port.
+    health_port: u16,
+    tls: bool,
     data_dir: PathBuf,
     /// `None` once killed.
     process: Option<Daemon>,
@@ -47,7 +77,12 @@ struct Member {
 
 impl Member {
     fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.health_port)
     }
 
     fn peer_url(&self) -> String {
@@ -64,6 +99,7 @@ pub struct Etcd {
     initial_cluster: String,
     /// `--initial-cluster-token`: unique, so two test clusters never take each other's members.
     token: String,
+    tls: Option<EtcdTls>,
     /// Kept last: dropped after the members are killed.
     dir: tempfile::TempDir,
 }
@@ -76,6 +112,15 @@ impl Etcd {
 
     /// `n` members on loopback, each healthy (the cluster has a leader) before this returns.
     pub fn cluster(n: usize) -> Result<Etcd, Error> {
+        Etcd::start(n, None)
+    }
+
+    /// One member serving TLS to clients with a certificate of `tls.client_ca`.
+    pub fn single_tls(tls: EtcdTls) -> Result<Etcd, Error> {
+        Etcd::start(1, Some(tls))
+    }
+
+    fn start(n: usize, tls: Option<EtcdTls>) -> Result<Etcd, Error> {
         let binary = etcd_binary().ok_or_else(|| Error::MissingBinary {
             binary: "etcd".to_string(),
             dir: PathBuf::from(DEFAULT_BINARY)
@@ -89,11 +134,13 @@ impl Etcd {
             .map_err(io_err("making the etcd test dir"))?;
         let mut members = Vec::new();
         for i in 0..n {
-            let ports = free_port_range(2)?;
+            let ports = free_port_range(3)?;
             members.push(Member {
                 name: format!("m{i}"),
                 client_port: ports,
                 peer_port: ports + 1,
+                health_port: if tls.is_some() { ports + 2 } else { ports },
+                tls: tls.is_some(),
                 data_dir: dir.path().join(format!("m{i}")),
                 process: None,
             });
@@ -113,6 +160,7 @@ impl Etcd {
             members,
             initial_cluster,
             token,
+            tls,
             dir,
         };
         for i in 0..n {
@@ -134,16 +182,24 @@ impl Etcd {
     /// [`Etcd::cluster`], or `None` after reporting a skip (see [`Etcd::single_or_skip`]).
     #[track_caller]
     pub fn cluster_or_skip(n: usize) -> Option<Etcd> {
-        if etcd_binary().is_none() {
-            skip(
-                "etcd",
-                "no etcd binary on PATH or at /usr/bin/etcd (Debian: apt-get install etcd-server)",
-            );
+        if !etcd_or_skip() {
             return None;
         }
         match Etcd::cluster(n) {
             Ok(etcd) => Some(etcd),
             Err(e) => panic!("starting etcd ({n} members): {e}"),
+        }
+    }
+
+    /// [`Etcd::single_tls`], or `None` after reporting a skip (see [`Etcd::single_or_skip`]).
+    #[track_caller]
+    pub fn single_tls_or_skip(tls: EtcdTls) -> Option<Etcd> {
+        if !etcd_or_skip() {
+            return None;
+        }
+        match Etcd::single_tls(tls) {
+            Ok(etcd) => Some(etcd),
+            Err(e) => panic!("starting etcd with TLS: {e}"),
         }
     }
 
@@ -158,6 +214,7 @@ impl Etcd {
 
     fn spawn(&mut self, i: usize) -> Result<(), Error> {
         let (binary, initial_cluster, token) = (&self.binary, &self.initial_cluster, &self.token);
+        let tls = self.tls.clone();
         let member = self
             .members
             .get_mut(i)
@@ -166,7 +223,19 @@ impl Etcd {
         let stderr_path = self.dir.path().join(format!("{}.err", member.name));
         let client = member.client_url();
         let peer = member.peer_url();
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(tls) = &tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth")
+                .args(["--listen-metrics-urls", &member.metrics_url()]);
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(&member.data_dir)
@@ -237,7 +306,7 @@ impl Etcd {
                     d.stderr_tail(20)
                 ));
             }
-            let reply = http_get_within(member.client_port, "/health", Duration::from_secs(1))
+            let reply = http_get_within(member.health_port, "/health", Duration::from_secs(1))
                 .map_err(|e| e.to_string())?;
             if reply.body.contains("\"health\":\"true\"") {
                 Ok(())
@@ -294,6 +363,19 @@ impl Etcd {
             None => String::new(),
         }
     }
+}
+
+/// Whether this host has an etcd binary; if not, reports the running test as skipped.
+#[track_caller]
+fn etcd_or_skip() -> bool {
+    if etcd_binary().is_some() {
+        return true;
+    }
+    skip(
+        "etcd",
+        "no etcd binary on PATH or at /usr/bin/etcd (Debian: apt-get install etcd-server)",
+    );
+    false
 }
 
 impl Drop for Etcd {

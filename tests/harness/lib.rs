@@ -46,7 +46,7 @@ pub use cli::{CliOutput, Instance, per_node, render};
 pub use cluster::{AGENT_GRACE, CLI_TIMEOUT, Cluster, KEEP_ENV, NODE_NAMES, STARTUP_TIMEOUT};
 pub use daemon::{Daemon, tail};
 pub use error::Error;
-pub use etcd::{ETCD_STARTUP_TIMEOUT, Etcd, etcd_binary};
+pub use etcd::{ETCD_STARTUP_TIMEOUT, Etcd, EtcdTls, etcd_binary};
 pub use http::{HttpReply, health, http_get, http_get_within};
 pub use pair::Pair;
 pub use ports::free_port_range;

@@ -37,7 +37,8 @@ pub struct Pair {
     past: Vec<Daemon>,
     runs: u32,
     prefix: String,
-    extra: Vec<String>,
+    /// Each coordinator's flags beyond those the pair sets.
+    extra: [Vec<String>; 2],
     /// Last: after the coordinators are gone.
     etcd: Etcd,
 }
@@ -69,7 +70,7 @@ impl Pair {
             past: Vec::new(),
             runs: 0,
             prefix: format!("/pmcluster-it/{}-{n}", std::process::id()),
-            extra: coordinator_args.iter().map(|s| s.to_string()).collect(),
+            extra: [0, 1].map(|_| coordinator_args.iter().map(|s| s.to_string()).collect()),
             etcd,
         };
         let booted = pair.spawn(0).and_then(|()| {
@@ -142,7 +143,7 @@ impl Pair {
             .args(["--listen", &listen, "--store", "etcd", "--lease-ttl", "2s"])
             .args(["--etcd-endpoints", &self.etcd.endpoints().join(",")])
             .args(["--etcd-prefix", &self.prefix])
-            .args(&self.extra)
+            .args(&self.extra[i])
             .env_remove("PMCLUSTER_LISTEN")
             .env_remove("PMCLUSTER_DATA_DIR")
             .env_remove("PMCLUSTER_STORE")
@@ -166,6 +167,11 @@ impl Pair {
             wait_listening(d, &format!("{name} --listen {listen}"))?;
         }
         Ok(())
+    }
+
+    /// Replaces the extra flags of coordinator `i` for its next [`Pair::spawn`].
+    pub fn set_args(&mut self, i: usize, coordinator_args: &[&str]) {
+        self.extra[i] = coordinator_args.iter().map(|s| s.to_string()).collect();
     }
 
     /// SIGKILL coordinator `i`.

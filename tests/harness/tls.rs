@@ -145,6 +145,20 @@ impl Pki {
         ]
     }
 
+    /// The coordinator flags that connect to an etcd serving TLS for this CA (see
+    /// `EtcdTls::from_pki`), with the coordinator's certificate as the client certificate.
+    pub fn etcd_args(&self) -> Vec<String> {
+        let (cert, key) = self.pair("coordinator");
+        vec![
+            "--etcd-ca".into(),
+            path(&self.ca()),
+            "--etcd-cert".into(),
+            path(&cert),
+            "--etcd-key".into(),
+            path(&key),
+        ]
+    }
+
     /// The agent flags for `node`'s certificate (issued now if needed).
     pub fn agent_args(&self, node: &str) -> Result<Vec<String>, Error> {
         let (cert, key) = self.agent(node)?;

@@ -10,6 +10,7 @@ mod autoscale;
 mod bad_input;
 mod failover;
 mod ha;
+mod ha_tls;
 mod lb;
 mod local;
 mod nodes;

@@ -30,8 +30,11 @@ use tokio_util::sync::CancellationToken;
 use super::{Directory, Peer, Role, Seat, StoreInfo};
 use crate::control::{Control, ControlConfig};
 use crate::model::{Batch, Persisted};
-use crate::server::{self, Config, StoreChoice};
+use crate::server::{self, Config, ServeError, StoreChoice};
+use crate::store::etcd::probe::{self, Probe};
+use crate::store::etcd::{describe, with_tls};
 use crate::store::{EtcdConfig, EtcdStore, Fence, Store, StoreError};
+use crate::tls::{EtcdTlsPem, TlsError};
 
 /// How long one etcd call of the election may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -50,24 +53,37 @@ pub async fn serve_pair(
         endpoints,
         prefix,
         lease_ttl,
+        tls: etcd_tls,
     } = config.store.clone()
     else {
         anyhow::bail!("serve_pair needs --store etcd");
     };
-    let store = Arc::new(EtcdStore::connect(EtcdConfig {
-        fenced: true,
-        ..EtcdConfig::new(endpoints.clone(), prefix.clone())
-    })?);
+    let etcd_tls = match &etcd_tls {
+        Some(files) => Some(crate::tls::read_etcd_tls(files).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    if let Some(tls) = &etcd_tls {
+        check_tls(&endpoints, tls).await?;
+    }
+    let store = Arc::new(
+        EtcdStore::connect(EtcdConfig {
+            fenced: true,
+            tls: etcd_tls.clone(),
+            ..EtcdConfig::new(endpoints.clone(), prefix.clone())
+        })
+        .map_err(ServeError::Store)?,
+    );
     // No HTTP/2 keep-alive pings: etcd refuses pings more often than every 5 s (its
     // --grpc-keepalive-min-time) by closing the connection; deadlines and the lease do the
     // liveness checking instead.
     let client = Client::connect(
         &endpoints,
-        Some(
+        Some(with_tls(
             ConnectOptions::new()
                 .with_connect_timeout(CALL_TIMEOUT)
                 .with_timeout(CALL_TIMEOUT),
-        ),
+            etcd_tls.as_ref(),
+        )),
     )
     .await
     .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
@@ -75,7 +91,10 @@ pub async fn serve_pair(
     // this one (the lease's deadline ends a campaign that must not go on).
     let campaigner = Client::connect(
         &endpoints,
-        Some(ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT)),
+        Some(with_tls(
+            ConnectOptions::new().with_connect_timeout(CALL_TIMEOUT),
+            etcd_tls.as_ref(),
+        )),
     )
     .await
     .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))?;
@@ -134,6 +153,33 @@ pub async fn serve_pair(
     Ok(())
 }
 
+/// Refuses to serve when an etcd endpoint refuses this coordinator's certificate or this
+/// coordinator refuses etcd's: that is the operator's to fix, like a wrong file, and a
+/// coordinator that cannot reach its store must not sit as a standby that never leads. An
+/// endpoint that cannot be reached now is only logged; etcd may start later.
+async fn check_tls(endpoints: &[String], tls: &EtcdTlsPem) -> Result<(), ServeError> {
+    let probes = endpoints
+        .iter()
+        .map(|e| probe::probe(e, tls.client.clone(), CALL_TIMEOUT));
+    let found = futures::future::join_all(probes).await;
+    for (endpoint, found) in endpoints.iter().zip(found) {
+        match found {
+            Probe::Accepted => tracing::debug!(%endpoint, "etcd accepts this coordinator's TLS"),
+            Probe::Unreachable(why) => tracing::warn!(
+                %endpoint,
+                "cannot check TLS with etcd now ({why}); going on, etcd may start later"
+            ),
+            Probe::Refused(why) => {
+                return Err(ServeError::Tls(TlsError::EtcdRefused {
+                    endpoint: endpoint.clone(),
+                    why,
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
 struct Election {
     client: Client,
     campaigner: Client,
@@ -153,7 +199,7 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn within<T, E: std::fmt::Display>(
+async fn within<T, E: std::error::Error + 'static>(
     what: &str,
     call: impl Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
@@ -161,7 +207,8 @@ async fn within<T, E: std::fmt::Display>(
         Err(_) => Err(format!(
             "{what}: etcd did not answer within {CALL_TIMEOUT:?}"
         )),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        // With causes: a refused TLS handshake is only "transport error" on its own.
+        Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
         Ok(Ok(v)) => Ok(v),
     }
 }
@@ -259,7 +306,7 @@ impl Election {
             let campaign = campaigner.campaign(name.clone(), self.advertise.clone(), lease);
             tokio::select! {
                 r = campaign => r
-                    .map_err(|e| format!("campaign: {e}"))?
+                    .map_err(|e| format!("campaign: {}", describe(&e)))?
                     .take_leader()
                     .ok_or("campaign: etcd answered without a leader key")?,
                 () = lease_lapsed(last_ack.clone(), lapse) => {

@@ -33,18 +33,21 @@
 //! `block_on`) may be called anywhere. Every call has a deadline (`EtcdConfig::timeout`).
 
 mod layout;
+pub mod probe;
 
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, KvClient, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, Identity,
+    KvClient, TlsOptions, Txn, TxnOp,
 };
 use tokio::runtime::{Handle, Runtime};
 
 use super::{Store, StoreError};
 use crate::model::{Batch, Persisted};
+use crate::tls::EtcdTlsPem;
 use layout::{Keys, Mirror, Op};
 
 /// etcd's default `--max-txn-ops`.
@@ -75,8 +78,8 @@ pub struct EtcdConfig {
     pub max_txn_bytes: usize,
     /// Deadline of each etcd call.
     pub timeout: Duration,
-    // TLS and credentials go here (CA, client certificate and key; user and password), applied
-    // in `connect_options`; etcd-client is built with its `tls` feature for them.
+    /// TLS with a client certificate (the endpoints are then `https://`); `None`: plaintext.
+    pub tls: Option<EtcdTlsPem>,
 }
 
 impl EtcdConfig {
@@ -89,11 +92,12 @@ impl EtcdConfig {
             max_txn_ops: DEFAULT_MAX_TXN_OPS,
             max_txn_bytes: DEFAULT_MAX_TXN_BYTES,
             timeout: DEFAULT_TIMEOUT,
+            tls: None,
         }
     }
 
     fn connect_options(&self) -> ConnectOptions {
-        ConnectOptions::new()
+        with_tls(ConnectOptions::new(), self.tls.as_ref())
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
             // A member that stopped answering (frozen, partitioned) is found by keep-alive
@@ -103,6 +107,40 @@ impl EtcdConfig {
             // A member cut off from the quorum refuses at once instead of answering stale data
             // or waiting for a leader.
             .with_require_leader(true)
+    }
+}
+
+/// `options` with `tls` applied: etcd's certificate must chain to `tls.ca` (and name the host
+/// of the endpoint), and the client presents `tls.cert`.
+pub fn with_tls(options: ConnectOptions, tls: Option<&EtcdTlsPem>) -> ConnectOptions {
+    match tls {
+        Some(tls) => options.with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(&tls.ca))
+                .identity(Identity::from_pem(&tls.cert, &tls.key)),
+        ),
+        None => options,
+    }
+}
+
+/// Whether the schemes of `endpoints` fit `tls`: all `https://` with it, all `http://` without.
+/// `Err` names the first that does not.
+pub fn check_schemes(endpoints: &[String], tls: bool) -> Result<(), String> {
+    let (want, other) = if tls {
+        ("https://", "http://")
+    } else {
+        ("http://", "https://")
+    };
+    match endpoints.iter().find(|e| !e.starts_with(want)) {
+        None => Ok(()),
+        Some(e) if e.starts_with(other) && tls => Err(format!(
+            "{e} is plaintext http:// but TLS to etcd is configured; give https:// endpoints"
+        )),
+        Some(e) if e.starts_with(other) => Err(format!(
+            "{e} is https:// but no TLS to etcd is configured; give the CA of etcd's \
+             certificate and a client certificate etcd trusts"
+        )),
+        Some(e) => Err(format!("{e} is not a URL like {want}HOST:2379")),
     }
 }
 
@@ -145,8 +183,46 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An error with its causes: a transport error's own text is often just "transport error".
-fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+/// An etcd error with its causes (a transport error's own text is often just "transport
+/// error"), led by what to check when it is a refused TLS handshake.
+pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = causes(e);
+    match tls_hint(&text) {
+        Some(hint) => format!("{hint}: {text}"),
+        None => text,
+    }
+}
+
+/// What a refused TLS handshake means, from the rustls text in an error's causes: an alert
+/// etcd sent about our certificate, or our refusal of etcd's.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    const REFUSED_OURS: [&str; 8] = [
+        "received fatal alert: BadCertificate",
+        "received fatal alert: UnknownCA",
+        "received fatal alert: CertificateRequired",
+        "received fatal alert: CertificateExpired",
+        "received fatal alert: CertificateUnknown",
+        "received fatal alert: CertificateRevoked",
+        "received fatal alert: UnsupportedCertificate",
+        "received fatal alert: AccessDenied",
+    ];
+    if REFUSED_OURS.iter().any(|alert| text.contains(alert)) {
+        return Some(
+            "etcd refused this coordinator's client certificate (--etcd-cert): it must be \
+             signed by the CA etcd trusts (etcd's --trusted-ca-file), be valid now and allow \
+             client authentication",
+        );
+    }
+    if text.contains("invalid peer certificate") {
+        return Some(
+            "etcd's certificate is not trusted: it must be signed by --etcd-ca, be valid now \
+             and name the endpoint's host",
+        );
+    }
+    None
+}
+
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -187,6 +263,9 @@ impl EtcdStore {
                 "endpoints: {:?} is not a list of etcd client URLs, e.g. http://10.0.0.1:2379",
                 cfg.endpoints
             )));
+        }
+        if let Err(why) = check_schemes(&cfg.endpoints, cfg.tls.is_some()) {
+            return Err(StoreError::Invalid(format!("endpoints: {why}")));
         }
         if cfg.timeout.is_zero() {
             return Err(StoreError::Invalid("timeout: must be above 0".into()));
@@ -445,5 +524,35 @@ impl Drop for EtcdStore {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_handshakes_say_which_certificate() {
+        let ours = "grpc request error: transport error: received fatal alert: BadCertificate";
+        assert!(tls_hint(ours).is_some_and(|h| h.contains("--etcd-cert")));
+        let theirs = "transport error: invalid peer certificate: UnknownIssuer";
+        assert!(tls_hint(theirs).is_some_and(|h| h.contains("--etcd-ca")));
+        assert_eq!(tls_hint("connection refused"), None);
+    }
+
+    #[test]
+    fn schemes_fit_tls() {
+        let eps = |list: &[&str]| list.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            check_schemes(&eps(&["http://a:2379", "http://b:2379"]), false),
+            Ok(())
+        );
+        assert_eq!(check_schemes(&eps(&["https://a:2379"]), true), Ok(()));
+        let e = check_schemes(&eps(&["https://a:2379", "http://b:2379"]), true).unwrap_err();
+        assert!(e.starts_with("http://b:2379 is plaintext"), "{e}");
+        let e = check_schemes(&eps(&["http://a:2379", "https://b:2379"]), false).unwrap_err();
+        assert!(e.starts_with("https://b:2379 is https://"), "{e}");
+        let e = check_schemes(&eps(&["a:2379"]), false).unwrap_err();
+        assert!(e.contains("not a URL"), "{e}");
     }
 }
