@@ -15,3 +15,5 @@ echo "== scale12 (3 real agents, scale web 12 until all answer /health)"
 cargo bench -p pmcluster-tests --bench scale12
 echo "== rollout12 (12 instances behind HAProxy: time against waves x min_healthy_time, failed requests)"
 cargo bench -p pmcluster-tests --bench rollout12
+echo "== tls (plaintext beside mutual TLS: RPC latency, CLI wall time, scale web 12)"
+cargo bench -p pmcluster-tests --bench tls
