@@ -132,6 +132,28 @@ fn ha_a_standby_refuses_with_the_leaders_url_and_status_shows_both() {
         .expect("the CLI runs");
     out.assert_ok();
     assert!(out.stdout.contains("node-a"), "{out}");
+
+    // Tokens live in the shared store: one made through the pair works given only the
+    // standby (which sends the call to the leader) and keeps its role there.
+    let made = pair
+        .cluster()
+        .try_cli(&["token", "create", "--role", "read", "-o", "json"])
+        .expect("the CLI runs");
+    let token = made.json().expect("json")["secret"]
+        .as_str()
+        .expect("a secret")
+        .to_string();
+    let via_standby = |args: &[&str]| {
+        let mut all = vec!["--token", token.as_str()];
+        all.extend_from_slice(args);
+        pair.cluster()
+            .try_cli_at(&pair.url(standby), &all, DEADLINE)
+            .expect("the CLI runs")
+    };
+    let me = via_standby(&["whoami"]);
+    assert!(me.assert_ok().stdout.contains("(role read)"), "{me}");
+    let err = via_standby(&["scale", "nothing", "1"]);
+    assert!(err.assert_failed().contains("needs role operate"), "{err}");
 }
 
 #[test]
