@@ -218,7 +218,22 @@ impl Control {
             });
             match decision {
                 Decision::Hold { reason } => scaling.last_reason = reason,
+                // A policy over a cap lowered since it was set grows only to the cap.
+                Decision::Scale { to, .. }
+                    if to > app.spec.instances
+                        && app.spec.instances >= self.config.caps.max_instances_per_app =>
+                {
+                    scaling.last_reason = format!(
+                        "held at {} instances, the limit per app (--max-instances-per-app)",
+                        app.spec.instances
+                    );
+                }
                 Decision::Scale { to, reason } => {
+                    let to = if to > app.spec.instances {
+                        to.min(self.config.caps.max_instances_per_app)
+                    } else {
+                        to
+                    };
                     scaling.last_reason = reason.clone();
                     scaling.last_change_ms = Some(now);
                     let spec = match app.spec.with_instances(to) {

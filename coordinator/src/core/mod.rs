@@ -8,6 +8,7 @@
 pub mod adoption;
 pub mod autoscale;
 pub mod placement;
+pub mod quota;
 pub mod reconcile;
 pub mod rollout;
 pub mod scheduler;

@@ -129,6 +129,7 @@ pub async fn serve_pair(
         listener,
         stopping,
         config.shutdown_grace,
+        &config.limits,
     )
     .await?;
     Ok(())
