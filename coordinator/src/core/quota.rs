@@ -94,6 +94,17 @@ pub fn check_caps(
     Ok(())
 }
 
+/// The count the autoscaler may go to from `current` when its policy says `to`: growth stops at
+/// `max_instances_per_app` (a policy set before the cap was lowered may reach above it), a
+/// decrease is always allowed. `None`: hold, already at or over the cap.
+pub fn autoscale_target(caps: &Caps, current: u32, to: u32) -> Option<u32> {
+    if to <= current {
+        return Some(to);
+    }
+    let capped = to.min(caps.max_instances_per_app);
+    (capped > current).then_some(capped)
+}
+
 /// `--write-rate` writes per second on average, up to `--write-burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteRate {
@@ -344,6 +355,30 @@ mod tests {
         let all = one * DEFAULT_MAX_INSTANCES_PER_APP as usize;
         assert!(all <= crate::limits::DESIRED_SET_BUDGET, "{all}");
         const { assert!(DEFAULT_MAX_INSTANCES_PER_APP <= pmcluster_spec::app::MAX_INSTANCES) };
+    }
+
+    #[test]
+    fn the_autoscaler_grows_only_to_the_cap() {
+        let caps = Caps {
+            max_apps: 1,
+            max_instances_per_app: 5,
+        };
+        // (current, the policy's target, what it may go to)
+        let cases = [
+            (2, 4, Some(4)),
+            (4, 8, Some(5)),
+            (5, 6, None),
+            (7, 9, None),
+            (7, 6, Some(6)),
+            (7, 2, Some(2)),
+        ];
+        for (current, to, want) in cases {
+            assert_eq!(
+                autoscale_target(&caps, current, to),
+                want,
+                "{current} -> {to}"
+            );
+        }
     }
 
     const fn ms(n: u64) -> Duration {
