@@ -10,6 +10,7 @@ mod bad_input;
 mod failover;
 mod ha;
 mod lb;
+mod limits;
 mod local;
 mod nodes;
 mod reliability;
