@@ -112,6 +112,8 @@ async fn run() -> BenchResult<()> {
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
         .args(["--heartbeat-timeout", "60s"])
+        // One app of INSTANCES, over the default cap per app.
+        .args(["--max-instances-per-app", &INSTANCES.to_string()])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

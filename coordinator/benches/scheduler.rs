@@ -67,6 +67,7 @@ fn main() {
             nodes: &nodes,
             online: &online,
             now_ms: 0,
+            max_instances_per_app: u32::MAX,
         });
         let secs = start.elapsed().as_secs_f64();
         let placed = plan.create.iter().filter(|c| c.node.is_some()).count();

@@ -4,8 +4,9 @@
 //! Layout: `model` (plain data), `core` (pure scheduler and reconciler), `store` (persistence
 //! behind a trait), `wire` (model to and from the protocol), `control` (the shell that applies
 //! core decisions, in domain types only), `api` (tonic adapters, converting through `wire`),
-//! `server` (wiring and serving). The core's purity is clippy's to enforce: `disallowed-methods`
-//! and `disallowed-types` in `clippy.toml`, denied at the top of `core`.
+//! `server` (wiring and serving), `throttle` (the server's limits layer: write rate, request
+//! timeout). The core's purity is clippy's to enforce: `disallowed-methods` and
+//! `disallowed-types` in `clippy.toml`, denied at the top of `core`.
 
 pub mod api;
 pub mod auth;
@@ -17,5 +18,6 @@ pub mod limits;
 pub mod model;
 pub mod server;
 pub mod store;
+pub mod throttle;
 pub mod tls;
 pub mod wire;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pmcluster_coordinator::control::ControlConfig;
+use pmcluster_coordinator::core::quota::{self, Caps, WriteRate};
 use pmcluster_coordinator::lead::{Seat, StoreInfo};
 use pmcluster_coordinator::server::{self, Config, StoreChoice};
+use pmcluster_coordinator::throttle::{self, Limits};
 use pmcluster_coordinator::tls::{EtcdTlsFiles, TlsFiles};
 
 /// The pmcluster coordinator: stores apps, places instances on agents, serves the gRPC API.
@@ -86,6 +88,57 @@ struct Args {
     /// refuses to start.
     #[arg(long, env = "PMCLUSTER_INSECURE")]
     insecure: bool,
+
+    // Limits: a request over one is refused (RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED) with a
+    // message naming the flag.
+    /// Most apps the cluster holds; applying a new app past it is refused.
+    #[arg(long, default_value_t = quota::DEFAULT_MAX_APPS, env = "PMCLUSTER_MAX_APPS", help_heading = "Limits")]
+    max_apps: u32,
+    /// Most instances of one app (its count, or its autoscaling maximum), at most 100000. At the
+    /// default every instance of an app whose spec is under 12 KiB fits on one node.
+    #[arg(
+        long,
+        default_value_t = quota::DEFAULT_MAX_INSTANCES_PER_APP,
+        env = "PMCLUSTER_MAX_INSTANCES_PER_APP",
+        help_heading = "Limits"
+    )]
+    max_instances_per_app: u32,
+    /// Most calls open at once on one client connection (HTTP/2 max concurrent streams: each
+    /// `logs -f`, `events` or endpoints watch holds one). Clients queue calls past it.
+    #[arg(
+        long,
+        default_value_t = throttle::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        env = "PMCLUSTER_MAX_STREAMS_PER_CONNECTION",
+        help_heading = "Limits"
+    )]
+    max_streams_per_connection: u32,
+    /// How long a unary call may take before it fails with DEADLINE_EXCEEDED, e.g. "30s" or
+    /// "30" (seconds). Streams (logs -f, events, endpoints, agent sessions) are not cut.
+    #[arg(
+        long,
+        default_value = "30s",
+        env = "PMCLUSTER_REQUEST_TIMEOUT",
+        help_heading = "Limits"
+    )]
+    request_timeout: String,
+    /// Writes (every call that changes state: apply, scale, start/stop/restart, delete, drain,
+    /// rollout and autoscale commands...) per second, on average, across all clients; reads are
+    /// not limited. 0 turns the limit off.
+    #[arg(
+        long,
+        default_value_t = quota::DEFAULT_WRITE_RATE,
+        env = "PMCLUSTER_WRITE_RATE",
+        help_heading = "Limits"
+    )]
+    write_rate: u32,
+    /// Writes that may come at once before --write-rate applies.
+    #[arg(
+        long,
+        default_value_t = quota::DEFAULT_WRITE_BURST,
+        env = "PMCLUSTER_WRITE_BURST",
+        help_heading = "Limits"
+    )]
+    write_burst: u32,
 }
 
 fn duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
@@ -125,7 +178,51 @@ fn etcd_tls(
     }
 }
 
+/// The limits flags, checked.
+fn limits(args: &Args) -> anyhow::Result<(Caps, Limits)> {
+    anyhow::ensure!(args.max_apps >= 1, "--max-apps: must be at least 1");
+    let most = pmcluster_spec::app::MAX_INSTANCES;
+    anyhow::ensure!(
+        (1..=most).contains(&args.max_instances_per_app),
+        "--max-instances-per-app: {} is not between 1 and {most}",
+        args.max_instances_per_app
+    );
+    anyhow::ensure!(
+        args.max_streams_per_connection >= 1,
+        "--max-streams-per-connection: must be at least 1"
+    );
+    // A bare number is seconds, as in the flag's name.
+    let timeout = match args.request_timeout.trim().parse::<u64>() {
+        Ok(secs) => format!("{secs}s"),
+        Err(_) => args.request_timeout.clone(),
+    };
+    let request_timeout = duration("request-timeout", &timeout)?;
+    let write_rate = if args.write_rate == 0 {
+        None
+    } else {
+        anyhow::ensure!(
+            args.write_burst >= 1,
+            "--write-burst: must be at least 1 (or turn the limit off with --write-rate 0)"
+        );
+        Some(WriteRate {
+            per_sec: args.write_rate,
+            burst: args.write_burst,
+        })
+    };
+    let caps = Caps {
+        max_apps: args.max_apps,
+        max_instances_per_app: args.max_instances_per_app,
+    };
+    let limits = Limits {
+        max_streams_per_connection: args.max_streams_per_connection,
+        request_timeout,
+        write_rate,
+    };
+    Ok((caps, limits))
+}
+
 fn validate(args: Args) -> anyhow::Result<Config> {
+    let (caps, limits) = limits(&args)?;
     let listen: SocketAddr = args.listen.parse().with_context(|| {
         format!(
             "--listen: {:?} is not an address like 127.0.0.1:7450",
@@ -270,8 +367,10 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         control: ControlConfig {
             heartbeat_interval,
             heartbeat_timeout,
+            caps,
         },
         shutdown_grace,
+        limits,
     })
 }
 
@@ -331,7 +430,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
             };
             let seat = Seat::single(control, advertise, store);
             let grace = config.shutdown_grace;
-            server::serve_tls(seat, None, tls, listener, shutdown_signal(), grace).await?;
+            let limits = &config.limits;
+            server::serve_tls(seat, None, tls, listener, shutdown_signal(), grace, limits).await?;
             Ok(())
         }
         StoreChoice::Etcd { .. } => run_pair(config).await,
@@ -449,6 +549,66 @@ mod tests {
 
         let e = validated(&all).unwrap_err();
         assert!(e.contains("need --store etcd"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_are_checked() {
+        let c = validated(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.control.caps, Caps::default());
+        assert_eq!(c.limits, Limits::default());
+        let c = validated(&[
+            "--max-apps",
+            "2",
+            "--max-instances-per-app",
+            "3",
+            "--max-streams-per-connection",
+            "4",
+            "--request-timeout",
+            "5",
+            "--write-rate",
+            "6",
+            "--write-burst",
+            "7",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (
+                c.control.caps.max_apps,
+                c.control.caps.max_instances_per_app
+            ),
+            (2, 3)
+        );
+        assert_eq!(c.limits.max_streams_per_connection, 4);
+        assert_eq!(c.limits.request_timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.limits.write_rate,
+            Some(WriteRate {
+                per_sec: 6,
+                burst: 7
+            })
+        );
+        let off = validated(&["--write-rate", "0", "--write-burst", "0"]);
+        assert!(off.is_ok_and(|c| c.limits.write_rate.is_none()));
+        let ms = validated(&["--request-timeout", "1500ms"]);
+        assert!(ms.is_ok_and(|c| c.limits.request_timeout == Duration::from_millis(1500)));
+        for (args, flag) in [
+            (["--max-apps", "0"], "--max-apps"),
+            (["--max-instances-per-app", "0"], "--max-instances-per-app"),
+            (
+                ["--max-instances-per-app", "100001"],
+                "--max-instances-per-app",
+            ),
+            (
+                ["--max-streams-per-connection", "0"],
+                "--max-streams-per-connection",
+            ),
+            (["--request-timeout", "0"], "--request-timeout"),
+            (["--request-timeout", "soon"], "--request-timeout"),
+            (["--write-burst", "0"], "--write-burst"),
+        ] {
+            let e = validated(&args).expect_err(flag);
+            assert!(e.starts_with(flag), "{e}");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::control::{Control, ControlConfig};
 use crate::lead::status::CoordinationApi;
 use crate::lead::{Directory, Role, Seat};
 use crate::store::{EmbeddedStore, Store};
+use crate::throttle::{Limits, LimitsLayer};
 
 /// The least time between two ticks of the control loop: a burst of changes (reports of many
 /// instances coming online) costs one tick, not one each.
@@ -35,6 +36,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// `--tls-cert`, `--tls-key`, `--client-ca`: serve mutual TLS. `None`: plaintext.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// `--max-streams-per-connection`, `--request-timeout`, `--write-rate`, `--write-burst`.
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,12 +123,14 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
-    serve_tls(seat, directory, None, listener, shutdown, grace).await
+    let limits = Limits::default();
+    serve_tls(seat, directory, None, listener, shutdown, grace, &limits).await
 }
 
 /// [`serve_with`], serving mutual TLS when `tls` is given (see [`crate::tls::server_config`]):
 /// every connection then carries a client certificate from the cluster CA, and an agent
-/// session must carry the certificate of the node it registers as.
+/// session must carry the certificate of the node it registers as. `limits` bounds streams per
+/// connection, unary call time and the write rate (see [`crate::throttle`]).
 pub async fn serve_tls(
     seat: Arc<Seat>,
     directory: Option<Arc<dyn Directory>>,
@@ -133,6 +138,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    limits: &Limits,
 ) -> Result<(), ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
@@ -155,7 +161,10 @@ pub async fn serve_tls(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        // Authentication first: a refused caller uses up no write tokens.
         .layer(crate::auth::AuthLayer::new(seat.clone(), tls.is_some()))
+        .layer(LimitsLayer::new(limits))
         .add_service(health_service)
         .add_service(pb::coordination_server::CoordinationServer::new(
             CoordinationApi {

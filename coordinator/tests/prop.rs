@@ -167,6 +167,7 @@ impl Owned {
             nodes: &views,
             online: &self.online,
             now_ms: NOW,
+            max_instances_per_app: u32::MAX,
         })
     }
 

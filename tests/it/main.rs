@@ -12,6 +12,7 @@ mod failover;
 mod ha;
 mod ha_tls;
 mod lb;
+mod limits;
 mod local;
 mod nodes;
 mod reliability;

@@ -18,6 +18,7 @@ impl From<ControlError> for Status {
             ControlError::AlreadyExists(m) => (Code::AlreadyExists, m),
             ControlError::Unavailable(m) => (Code::Unavailable, m),
             ControlError::FailedPrecondition(m) => (Code::FailedPrecondition, m),
+            ControlError::ResourceExhausted(m) => (Code::ResourceExhausted, m),
             // Nothing was written in these: the message says why and what to do, and a client
             // may retry elsewhere (a fenced-off leader's successor) or later (etcd's quorum).
             ControlError::Store(

@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, SystemClock};
 use crate::core::autoscale::Sample;
+use crate::core::quota::Caps;
 use crate::core::reconcile::{self, Link};
 use crate::model::{
     AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceObserved, LogLine,
@@ -53,6 +54,8 @@ pub struct ControlConfig {
     pub heartbeat_interval: Duration,
     /// A connected node that has not reported for this long is considered down.
     pub heartbeat_timeout: Duration,
+    /// `--max-apps` and `--max-instances-per-app`.
+    pub caps: Caps,
 }
 
 impl Default for ControlConfig {
@@ -60,6 +63,7 @@ impl Default for ControlConfig {
         ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
+            caps: Caps::default(),
         }
     }
 }
@@ -78,6 +82,9 @@ pub enum ControlError {
     Unavailable(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Over a configured cap (`--max-apps`, `--max-instances-per-app`); the message names it.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -6,6 +6,7 @@ use super::logs::route_lines;
 use super::sessions::registration;
 use super::*;
 use crate::core::adoption::quarantine_reason;
+use crate::core::quota::Caps;
 use crate::model::{InstanceView, LogStream, NodeRecord, NodeStatus, Registration};
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
@@ -539,6 +540,64 @@ async fn a_desired_set_over_budget_is_refused_and_changes_nothing() -> Result<()
         "{err}"
     );
     assert_eq!(spread(&c, "small"), "a:2");
+    Ok(())
+}
+
+/// Item 5 of issue 12: a new app past `--max-apps` and a count past `--max-instances-per-app`
+/// are refused as RESOURCE_EXHAUSTED naming the flag, and store nothing; a count that follows
+/// the nodes stops at the cap.
+#[tokio::test]
+async fn caps_refuse_without_change_and_hold_a_derived_count() -> Result<()> {
+    let config = ControlConfig {
+        caps: Caps {
+            max_apps: 2,
+            max_instances_per_app: 4,
+        },
+        ..ControlConfig::default()
+    };
+    let c = Control::open(Arc::new(MemoryStore::default()), config)?;
+    let _nodes = [
+        c.attach(&register("a"), None)?,
+        c.attach(&register("b"), None)?,
+        c.attach(&register("c"), None)?,
+    ];
+    c.apply(web(2))?;
+    let mut every_core = AppSpec::new("cores", "sleep", &["600"]);
+    every_core.instances_max = true;
+    c.apply(every_core)?;
+    // Six cores, held to four.
+    assert_eq!(c.persisted().app_instances("cores").len(), 4);
+    let before = c.persisted();
+    let mut third = web(1);
+    third.name = "third".into();
+    let mut autoscaled = web(2);
+    autoscaled.autoscale = Some(pmcluster_spec::autoscale::AutoscalePolicy::new(1, 9, 50.0));
+    let refusals = [
+        (
+            c.apply(third).map(|_| ()),
+            "apps: creating \"third\" would make 3 apps, over the limit of 2 (--max-apps)",
+        ),
+        (
+            c.scale("web", 5).map(|_| ()),
+            "instances: 5 is over the limit of 4 per app (--max-instances-per-app)",
+        ),
+        (
+            c.apply(web(50)).map(|_| ()),
+            "instances: 50 is over the limit of 4 per app",
+        ),
+        (
+            c.apply(autoscaled).map(|_| ()),
+            "autoscale.max: 9 is over the limit of 4 per app",
+        ),
+    ];
+    for (got, want) in refusals {
+        match got {
+            Err(ControlError::ResourceExhausted(e)) => assert!(e.starts_with(want), "{e}"),
+            other => panic!("want {want:?}, got {other:?}"),
+        }
+    }
+    assert_eq!(c.persisted(), before, "a refused write stores nothing");
+    assert_eq!(c.scale("web", 4)?, (2, 4));
     Ok(())
 }
 

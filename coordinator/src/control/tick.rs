@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use crate::core::autoscale::{self, Decision, Sample};
+use crate::core::quota;
 use crate::core::rollout::{self, Facts};
 use crate::model::{AppRecord, Batch, InstanceRecord, SCALE_DECISIONS_KEPT, ScaleDecision};
 
@@ -218,7 +219,19 @@ impl Control {
             });
             match decision {
                 Decision::Hold { reason } => scaling.last_reason = reason,
+                // A policy over a cap lowered since it was set grows only to the cap.
+                Decision::Scale { to, .. }
+                    if quota::autoscale_target(&self.config.caps, app.spec.instances, to)
+                        .is_none() =>
+                {
+                    scaling.last_reason = format!(
+                        "held at {} instances, the limit per app (--max-instances-per-app)",
+                        app.spec.instances
+                    );
+                }
                 Decision::Scale { to, reason } => {
+                    let to = quota::autoscale_target(&self.config.caps, app.spec.instances, to)
+                        .unwrap_or(to);
                     scaling.last_reason = reason.clone();
                     scaling.last_change_ms = Some(now);
                     let spec = match app.spec.with_instances(to) {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
+use crate::core::quota;
 use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
 use crate::model::{
@@ -35,6 +36,8 @@ impl Control {
     /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
     pub(super) fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
         let now = self.now();
+        quota::check_caps(&self.config.caps, &inner.state.apps, &batch)
+            .map_err(ControlError::ResourceExhausted)?;
         for app in &batch.put_apps {
             let stored = inner.state.apps.get(&app.spec.name).map(|a| &a.spec);
             if stored != Some(&app.spec) {
@@ -367,5 +370,6 @@ pub(super) fn plan_for(
         nodes: &nodes,
         online: &online,
         now_ms: now,
+        max_instances_per_app: config.caps.max_instances_per_app,
     })
 }

@@ -9,6 +9,7 @@ pub mod access;
 pub mod adoption;
 pub mod autoscale;
 pub mod placement;
+pub mod quota;
 pub mod reconcile;
 pub mod rollout;
 pub mod scheduler;

@@ -57,6 +57,8 @@ pub struct Snapshot<'a> {
     /// Instances their agents report online.
     pub online: &'a BTreeSet<Uuid>,
     pub now_ms: i64,
+    /// `--max-instances-per-app`: holds a count that follows the nodes (`instances: max`).
+    pub max_instances_per_app: u32,
 }
 
 /// A new instance record to create; the apply step mints its id.
@@ -209,7 +211,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     let link = |node: Option<&str>| link_of(&nodes, node);
 
     for (name, app) in snap.apps {
-        let want = desired_count(app, snap.nodes);
+        let want = desired_count(app, snap.nodes).min(snap.max_instances_per_app);
         let empty = BTreeMap::new();
         let indices = by_app.get(name.as_str()).unwrap_or(&empty);
         // Requests for the placer, gathered first so it is built at most once per app.
@@ -661,6 +663,7 @@ mod tests {
             nodes: &views,
             online: &f.online,
             now_ms,
+            max_instances_per_app: u32::MAX,
         };
         let plan = reconcile(snap);
         assert_eq!(

@@ -148,6 +148,7 @@ pub async fn serve_pair(
         listener,
         stopping,
         config.shutdown_grace,
+        &config.limits,
     )
     .await?;
     Ok(())

@@ -78,6 +78,7 @@ pub fn config() -> ControlConfig {
     ControlConfig {
         heartbeat_interval: Duration::from_millis(HEARTBEAT_MS as u64),
         heartbeat_timeout: Duration::from_secs(10),
+        ..ControlConfig::default()
     }
 }
 

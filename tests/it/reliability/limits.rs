@@ -173,7 +173,9 @@ fn issue9_a_scale_that_would_overflow_a_nodes_desired_set_is_refused() {
 #[test]
 fn issue9_an_unplaceable_scale_keeps_the_coordinator_responsive_and_list_pages() {
     const N: u64 = 40_000;
-    let c = Cluster::start(1).expect("coordinator and one agent start");
+    let cap = N.to_string();
+    let c = Cluster::start_with(1, &["--max-instances-per-app", &cap])
+        .expect("coordinator and one agent start");
     let config = write_config(&c, "small.json", json!([sleeper("small", 1, json!({}))]));
     c.cli(&["apply", "-f", &config]).assert_ok();
     wait_online(&c, "small", 1);
