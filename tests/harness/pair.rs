@@ -52,7 +52,7 @@ impl Deref for Pair {
 }
 
 impl Pair {
-    /// Two coordinators (`--store etcd --lease-ttl 2s` plus `coordinator_args`) on `etcd`, the
+    /// Two coordinators (`--store etcd --lease-ttl 4s` plus `coordinator_args`) on `etcd`, the
     /// first started first (so it leads), and `n_agents` agents of both.
     pub fn start(etcd: Etcd, n_agents: usize, coordinator_args: &[&str]) -> Result<Pair, Error> {
         let bins = Bins::locate()?;
@@ -140,7 +140,7 @@ impl Pair {
             .join(format!("{name}-{}.stderr.log", self.runs));
         let listen = format!("127.0.0.1:{}", self.ports[i]);
         let child = Command::new(&self.bins.coordinator)
-            .args(["--listen", &listen, "--store", "etcd", "--lease-ttl", "2s"])
+            .args(["--listen", &listen, "--store", "etcd", "--lease-ttl", "4s"])
             .args(["--etcd-endpoints", &self.etcd.endpoints().join(",")])
             .args(["--etcd-prefix", &self.prefix])
             .args(&self.extra[i])
