@@ -348,46 +348,6 @@ fn validate_env_key(field: &str, key: &str) -> Result<(), SpecError> {
 }
 
 impl AppSpec {
-    /// This spec as the API shows it: every secret value replaced by [`SECRET_SHOWN`], and with
-    /// `env_values` false every other value by [`ENV_HIDDEN`].
-    pub fn shown(&self, env_values: bool) -> AppSpec {
-        let mut shown = self.clone();
-        for (key, value) in &mut shown.env {
-            if self.secret_env.contains(key) {
-                *value = SECRET_SHOWN.to_string();
-            } else if !env_values {
-                *value = ENV_HIDDEN.to_string();
-            }
-        }
-        shown
-    }
-
-    /// Puts back the stored value of every secret that `self` sends as [`SECRET_SHOWN`] (the
-    /// spec was fetched, edited and sent back). Names the first key that has no stored secret.
-    pub fn keep_secrets_of(&mut self, stored: Option<&AppSpec>) -> Result<(), SpecError> {
-        for (key, value) in &mut self.env {
-            if value != SECRET_SHOWN || !self.secret_env.contains(key) {
-                continue;
-            }
-            let kept = stored
-                .filter(|old| old.secret_env.contains(key))
-                .and_then(|old| old.env.get(key));
-            match kept {
-                Some(v) => v.clone_into(value),
-                None => {
-                    return Err(SpecError::new(
-                        &format!("env.{key}"),
-                        format!(
-                            "{SECRET_SHOWN} stands for a stored secret, and app {:?} has none                              for {key}; give the value itself",
-                            self.name
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Checks every field; the error names the first field at fault.
     pub fn validate(self) -> Result<AppSpec, SpecError> {
         validate_name(&self.name)?;

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::app::SECRET_SHOWN;
+use crate::{AppSpec, SpecError};
+use crate::app::{ENV_HIDDEN, SECRET_SHOWN};
 use crate::config::Scalar;
 
 /// One env value of a config file: plain, or `{"secret": VALUE}`.
@@ -71,6 +72,48 @@ pub fn shown<'a>(key: &str, value: &'a str, secret: &[String]) -> &'a str {
         SECRET_SHOWN
     } else {
         value
+    }
+}
+
+impl AppSpec {
+    /// This spec as the API shows it: every secret value replaced by [`SECRET_SHOWN`], and with
+    /// `env_values` false every other value by [`ENV_HIDDEN`].
+    pub fn shown(&self, env_values: bool) -> AppSpec {
+        let mut shown = self.clone();
+        for (key, value) in &mut shown.env {
+            if self.secret_env.contains(key) {
+                *value = SECRET_SHOWN.to_string();
+            } else if !env_values {
+                *value = ENV_HIDDEN.to_string();
+            }
+        }
+        shown
+    }
+
+    /// Puts back the stored value of every secret that `self` sends as [`SECRET_SHOWN`] (the
+    /// spec was fetched, edited and sent back). Names the first key that has no stored secret.
+    pub fn keep_secrets_of(&mut self, stored: Option<&AppSpec>) -> Result<(), SpecError> {
+        for (key, value) in &mut self.env {
+            if value != SECRET_SHOWN || !self.secret_env.contains(key) {
+                continue;
+            }
+            let kept = stored
+                .filter(|old| old.secret_env.contains(key))
+                .and_then(|old| old.env.get(key));
+            match kept {
+                Some(v) => v.clone_into(value),
+                None => {
+                    return Err(SpecError::new(
+                        &format!("env.{key}"),
+                        format!(
+                            "{SECRET_SHOWN} stands for a stored secret, and app {:?} has none                              for {key}; give the value itself",
+                            self.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,488 @@
+//! Table tests of the renderers.
+use super::*;
+
+const NOW: i64 = 1_700_000_000_000;
+
+fn instance(app: &str, index: u32, state: pb::InstanceState) -> pb::Instance {
+    let online = state == pb::InstanceState::Online;
+    pb::Instance {
+        id: format!("id-{app}-{index}"),
+        app: app.into(),
+        index,
+        node: if state == pb::InstanceState::Pending {
+            String::new()
+        } else {
+            "node-a".into()
+        },
+        state: state as i32,
+        pid: if online { 4100 + index } else { 0 },
+        port: 3000 + index,
+        cpu_percent: if online { 12.5 } else { 0.0 },
+        memory_bytes: if online { 24_536_678 } else { 0 },
+        restarts: index,
+        started_at_ms: if online { NOW - 5_000 } else { 0 },
+        app_version: 1,
+        last_exit_code: None,
+        message: String::new(),
+        stopped: state == pb::InstanceState::Stopped,
+        health: 0,
+    }
+}
+
+#[test]
+fn endpoint_renderings() {
+    let e = pb::Endpoints {
+        app: "web".into(),
+        endpoints: vec![
+            pb::Endpoint {
+                host: "10.0.0.1".into(),
+                port: 4100,
+                index: 0,
+                node: "a".into(),
+                version: 2,
+                instance_id: "1e2d4b6c-0000-4000-8000-000000000001".into(),
+            },
+            pb::Endpoint {
+                host: "10.0.0.2".into(),
+                port: 4101,
+                index: 1,
+                node: "b".into(),
+                version: 2,
+                instance_id: "0b9c7e2a-0000-4000-8000-000000000002".into(),
+            },
+            pb::Endpoint {
+                host: "10.0.0.2".into(),
+                port: 4102,
+                index: 1,
+                node: "b".into(),
+                version: 2,
+                instance_id: "5f1d3a90-0000-4000-8000-000000000003".into(),
+            },
+        ],
+    };
+    assert_eq!(
+        endpoints_plain(&e),
+        "10.0.0.1:4100\n10.0.0.2:4101\n10.0.0.2:4102\n"
+    );
+    let nginx = endpoints_nginx(&e);
+    assert!(nginx.contains("upstream web {\n"), "{nginx}");
+    assert!(
+        nginx.contains("    server 10.0.0.2:4101 max_fails=1 fail_timeout=1s;  # web[1] v2\n"),
+        "{nginx}"
+    );
+    assert!(nginx.ends_with("}\n"));
+    let haproxy = endpoints_haproxy(&e);
+    assert!(haproxy.contains("backend web\n"), "{haproxy}");
+    assert!(
+        haproxy.contains("    server web-0-v2-1e2d4b6c 10.0.0.1:4100\n"),
+        "{haproxy}"
+    );
+    // Two copies of index 1 (a handoff): distinct server names, as HAProxy requires.
+    let names: std::collections::BTreeSet<&str> = haproxy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("server "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(names.len(), 3, "{haproxy}");
+    assert_eq!(endpoints_json(&e)[1]["port"], 4101);
+    // No endpoint: nginx needs a server line to accept the block.
+    let none = pb::Endpoints {
+        app: "web".into(),
+        endpoints: vec![],
+    };
+    assert!(endpoints_nginx(&none).contains("server 127.0.0.1:9 down;"));
+    assert!(!endpoints_haproxy(&none).contains("    server "));
+}
+
+#[test]
+fn topology_tree() {
+    let nodes = vec![
+        pb::Node {
+            name: "node-a".into(),
+            status: pb::NodeStatus::Ready as i32,
+            cores: 2,
+            ..Default::default()
+        },
+        pb::Node {
+            name: "node-b".into(),
+            status: pb::NodeStatus::Draining as i32,
+            cores: 4,
+            ..Default::default()
+        },
+    ];
+    let mut pending = instance("web", 2, pb::InstanceState::Pending);
+    pending.message = "1 pending: no ready node".into();
+    let instances = vec![
+        instance("web", 0, pb::InstanceState::Online),
+        instance("web", 1, pb::InstanceState::Launching),
+        pending,
+    ];
+    let want = "node-a (ready, 2 cores, 2 instances)\n  ├─ web[0] online pid 4100 port 3000\n  \
+                └─ web[1] launching port 3001\nnode-b (draining, 4 cores, 0 instances)\n\
+                (no node) 1 pending: no ready node\n  └─ web[2] pending port 3002\n";
+    assert_eq!(topology_text(&nodes, &instances), want);
+    let json = topology_json(&nodes, &instances);
+    assert_eq!(json[0]["instance_list"].as_array().map(Vec::len), Some(2));
+    assert_eq!(json[2]["status"], "pending");
+    assert_eq!(topology_text(&[], &[]), format!("{NO_NODES}\n"));
+}
+
+#[test]
+fn human_units() {
+    let bytes = [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (24_536_678, "23.4 MiB"),
+        (8 * 1024 * 1024 * 1024, "8.0 GiB"),
+    ];
+    for (input, want) in bytes {
+        assert_eq!(human_bytes(input), want, "{input}");
+    }
+    let ages = [
+        (-5_000, "0s"),
+        (0, "0s"),
+        (5_999, "5s"),
+        (180_000, "3m"),
+        (7_200_000, "2h"),
+        (4 * 86_400_000, "4d"),
+    ];
+    for (input, want) in ages {
+        assert_eq!(human_age(input), want, "{input}");
+    }
+    assert_eq!(human_millis(2000), "2s");
+    assert_eq!(human_millis(0), "0s");
+    assert_eq!(timestamp(NOW), "2023-11-14T22:13:20Z");
+}
+
+#[test]
+fn ranges() {
+    let cases: &[(&[u32], &str)] = &[
+        (&[], ""),
+        (&[3], "3"),
+        (&[0, 1, 2, 3], "0-3"),
+        (&[8, 7, 0, 1, 5, 3, 2, 3], "0-3,5,7-8"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(index_ranges(input), *want, "{input:?}");
+    }
+}
+
+#[test]
+fn state_names() {
+    use pb::InstanceState as S;
+    let cases = [
+        (S::Unspecified as i32, "unknown"),
+        (S::Pending as i32, "pending"),
+        (S::Launching as i32, "launching"),
+        (S::Online as i32, "online"),
+        (S::Stopped as i32, "stopped"),
+        (S::Exited as i32, "exited"),
+        (S::Errored as i32, "errored"),
+        (S::Stopping as i32, "stopping"),
+        (S::Unknown as i32, "unknown"),
+        (99, "unknown"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(state_name(input), want, "{input}");
+    }
+    assert_eq!(node_status_name(pb::NodeStatus::Ready as i32), "ready");
+    assert_eq!(node_status_name(pb::NodeStatus::Down as i32), "down");
+    assert_eq!(node_status_name(3), "draining");
+    assert_eq!(node_status_name(4), "ineligible");
+    assert_eq!(node_status_name(0), "unknown");
+    assert_eq!(node_status_name(99), "unknown");
+}
+
+fn check_table(got: String, want: &str) {
+    assert_eq!(got, want, "\ngot:\n{got}\nwant:\n{want}");
+}
+
+#[test]
+fn instance_table() {
+    use pb::InstanceState as S;
+    let mut pending = instance("web", 2, S::Pending);
+    pending.message = "no ready node".into();
+    pending.port = 0;
+    let mut errored = instance("web", 3, S::Errored);
+    errored.message = "cannot execute \"nod\": not found".into();
+    let mut healthy = instance("web", 1, S::Online);
+    healthy.health = pb::HealthState::Healthy as i32;
+    let mut pending_too = instance("web", 4, S::Pending);
+    pending_too.message = "no ready node".into();
+    pending_too.port = 0;
+    let cases: Vec<(Vec<pb::Instance>, &str)> = vec![
+        (
+            vec![instance("web", 0, S::Online)],
+            "\
+APP  INDEX  NODE     PID  PORT  STATUS  HEALTH    CPU       MEM  RESTARTS  UPTIME
+web      0  node-a  4100  3000  online  -       12.5%  23.4 MiB         0      5s
+",
+        ),
+        (
+            vec![
+                instance("api", 0, S::Stopped),
+                healthy,
+                pending,
+                errored,
+                pending_too,
+            ],
+            "\
+APP  INDEX  NODE     PID  PORT  STATUS   HEALTH     CPU       MEM  RESTARTS  UPTIME
+api      0  node-a     -  3000  stopped  -            -         -         0       -
+web      1  node-a  4101  3001  online   healthy  12.5%  23.4 MiB         1      5s
+web      2  -          -     -  pending  -            -         -         2       -
+web      3  node-a     -  3003  errored  -            -         -         3       -
+web      4  -          -     -  pending  -            -         -         4       -
+
+  web[2,4]: no ready node
+  web[3]: cannot execute \"nod\": not found
+",
+        ),
+    ];
+    for (input, want) in cases {
+        check_table(instances_table(&input, NOW), want);
+    }
+}
+
+#[test]
+fn instance_json_shape() {
+    use pb::InstanceState as S;
+    let got = instances_json(
+        &[
+            instance("web", 1, S::Online),
+            instance("web", 2, S::Pending),
+        ],
+        NOW,
+    );
+    let want = json!([
+        {"app": "web", "index": 1, "id": "id-web-1", "node": "node-a", "pid": 4101,
+         "port": 3001, "status": "online", "health": null, "cpu": 12.5, "memory": 24_536_678, "restarts": 1,
+         "uptime_ms": 5000, "started_at_ms": NOW - 5000, "version": 1,
+         "last_exit_code": null, "stopped": false, "message": ""},
+        {"app": "web", "index": 2, "id": "id-web-2", "node": null, "pid": null,
+         "port": 3002, "status": "pending", "health": null, "cpu": 0.0, "memory": 0, "restarts": 2,
+         "uptime_ms": null, "started_at_ms": null, "version": 1,
+         "last_exit_code": null, "stopped": false, "message": ""},
+    ]);
+    assert_eq!(got, want);
+}
+
+fn node(name: &str, status: pb::NodeStatus) -> pb::Node {
+    pb::Node {
+        name: name.into(),
+        status: status as i32,
+        labels: [
+            ("zone".to_string(), "a".to_string()),
+            ("disk".into(), "ssd".into()),
+        ]
+        .into_iter()
+        .collect(),
+        cores: 8,
+        memory_bytes: 16 * 1024 * 1024 * 1024,
+        instances: 3,
+        last_heartbeat_ms: NOW - 1_000,
+        hostname: name.into(),
+        agent_version: "0.1.0".into(),
+        cpu_percent: 7.25,
+        memory_used_bytes: 3 * 1024 * 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn node_table_and_json() {
+    let mut down = node("b", pb::NodeStatus::Down);
+    down.labels.clear();
+    down.last_heartbeat_ms = 0;
+    check_table(
+        nodes_table(&[node("a", pb::NodeStatus::Ready), down], NOW),
+        "\
+NODE  STATUS  CORES    MEMORY   CPU  MEM USED  INSTANCES  ALLOCATED  LABELS           LAST HEARTBEAT
+a     ready       8  16.0 GiB  7.2%   3.0 GiB          3  -          disk=ssd,zone=a  1s ago
+b     down        8  16.0 GiB  7.2%   3.0 GiB          3  -          -                never
+",
+    );
+    let got = node_json(&node("a", pb::NodeStatus::Ready));
+    assert_eq!(got["labels"], json!({"disk": "ssd", "zone": "a"}));
+    assert_eq!(got["status"], "ready");
+    assert_eq!(got["last_heartbeat_ms"], NOW - 1_000);
+}
+
+fn app(name: &str) -> pb::App {
+    pb::App {
+        spec: Some(pb::AppSpec {
+            name: name.into(),
+            script: "node".into(),
+            args: vec!["server.js".into(), "--title".into(), "my app".into()],
+            instances: 4,
+            port: "3000-3003".into(),
+            env: [("NODE_ENV".to_string(), "production".to_string())]
+                .into_iter()
+                .collect(),
+            autorestart: Some(true),
+            restart_delay_ms: 2000,
+            ..Default::default()
+        }),
+        version: 2,
+        updated_at_ms: NOW - 180_000,
+        online: 3,
+        pending: 1,
+        stopped: 0,
+    }
+}
+
+/// Issue 12 item 4: a secret env value is shown nowhere, its key and the others are.
+#[test]
+fn secret_env_values_are_hidden() {
+    let mut spec = pmcluster_spec::AppSpec::new("web", "node", &["server.js"]);
+    spec.env.insert("DB_PASS".into(), "hunter2".into());
+    spec.env.insert("MODE".into(), "prod".into());
+    spec.secret_env.insert("DB_PASS".into());
+    let app = pb::App {
+        spec: Some(pb::AppSpec::from(&spec)),
+        version: 1,
+        ..pb::App::default()
+    };
+    let instances = [instance("web", 0, pb::InstanceState::Online)];
+    let outputs = [
+        app_info_text(&app, &instances, NOW),
+        app_info_json(&app, &instances, NOW).to_string(),
+        apps_json(std::slice::from_ref(&app)).to_string(),
+    ];
+    for out in outputs {
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("DB_PASS"), "{out}");
+        assert!(out.contains("<secret>"), "{out}");
+        assert!(out.contains("prod"), "{out}");
+    }
+}
+
+#[test]
+fn app_table_and_info() {
+    check_table(
+        apps_table(&[app("web")]),
+        "\
+APP  VERSION  ONLINE  PENDING  STOPPED  PORT       COMMAND
+web        2     3/4        1        0  3000-3003  node server.js --title 'my app'
+",
+    );
+    check_table(
+        app_info_text(&app("web"), &[], NOW),
+        "\
+app:           web
+version:       2 (updated 3m ago)
+instances:     4 desired: 3 online, 1 pending, 0 stopped
+script:        node
+args:          server.js --title 'my app'
+port:          3000-3003
+cwd:           -
+env:           NODE_ENV=production
+placement:     spread
+resources:     -
+reschedule:    after its node is down 30s
+instance var:  -
+shell:         no
+autorestart:   yes
+restart delay: 2s
+kill timeout:  5s
+exec mode:     fork
+
+no instances
+",
+    );
+    let got = app_json(&app("web"));
+    assert_eq!(got["spec"]["env"], json!({"NODE_ENV": "production"}));
+    assert_eq!(got["spec"]["cwd"], Value::Null);
+    assert_eq!(got["instances"], 4);
+    assert_eq!(got["online"], 3);
+
+    let placed = pb::Placement {
+        strategy: "binpack".into(),
+        constraints: vec!["zone=a".into(), "disk!=hdd".into()],
+        affinities: vec![pb::Affinity {
+            expr: "gpu".into(),
+            weight: -20,
+        }],
+        distinct_hosts: false,
+        max_per_node: 2,
+    };
+    let cases = [
+        (None, "spread"),
+        (
+            Some(placed),
+            "binpack; only zone=a, disk!=hdd; prefers gpu (-20); at most 2 per node",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(placement_text(input.as_ref()), want);
+    }
+    let resources = |cpu_millis, memory_bytes, overcommit| pb::Resources {
+        cpu_millis,
+        memory_bytes,
+        overcommit,
+    };
+    let cases = [
+        (None, "-"),
+        (Some(resources(0, 0, true)), "-"),
+        (Some(resources(500, 0, false)), "500m cpu"),
+        (
+            Some(resources(250, 256 << 20, true)),
+            "250m cpu, 256.0 MiB (overcommit)",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(resources_text(input.as_ref()), want);
+    }
+}
+
+#[test]
+fn log_and_event_lines() {
+    let line = |stream: pb::LogStream| pb::LogLine {
+        app: "web".into(),
+        index: 2,
+        node: "a".into(),
+        stream: stream as i32,
+        line: "listening on 3002".into(),
+    };
+    let cases = [
+        (
+            line(pb::LogStream::Stdout),
+            false,
+            "web[2] | listening on 3002",
+        ),
+        (
+            line(pb::LogStream::Stderr),
+            false,
+            "web[2] err| listening on 3002",
+        ),
+        (line(pb::LogStream::Stderr), true, "listening on 3002"),
+    ];
+    for (input, raw, want) in cases {
+        assert_eq!(log_line(&input, raw), want);
+    }
+    assert_eq!(log_json(&line(pb::LogStream::Stderr))["stream"], "stderr");
+
+    let event = |app: &str, index: Option<u32>, node: &str| pb::Event {
+        at_ms: NOW,
+        kind: "instance.state".into(),
+        app: app.into(),
+        node: node.into(),
+        index,
+        message: "online".into(),
+    };
+    let cases = [
+        (
+            event("web", Some(2), "a"),
+            "2023-11-14T22:13:20Z  instance.state   web[2]           a            online",
+        ),
+        (
+            event("", None, ""),
+            "2023-11-14T22:13:20Z  instance.state   -                -            online",
+        ),
+    ];
+    for (input, want) in cases {
+        assert_eq!(event_line(&input), want);
+    }
+    assert_eq!(event_json(&event("", None, "a"))["app"], Value::Null);
+}
