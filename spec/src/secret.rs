@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::{AppSpec, SpecError};
 use crate::app::{ENV_HIDDEN, SECRET_SHOWN};
 use crate::config::Scalar;
+use crate::{AppSpec, SpecError};
 
 /// One env value of a config file: plain, or `{"secret": VALUE}`.
 #[derive(Debug, Clone, Deserialize)]

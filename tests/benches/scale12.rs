@@ -4,46 +4,14 @@
 //! `cargo bench -p pmcluster-tests --bench scale12` (or `./scripts/bench.sh`).
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use pmcluster_tests::{Cluster, health};
+use pmcluster_tests::Cluster;
 
 const RUNS: usize = 5;
 
 fn run_once(c: &Cluster, run: usize) -> Result<Duration, String> {
-    let name = format!("web{run}");
-    let base = c
-        .start_app(&name, 0)
-        .ports(12)
-        .online()
-        .map_err(|e| e.to_string())?
-        .base_port;
-    let t0 = Instant::now();
-    let out = c.cli(&["scale", &name, "12"]);
-    if !out.success() {
-        return Err(out.to_string());
-    }
-    let deadline = t0 + Duration::from_secs(60);
-    let mut answered = [false; 12];
-    while !answered.iter().all(|a| *a) {
-        if Instant::now() > deadline {
-            return Err(format!("not all answered within 60 s: {answered:?}"));
-        }
-        for (i, done) in answered.iter_mut().enumerate() {
-            if !*done {
-                *done = health(base + i as u16)
-                    .map(|h| h["instance"] == i.to_string().as_str())
-                    .unwrap_or(false);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let took = t0.elapsed();
-    let out = c.cli(&["delete", &name]);
-    if !out.success() {
-        return Err(out.to_string());
-    }
-    Ok(took)
+    pmcluster_tests::bench::scale_to_12_answering(c, &format!("web{run}"))
 }
 
 fn main() -> ExitCode {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_proto::v1::cluster_client::ClusterClient;
-use pmcluster_tests::{Cluster, TEST_USER, health};
+use pmcluster_tests::{Cluster, TEST_USER};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 const WARM_CALLS: usize = 1000;
@@ -106,39 +106,7 @@ fn cli_latency(c: &Cluster) -> Result<String, String> {
 }
 
 fn scale12(c: &Cluster, run: usize) -> Result<Duration, String> {
-    let name = format!("web{run}");
-    let base = c
-        .start_app(&name, 0)
-        .ports(12)
-        .online()
-        .map_err(|e| e.to_string())?
-        .base_port;
-    let t0 = Instant::now();
-    let out = c.cli(&["scale", &name, "12"]);
-    if !out.success() {
-        return Err(out.to_string());
-    }
-    let deadline = t0 + Duration::from_secs(60);
-    let mut answered = [false; 12];
-    while !answered.iter().all(|a| *a) {
-        if Instant::now() > deadline {
-            return Err(format!("not all answered within 60 s: {answered:?}"));
-        }
-        for (i, done) in answered.iter_mut().enumerate() {
-            if !*done {
-                *done = health(base + i as u16)
-                    .map(|h| h["instance"] == i.to_string().as_str())
-                    .unwrap_or(false);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let took = t0.elapsed();
-    let out = c.cli(&["delete", &name]);
-    if !out.success() {
-        return Err(out.to_string());
-    }
-    Ok(took)
+    pmcluster_tests::bench::scale_to_12_answering(c, &format!("web{run}"))
 }
 
 fn measure(mode: &str, c: &Cluster, rt: &tokio::runtime::Runtime) -> Result<(), String> {

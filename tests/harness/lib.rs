@@ -22,6 +22,7 @@
 //! points clients at the real one).
 
 mod app;
+pub mod bench;
 mod bins;
 mod cli;
 mod cluster;
