@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -207,7 +206,11 @@ pub async fn serve_tls(
             Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
         }
         None => {
-            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped))
+            // No Nagle: a small reply must not wait for the client's delayed ACK (40 ms on
+            // Linux), as the TLS path's accept loop also sets.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
         }
     };
     let mut server = server;
