@@ -37,7 +37,9 @@ fn tls_config(c: &Cluster) -> Result<Option<ClientTlsConfig>, String> {
 async fn connect(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Channel, String> {
     let mut endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?;
     if let Some(tls) = tls {
-        endpoint = endpoint.tls_config(tls.clone()).map_err(|e| e.to_string())?;
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| e.to_string())?;
     }
     endpoint.connect().await.map_err(|e| e.to_string())
 }
