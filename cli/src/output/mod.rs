@@ -279,6 +279,7 @@ pub fn instance_json(i: &pb::Instance, now_ms: i64) -> Value {
         "index": i.index,
         "id": i.id,
         "node": empty_as_null(&i.node),
+        "host": empty_as_null(&i.host),
         "pid": zero_as_null(i.pid),
         "port": zero_as_null(i.port),
         "status": state_name(i.state),
@@ -364,6 +365,7 @@ pub fn node_json(n: &pb::Node) -> Value {
         "name": n.name,
         "status": node_status_name(n.status),
         "hostname": n.hostname,
+        "address": empty_as_null(&n.address),
         "agent_version": n.agent_version,
         "cores": n.cores,
         "memory_bytes": n.memory_bytes,
@@ -829,6 +831,11 @@ mod tests {
             message: String::new(),
             stopped: state == pb::InstanceState::Stopped,
             health: 0,
+            host: if state == pb::InstanceState::Pending {
+                String::new()
+            } else {
+                "10.0.0.1".into()
+            },
         }
     }
 
@@ -1059,11 +1066,11 @@ web      4  -          -     -  pending  -            -         -         4     
             NOW,
         );
         let want = json!([
-            {"app": "web", "index": 1, "id": "id-web-1", "node": "node-a", "pid": 4101,
+            {"app": "web", "index": 1, "id": "id-web-1", "node": "node-a", "host": "10.0.0.1", "pid": 4101,
              "port": 3001, "status": "online", "health": null, "cpu": 12.5, "memory": 24_536_678, "restarts": 1,
              "uptime_ms": 5000, "started_at_ms": NOW - 5000, "version": 1,
              "last_exit_code": null, "stopped": false, "message": ""},
-            {"app": "web", "index": 2, "id": "id-web-2", "node": null, "pid": null,
+            {"app": "web", "index": 2, "id": "id-web-2", "node": null, "host": null, "pid": null,
              "port": 3002, "status": "pending", "health": null, "cpu": 0.0, "memory": 0, "restarts": 2,
              "uptime_ms": null, "started_at_ms": null, "version": 1,
              "last_exit_code": null, "stopped": false, "message": ""},
