@@ -187,6 +187,14 @@ impl Net {
         pids_in(&host.netns_path())
     }
 
+    /// Each host's name and the path of its namespace, for [`pids_in`] on another thread.
+    pub fn netns_paths(&self) -> Vec<(String, PathBuf)> {
+        self.hosts
+            .iter()
+            .map(|h| (h.name.clone(), h.netns_path()))
+            .collect()
+    }
+
     /// SIGKILLs every process on host `name`, as if it lost power, and waits until none is left.
     pub fn kill(&self, name: &str) -> Result<(), Error> {
         let path = self.host(name)?.netns_path();
@@ -333,7 +341,7 @@ fn netns_inode(path: &Path) -> Result<u64, Error> {
 }
 
 /// Every process whose network namespace is the one bound at `path`.
-fn pids_in(path: &Path) -> Result<Vec<ProcId>, Error> {
+pub fn pids_in(path: &Path) -> Result<Vec<ProcId>, Error> {
     let want = format!("net:[{}]", netns_inode(path)?);
     let table = pmcluster_agent::process::scan().map_err(io_err("scanning /proc"))?;
     let mut out = Vec::new();

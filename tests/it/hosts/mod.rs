@@ -2,7 +2,9 @@
 //! coordinator, each agent and the CLI on hosts of their own, each with its own address and port
 //! space. These need root; without it they report a skip.
 
+mod copies;
 mod harness;
+mod scenarios;
 
 use pmcluster_tests::{Cluster, hosts_unavailable, skip};
 
