@@ -41,13 +41,13 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
 static NETS: AtomicU32 = AtomicU32::new(0);
 
-/// Why this machine cannot make test hosts, if it cannot: they need root, `ip`, `nsenter` and
-/// `iptables`.
+/// Why this machine cannot run the test-host tests, if it cannot: they need root, `ip`,
+/// `nsenter`, `iptables`, and `curl` to reach one host from another.
 pub fn hosts_unavailable() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("test hosts (network namespaces) need root".into());
     }
-    for tool in ["ip", "nsenter", "iptables"] {
+    for tool in ["ip", "nsenter", "iptables", "curl"] {
         let found = Command::new(tool)
             .arg("--version")
             .stdout(Stdio::null())
