@@ -20,3 +20,10 @@ if ! command -v etcd >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; the
   echo "== installing etcd and protoc (Debian packages) for the etcd store and its tests"
   apt_install etcd-server etcd-client protobuf-compiler libprotobuf-dev
 fi
+# The test hosts (tests/harness/hosts.rs): network namespaces and a bridge (ip), processes
+# entered into them (nsenter), partitions (iptables), and HTTP from one host to another (curl).
+if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1 \
+  || ! command -v nsenter >/dev/null 2>&1 || ! command -v curl >/dev/null 2>&1; then
+  echo "== installing iproute2, iptables, util-linux and curl (Debian packages) for the test hosts"
+  apt_install iproute2 iptables util-linux curl
+fi

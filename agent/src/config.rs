@@ -39,6 +39,8 @@ pub struct RawConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
+    /// `--advertise-address`.
+    pub advertise_address: Option<String>,
 }
 
 /// The files of mutual TLS on the link: this node's certificate and key (from `pmcluster certs
@@ -83,6 +85,9 @@ pub struct Config {
     pub rename_node: bool,
     /// Dial the coordinator over mutual TLS with these files. `None`: plaintext.
     pub tls: Option<TlsFiles>,
+    /// The address this node's instances are reached at (an IP address or a host name), sent at
+    /// registration. `None`: the coordinator takes the source address of the connection.
+    pub advertise_address: Option<String>,
 }
 
 impl Config {
@@ -101,6 +106,7 @@ impl Config {
             cgroups: true,
             rename_node: false,
             tls: None,
+            advertise_address: None,
         }
     }
 }
@@ -118,6 +124,8 @@ pub enum ConfigError {
     Label { value: String, reason: String },
     #[error("--data-dir is empty")]
     DataDir,
+    #[error("--advertise-address {0}")]
+    AdvertiseAddress(String),
     #[error("{0}")]
     Tls(String),
 }
@@ -175,6 +183,10 @@ impl RawConfig {
             }
             labels.insert(key, value);
         }
+        if let Some(a) = &self.advertise_address {
+            pmcluster_spec::address::validate_address("--advertise-address", a)
+                .map_err(|e| ConfigError::AdvertiseAddress(e.message))?;
+        }
         let tls = match (self.tls_cert, self.tls_key, self.ca) {
             (None, None, None) => None,
             (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
@@ -222,6 +234,7 @@ impl RawConfig {
             cgroups: !self.no_cgroups,
             rename_node: self.rename_node,
             tls,
+            advertise_address: self.advertise_address,
         })
     }
 }
@@ -357,6 +370,15 @@ mod tests {
     #[test]
     fn validation() {
         assert!(raw().validate().is_ok());
+        for ok in ["10.0.0.7", "fd00::7", "node-a.lan"] {
+            let c = RawConfig {
+                advertise_address: Some(ok.into()),
+                ..raw()
+            }
+            .validate()
+            .map(|c| c.advertise_address);
+            assert_eq!(c, Ok(Some(ok.to_string())));
+        }
         let cases: Vec<(RawConfig, &str)> = vec![
             (
                 RawConfig {
@@ -413,6 +435,13 @@ mod tests {
                     ..raw()
                 },
                 "pass --node-name",
+            ),
+            (
+                RawConfig {
+                    advertise_address: Some("http://10.0.0.7".into()),
+                    ..raw()
+                },
+                "--advertise-address \"http://10.0.0.7\" holds a character",
             ),
             (
                 RawConfig {

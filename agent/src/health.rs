@@ -89,6 +89,8 @@ impl Tracker {
 pub struct Target {
     pub index: u32,
     pub port: Option<u16>,
+    /// What `${HOST}` expands to.
+    pub host: String,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     /// The instance's user and group: an exec probe runs as the instance does, not as the agent.
@@ -107,10 +109,10 @@ pub fn probe(check: &HealthCheck, target: &Target, reaper: &Arc<Reaper>) -> Chec
             url,
             expected_status,
         } => Box::pin(http(
-            expand(url, target.index, target.port),
+            expand(url, target.index, target.port, &target.host),
             *expected_status,
         )),
-        Probe::Tcp => Box::pin(tcp(target.port)),
+        Probe::Tcp => Box::pin(tcp(target.port, target.host.parse().ok())),
         Probe::Exec { command } => {
             Box::pin(exec(command.clone(), target.clone(), Arc::clone(reaper)))
         }
@@ -126,14 +128,22 @@ pub fn probe(check: &HealthCheck, target: &Target, reaper: &Arc<Reaper>) -> Chec
     })
 }
 
-async fn tcp(port: Option<u16>) -> Outcome {
+/// Passes when 127.0.0.1:`port` accepts a connection, or else `host`:`port` (an instance that
+/// binds only its node's address, `${HOST}`).
+async fn tcp(port: Option<u16>, host: Option<std::net::IpAddr>) -> Outcome {
     let Some(port) = port else {
         return Outcome::Fail("a tcp check needs a port and the instance has none".into());
     };
-    match TcpStream::connect(("127.0.0.1", port)).await {
-        Ok(_) => Outcome::Pass,
-        Err(e) => Outcome::Fail(format!("connect to port {port}: {}", describe(&e))),
+    let loopback = match TcpStream::connect(("127.0.0.1", port)).await {
+        Ok(_) => return Outcome::Pass,
+        Err(e) => e,
+    };
+    if let Some(ip) = host.filter(|ip| !ip.is_loopback())
+        && TcpStream::connect((ip, port)).await.is_ok()
+    {
+        return Outcome::Pass;
     }
+    Outcome::Fail(format!("connect to port {port}: {}", describe(&loopback)))
 }
 
 async fn http(url: String, expected: Option<u16>) -> Outcome {
@@ -323,8 +333,16 @@ mod tests {
         let Some(closed_port) = closed_port.map(|a| a.port()) else {
             panic!("cannot bind a socket on 127.0.0.1: {:?}", closed.err());
         };
-        assert!(matches!(tcp(Some(closed_port)).await, Outcome::Fail(_)));
-        assert!(matches!(tcp(None).await, Outcome::Fail(m) if m.contains("needs a port")));
+        assert!(matches!(
+            tcp(Some(closed_port), None).await,
+            Outcome::Fail(_)
+        ));
+        let loopback = Some(std::net::Ipv4Addr::LOCALHOST.into());
+        assert!(matches!(
+            tcp(Some(closed_port), loopback).await,
+            Outcome::Fail(_)
+        ));
+        assert!(matches!(tcp(None, None).await, Outcome::Fail(m) if m.contains("needs a port")));
     }
 
     #[tokio::test]
@@ -343,6 +361,7 @@ mod tests {
         let target = Target {
             index: 0,
             port: None,
+            host: String::new(),
             env: vec![("WANT".into(), "7".into())],
             cwd: None,
             uid: None,

@@ -31,6 +31,10 @@ pub struct Identity {
     /// accepted the new name (it moves the old node's instances over).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub renamed_from: String,
+    /// The address the coordinator last recorded for this node (see `Registered.address`), so
+    /// that `${HOST}` expands for instances an agent restarts before it reaches a coordinator.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub address: String,
 }
 
 /// Why the identity file cannot be used.
@@ -188,6 +192,7 @@ mod tests {
             cluster_id: cluster.into(),
             generation,
             renamed_from: String::new(),
+            address: String::new(),
         }
     }
 

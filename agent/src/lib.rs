@@ -192,6 +192,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         cgroups,
         marker,
         orphans: Mutex::new(None),
+        advertise_address: config.advertise_address.clone(),
     });
     tracing::info!(
         node = %config.node_name,

@@ -72,6 +72,11 @@ struct Args {
     /// The cluster CA (PEM) that signed the coordinator's certificate.
     #[arg(long, env = "PMCLUSTER_CA", value_name = "FILE")]
     ca: Option<PathBuf>,
+    /// The address (IP or host name) this node's instances are reached at: what `list`,
+    /// `endpoints` and `${HOST}` give [default: the local address of the connection to the
+    /// coordinator, as the coordinator sees it].
+    #[arg(long, env = "PMCLUSTER_ADVERTISE_ADDRESS", value_name = "ADDR")]
+    advertise_address: Option<String>,
 }
 
 /// `--label` for clap, which names the flag and value itself: only the reason is needed.
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         ca: args.ca,
+        advertise_address: args.advertise_address,
     };
     let config = match raw.validate() {
         Ok(c) => c,

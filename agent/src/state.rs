@@ -85,6 +85,24 @@ pub(crate) struct Agent {
     /// Instances of no local record found at startup, until the coordinator's first desired
     /// set settles them (see [`crate::orphans`]).
     pub orphans: Mutex<Option<Vec<Orphan>>>,
+    /// `--advertise-address`.
+    pub advertise_address: Option<String>,
+}
+
+impl Agent {
+    /// What `${HOST}` expands to: the advertised address, else the one the coordinator last
+    /// recorded for this node (empty until one has).
+    pub fn host(&self) -> String {
+        match &self.advertise_address {
+            Some(a) => a.clone(),
+            None => self
+                .identity
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .address
+                .clone(),
+        }
+    }
 }
 
 /// Shared agent state; see the module doc.

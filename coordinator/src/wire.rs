@@ -307,6 +307,7 @@ impl From<&InstanceView> for pb::Instance {
             message: i.message.clone(),
             stopped: i.stopped,
             health: health_to_wire(i.health) as i32,
+            host: i.host.clone(),
         }
     }
 }

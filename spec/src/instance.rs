@@ -1,5 +1,5 @@
-//! What makes one instance different from its siblings: its index, its port, and the environment
-//! and arguments derived from them.
+//! What makes one instance different from its siblings: its index, its port, its node's address,
+//! and the environment and arguments derived from them.
 
 use crate::AppSpec;
 
@@ -10,20 +10,28 @@ pub const INDEX_VARS: [&str; 3] = [
     "NODE_APP_INSTANCE",
 ];
 
-/// Replaces `${PORT}` and `${INSTANCE_ID}` in `s`. Without a port, `${PORT}` becomes empty.
-pub fn expand(s: &str, index: u32, port: Option<u16>) -> String {
+/// Replaces `${PORT}`, `${HOST}` and `${INSTANCE_ID}` in `s`. Without a port, `${PORT}` becomes
+/// empty. `host` is the address the node's instances are reached at (the agent's advertised
+/// address, else the one the coordinator sees); empty while the agent has never learnt it.
+pub fn expand(s: &str, index: u32, port: Option<u16>, host: &str) -> String {
     let port = port.map(|p| p.to_string()).unwrap_or_default();
     s.replace("${PORT}", &port)
+        .replace("${HOST}", host)
         .replace("${INSTANCE_ID}", &index.to_string())
 }
 
 /// The environment an instance gets on top of the agent's: the spec's `env` (expanded), the index
 /// variables, the spec's `instance_var`, and `PORT` when it has a port. Later entries win.
-pub fn instance_env(spec: &AppSpec, index: u32, port: Option<u16>) -> Vec<(String, String)> {
+pub fn instance_env(
+    spec: &AppSpec,
+    index: u32,
+    port: Option<u16>,
+    host: &str,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = spec
         .env
         .iter()
-        .map(|(k, v)| (k.clone(), expand(v, index, port)))
+        .map(|(k, v)| (k.clone(), expand(v, index, port, host)))
         .collect();
     let idx = index.to_string();
     for var in INDEX_VARS {
@@ -41,9 +49,9 @@ pub fn instance_env(spec: &AppSpec, index: u32, port: Option<u16>) -> Vec<(Strin
 
 /// The argv an instance runs: `script args...` expanded, or `/bin/sh -c "script args..."` when the
 /// spec asks for a shell.
-pub fn instance_argv(spec: &AppSpec, index: u32, port: Option<u16>) -> Vec<String> {
-    let script = expand(&spec.script, index, port);
-    let args = spec.args.iter().map(|a| expand(a, index, port));
+pub fn instance_argv(spec: &AppSpec, index: u32, port: Option<u16>, host: &str) -> Vec<String> {
+    let script = expand(&spec.script, index, port, host);
+    let args = spec.args.iter().map(|a| expand(a, index, port, host));
     if spec.shell {
         let mut line = script;
         for a in args {
@@ -69,10 +77,18 @@ mod tests {
             ("${PORT}", 0, None, ""),
             ("plain", 1, Some(1), "plain"),
             ("${port}", 1, Some(1), "${port}"),
+            (
+                "--bind=${HOST}:${PORT}",
+                1,
+                Some(4101),
+                "--bind=10.0.0.7:4101",
+            ),
+            ("${host}", 1, None, "${host}"),
         ];
         for (input, index, port, want) in cases {
-            assert_eq!(expand(input, index, port), want, "{input}");
+            assert_eq!(expand(input, index, port, "10.0.0.7"), want, "{input}");
         }
+        assert_eq!(expand("${HOST}", 0, None, ""), "");
     }
 
     #[test]
@@ -82,7 +98,8 @@ mod tests {
         spec.env
             .insert("URL".into(), "http://localhost:${PORT}/".into());
         spec.port = PortSpec::Range(4100, 4199);
-        let env = instance_env(&spec, 2, spec.port.port_for(2));
+        spec.env.insert("BIND".into(), "${HOST}".into());
+        let env = instance_env(&spec, 2, spec.port.port_for(2), "node-a.lan");
         let get = |k: &str| {
             env.iter()
                 .rev()
@@ -95,13 +112,14 @@ mod tests {
         assert_eq!(get("INSTANCE_ID"), Some("2"));
         assert_eq!(get("PORT"), Some("4102"));
         assert_eq!(get("URL"), Some("http://localhost:4102/"));
+        assert_eq!(get("BIND"), Some("node-a.lan"));
         assert_eq!(
-            instance_argv(&spec, 2, Some(4102)),
+            instance_argv(&spec, 2, Some(4102), "node-a.lan"),
             vec!["node", "server.js", "--port=4102"]
         );
         spec.shell = true;
         assert_eq!(
-            instance_argv(&spec, 2, Some(4102)),
+            instance_argv(&spec, 2, Some(4102), "node-a.lan"),
             vec!["/bin/sh", "-c", "node server.js --port=4102"]
         );
     }

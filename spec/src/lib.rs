@@ -7,6 +7,7 @@
 // Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod address;
 pub mod app;
 pub mod autoscale;
 pub mod config;

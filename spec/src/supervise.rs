@@ -123,7 +123,8 @@ impl StopSignal {
 /// What a health check probes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Probe {
-    /// GET this URL (`${PORT}` expanded); healthy on `expected_status`, or any 2xx when `None`.
+    /// GET this URL (`${PORT}` and `${HOST}` expanded); healthy on `expected_status`, or any 2xx
+    /// when `None`.
     Http {
         url: String,
         expected_status: Option<u16>,

@@ -34,7 +34,10 @@ pub const NODE_NAMES: [&str; 8] = [
     "node-a", "node-b", "node-c", "node-d", "node-e", "node-f", "node-g", "node-h",
 ];
 
-/// A coordinator and its agents on loopback, in one temporary directory.
+/// The test host that runs the CLI in a [`Cluster::start_hosts`] cluster: no daemon runs there.
+pub const CLIENT_HOST: &str = "client";
+
+/// A coordinator and its agents on loopback (or on test hosts), in one temporary directory.
 pub struct Cluster {
     /// `None` once kept (the directory then outlives the cluster).
     dir: Option<tempfile::TempDir>,
@@ -56,6 +59,9 @@ pub struct Cluster {
     /// Mutual TLS on every link: the coordinator serves it, each agent and CLI call presents
     /// its certificate from here.
     tls: Option<crate::Pki>,
+    /// Test hosts: the coordinator, each agent and the CLI run on hosts of their own (network
+    /// namespaces, see [`crate::Net`]) instead of loopback.
+    net: Option<crate::Net>,
 }
 
 impl Cluster {
@@ -73,13 +79,58 @@ impl Cluster {
             ));
         }
         let args = coordinator_args.iter().map(|s| s.to_string()).collect();
-        Cluster::build(n_agents, args, None, false)
+        Cluster::build(n_agents, args, None, false, None)
+    }
+
+    /// As [`Cluster::start_with`], on test hosts (see [`crate::Net`]): host "coordinator" runs
+    /// the coordinator (plaintext on its bridge address, so `--insecure`), hosts node-a, ...
+    /// run one agent each, and host [`CLIENT_HOST`], with no daemon, runs the CLI. The caller
+    /// checks [`crate::hosts_unavailable`] first.
+    pub fn start_hosts(n_agents: usize, coordinator_args: &[&str]) -> Result<Cluster, Error> {
+        if n_agents > NODE_NAMES.len() {
+            return Err(unexpected(
+                "starting a cluster",
+                format!("at most {} agents", NODE_NAMES.len()),
+            ));
+        }
+        let mut names = vec!["coordinator"];
+        names.extend(&NODE_NAMES[..n_agents]);
+        names.push(CLIENT_HOST);
+        let net = crate::Net::create(&names)?;
+        let mut args: Vec<String> = coordinator_args.iter().map(|s| s.to_string()).collect();
+        args.push("--insecure".into());
+        Cluster::build(n_agents, args, None, false, Some(net))
+    }
+
+    /// The test hosts of a [`Cluster::start_hosts`] cluster.
+    pub fn net(&self) -> Option<&crate::Net> {
+        self.net.as_ref()
+    }
+
+    /// A command that runs `program` on host `host` of a [`Cluster::start_hosts`] cluster, or
+    /// here when the cluster runs on loopback.
+    fn command_on(&self, host: &str, program: &Path) -> Result<Command, Error> {
+        match &self.net {
+            Some(net) => net.command(host, program),
+            None => Ok(Command::new(program)),
+        }
+    }
+
+    /// The address the coordinator listens on.
+    fn coordinator_ip(&self) -> String {
+        match &self.net {
+            Some(net) => net
+                .addr("coordinator")
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "127.0.0.1".into()),
+            None => "127.0.0.1".into(),
+        }
     }
 
     /// As [`Cluster::start`], all over mutual TLS, with a CA and certificates made in the
     /// cluster's directory (see [`Cluster::pki`]).
     pub fn start_tls(n_agents: usize) -> Result<Cluster, Error> {
-        Cluster::build(n_agents, Vec::new(), None, true)
+        Cluster::build(n_agents, Vec::new(), None, true, None)
     }
 
     /// The certificates of a [`Cluster::start_tls`] cluster.
@@ -96,7 +147,7 @@ impl Cluster {
                 format!("at most {} agents", NODE_NAMES.len()),
             ));
         }
-        Cluster::build(n_agents, Vec::new(), Some(urls.to_string()), false)
+        Cluster::build(n_agents, Vec::new(), Some(urls.to_string()), false, None)
     }
 
     fn build(
@@ -104,6 +155,7 @@ impl Cluster {
         mut coordinator_args: Vec<String>,
         external: Option<String>,
         tls: bool,
+        net: Option<crate::Net>,
     ) -> Result<Cluster, Error> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new()
@@ -131,6 +183,7 @@ impl Cluster {
             coordinator_args,
             external,
             tls,
+            net,
         };
         match cluster.boot(n_agents) {
             Ok(()) => Ok(cluster),
@@ -175,8 +228,10 @@ impl Cluster {
     pub fn url(&self) -> String {
         match &self.external {
             Some(urls) => urls.clone(),
-            None if self.tls.is_some() => format!("https://127.0.0.1:{}", self.port),
-            None => format!("http://127.0.0.1:{}", self.port),
+            None if self.tls.is_some() => {
+                format!("https://{}:{}", self.coordinator_ip(), self.port)
+            }
+            None => format!("http://{}:{}", self.coordinator_ip(), self.port),
         }
     }
 
@@ -206,8 +261,9 @@ impl Cluster {
         fs::create_dir_all(&data_dir).map_err(io_err("creating the coordinator data dir"))?;
         let stdout_path = self.root.join(format!("coordinator-{run}.stdout.log"));
         let stderr_path = self.root.join(format!("coordinator-{run}.stderr.log"));
-        let listen = format!("127.0.0.1:{}", self.port);
-        let child = Command::new(&self.bins.coordinator)
+        let listen = format!("{}:{}", self.coordinator_ip(), self.port);
+        let child = self
+            .command_on("coordinator", &self.bins.coordinator)?
             .arg("--listen")
             .arg(&listen)
             .arg("--data-dir")
@@ -322,7 +378,7 @@ impl Cluster {
         fs::create_dir_all(&data_dir).map_err(io_err("creating an agent data dir"))?;
         let stdout_path = self.root.join(format!("{base}.stdout.log"));
         let stderr_path = self.root.join(format!("{base}.stderr.log"));
-        let mut cmd = Command::new(&self.bins.agent);
+        let mut cmd = self.command_on(name, &self.bins.agent)?;
         // An explicit --coordinator among the extra flags replaces the cluster's (clap takes
         // the flag once).
         if !extra_args.contains(&"--coordinator") {
@@ -416,7 +472,8 @@ impl Cluster {
             Some(pki) if !args.contains(&"--ca") => pki.cli_args(),
             _ => Vec::new(),
         };
-        let mut child = Command::new(&self.bins.cli)
+        let mut child = self
+            .command_on(CLIENT_HOST, &self.bins.cli)?
             .arg("--coordinator")
             .arg(coordinator)
             .args(tls)
@@ -642,6 +699,10 @@ impl Cluster {
 
     /// Ends every process this cluster started or saw, by pid.
     fn shutdown(&mut self) {
+        // Frozen or cut-off daemons could neither answer nor stop.
+        if let Some(net) = &self.net {
+            net.release();
+        }
         // Learn the latest instances while the coordinator and agents still run.
         if self.coordinator.as_ref().is_some_and(Daemon::running) || self.external.is_some() {
             let _ = self.try_cli_timeout(&["list", "-o", "json"], Duration::from_secs(5));
@@ -685,6 +746,9 @@ impl Cluster {
                 "harness: instance pid {} outlived its agent; sent SIGKILL",
                 proc.pid
             );
+        }
+        if let Some(net) = &self.net {
+            net.kill_everything();
         }
     }
 }

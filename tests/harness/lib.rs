@@ -1,6 +1,6 @@
 //! Harness for pmcluster's end-to-end tests and benchmarks: runs a real coordinator and real
-//! agents on loopback in a temporary directory, drives the real `pmcluster` CLI, and talks to
-//! instances over HTTP.
+//! agents on loopback (or each on a test host of its own) in a temporary directory, drives the
+//! real `pmcluster` CLI, and talks to instances over HTTP.
 //!
 //! It owns every process it starts and ends them by pid when the [`Cluster`] drops: agents first
 //! with SIGTERM (so they stop their instances), then SIGKILL for leftovers, then the coordinator,
@@ -17,8 +17,8 @@
 //! `proc` (pids, over the agent's own `/proc` code); `daemon` (one started daemon); `ports`;
 //! `http`; `skip` (reporting a test this host cannot run); `cli` (a CLI run's output and `list`
 //! entries); `cluster` (the cluster and its cleanup); `app` (starting the test app, the one way
-//! every test does it); `sampler`; `etcd` (etcd members for the HA store and pair);
-//! `pair` (an HA pair of coordinators on etcd); `standby` (a fake standby coordinator that
+//! every test does it); `sampler`; `hosts` (test hosts: network namespaces on a bridge);
+//! `etcd` (etcd members for the HA store and pair); `pair` (an HA pair of coordinators on etcd); `standby` (a fake standby coordinator that
 //! points clients at the real one).
 
 mod app;
@@ -29,6 +29,7 @@ mod cluster;
 mod daemon;
 mod error;
 mod etcd;
+mod hosts;
 mod http;
 mod pair;
 mod ports;
@@ -44,10 +45,13 @@ pub use bins::{
     AGENT_BIN, BIN_DIR_ENV, Bins, CLI_BIN, COORDINATOR_BIN, TESTAPP_BIN, bin_dir, binary,
 };
 pub use cli::{CliOutput, Instance, per_node, render};
-pub use cluster::{AGENT_GRACE, CLI_TIMEOUT, Cluster, KEEP_ENV, NODE_NAMES, STARTUP_TIMEOUT};
+pub use cluster::{
+    AGENT_GRACE, CLI_TIMEOUT, CLIENT_HOST, Cluster, KEEP_ENV, NODE_NAMES, STARTUP_TIMEOUT,
+};
 pub use daemon::{Daemon, tail};
 pub use error::Error;
 pub use etcd::{ETCD_STARTUP_TIMEOUT, Etcd, EtcdTls, etcd_binary};
+pub use hosts::{Host, Net, hosts_unavailable, pids_in};
 pub use http::{HttpReply, health, http_get, http_get_within};
 pub use pair::Pair;
 pub use ports::free_port_range;

@@ -11,6 +11,7 @@ mod bad_input;
 mod failover;
 mod ha;
 mod ha_tls;
+mod hosts;
 mod lb;
 mod limits;
 mod local;

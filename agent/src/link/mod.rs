@@ -251,8 +251,8 @@ async fn session(
         cluster_id: remembered.cluster_id.clone(),
         held: agent.state.held(),
         renamed_from: remembered.renamed_from.clone(),
-        // The coordinator takes the source address of this connection.
-        ..Default::default()
+        // Empty: the coordinator takes the source address of this connection.
+        advertise_address: agent.advertise_address.clone().unwrap_or_default(),
     };
     // A fresh queue has room: this cannot fail.
     let _ = status_tx.try_send(up(Up::Register(register)));
@@ -343,6 +343,28 @@ fn check_registered(agent: &Agent, r: &pb::Registered) {
     }
     if !r.quarantine.is_empty() {
         tracing::error!("the coordinator quarantined this node: {}", r.quarantine);
+    }
+    remember_address(agent, &r.address);
+}
+
+/// Saves the address the coordinator recorded for this node when it changed.
+fn remember_address(agent: &Agent, address: &str) {
+    let mut id = agent
+        .identity
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if address.is_empty() || id.address == address {
+        return;
+    }
+    let mut next = id.clone();
+    next.address = address.to_string();
+    match identity::save(&agent.data_dir, &next) {
+        Ok(()) => *id = next,
+        Err(e) => {
+            // Still used for this run; only a restart before the next registration misses it.
+            tracing::warn!("cannot remember this node's address {address}: {e}");
+            id.address = address.to_string();
+        }
     }
 }
 

@@ -181,13 +181,15 @@ pub(super) fn adopt(
         Ok(r) => (r.env, r.credentials.uid, r.credentials.gid),
         Err(_) => (Vec::new(), None, None),
     };
+    let host = agent.host();
     let health_target = health::Target {
         index: saved.index,
         port: process.port,
         env: probe_env
             .into_iter()
-            .chain(instance_env(&spec, saved.index, process.port))
+            .chain(instance_env(&spec, saved.index, process.port, &host))
             .collect(),
+        host,
         cwd: spec.cwd.clone(),
         uid,
         gid,

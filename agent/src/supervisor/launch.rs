@@ -56,7 +56,8 @@ impl Supervisor {
                 port
             }
         };
-        let argv = instance_argv(&spec, a.index, port);
+        let host = self.agent.host();
+        let argv = instance_argv(&spec, a.index, port, &host);
         let Some((program, args)) = argv.split_first() else {
             return Err(StartError::Fatal("the command is empty".to_string()));
         };
@@ -74,7 +75,7 @@ impl Supervisor {
         let limits = limits(&spec.supervision.limits).map_err(StartError::Fatal)?;
         let (stdout, stderr, pumps) =
             output(&self.agent.logs_dir, &a.app, a.index, &spec).map_err(StartError::Retry)?;
-        let env = instance_env(&spec, a.index, port);
+        let env = instance_env(&spec, a.index, port, &host);
         let mut cmd = std::process::Command::new(program);
         cmd.args(args)
             // The user's HOME, USER and LOGNAME first, so that the spec's env overrides them.
@@ -184,6 +185,7 @@ impl Supervisor {
             &health::Target {
                 index: a.index,
                 port,
+                host: host.clone(),
                 env: probe_env,
                 cwd: spec.cwd.clone(),
                 uid: probe_uid,

@@ -20,6 +20,7 @@ mod stop;
 mod wait;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -256,6 +257,9 @@ struct Running {
     /// Past this without being ready, it is restarted.
     listen_by: Instant,
     port_probe: Interval,
+    /// The node's address (`${HOST}`), when an IP other than loopback: an instance that binds
+    /// only it is reached there, not on 127.0.0.1.
+    probe_host: Option<IpAddr>,
     health: Option<HealthRun>,
     cron_at: Option<Instant>,
     /// The log pump processes reading its output pipes (`log_timestamps`).
@@ -298,6 +302,11 @@ impl Running {
                 last_failure: String::new(),
             });
         let ready = health.is_none() && port.is_none();
+        let probe_host = health_target
+            .host
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|ip| !ip.is_loopback());
         let cron_at = spec
             .supervision
             .cron_restart
@@ -314,6 +323,7 @@ impl Running {
             port,
             ready,
             port_probe,
+            probe_host,
             health,
             cron_at,
             pumps: Vec::new(),

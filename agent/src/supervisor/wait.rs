@@ -2,7 +2,7 @@
 //! health check ends, its cron time comes, the metrics pass pokes it) and what the supervisor
 //! does about it: go online, restart it as the restart policy says, or record its exit.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,6 +280,7 @@ pub(super) async fn next_event(
         listen_by,
         port,
         port_probe,
+        probe_host,
         health,
         cron_at,
         ..
@@ -289,7 +290,7 @@ pub(super) async fn next_event(
     let ready = *ready;
     tokio::select! {
         exit = exit.wait() => Event::Exited(exit),
-        () = probe(port_probe, port), if probing_port => Event::Ready,
+        () = probe(port_probe, port, *probe_host), if probing_port => Event::Ready,
         () = tokio::time::sleep_until(*listen_by), if !ready => Event::ListenTimeout,
         outcome = health_step(health, ready, reaper) => Event::Health(outcome),
         () = sleep_until_opt(*cron_at) => Event::Cron,
@@ -322,13 +323,16 @@ pub(super) async fn health_step(
     h.next = Instant::now() + every;
     outcome
 }
-/// Returns once something accepts TCP connections on 127.0.0.1:`port`.
-pub(super) async fn probe(interval: &mut Interval, port: u16) {
+/// Returns once something accepts TCP connections on 127.0.0.1:`port`, or on `host`:`port`
+/// (an instance that binds only its node's address, `${HOST}`).
+pub(super) async fn probe(interval: &mut Interval, port: u16, host: Option<IpAddr>) {
     loop {
         interval.tick().await;
-        let connect = TcpStream::connect((Ipv4Addr::LOCALHOST, port));
-        if let Ok(Ok(_stream)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
-            return;
+        for ip in std::iter::once(IpAddr::V4(Ipv4Addr::LOCALHOST)).chain(host) {
+            let connect = TcpStream::connect((ip, port));
+            if let Ok(Ok(_stream)) = tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+                return;
+            }
         }
     }
 }

@@ -26,6 +26,11 @@ fn instance(app: &str, index: u32, state: pb::InstanceState) -> pb::Instance {
         message: String::new(),
         stopped: state == pb::InstanceState::Stopped,
         health: 0,
+        host: if state == pb::InstanceState::Pending {
+            String::new()
+        } else {
+            "10.0.0.1".into()
+        },
     }
 }
 
@@ -256,11 +261,11 @@ fn instance_json_shape() {
         NOW,
     );
     let want = json!([
-        {"app": "web", "index": 1, "id": "id-web-1", "node": "node-a", "pid": 4101,
+        {"app": "web", "index": 1, "id": "id-web-1", "node": "node-a", "host": "10.0.0.1", "pid": 4101,
          "port": 3001, "status": "online", "health": null, "cpu": 12.5, "memory": 24_536_678, "restarts": 1,
          "uptime_ms": 5000, "started_at_ms": NOW - 5000, "version": 1,
          "last_exit_code": null, "stopped": false, "message": ""},
-        {"app": "web", "index": 2, "id": "id-web-2", "node": null, "pid": null,
+        {"app": "web", "index": 2, "id": "id-web-2", "node": null, "host": null, "pid": null,
          "port": 3002, "status": "pending", "health": null, "cpu": 0.0, "memory": 0, "restarts": 2,
          "uptime_ms": null, "started_at_ms": null, "version": 1,
          "last_exit_code": null, "stopped": false, "message": ""},

@@ -66,6 +66,7 @@ impl Fake {
                     app: name.clone(),
                     index,
                     node: "node-a".into(),
+                    host: "127.0.0.1".into(),
                     state: if stopped {
                         pb::InstanceState::Stopped
                     } else {

@@ -594,6 +594,7 @@ async fn outbound(
         heartbeat_interval_ms: a.heartbeat_interval.as_millis() as u64,
         cluster_id: a.cluster_id.clone(),
         quarantine: a.quarantine.clone(),
+        address: a.address.clone(),
     });
     if tx.send(Ok(send(registered))).await.is_err() {
         return;

@@ -207,6 +207,8 @@ pub struct Attached {
     pub cluster_id: String,
     /// Why the node is quarantined (empty: it is not).
     pub quarantine: String,
+    /// The address the node's instances are reached at, as recorded (advertised, or seen).
+    pub address: String,
 }
 
 fn new_node_live(now: i64) -> NodeLive {

@@ -43,6 +43,11 @@ impl Control {
             renamed = self.rename_batch(&inner, &reg.renamed_from, &name, &mut batch)?;
         }
         let known = inner.state.nodes.get(&name).or(renamed.as_ref()).cloned();
+        let address = if reg.advertise_address.is_empty() {
+            peer.map(|p| p.to_string()).unwrap_or_default()
+        } else {
+            reg.advertise_address.clone()
+        };
         let record = NodeRecord {
             name: name.clone(),
             labels: reg.labels.clone(),
@@ -52,11 +57,7 @@ impl Control {
             agent_version: reg.agent_version.clone(),
             generation: known.as_ref().map(|n| n.generation).unwrap_or(0),
             drain: known.as_ref().is_some_and(|n| n.drain),
-            address: if reg.advertise_address.is_empty() {
-                peer.map(|p| p.to_string()).unwrap_or_default()
-            } else {
-                reg.advertise_address.clone()
-            },
+            address: address.clone(),
         };
         if inner.state.nodes.get(&name) != Some(&record) {
             batch.put_nodes.push(record);
@@ -139,6 +140,7 @@ impl Control {
             heartbeat_interval: self.config.heartbeat_interval,
             cluster_id,
             quarantine: quarantine.unwrap_or_default(),
+            address,
         })
     }
 
@@ -313,6 +315,10 @@ fn check_registration(reg: &Registration) -> Result<()> {
         ("cluster_id", &reg.cluster_id),
     ] {
         check_text(field, value, MAX_NAME_BYTES).map_err(invalid)?;
+    }
+    if !reg.advertise_address.is_empty() {
+        pmcluster_spec::address::validate_address("advertise_address", &reg.advertise_address)
+            .map_err(invalid)?;
     }
     Ok(())
 }

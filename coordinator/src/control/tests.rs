@@ -666,6 +666,20 @@ async fn bad_input_is_refused_without_change() -> Result<()> {
             },
             "agent_id:",
         ),
+        (
+            Registration {
+                advertise_address: "10.0.0.1:80".into(),
+                ..register("b")
+            },
+            "advertise_address: \"10.0.0.1:80\"",
+        ),
+        (
+            Registration {
+                advertise_address: "a_b.lan".into(),
+                ..register("b")
+            },
+            "advertise_address:",
+        ),
     ];
     for (reg, want) in refused {
         match c.attach(&reg, None) {

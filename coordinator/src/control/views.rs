@@ -369,6 +369,7 @@ pub(super) fn instance_view(
     rec: &InstanceRecord,
 ) -> InstanceView {
     let observed = inner.observed.get(&rec.id);
+    let host = node_address(inner, rec.node.as_deref().unwrap_or_default());
     let mut out = InstanceView {
         id: rec.id.to_string(),
         app: rec.app.clone(),
@@ -377,6 +378,7 @@ pub(super) fn instance_view(
         port: rec.port.map(u32::from).unwrap_or(0),
         app_version: rec.app_version,
         stopped: rec.stopped,
+        host,
         ..InstanceView::default()
     };
     if let Some(o) = observed {
@@ -414,6 +416,16 @@ pub(super) fn instance_view(
     out
 }
 
+/// The address recorded for `node` (empty for none, or a node never registered).
+fn node_address(inner: &Inner, node: &str) -> String {
+    inner
+        .state
+        .nodes
+        .get(node)
+        .map(|n| n.address.clone())
+        .unwrap_or_default()
+}
+
 /// The instances that quarantined nodes hold and this cluster has no record of (of `app`, or of
 /// every app when empty), as the agents report them: listed, so that an operator sees what runs
 /// before adopting it.
@@ -437,6 +449,7 @@ pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<InstanceView> {
                 app_version: a.app_version,
                 stopped: !a.run,
                 state: InstanceState::Unknown,
+                host: node_address(inner, node),
                 ..InstanceView::default()
             };
             if let Some(o) = inner.observed.get(&a.id) {

@@ -89,6 +89,8 @@ pub struct InstanceView {
     pub message: String,
     pub stopped: bool,
     pub health: Health,
+    /// Its node's address (empty while pending).
+    pub host: String,
 }
 
 /// A node's status as `nodes` shows it.
