@@ -320,7 +320,7 @@ mod tests {
             instances: 4,
             port: "auto:3000-3100".into(),
             restart_delay_ms: 250,
-            kill_timeout_ms: 3000,
+            kill_timeout_ms: Some(3000),
             merge_logs: true,
             min_uptime_ms: Some(2000),
             max_restarts: Some(5),
