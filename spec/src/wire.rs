@@ -107,7 +107,8 @@ impl TryFrom<pb::AppSpec> for AppSpec {
             cwd: Some(p.cwd).filter(|c| !c.is_empty()),
             env: p.env.into_iter().collect(),
             secret_env: p.secret_env.into_iter().collect(),
-            instances: p.instances,
+            // Ignored with `instances_max`, as the proto says (and as a config file's "max" reads).
+            instances: if p.instances_max { 0 } else { p.instances },
             port: PortSpec::parse(&p.port)?,
             instance_var: Some(p.instance_var).filter(|v| !v.is_empty()),
             shell: p.shell,
@@ -428,6 +429,22 @@ mod tests {
         };
         let read = AppSpec::try_from(bare).expect("valid");
         assert_eq!(read.kill_timeout, DEFAULT_KILL_TIMEOUT);
+    }
+
+    /// Found by the wire_specs fuzz target: a count beside `instances_max` was kept, and the
+    /// spec's config form ("max") read back without it.
+    #[test]
+    fn instances_max_ignores_the_count() {
+        let wire = pb::AppSpec {
+            name: "web".into(),
+            script: "node".into(),
+            instances: 2,
+            instances_max: true,
+            ..Default::default()
+        };
+        let spec = AppSpec::try_from(wire).expect("valid");
+        assert!(spec.instances_max);
+        assert_eq!(spec.instances, 0);
     }
 
     #[test]
