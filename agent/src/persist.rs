@@ -156,10 +156,13 @@ pub fn file_name(id: &str) -> String {
 }
 
 /// An instance id as a file or directory name: itself when it is plain (UUIDs), else `x-` and
-/// its hex form, so that no id can name a path outside a directory.
+/// its hex form, so that no id can name a path outside a directory. A plain id that starts with
+/// `x-` is escaped too: [`id_of_safe_name`] would read it as an escape, and the orphans of its
+/// cgroup as another instance's.
 pub fn safe_name(id: &str) -> String {
     let plain = !id.is_empty()
         && id.len() <= 128
+        && !id.starts_with("x-")
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
@@ -317,7 +320,7 @@ mod tests {
             instances: 4,
             port: "auto:3000-3100".into(),
             restart_delay_ms: 250,
-            kill_timeout_ms: 3000,
+            kill_timeout_ms: Some(3000),
             merge_logs: true,
             min_uptime_ms: Some(2000),
             max_restarts: Some(5),
@@ -443,9 +446,13 @@ mod tests {
             ("a_b", "a_b.json"),
             ("../etc", "x-2e2e2f657463.json"),
             ("", "x-.json"),
+            // Caught by the desired_set fuzz target: these read back as "A" and "".
+            ("x-41", "x-782d3431.json"),
+            ("x-", "x-782d.json"),
         ];
         for (id, want) in cases {
             assert_eq!(file_name(id), want, "{id:?}");
+            assert_eq!(id_of_safe_name(&safe_name(id)), id, "{id:?}");
         }
     }
 

@@ -596,26 +596,22 @@ pub fn autoscale_policy(
         p.scale_down_fraction = v;
     }
     if let Some(v) = a.tolerance {
-        p.tolerance = v;
+        p.tolerance = Some(v);
     }
-    let ms = |field: &str, text: &Option<String>, into: &mut u64| -> Result<(), UsageError> {
-        if let Some(t) = text {
-            let d = parse_duration(field, &Scalar::Str(t.clone())).map_err(autoscale_flag_error)?;
-            *into = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        }
-        Ok(())
+    let ms = |field: &str, text: &Option<String>| -> Result<Option<u64>, UsageError> {
+        let Some(t) = text else { return Ok(None) };
+        let d = parse_duration(field, &Scalar::Str(t.clone())).map_err(autoscale_flag_error)?;
+        Ok(Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
     };
-    ms("autoscale.cooldown", &a.cooldown, &mut p.cooldown_ms)?;
-    ms(
-        "autoscale.up_stabilization",
-        &a.up_stabilization,
-        &mut p.up_stabilization_ms,
-    )?;
-    ms(
-        "autoscale.down_stabilization",
-        &a.down_stabilization,
-        &mut p.down_stabilization_ms,
-    )?;
+    if let Some(v) = ms("autoscale.cooldown", &a.cooldown)? {
+        p.cooldown_ms = Some(v);
+    }
+    if let Some(v) = ms("autoscale.up_stabilization", &a.up_stabilization)? {
+        p.up_stabilization_ms = v;
+    }
+    if let Some(v) = ms("autoscale.down_stabilization", &a.down_stabilization)? {
+        p.down_stabilization_ms = Some(v);
+    }
     pmcluster_spec::wire::autoscale_from_wire(&p).map_err(autoscale_flag_error)?;
     Ok(p)
 }
@@ -1185,7 +1181,7 @@ mod tests {
         let a = parse("pmcluster autoscale web --min 2 --max 10 --cpu-threshold 70 --cooldown 30s");
         assert!(autoscale_changes(&a));
         let p = autoscale_policy(&a, None).expect("valid");
-        assert!(p.enabled && p.min == 2 && p.max == 10 && p.cooldown_ms == 30_000);
+        assert!(p.enabled && p.min == 2 && p.max == 10 && p.cooldown_ms == Some(30_000));
         // Options given later keep the rest of the current policy.
         let b = parse("pmcluster autoscale web --max 6");
         let p2 = autoscale_policy(&b, Some(&p)).expect("valid");

@@ -259,8 +259,9 @@ async fn read_body(body: Body) -> Result<Bytes, String> {
         .map_err(|e| format!("cannot read the request: {e}"))
 }
 
-/// The app a scoped method's request names ("" when it names none).
-fn app_of(method: &str, frame: &[u8]) -> Result<String, String> {
+/// The app a scoped method's request names ("" when it names none). `frame` is the request
+/// body as the client sent it: public so that the fuzz targets feed it arbitrary bytes.
+pub fn app_of(method: &str, frame: &[u8]) -> Result<String, String> {
     let message = match frame {
         [] => &[][..],
         [0, a, b, c, d, rest @ ..] => {

@@ -1160,6 +1160,11 @@ mod tests {
             plain,
             "{back}"
         );
+        // Found by the wire_specs fuzz target: JSON read this back one bit off (0.1...564).
+        let mut odd = spec.clone();
+        odd.autoscale.as_mut().unwrap().tolerance = 0.10000381469726563;
+        let back = to_config(&odd).to_string();
+        assert_eq!(parse_apps(&back, Format::Json).unwrap().remove(0), odd);
     }
 
     /// Every duration of a config file is bounded, named as written in the file.

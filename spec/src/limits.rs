@@ -73,12 +73,23 @@ pub fn duration_max(field: &str) -> Option<Duration> {
         .map(|m| m.max)
 }
 
-/// Refuses a duration above its field's maximum, naming the field and the maximum.
+/// Refuses a duration above its field's maximum, naming the field and the maximum, and one finer
+/// than a millisecond: the wire and the config form carry milliseconds, so `"4us"` would become
+/// another duration (0) on its way to the coordinator.
 pub fn check_duration(field: &str, d: Duration) -> Result<Duration, SpecError> {
     let Some(m) = DURATION_MAX.iter().find(|m| m.field == field) else {
         return Ok(d);
     };
     if d <= m.max {
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err(SpecError::new(
+                field,
+                format!(
+                    "{} is not a whole number of milliseconds, the finest a duration can be",
+                    humantime::format_duration(d)
+                ),
+            ));
+        }
         return Ok(d);
     }
     let mut message = format!(
@@ -179,6 +190,18 @@ mod tests {
             ("update.shutdown_delay", HOUR * 2, Err("maximum of 1h")),
             ("autoscale.cooldown", DAY, Ok(())),
             ("not_a_duration", Duration::MAX, Ok(())),
+            // Found by the config_json fuzz target: "4us" was kept, and sent as 0.
+            (
+                "reschedule_after",
+                Duration::from_micros(4),
+                Err("4us is not a whole number of milliseconds"),
+            ),
+            (
+                "health_check.timeout",
+                Duration::from_micros(1500),
+                Err("1ms 500us is not a whole number"),
+            ),
+            ("health_check.timeout", Duration::from_micros(1000), Ok(())),
         ];
         for (field, d, want) in cases {
             let got = check_duration(field, *d);

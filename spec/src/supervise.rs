@@ -199,6 +199,27 @@ impl Supervision {
                     "must be more than zero",
                 ));
             }
+            // The wire reads a zero timeout as the default; a check allowed no time would
+            // fail anyway.
+            if hc.timeout.is_zero() {
+                return Err(SpecError::new(
+                    "health_check.timeout",
+                    "must be more than zero",
+                ));
+            }
+            if let Probe::Http {
+                expected_status: Some(status),
+                ..
+            } = &hc.probe
+                && !(100..=599).contains(status)
+            {
+                return Err(SpecError::new(
+                    "health_check.expected_status",
+                    format!(
+                        "{status} is not an HTTP status (100-599); leave it out to accept any 2xx"
+                    ),
+                ));
+            }
             if let Probe::Http { url, .. } = &hc.probe
                 && !(url.starts_with("http://"))
             {
@@ -293,6 +314,37 @@ mod tests {
             "0 0 32 * *",
         ] {
             assert!(validate_cron(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the config fuzz targets: these were accepted, and the wire (0: the default) then
+    /// turned them into a 5 s timeout and any 2xx.
+    #[test]
+    fn health_checks_without_time_or_with_no_status_are_refused() {
+        let check = |timeout_ms: u64, expected_status: Option<u16>| {
+            let sup = Supervision {
+                health_check: Some(HealthCheck {
+                    probe: Probe::Http {
+                        url: DEFAULT_HEALTH_URL.to_string(),
+                        expected_status,
+                    },
+                    interval: DEFAULT_HEALTH_INTERVAL,
+                    timeout: Duration::from_millis(timeout_ms),
+                    retries: DEFAULT_HEALTH_RETRIES,
+                    restart_unhealthy: true,
+                }),
+                ..Supervision::default()
+            };
+            sup.validate().map_err(|e| e.field)
+        };
+        assert_eq!(check(1, Some(204)), Ok(()));
+        assert_eq!(check(0, None), Err("health_check.timeout".to_string()));
+        for status in [0, 99, 600] {
+            assert_eq!(
+                check(1000, Some(status)),
+                Err("health_check.expected_status".to_string()),
+                "{status}"
+            );
         }
     }
 

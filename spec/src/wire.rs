@@ -34,7 +34,7 @@ impl From<&AppSpec> for pb::AppSpec {
             shell: s.shell,
             autorestart: Some(s.autorestart),
             restart_delay_ms: millis(s.restart_delay),
-            kill_timeout_ms: millis(s.kill_timeout),
+            kill_timeout_ms: Some(millis(s.kill_timeout)),
             exec_mode: s.exec_mode.as_str().to_string(),
             merge_logs: s.merge_logs,
             instances_max: s.instances_max,
@@ -107,17 +107,16 @@ impl TryFrom<pb::AppSpec> for AppSpec {
             cwd: Some(p.cwd).filter(|c| !c.is_empty()),
             env: p.env.into_iter().collect(),
             secret_env: p.secret_env.into_iter().collect(),
-            instances: p.instances,
+            // Ignored with `instances_max`, as the proto says (and as a config file's "max" reads).
+            instances: if p.instances_max { 0 } else { p.instances },
             port: PortSpec::parse(&p.port)?,
             instance_var: Some(p.instance_var).filter(|v| !v.is_empty()),
             shell: p.shell,
             autorestart: p.autorestart.unwrap_or(true),
             restart_delay: Duration::from_millis(p.restart_delay_ms),
-            kill_timeout: if p.kill_timeout_ms == 0 {
-                DEFAULT_KILL_TIMEOUT
-            } else {
-                Duration::from_millis(p.kill_timeout_ms)
-            },
+            kill_timeout: p
+                .kill_timeout_ms
+                .map_or(DEFAULT_KILL_TIMEOUT, Duration::from_millis),
             exec_mode: ExecMode::parse(&p.exec_mode)?,
             merge_logs: p.merge_logs,
             instances_max: p.instances_max,
@@ -268,14 +267,15 @@ pub fn autoscale_to_wire(a: &AutoscalePolicy) -> pb::Autoscale {
         memory_threshold,
         memory_threshold_bytes,
         scale_down_fraction: a.scale_down_fraction,
-        tolerance: a.tolerance,
-        cooldown_ms: millis(a.cooldown),
+        tolerance: Some(a.tolerance),
+        cooldown_ms: Some(millis(a.cooldown)),
         up_stabilization_ms: millis(a.up_stabilization),
-        down_stabilization_ms: millis(a.down_stabilization),
+        down_stabilization_ms: Some(millis(a.down_stabilization)),
     }
 }
 
-/// Reads an enabled policy from the wire; zero fields take their defaults.
+/// Reads an enabled policy from the wire; unset fields (and a zero scale-down fraction) take their
+/// defaults.
 pub fn autoscale_from_wire(a: &pb::Autoscale) -> Result<AutoscalePolicy, SpecError> {
     let memory_threshold = if a.memory_threshold_bytes > 0 {
         Some(MemoryThreshold::Bytes(a.memory_threshold_bytes))
@@ -295,22 +295,14 @@ pub fn autoscale_from_wire(a: &pb::Autoscale) -> Result<AutoscalePolicy, SpecErr
         } else {
             a.scale_down_fraction
         },
-        tolerance: if a.tolerance == 0.0 {
-            DEFAULT_TOLERANCE
-        } else {
-            a.tolerance
-        },
-        cooldown: if a.cooldown_ms == 0 {
-            DEFAULT_COOLDOWN
-        } else {
-            Duration::from_millis(a.cooldown_ms)
-        },
+        tolerance: a.tolerance.unwrap_or(DEFAULT_TOLERANCE),
+        cooldown: a
+            .cooldown_ms
+            .map_or(DEFAULT_COOLDOWN, Duration::from_millis),
         up_stabilization: Duration::from_millis(a.up_stabilization_ms),
-        down_stabilization: if a.down_stabilization_ms == 0 {
-            DEFAULT_DOWN_STABILIZATION
-        } else {
-            Duration::from_millis(a.down_stabilization_ms)
-        },
+        down_stabilization: a
+            .down_stabilization_ms
+            .map_or(DEFAULT_DOWN_STABILIZATION, Duration::from_millis),
     };
     policy.validate()?;
     Ok(policy)
@@ -398,6 +390,61 @@ mod tests {
         spec.restart_delay = Duration::from_millis(250);
         let wire = pb::AppSpec::from(&spec);
         assert_eq!(AppSpec::try_from(wire), Ok(spec));
+    }
+
+    /// Found by the config fuzz targets: a zero kill timeout, cooldown, down stabilization or
+    /// tolerance read back as the default (the wire's 0 meant "unset"); they now travel as set.
+    #[test]
+    fn zeros_travel_and_unset_fields_take_defaults() {
+        let mut spec = AppSpec::new("web", "node", &["server.js"]);
+        spec.kill_timeout = Duration::ZERO;
+        spec.autoscale = Some(AutoscalePolicy {
+            tolerance: 0.0,
+            cooldown: Duration::ZERO,
+            down_stabilization: Duration::ZERO,
+            ..AutoscalePolicy::new(1, 1, 70.0)
+        });
+        let wire = pb::AppSpec::from(&spec);
+        assert_eq!(AppSpec::try_from(wire), Ok(spec));
+
+        let unset = pb::Autoscale {
+            enabled: true,
+            max: 4,
+            cpu_threshold: 70.0,
+            ..Default::default()
+        };
+        let policy = autoscale_from_wire(&unset).expect("valid");
+        assert_eq!(
+            (policy.tolerance, policy.cooldown, policy.down_stabilization),
+            (
+                DEFAULT_TOLERANCE,
+                DEFAULT_COOLDOWN,
+                DEFAULT_DOWN_STABILIZATION
+            )
+        );
+        let bare = pb::AppSpec {
+            name: "web".into(),
+            script: "node".into(),
+            ..Default::default()
+        };
+        let read = AppSpec::try_from(bare).expect("valid");
+        assert_eq!(read.kill_timeout, DEFAULT_KILL_TIMEOUT);
+    }
+
+    /// Found by the wire_specs fuzz target: a count beside `instances_max` was kept, and the
+    /// spec's config form ("max") read back without it.
+    #[test]
+    fn instances_max_ignores_the_count() {
+        let wire = pb::AppSpec {
+            name: "web".into(),
+            script: "node".into(),
+            instances: 2,
+            instances_max: true,
+            ..Default::default()
+        };
+        let spec = AppSpec::try_from(wire).expect("valid");
+        assert!(spec.instances_max);
+        assert_eq!(spec.instances, 0);
     }
 
     #[test]

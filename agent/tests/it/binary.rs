@@ -141,7 +141,7 @@ async fn sigterm_with_stop_flag_stops_every_instance() {
     // One instance ignores SIGTERM (the ignored disposition survives exec), so only the SIGKILL
     // after its kill timeout ends it; the other has a child of its own in its group.
     let mut stubborn = sh_spec("stubborn", "trap '' TERM; exec sleep 30");
-    stubborn.kill_timeout_ms = 300;
+    stubborn.kill_timeout_ms = Some(300);
     let family = sh_spec("family", "sleep 30 & wait");
     s.desired(
         1,

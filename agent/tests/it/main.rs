@@ -33,7 +33,7 @@ pub fn sh_spec(app: &str, line: &str) -> pb::AppSpec {
         script: "sh".to_string(),
         args: vec!["-c".to_string(), line.to_string()],
         instances: 1,
-        kill_timeout_ms: 2000,
+        kill_timeout_ms: Some(2000),
         ..Default::default()
     }
 }

@@ -36,9 +36,9 @@ pub fn autoscale_text(s: &pb::AutoscaleStatus) -> String {
         out.push_str(&format!(
             "  thresholds: {}; cooldown {}; up after {}, down after {}\n",
             rules.join(", "),
-            human_millis(p.cooldown_ms),
+            human_millis(p.cooldown_ms.unwrap_or(15_000)),
             human_millis(p.up_stabilization_ms),
-            human_millis(p.down_stabilization_ms)
+            human_millis(p.down_stabilization_ms.unwrap_or(300_000))
         ));
     }
     let cpu = s

@@ -666,11 +666,9 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
         .into_iter()
         .map(|(k, v)| format!("{k}={}", shown(k, v, &s.secret_env)))
         .collect::<Vec<_>>();
-    let kill_timeout = if s.kill_timeout_ms == 0 {
-        "5s".to_string()
-    } else {
-        human_millis(s.kill_timeout_ms)
-    };
+    let kill_timeout = s
+        .kill_timeout_ms
+        .map_or_else(|| "5s".to_string(), human_millis);
     let fields: Vec<(&str, String)> = vec![
         ("app", s.name.clone()),
         ("version", updated),

@@ -45,7 +45,7 @@ impl From<ControlError> for Status {
 }
 
 /// The app and optional index an instance command targets.
-pub(super) fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
+pub fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
     (t.app, t.index)
 }
 
@@ -81,7 +81,7 @@ impl From<Scaled> for pb::ScaleReply {
 }
 
 /// The app and action of a `ControlRollout` request.
-pub(super) fn rollout_action(r: &pb::ControlRolloutRequest) -> Result<RolloutAction, ControlError> {
+pub fn rollout_action(r: &pb::ControlRolloutRequest) -> Result<RolloutAction, ControlError> {
     RolloutAction::parse(&r.action)
 }
 

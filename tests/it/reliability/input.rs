@@ -205,7 +205,7 @@ fn issue9_huge_durations_are_refused_naming_the_field() {
         type Change = fn(&mut pb::AppSpec);
         let cases: [(Change, &str); 5] = [
             (|s| s.restart_delay_ms = u64::MAX, "restart_delay: "),
-            (|s| s.kill_timeout_ms = u64::MAX, "kill_timeout: "),
+            (|s| s.kill_timeout_ms = Some(u64::MAX), "kill_timeout: "),
             (
                 |s| s.reschedule_after_ms = Some(u64::MAX),
                 "reschedule_after: ",

@@ -1,0 +1,7 @@
+//! `parse_apps` on arbitrary yaml text; see `pmcluster_fuzz::config`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pmcluster_spec::config::Format;
+
+fuzz_target!(|data: &[u8]| pmcluster_fuzz::config::check(data, Format::Yaml));
