@@ -24,6 +24,7 @@ pub fn check(data: &[u8]) {
         cluster_id: CLUSTER.into(),
         generation: HIGHEST,
         renamed_from: String::new(),
+        address: String::new(),
     };
     let verdict = identity::verdict(&me, &wire.cluster_id, wire.generation, wire.adopt);
     if verdict == Verdict::Apply {
