@@ -207,7 +207,6 @@ pub fn parse_memory(field: &str, s: &str) -> Result<u64, SpecError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let num: f64 = num.parse().map_err(|_| bad())?;
     let unit = unit.trim().to_ascii_uppercase();
     let unit = unit.trim_end_matches('B').trim_end_matches('I');
     let mult: u64 = match unit {
@@ -218,10 +217,25 @@ pub fn parse_memory(field: &str, s: &str) -> Result<u64, SpecError> {
         "T" => 1 << 40,
         _ => return Err(bad()),
     };
+    let too_large = || SpecError::new(field, format!("{} is too large", echo(s)));
+    // A whole number is read exactly: through an f64, sizes above 2^53 bytes came back rounded,
+    // so a spec's config form (plain bytes) read back as another spec.
+    if !num.contains('.') {
+        let n: u128 = num.parse().map_err(|_| bad())?;
+        return n
+            .checked_mul(u128::from(mult))
+            .and_then(|b| u64::try_from(b).ok())
+            .ok_or_else(too_large);
+    }
+    let num: f64 = num.parse().map_err(|_| bad())?;
     if !num.is_finite() || num < 0.0 {
         return Err(bad());
     }
-    Ok((num * mult as f64).round() as u64)
+    let bytes = (num * mult as f64).round();
+    if bytes >= u64::MAX as f64 {
+        return Err(too_large());
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -279,6 +293,13 @@ mod tests {
             ("2 GB", Some(2 << 30)),
             ("12Q", None),
             ("", None),
+            // Found by the wire_specs fuzz target: read through an f64 as ...560.
+            ("33465601660177562", Some(33_465_601_660_177_562)),
+            ("18446744073709551615", Some(u64::MAX)),
+            ("18446744073709551616", None),
+            ("16777216T", None),
+            ("1.5", Some(2)),
+            (".", None),
         ];
         for (s, want) in mem {
             assert_eq!(parse_memory("memory", s).ok(), want, "{s}");
