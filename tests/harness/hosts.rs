@@ -181,6 +181,11 @@ impl Net {
         Ok(cmd)
     }
 
+    /// The namespace of host `name`, for [`enter_netns`] on a thread of the caller's own.
+    pub fn netns_path(&self, name: &str) -> Result<PathBuf, Error> {
+        Ok(self.host(name)?.netns_path())
+    }
+
     /// Every process in host `name`'s network namespace.
     pub fn pids(&self, name: &str) -> Result<Vec<ProcId>, Error> {
         let host = self.host(name)?;
@@ -338,6 +343,15 @@ fn netns_inode(path: &Path) -> Result<u64, Error> {
     std::fs::metadata(path)
         .map(|m| m.ino())
         .map_err(io_err(format!("reading {}", path.display())))
+}
+
+/// Moves the calling thread (only it: a network namespace is per thread) into the namespace
+/// bound at `path`, so that its sockets are that host's. For a thread the test spawned for this
+/// (a load loop, a sampler), never libtest's own: a later test on the same thread would run there.
+pub fn enter_netns(path: &Path) -> Result<(), Error> {
+    let file = std::fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| unexpected(format!("entering {}", path.display()), e.to_string()))
 }
 
 /// Every process whose network namespace is the one bound at `path`.

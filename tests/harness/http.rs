@@ -40,7 +40,12 @@ pub fn http_get(port: u16, path: &str) -> Result<HttpReply, Error> {
 /// [`http_get`] with `step` per step, for a request the app takes long to answer by design
 /// (touching memory, burning CPU), which a loaded CI machine slows further.
 pub fn http_get_within(port: u16, path: &str, step: Duration) -> Result<HttpReply, Error> {
-    let url = format!("http://127.0.0.1:{port}{path}");
+    http_get_url(&format!("http://127.0.0.1:{port}{path}"), step)
+}
+
+/// `GET url` with `step` per step, any status an answer: for addresses other than loopback
+/// (test hosts, from a thread that entered one with [`crate::enter_netns`]).
+pub fn http_get_url(url: &str, step: Duration) -> Result<HttpReply, Error> {
     let what = format!("GET {url}");
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(step))
@@ -55,7 +60,7 @@ pub fn http_get_within(port: u16, path: &str, step: Duration) -> Result<HttpRepl
         what: what.clone(),
         source,
     };
-    let mut reply = agent.get(&url).call().map_err(http)?;
+    let mut reply = agent.get(url).call().map_err(http)?;
     let status = reply.status().as_u16();
     let body = reply.body_mut().read_to_string().map_err(http)?;
     Ok(HttpReply { status, body })

@@ -51,8 +51,8 @@ pub use cluster::{
 pub use daemon::{Daemon, tail};
 pub use error::Error;
 pub use etcd::{ETCD_STARTUP_TIMEOUT, Etcd, EtcdTls, etcd_binary};
-pub use hosts::{Host, Net, hosts_unavailable, pids_in};
-pub use http::{HttpReply, health, http_get, http_get_within};
+pub use hosts::{Host, Net, enter_netns, hosts_unavailable, pids_in};
+pub use http::{HttpReply, health, http_get, http_get_url, http_get_within};
 pub use pair::Pair;
 pub use ports::free_port_range;
 pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};

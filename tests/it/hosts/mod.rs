@@ -3,7 +3,9 @@
 //! space. These need root; without it they report a skip.
 
 mod copies;
+mod drain;
 mod harness;
+mod probe;
 mod scenarios;
 
 use pmcluster_tests::{Cluster, hosts_unavailable, skip};
