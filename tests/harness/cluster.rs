@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -60,8 +60,9 @@ pub struct Cluster {
     /// its certificate from here.
     tls: Option<crate::Pki>,
     /// Test hosts: the coordinator, each agent and the CLI run on hosts of their own (network
-    /// namespaces, see [`crate::Net`]) instead of loopback.
-    net: Option<crate::Net>,
+    /// namespaces, see [`crate::Net`]) instead of loopback. Shared with the daemons a test
+    /// runs on the same hosts beside the cluster (an HA pair, etcd).
+    net: Option<Arc<crate::Net>>,
 }
 
 impl Cluster {
@@ -87,6 +88,16 @@ impl Cluster {
     /// run one agent each, and host [`CLIENT_HOST`], with no daemon, runs the CLI. The caller
     /// checks [`crate::hosts_unavailable`] first.
     pub fn start_hosts(n_agents: usize, coordinator_args: &[&str]) -> Result<Cluster, Error> {
+        Cluster::start_hosts_with(n_agents, coordinator_args, &[])
+    }
+
+    /// As [`Cluster::start_hosts`], with more hosts on the same net that run nothing yet
+    /// (`extra_hosts`, e.g. a load balancer's), after the client.
+    pub fn start_hosts_with(
+        n_agents: usize,
+        coordinator_args: &[&str],
+        extra_hosts: &[&str],
+    ) -> Result<Cluster, Error> {
         if n_agents > NODE_NAMES.len() {
             return Err(unexpected(
                 "starting a cluster",
@@ -96,15 +107,38 @@ impl Cluster {
         let mut names = vec!["coordinator"];
         names.extend(&NODE_NAMES[..n_agents]);
         names.push(CLIENT_HOST);
-        let net = crate::Net::create(&names)?;
+        names.extend(extra_hosts);
+        let net = Arc::new(crate::Net::create(&names)?);
         let mut args: Vec<String> = coordinator_args.iter().map(|s| s.to_string()).collect();
         args.push("--insecure".into());
         Cluster::build(n_agents, args, None, false, Some(net))
     }
 
+    /// As [`Cluster::start_external`], on the test hosts `net`: each agent on the host of its
+    /// name (node-a, ...), the CLI on [`CLIENT_HOST`]; `net` must have those hosts.
+    pub fn start_external_on(
+        net: Arc<crate::Net>,
+        n_agents: usize,
+        urls: &str,
+    ) -> Result<Cluster, Error> {
+        if n_agents > NODE_NAMES.len() {
+            return Err(unexpected(
+                "starting a cluster",
+                format!("at most {} agents", NODE_NAMES.len()),
+            ));
+        }
+        Cluster::build(
+            n_agents,
+            Vec::new(),
+            Some(urls.to_string()),
+            false,
+            Some(net),
+        )
+    }
+
     /// The test hosts of a [`Cluster::start_hosts`] cluster.
     pub fn net(&self) -> Option<&crate::Net> {
-        self.net.as_ref()
+        self.net.as_deref()
     }
 
     /// A command that runs `program` on host `host` of a [`Cluster::start_hosts`] cluster, or
@@ -155,7 +189,7 @@ impl Cluster {
         mut coordinator_args: Vec<String>,
         external: Option<String>,
         tls: bool,
-        net: Option<crate::Net>,
+        net: Option<Arc<crate::Net>>,
     ) -> Result<Cluster, Error> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new()

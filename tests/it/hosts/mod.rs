@@ -4,8 +4,10 @@
 
 mod copies;
 mod drain;
+
 mod harness;
 mod probe;
+mod rollout;
 mod scenarios;
 
 use pmcluster_tests::{Cluster, hosts_unavailable, skip};
