@@ -12,12 +12,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
 use crate::daemon::{Daemon, log_file, tail};
 use crate::error::{Error, io_err, unexpected};
+use crate::hosts::Net;
 use crate::http::http_get_within;
 use crate::ports::free_port_range;
 use crate::skip::skip;
@@ -65,6 +67,8 @@ impl EtcdTls {
 #[derive(Debug)]
 struct Member {
     name: String,
+    /// The address it listens on: loopback, or its test host's.
+    ip: String,
     client_port: u16,
     peer_port: u16,
     /// Where `/health` is served: the client port, or with TLS the plaintext metrics port.
@@ -78,15 +82,15 @@ struct Member {
 impl Member {
     fn client_url(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://127.0.0.1:{}", self.client_port)
+        format!("{scheme}://{}:{}", self.ip, self.client_port)
     }
 
     fn metrics_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.health_port)
+        format!("http://{}:{}", self.ip, self.health_port)
     }
 
     fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("http://{}:{}", self.ip, self.peer_port)
     }
 }
 
@@ -100,6 +104,8 @@ pub struct Etcd {
     /// `--initial-cluster-token`: unique, so two test clusters never take each other's members.
     token: String,
     tls: Option<EtcdTls>,
+    /// The test host the (single) member runs on, if not loopback.
+    on: Option<(Arc<Net>, String)>,
     /// Kept last: dropped after the members are killed.
     dir: tempfile::TempDir,
 }
@@ -112,15 +118,26 @@ impl Etcd {
 
     /// `n` members on loopback, each healthy (the cluster has a leader) before this returns.
     pub fn cluster(n: usize) -> Result<Etcd, Error> {
-        Etcd::start(n, None)
+        Etcd::start(n, None, None)
     }
 
     /// One member serving TLS to clients with a certificate of `tls.client_ca`.
     pub fn single_tls(tls: EtcdTls) -> Result<Etcd, Error> {
-        Etcd::start(1, Some(tls))
+        Etcd::start(1, Some(tls), None)
     }
 
-    fn start(n: usize, tls: Option<EtcdTls>) -> Result<Etcd, Error> {
+    /// One member on test host `host` of `net`, listening on that host's address (its own port
+    /// space, so etcd's usual ports 2379 and 2380).
+    pub fn single_on(net: Arc<Net>, host: &str) -> Result<Etcd, Error> {
+        net.host(host)?;
+        Etcd::start(1, None, Some((net, host.to_string())))
+    }
+
+    fn start(
+        n: usize,
+        tls: Option<EtcdTls>,
+        on: Option<(Arc<Net>, String)>,
+    ) -> Result<Etcd, Error> {
         let binary = etcd_binary().ok_or_else(|| Error::MissingBinary {
             binary: "etcd".to_string(),
             dir: PathBuf::from(DEFAULT_BINARY)
@@ -134,9 +151,13 @@ impl Etcd {
             .map_err(io_err("making the etcd test dir"))?;
         let mut members = Vec::new();
         for i in 0..n {
-            let ports = free_port_range(3)?;
+            let (ip, ports) = match &on {
+                Some((net, host)) => (net.addr(host)?.to_string(), 2379),
+                None => ("127.0.0.1".to_string(), free_port_range(3)?),
+            };
             members.push(Member {
                 name: format!("m{i}"),
+                ip,
                 client_port: ports,
                 peer_port: ports + 1,
                 health_port: if tls.is_some() { ports + 2 } else { ports },
@@ -161,6 +182,7 @@ impl Etcd {
             initial_cluster,
             token,
             tls,
+            on,
             dir,
         };
         for i in 0..n {
@@ -177,6 +199,18 @@ impl Etcd {
     #[track_caller]
     pub fn single_or_skip() -> Option<Etcd> {
         Etcd::cluster_or_skip(1)
+    }
+
+    /// [`Etcd::single_on`], or `None` after reporting a skip (see [`Etcd::single_or_skip`]).
+    #[track_caller]
+    pub fn single_on_or_skip(net: Arc<Net>, host: &str) -> Option<Etcd> {
+        if !etcd_or_skip() {
+            return None;
+        }
+        match Etcd::single_on(net, host) {
+            Ok(etcd) => Some(etcd),
+            Err(e) => panic!("starting etcd on test host {host}: {e}"),
+        }
     }
 
     /// [`Etcd::cluster`], or `None` after reporting a skip (see [`Etcd::single_or_skip`]).
@@ -223,7 +257,10 @@ impl Etcd {
         let stderr_path = self.dir.path().join(format!("{}.err", member.name));
         let client = member.client_url();
         let peer = member.peer_url();
-        let mut command = Command::new(binary);
+        let mut command = match &self.on {
+            Some((net, host)) => net.command(host, binary)?,
+            None => Command::new(binary),
+        };
         if let Some(tls) = &tls {
             command
                 .arg("--cert-file")
@@ -306,8 +343,13 @@ impl Etcd {
                     d.stderr_tail(20)
                 ));
             }
-            let reply = http_get_within(member.health_port, "/health", Duration::from_secs(1))
-                .map_err(|e| e.to_string())?;
+            let reply = match &self.on {
+                Some((net, host)) => {
+                    curl_on(net, host, &format!("{}/health", member.metrics_url()))?
+                }
+                None => http_get_within(member.health_port, "/health", Duration::from_secs(1))
+                    .map_err(|e| e.to_string())?,
+            };
             if reply.body.contains("\"health\":\"true\"") {
                 Ok(())
             } else {
@@ -363,6 +405,29 @@ impl Etcd {
             None => String::new(),
         }
     }
+}
+
+/// `curl URL` on test host `host` (the test process cannot reach a host's address itself).
+fn curl_on(net: &Net, host: &str, url: &str) -> Result<crate::http::HttpReply, String> {
+    let mut cmd = net.command(host, "curl").map_err(|e| e.to_string())?;
+    let out = cmd
+        .args(["-sS", "--max-time", "1", "-w", "\n%{http_code}", url])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running curl on {host}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "curl {url} on {host}: {} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    Ok(crate::http::HttpReply {
+        status: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+    })
 }
 
 /// Whether this host has an etcd binary; if not, reports the running test as skipped.

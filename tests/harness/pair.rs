@@ -8,6 +8,7 @@
 use std::fs;
 use std::ops::Deref;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -15,14 +16,20 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::bins::Bins;
-use crate::cluster::Cluster;
+use crate::cluster::{CLIENT_HOST, Cluster};
 use crate::daemon::{Daemon, log_file, wait_listening};
 use crate::error::{Error, io_err, unexpected};
 use crate::etcd::Etcd;
+use crate::hosts::Net;
 use crate::ports::free_port_range;
-use crate::wait::poll_until;
+use crate::wait::{poll_every, poll_until};
 
 static PAIRS: AtomicU64 = AtomicU64::new(0);
+
+/// The port each coordinator of a pair on test hosts listens on: each has a host of its own.
+const HOSTS_PORT: u16 = 7450;
+/// How long one `status` call may take: a coordinator cut off from etcd must not hang a test.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Two coordinators on etcd, and agents of both.
 pub struct Pair {
@@ -39,6 +46,8 @@ pub struct Pair {
     prefix: String,
     /// Each coordinator's flags beyond those the pair sets.
     extra: [Vec<String>; 2],
+    /// On test hosts: the net and each coordinator's host (the CLI runs on [`CLIENT_HOST`]).
+    on: Option<(Arc<Net>, [String; 2])>,
     /// Last: after the coordinators are gone.
     etcd: Etcd,
 }
@@ -55,6 +64,35 @@ impl Pair {
     /// Two coordinators (`--store etcd --lease-ttl 4s` plus `coordinator_args`) on `etcd`, the
     /// first started first (so it leads), and `n_agents` agents of both.
     pub fn start(etcd: Etcd, n_agents: usize, coordinator_args: &[&str]) -> Result<Pair, Error> {
+        Pair::boot(etcd, n_agents, coordinator_args, None)
+    }
+
+    /// As [`Pair::start`], on test hosts: coordinator i on host `hosts[i]` of `net` (listening
+    /// on its address), agents on the hosts node-a, ..., the CLI on [`CLIENT_HOST`]; `etcd`
+    /// is typically [`Etcd::single_on`] a host of the same net. Plaintext on the bridge, so
+    /// `--insecure`, as [`Cluster::start_hosts`].
+    pub fn start_hosts(
+        etcd: Etcd,
+        net: Arc<Net>,
+        hosts: [&str; 2],
+        n_agents: usize,
+        coordinator_args: &[&str],
+    ) -> Result<Pair, Error> {
+        for h in hosts {
+            net.host(h)?;
+        }
+        let on = Some((net, hosts.map(str::to_string)));
+        let mut args = coordinator_args.to_vec();
+        args.push("--insecure");
+        Pair::boot(etcd, n_agents, &args, on)
+    }
+
+    fn boot(
+        etcd: Etcd,
+        n_agents: usize,
+        coordinator_args: &[&str],
+        on: Option<(Arc<Net>, [String; 2])>,
+    ) -> Result<Pair, Error> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new()
             .prefix("pmcluster-pair-")
@@ -65,12 +103,16 @@ impl Pair {
             cluster: None,
             bins,
             dir,
-            ports: [free_port_range(1)?, free_port_range(1)?],
+            ports: match on {
+                Some(_) => [HOSTS_PORT, HOSTS_PORT],
+                None => [free_port_range(1)?, free_port_range(1)?],
+            },
             coordinators: [None, None],
             past: Vec::new(),
             runs: 0,
             prefix: format!("/pmcluster-it/{}-{n}", std::process::id()),
             extra: [0, 1].map(|_| coordinator_args.iter().map(|s| s.to_string()).collect()),
+            on,
             etcd,
         };
         let booted = pair.spawn(0).and_then(|()| {
@@ -83,7 +125,11 @@ impl Pair {
                 tails: pair.tails(),
             });
         }
-        pair.cluster = Some(Cluster::start_external(n_agents, &pair.urls())?);
+        let cluster = match &pair.on {
+            Some((net, _)) => Cluster::start_external_on(Arc::clone(net), n_agents, &pair.urls()),
+            None => Cluster::start_external(n_agents, &pair.urls()),
+        };
+        pair.cluster = Some(cluster?);
         Ok(pair)
     }
 
@@ -109,9 +155,32 @@ impl Pair {
         &mut self.etcd
     }
 
-    /// `http://127.0.0.1:PORT` of coordinator `i` (0 or 1).
+    /// `http://IP:PORT` of coordinator `i` (0 or 1): loopback, or its host's address.
     pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
+        format!("http://{}:{}", self.ip(i), self.ports[i])
+    }
+
+    fn ip(&self, i: usize) -> String {
+        match &self.on {
+            Some((net, hosts)) => net
+                .addr(&hosts[i])
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "127.0.0.1".into()),
+            None => "127.0.0.1".into(),
+        }
+    }
+
+    /// The test host coordinator `i` runs on, for a pair on test hosts.
+    pub fn host(&self, i: usize) -> Option<&str> {
+        self.on.as_ref().map(|(_, hosts)| hosts[i].as_str())
+    }
+
+    /// A command that runs `program` on `host` (test hosts), or here on loopback.
+    fn command(&self, host: &str, program: &std::path::Path) -> Result<Command, Error> {
+        match &self.on {
+            Some((net, _)) => net.command(host, program),
+            None => Ok(Command::new(program)),
+        }
     }
 
     /// Both URLs, comma-separated, as `--coordinator` takes them.
@@ -138,8 +207,10 @@ impl Pair {
             .dir
             .path()
             .join(format!("{name}-{}.stderr.log", self.runs));
-        let listen = format!("127.0.0.1:{}", self.ports[i]);
-        let child = Command::new(&self.bins.coordinator)
+        let listen = format!("{}:{}", self.ip(i), self.ports[i]);
+        let host = self.host(i).unwrap_or_default().to_string();
+        let child = self
+            .command(&host, &self.bins.coordinator)?
             .args(["--listen", &listen, "--store", "etcd", "--lease-ttl", "4s"])
             .args(["--etcd-endpoints", &self.etcd.endpoints().join(",")])
             .args(["--etcd-prefix", &self.prefix])
@@ -193,12 +264,16 @@ impl Pair {
             Some(i) => self.url(i),
             None => self.urls(),
         };
-        let out = Command::new(&self.bins.cli)
+        let child = self
+            .command(CLIENT_HOST, &self.bins.cli)?
             .args(["--coordinator", &url, "status", "-o", "json"])
             .env_remove("PMCLUSTER_COORDINATOR")
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(io_err("running pmcluster status"))?;
+        let out = output_within(child, STATUS_TIMEOUT, "pmcluster status")?;
         if !out.status.success() {
             return Err(unexpected(
                 "pmcluster status",
@@ -275,6 +350,29 @@ impl Pair {
             .map(|d| fs::read_to_string(&d.stderr_path).unwrap_or_default())
             .collect()
     }
+}
+
+/// Waits for `child` (its stdout and stderr piped, short) at most `timeout`; kills it past that.
+fn output_within(
+    mut child: std::process::Child,
+    timeout: Duration,
+    what: &str,
+) -> Result<std::process::Output, Error> {
+    let waited = poll_every(Duration::from_millis(10), timeout, what, || {
+        match child.try_wait() {
+            Ok(Some(_)) => Ok(Ok(())),
+            Ok(None) => Err("running".to_string()),
+            Err(e) => Ok(Err(io_err(format!("waiting for {what}"))(e))),
+        }
+    });
+    if let Err(e) = waited.and_then(|r| r) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    child
+        .wait_with_output()
+        .map_err(io_err(format!("reading the output of {what}")))
 }
 
 impl Drop for Pair {

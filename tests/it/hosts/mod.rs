@@ -4,7 +4,7 @@
 
 mod copies;
 mod drain;
-
+mod ha;
 mod harness;
 mod probe;
 mod rollout;
