@@ -27,7 +27,13 @@ fn apply_web(c: &Cluster) {
         "script": c.testapp().display().to_string(),
         "instances": N,
         "port": format!("{BASE_PORT}-4399"),
-        "env": { "TESTAPP_BIND": "${HOST}", "TESTAPP_VERSION": "${HOST}" },
+        // Each start takes a second to listen: a handoff that stopped the old copy on the
+        // replacement's start rather than on its first answer would leave a gap the probe sees.
+        "env": {
+            "TESTAPP_BIND": "${HOST}",
+            "TESTAPP_VERSION": "${HOST}",
+            "TESTAPP_STARTUP_DELAY_MS": "1000"
+        },
         "health_check": {
             "check_type": "http",
             "url": "http://${HOST}:${PORT}/health",
