@@ -5,6 +5,7 @@
 mod copies;
 mod harness;
 mod scenarios;
+mod unstartable;
 
 use pmcluster_tests::{Cluster, hosts_unavailable, skip};
 
