@@ -159,6 +159,8 @@ pub struct Status {
     pub message: String,
     pub restart_epoch: u64,
     pub health: Health,
+    /// Failed attempts in a row to spawn its process; 0 once one runs.
+    pub start_failures: u32,
 }
 
 impl Status {
@@ -175,6 +177,7 @@ impl Status {
             message: String::new(),
             restart_epoch,
             health: Health::None,
+            start_failures: 0,
         }
     }
 
@@ -192,6 +195,7 @@ impl Status {
             message: self.message.clone(),
             restart_epoch: self.restart_epoch,
             health: pb::HealthState::from(self.health).into(),
+            start_failures: self.start_failures,
         }
     }
 }

@@ -58,6 +58,7 @@ fn main() {
         .collect();
     let instances = BTreeMap::new();
     let online = BTreeSet::new();
+    let unstartable = BTreeMap::new();
     let mut best = f64::MAX;
     for run in 0..3 {
         let start = Instant::now();
@@ -67,6 +68,7 @@ fn main() {
             nodes: &nodes,
             online: &online,
             now_ms: 0,
+            unstartable: &unstartable,
             max_instances_per_app: u32::MAX,
         });
         let secs = start.elapsed().as_secs_f64();

@@ -114,6 +114,10 @@ pub struct InstanceRecord {
     /// When the record was created (ms), for the rollout's healthy deadline.
     #[serde(default)]
     pub created_ms: i64,
+    /// Nodes where this index could not start (see `core::reconcile`, *unstartable*): a move
+    /// leaves them out. Empty for nearly every record, so not written then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub avoid: Vec<String>,
 }
 
 /// An API token. Only a hash of its secret is kept: the bearer value is shown once, when made.

@@ -89,6 +89,7 @@ pub fn observed(s: pb::InstanceStatus) -> Option<InstanceObserved> {
         message: s.message,
         restart_epoch: s.restart_epoch,
         health: health_from_wire(s.health),
+        start_failures: s.start_failures,
     })
 }
 
@@ -106,6 +107,7 @@ pub fn observed_to_wire(o: &InstanceObserved) -> pb::InstanceStatus {
         message: o.message.clone(),
         restart_epoch: o.restart_epoch,
         health: health_to_wire(o.health) as i32,
+        start_failures: o.start_failures,
     }
 }
 

@@ -31,6 +31,8 @@ struct RecIn {
     online: bool,
     draining: bool,
     old_version: bool,
+    /// Its agent cannot start it (long enough ago to move it).
+    failing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -53,14 +55,16 @@ fn world() -> impl Strategy<Value = World> {
         any::<bool>(),
         0u8..6,
         0u8..4,
+        0u8..4,
     )
-        .prop_map(|(app, index, node, online, draining, old)| RecIn {
+        .prop_map(|(app, index, node, online, draining, old, failing)| RecIn {
             app,
             index,
             node,
             online,
             draining: draining == 0,
             old_version: old == 0,
+            failing: failing == 0,
         });
     (
         proptest::collection::vec(node, 1..5),
@@ -82,6 +86,7 @@ struct Owned {
     labels: BTreeMap<String, String>,
     nodes: Vec<NodeIn>,
     online: BTreeSet<Uuid>,
+    unstartable: BTreeMap<Uuid, i64>,
     next_id: u128,
 }
 
@@ -105,6 +110,7 @@ impl Owned {
             labels: BTreeMap::new(),
             nodes: w.nodes.clone(),
             online: BTreeSet::new(),
+            unstartable: BTreeMap::new(),
             next_id: 1,
         };
         for r in &w.records {
@@ -125,10 +131,14 @@ impl Owned {
                     replaces: None,
                     draining_since: r.draining.then_some(NOW - 10),
                     created_ms: 0,
+                    avoid: Vec::new(),
                 },
             );
             if r.online {
                 owned.online.insert(id);
+            }
+            if r.failing {
+                owned.unstartable.insert(id, NOW - 5_000_000);
             }
         }
         owned
@@ -167,6 +177,7 @@ impl Owned {
             nodes: &views,
             online: &self.online,
             now_ms: NOW,
+            unstartable: &self.unstartable,
             max_instances_per_app: u32::MAX,
         })
     }
@@ -209,6 +220,7 @@ impl Owned {
                     replaces: c.replaces,
                     draining_since: None,
                     created_ms: NOW,
+                    avoid: c.avoid.clone(),
                 },
             );
         }
@@ -220,6 +232,7 @@ impl Owned {
         for id in &plan.remove {
             self.instances.remove(id);
             self.online.remove(id);
+            self.unstartable.remove(id);
         }
     }
 }
@@ -272,6 +285,7 @@ proptest! {
         let mut owned = Owned::new(&w);
         owned.instances.clear();
         owned.online.clear();
+        owned.unstartable.clear();
         let eligible: Vec<String> =
             owned.names.iter().filter(|n| owned.eligible(n)).cloned().collect();
         prop_assume!(!eligible.is_empty());
@@ -296,6 +310,7 @@ proptest! {
                     replaces: None,
                     draining_since: None,
                     created_ms: 0,
+                    avoid: Vec::new(),
                 });
                 owned.online.insert(id);
             }
@@ -338,6 +353,7 @@ proptest! {
                 replaces: None,
                 draining_since: None,
                 created_ms: 0,
+                avoid: Vec::new(),
             });
             facts.insert(id, Facts { healthy_since: Some(0), node_up: true, placed: true });
         }
@@ -371,6 +387,7 @@ proptest! {
                     replaces: Some(o.id),
                     draining_since: None,
                     created_ms: now,
+                    avoid: Vec::new(),
                     ..o
                 });
                 facts.insert(id, Facts { healthy_since: None, node_up: true, placed: true });

@@ -123,6 +123,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
         message: "ok".into(),
         restart_epoch: 2,
         health: pb::HealthState::Healthy as i32,
+        start_failures: 0,
     };
     let held = specs
         .iter()

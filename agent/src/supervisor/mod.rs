@@ -402,11 +402,17 @@ impl Supervisor {
                 match self.start(&target) {
                     Ok(r) => {
                         self.start_failures = 0;
+                        self.agent.state.update(&self.id, |s| s.start_failures = 0);
                         self.persist(Some(&r));
                         running = Some(r);
                     }
                     Err(StartError::Fatal(message)) => {
                         tracing::warn!(instance = %self.id, "cannot start: {message}");
+                        self.start_failures = self.start_failures.saturating_add(1);
+                        let failures = self.start_failures;
+                        self.agent
+                            .state
+                            .update(&self.id, |s| s.start_failures = failures);
                         self.set_state(InstanceState::Errored, &message);
                         self.persist(None);
                     }
@@ -420,6 +426,10 @@ impl Supervisor {
                             });
                         let delay = restart::retry_delay(self.start_failures, restart_delay, cap);
                         self.start_failures = self.start_failures.saturating_add(1);
+                        let failures = self.start_failures;
+                        self.agent
+                            .state
+                            .update(&self.id, |s| s.start_failures = failures);
                         tracing::warn!(instance = %self.id, "cannot start: {message}; retrying in {delay:?}");
                         // A first miss is usually a handoff (the predecessor still releasing its
                         // port): still launching. Repeated misses are an error a user must see.

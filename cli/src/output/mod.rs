@@ -175,14 +175,25 @@ fn render_table(header: &[&str], rows: Vec<Vec<String>>, right_aligned: &[usize]
     text
 }
 
+/// Whether an instance's host address says more than "this machine": a HOST column is shown
+/// only then, so that on one machine the table stays as narrow as it was.
+fn off_loopback(host: &str) -> bool {
+    !host.is_empty()
+        && !host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback() || a.is_unspecified())
+}
+
 /// The instance table of `list` and `info`, with notes for instances that carry a message
-/// (why one is pending, why one errored).
+/// (why one is pending, why one errored). Across hosts it has a HOST column: the address that
+/// reaches the instance (its node's advertised address).
 pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
+    let with_host = instances.iter().any(|i| off_loopback(&i.host));
     let rows = instances
         .iter()
         .map(|i| {
             let up = running(i);
-            vec![
+            let mut row = vec![
                 i.app.clone(),
                 i.index.to_string(),
                 if i.node.is_empty() {
@@ -190,6 +201,15 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
                 } else {
                     i.node.clone()
                 },
+            ];
+            if with_host {
+                row.push(if i.host.is_empty() {
+                    NONE.to_string()
+                } else {
+                    i.host.clone()
+                });
+            }
+            row.extend([
                 dash_if_zero(i.pid),
                 dash_if_zero(i.port),
                 state_name(i.state).to_string(),
@@ -211,17 +231,31 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
                 } else {
                     NONE.to_string()
                 },
-            ]
+            ]);
+            row
         })
         .collect();
-    let mut text = render_table(
-        &[
-            "app", "index", "node", "pid", "port", "status", "health", "cpu", "mem", "restarts",
-            "uptime",
-        ],
-        rows,
-        &[1, 3, 4, 7, 8, 9, 10],
-    );
+    let mut header = vec!["app", "index", "node"];
+    if with_host {
+        header.push("host");
+    }
+    header.extend([
+        "pid", "port", "status", "health", "cpu", "mem", "restarts", "uptime",
+    ]);
+    // INDEX, PID, PORT, CPU, MEM, RESTARTS and UPTIME.
+    let shift = usize::from(with_host);
+    let right: Vec<usize> = [
+        1,
+        3 + shift,
+        4 + shift,
+        7 + shift,
+        8 + shift,
+        9 + shift,
+        10 + shift,
+    ]
+    .into_iter()
+    .collect();
+    let mut text = render_table(&header, rows, &right);
     // One note per app and message, so a hundred pending instances take one line.
     let mut notes: Vec<(&str, &str, Vec<u32>)> = Vec::new();
     for i in instances.iter().filter(|i| !i.message.is_empty()) {

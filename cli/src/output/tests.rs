@@ -246,8 +246,34 @@ web      4  -          -     -  pending  -            -         -         4     
         ),
     ];
     for (input, want) in cases {
+        // One machine: the agents' address is loopback.
+        let input: Vec<pb::Instance> = input
+            .into_iter()
+            .map(|mut i| {
+                if !i.host.is_empty() {
+                    i.host = "127.0.0.1".into();
+                }
+                i
+            })
+            .collect();
         check_table(instances_table(&input, NOW), want);
     }
+    // Across hosts, the address that reaches each instance; on one machine no column for it.
+    let on = |index: u32, host: &str| {
+        let mut i = instance("web", index, S::Online);
+        i.host = host.into();
+        i
+    };
+    check_table(
+        instances_table(&[on(0, "10.7.0.2"), on(1, "")], NOW),
+        "\
+APP  INDEX  NODE    HOST       PID  PORT  STATUS  HEALTH    CPU       MEM  RESTARTS  UPTIME
+web      0  node-a  10.7.0.2  4100  3000  online  -       12.5%  23.4 MiB         0      5s
+web      1  node-a  -         4101  3001  online  -       12.5%  23.4 MiB         1      5s
+",
+    );
+    let local = instances_table(&[on(0, "127.0.0.1")], NOW);
+    assert!(!local.contains("HOST"), "{local}");
 }
 
 #[test]

@@ -155,6 +155,9 @@ struct Inner {
     pending: BTreeMap<String, String>,
     /// Since when each instance has been reported online without a break.
     online_since: HashMap<Uuid, i64>,
+    /// Since when each instance's agent has reported, without a break, that it cannot start
+    /// its process (the reconciler moves it after the app's reschedule_after).
+    unstartable_since: BTreeMap<Uuid, i64>,
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
     last_sample_ms: i64,
@@ -294,6 +297,7 @@ impl Control {
             log_routes: HashMap::new(),
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
+            unstartable_since: BTreeMap::new(),
             scaling,
             last_sample_ms: 0,
             reconcile_due: true,

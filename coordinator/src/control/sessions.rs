@@ -213,7 +213,7 @@ impl Control {
             if rec.node.as_deref() != Some(node) {
                 continue;
             }
-            let (app, index) = (rec.app.clone(), rec.index);
+            let (app, index, stopped) = (rec.app.clone(), rec.index, rec.stopped);
             let before = inner.observed.get(&id).map(|o| o.state);
             let online = InstanceState::Online;
             if (before == Some(online)) != (st.state == online) {
@@ -226,6 +226,18 @@ impl Control {
                 inner.online_since.entry(id).or_insert(now);
             } else {
                 inner.online_since.remove(&id);
+            }
+            let failing = st.start_failures > 0 && !stopped;
+            if failing != inner.unstartable_since.contains_key(&id) {
+                if failing {
+                    let now = inner.now;
+                    inner.unstartable_since.insert(id, now);
+                } else {
+                    inner.unstartable_since.remove(&id);
+                }
+                // The reconciler sets a follow-up for the move.
+                inner.reconcile_due = true;
+                self.changed.notify_one();
             }
             if before != Some(st.state) {
                 changes.push((app, index, st.state, st.message.clone()));

@@ -60,6 +60,18 @@ impl Control {
         let pending = plan.pending.clone();
         let followup_at = plan.followup_at;
         let placed = materialize(view, &plan, &mut batch, now, self.clock.as_ref());
+        let moved: Vec<(String, String, u32, String)> = plan
+            .moved
+            .iter()
+            .map(|m| {
+                (
+                    m.app.clone(),
+                    m.from.clone(),
+                    m.index,
+                    moved_text(inner, m, now),
+                )
+            })
+            .collect();
         if batch.is_empty() {
             inner.pending = pending;
             inner.reconcile_due = false;
@@ -115,9 +127,13 @@ impl Control {
         for id in &batch.del_instances {
             inner.observed.remove(id);
             inner.online_since.remove(id);
+            inner.unstartable_since.remove(id);
         }
         for name in &touched {
             publish(inner, name);
+        }
+        for (app, from, index, text) in moved {
+            self.emit(EventKind::InstanceMoved, &app, &from, Some(index), text);
         }
         // One event per placement, unless a write places many of an app: then one for all of
         // them, so that a scale to 100,000 does not flood watchers and the event history.
@@ -156,6 +172,31 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// `web[1] moved from a to b: it could not start on a for 30s: port 4300 is already in use on
+/// this host`: the agent's last word on it, without its own retry schedule.
+fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
+    let why = inner
+        .observed
+        .get(&m.old)
+        .map(|o| o.message.as_str())
+        .unwrap_or_default();
+    let why = why.split_once("; retrying in").map_or(why, |(w, _)| w);
+    let failing_ms = inner
+        .unstartable_since
+        .get(&m.old)
+        .map_or(0, |since| now.saturating_sub(*since).max(0));
+    let failing = format!("{:.1}s", failing_ms as f64 / 1000.0);
+    let mut text = format!(
+        "{}[{}] moved from {} to {}: it could not start on {} for {failing}",
+        m.app, m.index, m.from, m.to, m.from
+    );
+    if !why.is_empty() {
+        text.push_str(": ");
+        text.push_str(why);
+    }
+    text
 }
 
 /// Refuses `batch` when it would make the desired set of a node in `touched` weigh more than
@@ -291,6 +332,7 @@ pub(super) fn materialize(
             replaces: c.replaces,
             draining_since: None,
             created_ms: now_ms,
+            avoid: c.avoid.clone(),
         });
         placed.push((c.app.clone(), c.index, c.node.clone()));
     }
@@ -370,6 +412,7 @@ pub(super) fn plan_for(
         nodes: &nodes,
         online: &online,
         now_ms: now,
+        unstartable: &inner.unstartable_since,
         max_instances_per_app: config.caps.max_instances_per_app,
     })
 }

@@ -120,6 +120,7 @@ pub fn adoption_batch(state: &Persisted, node: &str, held: &[Held], now: i64) ->
             replaces: None,
             draining_since: None,
             created_ms: now,
+            avoid: Vec::new(),
         });
         apps.insert(name, app);
     }

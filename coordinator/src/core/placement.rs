@@ -152,13 +152,23 @@ impl<'s, 'a> Placer<'s, 'a> {
 
     /// Chooses a node for one instance (with `port`, if fixed) and books it there.
     pub fn place(&mut self, port: Option<u16>) -> Result<&'a str, String> {
+        self.place_avoiding(port, &[])
+    }
+
+    /// [`Placer::place`], leaving out the nodes in `avoid` (where the instance could not start).
+    pub fn place_avoiding(&mut self, port: Option<u16>, avoid: &[&str]) -> Result<&'a str, String> {
         let mut port_clash = Vec::new();
+        let mut avoided = Vec::new();
         let chosen = loop {
             let Some(Reverse(key)) = self.heap.pop() else {
                 break None;
             };
             let i = key.3;
             let slot = &self.slots[i];
+            if avoid.contains(&slot.name) {
+                avoided.push(key);
+                continue;
+            }
             let count = self.app_counts.get(i).copied().unwrap_or(0);
             // Causes that only get worse while this app is placed drop the node for good.
             if self.ask.max_per_node.is_some_and(|m| count >= m) {
@@ -180,11 +190,22 @@ impl<'s, 'a> Placer<'s, 'a> {
             break Some(i);
         };
         let clashes = port_clash.len() as u32;
-        for key in port_clash {
+        let avoided_nodes = avoided.len();
+        for key in port_clash.into_iter().chain(avoided) {
             self.heap.push(Reverse(key));
         }
         let Some(i) = chosen else {
-            return Err(self.reason(clashes, port));
+            if avoided_nodes == 0 {
+                return Err(self.reason(clashes, port));
+            }
+            let left_out = format!(
+                "{avoided_nodes} node{} left out where it could not start",
+                if avoided_nodes == 1 { "" } else { "s" }
+            );
+            if clashes == 0 && self.rejected == Rejections::default() {
+                return Err(format!("no other ready node ({left_out})"));
+            }
+            return Err(format!("{}; {left_out}", self.reason(clashes, port)));
         };
         if let Some(c) = self.app_counts.get_mut(i) {
             *c += 1;
@@ -347,6 +368,46 @@ mod tests {
         list.iter()
             .map(|c| Constraint::parse("c", c).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn avoiding_nodes() {
+        // (nodes, avoid, port, want)
+        let cases = [
+            ("a\nb\nc", &["a"][..], None, "b"),
+            ("a\nb\nc", &["a", "b"][..], None, "c"),
+            // The next best is left out too: spread still picks the emptiest of the rest.
+            ("a\nb total=3\nc total=1", &["a"][..], None, "c"),
+            (
+                "a\nb port=80",
+                &["a"][..],
+                Some(80),
+                "[no ready node (2 nodes: 1 with port 80 \
+              taken by another app); 1 node left out where it could not start]",
+            ),
+            (
+                "a\nb",
+                &["a", "b"][..],
+                None,
+                "[no other ready node (2 nodes left out where it \
+              could not start)]",
+            ),
+        ];
+        for (fixture, avoid, port, want) in cases {
+            let ns = nodes(fixture);
+            let mut s = slots(&ns);
+            let counts = vec![0; s.len()];
+            let mut placer = Placer::new(&mut s, counts, Ask::default());
+            let got = match placer.place_avoiding(port, avoid) {
+                Ok(n) => n.to_string(),
+                Err(e) => format!("[{e}]"),
+            };
+            assert_eq!(got, want, "{fixture:?} avoiding {avoid:?}");
+            // What was left out stays available to the next placement.
+            if avoid.len() < ns.len() {
+                assert!(placer.place(None).is_ok(), "{fixture:?}");
+            }
+        }
     }
 
     #[test]

@@ -11,6 +11,10 @@
 //!   node at a time), and the old record is removed once the replacement is online;
 //! - *outdated*: older app version or a port that no longer matches the range: refreshed;
 //! - *conflicting*: more than one record for an index outside a migration: the best is kept.
+//! - *unstartable*: its agent has failed to start its process, without a break, for the app's
+//!   `reschedule_after` (a port held by a program outside pmcluster, a program or directory
+//!   missing on that host): moved to another node where it has not failed yet, keeping what it
+//!   replaces. Where no such node fits it stays and its agent keeps retrying.
 //!
 //! Excess records and a finished migration's old record *retire*: one that serves (online on an
 //! up node) is first marked draining, so load balancers drop it, and removed once the app's
@@ -57,6 +61,8 @@ pub struct Snapshot<'a> {
     /// Instances their agents report online.
     pub online: &'a BTreeSet<Uuid>,
     pub now_ms: i64,
+    /// Records whose agent reports that it cannot start their process, each since when (ms).
+    pub unstartable: &'a BTreeMap<Uuid, i64>,
     /// `--max-instances-per-app`: holds a count that follows the nodes (`instances: max`).
     pub max_instances_per_app: u32,
 }
@@ -72,6 +78,20 @@ pub struct Create {
     pub replaces: Option<Uuid>,
     /// Carried over from a replaced record a user had stopped.
     pub stopped: bool,
+    /// Nodes where this index could not start (carried by a move).
+    pub avoid: Vec<String>,
+}
+
+/// An unstartable record moved to another node (the old record is in `remove`, the new one in
+/// `create`): said in an event, with the agent's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved {
+    pub app: String,
+    pub index: u32,
+    /// The record left behind.
+    pub old: Uuid,
+    pub from: String,
+    pub to: String,
 }
 
 /// The reconciler's output. Empty when nothing needs to change.
@@ -85,6 +105,8 @@ pub struct Plan {
     pub remove: Vec<Uuid>,
     /// Serving records to mark draining now (removed after the app's shutdown_delay).
     pub drain: Vec<Uuid>,
+    /// Unstartable records moved elsewhere.
+    pub moved: Vec<Moved>,
     /// Why instances of an app could not be placed (not a change; shown to users).
     pub pending: BTreeMap<String, String>,
     /// Earliest time (ms) at which something becomes due: a lost node's instances for
@@ -219,6 +241,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             Assign(&'r InstanceRecord),
             Replace(&'r InstanceRecord, bool),
             Create(u32),
+            /// Unstartable where it is.
+            Move(&'r InstanceRecord),
         }
         let mut needs: Vec<Need<'_>> = Vec::new();
         for (&index, records) in indices {
@@ -241,9 +265,21 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 }
             }
             let kept = settle_index(&active, &snap, &nodes, app, &mut plan);
+            let mut kept_moves = false;
+            for r in &active {
+                if plan.remove.contains(&r.id) || !unstartable_due(r, app, &snap, &nodes, &mut plan)
+                {
+                    continue;
+                }
+                needs.push(Need::Move(r));
+                kept_moves |= kept.is_some_and(|k| k.id == r.id);
+            }
             let Some(inst) = kept else {
                 continue;
             };
+            if kept_moves {
+                continue;
+            }
             let port = app.spec.port.port_for(index);
             // During a rollout, older versions are replaced by the engine, not refreshed here.
             let outdated = inst.app_version != app.version && !app.rolling();
@@ -309,9 +345,39 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         let mut reason = String::new();
         for need in needs {
             let index = match &need {
-                Need::Assign(r) | Need::Replace(r, _) => r.index,
+                Need::Assign(r) | Need::Replace(r, _) | Need::Move(r) => r.index,
                 Need::Create(i) => *i,
             };
+            if let Need::Move(r) = need {
+                let mut avoid = r.avoid.clone();
+                let from = r.node.clone().unwrap_or_default();
+                if !avoid.contains(&from) {
+                    avoid.push(from.clone());
+                }
+                let left_out: Vec<&str> = avoid.iter().map(String::as_str).collect();
+                // Where nothing else fits, it stays: its agent keeps retrying, and the record
+                // must not turn pending for a cause that may pass.
+                if let Ok(to) = placer.place_avoiding(port_of(app, index), &left_out) {
+                    plan.remove.push(r.id);
+                    plan.moved.push(Moved {
+                        app: name.clone(),
+                        index,
+                        old: r.id,
+                        from,
+                        to: to.to_string(),
+                    });
+                    plan.create.push(Create {
+                        app: name.clone(),
+                        index,
+                        node: Some(to.to_string()),
+                        port: port_of(app, index),
+                        replaces: r.replaces,
+                        stopped: false,
+                        avoid,
+                    });
+                }
+                continue;
+            }
             let port = app.spec.port.port_for(index);
             // Once no node is left for the app, the rest of its needs fail for the same reason:
             // skip the placer (and its explanation) so that a huge pending count stays cheap.
@@ -331,6 +397,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             }
             let node = picked;
             match need {
+                // Placed above, with the nodes it failed on left out.
+                Need::Move(_) => {}
                 Need::Assign(r) => {
                     if let Some(n) = node {
                         plan.assign.push((r.id, n));
@@ -343,6 +411,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     port,
                     replaces: None,
                     stopped: false,
+                    avoid: Vec::new(),
                 }),
                 // A lost instance is replaced even when nothing fits (the new record waits as
                 // pending): its node is gone either way.
@@ -355,6 +424,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         port,
                         replaces: None,
                         stopped: r.stopped,
+                        avoid: Vec::new(),
                     });
                 }
                 // A migration only starts when the replacement has somewhere to go.
@@ -367,6 +437,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                             port,
                             replaces: Some(r.id),
                             stopped: false,
+                            avoid: Vec::new(),
                         });
                     }
                 }
@@ -382,6 +453,40 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     plan.drain.sort();
     plan.drain.dedup();
     plan
+}
+
+fn port_of(app: &AppRecord, index: u32) -> Option<u16> {
+    app.spec.port.port_for(index)
+}
+
+/// Whether `rec` has failed to start on its (up, not draining) node for the app's
+/// `reschedule_after`; until then, asks to be woken when it will have.
+fn unstartable_due(
+    rec: &InstanceRecord,
+    app: &AppRecord,
+    snap: &Snapshot<'_>,
+    nodes: &BTreeMap<&str, &NodeView<'_>>,
+    plan: &mut Plan,
+) -> bool {
+    let Some(&since) = snap.unstartable.get(&rec.id) else {
+        return false;
+    };
+    // A rollout's copies are the deployment engine's (its healthy deadline judges them); an
+    // outdated copy gets its new version first, which may well start.
+    let current = rec.app_version == app.version && rec.port == port_of(app, rec.index);
+    let up = matches!(link_of(nodes, rec.node.as_deref()), Some((Link::Up, false)));
+    if rec.stopped || app.rolling() || !current || !up {
+        return false;
+    }
+    let Reschedule::After(after) = app.spec.reschedule else {
+        return false;
+    };
+    let due = since.saturating_add(after.as_millis() as i64);
+    if due <= snap.now_ms {
+        return true;
+    }
+    plan.follow_up(due);
+    false
 }
 
 /// Takes a record out of service: a serving one drains for the app's shutdown_delay first.
@@ -478,6 +583,7 @@ mod tests {
         instances: BTreeMap<Uuid, InstanceRecord>,
         nodes: Vec<FixtureNode>,
         online: BTreeSet<Uuid>,
+        unstartable: BTreeMap<Uuid, i64>,
     }
 
     fn id(n: u128) -> Uuid {
@@ -486,8 +592,8 @@ mod tests {
 
     /// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ eu][ wait]` separated by `;`
     /// (`sd` shutdown delay).
-    /// Instances: `app/index@node[*][>n][~T]` (`*` online, `>n` replaces record n, `~T` draining
-    /// since T), ids 1, 2, ...
+    /// Instances: `app/index@node[:port][*][~T][?T][^n1,n2][>n]` (`*` online, `~T` draining since
+    /// T, `?T` failing to start since T, `^` nodes to avoid, `>n` replaces record n), ids 1, 2, ...
     /// Nodes: `name[:k=v][ down=T][ drain][ mem=MiB][ cores=N]` separated by `;`.
     fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
         let apps = apps
@@ -533,6 +639,7 @@ mod tests {
             })
             .collect();
         let mut online = BTreeSet::new();
+        let mut unstartable = BTreeMap::new();
         let instances = instances
             .split_whitespace()
             .enumerate()
@@ -540,27 +647,40 @@ mod tests {
                 let (s, replaces) = s
                     .split_once('>')
                     .map_or((s, None), |(s, r)| (s, Some(id(r.parse().unwrap()))));
+                let (s, avoid) = s.split_once('^').map_or((s, vec![]), |(s, a)| {
+                    (s, a.split(',').map(str::to_string).collect())
+                });
+                let (s, failing_since) = s
+                    .split_once('?')
+                    .map_or((s, None), |(s, t)| (s, Some(t.parse::<i64>().unwrap())));
                 let (s, draining_since) = s
                     .split_once('~')
                     .map_or((s, None), |(s, t)| (s, Some(t.parse().unwrap())));
                 let (s, is_online) = s.strip_suffix('*').map_or((s, false), |s| (s, true));
                 let (ai, node) = s.split_once('@').unwrap_or((s, "-"));
+                let (node, port) = node
+                    .split_once(':')
+                    .map_or((node, None), |(n, p)| (n, Some(p.parse().unwrap())));
                 let (app, index) = ai.split_once('/').unwrap();
                 let rec = InstanceRecord {
                     id: id(n as u128 + 1),
                     app: app.into(),
                     index: index.parse().unwrap(),
                     node: (node != "-").then(|| node.to_string()),
-                    port: None,
+                    port,
                     app_version: 1,
                     restart_epoch: 0,
                     stopped: false,
                     replaces,
                     draining_since,
                     created_ms: 0,
+                    avoid,
                 };
                 if is_online {
                     online.insert(rec.id);
+                }
+                if let Some(t) = failing_since {
+                    unstartable.insert(rec.id, t);
                 }
                 (rec.id, rec)
             })
@@ -596,10 +716,11 @@ mod tests {
             instances,
             nodes,
             online,
+            unstartable,
         }
     }
 
-    /// Renders a plan: `+app/index@node[:port][>id]`, `=id@node`, `~id vN pP`, `!id` (drain),
+    /// Renders a plan: `+app/index@node[:port][^avoid][>id]`, `=id@node`, `~id vN pP`, `!id` (drain),
     /// `-id`,
     /// `pending(app: reason)`, `followup@T`.
     fn render(plan: &Plan) -> String {
@@ -611,8 +732,13 @@ mod tests {
                 .replaces
                 .map(|r| format!(">{}", short(&r)))
                 .unwrap_or_default();
+            let avoid = if c.avoid.is_empty() {
+                String::new()
+            } else {
+                format!("^{}", c.avoid.join(","))
+            };
             out.push(format!(
-                "+{}/{}@{}{port}{rep}",
+                "+{}/{}@{}{port}{avoid}{rep}",
                 c.app,
                 c.index,
                 c.node.as_deref().unwrap_or("-")
@@ -663,6 +789,7 @@ mod tests {
             nodes: &views,
             online: &f.online,
             now_ms,
+            unstartable: &f.unstartable,
             max_instances_per_app: u32::MAX,
         };
         let plan = reconcile(snap);
@@ -771,6 +898,55 @@ mod tests {
         // Conflicting reports: two records for one index; the online one on an up node stays.
         check("web=1", "web/0@a web/0@b*", "a; b", 0, "-1");
         check("web=1", "web/0@a web/0@b", "a down=0; b", 0, "-1");
+    }
+
+    #[test]
+    fn unstartable_instances_move_on() {
+        // Failing to start, not for long enough yet (reschedule_after is 1 s here): look again
+        // when it will have.
+        check(
+            "web=2",
+            "web/0@a?0 web/1@b",
+            "a; b; c",
+            500,
+            "followup@1000",
+        );
+        // Long enough: a new record on a node it has not failed on, the old one removed.
+        check(
+            "web=2",
+            "web/0@a?0 web/1@b",
+            "a; b; c",
+            1000,
+            "+web/0@c^a -1",
+        );
+        // Fixed ports: the port comes along.
+        check(
+            "web=1@4300-4399",
+            "web/0@a:4300?0",
+            "a; b",
+            1000,
+            "+web/0@b:4300^a -1",
+        );
+        // It failed on c before: b is the one left, and both are avoided from now on.
+        check("web=1", "web/0@c?0^a", "a; b; c", 1000, "+web/0@b^a,c -1");
+        // Failed everywhere: it stays, and its agent keeps retrying.
+        check("web=1", "web/0@b?0^a", "a; b", 5000, "");
+        // Nowhere else to go at all: stays (not pending: the cause may pass).
+        check("web=1", "web/0@a?0", "a; b down=0", 5000, "");
+        // An app that waits for its nodes waits here too.
+        check("web=1 wait", "web/0@a?0", "a; b", 99_999, "");
+        // A new version may start: refreshed first, not moved.
+        check("web=1v2", "web/0@a?0", "a; b", 5000, "~1 v2 p-");
+        // A drain's replacement that cannot start moves on, still replacing the old copy.
+        check(
+            "web=1",
+            "web/0@a* web/0@b?0>1",
+            "a drain; b; c",
+            1000,
+            "+web/0@c^b>1 -2",
+        );
+        // On a draining node the drain moves it, as before.
+        check("web=1", "web/0@a?0", "a drain; b", 1000, "+web/0@b>1");
     }
 
     #[test]

@@ -80,6 +80,7 @@ pub fn apply_step(
             replaces: Some(old.id),
             draining_since: None,
             created_ms: now_ms,
+            avoid: Vec::new(),
         });
         // A stopped instance has nothing to hand over: its replacement takes the index now.
         if old.stopped {
@@ -382,6 +383,7 @@ mod tests {
                 replaces: None,
                 draining_since: None,
                 created_ms: 0,
+                avoid: Vec::new(),
             };
             let mut f = Facts {
                 healthy_since: None,
@@ -751,6 +753,7 @@ mod tests {
                     replaces: Some(o.id),
                     draining_since: None,
                     created_ms: now,
+                    avoid: Vec::new(),
                     ..o
                 });
                 // Healthy right away (the step after next sees it past min_healthy_time).

@@ -65,6 +65,7 @@ mod tests {
             replaces: None,
             draining_since: record.contains("draining").then_some(5),
             created_ms: 0,
+            avoid: Vec::new(),
         };
         let (status, note) = derive(&rec, reported, node_up);
         let note = match note {

@@ -50,6 +50,8 @@ pub struct InstanceObserved {
     pub message: String,
     pub restart_epoch: u64,
     pub health: Health,
+    /// Failed attempts in a row to spawn its process on this node; 0 once one runs.
+    pub start_failures: u32,
 }
 
 /// The host's own figures, from a report.

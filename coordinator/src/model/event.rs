@@ -26,13 +26,15 @@ pub enum EventKind {
     NodeDrain,
     InstancePlaced,
     InstanceState,
+    /// An instance that could not start on its node was placed on another.
+    InstanceMoved,
     /// The autoscaler changed an app's count.
     Autoscale,
     AutoscalePolicy,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 22] = [
+    pub const ALL: [EventKind; 23] = [
         EventKind::AppApplied,
         EventKind::AppDeleted,
         EventKind::AppScaled,
@@ -53,6 +55,7 @@ impl EventKind {
         EventKind::NodeDrain,
         EventKind::InstancePlaced,
         EventKind::InstanceState,
+        EventKind::InstanceMoved,
         EventKind::Autoscale,
         EventKind::AutoscalePolicy,
     ];
@@ -80,6 +83,7 @@ impl EventKind {
             EventKind::NodeDrain => "node.drain",
             EventKind::InstancePlaced => "instance.placed",
             EventKind::InstanceState => "instance.state",
+            EventKind::InstanceMoved => "instance.moved",
             EventKind::Autoscale => "autoscale",
             EventKind::AutoscalePolicy => "autoscale.policy",
         }
@@ -138,6 +142,7 @@ mod tests {
             (EventKind::NodeDrain, "node.drain"),
             (EventKind::InstancePlaced, "instance.placed"),
             (EventKind::InstanceState, "instance.state"),
+            (EventKind::InstanceMoved, "instance.moved"),
             (EventKind::Autoscale, "autoscale"),
             (EventKind::AutoscalePolicy, "autoscale.policy"),
         ];

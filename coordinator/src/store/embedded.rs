@@ -338,6 +338,7 @@ mod tests {
             replaces: None,
             draining_since: None,
             created_ms: 0,
+            avoid: Vec::new(),
         };
         let node = NodeRecord {
             name: "a".into(),

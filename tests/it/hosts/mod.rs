@@ -9,6 +9,7 @@ mod harness;
 mod probe;
 mod rollout;
 mod scenarios;
+mod unstartable;
 
 use pmcluster_tests::{Cluster, hosts_unavailable, skip};
 

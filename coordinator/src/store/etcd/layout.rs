@@ -514,6 +514,7 @@ mod tests {
             replaces: None,
             draining_since: None,
             created_ms: 0,
+            avoid: Vec::new(),
         }
     }
 
