@@ -4,7 +4,8 @@
 #
 #   deploy/compose/down.sh [--images]
 #
-# Same environment as up.sh (PMCLUSTER_COMPOSE_PROJECT, PMCLUSTER_COMPOSE_STATE).
+# Same environment as up.sh (PMCLUSTER_COMPOSE_PROJECT, PMCLUSTER_COMPOSE_STATE,
+# PMCLUSTER_IMAGE_TAG).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -25,7 +26,7 @@ docker-compose -p "$project" -f "$here/docker-compose.yml" down --volumes --remo
 rm -rf "$state"
 if [ "$images" = 1 ]; then
   for i in pmcluster-coordinator pmcluster-agent pmcluster-etcd pmcluster-haproxy pmcluster-systemd; do
-    docker image rm "$i:latest" >/dev/null 2>&1 || true
+    docker image rm "$i:${PMCLUSTER_IMAGE_TAG:-latest}" >/dev/null 2>&1 || true
   done
 fi
 echo "pmcluster compose project $project removed"

@@ -10,7 +10,8 @@
 #
 # Environment: PMCLUSTER_COMPOSE_PROJECT (compose project name, default pmcluster),
 # PMCLUSTER_COMPOSE_STATE (certificates and such, default .state next to this file),
-# PMCLUSTER_LB_PORT (HAProxy on 127.0.0.1, default 8080), PMCLUSTER_LB_APP (default web).
+# PMCLUSTER_LB_PORT (HAProxy on 127.0.0.1, default 8080), PMCLUSTER_LB_APP (default web),
+# PMCLUSTER_IMAGE_TAG (the images' tag, default latest).
 # Stop and remove it all with down.sh.
 set -euo pipefail
 
@@ -33,15 +34,17 @@ state="${PMCLUSTER_COMPOSE_STATE:-$here/.state}"
 export PMCLUSTER_COMPOSE_PKI="$state/pki"
 export PMCLUSTER_LB_PORT="${PMCLUSTER_LB_PORT:-8080}"
 export PMCLUSTER_LB_APP="${PMCLUSTER_LB_APP:-web}"
+export PMCLUSTER_IMAGE_TAG="${PMCLUSTER_IMAGE_TAG:-latest}"
+tag="$PMCLUSTER_IMAGE_TAG"
 compose() { docker-compose -p "$project" -f "$here/docker-compose.yml" "$@"; }
 
 images=(pmcluster-coordinator pmcluster-agent pmcluster-etcd pmcluster-haproxy)
 missing=0
 for i in "${images[@]}"; do
-  docker image inspect "$i:latest" >/dev/null 2>&1 || missing=1
+  docker image inspect "$i:$tag" >/dev/null 2>&1 || missing=1
 done
 if [ "$missing" = 1 ] || [ "$force_build" = 1 ]; then
-  "$here/../images/build.sh" ${build_args[@]+"${build_args[@]}"}
+  "$here/../images/build.sh" --tag "$tag" ${build_args[@]+"${build_args[@]}"}
 fi
 
 # Certificates, made once with the CLI inside the coordinator image (no host binary needed).
@@ -49,7 +52,7 @@ pki="$PMCLUSTER_COMPOSE_PKI"
 mkdir -p "$pki"
 certs() {
   docker run --rm --network none --entrypoint /usr/local/bin/pmcluster \
-    -v "$pki:/pki" pmcluster-coordinator:latest certs "$@" --dir /pki >/dev/null
+    -v "$pki:/pki" "pmcluster-coordinator:$tag" certs "$@" --dir /pki >/dev/null
 }
 [ -f "$pki/ca.pem" ] || certs init
 [ -f "$pki/coordinator.pem" ] || certs issue coordinator \
@@ -88,8 +91,9 @@ cat <<NEXT
 
 pmcluster is up (compose project $project).
   CLI (as admin, inside c1):  docker-compose -p $project -f $here/docker-compose.yml exec c1 pmcluster nodes
-  an app behind HAProxy:       ... exec c1 pmcluster start "python3 -m http.server \\\${PORT}" --name $PMCLUSTER_LB_APP --instances 3 --port 8000-8002
-                               (the images are minimal: bring the app's runtime into a derived agent image)
+  an app behind HAProxy:       ... exec c1 pmcluster start "/srv/app --port \\\${PORT}" --name $PMCLUSTER_LB_APP --instances 3 --port 8000-8002
+                               (the agent image is minimal Debian: put the app and its runtime in an
+                               image FROM pmcluster-agent, or docker cp it into a1..a3; bind 0.0.0.0)
   HAProxy:                     curl http://127.0.0.1:$PMCLUSTER_LB_PORT/   (fronts app '$PMCLUSTER_LB_APP')
   certificates:                $pki (user-admin.pem for a CLI of your own)
   stop and remove everything:  $here/down.sh

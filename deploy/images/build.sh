@@ -2,9 +2,9 @@
 # Builds the pmcluster container images without pulling anything: a minimal Debian root file
 # system made with debootstrap (cached), the binaries added, then `docker import`.
 #
-#   deploy/images/build.sh [--debug | --bin-dir DIR] [--mirror URL] [--suite S] [--force]
+#   deploy/images/build.sh [--debug | --bin-dir DIR] [--tag TAG] [--mirror URL] [--suite S] [--force]
 #
-# Images (tag `latest`):
+# Images (tag `latest`, or TAG; PMCLUSTER_IMAGE_TAG):
 #   pmcluster-coordinator  coordinator (built with the etcd store) + CLI
 #   pmcluster-agent        agent + CLI
 #   pmcluster-etcd         Debian's etcd-server
@@ -26,6 +26,7 @@ bin_dir=""
 profile="release"
 force=0
 mirror="${PMCLUSTER_DEBIAN_MIRROR:-}"
+tag="${PMCLUSTER_IMAGE_TAG:-latest}"
 
 usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
     --debug) profile="debug"; shift ;;
     --release) profile="release"; shift ;;
     --bin-dir) bin_dir="$2"; shift 2 ;;
+    --tag) tag="$2"; shift 2 ;;
     --mirror) mirror="$2"; shift 2 ;;
     --suite) suite="$2"; shift 2 ;;
     --force) force=1; shift ;;
@@ -127,7 +129,7 @@ import() {
   shift 3
   local changes=("$@")
   key=$( { basename "$tarball"; [ -n "$stage" ] && (cd "$stage" && find . -type f -print0 | sort -z | xargs -0 sha256sum); printf '%s\n' "${changes[@]}"; } | sha256sum | cut -c1-16)
-  have=$(docker image inspect -f '{{ index .Config.Labels "pmcluster.build-key" }}' "$image:latest" 2>/dev/null || true)
+  have=$(docker image inspect -f '{{ index .Config.Labels "pmcluster.build-key" }}' "$image:$tag" 2>/dev/null || true)
   if [ "$have" = "$key" ] && [ "$force" = 0 ]; then
     return
   fi
@@ -145,7 +147,7 @@ import() {
   for c in "${changes[@]}"; do args+=(--change "$c"); done
   args+=(--change "LABEL pmcluster.build-key=$key")
   echo "== docker import $image" >&2
-  docker import "${args[@]}" "$tmp" "$image:latest" >/dev/null
+  docker import "${args[@]}" "$tmp" "$image:$tag" >/dev/null
   rm -f "$tmp"
 }
 
@@ -195,6 +197,6 @@ rm -rf "$stage"
 
 echo "== images (binaries from $bin_dir)"
 for image in pmcluster-coordinator pmcluster-agent pmcluster-etcd pmcluster-haproxy pmcluster-systemd; do
-  docker image inspect -f '{{.Size}}' "$image:latest" \
+  docker image inspect -f '{{.Size}}' "$image:$tag" \
     | awk -v n="$image" '{ printf "%-24s %6.1f MB\n", n, $1 / 1000000 }'
 done
