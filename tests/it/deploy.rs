@@ -88,13 +88,16 @@ fn images() -> Duration {
     let built = BUILT.get_or_init(|| {
         let bins = bin_dir().map_err(|e| e.to_string())?;
         let started = Instant::now();
-        let out = Command::new(repo().join("deploy/images/build.sh"))
+        // coreutils' timeout bounds a download or unpack that hangs.
+        let out = Command::new("timeout")
+            .arg(BUILD_DEADLINE.as_secs().to_string())
+            .arg(repo().join("deploy/images/build.sh"))
             .arg("--bin-dir")
             .arg(&bins)
             .args(["--tag", TAG])
             .output()
             .map_err(|e| format!("running deploy/images/build.sh: {e}"))?;
-        if !out.status.success() || started.elapsed() > BUILD_DEADLINE {
+        if !out.status.success() {
             return Err(format!(
                 "deploy/images/build.sh failed ({}, {:?}):\n{}\n{}",
                 out.status,
