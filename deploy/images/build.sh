@@ -2,7 +2,8 @@
 # Builds the pmcluster container images without pulling anything: a minimal Debian root file
 # system made with debootstrap (cached), the binaries added, then `docker import`.
 #
-#   deploy/images/build.sh [--debug | --bin-dir DIR] [--tag TAG] [--mirror URL] [--suite S] [--force]
+#   deploy/images/build.sh [--debug | --bin-dir DIR] [--tag TAG] [--no-strip] [--mirror URL]
+#                          [--suite S] [--force]
 #
 # Images (tag `latest`, or TAG; PMCLUSTER_IMAGE_TAG):
 #   pmcluster-coordinator  coordinator (built with the etcd store) + CLI
@@ -12,9 +13,10 @@
 #   pmcluster-systemd      systemd as PID 1, for trying deploy/install-agent.sh on a fresh host
 #
 # Binaries come from target/release (built with `cargo build --release --all-features` when
-# missing), or target/debug with --debug, or any DIR. Root file systems are cached as tarballs
-# under target/images/ (PMCLUSTER_IMAGES_DIR), keyed by suite, mirror and package list; an image
-# is re-imported only when its root file system or binaries changed, so a rerun takes seconds.
+# missing), or target/debug with --debug, or any DIR, without their debug info (--no-strip keeps
+# it). Root file systems are cached as tarballs under target/images/ (PMCLUSTER_IMAGES_DIR),
+# keyed by suite, mirror and package list; an image is re-imported only when its root file
+# system or binaries changed, so a rerun takes seconds.
 # Needs root (debootstrap), docker and debootstrap (scripts/deps.sh installs it).
 set -euo pipefail
 
@@ -25,6 +27,7 @@ suite="bookworm"
 bin_dir=""
 profile="release"
 force=0
+strip=1
 mirror="${PMCLUSTER_DEBIAN_MIRROR:-}"
 tag="${PMCLUSTER_IMAGE_TAG:-latest}"
 
@@ -38,6 +41,7 @@ while [ $# -gt 0 ]; do
     --mirror) mirror="$2"; shift 2 ;;
     --suite) suite="$2"; shift 2 ;;
     --force) force=1; shift ;;
+    --no-strip) strip=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "error: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -158,6 +162,11 @@ stage_bins() {
   mkdir -p "$stage/usr/local/bin"
   for b in "$@"; do
     install -m 0755 "$bin_dir/$b" "$stage/usr/local/bin/$b"
+    # The release profile keeps line tables for backtraces on the build host; an image is
+    # smaller without them (a third of each binary).
+    if [ "$strip" = 1 ] && command -v strip >/dev/null; then
+      strip --strip-debug "$stage/usr/local/bin/$b"
+    fi
   done
 }
 

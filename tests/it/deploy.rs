@@ -479,13 +479,28 @@ fn compose_cluster_up_scale_down() {
         "scale: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Every instance answers through HAProxy (round robin); at most a few hundred requests.
+    // The three instances online, one on each agent...
+    wait_until(DEADLINE, "three instances of web online on a1..a3", || {
+        let out = p.cli(&["list", "web", "-o", "json"]);
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        let online = listed.matches("\"online\"").count();
+        let spread = ["a1", "a2", "a3"]
+            .iter()
+            .all(|a| listed.contains(&format!("\"{a}\"")));
+        if online == 3 && spread {
+            Ok(())
+        } else {
+            Err(listed)
+        }
+    });
+    // ...and each answers through HAProxy once its backend is rewritten (round robin: three
+    // requests a poll; at most 2000 in all).
     let mut seen = std::collections::BTreeSet::new();
     let mut requests = 0;
     wait_until(DEADLINE, "all three instances through HAProxy", || {
-        for _ in 0..10 {
+        for _ in 0..3 {
             requests += 1;
-            if requests > 600 {
+            if requests > 2000 {
                 return Ok(());
             }
             if let Ok(r) = http_get(p.lb_port, "/")
@@ -499,18 +514,14 @@ fn compose_cluster_up_scale_down() {
         if seen.len() == 3 {
             Ok(())
         } else {
-            Err(format!("instances seen: {seen:?}"))
+            Err(format!("instances seen: {seen:?} in {requests} requests"))
         }
     });
-    assert_eq!(seen.len(), 3, "instances seen through HAProxy: {seen:?}");
-    let out = p.cli(&["list", "web", "-o", "json"]);
-    let listed = String::from_utf8_lossy(&out.stdout);
-    for a in ["a1", "a2", "a3"] {
-        assert!(
-            listed.contains(&format!("\"{a}\"")),
-            "web not on {a}:\n{listed}"
-        );
-    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "instances seen through HAProxy in {requests} requests: {seen:?}"
+    );
 
     p.down();
     let left = run_ok(Command::new("docker").args([
