@@ -129,7 +129,7 @@ rootfs() {
 # Imports `tarball` plus `extra` files (paths relative to the staging dir `stage`) as `image`,
 # unless an image with the same content key exists already.
 import() {
-  local image="$1" tarball="$2" stage="$3" key have tmp
+  local image="$1" tarball="$2" stage="$3" key have tmp old
   shift 3
   local changes=("$@")
   key=$( { basename "$tarball"; [ -n "$stage" ] && (cd "$stage" && find . -type f -print0 | sort -z | xargs -0 sha256sum); printf '%s\n' "${changes[@]}"; } | sha256sum | cut -c1-16)
@@ -151,8 +151,11 @@ import() {
   for c in "${changes[@]}"; do args+=(--change "$c"); done
   args+=(--change "LABEL pmcluster.build-key=$key")
   echo "== docker import $image" >&2
+  old=$(docker image inspect -f '{{.Id}}' "$image:$tag" 2>/dev/null || true)
   docker import "${args[@]}" "$tmp" "$image:$tag" >/dev/null
   rm -f "$tmp"
+  # The image this one replaces, now untagged; kept while a container still uses it.
+  [ -z "$old" ] || docker image rm "$old" >/dev/null 2>&1 || true
 }
 
 stage_bins() {
