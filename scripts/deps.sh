@@ -27,3 +27,13 @@ if ! command -v ip >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1 \
   echo "== installing iproute2, iptables, util-linux and curl (Debian packages) for the test hosts"
   apt_install iproute2 iptables util-linux curl
 fi
+# The deploy tests (tests/it/deploy.rs) build images from a Debian root file system
+# (deploy/images/build.sh: debootstrap) and run the compose cluster (docker-compose, the v1 tool).
+if ! command -v debootstrap >/dev/null 2>&1 && ! [ -x /usr/sbin/debootstrap ]; then
+  echo "== installing debootstrap (Debian package) for the deploy images"
+  apt_install debootstrap
+fi
+if command -v docker >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  echo "== installing docker-compose (Debian package) for the compose deploy test"
+  apt_install docker-compose
+fi

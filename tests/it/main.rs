@@ -8,6 +8,7 @@ mod apply;
 mod auth;
 mod autoscale;
 mod bad_input;
+mod deploy;
 mod failover;
 mod ha;
 mod ha_tls;
