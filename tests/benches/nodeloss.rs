@@ -73,7 +73,9 @@ fn online_off(c: &Cluster, gone: Option<&str>) -> bool {
     c.instances("web").is_ok_and(|list| {
         list.len() == INSTANCES
             && list.iter().all(Instance::live)
-            && list.iter().all(|i| gone.is_none() || i.node.as_deref() != gone)
+            && list
+                .iter()
+                .all(|i| gone.is_none() || i.node.as_deref() != gone)
     })
 }
 
@@ -99,7 +101,9 @@ fn measure(profile: &Profile, loss: Loss) -> Result<Duration, String> {
     if !out.success() {
         return Err(format!("start: {out}"));
     }
-    wait_for(Duration::from_secs(60), "web online", || online_off(&c, None))?;
+    wait_for(Duration::from_secs(60), "web online", || {
+        online_off(&c, None)
+    })?;
     let on_lost = c
         .instances("web")
         .map_err(|e| e.to_string())?
@@ -138,7 +142,11 @@ fn main() -> ExitCode {
                 match measure(profile, loss) {
                     Ok(t) => times.push(t),
                     Err(e) => {
-                        eprintln!("nodeloss: {} / {} / run {run}: {e}", profile.name, loss.name());
+                        eprintln!(
+                            "nodeloss: {} / {} / run {run}: {e}",
+                            profile.name,
+                            loss.name()
+                        );
                         return ExitCode::FAILURE;
                     }
                 }
