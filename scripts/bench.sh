@@ -17,5 +17,7 @@ echo "== rollout12 (12 instances behind HAProxy: time against waves x min_health
 cargo bench -p pmcluster-tests --bench rollout12
 echo "== tls (plaintext beside mutual TLS: RPC latency, CLI wall time, scale web 12)"
 cargo bench -p pmcluster-tests --bench tls
+echo "== reads (wall time of each CLI read at 4, 12 and 100 instances)"
+cargo bench -p pmcluster-tests --bench reads
 echo "== nodeloss (a host frozen or cut off: time until its indices are online elsewhere; needs root)"
 cargo bench -p pmcluster-tests --bench nodeloss
