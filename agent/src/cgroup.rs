@@ -94,10 +94,11 @@ impl Cgroups {
     /// Makes the instance's cgroup (or finds it: anything left in it is what remained of an
     /// earlier process of this instance, and is killed) and opens its `cgroup.procs` for the
     /// child to join. `None` (logged once) when that fails: the instance runs without one.
-    pub fn create(&self, id: &InstanceId) -> Option<(PathBuf, OwnedFd)> {
+    /// The flag says whether the cgroup is new (see [`make`]).
+    pub fn create(&self, id: &InstanceId) -> Option<(PathBuf, OwnedFd, bool)> {
         let path = self.path_for(id)?;
         match make(&path) {
-            Ok(fd) => Some((path, fd)),
+            Ok((fd, fresh)) => Some((path, fd, fresh)),
             Err(e) => {
                 if !self.told.swap(true, Ordering::Relaxed) {
                     tracing::info!(
@@ -264,7 +265,14 @@ pub fn parse_own_cgroup(text: &str) -> Option<String> {
         .filter(|p| p.starts_with('/'))
 }
 
-fn make(path: &Path) -> io::Result<OwnedFd> {
+///
+/// An empty one left by the instance's previous process (kept for the restart, see [`empty`]) is
+/// made anew, so that the returned flag is true: a cgroup that `cgroup.kill` has been written to
+/// kills every process later cloned into it (`CLONE_INTO_CGROUP`, seen on Linux 6.18), while
+/// one made after the kill does not. Where that fails, the child joins the old one through
+/// `cgroup.procs`, which works either way.
+fn make(path: &Path) -> io::Result<(OwnedFd, bool)> {
+    let mut fresh = true;
     match std::fs::create_dir(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -273,6 +281,12 @@ fn make(path: &Path) -> io::Result<OwnedFd> {
             if procs(path).is_ok_and(|p| !p.is_empty()) {
                 tracing::info!(cgroup = %path.display(), "killing what is left in it");
                 kill(path);
+                fresh = false;
+            } else {
+                fresh = std::fs::remove_dir(path).is_ok() && std::fs::create_dir(path).is_ok();
+                if !fresh && !path.exists() {
+                    std::fs::create_dir(path)?;
+                }
             }
         }
         Err(e) => return Err(e),
@@ -281,7 +295,7 @@ fn make(path: &Path) -> io::Result<OwnedFd> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(path.join("cgroup.procs"))?;
-    Ok(OwnedFd::from(file))
+    Ok((OwnedFd::from(file), fresh))
 }
 
 /// The pids in a cgroup.
@@ -370,6 +384,18 @@ pub fn discard(path: &Path) {
 /// Whether `pid` is a member of the cgroup at `path` (for checks in logs and tests).
 pub fn contains(path: &Path, pid: u32) -> bool {
     procs(path).is_ok_and(|p| p.contains(&pid))
+}
+
+/// The cgroup directory `path`, open for `clone3(CLONE_INTO_CGROUP)`; `None` when it cannot be
+/// opened (the child then joins through `cgroup.procs`).
+pub fn open_dir(path: &Path) -> Option<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod config;
 pub mod desired;
 pub mod health;
 pub mod identity;
+mod into_cgroup;
 pub mod link;
 pub mod logs;
 pub mod metrics;
@@ -428,7 +429,7 @@ mod layering {
         &["model", "config"],
         &["restart", "desired"],
         &["persist", "identity"],
-        &["process", "cgroup", "ports", "orphans"],
+        &["process", "into_cgroup", "cgroup", "ports", "orphans"],
         &["health"],
         &["state"],
         &["logs"],

@@ -163,6 +163,20 @@ impl Reaper {
         })
     }
 
+    /// Registers the child that `spawn` starts (its pid), under the same lock as [`Reaper::spawn`].
+    pub fn spawn_with<E>(&self, spawn: impl FnOnce() -> Result<u32, E>) -> Result<Spawned, E> {
+        let mut waiting = self.lock();
+        let pid = spawn()?;
+        let (tx, rx) = oneshot::channel();
+        waiting.insert(pid, tx);
+        Ok(Spawned {
+            pid,
+            exit: rx,
+            stdout: None,
+            stderr: None,
+        })
+    }
+
     /// Reaps every child that has exited and hands registered exits to their waiters.
     pub fn reap(&self) {
         let mut waiting = self.lock();

@@ -319,7 +319,7 @@ pub(crate) struct PumpPipe {
 }
 /// An instance's stdout and stderr: the write ends of its pipes (one for both with
 /// `merge_logs`), and the read ends for its pump.
-pub(crate) type Output = (Stdio, Stdio, Vec<PumpPipe>);
+pub(crate) type Output = (OwnedFd, OwnedFd, Vec<PumpPipe>);
 pub(crate) fn output(
     logs_dir: &Path,
     app: &str,
@@ -349,7 +349,7 @@ pub(crate) fn output(
         (Some(both), None) => (both.try_clone().map_err(pipe_error)?, both),
         _ => return Err("cannot make a pipe".to_string()),
     };
-    Ok((stdout.into(), stderr.into(), pumps))
+    Ok((stdout, stderr, pumps))
 }
 fn pump_target(
     logs_dir: &Path,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::time::Instant;
 use super::{Running, Supervisor};
 use crate::cgroup;
 use crate::health;
+use crate::into_cgroup;
 use crate::logs::pump::{output, spawn_pump};
 use crate::model::InstanceState;
 use crate::orphans::instance_markers;
@@ -76,32 +78,17 @@ impl Supervisor {
         let (stdout, stderr, pumps) =
             output(&self.agent.logs_dir, &a.app, a.index, &spec).map_err(StartError::Retry)?;
         let env = instance_env(&spec, a.index, port, &host);
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(args)
-            // The user's HOME, USER and LOGNAME first, so that the spec's env overrides them.
-            .envs(run_as.env.iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            // Last, so the spec cannot override them: how a later agent tells its instances.
-            .envs(instance_markers(&self.agent.marker, &self.id))
-            .stdin(Stdio::null())
-            // Pipes to its pump (see `crate::logs::pump`).
-            .stdout(stdout)
-            .stderr(stderr)
-            // Its own process group, so a stop reaches everything it started.
-            .process_group(0);
+        let markers = instance_markers(&self.agent.marker, &self.id);
         // With another user, the directory is entered after the switch (in the child): the
         // instance must be able to enter it itself.
         let switches_user = run_as.credentials.uid.is_some() || run_as.credentials.gid.is_some();
-        let mut cwd_as_user = None;
-        if let Some(cwd) = &spec.cwd {
-            if switches_user {
-                let c = std::ffi::CString::new(cwd.as_str())
-                    .map_err(|_| StartError::Fatal(format!("cwd {cwd:?} contains a NUL byte")))?;
-                cwd_as_user = Some(c);
-            } else {
-                cmd.current_dir(cwd);
-            }
-        }
+        let cwd_c = match &spec.cwd {
+            Some(cwd) => Some(
+                std::ffi::CString::new(cwd.as_str())
+                    .map_err(|_| StartError::Fatal(format!("cwd {cwd:?} contains a NUL byte")))?,
+            ),
+            None => None,
+        };
         let probe_env: Vec<(String, String)> = run_as
             .env
             .iter()
@@ -109,64 +96,141 @@ impl Supervisor {
             .chain(env.iter().cloned())
             .collect();
         let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
-        // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them itself.
         let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
-        // Made last: nothing below can fail before the spawn but the spawn itself.
-        let (cgroup_path, cgroup_procs) = match self.agent.cgroups.create(&self.id) {
-            Some((path, fd)) => (Some(path), Some(fd)),
-            None => (None, None),
-        };
-        process::set_in_child(
-            &mut cmd,
-            cgroup_procs,
-            affinity,
-            limits,
-            run_as.credentials,
-            cwd_as_user,
-        );
         let entering_cwd = switches_user && spec.cwd.is_some();
-        let spawned = self.agent.reaper.spawn(&mut cmd).map_err(|e| {
+        let failed = |e: io::Error| spawn_error(&e, program, &spec, entering_cwd, special);
+        // Made last: nothing below can fail before the spawn but the spawn itself.
+        let (cgroup_path, cgroup_procs, fresh) = match self.agent.cgroups.create(&self.id) {
+            Some((path, fd, fresh)) => (Some(path), Some(fd), fresh),
+            None => (None, None, false),
+        };
+        let discard = |e| {
             if let Some(path) = &cgroup_path {
                 cgroup::discard(path);
             }
-            let cwd_refused = matches!(e.raw_os_error(), Some(code)
-                if code == nix::errno::Errno::EACCES as i32);
-            if entering_cwd && cwd_refused {
-                // The program itself is checked by exec as the same user; a refused directory is
-                // the likelier cause, and the one a user can act on.
-                return StartError::Retry(format!(
-                    "cannot run {program:?} in cwd {:?} as its user: {}",
-                    spec.cwd.as_deref().unwrap_or_default(),
-                    describe(&e)
-                ));
+            e
+        };
+        // Straight into the cgroup where the kernel allows it (see `into_cgroup`); else, or
+        // without a cgroup, std's spawn, the child joining the cgroup itself.
+        let mut stdio = Some((stdout, stderr));
+        let mut spawned = None;
+        if let Some(path) = &cgroup_path
+            && fresh
+            && let Some(dir) = into_cgroup::usable()
+                .then(|| cgroup::open_dir(path))
+                .flatten()
+        {
+            let markers_env: Vec<(String, String)> = markers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            let layers = run_as
+                .env
+                .iter()
+                .chain(env.iter())
+                .chain(markers_env.iter());
+            let envp = into_cgroup::environment(layers).map_err(StartError::Fatal)?;
+            let path_var = envp
+                .iter()
+                .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
+                .map(|p| std::ffi::OsStr::from_bytes(p).to_os_string());
+            let resolved = into_cgroup::resolve(program, path_var.as_deref());
+            let Some(resolved) = resolved else {
+                return Err(discard(failed(io::Error::from_raw_os_error(
+                    nix::errno::Errno::ENOENT as i32,
+                ))));
+            };
+            let argv: Result<Vec<std::ffi::CString>, _> = argv
+                .iter()
+                .map(|a| std::ffi::CString::new(a.as_str()))
+                .collect();
+            let argv = argv.map_err(|_| {
+                discard(StartError::Fatal(format!(
+                    "cannot run {program:?}: an argument holds a NUL byte (fix the spec and \
+                     apply it again)"
+                )))
+            })?;
+            let stdin = std::fs::File::open("/dev/null")
+                .map_err(|e| discard(StartError::Retry(format!("/dev/null: {}", describe(&e)))))?;
+            let Some((out, err)) = stdio.take() else {
+                return Err(StartError::Retry("no output pipes".to_string()));
+            };
+            let setup = into_cgroup::Setup {
+                program: resolved,
+                argv,
+                envp,
+                stdin: stdin.into(),
+                stdout: out,
+                stderr: err,
+                cwd: cwd_c.clone().filter(|_| !switches_user),
+                cwd_as_user: cwd_c.clone().filter(|_| switches_user),
+                affinity,
+                limits: limits.clone(),
+                credentials: run_as.credentials.clone(),
+            };
+            match self
+                .agent
+                .reaper
+                .spawn_with(|| into_cgroup::spawn(&setup, std::os::fd::AsFd::as_fd(&dir)))
+            {
+                Ok(s) => spawned = Some(s),
+                Err(into_cgroup::SpawnError::Child(e)) => return Err(discard(failed(e))),
+                Err(into_cgroup::SpawnError::Clone(e)) => {
+                    into_cgroup::unusable(&e);
+                    stdio = Some((setup.stdout, setup.stderr));
+                }
             }
-            let message = format!("cannot run {program:?}: {}", describe(&e));
-            // A NUL byte in the argv or environment (std refuses it before exec), or an argument
-            // too long for the kernel: the spec itself is at fault, and retrying cannot help.
-            // Validation refuses both; this covers a spec stored before it did.
-            let too_long = e.raw_os_error() == Some(nix::errno::Errno::E2BIG as i32);
-            let nul = e.raw_os_error().is_none() && e.kind() == io::ErrorKind::InvalidInput;
-            if nul || too_long {
-                return StartError::Fatal(format!(
-                    "{message} (the spec's command line or env holds a NUL byte or an over-long \
-                     value; fix the spec and apply it again)"
-                ));
+        }
+        let spawned = match spawned {
+            Some(s) => s,
+            None => {
+                let Some((out, err)) = stdio.take() else {
+                    return Err(discard(StartError::Retry("no output pipes".to_string())));
+                };
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args)
+                    // The user's HOME, USER and LOGNAME first, so that the spec's env overrides
+                    // them.
+                    .envs(run_as.env.iter().map(|(k, v)| (k, v)))
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    // Last, so the spec cannot override them: how a later agent tells its
+                    // instances.
+                    .envs(markers.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    // Pipes to its pump (see `crate::logs::pump`).
+                    .stdout(Stdio::from(out))
+                    .stderr(Stdio::from(err))
+                    // Its own process group, so a stop reaches everything it started.
+                    .process_group(0);
+                let mut cwd_as_user = None;
+                if let (Some(cwd), Some(c)) = (&spec.cwd, &cwd_c) {
+                    if switches_user {
+                        cwd_as_user = Some(c.clone());
+                    } else {
+                        cmd.current_dir(cwd);
+                    }
+                }
+                // Not `cmd.uid`/`cmd.gid`: see `process::set_in_child` for why it switches them
+                // itself.
+                process::set_in_child(
+                    &mut cmd,
+                    cgroup_procs,
+                    affinity,
+                    limits,
+                    run_as.credentials,
+                    cwd_as_user,
+                );
+                let spawned = self
+                    .agent
+                    .reaper
+                    .spawn(&mut cmd)
+                    .map_err(|e| discard(failed(e)))?;
+                // The parent's copies of the pipes' write ends go with the command (a pipe must
+                // end when the instance's processes are gone), and so does `cgroup.procs`.
+                drop(cmd);
+                spawned
             }
-            // Not being allowed to switch user or raise a limit does not get better by retrying.
-            let denied = matches!(e.raw_os_error(), Some(code)
-                if code == nix::errno::Errno::EPERM as i32 || code == nix::errno::Errno::EINVAL as i32);
-            if special && denied {
-                StartError::Fatal(format!(
-                    "{message} (user, group, cpu_affinity or limits need privileges this agent \
-                     lacks)"
-                ))
-            } else {
-                StartError::Retry(message)
-            }
-        })?;
-        // The parent's copies of the pipes' write ends go with the command (a pipe must end
-        // when the instance's processes are gone), and so does `cgroup.procs`.
-        drop(cmd);
+        };
         let pid = spawned.pid;
         let pumps = spawn_pump(&self.agent, &self.id, pumps);
         let proc = ProcId::of(pid).unwrap_or(ProcId {
@@ -215,6 +279,50 @@ impl Supervisor {
             }
         });
         Ok(running)
+    }
+}
+
+/// A failed spawn as a start error: whether retrying can help, and what a user can act on.
+fn spawn_error(
+    e: &io::Error,
+    program: &str,
+    spec: &AppSpec,
+    entering_cwd: bool,
+    special: bool,
+) -> StartError {
+    let cwd_refused = matches!(e.raw_os_error(), Some(code)
+        if code == nix::errno::Errno::EACCES as i32);
+    if entering_cwd && cwd_refused {
+        // The program itself is checked by exec as the same user; a refused directory is
+        // the likelier cause, and the one a user can act on.
+        return StartError::Retry(format!(
+            "cannot run {program:?} in cwd {:?} as its user: {}",
+            spec.cwd.as_deref().unwrap_or_default(),
+            describe(e)
+        ));
+    }
+    let message = format!("cannot run {program:?}: {}", describe(e));
+    // A NUL byte in the argv or environment (std refuses it before exec), or an argument
+    // too long for the kernel: the spec itself is at fault, and retrying cannot help.
+    // Validation refuses both; this covers a spec stored before it did.
+    let too_long = e.raw_os_error() == Some(nix::errno::Errno::E2BIG as i32);
+    let nul = e.raw_os_error().is_none() && e.kind() == io::ErrorKind::InvalidInput;
+    if nul || too_long {
+        return StartError::Fatal(format!(
+            "{message} (the spec's command line or env holds a NUL byte or an over-long \
+             value; fix the spec and apply it again)"
+        ));
+    }
+    // Not being allowed to switch user or raise a limit does not get better by retrying.
+    let denied = matches!(e.raw_os_error(), Some(code)
+        if code == nix::errno::Errno::EPERM as i32 || code == nix::errno::Errno::EINVAL as i32);
+    if special && denied {
+        StartError::Fatal(format!(
+            "{message} (user, group, cpu_affinity or limits need privileges this agent \
+             lacks)"
+        ))
+    } else {
+        StartError::Retry(message)
     }
 }
 

@@ -14,6 +14,9 @@ use crate::fake::{instance, is_state, must};
 use crate::skip::{Need, skip};
 use crate::{Reaper, assignment, sh_spec, wait_until};
 
+/// What the agent logs when the kernel refuses to clone an instance into its cgroup.
+const CLONE3_REFUSED: &str = "cannot start instances inside their cgroups with clone3";
+
 /// The cgroup2 mount point if this process may make cgroups under its own, or what is missing
 /// and why.
 fn usable(test: &str) -> Result<PathBuf, (Need, String)> {
@@ -209,6 +212,11 @@ async fn a_stop_ends_a_grandchild_that_left_group_and_family() {
         std::fs::read_to_string(data.join("logs").join("escaper-0-out.log")).unwrap_or_default();
     assert!(log.contains("started"), "{log}");
 
+    // Born in its cgroup (clone3 with CLONE_INTO_CGROUP, Linux 5.7+), not moved there: the
+    // agent says so when the kernel refuses, and every start then pays a migration.
+    let stderr = stderr_of(dir.path());
+    assert!(!stderr.contains(CLONE3_REFUSED), "{stderr}");
+
     let agent_pid = agent.id().unwrap_or(0);
     must(
         kill(Pid::from_raw(agent_pid as i32), Signal::SIGTERM),
@@ -257,6 +265,11 @@ async fn a_crash_ends_a_grandchild_that_left_group_and_family() {
     assert_eq!(instance(&r, "c1").and_then(|i| i.last_exit_code), Some(3));
     wait_until("the escaped grandchild gone", || !running(escaped)).await;
     wait_until("the instance's cgroup removed", || !cg.exists()).await;
+
+    // Born in its cgroup (clone3 with CLONE_INTO_CGROUP, Linux 5.7+), not moved there: the
+    // agent says so when the kernel refuses, and every start then pays a migration.
+    let stderr = stderr_of(dir.path());
+    assert!(!stderr.contains(CLONE3_REFUSED), "{stderr}");
 
     let agent_pid = agent.id().unwrap_or(0);
     must(

@@ -1,0 +1,398 @@
+//! Starting an instance's process directly inside its cgroup, with
+//! `clone3(CLONE_INTO_CGROUP)` (Linux 5.7).
+//!
+//! Why: a process that joins a cgroup by writing its pid to `cgroup.procs` is *migrated*, and a
+//! migration waits for an RCU grace period under the kernel's threadgroup lock: about 18 ms on
+//! the machines measured (bench/RESULTS.md), most of a restart. A process cloned into the cgroup
+//! is born there and nothing is migrated.
+//!
+//! std's `Command` cannot pass clone flags, so this module does what its fork path does itself:
+//! everything the child needs (the program's path, argv, envp, descriptors, limits, ids) is
+//! built before the clone; the child then only makes raw system calls on those values and
+//! executes the program, reporting a failure's errno through a close-on-exec pipe, as std does.
+//! Where the kernel refuses `clone3` or the flag, [`spawn`] says so ([`SpawnError::Clone`]) and
+//! the caller spawns with `Command` and joins the cgroup from the child, as before.
+//!
+//! All of the crate's unsafe code for this is here; see the SAFETY notes.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::process::Credentials;
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `struct clone_args`, version 2 (88 bytes: up to `cgroup`), as linux/sched.h lays it out.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Everything the child does between the clone and the program, prepared by the parent.
+pub struct Setup {
+    /// The program as found on `PATH` (or as given, when it names a path).
+    pub program: CString,
+    pub argv: Vec<CString>,
+    /// `KEY=VALUE`, the whole environment the program gets.
+    pub envp: Vec<CString>,
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    /// Entered before the switch of user (as the agent).
+    pub cwd: Option<CString>,
+    /// Entered after it (as the instance's user).
+    pub cwd_as_user: Option<CString>,
+    pub affinity: Option<nix::sched::CpuSet>,
+    pub limits: Vec<(nix::sys::resource::Resource, u64)>,
+    pub credentials: Credentials,
+}
+
+/// Set once the kernel refused: every later start goes the usual way at once.
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether to try [`spawn`] (the kernel has not refused it yet).
+pub fn usable() -> bool {
+    !REFUSED.load(Ordering::Relaxed)
+}
+
+/// Remembers that the kernel refused [`spawn`] (said once, in the log).
+pub fn unusable(e: &io::Error) {
+    if !REFUSED.swap(true, Ordering::Relaxed) {
+        tracing::info!(
+            "cannot start instances inside their cgroups with clone3 ({e}); they join them \
+             after the start instead, which costs a cgroup migration per start"
+        );
+    }
+}
+
+/// Why [`spawn`] did not start the program.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// The kernel refused `clone3` or `CLONE_INTO_CGROUP` (too old, or a filter): spawn the
+    /// usual way.
+    Clone(io::Error),
+    /// The child could not set itself up or run the program (as `Command::spawn` would fail).
+    Child(io::Error),
+}
+
+/// The environment a program gets: the agent's own, then each of `layers` in order, a later
+/// value replacing an earlier one (as `Command::envs` over the inherited environment).
+pub fn environment<'a>(
+    layers: impl IntoIterator<Item = &'a (String, String)>,
+) -> Result<Vec<CString>, String> {
+    let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (k, v) in layers {
+        env.insert(OsString::from(k), OsString::from(v));
+    }
+    env.into_iter()
+        .map(|(k, v)| {
+            let mut kv = k.into_vec_bytes();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).map_err(|_| "an environment variable holds a NUL byte".to_string())
+        })
+        .collect()
+}
+
+trait IntoVecBytes {
+    fn into_vec_bytes(self) -> Vec<u8>;
+}
+
+impl IntoVecBytes for OsString {
+    fn into_vec_bytes(self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStringExt;
+        self.into_vec()
+    }
+}
+
+/// Finds `program` as `execvp` would: a name with a `/` is used as it is (relative to the
+/// working directory the child will have), any other is looked up in `path` (the program's own
+/// `PATH`). `None`: not found, which the caller reports as ENOENT.
+pub fn resolve(program: &str, path: Option<&OsStr>) -> Option<CString> {
+    if program.contains('/') {
+        return CString::new(program).ok();
+    }
+    let default = OsStr::new("/usr/local/bin:/usr/bin:/bin");
+    let path = path.unwrap_or(default);
+    for dir in path.as_bytes().split(|b| *b == b':') {
+        // An empty entry is the current directory.
+        let dir = if dir.is_empty() { &b"."[..] } else { dir };
+        let candidate = Path::new(OsStr::from_bytes(dir)).join(program);
+        let executable = std::fs::metadata(&candidate).is_ok_and(|m| {
+            use std::os::unix::fs::PermissionsExt;
+            m.is_file() && m.permissions().mode() & 0o111 != 0
+        });
+        if executable {
+            return CString::new(candidate.as_os_str().as_bytes()).ok();
+        }
+    }
+    None
+}
+
+/// Starts `setup`'s program in the cgroup whose directory `cgroup` is open on; returns its pid.
+/// The caller holds the reaper's lock, so that the child's exit is not reaped before its waiter
+/// is registered.
+#[allow(unsafe_code)]
+pub fn spawn(setup: &Setup, cgroup: BorrowedFd<'_>) -> Result<u32, SpawnError> {
+    // Built here, before the clone: the child must not allocate.
+    let argv: Vec<*const libc::c_char> = setup
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = setup
+        .envp
+        .iter()
+        .map(|e| e.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let limits: Vec<(libc::c_int, libc::rlimit64)> = setup
+        .limits
+        .iter()
+        .map(|(r, v)| {
+            (
+                *r as libc::c_int,
+                libc::rlimit64 {
+                    rlim_cur: *v,
+                    rlim_max: *v,
+                },
+            )
+        })
+        .collect();
+    let groups: Option<Vec<libc::gid_t>> = setup.credentials.groups.clone();
+    // The child moves them onto 0 to 2 in that order: one already there would be overwritten
+    // first. Only an agent started with a standard stream closed has them so; std's spawn
+    // sorts that out.
+    let low = [&setup.stdin, &setup.stdout, &setup.stderr]
+        .iter()
+        .any(|fd| fd.as_raw_fd() < 3);
+    if low {
+        return Err(SpawnError::Clone(io::Error::other(
+            "a standard stream of the agent is closed",
+        )));
+    }
+    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SpawnError::Clone(e.into()))?;
+    let mut args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM is fork: the child gets a copy of this address space with
+    // only the calling thread. It runs `child`, which never returns and makes only raw system
+    // calls (no allocation, no locks, no glibc state that other threads may hold) on values
+    // built above; the parent reads the pointers' targets only after the child has executed
+    // or exited.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret < 0 {
+        return Err(SpawnError::Clone(io::Error::last_os_error()));
+    }
+    if ret == 0 {
+        // SAFETY: in the child; see above.
+        unsafe {
+            child(
+                setup,
+                &argv,
+                &envp,
+                &limits,
+                groups.as_deref(),
+                err_write.as_raw_fd(),
+            )
+        }
+    }
+    let pid = ret as libc::pid_t;
+    drop(err_write);
+    // The child closes its copy when it runs the program (close-on-exec), or writes an errno.
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&err_read, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                reap(pid);
+                return Err(SpawnError::Child(e.into()));
+            }
+        }
+    }
+    match got {
+        0 => Ok(pid as u32),
+        4 => {
+            reap(pid);
+            Err(SpawnError::Child(io::Error::from_raw_os_error(
+                i32::from_ne_bytes(buf),
+            )))
+        }
+        _ => {
+            reap(pid);
+            Err(SpawnError::Child(io::Error::other(
+                "the child reported a failure it could not finish writing",
+            )))
+        }
+    }
+}
+
+/// Waits for a child that failed before running its program (it exits at once).
+fn reap(pid: libc::pid_t) {
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+}
+
+/// The child: sets itself up and runs the program, or reports the errno and exits 127.
+///
+/// SAFETY (for the caller): must only run in the child of [`spawn`]'s clone. Every call below is
+/// a raw system call or a thin glibc wrapper of one (`dup2`, `fcntl`, `setpgid`,
+/// `sigprocmask`, `sigaction`, `chdir`, `sched_setaffinity`, `execve`, `write`, `_exit`); the
+/// credentials go through `syscall` directly, because glibc's `setuid` family would try to
+/// switch the other threads of the parent, which do not exist here.
+#[allow(unsafe_code)]
+unsafe fn child(
+    setup: &Setup,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    limits: &[(libc::c_int, libc::rlimit64)],
+    groups: Option<&[libc::gid_t]>,
+    err: libc::c_int,
+) -> ! {
+    // SAFETY: see the function doc; every pointer is to a value the parent built and still
+    // holds (this process has a copy of it).
+    unsafe {
+        let fail = |err: libc::c_int| -> ! {
+            let errno = *libc::__errno_location();
+            let bytes = errno.to_ne_bytes();
+            libc::write(err, bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(127)
+        };
+        for (fd, target) in [
+            (setup.stdin.as_raw_fd(), 0),
+            (setup.stdout.as_raw_fd(), 1),
+            (setup.stderr.as_raw_fd(), 2),
+        ] {
+            if fd == target {
+                // dup2 onto itself would keep close-on-exec.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    fail(err);
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                fail(err);
+            }
+        }
+        // Its own process group, so a stop reaches everything it starts.
+        if libc::setpgid(0, 0) < 0 {
+            fail(err);
+        }
+        // A program expects no blocked signals and a default SIGPIPE (Rust ignores it in the
+        // agent, and an ignored signal stays ignored across exec).
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) < 0 {
+            fail(err);
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        if libc::sigaction(libc::SIGPIPE, &dfl, std::ptr::null_mut()) < 0 {
+            fail(err);
+        }
+        if let Some(dir) = &setup.cwd
+            && libc::chdir(dir.as_ptr()) < 0
+        {
+            fail(err);
+        }
+        if let Some(set) = &setup.affinity
+            && nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set).is_err()
+        {
+            fail(err);
+        }
+        for (resource, value) in limits {
+            if libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                *resource,
+                value as *const libc::rlimit64,
+                std::ptr::null_mut::<libc::rlimit64>(),
+            ) < 0
+            {
+                fail(err);
+            }
+        }
+        let creds = &setup.credentials;
+        if let Some(groups) = groups
+            && libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0
+        {
+            fail(err);
+        }
+        if let Some(gid) = creds.gid
+            && libc::syscall(libc::SYS_setresgid, gid, gid, gid) < 0
+        {
+            fail(err);
+        }
+        if let Some(uid) = creds.uid
+            && libc::syscall(libc::SYS_setresuid, uid, uid, uid) < 0
+        {
+            fail(err);
+        }
+        if let Some(dir) = &setup.cwd_as_user
+            && libc::chdir(dir.as_ptr()) < 0
+        {
+            fail(err);
+        }
+        libc::execve(setup.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_resolve_as_execvp_would() {
+        let path = OsStr::new("/nonexistent:/bin:/usr/bin");
+        let sh = resolve("sh", Some(path)).expect("sh on PATH");
+        assert!(sh.to_bytes().ends_with(b"/sh"), "{sh:?}");
+        assert_eq!(resolve("./x", Some(path)), CString::new("./x").ok());
+        assert_eq!(resolve("no-such-program-pmcluster", Some(path)), None);
+        // Not executable: passed over.
+        assert_eq!(resolve("passwd", Some(OsStr::new("/etc"))), None);
+    }
+
+    #[test]
+    fn later_layers_win() {
+        let layers = [
+            ("PMC_T_A".to_string(), "1".to_string()),
+            ("PMC_T_A".to_string(), "2".to_string()),
+        ];
+        let env = environment(&layers).expect("no NUL");
+        let a: Vec<&CString> = env
+            .iter()
+            .filter(|e| e.to_bytes().starts_with(b"PMC_T_A="))
+            .collect();
+        assert_eq!(a, [&CString::new("PMC_T_A=2").expect("no NUL")]);
+        let bad = [("K".to_string(), "a\0b".to_string())];
+        assert!(environment(&bad).is_err());
+    }
+}
