@@ -18,7 +18,7 @@
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -102,23 +102,12 @@ pub fn environment<'a>(
     }
     env.into_iter()
         .map(|(k, v)| {
-            let mut kv = k.into_vec_bytes();
+            let mut kv = k.into_vec();
             kv.push(b'=');
             kv.extend_from_slice(v.as_bytes());
             CString::new(kv).map_err(|_| "an environment variable holds a NUL byte".to_string())
         })
         .collect()
-}
-
-trait IntoVecBytes {
-    fn into_vec_bytes(self) -> Vec<u8>;
-}
-
-impl IntoVecBytes for OsString {
-    fn into_vec_bytes(self) -> Vec<u8> {
-        use std::os::unix::ffi::OsStringExt;
-        self.into_vec()
-    }
 }
 
 /// Finds `program` as `execvp` would: a name with a `/` is used as it is (relative to the

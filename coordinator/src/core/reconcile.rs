@@ -267,7 +267,10 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             let kept = settle_index(&active, &snap, &nodes, app, &mut plan);
             let mut kept_moves = false;
             for r in &active {
-                if plan.remove.contains(&r.id) || !unstartable_due(r, app, &snap, &nodes, &mut plan)
+                // The map first: it is nearly always empty, and `plan.remove` can be long.
+                if !snap.unstartable.contains_key(&r.id)
+                    || plan.remove.contains(&r.id)
+                    || !unstartable_due(r, app, &snap, &nodes, &mut plan)
                 {
                     continue;
                 }
