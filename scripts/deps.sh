@@ -37,3 +37,20 @@ if command -v docker >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2
   echo "== installing docker-compose (Debian package) for the compose deploy test"
   apt_install docker-compose
 fi
+# Python tests (the Python client in clients/python, the metrics test's Prometheus text parser)
+# run in a virtualenv of their own under target/, so the system's Python stays as it is. A
+# machine without python3 or PyPI skips those tests (need `python`).
+venv=target/pyenv
+want="grpcio-tools==1.85.1 grpcio==1.85.1 prometheus-client"
+if command -v python3 >/dev/null 2>&1; then
+  if ! [ -x "$venv/bin/python" ] || ! [ -f "$venv/.pmcluster-deps" ] \
+    || [ "$(cat "$venv/.pmcluster-deps")" != "$want" ]; then
+    echo "== making the Python virtualenv $venv ($want)"
+    mkdir -p target
+    if python3 -m venv "$venv" && "$venv/bin/pip" install -q $want; then
+      echo "$want" >"$venv/.pmcluster-deps"
+    else
+      echo "== could not make $venv: the Python tests will report a skip"
+    fi
+  fi
+fi
