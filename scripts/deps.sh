@@ -41,7 +41,7 @@ fi
 # run in a virtualenv of their own under target/, so the system's Python stays as it is. A
 # machine without python3 or PyPI skips those tests (need `python`).
 venv=target/pyenv
-want="grpcio-tools==1.85.1 grpcio==1.85.1 prometheus-client"
+want="grpcio-tools==1.85.1 grpcio==1.85.1 prometheus-client setuptools>=70"
 if command -v python3 >/dev/null 2>&1; then
   if ! [ -x "$venv/bin/python" ] || ! [ -f "$venv/.pmcluster-deps" ] \
     || [ "$(cat "$venv/.pmcluster-deps")" != "$want" ]; then

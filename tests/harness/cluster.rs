@@ -15,10 +15,11 @@ use serde_json::Value;
 
 use crate::bins::Bins;
 use crate::cli::{CliOutput, Instance, render};
-use crate::daemon::{Daemon, log_file, tail, wait_listening};
+use crate::daemon::{Daemon, log_file, wait_listening};
 use crate::error::{Error, io_err, unexpected};
 use crate::proc::{ProcId, children_of, is_log_pump};
-use crate::wait::{poll_every, poll_until};
+use crate::run::run_bounded;
+use crate::wait::poll_until;
 
 /// How long the harness waits for a daemon to come up, or for instances to come online.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -496,57 +497,24 @@ impl Cluster {
         timeout: Duration,
     ) -> Result<CliOutput, Error> {
         let run = self.cli_runs.fetch_add(1, Ordering::Relaxed);
-        let dir = self.root.join("cli");
-        fs::create_dir_all(&dir).map_err(io_err("creating the cli output dir"))?;
-        let out_path = dir.join(format!("{run}.out"));
-        let err_path = dir.join(format!("{run}.err"));
-        let what = format!("pmcluster {}", args.join(" "));
         // A test's own --ca (no or another certificate) replaces the test user's.
         let tls = match &self.tls {
             Some(pki) if !args.contains(&"--ca") => pki.cli_args(),
             _ => Vec::new(),
         };
-        let mut child = self
-            .command_on(CLIENT_HOST, &self.bins.cli)?
-            .arg("--coordinator")
+        let mut cmd = self.command_on(CLIENT_HOST, &self.bins.cli)?;
+        cmd.arg("--coordinator")
             .arg(coordinator)
             .args(tls)
             .args(args)
-            .env_remove("PMCLUSTER_COORDINATOR")
-            .stdin(Stdio::null())
-            .stdout(log_file(&out_path)?)
-            .stderr(log_file(&err_path)?)
-            .spawn()
-            .map_err(io_err(format!("spawning {what}")))?;
-        // A CLI call takes milliseconds; poll its exit finely so that waits stay quick.
-        let interval = Duration::from_millis(10);
-        let waited = poll_every(interval, timeout, &what, || match child.try_wait() {
-            Ok(Some(status)) => Ok(Ok(status)),
-            Ok(None) => Err(tail(&err_path, 5)),
-            Err(e) => Ok(Err(io_err(format!("waiting for {what}"))(e))),
-        });
-        let status = match waited {
-            Ok(status) => status?,
-            Err(timeout) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(timeout);
-            }
-        };
-        let read = |p: &Path| {
-            fs::read(p)
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .map_err(io_err(format!("reading {}", p.display())))
-        };
-        let output = CliOutput {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            status,
-            stdout: read(&out_path)?,
-            stderr: read(&err_path)?,
-        };
-        let _ = fs::remove_file(&out_path);
-        let _ = fs::remove_file(&err_path);
-        Ok(output)
+            .env_remove("PMCLUSTER_COORDINATOR");
+        run_bounded(
+            &mut cmd,
+            &self.root.join("cli"),
+            &run.to_string(),
+            args,
+            timeout,
+        )
     }
 
     /// [`Cluster::try_cli`] that panics if the CLI could not be run at all (its exit status is

@@ -18,7 +18,8 @@
 //! `http`; `skip` (reporting a test this host cannot run); `cli` (a CLI run's output and `list`
 //! entries); `cluster` (the cluster and its cleanup); `app` (starting the test app, the one way
 //! every test does it); `sampler`; `hosts` (test hosts: network namespaces on a bridge);
-//! `python` (the virtualenv of the Python tests); `etcd` (etcd members for the HA store and pair); `pair` (an HA pair of coordinators on etcd); `standby` (a fake standby coordinator that
+//! `run` (a short command run to its end within a deadline); `python` (the virtualenv of the
+//! Python tests); `etcd` (etcd members for the HA store and pair); `pair` (an HA pair of coordinators on etcd); `standby` (a fake standby coordinator that
 //! points clients at the real one).
 
 mod app;
@@ -35,6 +36,7 @@ mod pair;
 mod ports;
 mod proc;
 mod python;
+mod run;
 mod sampler;
 mod skip;
 mod standby;
@@ -58,6 +60,7 @@ pub use pair::Pair;
 pub use ports::free_port_range;
 pub use proc::{ProcId, children_of, is_log_pump, kill_pid, pid_alive};
 pub use python::venv_python;
+pub use run::run_bounded;
 pub use sampler::Sampler;
 pub use skip::{REQUIRE_ENV, SKIP_MARK, requires, skip};
 pub use standby::FakeStandby;

@@ -17,6 +17,7 @@ mod lb;
 mod limits;
 mod local;
 mod nodes;
+mod python_client;
 mod reliability;
 mod rollout;
 mod scale;
