@@ -37,6 +37,11 @@ if command -v docker >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2
   echo "== installing docker-compose (Debian package) for the compose deploy test"
   apt_install docker-compose
 fi
+# `pmcluster monit` is tested in a real terminal: tmux (send-keys, capture-pane).
+if ! command -v tmux >/dev/null 2>&1; then
+  echo "== installing tmux (Debian package) for the monit test"
+  apt_install tmux
+fi
 # Python tests (the Python client in clients/python, the metrics test's Prometheus text parser)
 # run in a virtualenv of their own under target/, so the system's Python stays as it is. A
 # machine without python3 or PyPI skips those tests (need `python`).

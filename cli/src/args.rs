@@ -168,6 +168,13 @@ pub enum Command {
     /// Print recent cluster events, then new ones as they happen, until Ctrl-C
     Events(EventsArgs),
 
+    /// A live terminal view: instances with CPU and memory sparklines, nodes, and logs
+    #[command(
+        after_help = "Keys: ↑/↓ (or j/k) select an instance, whose logs show below; Home/End; \
+        Tab switches between instances and nodes; q, Esc or Ctrl-C quits."
+    )]
+    Monit(MonitArgs),
+
     /// Scale an app from its CPU or memory, within bounds; without options, show its state
     #[command(after_help = "Examples:\n  \
         pmcluster autoscale web --min 2 --max 10 --cpu-threshold 70\n  \
@@ -594,6 +601,20 @@ pub struct LogsArgs {
     /// Print only the lines, without the app[index] prefix
     #[arg(long)]
     pub raw: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitArgs {
+    /// Only this app's instances
+    pub app: Option<String>,
+
+    /// How often to refresh the figures (at least 100ms)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+}
+
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 500ms, 2s)"))
 }
 
 #[derive(Debug, Args)]

@@ -14,6 +14,7 @@ pub mod commands;
 pub mod error;
 pub mod failover;
 pub mod local;
+pub mod monit;
 pub mod output;
 pub mod rollout;
 pub mod status;
@@ -83,6 +84,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Drain(a) => commands::drain(a, true, ctx).await,
         Command::Undrain(a) => commands::drain(a, false, ctx).await,
         Command::Events(a) => commands::events(a, ctx).await,
+        Command::Monit(a) => monit::monit(a, ctx).await,
         Command::Autoscale(a) => commands::autoscale(a, ctx).await,
         Command::Up(_) | Command::Down(_) | Command::Certs(_) => unreachable!("handled above"),
     }
