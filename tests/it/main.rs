@@ -16,6 +16,7 @@ mod hosts;
 mod lb;
 mod limits;
 mod local;
+mod metrics;
 mod nodes;
 mod reliability;
 mod rollout;
