@@ -321,7 +321,92 @@ fn metrics_show_instances_nodes_and_the_coordinator() {
         }
     });
 
+    // Every metric the Grafana dashboard queries is one the coordinator serves.
+    let served: std::collections::BTreeSet<String> = first
+        .families
+        .iter()
+        .flat_map(|(name, f)| {
+            let suffixes: &[&str] = match f["type"].as_str() {
+                Some("counter") => &["_total"],
+                Some("histogram") => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            suffixes.iter().map(move |s| format!("{name}{s}"))
+        })
+        .collect();
+    for name in dashboard_metrics() {
+        assert!(
+            served.contains(&name),
+            "the dashboard queries {name}, which /metrics lacks"
+        );
+    }
+
     // Only /metrics is served.
     let other = http_get(port, "/").expect("GET /");
     assert_eq!(other.status, 404, "{other:?}");
+}
+
+/// The Grafana dashboard, parsed.
+fn dashboard() -> Value {
+    let text = include_str!("../../deploy/grafana/pmcluster.json");
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("deploy/grafana/pmcluster.json: {e}"))
+}
+
+/// Every `pmcluster_*` name the dashboard's queries use.
+fn dashboard_metrics() -> std::collections::BTreeSet<String> {
+    let d = dashboard();
+    let mut names = std::collections::BTreeSet::new();
+    for panel in d["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            let mut rest = expr;
+            while let Some(at) = rest.find("pmcluster_") {
+                let tail = &rest[at..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.insert(tail[..end].to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    names
+}
+
+/// The dashboard is JSON Grafana can import: a title and uid, panels with distinct ids, each with
+/// at least one query, and queries for what it promises.
+#[test]
+fn grafana_dashboard_is_valid() {
+    let d = dashboard();
+    assert_eq!(d["uid"], "pmcluster");
+    assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+    let panels = d["panels"].as_array().expect("panels");
+    let mut ids = std::collections::BTreeSet::new();
+    for p in panels {
+        let id = p["id"].as_u64().expect("a panel id");
+        assert!(ids.insert(id), "panel id {id} twice");
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {id} has no query");
+        for t in targets {
+            assert!(
+                t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "panel {id}: a query without expr"
+            );
+        }
+    }
+    let names = dashboard_metrics();
+    for wanted in [
+        "pmcluster_instance_up",
+        "pmcluster_instance_cpu_seconds_total",
+        "pmcluster_instance_memory_rss_bytes",
+        "pmcluster_instance_restarts_total",
+        "pmcluster_grpc_request_duration_seconds_bucket",
+        "pmcluster_store_commit_duration_seconds_bucket",
+        "pmcluster_node_state",
+    ] {
+        assert!(
+            names.contains(wanted),
+            "the dashboard does not query {wanted}"
+        );
+    }
 }
