@@ -454,7 +454,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let seat = Seat::single(control, advertise, store);
             let options = ServeOptions {
                 grace: config.shutdown_grace,
-                limits: config.limits.clone(),
+                limits: config.limits,
                 metrics,
             };
             server::serve_tls(seat, None, tls, listener, shutdown_signal(), options).await?;

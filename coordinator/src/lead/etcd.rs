@@ -151,7 +151,7 @@ pub async fn serve_pair(
         stopping,
         server::ServeOptions {
             grace: config.shutdown_grace,
-            limits: config.limits.clone(),
+            limits: config.limits,
             metrics,
         },
     )
