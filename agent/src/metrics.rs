@@ -42,6 +42,10 @@ pub struct HostInfo {
 pub struct InstanceSample {
     /// Percent of one core, over the whole process tree, since the previous pass.
     pub cpu_percent: f64,
+    /// CPU time the process tree used since the previous pass, in milliseconds; a process
+    /// first seen in this pass counts with all its time (it ran as part of the instance), so
+    /// the sum over passes is the tree's cumulative CPU time.
+    pub cpu_ms_used: u64,
     /// Resident memory of the whole process tree.
     pub rss_bytes: u64,
     pub family: Vec<ProcId>,
@@ -181,6 +185,7 @@ pub fn aggregate(
         .map(|(id, leader)| {
             let mut sample = InstanceSample::default();
             let mut ticks = 0u64;
+            let mut ticks_used = 0u64;
             // Instances lead their own process group (the agent starts them so).
             for i in process::family(table, &children, *leader, *leader) {
                 let s = &table[i];
@@ -188,12 +193,18 @@ pub fn aggregate(
                     pid: s.pid,
                     start_ticks: s.start_ticks,
                 };
-                if let Some(before) = previous.get(&pid) {
-                    ticks += s.cpu_ticks.saturating_sub(*before);
+                match previous.get(&pid) {
+                    Some(before) => {
+                        let delta = s.cpu_ticks.saturating_sub(*before);
+                        ticks += delta;
+                        ticks_used += delta;
+                    }
+                    None => ticks_used += s.cpu_ticks,
                 }
                 sample.rss_bytes += s.rss_pages * page_size;
                 sample.family.push(pid);
             }
+            sample.cpu_ms_used = ticks_used.saturating_mul(1000) / ticks_per_second.max(1);
             if seconds > 0.0 {
                 sample.cpu_percent = ticks as f64 * 100.0 / (seconds * ticks_per_second as f64);
             }
@@ -242,6 +253,8 @@ fn record_metrics(
         match per_instance.get(id) {
             Some(sample) if entry.status.pid.is_some() => {
                 entry.status.cpu_percent = sample.cpu_percent;
+                entry.status.cpu_time_ms =
+                    entry.status.cpu_time_ms.saturating_add(sample.cpu_ms_used);
                 entry.status.memory_bytes = sample.rss_bytes;
                 entry.family.clone_from(&sample.family);
             }
@@ -378,8 +391,9 @@ mod tests {
             .map(|(id, s)| {
                 let pids: Vec<u32> = s.family.iter().map(|p| p.pid).collect();
                 format!(
-                    "{id}: {:.1}% {} {pids:?}",
+                    "{id}: {:.1}% {}ms {} {pids:?}",
                     s.cpu_percent,
+                    s.cpu_ms_used,
                     s.rss_bytes / 4096
                 )
             })
@@ -387,9 +401,9 @@ mod tests {
         assert_eq!(
             render,
             [
-                "a: 45.0% 60 [10, 11, 12]",
-                "b: 0.0% 5 [20]",
-                "gone: 0.0% 0 []"
+                "a: 45.0% 3900ms 60 [10, 11, 12]",
+                "b: 0.0% 0ms 5 [20]",
+                "gone: 0.0% 0ms 0 []"
             ]
         );
         // The first pass has no elapsed time: no CPU figure yet.

@@ -151,6 +151,9 @@ pub struct Status {
     pub port: Option<u16>,
     /// Percent of one core over the last sample period.
     pub cpu_percent: f64,
+    /// CPU time of the process tree while this agent watched it (see `metrics::aggregate`):
+    /// never goes down, whatever restarts, so Prometheus can take its rate.
+    pub cpu_time_ms: u64,
     pub memory_bytes: u64,
     pub restarts: u32,
     /// Unix milliseconds when the current process started; 0 when none runs.
@@ -170,6 +173,7 @@ impl Status {
             pid: None,
             port: None,
             cpu_percent: 0.0,
+            cpu_time_ms: 0,
             memory_bytes: 0,
             restarts: 0,
             started_at_ms: 0,
@@ -196,6 +200,7 @@ impl Status {
             restart_epoch: self.restart_epoch,
             health: pb::HealthState::from(self.health).into(),
             start_failures: self.start_failures,
+            cpu_time_ms: self.cpu_time_ms,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod control;
 pub mod core;
 pub mod lead;
 pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

@@ -10,7 +10,7 @@ use clap::Parser;
 use pmcluster_coordinator::control::ControlConfig;
 use pmcluster_coordinator::core::quota::{self, Caps, WriteRate};
 use pmcluster_coordinator::lead::{Seat, StoreInfo};
-use pmcluster_coordinator::server::{self, Config, StoreChoice};
+use pmcluster_coordinator::server::{self, Config, ServeOptions, StoreChoice};
 use pmcluster_coordinator::throttle::{self, Limits};
 use pmcluster_coordinator::tls::{EtcdTlsFiles, TlsFiles};
 
@@ -83,6 +83,11 @@ struct Args {
     /// Connections without such a certificate are refused.
     #[arg(long, env = "PMCLUSTER_CLIENT_CA")]
     client_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, no authentication), e.g.
+    /// 127.0.0.1:9450. The figures hold names and counts, never env values or secrets; a
+    /// non-loopback address lets anyone who reaches it read them.
+    #[arg(long, env = "PMCLUSTER_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// Serve plaintext on a non-loopback --listen address: anyone who reaches the port can
     /// then run commands on every host. Without TLS and without this flag, such a coordinator
     /// refuses to start.
@@ -229,6 +234,21 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             args.listen
         )
     })?;
+    let metrics_listen = match &args.metrics_listen {
+        None => None,
+        Some(a) => Some(a.parse::<SocketAddr>().with_context(|| {
+            format!("--metrics-listen: {a:?} is not an address like 127.0.0.1:9450")
+        })?),
+    };
+    if let Some(addr) = metrics_listen
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "serving /metrics on a non-loopback address (--metrics-listen): anyone who can \
+             reach it can read the cluster's app, node and instance figures"
+        );
+    }
     let heartbeat_timeout = duration("heartbeat-timeout", &args.heartbeat_timeout)?;
     let heartbeat_interval = duration("heartbeat-interval", &args.heartbeat_interval)?;
     anyhow::ensure!(
@@ -371,6 +391,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         },
         shutdown_grace,
         limits,
+        metrics_listen,
     })
 }
 
@@ -413,7 +434,9 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 Some(files) => Some(pmcluster_coordinator::tls::server_config(files)?),
                 None => None,
             };
-            let control = server::open_control(data_dir, &config.control)?;
+            let metrics = server::bind_metrics(config.metrics_listen).await?;
+            let control =
+                server::open_control(data_dir, &config.control, metrics.as_ref().map(|(m, _)| m))?;
             let listener = server::bind(config.listen).await?;
             let addr = listener.local_addr().context("reading the bound address")?;
             // Tests and `pmcluster up` read this line to learn the port.
@@ -429,9 +452,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 location: data_dir.join("state.redb").display().to_string(),
             };
             let seat = Seat::single(control, advertise, store);
-            let grace = config.shutdown_grace;
-            let limits = &config.limits;
-            server::serve_tls(seat, None, tls, listener, shutdown_signal(), grace, limits).await?;
+            let options = ServeOptions {
+                grace: config.shutdown_grace,
+                limits: config.limits,
+                metrics,
+            };
+            server::serve_tls(seat, None, tls, listener, shutdown_signal(), options).await?;
             Ok(())
         }
         StoreChoice::Etcd { .. } => run_pair(config).await,

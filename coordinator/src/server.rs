@@ -37,6 +37,28 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// `--max-streams-per-connection`, `--request-timeout`, `--write-rate`, `--write-burst`.
     pub limits: Limits,
+    /// `--metrics-listen`: where `/metrics` is served. `None`: no metrics are kept.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How [`serve_tls`] serves, besides its listener.
+pub struct ServeOptions {
+    /// How long in-flight calls may take to finish after the shutdown future completes.
+    pub grace: Duration,
+    pub limits: Limits,
+    /// The metrics and the listener of `/metrics` (`--metrics-listen`), bound by the caller.
+    pub metrics: Option<(Arc<crate::metrics::Metrics>, TcpListener)>,
+}
+
+impl ServeOptions {
+    /// The default limits and no metrics.
+    pub fn with_grace(grace: Duration) -> ServeOptions {
+        ServeOptions {
+            grace,
+            limits: Limits::default(),
+            metrics: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,13 +99,20 @@ pub enum StoreChoice {
     },
 }
 
-/// Opens the embedded store in `data_dir`.
-pub fn open_control(data_dir: &Path, control: &ControlConfig) -> Result<Arc<Control>, ServeError> {
+/// Opens the embedded store in `data_dir`; with `metrics`, its commits are timed.
+pub fn open_control(
+    data_dir: &Path,
+    control: &ControlConfig,
+    metrics: Option<&Arc<crate::metrics::Metrics>>,
+) -> Result<Arc<Control>, ServeError> {
     std::fs::create_dir_all(data_dir).map_err(|error| ServeError::DataDir {
         path: data_dir.display().to_string(),
         error,
     })?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?);
+    let mut store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&data_dir.join("state.redb"))?);
+    if let Some(metrics) = metrics {
+        store = metrics.timed(store);
+    }
     Ok(Arc::new(Control::open(store, control.clone())?))
 }
 
@@ -92,6 +121,27 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// With `addr` (`--metrics-listen`): fresh metrics and their bound listener. Bound before the
+/// gRPC listener, like it, so a taken port is an error at startup.
+pub async fn bind_metrics(
+    addr: Option<SocketAddr>,
+) -> Result<Option<(Arc<crate::metrics::Metrics>, TcpListener)>, ServeError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = bind(addr).await?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    // Like the gRPC listener's line: with port 0 this is how a caller learns the port.
+    println!("pmcluster-coordinator metrics on http://{bound}/metrics");
+    tracing::info!(%bound, "serving /metrics");
+    Ok(Some((
+        Arc::new(crate::metrics::Metrics::default()),
+        listener,
+    )))
 }
 
 /// Largest gRPC message, either way, on every link (agent sessions and the public API). tonic's
@@ -122,23 +172,29 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> Result<(), ServeError> {
-    let limits = Limits::default();
-    serve_tls(seat, directory, None, listener, shutdown, grace, &limits).await
+    let options = ServeOptions::with_grace(grace);
+    serve_tls(seat, directory, None, listener, shutdown, options).await
 }
 
 /// [`serve_with`], serving mutual TLS when `tls` is given (see [`crate::tls::server_config`]):
 /// every connection then carries a client certificate from the cluster CA, and an agent
-/// session must carry the certificate of the node it registers as. `limits` bounds streams per
-/// connection, unary call time and the write rate (see [`crate::throttle`]).
+/// session must carry the certificate of the node it registers as. The options' limits bound
+/// streams per connection, unary call time and the write rate (see [`crate::throttle`]); with
+/// metrics, calls are timed and `/metrics` is served on its listener until shutdown.
 pub async fn serve_tls(
     seat: Arc<Seat>,
     directory: Option<Arc<dyn Directory>>,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-    limits: &Limits,
+    options: ServeOptions,
 ) -> Result<(), ServeError> {
+    let ServeOptions {
+        grace,
+        limits,
+        metrics,
+    } = options;
+    let limits = &limits;
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pmcluster_proto::FILE_DESCRIPTOR_SET)
@@ -155,6 +211,16 @@ pub async fn serve_tls(
     };
     life.tasks
         .spawn(drive(seat.clone(), health, life.cancel.clone()));
+    let metrics = metrics.map(|(metrics, listener)| {
+        life.tasks.spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            seat.clone(),
+            life.cancel.clone(),
+            life.tasks.clone(),
+        ));
+        metrics
+    });
     let stopping = life.cancel.clone();
     let require_agent_cert = tls.is_some();
     let router = tonic::transport::Server::builder()
@@ -163,6 +229,9 @@ pub async fn serve_tls(
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
         // Authentication first: a refused caller uses up no write tokens.
         .layer(crate::auth::AuthLayer::new(seat.clone(), tls.is_some()))
+        // Behind auth: only methods the table names are timed (a made-up path cannot add a
+        // label value); in front of the limits, so a refused write is timed too.
+        .layer(crate::metrics::GrpcMetricsLayer::new(metrics))
         .layer(LimitsLayer::new(limits))
         .add_service(health_service)
         .add_service(pb::coordination_server::CoordinationServer::new(

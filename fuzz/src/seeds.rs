@@ -124,6 +124,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
         restart_epoch: 2,
         health: pb::HealthState::Healthy as i32,
         start_failures: 0,
+        cpu_time_ms: 1500,
     };
     let held = specs
         .iter()

@@ -16,6 +16,7 @@ mod hosts;
 mod lb;
 mod limits;
 mod local;
+mod metrics;
 mod monit;
 mod nodes;
 mod python_client;

@@ -160,6 +160,9 @@ struct Inner {
     unstartable_since: BTreeMap<Uuid, i64>,
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
+    /// The autoscaler's scale decisions by (app, direction, outcome), for `/metrics`: counters
+    /// of this control's term (a new leader starts at zero, which Prometheus reads as a reset).
+    autoscale_counts: BTreeMap<(String, &'static str, &'static str), u64>,
     last_sample_ms: i64,
     /// Something the reconciler looks at changed since it last ran (a node came, went or
     /// lapsed, an instance went on- or offline, a write committed). The reconciler is a pure
@@ -299,6 +302,7 @@ impl Control {
             online_since: HashMap::new(),
             unstartable_since: BTreeMap::new(),
             scaling,
+            autoscale_counts: BTreeMap::new(),
             last_sample_ms: 0,
             reconcile_due: true,
             followup_at: None,

@@ -182,6 +182,9 @@ impl Control {
         inner
             .scaling
             .retain(|name, _| apps.iter().any(|(n, _)| n == name));
+        inner
+            .autoscale_counts
+            .retain(|(name, _, _), _| apps.iter().any(|(n, _)| n == name));
         let mut changes = Vec::new();
         for (name, app) in apps {
             let Some(policy) = app.spec.autoscale.clone() else {
@@ -217,8 +220,15 @@ impl Control {
                 last_change_ms: scaling.last_change_ms,
                 now_ms: now,
             });
-            match decision {
-                Decision::Hold { reason } => scaling.last_reason = reason,
+            let direction = match &decision {
+                Decision::Scale { to, .. } if *to < app.spec.instances => "down",
+                _ => "up",
+            };
+            let outcome = match decision {
+                Decision::Hold { reason } => {
+                    scaling.last_reason = reason;
+                    None
+                }
                 // A policy over a cap lowered since it was set grows only to the cap.
                 Decision::Scale { to, .. }
                     if quota::autoscale_target(&self.config.caps, app.spec.instances, to)
@@ -228,6 +238,7 @@ impl Control {
                         "held at {} instances, the limit per app (--max-instances-per-app)",
                         app.spec.instances
                     );
+                    Some("capped")
                 }
                 Decision::Scale { to, reason } => {
                     let to = quota::autoscale_target(&self.config.caps, app.spec.instances, to)
@@ -238,6 +249,7 @@ impl Control {
                         Ok(s) => s,
                         Err(e) => {
                             tracing::warn!(app = %name, error = %e, "autoscale target refused");
+                            count_autoscale(inner, &name, direction, "refused");
                             continue;
                         }
                     };
@@ -258,12 +270,19 @@ impl Control {
                         ..Batch::default()
                     };
                     match self.write(inner, batch) {
-                        Ok(()) => changes.push((name.clone(), reason)),
+                        Ok(()) => {
+                            changes.push((name.clone(), reason));
+                            Some("scaled")
+                        }
                         Err(e) => {
-                            tracing::error!(app = %name, error = %e, "autoscale write failed")
+                            tracing::error!(app = %name, error = %e, "autoscale write failed");
+                            Some("failed")
                         }
                     }
                 }
+            };
+            if let Some(outcome) = outcome {
+                count_autoscale(inner, &name, direction, outcome);
             }
         }
         changes
@@ -295,4 +314,13 @@ impl Control {
             memory: (n > 0).then(|| mem / f64::from(n)),
         }
     }
+}
+
+/// One more autoscale decision of `app` in `direction` that ended in `outcome` (see
+/// `model::view::AutoscaleCount`).
+fn count_autoscale(inner: &mut Inner, app: &str, direction: &'static str, outcome: &'static str) {
+    *inner
+        .autoscale_counts
+        .entry((app.to_string(), direction, outcome))
+        .or_default() += 1;
 }

@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::core::status::{self, Note};
 use crate::limits;
+use crate::model::view::{AppFigures, AutoscaleCount, InstanceFigures, MetricsView, NodeFigures};
 use crate::model::{AppRecord, InstanceRecord};
 use crate::model::{
     AppView, AutoscaleView, Endpoint, EndpointsView, Event, EventKind, Health, InstanceState,
@@ -266,70 +267,178 @@ impl Control {
 
     pub fn list_nodes(&self) -> Vec<NodeView> {
         let inner = self.lock();
-        // (instances, cpu millis, memory bytes) reserved per node.
-        let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
-        for inst in inner.state.instances.values() {
-            if let Some(n) = &inst.node {
-                let c = counts.entry(n.as_str()).or_default();
-                c.0 += 1;
-                if let Some(app) = inner.state.apps.get(&inst.app) {
-                    c.1 += u64::from(app.spec.resources.cpu_millis);
-                    c.2 += app.spec.resources.memory_bytes;
-                }
-            }
-        }
-        inner
-            .state
-            .nodes
-            .values()
-            .map(|n| {
-                let live = inner.nodes.get(&n.name);
-                let ready = live.is_some_and(|l| is_ready(l, &self.config, inner.now));
-                let host = live.and_then(|l| l.host).unwrap_or_default();
-                let (mut instances, cpu, memory) =
-                    counts.get(n.name.as_str()).copied().unwrap_or_default();
-                if let Some(l) = live.filter(|l| super::is_quarantined(l)) {
-                    // What it runs is not this cluster's, but it is there.
-                    let held = l.held.len() + l.held_unreadable;
-                    instances = instances.max(u32::try_from(held).unwrap_or(u32::MAX));
-                }
-                let quarantine = live
-                    .and_then(|l| l.session.as_ref())
-                    .and_then(|s| s.quarantine.clone())
-                    .filter(|_| ready);
-                let status = match (ready, n.drain) {
-                    _ if quarantine.is_some() => NodeStatus::Quarantined,
-                    (false, _) => NodeStatus::Down,
-                    (true, false) => NodeStatus::Ready,
-                    (true, true) if instances > 0 => NodeStatus::Draining,
-                    (true, true) => NodeStatus::Ineligible,
-                };
-                NodeView {
-                    name: n.name.clone(),
-                    status,
-                    labels: n.labels.clone(),
-                    cores: n.cores,
-                    memory_bytes: n.memory_bytes,
-                    instances,
-                    allocated_cpu_millis: cpu,
-                    allocated_memory_bytes: memory,
-                    down_since_ms: if ready {
-                        0
-                    } else {
-                        live.and_then(|l| l.down_since_ms).unwrap_or(0)
-                    },
-                    last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
-                    hostname: n.hostname.clone(),
-                    agent_version: n.agent_version.clone(),
-                    cpu_percent: host.cpu_percent,
-                    memory_used_bytes: host.memory_used_bytes,
-                    address: n.address.clone(),
-                    message: quarantine.unwrap_or_default(),
-                }
-            })
-            .collect()
+        node_views(&inner, &self.config)
     }
 
+    /// The figures of `/metrics`: every instance (app, index, node, online, CPU time, memory,
+    /// restarts), every app's counts and rollout, every node's status and capacity, the
+    /// autoscaler's counts. One pass over the records under the lock, copying numbers and names.
+    pub fn metrics_view(&self) -> MetricsView {
+        let inner = self.lock();
+        let mut apps: BTreeMap<&str, AppFigures> = inner
+            .state
+            .apps
+            .iter()
+            .map(|(name, app)| {
+                let figures = AppFigures {
+                    app: name.clone(),
+                    desired: app.spec.instances,
+                    rollout: app
+                        .deployment
+                        .as_ref()
+                        .map(|d| (d.state.name(), d.done, d.total)),
+                    ..AppFigures::default()
+                };
+                (name.as_str(), figures)
+            })
+            .collect();
+        let mut instances: Vec<InstanceFigures> = Vec::with_capacity(inner.state.instances.len());
+        for rec in inner.state.instances.values() {
+            let observed = inner.observed.get(&rec.id);
+            let node_up = rec
+                .node
+                .as_ref()
+                .and_then(|n| inner.nodes.get(n))
+                .is_some_and(|l| is_ready(l, &self.config, inner.now));
+            let (state, _) = status::derive(rec, observed.map(|o| o.state), node_up);
+            if let Some(app) = apps.get_mut(rec.app.as_str()) {
+                match state {
+                    InstanceState::Online => app.online += 1,
+                    InstanceState::Pending => app.pending += 1,
+                    _ => {}
+                }
+            }
+            // An agent's figures stand only while its node is up: a lost node's are stale.
+            let figures = observed.filter(|_| node_up);
+            instances.push(InstanceFigures {
+                app: rec.app.clone(),
+                index: rec.index,
+                node: rec.node.clone().unwrap_or_default(),
+                online: state == InstanceState::Online,
+                cpu_time_ms: figures.map_or(0, |o| o.cpu_time_ms),
+                memory_bytes: figures.map_or(0, |o| o.memory_bytes),
+                restarts: figures.map_or(0, |o| u64::from(o.restarts)),
+            });
+        }
+        let nodes = node_views(&inner, &self.config)
+            .into_iter()
+            .map(|n| NodeFigures {
+                name: n.name,
+                status: n.status,
+                cores: n.cores,
+                memory_bytes: n.memory_bytes,
+                instances: n.instances,
+                allocated_cpu_millis: n.allocated_cpu_millis,
+                allocated_memory_bytes: n.allocated_memory_bytes,
+            })
+            .collect();
+        let autoscale = inner
+            .autoscale_counts
+            .iter()
+            .map(|((app, direction, outcome), count)| AutoscaleCount {
+                app: app.clone(),
+                direction,
+                outcome,
+                count: *count,
+            })
+            .collect();
+        let apps = apps.into_values().collect();
+        drop(inner);
+        MetricsView {
+            instances: merge_same_series(instances),
+            apps,
+            nodes,
+            autoscale,
+        }
+    }
+}
+
+/// Sorts by (app, index, node) and merges records that share all three (a handoff's old and new
+/// copy on one node, for a moment): a series must appear once in a scrape.
+fn merge_same_series(mut instances: Vec<InstanceFigures>) -> Vec<InstanceFigures> {
+    instances.sort_by(|a, b| (&a.app, a.index, &a.node).cmp(&(&b.app, b.index, &b.node)));
+    let mut out: Vec<InstanceFigures> = Vec::with_capacity(instances.len());
+    for i in instances {
+        match out.last_mut() {
+            Some(last) if (&last.app, last.index, &last.node) == (&i.app, i.index, &i.node) => {
+                last.online |= i.online;
+                last.cpu_time_ms += i.cpu_time_ms;
+                last.memory_bytes += i.memory_bytes;
+                last.restarts += i.restarts;
+            }
+            _ => out.push(i),
+        }
+    }
+    out
+}
+
+/// Every registered node as `nodes` shows it.
+fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
+    // (instances, cpu millis, memory bytes) reserved per node.
+    let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
+    for inst in inner.state.instances.values() {
+        if let Some(n) = &inst.node {
+            let c = counts.entry(n.as_str()).or_default();
+            c.0 += 1;
+            if let Some(app) = inner.state.apps.get(&inst.app) {
+                c.1 += u64::from(app.spec.resources.cpu_millis);
+                c.2 += app.spec.resources.memory_bytes;
+            }
+        }
+    }
+    inner
+        .state
+        .nodes
+        .values()
+        .map(|n| {
+            let live = inner.nodes.get(&n.name);
+            let ready = live.is_some_and(|l| is_ready(l, config, inner.now));
+            let host = live.and_then(|l| l.host).unwrap_or_default();
+            let (mut instances, cpu, memory) =
+                counts.get(n.name.as_str()).copied().unwrap_or_default();
+            if let Some(l) = live.filter(|l| super::is_quarantined(l)) {
+                // What it runs is not this cluster's, but it is there.
+                let held = l.held.len() + l.held_unreadable;
+                instances = instances.max(u32::try_from(held).unwrap_or(u32::MAX));
+            }
+            let quarantine = live
+                .and_then(|l| l.session.as_ref())
+                .and_then(|s| s.quarantine.clone())
+                .filter(|_| ready);
+            let status = match (ready, n.drain) {
+                _ if quarantine.is_some() => NodeStatus::Quarantined,
+                (false, _) => NodeStatus::Down,
+                (true, false) => NodeStatus::Ready,
+                (true, true) if instances > 0 => NodeStatus::Draining,
+                (true, true) => NodeStatus::Ineligible,
+            };
+            NodeView {
+                name: n.name.clone(),
+                status,
+                labels: n.labels.clone(),
+                cores: n.cores,
+                memory_bytes: n.memory_bytes,
+                instances,
+                allocated_cpu_millis: cpu,
+                allocated_memory_bytes: memory,
+                down_since_ms: if ready {
+                    0
+                } else {
+                    live.and_then(|l| l.down_since_ms).unwrap_or(0)
+                },
+                last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
+                hostname: n.hostname.clone(),
+                agent_version: n.agent_version.clone(),
+                cpu_percent: host.cpu_percent,
+                memory_used_bytes: host.memory_used_bytes,
+                address: n.address.clone(),
+                message: quarantine.unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+impl Control {
     pub fn get_autoscale(&self, name: &str) -> Result<AutoscaleView> {
         let inner = self.lock();
         let app = find_app(&inner, name)?;

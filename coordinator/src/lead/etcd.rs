@@ -104,6 +104,7 @@ pub async fn serve_pair(
         Some(files) => Some(crate::tls::server_config(files)?),
         None => None,
     };
+    let metrics = server::bind_metrics(config.metrics_listen).await?;
     let listener = server::bind(config.listen).await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Tests and `pmcluster up` read this line to learn the port.
@@ -130,6 +131,7 @@ pub async fn serve_pair(
         advertise,
         ttl: lease_ttl,
         lease_granted_ms: Mutex::new(None),
+        metrics: metrics.as_ref().map(|(m, _)| m.clone()),
     });
     let stop = CancellationToken::new();
     let running = tokio::spawn(election.clone().run(stop.clone()));
@@ -147,8 +149,11 @@ pub async fn serve_pair(
         tls,
         listener,
         stopping,
-        config.shutdown_grace,
-        &config.limits,
+        server::ServeOptions {
+            grace: config.shutdown_grace,
+            limits: config.limits,
+            metrics,
+        },
     )
     .await?;
     Ok(())
@@ -191,6 +196,8 @@ struct Election {
     advertise: String,
     ttl: Duration,
     lease_granted_ms: Mutex<Option<i64>>,
+    /// `--metrics-listen`: each term's store is timed into these.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn wall_ms() -> i64 {
@@ -334,10 +341,13 @@ impl Election {
             create_revision: term,
         }));
         let lost = CancellationToken::new();
-        let term_store: Arc<dyn Store> = Arc::new(TermStore {
+        let mut term_store: Arc<dyn Store> = Arc::new(TermStore {
             inner: self.store.clone(),
             lost: lost.clone(),
         });
+        if let Some(metrics) = &self.metrics {
+            term_store = metrics.timed(term_store);
+        }
         let config = self.control.clone();
         let opened = tokio::task::spawn_blocking(move || Control::open(term_store, config))
             .await

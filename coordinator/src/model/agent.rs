@@ -43,6 +43,8 @@ pub struct InstanceObserved {
     /// 0: none.
     pub port: u32,
     pub cpu_percent: f64,
+    /// CPU time of the process tree as the agent summed it; grows while one agent runs it.
+    pub cpu_time_ms: u64,
     pub memory_bytes: u64,
     pub restarts: u32,
     pub started_at_ms: i64,

@@ -170,3 +170,85 @@ pub struct Rollouts {
     pub versions: Vec<u64>,
     pub version: u64,
 }
+
+/// The figures `/metrics` shows, copied under the state lock in one pass: names and numbers
+/// only, so the lock is held for a copy and the text is written after it is released.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricsView {
+    /// One per (app, index, node), sorted so; a handoff's two records on one node are merged.
+    pub instances: Vec<InstanceFigures>,
+    pub apps: Vec<AppFigures>,
+    pub nodes: Vec<NodeFigures>,
+    /// The autoscaler's changes and refusals since this control started, by app, direction
+    /// and outcome.
+    pub autoscale: Vec<AutoscaleCount>,
+}
+
+/// One instance as `/metrics` labels it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct InstanceFigures {
+    pub app: String,
+    pub index: u32,
+    /// Empty while pending.
+    pub node: String,
+    pub online: bool,
+    pub cpu_time_ms: u64,
+    pub memory_bytes: u64,
+    pub restarts: u64,
+}
+
+/// An app's counts and its current rollout.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AppFigures {
+    pub app: String,
+    pub desired: u32,
+    pub online: u32,
+    pub pending: u32,
+    /// The app's deployment (running or the last one): its state, indices done and of how many.
+    pub rollout: Option<(&'static str, u32, u32)>,
+}
+
+/// A node's status, capacity and what is placed on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeFigures {
+    pub name: String,
+    pub status: NodeStatus,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub instances: u32,
+    pub allocated_cpu_millis: u64,
+    pub allocated_memory_bytes: u64,
+}
+
+impl NodeStatus {
+    /// Lowercase, as `nodes` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeStatus::Ready => "ready",
+            NodeStatus::Down => "down",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Ineligible => "ineligible",
+            NodeStatus::Quarantined => "quarantined",
+        }
+    }
+
+    pub const ALL: [NodeStatus; 5] = [
+        NodeStatus::Ready,
+        NodeStatus::Down,
+        NodeStatus::Draining,
+        NodeStatus::Ineligible,
+        NodeStatus::Quarantined,
+    ];
+}
+
+/// How often the autoscaler came to one outcome for one app in one direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoscaleCount {
+    pub app: String,
+    /// `up` or `down`.
+    pub direction: &'static str,
+    /// `scaled`, `capped` (held at `--max-instances-per-app`), `refused` (the target is not a
+    /// valid count) or `failed` (the write failed).
+    pub outcome: &'static str,
+    pub count: u64,
+}

@@ -60,6 +60,7 @@ fn a_registration_reads_what_it_can() {
         health: pb::HealthState::Healthy as i32,
         port: 4100,
         last_exit_code: Some(1),
+        cpu_time_ms: 1234,
         ..pb::InstanceStatus::default()
     };
     let reg = Registration::from(pb::Register {
