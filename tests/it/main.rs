@@ -21,6 +21,7 @@ mod reliability;
 mod rollout;
 mod scale;
 mod scheduling;
+mod shell;
 mod supervision;
 mod tls;
 
