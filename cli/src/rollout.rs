@@ -565,6 +565,7 @@ async fn control(
 
 /// `endpoints APP [-o json|yaml|nginx|haproxy [--balance B]] [--watch --file F [--exec CMD]]`.
 pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let balance = crate::validate::check_balance(args.balance, ctx.output)?;
     let mut conn = ctx.connect().await?;
     let req = pb::WatchEndpointsRequest {
         app: args.app.clone(),
@@ -581,8 +582,8 @@ pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
             OutputFormat::Json | OutputFormat::Yaml => {
                 output::document(&output::endpoints_json(e), format)?
             }
-            OutputFormat::Nginx => output::endpoints_nginx(e),
-            OutputFormat::Haproxy => output::endpoints_haproxy(e),
+            OutputFormat::Nginx => output::endpoints_nginx(e, balance),
+            OutputFormat::Haproxy => output::endpoints_haproxy(e, balance),
             OutputFormat::Table => output::endpoints_plain(e),
         })
     };

@@ -38,6 +38,12 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn start(c: &Cluster, app: &str) -> Balancer {
+        Balancer::start_with(c, app, &[])
+    }
+
+    /// [`Balancer::start`] with more `endpoints` flags (e.g. `--balance sticky`) for both the
+    /// first backend and the watcher.
+    pub fn start_with(c: &Cluster, app: &str, endpoints_args: &[&str]) -> Balancer {
         let haproxy = which("haproxy").expect("haproxy on PATH (apt-get install haproxy)");
         let dir = c.root().join("lb");
         fs::create_dir_all(&dir).expect("lb dir");
@@ -51,8 +57,9 @@ impl Balancer {
         fs::write(dir.join("main.cfg"), main).expect("write main.cfg");
         let backend = dir.join("backend.cfg");
         let b = backend.display().to_string();
-        c.cli(&["endpoints", app, "-o", "haproxy", "--file", &b])
-            .assert_ok();
+        let mut first = vec!["endpoints", app, "-o", "haproxy", "--file", &b];
+        first.extend_from_slice(endpoints_args);
+        c.cli(&first).assert_ok();
         let log = fs::File::create(dir.join("haproxy.log")).expect("haproxy log");
         let proc = Command::new(haproxy)
             .arg("-W")
@@ -80,6 +87,7 @@ impl Balancer {
         let watcher = Command::new(&c.bins().cli)
             .args(["--coordinator", &c.url(), "endpoints", app, "-o", "haproxy"])
             .args(["--watch", "--file", &b, "--exec", &exec])
+            .args(endpoints_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(watch_log)
@@ -91,6 +99,16 @@ impl Balancer {
 
     pub fn backend(&self) -> String {
         fs::read_to_string(self.dir.join("backend.cfg")).unwrap_or_default()
+    }
+
+    /// How many times HAProxy has loaded its config: once at start, then once per reload. The
+    /// watcher reloads it as soon as it starts, and a reload asked for while one is under way
+    /// can be lost, so a test that changes the backend waits for that first reload.
+    pub fn loads(&self) -> usize {
+        fs::read_to_string(self.dir.join("haproxy.log"))
+            .unwrap_or_default()
+            .matches("Loading success")
+            .count()
     }
 }
 
@@ -107,7 +125,7 @@ impl Drop for Balancer {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])

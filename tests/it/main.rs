@@ -8,6 +8,7 @@ mod apply;
 mod auth;
 mod autoscale;
 mod bad_input;
+mod balance;
 mod deploy;
 mod failover;
 mod ha;
