@@ -205,6 +205,10 @@ pub enum Command {
     /// Show who the coordinator takes you for, and your role
     Whoami,
 
+    /// Convert another process manager's apps into a pmcluster config file
+    #[command(subcommand)]
+    Import(ImportSource),
+
     /// Print a shell completion script for bash, zsh or fish
     #[command(after_help = "Examples:\n  \
         source <(pmcluster completions bash)\n  \
@@ -216,6 +220,26 @@ pub enum Command {
     #[command(after_help = "Example:\n  \
         pmcluster man --dir /usr/local/share/man/man1 && man pmcluster-start")]
     Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// From `pm2 jlist` output or a JSON ecosystem file; writes the config `apply -f` reads
+    #[command(after_help = "Examples:\n  \
+        pm2 jlist > pm2.json && pmcluster import pm2 pm2.json --out apps.json\n  \
+        pmcluster import pm2 ecosystem.json -o yaml > apps.yaml\n  \
+        pmcluster apply -f apps.json\n\n\
+        A JavaScript ecosystem file must be turned into JSON first:\n  \
+        node -e \"console.log(JSON.stringify(require('./ecosystem.config.js')))\" > eco.json\n\n\
+        Settings pmcluster cannot honour are named in warnings on standard error.")]
+    Pm2 {
+        /// `pm2 jlist` output or a JSON ecosystem file; - for standard input
+        file: String,
+        /// Write the config to this file instead of standard output (YAML for .yaml/.yml,
+        /// else JSON; -o yaml also picks YAML)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -879,6 +903,9 @@ mod tests {
             "pmcluster completions zsh",
             "pmcluster completions fish",
             "pmcluster man --dir out",
+            "pmcluster import pm2 jlist.json",
+            "pmcluster import pm2 eco.json --out apps.yaml -o yaml",
+            "pmcluster import pm2 -",
             "pmcluster endpoints web -o haproxy --balance leastconn",
             "pmcluster endpoints web -o nginx --balance sticky --watch --file f",
         ];
@@ -895,6 +922,11 @@ mod tests {
             ),
             ("pmcluster completions tcsh", ErrorKind::InvalidValue),
             ("pmcluster man", ErrorKind::MissingRequiredArgument),
+            ("pmcluster import pm2", ErrorKind::MissingRequiredArgument),
+            (
+                "pmcluster import forever x.json",
+                ErrorKind::InvalidSubcommand,
+            ),
             (
                 "pmcluster endpoints web --balance random",
                 ErrorKind::InvalidValue,

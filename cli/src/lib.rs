@@ -2,7 +2,7 @@
 //! `pmcluster.v1.Cluster` gRPC API, and renders answers as tables or JSON. `up`/`down` run a
 //! local single-machine cluster as background daemons.
 //!
-//! It owns no cluster state: every verb except `up`/`down`, `certs`, `completions` and `man`
+//! It owns no cluster state: every verb except `up`/`down`, `certs`, `import`, `completions` and `man`
 //! (files or text on this machine) is one or a few coordinator calls.
 //! `main.rs` only parses, calls [`run`] and maps the error to an exit code with
 //! [`error::exit_code`].
@@ -13,6 +13,7 @@ pub mod client;
 pub mod commands;
 pub mod error;
 pub mod failover;
+pub mod import;
 pub mod local;
 pub mod output;
 pub mod rollout;
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Certs(a) => return certs::run(a, cli.output, out),
         Command::Completions(a) => return shell::completions(a, out),
         Command::Man(a) => return shell::man(a, out),
+        Command::Import(source) => return import::run(source, cli.output, out),
         other => other,
     };
     let urls = failover::parse_urls(&cli.coordinator)?;
@@ -91,6 +93,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         | Command::Down(_)
         | Command::Certs(_)
         | Command::Completions(_)
-        | Command::Man(_) => unreachable!("handled above"),
+        | Command::Man(_)
+        | Command::Import(_) => unreachable!("handled above"),
     }
 }

@@ -14,6 +14,7 @@ mod failover;
 mod ha;
 mod ha_tls;
 mod hosts;
+mod import;
 mod lb;
 mod limits;
 mod local;
