@@ -59,18 +59,6 @@ fn haproxy_balances_as_asked() {
         let line = format!("    balance {algorithm}\n");
         assert!(lb.backend().contains(&line), "{policy}:\n{}", lb.backend());
 
-        wait_until(
-            DEADLINE,
-            "HAProxy to load the watcher's first backend",
-            || {
-                let loads = lb.loads();
-                if loads >= 2 {
-                    Ok(())
-                } else {
-                    Err(format!("{loads} loads"))
-                }
-            },
-        );
         // A fourth instance: the watcher rewrites the backend, with the same policy, and
         // reloads HAProxy.
         c.cli(&["scale", "web", "4"]).assert_ok();
@@ -83,6 +71,7 @@ fn haproxy_balances_as_asked() {
                 Err(b)
             }
         });
+        lb.wait_reloaded(1);
 
         match policy {
             // Every instance answers, the new one too once HAProxy has reloaded.
