@@ -63,7 +63,8 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
-    /// Output format: human tables, or JSON for scripts (logs and events: one object per line)
+    /// Output format: human tables, or JSON or YAML for scripts (logs and events: one JSON
+    /// object per line, or one YAML document per item)
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 
@@ -75,6 +76,7 @@ pub struct Cli {
 pub enum OutputFormat {
     Table,
     Json,
+    Yaml,
     /// `endpoints` only: an nginx upstream block
     Nginx,
     /// `endpoints` only: an HAProxy backend section
@@ -128,7 +130,7 @@ pub enum Command {
     /// Follow and steer rolling updates: status, pause, resume, promote, history, undo
     Rollout(RolloutArgs),
 
-    /// The app's online, healthy endpoints (host:port), as text, JSON, nginx or HAProxy config
+    /// The app's online, healthy endpoints (host:port), as text, JSON, YAML, nginx or HAProxy config
     #[command(after_help = "Examples:\n  \
         pmcluster endpoints web -o nginx\n  \
         pmcluster endpoints web -o haproxy --watch --file /etc/haproxy/web.cfg \\\n      \
@@ -209,6 +211,64 @@ pub enum Command {
 
     /// Show who the coordinator takes you for, and your role
     Whoami,
+
+    /// Convert another process manager's apps into a pmcluster config file
+    #[command(subcommand)]
+    Import(ImportSource),
+
+    /// Print a shell completion script for bash, zsh or fish
+    #[command(after_help = "Examples:\n  \
+        source <(pmcluster completions bash)\n  \
+        pmcluster completions zsh > \"${fpath[1]}/_pmcluster\"\n  \
+        pmcluster completions fish > ~/.config/fish/completions/pmcluster.fish")]
+    Completions(CompletionsArgs),
+
+    /// Write man pages, one per command and subcommand, into a directory
+    #[command(after_help = "Example:\n  \
+        pmcluster man --dir /usr/local/share/man/man1 && man pmcluster-start")]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportSource {
+    /// From `pm2 jlist` output or a JSON ecosystem file; writes the config `apply -f` reads
+    #[command(after_help = "Examples:\n  \
+        pm2 jlist > pm2.json && pmcluster import pm2 pm2.json --out apps.json\n  \
+        pmcluster import pm2 ecosystem.json -o yaml > apps.yaml\n  \
+        pmcluster apply -f apps.json\n\n\
+        A JavaScript ecosystem file must be turned into JSON first:\n  \
+        node -e \"console.log(JSON.stringify(require('./ecosystem.config.js')))\" > eco.json\n\n\
+        Settings pmcluster cannot honour are named in warnings on standard error.")]
+    Pm2 {
+        /// `pm2 jlist` output or a JSON ecosystem file; - for standard input
+        file: String,
+        /// Write the config to this file instead of standard output (YAML for .yaml/.yml,
+        /// else JSON; -o yaml also picks YAML)
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum)]
+    pub shell: Shell,
+}
+
+/// The shells `completions` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory for the pages (pmcluster.1, pmcluster-start.1, ...); created if missing
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -396,6 +456,23 @@ pub struct EndpointsArgs {
     /// With --watch: run this shell command after each change (e.g. reload the load balancer)
     #[arg(long, value_name = "CMD", requires = "watch")]
     pub exec: Option<String>,
+
+    /// With -o nginx or -o haproxy: how the load balancer picks an instance (default
+    /// roundrobin); sticky keeps each client address on one instance
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub balance: Option<Balance>,
+}
+
+/// Load-balancing policies of `endpoints -o nginx|haproxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Balance {
+    /// In turn (nginx's and HAProxy's default)
+    #[default]
+    Roundrobin,
+    /// To the instance with the fewest active connections
+    Leastconn,
+    /// By a hash of the client's address, so a client keeps its instance
+    Sticky,
 }
 
 #[derive(Debug, Args)]
@@ -626,6 +703,10 @@ pub struct EventsArgs {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub history: u32,
 
+    /// Keep printing new events until Ctrl-C (the default; the spelling of PM2 and kubectl)
+    #[arg(short = 'f', long, conflicts_with = "no_follow")]
+    pub follow: bool,
+
     /// Exit after the recent events instead of following new ones
     #[arg(long)]
     pub no_follow: bool,
@@ -835,6 +916,19 @@ mod tests {
             "pmcluster token list",
             "pmcluster token revoke 0123456789ab",
             "pmcluster --token pmc_x whoami",
+            "pmcluster list -o yaml",
+            "pmcluster events -f",
+            "pmcluster events web --follow --history 5",
+            "pmcluster events --no-follow",
+            "pmcluster completions bash",
+            "pmcluster completions zsh",
+            "pmcluster completions fish",
+            "pmcluster man --dir out",
+            "pmcluster import pm2 jlist.json",
+            "pmcluster import pm2 eco.json --out apps.yaml -o yaml",
+            "pmcluster import pm2 -",
+            "pmcluster endpoints web -o haproxy --balance leastconn",
+            "pmcluster endpoints web -o nginx --balance sticky --watch --file f",
         ];
         for line in ok {
             assert!(parse(line).is_ok(), "{line}: {:?}", parse(line).err());
@@ -842,7 +936,22 @@ mod tests {
         let bad = [
             ("pmcluster scale web", ErrorKind::MissingRequiredArgument),
             ("pmcluster frobnicate", ErrorKind::InvalidSubcommand),
-            ("pmcluster list -o yaml", ErrorKind::InvalidValue),
+            ("pmcluster list -o xml", ErrorKind::InvalidValue),
+            (
+                "pmcluster events -f --no-follow",
+                ErrorKind::ArgumentConflict,
+            ),
+            ("pmcluster completions tcsh", ErrorKind::InvalidValue),
+            ("pmcluster man", ErrorKind::MissingRequiredArgument),
+            ("pmcluster import pm2", ErrorKind::MissingRequiredArgument),
+            (
+                "pmcluster import forever x.json",
+                ErrorKind::InvalidSubcommand,
+            ),
+            (
+                "pmcluster endpoints web --balance random",
+                ErrorKind::InvalidValue,
+            ),
             ("pmcluster logs web --lines 0", ErrorKind::ValueValidation),
             (
                 "pmcluster stop web --instance -1",

@@ -243,14 +243,18 @@ fn settle(tmp: &Path, target: &Path, force: bool) -> anyhow::Result<()> {
 }
 
 fn report(written: &Written, output: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
-    if output == OutputFormat::Json {
-        let value = serde_json::json!({
+    let value = || {
+        serde_json::json!({
             "subject": written.subject,
             "cert": written.cert.display().to_string(),
             "key": written.key.display().to_string(),
             "not_after": written.not_after,
-        });
-        writeln!(out, "{value}")?;
+        })
+    };
+    if output == OutputFormat::Json {
+        writeln!(out, "{}", value())?;
+    } else if output == OutputFormat::Yaml {
+        out.write_all(crate::output::document(&value(), output)?.as_bytes())?;
     } else {
         writeln!(
             out,

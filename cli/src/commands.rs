@@ -44,8 +44,9 @@ impl Ctx<'_> {
         Conn::open(self.urls.clone(), self.creds.clone()).await
     }
 
-    pub(crate) fn json(&self) -> bool {
-        self.output == OutputFormat::Json
+    /// Whether the output is for scripts (`-o json` or `-o yaml`) rather than people.
+    pub(crate) fn structured(&self) -> bool {
+        matches!(self.output, OutputFormat::Json | OutputFormat::Yaml)
     }
 
     pub(crate) fn line(&mut self, text: &str) -> anyhow::Result<()> {
@@ -58,16 +59,17 @@ impl Ctx<'_> {
             .context("writing to stdout")
     }
 
-    /// Pretty JSON for one-shot answers.
+    /// Pretty JSON, or YAML, for one-shot answers.
     pub(crate) fn value(&mut self, value: &Value) -> anyhow::Result<()> {
-        let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
-        self.line(&text)
+        let text = output::document(value, self.output)?;
+        self.text(&text)
     }
 
-    /// One compact JSON object per line, for streams (logs, events).
-    pub(crate) fn json_line(&mut self, value: &Value) -> anyhow::Result<()> {
-        let text = serde_json::to_string(value).context("encoding JSON")?;
-        self.line(&text)
+    /// One item of a stream (logs, events): a compact JSON object per line, or a YAML document
+    /// per item.
+    pub(crate) fn stream_item(&mut self, value: &Value) -> anyhow::Result<()> {
+        let text = output::stream_item(value, self.output)?;
+        self.text(&text)
     }
 }
 
@@ -152,7 +154,7 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 }
                 other => other?,
             };
-            if ctx.json() {
+            if ctx.structured() {
                 return ctx.value(&json!({
                     "app": app, "action": "started", "index": index, "affected": reply.affected,
                 }));
@@ -177,7 +179,7 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 };
                 call!(conn, start, target).await?;
             }
-            if ctx.json() {
+            if ctx.structured() {
                 return ctx.value(&apply_json(&spec.name, &reply));
             }
             let verb = if reply.created || unchanged {
@@ -256,7 +258,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 )
             }
         })?;
-        if ctx.json() {
+        if ctx.structured() {
             results.push(apply_json(&spec.name, &reply));
             continue;
         }
@@ -280,7 +282,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             ))?;
         }
     }
-    if ctx.json() {
+    if ctx.structured() {
         ctx.value(&Value::Array(results))?;
     }
     Ok(())
@@ -295,7 +297,7 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         instances: i64::from(instances),
     };
     let reply = call!(conn, scale, req).await?;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&json!({
             "app": args.app, "previous": reply.previous, "instances": reply.instances,
         }));
@@ -366,7 +368,7 @@ pub async fn list(args: ListArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let app = args.app.unwrap_or_default();
     let instances = list_instances(&mut conn, &app).await?;
     let now = output::now_ms();
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::instances_json(&instances, now));
     }
     if instances.is_empty() {
@@ -390,7 +392,7 @@ pub async fn info(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let app = call!(conn, get_app, req).await?;
     let instances = list_instances(&mut conn, &args.app).await?;
     let now = output::now_ms();
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::app_info_json(&app, &instances, now));
     }
     ctx.text(&output::app_info_text(&app, &instances, now))
@@ -423,7 +425,7 @@ async fn action(action: Action, args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::
         Action::Stop => (call!(conn, stop, target).await?, "stopped"),
         Action::Restart => (call!(conn, restart, target).await?, "restarted"),
     };
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&json!({
             "app": args.app, "action": verb, "index": args.instance, "affected": reply.affected,
         }));
@@ -439,7 +441,7 @@ pub async fn delete(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         name: args.app.clone(),
     };
     let reply = call!(conn, delete_app, req).await?;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&json!({"app": args.app, "action": "deleted", "removed": reply.removed}));
     }
     ctx.line(&format!(
@@ -455,7 +457,7 @@ pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
         .await?
         .nodes;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::nodes_json(&nodes));
     }
     if nodes.is_empty() {
@@ -480,7 +482,7 @@ pub async fn adopt(args: AdoptArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         node: args.node.unwrap_or_default(),
     };
     let nodes = call!(conn, adopt_node, target).await?.nodes;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::nodes_json(&nodes));
     }
     for n in &nodes {
@@ -504,7 +506,7 @@ pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         .await?
         .node
         .unwrap_or_default();
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::node_json(&node));
     }
     ctx.line(&format!(
@@ -522,7 +524,7 @@ pub async fn topology(args: TopologyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<(
         .nodes;
     let app = args.app.unwrap_or_default();
     let instances = list_instances(&mut conn, &app).await?;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::topology_json(&nodes, &instances));
     }
     ctx.text(&output::topology_text(&nodes, &instances))
@@ -540,7 +542,7 @@ pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Res
         call!(conn, undrain_node, target).await?
     };
     let node = reply.node.unwrap_or_default();
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::node_json(&node));
     }
     let status = output::node_status_name(node.status);
@@ -562,7 +564,7 @@ pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Res
 pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
     let apps = list_apps(&mut conn).await?;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::apps_json(&apps));
     }
     if apps.is_empty() {
@@ -585,7 +587,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     fn resume(req: &mut pb::StreamLogsRequest) {
         req.lines = 1;
     }
-    let json = ctx.json();
+    let structured = ctx.structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();
     let mut seen: HashMap<(u32, i32), String> = HashMap::new();
     let open = |mut client: Client, req| async move { client.stream_logs(req).await };
@@ -607,8 +609,8 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 return Ok(());
             }
             last.insert(key, line.line.clone());
-            if json {
-                ctx.json_line(&output::log_json(&line))
+            if structured {
+                ctx.stream_item(&output::log_json(&line))
             } else {
                 ctx.line(&output::log_line(&line, args.raw))
             }
@@ -628,7 +630,7 @@ pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     fn resume(req: &mut pb::WatchEventsRequest) {
         req.history = 0;
     }
-    let json = ctx.json();
+    let structured = ctx.structured();
     let open = |mut client: Client, req| async move { client.watch_events(req).await };
     watch(
         &mut conn,
@@ -639,8 +641,8 @@ pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             let Watched::Message(event) = item else {
                 return Ok(());
             };
-            if json {
-                ctx.json_line(&output::event_json(&event))
+            if structured {
+                ctx.stream_item(&output::event_json(&event))
             } else {
                 ctx.line(&output::event_line(&event))
             }
@@ -675,7 +677,7 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
     } else {
         call!(conn, get_autoscale, pb::GetAutoscaleRequest { app }).await?
     };
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::autoscale_json(&status));
     }
     ctx.text(&output::autoscale_text(&status))

@@ -2,8 +2,8 @@
 //! `pmcluster.v1.Cluster` gRPC API, and renders answers as tables or JSON. `up`/`down` run a
 //! local single-machine cluster as background daemons.
 //!
-//! It owns no cluster state: every verb except `up`/`down` and `certs` (files on this machine)
-//! is one or a few coordinator calls.
+//! It owns no cluster state: every verb except `up`/`down`, `certs`, `import`, `completions` and `man`
+//! (files or text on this machine) is one or a few coordinator calls.
 //! `main.rs` only parses, calls [`run`] and maps the error to an exit code with
 //! [`error::exit_code`].
 
@@ -13,10 +13,12 @@ pub mod client;
 pub mod commands;
 pub mod error;
 pub mod failover;
+pub mod import;
 pub mod local;
 pub mod monit;
 pub mod output;
 pub mod rollout;
+pub mod shell;
 pub mod status;
 pub mod token;
 pub mod validate;
@@ -32,6 +34,9 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Up(a) => return local::up(a, env, cli.output, out).await,
         Command::Down(a) => return local::down(a, env, out),
         Command::Certs(a) => return certs::run(a, cli.output, out),
+        Command::Completions(a) => return shell::completions(a, out),
+        Command::Man(a) => return shell::man(a, out),
+        Command::Import(source) => return import::run(source, cli.output, out),
         other => other,
     };
     let urls = failover::parse_urls(&cli.coordinator)?;
@@ -86,6 +91,11 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Events(a) => commands::events(a, ctx).await,
         Command::Monit(a) => monit::monit(a, ctx).await,
         Command::Autoscale(a) => commands::autoscale(a, ctx).await,
-        Command::Up(_) | Command::Down(_) | Command::Certs(_) => unreachable!("handled above"),
+        Command::Up(_)
+        | Command::Down(_)
+        | Command::Certs(_)
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::Import(_) => unreachable!("handled above"),
     }
 }

@@ -410,7 +410,7 @@ pub async fn up(
     wait_ready(&layout, &url, &node_name, &mut started).await?;
 
     let pid = |d| running_pid(&layout, d);
-    if format == OutputFormat::Json {
+    if matches!(format, OutputFormat::Json | OutputFormat::Yaml) {
         let value = json!({
             "data_dir": layout.dir,
             "coordinator": {
@@ -424,8 +424,9 @@ pub async fn up(
                 "log": layout.log_file(Daemon::Agent),
             },
         });
-        let text = serde_json::to_string_pretty(&value).context("encoding JSON")?;
-        writeln!(out, "{text}").context("writing to stdout")?;
+        let text = crate::output::document(&value, format)?;
+        out.write_all(text.as_bytes())
+            .context("writing to stdout")?;
         return Ok(());
     }
     let show_pid = |p: Option<i32>| p.map(|p| format!(" (pid {p})")).unwrap_or_default();

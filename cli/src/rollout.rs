@@ -243,7 +243,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             args.app, app.version
         ));
     }
-    if !ctx.json() {
+    if !ctx.structured() {
         ctx.line(&format!("{} version {} -> changes:", args.app, app.version))?;
         for line in &changes {
             ctx.line(&format!("  {line}"))?;
@@ -270,7 +270,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     )
     .await?;
     let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&serde_json::json!({
             "app": args.app, "version": version,
             "deployment": reply.deployment.as_ref().map(output::deployment_json),
@@ -343,7 +343,7 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
             )));
         }
     };
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&json!({
             "app": app, "action": "rolling restart", "affected": reply.affected,
             "update": changed_policy.as_ref().map(|(_, new)| policy_json(new)),
@@ -435,7 +435,7 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                 ));
             };
             if wait && output::deployment_active(&d) {
-                let bar = (!ctx.json() && std::io::stderr().is_terminal()).then(|| {
+                let bar = (!ctx.structured() && std::io::stderr().is_terminal()).then(|| {
                     let bar = indicatif::ProgressBar::new(u64::from(d.total.max(1)));
                     bar.set_style(
                         indicatif::ProgressStyle::with_template(
@@ -483,7 +483,7 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                     bar.finish_and_clear();
                 }
             }
-            if ctx.json() {
+            if ctx.structured() {
                 ctx.value(&output::deployment_json(&d))?;
             } else {
                 ctx.line(&output::deployment_line(&d))?;
@@ -505,7 +505,7 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             let status = call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() }).await?;
             let mut all = status.history.clone();
             all.extend(status.current.clone());
-            if ctx.json() {
+            if ctx.structured() {
                 return ctx.value(&Value::Array(
                     all.iter().map(output::deployment_json).collect(),
                 ));
@@ -534,7 +534,7 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                 }
             )
             .await?;
-            if ctx.json() {
+            if ctx.structured() {
                 return ctx.value(&output::deployment_json(&d));
             }
             ctx.line(&format!(
@@ -557,27 +557,35 @@ async fn control(
         action: action.to_string(),
     };
     let d = call!(conn, control_rollout, req).await?;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&output::deployment_json(&d));
     }
     ctx.line(&output::deployment_line(&d))
 }
 
-/// `endpoints APP [-o json|nginx|haproxy] [--watch --file F [--exec CMD]]`.
+/// `endpoints APP [-o json|yaml|nginx|haproxy [--balance B]] [--watch --file F [--exec CMD]]`.
 pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let balance = crate::validate::check_balance(args.balance, ctx.output)?;
     let mut conn = ctx.connect().await?;
     let req = pb::WatchEndpointsRequest {
         app: args.app.clone(),
     };
     let mut stream = open!(conn, watch_endpoints, req).await?;
     let format = ctx.output;
-    let render = move |e: &pb::Endpoints| match format {
-        OutputFormat::Json => {
-            serde_json::to_string_pretty(&output::endpoints_json(e)).unwrap_or_default() + "\n"
-        }
-        OutputFormat::Nginx => output::endpoints_nginx(e),
-        OutputFormat::Haproxy => output::endpoints_haproxy(e),
-        OutputFormat::Table => output::endpoints_plain(e),
+    let watch_stdout = args.watch && args.file.is_none();
+    let render = move |e: &pb::Endpoints| -> anyhow::Result<String> {
+        Ok(match format {
+            // Watching to standard output, each change is one more YAML document.
+            OutputFormat::Yaml if watch_stdout => {
+                output::stream_item(&output::endpoints_json(e), format)?
+            }
+            OutputFormat::Json | OutputFormat::Yaml => {
+                output::document(&output::endpoints_json(e), format)?
+            }
+            OutputFormat::Nginx => output::endpoints_nginx(e, balance),
+            OutputFormat::Haproxy => output::endpoints_haproxy(e, balance),
+            OutputFormat::Table => output::endpoints_plain(e),
+        })
     };
     if !args.watch {
         let first = stream
@@ -585,7 +593,7 @@ pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
             .await
             .ok_or_else(|| anyhow::anyhow!("the coordinator sent no endpoints"))?;
         let e = first.map_err(crate::error::ApiError::from)?;
-        let text = render(&e);
+        let text = render(&e)?;
         return match &args.file {
             Some(path) => write_atomic(Path::new(path), &text),
             None => ctx.text(&text),
@@ -638,7 +646,7 @@ pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
                 continue;
             }
         };
-        let text = render(&e);
+        let text = render(&e)?;
         if last.as_deref() == Some(text.as_str()) {
             continue;
         }

@@ -34,7 +34,7 @@ pub async fn status(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 fn show(reply: &pb::StatusReply, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    if ctx.json() {
+    if ctx.structured() {
         let value: Value = output::status_json(reply);
         return ctx.value(&value);
     }

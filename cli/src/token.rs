@@ -35,7 +35,7 @@ pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                 .access(req, |mut c, r| async move { c.create_token(r).await })
                 .await?;
             let token = reply.token.unwrap_or_default();
-            if ctx.json() {
+            if ctx.structured() {
                 let mut value = token_json(&token);
                 value["secret"] = json!(reply.secret);
                 return ctx.value(&value);
@@ -59,7 +59,7 @@ pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                     c.list_tokens(r).await
                 })
                 .await?;
-            if ctx.json() {
+            if ctx.structured() {
                 let list: Vec<Value> = reply.tokens.iter().map(token_json).collect();
                 return ctx.value(&json!(list));
             }
@@ -97,7 +97,7 @@ pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                 })
                 .await?;
             let token = reply.token.unwrap_or_default();
-            if ctx.json() {
+            if ctx.structured() {
                 return ctx.value(&token_json(&token));
             }
             ctx.line(&format!(
@@ -115,7 +115,7 @@ pub async fn whoami(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             c.who_am_i(r).await
         })
         .await?;
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&json!({
             "principal": reply.principal,
             "role": reply.role,

@@ -12,7 +12,9 @@ use pmcluster_spec::config::{
 use pmcluster_spec::update::UpdatePolicy;
 use pmcluster_spec::{AppSpec, PortSpec, SpecError, echo};
 
-use crate::args::{RestartArgs, StartArgs, UpdateFlags};
+use clap::ValueEnum;
+
+use crate::args::{Balance, OutputFormat, RestartArgs, StartArgs, UpdateFlags};
 use crate::error::UsageError;
 
 /// Parses an instance count: a whole number from 0 to the spec's limit.
@@ -539,6 +541,28 @@ pub fn check_restart(args: &RestartArgs) -> Result<(), UsageError> {
     )))
 }
 
+/// `endpoints --balance` configures a load balancer, so it goes with `-o nginx` or `-o haproxy`
+/// only; without it, round robin (what both do by default).
+pub fn check_balance(
+    balance: Option<Balance>,
+    output: OutputFormat,
+) -> Result<Balance, UsageError> {
+    match (balance, output) {
+        (None, _) => Ok(Balance::default()),
+        (Some(b), OutputFormat::Nginx | OutputFormat::Haproxy) => Ok(b),
+        (Some(_), other) => {
+            let name = other
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default();
+            Err(UsageError::new(format!(
+                "--balance: only with -o nginx or -o haproxy (it picks the load balancer's \
+                 policy), not with -o {name}"
+            )))
+        }
+    }
+}
+
 /// Whether `autoscale` was given any option that changes the policy.
 pub fn autoscale_changes(a: &crate::args::AutoscaleArgs) -> bool {
     a.min.is_some()
@@ -639,6 +663,37 @@ mod tests {
     use clap::Parser;
 
     use crate::args::{Cli, Command};
+
+    #[test]
+    fn balance_goes_with_a_load_balancer_format() {
+        use OutputFormat as O;
+        let cases = [
+            (None, O::Table, Ok(Balance::Roundrobin)),
+            (None, O::Haproxy, Ok(Balance::Roundrobin)),
+            (Some(Balance::Sticky), O::Nginx, Ok(Balance::Sticky)),
+            (Some(Balance::Leastconn), O::Haproxy, Ok(Balance::Leastconn)),
+            (
+                Some(Balance::Leastconn),
+                O::Table,
+                Err(
+                    "--balance: only with -o nginx or -o haproxy (it picks the load balancer's \
+                     policy), not with -o table",
+                ),
+            ),
+            (
+                Some(Balance::Roundrobin),
+                O::Json,
+                Err(
+                    "--balance: only with -o nginx or -o haproxy (it picks the load balancer's \
+                     policy), not with -o json",
+                ),
+            ),
+        ];
+        for (balance, output, want) in cases {
+            let got = check_balance(balance, output).map_err(|e| e.to_string());
+            assert_eq!(got, want.map_err(str::to_string), "{balance:?} {output:?}");
+        }
+    }
 
     fn start_args(line: &str) -> StartArgs {
         let words = shell_words::split(line).expect("test line splits");

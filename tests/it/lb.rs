@@ -34,10 +34,18 @@ pub struct Balancer {
     dir: PathBuf,
     haproxy: Option<Owned>,
     watcher: Option<Owned>,
+    /// Reloads the watcher asked for before HAProxy ran (none of them reached it).
+    asked_at_start: usize,
 }
 
 impl Balancer {
     pub fn start(c: &Cluster, app: &str) -> Balancer {
+        Balancer::start_with(c, app, &[])
+    }
+
+    /// [`Balancer::start`] with more `endpoints` flags (e.g. `--balance sticky`) for both the
+    /// first backend and the watcher.
+    pub fn start_with(c: &Cluster, app: &str, endpoints_args: &[&str]) -> Balancer {
         let haproxy = which("haproxy").expect("haproxy on PATH (apt-get install haproxy)");
         let dir = c.root().join("lb");
         fs::create_dir_all(&dir).expect("lb dir");
@@ -51,8 +59,35 @@ impl Balancer {
         fs::write(dir.join("main.cfg"), main).expect("write main.cfg");
         let backend = dir.join("backend.cfg");
         let b = backend.display().to_string();
-        c.cli(&["endpoints", app, "-o", "haproxy", "--file", &b])
-            .assert_ok();
+        let mut first = vec!["endpoints", app, "-o", "haproxy", "--file", &b];
+        first.extend_from_slice(endpoints_args);
+        c.cli(&first).assert_ok();
+        // The watcher first: it writes the backend and asks for a reload at once, and HAProxy
+        // loses a reload asked for while it is still starting. Until HAProxy runs there is no
+        // pid file, and nothing to reload.
+        let pidfile = dir.join("haproxy.pid").display().to_string();
+        let exec = format!("! [ -f {pidfile} ] || kill -USR2 $(cat {pidfile})");
+        let watch_log = fs::File::create(dir.join("watcher.log")).expect("watcher log");
+        let watcher = Command::new(&c.bins().cli)
+            .args(["--coordinator", &c.url(), "endpoints", app, "-o", "haproxy"])
+            .args(["--watch", "--file", &b, "--exec", &exec])
+            .args(endpoints_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(watch_log)
+            .spawn()
+            .expect("start the endpoints watcher");
+        let mut lb = Balancer {
+            port,
+            dir: dir.clone(),
+            haproxy: None,
+            watcher: Some(Owned(watcher)),
+            asked_at_start: 0,
+        };
+        wait_for(DEADLINE, "the watcher's first backend", || {
+            lb.reloads_asked() >= 1
+        });
+        lb.asked_at_start = lb.reloads_asked();
         let log = fs::File::create(dir.join("haproxy.log")).expect("haproxy log");
         let proc = Command::new(haproxy)
             .arg("-W")
@@ -65,32 +100,54 @@ impl Balancer {
             .stderr(log)
             .spawn()
             .expect("start haproxy");
-        let mut lb = Balancer {
-            port,
-            dir: dir.clone(),
-            haproxy: Some(Owned(proc)),
-            watcher: None,
-        };
+        lb.haproxy = Some(Owned(proc));
         wait_for(DEADLINE, "haproxy to answer", || {
             http_get(port, "/").is_ok_and(|r| r.status == 200)
         });
-        let pidfile = dir.join("haproxy.pid").display().to_string();
-        let exec = format!("kill -USR2 $(cat {pidfile})");
-        let watch_log = fs::File::create(dir.join("watcher.log")).expect("watcher log");
-        let watcher = Command::new(&c.bins().cli)
-            .args(["--coordinator", &c.url(), "endpoints", app, "-o", "haproxy"])
-            .args(["--watch", "--file", &b, "--exec", &exec])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(watch_log)
-            .spawn()
-            .expect("start the endpoints watcher");
-        lb.watcher = Some(Owned(watcher));
+        // Its worker answers before the master has loaded: a reload asked for in between would
+        // be lost.
+        wait_for(DEADLINE, "the haproxy master to finish loading", || {
+            lb.loads() >= 1
+        });
         lb
     }
 
     pub fn backend(&self) -> String {
         fs::read_to_string(self.dir.join("backend.cfg")).unwrap_or_default()
+    }
+
+    /// How many times HAProxy has loaded its config: once at start, then once per reload.
+    pub fn loads(&self) -> usize {
+        fs::read_to_string(self.dir.join("haproxy.log"))
+            .unwrap_or_default()
+            .matches("Loading success")
+            .count()
+    }
+
+    /// How many reloads the watcher has asked for: it logs `APP: N endpoints` after each.
+    pub fn reloads_asked(&self) -> usize {
+        fs::read_to_string(self.dir.join("watcher.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.ends_with(" endpoints"))
+            .count()
+    }
+
+    /// Waits until the watcher has asked for at least `asked` reloads since HAProxy started,
+    /// and HAProxy has done every one of them: it then serves the backend last written.
+    pub fn wait_reloaded(&self, asked: usize) {
+        wait_until(DEADLINE, "HAProxy to load every backend written", || {
+            let asked_now = self.reloads_asked().saturating_sub(self.asked_at_start);
+            let loads = self.loads();
+            if asked_now >= asked && loads > asked_now {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{asked_now} reloads asked (want {asked}), {loads} loads:\n{}",
+                    self.backend()
+                ))
+            }
+        });
     }
 }
 
@@ -107,7 +164,7 @@ impl Drop for Balancer {
     }
 }
 
-fn which(name: &str) -> Option<PathBuf> {
+pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])

@@ -11,6 +11,8 @@ use comfy_table::{CellAlignment, Table, presets};
 use pmcluster_proto::v1 as pb;
 use serde_json::{Value, json};
 
+use crate::args::OutputFormat;
+
 /// Shown instead of a value that does not apply (no pid while stopped, no port, ...).
 mod autoscale;
 mod deploys;
@@ -31,6 +33,41 @@ pub const NO_APPS: &str =
 /// Printed by `nodes` in table mode when no agent ever registered.
 pub const NO_NODES: &str = "no nodes; start an agent on each host (pmcluster-agent --coordinator URL), \
      or a local cluster with: pmcluster up";
+
+/// A one-shot answer for scripts: pretty JSON, or a YAML document, ending in a newline.
+/// `format` is `Json` or `Yaml`; anything else is a bug of the caller and gets JSON.
+pub fn document(value: &Value, format: OutputFormat) -> Result<String, EncodeError> {
+    match format {
+        OutputFormat::Yaml => yaml(value),
+        _ => Ok(serde_json::to_string_pretty(value)? + "\n"),
+    }
+}
+
+/// One item of a stream for scripts: a compact JSON object on one line, or a YAML document
+/// opened by `---`, so that a reader of the whole stream gets one document per item.
+pub fn stream_item(value: &Value, format: OutputFormat) -> Result<String, EncodeError> {
+    match format {
+        OutputFormat::Yaml => Ok(format!("---\n{}", yaml(value)?)),
+        _ => Ok(serde_json::to_string(value)? + "\n"),
+    }
+}
+
+fn yaml(value: &Value) -> Result<String, EncodeError> {
+    let mut text = serde_saphyr::to_string(value).map_err(|e| EncodeError::Yaml(e.to_string()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// An answer that could not be encoded for `-o json|yaml`.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("encoding YAML: {0}")]
+    Yaml(String),
+}
 
 /// Lowercase state name without the enum prefix: `online`, `stopped`, ...
 pub fn state_name(state: i32) -> &'static str {

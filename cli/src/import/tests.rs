@@ -1,0 +1,189 @@
+//! Table tests of the PM2 conversion: input text, the apps written, the warnings given.
+use super::*;
+
+/// Converts `input` and compares the apps and the warnings (each warning by a substring).
+#[track_caller]
+fn check(input: Value, want_apps: Value, want_warnings: &[&str]) {
+    let got = convert(&input.to_string(), "in.json").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.config["apps"], want_apps, "{input}");
+    assert_eq!(
+        got.warnings.len(),
+        want_warnings.len(),
+        "{input}: {:#?}",
+        got.warnings
+    );
+    for (w, want) in got.warnings.iter().zip(want_warnings) {
+        assert!(w.contains(want), "{w:?} lacks {want:?}");
+    }
+}
+
+#[track_caller]
+fn refused(input: &str, want: &str) {
+    let err = convert(input, "in.json").expect_err(input).to_string();
+    assert!(err.contains(want), "{err:?} lacks {want:?}");
+}
+
+#[test]
+fn ecosystem_apps() {
+    // A cluster app with a shared PORT: one port per instance.
+    check(
+        json!({"apps": [{"name": "api", "script": "server.js", "instances": 4,
+            "exec_mode": "cluster", "env": {"PORT": 3000, "NODE_ENV": "production"},
+            "max_memory_restart": "300M", "autorestart": true, "cwd": "/srv/api"}]}),
+        json!([{"name": "api", "script": "node", "args": ["server.js"], "cwd": "/srv/api",
+            "port": "3000-3003", "env": {"NODE_ENV": "production"}, "instances": 4,
+            "exec_mode": "cluster", "max_memory_restart": "300M", "autorestart": true}]),
+        &["env.PORT: 3000 is shared by PM2's 4 cluster workers"],
+    );
+    // One instance keeps its port; args and interpreter args as strings; interpreter none.
+    check(
+        json!({"apps": [{"name": "bin", "script": "./serve", "interpreter": "none",
+            "args": "--a 'b c'", "env": {"PORT": "8080"}}]}),
+        json!([{"name": "bin", "script": "./serve", "args": ["--a", "b c"], "port": "8080",
+            "instances": 1}]),
+        &[],
+    );
+    check(
+        json!({"apps": [{"name": "w", "script": "w.py", "interpreter": "/usr/bin/python3.11",
+            "interpreter_args": ["-u"], "args": ["--q", 1], "time": true, "uid": "www",
+            "min_uptime": "10s", "max_restarts": 10, "restart_delay": 2000,
+            "kill_timeout": 1600, "cron_restart": "0 0 * * *", "merge_logs": true,
+            "instance_var": "INSTANCE_ID", "watch": false}]}),
+        json!([{"name": "w", "script": "/usr/bin/python3.11", "args": ["-u", "w.py", "--q", "1"],
+            "instances": 1, "min_uptime": "10s", "max_restarts": 10, "restart_delay": 2000,
+            "kill_timeout": 1600, "cron_restart": "0 0 * * *", "merge_logs": true,
+            "log_timestamps": true, "user": "www", "instance_var": "INSTANCE_ID"}]),
+        &[],
+    );
+    // "max", 0 and -1; node_args before the script; extension defaults.
+    check(
+        json!({"apps": [
+            {"name": "a", "script": "a.js", "instances": "max", "node_args": "--max-old-space-size=512"},
+            {"name": "b", "script": "b.sh", "instances": 0},
+            {"name": "c", "script": "c.py", "instances": -1},
+        ]}),
+        json!([
+            {"name": "a", "script": "node", "args": ["--max-old-space-size=512", "a.js"], "instances": "max"},
+            {"name": "b", "script": "bash", "args": ["b.sh"], "instances": "max"},
+            {"name": "c", "script": "python3", "args": ["c.py"], "instances": "max"},
+        ]),
+        &["app c: instances: -1 (every core but 1) has no pmcluster equivalent"],
+    );
+    // What has no equivalent is named, one warning per field.
+    check(
+        json!({"apps": [{"script": "/opt/x/run", "watch": true, "ignore_watch": ["node_modules"],
+            "env_production": {"A": "1"}, "log_date_format": "YYYY", "error_file": "e.log",
+            "frobnicate": 1, "env": {"OBJ": {"a": 1}}}]}),
+        json!([{"name": "run", "script": "/opt/x/run", "instances": 1}]),
+        &[
+            "apps[0]: name: missing; named \"run\"",
+            "app run: env_production: PM2's --env variants are not imported",
+            "app run: error_file: not supported by pmcluster",
+            "app run: frobnicate: unknown to pmcluster's import",
+            "app run: ignore_watch: not supported",
+            "app run: log_date_format: not supported",
+            "app run: watch: not supported",
+            "app run: env.OBJ: not a string, number or boolean",
+        ],
+    );
+    // One app object without `apps`.
+    check(
+        json!({"name": "one", "script": "one.js"}),
+        json!([{"name": "one", "script": "node", "args": ["one.js"], "instances": 1}]),
+        &[],
+    );
+}
+
+fn jlist_proc(name: &str, pm_id: u32, extra: Value) -> Value {
+    let mut env = json!({
+        "name": name, "pm_id": pm_id, "status": "online", "pm_uptime": 1_700_000_000_000u64,
+        "restart_time": 0, "unstable_restarts": 0, "created_at": 1_700_000_000_000u64,
+        "exec_mode": "cluster_mode", "instances": 2, "pm_exec_path": "/srv/api/server.js",
+        "pm_cwd": "/srv/api", "exec_interpreter": "node", "node_args": [], "args": ["--v"],
+        "autorestart": true, "watch": false, "namespace": "default", "vizion": true,
+        "instance_var": "NODE_APP_INSTANCE", "kill_timeout": 1600, "max_memory_restart": 314572800,
+        "pm_out_log_path": "/root/.pm2/logs/api-out.log",
+        "env": {"PATH": "/usr/bin", "HOME": "/root", "PM2_HOME": "/root/.pm2",
+            "NODE_APP_INSTANCE": pm_id, "unique_id": "u", "LC_ALL": "C",
+            "NODE_ENV": "production"},
+    });
+    env["env"][name] = json!(format!("{{\"name\":\"{name}\"}}"));
+    if let (Some(env), Value::Object(extra)) = (env.as_object_mut(), extra) {
+        env.extend(extra);
+    }
+    json!({"pid": 100 + pm_id, "name": name, "pm_id": pm_id, "monit": {"memory": 1, "cpu": 0},
+        "pm2_env": env})
+}
+
+#[test]
+fn jlist_groups_workers_by_name() {
+    let api_env = json!({"NODE_ENV": "production"});
+    check(
+        json!([
+            jlist_proc("api", 0, json!({})),
+            jlist_proc("api", 1, json!({})),
+            jlist_proc(
+                "worker",
+                2,
+                json!({"exec_mode": "fork_mode", "instances": 1,
+                "pm_exec_path": "/srv/w/run.sh", "exec_interpreter": "none", "args": [],
+                "watch": true})
+            ),
+        ]),
+        json!([
+            {"name": "api", "script": "node", "args": ["/srv/api/server.js", "--v"],
+                "cwd": "/srv/api", "env": api_env, "instances": 2, "exec_mode": "cluster",
+                "max_memory_restart": 314572800, "autorestart": true, "kill_timeout": 1600},
+            {"name": "worker", "script": "/srv/w/run.sh", "cwd": "/srv/api", "env": api_env,
+                "instances": 1, "exec_mode": "fork", "max_memory_restart": 314572800,
+                "autorestart": true, "kill_timeout": 1600},
+        ]),
+        &[
+            "app api: env: left out the PM2 daemon's own environment (HOME, LC_ALL, NODE_APP_INSTANCE, PATH, PM2_HOME, unique_id)",
+            "app worker: watch: not supported",
+            "app worker: env: left out the PM2 daemon's own environment",
+        ],
+    );
+    // instances "max" in pm2_env wins over the number of listed workers.
+    let got = convert(
+        &json!([jlist_proc("api", 0, json!({"instances": "max"}))]).to_string(),
+        "j",
+    )
+    .expect("converts");
+    assert_eq!(got.config["apps"][0]["instances"], "max");
+}
+
+#[test]
+fn refusals_name_the_cause() {
+    refused("module.exports = { apps: [] }", JS_HINT);
+    refused(
+        "{\"apps\": [{\"name\": \"x\"}]}",
+        "apps[0]: script: is missing",
+    );
+    refused("{\"apps\": []}", "no app to import");
+    refused("{\"apps\": {}}", "apps: is not a list");
+    refused("{\"nothing\": 1}", "neither `pm2 jlist` output");
+    refused("[{\"name\": \"x\"}]", "[0]: pm2_env: is missing");
+    refused(
+        "{\"apps\": [{\"name\": \"x\", \"script\": \"x\", \"instances\": \"many\"}]}",
+        "app x: instances: \"many\" is not a number",
+    );
+    refused(
+        "{\"apps\": [{\"name\": \"x\", \"script\": \"x\", \"args\": {\"a\": 1}}]}",
+        "app x: args: not a string or a list of strings",
+    );
+    // What pmcluster's own parser refuses comes back naming the field.
+    refused(
+        "{\"apps\": [{\"name\": \"x\", \"script\": \"x\", \"max_memory_restart\": \"lots\"}]}",
+        "max_memory_restart",
+    );
+    refused(
+        "{\"apps\": [{\"name\": \"bad name!\", \"script\": \"x\"}]}",
+        "not valid for pmcluster",
+    );
+    for js in ["ecosystem.config.js", "eco.CJS", "x.mjs"] {
+        let err = refuse_js(js).expect_err(js).to_string();
+        assert!(err.contains(JS_HINT), "{err}");
+    }
+    assert!(refuse_js("eco.json").is_ok());
+}
