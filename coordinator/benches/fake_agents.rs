@@ -2,152 +2,62 @@
 //! gRPC, then one `Scale` takes an app from 0 to 10,000 instances. Measures the time until every
 //! fake agent has received its share of the assignments, and the coordinator's peak RSS.
 //! Run: `cargo bench -p pmcluster-coordinator --bench fake_agents`.
+//!
+//! Sustained (`FAKE_AGENTS_SUSTAIN_SECS=600`): after the scale, every agent reports all its
+//! instances at the coordinator's heartbeat interval (1 s) with changing CPU and memory figures,
+//! while one client calls `list` (an app of 20) and `scale` (that app, 20 <-> 22) in a loop and
+//! lists the whole big app every 5 s. Prints the coordinator's CPU (average and worst 10 s), its
+//! RSS, and the calls' percentiles. `FAKE_AGENTS=N` and `FAKE_AGENTS_INSTANCES=N` change the
+//! size (the runs: 1,000 x 20 and 5,000 x 20).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{
+    AgentProbe, BenchResult, TICKS_PER_SECOND, cluster_client, cpu_ticks, env_or, fake_agent,
+    rss_kib, start_coordinator, summary,
+};
 use pmcluster_proto::v1 as pb;
-use pmcluster_proto::v1::agent_message::Msg as Up;
-use pmcluster_proto::v1::coordinator_message::Msg as Down;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-
-const AGENTS: usize = 1_000;
-const INSTANCES: i64 = 10_000;
-
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// One fake agent: registers, answers every desired set with a status report claiming each
-/// assignment online, and counts the assignments it holds in `held`.
-async fn fake_agent(
-    url: String,
-    name: String,
-    held: Arc<AtomicUsize>,
-    registered: Arc<AtomicUsize>,
-) -> BenchResult<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url)?
-        .connect()
-        .await?;
-    let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(pb::AgentMessage {
-        msg: Some(Up::Register(pb::Register {
-            node_name: name,
-            cores: 64,
-            memory_bytes: 256 << 30,
-            ..Default::default()
-        })),
-    })
-    .await?;
-    let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-    let mut mine = 0usize;
-    while let Some(msg) = inbound.message().await? {
-        match msg.msg {
-            Some(Down::Registered(_)) => {
-                registered.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(Down::Desired(set)) => {
-                let n = set.assignments.len();
-                if n >= mine {
-                    held.fetch_add(n - mine, Ordering::Relaxed);
-                } else {
-                    held.fetch_sub(mine - n, Ordering::Relaxed);
-                }
-                mine = n;
-                let instances = set
-                    .assignments
-                    .iter()
-                    .map(|a| pb::InstanceStatus {
-                        instance_id: a.instance_id.clone(),
-                        state: pb::InstanceState::Online as i32,
-                        pid: 1,
-                        ..Default::default()
-                    })
-                    .collect();
-                let report = pb::StatusReport {
-                    generation: set.generation,
-                    instances,
-                    host: None,
-                };
-                tx.send(pb::AgentMessage {
-                    msg: Some(Up::Status(report)),
-                })
-                .await?;
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Kills the coordinator whatever way the bench ends.
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn run() -> BenchResult<()> {
-    let bin = env!("CARGO_BIN_EXE_pmcluster-coordinator");
+    let agents_n = env_or("FAKE_AGENTS", 1_000)? as usize;
+    let instances_n = env_or("FAKE_AGENTS_INSTANCES", 10_000)? as i64;
+    let sustain_secs = env_or("FAKE_AGENTS_SUSTAIN_SECS", 0)?;
     let dir = tempfile::tempdir()?;
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .args(["--heartbeat-timeout", "60s"])
-        // One app of INSTANCES, over the default cap per app.
-        .args(["--max-instances-per-app", &INSTANCES.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let pid = child.id();
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let child = Reap(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .ok_or("no address line")?
-        .to_string();
-    let url = format!("http://{addr}");
+    // One app of all the instances, over the default cap per app.
+    let most = instances_n.to_string();
+    let (child, pid, url) = start_coordinator(
+        dir.path(),
+        &[
+            "--heartbeat-timeout",
+            "60s",
+            "--max-instances-per-app",
+            &most,
+        ],
+    )?;
     println!(
-        "coordinator pid {pid} on {addr}; RSS at start {} KiB",
+        "coordinator pid {pid} on {url}; RSS at start {} KiB",
         rss_kib(pid, "VmRSS")
     );
 
-    let held = Arc::new(AtomicUsize::new(0));
-    let registered = Arc::new(AtomicUsize::new(0));
+    let probe = Arc::new(AgentProbe::default());
     let start = Instant::now();
     let mut agents = tokio::task::JoinSet::new();
-    for i in 0..AGENTS {
-        let (url, held, registered) = (url.clone(), held.clone(), registered.clone());
-        agents.spawn(fake_agent(url, format!("fake-{i:04}"), held, registered));
+    for i in 0..agents_n {
+        agents.spawn(fake_agent(
+            url.clone(),
+            format!("fake-{i:04}"),
+            probe.clone(),
+        ));
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
-    while registered.load(Ordering::Relaxed) < AGENTS {
+    while probe.registered.load(Ordering::Relaxed) < agents_n {
         if Instant::now() > deadline {
             let mut why = Vec::new();
             while let Some(done) = agents.try_join_next() {
@@ -159,21 +69,18 @@ async fn run() -> BenchResult<()> {
             }
             return Err(format!(
                 "only {} agents registered: {why:?}",
-                registered.load(Ordering::Relaxed)
+                probe.registered.load(Ordering::Relaxed)
             )
             .into());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     println!(
-        "{AGENTS} fake agents registered in {:.2} s",
+        "{agents_n} fake agents registered in {:.2} s",
         start.elapsed().as_secs_f64()
     );
 
-    let channel = tonic::transport::Endpoint::from_shared(url)?
-        .connect()
-        .await?;
-    let mut cluster = pb::cluster_client::ClusterClient::new(channel);
+    let mut cluster = cluster_client(&url).await?;
     cluster
         .apply_app(pb::ApplyAppRequest {
             spec: Some(pb::AppSpec {
@@ -189,15 +96,17 @@ async fn run() -> BenchResult<()> {
     cluster
         .scale(pb::ScaleRequest {
             app: "web".into(),
-            instances: INSTANCES,
+            instances: instances_n,
         })
         .await?;
     let rpc = t0.elapsed();
-    while held.load(Ordering::Relaxed) < INSTANCES as usize {
+    while probe.held.load(Ordering::Relaxed) < instances_n as usize {
         if t0.elapsed() > Duration::from_secs(120) {
-            return Err(
-                format!("only {} assignments arrived", held.load(Ordering::Relaxed)).into(),
-            );
+            return Err(format!(
+                "only {} assignments arrived",
+                probe.held.load(Ordering::Relaxed)
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -227,7 +136,7 @@ async fn run() -> BenchResult<()> {
         .filter(|i| i.state == pb::InstanceState::Online as i32)
         .count();
     println!(
-        "scale 0 -> {INSTANCES} over {AGENTS} nodes: Scale RPC returned in {:.0} ms; every assignment delivered in {:.0} ms; {online} reported online",
+        "scale 0 -> {instances_n} over {agents_n} nodes: Scale RPC returned in {:.0} ms; every assignment delivered in {:.0} ms; {online} reported online",
         rpc.as_secs_f64() * 1000.0,
         all.as_secs_f64() * 1000.0
     );
@@ -236,8 +145,130 @@ async fn run() -> BenchResult<()> {
         rss_kib(pid, "VmHWM") as f64 / 1024.0,
         rss_kib(pid, "VmRSS") as f64 / 1024.0
     );
+    if sustain_secs > 0 {
+        sustained(
+            &mut cluster,
+            pid,
+            &probe.sustain,
+            Duration::from_secs(sustain_secs),
+        )
+        .await?;
+    }
     agents.abort_all();
     drop(child);
+    Ok(())
+}
+
+async fn list_all(
+    cluster: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+    app: &str,
+) -> BenchResult<usize> {
+    let mut n = 0;
+    let mut page_token = String::new();
+    for _ in 0..1000 {
+        let reply = cluster
+            .list_instances(pb::ListInstancesRequest {
+                app: app.into(),
+                page_size: 5000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        n += reply.instances.len();
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        page_token = reply.next_page_token;
+    }
+    Ok(n)
+}
+
+/// Every agent reports every second while one client lists and scales in a loop; bounded by
+/// `length`, and the client waits 50 ms between calls (a person or a script, not a flood).
+async fn sustained(
+    cluster: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+    pid: u32,
+    sustain: &AtomicBool,
+    length: Duration,
+) -> BenchResult<()> {
+    cluster
+        .apply_app(pb::ApplyAppRequest {
+            spec: Some(pb::AppSpec {
+                name: "api".into(),
+                script: "server".into(),
+                instances: 20,
+                ..Default::default()
+            }),
+            keep_instances: false,
+        })
+        .await?;
+    sustain.store(true, Ordering::Relaxed);
+    // Let the first round of reports spread over the second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hz = TICKS_PER_SECOND;
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    let mut window = (t0, c0);
+    let mut worst_window = 0.0f64;
+    let mut peak_rss = 0u64;
+    let (mut lists, mut scales, mut big_lists) = (Vec::new(), Vec::new(), Vec::new());
+    let mut last_big = t0;
+    let mut up = true;
+    while t0.elapsed() < length {
+        let t = Instant::now();
+        let n = cluster
+            .list_instances(pb::ListInstancesRequest {
+                app: "api".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .instances
+            .len();
+        lists.push(t.elapsed().as_secs_f64() * 1000.0);
+        if n < 20 {
+            return Err(format!("list api gave {n} instances").into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        cluster
+            .scale(pb::ScaleRequest {
+                app: "api".into(),
+                instances: if up { 22 } else { 20 },
+            })
+            .await?;
+        scales.push(t.elapsed().as_secs_f64() * 1000.0);
+        up = !up;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if last_big.elapsed() >= Duration::from_secs(5) {
+            last_big = Instant::now();
+            let t = Instant::now();
+            list_all(cluster, "web").await?;
+            big_lists.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if window.0.elapsed() >= Duration::from_secs(10) {
+            let ticks = cpu_ticks(pid);
+            let cores = (ticks - window.1) as f64 / hz / window.0.elapsed().as_secs_f64();
+            worst_window = worst_window.max(cores);
+            window = (Instant::now(), ticks);
+            peak_rss = peak_rss.max(rss_kib(pid, "VmRSS"));
+        }
+    }
+    let cores = (cpu_ticks(pid) - c0) as f64 / hz / t0.elapsed().as_secs_f64();
+    println!(
+        "sustained {:.0} s, every agent reporting every second: coordinator CPU {:.2} cores on average (worst 10 s: {:.2}); RSS {:.1} MiB now, {:.1} MiB at most (sampled), VmHWM {:.1} MiB",
+        t0.elapsed().as_secs_f64(),
+        cores,
+        worst_window,
+        rss_kib(pid, "VmRSS") as f64 / 1024.0,
+        peak_rss.max(rss_kib(pid, "VmRSS")) as f64 / 1024.0,
+        rss_kib(pid, "VmHWM") as f64 / 1024.0,
+    );
+    summary("list api (20 instances)", lists);
+    summary("scale api (20 <-> 22)", scales);
+    summary(
+        "list web (every instance, pages of 5000, every 5 s)",
+        big_lists,
+    );
     Ok(())
 }
 
