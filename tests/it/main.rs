@@ -23,6 +23,7 @@ mod scale;
 mod scheduling;
 mod supervision;
 mod tls;
+mod verbs;
 
 use std::time::Duration;
 

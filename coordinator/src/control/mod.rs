@@ -28,13 +28,14 @@ use crate::core::autoscale::Sample;
 use crate::core::quota::Caps;
 use crate::core::reconcile::{self, Link};
 use crate::model::{
-    AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceObserved, LogLine,
-    LogRequest, Persisted,
+    AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceCommand,
+    InstanceObserved, LogLine, LogRequest, Persisted,
 };
 use crate::store::{Store, StoreError};
 
 mod commands;
 mod events;
+mod handouts;
 mod logs;
 mod sessions;
 mod tick;
@@ -44,6 +45,7 @@ mod write;
 
 pub use crate::model::{EventKind, Rollouts};
 pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
+pub use handouts::{Pending, Wait};
 pub use tokens::NewToken;
 use write::publish;
 
@@ -97,6 +99,9 @@ pub enum Action {
     Start,
     Stop,
     Restart,
+    /// Out of rotation (one index only), and back.
+    Disable,
+    Enable,
 }
 
 /// Messages to an agent besides its desired set.
@@ -104,6 +109,8 @@ pub enum Action {
 pub enum AgentCommand {
     Logs(LogRequest),
     CancelLogs(u64),
+    /// A signal or message for some of its instances (see `handouts`).
+    Hand(InstanceCommand),
 }
 
 /// Live side of a node: its session (if connected) and last report.
@@ -144,6 +151,12 @@ struct LogRoute {
     dropped: u64,
 }
 
+/// Where the answer to one instance command goes.
+struct CommandRoute {
+    node: String,
+    reply: tokio::sync::oneshot::Sender<crate::model::CommandResult>,
+}
+
 struct Inner {
     /// The time of the current critical section (see `Control::lock`).
     now: i64,
@@ -151,6 +164,8 @@ struct Inner {
     nodes: BTreeMap<String, NodeLive>,
     observed: HashMap<Uuid, InstanceObserved>,
     log_routes: HashMap<u64, LogRoute>,
+    /// Instance commands waiting for their agent's answer.
+    command_routes: HashMap<u64, CommandRoute>,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
     /// Since when each instance has been reported online without a break.
@@ -295,6 +310,7 @@ impl Control {
             nodes,
             observed: HashMap::new(),
             log_routes: HashMap::new(),
+            command_routes: HashMap::new(),
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
             unstartable_since: BTreeMap::new(),

@@ -270,6 +270,8 @@ impl Control {
         inner.reconcile_due = true;
         self.changed.notify_one();
         inner.log_routes.retain(|_, r| r.node != node);
+        // Their callers hear that the node went away (the reply channel closes).
+        inner.command_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(
             EventKind::NodeDown,

@@ -105,7 +105,7 @@ impl Control {
             .state
             .app_instances(name)
             .into_iter()
-            .filter(|r| r.draining_since.is_none())
+            .filter(|r| r.draining_since.is_none() && !r.disabled)
             .filter(|r| healthy_since(&inner, r).is_some())
             .filter_map(|r| {
                 let node = r.node.as_ref()?;
@@ -379,6 +379,7 @@ pub(super) fn instance_view(
         app_version: rec.app_version,
         stopped: rec.stopped,
         host,
+        disabled: rec.disabled,
         ..InstanceView::default()
     };
     if let Some(o) = observed {
