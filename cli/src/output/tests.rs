@@ -31,6 +31,8 @@ fn instance(app: &str, index: u32, state: pb::InstanceState) -> pb::Instance {
         } else {
             "10.0.0.1".into()
         },
+        disabled: false,
+        leak: String::new(),
     }
 }
 
