@@ -87,3 +87,90 @@ fn signal_reaches_one_instance_or_all() {
         .expect("cli runs");
     assert!(index.assert_failed().contains("no instance 7"), "{index}");
 }
+
+/// `program` on the PATH, or `None` after reporting the test as skipped for want of `need`.
+fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        pmcluster_tests::skip(need, &format!("no {name} on the PATH"));
+    }
+    found
+}
+
+/// The message examples, a Node.js and a Python app, run as apps of two instances each: a
+/// broadcast reaches every instance of an app, a unicast only its index, and an instance that
+/// does not listen is reported as not reached.
+#[test]
+fn send_reaches_node_and_python_apps_by_broadcast_and_unicast() {
+    let (Some(node), Some(python)) = (program("node", "node"), program("python3", "python")) else {
+        return;
+    };
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/messages");
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    for (app, cmd, lang) in [
+        (
+            "node-msg",
+            format!("{} {}", node.display(), examples.join("app.js").display()),
+            "node",
+        ),
+        (
+            "py-msg",
+            format!("{} {}", python.display(), examples.join("app.py").display()),
+            "python",
+        ),
+    ] {
+        c.cli(&["start", &cmd, "--name", app, "--instances", "2"])
+            .assert_ok();
+        wait_online(&c, app, 2);
+        for i in 0..2 {
+            wait_log(
+                &c,
+                app,
+                i,
+                &format!("{lang} instance {i} listening for messages"),
+            );
+        }
+
+        let out = c.cli(&["send", app, "hello everyone"]);
+        out.assert_ok();
+        assert!(out.stdout.contains("message delivered"), "{out}");
+        for i in 0..2 {
+            wait_log(
+                &c,
+                app,
+                i,
+                &format!("{lang} instance {i} got message: hello everyone"),
+            );
+        }
+
+        let out = c.cli(&["send", app, "--instance", "1", "just for one"]);
+        out.assert_ok();
+        wait_log(
+            &c,
+            app,
+            1,
+            &format!("{lang} instance 1 got message: just for one"),
+        );
+        assert!(
+            !log_of(&c, app, 0).contains("just for one"),
+            "{app}[0] got a unicast meant for [1]"
+        );
+    }
+
+    // The test app does not listen on its socket: not delivered, said per instance, exit 1.
+    c.start_app("web", 1).online().expect("web starts");
+    let deaf = c.try_cli(&["send", "web", "anyone?"]).expect("cli runs");
+    assert!(
+        deaf.assert_failed()
+            .contains("1 of 1 instances of web did not get message"),
+        "{deaf}"
+    );
+    assert!(deaf.stdout.contains("does not listen"), "{deaf}");
+    let bad = c.try_cli(&["send", "web", "two\nlines"]).expect("cli runs");
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert!(bad.stderr.contains("message: must be one line"), "{bad}");
+}
