@@ -174,3 +174,103 @@ fn send_reaches_node_and_python_apps_by_broadcast_and_unicast() {
     assert_eq!(bad.code(), Some(2), "{bad}");
     assert!(bad.stderr.contains("message: must be one line"), "{bad}");
 }
+
+/// The indices in an `endpoints -o json` text (an array of endpoints), sorted.
+fn endpoint_indices(text: &str) -> Result<Vec<u64>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{e}: {text:?}"))?;
+    let mut out: Vec<u64> = v
+        .as_array()
+        .ok_or_else(|| format!("not an array: {text}"))?
+        .iter()
+        .filter_map(|e| e["index"].as_u64())
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Ends a child process the test started.
+struct Owned(std::process::Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `disable` takes one instance off the endpoints (a watcher's file follows) while it keeps
+/// running, `list` shows it, a coordinator restart keeps it out, and `enable` brings it back.
+#[test]
+fn disable_takes_an_instance_out_of_rotation_until_enabled() {
+    let mut c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 3).online().expect("web starts");
+    let before = wait_online(&c, "web", 3);
+    let file = c.root().join("endpoints.json");
+    let f = file.display().to_string();
+    let _watcher = Owned(
+        std::process::Command::new(&c.bins().cli)
+            .args(["--coordinator", &c.url(), "endpoints", "web", "-o", "json"])
+            .args(["--watch", "--file", &f])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the endpoints watcher"),
+    );
+    let watched = |want: &[u64]| {
+        wait_until(
+            DEADLINE,
+            &format!("endpoints {want:?} in the watched file"),
+            || {
+                let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+                let got = endpoint_indices(&text)?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?}"))
+                }
+            },
+        )
+    };
+    watched(&[0, 1, 2]);
+
+    let out = c.cli(&["disable", "web", "--instance", "1"]);
+    assert!(out.assert_ok().stdout.contains("disabled web[1]"), "{out}");
+    watched(&[0, 2]);
+    let list = c.cli(&["list", "web"]);
+    assert!(list.stdout.contains("online (disabled)"), "{list}");
+    let json = c.instances("web").expect("list -o json");
+    let flags: Vec<bool> = json.iter().map(|i| i.json["disabled"] == true).collect();
+    assert_eq!(flags, [false, true, false], "{}", render(&json));
+    // Still the same process: out of rotation, not stopped.
+    let one = crate::by_index(&json, 1).expect("web[1]");
+    assert!(live(one) && one.pid == before[1].pid, "{}", render(&json));
+
+    // Stored: a restarted coordinator keeps it out once every instance is reported again.
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    c.restart_coordinator().expect("restart the coordinator");
+    let after = wait_online(&c, "web", 3);
+    assert!(
+        after
+            .iter()
+            .map(|i| i.json["disabled"] == true)
+            .eq([false, true, false]),
+        "{}",
+        render(&after)
+    );
+    let now = c.cli(&["endpoints", "web", "-o", "json"]);
+    assert_eq!(
+        endpoint_indices(&now.assert_ok().stdout),
+        Ok(vec![0, 2]),
+        "{now}"
+    );
+    watched(&[0, 2]);
+
+    c.cli(&["enable", "web", "--instance", "1"]).assert_ok();
+    watched(&[0, 1, 2]);
+    let list = c.cli(&["list", "web"]);
+    assert!(!list.stdout.contains("disabled"), "{list}");
+
+    let whole = c.try_cli(&["disable", "web"]).expect("cli runs");
+    assert_eq!(whole.code(), Some(2), "{whole}");
+}

@@ -48,6 +48,19 @@ pub fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// An instance's status as `list` shows it: its state, with `(disabled)` when out of rotation
+/// and `(leak?)` while a memory leak is suspected.
+pub fn instance_status(i: &pb::Instance) -> String {
+    let mut s = state_name(i.state).to_string();
+    if i.disabled {
+        s.push_str(" (disabled)");
+    }
+    if !i.leak.is_empty() {
+        s.push_str(" (leak?)");
+    }
+    s
+}
+
 /// An instance's health check result as `list` shows it: `healthy`, `unhealthy`, `unknown`
 /// (checked, no result yet); `None` when it has no health check.
 pub fn health_name(health: i32) -> Option<&'static str> {
@@ -212,7 +225,7 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
             row.extend([
                 dash_if_zero(i.pid),
                 dash_if_zero(i.port),
-                state_name(i.state).to_string(),
+                instance_status(i),
                 health_name(i.health).unwrap_or(NONE).to_string(),
                 if up {
                     percent(i.cpu_percent)
@@ -326,6 +339,8 @@ pub fn instance_json(i: &pb::Instance, now_ms: i64) -> Value {
         "version": i.app_version,
         "last_exit_code": i.last_exit_code,
         "stopped": i.stopped,
+        "disabled": i.disabled,
+        "leak": empty_as_null(&i.leak),
         "message": i.message,
     })
 }
