@@ -274,3 +274,77 @@ fn disable_takes_an_instance_out_of_rotation_until_enabled() {
     let whole = c.try_cli(&["disable", "web"]).expect("cli runs");
     assert_eq!(whole.code(), Some(2), "{whole}");
 }
+
+/// A process that leaks on purpose (the test app's steady 2 MiB/s) is suspected within the
+/// coordinator's leak window, long before its `max_memory_restart` fires: an
+/// `instance.leak_suspected` event, `(leak?)` in `list` and the trend in `info`. A steady app
+/// next to it is not.
+#[test]
+fn a_steady_leak_is_suspected_before_max_memory_restart() {
+    let c = Cluster::start_with(1, &["--leak-window", "8s", "--leak-min-growth", "1M"])
+        .expect("coordinator and an agent start");
+    let port = pmcluster_tests::free_port_range(2).expect("free ports");
+    let config = serde_json::json!({"apps": [
+        {
+            "name": "leaky",
+            "script": c.testapp().display().to_string(),
+            "port": port.to_string(),
+            "env": {"TESTAPP_LEAK_KIB_PER_SEC": "2048"},
+            "max_memory_restart": "1G",
+        },
+        {
+            "name": "steady",
+            "script": c.testapp().display().to_string(),
+            "port": (port + 1).to_string(),
+        },
+    ]});
+    let path = c.root().join("leak.json");
+    std::fs::write(&path, config.to_string()).expect("write the config");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    wait_online(&c, "leaky", 1);
+    wait_online(&c, "steady", 1);
+
+    wait_until(
+        DEADLINE,
+        "an instance.leak_suspected event for leaky[0]",
+        || {
+            let out = c.try_cli(&["events", "leaky", "--no-follow", "--history", "100"])?;
+            if out.stdout.contains("instance.leak_suspected") {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+    let list = c.cli(&["list", "leaky"]);
+    assert!(list.stdout.contains("(leak?)"), "{list}");
+    let info = c.cli(&["info", "leaky"]);
+    assert!(
+        info.stdout.contains("leaky[0]: memory leak suspected: +"),
+        "{info}"
+    );
+    let leaky = c.instances("leaky").expect("list leaky");
+    let one = crate::by_index(&leaky, 0).expect("leaky[0]");
+    assert_eq!(
+        one.restarts, 0,
+        "max_memory_restart fired first: {}",
+        one.json
+    );
+    assert!(
+        one.json["leak"]
+            .as_str()
+            .is_some_and(|l| l.contains("MiB/min")),
+        "{}",
+        one.json
+    );
+
+    let steady = c.instances("steady").expect("list steady");
+    assert!(
+        steady.iter().all(|i| i.json["leak"].is_null()),
+        "{}",
+        render(&steady)
+    );
+    let events = c.cli(&["events", "steady", "--no-follow", "--history", "100"]);
+    assert!(!events.stdout.contains("leak"), "{events}");
+}

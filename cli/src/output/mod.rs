@@ -780,6 +780,13 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
     } else {
         text.push_str(&instances_table(instances, now_ms));
     }
+    // The trend itself does not fit the table's status column.
+    for i in instances.iter().filter(|i| !i.leak.is_empty()) {
+        text.push_str(&format!(
+            "{}[{}]: memory leak suspected: {}\n",
+            i.app, i.index, i.leak
+        ));
+    }
     text
 }
 

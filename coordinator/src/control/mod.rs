@@ -25,6 +25,7 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, SystemClock};
 use crate::core::autoscale::Sample;
+use crate::core::leak::{self, LeakPolicy};
 use crate::core::quota::Caps;
 use crate::core::reconcile::{self, Link};
 use crate::model::{
@@ -58,6 +59,8 @@ pub struct ControlConfig {
     pub heartbeat_timeout: Duration,
     /// `--max-apps` and `--max-instances-per-app`.
     pub caps: Caps,
+    /// `--leak-window` and `--leak-min-growth`.
+    pub leak: LeakPolicy,
 }
 
 impl Default for ControlConfig {
@@ -66,6 +69,7 @@ impl Default for ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             caps: Caps::default(),
+            leak: LeakPolicy::default(),
         }
     }
 }
@@ -151,6 +155,16 @@ struct LogRoute {
     dropped: u64,
 }
 
+/// The memory of one instance's process over the leak window.
+#[derive(Default)]
+struct MemoryTrend {
+    /// The process the samples are of: a new one starts afresh.
+    started_at_ms: i64,
+    samples: VecDeque<leak::Sample>,
+    /// The trend in words while a leak is suspected.
+    suspected: Option<String>,
+}
+
 /// Where the answer to one instance command goes.
 struct CommandRoute {
     node: String,
@@ -173,6 +187,9 @@ struct Inner {
     /// Since when each instance's agent has reported, without a break, that it cannot start
     /// its process (the reconciler moves it after the app's reschedule_after).
     unstartable_since: BTreeMap<Uuid, i64>,
+    /// Memory samples of each online instance's current process, and whether a leak is
+    /// suspected (in memory only: a new leader watches afresh).
+    memory: HashMap<Uuid, MemoryTrend>,
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
     last_sample_ms: i64,
@@ -311,6 +328,7 @@ impl Control {
             observed: HashMap::new(),
             log_routes: HashMap::new(),
             command_routes: HashMap::new(),
+            memory: HashMap::new(),
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
             unstartable_since: BTreeMap::new(),

@@ -380,6 +380,11 @@ pub(super) fn instance_view(
         stopped: rec.stopped,
         host,
         disabled: rec.disabled,
+        leak: inner
+            .memory
+            .get(&rec.id)
+            .and_then(|t| t.suspected.clone())
+            .unwrap_or_default(),
         ..InstanceView::default()
     };
     if let Some(o) = observed {
