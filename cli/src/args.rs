@@ -167,6 +167,13 @@ pub enum Command {
     /// Show the recent output of an app, and follow it with -f
     Logs(LogsArgs),
 
+    /// An app's figures in one block: CPU and memory totals, averages and extremes, restarts,
+    /// uptimes, instances per node
+    Stats(AppArg),
+
+    /// An app's instances side by side: CPU and memory against the app's mean, restarts, uptime
+    Compare(AppArg),
+
     /// List the nodes (hosts running an agent); adopt or forget one
     Nodes(NodesArgs),
 

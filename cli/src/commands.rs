@@ -306,7 +306,10 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ))
 }
 
-async fn list_instances(conn: &mut Conn, app: &str) -> Result<Vec<pb::Instance>, ApiError> {
+pub(crate) async fn list_instances(
+    conn: &mut Conn,
+    app: &str,
+) -> Result<Vec<pb::Instance>, ApiError> {
     let mut instances = Vec::new();
     let mut page_token = String::new();
     // Bounded: 1000 pages of 5000 is far beyond any cluster; a token that does not move would

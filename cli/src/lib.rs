@@ -67,6 +67,8 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
             commands::restart(a.target, ctx).await
         }
         Command::Signal(a) => verbs::signal(a, ctx).await,
+        Command::Stats(a) => verbs::stats(a, false, ctx).await,
+        Command::Compare(a) => verbs::stats(a, true, ctx).await,
         Command::Send(a) => verbs::send(a, ctx).await,
         Command::Disable(a) => verbs::rotation(a.app, Some(a.instance), false, ctx).await,
         Command::Enable(a) => verbs::rotation(a.app, a.instance, true, ctx).await,

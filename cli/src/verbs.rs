@@ -1,12 +1,13 @@
 //! The seeds' per-instance verbs: `signal`, `send` (IPC broadcast and unicast), `disable` and
-//! `enable` (rotation).
+//! `enable` (rotation), `stats` and `compare`.
 
 use serde_json::json;
 
-use crate::args::{SendArgs, SignalArgs};
-use crate::commands::Ctx;
+use crate::args::{AppArg, SendArgs, SignalArgs};
+use crate::commands::{Ctx, list_instances};
 use crate::error::UsageError;
 use crate::failover::call;
+use crate::output;
 use pmcluster_proto::v1 as pb;
 
 /// `signal APP [--instance N] SIGNAL`.
@@ -105,5 +106,23 @@ pub async fn rotation(
     match index {
         Some(i) => ctx.line(&format!("{verb} {app}[{i}]")),
         None => ctx.line(&format!("{verb} {} instances of {app}", reply.affected)),
+    }
+}
+
+/// `stats APP` (`compare` false) and `compare APP`: from the instance list, as `list` reads it.
+pub async fn stats(args: AppArg, compare: bool, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut conn = ctx.connect().await?;
+    // The app must exist: an unknown one is NOT_FOUND, not an empty block.
+    let req = pb::GetAppRequest {
+        name: args.app.clone(),
+    };
+    call!(conn, get_app, req).await?;
+    let instances = list_instances(&mut conn, &args.app).await?;
+    let now = output::now_ms();
+    match (compare, ctx.json()) {
+        (false, false) => ctx.text(&output::stats_text(&args.app, &instances, now)),
+        (false, true) => ctx.value(&output::stats_json(&args.app, &instances, now)),
+        (true, false) => ctx.text(&output::compare_text(&instances, now)),
+        (true, true) => ctx.value(&output::compare_json(&instances, now)),
     }
 }

@@ -348,3 +348,55 @@ fn a_steady_leak_is_suspected_before_max_memory_restart() {
     let events = c.cli(&["events", "steady", "--no-follow", "--history", "100"]);
     assert!(!events.stdout.contains("leak"), "{events}");
 }
+
+/// `stats` sums an app's figures and `compare` puts its instances side by side, both from what
+/// the agents report; an unknown app is not found.
+#[test]
+fn stats_and_compare_show_the_figures_the_agents_report() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 2).online().expect("web starts");
+    // Memory comes with the first metrics sample after start.
+    wait_until(DEADLINE, "memory figures for both instances", || {
+        let v = c
+            .cli(&["-o", "json", "stats", "web"])
+            .json()
+            .map_err(|e| e.to_string())?;
+        if v["online"] == 2 && v["memory"]["min"].as_u64().is_some_and(|m| m > 0) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    });
+    let stats = c.cli(&["stats", "web"]);
+    assert!(
+        stats.assert_ok().stdout.contains("2 online of 2"),
+        "{stats}"
+    );
+    assert!(stats.stdout.contains("nodes:     node-a 2"), "{stats}");
+
+    let compare = c.cli(&["compare", "web"]);
+    let lines: Vec<&str> = compare.assert_ok().stdout.lines().collect();
+    assert!(
+        lines.first().is_some_and(|h| h.starts_with("INDEX")),
+        "{compare}"
+    );
+    assert_eq!(lines.len(), 4, "header, two instances, the mean: {compare}");
+    assert!(lines[3].starts_with("mean of 2 online"), "{compare}");
+    let v = c
+        .cli(&["-o", "json", "compare", "web"])
+        .json()
+        .expect("compare -o json");
+    let ratios: Vec<f64> = v["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["memory_ratio"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ratios.len(), 2, "{v}");
+    assert!((ratios.iter().sum::<f64>() - 2.0).abs() < 1e-9, "{v}");
+
+    let nope = c.try_cli(&["stats", "nope"]).expect("cli runs");
+    assert!(nope.assert_failed().contains("not found"), "{nope}");
+}

@@ -14,10 +14,12 @@ use serde_json::{Value, json};
 /// Shown instead of a value that does not apply (no pid while stopped, no port, ...).
 mod autoscale;
 mod deploys;
+mod stats;
 mod status;
 
 pub use autoscale::*;
 pub use deploys::*;
+pub use stats::*;
 pub use status::*;
 
 const NONE: &str = "-";
