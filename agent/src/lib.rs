@@ -117,7 +117,8 @@ fn client_tls(files: &config::TlsFiles) -> Result<tonic::transport::ClientTlsCon
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), AgentError> {
     let logs_dir = config.data_dir.join("logs");
     let instances_dir = config.data_dir.join("instances");
-    for dir in [&logs_dir, &instances_dir] {
+    let messages_dir = config.data_dir.join("messages");
+    for dir in [&logs_dir, &instances_dir, &messages_dir] {
         if let Err(source) = persist::create_private_dir(dir) {
             return Err(AgentError::Dir {
                 path: dir.clone(),

@@ -89,7 +89,22 @@ pub(crate) struct Agent {
     pub advertise_address: Option<String>,
 }
 
+/// The environment variable that tells an instance where to listen for `pmcluster send`.
+pub const MESSAGES_VAR: &str = "PMCLUSTER_MESSAGES";
+
 impl Agent {
+    /// Where an instance listens for messages (`pmcluster send`): a unix socket path the
+    /// instance itself binds, in `DATA_DIR/messages`. `None` for an id that is not a plain
+    /// name (ids are UUIDs; anything else must not become a path).
+    pub fn message_socket(&self, id: &InstanceId) -> Option<PathBuf> {
+        let plain = !id.as_str().is_empty()
+            && id
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        plain.then(|| self.data_dir.join("messages").join(id.as_str()))
+    }
+
     /// What `${HOST}` expands to: the advertised address, else the one the coordinator last
     /// recorded for this node (empty until one has).
     pub fn host(&self) -> String {

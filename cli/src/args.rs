@@ -119,6 +119,31 @@ pub enum Command {
         pmcluster restart web --rolling --max-surge 2 --shutdown-delay 5s  # change it first")]
     Restart(RestartArgs),
 
+    /// Send a signal to the main process of an app's running instances
+    #[command(after_help = "Examples:\n  \
+        pmcluster signal web SIGUSR2              # every running instance\n  \
+        pmcluster signal web --instance 2 HUP\n  \
+        pmcluster signal web 12")]
+    Signal(SignalArgs),
+
+    /// Hand a one-line message to an app's instances: all (broadcast) or one (unicast)
+    #[command(
+        after_help = "An instance receives it on the unix socket named by its \
+        PMCLUSTER_MESSAGES environment variable (see the README).\n\nExamples:\n  \
+        pmcluster send web 'flush-cache'          # every running instance\n  \
+        pmcluster send web --instance 0 '{\"cmd\":\"reload-config\"}'"
+    )]
+    Send(SendArgs),
+
+    /// Take an instance out of rotation (off the endpoints) without stopping it
+    #[command(after_help = "Examples:\n  \
+        pmcluster disable web --instance 1\n  \
+        pmcluster enable web --instance 1")]
+    Disable(OneInstanceArgs),
+
+    /// Put a disabled instance (or, without --instance, every one) back in rotation
+    Enable(TargetArgs),
+
     /// Roll out a new version: from a file, from --set changes, or with a new count
     #[command(after_help = "Examples:\n  \
         pmcluster reload web --set env.FEATURE=on          # shows the diff, asks, rolls out\n  \
@@ -143,6 +168,13 @@ pub enum Command {
 
     /// Show the recent output of an app, and follow it with -f
     Logs(LogsArgs),
+
+    /// An app's figures in one block: CPU and memory totals, averages and extremes, restarts,
+    /// uptimes, instances per node
+    Stats(AppArg),
+
+    /// An app's instances side by side: CPU and memory against the app's mean, restarts, uptime
+    Compare(AppArg),
 
     /// List the nodes (hosts running an agent); adopt or forget one
     Nodes(NodesArgs),
@@ -660,6 +692,37 @@ pub struct TargetArgs {
     /// Only the instance with this index
     #[arg(long, value_name = "INDEX")]
     pub instance: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignalArgs {
+    /// App name
+    pub app: String,
+    /// Only the instance with this index
+    #[arg(long, value_name = "INDEX")]
+    pub instance: Option<u32>,
+    /// A signal name with or without SIG (SIGUSR2, USR2) or its number (12)
+    pub signal: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// App name
+    pub app: String,
+    /// Only the instance with this index (unicast); without it, every instance (broadcast)
+    #[arg(long, value_name = "INDEX")]
+    pub instance: Option<u32>,
+    /// One line of text, at most 64 KiB
+    pub message: String,
+}
+
+#[derive(Debug, Args)]
+pub struct OneInstanceArgs {
+    /// App name
+    pub app: String,
+    /// The instance's index
+    #[arg(long, value_name = "INDEX")]
+    pub instance: u32,
 }
 
 #[derive(Debug, Args)]

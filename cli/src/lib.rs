@@ -22,6 +22,7 @@ pub mod shell;
 pub mod status;
 pub mod token;
 pub mod validate;
+pub mod verbs;
 
 use std::io::Write;
 
@@ -71,6 +72,12 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
             validate::check_restart(&a)?;
             commands::restart(a.target, ctx).await
         }
+        Command::Signal(a) => verbs::signal(a, ctx).await,
+        Command::Stats(a) => verbs::stats(a, false, ctx).await,
+        Command::Compare(a) => verbs::stats(a, true, ctx).await,
+        Command::Send(a) => verbs::send(a, ctx).await,
+        Command::Disable(a) => verbs::rotation(a.app, Some(a.instance), false, ctx).await,
+        Command::Enable(a) => verbs::rotation(a.app, a.instance, true, ctx).await,
         Command::Reload(a) => rollout::reload(a, ctx).await,
         Command::Rollout(a) => rollout::rollout(a, ctx).await,
         Command::Endpoints(a) => rollout::endpoints(a, ctx).await,

@@ -281,7 +281,11 @@ pub fn app_of(method: &str, frame: &[u8]) -> Result<String, String> {
             .map(|s| s.name)
             .unwrap_or_default(),
         "Scale" => pb::ScaleRequest::decode(message).map_err(bad)?.app,
-        "Start" | "Stop" | "Restart" => pb::InstanceTarget::decode(message).map_err(bad)?.app,
+        "Start" | "Stop" | "Restart" | "Disable" | "Enable" => {
+            pb::InstanceTarget::decode(message).map_err(bad)?.app
+        }
+        "Signal" => pb::SignalRequest::decode(message).map_err(bad)?.app,
+        "SendMessage" => pb::SendMessageRequest::decode(message).map_err(bad)?.app,
         "SetAutoscale" => pb::SetAutoscaleRequest::decode(message).map_err(bad)?.app,
         "ControlRollout" => pb::ControlRolloutRequest::decode(message).map_err(bad)?.app,
         "UndoRollout" => pb::UndoRolloutRequest::decode(message).map_err(bad)?.app,
@@ -327,12 +331,30 @@ mod tests {
             app: "api".into(),
             ..Default::default()
         };
-        for m in ["Start", "Stop", "Restart"] {
+        for m in ["Start", "Stop", "Restart", "Disable", "Enable"] {
             assert_eq!(
                 app_of(&format!("/pmcluster.v1.Cluster/{m}"), &frame(&target)),
                 Ok("api".into())
             );
         }
+        let signal = pb::SignalRequest {
+            app: "api".into(),
+            signal: "USR2".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            app_of("/pmcluster.v1.Cluster/Signal", &frame(&signal)),
+            Ok("api".into())
+        );
+        let send = pb::SendMessageRequest {
+            app: "api".into(),
+            message: "hi".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            app_of("/pmcluster.v1.Cluster/SendMessage", &frame(&send)),
+            Ok("api".into())
+        );
         // An empty body is the default message: no app.
         assert_eq!(
             app_of("/pmcluster.v1.Cluster/Scale", &[]),

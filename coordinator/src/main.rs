@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use pmcluster_coordinator::control::ControlConfig;
+use pmcluster_coordinator::core::leak::LeakPolicy;
 use pmcluster_coordinator::core::quota::{self, Caps, WriteRate};
 use pmcluster_coordinator::lead::{Seat, StoreInfo};
 use pmcluster_coordinator::server::{self, Config, ServeOptions, StoreChoice};
@@ -68,6 +69,13 @@ struct Args {
     /// How often agents report, e.g. "1s".
     #[arg(long, default_value = "1s")]
     heartbeat_interval: String,
+    /// An instance whose memory grew steadily over this long is reported as a suspected leak
+    /// (event `instance.leak_suspected`, `list` and `info`), e.g. "5m".
+    #[arg(long, default_value = "5m")]
+    leak_window: String,
+    /// Slower growth than this much a minute is never a suspected leak, e.g. "1M" or "512K".
+    #[arg(long, default_value = "1M")]
+    leak_min_growth: String,
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish before the coordinator
     /// exits anyway, e.g. "5s". Agent sessions close at once; agents keep their instances.
     #[arg(long, default_value = "5s", env = "PMCLUSTER_SHUTDOWN_GRACE")]
@@ -256,6 +264,15 @@ fn validate(args: Args) -> anyhow::Result<Config> {
         "--heartbeat-interval must be shorter than --heartbeat-timeout"
     );
     let shutdown_grace = duration("shutdown-grace", &args.shutdown_grace)?;
+    let leak_window = duration("leak-window", &args.leak_window)?;
+    let leak_min_growth =
+        pmcluster_spec::placement::parse_memory("leak_min_growth", &args.leak_min_growth)
+            .map_err(|e| anyhow::anyhow!("--leak-min-growth: {e}"))?;
+    let leak = LeakPolicy {
+        window_ms: i64::try_from(leak_window.as_millis()).unwrap_or(i64::MAX),
+        min_growth_per_min: leak_min_growth as f64,
+        ..LeakPolicy::default()
+    };
     // A service manager kills what outlives its stop timeout (systemd: 90 s by default); a grace
     // longer than that would never be honoured.
     anyhow::ensure!(
@@ -388,6 +405,7 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             heartbeat_interval,
             heartbeat_timeout,
             caps,
+            leak,
         },
         shutdown_grace,
         limits,

@@ -11,8 +11,8 @@ pub mod event;
 pub mod view;
 
 pub use agent::{
-    Assignment, DesiredSet, HostMetrics, InstanceObserved, LogChunk, LogLine, LogRequest,
-    LogStream, LogsQuery, Registration, Report,
+    Assignment, CommandResult, Delivery, DesiredSet, Handout, HostMetrics, InstanceCommand,
+    InstanceObserved, LogChunk, LogLine, LogRequest, LogStream, LogsQuery, Registration, Report,
 };
 pub use event::{Event, EventKind};
 pub use view::{
@@ -118,6 +118,10 @@ pub struct InstanceRecord {
     /// leaves them out. Empty for nearly every record, so not written then.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub avoid: Vec<String>,
+    /// Out of rotation (`pmcluster disable`): it runs, but is no endpoint until enabled. A new
+    /// record of the index (a move, a rollout's replacement) starts enabled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// An API token. Only a hash of its secret is kept: the bearer value is shown once, when made.

@@ -13,9 +13,10 @@ use pmcluster_spec::AppSpec;
 use pmcluster_spec::wire::autoscale_to_wire;
 
 use crate::model::{
-    AppView, Assignment, AutoscaleView, Deployment, DesiredSet, EndpointsView, Event, Health,
-    HostMetrics, InstanceObserved, InstanceState, InstanceView, Kind, LogChunk, LogLine,
-    LogRequest, LogStream, LogsQuery, NodeStatus, NodeView, Registration, Report, Rollouts,
+    AppView, Assignment, AutoscaleView, CommandResult, Delivery, Deployment, DesiredSet,
+    EndpointsView, Event, Handout, Health, HostMetrics, InstanceCommand, InstanceObserved,
+    InstanceState, InstanceView, Kind, LogChunk, LogLine, LogRequest, LogStream, LogsQuery,
+    NodeStatus, NodeView, Registration, Report, Rollouts,
 };
 
 /// A reported state; one this coordinator does not know counts as launching.
@@ -202,7 +203,49 @@ impl From<pb::LogChunk> for LogChunk {
     }
 }
 
+impl From<pb::CommandResult> for CommandResult {
+    fn from(r: pb::CommandResult) -> CommandResult {
+        CommandResult {
+            request_id: r.request_id,
+            outcomes: r
+                .outcomes
+                .into_iter()
+                .map(|o| {
+                    let outcome = if o.delivered { Ok(()) } else { Err(o.error) };
+                    (o.instance_id, outcome)
+                })
+                .collect(),
+        }
+    }
+}
+
 // --- The agent session, down: desired sets and log requests.
+
+impl From<InstanceCommand> for pb::InstanceCommand {
+    fn from(c: InstanceCommand) -> pb::InstanceCommand {
+        use pb::instance_command::Action;
+        pb::InstanceCommand {
+            request_id: c.request_id,
+            instance_ids: c.instance_ids.iter().map(ToString::to_string).collect(),
+            action: Some(match c.handout {
+                Handout::Signal(s) => Action::Signal(s),
+                Handout::Message(m) => Action::Message(m),
+            }),
+        }
+    }
+}
+
+impl From<Delivery> for pb::Delivery {
+    fn from(d: Delivery) -> pb::Delivery {
+        pb::Delivery {
+            index: d.index,
+            instance_id: d.instance_id.to_string(),
+            node: d.node.unwrap_or_default(),
+            delivered: d.outcome.is_ok(),
+            error: d.outcome.err().unwrap_or_default(),
+        }
+    }
+}
 
 impl From<&Assignment> for pb::Assignment {
     fn from(a: &Assignment) -> pb::Assignment {
@@ -312,6 +355,8 @@ impl From<&InstanceView> for pb::Instance {
             stopped: i.stopped,
             health: health_to_wire(i.health) as i32,
             host: i.host.clone(),
+            disabled: i.disabled,
+            leak: i.leak.clone(),
         }
     }
 }

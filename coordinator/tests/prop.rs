@@ -132,6 +132,7 @@ impl Owned {
                     draining_since: r.draining.then_some(NOW - 10),
                     created_ms: 0,
                     avoid: Vec::new(),
+                    disabled: false,
                 },
             );
             if r.online {
@@ -221,6 +222,7 @@ impl Owned {
                     draining_since: None,
                     created_ms: NOW,
                     avoid: c.avoid.clone(),
+                    disabled: false,
                 },
             );
         }
@@ -311,6 +313,7 @@ proptest! {
                     draining_since: None,
                     created_ms: 0,
                     avoid: Vec::new(),
+                    disabled: false,
                 });
                 owned.online.insert(id);
             }
@@ -354,6 +357,7 @@ proptest! {
                 draining_since: None,
                 created_ms: 0,
                 avoid: Vec::new(),
+                disabled: false,
             });
             facts.insert(id, Facts { healthy_since: Some(0), node_up: true, placed: true });
         }
@@ -388,6 +392,7 @@ proptest! {
                     draining_since: None,
                     created_ms: now,
                     avoid: Vec::new(),
+                    disabled: false,
                     ..o
                 });
                 facts.insert(id, Facts { healthy_since: None, node_up: true, placed: true });

@@ -161,6 +161,40 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
         })),
     );
     add(
+        "command_result",
+        &up(Msg::CommandResult(pb::CommandResult {
+            request_id: 7,
+            outcomes: vec![
+                pb::CommandOutcome {
+                    instance_id: "00000000-0000-0000-0000-000000000001".into(),
+                    delivered: true,
+                    error: String::new(),
+                },
+                pb::CommandOutcome {
+                    instance_id: "00000000-0000-0000-0000-000000000002".into(),
+                    delivered: false,
+                    error: "not running (exited)".into(),
+                },
+            ],
+        })),
+    );
+    add(
+        "signal",
+        &pb::SignalRequest {
+            app: "web".into(),
+            index: Some(1),
+            signal: "usr2".into(),
+        },
+    );
+    add(
+        "send",
+        &pb::SendMessageRequest {
+            app: "web".into(),
+            index: None,
+            message: "reload-config".into(),
+        },
+    );
+    add(
         "report",
         &up(Msg::Status(pb::StatusReport {
             generation: 9,

@@ -5,11 +5,13 @@
 
 use std::sync::{Arc, OnceLock};
 
-use pmcluster_coordinator::api::convert::{rollout_action, target};
+use pmcluster_coordinator::api::convert::{message, rollout_action, signal, target};
 use pmcluster_coordinator::auth::app_of;
 use pmcluster_coordinator::control::{ApplyCmd, Control, ControlConfig, ControlError, ScaleCmd};
 use pmcluster_coordinator::core::access::{self, Role};
-use pmcluster_coordinator::model::{LogChunk, LogsQuery, Registration, Report};
+use pmcluster_coordinator::model::{
+    CommandResult, Handout, LogChunk, LogsQuery, Registration, Report,
+};
 use pmcluster_coordinator::store::MemoryStore;
 use pmcluster_coordinator::wire::assignment;
 use pmcluster_proto::v1 as pb;
@@ -37,6 +39,28 @@ pub fn check(data: &[u8]) {
     }
     if let Ok(r) = pb::SetAutoscaleRequest::decode(data) {
         autoscale(r);
+    }
+    if let Ok(r) = pb::SignalRequest::decode(data) {
+        match signal(r.clone()) {
+            // A canonical name, and the same one whatever spelling was given.
+            Ok((app, index, Handout::Signal(name))) => {
+                assert_eq!((app, index), (r.app, r.index));
+                assert!(name.starts_with("SIG"), "{name}");
+                assert_eq!(pmcluster_spec::signal::parse(&name).ok(), Some(name));
+            }
+            Ok(other) => panic!("a signal request read as {other:?}"),
+            Err(e) => refused(e),
+        }
+    }
+    if let Ok(r) = pb::SendMessageRequest::decode(data) {
+        match message(r.clone()) {
+            Ok((_, _, Handout::Message(m))) => {
+                assert_eq!(m, r.message);
+                assert!(!m.is_empty() && !m.contains('\n'));
+            }
+            Ok(other) => panic!("a message request read as {other:?}"),
+            Err(e) => refused(e),
+        }
     }
     if let Ok(r) = pb::ControlRolloutRequest::decode(data) {
         match rollout_action(&r) {
@@ -81,6 +105,9 @@ pub fn check(data: &[u8]) {
         "ApplyApp",
         "Scale",
         "Start",
+        "Signal",
+        "SendMessage",
+        "Disable",
         "SetAutoscale",
         "ControlRollout",
         "UndoRollout",
@@ -189,6 +216,10 @@ fn agent_message(m: pb::AgentMessage) {
         Some(Up::LogChunk(chunk)) => {
             let sent = chunk.lines.len();
             assert_eq!(LogChunk::from(chunk).lines.len(), sent);
+        }
+        Some(Up::CommandResult(result)) => {
+            let sent = result.outcomes.len();
+            assert_eq!(CommandResult::from(result).outcomes.len(), sent);
         }
         None => {}
     }

@@ -15,6 +15,7 @@ pub mod instance;
 pub mod limits;
 pub mod placement;
 pub mod secret;
+pub mod signal;
 pub mod supervise;
 pub mod update;
 pub mod wire;

@@ -192,6 +192,10 @@ refusing_cluster! {
     get_rollout(pb::RolloutRequest) -> pb::RolloutStatus;
     control_rollout(pb::ControlRolloutRequest) -> pb::Deployment;
     undo_rollout(pb::UndoRolloutRequest) -> pb::Deployment;
+    signal(pb::SignalRequest) -> pb::DeliveryReply;
+    send_message(pb::SendMessageRequest) -> pb::DeliveryReply;
+    disable(pb::InstanceTarget) -> pb::ActionReply;
+    enable(pb::InstanceTarget) -> pb::ActionReply;
 }
 
 #[tonic::async_trait]

@@ -29,6 +29,7 @@ mod scheduling;
 mod shell;
 mod supervision;
 mod tls;
+mod verbs;
 
 use std::time::Duration;
 

@@ -30,6 +30,9 @@ use crate::state::Agent;
 use crate::{config, restart, supervisor};
 
 pub mod dialer;
+mod handout;
+
+use handout::Handouts;
 
 use dialer::{Dialer, Next};
 
@@ -273,6 +276,7 @@ async fn session(
     let mut heartbeat = tokio::time::interval(DEFAULT_HEARTBEAT);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut report_at: Option<Instant> = None;
+    let mut handouts = Handouts::new(Arc::clone(agent), log_tx.clone());
     let mut logs = LogRequests::new(Arc::clone(agent), log_tx);
     // A refused set is said once per session, not once per set.
     let mut refused = false;
@@ -301,6 +305,7 @@ async fn session(
                     Down::Desired(set) => accept_set(agent, set, &mut refused),
                     Down::LogRequest(req) => logs.start(req),
                     Down::CancelLogs(c) => logs.cancel(c.request_id),
+                    Down::Command(c) => handouts.start(c),
                 },
                 Some(Ok(pb::CoordinatorMessage { msg: None })) => {}
                 Some(Err(status)) => return from_status(registered, &status),
@@ -318,6 +323,7 @@ async fn session(
                 report_at = None;
             }
             () = logs.reap() => {}
+            () = handouts.reap() => {}
         }
     }
 }

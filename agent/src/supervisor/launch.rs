@@ -22,7 +22,7 @@ use crate::logs::pump::{output, spawn_pump};
 use crate::model::InstanceState;
 use crate::orphans::instance_markers;
 use crate::process::{self, ExitWatch, ProcId, describe, unix_ms};
-use crate::state::Target;
+use crate::state::{MESSAGES_VAR, Target};
 
 /// Why a start did not happen.
 pub(super) enum StartError {
@@ -95,6 +95,17 @@ impl Supervisor {
             .cloned()
             .chain(env.iter().cloned())
             .collect();
+        // The message socket lives in the agent's private data dir, which another user cannot
+        // reach: an instance that runs as one gets no PMCLUSTER_MESSAGES.
+        let mut env = env;
+        if !switches_user && let Some(socket) = self.agent.message_socket(&self.id) {
+            // A socket file left by the previous process would make the new one's bind fail.
+            let _ = std::fs::remove_file(&socket);
+            env.push((
+                MESSAGES_VAR.to_string(),
+                socket.to_string_lossy().into_owned(),
+            ));
+        }
         let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
         let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
         let entering_cwd = switches_user && spec.cwd.is_some();

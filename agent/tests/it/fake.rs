@@ -183,7 +183,7 @@ impl Session {
             match &msg {
                 Up::LogChunk(c) => self.chunks.entry(c.request_id).or_default().push(c.clone()),
                 Up::Status(r) => self.last_report = Some(r.clone()),
-                Up::Register(_) => {}
+                Up::Register(_) | Up::CommandResult(_) => {}
             }
             if let Some(t) = f(&msg) {
                 return t;

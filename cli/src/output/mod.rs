@@ -16,10 +16,12 @@ use crate::args::OutputFormat;
 /// Shown instead of a value that does not apply (no pid while stopped, no port, ...).
 mod autoscale;
 mod deploys;
+mod stats;
 mod status;
 
 pub use autoscale::*;
 pub use deploys::*;
+pub use stats::*;
 pub use status::*;
 
 const NONE: &str = "-";
@@ -83,6 +85,19 @@ pub fn state_name(state: i32) -> &'static str {
         S::Draining => "draining",
         S::Unknown | S::Unspecified => "unknown",
     }
+}
+
+/// An instance's status as `list` shows it: its state, with `(disabled)` when out of rotation
+/// and `(leak?)` while a memory leak is suspected.
+pub fn instance_status(i: &pb::Instance) -> String {
+    let mut s = state_name(i.state).to_string();
+    if i.disabled {
+        s.push_str(" (disabled)");
+    }
+    if !i.leak.is_empty() {
+        s.push_str(" (leak?)");
+    }
+    s
 }
 
 /// An instance's health check result as `list` shows it: `healthy`, `unhealthy`, `unknown`
@@ -249,7 +264,7 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
             row.extend([
                 dash_if_zero(i.pid),
                 dash_if_zero(i.port),
-                state_name(i.state).to_string(),
+                instance_status(i),
                 health_name(i.health).unwrap_or(NONE).to_string(),
                 if up {
                     percent(i.cpu_percent)
@@ -363,6 +378,8 @@ pub fn instance_json(i: &pb::Instance, now_ms: i64) -> Value {
         "version": i.app_version,
         "last_exit_code": i.last_exit_code,
         "stopped": i.stopped,
+        "disabled": i.disabled,
+        "leak": empty_as_null(&i.leak),
         "message": i.message,
     })
 }
@@ -801,6 +818,13 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
         text.push_str("no instances\n");
     } else {
         text.push_str(&instances_table(instances, now_ms));
+    }
+    // The trend itself does not fit the table's status column.
+    for i in instances.iter().filter(|i| !i.leak.is_empty()) {
+        text.push_str(&format!(
+            "{}[{}]: memory leak suspected: {}\n",
+            i.app, i.index, i.leak
+        ));
     }
     text
 }

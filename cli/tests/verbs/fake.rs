@@ -87,10 +87,41 @@ impl Fake {
                     message: String::new(),
                     stopped,
                     health: 0,
+                    disabled: false,
+                    leak: String::new(),
                 });
             }
         }
         out
+    }
+
+    /// A signal or message: every instance of the target that is not stopped gets it.
+    fn deliver(&self, app: &str, index: Option<u32>) -> Reply<pb::DeliveryReply> {
+        let target = pb::InstanceTarget {
+            app: app.to_string(),
+            index,
+            rolling: false,
+        };
+        // Checks the app and index as `act` does.
+        self.act(target, None)?;
+        let state = self.lock();
+        let n = state
+            .apps
+            .get(app)
+            .and_then(|a| a.spec.as_ref())
+            .map_or(0, |s| s.instances);
+        let deliveries = (0..n)
+            .filter(|i| index.is_none_or(|x| x == *i))
+            .filter(|i| !state.stopped.contains(&(app.to_string(), *i)))
+            .map(|i| pb::Delivery {
+                index: i,
+                instance_id: format!("{app}-{i}"),
+                node: "node-a".into(),
+                delivered: true,
+                error: String::new(),
+            })
+            .collect();
+        Ok(Response::new(pb::DeliveryReply { deliveries }))
     }
 
     fn act(&self, target: pb::InstanceTarget, stop: Option<bool>) -> Reply<pb::ActionReply> {
@@ -233,6 +264,30 @@ impl Cluster for Fake {
             .calls
             .push(format!("Restart {}{rolling}", target.app));
         self.act(target, None)
+    }
+
+    async fn signal(&self, r: Request<pb::SignalRequest>) -> Reply<pb::DeliveryReply> {
+        let r = r.into_inner();
+        self.lock()
+            .calls
+            .push(format!("Signal {} {}", r.app, r.signal));
+        self.deliver(&r.app, r.index)
+    }
+
+    async fn send_message(&self, r: Request<pb::SendMessageRequest>) -> Reply<pb::DeliveryReply> {
+        let r = r.into_inner();
+        self.lock()
+            .calls
+            .push(format!("SendMessage {} {}", r.app, r.message));
+        self.deliver(&r.app, r.index)
+    }
+
+    async fn disable(&self, r: Request<pb::InstanceTarget>) -> Reply<pb::ActionReply> {
+        self.act(r.into_inner(), None)
+    }
+
+    async fn enable(&self, r: Request<pb::InstanceTarget>) -> Reply<pb::ActionReply> {
+        self.act(r.into_inner(), None)
     }
 
     async fn list_instances(

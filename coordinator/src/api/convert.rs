@@ -7,6 +7,7 @@ use pmcluster_spec::AppSpec;
 use tonic::{Code, Status};
 
 use crate::control::{ApplyCmd, ControlError, RolloutAction, ScaleCmd, Scaled};
+use crate::model::Handout;
 use crate::store::StoreError;
 
 impl From<ControlError> for Status {
@@ -47,6 +48,21 @@ impl From<ControlError> for Status {
 /// The app and optional index an instance command targets.
 pub fn target(t: pb::InstanceTarget) -> (String, Option<u32>) {
     (t.app, t.index)
+}
+
+/// The app, optional index and signal of a `Signal` request (INVALID_ARGUMENT names `signal`).
+pub fn signal(r: pb::SignalRequest) -> Result<(String, Option<u32>, Handout), ControlError> {
+    let name = pmcluster_spec::signal::parse(&r.signal)
+        .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+    Ok((r.app, r.index, Handout::Signal(name)))
+}
+
+/// The app, optional index and message of a `SendMessage` request (INVALID_ARGUMENT names
+/// `message`).
+pub fn message(r: pb::SendMessageRequest) -> Result<(String, Option<u32>, Handout), ControlError> {
+    pmcluster_spec::signal::check_message(&r.message)
+        .map_err(|e| ControlError::InvalidArgument(e.to_string()))?;
+    Ok((r.app, r.index, Handout::Message(r.message)))
 }
 
 impl TryFrom<pb::ApplyAppRequest> for ApplyCmd {
@@ -119,6 +135,64 @@ mod tests {
         }
         let short = Status::from(ControlError::NotFound("app \"web\" not found".into()));
         assert_eq!(short.message(), "app \"web\" not found");
+    }
+
+    /// `Signal` takes a name or number and refuses anything else as INVALID_ARGUMENT naming
+    /// `signal`; `SendMessage` refuses a message that is not one line, naming `message`.
+    #[test]
+    fn signals_and_messages_are_checked_at_the_boundary() {
+        let sig = |s: &str| {
+            signal(pb::SignalRequest {
+                app: "web".into(),
+                index: Some(1),
+                signal: s.into(),
+            })
+            .map_err(Status::from)
+        };
+        assert_eq!(
+            sig("usr2").ok(),
+            Some(("web".into(), Some(1), Handout::Signal("SIGUSR2".into())))
+        );
+        assert_eq!(
+            sig("15").ok().map(|(_, _, h)| h),
+            Some(Handout::Signal("SIGTERM".into()))
+        );
+        for bad in ["", "USR9", "64", "SIGNOPE"] {
+            let e = sig(bad).err();
+            assert_eq!(
+                e.as_ref().map(Status::code),
+                Some(Code::InvalidArgument),
+                "{bad}"
+            );
+            assert!(
+                e.is_some_and(|s| s.message().starts_with("signal: ")),
+                "{bad}"
+            );
+        }
+        let msg = |m: &str| {
+            message(pb::SendMessageRequest {
+                app: "web".into(),
+                index: None,
+                message: m.into(),
+            })
+            .map_err(Status::from)
+        };
+        assert_eq!(
+            msg("hi").ok(),
+            Some(("web".into(), None, Handout::Message("hi".into())))
+        );
+        for bad in ["", "a\nb"] {
+            let e = msg(bad).err();
+            assert_eq!(
+                e.as_ref().map(Status::code),
+                Some(Code::InvalidArgument),
+                "{bad}"
+            );
+            assert!(
+                e.is_some_and(|s| s.message().starts_with("message: ")),
+                "{bad}"
+            );
+        }
     }
 
     /// Typed commands refuse bad wire input naming the field, before the control sees it.

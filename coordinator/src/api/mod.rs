@@ -27,6 +27,9 @@ pub mod convert;
 
 use convert::target;
 
+/// How long `signal` and `send` wait for the agents' answers.
+const HANDOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The server's shutdown: `cancel` fires on SIGTERM/SIGINT, and every task a service spawns is
@@ -106,6 +109,43 @@ impl ClusterApi {
             .write(control, move |c| c.act(&app, index, action))
             .await?;
         Ok(Response::new(pb::ActionReply { affected }))
+    }
+
+    /// A signal or message for instances: sent through their agents, answered per instance
+    /// once every agent answered or [`HANDOUT_WAIT`] passed.
+    async fn hand_out(
+        &self,
+        (app, index, handout): (String, Option<u32>, crate::model::Handout),
+    ) -> Result<Response<pb::DeliveryReply>, Status> {
+        let control = self.control()?;
+        let pending = control.hand_out(&app, index, &handout)?;
+        let mut deliveries = pending.decided;
+        let deadline = tokio::time::Instant::now() + HANDOUT_WAIT;
+        for mut wait in pending.waits {
+            let answer = match tokio::time::timeout_at(deadline, &mut wait.reply).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(_)) => Err(format!(
+                    "node {} disconnected before it answered",
+                    wait.node
+                )),
+                Err(_) => {
+                    control.forget_command(wait.request_id);
+                    Err(format!(
+                        "node {} did not answer within {}s",
+                        wait.node,
+                        HANDOUT_WAIT.as_secs()
+                    ))
+                }
+            };
+            match answer {
+                Ok(a) => deliveries.extend(wait.deliveries(Some(a), "")),
+                Err(why) => deliveries.extend(wait.deliveries(None, &why)),
+            }
+        }
+        deliveries.sort_by_key(|d| (d.index, d.instance_id));
+        Ok(Response::new(pb::DeliveryReply {
+            deliveries: deliveries.into_iter().map(pb::Delivery::from).collect(),
+        }))
     }
 
     /// A node command that answers with the node.
@@ -422,6 +462,36 @@ impl pb::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
+    async fn signal(
+        &self,
+        r: Request<pb::SignalRequest>,
+    ) -> Result<Response<pb::DeliveryReply>, Status> {
+        self.hand_out(convert::signal(r.into_inner())?).await
+    }
+
+    async fn send_message(
+        &self,
+        r: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::DeliveryReply>, Status> {
+        self.hand_out(convert::message(r.into_inner())?).await
+    }
+
+    async fn disable(
+        &self,
+        r: Request<pb::InstanceTarget>,
+    ) -> Result<Response<pb::ActionReply>, Status> {
+        let control = self.control()?;
+        self.act(&control, r.into_inner(), Action::Disable).await
+    }
+
+    async fn enable(
+        &self,
+        r: Request<pb::InstanceTarget>,
+    ) -> Result<Response<pb::ActionReply>, Status> {
+        let control = self.control()?;
+        self.act(&control, r.into_inner(), Action::Enable).await
+    }
+
     type StreamLogsStream = BoxStream<pb::LogLine>;
 
     async fn stream_logs(
@@ -537,6 +607,9 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                         Some(Up::LogChunk(chunk)) => {
                             control.log_chunk(&node, LogChunk::from(chunk))
                         }
+                        Some(Up::CommandResult(result)) => {
+                            control.command_result(&node, result.into())
+                        }
                         Some(Up::Register(_)) | None => {}
                     },
                     Ok(None) => break,
@@ -624,6 +697,7 @@ async fn outbound(
                     Some(AgentCommand::CancelLogs(request_id)) => {
                         Down::CancelLogs(pb::CancelLogs { request_id })
                     }
+                    Some(AgentCommand::Hand(command)) => Down::Command(command.into()),
                     // The session was dropped (replaced or timed out), like `closed` below.
                     None => {
                         let _ = tx.send(Err(Status::unavailable("session closed by the coordinator"))).await;

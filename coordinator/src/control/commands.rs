@@ -324,6 +324,11 @@ impl Control {
     pub fn act(&self, name: &str, index: Option<u32>, action: Action) -> Result<u32> {
         let mut inner = self.lock();
         let app = find_app(&inner, name)?;
+        if action == Action::Disable && index.is_none() {
+            return Err(ControlError::InvalidArgument(
+                "index: disable takes one instance (--instance N)".into(),
+            ));
+        }
         if let Some(i) = index
             && i >= app.spec.instances
         {
@@ -346,6 +351,8 @@ impl Control {
                     next.stopped = false;
                     next.restart_epoch += 1;
                 }
+                Action::Disable => next.disabled = true,
+                Action::Enable => next.disabled = false,
             }
             if next != *inst {
                 batch.put_instances.push(next);
@@ -353,12 +360,13 @@ impl Control {
         }
         let affected = match action {
             // Starting what already runs is a no-op, but it still "applies" to those instances.
-            Action::Start | Action::Stop => inner
+            Action::Start | Action::Stop | Action::Disable | Action::Enable => inner
                 .state
                 .app_instances(name)
                 .iter()
                 .filter(|i| index.is_none_or(|x| x == i.index))
-                .count() as u32,
+                .count()
+                as u32,
             Action::Restart => batch.put_instances.len() as u32,
         };
         self.write(&mut inner, batch)?;
@@ -367,6 +375,8 @@ impl Control {
             Action::Start => ("start", EventKind::AppStart),
             Action::Stop => ("stop", EventKind::AppStop),
             Action::Restart => ("restart", EventKind::AppRestart),
+            Action::Disable => ("disable", EventKind::InstanceDisabled),
+            Action::Enable => ("enable", EventKind::InstanceEnabled),
         };
         self.emit(
             kind,

@@ -25,16 +25,18 @@ use uuid::Uuid;
 
 use crate::clock::{Clock, SystemClock};
 use crate::core::autoscale::Sample;
+use crate::core::leak::{self, LeakPolicy};
 use crate::core::quota::Caps;
 use crate::core::reconcile::{self, Link};
 use crate::model::{
-    AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceObserved, LogLine,
-    LogRequest, Persisted,
+    AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceCommand,
+    InstanceObserved, LogLine, LogRequest, Persisted,
 };
 use crate::store::{Store, StoreError};
 
 mod commands;
 mod events;
+mod handouts;
 mod logs;
 mod sessions;
 mod tick;
@@ -44,6 +46,7 @@ mod write;
 
 pub use crate::model::{EventKind, Rollouts};
 pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
+pub use handouts::{Pending, Wait};
 pub use tokens::NewToken;
 use write::publish;
 
@@ -56,6 +59,8 @@ pub struct ControlConfig {
     pub heartbeat_timeout: Duration,
     /// `--max-apps` and `--max-instances-per-app`.
     pub caps: Caps,
+    /// `--leak-window` and `--leak-min-growth`.
+    pub leak: LeakPolicy,
 }
 
 impl Default for ControlConfig {
@@ -64,6 +69,7 @@ impl Default for ControlConfig {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(10),
             caps: Caps::default(),
+            leak: LeakPolicy::default(),
         }
     }
 }
@@ -97,6 +103,9 @@ pub enum Action {
     Start,
     Stop,
     Restart,
+    /// Out of rotation (one index only), and back.
+    Disable,
+    Enable,
 }
 
 /// Messages to an agent besides its desired set.
@@ -104,6 +113,8 @@ pub enum Action {
 pub enum AgentCommand {
     Logs(LogRequest),
     CancelLogs(u64),
+    /// A signal or message for some of its instances (see `handouts`).
+    Hand(InstanceCommand),
 }
 
 /// Live side of a node: its session (if connected) and last report.
@@ -144,6 +155,22 @@ struct LogRoute {
     dropped: u64,
 }
 
+/// The memory of one instance's process over the leak window.
+#[derive(Default)]
+struct MemoryTrend {
+    /// The process the samples are of: a new one starts afresh.
+    started_at_ms: i64,
+    samples: VecDeque<leak::Sample>,
+    /// The trend in words while a leak is suspected.
+    suspected: Option<String>,
+}
+
+/// Where the answer to one instance command goes.
+struct CommandRoute {
+    node: String,
+    reply: tokio::sync::oneshot::Sender<crate::model::CommandResult>,
+}
+
 struct Inner {
     /// The time of the current critical section (see `Control::lock`).
     now: i64,
@@ -151,6 +178,8 @@ struct Inner {
     nodes: BTreeMap<String, NodeLive>,
     observed: HashMap<Uuid, InstanceObserved>,
     log_routes: HashMap<u64, LogRoute>,
+    /// Instance commands waiting for their agent's answer.
+    command_routes: HashMap<u64, CommandRoute>,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
     /// Since when each instance has been reported online without a break.
@@ -158,6 +187,9 @@ struct Inner {
     /// Since when each instance's agent has reported, without a break, that it cannot start
     /// its process (the reconciler moves it after the app's reschedule_after).
     unstartable_since: BTreeMap<Uuid, i64>,
+    /// Memory samples of each online instance's current process, and whether a leak is
+    /// suspected (in memory only: a new leader watches afresh).
+    memory: HashMap<Uuid, MemoryTrend>,
     /// Autoscaler memory per app: metric history and last change.
     scaling: BTreeMap<String, Scaling>,
     /// The autoscaler's scale decisions by (app, direction, outcome), for `/metrics`: counters
@@ -298,6 +330,8 @@ impl Control {
             nodes,
             observed: HashMap::new(),
             log_routes: HashMap::new(),
+            command_routes: HashMap::new(),
+            memory: HashMap::new(),
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
             unstartable_since: BTreeMap::new(),

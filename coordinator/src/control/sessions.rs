@@ -4,12 +4,13 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::model::{Batch, EventKind, InstanceRecord, InstanceState, NodeRecord};
+use crate::core::leak::{self, LeakPolicy};
+use crate::model::{Batch, EventKind, InstanceObserved, InstanceRecord, InstanceState, NodeRecord};
 use crate::model::{Registration, Report};
 
 use super::write::{self, publish};
 use super::{
-    Attached, Control, ControlError, Inner, Result, Session, is_quarantined, is_ready,
+    Attached, Control, ControlError, Inner, MemoryTrend, Result, Session, is_quarantined, is_ready,
     new_node_live,
 };
 use crate::core::adoption;
@@ -201,6 +202,7 @@ impl Control {
             live.adopting = false;
         }
         let mut changes = Vec::new();
+        let mut leaks = Vec::new();
         for st in report.instances {
             let id = st.id;
             let Some(rec) = inner.state.instances.get(&id) else {
@@ -240,11 +242,23 @@ impl Control {
                 self.changed.notify_one();
             }
             if before != Some(st.state) {
-                changes.push((app, index, st.state, st.message.clone()));
+                changes.push((app.clone(), index, st.state, st.message.clone()));
+            }
+            if let Some(trend) = sample_memory(&mut inner, &self.config.leak, &st) {
+                leaks.push((app, index, trend));
             }
             inner.observed.insert(id, st);
         }
         drop(inner);
+        for (app, index, trend) in leaks {
+            self.emit(
+                EventKind::InstanceLeakSuspected,
+                &app,
+                node,
+                Some(index),
+                format!("{app}[{index}]: memory leak suspected: {trend}"),
+            );
+        }
         for (app, index, state, message) in changes {
             let state = state.name();
             let text = if message.is_empty() {
@@ -270,6 +284,8 @@ impl Control {
         inner.reconcile_due = true;
         self.changed.notify_one();
         inner.log_routes.retain(|_, r| r.node != node);
+        // Their callers hear that the node went away (the reply channel closes).
+        inner.command_routes.retain(|_, r| r.node != node);
         drop(inner);
         self.emit(
             EventKind::NodeDown,
@@ -280,6 +296,43 @@ impl Control {
         );
     }
 }
+
+/// Adds an instance's memory sample to its trend and judges it (see `core::leak`). Returns
+/// the trend when a leak has just become suspected. Only online processes are watched.
+fn sample_memory(inner: &mut Inner, policy: &LeakPolicy, st: &InstanceObserved) -> Option<String> {
+    if st.state != InstanceState::Online || st.memory_bytes == 0 {
+        inner.memory.remove(&st.id);
+        return None;
+    }
+    let now = inner.now;
+    let trend = inner.memory.entry(st.id).or_default();
+    if trend.started_at_ms != st.started_at_ms {
+        *trend = MemoryTrend {
+            started_at_ms: st.started_at_ms,
+            ..MemoryTrend::default()
+        };
+    }
+    trend.samples.push_back(leak::Sample {
+        at_ms: now,
+        rss: st.memory_bytes,
+    });
+    while trend
+        .samples
+        .front()
+        .is_some_and(|s| s.at_ms < now - policy.window_ms)
+        || trend.samples.len() > MAX_MEMORY_SAMPLES
+    {
+        trend.samples.pop_front();
+    }
+    let samples: Vec<leak::Sample> = trend.samples.iter().copied().collect();
+    let now_suspected = leak::judge(policy, &samples).describe();
+    let newly = trend.suspected.is_none() && now_suspected.is_some();
+    trend.suspected = now_suspected;
+    if newly { trend.suspected.clone() } else { None }
+}
+
+/// Samples kept per instance: one a heartbeat, so a window of an hour at 1 s.
+const MAX_MEMORY_SAMPLES: usize = 3600;
 
 /// What the core's quarantine decision needs of a registration.
 pub(super) fn registration(reg: &Registration) -> adoption::Registration<'_> {

@@ -144,6 +144,9 @@ impl Control {
             if now - inner.last_sample_ms >= SAMPLE_EVERY_MS {
                 inner.last_sample_ms = now;
                 scaled = self.autoscale_tick(&mut inner, now);
+                // Trends of records that are gone (the agent no longer reports them).
+                let Inner { memory, state, .. } = &mut *inner;
+                memory.retain(|id, _| state.instances.contains_key(id));
             }
         }
         for (app, reason) in scaled {

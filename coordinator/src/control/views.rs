@@ -106,7 +106,7 @@ impl Control {
             .state
             .app_instances(name)
             .into_iter()
-            .filter(|r| r.draining_since.is_none())
+            .filter(|r| r.draining_since.is_none() && !r.disabled)
             .filter(|r| healthy_since(&inner, r).is_some())
             .filter_map(|r| {
                 let node = r.node.as_ref()?;
@@ -488,6 +488,12 @@ pub(super) fn instance_view(
         app_version: rec.app_version,
         stopped: rec.stopped,
         host,
+        disabled: rec.disabled,
+        leak: inner
+            .memory
+            .get(&rec.id)
+            .and_then(|t| t.suspected.clone())
+            .unwrap_or_default(),
         ..InstanceView::default()
     };
     if let Some(o) = observed {

@@ -333,6 +333,7 @@ pub(super) fn materialize(
             draining_since: None,
             created_ms: now_ms,
             avoid: c.avoid.clone(),
+            disabled: false,
         });
         placed.push((c.app.clone(), c.index, c.node.clone()));
     }

@@ -100,6 +100,8 @@ fn cluster_need(method: &str) -> Option<Need> {
         // Logs carry whatever the app prints, secrets included: not for read.
         "StreamLogs" | "ApplyApp" | "Scale" | "Start" | "Stop" | "Restart" | "SetAutoscale"
         | "ControlRollout" | "UndoRollout" => scoped(Role::Operate),
+        // As restart: each can stop or upset a process of the app, or take it out of rotation.
+        "Signal" | "SendMessage" | "Disable" | "Enable" => scoped(Role::Operate),
         "DeleteApp" | "DrainNode" | "UndrainNode" | "AdoptNode" | "ForgetNode" => role(Role::Admin),
         _ => None,
     }

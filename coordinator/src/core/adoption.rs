@@ -121,6 +121,7 @@ pub fn adoption_batch(state: &Persisted, node: &str, held: &[Held], now: i64) ->
             draining_since: None,
             created_ms: now,
             avoid: Vec::new(),
+            disabled: false,
         });
         apps.insert(name, app);
     }

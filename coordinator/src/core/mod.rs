@@ -8,6 +8,7 @@
 pub mod access;
 pub mod adoption;
 pub mod autoscale;
+pub mod leak;
 pub mod placement;
 pub mod quota;
 pub mod reconcile;

@@ -678,6 +678,7 @@ mod tests {
                     draining_since,
                     created_ms: 0,
                     avoid,
+                    disabled: false,
                 };
                 if is_online {
                     online.insert(rec.id);

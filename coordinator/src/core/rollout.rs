@@ -81,6 +81,7 @@ pub fn apply_step(
             draining_since: None,
             created_ms: now_ms,
             avoid: Vec::new(),
+            disabled: false,
         });
         // A stopped instance has nothing to hand over: its replacement takes the index now.
         if old.stopped {
@@ -384,6 +385,7 @@ mod tests {
                 draining_since: None,
                 created_ms: 0,
                 avoid: Vec::new(),
+                disabled: false,
             };
             let mut f = Facts {
                 healthy_since: None,
@@ -754,6 +756,7 @@ mod tests {
                     draining_since: None,
                     created_ms: now,
                     avoid: Vec::new(),
+                    disabled: false,
                     ..o
                 });
                 // Healthy right away (the step after next sees it past min_healthy_time).

@@ -66,6 +66,7 @@ mod tests {
             draining_since: record.contains("draining").then_some(5),
             created_ms: 0,
             avoid: Vec::new(),
+            disabled: false,
         };
         let (status, note) = derive(&rec, reported, node_up);
         let note = match note {

@@ -142,6 +142,41 @@ pub struct LogChunk {
     pub error: String,
 }
 
+/// What to hand instances now (`signal`, `send`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handout {
+    /// A canonical signal name (`SIGUSR2`).
+    Signal(String),
+    /// One line of text.
+    Message(String),
+}
+
+/// A handout for some instances of one node; answered by a [`CommandResult`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceCommand {
+    pub request_id: u64,
+    pub instance_ids: Vec<Uuid>,
+    pub handout: Handout,
+}
+
+/// What an agent did with an [`InstanceCommand`]: per instance id (as the agent wrote it),
+/// `Ok` or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandResult {
+    pub request_id: u64,
+    pub outcomes: Vec<(String, Result<(), String>)>,
+}
+
+/// What became of a handout for one instance, as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub index: u32,
+    pub instance_id: Uuid,
+    pub node: Option<String>,
+    /// `Err`: why it was not delivered.
+    pub outcome: Result<(), String>,
+}
+
 /// A user's `logs` request: the app, one index or all, past lines per instance, follow.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LogsQuery {

@@ -31,10 +31,15 @@ pub enum EventKind {
     /// The autoscaler changed an app's count.
     Autoscale,
     AutoscalePolicy,
+    /// An instance was taken out of rotation (`disable`) or put back (`enable`).
+    InstanceDisabled,
+    InstanceEnabled,
+    /// An instance's memory grew steadily over the leak window (see `core::leak`).
+    InstanceLeakSuspected,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 26] = [
         EventKind::AppApplied,
         EventKind::AppDeleted,
         EventKind::AppScaled,
@@ -58,6 +63,9 @@ impl EventKind {
         EventKind::InstanceMoved,
         EventKind::Autoscale,
         EventKind::AutoscalePolicy,
+        EventKind::InstanceDisabled,
+        EventKind::InstanceEnabled,
+        EventKind::InstanceLeakSuspected,
     ];
 
     /// The kind as the wire and users spell it.
@@ -86,6 +94,9 @@ impl EventKind {
             EventKind::InstanceMoved => "instance.moved",
             EventKind::Autoscale => "autoscale",
             EventKind::AutoscalePolicy => "autoscale.policy",
+            EventKind::InstanceDisabled => "instance.disabled",
+            EventKind::InstanceEnabled => "instance.enabled",
+            EventKind::InstanceLeakSuspected => "instance.leak_suspected",
         }
     }
 
@@ -145,6 +156,9 @@ mod tests {
             (EventKind::InstanceMoved, "instance.moved"),
             (EventKind::Autoscale, "autoscale"),
             (EventKind::AutoscalePolicy, "autoscale.policy"),
+            (EventKind::InstanceDisabled, "instance.disabled"),
+            (EventKind::InstanceEnabled, "instance.enabled"),
+            (EventKind::InstanceLeakSuspected, "instance.leak_suspected"),
         ];
         assert_eq!(table.len(), EventKind::ALL.len());
         for (kind, text) in table {

@@ -91,6 +91,10 @@ pub struct InstanceView {
     pub health: Health,
     /// Its node's address (empty while pending).
     pub host: String,
+    /// Out of rotation (`disable`).
+    pub disabled: bool,
+    /// Non-empty while a memory leak is suspected: the trend, in words.
+    pub leak: String,
 }
 
 /// A node's status as `nodes` shows it.

@@ -339,6 +339,7 @@ mod tests {
             draining_since: None,
             created_ms: 0,
             avoid: Vec::new(),
+            disabled: false,
         };
         let node = NodeRecord {
             name: "a".into(),

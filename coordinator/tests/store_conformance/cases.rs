@@ -63,6 +63,7 @@ pub fn inst(app: &str, index: u32, id: u128) -> InstanceRecord {
         draining_since: None,
         created_ms: 1_700_000_000_000 + i64::from(index),
         avoid: Vec::new(),
+        disabled: false,
     }
 }
 

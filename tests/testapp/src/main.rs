@@ -26,6 +26,12 @@
 //! - `TESTAPP_STARTUP_DELAY_MS=N` sleep N ms before binding
 //! - `TESTAPP_NO_LISTEN=1` do not listen; print a line every second
 //!
+//! - `TESTAPP_LEAK_KIB_PER_SEC=N` allocate and touch N KiB every 100 ms / 10,
+//!   kept until exit: a steady leak
+//!
+//! SIGUSR1, SIGUSR2 and SIGHUP are reported on stdout (`testapp got SIGUSR2`)
+//! and otherwise ignored.
+//!
 //! On SIGTERM or SIGINT it stops accepting connections, lets in-flight
 //! requests finish (up to 30 s), prints `testapp shutting down` and exits 0.
 
@@ -67,6 +73,7 @@ struct Config {
     fail_health: bool,
     startup_delay: Duration,
     no_listen: bool,
+    leak_kib_per_sec: usize,
 }
 
 /// State shared by all requests.
@@ -108,6 +115,35 @@ impl Signals {
                 _ = self.int.recv() => return "SIGINT",
             }
         }
+    }
+}
+
+/// Prints each SIGUSR1, SIGUSR2 and SIGHUP it gets, so a test sees them in the logs.
+fn report_user_signals() -> io::Result<()> {
+    for (kind, name) in [
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+        (SignalKind::hangup(), "SIGHUP"),
+    ] {
+        let mut s = signal(kind)?;
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                say(&format!("testapp got {name}"));
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Grows resident memory by `kib_per_sec` KiB a second, in ten steps, until exit.
+async fn leak(kib_per_sec: usize) {
+    let step = (kib_per_sec * 1024 / 10).max(1);
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        // Touched, so the pages are resident and not just reserved.
+        kept.push(vec![0x5a; step]);
     }
 }
 
@@ -168,12 +204,23 @@ impl Config {
             fail_health: flag("TESTAPP_FAIL_HEALTH"),
             startup_delay,
             no_listen,
+            leak_kib_per_sec: match std::env::var("TESTAPP_LEAK_KIB_PER_SEC") {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("invalid TESTAPP_LEAK_KIB_PER_SEC {v:?}"))?,
+                Err(_) => 0,
+            },
         })
     }
 }
 
 async fn run(config: Config) -> io::Result<()> {
     let mut signals = Signals::install(config.ignore_sigterm)?;
+    report_user_signals()?;
+    if config.leak_kib_per_sec > 0 {
+        tokio::spawn(leak(config.leak_kib_per_sec));
+    }
 
     if !config.startup_delay.is_zero() {
         tokio::select! {

@@ -515,6 +515,7 @@ mod tests {
             draining_since: None,
             created_ms: 0,
             avoid: Vec::new(),
+            disabled: false,
         }
     }
 

@@ -1,0 +1,350 @@
+//! `stats APP` (the app's figures in one block: counts, CPU and memory totals, averages and
+//! extremes, restarts, uptimes, per node) and `compare APP` (its instances side by side, each
+//! figure also as a share of the app's mean, the highest and lowest marked). Pure: from the
+//! instance list the coordinator already serves.
+
+use serde_json::{Value, json};
+
+use super::{NONE, human_age, human_bytes, percent, render_table, state_name};
+use pmcluster_proto::v1 as pb;
+
+/// The instances with a process now: those the figures are about.
+fn up(instances: &[pb::Instance]) -> Vec<&pb::Instance> {
+    instances
+        .iter()
+        .filter(|i| i.state == pb::InstanceState::Online as i32 && i.pid != 0)
+        .collect()
+}
+
+fn uptime_ms(i: &pb::Instance, now_ms: i64) -> Option<i64> {
+    (i.started_at_ms > 0).then(|| (now_ms - i.started_at_ms).max(0))
+}
+
+/// What `stats` shows, as plain numbers.
+struct Figures {
+    total: usize,
+    online: usize,
+    disabled: usize,
+    leaking: usize,
+    cpu_total: f64,
+    cpu_max: f64,
+    mem_total: u64,
+    mem_min: u64,
+    mem_max: u64,
+    restarts: u32,
+    uptime_min: Option<i64>,
+    uptime_max: Option<i64>,
+    by_node: std::collections::BTreeMap<String, usize>,
+}
+
+fn figures(instances: &[pb::Instance], now_ms: i64) -> Figures {
+    let on = up(instances);
+    let mut by_node = std::collections::BTreeMap::new();
+    for i in &on {
+        *by_node.entry(i.node.clone()).or_insert(0) += 1;
+    }
+    let uptimes: Vec<i64> = on.iter().filter_map(|i| uptime_ms(i, now_ms)).collect();
+    Figures {
+        total: instances.len(),
+        online: on.len(),
+        disabled: instances.iter().filter(|i| i.disabled).count(),
+        leaking: instances.iter().filter(|i| !i.leak.is_empty()).count(),
+        cpu_total: on.iter().map(|i| i.cpu_percent).sum(),
+        cpu_max: on.iter().map(|i| i.cpu_percent).fold(0.0, f64::max),
+        mem_total: on.iter().map(|i| i.memory_bytes).sum(),
+        mem_min: on.iter().map(|i| i.memory_bytes).min().unwrap_or(0),
+        mem_max: on.iter().map(|i| i.memory_bytes).max().unwrap_or(0),
+        restarts: instances.iter().map(|i| i.restarts).sum(),
+        uptime_min: uptimes.iter().copied().min(),
+        uptime_max: uptimes.iter().copied().max(),
+        by_node,
+    }
+}
+
+fn mean(total: f64, n: usize) -> f64 {
+    if n == 0 { 0.0 } else { total / n as f64 }
+}
+
+/// `stats APP` as text.
+pub fn stats_text(app: &str, instances: &[pb::Instance], now_ms: i64) -> String {
+    let f = figures(instances, now_ms);
+    let n = f.online;
+    let age = |ms: Option<i64>| ms.map_or_else(|| NONE.to_string(), human_age);
+    let nodes = if f.by_node.is_empty() {
+        NONE.to_string()
+    } else {
+        f.by_node
+            .iter()
+            .map(|(node, count)| format!("{node} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("app", app.to_string()),
+        (
+            "instances",
+            format!(
+                "{} online of {}{}{}",
+                f.online,
+                f.total,
+                if f.disabled > 0 {
+                    format!(", {} disabled", f.disabled)
+                } else {
+                    String::new()
+                },
+                if f.leaking > 0 {
+                    format!(", {} leak suspected", f.leaking)
+                } else {
+                    String::new()
+                },
+            ),
+        ),
+        (
+            "cpu",
+            format!(
+                "{} total, {} avg, {} max",
+                percent(f.cpu_total),
+                percent(mean(f.cpu_total, n)),
+                percent(f.cpu_max)
+            ),
+        ),
+        (
+            "memory",
+            format!(
+                "{} total, {} avg, {} min, {} max",
+                human_bytes(f.mem_total),
+                human_bytes(mean(f.mem_total as f64, n) as u64),
+                human_bytes(f.mem_min),
+                human_bytes(f.mem_max)
+            ),
+        ),
+        ("restarts", f.restarts.to_string()),
+        (
+            "uptime",
+            format!(
+                "{} shortest, {} longest",
+                age(f.uptime_min),
+                age(f.uptime_max)
+            ),
+        ),
+        ("nodes", nodes),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
+    rows.into_iter()
+        .map(|(k, v)| format!("{:<width$}{v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// `stats APP -o json`.
+pub fn stats_json(app: &str, instances: &[pb::Instance], now_ms: i64) -> Value {
+    let f = figures(instances, now_ms);
+    let n = f.online;
+    json!({
+        "app": app,
+        "instances": f.total,
+        "online": f.online,
+        "disabled": f.disabled,
+        "leak_suspected": f.leaking,
+        "cpu": {"total": f.cpu_total, "avg": mean(f.cpu_total, n), "max": f.cpu_max},
+        "memory": {
+            "total": f.mem_total, "avg": mean(f.mem_total as f64, n) as u64,
+            "min": f.mem_min, "max": f.mem_max,
+        },
+        "restarts": f.restarts,
+        "uptime_ms": {"min": f.uptime_min, "max": f.uptime_max},
+        "nodes": f.by_node,
+    })
+}
+
+/// A figure and its share of the mean: `12.0% (1.5x)`; the mean itself is `1.0x`.
+fn with_ratio(text: String, value: f64, mean: f64) -> String {
+    if mean <= 0.0 {
+        return text;
+    }
+    format!("{text} ({:.1}x)", value / mean)
+}
+
+/// Marks the instances holding the highest and the lowest of one figure (`▲`/`▼`), when they
+/// differ; the others get blanks of the same width, so the right-aligned column stays aligned.
+fn marks(values: &[f64]) -> Vec<&'static str> {
+    let max = values.iter().copied().fold(f64::MIN, f64::max);
+    let min = values.iter().copied().fold(f64::MAX, f64::min);
+    values
+        .iter()
+        .map(|v| {
+            if values.len() < 2 || max == min {
+                "  "
+            } else if *v == max {
+                " ▲"
+            } else if *v == min {
+                " ▼"
+            } else {
+                "  "
+            }
+        })
+        .collect()
+}
+
+/// `compare APP`: one row per instance, the running ones compared with their mean.
+pub fn compare_text(instances: &[pb::Instance], now_ms: i64) -> String {
+    let on = up(instances);
+    let n = on.len();
+    let cpu_mean = mean(on.iter().map(|i| i.cpu_percent).sum(), n);
+    let mem_mean = mean(on.iter().map(|i| i.memory_bytes as f64).sum(), n);
+    let cpus: Vec<f64> = on.iter().map(|i| i.cpu_percent).collect();
+    let mems: Vec<f64> = on.iter().map(|i| i.memory_bytes as f64).collect();
+    let (cpu_marks, mem_marks) = (marks(&cpus), marks(&mems));
+    let mut rows = Vec::new();
+    for i in instances {
+        let at = on.iter().position(|o| std::ptr::eq(*o, i));
+        let (cpu, mem) = match at {
+            Some(k) => (
+                with_ratio(percent(i.cpu_percent), i.cpu_percent, cpu_mean) + cpu_marks[k],
+                with_ratio(human_bytes(i.memory_bytes), i.memory_bytes as f64, mem_mean)
+                    + mem_marks[k],
+            ),
+            None => (NONE.to_string(), NONE.to_string()),
+        };
+        rows.push(vec![
+            i.index.to_string(),
+            if i.node.is_empty() {
+                NONE.to_string()
+            } else {
+                i.node.clone()
+            },
+            super::instance_status(i),
+            cpu,
+            mem,
+            i.restarts.to_string(),
+            uptime_ms(i, now_ms).map_or_else(|| NONE.to_string(), human_age),
+        ]);
+    }
+    let mut text = render_table(
+        &[
+            "index", "node", "status", "cpu", "memory", "restarts", "uptime",
+        ],
+        rows,
+        &[0, 3, 4, 5, 6],
+    );
+    text.push_str(&format!(
+        "mean of {n} online: cpu {}, memory {}\n",
+        percent(cpu_mean),
+        human_bytes(mem_mean as u64)
+    ));
+    text
+}
+
+/// `compare APP -o json`: each instance with its figures and their ratios to the mean.
+pub fn compare_json(instances: &[pb::Instance], now_ms: i64) -> Value {
+    let on = up(instances);
+    let n = on.len();
+    let cpu_mean = mean(on.iter().map(|i| i.cpu_percent).sum(), n);
+    let mem_mean = mean(on.iter().map(|i| i.memory_bytes as f64).sum(), n);
+    let ratio = |v: f64, m: f64| if m > 0.0 { json!(v / m) } else { Value::Null };
+    let rows: Vec<Value> = instances
+        .iter()
+        .map(|i| {
+            let running = on.iter().any(|o| std::ptr::eq(*o, i));
+            json!({
+                "index": i.index,
+                "node": i.node,
+                "status": state_name(i.state),
+                "disabled": i.disabled,
+                "cpu": i.cpu_percent,
+                "cpu_ratio": if running { ratio(i.cpu_percent, cpu_mean) } else { Value::Null },
+                "memory": i.memory_bytes,
+                "memory_ratio": if running { ratio(i.memory_bytes as f64, mem_mean) } else { Value::Null },
+                "restarts": i.restarts,
+                "uptime_ms": uptime_ms(i, now_ms),
+            })
+        })
+        .collect();
+    json!({"mean": {"cpu": cpu_mean, "memory": mem_mean as u64, "online": n}, "instances": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000_000;
+    const MIB: u64 = 1024 * 1024;
+
+    fn inst(
+        index: u32,
+        node: &str,
+        cpu: f64,
+        mem_mib: u64,
+        restarts: u32,
+        age_s: i64,
+    ) -> pb::Instance {
+        pb::Instance {
+            app: "web".into(),
+            index,
+            node: node.into(),
+            state: pb::InstanceState::Online as i32,
+            pid: 100 + index,
+            cpu_percent: cpu,
+            memory_bytes: mem_mib * MIB,
+            restarts,
+            started_at_ms: NOW - age_s * 1000,
+            ..pb::Instance::default()
+        }
+    }
+
+    fn three() -> Vec<pb::Instance> {
+        let mut stopped = inst(3, "b", 0.0, 0, 0, 0);
+        stopped.state = pb::InstanceState::Stopped as i32;
+        stopped.pid = 0;
+        stopped.started_at_ms = 0;
+        stopped.stopped = true;
+        vec![
+            inst(0, "a", 10.0, 40, 0, 3600),
+            inst(1, "a", 20.0, 60, 2, 60),
+            pb::Instance {
+                disabled: true,
+                ..inst(2, "b", 30.0, 50, 1, 600)
+            },
+            stopped,
+        ]
+    }
+
+    #[test]
+    fn stats_sum_and_spread() {
+        let want = "\
+app:       web
+instances: 3 online of 4, 1 disabled
+cpu:       60.0% total, 20.0% avg, 30.0% max
+memory:    150.0 MiB total, 50.0 MiB avg, 40.0 MiB min, 60.0 MiB max
+restarts:  3
+uptime:    1m shortest, 1h longest
+nodes:     a 2, b 1
+";
+        assert_eq!(stats_text("web", &three(), NOW), want);
+        let v = stats_json("web", &three(), NOW);
+        assert_eq!(v["online"], 3);
+        assert_eq!(v["memory"]["avg"], 50 * MIB);
+        assert_eq!(v["nodes"]["a"], 2);
+        let none = stats_text("web", &[], NOW);
+        assert!(
+            none.contains("0 online of 0") && none.contains("nodes:     -"),
+            "{none}"
+        );
+    }
+
+    #[test]
+    fn compare_puts_instances_side_by_side() {
+        let want = "\
+INDEX  NODE  STATUS                        CPU             MEMORY  RESTARTS  UPTIME
+    0  a     online             10.0% (0.5x) ▼  40.0 MiB (0.8x) ▼         0      1h
+    1  a     online             20.0% (1.0x)    60.0 MiB (1.2x) ▲         2      1m
+    2  b     online (disabled)  30.0% (1.5x) ▲  50.0 MiB (1.0x)           1     10m
+    3  b     stopped                         -                  -         0       -
+mean of 3 online: cpu 20.0%, memory 50.0 MiB
+";
+        assert_eq!(compare_text(&three(), NOW), want);
+        let v = compare_json(&three(), NOW);
+        assert_eq!(v["instances"][2]["cpu_ratio"], 1.5);
+        assert_eq!(v["instances"][3]["cpu_ratio"], Value::Null);
+        assert_eq!(v["mean"]["online"], 3);
+    }
+}

@@ -1,0 +1,128 @@
+//! The seeds' per-instance verbs: `signal`, `send` (IPC broadcast and unicast), `disable` and
+//! `enable` (rotation), `stats` and `compare`.
+
+use serde_json::json;
+
+use crate::args::{AppArg, SendArgs, SignalArgs};
+use crate::commands::{Ctx, list_instances};
+use crate::error::UsageError;
+use crate::failover::call;
+use crate::output;
+use pmcluster_proto::v1 as pb;
+
+/// `signal APP [--instance N] SIGNAL`.
+pub async fn signal(args: SignalArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    // Refused here with the coordinator's words, before any connection.
+    let name =
+        pmcluster_spec::signal::parse(&args.signal).map_err(|e| UsageError::new(e.to_string()))?;
+    let mut conn = ctx.connect().await?;
+    let req = pb::SignalRequest {
+        app: args.app.clone(),
+        index: args.instance,
+        signal: name.clone(),
+    };
+    let reply = call!(conn, signal, req).await?;
+    report(ctx, &args.app, &name, reply)
+}
+
+/// `send APP [--instance N] MESSAGE`.
+pub async fn send(args: SendArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    pmcluster_spec::signal::check_message(&args.message)
+        .map_err(|e| UsageError::new(e.to_string()))?;
+    let mut conn = ctx.connect().await?;
+    let req = pb::SendMessageRequest {
+        app: args.app.clone(),
+        index: args.instance,
+        message: args.message,
+    };
+    let reply = call!(conn, send_message, req).await?;
+    report(ctx, &args.app, "message", reply)
+}
+
+/// One line per instance; exits 1 unless every instance got it.
+fn report(
+    ctx: &mut Ctx<'_>,
+    app: &str,
+    what: &str,
+    reply: pb::DeliveryReply,
+) -> anyhow::Result<()> {
+    let missed = reply.deliveries.iter().filter(|d| !d.delivered).count();
+    let total = reply.deliveries.len();
+    if ctx.json() {
+        let rows: Vec<_> = reply
+            .deliveries
+            .iter()
+            .map(|d| {
+                json!({
+                    "index": d.index, "instance_id": d.instance_id, "node": d.node,
+                    "delivered": d.delivered, "error": d.error,
+                })
+            })
+            .collect();
+        ctx.value(&json!({"app": app, "sent": what, "deliveries": rows}))?;
+    } else {
+        for d in &reply.deliveries {
+            let node = if d.node.is_empty() { "-" } else { &d.node };
+            let line = if d.delivered {
+                format!("{app}[{}] on {node}: {what} delivered", d.index)
+            } else {
+                format!("{app}[{}] on {node}: not delivered: {}", d.index, d.error)
+            };
+            ctx.line(&line)?;
+        }
+    }
+    if total == 0 {
+        anyhow::bail!("{app} has no running instance to send {what} to");
+    }
+    if missed > 0 {
+        anyhow::bail!("{missed} of {total} instances of {app} did not get {what}");
+    }
+    Ok(())
+}
+
+/// `disable APP --instance N` (`enable` false) and `enable APP [--instance N]`.
+pub async fn rotation(
+    app: String,
+    index: Option<u32>,
+    enable: bool,
+    ctx: &mut Ctx<'_>,
+) -> anyhow::Result<()> {
+    let mut conn = ctx.connect().await?;
+    let target = pb::InstanceTarget {
+        app: app.clone(),
+        index,
+        rolling: false,
+    };
+    let (reply, verb) = if enable {
+        (call!(conn, enable, target).await?, "enabled")
+    } else {
+        (call!(conn, disable, target).await?, "disabled")
+    };
+    if ctx.json() {
+        return ctx.value(&json!({
+            "app": app, "action": verb, "index": index, "affected": reply.affected,
+        }));
+    }
+    match index {
+        Some(i) => ctx.line(&format!("{verb} {app}[{i}]")),
+        None => ctx.line(&format!("{verb} {} instances of {app}", reply.affected)),
+    }
+}
+
+/// `stats APP` (`compare` false) and `compare APP`: from the instance list, as `list` reads it.
+pub async fn stats(args: AppArg, compare: bool, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut conn = ctx.connect().await?;
+    // The app must exist: an unknown one is NOT_FOUND, not an empty block.
+    let req = pb::GetAppRequest {
+        name: args.app.clone(),
+    };
+    call!(conn, get_app, req).await?;
+    let instances = list_instances(&mut conn, &args.app).await?;
+    let now = output::now_ms();
+    match (compare, ctx.json()) {
+        (false, false) => ctx.text(&output::stats_text(&args.app, &instances, now)),
+        (false, true) => ctx.value(&output::stats_json(&args.app, &instances, now)),
+        (true, false) => ctx.text(&output::compare_text(&instances, now)),
+        (true, true) => ctx.value(&output::compare_json(&instances, now)),
+    }
+}

@@ -1,0 +1,402 @@
+//! Issue 15 item 5, the seeds' per-instance verbs end to end: `signal` (one instance or all,
+//! bad names, unknown targets).
+
+use pmcluster_tests::{Cluster, render, wait_until};
+
+use crate::{DEADLINE, live, wait_online};
+
+/// Waits until `logs APP --instance I` shows `needle`.
+#[track_caller]
+fn wait_log(c: &Cluster, app: &str, index: u32, needle: &str) {
+    let i = index.to_string();
+    wait_until(
+        DEADLINE,
+        &format!("{needle:?} in the logs of {app}[{index}]"),
+        || {
+            let out = c.try_cli(&["logs", app, "--instance", &i, "--lines", "200"])?;
+            if out.stdout.contains(needle) {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+}
+
+fn log_of(c: &Cluster, app: &str, index: u32) -> String {
+    c.cli(&[
+        "logs",
+        app,
+        "--instance",
+        &index.to_string(),
+        "--lines",
+        "200",
+    ])
+    .assert_ok()
+    .stdout
+    .clone()
+}
+
+/// `signal` reaches the main process of one instance (USR2 by name) or of every instance (by
+/// number), which go on running; a bad signal is refused naming `signal`, an unknown app or
+/// index is not found.
+#[test]
+fn signal_reaches_one_instance_or_all() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 2).online().expect("web starts");
+    let before = wait_online(&c, "web", 2);
+
+    let out = c.cli(&["signal", "web", "--instance", "1", "USR2"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("web[1]") && out.stdout.contains("SIGUSR2 delivered"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("web[0]"), "{out}");
+    wait_log(&c, "web", 1, "testapp got SIGUSR2");
+    assert!(
+        !log_of(&c, "web", 0).contains("testapp got SIGUSR2"),
+        "web[0] got a signal meant for web[1]"
+    );
+
+    // Every instance, by number (12 is SIGUSR2) and as JSON.
+    let out = c.cli(&["-o", "json", "signal", "web", "10"]);
+    out.assert_ok();
+    let v = out.json().expect("signal -o json");
+    let delivered: Vec<bool> = v["deliveries"]
+        .as_array()
+        .map(|a| a.iter().map(|d| d["delivered"] == true).collect())
+        .unwrap_or_default();
+    assert_eq!(delivered, [true, true], "{v}");
+    wait_log(&c, "web", 0, "testapp got SIGUSR1");
+    wait_log(&c, "web", 1, "testapp got SIGUSR1");
+
+    // The same processes still run: a signal is not a restart.
+    let after = wait_online(&c, "web", 2);
+    for (b, a) in before.iter().zip(&after) {
+        assert!(live(a) && a.pid == b.pid, "{}", render(&after));
+    }
+
+    let bad = c.try_cli(&["signal", "web", "USR9"]).expect("cli runs");
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert!(bad.stderr.contains("signal: \"USR9\""), "{bad}");
+    let nope = c.try_cli(&["signal", "nope", "USR2"]).expect("cli runs");
+    assert!(nope.assert_failed().contains("not found"), "{nope}");
+    let index = c
+        .try_cli(&["signal", "web", "--instance", "7", "USR2"])
+        .expect("cli runs");
+    assert!(index.assert_failed().contains("no instance 7"), "{index}");
+}
+
+/// `program` on the PATH, or `None` after reporting the test as skipped for want of `need`.
+fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        pmcluster_tests::skip(need, &format!("no {name} on the PATH"));
+    }
+    found
+}
+
+/// The message examples, a Node.js and a Python app, run as apps of two instances each: a
+/// broadcast reaches every instance of an app, a unicast only its index, and an instance that
+/// does not listen is reported as not reached.
+#[test]
+fn send_reaches_node_and_python_apps_by_broadcast_and_unicast() {
+    let (Some(node), Some(python)) = (program("node", "node"), program("python3", "python")) else {
+        return;
+    };
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/messages");
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    for (app, cmd, lang) in [
+        (
+            "node-msg",
+            format!("{} {}", node.display(), examples.join("app.js").display()),
+            "node",
+        ),
+        (
+            "py-msg",
+            format!("{} {}", python.display(), examples.join("app.py").display()),
+            "python",
+        ),
+    ] {
+        c.cli(&["start", &cmd, "--name", app, "--instances", "2"])
+            .assert_ok();
+        wait_online(&c, app, 2);
+        for i in 0..2 {
+            wait_log(
+                &c,
+                app,
+                i,
+                &format!("{lang} instance {i} listening for messages"),
+            );
+        }
+
+        let out = c.cli(&["send", app, "hello everyone"]);
+        out.assert_ok();
+        assert!(out.stdout.contains("message delivered"), "{out}");
+        for i in 0..2 {
+            wait_log(
+                &c,
+                app,
+                i,
+                &format!("{lang} instance {i} got message: hello everyone"),
+            );
+        }
+
+        let out = c.cli(&["send", app, "--instance", "1", "just for one"]);
+        out.assert_ok();
+        wait_log(
+            &c,
+            app,
+            1,
+            &format!("{lang} instance 1 got message: just for one"),
+        );
+        assert!(
+            !log_of(&c, app, 0).contains("just for one"),
+            "{app}[0] got a unicast meant for [1]"
+        );
+    }
+
+    // The test app does not listen on its socket: not delivered, said per instance, exit 1.
+    c.start_app("web", 1).online().expect("web starts");
+    let deaf = c.try_cli(&["send", "web", "anyone?"]).expect("cli runs");
+    assert!(
+        deaf.assert_failed()
+            .contains("1 of 1 instances of web did not get message"),
+        "{deaf}"
+    );
+    assert!(deaf.stdout.contains("does not listen"), "{deaf}");
+    let bad = c.try_cli(&["send", "web", "two\nlines"]).expect("cli runs");
+    assert_eq!(bad.code(), Some(2), "{bad}");
+    assert!(bad.stderr.contains("message: must be one line"), "{bad}");
+}
+
+/// The indices in an `endpoints -o json` text (an array of endpoints), sorted.
+fn endpoint_indices(text: &str) -> Result<Vec<u64>, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{e}: {text:?}"))?;
+    let mut out: Vec<u64> = v
+        .as_array()
+        .ok_or_else(|| format!("not an array: {text}"))?
+        .iter()
+        .filter_map(|e| e["index"].as_u64())
+        .collect();
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Ends a child process the test started.
+struct Owned(std::process::Child);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `disable` takes one instance off the endpoints (a watcher's file follows) while it keeps
+/// running, `list` shows it, a coordinator restart keeps it out, and `enable` brings it back.
+#[test]
+fn disable_takes_an_instance_out_of_rotation_until_enabled() {
+    let mut c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 3).online().expect("web starts");
+    let before = wait_online(&c, "web", 3);
+    let file = c.root().join("endpoints.json");
+    let f = file.display().to_string();
+    let _watcher = Owned(
+        std::process::Command::new(&c.bins().cli)
+            .args(["--coordinator", &c.url(), "endpoints", "web", "-o", "json"])
+            .args(["--watch", "--file", &f])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the endpoints watcher"),
+    );
+    let watched = |want: &[u64]| {
+        wait_until(
+            DEADLINE,
+            &format!("endpoints {want:?} in the watched file"),
+            || {
+                let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
+                let got = endpoint_indices(&text)?;
+                if got == want {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?}"))
+                }
+            },
+        )
+    };
+    watched(&[0, 1, 2]);
+
+    let out = c.cli(&["disable", "web", "--instance", "1"]);
+    assert!(out.assert_ok().stdout.contains("disabled web[1]"), "{out}");
+    watched(&[0, 2]);
+    let list = c.cli(&["list", "web"]);
+    assert!(list.stdout.contains("online (disabled)"), "{list}");
+    let json = c.instances("web").expect("list -o json");
+    let flags: Vec<bool> = json.iter().map(|i| i.json["disabled"] == true).collect();
+    assert_eq!(flags, [false, true, false], "{}", render(&json));
+    // Still the same process: out of rotation, not stopped.
+    let one = crate::by_index(&json, 1).expect("web[1]");
+    assert!(live(one) && one.pid == before[1].pid, "{}", render(&json));
+
+    // Stored: a restarted coordinator keeps it out once every instance is reported again.
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    c.restart_coordinator().expect("restart the coordinator");
+    let after = wait_online(&c, "web", 3);
+    assert!(
+        after
+            .iter()
+            .map(|i| i.json["disabled"] == true)
+            .eq([false, true, false]),
+        "{}",
+        render(&after)
+    );
+    let now = c.cli(&["endpoints", "web", "-o", "json"]);
+    assert_eq!(
+        endpoint_indices(&now.assert_ok().stdout),
+        Ok(vec![0, 2]),
+        "{now}"
+    );
+    watched(&[0, 2]);
+
+    c.cli(&["enable", "web", "--instance", "1"]).assert_ok();
+    watched(&[0, 1, 2]);
+    let list = c.cli(&["list", "web"]);
+    assert!(!list.stdout.contains("disabled"), "{list}");
+
+    let whole = c.try_cli(&["disable", "web"]).expect("cli runs");
+    assert_eq!(whole.code(), Some(2), "{whole}");
+}
+
+/// A process that leaks on purpose (the test app's steady 2 MiB/s) is suspected within the
+/// coordinator's leak window, long before its `max_memory_restart` fires: an
+/// `instance.leak_suspected` event, `(leak?)` in `list` and the trend in `info`. A steady app
+/// next to it is not.
+#[test]
+fn a_steady_leak_is_suspected_before_max_memory_restart() {
+    let c = Cluster::start_with(1, &["--leak-window", "8s", "--leak-min-growth", "1M"])
+        .expect("coordinator and an agent start");
+    let port = pmcluster_tests::free_port_range(2).expect("free ports");
+    let config = serde_json::json!({"apps": [
+        {
+            "name": "leaky",
+            "script": c.testapp().display().to_string(),
+            "port": port.to_string(),
+            "env": {"TESTAPP_LEAK_KIB_PER_SEC": "2048"},
+            "max_memory_restart": "1G",
+        },
+        {
+            "name": "steady",
+            "script": c.testapp().display().to_string(),
+            "port": (port + 1).to_string(),
+        },
+    ]});
+    let path = c.root().join("leak.json");
+    std::fs::write(&path, config.to_string()).expect("write the config");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    wait_online(&c, "leaky", 1);
+    wait_online(&c, "steady", 1);
+
+    wait_until(
+        DEADLINE,
+        "an instance.leak_suspected event for leaky[0]",
+        || {
+            let out = c.try_cli(&["events", "leaky", "--no-follow", "--history", "100"])?;
+            if out.stdout.contains("instance.leak_suspected") {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
+    let list = c.cli(&["list", "leaky"]);
+    assert!(list.stdout.contains("(leak?)"), "{list}");
+    let info = c.cli(&["info", "leaky"]);
+    assert!(
+        info.stdout.contains("leaky[0]: memory leak suspected: +"),
+        "{info}"
+    );
+    let leaky = c.instances("leaky").expect("list leaky");
+    let one = crate::by_index(&leaky, 0).expect("leaky[0]");
+    assert_eq!(
+        one.restarts, 0,
+        "max_memory_restart fired first: {}",
+        one.json
+    );
+    assert!(
+        one.json["leak"]
+            .as_str()
+            .is_some_and(|l| l.contains("MiB/min")),
+        "{}",
+        one.json
+    );
+
+    let steady = c.instances("steady").expect("list steady");
+    assert!(
+        steady.iter().all(|i| i.json["leak"].is_null()),
+        "{}",
+        render(&steady)
+    );
+    let events = c.cli(&["events", "steady", "--no-follow", "--history", "100"]);
+    assert!(!events.stdout.contains("leak"), "{events}");
+}
+
+/// `stats` sums an app's figures and `compare` puts its instances side by side, both from what
+/// the agents report; an unknown app is not found.
+#[test]
+fn stats_and_compare_show_the_figures_the_agents_report() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 2).online().expect("web starts");
+    // Memory comes with the first metrics sample after start.
+    wait_until(DEADLINE, "memory figures for both instances", || {
+        let v = c
+            .cli(&["-o", "json", "stats", "web"])
+            .json()
+            .map_err(|e| e.to_string())?;
+        if v["online"] == 2 && v["memory"]["min"].as_u64().is_some_and(|m| m > 0) {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    });
+    let stats = c.cli(&["stats", "web"]);
+    assert!(
+        stats.assert_ok().stdout.contains("2 online of 2"),
+        "{stats}"
+    );
+    assert!(stats.stdout.contains("nodes:     node-a 2"), "{stats}");
+
+    let compare = c.cli(&["compare", "web"]);
+    let lines: Vec<&str> = compare.assert_ok().stdout.lines().collect();
+    assert!(
+        lines.first().is_some_and(|h| h.starts_with("INDEX")),
+        "{compare}"
+    );
+    assert_eq!(lines.len(), 4, "header, two instances, the mean: {compare}");
+    assert!(lines[3].starts_with("mean of 2 online"), "{compare}");
+    let v = c
+        .cli(&["-o", "json", "compare", "web"])
+        .json()
+        .expect("compare -o json");
+    let ratios: Vec<f64> = v["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i["memory_ratio"].as_f64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(ratios.len(), 2, "{v}");
+    assert!((ratios.iter().sum::<f64>() - 2.0).abs() < 1e-9, "{v}");
+
+    let nope = c.try_cli(&["stats", "nope"]).expect("cli runs");
+    assert!(nope.assert_failed().contains("not found"), "{nope}");
+}
