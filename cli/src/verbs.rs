@@ -48,7 +48,7 @@ fn report(
 ) -> anyhow::Result<()> {
     let missed = reply.deliveries.iter().filter(|d| !d.delivered).count();
     let total = reply.deliveries.len();
-    if ctx.json() {
+    if ctx.structured() {
         let rows: Vec<_> = reply
             .deliveries
             .iter()
@@ -98,7 +98,7 @@ pub async fn rotation(
     } else {
         (call!(conn, disable, target).await?, "disabled")
     };
-    if ctx.json() {
+    if ctx.structured() {
         return ctx.value(&json!({
             "app": app, "action": verb, "index": index, "affected": reply.affected,
         }));
@@ -119,7 +119,7 @@ pub async fn stats(args: AppArg, compare: bool, ctx: &mut Ctx<'_>) -> anyhow::Re
     call!(conn, get_app, req).await?;
     let instances = list_instances(&mut conn, &args.app).await?;
     let now = output::now_ms();
-    match (compare, ctx.json()) {
+    match (compare, ctx.structured()) {
         (false, false) => ctx.text(&output::stats_text(&args.app, &instances, now)),
         (false, true) => ctx.value(&output::stats_json(&args.app, &instances, now)),
         (true, false) => ctx.text(&output::compare_text(&instances, now)),

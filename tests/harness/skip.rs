@@ -2,7 +2,7 @@
 //! passing quietly: [`skip`] prints one line `pmcluster-test-skip: TEST: REASON`, which
 //! `scripts/test.sh` counts as skipped. A host that should run them (CI names its needs in
 //! `PMCLUSTER_TEST_REQUIRE`, comma-separated: `root`, `cgroup2`, `etcd`, `haproxy`, `docker`,
-//! `python`) makes them fail instead, so a wrong "missing here" cannot pass for a run. The
+//! `python`, `node`, `tmux`) makes them fail instead, so a wrong "missing here" cannot pass for a run. The
 //! agent's tests do the same for root and cgroup2 (agent/tests/it/skip.rs).
 
 use std::io::Write;
