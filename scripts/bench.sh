@@ -9,6 +9,11 @@ echo "== scheduler (pure placement throughput)"
 cargo bench -p pmcluster-coordinator --bench scheduler
 echo "== fake agents (1,000 agents, scale 0 -> 10,000 through gRPC)"
 cargo bench -p pmcluster-coordinator --bench fake_agents
+echo "== api load (unary round trip, Scale -> agent, 20 clients, app creation; fake agents)"
+cargo bench -p pmcluster-coordinator --bench api_load
+echo "== sustained control plane (1,000 fake agents x 20 instances reporting every second, 10 min)"
+FAKE_AGENTS=1000 FAKE_AGENTS_INSTANCES=20000 FAKE_AGENTS_SUSTAIN_SECS=600 \
+  cargo bench -p pmcluster-coordinator --bench fake_agents
 echo "== autoscale simulation (step, ramp, sine, noisy traces: decision function vs the seeds' +1/-1)"
 cargo bench -p pmcluster-coordinator --bench autoscale_sim
 echo "== scale12 (3 real agents, scale web 12 until all answer /health)"
