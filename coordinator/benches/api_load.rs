@@ -244,15 +244,5 @@ async fn run() -> BenchResult<()> {
 }
 
 fn main() {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(run()) {
-        eprintln!("api_load bench failed: {e}");
-        std::process::exit(1);
-    }
+    common::main("api_load", run());
 }

@@ -59,13 +59,15 @@ async fn run() -> BenchResult<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while probe.registered.load(Ordering::Relaxed) < agents_n {
         if Instant::now() > deadline {
-            let mut why = Vec::new();
+            // Distinct causes only: thousands of agents fail the same few ways.
+            let mut why = std::collections::BTreeMap::<String, usize>::new();
             while let Some(done) = agents.try_join_next() {
-                why.push(match done {
+                let cause = match done {
                     Ok(Ok(())) => "a fake agent's session ended".to_string(),
                     Ok(Err(e)) => e.to_string(),
                     Err(e) => e.to_string(),
-                });
+                };
+                *why.entry(cause).or_default() += 1;
             }
             return Err(format!(
                 "only {} agents registered: {why:?}",
@@ -273,15 +275,5 @@ async fn sustained(
 }
 
 fn main() {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(run()) {
-        eprintln!("fake_agents bench failed: {e}");
-        std::process::exit(1);
-    }
+    common::main("fake_agents", run());
 }

@@ -223,3 +223,18 @@ pub fn summary(name: &str, mut ms: Vec<f64>) {
         ms.last().copied().unwrap_or(f64::NAN)
     );
 }
+
+/// Runs a bench's `run` on a tokio runtime; exits 1 with its error.
+pub fn main(name: &str, run: impl std::future::Future<Output = BenchResult<()>>) {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run) {
+        eprintln!("{name} bench failed: {e}");
+        std::process::exit(1);
+    }
+}

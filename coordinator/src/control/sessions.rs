@@ -312,6 +312,17 @@ fn sample_memory(inner: &mut Inner, policy: &LeakPolicy, st: &InstanceObserved) 
             ..MemoryTrend::default()
         };
     }
+    // A trend needs a few dozen points per window, not one per report: at 20,000 instances
+    // reporting every second, a sample (and a judgement) per report cost a third of a core and
+    // 100 MB for the default 5-minute window.
+    let spacing = policy.window_ms / SAMPLES_PER_WINDOW;
+    if trend
+        .samples
+        .back()
+        .is_some_and(|last| now - last.at_ms < spacing)
+    {
+        return None;
+    }
     trend.samples.push_back(leak::Sample {
         at_ms: now,
         rss: st.memory_bytes,
@@ -324,15 +335,17 @@ fn sample_memory(inner: &mut Inner, policy: &LeakPolicy, st: &InstanceObserved) 
     {
         trend.samples.pop_front();
     }
-    let samples: Vec<leak::Sample> = trend.samples.iter().copied().collect();
-    let now_suspected = leak::judge(policy, &samples).describe();
+    let now_suspected = leak::judge(policy, trend.samples.make_contiguous()).describe();
     let newly = trend.suspected.is_none() && now_suspected.is_some();
     trend.suspected = now_suspected;
     if newly { trend.suspected.clone() } else { None }
 }
 
-/// Samples kept per instance: one a heartbeat, so a window of an hour at 1 s.
-const MAX_MEMORY_SAMPLES: usize = 3600;
+/// Samples a window is judged on, at most: one per window/60 (5 s for the default 5 minutes,
+/// every heartbeat for windows up to a minute).
+const SAMPLES_PER_WINDOW: i64 = 60;
+/// Samples kept per instance whatever the window.
+const MAX_MEMORY_SAMPLES: usize = 2 * SAMPLES_PER_WINDOW as usize;
 
 /// What the core's quarantine decision needs of a registration.
 pub(super) fn registration(reg: &Registration) -> adoption::Registration<'_> {
