@@ -264,6 +264,17 @@ fn default_interpreter(script: &str) -> Option<&'static str> {
 }
 
 /// A list of words: a JSON list of strings, or one string split like a shell would.
+/// PM2's `node_args` then `interpreter_args`: both go to the interpreter, in that order.
+fn interpreter_args(
+    node_args: Option<&Value>,
+    interpreter_args: Option<&Value>,
+    app: &str,
+) -> Result<Vec<String>, UsageError> {
+    let mut args = words(node_args, "node_args", app)?;
+    args.extend(words(interpreter_args, "interpreter_args", app)?);
+    Ok(args)
+}
+
 fn words(value: Option<&Value>, field: &str, app: &str) -> Result<Vec<String>, UsageError> {
     let bad = || UsageError::new(format!("{app}: {field}: not a string or a list of strings"));
     match value {
@@ -482,12 +493,7 @@ fn from_ecosystem(app: &Value, at: &str, warnings: &mut Vec<String>) -> Result<V
             ));
         }
     }
-    let mut interpreter_args = words(s.get("node_args"), "node_args", &label)?;
-    interpreter_args.extend(words(
-        s.get("interpreter_args"),
-        "interpreter_args",
-        &label,
-    )?);
+    let interpreter_args = interpreter_args(s.get("node_args"), s.get("interpreter_args"), &label)?;
     Ok(Pm2App {
         count: instances(s.get("instances").unwrap_or(&Value::Null), &label, warnings)?,
         env: env_map(s.get("env"), &label, warnings)?,
@@ -564,12 +570,8 @@ fn from_jlist(procs: &[Value], warnings: &mut Vec<String>) -> Result<Vec<Value>,
                 daemon.join(", ")
             ));
         }
-        let mut interpreter_args = words(s.get("node_args"), "node_args", &label)?;
-        interpreter_args.extend(words(
-            s.get("interpreter_args"),
-            "interpreter_args",
-            &label,
-        )?);
+        let interpreter_args =
+            interpreter_args(s.get("node_args"), s.get("interpreter_args"), &label)?;
         apps.push(
             Pm2App {
                 count,
