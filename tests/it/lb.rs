@@ -64,9 +64,15 @@ impl Balancer {
         c.cli(&first).assert_ok();
         // The watcher first: it writes the backend and asks for a reload at once, and HAProxy
         // loses a reload asked for while it is still starting. Until HAProxy runs there is no
-        // pid file, and nothing to reload.
+        // pid file, and nothing to reload. Reloads go through the compose deployment's script,
+        // which confirms each one (HAProxy drops a USR2 now and then).
         let pidfile = dir.join("haproxy.pid").display().to_string();
-        let exec = format!("! [ -f {pidfile} ] || kill -USR2 $(cat {pidfile})");
+        let reload = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/compose/haproxy/reload.sh");
+        let exec = format!(
+            "! [ -f {pidfile} ] || sh {} $(cat {pidfile})",
+            reload.display()
+        );
         let watch_log = fs::File::create(dir.join("watcher.log")).expect("watcher log");
         let watcher = Command::new(&c.bins().cli)
             .args(["--coordinator", &c.url(), "endpoints", app, "-o", "haproxy"])

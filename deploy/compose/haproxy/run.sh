@@ -1,7 +1,8 @@
 #!/bin/sh
 # HAProxy in front of one app, kept current the way the repo's load-balancer test does it:
 # `pmcluster endpoints APP -o haproxy --watch` rewrites the backend file and reloads HAProxy
-# (master-worker mode, USR2: new workers take over, old ones finish their requests).
+# (master-worker mode, USR2: new workers take over, old ones finish their requests), through
+# reload.sh, which makes sure each reload lands.
 set -eu
 app="${PMCLUSTER_LB_APP:-web}"
 dir=/run/pmcluster-lb
@@ -28,7 +29,7 @@ haproxy=$!
 (
   while :; do
     pmcluster endpoints "$app" -o haproxy --watch --file "$dir/backend.cfg" \
-      --exec "kill -USR2 $haproxy" || true
+      --exec "sh /etc/pmcluster-lb/reload.sh $haproxy" || true
     sleep 1
   done
 ) &
