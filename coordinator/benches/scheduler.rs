@@ -70,6 +70,7 @@ fn main() {
             now_ms: 0,
             unstartable: &unstartable,
             max_instances_per_app: u32::MAX,
+            scope: None,
         });
         let secs = start.elapsed().as_secs_f64();
         let placed = plan.create.iter().filter(|c| c.node.is_some()).count();

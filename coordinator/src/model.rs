@@ -204,6 +204,75 @@ impl Batch {
         }
     }
 
+    /// One batch that does what `batches` do applied one after another: the transaction of a
+    /// group commit. Each key ends up either put (its last record) or deleted, never both, so
+    /// the result means the same whichever order a store applies puts and deletes in.
+    pub fn merged(batches: &[&Batch]) -> Batch {
+        /// A key's last word: `Some` put, `None` deleted.
+        fn fold<K: Ord, V: Clone>(
+            last: &mut BTreeMap<K, Option<V>>,
+            puts: impl Iterator<Item = (K, V)>,
+            dels: impl Iterator<Item = K>,
+        ) {
+            for (k, v) in puts {
+                last.insert(k, Some(v));
+            }
+            for k in dels {
+                last.insert(k, None);
+            }
+        }
+        fn split<K, V>(last: BTreeMap<K, Option<V>>) -> (Vec<V>, Vec<K>) {
+            let (mut puts, mut dels) = (Vec::new(), Vec::new());
+            for (k, v) in last {
+                match v {
+                    Some(v) => puts.push(v),
+                    None => dels.push(k),
+                }
+            }
+            (puts, dels)
+        }
+        let (mut apps, mut instances, mut nodes, mut tokens) = (
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        let mut out = Batch::default();
+        for b in batches {
+            fold(
+                &mut apps,
+                b.put_apps.iter().map(|a| (a.spec.name.clone(), a.clone())),
+                b.del_apps.iter().cloned(),
+            );
+            fold(
+                &mut instances,
+                b.put_instances.iter().map(|i| (i.id, i.clone())),
+                b.del_instances.iter().copied(),
+            );
+            fold(
+                &mut nodes,
+                b.put_nodes.iter().map(|n| (n.name.clone(), n.clone())),
+                b.del_nodes.iter().cloned(),
+            );
+            fold(
+                &mut tokens,
+                b.put_tokens.iter().map(|t| (t.id.clone(), t.clone())),
+                b.del_tokens.iter().cloned(),
+            );
+            if b.generation.is_some() {
+                out.generation = b.generation;
+            }
+            if b.cluster_id.is_some() {
+                out.cluster_id.clone_from(&b.cluster_id);
+            }
+        }
+        (out.put_apps, out.del_apps) = split(apps);
+        (out.put_instances, out.del_instances) = split(instances);
+        (out.put_nodes, out.del_nodes) = split(nodes);
+        (out.put_tokens, out.del_tokens) = split(tokens);
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.put_apps.is_empty()
             && self.del_apps.is_empty()

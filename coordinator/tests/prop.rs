@@ -159,6 +159,10 @@ impl Owned {
     }
 
     fn plan(&self) -> Plan {
+        self.plan_scoped(None)
+    }
+
+    fn plan_scoped(&self, scope: Option<&BTreeSet<String>>) -> Plan {
         let views: Vec<NodeView<'_>> = self
             .names
             .iter()
@@ -180,6 +184,7 @@ impl Owned {
             now_ms: NOW,
             unstartable: &self.unstartable,
             max_instances_per_app: u32::MAX,
+            scope,
         })
     }
 
@@ -241,6 +246,35 @@ impl Owned {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A plan scoped to one app (a write's) changes only that app's records, and is the full
+    /// plan whenever no other app needs anything.
+    #[test]
+    fn a_scoped_plan_is_the_full_plan_of_its_app(w in world()) {
+        let owned = Owned::new(&w);
+        let full = owned.plan();
+        let app_of = |id: &Uuid| owned.instances.get(id).map(|r| r.app.clone());
+        let apps_of = |p: &Plan| -> BTreeSet<String> {
+            let ids = p.assign.iter().map(|(id, _)| id)
+                .chain(p.refresh.iter().map(|(id, _, _)| id))
+                .chain(&p.remove)
+                .chain(&p.drain);
+            ids.filter_map(app_of).chain(p.create.iter().map(|c| c.app.clone())).collect()
+        };
+        for app in owned.apps.keys() {
+            let scope = BTreeSet::from([app.clone()]);
+            let scoped = owned.plan_scoped(Some(&scope));
+            let touched = apps_of(&scoped);
+            prop_assert!(touched.is_subset(&scope), "scoped to {app}, touched {touched:?}");
+            if apps_of(&full).is_subset(&scope) {
+                prop_assert_eq!(&scoped.create, &full.create);
+                prop_assert_eq!(&scoped.assign, &full.assign);
+                prop_assert_eq!(&scoped.refresh, &full.refresh);
+                prop_assert_eq!(&scoped.remove, &full.remove);
+                prop_assert_eq!(&scoped.drain, &full.drain);
+            }
+        }
+    }
 
     /// Nothing is placed or created on a drained, down, quarantined or unknown node.
     #[test]

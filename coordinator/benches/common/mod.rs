@@ -95,17 +95,36 @@ pub struct AgentProbe {
 
 /// One fake agent: registers, answers every desired set with a status report claiming each
 /// assignment online, counts the assignments it holds in `held`, and once `sustain` is set
-/// reports them all again every heartbeat interval, as a real agent does.
+/// reports them all again every heartbeat interval, as a real agent does. Thousands connect at
+/// once, so a connection refused or reset before the agent registered is tried again half a
+/// second later, as a real agent's reconnect loop does, for up to a minute.
 pub async fn fake_agent(url: String, name: String, probe: Arc<AgentProbe>) -> BenchResult<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url)?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let endpoint = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true);
+    let mut tries = 0u32;
+    loop {
+        let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        match session(&endpoint, &name, &probe, &registered).await {
+            Err(_) if !registered.load(Ordering::Relaxed) && tries < 120 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn session(
+    endpoint: &tonic::transport::Endpoint,
+    name: &str,
+    probe: &AgentProbe,
+    registered: &std::sync::atomic::AtomicBool,
+) -> BenchResult<()> {
+    let channel = endpoint.connect().await?;
     let mut client = pb::agent_link_client::AgentLinkClient::new(channel);
     let (tx, rx) = mpsc::channel(16);
     tx.send(pb::AgentMessage {
         msg: Some(Up::Register(pb::Register {
-            node_name: name,
+            node_name: name.to_string(),
             cores: 64,
             memory_bytes: 256 << 30,
             ..Default::default()
@@ -123,6 +142,7 @@ pub async fn fake_agent(url: String, name: String, probe: Arc<AgentProbe>) -> Be
                 let Some(msg) = msg? else { return Ok(()) };
                 match msg.msg {
                     Some(Down::Registered(r)) => {
+                        registered.store(true, Ordering::Relaxed);
                         probe.registered.fetch_add(1, Ordering::Relaxed);
                         let every = Duration::from_millis(r.heartbeat_interval_ms.max(100));
                         heartbeat = tokio::time::interval(every);
@@ -147,9 +167,16 @@ pub async fn fake_agent(url: String, name: String, probe: Arc<AgentProbe>) -> Be
                     _ => {}
                 }
             }
-            _ = heartbeat.tick(), if probe.sustain.load(Ordering::Relaxed) => {
-                round += 1;
-                tx.send(report(generation, &assignments, round)).await?;
+            _ = heartbeat.tick() => {
+                // Before the sustained phase, a bare heartbeat (no instances), as an idle agent
+                // sends: the coordinator must hear from every agent within its timeout while
+                // thousands register, and the setup figures stay free of report load.
+                if probe.sustain.load(Ordering::Relaxed) {
+                    round += 1;
+                    tx.send(report(generation, &assignments, round)).await?;
+                } else {
+                    tx.send(report(generation, &[], round)).await?;
+                }
             }
         }
     }

@@ -110,7 +110,7 @@ impl Control {
             keep_instances,
         } = cmd;
         let mut inner = self.lock();
-        let existing = inner.state.apps.get(&spec.name).cloned();
+        let existing = inner.ahead.apps.get(&spec.name).cloned();
         let mut spec = spec;
         spec.keep_secrets_of(existing.as_ref().map(|r| &r.spec))?;
         let spec = match &existing {
@@ -142,7 +142,7 @@ impl Control {
                     };
                     (rec, false, true)
                 } else {
-                    let has_instances = !inner.state.app_instances(&old.spec.name).is_empty();
+                    let has_instances = !inner.ahead.app_instances(&old.spec.name).is_empty();
                     (
                         new_version(old, spec, now, Kind::Update, has_instances),
                         false,
@@ -190,8 +190,8 @@ impl Control {
     /// Forgets an app; its instances are stopped by their agents. Returns how many there were.
     pub fn delete_app(&self, name: &str) -> Result<u32> {
         let mut inner = self.lock();
-        find_app(&inner, name)?;
-        let removed = inner.state.app_instances(name).len() as u32;
+        find_app(&inner.ahead, name)?;
+        let removed = inner.ahead.app_instances(name).len() as u32;
         self.write(
             &mut inner,
             Batch {
@@ -214,7 +214,7 @@ impl Control {
     pub fn scale_app(&self, cmd: ScaleCmd) -> Result<Scaled> {
         let (name, count) = (cmd.app.as_str(), cmd.instances);
         let mut inner = self.lock();
-        let app = find_app(&inner, name)?.clone();
+        let app = find_app(&inner.ahead, name)?.clone();
         if let Some(p) = &app.spec.autoscale
             && !(p.min..=p.max).contains(&count)
         {
@@ -260,7 +260,7 @@ impl Control {
 
     /// Moves that keep the app's spread even after a scale-down to `count`.
     pub(super) fn rebalance_moves(&self, inner: &Inner, name: &str, count: u32, batch: &mut Batch) {
-        let Some(app) = inner.state.apps.get(name) else {
+        let Some(app) = inner.ahead.apps.get(name) else {
             return;
         };
         let spec = &app.spec;
@@ -275,7 +275,7 @@ impl Control {
         let ready: Vec<String> = ready_nodes(inner, &self.config)
             .into_iter()
             .filter(|n| {
-                inner.state.nodes.get(n).is_some_and(|rec| {
+                inner.ahead.nodes.get(n).is_some_and(|rec| {
                     !rec.drain
                         && spec
                             .placement
@@ -288,7 +288,7 @@ impl Control {
         let mut placed: BTreeMap<String, Vec<u32>> =
             ready.iter().map(|n| (n.clone(), Vec::new())).collect();
         let mut by_index = BTreeMap::new();
-        for inst in inner.state.app_instances(name) {
+        for inst in inner.ahead.app_instances(name) {
             if inst.index >= count {
                 continue;
             }
@@ -323,7 +323,7 @@ impl Control {
     /// Starts, stops or restarts the app's instances, or one of them.
     pub fn act(&self, name: &str, index: Option<u32>, action: Action) -> Result<u32> {
         let mut inner = self.lock();
-        let app = find_app(&inner, name)?;
+        let app = find_app(&inner.ahead, name)?;
         if action == Action::Disable && index.is_none() {
             return Err(ControlError::InvalidArgument(
                 "index: disable takes one instance (--instance N)".into(),
@@ -339,7 +339,7 @@ impl Control {
             )));
         }
         let mut batch = Batch::default();
-        for inst in inner.state.app_instances(name) {
+        for inst in inner.ahead.app_instances(name) {
             if index.is_some_and(|i| i != inst.index) {
                 continue;
             }
@@ -361,7 +361,7 @@ impl Control {
         let affected = match action {
             // Starting what already runs is a no-op, but it still "applies" to those instances.
             Action::Start | Action::Stop | Action::Disable | Action::Enable => inner
-                .state
+                .ahead
                 .app_instances(name)
                 .iter()
                 .filter(|i| index.is_none_or(|x| x == i.index))
@@ -391,10 +391,10 @@ impl Control {
     /// Replaces every instance of the app in waves (its update policy) with fresh processes.
     pub fn restart_rolling(&self, name: &str) -> Result<Deployment> {
         let mut inner = self.lock();
-        let app = find_app(&inner, name)?.clone();
+        let app = find_app(&inner.ahead, name)?.clone();
         let now = self.now();
         let epoch = inner
-            .state
+            .ahead
             .app_instances(name)
             .iter()
             .map(|i| i.restart_epoch)
@@ -418,7 +418,7 @@ impl Control {
     /// Pauses, resumes or promotes the app's running rollout.
     pub fn steer_rollout(&self, name: &str, action: RolloutAction) -> Result<Deployment> {
         let mut inner = self.lock();
-        let app = find_app(&inner, name)?.clone();
+        let app = find_app(&inner.ahead, name)?.clone();
         let Some(mut d) = app.deployment.clone().filter(|d| d.state.active()) else {
             return Err(ControlError::InvalidArgument(format!(
                 "app {name:?} has no rollout in progress; see: pmcluster rollout history {name}"
@@ -451,7 +451,7 @@ impl Control {
     /// Rolls back to the previous version (or `to_version`) as a new rollout.
     pub fn roll_back(&self, name: &str, to_version: Option<u64>) -> Result<Deployment> {
         let mut inner = self.lock();
-        let app = find_app(&inner, name)?.clone();
+        let app = find_app(&inner.ahead, name)?.clone();
         let target = match to_version {
             Some(v) => v,
             None => app
@@ -480,7 +480,7 @@ impl Control {
         // The old process, with today's count and policies.
         let spec = with_current_policies(&app, spec);
         let now = self.now();
-        let has_instances = !inner.state.app_instances(name).is_empty();
+        let has_instances = !inner.ahead.app_instances(name).is_empty();
         let record = new_version(app, spec, now, Kind::Rollback, has_instances);
         let d = record.deployment.clone();
         self.write(&mut inner, Batch::app(record))?;
@@ -524,9 +524,9 @@ impl Control {
             ));
         }
         let now = self.now();
-        let mut scratch = inner.state.clone();
+        let mut scratch = inner.ahead.clone();
         let mut batch = Batch::default();
-        let mut generation = inner.state.generation;
+        let mut generation = inner.ahead.generation;
         let mut imported = Vec::new();
         for n in &names {
             let Some(live) = inner.nodes.get(n) else {
@@ -548,7 +548,7 @@ impl Control {
         batch.generation = Some(generation);
         for n in &names {
             let node = inner
-                .state
+                .ahead
                 .nodes
                 .get(n)
                 .cloned()
@@ -623,7 +623,7 @@ impl Control {
     ) -> Result<AutoscaleView> {
         {
             let mut inner = self.lock();
-            let app = find_app(&inner, name)?.clone();
+            let app = find_app(&inner.ahead, name)?.clone();
             let spec = AppSpec {
                 autoscale: policy.clone(),
                 ..app.spec.clone()
@@ -654,7 +654,7 @@ impl Control {
     /// Starts (or stops, with `drain = false`) draining a node.
     pub fn set_drain(&self, node: &str, drain: bool) -> Result<NodeView> {
         let mut inner = self.lock();
-        let Some(record) = inner.state.nodes.get(node).cloned() else {
+        let Some(record) = inner.ahead.nodes.get(node).cloned() else {
             return Err(ControlError::NotFound(format!(
                 "node {node:?} not found; see the nodes with 'pmcluster nodes'"
             )));

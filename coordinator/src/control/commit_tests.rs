@@ -100,9 +100,8 @@ fn queued(c: &Control) -> usize {
     c.lock().queue.len()
 }
 
-#[test]
-fn reads_pass_a_commit_and_writes_queued_behind_it_share_the_next() {
-    let (store, c) = cluster();
+/// Shuts the store's gate and starts a write (`scale web 2`) that waits there, committing.
+fn held_at_the_gate(store: &GatedStore, c: &Arc<Control>) -> thread::JoinHandle<Result<Scaled>> {
     store.set(|g| g.shut = true);
     let first = {
         let c = c.clone();
@@ -111,6 +110,13 @@ fn reads_pass_a_commit_and_writes_queued_behind_it_share_the_next() {
     wait_for("the first write at the store", || {
         store.get(|g| g.waiting == 1)
     });
+    first
+}
+
+#[test]
+fn reads_pass_a_commit_and_writes_queued_behind_it_share_the_next() {
+    let (store, c) = cluster();
+    let first = held_at_the_gate(&store, &c);
     // The lock is free while the store works, and reads show what the store has.
     assert_eq!(c.list_instances("web").unwrap().len(), 1);
     let second = {
@@ -146,14 +152,7 @@ fn reads_pass_a_commit_and_writes_queued_behind_it_share_the_next() {
 fn a_refused_commit_refuses_the_writes_queued_behind_it_and_rewinds() {
     let (store, c) = cluster();
     let committed = c.persisted();
-    store.set(|g| g.shut = true);
-    let first = {
-        let c = c.clone();
-        thread::spawn(move || c.scale_app(ScaleCmd::new("web", 2).unwrap()))
-    };
-    wait_for("the first write at the store", || {
-        store.get(|g| g.waiting == 1)
-    });
+    let first = held_at_the_gate(&store, &c);
     let second = {
         let c = c.clone();
         thread::spawn(move || c.apply(app("api", 2)).map(|_| ()))

@@ -62,7 +62,7 @@ impl Control {
     /// NOT_FOUND for an unknown app or index.
     pub fn hand_out(&self, app: &str, index: Option<u32>, handout: &Handout) -> Result<Pending> {
         let mut inner = self.lock();
-        let record = find_app(&inner, app)?;
+        let record = find_app(&inner.state, app)?;
         if let Some(i) = index
             && i >= record.spec.instances
         {

@@ -15,7 +15,7 @@ impl Control {
     /// reader goes away.
     pub fn stream_logs(&self, req: &LogsQuery) -> Result<mpsc::Receiver<LogLine>> {
         let mut inner = self.lock();
-        let app = find_app(&inner, &req.app)?;
+        let app = find_app(&inner.state, &req.app)?;
         if let Some(i) = req.index
             && i >= app.spec.instances
         {

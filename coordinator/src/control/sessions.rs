@@ -20,6 +20,9 @@ impl Control {
     pub fn attach(&self, reg: &Registration, peer: Option<std::net::IpAddr>) -> Result<Attached> {
         check_registration(reg)?;
         let mut inner = self.lock();
+        // The node's record is committed directly below, from what the lock then shows: no
+        // queued write may land in between and be overwritten.
+        self.quiesce(&mut inner);
         let name = reg.node_name.clone();
         if let Some(live) = inner.nodes.get(&name)
             && let Some(session) = &live.session
@@ -65,6 +68,7 @@ impl Control {
         }
         if !batch.is_empty() {
             write::commit(self.store.as_ref(), &mut inner.state, &batch)?;
+            inner.ahead.apply(&batch);
         }
         let session_id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (commands_tx, commands) = mpsc::channel(256);

@@ -11,7 +11,7 @@ use crate::core::rollout::{self, Facts};
 use crate::model::{AppRecord, Batch, InstanceRecord, SCALE_DECISIONS_KEPT, ScaleDecision};
 
 use super::views::healthy_since;
-use super::{Control, Inner, is_ready};
+use super::{Control, Guard, Inner, is_ready};
 use crate::model::{EventKind, InstanceState};
 
 /// Most samples kept per app (one a second): an hour.
@@ -48,14 +48,14 @@ impl Control {
             );
         }
         if inner
-            .state
+            .ahead
             .apps
             .values()
             .any(|a| a.spec.autoscale.is_some())
         {
             at = at.min(inner.last_sample_ms + SAMPLE_EVERY_MS);
         }
-        if inner.state.apps.values().any(|a| a.rolling()) {
+        if inner.ahead.apps.values().any(|a| a.rolling()) {
             at = at.min(now + ROLLOUT_STEP_MS);
         }
         at.max(now)
@@ -68,9 +68,9 @@ impl Control {
     }
 
     /// One step of every running rollout.
-    pub(super) fn rollout_tick(&self, inner: &mut Inner, now: i64) -> Vec<(String, String)> {
+    pub(super) fn rollout_tick(&self, inner: &mut Guard<'_>, now: i64) -> Vec<(String, String)> {
         let rolling: Vec<AppRecord> = inner
-            .state
+            .ahead
             .apps
             .values()
             .filter(|a| a.rolling())
@@ -83,7 +83,7 @@ impl Control {
             };
             let name = app.spec.name.clone();
             let records: Vec<InstanceRecord> = inner
-                .state
+                .ahead
                 .app_instances(&name)
                 .into_iter()
                 .cloned()
@@ -174,9 +174,9 @@ impl Control {
     }
 
     /// Samples every autoscaled app and applies the decisions. Returns (app, reason) of changes.
-    pub(super) fn autoscale_tick(&self, inner: &mut Inner, now: i64) -> Vec<(String, String)> {
+    pub(super) fn autoscale_tick(&self, inner: &mut Guard<'_>, now: i64) -> Vec<(String, String)> {
         let apps: Vec<(String, AppRecord)> = inner
-            .state
+            .ahead
             .apps
             .iter()
             .filter(|(_, a)| a.spec.autoscale.is_some())

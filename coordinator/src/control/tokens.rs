@@ -47,13 +47,13 @@ impl Control {
             ));
         }
         let mut inner = self.lock();
-        if inner.state.tokens.len() >= MAX_TOKENS {
+        if inner.ahead.tokens.len() >= MAX_TOKENS {
             return Err(ControlError::FailedPrecondition(format!(
                 "this cluster already has {MAX_TOKENS} tokens, the most it keeps; revoke unused \
                  ones with `pmcluster token revoke ID`"
             )));
         }
-        if inner.state.tokens.contains_key(&new.id) {
+        if inner.ahead.tokens.contains_key(&new.id) {
             return Err(ControlError::AlreadyExists(format!(
                 "a token with id {} exists; try again",
                 new.id
@@ -84,7 +84,7 @@ impl Control {
     /// Removes a token: calls carrying it are refused from the next one on.
     pub fn revoke_token(&self, id: &str) -> Result<TokenRecord> {
         let mut inner = self.lock();
-        let Some(record) = inner.state.tokens.get(id).cloned() else {
+        let Some(record) = inner.ahead.tokens.get(id).cloned() else {
             return Err(ControlError::NotFound(format!(
                 "no token with id {id:?}; see them with `pmcluster token list`"
             )));

@@ -70,7 +70,7 @@ impl InstanceKey {
 impl Control {
     pub fn get_app(&self, name: &str) -> Result<AppView> {
         let inner = self.lock();
-        let app = find_app(&inner, name)?;
+        let app = find_app(&inner.state, name)?;
         Ok(app_view(&inner, &self.config, app))
     }
 
@@ -87,7 +87,7 @@ impl Control {
     /// The app's rollout, its history and the versions it keeps.
     pub fn rollouts(&self, name: &str) -> Result<Rollouts> {
         let inner = self.lock();
-        let app = find_app(&inner, name)?;
+        let app = find_app(&inner.state, name)?;
         let mut versions: Vec<u64> = app.versions.keys().copied().collect();
         versions.push(app.version);
         Ok(Rollouts {
@@ -101,7 +101,7 @@ impl Control {
     /// The app's endpoints: online, healthy, not draining instances with their node's address.
     pub fn endpoints(&self, name: &str) -> Result<EndpointsView> {
         let inner = self.lock();
-        find_app(&inner, name)?;
+        find_app(&inner.state, name)?;
         let mut endpoints: Vec<Endpoint> = inner
             .state
             .app_instances(name)
@@ -143,7 +143,7 @@ impl Control {
     pub fn list_instances(&self, app: &str) -> Result<Vec<InstanceView>> {
         let inner = self.lock();
         if !app.is_empty() && held_views(&inner, app).is_empty() {
-            find_app(&inner, app)?;
+            find_app(&inner.state, app)?;
         }
         let mut out: Vec<InstanceView> = inner
             .state
@@ -174,7 +174,7 @@ impl Control {
         let inner = self.lock();
         let held = held_views(&inner, app);
         if !app.is_empty() && held.is_empty() {
-            find_app(&inner, app)?;
+            find_app(&inner.state, app)?;
         }
         // Only keys are sorted; views are built for the page alone.
         let mut keys: Vec<(&str, u32, Uuid)> = inner
@@ -441,7 +441,7 @@ fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
 impl Control {
     pub fn get_autoscale(&self, name: &str) -> Result<AutoscaleView> {
         let inner = self.lock();
-        let app = find_app(&inner, name)?;
+        let app = find_app(&inner.state, name)?;
         let sample = self.sample(&inner, name, self.now());
         let status = AutoscaleView {
             app: name.to_string(),

@@ -1,8 +1,15 @@
 //! The one write path, and the only caller of [`Store::commit`]: command batch -> reconcile on
-//! the result -> ids for new records -> generations for touched nodes -> one store commit ->
-//! apply in memory -> publish the touched nodes' desired sets.
+//! the result -> ids for new records -> generations for touched nodes -> queue -> one store
+//! commit for every write queued -> apply in memory -> publish the touched nodes' desired sets.
+//!
+//! Group commit: a write plans on `Inner::ahead` (the state with every queued write applied),
+//! queues its batch and waits. The first waiter that finds no commit running commits the whole
+//! queue as one store transaction, with the state lock let go meanwhile, so reads, reports and
+//! other writers' planning never wait on the disk, and one fsync serves many writes. Only then
+//! does `Inner::state` change and do agents hear of it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
@@ -10,22 +17,38 @@ use crate::core::quota;
 use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
 use crate::model::{
-    AppRecord, Assignment, Batch, DesiredSet, InstanceRecord, InstanceState, NodeRecord, Persisted,
+    AppRecord, Assignment, Batch, DesiredSet, InstanceRecord, NodeRecord, Persisted,
 };
 
-use super::{Control, ControlError, Inner, Result, is_quarantined, new_node_live, node_views};
+use super::{
+    Control, ControlError, Guard, Inner, Result, is_quarantined, new_node_live, node_views,
+};
 use crate::clock::Clock;
 use crate::model::EventKind;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Placements of one app in one write that still get an event each; more get one event.
 pub(super) const EVENTS_PER_WRITE: usize = 20;
 
-/// Commits `batch` and only then applies it to `state`: the one place the store is written.
-/// [`Control::write`] ends here; the two writes that must not reconcile call it directly: the
-/// cluster id of a new store (there is no `Control` yet), and a registering node's record and
-/// rename (the node has no session yet, so a reconcile would take its records for lost; attach
-/// reconciles through [`Control::write`] once the session is in place).
+/// A planned write waiting for the store, with what it does once committed.
+pub(super) struct Queued {
+    seq: u64,
+    /// Shared with the committer, which writes it with the lock let go.
+    batch: Arc<Batch>,
+    /// Nodes whose desired set the batch changes.
+    touched: BTreeSet<String>,
+    /// (app, from, index, text) of each instance the plan moves.
+    moved: Vec<(String, String, u32, String)>,
+    /// (app, index, node) of each placement.
+    placed: Vec<(String, u32, Option<String>)>,
+    followup_at: Option<i64>,
+}
+
+/// Commits `batch` and only then applies it to `state`, without a plan or the queue. For the two
+/// writes that must not reconcile: the cluster id of a new store (there is no `Control` yet),
+/// and a registering node's record and rename (the node has no session yet, so a reconcile would
+/// take its records for lost; attach reconciles through [`Control::write`] once the session is
+/// in place, and commits here only after [`Control::quiesce`]).
 pub(super) fn commit(store: &dyn Store, state: &mut Persisted, batch: &Batch) -> Result<()> {
     store.commit(batch)?;
     state.apply(batch);
@@ -33,13 +56,15 @@ pub(super) fn commit(store: &dyn Store, state: &mut Persisted, batch: &Batch) ->
 }
 
 impl Control {
-    /// Applies a command's batch plus whatever the reconciler then wants, as one commit.
-    pub(super) fn write(&self, inner: &mut Inner, mut batch: Batch) -> Result<()> {
+    /// Applies a command's batch plus whatever the reconciler then wants, as one commit (shared
+    /// with the writes queued beside it). Returns once the store has it and `inner.state` shows
+    /// it; the lock is let go while waiting, so the caller re-reads what it needs afterwards.
+    pub(super) fn write(&self, inner: &mut Guard<'_>, mut batch: Batch) -> Result<()> {
         let now = self.now();
-        quota::check_caps(&self.config.caps, &inner.state.apps, &batch)
+        quota::check_caps(&self.config.caps, &inner.ahead.apps, &batch)
             .map_err(ControlError::ResourceExhausted)?;
         for app in &batch.put_apps {
-            let stored = inner.state.apps.get(&app.spec.name).map(|a| &a.spec);
+            let stored = inner.ahead.apps.get(&app.spec.name).map(|a| &a.spec);
             if stored != Some(&app.spec) {
                 limits::check_spec(&app.spec).map_err(ControlError::InvalidArgument)?;
             }
@@ -47,19 +72,40 @@ impl Control {
         if batch.is_empty() && !inner.reconcile_due && inner.followup_at.is_none_or(|at| now < at) {
             return Ok(());
         }
-        let owned;
-        let view: &Persisted = if batch.is_empty() {
-            &inner.state
-        } else {
-            let mut next = inner.state.clone();
-            next.apply(&batch);
-            owned = next;
-            &owned
+        // Nodes whose desired set changes: old and new homes of every touched record. The old
+        // homes of the command's records are read before `ahead` takes the command.
+        let mut touched = BTreeSet::new();
+        old_homes(
+            &inner.ahead,
+            &batch.put_instances,
+            &batch.del_instances,
+            &mut touched,
+        );
+        let (command_puts, command_dels) = (batch.put_instances.len(), batch.del_instances.len());
+        // The plan sees the command applied: `ahead` takes it in place (a failure below rewinds).
+        let applied = !batch.is_empty();
+        // A write that changes apps plans those apps only: the other apps' needs are as the last
+        // plan left them, and the confirming pass after the commit plans everything. Node changes
+        // (a drain, a rename, an adoption) and the tick's pass plan everything.
+        let scope = applied.then(|| write_scope(&inner.ahead, &batch)).flatten();
+        if applied {
+            inner.ahead.apply(&batch);
+        }
+        let plan = plan_for(inner, &inner.ahead, &self.config, now, scope.as_ref());
+        let followup_at = match scope {
+            Some(_) => min_time(inner.followup_at, plan.followup_at),
+            None => plan.followup_at,
         };
-        let plan = plan_for(inner, view, &self.config, now);
-        let pending = plan.pending.clone();
-        let followup_at = plan.followup_at;
-        let placed = materialize(view, &plan, &mut batch, now, self.clock.as_ref());
+        let pending = match &scope {
+            Some(apps) => {
+                let mut pending = inner.pending.clone();
+                pending.retain(|app, _| !apps.contains(app));
+                pending.extend(plan.pending.clone());
+                pending
+            }
+            None => plan.pending.clone(),
+        };
+        let placed = materialize(&inner.ahead, &plan, &mut batch, now, self.clock.as_ref());
         let moved: Vec<(String, String, u32, String)> = plan
             .moved
             .iter()
@@ -78,31 +124,23 @@ impl Control {
             inner.followup_at = followup_at;
             return Ok(());
         }
-        // Nodes whose desired set changes: old and new homes of every touched record.
-        let mut touched = BTreeSet::new();
+        // The plan's own records: `ahead` does not have them yet, so it still holds their homes.
+        old_homes(
+            &inner.ahead,
+            &batch.put_instances[command_puts..],
+            &batch.del_instances[command_dels..],
+            &mut touched,
+        );
         for inst in &batch.put_instances {
-            if let Some(old) = inner
-                .state
-                .instances
-                .get(&inst.id)
-                .and_then(|i| i.node.clone())
-            {
-                touched.insert(old);
-            }
             if let Some(n) = &inst.node {
                 touched.insert(n.clone());
             }
         }
-        for id in &batch.del_instances {
-            if let Some(old) = inner.state.instances.get(id).and_then(|i| i.node.clone()) {
-                touched.insert(old);
-            }
-        }
         // App spec changes reach agents through refreshed records, already counted above.
         // An adoption raises the generation above what its agent applied.
-        let mut generation = inner.state.generation.max(batch.generation.unwrap_or(0));
+        let mut generation = inner.ahead.generation.max(batch.generation.unwrap_or(0));
         for name in &touched {
-            if let Some(node) = view.nodes.get(name) {
+            if let Some(node) = inner.ahead.nodes.get(name) {
                 generation += 1;
                 batch.put_nodes.retain(|n| &n.name != name);
                 batch.put_nodes.push(NodeRecord {
@@ -111,14 +149,130 @@ impl Control {
                 });
             }
         }
-        if generation != inner.state.generation {
+        if generation != inner.ahead.generation {
             batch.generation = Some(generation);
         }
-        // Before anything is committed: a set its agent cannot decode would take the node, and
+        // Before anything is queued: a set its agent cannot decode would take the node, and
         // every app on it, offline. A refused write changes nothing.
-        check_desired_sets(&inner.state, &batch, &touched)?;
+        if let Err(e) = check_desired_sets(&inner.ahead, &batch, &touched) {
+            if applied {
+                rewind(inner);
+            }
+            return Err(e);
+        }
+        inner.ahead.apply(&batch);
         inner.pending = pending;
-        commit(self.store.as_ref(), &mut inner.state, &batch)?;
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.queue.push_back(Queued {
+            seq,
+            batch: Arc::new(batch),
+            touched,
+            moved,
+            placed,
+            followup_at,
+        });
+        self.settle(inner, seq)
+    }
+
+    /// Waits until the write `seq` is committed or refused, committing the queue itself when no
+    /// other writer is.
+    fn settle(&self, inner: &mut Guard<'_>, seq: u64) -> Result<()> {
+        loop {
+            if let Some(outcome) = inner.outcomes.remove(&seq) {
+                return outcome.map_err(ControlError::from);
+            }
+            if inner.committing || inner.queue.is_empty() {
+                self.settled.wait(inner);
+            } else {
+                self.commit_queue(inner);
+            }
+        }
+    }
+
+    /// Waits until no write is queued or committing. The lock is then held with `state` equal
+    /// to `ahead`, for a write that must not interleave with queued ones (a node's registration
+    /// commits its record directly).
+    pub(super) fn quiesce(&self, inner: &mut Guard<'_>) {
+        while inner.committing || !inner.queue.is_empty() {
+            if inner.committing {
+                self.settled.wait(inner);
+            } else {
+                self.commit_queue(inner);
+            }
+        }
+    }
+
+    /// Commits every queued write as one store transaction, with the lock let go, then applies
+    /// the committed ones to `state` in order and wakes their writers.
+    fn commit_queue(&self, inner: &mut Guard<'_>) {
+        let group = inner.queue.len();
+        let merged = match inner.queue.front() {
+            Some(q) if group == 1 => Arc::clone(&q.batch),
+            _ => {
+                let batches: Vec<&Batch> = inner.queue.iter().map(|q| q.batch.as_ref()).collect();
+                Arc::new(Batch::merged(&batches))
+            }
+        };
+        inner.committing = true;
+        let (committed, error) = match parking_lot::MutexGuard::unlocked(inner, || {
+            self.store.commit(&merged)
+        }) {
+            Ok(()) => (group, None),
+            // More than one etcd transaction holds: the writes go one by one instead. Only
+            // this committer takes from the queue, so its head is still the group.
+            Err(StoreError::TooLarge { .. }) if group > 1 => {
+                let mut done = 0;
+                let mut error = None;
+                while done < group {
+                    let Some(batch) = inner.queue.get(done).map(|q| Arc::clone(&q.batch)) else {
+                        break;
+                    };
+                    match parking_lot::MutexGuard::unlocked(inner, || self.store.commit(&batch)) {
+                        Ok(()) => done += 1,
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                (done, error)
+            }
+            Err(e) => (0, Some(e)),
+        };
+        inner.committing = false;
+        // Each touched node's set is recomputed once for the group, after all of it is applied.
+        let mut touched = BTreeSet::new();
+        for _ in 0..committed {
+            if let Some(q) = inner.queue.pop_front() {
+                self.apply_committed(inner, q, &mut touched);
+            }
+        }
+        for name in &touched {
+            publish(inner, name);
+        }
+        if let Some(error) = error {
+            // Every write still queued was planned on the refused one: refused too, each with
+            // the same error.
+            while let Some(q) = inner.queue.pop_front() {
+                inner.outcomes.insert(q.seq, Err(copy_error(&error)));
+            }
+            inner.ahead = inner.state.clone();
+        }
+        self.settled.notify_all();
+    }
+
+    /// What a committed write does in memory: the records, the agents' sets, the events.
+    fn apply_committed(&self, inner: &mut Inner, q: Queued, publish_to: &mut BTreeSet<String>) {
+        let Queued {
+            seq,
+            batch,
+            touched,
+            moved,
+            placed,
+            followup_at,
+        } = q;
+        inner.state.apply(&batch);
         // The plan was applied in full, so the next reconcile should find nothing; one more run
         // confirms it cheaply.
         inner.reconcile_due = true;
@@ -129,9 +283,7 @@ impl Control {
             inner.online_since.remove(id);
             inner.unstartable_since.remove(id);
         }
-        for name in &touched {
-            publish(inner, name);
-        }
+        publish_to.extend(touched);
         for (app, from, index, text) in moved {
             self.emit(EventKind::InstanceMoved, &app, &from, Some(index), text);
         }
@@ -170,8 +322,82 @@ impl Control {
                 );
             }
         }
-        Ok(())
+        inner.outcomes.insert(seq, Ok(()));
     }
+}
+
+/// The apps a command's batch changes, or `None` when it changes nodes (which every app's plan
+/// reads).
+fn write_scope(state: &Persisted, batch: &Batch) -> Option<BTreeSet<String>> {
+    if !batch.put_nodes.is_empty() || !batch.del_nodes.is_empty() || batch.generation.is_some() {
+        return None;
+    }
+    let apps = batch.put_apps.iter().map(|a| &a.spec.name);
+    let put = batch.put_instances.iter().map(|i| &i.app);
+    let deleted =
+        (batch.del_instances.iter()).filter_map(|id| state.instances.get(id).map(|i| &i.app));
+    Some(
+        apps.chain(&batch.del_apps)
+            .chain(put)
+            .chain(deleted)
+            .cloned()
+            .collect(),
+    )
+}
+
+/// The earlier of two optional times.
+fn min_time(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Adds the nodes that `puts` and `dels` take instances from, as `state` has them.
+fn old_homes(
+    state: &Persisted,
+    puts: &[InstanceRecord],
+    dels: &[Uuid],
+    touched: &mut BTreeSet<String>,
+) {
+    let ids = puts.iter().map(|r| &r.id).chain(dels);
+    for id in ids {
+        if let Some(old) = state.instances.get(id).and_then(|i| i.node.clone()) {
+            touched.insert(old);
+        }
+    }
+}
+
+/// The same refusal again, for each writer of a refused group. The variants a client acts on
+/// keep their kind (`NotLeader`, `Fenced` and `Unavailable` send it to the leader; `TooLarge`
+/// says to write less); the rest keep their words.
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotLeader => StoreError::NotLeader,
+        StoreError::Fenced => StoreError::Fenced,
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::TooLarge {
+            ops,
+            bytes,
+            max_ops,
+            max_bytes,
+        } => StoreError::TooLarge {
+            ops: *ops,
+            bytes: *bytes,
+            max_ops: *max_ops,
+            max_bytes: *max_bytes,
+        },
+        other => StoreError::Io(other.to_string().into()),
+    }
+}
+
+/// `ahead` as the queue leaves it, after a write refused once it had applied its command.
+fn rewind(inner: &mut Inner) {
+    let mut ahead = inner.state.clone();
+    for q in &inner.queue {
+        ahead.apply(&q.batch);
+    }
+    inner.ahead = ahead;
 }
 
 /// `web[1] moved from a to b: it could not start on a for 30s: port 4300 is already in use on
@@ -399,21 +625,17 @@ pub(super) fn plan_for(
     view: &Persisted,
     config: &super::ControlConfig,
     now: i64,
+    scope: Option<&BTreeSet<String>>,
 ) -> Plan {
-    let online: BTreeSet<Uuid> = inner
-        .observed
-        .iter()
-        .filter(|(_, o)| o.state == InstanceState::Online)
-        .map(|(id, _)| *id)
-        .collect();
     let nodes = node_views(inner, view, config);
     reconcile::reconcile(Snapshot {
         apps: &view.apps,
         instances: &view.instances,
         nodes: &nodes,
-        online: &online,
+        online: &inner.observed.online,
         now_ms: now,
         unstartable: &inner.unstartable_since,
         max_instances_per_app: config.caps.max_instances_per_app,
+        scope,
     })
 }

@@ -65,6 +65,10 @@ pub struct Snapshot<'a> {
     pub unstartable: &'a BTreeMap<Uuid, i64>,
     /// `--max-instances-per-app`: holds a count that follows the nodes (`instances: max`).
     pub max_instances_per_app: u32,
+    /// Plan only these apps (the ones a write changed); `None` plans every app. Every record
+    /// still counts against its node's capacity and ports, so a scoped plan places as the full
+    /// one would; it just leaves the other apps' needs for the next full pass.
+    pub scope: Option<&'a BTreeSet<String>>,
 }
 
 /// A new instance record to create; the apply step mints its id.
@@ -167,15 +171,31 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Vec<NodeSlot<'a>> {
         })
         .collect();
     let index: BTreeMap<&str, usize> = slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+    // Only apps that reserve something are looked up per record: most reserve nothing, and
+    // with thousands of apps the name lookups were most of a write's plan.
+    let reserving: BTreeMap<&str, (i64, i64)> = snap
+        .apps
+        .iter()
+        .map(|(name, app)| {
+            let r = &app.spec.resources;
+            (
+                name.as_str(),
+                (i64::from(r.cpu_millis), r.memory_bytes as i64),
+            )
+        })
+        .filter(|(_, r)| *r != (0, 0))
+        .collect();
     for inst in snap.instances.values() {
         let Some(&i) = inst.node.as_deref().and_then(|n| index.get(n)) else {
             continue;
         };
         let slot = &mut slots[i];
         slot.total += 1;
-        if let Some(app) = snap.apps.get(&inst.app) {
-            slot.cpu_free -= i64::from(app.spec.resources.cpu_millis);
-            slot.memory_free -= app.spec.resources.memory_bytes as i64;
+        if !reserving.is_empty()
+            && let Some((cpu, memory)) = reserving.get(inst.app.as_str())
+        {
+            slot.cpu_free -= cpu;
+            slot.memory_free -= memory;
         }
         if let Some(p) = inst.port {
             slot.ports_used.insert(p);
@@ -200,8 +220,9 @@ fn ask(app: &AppRecord) -> Ask<'_> {
 pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     let mut plan = Plan::default();
     let nodes: BTreeMap<&str, &NodeView<'_>> = snap.nodes.iter().map(|n| (n.name, n)).collect();
+    let in_scope = |app: &str| snap.scope.is_none_or(|s| s.contains(app));
     let mut by_app: BTreeMap<&str, BTreeMap<u32, Vec<&InstanceRecord>>> = BTreeMap::new();
-    for inst in snap.instances.values() {
+    for inst in snap.instances.values().filter(|i| in_scope(&i.app)) {
         by_app
             .entry(inst.app.as_str())
             .or_default()
@@ -217,7 +238,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     // Migrations still under way (replacement not online yet), per draining node: one at a
     // time each.
     let mut migrating_from: BTreeMap<&str, u32> = BTreeMap::new();
-    for inst in snap.instances.values() {
+    // Replacements first: few records have one, and the online lookup costs more.
+    for inst in snap.instances.values().filter(|i| i.replaces.is_some()) {
         if snap.online.contains(&inst.id) {
             continue;
         }
@@ -232,7 +254,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
     let link = |node: Option<&str>| link_of(&nodes, node);
 
-    for (name, app) in snap.apps {
+    for (name, app) in snap.apps.iter().filter(|(name, _)| in_scope(name)) {
         let want = desired_count(app, snap.nodes).min(snap.max_instances_per_app);
         let empty = BTreeMap::new();
         let indices = by_app.get(name.as_str()).unwrap_or(&empty);
@@ -572,489 +594,4 @@ fn settle_index<'r>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use pmcluster_spec::placement::Constraint;
-    use pmcluster_spec::{AppSpec, PortSpec};
-    use std::time::Duration;
-
-    /// name, labels, link, drain, cores, memory.
-    type FixtureNode = (String, BTreeMap<String, String>, Link, bool, u32, u64);
-
-    struct Fixture {
-        apps: BTreeMap<String, AppRecord>,
-        instances: BTreeMap<Uuid, InstanceRecord>,
-        nodes: Vec<FixtureNode>,
-        online: BTreeSet<Uuid>,
-        unstartable: BTreeMap<Uuid, i64>,
-    }
-
-    fn id(n: u128) -> Uuid {
-        Uuid::from_u128(n)
-    }
-
-    /// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ eu][ wait]` separated by `;`
-    /// (`sd` shutdown delay).
-    /// Instances: `app/index@node[:port][*][~T][?T][^n1,n2][>n]` (`*` online, `~T` draining since
-    /// T, `?T` failing to start since T, `^` nodes to avoid, `>n` replaces record n), ids 1, 2, ...
-    /// Nodes: `name[:k=v][ down=T][ drain][ mem=MiB][ cores=N]` separated by `;`.
-    fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
-        let apps = apps
-            .split(';')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .map(|a| {
-                let mut words = a.split_whitespace();
-                let head = words.next().unwrap_or_default();
-                let (name, rest) = head.split_once('=').unwrap_or((head, "1"));
-                let (rest, version) = rest.split_once('v').unwrap_or((rest, "1"));
-                let (count, port) = rest.split_once('@').unwrap_or((rest, ""));
-                let mut spec = AppSpec::new(name, "x", &[]);
-                if count == "max" {
-                    spec.instances_max = true;
-                } else {
-                    spec.instances = count.parse().unwrap();
-                }
-                spec.port = PortSpec::parse(port).unwrap();
-                spec.reschedule = Reschedule::After(Duration::from_millis(1000));
-                for w in words {
-                    match w.split_once('=') {
-                        Some(("mem", v)) => {
-                            spec.resources.memory_bytes = v.parse::<u64>().unwrap() << 20
-                        }
-                        Some(("max", v)) => spec.placement.max_per_node = Some(v.parse().unwrap()),
-                        Some(("sd", v)) => {
-                            spec.update.shutdown_delay = Duration::from_millis(v.parse().unwrap())
-                        }
-                        _ if w == "eu" => {
-                            spec.placement.constraints =
-                                vec![Constraint::parse("c", "region=eu").unwrap()]
-                        }
-                        _ if w == "wait" => spec.reschedule = Reschedule::Never,
-                        _ => panic!("bad app word {w}"),
-                    }
-                }
-                let rec = AppRecord {
-                    version: version.parse().unwrap(),
-                    ..AppRecord::new(spec, 0)
-                };
-                (name.to_string(), rec)
-            })
-            .collect();
-        let mut online = BTreeSet::new();
-        let mut unstartable = BTreeMap::new();
-        let instances = instances
-            .split_whitespace()
-            .enumerate()
-            .map(|(n, s)| {
-                let (s, replaces) = s
-                    .split_once('>')
-                    .map_or((s, None), |(s, r)| (s, Some(id(r.parse().unwrap()))));
-                let (s, avoid) = s.split_once('^').map_or((s, vec![]), |(s, a)| {
-                    (s, a.split(',').map(str::to_string).collect())
-                });
-                let (s, failing_since) = s
-                    .split_once('?')
-                    .map_or((s, None), |(s, t)| (s, Some(t.parse::<i64>().unwrap())));
-                let (s, draining_since) = s
-                    .split_once('~')
-                    .map_or((s, None), |(s, t)| (s, Some(t.parse().unwrap())));
-                let (s, is_online) = s.strip_suffix('*').map_or((s, false), |s| (s, true));
-                let (ai, node) = s.split_once('@').unwrap_or((s, "-"));
-                let (node, port) = node
-                    .split_once(':')
-                    .map_or((node, None), |(n, p)| (n, Some(p.parse().unwrap())));
-                let (app, index) = ai.split_once('/').unwrap();
-                let rec = InstanceRecord {
-                    id: id(n as u128 + 1),
-                    app: app.into(),
-                    index: index.parse().unwrap(),
-                    node: (node != "-").then(|| node.to_string()),
-                    port,
-                    app_version: 1,
-                    restart_epoch: 0,
-                    stopped: false,
-                    replaces,
-                    draining_since,
-                    created_ms: 0,
-                    avoid,
-                    disabled: false,
-                };
-                if is_online {
-                    online.insert(rec.id);
-                }
-                if let Some(t) = failing_since {
-                    unstartable.insert(rec.id, t);
-                }
-                (rec.id, rec)
-            })
-            .collect();
-        let nodes = nodes
-            .split(';')
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(|n| {
-                let mut words = n.split_whitespace();
-                let head = words.next().unwrap_or_default();
-                let (name, labels) = head.split_once(':').unwrap_or((head, ""));
-                let labels = labels
-                    .split(',')
-                    .filter_map(|kv| kv.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                let (mut link, mut drain, mut cores, mut mem) = (Link::Up, false, 2, 4096u64 << 20);
-                for w in words {
-                    match w.split_once('=') {
-                        Some(("down", t)) => link = Link::Down(t.parse().unwrap()),
-                        Some(("mem", v)) => mem = v.parse::<u64>().unwrap() << 20,
-                        Some(("cores", v)) => cores = v.parse().unwrap(),
-                        _ if w == "drain" => drain = true,
-                        _ => panic!("bad node word {w}"),
-                    }
-                }
-                (name.to_string(), labels, link, drain, cores, mem)
-            })
-            .collect();
-        Fixture {
-            apps,
-            instances,
-            nodes,
-            online,
-            unstartable,
-        }
-    }
-
-    /// Renders a plan: `+app/index@node[:port][^avoid][>id]`, `=id@node`, `~id vN pP`, `!id` (drain),
-    /// `-id`,
-    /// `pending(app: reason)`, `followup@T`.
-    fn render(plan: &Plan) -> String {
-        let short = |u: &Uuid| u.as_u128().to_string();
-        let mut out = Vec::new();
-        for c in &plan.create {
-            let port = c.port.map(|p| format!(":{p}")).unwrap_or_default();
-            let rep = c
-                .replaces
-                .map(|r| format!(">{}", short(&r)))
-                .unwrap_or_default();
-            let avoid = if c.avoid.is_empty() {
-                String::new()
-            } else {
-                format!("^{}", c.avoid.join(","))
-            };
-            out.push(format!(
-                "+{}/{}@{}{port}{avoid}{rep}",
-                c.app,
-                c.index,
-                c.node.as_deref().unwrap_or("-")
-            ));
-        }
-        for (i, n) in &plan.assign {
-            out.push(format!("={}@{n}", short(i)));
-        }
-        for (i, v, p) in &plan.refresh {
-            out.push(format!(
-                "~{} v{v} p{}",
-                short(i),
-                p.map(|p| p.to_string()).unwrap_or("-".into())
-            ));
-        }
-        for i in &plan.drain {
-            out.push(format!("!{}", short(i)));
-        }
-        for i in &plan.remove {
-            out.push(format!("-{}", short(i)));
-        }
-        for (app, why) in &plan.pending {
-            out.push(format!("pending({app}: {why})"));
-        }
-        if let Some(t) = plan.followup_at {
-            out.push(format!("followup@{t}"));
-        }
-        out.join(" ")
-    }
-
-    fn check(apps: &str, instances: &str, nodes: &str, now_ms: i64, want: &str) {
-        let f = fixture(apps, instances, nodes);
-        let views: Vec<NodeView<'_>> = f
-            .nodes
-            .iter()
-            .map(|(name, labels, link, drain, cores, mem)| NodeView {
-                name,
-                labels,
-                cores: *cores,
-                memory_bytes: *mem,
-                link: *link,
-                drain: *drain,
-            })
-            .collect();
-        let snap = Snapshot {
-            apps: &f.apps,
-            instances: &f.instances,
-            nodes: &views,
-            online: &f.online,
-            now_ms,
-            unstartable: &f.unstartable,
-            max_instances_per_app: u32::MAX,
-        };
-        let plan = reconcile(snap);
-        assert_eq!(
-            render(&plan),
-            want,
-            "apps {apps:?} instances {instances:?} nodes {nodes:?}"
-        );
-        assert_eq!(reconcile(snap), plan, "not deterministic");
-    }
-
-    #[test]
-    fn placement_and_scaling() {
-        check("web=2", "web/0@a web/1@b", "a; b", 0, "");
-        check("", "", "a", 0, "");
-        check(
-            "web=4",
-            "",
-            "a; b; c",
-            0,
-            "+web/0@a +web/1@b +web/2@c +web/3@a",
-        );
-        check(
-            "web=2",
-            "",
-            "",
-            0,
-            "+web/0@- +web/1@- pending(web: 2 pending: no node has registered yet)",
-        );
-        check("web=2", "web/0@- web/1@-", "b", 0, "=1@b =2@b");
-        check("web=3", "web/0@a web/1@a", "a; b", 0, "+web/2@b");
-        check("web=1; api=1", "api/0@a", "a; b", 0, "+web/0@b");
-        check("web=1", "web/0@a web/1@b web/2@c", "a; b; c", 0, "-2 -3");
-        check("", "web/0@a web/1@b", "a; b", 0, "-1 -2");
-        check("web=2@4100-4199", "", "a", 0, "+web/0@a:4100 +web/1@a:4101");
-        check("web=1v2", "web/0@a", "a", 0, "~1 v2 p-");
-        // instances "max": one per core of the usable nodes (drained ones excluded).
-        check(
-            "web=max",
-            "",
-            "a cores=2; b cores=1; c cores=4 drain",
-            0,
-            "+web/0@a +web/1@b +web/2@a",
-        );
-    }
-
-    #[test]
-    fn constraints_resources_and_pending_reasons() {
-        check(
-            "web=3 eu",
-            "",
-            "a:region=eu; b:region=us",
-            0,
-            "+web/0@a +web/1@a +web/2@a",
-        );
-        check(
-            "web=3 eu mem=512",
-            "",
-            "a:region=eu mem=1024; b:region=us",
-            0,
-            "+web/0@a +web/1@a +web/2@- pending(web: 1 pending: no ready node with 512 MiB memory free matching region=eu (2 nodes: 1 not matching region=eu, 1 short of memory))",
-        );
-        // Capacity appears: the pending record is placed.
-        check("web=1 mem=512", "web/0@-", "a mem=1024", 0, "=1@a");
-        check("web=2 max=1", "", "a; b; c", 0, "+web/0@a +web/1@b");
-    }
-
-    #[test]
-    fn node_loss() {
-        // Down, but not for long enough: wait, and say when to look again.
-        check(
-            "web=2",
-            "web/0@a web/1@b",
-            "a down=500; b",
-            1000,
-            "followup@1500",
-        );
-        // Down long enough: replaced on a ready node, old record removed.
-        check(
-            "web=2",
-            "web/0@a web/1@b",
-            "a down=0; b",
-            1000,
-            "+web/0@b -1",
-        );
-        // Apps that wait for their node are left alone.
-        check("web=2 wait", "web/0@a web/1@b", "a down=0; b", 99_999, "");
-        // Scaling while a node is down: new instances go to ready nodes only.
-        check(
-            "web=3",
-            "web/0@a web/1@b",
-            "a down=900; b",
-            1000,
-            "+web/2@b followup@1900",
-        );
-        // Nowhere to go: the replacement waits as pending.
-        check(
-            "web=1",
-            "web/0@a",
-            "a down=0",
-            5000,
-            "+web/0@- -1 pending(web: 1 pending: no ready node (1 node: 1 not ready))",
-        );
-        // Node back after its instances moved: nothing of it is in any plan (the records are gone).
-        check("web=1", "web/0@b", "a; b", 0, "");
-        // Conflicting reports: two records for one index; the online one on an up node stays.
-        check("web=1", "web/0@a web/0@b*", "a; b", 0, "-1");
-        check("web=1", "web/0@a web/0@b", "a down=0; b", 0, "-1");
-    }
-
-    #[test]
-    fn unstartable_instances_move_on() {
-        // Failing to start, not for long enough yet (reschedule_after is 1 s here): look again
-        // when it will have.
-        check(
-            "web=2",
-            "web/0@a?0 web/1@b",
-            "a; b; c",
-            500,
-            "followup@1000",
-        );
-        // Long enough: a new record on a node it has not failed on, the old one removed.
-        check(
-            "web=2",
-            "web/0@a?0 web/1@b",
-            "a; b; c",
-            1000,
-            "+web/0@c^a -1",
-        );
-        // Fixed ports: the port comes along.
-        check(
-            "web=1@4300-4399",
-            "web/0@a:4300?0",
-            "a; b",
-            1000,
-            "+web/0@b:4300^a -1",
-        );
-        // It failed on c before: b is the one left, and both are avoided from now on.
-        check("web=1", "web/0@c?0^a", "a; b; c", 1000, "+web/0@b^a,c -1");
-        // Failed everywhere: it stays, and its agent keeps retrying.
-        check("web=1", "web/0@b?0^a", "a; b", 5000, "");
-        // Nowhere else to go at all: stays (not pending: the cause may pass).
-        check("web=1", "web/0@a?0", "a; b down=0", 5000, "");
-        // An app that waits for its nodes waits here too.
-        check("web=1 wait", "web/0@a?0", "a; b", 99_999, "");
-        // A new version may start: refreshed first, not moved.
-        check("web=1v2", "web/0@a?0", "a; b", 5000, "~1 v2 p-");
-        // A drain's replacement that cannot start moves on, still replacing the old copy.
-        check(
-            "web=1",
-            "web/0@a* web/0@b?0>1",
-            "a drain; b; c",
-            1000,
-            "+web/0@c^b>1 -2",
-        );
-        // On a draining node the drain moves it, as before.
-        check("web=1", "web/0@a?0", "a drain; b", 1000, "+web/0@b>1");
-    }
-
-    #[test]
-    fn drain() {
-        // One migration at a time per draining node; the replacement goes elsewhere.
-        check("web=2", "web/0@a web/1@a", "a drain; b", 0, "+web/0@b>1");
-        // Waiting for the replacement to come online: nothing new.
-        check("web=2", "web/0@a web/1@a web/0@b>1", "a drain; b", 0, "");
-        // Replacement online: the old record goes; the next migration starts.
-        check(
-            "web=2",
-            "web/0@a web/1@a web/0@b*>1",
-            "a drain; b",
-            0,
-            "+web/1@b>2 -1",
-        );
-        // Done.
-        check("web=2", "web/0@b* web/1@b*", "a drain; b", 0, "");
-        // No other node: the migration does not start, and the instance keeps running.
-        check("web=1", "web/0@a", "a drain", 0, "");
-        // Draining node goes down: its instances are replaced at once.
-        check("web=1", "web/0@a", "a drain down=0; b", 1, "+web/0@b -1");
-        // Drained nodes take nothing new.
-        check("web=2", "", "a drain; b", 0, "+web/0@b +web/1@b");
-        // With a shutdown delay the old record drains before it goes.
-        check(
-            "web=1 sd=500",
-            "web/0@a* web/0@b*>1",
-            "a drain; b",
-            100,
-            "!1 followup@600",
-        );
-        check(
-            "web=1 sd=500",
-            "web/0@a*~100 web/0@b*>1",
-            "a drain; b",
-            400,
-            "followup@600",
-        );
-        check(
-            "web=1 sd=500",
-            "web/0@a*~100 web/0@b*>1",
-            "a drain; b",
-            600,
-            "-1",
-        );
-        // The replacement's node is drained too while the old side still drains: the old side
-        // keeps retiring, the serving copy is never weighed against it, and the next migration
-        // (to c) proceeds as a pair.
-        check(
-            "web=1 sd=500",
-            "web/0@a*~100 web/0@b*>1 web/0@c>2",
-            "a drain; b drain; c",
-            300,
-            "followup@600",
-        );
-        check(
-            "web=1 sd=500",
-            "web/0@a*~100 web/0@b*>1 web/0@c*>2",
-            "a drain; b drain; c",
-            300,
-            "!2 followup@600",
-        );
-    }
-
-    #[test]
-    fn graceful_scale_down() {
-        // No shutdown delay (the default): excess records go at once.
-        check("web=1", "web/0@a* web/1@b*", "a; b", 0, "-2");
-        // A serving instance drains for the delay, then goes.
-        check(
-            "web=1 sd=1000",
-            "web/0@a* web/1@b*",
-            "a; b",
-            0,
-            "!2 followup@1000",
-        );
-        check(
-            "web=1 sd=1000",
-            "web/0@a* web/1@b*~0",
-            "a; b",
-            999,
-            "followup@1000",
-        );
-        check("web=1 sd=1000", "web/0@a* web/1@b*~0", "a; b", 1000, "-2");
-        // Not serving (launching, or its node is down): nothing to drain.
-        check("web=1 sd=1000", "web/0@a* web/1@b", "a; b", 0, "-2");
-        check(
-            "web=1 sd=1000",
-            "web/0@a* web/1@b*~0",
-            "a; b down=0",
-            10,
-            "-2",
-        );
-        // Scaled back up while one drains: it finishes retiring, then the index comes back.
-        check(
-            "web=2 sd=1000",
-            "web/0@a* web/1@b*~0",
-            "a; b",
-            500,
-            "followup@1000",
-        );
-        check("web=2 sd=1000", "web/0@a*", "a; b", 1000, "+web/1@b");
-        // A deleted app's records go at once (its spec is gone).
-        check("", "web/0@a*", "a", 0, "-1");
-    }
-}
+mod tests;
