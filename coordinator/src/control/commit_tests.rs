@@ -24,6 +24,8 @@ struct GatedStore {
 struct Gate {
     shut: bool,
     refuse: bool,
+    /// Panic instead of committing.
+    panic: bool,
     /// Commits waiting at the gate.
     waiting: usize,
     /// Commits that went through, refused or not.
@@ -58,6 +60,11 @@ impl Store for GatedStore {
         g.commits += 1;
         if g.refuse {
             return Err(StoreError::Unavailable("the test store refuses".into()));
+        }
+        if g.panic {
+            g.panic = false;
+            drop(g);
+            panic!("the test store panics");
         }
         drop(g);
         self.inner.commit(batch)
@@ -233,4 +240,20 @@ fn merged_batches_mean_what_they_meant_one_after_another() {
             assert!(!merged.del_tokens.contains(&t.id), "{merged:?}");
         }
     }
+}
+
+#[test]
+fn a_store_that_panics_refuses_that_commit_and_the_next_write_goes_through() {
+    let (store, c) = cluster();
+    store.set(|g| g.panic = true);
+    match c.scale_app(ScaleCmd::new("web", 2).unwrap()) {
+        Err(ControlError::Store(StoreError::Io(e))) => {
+            assert!(e.to_string().contains("retry the change"), "{e}")
+        }
+        other => panic!("want the commit refused, got {other:?}"),
+    }
+    assert_eq!(c.list_instances("web").unwrap().len(), 1);
+    c.scale_app(ScaleCmd::new("web", 2).unwrap()).unwrap();
+    assert_eq!(c.list_instances("web").unwrap().len(), 2);
+    assert_eq!(store.load().unwrap(), c.persisted());
 }

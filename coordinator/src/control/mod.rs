@@ -220,6 +220,9 @@ struct Inner {
     /// not come, a tick skips it: with 100,000 pending instances, re-placing them four times a
     /// second held a core and the lock.
     reconcile_due: bool,
+    /// A write committed since the last tick: tick at once (a rollout or autoscale change it
+    /// made steps then), with or without a full reconcile.
+    tick_due: bool,
     /// When the last reconcile said something becomes due (a lost node's reschedule, the end
     /// of a drain delay).
     followup_at: Option<i64>,
@@ -393,6 +396,7 @@ impl Control {
             autoscale_counts: BTreeMap::new(),
             last_sample_ms: 0,
             reconcile_due: true,
+            tick_due: false,
             followup_at: None,
             now,
         };

@@ -28,12 +28,13 @@ pub const SAFETY_TICK_MS: i64 = 2000;
 impl Control {
     /// When the next [`Control::tick`] has work (clock milliseconds): the reconciler's follow-up
     /// time, the first heartbeat that could lapse, the next autoscale sample, the next step of a
-    /// running rollout, or now when a reconcile is due; at the latest [`SAFETY_TICK_MS`] from now.
+    /// running rollout, or now when a reconcile is due or a write committed since the last tick;
+    /// at the latest [`SAFETY_TICK_MS`] from now.
     pub fn next_tick_at(&self) -> i64 {
         let inner = self.lock();
         let now = inner.now;
         let mut at = now + SAFETY_TICK_MS;
-        if inner.reconcile_due {
+        if inner.reconcile_due || inner.tick_due {
             return now;
         }
         if let Some(f) = inner.followup_at {
@@ -127,6 +128,7 @@ impl Control {
         {
             let mut inner = self.lock();
             let now = self.now();
+            inner.tick_due = false;
             for (name, live) in inner.nodes.iter_mut() {
                 if live.session.is_some() && !is_ready(live, &self.config, now) {
                     live.session = None;

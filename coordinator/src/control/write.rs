@@ -42,6 +42,8 @@ pub(super) struct Queued {
     /// (app, index, node) of each placement.
     placed: Vec<(String, u32, Option<String>)>,
     followup_at: Option<i64>,
+    /// Planned for its own apps only (see `write_scope`).
+    scoped: bool,
 }
 
 /// Commits `batch` and only then applies it to `state`, without a plan or the queue. For the two
@@ -171,6 +173,7 @@ impl Control {
             moved,
             placed,
             followup_at,
+            scoped: scope.is_some(),
         });
         self.settle(inner, seq)
     }
@@ -216,7 +219,7 @@ impl Control {
         };
         inner.committing = true;
         let (committed, error) = match parking_lot::MutexGuard::unlocked(inner, || {
-            self.store.commit(&merged)
+            self.commit_caught(&merged)
         }) {
             Ok(()) => (group, None),
             // More than one etcd transaction holds: the writes go one by one instead. Only
@@ -228,7 +231,7 @@ impl Control {
                     let Some(batch) = inner.queue.get(done).map(|q| Arc::clone(&q.batch)) else {
                         break;
                     };
-                    match parking_lot::MutexGuard::unlocked(inner, || self.store.commit(&batch)) {
+                    match parking_lot::MutexGuard::unlocked(inner, || self.commit_caught(&batch)) {
                         Ok(()) => done += 1,
                         Err(e) => {
                             error = Some(e);
@@ -262,6 +265,21 @@ impl Control {
         self.settled.notify_all();
     }
 
+    /// [`Store::commit`], with a panic turned into a refusal. A store that panics mid-commit
+    /// would otherwise leave `committing` set, and every later writer waiting for a commit that
+    /// never ends; refused, the group fails and the next write tries the store afresh.
+    fn commit_caught(&self, batch: &Batch) -> std::result::Result<(), StoreError> {
+        let commit = std::panic::AssertUnwindSafe(|| self.store.commit(batch));
+        std::panic::catch_unwind(commit).unwrap_or_else(|_| {
+            tracing::error!("the store panicked during a commit; the writes in it are refused");
+            Err(StoreError::Io(
+                "the store failed during this commit (see the coordinator's log); nothing in it \
+                 is applied, retry the change"
+                    .into(),
+            ))
+        })
+    }
+
     /// What a committed write does in memory: the records, the agents' sets, the events.
     fn apply_committed(&self, inner: &mut Inner, q: Queued, publish_to: &mut BTreeSet<String>) {
         let Queued {
@@ -271,11 +289,19 @@ impl Control {
             moved,
             placed,
             followup_at,
+            scoped,
         } = q;
         inner.state.apply(&batch);
-        // The plan was applied in full, so the next reconcile should find nothing; one more run
-        // confirms it cheaply.
-        inner.reconcile_due = true;
+        // A plan applied plans nothing more for its apps (a property test holds the reconciler
+        // to it). A scoped write left the other apps as they were; what it frees matters to them
+        // only where instances wait for room (pending, or a drain's handoff). So one full pass
+        // confirms after a write planned on everything, one that removed records, or while
+        // instances are pending.
+        let freed = !batch.del_instances.is_empty() || !batch.del_apps.is_empty();
+        if !scoped || freed || !inner.pending.is_empty() {
+            inner.reconcile_due = true;
+        }
+        inner.tick_due = true;
         self.changed.notify_one();
         inner.followup_at = followup_at;
         for id in &batch.del_instances {
