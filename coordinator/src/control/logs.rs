@@ -7,14 +7,14 @@ use tokio::sync::mpsc;
 
 use crate::model::{LogChunk, LogLine, LogRequest, LogStream, LogsQuery};
 
-use super::{AgentCommand, Control, ControlError, Inner, LogRoute, Result, find_app};
+use super::{AgentCommand, Control, ControlError, LogRoute, Result, find_app};
 
 impl Control {
     /// Asks the agents of the app's instances for their logs. The returned receiver ends when
     /// every agent has sent all it had (without `follow`), or never (with `follow`), until the
     /// reader goes away.
     pub fn stream_logs(&self, req: &LogsQuery) -> Result<mpsc::Receiver<LogLine>> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         let app = find_app(&inner.state, &req.app)?;
         if let Some(i) = req.index
             && i >= app.spec.instances
@@ -37,7 +37,9 @@ impl Control {
                 by_node.entry(node.clone()).or_default().push(inst.id);
             }
         }
-        let (tx, rx) = mpsc::channel(1024);
+        // The requests go out after `inner` is let go: routing them needs only the routes'
+        // own lock, and a chunk answering one may come back at once.
+        let mut requests = Vec::new();
         for (node, instance_ids) in by_node {
             let Some(commands) = inner
                 .nodes
@@ -47,6 +49,12 @@ impl Control {
             else {
                 continue;
             };
+            requests.push((node, instance_ids, commands));
+        }
+        drop(inner);
+        let (tx, rx) = mpsc::channel(1024);
+        let mut routes = self.log_routes.lock();
+        for (node, instance_ids, commands) in requests {
             let request_id = self.ids.fetch_add(1, Ordering::Relaxed);
             let request = LogRequest {
                 request_id,
@@ -54,11 +62,13 @@ impl Control {
                 lines,
                 follow: req.follow,
             };
+            // The route is in place before the request leaves, so no early chunk misses it.
             if commands.try_send(AgentCommand::Logs(request)).is_ok() {
-                inner.log_routes.insert(
+                routes.insert(
                     request_id,
                     LogRoute {
                         node,
+                        commands,
                         lines: tx.clone(),
                         dropped: 0,
                     },
@@ -69,9 +79,10 @@ impl Control {
     }
 
     /// Routes lines an agent sent; drops the route at end of stream or when the reader is gone.
+    /// Takes only the routes' lock: a chunk never waits behind a reconcile or a commit.
     pub fn log_chunk(&self, node: &str, chunk: LogChunk) {
-        let mut inner = self.lock();
-        let Some(route) = inner.log_routes.get_mut(&chunk.request_id) else {
+        let mut routes = self.log_routes.lock();
+        let Some(route) = routes.get_mut(&chunk.request_id) else {
             return;
         };
         if route.node != node {
@@ -85,35 +96,42 @@ impl Control {
         if !chunk.error.is_empty() {
             tracing::warn!(node, error = %chunk.error, "agent could not read logs");
         }
-        if gone || chunk.eof {
-            inner.log_routes.remove(&chunk.request_id);
-            if gone && !chunk.eof {
-                send_command(&inner, node, AgentCommand::CancelLogs(chunk.request_id));
-            }
+        if (gone || chunk.eof)
+            && let Some(route) = routes.remove(&chunk.request_id)
+            && gone
+            && !chunk.eof
+        {
+            cancel(&route, chunk.request_id);
         }
     }
 
-    /// Drops log routes whose reader went away and tells their agents to stop following.
+    /// Drops log routes whose reader went away (telling their agents to stop following) and
+    /// those whose session ended (their readers' streams end).
     pub fn reap_log_routes(&self) {
-        let mut inner = self.lock();
-        let gone: Vec<(u64, String)> = inner
-            .log_routes
-            .iter()
-            .filter(|(_, r)| r.lines.is_closed())
-            .map(|(id, r)| (*id, r.node.clone()))
-            .collect();
-        for (id, node) in gone {
-            inner.log_routes.remove(&id);
-            send_command(&inner, &node, AgentCommand::CancelLogs(id));
-        }
+        let mut routes = self.log_routes.lock();
+        routes.retain(|id, r| {
+            if r.commands.is_closed() {
+                return false;
+            }
+            if r.lines.is_closed() {
+                cancel(r, *id);
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Ends the log routes of a node's session(s): their readers' streams end.
+    pub(super) fn drop_log_routes(&self, node: &str) {
+        self.log_routes.lock().retain(|_, r| r.node != node);
     }
 }
 
-pub(super) fn send_command(inner: &Inner, node: &str, cmd: AgentCommand) {
-    if let Some(s) = inner.nodes.get(node).and_then(|l| l.session.as_ref()) {
-        // A full queue means the agent is not reading; its session will be replaced anyway.
-        let _ = s.commands.try_send(cmd);
-    }
+fn cancel(route: &LogRoute, request_id: u64) {
+    // A full queue means the agent is not reading; its session will be replaced anyway.
+    let _ = route
+        .commands
+        .try_send(AgentCommand::CancelLogs(request_id));
 }
 
 /// Hands lines to a log reader without ever waiting for it: the agent's link also carries

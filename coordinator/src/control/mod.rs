@@ -10,7 +10,8 @@
 //! By concern: `commands` (user commands → batches), `write` (the write path), `tick` (heartbeat
 //! lapses, follow-ups, rollout steps, autoscale samples), `sessions` (attach, report, detach),
 //! `logs` (log routes), `events` (the event feed), `views` (read-only views). This file holds the
-//! state they share (`Inner`, under one lock), the handle and the error. Time and ids come from
+//! state they share (`Inner`, under one lock; log routes under a lock of their own), the handle
+//! and the error. Time and ids come from
 //! the `Clock` only. It takes and returns `model`'s plain types (commands, views, events, agent
 //! messages) and never a wire type: `api` converts at the boundary through `wire`, and `limits`
 //! weighs what must fit in a message.
@@ -151,6 +152,9 @@ struct Session {
 /// Where the lines of one log request go.
 struct LogRoute {
     node: String,
+    /// The session the request went out on: its agent is told to stop through it, and the
+    /// route ends with it (`commands` closed), so a reader never waits on a session that is gone.
+    commands: mpsc::Sender<AgentCommand>,
     lines: mpsc::Sender<LogLine>,
     /// Lines dropped since the reader last had room; announced to it once it has room again.
     dropped: u64,
@@ -195,7 +199,6 @@ struct Inner {
     outcomes: BTreeMap<u64, std::result::Result<(), StoreError>>,
     nodes: BTreeMap<String, NodeLive>,
     observed: Observed,
-    log_routes: HashMap<u64, LogRoute>,
     /// Instance commands waiting for their agent's answer.
     command_routes: HashMap<u64, CommandRoute>,
     /// Why instances of an app are pending, from the last reconcile.
@@ -269,6 +272,10 @@ struct Scaling {
 
 pub struct Control {
     inner: parking_lot::Mutex<Inner>,
+    /// Log requests in flight, under a lock of their own: every chunk an agent sends is routed
+    /// here, and must not wait behind a reconcile or a commit holding `inner`. Lock order:
+    /// `inner`, then `log_routes`; the log paths never take `inner` while holding this one.
+    log_routes: parking_lot::Mutex<HashMap<u64, LogRoute>>,
     /// Rung when a group of queued writes was committed (or refused).
     settled: parking_lot::Condvar,
     store: Arc<dyn Store>,
@@ -386,7 +393,6 @@ impl Control {
             outcomes: BTreeMap::new(),
             nodes,
             observed: Observed::default(),
-            log_routes: HashMap::new(),
             command_routes: HashMap::new(),
             memory: HashMap::new(),
             pending: BTreeMap::new(),
@@ -407,6 +413,7 @@ impl Control {
         let (events, _) = broadcast::channel(1024);
         Ok(Control {
             inner: parking_lot::Mutex::new(inner),
+            log_routes: parking_lot::Mutex::new(HashMap::new()),
             settled: parking_lot::Condvar::new(),
             store,
             events,
@@ -463,6 +470,9 @@ impl Control {
         for live in inner.nodes.values_mut() {
             live.session = None;
         }
+        inner.command_routes.clear();
+        drop(inner);
+        self.log_routes.lock().clear();
     }
 
     /// Completes once [`Control::retire`] was called.

@@ -38,7 +38,7 @@ impl Control {
             tracing::info!(node = %name, "agent reconnected; replacing its previous session");
             // The new session knows nothing of the old one's log requests: their readers end
             // now rather than wait forever.
-            inner.log_routes.retain(|_, r| r.node != name);
+            self.drop_log_routes(&name);
         }
         let quarantine = adoption::quarantine_reason(&inner.state, &registration(reg));
         let mut batch = Batch::default();
@@ -287,10 +287,10 @@ impl Control {
         live.down_since_ms = Some(self.now());
         inner.reconcile_due = true;
         self.changed.notify_one();
-        inner.log_routes.retain(|_, r| r.node != node);
         // Their callers hear that the node went away (the reply channel closes).
         inner.command_routes.retain(|_, r| r.node != node);
         drop(inner);
+        self.drop_log_routes(node);
         self.emit(
             EventKind::NodeDown,
             "",

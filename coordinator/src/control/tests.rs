@@ -404,6 +404,7 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
     let (tx, mut rx) = mpsc::channel(4);
     let mut route = LogRoute {
         node: "a".into(),
+        commands: mpsc::channel(1).0,
         lines: tx,
         dropped: 0,
     };
@@ -767,6 +768,64 @@ fn issue11_a_new_leader_resumes_the_autoscalers_last_change() -> Result<()> {
     assert_eq!(
         scaling,
         Some((Some(1_000), "cpu avg 90% > 70% for 30s: 1 -> 2".to_string()))
+    );
+    Ok(())
+}
+
+/// Issue 10: log routes live under a lock of their own. A chunk is routed while another thread
+/// holds the state lock, and a follow stream ends when its node's heartbeat lapses (before, its
+/// route outlived the session and the reader waited until it gave up).
+#[tokio::test]
+async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()> {
+    use crate::clock::ManualClock;
+    use crate::model::{LogChunk, LogsQuery};
+    let clock = Arc::new(ManualClock::new(1_000_000, 7));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_millis(1500),
+        ..ControlConfig::default()
+    };
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
+    let mut a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let query = LogsQuery {
+        app: "web".into(),
+        index: None,
+        lines: 5,
+        follow: true,
+    };
+    let mut lines = c.stream_logs(&query)?;
+    let request_id = match a.commands.try_recv() {
+        Ok(AgentCommand::Logs(r)) => r.request_id,
+        other => panic!("the agent was not asked for logs: {other:?}"),
+    };
+    let chunk = |text: &str| LogChunk {
+        request_id,
+        lines: vec![LogLine {
+            app: "web".into(),
+            line: text.into(),
+            stream: LogStream::Stdout,
+            ..LogLine::default()
+        }],
+        ..LogChunk::default()
+    };
+    {
+        let _held = c.lock();
+        c.log_chunk("a", chunk("while the state lock is held"));
+    }
+    let first = lines.try_recv().map(|l| l.line);
+    assert_eq!(first.as_deref(), Ok("while the state lock is held"));
+    // Another node cannot answer this request.
+    c.log_chunk("b", chunk("not from a"));
+    assert!(lines.try_recv().is_err());
+    clock.advance_ms(2_000);
+    c.tick();
+    assert!(!c.is_connected("a"), "a's heartbeat lapsed");
+    assert!(
+        matches!(
+            lines.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ),
+        "the reader's stream ends with the session"
     );
     Ok(())
 }

@@ -138,6 +138,11 @@ impl Control {
             }
             if !lapsed.is_empty() {
                 inner.reconcile_due = true;
+                // As at a disconnect: callers waiting on a lapsed session's answers hear that
+                // it went away, and its log readers' streams end (below, after `inner`).
+                inner
+                    .command_routes
+                    .retain(|_, r| !lapsed.contains(&r.node));
             }
             if let Err(e) = self.write(&mut inner, Batch::default()) {
                 tracing::error!(error = %e, "periodic reconcile failed");
@@ -164,6 +169,7 @@ impl Control {
             self.emit(EventKind::RolloutStep, &app, "", None, text);
         }
         for name in lapsed {
+            self.drop_log_routes(&name);
             self.emit(
                 EventKind::NodeDown,
                 "",
