@@ -9,6 +9,12 @@
 //! lists the whole big app every 5 s. Prints the coordinator's CPU (average and worst 10 s), its
 //! RSS, and the calls' percentiles. `FAKE_AGENTS=N` and `FAKE_AGENTS_INSTANCES=N` change the
 //! size (the runs: 1,000 x 20 and 5,000 x 20).
+//!
+//! CLI reads (`FAKE_AGENTS_CLI_READS=1`, for example with `FAKE_AGENTS=100
+//! FAKE_AGENTS_INSTANCES=10000`): once every agent reports its instances, the wall time of each
+//! read verb of the release `pmcluster` binary (built beside the coordinator: `cargo build
+//! --release --bins`), as a user runs it: a new process, its connection and its calls, output
+//! read to the end. Median and worst of 15 runs each.
 
 mod common;
 
@@ -147,6 +153,21 @@ async fn run() -> BenchResult<()> {
         rss_kib(pid, "VmHWM") as f64 / 1024.0,
         rss_kib(pid, "VmRSS") as f64 / 1024.0
     );
+    if env_or("FAKE_AGENTS_CLI_READS", 0)? != 0 {
+        probe.sustain.store(true, Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let online = list_online(&mut cluster, "web").await?;
+            if online >= instances_n as usize {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("only {online} of {instances_n} instances came online").into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        cli_reads(&url, instances_n)?;
+    }
     if sustain_secs > 0 {
         sustained(
             &mut cluster,
@@ -158,6 +179,92 @@ async fn run() -> BenchResult<()> {
     }
     agents.abort_all();
     drop(child);
+    Ok(())
+}
+
+/// How many instances of `app` are online.
+async fn list_online(
+    cluster: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
+    app: &str,
+) -> BenchResult<usize> {
+    let mut n = 0;
+    let mut page_token = String::new();
+    for _ in 0..1000 {
+        let reply = cluster
+            .list_instances(pb::ListInstancesRequest {
+                app: app.into(),
+                page_size: 5000,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        n += reply
+            .instances
+            .iter()
+            .filter(|i| i.state == pb::InstanceState::Online as i32)
+            .count();
+        if reply.next_page_token.is_empty() {
+            break;
+        }
+        page_token = reply.next_page_token;
+    }
+    Ok(n)
+}
+
+/// The wall time of each CLI read verb against the cluster, median and worst of 15 runs.
+fn cli_reads(url: &str, instances: i64) -> BenchResult<()> {
+    const RUNS: usize = 15;
+    let coordinator = std::path::PathBuf::from(env!("CARGO_BIN_EXE_pmcluster-coordinator"));
+    let cli = coordinator.with_file_name("pmcluster");
+    if !cli.exists() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build --release --bins`",
+            cli.display()
+        )
+        .into());
+    }
+    let verbs: [&[&str]; 7] = [
+        &["list"],
+        &["list", "web"],
+        &["info", "web"],
+        &["endpoints", "web"],
+        &["nodes"],
+        &["apps"],
+        &["status"],
+    ];
+    for args in verbs {
+        let mut times = Vec::with_capacity(RUNS);
+        let mut bytes = 0;
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let out = std::process::Command::new(&cli)
+                .arg("--coordinator")
+                .arg(url)
+                .args(args)
+                .env_remove("PMCLUSTER_COORDINATOR")
+                .stdin(std::process::Stdio::null())
+                .output()?;
+            let took = t.elapsed().as_secs_f64() * 1000.0;
+            if !out.status.success() {
+                return Err(format!(
+                    "pmcluster {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+            bytes = out.stdout.len();
+            times.push(took);
+        }
+        times.sort_by(f64::total_cmp);
+        println!(
+            "cli reads at {instances} instances: pmcluster {:<14} {:>7.1} ms  (worst {:.1} ms, {} KiB of output)",
+            args.join(" "),
+            times[RUNS / 2],
+            times[RUNS - 1],
+            bytes / 1024
+        );
+    }
     Ok(())
 }
 

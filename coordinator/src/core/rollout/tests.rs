@@ -1,0 +1,543 @@
+use super::*;
+use std::time::Duration;
+
+/// Records as `index:version[e=epoch][*since][~draining_since][c=created]` separated by
+/// spaces; ids are 1, 2, ... in order. `*T` means healthy since T.
+fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
+    let mut recs = Vec::new();
+    let mut facts = BTreeMap::new();
+    for (n, word) in text.split_whitespace().enumerate() {
+        let id = Uuid::from_u128(n as u128 + 1);
+        let mut parts = word.split(['*', '~', '@', '!']);
+        let head = parts.next().unwrap_or_default();
+        let (index, version) = head.split_once(':').unwrap();
+        let (version, epoch) = version.split_once('e').unwrap_or((version, "0"));
+        let mut rec = InstanceRecord {
+            id,
+            app: "web".into(),
+            index: index.parse().unwrap(),
+            node: Some("a".into()),
+            port: None,
+            app_version: version.parse().unwrap(),
+            restart_epoch: epoch.parse().unwrap(),
+            stopped: false,
+            replaces: None,
+            draining_since: None,
+            created_ms: 0,
+            avoid: Vec::new(),
+            disabled: false,
+        };
+        let mut f = Facts {
+            healthy_since: None,
+            node_up: true,
+            placed: true,
+        };
+        // Markers in order of appearance.
+        let mut rest = &word[head.len()..];
+        while !rest.is_empty() {
+            let marker = rest.chars().next().unwrap_or(' ');
+            let tail = &rest[1..];
+            let end = tail.find(['*', '~', '@', '!']).unwrap_or(tail.len());
+            let value: i64 = tail[..end].parse().unwrap_or(0);
+            match marker {
+                '*' => f.healthy_since = Some(value),
+                '~' => rec.draining_since = Some(value),
+                '@' => rec.created_ms = value,
+                '!' => f.placed = false,
+                _ => {}
+            }
+            rest = &tail[end..];
+        }
+        if rec.app_version == 2 || rec.restart_epoch > 0 {
+            rec.replaces = Some(Uuid::from_u128(1));
+        }
+        facts.insert(id, f);
+        recs.push(rec);
+    }
+    (recs, facts)
+}
+
+fn deployment(kind: Kind) -> Deployment {
+    Deployment {
+        id: 1,
+        kind,
+        from_version: 1,
+        to_version: if kind == Kind::Restart { 1 } else { 2 },
+        restart_epoch: if kind == Kind::Restart { 1 } else { 0 },
+        state: State::Running,
+        started_ms: 0,
+        updated_ms: 0,
+        progress_ms: 0,
+        promoted: false,
+        message: String::new(),
+        done: 0,
+        total: 0,
+    }
+}
+
+fn policy() -> UpdatePolicy {
+    UpdatePolicy {
+        min_healthy_time: Duration::from_millis(100),
+        healthy_deadline: Duration::from_millis(1000),
+        progress_deadline: Duration::from_millis(5000),
+        shutdown_delay: Duration::from_millis(50),
+        ..UpdatePolicy::default()
+    }
+}
+
+fn render(s: &Step) -> String {
+    let ids = |v: &[Uuid]| {
+        v.iter()
+            .map(|u| u.as_u128().to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut out = Vec::new();
+    if !s.replace.is_empty() {
+        out.push(format!("replace {}", ids(&s.replace)));
+    }
+    if !s.drain.is_empty() {
+        out.push(format!("drain {}", ids(&s.drain)));
+    }
+    if !s.remove.is_empty() {
+        out.push(format!("remove {}", ids(&s.remove)));
+    }
+    out.push(format!(
+        "{} {}/{}",
+        s.deployment.state.name(),
+        s.deployment.done,
+        s.deployment.total
+    ));
+    if s.rollback {
+        out.push("rollback".into());
+    }
+    out.join("; ")
+}
+
+fn check(d: &Deployment, p: &UpdatePolicy, count: u32, recs: &str, now: i64, want: &str) {
+    let (rs, facts) = records(recs);
+    let refs: Vec<&InstanceRecord> = rs.iter().collect();
+    let got = step(d, p, count, &refs, &facts, now);
+    assert_eq!(render(&got), want, "records {recs:?} at {now}");
+}
+
+#[test]
+fn rolling_update_one_at_a_time() {
+    let d = deployment(Kind::Update);
+    let p = policy();
+    let base = "0:1*0 1:1*0 2:1*0";
+    // Start: one replacement (max_surge 1), old ones keep serving.
+    check(&d, &p, 3, base, 10, "replace 1; running 0/3");
+    // Replacement not healthy long enough yet: wait.
+    let wave = "0:1*0 1:1*0 2:1*0 0:2*50@20";
+    check(&d, &p, 3, wave, 100, "running 0/3");
+    // Healthy for min_healthy_time: the old one drains, and the next wave starts.
+    check(&d, &p, 3, wave, 200, "replace 2; drain 1; running 0/3");
+    // After shutdown_delay the drained one is removed.
+    let draining = "0:1*0~200 1:1*0 2:1*0 0:2*50@20";
+    check(&d, &p, 3, draining, 230, "replace 2; running 0/3");
+    check(&d, &p, 3, draining, 260, "replace 2; remove 1; running 0/3");
+    // Index 0 done.
+    check(
+        &d,
+        &p,
+        3,
+        "1:1*0 2:1*0 0:2*50",
+        300,
+        "replace 1; running 1/3",
+    );
+    // All done.
+    check(&d, &p, 3, "0:2*0 1:2*0 2:2*0", 900, "succeeded 3/3");
+}
+
+#[test]
+fn surge_and_unavailable_budgets() {
+    let d = deployment(Kind::Update);
+    let p = UpdatePolicy {
+        max_surge: 2,
+        ..policy()
+    };
+    check(
+        &d,
+        &p,
+        4,
+        "0:1*0 1:1*0 2:1*0 3:1*0",
+        10,
+        "replace 1,2; running 0/4",
+    );
+    let p = UpdatePolicy {
+        max_surge: 1,
+        max_unavailable: 1,
+        ..policy()
+    };
+    // The second one beyond the surge budget drains its old instance at once.
+    check(
+        &d,
+        &p,
+        4,
+        "0:1*0 1:1*0 2:1*0 3:1*0",
+        10,
+        "replace 1,2; drain 2; running 0/4",
+    );
+}
+
+#[test]
+fn failure_and_rollback() {
+    let d = deployment(Kind::Update);
+    let p = policy();
+    // The replacement never becomes healthy: fail after healthy_deadline, roll back.
+    check(&d, &p, 2, "0:1*0 1:1*0 0:2@0", 999, "running 0/2");
+    check(&d, &p, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2; rollback");
+    let no_rollback = UpdatePolicy {
+        auto_rollback: false,
+        ..policy()
+    };
+    check(&d, &no_rollback, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2");
+    // A rollback that fails does not roll back again.
+    let rb = Deployment {
+        kind: Kind::Rollback,
+        ..deployment(Kind::Update)
+    };
+    check(&rb, &p, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2");
+    // No progress at all for progress_deadline.
+    let stuck = Deployment {
+        progress_ms: 0,
+        ..deployment(Kind::Update)
+    };
+    check(
+        &stuck,
+        &p,
+        2,
+        "0:1*0 1:1*0 0:2*4000@3000",
+        5001,
+        "failed 0/2; rollback",
+    );
+}
+
+#[test]
+fn pause_canary_and_restart() {
+    let paused = Deployment {
+        state: State::Paused,
+        ..deployment(Kind::Update)
+    };
+    // Paused: no new replacement, but the one in flight finishes.
+    check(&paused, &policy(), 2, "0:1*0 1:1*0", 10, "paused 0/2");
+    // Paused for longer than progress_deadline (5 s here): still paused, not failed.
+    check(&paused, &policy(), 2, "0:1*0 1:1*0", 60_000, "paused 0/2");
+    let waiting = Deployment {
+        state: State::AwaitingPromotion,
+        ..deployment(Kind::Update)
+    };
+    let canary = UpdatePolicy {
+        canary: 1,
+        ..policy()
+    };
+    check(
+        &waiting,
+        &canary,
+        3,
+        "1:1*0 2:1*0 0:2*0",
+        60_000,
+        "awaiting promotion 1/3",
+    );
+    check(
+        &paused,
+        &policy(),
+        2,
+        "0:1*0 1:1*0 0:2*0",
+        200,
+        "drain 1; paused 0/2",
+    );
+    let p = UpdatePolicy {
+        canary: 1,
+        ..policy()
+    };
+    let d = deployment(Kind::Update);
+    check(&d, &p, 3, "0:1*0 1:1*0 2:1*0", 10, "replace 1; running 0/3");
+    check(
+        &d,
+        &p,
+        3,
+        "1:1*0 2:1*0 0:2*0",
+        300,
+        "awaiting promotion 1/3",
+    );
+    let promoted = Deployment {
+        promoted: true,
+        ..d.clone()
+    };
+    check(
+        &promoted,
+        &p,
+        3,
+        "1:1*0 2:1*0 0:2*0",
+        300,
+        "replace 1; running 1/3",
+    );
+    // Rolling restart: same version, older epoch is outdated.
+    let r = deployment(Kind::Restart);
+    check(
+        &r,
+        &policy(),
+        2,
+        "0:1*0 1:1*0",
+        10,
+        "replace 1; running 0/2",
+    );
+    // The old copies are gone: done once the replacements have been healthy for
+    // min_healthy_time (100 ms), not before.
+    check(&r, &policy(), 2, "0:1e1*0 1:1e1*0", 10, "running 0/2");
+    check(&r, &policy(), 2, "0:1e1*0 1:1e1*0", 200, "succeeded 2/2");
+}
+
+/// Stop-then-start past the surge (max_surge 0, max_unavailable 1): an index whose old copy
+/// drained, or is already gone, holds the budget until its replacement is healthy, so at
+/// most one index is unavailable at a time (the property tests found two).
+#[test]
+fn an_unavailable_index_holds_the_budget_until_healthy() {
+    let p = UpdatePolicy {
+        max_surge: 0,
+        max_unavailable: 1,
+        ..policy()
+    };
+    let d = deployment(Kind::Update);
+    // Index 0 replaced, its old copy draining, the replacement not healthy: nothing more.
+    check(&d, &p, 3, "0:1~0 1:1*0 2:1*0 0:2", 10, "running 0/3");
+    // Its old copy removed, the replacement still not healthy: still nothing more.
+    check(&d, &p, 3, "1:1*0 2:1*0 0:2", 100, "running 0/3");
+    // Healthy long enough: the next index goes.
+    check(
+        &d,
+        &p,
+        3,
+        "1:1*0 2:1*0 0:2*0",
+        200,
+        "replace 1; drain 1; running 1/3",
+    );
+}
+
+#[test]
+fn unplaceable_replacement_goes_stop_then_start() {
+    // The replacement found no node (its port is held by the old one on the only node):
+    // the old one drains now instead of the rollout stalling until its deadline.
+    check(
+        &deployment(Kind::Update),
+        &policy(),
+        1,
+        "0:1*0 0:2@0!",
+        10,
+        "drain 1; running 0/1",
+    );
+}
+
+#[test]
+fn node_loss_during_rollout() {
+    let d = deployment(Kind::Update);
+    // The old instance's node is down: drain (and so remove) it without waiting.
+    let (mut rs, mut facts) = records("0:1*0 1:1*0 0:2@0");
+    rs[0].draining_since = None;
+    facts.insert(
+        Uuid::from_u128(1),
+        Facts {
+            healthy_since: None,
+            node_up: false,
+            placed: true,
+        },
+    );
+    let refs: Vec<&InstanceRecord> = rs.iter().collect();
+    let got = step(&d, &policy(), 2, &refs, &facts, 10);
+    assert_eq!(render(&got), "drain 1; running 0/2");
+    // Finished or failed deployments do nothing.
+    let done = Deployment {
+        state: State::Succeeded,
+        ..deployment(Kind::Update)
+    };
+    check(&done, &policy(), 2, "0:1*0", 10, "succeeded 0/0");
+}
+
+#[test]
+fn zero_unavailable_through_a_whole_update() {
+    // Drive a 4-instance update step by step with instant health, checking that every
+    // index always has a healthy, non-draining instance.
+    let d0 = deployment(Kind::Update);
+    let p = policy();
+    let mut recs: Vec<InstanceRecord> = records("0:1*0 1:1*0 2:1*0 3:1*0").0;
+    let mut facts: BTreeMap<Uuid, Facts> = recs
+        .iter()
+        .map(|r| {
+            (
+                r.id,
+                Facts {
+                    healthy_since: Some(0),
+                    node_up: true,
+                    placed: true,
+                },
+            )
+        })
+        .collect();
+    let mut d = d0;
+    let mut next_id = 100u128;
+    for tick in 1..200 {
+        let now = tick * 50;
+        let refs: Vec<&InstanceRecord> = recs.iter().collect();
+        assert!(
+            unavailable(&refs, &facts, 4).is_empty(),
+            "tick {tick}: {recs:?}"
+        );
+        let s = step(&d, &p, 4, &refs, &facts, now);
+        for old in &s.replace {
+            let o = recs.iter().find(|r| r.id == *old).cloned().unwrap();
+            next_id += 1;
+            let id = Uuid::from_u128(next_id);
+            recs.push(InstanceRecord {
+                id,
+                app_version: 2,
+                replaces: Some(o.id),
+                draining_since: None,
+                created_ms: now,
+                avoid: Vec::new(),
+                disabled: false,
+                ..o
+            });
+            // Healthy right away (the step after next sees it past min_healthy_time).
+            facts.insert(
+                id,
+                Facts {
+                    healthy_since: Some(now),
+                    node_up: true,
+                    placed: true,
+                },
+            );
+        }
+        for id in &s.drain {
+            if let Some(r) = recs.iter_mut().find(|r| r.id == *id) {
+                r.draining_since = Some(now);
+            }
+        }
+        recs.retain(|r| !s.remove.contains(&r.id));
+        d = s.deployment;
+        if d.state == State::Succeeded {
+            assert!(recs.iter().all(|r| r.app_version == 2) && recs.len() == 4);
+            return;
+        }
+    }
+    panic!("the update did not finish: {d:?}");
+}
+
+/// `apply_step` over a hand-made step: the batch rendered as text.
+fn check_apply(text: &str, step: Step, want: &str) {
+    let (recs, _) = records(text);
+    let d = deployment(Kind::Update);
+    let mut spec = pmcluster_spec::AppSpec::new("web", "v2", &[]);
+    spec.instances = 2;
+    let mut app = AppRecord::new(spec, 0);
+    app.version = 2;
+    app.versions
+        .insert(1, pmcluster_spec::AppSpec::new("web", "v1", &[]));
+    app.deployment = Some(d.clone());
+    let mut next_id = 100u128;
+    let (batch, messages) = apply_step(&app, &d, &recs, &step, 7, &mut || {
+        next_id += 1;
+        Uuid::from_u128(next_id)
+    });
+    let puts: Vec<String> = batch
+        .put_instances
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}:v{}{}{}",
+                r.id.as_u128(),
+                r.index,
+                r.app_version,
+                r.replaces
+                    .map(|o| format!("<{}", o.as_u128()))
+                    .unwrap_or_default(),
+                r.draining_since
+                    .map(|t| format!("~{t}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    let dels: Vec<String> = batch
+        .del_instances
+        .iter()
+        .map(|id| id.as_u128().to_string())
+        .collect();
+    let apps: Vec<String> = batch
+        .put_apps
+        .iter()
+        .map(|a| {
+            let d = a.deployment.as_ref().map(|d| d.state.name()).unwrap_or("-");
+            format!("v{} {d}", a.version)
+        })
+        .collect();
+    let got = format!(
+        "put [{}] del [{}] apps [{}] msgs {}",
+        puts.join(" "),
+        dels.join(" "),
+        apps.join(" "),
+        messages.len()
+    );
+    assert_eq!(got, want, "{text}");
+}
+
+#[test]
+fn applying_a_step() {
+    let d = deployment(Kind::Update);
+    let step = |replace: &[u128], drain: &[u128], remove: &[u128], next: Deployment| Step {
+        replace: replace.iter().map(|n| Uuid::from_u128(*n)).collect(),
+        drain: drain.iter().map(|n| Uuid::from_u128(*n)).collect(),
+        remove: remove.iter().map(|n| Uuid::from_u128(*n)).collect(),
+        deployment: next,
+        rollback: false,
+    };
+    // Nothing to do: an empty batch.
+    check_apply(
+        "0:1 1:1",
+        step(&[], &[], &[], d.clone()),
+        "put [] del [] apps [] msgs 0",
+    );
+    // Only the time of the step moved: still nothing to commit.
+    let later = Deployment {
+        updated_ms: 99,
+        ..d.clone()
+    };
+    check_apply(
+        "0:1 1:1",
+        step(&[], &[], &[], later),
+        "put [] del [] apps [] msgs 0",
+    );
+    // A replacement of the target version, linked to the old record.
+    check_apply(
+        "0:1 1:1",
+        step(&[1], &[], &[], d.clone()),
+        "put [101:0:v2<1] del [] apps [v2 running] msgs 0",
+    );
+    // Draining from now, and removal.
+    check_apply(
+        "0:1 0:2 1:1",
+        step(
+            &[],
+            &[1],
+            &[3],
+            Deployment {
+                done: 1,
+                ..d.clone()
+            },
+        ),
+        "put [1:0:v1~7] del [3] apps [v2 running] msgs 1",
+    );
+    // A failed step that asks for a rollback: a new version (3) rolling back.
+    let failed = Deployment {
+        state: State::Failed,
+        ..d.clone()
+    };
+    check_apply(
+        "0:1 0:2",
+        Step {
+            rollback: true,
+            ..step(&[], &[], &[], failed)
+        },
+        "put [] del [] apps [v3 running] msgs 2",
+    );
+}
