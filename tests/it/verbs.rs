@@ -91,7 +91,7 @@ fn signal_reaches_one_instance_or_all() {
 }
 
 /// `program` on the PATH, or `None` after reporting the test as skipped for want of `need`.
-fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(name))
