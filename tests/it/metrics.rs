@@ -520,6 +520,11 @@ fn metrics_values_follow_apps_rollouts_the_autoscaler_and_nodes() {
         rollout_is(&scrape(&python, port)?, "web", "paused", None, 2)
     });
     c.cli(&["rollout", "resume", "web"]).assert_ok();
+    // The CLI follows the rollout to its end: a scrape starts a Python each time, too dear to
+    // poll with for the seconds the rollout takes on two shared cores.
+    c.try_cli_timeout(&["rollout", "status", "web", "--wait"], DEADLINE)
+        .expect("rollout status --wait runs")
+        .assert_ok();
     wait_until(DEADLINE, "web's rollout succeeded in /metrics", || {
         let s = scrape(&python, port)?;
         rollout_is(&s, "web", "succeeded", Some(2), 2)?;
