@@ -42,20 +42,45 @@ if ! command -v tmux >/dev/null 2>&1; then
   echo "== installing tmux (Debian package) for the monit test"
   apt_install tmux
 fi
+# The send test runs a Node.js app beside a Python one.
+if ! command -v node >/dev/null 2>&1; then
+  echo "== installing nodejs (Debian package) for the send test"
+  apt_install nodejs
+fi
 # Python tests (the Python client in clients/python, the metrics test's Prometheus text parser)
-# run in a virtualenv of their own under target/, so the system's Python stays as it is. A
-# machine without python3 or PyPI skips those tests (need `python`).
+# run in a virtualenv of their own under target/, so the system's Python stays as it is.
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "== installing python3 (Debian packages) for the Python tests"
+  apt_install python3 python3-venv python3-pip
+fi
 venv=target/pyenv
 want="grpcio-tools==1.85.1 grpcio==1.85.1 prometheus-client setuptools>=70"
-if command -v python3 >/dev/null 2>&1; then
-  if ! [ -x "$venv/bin/python" ] || ! [ -f "$venv/.pmcluster-deps" ] \
-    || [ "$(cat "$venv/.pmcluster-deps")" != "$want" ]; then
-    echo "== making the Python virtualenv $venv ($want)"
-    mkdir -p target
-    if python3 -m venv "$venv" && "$venv/bin/pip" install -q $want; then
-      echo "$want" >"$venv/.pmcluster-deps"
-    else
-      echo "== could not make $venv: the Python tests will report a skip"
+make_venv() {
+  python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install -q $want
+}
+if ! [ -x "$venv/bin/python" ] || ! [ -f "$venv/.pmcluster-deps" ] \
+  || [ "$(cat "$venv/.pmcluster-deps")" != "$want" ]; then
+  echo "== making the Python virtualenv $venv ($want)"
+  mkdir -p target
+  # The marker goes first, so that a half-made venv cannot pass for a made one on the next run.
+  rm -f "$venv/.pmcluster-deps"
+  made=false
+  if make_venv; then
+    made=true
+  else
+    # Debian splits venv's ensurepip and pip out of python3 itself.
+    echo "== installing python3-venv and python3-pip (Debian packages), then trying again"
+    if apt_install python3-venv python3-pip && make_venv; then
+      made=true
     fi
+  fi
+  if $made; then
+    echo "$want" >"$venv/.pmcluster-deps"
+  elif [ "${CI:-}" = "true" ]; then
+    # CI requires `python` (.ci/run): fail here, where the cause is, not at the first test.
+    echo "== could not make $venv (is PyPI reachable?)" >&2
+    exit 1
+  else
+    echo "== could not make $venv: the Python tests will report a skip"
   fi
 fi

@@ -25,27 +25,47 @@ pub struct Imported {
     pub warnings: Vec<String>,
 }
 
-/// How to make a JSON file of a JavaScript ecosystem file: PM2's `ecosystem.config.js` is a
-/// program, which pmcluster does not run.
-pub const JS_HINT: &str =
-    "node -e \"console.log(JSON.stringify(require('./ecosystem.config.js')))\" > eco.json";
+/// The file the conversion hint names when the refused one's name is not known to be a
+/// JavaScript file's or would need quoting in a shell.
+const DEFAULT_JS: &str = "ecosystem.config.js";
+
+/// How to make a JSON file of the JavaScript ecosystem file `path`, run in its directory: PM2's
+/// ecosystem file is a program, which pmcluster does not run. A dynamic import loads an ES module
+/// (`export default`: `.mjs`, or `.js` in a `"type": "module"` package), which `require()` refuses
+/// before Node 20.19, as well as CommonJS (`module.exports`), whose exports it gives as `default`.
+pub fn js_hint(path: &str) -> String {
+    let name = Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| {
+            let lower = n.to_ascii_lowercase();
+            JS_EXTENSIONS.iter().any(|ext| lower.ends_with(ext))
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+        .unwrap_or(DEFAULT_JS);
+    format!(
+        "node --input-type=module -e \"const m = await import('./{name}'); \
+         console.log(JSON.stringify(m.default))\" > eco.json"
+    )
+}
+
+const JS_EXTENSIONS: [&str; 4] = [".js", ".cjs", ".mjs", ".ts"];
 
 /// Refuses a JavaScript ecosystem file by its name.
 pub fn refuse_js(path: &str) -> Result<(), UsageError> {
     let lower = path.to_ascii_lowercase();
-    if [".js", ".cjs", ".mjs", ".ts"]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
-    {
+    if JS_EXTENSIONS.iter().any(|ext| lower.ends_with(ext)) {
         return Err(js_error(path));
     }
     Ok(())
 }
 
 fn js_error(path: &str) -> UsageError {
+    let hint = js_hint(path);
     UsageError::new(format!(
         "{path} is JavaScript, which pmcluster does not run; convert it to JSON first, in the \
-         directory that holds it:\n  {JS_HINT}\nthen: pmcluster import pm2 eco.json"
+         directory that holds it:\n  {hint}\nthen: pmcluster import pm2 eco.json"
     ))
 }
 

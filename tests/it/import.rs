@@ -3,6 +3,7 @@
 //! not carry over and a clear refusal of a JavaScript ecosystem file.
 
 use std::fs;
+use std::process::Command;
 
 use pmcluster_tests::{Cluster, free_port_range, http_get};
 use serde_json::{Value, json};
@@ -131,7 +132,82 @@ fn pm2_apps_import_and_run() {
     assert!(
         refused
             .stderr
-            .contains("JSON.stringify(require('./ecosystem.config.js'))"),
+            .contains("await import('./ecosystem.config.js')"),
         "{refused}"
     );
+}
+
+/// The conversion `import pm2` prints for a JavaScript ecosystem file, run as printed in the
+/// file's directory, makes JSON that `import pm2` takes: for CommonJS (`.js`, `.cjs`) and ES
+/// modules (`.mjs`, and `.js` in a `"type": "module"` package) alike.
+#[test]
+fn the_printed_conversion_works_for_commonjs_and_es_modules() {
+    let Some(_node) = crate::verbs::program("node", "node") else {
+        return;
+    };
+    let cli = pmcluster_tests::Bins::locate()
+        .expect("workspace binaries built")
+        .cli;
+    let root = tempfile::tempdir().expect("a temp dir");
+    let common = "module.exports = { apps: [{ name: 'NAME', script: 'server.js' }] };";
+    let module = "export default { apps: [{ name: 'NAME', script: 'server.js' }] };";
+    let cases = [
+        ("cjs", "ecosystem.config.js", common, None),
+        ("cjs2", "ecosystem.config.cjs", common, None),
+        ("esm", "ecosystem.config.mjs", module, None),
+        (
+            "typed",
+            "ecosystem.config.js",
+            module,
+            Some(r#"{"type": "module"}"#),
+        ),
+    ];
+    for (name, file, source, package) in cases {
+        let dir = root.path().join(name);
+        fs::create_dir_all(&dir).expect("a dir");
+        fs::write(dir.join(file), source.replace("NAME", name)).expect("write");
+        if let Some(package) = package {
+            fs::write(dir.join("package.json"), package).expect("write");
+        }
+        let refused = pmcluster_tests::run_bounded(
+            Command::new(&cli)
+                .args(["import", "pm2", file])
+                .current_dir(&dir),
+            root.path(),
+            "import",
+            &[file],
+            crate::DEADLINE,
+        )
+        .expect("pmcluster runs");
+        assert_eq!(refused.code(), Some(2), "{refused}");
+        let hint = refused
+            .stderr
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("node "))
+            .unwrap_or_else(|| panic!("no conversion printed: {refused}"));
+        let converted = pmcluster_tests::run_bounded(
+            Command::new("sh").args(["-c", hint]).current_dir(&dir),
+            root.path(),
+            "convert",
+            &[hint],
+            crate::DEADLINE,
+        )
+        .expect("sh runs");
+        converted.assert_ok();
+        let imported = pmcluster_tests::run_bounded(
+            Command::new(&cli)
+                .args(["import", "pm2", "eco.json"])
+                .current_dir(&dir),
+            root.path(),
+            "import",
+            &["eco.json"],
+            crate::DEADLINE,
+        )
+        .expect("pmcluster runs");
+        imported.assert_ok();
+        let config: Value = serde_json::from_str(&imported.stdout)
+            .unwrap_or_else(|e| panic!("{name}: {e}: {imported}"));
+        assert_eq!(config["apps"][0]["name"], name, "{file}: {config}");
+    }
 }

@@ -346,6 +346,246 @@ fn metrics_show_instances_nodes_and_the_coordinator() {
     assert_eq!(other.status, 404, "{other:?}");
 }
 
+/// The value of a sample named as its family (a gauge's).
+fn gauge(s: &Scrape, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.value(family, family, labels)
+}
+
+/// `app`'s desired, online and pending counts in `s` are these, or what they are instead.
+fn app_counts(
+    s: &Scrape,
+    app: &str,
+    desired: u32,
+    online: u32,
+    pending: u32,
+) -> Result<(), String> {
+    let labels = [("app", app)];
+    let got = [
+        "pmcluster_app_instances_desired",
+        "pmcluster_app_instances_online",
+        "pmcluster_app_instances_pending",
+    ]
+    .map(|f| gauge(s, f, &labels));
+    let want = [desired, online, pending].map(|n| Some(f64::from(n)));
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "{app}: desired, online, pending {got:?}, want {want:?}"
+        ))
+    }
+}
+
+/// `app`'s rollout in `s` is in `state` with these indices updated of `desired`.
+fn rollout_is(
+    s: &Scrape,
+    app: &str,
+    state: &str,
+    updated: Option<u32>,
+    desired: u32,
+) -> Result<(), String> {
+    let labels = [("app", app)];
+    let got = (
+        gauge(
+            s,
+            "pmcluster_app_rollout_state",
+            &[("app", app), ("state", state)],
+        ),
+        gauge(s, "pmcluster_app_rollout_updated", &labels),
+        gauge(s, "pmcluster_app_rollout_desired", &labels),
+    );
+    let updated_ok = match updated {
+        Some(n) => got.1 == Some(f64::from(n)),
+        // Some, but not all yet.
+        None => got.1.is_some_and(|n| n < f64::from(desired)),
+    };
+    if got.0 == Some(1.0) && updated_ok && got.2 == Some(f64::from(desired)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{app}: rollout ({state} 1, updated {updated:?}, desired {desired}) but (state, \
+             updated, desired) are {got:?}"
+        ))
+    }
+}
+
+/// Every node's instance count and reservations in `s` are those of the instances `list` places
+/// on it, each reserving `cpu_millis` and `memory_bytes`.
+fn nodes_hold(
+    s: &Scrape,
+    nodes: &[String],
+    list: &[pmcluster_tests::Instance],
+    cpu_millis: u64,
+    memory_bytes: u64,
+) -> Result<(), String> {
+    for node in nodes {
+        let n = list
+            .iter()
+            .filter(|i| i.node.as_deref() == Some(node.as_str()))
+            .count() as u64;
+        let labels = [("node", node.as_str())];
+        let got = (
+            gauge(s, "pmcluster_node_instances", &labels),
+            gauge(s, "pmcluster_node_allocated_cpu_cores", &labels),
+            gauge(s, "pmcluster_node_allocated_memory_bytes", &labels),
+        );
+        let want = (
+            Some(n as f64),
+            Some((n * cpu_millis) as f64 / 1000.0),
+            Some((n * memory_bytes) as f64),
+        );
+        if got != want {
+            return Err(format!(
+                "{node}: (instances, cpu cores, memory bytes) {got:?}, want {want:?}; list:\n{}",
+                pmcluster_tests::render(list)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The autoscaler's count of `app`'s decisions in `direction` that ended in `outcome`.
+fn decisions(s: &Scrape, app: &str, direction: &str, outcome: &str) -> Option<f64> {
+    s.value(
+        "pmcluster_autoscale_decisions",
+        "pmcluster_autoscale_decisions_total",
+        &[("app", app), ("direction", direction), ("outcome", outcome)],
+    )
+}
+
+/// The figures behind the dashboard's app, rollout, autoscaler and node panels have the values
+/// the cluster's state implies, as it changes: online and pending counts (an app too big for any
+/// node stays pending), a real rolling restart paused then finished, one autoscaler decision each
+/// way, and what each node reserves.
+#[test]
+fn metrics_values_follow_apps_rollouts_the_autoscaler_and_nodes() {
+    let Some(python) = venv_python() else {
+        return;
+    };
+    let port = free_port_range(1).expect("a free port for /metrics");
+    let listen = format!("127.0.0.1:{port}");
+    let c = Cluster::start_with(2, &["--metrics-listen", &listen]).expect("cluster starts");
+    const CPU_MILLIS: u64 = 250;
+    const MEMORY: u64 = 64 << 20;
+    c.start_app("web", 2)
+        .auto_ports(12)
+        .args(&["--cpu", "250m", "--memory", "64M"])
+        .online()
+        .expect("web starts");
+    c.cli(&[
+        "start",
+        "exec sleep 600",
+        "--shell",
+        "--name",
+        "big",
+        "--instances",
+        "2",
+        "--memory",
+        "100000G",
+    ])
+    .assert_ok();
+    let nodes: Vec<String> = c
+        .nodes_json()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+
+    // Placed where `list` says, reserving what the spec asks; big waits for a node.
+    let settled = |what: &str, web: u32| {
+        wait_until(DEADLINE, what, || {
+            let list = c.instances("web")?;
+            let s = scrape(&python, port)?;
+            app_counts(&s, "web", web, web, 0)?;
+            app_counts(&s, "big", 2, 0, 2)?;
+            nodes_hold(&s, &nodes, &list, CPU_MILLIS, MEMORY)?;
+            Ok(s)
+        })
+    };
+    let first = settled("web online and big pending in /metrics", 2);
+    assert_eq!(first.kind("pmcluster_autoscale_decisions"), Some("counter"));
+    assert_eq!(
+        decisions(&first, "web", "up", "scaled"),
+        None,
+        "{}",
+        first.raw
+    );
+
+    // A rolling restart, paused at once (each replacement must stay healthy 5 s first), shows as
+    // paused short of its 2 indices; resumed, it succeeds with both.
+    c.cli(&["restart", "web", "--rolling"]).assert_ok();
+    c.cli(&["rollout", "pause", "web"]).assert_ok();
+    wait_until(DEADLINE, "web's rollout paused in /metrics", || {
+        rollout_is(&scrape(&python, port)?, "web", "paused", None, 2)
+    });
+    c.cli(&["rollout", "resume", "web"]).assert_ok();
+    // The CLI follows the rollout to its end: a scrape starts a Python each time, too dear to
+    // poll with for the seconds the rollout takes on two shared cores.
+    c.try_cli_timeout(&["rollout", "status", "web", "--wait"], DEADLINE)
+        .expect("rollout status --wait runs")
+        .assert_ok();
+    wait_until(DEADLINE, "web's rollout succeeded in /metrics", || {
+        let s = scrape(&python, port)?;
+        rollout_is(&s, "web", "succeeded", Some(2), 2)?;
+        for other in ["paused", "running"] {
+            if gauge(
+                &s,
+                "pmcluster_app_rollout_state",
+                &[("app", "web"), ("state", other)],
+            )
+            .is_some()
+            {
+                return Err(format!("web's rollout is also {other}: {}", s.raw));
+            }
+        }
+        Ok(())
+    });
+    let restarted = wait_online(&c, "web", 2);
+    c.remember_pids(&restarted.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+    settled("web back to 2 online after its rollout", 2);
+
+    // Bounds the count is outside of are corrected at the next sample, whatever the load: one
+    // decision up, then one down, each counted once.
+    c.cli(&[
+        "autoscale",
+        "web",
+        "--min",
+        "3",
+        "--max",
+        "3",
+        "--cpu-threshold",
+        "90",
+    ])
+    .assert_ok();
+    let three = wait_online(&c, "web", 3);
+    c.remember_pids(&three.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+    let s = settled("web scaled up to 3 in /metrics", 3);
+    assert_eq!(decisions(&s, "web", "up", "scaled"), Some(1.0), "{}", s.raw);
+    assert_eq!(decisions(&s, "web", "down", "scaled"), None, "{}", s.raw);
+    c.cli(&[
+        "autoscale",
+        "web",
+        "--min",
+        "2",
+        "--max",
+        "2",
+        "--cpu-threshold",
+        "90",
+    ])
+    .assert_ok();
+    wait_online(&c, "web", 2);
+    let s = settled("web scaled down to 2 in /metrics", 2);
+    assert_eq!(decisions(&s, "web", "up", "scaled"), Some(1.0), "{}", s.raw);
+    assert_eq!(
+        decisions(&s, "web", "down", "scaled"),
+        Some(1.0),
+        "{}",
+        s.raw
+    );
+    assert_eq!(decisions(&s, "big", "up", "scaled"), None, "{}", s.raw);
+}
+
 /// The Grafana dashboard, parsed.
 fn dashboard() -> Value {
     let text = include_str!("../../deploy/grafana/pmcluster.json");

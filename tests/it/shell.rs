@@ -243,3 +243,85 @@ fn yaml_output_reads_back_as_json_does() {
     assert_eq!(both.code(), Some(2), "{both}");
     assert!(both.stderr.contains("--no-follow"), "{both}");
 }
+
+/// Ends the child at drop, so that a failing test leaves no follower behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The first line from `lines` that `want` accepts, within `timeout`; or what came instead.
+fn line_within(
+    lines: &std::sync::mpsc::Receiver<String>,
+    timeout: std::time::Duration,
+    want: impl Fn(&str) -> bool,
+) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if want(&line) => return Ok(line),
+            Ok(line) => seen.push(line),
+            Err(e) => return Err(format!("{e} after {timeout:?}; got {seen:?}")),
+        }
+    }
+}
+
+/// `events -f` as a user runs it: a child that keeps running and prints each event on its
+/// stdout as it happens, here a scale made after it subscribed.
+#[test]
+fn events_f_prints_an_event_as_it_happens() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 1).ports(2).online().expect("web starts");
+    let mut child = Command::new(&c.bins().cli)
+        .arg("--coordinator")
+        .arg(c.url())
+        .args(["events", "-f", "web", "--history", "1", "-o", "json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning pmcluster events -f: {e}"));
+    let stdout = child.stdout.take();
+    let mut child = Reaped(child);
+    // Read on a thread, so that the test's waits have deadlines; it ends with the child's
+    // stdout.
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let Some(stdout) = stdout else { return };
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    // The one event of history comes once the stream is open: whatever follows is live.
+    line_within(&lines, crate::DEADLINE, |_| true).expect("the history event");
+    c.cli(&["scale", "web", "2"]).assert_ok();
+    let scaled = line_within(&lines, crate::DEADLINE, |l| {
+        serde_json::from_str::<Value>(l).is_ok_and(|e| e["kind"] == "app.scaled")
+    })
+    .expect("the scale's event on events -f");
+    let event: Value = serde_json::from_str(&scaled).expect("an event object");
+    assert_eq!(event["app"], "web", "{event}");
+    assert!(
+        matches!(child.0.try_wait(), Ok(None)),
+        "events -f ended after one event"
+    );
+    let two = wait_online(&c, "web", 2);
+    c.remember_pids(&two.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+
+    // Ended through its own handle (by pid); its stdout closes, and the reader ends.
+    drop(child);
+    reader
+        .join()
+        .expect("the reader thread ends with the child's stdout");
+}

@@ -1,6 +1,8 @@
 //! Issue 15 item 5, the seeds' per-instance verbs end to end: `signal` (one instance or all,
 //! bad names, unknown targets).
 
+use std::time::Duration;
+
 use pmcluster_tests::{Cluster, render, wait_until};
 
 use crate::{DEADLINE, live, wait_online};
@@ -89,7 +91,7 @@ fn signal_reaches_one_instance_or_all() {
 }
 
 /// `program` on the PATH, or `None` after reporting the test as skipped for want of `need`.
-fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(name))
@@ -275,10 +277,55 @@ fn disable_takes_an_instance_out_of_rotation_until_enabled() {
     assert_eq!(whole.code(), Some(2), "{whole}");
 }
 
-/// A process that leaks on purpose (the test app's steady 2 MiB/s) is suspected within the
-/// coordinator's leak window, long before its `max_memory_restart` fires: an
-/// `instance.leak_suspected` event, `(leak?)` in `list` and the trend in `info`. A steady app
-/// next to it is not.
+/// `leaky`'s events, oldest first, as `events -o json` prints them (one object a line).
+fn leaky_events(c: &Cluster) -> Result<Vec<serde_json::Value>, String> {
+    let out = c.try_cli(&[
+        "events",
+        "leaky",
+        "--no-follow",
+        "--history",
+        "500",
+        "-o",
+        "json",
+    ])?;
+    if !out.success() {
+        return Err(out.to_string());
+    }
+    out.stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).map_err(|e| format!("{e}: {l}")))
+        .collect()
+}
+
+/// Where the first event of `events` that `pick` accepts is, with its time.
+fn first_event(
+    events: &[serde_json::Value],
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Option<(usize, i64)> {
+    events
+        .iter()
+        .position(pick)
+        .map(|i| (i, events[i]["at_ms"].as_i64().unwrap_or_default()))
+}
+
+fn is_leak_suspected(e: &serde_json::Value) -> bool {
+    e["kind"] == "instance.leak_suspected"
+}
+
+/// The agent's restart for the memory limit, as the instance's state change reports it.
+fn is_memory_restart(e: &serde_json::Value) -> bool {
+    e["kind"] == "instance.state"
+        && e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("over max_memory_restart"))
+}
+
+/// A process that leaks on purpose (the test app's steady 2 MiB/s from a few MiB, so about half
+/// a minute to its 64M `max_memory_restart`) is suspected within the coordinator's 8 s leak
+/// window, before that limit fires: the `instance.leak_suspected` event comes first, with
+/// `(leak?)` in `list` and the trend in `info` meanwhile, then the restart for the limit. A
+/// steady app next to it is not suspected.
 #[test]
 fn a_steady_leak_is_suspected_before_max_memory_restart() {
     let c = Cluster::start_with(1, &["--leak-window", "8s", "--leak-min-growth", "1M"])
@@ -290,7 +337,7 @@ fn a_steady_leak_is_suspected_before_max_memory_restart() {
             "script": c.testapp().display().to_string(),
             "port": port.to_string(),
             "env": {"TESTAPP_LEAK_KIB_PER_SEC": "2048"},
-            "max_memory_restart": "1G",
+            "max_memory_restart": "64M",
         },
         {
             "name": "steady",
@@ -305,18 +352,24 @@ fn a_steady_leak_is_suspected_before_max_memory_restart() {
     wait_online(&c, "leaky", 1);
     wait_online(&c, "steady", 1);
 
-    wait_until(
+    let suspected = wait_until(
         DEADLINE,
         "an instance.leak_suspected event for leaky[0]",
         || {
-            let out = c.try_cli(&["events", "leaky", "--no-follow", "--history", "100"])?;
-            if out.stdout.contains("instance.leak_suspected") {
-                Ok(())
-            } else {
-                Err(out.to_string())
+            let events = leaky_events(&c)?;
+            if let Some(restart) = first_event(&events, is_memory_restart) {
+                // Fails at once rather than waiting out the deadline.
+                return Ok(Err(format!(
+                    "the limit fired first, at {restart:?}: {events:?}"
+                )));
+            }
+            match first_event(&events, is_leak_suspected) {
+                Some(found) => Ok(Ok(found)),
+                None => Err(format!("{events:?}")),
             }
         },
-    );
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let list = c.cli(&["list", "leaky"]);
     assert!(list.stdout.contains("(leak?)"), "{list}");
     let info = c.cli(&["info", "leaky"]);
@@ -326,11 +379,6 @@ fn a_steady_leak_is_suspected_before_max_memory_restart() {
     );
     let leaky = c.instances("leaky").expect("list leaky");
     let one = crate::by_index(&leaky, 0).expect("leaky[0]");
-    assert_eq!(
-        one.restarts, 0,
-        "max_memory_restart fired first: {}",
-        one.json
-    );
     assert!(
         one.json["leak"]
             .as_str()
@@ -338,6 +386,33 @@ fn a_steady_leak_is_suspected_before_max_memory_restart() {
         "{}",
         one.json
     );
+
+    // Then the limit fires, after the suspicion: later in the coordinator's order and clock.
+    let (events, restart) = wait_until(
+        Duration::from_secs(90),
+        "leaky[0] restarted for its max_memory_restart",
+        || {
+            let events = leaky_events(&c)?;
+            match first_event(&events, is_memory_restart) {
+                Some(found) => Ok((events, found)),
+                None => Err(format!("{events:?}")),
+            }
+        },
+    );
+    let leak = first_event(&events, is_leak_suspected).expect("the suspicion is still listed");
+    assert_eq!(leak, suspected, "{events:?}");
+    assert!(
+        leak.0 < restart.0 && leak.1 <= restart.1,
+        "the suspicion {leak:?} is not before the restart {restart:?}: {events:?}"
+    );
+    let restarted = wait_until(DEADLINE, "leaky[0]'s restart counted", || {
+        let list = c.instances("leaky")?;
+        match list.first() {
+            Some(i) if i.restarts >= 1 => Ok(i.clone()),
+            _ => Err(render(&list)),
+        }
+    });
+    c.remember_pids(&restarted.pid.into_iter().collect::<Vec<_>>());
 
     let steady = c.instances("steady").expect("list steady");
     assert!(

@@ -155,7 +155,11 @@ fn jlist_groups_workers_by_name() {
 
 #[test]
 fn refusals_name_the_cause() {
-    refused("module.exports = { apps: [] }", JS_HINT);
+    // Named by content, in a file whose name is not a script's: the hint names the usual file.
+    refused(
+        "module.exports = { apps: [] }",
+        "import('./ecosystem.config.js')",
+    );
     refused(
         "{\"apps\": [{\"name\": \"x\"}]}",
         "apps[0]: script: is missing",
@@ -181,9 +185,38 @@ fn refusals_name_the_cause() {
         "{\"apps\": [{\"name\": \"bad name!\", \"script\": \"x\"}]}",
         "not valid for pmcluster",
     );
-    for js in ["ecosystem.config.js", "eco.CJS", "x.mjs"] {
+    for js in [
+        "ecosystem.config.js",
+        "eco.CJS",
+        "x.mjs",
+        "/srv/app/pm2.config.ts",
+    ] {
         let err = refuse_js(js).expect_err(js).to_string();
-        assert!(err.contains(JS_HINT), "{err}");
+        assert!(err.contains(&js_hint(js)), "{err}");
     }
     assert!(refuse_js("eco.json").is_ok());
+}
+
+/// The hint loads CommonJS and ES modules alike (a dynamic import, not `require()`), names the
+/// refused file when a shell can take its name as it is, and the usual file otherwise.
+#[test]
+fn the_js_hint_names_the_file_and_imports_it() {
+    for (path, name) in [
+        ("ecosystem.config.js", "ecosystem.config.js"),
+        ("dir/ecosystem.config.mjs", "ecosystem.config.mjs"),
+        ("pm2.CJS", "pm2.CJS"),
+        ("my eco.js", "ecosystem.config.js"),
+        ("$(rm -rf x).js", "ecosystem.config.js"),
+        ("-", "ecosystem.config.js"),
+        ("eco.json", "ecosystem.config.js"),
+    ] {
+        let hint = js_hint(path);
+        assert!(
+            hint.contains(&format!("import('./{name}')")),
+            "{path}: {hint}"
+        );
+        assert!(hint.starts_with("node --input-type=module -e \""), "{hint}");
+        assert!(hint.contains("JSON.stringify(m.default)"), "{hint}");
+        assert!(!hint.contains("require("), "{hint}");
+    }
 }

@@ -566,4 +566,6 @@ fn find_app<'a>(state: &'a Persisted, name: &str) -> Result<&'a AppRecord> {
 #[cfg(test)]
 mod commit_tests;
 #[cfg(test)]
+mod metrics_tests;
+#[cfg(test)]
 mod tests;
