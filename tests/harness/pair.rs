@@ -374,6 +374,34 @@ impl Pair {
         }
     }
 
+    /// Deletes the election's leader key in etcd, as its lease's expiry would, while the leader
+    /// may know nothing of it (it is stopped, say): the standby's campaign wins at once, and the
+    /// deposed leader's writes meet the fence. Returns the key. Through etcd's JSON gateway, so
+    /// that no etcd client is needed here.
+    pub fn take_leader_key(&self) -> Result<String, Error> {
+        let election = format!("{}/election/", self.prefix);
+        let endpoint = self.etcd.endpoints().into_iter().next().unwrap_or_default();
+        let range = serde_json::json!({
+            "key": b64(election.as_bytes()),
+            "range_end": b64(&prefix_end(election.as_bytes())),
+            "sort_order": "ASCEND",
+            "sort_target": "CREATE",
+            "limit": 1,
+            "keys_only": true,
+        });
+        let found = etcd_post(&endpoint, "/v3/kv/range", &range)?;
+        let key = found["kvs"][0]["key"]
+            .as_str()
+            .ok_or_else(|| unexpected("reading the leader key", found.to_string()))?
+            .to_string();
+        etcd_post(
+            &endpoint,
+            "/v3/kv/deleterange",
+            &serde_json::json!({ "key": key }),
+        )?;
+        Ok(key)
+    }
+
     /// The last lines of both coordinators' stderr (every run), for failure reports.
     pub fn tails(&self) -> String {
         let mut out = String::new();
@@ -464,4 +492,56 @@ fn get_status(url: &str) -> Result<pmcluster_proto::v1::StatusReply, String> {
             .await
             .map_err(|_| format!("no status from {url} within {DIRECT_STATUS_TIMEOUT:?}"))?
     })
+}
+
+/// POSTs `body` to etcd's JSON gateway at `endpoint` + `path`; the answer as JSON.
+fn etcd_post(endpoint: &str, path: &str, body: &Value) -> Result<Value, Error> {
+    let url = format!("{endpoint}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut reply = agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .map_err(|e| unexpected(format!("POST {url}"), e.to_string()))?;
+    let text = reply
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| unexpected(format!("POST {url}"), e.to_string()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| unexpected(format!("POST {url}"), format!("{e}: {text}")))
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Standard base64 with padding, as etcd's gateway wants byte fields.
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -577,6 +577,128 @@ fn ha_a_leader_stopped_past_its_lease_steps_down_and_its_writes_are_refused() {
 }
 
 #[test]
+fn ha_a_paused_leader_whose_key_was_taken_has_its_queued_writes_refused_by_the_fence() {
+    let Some(etcd) = Etcd::single_or_skip() else {
+        return;
+    };
+    let ports = [0, 1].map(|_| free_port_range(1).expect("a free port for /metrics"));
+    let listen = ports.map(|p| format!("127.0.0.1:{p}"));
+    let pair = Pair::start_each(
+        etcd,
+        1,
+        [
+            &["--metrics-listen", &listen[0]],
+            &["--metrics-listen", &listen[1]],
+        ],
+    )
+    .expect("the pair and an agent start");
+    let c = pair.cluster();
+    c.start_app("f", 2).ports(4).online().expect("f starts");
+    let old = pair.wait_leader(DEADLINE).expect("a leader");
+    let new = 1 - old;
+    const FENCED: &str = "pmcluster_store_commits_fenced_total";
+    let fenced_before = metric(ports[old], FENCED).expect("the fenced counter");
+
+    // The leader is paused for less than two thirds of its lease, so on waking it still trusts
+    // its lease; meanwhile its key is taken (as an expiry it slept through would), the standby
+    // leads, and the writes it queued reach its store before it notices: only the fence, the
+    // condition on the key's revision in each transaction, stands between them and etcd.
+    const WRITES: usize = 10;
+    let (connected, send) = (Barrier::new(WRITES + 1), Barrier::new(WRITES + 1));
+    let mut refusals = Refusals::default();
+    let (took, paused) = std::thread::scope(|scope| {
+        let old_url = pair.url(old);
+        let writers: Vec<_> = (0..WRITES)
+            .map(|_| {
+                let (url, connected, send) = (old_url.clone(), &connected, &send);
+                scope.spawn(move || {
+                    rt().block_on(async {
+                        let client = pb::cluster_client::ClusterClient::connect(url).await;
+                        connected.wait();
+                        send.wait();
+                        let mut client =
+                            client.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                        let call = client.scale(pb::ScaleRequest {
+                            app: "f".into(),
+                            instances: 3,
+                        });
+                        match tokio::time::timeout(RAW_TIMEOUT, call).await {
+                            Ok(r) => r.map(|_| ()),
+                            Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
+                        }
+                    })
+                })
+            })
+            .collect();
+        connected.wait();
+        let stopped = Instant::now();
+        pair.signal(old, Signal::SIGSTOP);
+        send.wait();
+        let taken = pair.take_leader_key();
+        let took = taken.and_then(|_| pair.wait_leads(new, DEADLINE));
+        pair.signal(old, Signal::SIGCONT);
+        let paused = stopped.elapsed();
+        for writer in writers {
+            match writer.join() {
+                Ok(result) => refusals.count(result),
+                Err(_) => refusals.other.push("a writer panicked".into()),
+            }
+        }
+        (took, paused)
+    });
+    let took = took.expect("the standby leads once the key is gone");
+    let fenced_after = metric(ports[old], FENCED).expect("the fenced counter");
+    let lapsed = pair.stderr(old).contains("no keep-alive acknowledged");
+    eprintln!(
+        "leader paused {paused:?} (the standby led {took:?} after its key was taken; the lease \
+         {}): of {WRITES} writes queued meanwhile, {} refused by the fence, {} by its store as \
+         no longer leading, {} as a standby, {} otherwise {:?}; {FENCED} went from \
+         {fenced_before} to {fenced_after}",
+        if lapsed {
+            "lapsed while it slept"
+        } else {
+            "held"
+        },
+        refusals.fence,
+        refusals.not_leader,
+        refusals.standby,
+        refusals.other.len(),
+        refusals.other,
+    );
+    assert!(
+        refusals.other.is_empty(),
+        "writes to the deposed leader were not refused: {:?}",
+        refusals.other
+    );
+    assert_eq!(
+        refusals.fence + refusals.not_leader + refusals.standby,
+        WRITES
+    );
+    if lapsed {
+        // A loaded machine kept it stopped past two thirds of its lease: it stepped down on
+        // waking, before its writes reached the store, and the fence was not needed.
+        eprintln!("the fence was not reached: the pause outlasted two thirds of the lease");
+    } else {
+        assert!(
+            refusals.fence > 0 && fenced_after > fenced_before,
+            "no queued write reached the fence; the deposed leader stepped down first"
+        );
+    }
+    wait_until(
+        DEADLINE,
+        "f's desired count, untouched, on the new leader",
+        || {
+            let desired = metric(ports[new], "pmcluster_app_instances_desired{app=\"f\"}")?;
+            if desired == 2.0 {
+                Ok(())
+            } else {
+                Err(format!("{desired}"))
+            }
+        },
+    );
+}
+
+#[test]
 fn ha_without_etcd_quorum_writes_are_refused_and_instances_keep_running() {
     let Some(etcd) = Etcd::cluster_or_skip(3) else {
         return;
