@@ -17,8 +17,9 @@ WORK=$(mktemp -d /tmp/pmcluster-bench-ha.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  # The agent's instances: it stops them on SIGTERM (--stop-instances-on-exit).
-  [ -n "${AGENT:-}" ] && kill -TERM "$AGENT" 2>/dev/null && sleep 1
+  # The agents' instances: each stops its own on SIGTERM (--stop-instances-on-exit).
+  for a in ${AGENT:-} ${AGENT_EMB:-}; do kill -TERM "$a" 2>/dev/null || true; done
+  [ -n "${AGENT:-}${AGENT_EMB:-}" ] && sleep 1
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -116,6 +117,12 @@ EMB=$(free_port)
 "$B/pmcluster-coordinator" --listen "127.0.0.1:$EMB" --data-dir "$WORK/embedded" >"$WORK/emb.log" 2>&1 &
 PIDS+=($!)
 until grep -q "listening on" "$WORK/emb.log"; do sleep 0.02; done
-"$B/pmcluster" --coordinator "http://127.0.0.1:$EMB" start "sleep 100000" --name s --instances 1 >/dev/null
-echo "== pmcluster scale, wall time, embedded store (no agent; the same write path)"
+# Set up as the pair is: one agent, the app at two instances, so that each scale also plans,
+# places and tells an agent.
+"$B/pmcluster-agent" --coordinator "http://127.0.0.1:$EMB" --node-name bench-embedded \
+  --data-dir "$WORK/agent-embedded" --stop-instances-on-exit >"$WORK/agent-embedded.log" 2>&1 &
+AGENT_EMB=$!
+until "$B/pmcluster" --coordinator "http://127.0.0.1:$EMB" nodes 2>/dev/null | grep -q ready; do sleep 0.1; done
+"$B/pmcluster" --coordinator "http://127.0.0.1:$EMB" start "sleep 100000" --name s --instances 2 >/dev/null
+echo "== pmcluster scale, wall time, embedded store (one agent, as the pair)"
 echo "   $(scale_times "http://127.0.0.1:$EMB")"

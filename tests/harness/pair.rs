@@ -30,6 +30,9 @@ static PAIRS: AtomicU64 = AtomicU64::new(0);
 const HOSTS_PORT: u16 = 7450;
 /// How long one `status` call may take: a coordinator cut off from etcd must not hang a test.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one in-process status poll may take: a poll that waits longer is a failed poll,
+/// and the next one asks again.
+const DIRECT_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Two coordinators on etcd, and agents of both.
 pub struct Pair {
@@ -64,6 +67,15 @@ impl Pair {
     /// Two coordinators (`--store etcd --lease-ttl 4s` plus `coordinator_args`) on `etcd`, the
     /// first started first (so it leads), and `n_agents` agents of both.
     pub fn start(etcd: Etcd, n_agents: usize, coordinator_args: &[&str]) -> Result<Pair, Error> {
+        Pair::boot(etcd, n_agents, [coordinator_args; 2], None)
+    }
+
+    /// As [`Pair::start`], each coordinator with flags of its own (a `--metrics-listen` each).
+    pub fn start_each(
+        etcd: Etcd,
+        n_agents: usize,
+        coordinator_args: [&[&str]; 2],
+    ) -> Result<Pair, Error> {
         Pair::boot(etcd, n_agents, coordinator_args, None)
     }
 
@@ -84,13 +96,13 @@ impl Pair {
         let on = Some((net, hosts.map(str::to_string)));
         let mut args = coordinator_args.to_vec();
         args.push("--insecure");
-        Pair::boot(etcd, n_agents, &args, on)
+        Pair::boot(etcd, n_agents, [args.as_slice(); 2], on)
     }
 
     fn boot(
         etcd: Etcd,
         n_agents: usize,
-        coordinator_args: &[&str],
+        coordinator_args: [&[&str]; 2],
         on: Option<(Arc<Net>, [String; 2])>,
     ) -> Result<Pair, Error> {
         let bins = Bins::locate()?;
@@ -111,7 +123,7 @@ impl Pair {
             past: Vec::new(),
             runs: 0,
             prefix: format!("/pmcluster-it/{}-{n}", std::process::id()),
-            extra: [0, 1].map(|_| coordinator_args.iter().map(|s| s.to_string()).collect()),
+            extra: coordinator_args.map(|args| args.iter().map(|s| s.to_string()).collect()),
             on,
             etcd,
         };
@@ -304,26 +316,90 @@ impl Pair {
         })
     }
 
-    /// Waits until coordinator `i` leads; returns how long that took.
+    /// Whether coordinator `i` says, itself, that it leads. Asked in-process on loopback (no
+    /// CLI process per poll, so that takeover times are not padded by process starts), through
+    /// the CLI on test hosts.
+    pub fn leads(&self, i: usize) -> bool {
+        if !self.coordinators[i].as_ref().is_some_and(Daemon::running) {
+            return false;
+        }
+        if self.on.is_some() {
+            let url = self.url(i);
+            return self.status(Some(i)).is_ok_and(|v| {
+                v["coordinators"].as_array().is_some_and(|list| {
+                    list.iter().any(|c| {
+                        c["answered"] == true && c["role"] == "leader" && c["advertise"] == url
+                    })
+                })
+            });
+        }
+        get_status(&self.url(i)).is_ok_and(|reply| {
+            reply
+                .coordinators
+                .iter()
+                .any(|c| c.this && c.role == "leader")
+        })
+    }
+
+    /// Waits until coordinator `i` leads; returns how long that took. Only `i` is asked: a
+    /// stopped coordinator would hold each poll for the whole status timeout.
     pub fn wait_leads(&self, i: usize, timeout: Duration) -> Result<Duration, Error> {
         let start = Instant::now();
         poll_until(timeout, &format!("coordinator {i} leading"), || {
-            if self.leader() == Some(i) {
+            if self.leads(i) {
                 Ok(start.elapsed())
             } else {
-                Err(self.roles())
+                // Only `i` is asked: asking a stopped coordinator too would stall every poll.
+                Err(self.role(i))
             }
         })
     }
 
     fn roles(&self) -> String {
-        (0..2)
-            .map(|i| match self.status(Some(i)) {
-                Ok(v) => format!("{}: {v}", self.url(i)),
-                Err(e) => format!("{}: {e}", self.url(i)),
-            })
-            .collect::<Vec<_>>()
-            .join("; ")
+        (0..2).map(|i| self.role(i)).collect::<Vec<_>>().join("; ")
+    }
+
+    /// What coordinator `i` says of itself, for failure reports: in-process on loopback (a
+    /// stopped coordinator costs [`DIRECT_STATUS_TIMEOUT`], not a CLI's whole timeout).
+    fn role(&self, i: usize) -> String {
+        let said = if self.on.is_some() {
+            self.status(Some(i))
+                .map(|v| v.to_string())
+                .map_err(|e| e.to_string())
+        } else {
+            get_status(&self.url(i)).map(|reply| format!("{reply:?}"))
+        };
+        match said {
+            Ok(s) | Err(s) => format!("{}: {s}", self.url(i)),
+        }
+    }
+
+    /// Deletes the election's leader key in etcd, as its lease's expiry would, while the leader
+    /// may know nothing of it (it is stopped, say): the standby's campaign wins at once, and the
+    /// deposed leader's writes meet the fence. Returns the key. Through etcd's JSON gateway, so
+    /// that no etcd client is needed here.
+    pub fn take_leader_key(&self) -> Result<String, Error> {
+        let election = format!("{}/election/", self.prefix);
+        let endpoint = self.etcd.endpoints().into_iter().next().unwrap_or_default();
+        let range = serde_json::json!({
+            "key": b64(election.as_bytes()),
+            "range_end": b64(&prefix_end(election.as_bytes())),
+            "sort_order": "ASCEND",
+            "sort_target": "CREATE",
+            "limit": 1,
+            "keys_only": true,
+        });
+        let found = etcd_post(&endpoint, "/v3/kv/range", &range)?;
+        let key = found["kvs"][0]["key"]
+            .as_str()
+            .ok_or_else(|| unexpected("reading the leader key", found.to_string()))?
+            .to_string();
+        etcd_post(
+            &endpoint,
+            "/v3/kv/deleterange",
+            &serde_json::json!({ "key": key }),
+        )?;
+        Ok(key)
     }
 
     /// The last lines of both coordinators' stderr (every run), for failure reports.
@@ -390,4 +466,82 @@ impl Drop for Pair {
             );
         }
     }
+}
+
+/// One `GetStatus` call to `url`, within [`DIRECT_STATUS_TIMEOUT`] in all.
+fn get_status(url: &str) -> Result<pmcluster_proto::v1::StatusReply, String> {
+    use pmcluster_proto::v1::coordination_client::CoordinationClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(DIRECT_STATUS_TIMEOUT)
+        .timeout(DIRECT_STATUS_TIMEOUT);
+    runtime.block_on(async {
+        let call = async {
+            let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            CoordinationClient::new(channel)
+                .get_status(pmcluster_proto::v1::GetStatusRequest {})
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(DIRECT_STATUS_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no status from {url} within {DIRECT_STATUS_TIMEOUT:?}"))?
+    })
+}
+
+/// POSTs `body` to etcd's JSON gateway at `endpoint` + `path`; the answer as JSON.
+fn etcd_post(endpoint: &str, path: &str, body: &Value) -> Result<Value, Error> {
+    let url = format!("{endpoint}{path}");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut reply = agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .map_err(|e| unexpected(format!("POST {url}"), e.to_string()))?;
+    let text = reply
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| unexpected(format!("POST {url}"), e.to_string()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| unexpected(format!("POST {url}"), format!("{e}: {text}")))
+}
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Standard base64 with padding, as etcd's gateway wants byte fields.
+fn b64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

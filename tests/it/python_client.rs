@@ -1,14 +1,15 @@
 //! Issue 15: the Python client (`clients/python`), installed as README tells users to (a fresh
 //! virtualenv, `pip install ./clients/python`, its stubs generated from `proto/` by grpcio-tools
 //! at install time), runs its example against a live coordinator: it lists, scales and follows
-//! events until the new count is online.
+//! events until the new count is online. Issue 11: given an HA list whose first URLs are dead or
+//! a standby, it walks the list and follows the leader hint.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use pmcluster_tests::{Cluster, run_bounded, venv_python};
+use pmcluster_tests::{Cluster, FakeStandby, free_port_range, run_bounded, venv_python};
 
 use crate::{DEADLINE, wait_online};
 
@@ -41,21 +42,14 @@ fn copy_package(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn python_client_lists_scales_and_follows_events() {
-    let Some(python) = venv_python() else { return };
-    let c = Cluster::start(2).expect("coordinator and two agents start");
-    c.start_app("web", 2)
-        .ports(4)
-        .online()
-        .expect("web starts with 2 instances");
-
+/// README's steps in a copy of the checkout under `dir`; returns the checkout and the
+/// virtualenv's python.
+fn install(python: &Path, dir: &Path) -> (PathBuf, PathBuf) {
     // README's steps in a copy of the checkout: a fresh virtualenv, `pip install
     // ./clients/python` with its dependencies, the example run with the venv's python. Offline:
     // pip takes the build tools and dependencies from the virtualenv scripts/deps.sh made (a
     // .pth names its site-packages) instead of PyPI, so a dependency the stubs need but
     // pyproject.toml does not allow fails here rather than being fetched.
-    let dir = c.root().join("python");
     let checkout = dir.join("checkout");
     copy_package(
         &repo().join("clients/python"),
@@ -63,7 +57,7 @@ fn python_client_lists_scales_and_follows_events() {
     );
     copy_package(&repo().join("proto"), &checkout.join("proto"));
     let step = |name: &str, cmd: &mut Command, args: &[&str]| {
-        let out = run_bounded(cmd.current_dir(&checkout), &dir, name, args, PIP_TIMEOUT)
+        let out = run_bounded(cmd.current_dir(&checkout), dir, name, args, PIP_TIMEOUT)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         out.assert_ok();
         out.stdout.trim().to_string()
@@ -120,6 +114,21 @@ fn python_client_lists_scales_and_follows_events() {
         &check_args,
     );
 
+    (checkout, venv_python)
+}
+
+#[test]
+fn python_client_lists_scales_and_follows_events() {
+    let Some(python) = venv_python() else { return };
+    let c = Cluster::start(2).expect("coordinator and two agents start");
+    c.start_app("web", 2)
+        .ports(4)
+        .online()
+        .expect("web starts with 2 instances");
+
+    let dir = c.root().join("python");
+    let (checkout, venv_python) = install(&python, &dir);
+
     let example = checkout.join("clients/python/examples/scale_and_watch.py");
     let run = |args: &[&str]| {
         run_bounded(
@@ -162,4 +171,91 @@ fn python_client_lists_scales_and_follows_events() {
     let out = run(&["nosuchapp", "1", "--timeout", "5"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("NOT_FOUND"), "{out:?}");
+}
+
+/// Opens the event stream first (so that its opening meets the standby), then scales and reads
+/// events until one names the app; prints each.
+const EVENTS_FIRST: &str = r#"
+import sys
+from pmcluster import connect
+app, count = sys.argv[1], int(sys.argv[2])
+with connect() as c:
+    events = c.events(app=app, history=0, timeout=30)
+    print("stream on", c.current)
+    c.scale(app, count)
+    for event in events:
+        print("event", event.kind, event.app)
+        if event.kind.startswith("instance."):
+            break
+    events.close()
+"#;
+
+#[test]
+fn python_client_walks_the_coordinator_list_and_follows_a_standbys_hint() {
+    let Some(python) = venv_python() else { return };
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 1)
+        .ports(4)
+        .online()
+        .expect("web starts with 1 instance");
+    let standby = FakeStandby::start(Some(&c.url())).expect("the fake standby starts");
+    // Nothing listens there: the client must go past it to the next URL.
+    let dead = format!(
+        "http://127.0.0.1:{}",
+        free_port_range(1).expect("a free port")
+    );
+    // The leader comes last: only the standby's hint leads there before the list does.
+    let list = format!("{dead},{},{}", standby.url(), c.url());
+
+    let dir = c.root().join("python");
+    let (checkout, venv_python) = install(&python, &dir);
+    let run = |name: &str, program: &[&str], args: &[&str]| {
+        run_bounded(
+            Command::new(&venv_python)
+                .args(program)
+                .args(args)
+                .current_dir(&checkout)
+                .env_remove("PYTHONPATH")
+                .env("PMCLUSTER_COORDINATOR", &list)
+                .env_remove("PMCLUSTER_TOKEN"),
+            &dir,
+            name,
+            args,
+            DEADLINE + Duration::from_secs(10),
+        )
+        .expect("the script runs")
+    };
+
+    // Unary calls: the example's first list goes to the dead URL, then the standby, then the
+    // leader it names.
+    let example = checkout
+        .join("clients/python/examples/scale_and_watch.py")
+        .display()
+        .to_string();
+    let out = run("example", &[&example], &["web", "2", "--timeout", "30"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("scaled web from 1 to 2"),
+        "the example did not report the scale: {out:?}"
+    );
+    let after_unary = standby.refused();
+    assert!(after_unary >= 1, "the standby was never asked: {out:?}");
+    wait_online(&c, "web", 2);
+
+    // A stream's opening: refused by the standby, opened on the leader it names.
+    let out = run("events-first", &["-c", EVENTS_FIRST], &["web", "3"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains(&format!("stream on {}", c.url())),
+        "the stream was not opened on the leader: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("event instance."),
+        "the stream carried no instance event: {out:?}"
+    );
+    assert!(
+        standby.refused() > after_unary,
+        "the stream never met the standby: {out:?}"
+    );
+    wait_online(&c, "web", 3);
 }

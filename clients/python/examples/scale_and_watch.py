@@ -2,6 +2,8 @@
 online (or --timeout passes).
 
     python examples/scale_and_watch.py web 6
+    PMCLUSTER_COORDINATOR=http://10.0.0.1:7450,http://10.0.0.2:7450 \
+      python examples/scale_and_watch.py web 6     # an HA pair: whichever leads takes the calls
     PMCLUSTER_COORDINATOR=https://coord:7450 PMCLUSTER_CA=pki/ca.pem \
       PMCLUSTER_CERT=pki/alice.pem PMCLUSTER_KEY=pki/alice-key.pem \
       python examples/scale_and_watch.py web 6

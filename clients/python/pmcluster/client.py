@@ -1,22 +1,40 @@
 """A small synchronous client over the generated stubs.
 
-It dials one coordinator: ``PMCLUSTER_COORDINATOR`` (its first entry when it lists an HA pair),
-else ``127.0.0.1:7450``, as the CLI does. ``http://`` is plaintext (what a local ``pmcluster up``
-serves on loopback); ``https://`` is mutual TLS with the cluster CA and a user certificate made
-by ``pmcluster certs``. A token from ``pmcluster token create`` rides in every call's
-``authorization`` header.
+``PMCLUSTER_COORDINATOR`` (or ``target``) is one coordinator or, for an HA pair, a
+comma-separated list, as the CLI's ``--coordinator``; else ``127.0.0.1:7450``. A standby refuses
+every call with ``UNAVAILABLE`` and names the leader in ``pmcluster-leader`` metadata: the client
+dials that leader at once (no backoff) and sends the call again there, since a refused call was
+not executed. A coordinator that cannot be reached, or refuses without naming a leader, sends the
+call to the next URL of the list. A call that timed out is not sent again anywhere: the
+coordinator may have executed it.
+
+``http://`` is plaintext (what a local ``pmcluster up`` serves on loopback); ``https://`` is
+mutual TLS with the cluster CA and a user certificate made by ``pmcluster certs``. A token from
+``pmcluster token create`` rides in every call's ``authorization`` header.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterator, List, Optional
+import threading
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import grpc
 
 from pmcluster.v1 import cluster_pb2, cluster_pb2_grpc, types_pb2
 
 DEFAULT_COORDINATOR = "127.0.0.1:7450"
+
+#: The metadata key of a standby's refusal that holds the leader's URL.
+LEADER_METADATA = "pmcluster-leader"
+
+#: Leader hints one call follows at most, so that two confused standbys naming each other cannot
+#: bounce a call forever.
+MAX_HOPS = 3
+
+#: With several coordinators, how long a new connection may take to be ready before the next URL
+#: is tried: a stopped coordinator accepts TCP connections but never answers them.
+PROBE_TIMEOUT = 2.0
 
 
 class ClientError(Exception):
@@ -38,6 +56,112 @@ def _read(path: Optional[str], what: str) -> Optional[bytes]:
         raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: cannot read {path}: {e}") from e
 
 
+def _normalize(url: str) -> str:
+    """``host:port`` reads as ``http://host:port``, so that a hint and a list item compare equal."""
+    url = url.strip().rstrip("/")
+    if url.startswith("http://") or url.startswith("https://"):
+        return url
+    return f"http://{url}"
+
+
+def parse_urls(target: str) -> List[str]:
+    """A ``--coordinator`` value as its URLs, in order, each once."""
+    urls: List[str] = []
+    for n, item in enumerate(target.split(",")):
+        if not item.strip():
+            raise ClientError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"coordinator: item {n + 1} of {target!r} is empty; give one URL or several "
+                "separated by commas",
+            )
+        url = _normalize(item)
+        if url not in urls:
+            urls.append(url)
+    return urls
+
+
+def leader_hint(error: grpc.RpcError) -> Optional[str]:
+    """The leader a standby's refusal names, if it names one."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    # A refusal is a trailers-only response; some stacks surface it as initial metadata.
+    for get in ("trailing_metadata", "initial_metadata"):
+        try:
+            pairs = getattr(error, get)() or ()
+        except Exception:  # noqa: BLE001 - an error without that metadata has no hint
+            continue
+        for key, value in pairs:
+            if key == LEADER_METADATA and value:
+                return value if isinstance(value, str) else value.decode("utf-8", "replace")
+    return None
+
+
+class _Route:
+    """The order one call tries coordinators in: a leader a refusal named comes first, at once;
+    otherwise the list, starting at the URL in use and wrapping around, each URL once."""
+
+    def __init__(self, urls: List[str], first: Optional[str], hint: Optional[str]):
+        start = urls.index(first) if first in urls else 0
+        self.pending = urls[start:] + urls[:start]
+        self.hint = hint
+        self.hops = 0
+        self.tried: List[Tuple[str, str]] = []
+
+    def next_url(self) -> Optional[str]:
+        if self.hint is not None:
+            hint, self.hint = self.hint, None
+            return hint
+        while self.pending:
+            url = self.pending.pop(0)
+            if all(url != t for t, _ in self.tried):
+                return url
+        return None
+
+    def failed(self, url: str, why: str) -> None:
+        self.tried.append((url, why))
+
+    def refused(self, url: str, why: str, hint: Optional[str]) -> None:
+        if hint is not None:
+            leader = _normalize(hint)
+            # A standby naming itself has nothing to offer; the list goes on.
+            if leader != url:
+                if self.hops < MAX_HOPS:
+                    self.hops += 1
+                    self.hint = leader
+                else:
+                    why += f" (not followed: {MAX_HOPS} hints already)"
+        self.failed(url, why)
+
+    def give_up(self, last: Optional[grpc.RpcError]) -> ClientError:
+        if len(self.tried) == 1 and last is not None:
+            return ClientError(last.code(), last.details() or "")
+        tried = "; ".join(f"{url}: {why}" for url, why in self.tried)
+        return ClientError(grpc.StatusCode.UNAVAILABLE, f"no coordinator took the call; tried {tried}")
+
+
+def _ready(channel: grpc.Channel, timeout: float) -> Optional[str]:
+    """``None`` once the channel connects; else why not (refused, or no answer in time)."""
+    state: Dict[str, grpc.ChannelConnectivity] = {}
+    settled = threading.Event()
+
+    def watch(s: grpc.ChannelConnectivity) -> None:
+        if s in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            state["last"] = s
+            settled.set()
+
+    channel.subscribe(watch, try_to_connect=True)
+    try:
+        settled.wait(timeout)
+    finally:
+        channel.unsubscribe(watch)
+    last = state.get("last")
+    if last == grpc.ChannelConnectivity.READY:
+        return None
+    if last == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        return "cannot reach it"
+    return f"it accepted the connection but did not answer within {timeout}s (stopped or overloaded)"
+
+
 def connect(
     target: Optional[str] = None,
     token: Optional[str] = None,
@@ -46,33 +170,87 @@ def connect(
     key: Optional[str] = None,
     timeout: float = 10.0,
 ) -> "Client":
-    """Dials a coordinator; arguments left out come from the CLI's environment variables."""
+    """A client of the coordinator(s) ``target`` lists; arguments left out come from the CLI's
+    environment variables. Connections are made at the first call."""
     target = target or os.environ.get("PMCLUSTER_COORDINATOR") or DEFAULT_COORDINATOR
-    target = target.split(",")[0].strip()
     token = token if token is not None else os.environ.get("PMCLUSTER_TOKEN")
-    if target.startswith("https://"):
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=_read(ca or os.environ.get("PMCLUSTER_CA"), "ca"),
-            private_key=_read(key or os.environ.get("PMCLUSTER_KEY"), "key"),
-            certificate_chain=_read(cert or os.environ.get("PMCLUSTER_CERT"), "cert"),
-        )
-        channel = grpc.secure_channel(target[len("https://") :], creds)
-    else:
-        channel = grpc.insecure_channel(target.removeprefix("http://"))
-    return Client(channel, token=token, timeout=timeout)
+    tls = (
+        ca or os.environ.get("PMCLUSTER_CA"),
+        cert or os.environ.get("PMCLUSTER_CERT"),
+        key or os.environ.get("PMCLUSTER_KEY"),
+    )
+    return Client(parse_urls(target), token=token, timeout=timeout, tls=tls)
 
 
 class Client:
-    """The Cluster service's common calls; ``self.stub`` has every other one."""
+    """The Cluster service's common calls, each sent to whichever coordinator of the list takes
+    it. ``self.stub`` has every other call, on the coordinator in use (without failover)."""
 
-    def __init__(self, channel: grpc.Channel, token: Optional[str] = None, timeout: float = 10.0):
-        self.channel = channel
-        self.stub = cluster_pb2_grpc.ClusterStub(channel)
+    def __init__(
+        self,
+        urls: List[str],
+        token: Optional[str] = None,
+        timeout: float = 10.0,
+        tls: Tuple[Optional[str], Optional[str], Optional[str]] = (None, None, None),
+    ):
+        if not urls:
+            raise ClientError(grpc.StatusCode.INVALID_ARGUMENT, "no coordinator given")
+        self.urls = urls
         self.timeout = timeout
         self.metadata = [("authorization", f"Bearer {token}")] if token else []
+        self._tls = tls
+        self._creds: Optional[grpc.ChannelCredentials] = None
+        self._channels: Dict[str, grpc.Channel] = {}
+        #: The coordinator calls go to first: the one that took the last call.
+        self.current = urls[0]
+        #: URLs the current one's connection was checked for, so that the probe runs once.
+        self._probed: Dict[str, bool] = {}
+
+    @property
+    def stub(self) -> cluster_pb2_grpc.ClusterStub:
+        return cluster_pb2_grpc.ClusterStub(self._channel(self.current))
+
+    def _channel(self, url: str) -> grpc.Channel:
+        channel = self._channels.get(url)
+        if channel is None:
+            if url.startswith("https://"):
+                # Read on first use: a leader hint can be https:// though the list was not.
+                if self._creds is None:
+                    ca, cert, key = self._tls
+                    self._creds = grpc.ssl_channel_credentials(
+                        root_certificates=_read(ca, "ca"),
+                        private_key=_read(key, "key"),
+                        certificate_chain=_read(cert, "cert"),
+                    )
+                channel = grpc.secure_channel(url[len("https://") :], self._creds)
+            else:
+                channel = grpc.insecure_channel(url[len("http://") :])
+            self._channels[url] = channel
+        return channel
+
+    def _drop(self, url: str) -> None:
+        channel = self._channels.pop(url, None)
+        self._probed.pop(url, None)
+        if channel is not None:
+            channel.close()
+
+    def _stub_for(self, url: str, route: _Route) -> Optional[cluster_pb2_grpc.ClusterStub]:
+        """The stub for ``url``; ``None`` (noted in ``route``) when, with several coordinators,
+        its connection is not ready in time. One coordinator alone is not probed: its call's own
+        error says what is wrong."""
+        channel = self._channel(url)
+        if len(self.urls) > 1 and not self._probed.get(url):
+            why = _ready(channel, PROBE_TIMEOUT)
+            if why is not None:
+                self._drop(url)
+                route.failed(url, why)
+                return None
+            self._probed[url] = True
+        return cluster_pb2_grpc.ClusterStub(channel)
 
     def close(self) -> None:
-        self.channel.close()
+        for url in list(self._channels):
+            self._drop(url)
 
     def __enter__(self) -> "Client":
         return self
@@ -80,17 +258,54 @@ class Client:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _call(self, method, request):
-        try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
-        except grpc.RpcError as e:
-            raise ClientError(e.code(), e.details()) from e
+    def _call(self, name: str, request):
+        """The unary call ``name`` with ``request``, on the leader."""
+        route = _Route(self.urls, self.current, None)
+        last: Optional[grpc.RpcError] = None
+        while (url := route.next_url()) is not None:
+            stub = self._stub_for(url, route)
+            if stub is None:
+                continue
+            try:
+                reply = getattr(stub, name)(request, timeout=self.timeout, metadata=self.metadata)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise ClientError(e.code(), e.details() or "") from e
+                self._probed.pop(url, None)
+                route.refused(url, e.details() or "unavailable", leader_hint(e))
+                last = e
+                continue
+            self.current = url
+            return reply
+        raise route.give_up(last)
+
+    def _open(self, open_stream: Callable[[cluster_pb2_grpc.ClusterStub], object]):
+        """A server stream opened on the leader: it is followed as a unary call is, until a
+        coordinator answers the opening with its headers rather than a refusal. A stream that
+        breaks later is the caller's to open again."""
+        route = _Route(self.urls, self.current, None)
+        last: Optional[grpc.RpcError] = None
+        while (url := route.next_url()) is not None:
+            stub = self._stub_for(url, route)
+            if stub is None:
+                continue
+            stream = open_stream(stub)
+            # Returns at the response's headers, or at its end when it is a refusal.
+            stream.initial_metadata()
+            refused = _refusal(stream)
+            if refused is None:
+                self.current = url
+                return stream
+            self._probed.pop(url, None)
+            route.refused(url, refused.details() or "unavailable", leader_hint(refused))
+            last = refused
+        raise route.give_up(last)
 
     def apps(self) -> List[types_pb2.App]:
         """Every app, across pages."""
         out, token = [], ""
         while True:
-            reply = self._call(self.stub.ListApps, cluster_pb2.ListAppsRequest(page_token=token))
+            reply = self._call("ListApps", cluster_pb2.ListAppsRequest(page_token=token))
             out.extend(reply.apps)
             token = reply.next_page_token
             if not token:
@@ -101,18 +316,18 @@ class Client:
         out, token = [], ""
         while True:
             request = cluster_pb2.ListInstancesRequest(app=app, page_token=token)
-            reply = self._call(self.stub.ListInstances, request)
+            reply = self._call("ListInstances", request)
             out.extend(reply.instances)
             token = reply.next_page_token
             if not token:
                 return out
 
     def nodes(self) -> List[types_pb2.Node]:
-        return list(self._call(self.stub.ListNodes, cluster_pb2.ListNodesRequest()).nodes)
+        return list(self._call("ListNodes", cluster_pb2.ListNodesRequest()).nodes)
 
     def scale(self, app: str, instances: int) -> cluster_pb2.ScaleReply:
         """Sets the app's desired count; returns the previous and the new one."""
-        return self._call(self.stub.Scale, cluster_pb2.ScaleRequest(app=app, instances=instances))
+        return self._call("Scale", cluster_pb2.ScaleRequest(app=app, instances=instances))
 
     def events(
         self, app: str = "", history: int = 20, follow: bool = True, timeout: Optional[float] = None
@@ -121,8 +336,26 @@ class Client:
         whole stream in seconds (None: until the caller stops iterating). The call starts here,
         not at the first ``next``, so nothing that happens after this returns is missed."""
         request = cluster_pb2.WatchEventsRequest(app=app, history=history, no_follow=not follow)
-        stream = self.stub.WatchEvents(request, timeout=timeout, metadata=self.metadata)
+        stream = self._open(
+            lambda stub: stub.WatchEvents(request, timeout=timeout, metadata=self.metadata)
+        )
         return _events(stream)
+
+
+#: How long a stream whose headers were empty may take to show it already ended: grpc reports a
+#: trailers-only refusal's metadata and its status as two events, the status a moment later.
+_REFUSAL_GRACE = 0.05
+
+
+def _refusal(stream) -> Optional[grpc.RpcError]:
+    """The standby's refusal ``stream`` ended with, if it did (``None`` for a served stream)."""
+    if not stream.done() and not stream.initial_metadata():
+        ended = threading.Event()
+        stream.add_done_callback(lambda _: ended.set())
+        ended.wait(_REFUSAL_GRACE)
+    if stream.done() and stream.code() == grpc.StatusCode.UNAVAILABLE:
+        return stream
+    return None
 
 
 def _events(stream) -> Iterator[types_pb2.Event]:

@@ -260,6 +260,7 @@ impl Election {
         loop {
             if let Err(why) = self.term(&stop).await {
                 tracing::warn!("{why}");
+                self.seat.set_trouble(Some(why));
             }
             *self
                 .lease_granted_ms
@@ -365,6 +366,7 @@ impl Election {
             }
         };
         let since = wall_ms();
+        self.seat.set_trouble(None);
         self.seat.lead(control, term, since);
         tracing::info!(term, advertise = %self.advertise, "leading");
         let why = tokio::select! {
@@ -402,12 +404,22 @@ impl Election {
     async fn follow_leader(&self, mut client: Client, name: &str, lease: i64) {
         let mut published = Instant::now() - PUBLISH_EVERY;
         loop {
-            let leader = match within("reading the leader", client.leader(name.to_string())).await {
-                Ok(r) => r
-                    .kv()
-                    .and_then(|kv| kv.value_str().ok())
-                    .map(str::to_string),
-                Err(_) => None,
+            let leader = match within(
+                "reading the leader from etcd",
+                client.leader(name.to_string()),
+            )
+            .await
+            {
+                Ok(r) => {
+                    self.seat.set_trouble(None);
+                    r.kv()
+                        .and_then(|kv| kv.value_str().ok())
+                        .map(str::to_string)
+                }
+                Err(why) => {
+                    self.seat.set_trouble(Some(why));
+                    None
+                }
             };
             self.seat.set_leader_hint(leader);
             if published.elapsed() >= PUBLISH_EVERY {
@@ -497,7 +509,13 @@ impl Directory for Election {
                     .collect(),
                 Ok(()),
             ),
-            Err(e) => (Vec::new(), Err(e)),
+            // Worded for `pmcluster status`, where it is the store's whole story.
+            Err(e) => (
+                Vec::new(),
+                Err(format!(
+                    "etcd does not answer ({e}); has it lost its quorum?"
+                )),
+            ),
         }
     }
 

@@ -67,6 +67,9 @@ pub enum Role {
 /// Where the API finds the control to serve with. Shared by every service.
 pub struct Seat {
     role: watch::Sender<Role>,
+    /// Why the election could not find or become a leader lately (etcd out of reach, without
+    /// quorum): a standby that knows no leader says so in its refusal.
+    trouble: std::sync::Mutex<Option<String>>,
     /// This coordinator's own URL, as clients should dial it.
     advertise: String,
     store: StoreInfo,
@@ -91,6 +94,7 @@ impl Seat {
                 term: 0,
                 since_ms,
             }),
+            trouble: std::sync::Mutex::new(None),
             advertise,
             store,
         })
@@ -100,6 +104,7 @@ impl Seat {
     pub fn standby(advertise: String, store: StoreInfo) -> Arc<Seat> {
         Arc::new(Seat {
             role: watch::Sender::new(Role::Standby { leader: None }),
+            trouble: std::sync::Mutex::new(None),
             advertise,
             store,
         })
@@ -118,8 +123,16 @@ impl Seat {
     pub fn control(&self) -> Result<Arc<Control>, Status> {
         match &*self.role.borrow() {
             Role::Leader { control, .. } => Ok(control.clone()),
-            Role::Standby { leader } => Err(standby_status(leader.as_deref())),
+            Role::Standby { leader } => {
+                let trouble = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
+                Err(standby_status(leader.as_deref(), trouble.as_deref()))
+            }
         }
+    }
+
+    /// The election's latest failure to reach etcd or to lead (`None`: it reached etcd).
+    pub fn set_trouble(&self, why: Option<String>) {
+        *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
     pub fn role(&self) -> Role {
@@ -170,8 +183,9 @@ impl Seat {
 }
 
 /// A standby's refusal. The message says where to go, for people; the metadata says it for
-/// clients, which dial it at once.
-pub fn standby_status(leader: Option<&str>) -> Status {
+/// clients, which dial it at once. With no leader, `trouble` is what the election last failed
+/// on, so that a write refused for want of etcd quorum says so rather than "try again".
+pub fn standby_status(leader: Option<&str>, trouble: Option<&str>) -> Status {
     match leader {
         Some(url) => {
             let mut status = Status::unavailable(format!(
@@ -182,10 +196,16 @@ pub fn standby_status(leader: Option<&str>) -> Status {
             }
             status
         }
-        None => Status::unavailable(
-            "this coordinator is a standby and no leader is elected yet; try again in a few \
-             seconds, or check the other coordinator and etcd",
-        ),
+        None => match trouble {
+            Some(why) => Status::unavailable(format!(
+                "this coordinator is a standby and no leader is elected: {why}; writes resume \
+                 once etcd answers with quorum and a coordinator is elected"
+            )),
+            None => Status::unavailable(
+                "this coordinator is a standby and no leader is elected yet; try again in a few \
+                 seconds, or check the other coordinator and etcd",
+            ),
+        },
     }
 }
 
@@ -195,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_standby_refusal_carries_the_leader() {
-        let status = standby_status(Some("http://10.0.0.2:7450"));
+        let status = standby_status(Some("http://10.0.0.2:7450"), None);
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(
             status
@@ -205,9 +225,12 @@ mod tests {
             Some("http://10.0.0.2:7450")
         );
         assert!(status.message().contains("http://10.0.0.2:7450"));
-        let unknown = standby_status(None);
+        let unknown = standby_status(None, None);
         assert_eq!(unknown.code(), tonic::Code::Unavailable);
         assert!(unknown.metadata().get(LEADER_METADATA).is_none());
+        let cut_off = standby_status(None, Some("reading the leader: etcd did not answer"));
+        assert!(cut_off.message().contains("etcd did not answer"));
+        assert!(cut_off.message().contains("quorum"));
     }
 
     #[test]

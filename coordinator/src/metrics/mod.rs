@@ -20,7 +20,7 @@ use std::time::Instant;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -52,6 +52,7 @@ pub struct Metrics {
     registry: Registry,
     grpc: HistogramFamily,
     commit: Histogram,
+    fenced: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,10 +78,20 @@ impl Default for Metrics {
             "Time of each store commit of the write path (redb fsync or etcd transaction)",
             commit.clone(),
         );
+        // The proof that a deposed leader's writes did not land: each one etcd refused on the
+        // leader key's revision. Counted per transaction; a group commit refuses all its writers.
+        let fenced = Counter::default();
+        registry.register(
+            "pmcluster_store_commits_fenced",
+            "Store commits etcd refused because this coordinator's leader key was gone or \
+             another coordinator's (nothing of them was written)",
+            fenced.clone(),
+        );
         Metrics {
             registry,
             grpc,
             commit,
+            fenced,
         }
     }
 }
@@ -140,6 +151,9 @@ impl Store for TimedStore {
         let started = Instant::now();
         let result = self.inner.commit(batch);
         self.metrics.commit.observe(started.elapsed().as_secs_f64());
+        if matches!(result, Err(StoreError::Fenced)) {
+            self.metrics.fenced.inc();
+        }
         result
     }
 }

@@ -58,8 +58,8 @@ pub enum StoreError {
     /// The leader key this coordinator's writes are conditioned on is gone or was recreated:
     /// another coordinator leads now. Nothing was written.
     #[error(
-        "this coordinator lost the leadership (its leader key in etcd is gone or belongs to \
-         another coordinator now); nothing was written"
+        "refused by the fence: this coordinator is no longer the leader (its leader key in etcd \
+         is gone or belongs to another coordinator now); nothing was written"
     )]
     Fenced,
     /// etcd cannot be reached, has no quorum, or did not answer in time. The whole message (it
