@@ -63,9 +63,9 @@ fn install(python: &Path, dir: &Path) -> (PathBuf, PathBuf) {
         out.stdout.trim().to_string()
     };
     const PURELIB: &str = "import sysconfig; print(sysconfig.get_paths()['purelib'])";
-    let tools_site = step("site", Command::new(&python).args(["-c", PURELIB]), &[]);
+    let tools_site = step("site", Command::new(python).args(["-c", PURELIB]), &[]);
     let venv_args = ["-m", "venv", ".venv"];
-    step("venv", Command::new(&python).args(venv_args), &venv_args);
+    step("venv", Command::new(python).args(venv_args), &venv_args);
     let venv_python = checkout.join(".venv/bin/python");
     let venv_site = step(
         "venv-site",
