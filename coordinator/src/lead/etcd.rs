@@ -294,6 +294,11 @@ impl Election {
         let keeper = tokio::spawn(keep_alive(client.clone(), lease, self.ttl, acked));
         let _keeper = AbortOnDrop(keeper);
         let ended = self.serve_term(&mut client, lease, last_ack, stop).await;
+        // Said at once: revoking below may wait out its timeout on an etcd without quorum, and
+        // callers refused meanwhile should hear why rather than "try again".
+        if let Err(why) = &ended {
+            self.seat.set_trouble(Some(why.clone()));
+        }
         // Whatever ended the term, the lease goes with it: the members key disappears and, had
         // the leader key survived, it is released.
         let _ = within("revoking the lease", client.lease_revoke(lease)).await;
