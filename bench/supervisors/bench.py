@@ -208,6 +208,7 @@ class Supervisord:
         os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
         self.conf = os.path.join(self.dir, "supervisord.conf")
         self.proc = None
+        self.group = "many"
 
     def write_conf(self, crash_port, base):
         d = self.dir
@@ -255,6 +256,20 @@ stopasgroup=true
 killasgroup=true
 stdout_logfile={d}/logs/%(program_name)s_%(process_num)02d.out
 stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
+
+[program:few]
+command={self.testapp}
+process_name=%(program_name)s_%(process_num)02d
+numprocs={N_FEW}
+numprocs_start={base % 100}
+environment=PORT="{base // 100}%(process_num)02d"
+autostart=false
+autorestart=true
+startsecs=1
+stopasgroup=true
+killasgroup=true
+stdout_logfile={d}/logs/%(program_name)s_%(process_num)02d.out
+stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
 """
         with open(self.conf, "w") as f:
             f.write(text)
@@ -283,13 +298,13 @@ stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
         self.ctl("stop", "crash")
 
     def start_many(self, base, n=N_MANY):
-        if n == N_MANY:
-            self.ctl("start", "many:*")
-        else:
-            self.ctl("start", *[f"many:many_{i:02d}" for i in range(n)])
+        # A group each: `start GROUP:*` starts its processes together, while naming processes
+        # one by one waits for each to be up (startsecs) before the next.
+        self.group = "many" if n == N_MANY else "few"
+        self.ctl("start", f"{self.group}:*")
 
     def stop_many(self):
-        self.ctl("stop", "many:*")
+        self.ctl("stop", f"{self.group}:*")
 
     def teardown(self):
         if self.proc:
