@@ -243,7 +243,7 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
-        let pumps = spawn_pump(&self.agent, &self.id, pumps);
+        let (pumps, pump_exit) = spawn_pump(&self.agent, &self.id, pumps);
         let proc = ProcId::of(pid).unwrap_or(ProcId {
             pid,
             start_ticks: 0,
@@ -268,6 +268,7 @@ impl Supervisor {
             },
         );
         running.pumps = pumps;
+        running.pump_exit = pump_exit;
         running.cgroup = cgroup_path;
         let state = if running.ready {
             InstanceState::Online

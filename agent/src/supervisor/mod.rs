@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use pmcluster_spec::supervise::HealthCheck;
 use pmcluster_spec::{AppSpec, PortSpec};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 pub(crate) use adopt::{adopt_local, start_local_after};
@@ -38,7 +38,7 @@ use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Tracker};
 use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
 use crate::persist::{self, Saved, SavedProcess, SavedPump};
-use crate::process::{ExitWatch, ProcId};
+use crate::process::{Exit, ExitWatch, ProcId};
 use crate::restart::{self, Crashes};
 use crate::state::{Agent, Entry, Inner, Poke, Target};
 
@@ -264,6 +264,8 @@ struct Running {
     cron_at: Option<Instant>,
     /// The log pump processes reading its output pipes (`log_timestamps`).
     pumps: Vec<SavedPump>,
+    /// The exit of its pump when this agent started it (see [`crate::logs::pump::drained`]).
+    pump_exit: Option<oneshot::Receiver<Exit>>,
     /// Its cgroup (see [`crate::cgroup`]), when it runs in one.
     cgroup: Option<PathBuf>,
 }
@@ -327,6 +329,7 @@ impl Running {
             health,
             cron_at,
             pumps: Vec::new(),
+            pump_exit: None,
             cgroup: None,
         }
     }
