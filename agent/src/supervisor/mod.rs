@@ -36,6 +36,7 @@ use wait::{next_cron, next_event, sleep_until_opt};
 
 use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Tracker};
+use crate::logs::pump::PumpPipe;
 use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
 use crate::persist::{self, Saved, SavedProcess, SavedPump};
 use crate::process::{Exit, ExitWatch, ProcId};
@@ -266,6 +267,8 @@ struct Running {
     pumps: Vec<SavedPump>,
     /// The exit of its pump when this agent started it (see [`crate::logs::pump::drained`]).
     pump_exit: Option<oneshot::Receiver<Exit>>,
+    /// Its output pipes until its pump starts (see [`Supervisor::start_pump`]).
+    unpumped: Vec<PumpPipe>,
     /// Its cgroup (see [`crate::cgroup`]), when it runs in one.
     cgroup: Option<PathBuf>,
 }
@@ -330,6 +333,7 @@ impl Running {
             cron_at,
             pumps: Vec::new(),
             pump_exit: None,
+            unpumped: Vec::new(),
             cgroup: None,
         }
     }
@@ -403,7 +407,13 @@ impl Supervisor {
             if running.is_none() && cleared && next_start.is_some_and(|at| at <= Instant::now()) {
                 next_start = None;
                 match self.start(&target) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        // The other instances of the same desired set get their processes
+                        // before this one gets its pump: a pump is a process as well, and the
+                        // instances are what a start waits for. The pipes hold the output
+                        // meanwhile.
+                        tokio::task::yield_now().await;
+                        self.start_pump(&mut r);
                         self.start_failures = 0;
                         self.agent.state.update(&self.id, |s| s.start_failures = 0);
                         self.persist(Some(&r));
