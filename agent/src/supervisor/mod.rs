@@ -444,6 +444,7 @@ impl Supervisor {
                             .state
                             .update(&self.id, |s| s.start_failures = failures);
                         tracing::warn!(instance = %self.id, "cannot start: {message}; retrying in {delay:?}");
+                        self.persist(None);
                         // A first miss is usually a handoff (the predecessor still releasing its
                         // port): still launching. Repeated misses are an error a user must see.
                         let state = if self.start_failures <= 2 {

@@ -193,7 +193,14 @@ impl Supervisor {
             self.reason = Some(format!("restarted after: {how}"));
             wait_group_gone(r.proc.pid).await;
         }
-        self.persist(None);
+        // A start at once writes the record with the new process: writing it without one first
+        // would hold the restart up by a file write and rename (milliseconds on a busy disk). A
+        // record that still names the dead process is what an agent that dies in between leaves
+        // anyway, and the next agent knows it for dead (see `adopt`). A start that fails
+        // writes it (see `Supervisor::run`).
+        if next.is_none_or(|at| at > Instant::now()) {
+            self.persist(None);
+        }
         next
     }
     pub(super) fn decide(
