@@ -5,8 +5,10 @@ Scenarios (loopback only, every loop bounded in count and time):
   crash    SIGKILL an instance, time until its port accepts again (a new process), median of N
   rss      resident memory of the supervisor process while it supervises 50 instances
   cpu      CPU of the supervisor process over an idle period with 50 instances
-  start50  time from the start command until 50 instances accept connections, minus the time
-           the same 50 processes take when started directly (the app's own start), per instance
+  start12  time from the start command until 12 instances accept connections, beside the time
+           the same 12 processes take when started directly (the app's own start); median of
+           --start-runs
+  start50  the same with 50 instances (rss and cpu are taken on its last run)
 
 The app is pmcluster-testapp (release build) everywhere. Every process started here is ended
 by pid (or by its supervisor) before the script exits. Run by scripts/bench-supervisors.sh.
@@ -26,6 +28,7 @@ import time
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 N_MANY = 50
+N_FEW = 12
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,9 +179,9 @@ class Pmcluster:
     def stop_one(self):
         self.cli("delete", "crash")
 
-    def start_many(self, base):
-        self.cli("start", self.testapp, "--name", "many", "--instances", str(N_MANY),
-                 "--port", f"{base}-{base + N_MANY - 1}")
+    def start_many(self, base, n=N_MANY):
+        self.cli("start", self.testapp, "--name", "many", "--instances", str(n),
+                 "--port", f"{base}-{base + n - 1}")
 
     def stop_many(self):
         self.cli("delete", "many")
@@ -205,6 +208,7 @@ class Supervisord:
         os.makedirs(os.path.join(self.dir, "logs"), exist_ok=True)
         self.conf = os.path.join(self.dir, "supervisord.conf")
         self.proc = None
+        self.group = "many"
 
     def write_conf(self, crash_port, base):
         d = self.dir
@@ -252,6 +256,20 @@ stopasgroup=true
 killasgroup=true
 stdout_logfile={d}/logs/%(program_name)s_%(process_num)02d.out
 stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
+
+[program:few]
+command={self.testapp}
+process_name=%(program_name)s_%(process_num)02d
+numprocs={N_FEW}
+numprocs_start={base % 100}
+environment=PORT="{base // 100}%(process_num)02d"
+autostart=false
+autorestart=true
+startsecs=1
+stopasgroup=true
+killasgroup=true
+stdout_logfile={d}/logs/%(program_name)s_%(process_num)02d.out
+stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
 """
         with open(self.conf, "w") as f:
             f.write(text)
@@ -279,11 +297,14 @@ stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
     def stop_one(self):
         self.ctl("stop", "crash")
 
-    def start_many(self, base):
-        self.ctl("start", "many:*")
+    def start_many(self, base, n=N_MANY):
+        # A group each: `start GROUP:*` starts its processes together, while naming processes
+        # one by one waits for each to be up (startsecs) before the next.
+        self.group = "many" if n == N_MANY else "few"
+        self.ctl("start", f"{self.group}:*")
 
     def stop_many(self):
-        self.ctl("stop", "many:*")
+        self.ctl("stop", f"{self.group}:*")
 
     def teardown(self):
         if self.proc:
@@ -324,9 +345,9 @@ class Pmdaemon:
         self.cmd("delete", "crash")
         self.kill_leftovers()
 
-    def start_many(self, base):
-        self.cmd("start", self.testapp, "--name", "many", "--instances", str(N_MANY),
-                 "--port", f"{base}-{base + N_MANY - 1}")
+    def start_many(self, base, n=N_MANY):
+        self.cmd("start", self.testapp, "--name", "many", "--instances", str(n),
+                 "--port", f"{base}-{base + n - 1}")
 
     def stop_many(self):
         self.cmd("delete", "many")
@@ -414,9 +435,9 @@ def direct_one(testapp, port, n):
     return statistics.median(samples) if samples else None
 
 
-def direct_start(testapp, base):
-    """Seconds for 50 test apps started directly (no supervisor) to accept connections."""
-    ports = list(range(base, base + N_MANY))
+def direct_start(testapp, base, n=N_MANY):
+    """Seconds for n test apps started directly (no supervisor) to accept connections."""
+    ports = list(range(base, base + n))
     t0 = time.perf_counter()
     procs = [subprocess.Popen([testapp], env=dict(os.environ, PORT=str(p)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -431,14 +452,36 @@ def direct_start(testapp, base):
     return took
 
 
-def many(system, base, idle_seconds):
-    """start50 seconds, RSS KiB and CPU % of the supervisor with 50 instances."""
+def median_of(samples):
+    samples = [s for s in samples if s is not None]
+    return statistics.median(samples) if samples else None
+
+
+def start_stop(system, base, n):
+    """Seconds from the start command until n instances accept connections; stops them after."""
+    ports = list(range(base, base + n))
+    t0 = time.perf_counter()
+    system.start_many(base, n)
+    took = wait_ports(ports, 120)
+    took = None if took is None else time.perf_counter() - t0
+    system.stop_many()
+    wait_closed(ports, 60)
+    return took
+
+
+def many(system, base, idle_seconds, runs):
+    """start12 and start50 seconds (medians of `runs`), RSS KiB and CPU % of the supervisor with
+    50 instances (on the last start50)."""
+    out = {"start12_s": median_of([start_stop(system, base, N_FEW) for _ in range(runs)])}
+    start50 = [start_stop(system, base, N_MANY) for _ in range(runs - 1)]
     ports = list(range(base, base + N_MANY))
     t0 = time.perf_counter()
     system.start_many(base)
     took = wait_ports(ports, 120)
     took = None if took is None else time.perf_counter() - t0
-    out = {"start50_s": took}
+    start50.append(took)
+    out["start50_s"] = median_of(start50)
+    out["start50_runs_s"] = start50
     pid = system.daemon_pid()
     if pid is not None and took is not None:
         time.sleep(2)  # settle: first samples, first heartbeats
@@ -467,6 +510,7 @@ def main():
     ap.add_argument("--pmdaemon-note", default="")
     ap.add_argument("--crash-samples", type=int, default=20)
     ap.add_argument("--idle-seconds", type=int, default=60)
+    ap.add_argument("--start-runs", type=int, default=3)
     args = ap.parse_args()
 
     testapp = os.path.join(args.bin_dir, "pmcluster-testapp")
@@ -490,8 +534,13 @@ def main():
     else:
         print(f"pmdaemon: not available ({args.pmdaemon_note or 'not installed'}); skipped")
 
-    direct = direct_start(testapp, base)
-    print(f"baseline: 50 test apps started directly accept connections after {fmt_ms(direct)}")
+    runs = max(1, args.start_runs)
+    direct12 = median_of([direct_start(testapp, base, N_FEW) for _ in range(runs)])
+    print(f"baseline: 12 test apps started directly accept connections after {fmt_ms(direct12)}"
+          f" (median of {runs})")
+    direct = median_of([direct_start(testapp, base) for _ in range(runs)])
+    print(f"baseline: 50 test apps started directly accept connections after {fmt_ms(direct)}"
+          f" (median of {runs})")
     bare = direct_one(testapp, crash_port, args.crash_samples)
     print(f"baseline: one test app started directly accepts after {fmt_ms(bare)} (median)")
     results = {}
@@ -503,7 +552,7 @@ def main():
             r["crash_s"], r["crash_note"] = crash_latency(system, crash_port, args.crash_samples)
             print(f"   crash-to-restart median {fmt_ms(r['crash_s'])} ({r['crash_note']})",
                   flush=True)
-            r.update(many(system, base, args.idle_seconds))
+            r.update(many(system, base, args.idle_seconds, runs))
             print(f"   {json.dumps(r)}", flush=True)
             if isinstance(system, Pmcluster):
                 r["coordinator_rss_kib"] = rss_kib(system.coordinator_pid())
@@ -532,6 +581,10 @@ def main():
          "<= 15 MiB"),
         (f"agent CPU, {args.idle_seconds} s idle, 50 instances", lambda r: r.get("cpu_pct"),
          lambda v: f"{v:.3f} %", "<= 0.5 %"),
+        ("start 12: total", lambda r: r.get("start12_s"), lambda v: f"{v * 1000:.0f} ms", ""),
+        ("start 12: over the direct start",
+         lambda r: r.get("start12_s") / direct12 if r.get("start12_s") and direct12 else None,
+         lambda v: f"x{v:.2f}", "<= x1.1"),
         ("start 50: overhead per instance", per_instance_ms, lambda v: f"{v:.2f} ms", "< 5 ms"),
         ("start 50: total", lambda r: r.get("start50_s"), lambda v: f"{v * 1000:.0f} ms", ""),
         ("start 50: over the direct start",

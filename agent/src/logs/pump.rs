@@ -48,13 +48,14 @@ use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
 use crate::persist::SavedPump;
-use crate::process::{self, ProcId, describe};
+use crate::process::{self, Exit, ProcId, describe};
 use crate::state::Agent;
 
 /// Bytes read from an instance's pipe at a time: the most one write of a pump adds to a file.
@@ -367,25 +368,29 @@ fn pump_target(
         timestamps: spec.supervision.log_timestamps,
     }
 }
+/// The records of an instance's new pump (one per pipe), and its exit as the reaper reports it:
+/// `None` when threads of the agent pump instead.
+pub(crate) type Started = (Vec<SavedPump>, Option<oneshot::Receiver<Exit>>);
 /// Starts the pump of an instance's output pipes (see the module doc for why it is a
 /// process): the agent's `log-pump` helper in a process group of its own, with the first pipe
 /// as its stdin and the second (if any) as its fd [`PUMP_ERR_FD`]; returns it for the
 /// instance's record, once per pipe. Without a helper program, or when it cannot be started,
 /// threads of the agent pump instead (which the agent's exit ends).
-pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -> Vec<SavedPump> {
+pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -> Started {
     if pipes.is_empty() {
-        return Vec::new();
+        return (Vec::new(), None);
     }
     if let Some(program) = &agent.log_pump {
         match spawn_pump_process(agent, program, id, &pipes) {
-            Ok(pump) => {
-                return pipes
+            Ok((pump, exit)) => {
+                let saved = pipes
                     .iter()
                     .map(|p| SavedPump {
                         fd: p.fd,
                         ..pump.clone()
                     })
                     .collect();
+                return (saved, Some(exit));
             }
             Err(e) => tracing::warn!(
                 instance = %id,
@@ -410,14 +415,14 @@ pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -
             tracing::error!(instance = %id, "cannot start a log pump thread: {e}; its output is lost");
         }
     }
-    Vec::new()
+    (Vec::new(), None)
 }
 fn spawn_pump_process(
     agent: &Agent,
     program: &Path,
     id: &InstanceId,
     pipes: &[PumpPipe],
-) -> io::Result<SavedPump> {
+) -> io::Result<(SavedPump, oneshot::Receiver<Exit>)> {
     let (first, second) = match pipes {
         [first] => (first, None),
         [first, second] => (first, Some(second)),
@@ -438,16 +443,17 @@ fn spawn_pump_process(
         process::pass_fd(&mut cmd, second.reader.try_clone()?, PUMP_ERR_FD);
     }
     let spawned = agent.reaper.spawn(&mut cmd)?;
-    // The reaper reaps it; nobody waits for its exit: it ends with its pipes.
+    // It ends with its pipes; its exit only tells [`drained`] that it wrote everything.
     let pid = ProcId::of(spawned.pid).unwrap_or(ProcId {
         pid: spawned.pid,
         start_ticks: 0,
     });
-    Ok(SavedPump {
+    let saved = SavedPump {
         pid: pid.pid,
         start_ticks: pid.start_ticks,
         fd: first.fd,
-    })
+    };
+    Ok((saved, spawned.exit))
 }
 /// The pumps of an adopted instance: those recorded that still run, and a new one for the
 /// pipes nobody reads any more (a pump died while no agent ran, or the instance was started by
@@ -504,15 +510,29 @@ pub(crate) fn keep_pumping(
             Err(e) => tracing::warn!(pid, "cannot reopen {path} for its logs: {e}"),
         }
     }
-    pumps.extend(spawn_pump(agent, id, orphaned));
+    // Its exit is not kept: an adopted instance's pumps are waited for as the earlier ones are
+    // (see `drained`).
+    pumps.extend(spawn_pump(agent, id, orphaned).0);
     pumps
 }
 /// Waits (briefly) until the pumps of a process that ended have written what was left in its
 /// pipes and ended, so that its last lines are in its files once its exit is reported (and
 /// before a restart writes more). A pump whose pipe some escaped process still holds open is
 /// not waited for longer than [`PUMP_DRAIN_WAIT`].
-pub(crate) async fn drained(pumps: &[SavedPump]) {
+///
+/// `exit` is the end of the pump this agent started, reported by the reaper on its SIGCHLD: a
+/// restart waits for this, and a pump that was still reading at the first look cost the restart
+/// a 2 ms poll (3 with the timer's rounding). Pumps of an adopted instance (not this agent's
+/// children, or started by an earlier agent) are polled.
+pub(crate) async fn drained(pumps: &[SavedPump], exit: Option<oneshot::Receiver<Exit>>) {
     let deadline = Instant::now() + PUMP_DRAIN_WAIT;
+    if let Some(exit) = exit {
+        match tokio::time::timeout_at(deadline, exit).await {
+            Ok(Ok(_)) | Err(_) => return,
+            // The reaper stopped (the agent is going away): poll, as for any other pump.
+            Ok(Err(_)) => {}
+        }
+    }
     let alive = || {
         pumps.iter().any(|p| {
             ProcId {

@@ -243,7 +243,6 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
-        let pumps = spawn_pump(&self.agent, &self.id, pumps);
         let proc = ProcId::of(pid).unwrap_or(ProcId {
             pid,
             start_ticks: 0,
@@ -267,7 +266,7 @@ impl Supervisor {
                 gid: probe_gid,
             },
         );
-        running.pumps = pumps;
+        running.unpumped = pumps;
         running.cgroup = cgroup_path;
         let state = if running.ready {
             InstanceState::Online
@@ -290,6 +289,16 @@ impl Supervisor {
             }
         });
         Ok(running)
+    }
+}
+
+impl Supervisor {
+    /// Starts the pump of the process [`Supervisor::start`] started.
+    pub(super) fn start_pump(&self, r: &mut Running) {
+        let pipes = std::mem::take(&mut r.unpumped);
+        let (pumps, exit) = spawn_pump(&self.agent, &self.id, pipes);
+        r.pumps = pumps;
+        r.pump_exit = exit;
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use pmcluster_spec::supervise::HealthCheck;
 use pmcluster_spec::{AppSpec, PortSpec};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 pub(crate) use adopt::{adopt_local, start_local_after};
@@ -36,9 +36,10 @@ use wait::{next_cron, next_event, sleep_until_opt};
 
 use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Tracker};
+use crate::logs::pump::PumpPipe;
 use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
 use crate::persist::{self, Saved, SavedProcess, SavedPump};
-use crate::process::{ExitWatch, ProcId};
+use crate::process::{Exit, ExitWatch, ProcId};
 use crate::restart::{self, Crashes};
 use crate::state::{Agent, Entry, Inner, Poke, Target};
 
@@ -264,6 +265,10 @@ struct Running {
     cron_at: Option<Instant>,
     /// The log pump processes reading its output pipes (`log_timestamps`).
     pumps: Vec<SavedPump>,
+    /// The exit of its pump when this agent started it (see [`crate::logs::pump::drained`]).
+    pump_exit: Option<oneshot::Receiver<Exit>>,
+    /// Its output pipes until its pump starts (see [`Supervisor::start_pump`]).
+    unpumped: Vec<PumpPipe>,
     /// Its cgroup (see [`crate::cgroup`]), when it runs in one.
     cgroup: Option<PathBuf>,
 }
@@ -327,6 +332,8 @@ impl Running {
             health,
             cron_at,
             pumps: Vec::new(),
+            pump_exit: None,
+            unpumped: Vec::new(),
             cgroup: None,
         }
     }
@@ -400,7 +407,13 @@ impl Supervisor {
             if running.is_none() && cleared && next_start.is_some_and(|at| at <= Instant::now()) {
                 next_start = None;
                 match self.start(&target) {
-                    Ok(r) => {
+                    Ok(mut r) => {
+                        // The other instances of the same desired set get their processes
+                        // before this one gets its pump: a pump is a process as well, and the
+                        // instances are what a start waits for. The pipes hold the output
+                        // meanwhile.
+                        tokio::task::yield_now().await;
+                        self.start_pump(&mut r);
                         self.start_failures = 0;
                         self.agent.state.update(&self.id, |s| s.start_failures = 0);
                         self.persist(Some(&r));
@@ -431,6 +444,7 @@ impl Supervisor {
                             .state
                             .update(&self.id, |s| s.start_failures = failures);
                         tracing::warn!(instance = %self.id, "cannot start: {message}; retrying in {delay:?}");
+                        self.persist(None);
                         // A first miss is usually a handoff (the predecessor still releasing its
                         // port): still launching. Repeated misses are an error a user must see.
                         let state = if self.start_failures <= 2 {

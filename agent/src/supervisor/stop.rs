@@ -81,7 +81,7 @@ impl Supervisor {
         if let Some(path) = &r.cgroup {
             cgroup::end(path).await;
         }
-        drained(&r.pumps).await;
+        drained(&r.pumps, r.pump_exit.take()).await;
         exit
     }
 }

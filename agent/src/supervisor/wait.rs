@@ -169,7 +169,7 @@ impl Supervisor {
         Instant::now()
     }
     /// Records an exit the instance did on its own; returns when to start it again, if at all.
-    pub(super) async fn exited(&mut self, r: Running, exit: Exit) -> Option<Instant> {
+    pub(super) async fn exited(&mut self, mut r: Running, exit: Exit) -> Option<Instant> {
         // Whatever the leader left behind would collide with the next start (a port still bound,
         // a worker still writing): it goes with the leader.
         let family = self.agent.state.family(&self.id);
@@ -179,7 +179,7 @@ impl Supervisor {
         if let Some(path) = &r.cgroup {
             cgroup::empty(path).await;
         }
-        drained(&r.pumps).await;
+        drained(&r.pumps, r.pump_exit.take()).await;
         let how = exit.describe();
         let policy = Policy::of(&r.spec);
         let decision = self.decide(&policy, r.started.elapsed(), &how, r.index);
@@ -193,7 +193,14 @@ impl Supervisor {
             self.reason = Some(format!("restarted after: {how}"));
             wait_group_gone(r.proc.pid).await;
         }
-        self.persist(None);
+        // A start at once writes the record with the new process: writing it without one first
+        // would hold the restart up by a file write and rename (milliseconds on a busy disk). A
+        // record that still names the dead process is what an agent that dies in between leaves
+        // anyway, and the next agent knows it for dead (see `adopt`). A start that fails
+        // writes it (see `Supervisor::run`).
+        if next.is_none_or(|at| at > Instant::now()) {
+            self.persist(None);
+        }
         next
     }
     pub(super) fn decide(
