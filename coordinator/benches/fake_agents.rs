@@ -121,28 +121,7 @@ async fn run() -> BenchResult<()> {
     let all = t0.elapsed();
     // Let the status reports for 10,000 instances land, then read the high-water mark.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut listed = Vec::new();
-    let mut page_token = String::new();
-    // Paged; bounded in case a token never ends.
-    for _ in 0..1000 {
-        let reply = cluster
-            .list_instances(pb::ListInstancesRequest {
-                app: "web".into(),
-                page_size: 5000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        listed.extend(reply.instances);
-        if reply.next_page_token.is_empty() {
-            break;
-        }
-        page_token = reply.next_page_token;
-    }
-    let online = listed
-        .iter()
-        .filter(|i| i.state == pb::InstanceState::Online as i32)
-        .count();
+    let (_, online) = list_all(&mut cluster, "web").await?;
     println!(
         "scale 0 -> {instances_n} over {agents_n} nodes: Scale RPC returned in {:.0} ms; every assignment delivered in {:.0} ms; {online} reported online",
         rpc.as_secs_f64() * 1000.0,
@@ -157,7 +136,7 @@ async fn run() -> BenchResult<()> {
         probe.sustain.store(true, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let online = list_online(&mut cluster, "web").await?;
+            let (_, online) = list_all(&mut cluster, "web").await?;
             if online >= instances_n as usize {
                 break;
             }
@@ -180,35 +159,6 @@ async fn run() -> BenchResult<()> {
     agents.abort_all();
     drop(child);
     Ok(())
-}
-
-/// How many instances of `app` are online.
-async fn list_online(
-    cluster: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
-    app: &str,
-) -> BenchResult<usize> {
-    let mut n = 0;
-    let mut page_token = String::new();
-    for _ in 0..1000 {
-        let reply = cluster
-            .list_instances(pb::ListInstancesRequest {
-                app: app.into(),
-                page_size: 5000,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        n += reply
-            .instances
-            .iter()
-            .filter(|i| i.state == pb::InstanceState::Online as i32)
-            .count();
-        if reply.next_page_token.is_empty() {
-            break;
-        }
-        page_token = reply.next_page_token;
-    }
-    Ok(n)
 }
 
 /// The wall time of each CLI read verb against the cluster, median and worst of 15 runs.
@@ -268,12 +218,14 @@ fn cli_reads(url: &str, instances: i64) -> BenchResult<()> {
     Ok(())
 }
 
+/// How many instances of `app` there are, and how many of them are online.
 async fn list_all(
     cluster: &mut pb::cluster_client::ClusterClient<tonic::transport::Channel>,
     app: &str,
-) -> BenchResult<usize> {
-    let mut n = 0;
+) -> BenchResult<(usize, usize)> {
+    let (mut n, mut online) = (0, 0);
     let mut page_token = String::new();
+    // Paged; bounded in case a token never ends.
     for _ in 0..1000 {
         let reply = cluster
             .list_instances(pb::ListInstancesRequest {
@@ -284,12 +236,17 @@ async fn list_all(
             .await?
             .into_inner();
         n += reply.instances.len();
+        online += reply
+            .instances
+            .iter()
+            .filter(|i| i.state == pb::InstanceState::Online as i32)
+            .count();
         if reply.next_page_token.is_empty() {
             break;
         }
         page_token = reply.next_page_token;
     }
-    Ok(n)
+    Ok((n, online))
 }
 
 /// Every agent reports every second while one client lists and scales in a loop; bounded by
