@@ -41,6 +41,41 @@ fn rt() -> tokio::runtime::Runtime {
 /// How long a raw call may wait, a stopped coordinator's queue included.
 const RAW_TIMEOUT: Duration = Duration::from_secs(60);
 
+type Held<'scope> = std::thread::ScopedJoinHandle<'scope, Result<(), tonic::Status>>;
+
+/// `n` threads that each connect to `url`, meet at `connected`, then at `send`, then send one
+/// `scale` of `target`: writes a test can hold until the coordinator is stopped.
+fn held_writes<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    url: &str,
+    n: usize,
+    (connected, send): (&'scope Barrier, &'scope Barrier),
+    (app, instances): (&'static str, i64),
+) -> Vec<Held<'scope>> {
+    (0..n)
+        .map(|_| {
+            let url = url.to_string();
+            scope.spawn(move || {
+                rt().block_on(async {
+                    let client = pb::cluster_client::ClusterClient::connect(url).await;
+                    connected.wait();
+                    send.wait();
+                    let mut client =
+                        client.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    let call = client.scale(pb::ScaleRequest {
+                        app: app.into(),
+                        instances,
+                    });
+                    match tokio::time::timeout(RAW_TIMEOUT, call).await {
+                        Ok(r) => r.map(|_| ()),
+                        Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
+                    }
+                })
+            })
+        })
+        .collect()
+}
+
 /// `Scale` sent straight to `url` (no failover): the status, or the reply.
 fn raw_scale(url: &str, app: &str, count: u32) -> Result<(), tonic::Status> {
     rt().block_on(async {
@@ -465,28 +500,7 @@ fn ha_a_leader_stopped_past_its_lease_steps_down_and_its_writes_are_refused() {
         // stopped: its kernel takes them, and they wait on sockets that are readable the moment
         // it wakes, racing its step-down (new connections would still need their handshakes).
         let old_url = pair.url(old);
-        let writers: Vec<_> = (0..WRITES)
-            .map(|_| {
-                let (url, connected, send) = (old_url.clone(), &connected, &send);
-                scope.spawn(move || {
-                    rt().block_on(async {
-                        let client = pb::cluster_client::ClusterClient::connect(url).await;
-                        connected.wait();
-                        send.wait();
-                        let mut client =
-                            client.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                        let call = client.scale(pb::ScaleRequest {
-                            app: "s".into(),
-                            instances: 8,
-                        });
-                        match tokio::time::timeout(RAW_TIMEOUT, call).await {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
-                        }
-                    })
-                })
-            })
-            .collect();
+        let writers = held_writes(scope, &old_url, WRITES, (&connected, &send), ("s", 8));
         connected.wait();
         let stopped = Instant::now();
         pair.signal(old, Signal::SIGSTOP);
@@ -608,28 +622,7 @@ fn ha_a_paused_leader_whose_key_was_taken_has_its_queued_writes_refused_by_the_f
     let mut refusals = Refusals::default();
     let (took, paused) = std::thread::scope(|scope| {
         let old_url = pair.url(old);
-        let writers: Vec<_> = (0..WRITES)
-            .map(|_| {
-                let (url, connected, send) = (old_url.clone(), &connected, &send);
-                scope.spawn(move || {
-                    rt().block_on(async {
-                        let client = pb::cluster_client::ClusterClient::connect(url).await;
-                        connected.wait();
-                        send.wait();
-                        let mut client =
-                            client.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-                        let call = client.scale(pb::ScaleRequest {
-                            app: "f".into(),
-                            instances: 3,
-                        });
-                        match tokio::time::timeout(RAW_TIMEOUT, call).await {
-                            Ok(r) => r.map(|_| ()),
-                            Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
-                        }
-                    })
-                })
-            })
-            .collect();
+        let writers = held_writes(scope, &old_url, WRITES, (&connected, &send), ("f", 3));
         connected.wait();
         let stopped = Instant::now();
         pair.signal(old, Signal::SIGSTOP);
