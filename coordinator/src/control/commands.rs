@@ -125,6 +125,8 @@ impl Control {
             None => (AppRecord::new(spec, now), true, true),
             Some(old) => {
                 if old.spec == spec {
+                    // Unchanged on `ahead`: true only once the writes queued before it land.
+                    self.after_queued(&mut inner)?;
                     return Ok(Applied {
                         app: old.spec.name.clone(),
                         created: false,

@@ -192,6 +192,63 @@ fn a_refused_commit_refuses_the_writes_queued_behind_it_and_rewinds() {
     assert_eq!(store.load().unwrap(), c.persisted());
 }
 
+/// A write that finds nothing to do on the queued state (the app already as asked there, the
+/// instance already stopped there) answers with the writes it found queued: never "done" for a
+/// state the store then refuses.
+#[test]
+fn a_no_op_write_behind_a_refused_one_is_refused_too() {
+    let (store, c) = cluster();
+    let committed = c.persisted();
+    let first = held_at_the_gate(&store, &c);
+    let second = {
+        let c = c.clone();
+        thread::spawn(move || c.apply(app("api", 2)).map(|_| ()))
+    };
+    wait_for("the second write queued", || queued(&c) == 2);
+    let same_again = {
+        let c = c.clone();
+        thread::spawn(move || c.apply(app("api", 2)).map(|(_, _, changed, _)| changed))
+    };
+    wait_for("the unchanged apply queued", || queued(&c) == 3);
+    let stop = |c: &Arc<Control>| {
+        let c = c.clone();
+        thread::spawn(move || c.act("web", None, Action::Stop))
+    };
+    let stop_first = stop(&c);
+    wait_for("the stop queued", || queued(&c) == 4);
+    let stop_again = stop(&c);
+    wait_for("the second stop queued", || queued(&c) == 5);
+    store.set(|g| {
+        g.refuse = true;
+        g.shut = false;
+    });
+    assert!(first.join().unwrap().is_err());
+    assert!(second.join().unwrap().is_err());
+    match same_again.join().unwrap() {
+        Err(ControlError::Store(StoreError::Unavailable(_))) => {}
+        other => panic!("the unchanged apply behind a refused one: {other:?}"),
+    }
+    assert!(stop_first.join().unwrap().is_err());
+    match stop_again.join().unwrap() {
+        Err(ControlError::Store(StoreError::Unavailable(_))) => {}
+        other => panic!("a stop of what a queued stop stops: {other:?}"),
+    }
+    let inner = c.lock();
+    assert_eq!(inner.state, committed, "nothing refused is in memory");
+    assert!(inner.queue.is_empty() && inner.outcomes.is_empty());
+}
+
+/// With nothing queued, a no-op write answers at once and commits nothing.
+#[test]
+fn a_no_op_write_alone_commits_nothing() {
+    let (store, c) = cluster();
+    let before = store.get(|g| g.commits);
+    let (_, _, changed, _) = c.apply(app("web", 1)).unwrap();
+    assert!(!changed);
+    c.act("web", None, Action::Start).unwrap();
+    assert_eq!(store.get(|g| g.commits), before);
+}
+
 #[test]
 fn merged_batches_mean_what_they_meant_one_after_another() {
     let (_, c) = cluster();

@@ -72,7 +72,7 @@ impl Control {
             }
         }
         if batch.is_empty() && !inner.reconcile_due && inner.followup_at.is_none_or(|at| now < at) {
-            return Ok(());
+            return self.after_queued(inner);
         }
         // Nodes whose desired set changes: old and new homes of every touched record. The old
         // homes of the command's records are read before `ahead` takes the command.
@@ -124,7 +124,7 @@ impl Control {
             inner.pending = pending;
             inner.reconcile_due = false;
             inner.followup_at = followup_at;
-            return Ok(());
+            return self.after_queued(inner);
         }
         // The plan's own records: `ahead` does not have them yet, so it still holds their homes.
         old_homes(
@@ -178,6 +178,28 @@ impl Control {
         self.settle(inner, seq)
     }
 
+    /// The answer of a write with nothing to commit. It found nothing to do on `ahead`, so it
+    /// holds only if the writes queued before it land: when any are queued or committing, it
+    /// queues an empty write behind them and shares their outcome (a refused group refuses it
+    /// too), rather than report success for a state that may never be stored.
+    pub(super) fn after_queued(&self, inner: &mut Guard<'_>) -> Result<()> {
+        if inner.queue.is_empty() && !inner.committing {
+            return Ok(());
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        inner.queue.push_back(Queued {
+            seq,
+            batch: Arc::new(Batch::default()),
+            touched: BTreeSet::new(),
+            moved: Vec::new(),
+            placed: Vec::new(),
+            followup_at: None,
+            scoped: true,
+        });
+        self.settle(inner, seq)
+    }
+
     /// Waits until the write `seq` is committed or refused, committing the queue itself when no
     /// other writer is.
     fn settle(&self, inner: &mut Guard<'_>, seq: u64) -> Result<()> {
@@ -218,9 +240,13 @@ impl Control {
             }
         };
         inner.committing = true;
-        let (committed, error) = match parking_lot::MutexGuard::unlocked(inner, || {
-            self.commit_caught(&merged)
-        }) {
+        // Only empty writes queued behind a group that landed: nothing to store.
+        let stored = if merged.is_empty() {
+            Ok(())
+        } else {
+            parking_lot::MutexGuard::unlocked(inner, || self.commit_caught(&merged))
+        };
+        let (committed, error) = match stored {
             Ok(()) => (group, None),
             // More than one etcd transaction holds: the writes go one by one instead. Only
             // this committer takes from the queue, so its head is still the group.
@@ -291,6 +317,11 @@ impl Control {
             followup_at,
             scoped,
         } = q;
+        if batch.is_empty() {
+            // An empty write queued behind others (`after_queued`): only its answer.
+            inner.outcomes.insert(seq, Ok(()));
+            return;
+        }
         inner.state.apply(&batch);
         // A plan applied plans nothing more for its apps (a property test holds the reconciler
         // to it). A scoped write left the other apps as they were; what it frees matters to them

@@ -225,7 +225,12 @@ async fn within<T, E: std::error::Error + 'static>(
 /// the term at once (`lost`), before the caller even sees the error.
 struct TermStore {
     inner: Arc<EtcdStore>,
+    /// This term's leader key: every commit is conditioned on it, never on a later term's.
+    fence: Fence,
     lost: CancellationToken,
+    /// When etcd last acknowledged the lease, and how old that may get before the term ends.
+    last_ack: watch::Receiver<Instant>,
+    lapse: Duration,
 }
 
 impl Store for TermStore {
@@ -234,7 +239,23 @@ impl Store for TermStore {
     }
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
-        let result = self.inner.commit(batch);
+        // A process woken from a pause (SIGSTOP, a VM freeze) may serve queued writes before
+        // the term's own lapse check runs. Its lease may be gone, and etcd may be slow to answer
+        // a connection that slept too: refuse here, at once, rather than ask.
+        if self.lost.is_cancelled() {
+            return Err(StoreError::NotLeader);
+        }
+        let age = self.last_ack.borrow().elapsed();
+        if age > self.lapse {
+            tracing::warn!(
+                "write refused: no keep-alive acknowledged for {age:?} (over {:?}, two thirds of \
+                 the lease), so this term is over",
+                self.lapse
+            );
+            self.lost.cancel();
+            return Err(StoreError::NotLeader);
+        }
+        let result = self.inner.commit_in_term(batch, &self.fence);
         // Fenced: someone else leads. Unavailable: the write may or may not have landed, so
         // this control's memory can no longer be trusted; a new term reloads the store.
         if matches!(
@@ -342,14 +363,18 @@ impl Election {
             return Err("elected, but the leader key is no longer ours; not acting".into());
         }
         let term = key.rev();
-        self.store.set_fence(Some(Fence {
+        let fence = Fence {
             key: key.key().to_vec(),
             create_revision: term,
-        }));
+        };
+        self.store.set_fence(Some(fence.clone()));
         let lost = CancellationToken::new();
         let mut term_store: Arc<dyn Store> = Arc::new(TermStore {
             inner: self.store.clone(),
+            fence,
             lost: lost.clone(),
+            last_ack: last_ack.clone(),
+            lapse,
         });
         if let Some(metrics) = &self.metrics {
             term_store = metrics.timed(term_store);

@@ -234,6 +234,43 @@ fn fenced_writes() {
     );
 }
 
+/// A write planned in one term and committed after this store has begun the next (this
+/// coordinator led again meanwhile) is refused, and nothing of it lands: a term commits only
+/// under its own leader key.
+#[test]
+fn a_write_of_a_past_term_is_refused_under_the_next() {
+    let Some(etcd) = Etcd::single_or_skip() else {
+        return;
+    };
+    let store = connect(&etcd.endpoints(), "/terms", true);
+    let leader_key = "/terms/election/leader";
+    let write = |name: &str| Batch {
+        put_nodes: vec![node(name)],
+        ..Batch::default()
+    };
+    let first = lead(&store, leader_key);
+    store.set_fence(Some(first.clone()));
+    store
+        .commit_in_term(&write("a"), &first)
+        .expect("a write in the current term");
+    let mut client = store.client();
+    on(&store, async move { client.delete(leader_key, None).await });
+    let second = lead(&store, leader_key);
+    store.set_fence(Some(second.clone()));
+    match store.commit_in_term(&write("b"), &first) {
+        Err(StoreError::NotLeader) => {}
+        other => panic!("a write of the past term: {other:?}"),
+    }
+    store
+        .commit_in_term(&write("c"), &second)
+        .expect("a write in the new term");
+    let seen = load(&store);
+    assert_eq!(
+        seen.nodes.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["a", "c"]
+    );
+}
+
 /// A frozen etcd (SIGSTOP: connections open, no answers) and a dead one are both a clear
 /// `Unavailable` within the deadline, never a hang; writes resume when etcd is back.
 #[test]

@@ -471,6 +471,24 @@ impl Store for EtcdStore {
 
     fn commit(&self, batch: &Batch) -> Result<(), StoreError> {
         let fence = lock(&self.fence).clone();
+        self.commit_under(batch, fence)
+    }
+}
+
+impl EtcdStore {
+    /// [`Store::commit`] for one leadership term: conditioned on that term's own leader key,
+    /// and refused unless that term is still the current one. A write planned on a term's
+    /// memory must never land under a later term's fence (this coordinator may lead again
+    /// while a write of its previous term still waits on the lock).
+    pub fn commit_in_term(&self, batch: &Batch, term: &Fence) -> Result<(), StoreError> {
+        let current = lock(&self.fence).clone();
+        if current.as_ref() != Some(term) {
+            return Err(StoreError::NotLeader);
+        }
+        self.commit_under(batch, current)
+    }
+
+    fn commit_under(&self, batch: &Batch, fence: Option<Fence>) -> Result<(), StoreError> {
         if self.cfg.fenced && fence.is_none() {
             return Err(StoreError::NotLeader);
         }
