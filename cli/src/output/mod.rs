@@ -7,7 +7,6 @@
 use pmcluster_spec::secret::shown;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use comfy_table::{CellAlignment, Table, presets};
 use pmcluster_proto::v1 as pb;
 use serde_json::{Value, json};
 
@@ -18,6 +17,9 @@ mod autoscale;
 mod deploys;
 mod stats;
 mod status;
+mod table;
+
+use table::render_table;
 
 pub use autoscale::*;
 pub use deploys::*;
@@ -199,32 +201,6 @@ fn running(i: &pb::Instance) -> bool {
 /// [`render_table`] with every column left-aligned, for the verbs outside this module.
 pub fn render_rows(header: &[&str], rows: Vec<Vec<String>>) -> String {
     render_table(header, rows, &[])
-}
-
-/// A borderless, kubectl-style table: uppercase headers, two spaces between columns, numeric
-/// columns right-aligned, no trailing spaces.
-fn render_table(header: &[&str], rows: Vec<Vec<String>>, right_aligned: &[usize]) -> String {
-    let mut table = Table::new();
-    table.load_style(presets::NOTHING);
-    table.set_header(header.iter().map(|h| h.to_uppercase()).collect::<Vec<_>>());
-    for row in rows {
-        table.add_row(row);
-    }
-    for (idx, column) in table.column_iter_mut().enumerate() {
-        column.set_padding((0, 2));
-        if right_aligned.contains(&idx) {
-            column.set_cell_alignment(CellAlignment::Right);
-        }
-    }
-    let mut text = String::new();
-    for line in table.lines() {
-        let line = line.trim_end();
-        if !line.is_empty() {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    text
 }
 
 /// Whether an instance's host address says more than "this machine": a HOST column is shown
