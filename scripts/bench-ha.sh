@@ -65,7 +65,18 @@ start_coord 0; wait_leader >/dev/null; start_coord 1
 AGENT=$!
 until CLI nodes 2>/dev/null | grep -q ready; do sleep 0.1; done
 CLI start "sleep 100000" --name s --instances 2 >/dev/null
-pids_before=$(CLI list s -o json | python3 -c 'import json,sys; print(sorted(i["pid"] for i in json.load(sys.stdin) if i.get("pid")))')
+pids_of_s() { CLI list s -o json | python3 -c 'import json,sys; print(sorted(i["pid"] for i in json.load(sys.stdin) if i.get("pid")))'; }
+# `start` answers once the instances are placed; their pids come with the agent's next report.
+both_pids() { # waits up to 10 s for both instances' pids, as the agent reports them
+  local pids
+  for _ in $(seq 100); do
+    pids=$(pids_of_s)
+    [ "$(echo "$pids" | tr -cd , | wc -c)" -eq 1 ] && break
+    sleep 0.1
+  done
+  echo "$pids"
+}
+pids_before=$(both_pids)
 
 gone() { # $1 = port: wait until nothing listens there (the killed coordinator released it)
   while ss -ltn "sport = :$1" | grep -q LISTEN; do sleep 0.01; done
@@ -97,7 +108,8 @@ failover TERM
 echo "   $RESULT"
 CLI scale s 2 >/dev/null
 sleep 3
-pids_after=$(CLI list s -o json | python3 -c 'import json,sys; print(sorted(i["pid"] for i in json.load(sys.stdin) if i.get("pid")))')
+# After a takeover the agent registers again and reports within its heartbeat.
+pids_after=$(both_pids)
 echo "== instance pids before and after $((2 * RUNS)) failovers (index 0-1): $pids_before -> $pids_after"
 
 scale_times() {
