@@ -120,6 +120,23 @@ fn held_at_the_gate(store: &GatedStore, c: &Arc<Control>) -> thread::JoinHandle<
     first
 }
 
+/// [`held_at_the_gate`], and a second write (`apply api` with 2 instances) queued behind it.
+fn two_queued(
+    store: &GatedStore,
+    c: &Arc<Control>,
+) -> (
+    thread::JoinHandle<Result<Scaled>>,
+    thread::JoinHandle<Result<()>>,
+) {
+    let first = held_at_the_gate(store, c);
+    let second = {
+        let c = c.clone();
+        thread::spawn(move || c.apply(app("api", 2)).map(|_| ()))
+    };
+    wait_for("the second write queued", || queued(c) == 2);
+    (first, second)
+}
+
 #[test]
 fn reads_pass_a_commit_and_writes_queued_behind_it_share_the_next() {
     let (store, c) = cluster();
@@ -159,12 +176,7 @@ fn reads_pass_a_commit_and_writes_queued_behind_it_share_the_next() {
 fn a_refused_commit_refuses_the_writes_queued_behind_it_and_rewinds() {
     let (store, c) = cluster();
     let committed = c.persisted();
-    let first = held_at_the_gate(&store, &c);
-    let second = {
-        let c = c.clone();
-        thread::spawn(move || c.apply(app("api", 2)).map(|_| ()))
-    };
-    wait_for("the second write queued", || queued(&c) == 2);
+    let (first, second) = two_queued(&store, &c);
     store.set(|g| {
         g.refuse = true;
         g.shut = false;
@@ -199,12 +211,7 @@ fn a_refused_commit_refuses_the_writes_queued_behind_it_and_rewinds() {
 fn a_no_op_write_behind_a_refused_one_is_refused_too() {
     let (store, c) = cluster();
     let committed = c.persisted();
-    let first = held_at_the_gate(&store, &c);
-    let second = {
-        let c = c.clone();
-        thread::spawn(move || c.apply(app("api", 2)).map(|_| ()))
-    };
-    wait_for("the second write queued", || queued(&c) == 2);
+    let (first, second) = two_queued(&store, &c);
     let same_again = {
         let c = c.clone();
         thread::spawn(move || c.apply(app("api", 2)).map(|(_, _, changed, _)| changed))
