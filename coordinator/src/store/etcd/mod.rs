@@ -100,10 +100,13 @@ impl EtcdConfig {
         with_tls(ConnectOptions::new(), self.tls.as_ref())
             .with_connect_timeout(self.timeout)
             .with_timeout(self.timeout)
-            // A member that stopped answering (frozen, partitioned) is found by keep-alive
-            // pings rather than by every call running into its deadline.
+            // A member that stops answering during a call (frozen, partitioned) is found by
+            // keep-alive pings rather than by the call running into its deadline. Not while
+            // idle: etcd takes any ping on a connection without a call for abuse (gRPC's
+            // policy without `PermitWithoutStream`) and closes it after the third, so an idle
+            // store was redialled every few seconds, and its next write paid for that.
             .with_keep_alive(Duration::from_secs(1), self.timeout)
-            .with_keep_alive_while_idle(true)
+            .with_keep_alive_while_idle(false)
             // A member cut off from the quorum refuses at once instead of answering stale data
             // or waiting for a leader.
             .with_require_leader(true)
