@@ -428,6 +428,45 @@ struct Refusals {
 }
 
 impl Refusals {
+    /// Waits for each held write and counts how it ended.
+    fn join(&mut self, writers: Vec<Held<'_>>) {
+        for writer in writers {
+            match writer.join() {
+                Ok(result) => self.count(result),
+                Err(_) => self.other.push("a writer panicked".into()),
+            }
+        }
+    }
+
+    fn tally(&self) -> String {
+        format!(
+            "{} refused by the fence, {} by its store as no longer leading, {} as a standby, {} \
+             otherwise {:?}",
+            self.fence,
+            self.not_leader,
+            self.standby,
+            self.other.len(),
+            self.other
+        )
+    }
+
+    /// Every one of `writes` refused, and the fence counter moved (before, after) if the fence
+    /// refused any.
+    fn assert_all_refused(&self, writes: usize, (before, after): (f64, f64)) {
+        assert!(
+            self.other.is_empty(),
+            "writes to the deposed leader were not refused: {:?}",
+            self.other
+        );
+        assert_eq!(self.fence + self.not_leader + self.standby, writes);
+        if self.fence > 0 {
+            assert!(
+                after > before,
+                "writes were refused by the fence but the counter did not move"
+            );
+        }
+    }
+
     fn count(&mut self, result: Result<(), tonic::Status>) {
         match result {
             Err(s) if s.code() == tonic::Code::Unavailable => {
@@ -520,12 +559,7 @@ fn ha_a_leader_stopped_past_its_lease_steps_down_and_its_writes_are_refused() {
                 }
             };
         pair.signal(old, Signal::SIGCONT);
-        for writer in writers {
-            match writer.join() {
-                Ok(result) => refusals.count(result),
-                Err(_) => refusals.other.push("a writer panicked".into()),
-            }
-        }
+        refusals.join(writers);
         std::thread::sleep(Duration::from_secs(3));
         done.store(true, Ordering::Relaxed);
         took.expect("the standby takes over while the leader is stopped");
@@ -537,30 +571,11 @@ fn ha_a_leader_stopped_past_its_lease_steps_down_and_its_writes_are_refused() {
     let fenced_after =
         metric(ports[old], "pmcluster_store_commits_fenced_total").expect("the fenced counter");
     eprintln!(
-        "{WRITES} writes sent to the leader while it was stopped: {} refused by the fence, {} by \
-         its store as no longer leading, {} as a standby, {} otherwise {:?}; \
+        "{WRITES} writes sent to the leader while it was stopped: {}; \
          pmcluster_store_commits_fenced_total went from {fenced_before} to {fenced_after}",
-        refusals.fence,
-        refusals.not_leader,
-        refusals.standby,
-        refusals.other.len(),
-        refusals.other,
+        refusals.tally(),
     );
-    assert!(
-        refusals.other.is_empty(),
-        "writes to the deposed leader were not refused: {:?}",
-        refusals.other
-    );
-    assert_eq!(
-        refusals.fence + refusals.not_leader + refusals.standby,
-        WRITES
-    );
-    if refusals.fence > 0 {
-        assert!(
-            fenced_after > fenced_before,
-            "writes were refused by the fence but the counter did not move"
-        );
-    }
+    refusals.assert_all_refused(WRITES, (fenced_before, fenced_after));
     let f = faults.into_inner().unwrap_or_else(|e| e.into_inner());
     assert!(f.is_empty(), "the sampler saw: {f:?}");
     let n = samples.into_inner();
@@ -657,42 +672,18 @@ fn paused_leader_round(pair: &Pair, ports: [u16; 2], round: usize) -> bool {
         let took = taken.and_then(|_| pair.wait_leads(new, DEADLINE));
         pair.signal(old, Signal::SIGCONT);
         let paused = stopped.elapsed();
-        for writer in writers {
-            match writer.join() {
-                Ok(result) => refusals.count(result),
-                Err(_) => refusals.other.push("a writer panicked".into()),
-            }
-        }
+        refusals.join(writers);
         (took, paused)
     });
     let took = took.expect("the standby leads once the key is gone");
     let fenced_after = metric(ports[old], FENCED).expect("the fenced counter");
     eprintln!(
         "round {round}: leader paused {paused:?} (the standby led {took:?} after its key was \
-         taken): of {WRITES} writes queued meanwhile, {} refused by the fence, {} by its store \
-         as no longer leading, {} as a standby, {} otherwise {:?}; {FENCED} went from \
-         {fenced_before} to {fenced_after}",
-        refusals.fence,
-        refusals.not_leader,
-        refusals.standby,
-        refusals.other.len(),
-        refusals.other,
+         taken): of {WRITES} writes queued meanwhile, {}; {FENCED} went from {fenced_before} to \
+         {fenced_after}",
+        refusals.tally(),
     );
-    assert!(
-        refusals.other.is_empty(),
-        "writes to the deposed leader were not refused: {:?}",
-        refusals.other
-    );
-    assert_eq!(
-        refusals.fence + refusals.not_leader + refusals.standby,
-        WRITES
-    );
-    if refusals.fence > 0 {
-        assert!(
-            fenced_after > fenced_before,
-            "writes were refused by the fence but the counter did not move"
-        );
-    }
+    refusals.assert_all_refused(WRITES, (fenced_before, fenced_after));
     wait_until(
         DEADLINE,
         "f's desired count, untouched, on the new leader",
