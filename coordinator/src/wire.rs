@@ -8,6 +8,8 @@
 //! is not a UUID, a held spec that does not validate) is dropped, as the control always ignored
 //! such parts, and a state this coordinator does not know reads as `Launching`.
 
+use std::sync::Arc;
+
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::wire::autoscale_to_wire;
@@ -118,7 +120,7 @@ pub fn observed_to_wire(o: &InstanceObserved) -> pb::InstanceStatus {
 pub fn assignment(a: pb::Assignment) -> Option<Assignment> {
     Some(Assignment {
         id: a.instance_id.parse().ok()?,
-        spec: AppSpec::try_from(a.spec?).ok()?,
+        spec: Arc::new(AppSpec::try_from(a.spec?).ok()?),
         index: a.index,
         port: a.port,
         app_version: a.app_version,
@@ -146,6 +148,7 @@ impl From<pb::Register> for Registration {
             agent_id: r.agent_id,
             cluster_id: r.cluster_id,
             renamed_from: r.renamed_from,
+            takes_deltas: r.takes_deltas,
         }
     }
 }
@@ -253,7 +256,7 @@ impl From<&Assignment> for pb::Assignment {
             instance_id: a.id.to_string(),
             index: a.index,
             app_version: a.app_version,
-            spec: Some(pb::AppSpec::from(&a.spec)),
+            spec: Some(pb::AppSpec::from(a.spec.as_ref())),
             port: a.port,
             run: a.run,
             restart_epoch: a.restart_epoch,
@@ -268,8 +271,67 @@ impl From<&DesiredSet> for pb::DesiredSet {
             assignments: s.assignments.iter().map(pb::Assignment::from).collect(),
             cluster_id: s.cluster_id.clone(),
             adopt: s.adopt,
+            ..Default::default()
         }
     }
+}
+
+/// `next` as a delta on `prev`, the set the same session sent before it: the assignments that
+/// are new or changed, and the ids that are gone. Both sets are in id order, as `publish` makes
+/// them, so one merge walk finds the difference; an assignment whose spec is the same shared
+/// spec is unchanged without comparing the spec.
+pub fn desired_delta(prev: &DesiredSet, next: &DesiredSet) -> pb::DesiredSet {
+    debug_assert!(prev.assignments.is_sorted_by_key(|a| a.id));
+    debug_assert!(next.assignments.is_sorted_by_key(|a| a.id));
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    let (mut old, mut new) = (
+        prev.assignments.iter().peekable(),
+        next.assignments.iter().peekable(),
+    );
+    loop {
+        match (old.peek(), new.peek()) {
+            (Some(o), Some(n)) if o.id == n.id => {
+                if !same_assignment(o, n) {
+                    changed.push(pb::Assignment::from(*n));
+                }
+                old.next();
+                new.next();
+            }
+            (Some(o), Some(n)) if o.id < n.id => {
+                removed.push(o.id.to_string());
+                old.next();
+            }
+            (_, Some(n)) => {
+                changed.push(pb::Assignment::from(*n));
+                new.next();
+            }
+            (Some(o), None) => {
+                removed.push(o.id.to_string());
+                old.next();
+            }
+            (None, None) => break,
+        }
+    }
+    pb::DesiredSet {
+        generation: next.generation,
+        assignments: changed,
+        cluster_id: next.cluster_id.clone(),
+        adopt: next.adopt,
+        delta: true,
+        base_generation: prev.generation,
+        removed,
+    }
+}
+
+fn same_assignment(a: &Assignment, b: &Assignment) -> bool {
+    a.id == b.id
+        && a.index == b.index
+        && a.app_version == b.app_version
+        && a.port == b.port
+        && a.run == b.run
+        && a.restart_epoch == b.restart_epoch
+        && (Arc::ptr_eq(&a.spec, &b.spec) || a.spec == b.spec)
 }
 
 impl From<LogRequest> for pb::LogRequest {

@@ -158,6 +158,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
             cluster_id: CLUSTER.into(),
             held,
             renamed_from: String::new(),
+            takes_deltas: false,
         })),
     );
     add(
@@ -244,6 +245,9 @@ pub fn desired() -> Vec<(String, Vec<u8>)> {
         assignments,
         cluster_id: CLUSTER.into(),
         adopt: false,
+        delta: false,
+        base_generation: 0,
+        removed: Vec::new(),
     };
     let mut sets = vec![
         (

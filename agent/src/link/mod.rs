@@ -29,9 +29,11 @@ use crate::model::DesiredSet;
 use crate::state::Agent;
 use crate::{config, restart, supervisor};
 
+mod delta;
 pub mod dialer;
 mod handout;
 
+use delta::Received;
 use handout::Handouts;
 
 use dialer::{Dialer, Next};
@@ -256,6 +258,7 @@ async fn session(
         renamed_from: remembered.renamed_from.clone(),
         // Empty: the coordinator takes the source address of this connection.
         advertise_address: agent.advertise_address.clone().unwrap_or_default(),
+        takes_deltas: true,
     };
     // A fresh queue has room: this cannot fail.
     let _ = status_tx.try_send(up(Up::Register(register)));
@@ -280,6 +283,8 @@ async fn session(
     let mut logs = LogRequests::new(Arc::clone(agent), log_tx);
     // A refused set is said once per session, not once per set.
     let mut refused = false;
+    // Deltas are on this session's previous set only: a new session starts with nothing.
+    let mut received = Received::default();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return End::Shutdown,
@@ -302,7 +307,18 @@ async fn session(
                         send_report(agent, &status_tx);
                         report_at = None;
                     }
-                    Down::Desired(set) => accept_set(agent, set, &mut refused),
+                    Down::Desired(set) => match received.rebuild(set) {
+                        Ok(set) => accept_set(agent, set, &mut refused),
+                        Err(e) => {
+                            // Applying a guess could stop instances that must run; the next
+                            // session starts with a whole set, and until then nothing changes.
+                            tracing::error!(
+                                "cannot read the desired set from the coordinator at {url}: \
+                                 {e}; ending the session to get a whole set"
+                            );
+                            return ended(registered, false, format!("unreadable desired set: {e}"));
+                        }
+                    },
                     Down::LogRequest(req) => logs.start(req),
                     Down::CancelLogs(c) => logs.cancel(c.request_id),
                     Down::Command(c) => handouts.start(c),

@@ -160,6 +160,40 @@ impl Session {
         .await;
     }
 
+    /// A delta on the set of generation `base`: `assignments` added or replaced, `removed` taken
+    /// out. The test picks `base`, so it can also send one the agent cannot read.
+    pub async fn desired_delta(
+        &self,
+        generation: u64,
+        base: u64,
+        assignments: Vec<pb::Assignment>,
+        removed: &[&str],
+    ) {
+        self.send(Down::Desired(pb::DesiredSet {
+            generation,
+            assignments,
+            delta: true,
+            base_generation: base,
+            removed: removed.iter().map(|id| id.to_string()).collect(),
+            ..Default::default()
+        }))
+        .await;
+    }
+
+    /// Waits for the agent to end the session (its stream ends or breaks), reading and dropping
+    /// whatever it sends before that.
+    pub async fn ended(mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.inbound.next()).await {
+                Ok(Some(Ok(_))) => continue,
+                // An agent dropping its side may show as a reset rather than a clean end.
+                Ok(Some(Err(_)) | None) => return,
+                Err(_) => panic!("the agent did not end the session within {DEADLINE:?}"),
+            }
+        }
+    }
+
     /// Ends the session with an error status, as a coordinator going away would.
     pub async fn fail(self, status: Status) {
         let _ = self.outbound.send(Err(status)).await;

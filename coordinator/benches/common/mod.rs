@@ -127,17 +127,31 @@ async fn session(
             node_name: name.to_string(),
             cores: 64,
             memory_bytes: 256 << 30,
+            // As a real agent: sets after the first come as deltas.
+            takes_deltas: true,
             ..Default::default()
         })),
     })
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+    let mut held: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let mut assignments: Vec<String> = Vec::new();
     let mut generation = 0;
     let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
     let mut round = 0u64;
+    let mut report_at: Option<tokio::time::Instant> = None;
     loop {
+        let coalesced = async {
+            match report_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = coalesced => {
+                report_at = None;
+                tx.send(report(generation, &assignments, round)).await?;
+            }
             msg = inbound.message() => {
                 let Some(msg) = msg? else { return Ok(()) };
                 match msg.msg {
@@ -148,21 +162,40 @@ async fn session(
                         heartbeat = tokio::time::interval(every);
                     }
                     Some(Down::Desired(set)) => {
+                        if set.delta {
+                            if set.base_generation != generation {
+                                return Err(format!(
+                                    "{name}: a delta on generation {} after generation {generation}",
+                                    set.base_generation
+                                )
+                                .into());
+                            }
+                            for id in &set.removed {
+                                held.remove(id);
+                            }
+                        } else {
+                            held.clear();
+                        }
+                        held.extend(set.assignments.into_iter().map(|a| a.instance_id));
                         if probe.record.load(Ordering::Relaxed) {
                             let at = std::time::Instant::now();
                             if let Ok(mut r) = probe.received.lock() {
-                                r.push((set.generation, set.assignments.len(), at));
+                                r.push((set.generation, held.len(), at));
                             }
                         }
-                        let (n, mine) = (set.assignments.len(), assignments.len());
+                        let (n, mine) = (held.len(), assignments.len());
                         if n >= mine {
                             probe.held.fetch_add(n - mine, Ordering::Relaxed);
                         } else {
                             probe.held.fetch_sub(mine - n, Ordering::Relaxed);
                         }
-                        assignments = set.assignments.into_iter().map(|a| a.instance_id).collect();
+                        assignments = held.iter().cloned().collect();
                         generation = set.generation;
-                        tx.send(report(generation, &assignments, round)).await?;
+                        // As a real agent: the changes of a burst of sets go out in one
+                        // report, at most 20 ms after the first (the agent's COALESCE).
+                        report_at.get_or_insert(
+                            tokio::time::Instant::now() + Duration::from_millis(20),
+                        );
                     }
                     _ => {}
                 }

@@ -673,6 +673,9 @@ async fn outbound(
         return;
     }
     a.desired.mark_changed();
+    // The last set this stream carried: to an agent that reads deltas, each later set goes as
+    // what changed since it, so a write costs the link what it changed, not the node's whole set.
+    let mut sent: Option<crate::model::DesiredSet> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -684,10 +687,15 @@ async fn outbound(
                 if changed.is_err() {
                     return;
                 }
-                let set = a.desired.borrow_and_update().as_ref().map(pb::DesiredSet::from);
-                if let Some(set) = set
-                    && tx.send(Ok(send(Down::Desired(set)))).await.is_err()
-                {
+                let Some(set) = a.desired.borrow_and_update().clone() else {
+                    continue;
+                };
+                let wire = match &sent {
+                    Some(prev) if a.takes_deltas => crate::wire::desired_delta(prev, &set),
+                    _ => pb::DesiredSet::from(&set),
+                };
+                sent = Some(set);
+                if tx.send(Ok(send(Down::Desired(wire)))).await.is_err() {
                     return;
                 }
             }

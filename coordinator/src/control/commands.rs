@@ -13,7 +13,7 @@ use crate::core::versions::{
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
 use crate::model::{AppView, AutoscaleView, Deployment, EventKind, Kind, NodeView, State};
 
-use super::write::publish;
+use super::sets::publish;
 use super::{
     Action, Control, ControlError, Inner, Result, find_app, is_quarantined, node_not_found,
     ready_nodes,

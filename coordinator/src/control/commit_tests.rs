@@ -321,3 +321,57 @@ fn a_store_that_panics_refuses_that_commit_and_the_next_write_goes_through() {
     assert_eq!(c.list_instances("web").unwrap().len(), 2);
     assert_eq!(store.load().unwrap(), c.persisted());
 }
+
+/// Creates queued behind a held commit weigh themselves against what the queue adds, not only
+/// against what the node's set holds: the one that would take the set over the budget is refused
+/// while the others wait, and those land.
+#[test]
+fn queued_creates_count_against_the_set_budget() {
+    let (store, c) = cluster();
+    store.set(|g| g.shut = true);
+    let first = {
+        let c = c.clone();
+        thread::spawn(move || c.apply(app("first", 1)).map(|_| ()))
+    };
+    wait_for("the first write at the store", || {
+        store.get(|g| g.waiting == 1)
+    });
+    let big = |n: usize| {
+        let mut spec = app(&format!("big-{n:03}"), 1);
+        spec.port = PortSpec::None;
+        spec.env.insert("BIG".into(), "x".repeat(700 << 10));
+        spec
+    };
+    let weight = |spec: &AppSpec| crate::limits::assignment_bytes(crate::limits::spec_bytes(spec));
+    let each = weight(&big(0));
+    let room =
+        crate::limits::DESIRED_SET_BUDGET - weight(&app("web", 1)) - weight(&app("first", 1));
+    // Far from a boundary, so the small apps' exact bytes do not decide the count.
+    assert!((4096..each - 4096).contains(&(room % each)));
+    let fit = room / each;
+    let mut waiting = Vec::new();
+    let refused = loop {
+        let n = waiting.len();
+        let c2 = c.clone();
+        let spec = big(n);
+        let create = thread::spawn(move || c2.apply(spec).map(|_| ()));
+        wait_for("the create queued or answered", || {
+            queued(&c) == n + 2 || create.is_finished()
+        });
+        if create.is_finished() {
+            break (n, create.join().unwrap());
+        }
+        waiting.push(create);
+        assert!(n <= fit, "{n} creates queued, only {fit} fit");
+    };
+    assert_eq!(refused.0, fit);
+    let err = refused.1.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(err.contains("over the 12 MiB limit"), "{err}");
+    store.set(|g| g.shut = false);
+    first.join().unwrap().unwrap();
+    for w in waiting {
+        w.join().unwrap().unwrap();
+    }
+    assert!(c.get_app(&format!("big-{fit:03}")).is_err());
+    assert!(c.get_app(&format!("big-{:03}", fit - 1)).is_ok());
+}

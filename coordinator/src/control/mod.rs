@@ -41,6 +41,7 @@ mod events;
 mod handouts;
 mod logs;
 mod sessions;
+mod sets;
 mod tick;
 mod tokens;
 mod views;
@@ -49,8 +50,8 @@ mod write;
 pub use crate::model::{EventKind, Rollouts};
 pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
 pub use handouts::{Pending, Wait};
+use sets::publish;
 pub use tokens::NewToken;
-use write::publish;
 
 /// Knobs of the control loop.
 #[derive(Debug, Clone)]
@@ -229,6 +230,8 @@ struct Inner {
     /// When the last reconcile said something becomes due (a lost node's reschedule, the end
     /// of a drain delay).
     followup_at: Option<i64>,
+    /// Shared specs and published weights the desired sets are built and weighed with.
+    sets: sets::Sets,
 }
 
 /// What the agents last reported of each instance, and which of them are online: the
@@ -306,6 +309,8 @@ pub struct Attached {
     pub quarantine: String,
     /// The address the node's instances are reached at, as recorded (advertised, or seen).
     pub address: String,
+    /// The agent reads desired sets sent as deltas.
+    pub takes_deltas: bool,
 }
 
 fn new_node_live(now: i64) -> NodeLive {
@@ -404,6 +409,7 @@ impl Control {
             reconcile_due: true,
             tick_due: false,
             followup_at: None,
+            sets: sets::Sets::default(),
             now,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
@@ -567,5 +573,7 @@ fn find_app<'a>(state: &'a Persisted, name: &str) -> Result<&'a AppRecord> {
 mod commit_tests;
 #[cfg(test)]
 mod metrics_tests;
+#[cfg(test)]
+mod sets_tests;
 #[cfg(test)]
 mod tests;

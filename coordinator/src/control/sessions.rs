@@ -8,7 +8,8 @@ use crate::core::leak::{self, LeakPolicy};
 use crate::model::{Batch, EventKind, InstanceObserved, InstanceRecord, InstanceState, NodeRecord};
 use crate::model::{Registration, Report};
 
-use super::write::{self, publish};
+use super::sets::publish;
+use super::write;
 use super::{
     Attached, Control, ControlError, Inner, MemoryTrend, Result, Session, is_quarantined, is_ready,
     new_node_live,
@@ -69,6 +70,7 @@ impl Control {
         if !batch.is_empty() {
             write::commit(self.store.as_ref(), &mut inner.state, &batch)?;
             inner.ahead.apply(&batch);
+            inner.sets.forget();
         }
         let session_id = self.ids.fetch_add(1, Ordering::Relaxed);
         let (commands_tx, commands) = mpsc::channel(256);
@@ -146,6 +148,7 @@ impl Control {
             cluster_id,
             quarantine: quarantine.unwrap_or_default(),
             address,
+            takes_deltas: reg.takes_deltas,
         })
     }
 
@@ -219,11 +222,19 @@ impl Control {
             if rec.node.as_deref() != Some(node) {
                 continue;
             }
-            let (app, index, stopped) = (rec.app.clone(), rec.index, rec.stopped);
+            // Only what waits on an instance's state needs a pass when it changes: a migration's
+            // replacement coming online (the old side retires), a draining record going offline
+            // (it goes at once), a rollout (its engine steps on them). Any other instance coming
+            // online changes no plan, and a full pass for each made creating apps cost a pass
+            // over every record per new instance.
             let before = inner.observed.get(&id).map(|o| o.state);
             let online = InstanceState::Online;
-            if (before == Some(online)) != (st.state == online) {
-                // Handoffs and drains wait for instances to come online.
+            let awaited = (before == Some(online)) != (st.state == online)
+                && (rec.replaces.is_some()
+                    || rec.draining_since.is_some()
+                    || inner.state.apps.get(&rec.app).is_some_and(|a| a.rolling()));
+            let (app, index, stopped) = (rec.app.clone(), rec.index, rec.stopped);
+            if awaited {
                 inner.reconcile_due = true;
                 self.changed.notify_one();
             }

@@ -7,7 +7,9 @@ use super::sessions::registration;
 use super::*;
 use crate::core::adoption::quarantine_reason;
 use crate::core::quota::Caps;
-use crate::model::{InstanceView, LogStream, NodeRecord, NodeStatus, Registration};
+use crate::model::{
+    InstanceObserved, InstanceView, LogStream, NodeRecord, NodeStatus, Registration,
+};
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
@@ -827,5 +829,72 @@ async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()
         ),
         "the reader's stream ends with the session"
     );
+    Ok(())
+}
+
+/// An instance coming online needs no reconcile unless something waits on it: here a drain's
+/// replacement, whose old side must then retire.
+#[test]
+fn only_an_awaited_instance_coming_online_asks_for_a_pass() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let (a, b) = (
+        c.attach(&register("a"), None)?,
+        c.attach(&register("b"), None)?,
+    );
+    let mut spec = web(1);
+    spec.port = PortSpec::None;
+    c.apply(spec)?;
+    c.tick();
+    let report_online = |node: &str, session: &Attached| {
+        let instances = c
+            .list_instances("web")
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.node == node)
+            .filter_map(|i| i.id.parse().ok())
+            .map(|id| InstanceObserved {
+                id,
+                state: crate::model::InstanceState::Online,
+                ..InstanceObserved::default()
+            })
+            .collect();
+        let generation = session
+            .desired
+            .borrow()
+            .as_ref()
+            .map_or(0, |s| s.generation);
+        c.report(
+            node,
+            session.session_id,
+            crate::model::Report {
+                generation,
+                instances,
+                host: None,
+            },
+        );
+    };
+    let first = c.list_instances("web")?;
+    let (from, to) = if first[0].node == "a" {
+        (("a", &a), ("b", &b))
+    } else {
+        (("b", &b), ("a", &a))
+    };
+    report_online(from.0, from.1);
+    assert!(
+        !c.lock().reconcile_due,
+        "a plain instance online changes no plan"
+    );
+    c.set_drain(from.0, true)?;
+    c.tick();
+    let pair = c.list_instances("web")?;
+    assert_eq!(pair.len(), 2, "a replacement beside the old one: {pair:?}");
+    report_online(to.0, to.1);
+    assert!(
+        c.lock().reconcile_due,
+        "the replacement online: its old side retires"
+    );
+    c.tick();
+    let after = c.list_instances("web")?;
+    assert!(after.iter().all(|i| i.node == to.0), "{after:?}");
     Ok(())
 }

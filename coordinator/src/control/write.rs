@@ -16,13 +16,10 @@ use uuid::Uuid;
 use crate::core::quota;
 use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
-use crate::model::{
-    AppRecord, Assignment, Batch, DesiredSet, InstanceRecord, NodeRecord, Persisted,
-};
+use crate::model::{Batch, InstanceRecord, NodeRecord, Persisted};
 
-use super::{
-    Control, ControlError, Guard, Inner, Result, is_quarantined, new_node_live, node_views,
-};
+use super::sets::{self, Growth, publish};
+use super::{Control, ControlError, Guard, Inner, Result, node_views};
 use crate::clock::Clock;
 use crate::model::EventKind;
 use crate::store::{Store, StoreError};
@@ -34,7 +31,9 @@ pub(super) const EVENTS_PER_WRITE: usize = 20;
 pub(super) struct Queued {
     seq: u64,
     /// Shared with the committer, which writes it with the lock let go.
-    batch: Arc<Batch>,
+    pub(super) batch: Arc<Batch>,
+    /// What it adds to the sets it touches.
+    pub(super) growth: Growth,
     /// Nodes whose desired set the batch changes.
     touched: BTreeSet<String>,
     /// (app, from, index, text) of each instance the plan moves.
@@ -156,12 +155,15 @@ impl Control {
         }
         // Before anything is queued: a set its agent cannot decode would take the node, and
         // every app on it, offline. A refused write changes nothing.
-        if let Err(e) = check_desired_sets(&inner.ahead, &batch, &touched) {
-            if applied {
-                rewind(inner);
+        let growth = match sets::check(inner, &batch, &touched) {
+            Ok(growth) => growth,
+            Err(e) => {
+                if applied {
+                    rewind(inner);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
+        };
         inner.ahead.apply(&batch);
         inner.pending = pending;
         let seq = inner.next_seq;
@@ -169,6 +171,7 @@ impl Control {
         inner.queue.push_back(Queued {
             seq,
             batch: Arc::new(batch),
+            growth,
             touched,
             moved,
             placed,
@@ -191,6 +194,7 @@ impl Control {
         inner.queue.push_back(Queued {
             seq,
             batch: Arc::new(Batch::default()),
+            growth: Growth::none(),
             touched: BTreeSet::new(),
             moved: Vec::new(),
             placed: Vec::new(),
@@ -311,6 +315,7 @@ impl Control {
         let Queued {
             seq,
             batch,
+            growth: _,
             touched,
             moved,
             placed,
@@ -322,7 +327,8 @@ impl Control {
             inner.outcomes.insert(seq, Ok(()));
             return;
         }
-        inner.state.apply(&batch);
+        let Inner { state, sets, .. } = inner;
+        sets.apply(state, &batch);
         // A plan applied plans nothing more for its apps (a property test holds the reconciler
         // to it). A scoped write left the other apps as they were; what it frees matters to them
         // only where instances wait for room (pending, or a drain's handoff). So one full pass
@@ -482,83 +488,6 @@ fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
     text
 }
 
-/// Refuses `batch` when it would make the desired set of a node in `touched` weigh more than
-/// [`limits::DESIRED_SET_BUDGET`]. The error names `instances` (the count is what a user can
-/// change on the spot), the node, the app weighing most there and that app's largest field.
-pub(super) fn check_desired_sets(
-    state: &Persisted,
-    batch: &Batch,
-    touched: &BTreeSet<String>,
-) -> Result<()> {
-    if touched.is_empty() {
-        return Ok(());
-    }
-    let put: BTreeMap<Uuid, &InstanceRecord> =
-        batch.put_instances.iter().map(|r| (r.id, r)).collect();
-    let deleted: BTreeSet<Uuid> = batch.del_instances.iter().copied().collect();
-    let app_of = |name: &str| -> Option<&AppRecord> {
-        if batch.del_apps.iter().any(|d| d == name) {
-            return None;
-        }
-        batch
-            .put_apps
-            .iter()
-            .rev()
-            .find(|a| a.spec.name == name)
-            .or_else(|| state.apps.get(name))
-    };
-    // Bytes of one assignment per (app, version): the spec dominates and is weighed once.
-    let mut weights: BTreeMap<(&str, u64), usize> = BTreeMap::new();
-    // Per node: total bytes, and (bytes, instances) per app.
-    type Weighed<'a> = (usize, BTreeMap<&'a str, (usize, u32)>);
-    let mut per_node: BTreeMap<&str, Weighed<'_>> = BTreeMap::new();
-    let kept = state
-        .instances
-        .values()
-        .filter(|r| !put.contains_key(&r.id))
-        .chain(put.values().copied())
-        .filter(|r| !deleted.contains(&r.id));
-    for rec in kept {
-        let Some(node) = rec.node.as_deref().filter(|n| touched.contains(*n)) else {
-            continue;
-        };
-        let Some(app) = app_of(&rec.app) else {
-            continue;
-        };
-        let bytes = *weights
-            .entry((rec.app.as_str(), rec.app_version))
-            .or_insert_with(|| {
-                limits::assignment_bytes(limits::spec_bytes(app.spec_of(rec.app_version)))
-            });
-        let entry = per_node.entry(node).or_default();
-        entry.0 += bytes;
-        let by_app = entry.1.entry(rec.app.as_str()).or_default();
-        by_app.0 += bytes;
-        by_app.1 += 1;
-    }
-    let Some((node, (total, apps))) = per_node
-        .into_iter()
-        .filter(|(_, (total, _))| *total > limits::DESIRED_SET_BUDGET)
-        .max_by_key(|(_, (total, _))| *total)
-    else {
-        return Ok(());
-    };
-    let (app, (app_bytes, count)) = apps
-        .into_iter()
-        .max_by_key(|(_, (bytes, _))| *bytes)
-        .unwrap_or_default();
-    let field = app_of(app)
-        .map(|a| limits::largest_field(&a.spec))
-        .map(|(name, size)| format!("; its largest field is {name} ({})", limits::human(size)))
-        .unwrap_or_default();
-    Err(ControlError::InvalidArgument(format!(
-        "instances: this change would make node {node:?}'s desired set {}, over the {} limit of          one node's set; {count} instances of {app:?} weigh {} there{field}. Lower the count,          spread the app with placement.max_per_node, or make its spec smaller",
-        limits::human(total),
-        limits::human(limits::DESIRED_SET_BUDGET),
-        limits::human(app_bytes),
-    )))
-}
-
 /// Turns a plan into records in `batch` (minting ids). Returns (app, index, node) of placements.
 pub(super) fn materialize(
     state: &Persisted,
@@ -625,54 +554,6 @@ pub(super) fn materialize(
     }
     batch.del_instances.extend(plan.remove.iter().copied());
     placed
-}
-
-/// Recomputes a node's desired set from the records and hands it to its session.
-pub(super) fn publish(inner: &mut Inner, node: &str) {
-    let generation = inner
-        .state
-        .nodes
-        .get(node)
-        .map(|n| n.generation)
-        .unwrap_or(0);
-    let mut assignments: Vec<Assignment> = inner
-        .state
-        .instances
-        .values()
-        .filter(|i| i.node.as_deref() == Some(node))
-        .filter_map(|i| {
-            let app = inner.state.apps.get(&i.app)?;
-            Some(Assignment {
-                id: i.id,
-                index: i.index,
-                app_version: i.app_version,
-                // An instance runs the spec of its own version: during a rollout the old ones
-                // must keep their process (the agent restarts an instance whose spec differs).
-                spec: app.spec_of(i.app_version).clone(),
-                port: i.port.map(u32::from).unwrap_or(0),
-                run: !i.stopped,
-                restart_epoch: i.restart_epoch,
-            })
-        })
-        .collect();
-    // The order the wire always had: by the id's text, which is the UUID's order.
-    assignments.sort_by_key(|a| a.id);
-    let cluster_id = inner.state.cluster_id.clone();
-    let now = inner.now;
-    let live = inner
-        .nodes
-        .entry(node.to_string())
-        .or_insert_with(|| new_node_live(now));
-    if is_quarantined(live) {
-        return;
-    }
-    let set = DesiredSet {
-        generation,
-        assignments,
-        cluster_id,
-        adopt: live.adopting,
-    };
-    live.desired.send_replace(Some(set));
 }
 
 /// The reconciler's plan for `view` (the stored state, or it with a batch applied), with what

@@ -81,7 +81,7 @@ pub fn adoption_batch(state: &Persisted, node: &str, held: &[Held], now: i64) ->
             None => (
                 AppRecord {
                     version: a.app_version.max(1),
-                    ..AppRecord::new(spec.clone(), now)
+                    ..AppRecord::new(spec.as_ref().clone(), now)
                 },
                 false,
             ),
@@ -197,7 +197,7 @@ mod tests {
     fn adoption() {
         let held = |n: u128, index: u32| Held {
             id: Uuid::from_u128(n),
-            spec: AppSpec::new("web", "app", &[]),
+            spec: AppSpec::new("web", "app", &[]).into(),
             index,
             port: 0,
             app_version: 3,

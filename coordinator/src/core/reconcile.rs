@@ -153,9 +153,10 @@ pub fn desired_count(app: &AppRecord, nodes: &[NodeView<'_>]) -> u32 {
     app.spec.port.capacity().map_or(cores, |cap| cores.min(cap))
 }
 
-/// Builds the scheduler's view of every node: capacity minus what the records reserve.
-fn slots<'a>(snap: &Snapshot<'a>) -> Vec<NodeSlot<'a>> {
-    let mut slots: Vec<NodeSlot<'a>> = snap
+/// The scheduler's view of every node at full capacity, and its index by node name; the
+/// records' use is taken off by [`Slots::count`].
+fn slots<'a>(snap: &Snapshot<'a>) -> Slots<'a> {
+    let slots: Vec<NodeSlot<'a>> = snap
         .nodes
         .iter()
         .map(|n| NodeSlot {
@@ -170,10 +171,11 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Vec<NodeSlot<'a>> {
             total: 0,
         })
         .collect();
-    let index: BTreeMap<&str, usize> = slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
+    let index: BTreeMap<&'a str, usize> =
+        slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
     // Only apps that reserve something are looked up per record: most reserve nothing, and
     // with thousands of apps the name lookups were most of a write's plan.
-    let reserving: BTreeMap<&str, (i64, i64)> = snap
+    let reserving: BTreeMap<&'a str, (i64, i64)> = snap
         .apps
         .iter()
         .map(|(name, app)| {
@@ -185,14 +187,29 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Vec<NodeSlot<'a>> {
         })
         .filter(|(_, r)| *r != (0, 0))
         .collect();
-    for inst in snap.instances.values() {
-        let Some(&i) = inst.node.as_deref().and_then(|n| index.get(n)) else {
-            continue;
+    Slots {
+        slots,
+        index,
+        reserving,
+    }
+}
+
+struct Slots<'a> {
+    slots: Vec<NodeSlot<'a>>,
+    index: BTreeMap<&'a str, usize>,
+    reserving: BTreeMap<&'a str, (i64, i64)>,
+}
+
+impl Slots<'_> {
+    /// Takes what `inst` holds off its node's free capacity.
+    fn count(&mut self, inst: &InstanceRecord) {
+        let Some(&i) = inst.node.as_deref().and_then(|n| self.index.get(n)) else {
+            return;
         };
-        let slot = &mut slots[i];
+        let slot = &mut self.slots[i];
         slot.total += 1;
-        if !reserving.is_empty()
-            && let Some((cpu, memory)) = reserving.get(inst.app.as_str())
+        if !self.reserving.is_empty()
+            && let Some((cpu, memory)) = self.reserving.get(inst.app.as_str())
         {
             slot.cpu_free -= cpu;
             slot.memory_free -= memory;
@@ -201,7 +218,6 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Vec<NodeSlot<'a>> {
             slot.ports_used.insert(p);
         }
     }
-    slots
 }
 
 fn ask(app: &AppRecord) -> Ask<'_> {
@@ -222,39 +238,49 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     let nodes: BTreeMap<&str, &NodeView<'_>> = snap.nodes.iter().map(|n| (n.name, n)).collect();
     let in_scope = |app: &str| snap.scope.is_none_or(|s| s.contains(app));
     let mut by_app: BTreeMap<&str, BTreeMap<u32, Vec<&InstanceRecord>>> = BTreeMap::new();
-    for inst in snap.instances.values().filter(|i| in_scope(&i.app)) {
-        by_app
-            .entry(inst.app.as_str())
-            .or_default()
-            .entry(inst.index)
-            .or_default()
-            .push(inst);
+    // Migrations still under way (replacement not online yet), per draining node: one at a
+    // time each.
+    let mut migrating_from: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut slots = slots(&snap);
+    // One pass over the records for all three: a scoped plan's cost is mostly this pass.
+    for inst in snap.instances.values() {
+        slots.count(inst);
+        // Replacements first: few records have one, and the online lookup costs more.
+        if inst.replaces.is_some()
+            && !snap.online.contains(&inst.id)
+            && let Some(old) = inst.replaces.and_then(|id| snap.instances.get(&id))
+            && let Some(n) = old.node.as_deref()
+        {
+            *migrating_from.entry(n).or_default() += 1;
+        }
+        if in_scope(&inst.app) {
+            by_app
+                .entry(inst.app.as_str())
+                .or_default()
+                .entry(inst.index)
+                .or_default()
+                .push(inst);
+        }
     }
+    let Slots { mut slots, .. } = slots;
     for (app, indices) in &by_app {
         if !snap.apps.contains_key(*app) {
             plan.remove.extend(indices.values().flatten().map(|i| i.id));
         }
     }
-    // Migrations still under way (replacement not online yet), per draining node: one at a
-    // time each.
-    let mut migrating_from: BTreeMap<&str, u32> = BTreeMap::new();
-    // Replacements first: few records have one, and the online lookup costs more.
-    for inst in snap.instances.values().filter(|i| i.replaces.is_some()) {
-        if snap.online.contains(&inst.id) {
-            continue;
-        }
-        if let Some(old) = inst.replaces.and_then(|id| snap.instances.get(&id))
-            && let Some(n) = old.node.as_deref()
-        {
-            *migrating_from.entry(n).or_default() += 1;
-        }
-    }
-    let mut slots = slots(&snap);
     let slot_of: BTreeMap<&str, usize> =
         slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
     let link = |node: Option<&str>| link_of(&nodes, node);
 
-    for (name, app) in snap.apps.iter().filter(|(name, _)| in_scope(name)) {
+    // A scoped plan looks its few apps up instead of passing every app by.
+    let apps: Vec<(&String, &AppRecord)> = match snap.scope {
+        Some(scope) => scope
+            .iter()
+            .filter_map(|name| snap.apps.get_key_value(name))
+            .collect(),
+        None => snap.apps.iter().collect(),
+    };
+    for (name, app) in apps {
         let want = desired_count(app, snap.nodes).min(snap.max_instances_per_app);
         let empty = BTreeMap::new();
         let indices = by_app.get(name.as_str()).unwrap_or(&empty);

@@ -3,6 +3,7 @@
 //! writes the `AgentLink` messages these come from and go to.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use pmcluster_spec::AppSpec;
 use uuid::Uuid;
@@ -15,8 +16,10 @@ pub struct Assignment {
     pub id: Uuid,
     pub index: u32,
     pub app_version: u64,
-    /// The spec of `app_version` (during a rollout the old instances keep their process).
-    pub spec: AppSpec,
+    /// The spec of `app_version` (during a rollout the old instances keep their process). Shared:
+    /// one spec serves every assignment of its app and version, in every set published until the
+    /// app changes, so a set is cheap to build and an unchanged assignment compares by pointer.
+    pub spec: Arc<AppSpec>,
     /// 0: none.
     pub port: u32,
     pub run: bool,
@@ -90,6 +93,8 @@ pub struct Registration {
     pub held_unreadable: usize,
     /// The node name its data dir had before `--rename-node` (empty: none).
     pub renamed_from: String,
+    /// It reads desired sets sent as deltas.
+    pub takes_deltas: bool,
 }
 
 /// A status report, also the heartbeat.

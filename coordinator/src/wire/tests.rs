@@ -96,7 +96,7 @@ fn desired_sets_and_log_requests_go_out_as_the_agent_reads_them() {
         id: Uuid::from_u128(1),
         index: 0,
         app_version: 1,
-        spec: AppSpec::new("web", "app", &[]),
+        spec: Arc::new(AppSpec::new("web", "app", &[])),
         port: 0,
         run: false,
         restart_epoch: 2,
@@ -165,4 +165,48 @@ fn events_and_autoscale_status_read_as_before() {
     });
     assert_eq!(status.policy, Some(pb::Autoscale::default()));
     assert_eq!(status.decisions.len(), 1);
+}
+
+/// A delta carries what changed since the session's previous set: new and changed assignments,
+/// and the ids gone. An assignment whose spec is an equal copy, not the shared one, is unchanged.
+#[test]
+fn a_delta_carries_what_changed_since_the_previous_set() {
+    let spec = Arc::new(AppSpec::new("web", "app", &[]));
+    let a = |n: u128, epoch: u64| Assignment {
+        id: Uuid::from_u128(n),
+        index: n as u32,
+        app_version: 1,
+        spec: Arc::clone(&spec),
+        port: 0,
+        run: true,
+        restart_epoch: epoch,
+    };
+    let set = |generation, assignments| DesiredSet {
+        generation,
+        assignments,
+        cluster_id: "c".into(),
+        adopt: false,
+    };
+    let mut copied = a(4, 0);
+    copied.spec = Arc::new(AppSpec::new("web", "app", &[]));
+    let prev = set(3, vec![a(1, 0), a(2, 0), a(4, 0), a(5, 0)]);
+    let next = set(4, vec![a(2, 1), a(3, 0), copied, a(6, 0)]);
+    let delta = desired_delta(&prev, &next);
+    assert!(delta.delta);
+    assert_eq!((delta.generation, delta.base_generation), (4, 3));
+    assert_eq!(delta.cluster_id, "c");
+    let ids =
+        |v: &[pb::Assignment]| -> Vec<String> { v.iter().map(|a| a.instance_id.clone()).collect() };
+    let id = |n: u128| Uuid::from_u128(n).to_string();
+    assert_eq!(ids(&delta.assignments), vec![id(2), id(3), id(6)]);
+    assert_eq!(delta.assignments[0].restart_epoch, 1);
+    assert_eq!(delta.removed, vec![id(1), id(5)]);
+    // Nothing changed: an empty delta that still moves the generation on.
+    let same = desired_delta(&next, &set(5, next.assignments.clone()));
+    assert!(same.assignments.is_empty() && same.removed.is_empty());
+    assert_eq!((same.generation, same.base_generation), (5, 4));
+    // The first set of a session, or one to an agent that reads no deltas, is whole.
+    let whole = pb::DesiredSet::from(&next);
+    assert!(!whole.delta);
+    assert_eq!(whole.assignments.len(), 4);
 }
