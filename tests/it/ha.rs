@@ -279,9 +279,11 @@ fn ha_kill_9_of_the_leader_during_a_rollout_and_a_scale_loop_restarts_nothing() 
     let looper = {
         let (stop, acked) = (stop.clone(), acked.clone());
         std::thread::spawn(move || {
-            // Bounded: at most 400 calls and 120 s.
+            // Bounded: at most 3,000 calls and 120 s. A refused call (no leader yet) waits
+            // 50 ms before the next: it fails in a few ms, and unpaced, the failover's 4 s ate
+            // the whole count before the new leader could acknowledge any.
             let end = Instant::now() + Duration::from_secs(120);
-            for n in 0..400u32 {
+            for n in 0..3000u32 {
                 if stop.load(Ordering::Relaxed) || Instant::now() > end {
                     break;
                 }
@@ -297,6 +299,8 @@ fn ha_kill_9_of_the_leader_during_a_rollout_and_a_scale_loop_restarts_nothing() 
                     .output();
                 if out.is_ok_and(|o| o.status.success()) {
                     acked.lock().unwrap_or_else(|e| e.into_inner()).push(count);
+                } else {
+                    std::thread::sleep(Duration::from_millis(50));
                 }
             }
         })
