@@ -137,10 +137,18 @@ impl Sets {
             state.apply(batch);
             return;
         }
-        // Only a set that stands for its node's generation is kept up to date.
-        self.nodes.retain(|name, set| {
-            state.nodes.get(name).map(|n| n.generation) == Some(set.generation)
-        });
+        // Only a set that stands for its node's generation is kept up to date; only the nodes
+        // this batch touches are looked at (it names each of them in `put_nodes`), not all.
+        for node in &batch.put_nodes {
+            let current = state.nodes.get(&node.name).map(|n| n.generation);
+            if self
+                .nodes
+                .get(&node.name)
+                .is_some_and(|s| Some(s.generation) != current)
+            {
+                self.nodes.remove(&node.name);
+            }
+        }
         let old_home = |id: &Uuid| state.instances.get(id).and_then(|r| r.node.clone());
         let gone: Vec<(String, Uuid)> = (batch.put_instances.iter().map(|r| &r.id))
             .chain(&batch.del_instances)

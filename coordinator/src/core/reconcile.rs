@@ -262,14 +262,16 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 .push(inst);
         }
     }
-    let Slots { mut slots, .. } = slots;
+    let Slots {
+        mut slots,
+        index: slot_of,
+        ..
+    } = slots;
     for (app, indices) in &by_app {
         if !snap.apps.contains_key(*app) {
             plan.remove.extend(indices.values().flatten().map(|i| i.id));
         }
     }
-    let slot_of: BTreeMap<&str, usize> =
-        slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
     let link = |node: Option<&str>| link_of(&nodes, node);
 
     // A scoped plan looks its few apps up instead of passing every app by.
