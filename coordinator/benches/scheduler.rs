@@ -71,6 +71,7 @@ fn main() {
             unstartable: &unstartable,
             max_instances_per_app: u32::MAX,
             scope: None,
+            index: None,
         });
         let secs = start.elapsed().as_secs_f64();
         let placed = plan.create.iter().filter(|c| c.node.is_some()).count();

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 pub mod agent;
 pub mod event;
+pub mod index;
 pub mod view;
 
 pub use agent::{
@@ -15,6 +16,7 @@ pub use agent::{
     InstanceObserved, LogChunk, LogLine, LogRequest, LogStream, LogsQuery, Registration, Report,
 };
 pub use event::{Event, EventKind};
+pub use index::{NodeUse, RecordIndex};
 pub use view::{
     AppView, AutoscaleView, Endpoint, EndpointsView, Health, InstanceState, InstanceView,
     NodeStatus, NodeView, Rollouts,
@@ -175,6 +177,9 @@ pub struct Persisted {
     /// Made once, when the store is created. Agents remember it: a coordinator that lost its
     /// state comes back with another id, and they refuse its desired sets until adopted.
     pub cluster_id: String,
+    /// Sums over `instances`, kept by [`Persisted::apply`]; not stored. Code that fills
+    /// `instances` directly (a store loading) calls [`Persisted::reindex`] after.
+    pub index: RecordIndex,
 }
 
 /// A set of changes written to the store in one transaction, then applied in memory.
@@ -290,6 +295,31 @@ impl Batch {
 impl Persisted {
     /// Applies a batch that the store has accepted.
     pub fn apply(&mut self, batch: &Batch) {
+        // The index counts each record at its app's reservation. A batch that changes the
+        // reservation of an app with records, or one applied to a state whose index is not
+        // current, builds the index again; any other takes its records out before they change
+        // and puts them back after.
+        let rebuild = self.index.records != self.instances.len()
+            || batch.put_apps.iter().any(|a| {
+                let name = a.spec.name.as_str();
+                self.index.holds(name)
+                    && index::reservation(self.apps.get(name)) != index::reservation(Some(a))
+            })
+            || (batch.del_apps.iter()).any(|name| {
+                self.index.holds(name) && index::reservation(self.apps.get(name)) != (0, 0)
+            });
+        let mut ids: Vec<Uuid> = Vec::new();
+        if !rebuild {
+            ids.extend(batch.put_instances.iter().map(|i| i.id));
+            ids.extend(batch.del_instances.iter().copied());
+            ids.sort_unstable();
+            ids.dedup();
+            for id in &ids {
+                if let Some(old) = self.instances.get(id) {
+                    self.index.sub(old, &self.apps);
+                }
+            }
+        }
         for app in &batch.put_apps {
             self.apps.insert(app.spec.name.clone(), app.clone());
         }
@@ -320,10 +350,43 @@ impl Persisted {
         if let Some(id) = &batch.cluster_id {
             self.cluster_id.clone_from(id);
         }
+        if rebuild {
+            self.reindex();
+        } else {
+            for id in &ids {
+                if let Some(new) = self.instances.get(id) {
+                    self.index.add(new, &self.apps);
+                }
+            }
+        }
+    }
+
+    /// Builds the index from the records, after they were filled without [`Persisted::apply`].
+    pub fn reindex(&mut self) {
+        self.index = RecordIndex::build(&self.apps, &self.instances);
+    }
+
+    /// The index, when it is current. Debug builds check it against one built afresh.
+    pub fn index(&self) -> Option<&RecordIndex> {
+        if self.index.records != self.instances.len() {
+            return None;
+        }
+        debug_assert!(
+            self.index
+                .matches(&RecordIndex::build(&self.apps, &self.instances)),
+            "the record index differs from the records: {:?}",
+            self.index
+        );
+        Some(&self.index)
     }
 
     /// Instances of one app, sorted by index.
     pub fn app_instances(&self, app: &str) -> Vec<&InstanceRecord> {
+        if let Some(index) = self.index() {
+            return (index.of_app(app).into_iter().flatten())
+                .filter_map(|(_, id)| self.instances.get(id))
+                .collect();
+        }
         let mut v: Vec<&InstanceRecord> =
             self.instances.values().filter(|i| i.app == app).collect();
         v.sort_by_key(|i| (i.index, i.id));

@@ -7,9 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pmcluster_coordinator::core::reconcile::{self, Link, NodeView, Plan, Snapshot};
 use pmcluster_coordinator::core::rollout::{self, Facts};
-use pmcluster_coordinator::model::{AppRecord, InstanceRecord};
+use pmcluster_coordinator::model::{AppRecord, InstanceRecord, RecordIndex};
 use pmcluster_coordinator::model::{Deployment, Kind, State};
 use pmcluster_spec::AppSpec;
+use pmcluster_spec::app::PortSpec;
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -163,6 +164,10 @@ impl Owned {
     }
 
     fn plan_scoped(&self, scope: Option<&BTreeSet<String>>) -> Plan {
+        self.plan_with(scope, None)
+    }
+
+    fn plan_with(&self, scope: Option<&BTreeSet<String>>, index: Option<&RecordIndex>) -> Plan {
         let views: Vec<NodeView<'_>> = self
             .names
             .iter()
@@ -185,6 +190,7 @@ impl Owned {
             unstartable: &self.unstartable,
             max_instances_per_app: u32::MAX,
             scope,
+            index,
         })
     }
 
@@ -273,6 +279,42 @@ proptest! {
                 prop_assert_eq!(&scoped.remove, &full.remove);
                 prop_assert_eq!(&scoped.drain, &full.drain);
             }
+        }
+    }
+
+    /// A plan read from the state's record index is the plan read from the records alone, full
+    /// and scoped: with reservations, ports, and migrations under way, which the index sums.
+    #[test]
+    fn the_record_index_plans_as_the_records_do(
+        w in world(),
+        cpu in 0u32..3000,
+        ported in any::<bool>(),
+        replacing in proptest::collection::vec(any::<bool>(), 12),
+    ) {
+        let mut owned = Owned::new(&w);
+        if let Some(app) = owned.apps.get_mut("app0") {
+            app.spec.resources.cpu_millis = cpu;
+        }
+        if ported && let Some(app) = owned.apps.get_mut("app1") {
+            app.spec.port = PortSpec::Range(5000, 5009);
+        }
+        let ids: Vec<Uuid> = owned.instances.keys().copied().collect();
+        for (i, id) in ids.iter().enumerate() {
+            let replaces = (i > 0 && replacing[i]).then(|| ids[i - 1]);
+            if let Some(r) = owned.instances.get_mut(id) {
+                let app = &owned.apps[&r.app];
+                r.port = app.spec.port.port_for(r.index);
+                r.replaces = replaces;
+            }
+        }
+        let index = RecordIndex::build(&owned.apps, &owned.instances);
+        prop_assert_eq!(owned.plan_with(None, Some(&index)), owned.plan());
+        for app in owned.apps.keys() {
+            let scope = BTreeSet::from([app.clone()]);
+            prop_assert_eq!(
+                owned.plan_with(Some(&scope), Some(&index)),
+                owned.plan_scoped(Some(&scope))
+            );
         }
     }
 

@@ -575,5 +575,6 @@ pub(super) fn plan_for(
         unstartable: &inner.unstartable_since,
         max_instances_per_app: config.caps.max_instances_per_app,
         scope,
+        index: view.index(),
     })
 }

@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use pmcluster_spec::placement::{Affinity, Constraint, Strategy};
 
+/// A node's `ports_held` where no index counts the records' ports.
+pub static NO_PORTS: BTreeMap<u16, u32> = BTreeMap::new();
+
 /// One node as the scheduler sees it. `cpu_free`/`memory_free` may be negative after overcommit.
 #[derive(Debug, Clone)]
 pub struct NodeSlot<'a> {
@@ -21,7 +24,9 @@ pub struct NodeSlot<'a> {
     pub memory_capacity: i64,
     pub cpu_free: i64,
     pub memory_free: i64,
-    /// Ports held by instances of other apps on this node.
+    /// Ports held by instances of other apps on this node: the records' (as the state's index
+    /// counts them, each with how many hold it), and those placed in this plan.
+    pub ports_held: &'a BTreeMap<u16, u32>,
     pub ports_used: BTreeSet<u16>,
     /// Instances on this node, every app.
     pub total: u32,
@@ -183,7 +188,9 @@ impl<'s, 'a> Placer<'s, 'a> {
                 self.rejected.memory += 1;
                 continue;
             }
-            if port.is_some_and(|p| slot.ports_used.contains(&p)) {
+            if port
+                .is_some_and(|p| slot.ports_used.contains(&p) || slot.ports_held.contains_key(&p))
+            {
                 port_clash.push(key);
                 continue;
             }
@@ -343,6 +350,7 @@ mod tests {
                 memory_capacity: n.mem,
                 cpu_free: n.cpu,
                 memory_free: n.mem,
+                ports_held: &NO_PORTS,
                 ports_used: n.ports.iter().copied().collect(),
                 total: n.total,
             })

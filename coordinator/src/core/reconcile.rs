@@ -25,8 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use pmcluster_spec::app::Reschedule;
 use uuid::Uuid;
 
-use crate::core::placement::{Ask, NodeSlot, Placer};
-use crate::model::{AppRecord, InstanceRecord};
+use crate::core::placement::{Ask, NO_PORTS, NodeSlot, Placer};
+use crate::model::{AppRecord, InstanceRecord, RecordIndex};
 
 /// Connection state of a node, as the reconciler needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,10 @@ pub struct Snapshot<'a> {
     /// still counts against its node's capacity and ports, so a scoped plan places as the full
     /// one would; it just leaves the other apps' needs for the next full pass.
     pub scope: Option<&'a BTreeSet<String>>,
+    /// Sums over `instances` (each app's records, each node's use), when the caller keeps them:
+    /// a scoped plan then reads its apps' records and the nodes' use without passing every
+    /// record. `None` plans from the records alone, to the same plan.
+    pub index: Option<&'a RecordIndex>,
 }
 
 /// A new instance record to create; the apply step mints its id.
@@ -153,40 +157,53 @@ pub fn desired_count(app: &AppRecord, nodes: &[NodeView<'_>]) -> u32 {
     app.spec.port.capacity().map_or(cores, |cap| cores.min(cap))
 }
 
-/// The scheduler's view of every node at full capacity, and its index by node name; the
-/// records' use is taken off by [`Slots::count`].
+/// The scheduler's view of every node, and its index by node name. With the state's index the
+/// records' use is taken off here; without it, by [`Slots::count`] for each record.
 fn slots<'a>(snap: &Snapshot<'a>) -> Slots<'a> {
     let slots: Vec<NodeSlot<'a>> = snap
         .nodes
         .iter()
-        .map(|n| NodeSlot {
-            name: n.name,
-            labels: n.labels,
-            eligible: n.link == Link::Up && !n.drain,
-            cpu_capacity: i64::from(n.cores) * 1000,
-            memory_capacity: n.memory_bytes as i64,
-            cpu_free: i64::from(n.cores) * 1000,
-            memory_free: n.memory_bytes as i64,
-            ports_used: BTreeSet::new(),
-            total: 0,
+        .map(|n| {
+            let mut slot = NodeSlot {
+                name: n.name,
+                labels: n.labels,
+                eligible: n.link == Link::Up && !n.drain,
+                cpu_capacity: i64::from(n.cores) * 1000,
+                memory_capacity: n.memory_bytes as i64,
+                cpu_free: i64::from(n.cores) * 1000,
+                memory_free: n.memory_bytes as i64,
+                ports_held: &NO_PORTS,
+                ports_used: BTreeSet::new(),
+                total: 0,
+            };
+            if let Some(used) = snap.index.and_then(|ix| ix.node(n.name)) {
+                slot.total = used.records;
+                slot.cpu_free -= used.cpu_millis;
+                slot.memory_free -= used.memory_bytes;
+                slot.ports_held = &used.ports;
+            }
+            slot
         })
         .collect();
     let index: BTreeMap<&'a str, usize> =
         slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
     // Only apps that reserve something are looked up per record: most reserve nothing, and
     // with thousands of apps the name lookups were most of a write's plan.
-    let reserving: BTreeMap<&'a str, (i64, i64)> = snap
-        .apps
-        .iter()
-        .map(|(name, app)| {
-            let r = &app.spec.resources;
-            (
-                name.as_str(),
-                (i64::from(r.cpu_millis), r.memory_bytes as i64),
-            )
-        })
-        .filter(|(_, r)| *r != (0, 0))
-        .collect();
+    let reserving: BTreeMap<&'a str, (i64, i64)> = match snap.index {
+        Some(_) => BTreeMap::new(),
+        None => snap
+            .apps
+            .iter()
+            .map(|(name, app)| {
+                let r = &app.spec.resources;
+                (
+                    name.as_str(),
+                    (i64::from(r.cpu_millis), r.memory_bytes as i64),
+                )
+            })
+            .filter(|(_, r)| *r != (0, 0))
+            .collect(),
+    };
     Slots {
         slots,
         index,
@@ -242,10 +259,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     // time each.
     let mut migrating_from: BTreeMap<&str, u32> = BTreeMap::new();
     let mut slots = slots(&snap);
-    // One pass over the records for all three: a scoped plan's cost is mostly this pass.
-    for inst in snap.instances.values() {
-        slots.count(inst);
-        // Replacements first: few records have one, and the online lookup costs more.
+    let mut migrating = |inst: &InstanceRecord| {
         if inst.replaces.is_some()
             && !snap.online.contains(&inst.id)
             && let Some(old) = inst.replaces.and_then(|id| snap.instances.get(&id))
@@ -253,13 +267,42 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         {
             *migrating_from.entry(n).or_default() += 1;
         }
-        if in_scope(&inst.app) {
-            by_app
-                .entry(inst.app.as_str())
-                .or_default()
-                .entry(inst.index)
-                .or_default()
-                .push(inst);
+    };
+    match (snap.index, snap.scope) {
+        // The index has the nodes' use and the replacements; the scoped apps' records are
+        // looked up by id, and no other record is read.
+        (Some(ix), Some(scope)) => {
+            ix.replacing()
+                .iter()
+                .filter_map(|id| snap.instances.get(id))
+                .for_each(&mut migrating);
+            for app in scope {
+                let ids = ix.of_app(app).into_iter().flatten();
+                for (index, id) in ids {
+                    if let Some(inst) = snap.instances.get(id) {
+                        let of_app = by_app.entry(inst.app.as_str()).or_default();
+                        of_app.entry(*index).or_default().push(inst);
+                    }
+                }
+            }
+        }
+        // One pass over the records for all three.
+        (ix, _) => {
+            for inst in snap.instances.values() {
+                if ix.is_none() {
+                    slots.count(inst);
+                }
+                // Replacements first: few records have one, and the online lookup costs more.
+                migrating(inst);
+                if in_scope(&inst.app) {
+                    by_app
+                        .entry(inst.app.as_str())
+                        .or_default()
+                        .entry(inst.index)
+                        .or_default()
+                        .push(inst);
+                }
+            }
         }
     }
     let Slots {

@@ -216,6 +216,7 @@ impl EmbeddedStore {
             .map_err(io)?
             .map(|g| g.value().to_string())
             .unwrap_or_default();
+        state.reindex();
         Ok(state)
     }
 }

@@ -221,6 +221,7 @@ fn check(apps: &str, instances: &str, nodes: &str, now_ms: i64, want: &str) {
         unstartable: &f.unstartable,
         max_instances_per_app: u32::MAX,
         scope: None,
+        index: None,
     };
     let plan = reconcile(snap);
     assert_eq!(

@@ -494,6 +494,7 @@ pub fn parse(
             None => orphans.push(app),
         }
     }
+    state.reindex();
     Ok((state, orphans))
 }
 
