@@ -675,7 +675,7 @@ async fn outbound(
     a.desired.mark_changed();
     // The last set this stream carried: to an agent that reads deltas, each later set goes as
     // what changed since it, so a write costs the link what it changed, not the node's whole set.
-    let mut sent: Option<crate::model::DesiredSet> = None;
+    let mut sent: Option<Arc<crate::model::DesiredSet>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -692,7 +692,7 @@ async fn outbound(
                 };
                 let wire = match &sent {
                     Some(prev) if a.takes_deltas => crate::wire::desired_delta(prev, &set),
-                    _ => pb::DesiredSet::from(&set),
+                    _ => pb::DesiredSet::from(set.as_ref()),
                 };
                 sent = Some(set);
                 if tx.send(Ok(send(Down::Desired(wire)))).await.is_err() {

@@ -123,7 +123,7 @@ pub enum AgentCommand {
 /// Live side of a node: its session (if connected) and last report.
 struct NodeLive {
     /// Latest desired set; the session task sends each new value.
-    desired: watch::Sender<Option<DesiredSet>>,
+    desired: watch::Sender<Option<Arc<DesiredSet>>>,
     session: Option<Session>,
     last_heartbeat_ms: i64,
     host: Option<HostMetrics>,
@@ -137,6 +137,8 @@ struct NodeLive {
     reported_generation: u64,
     /// Adopted by an operator and not yet confirmed by a report: its sets carry `adopt`.
     adopting: bool,
+    /// When its report last sampled its instances' memory (see `sessions::sample_memory`).
+    memory_sampled_ms: i64,
 }
 
 struct Session {
@@ -300,7 +302,7 @@ pub struct Control {
 /// What a new agent session receives.
 pub struct Attached {
     pub session_id: u64,
-    pub desired: watch::Receiver<Option<DesiredSet>>,
+    pub desired: watch::Receiver<Option<Arc<DesiredSet>>>,
     pub commands: mpsc::Receiver<AgentCommand>,
     pub closed: watch::Receiver<()>,
     pub heartbeat_interval: Duration,
@@ -324,6 +326,7 @@ fn new_node_live(now: i64) -> NodeLive {
         held_unreadable: 0,
         reported_generation: 0,
         adopting: false,
+        memory_sampled_ms: i64::MIN,
     }
 }
 

@@ -190,6 +190,7 @@ impl Control {
     /// Records a status report (also the heartbeat). Ignored if the session was replaced.
     pub fn report(&self, node: &str, session_id: u64, report: Report) {
         let mut inner = self.lock();
+        let now = inner.now;
         let Some(live) = inner.nodes.get_mut(node) else {
             return;
         };
@@ -197,6 +198,13 @@ impl Control {
             return;
         }
         live.last_heartbeat_ms = self.now();
+        // Memory is sampled a few dozen times per leak window, not on every report: a node's
+        // instances together, so a report between samples looks no trend up.
+        let spacing = self.config.leak.window_ms / SAMPLES_PER_WINDOW;
+        let sample = now.saturating_sub(live.memory_sampled_ms) >= spacing;
+        if sample {
+            live.memory_sampled_ms = now;
+        }
         live.host = report.host;
         live.reported_generation = report.generation;
         let quarantined = is_quarantined(live);
@@ -233,7 +241,13 @@ impl Control {
                 && (rec.replaces.is_some()
                     || rec.draining_since.is_some()
                     || inner.state.apps.get(&rec.app).is_some_and(|a| a.rolling()));
-            let (app, index, stopped) = (rec.app.clone(), rec.index, rec.stopped);
+            let (index, stopped) = (rec.index, rec.stopped);
+            // The app's name only where an event needs it: most reports change nothing.
+            let app = |inner: &Inner| {
+                (inner.state.instances.get(&id))
+                    .map(|r| r.app.clone())
+                    .unwrap_or_default()
+            };
             if awaited {
                 inner.reconcile_due = true;
                 self.changed.notify_one();
@@ -257,10 +271,14 @@ impl Control {
                 self.changed.notify_one();
             }
             if before != Some(st.state) {
-                changes.push((app.clone(), index, st.state, st.message.clone()));
+                changes.push((app(&inner), index, st.state, st.message.clone()));
             }
-            if let Some(trend) = sample_memory(&mut inner, &self.config.leak, &st) {
-                leaks.push((app, index, trend));
+            if sample {
+                if let Some(trend) = sample_memory(&mut inner, &self.config.leak, &st) {
+                    leaks.push((app(&inner), index, trend));
+                }
+            } else if st.state != InstanceState::Online || st.memory_bytes == 0 {
+                inner.memory.remove(&id);
             }
             inner.observed.insert(id, st);
         }
@@ -329,7 +347,8 @@ fn sample_memory(inner: &mut Inner, policy: &LeakPolicy, st: &InstanceObserved) 
     }
     // A trend needs a few dozen points per window, not one per report: at 20,000 instances
     // reporting every second, a sample (and a judgement) per report cost a third of a core and
-    // 100 MB for the default 5-minute window.
+    // 100 MB for the default 5-minute window. The report gates its node's samples as a whole;
+    // this keeps an instance's own spacing where reports come closer together.
     let spacing = policy.window_ms / SAMPLES_PER_WINDOW;
     if trend
         .samples

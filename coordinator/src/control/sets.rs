@@ -244,7 +244,7 @@ pub(super) fn publish(inner: &mut Inner, node: &str) {
         cluster_id,
         adopt: live.adopting,
     };
-    live.desired.send_replace(Some(set));
+    live.desired.send_replace(Some(Arc::new(set)));
 }
 
 /// Refuses `batch` when it would make the desired set of a node in `touched` weigh more than

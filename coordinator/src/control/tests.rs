@@ -56,7 +56,7 @@ fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
         .nodes
         .get(name)
         .and_then(|l| l.desired.borrow().clone())
-        .map(|s| s.assignments)
+        .map(|s| s.assignments.clone())
         .unwrap_or_default()
 }
 

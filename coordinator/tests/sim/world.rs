@@ -27,7 +27,7 @@ const START_MS: i64 = 1_700_000_000_000;
 pub enum Link {
     Up {
         session: u64,
-        desired: watch::Receiver<Option<DesiredSet>>,
+        desired: watch::Receiver<Option<Arc<DesiredSet>>>,
     },
     /// Half-open: the coordinator still holds the session, nothing gets through either way,
     /// until the agent gives up on it at `until` and reconnects.
@@ -220,7 +220,7 @@ impl World {
         if !desired.has_changed().unwrap_or(false) {
             return Ok(());
         }
-        let Some(set) = desired.borrow_and_update().clone() else {
+        let Some(set) = desired.borrow_and_update().as_deref().cloned() else {
             return Ok(());
         };
         let name = self.nodes[i].agent.name.clone();
