@@ -9,7 +9,7 @@
 //! [`Persisted::apply`]: super::Persisted::apply
 //! [`Persisted::index`]: super::Persisted::index
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use uuid::Uuid;
 
@@ -35,9 +35,9 @@ pub struct RecordIndex {
     /// by passing its records until its next apply builds the index again.
     pub(super) records: usize,
     /// (index, id) of each app's records.
-    apps: HashMap<String, BTreeSet<(u32, Uuid)>>,
+    apps: BTreeMap<String, BTreeSet<(u32, Uuid)>>,
     /// Use of each node that records name (registered or not).
-    nodes: HashMap<String, NodeUse>,
+    nodes: BTreeMap<String, NodeUse>,
     /// Records that take over from another (a migration's replacement).
     replacing: BTreeSet<Uuid>,
 }
