@@ -216,17 +216,26 @@ async fn session(
 }
 
 /// A status report of every held instance online, with figures that move from round to round
-/// (a report of unchanged figures could be cheaper than a real one).
+/// (a report of unchanged figures could be cheaper than a real one). Within a round they stay,
+/// as a real agent's do between its samples (once a second): the reports a change brings in
+/// between carry every other instance as the last one did. An instance's pid and port are its
+/// own, whatever the others around it.
 pub fn report(generation: u64, ids: &[String], round: u64) -> pb::AgentMessage {
     let instances = ids
         .iter()
-        .enumerate()
-        .map(|(n, id)| pb::InstanceStatus {
+        .map(|id| {
+            (
+                id,
+                id.bytes()
+                    .fold(0u32, |h, b| h.wrapping_mul(31) ^ u32::from(b)),
+            )
+        })
+        .map(|(id, n)| pb::InstanceStatus {
             instance_id: id.clone(),
             state: pb::InstanceState::Online as i32,
-            pid: 1000 + n as u32,
-            port: 3000 + n as u32,
-            cpu_percent: ((round + n as u64) % 100) as f64 / 3.0,
+            pid: 1000 + n % 30_000,
+            port: 3000 + n % 20_000,
+            cpu_percent: ((round + u64::from(n)) % 100) as f64 / 3.0,
             memory_bytes: (50 << 20) + ((round * 4096) % (1 << 20)),
             started_at_ms: 1_700_000_000_000,
             ..Default::default()

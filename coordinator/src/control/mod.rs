@@ -243,6 +243,10 @@ struct Inner {
 struct Observed {
     by_id: HashMap<Uuid, InstanceObserved>,
     online: std::collections::BTreeSet<Uuid>,
+    /// Instances whose last status a report took in full (their online and failing times
+    /// follow it), and whose records have not changed since: the same status again changes
+    /// nothing, and a report passes it by (see `Control::report`).
+    settled: std::collections::HashSet<Uuid>,
 }
 
 impl Observed {
@@ -256,12 +260,29 @@ impl Observed {
         } else {
             self.online.remove(&id);
         }
+        self.settled.remove(&id);
         self.by_id.insert(id, o);
     }
 
     fn remove(&mut self, id: &Uuid) {
         self.online.remove(id);
+        self.settled.remove(id);
         self.by_id.remove(id);
+    }
+
+    /// Marks `id`'s status as taken in full by a report.
+    fn settle(&mut self, id: Uuid) {
+        self.settled.insert(id);
+    }
+
+    /// `id`'s record changed: its next status is taken in full.
+    fn unsettle(&mut self, id: &Uuid) {
+        self.settled.remove(id);
+    }
+
+    /// Whether `o` is the status a report already took in full for a record unchanged since.
+    fn settled_as(&self, o: &InstanceObserved) -> bool {
+        self.settled.contains(&o.id) && self.by_id.get(&o.id) == Some(o)
     }
 }
 
@@ -576,6 +597,8 @@ fn find_app<'a>(state: &'a Persisted, name: &str) -> Result<&'a AppRecord> {
 mod commit_tests;
 #[cfg(test)]
 mod metrics_tests;
+#[cfg(test)]
+mod report_tests;
 #[cfg(test)]
 mod sets_tests;
 #[cfg(test)]

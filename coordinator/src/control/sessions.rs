@@ -220,6 +220,12 @@ impl Control {
         let mut leaks = Vec::new();
         for st in report.instances {
             let id = st.id;
+            // Most of a report repeats what the last one said (an agent reports its whole set
+            // after any change): a status taken in full already, for a record unchanged since,
+            // changes nothing unless its memory is due for a sample.
+            if !sample && inner.observed.settled_as(&st) {
+                continue;
+            }
             let Some(rec) = inner.state.instances.get(&id) else {
                 if quarantined {
                     // Held by a quarantined node: listed from what the agent reports.
@@ -281,6 +287,7 @@ impl Control {
                 inner.memory.remove(&id);
             }
             inner.observed.insert(id, st);
+            inner.observed.settle(id);
         }
         drop(inner);
         for (app, index, trend) in leaks {

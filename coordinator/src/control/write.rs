@@ -346,6 +346,10 @@ impl Control {
             inner.online_since.remove(id);
             inner.unstartable_since.remove(id);
         }
+        // A changed record (stopped, refreshed, placed) may read its next status otherwise.
+        for r in &batch.put_instances {
+            inner.observed.unsettle(&r.id);
+        }
         publish_to.extend(touched);
         for (app, from, index, text) in moved {
             self.emit(EventKind::InstanceMoved, &app, &from, Some(index), text);

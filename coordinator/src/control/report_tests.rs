@@ -1,0 +1,163 @@
+//! A report passes by the statuses it already took in full (an agent reports its whole set
+//! after any change), and only those: a status that came with a registration, or one of a
+//! record that changed since, is taken in full again.
+
+use pmcluster_spec::{AppSpec, PortSpec};
+
+use super::*;
+use crate::model::{InstanceObserved, InstanceState, Registration, Report};
+use crate::store::MemoryStore;
+
+fn register(name: &str) -> Registration {
+    Registration {
+        node_name: name.into(),
+        cores: 2,
+        memory_bytes: 1 << 30,
+        ..Registration::default()
+    }
+}
+
+fn web(instances: u32) -> AppSpec {
+    let mut spec = AppSpec::new("web", "testapp", &[]);
+    spec.instances = instances;
+    spec.port = PortSpec::Range(4100, 4199);
+    spec
+}
+
+/// What an agent on `node` says of each instance of `web` there.
+fn statuses(
+    c: &Control,
+    node: &str,
+    state: InstanceState,
+    start_failures: u32,
+) -> Result<Vec<InstanceObserved>> {
+    let mut out = Vec::new();
+    for i in c.list_instances("web")? {
+        if i.node != node {
+            continue;
+        }
+        let id =
+            i.id.parse()
+                .map_err(|e| ControlError::InvalidArgument(format!("{}: {e}", i.id)))?;
+        out.push(InstanceObserved {
+            id,
+            state,
+            pid: 100 + i.index,
+            start_failures,
+            ..InstanceObserved::default()
+        });
+    }
+    Ok(out)
+}
+
+fn send(c: &Control, node: &str, session: &Attached, instances: Vec<InstanceObserved>) {
+    let generation = session
+        .desired
+        .borrow()
+        .as_ref()
+        .map_or(0, |s| s.generation);
+    c.report(
+        node,
+        session.session_id,
+        Report {
+            generation,
+            instances,
+            host: None,
+        },
+    );
+}
+
+fn endpoints(c: &Control) -> Result<usize> {
+    Ok(c.endpoints("web")?.endpoints.len())
+}
+
+/// A new coordinator learns an agent's statuses from its registration, which does not start
+/// their online times: the agent's next report, the same statuses, must, or the instances would
+/// never become endpoints.
+#[test]
+fn a_status_a_registration_brought_is_taken_in_full_by_the_next_report() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let first = Control::open(store.clone(), ControlConfig::default())?;
+    let a = first.attach(&register("a"), None)?;
+    first.apply(web(2))?;
+    let online = statuses(&first, "a", InstanceState::Online, 0)?;
+    assert_eq!(online.len(), 2);
+    send(&first, "a", &a, online.clone());
+    assert_eq!(endpoints(&first)?, 2);
+    // The same report again changes nothing.
+    send(&first, "a", &a, online.clone());
+    assert_eq!(endpoints(&first)?, 2);
+    drop(first);
+
+    let second = Control::open(store, ControlConfig::default())?;
+    let reg = Registration {
+        instances: online.clone(),
+        ..register("a")
+    };
+    let a = second.attach(&reg, None)?;
+    assert_eq!(
+        endpoints(&second)?,
+        0,
+        "online since the registration is not yet known"
+    );
+    send(&second, "a", &a, online);
+    assert_eq!(
+        endpoints(&second)?,
+        2,
+        "the first report after it starts their online times"
+    );
+    Ok(())
+}
+
+/// An instance whose agent cannot start it counts as failing until a user stops it; the same
+/// status after the stop (a changed record) is read again and ends the failing time.
+#[test]
+fn a_status_of_a_changed_record_is_read_again() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let failing = statuses(&c, "a", InstanceState::Errored, 3)?;
+    let id = failing
+        .first()
+        .map(|s| s.id)
+        .ok_or(ControlError::NotFound("web[0]".into()))?;
+    send(&c, "a", &a, failing.clone());
+    assert!(c.lock().unstartable_since.contains_key(&id));
+    c.act("web", Some(0), Action::Stop)?;
+    send(&c, "a", &a, failing);
+    assert!(
+        !c.lock().unstartable_since.contains_key(&id),
+        "a stopped instance is not failing, whatever its last start said"
+    );
+    Ok(())
+}
+
+/// An agent that comes back with an instance starting again (it restarted while cut off)
+/// registers that status; the same status in its next report ends the instance's online time,
+/// though an earlier report had taken the instance online in full.
+#[test]
+fn a_status_a_reregistration_brought_is_taken_in_full_by_the_next_report() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let online = statuses(&c, "a", InstanceState::Online, 0)?;
+    let id = online
+        .first()
+        .map(|s| s.id)
+        .ok_or(ControlError::NotFound("web[0]".into()))?;
+    send(&c, "a", &a, online);
+    assert!(c.lock().online_since.contains_key(&id));
+    c.detach("a", a.session_id);
+    let launching = statuses(&c, "a", InstanceState::Launching, 0)?;
+    let reg = Registration {
+        instances: launching.clone(),
+        ..register("a")
+    };
+    let a = c.attach(&reg, None)?;
+    send(&c, "a", &a, launching);
+    assert!(
+        !c.lock().online_since.contains_key(&id),
+        "a launching instance has no online time"
+    );
+    Ok(())
+}
