@@ -7,7 +7,7 @@ use pmcluster_spec::{AppSpec, PortSpec};
 use super::*;
 use crate::clock::ManualClock;
 use crate::model::view::{AppFigures, AutoscaleCount, InstanceFigures, MetricsView};
-use crate::model::{InstanceObserved, InstanceState, NodeStatus, Registration, Report};
+use crate::model::{InstanceObserved, InstanceState, NodeStatus, Registration};
 use crate::store::MemoryStore;
 
 const T0: i64 = 1_000_000;
@@ -60,20 +60,7 @@ fn report(c: &Control, node: &str, session: &Attached, state: InstanceState) -> 
             ..InstanceObserved::default()
         });
     }
-    let generation = session
-        .desired
-        .borrow()
-        .as_ref()
-        .map_or(0, |s| s.generation);
-    c.report(
-        node,
-        session.session_id,
-        Report {
-            generation,
-            instances,
-            host: None,
-        },
-    );
+    super::report_tests::send(c, node, session, instances);
     Ok(())
 }
 

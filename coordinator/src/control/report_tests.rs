@@ -2,27 +2,10 @@
 //! after any change), and only those: a status that came with a registration, or one of a
 //! record that changed since, is taken in full again.
 
-use pmcluster_spec::{AppSpec, PortSpec};
-
+use super::tests::{register, web};
 use super::*;
 use crate::model::{InstanceObserved, InstanceState, Registration, Report};
 use crate::store::MemoryStore;
-
-fn register(name: &str) -> Registration {
-    Registration {
-        node_name: name.into(),
-        cores: 2,
-        memory_bytes: 1 << 30,
-        ..Registration::default()
-    }
-}
-
-fn web(instances: u32) -> AppSpec {
-    let mut spec = AppSpec::new("web", "testapp", &[]);
-    spec.instances = instances;
-    spec.port = PortSpec::Range(4100, 4199);
-    spec
-}
 
 /// What an agent on `node` says of each instance of `web` there.
 fn statuses(
@@ -50,7 +33,8 @@ fn statuses(
     Ok(out)
 }
 
-fn send(c: &Control, node: &str, session: &Attached, instances: Vec<InstanceObserved>) {
+/// Sends `instances` as `node`'s report on `session`.
+pub(super) fn send(c: &Control, node: &str, session: &Attached, instances: Vec<InstanceObserved>) {
     let generation = session
         .desired
         .borrow()

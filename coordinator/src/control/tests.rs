@@ -14,7 +14,7 @@ use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
 
-fn register(name: &str) -> Registration {
+pub(super) fn register(name: &str) -> Registration {
     Registration {
         node_name: name.into(),
         cores: 2,
@@ -23,7 +23,7 @@ fn register(name: &str) -> Registration {
     }
 }
 
-fn web(instances: u32) -> AppSpec {
+pub(super) fn web(instances: u32) -> AppSpec {
     let mut spec = AppSpec::new("web", "testapp", &[]);
     spec.instances = instances;
     spec.port = PortSpec::Range(4100, 4199);
