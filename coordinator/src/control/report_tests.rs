@@ -8,7 +8,7 @@ use crate::model::{InstanceObserved, InstanceState, Registration, Report};
 use crate::store::MemoryStore;
 
 /// What an agent on `node` says of each instance of `web` there.
-fn statuses(
+pub(super) fn statuses(
     c: &Control,
     node: &str,
     state: InstanceState,

@@ -7,9 +7,7 @@ use super::sessions::registration;
 use super::*;
 use crate::core::adoption::quarantine_reason;
 use crate::core::quota::Caps;
-use crate::model::{
-    InstanceObserved, InstanceView, LogStream, NodeRecord, NodeStatus, Registration,
-};
+use crate::model::{InstanceView, LogStream, NodeRecord, NodeStatus, Registration};
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
@@ -846,32 +844,9 @@ fn only_an_awaited_instance_coming_online_asks_for_a_pass() -> Result<()> {
     c.apply(spec)?;
     c.tick();
     let report_online = |node: &str, session: &Attached| {
-        let instances = c
-            .list_instances("web")
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i.node == node)
-            .filter_map(|i| i.id.parse().ok())
-            .map(|id| InstanceObserved {
-                id,
-                state: crate::model::InstanceState::Online,
-                ..InstanceObserved::default()
-            })
-            .collect();
-        let generation = session
-            .desired
-            .borrow()
-            .as_ref()
-            .map_or(0, |s| s.generation);
-        c.report(
-            node,
-            session.session_id,
-            crate::model::Report {
-                generation,
-                instances,
-                host: None,
-            },
-        );
+        let online = crate::model::InstanceState::Online;
+        let instances = super::report_tests::statuses(&c, node, online, 0).unwrap_or_default();
+        super::report_tests::send(&c, node, session, instances);
     };
     let first = c.list_instances("web")?;
     let (from, to) = if first[0].node == "a" {
