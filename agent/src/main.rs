@@ -88,8 +88,8 @@ fn label(value: &str) -> Result<(String, String), String> {
 }
 
 /// Internal: the agent runs one per instance (see `pmcluster_agent::logs`). Appends its stdin
-/// (the instance's stdout pipe) to `--out` and its fd 3 (the stderr pipe) to `--err`, rotating
-/// the files as it writes.
+/// (the instance's stdout pipe) to `--out` and what it reads on its stdout (the stderr pipe) to
+/// `--err`, rotating the files as it writes.
 #[derive(Debug, Parser)]
 #[command(
     name = "pmcluster-agent log-pump",
@@ -99,7 +99,7 @@ struct PumpArgs {
     /// The log file for stdin.
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-    /// The log file for fd 3; without it, fd 3 is not read.
+    /// The log file for what it reads on its stdout; without it, its stdout is not read.
     #[arg(long, value_name = "FILE")]
     err: Option<PathBuf>,
     /// Rotate a file (by rename) before a write would take it past this many bytes.

@@ -344,35 +344,6 @@ pub fn set_in_child(
     }
 }
 
-/// Gives the spawned program `fd` as its file descriptor `as_fd` (which must be above 2: std
-/// sets up 0 to 2 itself). Used for a log pump's second pipe.
-///
-/// Sound for the same reason as [`set_in_child`]: between fork and exec the closure only makes
-/// `dup2` and `fcntl` syscalls on a descriptor it owns, and allocates nothing. `dup2` clears
-/// close-on-exec on the copy; when `fd` already has the wanted number there is no copy, so the
-/// flag is cleared on it instead.
-#[allow(unsafe_code)]
-pub fn pass_fd(cmd: &mut Command, fd: OwnedFd, as_fd: i32) {
-    use std::os::fd::{AsRawFd, BorrowedFd};
-    // SAFETY: see the function doc: only async-signal-safe syscalls on pre-built values.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd.as_raw_fd() != as_fd {
-                let copy = nix::unistd::dup2_raw(&fd, as_fd).map_err(io::Error::from)?;
-                // The program owns it from here: not closed by this process.
-                std::mem::forget(copy);
-            }
-            let target = BorrowedFd::borrow_raw(as_fd);
-            nix::fcntl::fcntl(
-                target,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )
-            .map_err(io::Error::from)?;
-            Ok(())
-        });
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Watching an exit
 

@@ -2,7 +2,7 @@
 //!
 //! Every instance writes its stdout and stderr into pipes, and one *pump* per instance reads
 //! them: a small helper process, the agent binary run as `pmcluster-agent log-pump --out FILE
-//! [--err FILE] ...` with the stdout pipe as its stdin and the stderr pipe as its fd 3 (one pipe
+//! [--err FILE] ...` with the stdout pipe as its stdin and the stderr pipe as its stdout (one pipe
 //! and no `--err` with `merge_logs`). It appends what it reads to the files (stamping each line
 //! with `log_timestamps`) and rotates them as it writes: before a write would take a file past
 //! `log_max_size`, it writes what fits up to the last newline, renames the file to `.1` (the
@@ -55,7 +55,7 @@ use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
 use crate::persist::SavedPump;
-use crate::process::{self, Exit, ProcId, describe};
+use crate::process::{Exit, ProcId, describe};
 use crate::state::Agent;
 
 /// Bytes read from an instance's pipe at a time: the most one write of a pump adds to a file.
@@ -66,8 +66,13 @@ pub const PIPE_BUFFER: usize = 1 << 20;
 pub const PUMP_COMMAND: &str = "log-pump";
 /// A pump's process name (`comm`, at most 15 bytes).
 pub const PUMP_NAME: &std::ffi::CStr = c"pmcluster-pump";
-/// The pump's file descriptor for the stderr pipe (its stdin carries the stdout pipe).
-pub const PUMP_ERR_FD: i32 = 3;
+/// The pump's file descriptor for the stderr pipe (its stdin carries the stdout pipe). Its
+/// stdout, read rather than written: std spawns a program whose descriptors are all standard
+/// ones with `posix_spawn`, which shares the agent's memory until the exec (vfork), while any
+/// other descriptor needs a hook in the child, which makes std fork the agent: a copy of its
+/// page tables, undone at the exec, about 1 ms of CPU per pump on the machines measured
+/// (bench/RESULTS.md).
+pub const PUMP_ERR_FD: i32 = 1;
 /// Prefixes every line that starts in `chunk` with `stamp` and a space. `at_line_start` carries
 /// over from the previous chunk (a line may span chunks).
 pub fn stamp_lines(chunk: &[u8], at_line_start: &mut bool, stamp: &str) -> Vec<u8> {
@@ -434,14 +439,15 @@ fn spawn_pump_process(
         .args(first.target.args(second.map(|p| p.target.path.as_path())))
         .envs(pump_markers(&agent.marker, id))
         .stdin(Stdio::from(first.reader.try_clone()?))
-        .stdout(Stdio::null())
+        // The stderr pipe, as its fd [`PUMP_ERR_FD`].
+        .stdout(match second {
+            Some(second) => Stdio::from(second.reader.try_clone()?),
+            None => Stdio::null(),
+        })
         // Its rare messages go where the agent's go.
         .stderr(Stdio::inherit())
         .current_dir("/")
         .process_group(0);
-    if let Some(second) = second {
-        process::pass_fd(&mut cmd, second.reader.try_clone()?, PUMP_ERR_FD);
-    }
     let spawned = agent.reaper.spawn(&mut cmd)?;
     // It ends with its pipes; its exit only tells [`drained`] that it wrote everything.
     let pid = ProcId::of(spawned.pid).unwrap_or(ProcId {

@@ -121,16 +121,17 @@ impl Supervisor {
             }
             e
         };
-        // Straight into the cgroup where the kernel allows it (see `into_cgroup`); else, or
-        // without a cgroup, std's spawn, the child joining the cgroup itself.
+        // Cloned by `into_cgroup` where the kernel allows it: straight into its cgroup when it
+        // has a new one. Else std's spawn, the child joining the cgroup itself.
         let mut stdio = Some((stdout, stderr));
         let mut spawned = None;
-        if let Some(path) = &cgroup_path
-            && fresh
-            && let Some(dir) = into_cgroup::usable()
-                .then(|| cgroup::open_dir(path))
-                .flatten()
-        {
+        let clone_into = match &cgroup_path {
+            _ if !into_cgroup::usable() => None,
+            Some(path) if fresh => cgroup::open_dir(path).map(Some),
+            Some(_) => None,
+            None => Some(None),
+        };
+        if let Some(dir) = clone_into {
             let markers_env: Vec<(String, String)> = markers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
@@ -179,11 +180,9 @@ impl Supervisor {
                 limits: limits.clone(),
                 credentials: run_as.credentials.clone(),
             };
-            match self
-                .agent
-                .reaper
-                .spawn_with(|| into_cgroup::spawn(&setup, std::os::fd::AsFd::as_fd(&dir)))
-            {
+            match self.agent.reaper.spawn_with(|| {
+                into_cgroup::spawn(&setup, dir.as_ref().map(std::os::fd::AsFd::as_fd))
+            }) {
                 Ok(s) => spawned = Some(s),
                 Err(into_cgroup::SpawnError::Child(e)) => return Err(discard(failed(e))),
                 Err(into_cgroup::SpawnError::Clone(e)) => {
