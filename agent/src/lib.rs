@@ -191,6 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         unclaimed: Mutex::new(Vec::new()),
         started: Instant::now(),
         log_pump: config.log_pump.clone(),
+        pump_host: Mutex::new(None),
         cgroups,
         marker,
         orphans: Mutex::new(None),

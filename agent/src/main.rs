@@ -122,6 +122,12 @@ fn main() -> ExitCode {
     {
         return log_pump(PumpArgs::parse_from(std::env::args_os().skip(1)));
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == pmcluster_agent::logs::HOST_COMMAND)
+    {
+        return log_pump_host();
+    }
     let args = Args::parse();
     init_tracing();
     let raw = RawConfig {
@@ -184,10 +190,11 @@ fn run(config: pmcluster_agent::Config) -> anyhow::Result<()> {
     })
 }
 
-fn log_pump(args: PumpArgs) -> ExitCode {
-    // Its stderr is the agent's, which may be gone (a closed terminal, a dead pipe): a failed
-    // write of a message must be dropped, not reported with `eprintln!`, which would panic and
-    // end the pump, and with it the instance at its next line.
+/// Logging for a pump and the pump host. Their stderr is the agent's, which may be gone (a
+/// closed terminal, a dead pipe): a failed write of a message must be dropped, not reported
+/// with `eprintln!`, which would panic and end the pump, and with it the instance at its next
+/// line.
+fn init_pump_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -195,6 +202,22 @@ fn log_pump(args: PumpArgs) -> ExitCode {
         .with_writer(std::io::stderr)
         .log_internal_errors(false)
         .init();
+}
+
+/// Internal: the helper that forks every log pump (see `pmcluster_agent::logs::host`).
+fn log_pump_host() -> ExitCode {
+    init_pump_tracing();
+    match pmcluster_agent::logs::host_process() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("log pump host: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn log_pump(args: PumpArgs) -> ExitCode {
+    init_pump_tracing();
     let target = |path| pmcluster_agent::logs::PumpTarget {
         path,
         max_bytes: args.max_bytes.filter(|m| *m > 0),

@@ -84,6 +84,30 @@ pub fn pump_markers(m: &Marker, id: &InstanceId) -> [(&'static str, String); 3] 
     ]
 }
 
+/// Bytes kept in the pump host's environment for a pump's instance id (see
+/// `crate::logs::host`: each pump writes its id over them).
+pub const ID_ROOM: usize = 64;
+/// What fills that room until a pump writes its id over it.
+pub const ID_FILL: u8 = b'_';
+
+/// The environment variables of the pump host: this agent's markers, and the room for a pump's
+/// id in [`PUMP_VAR`].
+pub fn host_markers(m: &Marker) -> [(&'static str, String); 3] {
+    [
+        (
+            PUMP_VAR,
+            String::from_utf8_lossy(&[ID_FILL; ID_ROOM]).into_owned(),
+        ),
+        (NODE_VAR, m.node.clone()),
+        (AGENT_VAR, m.key.clone()),
+    ]
+}
+
+/// Whether a [`PUMP_VAR`] value is the pump host's unwritten room rather than an instance id.
+pub fn is_placeholder(value: &str) -> bool {
+    !value.is_empty() && value.bytes().all(|b| b == ID_FILL)
+}
+
 /// What a process's environment says it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mark {
@@ -116,7 +140,8 @@ pub fn parse_environ(environ: &[u8], m: &Marker) -> Option<Mark> {
             port,
         });
     }
-    let id = var(PUMP_VAR).filter(|id| !id.is_empty())?;
+    // The pump host's placeholder names no instance.
+    let id = var(PUMP_VAR).filter(|id| !id.is_empty() && !is_placeholder(id))?;
     Some(Mark::Pump {
         id: id.into_owned(),
     })
@@ -304,6 +329,16 @@ mod tests {
             (
                 "PMCLUSTER_PUMP_FOR=i3 PMCLUSTER_NODE=n1 PMCLUSTER_AGENT_KEY=00aa",
                 Some(Mark::Pump { id: "i3".into() }),
+            ),
+            // The pump host, and a pump that wrote its id over the host's room (the rest of
+            // the room follows its NUL).
+            (
+                "PMCLUSTER_PUMP_FOR=____ PMCLUSTER_NODE=n1 PMCLUSTER_AGENT_KEY=00aa",
+                None,
+            ),
+            (
+                "PMCLUSTER_PUMP_FOR=i4 _ PMCLUSTER_NODE=n1 PMCLUSTER_AGENT_KEY=00aa",
+                Some(Mark::Pump { id: "i4".into() }),
             ),
             // Another node, another agent of the same node, no key, no id: not ours.
             (

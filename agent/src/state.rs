@@ -78,6 +78,9 @@ pub(crate) struct Agent {
     pub started: Instant,
     /// See [`crate::Config::log_pump`].
     pub log_pump: Option<PathBuf>,
+    /// The agent's end of the socket to its pump host, once started (see
+    /// [`crate::logs::host`]).
+    pub pump_host: Mutex<Option<std::os::fd::OwnedFd>>,
     /// Where instances' cgroups go (see [`crate::cgroup`]), if anywhere.
     pub cgroups: Cgroups,
     /// What marks this agent's instances and pumps (see [`crate::orphans`]).

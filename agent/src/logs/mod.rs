@@ -9,6 +9,7 @@
 //! Log tasks only read files and send through the link's bounded log queue; when the queue is full
 //! they wait. They never touch a supervisor, so a slow reader cannot hold an instance up (the
 //! instance, or its pump, writes straight into its files).
+pub mod host;
 pub mod pump;
 mod serve;
 pub mod tail;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
 
+pub use host::{HOST_COMMAND, host_process};
 pub use pump::{PUMP_COMMAND, PumpTarget, pump_process};
 pub(crate) use serve::LogRequests;
 

@@ -1,9 +1,10 @@
 //! Log pumps.
 //!
 //! Every instance writes its stdout and stderr into pipes, and one *pump* per instance reads
-//! them: a small helper process, the agent binary run as `pmcluster-agent log-pump --out FILE
-//! [--err FILE] ...` with the stdout pipe as its stdin and the stderr pipe as its stdout (one pipe
-//! and no `--err` with `merge_logs`). It appends what it reads to the files (stamping each line
+//! them: a small helper process, forked by the agent's pump host (see [`super::host`]), which
+//! hands it the pipes. Where the host cannot start it, the pump is the agent binary run as
+//! `pmcluster-agent log-pump --out FILE [--err FILE] ...` with the stdout pipe as its stdin and
+//! the stderr pipe as its stdout (one pipe and no `--err` with `merge_logs`). It appends what it reads to the files (stamping each line
 //! with `log_timestamps`) and rotates them as it writes: before a write would take a file past
 //! `log_max_size`, it writes what fits up to the last newline, renames the file to `.1` (the
 //! kept files shift, the oldest beyond `log_retain` goes) and opens a new one. So no file ever
@@ -55,7 +56,7 @@ use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
 use crate::persist::SavedPump;
-use crate::process::{Exit, ProcId, describe};
+use crate::process::{self, Exit, ProcId, describe};
 use crate::state::Agent;
 
 /// Bytes read from an instance's pipe at a time: the most one write of a pump adds to a file.
@@ -106,7 +107,7 @@ pub fn split_at_room(bytes: &[u8], room: u64, file_empty: bool) -> usize {
     }
 }
 /// Where a pump writes, how, and when it rotates.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PumpTarget {
     pub path: PathBuf,
     /// Rotate before the file would pass this size; `None`: never.
@@ -238,24 +239,12 @@ pub fn pump(mut input: impl Read, target: PumpTarget) -> io::Result<()> {
 /// `err`, its fd [`PUMP_ERR_FD`] (the stderr pipe) into that, each in a thread, until both pipes
 /// end. See the section doc for why it ignores the usual termination signals.
 pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
-    // Blocked, not handled: they stay pending and never end the process. Before any thread
-    // starts, so that every thread inherits the mask.
-    let mut blocked = SigSet::empty();
-    for signal in [
-        Signal::SIGHUP,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGTERM,
-    ] {
-        blocked.add(signal);
-    }
-    blocked.thread_block().map_err(io::Error::from)?;
+    block_stop_signals()?;
     if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
         tracing::debug!("cannot set the process name: {e}");
     }
-    let stdout_pipe = blocking_input(std::io::stdin().as_fd().try_clone_to_owned()?)?;
-    let err_pump = match err {
+    let stdout_pipe = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let err = match err {
         Some(target) => {
             // The agent put the stderr pipe there (see `spawn_pump_process`). Opened again
             // through /proc rather than taken over by number, which would need `unsafe`.
@@ -265,7 +254,39 @@ pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> 
                     "fd {PUMP_ERR_FD} is not the instance's stderr pipe"
                 )));
             }
-            let pipe = blocking_input(std::os::fd::OwnedFd::from(file))?;
+            Some((OwnedFd::from(file), target))
+        }
+        None => None,
+    };
+    pump_pipes((stdout_pipe, out), err)
+}
+/// Blocks the signals a pump must outlive (see the module doc). Blocked, not handled: they stay
+/// pending and never end the process. Before any thread starts, so that every thread inherits
+/// the mask, and in the pump host before its forks, so that every pump does.
+pub(super) fn block_stop_signals() -> io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut blocked = SigSet::empty();
+    for signal in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+    ] {
+        blocked.add(signal);
+    }
+    blocked.thread_block().map_err(io::Error::from)
+}
+/// The body of a pump: `out`'s pipe into its target here and `err`'s (if any) in a thread, until
+/// both pipes end.
+pub(super) fn pump_pipes(
+    out: (OwnedFd, PumpTarget),
+    err: Option<(OwnedFd, PumpTarget)>,
+) -> io::Result<()> {
+    let (out_pipe, out) = out;
+    let stdout_pipe = blocking_input(out_pipe)?;
+    let err_pump = match err {
+        Some((pipe, target)) => {
+            let pipe = blocking_input(pipe)?;
             // A small stack: the thread only reads and writes through one buffer on the heap.
             Some(
                 std::thread::Builder::new()
@@ -318,8 +339,8 @@ const PUMP_DRAIN_WAIT: Duration = Duration::from_millis(500);
 
 /// The read end of one of an instance's output pipes, for its pump.
 pub(crate) struct PumpPipe {
-    reader: OwnedFd,
-    target: PumpTarget,
+    pub(super) reader: OwnedFd,
+    pub(super) target: PumpTarget,
     /// The instance's file descriptor it is on (1, or 2).
     fd: u32,
 }
@@ -386,6 +407,24 @@ pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -
         return (Vec::new(), None);
     }
     if let Some(program) = &agent.log_pump {
+        match super::host::start_pump(agent, program, id, &pipes) {
+            Ok(pump) => {
+                let saved = pipes
+                    .iter()
+                    .map(|p| SavedPump {
+                        fd: p.fd,
+                        pid: pump.pid,
+                        start_ticks: pump.start_ticks,
+                    })
+                    .collect();
+                return (saved, watch_exit(pump));
+            }
+            Err(e) => tracing::warn!(
+                instance = %id,
+                "the log pump host cannot start its pump ({}); starting the pump on its own",
+                describe(&e),
+            ),
+        }
         match spawn_pump_process(agent, program, id, &pipes) {
             Ok((pump, exit)) => {
                 let saved = pipes
@@ -421,6 +460,17 @@ pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -
         }
     }
     (Vec::new(), None)
+}
+/// The end of a pump the host started (not this agent's child), as [`drained`] waits for it:
+/// from its pidfd, in a task of the runtime. `None` outside one, where `drained` polls.
+fn watch_exit(pump: ProcId) -> Option<oneshot::Receiver<Exit>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, rx) = oneshot::channel();
+    runtime.spawn(async move {
+        let exit = process::ExitWatch::adopt(pump).wait().await;
+        let _ = tx.send(exit);
+    });
+    Some(rx)
 }
 fn spawn_pump_process(
     agent: &Agent,

@@ -308,14 +308,24 @@ fn pipe_of(pid: u32, fd: u32) -> Option<String> {
     link.starts_with("pipe:").then_some(link)
 }
 
-/// Process group of `pid` (0 when it is gone).
-fn pgrp_of(pid: u32) -> u32 {
+/// Field `n` (0: the state) after the name of `/proc/PID/stat`, as a number (0 when it is gone).
+fn stat_number(pid: u32, n: usize) -> u32 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
     rest.split_whitespace()
-        .nth(2)
+        .nth(n)
         .and_then(|f| f.parse().ok())
         .unwrap_or(0)
+}
+
+/// Process group of `pid` (0 when it is gone).
+fn pgrp_of(pid: u32) -> u32 {
+    stat_number(pid, 2)
+}
+
+/// Parent of `pid` (0 when it is gone).
+fn ppid_of(pid: u32) -> u32 {
+    stat_number(pid, 1)
 }
 
 /// Live processes outside process group `pgid` that hold `pipe` open: the readers of an
@@ -445,11 +455,36 @@ async fn kill_9_of_the_agent_leaves_timestamped_instances_logging() {
         assert_eq!(readers.len(), 1, "{pipe}: readers {readers:?}");
         assert_ne!(readers[0], agent_pid, "{pipe} is read by the agent itself");
     }
+    // One pump for both pipes, forked by the agent's pump host: a process of its own, in a
+    // group of its own, named and marked as the pump of "t".
+    assert_eq!(pumps[0], pumps[1], "one pump reads both pipes");
+    let pump = pumps[0][0];
+    let comm = std::fs::read_to_string(format!("/proc/{pump}/comm")).unwrap_or_default();
+    assert_eq!(comm.trim(), "pmcluster-pump");
+    assert_eq!(pgrp_of(pump), pump, "the pump leads a group of its own");
+    let environ = std::fs::read(format!("/proc/{pump}/environ")).unwrap_or_default();
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|kv| kv == b"PMCLUSTER_PUMP_FOR=t"),
+        "the pump's environment names its instance: {}",
+        String::from_utf8_lossy(&environ)
+    );
+    let host = ppid_of(pump);
+    let host_comm = std::fs::read_to_string(format!("/proc/{host}/comm")).unwrap_or_default();
+    assert_eq!(
+        host_comm.trim(),
+        "pmcluster-pumps",
+        "the pump's parent is the host"
+    );
+    reaper.add(host);
 
     // kill -9 of the agent: the instance lives on and its lines keep coming, stamped, into the
     // same files, which keep rotating.
     must(agent.kill().await, "kill -9 the agent");
     let _ = agent.wait().await;
+    // The host ends with its agent (its socket closed); the pump does not.
+    wait_until("the pump host gone", || !group_alive_pid(host)).await;
     let at_kill = ticks().last().copied().unwrap_or(0);
     let err_rotated = inode(&logs.join("ticking-0-err.log.1"));
     wait_until("ticks after the agent died", || {
@@ -587,4 +622,49 @@ async fn an_adopted_instance_whose_pumps_died_gets_new_ones() {
         .await;
     assert_eq!(pid_in(&r, "p"), pid);
     agent.kill().await.ok();
+}
+
+/// The `log-pump` program, which the agent runs when its pump host cannot start a pump: the
+/// stdout pipe on its stdin, the stderr pipe on its stdout (read, not written), each into its
+/// file, until both pipes end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_pump_program_reads_its_stdin_and_stdout() {
+    use std::io::Write;
+    let dir = tempdir();
+    let out = dir.path().join("p-out.log");
+    let err = dir.path().join("p-err.log");
+    let cloexec = rustix::pipe::PipeFlags::CLOEXEC;
+    let (out_r, out_w) = must(rustix::pipe::pipe_with(cloexec), "a pipe");
+    let (err_r, err_w) = must(rustix::pipe::pipe_with(cloexec), "a pipe");
+    let mut pump = must(
+        Command::new(env!("CARGO_BIN_EXE_pmcluster-agent"))
+            .arg("log-pump")
+            .arg("--out")
+            .arg(&out)
+            .arg("--err")
+            .arg(&err)
+            .stdin(Stdio::from(out_r))
+            .stdout(Stdio::from(err_r))
+            .stderr(Stdio::null())
+            .spawn(),
+        "start the log pump",
+    );
+    let mut out_w = std::fs::File::from(out_w);
+    let mut err_w = std::fs::File::from(err_w);
+    must(out_w.write_all(b"to stdout\n"), "write the stdout pipe");
+    must(err_w.write_all(b"to stderr\n"), "write the stderr pipe");
+    drop((out_w, err_w));
+    let status = must(
+        tokio::time::timeout(DEADLINE, pump.wait()).await,
+        "the pump ends with its pipes",
+    );
+    assert!(must(status, "the pump's exit").success());
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        "to stdout\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&err).unwrap_or_default(),
+        "to stderr\n"
+    );
 }

@@ -1,0 +1,352 @@
+//! The pump host: one helper process per agent that starts each instance's log pump as a fork
+//! of itself.
+//!
+//! Why: a pump started as a program of its own (`pmcluster-agent log-pump`) pays a whole exec
+//! of the agent binary: its loader, its page faults, glibc's CPU probe. That was 1.1-1.4 ms of
+//! CPU per instance started on the machines measured, more than the test app's own start
+//! (bench/RESULTS.md). A fork of the host, a small single-threaded process that has already
+//! paid all of that once, costs a fraction of it, and the child needs no exec: it is a pump at
+//! once.
+//!
+//! What does not change: each pump is a process of its own, in a process group of its own, with
+//! the name `pmcluster-pump`, and it ends when its pipes do; it outlives the host as it outlives
+//! the agent. The host only starts pumps. It reads requests on a `SOCK_SEQPACKET` socket (its
+//! stdin), each a JSON [`Request`] with the pipes' read ends passed along (`SCM_RIGHTS`), and
+//! answers each with a JSON [`Reply`]. It ends when the agent's end of the socket closes (the
+//! agent exits or is killed), leaving its pumps running. When the host cannot be started or
+//! stops answering, the agent starts that pump as a program of its own, as before.
+//!
+//! A pump's environment names its instance ([`crate::orphans::PUMP_VAR`]), so that an agent
+//! whose data dir was wiped still finds it. A fork inherits the host's environment, so the host
+//! is started with a placeholder in that variable ([`crate::orphans::ID_ROOM`] bytes), and each
+//! pump writes its instance id over it in its own copy of the environment block, which is what
+//! `/proc/PID/environ` shows. The host itself, its placeholder unwritten, marks no instance
+//! (see [`crate::orphans::host_markers`]).
+
+use std::fs::OpenOptions;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use serde::{Deserialize, Serialize};
+
+use super::pump::{PUMP_NAME, PumpPipe, PumpTarget, block_stop_signals, pump_pipes};
+use crate::model::InstanceId;
+use crate::orphans::{ID_FILL, PUMP_VAR, host_markers};
+use crate::process::ProcId;
+use crate::state::Agent;
+
+/// The agent binary's hidden subcommand that runs the host.
+pub const HOST_COMMAND: &str = "log-pump-host";
+/// The host's process name (`comm`, at most 15 bytes).
+pub const HOST_NAME: &std::ffi::CStr = c"pmcluster-pumps";
+/// How long the agent waits for the host's answer before it gives up on the host.
+const ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// How often an idle host wakes to reap the pumps that ended.
+const REAP_EVERY: Duration = Duration::from_secs(1);
+/// The largest request: two paths and an id.
+const MAX_REQUEST: usize = 16 * 1024;
+
+/// Start a pump for an instance: the first pipe passed along into `out`, the second (if any)
+/// into `err`.
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    id: String,
+    out: PumpTarget,
+    err: Option<PumpTarget>,
+}
+
+/// The host's answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    Started { pid: u32 },
+    Failed { error: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent's side
+
+/// Has the agent's host start a pump for `pipes`; the pump's id. Starts the host first if
+/// there is none (the agent keeps its socket in `Agent::pump_host`). On any failure the host is
+/// let go (it ends when its socket closes), and the next pump starts a new one.
+pub(crate) fn start_pump(
+    agent: &Agent,
+    program: &Path,
+    id: &InstanceId,
+    pipes: &[PumpPipe],
+) -> io::Result<ProcId> {
+    let mut socket = agent
+        .pump_host
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if socket.is_none() {
+        *socket = Some(start_host(agent, program)?);
+    }
+    let Some(conn) = socket.as_ref() else {
+        return Err(io::Error::other("no pump host"));
+    };
+    let started = request(conn.as_fd(), id, pipes);
+    if started.is_err() {
+        *socket = None;
+    }
+    let pid = started?;
+    // Gone already when its pipes ended at once (the instance exited): nothing to wait for.
+    Ok(ProcId::of(pid).unwrap_or(ProcId {
+        pid,
+        start_ticks: 0,
+    }))
+}
+
+fn start_host(agent: &Agent, program: &Path) -> io::Result<OwnedFd> {
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    for timeout in [
+        rustix::net::sockopt::Timeout::Recv,
+        rustix::net::sockopt::Timeout::Send,
+    ] {
+        rustix::net::sockopt::set_socket_timeout(&ours, timeout, Some(ANSWER_WAIT))?;
+    }
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg0("pmcluster-agent")
+        .arg(HOST_COMMAND)
+        .envs(host_markers(&agent.marker))
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        // Its rare messages, and its pumps', go where the agent's go.
+        .stderr(Stdio::inherit())
+        .current_dir("/")
+        .process_group(0);
+    // Its exit is not waited for: it ends when `ours` closes.
+    let spawned = agent.reaper.spawn(&mut cmd)?;
+    tracing::debug!(pid = spawned.pid, "started the log pump host");
+    Ok(ours)
+}
+
+fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::Result<u32> {
+    let (out, err) = match pipes {
+        [out] => (out, None),
+        [out, err] => (out, Some(err)),
+        _ => return Err(io::Error::other("a pump reads one or two pipes")),
+    };
+    let request = Request {
+        id: id.as_str().to_string(),
+        out: out.target.clone(),
+        err: err.map(|p| p.target.clone()),
+    };
+    let body = serde_json::to_vec(&request).map_err(io::Error::other)?;
+    let fds: Vec<BorrowedFd<'_>> = pipes.iter().map(|p| p.reader.as_fd()).collect();
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        return Err(io::Error::other("no room for the pipes"));
+    }
+    rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(&body)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    let mut answer = [0u8; 1024];
+    let n = rustix::net::recv(socket, &mut answer, RecvFlags::empty())?.0;
+    if n == 0 {
+        return Err(io::Error::other("the pump host ended"));
+    }
+    match serde_json::from_slice(&answer[..n]).map_err(io::Error::other)? {
+        Reply::Started { pid } => Ok(pid),
+        Reply::Failed { error } => Err(io::Error::other(error)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host
+
+/// The `log-pump-host` process: starts a pump per request on its stdin until the agent's end
+/// closes. Single-threaded, so that each fork is a whole copy of it.
+pub fn host_process() -> io::Result<()> {
+    block_stop_signals()?;
+    if let Err(e) = nix::sys::prctl::set_name(HOST_NAME) {
+        tracing::debug!("cannot set the process name: {e}");
+    }
+    let stdin = std::io::stdin();
+    let socket = stdin.as_fd();
+    rustix::net::sockopt::set_socket_timeout(
+        socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(REAP_EVERY),
+    )?;
+    let mut body = vec![0u8; MAX_REQUEST];
+    loop {
+        reap();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let received = rustix::net::recvmsg(
+            socket,
+            &mut [IoSliceMut::new(&mut body)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        );
+        let n = match received {
+            Ok(msg) => msg.bytes,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds: Vec<OwnedFd> = Vec::new();
+        for message in control.drain() {
+            if let RecvAncillaryMessage::ScmRights(received) = message {
+                fds.extend(received);
+            }
+        }
+        if n == 0 && fds.is_empty() {
+            // The agent's end closed.
+            return Ok(());
+        }
+        let reply = match serde_json::from_slice::<Request>(&body[..n]) {
+            Ok(request) => start(request, fds),
+            Err(e) => Reply::Failed {
+                error: format!("a request the host cannot read: {e}"),
+            },
+        };
+        let answer = serde_json::to_vec(&reply).map_err(io::Error::other)?;
+        rustix::net::send(socket, &answer, SendFlags::NOSIGNAL)?;
+    }
+}
+
+/// Reaps the pumps that ended (the host is their parent until it ends).
+fn reap() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Forks the pump of `request` on `fds`.
+#[allow(unsafe_code)]
+fn start(request: Request, mut fds: Vec<OwnedFd>) -> Reply {
+    let wanted = 1 + usize::from(request.err.is_some());
+    if fds.len() != wanted {
+        return Reply::Failed {
+            error: format!("{} pipes passed for {wanted}", fds.len()),
+        };
+    }
+    let err = request.err.map(|target| (fds.remove(1), target));
+    let out = (fds.remove(0), request.out);
+    // SAFETY: the host is single-threaded (no runtime; its logging writes from the calling
+    // thread), so the child is a whole copy of it and may allocate, lock and start threads.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => run_pump(&request.id, out, err),
+        Ok(nix::unistd::ForkResult::Parent { child }) => Reply::Started {
+            pid: child.as_raw().unsigned_abs(),
+        },
+        Err(e) => Reply::Failed {
+            error: format!("fork: {e}"),
+        },
+    }
+}
+
+/// The forked pump: leaves the host's socket and group, takes its name and marker, pumps and
+/// exits.
+fn run_pump(id: &str, out: (OwnedFd, PumpTarget), err: Option<(OwnedFd, PumpTarget)>) -> ! {
+    // The host's socket must not outlive the host in its pumps: the agent would not see the
+    // host end.
+    let detached = std::fs::File::open("/dev/null")
+        .and_then(|null| nix::unistd::dup2_stdin(null).map_err(io::Error::from));
+    if let Err(e) = detached {
+        tracing::warn!("a pump cannot leave the host's socket: {e}");
+        std::process::exit(1);
+    }
+    let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
+    if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
+        tracing::debug!("cannot set the process name: {e}");
+    }
+    if let Err(e) = mark_environment(id) {
+        tracing::warn!(
+            instance = id,
+            "the log pump cannot mark its environment: {e}"
+        );
+    }
+    let path = out.1.path.clone();
+    match pump_pipes(out, err) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            tracing::error!("log pump for {}: {e}", path.display());
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Writes `id` over the placeholder of [`PUMP_VAR`] in this process's environment block (the
+/// memory `/proc/self/environ` reads), ended by a NUL: what follows it up to the placeholder's
+/// end then reads as an entry without `=`, which nothing takes for a variable.
+fn mark_environment(id: &str) -> io::Result<()> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the `)` of the name start at field 3; env_start is field 50.
+    let env_start: u64 = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(47))
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(|| io::Error::other("no env_start in /proc/self/stat"))?;
+    let environ = std::fs::read("/proc/self/environ")?;
+    let (at, room) = placeholder_at(&environ)
+        .ok_or_else(|| io::Error::other(format!("no room for the id in {PUMP_VAR}")))?;
+    if id.len() >= room || id.is_empty() {
+        return Err(io::Error::other(format!(
+            "an id of {} bytes does not fit in {room}",
+            id.len()
+        )));
+    }
+    let mut bytes = id.as_bytes().to_vec();
+    bytes.push(0);
+    OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")?
+        .write_all_at(&bytes, env_start + at as u64)
+}
+
+/// Where the placeholder value of [`PUMP_VAR`] starts in an environment block, and its length.
+fn placeholder_at(environ: &[u8]) -> Option<(usize, usize)> {
+    let key = format!("{PUMP_VAR}=");
+    let mut offset = 0;
+    for entry in environ.split(|b| *b == 0) {
+        if let Some(value) = entry.strip_prefix(key.as_bytes())
+            && !value.is_empty()
+            && value.iter().all(|b| *b == ID_FILL)
+        {
+            return Some((offset + key.len(), value.len()));
+        }
+        offset += entry.len() + 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_placeholder() {
+        let fill = String::from_utf8_lossy(&[ID_FILL; 8]).into_owned();
+        let env = format!("A=1\0{PUMP_VAR}={fill}\0B=2\0");
+        let (at, room) = placeholder_at(env.as_bytes()).expect("found");
+        assert_eq!(&env.as_bytes()[at..at + room], fill.as_bytes());
+        // A written id is no placeholder any more.
+        let written = format!("A=1\0{PUMP_VAR}=abc\0____\0");
+        assert_eq!(placeholder_at(written.as_bytes()), None);
+        assert!(HOST_NAME.to_bytes().len() <= 15);
+    }
+}
