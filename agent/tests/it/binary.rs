@@ -646,6 +646,8 @@ async fn the_log_pump_program_reads_its_stdin_and_stdout() {
             .stdin(Stdio::from(out_r))
             .stdout(Stdio::from(err_r))
             .stderr(Stdio::null())
+            // Ended with the test, whatever its outcome.
+            .kill_on_drop(true)
             .spawn(),
         "start the log pump",
     );
