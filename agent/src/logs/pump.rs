@@ -407,41 +407,39 @@ pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -
         return (Vec::new(), None);
     }
     if let Some(program) = &agent.log_pump {
-        match super::host::start_pump(agent, program, id, &pipes) {
-            Ok(pump) => {
-                let saved = pipes
-                    .iter()
-                    .map(|p| SavedPump {
-                        fd: p.fd,
-                        pid: pump.pid,
-                        start_ticks: pump.start_ticks,
-                    })
-                    .collect();
-                return (saved, watch_exit(pump));
+        let started = match super::host::start_pump(agent, program, id, &pipes) {
+            Ok(pump) => Some((pump, watch_exit(pump))),
+            Err(e) => {
+                tracing::warn!(
+                    instance = %id,
+                    "the log pump host cannot start its pump ({}); starting the pump on its own",
+                    describe(&e),
+                );
+                match spawn_pump_process(agent, program, id, &pipes) {
+                    Ok((pump, exit)) => Some((pump, Some(exit))),
+                    Err(e) => {
+                        tracing::warn!(
+                            instance = %id,
+                            "cannot start the log pump {}: {}; pumping in the agent, which its \
+                             exit ends",
+                            program.display(),
+                            describe(&e),
+                        );
+                        None
+                    }
+                }
             }
-            Err(e) => tracing::warn!(
-                instance = %id,
-                "the log pump host cannot start its pump ({}); starting the pump on its own",
-                describe(&e),
-            ),
-        }
-        match spawn_pump_process(agent, program, id, &pipes) {
-            Ok((pump, exit)) => {
-                let saved = pipes
-                    .iter()
-                    .map(|p| SavedPump {
-                        fd: p.fd,
-                        ..pump.clone()
-                    })
-                    .collect();
-                return (saved, Some(exit));
-            }
-            Err(e) => tracing::warn!(
-                instance = %id,
-                "cannot start the log pump {}: {}; pumping in the agent, which its exit ends",
-                program.display(),
-                describe(&e),
-            ),
+        };
+        if let Some((pump, exit)) = started {
+            let saved = pipes
+                .iter()
+                .map(|p| SavedPump {
+                    fd: p.fd,
+                    pid: pump.pid,
+                    start_ticks: pump.start_ticks,
+                })
+                .collect();
+            return (saved, exit);
         }
     }
     for p in pipes {
@@ -477,7 +475,7 @@ fn spawn_pump_process(
     program: &Path,
     id: &InstanceId,
     pipes: &[PumpPipe],
-) -> io::Result<(SavedPump, oneshot::Receiver<Exit>)> {
+) -> io::Result<(ProcId, oneshot::Receiver<Exit>)> {
     let (first, second) = match pipes {
         [first] => (first, None),
         [first, second] => (first, Some(second)),
@@ -504,12 +502,7 @@ fn spawn_pump_process(
         pid: spawned.pid,
         start_ticks: 0,
     });
-    let saved = SavedPump {
-        pid: pid.pid,
-        start_ticks: pid.start_ticks,
-        fd: first.fd,
-    };
-    Ok((saved, spawned.exit))
+    Ok((pid, spawned.exit))
 }
 /// The pumps of an adopted instance: those recorded that still run, and a new one for the
 /// pipes nobody reads any more (a pump died while no agent ran, or the instance was started by
