@@ -88,6 +88,16 @@ impl ProcId {
         })
     }
 
+    /// A process this agent just started, by its pid. Its start time is read from `/proc`; a
+    /// process that has already gone (its stat unreadable) gets start time 0, which only a
+    /// process of the first clock tick after boot has, so it is never signalled and counts as gone.
+    pub fn started(pid: u32) -> ProcId {
+        ProcId::of(pid).unwrap_or(ProcId {
+            pid,
+            start_ticks: 0,
+        })
+    }
+
     /// Whether this very process still runs (zombies count as gone).
     pub fn alive(&self) -> bool {
         read_stat(self.pid).is_some_and(|s| s.start_ticks == self.start_ticks && s.running())
@@ -708,5 +718,23 @@ mod tests {
         );
         let id = ProcId::of(me);
         assert!(id.is_some_and(|id| id.alive()));
+        assert_eq!(Some(ProcId::started(me)), id);
+    }
+
+    #[test]
+    fn a_started_process_that_is_gone_counts_as_gone() -> std::io::Result<()> {
+        let mut child = std::process::Command::new("true").spawn()?;
+        let pid = child.id();
+        child.wait()?;
+        // Reaped: its stat is gone (or, if the pid was taken again, another start time).
+        let id = ProcId::started(pid);
+        assert_eq!(id.pid, pid);
+        assert!(
+            id.start_ticks == 0 || read_stat(pid).is_some_and(|s| s.start_ticks == id.start_ticks)
+        );
+        if id.start_ticks == 0 {
+            assert!(!id.alive());
+        }
+        Ok(())
     }
 }

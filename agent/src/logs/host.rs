@@ -101,10 +101,7 @@ pub(crate) fn start_pump(
     }
     let pid = started?;
     // Gone already when its pipes ended at once (the instance exited): nothing to wait for.
-    Ok(ProcId::of(pid).unwrap_or(ProcId {
-        pid,
-        start_ticks: 0,
-    }))
+    Ok(ProcId::started(pid))
 }
 
 fn start_host(agent: &Agent, program: &Path) -> io::Result<OwnedFd> {

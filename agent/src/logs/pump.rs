@@ -498,10 +498,7 @@ fn spawn_pump_process(
         .process_group(0);
     let spawned = agent.reaper.spawn(&mut cmd)?;
     // It ends with its pipes; its exit only tells [`drained`] that it wrote everything.
-    let pid = ProcId::of(spawned.pid).unwrap_or(ProcId {
-        pid: spawned.pid,
-        start_ticks: 0,
-    });
+    let pid = ProcId::started(spawned.pid);
     Ok((pid, spawned.exit))
 }
 /// The pumps of an adopted instance: those recorded that still run, and a new one for the

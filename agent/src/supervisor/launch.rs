@@ -242,10 +242,7 @@ impl Supervisor {
             }
         };
         let pid = spawned.pid;
-        let proc = ProcId::of(pid).unwrap_or(ProcId {
-            pid,
-            start_ticks: 0,
-        });
+        let proc = ProcId::started(pid);
         let restarted = self.started_once;
         self.started_once = true;
         let mut running = Running::new(
