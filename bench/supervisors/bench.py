@@ -350,11 +350,15 @@ class Pmdaemon:
                  "--port", f"{base}-{base + n - 1}")
 
     def stop_many(self):
-        self.cmd("delete", "many")
+        # `delete many` (0.1.4) finds no process of that name, only many-0 ... many-N, and
+        # leaves their configurations, so the next `start --name many` fails with
+        # ProcessAlreadyExists. This run's HOME is private, so "all" is just these.
+        self.cmd("delete", "all", "--force")
         self.kill_leftovers()
 
     def teardown(self):
-        self.cmd("delete", "all")
+        # Without --force it asks for confirmation, and with no answer deletes nothing.
+        self.cmd("delete", "all", "--force")
         self.kill_leftovers()
 
     def kill_leftovers(self):
