@@ -148,8 +148,9 @@ pub fn resolve(program: &str, path: Option<&OsStr>) -> Option<CString> {
 }
 
 /// Starts `setup`'s program, in the cgroup whose directory `cgroup` is open on if given;
-/// returns its pid. The caller holds the reaper's lock, so that the child's exit is not reaped
-/// before its waiter is registered.
+/// returns its pid. Run through `Reaper::spawn_with`, which keeps the child's exit if the reaper
+/// takes it before the pid is registered; a failed child is waited for here, and one the reaper
+/// took first is simply gone.
 #[allow(unsafe_code)]
 pub fn spawn(setup: &Setup, cgroup: Option<BorrowedFd<'_>>) -> Result<u32, SpawnError> {
     // Built here, before the clone: the child must not allocate.

@@ -7,7 +7,9 @@
 //! must be reaped or they stay zombies for as long as the agent runs. Reaping "any child" would
 //! steal the exit status of an instance leader from whoever waits for it, so nothing else may
 //! wait: every spawn goes through [`Reaper::spawn`], which registers the pid under the same lock
-//! the reaper holds while it reaps, and the reaper hands each registered exit to its waiter.
+//! the reaper holds while it reaps, or [`Reaper::spawn_with`], which keeps an exit reaped while
+//! its spawn was under way until the pid is registered; the reaper hands each registered exit to
+//! its waiter.
 //!
 //! What this module must not do: decide anything about restarts (see `restart`), or block the
 //! runtime for longer than one short syscall burst.
@@ -136,52 +138,117 @@ pub struct Spawned {
 
 /// The agent's reaper; see the module doc.
 pub struct Reaper {
-    /// Waiters by pid. Held while spawning and while reaping, so a child that exits at once is
-    /// never reaped before its waiter is registered.
-    waiting: Mutex<BTreeMap<u32, oneshot::Sender<Exit>>>,
+    /// Who waits for which exit. Held while reaping and through a std spawn: std waits for a
+    /// child whose exec failed and panics if that child was reaped first. [`Reaper::spawn_with`]
+    /// holds it only around its clone, so that spawns on two threads overlap.
+    table: Mutex<Table>,
     /// Reap any child (`waitpid(-1)`): the agent is a subreaper and adopts orphans. Off for an
     /// agent embedded in another process (tests), which must only reap its own spawns.
     reap_all: bool,
 }
 
+/// The reaper's bookkeeping, with no system calls, so its order of events is table-tested.
+#[derive(Default)]
+struct Table {
+    waiting: BTreeMap<u32, oneshot::Sender<Exit>>,
+    /// Spawns under way without the lock ([`Reaper::spawn_with`]).
+    spawning: usize,
+    /// Exits reaped while such a spawn was under way that nobody waited for: one may be that
+    /// spawn's child, which ended before it was registered. Emptied when no spawn is under
+    /// way, so it holds no more than the orphans of a few milliseconds. A pid in here is not
+    /// given out again before it is emptied unless the kernel's pids wrap around within that
+    /// time.
+    early: BTreeMap<u32, Exit>,
+}
+
+impl Table {
+    /// A child that `waitpid` returned.
+    fn exited(&mut self, pid: u32, exit: Exit) {
+        match self.waiting.remove(&pid) {
+            Some(tx) => {
+                let _ = tx.send(exit);
+            }
+            None if self.spawning > 0 => {
+                self.early.insert(pid, exit);
+            }
+            None => tracing::debug!(pid, "reaped an orphan: {}", exit.describe()),
+        }
+    }
+
+    /// Registers `pid`'s waiter; an exit reaped before this reaches it at once.
+    fn register(&mut self, pid: u32) -> oneshot::Receiver<Exit> {
+        let (tx, rx) = oneshot::channel();
+        match self.early.remove(&pid) {
+            Some(exit) => {
+                let _ = tx.send(exit);
+            }
+            None => {
+                self.waiting.insert(pid, tx);
+            }
+        }
+        rx
+    }
+
+    /// A spawn without the lock ended (registered or failed).
+    fn spawn_ended(&mut self) {
+        self.spawning = self.spawning.saturating_sub(1);
+        if self.spawning == 0 {
+            self.early.clear();
+        }
+    }
+}
+
+/// Ends [`Reaper::spawn_with`]'s spawn in the table even if the spawn panics.
+struct SpawnUnderWay<'a>(&'a Reaper);
+
+impl Drop for SpawnUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.lock().spawn_ended();
+    }
+}
+
 impl Reaper {
     pub fn new(reap_all: bool) -> Reaper {
         Reaper {
-            waiting: Mutex::new(BTreeMap::new()),
+            table: Mutex::new(Table::default()),
             reap_all,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<u32, oneshot::Sender<Exit>>> {
-        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Spawns `cmd` and registers its pid. Blocking (fork and exec) for well under a
     /// millisecond; the caller's `Command` decides stdio, group and credentials.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {
-        let mut waiting = self.lock();
+        let mut table = self.lock();
         let mut child = cmd.spawn()?;
         let pid = child.id();
-        let (tx, rx) = oneshot::channel();
-        waiting.insert(pid, tx);
+        let exit = table.register(pid);
         // Dropping a std `Child` neither waits nor kills: the reaper owns its exit from here.
         Ok(Spawned {
             pid,
-            exit: rx,
+            exit,
             stdout: child.stdout.take(),
             stderr: child.stderr.take(),
         })
     }
 
-    /// Registers the child that `spawn` starts (its pid), under the same lock as [`Reaper::spawn`].
+    /// Registers the child that `spawn` starts (its pid). The lock is not held while `spawn`
+    /// runs, so `spawn` must tolerate its child being reaped by the reaper (a failed child it
+    /// waits for itself may be gone already); an exit reaped before the registration is kept
+    /// for it.
     pub fn spawn_with<E>(&self, spawn: impl FnOnce() -> Result<u32, E>) -> Result<Spawned, E> {
-        let mut waiting = self.lock();
-        let pid = spawn()?;
-        let (tx, rx) = oneshot::channel();
-        waiting.insert(pid, tx);
+        self.lock().spawning += 1;
+        let under_way = SpawnUnderWay(self);
+        let spawned = spawn();
+        let registered = spawned.map(|pid| (pid, self.lock().register(pid)));
+        drop(under_way);
+        let (pid, exit) = registered?;
         Ok(Spawned {
             pid,
-            exit: rx,
+            exit,
             stdout: None,
             stderr: None,
         })
@@ -189,7 +256,7 @@ impl Reaper {
 
     /// Reaps every child that has exited and hands registered exits to their waiters.
     pub fn reap(&self) {
-        let mut waiting = self.lock();
+        let mut table = self.lock();
         if self.reap_all {
             loop {
                 match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -199,18 +266,18 @@ impl Reaper {
                         tracing::warn!("waitpid failed: {e}");
                         break;
                     }
-                    Ok(status) => deliver(&mut waiting, status),
+                    Ok(status) => deliver(&mut table, status),
                 }
             }
         } else {
-            let pids: Vec<u32> = waiting.keys().copied().collect();
+            let pids: Vec<u32> = table.waiting.keys().copied().collect();
             for pid in pids {
                 match waitpid(to_pid(pid), Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::StillAlive) => {}
-                    Ok(status) => deliver(&mut waiting, status),
+                    Ok(status) => deliver(&mut table, status),
                     // Not our child any more (cannot happen for a registered pid); forget it.
                     Err(Errno::ECHILD) => {
-                        if let Some(tx) = waiting.remove(&pid) {
+                        if let Some(tx) = table.waiting.remove(&pid) {
                             let _ = tx.send(Exit::Unknown);
                         }
                     }
@@ -236,7 +303,7 @@ impl Reaper {
     }
 }
 
-fn deliver(waiting: &mut BTreeMap<u32, oneshot::Sender<Exit>>, status: WaitStatus) {
+fn deliver(table: &mut Table, status: WaitStatus) {
     let (pid, exit) = match status {
         WaitStatus::Exited(pid, code) => (pid, Exit::Code(code)),
         WaitStatus::Signaled(pid, sig, _core) => (pid, Exit::Signal(sig as i32)),
@@ -246,12 +313,7 @@ fn deliver(waiting: &mut BTreeMap<u32, oneshot::Sender<Exit>>, status: WaitStatu
     let Ok(pid) = u32::try_from(pid.as_raw()) else {
         return;
     };
-    match waiting.remove(&pid) {
-        Some(tx) => {
-            let _ = tx.send(exit);
-        }
-        None => tracing::debug!(pid, "reaped an orphan: {}", exit.describe()),
-    }
+    table.exited(pid, exit);
 }
 
 /// Who a child runs as, resolved before the fork: the user and group databases (NSS) lock and
@@ -719,6 +781,65 @@ mod tests {
         let id = ProcId::of(me);
         assert!(id.is_some_and(|id| id.alive()));
         assert_eq!(Some(ProcId::started(me)), id);
+    }
+
+    /// What a waiter of `rx` has received so far.
+    fn received(rx: &mut oneshot::Receiver<Exit>) -> Option<Exit> {
+        rx.try_recv().ok()
+    }
+
+    #[test]
+    fn the_table_hands_exits_to_their_waiters_in_any_order() {
+        let mut t = Table::default();
+        // Registered, then reaped: the ordinary case.
+        let mut rx = t.register(7);
+        assert_eq!(received(&mut rx), None);
+        t.exited(7, Exit::Code(0));
+        assert_eq!(received(&mut rx), Some(Exit::Code(0)));
+
+        // Reaped while its spawn was under way, before it was registered.
+        t.spawning += 1;
+        t.exited(8, Exit::Signal(9));
+        assert_eq!(t.early.len(), 1);
+        let mut rx = t.register(8);
+        assert_eq!(received(&mut rx), Some(Exit::Signal(9)));
+        t.spawn_ended();
+        assert!(t.early.is_empty() && t.waiting.is_empty());
+
+        // An orphan reaped during another spawn is kept only while a spawn is under way.
+        t.spawning += 2;
+        t.exited(9, Exit::Code(1));
+        let mut rx = t.register(10);
+        t.spawn_ended();
+        assert_eq!(t.early.len(), 1, "a spawn is still under way");
+        t.exited(10, Exit::Code(3));
+        assert_eq!(received(&mut rx), Some(Exit::Code(3)));
+        t.spawn_ended();
+        assert!(t.early.is_empty());
+
+        // With no spawn under way, an unknown exit is an orphan's and is dropped.
+        t.exited(11, Exit::Code(0));
+        assert!(t.early.is_empty() && t.waiting.is_empty());
+        // More ends than starts (cannot happen) do not wrap.
+        t.spawn_ended();
+        assert_eq!(t.spawning, 0);
+    }
+
+    #[test]
+    fn a_spawn_that_fails_or_panics_is_no_longer_under_way() {
+        let reaper = Reaper::new(false);
+        let failed: Result<Spawned, &str> = reaper.spawn_with(|| Err("no"));
+        assert!(failed.is_err());
+        assert_eq!(reaper.lock().spawning, 0);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = reaper.spawn_with(|| -> Result<u32, ()> { panic!("in the spawn") });
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(reaper.lock().spawning, 0);
+        let ok = reaper.spawn_with(|| Ok::<u32, ()>(4_000_000));
+        assert!(ok.is_ok_and(|s| s.pid == 4_000_000));
+        assert_eq!(reaper.lock().spawning, 0);
+        assert!(reaper.lock().waiting.contains_key(&4_000_000));
     }
 
     #[test]
