@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use crate::identity::{self, Verdict};
+use crate::identity::{self, Identity, IdentityError, Verdict};
 use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
@@ -371,23 +371,46 @@ fn check_registered(agent: &Agent, r: &pb::Registered) {
 
 /// Saves the address the coordinator recorded for this node when it changed.
 fn remember_address(agent: &Agent, address: &str) {
-    let mut id = agent
-        .identity
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if address.is_empty() || id.address == address {
+    if address.is_empty() {
         return;
     }
-    let mut next = id.clone();
-    next.address = address.to_string();
-    match identity::save(&agent.data_dir, &next) {
-        Ok(()) => *id = next,
-        Err(e) => {
-            // Still used for this run; only a restart before the next registration misses it.
-            tracing::warn!("cannot remember this node's address {address}: {e}");
-            id.address = address.to_string();
-        }
+    let set = |id: &mut Identity| id.address = address.to_string();
+    if let Some((_, Err(e))) = update_identity(agent, set) {
+        // Still used for this run; only a restart before the next registration misses it.
+        tracing::warn!("cannot remember this node's address {address}: {e}");
+        set(&mut lock_identity(agent));
     }
+}
+
+fn lock_identity(agent: &Agent) -> std::sync::MutexGuard<'_, Identity> {
+    agent
+        .identity
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Applies `change` to the node's identity: saves the changed identity to the data dir, then,
+/// once saved, applies `change` to the one in memory too. Returns the identity from before and
+/// the save's outcome, or `None` when `change` changes nothing.
+///
+/// The file is written without holding `agent.identity`: every start reads the node's address
+/// under that lock, and used to wait for this fsync (1.1 ms here) on every desired set. Only
+/// the link task calls this, one call at a time, so no two saves interleave.
+fn update_identity(
+    agent: &Agent,
+    change: impl Fn(&mut Identity),
+) -> Option<(Identity, Result<(), IdentityError>)> {
+    let before = lock_identity(agent).clone();
+    let mut next = before.clone();
+    change(&mut next);
+    if next == before {
+        return None;
+    }
+    let saved = identity::save(&agent.data_dir, &next);
+    if saved.is_ok() {
+        change(&mut lock_identity(agent));
+    }
+    Some((before, saved))
 }
 
 /// Applies a desired set unless the remembered identity refuses it (another cluster, or a
@@ -438,30 +461,29 @@ fn accept_set(agent: &Arc<Agent>, set: pb::DesiredSet, refused: &mut bool) {
 /// Saves the cluster id and highest applied generation when they changed.
 fn remember(agent: &Agent, cluster_id: &str, adopt: bool) {
     let generation = agent.state.generation();
-    let mut id = agent
-        .identity
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut next = id.clone();
-    if !cluster_id.is_empty() {
-        next.cluster_id = cluster_id.to_string();
-    }
-    next.generation = next.generation.max(generation);
-    next.renamed_from.clear();
-    if next == *id {
+    let change = |id: &mut Identity| {
+        if !cluster_id.is_empty() {
+            id.cluster_id = cluster_id.to_string();
+        }
+        id.generation = id.generation.max(generation);
+        id.renamed_from.clear();
+    };
+    let Some((before, saved)) = update_identity(agent, change) else {
         return;
-    }
-    if adopt && !id.cluster_id.is_empty() && id.cluster_id != next.cluster_id {
+    };
+    if adopt
+        && !before.cluster_id.is_empty()
+        && !cluster_id.is_empty()
+        && before.cluster_id != cluster_id
+    {
         tracing::warn!(
-            "adopted into cluster {} (was {}) by an operator",
-            next.cluster_id,
-            id.cluster_id
+            "adopted into cluster {cluster_id} (was {}) by an operator",
+            before.cluster_id
         );
     }
-    match identity::save(&agent.data_dir, &next) {
-        Ok(()) => *id = next,
+    if let Err(e) = saved {
         // Applied, but not remembered: after a restart this node would accept older sets again.
-        Err(e) => tracing::error!("cannot remember the applied desired set: {e}"),
+        tracing::error!("cannot remember the applied desired set: {e}");
     }
 }
 
