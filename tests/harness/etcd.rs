@@ -24,7 +24,7 @@ use crate::http::http_get_within;
 use crate::ports::free_port_range;
 use crate::skip::skip;
 use crate::tls::Pki;
-use crate::wait::poll_until;
+use crate::wait::{poll_every, poll_until};
 
 /// How long a member may take to answer healthy after it starts.
 pub const ETCD_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -368,8 +368,22 @@ impl Etcd {
     }
 
     /// SIGSTOP member `i`: it holds its connections but answers nothing.
+    /// Returns once every thread of the member has stopped: `kill` returns before each thread
+    /// has taken the SIGSTOP, and one still running could answer one more request.
     pub fn stop(&self, i: usize) -> Result<(), Error> {
-        self.signal(i, Signal::SIGSTOP)
+        self.signal(i, Signal::SIGSTOP)?;
+        let Some(pid) = self.pid(i) else {
+            return Err(unexpected(
+                format!("stopping etcd member {i}"),
+                "it has no process",
+            ));
+        };
+        poll_every(
+            Duration::from_millis(2),
+            Duration::from_secs(10),
+            &format!("every thread of etcd member {i} (pid {pid}) stopped"),
+            || all_threads_stopped(pid),
+        )
     }
 
     /// SIGCONT member `i`.
@@ -452,6 +466,27 @@ impl Drop for Etcd {
             }
         }
     }
+}
+
+/// `Ok` once every thread of `pid` is in state T (stopped), else the first that is not.
+fn all_threads_stopped(pid: u32) -> Result<(), String> {
+    let dir = format!("/proc/{pid}/task");
+    let threads = std::fs::read_dir(&dir).map_err(|e| format!("{dir}: {e}"))?;
+    for thread in threads {
+        let thread = thread.map_err(|e| format!("{dir}: {e}"))?;
+        let path = thread.path().join("stat");
+        // A thread that ended between the listing and this read stops nothing.
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            return Err(format!("{} is in state {state:?}", path.display()));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
