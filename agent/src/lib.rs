@@ -142,7 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
             config.node_name
         );
     }
-    identity::save(&config.data_dir, &remembered)?;
+    identity::save(&config.data_dir, &remembered, identity::Flush::Now)?;
     if config.subreaper
         && let Err(e) = nix::sys::prctl::set_child_subreaper(true)
     {

@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
-use crate::identity::{self, Identity, IdentityError, Verdict};
+use crate::identity::{self, Flush, Identity, IdentityError, Verdict};
 use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
@@ -394,8 +394,9 @@ fn lock_identity(agent: &Agent) -> std::sync::MutexGuard<'_, Identity> {
 /// the save's outcome, or `None` when `change` changes nothing.
 ///
 /// The file is written without holding `agent.identity`: every start reads the node's address
-/// under that lock, and used to wait for this fsync (1.1 ms here) on every desired set. Only
-/// the link task calls this, one call at a time, so no two saves interleave.
+/// under that lock, and used to wait for this fsync (1.1 ms here) on every desired set. A new
+/// generation alone is not fsynced (see [`Flush::Lazily`]). Only the link task calls this, one
+/// call at a time, so no two saves interleave.
 fn update_identity(
     agent: &Agent,
     change: impl Fn(&mut Identity),
@@ -406,7 +407,7 @@ fn update_identity(
     if next == before {
         return None;
     }
-    let saved = identity::save(&agent.data_dir, &next);
+    let saved = identity::save(&agent.data_dir, &next, Flush::for_change(&before, &next));
     if saved.is_ok() {
         change(&mut lock_identity(agent));
     }
