@@ -1,6 +1,7 @@
 //! Processes: spawning instance processes, reaping them (this module is the agent's only caller of
-//! `waitpid`), watching processes the agent did not spawn (adopted after an agent restart),
-//! signalling a process group and every descendant, and reading `/proc`.
+//! `waitpid`, but for `into_cgroup`, which waits for a child whose exec failed), watching
+//! processes the agent did not spawn (adopted after an agent restart), signalling a process
+//! group and every descendant, and reading `/proc`.
 //!
 //! Why one reaper: the agent is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so the orphans of
 //! its instances (a daemonising worker, a grandchild whose parent died) become its children and
@@ -140,7 +141,8 @@ pub struct Spawned {
 pub struct Reaper {
     /// Who waits for which exit. Held while reaping and through a std spawn: std waits for a
     /// child whose exec failed and panics if that child was reaped first. [`Reaper::spawn_with`]
-    /// holds it only around its clone, so that spawns on two threads overlap.
+    /// takes it only to count its spawn and to register the pid, not across the clone, so that
+    /// spawns on two threads overlap.
     table: Mutex<Table>,
     /// Reap any child (`waitpid(-1)`): the agent is a subreaper and adopts orphans. Off for an
     /// agent embedded in another process (tests), which must only reap its own spawns.
