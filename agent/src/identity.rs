@@ -13,7 +13,6 @@
 // Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -116,31 +115,19 @@ impl Flush {
 /// Writes the identity atomically (temp file, rename), readable by its owner only; `flush`
 /// says whether it is fsynced first.
 pub fn save(data_dir: &Path, identity: &Identity, flush: Flush) -> Result<(), IdentityError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = path(data_dir);
-    let tmp = data_dir.join("identity.json.tmp");
     let io = |source| IdentityError::Io {
         path: path.clone(),
         source,
     };
     let json = serde_json::to_vec_pretty(identity).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    // A leftover temporary file keeps the mode it was made with.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    }
-    f.write_all(&json).map_err(io)?;
-    if flush == Flush::Now {
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, &path).map_err(io)
+    crate::persist::replace_private(
+        &data_dir.join("identity.json.tmp"),
+        &path,
+        &json,
+        flush == Flush::Now,
+    )
+    .map_err(io)
 }
 
 /// The identity to start with, given what the data dir remembers and the configured name.

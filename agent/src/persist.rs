@@ -184,18 +184,32 @@ pub fn id_of_safe_name(name: &str) -> String {
 /// Writes one instance's file atomically, readable by its owner only (it holds the app's
 /// environment).
 pub fn write(dir: &Path, saved: &Saved) -> io::Result<()> {
-    use std::io::Write;
     let name = file_name(&saved.instance_id);
-    let tmp = dir.join(format!(".{name}.tmp"));
+    replace_private(
+        &dir.join(format!(".{name}.tmp")),
+        &dir.join(name),
+        &encode(saved),
+        false,
+    )
+}
+
+/// Replaces `path` with `bytes` atomically: written to `tmp` (owner only), fsynced first when
+/// `sync` is set, then renamed over `path`. Without `sync`, a power loss may leave the old
+/// contents or an empty file, never a torn one.
+pub fn replace_private(tmp: &Path, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
+    use std::io::Write;
     let mut file = private_file()
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&tmp)?;
+        .open(tmp)?;
     // A leftover temporary file keeps the mode it was made with.
-    tighten(&tmp)?;
-    file.write_all(&encode(saved))?;
-    std::fs::rename(&tmp, dir.join(name))
+    tighten(tmp)?;
+    file.write_all(bytes)?;
+    if sync {
+        file.sync_all()?;
+    }
+    std::fs::rename(tmp, path)
 }
 
 /// Options that create a file readable and writable by its owner only; every file the agent
@@ -475,6 +489,25 @@ mod tests {
         assert_eq!(got, vec![b]);
         let (none, _) = load(&dir.path().join("missing")).expect("missing dir");
         assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_replaced_file_is_private_even_over_a_wide_leftover() -> io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let (tmp, path) = (dir.path().join(".f.tmp"), dir.path().join("f"));
+        std::fs::write(&tmp, b"an older, longer leftover")?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        for sync in [false, true] {
+            replace_private(&tmp, &path, format!("{sync}").as_bytes(), sync)?;
+            assert_eq!(std::fs::read(&path)?, format!("{sync}").into_bytes());
+            assert_eq!(
+                std::fs::metadata(&path)?.permissions().mode() & 0o777,
+                0o600
+            );
+            assert!(!tmp.exists(), "the temporary file is renamed away");
+        }
+        Ok(())
     }
 
     #[test]
