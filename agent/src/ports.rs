@@ -1,11 +1,13 @@
 //! Ports for `auto:A-B` specs: picks, for an instance, a port of the range that this agent has
 //! not given to another instance and that is free on the host, and keeps it across restarts.
 //!
-//! A port is "free" when both 127.0.0.1:p and 0.0.0.0:p can be bound (and are released at once).
-//! Fixed ports (`3000`, `3000-3011`) are resolved by the coordinator and never pass through here.
+//! A port is "free" when 0.0.0.0:p can be bound (and is released at once): that bind fails
+//! while anything listens on p at any IPv4 address or on the dual-stack `[::]`. Fixed ports
+//! (`3000`, `3000-3011`) are chosen by the coordinator; the supervisor checks them with
+//! [`is_free`] before a spawn.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Mutex, PoisonError};
 
 use crate::model::InstanceId;
@@ -64,10 +66,23 @@ impl Ports {
     }
 }
 
-/// Whether nothing listens on `port`, on loopback or on all interfaces.
+/// Whether nothing listens on `port`, at any IPv4 address (loopback included) or on `[::]`.
+///
+/// One bind of the wildcard, without a `listen`: the kernel refuses it for a listener on any
+/// address of the port, so a second bind of 127.0.0.1 would find nothing more. `SO_REUSEADDR`,
+/// as a server sets it, lets connections of an earlier process in `TIME_WAIT` count as free.
 pub(crate) fn is_free(port: u16) -> bool {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
-        && TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, socket_with, sockopt};
+    let Ok(socket) = socket_with(
+        AddressFamily::INET,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return false;
+    };
+    sockopt::set_socket_reuseaddr(&socket, true).is_ok()
+        && bind(&socket, &SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_ok()
 }
 
 #[cfg(test)]
@@ -109,15 +124,35 @@ mod tests {
     }
 
     #[test]
-    fn real_port_is_free_then_busy() {
-        let Ok(listener) = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) else {
-            return;
+    fn a_listener_at_any_address_makes_a_port_busy() -> std::io::Result<()> {
+        use std::io::Read;
+        use std::net::{Ipv6Addr, TcpListener, TcpStream};
+        let free_after = |listener: TcpListener| -> std::io::Result<u16> {
+            let port = listener.local_addr()?.port();
+            assert!(!is_free(port), "{:?} listens", listener.local_addr()?);
+            drop(listener);
+            assert!(is_free(port), "{port} after its listener closed");
+            Ok(port)
         };
-        let Ok(addr) = listener.local_addr() else {
-            return;
-        };
-        assert!(!is_free(addr.port()));
-        drop(listener);
-        assert!(is_free(addr.port()));
+        free_after(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?)?;
+        free_after(TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?)?;
+        // Another loopback address than the one a second bind would have tried.
+        free_after(TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))?)?;
+        // Dual-stack `[::]` where the host has IPv6 (the IPv4 cases above run regardless).
+        if let Ok(v6) = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+            free_after(v6)?;
+        }
+
+        // A connection the server closed first stays in TIME_WAIT on the port: still free.
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let addr = listener.local_addr()?;
+        let mut client = TcpStream::connect(addr)?;
+        let (served, _) = listener.accept()?;
+        drop(served);
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest)?;
+        drop(client);
+        assert_eq!(free_after(listener)?, addr.port());
+        Ok(())
     }
 }

@@ -559,9 +559,21 @@ pub fn started_at_ms(start_ticks: u64) -> i64 {
         .saturating_add(ticks.saturating_mul(1000) / hz)
 }
 
+/// One process's `/proc/PID/stat`, in one `read`: `read_to_string` would probe the size-less
+/// file with six growing reads (and a `statx`), on every start and every metrics pass.
 pub fn read_stat(pid: u32) -> Option<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat(pid, &text)
+    use std::io::Read;
+    // The line is about 300 bytes: 16 bytes of name and 50 numbers.
+    let mut buf = [0u8; 2048];
+    let mut file = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+    let n = file.read(&mut buf).ok()?;
+    if n == buf.len() {
+        let mut text = buf.to_vec();
+        file.read_to_end(&mut text).ok()?;
+        return parse_stat(pid, &String::from_utf8_lossy(&text));
+    }
+    // Lossy: a program may name itself with any bytes, and only the fields after it are read.
+    parse_stat(pid, &String::from_utf8_lossy(buf.get(..n)?))
 }
 
 /// Every process on the host, read once (one `/proc/PID/stat` per process). Processes that end
@@ -721,6 +733,27 @@ mod tests {
         for bad in ["", "garbage", "7 (x) R", "7 (x) R 1 2"] {
             assert_eq!(parse_stat(7, bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_process_with_any_bytes_in_its_name_is_read() -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let own = read_stat(std::process::id()).ok_or_else(|| io::Error::other("own stat"))?;
+        assert_eq!(own.ppid, std::os::unix::process::parent_id());
+        let dir = tempfile::tempdir()?;
+        let odd = dir
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"sl\xff) (eep"));
+        std::os::unix::fs::symlink("/bin/sleep", &odd)?;
+        let mut child = Command::new(&odd).arg("30").spawn()?;
+        let read = read_stat(child.id());
+        child.kill()?;
+        child.wait()?;
+        let read = read.ok_or_else(|| io::Error::other("the odd name's stat was not read"))?;
+        assert_eq!(read.ppid, std::process::id());
+        assert!(read.start_ticks >= own.start_ticks);
+        assert_eq!(read_stat(u32::MAX), None);
+        Ok(())
     }
 
     #[test]
