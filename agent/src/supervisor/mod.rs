@@ -367,7 +367,13 @@ impl Supervisor {
             if target.remove || shutting_down || !target.assignment.run {
                 if let Some(r) = running.take() {
                     let exit = self.stop(r).await;
-                    self.stopped(exit);
+                    if target.remove {
+                        // Its record goes below; written first, it was half of what a
+                        // `delete` cost the agent.
+                        self.note_stop(exit);
+                    } else {
+                        self.stopped(exit);
+                    }
                 }
                 next_start = None;
                 if shutting_down {
@@ -385,7 +391,9 @@ impl Supervisor {
                         tracing::info!(instance = %self.id, "removed");
                         return;
                     }
-                    // Brought back while it was stopping: decide again.
+                    // Brought back while it was stopping: decide again, with a record that
+                    // names no process.
+                    self.persist(None);
                     continue;
                 }
                 self.set_state(InstanceState::Stopped, "");

@@ -163,7 +163,9 @@ impl Supervisor {
     /// Stops the process and asks for a start at once, with `why` as the instance's message.
     pub(super) async fn restart_now(&mut self, r: Running, why: &str) -> Instant {
         let exit = self.stop(r).await;
-        self.stopped(exit);
+        // The start at once writes the record with the new process (or without one when it
+        // fails), as after a crash.
+        self.note_stop(exit);
         self.set_state(InstanceState::Launching, why);
         self.reason = Some(why.to_string());
         Instant::now()
@@ -258,8 +260,16 @@ impl Supervisor {
         });
         next
     }
-    /// Records a stop the agent did.
+    /// Records a stop the agent did, in its state and its record.
     pub(super) fn stopped(&self, exit: Exit) {
+        self.note_stop(exit);
+        self.persist(None);
+    }
+    /// Records a stop the agent did in its state only: for a stop whose record is written
+    /// (or removed) right after anyway, where a write now would be a file create and rename
+    /// for nothing. A record that names the dead process meanwhile is safe: the next agent
+    /// knows it for dead (see `adopt`).
+    pub(super) fn note_stop(&self, exit: Exit) {
         let how = exit.describe();
         tracing::info!(instance = %self.id, "stopped: {how}");
         self.agent.state.update(&self.id, |s| {
@@ -268,7 +278,6 @@ impl Supervisor {
             s.last_exit_code = exit.code();
             s.health = Health::None;
         });
-        self.persist(None);
     }
 }
 
