@@ -126,7 +126,20 @@ mod tests {
     #[test]
     fn a_listener_at_any_address_makes_a_port_busy() -> std::io::Result<()> {
         use std::io::Read;
-        use std::net::{Ipv6Addr, TcpListener, TcpStream};
+        use std::net::{IpAddr, Ipv6Addr, TcpListener, TcpStream};
+        // Below the ephemeral range: once a listener closes, no connection of a test running
+        // alongside can be given its port, so "free after close" holds.
+        let listen = |ip: IpAddr| -> std::io::Result<TcpListener> {
+            let start = 20_000 + (std::process::id() % 5_000) as u16;
+            let mut last = None;
+            for port in (start..30_000).chain(20_000..start) {
+                match TcpListener::bind((ip, port)) {
+                    Ok(l) => return Ok(l),
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| std::io::Error::other("no port")))
+        };
         let free_after = |listener: TcpListener| -> std::io::Result<u16> {
             let port = listener.local_addr()?.port();
             assert!(!is_free(port), "{:?} listens", listener.local_addr()?);
@@ -134,17 +147,17 @@ mod tests {
             assert!(is_free(port), "{port} after its listener closed");
             Ok(port)
         };
-        free_after(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?)?;
-        free_after(TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?)?;
+        free_after(listen(Ipv4Addr::LOCALHOST.into())?)?;
+        free_after(listen(Ipv4Addr::UNSPECIFIED.into())?)?;
         // Another loopback address than the one a second bind would have tried.
-        free_after(TcpListener::bind((Ipv4Addr::new(127, 0, 0, 2), 0))?)?;
+        free_after(listen(Ipv4Addr::new(127, 0, 0, 2).into())?)?;
         // Dual-stack `[::]` where the host has IPv6 (the IPv4 cases above run regardless).
-        if let Ok(v6) = TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0)) {
+        if let Ok(v6) = listen(Ipv6Addr::UNSPECIFIED.into()) {
             free_after(v6)?;
         }
 
         // A connection the server closed first stays in TIME_WAIT on the port: still free.
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let listener = listen(Ipv4Addr::LOCALHOST.into())?;
         let addr = listener.local_addr()?;
         let mut client = TcpStream::connect(addr)?;
         let (served, _) = listener.accept()?;
