@@ -300,7 +300,7 @@ fn make(path: &Path) -> io::Result<(OwnedFd, bool)> {
 
 /// The pids in a cgroup.
 pub fn procs(path: &Path) -> io::Result<Vec<u32>> {
-    let text = std::fs::read_to_string(path.join("cgroup.procs"))?;
+    let text = crate::process::read_pseudo_file(&path.join("cgroup.procs"))?;
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 

@@ -559,6 +559,25 @@ pub fn started_at_ms(start_ticks: u64) -> i64 {
         .saturating_add(ticks.saturating_mul(1000) / hz)
 }
 
+/// A file of `/proc` or of a cgroup, which give no size: read in 4 KiB reads until the end.
+/// `read_to_string` would ask for a size first (`statx`, `lseek`) and then probe with reads of
+/// 32, 32, 64, 128... bytes.
+pub fn read_pseudo_file(path: &std::path::Path) -> io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// One process's `/proc/PID/stat`, in one `read`: `read_to_string` would probe the size-less
 /// file with six growing reads (and a `statx`), on every start and every metrics pass.
 pub fn read_stat(pid: u32) -> Option<Stat> {
@@ -733,6 +752,20 @@ mod tests {
         for bad in ["", "garbage", "7 (x) R", "7 (x) R 1 2"] {
             assert_eq!(parse_stat(7, bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn pseudo_files_are_read_whole() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let long: String = (0..3000).map(|i| format!("{i}\n")).collect();
+        assert!(long.len() > 3 * 4096);
+        std::fs::write(dir.path().join("long"), &long)?;
+        assert_eq!(read_pseudo_file(&dir.path().join("long"))?, long);
+        let own = read_pseudo_file(std::path::Path::new("/proc/self/stat"))?;
+        assert!(parse_stat(std::process::id(), &own).is_some(), "{own}");
+        let missing = read_pseudo_file(&dir.path().join("missing"));
+        assert!(missing.is_err_and(|e| e.kind() == io::ErrorKind::NotFound));
+        Ok(())
     }
 
     #[test]
