@@ -68,6 +68,33 @@ pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join("identity.json")
 }
 
+/// The file a higher generation alone is saved to, without an fsync (see [`Flush::Lazily`]).
+pub fn applied_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("applied.json")
+}
+
+/// A generation saved lazily, with the cluster it is of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub cluster_id: String,
+    pub generation: u64,
+}
+
+/// The identity with a lazily saved generation taken in: only one of the same cluster, and only
+/// when it is higher. A missing or damaged `applied` (a power loss before its writeback) leaves
+/// the generation of the last full save.
+pub fn with_applied(identity: Identity, applied: Option<Applied>) -> Identity {
+    match applied {
+        Some(a) if a.cluster_id == identity.cluster_id && a.generation > identity.generation => {
+            Identity {
+                generation: a.generation,
+                ..identity
+            }
+        }
+        _ => identity,
+    }
+}
+
 /// The stored identity, or `None` for a data dir that has none yet.
 pub fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
     let path = path(data_dir);
@@ -76,12 +103,14 @@ pub fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(IdentityError::Io { path, source }),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| IdentityError::Corrupt {
-            path,
-            reason: e.to_string(),
-        })
+    let identity = serde_json::from_slice(&bytes).map_err(|e| IdentityError::Corrupt {
+        path,
+        reason: e.to_string(),
+    })?;
+    let applied = std::fs::read(applied_path(data_dir))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok(Some(with_applied(identity, applied)))
 }
 
 /// How a save reaches the disk.
@@ -89,11 +118,13 @@ pub fn load(data_dir: &Path) -> Result<Option<Identity>, IdentityError> {
 pub enum Flush {
     /// fsync before the rename: the node's name, cluster and address survive a power loss.
     Now,
-    /// Only the rename, for a higher applied generation alone, which every desired set brings.
-    /// The fsync took a runtime worker for about 1 ms at the start of every set's spawns. The
-    /// kernel writes the file back within seconds; an agent restart (not a power loss) always
-    /// reads it; and a power loss in between only lets this node accept sets a few generations
-    /// older than the last it applied.
+    /// A higher applied generation alone, which every desired set brings: written to its own
+    /// file ([`applied_path`]) without an fsync, and `identity.json` left as it is. The fsync
+    /// took a runtime worker for about 1 ms at the start of every set's spawns. The kernel writes
+    /// the file back within seconds and an agent restart (not a power loss) always reads it. A
+    /// power loss in between may leave that file old, empty or damaged on some file systems:
+    /// [`load`] then goes by `identity.json`, which only lets this node accept sets a few
+    /// generations older than the last it applied. It never loses the name or the cluster.
     Lazily,
 }
 
@@ -112,22 +143,30 @@ impl Flush {
     }
 }
 
-/// Writes the identity atomically (temp file, rename), readable by its owner only; `flush`
-/// says whether it is fsynced first.
+/// Saves the identity, readable by its owner only: all of it atomically (temp file, fsync,
+/// rename) with [`Flush::Now`], its generation alone to [`applied_path`] with [`Flush::Lazily`].
 pub fn save(data_dir: &Path, identity: &Identity, flush: Flush) -> Result<(), IdentityError> {
-    let path = path(data_dir);
+    let (path, tmp, json) = match flush {
+        Flush::Now => (
+            path(data_dir),
+            data_dir.join("identity.json.tmp"),
+            serde_json::to_vec_pretty(identity),
+        ),
+        Flush::Lazily => (
+            applied_path(data_dir),
+            data_dir.join("applied.json.tmp"),
+            serde_json::to_vec(&Applied {
+                cluster_id: identity.cluster_id.clone(),
+                generation: identity.generation,
+            }),
+        ),
+    };
     let io = |source| IdentityError::Io {
         path: path.clone(),
         source,
     };
-    let json = serde_json::to_vec_pretty(identity).map_err(|e| io(std::io::Error::other(e)))?;
-    crate::persist::replace_private(
-        &data_dir.join("identity.json.tmp"),
-        &path,
-        &json,
-        flush == Flush::Now,
-    )
-    .map_err(io)
+    let json = json.map_err(|e| io(std::io::Error::other(e)))?;
+    crate::persist::replace_private(&tmp, &path, &json, flush == Flush::Now).map_err(io)
 }
 
 /// The identity to start with, given what the data dir remembers and the configured name.
@@ -323,6 +362,31 @@ mod tests {
     }
 
     #[test]
+    fn a_lazily_saved_generation_counts_only_when_higher_and_of_the_same_cluster() {
+        let applied = |cluster: &str, generation| {
+            Some(Applied {
+                cluster_id: cluster.into(),
+                generation,
+            })
+        };
+        let cases = [
+            (None, 5),
+            (applied("c", 9), 9),
+            (applied("c", 5), 5),
+            (applied("c", 3), 5),
+            // Saved before the node joined another cluster: not this cluster's generation.
+            (applied("old", 9), 5),
+        ];
+        for (lazy, want) in cases {
+            assert_eq!(
+                with_applied(id("a", "c", 5), lazy.clone()),
+                id("a", "c", want),
+                "{lazy:?}"
+            );
+        }
+    }
+
+    #[test]
     fn saves_and_loads_privately() -> Result<(), Box<dyn std::error::Error>> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
@@ -333,8 +397,20 @@ mod tests {
         let later = id("a", "c", 8);
         save(dir.path(), &later, Flush::Lazily)?;
         assert_eq!(load(dir.path())?, Some(later));
-        let mode = std::fs::metadata(path(dir.path()))?.permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for file in [path(dir.path()), applied_path(dir.path())] {
+            let mode = std::fs::metadata(&file)?.permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+        }
+        // A lazy save leaves identity.json as the last full save wrote it.
+        let full: Identity = serde_json::from_slice(&std::fs::read(path(dir.path()))?)?;
+        assert_eq!(full.generation, 7);
+        // What a power loss before the writeback may leave: the full save's generation counts.
+        for damaged in [&b""[..], b"{\"cluster_id\":\"c\",\"gener"] {
+            std::fs::write(applied_path(dir.path()), damaged)?;
+            assert_eq!(load(dir.path())?, Some(id("a", "c", 7)));
+        }
+        save(dir.path(), &id("a", "c", 9), Flush::Lazily)?;
+        assert_eq!(load(dir.path())?, Some(id("a", "c", 9)));
         std::fs::write(path(dir.path()), b"{not json")?;
         assert!(matches!(
             load(dir.path()),
