@@ -195,7 +195,8 @@ pub fn write(dir: &Path, saved: &Saved) -> io::Result<()> {
 
 /// Replaces `path` with `bytes` atomically: written to `tmp` (owner only), fsynced first when
 /// `sync` is set, then renamed over `path`. Without `sync`, a power loss may leave the old
-/// contents or an empty file, never a torn one.
+/// contents or, on some file systems, an empty or damaged file: its reader must take that for
+/// missing (as `load` here and `identity::load` for `applied.json` do).
 pub fn replace_private(tmp: &Path, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     use std::io::Write;
     let mut file = private_file()

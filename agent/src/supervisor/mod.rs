@@ -368,8 +368,8 @@ impl Supervisor {
                 if let Some(r) = running.take() {
                     let exit = self.stop(r).await;
                     if target.remove {
-                        // Its record goes below; written first, it was half of what a
-                        // `delete` cost the agent.
+                        // Its record goes below; written first as well, it was about a
+                        // third of what a `delete` cost the agent.
                         self.note_stop(exit);
                     } else {
                         self.stopped(exit);
