@@ -129,6 +129,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // Held until the agent returns: two agents adopting the same instances would fight.
     let _lock = lock_data_dir(&config.data_dir)?;
     tighten_data_dir(&config.data_dir);
+    // Under the lock: the spares it takes over must be no running agent's.
+    let (records, leftovers) = persist::Records::open(instances_dir);
+    tracing::debug!(
+        kept = leftovers.kept,
+        deleted = leftovers.deleted,
+        "spare record files from the previous run"
+    );
     let remembered = identity::check_node_name(
         &config.data_dir,
         identity::load(&config.data_dir)?,
@@ -180,7 +187,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         data_dir: config.data_dir.clone(),
         identity: Mutex::new(remembered),
         logs_dir,
-        instances_dir,
+        records,
         state,
         ports: ports::Ports::default(),
         reaper: Arc::new(process::Reaper::new(config.subreaper)),

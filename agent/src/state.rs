@@ -57,7 +57,7 @@ pub(crate) struct Agent {
     /// `DATA_DIR/logs`: instance stdout/stderr files.
     pub logs_dir: PathBuf,
     /// `DATA_DIR/instances`: one record per instance (see [`crate::persist`]).
-    pub instances_dir: PathBuf,
+    pub records: crate::persist::Records,
     pub state: State,
     pub ports: Ports,
     pub reaper: Arc<Reaper>,

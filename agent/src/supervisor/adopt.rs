@@ -25,7 +25,7 @@ use crate::health;
 use crate::logs::pump::keep_pumping;
 use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
 use crate::orphans::{self, Orphan};
-use crate::persist::{self, Saved, SavedProcess, SavedPump};
+use crate::persist::{Saved, SavedProcess, SavedPump};
 use crate::process::{self, ExitWatch, ProcId, unix_ms};
 use crate::state::Agent;
 
@@ -35,12 +35,12 @@ const POLL: Duration = Duration::from_millis(20);
 /// Reads the local state: adopts every instance whose process still runs (same pid, same start
 /// time) and returns the assignments of the others, which must wait for the coordinator.
 pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
-    let (saved, bad) = match persist::load(&agent.instances_dir) {
+    let (saved, bad) = match agent.records.load() {
         Ok(loaded) => loaded,
         Err(e) => {
             tracing::warn!(
                 "cannot read the local state in {}: {e}; starting empty",
-                agent.instances_dir.display()
+                agent.records.dir().display()
             );
             return Vec::new();
         }

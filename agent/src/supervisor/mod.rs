@@ -38,7 +38,7 @@ use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Tracker};
 use crate::logs::pump::PumpPipe;
 use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
-use crate::persist::{self, Saved, SavedProcess, SavedPump};
+use crate::persist::{Saved, SavedProcess, SavedPump};
 use crate::process::{Exit, ExitWatch, ProcId};
 use crate::restart::{self, Crashes};
 use crate::state::{Agent, Entry, Inner, Poke, Target};
@@ -147,7 +147,7 @@ fn forget_unclaimed(agent: &Agent) {
     for id in unclaimed {
         if !inner.instances.contains_key(&id) {
             tracing::info!(instance = %id, "not in the coordinator's desired set; forgetting it");
-            if let Err(e) = persist::remove(&agent.instances_dir, id.as_str()) {
+            if let Err(e) = agent.records.remove(id.as_str()) {
                 tracing::warn!(instance = %id, "cannot remove its record: {e}");
             }
         }
@@ -384,8 +384,7 @@ impl Supervisor {
                 if target.remove {
                     if self.agent.state.forget_if_removed(&self.id) {
                         self.agent.ports.release(&self.id);
-                        if let Err(e) = persist::remove(&self.agent.instances_dir, self.id.as_str())
-                        {
+                        if let Err(e) = self.agent.records.remove(self.id.as_str()) {
                             tracing::warn!(instance = %self.id, "cannot remove its record: {e}");
                         }
                         tracing::info!(instance = %self.id, "removed");
@@ -527,7 +526,7 @@ impl Supervisor {
             Saved::of(&target.assignment)
         };
         let Some(mut saved) = saved else {
-            let _ = persist::remove(&self.agent.instances_dir, self.id.as_str());
+            let _ = self.agent.records.remove(self.id.as_str());
             return;
         };
         if let Some(status) = self.agent.state.status(&self.id) {
@@ -542,7 +541,7 @@ impl Supervisor {
                 cgroup: r.cgroup.clone(),
             });
         }
-        if let Err(e) = persist::write(&self.agent.instances_dir, &saved) {
+        if let Err(e) = self.agent.records.write(&saved) {
             tracing::warn!(instance = %self.id, "cannot write its record: {e}");
         }
     }
