@@ -12,8 +12,8 @@
 //! Why files are reused ([`Records`]): a write that created its temporary file, and a removal
 //! that deleted the record, made and freed an inode per start, restart and delete. On ext4
 //! without a journal, each new inode skips over every inode freed in the last minutes (ext4's
-//! `recently_deleted`), so under churn this one `open` took a quarter of the agent's CPU in a
-//! start of 50. A removed record is now emptied and kept as a spare (`.spare-N`, up to
+//! `recently_deleted`), so under churn this one `open` took about a quarter of the agent
+//! workers' samples in a profile of repeated starts of 50. A removed record is now emptied and kept as a spare (`.spare-N`, up to
 //! [`MAX_SPARES`]), a write fills a spare and swaps it with the record (`RENAME_EXCHANGE`), and
 //! the previous version, emptied, becomes the next spare.
 //!
@@ -308,7 +308,7 @@ impl Records {
         }
     }
 
-    /// How many spares the pool holds (for tests and the agent's log).
+    /// How many spares the pool holds (for tests).
     pub fn spares(&self) -> usize {
         self.lock().free.len()
     }
