@@ -10,7 +10,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -243,7 +243,13 @@ fn spawn(
     args: &[OsString],
 ) -> anyhow::Result<Started> {
     let data = layout.data_dir(daemon);
-    fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    // Owner only, as each daemon keeps its data dir (the agent would otherwise tighten it at
+    // its first start and warn about it).
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&data)
+        .with_context(|| format!("creating {}", data.display()))?;
     let log_path = layout.log_file(daemon);
     let mut log = OpenOptions::new()
         .create(true)
