@@ -90,10 +90,6 @@ fn issue9_plain_logs_stay_within_log_max_size_times_retain_plus_one() {
         .collect();
     // Five complete lines, plus the line being written when it was read (shown as PM2 shows
     // it), which under `yes` may already read "flood-line" in full.
-    assert!((5..=6).contains(&lines.len()), "{}", out.stdout);
-    assert!(
-        lines.iter().all(|l| l.ends_with("flood-line")),
-        "{}",
-        out.stdout
-    );
+    assert!((5..=6).contains(&lines.len()), "{out}");
+    assert!(lines.iter().all(|l| l.ends_with("flood-line")), "{out}");
 }
