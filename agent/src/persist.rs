@@ -233,7 +233,9 @@ impl Records {
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 spares.last = spares.last.max(n);
-                if spares.free.len() < MAX_SPARES && empty(&path).is_ok() {
+                // Spares are kept empty; only one a crash left mid-write needs emptying.
+                let is_empty = entry.metadata().is_ok_and(|m| m.len() == 0);
+                if spares.free.len() < MAX_SPARES && (is_empty || empty(&path).is_ok()) {
                     spares.free.push(path);
                     leftovers.kept += 1;
                     continue;
@@ -273,21 +275,19 @@ impl Records {
                 None => self.spare_name(&mut spares),
             }
         };
-        let written = fill(&scratch, &encode(saved), false);
-        if let Err(e) = written {
-            self.keep_emptied(scratch);
-            return Err(e);
-        }
-        match swap(&scratch, &path) {
-            // The scratch file now holds the previous version.
-            Ok(true) => self.keep_emptied(scratch),
-            Ok(false) => {}
+        match fill(&scratch, &encode(saved), false).and_then(|()| swap(&scratch, &path)) {
+            // Renamed into place: nothing is left under the scratch name.
+            Ok(false) => Ok(()),
+            // Swapped: the scratch file holds the previous version.
+            Ok(true) => {
+                self.keep_emptied(scratch);
+                Ok(())
+            }
             Err(e) => {
                 self.keep_emptied(scratch);
-                return Err(e);
+                Err(e)
             }
         }
-        Ok(())
     }
 
     /// Forgets an instance: its record becomes a spare (emptied), or is deleted when the pool
@@ -353,10 +353,12 @@ fn swap(from: &Path, to: &Path) -> io::Result<bool> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     match renameat_with(CWD, from, CWD, to, RenameFlags::EXCHANGE) {
         Ok(()) => Ok(true),
-        Err(rustix::io::Errno::NOENT) => std::fs::rename(from, to).map(|()| false),
-        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP) => {
-            std::fs::rename(from, to).map(|()| false)
-        }
+        Err(
+            rustix::io::Errno::NOENT
+            | rustix::io::Errno::INVAL
+            | rustix::io::Errno::NOSYS
+            | rustix::io::Errno::OPNOTSUPP,
+        ) => std::fs::rename(from, to).map(|()| false),
         Err(e) => Err(e.into()),
     }
 }
