@@ -74,10 +74,35 @@ pub fn read_last_lines(path: &Path, n: usize) -> io::Result<Tail> {
 /// fewer than `n` lines (it was just rotated), so that `logs --lines` shows as much right after
 /// a rotation as before it.
 pub fn read_last_lines_rotated(path: &Path, n: usize) -> io::Result<Tail> {
-    let mut tail = read_last_lines(path, n)?;
-    let missing = n.saturating_sub(tail.lines.len());
-    if missing > 0 {
+    read_last_lines_rotated_with(path, n, || {})
+}
+/// How often a top-up is read again because the files rotated while it was read.
+const ROTATION_RETRIES: usize = 8;
+/// [`read_last_lines_rotated`], calling `between` after the live file is read and before `.1` is
+/// (where tests rotate the files).
+///
+/// The two reads are not atomic: a flooding instance rotates every few milliseconds, and a
+/// reader preempted between them would take the file it just read, renamed to `.1`, for its
+/// predecessor, and show nothing. So the live path must still name the file that was read after
+/// `.1` is read, or both are read again.
+fn read_last_lines_rotated_with(
+    path: &Path,
+    n: usize,
+    mut between: impl FnMut(),
+) -> io::Result<Tail> {
+    let mut attempt = 0;
+    loop {
+        let mut tail = read_last_lines(path, n)?;
+        let missing = n.saturating_sub(tail.lines.len());
+        if missing == 0 {
+            return Ok(tail);
+        }
+        between();
         let older = read_last_lines(&rotated(path, 1), missing)?;
+        attempt += 1;
+        if live_ident(path)? != tail.ident && attempt < ROTATION_RETRIES {
+            continue;
+        }
         // A rotated file ends where the live one starts: its unterminated last line (cut only
         // when longer than a whole file) is as complete as it gets.
         let mut lines = older.lines;
@@ -88,8 +113,16 @@ pub fn read_last_lines_rotated(path: &Path, n: usize) -> io::Result<Tail> {
         lines.drain(..skip);
         lines.append(&mut tail.lines);
         tail.lines = lines;
+        return Ok(tail);
     }
-    Ok(tail)
+}
+/// Device and inode of the file at `path` now; `None` when there is none.
+fn live_ident(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(ident(&meta))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 /// One line's text: lossy UTF-8, no trailing `\r`, cut at [`MAX_LINE_BYTES`].
 fn line_text(bytes: &[u8]) -> String {
@@ -216,6 +249,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
+    use crate::logs::rotate_by_rename;
 
     fn file_with(content: &[u8]) -> tempfile::NamedTempFile {
         let mut f = match tempfile::NamedTempFile::new() {
@@ -299,6 +333,43 @@ mod tests {
             lines(10),
             Some((owned(&["a", "b", "c", "d", "e"]), "part".to_string()))
         );
+    }
+    #[test]
+    fn a_rotation_between_the_two_reads_reads_both_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        std::fs::write(rotated(&path, 1), "a\nb\nc\n").expect("write");
+        std::fs::write(&path, "d\n").expect("write");
+        // The pump rotates right after the live file is read: the file just read becomes `.1`,
+        // and the new live file gets one line.
+        let mut rotations = 0;
+        let tail = read_last_lines_rotated_with(&path, 3, || {
+            if rotations == 0 {
+                rotate_by_rename(&path, 2).expect("rotate");
+                std::fs::write(&path, "e\n").expect("write");
+            }
+            rotations += 1;
+        })
+        .expect("read");
+        assert_eq!(rotations, 2, "read again after the rotation");
+        // Read once, it would have shown "d" twice (the file just read, now `.1`, taken for its
+        // predecessor). A top-up reads `.1` only, so "c" (now in `.2`) is not shown.
+        assert_eq!(tail.lines, ["d", "e"]);
+    }
+    #[test]
+    fn a_flood_that_keeps_rotating_still_reads_what_it_can() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.log");
+        std::fs::write(&path, "a\n").expect("write");
+        let mut rotations = 0;
+        let tail = read_last_lines_rotated_with(&path, 5, || {
+            rotate_by_rename(&path, 2).expect("rotate");
+            rotations += 1;
+            std::fs::write(&path, format!("{rotations}\n")).expect("write");
+        })
+        .expect("read");
+        assert_eq!(rotations, ROTATION_RETRIES);
+        assert!(!tail.lines.is_empty(), "{:?}", tail.lines);
     }
     #[test]
     fn missing_file_is_empty() {
