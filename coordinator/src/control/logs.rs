@@ -28,51 +28,67 @@ impl Control {
             0 => 20,
             n => n.min(10_000),
         };
-        let mut by_node: BTreeMap<String, Vec<uuid::Uuid>> = BTreeMap::new();
+        let mut by_node: BTreeMap<String, Vec<(uuid::Uuid, u32)>> = BTreeMap::new();
         for inst in inner.state.app_instances(&req.app) {
             if req.index.is_some_and(|i| i != inst.index) {
                 continue;
             }
             if let Some(node) = &inst.node {
-                by_node.entry(node.clone()).or_default().push(inst.id);
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push((inst.id, inst.index));
             }
         }
         // The requests go out after `inner` is let go: routing them needs only the routes'
         // own lock, and a chunk answering one may come back at once.
         let mut requests = Vec::new();
-        for (node, instance_ids) in by_node {
-            let Some(commands) = inner
+        for (node, instances) in by_node {
+            let commands = inner
                 .nodes
                 .get(&node)
                 .and_then(|l| l.session.as_ref())
-                .map(|s| s.commands.clone())
-            else {
-                continue;
-            };
-            requests.push((node, instance_ids, commands));
+                .map(|s| s.commands.clone());
+            requests.push((node, instances, commands));
         }
         drop(inner);
         let (tx, rx) = mpsc::channel(1024);
         let mut routes = self.log_routes.lock();
-        for (node, instance_ids, commands) in requests {
+        for (node, instances, commands) in requests {
             let request_id = self.ids.fetch_add(1, Ordering::Relaxed);
+            let indices: Vec<u32> = instances.iter().map(|(_, index)| *index).collect();
             let request = LogRequest {
                 request_id,
-                instance_ids,
+                instance_ids: instances.into_iter().map(|(id, _)| id).collect(),
                 lines,
                 follow: req.follow,
             };
             // The route is in place before the request leaves, so no early chunk misses it.
-            if commands.try_send(AgentCommand::Logs(request)).is_ok() {
-                routes.insert(
-                    request_id,
-                    LogRoute {
-                        node,
-                        commands,
-                        lines: tx.clone(),
-                        dropped: 0,
-                    },
-                );
+            let sent = commands
+                .as_ref()
+                .is_some_and(|c| c.try_send(AgentCommand::Logs(request)).is_ok());
+            match commands {
+                Some(commands) if sent => {
+                    routes.insert(
+                        request_id,
+                        LogRoute {
+                            node,
+                            commands,
+                            lines: tx.clone(),
+                            dropped: 0,
+                        },
+                    );
+                }
+                // Said rather than left out: an answer without these lines would read as an
+                // instance that wrote nothing.
+                Some(_) => unread(
+                    &tx,
+                    &req.app,
+                    &node,
+                    &indices,
+                    "is not reading requests now",
+                ),
+                None => unread(&tx, &req.app, &node, &indices, "is not connected"),
             }
         }
         Ok(rx)
@@ -88,13 +104,25 @@ impl Control {
         if route.node != node {
             return;
         }
-        let mut gone = route_lines(route, chunk.lines);
+        let mut lines = chunk.lines;
+        if !chunk.error.is_empty() {
+            tracing::warn!(node, error = %chunk.error, "agent could not read logs");
+            // The reader is told too: without it, the answer reads as logs that are empty.
+            lines.push(LogLine {
+                app: lines.last().map(|l| l.app.clone()).unwrap_or_default(),
+                node: node.to_string(),
+                stream: LogStream::Unspecified,
+                line: format!(
+                    "[pmcluster] node {node} could not read logs: {}",
+                    chunk.error
+                ),
+                ..LogLine::default()
+            });
+        }
+        let mut gone = route_lines(route, lines);
         if chunk.eof && route.dropped > 0 && !gone {
             // The end of a request: announce what was dropped at its tail, if there is room.
             gone = announce_dropped(route, None);
-        }
-        if !chunk.error.is_empty() {
-            tracing::warn!(node, error = %chunk.error, "agent could not read logs");
         }
         if (gone || chunk.eof)
             && let Some(route) = routes.remove(&chunk.request_id)
@@ -125,6 +153,23 @@ impl Control {
     pub(super) fn drop_log_routes(&self, node: &str) {
         self.log_routes.lock().retain(|_, r| r.node != node);
     }
+}
+
+/// Tells a reader that a node's instances were not asked for their logs, and why.
+fn unread(tx: &mpsc::Sender<LogLine>, app: &str, node: &str, indices: &[u32], why: &str) {
+    let list: Vec<String> = indices.iter().map(|i| format!("{app}[{i}]")).collect();
+    let notice = LogLine {
+        app: app.to_string(),
+        index: indices.first().copied().unwrap_or(0),
+        node: node.to_string(),
+        stream: LogStream::Unspecified,
+        line: format!(
+            "[pmcluster] node {node} {why}: no logs of {} (see `pmcluster nodes`)",
+            list.join(", ")
+        ),
+    };
+    // A fresh channel of 1,024 has room for one notice per node of an app.
+    let _ = tx.try_send(notice);
 }
 
 fn cancel(route: &LogRoute, request_id: u64) {

@@ -830,6 +830,77 @@ async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()
     Ok(())
 }
 
+/// A log request says which instances it could not read, and why, rather than ending with
+/// fewer lines (which reads as an instance that wrote nothing): a node that is not connected,
+/// and an agent that could not read a file.
+#[tokio::test]
+async fn a_log_reader_is_told_what_could_not_be_read() -> Result<()> {
+    use crate::clock::ManualClock;
+    use crate::model::{LogChunk, LogsQuery};
+    let clock = Arc::new(ManualClock::new(1_000_000, 7));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_millis(1500),
+        ..ControlConfig::default()
+    };
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
+    let mut a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let query = LogsQuery {
+        app: "web".into(),
+        index: None,
+        lines: 5,
+        follow: false,
+    };
+    let mut lines = c.stream_logs(&query)?;
+    let request_id = match a.commands.try_recv() {
+        Ok(AgentCommand::Logs(r)) => r.request_id,
+        other => panic!("the agent was not asked for logs: {other:?}"),
+    };
+    c.log_chunk(
+        "a",
+        LogChunk {
+            request_id,
+            eof: true,
+            error: "cannot read /x/web-0-out.log: Permission denied".into(),
+            ..LogChunk::default()
+        },
+    );
+    let notice = lines.try_recv().map(|l| (l.stream, l.line));
+    assert_eq!(
+        notice,
+        Ok((
+            LogStream::Unspecified,
+            "[pmcluster] node a could not read logs: cannot read /x/web-0-out.log: Permission \
+             denied"
+                .to_string()
+        ))
+    );
+    assert!(matches!(
+        lines.try_recv(),
+        Err(mpsc::error::TryRecvError::Disconnected)
+    ));
+
+    clock.advance_ms(2_000);
+    c.tick();
+    assert!(!c.is_connected("a"), "a's heartbeat lapsed");
+    let mut lines = c.stream_logs(&query)?;
+    let notice = lines.try_recv().map(|l| (l.app, l.node, l.line));
+    assert_eq!(
+        notice,
+        Ok((
+            "web".to_string(),
+            "a".to_string(),
+            "[pmcluster] node a is not connected: no logs of web[0] (see `pmcluster nodes`)"
+                .to_string()
+        ))
+    );
+    assert!(matches!(
+        lines.try_recv(),
+        Err(mpsc::error::TryRecvError::Disconnected)
+    ));
+    Ok(())
+}
+
 /// An instance coming online needs no reconcile unless something waits on it: here a drain's
 /// replacement, whose old side must then retire.
 #[test]
