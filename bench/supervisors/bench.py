@@ -2,7 +2,9 @@
 """pmcluster's agent against supervisord and PMDaemon, the same scenarios in one run.
 
 Scenarios (loopback only, every loop bounded in count and time):
-  crash    SIGKILL an instance, time until its port accepts again (a new process), median of N
+  crash    SIGKILL an instance, time until its port accepts again (a new process), median of N;
+           beside a bare start (the app started directly) and a bare restart (the app killed,
+           and started directly as soon as its pidfd reports the exit)
   rss      resident memory of the supervisor process while it supervises 50 instances
   cpu      CPU of the supervisor process over an idle period with 50 instances
   start12  time from the start command until 12 instances accept connections, beside the time
@@ -12,13 +14,17 @@ Scenarios (loopback only, every loop bounded in count and time):
            at the beginning moved a ratio by up to x0.5 between two runs)
   start50  the same with 50 instances (rss and cpu are taken on its last run)
 
-The app is pmcluster-testapp (release build) everywhere. Every process started here is ended
-by pid (or by its supervisor) before the script exits. Run by scripts/bench-supervisors.sh.
+The app is the same for every system in a run: pmcluster-testapp (release build; `--app testapp`,
+the default), whose start is about 1 ms of CPU, so that a supervisor's own cost shows at its
+largest; or a small HTTP server as users run them, beside this script: httpapp.py on Python's
+standard library (`--app python`) or httpapp.js on Node's (`--app node`). Every process started here is ended by pid (or by its
+supervisor) before the script exits. Run by scripts/bench-supervisors.sh.
 """
 
 import argparse
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -367,7 +373,7 @@ class Pmdaemon:
 
     def kill_leftovers(self):
         """`pmdaemon delete` (0.1.4) leaves the processes running: end the ones it started here
-        (the test app with this run's private HOME in its environment), by pid."""
+        (the app, as argv[0] or an interpreter's argv[1], with this run's private HOME in its environment), by pid."""
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -375,10 +381,12 @@ class Pmdaemon:
                 with open(f"/proc/{pid}/environ", "rb") as f:
                     env = f.read().split(b"\0")
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv0 = f.read().split(b"\0")[0]
+                    cmdline = f.read().split(b"\0")
             except OSError:
                 continue
-            if argv0.endswith(b"pmcluster-testapp") and f"HOME={self.home}".encode() in env:
+            app = os.path.basename(self.testapp).encode()
+            if any(arg.endswith(app) for arg in cmdline[:2]) \
+                    and f"HOME={self.home}".encode() in env:
                 kill_pid(int(pid))
 
 
@@ -424,6 +432,39 @@ def crash_latency(system, port, n):
         return None, note
     return statistics.median(samples), f"n={len(samples)} min={min(samples) * 1000:.1f}ms " \
         f"max={max(samples) * 1000:.1f}ms"
+
+
+def direct_restart(testapp, port, n):
+    """Median seconds from SIGKILL of a directly started app to its port answering from a new
+    one that this script starts as soon as the old one's pidfd says it has ended: a supervisor
+    that costs nothing. Above a bare start by the kernel's teardown of the old process (its
+    memory, then its sockets), which no supervisor can see past: the exit is reported after it."""
+    def start():
+        return subprocess.Popen([testapp], env=dict(os.environ, PORT=str(port)),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    samples = []
+    proc = start()
+    if wait_ports([port], 10) is None:
+        kill_pid(proc.pid)
+        proc.wait()
+        return None
+    for _ in range(n):
+        time.sleep(0.3)
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            t0 = time.perf_counter()
+            os.kill(proc.pid, signal.SIGKILL)
+            select.select([pidfd], [], [], 10)
+        finally:
+            os.close(pidfd)
+        proc.wait()
+        proc = start()
+        if wait_ports([port], 10) is not None:
+            samples.append(time.perf_counter() - t0)
+    kill_pid(proc.pid)
+    proc.wait()
+    wait_closed([port], 10)
+    return statistics.median(samples) if samples else None
 
 
 def direct_one(testapp, port, n):
@@ -535,9 +576,15 @@ def main():
     ap.add_argument("--crash-samples", type=int, default=20)
     ap.add_argument("--idle-seconds", type=int, default=60)
     ap.add_argument("--start-runs", type=int, default=7)
+    ap.add_argument("--app", choices=["testapp", "python", "node"], default="testapp")
     args = ap.parse_args()
 
-    testapp = os.path.join(args.bin_dir, "pmcluster-testapp")
+    if args.app != "testapp":
+        script = "httpapp.py" if args.app == "python" else "httpapp.js"
+        testapp = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+    else:
+        testapp = os.path.join(args.bin_dir, "pmcluster-testapp")
+    print(f"app: {testapp}")
     work = tempfile.mkdtemp(prefix="pmcluster-bench-")
     crash_port = free_range(1, 20000, 21000)
     base = free_range(N_MANY, 21000, 29900)
@@ -561,7 +608,10 @@ def main():
     runs = max(1, args.start_runs)
     # The direct starts of 12 and 50 are taken beside each system's starts (see `many`).
     bare = direct_one(testapp, crash_port, args.crash_samples)
-    print(f"baseline: one test app started directly accepts after {fmt_ms(bare)} (median)")
+    print(f"baseline: one app started directly accepts after {fmt_ms(bare)} (median)")
+    bare_restart = direct_restart(testapp, crash_port, args.crash_samples)
+    print(f"baseline: one app killed and started again directly at its exit accepts after "
+          f"{fmt_ms(bare_restart)} (median, from the kill)")
     results = {}
     for system in systems:
         print(f"== {system.name}", flush=True)
@@ -595,10 +645,17 @@ def main():
             return None
         return (r["crash_s"] - bare) * 1000
 
+    def over_bare_restart_ms(r):
+        if r.get("crash_s") is None or bare_restart is None:
+            return None
+        return (r["crash_s"] - bare_restart) * 1000
+
     rows = [
         ("crash-to-restart median", lambda r: r.get("crash_s"), lambda v: f"{v * 1000:.1f} ms",
          "< 20 ms"),
         ("crash-to-restart over a bare start", over_bare_ms, lambda v: f"{v:+.1f} ms", "<= 2 ms"),
+        ("crash-to-restart over a bare restart", over_bare_restart_ms, lambda v: f"{v:+.1f} ms",
+         ""),
         ("agent RSS, 50 instances", lambda r: r.get("rss_kib"), lambda v: f"{v / 1024:.1f} MiB",
          "<= 15 MiB"),
         (f"agent CPU, {args.idle_seconds} s idle, 50 instances", lambda r: r.get("cpu_pct"),
