@@ -17,7 +17,8 @@ Scenarios (loopback only, every loop bounded in count and time):
 The app is the same for every system in a run: pmcluster-testapp (release build; `--app testapp`,
 the default), whose start is about 1 ms of CPU, so that a supervisor's own cost shows at its
 largest; or a small HTTP server as users run them, beside this script: httpapp.py on Python's
-standard library (`--app python`) or httpapp.js on Node's (`--app node`). Every process started here is ended by pid (or by its
+standard library (`--app python`) or httpapp.js on Node's (`--app node`), each run from a copy
+whose first line names the interpreter's real file (see `pinned_script`). Every process started here is ended by pid (or by its
 supervisor) before the script exits. Run by scripts/bench-supervisors.sh.
 """
 
@@ -564,6 +565,29 @@ def many(system, testapp, base, idle_seconds, runs):
 # ----------------------------------------------------------------------------------------------
 
 
+def pinned_script(app, work):
+    """A copy of the app's script in `work` whose first line names its interpreter's real file:
+    `#!/usr/bin/env python3` finds whatever PATH puts first, which on a machine with pyenv is a
+    shell-script shim that forks a dozen processes (about 100 ms) before Python starts."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = "httpapp.py" if app == "python" else "httpapp.js"
+    if app == "python":
+        interpreter = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    else:
+        interpreter = shutil.which("node")
+        if interpreter is None:
+            raise SystemExit("--app node: node is not installed (apt-get install nodejs)")
+    interpreter = os.path.realpath(interpreter)
+    with open(os.path.join(here, script)) as f:
+        body = f.read().split("\n", 1)[1]
+    path = os.path.join(work, script)
+    with open(path, "w") as f:
+        f.write(f"#!{interpreter}\n{body}")
+    os.chmod(path, 0o755)
+    print(f"interpreter: {interpreter}")
+    return path
+
+
 def fmt_ms(s):
     return "-" if s is None else f"{s * 1000:.1f} ms"
 
@@ -579,13 +603,12 @@ def main():
     ap.add_argument("--app", choices=["testapp", "python", "node"], default="testapp")
     args = ap.parse_args()
 
+    work = tempfile.mkdtemp(prefix="pmcluster-bench-")
     if args.app != "testapp":
-        script = "httpapp.py" if args.app == "python" else "httpapp.js"
-        testapp = os.path.join(os.path.dirname(os.path.abspath(__file__)), script)
+        testapp = pinned_script(args.app, work)
     else:
         testapp = os.path.join(args.bin_dir, "pmcluster-testapp")
     print(f"app: {testapp}")
-    work = tempfile.mkdtemp(prefix="pmcluster-bench-")
     crash_port = free_range(1, 20000, 21000)
     base = free_range(N_MANY, 21000, 29900)
     base -= base % 100  # supervisord builds ports from a prefix and a 2-digit process number
