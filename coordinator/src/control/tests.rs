@@ -772,14 +772,19 @@ fn issue11_a_new_leader_resumes_the_autoscalers_last_change() -> Result<()> {
     Ok(())
 }
 
-/// Issue 10: log routes live under a lock of their own. A chunk is routed while another thread
-/// holds the state lock, and a follow stream ends when its node's heartbeat lapses (before, its
-/// route outlived the session and the reader waited until it gave up).
-#[tokio::test]
-async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()> {
-    use crate::clock::ManualClock;
-    use crate::model::{LogChunk, LogsQuery};
-    let clock = Arc::new(ManualClock::new(1_000_000, 7));
+/// A control with a manual clock and a 1.5 s heartbeat timeout, node "a" attached and running
+/// web[0], and a log request for web made: the agent's session and the reader's stream.
+struct LogRequest {
+    clock: Arc<crate::clock::ManualClock>,
+    c: Control,
+    /// Bind it by name where used (`_a`): the session lives as long as this.
+    _a: Attached,
+    query: crate::model::LogsQuery,
+    lines: mpsc::Receiver<LogLine>,
+    request_id: u64,
+}
+fn log_request(follow: bool) -> Result<LogRequest> {
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
     let config = ControlConfig {
         heartbeat_timeout: Duration::from_millis(1500),
         ..ControlConfig::default()
@@ -787,17 +792,41 @@ async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()
     let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
     let mut a = c.attach(&register("a"), None)?;
     c.apply(web(1))?;
-    let query = LogsQuery {
+    let query = crate::model::LogsQuery {
         app: "web".into(),
         index: None,
         lines: 5,
-        follow: true,
+        follow,
     };
-    let mut lines = c.stream_logs(&query)?;
+    let lines = c.stream_logs(&query)?;
     let request_id = match a.commands.try_recv() {
         Ok(AgentCommand::Logs(r)) => r.request_id,
         other => panic!("the agent was not asked for logs: {other:?}"),
     };
+    Ok(LogRequest {
+        clock,
+        c,
+        _a: a,
+        query,
+        lines,
+        request_id,
+    })
+}
+
+/// Issue 10: log routes live under a lock of their own. A chunk is routed while another thread
+/// holds the state lock, and a follow stream ends when its node's heartbeat lapses (before, its
+/// route outlived the session and the reader waited until it gave up).
+#[tokio::test]
+async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()> {
+    use crate::model::LogChunk;
+    let LogRequest {
+        clock,
+        c,
+        mut lines,
+        request_id,
+        _a,
+        ..
+    } = log_request(true)?;
     let chunk = |text: &str| LogChunk {
         request_id,
         lines: vec![LogLine {
@@ -835,27 +864,15 @@ async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()
 /// and an agent that could not read a file.
 #[tokio::test]
 async fn a_log_reader_is_told_what_could_not_be_read() -> Result<()> {
-    use crate::clock::ManualClock;
-    use crate::model::{LogChunk, LogsQuery};
-    let clock = Arc::new(ManualClock::new(1_000_000, 7));
-    let config = ControlConfig {
-        heartbeat_timeout: Duration::from_millis(1500),
-        ..ControlConfig::default()
-    };
-    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
-    let mut a = c.attach(&register("a"), None)?;
-    c.apply(web(1))?;
-    let query = LogsQuery {
-        app: "web".into(),
-        index: None,
-        lines: 5,
-        follow: false,
-    };
-    let mut lines = c.stream_logs(&query)?;
-    let request_id = match a.commands.try_recv() {
-        Ok(AgentCommand::Logs(r)) => r.request_id,
-        other => panic!("the agent was not asked for logs: {other:?}"),
-    };
+    use crate::model::LogChunk;
+    let LogRequest {
+        clock,
+        c,
+        query,
+        mut lines,
+        request_id,
+        _a,
+    } = log_request(false)?;
     c.log_chunk(
         "a",
         LogChunk {
