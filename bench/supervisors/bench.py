@@ -435,16 +435,19 @@ def crash_latency(system, port, n):
         f"max={max(samples) * 1000:.1f}ms"
 
 
+def start_app(testapp, port):
+    """The app started directly (no supervisor), listening on `port`, its output discarded."""
+    return subprocess.Popen([testapp], env=dict(os.environ, PORT=str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def direct_restart(testapp, port, n):
     """Median seconds from SIGKILL of a directly started app to its port answering from a new
     one that this script starts as soon as the old one's pidfd says it has ended: a supervisor
     that costs nothing. Above a bare start by the kernel's teardown of the old process (its
     memory, then its sockets), which no supervisor can see past: the exit is reported after it."""
-    def start():
-        return subprocess.Popen([testapp], env=dict(os.environ, PORT=str(port)),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = []
-    proc = start()
+    proc = start_app(testapp, port)
     if wait_ports([port], 10) is None:
         kill_pid(proc.pid)
         proc.wait()
@@ -459,7 +462,7 @@ def direct_restart(testapp, port, n):
         finally:
             os.close(pidfd)
         proc.wait()
-        proc = start()
+        proc = start_app(testapp, port)
         if wait_ports([port], 10) is not None:
             samples.append(time.perf_counter() - t0)
     kill_pid(proc.pid)
@@ -474,8 +477,7 @@ def direct_one(testapp, port, n):
     samples = []
     for _ in range(n):
         t0 = time.perf_counter()
-        proc = subprocess.Popen([testapp], env=dict(os.environ, PORT=str(port)),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_app(testapp, port)
         took = wait_ports([port], 10)
         if took is not None:
             samples.append(time.perf_counter() - t0)
@@ -489,9 +491,7 @@ def direct_start(testapp, base, n=N_MANY):
     """Seconds for n test apps started directly (no supervisor) to accept connections."""
     ports = list(range(base, base + n))
     t0 = time.perf_counter()
-    procs = [subprocess.Popen([testapp], env=dict(os.environ, PORT=str(p)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for p in ports]
+    procs = [start_app(testapp, p) for p in ports]
     took = wait_ports(ports, 60)
     took = None if took is None else time.perf_counter() - t0
     for p in procs:

@@ -83,8 +83,8 @@ const ROTATION_RETRIES: usize = 8;
 ///
 /// The two reads are not atomic: a flooding instance rotates every few milliseconds, and a
 /// reader preempted between them would take the file it just read, renamed to `.1`, for its
-/// predecessor, and show nothing. So the live path must still name the file that was read after
-/// `.1` is read, or both are read again.
+/// predecessor, and show its lines twice. So the live path must still name the file that was
+/// read after `.1` is read, or both are read again.
 fn read_last_lines_rotated_with(
     path: &Path,
     n: usize,
@@ -169,11 +169,7 @@ impl Follower {
 
     /// New complete lines since the last call. Blocking file I/O: call from the blocking pool.
     pub fn poll(&mut self) -> io::Result<Vec<String>> {
-        let on_disk = match std::fs::metadata(&self.path) {
-            Ok(m) => Some(ident(&m)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
-        };
+        let on_disk = live_ident(&self.path)?;
         let held = match &self.file {
             Some(f) => Some(ident(&f.metadata()?)),
             None => None,

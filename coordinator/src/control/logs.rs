@@ -64,32 +64,31 @@ impl Control {
                 follow: req.follow,
             };
             // The route is in place before the request leaves, so no early chunk misses it.
-            let sent = commands
-                .as_ref()
-                .is_some_and(|c| c.try_send(AgentCommand::Logs(request)).is_ok());
-            match commands {
-                Some(commands) if sent => {
-                    routes.insert(
-                        request_id,
-                        LogRoute {
-                            node,
-                            commands,
-                            lines: tx.clone(),
-                            dropped: 0,
-                        },
-                    );
-                }
-                // Said rather than left out: an answer without these lines would read as an
-                // instance that wrote nothing.
-                Some(_) => unread(
+            // What is not asked for is said rather than left out: an answer without those lines
+            // would read as instances that wrote nothing.
+            let Some(commands) = commands else {
+                unread(&tx, &req.app, &node, &indices, "is not connected");
+                continue;
+            };
+            if commands.try_send(AgentCommand::Logs(request)).is_err() {
+                unread(
                     &tx,
                     &req.app,
                     &node,
                     &indices,
                     "is not reading requests now",
-                ),
-                None => unread(&tx, &req.app, &node, &indices, "is not connected"),
+                );
+                continue;
             }
+            routes.insert(
+                request_id,
+                LogRoute {
+                    node,
+                    commands,
+                    lines: tx.clone(),
+                    dropped: 0,
+                },
+            );
         }
         Ok(rx)
     }

@@ -2,7 +2,6 @@ use std::collections::BTreeSet;
 
 use pmcluster_spec::AppSpec;
 
-use super::logs::route_lines;
 use super::sessions::registration;
 use super::*;
 use crate::core::adoption::quarantine_reason;
@@ -11,6 +10,9 @@ use crate::model::{InstanceView, LogStream, NodeRecord, NodeStatus, Registration
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
+
+/// Log routes: requests to agents, lines to readers, and what a reader is told.
+mod logs;
 
 pub(super) fn register(name: &str) -> Registration {
     Registration {
@@ -399,46 +401,6 @@ async fn the_same_agent_replaces_its_stale_session_and_another_is_refused() -> R
     Ok(())
 }
 
-#[test]
-fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
-    let (tx, mut rx) = mpsc::channel(4);
-    let mut route = LogRoute {
-        node: "a".into(),
-        commands: mpsc::channel(1).0,
-        lines: tx,
-        dropped: 0,
-    };
-    let lines = |from: u32, n: u32| -> Vec<LogLine> {
-        (from..from + n)
-            .map(|i| LogLine {
-                app: "web".into(),
-                line: format!("line {i}"),
-                stream: LogStream::Stdout,
-                ..LogLine::default()
-            })
-            .collect()
-    };
-    // Ten lines into room for four: four arrive, six are counted, nothing waits.
-    assert!(!route_lines(&mut route, lines(0, 10)));
-    assert_eq!(route.dropped, 6);
-    let mut got = Vec::new();
-    while let Ok(l) = rx.try_recv() {
-        got.push(l.line);
-    }
-    assert_eq!(got, ["line 0", "line 1", "line 2", "line 3"]);
-    // Room again: the gap is announced before the next line.
-    assert!(!route_lines(&mut route, lines(10, 1)));
-    let notice = rx.try_recv().unwrap_or_default();
-    assert_eq!(notice.stream, LogStream::Unspecified);
-    assert!(notice.line.contains("6 lines dropped"), "{}", notice.line);
-    let next = rx.try_recv().unwrap_or_default();
-    assert_eq!(next.line, "line 10");
-    assert_eq!(route.dropped, 0);
-    // The reader went away.
-    drop(rx);
-    assert!(route_lines(&mut route, lines(11, 1)));
-}
-
 #[tokio::test]
 async fn pages_cover_every_instance_once_in_order() -> Result<()> {
     let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
@@ -769,152 +731,6 @@ fn issue11_a_new_leader_resumes_the_autoscalers_last_change() -> Result<()> {
         scaling,
         Some((Some(1_000), "cpu avg 90% > 70% for 30s: 1 -> 2".to_string()))
     );
-    Ok(())
-}
-
-/// A control with a manual clock and a 1.5 s heartbeat timeout, node "a" attached and running
-/// web[0], and a log request for web made: the agent's session and the reader's stream.
-struct LogRequest {
-    clock: Arc<crate::clock::ManualClock>,
-    c: Control,
-    /// Bind it by name where used (`_a`): the session lives as long as this.
-    _a: Attached,
-    query: crate::model::LogsQuery,
-    lines: mpsc::Receiver<LogLine>,
-    request_id: u64,
-}
-fn log_request(follow: bool) -> Result<LogRequest> {
-    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
-    let config = ControlConfig {
-        heartbeat_timeout: Duration::from_millis(1500),
-        ..ControlConfig::default()
-    };
-    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
-    let mut a = c.attach(&register("a"), None)?;
-    c.apply(web(1))?;
-    let query = crate::model::LogsQuery {
-        app: "web".into(),
-        index: None,
-        lines: 5,
-        follow,
-    };
-    let lines = c.stream_logs(&query)?;
-    let request_id = match a.commands.try_recv() {
-        Ok(AgentCommand::Logs(r)) => r.request_id,
-        other => panic!("the agent was not asked for logs: {other:?}"),
-    };
-    Ok(LogRequest {
-        clock,
-        c,
-        _a: a,
-        query,
-        lines,
-        request_id,
-    })
-}
-
-/// Issue 10: log routes live under a lock of their own. A chunk is routed while another thread
-/// holds the state lock, and a follow stream ends when its node's heartbeat lapses (before, its
-/// route outlived the session and the reader waited until it gave up).
-#[tokio::test]
-async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()> {
-    use crate::model::LogChunk;
-    let LogRequest {
-        clock,
-        c,
-        mut lines,
-        request_id,
-        _a,
-        ..
-    } = log_request(true)?;
-    let chunk = |text: &str| LogChunk {
-        request_id,
-        lines: vec![LogLine {
-            app: "web".into(),
-            line: text.into(),
-            stream: LogStream::Stdout,
-            ..LogLine::default()
-        }],
-        ..LogChunk::default()
-    };
-    {
-        let _held = c.lock();
-        c.log_chunk("a", chunk("while the state lock is held"));
-    }
-    let first = lines.try_recv().map(|l| l.line);
-    assert_eq!(first.as_deref(), Ok("while the state lock is held"));
-    // Another node cannot answer this request.
-    c.log_chunk("b", chunk("not from a"));
-    assert!(lines.try_recv().is_err());
-    clock.advance_ms(2_000);
-    c.tick();
-    assert!(!c.is_connected("a"), "a's heartbeat lapsed");
-    assert!(
-        matches!(
-            lines.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        ),
-        "the reader's stream ends with the session"
-    );
-    Ok(())
-}
-
-/// A log request says which instances it could not read, and why, rather than ending with
-/// fewer lines (which reads as an instance that wrote nothing): a node that is not connected,
-/// and an agent that could not read a file.
-#[tokio::test]
-async fn a_log_reader_is_told_what_could_not_be_read() -> Result<()> {
-    use crate::model::LogChunk;
-    let LogRequest {
-        clock,
-        c,
-        query,
-        mut lines,
-        request_id,
-        _a,
-    } = log_request(false)?;
-    c.log_chunk(
-        "a",
-        LogChunk {
-            request_id,
-            eof: true,
-            error: "cannot read /x/web-0-out.log: Permission denied".into(),
-            ..LogChunk::default()
-        },
-    );
-    let notice = lines.try_recv().map(|l| (l.stream, l.line));
-    assert_eq!(
-        notice,
-        Ok((
-            LogStream::Unspecified,
-            "[pmcluster] node a could not read logs: cannot read /x/web-0-out.log: Permission \
-             denied"
-                .to_string()
-        ))
-    );
-    assert!(matches!(
-        lines.try_recv(),
-        Err(mpsc::error::TryRecvError::Disconnected)
-    ));
-
-    clock.advance_ms(2_000);
-    c.tick();
-    assert!(!c.is_connected("a"), "a's heartbeat lapsed");
-    let mut lines = c.stream_logs(&query)?;
-    let notice = lines.try_recv().map(|l| (l.app, l.node, l.line));
-    assert_eq!(
-        notice,
-        Ok((
-            "web".to_string(),
-            "a".to_string(),
-            "[pmcluster] node a is not connected: no logs of web[0] (see `pmcluster nodes`)"
-                .to_string()
-        ))
-    );
-    assert!(matches!(
-        lines.try_recv(),
-        Err(mpsc::error::TryRecvError::Disconnected)
-    ));
     Ok(())
 }
 
