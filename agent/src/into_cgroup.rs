@@ -544,7 +544,16 @@ mod tests {
         let blocked = status_field(pid, "SigBlk:");
         let ignored = status_field(pid, "SigIgn:");
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        // A vfork parent resumes as the exec releases the old memory, before the kernel has
+        // placed the new environment: read until it is there (or the deadline passes).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let environ = loop {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+            if !environ.is_empty() || std::time::Instant::now() > deadline {
+                break environ;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
         reap(pid as i32);
         assert_eq!(
