@@ -590,6 +590,9 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let structured = ctx.structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();
     let mut seen: HashMap<(u32, i32), String> = HashMap::new();
+    // Notices that some instances were not read (their node is down, say): printed in place, and
+    // the exit says the answer is partial, as a script or a person scanning for `$?` expects.
+    let mut unread = 0usize;
     let open = |mut client: Client, req| async move { client.stream_logs(req).await };
     watch(
         &mut conn,
@@ -609,6 +612,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 return Ok(());
             }
             last.insert(key, line.line.clone());
+            unread += usize::from(line.unread);
             if structured {
                 ctx.stream_item(&output::log_json(&line))
             } else {
@@ -616,7 +620,18 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             }
         },
     )
-    .await
+    .await?;
+    match unread {
+        0 => Ok(()),
+        1 => anyhow::bail!(
+            "some logs of {} were not read: see the notice above",
+            args.app
+        ),
+        n => anyhow::bail!(
+            "some logs of {} were not read: see the {n} notices above",
+            args.app
+        ),
+    }
 }
 
 /// `events [APP]`: until Ctrl-C. After a failover it subscribes again, without history.

@@ -191,6 +191,7 @@ impl From<pb::LogLine> for LogLine {
             index: l.index,
             node: l.node,
             line: l.line,
+            unread: l.unread,
         }
     }
 }
@@ -370,6 +371,7 @@ impl From<LogLine> for pb::LogLine {
                 LogStream::Stderr => pb::LogStream::Stderr,
             } as i32,
             line: l.line,
+            unread: l.unread,
         }
     }
 }

@@ -219,6 +219,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
                 node: "n1".into(),
                 stream: pb::LogStream::Stderr as i32,
                 line: "listening".into(),
+                unread: false,
             }],
             eof: false,
             error: String::new(),

@@ -629,3 +629,73 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
     assert_eq!(after.pid, before.pid);
     assert!(c.agent(0).running());
 }
+
+/// A node cut off (its agent stopped past the heartbeat timeout) cannot serve its instances'
+/// logs. `logs` prints what the other node sent, a notice in place of the unread instance, and
+/// exits 1: the answer is partial. Back in touch, the same call reads both and exits 0.
+#[test]
+fn logs_of_a_cut_off_node_are_a_notice_and_a_failure() {
+    let c = Cluster::start_with(2, &["--heartbeat-timeout", "2s"]).expect("cluster starts");
+    // One instance per node (spread), kept where it is while its node is away.
+    apply(
+        &c,
+        json!({"name": "talk", "script": "sh", "instances": 2, "reschedule_after": "never",
+               "args": ["-c", "echo hello; exec sleep 1000"]}),
+    );
+    let list = wait_online(&c, "talk", 2);
+    let node_of = |index: u32| {
+        list.iter()
+            .find(|i| i.index == index)
+            .and_then(|i| i.node.clone())
+            .unwrap_or_default()
+    };
+    let (away, stays) = (node_of(0), node_of(1));
+    assert_ne!(away, stays, "spread over both nodes: {}", render(&list));
+    let both = |out: &pmcluster_tests::CliOutput| {
+        out.stdout.contains("talk[0] | hello") && out.stdout.contains("talk[1] | hello")
+    };
+    wait_until(DEADLINE, "both instances' lines", || {
+        let out = c.try_cli(&["logs", "talk"])?;
+        if out.success() && both(&out) {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+
+    let a = c
+        .agent_idx(&away)
+        .expect("the node of talk[0] runs an agent");
+    c.agent(a).signal(Signal::SIGSTOP);
+    let out = wait_until(DEADLINE, "a notice for talk[0]", || {
+        let out = c.try_cli(&["logs", "talk"])?;
+        if out.stdout.contains("no logs of talk[0]") {
+            Ok(out)
+        } else {
+            Err(out.to_string())
+        }
+    });
+    c.agent(a).signal(Signal::SIGCONT);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stdout.contains("talk[1] | hello"), "{out}");
+    assert!(
+        out.stdout
+            .contains(&format!("[pmcluster] node {away} is not connected")),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains("some logs of talk were not read: see the notice above"),
+        "{out}"
+    );
+
+    c.wait_ready(&[&away], DEADLINE).expect("the node is back");
+    wait_until(DEADLINE, "both instances' lines again", || {
+        let out = c.try_cli(&["logs", "talk"])?;
+        if out.success() && both(&out) {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+}

@@ -206,6 +206,7 @@ impl Job {
                             node: node.clone(),
                             stream: s.stream.into(),
                             line,
+                            unread: false,
                         })),
                         Err(e) => tracing::debug!("following {}: {e}", s.follower.path().display()),
                     }
@@ -234,6 +235,7 @@ impl Job {
             node: self.node.clone(),
             stream: stream.into(),
             line,
+            unread: false,
         }
     }
 

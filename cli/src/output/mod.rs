@@ -868,6 +868,7 @@ pub fn log_json(l: &pb::LogLine) -> Value {
         "node": l.node,
         "stream": stream_name(l.stream),
         "line": l.line,
+        "unread": l.unread,
     })
 }
 

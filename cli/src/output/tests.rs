@@ -483,6 +483,7 @@ fn log_and_event_lines() {
         node: "a".into(),
         stream: stream as i32,
         line: "listening on 3002".into(),
+        unread: false,
     };
     let cases = [
         (

@@ -442,7 +442,9 @@ impl Cluster for Fake {
         r: Request<pb::StreamLogsRequest>,
     ) -> Reply<Self::StreamLogsStream> {
         let req = r.into_inner();
-        if !self.lock().apps.contains_key(&req.app) && req.app != "chatty" {
+        if !self.lock().apps.contains_key(&req.app)
+            && !["chatty", "half"].contains(&req.app.as_str())
+        {
             return Err(not_found(&req.app));
         }
         let (app, index) = (req.app.clone(), req.index.unwrap_or(0));
@@ -452,7 +454,20 @@ impl Cluster for Fake {
             node: "node-a".into(),
             stream: stream as i32,
             line: text,
+            unread: false,
         };
+        if req.app == "half" {
+            // One node answered, the other is down: its instance gets the coordinator's notice.
+            let notice = pb::LogLine {
+                index: 1,
+                stream: pb::LogStream::Unspecified as i32,
+                line: "[pmcluster] node node-b is not connected: no logs of half[1]".into(),
+                unread: true,
+                ..line(pb::LogStream::Stdout, String::new())
+            };
+            let lines = [line(pb::LogStream::Stdout, "hello 0".into()), notice];
+            return Ok(Response::new(Box::pin(tokio_stream::iter(lines.map(Ok)))));
+        }
         // "chatty" never ends, to check that a closed stdout ends the client quietly.
         let count = if req.app == "chatty" { usize::MAX } else { 1 };
         let lines = (0..count).flat_map(move |n| {

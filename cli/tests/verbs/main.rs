@@ -92,6 +92,22 @@ async fn app_lifecycle() -> anyhow::Result<()> {
     )
     .await?;
     check(a, &["logs", "web", "--raw"], 0, "hello 0\noops 0\n", "").await?;
+    // A partial answer prints all it got, then fails: an instance's logs were not read.
+    check(
+        a,
+        &["logs", "half"],
+        1,
+        "half[0] | hello 0\nhalf[1] | [pmcluster] node node-b is not connected: no logs of \
+         half[1]\n",
+        "error: some logs of half were not read: see the notice above\n",
+    )
+    .await?;
+    let json = check(a, &["logs", "half", "-o", "json"], 1, "", "").await?;
+    assert!(
+        json.stdout.contains(r#""unread":true"#) && json.stdout.contains(r#""unread":false"#),
+        "{}",
+        json.stdout
+    );
     check(a, &["events"], 0, "instance.state   web[1]", "").await?;
     // A derived name must not replace an unrelated app of that name.
     check(

@@ -115,6 +115,7 @@ impl Control {
                     "[pmcluster] node {node} could not read logs: {}",
                     chunk.error
                 ),
+                unread: true,
                 ..LogLine::default()
             });
         }
@@ -166,6 +167,7 @@ fn unread(tx: &mpsc::Sender<LogLine>, app: &str, node: &str, indices: &[u32], wh
             "[pmcluster] node {node} {why}: no logs of {} (see `pmcluster nodes`)",
             list.join(", ")
         ),
+        unread: true,
     };
     // A fresh channel of 1,024 has room for one notice per node of an app.
     let _ = tx.try_send(notice);
@@ -212,6 +214,8 @@ pub(super) fn announce_dropped(route: &mut LogRoute, next: Option<&LogLine>) -> 
         node: next.map_or_else(|| route.node.clone(), |l| l.node.clone()),
         stream: LogStream::Unspecified,
         line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
+        // They were read; this reader did not keep up. It can ask again, with fewer lines.
+        unread: false,
     };
     match route.lines.try_send(notice) {
         Ok(()) => {

@@ -134,6 +134,8 @@ pub struct LogLine {
     pub stream: LogStream,
     /// Without its trailing newline.
     pub line: String,
+    /// A notice of pmcluster's own that some instances' logs were not read: the answer is partial.
+    pub unread: bool,
 }
 
 /// Lines an agent sends for one request.

@@ -124,13 +124,19 @@ fn desired_sets_and_log_requests_go_out_as_the_agent_reads_them() {
 /// Log lines keep their stream both ways; a stream this coordinator does not know is its own.
 #[test]
 fn log_lines_keep_their_stream() {
-    for stream in [LogStream::Unspecified, LogStream::Stdout, LogStream::Stderr] {
+    for (stream, unread) in [
+        (LogStream::Unspecified, true),
+        (LogStream::Unspecified, false),
+        (LogStream::Stdout, false),
+        (LogStream::Stderr, false),
+    ] {
         let line = LogLine {
             app: "web".into(),
             index: 1,
             node: "a".into(),
             stream,
             line: "hello".into(),
+            unread,
         };
         assert_eq!(LogLine::from(pb::LogLine::from(line.clone())), line);
     }

@@ -36,6 +36,10 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
     let notice = rx.try_recv().unwrap_or_default();
     assert_eq!(notice.stream, LogStream::Unspecified);
     assert!(notice.line.contains("6 lines dropped"), "{}", notice.line);
+    assert!(
+        !notice.unread,
+        "dropped lines were read: the reader fell behind"
+    );
     let next = rx.try_recv().unwrap_or_default();
     assert_eq!(next.line, "line 10");
     assert_eq!(route.dropped, 0);
@@ -154,14 +158,15 @@ async fn a_log_reader_is_told_what_could_not_be_read() -> Result<()> {
             ..LogChunk::default()
         },
     );
-    let notice = lines.try_recv().map(|l| (l.stream, l.line));
+    let notice = lines.try_recv().map(|l| (l.stream, l.line, l.unread));
     assert_eq!(
         notice,
         Ok((
             LogStream::Unspecified,
             "[pmcluster] node a could not read logs: cannot read /x/web-0-out.log: Permission \
              denied"
-                .to_string()
+                .to_string(),
+            true
         ))
     );
     assert!(matches!(
@@ -173,14 +178,15 @@ async fn a_log_reader_is_told_what_could_not_be_read() -> Result<()> {
     c.tick();
     assert!(!c.is_connected("a"), "a's heartbeat lapsed");
     let mut lines = c.stream_logs(&query)?;
-    let notice = lines.try_recv().map(|l| (l.app, l.node, l.line));
+    let notice = lines.try_recv().map(|l| (l.app, l.node, l.line, l.unread));
     assert_eq!(
         notice,
         Ok((
             "web".to_string(),
             "a".to_string(),
             "[pmcluster] node a is not connected: no logs of web[0] (see `pmcluster nodes`)"
-                .to_string()
+                .to_string(),
+            true
         ))
     );
     assert!(matches!(
