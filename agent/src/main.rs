@@ -5,6 +5,7 @@
 //! must not go down because their supervisor is restarted or upgraded) and the next agent started
 //! with the same `--data-dir` adopts them; `--stop-instances-on-exit` stops them first.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -200,6 +201,8 @@ fn init_pump_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false)
         .init();
 }
@@ -241,5 +244,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }

@@ -1,5 +1,6 @@
 //! `pmcluster-coordinator`: parses flags, validates them before binding, serves until SIGTERM.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -503,6 +504,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match validate(args) {
         Ok(c) => c,

@@ -139,6 +139,13 @@ fn up_runs_a_local_cluster_and_down_stops_everything() {
         two_online(cli, home, &url)
     });
 
+    // The daemons' logs are files: plain text, no terminal colour codes.
+    for log in ["agent.log", "coordinator.log"] {
+        let text = std::fs::read_to_string(home.join(log)).unwrap_or_default();
+        assert!(text.contains(" INFO "), "{log} has log lines: {text}");
+        assert!(!text.contains('\x1b'), "{log} holds escape codes: {text:?}");
+    }
+
     // `down` stops the agent with its instances, then the coordinator.
     let out = ok(&pm(cli, home, &url, &["down"]), "down");
     assert!(out.contains("stopped agent"), "{out}");
