@@ -617,6 +617,9 @@ pub struct StartArgs {
     #[command(flatten)]
     pub update: UpdateFlags,
 
+    #[command(flatten)]
+    pub wait: WaitFlags,
+
     /// Arguments appended to the command line, as given (after --)
     #[arg(last = true, value_name = "ARGS")]
     pub extra_args: Vec<String>,
@@ -648,6 +651,23 @@ pub struct ScaleArgs {
     // A string, so "-1" and "abc" reach our own message instead of clap's.
     #[arg(value_name = "N", allow_negative_numbers = true)]
     pub instances: String,
+
+    #[command(flatten)]
+    pub wait: WaitFlags,
+}
+
+/// `--wait` of the verbs that start or stop instances.
+#[derive(Debug, Clone, Args)]
+pub struct WaitFlags {
+    /// Return once every instance is online (and healthy, with a health check); exit 1 if one
+    /// errors or time runs out
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval,
+          requires = "wait")]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

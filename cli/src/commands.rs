@@ -18,13 +18,14 @@ use tonic::Code;
 
 use crate::args::{
     AdoptArgs, AppArg, ApplyArgs, AutoscaleArgs, EventsArgs, FileFormat, ListArgs, LogsArgs,
-    NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs,
+    NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs, WaitFlags,
 };
 use crate::client::Client;
 use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call};
 use crate::output;
 use crate::validate::{StartPlan, parse_count, plan_start};
+use crate::wait;
 
 /// Where a verb writes and how.
 pub struct Ctx<'a> {
@@ -137,6 +138,18 @@ async fn apply_one(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<pb::ApplyA
 pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let plan = plan_start(&args)?;
     let mut conn = ctx.connect().await?;
+    let goal = start_only(&args, plan, &mut conn, ctx).await?;
+    wait_up(&mut conn, ctx, &args.wait, goal).await
+}
+
+/// `start` without `--wait`: what `--wait` would wait for, when it is given.
+async fn start_only(
+    args: &StartArgs,
+    plan: StartPlan,
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+) -> anyhow::Result<Option<wait::Goal>> {
+    let waits = args.wait.wait;
     match plan {
         StartPlan::Existing { app, index } => {
             let target = pb::InstanceTarget {
@@ -155,18 +168,24 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 other => other?,
             };
             if ctx.structured() {
-                return ctx.value(&json!({
+                ctx.value(&json!({
                     "app": app, "action": "started", "index": index, "affected": reply.affected,
-                }));
+                }))?;
+            } else {
+                let what = describe_target(&app, index, reply.affected);
+                ctx.line(&format!("started {what}"))?;
             }
-            let what = describe_target(&app, index, reply.affected);
-            ctx.line(&format!("started {what}"))
+            if !waits {
+                return Ok(None);
+            }
+            let shown = call!(conn, get_app, pb::GetAppRequest { name: app }).await?;
+            Ok(Some(wait_goal(&shown, index, 0)))
         }
         StartPlan::Apply { spec, derived_name } => {
             if derived_name {
-                refuse_to_overwrite(&mut conn, &spec).await?;
+                refuse_to_overwrite(conn, &spec).await?;
             }
-            let reply = apply_one(&mut conn, &spec).await?;
+            let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;
             if unchanged {
@@ -180,20 +199,24 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 call!(conn, start, target).await?;
             }
             if ctx.structured() {
-                return ctx.value(&apply_json(&spec.name, &reply));
-            }
-            let verb = if reply.created || unchanged {
-                "started"
+                ctx.value(&apply_json(&spec.name, &reply))?;
             } else {
-                "updated"
-            };
-            let note = if unchanged { ", spec unchanged" } else { "" };
-            ctx.line(&format!(
-                "{verb} app {}: {} (version {}{note})",
-                spec.name,
-                count_phrase(&app),
-                app.version,
-            ))
+                let verb = if reply.created || unchanged {
+                    "started"
+                } else {
+                    "updated"
+                };
+                let note = if unchanged { ", spec unchanged" } else { "" };
+                ctx.line(&format!(
+                    "{verb} app {}: {} (version {}{note})",
+                    spec.name,
+                    count_phrase(&app),
+                    app.version,
+                ))?;
+            }
+            // A rollout the change started replaces every instance: they are up at its version.
+            let version = reply.deployment.as_ref().map_or(0, |d| d.to_version);
+            Ok(waits.then(|| wait_goal(&app, None, version)))
         }
     }
 }
@@ -298,14 +321,65 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     };
     let reply = call!(conn, scale, req).await?;
     if ctx.structured() {
-        return ctx.value(&json!({
+        ctx.value(&json!({
             "app": args.app, "previous": reply.previous, "instances": reply.instances,
-        }));
+        }))?;
+    } else {
+        ctx.line(&format!(
+            "scaled {}: {} -> {}",
+            args.app, reply.previous, reply.instances
+        ))?;
     }
-    ctx.line(&format!(
-        "scaled {}: {} -> {}",
-        args.app, reply.previous, reply.instances
-    ))
+    let goal = if args.wait.wait {
+        let req = pb::GetAppRequest {
+            name: args.app.clone(),
+        };
+        let shown = call!(conn, get_app, req).await?;
+        Some(wait::Goal {
+            count: Some(reply.instances),
+            ..wait_goal(&shown, None, 0)
+        })
+    } else {
+        None
+    };
+    wait_up(&mut conn, ctx, &args.wait, goal).await
+}
+
+/// What `--wait` waits for after a verb on `app`: its instances (or one index), up at `version`
+/// (0: any).
+fn wait_goal(app: &pb::App, index: Option<u32>, version: u64) -> wait::Goal {
+    let spec = app.spec.as_ref();
+    wait::Goal {
+        app: spec.map(|s| s.name.clone()).unwrap_or_default(),
+        count: spec.filter(|s| !s.instances_max).map(|s| s.instances),
+        index,
+        autorestart: spec.and_then(|s| s.autorestart).unwrap_or(true),
+        version,
+        min_uptime: spec.and_then(|s| s.min_uptime_ms).map_or(
+            pmcluster_spec::supervise::DEFAULT_MIN_UPTIME,
+            std::time::Duration::from_millis,
+        ),
+    }
+}
+
+/// `--wait`: until the goal's instances are up (see [`crate::wait`]), said in a line of text
+/// output; an error when one cannot come up or time runs out.
+async fn wait_up(
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+    flags: &WaitFlags,
+    goal: Option<wait::Goal>,
+) -> anyhow::Result<()> {
+    let Some(goal) = goal.filter(|_| flags.wait) else {
+        return Ok(());
+    };
+    let started = tokio::time::Instant::now();
+    let up = wait::until_up(conn, &goal, flags.wait_timeout).await?;
+    if !ctx.structured() {
+        let took = started.elapsed().as_secs_f64();
+        ctx.line(&format!("{}: {up} up after {took:.2}s", goal.app))?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn list_instances(

@@ -23,6 +23,7 @@ pub mod status;
 pub mod token;
 pub mod validate;
 pub mod verbs;
+pub mod wait;
 
 use std::io::Write;
 

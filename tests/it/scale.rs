@@ -246,3 +246,109 @@ fn scale_down_drains_for_the_shutdown_delay() {
         }
     });
 }
+
+/// `--wait` returns once the instances are up, and fails with the reason when they cannot be:
+/// the start of three (all online when it returns), a scale down (the others gone), a program
+/// that cannot run (errored), one that exits with autorestart off, one too slow for
+/// `--wait-timeout`, and one without a port that keeps crashing (never up for `min_uptime`).
+#[test]
+fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
+    let c = Cluster::start(2).expect("coordinator and two agents start");
+    let testapp = c.testapp().display().to_string();
+    let base = free_port_range(3).expect("three free ports");
+    let ports = format!("{base}-{}", base + 2);
+    let out = c.cli(&[
+        "start", &testapp, "--name", "w", "-i", "3", "--port", &ports, "--wait",
+    ]);
+    out.assert_ok();
+    assert!(out.stdout.contains("w: 3 up after"), "{out}");
+    // Up when it returned: no wait here.
+    let list = c.instances("w").expect("list");
+    assert!(
+        list.len() == 3 && list.iter().all(|i| i.status == "online"),
+        "{}",
+        render(&list)
+    );
+
+    let out = c.cli(&["scale", "w", "1", "--wait"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("w: 1 up after"), "{out}");
+    let list = c.instances("w").expect("list");
+    assert_eq!(list.len(), 1, "{}", render(&list));
+
+    let out = c.cli(&["start", "/nonexistent/prog", "--name", "bad", "--wait"]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("bad[0] errored: cannot run"), "{out}");
+
+    let out = c.cli(&[
+        "start",
+        "sh",
+        "--name",
+        "once",
+        "--no-autorestart",
+        "--wait",
+        "--",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains("once[0] exited and autorestart is off"),
+        "{out}"
+    );
+
+    let slow_port = free_port_range(1).expect("a free port").to_string();
+    let out = c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "slow",
+        "--port",
+        &slow_port,
+        "--env",
+        "TESTAPP_STARTUP_DELAY_MS=30000",
+        "--wait",
+        "--wait-timeout",
+        "1s",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stderr
+            .contains("slow: not up after 1s (0 of 1 up; slow[0] launching"),
+        "{out}"
+    );
+
+    // Without a port or a health check, up means it outlived min_uptime (1s by default): a
+    // program that keeps crashing never is, one that stays is.
+    let out = c.cli(&[
+        "start",
+        "sh",
+        "--name",
+        "flaky",
+        "--wait",
+        "--wait-timeout",
+        "3s",
+        "--",
+        "-c",
+        "sleep 0.2; exit 1",
+    ]);
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(out.stderr.contains("flaky: not up after 3s"), "{out}");
+    let out = c.cli(&[
+        "start",
+        "sh",
+        "--name",
+        "steady",
+        "--wait",
+        "--",
+        "-c",
+        "exec sleep 100",
+    ]);
+    out.assert_ok();
+    assert!(out.stdout.contains("steady: 1 up after 1."), "{out}");
+
+    // Bad input names the flag.
+    let out = c.cli(&["scale", "w", "2", "--wait-timeout", "soon"]);
+    assert_eq!(out.code(), Some(2), "{out}");
+    assert!(out.stderr.contains("--wait-timeout"), "{out}");
+}

@@ -1,0 +1,241 @@
+use pb::{HealthState as H, InstanceState as S};
+use pmcluster_proto::v1 as pb;
+
+use super::{Goal, Progress, progress};
+
+fn inst(index: u32, state: S) -> pb::Instance {
+    pb::Instance {
+        app: "web".into(),
+        id: format!("id-{index}"),
+        index,
+        state: state as i32,
+        port: 3000 + index,
+        app_version: 1,
+        ..pb::Instance::default()
+    }
+}
+
+fn with(mut i: pb::Instance, f: impl FnOnce(&mut pb::Instance)) -> pb::Instance {
+    f(&mut i);
+    i
+}
+
+fn goal(count: Option<u32>) -> Goal {
+    Goal {
+        app: "web".into(),
+        count,
+        index: None,
+        autorestart: true,
+        version: 0,
+        min_uptime: std::time::Duration::from_secs(1),
+    }
+}
+
+fn waiting(text: &str) -> Progress {
+    Progress::Waiting(text.to_string())
+}
+
+fn failed(text: &str) -> Progress {
+    Progress::Failed(text.to_string())
+}
+
+#[test]
+fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
+    let online = |i| inst(i, S::Online);
+    let exited = with(inst(1, S::Exited), |i| {
+        i.restarts = 3;
+        i.message = "exit code 1".into();
+    });
+    let errored = with(inst(1, S::Errored), |i| {
+        i.message = "cannot run \"nope\": No such file or directory".into();
+    });
+    let no_restart = Goal {
+        autorestart: false,
+        ..goal(Some(2))
+    };
+    let only_1 = Goal {
+        index: Some(1),
+        ..goal(Some(2))
+    };
+    let version_2 = Goal {
+        version: 2,
+        ..goal(Some(2))
+    };
+    let other_app = with(inst(0, S::Launching), |i| i.app = "api".into());
+    // Neither a port nor a health check: online says only that it was started.
+    let portless = |i, id: &str| {
+        with(online(i), |x| {
+            x.port = 0;
+            x.id = id.into();
+        })
+    };
+    let cases: Vec<(&str, Goal, Vec<pb::Instance>, Progress)> = vec![
+        (
+            "all online",
+            goal(Some(2)),
+            vec![online(0), online(1)],
+            Progress::Up(2),
+        ),
+        (
+            "one still launching",
+            goal(Some(2)),
+            vec![online(0), inst(1, S::Launching)],
+            waiting("1 of 2 up; web[1] launching"),
+        ),
+        (
+            "one not listed yet",
+            goal(Some(2)),
+            vec![online(0)],
+            waiting("1 of 2 up; web[1] not placed yet"),
+        ),
+        (
+            "another app's instances do not count",
+            goal(Some(1)),
+            vec![other_app.clone(), online(0)],
+            Progress::Up(1),
+        ),
+        (
+            "pending says why",
+            goal(Some(1)),
+            vec![with(inst(0, S::Pending), |i| {
+                i.message = "no node has room".into();
+            })],
+            waiting("0 of 1 up; web[0] pending: no node has room"),
+        ),
+        (
+            "a crash loop is waited on (autorestart)",
+            goal(Some(2)),
+            vec![online(0), exited.clone()],
+            waiting("1 of 2 up; web[1] exited (restarts 3): exit code 1"),
+        ),
+        (
+            "an exit is final without autorestart",
+            no_restart,
+            vec![online(0), exited],
+            failed("web[1] exited and autorestart is off: exit code 1"),
+        ),
+        (
+            "errored is final",
+            goal(Some(2)),
+            vec![online(0), errored],
+            failed("web[1] errored: cannot run \"nope\": No such file or directory"),
+        ),
+        (
+            "a stopped instance will not come up by itself",
+            goal(Some(2)),
+            vec![online(0), with(inst(1, S::Stopped), |i| i.stopped = true)],
+            failed("web[1] is stopped; start it with: pmcluster start web --instance 1"),
+        ),
+        (
+            "a health check not passed yet",
+            goal(Some(1)),
+            vec![with(online(0), |i| i.health = H::Unknown as i32)],
+            waiting("0 of 1 up; web[0] online, not healthy yet"),
+        ),
+        (
+            "unhealthy",
+            goal(Some(1)),
+            vec![with(online(0), |i| i.health = H::Unhealthy as i32)],
+            waiting("0 of 1 up; web[0] online, not healthy yet"),
+        ),
+        (
+            "healthy",
+            goal(Some(1)),
+            vec![with(online(0), |i| i.health = H::Healthy as i32)],
+            Progress::Up(1),
+        ),
+        (
+            "the old version is not up",
+            version_2.clone(),
+            vec![with(online(0), |i| i.app_version = 2), online(1)],
+            waiting("1 of 2 up; web[1] online at version 1 of 2"),
+        ),
+        (
+            "a replaced instance draining beside its replacement",
+            version_2.clone(),
+            vec![
+                with(online(0), |i| i.app_version = 2),
+                with(inst(1, S::Draining), |i| i.app_version = 1),
+                with(online(1), |i| i.app_version = 2),
+            ],
+            Progress::Up(2),
+        ),
+        (
+            "a replacement still launching beside the draining one",
+            version_2,
+            vec![
+                with(online(0), |i| i.app_version = 2),
+                with(inst(1, S::Draining), |i| i.app_version = 1),
+                with(inst(1, S::Launching), |i| i.app_version = 2),
+            ],
+            waiting("1 of 2 up; web[1] launching"),
+        ),
+        (
+            "scaled down: the instances above go first",
+            goal(Some(1)),
+            vec![online(0), inst(1, S::Stopping)],
+            waiting("1 of 1 up; 1 instance(s) above the new count still stopping"),
+        ),
+        (
+            "scaled down and gone",
+            goal(Some(1)),
+            vec![online(0)],
+            Progress::Up(1),
+        ),
+        (
+            "one index only",
+            only_1,
+            vec![inst(0, S::Launching), online(1)],
+            Progress::Up(1),
+        ),
+        (
+            "instances: max takes the indices listed",
+            goal(None),
+            vec![online(0), online(1), online(2)],
+            Progress::Up(3),
+        ),
+        (
+            "instances: max, one launching",
+            goal(None),
+            vec![online(0), inst(1, S::Launching)],
+            waiting("1 of 2 up; web[1] launching"),
+        ),
+        (
+            "a long list names three",
+            goal(Some(5)),
+            vec![online(0)],
+            waiting(
+                "1 of 5 up; web[1] not placed yet; web[2] not placed yet; web[3] not placed \
+                 yet; and 1 more",
+            ),
+        ),
+        (
+            "without a port or check, online for less than min_uptime",
+            goal(Some(2)),
+            vec![portless(0, "steady"), portless(1, "new")],
+            waiting("1 of 2 up; web[1] online for less than min_uptime (1s)"),
+        ),
+        (
+            "without a port or check, online for min_uptime",
+            goal(Some(1)),
+            vec![portless(0, "steady")],
+            Progress::Up(1),
+        ),
+        (
+            "a health check stands for the port",
+            goal(Some(1)),
+            vec![with(portless(0, "new"), |i| i.health = H::Healthy as i32)],
+            Progress::Up(1),
+        ),
+        (
+            "no instances asked for",
+            goal(Some(0)),
+            vec![],
+            Progress::Up(0),
+        ),
+    ];
+    for (name, g, list, want) in cases {
+        let steady = |i: &pb::Instance| i.id == "steady";
+        assert_eq!(progress(&g, &list, steady), want, "{name}");
+    }
+}
