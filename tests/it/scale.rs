@@ -254,14 +254,21 @@ fn scale_down_drains_for_the_shutdown_delay() {
 #[test]
 fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
     let c = Cluster::start(2).expect("coordinator and two agents start");
+    // Runs the CLI; checks its exit code and a piece of its stdout (exit 0) or stderr.
+    let run = |args: &[&str], code: i32, says: &str| {
+        let out = c.cli(args);
+        assert_eq!(out.code(), Some(code), "{out}");
+        let text = if code == 0 { &out.stdout } else { &out.stderr };
+        assert!(text.contains(says), "{says:?} missing: {out}");
+        out
+    };
     let testapp = c.testapp().display().to_string();
     let base = free_port_range(3).expect("three free ports");
     let ports = format!("{base}-{}", base + 2);
-    let out = c.cli(&[
+    let start3 = [
         "start", &testapp, "--name", "w", "-i", "3", "--port", &ports, "--wait",
-    ]);
-    out.assert_ok();
-    assert!(out.stdout.contains("w: 3 up after"), "{out}");
+    ];
+    run(&start3, 0, "w: 3 up after");
     // Up when it returned: no wait here.
     let list = c.instances("w").expect("list");
     assert!(
@@ -269,18 +276,16 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "{}",
         render(&list)
     );
-
-    let out = c.cli(&["scale", "w", "1", "--wait"]);
-    out.assert_ok();
-    assert!(out.stdout.contains("w: 1 up after"), "{out}");
+    run(&["scale", "w", "1", "--wait"], 0, "w: 1 up after");
     let list = c.instances("w").expect("list");
     assert_eq!(list.len(), 1, "{}", render(&list));
 
-    let out = c.cli(&["start", "/nonexistent/prog", "--name", "bad", "--wait"]);
-    assert_eq!(out.code(), Some(1), "{out}");
-    assert!(out.stderr.contains("bad[0] errored: cannot run"), "{out}");
-
-    let out = c.cli(&[
+    run(
+        &["start", "/nonexistent/prog", "--name", "bad", "--wait"],
+        1,
+        "bad[0] errored: cannot run",
+    );
+    let once = [
         "start",
         "sh",
         "--name",
@@ -290,15 +295,10 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "--",
         "-c",
         "exit 3",
-    ]);
-    assert_eq!(out.code(), Some(1), "{out}");
-    assert!(
-        out.stderr.contains("once[0] exited and autorestart is off"),
-        "{out}"
-    );
-
+    ];
+    run(&once, 1, "once[0] exited and autorestart is off");
     let slow_port = free_port_range(1).expect("a free port").to_string();
-    let out = c.cli(&[
+    let slow = [
         "start",
         &testapp,
         "--name",
@@ -310,17 +310,16 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "--wait",
         "--wait-timeout",
         "1s",
-    ]);
-    assert_eq!(out.code(), Some(1), "{out}");
-    assert!(
-        out.stderr
-            .contains("slow: not up after 1s (0 of 1 up; slow[0] launching"),
-        "{out}"
+    ];
+    run(
+        &slow,
+        1,
+        "slow: not up after 1s (0 of 1 up; slow[0] launching",
     );
 
     // Without a port or a health check, up means it outlived min_uptime (1s by default): a
     // program that keeps crashing never is, one that stays is.
-    let out = c.cli(&[
+    let flaky = [
         "start",
         "sh",
         "--name",
@@ -330,11 +329,13 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "3s",
         "--",
         "-c",
-        "sleep 0.2; exit 1",
-    ]);
-    assert_eq!(out.code(), Some(1), "{out}");
-    assert!(out.stderr.contains("flaky: not up after 3s"), "{out}");
-    let out = c.cli(&[
+    ];
+    run(
+        &[&flaky[..], &["sleep 0.2; exit 1"]].concat(),
+        1,
+        "flaky: not up after 3s",
+    );
+    let steady = [
         "start",
         "sh",
         "--name",
@@ -343,12 +344,20 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "--",
         "-c",
         "exec sleep 100",
-    ]);
-    out.assert_ok();
-    assert!(out.stdout.contains("steady: 1 up after 1."), "{out}");
+    ];
+    let out = run(&steady, 0, "steady: 1 up after ");
+    let took: f64 = out
+        .stdout
+        .rsplit("up after ")
+        .next()
+        .and_then(|t| t.trim().trim_end_matches('s').parse().ok())
+        .unwrap_or(0.0);
+    assert!(took >= 1.0, "up only after min_uptime: {out}");
 
     // Bad input names the flag.
-    let out = c.cli(&["scale", "w", "2", "--wait-timeout", "soon"]);
-    assert_eq!(out.code(), Some(2), "{out}");
-    assert!(out.stderr.contains("--wait-timeout"), "{out}");
+    run(
+        &["scale", "w", "2", "--wait-timeout", "soon"],
+        2,
+        "--wait-timeout",
+    );
 }

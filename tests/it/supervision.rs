@@ -651,17 +651,19 @@ fn logs_of_a_cut_off_node_are_a_notice_and_a_failure() {
     };
     let (away, stays) = (node_of(0), node_of(1));
     assert_ne!(away, stays, "spread over both nodes: {}", render(&list));
-    let both = |out: &pmcluster_tests::CliOutput| {
-        out.stdout.contains("talk[0] | hello") && out.stdout.contains("talk[1] | hello")
+    let both_read = |what: &str| {
+        wait_until(DEADLINE, what, || {
+            let out = c.try_cli(&["logs", "talk"])?;
+            let both =
+                out.stdout.contains("talk[0] | hello") && out.stdout.contains("talk[1] | hello");
+            if out.success() && both {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        })
     };
-    wait_until(DEADLINE, "both instances' lines", || {
-        let out = c.try_cli(&["logs", "talk"])?;
-        if out.success() && both(&out) {
-            Ok(())
-        } else {
-            Err(out.to_string())
-        }
-    });
+    both_read("both instances' lines");
 
     let a = c
         .agent_idx(&away)
@@ -690,12 +692,5 @@ fn logs_of_a_cut_off_node_are_a_notice_and_a_failure() {
     );
 
     c.wait_ready(&[&away], DEADLINE).expect("the node is back");
-    wait_until(DEADLINE, "both instances' lines again", || {
-        let out = c.try_cli(&["logs", "talk"])?;
-        if out.success() && both(&out) {
-            Ok(())
-        } else {
-            Err(out.to_string())
-        }
-    });
+    both_read("both instances' lines again");
 }
