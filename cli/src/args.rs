@@ -322,6 +322,9 @@ pub struct RestartArgs {
     // With --rolling: the app's update policy is changed first, then the restart follows it.
     #[command(flatten)]
     pub update: UpdateFlags,
+
+    #[command(flatten)]
+    pub wait: WaitFlags,
 }
 
 /// The app's update policy (the config's `update` block), as flags of `start`, `reload` and

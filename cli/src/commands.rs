@@ -359,12 +359,13 @@ fn wait_goal(app: &pb::App, index: Option<u32>, version: u64) -> wait::Goal {
             pmcluster_spec::supervise::DEFAULT_MIN_UPTIME,
             std::time::Duration::from_millis,
         ),
+        replaced: Vec::new(),
     }
 }
 
 /// `--wait`: until the goal's instances are up (see [`crate::wait`]), said in a line of text
 /// output; an error when one cannot come up or time runs out.
-async fn wait_up(
+pub(crate) async fn wait_up(
     conn: &mut Conn,
     ctx: &mut Ctx<'_>,
     flags: &WaitFlags,
@@ -480,16 +481,63 @@ enum Action {
 
 /// `stop APP [--instance N]`.
 pub async fn stop(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    action(Action::Stop, args, ctx).await
-}
-
-/// `restart APP [--instance N]`.
-pub async fn restart(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    action(Action::Restart, args, ctx).await
-}
-
-async fn action(action: Action, args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
+    action(Action::Stop, &args, &mut conn, ctx).await
+}
+
+/// `restart APP [--instance N] [--wait]`.
+pub async fn restart(args: TargetArgs, wait: &WaitFlags, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut conn = ctx.connect().await?;
+    // What runs now is what the restart replaces: it does not count as up.
+    let replaced = if wait.wait {
+        Some(running(&mut conn, &args.app, args.instance).await?)
+    } else {
+        None
+    };
+    action(Action::Restart, &args, &mut conn, ctx).await?;
+    let goal = match replaced {
+        Some(replaced) => Some(wait::Goal {
+            replaced,
+            ..restart_goal(&mut conn, &args.app, args.instance).await?
+        }),
+        None => None,
+    };
+    wait_up(&mut conn, ctx, wait, goal).await
+}
+
+/// The processes of an app (or of one index) that run now: instance id and pid.
+pub(crate) async fn running(
+    conn: &mut Conn,
+    app: &str,
+    index: Option<u32>,
+) -> Result<Vec<(String, u32)>, ApiError> {
+    Ok(list_instances(conn, app)
+        .await?
+        .into_iter()
+        .filter(|i| i.pid != 0 && index.is_none_or(|x| x == i.index))
+        .map(|i| (i.id, i.pid))
+        .collect())
+}
+
+/// What `restart --wait` waits for, before the processes it replaces are added.
+pub(crate) async fn restart_goal(
+    conn: &mut Conn,
+    app: &str,
+    index: Option<u32>,
+) -> Result<wait::Goal, ApiError> {
+    let req = pb::GetAppRequest {
+        name: app.to_string(),
+    };
+    let shown = call!(conn, get_app, req).await?;
+    Ok(wait_goal(&shown, index, 0))
+}
+
+async fn action(
+    action: Action,
+    args: &TargetArgs,
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+) -> anyhow::Result<()> {
     let target = pb::InstanceTarget {
         app: args.app.clone(),
         index: args.instance,

@@ -71,7 +71,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Restart(a) if a.rolling => rollout::rolling_restart(a, ctx).await,
         Command::Restart(a) => {
             validate::check_restart(&a)?;
-            commands::restart(a.target, ctx).await
+            commands::restart(a.target, &a.wait, ctx).await
         }
         Command::Signal(a) => verbs::signal(a, ctx).await,
         Command::Stats(a) => verbs::stats(a, false, ctx).await,

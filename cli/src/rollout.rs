@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use crate::args::{
     EndpointsArgs, OutputFormat, ReloadArgs, RestartArgs, RolloutArgs, RolloutCommand,
 };
-use crate::commands::Ctx;
+use crate::commands::{self, Ctx};
 use crate::error::UsageError;
 use crate::failover::{Conn, call, open};
 use crate::output;
@@ -328,6 +328,12 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
             changed_policy = Some((old, new));
         }
     }
+    // What runs now is what the waves replace: it does not count as up for --wait.
+    let replaced = if args.wait.wait {
+        Some(commands::running(&mut conn, app, None).await?)
+    } else {
+        None
+    };
     let target = pb::InstanceTarget {
         app: app.to_string(),
         index: None,
@@ -344,21 +350,35 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         }
     };
     if ctx.structured() {
-        return ctx.value(&json!({
+        ctx.value(&json!({
             "app": app, "action": "rolling restart", "affected": reply.affected,
             "update": changed_policy.as_ref().map(|(_, new)| policy_json(new)),
-        }));
-    }
-    if let Some((old, new)) = &changed_policy {
+        }))?;
+    } else {
+        if let Some((old, new)) = &changed_policy {
+            ctx.line(&format!(
+                "{app}: update policy changed: {}",
+                policy_changes(old, new).join(", ")
+            ))?;
+        }
+        let follow = if args.wait.wait {
+            String::new()
+        } else {
+            format!("; follow it with: pmcluster rollout status {app} --wait")
+        };
         ctx.line(&format!(
-            "{app}: update policy changed: {}",
-            policy_changes(old, new).join(", ")
+            "rolling restart of {app}: {} instances, in waves{follow}",
+            reply.affected
         ))?;
     }
-    ctx.line(&format!(
-        "rolling restart of {app}: {} instances, in waves; follow it with: pmcluster rollout status {app} --wait",
-        reply.affected
-    ))
+    let goal = match replaced {
+        Some(replaced) => Some(crate::wait::Goal {
+            replaced,
+            ..commands::restart_goal(&mut conn, app, None).await?
+        }),
+        None => None,
+    };
+    commands::wait_up(&mut conn, ctx, &args.wait, goal).await
 }
 
 /// An update policy as JSON, durations in milliseconds as in the wire type.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use pmcluster_proto::v1 as pb;
+use pmcluster_spec::supervise::RETRYING;
 
 use crate::commands::list_instances;
 use crate::failover::Conn;
@@ -38,6 +39,8 @@ pub struct Goal {
     /// How long an instance with neither a port nor a health check must have run to count as
     /// up (the app's `min_uptime`): for those, online only says the process was started.
     pub min_uptime: Duration,
+    /// Processes (instance id, pid) the verb replaces (`restart`): never up, however online.
+    pub replaced: Vec<(String, u32)>,
 }
 
 /// Where a wait stands.
@@ -75,23 +78,34 @@ pub fn progress(
     instances: &[pb::Instance],
     steady: impl Fn(&pb::Instance) -> bool,
 ) -> Progress {
-    let up = |i: &pb::Instance| online(i, goal.version) && (checked(i) || steady(i));
     let app = goal.app.as_str();
-    // A replaced instance (draining, stopping) shares its index with its replacement for a
-    // moment; only the replacement counts.
-    let live: Vec<&pb::Instance> = instances
-        .iter()
-        .filter(|i| i.app == app)
-        .filter(|i| {
-            i.state != pb::InstanceState::Draining as i32
-                && i.state != pb::InstanceState::Stopping as i32
-        })
-        .collect();
+    // A process the verb replaces, or one at an older version than the rollout's: it must be
+    // gone, not only joined by its replacement (as `kubectl rollout status` waits for the old
+    // pods to end).
+    let stale = |i: &pb::Instance| {
+        i.app_version < goal.version
+            || goal
+                .replaced
+                .iter()
+                .any(|(id, pid)| *id == i.id && *pid == i.pid)
+    };
+    let up = |i: &pb::Instance| online(i, goal.version) && (checked(i) || steady(i));
+    let mine: Vec<&pb::Instance> = instances.iter().filter(|i| i.app == app).collect();
+    // Another instance draining or stopping (moved elsewhere, say) shares its index with its
+    // replacement for a moment; only the replacement counts.
+    let leaving = |i: &pb::Instance| {
+        i.state == pb::InstanceState::Draining as i32
+            || i.state == pb::InstanceState::Stopping as i32
+    };
     let wanted: Vec<u32> = match (goal.index, goal.count) {
         (Some(i), _) => vec![i],
         (None, Some(n)) => (0..n).collect(),
         (None, None) => {
-            let mut all: Vec<u32> = live.iter().map(|i| i.index).collect();
+            let mut all: Vec<u32> = mine
+                .iter()
+                .filter(|i| !stale(i) && !leaving(i))
+                .map(|i| i.index)
+                .collect();
             all.sort_unstable();
             all.dedup();
             all
@@ -99,12 +113,25 @@ pub fn progress(
     };
     let (mut ready, mut missing) = (0, Vec::new());
     for index in &wanted {
-        let of_index: Vec<&&pb::Instance> = live.iter().filter(|i| i.index == *index).collect();
-        if of_index.iter().any(|i| up(i)) {
-            ready += 1;
+        let of_index: Vec<&pb::Instance> =
+            mine.iter().copied().filter(|i| i.index == *index).collect();
+        let current: Vec<&pb::Instance> = of_index
+            .iter()
+            .copied()
+            .filter(|i| !stale(i) && !leaving(i))
+            .collect();
+        let old = of_index.iter().find(|i| stale(i));
+        if current.iter().any(|i| up(i)) {
+            match old {
+                None => ready += 1,
+                Some(o) => missing.push(format!(
+                    "{app}[{index}] up, the process it replaces still {}",
+                    state_name(o.state)
+                )),
+            }
             continue;
         }
-        let Some(i) = of_index.first() else {
+        let Some(i) = current.first().or(old) else {
             missing.push(format!("{app}[{index}] not placed yet"));
             continue;
         };
@@ -113,23 +140,31 @@ pub fn progress(
         } else {
             format!(": {}", i.message)
         };
-        if i.stopped {
+        let replacing = stale(i);
+        if i.stopped && !replacing {
             return Progress::Failed(format!(
                 "{app}[{index}] is stopped; start it with: pmcluster start {app} --instance \
                  {index}"
             ));
         }
-        if i.state == pb::InstanceState::Errored as i32 {
+        // An error the agent retries is not final: the program may be installed or the port
+        // freed meanwhile, or the coordinator may move the instance to another node.
+        let errored = i.state == pb::InstanceState::Errored as i32;
+        if errored && !replacing && !i.message.contains(RETRYING) {
             return Progress::Failed(format!("{app}[{index}] errored{why}"));
         }
-        if i.state == pb::InstanceState::Exited as i32 && !goal.autorestart {
+        if i.state == pb::InstanceState::Exited as i32 && !replacing && !goal.autorestart {
             return Progress::Failed(format!("{app}[{index}] exited and autorestart is off{why}"));
         }
         let mut status = state_name(i.state).to_string();
-        if i.state == pb::InstanceState::Online as i32 {
+        if replacing {
             status = if i.app_version < goal.version {
-                format!("online at version {} of {}", i.app_version, goal.version)
-            } else if checked(i) {
+                format!("{status} at version {} of {}", i.app_version, goal.version)
+            } else {
+                format!("{status}, not restarted yet")
+            };
+        } else if i.state == pb::InstanceState::Online as i32 {
+            status = if checked(i) {
                 "online, not healthy yet".to_string()
             } else {
                 format!(
@@ -145,10 +180,7 @@ pub fn progress(
     }
     // Scaled down: the instances above the new count must be gone too.
     if let (None, Some(n)) = (goal.index, goal.count) {
-        let above = instances
-            .iter()
-            .filter(|i| i.app == app && i.index >= n)
-            .count();
+        let above = mine.iter().filter(|i| i.index >= n).count();
         if above > 0 {
             missing.push(format!(
                 "{above} instance(s) above the new count still stopping"

@@ -51,6 +51,11 @@ pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(15);
 pub const DEFAULT_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 pub const DEFAULT_LOG_KEEP: u32 = 5;
+/// How an agent's status message says that it will try a failed start again (`port 4300 is
+/// already in use on this host; retrying in 1.6s`). The coordinator and the CLI read it to tell
+/// a start that is still being retried (the program may be installed, the port freed, the
+/// instance moved to another node) from one that failed for good.
+pub const RETRYING: &str = "; retrying in";
 
 impl Default for Supervision {
     fn default() -> Supervision {

@@ -248,7 +248,8 @@ fn scale_down_drains_for_the_shutdown_delay() {
 }
 
 /// `--wait` returns once the instances are up, and fails with the reason when they cannot be:
-/// the start of three (all online when it returns), a scale down (the others gone), a program
+/// the start of three (all online when it returns), a scale down (the others gone), restarts in
+/// place and in waves (the new process online), a program
 /// that cannot run (errored), one that exits with autorestart off, one too slow for
 /// `--wait-timeout`, and one without a port that keeps crashing (never up for `min_uptime`).
 #[test]
@@ -263,8 +264,10 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         out
     };
     let testapp = c.testapp().display().to_string();
-    let base = free_port_range(3).expect("three free ports");
-    let ports = format!("{base}-{}", base + 2);
+    // Picked by the agents: a replacement started beside the one it replaces (a rolling
+    // restart) needs a port of its own, and the two test nodes share loopback.
+    let base = free_port_range(20).expect("free ports");
+    let ports = format!("auto:{base}-{}", base + 19);
     let start3 = [
         "start", &testapp, "--name", "w", "-i", "3", "--port", &ports, "--wait",
     ];
@@ -279,11 +282,53 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
     run(&["scale", "w", "1", "--wait"], 0, "w: 1 up after");
     let list = c.instances("w").expect("list");
     assert_eq!(list.len(), 1, "{}", render(&list));
+    // A restart is up once the new process is up and the old one gone: in place (a new pid),
+    // or in waves (a new instance; the old one drains, then stops).
+    let pid = |list: &[Instance]| list.first().and_then(|i| i.pid);
+    run(&["restart", "w", "--wait"], 0, "w: 1 up after");
+    let after = c.instances("w").expect("list");
+    assert!(
+        pid(&after) != pid(&list) && after.iter().all(|i| i.status == "online"),
+        "before:\n{}\nafter:\n{}",
+        render(&list),
+        render(&after)
+    );
+    run(&["restart", "w", "--rolling", "--wait"], 0, "w: 1 up after");
+    // The replaced instance is gone too, not only joined by its replacement.
+    let rolled = c.instances("w").expect("list");
+    assert!(
+        rolled.len() == 1 && rolled[0].status == "online" && rolled[0].id != after[0].id,
+        "before:\n{}\nafter:\n{}",
+        render(&after),
+        render(&rolled)
+    );
 
+    // A program not found may be installed, or found on another node: the agent retries, and
+    // --wait waits. A user that does not exist is final.
+    let bad = [
+        "start",
+        "/nonexistent/prog",
+        "--name",
+        "bad",
+        "--wait",
+        "--wait-timeout",
+        "3s",
+    ];
     run(
-        &["start", "/nonexistent/prog", "--name", "bad", "--wait"],
+        &bad,
         1,
-        "bad[0] errored: cannot run",
+        "bad: not up after 3s (0 of 1 up; bad[0] errored: cannot run",
+    );
+    let config = c.root().join("nouser.json");
+    let app = serde_json::json!({"name": "nouser", "script": "sleep", "args": ["100"],
+                                 "user": "pmcluster-no-such-user"});
+    std::fs::write(&config, serde_json::json!({ "apps": [app] }).to_string())
+        .expect("write the config");
+    run(&["apply", "-f", &config.display().to_string()], 0, "");
+    run(
+        &["start", "nouser", "--wait"],
+        1,
+        "nouser[0] errored: user \"pmcluster-no-such-user\" does not exist on this host",
     );
     let once = [
         "start",

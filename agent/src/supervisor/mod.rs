@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pmcluster_spec::supervise::HealthCheck;
+use pmcluster_spec::supervise::{HealthCheck, RETRYING};
 use pmcluster_spec::{AppSpec, PortSpec};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -461,7 +461,7 @@ impl Supervisor {
                         };
                         self.set_state(
                             state,
-                            &format!("{message}; retrying in {}", restart::human(delay)),
+                            &format!("{message}{RETRYING} {}", restart::human(delay)),
                         );
                         next_start = Some(Instant::now() + delay);
                     }

@@ -28,6 +28,7 @@ fn goal(count: Option<u32>) -> Goal {
         autorestart: true,
         version: 0,
         min_uptime: std::time::Duration::from_secs(1),
+        replaced: Vec::new(),
     }
 }
 
@@ -47,7 +48,7 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
         i.message = "exit code 1".into();
     });
     let errored = with(inst(1, S::Errored), |i| {
-        i.message = "cannot run \"nope\": No such file or directory".into();
+        i.message = "user \"nope\" does not exist on this host".into();
     });
     let no_restart = Goal {
         autorestart: false,
@@ -115,10 +116,21 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             failed("web[1] exited and autorestart is off: exit code 1"),
         ),
         (
+            "an error the agent retries is not final",
+            goal(Some(1)),
+            vec![with(inst(0, S::Errored), |i| {
+                i.message = "port 3000 is already in use on this host; retrying in 1.6s".into();
+            })],
+            waiting(
+                "0 of 1 up; web[0] errored: port 3000 is already in use on this host; \
+                 retrying in 1.6s",
+            ),
+        ),
+        (
             "errored is final",
             goal(Some(2)),
             vec![online(0), errored],
-            failed("web[1] errored: cannot run \"nope\": No such file or directory"),
+            failed("web[1] errored: user \"nope\" does not exist on this host"),
         ),
         (
             "a stopped instance will not come up by itself",
@@ -156,6 +168,15 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             vec![
                 with(online(0), |i| i.app_version = 2),
                 with(inst(1, S::Draining), |i| i.app_version = 1),
+                with(online(1), |i| i.app_version = 2),
+            ],
+            waiting("1 of 2 up; web[1] up, the process it replaces still draining"),
+        ),
+        (
+            "the replaced instance gone",
+            version_2.clone(),
+            vec![
+                with(online(0), |i| i.app_version = 2),
                 with(online(1), |i| i.app_version = 2),
             ],
             Progress::Up(2),
@@ -226,6 +247,33 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             goal(Some(1)),
             vec![with(portless(0, "new"), |i| i.health = H::Healthy as i32)],
             Progress::Up(1),
+        ),
+        (
+            "restarted: the old process is not up",
+            Goal {
+                replaced: vec![("id-0".into(), 100), ("id-1".into(), 101)],
+                ..goal(Some(2))
+            },
+            vec![
+                with(online(0), |i| i.pid = 200),
+                with(online(1), |i| i.pid = 101),
+            ],
+            waiting("1 of 2 up; web[1] online, not restarted yet"),
+        ),
+        (
+            "restarted in waves: the old one still online beside its replacement",
+            Goal {
+                replaced: vec![("id-0".into(), 100)],
+                ..goal(Some(1))
+            },
+            vec![
+                with(online(0), |i| i.pid = 100),
+                with(online(0), |i| {
+                    i.id = "id-new".into();
+                    i.pid = 200;
+                }),
+            ],
+            waiting("0 of 1 up; web[0] up, the process it replaces still online"),
         ),
         (
             "no instances asked for",

@@ -475,7 +475,9 @@ fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
         .get(&m.old)
         .map(|o| o.message.as_str())
         .unwrap_or_default();
-    let why = why.split_once("; retrying in").map_or(why, |(w, _)| w);
+    let why = why
+        .split_once(pmcluster_spec::supervise::RETRYING)
+        .map_or(why, |(w, _)| w);
     let failing_ms = inner
         .unstartable_since
         .get(&m.old)
