@@ -138,18 +138,16 @@ async fn apply_one(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<pb::ApplyA
 pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let plan = plan_start(&args)?;
     let mut conn = ctx.connect().await?;
-    let goal = start_only(&args, plan, &mut conn, ctx).await?;
-    wait_up(&mut conn, ctx, &args.wait, goal).await
+    let (said, goal) = start_only(&args, plan, &mut conn).await?;
+    wait::finish(&mut conn, ctx, &args.wait, said, goal).await
 }
 
-/// `start` without `--wait`: what `--wait` would wait for, when it is given.
+/// `start` but for `--wait`: what it did, and what `--wait` waits for when given.
 async fn start_only(
     args: &StartArgs,
     plan: StartPlan,
     conn: &mut Conn,
-    ctx: &mut Ctx<'_>,
-) -> anyhow::Result<Option<wait::Goal>> {
-    let waits = args.wait.wait;
+) -> anyhow::Result<(wait::Said, Option<wait::Goal>)> {
     match plan {
         StartPlan::Existing { app, index } => {
             let target = pb::InstanceTarget {
@@ -167,19 +165,20 @@ async fn start_only(
                 }
                 other => other?,
             };
-            if ctx.structured() {
-                ctx.value(&json!({
+            let said = wait::Said {
+                value: json!({
                     "app": app, "action": "started", "index": index, "affected": reply.affected,
-                }))?;
-            } else {
-                let what = describe_target(&app, index, reply.affected);
-                ctx.line(&format!("started {what}"))?;
-            }
-            if !waits {
-                return Ok(None);
-            }
-            let shown = call!(conn, get_app, pb::GetAppRequest { name: app }).await?;
-            Ok(Some(wait_goal(&shown, index, 0)))
+                }),
+                lines: vec![format!(
+                    "started {}",
+                    describe_target(&app, index, reply.affected)
+                )],
+            };
+            let goal = match args.wait.wait {
+                true => Some(wait::goal(conn, &app, index).await?),
+                false => None,
+            };
+            Ok((said, goal))
         }
         StartPlan::Apply { spec, derived_name } => {
             if derived_name {
@@ -198,25 +197,29 @@ async fn start_only(
                 };
                 call!(conn, start, target).await?;
             }
-            if ctx.structured() {
-                ctx.value(&apply_json(&spec.name, &reply))?;
+            let verb = if reply.created || unchanged {
+                "started"
             } else {
-                let verb = if reply.created || unchanged {
-                    "started"
-                } else {
-                    "updated"
-                };
-                let note = if unchanged { ", spec unchanged" } else { "" };
-                ctx.line(&format!(
+                "updated"
+            };
+            let note = if unchanged { ", spec unchanged" } else { "" };
+            let said = wait::Said {
+                value: apply_json(&spec.name, &reply),
+                lines: vec![format!(
                     "{verb} app {}: {} (version {}{note})",
                     spec.name,
                     count_phrase(&app),
                     app.version,
-                ))?;
-            }
-            // A rollout the change started replaces every instance: they are up at its version.
-            let version = reply.deployment.as_ref().map_or(0, |d| d.to_version);
-            Ok(waits.then(|| wait_goal(&app, None, version)))
+                )],
+            };
+            // A rollout the change started replaces every instance: they are up at its
+            // version, once it succeeded.
+            let goal = wait::Goal {
+                version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
+                rollout: reply.deployment.as_ref().map(|d| d.id),
+                ..wait::goal_of(&spec.name, &app, None)
+            };
+            Ok((said, args.wait.wait.then_some(goal)))
         }
     }
 }
@@ -320,67 +323,23 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         instances: i64::from(instances),
     };
     let reply = call!(conn, scale, req).await?;
-    if ctx.structured() {
-        ctx.value(&json!({
+    let said = wait::Said {
+        value: json!({
             "app": args.app, "previous": reply.previous, "instances": reply.instances,
-        }))?;
-    } else {
-        ctx.line(&format!(
+        }),
+        lines: vec![format!(
             "scaled {}: {} -> {}",
             args.app, reply.previous, reply.instances
-        ))?;
-    }
-    let goal = if args.wait.wait {
-        let req = pb::GetAppRequest {
-            name: args.app.clone(),
-        };
-        let shown = call!(conn, get_app, req).await?;
-        Some(wait::Goal {
+        )],
+    };
+    let goal = match args.wait.wait {
+        true => Some(wait::Goal {
             count: Some(reply.instances),
-            ..wait_goal(&shown, None, 0)
-        })
-    } else {
-        None
+            ..wait::goal(&mut conn, &args.app, None).await?
+        }),
+        false => None,
     };
-    wait_up(&mut conn, ctx, &args.wait, goal).await
-}
-
-/// What `--wait` waits for after a verb on `app`: its instances (or one index), up at `version`
-/// (0: any).
-fn wait_goal(app: &pb::App, index: Option<u32>, version: u64) -> wait::Goal {
-    let spec = app.spec.as_ref();
-    wait::Goal {
-        app: spec.map(|s| s.name.clone()).unwrap_or_default(),
-        count: spec.filter(|s| !s.instances_max).map(|s| s.instances),
-        index,
-        autorestart: spec.and_then(|s| s.autorestart).unwrap_or(true),
-        version,
-        min_uptime: spec.and_then(|s| s.min_uptime_ms).map_or(
-            pmcluster_spec::supervise::DEFAULT_MIN_UPTIME,
-            std::time::Duration::from_millis,
-        ),
-        replaced: Vec::new(),
-    }
-}
-
-/// `--wait`: until the goal's instances are up (see [`crate::wait`]), said in a line of text
-/// output; an error when one cannot come up or time runs out.
-pub(crate) async fn wait_up(
-    conn: &mut Conn,
-    ctx: &mut Ctx<'_>,
-    flags: &WaitFlags,
-    goal: Option<wait::Goal>,
-) -> anyhow::Result<()> {
-    let Some(goal) = goal.filter(|_| flags.wait) else {
-        return Ok(());
-    };
-    let started = tokio::time::Instant::now();
-    let up = wait::until_up(conn, &goal, flags.wait_timeout).await?;
-    if !ctx.structured() {
-        let took = started.elapsed().as_secs_f64();
-        ctx.line(&format!("{}: {up} up after {took:.2}s", goal.app))?;
-    }
-    Ok(())
+    wait::finish(&mut conn, ctx, &args.wait, said, goal).await
 }
 
 pub(crate) async fn list_instances(
@@ -482,62 +441,30 @@ enum Action {
 /// `stop APP [--instance N]`.
 pub async fn stop(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
-    action(Action::Stop, &args, &mut conn, ctx).await
+    let said = action(Action::Stop, &args, &mut conn).await?;
+    wait::say(ctx, said)
 }
 
 /// `restart APP [--instance N] [--wait]`.
 pub async fn restart(args: TargetArgs, wait: &WaitFlags, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
-    // What runs now is what the restart replaces: it does not count as up.
-    let replaced = if wait.wait {
-        Some(running(&mut conn, &args.app, args.instance).await?)
-    } else {
-        None
+    // What is there now is what the restart replaces: it does not count as up.
+    let before = match wait.wait {
+        true => Some(wait::snapshot(&mut conn, &args.app, args.instance).await?),
+        false => None,
     };
-    action(Action::Restart, &args, &mut conn, ctx).await?;
-    let goal = match replaced {
+    let said = action(Action::Restart, &args, &mut conn).await?;
+    let goal = match before {
         Some(replaced) => Some(wait::Goal {
             replaced,
-            ..restart_goal(&mut conn, &args.app, args.instance).await?
+            ..wait::goal(&mut conn, &args.app, args.instance).await?
         }),
         None => None,
     };
-    wait_up(&mut conn, ctx, wait, goal).await
+    wait::finish(&mut conn, ctx, wait, said, goal).await
 }
 
-/// The processes of an app (or of one index) that run now: instance id and pid.
-pub(crate) async fn running(
-    conn: &mut Conn,
-    app: &str,
-    index: Option<u32>,
-) -> Result<Vec<(String, u32)>, ApiError> {
-    Ok(list_instances(conn, app)
-        .await?
-        .into_iter()
-        .filter(|i| i.pid != 0 && index.is_none_or(|x| x == i.index))
-        .map(|i| (i.id, i.pid))
-        .collect())
-}
-
-/// What `restart --wait` waits for, before the processes it replaces are added.
-pub(crate) async fn restart_goal(
-    conn: &mut Conn,
-    app: &str,
-    index: Option<u32>,
-) -> Result<wait::Goal, ApiError> {
-    let req = pb::GetAppRequest {
-        name: app.to_string(),
-    };
-    let shown = call!(conn, get_app, req).await?;
-    Ok(wait_goal(&shown, index, 0))
-}
-
-async fn action(
-    action: Action,
-    args: &TargetArgs,
-    conn: &mut Conn,
-    ctx: &mut Ctx<'_>,
-) -> anyhow::Result<()> {
+async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::Result<wait::Said> {
     let target = pb::InstanceTarget {
         app: args.app.clone(),
         index: args.instance,
@@ -547,13 +474,15 @@ async fn action(
         Action::Stop => (call!(conn, stop, target).await?, "stopped"),
         Action::Restart => (call!(conn, restart, target).await?, "restarted"),
     };
-    if ctx.structured() {
-        return ctx.value(&json!({
+    Ok(wait::Said {
+        value: json!({
             "app": args.app, "action": verb, "index": args.instance, "affected": reply.affected,
-        }));
-    }
-    let what = describe_target(&args.app, args.instance, reply.affected);
-    ctx.line(&format!("{verb} {what}"))
+        }),
+        lines: vec![format!(
+            "{verb} {}",
+            describe_target(&args.app, args.instance, reply.affected)
+        )],
+    })
 }
 
 /// `delete APP`.
@@ -743,8 +672,11 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         },
     )
     .await?;
+    // A follower saw each notice as it came, and the node may be back since: Ctrl-C ends it
+    // as usual.
     match unread {
         0 => Ok(()),
+        _ if args.follow => Ok(()),
         1 => anyhow::bail!(
             "some logs of {} were not read: see the notice above",
             args.app

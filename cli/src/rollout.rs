@@ -17,11 +17,12 @@ use serde_json::{Value, json};
 use crate::args::{
     EndpointsArgs, OutputFormat, ReloadArgs, RestartArgs, RolloutArgs, RolloutCommand,
 };
-use crate::commands::{self, Ctx};
+use crate::commands::Ctx;
 use crate::error::UsageError;
 use crate::failover::{Conn, call, open};
 use crate::output;
 use crate::validate::PolicyChanges;
+use crate::wait;
 
 /// Sets `key` (dotted for nested blocks: `update.max_surge`, `env.NODE_ENV`) in a config object.
 /// The value is read as JSON when it parses (numbers, booleans, lists), else as a string.
@@ -328,11 +329,10 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
             changed_policy = Some((old, new));
         }
     }
-    // What runs now is what the waves replace: it does not count as up for --wait.
-    let replaced = if args.wait.wait {
-        Some(commands::running(&mut conn, app, None).await?)
-    } else {
-        None
+    // What is there now is what the waves replace: it does not count as up for --wait.
+    let before = match args.wait.wait {
+        true => Some(wait::snapshot(&mut conn, app, None).await?),
+        false => None,
     };
     let target = pb::InstanceTarget {
         app: app.to_string(),
@@ -349,36 +349,47 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
             )));
         }
     };
-    if ctx.structured() {
-        ctx.value(&json!({
+    let mut lines = Vec::new();
+    if let Some((old, new)) = &changed_policy {
+        lines.push(format!(
+            "{app}: update policy changed: {}",
+            policy_changes(old, new).join(", ")
+        ));
+    }
+    let follow = match args.wait.wait {
+        true => String::new(),
+        false => format!("; follow it with: pmcluster rollout status {app} --wait"),
+    };
+    lines.push(format!(
+        "rolling restart of {app}: {} instances, in waves{follow}",
+        reply.affected
+    ));
+    let said = wait::Said {
+        value: json!({
             "app": app, "action": "rolling restart", "affected": reply.affected,
             "update": changed_policy.as_ref().map(|(_, new)| policy_json(new)),
-        }))?;
-    } else {
-        if let Some((old, new)) = &changed_policy {
-            ctx.line(&format!(
-                "{app}: update policy changed: {}",
-                policy_changes(old, new).join(", ")
-            ))?;
-        }
-        let follow = if args.wait.wait {
-            String::new()
-        } else {
-            format!("; follow it with: pmcluster rollout status {app} --wait")
-        };
-        ctx.line(&format!(
-            "rolling restart of {app}: {} instances, in waves{follow}",
-            reply.affected
-        ))?;
-    }
-    let goal = match replaced {
-        Some(replaced) => Some(crate::wait::Goal {
-            replaced,
-            ..commands::restart_goal(&mut conn, app, None).await?
         }),
+        lines,
+    };
+    let goal = match before {
+        Some(replaced) => {
+            // The rollout the restart started: its failure or rollback fails the wait.
+            let req = pb::RolloutRequest {
+                app: app.to_string(),
+            };
+            let status = call!(conn, get_rollout, req).await?;
+            Some(wait::Goal {
+                replaced,
+                rollout: status
+                    .current
+                    .filter(output::deployment_active)
+                    .map(|d| d.id),
+                ..wait::goal(&mut conn, app, None).await?
+            })
+        }
         None => None,
     };
-    commands::wait_up(&mut conn, ctx, &args.wait, goal).await
+    wait::finish(&mut conn, ctx, &args.wait, said, goal).await
 }
 
 /// An update policy as JSON, durations in milliseconds as in the wire type.

@@ -1,9 +1,10 @@
-//! `--wait` of `start` and `scale`: the verb returns once every instance it asked for is up, as
-//! `docker compose up --wait` and `nomad job run` do, so that a script can act on the exit status
-//! instead of polling `list` itself.
+//! `--wait` of `start`, `scale` and `restart`: the verb returns once every instance it asked for
+//! is up, as `docker compose up --wait` and `nomad job run` do, so that a script can act on the
+//! exit status instead of polling `list` itself.
 //!
-//! Whether the instances are up is judged by [`progress`], a pure function of the instance list;
-//! [`until_up`] asks the coordinator for that list until the answer is final or time runs out.
+//! Whether the instances are up is judged by [`progress`], a pure function of the instance list,
+//! and whether a rollout the verb started failed by [`rollout_failed`], one of the rollout's
+//! status; [`until_up`] asks the coordinator for both until the answer is final or time runs out.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,15 +12,20 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use pmcluster_proto::v1 as pb;
-use pmcluster_spec::supervise::RETRYING;
+use pmcluster_spec::supervise::{DEFAULT_MIN_UPTIME, RETRYING};
+use serde_json::{Value, json};
 
-use crate::commands::list_instances;
-use crate::failover::Conn;
+use crate::args::WaitFlags;
+use crate::commands::{Ctx, list_instances};
+use crate::error::ApiError;
+use crate::failover::{Conn, call};
 use crate::output::state_name;
 
-/// Between two looks at the instance list: a start of a small app takes tens of milliseconds,
-/// and one list of an app is a cheap call.
+/// The first pause between two looks at the instance list: a start of a small app takes tens of
+/// milliseconds. Each pause is half as long again, up to [`POLL_MAX`]: a long wait on a large
+/// app must not keep the coordinator listing it 20 times a second.
 const POLL: Duration = Duration::from_millis(50);
+const POLL_MAX: Duration = Duration::from_secs(1);
 /// Instances named in a "not up yet" message; the rest are counted.
 const NAMED: usize = 3;
 
@@ -39,8 +45,12 @@ pub struct Goal {
     /// How long an instance with neither a port nor a health check must have run to count as
     /// up (the app's `min_uptime`): for those, online only says the process was started.
     pub min_uptime: Duration,
-    /// Processes (instance id, pid) the verb replaces (`restart`): never up, however online.
-    pub replaced: Vec<(String, u32)>,
+    /// The instances as they were before the verb (`restart`): instance id, pid and state. One
+    /// that still matches is not restarted yet, whatever its state says (an errored or exited
+    /// one too: the coordinator shows its old report until the agent's next).
+    pub replaced: Vec<(String, u32, i32)>,
+    /// The rollout the verb started (its id): a failure or a rollback of it fails the wait.
+    pub rollout: Option<u64>,
 }
 
 /// Where a wait stands.
@@ -87,7 +97,7 @@ pub fn progress(
             || goal
                 .replaced
                 .iter()
-                .any(|(id, pid)| *id == i.id && *pid == i.pid)
+                .any(|(id, pid, state)| *id == i.id && *pid == i.pid && *state == i.state)
     };
     let up = |i: &pb::Instance| online(i, goal.version) && (checked(i) || steady(i));
     let mine: Vec<&pb::Instance> = instances.iter().filter(|i| i.app == app).collect();
@@ -101,9 +111,10 @@ pub fn progress(
         (Some(i), _) => vec![i],
         (None, Some(n)) => (0..n).collect(),
         (None, None) => {
+            // Stale ones too: right after a restart every instance is.
             let mut all: Vec<u32> = mine
                 .iter()
-                .filter(|i| !stale(i) && !leaving(i))
+                .filter(|i| !leaving(i))
                 .map(|i| i.index)
                 .collect();
             all.sort_unstable();
@@ -201,10 +212,39 @@ pub fn progress(
     ))
 }
 
+/// Why the rollout `id` will not bring its version up, from the app's rollout status: it failed,
+/// was rolled back or superseded, or another replaced it while it ran. `None` while it runs, once
+/// it succeeded, or when the status no longer lists it.
+pub fn rollout_failed(id: u64, status: &pb::RolloutStatus) -> Option<String> {
+    let current = status.current.as_ref();
+    let d = match current {
+        Some(d) if d.id == id => d,
+        _ => status.history.iter().find(|d| d.id == id)?,
+    };
+    let version = d.to_version;
+    let how = match d.state.as_str() {
+        "failed" => "failed",
+        "rolled back" => "was rolled back",
+        "superseded" => "was superseded by a later change",
+        // Still running by its own record, but no longer the current one.
+        "running" | "paused" | "awaiting promotion" if current.is_some_and(|c| c.id != id) => {
+            "was replaced by another rollout"
+        }
+        _ => return None,
+    };
+    let why = if d.message.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", d.message)
+    };
+    Some(format!("the rollout of version {version} {how}{why}"))
+}
+
 /// Asks for the app's instances until [`progress`] says they are up (returns how many) or
 /// cannot be, or until `timeout` (an error with what is missing).
 pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow::Result<usize> {
     let deadline = Instant::now() + timeout;
+    let mut pause = POLL;
     // When each process (instance id and pid) was first seen online, by this clock.
     let mut online_since: HashMap<(String, u32), Instant> = HashMap::new();
     loop {
@@ -225,6 +265,15 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
                 .get(&(i.id.clone(), i.pid))
                 .is_some_and(|since| now.duration_since(*since) >= goal.min_uptime)
         };
+        if let Some(id) = goal.rollout {
+            let req = pb::RolloutRequest {
+                app: goal.app.clone(),
+            };
+            let status = call!(conn, get_rollout, req).await?;
+            if let Some(why) = rollout_failed(id, &status) {
+                anyhow::bail!("{}: {why}", goal.app);
+            }
+        }
         match progress(goal, &instances, steady) {
             Progress::Up(n) => return Ok(n),
             Progress::Failed(why) => anyhow::bail!("{why}"),
@@ -241,8 +290,106 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
                 }
             }
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 3 / 2).min(POLL_MAX);
     }
+}
+
+/// What a verb did, as its JSON value and its lines of text.
+pub struct Said {
+    pub value: Value,
+    pub lines: Vec<String>,
+}
+
+/// Prints what a verb did, as the output format asks.
+pub fn say(ctx: &mut Ctx<'_>, said: Said) -> anyhow::Result<()> {
+    if ctx.structured() {
+        return ctx.value(&said.value);
+    }
+    for line in &said.lines {
+        ctx.line(line)?;
+    }
+    Ok(())
+}
+
+/// Prints what a verb did and, with `--wait`, waits for `goal`. In text, the verb's lines come
+/// first and a line on the wait follows. In JSON or YAML, the one value comes after the wait,
+/// with a `wait` field: how many are up and how long it took, or why not (the exit status then
+/// says it failed too).
+pub async fn finish(
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+    flags: &WaitFlags,
+    said: Said,
+    goal: Option<Goal>,
+) -> anyhow::Result<()> {
+    let Some(goal) = goal.filter(|_| flags.wait) else {
+        return say(ctx, said);
+    };
+    let structured = ctx.structured();
+    if !structured {
+        for line in &said.lines {
+            ctx.line(line)?;
+        }
+    }
+    let started = Instant::now();
+    let result = until_up(conn, &goal, flags.wait_timeout).await;
+    let seconds = started.elapsed().as_secs_f64();
+    if !structured {
+        let up = result?;
+        return ctx.line(&format!("{}: {up} up after {seconds:.2}s", goal.app));
+    }
+    let mut value = said.value;
+    let waited = match &result {
+        Ok(up) => json!({"up": up, "seconds": (seconds * 100.0).round() / 100.0}),
+        Err(e) => json!({"error": format!("{e:#}")}),
+    };
+    if let Some(object) = value.as_object_mut() {
+        object.insert("wait".to_string(), waited);
+    }
+    ctx.value(&value)?;
+    result.map(|_| ())
+}
+
+/// What `--wait` waits for on `app` (or one index of it), as its spec says now.
+pub async fn goal(conn: &mut Conn, app: &str, index: Option<u32>) -> Result<Goal, ApiError> {
+    let req = pb::GetAppRequest {
+        name: app.to_string(),
+    };
+    let shown = call!(conn, get_app, req).await?;
+    Ok(goal_of(app, &shown, index))
+}
+
+/// What `--wait` waits for on `name`, whose app is `app`: every index its spec asks for (or
+/// `index`), at any version, nothing replaced.
+pub fn goal_of(name: &str, app: &pb::App, index: Option<u32>) -> Goal {
+    let spec = app.spec.as_ref();
+    Goal {
+        app: name.to_string(),
+        count: spec.filter(|s| !s.instances_max).map(|s| s.instances),
+        index,
+        autorestart: spec.and_then(|s| s.autorestart).unwrap_or(true),
+        version: 0,
+        min_uptime: spec
+            .and_then(|s| s.min_uptime_ms)
+            .map_or(DEFAULT_MIN_UPTIME, Duration::from_millis),
+        replaced: Vec::new(),
+        rollout: None,
+    }
+}
+
+/// The app's instances (or one index's) as they are now, for [`Goal::replaced`].
+pub async fn snapshot(
+    conn: &mut Conn,
+    app: &str,
+    index: Option<u32>,
+) -> Result<Vec<(String, u32, i32)>, ApiError> {
+    Ok(list_instances(conn, app)
+        .await?
+        .into_iter()
+        .filter(|i| index.is_none_or(|x| x == i.index))
+        .map(|i| (i.id, i.pid, i.state))
+        .collect())
 }
 
 #[cfg(test)]

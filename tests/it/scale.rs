@@ -279,6 +279,10 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "{}",
         render(&list)
     );
+    // In JSON, one value after the wait, saying how it went.
+    let out = run(&["scale", "w", "2", "--wait", "-o", "json"], 0, "");
+    let value = out.json().expect("one JSON value");
+    assert_eq!(value["wait"]["up"], 2, "{value}");
     run(&["scale", "w", "1", "--wait"], 0, "w: 1 up after");
     let list = c.instances("w").expect("list");
     assert_eq!(list.len(), 1, "{}", render(&list));

@@ -1,7 +1,7 @@
 use pb::{HealthState as H, InstanceState as S};
 use pmcluster_proto::v1 as pb;
 
-use super::{Goal, Progress, progress};
+use super::{Goal, Progress, progress, rollout_failed};
 
 fn inst(index: u32, state: S) -> pb::Instance {
     pb::Instance {
@@ -29,6 +29,7 @@ fn goal(count: Option<u32>) -> Goal {
         version: 0,
         min_uptime: std::time::Duration::from_secs(1),
         replaced: Vec::new(),
+        rollout: None,
     }
 }
 
@@ -251,7 +252,10 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
         (
             "restarted: the old process is not up",
             Goal {
-                replaced: vec![("id-0".into(), 100), ("id-1".into(), 101)],
+                replaced: vec![
+                    ("id-0".into(), 100, S::Online as i32),
+                    ("id-1".into(), 101, S::Online as i32),
+                ],
                 ..goal(Some(2))
             },
             vec![
@@ -263,7 +267,7 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
         (
             "restarted in waves: the old one still online beside its replacement",
             Goal {
-                replaced: vec![("id-0".into(), 100)],
+                replaced: vec![("id-0".into(), 100, S::Online as i32)],
                 ..goal(Some(1))
             },
             vec![
@@ -276,6 +280,69 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             waiting("0 of 1 up; web[0] up, the process it replaces still online"),
         ),
         (
+            "instances: max, right after a restart: all of them still the old ones",
+            Goal {
+                replaced: vec![
+                    ("id-0".into(), 100, S::Online as i32),
+                    ("id-1".into(), 101, S::Online as i32),
+                ],
+                ..goal(None)
+            },
+            vec![
+                with(online(0), |i| i.pid = 100),
+                with(online(1), |i| i.pid = 101),
+            ],
+            waiting(
+                "0 of 2 up; web[0] online, not restarted yet; web[1] online, not restarted yet",
+            ),
+        ),
+        (
+            "instances: max, all at the old version",
+            Goal {
+                version: 2,
+                ..goal(None)
+            },
+            vec![online(0)],
+            waiting("0 of 1 up; web[0] online at version 1 of 2"),
+        ),
+        (
+            "restarted from errored: its old report is not final",
+            Goal {
+                replaced: vec![("id-0".into(), 0, S::Errored as i32)],
+                ..goal(Some(1))
+            },
+            vec![with(inst(0, S::Errored), |i| {
+                i.message = "user \"nope\" does not exist on this host".into();
+            })],
+            waiting(
+                "0 of 1 up; web[0] errored, not restarted yet: user \"nope\" does not exist on \
+                 this host",
+            ),
+        ),
+        (
+            "restarted from errored: a new report of the same error is not the old one either",
+            Goal {
+                replaced: vec![("id-0".into(), 0, S::Errored as i32)],
+                ..goal(Some(1))
+            },
+            vec![inst(0, S::Launching)],
+            waiting("0 of 1 up; web[0] launching"),
+        ),
+        (
+            "a node that is not connected",
+            goal(Some(1)),
+            vec![with(inst(0, S::Unknown), |i| {
+                i.message = "node a is not connected".into();
+            })],
+            waiting("0 of 1 up; web[0] unknown: node a is not connected"),
+        ),
+        (
+            "scaled to 0: until the last one is gone",
+            goal(Some(0)),
+            vec![inst(0, S::Stopping)],
+            waiting("0 of 0 up; 1 instance(s) above the new count still stopping"),
+        ),
+        (
             "no instances asked for",
             goal(Some(0)),
             vec![],
@@ -285,5 +352,72 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
     for (name, g, list, want) in cases {
         let steady = |i: &pb::Instance| i.id == "steady";
         assert_eq!(progress(&g, &list, steady), want, "{name}");
+    }
+}
+
+#[test]
+fn a_rollout_that_will_not_bring_its_version_up_fails_the_wait() {
+    let d = |id: u64, state: &str| pb::Deployment {
+        id,
+        app: "web".into(),
+        to_version: 2,
+        state: state.into(),
+        message: if state == "running" {
+            String::new()
+        } else {
+            "web[1] did not become healthy".into()
+        },
+        ..pb::Deployment::default()
+    };
+    let status =
+        |current: Option<pb::Deployment>, history: Vec<pb::Deployment>| pb::RolloutStatus {
+            current,
+            history,
+            ..pb::RolloutStatus::default()
+        };
+    let cases = [
+        ("running", status(Some(d(7, "running")), vec![]), None),
+        (
+            "awaiting promotion",
+            status(Some(d(7, "awaiting promotion")), vec![]),
+            None,
+        ),
+        ("succeeded", status(Some(d(7, "succeeded")), vec![]), None),
+        (
+            "failed",
+            status(Some(d(7, "failed")), vec![]),
+            Some("the rollout of version 2 failed: web[1] did not become healthy"),
+        ),
+        (
+            "rolled back: the rollback is current",
+            status(Some(d(8, "running")), vec![d(7, "rolled back")]),
+            Some("the rollout of version 2 was rolled back: web[1] did not become healthy"),
+        ),
+        (
+            "superseded",
+            status(Some(d(8, "running")), vec![d(7, "superseded")]),
+            Some(
+                "the rollout of version 2 was superseded by a later change: web[1] did not \
+                 become healthy",
+            ),
+        ),
+        (
+            "replaced while its record says running",
+            status(Some(d(8, "running")), vec![d(7, "running")]),
+            Some("the rollout of version 2 was replaced by another rollout"),
+        ),
+        (
+            "succeeded, and a later one runs",
+            status(Some(d(8, "running")), vec![d(7, "succeeded")]),
+            None,
+        ),
+        (
+            "no longer listed",
+            status(Some(d(8, "running")), vec![]),
+            None,
+        ),
+    ];
+    for (name, st, want) in cases {
+        assert_eq!(rollout_failed(7, &st).as_deref(), want, "{name}");
     }
 }

@@ -87,6 +87,7 @@ impl Control {
                     commands,
                     lines: tx.clone(),
                     dropped: 0,
+                    dropped_unread: false,
                 },
             );
         }
@@ -189,6 +190,7 @@ pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<LogLine>) -> bool {
         if route.dropped > 0 {
             if route.lines.capacity() < 2 {
                 route.dropped += 1;
+                route.dropped_unread |= line.unread;
                 continue;
             }
             if announce_dropped(route, Some(&line)) {
@@ -197,7 +199,10 @@ pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<LogLine>) -> bool {
         }
         match route.lines.try_send(line) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => route.dropped += 1,
+            Err(mpsc::error::TrySendError::Full(line)) => {
+                route.dropped += 1;
+                route.dropped_unread |= line.unread;
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return true,
         }
     }
@@ -214,12 +219,14 @@ pub(super) fn announce_dropped(route: &mut LogRoute, next: Option<&LogLine>) -> 
         node: next.map_or_else(|| route.node.clone(), |l| l.node.clone()),
         stream: LogStream::Unspecified,
         line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),
-        // They were read; this reader did not keep up. It can ask again, with fewer lines.
-        unread: false,
+        // They were read and this reader did not keep up: it can ask again, with fewer lines.
+        // Unless a notice that logs were not read was among them.
+        unread: route.dropped_unread,
     };
     match route.lines.try_send(notice) {
         Ok(()) => {
             route.dropped = 0;
+            route.dropped_unread = false;
             false
         }
         Err(mpsc::error::TrySendError::Full(_)) => false,

@@ -161,6 +161,8 @@ struct LogRoute {
     lines: mpsc::Sender<LogLine>,
     /// Lines dropped since the reader last had room; announced to it once it has room again.
     dropped: u64,
+    /// One of those was a notice that logs were not read: the announcement carries it on.
+    dropped_unread: bool,
 }
 
 /// The memory of one instance's process over the leak window.

@@ -12,6 +12,7 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
         commands: mpsc::channel(1).0,
         lines: tx,
         dropped: 0,
+        dropped_unread: false,
     };
     let lines = |from: u32, n: u32| -> Vec<LogLine> {
         (from..from + n)
@@ -43,6 +44,22 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
     let next = rx.try_recv().unwrap_or_default();
     assert_eq!(next.line, "line 10");
     assert_eq!(route.dropped, 0);
+    // A notice that logs were not read, dropped with the lines around it: the announcement of
+    // the gap says so in its place.
+    let mut flood = lines(11, 8);
+    if let Some(l) = flood.get_mut(6) {
+        l.unread = true;
+    }
+    assert!(!route_lines(&mut route, flood));
+    while rx.try_recv().is_ok() {}
+    assert!(!route_lines(&mut route, lines(19, 1)));
+    let notice = rx.try_recv().unwrap_or_default();
+    assert!(notice.line.contains("lines dropped"), "{}", notice.line);
+    assert!(
+        notice.unread,
+        "an unread notice was among the dropped lines"
+    );
+    assert!(!route.dropped_unread);
     // The reader went away.
     drop(rx);
     assert!(route_lines(&mut route, lines(11, 1)));
