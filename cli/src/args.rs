@@ -637,6 +637,9 @@ pub struct ApplyArgs {
     /// File format (default: from the file extension, JSON for stdin)
     #[arg(long, value_enum)]
     pub format: Option<FileFormat>,
+
+    #[command(flatten)]
+    pub wait: WaitFlags,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -271,6 +271,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let specs = parse_apps(&text, format).map_err(|e| UsageError::new(format!("{source}: {e}")))?;
     let mut conn = ctx.connect().await?;
     let mut results = Vec::with_capacity(specs.len());
+    let mut goals = Vec::new();
     for (n, spec) in specs.iter().enumerate() {
         let reply = apply_one(&mut conn, spec).await.with_context(|| {
             let done: Vec<&str> = specs[..n].iter().map(|s| s.name.as_str()).collect();
@@ -284,11 +285,18 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 )
             }
         })?;
+        let app = reply.app.clone().unwrap_or_default();
+        if args.wait.wait {
+            goals.push(wait::Goal {
+                version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
+                rollout: reply.deployment.as_ref().map(|d| d.id),
+                ..wait::goal_of(&spec.name, &app, None)
+            });
+        }
         if ctx.structured() {
             results.push(apply_json(&spec.name, &reply));
             continue;
         }
-        let app = reply.app.clone().unwrap_or_default();
         let result = apply_result(&reply);
         let line = if result == "unchanged" {
             format!("{}: unchanged (version {})", spec.name, app.version)
@@ -301,17 +309,44 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             )
         };
         ctx.line(&line)?;
-        if let Some(d) = &reply.deployment {
+        if let Some(d) = reply.deployment.as_ref().filter(|_| !args.wait.wait) {
             ctx.line(&format!(
                 "{}: rolling out version {} in waves; follow it with: pmcluster rollout status {} --wait",
                 spec.name, d.to_version, spec.name
             ))?;
         }
     }
+    // --wait: each app in turn, within one --wait-timeout for all.
+    let deadline = tokio::time::Instant::now() + args.wait.wait_timeout;
+    let mut failed = None;
+    for (n, goal) in goals.iter().enumerate() {
+        let started = tokio::time::Instant::now();
+        let left = deadline.saturating_duration_since(started);
+        let waited = match wait::until_up(&mut conn, goal, left).await {
+            Ok(up) => {
+                let seconds = started.elapsed().as_secs_f64();
+                if !ctx.structured() {
+                    ctx.line(&format!("{}: {up} up after {seconds:.2}s", goal.app))?;
+                }
+                json!({"up": up, "seconds": (seconds * 100.0).round() / 100.0})
+            }
+            Err(e) => {
+                let waited = json!({"error": format!("{e:#}")});
+                failed = Some(e);
+                waited
+            }
+        };
+        if let Some(object) = results.get_mut(n).and_then(Value::as_object_mut) {
+            object.insert("wait".to_string(), waited);
+        }
+        if failed.is_some() {
+            break;
+        }
+    }
     if ctx.structured() {
         ctx.value(&Value::Array(results))?;
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 /// `scale APP N`.

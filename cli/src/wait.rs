@@ -1,6 +1,7 @@
-//! `--wait` of `start`, `scale` and `restart`: the verb returns once every instance it asked for
-//! is up, as `docker compose up --wait` and `nomad job run` do, so that a script can act on the
-//! exit status instead of polling `list` itself.
+//! `--wait` of `start`, `scale`, `restart` and `apply`: the verb returns once every instance it
+//! asked for is up, as `docker compose up --wait` and `nomad job run` do, so that a script can
+//! act on the exit status instead of polling `list` itself. `apply` waits for each app in turn,
+//! within one `--wait-timeout`.
 //!
 //! Whether the instances are up is judged by [`progress`], a pure function of the instance list,
 //! and whether a rollout the verb started failed by [`rollout_failed`], one of the rollout's

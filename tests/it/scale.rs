@@ -328,12 +328,26 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
                                  "user": "pmcluster-no-such-user"});
     std::fs::write(&config, serde_json::json!({ "apps": [app] }).to_string())
         .expect("write the config");
-    run(&["apply", "-f", &config.display().to_string()], 0, "");
+    let nouser = "nouser[0] errored: user \"pmcluster-no-such-user\" does not exist on this host";
     run(
-        &["start", "nouser", "--wait"],
+        &["apply", "-f", &config.display().to_string(), "--wait"],
         1,
-        "nouser[0] errored: user \"pmcluster-no-such-user\" does not exist on this host",
+        nouser,
     );
+    run(&["start", "nouser", "--wait"], 1, nouser);
+    // apply --wait: every app of the file, in turn.
+    let two = c.root().join("two.json");
+    let apps = serde_json::json!({"apps": [
+        {"name": "one", "script": "sleep", "args": ["100"]},
+        {"name": "two", "script": testapp, "instances": 2, "port": ports},
+    ]});
+    std::fs::write(&two, apps.to_string()).expect("write the config");
+    let out = run(
+        &["apply", "-f", &two.display().to_string(), "--wait"],
+        0,
+        "one: 1 up after ",
+    );
+    assert!(out.stdout.contains("two: 2 up after"), "{out}");
     let once = [
         "start",
         "sh",
