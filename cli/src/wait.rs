@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::supervise::{DEFAULT_MIN_UPTIME, RETRYING};
 use serde_json::{Value, json};
@@ -19,7 +20,7 @@ use serde_json::{Value, json};
 use crate::args::WaitFlags;
 use crate::commands::{Ctx, list_instances};
 use crate::error::ApiError;
-use crate::failover::{Conn, call};
+use crate::failover::{Conn, call, open};
 use crate::output::state_name;
 
 /// The first pause between two looks at the instance list: a start of a small app takes tens of
@@ -27,6 +28,8 @@ use crate::output::state_name;
 /// app must not keep the coordinator listing it 20 times a second.
 const POLL: Duration = Duration::from_millis(50);
 const POLL_MAX: Duration = Duration::from_secs(1);
+/// How long a wait woken by an event takes the events that follow it before it looks.
+const BURST: Duration = Duration::from_millis(5);
 /// Instances named in a "not up yet" message; the rest are counted.
 const NAMED: usize = 3;
 
@@ -246,6 +249,14 @@ pub fn rollout_failed(id: u64, status: &pb::RolloutStatus) -> Option<String> {
 pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow::Result<usize> {
     let deadline = Instant::now() + timeout;
     let mut pause = POLL;
+    // The app's events wake the wait as soon as an instance changes, so it ends when the last
+    // one is up rather than at the next look; the pauses remain for a coordinator without them.
+    let req = pb::WatchEventsRequest {
+        app: goal.app.clone(),
+        history: 0,
+        no_follow: false,
+    };
+    let mut events = open!(conn, watch_events, req).await.ok();
     // When each process (instance id and pid) was first seen online, by this clock.
     let mut online_since: HashMap<(String, u32), Instant> = HashMap::new();
     loop {
@@ -291,8 +302,27 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
                 }
             }
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 3 / 2).min(POLL_MAX);
+        let woken = match events.as_mut() {
+            Some(stream) => tokio::select! {
+                event = stream.next() => Some(matches!(event, Some(Ok(_)))),
+                () = tokio::time::sleep(pause) => None,
+            },
+            None => {
+                tokio::time::sleep(pause).await;
+                None
+            }
+        };
+        match woken {
+            // A burst (a start of 50 is 50 events): one look after it, not one per event.
+            Some(true) => {
+                if let Some(stream) = events.as_mut() {
+                    while let Ok(Some(Ok(_))) = tokio::time::timeout(BURST, stream.next()).await {}
+                }
+            }
+            // The stream ended or failed: the pauses alone from here.
+            Some(false) => events = None,
+            None => pause = (pause * 3 / 2).min(POLL_MAX),
+        }
     }
 }
 
