@@ -244,6 +244,23 @@ pub fn rollout_failed(id: u64, status: &pb::RolloutStatus) -> Option<String> {
     Some(format!("the rollout of version {version} {how}{why}"))
 }
 
+/// What the rollout `id` waits for, when it waits for a person rather than for instances: a
+/// promotion after its canary, or a resume.
+pub fn rollout_held(id: u64, status: &pb::RolloutStatus) -> Option<String> {
+    let d = status.current.as_ref().filter(|d| d.id == id)?;
+    match d.state.as_str() {
+        "awaiting promotion" => Some(format!(
+            "the rollout of version {} waits for `pmcluster rollout promote {}` after its canary",
+            d.to_version, d.app
+        )),
+        "paused" => Some(format!(
+            "the rollout of version {} is paused: `pmcluster rollout resume {}`",
+            d.to_version, d.app
+        )),
+        _ => None,
+    }
+}
+
 /// Asks for the app's instances until [`progress`] says they are up (returns how many) or
 /// cannot be, or until `timeout` (an error with what is missing).
 pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow::Result<usize> {
@@ -277,6 +294,8 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
                 .get(&(i.id.clone(), i.pid))
                 .is_some_and(|since| now.duration_since(*since) >= goal.min_uptime)
         };
+        // What the rollout the verb started waits for, if it waits for a person.
+        let mut held = None;
         if let Some(id) = goal.rollout {
             let req = pb::RolloutRequest {
                 app: goal.app.clone(),
@@ -285,19 +304,24 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
             if let Some(why) = rollout_failed(id, &status) {
                 anyhow::bail!("{}: {why}", goal.app);
             }
+            held = rollout_held(id, &status);
         }
         match progress(goal, &instances, steady) {
             Progress::Up(n) => return Ok(n),
             Progress::Failed(why) => anyhow::bail!("{why}"),
             Progress::Waiting(what) => {
                 if Instant::now() >= deadline {
+                    let next = match held {
+                        Some(step) => step,
+                        None => format!(
+                            "see `pmcluster list {}` and `pmcluster logs {}`",
+                            goal.app, goal.app
+                        ),
+                    };
                     anyhow::bail!(
-                        "{}: not up after {} ({what}); see `pmcluster list {}` and `pmcluster \
-                         logs {}`",
+                        "{}: not up after {} ({what}); {next}",
                         goal.app,
                         humantime::format_duration(timeout),
-                        goal.app,
-                        goal.app
                     );
                 }
             }

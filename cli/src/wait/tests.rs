@@ -1,7 +1,7 @@
 use pb::{HealthState as H, InstanceState as S};
 use pmcluster_proto::v1 as pb;
 
-use super::{Goal, Progress, progress, rollout_failed};
+use super::{Goal, Progress, progress, rollout_failed, rollout_held};
 
 fn inst(index: u32, state: S) -> pb::Instance {
     pb::Instance {
@@ -419,5 +419,23 @@ fn a_rollout_that_will_not_bring_its_version_up_fails_the_wait() {
     ];
     for (name, st, want) in cases {
         assert_eq!(rollout_failed(7, &st).as_deref(), want, "{name}");
+    }
+    let held = [
+        (
+            "awaiting promotion",
+            Some(
+                "the rollout of version 2 waits for `pmcluster rollout promote web` after its canary",
+            ),
+        ),
+        (
+            "paused",
+            Some("the rollout of version 2 is paused: `pmcluster rollout resume web`"),
+        ),
+        ("running", None),
+    ];
+    for (state, want) in held {
+        let st = status(Some(d(7, state)), vec![]);
+        assert_eq!(rollout_held(7, &st).as_deref(), want, "{state}");
+        assert_eq!(rollout_held(8, &st), None, "another rollout: {state}");
     }
 }
