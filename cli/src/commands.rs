@@ -147,7 +147,7 @@ async fn start_only(
     args: &StartArgs,
     plan: StartPlan,
     conn: &mut Conn,
-) -> anyhow::Result<(wait::Said, Option<wait::Goal>)> {
+) -> anyhow::Result<(wait::Said, Result<Option<wait::Goal>, ApiError>)> {
     match plan {
         StartPlan::Existing { app, index } => {
             let target = pb::InstanceTarget {
@@ -175,8 +175,8 @@ async fn start_only(
                 )],
             };
             let goal = match args.wait.wait {
-                true => Some(wait::goal(conn, &app, index).await?),
-                false => None,
+                true => wait::goal(conn, &app, index).await.map(Some),
+                false => Ok(None),
             };
             Ok((said, goal))
         }
@@ -219,7 +219,7 @@ async fn start_only(
                 rollout: reply.deployment.as_ref().map(|d| d.id),
                 ..wait::goal_of(&spec.name, &app, None)
             };
-            Ok((said, args.wait.wait.then_some(goal)))
+            Ok((said, Ok(args.wait.wait.then_some(goal))))
         }
     }
 }
@@ -321,8 +321,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut failed = None;
     for (n, goal) in goals.iter().enumerate() {
         let started = tokio::time::Instant::now();
-        let left = deadline.saturating_duration_since(started);
-        let waited = match wait::until_up(&mut conn, goal, left).await {
+        let waited = match wait::until_up(&mut conn, goal, deadline, args.wait.wait_timeout).await {
             Ok(up) => {
                 let seconds = started.elapsed().as_secs_f64();
                 if !ctx.structured() {
@@ -368,11 +367,13 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         )],
     };
     let goal = match args.wait.wait {
-        true => Some(wait::Goal {
-            count: Some(reply.instances),
-            ..wait::goal(&mut conn, &args.app, None).await?
+        true => wait::goal(&mut conn, &args.app, None).await.map(|goal| {
+            Some(wait::Goal {
+                count: Some(reply.instances),
+                ..goal
+            })
         }),
-        false => None,
+        false => Ok(None),
     };
     wait::finish(&mut conn, ctx, &args.wait, said, goal).await
 }
@@ -490,11 +491,10 @@ pub async fn restart(args: TargetArgs, wait: &WaitFlags, ctx: &mut Ctx<'_>) -> a
     };
     let said = action(Action::Restart, &args, &mut conn).await?;
     let goal = match before {
-        Some(replaced) => Some(wait::Goal {
-            replaced,
-            ..wait::goal(&mut conn, &args.app, args.instance).await?
-        }),
-        None => None,
+        Some(replaced) => wait::goal(&mut conn, &args.app, args.instance)
+            .await
+            .map(|goal| Some(wait::Goal { replaced, ..goal })),
+        None => Ok(None),
     };
     wait::finish(&mut conn, ctx, wait, said, goal).await
 }

@@ -18,6 +18,7 @@ use crate::args::{
     EndpointsArgs, OutputFormat, ReloadArgs, RestartArgs, RolloutArgs, RolloutCommand,
 };
 use crate::commands::Ctx;
+use crate::error::ApiError;
 use crate::error::UsageError;
 use crate::failover::{Conn, call, open};
 use crate::output;
@@ -372,24 +373,31 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         lines,
     };
     let goal = match before {
-        Some(replaced) => {
-            // The rollout the restart started: its failure or rollback fails the wait.
-            let req = pb::RolloutRequest {
-                app: app.to_string(),
-            };
-            let status = call!(conn, get_rollout, req).await?;
-            Some(wait::Goal {
-                replaced,
-                rollout: status
-                    .current
-                    .filter(output::deployment_active)
-                    .map(|d| d.id),
-                ..wait::goal(&mut conn, app, None).await?
-            })
-        }
-        None => None,
+        Some(replaced) => restart_goal(&mut conn, app, replaced).await.map(Some),
+        None => Ok(None),
     };
     wait::finish(&mut conn, ctx, &args.wait, said, goal).await
+}
+
+/// What `restart --rolling --wait` waits for: new processes in place of `replaced`, and the
+/// rollout the restart started (its failure or rollback fails the wait).
+async fn restart_goal(
+    conn: &mut Conn,
+    app: &str,
+    replaced: Vec<(String, u32, i32)>,
+) -> Result<wait::Goal, ApiError> {
+    let req = pb::RolloutRequest {
+        app: app.to_string(),
+    };
+    let status = call!(conn, get_rollout, req).await?;
+    Ok(wait::Goal {
+        replaced,
+        rollout: status
+            .current
+            .filter(output::deployment_active)
+            .map(|d| d.id),
+        ..wait::goal(conn, app, None).await?
+    })
 }
 
 /// An update policy as JSON, durations in milliseconds as in the wire type.

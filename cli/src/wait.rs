@@ -28,8 +28,10 @@ use crate::output::state_name;
 /// app must not keep the coordinator listing it 20 times a second.
 const POLL: Duration = Duration::from_millis(50);
 const POLL_MAX: Duration = Duration::from_secs(1);
-/// How long a wait woken by an event takes the events that follow it before it looks.
+/// How long a wait woken by an event takes the events that follow it before it looks, and the
+/// most it takes in all.
 const BURST: Duration = Duration::from_millis(5);
+const BURST_MAX: Duration = Duration::from_millis(100);
 /// Instances named in a "not up yet" message; the rest are counted.
 const NAMED: usize = 3;
 
@@ -263,8 +265,14 @@ pub fn rollout_held(id: u64, status: &pb::RolloutStatus) -> Option<String> {
 
 /// Asks for the app's instances until [`progress`] says they are up (returns how many) or
 /// cannot be, or until `timeout` (an error with what is missing).
-pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow::Result<usize> {
-    let deadline = Instant::now() + timeout;
+/// `timeout` is the `--wait-timeout` the message names; `deadline` may be nearer (`apply` waits
+/// for its apps in turn within one timeout).
+pub async fn until_up(
+    conn: &mut Conn,
+    goal: &Goal,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
     let mut pause = POLL;
     // The app's events wake the wait as soon as an instance changes, so it ends when the last
     // one is up rather than at the next look; the pauses remain for a coordinator without them.
@@ -273,7 +281,11 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
         history: 0,
         no_follow: false,
     };
-    let mut events = open!(conn, watch_events, req).await.ok();
+    let opening = open!(conn, watch_events, req);
+    let mut events = tokio::time::timeout_at(deadline, opening)
+        .await
+        .ok()
+        .and_then(Result::ok);
     // When each process (instance id and pid) was first seen online, by this clock.
     let mut online_since: HashMap<(String, u32), Instant> = HashMap::new();
     loop {
@@ -326,21 +338,40 @@ pub async fn until_up(conn: &mut Conn, goal: &Goal, timeout: Duration) -> anyhow
                 }
             }
         }
+        // No event says that an instance has been up for min_uptime: look again then.
+        let settles = instances
+            .iter()
+            .filter_map(|i| online_since.get(&(i.id.clone(), i.pid)))
+            .map(|since| *since + goal.min_uptime)
+            .filter(|at| *at > now)
+            .min();
+        let mut next = (now + pause).min(deadline);
+        if let Some(at) = settles {
+            next = next.min(at);
+        }
         let woken = match events.as_mut() {
             Some(stream) => tokio::select! {
                 event = stream.next() => Some(matches!(event, Some(Ok(_)))),
-                () = tokio::time::sleep(pause) => None,
+                () = tokio::time::sleep_until(next) => None,
             },
             None => {
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep_until(next).await;
                 None
             }
         };
         match woken {
-            // A burst (a start of 50 is 50 events): one look after it, not one per event.
+            // A burst (a start of 50 is 50 events): one look after it, not one per event, and
+            // at most BURST_MAX later however the events keep coming.
             Some(true) => {
+                let end = (Instant::now() + BURST_MAX).min(deadline);
                 if let Some(stream) = events.as_mut() {
-                    while let Ok(Some(Ok(_))) = tokio::time::timeout(BURST, stream.next()).await {}
+                    while Instant::now() < end {
+                        let by = (Instant::now() + BURST).min(end);
+                        match tokio::time::timeout_at(by, stream.next()).await {
+                            Ok(Some(Ok(_))) => {}
+                            _ => break,
+                        }
+                    }
                 }
             }
             // The stream ended or failed: the pauses alone from here.
@@ -371,13 +402,22 @@ pub fn say(ctx: &mut Ctx<'_>, said: Said) -> anyhow::Result<()> {
 /// first and a line on the wait follows. In JSON or YAML, the one value comes after the wait,
 /// with a `wait` field: how many are up and how long it took, or why not (the exit status then
 /// says it failed too).
+/// A goal that could not be made (the call for the app's spec failed) still prints what the verb
+/// did, then the error.
 pub async fn finish(
     conn: &mut Conn,
     ctx: &mut Ctx<'_>,
     flags: &WaitFlags,
     said: Said,
-    goal: Option<Goal>,
+    goal: Result<Option<Goal>, ApiError>,
 ) -> anyhow::Result<()> {
+    let goal = match goal {
+        Ok(goal) => goal,
+        Err(e) => {
+            say(ctx, said)?;
+            return Err(anyhow::Error::from(e).context("--wait: reading the app's spec"));
+        }
+    };
     let Some(goal) = goal.filter(|_| flags.wait) else {
         return say(ctx, said);
     };
@@ -388,7 +428,8 @@ pub async fn finish(
         }
     }
     let started = Instant::now();
-    let result = until_up(conn, &goal, flags.wait_timeout).await;
+    let deadline = started + flags.wait_timeout;
+    let result = until_up(conn, &goal, deadline, flags.wait_timeout).await;
     let seconds = started.elapsed().as_secs_f64();
     if !structured {
         let up = result?;
@@ -433,7 +474,9 @@ pub fn goal_of(name: &str, app: &pb::App, index: Option<u32>) -> Goal {
     }
 }
 
-/// The app's instances (or one index's) as they are now, for [`Goal::replaced`].
+/// The app's running processes (or one index's) as they are now, for [`Goal::replaced`]. Those
+/// with no process are left out: after a restart, their next report is about the new attempt
+/// (the coordinator shows an instance restarted and not yet retried as launching).
 pub async fn snapshot(
     conn: &mut Conn,
     app: &str,
@@ -442,7 +485,7 @@ pub async fn snapshot(
     Ok(list_instances(conn, app)
         .await?
         .into_iter()
-        .filter(|i| index.is_none_or(|x| x == i.index))
+        .filter(|i| i.pid != 0 && index.is_none_or(|x| x == i.index))
         .map(|i| (i.id, i.pid, i.state))
         .collect())
 }

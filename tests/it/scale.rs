@@ -335,6 +335,9 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         nouser,
     );
     run(&["start", "nouser", "--wait"], 1, nouser);
+    // Restarted, it is launching until its agent tries again, and that attempt's error is final.
+    let restart = ["restart", "nouser", "--wait", "--wait-timeout", "20s"];
+    run(&restart, 1, nouser);
     // apply --wait: every app of the file, in turn.
     let two = c.root().join("two.json");
     let apps = serde_json::json!({"apps": [

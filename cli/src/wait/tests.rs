@@ -306,27 +306,17 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             waiting("0 of 1 up; web[0] online at version 1 of 2"),
         ),
         (
-            "restarted from errored: its old report is not final",
+            // The coordinator shows a restarted instance as launching until its agent tries
+            // again; the snapshot holds running processes only.
+            "restarted from errored: the new attempt failed for good",
             Goal {
-                replaced: vec![("id-0".into(), 0, S::Errored as i32)],
+                replaced: vec![("id-1".into(), 101, S::Online as i32)],
                 ..goal(Some(1))
             },
             vec![with(inst(0, S::Errored), |i| {
                 i.message = "user \"nope\" does not exist on this host".into();
             })],
-            waiting(
-                "0 of 1 up; web[0] errored, not restarted yet: user \"nope\" does not exist on \
-                 this host",
-            ),
-        ),
-        (
-            "restarted from errored: a new report of the same error is not the old one either",
-            Goal {
-                replaced: vec![("id-0".into(), 0, S::Errored as i32)],
-                ..goal(Some(1))
-            },
-            vec![inst(0, S::Launching)],
-            waiting("0 of 1 up; web[0] launching"),
+            failed("web[0] errored: user \"nope\" does not exist on this host"),
         ),
         (
             "a node that is not connected",

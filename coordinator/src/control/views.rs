@@ -300,7 +300,8 @@ impl Control {
                 .as_ref()
                 .and_then(|n| inner.nodes.get(n))
                 .is_some_and(|l| is_ready(l, &self.config, inner.now));
-            let (state, _) = status::derive(rec, observed.map(|o| o.state), node_up);
+            let reported = observed.map(|o| (o.state, o.restart_epoch));
+            let (state, _) = status::derive(rec, reported, node_up);
             if let Some(app) = apps.get_mut(rec.app.as_str()) {
                 match state {
                     InstanceState::Online => app.online += 1,
@@ -514,7 +515,7 @@ pub(super) fn instance_view(
         .as_ref()
         .and_then(|n| inner.nodes.get(n))
         .is_some_and(|l| is_ready(l, config, inner.now));
-    let reported = observed.map(|o| o.state);
+    let reported = observed.map(|o| (o.state, o.restart_epoch));
     let (status, note) = status::derive(rec, reported, node_up);
     match note {
         Note::Pending => {

@@ -19,13 +19,22 @@ pub enum Note {
 
 /// The status of `rec`, given the state its agent last reported (`None`: none yet) and whether
 /// its node is up.
-pub fn derive(rec: &InstanceRecord, reported: Option<Status>, node_up: bool) -> (Status, Note) {
+pub fn derive(
+    rec: &InstanceRecord,
+    reported: Option<(Status, u64)>,
+    node_up: bool,
+) -> (Status, Note) {
     use Status as S;
     let (status, note) = match (&rec.node, reported) {
         (None, _) if rec.stopped => (S::Stopped, Note::Pending),
         (None, _) => (S::Pending, Note::Pending),
         (Some(n), _) if !node_up => (S::Unknown, Note::NodeDown(n.clone())),
-        (Some(_), Some(s)) => {
+        // Restarted, and the agent has not tried to start it since: what it said last is about
+        // the process (or the failure) before the restart.
+        (Some(_), Some((_, epoch))) if epoch < rec.restart_epoch && !rec.stopped => {
+            (S::Launching, Note::Reported)
+        }
+        (Some(_), Some((s, _))) => {
             let s = match (rec.stopped, s) {
                 (true, S::Stopped) => S::Stopped,
                 (true, _) => S::Stopping,
@@ -60,7 +69,7 @@ mod tests {
             node: record.contains("placed").then(|| "a".to_string()),
             port: None,
             app_version: 1,
-            restart_epoch: 0,
+            restart_epoch: u64::from(record.contains("restarted")),
             stopped: record.contains("stopped"),
             replaces: None,
             draining_since: record.contains("draining").then_some(5),
@@ -68,7 +77,9 @@ mod tests {
             avoid: Vec::new(),
             disabled: false,
         };
-        let (status, note) = derive(&rec, reported, node_up);
+        // The agent's report is of epoch 0, or of 1 once it "acted" on a restart.
+        let epoch = u64::from(record.contains("acted"));
+        let (status, note) = derive(&rec, reported.map(|s| (s, epoch)), node_up);
         let note = match note {
             Note::Pending => "pending".to_string(),
             Note::NodeDown(n) => format!("down {n}"),
@@ -102,5 +113,37 @@ mod tests {
         );
         check("placed draining", Some(S::Exited), true, "Exited/reported");
         check("placed", Some(S::Unspecified), true, "Unspecified/reported");
+        // Restarted: the last report is from before, whatever it says, until the agent acts.
+        check(
+            "placed restarted",
+            Some(S::Online),
+            true,
+            "Launching/reported",
+        );
+        check(
+            "placed restarted",
+            Some(S::Errored),
+            true,
+            "Launching/reported",
+        );
+        check(
+            "placed restarted acted",
+            Some(S::Errored),
+            true,
+            "Errored/reported",
+        );
+        check(
+            "placed restarted acted",
+            Some(S::Online),
+            true,
+            "Online/reported",
+        );
+        check(
+            "placed restarted stopped",
+            Some(S::Online),
+            true,
+            "Stopping/reported",
+        );
+        check("placed restarted", Some(S::Online), false, "Unknown/down a");
     }
 }
