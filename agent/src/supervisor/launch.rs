@@ -37,11 +37,9 @@ impl Supervisor {
         let a = &target.assignment;
         // Reported from this attempt on, whatever its outcome: the coordinator takes a report
         // of an older epoch for one about the process before a restart.
-        if self.agent.state.status(&self.id).map(|s| s.restart_epoch) != Some(a.restart_epoch) {
-            self.agent
-                .state
-                .update(&self.id, |s| s.restart_epoch = a.restart_epoch);
-        }
+        self.agent
+            .state
+            .update(&self.id, |s| s.restart_epoch = a.restart_epoch);
         let spec = a.spec.clone().map_err(StartError::Fatal)?;
         let port = match spec.port {
             PortSpec::Auto(lo, hi) => {
