@@ -145,3 +145,45 @@ fn a_status_a_reregistration_brought_is_taken_in_full_by_the_next_report() -> Re
     );
     Ok(())
 }
+
+/// A restart between two reports (the instance online in both, with a new pid and one more
+/// restart) is an event, with the agent's reason; a report that repeats itself is none.
+#[test]
+fn a_restart_no_report_caught_is_an_event() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    // A report launching, then online: the two state events.
+    send(&c, "a", &a, statuses(&c, "a", InstanceState::Launching, 0)?);
+    let first = statuses(&c, "a", InstanceState::Online, 0)?;
+    send(&c, "a", &a, first.clone());
+    let state_events = |c: &Control| {
+        c.recent_events("web", Some(EventKind::InstanceState), 100)
+            .into_iter()
+            .map(|e| e.message)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        state_events(&c),
+        ["web[0] is launching", "web[0] is online"]
+    );
+    send(&c, "a", &a, first.clone());
+    assert_eq!(state_events(&c).len(), 2, "{:?}", state_events(&c));
+    let again: Vec<InstanceObserved> = first
+        .into_iter()
+        .map(|o| InstanceObserved {
+            pid: o.pid + 1000,
+            restarts: 1,
+            message: "restarted: memory 65 MiB over max_memory_restart 64 MiB".into(),
+            ..o
+        })
+        .collect();
+    send(&c, "a", &a, again);
+    let events = state_events(&c);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("web[0] is online: restarted: memory 65 MiB over max_memory_restart 64 MiB"),
+        "{events:?}"
+    );
+    Ok(())
+}

@@ -276,7 +276,13 @@ impl Control {
                 inner.reconcile_due = true;
                 self.changed.notify_one();
             }
-            if before != Some(st.state) {
+            // A restart is an event even when no report caught the instance between its two
+            // processes (a fast app is online again within one report's delay): its count grew.
+            let restarted = inner
+                .observed
+                .get(&id)
+                .is_some_and(|o| st.restarts > o.restarts);
+            if before != Some(st.state) || restarted {
                 changes.push((app(&inner), index, st.state, st.message.clone()));
             }
             if sample {
