@@ -36,10 +36,16 @@ impl Supervisor {
     pub(super) fn start(&mut self, target: &Target) -> Result<Running, StartError> {
         let a = &target.assignment;
         // Reported from this attempt on, whatever its outcome: the coordinator takes a report
-        // of an older epoch for one about the process before a restart.
-        self.agent
-            .state
-            .update(&self.id, |s| s.restart_epoch = a.restart_epoch);
+        // of an older epoch for one about the process before a restart. With it, the state and
+        // message of before the restart go, so no report pairs the new epoch with them.
+        let epoch = a.restart_epoch;
+        self.agent.state.update(&self.id, |s| {
+            if s.restart_epoch != epoch {
+                s.restart_epoch = epoch;
+                s.state = InstanceState::Launching;
+                s.message.clear();
+            }
+        });
         let spec = a.spec.clone().map_err(StartError::Fatal)?;
         let port = match spec.port {
             PortSpec::Auto(lo, hi) => {

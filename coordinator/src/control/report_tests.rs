@@ -150,7 +150,9 @@ fn a_status_a_reregistration_brought_is_taken_in_full_by_the_next_report() -> Re
 /// restart) is an event, with the agent's reason; a report that repeats itself is none.
 #[test]
 fn a_restart_no_report_caught_is_an_event() -> Result<()> {
-    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open_with(store, ControlConfig::default(), clock.clone())?;
     let a = c.attach(&register("a"), None)?;
     c.apply(web(1))?;
     // A report launching, then online: the two state events.
@@ -178,7 +180,12 @@ fn a_restart_no_report_caught_is_an_event() -> Result<()> {
             ..o
         })
         .collect();
+    let online_since = |c: &Control| c.lock().online_since.values().copied().collect::<Vec<_>>();
+    assert_eq!(online_since(&c), [1_000_000]);
+    clock.advance_ms(5_000);
     send(&c, "a", &a, again);
+    // Online since the new process: an endpoint's and a rollout's healthy time start again.
+    assert_eq!(online_since(&c), [1_005_000]);
     let events = state_events(&c);
     assert_eq!(
         events.last().map(String::as_str),

@@ -258,9 +258,20 @@ impl Control {
                 inner.reconcile_due = true;
                 self.changed.notify_one();
             }
+            // A restart is an event even when no report caught the instance between its two
+            // processes (a fast app is online again within one report's delay): its count grew.
+            let restarted = inner
+                .observed
+                .get(&id)
+                .is_some_and(|o| st.restarts > o.restarts);
             if st.state == online {
                 let now = inner.now;
-                inner.online_since.entry(id).or_insert(now);
+                if restarted {
+                    // Online since the new process, not the old one.
+                    inner.online_since.insert(id, now);
+                } else {
+                    inner.online_since.entry(id).or_insert(now);
+                }
             } else {
                 inner.online_since.remove(&id);
             }
@@ -276,12 +287,6 @@ impl Control {
                 inner.reconcile_due = true;
                 self.changed.notify_one();
             }
-            // A restart is an event even when no report caught the instance between its two
-            // processes (a fast app is online again within one report's delay): its count grew.
-            let restarted = inner
-                .observed
-                .get(&id)
-                .is_some_and(|o| st.restarts > o.restarts);
             if before != Some(st.state) || restarted {
                 changes.push((app(&inner), index, st.state, st.message.clone()));
             }

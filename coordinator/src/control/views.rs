@@ -527,6 +527,9 @@ pub(super) fn instance_view(
         }
         Note::NodeDown(n) => out.message = format!("node {n} is down"),
         Note::Reported => {}
+        Note::Restarting => {
+            out.message = "restart asked; its agent has not started it again yet".into();
+        }
     }
     out.state = status;
     out

@@ -15,6 +15,9 @@ pub enum Note {
     NodeDown(String),
     /// The agent's own message stands.
     Reported,
+    /// Restarted, and its agent has not tried to start it since: the agent's last message is
+    /// about what ran (or failed) before.
+    Restarting,
 }
 
 /// The status of `rec`, given the state its agent last reported (`None`: none yet) and whether
@@ -31,8 +34,11 @@ pub fn derive(
         (Some(n), _) if !node_up => (S::Unknown, Note::NodeDown(n.clone())),
         // Restarted, and the agent has not tried to start it since: what it said last is about
         // the process (or the failure) before the restart.
-        (Some(_), Some((_, epoch))) if epoch < rec.restart_epoch && !rec.stopped => {
-            (S::Launching, Note::Reported)
+        // The old process stopping is shown as such.
+        (Some(_), Some((s, epoch)))
+            if epoch < rec.restart_epoch && !rec.stopped && s != S::Stopping =>
+        {
+            (S::Launching, Note::Restarting)
         }
         (Some(_), Some((s, _))) => {
             let s = match (rec.stopped, s) {
@@ -84,6 +90,7 @@ mod tests {
             Note::Pending => "pending".to_string(),
             Note::NodeDown(n) => format!("down {n}"),
             Note::Reported => "reported".to_string(),
+            Note::Restarting => "restarting".to_string(),
         };
         assert_eq!(
             format!("{status:?}/{note}"),
@@ -118,13 +125,19 @@ mod tests {
             "placed restarted",
             Some(S::Online),
             true,
-            "Launching/reported",
+            "Launching/restarting",
         );
         check(
             "placed restarted",
             Some(S::Errored),
             true,
-            "Launching/reported",
+            "Launching/restarting",
+        );
+        check(
+            "placed restarted",
+            Some(S::Stopping),
+            true,
+            "Stopping/reported",
         );
         check(
             "placed restarted acted",
