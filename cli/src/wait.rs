@@ -264,9 +264,9 @@ pub fn rollout_held(id: u64, status: &pb::RolloutStatus) -> Option<String> {
 }
 
 /// Asks for the app's instances until [`progress`] says they are up (returns how many) or
-/// cannot be, or until `timeout` (an error with what is missing).
-/// `timeout` is the `--wait-timeout` the message names; `deadline` may be nearer (`apply` waits
-/// for its apps in turn within one timeout).
+/// cannot be, or until `deadline` (an error with what is missing). `timeout` is the
+/// `--wait-timeout` that error names: `deadline` may be nearer (`apply` waits for its apps in
+/// turn within one timeout).
 pub async fn until_up(
     conn: &mut Conn,
     goal: &Goal,
