@@ -318,34 +318,22 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
     // --wait: each app in turn, within one --wait-timeout for all.
     let deadline = tokio::time::Instant::now() + args.wait.wait_timeout;
-    let mut failed = None;
+    let mut outcome = Ok(());
     for (n, goal) in goals.iter().enumerate() {
-        let started = tokio::time::Instant::now();
-        let waited = match wait::until_up(&mut conn, goal, deadline, args.wait.wait_timeout).await {
-            Ok(up) => {
-                let seconds = started.elapsed().as_secs_f64();
-                if !ctx.structured() {
-                    ctx.line(&format!("{}: {up} up after {seconds:.2}s", goal.app))?;
-                }
-                json!({"up": up, "seconds": (seconds * 100.0).round() / 100.0})
-            }
-            Err(e) => {
-                let waited = json!({"error": format!("{e:#}")});
-                failed = Some(e);
-                waited
-            }
-        };
+        let (waited, result) =
+            wait::wait_for(&mut conn, ctx, goal, deadline, args.wait.wait_timeout).await?;
         if let Some(object) = results.get_mut(n).and_then(Value::as_object_mut) {
             object.insert("wait".to_string(), waited);
         }
-        if failed.is_some() {
+        if result.is_err() {
+            outcome = result;
             break;
         }
     }
     if ctx.structured() {
         ctx.value(&Value::Array(results))?;
     }
-    failed.map_or(Ok(()), Err)
+    outcome
 }
 
 /// `scale APP N`.

@@ -421,30 +421,44 @@ pub async fn finish(
     let Some(goal) = goal.filter(|_| flags.wait) else {
         return say(ctx, said);
     };
-    let structured = ctx.structured();
-    if !structured {
-        for line in &said.lines {
-            ctx.line(line)?;
+    let deadline = Instant::now() + flags.wait_timeout;
+    if ctx.structured() {
+        let (waited, result) = wait_for(conn, ctx, &goal, deadline, flags.wait_timeout).await?;
+        let mut value = said.value;
+        if let Some(object) = value.as_object_mut() {
+            object.insert("wait".to_string(), waited);
         }
+        ctx.value(&value)?;
+        return result;
     }
+    say(ctx, said)?;
+    wait_for(conn, ctx, &goal, deadline, flags.wait_timeout)
+        .await?
+        .1
+}
+
+/// One wait by [`until_up`]: in text, a line on how long it took; for JSON, the `wait` field
+/// (how many are up and in how long, or why not) and the outcome. The outer error is one of
+/// printing.
+pub async fn wait_for(
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+    goal: &Goal,
+    deadline: Instant,
+    timeout: Duration,
+) -> anyhow::Result<(Value, anyhow::Result<()>)> {
     let started = Instant::now();
-    let deadline = started + flags.wait_timeout;
-    let result = until_up(conn, &goal, deadline, flags.wait_timeout).await;
-    let seconds = started.elapsed().as_secs_f64();
-    if !structured {
-        let up = result?;
-        return ctx.line(&format!("{}: {up} up after {seconds:.2}s", goal.app));
+    match until_up(conn, goal, deadline, timeout).await {
+        Ok(up) => {
+            let seconds = started.elapsed().as_secs_f64();
+            if !ctx.structured() {
+                ctx.line(&format!("{}: {up} up after {seconds:.2}s", goal.app))?;
+            }
+            let rounded = (seconds * 100.0).round() / 100.0;
+            Ok((json!({"up": up, "seconds": rounded}), Ok(())))
+        }
+        Err(e) => Ok((json!({"error": format!("{e:#}")}), Err(e))),
     }
-    let mut value = said.value;
-    let waited = match &result {
-        Ok(up) => json!({"up": up, "seconds": (seconds * 100.0).round() / 100.0}),
-        Err(e) => json!({"error": format!("{e:#}")}),
-    };
-    if let Some(object) = value.as_object_mut() {
-        object.insert("wait".to_string(), waited);
-    }
-    ctx.value(&value)?;
-    result.map(|_| ())
 }
 
 /// What `--wait` waits for on `app` (or one index of it), as its spec says now.

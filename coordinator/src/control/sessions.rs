@@ -241,7 +241,8 @@ impl Control {
             // (it goes at once), a rollout (its engine steps on them). Any other instance coming
             // online changes no plan, and a full pass for each made creating apps cost a pass
             // over every record per new instance.
-            let before = inner.observed.get(&id).map(|o| o.state);
+            let prior = inner.observed.get(&id).map(|o| (o.state, o.restarts));
+            let before = prior.map(|(state, _)| state);
             let online = InstanceState::Online;
             let awaited = (before == Some(online)) != (st.state == online)
                 && (rec.replaces.is_some()
@@ -260,10 +261,7 @@ impl Control {
             }
             // A restart is an event even when no report caught the instance between its two
             // processes (a fast app is online again within one report's delay): its count grew.
-            let restarted = inner
-                .observed
-                .get(&id)
-                .is_some_and(|o| st.restarts > o.restarts);
+            let restarted = prior.is_some_and(|(_, restarts)| st.restarts > restarts);
             if st.state == online {
                 let now = inner.now;
                 if restarted {
