@@ -151,20 +151,45 @@ fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::R
     if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
         return Err(io::Error::other("no room for the pipes"));
     }
-    rustix::net::sendmsg(
-        socket,
-        &[IoSlice::new(&body)],
-        &mut control,
-        SendFlags::NOSIGNAL,
-    )?;
+    let deadline = std::time::Instant::now() + ANSWER_WAIT;
+    // A packet is sent whole or not at all, so an interrupted send is sent again.
+    uninterrupted(deadline, || {
+        rustix::net::sendmsg(
+            socket,
+            &[IoSlice::new(&body)],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+    })?;
     let mut answer = [0u8; 1024];
-    let n = rustix::net::recv(socket, &mut answer, RecvFlags::empty())?.0;
+    let n = uninterrupted(deadline, || {
+        rustix::net::recv(socket, &mut answer, RecvFlags::empty())
+    })?
+    .0;
     if n == 0 {
         return Err(io::Error::other("the pump host ended"));
     }
     match serde_json::from_slice(&answer[..n]).map_err(io::Error::other)? {
         Reply::Started { pid } => Ok(pid),
         Reply::Failed { error } => Err(io::Error::other(error)),
+    }
+}
+
+/// Runs a call on the host's socket again when a signal interrupted it, until `deadline`.
+///
+/// Why: a socket call under a timeout (`SO_RCVTIMEO`, `SO_SNDTIMEO`) fails with `EINTR` after
+/// any signal handler, `SA_RESTART` or not (signal(7)), and the agent's reaper has one for
+/// SIGCHLD, which every ending child sends. Taking that for a broken host once made the agent
+/// drop a host that had already forked the pump, and start a second pump on the same pipes.
+fn uninterrupted<T>(
+    deadline: std::time::Instant,
+    mut call: impl FnMut() -> rustix::io::Result<T>,
+) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(rustix::io::Errno::INTR) if std::time::Instant::now() < deadline => {}
+            result => return result.map_err(io::Error::from),
+        }
     }
 }
 
@@ -345,5 +370,81 @@ mod tests {
         let written = format!("A=1\0{PUMP_VAR}=abc\0____\0");
         assert_eq!(placeholder_at(written.as_bytes()), None);
         assert!(HOST_NAME.to_bytes().len() <= 15);
+    }
+
+    extern "C" fn ignore(_: nix::libc::c_int) {}
+
+    /// A signal that lands while the agent waits for the host's answer is no failure: the
+    /// answer is still read, so no second pump is started on pipes the host already took.
+    #[test]
+    fn a_signal_during_the_wait_is_not_a_failure() {
+        use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+        // SIGWINCH, whose default is to be ignored: a handler changes nothing for other tests.
+        // SA_RESTART too, to show that it does not help a socket call under a timeout.
+        let action = SigAction::new(
+            SigHandler::Handler(ignore),
+            SaFlags::SA_RESTART,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler does nothing, so it is async-signal-safe.
+        #[allow(unsafe_code)]
+        unsafe { sigaction(Signal::SIGWINCH, &action) }.expect("sigaction");
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(ANSWER_WAIT),
+        )
+        .expect("timeout");
+        let (reader, _writer) = rustix::pipe::pipe().expect("pipe");
+        let pipes = vec![PumpPipe {
+            reader,
+            target: PumpTarget {
+                path: "/nonexistent/out.log".into(),
+                max_bytes: None,
+                keep: 0,
+                timestamps: false,
+            },
+            fd: 1,
+        }];
+        let (answer_now, answer_when) = std::sync::mpsc::channel::<()>();
+        // The host: takes the request, then answers only when told to.
+        let host = std::thread::spawn(move || {
+            let mut body = vec![0u8; MAX_REQUEST];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            let got = rustix::net::recvmsg(
+                &theirs,
+                &mut [IoSliceMut::new(&mut body)],
+                &mut control,
+                RecvFlags::empty(),
+            )
+            .expect("request");
+            assert!(got.bytes > 0);
+            answer_when.recv().expect("told to answer");
+            let answer = serde_json::to_vec(&Reply::Started { pid: 4242 }).expect("json");
+            rustix::net::send(&theirs, &answer, SendFlags::NOSIGNAL).expect("answer");
+        });
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let agent = std::thread::spawn(move || {
+            tid_tx.send(nix::sys::pthread::pthread_self()).expect("tid");
+            request(ours.as_fd(), &InstanceId::new("i-1"), &pipes)
+        });
+        let tid = tid_rx.recv().expect("tid");
+        // Signals while the agent's thread waits (it may still be sending at the first ones).
+        for _ in 0..20 {
+            nix::sys::pthread::pthread_kill(tid, Signal::SIGWINCH).expect("pthread_kill");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        answer_now.send(()).expect("answer");
+        let pid = agent.join().expect("agent thread").expect("request");
+        assert_eq!(pid, 4242);
+        host.join().expect("host thread");
     }
 }

@@ -342,7 +342,7 @@ pub(crate) struct PumpPipe {
     pub(super) reader: OwnedFd,
     pub(super) target: PumpTarget,
     /// The instance's file descriptor it is on (1, or 2).
-    fd: u32,
+    pub(super) fd: u32,
 }
 /// An instance's stdout and stderr: the write ends of its pipes (one for both with
 /// `merge_logs`), and the read ends for its pump.
