@@ -282,7 +282,8 @@ fn start(request: Request, mut fds: Vec<OwnedFd>) -> Reply {
 }
 
 /// The forked pump: leaves the host's socket and group, takes its name and marker, pumps and
-/// exits.
+/// exits with `_exit`: the exit handlers it would run are the host's (a fork copies them), it
+/// buffers nothing, and running them touched pages shared with the host, a copy of each.
 fn run_pump(id: &str, out: (OwnedFd, PumpTarget), err: Option<(OwnedFd, PumpTarget)>) -> ! {
     // The host's socket must not outlive the host in its pumps: the agent would not see the
     // host end.
@@ -290,7 +291,7 @@ fn run_pump(id: &str, out: (OwnedFd, PumpTarget), err: Option<(OwnedFd, PumpTarg
         .and_then(|null| nix::unistd::dup2_stdin(null).map_err(io::Error::from));
     if let Err(e) = detached {
         tracing::warn!("a pump cannot leave the host's socket: {e}");
-        std::process::exit(1);
+        end_pump(1);
     }
     let _ = nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0));
     if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
@@ -304,12 +305,19 @@ fn run_pump(id: &str, out: (OwnedFd, PumpTarget), err: Option<(OwnedFd, PumpTarg
     }
     let path = out.1.path.clone();
     match pump_pipes(out, err) {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => end_pump(0),
         Err(e) => {
             tracing::error!("log pump for {}: {e}", path.display());
-            std::process::exit(1)
+            end_pump(1)
         }
     }
+}
+
+/// Ends a forked pump at once (see [`run_pump`] for why not `std::process::exit`).
+#[allow(unsafe_code)]
+fn end_pump(code: i32) -> ! {
+    // SAFETY: `_exit` ends the process and touches no memory of it; nothing is left to flush.
+    unsafe { libc::_exit(code) }
 }
 
 /// Writes `id` over the placeholder of [`PUMP_VAR`] in this process's environment block (the
