@@ -175,7 +175,9 @@ fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::R
     }
 }
 
-/// Runs a call on the host's socket again when a signal interrupted it, until `deadline`.
+/// Runs a call on the host's socket again when a signal interrupted it, until `deadline`. Each
+/// call waits up to the socket's own timeout, so a request gives up after at most twice
+/// [`ANSWER_WAIT`].
 ///
 /// Why: a socket call under a timeout (`SO_RCVTIMEO`, `SO_SNDTIMEO`) fails with `EINTR` after
 /// any signal handler, `SA_RESTART` or not (signal(7)), and the agent's reaper has one for
@@ -396,7 +398,7 @@ mod tests {
         );
         // SAFETY: the handler does nothing, so it is async-signal-safe.
         #[allow(unsafe_code)]
-        unsafe { sigaction(Signal::SIGWINCH, &action) }.expect("sigaction");
+        let before = unsafe { sigaction(Signal::SIGWINCH, &action) }.expect("sigaction");
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -422,6 +424,7 @@ mod tests {
             fd: 1,
         }];
         let (answer_now, answer_when) = std::sync::mpsc::channel::<()>();
+        let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
         // The host: takes the request, then answers only when told to.
         let host = std::thread::spawn(move || {
             let mut body = vec![0u8; MAX_REQUEST];
@@ -435,6 +438,7 @@ mod tests {
             )
             .expect("request");
             assert!(got.bytes > 0);
+            got_tx.send(()).expect("got");
             answer_when.recv().expect("told to answer");
             let answer = serde_json::to_vec(&Reply::Started { pid: 4242 }).expect("json");
             rustix::net::send(&theirs, &answer, SendFlags::NOSIGNAL).expect("answer");
@@ -445,14 +449,27 @@ mod tests {
             request(ours.as_fd(), &InstanceId::new("i-1"), &pipes)
         });
         let tid = tid_rx.recv().expect("tid");
-        // Signals while the agent's thread waits (it may still be sending at the first ones).
-        for _ in 0..20 {
+        // Signals until the host has the request, then 20 more while the agent's thread waits
+        // for the answer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut after_request = 0;
+        while after_request < 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the host got no request"
+            );
             nix::sys::pthread::pthread_kill(tid, Signal::SIGWINCH).expect("pthread_kill");
             std::thread::sleep(Duration::from_millis(5));
+            if after_request > 0 || got_rx.try_recv().is_ok() {
+                after_request += 1;
+            }
         }
         answer_now.send(()).expect("answer");
         let pid = agent.join().expect("agent thread").expect("request");
         assert_eq!(pid, 4242);
         host.join().expect("host thread");
+        // SAFETY: puts back what was there before.
+        #[allow(unsafe_code)]
+        unsafe { sigaction(Signal::SIGWINCH, &before) }.expect("sigaction");
     }
 }

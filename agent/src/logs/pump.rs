@@ -222,7 +222,8 @@ impl LogWriter {
     }
 }
 /// Copies one pipe into its log file (stamped, with timestamps) until the pipe ends (every
-/// process holding its write end exited). Blocking: the body of a pump, or of a pump thread.
+/// process holding its write end exited). Blocking: the body of a pump of one pipe
+/// (`merge_logs`), and of each thread of an agent that pumps in threads.
 pub fn pump(input: File, target: PumpTarget) -> io::Result<()> {
     let mut writer = LogWriter::new(target);
     let mut buf = Vec::with_capacity(PUMP_READ);
@@ -243,7 +244,8 @@ fn read_into(pipe: &File, buf: &mut Vec<u8>) -> io::Result<usize> {
     rustix::io::read(pipe, rustix::buffer::spare_capacity(buf)).map_err(io::Error::from)
 }
 /// The `log-pump` process: pumps its stdin (an instance's stdout pipe) into `out` and, with
-/// `err`, its fd [`PUMP_ERR_FD`] (the stderr pipe) into that, until both pipes end. See the section doc for why it ignores the usual termination signals.
+/// `err`, its fd [`PUMP_ERR_FD`] (the stderr pipe) into that, until both pipes end. See the
+/// section doc for why it ignores the usual termination signals.
 pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> {
     block_stop_signals()?;
     if let Err(e) = nix::sys::prctl::set_name(PUMP_NAME) {
@@ -267,8 +269,8 @@ pub fn pump_process(out: PumpTarget, err: Option<PumpTarget>) -> io::Result<()> 
     pump_pipes((stdout_pipe, out), err)
 }
 /// Blocks the signals a pump must outlive (see the module doc). Blocked, not handled: they stay
-/// pending and never end the process. Before any thread starts, so that every thread inherits
-/// the mask, and in the pump host before its forks, so that every pump does.
+/// pending and never end the process. Early in a pump, and in the pump host before its forks,
+/// so that every pump has the mask.
 pub(super) fn block_stop_signals() -> io::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut blocked = SigSet::empty();
@@ -291,10 +293,7 @@ pub(super) fn pump_pipes(
     let stdout_pipe = blocking_input(out_pipe)?;
     match err {
         None => pump(File::from(stdout_pipe), out),
-        Some((err_pipe, err)) => {
-            let stderr_pipe = blocking_input(err_pipe)?;
-            pump_both([(stdout_pipe, out), (stderr_pipe, err)])
-        }
+        Some((err_pipe, err)) => pump_both([(stdout_pipe, out), (err_pipe, err)]),
     }
 }
 /// Two pipes in one thread, a read of each that has something (or has ended) per turn, until
@@ -302,16 +301,23 @@ pub(super) fn pump_pipes(
 /// stack and its own malloc arena were about a quarter of a pump's CPU at an instance's start.
 /// The price: a write to a slow disk holds up both pipes, as a thread per pipe would not (each
 /// pipe still buffers [`PIPE_BUFFER`] before its writer waits).
+///
+/// The pipes are made non-blocking, so that a read never waits on one pipe while the other
+/// fills: another reader of the same pipe (a pump an earlier agent left) may have taken what
+/// `poll` saw.
 fn pump_both(pipes: [(OwnedFd, PumpTarget); 2]) -> io::Result<()> {
     use rustix::event::{PollFd, PollFlags, poll};
-    let mut open: Vec<(File, LogWriter)> = pipes
-        .into_iter()
-        .map(|(pipe, target)| (File::from(pipe), LogWriter::new(target)))
-        .collect();
+    let mut open: Vec<(File, LogWriter)> = Vec::with_capacity(2);
+    for (pipe, target) in pipes {
+        let flags = rustix::fs::fcntl_getfl(&pipe)?;
+        rustix::fs::fcntl_setfl(&pipe, flags | rustix::fs::OFlags::NONBLOCK)?;
+        open.push((File::from(pipe), LogWriter::new(target)));
+    }
     let mut buf = Vec::with_capacity(PUMP_READ);
     let mut first_error = None;
     while !open.is_empty() {
-        let ready: Vec<bool> = {
+        let mut ready = [false; 2];
+        {
             let mut fds: Vec<PollFd<'_>> = open
                 .iter()
                 .map(|(file, _)| PollFd::new(file, PollFlags::IN))
@@ -319,11 +325,19 @@ fn pump_both(pipes: [(OwnedFd, PumpTarget); 2]) -> io::Result<()> {
             match poll(&mut fds, None) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    // Ending would leave the instance's next write to a pipe nobody reads
+                    // (SIGPIPE): wait and try again.
+                    tracing::warn!("a log pump's poll failed ({e}); trying again");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
             }
-            // Readable, ended (HUP) or failed (ERR): a read says which, and does not block.
-            fds.iter().map(|fd| !fd.revents().is_empty()).collect()
-        };
+            // Readable, ended (HUP) or failed (ERR): a read says which.
+            for (slot, fd) in ready.iter_mut().zip(&fds) {
+                *slot = !fd.revents().is_empty();
+            }
+        }
         // `retain_mut` visits the pipes in order, as `ready` lists them.
         let mut ready = ready.into_iter();
         open.retain_mut(|(file, writer)| {
@@ -336,7 +350,14 @@ fn pump_both(pipes: [(OwnedFd, PumpTarget); 2]) -> io::Result<()> {
                     writer.write(&buf);
                     true
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                    ) =>
+                {
+                    true
+                }
                 Err(e) => {
                     first_error.get_or_insert(e);
                     false
@@ -725,6 +746,14 @@ mod tests {
             "the pump ended with one pipe still open"
         );
         drop(out);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !pumping.is_finished() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pump outlived both pipes"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let ended = pumping.join().expect("pump thread");
         assert!(ended.is_ok(), "{ended:?}");
         let want_err: String = (0..50).map(|i| format!("err {i}\n")).collect();
