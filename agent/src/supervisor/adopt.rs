@@ -198,8 +198,8 @@ pub(super) fn adopt(
         id,
         ExitWatch::adopt(id),
         started,
+        assignment.clone(),
         Arc::clone(&spec),
-        saved.index,
         process.port,
         &health_target,
     );

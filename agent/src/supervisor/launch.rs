@@ -260,8 +260,8 @@ impl Supervisor {
             proc,
             ExitWatch::Child(spawned.exit),
             Instant::now(),
+            a.clone(),
             Arc::clone(&spec),
-            a.index,
             port,
             &health::Target {
                 index: a.index,

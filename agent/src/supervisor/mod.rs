@@ -246,6 +246,10 @@ struct Supervisor {
 }
 /// A running process.
 struct Running {
+    /// The assignment it was started (or adopted) under. Its record names this one, not the
+    /// supervisor's target: a target that changed just before the agent detached (a restart
+    /// asked, a new version) is work the next agent must still do.
+    assignment: Assignment,
     proc: ProcId,
     exit: ExitWatch,
     started: Instant,
@@ -287,11 +291,12 @@ impl Running {
         proc: ProcId,
         exit: ExitWatch,
         started: Instant,
+        assignment: Assignment,
         spec: Arc<AppSpec>,
-        index: u32,
         port: Option<u16>,
         health_target: &health::Target,
     ) -> Running {
+        let index = assignment.index;
         let mut port_probe = tokio::time::interval(PROBE_INTERVAL);
         port_probe.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let health = spec
@@ -319,6 +324,7 @@ impl Running {
             .and_then(next_cron)
             .map(|d| Instant::now() + d);
         Running {
+            assignment,
             proc,
             exit,
             started,
@@ -519,11 +525,12 @@ impl Supervisor {
             }
         });
     }
-    /// Writes this instance's record (see [`crate::persist`]).
+    /// Writes this instance's record (see [`crate::persist`]): with a process, the assignment
+    /// it runs under (see [`Running::assignment`]); without one, the target's.
     fn persist(&self, running: Option<&Running>) {
-        let saved = {
-            let target = self.target.borrow();
-            Saved::of(&target.assignment)
+        let saved = match running {
+            Some(r) => Saved::of(&r.assignment),
+            None => Saved::of(&self.target.borrow().assignment),
         };
         let Some(mut saved) = saved else {
             let _ = self.agent.records.remove(self.id.as_str());

@@ -670,3 +670,53 @@ async fn the_log_pump_program_reads_its_stdin_and_stdout() {
         "to stderr\n"
     );
 }
+
+/// A restart asked just as the agent detaches (SIGTERM without `--stop-instances-on-exit`) is
+/// carried out, by this agent or by the next: the record left behind names the process's own
+/// restart epoch, not the one of the target it had no time to act on. The agent is stopped while
+/// the restart and the SIGTERM arrive, so that both are pending when it runs again; whichever it
+/// handles first, the restart must happen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_asked_as_the_agent_detaches_is_not_lost() {
+    let reaper = Reaper::default();
+    let mut st = start_agent("detach", &[]).await;
+    let spec = sh_spec("keeper", "exec sleep 30");
+    let mut a = assignment("a", 0, &spec);
+    st.session.desired(1, vec![a.clone()]).await;
+    let r = st
+        .session
+        .report_where("a online", |r| is_state(r, "a", pb::InstanceState::Online))
+        .await;
+    let pid_a = pid_in(&r, "a");
+    reaper.add(pid_a);
+
+    let agent = Pid::from_raw(st.agent.id().unwrap_or(0) as i32);
+    must(kill(agent, Signal::SIGSTOP), "SIGSTOP the agent");
+    a.restart_epoch = 1;
+    st.session.desired(2, vec![a.clone()]).await;
+    must(kill(agent, Signal::SIGTERM), "SIGTERM the agent");
+    must(kill(agent, Signal::SIGCONT), "SIGCONT the agent");
+    let status = exit_of(&mut st.agent).await;
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(st.dir.path()));
+
+    let mut next = spawn_agent(st.dir.path(), &st.args);
+    let (mut s, register) = st.coord.accept().await;
+    for i in &register.instances {
+        reaper.add(i.pid);
+    }
+    s.registered(100).await;
+    s.desired(3, vec![a.clone()]).await;
+    let r = s
+        .report_where("a restarted under epoch 1", |r| {
+            instance(r, "a").is_some_and(|i| {
+                i.state == pb::InstanceState::Online as i32
+                    && i.restart_epoch == 1
+                    && i.pid != 0
+                    && i.pid != pid_a
+            })
+        })
+        .await;
+    reaper.add(pid_in(&r, "a"));
+    wait_until("the old process gone", || !group_alive(pid_a)).await;
+    next.kill().await.ok();
+}
