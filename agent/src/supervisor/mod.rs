@@ -474,9 +474,12 @@ impl Supervisor {
                 }
             }
 
-            let detaching = self.agent.detach.is_cancelled();
             tokio::select! {
-                () = self.agent.detach.cancelled(), if !detaching => {}
+                // Also when the detach came during this turn's awaits (a restart's stop and
+                // start): the loop's top then records the instance and ends. Left out once
+                // cancelled, the supervisor waited for another event, and the agent's exit for
+                // its shutdown slack (5 s).
+                () = self.agent.detach.cancelled() => {}
                 () = self.agent.stop_instances.cancelled(), if !shutting_down => {}
                 changed = self.cleared.changed(), if !cleared => {
                     if changed.is_err() {
