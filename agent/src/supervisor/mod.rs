@@ -246,8 +246,8 @@ struct Supervisor {
 }
 /// A running process.
 struct Running {
-    /// The assignment it was started (or adopted) under. Its record names this one, not the
-    /// supervisor's target: a target that changed just before the agent detached (a restart
+    /// The assignment it was started (or adopted) under. Its record names this one while the
+    /// target still runs it: a target that changed just before the agent detached (a restart
     /// asked, a new version) is work the next agent must still do.
     assignment: Assignment,
     proc: ProcId,
@@ -528,12 +528,17 @@ impl Supervisor {
             }
         });
     }
-    /// Writes this instance's record (see [`crate::persist`]): with a process, the assignment
-    /// it runs under (see [`Running::assignment`]); without one, the target's.
+    /// Writes this instance's record (see [`crate::persist`]). With a process whose target
+    /// still runs it, the assignment the process runs under (see [`Running::assignment`]): a
+    /// newer target can only be a restart not done yet. Otherwise the target's, so a stop asked
+    /// but not done yet is recorded as one, and the next agent stops the process it adopts.
     fn persist(&self, running: Option<&Running>) {
-        let saved = match running {
-            Some(r) => Saved::of(&r.assignment),
-            None => Saved::of(&self.target.borrow().assignment),
+        let saved = {
+            let target = self.target.borrow();
+            match running {
+                Some(r) if target.assignment.run => Saved::of(&r.assignment),
+                _ => Saved::of(&target.assignment),
+            }
         };
         let Some(mut saved) = saved else {
             let _ = self.agent.records.remove(self.id.as_str());

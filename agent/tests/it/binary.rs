@@ -690,7 +690,7 @@ async fn a_restart_asked_as_the_agent_detaches_is_not_lost() {
     let pid_a = pid_in(&r, "a");
     reaper.add(pid_a);
 
-    let agent = Pid::from_raw(st.agent.id().unwrap_or(0) as i32);
+    let agent = Pid::from_raw(st.agent.id().expect("the agent's pid") as i32);
     must(kill(agent, Signal::SIGSTOP), "SIGSTOP the agent");
     a.restart_epoch = 1;
     st.session.desired(2, vec![a.clone()]).await;
@@ -701,6 +701,20 @@ async fn a_restart_asked_as_the_agent_detaches_is_not_lost() {
     assert_eq!(status.code(), Some(0), "{stderr}");
     // Every supervisor ended at the detach, whether it was restarting or not.
     assert!(!stderr.contains("did not end within"), "{stderr}");
+    // Whichever came first, the record pairs the process with the epoch it runs under: the old
+    // one with 0 (the restart is still to do), or a new one with 1 (it was done).
+    let record =
+        std::fs::read_to_string(st.data.join("instances").join("a.json")).expect("a's record");
+    let record: serde_json::Value = serde_json::from_str(&record).expect("a JSON record");
+    let pid = record["process"]["pid"]
+        .as_u64()
+        .expect("a pid in the record") as u32;
+    reaper.add(pid);
+    let epoch = record["restart_epoch"].as_u64();
+    assert!(
+        (pid == pid_a && epoch == Some(0)) || (pid != pid_a && epoch == Some(1)),
+        "{record}"
+    );
 
     let mut next = spawn_agent(st.dir.path(), &st.args);
     let (mut s, register) = st.coord.accept().await;
