@@ -4,7 +4,7 @@
 
 use super::tests::{register, web};
 use super::*;
-use crate::model::{InstanceObserved, InstanceState, Registration, Report};
+use crate::model::{Health, InstanceObserved, InstanceState, Registration, Report};
 use crate::store::MemoryStore;
 
 /// What an agent on `node` says of each instance of `web` there.
@@ -192,5 +192,78 @@ fn a_restart_no_report_caught_is_an_event() -> Result<()> {
         Some("web[0] is online: restarted: memory 65 MiB over max_memory_restart 64 MiB"),
         "{events:?}"
     );
+    Ok(())
+}
+
+/// A health check's verdict that changes while the instance stays online is an event; a first
+/// result or a verdict repeated is none, and neither is a check that has no result yet.
+#[test]
+fn a_health_verdict_that_changes_is_an_event() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store, ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let with = |health: Health, message: &str| -> Result<Vec<InstanceObserved>> {
+        Ok(statuses(&c, "a", InstanceState::Online, 0)?
+            .into_iter()
+            .map(|o| InstanceObserved {
+                health,
+                message: message.to_string(),
+                ..o
+            })
+            .collect())
+    };
+    let state_events = |c: &Control| {
+        c.recent_events("web", Some(EventKind::InstanceState), 100)
+            .into_iter()
+            .map(|e| e.message)
+            .collect::<Vec<_>>()
+    };
+    // (report, the events after it)
+    let steps: &[(Health, &str, &[&str])] = &[
+        (Health::Unknown, "", &["web[0] is online"]),
+        (
+            Health::Healthy,
+            "",
+            &["web[0] is online", "web[0] is online, healthy"],
+        ),
+        (
+            Health::Healthy,
+            "",
+            &["web[0] is online", "web[0] is online, healthy"],
+        ),
+        (
+            Health::Unhealthy,
+            "unhealthy: 1 health checks failed in a row",
+            &[
+                "web[0] is online",
+                "web[0] is online, healthy",
+                "web[0] is online, unhealthy: 1 health checks failed in a row",
+            ],
+        ),
+        (
+            Health::Unknown,
+            "",
+            &[
+                "web[0] is online",
+                "web[0] is online, healthy",
+                "web[0] is online, unhealthy: 1 health checks failed in a row",
+            ],
+        ),
+        (
+            Health::Healthy,
+            "",
+            &[
+                "web[0] is online",
+                "web[0] is online, healthy",
+                "web[0] is online, unhealthy: 1 health checks failed in a row",
+                "web[0] is online, healthy",
+            ],
+        ),
+    ];
+    for (i, (health, message, want)) in steps.iter().enumerate() {
+        send(&c, "a", &a, with(*health, message)?);
+        assert_eq!(state_events(&c), *want, "step {i}: {health:?}");
+    }
     Ok(())
 }

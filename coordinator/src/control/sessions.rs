@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, watch};
 
 use crate::core::leak::{self, LeakPolicy};
-use crate::model::{Batch, EventKind, InstanceObserved, InstanceRecord, InstanceState, NodeRecord};
+use crate::model::{
+    Batch, EventKind, Health, InstanceObserved, InstanceRecord, InstanceState, NodeRecord,
+};
 use crate::model::{Registration, Report};
 
 use super::sets::publish;
@@ -241,8 +243,11 @@ impl Control {
             // (it goes at once), a rollout (its engine steps on them). Any other instance coming
             // online changes no plan, and a full pass for each made creating apps cost a pass
             // over every record per new instance.
-            let prior = inner.observed.get(&id).map(|o| (o.state, o.restarts));
-            let before = prior.map(|(state, _)| state);
+            let prior = inner
+                .observed
+                .get(&id)
+                .map(|o| (o.state, o.restarts, o.health));
+            let before = prior.map(|(state, _, _)| state);
             let online = InstanceState::Online;
             let awaited = (before == Some(online)) != (st.state == online)
                 && (rec.replaces.is_some()
@@ -261,7 +266,13 @@ impl Control {
             }
             // A restart is an event even when no report caught the instance between its two
             // processes (a fast app is online again within one report's delay): its count grew.
-            let restarted = prior.is_some_and(|(_, restarts)| st.restarts > restarts);
+            let restarted = prior.is_some_and(|(_, restarts, _)| st.restarts > restarts);
+            // A check's verdict that changes while the state stays is an event as well (an
+            // online instance failing its health check, or passing it again): what `events -f`
+            // is watched for, and what `--wait` waits on.
+            let verdict = matches!(st.health, Health::Healthy | Health::Unhealthy);
+            let health_turned = verdict
+                && prior.is_some_and(|(state, _, health)| state == st.state && health != st.health);
             if st.state == online {
                 let now = inner.now;
                 if restarted {
@@ -285,8 +296,9 @@ impl Control {
                 inner.reconcile_due = true;
                 self.changed.notify_one();
             }
-            if before != Some(st.state) || restarted {
-                changes.push((app(&inner), index, st.state, st.message.clone()));
+            if before != Some(st.state) || restarted || health_turned {
+                let health = health_turned.then_some(st.health);
+                changes.push((app(&inner), index, st.state, health, st.message.clone()));
             }
             if sample {
                 if let Some(trend) = sample_memory(&mut inner, &self.config.leak, &st) {
@@ -308,8 +320,19 @@ impl Control {
                 format!("{app}[{index}]: memory leak suspected: {trend}"),
             );
         }
-        for (app, index, state, message) in changes {
-            let state = state.name();
+        for (app, index, state, health, message) in changes {
+            let (state, message) = match health {
+                Some(Health::Healthy) => (format!("{}, healthy", state.name()), message),
+                // The agent's message names the verdict already ("unhealthy: 3 health checks
+                // failed in a row ..."): said once.
+                Some(Health::Unhealthy) => (
+                    format!("{}, unhealthy", state.name()),
+                    message
+                        .strip_prefix("unhealthy: ")
+                        .map_or(message.clone(), str::to_string),
+                ),
+                _ => (state.name().to_string(), message),
+            };
             let text = if message.is_empty() {
                 format!("{app}[{index}] is {state}")
             } else {
