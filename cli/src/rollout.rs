@@ -372,30 +372,42 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         }),
         lines,
     };
+    let started = reply.deployment.as_ref().map(|d| d.id);
     let goal = match before {
-        Some(replaced) => restart_goal(&mut conn, app, replaced).await.map(Some),
+        Some(replaced) => restart_goal(&mut conn, app, replaced, started)
+            .await
+            .map(Some),
         None => Ok(None),
     };
     wait::finish(&mut conn, ctx, &args.wait, said, goal).await
 }
 
 /// What `restart --rolling --wait` waits for: new processes in place of `replaced`, and the
-/// rollout the restart started (its failure or rollback fails the wait).
+/// rollout the restart started (its failure or rollback fails the wait). `started` is that
+/// rollout as the restart's reply named it; a coordinator too old to name it is asked for the
+/// app's current rollout, which may by then be a later one.
 async fn restart_goal(
     conn: &mut Conn,
     app: &str,
     replaced: Vec<(String, u32, i32)>,
+    started: Option<u64>,
 ) -> Result<wait::Goal, ApiError> {
-    let req = pb::RolloutRequest {
-        app: app.to_string(),
+    let rollout = match started {
+        Some(id) => Some(id),
+        None => {
+            let req = pb::RolloutRequest {
+                app: app.to_string(),
+            };
+            let status = call!(conn, get_rollout, req).await?;
+            status
+                .current
+                .filter(output::deployment_active)
+                .map(|d| d.id)
+        }
     };
-    let status = call!(conn, get_rollout, req).await?;
     Ok(wait::Goal {
         replaced,
-        rollout: status
-            .current
-            .filter(output::deployment_active)
-            .map(|d| d.id),
+        rollout,
         ..wait::goal(conn, app, None).await?
     })
 }

@@ -20,6 +20,9 @@ pub(crate) struct State {
     pub(crate) calls: Vec<String>,
     /// The specs ApplyApp received, in order.
     pub(crate) applied: Vec<pb::AppSpec>,
+    /// When set, a rolling restart starts rollout 7, which has failed with this message by the
+    /// time anyone asks GetRollout (so the app's current rollout is a finished one).
+    pub(crate) rolling_restart_fails: Option<String>,
 }
 
 #[derive(Default, Clone)]
@@ -154,7 +157,28 @@ impl Fake {
         }
         Ok(Response::new(pb::ActionReply {
             affected: indices.len() as u32,
+            deployment: None,
         }))
+    }
+}
+
+/// Rollout 7, the one a rolling restart starts when `rolling_restart_fails` is set: running as
+/// the restart answers (no message), failed by the time it is asked for (a message).
+fn failed_restart(message: String) -> pb::Deployment {
+    let state = if message.is_empty() {
+        "running"
+    } else {
+        "failed"
+    };
+    pb::Deployment {
+        id: 7,
+        kind: "restart".to_string(),
+        from_version: 1,
+        to_version: 1,
+        state: state.to_string(),
+        message,
+        total: 2,
+        ..Default::default()
     }
 }
 
@@ -260,10 +284,17 @@ impl Cluster for Fake {
     async fn restart(&self, r: Request<pb::InstanceTarget>) -> Reply<pb::ActionReply> {
         let target = r.into_inner();
         let rolling = if target.rolling { " rolling" } else { "" };
-        self.lock()
-            .calls
-            .push(format!("Restart {}{rolling}", target.app));
-        self.act(target, None)
+        let fails = {
+            let mut state = self.lock();
+            state.calls.push(format!("Restart {}{rolling}", target.app));
+            state.rolling_restart_fails.clone()
+        };
+        let rolling = target.rolling;
+        let mut reply = self.act(target, None)?;
+        if let (true, Some(_)) = (rolling, fails) {
+            reply.get_mut().deployment = Some(failed_restart(String::new()));
+        }
+        Ok(reply)
     }
 
     async fn signal(&self, r: Request<pb::SignalRequest>) -> Reply<pb::DeliveryReply> {
@@ -400,7 +431,15 @@ impl Cluster for Fake {
         {
             return Err(not_found(&app));
         }
-        Ok(Response::new(pb::RolloutStatus::default()))
+        let current = self
+            .lock()
+            .rolling_restart_fails
+            .clone()
+            .map(failed_restart);
+        Ok(Response::new(pb::RolloutStatus {
+            current,
+            ..Default::default()
+        }))
     }
 
     async fn control_rollout(

@@ -522,6 +522,40 @@ async fn update_policy_flags() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `restart --rolling --wait` follows the rollout the restart's reply names. One that failed
+/// before the CLI first asked is no longer running, yet it fails the wait at once.
+#[tokio::test]
+async fn rolling_restart_waits_on_its_own_rollout() -> anyhow::Result<()> {
+    let (a, fake) = serve_fake().await?;
+    let a = &a;
+    check(
+        a,
+        &["start", "node s.js", "--name", "web", "-i", "2"],
+        0,
+        "",
+        "",
+    )
+    .await?;
+    fake.lock().rolling_restart_fails = Some("instance web[0] did not become healthy".into());
+    // Not a timeout: that would take 10 s and say "not up after 10s".
+    check(
+        a,
+        &[
+            "restart",
+            "web",
+            "--rolling",
+            "--wait",
+            "--wait-timeout",
+            "10s",
+        ],
+        1,
+        "",
+        "the rollout of version 1 failed: instance web[0] did not become healthy",
+    )
+    .await?;
+    Ok(())
+}
+
 /// A reordering of `args` is a change: the diff shows it and the reload applies it.
 #[tokio::test]
 async fn reload_sees_reordered_args() -> anyhow::Result<()> {

@@ -108,7 +108,10 @@ impl ClusterApi {
             .life
             .write(control, move |c| c.act(&app, index, action))
             .await?;
-        Ok(Response::new(pb::ActionReply { affected }))
+        Ok(Response::new(pb::ActionReply {
+            affected,
+            deployment: None,
+        }))
     }
 
     /// A signal or message for instances: sent through their agents, answered per instance
@@ -268,11 +271,15 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 "index: a rolling restart replaces every instance; leave --instance out",
             ));
         }
+        let app = t.app.clone();
         let d = self
             .life
             .write(&control, move |c| c.restart_rolling(&t.app))
             .await?;
-        Ok(Response::new(pb::ActionReply { affected: d.total }))
+        Ok(Response::new(pb::ActionReply {
+            affected: d.total,
+            deployment: Some(wire::deployment(&app, &d)),
+        }))
     }
 
     async fn list_instances(
