@@ -171,7 +171,7 @@ pub enum Command {
 
     /// Stop every instance of an app and forget the app
     #[command(visible_aliases = ["del", "rm"])]
-    Delete(AppArg),
+    Delete(DeleteArgs),
 
     /// Show the recent output of an app, and follow it with -f
     Logs(LogsArgs),
@@ -680,6 +680,21 @@ pub struct WaitFlags {
 pub struct ListArgs {
     /// Only this app's instances
     pub app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// App name
+    pub app: String,
+
+    /// Return once every process of the app has ended; exit 1 if time runs out
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval,
+          requires = "wait")]
+    pub wait_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

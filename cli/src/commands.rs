@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::args::{
-    AdoptArgs, AppArg, ApplyArgs, AutoscaleArgs, EventsArgs, FileFormat, ListArgs, LogsArgs,
-    NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs, WaitFlags,
+    AdoptArgs, AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, EventsArgs, FileFormat, ListArgs,
+    LogsArgs, NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs, WaitFlags,
 };
 use crate::client::Client;
 use crate::error::{ApiError, UsageError};
@@ -509,20 +509,51 @@ async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::R
 }
 
 /// `delete APP`.
-pub async fn delete(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+pub async fn delete(args: DeleteArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
+    // What --wait waits for: the instances there before, not any made later under the name.
+    let before: Vec<String> = match args.wait {
+        true => list_instances(&mut conn, &args.app)
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect(),
+        false => Vec::new(),
+    };
     let req = pb::DeleteAppRequest {
         name: args.app.clone(),
     };
     let reply = call!(conn, delete_app, req).await?;
-    if ctx.structured() {
-        return ctx.value(&json!({"app": args.app, "action": "deleted", "removed": reply.removed}));
+    let mut value = json!({"app": args.app, "action": "deleted", "removed": reply.removed});
+    if !ctx.structured() {
+        ctx.line(&format!(
+            "deleted {}: {} removed",
+            args.app,
+            plural(reply.removed, "instance")
+        ))?;
     }
-    ctx.line(&format!(
-        "deleted {}: {} removed",
-        args.app,
-        plural(reply.removed, "instance")
-    ))
+    if !args.wait {
+        return match ctx.structured() {
+            true => ctx.value(&value),
+            false => Ok(()),
+        };
+    }
+    let started = tokio::time::Instant::now();
+    let ended = wait::until_gone(&mut conn, &args.app, &before, args.wait_timeout).await;
+    let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
+    if ctx.structured() {
+        value["wait"] = match &ended {
+            Ok(n) => json!({"ended": n, "seconds": seconds}),
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        ctx.value(&value)?;
+    } else if ended.is_ok() {
+        ctx.line(&format!(
+            "{}: every process ended after {seconds:.2}s",
+            args.app
+        ))?;
+    }
+    ended.map(|_| ())
 }
 
 /// `nodes`.
@@ -597,7 +628,9 @@ pub async fn topology(args: TopologyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<(
         .await?
         .nodes;
     let app = args.app.unwrap_or_default();
-    let instances = list_instances(&mut conn, &app).await?;
+    // Placements, as `nodes` counts them: a removed instance's process still ending is none.
+    let mut instances = list_instances(&mut conn, &app).await?;
+    instances.retain(|i| !i.removed);
     if ctx.structured() {
         return ctx.value(&output::topology_json(&nodes, &instances));
     }

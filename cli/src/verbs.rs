@@ -117,7 +117,9 @@ pub async fn stats(args: AppArg, compare: bool, ctx: &mut Ctx<'_>) -> anyhow::Re
         name: args.app.clone(),
     };
     call!(conn, get_app, req).await?;
-    let instances = list_instances(&mut conn, &args.app).await?;
+    // A removed instance's process still ending is no longer one of the app's.
+    let mut instances = list_instances(&mut conn, &args.app).await?;
+    instances.retain(|i| !i.removed);
     let now = output::now_ms();
     match (compare, ctx.structured()) {
         (false, false) => ctx.text(&output::stats_text(&args.app, &instances, now)),

@@ -98,12 +98,17 @@ pub fn progress(
     // A process the verb replaces, or one at an older version than the rollout's: it must be
     // gone, not only joined by its replacement (as `kubectl rollout status` waits for the old
     // pods to end).
+    // The same process draining or stopping is still the one replaced: in waves, the old
+    // instance is listed so until its process has ended.
+    let ending = |i: &pb::Instance| {
+        i.state == pb::InstanceState::Draining as i32
+            || i.state == pb::InstanceState::Stopping as i32
+    };
     let stale = |i: &pb::Instance| {
         i.app_version < goal.version
-            || goal
-                .replaced
-                .iter()
-                .any(|(id, pid, state)| *id == i.id && *pid == i.pid && *state == i.state)
+            || goal.replaced.iter().any(|(id, pid, state)| {
+                *id == i.id && *pid == i.pid && (*state == i.state || ending(i))
+            })
     };
     let up = |i: &pb::Instance| online(i, goal.version) && (checked(i) || steady(i));
     let mine: Vec<&pb::Instance> = instances.iter().filter(|i| i.app == app).collect();
@@ -349,34 +354,100 @@ pub async fn until_up(
         if let Some(at) = settles {
             next = next.min(at);
         }
-        let woken = match events.as_mut() {
-            Some(stream) => tokio::select! {
-                event = stream.next() => Some(matches!(event, Some(Ok(_)))),
-                () = tokio::time::sleep_until(next) => None,
-            },
-            None => {
-                tokio::time::sleep_until(next).await;
-                None
-            }
+        if !pause_or_event(&mut events, next, deadline).await {
+            pause = (pause * 3 / 2).min(POLL_MAX);
+        }
+    }
+}
+
+/// Sleeps until `next` or the next event, whichever comes first; says whether an event came.
+/// After one it takes the burst that follows (a start of 50 is 50 events), so that one look
+/// covers them, at most [`BURST_MAX`] later however they keep coming. A stream that ended or
+/// failed is dropped: the pauses alone from then on.
+async fn pause_or_event<S, T, E>(events: &mut Option<S>, next: Instant, deadline: Instant) -> bool
+where
+    S: futures::Stream<Item = Result<T, E>> + Unpin,
+{
+    let Some(stream) = events.as_mut() else {
+        tokio::time::sleep_until(next).await;
+        return false;
+    };
+    let woken = tokio::select! {
+        event = stream.next() => matches!(event, Some(Ok(_))),
+        () = tokio::time::sleep_until(next) => return false,
+    };
+    if !woken {
+        *events = None;
+        return true;
+    }
+    let end = (Instant::now() + BURST_MAX).min(deadline);
+    while Instant::now() < end {
+        let by = (Instant::now() + BURST).min(end);
+        match tokio::time::timeout_at(by, stream.next()).await {
+            Ok(Some(Ok(_))) => {}
+            _ => break,
+        }
+    }
+    true
+}
+
+/// Waits until none of `ids` (the app's instances before `delete`) is listed: their records
+/// go at once, and the coordinator lists each process that was running as stopping until its
+/// agent reports it ended. Returns how many it waited for; the error names what is left when
+/// `timeout` runs out.
+pub async fn until_gone(
+    conn: &mut Conn,
+    app: &str,
+    ids: &[String],
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = POLL;
+    // Opened before the first look, so that an end after it wakes the wait.
+    let req = pb::WatchEventsRequest {
+        app: app.to_string(),
+        history: 0,
+        no_follow: false,
+    };
+    let opening = open!(conn, watch_events, req);
+    let mut events = tokio::time::timeout_at(deadline, opening)
+        .await
+        .ok()
+        .and_then(Result::ok);
+    loop {
+        let left: Vec<pb::Instance> = match list_instances(conn, app).await {
+            Ok(listed) => listed.into_iter().filter(|i| ids.contains(&i.id)).collect(),
+            Err(e) if e.code == tonic::Code::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
         };
-        match woken {
-            // A burst (a start of 50 is 50 events): one look after it, not one per event, and
-            // at most BURST_MAX later however the events keep coming.
-            Some(true) => {
-                let end = (Instant::now() + BURST_MAX).min(deadline);
-                if let Some(stream) = events.as_mut() {
-                    while Instant::now() < end {
-                        let by = (Instant::now() + BURST).min(end);
-                        match tokio::time::timeout_at(by, stream.next()).await {
-                            Ok(Some(Ok(_))) => {}
-                            _ => break,
-                        }
-                    }
-                }
+        if left.is_empty() {
+            return Ok(ids.len());
+        }
+        if Instant::now() >= deadline {
+            let mut named: Vec<String> = left
+                .iter()
+                .take(NAMED)
+                .map(|i| match i.pid {
+                    0 => format!("{app}[{}] {}", i.index, state_name(i.state)),
+                    pid => format!("{app}[{}] {} (pid {pid})", i.index, state_name(i.state)),
+                })
+                .collect();
+            if left.len() > NAMED {
+                named.push(format!("and {} more", left.len() - NAMED));
             }
-            // The stream ended or failed: the pauses alone from here.
-            Some(false) => events = None,
-            None => pause = (pause * 3 / 2).min(POLL_MAX),
+            let (n, noun) = match left.len() {
+                1 => (1, "process has"),
+                n => (n, "processes have"),
+            };
+            anyhow::bail!(
+                "{app}: {n} {noun} not ended after {} ({}); see `pmcluster list {app}`",
+                humantime::format_duration(timeout),
+                named.join(", ")
+            );
+        }
+        let next = (Instant::now() + pause).min(deadline);
+        if !pause_or_event(&mut events, next, deadline).await {
+            pause = (pause * 3 / 2).min(POLL_MAX);
         }
     }
 }

@@ -421,6 +421,7 @@ impl From<&InstanceView> for pb::Instance {
             host: i.host.clone(),
             disabled: i.disabled,
             leak: i.leak.clone(),
+            removed: i.removed,
         }
     }
 }

@@ -222,8 +222,17 @@ fn apply_file_and_logs() {
     );
 
     let echo_procs = proc_ids(&echo_again);
-    c.cli(&["delete", "echo"]).assert_ok();
-    wait_gone(&echo_procs, "the deleted echo processes to end");
+    // --wait: returns once the processes ended, and then nothing is listed (no process ending).
+    c.cli(&["delete", "echo", "--wait"]).assert_ok();
+    let alive: Vec<u32> = echo_procs
+        .iter()
+        .filter(|p| p.alive())
+        .map(|p| p.pid)
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "still running after delete --wait: {alive:?}"
+    );
     let all = c.instances("").expect("list");
     assert!(all.is_empty(), "{}", render(&all));
 }

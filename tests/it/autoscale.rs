@@ -136,7 +136,8 @@ fn scales_up_under_load_and_down_after() {
     let err = c.cli(&["scale", "web", "9"]).assert_failed().to_string();
     assert!(err.contains("autoscales between 2 and 4"), "{err}");
     c.cli(&["autoscale", "web", "--off"]).assert_ok();
-    c.cli(&["scale", "web", "1"]).assert_ok();
+    // --wait: the removed process is listed (stopping) until it has ended.
+    c.cli(&["scale", "web", "1", "--wait"]).assert_ok();
     assert_eq!(count(&c, "web"), 1);
 }
 

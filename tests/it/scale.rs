@@ -427,3 +427,71 @@ fn wait_returns_when_instances_are_up_and_fails_when_they_cannot_be() {
         "--wait-timeout",
     );
 }
+
+/// `scale N --wait` down and `delete --wait` return once the processes they remove have ended,
+/// not when their records went: the app here takes 2.5 s to stop (a trap on SIGINT and SIGTERM;
+/// longer than the 1 s `min_uptime` any `--wait` of a port-less app takes), and until it has,
+/// `list` shows it as stopping.
+#[test]
+fn scale_down_and_delete_wait_for_the_processes_to_end() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let script = c.root().join("slow-stop.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ntrap 'sleep 2.5; exit 0' INT TERM\nwhile :; do sleep 0.1; done\n",
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make the script executable");
+    let script = script.display().to_string();
+    let out = c.cli(&["start", &script, "--name", "slow", "-i", "3", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let three = c.instances("slow").expect("list");
+    let procs = |list: &[Instance], keep: &dyn Fn(u32) -> bool| -> Vec<ProcId> {
+        list.iter()
+            .filter(|i| keep(i.index))
+            .filter_map(|i| ProcId::of(i.pid?))
+            .collect()
+    };
+    let removed = procs(&three, &|index| index >= 1);
+    assert_eq!(removed.len(), 2, "{}", render(&three));
+    let alive = |procs: &[ProcId]| -> Vec<u32> {
+        procs.iter().filter(|p| p.alive()).map(|p| p.pid).collect()
+    };
+
+    let out = c.cli(&["scale", "slow", "1", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert_eq!(
+        alive(&removed),
+        Vec::<u32>::new(),
+        "scale --wait returned while removed processes ran: {out}"
+    );
+    let list = c.instances("slow").expect("list");
+    assert_eq!(list.len(), 1, "{}", render(&list));
+
+    let last = procs(&list, &|_| true);
+    assert_eq!(last.len(), 1, "{}", render(&list));
+    // Without --wait, the process is listed as stopping while it ends.
+    let out = c.cli(&["delete", "slow"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let listed = c.cli(&["list"]);
+    assert!(
+        listed.stdout.contains("stopping"),
+        "a process still ending is listed: {listed}"
+    );
+    let out = c.cli(&["start", &script, "--name", "slow2", "-i", "2", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    let two = procs(&c.instances("slow2").expect("list"), &|_| true);
+    assert_eq!(two.len(), 2);
+    let out = c.cli(&["delete", "slow2", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(
+        out.stdout.contains("slow2: every process ended after"),
+        "{out}"
+    );
+    assert_eq!(
+        alive(&two),
+        Vec::<u32>::new(),
+        "delete --wait returned while processes ran: {out}"
+    );
+}

@@ -355,6 +355,7 @@ pub fn instance_json(i: &pb::Instance, now_ms: i64) -> Value {
         "last_exit_code": i.last_exit_code,
         "stopped": i.stopped,
         "disabled": i.disabled,
+        "removed": i.removed,
         "leak": empty_as_null(&i.leak),
         "message": i.message,
     })

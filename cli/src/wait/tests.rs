@@ -280,6 +280,24 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             waiting("0 of 1 up; web[0] up, the process it replaces still online"),
         ),
         (
+            "restarted in waves: the old one listed as stopping until its process ends",
+            Goal {
+                replaced: vec![("id-0".into(), 100, S::Online as i32)],
+                ..goal(Some(1))
+            },
+            vec![
+                with(inst(0, S::Stopping), |i| {
+                    i.pid = 100;
+                    i.removed = true;
+                }),
+                with(online(0), |i| {
+                    i.id = "id-new".into();
+                    i.pid = 200;
+                }),
+            ],
+            waiting("0 of 1 up; web[0] up, the process it replaces still stopping"),
+        ),
+        (
             "instances: max, right after a restart: all of them still the old ones",
             Goal {
                 replaced: vec![

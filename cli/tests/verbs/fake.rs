@@ -92,6 +92,7 @@ impl Fake {
                     health: 0,
                     disabled: false,
                     leak: String::new(),
+                    removed: false,
                 });
             }
         }

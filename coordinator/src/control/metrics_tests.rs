@@ -43,7 +43,8 @@ fn figures_of(index: u32) -> (u64, u64, u32) {
 fn report(c: &Control, node: &str, session: &Attached, state: InstanceState) -> Result<()> {
     let mut instances = Vec::new();
     for i in c.list_instances("web")? {
-        if i.node != node {
+        // A removed one still ending is no instance of the agent's set.
+        if i.node != node || i.removed {
             continue;
         }
         let id =

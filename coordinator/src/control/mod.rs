@@ -236,6 +236,30 @@ struct Inner {
     followup_at: Option<i64>,
     /// Shared specs and published weights the desired sets are built and weighed with.
     sets: sets::Sets,
+    /// Processes whose records are gone while their agents still run them, by node.
+    leaving: BTreeMap<String, HashMap<Uuid, Leaving>>,
+}
+
+/// A process whose record was removed (scaled away, its app deleted, the old side of a move or
+/// a rollout) while its agent ran it. Listed as stopping, from its agent's reports, until a
+/// report no longer holds it running, so that `list` shows what is still ending and
+/// `scale --wait` waits for the processes rather than the records (as `kubectl get pods` lists
+/// a terminating pod). In memory only, like every observation: a new leader starts without.
+#[derive(Debug, Clone)]
+struct Leaving {
+    app: String,
+    index: u32,
+    app_version: u64,
+    /// Its agent's last report of it.
+    status: InstanceObserved,
+}
+
+impl Leaving {
+    /// Whether a report of the process says it may still run.
+    fn running(o: &InstanceObserved) -> bool {
+        use crate::model::InstanceState as S;
+        o.pid != 0 && matches!(o.state, S::Launching | S::Online | S::Stopping)
+    }
 }
 
 /// What the agents last reported of each instance, and which of them are online: the
@@ -436,6 +460,7 @@ impl Control {
             tick_due: false,
             followup_at: None,
             sets: sets::Sets::default(),
+            leaving: BTreeMap::new(),
             now,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();
@@ -503,6 +528,7 @@ impl Control {
             live.session = None;
         }
         inner.command_routes.clear();
+        inner.leaving.clear();
         drop(inner);
         self.log_routes.lock().clear();
     }

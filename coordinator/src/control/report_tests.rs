@@ -16,7 +16,8 @@ pub(super) fn statuses(
 ) -> Result<Vec<InstanceObserved>> {
     let mut out = Vec::new();
     for i in c.list_instances("web")? {
-        if i.node != node {
+        // A removed one still ending is no instance of the agent's set.
+        if i.node != node || i.removed {
             continue;
         }
         let id =
@@ -265,5 +266,117 @@ fn a_health_verdict_that_changes_is_an_event() -> Result<()> {
         send(&c, "a", &a, with(*health, message)?);
         assert_eq!(state_events(&c), *want, "step {i}: {health:?}");
     }
+    Ok(())
+}
+
+/// A record removed while its agent still runs the process (a scale-down) stays listed, as
+/// stopping, until a report no longer holds the process running; its end is an event. So
+/// `list` shows what is still ending, and `scale --wait` waits for it.
+#[test]
+fn a_removed_instance_is_listed_until_its_process_ends() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(3))?;
+    let online = statuses(&c, "a", InstanceState::Online, 0)?;
+    assert_eq!(online.len(), 3);
+    send(&c, "a", &a, online.clone());
+    c.scale("web", 1)?;
+    c.tick();
+    let listed = |c: &Control| -> Result<Vec<String>> {
+        Ok(c.list_instances("web")?
+            .iter()
+            .map(|i| format!("{}:{}:{}", i.index, i.state.name(), i.pid))
+            .collect())
+    };
+    let paged = |c: &Control| -> Result<Vec<String>> {
+        let (mut out, mut token) = (Vec::new(), String::new());
+        loop {
+            let (page, next) = c.list_instances_page("", 1, &token)?;
+            out.extend(
+                page.iter()
+                    .map(|i| format!("{}:{}:{}", i.index, i.state.name(), i.pid)),
+            );
+            if next.is_empty() {
+                return Ok(out);
+            }
+            token = next;
+        }
+    };
+    assert_eq!(c.lock().state.app_instances("web").len(), 1, "records gone");
+    let all = ["0:online:100", "1:stopping:101", "2:stopping:102"];
+    assert_eq!(listed(&c)?, all);
+    assert_eq!(paged(&c)?, all, "page by page too");
+    // Its agent stopping them: still listed.
+    let stopping: Vec<InstanceObserved> = online
+        .iter()
+        .map(|o| InstanceObserved {
+            state: if o.pid == 100 {
+                InstanceState::Online
+            } else {
+                InstanceState::Stopping
+            },
+            ..o.clone()
+        })
+        .collect();
+    send(&c, "a", &a, stopping.clone());
+    assert_eq!(listed(&c)?, all);
+    // web[1] reported stopped, web[2] no longer reported at all: both have ended.
+    let mut ended = stopping;
+    ended.truncate(2);
+    ended[1].state = InstanceState::Stopped;
+    send(&c, "a", &a, ended);
+    assert_eq!(listed(&c)?, ["0:online:100"]);
+    assert_eq!(paged(&c)?, ["0:online:100"]);
+    let events: Vec<String> = c
+        .recent_events("web", Some(EventKind::InstanceState), 100)
+        .into_iter()
+        .map(|e| e.message)
+        .filter(|m| m.contains("removed"))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "web[1] removed: its process 101 has ended",
+            "web[2] removed: its process 102 has ended",
+        ]
+    );
+
+    // A deleted app's processes are listed while they end, under its name too; a node that
+    // goes away takes its with it (no report will say when they end).
+    c.delete_app("web")?;
+    c.tick();
+    assert_eq!(listed(&c)?, ["0:stopping:100"]);
+    c.detach("a", a.session_id);
+    assert!(c.list_instances("web").is_err(), "gone with its node");
+    assert!(c.list_instances("")?.is_empty());
+    Ok(())
+}
+
+/// A node whose heartbeats lapse takes its removed processes' entries with it: no report will
+/// say when they end, and a host that never comes back must not leave them listed.
+#[test]
+fn a_lapsed_node_takes_its_removed_processes_with_it() -> Result<()> {
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
+    let c = Control::open_with(
+        Arc::new(MemoryStore::default()),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    send(&c, "a", &a, statuses(&c, "a", InstanceState::Online, 0)?);
+    c.scale("web", 1)?;
+    c.tick();
+    let removed = |c: &Control| -> Result<usize> {
+        Ok(c.list_instances("web")?
+            .iter()
+            .filter(|i| i.removed)
+            .count())
+    };
+    assert_eq!(removed(&c)?, 1);
+    clock.advance_ms(60_000);
+    c.tick();
+    assert_eq!(removed(&c)?, 0, "{:?}", c.list_instances("web")?);
+    assert!(c.lock().leaving.is_empty());
     Ok(())
 }

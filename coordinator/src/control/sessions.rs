@@ -1,5 +1,6 @@
 //! Agent sessions: attach (quarantine or rename), status reports (the heartbeat), detach.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, watch};
@@ -13,8 +14,8 @@ use crate::model::{Registration, Report};
 use super::sets::publish;
 use super::write;
 use super::{
-    Attached, Control, ControlError, Inner, MemoryTrend, Result, Session, is_quarantined, is_ready,
-    new_node_live,
+    Attached, Control, ControlError, Inner, Leaving, MemoryTrend, Result, Session, is_quarantined,
+    is_ready, new_node_live,
 };
 use crate::core::adoption;
 
@@ -100,11 +101,16 @@ impl Control {
             live.desired.send_replace(None);
         }
         let desired = live.desired.subscribe();
+        if quarantine.is_some() {
+            // Nor will its agent stop what it was stopping: what it holds is listed as held.
+            inner.leaving.remove(&name);
+        }
         for st in &reg.instances {
             inner.observed.insert(st.id, st.clone());
         }
         if let Some(old) = &renamed {
             inner.nodes.remove(&old.name);
+            inner.leaving.remove(&old.name);
         }
         publish(&mut inner, &name);
         // A new node may take pending instances.
@@ -220,8 +226,25 @@ impl Control {
         }
         let mut changes = Vec::new();
         let mut leaks = Vec::new();
+        // Removed instances whose processes this agent was still running: kept while its report
+        // holds them running. One it left out has ended (an agent reports all it holds).
+        let mut leaving = inner.leaving.remove(node).unwrap_or_default();
+        let mut still_leaving = HashMap::new();
         for st in report.instances {
             let id = st.id;
+            // Most reports have none: no lookup then (a report holds every instance).
+            if !leaving.is_empty()
+                && let Some(mut process) = leaving.remove(&id)
+                && !inner.state.instances.contains_key(&id)
+            {
+                if Leaving::running(&st) {
+                    process.status = st;
+                    still_leaving.insert(id, process);
+                } else {
+                    leaving.insert(id, process);
+                }
+                continue;
+            }
             // Most of a report repeats what the last one said (an agent reports its whole set
             // after any change): a status taken in full already, for a record unchanged since,
             // changes nothing unless its memory is due for a sample.
@@ -310,7 +333,11 @@ impl Control {
             inner.observed.insert(id, st);
             inner.observed.settle(id);
         }
+        if !still_leaving.is_empty() {
+            inner.leaving.insert(node.to_string(), still_leaving);
+        }
         drop(inner);
+        self.emit_ended(node, leaving);
         for (app, index, trend) in leaks {
             self.emit(
                 EventKind::InstanceLeakSuspected,
@@ -342,6 +369,34 @@ impl Control {
         }
     }
 
+    /// The events for removed instances whose processes a report of `node` said have ended: one
+    /// per process, or, past [`write::EVENTS_PER_WRITE`] of an app in one report, one for them
+    /// all, as placements are (a scale from 10,000 to 0 must not flood the event history).
+    fn emit_ended(&self, node: &str, ended: HashMap<uuid::Uuid, Leaving>) {
+        let mut per_app: BTreeMap<String, Vec<(u32, uuid::Uuid, u32)>> = BTreeMap::new();
+        for (id, process) in ended {
+            per_app
+                .entry(process.app)
+                .or_default()
+                .push((process.index, id, process.status.pid));
+        }
+        for (app, mut ended) in per_app {
+            if ended.len() > write::EVENTS_PER_WRITE {
+                let text = format!(
+                    "{app}: {} removed instances' processes have ended",
+                    ended.len()
+                );
+                self.emit(EventKind::InstanceState, &app, node, None, text);
+                continue;
+            }
+            ended.sort_unstable();
+            for (index, _, pid) in ended {
+                let text = format!("{app}[{index}] removed: its process {pid} has ended");
+                self.emit(EventKind::InstanceState, &app, node, Some(index), text);
+            }
+        }
+    }
+
     /// Ends a node's session (its stream closed). Ignored if a newer session replaced it.
     pub fn detach(&self, node: &str, session_id: u64) {
         let mut inner = self.lock();
@@ -353,6 +408,8 @@ impl Control {
         }
         live.session = None;
         live.down_since_ms = Some(self.now());
+        // No report will say when they end: they are no longer listed.
+        inner.leaving.remove(node);
         inner.reconcile_due = true;
         self.changed.notify_one();
         // Their callers hear that the node went away (the reply channel closes).

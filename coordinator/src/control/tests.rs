@@ -773,6 +773,15 @@ fn only_an_awaited_instance_coming_online_asks_for_a_pass() -> Result<()> {
         "the replacement online: its old side retires"
     );
     c.tick();
+    // The old side's record is gone; its process is listed as stopping until its agent's report
+    // no longer holds it.
+    let after = c.list_instances("web")?;
+    let stopping = crate::model::InstanceState::Stopping;
+    assert!(
+        after.iter().all(|i| i.node == to.0 || i.state == stopping),
+        "{after:?}"
+    );
+    super::report_tests::send(&c, from.0, from.1, Vec::new());
     let after = c.list_instances("web")?;
     assert!(after.iter().all(|i| i.node == to.0), "{after:?}");
     Ok(())

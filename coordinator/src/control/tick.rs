@@ -143,6 +143,10 @@ impl Control {
                 inner
                     .command_routes
                     .retain(|_, r| !lapsed.contains(&r.node));
+                // No report will say when their removed processes end.
+                for name in &lapsed {
+                    inner.leaving.remove(name);
+                }
             }
             if let Err(e) = self.write(&mut inner, Batch::default()) {
                 tracing::error!(error = %e, "periodic reconcile failed");

@@ -14,7 +14,7 @@ use crate::model::{
     InstanceView, NodeStatus, NodeView, Rollouts,
 };
 
-use super::{Control, ControlConfig, ControlError, Inner, Result, find_app, is_ready};
+use super::{Control, ControlConfig, ControlError, Inner, Leaving, Result, find_app, is_ready};
 
 /// Instances per `ListInstances` page unless the client asks for another size, and the most it
 /// may ask for: a page of views is built under the state lock, so it must stay short.
@@ -142,7 +142,7 @@ impl Control {
 
     pub fn list_instances(&self, app: &str) -> Result<Vec<InstanceView>> {
         let inner = self.lock();
-        if !app.is_empty() && held_views(&inner, app).is_empty() {
+        if !app.is_empty() && held_views(&inner, app).is_empty() && !has_leaving(&inner, app) {
             find_app(&inner.state, app)?;
         }
         let mut out: Vec<InstanceView> = inner
@@ -153,6 +153,10 @@ impl Control {
             .map(|i| instance_view(&inner, &self.config, i))
             .collect();
         out.extend(held_views(&inner, app));
+        out.extend(
+            leaving_of(&inner, app)
+                .map(|(node, id, process)| leaving_view(&inner, node, id, process)),
+        );
         out.sort_by(|a, b| (&a.app, a.index, &a.id).cmp(&(&b.app, b.index, &b.id)));
         Ok(out)
     }
@@ -173,17 +177,22 @@ impl Control {
         let after = InstanceKey::parse(page_token)?;
         let inner = self.lock();
         let held = held_views(&inner, app);
-        if !app.is_empty() && held.is_empty() {
+        if !app.is_empty() && held.is_empty() && !has_leaving(&inner, app) {
             find_app(&inner.state, app)?;
         }
-        // Only keys are sorted; views are built for the page alone.
-        let mut keys: Vec<(&str, u32, Uuid)> = inner
+        // Only keys are sorted; views are built for the page alone. A process still ending
+        // after its record went (see `Leaving`) is keyed with its node.
+        let mut keys: Vec<(&str, u32, Uuid, Option<&str>)> = inner
             .state
             .instances
             .values()
             .filter(|i| app.is_empty() || i.app == app)
-            .map(|i| (i.app.as_str(), i.index, i.id))
-            .filter(|k| after.as_ref().is_none_or(|a| a.is_before(k)))
+            .map(|i| (i.app.as_str(), i.index, i.id, None))
+            .chain(
+                leaving_of(&inner, app)
+                    .map(|(node, id, p)| (p.app.as_str(), p.index, *id, Some(node))),
+            )
+            .filter(|k| after.as_ref().is_none_or(|a| a.is_before(&(k.0, k.1, k.2))))
             .collect();
         // A partial sort: the page is all that is needed of the order.
         let wanted = page_size.min(keys.len());
@@ -196,13 +205,22 @@ impl Control {
         let mut bytes = 0;
         let mut more = keys.len() > wanted;
         for key in &keys {
-            let Some(rec) = inner.state.instances.get(&key.2) else {
+            let view = match key.3 {
+                None => inner
+                    .state
+                    .instances
+                    .get(&key.2)
+                    .map(|rec| instance_view(&inner, &self.config, rec)),
+                Some(node) => (inner.leaving.get(node))
+                    .and_then(|on_node| on_node.get(&key.2))
+                    .map(|process| leaving_view(&inner, node, &key.2, process)),
+            };
+            let Some(view) = view else {
                 continue;
             };
             if page.len() == wanted {
                 break;
             }
-            let view = instance_view(&inner, &self.config, rec);
             let size = limits::instance_view_bytes(&view);
             if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
                 more = true;
@@ -588,6 +606,49 @@ pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<InstanceView> {
         }
     }
     out
+}
+
+/// The processes still ending after their records went (see `Leaving`), of `app` or of every
+/// app: node, instance id and process.
+fn leaving_of<'a>(
+    inner: &'a Inner,
+    app: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a Uuid, &'a Leaving)> + 'a {
+    inner.leaving.iter().flat_map(move |(node, on_node)| {
+        on_node
+            .iter()
+            .filter(move |(_, p)| app.is_empty() || p.app == app)
+            .map(move |(id, p)| (node.as_str(), id, p))
+    })
+}
+
+fn has_leaving(inner: &Inner, app: &str) -> bool {
+    leaving_of(inner, app).next().is_some()
+}
+
+/// A process still ending after its record went, as `list` shows it: stopping, with what its
+/// agent last reported.
+fn leaving_view(inner: &Inner, node: &str, id: &Uuid, process: &Leaving) -> InstanceView {
+    let o = &process.status;
+    InstanceView {
+        id: id.to_string(),
+        app: process.app.clone(),
+        index: process.index,
+        node: node.to_string(),
+        state: InstanceState::Stopping,
+        pid: o.pid,
+        port: o.port,
+        cpu_percent: o.cpu_percent,
+        memory_bytes: o.memory_bytes,
+        restarts: o.restarts,
+        started_at_ms: o.started_at_ms,
+        app_version: process.app_version,
+        message: "removed; its agent is stopping the process".to_string(),
+        health: o.health,
+        host: node_address(inner, node),
+        removed: true,
+        ..InstanceView::default()
+    }
 }
 
 pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> AppView {

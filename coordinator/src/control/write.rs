@@ -19,7 +19,7 @@ use crate::limits;
 use crate::model::{Batch, InstanceRecord, NodeRecord, Persisted};
 
 use super::sets::{self, Growth, publish};
-use super::{Control, ControlError, Guard, Inner, Result, node_views};
+use super::{Control, ControlError, Guard, Inner, Leaving, Result, is_quarantined, node_views};
 use crate::clock::Clock;
 use crate::model::EventKind;
 use crate::store::{Store, StoreError};
@@ -327,6 +327,7 @@ impl Control {
             inner.outcomes.insert(seq, Ok(()));
             return;
         }
+        let leaving = leaving_processes(inner, &batch.del_instances);
         let Inner { state, sets, .. } = inner;
         sets.apply(state, &batch);
         // A plan applied plans nothing more for its apps (a property test holds the reconciler
@@ -341,6 +342,19 @@ impl Control {
         inner.tick_due = true;
         self.changed.notify_one();
         inner.followup_at = followup_at;
+        for (node, id, process) in leaving {
+            inner.leaving.entry(node).or_default().insert(id, process);
+        }
+        // A record back under the same id (a quarantined node's instances adopted) is an
+        // instance again, not a process ending.
+        if !inner.leaving.is_empty() && !batch.put_instances.is_empty() {
+            for on_node in inner.leaving.values_mut() {
+                for r in &batch.put_instances {
+                    on_node.remove(&r.id);
+                }
+            }
+            inner.leaving.retain(|_, on_node| !on_node.is_empty());
+        }
         for id in &batch.del_instances {
             inner.observed.remove(id);
             inner.online_since.remove(id);
@@ -391,6 +405,32 @@ impl Control {
         }
         inner.outcomes.insert(seq, Ok(()));
     }
+}
+
+/// Of the records `removed` is about to remove, those whose process their node's agent, still
+/// connected, last reported running: they stay listed (see [`Leaving`]) until it ends. One its
+/// agent has not reported yet (just started) is not among them.
+fn leaving_processes(inner: &Inner, removed: &[Uuid]) -> Vec<(String, Uuid, Leaving)> {
+    removed
+        .iter()
+        .filter_map(|id| {
+            let rec = inner.state.instances.get(id)?;
+            let node = rec.node.as_ref()?;
+            let status = inner.observed.get(id).filter(|o| Leaving::running(o))?;
+            // Only a connected agent that takes desired sets stops the process and reports it.
+            let live = inner.nodes.get(node)?;
+            if live.session.is_none() || is_quarantined(live) {
+                return None;
+            }
+            let process = Leaving {
+                app: rec.app.clone(),
+                index: rec.index,
+                app_version: rec.app_version,
+                status: status.clone(),
+            };
+            Some((node.clone(), *id, process))
+        })
+        .collect()
 }
 
 /// The apps a command's batch changes, or `None` when it changes nodes (which every app's plan

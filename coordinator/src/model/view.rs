@@ -95,6 +95,8 @@ pub struct InstanceView {
     pub disabled: bool,
     /// Non-empty while a memory leak is suspected: the trend, in words.
     pub leak: String,
+    /// Its record is gone and its process is still ending (see `control::Leaving`).
+    pub removed: bool,
 }
 
 /// A node's status as `nodes` shows it.
