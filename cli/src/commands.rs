@@ -512,14 +512,12 @@ async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::R
 pub async fn delete(args: DeleteArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
     // What --wait waits for: the instances there before, not any made later under the name.
-    let before: Vec<String> = match args.wait {
-        true => list_instances(&mut conn, &args.app)
-            .await?
-            .into_iter()
-            .map(|i| i.id)
-            .collect(),
+    let before = match args.wait {
+        true => list_instances(&mut conn, &args.app).await?,
         false => Vec::new(),
     };
+    let running = before.iter().filter(|i| i.pid != 0).count();
+    let before: std::collections::HashSet<String> = before.into_iter().map(|i| i.id).collect();
     let req = pb::DeleteAppRequest {
         name: args.app.clone(),
     };
@@ -543,7 +541,7 @@ pub async fn delete(args: DeleteArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let seconds = (started.elapsed().as_secs_f64() * 100.0).round() / 100.0;
     if ctx.structured() {
         value["wait"] = match &ended {
-            Ok(n) => json!({"ended": n, "seconds": seconds}),
+            Ok(()) => json!({"ended": running, "seconds": seconds}),
             Err(e) => json!({"error": format!("{e:#}")}),
         };
         ctx.value(&value)?;
@@ -553,7 +551,7 @@ pub async fn delete(args: DeleteArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             args.app
         ))?;
     }
-    ended.map(|_| ())
+    ended
 }
 
 /// `nodes`.

@@ -7,7 +7,7 @@
 //! and whether a rollout the verb started failed by [`rollout_failed`], one of the rollout's
 //! status; [`until_up`] asks the coordinator for both until the answer is final or time runs out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -114,10 +114,7 @@ pub fn progress(
     let mine: Vec<&pb::Instance> = instances.iter().filter(|i| i.app == app).collect();
     // Another instance draining or stopping (moved elsewhere, say) shares its index with its
     // replacement for a moment; only the replacement counts.
-    let leaving = |i: &pb::Instance| {
-        i.state == pb::InstanceState::Draining as i32
-            || i.state == pb::InstanceState::Stopping as i32
-    };
+    let leaving = ending;
     let wanted: Vec<u32> = match (goal.index, goal.count) {
         (Some(i), _) => vec![i],
         (None, Some(n)) => (0..n).collect(),
@@ -393,14 +390,14 @@ where
 
 /// Waits until none of `ids` (the app's instances before `delete`) is listed: their records
 /// go at once, and the coordinator lists each process that was running as stopping until its
-/// agent reports it ended. Returns how many it waited for; the error names what is left when
-/// `timeout` runs out.
+/// agent reports it ended (or its agent's session ends, when nothing more can be known). The
+/// error names what is left when `timeout` runs out.
 pub async fn until_gone(
     conn: &mut Conn,
     app: &str,
-    ids: &[String],
+    ids: &HashSet<String>,
     timeout: Duration,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut pause = POLL;
     // Opened before the first look, so that an end after it wakes the wait.
@@ -416,12 +413,15 @@ pub async fn until_gone(
         .and_then(Result::ok);
     loop {
         let left: Vec<pb::Instance> = match list_instances(conn, app).await {
-            Ok(listed) => listed.into_iter().filter(|i| ids.contains(&i.id)).collect(),
+            Ok(listed) => listed
+                .into_iter()
+                .filter(|i| ids.contains(i.id.as_str()))
+                .collect(),
             Err(e) if e.code == tonic::Code::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
         };
         if left.is_empty() {
-            return Ok(ids.len());
+            return Ok(());
         }
         if Instant::now() >= deadline {
             let mut named: Vec<String> = left
@@ -429,7 +429,7 @@ pub async fn until_gone(
                 .take(NAMED)
                 .map(|i| match i.pid {
                     0 => format!("{app}[{}] {}", i.index, state_name(i.state)),
-                    pid => format!("{app}[{}] {} (pid {pid})", i.index, state_name(i.state)),
+                    pid => format!("{app}[{}] {}, pid {pid}", i.index, state_name(i.state)),
                 })
                 .collect();
             if left.len() > NAMED {

@@ -777,8 +777,13 @@ fn only_an_awaited_instance_coming_online_asks_for_a_pass() -> Result<()> {
     // no longer holds it.
     let after = c.list_instances("web")?;
     let stopping = crate::model::InstanceState::Stopping;
+    let removed: Vec<&InstanceView> = after.iter().filter(|i| i.removed).collect();
     assert!(
-        after.iter().all(|i| i.node == to.0 || i.state == stopping),
+        removed.len() == 1 && removed[0].node == from.0 && removed[0].state == stopping,
+        "{after:?}"
+    );
+    assert!(
+        after.iter().all(|i| i.node == to.0 || i.removed),
         "{after:?}"
     );
     super::report_tests::send(&c, from.0, from.1, Vec::new());

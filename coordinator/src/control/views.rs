@@ -177,7 +177,9 @@ impl Control {
         let after = InstanceKey::parse(page_token)?;
         let inner = self.lock();
         let held = held_views(&inner, app);
-        if !app.is_empty() && held.is_empty() && !has_leaving(&inner, app) {
+        // Asked only on the first page: a deleted app's last process may end between two pages.
+        if page_token.is_empty() && !app.is_empty() && held.is_empty() && !has_leaving(&inner, app)
+        {
             find_app(&inner.state, app)?;
         }
         // Only keys are sorted; views are built for the page alone. A process still ending

@@ -345,16 +345,6 @@ impl Control {
         for (node, id, process) in leaving {
             inner.leaving.entry(node).or_default().insert(id, process);
         }
-        // A record back under the same id (a quarantined node's instances adopted) is an
-        // instance again, not a process ending.
-        if !inner.leaving.is_empty() && !batch.put_instances.is_empty() {
-            for on_node in inner.leaving.values_mut() {
-                for r in &batch.put_instances {
-                    on_node.remove(&r.id);
-                }
-            }
-            inner.leaving.retain(|_, on_node| !on_node.is_empty());
-        }
         for id in &batch.del_instances {
             inner.observed.remove(id);
             inner.online_since.remove(id);
