@@ -95,7 +95,11 @@ impl Monitor {
     /// selection kept on the same instance when it is still there. Returns the logs to follow
     /// when the selected instance changed (it went away, or the first listing came).
     pub fn refresh(&mut self, mut instances: Vec<pb::Instance>, nodes: Vec<pb::Node>) -> Action {
-        instances.sort_by(|a, b| a.app.cmp(&b.app).then(a.index.cmp(&b.index)));
+        // A removed instance's process still ending comes after the live one of its index, so
+        // the selection, kept by app and index, stays on the live one.
+        instances.sort_by(|a, b| {
+            (a.app.as_str(), a.index, a.removed).cmp(&(b.app.as_str(), b.index, b.removed))
+        });
         let before = self.selected_key();
         for i in &instances {
             if i.pid != 0 {
@@ -263,6 +267,22 @@ mod tests {
             assert_eq!(m.key(key), action, "step {n}: {key:?}");
             assert_eq!(m.selected, selected, "step {n}: {key:?}");
         }
+    }
+
+    #[test]
+    fn a_removed_process_of_the_same_index_comes_after_the_live_one() {
+        let mut m = Monitor::default();
+        m.refresh(vec![inst("web", 0, "a", 0.0, 1)], vec![]);
+        // A move: the old process, removed, is listed beside its replacement, in any order.
+        let old = pb::Instance {
+            removed: true,
+            state: pb::InstanceState::Stopping as i32,
+            ..inst("web", 0, "0-old", 0.0, 1)
+        };
+        m.refresh(vec![old, inst("web", 0, "z-new", 0.0, 1)], vec![]);
+        let ids: Vec<&str> = m.instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["z-new", "0-old"]);
+        assert_eq!(m.selected, 0);
     }
 
     #[test]
