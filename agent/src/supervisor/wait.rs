@@ -123,8 +123,10 @@ impl Supervisor {
                 Ok(r)
             }
             Change::Unhealthy => {
-                let why =
-                    format!("unhealthy: {failures} health checks failed in a row (last: {last})");
+                let why = match failures {
+                    1 => format!("unhealthy: its health check failed (last: {last})"),
+                    n => format!("unhealthy: {n} health checks failed in a row (last: {last})"),
+                };
                 if restart_unhealthy {
                     tracing::warn!(instance = %self.id, "{why}; restarting it");
                     self.agent

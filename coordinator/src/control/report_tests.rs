@@ -235,11 +235,11 @@ fn a_health_verdict_that_changes_is_an_event() -> Result<()> {
         ),
         (
             Health::Unhealthy,
-            "unhealthy: 1 health checks failed in a row",
+            "unhealthy: its health check failed",
             &[
                 "web[0] is online",
                 "web[0] is online, healthy",
-                "web[0] is online, unhealthy: 1 health checks failed in a row",
+                "web[0] is online, unhealthy: its health check failed",
             ],
         ),
         (
@@ -248,7 +248,7 @@ fn a_health_verdict_that_changes_is_an_event() -> Result<()> {
             &[
                 "web[0] is online",
                 "web[0] is online, healthy",
-                "web[0] is online, unhealthy: 1 health checks failed in a row",
+                "web[0] is online, unhealthy: its health check failed",
             ],
         ),
         (
@@ -257,7 +257,7 @@ fn a_health_verdict_that_changes_is_an_event() -> Result<()> {
             &[
                 "web[0] is online",
                 "web[0] is online, healthy",
-                "web[0] is online, unhealthy: 1 health checks failed in a row",
+                "web[0] is online, unhealthy: its health check failed",
                 "web[0] is online, healthy",
             ],
         ),
