@@ -259,7 +259,9 @@ fn metrics_show_instances_nodes_and_the_coordinator() {
     );
     assert!(commits.is_some_and(|n| n >= 1.0), "{}", first.raw);
 
-    // Burning CPU in index 1 shows in its CPU time.
+    // Burning CPU in index 1 shows in its CPU time. The burn is 600 ms of wall time: on a
+    // loaded machine the app gets less than that of CPU (0.27 s was seen with other tests
+    // running alongside), so the check asks for a third of it; the idle app has none.
     let ports: BTreeMap<u32, u16> = web
         .instances
         .iter()
@@ -285,7 +287,7 @@ fn metrics_show_instances_nodes_and_the_coordinator() {
     wait_until(DEADLINE, "web[1]'s CPU time grows by the burn", || {
         let s = scrape(&python, port)?;
         match cpu(&s) {
-            Some(now) if now >= before + 0.3 => Ok(()),
+            Some(now) if now >= before + 0.2 => Ok(()),
             other => Err(format!("before {before}, now {other:?}")),
         }
     });
