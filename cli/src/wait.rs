@@ -278,16 +278,7 @@ pub async fn until_up(
     let mut pause = POLL;
     // The app's events wake the wait as soon as an instance changes, so it ends when the last
     // one is up rather than at the next look; the pauses remain for a coordinator without them.
-    let req = pb::WatchEventsRequest {
-        app: goal.app.clone(),
-        history: 0,
-        no_follow: false,
-    };
-    let opening = open!(conn, watch_events, req);
-    let mut events = tokio::time::timeout_at(deadline, opening)
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let mut events = app_events(conn, &goal.app, deadline).await;
     // When each process (instance id and pid) was first seen online, by this clock.
     let mut online_since: HashMap<(String, u32), Instant> = HashMap::new();
     loop {
@@ -357,6 +348,25 @@ pub async fn until_up(
     }
 }
 
+/// The app's events, which wake a wait as soon as something changes; `None` when they cannot
+/// be had by `deadline` (a coordinator without them: the pauses alone then).
+async fn app_events(
+    conn: &mut Conn,
+    app: &str,
+    deadline: Instant,
+) -> Option<tonic::Streaming<pb::Event>> {
+    let req = pb::WatchEventsRequest {
+        app: app.to_string(),
+        history: 0,
+        no_follow: false,
+    };
+    let opening = open!(conn, watch_events, req);
+    tokio::time::timeout_at(deadline, opening)
+        .await
+        .ok()
+        .and_then(Result::ok)
+}
+
 /// Sleeps until `next` or the next event, whichever comes first; says whether an event came.
 /// After one it takes the burst that follows (a start of 50 is 50 events), so that one look
 /// covers them, at most [`BURST_MAX`] later however they keep coming. A stream that ended or
@@ -401,16 +411,7 @@ pub async fn until_gone(
     let deadline = Instant::now() + timeout;
     let mut pause = POLL;
     // Opened before the first look, so that an end after it wakes the wait.
-    let req = pb::WatchEventsRequest {
-        app: app.to_string(),
-        history: 0,
-        no_follow: false,
-    };
-    let opening = open!(conn, watch_events, req);
-    let mut events = tokio::time::timeout_at(deadline, opening)
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let mut events = app_events(conn, app, deadline).await;
     loop {
         let left: Vec<pb::Instance> = match list_instances(conn, app).await {
             Ok(listed) => listed
