@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::core::status::{self, Note};
 use crate::limits;
 use crate::model::view::{AppFigures, AutoscaleCount, InstanceFigures, MetricsView, NodeFigures};
-use crate::model::{AppRecord, InstanceRecord};
+use crate::model::{AppRecord, InstanceObserved, InstanceRecord};
 use crate::model::{
     AppView, AutoscaleView, Endpoint, EndpointsView, Event, EventKind, Health, InstanceState,
     InstanceView, NodeStatus, NodeView, Rollouts,
@@ -518,17 +518,9 @@ pub(super) fn instance_view(
         ..InstanceView::default()
     };
     if let Some(o) = observed {
-        out.pid = o.pid;
-        if o.port != 0 {
-            out.port = o.port;
-        }
-        out.cpu_percent = o.cpu_percent;
-        out.memory_bytes = o.memory_bytes;
-        out.restarts = o.restarts;
-        out.started_at_ms = o.started_at_ms;
+        reported(&mut out, o);
         out.last_exit_code = o.last_exit_code;
         out.message = o.message.clone();
-        out.health = o.health;
     }
     let node_up = rec
         .node
@@ -592,16 +584,8 @@ pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<InstanceView> {
                 ..InstanceView::default()
             };
             if let Some(o) = inner.observed.get(&a.id) {
-                view.pid = o.pid;
-                if o.port != 0 {
-                    view.port = o.port;
-                }
-                view.cpu_percent = o.cpu_percent;
-                view.memory_bytes = o.memory_bytes;
-                view.restarts = o.restarts;
-                view.started_at_ms = o.started_at_ms;
+                reported(&mut view, o);
                 view.state = o.state;
-                view.health = o.health;
             }
             view.message = format!("not managed: node {node} is quarantined ({why})");
             out.push(view);
@@ -631,26 +615,34 @@ fn has_leaving(inner: &Inner, app: &str) -> bool {
 /// A process still ending after its record went, as `list` shows it: stopping, with what its
 /// agent last reported.
 fn leaving_view(inner: &Inner, node: &str, id: &Uuid, process: &Leaving) -> InstanceView {
-    let o = &process.status;
-    InstanceView {
+    let mut view = InstanceView {
         id: id.to_string(),
         app: process.app.clone(),
         index: process.index,
         node: node.to_string(),
         state: InstanceState::Stopping,
-        pid: o.pid,
-        port: o.port,
-        cpu_percent: o.cpu_percent,
-        memory_bytes: o.memory_bytes,
-        restarts: o.restarts,
-        started_at_ms: o.started_at_ms,
         app_version: process.app_version,
         message: "removed; its agent is stopping the process".to_string(),
-        health: o.health,
         host: node_address(inner, node),
         removed: true,
         ..InstanceView::default()
+    };
+    reported(&mut view, &process.status);
+    view
+}
+
+/// What an agent's report says of the process, onto a view: its pid, the port it took (when it
+/// reported one), its figures and its health.
+fn reported(view: &mut InstanceView, o: &InstanceObserved) {
+    view.pid = o.pid;
+    if o.port != 0 {
+        view.port = o.port;
     }
+    view.cpu_percent = o.cpu_percent;
+    view.memory_bytes = o.memory_bytes;
+    view.restarts = o.restarts;
+    view.started_at_ms = o.started_at_ms;
+    view.health = o.health;
 }
 
 pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> AppView {
