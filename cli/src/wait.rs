@@ -95,26 +95,24 @@ pub fn progress(
     steady: impl Fn(&pb::Instance) -> bool,
 ) -> Progress {
     let app = goal.app.as_str();
-    // A process the verb replaces, or one at an older version than the rollout's: it must be
-    // gone, not only joined by its replacement (as `kubectl rollout status` waits for the old
-    // pods to end).
-    // The same process draining or stopping is still the one replaced: in waves, the old
-    // instance is listed so until its process has ended.
-    let ending = |i: &pb::Instance| {
+    // Draining or stopping: on its way out. Another instance so (moved elsewhere, say) shares
+    // its index with its replacement for a moment; only the replacement counts.
+    let leaving = |i: &pb::Instance| {
         i.state == pb::InstanceState::Draining as i32
             || i.state == pb::InstanceState::Stopping as i32
     };
+    // A process the verb replaces, or one at an older version than the rollout's: it must be
+    // gone, not only joined by its replacement (as `kubectl rollout status` waits for the old
+    // pods to end). The same process on its way out is still the one replaced: in waves, the
+    // old instance is listed so until its process has ended.
     let stale = |i: &pb::Instance| {
         i.app_version < goal.version
             || goal.replaced.iter().any(|(id, pid, state)| {
-                *id == i.id && *pid == i.pid && (*state == i.state || ending(i))
+                *id == i.id && *pid == i.pid && (*state == i.state || leaving(i))
             })
     };
     let up = |i: &pb::Instance| online(i, goal.version) && (checked(i) || steady(i));
     let mine: Vec<&pb::Instance> = instances.iter().filter(|i| i.app == app).collect();
-    // Another instance draining or stopping (moved elsewhere, say) shares its index with its
-    // replacement for a moment; only the replacement counts.
-    let leaving = ending;
     let wanted: Vec<u32> = match (goal.index, goal.count) {
         (Some(i), _) => vec![i],
         (None, Some(n)) => (0..n).collect(),
