@@ -494,4 +494,35 @@ fn scale_down_and_delete_wait_for_the_processes_to_end() {
         Vec::<u32>::new(),
         "delete --wait returned while processes ran: {out}"
     );
+
+    // Deleted right after a start that did not wait: the agent may not have reported the
+    // processes yet, or not even started them. The wait still covers them. Their script has a
+    // name of its own, so that its processes are found by it.
+    let fresh = c.root().join("slow-stop-fresh.sh");
+    std::fs::copy(&script, &fresh).expect("copy the script");
+    let fresh = fresh.display().to_string();
+    let running = || -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&fresh))
+            })
+            .collect()
+    };
+    for round in 0..3 {
+        let out = c.cli(&["start", &fresh, "--name", "fresh", "-i", "3"]);
+        assert_eq!(out.code(), Some(0), "{out}");
+        let out = c.cli(&["delete", "fresh", "--wait"]);
+        assert_eq!(out.code(), Some(0), "{out}");
+        let left = running();
+        assert!(
+            left.is_empty(),
+            "round {round}: delete --wait right after a start returned while processes ran \
+             ({left:?}): {out}"
+        );
+    }
 }

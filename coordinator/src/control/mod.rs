@@ -250,15 +250,25 @@ struct Leaving {
     app: String,
     index: u32,
     app_version: u64,
-    /// Its agent's last report of it.
+    /// Its agent's last report of it; pid 0 until a report holds it running.
     status: InstanceObserved,
+    /// The node's desired-set generation that left it out. A report of an older set may not
+    /// hold the process yet (just started, not reported before its record went) or may not
+    /// have stopped it yet: only a report of this generation or later that does not hold it
+    /// running says it has ended.
+    until: u64,
 }
 
 impl Leaving {
-    /// Whether a report of the process says it may still run.
+    /// Whether a report of the process says it may still run: one launching may have no pid
+    /// yet (its agent spawns it as the report goes out).
     fn running(o: &InstanceObserved) -> bool {
         use crate::model::InstanceState as S;
-        o.pid != 0 && matches!(o.state, S::Launching | S::Online | S::Stopping)
+        match o.state {
+            S::Launching => true,
+            S::Online | S::Stopping => o.pid != 0,
+            _ => false,
+        }
     }
 }
 

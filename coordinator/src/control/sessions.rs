@@ -226,10 +226,12 @@ impl Control {
         }
         let mut changes = Vec::new();
         let mut leaks = Vec::new();
-        // Removed instances whose processes this agent was still running: kept while its report
-        // holds them running. One it left out has ended (an agent reports all it holds).
+        // Removed instances whose processes this agent may still run: kept while its report
+        // holds them running, or is of a set older than the one without them. One a report of
+        // that set or later leaves out has ended (an agent reports all it holds).
         let mut leaving = inner.leaving.remove(node).unwrap_or_default();
         let mut still_leaving = HashMap::new();
+        let generation = report.generation;
         for st in report.instances {
             let id = st.id;
             // Most reports have none: no lookup then (a report holds every instance).
@@ -237,7 +239,7 @@ impl Control {
                 && let Some(mut process) = leaving.remove(&id)
                 && !inner.state.instances.contains_key(&id)
             {
-                if Leaving::running(&st) {
+                if Leaving::running(&st) || generation < process.until {
                     process.status = st;
                     still_leaving.insert(id, process);
                 } else {
@@ -333,6 +335,14 @@ impl Control {
             inner.observed.insert(id, st);
             inner.observed.settle(id);
         }
+        if !leaving.is_empty() {
+            // Not in a report of an older set: it may not have started them yet.
+            let (kept, ended) = leaving
+                .into_iter()
+                .partition(|(_, process)| generation < process.until);
+            still_leaving.extend::<HashMap<_, _>>(kept);
+            leaving = ended;
+        }
         if !still_leaving.is_empty() {
             inner.leaving.insert(node.to_string(), still_leaving);
         }
@@ -374,7 +384,8 @@ impl Control {
     /// all, as placements are (a scale from 10,000 to 0 must not flood the event history).
     fn emit_ended(&self, node: &str, ended: HashMap<uuid::Uuid, Leaving>) {
         let mut per_app: BTreeMap<String, Vec<(u32, uuid::Uuid, u32)>> = BTreeMap::new();
-        for (id, process) in ended {
+        // One never reported running has no process to speak of.
+        for (id, process) in ended.into_iter().filter(|(_, p)| p.status.pid != 0) {
             per_app
                 .entry(process.app)
                 .or_default()

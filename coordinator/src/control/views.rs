@@ -622,7 +622,12 @@ fn leaving_view(inner: &Inner, node: &str, id: &Uuid, process: &Leaving) -> Inst
         node: node.to_string(),
         state: InstanceState::Stopping,
         app_version: process.app_version,
-        message: "removed; its agent is stopping the process".to_string(),
+        message: if process.status.pid == 0 {
+            "removed; waiting for its agent to confirm that it runs no process for it"
+        } else {
+            "removed; its agent is stopping the process"
+        }
+        .to_string(),
         host: node_address(inner, node),
         removed: true,
         ..InstanceView::default()

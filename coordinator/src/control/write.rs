@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::core::quota;
 use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
-use crate::model::{Batch, InstanceRecord, NodeRecord, Persisted};
+use crate::model::{Batch, InstanceObserved, InstanceRecord, InstanceState, NodeRecord, Persisted};
 
 use super::sets::{self, Growth, publish};
 use super::{Control, ControlError, Guard, Inner, Leaving, Result, is_quarantined, node_views};
@@ -342,7 +342,8 @@ impl Control {
         inner.tick_due = true;
         self.changed.notify_one();
         inner.followup_at = followup_at;
-        for (node, id, process) in leaving {
+        for (node, id, mut process) in leaving {
+            process.until = inner.state.nodes.get(&node).map_or(0, |n| n.generation);
             inner.leaving.entry(node).or_default().insert(id, process);
         }
         for id in &batch.del_instances {
@@ -398,25 +399,36 @@ impl Control {
 }
 
 /// Of the records `removed` is about to remove, those whose process their node's agent, still
-/// connected, last reported running: they stay listed (see [`Leaving`]) until it ends. One its
-/// agent has not reported yet (just started) is not among them.
+/// connected, may run: they stay listed (see [`Leaving`]) until it has ended. That includes one
+/// its agent has not reported running yet (just started): its next reports may. Only a stopped
+/// record that no report holds running is left out, as its agent starts nothing for it.
 fn leaving_processes(inner: &Inner, removed: &[Uuid]) -> Vec<(String, Uuid, Leaving)> {
     removed
         .iter()
         .filter_map(|id| {
             let rec = inner.state.instances.get(id)?;
             let node = rec.node.as_ref()?;
-            let status = inner.observed.get(id).filter(|o| Leaving::running(o))?;
             // Only a connected agent that takes desired sets stops the process and reports it.
             let live = inner.nodes.get(node)?;
             if live.session.is_none() || is_quarantined(live) {
                 return None;
             }
+            let running = inner.observed.get(id).filter(|o| Leaving::running(o));
+            if running.is_none() && rec.stopped {
+                return None;
+            }
+            let status = running.cloned().unwrap_or_else(|| InstanceObserved {
+                id: *id,
+                state: InstanceState::Stopping,
+                ..InstanceObserved::default()
+            });
             let process = Leaving {
                 app: rec.app.clone(),
                 index: rec.index,
                 app_version: rec.app_version,
-                status: status.clone(),
+                status,
+                // Set once the write's generations are applied.
+                until: 0,
             };
             Some((node.clone(), *id, process))
         })
