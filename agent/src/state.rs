@@ -80,7 +80,7 @@ pub(crate) struct Agent {
     pub log_pump: Option<PathBuf>,
     /// The agent's end of the socket to its pump host, once started (see
     /// [`crate::logs::host`]).
-    pub pump_host: Mutex<Option<std::os::fd::OwnedFd>>,
+    pub pump_host: Mutex<Option<PumpHost>>,
     /// Where instances' cgroups go (see [`crate::cgroup`]), if anywhere.
     pub cgroups: Cgroups,
     /// What marks this agent's instances and pumps (see [`crate::orphans`]).
@@ -90,6 +90,14 @@ pub(crate) struct Agent {
     pub orphans: Mutex<Option<Vec<Orphan>>>,
     /// `--advertise-address`.
     pub advertise_address: Option<String>,
+}
+
+/// A running log pump host, as the agent holds it (see `crate::logs::host`).
+pub(crate) struct PumpHost {
+    /// The agent's end of the host's socket.
+    pub socket: std::os::fd::OwnedFd,
+    /// The host process, to end it when it does not answer.
+    pub pidfd: std::os::fd::OwnedFd,
 }
 
 /// The environment variable that tells an instance where to listen for `pmcluster send`.

@@ -12,9 +12,11 @@
 //! the name `pmcluster-pump`, and it ends when its pipes do; it outlives the host as it outlives
 //! the agent. The host only starts pumps. It reads requests on a `SOCK_SEQPACKET` socket (its
 //! stdin), each a JSON [`Request`] with the pipes' read ends passed along (`SCM_RIGHTS`), and
-//! answers each with a JSON [`Reply`]. It ends when the agent's end of the socket closes (the
-//! agent exits or is killed), leaving its pumps running. When the host cannot be started or
-//! stops answering, the agent starts that pump as a program of its own, as before.
+//! each is answered with a JSON [`Reply`], by the forked pump itself or by the host when it
+//! could not fork one. It ends when the agent's end of the socket closes (the agent exits or is
+//! killed), leaving its pumps running. When the host cannot be started, or stops answering and
+//! turns out to have forked no pump (see [`request`]), the agent starts that pump as a program of
+//! its own, as before.
 //!
 //! A pump's environment names its instance ([`crate::orphans::PUMP_VAR`]), so that an agent
 //! whose data dir was wiped still finds it. A fork inherits the host's environment, so the host
@@ -44,7 +46,7 @@ use super::pump::{PUMP_NAME, PumpPipe, PumpTarget, block_stop_signals, pump_pipe
 use crate::model::InstanceId;
 use crate::orphans::{ID_FILL, PUMP_VAR, host_markers};
 use crate::process::ProcId;
-use crate::state::Agent;
+use crate::state::{Agent, PumpHost};
 
 /// The agent binary's hidden subcommand that runs the host.
 pub const HOST_COMMAND: &str = "log-pump-host";
@@ -52,6 +54,9 @@ pub const HOST_COMMAND: &str = "log-pump-host";
 pub const HOST_NAME: &std::ffi::CStr = c"pmcluster-pumps";
 /// How long the agent waits for the host's answer before it gives up on the host.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// How long the agent waits, after it ended a host that did not answer in time, for the answer
+/// of a pump the host may have forked for the request (see [`request`]).
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// How often an idle host wakes to reap the pumps that ended.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// The largest request: two paths and an id.
@@ -66,7 +71,8 @@ struct Request {
     err: Option<PumpTarget>,
 }
 
-/// The host's answer to a [`Request`].
+/// The answer to a [`Request`]: from the pump itself when the host forked it (so that an
+/// answer comes if and only if a pump runs, see [`request`]), from the host when it could not.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
     Started { pid: u32 },
@@ -92,11 +98,23 @@ pub(crate) fn start_pump(
     if socket.is_none() {
         *socket = Some(start_host(agent, program)?);
     }
-    let Some(conn) = socket.as_ref() else {
+    let Some(host) = socket.as_ref() else {
         return Err(io::Error::other("no pump host"));
     };
-    let started = request(conn.as_fd(), id, pipes);
-    if started.is_err() {
+    let end_host = || {
+        let killed = rustix::process::pidfd_send_signal(&host.pidfd, rustix::process::Signal::KILL);
+        match killed {
+            // Gone already: what `request` needs.
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => tracing::warn!("cannot end the log pump host that does not answer: {e}"),
+        }
+    };
+    let ended = std::cell::Cell::new(false);
+    let started = request(host.socket.as_fd(), id, pipes, || {
+        end_host();
+        ended.set(true);
+    });
+    if started.is_err() || ended.get() {
         *socket = None;
     }
     let pid = started?;
@@ -104,7 +122,7 @@ pub(crate) fn start_pump(
     Ok(ProcId::started(pid))
 }
 
-fn start_host(agent: &Agent, program: &Path) -> io::Result<OwnedFd> {
+fn start_host(agent: &Agent, program: &Path) -> io::Result<PumpHost> {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -129,11 +147,31 @@ fn start_host(agent: &Agent, program: &Path) -> io::Result<OwnedFd> {
         .process_group(0);
     // Its exit is not waited for: it ends when `ours` closes.
     let spawned = agent.reaper.spawn(&mut cmd)?;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(spawned.pid).unwrap_or(i32::MAX))
+        .ok_or_else(|| io::Error::other("the pump host has no pid"))?;
+    // Not reaped before its socket closes, and that is still open here: the pid is the host's.
+    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
     tracing::debug!(pid = spawned.pid, "started the log pump host");
-    Ok(ours)
+    Ok(PumpHost {
+        socket: ours,
+        pidfd,
+    })
 }
 
-fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::Result<u32> {
+/// Sends the request and reads its answer.
+///
+/// When the answer does not come in time, the host has the pipes and may have forked their
+/// pump, or may fork it later: the caller must not start a second one on the same pipes (two
+/// writers to one log) unless none runs. So the host is ended (`end_host`), and the answer
+/// waited for once more. A forked pump answers itself, before it lets go of the socket; with
+/// the host gone, the socket ends (no answer) only when no pump of it holds it. So an answer
+/// means a pump runs, and an end means none does.
+fn request(
+    socket: BorrowedFd<'_>,
+    id: &InstanceId,
+    pipes: &[PumpPipe],
+    end_host: impl FnOnce(),
+) -> io::Result<u32> {
     let (out, err) = match pipes {
         [out] => (out, None),
         [out, err] => (out, Some(err)),
@@ -162,12 +200,38 @@ fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::R
         )
     })?;
     let mut answer = [0u8; 1024];
-    let n = uninterrupted(deadline, || {
-        rustix::net::recv(socket, &mut answer, RecvFlags::empty())
-    })?
+    let mut receive = |deadline| {
+        uninterrupted(deadline, || {
+            rustix::net::recv(socket, &mut answer, RecvFlags::empty())
+        })
+    };
+    let n = match receive(deadline) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            end_host();
+            let late = std::time::Instant::now() + LATE_ANSWER_WAIT;
+            let silent = || {
+                io::Error::other(format!(
+                    "it did not answer within {}s, and was ended before it started one",
+                    ANSWER_WAIT.as_secs()
+                ))
+            };
+            loop {
+                match receive(late) {
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock
+                            && std::time::Instant::now() < late => {}
+                    // Ended with the request unread: it forked nothing for it.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break Err(silent()),
+                    Ok((0, _)) => break Err(silent()),
+                    other => break other,
+                }
+            }
+        }
+        received => received,
+    }?
     .0;
     if n == 0 {
-        return Err(io::Error::other("the pump host ended"));
+        return Err(io::Error::other("it ended"));
     }
     match serde_json::from_slice(&answer[..n]).map_err(io::Error::other)? {
         Reply::Started { pid } => Ok(pid),
@@ -238,15 +302,21 @@ pub fn host_process() -> io::Result<()> {
             // The agent's end closed.
             return Ok(());
         }
-        let reply = match serde_json::from_slice::<Request>(&body[..n]) {
+        let failed = match serde_json::from_slice::<Request>(&body[..n]) {
             Ok(request) => start(request, fds),
-            Err(e) => Reply::Failed {
-                error: format!("a request the host cannot read: {e}"),
-            },
+            Err(e) => Some(format!("a request the host cannot read: {e}")),
         };
-        let answer = serde_json::to_vec(&reply).map_err(io::Error::other)?;
-        rustix::net::send(socket, &answer, SendFlags::NOSIGNAL)?;
+        // A pump it forked answers itself.
+        if let Some(error) = failed {
+            answer(socket, &Reply::Failed { error })?;
+        }
     }
+}
+
+fn answer(socket: BorrowedFd<'_>, reply: &Reply) -> io::Result<()> {
+    let answer = serde_json::to_vec(reply).map_err(io::Error::other)?;
+    rustix::net::send(socket, &answer, SendFlags::NOSIGNAL)?;
+    Ok(())
 }
 
 /// Reaps the pumps that ended (the host is their parent until it ends).
@@ -259,14 +329,12 @@ fn reap() {
     }
 }
 
-/// Forks the pump of `request` on `fds`.
+/// Forks the pump of `request` on `fds`; why it could not.
 #[allow(unsafe_code)]
-fn start(request: Request, mut fds: Vec<OwnedFd>) -> Reply {
+fn start(request: Request, mut fds: Vec<OwnedFd>) -> Option<String> {
     let wanted = 1 + usize::from(request.err.is_some());
     if fds.len() != wanted {
-        return Reply::Failed {
-            error: format!("{} pipes passed for {wanted}", fds.len()),
-        };
+        return Some(format!("{} pipes passed for {wanted}", fds.len()));
     }
     let err = request.err.map(|target| (fds.remove(1), target));
     let out = (fds.remove(0), request.out);
@@ -274,12 +342,8 @@ fn start(request: Request, mut fds: Vec<OwnedFd>) -> Reply {
     // thread), so the child is a whole copy of it and may allocate, lock and start threads.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => run_pump(&request.id, out, err),
-        Ok(nix::unistd::ForkResult::Parent { child }) => Reply::Started {
-            pid: child.as_raw().unsigned_abs(),
-        },
-        Err(e) => Reply::Failed {
-            error: format!("fork: {e}"),
-        },
+        Ok(nix::unistd::ForkResult::Parent { .. }) => None,
+        Err(e) => Some(format!("fork: {e}")),
     }
 }
 
@@ -287,6 +351,14 @@ fn start(request: Request, mut fds: Vec<OwnedFd>) -> Reply {
 /// exits with `_exit`: the exit handlers it would run are the host's (a fork copies them), it
 /// buffers nothing, and running them touched pages shared with the host, a copy of each.
 fn run_pump(id: &str, out: (OwnedFd, PumpTarget), err: Option<(OwnedFd, PumpTarget)>) -> ! {
+    // The answer comes from the pump, before it lets go of the socket (see `request`). An
+    // agent gone by now changes nothing: the pipes are the instance's, and they are pumped.
+    let started = Reply::Started {
+        pid: std::process::id(),
+    };
+    if let Err(e) = answer(std::io::stdin().as_fd(), &started) {
+        tracing::debug!("a pump cannot answer the agent: {e}");
+    }
     // The host's socket must not outlive the host in its pumps: the agent would not see the
     // host end.
     let detached = std::fs::File::open("/dev/null")
@@ -446,7 +518,9 @@ mod tests {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let agent = std::thread::spawn(move || {
             tid_tx.send(nix::sys::pthread::pthread_self()).expect("tid");
-            request(ours.as_fd(), &InstanceId::new("i-1"), &pipes)
+            request(ours.as_fd(), &InstanceId::new("i-1"), &pipes, || {
+                unreachable!("the host answered in time")
+            })
         });
         let tid = tid_rx.recv().expect("tid");
         // Signals until the host has the request, then 20 more while the agent's thread waits
@@ -471,5 +545,85 @@ mod tests {
         // SAFETY: puts back what was there before.
         #[allow(unsafe_code)]
         unsafe { sigaction(Signal::SIGWINCH, &before) }.expect("sigaction");
+    }
+
+    /// A host that takes a request and then does not answer in time may have forked the pump
+    /// or may still fork it: the agent ends the host and waits for the pump's own answer. With
+    /// a pump (`forked`), its answer is taken, and no second pump is started on the pipes; with
+    /// none, the socket ends and the request fails, and the caller may start one.
+    fn silent_host(forked: bool) -> (io::Result<u32>, u32) {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        // Short, so that the test does not wait the agent's two seconds.
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_millis(100)),
+        )
+        .expect("timeout");
+        let (reader, _writer) = rustix::pipe::pipe().expect("pipe");
+        let pipes = vec![PumpPipe {
+            reader,
+            target: PumpTarget {
+                path: "/nonexistent/out.log".into(),
+                max_bytes: None,
+                keep: 0,
+                timestamps: false,
+            },
+            fd: 1,
+        }];
+        let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
+        // The host: takes the request (and, when `forked`, has a pump holding the socket), and
+        // answers nothing until it is ended.
+        let host = std::thread::spawn(move || {
+            let mut body = vec![0u8; MAX_REQUEST];
+            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+            let mut control = RecvAncillaryBuffer::new(&mut space);
+            rustix::net::recvmsg(
+                &theirs,
+                &mut [IoSliceMut::new(&mut body)],
+                &mut control,
+                RecvFlags::empty(),
+            )
+            .expect("request");
+            let pump = forked.then(|| theirs.try_clone().expect("the pump's copy"));
+            end_rx.recv().expect("ended");
+            drop(theirs);
+            if let Some(pump) = pump {
+                // A pump that was slow too: it answers after its host has gone.
+                std::thread::sleep(Duration::from_millis(150));
+                answer(pump.as_fd(), &Reply::Started { pid: 4343 }).expect("answer");
+            }
+        });
+        let mut ended = 0;
+        let result = request(ours.as_fd(), &InstanceId::new("i-1"), &pipes, || {
+            ended += 1;
+            end_tx.send(()).expect("end the host");
+        });
+        host.join().expect("host thread");
+        (result, ended)
+    }
+
+    #[test]
+    fn a_pump_forked_by_a_host_that_did_not_answer_in_time_is_the_pump() {
+        let (result, ended) = silent_host(true);
+        assert_eq!(ended, 1, "the silent host is ended");
+        assert_eq!(result.expect("the pump's answer"), 4343);
+    }
+
+    #[test]
+    fn a_host_that_did_not_answer_and_forked_nothing_fails_the_request() {
+        let (result, ended) = silent_host(false);
+        assert_eq!(ended, 1, "the silent host is ended");
+        let e = result.expect_err("no pump runs");
+        assert!(
+            e.to_string().contains("was ended before it started one"),
+            "{e}"
+        );
     }
 }
