@@ -96,8 +96,10 @@ pub(crate) struct Agent {
 pub(crate) struct PumpHost {
     /// The agent's end of the host's socket.
     pub socket: std::os::fd::OwnedFd,
-    /// The host process, to end it when it does not answer.
-    pub pidfd: std::os::fd::OwnedFd,
+    /// The host process, to end it when it does not answer: by its pidfd where the kernel
+    /// has them (5.3 and later), else by its pid.
+    pub pid: rustix::process::Pid,
+    pub pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 /// The environment variable that tells an instance where to listen for `pmcluster send`.

@@ -55,8 +55,9 @@ pub const HOST_NAME: &std::ffi::CStr = c"pmcluster-pumps";
 /// How long the agent waits for the host's answer before it gives up on the host.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How long the agent waits, after it ended a host that did not answer in time, for the answer
-/// of a pump the host may have forked for the request (see [`request`]).
-const LATE_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// of a pump the host may have forked for the request (see [`request`]). Short: the caller is
+/// an instance's supervisor, on one of the runtime's few threads.
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How often an idle host wakes to reap the pumps that ended.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// The largest request: two paths and an id.
@@ -102,7 +103,12 @@ pub(crate) fn start_pump(
         return Err(io::Error::other("no pump host"));
     };
     let end_host = || {
-        let killed = rustix::process::pidfd_send_signal(&host.pidfd, rustix::process::Signal::KILL);
+        let killed = match &host.pidfd {
+            Some(pidfd) => rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL),
+            // Its pid is still its own: a host that ended would have closed the socket, not
+            // left the agent waiting (see `request`).
+            None => rustix::process::kill_process(host.pid, rustix::process::Signal::KILL),
+        };
         match killed {
             // Gone already: what `request` needs.
             Ok(()) | Err(rustix::io::Errno::SRCH) => {}
@@ -149,11 +155,18 @@ fn start_host(agent: &Agent, program: &Path) -> io::Result<PumpHost> {
     let spawned = agent.reaper.spawn(&mut cmd)?;
     let pid = rustix::process::Pid::from_raw(i32::try_from(spawned.pid).unwrap_or(i32::MAX))
         .ok_or_else(|| io::Error::other("the pump host has no pid"))?;
-    // Not reaped before its socket closes, and that is still open here: the pid is the host's.
-    let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+    // It does not end while its socket is open, and that is open here: the pid is the host's.
+    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => Some(pidfd),
+        Err(e) => {
+            tracing::debug!("no pidfd for the log pump host ({e}): it is signalled by its pid");
+            None
+        }
+    };
     tracing::debug!(pid = spawned.pid, "started the log pump host");
     Ok(PumpHost {
         socket: ours,
+        pid,
         pidfd,
     })
 }
@@ -165,7 +178,8 @@ fn start_host(agent: &Agent, program: &Path) -> io::Result<PumpHost> {
 /// writers to one log) unless none runs. So the host is ended (`end_host`), and the answer
 /// waited for once more. A forked pump answers itself, before it lets go of the socket; with
 /// the host gone, the socket ends (no answer) only when no pump of it holds it. So an answer
-/// means a pump runs, and an end means none does.
+/// means a pump runs, an end means none does, and a socket still held after
+/// [`LATE_ANSWER_WAIT`] means one may ([`MayRun`]: the caller starts none).
 fn request(
     socket: BorrowedFd<'_>,
     id: &InstanceId,
@@ -206,7 +220,12 @@ fn request(
         })
     };
     let n = match receive(deadline) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        // Ended with the request unread: it forked nothing for it.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+            return Err(io::Error::other("it ended"));
+        }
+        // No answer in time (or a signal past the deadline): a pump may run, or may yet.
+        Err(_) => {
             end_host();
             let late = std::time::Instant::now() + LATE_ANSWER_WAIT;
             let silent = || {
@@ -217,18 +236,17 @@ fn request(
             };
             loop {
                 match receive(late) {
-                    Err(e)
-                        if e.kind() == io::ErrorKind::WouldBlock
-                            && std::time::Instant::now() < late => {}
-                    // Ended with the request unread: it forked nothing for it.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break Err(silent()),
-                    Ok((0, _)) => break Err(silent()),
-                    other => break other,
+                    Ok((0, _)) => return Err(silent()),
+                    Ok(received) => break received,
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(silent()),
+                    Err(_) if std::time::Instant::now() < late => {}
+                    // Something still holds the host's socket: a pump it forked, stuck.
+                    Err(_) => return Err(io::Error::other(MayRun)),
                 }
             }
         }
-        received => received,
-    }?
+        Ok(received) => received,
+    }
     .0;
     if n == 0 {
         return Err(io::Error::other("it ended"));
@@ -237,6 +255,32 @@ fn request(
         Reply::Started { pid } => Ok(pid),
         Reply::Failed { error } => Err(io::Error::other(error)),
     }
+}
+
+/// Why a pump was not started: the host was ended without answering, and a pump it forked
+/// may still run on the pipes (its socket stayed open). No other is started on them: two
+/// writers would split the output between them.
+#[derive(Debug)]
+struct MayRun;
+
+impl std::fmt::Display for MayRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "it did not answer within {}s and was ended, but a pump it forked may hold the \
+             pipes, silent for {}s more",
+            ANSWER_WAIT.as_secs(),
+            LATE_ANSWER_WAIT.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for MayRun {}
+
+/// Whether a failed [`start_pump`] may have left a pump running on the pipes, so that no other
+/// may be started on them.
+pub(crate) fn may_run(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<MayRun>())
 }
 
 /// Runs a call on the host's socket again when a signal interrupted it, until `deadline`. Each
@@ -547,11 +591,22 @@ mod tests {
         unsafe { sigaction(Signal::SIGWINCH, &before) }.expect("sigaction");
     }
 
-    /// A host that takes a request and then does not answer in time may have forked the pump
-    /// or may still fork it: the agent ends the host and waits for the pump's own answer. With
-    /// a pump (`forked`), its answer is taken, and no second pump is started on the pipes; with
-    /// none, the socket ends and the request fails, and the caller may start one.
-    fn silent_host(forked: bool) -> (io::Result<u32>, u32) {
+    /// What a host that does not answer in time has done with the request.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Silent {
+        /// Forked a pump, which answers late, after its host has gone.
+        Forked,
+        /// Forked a pump that stays silent, holding the socket.
+        Stuck,
+        /// Read it and forked nothing.
+        ReadOnly,
+        /// Never read it.
+        Unread,
+    }
+
+    /// A host that does not answer in time may have forked the pump or may still fork it: the
+    /// agent ends the host and waits for the pump's own answer.
+    fn silent_host(silent: Silent) -> (io::Result<u32>, u32) {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -578,23 +633,29 @@ mod tests {
             fd: 1,
         }];
         let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
-        // The host: takes the request (and, when `forked`, has a pump holding the socket), and
-        // answers nothing until it is ended.
         let host = std::thread::spawn(move || {
-            let mut body = vec![0u8; MAX_REQUEST];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            rustix::net::recvmsg(
-                &theirs,
-                &mut [IoSliceMut::new(&mut body)],
-                &mut control,
-                RecvFlags::empty(),
-            )
-            .expect("request");
+            if silent != Silent::Unread {
+                let mut body = vec![0u8; MAX_REQUEST];
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+                let mut control = RecvAncillaryBuffer::new(&mut space);
+                rustix::net::recvmsg(
+                    &theirs,
+                    &mut [IoSliceMut::new(&mut body)],
+                    &mut control,
+                    RecvFlags::empty(),
+                )
+                .expect("request");
+            }
+            let forked = matches!(silent, Silent::Forked | Silent::Stuck);
             let pump = forked.then(|| theirs.try_clone().expect("the pump's copy"));
             end_rx.recv().expect("ended");
             drop(theirs);
             if let Some(pump) = pump {
+                if silent == Silent::Stuck {
+                    // Past the agent's late wait.
+                    std::thread::sleep(LATE_ANSWER_WAIT + Duration::from_millis(500));
+                    return;
+                }
                 // A pump that was slow too: it answers after its host has gone.
                 std::thread::sleep(Duration::from_millis(150));
                 answer(pump.as_fd(), &Reply::Started { pid: 4343 }).expect("answer");
@@ -609,21 +670,36 @@ mod tests {
         (result, ended)
     }
 
+    /// Its late answer is taken: no second pump is started on the pipes.
     #[test]
     fn a_pump_forked_by_a_host_that_did_not_answer_in_time_is_the_pump() {
-        let (result, ended) = silent_host(true);
+        let (result, ended) = silent_host(Silent::Forked);
         assert_eq!(ended, 1, "the silent host is ended");
         assert_eq!(result.expect("the pump's answer"), 4343);
     }
 
+    /// No pump runs (the socket ends, or resets with the request unread): the request fails,
+    /// and the caller may start the pump on its own.
     #[test]
     fn a_host_that_did_not_answer_and_forked_nothing_fails_the_request() {
-        let (result, ended) = silent_host(false);
+        for silent in [Silent::ReadOnly, Silent::Unread] {
+            let (result, ended) = silent_host(silent);
+            assert_eq!(ended, 1, "the silent host is ended");
+            let e = result.expect_err("no pump runs");
+            assert!(!may_run(&e), "{e}");
+            assert!(
+                e.to_string().contains("was ended before it started one"),
+                "{e}"
+            );
+        }
+    }
+
+    /// A socket still held past the late wait: a pump may run, and the caller starts none.
+    #[test]
+    fn a_silent_pump_holding_the_socket_may_run() {
+        let (result, ended) = silent_host(Silent::Stuck);
         assert_eq!(ended, 1, "the silent host is ended");
-        let e = result.expect_err("no pump runs");
-        assert!(
-            e.to_string().contains("was ended before it started one"),
-            "{e}"
-        );
+        let e = result.expect_err("no answer");
+        assert!(may_run(&e), "{e}");
     }
 }

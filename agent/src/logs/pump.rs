@@ -470,6 +470,14 @@ pub(crate) fn spawn_pump(agent: &Agent, id: &InstanceId, pipes: Vec<PumpPipe>) -
     if let Some(program) = &agent.log_pump {
         let started = match super::host::start_pump(agent, program, id, &pipes) {
             Ok(pump) => Some((pump, watch_exit(pump))),
+            Err(e) if super::host::may_run(&e) => {
+                tracing::warn!(
+                    instance = %id,
+                    "the log pump host cannot start its pump ({e}); not starting another on \
+                     the same pipes",
+                );
+                return (Vec::new(), None);
+            }
             Err(e) => {
                 tracing::warn!(
                     instance = %id,

@@ -252,6 +252,8 @@ struct Leaving {
     app_version: u64,
     /// Its agent's last report of it; pid 0 until a report holds it running.
     status: InstanceObserved,
+    /// The last pid a report gave it (0: none), for the event at its end.
+    seen_pid: u32,
     /// The node's desired-set generation that left it out. A report of an older set may not
     /// hold the process yet (just started, not reported before its record went) or may not
     /// have stopped it yet: only a report of this generation or later that does not hold it

@@ -432,17 +432,18 @@ fn a_removed_instance_its_agent_never_reported_is_listed_until_a_newer_report() 
             "2:stopping:0:true"
         ],
     );
-    // Of the newer set: web[1] stopping, web[2] being spawned as the report went out (no pid
-    // yet), then neither held.
+    // Of the newer set: both being spawned as the report went out (no pid yet: web[1]'s
+    // process exited and its agent starts another), then neither held. The event at web[1]'s
+    // end names the last process seen.
     let mut stopping = started.clone();
-    stopping[1].state = InstanceState::Stopping;
+    stopping[1].pid = 0;
     stopping[2].pid = 0;
     report(newer, stopping.clone());
     assert_eq!(
         listed(&c)?,
         [
             "0:launching:100:false",
-            "1:stopping:101:true",
+            "1:stopping:0:true",
             "2:stopping:0:true"
         ]
     );

@@ -240,6 +240,9 @@ impl Control {
                 && !inner.state.instances.contains_key(&id)
             {
                 if Leaving::running(&st) || generation < process.until {
+                    if st.pid != 0 {
+                        process.seen_pid = st.pid;
+                    }
                     process.status = st;
                     still_leaving.insert(id, process);
                 } else {
@@ -385,11 +388,11 @@ impl Control {
     fn emit_ended(&self, node: &str, ended: HashMap<uuid::Uuid, Leaving>) {
         let mut per_app: BTreeMap<String, Vec<(u32, uuid::Uuid, u32)>> = BTreeMap::new();
         // One never reported running has no process to speak of.
-        for (id, process) in ended.into_iter().filter(|(_, p)| p.status.pid != 0) {
+        for (id, process) in ended.into_iter().filter(|(_, p)| p.seen_pid != 0) {
             per_app
                 .entry(process.app)
                 .or_default()
-                .push((process.index, id, process.status.pid));
+                .push((process.index, id, process.seen_pid));
         }
         for (app, mut ended) in per_app {
             if ended.len() > write::EVENTS_PER_WRITE {

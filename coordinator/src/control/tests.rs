@@ -30,7 +30,6 @@ pub(super) fn web(instances: u32) -> AppSpec {
     spec
 }
 
-/// Per-node instance counts of `app`, as text like "a:4 b:4 c:4".
 /// The instances `list` shows of `app` that have records: not the removed ones whose agents
 /// have not reported their ends (these tests' agents send no reports).
 fn records(c: &Control, app: &str) -> Result<Vec<InstanceView>> {
@@ -40,6 +39,7 @@ fn records(c: &Control, app: &str) -> Result<Vec<InstanceView>> {
         .collect())
 }
 
+/// Per-node instance counts of `app`, as text like "a:4 b:4 c:4".
 fn spread(c: &Control, app: &str) -> String {
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for i in records(c, app).unwrap_or_default() {

@@ -426,6 +426,7 @@ fn leaving_processes(inner: &Inner, removed: &[Uuid]) -> Vec<(String, Uuid, Leav
                 app: rec.app.clone(),
                 index: rec.index,
                 app_version: rec.app_version,
+                seen_pid: status.pid,
                 status,
                 // Set once the write's generations are applied.
                 until: 0,
