@@ -511,11 +511,13 @@ async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::R
 /// `delete APP`.
 pub async fn delete(args: DeleteArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
-    // What --wait waits for: the instances there before, not any made later under the name.
-    let before = match args.wait {
+    // What --wait waits for: the instances there before, not any made later under the name,
+    // nor those a quarantined node holds (nothing here stops them).
+    let mut before = match args.wait {
         true => list_instances(&mut conn, &args.app).await?,
         false => Vec::new(),
     };
+    before.retain(|i| !i.unmanaged);
     let running = before.iter().filter(|i| i.pid != 0).count();
     let before: std::collections::HashSet<String> = before.into_iter().map(|i| i.id).collect();
     let req = pb::DeleteAppRequest {

@@ -112,7 +112,12 @@ pub fn progress(
             })
     };
     let up = |i: &pb::Instance| online(i, goal.version) && (checked(i) || steady(i));
-    let mine: Vec<&pb::Instance> = instances.iter().filter(|i| i.app == app).collect();
+    // One a quarantined node holds is no instance of this app here: it neither counts as up nor
+    // waits to be replaced.
+    let mine: Vec<&pb::Instance> = instances
+        .iter()
+        .filter(|i| i.app == app && !i.unmanaged)
+        .collect();
     let wanted: Vec<u32> = match (goal.index, goal.count) {
         (Some(i), _) => vec![i],
         (None, Some(n)) => (0..n).collect(),

@@ -422,6 +422,7 @@ impl From<&InstanceView> for pb::Instance {
             disabled: i.disabled,
             leak: i.leak.clone(),
             removed: i.removed,
+            unmanaged: i.unmanaged,
         }
     }
 }

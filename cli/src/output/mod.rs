@@ -356,6 +356,7 @@ pub fn instance_json(i: &pb::Instance, now_ms: i64) -> Value {
         "stopped": i.stopped,
         "disabled": i.disabled,
         "removed": i.removed,
+        "unmanaged": i.unmanaged,
         "leak": empty_as_null(&i.leak),
         "message": i.message,
     })

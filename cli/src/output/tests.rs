@@ -35,6 +35,7 @@ fn instance(app: &str, index: u32, state: pb::InstanceState) -> pb::Instance {
         disabled: false,
         leak: String::new(),
         removed: false,
+        unmanaged: false,
     }
 }
 
@@ -298,12 +299,12 @@ fn instance_json_shape() {
         {"app": "web", "index": 1, "id": "id-web-1", "node": "node-a", "host": "10.0.0.1", "pid": 4101,
          "port": 3001, "status": "online", "health": null, "cpu": 12.5, "memory": 24_536_678, "restarts": 1,
          "uptime_ms": 5000, "started_at_ms": NOW - 5000, "version": 1,
-         "last_exit_code": null, "stopped": false, "disabled": true, "removed": false,
+         "last_exit_code": null, "stopped": false, "disabled": true, "removed": false, "unmanaged": false,
          "leak": "+2.0 MiB/min over 1m", "message": ""},
         {"app": "web", "index": 2, "id": "id-web-2", "node": null, "host": null, "pid": null,
          "port": 3002, "status": "pending", "health": null, "cpu": 0.0, "memory": 0, "restarts": 2,
          "uptime_ms": null, "started_at_ms": null, "version": 1,
-         "last_exit_code": null, "stopped": false, "disabled": false, "removed": false, "leak": null, "message": ""},
+         "last_exit_code": null, "stopped": false, "disabled": false, "removed": false, "unmanaged": false, "leak": null, "message": ""},
     ]);
     assert_eq!(got, want);
 }

@@ -97,6 +97,18 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             Progress::Up(1),
         ),
         (
+            "one a quarantined node holds is not this app's",
+            goal(Some(1)),
+            vec![
+                with(online(0), |i| {
+                    i.unmanaged = true;
+                    i.id = "held".into();
+                }),
+                inst(0, S::Pending),
+            ],
+            waiting("0 of 1 up; web[0] pending"),
+        ),
+        (
             "pending says why",
             goal(Some(1)),
             vec![with(inst(0, S::Pending), |i| {

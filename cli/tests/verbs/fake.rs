@@ -93,6 +93,7 @@ impl Fake {
                     disabled: false,
                     leak: String::new(),
                     removed: false,
+                    unmanaged: false,
                 });
             }
         }

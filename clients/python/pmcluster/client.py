@@ -313,7 +313,8 @@ class Client:
 
     def instances(self, app: str = "") -> List[types_pb2.Instance]:
         """Every instance (of one app, or of all), across pages. Processes of removed instances
-        that are still ending come too, as stopping, with `removed` set."""
+        that are still ending come too, as stopping, with `removed` set, and instances that
+        quarantined nodes hold, with `unmanaged` set."""
         out, token = [], ""
         while True:
             request = cluster_pb2.ListInstancesRequest(app=app, page_token=token)

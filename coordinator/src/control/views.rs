@@ -581,6 +581,7 @@ pub(super) fn held_views(inner: &Inner, app: &str) -> Vec<InstanceView> {
                 stopped: !a.run,
                 state: InstanceState::Unknown,
                 host: node_address(inner, node),
+                unmanaged: true,
                 ..InstanceView::default()
             };
             if let Some(o) = inner.observed.get(&a.id) {

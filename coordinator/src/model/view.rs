@@ -97,6 +97,8 @@ pub struct InstanceView {
     pub leak: String,
     /// Its record is gone and its process is still ending (see `control::Leaving`).
     pub removed: bool,
+    /// Held by a quarantined node, of which there is no record (see `control::views`).
+    pub unmanaged: bool,
 }
 
 /// A node's status as `nodes` shows it.

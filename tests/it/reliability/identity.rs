@@ -87,7 +87,8 @@ fn issue9_a_lost_state_file_never_stops_instances() {
         held.iter().all(|i| i.json["message"]
             .as_str()
             .unwrap_or("")
-            .contains("not managed")),
+            .contains("not managed")
+            && i.json["unmanaged"] == true),
         "{}",
         render(&held)
     );
@@ -118,13 +119,11 @@ fn issue9_a_lost_state_file_never_stops_instances() {
     assert!(out.stdout.contains("adopted node-a"), "{out}");
     let after = wait_same_pids(&c, &procs, "the same pids, managed again");
     assert!(
-        after
-            .iter()
-            .all(|i| i.json["message"].as_str().unwrap_or("").is_empty()
-                || !i.json["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("not managed")),
+        after.iter().all(|i| i.json["unmanaged"] == false
+            && !i.json["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not managed")),
         "{}",
         render(&after)
     );
