@@ -221,6 +221,20 @@ impl Reaper {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sends `signal` to a child of the agent's spawns that has not been reaped, and says
+    /// whether it had not. Under the table's lock, which reaping takes too: so its pid cannot
+    /// be reaped, and given to another process, in between.
+    pub fn signal_unreaped(&self, pid: u32, signal: Signal) -> io::Result<bool> {
+        let table = self.lock();
+        if !table.waiting.contains_key(&pid) {
+            return Ok(false);
+        }
+        match kill(to_pid(pid), signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(true),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Spawns `cmd` and registers its pid. Blocking (fork and exec) for well under a
     /// millisecond; the caller's `Command` decides stdio, group and credentials.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Spawned> {

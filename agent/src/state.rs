@@ -96,10 +96,9 @@ pub(crate) struct Agent {
 pub(crate) struct PumpHost {
     /// The agent's end of the host's socket.
     pub socket: std::os::fd::OwnedFd,
-    /// The host process, to end it when it does not answer: by its pidfd where the kernel
-    /// has them (5.3 and later), else by its pid.
-    pub pid: rustix::process::Pid,
-    pub pidfd: Option<std::os::fd::OwnedFd>,
+    /// The host process, to end it when it does not answer (through the reaper, see
+    /// `crate::process::Reaper::signal_unreaped`).
+    pub pid: u32,
 }
 
 /// The environment variable that tells an instance where to listen for `pmcluster send`.

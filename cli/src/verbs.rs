@@ -117,9 +117,10 @@ pub async fn stats(args: AppArg, compare: bool, ctx: &mut Ctx<'_>) -> anyhow::Re
         name: args.app.clone(),
     };
     call!(conn, get_app, req).await?;
-    // A removed instance's process still ending is no longer one of the app's.
+    // A removed instance's process still ending is no longer one of the app's, and one a
+    // quarantined node holds is none of this cluster's.
     let mut instances = list_instances(&mut conn, &args.app).await?;
-    instances.retain(|i| !i.removed);
+    instances.retain(|i| !i.removed && !i.unmanaged);
     let now = output::now_ms();
     match (compare, ctx.structured()) {
         (false, false) => ctx.text(&output::stats_text(&args.app, &instances, now)),

@@ -36,6 +36,8 @@ use std::process::Stdio;
 use std::sync::PoisonError;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
@@ -55,9 +57,9 @@ pub const HOST_NAME: &std::ffi::CStr = c"pmcluster-pumps";
 /// How long the agent waits for the host's answer before it gives up on the host.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// How long the agent waits, after it ended a host that did not answer in time, for the answer
-/// of a pump the host may have forked for the request (see [`request`]). Short: the caller is
-/// an instance's supervisor, on one of the runtime's few threads.
-const LATE_ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// of a pump the host may have forked for the request (see [`request`]). Off the runtime's
+/// threads and without the host's lock, so only that instance's start waits.
+const LATE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// How often an idle host wakes to reap the pumps that ended.
 const REAP_EVERY: Duration = Duration::from_secs(1);
 /// The largest request: two paths and an id.
@@ -92,39 +94,43 @@ pub(crate) fn start_pump(
     id: &InstanceId,
     pipes: &[PumpPipe],
 ) -> io::Result<ProcId> {
-    let mut socket = agent
+    let mut held = agent
         .pump_host
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    if socket.is_none() {
-        *socket = Some(start_host(agent, program)?);
+    if held.is_none() {
+        *held = Some(start_host(agent, program)?);
     }
-    let Some(host) = socket.as_ref() else {
+    let Some(host) = held.as_ref() else {
         return Err(io::Error::other("no pump host"));
     };
-    let end_host = || {
-        let killed = match &host.pidfd {
-            Some(pidfd) => rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL),
-            // Its pid is still its own: a host that ended would have closed the socket, not
-            // left the agent waiting (see `request`).
-            None => rustix::process::kill_process(host.pid, rustix::process::Signal::KILL),
-        };
-        match killed {
-            // Gone already: what `request` needs.
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(e) => tracing::warn!("cannot end the log pump host that does not answer: {e}"),
+    match request(host.socket.as_fd(), id, pipes) {
+        // Gone already when its pipes ended at once (the instance exited): nothing to wait for.
+        Ok(Some(pid)) => return Ok(ProcId::started(pid)),
+        Ok(None) => {}
+        Err(e) => {
+            *held = None;
+            return Err(e);
         }
-    };
-    let ended = std::cell::Cell::new(false);
-    let started = request(host.socket.as_fd(), id, pipes, || {
-        end_host();
-        ended.set(true);
-    });
-    if started.is_err() || ended.get() {
-        *socket = None;
     }
-    let pid = started?;
-    // Gone already when its pipes ended at once (the instance exited): nothing to wait for.
+    // No answer in time. The host is ended and let go of, so that other starts get a new one
+    // meanwhile, and the answer of a pump it may have forked is waited for off the runtime's
+    // threads.
+    let Some(host) = held.take() else {
+        return Err(io::Error::other("no pump host"));
+    };
+    drop(held);
+    if let Err(e) = agent.reaper.signal_unreaped(host.pid, Signal::SIGKILL) {
+        tracing::warn!("cannot end the log pump host that does not answer: {e}");
+    }
+    let late = || late_answer(host.socket.as_fd(), LATE_ANSWER_WAIT);
+    let on_workers = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    let pid = if on_workers {
+        tokio::task::block_in_place(late)
+    } else {
+        late()
+    }?;
     Ok(ProcId::started(pid))
 }
 
@@ -153,39 +159,27 @@ fn start_host(agent: &Agent, program: &Path) -> io::Result<PumpHost> {
         .process_group(0);
     // Its exit is not waited for: it ends when `ours` closes.
     let spawned = agent.reaper.spawn(&mut cmd)?;
-    let pid = rustix::process::Pid::from_raw(i32::try_from(spawned.pid).unwrap_or(i32::MAX))
-        .ok_or_else(|| io::Error::other("the pump host has no pid"))?;
-    // It does not end while its socket is open, and that is open here: the pid is the host's.
-    let pidfd = match rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) {
-        Ok(pidfd) => Some(pidfd),
-        Err(e) => {
-            tracing::debug!("no pidfd for the log pump host ({e}): it is signalled by its pid");
-            None
-        }
-    };
     tracing::debug!(pid = spawned.pid, "started the log pump host");
     Ok(PumpHost {
         socket: ours,
-        pid,
-        pidfd,
+        pid: spawned.pid,
     })
 }
 
-/// Sends the request and reads its answer.
+/// Sends the request and reads its answer: the pump's pid, or `None` when none came in time.
 ///
-/// When the answer does not come in time, the host has the pipes and may have forked their
-/// pump, or may fork it later: the caller must not start a second one on the same pipes (two
-/// writers to one log) unless none runs. So the host is ended (`end_host`), and the answer
-/// waited for once more. A forked pump answers itself, before it lets go of the socket; with
-/// the host gone, the socket ends (no answer) only when no pump of it holds it. So an answer
-/// means a pump runs, an end means none does, and a socket still held after
-/// [`LATE_ANSWER_WAIT`] means one may ([`MayRun`]: the caller starts none).
-fn request(
-    socket: BorrowedFd<'_>,
-    id: &InstanceId,
-    pipes: &[PumpPipe],
-    end_host: impl FnOnce(),
-) -> io::Result<u32> {
+/// Then the host has the pipes and may have forked their pump, or may fork it later: the
+/// caller must not start a second one on the same pipes (two writers to one log) unless none
+/// runs. So it ends the host and reads on ([`late_answer`]). A forked pump answers itself,
+/// before it lets go of the socket; with the host gone, the socket ends (no answer) only when
+/// no pump of it holds it. So an answer means a pump runs, an end means none does, and a
+/// socket still held after [`LATE_ANSWER_WAIT`] means one may ([`MayRun`]: the caller starts
+/// none).
+///
+/// One request is in flight at a time: the agent holds the host's lock from the send to the
+/// answer, and lets the host go after any failure. So an unread packet at a reset is this
+/// request.
+fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::Result<Option<u32>> {
     let (out, err) = match pipes {
         [out] => (out, None),
         [out, err] => (out, Some(err)),
@@ -214,44 +208,52 @@ fn request(
         )
     })?;
     let mut answer = [0u8; 1024];
-    let mut receive = |deadline| {
-        uninterrupted(deadline, || {
-            rustix::net::recv(socket, &mut answer, RecvFlags::empty())
-        })
-    };
-    let n = match receive(deadline) {
+    match uninterrupted(deadline, || {
+        rustix::net::recv(socket, &mut answer, RecvFlags::empty())
+    }) {
+        Ok((0, _)) => Err(io::Error::other("it ended")),
+        Ok((n, _)) => started(&answer[..n]).map(Some),
         // Ended with the request unread: it forked nothing for it.
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-            return Err(io::Error::other("it ended"));
-        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(io::Error::other("it ended")),
         // No answer in time (or a signal past the deadline): a pump may run, or may yet.
-        Err(_) => {
-            end_host();
-            let late = std::time::Instant::now() + LATE_ANSWER_WAIT;
-            let silent = || {
-                io::Error::other(format!(
-                    "it did not answer within {}s, and was ended before it started one",
-                    ANSWER_WAIT.as_secs()
-                ))
-            };
-            loop {
-                match receive(late) {
-                    Ok((0, _)) => return Err(silent()),
-                    Ok(received) => break received,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(silent()),
-                    Err(_) if std::time::Instant::now() < late => {}
-                    // Something still holds the host's socket: a pump it forked, stuck.
-                    Err(_) => return Err(io::Error::other(MayRun)),
-                }
-            }
+        Err(_) => Ok(None),
+    }
+}
+
+/// Reads on, up to `wait`, for the answer of a request whose host was ended without answering
+/// (see [`request`]).
+fn late_answer(socket: BorrowedFd<'_>, wait: Duration) -> io::Result<u32> {
+    let late = std::time::Instant::now() + wait;
+    let silent = || {
+        io::Error::other(format!(
+            "it did not answer within {}s, and was ended before it started one",
+            ANSWER_WAIT.as_secs()
+        ))
+    };
+    let mut answer = [0u8; 1024];
+    loop {
+        let received = uninterrupted(late, || {
+            rustix::net::recv(socket, &mut answer, RecvFlags::empty())
+        });
+        match received {
+            Ok((0, _)) => return Err(silent()),
+            Ok((n, _)) => return started(&answer[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(silent()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) && std::time::Instant::now() < late => {}
+            // Something still holds the host's socket: a pump it forked, stuck (or the socket
+            // failed otherwise, which says nothing either way).
+            Err(_) => return Err(io::Error::other(MayRun)),
         }
-        Ok(received) => received,
     }
-    .0;
-    if n == 0 {
-        return Err(io::Error::other("it ended"));
-    }
-    match serde_json::from_slice(&answer[..n]).map_err(io::Error::other)? {
+}
+
+/// The pid in an answer.
+fn started(answer: &[u8]) -> io::Result<u32> {
+    match serde_json::from_slice(answer).map_err(io::Error::other)? {
         Reply::Started { pid } => Ok(pid),
         Reply::Failed { error } => Err(io::Error::other(error)),
     }
@@ -562,9 +564,7 @@ mod tests {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let agent = std::thread::spawn(move || {
             tid_tx.send(nix::sys::pthread::pthread_self()).expect("tid");
-            request(ours.as_fd(), &InstanceId::new("i-1"), &pipes, || {
-                unreachable!("the host answered in time")
-            })
+            request(ours.as_fd(), &InstanceId::new("i-1"), &pipes)
         });
         let tid = tid_rx.recv().expect("tid");
         // Signals until the host has the request, then 20 more while the agent's thread waits
@@ -584,7 +584,7 @@ mod tests {
         }
         answer_now.send(()).expect("answer");
         let pid = agent.join().expect("agent thread").expect("request");
-        assert_eq!(pid, 4242);
+        assert_eq!(pid, Some(4242), "answered in time");
         host.join().expect("host thread");
         // SAFETY: puts back what was there before.
         #[allow(unsafe_code)]
@@ -606,7 +606,7 @@ mod tests {
 
     /// A host that does not answer in time may have forked the pump or may still fork it: the
     /// agent ends the host and waits for the pump's own answer.
-    fn silent_host(silent: Silent) -> (io::Result<u32>, u32) {
+    fn silent_host(silent: Silent) -> io::Result<u32> {
         let (ours, theirs) = rustix::net::socketpair(
             AddressFamily::UNIX,
             SocketType::SEQPACKET,
@@ -652,8 +652,8 @@ mod tests {
             drop(theirs);
             if let Some(pump) = pump {
                 if silent == Silent::Stuck {
-                    // Past the agent's late wait.
-                    std::thread::sleep(LATE_ANSWER_WAIT + Duration::from_millis(500));
+                    // Past the late wait.
+                    std::thread::sleep(Duration::from_millis(800));
                     return;
                 }
                 // A pump that was slow too: it answers after its host has gone.
@@ -661,21 +661,22 @@ mod tests {
                 answer(pump.as_fd(), &Reply::Started { pid: 4343 }).expect("answer");
             }
         });
-        let mut ended = 0;
-        let result = request(ours.as_fd(), &InstanceId::new("i-1"), &pipes, || {
-            ended += 1;
-            end_tx.send(()).expect("end the host");
-        });
+        let first = request(ours.as_fd(), &InstanceId::new("i-1"), &pipes);
+        let silent_in_time = matches!(first, Ok(None));
+        end_tx.send(()).expect("end the host");
+        let result = late_answer(ours.as_fd(), Duration::from_millis(500));
         host.join().expect("host thread");
-        (result, ended)
+        assert!(silent_in_time, "no answer in time: {first:?}");
+        result
     }
 
     /// Its late answer is taken: no second pump is started on the pipes.
     #[test]
     fn a_pump_forked_by_a_host_that_did_not_answer_in_time_is_the_pump() {
-        let (result, ended) = silent_host(Silent::Forked);
-        assert_eq!(ended, 1, "the silent host is ended");
-        assert_eq!(result.expect("the pump's answer"), 4343);
+        assert_eq!(
+            silent_host(Silent::Forked).expect("the pump's answer"),
+            4343
+        );
     }
 
     /// No pump runs (the socket ends, or resets with the request unread): the request fails,
@@ -683,9 +684,7 @@ mod tests {
     #[test]
     fn a_host_that_did_not_answer_and_forked_nothing_fails_the_request() {
         for silent in [Silent::ReadOnly, Silent::Unread] {
-            let (result, ended) = silent_host(silent);
-            assert_eq!(ended, 1, "the silent host is ended");
-            let e = result.expect_err("no pump runs");
+            let e = silent_host(silent).expect_err("no pump runs");
             assert!(!may_run(&e), "{e}");
             assert!(
                 e.to_string().contains("was ended before it started one"),
@@ -697,9 +696,47 @@ mod tests {
     /// A socket still held past the late wait: a pump may run, and the caller starts none.
     #[test]
     fn a_silent_pump_holding_the_socket_may_run() {
-        let (result, ended) = silent_host(Silent::Stuck);
-        assert_eq!(ended, 1, "the silent host is ended");
-        let e = result.expect_err("no answer");
+        let e = silent_host(Silent::Stuck).expect_err("no answer");
         assert!(may_run(&e), "{e}");
+    }
+
+    /// A host that ends with the request unread, in time, forked nothing: the request fails at
+    /// once, and the caller may start the pump on its own.
+    #[test]
+    fn a_host_that_ended_with_the_request_unread_fails_it() {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(Duration::from_secs(10)),
+        )
+        .expect("timeout");
+        let (reader, _writer) = rustix::pipe::pipe().expect("pipe");
+        let pipes = vec![PumpPipe {
+            reader,
+            target: PumpTarget {
+                path: "/nonexistent/out.log".into(),
+                max_bytes: None,
+                keep: 0,
+                timestamps: false,
+            },
+            fd: 1,
+        }];
+        let host = std::thread::spawn(move || {
+            // Waits for the request without taking it, then ends.
+            let mut peek = [0u8; 1];
+            rustix::net::recv(&theirs, &mut peek, RecvFlags::PEEK).expect("peek");
+        });
+        let started = std::time::Instant::now();
+        let e = request(ours.as_fd(), &InstanceId::new("i-1"), &pipes).expect_err("ended");
+        host.join().expect("host thread");
+        assert!(e.to_string().contains("it ended"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "not a timeout");
     }
 }

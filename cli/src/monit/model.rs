@@ -95,10 +95,12 @@ impl Monitor {
     /// selection kept on the same instance when it is still there. Returns the logs to follow
     /// when the selected instance changed (it went away, or the first listing came).
     pub fn refresh(&mut self, mut instances: Vec<pb::Instance>, nodes: Vec<pb::Node>) -> Action {
-        // A removed instance's process still ending comes after the live one of its index, so
-        // the selection, kept by app and index, stays on the live one.
+        // A removed instance's process still ending, or one a quarantined node holds, comes
+        // after the live one of its index, so the selection, kept by app and index, stays on
+        // the live one.
+        let aside = |i: &pb::Instance| i.removed || i.unmanaged;
         instances.sort_by(|a, b| {
-            (a.app.as_str(), a.index, a.removed).cmp(&(b.app.as_str(), b.index, b.removed))
+            (a.app.as_str(), a.index, aside(a)).cmp(&(b.app.as_str(), b.index, aside(b)))
         });
         let before = self.selected_key();
         for i in &instances {
@@ -282,6 +284,15 @@ mod tests {
         m.refresh(vec![old, inst("web", 0, "z-new", 0.0, 1)], vec![]);
         let ids: Vec<&str> = m.instances.iter().map(|i| i.id.as_str()).collect();
         assert_eq!(ids, ["z-new", "0-old"]);
+        assert_eq!(m.selected, 0);
+        // So does one a quarantined node holds.
+        let held = pb::Instance {
+            unmanaged: true,
+            ..inst("web", 0, "0-held", 0.0, 1)
+        };
+        m.refresh(vec![held, inst("web", 0, "z-new", 0.0, 1)], vec![]);
+        let ids: Vec<&str> = m.instances.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["z-new", "0-held"]);
         assert_eq!(m.selected, 0);
     }
 
