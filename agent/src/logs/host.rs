@@ -488,6 +488,36 @@ fn placeholder_at(environ: &[u8]) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
+    /// The agent's and the host's ends of a host socket, the agent's waiting up to `timeout`
+    /// for an answer, and a pipe to pass along (with its write end, to keep it open).
+    fn host_pair(timeout: Duration) -> (OwnedFd, OwnedFd, Vec<PumpPipe>, OwnedFd) {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        rustix::net::sockopt::set_socket_timeout(
+            &ours,
+            rustix::net::sockopt::Timeout::Recv,
+            Some(timeout),
+        )
+        .expect("timeout");
+        let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+        let pipes = vec![PumpPipe {
+            reader,
+            target: PumpTarget {
+                path: "/nonexistent/out.log".into(),
+                max_bytes: None,
+                keep: 0,
+                timestamps: false,
+            },
+            fd: 1,
+        }];
+        (ours, theirs, pipes, writer)
+    }
+
     #[test]
     fn finds_the_placeholder() {
         let fill = String::from_utf8_lossy(&[ID_FILL; 8]).into_owned();
@@ -517,30 +547,7 @@ mod tests {
         // SAFETY: the handler does nothing, so it is async-signal-safe.
         #[allow(unsafe_code)]
         let before = unsafe { sigaction(Signal::SIGWINCH, &action) }.expect("sigaction");
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        rustix::net::sockopt::set_socket_timeout(
-            &ours,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(ANSWER_WAIT),
-        )
-        .expect("timeout");
-        let (reader, _writer) = rustix::pipe::pipe().expect("pipe");
-        let pipes = vec![PumpPipe {
-            reader,
-            target: PumpTarget {
-                path: "/nonexistent/out.log".into(),
-                max_bytes: None,
-                keep: 0,
-                timestamps: false,
-            },
-            fd: 1,
-        }];
+        let (ours, theirs, pipes, _writer) = host_pair(ANSWER_WAIT);
         let (answer_now, answer_when) = std::sync::mpsc::channel::<()>();
         let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
         // The host: takes the request, then answers only when told to.
@@ -607,31 +614,8 @@ mod tests {
     /// A host that does not answer in time may have forked the pump or may still fork it: the
     /// agent ends the host and waits for the pump's own answer.
     fn silent_host(silent: Silent) -> io::Result<u32> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
         // Short, so that the test does not wait the agent's two seconds.
-        rustix::net::sockopt::set_socket_timeout(
-            &ours,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_millis(100)),
-        )
-        .expect("timeout");
-        let (reader, _writer) = rustix::pipe::pipe().expect("pipe");
-        let pipes = vec![PumpPipe {
-            reader,
-            target: PumpTarget {
-                path: "/nonexistent/out.log".into(),
-                max_bytes: None,
-                keep: 0,
-                timestamps: false,
-            },
-            fd: 1,
-        }];
+        let (ours, theirs, pipes, _writer) = host_pair(Duration::from_millis(100));
         let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
         let host = std::thread::spawn(move || {
             if silent != Silent::Unread {
@@ -704,30 +688,7 @@ mod tests {
     /// once, and the caller may start the pump on its own.
     #[test]
     fn a_host_that_ended_with_the_request_unread_fails_it() {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        rustix::net::sockopt::set_socket_timeout(
-            &ours,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(Duration::from_secs(10)),
-        )
-        .expect("timeout");
-        let (reader, _writer) = rustix::pipe::pipe().expect("pipe");
-        let pipes = vec![PumpPipe {
-            reader,
-            target: PumpTarget {
-                path: "/nonexistent/out.log".into(),
-                max_bytes: None,
-                keep: 0,
-                timestamps: false,
-            },
-            fd: 1,
-        }];
+        let (ours, theirs, pipes, _writer) = host_pair(Duration::from_secs(10));
         let host = std::thread::spawn(move || {
             // Waits for the request without taking it, then ends.
             let mut peek = [0u8; 1];

@@ -52,6 +52,15 @@ pub(super) fn send(c: &Control, node: &str, session: &Attached, instances: Vec<I
     );
 }
 
+/// The events of `web` at the ends of its removed instances' processes.
+fn removed_events(c: &Control) -> Vec<String> {
+    c.recent_events("web", Some(EventKind::InstanceState), 100)
+        .into_iter()
+        .map(|e| e.message)
+        .filter(|m| m.contains("removed"))
+        .collect()
+}
+
 fn endpoints(c: &Control) -> Result<usize> {
     Ok(c.endpoints("web")?.endpoints.len())
 }
@@ -327,12 +336,7 @@ fn a_removed_instance_is_listed_until_its_process_ends() -> Result<()> {
     send(&c, "a", &a, ended);
     assert_eq!(listed(&c)?, ["0:online:100"]);
     assert_eq!(paged(&c)?, ["0:online:100"]);
-    let events: Vec<String> = c
-        .recent_events("web", Some(EventKind::InstanceState), 100)
-        .into_iter()
-        .map(|e| e.message)
-        .filter(|m| m.contains("removed"))
-        .collect();
+    let events = removed_events(&c);
     assert_eq!(
         events,
         [
@@ -449,12 +453,7 @@ fn a_removed_instance_its_agent_never_reported_is_listed_until_a_newer_report() 
     );
     report(newer, stopping[..1].to_vec());
     assert_eq!(listed(&c)?, ["0:launching:100:false"]);
-    let events: Vec<String> = c
-        .recent_events("web", Some(EventKind::InstanceState), 100)
-        .into_iter()
-        .map(|e| e.message)
-        .filter(|m| m.contains("removed"))
-        .collect();
+    let events = removed_events(&c);
     assert_eq!(events, ["web[1] removed: its process 101 has ended"]);
 
     // A stopped record no report held running leaves nothing behind: its agent starts nothing.
