@@ -338,14 +338,8 @@ impl Control {
             inner.observed.insert(id, st);
             inner.observed.settle(id);
         }
-        if !leaving.is_empty() {
-            // Not in a report of an older set: it may not have started them yet.
-            let (kept, ended) = leaving
-                .into_iter()
-                .partition(|(_, process)| generation < process.until);
-            still_leaving.extend::<HashMap<_, _>>(kept);
-            leaving = ended;
-        }
+        // Not in a report of an older set: it may not have started them yet.
+        still_leaving.extend(leaving.extract_if(|_, process| generation < process.until));
         if !still_leaving.is_empty() {
             inner.leaving.insert(node.to_string(), still_leaving);
         }
