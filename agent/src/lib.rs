@@ -347,7 +347,11 @@ async fn stop_instances(agent: &Agent) {
             .unwrap_or_default()
     } + SHUTDOWN_SLACK;
     tracing::info!("stopping every instance");
-    agent.stop_instances.cancel();
+    // Under the state lock, which a desired set is applied under (see `Agent::leaving`).
+    {
+        let _applying = agent.state.lock();
+        agent.stop_instances.cancel();
+    }
     agent.supervisors.close();
     if tokio::time::timeout(grace, agent.supervisors.wait())
         .await
@@ -372,7 +376,11 @@ async fn stop_instances(agent: &Agent) {
 async fn leave_instances(agent: &Agent) {
     let n = agent.state.running_pids().len();
     tracing::info!("leaving {n} instance(s) running for the next agent to adopt");
-    agent.detach.cancel();
+    {
+        // Under the state lock, which a desired set is applied under (see `Agent::leaving`).
+        let _applying = agent.state.lock();
+        agent.detach.cancel();
+    }
     agent.supervisors.close();
     if tokio::time::timeout(SHUTDOWN_SLACK, agent.supervisors.wait())
         .await

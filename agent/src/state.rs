@@ -105,6 +105,41 @@ pub(crate) struct PumpHost {
 pub const MESSAGES_VAR: &str = "PMCLUSTER_MESSAGES";
 
 impl Agent {
+    /// Whether the agent is on its way out (either shutdown): a desired set that arrives now
+    /// is not applied, since no supervisor would carry it out, and its generation must not be
+    /// remembered or reported as applied.
+    pub fn leaving(&self) -> bool {
+        self.detach.is_cancelled() || self.stop_instances.is_cancelled()
+    }
+
+    /// An agent on `data_dir` that no coordinator steers and that runs without cgroups, for
+    /// unit tests of what a desired set does to it.
+    #[cfg(test)]
+    pub(crate) fn for_test(data_dir: &std::path::Path) -> Agent {
+        Agent {
+            node_name: "n1".to_string(),
+            data_dir: data_dir.to_path_buf(),
+            identity: Mutex::new(Identity::default()),
+            logs_dir: data_dir.join("logs"),
+            records: crate::persist::Records::open(data_dir.join("instances")).0,
+            state: State::default(),
+            ports: Ports::default(),
+            reaper: Arc::new(Reaper::new(false)),
+            supervisors: TaskTracker::new(),
+            stop_instances: CancellationToken::new(),
+            detach: CancellationToken::new(),
+            cleared: watch::channel(false).0,
+            unclaimed: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            log_pump: None,
+            pump_host: Mutex::new(None),
+            cgroups: Cgroups::off(),
+            marker: Marker::new("n1", data_dir),
+            orphans: Mutex::new(None),
+            advertise_address: None,
+        }
+    }
+
     /// Where an instance listens for messages (`pmcluster send`): a unix socket path the
     /// instance itself binds, in `DATA_DIR/messages`. `None` for an id that is not a plain
     /// name (ids are UUIDs; anything else must not become a path).

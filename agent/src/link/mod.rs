@@ -417,6 +417,13 @@ fn update_identity(
 /// Applies a desired set unless the remembered identity refuses it (another cluster, or a
 /// generation below the highest applied); then remembers the set's cluster and generation.
 fn accept_set(agent: &Arc<Agent>, set: pb::DesiredSet, refused: &mut bool) {
+    if agent.leaving() {
+        tracing::debug!(
+            generation = set.generation,
+            "the agent is shutting down; not applying the desired set"
+        );
+        return;
+    }
     let verdict = {
         let id = agent
             .identity

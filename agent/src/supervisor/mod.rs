@@ -79,6 +79,15 @@ fn apply_set(agent: &Arc<Agent>, set: DesiredSet, local: bool) -> bool {
         if local && inner.cleared {
             return false;
         }
+        // Checked under the lock the shutdown cancels under: a set is applied wholly before
+        // the supervisors learn of the shutdown, or not at all.
+        if agent.leaving() {
+            tracing::debug!(
+                generation = set.generation,
+                "the agent is shutting down; not applying the desired set"
+            );
+            return false;
+        }
         let current: BTreeMap<InstanceId, Current> = inner
             .instances
             .iter()
@@ -574,6 +583,60 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stopped instance of a `sleep` app: applying it starts a supervisor and no process.
+    fn stopped(id: &str, generation: u64) -> DesiredSet {
+        let spec = pmcluster_proto::v1::AppSpec {
+            name: "web".to_string(),
+            script: "sleep".to_string(),
+            args: vec!["60".to_string()],
+            instances: 1,
+            ..Default::default()
+        };
+        let assignment = pmcluster_proto::v1::Assignment {
+            instance_id: id.to_string(),
+            index: 0,
+            app_version: 1,
+            spec: Some(spec),
+            port: 0,
+            run: false,
+            restart_epoch: 0,
+        };
+        DesiredSet {
+            generation,
+            assignments: vec![Assignment::from(assignment)],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_set_that_arrives_while_the_agent_leaves_is_not_applied()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for leave in [
+            |a: &Agent| a.detach.cancel(),
+            |a: &Agent| a.stop_instances.cancel(),
+        ] {
+            let dir = tempfile::tempdir()?;
+            let agent = Arc::new(Agent::for_test(dir.path()));
+            apply(&agent, stopped("a", 1));
+            assert_eq!(agent.state.generation(), 1);
+            leave(&agent);
+            apply(&agent, stopped("b", 2));
+            apply_local(&agent, stopped("c", 3));
+            // Neither remembered nor reported as applied, and nothing new to supervise.
+            assert_eq!(agent.state.generation(), 1);
+            let ids: Vec<String> = agent
+                .state
+                .lock()
+                .instances
+                .keys()
+                .map(|id| id.as_str().to_string())
+                .collect();
+            assert_eq!(ids, ["a"]);
+            agent.supervisors.close();
+            tokio::time::timeout(Duration::from_secs(10), agent.supervisors.wait()).await?;
+        }
+        Ok(())
+    }
 
     #[test]
     fn error_descriptions() {
