@@ -217,6 +217,7 @@ async fn start_only(
             let goal = wait::Goal {
                 version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
                 rollout: reply.deployment.as_ref().map(|d| d.id),
+                created: reply.created,
                 ..wait::goal_of(&spec.name, &app, None)
             };
             Ok((said, Ok(args.wait.wait.then_some(goal))))
@@ -290,6 +291,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             goals.push(wait::Goal {
                 version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
                 rollout: reply.deployment.as_ref().map(|d| d.id),
+                created: reply.created,
                 ..wait::goal_of(&spec.name, &app, None)
             });
         }

@@ -57,6 +57,9 @@ pub struct Goal {
     pub replaced: Vec<(String, u32, i32)>,
     /// The rollout the verb started (its id): a failure or a rollback of it fails the wait.
     pub rollout: Option<u64>,
+    /// The verb created the app: processes still ending of an app deleted before under the
+    /// same name are no part of it, and are not waited for.
+    pub created: bool,
 }
 
 /// Where a wait stands.
@@ -116,7 +119,7 @@ pub fn progress(
     // waits to be replaced.
     let mine: Vec<&pb::Instance> = instances
         .iter()
-        .filter(|i| i.app == app && !i.unmanaged)
+        .filter(|i| i.app == app && !i.unmanaged && !(goal.created && i.removed))
         .collect();
     let wanted: Vec<u32> = match (goal.index, goal.count) {
         (Some(i), _) => vec![i],
@@ -560,6 +563,7 @@ pub fn goal_of(name: &str, app: &pb::App, index: Option<u32>) -> Goal {
             .map_or(DEFAULT_MIN_UPTIME, Duration::from_millis),
         replaced: Vec::new(),
         rollout: None,
+        created: false,
     }
 }
 

@@ -30,6 +30,7 @@ fn goal(count: Option<u32>) -> Goal {
         min_uptime: std::time::Duration::from_secs(1),
         replaced: Vec::new(),
         rollout: None,
+        created: false,
     }
 }
 
@@ -107,6 +108,27 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
                 inst(0, S::Pending),
             ],
             waiting("0 of 1 up; web[0] pending"),
+        ),
+        (
+            "a new app under a deleted one's name: the old processes are not its own",
+            Goal {
+                created: true,
+                ..goal(Some(1))
+            },
+            vec![
+                online(0),
+                with(inst(1, S::Stopping), |i| {
+                    i.removed = true;
+                    i.id = "old-1".into();
+                }),
+            ],
+            Progress::Up(1),
+        ),
+        (
+            "scaled down: the removed ones above the count are waited for",
+            goal(Some(1)),
+            vec![online(0), with(inst(1, S::Stopping), |i| i.removed = true)],
+            waiting("1 of 1 up; 1 instance(s) above the new count still stopping"),
         ),
         (
             "pending says why",
