@@ -161,6 +161,52 @@ async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result
     Ok(())
 }
 
+/// Records on a node that is quarantined because the store was restored from an older copy:
+/// they are this cluster's, but nothing reaches the node, and their rows say so.
+#[tokio::test]
+async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let backup = store.load()?;
+    c.scale("web", 3)?;
+    let (cluster_id, generation) = {
+        let inner = c.lock();
+        (
+            inner.state.cluster_id.clone(),
+            inner.state.nodes["a"].generation,
+        )
+    };
+    let registration = Registration {
+        cluster_id,
+        generation,
+        held: held_of(&c, "a"),
+        ..register("a")
+    };
+    drop(c);
+
+    let restored = Control::open(
+        Arc::new(MemoryStore::holding(backup)),
+        ControlConfig::default(),
+    )?;
+    let attached = restored.attach(&registration, None)?;
+    assert!(!attached.quarantine.is_empty());
+    let rows = restored.list_instances("web")?;
+    let recorded: Vec<&InstanceView> = rows.iter().filter(|i| !i.unmanaged).collect();
+    assert_eq!(recorded.len(), 2, "{rows:?}");
+    for row in recorded {
+        assert!(
+            row.message
+                .starts_with("node a is quarantined: nothing starts")
+                && row.message.contains("`pmcluster nodes adopt a`"),
+            "{}",
+            row.message
+        );
+    }
+    Ok(())
+}
+
 /// A store that is behind the agent (restored from an old copy) quarantines it too.
 #[test]
 fn issue9_an_agent_ahead_of_the_store_is_quarantined() {

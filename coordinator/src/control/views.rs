@@ -543,6 +543,22 @@ pub(super) fn instance_view(
             out.message = "restart asked; its agent has not started it again yet".into();
         }
     }
+    // Its node takes no desired set (a store restored from an older copy, say): whatever the
+    // record asks, a start, a stop or a restart, waits for an operator, and that is the reason
+    // a user waiting on it must see.
+    // The reason itself is long and the node's: `nodes` shows it once.
+    let quarantined = rec.node.as_ref().filter(|n| {
+        inner
+            .nodes
+            .get(n.as_str())
+            .is_some_and(super::is_quarantined)
+    });
+    if let Some(node) = quarantined {
+        out.message = format!(
+            "node {node} is quarantined: nothing starts, stops or restarts it until `pmcluster \
+             nodes adopt {node}` (`pmcluster nodes` says why)"
+        );
+    }
     out.state = status;
     out
 }

@@ -10,6 +10,15 @@ pub struct MemoryStore {
     state: Mutex<Persisted>,
 }
 
+impl MemoryStore {
+    /// A store that holds `state` already: a copy restored from a backup, in tests.
+    pub fn holding(state: Persisted) -> MemoryStore {
+        MemoryStore {
+            state: Mutex::new(state),
+        }
+    }
+}
+
 impl Store for MemoryStore {
     fn load(&self) -> Result<Persisted, StoreError> {
         Ok(self.state.lock().unwrap_or_else(|e| e.into_inner()).clone())

@@ -147,6 +147,60 @@ fn issue9_a_lost_state_file_never_stops_instances() {
     }
 }
 
+/// A coordinator restored from an older copy of its state file knows its nodes only up to an
+/// older generation: the agents are quarantined and keep every instance. Rows it has records of
+/// say so, and a `restart --wait` that nothing can carry out names the reason when it gives up.
+#[test]
+fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
+    let mut c = Cluster::start(1).expect("coordinator and one agent start");
+    start_web(&c, 2);
+    let state = c.root().join("coordinator").join("state.redb");
+    let backup = c.root().join("state.redb.backup");
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    fs::copy(&state, &backup).expect("copy state.redb");
+    c.restart_coordinator()
+        .expect("the coordinator on its own state");
+    // A restart sends the node a newer desired set with the same instances.
+    c.cli(&["restart", "web", "--wait"]).assert_ok();
+    let procs: Vec<ProcId> = wait_online(&c, "web", 2)
+        .iter()
+        .filter_map(|i| ProcId::of(i.pid?))
+        .collect();
+    assert_eq!(procs.len(), 2, "two processes");
+
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    fs::copy(&backup, &state).expect("restore the older copy");
+    c.restart_coordinator()
+        .expect("the coordinator on the restored copy");
+    wait_until(DEADLINE, "node-a quarantined", || {
+        match node_status(&c, "node-a")? {
+            (s, m) if s == "quarantined" && m.contains("generation") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    // The copy has records of both: they are this cluster's instances, on a node it cannot
+    // reach.
+    let listed = wait_same_pids(&c, &procs, "every process listed");
+    for i in &listed {
+        assert_eq!(i.json["unmanaged"], false, "{}", render(&listed));
+        let message = i.json["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("node node-a is quarantined")
+                && message.contains("`pmcluster nodes adopt node-a`"),
+            "{}",
+            render(&listed)
+        );
+    }
+    let out = c.cli(&["restart", "web", "--wait", "--wait-timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    assert!(
+        out.stderr.contains("not up after 2s") && out.stderr.contains("is quarantined"),
+        "{out}"
+    );
+    // Nothing was restarted or stopped.
+    wait_same_pids(&c, &procs, "the same processes after the refused restart");
+}
+
 /// An agent started on another node's data dir is refused (exit 64, naming the flag), and
 /// every instance keeps running; `--rename-node` moves the node's instances to the new name
 /// without restarting them, and the old name is gone from `nodes`.
