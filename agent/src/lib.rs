@@ -329,8 +329,12 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
 /// Stops every instance in parallel (each supervisor does its own graceful stop) and waits; kills
 /// what is left if that takes longer than the longest kill timeout.
 async fn stop_instances(agent: &Agent) {
+    tracing::info!("stopping every instance");
+    // Under the state lock, which a desired set is applied under (see `Agent::leaving`), and
+    // with the grace read under the same lock: no set adds an instance after either.
     let grace = {
         let inner = agent.state.lock();
+        agent.stop_instances.cancel();
         inner
             .instances
             .values()
@@ -346,12 +350,6 @@ async fn stop_instances(agent: &Agent) {
             .max()
             .unwrap_or_default()
     } + SHUTDOWN_SLACK;
-    tracing::info!("stopping every instance");
-    // Under the state lock, which a desired set is applied under (see `Agent::leaving`).
-    {
-        let _applying = agent.state.lock();
-        agent.stop_instances.cancel();
-    }
     agent.supervisors.close();
     if tokio::time::timeout(grace, agent.supervisors.wait())
         .await

@@ -417,13 +417,6 @@ fn update_identity(
 /// Applies a desired set unless the remembered identity refuses it (another cluster, or a
 /// generation below the highest applied); then remembers the set's cluster and generation.
 fn accept_set(agent: &Arc<Agent>, set: pb::DesiredSet, refused: &mut bool) {
-    if agent.leaving() {
-        tracing::debug!(
-            generation = set.generation,
-            "the agent is shutting down; not applying the desired set"
-        );
-        return;
-    }
     let verdict = {
         let id = agent
             .identity
@@ -462,8 +455,11 @@ fn accept_set(agent: &Arc<Agent>, set: pb::DesiredSet, refused: &mut bool) {
     }
     *refused = false;
     let (cluster_id, adopt) = (set.cluster_id.clone(), set.adopt);
-    supervisor::apply(agent, DesiredSet::from(set));
-    remember(agent, &cluster_id, adopt);
+    // A set not applied (stale, or the agent shutting down) must not move the remembered
+    // cluster either.
+    if supervisor::apply(agent, DesiredSet::from(set)) {
+        remember(agent, &cluster_id, adopt);
+    }
 }
 
 /// Saves the cluster id and highest applied generation when they changed.

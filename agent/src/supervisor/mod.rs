@@ -50,8 +50,17 @@ const POKE_QUEUE: usize = 2;
 
 /// Applies a desired set from the coordinator: diffs it against what runs, then starts, steers
 /// and stops supervisors. Stale sets are ignored. Synchronous and quick: stopping happens in the
-/// supervisors.
-pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
+/// supervisors. Returns whether the set was applied: not when stale, nor once the agent is
+/// shutting down (then the orphans found at startup are not settled either, since settling
+/// may stop some).
+pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) -> bool {
+    if agent.leaving() {
+        tracing::debug!(
+            generation = set.generation,
+            "the agent is shutting down; not applying the desired set"
+        );
+        return false;
+    }
     // The first set that will be applied settles the orphans found at startup, before its own
     // actions (an adopted orphan must not be started again).
     if set.generation >= agent.state.generation() {
@@ -64,9 +73,11 @@ pub(crate) fn apply(agent: &Arc<Agent>, set: DesiredSet) {
             adopt::settle(agent, &set, orphans);
         }
     }
-    if apply_set(agent, set, false) {
+    let applied = apply_set(agent, set, false);
+    if applied {
         forget_unclaimed(agent);
     }
+    applied
 }
 /// Applies the last desired set kept on disk, unless the coordinator's has been applied since.
 pub(crate) fn apply_local(agent: &Arc<Agent>, set: DesiredSet) {
@@ -79,13 +90,9 @@ fn apply_set(agent: &Arc<Agent>, set: DesiredSet, local: bool) -> bool {
         if local && inner.cleared {
             return false;
         }
-        // Checked under the lock the shutdown cancels under: a set is applied wholly before
-        // the supervisors learn of the shutdown, or not at all.
+        // Again under the lock the shutdown cancels under: a set is applied wholly before the
+        // supervisors learn of the shutdown, or not at all.
         if agent.leaving() {
-            tracing::debug!(
-                generation = set.generation,
-                "the agent is shutting down; not applying the desired set"
-            );
             return false;
         }
         let current: BTreeMap<InstanceId, Current> = inner
@@ -617,10 +624,10 @@ mod tests {
         ] {
             let dir = tempfile::tempdir()?;
             let agent = Arc::new(Agent::for_test(dir.path()));
-            apply(&agent, stopped("a", 1));
+            assert!(apply(&agent, stopped("a", 1)));
             assert_eq!(agent.state.generation(), 1);
             leave(&agent);
-            apply(&agent, stopped("b", 2));
+            assert!(!apply(&agent, stopped("b", 2)));
             apply_local(&agent, stopped("c", 3));
             // Neither remembered nor reported as applied, and nothing new to supervise.
             assert_eq!(agent.state.generation(), 1);

@@ -1,12 +1,15 @@
 use std::collections::BTreeSet;
 
 use pmcluster_spec::AppSpec;
+use pmcluster_spec::supervise::RETRYING;
 
 use super::sessions::registration;
 use super::*;
 use crate::core::adoption::quarantine_reason;
 use crate::core::quota::Caps;
-use crate::model::{InstanceView, LogStream, NodeRecord, NodeStatus, Registration};
+use crate::model::{
+    InstanceObserved, InstanceState, InstanceView, LogStream, NodeRecord, NodeStatus, Registration,
+};
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
@@ -186,23 +189,55 @@ async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
     };
     drop(c);
 
-    let restored = Control::open(
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
+    let restored = Control::open_with(
         Arc::new(MemoryStore::holding(backup)),
         ControlConfig::default(),
+        clock.clone(),
     )?;
     let attached = restored.attach(&registration, None)?;
     assert!(!attached.quarantine.is_empty());
+    // One reports an error its agent retries: that message stays (`--wait` reads it), with
+    // the node's beside it.
+    let retrying = format!("cannot bind port 4100{RETRYING} 1s");
+    let instances = registration
+        .held
+        .iter()
+        .map(|a| InstanceObserved {
+            id: a.id,
+            state: if a.index == 0 {
+                InstanceState::Errored
+            } else {
+                InstanceState::Online
+            },
+            pid: 100 + a.index,
+            message: if a.index == 0 {
+                retrying.clone()
+            } else {
+                String::new()
+            },
+            ..InstanceObserved::default()
+        })
+        .collect();
+    super::report_tests::send(&restored, "a", &attached, instances);
     let rows = restored.list_instances("web")?;
     let recorded: Vec<&InstanceView> = rows.iter().filter(|i| !i.unmanaged).collect();
     assert_eq!(recorded.len(), 2, "{rows:?}");
+    let quarantined = "node a is quarantined: nothing starts, stops or restarts it until \
+                       `pmcluster nodes adopt a` (`pmcluster nodes` says why)";
     for row in recorded {
-        assert!(
-            row.message
-                .starts_with("node a is quarantined: nothing starts")
-                && row.message.contains("`pmcluster nodes adopt a`"),
-            "{}",
-            row.message
-        );
+        let want = match row.index {
+            0 => format!("{retrying}; {quarantined}"),
+            _ => quarantined.to_string(),
+        };
+        assert_eq!(row.message, want, "web[{}]", row.index);
+    }
+    // A node whose heartbeats stopped is down, whatever its session last said.
+    clock.advance_ms(3_600_000);
+    for row in restored.list_instances("web")? {
+        if !row.unmanaged {
+            assert_eq!(row.message, "node a is down", "web[{}]", row.index);
+        }
     }
     Ok(())
 }

@@ -529,6 +529,7 @@ pub(super) fn instance_view(
         .is_some_and(|l| is_ready(l, config, inner.now));
     let reported = observed.map(|o| (o.state, o.restart_epoch));
     let (status, note) = status::derive(rec, reported, node_up);
+    let agents_own = matches!(note, Note::Reported);
     match note {
         Note::Pending => {
             out.message = inner
@@ -543,21 +544,28 @@ pub(super) fn instance_view(
             out.message = "restart asked; its agent has not started it again yet".into();
         }
     }
-    // Its node takes no desired set (a store restored from an older copy, say): whatever the
-    // record asks, a start, a stop or a restart, waits for an operator, and that is the reason
-    // a user waiting on it must see.
-    // The reason itself is long and the node's: `nodes` shows it once.
+    // Its node is up but takes no desired set (a store restored from an older copy, say):
+    // whatever the record asks, a start, a stop or a restart, waits for an operator, and that
+    // is the reason a user waiting on it must see. Beside the agent's own message, which may
+    // say more (and which `--wait` reads). The reason itself is long and the node's: `nodes`
+    // shows it once.
     let quarantined = rec.node.as_ref().filter(|n| {
-        inner
-            .nodes
-            .get(n.as_str())
-            .is_some_and(super::is_quarantined)
+        node_up
+            && inner
+                .nodes
+                .get(n.as_str())
+                .is_some_and(super::is_quarantined)
     });
     if let Some(node) = quarantined {
-        out.message = format!(
+        let why = format!(
             "node {node} is quarantined: nothing starts, stops or restarts it until `pmcluster \
              nodes adopt {node}` (`pmcluster nodes` says why)"
         );
+        out.message = if agents_own && !out.message.is_empty() {
+            format!("{}; {why}", out.message)
+        } else {
+            why
+        };
     }
     out.state = status;
     out
