@@ -351,7 +351,11 @@ impl Control {
                 Action::Stop => next.stopped = true,
                 Action::Restart => {
                     next.stopped = false;
-                    next.restart_epoch += 1;
+                    // Above what its agent runs too: after a restore from an older copy of the
+                    // store the record's epoch is behind it, and one step would ask for the
+                    // restart the agent already did (seen after `nodes adopt` as done).
+                    let running = inner.observed.get(&inst.id).map_or(0, |o| o.restart_epoch);
+                    next.restart_epoch = inst.restart_epoch.max(running) + 1;
                 }
                 Action::Disable => next.disabled = true,
                 Action::Enable => next.disabled = false,

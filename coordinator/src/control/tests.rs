@@ -242,6 +242,70 @@ async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
     Ok(())
 }
 
+/// A restart asked of a store restored from an older copy, whose records' restart epochs are
+/// behind what the agent runs, still restarts once the node is adopted.
+#[tokio::test]
+async fn a_restart_asked_of_a_restored_store_happens_after_adoption() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let backup = store.load()?;
+    c.act("web", None, Action::Restart)?;
+    let held = held_of(&c, "a");
+    assert!(held.iter().all(|a| a.restart_epoch == 1), "{held:?}");
+    let (cluster_id, generation) = {
+        let inner = c.lock();
+        (
+            inner.state.cluster_id.clone(),
+            inner.state.nodes["a"].generation,
+        )
+    };
+    let registration = Registration {
+        cluster_id,
+        generation,
+        held,
+        ..register("a")
+    };
+    drop(c);
+
+    let restored = Control::open(
+        Arc::new(MemoryStore::holding(backup)),
+        ControlConfig::default(),
+    )?;
+    let attached = restored.attach(&registration, None)?;
+    assert!(!attached.quarantine.is_empty());
+    let running = registration
+        .held
+        .iter()
+        .map(|a| InstanceObserved {
+            id: a.id,
+            state: InstanceState::Online,
+            pid: 100 + a.index,
+            restart_epoch: a.restart_epoch,
+            ..InstanceObserved::default()
+        })
+        .collect();
+    super::report_tests::send(&restored, "a", &attached, running);
+    restored.act("web", None, Action::Restart)?;
+    restored.adopt_node("a")?;
+    let set = attached
+        .desired
+        .borrow()
+        .clone()
+        .ok_or(ControlError::NotFound("no set after adoption".into()))?;
+    assert_eq!(set.assignments.len(), 2);
+    for a in &set.assignments {
+        assert!(
+            a.restart_epoch > 1,
+            "web[{}]: epoch {}, which its agent already ran",
+            a.index,
+            a.restart_epoch
+        );
+    }
+    Ok(())
+}
+
 /// A store that is behind the agent (restored from an old copy) quarantines it too.
 #[test]
 fn issue9_an_agent_ahead_of_the_store_is_quarantined() {

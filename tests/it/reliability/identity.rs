@@ -197,8 +197,28 @@ fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
         out.stderr.contains("not up after 2s") && out.stderr.contains("is quarantined"),
         "{out}"
     );
-    // Nothing was restarted or stopped.
-    wait_same_pids(&c, &procs, "the same processes after the refused restart");
+    // Nothing was restarted or stopped: the same processes, listed as waiting for the restart.
+    let list = c.instances("web").expect("list web");
+    let mut pids: Vec<u32> = list.iter().filter_map(|i| i.pid).collect();
+    pids.sort_unstable();
+    let mut want: Vec<u32> = procs.iter().map(|p| p.pid).collect();
+    want.sort_unstable();
+    assert_eq!(pids, want, "{}", render(&list));
+    assert!(procs.iter().all(ProcId::alive), "{}", render(&list));
+    // Once adopted, the restart asked meanwhile happens: new processes, the old ones gone.
+    c.cli(&["nodes", "adopt", "node-a"]).assert_ok();
+    wait_until(DEADLINE, "web restarted after adoption", || {
+        let list = c.instances("web")?;
+        let fresh = list.len() == 2
+            && list.iter().all(|i| {
+                i.status == "online" && i.pid.is_some_and(|pid| procs.iter().all(|p| p.pid != pid))
+            });
+        if fresh && procs.iter().all(|p| !p.alive()) {
+            Ok(())
+        } else {
+            Err(render(&list))
+        }
+    });
 }
 
 /// An agent started on another node's data dir is refused (exit 64, naming the flag), and
