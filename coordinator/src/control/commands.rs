@@ -341,6 +341,7 @@ impl Control {
             )));
         }
         let mut batch = Batch::default();
+        let mut unseen = Vec::new();
         for inst in inner.ahead.app_instances(name) {
             if index.is_some_and(|i| i != inst.index) {
                 continue;
@@ -351,11 +352,22 @@ impl Control {
                 Action::Stop => next.stopped = true,
                 Action::Restart => {
                     next.stopped = false;
-                    // Above what its agent runs too: after a restore from an older copy of the
-                    // store the record's epoch is behind it, and one step would ask for the
-                    // restart the agent already did (seen after `nodes adopt` as done).
+                    // Above what its agent runs and holds too: after a restore from an older
+                    // copy of the store the record's epoch is behind them, and one step would
+                    // ask for the restart the agent already did (seen after `nodes adopt` as
+                    // done).
+                    let live = inst.node.as_ref().and_then(|n| inner.nodes.get(n));
+                    let held = live
+                        .and_then(|l| l.held.iter().find(|a| a.id == inst.id))
+                        .map_or(0, |a| a.restart_epoch);
                     let running = inner.observed.get(&inst.id).map_or(0, |o| o.restart_epoch);
-                    next.restart_epoch = inst.restart_epoch.max(running) + 1;
+                    next.restart_epoch = inst.restart_epoch.max(running).max(held) + 1;
+                    let steered = live.is_some_and(|l| {
+                        super::is_ready(l, &self.config, inner.now) && !super::is_quarantined(l)
+                    });
+                    if !steered {
+                        unseen.push(inst.id);
+                    }
                 }
                 Action::Disable => next.disabled = true,
                 Action::Enable => next.disabled = false,
@@ -376,6 +388,7 @@ impl Control {
             Action::Restart => batch.put_instances.len() as u32,
         };
         self.write(&mut inner, batch)?;
+        inner.restarts_unseen.extend(unseen);
         drop(inner);
         let (verb, kind) = match action {
             Action::Start => ("start", EventKind::AppStart),
@@ -549,6 +562,30 @@ impl Control {
             batch.put_instances.extend(part.put_instances);
             batch.del_instances.extend(part.del_instances);
         }
+        // A restart asked while a node could not take it may have only caught its record up
+        // with what the agent runs: it goes above what the agent holds, so that it happens.
+        let mut raised = Vec::new();
+        for n in &names {
+            let Some(live) = inner.nodes.get(n) else {
+                continue;
+            };
+            for a in live
+                .held
+                .iter()
+                .filter(|a| inner.restarts_unseen.contains(&a.id))
+            {
+                if let Some(rec) = scratch.instances.get(&a.id)
+                    && rec.node.as_deref() == Some(n.as_str())
+                    && rec.restart_epoch <= a.restart_epoch
+                {
+                    batch.put_instances.push(InstanceRecord {
+                        restart_epoch: a.restart_epoch + 1,
+                        ..rec.clone()
+                    });
+                }
+                raised.push(a.id);
+            }
+        }
         // Above anything the agents applied, so their next sets are not stale.
         generation += 1;
         batch.generation = Some(generation);
@@ -562,6 +599,9 @@ impl Control {
             batch.put_nodes.push(NodeRecord { generation, ..node });
         }
         self.write(&mut inner, batch)?;
+        for id in raised {
+            inner.restarts_unseen.remove(&id);
+        }
         for n in &names {
             if let Some(live) = inner.nodes.get_mut(n) {
                 if let Some(s) = live.session.as_mut() {

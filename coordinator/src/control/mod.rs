@@ -16,7 +16,7 @@
 //! messages) and never a wire type: `api` converts at the boundary through `wire`, and `limits`
 //! weighs what must fit in a message.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -238,6 +238,13 @@ struct Inner {
     sets: sets::Sets,
     /// Processes whose records are gone while their agents still run them, by node.
     leaving: BTreeMap<String, HashMap<Uuid, Leaving>>,
+    /// Instances a restart was asked of while their node was not connected, or quarantined:
+    /// their records' restart epochs may be behind what the agent runs (a store restored from
+    /// an older copy), so that one step up asks for a restart the agent already did. Adopting
+    /// the node, or its connecting unquarantined, raises each above what the agent holds when
+    /// it is not already, and its ids leave this set. In memory only: a coordinator restarted
+    /// in between forgets them.
+    restarts_unseen: BTreeSet<Uuid>,
 }
 
 /// A process whose record was removed (scaled away, its app deleted, the old side of a move or
@@ -473,6 +480,7 @@ impl Control {
             followup_at: None,
             sets: sets::Sets::default(),
             leaving: BTreeMap::new(),
+            restarts_unseen: BTreeSet::new(),
             now,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();

@@ -105,6 +105,36 @@ impl Control {
             // Nor will its agent stop what it was stopping: what it holds is listed as held.
             inner.leaving.remove(&name);
         }
+        // Restarts asked while the node was away: each goes above what its agent holds, in case
+        // the record was behind it (a store restored from an older copy whose generation has
+        // caught up with the agent's, so no quarantine told). A quarantined node's wait for its
+        // adoption (see `adopt_node`).
+        let mut raised = Batch::default();
+        if quarantine.is_none() && !inner.restarts_unseen.is_empty() {
+            for a in &reg.held {
+                if let Some(rec) = inner.ahead.instances.get(&a.id)
+                    && inner.restarts_unseen.contains(&a.id)
+                    && rec.node.as_deref() == Some(name.as_str())
+                    && rec.restart_epoch <= a.restart_epoch
+                {
+                    raised.put_instances.push(InstanceRecord {
+                        restart_epoch: a.restart_epoch + 1,
+                        ..rec.clone()
+                    });
+                }
+            }
+            let Inner {
+                restarts_unseen,
+                ahead,
+                ..
+            } = &mut *inner;
+            restarts_unseen.retain(|id| {
+                ahead
+                    .instances
+                    .get(id)
+                    .is_some_and(|r| r.node.as_deref() != Some(name.as_str()))
+            });
+        }
         for st in &reg.instances {
             inner.observed.insert(st.id, st.clone());
         }
@@ -115,7 +145,7 @@ impl Control {
         publish(&mut inner, &name);
         // A new node may take pending instances.
         inner.reconcile_due = true;
-        if let Err(e) = self.write(&mut inner, Batch::default()) {
+        if let Err(e) = self.write(&mut inner, raised) {
             tracing::error!(error = %e, "reconcile after node registration failed");
         }
         let cluster_id = inner.state.cluster_id.clone();

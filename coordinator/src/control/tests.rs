@@ -243,66 +243,116 @@ async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
 }
 
 /// A restart asked of a store restored from an older copy, whose records' restart epochs are
-/// behind what the agent runs, still restarts once the node is adopted.
+/// behind what the agent runs, still restarts: asked after the agent reported (the node is
+/// quarantined until adopted), or before it connected at all (then the restart may bring the
+/// store's generation up to the agent's, so no quarantine; or not, and adoption raises it).
 #[tokio::test]
-async fn a_restart_asked_of_a_restored_store_happens_after_adoption() -> Result<()> {
-    let store = Arc::new(MemoryStore::default());
-    let c = Control::open(store.clone(), ControlConfig::default())?;
-    let _a = c.attach(&register("a"), None)?;
-    c.apply(web(2))?;
-    let backup = store.load()?;
-    c.act("web", None, Action::Restart)?;
-    let held = held_of(&c, "a");
-    assert!(held.iter().all(|a| a.restart_epoch == 1), "{held:?}");
-    let (cluster_id, generation) = {
-        let inner = c.lock();
-        (
-            inner.state.cluster_id.clone(),
-            inner.state.nodes["a"].generation,
-        )
-    };
-    let registration = Registration {
-        cluster_id,
-        generation,
-        held,
-        ..register("a")
-    };
-    drop(c);
+async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
+    // (asked before the agent connects, restarts the agent ran after the copy was taken)
+    for (before_the_agent, ran) in [(false, 1), (true, 1), (true, 2)] {
+        let case = format!("asked before the agent: {before_the_agent}, {ran} restart(s) ran");
+        let store = Arc::new(MemoryStore::default());
+        let c = Control::open(store.clone(), ControlConfig::default())?;
+        let _a = c.attach(&register("a"), None)?;
+        c.apply(web(2))?;
+        let backup = store.load()?;
+        for _ in 0..ran {
+            c.act("web", None, Action::Restart)?;
+        }
+        let held = held_of(&c, "a");
+        assert!(held.iter().all(|a| a.restart_epoch == ran), "{held:?}");
+        let (cluster_id, generation) = {
+            let inner = c.lock();
+            (
+                inner.state.cluster_id.clone(),
+                inner.state.nodes["a"].generation,
+            )
+        };
+        let registration = Registration {
+            cluster_id,
+            generation,
+            held,
+            ..register("a")
+        };
+        drop(c);
 
-    let restored = Control::open(
-        Arc::new(MemoryStore::holding(backup)),
-        ControlConfig::default(),
-    )?;
-    let attached = restored.attach(&registration, None)?;
-    assert!(!attached.quarantine.is_empty());
-    let running = registration
-        .held
-        .iter()
-        .map(|a| InstanceObserved {
-            id: a.id,
-            state: InstanceState::Online,
-            pid: 100 + a.index,
-            restart_epoch: a.restart_epoch,
-            ..InstanceObserved::default()
-        })
-        .collect();
-    super::report_tests::send(&restored, "a", &attached, running);
-    restored.act("web", None, Action::Restart)?;
-    restored.adopt_node("a")?;
-    let set = attached
+        let restored = Control::open(
+            Arc::new(MemoryStore::holding(backup)),
+            ControlConfig::default(),
+        )?;
+        if before_the_agent {
+            restored.act("web", None, Action::Restart)?;
+        }
+        // Asked before, one restart brings the restored store's generation up to the agent's
+        // after one: no quarantine then, and the node takes the set at once.
+        let attached = restored.attach(&registration, None)?;
+        let quarantined = !(before_the_agent && ran == 1);
+        assert_eq!(!attached.quarantine.is_empty(), quarantined, "{case}");
+        let running = registration
+            .held
+            .iter()
+            .map(|a| InstanceObserved {
+                id: a.id,
+                state: InstanceState::Online,
+                pid: 100 + a.index,
+                restart_epoch: a.restart_epoch,
+                ..InstanceObserved::default()
+            })
+            .collect();
+        super::report_tests::send(&restored, "a", &attached, running);
+        if !before_the_agent {
+            restored.act("web", None, Action::Restart)?;
+        }
+        if quarantined {
+            restored.adopt_node("a")?;
+        }
+        let set = attached
+            .desired
+            .borrow()
+            .clone()
+            .ok_or(ControlError::NotFound(format!("no set: {case}")))?;
+        assert_eq!(set.assignments.len(), 2, "{case}");
+        for a in &set.assignments {
+            assert!(
+                a.restart_epoch > ran,
+                "{case}: web[{}] at epoch {}, which its agent already ran",
+                a.index,
+                a.restart_epoch
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A restart asked while a node is away, of a store that is not behind it, is carried out once
+/// when the node comes back, and leaves nothing that a later adoption would restart again.
+#[tokio::test]
+async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let id = held_of(&c, "a")
+        .first()
+        .map(|a| a.id)
+        .ok_or(ControlError::NotFound("web[0]".into()))?;
+    c.detach("a", a.session_id);
+    c.act("web", None, Action::Restart)?;
+    assert!(c.lock().restarts_unseen.contains(&id));
+    let again = c.attach(&register("a"), None)?;
+    assert!(again.quarantine.is_empty());
+    assert!(c.lock().restarts_unseen.is_empty(), "the node took its set");
+    let set = again
         .desired
         .borrow()
         .clone()
-        .ok_or(ControlError::NotFound("no set after adoption".into()))?;
-    assert_eq!(set.assignments.len(), 2);
-    for a in &set.assignments {
-        assert!(
-            a.restart_epoch > 1,
-            "web[{}]: epoch {}, which its agent already ran",
-            a.index,
-            a.restart_epoch
-        );
-    }
+        .ok_or(ControlError::NotFound("no set".into()))?;
+    assert_eq!(
+        set.assignments
+            .iter()
+            .map(|a| a.restart_epoch)
+            .collect::<Vec<_>>(),
+        [1]
+    );
     Ok(())
 }
 

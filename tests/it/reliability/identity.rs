@@ -207,18 +207,59 @@ fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
     assert!(procs.iter().all(ProcId::alive), "{}", render(&list));
     // Once adopted, the restart asked meanwhile happens: new processes, the old ones gone.
     c.cli(&["nodes", "adopt", "node-a"]).assert_ok();
-    wait_until(DEADLINE, "web restarted after adoption", || {
+    wait_restarted(&c, &procs, "web restarted after adoption");
+}
+
+/// Once `web` runs under new processes, none of `old`, on both instances.
+#[track_caller]
+fn wait_restarted(c: &Cluster, old: &[ProcId], what: &str) {
+    wait_until(DEADLINE, what, || {
         let list = c.instances("web")?;
-        let fresh = list.len() == 2
+        let fresh = list.len() == old.len()
             && list.iter().all(|i| {
-                i.status == "online" && i.pid.is_some_and(|pid| procs.iter().all(|p| p.pid != pid))
+                i.status == "online" && i.pid.is_some_and(|pid| old.iter().all(|p| p.pid != pid))
             });
-        if fresh && procs.iter().all(|p| !p.alive()) {
+        if fresh && old.iter().all(|p| !p.alive()) {
             Ok(())
         } else {
             Err(render(&list))
         }
     });
+}
+
+/// The same restore, with the restart asked while the agent is away: the restart brings the
+/// copy's generation up to the agent's, so nothing is quarantined, and the agent comes back
+/// holding the very epoch the record asks for. The restart must still happen.
+#[test]
+fn issue9_a_restart_asked_of_a_restored_store_before_its_agent_returns_happens() {
+    let mut c = Cluster::start(1).expect("coordinator and one agent start");
+    start_web(&c, 2);
+    let state = c.root().join("coordinator").join("state.redb");
+    let backup = c.root().join("state.redb.backup");
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    fs::copy(&state, &backup).expect("copy state.redb");
+    c.restart_coordinator()
+        .expect("the coordinator on its own state");
+    c.cli(&["restart", "web", "--wait"]).assert_ok();
+    let procs: Vec<ProcId> = wait_online(&c, "web", 2)
+        .iter()
+        .filter_map(|i| ProcId::of(i.pid?))
+        .collect();
+    assert_eq!(procs.len(), 2, "two processes");
+
+    // The agent goes away (its instances keep running), the store goes back to the copy.
+    let a = c.agent_idx("node-a").expect("node-a");
+    c.agent(a).kill();
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    fs::copy(&backup, &state).expect("restore the older copy");
+    c.restart_coordinator()
+        .expect("the coordinator on the restored copy");
+    c.cli(&["restart", "web"]).assert_ok();
+    assert!(procs.iter().all(ProcId::alive), "the agent is away");
+    c.restart_agent(a, &[]).expect("node-a's agent again");
+    wait_restarted(&c, &procs, "web restarted once its agent is back");
+    let (status, _) = node_status(&c, "node-a").expect("nodes");
+    assert_eq!(status, "ready");
 }
 
 /// An agent started on another node's data dir is refused (exit 64, naming the flag), and
