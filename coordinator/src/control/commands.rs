@@ -362,11 +362,11 @@ impl Control {
                         .map_or(0, |a| a.restart_epoch);
                     let running = inner.observed.get(&inst.id).map_or(0, |o| o.restart_epoch);
                     next.restart_epoch = inst.restart_epoch.max(running).max(held) + 1;
-                    let steered = live.is_some_and(|l| {
-                        super::is_ready(l, &self.config, inner.now) && !super::is_quarantined(l)
-                    });
-                    if !steered {
-                        unseen.push(inst.id);
+                    // With no agent there, neither is known: checked when it registers.
+                    if let Some(node) = &inst.node
+                        && live.is_none_or(|l| l.session.is_none())
+                    {
+                        unseen.push((node.clone(), inst.id));
                     }
                 }
                 Action::Disable => next.disabled = true,
@@ -387,8 +387,27 @@ impl Control {
                 as u32,
             Action::Restart => batch.put_instances.len() as u32,
         };
-        self.write(&mut inner, batch)?;
-        inner.restarts_unseen.extend(unseen);
+        // Noted before the write, which may let go of the lock while another writer commits:
+        // a registration in between must find them. Taken back if the restart is refused.
+        let mut noted = Vec::new();
+        for (node, id) in unseen {
+            if inner
+                .restarts_unseen
+                .entry(node.clone())
+                .or_default()
+                .insert(id)
+            {
+                noted.push((node, id));
+            }
+        }
+        if let Err(e) = self.write(&mut inner, batch) {
+            for (node, id) in noted {
+                if let Some(ids) = inner.restarts_unseen.get_mut(&node) {
+                    ids.remove(&id);
+                }
+            }
+            return Err(e);
+        }
         drop(inner);
         let (verb, kind) = match action {
             Action::Start => ("start", EventKind::AppStart),
@@ -562,30 +581,6 @@ impl Control {
             batch.put_instances.extend(part.put_instances);
             batch.del_instances.extend(part.del_instances);
         }
-        // A restart asked while a node could not take it may have only caught its record up
-        // with what the agent runs: it goes above what the agent holds, so that it happens.
-        let mut raised = Vec::new();
-        for n in &names {
-            let Some(live) = inner.nodes.get(n) else {
-                continue;
-            };
-            for a in live
-                .held
-                .iter()
-                .filter(|a| inner.restarts_unseen.contains(&a.id))
-            {
-                if let Some(rec) = scratch.instances.get(&a.id)
-                    && rec.node.as_deref() == Some(n.as_str())
-                    && rec.restart_epoch <= a.restart_epoch
-                {
-                    batch.put_instances.push(InstanceRecord {
-                        restart_epoch: a.restart_epoch + 1,
-                        ..rec.clone()
-                    });
-                }
-                raised.push(a.id);
-            }
-        }
         // Above anything the agents applied, so their next sets are not stale.
         generation += 1;
         batch.generation = Some(generation);
@@ -599,9 +594,6 @@ impl Control {
             batch.put_nodes.push(NodeRecord { generation, ..node });
         }
         self.write(&mut inner, batch)?;
-        for id in raised {
-            inner.restarts_unseen.remove(&id);
-        }
         for n in &names {
             if let Some(live) = inner.nodes.get_mut(n) {
                 if let Some(s) = live.session.as_mut() {
@@ -649,6 +641,7 @@ impl Control {
             ..Batch::default()
         };
         self.write(&mut inner, batch)?;
+        inner.restarts_unseen.remove(name);
         inner.nodes.remove(name);
         drop(inner);
         self.emit(

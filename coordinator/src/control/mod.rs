@@ -238,13 +238,13 @@ struct Inner {
     sets: sets::Sets,
     /// Processes whose records are gone while their agents still run them, by node.
     leaving: BTreeMap<String, HashMap<Uuid, Leaving>>,
-    /// Instances a restart was asked of while their node was not connected, or quarantined:
+    /// Instances a restart was asked of while their node had no agent connected, by node:
     /// their records' restart epochs may be behind what the agent runs (a store restored from
-    /// an older copy), so that one step up asks for a restart the agent already did. Adopting
-    /// the node, or its connecting unquarantined, raises each above what the agent holds when
-    /// it is not already, and its ids leave this set. In memory only: a coordinator restarted
-    /// in between forgets them.
-    restarts_unseen: BTreeSet<Uuid>,
+    /// an older copy), so that one step up asks for a restart the agent already did. When the
+    /// node's agent next registers, each is raised above what it holds if it is not already,
+    /// and the node's entries go. In memory only: a coordinator restarted in between forgets
+    /// them.
+    restarts_unseen: BTreeMap<String, BTreeSet<Uuid>>,
 }
 
 /// A process whose record was removed (scaled away, its app deleted, the old side of a move or
@@ -480,7 +480,7 @@ impl Control {
             followup_at: None,
             sets: sets::Sets::default(),
             leaving: BTreeMap::new(),
-            restarts_unseen: BTreeSet::new(),
+            restarts_unseen: BTreeMap::new(),
             now,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();

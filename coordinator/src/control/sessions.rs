@@ -105,36 +105,6 @@ impl Control {
             // Nor will its agent stop what it was stopping: what it holds is listed as held.
             inner.leaving.remove(&name);
         }
-        // Restarts asked while the node was away: each goes above what its agent holds, in case
-        // the record was behind it (a store restored from an older copy whose generation has
-        // caught up with the agent's, so no quarantine told). A quarantined node's wait for its
-        // adoption (see `adopt_node`).
-        let mut raised = Batch::default();
-        if quarantine.is_none() && !inner.restarts_unseen.is_empty() {
-            for a in &reg.held {
-                if let Some(rec) = inner.ahead.instances.get(&a.id)
-                    && inner.restarts_unseen.contains(&a.id)
-                    && rec.node.as_deref() == Some(name.as_str())
-                    && rec.restart_epoch <= a.restart_epoch
-                {
-                    raised.put_instances.push(InstanceRecord {
-                        restart_epoch: a.restart_epoch + 1,
-                        ..rec.clone()
-                    });
-                }
-            }
-            let Inner {
-                restarts_unseen,
-                ahead,
-                ..
-            } = &mut *inner;
-            restarts_unseen.retain(|id| {
-                ahead
-                    .instances
-                    .get(id)
-                    .is_some_and(|r| r.node.as_deref() != Some(name.as_str()))
-            });
-        }
         for st in &reg.instances {
             inner.observed.insert(st.id, st.clone());
         }
@@ -143,9 +113,41 @@ impl Control {
             inner.leaving.remove(&old.name);
         }
         publish(&mut inner, &name);
+        // Restarts asked while no agent was there: each goes above what the agent holds, in
+        // case the record was behind it (a store restored from an older copy, whose generation
+        // a restart can bring up to the agent's, so that no quarantine tells). Ordinarily the
+        // record is one above, and nothing changes. A quarantined node's records take the
+        // raise too, for its adoption.
+        let mut unseen = inner.restarts_unseen.remove(&name).unwrap_or_default();
+        if let Some(old) = &renamed {
+            unseen.extend(inner.restarts_unseen.remove(&old.name).unwrap_or_default());
+        }
+        if !unseen.is_empty() {
+            let mut raised = Batch::default();
+            for a in reg.held.iter().filter(|a| unseen.contains(&a.id)) {
+                if let Some(rec) = inner.ahead.instances.get(&a.id)
+                    && rec.restart_epoch <= a.restart_epoch
+                {
+                    raised.put_instances.push(InstanceRecord {
+                        restart_epoch: a.restart_epoch + 1,
+                        ..rec.clone()
+                    });
+                }
+            }
+            if !raised.is_empty()
+                && let Err(e) = self.write(&mut inner, raised)
+            {
+                tracing::error!(error = %e, "raising restarts asked while the node was away failed");
+                inner
+                    .restarts_unseen
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(unseen);
+            }
+        }
         // A new node may take pending instances.
         inner.reconcile_due = true;
-        if let Err(e) = self.write(&mut inner, raised) {
+        if let Err(e) = self.write(&mut inner, Batch::default()) {
             tracing::error!(error = %e, "reconcile after node registration failed");
         }
         let cluster_id = inner.state.cluster_id.clone();
