@@ -366,7 +366,7 @@ impl Control {
                     if let Some(node) = &inst.node
                         && live.is_none_or(|l| l.session.is_none())
                     {
-                        unseen.push((node.clone(), inst.id));
+                        unseen.push((node.clone(), inst.id, next.restart_epoch));
                     }
                 }
                 Action::Disable => next.disabled = true,
@@ -388,26 +388,16 @@ impl Control {
             Action::Restart => batch.put_instances.len() as u32,
         };
         // Noted before the write, which may let go of the lock while another writer commits:
-        // a registration in between must find them. Taken back if the restart is refused.
-        let mut noted = Vec::new();
-        for (node, id) in unseen {
-            if inner
+        // a registration in between must find them. A refused write leaves the records at
+        // other epochs than these asked, which nothing raises.
+        for (node, id, asked) in unseen {
+            inner
                 .restarts_unseen
-                .entry(node.clone())
+                .entry(node)
                 .or_default()
-                .insert(id)
-            {
-                noted.push((node, id));
-            }
+                .insert(id, asked);
         }
-        if let Err(e) = self.write(&mut inner, batch) {
-            for (node, id) in noted {
-                if let Some(ids) = inner.restarts_unseen.get_mut(&node) {
-                    ids.remove(&id);
-                }
-            }
-            return Err(e);
-        }
+        self.write(&mut inner, batch)?;
         drop(inner);
         let (verb, kind) = match action {
             Action::Start => ("start", EventKind::AppStart),
@@ -581,6 +571,14 @@ impl Control {
             batch.put_instances.extend(part.put_instances);
             batch.del_instances.extend(part.del_instances);
         }
+        // Restarts asked before a registration that was quarantined: raised now, in the batch
+        // whose generation goes above the agent's (see `Inner::restarts_unseen`).
+        for n in &names {
+            if let (Some(noted), Some(live)) = (inner.restarts_unseen.get(n), inner.nodes.get(n)) {
+                let raised = super::raised_restarts(&scratch, noted, &live.held);
+                batch.put_instances.extend(raised);
+            }
+        }
         // Above anything the agents applied, so their next sets are not stale.
         generation += 1;
         batch.generation = Some(generation);
@@ -594,6 +592,9 @@ impl Control {
             batch.put_nodes.push(NodeRecord { generation, ..node });
         }
         self.write(&mut inner, batch)?;
+        for n in &names {
+            inner.restarts_unseen.remove(n);
+        }
         for n in &names {
             if let Some(live) = inner.nodes.get_mut(n) {
                 if let Some(s) = live.session.as_mut() {

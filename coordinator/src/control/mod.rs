@@ -16,7 +16,7 @@
 //! messages) and never a wire type: `api` converts at the boundary through `wire`, and `limits`
 //! weighs what must fit in a message.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -238,13 +238,14 @@ struct Inner {
     sets: sets::Sets,
     /// Processes whose records are gone while their agents still run them, by node.
     leaving: BTreeMap<String, HashMap<Uuid, Leaving>>,
-    /// Instances a restart was asked of while their node had no agent connected, by node:
-    /// their records' restart epochs may be behind what the agent runs (a store restored from
-    /// an older copy), so that one step up asks for a restart the agent already did. When the
-    /// node's agent next registers, each is raised above what it holds if it is not already,
-    /// and the node's entries go. In memory only: a coordinator restarted in between forgets
-    /// them.
-    restarts_unseen: BTreeMap<String, BTreeSet<Uuid>>,
+    /// Restarts asked while their node had no agent connected, by node, with the epoch each
+    /// asked for: a record's epoch may be behind what the agent runs (a store restored from an
+    /// older copy), so that one step up asks for a restart the agent already did. When the
+    /// node's agent next registers, or is adopted if that registration is quarantined (whose
+    /// generation must not move before), each record still at its epoch asked and not above
+    /// what the agent holds is raised above it (see [`raised_restarts`]), and the node's
+    /// entries go. In memory only: a coordinator restarted in between forgets them.
+    restarts_unseen: BTreeMap<String, BTreeMap<Uuid, u64>>,
 }
 
 /// A process whose record was removed (scaled away, its app deleted, the old side of a move or
@@ -410,6 +411,29 @@ fn resumed_scaling(state: &Persisted) -> BTreeMap<String, Scaling> {
                     last_reason: d.reason.clone(),
                 };
                 (name.clone(), scaling)
+            })
+        })
+        .collect()
+}
+
+/// The records of `noted` restarts (instance id, epoch asked) that are still at the epoch
+/// asked, not refused or restarted again since, and not above what their agent `held` at
+/// registration: each one above what the agent holds, so that the restart happens.
+/// Ordinarily a record is one above, and none is.
+fn raised_restarts(
+    records: &Persisted,
+    noted: &BTreeMap<Uuid, u64>,
+    held: &[crate::model::Assignment],
+) -> Vec<crate::model::InstanceRecord> {
+    held.iter()
+        .filter_map(|a| {
+            let asked = noted.get(&a.id)?;
+            let rec = records.instances.get(&a.id)?;
+            (rec.restart_epoch == *asked && rec.restart_epoch <= a.restart_epoch).then(|| {
+                crate::model::InstanceRecord {
+                    restart_epoch: a.restart_epoch + 1,
+                    ..rec.clone()
+                }
             })
         })
         .collect()

@@ -116,33 +116,23 @@ impl Control {
         // Restarts asked while no agent was there: each goes above what the agent holds, in
         // case the record was behind it (a store restored from an older copy, whose generation
         // a restart can bring up to the agent's, so that no quarantine tells). Ordinarily the
-        // record is one above, and nothing changes. A quarantined node's records take the
-        // raise too, for its adoption.
-        let mut unseen = inner.restarts_unseen.remove(&name).unwrap_or_default();
-        if let Some(old) = &renamed {
-            unseen.extend(inner.restarts_unseen.remove(&old.name).unwrap_or_default());
-        }
-        if !unseen.is_empty() {
-            let mut raised = Batch::default();
-            for a in reg.held.iter().filter(|a| unseen.contains(&a.id)) {
-                if let Some(rec) = inner.ahead.instances.get(&a.id)
-                    && rec.restart_epoch <= a.restart_epoch
-                {
-                    raised.put_instances.push(InstanceRecord {
-                        restart_epoch: a.restart_epoch + 1,
-                        ..rec.clone()
-                    });
-                }
+        // record is one above, and nothing changes. A quarantined node's wait for its adoption:
+        // a write now would move its generation, and with it the quarantine's reason.
+        if quarantine.is_none() {
+            let mut noted = inner.restarts_unseen.remove(&name).unwrap_or_default();
+            if let Some(old) = &renamed {
+                noted.extend(inner.restarts_unseen.remove(&old.name).unwrap_or_default());
             }
-            if !raised.is_empty()
-                && let Err(e) = self.write(&mut inner, raised)
-            {
-                tracing::error!(error = %e, "raising restarts asked while the node was away failed");
-                inner
-                    .restarts_unseen
-                    .entry(name.clone())
-                    .or_default()
-                    .extend(unseen);
+            let raised = super::raised_restarts(&inner.ahead, &noted, &reg.held);
+            if !raised.is_empty() {
+                let batch = Batch {
+                    put_instances: raised,
+                    ..Batch::default()
+                };
+                if let Err(e) = self.write(&mut inner, batch) {
+                    tracing::error!(error = %e, "raising restarts asked while the node was away failed");
+                    inner.restarts_unseen.insert(name.clone(), noted);
+                }
             }
         }
         // A new node may take pending instances.

@@ -304,6 +304,16 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
             restored.act("web", None, Action::Restart)?;
         }
         if quarantined {
+            assert!(
+                attached.desired.borrow().is_none(),
+                "{case}: a set before adoption"
+            );
+            // Its registration wrote nothing: the quarantine's reason stands until adoption.
+            let generation = restored.lock().state.nodes["a"].generation;
+            assert!(
+                !before_the_agent || generation < registration.generation,
+                "{case}: no longer behind the agent"
+            );
             restored.adopt_node("a")?;
         }
         let set = attached
@@ -313,11 +323,11 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
             .ok_or(ControlError::NotFound(format!("no set: {case}")))?;
         assert_eq!(set.assignments.len(), 2, "{case}");
         for a in &set.assignments {
-            assert!(
-                a.restart_epoch > ran,
-                "{case}: web[{}] at epoch {}, which its agent already ran",
-                a.index,
-                a.restart_epoch
+            assert_eq!(
+                a.restart_epoch,
+                ran + 1,
+                "{case}: web[{}] one restart above the epoch its agent ran",
+                a.index
             );
         }
     }
@@ -345,7 +355,7 @@ async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
     c.detach("a", a.session_id);
     c.act("web", None, Action::Restart)?;
     assert_eq!(
-        c.lock().restarts_unseen.get("a").map(BTreeSet::len),
+        c.lock().restarts_unseen.get("a").map(BTreeMap::len),
         Some(1)
     );
     let again = c.attach(
@@ -369,6 +379,28 @@ async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
             .collect::<Vec<_>>(),
         [2],
         "one restart above the one the agent ran"
+    );
+    // It took that one; away and back again with nothing asked meanwhile, nothing is raised.
+    let took = held_of(&c, "a");
+    c.detach("a", again.session_id);
+    let third = c.attach(
+        &Registration {
+            held: took,
+            ..register("a")
+        },
+        None,
+    )?;
+    let set = third
+        .desired
+        .borrow()
+        .clone()
+        .ok_or(ControlError::NotFound("no set".into()))?;
+    assert_eq!(
+        set.assignments
+            .iter()
+            .map(|a| a.restart_epoch)
+            .collect::<Vec<_>>(),
+        [2]
     );
     Ok(())
 }
