@@ -2,6 +2,7 @@
 //! another node name, must never stop the instances that run.
 
 use std::fs;
+use std::path::PathBuf;
 
 use pmcluster_tests::{Cluster, Instance, ProcId, render, wait_until};
 
@@ -147,11 +148,10 @@ fn issue9_a_lost_state_file_never_stops_instances() {
     }
 }
 
-/// A coordinator restored from an older copy of its state file knows its nodes only up to an
-/// older generation: the agents are quarantined and keep every instance. Rows it has records of
-/// say so, and a `restart --wait` that nothing can carry out names the reason when it gives up.
-#[test]
-fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
+/// One agent running `web` (2), a copy of the coordinator's state file taken, then a restart of
+/// `web`: a newer desired set with the same instances, which the copy does not know. Returns
+/// the cluster, the state file, the copy and the processes after the restart.
+fn copied_then_restarted() -> (Cluster, PathBuf, PathBuf, Vec<ProcId>) {
     let mut c = Cluster::start(1).expect("coordinator and one agent start");
     start_web(&c, 2);
     let state = c.root().join("coordinator").join("state.redb");
@@ -160,13 +160,21 @@ fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
     fs::copy(&state, &backup).expect("copy state.redb");
     c.restart_coordinator()
         .expect("the coordinator on its own state");
-    // A restart sends the node a newer desired set with the same instances.
     c.cli(&["restart", "web", "--wait"]).assert_ok();
     let procs: Vec<ProcId> = wait_online(&c, "web", 2)
         .iter()
         .filter_map(|i| ProcId::of(i.pid?))
         .collect();
     assert_eq!(procs.len(), 2, "two processes");
+    (c, state, backup, procs)
+}
+
+/// A coordinator restored from an older copy of its state file knows its nodes only up to an
+/// older generation: the agents are quarantined and keep every instance. Rows it has records of
+/// say so, and a `restart --wait` that nothing can carry out names the reason when it gives up.
+#[test]
+fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
+    let (mut c, state, backup, procs) = copied_then_restarted();
 
     c.kill_coordinator().expect("kill -9 the coordinator");
     fs::copy(&backup, &state).expect("restore the older copy");
@@ -232,20 +240,7 @@ fn wait_restarted(c: &Cluster, old: &[ProcId], what: &str) {
 /// holding the very epoch the record asks for. The restart must still happen.
 #[test]
 fn issue9_a_restart_asked_of_a_restored_store_before_its_agent_returns_happens() {
-    let mut c = Cluster::start(1).expect("coordinator and one agent start");
-    start_web(&c, 2);
-    let state = c.root().join("coordinator").join("state.redb");
-    let backup = c.root().join("state.redb.backup");
-    c.kill_coordinator().expect("kill -9 the coordinator");
-    fs::copy(&state, &backup).expect("copy state.redb");
-    c.restart_coordinator()
-        .expect("the coordinator on its own state");
-    c.cli(&["restart", "web", "--wait"]).assert_ok();
-    let procs: Vec<ProcId> = wait_online(&c, "web", 2)
-        .iter()
-        .filter_map(|i| ProcId::of(i.pid?))
-        .collect();
-    assert_eq!(procs.len(), 2, "two processes");
+    let (mut c, state, backup, procs) = copied_then_restarted();
 
     // The agent goes away (its instances keep running), the store goes back to the copy.
     let a = c.agent_idx("node-a").expect("node-a");
