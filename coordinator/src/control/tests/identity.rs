@@ -1,0 +1,393 @@
+//! Cluster identity: agents of another cluster or ahead of the store are quarantined, what they
+//! hold is listed and adopted, and a store restored from an older copy still carries out the
+//! restarts asked of it.
+
+use super::*;
+
+/// The held assignments of node `name` in `c`'s desired set, as an agent would send them.
+fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
+    let inner = c.lock();
+    inner
+        .nodes
+        .get(name)
+        .and_then(|l| l.desired.borrow().clone())
+        .map(|s| s.assignments.clone())
+        .unwrap_or_default()
+}
+
+/// Issue 9 item 2: a coordinator on a new store quarantines agents of the old cluster (sends
+/// nothing, lists what they hold), and adoption imports their instances with the same ids,
+/// a generation above theirs and `adopt` set.
+#[tokio::test]
+async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result<()> {
+    let old = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = old.attach(&register("a"), None)?;
+    let _b = old.attach(&register("b"), None)?;
+    old.apply(web(4))?;
+    let old_cluster = old.lock().state.cluster_id.clone();
+    let regs: Vec<Registration> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let generation = old.lock().state.nodes[*n].generation;
+            Registration {
+                cluster_id: old_cluster.clone(),
+                generation,
+                held: held_of(&old, n),
+                ..register(n)
+            }
+        })
+        .collect();
+    let old_ids: BTreeSet<String> = old
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+
+    let new = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    assert_ne!(new.lock().state.cluster_id, old_cluster);
+    let mut sessions = Vec::new();
+    for reg in &regs {
+        let attached = new.attach(reg, None)?;
+        assert!(
+            attached.quarantine.contains("nodes adopt"),
+            "{}",
+            attached.quarantine
+        );
+        assert!(
+            attached.desired.borrow().is_none(),
+            "a set went to a quarantined node"
+        );
+        sessions.push(attached);
+    }
+    let nodes = new.list_nodes();
+    assert!(nodes.iter().all(|n| n.status == NodeStatus::Quarantined));
+    let listed: BTreeSet<String> = new
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(listed, old_ids, "the held instances are listed");
+    assert!(
+        new.lock().state.apps.is_empty(),
+        "nothing is imported before adoption"
+    );
+
+    let adopted = new.adopt_node("")?;
+    assert_eq!(adopted.len(), 2);
+    let ids: BTreeSet<String> = new
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(ids, old_ids, "the same instances, none new");
+    assert_eq!(new.get_app("web")?.spec.instances, 4);
+    for (reg, session) in regs.iter().zip(&sessions) {
+        let set = session
+            .desired
+            .borrow()
+            .clone()
+            .ok_or(ControlError::NotFound("no set".into()))?;
+        assert!(set.adopt && set.generation > reg.generation, "{set:?}");
+        let cluster_id = new.lock().state.cluster_id.clone();
+        assert_eq!(set.cluster_id, cluster_id);
+        let mut got: Vec<Uuid> = set.assignments.iter().map(|a| a.id).collect();
+        let mut want: Vec<Uuid> = reg.held.iter().map(|a| a.id).collect();
+        got.sort();
+        want.sort();
+        assert_eq!(
+            got, want,
+            "node {} keeps exactly what it holds",
+            reg.node_name
+        );
+    }
+    assert!(matches!(
+        new.adopt_node("a"),
+        Err(ControlError::FailedPrecondition(_))
+    ));
+    Ok(())
+}
+
+/// Records on a node that is quarantined because the store was restored from an older copy:
+/// they are this cluster's, but nothing reaches the node, and their rows say so.
+#[tokio::test]
+async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let backup = store.load()?;
+    c.scale("web", 3)?;
+    let (cluster_id, generation) = {
+        let inner = c.lock();
+        (
+            inner.state.cluster_id.clone(),
+            inner.state.nodes["a"].generation,
+        )
+    };
+    let registration = Registration {
+        cluster_id,
+        generation,
+        held: held_of(&c, "a"),
+        ..register("a")
+    };
+    drop(c);
+
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
+    let restored = Control::open_with(
+        Arc::new(MemoryStore::holding(backup)),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let attached = restored.attach(&registration, None)?;
+    assert!(!attached.quarantine.is_empty());
+    // One reports an error its agent retries: that message stays (`--wait` reads it), with
+    // the node's beside it.
+    let retrying = format!("cannot bind port 4100{RETRYING} 1s");
+    let instances = registration
+        .held
+        .iter()
+        .map(|a| InstanceObserved {
+            id: a.id,
+            state: if a.index == 0 {
+                InstanceState::Errored
+            } else {
+                InstanceState::Online
+            },
+            pid: 100 + a.index,
+            message: if a.index == 0 {
+                retrying.clone()
+            } else {
+                String::new()
+            },
+            ..InstanceObserved::default()
+        })
+        .collect();
+    super::report_tests::send(&restored, "a", &attached, instances);
+    let rows = restored.list_instances("web")?;
+    let recorded: Vec<&InstanceView> = rows.iter().filter(|i| !i.unmanaged).collect();
+    assert_eq!(recorded.len(), 2, "{rows:?}");
+    let quarantined = "node a is quarantined: nothing starts, stops or restarts it until \
+                       `pmcluster nodes adopt a` (`pmcluster nodes` says why)";
+    for row in recorded {
+        let want = match row.index {
+            0 => format!("{retrying}; {quarantined}"),
+            _ => quarantined.to_string(),
+        };
+        assert_eq!(row.message, want, "web[{}]", row.index);
+    }
+    // A node whose heartbeats stopped is down, whatever its session last said.
+    clock.advance_ms(3_600_000);
+    for row in restored.list_instances("web")? {
+        if !row.unmanaged {
+            assert_eq!(row.message, "node a is down", "web[{}]", row.index);
+        }
+    }
+    Ok(())
+}
+
+/// A restart asked of a store restored from an older copy, whose records' restart epochs are
+/// behind what the agent runs, still restarts: asked after the agent reported (the node is
+/// quarantined until adopted), or before it connected at all (then the restart may bring the
+/// store's generation up to the agent's, so no quarantine; or not, and adoption raises it).
+#[tokio::test]
+async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
+    // (asked before the agent connects, restarts the agent ran after the copy was taken)
+    for (before_the_agent, ran) in [(false, 1), (true, 1), (true, 2)] {
+        let case = format!("asked before the agent: {before_the_agent}, {ran} restart(s) ran");
+        let store = Arc::new(MemoryStore::default());
+        let c = Control::open(store.clone(), ControlConfig::default())?;
+        let _a = c.attach(&register("a"), None)?;
+        c.apply(web(2))?;
+        let backup = store.load()?;
+        for _ in 0..ran {
+            c.act("web", None, Action::Restart)?;
+        }
+        let held = held_of(&c, "a");
+        assert!(held.iter().all(|a| a.restart_epoch == ran), "{held:?}");
+        let (cluster_id, generation) = {
+            let inner = c.lock();
+            (
+                inner.state.cluster_id.clone(),
+                inner.state.nodes["a"].generation,
+            )
+        };
+        let registration = Registration {
+            cluster_id,
+            generation,
+            held,
+            ..register("a")
+        };
+        drop(c);
+
+        let restored = Control::open(
+            Arc::new(MemoryStore::holding(backup)),
+            ControlConfig::default(),
+        )?;
+        if before_the_agent {
+            restored.act("web", None, Action::Restart)?;
+        }
+        // Asked before, one restart brings the restored store's generation up to the agent's
+        // after one: no quarantine then, and the node takes the set at once.
+        let attached = restored.attach(&registration, None)?;
+        let quarantined = !(before_the_agent && ran == 1);
+        assert_eq!(!attached.quarantine.is_empty(), quarantined, "{case}");
+        let running = registration
+            .held
+            .iter()
+            .map(|a| InstanceObserved {
+                id: a.id,
+                state: InstanceState::Online,
+                pid: 100 + a.index,
+                restart_epoch: a.restart_epoch,
+                ..InstanceObserved::default()
+            })
+            .collect();
+        super::report_tests::send(&restored, "a", &attached, running);
+        if !before_the_agent {
+            restored.act("web", None, Action::Restart)?;
+        }
+        if quarantined {
+            assert!(
+                attached.desired.borrow().is_none(),
+                "{case}: a set before adoption"
+            );
+            // Its registration wrote nothing: the quarantine's reason stands until adoption.
+            let generation = restored.lock().state.nodes["a"].generation;
+            assert!(
+                !before_the_agent || generation < registration.generation,
+                "{case}: no longer behind the agent"
+            );
+            restored.adopt_node("a")?;
+        }
+        let set = attached
+            .desired
+            .borrow()
+            .clone()
+            .ok_or(ControlError::NotFound(format!("no set: {case}")))?;
+        assert_eq!(set.assignments.len(), 2, "{case}");
+        for a in &set.assignments {
+            assert_eq!(
+                a.restart_epoch,
+                ran + 1,
+                "{case}: web[{}] one restart above the epoch its agent ran",
+                a.index
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Ordinary restarts leave nothing behind: one asked while the agent is connected is not
+/// noted, and one asked while it is away is checked once, when it registers, against what it
+/// holds (one below the record: nothing to raise), so it restarts once.
+#[tokio::test]
+async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    c.act("web", None, Action::Restart)?;
+    assert!(
+        c.lock().restarts_unseen.is_empty(),
+        "its agent takes the set"
+    );
+    let held = held_of(&c, "a");
+    assert_eq!(
+        held.iter().map(|a| a.restart_epoch).collect::<Vec<_>>(),
+        [1]
+    );
+    c.detach("a", a.session_id);
+    c.act("web", None, Action::Restart)?;
+    assert_eq!(
+        c.lock().restarts_unseen.get("a").map(BTreeMap::len),
+        Some(1)
+    );
+    let again = c.attach(
+        &Registration {
+            held,
+            ..register("a")
+        },
+        None,
+    )?;
+    assert!(again.quarantine.is_empty());
+    assert!(c.lock().restarts_unseen.is_empty(), "checked once");
+    let set = again
+        .desired
+        .borrow()
+        .clone()
+        .ok_or(ControlError::NotFound("no set".into()))?;
+    assert_eq!(
+        set.assignments
+            .iter()
+            .map(|a| a.restart_epoch)
+            .collect::<Vec<_>>(),
+        [2],
+        "one restart above the one the agent ran"
+    );
+    // It took that one; away and back again with nothing asked meanwhile, nothing is raised.
+    let took = held_of(&c, "a");
+    c.detach("a", again.session_id);
+    let third = c.attach(
+        &Registration {
+            held: took,
+            ..register("a")
+        },
+        None,
+    )?;
+    let set = third
+        .desired
+        .borrow()
+        .clone()
+        .ok_or(ControlError::NotFound("no set".into()))?;
+    assert_eq!(
+        set.assignments
+            .iter()
+            .map(|a| a.restart_epoch)
+            .collect::<Vec<_>>(),
+        [2]
+    );
+    Ok(())
+}
+
+/// A store that is behind the agent (restored from an old copy) quarantines it too.
+#[test]
+fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
+    let mut state = Persisted {
+        cluster_id: "c1".into(),
+        ..Persisted::default()
+    };
+    state.nodes.insert(
+        "a".into(),
+        NodeRecord {
+            name: "a".into(),
+            labels: BTreeMap::new(),
+            cores: 1,
+            memory_bytes: 1,
+            hostname: String::new(),
+            agent_version: String::new(),
+            generation: 5,
+            drain: false,
+            address: String::new(),
+        },
+    );
+    let reg = |cluster: &str, generation: u64| Registration {
+        cluster_id: cluster.into(),
+        generation,
+        ..register("a")
+    };
+    // (agent's cluster, agent's generation) -> quarantined?
+    let cases = [
+        ("c1", 5, false),
+        ("c1", 3, false),
+        ("", 0, false),
+        ("c1", 6, true),
+        ("c2", 5, true),
+        ("c2", 0, true),
+    ];
+    for (cluster, generation, want) in cases {
+        assert_eq!(
+            quarantine_reason(&state, &registration(&reg(cluster, generation))).is_some(),
+            want,
+            "{cluster} {generation}"
+        );
+    }
+}
