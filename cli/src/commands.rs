@@ -495,18 +495,28 @@ async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::R
         index: args.instance,
         rolling: false,
     };
-    let (reply, verb) = match action {
-        Action::Stop => (call!(conn, stop, target).await?, "stopped"),
-        Action::Restart => (call!(conn, restart, target).await?, "restarted"),
+    let (reply, verb, does) = match action {
+        Action::Stop => (call!(conn, stop, target).await?, "stopped", "stop"),
+        Action::Restart => (call!(conn, restart, target).await?, "restarted", "restart"),
     };
+    let mut lines = vec![format!(
+        "{verb} {}",
+        describe_target(&args.app, args.instance, reply.affected)
+    )];
+    // The count is of records changed; on a quarantined node nothing happens yet, and a user
+    // reading only this line would take it as done.
+    for node in &reply.quarantined_nodes {
+        lines.push(format!(
+            "node {node} is quarantined: its instances {does} once it is adopted \
+             (`pmcluster nodes adopt {node}`; `pmcluster nodes` says why)"
+        ));
+    }
     Ok(wait::Said {
         value: json!({
             "app": args.app, "action": verb, "index": args.instance, "affected": reply.affected,
+            "quarantined_nodes": reply.quarantined_nodes,
         }),
-        lines: vec![format!(
-            "{verb} {}",
-            describe_target(&args.app, args.instance, reply.affected)
-        )],
+        lines,
     })
 }
 

@@ -162,6 +162,21 @@ pub struct NodeRecord {
     /// Where its instances are reached (advertised, or the agent connection's source address).
     #[serde(default)]
     pub address: String,
+    /// The highest generation its agent may have been sent: `generation` as of the node's last
+    /// commit while an agent was attached to it unquarantined, or being adopted. Writes while
+    /// no agent is there move `generation` but not this, so that an agent registering above it
+    /// applied a set this store never made (it lost writes, or was restored from an older
+    /// copy), however many writes came since. `None` in records written before it was kept:
+    /// `generation` stands in (see [`NodeRecord::sent_up_to`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_generation: Option<u64>,
+}
+
+impl NodeRecord {
+    /// The highest generation this node's agent may hold, by this store.
+    pub fn sent_up_to(&self) -> u64 {
+        self.sent_generation.unwrap_or(self.generation)
+    }
 }
 
 /// Everything the store holds.

@@ -23,6 +23,8 @@ pub(crate) struct State {
     /// When set, a rolling restart starts rollout 7, which has failed with this message by the
     /// time anyone asks GetRollout (so the app's current rollout is a finished one).
     pub(crate) rolling_restart_fails: Option<String>,
+    /// The quarantined nodes a stop or restart names in its reply.
+    pub(crate) quarantined_nodes: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -160,6 +162,7 @@ impl Fake {
         Ok(Response::new(pb::ActionReply {
             affected: indices.len() as u32,
             deployment: None,
+            quarantined_nodes: state.quarantined_nodes.clone(),
         }))
     }
 }

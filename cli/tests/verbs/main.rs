@@ -12,6 +12,43 @@ use std::process::Stdio;
 use fake::*;
 use pmcluster_proto::v1 as pb;
 
+/// A stop or restart that reaches a quarantined node says so beside its count: nothing happens
+/// there until the node is adopted.
+#[tokio::test]
+async fn an_action_on_a_quarantined_node_says_it_waits_for_adoption() -> anyhow::Result<()> {
+    let (a, fake) = serve_fake().await?;
+    let a = &a;
+    check(a, &["start", "app", "--name", "web", "-i", "2"], 0, "", "").await?;
+    fake.lock().quarantined_nodes = vec!["node-b".into()];
+    check(
+        a,
+        &["restart", "web"],
+        0,
+        "restarted 2 instances of web\nnode node-b is quarantined: its instances restart once it \
+         is adopted (`pmcluster nodes adopt node-b`; `pmcluster nodes` says why)\n",
+        "",
+    )
+    .await?;
+    let stopped = check(a, &["stop", "web", "-o", "json"], 0, "", "").await?;
+    let json: serde_json::Value = serde_json::from_str(&stopped.stdout)?;
+    assert_eq!(json["quarantined_nodes"][0], "node-b", "{json}");
+    fake.lock().quarantined_nodes.clear();
+    let started = check(
+        a,
+        &["restart", "web"],
+        0,
+        "restarted 2 instances of web\n",
+        "",
+    )
+    .await?;
+    assert!(
+        !started.stdout.contains("quarantined"),
+        "{}",
+        started.stdout
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn app_lifecycle() -> anyhow::Result<()> {
     let a = &serve().await?;

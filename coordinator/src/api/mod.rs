@@ -104,6 +104,7 @@ impl ClusterApi {
         action: Action,
     ) -> Result<Response<pb::ActionReply>, Status> {
         let (app, index) = target(t);
+        let name = app.clone();
         let affected = self
             .life
             .write(control, move |c| c.act(&app, index, action))
@@ -111,6 +112,7 @@ impl ClusterApi {
         Ok(Response::new(pb::ActionReply {
             affected,
             deployment: None,
+            quarantined_nodes: control.quarantined_holding(&name, index),
         }))
     }
 
@@ -279,6 +281,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(pb::ActionReply {
             affected: d.total,
             deployment: Some(wire::deployment(&app, &d)),
+            // A rolling restart places replacements elsewhere rather than waiting for a node.
+            quarantined_nodes: Vec::new(),
         }))
     }
 
@@ -685,6 +689,14 @@ async fn outbound(
     let mut sent: Option<Arc<crate::model::DesiredSet>> = None;
     loop {
         tokio::select! {
+            // A closed session goes first: a set published after it was dropped was not
+            // counted as sent to this agent (`NodeRecord::sent_generation`).
+            biased;
+            _ = a.closed.changed() => {
+                // The session was replaced or timed out: end the stream so the agent reconnects.
+                let _ = tx.send(Err(Status::unavailable("session closed by the coordinator"))).await;
+                return;
+            }
             () = shutdown.cancelled() => {
                 // The agent keeps its instances and reconnects, to this coordinator's successor.
                 let _ = tx.try_send(Err(Status::unavailable("the coordinator is shutting down")));
@@ -722,11 +734,6 @@ async fn outbound(
                 if tx.send(Ok(send(msg))).await.is_err() {
                     return;
                 }
-            }
-            _ = a.closed.changed() => {
-                // The session was replaced or timed out: end the stream so the agent reconnects.
-                let _ = tx.send(Err(Status::unavailable("session closed by the coordinator"))).await;
-                return;
             }
         }
     }

@@ -1,7 +1,9 @@
 //! User commands (apply, scale, act, rollouts, autoscale policy, drain, adopt, forget): each
 //! validates, builds a `Batch` and hands it to the write path, then emits its event.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+
+use uuid::Uuid;
 
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::autoscale::AutoscalePolicy;
@@ -342,6 +344,7 @@ impl Control {
         }
         let mut batch = Batch::default();
         let mut unseen = Vec::new();
+        let mut held_epochs: HashMap<&str, HashMap<Uuid, u64>> = HashMap::new();
         for inst in inner.ahead.app_instances(name) {
             if index.is_some_and(|i| i != inst.index) {
                 continue;
@@ -357,9 +360,19 @@ impl Control {
                     // ask for the restart the agent already did (seen after `nodes adopt` as
                     // done).
                     let live = inst.node.as_ref().and_then(|n| inner.nodes.get(n));
-                    let held = live
-                        .and_then(|l| l.held.iter().find(|a| a.id == inst.id))
-                        .map_or(0, |a| a.restart_epoch);
+                    // What each node holds, indexed once per node rather than searched once per
+                    // instance.
+                    let held = match (&inst.node, live) {
+                        (Some(n), Some(l)) if !l.held.is_empty() => held_epochs
+                            .entry(n.as_str())
+                            .or_insert_with(|| {
+                                l.held.iter().map(|a| (a.id, a.restart_epoch)).collect()
+                            })
+                            .get(&inst.id)
+                            .copied()
+                            .unwrap_or(0),
+                        _ => 0,
+                    };
                     let running = inner.observed.get(&inst.id).map_or(0, |o| o.restart_epoch);
                     next.restart_epoch = inst.restart_epoch.max(running).max(held) + 1;
                     // With no agent there, neither is known: checked when it registers.
@@ -589,9 +602,21 @@ impl Control {
                 .get(n)
                 .cloned()
                 .ok_or_else(|| node_not_found(n))?;
-            batch.put_nodes.push(NodeRecord { generation, ..node });
+            // Its set goes out once this commits (see the generations in `write`).
+            batch.put_nodes.push(NodeRecord {
+                generation,
+                sent_generation: Some(generation),
+                ..node
+            });
         }
-        self.write(&mut inner, batch)?;
+        // Their sets go out once this commits, and so do those of any write planned while it
+        // commits (which the write path marks sent by this).
+        inner.being_adopted.extend(names.iter().cloned());
+        let written = self.write(&mut inner, batch);
+        for n in &names {
+            inner.being_adopted.remove(n);
+        }
+        written?;
         for n in &names {
             inner.restarts_unseen.remove(n);
         }

@@ -16,7 +16,7 @@
 //! messages) and never a wire type: `api` converts at the boundary through `wire`, and `limits`
 //! weighs what must fit in a message.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -241,11 +241,15 @@ struct Inner {
     /// Restarts asked while their node had no agent connected, by node, with the epoch each
     /// asked for: a record's epoch may be behind what the agent runs (a store restored from an
     /// older copy), so that one step up asks for a restart the agent already did. When the
-    /// node's agent next registers, or is adopted if that registration is quarantined (whose
-    /// generation must not move before), each record still at its epoch asked and not above
+    /// node's agent next registers, or is adopted if that registration is quarantined (in the
+    /// adoption's write, with its set), each record still at its epoch asked and not above
     /// what the agent holds is raised above it (see [`raised_restarts`]), and the node's
     /// entries go. In memory only: a coordinator restarted in between forgets them.
     restarts_unseen: BTreeMap<String, BTreeMap<Uuid, u64>>,
+    /// Quarantined nodes whose adoption is being written: a write planned meanwhile that
+    /// touches them marks its generation sent (`NodeRecord::sent_generation`), since it lands
+    /// with or after the adoption, whose end lets their sets go out.
+    being_adopted: BTreeSet<String>,
 }
 
 /// A process whose record was removed (scaled away, its app deleted, the old side of a move or
@@ -505,6 +509,7 @@ impl Control {
             sets: sets::Sets::default(),
             leaving: BTreeMap::new(),
             restarts_unseen: BTreeMap::new(),
+            being_adopted: BTreeSet::new(),
             now,
         };
         let names: Vec<String> = inner.nodes.keys().cloned().collect();

@@ -66,6 +66,11 @@ impl Control {
             generation: known.as_ref().map(|n| n.generation).unwrap_or(0),
             drain: known.as_ref().is_some_and(|n| n.drain),
             address: address.clone(),
+            // Its set goes out once this commits: the agent may hold this generation from now.
+            sent_generation: match &quarantine {
+                None => Some(known.as_ref().map_or(0, |n| n.generation)),
+                Some(_) => known.as_ref().and_then(|n| n.sent_generation),
+            },
         };
         if inner.state.nodes.get(&name) != Some(&record) {
             batch.put_nodes.push(record);
@@ -114,10 +119,9 @@ impl Control {
         }
         publish(&mut inner, &name);
         // Restarts asked while no agent was there: each goes above what the agent holds, in
-        // case the record was behind it (a store restored from an older copy, whose generation
-        // a restart can bring up to the agent's, so that no quarantine tells). Ordinarily the
-        // record is one above, and nothing changes. A quarantined node's wait for its adoption:
-        // a write now would move its generation, and with it the quarantine's reason.
+        // case the record was behind it (a store restored from an older copy). Ordinarily the
+        // record is one above, and nothing changes. A quarantined node's are raised by its
+        // adoption, whose set is the first it takes.
         if quarantine.is_none() {
             let mut noted = inner.restarts_unseen.remove(&name).unwrap_or_default();
             if let Some(old) = &renamed {

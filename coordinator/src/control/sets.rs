@@ -238,6 +238,16 @@ pub(super) fn publish(inner: &mut Inner, node: &str) {
     if is_quarantined(live) {
         return;
     }
+    // The quarantine check rests on this: no agent is sent a generation its record does not
+    // count as sent.
+    debug_assert!(
+        live.session.is_none()
+            || state
+                .nodes
+                .get(node)
+                .is_none_or(|n| generation <= n.sent_up_to()),
+        "node {node}: set generation {generation} above the generation recorded as sent"
+    );
     let set = DesiredSet {
         generation,
         assignments,

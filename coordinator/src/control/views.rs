@@ -140,6 +140,30 @@ impl Control {
         })
     }
 
+    /// The quarantined nodes that `app`'s records (of `index`, or all) are placed on: a start,
+    /// stop or restart of those waits there until the node is adopted, which the caller is told
+    /// rather than left to read a count as done.
+    pub fn quarantined_holding(&self, app: &str, index: Option<u32>) -> Vec<String> {
+        let inner = self.lock();
+        let mut nodes: Vec<String> = inner
+            .ahead
+            .app_instances(app)
+            .into_iter()
+            .filter(|r| index.is_none_or(|i| i == r.index))
+            .filter_map(|r| r.node.as_ref())
+            .filter(|n| {
+                inner
+                    .nodes
+                    .get(n.as_str())
+                    .is_some_and(super::is_quarantined)
+            })
+            .cloned()
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        nodes
+    }
+
     pub fn list_instances(&self, app: &str) -> Result<Vec<InstanceView>> {
         let inner = self.lock();
         if !app.is_empty() && held_views(&inner, app).is_empty() && !has_leaving(&inner, app) {
@@ -522,11 +546,8 @@ pub(super) fn instance_view(
         out.last_exit_code = o.last_exit_code;
         out.message = o.message.clone();
     }
-    let node_up = rec
-        .node
-        .as_ref()
-        .and_then(|n| inner.nodes.get(n))
-        .is_some_and(|l| is_ready(l, config, inner.now));
+    let live = rec.node.as_ref().and_then(|n| inner.nodes.get(n));
+    let node_up = live.is_some_and(|l| is_ready(l, config, inner.now));
     let reported = observed.map(|o| (o.state, o.restart_epoch));
     let (status, note) = status::derive(rec, reported, node_up);
     let agents_own = matches!(note, Note::Reported);
@@ -549,13 +570,10 @@ pub(super) fn instance_view(
     // is the reason a user waiting on it must see. Beside the agent's own message, which may
     // say more (and which `--wait` reads). The reason itself is long and the node's: `nodes`
     // shows it once.
-    let quarantined = rec.node.as_ref().filter(|n| {
-        node_up
-            && inner
-                .nodes
-                .get(n.as_str())
-                .is_some_and(super::is_quarantined)
-    });
+    let quarantined = rec
+        .node
+        .as_ref()
+        .filter(|_| node_up && live.is_some_and(super::is_quarantined));
     if let Some(node) = quarantined {
         let why = format!(
             "node {node} is quarantined: nothing starts, stops or restarts it until `pmcluster \

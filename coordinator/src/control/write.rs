@@ -143,9 +143,16 @@ impl Control {
         for name in &touched {
             if let Some(node) = inner.ahead.nodes.get(name) {
                 generation += 1;
+                // Whether the set goes out: an agent is attached and not quarantined, or it is
+                // being adopted (this write is the adoption, or lands with or after it).
+                let sent = inner.nodes.get(name).is_some_and(|l| {
+                    l.session.is_some()
+                        && (!is_quarantined(l) || inner.being_adopted.contains(name))
+                });
                 batch.put_nodes.retain(|n| &n.name != name);
                 batch.put_nodes.push(NodeRecord {
                     generation,
+                    sent_generation: Some(if sent { generation } else { node.sent_up_to() }),
                     ..node.clone()
                 });
             }

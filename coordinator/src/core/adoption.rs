@@ -25,9 +25,16 @@ pub struct Registration<'a> {
 pub use crate::model::Assignment as Held;
 
 /// Why a registering agent must be quarantined: it serves another cluster, or it applied a
-/// newer desired set than this coordinator's record of the node (the store lost writes or was
+/// newer desired set than this store ever sent the node (the store lost writes or was
 /// restored). Either way this coordinator's view of the node is not to be trusted over the
 /// agent's, so it sends nothing until an operator adopts the node.
+///
+/// The agent is checked against the node's [`NodeRecord::sent_up_to`], not its `generation`: a
+/// write while the agent is away (a restart, a scale, a reschedule) moves the generation, and a
+/// store restored from an older copy could otherwise catch up with the agent and send it a set
+/// that stops what the copy does not know.
+///
+/// [`NodeRecord::sent_up_to`]: crate::model::NodeRecord::sent_up_to
 pub fn quarantine_reason(state: &Persisted, reg: &Registration) -> Option<String> {
     let name = reg.node;
     let n = reg.held;
@@ -46,12 +53,12 @@ pub fn quarantine_reason(state: &Persisted, reg: &Registration) -> Option<String
         .nodes
         .get(name)
         .or_else(|| state.nodes.get(reg.renamed_from))
-        .map(|n| n.generation)
+        .map(|n| n.sent_up_to())
         .unwrap_or(0);
     if reg.generation > known {
         return Some(format!(
-            "the agent applied desired-set generation {}, but this coordinator's store knows the \
-             node only up to generation {known} (a lost or restored store?); {adopt}",
+            "the agent applied desired-set generation {}, but this coordinator's store sent the \
+             node sets only up to generation {known} (a lost or restored store?); {adopt}",
             reg.generation
         ));
     }
@@ -157,23 +164,33 @@ mod tests {
                 generation,
                 drain: false,
                 address: String::new(),
+                sent_generation: None,
             },
         );
         state
     }
 
-    /// (cluster the agent remembers, generation it applied, renamed from) → quarantined?
+    /// (cluster the agent remembers, generation it applied, renamed from, generation the store
+    /// sent the node up to) → quarantined? The record is at generation 5.
     #[test]
     fn quarantine() {
         let cases = [
-            ("", 0, "", false),
-            ("ours", 5, "", false),
-            ("ours", 6, "", true),
-            ("theirs", 0, "", true),
+            ("", 0, "", None, false),
+            ("ours", 5, "", None, false),
+            ("ours", 6, "", None, true),
+            ("theirs", 0, "", None, true),
             // A renamed node brings its old name's generations.
-            ("ours", 5, "a", false),
+            ("ours", 5, "a", None, false),
+            // Sent up to 3 and written to since while no agent was there: an agent at 4 or 5
+            // applied a set this store never sent.
+            ("ours", 3, "", Some(3), false),
+            ("ours", 4, "", Some(3), true),
+            ("ours", 5, "", Some(3), true),
+            ("ours", 5, "a", Some(3), true),
+            // Sent up to 5, the record's own generation.
+            ("ours", 5, "", Some(5), false),
         ];
-        for (cluster, generation, renamed_from, want) in cases {
+        for (cluster, generation, renamed_from, loaded, want) in cases {
             let node = if renamed_from.is_empty() { "a" } else { "b" };
             let reg = Registration {
                 node,
@@ -182,11 +199,15 @@ mod tests {
                 generation,
                 held: 1,
             };
-            let got = quarantine_reason(&state(5), &reg);
+            let mut state = state(5);
+            if let Some(node) = state.nodes.get_mut("a") {
+                node.sent_generation = loaded;
+            }
+            let got = quarantine_reason(&state, &reg);
             assert_eq!(
                 got.is_some(),
                 want,
-                "{cluster} {generation} {renamed_from}: {got:?}"
+                "{cluster} {generation} {renamed_from} {loaded:?}: {got:?}"
             );
         }
     }

@@ -352,6 +352,7 @@ mod tests {
             generation: 5,
             drain: false,
             address: "127.0.0.1".into(),
+            sent_generation: Some(4),
         };
         let batch = Batch {
             put_apps: vec![app],

@@ -84,6 +84,7 @@ pub fn node(name: &str) -> NodeRecord {
         generation: 1,
         drain: false,
         address: "127.0.0.1".into(),
+        sent_generation: Some(1),
     }
 }
 

@@ -205,6 +205,11 @@ fn issue9_a_state_file_restored_from_an_older_copy_says_why_nothing_restarts() {
         out.stderr.contains("not up after 2s") && out.stderr.contains("is quarantined"),
         "{out}"
     );
+    assert!(
+        out.stdout
+            .contains("node node-a is quarantined: its instances restart once it is adopted"),
+        "{out}"
+    );
     // Nothing was restarted or stopped: the same processes, listed as waiting for the restart.
     let list = c.instances("web").expect("list web");
     let mut pids: Vec<u32> = list.iter().filter_map(|i| i.pid).collect();
@@ -236,8 +241,9 @@ fn wait_restarted(c: &Cluster, old: &[ProcId], what: &str) {
 }
 
 /// The same restore, with the restart asked while the agent is away: the restart brings the
-/// copy's generation up to the agent's, so nothing is quarantined, and the agent comes back
-/// holding the very epoch the record asks for. The restart must still happen.
+/// copy's generation up to the agent's, yet the agent is still ahead of what the store ever
+/// sent it, so it is quarantined and keeps its processes. Once adopted, the restart happens,
+/// though the agent holds the very epoch the record asks for.
 #[test]
 fn issue9_a_restart_asked_of_a_restored_store_before_its_agent_returns_happens() {
     let (mut c, state, backup, procs) = copied_then_restarted();
@@ -252,7 +258,16 @@ fn issue9_a_restart_asked_of_a_restored_store_before_its_agent_returns_happens()
     c.cli(&["restart", "web"]).assert_ok();
     assert!(procs.iter().all(ProcId::alive), "the agent is away");
     c.restart_agent(a, &[]).expect("node-a's agent again");
-    wait_restarted(&c, &procs, "web restarted once its agent is back");
+    wait_until(DEADLINE, "node-a quarantined", || {
+        match node_status(&c, "node-a")? {
+            (s, m) if s == "quarantined" && m.contains("sent the node sets only up to") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    wait_same_pids(&c, &procs, "the same processes while quarantined");
+    assert!(procs.iter().all(ProcId::alive), "nothing stopped");
+    c.cli(&["nodes", "adopt", "node-a"]).assert_ok();
+    wait_restarted(&c, &procs, "web restarted once its node is adopted");
     let (status, _) = node_status(&c, "node-a").expect("nodes");
     assert_eq!(status, "ready");
 }

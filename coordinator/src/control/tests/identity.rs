@@ -186,9 +186,9 @@ async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
 }
 
 /// A restart asked of a store restored from an older copy, whose records' restart epochs are
-/// behind what the agent runs, still restarts: asked after the agent reported (the node is
-/// quarantined until adopted), or before it connected at all (then the restart may bring the
-/// store's generation up to the agent's, so no quarantine; or not, and adoption raises it).
+/// behind what the agent runs, still restarts: asked after the agent reported, or before it
+/// connected at all (even when the restart brings the store's generation up to the agent's,
+/// the node is quarantined until adopted, and adoption raises it).
 #[tokio::test]
 async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
     // (asked before the agent connects, restarts the agent ran after the copy was taken)
@@ -227,10 +227,15 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
             restored.act("web", None, Action::Restart)?;
         }
         // Asked before, one restart brings the restored store's generation up to the agent's
-        // after one: no quarantine then, and the node takes the set at once.
+        // after one; the agent is still ahead of the store as it was loaded.
+        let generation = restored.lock().state.nodes["a"].generation;
+        assert_eq!(
+            generation >= registration.generation,
+            before_the_agent && ran == 1,
+            "{case}"
+        );
         let attached = restored.attach(&registration, None)?;
-        let quarantined = !(before_the_agent && ran == 1);
-        assert_eq!(!attached.quarantine.is_empty(), quarantined, "{case}");
+        assert!(!attached.quarantine.is_empty(), "{case}");
         let running = registration
             .held
             .iter()
@@ -246,19 +251,11 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
         if !before_the_agent {
             restored.act("web", None, Action::Restart)?;
         }
-        if quarantined {
-            assert!(
-                attached.desired.borrow().is_none(),
-                "{case}: a set before adoption"
-            );
-            // Its registration wrote nothing: the quarantine's reason stands until adoption.
-            let generation = restored.lock().state.nodes["a"].generation;
-            assert!(
-                !before_the_agent || generation < registration.generation,
-                "{case}: no longer behind the agent"
-            );
-            restored.adopt_node("a")?;
-        }
+        assert!(
+            attached.desired.borrow().is_none(),
+            "{case}: a set before adoption"
+        );
+        restored.adopt_node("a")?;
         let set = attached
             .desired
             .borrow()
@@ -274,6 +271,164 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// A store restored from an older copy, written to while the agent is away until its record
+/// of the node reaches the agent's generation, and opened again after (a coordinator restart, a
+/// new leader): the agent is still quarantined (the store never sent what it applied), so no
+/// set stops what the copy does not know. The same writes to the store that was not restored
+/// quarantine nothing.
+#[tokio::test]
+async fn a_restored_store_that_catches_up_with_the_agent_still_quarantines_it() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let backup = store.load()?;
+    // web[2] is placed after the copy was taken: the copy does not know it.
+    c.scale("web", 3)?;
+    let (cluster_id, generation) = {
+        let inner = c.lock();
+        (
+            inner.state.cluster_id.clone(),
+            inner.state.nodes["a"].generation,
+        )
+    };
+    let registration = Registration {
+        cluster_id,
+        generation,
+        held: held_of(&c, "a"),
+        ..register("a")
+    };
+    assert_eq!(registration.held.len(), 3);
+    drop(c);
+
+    for restored_copy in [true, false] {
+        let case = if restored_copy {
+            "restored"
+        } else {
+            "not restored"
+        };
+        let kept = if restored_copy {
+            Arc::new(MemoryStore::holding(backup.clone()))
+        } else {
+            store.clone()
+        };
+        let c = Control::open(kept.clone(), ControlConfig::default())?;
+        // Restarts while the agent is away, until the record's generation passes the agent's.
+        for _ in 0..10 {
+            if c.lock().state.nodes["a"].generation > generation {
+                break;
+            }
+            c.act("web", None, Action::Restart)?;
+        }
+        assert!(c.lock().state.nodes["a"].generation > generation, "{case}");
+        drop(c);
+        let c = Control::open(kept, ControlConfig::default())?;
+        let attached = c.attach(&registration, None)?;
+        assert_eq!(!attached.quarantine.is_empty(), restored_copy, "{case}");
+        if restored_copy {
+            assert!(
+                attached.desired.borrow().is_none(),
+                "a set went to a quarantined node"
+            );
+            let unmanaged: Vec<u32> = c
+                .list_instances("web")?
+                .into_iter()
+                .filter(|i| i.unmanaged)
+                .map(|i| i.index)
+                .collect();
+            assert_eq!(unmanaged, [2], "web[2] listed as the agent holds it");
+            // Adopted, it takes sets again, and its next registration is not quarantined.
+            c.adopt_node("a")?;
+            let set = attached.desired.borrow().clone();
+            let taken = set.ok_or(ControlError::NotFound("no set after adoption".into()))?;
+            c.detach("a", attached.session_id);
+            let again = c.attach(
+                &Registration {
+                    generation: taken.generation,
+                    held: taken.assignments.clone(),
+                    ..registration.clone()
+                },
+                None,
+            )?;
+            assert!(again.quarantine.is_empty(), "{}", again.quarantine);
+        } else {
+            let set = attached
+                .desired
+                .borrow()
+                .clone()
+                .ok_or(ControlError::NotFound("no set".into()))?;
+            assert_eq!(set.assignments.len(), 3);
+            assert!(set.generation > registration.generation);
+        }
+    }
+    Ok(())
+}
+
+/// A node's `sent_generation` follows its generation while an agent is attached, stays while
+/// none is (whatever is written: a scale, a drain), and catches up when one registers.
+#[tokio::test]
+async fn the_generation_sent_moves_only_while_an_agent_is_attached() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let sent = |c: &Control| {
+        let inner = c.lock();
+        let node = &inner.state.nodes["a"];
+        (node.generation, node.sent_generation)
+    };
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let (generation, at) = sent(&c);
+    assert_eq!(at, Some(generation), "attached");
+    c.detach("a", a.session_id);
+    c.scale("web", 3)?;
+    c.set_drain("a", true)?;
+    let (moved, still) = sent(&c);
+    assert!(moved > generation, "the scale moved the node's generation");
+    assert_eq!(still, Some(generation), "no agent: nothing sent");
+    let again = c.attach(
+        &Registration {
+            generation,
+            ..register("a")
+        },
+        None,
+    )?;
+    assert!(again.quarantine.is_empty());
+    let (now, at) = sent(&c);
+    assert_eq!(at, Some(now), "registered: its set goes out");
+    Ok(())
+}
+
+/// An adoption that imports nothing (the agent holds nothing) still counts its set as sent: the
+/// agent takes it, and its next registration is not quarantined.
+#[tokio::test]
+async fn a_node_adopted_with_nothing_to_import_registers_again_unquarantined() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let old = Registration {
+        cluster_id: "another-cluster".into(),
+        generation: 9,
+        ..register("a")
+    };
+    let attached = c.attach(&old, None)?;
+    assert!(!attached.quarantine.is_empty());
+    c.adopt_node("a")?;
+    let set = attached
+        .desired
+        .borrow()
+        .clone()
+        .ok_or(ControlError::NotFound("no set after adoption".into()))?;
+    assert!(set.adopt && set.generation > 9 && set.assignments.is_empty());
+    c.detach("a", attached.session_id);
+    let again = c.attach(
+        &Registration {
+            cluster_id: set.cluster_id.clone(),
+            generation: set.generation,
+            ..register("a")
+        },
+        None,
+    )?;
+    assert!(again.quarantine.is_empty(), "{}", again.quarantine);
     Ok(())
 }
 
@@ -367,6 +522,7 @@ fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
             generation: 5,
             drain: false,
             address: String::new(),
+            sent_generation: None,
         },
     );
     let reg = |cluster: &str, generation: u64| Registration {
