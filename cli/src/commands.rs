@@ -165,14 +165,17 @@ async fn start_only(
                 }
                 other => other?,
             };
+            let mut lines = vec![format!(
+                "started {}",
+                describe_target(&app, index, reply.affected)
+            )];
+            lines.extend(waits_for_adoption(&reply.quarantined_nodes, "start"));
             let said = wait::Said {
                 value: json!({
                     "app": app, "action": "started", "index": index, "affected": reply.affected,
+                    "quarantined_nodes": reply.quarantined_nodes,
                 }),
-                lines: vec![format!(
-                    "started {}",
-                    describe_target(&app, index, reply.affected)
-                )],
+                lines,
             };
             let goal = match args.wait.wait {
                 true => wait::goal(conn, &app, index).await.map(Some),
@@ -489,6 +492,20 @@ pub async fn restart(args: TargetArgs, wait: &WaitFlags, ctx: &mut Ctx<'_>) -> a
     wait::finish(&mut conn, ctx, wait, said, goal).await
 }
 
+/// A line per quarantined node an action reached: the count is of records changed, and on such a
+/// node nothing happens until it is adopted, which a user reading only the count would miss.
+fn waits_for_adoption(nodes: &[String], does: &str) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|node| {
+            format!(
+                "node {node} is quarantined: its instances {does} once it is adopted \
+                 (`pmcluster nodes adopt {node}`; `pmcluster nodes` says why)"
+            )
+        })
+        .collect()
+}
+
 async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::Result<wait::Said> {
     let target = pb::InstanceTarget {
         app: args.app.clone(),
@@ -503,14 +520,7 @@ async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::R
         "{verb} {}",
         describe_target(&args.app, args.instance, reply.affected)
     )];
-    // The count is of records changed; on a quarantined node nothing happens yet, and a user
-    // reading only this line would take it as done.
-    for node in &reply.quarantined_nodes {
-        lines.push(format!(
-            "node {node} is quarantined: its instances {does} once it is adopted \
-             (`pmcluster nodes adopt {node}`; `pmcluster nodes` says why)"
-        ));
-    }
+    lines.extend(waits_for_adoption(&reply.quarantined_nodes, does));
     Ok(wait::Said {
         value: json!({
             "app": args.app, "action": verb, "index": args.instance, "affected": reply.affected,

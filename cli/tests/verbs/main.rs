@@ -32,6 +32,14 @@ async fn an_action_on_a_quarantined_node_says_it_waits_for_adoption() -> anyhow:
     let stopped = check(a, &["stop", "web", "-o", "json"], 0, "", "").await?;
     let json: serde_json::Value = serde_json::from_str(&stopped.stdout)?;
     assert_eq!(json["quarantined_nodes"][0], "node-b", "{json}");
+    check(
+        a,
+        &["start", "web"],
+        0,
+        "node node-b is quarantined: its instances start once it is adopted",
+        "",
+    )
+    .await?;
     fake.lock().quarantined_nodes.clear();
     let started = check(
         a,
