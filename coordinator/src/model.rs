@@ -170,6 +170,14 @@ pub struct NodeRecord {
     /// `generation` stands in (see [`NodeRecord::sent_up_to`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sent_generation: Option<u64>,
+    /// Restarts asked while no agent of the node was attached, by instance, with the epoch each
+    /// asked: a record's epoch may be behind what the agent runs (a store restored from an
+    /// older copy), so one step up may ask for a restart the agent already did. Checked at the
+    /// agent's next unquarantined registration, or the node's adoption, in the write that then
+    /// empties it (see `control::raised_restarts`). Stored, so a coordinator restarted in
+    /// between still carries them out.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restarts_unseen: BTreeMap<Uuid, u64>,
 }
 
 impl NodeRecord {

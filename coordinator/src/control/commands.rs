@@ -400,16 +400,22 @@ impl Control {
                 as u32,
             Action::Restart => batch.put_instances.len() as u32,
         };
-        // Noted before the write, which may let go of the lock while another writer commits:
-        // a registration in between must find them. A refused write leaves the records at
-        // other epochs than these asked, which nothing raises.
+        // Noted on the node's record in the same write: stored with the restart, or refused
+        // with it.
+        let mut noted: BTreeMap<String, NodeRecord> = BTreeMap::new();
         for (node, id, asked) in unseen {
-            inner
-                .restarts_unseen
-                .entry(node)
-                .or_default()
-                .insert(id, asked);
+            let record = match noted.entry(node) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    let Some(r) = inner.ahead.nodes.get(e.key()) else {
+                        continue;
+                    };
+                    e.insert(r.clone())
+                }
+            };
+            record.restarts_unseen.insert(id, asked);
         }
+        batch.put_nodes.extend(noted.into_values());
         self.write(&mut inner, batch)?;
         drop(inner);
         let (verb, kind) = match action {
@@ -585,10 +591,10 @@ impl Control {
             batch.del_instances.extend(part.del_instances);
         }
         // Restarts asked before a registration that was quarantined: raised now, in the batch
-        // whose generation goes above the agent's (see `Inner::restarts_unseen`).
+        // whose generation goes above the agent's (see `NodeRecord::restarts_unseen`).
         for n in &names {
-            if let (Some(noted), Some(live)) = (inner.restarts_unseen.get(n), inner.nodes.get(n)) {
-                let raised = super::raised_restarts(&scratch, noted, &live.held);
+            if let (Some(node), Some(live)) = (inner.ahead.nodes.get(n), inner.nodes.get(n)) {
+                let raised = super::raised_restarts(&scratch, &node.restarts_unseen, &live.held);
                 batch.put_instances.extend(raised);
             }
         }
@@ -606,6 +612,7 @@ impl Control {
             batch.put_nodes.push(NodeRecord {
                 generation,
                 sent_generation: Some(generation),
+                restarts_unseen: BTreeMap::new(),
                 ..node
             });
         }
@@ -617,9 +624,6 @@ impl Control {
             inner.being_adopted.remove(n);
         }
         written?;
-        for n in &names {
-            inner.restarts_unseen.remove(n);
-        }
         for n in &names {
             if let Some(live) = inner.nodes.get_mut(n) {
                 if let Some(s) = live.session.as_mut() {
@@ -667,7 +671,6 @@ impl Control {
             ..Batch::default()
         };
         self.write(&mut inner, batch)?;
-        inner.restarts_unseen.remove(name);
         inner.nodes.remove(name);
         drop(inner);
         self.emit(

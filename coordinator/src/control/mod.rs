@@ -238,14 +238,6 @@ struct Inner {
     sets: sets::Sets,
     /// Processes whose records are gone while their agents still run them, by node.
     leaving: BTreeMap<String, HashMap<Uuid, Leaving>>,
-    /// Restarts asked while their node had no agent connected, by node, with the epoch each
-    /// asked for: a record's epoch may be behind what the agent runs (a store restored from an
-    /// older copy), so that one step up asks for a restart the agent already did. When the
-    /// node's agent next registers, or is adopted if that registration is quarantined (in the
-    /// adoption's write, with its set), each record still at its epoch asked and not above
-    /// what the agent holds is raised above it (see [`raised_restarts`]), and the node's
-    /// entries go. In memory only: a coordinator restarted in between forgets them.
-    restarts_unseen: BTreeMap<String, BTreeMap<Uuid, u64>>,
     /// Quarantined nodes whose adoption is being written: a write planned meanwhile that
     /// touches them marks its generation sent (`NodeRecord::sent_generation`), since it lands
     /// with or after the adoption, whose end lets their sets go out.
@@ -420,10 +412,11 @@ fn resumed_scaling(state: &Persisted) -> BTreeMap<String, Scaling> {
         .collect()
 }
 
-/// The records of `noted` restarts (instance id, epoch asked) that are still at the epoch
-/// asked, not refused or restarted again since, and not above what their agent `held` at
-/// registration: each one above what the agent holds, so that the restart happens.
-/// Ordinarily a record is one above, and none is.
+/// At an adoption, the records of `noted` restarts (instance id, epoch asked) that are still at
+/// the epoch asked, not restarted again since, and not above what their agent `held` at
+/// registration: each one above what the agent holds, so that the restart happens (a store
+/// restored from an older copy has records behind the agent). Ordinarily a record is one
+/// above, and none is.
 fn raised_restarts(
     records: &Persisted,
     noted: &BTreeMap<Uuid, u64>,
@@ -508,7 +501,6 @@ impl Control {
             followup_at: None,
             sets: sets::Sets::default(),
             leaving: BTreeMap::new(),
-            restarts_unseen: BTreeMap::new(),
             being_adopted: BTreeSet::new(),
             now,
         };

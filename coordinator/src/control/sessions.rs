@@ -71,6 +71,19 @@ impl Control {
                 None => Some(known.as_ref().map_or(0, |n| n.generation)),
                 Some(_) => known.as_ref().and_then(|n| n.sent_generation),
             },
+            // Restarts asked while no agent was there: its set, going out now, carries them.
+            // Raising one above what the agent holds is for a store behind the agent (restored
+            // from an older copy), and such a store quarantines the agent (see
+            // `NodeRecord::sent_generation`): its adoption raises them. Emptied here, in the
+            // record committed before the set is sent, so that no note outlives a restart the
+            // agent then runs (a second check would restart it again).
+            restarts_unseen: match &quarantine {
+                None => BTreeMap::new(),
+                Some(_) => known
+                    .as_ref()
+                    .map(|n| n.restarts_unseen.clone())
+                    .unwrap_or_default(),
+            },
         };
         if inner.state.nodes.get(&name) != Some(&record) {
             batch.put_nodes.push(record);
@@ -118,27 +131,6 @@ impl Control {
             inner.leaving.remove(&old.name);
         }
         publish(&mut inner, &name);
-        // Restarts asked while no agent was there: each goes above what the agent holds, in
-        // case the record was behind it (a store restored from an older copy). Ordinarily the
-        // record is one above, and nothing changes. A quarantined node's are raised by its
-        // adoption, whose set is the first it takes.
-        if quarantine.is_none() {
-            let mut noted = inner.restarts_unseen.remove(&name).unwrap_or_default();
-            if let Some(old) = &renamed {
-                noted.extend(inner.restarts_unseen.remove(&old.name).unwrap_or_default());
-            }
-            let raised = super::raised_restarts(&inner.ahead, &noted, &reg.held);
-            if !raised.is_empty() {
-                let batch = Batch {
-                    put_instances: raised,
-                    ..Batch::default()
-                };
-                if let Err(e) = self.write(&mut inner, batch) {
-                    tracing::error!(error = %e, "raising restarts asked while the node was away failed");
-                    inner.restarts_unseen.insert(name.clone(), noted);
-                }
-            }
-        }
         // A new node may take pending instances.
         inner.reconcile_due = true;
         if let Err(e) = self.write(&mut inner, Batch::default()) {

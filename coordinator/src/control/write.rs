@@ -445,8 +445,22 @@ fn leaving_processes(inner: &Inner, removed: &[Uuid]) -> Vec<(String, Uuid, Leav
 
 /// The apps a command's batch changes, or `None` when it changes nodes (which every app's plan
 /// reads).
-fn write_scope(state: &Persisted, batch: &Batch) -> Option<BTreeSet<String>> {
-    if !batch.put_nodes.is_empty() || !batch.del_nodes.is_empty() || batch.generation.is_some() {
+pub(super) fn write_scope(state: &Persisted, batch: &Batch) -> Option<BTreeSet<String>> {
+    // A node record that changes only in its restart notes (a restart while its agent is away)
+    // changes no placement.
+    let notes_only = |n: &NodeRecord| {
+        state.nodes.get(&n.name).is_some_and(|old| {
+            let bare = |r: &NodeRecord| NodeRecord {
+                restarts_unseen: BTreeMap::new(),
+                ..r.clone()
+            };
+            bare(old) == bare(n)
+        })
+    };
+    if !batch.put_nodes.iter().all(notes_only)
+        || !batch.del_nodes.is_empty()
+        || batch.generation.is_some()
+    {
         return None;
     }
     let apps = batch.put_apps.iter().map(|a| &a.spec.name);

@@ -165,6 +165,7 @@ mod tests {
                 drain: false,
                 address: String::new(),
                 sent_generation: None,
+                restarts_unseen: Default::default(),
             },
         );
         state

@@ -353,6 +353,7 @@ mod tests {
             drain: false,
             address: "127.0.0.1".into(),
             sent_generation: Some(4),
+            restarts_unseen: [(uuid::Uuid::from_u128(7), 3)].into(),
         };
         let batch = Batch {
             put_apps: vec![app],

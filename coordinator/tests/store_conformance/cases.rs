@@ -85,6 +85,7 @@ pub fn node(name: &str) -> NodeRecord {
         drain: false,
         address: "127.0.0.1".into(),
         sent_generation: Some(1),
+        restarts_unseen: Default::default(),
     }
 }
 

@@ -240,10 +240,11 @@ fn wait_restarted(c: &Cluster, old: &[ProcId], what: &str) {
     });
 }
 
-/// The same restore, with the restart asked while the agent is away: the restart brings the
-/// copy's generation up to the agent's, yet the agent is still ahead of what the store ever
-/// sent it, so it is quarantined and keeps its processes. Once adopted, the restart happens,
-/// though the agent holds the very epoch the record asks for.
+/// The same restore, with the restart asked while the agent is away and the coordinator
+/// restarted after: the restart brings the copy's generation up to the agent's, yet the agent
+/// is still ahead of what the store ever sent it, so it is quarantined and keeps its
+/// processes. Once adopted, the restart happens, though the agent holds the very epoch the
+/// record asks for.
 #[test]
 fn issue9_a_restart_asked_of_a_restored_store_before_its_agent_returns_happens() {
     let (mut c, state, backup, procs) = copied_then_restarted();
@@ -257,6 +258,10 @@ fn issue9_a_restart_asked_of_a_restored_store_before_its_agent_returns_happens()
         .expect("the coordinator on the restored copy");
     c.cli(&["restart", "web"]).assert_ok();
     assert!(procs.iter().all(ProcId::alive), "the agent is away");
+    // The coordinator restarts before the agent is back: the restart asked is stored.
+    c.kill_coordinator().expect("kill -9 the coordinator");
+    c.restart_coordinator()
+        .expect("the coordinator on the restored copy, again");
     c.restart_agent(a, &[]).expect("node-a's agent again");
     wait_until(DEADLINE, "node-a quarantined", || {
         match node_status(&c, "node-a")? {

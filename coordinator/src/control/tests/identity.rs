@@ -187,8 +187,9 @@ async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
 
 /// A restart asked of a store restored from an older copy, whose records' restart epochs are
 /// behind what the agent runs, still restarts: asked after the agent reported, or before it
-/// connected at all (even when the restart brings the store's generation up to the agent's,
-/// the node is quarantined until adopted, and adoption raises it).
+/// connected at all, and the coordinator restarted since (even when the restart brings the
+/// store's generation up to the agent's, the node is quarantined until adopted, and adoption
+/// raises it).
 #[tokio::test]
 async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
     // (asked before the agent connects, restarts the agent ran after the copy was taken)
@@ -219,12 +220,13 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
         };
         drop(c);
 
-        let restored = Control::open(
-            Arc::new(MemoryStore::holding(backup)),
-            ControlConfig::default(),
-        )?;
+        let kept = Arc::new(MemoryStore::holding(backup));
+        let mut restored = Control::open(kept.clone(), ControlConfig::default())?;
         if before_the_agent {
             restored.act("web", None, Action::Restart)?;
+            // The coordinator restarts before the agent is back: the restart is stored.
+            drop(restored);
+            restored = Control::open(kept, ControlConfig::default())?;
         }
         // Asked before, one restart brings the restored store's generation up to the agent's
         // after one; the agent is still ahead of the store as it was loaded.
@@ -432,9 +434,44 @@ async fn a_node_adopted_with_nothing_to_import_registers_again_unquarantined() -
     Ok(())
 }
 
+/// A restart while the agent is away notes it on the node's record; that write still plans only
+/// the restarted app, where any other change to a node record plans every app.
+#[tokio::test]
+async fn a_restart_note_keeps_the_write_scoped_to_its_app() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let inner = c.lock();
+    let node = inner.state.nodes["a"].clone();
+    let rec = inner.state.app_instances("web")[0].clone();
+    let restart = |node: NodeRecord| Batch {
+        put_instances: vec![crate::model::InstanceRecord {
+            restart_epoch: rec.restart_epoch + 1,
+            ..rec.clone()
+        }],
+        put_nodes: vec![node],
+        ..Batch::default()
+    };
+    let noted = NodeRecord {
+        restarts_unseen: [(rec.id, rec.restart_epoch + 1)].into(),
+        ..node.clone()
+    };
+    let scope = super::write::write_scope(&inner.state, &restart(noted));
+    assert_eq!(scope, Some(["web".to_string()].into()));
+    let drained = NodeRecord {
+        drain: true,
+        ..node.clone()
+    };
+    assert_eq!(
+        super::write::write_scope(&inner.state, &restart(drained)),
+        None
+    );
+    Ok(())
+}
+
 /// Ordinary restarts leave nothing behind: one asked while the agent is connected is not
-/// noted, and one asked while it is away is checked once, when it registers, against what it
-/// holds (one below the record: nothing to raise), so it restarts once.
+/// noted, and one asked while it is away is noted until it registers, whose set carries it
+/// (one above what it holds), so it restarts once.
 #[tokio::test]
 async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
     let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
@@ -442,7 +479,7 @@ async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
     c.apply(web(1))?;
     c.act("web", None, Action::Restart)?;
     assert!(
-        c.lock().restarts_unseen.is_empty(),
+        c.lock().state.nodes["a"].restarts_unseen.is_empty(),
         "its agent takes the set"
     );
     let held = held_of(&c, "a");
@@ -452,10 +489,7 @@ async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
     );
     c.detach("a", a.session_id);
     c.act("web", None, Action::Restart)?;
-    assert_eq!(
-        c.lock().restarts_unseen.get("a").map(BTreeMap::len),
-        Some(1)
-    );
+    assert_eq!(c.lock().state.nodes["a"].restarts_unseen.len(), 1);
     let again = c.attach(
         &Registration {
             held,
@@ -464,7 +498,10 @@ async fn a_restart_asked_while_a_node_is_away_is_one_restart() -> Result<()> {
         None,
     )?;
     assert!(again.quarantine.is_empty());
-    assert!(c.lock().restarts_unseen.is_empty(), "checked once");
+    assert!(
+        c.lock().state.nodes["a"].restarts_unseen.is_empty(),
+        "checked once"
+    );
     let set = again
         .desired
         .borrow()
@@ -523,6 +560,7 @@ fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
             drain: false,
             address: String::new(),
             sent_generation: None,
+            restarts_unseen: Default::default(),
         },
     );
     let reg = |cluster: &str, generation: u64| Registration {
