@@ -15,6 +15,36 @@ fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
         .unwrap_or_default()
 }
 
+/// What node `name`'s agent would say when it registers again: `c`'s cluster, the node's
+/// generation and its desired set as held.
+fn registration_of(c: &Control, name: &str) -> Registration {
+    let (cluster_id, generation) = {
+        let inner = c.lock();
+        (
+            inner.state.cluster_id.clone(),
+            inner.state.nodes[name].generation,
+        )
+    };
+    Registration {
+        cluster_id,
+        generation,
+        held: held_of(c, name),
+        ..register(name)
+    }
+}
+
+/// One agent running `web` (2), a copy of the store taken, then a scale to 3, whose web[2] the
+/// copy does not know: the store, the copy and the agent's registration after the scale.
+fn copied_then_scaled() -> Result<(Arc<MemoryStore>, Persisted, Registration)> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let backup = store.load()?;
+    c.scale("web", 3)?;
+    Ok((store, backup, registration_of(&c, "a")))
+}
+
 /// Issue 9 item 2: a coordinator on a new store quarantines agents of the old cluster (sends
 /// nothing, lists what they hold), and adoption imports their instances with the same ids,
 /// a generation above theirs and `adopt` set.
@@ -111,26 +141,7 @@ async fn issue9_a_new_store_quarantines_then_adopts_without_restarts() -> Result
 /// they are this cluster's, but nothing reaches the node, and their rows say so.
 #[tokio::test]
 async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
-    let store = Arc::new(MemoryStore::default());
-    let c = Control::open(store.clone(), ControlConfig::default())?;
-    let _a = c.attach(&register("a"), None)?;
-    c.apply(web(2))?;
-    let backup = store.load()?;
-    c.scale("web", 3)?;
-    let (cluster_id, generation) = {
-        let inner = c.lock();
-        (
-            inner.state.cluster_id.clone(),
-            inner.state.nodes["a"].generation,
-        )
-    };
-    let registration = Registration {
-        cluster_id,
-        generation,
-        held: held_of(&c, "a"),
-        ..register("a")
-    };
-    drop(c);
+    let (_, backup, registration) = copied_then_scaled()?;
 
     let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
     let restored = Control::open_with(
@@ -203,21 +214,9 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
         for _ in 0..ran {
             c.act("web", None, Action::Restart)?;
         }
-        let held = held_of(&c, "a");
+        let registration = registration_of(&c, "a");
+        let held = &registration.held;
         assert!(held.iter().all(|a| a.restart_epoch == ran), "{held:?}");
-        let (cluster_id, generation) = {
-            let inner = c.lock();
-            (
-                inner.state.cluster_id.clone(),
-                inner.state.nodes["a"].generation,
-            )
-        };
-        let registration = Registration {
-            cluster_id,
-            generation,
-            held,
-            ..register("a")
-        };
         drop(c);
 
         let kept = Arc::new(MemoryStore::holding(backup));
@@ -283,28 +282,9 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
 /// quarantine nothing.
 #[tokio::test]
 async fn a_restored_store_that_catches_up_with_the_agent_still_quarantines_it() -> Result<()> {
-    let store = Arc::new(MemoryStore::default());
-    let c = Control::open(store.clone(), ControlConfig::default())?;
-    let _a = c.attach(&register("a"), None)?;
-    c.apply(web(2))?;
-    let backup = store.load()?;
-    // web[2] is placed after the copy was taken: the copy does not know it.
-    c.scale("web", 3)?;
-    let (cluster_id, generation) = {
-        let inner = c.lock();
-        (
-            inner.state.cluster_id.clone(),
-            inner.state.nodes["a"].generation,
-        )
-    };
-    let registration = Registration {
-        cluster_id,
-        generation,
-        held: held_of(&c, "a"),
-        ..register("a")
-    };
+    let (store, backup, registration) = copied_then_scaled()?;
+    let generation = registration.generation;
     assert_eq!(registration.held.len(), 3);
-    drop(c);
 
     for restored_copy in [true, false] {
         let case = if restored_copy {
