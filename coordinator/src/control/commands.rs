@@ -410,7 +410,12 @@ impl Control {
                     let Some(r) = inner.ahead.nodes.get(e.key()) else {
                         continue;
                     };
-                    e.insert(r.clone())
+                    // Notes of records gone since (scaled away, deleted) go: the record stays
+                    // as small as the node's instances.
+                    let mut r = r.clone();
+                    r.restarts_unseen
+                        .retain(|id, _| inner.ahead.instances.contains_key(id));
+                    e.insert(r)
                 }
             };
             record.restarts_unseen.insert(id, asked);

@@ -449,6 +449,33 @@ async fn a_restart_note_keeps_the_write_scoped_to_its_app() -> Result<()> {
     Ok(())
 }
 
+/// A restart note of a record gone since (scaled away, deleted) goes with the next note, so the
+/// node's record stays as small as its instances.
+#[tokio::test]
+async fn restart_notes_of_gone_records_go() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    c.detach("a", a.session_id);
+    let gone = Uuid::from_u128(99);
+    {
+        let mut inner = c.lock();
+        let mut node = inner.state.nodes["a"].clone();
+        node.restarts_unseen.insert(gone, 1);
+        let batch = Batch {
+            put_nodes: vec![node],
+            ..Batch::default()
+        };
+        write::commit(c.store.as_ref(), &mut inner.state, &batch)?;
+        inner.ahead.apply(&batch);
+    }
+    c.act("web", None, Action::Restart)?;
+    let notes = c.lock().state.nodes["a"].restarts_unseen.clone();
+    let id = c.lock().state.app_instances("web")[0].id;
+    assert_eq!(notes.keys().collect::<Vec<_>>(), [&id], "{notes:?}");
+    Ok(())
+}
+
 /// Ordinary restarts leave nothing behind: one asked while the agent is connected is not
 /// noted, and one asked while it is away is noted until it registers, whose set carries it
 /// (one above what it holds), so it restarts once.
