@@ -112,7 +112,14 @@ impl ClusterApi {
         Ok(Response::new(pb::ActionReply {
             affected,
             deployment: None,
-            quarantined_nodes: control.quarantined_holding(&name, index),
+            // What the agent must carry out; a disable or enable only changes the endpoints
+            // this coordinator serves, which happens at once.
+            quarantined_nodes: match action {
+                Action::Start | Action::Stop | Action::Restart => {
+                    control.quarantined_holding(&name, index)
+                }
+                Action::Disable | Action::Enable => Vec::new(),
+            },
         }))
     }
 
