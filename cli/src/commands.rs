@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::args::{
-    AdoptArgs, AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, EventsArgs, FileFormat, ListArgs,
-    LogsArgs, NodeArg, OutputFormat, ScaleArgs, StartArgs, TargetArgs, TopologyArgs, WaitFlags,
+    AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, EventsArgs, FileFormat, ListArgs, LogsArgs,
+    OutputFormat, ScaleArgs, StartArgs, TargetArgs, WaitFlags,
 };
 use crate::client::Client;
 use crate::error::{ApiError, UsageError};
@@ -74,7 +74,7 @@ impl Ctx<'_> {
     }
 }
 
-fn plural(n: u32, word: &str) -> String {
+pub(crate) fn plural(n: u32, word: &str) -> String {
     if n == 1 {
         format!("{n} {word}")
     } else {
@@ -576,117 +576,6 @@ pub async fn delete(args: DeleteArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         ))?;
     }
     ended
-}
-
-/// `nodes`.
-pub async fn nodes(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
-        .await?
-        .nodes;
-    if ctx.structured() {
-        return ctx.value(&output::nodes_json(&nodes));
-    }
-    if nodes.is_empty() {
-        return ctx.line(output::NO_NODES);
-    }
-    ctx.text(&output::nodes_table(&nodes, output::now_ms()))?;
-    for n in nodes.iter().filter(|n| !n.message.is_empty()) {
-        ctx.line(&format!(
-            "{} is {}: {}",
-            n.name,
-            output::node_status_name(n.status),
-            n.message
-        ))?;
-    }
-    Ok(())
-}
-
-/// `nodes adopt NODE|--all`.
-pub async fn adopt(args: AdoptArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let target = pb::NodeTarget {
-        node: args.node.unwrap_or_default(),
-    };
-    let nodes = call!(conn, adopt_node, target).await?.nodes;
-    if ctx.structured() {
-        return ctx.value(&output::nodes_json(&nodes));
-    }
-    for n in &nodes {
-        ctx.line(&format!(
-            "adopted {}: {} now this cluster's (status {})",
-            n.name,
-            plural(n.instances, "instance"),
-            output::node_status_name(n.status)
-        ))?;
-    }
-    Ok(())
-}
-
-/// `nodes forget NODE`.
-pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let target = pb::NodeTarget {
-        node: args.node.clone(),
-    };
-    let node = call!(conn, forget_node, target)
-        .await?
-        .node
-        .unwrap_or_default();
-    if ctx.structured() {
-        return ctx.value(&output::node_json(&node));
-    }
-    ctx.line(&format!(
-        "forgot node {}: its {} rescheduled on the other nodes (see: pmcluster list)",
-        args.node,
-        plural(node.instances, "instance")
-    ))
-}
-
-/// `topology [APP]`: nodes with their instances as a tree.
-pub async fn topology(args: TopologyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
-        .await?
-        .nodes;
-    let app = args.app.unwrap_or_default();
-    // Placements, as `nodes` counts them: a removed instance's process still ending is none.
-    let mut instances = list_instances(&mut conn, &app).await?;
-    instances.retain(|i| !i.removed);
-    if ctx.structured() {
-        return ctx.value(&output::topology_json(&nodes, &instances));
-    }
-    ctx.text(&output::topology_text(&nodes, &instances))
-}
-
-/// `drain NODE` / `undrain NODE`.
-pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let target = pb::NodeTarget {
-        node: args.node.clone(),
-    };
-    let reply = if drain {
-        call!(conn, drain_node, target).await?
-    } else {
-        call!(conn, undrain_node, target).await?
-    };
-    let node = reply.node.unwrap_or_default();
-    if ctx.structured() {
-        return ctx.value(&output::node_json(&node));
-    }
-    let status = output::node_status_name(node.status);
-    if drain {
-        ctx.line(&format!(
-            "draining {}: {} to move, one at a time (status {status}); watch with: pmcluster topology",
-            args.node,
-            plural(node.instances, "instance")
-        ))
-    } else {
-        ctx.line(&format!(
-            "{} is eligible again (status {status})",
-            args.node
-        ))
-    }
 }
 
 /// `apps`.

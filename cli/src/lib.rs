@@ -16,6 +16,7 @@ pub mod failover;
 pub mod import;
 pub mod local;
 pub mod monit;
+pub mod nodes;
 pub mod output;
 pub mod rollout;
 pub mod shell;
@@ -85,17 +86,17 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Delete(a) => commands::delete(a, ctx).await,
         Command::Logs(a) => commands::logs(a, ctx).await,
         Command::Nodes(a) => match a.action {
-            None => commands::nodes(ctx).await,
-            Some(NodesAction::Adopt(a)) => commands::adopt(a, ctx).await,
-            Some(NodesAction::Forget(a)) => commands::forget(a, ctx).await,
+            None => nodes::nodes(ctx).await,
+            Some(NodesAction::Adopt(a)) => nodes::adopt(a, ctx).await,
+            Some(NodesAction::Forget(a)) => nodes::forget(a, ctx).await,
         },
         Command::Apps => commands::apps(ctx).await,
         Command::Status => status::status(ctx).await,
         Command::Token(a) => token::run(a.command, ctx).await,
         Command::Whoami => token::whoami(ctx).await,
-        Command::Topology(a) => commands::topology(a, ctx).await,
-        Command::Drain(a) => commands::drain(a, true, ctx).await,
-        Command::Undrain(a) => commands::drain(a, false, ctx).await,
+        Command::Topology(a) => nodes::topology(a, ctx).await,
+        Command::Drain(a) => nodes::drain(a, true, ctx).await,
+        Command::Undrain(a) => nodes::drain(a, false, ctx).await,
         Command::Events(a) => commands::events(a, ctx).await,
         Command::Monit(a) => monit::monit(a, ctx).await,
         Command::Autoscale(a) => commands::autoscale(a, ctx).await,
