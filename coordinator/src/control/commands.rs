@@ -343,7 +343,9 @@ impl Control {
             )));
         }
         let mut batch = Batch::default();
-        let mut unseen = Vec::new();
+        // Restarts of records whose node has no agent, noted on the node's record in the same
+        // write: stored with the restart, or refused with it (see `NodeRecord::restarts_unseen`).
+        let mut noted: BTreeMap<&str, NodeRecord> = BTreeMap::new();
         let mut held_epochs: HashMap<&str, HashMap<Uuid, u64>> = HashMap::new();
         for inst in inner.ahead.app_instances(name) {
             if index.is_some_and(|i| i != inst.index) {
@@ -375,11 +377,23 @@ impl Control {
                     };
                     let running = inner.observed.get(&inst.id).map_or(0, |o| o.restart_epoch);
                     next.restart_epoch = inst.restart_epoch.max(running).max(held) + 1;
-                    // With no agent there, neither is known: checked when it registers.
+                    // With no agent there, neither is known: an adoption checks the note.
                     if let Some(node) = &inst.node
                         && live.is_none_or(|l| l.session.is_none())
+                        && let Some(record) = inner.ahead.nodes.get(node)
                     {
-                        unseen.push((node.clone(), inst.id, next.restart_epoch));
+                        noted
+                            .entry(node.as_str())
+                            .or_insert_with(|| {
+                                // Notes of records gone since (scaled away, deleted) go: the
+                                // record stays as small as the node's instances.
+                                let mut r = record.clone();
+                                r.restarts_unseen
+                                    .retain(|id, _| inner.ahead.instances.contains_key(id));
+                                r
+                            })
+                            .restarts_unseen
+                            .insert(inst.id, next.restart_epoch);
                     }
                 }
                 Action::Disable => next.disabled = true,
@@ -400,26 +414,6 @@ impl Control {
                 as u32,
             Action::Restart => batch.put_instances.len() as u32,
         };
-        // Noted on the node's record in the same write: stored with the restart, or refused
-        // with it.
-        let mut noted: BTreeMap<String, NodeRecord> = BTreeMap::new();
-        for (node, id, asked) in unseen {
-            let record = match noted.entry(node) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    let Some(r) = inner.ahead.nodes.get(e.key()) else {
-                        continue;
-                    };
-                    // Notes of records gone since (scaled away, deleted) go: the record stays
-                    // as small as the node's instances.
-                    let mut r = r.clone();
-                    r.restarts_unseen
-                        .retain(|id, _| inner.ahead.instances.contains_key(id));
-                    e.insert(r)
-                }
-            };
-            record.restarts_unseen.insert(id, asked);
-        }
         batch.put_nodes.extend(noted.into_values());
         self.write(&mut inner, batch)?;
         drop(inner);
