@@ -592,3 +592,113 @@ fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
         );
     }
 }
+
+/// Every instance of `assignments` reported online at its restart epoch, as an agent running
+/// them would.
+fn report_running(c: &Control, node: &str, session: &Attached, assignments: &[Assignment]) {
+    let running = assignments
+        .iter()
+        .map(|a| InstanceObserved {
+            id: a.id,
+            state: InstanceState::Online,
+            pid: 100 + a.index,
+            restart_epoch: a.restart_epoch,
+            ..InstanceObserved::default()
+        })
+        .collect();
+    super::report_tests::send(c, node, session, running);
+}
+
+/// A rolling restart of an app with instances on a quarantined node: the replacements go to
+/// the node that takes sets and the rollout finishes; the quarantined agent's old processes are
+/// listed as not managed until adoption, which stops them (their indices are taken) and imports
+/// none of them.
+#[tokio::test]
+async fn a_rolling_restart_around_a_quarantined_node_finishes_and_adoption_stops_the_old()
+-> Result<()> {
+    use crate::clock::ManualClock;
+    use crate::model::State;
+    let clock = Arc::new(ManualClock::new(1_000_000, 11));
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open_with(store.clone(), ControlConfig::default(), clock.clone())?;
+    let _a = c.attach(&register("a"), None)?;
+    let _b = c.attach(&register("b"), None)?;
+    // Never moved for a node being away: only the rollout moves a's indices.
+    c.apply(AppSpec {
+        reschedule: pmcluster_spec::app::Reschedule::Never,
+        ..web(4)
+    })?;
+    let backup = store.load()?;
+    // One restart on a moves its generation beyond the copy's; b's stays.
+    let on_a = held_of(&c, "a")[0].index;
+    c.act("web", Some(on_a), Action::Restart)?;
+    let (reg_a, reg_b) = (registration_of(&c, "a"), registration_of(&c, "b"));
+    assert_eq!(reg_a.held.len(), 2, "{:?}", reg_a.held);
+    drop(c);
+
+    let c = Control::open_with(
+        Arc::new(MemoryStore::holding(backup)),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let a = c.attach(&reg_a, None)?;
+    let b = c.attach(&reg_b, None)?;
+    assert!(!a.quarantine.is_empty(), "a is ahead of the restored store");
+    assert!(b.quarantine.is_empty(), "b is not");
+    report_running(&c, "a", &a, &reg_a.held);
+    report_running(&c, "b", &b, &held_of(&c, "b"));
+
+    let d = c.restart_rolling("web")?;
+    for _ in 0..120 {
+        clock.advance_ms(1_000);
+        // The quarantined agent keeps running what it held, and says so.
+        report_running(&c, "a", &a, &reg_a.held);
+        report_running(&c, "b", &b, &held_of(&c, "b"));
+        c.tick();
+        if c.rollouts("web")?
+            .current
+            .is_some_and(|r| r.state != State::Running)
+        {
+            break;
+        }
+    }
+    let current = c.rollouts("web")?.current;
+    assert_eq!(
+        current.as_ref().map(|r| (r.state, r.done)),
+        Some((State::Succeeded, 4)),
+        "{current:?}"
+    );
+    let rows = c.list_instances("web")?;
+    let managed: Vec<_> = rows.iter().filter(|i| !i.unmanaged).collect();
+    assert_eq!(managed.len(), 4, "{rows:?}");
+    assert!(managed.iter().all(|i| i.node == "b"), "{rows:?}");
+    let held_ids: Vec<String> = reg_a.held.iter().map(|h| h.id.to_string()).collect();
+    let mut unmanaged: Vec<&str> = rows
+        .iter()
+        .filter(|i| i.unmanaged)
+        .map(|i| i.id.as_str())
+        .collect();
+    unmanaged.sort();
+    let mut want: Vec<&str> = held_ids.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(unmanaged, want, "a's old processes listed, not managed");
+    let set = held_of(&c, "b");
+    assert!(
+        set.iter().all(|s| s.restart_epoch == d.restart_epoch),
+        "{set:?}"
+    );
+
+    c.adopt_node("a")?;
+    assert_eq!(
+        held_of(&c, "a"),
+        [],
+        "adoption imports no index the rollout replaced"
+    );
+    let rows = c.list_instances("web")?;
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(
+        rows.iter().all(|i| i.node == "b" && !i.unmanaged),
+        "{rows:?}"
+    );
+    Ok(())
+}
