@@ -33,6 +33,22 @@ fn registration_of(c: &Control, name: &str) -> Registration {
     }
 }
 
+/// Every instance of `assignments` reported online at its restart epoch, as an agent running
+/// them would.
+fn report_running(c: &Control, node: &str, session: &Attached, assignments: &[Assignment]) {
+    let running = assignments
+        .iter()
+        .map(|a| InstanceObserved {
+            id: a.id,
+            state: InstanceState::Online,
+            pid: 100 + a.index,
+            restart_epoch: a.restart_epoch,
+            ..InstanceObserved::default()
+        })
+        .collect();
+    super::report_tests::send(c, node, session, running);
+}
+
 /// One agent running `web` (2), a copy of the store taken, then a scale to 3, whose web[2] the
 /// copy does not know: the store, the copy and the agent's registration after the scale.
 fn copied_then_scaled() -> Result<(Arc<MemoryStore>, Persisted, Registration)> {
@@ -237,18 +253,7 @@ async fn a_restart_asked_of_a_restored_store_happens() -> Result<()> {
         );
         let attached = restored.attach(&registration, None)?;
         assert!(!attached.quarantine.is_empty(), "{case}");
-        let running = registration
-            .held
-            .iter()
-            .map(|a| InstanceObserved {
-                id: a.id,
-                state: InstanceState::Online,
-                pid: 100 + a.index,
-                restart_epoch: a.restart_epoch,
-                ..InstanceObserved::default()
-            })
-            .collect();
-        super::report_tests::send(&restored, "a", &attached, running);
+        report_running(&restored, "a", &attached, &registration.held);
         if !before_the_agent {
             restored.act("web", None, Action::Restart)?;
         }
@@ -591,22 +596,6 @@ fn issue9_an_agent_ahead_of_the_store_is_quarantined() {
             "{cluster} {generation}"
         );
     }
-}
-
-/// Every instance of `assignments` reported online at its restart epoch, as an agent running
-/// them would.
-fn report_running(c: &Control, node: &str, session: &Attached, assignments: &[Assignment]) {
-    let running = assignments
-        .iter()
-        .map(|a| InstanceObserved {
-            id: a.id,
-            state: InstanceState::Online,
-            pid: 100 + a.index,
-            restart_epoch: a.restart_epoch,
-            ..InstanceObserved::default()
-        })
-        .collect();
-    super::report_tests::send(c, node, session, running);
 }
 
 /// A rolling restart of an app with instances on a quarantined node: the replacements go to
