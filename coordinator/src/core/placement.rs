@@ -24,8 +24,8 @@ pub struct NodeSlot<'a> {
     pub memory_capacity: i64,
     pub cpu_free: i64,
     pub memory_free: i64,
-    /// Ports held by instances of other apps on this node: the records' (as the state's index
-    /// counts them, each with how many hold it), and those placed in this plan.
+    /// Ports held on this node: the records' of every app, this one's included (as the state's
+    /// index counts them, each with how many hold it), and those placed in this plan.
     pub ports_held: &'a BTreeMap<u16, u32>,
     pub ports_used: BTreeSet<u16>,
     /// Instances on this node, every app.
@@ -274,7 +274,9 @@ impl<'s, 'a> Placer<'s, 'a> {
         }
         if port_clashes > 0 {
             let p = port.map(|p| p.to_string()).unwrap_or_default();
-            why.push(format!("{port_clashes} with port {p} taken by another app"));
+            // Held by another app's instance, or by this app's own copy that a rollout or a move
+            // replaces: the index counts ports, not whose they are.
+            why.push(format!("{port_clashes} with port {p} in use"));
         }
         let n = self.slots.len();
         if n == 0 {
@@ -390,8 +392,8 @@ mod tests {
                 "a\nb port=80",
                 &["a"][..],
                 Some(80),
-                "[no ready node (2 nodes: 1 with port 80 \
-              taken by another app); 1 node left out where it could not start]",
+                "[no ready node (2 nodes: 1 with port 80 in use); 1 node left out where it \
+                 could not start]",
             ),
             (
                 "a\nb",
@@ -517,7 +519,7 @@ mod tests {
             Ask::default(),
             1,
             Some(3000),
-            "[no ready node (1 node: 1 with port 3000 taken by another app)]",
+            "[no ready node (1 node: 1 with port 3000 in use)]",
         );
     }
 
