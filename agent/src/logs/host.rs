@@ -15,8 +15,8 @@
 //! each is answered with a JSON [`Reply`], by the forked pump itself or by the host when it
 //! could not fork one. It ends when the agent's end of the socket closes (the agent exits or is
 //! killed), leaving its pumps running. When the host cannot be started, or stops answering and
-//! turns out to have forked no pump (see [`request`]), the agent starts that pump as a program of
-//! its own, as before.
+//! turns out to have forked no pump (see [`send_request`]), the agent starts that pump as a
+//! program of its own, as before.
 //!
 //! A pump's environment names its instance ([`crate::orphans::PUMP_VAR`]), so that an agent
 //! whose data dir was wiped still finds it. A fork inherits the host's environment, so the host
@@ -56,8 +56,14 @@ pub const HOST_COMMAND: &str = "log-pump-host";
 pub const HOST_NAME: &std::ffi::CStr = c"pmcluster-pumps";
 /// How long the agent waits for the host's answer before it gives up on the host.
 const ANSWER_WAIT: Duration = Duration::from_secs(2);
+/// How long the agent waits for the answer on a runtime thread, holding the host's lock. A host
+/// answers within a millisecond or so (one fork). One that has not by then is let go from the
+/// lock, so that other starts get a new host meanwhile, and its answer is waited for off the
+/// runtime's threads: a stuck host otherwise held a worker for [`ANSWER_WAIT`], and every other
+/// worker that started a pump meanwhile waited as long on the lock.
+const QUICK_ANSWER: Duration = Duration::from_millis(100);
 /// How long the agent waits, after it ended a host that did not answer in time, for the answer
-/// of a pump the host may have forked for the request (see [`request`]). Off the runtime's
+/// of a pump the host may have forked for the request (see [`send_request`]). Off the runtime's
 /// threads and without the host's lock, so only that instance's start waits.
 const LATE_ANSWER_WAIT: Duration = Duration::from_secs(10);
 /// How often an idle host wakes to reap the pumps that ended.
@@ -75,7 +81,8 @@ struct Request {
 }
 
 /// The answer to a [`Request`]: from the pump itself when the host forked it (so that an
-/// answer comes if and only if a pump runs, see [`request`]), from the host when it could not.
+/// answer comes if and only if a pump runs, see [`send_request`]), from the host when it could
+/// not.
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
     Started { pid: u32 },
@@ -87,7 +94,9 @@ enum Reply {
 
 /// Has the agent's host start a pump for `pipes`; the pump's id. Starts the host first if
 /// there is none (the agent keeps its socket in `Agent::pump_host`). On any failure the host is
-/// let go (it ends when its socket closes), and the next pump starts a new one.
+/// let go (it ends when its socket closes), and the next pump starts a new one. A host slower
+/// than [`QUICK_ANSWER`] is let go while its answer is awaited, and taken back after an answer
+/// in time if no other host took its place meanwhile.
 pub(crate) fn start_pump(
     agent: &Agent,
     program: &Path,
@@ -104,34 +113,93 @@ pub(crate) fn start_pump(
     let Some(host) = held.as_ref() else {
         return Err(io::Error::other("no pump host"));
     };
-    match request(host.socket.as_fd(), id, pipes) {
-        // Gone already when its pipes ended at once (the instance exited): nothing to wait for.
-        Ok(Some(pid)) => return Ok(ProcId::started(pid)),
-        Ok(None) => {}
+    let deadline = match send_request(host.socket.as_fd(), id, pipes) {
+        Ok(deadline) => deadline,
         Err(e) => {
             *held = None;
             return Err(e);
         }
+    };
+    if answered_within(host.socket.as_fd(), QUICK_ANSWER) {
+        match read_answer(host.socket.as_fd(), deadline) {
+            // Gone already when its pipes ended at once (the instance exited): nothing to wait
+            // for.
+            Ok(Some(pid)) => return Ok(ProcId::started(pid)),
+            Ok(None) => {}
+            Err(e) => {
+                *held = None;
+                return Err(e);
+            }
+        }
     }
-    // No answer in time. The host is ended and let go of, so that other starts get a new one
-    // meanwhile, and the answer of a pump it may have forked is waited for off the runtime's
-    // threads.
+    // Slow. The host is let go of, so that other starts get a new one meanwhile, and its
+    // answer is waited for off the runtime's threads.
     let Some(host) = held.take() else {
         return Err(io::Error::other("no pump host"));
     };
     drop(held);
+    let (pid, in_time) = off_workers(|| slow_answer(agent, &host, deadline))?;
+    if in_time {
+        // Slow but sound (a busy machine, a host just started): kept, unless another host took
+        // its place meanwhile. Nothing is in flight on it once it answered.
+        let mut held = agent
+            .pump_host
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if held.is_none() {
+            *held = Some(host);
+        }
+    }
+    Ok(ProcId::started(pid))
+}
+
+/// The answer of a host that did not answer within [`QUICK_ANSWER`], and whether it came in
+/// time: up to `deadline`, then (the host ended) that of a pump it may have forked.
+fn slow_answer(
+    agent: &Agent,
+    host: &PumpHost,
+    deadline: std::time::Instant,
+) -> io::Result<(u32, bool)> {
+    if let Some(pid) = read_answer(host.socket.as_fd(), deadline)? {
+        return Ok((pid, true));
+    }
     if let Err(e) = agent.reaper.signal_unreaped(host.pid, Signal::SIGKILL) {
         tracing::warn!("cannot end the log pump host that does not answer: {e}");
     }
-    let late = || late_answer(host.socket.as_fd(), LATE_ANSWER_WAIT);
+    Ok((late_answer(host.socket.as_fd(), LATE_ANSWER_WAIT)?, false))
+}
+
+/// Runs `wait` where it holds up no runtime worker: through `block_in_place` on a worker of a
+/// multi-threaded runtime, which hands the worker's other tasks to another thread.
+fn off_workers<T>(wait: impl FnOnce() -> T) -> T {
     let on_workers = tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    let pid = if on_workers {
-        tokio::task::block_in_place(late)
+    if on_workers {
+        tokio::task::block_in_place(wait)
     } else {
-        late()
-    }?;
-    Ok(ProcId::started(pid))
+        wait()
+    }
+}
+
+/// Whether something can be read from `socket` (an answer, or its end) within `wait`.
+fn answered_within(socket: BorrowedFd<'_>, wait: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let Ok(timeout) = Timespec::try_from(left) else {
+            return false;
+        };
+        let mut fds = [PollFd::new(&socket, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(ready) => return ready > 0,
+            // The reaper's SIGCHLD handler (see [`uninterrupted`]); past `until`, the next poll
+            // waits no more and says how things stand.
+            Err(rustix::io::Errno::INTR) => {}
+            // The read off the runtime's workers says what is wrong.
+            Err(_) => return false,
+        }
+    }
 }
 
 fn start_host(agent: &Agent, program: &Path) -> io::Result<PumpHost> {
@@ -166,20 +234,25 @@ fn start_host(agent: &Agent, program: &Path) -> io::Result<PumpHost> {
     })
 }
 
-/// Sends the request and reads its answer: the pump's pid, or `None` when none came in time.
+/// Sends the request; the deadline of its answer (see [`read_answer`]).
 ///
-/// Then the host has the pipes and may have forked their pump, or may fork it later: the
-/// caller must not start a second one on the same pipes (two writers to one log) unless none
-/// runs. So it ends the host and reads on ([`late_answer`]). A forked pump answers itself,
-/// before it lets go of the socket; with the host gone, the socket ends (no answer) only when
-/// no pump of it holds it. So an answer means a pump runs, an end means none does, and a
+/// Without an answer in time the host has the pipes and may have forked their pump, or may fork
+/// it later: the caller must not start a second one on the same pipes (two writers to one log)
+/// unless none runs. So it ends the host and reads on ([`late_answer`]). A forked pump answers
+/// itself, before it lets go of the socket; with the host gone, the socket ends (no answer) only
+/// when no pump of it holds it. So an answer means a pump runs, an end means none does, and a
 /// socket still held after [`LATE_ANSWER_WAIT`] means one may ([`MayRun`]: the caller starts
 /// none).
 ///
-/// One request is in flight at a time: the agent holds the host's lock from the send to the
-/// answer, and lets the host go after any failure. So an unread packet at a reset is this
+/// One request is in flight on a host at a time: the agent holds the host's lock from the send
+/// to the answer, and lets the host go after a failure or when the answer is slow
+/// ([`QUICK_ANSWER`]), never to send it another request. So an unread packet at a reset is this
 /// request.
-fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::Result<Option<u32>> {
+fn send_request(
+    socket: BorrowedFd<'_>,
+    id: &InstanceId,
+    pipes: &[PumpPipe],
+) -> io::Result<std::time::Instant> {
     let (out, err) = match pipes {
         [out] => (out, None),
         [out, err] => (out, Some(err)),
@@ -207,6 +280,12 @@ fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::R
             SendFlags::NOSIGNAL,
         )
     })?;
+    Ok(deadline)
+}
+
+/// The answer to the request sent last: the pump's pid, or `None` when none came by `deadline`
+/// (see [`send_request`] for what that means).
+fn read_answer(socket: BorrowedFd<'_>, deadline: std::time::Instant) -> io::Result<Option<u32>> {
     let mut answer = [0u8; 1024];
     match uninterrupted(deadline, || {
         rustix::net::recv(socket, &mut answer, RecvFlags::empty())
@@ -221,7 +300,7 @@ fn request(socket: BorrowedFd<'_>, id: &InstanceId, pipes: &[PumpPipe]) -> io::R
 }
 
 /// Reads on, up to `wait`, for the answer of a request whose host was ended without answering
-/// (see [`request`]).
+/// (see [`send_request`]).
 fn late_answer(socket: BorrowedFd<'_>, wait: Duration) -> io::Result<u32> {
     let late = std::time::Instant::now() + wait;
     let silent = || {
@@ -397,7 +476,7 @@ fn start(request: Request, mut fds: Vec<OwnedFd>) -> Option<String> {
 /// exits with `_exit`: the exit handlers it would run are the host's (a fork copies them), it
 /// buffers nothing, and running them touched pages shared with the host, a copy of each.
 fn run_pump(id: &str, out: (OwnedFd, PumpTarget), err: Option<(OwnedFd, PumpTarget)>) -> ! {
-    // The answer comes from the pump, before it lets go of the socket (see `request`). An
+    // The answer comes from the pump, before it lets go of the socket (see `send_request`). An
     // agent gone by now changes nothing: the pipes are the instance's, and they are pumped.
     let started = Reply::Started {
         pid: std::process::id(),
@@ -488,6 +567,119 @@ fn placeholder_at(environ: &[u8]) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
+    /// Sends the request and reads its answer, on one host.
+    fn request(
+        socket: BorrowedFd<'_>,
+        id: &InstanceId,
+        pipes: &[PumpPipe],
+    ) -> io::Result<Option<u32>> {
+        let deadline = send_request(socket, id, pipes)?;
+        read_answer(socket, deadline)
+    }
+
+    /// Takes one request on the host's end of its socket.
+    fn take_request(theirs: &OwnedFd) {
+        let mut body = vec![0u8; MAX_REQUEST];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got = rustix::net::recvmsg(
+            theirs,
+            &mut [IoSliceMut::new(&mut body)],
+            &mut control,
+            RecvFlags::empty(),
+        )
+        .expect("request");
+        assert!(got.bytes > 0);
+    }
+
+    /// The state letter of process `pid` in `/proc` (`Z` once it was killed and not reaped).
+    fn proc_state(pid: u32) -> char {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+        after.trim_start().chars().next().unwrap_or('?')
+    }
+
+    /// A process of the test's own, ended and reaped when dropped.
+    struct StandIn(u32);
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(crate::process::to_pid(self.0), Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(crate::process::to_pid(self.0), None);
+        }
+    }
+
+    /// A host slower than [`QUICK_ANSWER`]: the agent lets go of it well before [`ANSWER_WAIT`]
+    /// (the lock is free, so another start gets a new host at once), waits for its answer off
+    /// the runtime's workers, takes it, and keeps the host (none took its place), not ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_host_is_let_go_at_once_and_its_answer_taken() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = std::sync::Arc::new(Agent::for_test(dir.path()));
+        let (ours, theirs, pipes, _writer) = host_pair(ANSWER_WAIT);
+        // The host's pid is a process of the test's own, which the agent would end if it gave
+        // up on the host.
+        let stand_in = StandIn(
+            agent
+                .reaper
+                .spawn(std::process::Command::new("sleep").arg("30"))
+                .expect("sleep")
+                .pid,
+        );
+        *agent.pump_host.lock().expect("lock") = Some(PumpHost {
+            socket: ours,
+            pid: stand_in.0,
+        });
+        let (answer_now, answer_when) = std::sync::mpsc::channel::<()>();
+        let host = std::thread::spawn(move || {
+            take_request(&theirs);
+            answer_when.recv().expect("told to answer");
+            answer(theirs.as_fd(), &Reply::Started { pid: 4242 }).expect("answer");
+        });
+        let started = {
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                start_pump(
+                    &agent,
+                    Path::new("/nonexistent"),
+                    &InstanceId::new("i-1"),
+                    &pipes,
+                )
+                .map(|p| p.pid)
+            })
+        };
+        // Before the answer's deadline: the lock is not held while the answer is awaited (it
+        // is let go after QUICK_ANSWER, a twentieth of that).
+        let began = std::time::Instant::now();
+        while !agent.pump_host.try_lock().is_ok_and(|held| held.is_none()) {
+            assert!(
+                began.elapsed() < ANSWER_WAIT,
+                "the host's lock was held while its answer was awaited"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        answer_now.send(()).expect("answer");
+        let pid = started.await.expect("the start's task");
+        host.join().expect("host thread");
+        assert_eq!(pid.expect("the answer"), 4242);
+        assert_ne!(
+            proc_state(stand_in.0),
+            'Z',
+            "the host was ended though it answered in time"
+        );
+        let kept = agent
+            .pump_host
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .map(|h| h.pid);
+        assert_eq!(
+            kept,
+            Some(stand_in.0),
+            "a host that answered in time is kept"
+        );
+    }
+
     /// The agent's and the host's ends of a host socket, the agent's waiting up to `timeout`
     /// for an answer, and a pipe to pass along (with its write end, to keep it open).
     fn host_pair(timeout: Duration) -> (OwnedFd, OwnedFd, Vec<PumpPipe>, OwnedFd) {
@@ -552,17 +744,7 @@ mod tests {
         let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
         // The host: takes the request, then answers only when told to.
         let host = std::thread::spawn(move || {
-            let mut body = vec![0u8; MAX_REQUEST];
-            let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-            let mut control = RecvAncillaryBuffer::new(&mut space);
-            let got = rustix::net::recvmsg(
-                &theirs,
-                &mut [IoSliceMut::new(&mut body)],
-                &mut control,
-                RecvFlags::empty(),
-            )
-            .expect("request");
-            assert!(got.bytes > 0);
+            take_request(&theirs);
             got_tx.send(()).expect("got");
             answer_when.recv().expect("told to answer");
             let answer = serde_json::to_vec(&Reply::Started { pid: 4242 }).expect("json");
@@ -619,16 +801,7 @@ mod tests {
         let (end_tx, end_rx) = std::sync::mpsc::channel::<()>();
         let host = std::thread::spawn(move || {
             if silent != Silent::Unread {
-                let mut body = vec![0u8; MAX_REQUEST];
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
-                let mut control = RecvAncillaryBuffer::new(&mut space);
-                rustix::net::recvmsg(
-                    &theirs,
-                    &mut [IoSliceMut::new(&mut body)],
-                    &mut control,
-                    RecvFlags::empty(),
-                )
-                .expect("request");
+                take_request(&theirs);
             }
             let forked = matches!(silent, Silent::Forked | Silent::Stuck);
             let pump = forked.then(|| theirs.try_clone().expect("the pump's copy"));
