@@ -7,7 +7,7 @@ up on the host (2 s, then it starts that pump on its own); the question is what 
 instances wait for. Loopback only; a local cluster of its own (`pmcluster up` in a temporary
 PMCLUSTER_HOME), stopped at the end.
 
-Usage: python3 bench/stuck_pump_host.py [BIN_DIR] [COORDINATOR_PORT]
+Usage: python3 bench/supervisors/stuck_pump_host.py [BIN_DIR] [COORDINATOR_PORT]
   BIN_DIR           where pmcluster, pmcluster-agent, pmcluster-coordinator and
                     pmcluster-testapp are (default: target/release)
   COORDINATOR_PORT  a free loopback port for the coordinator (default: 7621); the apps use
@@ -17,21 +17,14 @@ Usage: python3 bench/stuck_pump_host.py [BIN_DIR] [COORDINATOR_PORT]
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from bench import port_open
+
 N = 8
-
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def wait(pred, what, limit=30):
