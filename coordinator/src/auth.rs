@@ -34,12 +34,12 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Whether env values may be shown to this caller. No caller (a handler called without the
-    /// layer, as in unit tests of the API) sees none.
-    pub fn sees_env(caller: Option<&Caller>) -> bool {
+    /// Whether `app`'s env values may be shown to this caller. No caller (a handler called
+    /// without the layer, as in unit tests of the API) sees none.
+    pub fn sees_env_of(caller: Option<&Caller>, app: &str) -> bool {
         caller
             .and_then(|c| c.grant.as_ref())
-            .is_some_and(Grant::sees_env)
+            .is_some_and(|g| g.sees_env_of(app))
     }
 }
 

@@ -109,7 +109,18 @@ fn tokens_and_roles_decide_every_call_and_refusals_are_logged() {
     let info = as_token(&c, &admin, &["info", "envy", "-o", "json"]);
     assert!(info.assert_ok().stdout.contains("visible-value"), "{info}");
 
-    // operate for web*: web yes, db no, tokens no.
+    // operate for web*: web yes, db no, tokens no; outside web* it reads as the read role does.
+    for verb in [
+        &["info", "envy", "-o", "json"][..],
+        &["apps", "-o", "json"][..],
+    ] {
+        let shown = as_token(&c, &operate_web, verb);
+        let text = &shown.assert_ok().stdout;
+        assert!(
+            !text.contains("visible-value") && text.contains("<hidden>"),
+            "{shown}"
+        );
+    }
     as_token(&c, &operate_web, &["scale", "web", "2"]).assert_ok();
     let err = as_token(&c, &operate_web, &["scale", "db", "2"]);
     let msg = err.assert_failed();

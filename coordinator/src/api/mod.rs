@@ -182,7 +182,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ApplyAppRequest>,
     ) -> Result<Response<pb::ApplyAppReply>, Status> {
         let control = self.control()?;
-        let env_values = Caller::sees_env(r.extensions().get());
+        let caller = r.extensions().get::<Caller>().cloned();
         let cmd = ApplyCmd::try_from(r.into_inner())?;
         let applied = self.life.write(&control, move |c| c.apply_app(cmd)).await?;
         let deployment = applied
@@ -194,7 +194,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         Ok(Response::new(pb::ApplyAppReply {
             app: Some(
                 app.as_ref()
-                    .map(|a| wire::app_shown(a, env_values))
+                    .map(|a| wire::app_shown(a, Caller::sees_env_of(caller.as_ref(), &a.spec.name)))
                     .unwrap_or_default(),
             ),
             created: applied.created,
@@ -205,8 +205,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
 
     async fn get_app(&self, r: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let control = self.control()?;
-        let env_values = Caller::sees_env(r.extensions().get());
+        let caller = r.extensions().get::<Caller>().cloned();
         let app = control.get_app(&r.into_inner().name)?;
+        let env_values = Caller::sees_env_of(caller.as_ref(), &app.spec.name);
         Ok(Response::new(wire::app_shown(&app, env_values)))
     }
 
@@ -215,13 +216,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::ListAppsRequest>,
     ) -> Result<Response<pb::ListAppsReply>, Status> {
         let control = self.control()?;
-        let env_values = Caller::sees_env(r.extensions().get());
+        let caller = r.extensions().get::<Caller>().cloned();
         let r = r.into_inner();
         let (apps, next_page_token) = control.list_apps_page(r.page_size, &r.page_token);
         Ok(Response::new(pb::ListAppsReply {
             apps: apps
                 .iter()
-                .map(|a| wire::app_shown(a, env_values))
+                .map(|a| wire::app_shown(a, Caller::sees_env_of(caller.as_ref(), &a.spec.name)))
                 .collect(),
             next_page_token,
         }))

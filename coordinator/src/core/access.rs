@@ -146,10 +146,11 @@ impl Grant {
         }
     }
 
-    /// Whether env values (not secret ones: those never leave the coordinator but to agents)
-    /// may be shown to this caller.
-    pub fn sees_env(&self) -> bool {
-        self.role >= Role::Operate
+    /// Whether `app`'s env values (not secret ones: those never leave the coordinator but to
+    /// agents) may be shown to this caller: an operator's, for the apps its glob allows. Outside
+    /// them it has no more rights than the read role, which sees none.
+    pub fn sees_env_of(&self, app: &str) -> bool {
+        self.role >= Role::Operate && self.allows_app(app)
     }
 
     fn allows_app(&self, app: &str) -> bool {
@@ -330,6 +331,21 @@ mod tests {
         ];
         for (path, want) in cases {
             assert_eq!(need(path), *want, "{path}");
+        }
+    }
+
+    #[test]
+    fn env_values_are_shown_to_operators_of_the_app_only() {
+        let cases = [
+            (grant(Role::Read, None), "web", false),
+            (grant(Role::Operate, None), "web", true),
+            (grant(Role::Operate, Some("web*")), "web-1", true),
+            // Outside its glob an operator has the read role's rights.
+            (grant(Role::Operate, Some("web*")), "db", false),
+            (grant(Role::Admin, Some("web*")), "db", true),
+        ];
+        for (g, app, want) in cases {
+            assert_eq!(g.sees_env_of(app), want, "{g:?} {app}");
         }
     }
 
