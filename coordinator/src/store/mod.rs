@@ -71,7 +71,8 @@ pub enum StoreError {
     #[error(
         "this change needs {ops} store operations and {bytes} bytes in one etcd transaction, \
          over its limits ({max_ops} operations, {max_bytes} bytes); nothing was written: make \
-         the change in smaller steps (for example scale by fewer instances at a time)"
+         the change in smaller steps (scale by fewer instances at a time; restart with \
+         --rolling, or stop and restart with --instance)"
     )]
     TooLarge {
         ops: usize,
