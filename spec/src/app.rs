@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::autoscale::AutoscalePolicy;
 use crate::limits::{
-    MAX_APP_NAME_BYTES, MAX_ARG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text,
+    MAX_APP_NAME_BYTES, MAX_ARG_BYTES, MAX_CPU_MILLIS, MAX_MEMORY_BYTES, MAX_NAME_BYTES,
+    MAX_PATH_BYTES, check_duration, check_text,
 };
 use crate::placement::{Affinity, Constraint, Strategy};
 use crate::supervise::Supervision;
@@ -111,6 +112,32 @@ pub struct Resources {
     pub cpu_millis: u32,
     pub memory_bytes: u64,
     pub overcommit: bool,
+}
+
+impl Resources {
+    fn validate(&self) -> Result<(), SpecError> {
+        if self.memory_bytes > MAX_MEMORY_BYTES {
+            return Err(SpecError::new(
+                "resources.memory",
+                format!(
+                    "{} bytes is more than the limit of 1 PiB per instance (memory is given \
+                     as e.g. \"512M\" or \"2G\")",
+                    self.memory_bytes
+                ),
+            ));
+        }
+        if self.cpu_millis > MAX_CPU_MILLIS {
+            return Err(SpecError::new(
+                "resources.cpu",
+                format!(
+                    "{}m is more than the limit of {MAX_CPU_MILLIS}m (1,000 cores) per \
+                     instance (CPU is given as millicores, e.g. \"500m\", or cores, e.g. \"2\")",
+                    self.cpu_millis
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// What happens to instances of a node that went down.
@@ -384,6 +411,7 @@ impl AppSpec {
             ));
         }
         self.port.check_count(self.instances)?;
+        self.resources.validate()?;
         for key in self.env.keys() {
             validate_env_key("env", key)?;
         }
@@ -640,6 +668,56 @@ mod tests {
                     "{threshold:?}: {got:?}"
                 ),
                 None => assert!(got.is_ok(), "{threshold:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_and_affinity_stay_within_what_a_machine_can_have() {
+        let with = |f: &dyn Fn(&mut AppSpec)| {
+            let mut spec = AppSpec::new("web", "node", &[]);
+            f(&mut spec);
+            spec.validate()
+                .map(|_| ())
+                .map_err(|e| (e.field.clone(), e.to_string()))
+        };
+        type Change<'a> = &'a dyn Fn(&mut AppSpec);
+        let cases: [(Change<'_>, Option<&str>); 8] = [
+            (&|s| s.resources.memory_bytes = MAX_MEMORY_BYTES, None),
+            (
+                &|s| s.resources.memory_bytes = MAX_MEMORY_BYTES + 1,
+                Some("resources.memory"),
+            ),
+            // Read as -1 by a signed sum, it once passed every capacity check.
+            (
+                &|s| s.resources.memory_bytes = u64::MAX,
+                Some("resources.memory"),
+            ),
+            (&|s| s.resources.cpu_millis = MAX_CPU_MILLIS, None),
+            (
+                &|s| s.resources.cpu_millis = u32::MAX,
+                Some("resources.cpu"),
+            ),
+            (&|s| s.supervision.cpu_affinity = vec![0, 1023], None),
+            (
+                &|s| s.supervision.cpu_affinity = vec![0, 1024],
+                Some("cpu_affinity"),
+            ),
+            (
+                &|s| s.supervision.cpu_affinity = vec![u32::MAX],
+                Some("cpu_affinity"),
+            ),
+        ];
+        for (i, (change, want)) in cases.into_iter().enumerate() {
+            let got = with(change);
+            match want {
+                None => assert!(got.is_ok(), "case {i}: {got:?}"),
+                Some(field) => {
+                    assert!(
+                        got.as_ref().is_err_and(|(f, _)| f == field),
+                        "case {i}: {got:?}"
+                    )
+                }
             }
         }
     }

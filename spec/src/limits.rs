@@ -115,6 +115,16 @@ pub const MAX_PATH_BYTES: usize = 4095;
 /// stays readable.
 pub const MAX_NAME_BYTES: usize = 256;
 
+/// Most memory one instance may reserve (`resources.memory`): 1 PiB, beyond any machine. The
+/// coordinator adds reservations up per node, and a request near 2^64 (a unit typed twice) would
+/// otherwise read as a negative amount and pass every capacity check.
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Most millicores one instance may reserve (`resources.cpu`): 1,000 cores.
+pub const MAX_CPU_MILLIS: u32 = 1_000_000;
+/// Highest CPU `cpu_affinity` may name: the agent's CPU set holds 1,024 (glibc's
+/// `CPU_SETSIZE`), so a higher one could only fail at every start.
+pub const MAX_CPU_INDEX: u32 = 1023;
+
 /// Longest app or node name. Short enough that a log file name (`APP-INDEX-out.log.N`) and a
 /// cgroup (`pmcluster-NODE-KEY`) stay under a file name's 255 bytes.
 pub const MAX_APP_NAME_BYTES: usize = 64;

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{MAX_ARG_BYTES, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text};
+use crate::limits::{
+    MAX_ARG_BYTES, MAX_CPU_INDEX, MAX_NAME_BYTES, MAX_PATH_BYTES, check_duration, check_text,
+};
 use crate::{SpecError, echo};
 
 /// Supervision settings of an app. `Default` is what an app gets when it says nothing.
@@ -177,6 +179,12 @@ impl Supervision {
                     echo(name),
                     LIMIT_NAMES.join(", ")
                 ),
+            ));
+        }
+        if let Some(cpu) = self.cpu_affinity.iter().find(|&&c| c > MAX_CPU_INDEX) {
+            return Err(SpecError::new(
+                "cpu_affinity",
+                format!("no CPU {cpu}: CPUs are numbered 0 to {MAX_CPU_INDEX} at most"),
             ));
         }
         check_duration("min_uptime", self.min_uptime)?;

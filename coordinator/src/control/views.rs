@@ -407,9 +407,10 @@ fn merge_same_series(mut instances: Vec<InstanceFigures>) -> Vec<InstanceFigures
         match out.last_mut() {
             Some(last) if (&last.app, last.index, &last.node) == (&i.app, i.index, &i.node) => {
                 last.online |= i.online;
-                last.cpu_time_ms += i.cpu_time_ms;
-                last.memory_bytes += i.memory_bytes;
-                last.restarts += i.restarts;
+                // Agents' figures: saturating, so a wild one cannot fail a scrape.
+                last.cpu_time_ms = last.cpu_time_ms.saturating_add(i.cpu_time_ms);
+                last.memory_bytes = last.memory_bytes.saturating_add(i.memory_bytes);
+                last.restarts = last.restarts.saturating_add(i.restarts);
             }
             _ => out.push(i),
         }
@@ -426,8 +427,9 @@ fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
             let c = counts.entry(n.as_str()).or_default();
             c.0 += 1;
             if let Some(app) = inner.state.apps.get(&inst.app) {
-                c.1 += u64::from(app.spec.resources.cpu_millis);
-                c.2 += app.spec.resources.memory_bytes;
+                // Saturating: the sums of requests can pass u64 (see `NodeUse`).
+                c.1 = c.1.saturating_add(u64::from(app.spec.resources.cpu_millis));
+                c.2 = c.2.saturating_add(app.spec.resources.memory_bytes);
             }
         }
     }

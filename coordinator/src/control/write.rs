@@ -61,6 +61,10 @@ impl Control {
     /// with the writes queued beside it). Returns once the store has it and `inner.state` shows
     /// it; the lock is let go while waiting, so the caller re-reads what it needs afterwards.
     pub(super) fn write(&self, inner: &mut Guard<'_>, mut batch: Batch) -> Result<()> {
+        // A panic below (a bug in planning) must not leave `ahead` holding a write that was
+        // never queued: every later plan would build on it.
+        let guard = RewindOnPanic(inner);
+        let inner: &mut Guard<'_> = guard.0;
         let now = self.now();
         quota::check_caps(&self.config.caps, &inner.ahead.apps, &batch)
             .map_err(ControlError::ResourceExhausted)?;
@@ -519,6 +523,21 @@ fn copy_error(e: &StoreError) -> StoreError {
             max_bytes: *max_bytes,
         },
         other => StoreError::Io(other.to_string().into()),
+    }
+}
+
+/// Rewinds `ahead` when dropped during a panic. A rewind is always right: `ahead` is the state
+/// with the queued writes applied.
+struct RewindOnPanic<'a, 'b>(&'a mut Guard<'b>);
+
+impl Drop for RewindOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "a write failed while planning; the coordinator's plan is rewound to the store's state"
+            );
+            rewind(self.0);
+        }
     }
 }
 

@@ -32,6 +32,20 @@ pub struct NodeSlot<'a> {
     pub total: u32,
 }
 
+impl NodeSlot<'_> {
+    /// Takes a reservation off the free capacity. Sums of requests can pass `i64` (thousands of
+    /// records of the largest request on one node, with overcommit): they stop at its end.
+    pub fn reserve(&mut self, cpu_millis: i128, memory_bytes: i128) {
+        self.cpu_free = saturating_i64(i128::from(self.cpu_free) - cpu_millis);
+        self.memory_free = saturating_i64(i128::from(self.memory_free) - memory_bytes);
+    }
+}
+
+/// `v`, or the end of `i64`'s range it is past.
+pub fn saturating_i64(v: i128) -> i64 {
+    i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
 /// What one app asks of a node.
 #[derive(Debug, Clone, Default)]
 pub struct Ask<'a> {
@@ -70,9 +84,17 @@ pub struct Placer<'s, 'a> {
     rejected: Rejections,
 }
 
+/// `512 MiB`, `2 GiB`, `23.5 GiB`: whole units where they are, one decimal of GiB from 1 GiB up.
 fn human_bytes(b: u64) -> String {
-    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, size) in UNITS {
+    const GIB: u64 = 1 << 30;
+    if b >= GIB {
+        return if b.is_multiple_of(GIB) {
+            format!("{} GiB", b / GIB)
+        } else {
+            format!("{:.1} GiB", b as f64 / GIB as f64)
+        };
+    }
+    for (unit, size) in [("MiB", 1u64 << 20), ("KiB", 1 << 10)] {
         if b >= size && b.is_multiple_of(size) {
             return format!("{} {unit}", b / size);
         }
@@ -136,8 +158,13 @@ impl<'s, 'a> Placer<'s, 'a> {
             Strategy::Binpack => {
                 // Fullest first: least free share left (per mille, CPU and memory added), then
                 // most instances.
-                let share =
-                    |free: i64, cap: i64| if cap > 0 { free.max(0) * 1000 / cap } else { 0 };
+                let share = |free: i64, cap: i64| {
+                    if cap > 0 {
+                        saturating_i64(i128::from(free.max(0)) * 1000 / i128::from(cap))
+                    } else {
+                        0
+                    }
+                };
                 let free = if self.ask.cpu == 0 && self.ask.memory == 0 {
                     0
                 } else {
@@ -184,7 +211,7 @@ impl<'s, 'a> Placer<'s, 'a> {
                 self.rejected.cpu += 1;
                 continue;
             }
-            if !self.ask.overcommit && slot.memory_free < self.ask.memory as i64 {
+            if !self.ask.overcommit && i128::from(slot.memory_free) < i128::from(self.ask.memory) {
                 self.rejected.memory += 1;
                 continue;
             }
@@ -219,8 +246,7 @@ impl<'s, 'a> Placer<'s, 'a> {
         }
         let slot = &mut self.slots[i];
         slot.total += 1;
-        slot.cpu_free -= i64::from(self.ask.cpu);
-        slot.memory_free -= self.ask.memory as i64;
+        slot.reserve(i128::from(self.ask.cpu), i128::from(self.ask.memory));
         if let Some(p) = port {
             slot.ports_used.insert(p);
         }
@@ -283,10 +309,44 @@ impl<'s, 'a> Placer<'s, 'a> {
             return "no node has registered yet".to_string();
         }
         format!(
-            "{want} ({n} node{}: {})",
+            "{want} ({n} node{}: {}){}",
             if n == 1 { "" } else { "s" },
-            why.join(", ")
+            why.join(", "),
+            self.never_fits()
         )
+    }
+
+    /// What to do when no registered node could hold one instance even empty: waiting for
+    /// capacity to free up would be waiting for ever.
+    fn never_fits(&self) -> String {
+        let ask = &self.ask;
+        if ask.overcommit {
+            return String::new();
+        }
+        let memory = i128::from(ask.memory);
+        let largest = self
+            .slots
+            .iter()
+            .map(|s| s.memory_capacity)
+            .max()
+            .unwrap_or(0);
+        if memory > 0 && i128::from(largest) < memory {
+            return format!(
+                "; no node has {} of memory in all (the largest has {}): lower \
+                 resources.memory, or add a larger node",
+                human_bytes(ask.memory),
+                human_bytes(u64::try_from(largest).unwrap_or(0))
+            );
+        }
+        let cpu = i64::from(ask.cpu);
+        let largest = self.slots.iter().map(|s| s.cpu_capacity).max().unwrap_or(0);
+        if cpu > 0 && largest < cpu {
+            return format!(
+                "; no node has {cpu}m CPU in all (the largest has {largest}m): lower \
+                 resources.cpu, or add a larger node"
+            );
+        }
+        String::new()
     }
 }
 
@@ -418,6 +478,83 @@ mod tests {
                 assert!(placer.place(None).is_ok(), "{fixture:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_request_no_node_can_ever_hold_says_so() {
+        let ask = Ask {
+            memory: 30 << 30,
+            ..Ask::default()
+        };
+        check(
+            "a mem=24064\nb mem=8192",
+            ask,
+            1,
+            None,
+            "[no ready node with 30 GiB memory free (2 nodes: 2 short of memory); no node has \
+             30 GiB of memory in all (the largest has 23.5 GiB): lower resources.memory, or add \
+             a larger node]",
+        );
+        let ask = Ask {
+            cpu: 8000,
+            ..Ask::default()
+        };
+        check(
+            "a cpu=4000 down",
+            ask,
+            1,
+            None,
+            "[no ready node with 8000m CPU free (1 node: 1 not ready); no node has 8000m CPU in \
+             all (the largest has 4000m): lower resources.cpu, or add a larger node]",
+        );
+        // A node that would hold it once emptied: the plain reason.
+        let ask = Ask {
+            memory: 6 << 30,
+            ..Ask::default()
+        };
+        check(
+            "a mem=8192",
+            ask,
+            2,
+            None,
+            "a [no ready node with 6 GiB memory free (1 node: 1 short of memory)]",
+        );
+    }
+
+    #[test]
+    fn sums_past_i64_neither_wrap_nor_panic() {
+        // Requests from before the 1 PiB cap, or with overcommit, can add up past i64.
+        let huge = Ask {
+            memory: u64::MAX,
+            overcommit: true,
+            ..Ask::default()
+        };
+        check("a\nb", huge, 4, None, "a b a b");
+        let ns = nodes("a");
+        let mut s = slots(&ns);
+        s[0].reserve(0, i128::from(u64::MAX) * 3);
+        assert_eq!(s[0].memory_free, i64::MIN);
+        let mut placer = Placer::new(
+            &mut s,
+            vec![0],
+            Ask {
+                memory: 1,
+                ..Ask::default()
+            },
+        );
+        assert!(placer.place(None).is_err());
+        // u64::MAX read as an i64 is -1, which once fitted anywhere.
+        let ns = nodes("a");
+        let mut s = slots(&ns);
+        let mut placer = Placer::new(
+            &mut s,
+            vec![0],
+            Ask {
+                memory: u64::MAX,
+                ..Ask::default()
+            },
+        );
+        assert!(placer.place(None).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pmcluster_spec::app::Reschedule;
 use uuid::Uuid;
 
-use crate::core::placement::{Ask, NO_PORTS, NodeSlot, Placer};
+use crate::core::placement::{Ask, NO_PORTS, NodeSlot, Placer, saturating_i64};
 use crate::model::{AppRecord, InstanceRecord, RecordIndex};
 
 /// Connection state of a node, as the reconciler needs it.
@@ -169,17 +169,16 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Slots<'a> {
                 labels: n.labels,
                 eligible: n.link == Link::Up && !n.drain,
                 cpu_capacity: i64::from(n.cores) * 1000,
-                memory_capacity: n.memory_bytes as i64,
+                memory_capacity: saturating_i64(i128::from(n.memory_bytes)),
                 cpu_free: i64::from(n.cores) * 1000,
-                memory_free: n.memory_bytes as i64,
+                memory_free: saturating_i64(i128::from(n.memory_bytes)),
                 ports_held: &NO_PORTS,
                 ports_used: BTreeSet::new(),
                 total: 0,
             };
             if let Some(used) = snap.index.and_then(|ix| ix.node(n.name)) {
                 slot.total = used.records;
-                slot.cpu_free -= used.cpu_millis;
-                slot.memory_free -= used.memory_bytes;
+                slot.reserve(used.cpu_millis, used.memory_bytes);
                 slot.ports_held = &used.ports;
             }
             slot
@@ -189,7 +188,7 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Slots<'a> {
         slots.iter().enumerate().map(|(i, s)| (s.name, i)).collect();
     // Only apps that reserve something are looked up per record: most reserve nothing, and
     // with thousands of apps the name lookups were most of a write's plan.
-    let reserving: BTreeMap<&'a str, (i64, i64)> = match snap.index {
+    let reserving: BTreeMap<&'a str, (i128, i128)> = match snap.index {
         Some(_) => BTreeMap::new(),
         None => snap
             .apps
@@ -198,7 +197,7 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Slots<'a> {
                 let r = &app.spec.resources;
                 (
                     name.as_str(),
-                    (i64::from(r.cpu_millis), r.memory_bytes as i64),
+                    (i128::from(r.cpu_millis), i128::from(r.memory_bytes)),
                 )
             })
             .filter(|(_, r)| *r != (0, 0))
@@ -214,7 +213,7 @@ fn slots<'a>(snap: &Snapshot<'a>) -> Slots<'a> {
 struct Slots<'a> {
     slots: Vec<NodeSlot<'a>>,
     index: BTreeMap<&'a str, usize>,
-    reserving: BTreeMap<&'a str, (i64, i64)>,
+    reserving: BTreeMap<&'a str, (i128, i128)>,
 }
 
 impl Slots<'_> {
@@ -228,8 +227,7 @@ impl Slots<'_> {
         if !self.reserving.is_empty()
             && let Some((cpu, memory)) = self.reserving.get(inst.app.as_str())
         {
-            slot.cpu_free -= cpu;
-            slot.memory_free -= memory;
+            slot.reserve(*cpu, *memory);
         }
         if let Some(p) = inst.port {
             slot.ports_used.insert(p);

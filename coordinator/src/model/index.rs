@@ -20,9 +20,11 @@ use super::{AppRecord, InstanceRecord};
 pub struct NodeUse {
     /// Records on the node, every app.
     pub records: u32,
-    /// Millicores and bytes the records reserve, at their apps' current specs.
-    pub cpu_millis: i64,
-    pub memory_bytes: i64,
+    /// Millicores and bytes the records reserve, at their apps' current specs. Wide enough
+    /// that no number of records can overflow them (100,000 records of the largest request
+    /// would pass `i64`), so that taking a record back always undoes adding it.
+    pub cpu_millis: i128,
+    pub memory_bytes: i128,
     /// Each port a record holds, with how many hold it.
     pub ports: BTreeMap<u16, u32>,
 }
@@ -66,10 +68,10 @@ impl std::fmt::Debug for RecordIndex {
 }
 
 /// What a record of `app` reserves on its node.
-pub(super) fn reservation(app: Option<&AppRecord>) -> (i64, i64) {
+pub(super) fn reservation(app: Option<&AppRecord>) -> (i128, i128) {
     app.map_or((0, 0), |a| {
         let r = &a.spec.resources;
-        (i64::from(r.cpu_millis), r.memory_bytes as i64)
+        (i128::from(r.cpu_millis), i128::from(r.memory_bytes))
     })
 }
 
