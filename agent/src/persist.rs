@@ -1,7 +1,7 @@
 //! The agent's local state on disk: one small JSON file per instance in `DATA_DIR/instances/`,
 //! holding its assignment (so the agent can run its last desired set without the coordinator)
 //! and its process (pid plus start time, so a restarted agent can adopt it and never start a
-//! duplicate).
+//! duplicate), or how it ended for good (so a restarted agent does not start it again).
 //!
 //! Why one file per instance: each supervisor writes its own file at each change (start, exit,
 //! new assignment) with no coordination, in tens of microseconds, and a write stays small however
@@ -56,6 +56,31 @@ pub struct Saved {
     pub last_exit_code: Option<i32>,
     /// The process running now, if any.
     pub process: Option<SavedProcess>,
+    /// How it ended for good, when its restart policy starts no other process (exited with
+    /// autorestart off, errored after `max_restarts`): a restarted agent keeps it so, with this
+    /// state and message, rather than take it for one that died while no agent watched and
+    /// start it again. Only a start its assignment asks for (see [`crate::desired`]) runs it
+    /// again. Missing in older files: such an instance is started, as those agents did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<SavedEnd>,
+}
+
+/// How an instance ended for good (see [`Saved::ended`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedEnd {
+    pub state: EndState,
+    /// The status message the user saw ("crashed 4 times within 60s ...").
+    pub message: String,
+}
+
+/// The states an instance stays in once its restart policy gave up on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndState {
+    /// It exited and autorestart is off.
+    Exited,
+    /// It crashed more than `max_restarts` times within the restart window.
+    Errored,
 }
 
 /// A running process, as the agent must find it again.
@@ -105,6 +130,7 @@ impl Saved {
             restarts: 0,
             last_exit_code: None,
             process: None,
+            ended: None,
         })
     }
 
@@ -608,6 +634,33 @@ mod tests {
         assert!(!text.contains("pumps"), "{text}");
         assert!(!text.contains("cgroup"), "{text}");
         assert_eq!(decode(text.as_bytes()), Ok(s));
+    }
+
+    #[test]
+    fn an_end_round_trips_and_records_without_one_still_read() {
+        let mut s = saved();
+        s.process = None;
+        s.ended = Some(SavedEnd {
+            state: EndState::Errored,
+            message: "crashed 4 times within 60s".into(),
+        });
+        let text = String::from_utf8(encode(&s)).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        assert_eq!(
+            json["ended"],
+            serde_json::json!({"state": "errored", "message": "crashed 4 times within 60s"})
+        );
+        assert_eq!(decode(text.as_bytes()), Ok(s.clone()));
+
+        // Written by an agent before this field: no end, so it is started as those did.
+        let mut old = json;
+        if let Some(fields) = old.as_object_mut() {
+            fields.remove("ended");
+        }
+        let old = serde_json::to_vec(&old).unwrap_or_default();
+        assert_eq!(decode(&old), Ok(Saved { ended: None, ..s }));
+        // And no end is written as none at all.
+        assert!(!String::from_utf8_lossy(&encode(&saved())).contains("ended"));
     }
 
     #[test]

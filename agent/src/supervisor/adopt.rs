@@ -25,7 +25,7 @@ use crate::health;
 use crate::logs::pump::keep_pumping;
 use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
 use crate::orphans::{self, Orphan};
-use crate::persist::{Saved, SavedProcess, SavedPump};
+use crate::persist::{EndState, Saved, SavedProcess, SavedPump};
 use crate::process::{self, ExitWatch, ProcId, unix_ms};
 use crate::state::Agent;
 
@@ -90,16 +90,19 @@ pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
                 adopted.insert(assignment.instance_id.clone());
                 adopt(agent, &s, assignment, p, id);
             }
-            None => {
-                if let Some(p) = &s.process {
-                    tracing::info!(
-                        instance = %s.instance_id,
-                        pid = p.pid,
-                        "ended while the agent was down"
-                    );
+            None => match ended_status(&s) {
+                Some(status) => keep_ended(agent, &s, assignment, status),
+                None => {
+                    if let Some(p) = &s.process {
+                        tracing::info!(
+                            instance = %s.instance_id,
+                            pid = p.pid,
+                            "ended while the agent was down"
+                        );
+                    }
+                    waiting.push(assignment);
                 }
-                waiting.push(assignment);
-            }
+            },
         }
     }
     let unknown_cgroups = agent
@@ -124,6 +127,42 @@ pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
         .unwrap_or_else(std::sync::PoisonError::into_inner) =
         waiting.iter().map(|a| a.instance_id.clone()).collect();
     waiting
+}
+/// The status to keep for a record whose process does not run, when that instance ended for
+/// good (see [`Saved::ended`]): as the previous agent reported it, restarts and exit code
+/// included. `None` for one that is to run again (it died while no agent ran, or an older
+/// agent wrote the record) and for one kept stopped (its desired set says so anyway).
+fn ended_status(saved: &Saved) -> Option<Status> {
+    let end = saved.ended.as_ref().filter(|_| saved.run)?;
+    let state = match end.state {
+        EndState::Exited => InstanceState::Exited,
+        EndState::Errored => InstanceState::Errored,
+    };
+    let mut status = Status::new(state, saved.restart_epoch);
+    status.restarts = saved.restarts;
+    status.last_exit_code = saved.last_exit_code;
+    status.message.clone_from(&end.message);
+    Some(status)
+}
+/// Supervises an instance that ended for good before the agent restarted, without starting it:
+/// the desired-set diff then sees the assignment it ended under, so only a start or restart
+/// asked since (a new restart epoch, version or spec, `run` set again) starts it. A host reboot
+/// is no exception: the agent treats one as any restart that finds its processes gone, and a
+/// job that finished (or an instance given up on) must not run again unasked either way.
+fn keep_ended(agent: &Arc<Agent>, saved: &Saved, assignment: Assignment, status: Status) {
+    tracing::info!(
+        instance = %assignment.instance_id,
+        app = %saved.app,
+        index = saved.index,
+        "{:?} before the agent restarted ({}); not starting it until it is started or \
+         restarted",
+        status.state,
+        status.message
+    );
+    let ended = saved.ended.clone();
+    let mut inner = agent.state.lock();
+    // Start sequence 0: nothing asked for a start yet (see `Target::start_seq`).
+    spawn_supervisor(agent, &mut inner, assignment, status, 0, None, ended);
 }
 /// Starts the instances of the local state that do not run if the coordinator has not sent a
 /// desired set within `grace` (static stability: a host keeps its services up when the
@@ -236,7 +275,15 @@ pub(super) fn adopt(
     tracing::info!(instance = %assignment.instance_id, app = %saved.app, index = saved.index, pid = id.pid, "adopted");
     let mut inner = agent.state.lock();
     // A Start action would restart it; the adopted process *is* the started one.
-    spawn_supervisor(agent, &mut inner, assignment, status, 0, Some(running));
+    spawn_supervisor(
+        agent,
+        &mut inner,
+        assignment,
+        status,
+        0,
+        Some(running),
+        None,
+    );
 }
 /// Settles the orphans found at startup against the coordinator's first desired set: adopts
 /// those it holds with `run` whose leader still runs (and that the agent does not supervise
@@ -360,4 +407,65 @@ async fn stop_orphan(orphan: Orphan, signal: Signal, grace: Duration) {
         cgroup::end(path).await;
     }
     tracing::warn!(instance = %orphan.instance_id, "stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use pmcluster_spec::AppSpec;
+
+    use super::*;
+    use crate::persist::SavedEnd;
+
+    fn record(run: bool, ended: Option<(EndState, &str)>) -> Saved {
+        let a = Assignment {
+            instance_id: InstanceId::new("i"),
+            app: "once".into(),
+            index: 0,
+            app_version: 2,
+            spec: Ok(Arc::new(AppSpec::new("once", "sh", &["-c", "exit 0"]))),
+            port: None,
+            run,
+            restart_epoch: 5,
+        };
+        let mut s = Saved::of(&a).unwrap_or_else(|| panic!("valid spec"));
+        s.restarts = 3;
+        s.last_exit_code = Some(0);
+        s.ended = ended.map(|(state, message)| SavedEnd {
+            state,
+            message: message.to_string(),
+        });
+        s
+    }
+
+    #[test]
+    fn what_ended_for_good_is_kept_as_it_was() {
+        let kept = |s: &Saved| {
+            ended_status(s).map(|st| {
+                (
+                    st.state,
+                    st.message,
+                    st.restarts,
+                    st.last_exit_code,
+                    st.restart_epoch,
+                    st.pid,
+                )
+            })
+        };
+        let exited = "exited with code 0; autorestart is off";
+        assert_eq!(
+            kept(&record(true, Some((EndState::Exited, exited)))),
+            Some((InstanceState::Exited, exited.into(), 3, Some(0), 5, None))
+        );
+        let errored = "crashed 4 times within 60s (last: exited with code 1)";
+        assert_eq!(
+            kept(&record(true, Some((EndState::Errored, errored)))),
+            Some((InstanceState::Errored, errored.into(), 3, Some(0), 5, None))
+        );
+        // A record of an older agent, or of one that died while no agent ran: started again.
+        assert_eq!(kept(&record(true, None)), None);
+        // Kept stopped by its assignment: the desired set reports it stopped.
+        assert_eq!(kept(&record(false, Some((EndState::Exited, exited)))), None);
+    }
 }

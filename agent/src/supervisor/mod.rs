@@ -38,7 +38,7 @@ use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Tracker};
 use crate::logs::pump::PumpPipe;
 use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, Status};
-use crate::persist::{Saved, SavedProcess, SavedPump};
+use crate::persist::{Saved, SavedEnd, SavedProcess, SavedPump};
 use crate::process::{Exit, ExitWatch, ProcId};
 use crate::restart::{self, Crashes};
 use crate::state::{Agent, Entry, Inner, Poke, Target};
@@ -190,7 +190,15 @@ fn upsert(agent: &Arc<Agent>, inner: &mut Inner, assignment: Assignment, start: 
         InstanceState::Stopped
     };
     let status = Status::new(state, assignment.restart_epoch);
-    spawn_supervisor(agent, inner, assignment, status, u64::from(start), None);
+    spawn_supervisor(
+        agent,
+        inner,
+        assignment,
+        status,
+        u64::from(start),
+        None,
+        None,
+    );
 }
 fn spawn_supervisor(
     agent: &Arc<Agent>,
@@ -199,10 +207,12 @@ fn spawn_supervisor(
     status: Status,
     start_seq: u64,
     running: Option<Running>,
+    ended: Option<SavedEnd>,
 ) {
     let id = assignment.instance_id.clone();
     let (app, index) = (assignment.app.clone(), assignment.index);
-    let restarts = status.restarts;
+    // A process ran before: the next spawn counts as a restart.
+    let started_once = running.is_some() || status.restarts > 0 || ended.is_some();
     let auto_port = match (&assignment.spec, running.as_ref()) {
         (Ok(spec), Some(r)) if matches!(spec.port, PortSpec::Auto(..)) => r.port,
         _ => None,
@@ -237,8 +247,9 @@ fn spawn_supervisor(
         auto_port,
         crashes: Crashes::default(),
         start_failures: 0,
-        started_once: running.is_some() || restarts > 0,
+        started_once,
         reason: None,
+        ended,
     };
     agent.supervisors.spawn(supervisor.run(running));
 }
@@ -259,6 +270,9 @@ struct Supervisor {
     /// Why the next start is a restart ("restarted after: killed by SIGKILL"): the new process
     /// carries it as its message, so the reason stays visible once it runs again.
     reason: Option<String>,
+    /// Set while its process ended for good (see [`Saved::ended`]): every record written until
+    /// the next start says so, or a restarted agent would start it again.
+    ended: Option<SavedEnd>,
 }
 /// A running process.
 struct Running {
@@ -399,10 +413,16 @@ impl Supervisor {
                 }
                 next_start = None;
                 if shutting_down {
-                    self.set_state(InstanceState::Stopped, "agent stopped");
+                    // One that ended for good was not stopped by this shutdown: it keeps its
+                    // state and record, so that the next agent does not start it either.
+                    if self.ended.is_none() {
+                        self.set_state(InstanceState::Stopped, "agent stopped");
+                    }
                     self.persist(None);
                     return;
                 }
+                // Stopped or removed by the user: no longer what its restart policy left.
+                self.ended = None;
                 if target.remove {
                     if self.agent.state.forget_if_removed(&self.id) {
                         self.agent.ports.release(&self.id);
@@ -429,6 +449,7 @@ impl Supervisor {
                 self.crashes = Crashes::default();
                 self.start_failures = 0;
                 self.reason = None;
+                self.ended = None;
                 next_start = Some(Instant::now());
             }
 
@@ -444,6 +465,7 @@ impl Supervisor {
                         tokio::task::yield_now().await;
                         self.start_pump(&mut r);
                         self.start_failures = 0;
+                        self.ended = None;
                         self.agent.state.update(&self.id, |s| s.start_failures = 0);
                         self.persist(Some(&r));
                         running = Some(r);
@@ -572,6 +594,9 @@ impl Supervisor {
                 cgroup: r.cgroup.clone(),
             });
         }
+        if running.is_none() {
+            saved.ended.clone_from(&self.ended);
+        }
         if let Err(e) = self.agent.records.write(&saved) {
             tracing::warn!(instance = %self.id, "cannot write its record: {e}");
         }
@@ -642,6 +667,114 @@ mod tests {
             agent.supervisors.close();
             tokio::time::timeout(Duration::from_secs(10), agent.supervisors.wait()).await?;
         }
+        Ok(())
+    }
+
+    /// An instance of an app whose user does not exist: a start of it fails before any process
+    /// runs (errored with "does not exist"), so the test sees whether a start happened
+    /// without running anything.
+    fn unstartable(generation: u64, restart_epoch: u64) -> DesiredSet {
+        let spec = pmcluster_proto::v1::AppSpec {
+            name: "cl".to_string(),
+            script: "sh".to_string(),
+            args: vec!["-c".to_string(), "exit 1".to_string()],
+            instances: 1,
+            user: "pmcluster-test-no-such-user".to_string(),
+            ..Default::default()
+        };
+        let assignment = pmcluster_proto::v1::Assignment {
+            instance_id: "cl0".to_string(),
+            index: 0,
+            app_version: 1,
+            spec: Some(spec),
+            port: 0,
+            run: true,
+            restart_epoch,
+        };
+        DesiredSet {
+            generation,
+            assignments: vec![Assignment::from(assignment)],
+        }
+    }
+
+    /// The record an agent leaves of an instance it gave up on after `max_restarts`.
+    fn errored_record(set: &DesiredSet) -> Result<Saved, Box<dyn std::error::Error>> {
+        let mut saved = Saved::of(&set.assignments[0]).ok_or("a valid spec")?;
+        saved.restarts = 3;
+        saved.last_exit_code = Some(1);
+        saved.ended = Some(SavedEnd {
+            state: crate::persist::EndState::Errored,
+            message: "crashed 4 times within 60s (last: exited with code 1)".to_string(),
+        });
+        Ok(saved)
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_ended_for_good_stays_so_after_an_agent_restart()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let agent = Arc::new(Agent::for_test(dir.path()));
+        crate::persist::create_private_dir(agent.records.dir())?;
+        let set = unstartable(1, 0);
+        let saved = errored_record(&set)?;
+        agent.records.write(&saved)?;
+        let id = InstanceId::new("cl0");
+        let start_seq = |agent: &Agent| {
+            agent
+                .state
+                .lock()
+                .instances
+                .get(&id)
+                .map(|e| e.target.borrow().start_seq)
+        };
+
+        // Held as it was, not waiting for a start.
+        let waiting = adopt_local(&agent);
+        assert_eq!(waiting, Vec::<Assignment>::new());
+        let status = agent.state.status(&id).ok_or("cl0 held")?;
+        assert_eq!(status.state, InstanceState::Errored);
+        assert_eq!((status.restarts, status.last_exit_code), (3, Some(1)));
+        assert!(status.message.starts_with("crashed 4 times"), "{status:?}");
+
+        // The coordinator's first set, the same assignment: no start asked, and the grace
+        // period's local set neither.
+        assert!(apply(&agent, set.clone()));
+        assert_eq!(start_seq(&agent), Some(0));
+        apply_local(&agent, set);
+        assert_eq!(start_seq(&agent), Some(0));
+        assert_eq!(agent.state.status(&id), Some(status));
+        let (records, _) = agent.records.load()?;
+        assert_eq!(records, vec![saved]);
+
+        // A restart (a new epoch) starts it; its record then no longer says it ended.
+        assert!(apply(&agent, unstartable(2, 1)));
+        assert_eq!(start_seq(&agent), Some(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !agent
+            .state
+            .status(&id)
+            .is_some_and(|s| s.restart_epoch == 1 && s.message.contains("does not exist"))
+        {
+            assert!(tokio::time::Instant::now() < deadline, "no start attempt");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while agent
+            .records
+            .load()?
+            .0
+            .first()
+            .is_none_or(|r| r.ended.is_some())
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "record not rewritten"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        agent.detach.cancel();
+        agent.supervisors.close();
+        tokio::time::timeout(Duration::from_secs(10), agent.supervisors.wait()).await?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use crate::cgroup;
 use crate::health::{self, Change, Outcome};
 use crate::logs::pump::drained;
 use crate::model::{Health, InstanceState};
+use crate::persist::{EndState, SavedEnd};
 use crate::process::{self, Exit};
 use crate::restart::{self, Decision, Named, Policy};
 use crate::state::Poke;
@@ -64,11 +65,13 @@ impl Supervisor {
                 let policy = Policy::of(&r.spec);
                 let index = r.index;
                 let exit = self.stop(r).await;
-                self.stopped(exit);
+                self.note_stop(exit);
                 // It never came up: an unstable start, counted as such.
                 let decision = self.decide(&policy, Duration::ZERO, &why, index);
                 let next = self.after(decision, &why, None);
                 self.reason = Some(format!("restarted: {why}"));
+                // After the decision: a record of one that errored for good says so.
+                self.persist(None);
                 Err(next)
             }
             Event::Health(outcome) => self.health_result(r, outcome).await,
@@ -231,6 +234,17 @@ impl Supervisor {
         how: &str,
         code: Option<i32>,
     ) -> Option<Instant> {
+        self.ended = match &decision {
+            Decision::Restart { .. } => None,
+            Decision::GiveUp { message } => Some(SavedEnd {
+                state: EndState::Errored,
+                message: message.clone(),
+            }),
+            Decision::Exited { message } => Some(SavedEnd {
+                state: EndState::Exited,
+                message: message.clone(),
+            }),
+        };
         let (state, message, next) = match decision {
             Decision::Restart { delay } => {
                 tracing::info!(instance = %self.id, "{how}; restarting in {delay:?}");
