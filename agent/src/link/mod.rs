@@ -45,6 +45,14 @@ pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 /// How long the coordinator may take to answer a new session.
 const SESSION_SETUP: Duration = Duration::from_secs(10);
+/// A coordinator sends nothing for long stretches, so a silent one (a frozen host, a cut that
+/// drops packets) is noticed only by HTTP/2 pings, at most the two below after its last word.
+/// A new leader of an HA pair gives each node its heartbeat timeout (10 s by default, 3 s in
+/// the fast profile) to reconnect; with 10 s + 10 s here, agents of a frozen leader came back
+/// after every instance had been rescheduled. An idle session costs one ping frame each way
+/// per interval.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// State changes within this window go out in one report.
 const COALESCE: Duration = Duration::from_millis(20);
 /// Reports waiting to go out. Each one is a full snapshot, so when the queue is full the next
@@ -98,8 +106,8 @@ pub(crate) fn endpoint(
     Ok(endpoint
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true))
 }
 

@@ -127,7 +127,9 @@ struct NodeLive {
     session: Option<Session>,
     last_heartbeat_ms: i64,
     host: Option<HostMetrics>,
-    /// Unix ms the node was last seen going down; `None` while connected.
+    /// Unix ms the node was last seen going down; `None` while connected. For a node loaded
+    /// from the store and not connected since (see [`awaited_node_live`]), a time ahead: when
+    /// it will count as down.
     down_since_ms: Option<i64>,
     /// The instances the agent said it holds at registration (see `Registration::held`).
     held: Vec<Assignment>,
@@ -393,6 +395,31 @@ fn new_node_live(now: i64) -> NodeLive {
     }
 }
 
+/// A node as a coordinator that just loaded the store (a restart, or a takeover in an HA pair)
+/// sees it: not connected, and given the heartbeat timeout to connect before it counts as down,
+/// as if its last heartbeat had come now. Counted from the load instead, every node's reschedule
+/// and drain clocks would start while its agent is still finding the new leader (it notices a
+/// silent old one only by its keepalive): a short `reschedule_after` then moved every instance
+/// of the cluster to whichever node reconnected first, and a drain replaced all of a draining
+/// node's instances at once.
+fn awaited_node_live(now: i64, config: &ControlConfig) -> NodeLive {
+    NodeLive {
+        down_since_ms: Some(now.saturating_add(timeout_ms(config))),
+        ..new_node_live(now)
+    }
+}
+
+/// The heartbeat timeout in ms.
+fn timeout_ms(config: &ControlConfig) -> i64 {
+    i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Whether a node loaded from the store has not connected since, and is still within the time
+/// [`awaited_node_live`] gives it.
+fn awaited(live: &NodeLive, now: i64) -> bool {
+    live.session.is_none() && live.down_since_ms.is_some_and(|at| at > now)
+}
+
 /// The autoscaler's memory as the stored decisions leave it: the time and reason of each app's
 /// last change.
 fn resumed_scaling(state: &Persisted) -> BTreeMap<String, Scaling> {
@@ -476,7 +503,7 @@ impl Control {
         }
         let mut nodes = BTreeMap::new();
         for name in state.nodes.keys() {
-            nodes.insert(name.clone(), new_node_live(now));
+            nodes.insert(name.clone(), awaited_node_live(now, &config));
         }
         let scaling = resumed_scaling(&state);
         let mut inner = Inner {
@@ -603,8 +630,7 @@ impl Control {
 }
 
 fn is_ready(live: &NodeLive, config: &ControlConfig, now: i64) -> bool {
-    let timeout = i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
-    live.session.is_some() && now.saturating_sub(live.last_heartbeat_ms) <= timeout
+    live.session.is_some() && now.saturating_sub(live.last_heartbeat_ms) <= timeout_ms(config)
 }
 
 /// The reconciler's view of every registered node.

@@ -658,3 +658,82 @@ fn only_an_awaited_instance_coming_online_asks_for_a_pass() -> Result<()> {
     assert!(after.iter().all(|i| i.node == to.0), "{after:?}");
     Ok(())
 }
+
+/// A coordinator that loads the store (a restart, or a new leader of an HA pair) gives each
+/// node the heartbeat timeout to reconnect before its absence counts: agents notice a silent
+/// old leader only by their keepalive, and one at a time.
+#[test]
+fn a_new_leader_gives_every_node_the_heartbeat_timeout_to_reconnect() -> Result<()> {
+    const T0: i64 = 1_000_000;
+    let clock = Arc::new(crate::clock::ManualClock::new(T0, 7));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let config = ControlConfig::default();
+    let timeout = i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
+    let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
+    let _sessions = (
+        old.attach(&register("a"), None)?,
+        old.attach(&register("b"), None)?,
+    );
+    let mut spec = web(4);
+    spec.reschedule = pmcluster_spec::app::Reschedule::After(Duration::from_secs(2));
+    old.apply(spec)?;
+    old.tick();
+    assert_eq!(spread(&old, "web"), "a:2 b:2");
+    drop(old);
+
+    let new = Control::open_with(store, config, clock.clone())?;
+    // Past the app's reschedule delay, within the heartbeat timeout: nothing moves, and the rows
+    // say why they are not reported.
+    clock.advance_ms(timeout / 2);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:2 b:2");
+    let rows = records(&new, "web")?;
+    assert!(
+        rows.iter().all(|i| i
+            .message
+            .contains("has not reconnected to this coordinator yet")),
+        "{rows:?}"
+    );
+    // a reconnects; b never does: once the timeout and the delay have passed, b's move.
+    let _a = new.attach(&register("a"), None)?;
+    clock.advance_ms(timeout / 2 + 2_000 + 1);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:4");
+    Ok(())
+}
+
+/// A drain that a new leader takes over keeps each old copy until its replacement is online,
+/// whatever order the nodes reconnect in: the draining node's absence right after the load is
+/// not a node down (which would replace all of its instances at once).
+#[test]
+fn a_drain_resumed_by_a_new_leader_keeps_the_old_copies_while_their_node_reconnects() -> Result<()>
+{
+    const T0: i64 = 1_000_000;
+    let clock = Arc::new(crate::clock::ManualClock::new(T0, 9));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let config = ControlConfig::default();
+    let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
+    let _sessions = (
+        old.attach(&register("a"), None)?,
+        old.attach(&register("b"), None)?,
+    );
+    old.apply(web(4))?;
+    old.tick();
+    assert_eq!(spread(&old, "web"), "a:2 b:2");
+    old.set_drain("a", true)?;
+    old.tick();
+    // One handoff at a time: a's two copies and one replacement on b.
+    assert_eq!(spread(&old, "web"), "a:2 b:3");
+    drop(old);
+
+    let new = Control::open_with(store, config, clock.clone())?;
+    // b reconnects first; a (the draining node) a second later.
+    let _b = new.attach(&register("b"), None)?;
+    clock.advance_ms(1_000);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:2 b:3");
+    let _a = new.attach(&register("a"), None)?;
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:2 b:3");
+    Ok(())
+}

@@ -14,7 +14,10 @@ use crate::model::{
     InstanceView, NodeStatus, NodeView, Rollouts,
 };
 
-use super::{Control, ControlConfig, ControlError, Inner, Leaving, Result, find_app, is_ready};
+use super::{
+    Control, ControlConfig, ControlError, Inner, Leaving, Result, awaited, find_app, is_ready,
+    timeout_ms,
+};
 
 /// Instances per `ListInstances` page unless the client asks for another size, and the most it
 /// may ask for: a page of views is built under the state lock, so it must stay short.
@@ -468,10 +471,15 @@ fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
                 instances,
                 allocated_cpu_millis: cpu,
                 allocated_memory_bytes: memory,
-                down_since_ms: if ready {
-                    0
-                } else {
-                    live.and_then(|l| l.down_since_ms).unwrap_or(0)
+                down_since_ms: match live {
+                    _ if ready => 0,
+                    // Not connected since this coordinator loaded the store: since the load.
+                    Some(l) if awaited(l, inner.now) => l
+                        .down_since_ms
+                        .unwrap_or(0)
+                        .saturating_sub(timeout_ms(config)),
+                    Some(l) => l.down_since_ms.unwrap_or(0),
+                    None => 0,
                 },
                 last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
                 hostname: n.hostname.clone(),
@@ -560,6 +568,12 @@ pub(super) fn instance_view(
                 .get(&rec.app)
                 .cloned()
                 .unwrap_or_else(|| "waiting for a node".into());
+        }
+        Note::NodeDown(n) if live.is_some_and(|l| awaited(l, inner.now)) => {
+            out.message = format!(
+                "node {n} has not reconnected to this coordinator yet (it started or took over \
+                 lately); the node counts as down if it has not within the heartbeat timeout"
+            );
         }
         Note::NodeDown(n) => out.message = format!("node {n} is down"),
         Note::Reported => {}

@@ -639,8 +639,15 @@ fn settle_index<'r>(
             if app.rolling() {
                 return Some(new);
             }
-            let old_up = matches!(link(old.node.as_deref()), Some((Link::Up, _)));
-            if snap.online.contains(&new.id) || !old_up {
+            // Lost: its node is down, or gone. A node that a coordinator just loaded is down
+            // only from a time ahead (it is given the heartbeat timeout to reconnect), and its
+            // copy serves meanwhile.
+            let old_lost = match link(old.node.as_deref()) {
+                Some((Link::Up, _)) => false,
+                Some((Link::Down(since), _)) => since <= snap.now_ms,
+                _ => true,
+            };
+            if snap.online.contains(&new.id) || old_lost {
                 retire(old, app, snap, nodes, plan);
                 return Some(new);
             }
