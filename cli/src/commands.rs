@@ -12,7 +12,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
-use pmcluster_spec::config::{Format, parse_apps};
+use pmcluster_spec::config::{Format, parse_apps, to_config};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -184,9 +184,9 @@ async fn start_only(
             Ok((said, goal))
         }
         StartPlan::Apply { spec, derived_name } => {
-            if derived_name {
-                refuse_to_overwrite(conn, &spec).await?;
-            }
+            // `start` creates an app, or starts one as it is: it never changes an app that
+            // exists, which would reset every flag left out of this command line.
+            refuse_to_overwrite(conn, &spec, derived_name).await?;
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;
@@ -228,8 +228,11 @@ async fn start_only(
     }
 }
 
-/// A name derived from the program must not silently replace another app of that name.
-async fn refuse_to_overwrite(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<()> {
+/// Refuses a `start` of a command line under the name of an app that exists with another spec
+/// (exit 2): `start` would otherwise replace it, resetting every flag left out. An app with the
+/// same spec is fine: `start` then starts it, as PM2 does. `derived` says the name came from the
+/// program rather than from `--name`.
+async fn refuse_to_overwrite(conn: &mut Conn, spec: &AppSpec, derived: bool) -> anyhow::Result<()> {
     let req = pb::GetAppRequest {
         name: spec.name.clone(),
     };
@@ -237,20 +240,50 @@ async fn refuse_to_overwrite(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<
         Err(e) if e.code == Code::NotFound => return Ok(()),
         other => other?,
     };
-    let same = existing
-        .spec
-        .and_then(|s| AppSpec::try_from(s).ok())
-        // The coordinator shows secrets as `<secret>`: compare what it can show.
-        .is_some_and(|s| s == spec.shown(true));
-    if same {
-        return Ok(());
+    // The coordinator shows secrets as `<secret>`: compare what it can show.
+    let wanted = spec.shown(true);
+    let differs = match existing.spec.map(AppSpec::try_from) {
+        Some(Ok(current)) if current == wanted => return Ok(()),
+        Some(Ok(current)) => differing_fields(&current, &wanted),
+        _ => Vec::new(),
+    };
+    Err(UsageError::new(overwrite_refusal(&spec.name, derived, &differs)).into())
+}
+
+/// The top-level config fields (`script`, `instances`, `update`, ...) in which two specs differ.
+fn differing_fields(current: &AppSpec, wanted: &AppSpec) -> Vec<String> {
+    let (a, b) = (to_config(current), to_config(wanted));
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return Vec::new();
+    };
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+/// Why `start` will not run a command line as `name`, and what to use instead.
+fn overwrite_refusal(name: &str, derived: bool, differs: &[String]) -> String {
+    let how = match differs {
+        [] => String::new(),
+        fields => format!(" (it differs in {})", fields.join(", ")),
+    };
+    if derived {
+        return format!(
+            "an app named {name:?} already exists with another spec{how}; give this one its own \
+             name with --name, or change that app with `pmcluster reload {name} ...` or \
+             `pmcluster apply -f FILE`"
+        );
     }
-    Err(UsageError::new(format!(
-        "an app named {:?} already exists with another spec; give this one its own name with \
-         --name, or change that app with `pmcluster scale`/`pmcluster apply`",
-        spec.name
-    ))
-    .into())
+    format!(
+        "--name {name}: an app of that name already exists with another spec{how}, and `start` \
+         does not change an app; to change it: `pmcluster reload {name} --set KEY=VALUE` (or \
+         `-f FILE`, `--instances N`) or `pmcluster apply -f FILE`; to start it as it is: \
+         `pmcluster start {name}`; to replace it: `pmcluster delete {name}` first"
+    )
 }
 
 /// `apply -f FILE`: every app of the file is validated before any is sent.
@@ -790,6 +823,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pmcluster_spec::PortSpec;
 
     #[test]
     fn phrases() {
@@ -811,5 +845,40 @@ mod tests {
         assert_eq!(apply_result(&reply(true, true)), "created");
         assert_eq!(apply_result(&reply(false, true)), "configured");
         assert_eq!(apply_result(&reply(false, false)), "unchanged");
+    }
+
+    #[test]
+    fn a_start_over_another_spec_names_what_differs_and_what_to_use() {
+        let web = AppSpec {
+            instances: 3,
+            port: PortSpec::parse("33100-33102").expect("a port range"),
+            ..AppSpec::new("web", "pmcluster-testapp", &[])
+        };
+        let sleep = AppSpec::new("web", "sleep", &["100"]);
+        assert_eq!(
+            differing_fields(&web, &sleep),
+            ["args", "instances", "port", "script"]
+        );
+        assert!(differing_fields(&web, &web.clone()).is_empty());
+
+        let named = overwrite_refusal("web", false, &differing_fields(&web, &sleep));
+        for want in [
+            "--name web: an app of that name already exists with another spec (it differs in \
+             args, instances, port, script)",
+            "`pmcluster reload web --set KEY=VALUE`",
+            "`pmcluster apply -f FILE`",
+            "`pmcluster start web`",
+            "`pmcluster delete web` first",
+        ] {
+            assert!(named.contains(want), "{want:?} in {named}");
+        }
+        let derived = overwrite_refusal("sleep", true, &[]);
+        assert!(
+            derived.starts_with(
+                "an app named \"sleep\" already exists with another spec; give this one its own \
+                 name with --name"
+            ),
+            "{derived}"
+        );
     }
 }

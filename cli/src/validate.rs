@@ -80,11 +80,12 @@ pub fn shell_operator(line: &str) -> Option<&'static str> {
 pub enum StartPlan {
     /// `start APP [--instance N]`: start instances of an existing app that a user stopped.
     Existing { app: String, index: Option<u32> },
-    /// `start "command line" ...`: create the app, or replace its spec.
+    /// `start "command line" ...`: create the app, or start it when it exists with this very
+    /// spec (one with another spec is refused: `start` never changes an app).
     Apply {
         spec: Box<AppSpec>,
-        /// The name came from the program's file name, not from `--name`; the caller must not
-        /// overwrite an unrelated app that happens to have that name.
+        /// The name came from the program's file name, not from `--name` (what a refusal to
+        /// overwrite an app of that name suggests differs).
         derived_name: bool,
     },
 }

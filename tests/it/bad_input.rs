@@ -110,6 +110,25 @@ fn bad_input() {
             Some(2),
             &["port", "instances"],
         ),
+        // `start` of a command line never changes an app that exists: it would reset every flag
+        // left out (web's instances and ports here).
+        refused(
+            &["start", "sleep", "--name", "web", "--", "100"],
+            Some(2),
+            &[
+                "--name web: an app of that name already exists with another spec",
+                "args, instances, port, script",
+                "pmcluster reload web",
+                "pmcluster apply -f FILE",
+                "pmcluster start web",
+                "pmcluster delete web",
+            ],
+        ),
+        refused(
+            &["start", &testapp, "--name", "web", "--instances", "2"],
+            Some(2),
+            &["already exists", "(it differs in port)"],
+        ),
         refused(&["stop", "nosuchapp"], None, &["nosuchapp"]),
         refused(&["delete", "nosuchapp"], None, &["nosuchapp"]),
         refused(&["logs", "nosuchapp"], None, &["nosuchapp"]),
@@ -207,4 +226,30 @@ fn bad_input() {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     });
     assert_eq!(stored_apps(&c), apps_before);
+}
+
+/// `start` of a command line with `--name` of an app that has that very spec starts it as it is
+/// (one a user stopped comes back), as `start APP` does; neither changes its version.
+#[test]
+fn start_of_the_same_spec_starts_the_app_as_it_is() {
+    let c = Cluster::start(1).expect("coordinator and one agent start");
+    let line = ["start", "sleep 600", "--name", "idle", "--instances", "2"];
+    c.cli(&line).assert_ok();
+    let first = c.wait_online("idle", 2).expect("idle starts");
+    c.remember_pids(&first.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+    let version = || stored_apps(&c)[0]["version"].clone();
+    let before = version();
+
+    let out = c.cli(&line);
+    out.assert_ok();
+    assert!(out.stdout.contains("spec unchanged"), "{out}");
+    c.cli(&["stop", "idle"]).assert_ok();
+    let out = c.cli(&[&line[..], &["--wait"]].concat());
+    out.assert_ok();
+    assert!(out.stdout.contains("idle: 2 up after"), "{out}");
+    c.cli(&["stop", "idle"]).assert_ok();
+    c.cli(&["start", "idle", "--wait"]).assert_ok();
+    let now = c.wait_online("idle", 2).expect("idle runs");
+    c.remember_pids(&now.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+    assert_eq!(version(), before);
 }
