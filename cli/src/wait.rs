@@ -4,8 +4,9 @@
 //! within one `--wait-timeout`.
 //!
 //! Whether the instances are up is judged by [`progress`], a pure function of the instance list,
-//! and whether a rollout the verb started failed by [`rollout_failed`], one of the rollout's
-//! status; [`until_up`] asks the coordinator for both until the answer is final or time runs out.
+//! and whether a rollout the verb started failed by [`rollout_failed`] (or still runs, by
+//! [`rollout_running`]: the wait ends with the rollout, not before), one of the rollout's status;
+//! [`until_up`] asks the coordinator for both until the answer is final or time runs out.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -21,7 +22,7 @@ use crate::args::WaitFlags;
 use crate::commands::{Ctx, list_instances};
 use crate::error::ApiError;
 use crate::failover::{Conn, call, open};
-use crate::output::state_name;
+use crate::output::{deployment_active, state_name};
 
 /// The first pause between two looks at the instance list: a start of a small app takes tens of
 /// milliseconds. Each pause is half as long again, up to [`POLL_MAX`]: a long wait on a large
@@ -254,6 +255,30 @@ pub fn rollout_failed(id: u64, status: &pb::RolloutStatus) -> Option<String> {
     Some(format!("the rollout of version {version} {how}{why}"))
 }
 
+/// What is left of the rollout `id` while it runs (or waits, paused or for a promotion): the
+/// instances may all be up before it is done (each replacement must stay healthy for the
+/// policy's `min_healthy_time`, and may yet crash), so a wait for it is not over. `None` once it
+/// ended, or when it is not the current one (see [`rollout_failed`] for those).
+pub fn rollout_running(id: u64, status: &pb::RolloutStatus) -> Option<String> {
+    let d = status
+        .current
+        .as_ref()
+        .filter(|d| d.id == id && deployment_active(d))?;
+    Some(format!(
+        "the rollout of version {} is {}, {} of {} replaced",
+        d.to_version, d.state, d.done, d.total
+    ))
+}
+
+/// [`progress`] with the rollout the verb started taken in: instances up while that rollout
+/// still runs (`running`, from [`rollout_running`]) are not the end of the wait.
+pub fn with_rollout(progress: Progress, running: Option<String>) -> Progress {
+    match (progress, running) {
+        (Progress::Up(n), Some(rollout)) => Progress::Waiting(format!("{n} of {n} up; {rollout}")),
+        (progress, _) => progress,
+    }
+}
+
 /// What the rollout `id` waits for, when it waits for a person rather than for instances: a
 /// promotion after its canary, or a resume.
 pub fn rollout_held(id: u64, status: &pb::RolloutStatus) -> Option<String> {
@@ -305,8 +330,9 @@ pub async fn until_up(
                 .get(&(i.id.clone(), i.pid))
                 .is_some_and(|since| now.duration_since(*since) >= goal.min_uptime)
         };
-        // What the rollout the verb started waits for, if it waits for a person.
-        let mut held = None;
+        // What the rollout the verb started waits for, if it waits for a person, and whether
+        // it still runs: the wait ends with it, not before.
+        let (mut held, mut running) = (None, None);
         if let Some(id) = goal.rollout {
             let req = pb::RolloutRequest {
                 app: goal.app.clone(),
@@ -316,8 +342,9 @@ pub async fn until_up(
                 anyhow::bail!("{}: {why}", goal.app);
             }
             held = rollout_held(id, &status);
+            running = rollout_running(id, &status);
         }
-        match progress(goal, &instances, steady) {
+        match with_rollout(progress(goal, &instances, steady), running) {
             Progress::Up(n) => return Ok(n),
             Progress::Failed(why) => anyhow::bail!("{why}"),
             Progress::Waiting(what) => {

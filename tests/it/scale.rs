@@ -526,3 +526,71 @@ fn scale_down_and_delete_wait_for_the_processes_to_end() {
         );
     }
 }
+
+/// `restart --rolling --wait` ends with the rollout it started, not when the instances first
+/// look up: on one node with a fixed port the restart goes stop-then-start, so the new process
+/// is up at once while the rollout still waits its `min_healthy_time`. A rollout that fails (the
+/// new process crash-loops) fails the wait, naming it.
+#[test]
+fn rolling_restart_wait_ends_with_its_rollout() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let testapp = c.testapp().display().to_string();
+    let port = free_port_range(2).expect("free ports");
+    let (web_port, flap_port) = (port.to_string(), (port + 1).to_string());
+    c.cli(&[
+        "start",
+        &testapp,
+        "--name",
+        "web",
+        "--port",
+        &web_port,
+        "--min-healthy-time",
+        "2s",
+        "--wait",
+    ])
+    .assert_ok();
+    let out = c.cli(&["restart", "web", "--rolling", "--wait"]);
+    assert_eq!(out.code(), Some(0), "{out}");
+    assert!(out.stdout.contains("web: 1 up after"), "{out}");
+    let status = c.cli(&["rollout", "status", "web", "-o", "json"]);
+    let status = status.json().expect("rollout status -o json");
+    assert_eq!(
+        status["state"], "succeeded",
+        "--wait returned before: {out}\n{status}"
+    );
+
+    // The first run serves; every later one serves for half a second, then exits 1.
+    let mark = c.root().join("flap-ran");
+    let script = format!(
+        "if [ -e {mark} ]; then timeout 0.5 {testapp}; exit 1; fi; touch {mark}; exec {testapp}",
+        mark = mark.display()
+    );
+    c.cli(&[
+        "start", &script, "--shell", "--name", "flap", "--port", &flap_port, "--wait",
+    ])
+    .assert_ok();
+    let out = c.try_cli_timeout(
+        &[
+            "restart",
+            "flap",
+            "--rolling",
+            "--min-healthy-time",
+            "2s",
+            "--healthy-deadline",
+            "4s",
+            "--progress-deadline",
+            "6s",
+            "--wait",
+        ],
+        std::time::Duration::from_secs(90),
+    );
+    let out = out.expect("restart --rolling --wait runs");
+    assert_eq!(out.code(), Some(1), "{out}");
+    // Auto-rollback is on: the failed rollout is rolled back (or, caught first, failed).
+    assert!(
+        out.stderr
+            .contains("flap: the rollout of version 1 was rolled back")
+            || out.stderr.contains("flap: the rollout of version 1 failed"),
+        "{out}"
+    );
+}

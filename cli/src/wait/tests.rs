@@ -1,7 +1,9 @@
 use pb::{HealthState as H, InstanceState as S};
 use pmcluster_proto::v1 as pb;
 
-use super::{Goal, Progress, progress, rollout_failed, rollout_held};
+use super::{
+    Goal, Progress, progress, rollout_failed, rollout_held, rollout_running, with_rollout,
+};
 
 fn inst(index: u32, state: S) -> pb::Instance {
     pb::Instance {
@@ -480,4 +482,59 @@ fn a_rollout_that_will_not_bring_its_version_up_fails_the_wait() {
         assert_eq!(rollout_held(7, &st).as_deref(), want, "{state}");
         assert_eq!(rollout_held(8, &st), None, "another rollout: {state}");
     }
+}
+
+/// A rolling restart on one node with a fixed port goes stop-then-start: its replacement is up
+/// at once, while the rollout waits `min_healthy_time` (and may yet fail, the new process
+/// crashing). The wait ends with the rollout, not when the instances first look up.
+#[test]
+fn instances_up_while_the_rollout_runs_are_not_the_end_of_the_wait() {
+    let d = |id: u64, state: &str, done: u32| pb::Deployment {
+        id,
+        app: "web".into(),
+        kind: "restart".into(),
+        from_version: 1,
+        to_version: 1,
+        state: state.into(),
+        done,
+        total: 1,
+        ..pb::Deployment::default()
+    };
+    let status = |current: pb::Deployment, history: Vec<pb::Deployment>| pb::RolloutStatus {
+        current: Some(current),
+        history,
+        ..pb::RolloutStatus::default()
+    };
+    let cases = [
+        (
+            "running",
+            status(d(7, "running", 0), vec![]),
+            Some("the rollout of version 1 is running, 0 of 1 replaced"),
+        ),
+        (
+            "paused",
+            status(d(7, "paused", 0), vec![]),
+            Some("the rollout of version 1 is paused, 0 of 1 replaced"),
+        ),
+        ("succeeded", status(d(7, "succeeded", 1), vec![]), None),
+        ("failed", status(d(7, "failed", 0), vec![]), None),
+        (
+            "another one runs",
+            status(d(8, "running", 0), vec![d(7, "succeeded", 1)]),
+            None,
+        ),
+    ];
+    for (name, st, want) in cases {
+        assert_eq!(rollout_running(7, &st).as_deref(), want, "{name}");
+    }
+    let running = rollout_running(7, &status(d(7, "running", 0), vec![]));
+    assert_eq!(
+        with_rollout(Progress::Up(1), running.clone()),
+        waiting("1 of 1 up; the rollout of version 1 is running, 0 of 1 replaced")
+    );
+    assert_eq!(with_rollout(Progress::Up(1), None), Progress::Up(1));
+    let still = waiting("0 of 1 up; web[0] launching");
+    assert_eq!(with_rollout(still.clone(), running.clone()), still);
+    let broke = failed("web[0] errored: boom");
+    assert_eq!(with_rollout(broke.clone(), running), broke);
 }
