@@ -64,6 +64,11 @@ impl Layout {
     fn node_file(&self) -> PathBuf {
         self.path("agent.node")
     }
+    /// Where the agent records which node its data dir belongs to (it refuses to start under
+    /// another name); kept by `down`.
+    fn agent_identity(&self) -> PathBuf {
+        self.data_dir(Daemon::Agent).join("identity.json")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +161,66 @@ fn runs(pid: i32, name: &str) -> bool {
 /// Parses a pid file's content.
 pub fn parse_pid(text: &str) -> Option<i32> {
     text.trim().parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// The value of `flag` in a NUL-separated command line (`--flag VALUE` or `--flag=VALUE`).
+pub fn cmdline_flag(cmdline: &[u8], flag: &str) -> Option<String> {
+    let mut words = cmdline
+        .split(|b| *b == 0)
+        .map(|w| String::from_utf8_lossy(w).into_owned());
+    let with_value = format!("{flag}=");
+    while let Some(word) = words.next() {
+        let value = match word.strip_prefix(&with_value) {
+            Some(value) => Some(value.to_string()),
+            None if word == flag => words.next(),
+            None => continue,
+        };
+        // The command line ends with a NUL: a flag last has an empty word after it.
+        return value.filter(|v| !v.is_empty());
+    }
+    None
+}
+
+/// The node name an agent's identity file (`identity.json`) records, if it records one.
+pub fn recorded_node_name(identity: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(identity).ok()?;
+    value["node_name"]
+        .as_str()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+}
+
+/// The node name `up` runs the agent under: the one its data dir already belongs to (the agent
+/// refuses any other), else `--node-name`, else `hostname`. A `--node-name` other than the
+/// recorded one is refused, saying what to do. `running` says the agent runs now.
+pub fn choose_node_name(
+    flag: Option<&str>,
+    recorded: Option<&str>,
+    hostname: impl FnOnce() -> String,
+    agent_dir: &Path,
+    running: bool,
+) -> Result<String, UsageError> {
+    match (flag, recorded) {
+        (Some(wanted), Some(node)) if wanted != node => {
+            let is = match running {
+                true => "the agent running from this data directory is",
+                false => "this data directory's agent is",
+            };
+            Err(UsageError::new(format!(
+                "--node-name {wanted}: {is} node {node:?} (its data dir {} belongs to it, and \
+                 an agent keeps its name); leave out --node-name, or give --node-name {node}, to \
+                 go on as {node:?}. To run this machine as {wanted:?} instead: `pmcluster down`, \
+                 move {} aside, `pmcluster up --node-name {wanted}`, then `pmcluster nodes \
+                 forget {node}` so that {node:?}'s instances are placed on {wanted:?}",
+                agent_dir.display(),
+                agent_dir.display(),
+            )))
+        }
+        (_, Some(node)) => Ok(node.to_string()),
+        (Some(wanted), None) => Ok(wanted.to_string()),
+        (None, None) => Ok(hostname()),
+    }
 }
 
 /// The pid of `daemon` if its pid file names a live process running its binary.
@@ -348,20 +413,59 @@ pub async fn up(
         .is_none()
         .then(|| locate(Daemon::Agent, env))
         .transpose()?;
-    let listen = match &coordinator_bin {
-        None => {
-            // The running coordinator keeps the address it was started with.
-            let recorded = fs::read_to_string(layout.listen_file())
+    // Where the coordinator listens: the running one keeps the address it was started with.
+    let listen = match coordinator_pid {
+        Some(_) => fs::read_to_string(layout.listen_file())
+            .ok()
+            .and_then(|t| t.trim().parse::<SocketAddr>().ok())
+            .unwrap_or(listen),
+        None => listen,
+    };
+    let url = dial_url(listen);
+
+    // The agent's node: the name its data dir belongs to. Checked, as is whom a running agent
+    // dials, before anything starts.
+    let agent_dir = layout.data_dir(Daemon::Agent);
+    let running_cmdline = agent_pid.and_then(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok());
+    let recorded = running_cmdline
+        .as_deref()
+        .and_then(|cmdline| cmdline_flag(cmdline, "--node-name"))
+        .or_else(|| {
+            fs::read_to_string(layout.agent_identity())
                 .ok()
-                .and_then(|t| t.trim().parse::<SocketAddr>().ok())
-                .unwrap_or(listen);
-            if let Some(pid) = coordinator_pid {
-                notes.push(format!("coordinator already running (pid {pid})"));
+                .and_then(|text| recorded_node_name(&text))
+        });
+    let node_name = choose_node_name(
+        args.node_name.as_deref(),
+        recorded.as_deref(),
+        hostname,
+        &agent_dir,
+        agent_pid.is_some(),
+    )?;
+    if let (Some(pid), Some(cmdline)) = (agent_pid, &running_cmdline)
+        && let Some(dials) = cmdline_flag(cmdline, "--coordinator")
+        && dials != url
+    {
+        anyhow::bail!(
+            "the agent already running from this data directory (pid {pid}) dials the \
+             coordinator at {dials}, not {url} where this `up` {} it, so its node would never \
+             be ready; run `pmcluster down`, then `pmcluster up` again{}",
+            if coordinator_pid.is_some() {
+                "finds"
+            } else {
+                "would start"
+            },
+            match dials.strip_prefix("http://") {
+                Some(addr) => format!(" (with --listen {addr} to keep the agent's address)"),
+                None => String::new(),
             }
-            recorded
-        }
+        );
+    }
+
+    match &coordinator_bin {
+        None => notes
+            .extend(coordinator_pid.map(|pid| format!("coordinator already running (pid {pid})"))),
         Some(binary) => {
-            let url = dial_url(listen);
             check_listen_free(listen, &url).await?;
             let data = layout.data_dir(Daemon::Coordinator);
             let argv = [
@@ -373,42 +477,28 @@ pub async fn up(
             started.push(spawn(&layout, Daemon::Coordinator, binary, &argv)?);
             fs::write(layout.listen_file(), format!("{listen}\n"))
                 .with_context(|| format!("writing {}", layout.listen_file().display()))?;
-            listen
         }
-    };
-    let url = dial_url(listen);
+    }
 
-    let node_name = match &agent_bin {
-        None => {
-            if let Some(pid) = agent_pid {
-                notes.push(format!("agent already running (pid {pid})"));
-            }
-            fs::read_to_string(layout.node_file())
-                .ok()
-                .map(|n| n.trim().to_string())
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| args.node_name.clone().unwrap_or_else(hostname))
-        }
+    match &agent_bin {
+        None => notes.extend(agent_pid.map(|pid| format!("agent already running (pid {pid})"))),
         Some(binary) => {
-            let name = args.node_name.clone().unwrap_or_else(hostname);
-            let data = layout.data_dir(Daemon::Agent);
             let argv = [
                 "--coordinator".into(),
                 url.clone().into(),
                 "--node-name".into(),
-                name.clone().into(),
+                node_name.clone().into(),
                 "--data-dir".into(),
-                data.into_os_string(),
+                agent_dir.into_os_string(),
                 // `down` means everything stops: the agent takes its instances with it (a bare
                 // agent would leave them running for the next one to adopt).
                 "--stop-instances-on-exit".into(),
             ];
             started.push(spawn(&layout, Daemon::Agent, binary, &argv)?);
-            fs::write(layout.node_file(), format!("{name}\n"))
+            fs::write(layout.node_file(), format!("{node_name}\n"))
                 .with_context(|| format!("writing {}", layout.node_file().display()))?;
-            name
         }
-    };
+    }
 
     for note in &notes {
         writeln!(out, "{note}").context("writing to stdout")?;
@@ -654,6 +744,59 @@ mod tests {
                 _ => panic!("{input}: {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_node_name_is_the_one_the_agent_data_dir_belongs_to() {
+        let cmdline = b"/x/pmcluster-agent\0--coordinator\0http://127.0.0.1:7450\0--node-name\0a\0--data-dir\0/d\0";
+        assert_eq!(
+            cmdline_flag(cmdline, "--coordinator").as_deref(),
+            Some("http://127.0.0.1:7450")
+        );
+        assert_eq!(cmdline_flag(cmdline, "--node-name").as_deref(), Some("a"));
+        assert_eq!(
+            cmdline_flag(b"agent\0--node-name=b\0", "--node-name").as_deref(),
+            Some("b")
+        );
+        assert_eq!(cmdline_flag(b"agent\0--node-name\0", "--node-name"), None);
+        assert_eq!(
+            cmdline_flag(b"agent\0--node-named\0x\0", "--node-name"),
+            None
+        );
+
+        assert_eq!(
+            recorded_node_name(r#"{"node_name": "a", "cluster_id": "c", "generation": 3}"#)
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(recorded_node_name(r#"{"node_name": ""}"#), None);
+        assert_eq!(recorded_node_name("{not json"), None);
+
+        let dir = Path::new("/home/u/.local/share/pmcluster/agent");
+        let host = || "vm".to_string();
+        let choose = |flag, recorded, running| {
+            choose_node_name(flag, recorded, host, dir, running).map_err(|e| e.to_string())
+        };
+        // Plain `up` after `up --node-name a` and `down`: a, not the hostname.
+        assert_eq!(choose(None, Some("a"), false), Ok("a".to_string()));
+        assert_eq!(choose(Some("a"), Some("a"), true), Ok("a".to_string()));
+        assert_eq!(choose(Some("b"), None, false), Ok("b".to_string()));
+        assert_eq!(choose(None, None, false), Ok("vm".to_string()));
+        let err = choose(Some("b"), Some("a"), false).expect_err("another name is refused");
+        for want in [
+            "--node-name b: this data directory's agent is node \"a\"",
+            "leave out --node-name, or give --node-name a",
+            "pmcluster down",
+            "move /home/u/.local/share/pmcluster/agent aside",
+            "pmcluster nodes forget a",
+        ] {
+            assert!(err.contains(want), "{want:?} in {err}");
+        }
+        let err = choose(Some("b"), Some("a"), true).expect_err("another name is refused");
+        assert!(
+            err.contains("the agent running from this data directory is node \"a\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use pmcluster_tests::{Bins, ProcId, free_port_range, wait_until};
+use nix::sys::signal::Signal;
+use pmcluster_tests::{Bins, ProcId, free_port_range, kill_pid, wait_for, wait_until};
 use serde_json::Value;
 
 use crate::DEADLINE;
@@ -177,4 +178,99 @@ fn up_runs_a_local_cluster_and_down_stops_everything() {
         two_online(cli, home, &url)
     });
     ok(&pm(cli, home, &url, &["down"]), "down again");
+}
+
+#[track_caller]
+fn refused(out: &Output, code: i32, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{what}: {}\n{}\n{stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// A plain `up` after `down` keeps the node name the first `up` gave (the agent's data dir
+/// belongs to it, and the agent refuses any other); another `--node-name` is refused saying
+/// what to do, and so is an `up` whose coordinator a running agent does not dial.
+#[test]
+fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
+    let bins = Bins::locate().expect("binaries built (cargo build --workspace --bins)");
+    let home = tempfile::tempdir().expect("temp dir");
+    let home = home.path();
+    let port = free_port_range(1).expect("a free port for the coordinator");
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let cli = bins.cli.as_path();
+    let _down = Down {
+        cli,
+        home,
+        url: &url,
+    };
+
+    ok(
+        &pm(
+            cli,
+            home,
+            &url,
+            &["up", "--listen", &listen, "--node-name", "a"],
+        ),
+        "up --node-name a",
+    );
+    ok(&pm(cli, home, &url, &["down"]), "down");
+    let again = ok(
+        &pm(cli, home, &url, &["up", "--listen", &listen]),
+        "plain up",
+    );
+    assert!(again.contains("agent ready as node \"a\""), "{again}");
+    ok(&pm(cli, home, &url, &["down"]), "down again");
+
+    let err = refused(
+        &pm(
+            cli,
+            home,
+            &url,
+            &["up", "--listen", &listen, "--node-name", "b"],
+        ),
+        2,
+        "up --node-name b",
+    );
+    for want in [
+        "--node-name b: this data directory's agent is node \"a\"",
+        "leave out --node-name",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    assert_eq!(daemon(home, "coordinator.pid"), None, "nothing started");
+    assert_eq!(daemon(home, "agent.pid"), None, "nothing started");
+
+    // The coordinator goes (a crash, say) while the agent runs on, dialing its address; an
+    // `up` on another address says so rather than waiting for a node that never gets ready.
+    ok(&pm(cli, home, &url, &["up", "--listen", &listen]), "up");
+    let coordinator = daemon(home, "coordinator.pid").expect("coordinator pid file");
+    kill_pid(coordinator.pid, Signal::SIGKILL).expect("kill the coordinator");
+    wait_for(DEADLINE, "the coordinator gone", || !coordinator.alive());
+    let other = free_port_range(1).expect("another free port");
+    let other = format!("127.0.0.1:{other}");
+    let err = refused(
+        &pm(cli, home, &url, &["up", "--listen", &other]),
+        1,
+        "up on another address",
+    );
+    for want in [
+        format!("dials the coordinator at {url}, not http://{other}"),
+        format!("with --listen {listen}"),
+    ] {
+        assert!(err.contains(&want), "{want:?} in {err}");
+    }
+    // On the agent's address, `up` starts the coordinator again and the node is ready.
+    let back = ok(
+        &pm(cli, home, &url, &["up", "--listen", &listen]),
+        "up again",
+    );
+    assert!(back.contains("agent already running"), "{back}");
+    ok(&pm(cli, home, &url, &["down"]), "down at last");
 }
