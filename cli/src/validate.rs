@@ -27,17 +27,26 @@ pub fn parse_count(text: &str) -> Result<u32, String> {
             echo(text)
         ));
     }
-    let n: u32 = trimmed.parse().map_err(|_| {
+    // Digits that do not fit a u32 are a number all the same, only too large.
+    let too_large = || {
         format!(
-            "invalid instance count {}: must be a whole number 0 or more",
+            "invalid instance count {}: too large, the limit is {MAX_INSTANCES}",
             echo(text)
         )
+    };
+    let n: u32 = trimmed.parse().map_err(|_| {
+        let digits = trimmed.strip_prefix('+').unwrap_or(trimmed);
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            too_large()
+        } else {
+            format!(
+                "invalid instance count {}: must be a whole number 0 or more",
+                echo(text)
+            )
+        }
     })?;
     if n > MAX_INSTANCES {
-        return Err(format!(
-            "invalid instance count {}: the limit is {MAX_INSTANCES}",
-            echo(text)
-        ));
+        return Err(too_large());
     }
     Ok(n)
 }

@@ -80,6 +80,11 @@ fn bad_input() {
     let cases = [
         refused(&["scale", "web", "-1"], Some(2), &["-1"]),
         refused(&["scale", "web", "abc"], Some(2), &["abc"]),
+        refused(
+            &["scale", "web", "99999999999"],
+            Some(2),
+            &["\"99999999999\": too large, the limit is 100000"],
+        ),
         refused(&["scale", "nosuchapp", "3"], None, &["nosuchapp"]),
         // The range of web holds two ports.
         refused(&["scale", "web", "3"], Some(2), &["port"]),

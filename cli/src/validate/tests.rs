@@ -61,7 +61,17 @@ fn counts() {
             Err("invalid instance count \"1.5\": must be a whole number 0 or more"),
         ),
         ("max", Err("invalid instance count \"max\": give a number")),
-        ("100001", Err("the limit is 100000")),
+        (
+            "100001",
+            Err("invalid instance count \"100001\": too large, the limit is 100000"),
+        ),
+        // Past what a u32 holds: still a number, too large rather than "not a whole number".
+        (
+            "99999999999",
+            Err("invalid instance count \"99999999999\": too large, the limit is 100000"),
+        ),
+        ("+99999999999", Err("too large, the limit is 100000")),
+        ("9999999999x", Err("must be a whole number 0 or more")),
     ];
     for (input, want) in cases {
         let got = parse_count(input);
