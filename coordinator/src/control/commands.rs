@@ -228,8 +228,21 @@ impl Control {
                 p.min, p.max
             )));
         }
-        let previous = app.spec.instances;
-        let spec = app.spec.with_instances(count)?;
+        let previous = super::views::resolved_count(&inner, &self.config, &app);
+        if count == previous && !app.spec.instances_max {
+            // Nothing to write, and no event to say so; true once the writes queued before it
+            // land.
+            self.after_queued(&mut inner)?;
+            return Ok(Scaled {
+                previous,
+                instances: count,
+            });
+        }
+        // As `pm2 scale` does, a count given for an app at "max" (one per core) replaces it.
+        let spec = AppSpec {
+            instances_max: false,
+            ..app.spec.with_instances(count)?
+        };
         let mut batch = Batch {
             put_apps: vec![AppRecord {
                 spec,

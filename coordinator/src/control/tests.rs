@@ -737,3 +737,37 @@ fn a_drain_resumed_by_a_new_leader_keeps_the_old_copies_while_their_node_reconne
     assert_eq!(spread(&new, "web"), "a:2 b:3");
     Ok(())
 }
+
+/// `scale N` of an app at `instances: "max"` gives it N, as `pm2 scale` does, from the count
+/// max came to (it was read as 0, and the count stayed max); the same count again writes nothing.
+#[test]
+fn scaling_an_app_at_max_sets_its_count_from_what_max_came_to() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    let mut spec = web(0);
+    spec.instances_max = true;
+    c.apply(spec)?;
+    c.tick();
+    assert_eq!(spread(&c, "web"), "a:2", "one per core");
+    assert_eq!(
+        c.get_app("web")?.spec.instances,
+        2,
+        "the view shows what max is"
+    );
+    assert_eq!(c.scale("web", 3)?, (2, 3));
+    c.tick();
+    assert_eq!(spread(&c, "web"), "a:3");
+    let app = c.get_app("web")?;
+    assert!(
+        !app.spec.instances_max && app.spec.instances == 3,
+        "{app:?}"
+    );
+    let scaled = |c: &Control| c.recent_events("web", Some(EventKind::AppScaled), 10).len();
+    let before = scaled(&c);
+    assert_eq!(c.scale("web", 3)?, (3, 3));
+    assert_eq!(scaled(&c), before, "a scale to the same count is no event");
+    assert_eq!(c.scale("web", 1)?, (3, 1));
+    c.tick();
+    assert_eq!(spread(&c, "web"), "a:1");
+    Ok(())
+}

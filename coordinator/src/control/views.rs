@@ -296,7 +296,11 @@ impl Control {
                 more = true;
                 break;
             }
-            let view = app_view_counted(app, counts.get(app.spec.name.as_str()));
+            let view = app_view_counted(
+                app,
+                counts.get(app.spec.name.as_str()),
+                resolved_count(&inner, &self.config, app),
+            );
             let size = limits::app_view_bytes(&view);
             if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
                 more = true;
@@ -714,7 +718,16 @@ pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -
     for rec in inner.state.app_instances(&app.spec.name) {
         counts.add(instance_view(inner, config, rec).state);
     }
-    app_view_counted(app, Some(&counts))
+    app_view_counted(app, Some(&counts), resolved_count(inner, config, app))
+}
+
+/// The instance count of `app` now: its spec's, or what `instances: "max"` comes to with the
+/// nodes registered now.
+pub(super) fn resolved_count(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> u32 {
+    if !app.spec.instances_max {
+        return app.spec.instances;
+    }
+    crate::core::reconcile::desired_count(app, &super::node_views(inner, &inner.state, config))
 }
 
 /// Online, pending and stopped instances of an app, as its view shows them.
@@ -751,10 +764,20 @@ pub(super) fn state_counts<'a>(
     counts
 }
 
-pub(super) fn app_view_counted(app: &AppRecord, counts: Option<&StateCounts>) -> AppView {
+/// `instances` is [`resolved_count`]'s: with `instances: "max"` the view's spec carries what
+/// max comes to now (the wire ignores a count beside max, so a spec fetched and sent back stays
+/// "max").
+pub(super) fn app_view_counted(
+    app: &AppRecord,
+    counts: Option<&StateCounts>,
+    instances: u32,
+) -> AppView {
     let counts = counts.copied().unwrap_or_default();
     AppView {
-        spec: app.spec.clone(),
+        spec: pmcluster_spec::AppSpec {
+            instances,
+            ..app.spec.clone()
+        },
         version: app.version,
         updated_at_ms: app.updated_at_ms,
         online: counts.online,
