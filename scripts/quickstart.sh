@@ -11,12 +11,7 @@ export PATH="$PWD/$bin:$PATH"
 
 pmcluster up
 # Ports 4100-4199 on this machine: instance i listens on 4100+i.
-if pmcluster info web >/dev/null 2>&1; then
-  # A second run: `start` never changes an app, so web (scaled to 4 last time) is only started.
-  pmcluster start web
-else
-  pmcluster start "$PWD/$bin/pmcluster-testapp" --name web --instances 2 --port 4100-4199
-fi
+pmcluster start "$PWD/$bin/pmcluster-testapp" --name web --instances 2 --port 4100-4199
 pmcluster scale web 4
 # Wait (up to 30 s) until all four answer, then show them.
 for _ in $(seq 1 60); do

@@ -186,7 +186,8 @@ async fn start_only(
         StartPlan::Apply { spec, derived_name } => {
             // `start` creates an app, or starts one as it is: it never changes an app that
             // exists, which would reset every flag left out of this command line.
-            refuse_to_overwrite(conn, &spec, derived_name).await?;
+            let kept = refuse_to_overwrite(conn, &spec, derived_name).await?;
+            let spec = kept.clone().unwrap_or(*spec);
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;
@@ -205,7 +206,14 @@ async fn start_only(
             } else {
                 "updated"
             };
-            let note = if unchanged { ", spec unchanged" } else { "" };
+            let note = match (unchanged, &kept) {
+                (true, Some(_)) => {
+                    ", its count and policies as they are: change them with `pmcluster scale` \
+                     or `pmcluster reload`"
+                }
+                (true, None) => ", spec unchanged",
+                (false, _) => "",
+            };
             let said = wait::Said {
                 value: apply_json(&spec.name, &reply),
                 lines: vec![format!(
@@ -230,24 +238,53 @@ async fn start_only(
 
 /// Refuses a `start` of a command line under the name of an app that exists with another spec
 /// (exit 2): `start` would otherwise replace it, resetting every flag left out. An app with the
-/// same spec is fine: `start` then starts it, as PM2 does. `derived` says the name came from the
-/// program rather than from `--name`.
-async fn refuse_to_overwrite(conn: &mut Conn, spec: &AppSpec, derived: bool) -> anyhow::Result<()> {
+/// same spec is fine: `start` then starts it, as PM2 does. So is one that differs only in what
+/// commands change after its start (the count `scale` and the autoscaler set, the policies
+/// `restart --rolling` and `autoscale` save): the stored spec is returned, to start as it is,
+/// so that a script that runs `start` and then `scale` can run again. `derived` says the name
+/// came from the program rather than from `--name`.
+async fn refuse_to_overwrite(
+    conn: &mut Conn,
+    spec: &AppSpec,
+    derived: bool,
+) -> anyhow::Result<Option<AppSpec>> {
     let req = pb::GetAppRequest {
         name: spec.name.clone(),
     };
     let existing = match call!(conn, get_app, req).await {
-        Err(e) if e.code == Code::NotFound => return Ok(()),
+        Err(e) if e.code == Code::NotFound => return Ok(None),
         other => other?,
     };
     // The coordinator shows secrets as `<secret>`: compare what it can show.
     let wanted = spec.shown(true);
     let differs = match existing.spec.map(AppSpec::try_from) {
-        Some(Ok(current)) if current == wanted => return Ok(()),
+        Some(Ok(current)) if current == wanted => return Ok(None),
+        Some(Ok(current)) if same_but_adjusted(&current, &wanted) => return Ok(Some(current)),
         Some(Ok(current)) => differing_fields(&current, &wanted),
-        _ => Vec::new(),
+        Some(Err(e)) => {
+            return Err(UsageError::new(format!(
+                "an app named {:?} exists, and its stored spec cannot be read here ({e}); see \
+                 `pmcluster info {}`",
+                spec.name, spec.name
+            ))
+            .into());
+        }
+        None => Vec::new(),
     };
     Err(UsageError::new(overwrite_refusal(&spec.name, derived, &differs)).into())
+}
+
+/// Whether `current` is `wanted` but for its count and the policies commands change once it
+/// runs (see [`refuse_to_overwrite`]).
+fn same_but_adjusted(current: &AppSpec, wanted: &AppSpec) -> bool {
+    let adjusted = AppSpec {
+        instances: current.instances,
+        instances_max: current.instances_max,
+        update: current.update.clone(),
+        autoscale: current.autoscale.clone(),
+        ..wanted.clone()
+    };
+    adjusted == *current
 }
 
 /// The top-level config fields (`script`, `instances`, `update`, ...) in which two specs differ.
@@ -860,6 +897,15 @@ mod tests {
             ["args", "instances", "port", "script"]
         );
         assert!(differing_fields(&web, &web.clone()).is_empty());
+        // What `scale`, `restart --rolling --max-surge` and `autoscale` change since is kept;
+        // anything else is another spec.
+        let mut scaled = web.clone();
+        scaled.instances = 5;
+        scaled.update.max_surge = 2;
+        assert!(same_but_adjusted(&scaled, &web));
+        scaled.args.push("--verbose".into());
+        assert!(!same_but_adjusted(&scaled, &web));
+        assert!(!same_but_adjusted(&sleep, &web));
 
         let named = overwrite_refusal("web", false, &differing_fields(&web, &sleep));
         for want in [

@@ -257,4 +257,16 @@ fn start_of_the_same_spec_starts_the_app_as_it_is() {
     let now = c.wait_online("idle", 2).expect("idle runs");
     c.remember_pids(&now.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
     assert_eq!(version(), before);
+    // Scaled since: the same line starts it with the count it has (a script that runs `start`
+    // then `scale` runs again).
+    c.cli(&["scale", "idle", "3", "--wait"]).assert_ok();
+    let out = c.cli(&line);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("its count and policies as they are"),
+        "{out}"
+    );
+    let now = c.wait_online("idle", 3).expect("idle keeps 3");
+    c.remember_pids(&now.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
+    assert_eq!(version(), before);
 }
