@@ -250,6 +250,9 @@ fn spawn_supervisor(
         started_once,
         reason: None,
         ended,
+        // No start acted on yet: a target asking for one (`start_seq` 1) is a start to do.
+        // `run` takes the target's for a process it is handed (adopted, it *is* the start).
+        seen_seq: 0,
     };
     agent.supervisors.spawn(supervisor.run(running));
 }
@@ -271,8 +274,11 @@ struct Supervisor {
     /// carries it as its message, so the reason stays visible once it runs again.
     reason: Option<String>,
     /// Set while its process ended for good (see [`Saved::ended`]): every record written until
-    /// the next start says so, or a restarted agent would start it again.
+    /// the next start says so, or a restarted agent would start it again. Not while a start is
+    /// pending (see [`Supervisor::start_pending`]).
     ended: Option<SavedEnd>,
+    /// The last start asked by the target (`Target::start_seq`) that this supervisor acted on.
+    seen_seq: u64,
 }
 /// A running process.
 struct Running {
@@ -384,11 +390,9 @@ impl Supervisor {
     async fn run(mut self, mut running: Option<Running>) {
         // When to (re)start the process; `None` while it runs or must not be started.
         let mut next_start: Option<Instant> = None;
-        let mut seen_seq = if running.is_some() {
-            self.target.borrow().start_seq
-        } else {
-            0
-        };
+        if running.is_some() {
+            self.seen_seq = self.target.borrow().start_seq;
+        }
         if let Some(r) = &running {
             self.persist(Some(r));
         }
@@ -414,8 +418,10 @@ impl Supervisor {
                 next_start = None;
                 if shutting_down {
                     // One that ended for good was not stopped by this shutdown: it keeps its
-                    // state and record, so that the next agent does not start it either.
-                    if self.ended.is_none() {
+                    // state and record, so that the next agent does not start it either. Unless
+                    // a start was asked since: then it is stopped, and its record (without the
+                    // end) has the next agent start it.
+                    if self.ended.is_none() || self.start_pending(&target) {
                         self.set_state(InstanceState::Stopped, "agent stopped");
                     }
                     self.persist(None);
@@ -439,9 +445,9 @@ impl Supervisor {
                 }
                 self.set_state(InstanceState::Stopped, "");
                 self.persist(None);
-                seen_seq = target.start_seq;
-            } else if target.start_seq != seen_seq {
-                seen_seq = target.start_seq;
+                self.seen_seq = target.start_seq;
+            } else if self.start_pending(&target) {
+                self.seen_seq = target.start_seq;
                 if let Some(r) = running.take() {
                     let exit = self.stop(r).await;
                     self.stopped(exit);
@@ -555,6 +561,10 @@ impl Supervisor {
             }
         }
     }
+    /// Whether the target asks for a start this supervisor has not acted on yet.
+    fn start_pending(&self, target: &Target) -> bool {
+        target.start_seq != self.seen_seq
+    }
     fn set_state(&self, state: InstanceState, message: &str) {
         self.agent.state.update(&self.id, |s| {
             s.state = state;
@@ -570,13 +580,18 @@ impl Supervisor {
     /// still runs it, the assignment the process runs under (see [`Running::assignment`]): a
     /// newer target can only be a restart not done yet. Otherwise the target's, so a stop asked
     /// but not done yet is recorded as one, and the next agent stops the process it adopts.
+    /// Without a process, how it ended for good, unless a start is pending: the target's
+    /// assignment is then the one that asked for it (a new epoch, or the same assignment
+    /// brought back after a removal), and paired with the end the next agent would keep it
+    /// ended under it and never start it.
     fn persist(&self, running: Option<&Running>) {
-        let saved = {
+        let (saved, start_pending) = {
             let target = self.target.borrow();
-            match running {
+            let saved = match running {
                 Some(r) if target.assignment.run => Saved::of(&r.assignment),
                 _ => Saved::of(&target.assignment),
-            }
+            };
+            (saved, self.start_pending(&target))
         };
         let Some(mut saved) = saved else {
             let _ = self.agent.records.remove(self.id.as_str());
@@ -594,7 +609,7 @@ impl Supervisor {
                 cgroup: r.cgroup.clone(),
             });
         }
-        if running.is_none() {
+        if running.is_none() && !start_pending {
             saved.ended.clone_from(&self.ended);
         }
         if let Err(e) = self.agent.records.write(&saved) {
@@ -775,6 +790,71 @@ mod tests {
         agent.detach.cancel();
         agent.supervisors.close();
         tokio::time::timeout(Duration::from_secs(10), agent.supervisors.wait()).await?;
+        Ok(())
+    }
+
+    /// A start asked of an instance that ended for good just before the agent leaves (a
+    /// detach or a shutdown), before its supervisor acted on it: the record left must not pair
+    /// the new restart epoch with the end, or the next agent keeps it ended under the epoch that
+    /// asked for the start, and the coordinator's set (same epoch) never starts it.
+    #[tokio::test]
+    async fn a_start_asked_of_an_ended_instance_as_the_agent_leaves_is_not_lost()
+    -> Result<(), Box<dyn std::error::Error>> {
+        for leave in [
+            |a: &Agent| a.detach.cancel(),
+            |a: &Agent| a.stop_instances.cancel(),
+        ] {
+            let dir = tempfile::tempdir()?;
+            let agent = Arc::new(Agent::for_test(dir.path()));
+            crate::persist::create_private_dir(agent.records.dir())?;
+            let set = unstartable(1, 0);
+            agent.records.write(&errored_record(&set)?)?;
+            assert_eq!(adopt_local(&agent), Vec::<Assignment>::new());
+            assert!(apply(&agent, set));
+            // A restart, and the agent leaves before the supervisor runs at all.
+            assert!(apply(&agent, unstartable(2, 1)));
+            leave(&agent);
+            agent.supervisors.close();
+            tokio::time::timeout(Duration::from_secs(10), agent.supervisors.wait()).await?;
+            if agent.stop_instances.is_cancelled() {
+                // Not kept as it was: a start was asked, and this shutdown is what stopped it.
+                let state = agent.state.status(&InstanceId::new("cl0")).map(|s| s.state);
+                assert_eq!(state, Some(InstanceState::Stopped));
+            }
+            let (records, _) = agent.records.load()?;
+            assert_eq!(
+                records
+                    .iter()
+                    .map(|r| (r.restart_epoch, r.ended.is_some()))
+                    .collect::<Vec<_>>(),
+                [(1, false)],
+                "{records:?}"
+            );
+            drop(agent);
+
+            // The next agent holds it back as waiting, and the coordinator's set starts it.
+            let next = Arc::new(Agent::for_test(dir.path()));
+            let waiting = adopt_local(&next);
+            assert_eq!(
+                waiting
+                    .iter()
+                    .map(|a| (a.instance_id.as_str(), a.restart_epoch))
+                    .collect::<Vec<_>>(),
+                [("cl0", 1)]
+            );
+            assert!(apply(&next, unstartable(3, 1)));
+            let id = InstanceId::new("cl0");
+            let start_seq = next
+                .state
+                .lock()
+                .instances
+                .get(&id)
+                .map(|e| e.target.borrow().start_seq);
+            assert_eq!(start_seq, Some(1));
+            next.detach.cancel();
+            next.supervisors.close();
+            tokio::time::timeout(Duration::from_secs(10), next.supervisors.wait()).await?;
+        }
         Ok(())
     }
 

@@ -163,7 +163,7 @@ async fn sigterm_with_stop_flag_stops_every_instance() {
         reaper.add(*pid);
     }
 
-    let agent_pid = agent.id().unwrap_or(0);
+    let agent_pid = agent.id().expect("the agent's pid");
     must(
         kill(Pid::from_raw(agent_pid as i32), Signal::SIGTERM),
         "SIGTERM the agent",
@@ -210,7 +210,7 @@ async fn agent_restarts_adopt_running_instances() {
     reaper.add(pid_b);
 
     // SIGTERM without --stop-instances-on-exit: the agent exits 0, the instances run on.
-    let agent_pid = agent.id().unwrap_or(0);
+    let agent_pid = agent.id().expect("the agent's pid");
     must(
         kill(Pid::from_raw(agent_pid as i32), Signal::SIGTERM),
         "SIGTERM the agent",
@@ -739,7 +739,7 @@ async fn a_restart_asked_as_the_agent_detaches_is_not_lost() {
 }
 
 /// How many lines of `log` (in the agent's logs dir) are `line`.
-fn lines_in(data: &Path, log: &str, line: &str) -> usize {
+pub(crate) fn lines_in(data: &Path, log: &str, line: &str) -> usize {
     std::fs::read_to_string(data.join("logs").join(log))
         .unwrap_or_default()
         .lines()
@@ -830,7 +830,7 @@ async fn what_ended_for_good_stays_so_across_an_agent_restart() {
     let r = s.report_where("a report", |r| ended(r)).await;
     let after_restart = summary(&r.instances, "cl").expect("cl reported");
     assert_eq!(after_restart.1, 7, "{after_restart:?}");
-    let agent_pid = agent.id().unwrap_or(0);
+    let agent_pid = agent.id().expect("the agent's pid");
     must(
         kill(Pid::from_raw(agent_pid as i32), Signal::SIGTERM),
         "SIGTERM the agent",

@@ -6,6 +6,7 @@
 
 mod binary;
 mod cgroups;
+mod ended;
 mod fake;
 mod files;
 mod link;
