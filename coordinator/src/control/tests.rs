@@ -14,6 +14,8 @@ use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
 
+/// A drain that a new leader (or a restarted coordinator) takes over.
+mod drain;
 /// Cluster identity: quarantine, adoption, and a store restored from an older copy.
 mod identity;
 /// Log routes: requests to agents, lines to readers, and what a reader is told.
@@ -699,42 +701,6 @@ fn a_new_leader_gives_every_node_the_heartbeat_timeout_to_reconnect() -> Result<
     clock.advance_ms(timeout / 2 + 2_000 + 1);
     new.tick();
     assert_eq!(spread(&new, "web"), "a:4");
-    Ok(())
-}
-
-/// A drain that a new leader takes over keeps each old copy until its replacement is online,
-/// whatever order the nodes reconnect in: the draining node's absence right after the load is
-/// not a node down (which would replace all of its instances at once).
-#[test]
-fn a_drain_resumed_by_a_new_leader_keeps_the_old_copies_while_their_node_reconnects() -> Result<()>
-{
-    const T0: i64 = 1_000_000;
-    let clock = Arc::new(crate::clock::ManualClock::new(T0, 9));
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-    let config = ControlConfig::default();
-    let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
-    let _sessions = (
-        old.attach(&register("a"), None)?,
-        old.attach(&register("b"), None)?,
-    );
-    old.apply(web(4))?;
-    old.tick();
-    assert_eq!(spread(&old, "web"), "a:2 b:2");
-    old.set_drain("a", true)?;
-    old.tick();
-    // One handoff at a time: a's two copies and one replacement on b.
-    assert_eq!(spread(&old, "web"), "a:2 b:3");
-    drop(old);
-
-    let new = Control::open_with(store, config, clock.clone())?;
-    // b reconnects first; a (the draining node) a second later.
-    let _b = new.attach(&register("b"), None)?;
-    clock.advance_ms(1_000);
-    new.tick();
-    assert_eq!(spread(&new, "web"), "a:2 b:3");
-    let _a = new.attach(&register("a"), None)?;
-    new.tick();
-    assert_eq!(spread(&new, "web"), "a:2 b:3");
     Ok(())
 }
 

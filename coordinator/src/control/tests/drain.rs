@@ -1,0 +1,304 @@
+//! A drain that a new leader (or a restarted coordinator) resumes: the store is loaded into a
+//! fresh `Control`, where every node is "not yet reconnected" until its agent registers again,
+//! and agents come back one by one, in any order. The drain keeps its guarantees across it: one
+//! migration at a time per drained node, and an old copy kept until its replacement is online.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::model::{InstanceObserved, InstanceRecord, InstanceState, Report};
+
+const T0: i64 = 1_000_000;
+
+fn config() -> ControlConfig {
+    ControlConfig {
+        heartbeat_timeout: Duration::from_secs(10),
+        ..ControlConfig::default()
+    }
+}
+
+/// What the fake agents run: each instance id with its state, by node. A process is started
+/// launching when its record appears on the node and is online only when the test says so.
+#[derive(Default)]
+struct Agents {
+    by_node: BTreeMap<String, BTreeMap<Uuid, InstanceState>>,
+}
+
+impl Agents {
+    /// Follows the store: new records on `node` start launching, removed ones stop.
+    fn follow(&mut self, c: &Control, node: &str) {
+        let records: BTreeSet<Uuid> = web_records(c)
+            .into_iter()
+            .filter(|r| r.node.as_deref() == Some(node))
+            .map(|r| r.id)
+            .collect();
+        let held = self.by_node.entry(node.to_string()).or_default();
+        held.retain(|id, _| records.contains(id));
+        for id in records {
+            held.entry(id).or_insert(InstanceState::Launching);
+        }
+    }
+
+    fn statuses(&self, node: &str) -> Vec<InstanceObserved> {
+        self.by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .map(|(id, state)| InstanceObserved {
+                id: *id,
+                state: *state,
+                pid: 100,
+                ..InstanceObserved::default()
+            })
+            .collect()
+    }
+
+    fn online(&self) -> BTreeSet<Uuid> {
+        self.by_node
+            .values()
+            .flatten()
+            .filter(|(_, s)| **s == InstanceState::Online)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Every process on `node` comes online.
+    fn all_online(&mut self, node: &str) {
+        for s in self
+            .by_node
+            .entry(node.to_string())
+            .or_default()
+            .values_mut()
+        {
+            *s = InstanceState::Online;
+        }
+    }
+}
+
+fn web_records(c: &Control) -> Vec<InstanceRecord> {
+    c.persisted()
+        .instances
+        .values()
+        .filter(|r| r.app == "web")
+        .cloned()
+        .collect()
+}
+
+fn registration_of(agents: &Agents, node: &str) -> Registration {
+    Registration {
+        instances: agents.statuses(node),
+        ..register(node)
+    }
+}
+
+fn report(c: &Control, agents: &Agents, node: &str, session: &Attached) {
+    let generation = session
+        .desired
+        .borrow()
+        .as_ref()
+        .map_or(0, |s| s.generation);
+    c.report(
+        node,
+        session.session_id,
+        Report {
+            generation,
+            instances: agents.statuses(node),
+            host: None,
+        },
+    );
+}
+
+/// The drain's guarantees, against what the agents really run: every index has a record of a
+/// process that is online (nothing removed before its replacement serves), and at most one
+/// replacement off the drained node is under way.
+fn check(c: &Control, agents: &Agents, count: u32, step: &str) {
+    let records = web_records(c);
+    let online = agents.online();
+    let table = || {
+        records
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}@{} {}{}",
+                    r.index,
+                    r.node.as_deref().unwrap_or("-"),
+                    if online.contains(&r.id) {
+                        "online"
+                    } else {
+                        "not online"
+                    },
+                    if r.replaces.is_some() {
+                        " (replacement)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for index in 0..count {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.index == index && online.contains(&r.id)),
+            "{step}: index {index} has no online copy left: {}",
+            table()
+        );
+    }
+    let under_way = records
+        .iter()
+        .filter(|r| r.replaces.is_some() && !online.contains(&r.id))
+        .count();
+    assert!(
+        under_way <= 1,
+        "{step}: {under_way} replacements started at once: {}",
+        table()
+    );
+}
+
+/// Three copies on `a`, online; `b` joins; `a` is drained and its first replacement (on `b`)
+/// is launching. Returns the store, the clock and the agents as the leader leaves them.
+fn mid_drain() -> Result<(Arc<dyn Store>, Arc<ManualClock>, Agents)> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let c = Control::open_with(store.clone(), config(), clock.clone())?;
+    let mut agents = Agents::default();
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(3))?;
+    agents.follow(&c, "a");
+    agents.all_online("a");
+    report(&c, &agents, "a", &a);
+    let b = c.attach(&register("b"), None)?;
+    c.set_drain("a", true)?;
+    c.tick();
+    agents.follow(&c, "b");
+    report(&c, &agents, "b", &b);
+    check(&c, &agents, 3, "before the takeover");
+    let on_b = web_records(&c)
+        .iter()
+        .filter(|r| r.node.as_deref() == Some("b"))
+        .count();
+    assert_eq!(on_b, 1, "one replacement under way before the takeover");
+    // The leader goes: its sessions close, and the agents keep running what they run.
+    c.retire();
+    drop(c);
+    Ok((store, clock, agents))
+}
+
+/// Drives the resumed drain to its end, checking the guarantees at every step: each
+/// replacement comes online after a while, and the next one starts only then.
+fn finish(
+    c: &Control,
+    clock: &ManualClock,
+    agents: &mut Agents,
+    a: &Attached,
+    b: &Attached,
+) -> Result<()> {
+    for round in 0..10 {
+        clock.advance_ms(500);
+        agents.follow(c, "a");
+        agents.follow(c, "b");
+        report(c, agents, "a", a);
+        report(c, agents, "b", b);
+        c.tick();
+        check(c, agents, 3, &format!("round {round}, launching"));
+        // The replacement's app is up (it had a startup delay).
+        agents.follow(c, "b");
+        agents.all_online("b");
+        report(c, agents, "b", b);
+        report(c, agents, "a", a);
+        check(c, agents, 3, &format!("round {round}, online"));
+        c.tick();
+        agents.follow(c, "a");
+        agents.follow(c, "b");
+        check(c, agents, 3, &format!("round {round}, after the handoff"));
+        let records = web_records(c);
+        if records.len() == 3 && records.iter().all(|r| r.node.as_deref() == Some("b")) {
+            return Ok(());
+        }
+    }
+    panic!("the drain did not finish: {:?}", web_records(c));
+}
+
+/// The order the tester hit: the replacement's node registers with the new leader first, and
+/// the drained node some time later. The new leader started the remaining replacements together
+/// and removed every old copy on the drained node before any replacement was online.
+#[test]
+fn a_drain_resumed_by_a_new_leader_keeps_its_copies_when_the_replacements_node_returns_first()
+-> Result<()> {
+    let (store, clock, mut agents) = mid_drain()?;
+    clock.advance_ms(1_000);
+    let c = Control::open_with(store, config(), clock.clone())?;
+    c.tick();
+    check(&c, &agents, 3, "after the load");
+    let b = c.attach(&registration_of(&agents, "b"), None)?;
+    check(&c, &agents, 3, "b registered");
+    c.tick();
+    check(&c, &agents, 3, "b registered, tick");
+    // Agents reconnect one by one: a takes a few seconds, within the heartbeat timeout.
+    for _ in 0..6 {
+        clock.advance_ms(1_000);
+        report(&c, &agents, "b", &b);
+        c.tick();
+        check(&c, &agents, 3, "a not back yet");
+    }
+    let a = c.attach(&registration_of(&agents, "a"), None)?;
+    check(&c, &agents, 3, "a registered");
+    c.tick();
+    check(&c, &agents, 3, "a registered, tick");
+    finish(&c, &clock, &mut agents, &a, &b)
+}
+
+/// The other order: the drained node first, then the replacement's node.
+#[test]
+fn a_drain_resumed_by_a_new_leader_keeps_its_copies_when_the_drained_node_returns_first()
+-> Result<()> {
+    let (store, clock, mut agents) = mid_drain()?;
+    clock.advance_ms(1_000);
+    let c = Control::open_with(store, config(), clock.clone())?;
+    c.tick();
+    let a = c.attach(&registration_of(&agents, "a"), None)?;
+    c.tick();
+    check(&c, &agents, 3, "a registered");
+    for _ in 0..6 {
+        clock.advance_ms(1_000);
+        report(&c, &agents, "a", &a);
+        c.tick();
+        check(&c, &agents, 3, "b not back yet");
+    }
+    let b = c.attach(&registration_of(&agents, "b"), None)?;
+    c.tick();
+    check(&c, &agents, 3, "b registered");
+    finish(&c, &clock, &mut agents, &a, &b)
+}
+
+/// A drained node that does not come back to the new leader within the heartbeat timeout is
+/// down, as one that stops reporting is: its instances are then replaced at once, as a drained
+/// node's that goes down. Until then, nothing of it moves.
+#[test]
+fn a_drained_node_that_does_not_return_to_a_new_leader_is_down_after_the_heartbeat_timeout()
+-> Result<()> {
+    let (store, clock, agents) = mid_drain()?;
+    let c = Control::open_with(store, config(), clock.clone())?;
+    let before = web_records(&c);
+    let b = c.attach(&registration_of(&agents, "b"), None)?;
+    for _ in 0..10 {
+        c.tick();
+        assert_eq!(web_records(&c), before, "nothing moves while a may return");
+        clock.advance_ms(1_000);
+        report(&c, &agents, "b", &b);
+    }
+    // The timeout has passed: the tick wakes for it, and a counts as down since the load.
+    assert!(c.next_tick_at() <= clock.now_ms() + 1);
+    clock.advance_ms(1);
+    c.tick();
+    let after = web_records(&c);
+    assert!(
+        after.iter().all(|r| r.node.as_deref() == Some("b")),
+        "a's instances were replaced on b: {after:?}"
+    );
+    assert_eq!(after.len(), 3, "{after:?}");
+    Ok(())
+}
