@@ -48,6 +48,9 @@ pub async fn adopt(args: AdoptArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             plural(n.instances, "instance"),
             output::node_status_name(n.status)
         ))?;
+        if !n.message.is_empty() {
+            ctx.line(&format!("  {}", n.message))?;
+        }
     }
     Ok(())
 }
@@ -66,9 +69,12 @@ pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return ctx.value(&output::node_json(&node));
     }
     ctx.line(&format!(
-        "forgot node {}: its {} rescheduled on the other nodes (see: pmcluster list)",
+        "forgot node {}: its {} rescheduled on the other nodes (see: pmcluster list); if its \
+         agent comes back, the node is quarantined with its processes running beside their \
+         replacements until 'pmcluster nodes adopt {}' stops them",
         args.node,
-        plural(node.instances, "instance")
+        plural(node.instances, "instance"),
+        args.node
     ))
 }
 

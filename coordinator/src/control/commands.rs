@@ -593,7 +593,7 @@ impl Control {
             };
             let part = adoption_batch(&scratch, n, &live.held, now);
             generation = generation.max(live.reported_generation);
-            imported.push((n.clone(), part.put_instances.len()));
+            imported.push((n.clone(), part.put_instances.len(), live.held.len()));
             scratch.apply(&part);
             batch
                 .put_apps
@@ -651,16 +651,31 @@ impl Control {
             tracing::error!(error = %e, "reconcile after adoption failed");
         }
         drop(inner);
-        for (n, count) in imported {
+        for (n, count, _) in &imported {
             let text = format!("node {n} adopted with {count} of its instances");
             tracing::warn!("{text}");
-            self.emit(EventKind::NodeAdopted, "", &n, None, text);
+            self.emit(EventKind::NodeAdopted, "", n, None, text);
         }
-        Ok(self
+        let mut views: Vec<NodeView> = self
             .list_nodes()
             .into_iter()
             .filter(|n| names.contains(&n.name))
-            .collect())
+            .collect();
+        // What the adoption did to the processes it did not take: the answer is the one place
+        // an operator learns that they are being stopped.
+        for view in &mut views {
+            if let Some((_, count, held)) = imported.iter().find(|(n, ..)| *n == view.name)
+                && held > count
+            {
+                view.message = format!(
+                    "{count} of the {held} instance(s) it ran are this cluster's now; the other \
+                     {} are stopped (their indices run on other nodes, or their app's spec \
+                     changed)",
+                    held - count
+                );
+            }
+        }
+        Ok(views)
     }
 
     /// Forgets a node that is not connected: its record goes, and its instances are replaced

@@ -55,6 +55,18 @@ pub fn quarantine_reason(state: &Persisted, reg: &Registration) -> Option<String
         .or_else(|| state.nodes.get(reg.renamed_from))
         .map(|n| n.sent_up_to())
         .unwrap_or(0);
+    if reg.generation > known && !state.nodes.contains_key(name) && reg.renamed_from.is_empty() {
+        // No record of the node at all: forgotten (`nodes forget`) while its agent was away,
+        // or never known to this store.
+        return Some(format!(
+            "this cluster has no record of node {name} (it was forgotten with 'pmcluster nodes \
+             forget', or the store is older than the agent), whose agent applied desired-set \
+             generation {}; its {n} instance(s) keep running, beside any replacements placed \
+             elsewhere; 'pmcluster nodes adopt {name}' keeps those whose index runs nowhere \
+             else and stops the rest",
+            reg.generation
+        ));
+    }
     if reg.generation > known {
         return Some(format!(
             "the agent applied desired-set generation {}, but this coordinator's store sent the \
@@ -211,6 +223,35 @@ mod tests {
                 "{cluster} {generation} {renamed_from} {loaded:?}: {got:?}"
             );
         }
+    }
+
+    /// A node the store has no record of (forgotten while its agent was away) is told apart from
+    /// a store behind its agent, and the reason says what adopting it does.
+    #[test]
+    fn a_forgotten_node_that_returns_is_named_as_such() {
+        let reg = |generation| Registration {
+            node: "c",
+            cluster_id: "ours",
+            renamed_from: "",
+            generation,
+            held: 3,
+        };
+        assert_eq!(quarantine_reason(&state(5), &reg(0)), None, "a new node");
+        let why = quarantine_reason(&state(5), &reg(13)).unwrap_or_default();
+        for want in [
+            "no record of node c",
+            "pmcluster nodes forget",
+            "its 3 instance(s) keep running",
+            "stops the rest",
+        ] {
+            assert!(why.contains(want), "{want:?} in {why}");
+        }
+        let known = Registration {
+            node: "a",
+            ..reg(13)
+        };
+        let why = quarantine_reason(&state(5), &known).unwrap_or_default();
+        assert!(why.contains("a lost or restored store?"), "{why}");
     }
 
     /// Held instances of a new app are imported with their ids; one whose index a placed record

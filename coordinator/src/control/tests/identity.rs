@@ -677,11 +677,18 @@ async fn a_rolling_restart_around_a_quarantined_node_finishes_and_adoption_stops
         "{set:?}"
     );
 
-    c.adopt_node("a")?;
+    let adopted = c.adopt_node("a")?;
     assert_eq!(
         held_of(&c, "a"),
         [],
         "adoption imports no index the rollout replaced"
+    );
+    // The answer says what happens to the processes not taken.
+    assert!(
+        adopted.iter().any(|n| n.name == "a"
+            && n.message.contains("0 of the 2 instance(s) it ran")
+            && n.message.contains("the other 2 are stopped")),
+        "{adopted:?}"
     );
     let rows = c.list_instances("web")?;
     assert_eq!(rows.len(), 4, "{rows:?}");
