@@ -199,6 +199,23 @@ fn bad_input() {
             .expect_err("scaling an unknown app is refused");
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
         assert!(err.message().contains("nosuchapp"), "{err:?}");
+        // Only a restart rolls: a start or stop asked to roll is refused, not done plainly.
+        let rolling = pb::InstanceTarget {
+            app: "web".into(),
+            index: None,
+            rolling: true,
+        };
+        let err = client
+            .start(rolling.clone())
+            .await
+            .expect_err("a rolling start is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with("rolling:"), "{err:?}");
+        let err = client
+            .stop(rolling)
+            .await
+            .expect_err("a rolling stop is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         let err = client
             .get_app(pb::GetAppRequest {
                 name: "nosuchapp".into(),

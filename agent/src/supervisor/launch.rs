@@ -328,7 +328,21 @@ fn spawn_error(
             describe(e)
         ));
     }
-    let message = format!("cannot run {program:?}: {}", describe(e));
+    let mut message = format!("cannot run {program:?}: {}", describe(e));
+    // A relative path is looked up from the instance's directory, which without a cwd is the
+    // agent's: wherever `pmcluster up` ran, not where the user typed `start ./run.sh`.
+    if e.kind() == io::ErrorKind::NotFound && program.contains('/') && !program.starts_with('/') {
+        let dir = spec.cwd.clone().or_else(|| {
+            std::env::current_dir()
+                .ok()
+                .map(|d| d.display().to_string())
+        });
+        message.push_str(&format!(
+            " (looked up from the instance's working directory {:?}: give an absolute path, \
+             or set cwd)",
+            dir.unwrap_or_default()
+        ));
+    }
     // A NUL byte in the argv or environment (std refuses it before exec), or an argument
     // too long for the kernel: the spec itself is at fault, and retrying cannot help.
     // Validation refuses both; this covers a spec stored before it did.
@@ -489,5 +503,26 @@ mod tests {
         assert!(matches!(affinity(&[]), Ok(None)));
         assert!(matches!(affinity(&[0]), Ok(Some(_))));
         assert!(affinity(&[1 << 20]).is_err_and(|e| e.contains("no CPU")));
+    }
+
+    /// A relative program that is not found names the directory it was looked up from.
+    #[test]
+    fn a_relative_program_not_found_names_the_directory() {
+        let not_found = io::Error::from(io::ErrorKind::NotFound);
+        let mut spec = AppSpec::new("rel", "./run.sh", &[]);
+        spec.cwd = Some("/srv/app".into());
+        let text = |e: StartError| match e {
+            StartError::Retry(m) | StartError::Fatal(m) => m,
+        };
+        let said = text(spawn_error(&not_found, "./run.sh", &spec, false, false));
+        assert!(
+            said.contains("looked up from the instance's working directory \"/srv/app\""),
+            "{said}"
+        );
+        // A bare name is looked up in PATH, and an absolute path is what it says.
+        for program in ["run.sh", "/srv/app/run.sh"] {
+            let said = text(spawn_error(&not_found, program, &spec, false, false));
+            assert!(!said.contains("looked up from"), "{said}");
+        }
     }
 }

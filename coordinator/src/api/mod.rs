@@ -103,6 +103,13 @@ impl ClusterApi {
         t: pb::InstanceTarget,
         action: Action,
     ) -> Result<Response<pb::ActionReply>, Status> {
+        if t.rolling {
+            // Only a restart rolls; a flag that does nothing must not read as if it did.
+            return Err(Status::invalid_argument(format!(
+                "rolling: only a restart is rolling; leave it out of a {}",
+                action.as_str()
+            )));
+        }
         let (app, index) = target(t);
         let name = app.clone();
         let affected = self

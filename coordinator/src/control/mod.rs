@@ -111,6 +111,19 @@ pub enum Action {
     Enable,
 }
 
+impl Action {
+    /// The verb that asks for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Start => "start",
+            Action::Stop => "stop",
+            Action::Restart => "restart",
+            Action::Disable => "disable",
+            Action::Enable => "enable",
+        }
+    }
+}
+
 /// Messages to an agent besides its desired set.
 #[derive(Debug, Clone)]
 pub enum AgentCommand {
