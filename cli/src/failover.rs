@@ -135,17 +135,29 @@ impl Route {
 fn give_up(tried: &[Tried], last: Option<ApiError>) -> ApiError {
     match (tried, last) {
         ([_], Some(last)) => last,
-        _ => ApiError {
-            code: Code::Unavailable,
-            message: format!(
-                "no coordinator took the call; tried {}",
-                tried
-                    .iter()
-                    .map(|t| format!("{}: {}", t.url, t.why))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        },
+        _ => {
+            // A standby that answered while no leader did: its leader is gone or out of reach,
+            // and the election that replaces it takes the lease's time.
+            let electing = tried.iter().any(|t| t.why.contains("is a standby"));
+            ApiError {
+                code: Code::Unavailable,
+                message: format!(
+                    "no coordinator took the call; tried {}{}",
+                    tried
+                        .iter()
+                        .map(|t| format!("{}: {}", t.url, t.why))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if electing {
+                        ". If the leader is gone, the standby takes over once its lease ends \
+                         (--lease-ttl, 2s by default): retry in a few seconds, and see \
+                         `pmcluster status`"
+                    } else {
+                        ""
+                    }
+                ),
+            }
+        }
     }
 }
 
@@ -498,7 +510,11 @@ mod tests {
         assert_eq!(
             err.message,
             "no coordinator took the call; tried http://a:1: cannot reach it: refused; \
-             http://b:1: this coordinator is a standby"
+             http://b:1: this coordinator is a standby. If the leader is gone, the standby \
+             takes over once its lease ends (--lease-ttl, 2s by default): retry in a few \
+             seconds, and see `pmcluster status`"
         );
+        let neither = [one[0].clone(), one[0].clone()];
+        assert!(!give_up(&neither, None).message.contains("lease"));
     }
 }
