@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::app::{
-    AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
+    AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, MAX_INSTANCES, PlacementSpec, PortSpec, Reschedule,
+    Resources,
 };
 use crate::autoscale::{
     AutoscalePolicy, DEFAULT_COOLDOWN, DEFAULT_DOWN_STABILIZATION, DEFAULT_SCALE_DOWN_FRACTION,
@@ -156,7 +157,10 @@ impl RawUpdate {
 
 /// `cpu_affinity` as a list or a comma-separated string.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a list of core numbers or a string like \"0,1\""
+)]
 pub enum RawAffinityList {
     List(Vec<u32>),
     Text(String),
@@ -478,7 +482,7 @@ pub fn parse_reschedule(value: &Scalar) -> Result<Reschedule, SpecError> {
 
 /// `args` as a list, or as one string split like a shell would (PM2 accepts both).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum RawArgs {
     List(Vec<String>),
     Line(String),
@@ -487,7 +491,7 @@ pub enum RawArgs {
 /// A string, number or boolean, for fields that the seeds write either way (`"port": 3000` or
 /// `"port": "3000-3003"`, env values).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string, a number or a boolean")]
 pub enum Scalar {
     Bool(bool),
     Int(i64),
@@ -515,12 +519,29 @@ pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError>
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
         Format::Toml => toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
     };
-    let raws = if tree.get("apps").is_some() {
-        serde_json::from_value::<RawApps>(tree)
-            .map_err(|e| syntax_error(&e.to_string()))?
+    apps_of(tree, Some((text, format)))
+}
+
+/// [`parse_apps`] of a config already read into a tree, e.g. one made or edited by a program
+/// (`reload --set`, `import pm2`). Errors have no line and column: no one wrote that text.
+pub fn parse_config(tree: serde_json::Value) -> Result<Vec<AppSpec>, SpecError> {
+    apps_of(tree, None)
+}
+
+fn apps_of(
+    tree: serde_json::Value,
+    source: Option<(&str, Format)>,
+) -> Result<Vec<AppSpec>, SpecError> {
+    let many = tree.get("apps").is_some();
+    let raws = if many {
+        strict::<RawApps>(&tree)
+            .map_err(|e| field_error(&tree, e, || locate::<RawApps>(source?)))?
             .apps
     } else if tree.is_object() {
-        vec![serde_json::from_value::<RawApp>(tree).map_err(|e| syntax_error(&e.to_string()))?]
+        vec![
+            strict::<RawApp>(&tree)
+                .map_err(|e| field_error(&tree, e, || locate::<RawApp>(source?)))?,
+        ]
     } else {
         return Err(syntax_error("expected one app object or {\"apps\": [...]}"));
     };
@@ -529,8 +550,13 @@ pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError>
     }
     let mut specs = Vec::with_capacity(raws.len());
     for (i, raw) in raws.into_iter().enumerate() {
-        let label = raw.name.clone().unwrap_or_else(|| format!("#{}", i + 1));
-        let spec = raw.into_spec().map_err(|e| e.in_app(&label))?;
+        let name = raw.name.clone();
+        let spec = raw.into_spec().map_err(|e| match &name {
+            Some(name) => e.in_app(name),
+            // An app without a name is known by its place in the file.
+            None if many => SpecError::new(&format!("apps[{i}].{}", e.field), e.message),
+            None => e,
+        })?;
         if specs.iter().any(|s: &AppSpec| s.name == spec.name) {
             return Err(SpecError::new(
                 "name",
@@ -544,6 +570,149 @@ pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError>
 
 fn syntax_error(msg: &str) -> SpecError {
     SpecError::new("file", msg.to_string())
+}
+
+/// The strict parse of a file's tree, keeping the path to what it refuses.
+fn strict<T: serde::de::DeserializeOwned>(
+    tree: &serde_json::Value,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(tree)
+}
+
+/// A line and column (1-based) in a file's text.
+type Position = (u64, u64);
+
+/// The strict parse's error, naming the app (by its name, else its place in `apps`) and the field
+/// at fault, and where the format tells it (`located`, asked only here) the line and column.
+fn field_error(
+    tree: &serde_json::Value,
+    err: serde_path_to_error::Error<serde_json::Error>,
+    located: impl FnOnce() -> Option<(String, Position)>,
+) -> SpecError {
+    use serde_path_to_error::Segment;
+    let path = err.path().to_string();
+    let segments: Vec<&Segment> = err.path().iter().collect();
+    // `{"apps": [...]}`: the app is the element of `apps` the path goes through.
+    let (app, rest) = match segments.as_slice() {
+        [Segment::Map { key }, Segment::Seq { index }, rest @ ..] if key == "apps" => {
+            match tree["apps"][*index]["name"].as_str() {
+                Some(name) => (Some(name.to_string()), rest),
+                None => (None, &segments[..]),
+            }
+        }
+        [Segment::Map { key }, ..] if key == "apps" => (None, &segments[..]),
+        all => (tree["name"].as_str().map(str::to_string), all),
+    };
+    let mut field = String::new();
+    for segment in rest {
+        match segment {
+            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                // A key is the user's text (an env name): quoted when it would not print as it is.
+                if key.chars().all(|c| c.is_ascii_graphic()) {
+                    field.push_str(key);
+                } else {
+                    field.push_str(&echo(key));
+                }
+            }
+            Segment::Enum { .. } => {}
+            Segment::Unknown => {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push('?');
+            }
+        }
+    }
+    if field.is_empty() {
+        field = "file".to_string();
+    }
+    let mut message = plain_types(&err.inner().to_string());
+    // The native parse must fail at the same place for its position to be this error's.
+    if let Some((at, (line, column))) = located()
+        && at == path
+    {
+        message.push_str(&format!(" (line {line}, column {column})"));
+    }
+    let e = SpecError::new(&field, message);
+    match app {
+        Some(name) => e.in_app(&name),
+        None => e,
+    }
+}
+
+/// serde's messages name Rust's integer types (`expected u32`): say what they hold instead.
+fn plain_types(message: &str) -> String {
+    const TYPES: [(&str, &str); 8] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number 0 or more"),
+        (
+            "expected i32",
+            "expected a whole number from -2147483648 to 2147483647",
+        ),
+        ("expected i64", "expected a whole number"),
+        ("expected f32", "expected a number"),
+        ("expected f64", "expected a number"),
+    ];
+    let mut out = message.to_string();
+    for (rust, plain) in TYPES {
+        // Whole words only: `expected u32` and not a prefix of a longer name.
+        let mut from = 0;
+        while let Some(at) = out[from..].find(rust).map(|i| i + from) {
+            let end = at + rust.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                from = end;
+                continue;
+            }
+            out.replace_range(at..end, plain);
+            from = at + plain.len();
+        }
+    }
+    out
+}
+
+/// Where the format's own parser stops on the same text: the path it failed at, and the line
+/// and column, for formats whose parser tells them.
+fn locate<T: serde::de::DeserializeOwned>(
+    (text, format): (&str, Format),
+) -> Option<(String, Position)> {
+    match format {
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let e = serde_path_to_error::deserialize::<_, T>(&mut de).err()?;
+            let (line, column) = (e.inner().line(), e.inner().column());
+            (line > 0).then(|| (e.path().to_string(), (line as u64, column as u64)))
+        }
+        Format::Toml => {
+            let de = toml::de::Deserializer::parse(text).ok()?;
+            let e = serde_path_to_error::deserialize::<_, T>(de).err()?;
+            let start = e.inner().span()?.start;
+            let before = text.get(..start)?;
+            let line = before.matches('\n').count() as u64 + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() as u64 + 1;
+            Some((e.path().to_string(), (line, column)))
+        }
+        Format::Yaml => {
+            let mut path = None;
+            let e = serde_saphyr::with_deserializer_from_str(text, |de| {
+                serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+                    path = Some(e.path().to_string());
+                    e.into_inner()
+                })
+            })
+            .err()?;
+            let (at, path) = (e.location()?, path?);
+            (at.line() > 0).then_some((path, (at.line(), at.column())))
+        }
+    }
 }
 
 /// Parses a duration written as milliseconds (`2000`) or with a unit (`"2s"`, `"500ms"`), and
@@ -579,22 +748,37 @@ pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError
     check_duration(field, d)
 }
 
-/// Parses an instance count: a whole number 0..=100000 (`"max"` is handled by the caller).
+/// Parses an instance count: a whole number 0 or more, up to u32 (`"max"` is handled by the caller).
 pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
-    let text = value.to_text();
-    match value {
-        Scalar::Int(n) if *n >= 0 => {
-            u32::try_from(*n).map_err(|_| SpecError::new("instances", format!("{n} is too large")))
-        }
-        Scalar::Str(s) => s.trim().parse::<u32>().map_err(|_| {
-            SpecError::new(
-                "instances",
-                format!("{} is not a whole number of instances (0 or more)", echo(s)),
-            )
-        }),
-        _ => Err(SpecError::new(
+    let too_large = |n: &dyn std::fmt::Display| {
+        SpecError::new(
             "instances",
-            format!("{text} is not a whole number of instances (0 or more)"),
+            format!("{n} is too large: the limit is {MAX_INSTANCES}"),
+        )
+    };
+    match value {
+        // Counts past MAX_INSTANCES that fit are refused by `AppSpec::validate`.
+        Scalar::Int(n) if *n >= 0 => u32::try_from(*n).map_err(|_| too_large(n)),
+        Scalar::Str(s) => {
+            let digits = s.trim().strip_prefix('+').unwrap_or(s.trim());
+            match digits.parse::<u32>() {
+                Ok(n) => Ok(n),
+                // Digits that do not fit a u32 are a number all the same, only too large.
+                _ if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                    Err(too_large(&echo(s)))
+                }
+                _ => Err(SpecError::new(
+                    "instances",
+                    format!("{} is not a whole number of instances (0 or more)", echo(s)),
+                )),
+            }
+        }
+        other => Err(SpecError::new(
+            "instances",
+            format!(
+                "{} is not a whole number of instances (0 or more)",
+                other.to_text()
+            ),
         )),
     }
 }

@@ -12,17 +12,32 @@ use crate::{AppSpec, SpecError};
 
 /// One env value of a config file: plain, or `{"secret": VALUE}`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a string, a number, a boolean or {\"secret\": VALUE}"
+)]
 pub enum RawEnvValue {
     Secret(SecretValue),
     Plain(Scalar),
 }
 
-/// `{"secret": VALUE}`, nothing else: a typo beside it must not pass as a plain value.
+/// `{"secret": VALUE}`, nothing else: a typo beside it must not pass as a plain value, nor a list
+/// (`[VALUE]`, which serde would take as the struct's fields in order) as a secret.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "BTreeMap<String, Scalar>")]
 pub struct SecretValue {
     pub secret: Scalar,
+}
+
+impl TryFrom<BTreeMap<String, Scalar>> for SecretValue {
+    type Error = &'static str;
+
+    fn try_from(mut map: BTreeMap<String, Scalar>) -> Result<SecretValue, Self::Error> {
+        match map.remove("secret") {
+            Some(secret) if map.is_empty() => Ok(SecretValue { secret }),
+            _ => Err("expected {\"secret\": VALUE}"),
+        }
+    }
 }
 
 /// A config file's env: the values, and the keys whose values are secret.
@@ -172,8 +187,15 @@ mod tests {
             "{}",
             e.message
         );
-        let bad = r#"{"name": "w", "script": "x", "env": {"A": {"secret": "v", "extra": 1}}}"#;
-        assert!(parse_apps(bad, Format::Json).is_err());
+        for bad in [
+            r#"{"name": "w", "script": "x", "env": {"A": {"secret": "v", "extra": 1}}}"#,
+            r#"{"name": "w", "script": "x", "env": {"A": {"secrte": "v"}}}"#,
+            // Not a secret in a list's clothing.
+            r#"{"name": "w", "script": "x", "env": {"A": [1]}}"#,
+        ] {
+            let e = parse_apps(bad, Format::Json).expect_err(bad);
+            assert_eq!(e.field, "env.A", "{bad}");
+        }
     }
 
     #[test]

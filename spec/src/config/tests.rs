@@ -412,3 +412,100 @@ fn format_from_path() {
     assert_eq!(Format::from_path("a.toml"), Format::Toml);
     assert_eq!(Format::from_path("ecosystem.json"), Format::Json);
 }
+
+/// Type errors name the app (by name, else its place in `apps`) and the field, with the line and
+/// column where the format gives them, and no Rust type names.
+#[test]
+fn type_errors_name_the_app_and_field() {
+    use Format::*;
+    let cases: &[(&str, Format, &str)] = &[
+        (
+            r#"{"name":"x6","script":"sleep","args":"100","autorestart":"false"}"#,
+            Json,
+            r#"app "x6": autorestart: invalid type: string "false", expected a boolean (line 1, column 64)"#,
+        ),
+        (
+            "apps: [{name: y1, script: sleep, autorestart: 5}]\n",
+            Yaml,
+            r#"app "y1": autorestart: invalid type: integer `5`, expected a boolean"#,
+        ),
+        (
+            r#"{"name":"y3","script":"sleep","args":100}"#,
+            Json,
+            r#"app "y3": args: expected a string or a list of strings"#,
+        ),
+        (
+            r#"{"name":"y4","script":"sleep","env":["A=1"]}"#,
+            Json,
+            r#"app "y4": env: invalid type: sequence, expected a map"#,
+        ),
+        (
+            r#"{"name":"y8","script":"sleep","max_restarts":-1}"#,
+            Json,
+            r#"app "y8": max_restarts: invalid value: integer `-1`, expected a whole number from 0 to 4294967295"#,
+        ),
+        (
+            r#"{"apps":[{"name":"ok1","script":"x"},{"name":"bad2","script":"x","wacth":true}]}"#,
+            Json,
+            "app \"bad2\": wacth: unknown field `wacth`, expected one of `name`",
+        ),
+        (
+            r#"{"apps":[{"name":"ok1","script":"x"},{"script":"x","shell":"yes"}]}"#,
+            Json,
+            r#"apps[1].shell: invalid type: string "yes", expected a boolean"#,
+        ),
+        (
+            r#"{"apps":[{"name":"ok1","script":"x"},{"script":"x","min_uptime":"zz"}]}"#,
+            Json,
+            "apps[1].min_uptime: \"zz\" is not a duration",
+        ),
+        (
+            "[[apps]]\nname = \"t1\"\nscript = \"x\"\n\n[apps.health_check]\nretries = \"3\"\n",
+            Toml,
+            r#"app "t1": health_check.retries: invalid type: string "3", expected a whole number from 0 to 4294967295 (line 6, column 11)"#,
+        ),
+        (
+            r#"{"name":"e1","script":"x","env":{"A":{"x":1}}}"#,
+            Json,
+            r#"app "e1": env.A: expected a string, a number, a boolean or {"secret": VALUE}"#,
+        ),
+        (
+            r#"{"name":"p1","script":"x","port":[3000]}"#,
+            Json,
+            r#"app "p1": port: expected a string, a number or a boolean"#,
+        ),
+        (
+            r#"{"name":"c1","script":"x","cpu_affinity":{"a":1}}"#,
+            Json,
+            r#"app "c1": cpu_affinity: expected a list of core numbers or a string like "0,1""#,
+        ),
+        (
+            r#"{"name":"i1","script":"x","instances":"99999999999"}"#,
+            Json,
+            r#"app "i1": instances: "99999999999" is too large: the limit is 100000"#,
+        ),
+        (
+            r#"{"name":"i2","script":"x","instances":99999999999}"#,
+            Json,
+            r#"app "i2": instances: 99999999999 is too large: the limit is 100000"#,
+        ),
+        // Kept as they were.
+        (
+            r#"{"name":"x1","script":"x","instances":"four"}"#,
+            Json,
+            r#"app "x1": instances: "four" is not a whole number of instances (0 or more)"#,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, format, want) in cases {
+        let got = parse_apps(text, *format).expect_err(text).to_string();
+        if !got.contains(want) {
+            wrong.push(format!("{text}\nwant {want}\ngot  {got}"));
+        }
+        assert!(!got.contains("file:"), "{got}");
+        for rust in ["RawArgs", "Scalar", "u32", "untagged"] {
+            assert!(!got.contains(rust), "{got}");
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
