@@ -12,7 +12,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
-use pmcluster_spec::config::{Format, parse_apps, to_config};
+use pmcluster_spec::config::{Format, to_config};
 use serde_json::{Value, json};
 use tonic::Code;
 
@@ -342,7 +342,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     } else {
         args.file.as_str()
     };
-    let specs = parse_apps(&text, format).map_err(|e| UsageError::new(format!("{source}: {e}")))?;
+    let specs = crate::import::config_apps(&text, format, &args.file, source)?;
     let mut conn = ctx.connect().await?;
     let mut results = Vec::with_capacity(specs.len());
     let mut goals = Vec::new();

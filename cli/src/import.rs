@@ -12,7 +12,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use pmcluster_spec::config::{Format, parse_apps};
+use pmcluster_spec::config::{Format, parse_apps, parse_config};
+use pmcluster_spec::supervise::validate_cron;
 use serde_json::{Map, Value, json};
 
 use crate::args::{ImportSource, OutputFormat};
@@ -69,12 +70,57 @@ fn js_error(path: &str) -> UsageError {
     ))
 }
 
+/// Whether `text` reads as a JavaScript ecosystem file rather than a config: what such files
+/// start with (after comments, which JSON has none of).
+fn looks_like_js(text: &str) -> bool {
+    let mut head = text.trim_start();
+    loop {
+        if let Some(rest) = head.strip_prefix("//") {
+            head = rest.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(rest) = head.strip_prefix("/*") {
+            head = rest.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    [
+        "module.exports",
+        "exports.",
+        "export ",
+        "const ",
+        "let ",
+        "var ",
+        "'use strict'",
+        "\"use strict\"",
+    ]
+    .iter()
+    .any(|start| head.starts_with(start))
+}
+
+/// The apps of a config file for `apply -f` and `reload -f`, as `apply` reads them: a JavaScript
+/// ecosystem file (by its name, or by what it holds when it is not JSON) is refused with the way
+/// to convert it. `path` is the file's name (`-`: standard input), `source` its name in messages.
+pub fn config_apps(
+    text: &str,
+    format: Format,
+    path: &str,
+    source: &str,
+) -> Result<Vec<pmcluster_spec::AppSpec>, UsageError> {
+    refuse_js(path)?;
+    parse_apps(text, format).map_err(|e| {
+        if e.field == "file" && looks_like_js(text) {
+            js_error(source)
+        } else {
+            UsageError::new(format!("{source}: {e}"))
+        }
+    })
+}
+
 /// Converts `pm2 jlist` output (a JSON array of processes) or a JSON ecosystem file (`{"apps":
 /// [...]}`, or one app object). `source` names the input in messages.
 pub fn convert(text: &str, source: &str) -> Result<Imported, UsageError> {
     let tree: Value = serde_json::from_str(text).map_err(|e| {
-        let head = text.trim_start();
-        if head.starts_with("module.exports") || head.starts_with("const ") {
+        if looks_like_js(text) {
             js_error(source)
         } else {
             UsageError::new(format!(
@@ -114,7 +160,7 @@ pub fn convert(text: &str, source: &str) -> Result<Imported, UsageError> {
     }
     let config = json!({ "apps": apps });
     // What is written must be what `apply` takes: check it with apply's own parser.
-    parse_apps(&config.to_string(), Format::Json).map_err(|e| {
+    parse_config(config.clone()).map_err(|e| {
         UsageError::new(format!(
             "{source}: the converted config is not valid for pmcluster: {e}"
         ))
@@ -131,7 +177,6 @@ const SAME: &[&str] = &[
     "restart_delay",
     "kill_timeout",
     "listen_timeout",
-    "cron_restart",
     "merge_logs",
 ];
 
@@ -155,6 +200,7 @@ const HANDLED: &[&str] = &[
     "interpreter_args",
     "node_args",
     "instance_var",
+    "cron_restart",
 ];
 
 /// PM2 settings that pmcluster has no equivalent for; in `pm2 jlist`, reported only when set.
@@ -266,6 +312,43 @@ fn instances(value: &Value, app: &str, warnings: &mut Vec<String>) -> Result<Cou
         None => Err(UsageError::new(format!(
             "{app}: instances: {value} is not a number or \"max\""
         ))),
+    }
+}
+
+/// PM2's `cron_restart` as pmcluster's: PM2 also takes a leading seconds field, which goes when
+/// it is `0` (the same times). What pmcluster's cron cannot run is left out with a warning, so
+/// that the app and the others still convert.
+fn cron_restart(value: &Value, app: &str, warnings: &mut Vec<String>) -> Option<String> {
+    let expr = match value {
+        Value::Null => return None,
+        Value::String(s) if s.trim().is_empty() => return None,
+        Value::String(s) => s.trim(),
+        other => {
+            warnings.push(format!(
+                "{app}: cron_restart: {other} is not a cron expression; left out"
+            ));
+            return None;
+        }
+    };
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let expr = match fields.as_slice() {
+        ["0", rest @ ..] if rest.len() == 5 => rest.join(" "),
+        [seconds, rest @ ..] if rest.len() == 5 => {
+            warnings.push(format!(
+                "{app}: cron_restart: {expr:?} restarts at second {seconds} of a minute; \
+                 pmcluster's cron_restart has no seconds field (minute hour day-of-month month \
+                 day-of-week); left out"
+            ));
+            return None;
+        }
+        _ => expr.to_string(),
+    };
+    match validate_cron(&expr) {
+        Ok(()) => Some(expr),
+        Err(e) => {
+            warnings.push(format!("{app}: cron_restart: {}; left out", e.message));
+            None
+        }
     }
 }
 
@@ -451,6 +534,12 @@ impl Pm2App<'_> {
                 app.insert((*key).to_string(), v.clone());
             }
         }
+        if let Some(cron) = s
+            .get("cron_restart")
+            .and_then(|v| cron_restart(v, label, warnings))
+        {
+            app.insert("cron_restart".into(), json!(cron));
+        }
         for (pm2, ours) in RENAMED {
             if let Some(v) = s.get(*pm2).filter(|v| !v.is_null()) {
                 app.insert((*ours).to_string(), v.clone());
@@ -571,6 +660,24 @@ fn from_jlist(procs: &[Value], warnings: &mut Vec<String>) -> Result<Vec<Value>,
             if set(value) && !default_namespace && !bookkeeping {
                 warnings.push(format!(
                     "{label}: {key}: not supported by pmcluster; left out"
+                ));
+            }
+        }
+        // `apply` starts every app it is given, whatever PM2 was doing with it.
+        for status in ["stopped", "errored"] {
+            let n = members
+                .iter()
+                .filter(|m| m.get("status").and_then(Value::as_str) == Some(status))
+                .count();
+            if n > 0 {
+                let of = if members.len() > 1 {
+                    format!(" ({n} of its {} processes)", members.len())
+                } else {
+                    String::new()
+                };
+                warnings.push(format!(
+                    "{label}: status: {status} in PM2{of}; pmcluster apply starts it (then \
+                     `pmcluster stop {name}` to stop it, or leave it out of the file)"
                 ));
             }
         }

@@ -8,10 +8,10 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
-use pmcluster_spec::AppSpec;
-use pmcluster_spec::config::{Format, parse_apps, to_config};
+use pmcluster_spec::config::{Format, parse_config, to_config};
 use pmcluster_spec::update::UpdatePolicy;
 use pmcluster_spec::wire::{update_from_wire, update_to_wire};
+use pmcluster_spec::{AppSpec, SpecError};
 use serde_json::{Value, json};
 
 use crate::args::{
@@ -56,6 +56,35 @@ pub fn set_field(config: &mut Value, assignment: &str) -> Result<(), UsageError>
             .or_insert_with(|| Value::Object(Default::default()));
     }
     Ok(())
+}
+
+/// What the spec parser refuses after `reload --set KEY=VALUE` (or `--instances N`) edited an
+/// app's config: named by the option and the field, as there is no file to name. The app is the
+/// one `reload` was given, so it is not repeated.
+fn edit_error(e: &SpecError, sets: &[String], instances: bool) -> UsageError {
+    let field = e.field.as_str();
+    let edited = |key: &str| {
+        key == field
+            || field
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.starts_with(['.', '[']))
+            || key
+                .strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    let message = &e.message;
+    if sets
+        .iter()
+        .filter_map(|s| s.split_once('=').map(|(key, _)| key))
+        .any(edited)
+    {
+        UsageError::new(format!("--set {field}: {message}"))
+    } else if instances && field == "instances" {
+        UsageError::new(format!("--instances: {message}"))
+    } else {
+        // Another field refuses what was set (a port range too small for the new count).
+        UsageError::new(format!("--set: {field}: {message}"))
+    }
 }
 
 /// Unchanged lines shown around each change by [`diff`].
@@ -208,8 +237,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut config = match &args.file {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-            let specs = parse_apps(&text, Format::from_path(path))
-                .map_err(|e| UsageError::new(format!("{path}: {e}")))?;
+            let specs = crate::import::config_apps(&text, Format::from_path(path), path, path)?;
             let spec = specs
                 .into_iter()
                 .find(|s| s.name == args.app)
@@ -226,8 +254,8 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if let Some(n) = args.instances {
         set_field(&mut config, &format!("instances={n}"))?;
     }
-    let mut new = parse_apps(&config.to_string(), Format::Json)
-        .map_err(|e| UsageError::new(format!("--set: {e}")))?
+    let mut new = parse_config(config)
+        .map_err(|e| edit_error(&e, &args.set, args.instances.is_some()))?
         .remove(0);
     if !policy.is_empty() {
         new.update = policy.apply(&new.update)?;
@@ -732,6 +760,67 @@ fn write_atomic(path: &Path, text: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn edit_errors_name_the_option_and_field() {
+        let edit = |sets: &[&str], instances: Option<u32>| {
+            let mut config = to_config(&AppSpec::new("api", "node", &["server.js"]));
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            for s in &sets {
+                set_field(&mut config, s).expect("sets");
+            }
+            if let Some(n) = instances {
+                set_field(&mut config, &format!("instances={n}")).expect("sets");
+            }
+            let e = parse_config(config).expect_err("refused");
+            edit_error(&e, &sets, instances.is_some()).to_string()
+        };
+        let cases: &[(&[&str], Option<u32>, &str)] = &[
+            (&["bogus=1"], None, "--set bogus: unknown field `bogus`"),
+            (
+                &["autorestart=maybe"],
+                None,
+                "--set autorestart: invalid type: string \"maybe\", expected a boolean",
+            ),
+            (
+                &["update.max_surge=-1"],
+                None,
+                "--set update.max_surge: invalid value: integer `-1`, expected a whole number",
+            ),
+            (
+                &["env.A=[1]"],
+                None,
+                "--set env.A: expected a string, a number",
+            ),
+            (
+                &["instances=lots"],
+                None,
+                "--set instances: \"lots\" is not a whole number",
+            ),
+            (
+                &[],
+                Some(200_000),
+                "--instances: 200000 is more than the limit of 100000",
+            ),
+            (
+                &["port=3000-3001"],
+                Some(3),
+                "--set port: 3000-3001 holds 2 ports but 3 instances",
+            ),
+        ];
+        for (sets, instances, want) in cases {
+            let got = edit(sets, *instances);
+            assert!(got.starts_with(want), "{sets:?}: {got}");
+            assert!(!got.contains("file"), "{got}");
+            assert!(!got.contains("line 1"), "{got}");
+        }
+        // A field that was not set, refusing what was.
+        let e = SpecError::new("port", "holds 2 ports but 3 instances were asked for");
+        assert_eq!(
+            edit_error(&e, &["instances=3".to_string()], false).to_string(),
+            "--set: port: holds 2 ports but 3 instances were asked for"
+        );
+    }
 
     #[test]
     fn set_fields() {

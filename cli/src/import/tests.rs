@@ -220,3 +220,136 @@ fn the_js_hint_names_the_file_and_imports_it() {
         assert!(!hint.contains("require("), "{hint}");
     }
 }
+
+/// `apply -f` and `reload -f` refuse a JavaScript ecosystem file as `import pm2` does: by its
+/// name, or by what it holds when it is not JSON, with the way to convert it.
+#[test]
+fn apply_refuses_javascript_with_the_hint() {
+    let js = "module.exports = { apps: [{ name: 'api', script: 'server.js' }] }\n";
+    for path in ["ecosystem.config.js", "dir/pm2.config.cjs", "eco.MJS"] {
+        let err = config_apps(js, Format::from_path(path), path, path)
+            .expect_err(path)
+            .to_string();
+        assert!(err.contains(&js_hint(path)), "{err}");
+        assert!(err.contains("then: pmcluster import pm2 eco.json"), "{err}");
+        assert!(!err.contains("expected value"), "{err}");
+    }
+    // By content: standard input, or a file with another name.
+    for text in [
+        js,
+        "// pm2\nmodule.exports = {}",
+        "/* eco */ export default { apps: [] }",
+        "const apps = [];\nmodule.exports = { apps };",
+    ] {
+        let err = config_apps(text, Format::Json, "-", "<stdin>")
+            .expect_err(text)
+            .to_string();
+        assert!(err.starts_with("<stdin> is JavaScript"), "{err}");
+        assert!(err.contains(&js_hint(DEFAULT_JS)), "{err}");
+    }
+    // A config that is not JSON for another reason keeps the parser's message, and a good one
+    // is read.
+    let err = config_apps("{\"name\": ", Format::Json, "a.json", "a.json")
+        .expect_err("broken")
+        .to_string();
+    assert!(err.starts_with("a.json: file: "), "{err}");
+    let err = config_apps(
+        "{\"name\": \"a\", \"script\": \"x\", \"shell\": 1}",
+        Format::Json,
+        "a.json",
+        "a.json",
+    )
+    .expect_err("bad type")
+    .to_string();
+    assert!(
+        err.starts_with("a.json: app \"a\": shell: invalid type"),
+        "{err}"
+    );
+    let apps =
+        config_apps("name: a\nscript: x\n", Format::Yaml, "a.yaml", "a.yaml").expect("reads");
+    assert_eq!(apps[0].name, "a");
+}
+
+/// PM2's six-field cron (seconds first): a `0` seconds field goes; what pmcluster's cron cannot
+/// run is left out of that app with a warning, and every app still converts.
+#[test]
+fn cron_restart_with_seconds() {
+    check(
+        json!({"apps": [
+            {"name": "a", "script": "./a", "cron_restart": "0 0 3 * * *"},
+            {"name": "b", "script": "./b", "cron_restart": "*/30 * * * * *"},
+            {"name": "c", "script": "./c", "cron_restart": "0 25 * * *"},
+            {"name": "d", "script": "./d", "cron_restart": 5},
+            {"name": "e", "script": "./e", "cron_restart": "@daily"},
+            {"name": "f", "script": "./f", "cron_restart": ""},
+        ]}),
+        json!([
+            {"name": "a", "script": "./a", "instances": 1, "cron_restart": "0 3 * * *"},
+            {"name": "b", "script": "./b", "instances": 1},
+            {"name": "c", "script": "./c", "instances": 1},
+            {"name": "d", "script": "./d", "instances": 1},
+            {"name": "e", "script": "./e", "instances": 1, "cron_restart": "@daily"},
+            {"name": "f", "script": "./f", "instances": 1},
+        ]),
+        &[
+            "app b: cron_restart: \"*/30 * * * * *\" restarts at second */30 of a minute; \
+             pmcluster's cron_restart has no seconds field",
+            "app c: cron_restart: \"0 25 * * *\": ",
+            "app d: cron_restart: 5 is not a cron expression; left out",
+        ],
+    );
+    // From `pm2 jlist` too.
+    let got = convert(
+        &json!([jlist_proc(
+            "api",
+            0,
+            json!({"cron_restart": "0 30 2 * * 1", "instances": 1})
+        )])
+        .to_string(),
+        "j",
+    )
+    .expect("converts");
+    assert_eq!(got.config["apps"][0]["cron_restart"], "30 2 * * 1");
+}
+
+/// `apply` starts what it is given: a process PM2 has stopped (or that errored) is named.
+#[test]
+fn stopped_pm2_apps_are_named() {
+    let got = convert(
+        &json!([
+            jlist_proc("api", 0, json!({"status": "stopped"})),
+            jlist_proc("api", 1, json!({})),
+            jlist_proc("w", 2, json!({"status": "stopped", "instances": 1})),
+            jlist_proc("x", 3, json!({"status": "errored", "instances": 1})),
+        ])
+        .to_string(),
+        "j",
+    )
+    .expect("converts");
+    let status: Vec<&String> = got
+        .warnings
+        .iter()
+        .filter(|w| w.contains("status:"))
+        .collect();
+    assert_eq!(status.len(), 3, "{:#?}", got.warnings);
+    assert!(
+        status[0].starts_with(
+            "app api: status: stopped in PM2 (1 of its 2 processes); pmcluster apply starts it"
+        ),
+        "{}",
+        status[0]
+    );
+    assert!(
+        status[1].starts_with("app w: status: stopped in PM2; pmcluster apply starts it"),
+        "{}",
+        status[1]
+    );
+    assert!(status[1].contains("pmcluster stop w"), "{}", status[1]);
+    assert!(
+        status[2].starts_with("app x: status: errored in PM2;"),
+        "{}",
+        status[2]
+    );
+    // Every app converts all the same.
+    assert_eq!(got.config["apps"].as_array().map(Vec::len), Some(3));
+}
