@@ -4,6 +4,7 @@
 //! `serde_json::Value`s. Nothing here writes, reads the clock or talks to the network, so every
 //! format is pinned by a table-driven test.
 
+use pmcluster_spec::config::to_config;
 use pmcluster_spec::secret::shown;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -596,7 +597,7 @@ pub fn spec_json(s: &pb::AppSpec) -> Value {
         .into_iter()
         .map(|(k, v)| (k.clone(), json!(shown(k, v, &s.secret_env))))
         .collect();
-    json!({
+    let mut legacy = json!({
         "name": s.name,
         "script": s.script,
         "args": s.args,
@@ -627,8 +628,39 @@ pub fn spec_json(s: &pb::AppSpec) -> Value {
         })),
         "reschedule_after_ms": s.reschedule_after_ms,
         "wait_for_node": s.wait_for_node,
-    })
+    });
+    // The rest of the spec (supervision, health check, update policy, autoscaling, logs) in
+    // the names and shapes of a config file, as `reload` shows a spec; the fields above keep
+    // the shapes they always had.
+    if let (Some(fields), Ok(spec)) = (
+        legacy.as_object_mut(),
+        pmcluster_spec::AppSpec::try_from(s.clone()),
+    ) {
+        let Value::Object(config) = to_config(&spec) else {
+            return legacy;
+        };
+        for (key, value) in config {
+            fields.entry(key).or_insert(value);
+        }
+        // Unset options are null (and empty lists empty) rather than missing.
+        for key in OPTIONAL_CONFIG_KEYS {
+            fields.entry(key).or_insert(Value::Null);
+        }
+        fields.entry("cpu_affinity").or_insert(json!([]));
+        fields.entry("limits").or_insert(json!({}));
+    }
+    legacy
 }
+
+/// Config-file options that [`to_config`] leaves out when unset.
+const OPTIONAL_CONFIG_KEYS: [&str; 6] = [
+    "health_check",
+    "max_memory_restart",
+    "user",
+    "group",
+    "cron_restart",
+    "autoscale",
+];
 
 /// `info`'s placement line: `spread; zone=a, disk!=hdd; prefers zone=b (50); 1 per node`.
 fn placement_text(p: Option<&pb::Placement>) -> String {
@@ -735,7 +767,7 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
     let kill_timeout = s
         .kill_timeout_ms
         .map_or_else(|| "5s".to_string(), human_millis);
-    let fields: Vec<(&str, String)> = vec![
+    let mut fields: Vec<(&str, String)> = vec![
         ("app", s.name.clone()),
         ("version", updated),
         (
@@ -778,6 +810,10 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
             },
         ),
     ];
+    match pmcluster_spec::AppSpec::try_from(s.clone()) {
+        Ok(spec) => fields.extend(supervision_fields(&spec)),
+        Err(e) => fields.push(("supervision", format!("- (not readable: {e})"))),
+    }
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
     let mut text = String::new();
     for (key, value) in fields {
@@ -805,6 +841,145 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
         ));
     }
     text
+}
+
+/// `info`'s lines for supervision, health check, logs, update policy and autoscaling. Options
+/// that are off or unset read `-`; lines for rarely set ones (CPU affinity, rlimits) appear only
+/// when set.
+fn supervision_fields(spec: &pmcluster_spec::AppSpec) -> Vec<(&'static str, String)> {
+    let sv = &spec.supervision;
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| NONE.to_string());
+    let mut fields = vec![
+        ("min uptime", dur(sv.min_uptime)),
+        (
+            "max restarts",
+            format!(
+                "{} in {} (backoff up to {})",
+                sv.max_restarts,
+                dur(sv.restart_window),
+                dur(sv.restart_backoff_max)
+            ),
+        ),
+        (
+            "max memory",
+            or_dash(
+                sv.max_memory_restart
+                    .map(|b| format!("{} (restart above)", human_bytes(b))),
+            ),
+        ),
+        ("cron restart", or_dash(sv.cron_restart.clone())),
+        ("listen timeout", dur(sv.listen_timeout)),
+        ("stop signal", sv.stop_signal.name().to_string()),
+        (
+            "health check",
+            or_dash(sv.health_check.as_ref().map(health_text)),
+        ),
+        (
+            "user",
+            match (&sv.user, &sv.group) {
+                (None, None) => NONE.to_string(),
+                (Some(u), None) => u.clone(),
+                (None, Some(g)) => format!("(agent's user), group {g}"),
+                (Some(u), Some(g)) => format!("{u}, group {g}"),
+            },
+        ),
+    ];
+    if !sv.cpu_affinity.is_empty() {
+        let cpus: Vec<String> = sv.cpu_affinity.iter().map(u32::to_string).collect();
+        fields.push(("cpu affinity", cpus.join(",")));
+    }
+    if !sv.limits.is_empty() {
+        let limits: Vec<String> = sv.limits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        fields.push(("limits", limits.join(", ")));
+    }
+    let mut logs = vec![match sv.log_max_bytes {
+        Some(b) => format!("rotate at {}, keep {}", human_bytes(b), sv.log_keep),
+        None => "not rotated".to_string(),
+    }];
+    if sv.log_timestamps {
+        logs.push("timestamps".to_string());
+    }
+    fields.push(("logs", logs.join(", ")));
+    let u = &spec.update;
+    let mut update = vec![
+        format!("surge {}", u.max_surge),
+        format!("unavailable {}", u.max_unavailable),
+        format!("min healthy {}", dur(u.min_healthy_time)),
+        format!("healthy deadline {}", dur(u.healthy_deadline)),
+        format!("progress deadline {}", dur(u.progress_deadline)),
+        format!(
+            "auto rollback {}",
+            if u.auto_rollback { "on" } else { "off" }
+        ),
+    ];
+    if u.canary > 0 {
+        update.push(format!("canary {}", u.canary));
+    }
+    if !u.shutdown_delay.is_zero() {
+        update.push(format!("shutdown delay {}", dur(u.shutdown_delay)));
+    }
+    fields.push(("update", update.join(", ")));
+    fields.push((
+        "autoscale",
+        or_dash(spec.autoscale.as_ref().map(autoscale_policy_text)),
+    ));
+    fields
+}
+
+/// `info`'s health check line: `http http://127.0.0.1:${PORT}/health every 10s, timeout 5s,
+/// unhealthy after 3 failures, restarts unhealthy`.
+fn health_text(h: &pmcluster_spec::supervise::HealthCheck) -> String {
+    use pmcluster_spec::supervise::Probe;
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let probe = match &h.probe {
+        Probe::Http {
+            url,
+            expected_status: Some(code),
+        } => format!("http {url} (expects {code})"),
+        Probe::Http { url, .. } => format!("http {url}"),
+        Probe::Tcp => "tcp on its port".to_string(),
+        Probe::Exec { command } => format!("exec {command}"),
+    };
+    let mut text = format!(
+        "{probe} every {}, timeout {}, unhealthy after {} failures",
+        dur(h.interval),
+        dur(h.timeout),
+        h.retries
+    );
+    if h.restart_unhealthy {
+        text.push_str(", restarts unhealthy");
+    }
+    text
+}
+
+/// `info`'s autoscale line: `2-10 instances, threshold: cpu 70%, memory 80%, cooldown 15s, ...`.
+fn autoscale_policy_text(a: &pmcluster_spec::autoscale::AutoscalePolicy) -> String {
+    use pmcluster_spec::autoscale::MemoryThreshold;
+    let dur = |d: Duration| humantime::format_duration(d).to_string();
+    let mut parts = vec![format!(
+        "{}-{} instances, {}",
+        a.min,
+        a.max,
+        a.mode.as_str()
+    )];
+    if let Some(cpu) = a.cpu_threshold {
+        parts.push(format!("cpu {cpu}%"));
+    }
+    match a.memory_threshold {
+        Some(MemoryThreshold::Percent(p)) => parts.push(format!("memory {p}%")),
+        Some(MemoryThreshold::Bytes(b)) => parts.push(format!("memory {}", human_bytes(b))),
+        None => {}
+    }
+    parts.push(format!("scale down by {}", a.scale_down_fraction));
+    parts.push(format!("tolerance {}", a.tolerance));
+    parts.push(format!("cooldown {}", dur(a.cooldown)));
+    parts.push(format!(
+        "stabilization {} up, {} down",
+        dur(a.up_stabilization),
+        dur(a.down_stabilization)
+    ));
+    parts.join(", ")
 }
 
 /// `info -o json`: `{"app": {...}, "instances": [...]}`.

@@ -1,6 +1,7 @@
 //! Table tests of the renderers.
 use super::*;
 use crate::args::Balance;
+use std::time::Duration;
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -399,6 +400,109 @@ fn secret_env_values_are_hidden() {
     }
 }
 
+/// `info` shows the whole spec: supervision, health check, update policy and autoscaling, in
+/// the table and, with config-file names and shapes, in `-o json`; env values stay hidden.
+#[test]
+fn info_shows_the_whole_spec() {
+    use pmcluster_spec::autoscale::{AutoscalePolicy, MemoryThreshold};
+    use pmcluster_spec::supervise::{HealthCheck, Probe, StopSignal};
+    let mut spec = pmcluster_spec::AppSpec::new("api", "node", &["api.js"]);
+    spec.env.insert("DB_PASS".into(), "<secret>".into());
+    spec.env.insert("MODE".into(), "<hidden>".into());
+    spec.secret_env.insert("DB_PASS".into());
+    let sv = &mut spec.supervision;
+    sv.max_memory_restart = Some(512 << 20);
+    sv.max_restarts = 7;
+    sv.min_uptime = Duration::from_secs(3);
+    sv.cron_restart = Some("0 3 * * *".into());
+    sv.listen_timeout = Duration::from_secs(8);
+    sv.stop_signal = StopSignal::Int;
+    sv.user = Some("deploy".into());
+    sv.group = Some("staff".into());
+    sv.health_check = Some(HealthCheck {
+        probe: Probe::Http {
+            url: "http://127.0.0.1:${PORT}/healthz".into(),
+            expected_status: None,
+        },
+        interval: Duration::from_secs(5),
+        timeout: Duration::from_secs(2),
+        retries: 3,
+        restart_unhealthy: true,
+    });
+    spec.update.max_surge = 2;
+    spec.update.canary = 1;
+    let mut autoscale = AutoscalePolicy::new(2, 10, 70.0);
+    autoscale.memory_threshold = Some(MemoryThreshold::Percent(80.0));
+    spec.autoscale = Some(autoscale);
+    let app = pb::App {
+        spec: Some(pb::AppSpec::from(&spec)),
+        version: 1,
+        ..pb::App::default()
+    };
+
+    let text = app_info_text(&app, &[], NOW);
+    for want in [
+        "min uptime:     3s\n",
+        "max restarts:   7 in 1m (backoff up to 15s)\n",
+        "max memory:     512.0 MiB (restart above)\n",
+        "cron restart:   0 3 * * *\n",
+        "listen timeout: 8s\n",
+        "stop signal:    SIGINT\n",
+        "health check:   http http://127.0.0.1:${PORT}/healthz every 5s, timeout 2s, \
+         unhealthy after 3 failures, restarts unhealthy\n",
+        "user:           deploy, group staff\n",
+        "update:         surge 2, unavailable 0, min healthy 5s, healthy deadline 5m, \
+         progress deadline 10m, auto rollback on, canary 1\n",
+        "autoscale:      2-10 instances, threshold, cpu 70%, memory 80%, scale down by 0.5, \
+         tolerance 0.1, cooldown 15s, stabilization 0s up, 5m down\n",
+        "DB_PASS=<secret>",
+        "MODE=<hidden>",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+
+    let got = app_info_json(&app, &[], NOW)["app"]["spec"].clone();
+    assert_eq!(got["max_memory_restart"], json!((512u64 << 20).to_string()));
+    assert_eq!(got["max_restarts"], 7);
+    assert_eq!(got["min_uptime"], "3000ms");
+    assert_eq!(got["cron_restart"], "0 3 * * *");
+    assert_eq!(got["listen_timeout"], "8000ms");
+    assert_eq!(got["stop_signal"], "SIGINT");
+    assert_eq!(got["user"], "deploy");
+    assert_eq!(got["group"], "staff");
+    assert_eq!(
+        got["health_check"]["url"],
+        "http://127.0.0.1:${PORT}/healthz"
+    );
+    assert_eq!(got["health_check"]["restart_unhealthy"], true);
+    assert_eq!(got["update"]["max_surge"], 2);
+    assert_eq!(got["update"]["canary"], 1);
+    assert_eq!(got["autoscale"]["max"], 10);
+    assert_eq!(got["autoscale"]["memory_threshold"], 80.0);
+    // The fields it had keep their shapes.
+    assert_eq!(
+        got["env"],
+        json!({"DB_PASS": "<secret>", "MODE": "<hidden>"})
+    );
+    assert_eq!(got["kill_timeout_ms"], 5000);
+    assert_eq!(got["instances"], 1);
+
+    // Unset options are null, not missing.
+    let plain = app_json(&self::app("web"))["spec"].clone();
+    for key in [
+        "health_check",
+        "max_memory_restart",
+        "user",
+        "group",
+        "cron_restart",
+        "autoscale",
+    ] {
+        assert_eq!(plain.get(key), Some(&Value::Null), "{key}: {plain}");
+    }
+    assert_eq!(plain["max_restarts"], 15);
+    assert_eq!(plain["update"]["max_surge"], 1);
+}
+
 #[test]
 fn app_table_and_info() {
     check_table(
@@ -411,23 +515,34 @@ web        2     3/4        1        0  3000-3003  node server.js --title 'my ap
     check_table(
         app_info_text(&app("web"), &[], NOW),
         "\
-app:           web
-version:       2 (updated 3m ago)
-instances:     4 desired: 3 online, 1 pending, 0 stopped
-script:        node
-args:          server.js --title 'my app'
-port:          3000-3003
-cwd:           -
-env:           NODE_ENV=production
-placement:     spread
-resources:     -
-reschedule:    after its node is down 30s
-instance var:  -
-shell:         no
-autorestart:   yes
-restart delay: 2s
-kill timeout:  5s
-exec mode:     fork
+app:            web
+version:        2 (updated 3m ago)
+instances:      4 desired: 3 online, 1 pending, 0 stopped
+script:         node
+args:           server.js --title 'my app'
+port:           3000-3003
+cwd:            -
+env:            NODE_ENV=production
+placement:      spread
+resources:      -
+reschedule:     after its node is down 30s
+instance var:   -
+shell:          no
+autorestart:    yes
+restart delay:  2s
+kill timeout:   5s
+exec mode:      fork
+min uptime:     1s
+max restarts:   15 in 1m (backoff up to 15s)
+max memory:     -
+cron restart:   -
+listen timeout: 30s
+stop signal:    SIGTERM
+health check:   -
+user:           -
+logs:           rotate at 10.0 MiB, keep 5
+update:         surge 1, unavailable 0, min healthy 5s, healthy deadline 5m, progress deadline 10m, auto rollback on
+autoscale:      -
 
 no instances
 ",
