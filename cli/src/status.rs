@@ -1,42 +1,65 @@
 //! `pmcluster status`: which coordinator leads, and whether the store is healthy. Every
-//! coordinator answers it, a standby too, so it asks the first of `--coordinator` that answers
-//! rather than following leader hints.
+//! coordinator answers it, a standby too, so it asks every one of `--coordinator` (at once)
+//! rather than following leader hints, and lists each: one it could not reach says so, even
+//! when another answered for the cluster.
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_proto::v1::coordination_client::CoordinationClient;
 use serde_json::Value;
+use tonic::transport::ClientTlsConfig;
 
 use crate::client::{CONNECT_TIMEOUT, Dial, dial_channel, request, unary};
 use crate::commands::Ctx;
-use crate::output;
+use crate::error::UsageError;
+use crate::output::{self, Asked};
 
 pub async fn status(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut failures = Vec::new();
-    for url in ctx.urls.clone() {
-        let channel = match dial_channel(&url, CONNECT_TIMEOUT, ctx.creds.tls.as_ref()).await {
-            Ok(c) => c,
-            Err(Dial::BadUrl(e)) => return Err(e.into()),
-            Err(Dial::Unreachable(why)) => {
-                failures.push(format!("{url}: {why}"));
-                continue;
-            }
-        };
-        let mut client = CoordinationClient::new(channel);
-        match unary(client.get_status(request(pb::GetStatusRequest {}))).await {
-            Ok(reply) => return show(&reply, ctx),
-            Err(e) => failures.push(format!("{url}: {}", e.message)),
-        }
+    let tls = ctx.creds.tls.clone();
+    let asks = ctx.urls.iter().map(|url| ask(url, tls.as_ref()));
+    let mut asked = Vec::new();
+    for answer in futures::future::join_all(asks).await {
+        asked.push(answer?);
     }
-    anyhow::bail!(
-        "no coordinator answered: {}; is one running? start a local one with 'pmcluster up'",
-        failures.join("; ")
-    )
+    let failures: Vec<String> = asked
+        .iter()
+        .filter_map(|a| {
+            a.answer
+                .as_ref()
+                .err()
+                .map(|why| format!("{}: {why}", a.url))
+        })
+        .collect();
+    let Some(view) = output::status_view(asked) else {
+        anyhow::bail!(
+            "no coordinator answered: {}; is one running? start a local one with 'pmcluster up'",
+            failures.join("; ")
+        )
+    };
+    show(&view, ctx)
 }
 
-fn show(reply: &pb::StatusReply, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+/// Asks the coordinator at `url` for its status; a bad URL is the only error.
+async fn ask(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Asked, UsageError> {
+    let answer = match dial_channel(url, CONNECT_TIMEOUT, tls).await {
+        Err(Dial::BadUrl(e)) => return Err(e),
+        Err(Dial::Unreachable(why)) => Err(why),
+        Ok(channel) => {
+            let mut client = CoordinationClient::new(channel);
+            unary(client.get_status(request(pb::GetStatusRequest {})))
+                .await
+                .map_err(|e| e.message)
+        }
+    };
+    Ok(Asked {
+        url: url.to_string(),
+        answer,
+    })
+}
+
+fn show(view: &output::StatusView, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if ctx.structured() {
-        let value: Value = output::status_json(reply);
+        let value: Value = output::status_json(view);
         return ctx.value(&value);
     }
-    ctx.text(&output::status_text(reply))
+    ctx.text(&output::status_text(view))
 }

@@ -206,6 +206,61 @@ fn ha_a_standby_refuses_with_the_leaders_url_and_status_shows_both() {
     assert!(err.assert_failed().contains("needs role operate"), "{err}");
 }
 
+/// `status` given both URLs lists both coordinators whatever the one that answers knows: right
+/// after the leader is killed (when the standby's store still names it leader) and after the
+/// takeover (when the store no longer lists it), the dead one has a row saying it could not be
+/// reached. Before, the CLI dropped what it could not reach as soon as one answered.
+#[test]
+fn ha_status_lists_a_coordinator_it_could_not_reach() {
+    let Some(etcd) = Etcd::single_or_skip() else {
+        return;
+    };
+    let pair = Pair::start(etcd, 0, &[]).expect("the pair starts");
+    let leader = pair.wait_leader(DEADLINE).expect("a leader");
+    let standby = 1 - leader;
+    let row = |status: &serde_json::Value, i: usize| {
+        status["coordinators"]
+            .as_array()
+            .and_then(|list| list.iter().find(|c| c["advertise"] == pair.url(i)))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {}: {status}", pair.url(i)))
+    };
+    let status = pair.status(None).expect("status answers");
+    assert_eq!(row(&status, leader)["reachable"], true, "{status}");
+    assert_eq!(row(&status, standby)["reachable"], true, "{status}");
+
+    pair.kill(leader);
+    let check = |when: &str| {
+        let status = pair.status(None).expect("status answers (exit 0)");
+        assert_eq!(
+            status["coordinators"].as_array().map(Vec::len),
+            Some(2),
+            "{when}: {status}"
+        );
+        let dead = row(&status, leader);
+        assert_eq!(dead["reachable"], false, "{when}: {status}");
+        assert_eq!(dead["answered"], false, "{when}: {status}");
+        let why = dead["error"].as_str().unwrap_or_default();
+        assert!(why.contains("connection refused"), "{when}: {status}");
+        assert_eq!(row(&status, standby)["reachable"], true, "{when}: {status}");
+        let text = pair.cluster().try_cli(&["status"]).expect("the CLI runs");
+        text.assert_ok();
+        assert!(
+            text.stdout.contains("UNREACHABLE: connection refused")
+                && text.stdout.contains("degraded: 1 of 2 coordinators"),
+            "{when}: {text}"
+        );
+        status
+    };
+    let before = check("right after the kill");
+    eprintln!("right after the kill: {before}");
+    pair.wait_leads(standby, DEADLINE)
+        .expect("the standby takes over");
+    let after = check("after the takeover");
+    eprintln!("after the takeover: {after}");
+    assert_eq!(row(&after, standby)["role"], "leader", "{after}");
+}
+
 #[test]
 fn ha_kill_9_of_the_leader_during_a_rollout_and_a_scale_loop_restarts_nothing() {
     let Some(etcd) = Etcd::single_or_skip() else {

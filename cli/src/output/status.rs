@@ -5,25 +5,147 @@ use serde_json::{Value, json};
 
 use super::{NONE, human_age, render_table};
 
-/// The coordinators, leader first, then by URL.
-fn sorted(reply: &pb::StatusReply) -> Vec<&pb::CoordinatorInfo> {
-    let mut list: Vec<&pb::CoordinatorInfo> = reply.coordinators.iter().collect();
-    list.sort_by(|a, b| {
-        (b.role == "leader", &a.advertise).cmp(&(a.role == "leader", &b.advertise))
-    });
-    list
+/// What `status` heard from one coordinator of `--coordinator`: its reply, or why it could not
+/// be reached.
+pub struct Asked {
+    pub url: String,
+    pub answer: Result<pb::StatusReply, String>,
 }
 
-pub fn status_text(reply: &pb::StatusReply) -> String {
-    let rows = sorted(reply)
-        .into_iter()
-        .map(|c| {
-            let mut url = c.advertise.clone();
-            if c.this {
-                url.push_str(" (answered)");
+/// Whether the CLI reached a coordinator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    Answered,
+    /// Why not ("connection refused").
+    Unreachable(String),
+    /// Not in `--coordinator`: known only from the store, through another coordinator.
+    NotAsked,
+}
+
+/// One row of `status`: a coordinator as it says it is (when it answered), or as the one that
+/// answered sees it in the store; `None` when nothing is known of it but that it did not answer.
+pub struct CoordinatorRow {
+    pub url: String,
+    pub info: Option<pb::CoordinatorInfo>,
+    pub reach: Reach,
+}
+
+/// `status`: every coordinator of `--coordinator` and every one the store lists, and the store's
+/// health as the most authoritative one that answered (the leader, else one with a healthy
+/// store, else the first) sees it.
+pub struct StatusView {
+    pub rows: Vec<CoordinatorRow>,
+    pub store: Option<pb::StoreStatus>,
+}
+
+/// The same coordinator, however its URL is written.
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// "Connection refused (os error 111)" as "connection refused".
+fn plain_cause(why: &str) -> String {
+    let why = match why.rfind(" (os error ") {
+        Some(at) if why.ends_with(')') => &why[..at],
+        _ => why,
+    };
+    let mut chars = why.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The rows of `status` from what each coordinator of `--coordinator` answered; `None` when
+/// none answered.
+pub fn status_view(asked: Vec<Asked>) -> Option<StatusView> {
+    let self_of = |r: &pb::StatusReply| r.coordinators.iter().find(|c| c.this).cloned();
+    let replies: Vec<(&str, &pb::StatusReply)> = asked
+        .iter()
+        .filter_map(|a| a.answer.as_ref().ok().map(|r| (a.url.as_str(), r)))
+        .collect();
+    let leads = |r: &pb::StatusReply| self_of(r).is_some_and(|c| c.role == "leader");
+    let healthy = |r: &pb::StatusReply| r.store.as_ref().is_some_and(|s| s.healthy);
+    let primary = replies
+        .iter()
+        .find(|(_, r)| leads(r))
+        .or_else(|| replies.iter().find(|(_, r)| healthy(r)))
+        .or_else(|| replies.first())
+        .map(|(_, r)| *r)?;
+    let mut rows: Vec<CoordinatorRow> = primary
+        .coordinators
+        .iter()
+        .map(|c| CoordinatorRow {
+            url: c.advertise.clone(),
+            info: Some(pb::CoordinatorInfo {
+                this: false,
+                ..c.clone()
+            }),
+            reach: Reach::NotAsked,
+        })
+        .collect();
+    for a in &asked {
+        let (info, reach) = match &a.answer {
+            Ok(reply) => (
+                self_of(reply).map(|c| pb::CoordinatorInfo { this: true, ..c }),
+                Reach::Answered,
+            ),
+            Err(why) => (None, Reach::Unreachable(plain_cause(why))),
+        };
+        // A coordinator that answered is known by the URL it advertises, which may not be the
+        // one it was asked at.
+        let advertised = info.as_ref().map(|c| c.advertise.clone());
+        let row = rows.iter_mut().find(|r| {
+            same_url(&r.url, &a.url) || advertised.as_deref().is_some_and(|u| same_url(&r.url, u))
+        });
+        match row {
+            Some(row) => {
+                // Its own word about itself is fresher than what the store says of it.
+                if info.is_some() {
+                    row.info = info;
+                }
+                row.reach = reach;
             }
+            None => rows.push(CoordinatorRow {
+                url: advertised.unwrap_or_else(|| a.url.clone()),
+                info,
+                reach,
+            }),
+        }
+    }
+    // The leader first, then by URL.
+    rows.sort_by(|a, b| {
+        let leads = |r: &CoordinatorRow| r.info.as_ref().is_some_and(|c| c.role == "leader");
+        (leads(b), &a.url).cmp(&(leads(a), &b.url))
+    });
+    Some(StatusView {
+        rows,
+        store: primary.store.clone(),
+    })
+}
+
+fn reach_text(reach: &Reach) -> String {
+    match reach {
+        Reach::Answered => "answered".to_string(),
+        Reach::Unreachable(why) => format!("UNREACHABLE: {why}"),
+        Reach::NotAsked => NONE.to_string(),
+    }
+}
+
+pub fn status_text(view: &StatusView) -> String {
+    let rows = view
+        .rows
+        .iter()
+        .map(|row| {
+            let Some(c) = &row.info else {
+                let mut cells = vec![row.url.clone()];
+                cells.extend(std::iter::repeat_n(NONE.to_string(), 5));
+                cells.push(reach_text(&row.reach));
+                return cells;
+            };
             vec![
-                url,
+                row.url.clone(),
                 c.role.clone(),
                 if c.term > 0 {
                     c.term.to_string()
@@ -41,6 +163,7 @@ pub fn status_text(reply: &pb::StatusReply) -> String {
                     NONE.to_string()
                 },
                 c.agents_connected.to_string(),
+                reach_text(&row.reach),
             ]
         })
         .collect();
@@ -52,14 +175,46 @@ pub fn status_text(reply: &pb::StatusReply) -> String {
             "lease age",
             "leading for",
             "agents",
+            "reached",
         ],
         rows,
         &[2, 5],
     );
-    if !reply.coordinators.iter().any(|c| c.role == "leader") {
+    let answering_leader = view.rows.iter().any(|r| {
+        !matches!(r.reach, Reach::Unreachable(_))
+            && r.info.as_ref().is_some_and(|c| c.role == "leader")
+    });
+    if !view
+        .rows
+        .iter()
+        .any(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
+    {
         text.push_str("no coordinator leads: writes wait until one is elected\n");
+    } else if !answering_leader {
+        text.push_str(
+            "the leader did not answer: it may be down; the other takes over when its lease \
+             expires\n",
+        );
     }
-    if let Some(store) = &reply.store {
+    let unreachable: Vec<&str> = view
+        .rows
+        .iter()
+        .filter(|r| matches!(r.reach, Reach::Unreachable(_)))
+        .map(|r| r.url.as_str())
+        .collect();
+    if !unreachable.is_empty() {
+        let asked = view
+            .rows
+            .iter()
+            .filter(|r| r.reach != Reach::NotAsked)
+            .count();
+        text.push_str(&format!(
+            "degraded: {} of {asked} coordinators could not be reached: {}\n",
+            unreachable.len(),
+            unreachable.join(", ")
+        ));
+    }
+    if let Some(store) = &view.store {
         let health = if store.healthy {
             "healthy".to_string()
         } else {
@@ -73,22 +228,31 @@ pub fn status_text(reply: &pb::StatusReply) -> String {
     text
 }
 
-pub fn status_json(reply: &pb::StatusReply) -> Value {
-    let coordinators: Vec<Value> = sorted(reply)
-        .into_iter()
-        .map(|c| {
+pub fn status_json(view: &StatusView) -> Value {
+    let coordinators: Vec<Value> = view
+        .rows
+        .iter()
+        .map(|row| {
+            let (reachable, error) = match &row.reach {
+                Reach::Answered => (json!(true), Value::Null),
+                Reach::Unreachable(why) => (json!(false), json!(why)),
+                Reach::NotAsked => (Value::Null, Value::Null),
+            };
+            let c = row.info.clone().unwrap_or_default();
             json!({
-                "advertise": c.advertise,
-                "role": c.role,
+                "advertise": row.url,
+                "role": if row.info.is_some() { c.role.as_str() } else { "unknown" },
                 "term": c.term,
                 "lease_age_ms": c.lease_age_ms,
                 "role_age_ms": c.role_age_ms,
                 "agents_connected": c.agents_connected,
-                "answered": c.this,
+                "answered": row.reach == Reach::Answered,
+                "reachable": reachable,
+                "error": error,
             })
         })
         .collect();
-    let store = reply.store.as_ref().map(
+    let store = view.store.as_ref().map(
         |s| json!({"kind": s.kind, "location": s.location, "healthy": s.healthy, "error": s.error}),
     );
     json!({"coordinators": coordinators, "store": store})
@@ -110,48 +274,174 @@ mod tests {
         }
     }
 
+    fn store(healthy: bool) -> Option<pb::StoreStatus> {
+        Some(pb::StoreStatus {
+            kind: "etcd".into(),
+            location: "http://e:2379 /pmcluster/prod".into(),
+            healthy,
+            error: if healthy {
+                String::new()
+            } else {
+                "etcd did not answer within 2s".into()
+            },
+        })
+    }
+
+    fn answered(url: &str, coordinators: Vec<pb::CoordinatorInfo>, healthy: bool) -> Asked {
+        Asked {
+            url: url.into(),
+            answer: Ok(pb::StatusReply {
+                coordinators,
+                store: store(healthy),
+            }),
+        }
+    }
+
+    fn refused(url: &str) -> Asked {
+        Asked {
+            url: url.into(),
+            answer: Err("Connection refused (os error 111)".into()),
+        }
+    }
+
     #[test]
     fn a_pair_shows_the_leader_first() {
-        let reply = pb::StatusReply {
-            coordinators: vec![
-                coordinator("http://a:7450", "standby", true),
-                coordinator("http://b:7450", "leader", false),
-            ],
-            store: Some(pb::StoreStatus {
-                kind: "etcd".into(),
-                location: "http://e:2379 /pmcluster/prod".into(),
-                healthy: true,
-                error: String::new(),
-            }),
-        };
-        let text = status_text(&reply);
+        let view = status_view(vec![
+            answered(
+                "http://a:7450",
+                vec![
+                    coordinator("http://a:7450", "standby", true),
+                    coordinator("http://b:7450", "leader", false),
+                ],
+                true,
+            ),
+            answered(
+                "http://b:7450",
+                vec![
+                    coordinator("http://a:7450", "standby", false),
+                    coordinator("http://b:7450", "leader", true),
+                ],
+                true,
+            ),
+        ])
+        .expect("answered");
+        let text = status_text(&view);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("COORDINATOR"), "{text}");
         assert!(lines[1].starts_with("http://b:7450") && lines[1].contains("leader"));
         assert!(lines[1].contains("42") && lines[1].contains("1m"), "{text}");
-        assert!(lines[2].starts_with("http://a:7450 (answered)") && lines[2].contains("standby"));
+        assert!(lines[1].ends_with("answered"), "{text}");
+        assert!(lines[2].starts_with("http://a:7450") && lines[2].contains("standby"));
         assert_eq!(
             lines[3],
             "store: etcd http://e:2379 /pmcluster/prod (healthy)"
         );
-        let v = status_json(&reply);
+        let v = status_json(&view);
         assert_eq!(v["coordinators"][0]["role"], "leader");
         assert_eq!(v["coordinators"][1]["answered"], true);
+        assert_eq!(v["coordinators"][1]["reachable"], true);
+        assert_eq!(v["coordinators"][1]["error"], Value::Null);
         assert_eq!(v["store"]["healthy"], true);
+    }
+
+    /// Every coordinator of `--coordinator` gets a row, and one that could not be reached says
+    /// so, whatever the one that answered says of it. Before, the failures were dropped as soon
+    /// as one answered: a dead leader still read as the leader, and after the takeover (or when
+    /// cut off from etcd) it was not listed at all.
+    #[test]
+    fn a_coordinator_that_could_not_be_reached_says_so() {
+        // Right after the leader died: the standby still sees it lead in the store.
+        let view = status_view(vec![
+            refused("http://a:7450"),
+            answered(
+                "http://b:7450",
+                vec![
+                    coordinator("http://a:7450", "leader", false),
+                    coordinator("http://b:7450", "standby", true),
+                ],
+                true,
+            ),
+        ])
+        .expect("b answered");
+        let text = status_text(&view);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("http://a:7450"), "{text}");
+        assert!(lines[1].contains("leader"), "{text}");
+        assert!(
+            lines[1].ends_with("UNREACHABLE: connection refused"),
+            "{text}"
+        );
+        assert!(text.contains("the leader did not answer"), "{text}");
+        assert!(
+            text.contains("degraded: 1 of 2 coordinators could not be reached: http://a:7450"),
+            "{text}"
+        );
+        let v = status_json(&view);
+        assert_eq!(v["coordinators"][0]["reachable"], false, "{v}");
+        assert_eq!(v["coordinators"][0]["answered"], false, "{v}");
+        assert_eq!(v["coordinators"][0]["error"], "connection refused", "{v}");
+
+        // After the takeover: the store no longer lists the dead one; it still has a row.
+        let view = status_view(vec![
+            answered(
+                "http://b:7450",
+                vec![coordinator("http://b:7450", "leader", true)],
+                true,
+            ),
+            refused("http://a:7450/"),
+        ])
+        .expect("b answered");
+        let text = status_text(&view);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("http://b:7450"), "{text}");
+        assert!(lines[2].starts_with("http://a:7450/"), "{text}");
+        assert!(
+            lines[2].contains("UNREACHABLE: connection refused"),
+            "{text}"
+        );
+        assert!(!text.contains("the leader did not answer"), "{text}");
+        let v = status_json(&view);
+        assert_eq!(v["coordinators"][1]["role"], "unknown", "{v}");
+        assert_eq!(v["coordinators"][1]["reachable"], false, "{v}");
+
+        // Alive but cut off from etcd: the leader's store has no record of it; it answered,
+        // and says what it knows of itself.
+        let view = status_view(vec![
+            answered(
+                "http://a:7450",
+                vec![coordinator("http://a:7450", "standby", true)],
+                false,
+            ),
+            answered(
+                "http://b:7450",
+                vec![coordinator("http://b:7450", "leader", true)],
+                true,
+            ),
+        ])
+        .expect("both answered");
+        let v = status_json(&view);
+        let list = v["coordinators"].as_array().cloned().unwrap_or_default();
+        assert_eq!(list.len(), 2, "{v}");
+        assert_eq!(list[1]["advertise"], "http://a:7450", "{v}");
+        assert_eq!(list[1]["answered"], true, "{v}");
+        assert_eq!(
+            v["store"]["healthy"], true,
+            "the leader's view of the store: {v}"
+        );
+        assert!(!status_text(&view).contains("degraded"));
+
+        assert!(status_view(vec![refused("http://a:7450")]).is_none());
     }
 
     #[test]
     fn no_leader_and_a_sick_store_are_said() {
-        let reply = pb::StatusReply {
-            coordinators: vec![coordinator("http://a:7450", "standby", true)],
-            store: Some(pb::StoreStatus {
-                kind: "etcd".into(),
-                location: "http://e:2379 /p".into(),
-                healthy: false,
-                error: "etcd did not answer within 2s".into(),
-            }),
-        };
-        let text = status_text(&reply);
+        let view = status_view(vec![answered(
+            "http://a:7450",
+            vec![coordinator("http://a:7450", "standby", true)],
+            false,
+        )])
+        .expect("answered");
+        let text = status_text(&view);
         assert!(text.contains("no coordinator leads"), "{text}");
         assert!(
             text.contains("UNHEALTHY: etcd did not answer within 2s"),
