@@ -630,6 +630,62 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
     assert!(c.agent(0).running());
 }
 
+/// A node whose agent is connected but does not answer (stopped, its heartbeat not lapsed yet):
+/// `logs` does not wait for the heartbeat timeout and then print nothing with exit 0 (as it did,
+/// after about 9.7 s); within the coordinator's answer deadline (5 s) it prints a notice in place
+/// of the instance's logs and exits 1.
+#[test]
+fn logs_of_a_hung_agent_are_a_notice_and_a_failure() {
+    let c = Cluster::start_with(1, &["--heartbeat-timeout", "30s"]).expect("cluster starts");
+    apply(
+        &c,
+        json!({"name": "hung", "script": "sh", "instances": 1,
+               "args": ["-c", "echo hello; exec sleep 1000"]}),
+    );
+    let list = wait_online(&c, "hung", 1);
+    let node = list[0].node.clone().unwrap_or_default();
+    wait_until(DEADLINE, "the instance's line", || {
+        let out = c.try_cli(&["logs", "hung"])?;
+        if out.success() && out.stdout.contains("hung[0] | hello") {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+
+    c.agent(0).signal(Signal::SIGSTOP);
+    let started = Instant::now();
+    let out = c.try_cli(&["logs", "hung"]);
+    let took = started.elapsed();
+    let json = c.try_cli(&["logs", "hung", "-o", "json"]);
+    c.agent(0).signal(Signal::SIGCONT);
+    let out = out.expect("the CLI runs");
+    assert_eq!(out.code(), Some(1), "{out}");
+    assert!(
+        out.stdout.contains(&format!(
+            "[pmcluster] node {node} did not answer within 5s: no logs of hung[0]"
+        )),
+        "{out}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "waited {took:?}, not the answer deadline"
+    );
+    let json = json.expect("the CLI runs");
+    assert_eq!(json.code(), Some(1), "{json}");
+    assert!(json.stdout.contains("\"unread\":true"), "{json}");
+
+    // Awake again, the same call reads the logs.
+    wait_until(DEADLINE, "the instance's line again", || {
+        let out = c.try_cli(&["logs", "hung"])?;
+        if out.success() && out.stdout.contains("hung[0] | hello") {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+}
+
 /// A node cut off (its agent stopped past the heartbeat timeout) cannot serve its instances'
 /// logs. `logs` prints what the other node sent, a notice in place of the unread instance, and
 /// exits 1: the answer is partial. Back in touch, the same call reads both and exits 0.
@@ -680,9 +736,14 @@ fn logs_of_a_cut_off_node_are_a_notice_and_a_failure() {
     c.agent(a).signal(Signal::SIGCONT);
     assert_eq!(out.code(), Some(1), "{out}");
     assert!(out.stdout.contains("talk[1] | hello"), "{out}");
+    // Asked before the heartbeat lapsed, the request ends when it does; asked after, it is
+    // not sent at all. Either way the reader is told.
     assert!(
         out.stdout
-            .contains(&format!("[pmcluster] node {away} is not connected")),
+            .contains(&format!("[pmcluster] node {away} is not connected"))
+            || out
+                .stdout
+                .contains(&format!("[pmcluster] node {away} missed heartbeats")),
         "{out}"
     );
     assert!(

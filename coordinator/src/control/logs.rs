@@ -9,6 +9,11 @@ use crate::model::{LogChunk, LogLine, LogRequest, LogStream, LogsQuery};
 
 use super::{AgentCommand, Control, ControlError, LogRoute, Result, find_app};
 
+/// How long an agent has to start answering a log request (without `follow`). An agent that is
+/// connected but not answering (a stopped process, a host that stalls) would otherwise keep the
+/// reader waiting until its heartbeat lapses, and then end the answer as if there were no logs.
+pub const LOG_ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Control {
     /// Asks the agents of the app's instances for their logs. The returned receiver ends when
     /// every agent has sent all it had (without `follow`), or never (with `follow`), until the
@@ -52,6 +57,10 @@ impl Control {
             requests.push((node, instances, commands));
         }
         drop(inner);
+        let answer_by = (!req.follow).then(|| {
+            self.now()
+                .saturating_add(i64::try_from(LOG_ANSWER_WAIT.as_millis()).unwrap_or(i64::MAX))
+        });
         let (tx, rx) = mpsc::channel(1024);
         let mut routes = self.log_routes.lock();
         for (node, instances, commands) in requests {
@@ -88,6 +97,10 @@ impl Control {
                     lines: tx.clone(),
                     dropped: 0,
                     dropped_unread: false,
+                    app: req.app.clone(),
+                    indices,
+                    answer_by,
+                    answered: false,
                 },
             );
         }
@@ -104,6 +117,8 @@ impl Control {
         if route.node != node {
             return;
         }
+        route.answer_by = None;
+        route.answered = true;
         let mut lines = chunk.lines;
         if !chunk.error.is_empty() {
             tracing::warn!(node, error = %chunk.error, "agent could not read logs");
@@ -134,15 +149,24 @@ impl Control {
         }
     }
 
-    /// Drops log routes whose reader went away (telling their agents to stop following) and
-    /// those whose session ended (their readers' streams end).
+    /// Drops log routes whose reader went away (telling their agents to stop following), those
+    /// whose session ended and those whose agent did not start answering by their deadline
+    /// (their readers are told, and their streams end).
     pub fn reap_log_routes(&self) {
+        let now = self.now();
         let mut routes = self.log_routes.lock();
         routes.retain(|id, r| {
-            if r.commands.is_closed() {
+            if r.lines.is_closed() {
+                cancel(r, *id);
                 return false;
             }
-            if r.lines.is_closed() {
+            if r.commands.is_closed() {
+                ended(r, "disconnected");
+                return false;
+            }
+            if r.answer_by.is_some_and(|by| now >= by) {
+                let why = format!("did not answer within {}s", LOG_ANSWER_WAIT.as_secs());
+                unread(&r.lines, &r.app, &r.node, &r.indices, &why);
                 cancel(r, *id);
                 return false;
             }
@@ -150,14 +174,43 @@ impl Control {
         });
     }
 
-    /// Ends the log routes of a node's session(s): their readers' streams end.
-    pub(super) fn drop_log_routes(&self, node: &str) {
-        self.log_routes.lock().retain(|_, r| r.node != node);
+    /// The earliest deadline of a log request still waiting for its agent's first answer: the
+    /// control loop ticks then, so the reader hears of it on time.
+    pub fn next_log_deadline(&self) -> Option<i64> {
+        self.log_routes
+            .lock()
+            .values()
+            .filter_map(|r| r.answer_by)
+            .min()
+    }
+
+    /// Ends the log routes of a node's session(s): their readers are told why (`why`: "missed
+    /// heartbeats", ...), and their streams end.
+    pub(super) fn drop_log_routes(&self, node: &str, why: &str) {
+        self.log_routes.lock().retain(|_, r| {
+            if r.node != node {
+                return true;
+            }
+            ended(r, why);
+            false
+        });
     }
 }
 
 /// Tells a reader that a node's instances were not asked for their logs, and why.
 fn unread(tx: &mpsc::Sender<LogLine>, app: &str, node: &str, indices: &[u32], why: &str) {
+    notice(tx, app, node, indices, why, "no logs of");
+}
+
+/// `[pmcluster] node a {why}: {what} web[0], web[1] (see `pmcluster nodes`)`, marked unread.
+fn notice(
+    tx: &mpsc::Sender<LogLine>,
+    app: &str,
+    node: &str,
+    indices: &[u32],
+    why: &str,
+    what: &str,
+) {
     let list: Vec<String> = indices.iter().map(|i| format!("{app}[{i}]")).collect();
     let notice = LogLine {
         app: app.to_string(),
@@ -165,13 +218,30 @@ fn unread(tx: &mpsc::Sender<LogLine>, app: &str, node: &str, indices: &[u32], wh
         node: node.to_string(),
         stream: LogStream::Unspecified,
         line: format!(
-            "[pmcluster] node {node} {why}: no logs of {} (see `pmcluster nodes`)",
+            "[pmcluster] node {node} {why}: {what} {} (see `pmcluster nodes`)",
             list.join(", ")
         ),
         unread: true,
     };
     // A fresh channel of 1,024 has room for one notice per node of an app.
     let _ = tx.try_send(notice);
+}
+
+/// Tells a reader that the session its request went out on ended before the answer did.
+fn ended(route: &LogRoute, why: &str) {
+    let what = if route.answered {
+        "no more logs of"
+    } else {
+        "no logs of"
+    };
+    notice(
+        &route.lines,
+        &route.app,
+        &route.node,
+        &route.indices,
+        why,
+        what,
+    );
 }
 
 fn cancel(route: &LogRoute, request_id: u64) {

@@ -178,6 +178,15 @@ struct LogRoute {
     dropped: u64,
     /// One of those was a notice that logs were not read: the announcement carries it on.
     dropped_unread: bool,
+    /// The app and the indices asked for: named in a notice when the answer never comes.
+    app: String,
+    indices: Vec<u32>,
+    /// Until the agent's first chunk (clock ms): past it, the reader is told the node did not
+    /// answer and the route ends ([`logs::LOG_ANSWER_WAIT`]). `None` once it answered, and for
+    /// a follow request (which an agent with nothing to show answers with nothing).
+    answer_by: Option<i64>,
+    /// A chunk came: a notice that the answer ended early says "no more logs".
+    answered: bool,
 }
 
 /// The memory of one instance's process over the leak window.

@@ -42,7 +42,7 @@ impl Control {
             tracing::info!(node = %name, "agent reconnected; replacing its previous session");
             // The new session knows nothing of the old one's log requests: their readers end
             // now rather than wait forever.
-            self.drop_log_routes(&name);
+            self.drop_log_routes(&name, "reconnected (its earlier session ended)");
         }
         let quarantine = adoption::quarantine_reason(&inner.state, &registration(reg));
         let mut batch = Batch::default();
@@ -441,7 +441,7 @@ impl Control {
         // Their callers hear that the node went away (the reply channel closes).
         inner.command_routes.retain(|_, r| r.node != node);
         drop(inner);
-        self.drop_log_routes(node);
+        self.drop_log_routes(node, "disconnected");
         self.emit(
             EventKind::NodeDown,
             "",

@@ -28,12 +28,17 @@ pub const SAFETY_TICK_MS: i64 = 2000;
 impl Control {
     /// When the next [`Control::tick`] has work (clock milliseconds): the reconciler's follow-up
     /// time, the first heartbeat that could lapse, the next autoscale sample, the next step of a
-    /// running rollout, or now when a reconcile is due or a write committed since the last tick;
+    /// running rollout, a log request's answer deadline, or now when a reconcile is due or a write committed since the last tick;
     /// at the latest [`SAFETY_TICK_MS`] from now.
     pub fn next_tick_at(&self) -> i64 {
+        // Before the state lock: the routes' lock is never taken under it here.
+        let log_deadline = self.next_log_deadline();
         let inner = self.lock();
         let now = inner.now;
         let mut at = now + SAFETY_TICK_MS;
+        if let Some(by) = log_deadline {
+            at = at.min(by);
+        }
         if inner.reconcile_due || inner.tick_due {
             return now;
         }
@@ -173,7 +178,7 @@ impl Control {
             self.emit(EventKind::RolloutStep, &app, "", None, text);
         }
         for name in lapsed {
-            self.drop_log_routes(&name);
+            self.drop_log_routes(&name, "missed heartbeats");
             self.emit(
                 EventKind::NodeDown,
                 "",

@@ -13,6 +13,10 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
         lines: tx,
         dropped: 0,
         dropped_unread: false,
+        app: "web".into(),
+        indices: vec![0],
+        answer_by: None,
+        answered: true,
     };
     let lines = |from: u32, n: u32| -> Vec<LogLine> {
         (from..from + n)
@@ -77,9 +81,12 @@ struct LogRequest {
     request_id: u64,
 }
 fn log_request(follow: bool) -> Result<LogRequest> {
+    log_request_with(follow, Duration::from_millis(1500))
+}
+fn log_request_with(follow: bool, heartbeat_timeout: Duration) -> Result<LogRequest> {
     let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
     let config = ControlConfig {
-        heartbeat_timeout: Duration::from_millis(1500),
+        heartbeat_timeout,
         ..ControlConfig::default()
     };
     let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
@@ -142,12 +149,110 @@ async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()
     clock.advance_ms(2_000);
     c.tick();
     assert!(!c.is_connected("a"), "a's heartbeat lapsed");
+    let notice = lines.try_recv().map(|l| (l.line, l.unread));
+    assert_eq!(
+        notice,
+        Ok((
+            "[pmcluster] node a missed heartbeats: no more logs of web[0] (see `pmcluster nodes`)"
+                .to_string(),
+            true
+        )),
+        "the reader is told why its stream ends"
+    );
     assert!(
         matches!(
             lines.try_recv(),
             Err(mpsc::error::TryRecvError::Disconnected)
         ),
         "the reader's stream ends with the session"
+    );
+    Ok(())
+}
+
+/// An agent that is connected but does not answer a log request (a stopped process) gets
+/// LOG_ANSWER_WAIT: then its reader is told, the agent is told to drop the request, and the
+/// stream ends. Before, the reader waited for the heartbeat to lapse and then got nothing, which
+/// read as an app without logs (exit 0).
+#[tokio::test]
+async fn a_log_request_the_agent_does_not_answer_ends_with_a_notice() -> Result<()> {
+    use crate::control::logs::LOG_ANSWER_WAIT;
+    use crate::model::LogChunk;
+    let LogRequest {
+        clock,
+        c,
+        mut lines,
+        request_id,
+        _a: mut a,
+        query,
+    } = log_request_with(false, Duration::from_secs(60))?;
+    let wait = i64::try_from(LOG_ANSWER_WAIT.as_millis()).unwrap_or(i64::MAX);
+    assert!(
+        c.next_tick_at() <= 1_000_000 + wait,
+        "the loop ticks by the deadline"
+    );
+    clock.advance_ms(wait - 1);
+    c.tick();
+    assert!(lines.try_recv().is_err(), "not yet");
+    clock.advance_ms(1);
+    c.tick();
+    assert!(c.is_connected("a"), "the node is still up");
+    let notice = lines
+        .try_recv()
+        .map(|l| (l.app, l.index, l.node, l.line, l.unread));
+    assert_eq!(
+        notice,
+        Ok((
+            "web".to_string(),
+            0,
+            "a".to_string(),
+            "[pmcluster] node a did not answer within 5s: no logs of web[0] (see `pmcluster nodes`)"
+                .to_string(),
+            true
+        ))
+    );
+    assert!(matches!(
+        lines.try_recv(),
+        Err(mpsc::error::TryRecvError::Disconnected)
+    ));
+    assert!(
+        matches!(a.commands.try_recv(), Ok(AgentCommand::CancelLogs(id)) if id == request_id),
+        "the agent is told to drop the request"
+    );
+    // A late answer goes nowhere.
+    c.log_chunk(
+        "a",
+        LogChunk {
+            request_id,
+            eof: true,
+            ..LogChunk::default()
+        },
+    );
+
+    // An agent that answers in time: no notice, whatever the clock does after.
+    let mut lines = c.stream_logs(&query)?;
+    let request_id = match a.commands.try_recv() {
+        Ok(AgentCommand::Logs(r)) => r.request_id,
+        other => panic!("the agent was not asked for logs: {other:?}"),
+    };
+    c.log_chunk(
+        "a",
+        LogChunk {
+            request_id,
+            lines: vec![LogLine {
+                app: "web".into(),
+                line: "hello".into(),
+                stream: LogStream::Stdout,
+                ..LogLine::default()
+            }],
+            ..LogChunk::default()
+        },
+    );
+    clock.advance_ms(wait * 2);
+    c.tick();
+    assert_eq!(lines.try_recv().map(|l| l.line).as_deref(), Ok("hello"));
+    assert!(
+        lines.try_recv().is_err(),
+        "no notice for an answer that came"
     );
     Ok(())
 }
