@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 use crate::clock::ManualClock;
-use crate::model::{InstanceObserved, InstanceRecord, InstanceState, Report};
+use crate::model::{InstanceObserved, InstanceRecord, InstanceState};
 
 const T0: i64 = 1_000_000;
 
@@ -93,20 +93,7 @@ fn registration_of(agents: &Agents, node: &str) -> Registration {
 }
 
 fn report(c: &Control, agents: &Agents, node: &str, session: &Attached) {
-    let generation = session
-        .desired
-        .borrow()
-        .as_ref()
-        .map_or(0, |s| s.generation);
-    c.report(
-        node,
-        session.session_id,
-        Report {
-            generation,
-            instances: agents.statuses(node),
-            host: None,
-        },
-    );
+    super::super::report_tests::send(c, node, session, agents.statuses(node));
 }
 
 /// The drain's guarantees, against what the agents really run: every index has a record of a
