@@ -121,7 +121,7 @@ async fn app_lifecycle() -> anyhow::Result<()> {
         "",
     )
     .await?;
-    check(a, &["info", "web"], 0, "version:       1", "").await?;
+    check(a, &["info", "web"], 0, "version:        1", "").await?;
     let info = check(a, &["describe", "web", "-o", "json"], 0, "", "").await?;
     let json: serde_json::Value = serde_json::from_str(&info.stdout)?;
     assert_eq!(json["app"]["spec"]["port"], "3000-3001", "{json}");
