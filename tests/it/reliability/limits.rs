@@ -180,7 +180,7 @@ fn issue9_an_unplaceable_scale_keeps_the_coordinator_responsive_and_list_pages()
     c.cli(&["apply", "-f", &config]).assert_ok();
     wait_online(&c, "small", 1);
     // Far more CPU than any node has.
-    c.cli(&["start", "sleep 600", "--name", "many", "--cpu", "4096"])
+    c.cli(&["start", "sleep 600", "--name", "many", "--cpu", "900"])
         .assert_ok();
     std::thread::scope(|s| {
         let scale = s.spawn(|| c.cli(&["scale", "many", &N.to_string()]));
