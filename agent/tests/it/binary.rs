@@ -58,6 +58,28 @@ pub(crate) async fn start_agent(node: &str, extra: &[&str]) -> Started {
     }
 }
 
+impl Started {
+    /// Sends `desired` as generation `generation` while the agent is stopped, then a SIGTERM
+    /// (a detach), so that both are pending when it runs again and either may be handled first.
+    /// Returns its stderr once it has exited 0 with every supervisor ended in time.
+    pub(crate) async fn detach_with_pending(
+        &mut self,
+        generation: u64,
+        desired: Vec<pb::Assignment>,
+    ) -> String {
+        let agent = Pid::from_raw(self.agent.id().expect("the agent's pid") as i32);
+        must(kill(agent, Signal::SIGSTOP), "SIGSTOP the agent");
+        self.session.desired(generation, desired).await;
+        must(kill(agent, Signal::SIGTERM), "SIGTERM the agent");
+        must(kill(agent, Signal::SIGCONT), "SIGCONT the agent");
+        let status = exit_of(&mut self.agent).await;
+        let stderr = stderr_of(self.dir.path());
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains("did not end within"), "{stderr}");
+        stderr
+    }
+}
+
 pub(crate) fn spawn_agent(dir: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Child {
     let stderr = must(std::fs::File::create(dir.join("agent.err")), "stderr file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmcluster-agent"));
@@ -690,17 +712,9 @@ async fn a_restart_asked_as_the_agent_detaches_is_not_lost() {
     let pid_a = pid_in(&r, "a");
     reaper.add(pid_a);
 
-    let agent = Pid::from_raw(st.agent.id().expect("the agent's pid") as i32);
-    must(kill(agent, Signal::SIGSTOP), "SIGSTOP the agent");
     a.restart_epoch = 1;
-    st.session.desired(2, vec![a.clone()]).await;
-    must(kill(agent, Signal::SIGTERM), "SIGTERM the agent");
-    must(kill(agent, Signal::SIGCONT), "SIGCONT the agent");
-    let status = exit_of(&mut st.agent).await;
-    let stderr = stderr_of(st.dir.path());
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    // Every supervisor ended at the detach, whether it was restarting or not.
-    assert!(!stderr.contains("did not end within"), "{stderr}");
+    // Every supervisor ends at the detach, whether it was restarting or not.
+    st.detach_with_pending(2, vec![a.clone()]).await;
     // Whichever came first, the record pairs the process with the epoch it runs under: the old
     // one with 0 (the restart is still to do), or a new one with 1 (it was done).
     let record =
