@@ -138,7 +138,7 @@ fn memory_growth_triggers_a_restart() {
 #[test]
 fn health_checks_report_and_restart() {
     let c = Cluster::start(1).expect("coordinator and an agent start");
-    let base = free_port_range(4).expect("four free ports");
+    let base = free_port_range(5).expect("five free ports");
     let flag = c.root().join("make-unhealthy");
     let testapp = c.testapp().display().to_string();
     let check_flag = json!({
@@ -180,6 +180,13 @@ fn health_checks_report_and_restart() {
                "env": {"TESTAPP_FAIL_HEALTH": "1"}, "listen_timeout": "1s",
                "health_check": {"check_type": "http", "interval": "200ms"}}),
     );
+    // Never passes either, with time to spare: launching, and saying why.
+    apply(
+        &c,
+        json!({"name": "late", "script": testapp, "port": (base + 4).to_string(),
+               "env": {"TESTAPP_FAIL_HEALTH": "1"}, "listen_timeout": "60s",
+               "health_check": {"check_type": "http", "interval": "200ms"}}),
+    );
 
     for app in ["fine", "flaky", "sick"] {
         let i = wait_instance(&c, app, "online and healthy", |i| {
@@ -195,6 +202,25 @@ fn health_checks_report_and_restart() {
             && message(&never).contains("HTTP 503"),
         "{}",
         never.json
+    );
+
+    let late = wait_instance(&c, "late", "launching with its check's failure", |i| {
+        message(i).contains("its health check has not passed yet (last: GET")
+    });
+    assert_eq!(
+        (late.status.as_str(), late.restarts),
+        ("launching", 0),
+        "{}",
+        late.json
+    );
+    assert!(message(&late).contains("HTTP 503"), "{}", late.json);
+    // What a waiting `start` shows for it, once its time is up.
+    let wait = c.cli(&["start", "late", "--wait", "--wait-timeout", "1s"]);
+    assert_eq!(wait.status.code(), Some(1), "{wait}");
+    assert!(
+        format!("{}{}", wait.stdout, wait.stderr)
+            .contains("late[0] launching: its health check has not passed yet (last: GET"),
+        "{wait}"
     );
 
     let sick_pid = c.instances("sick").expect("list")[0].pid;

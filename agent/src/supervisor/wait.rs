@@ -20,6 +20,9 @@ use crate::process::{self, Exit};
 use crate::restart::{self, Decision, Named, Policy};
 use crate::state::Poke;
 
+/// How a starting instance's message begins while its health check fails (before it is online).
+const NOT_PASSED_YET: &str = "its health check has not passed yet";
+
 /// How long one probe connect may take.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often a launching instance's health check runs until it first passes (then: its
@@ -93,9 +96,21 @@ impl Supervisor {
             return Ok(r);
         };
         if let Outcome::Fail(why) = &outcome {
+            let new_reason = h.last_failure != *why;
             h.last_failure.clone_from(why);
             if !ready {
-                // Failures while it starts are expected; listen_timeout bounds them.
+                // Failures while it starts are expected (listen_timeout bounds them), but they
+                // are why it is not online yet: said once per new reason, for `list` and for a
+                // `--wait` that would otherwise show only "launching". Not over why it was last
+                // restarted, which says as much and more.
+                if new_reason {
+                    let said = format!("{NOT_PASSED_YET} (last: {why})");
+                    self.agent.state.update(&self.id, |s| {
+                        if s.message.is_empty() || s.message.starts_with(NOT_PASSED_YET) {
+                            s.message = said;
+                        }
+                    });
+                }
                 return Ok(r);
             }
         }
@@ -112,6 +127,9 @@ impl Supervisor {
                 self.agent.state.update(&self.id, |s| {
                     s.state = InstanceState::Online;
                     s.health = health;
+                    if s.message.starts_with(NOT_PASSED_YET) {
+                        s.message.clear();
+                    }
                 });
                 Ok(r)
             }
