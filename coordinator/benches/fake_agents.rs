@@ -8,7 +8,9 @@
 //! while one client calls `list` (an app of 20) and `scale` (that app, 20 <-> 22) in a loop and
 //! lists the whole big app every 5 s. Prints the coordinator's CPU (average and worst 10 s), its
 //! RSS, and the calls' percentiles. `FAKE_AGENTS=N` and `FAKE_AGENTS_INSTANCES=N` change the
-//! size (the runs: 1,000 x 20 and 5,000 x 20).
+//! size (the runs: 1,000 x 20 and 5,000 x 20). Each fake agent keeps its connection
+//! alive with HTTP/2 pings every 2 s, as the real agent does; `FAKE_AGENTS_PINGS=0` leaves them
+//! out.
 //!
 //! CLI reads (`FAKE_AGENTS_CLI_READS=1`, for example with `FAKE_AGENTS=100
 //! FAKE_AGENTS_INSTANCES=10000`): once every agent reports its instances, the wall time of each

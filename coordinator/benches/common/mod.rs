@@ -99,7 +99,16 @@ pub struct AgentProbe {
 /// once, so a connection refused or reset before the agent registered is tried again half a
 /// second later, as a real agent's reconnect loop does, for up to a minute.
 pub async fn fake_agent(url: String, name: String, probe: Arc<AgentProbe>) -> BenchResult<()> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true);
+    // The real agent's link settings (`agent/src/link/mod.rs`): its HTTP/2 pings every 2 s are
+    // part of what 1,000 agents cost the coordinator. `FAKE_AGENTS_PINGS=0` leaves them out, to
+    // measure them.
+    if env_or("FAKE_AGENTS_PINGS", 1)? != 0 {
+        endpoint = endpoint
+            .http2_keep_alive_interval(Duration::from_secs(2))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
+    }
     let mut tries = 0u32;
     loop {
         let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
