@@ -1,0 +1,175 @@
+use super::*;
+
+#[test]
+fn data_dirs() {
+    let s = |v: &str| Some(OsString::from(v));
+    let cases = [
+        (s("/xdg"), s("/home/u"), Some("/xdg/pmcluster")),
+        (
+            s("relative"),
+            s("/home/u"),
+            Some("/home/u/.local/share/pmcluster"),
+        ),
+        (None, s("/home/u"), Some("/home/u/.local/share/pmcluster")),
+        (s(""), s(""), None),
+        (None, None, None),
+    ];
+    for (xdg, home, want) in cases {
+        assert_eq!(
+            default_data_dir(xdg.clone(), home.clone()),
+            want.map(PathBuf::from),
+            "{xdg:?} {home:?}"
+        );
+    }
+}
+
+#[test]
+fn cmdlines() {
+    let cases: &[(&[u8], &str, bool)] = &[
+        (
+            b"/usr/bin/pmcluster-agent\0--node-name\0a\0",
+            AGENT_BIN,
+            true,
+        ),
+        (b"pmcluster-agent\0", AGENT_BIN, true),
+        (b"/usr/bin/pmcluster-agent\0", COORDINATOR_BIN, false),
+        (b"/bin/sleep\0pmcluster-agent\0", AGENT_BIN, false),
+        (b"/x/pmcluster-agent-old\0", AGENT_BIN, false),
+        (b"", AGENT_BIN, false),
+    ];
+    for (cmdline, name, want) in cases {
+        assert_eq!(cmdline_runs(cmdline, name), *want, "{cmdline:?} {name}");
+    }
+    assert!(!runs(std::process::id() as i32, AGENT_BIN));
+}
+
+#[test]
+fn pids_and_addresses() {
+    assert_eq!(parse_pid("123\n"), Some(123));
+    assert_eq!(parse_pid("0"), None);
+    assert_eq!(parse_pid("-5"), None);
+    assert_eq!(parse_pid("abc"), None);
+    let cases = [
+        ("127.0.0.1:7450", Ok("http://127.0.0.1:7450")),
+        ("0.0.0.0:7450", Ok("http://127.0.0.1:7450")),
+        ("[::]:7450", Ok("http://[::1]:7450")),
+        ("127.0.0.1:0", Err("port 0 is not supported")),
+        ("localhost", Err("is not an address")),
+    ];
+    for (input, want) in cases {
+        let got = parse_listen(input).map(dial_url).map_err(|e| e.to_string());
+        match (want, &got) {
+            (Ok(w), Ok(g)) => assert_eq!(w, g, "{input}"),
+            (Err(w), Err(g)) => assert!(g.contains(w), "{input}: {g}"),
+            _ => panic!("{input}: {got:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_node_name_is_the_one_the_agent_data_dir_belongs_to() {
+    let cmdline = b"/x/pmcluster-agent\0--coordinator\0http://127.0.0.1:7450\0--node-name\0a\0--data-dir\0/d\0";
+    assert_eq!(
+        cmdline_flag(cmdline, "--coordinator").as_deref(),
+        Some("http://127.0.0.1:7450")
+    );
+    assert_eq!(cmdline_flag(cmdline, "--node-name").as_deref(), Some("a"));
+    assert_eq!(
+        cmdline_flag(b"agent\0--node-name=b\0", "--node-name").as_deref(),
+        Some("b")
+    );
+    assert_eq!(cmdline_flag(b"agent\0--node-name\0", "--node-name"), None);
+    assert_eq!(
+        cmdline_flag(b"agent\0--node-named\0x\0", "--node-name"),
+        None
+    );
+
+    assert_eq!(
+        recorded_node_name(r#"{"node_name": "a", "cluster_id": "c", "generation": 3}"#).as_deref(),
+        Some("a")
+    );
+    assert_eq!(recorded_node_name(r#"{"node_name": ""}"#), None);
+    assert_eq!(recorded_node_name("{not json"), None);
+
+    let dir = Path::new("/home/u/.local/share/pmcluster/agent");
+    let host = || "vm".to_string();
+    let choose = |flag, recorded, running| {
+        choose_node_name(flag, recorded, host, dir, running).map_err(|e| e.to_string())
+    };
+    // Plain `up` after `up --node-name a` and `down`: a, not the hostname.
+    assert_eq!(choose(None, Some("a"), false), Ok("a".to_string()));
+    assert_eq!(choose(Some("a"), Some("a"), true), Ok("a".to_string()));
+    assert_eq!(choose(Some("b"), None, false), Ok("b".to_string()));
+    assert_eq!(choose(None, None, false), Ok("vm".to_string()));
+    let err = choose(Some("b"), Some("a"), false).expect_err("another name is refused");
+    for want in [
+        "--node-name b: this data directory's agent is node \"a\"",
+        "leave out --node-name, or give --node-name a",
+        "pmcluster down",
+        "move /home/u/.local/share/pmcluster/agent aside",
+        "pmcluster nodes forget a",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    let err = choose(Some("b"), Some("a"), true).expect_err("another name is refused");
+    assert!(
+        err.contains("the agent running from this data directory is node \"a\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn binaries_are_found_beside_then_in_path() -> anyhow::Result<()> {
+    let beside = tempfile::tempdir()?;
+    let in_path = tempfile::tempdir()?;
+    let make = |dir: &Path, mode: u32| -> anyhow::Result<PathBuf> {
+        let p = dir.join(AGENT_BIN);
+        fs::write(&p, "#!/bin/sh\n")?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        Ok(p)
+    };
+    let path_var = std::env::join_paths([in_path.path()])?;
+    assert_eq!(
+        find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+        None
+    );
+    let from_path = make(in_path.path(), 0o755)?;
+    assert_eq!(
+        find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+        Some(from_path)
+    );
+    // Not executable: skipped.
+    make(beside.path(), 0o644)?;
+    assert_ne!(
+        find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+        Some(beside.path().join(AGENT_BIN))
+    );
+    let next_to_us = make(beside.path(), 0o755)?;
+    assert_eq!(
+        find_binary(AGENT_BIN, Some(beside.path()), Some(&path_var)),
+        Some(next_to_us)
+    );
+    Ok(())
+}
+
+#[test]
+fn down_with_nothing_running() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    // A stale pid file naming a process that is not an agent (this test) is left alone
+    // as a process and removed as a file.
+    fs::write(
+        dir.path().join("agent.pid"),
+        format!("{}\n", std::process::id()),
+    )?;
+    let mut out = Vec::new();
+    down(
+        DownArgs {
+            data_dir: Some(dir.path().to_path_buf()),
+        },
+        &Environment::default(),
+        &mut out,
+    )?;
+    assert_eq!(String::from_utf8(out)?, "nothing to stop\n");
+    assert!(!dir.path().join("agent.pid").exists());
+    Ok(())
+}
