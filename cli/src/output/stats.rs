@@ -164,25 +164,29 @@ fn with_ratio(text: String, value: f64, mean: f64) -> String {
     format!("{text} ({:.1}x)", value / mean)
 }
 
-/// Marks the instances holding the highest and the lowest of one figure (`▲`/`▼`), when they
-/// differ; the others get blanks of the same width, so the right-aligned column stays aligned.
-fn marks(values: &[f64]) -> Vec<&'static str> {
-    let max = values.iter().copied().fold(f64::MIN, f64::max);
-    let min = values.iter().copied().fold(f64::MAX, f64::min);
-    values
-        .iter()
-        .map(|v| {
-            if values.len() < 2 || max == min {
-                "  "
-            } else if *v == max {
-                " ▲"
-            } else if *v == min {
-                " ▼"
-            } else {
-                "  "
-            }
-        })
-        .collect()
+/// Marks the instance holding the highest and the one holding the lowest of one figure
+/// (`▲`/`▼`), judged on the figure as shown: a mark says that this instance stands out, so an
+/// extreme that reads the same on another row (a tie, or bytes apart under the shown rounding)
+/// gets none. The others get blanks of the same width, so the right-aligned column stays
+/// aligned.
+fn marks(values: &[f64], show: impl Fn(f64) -> String) -> Vec<&'static str> {
+    let mut marks = vec!["  "; values.len()];
+    let shown: Vec<String> = values.iter().map(|v| show(*v)).collect();
+    let alone = |k: usize| shown.iter().filter(|s| **s == shown[k]).count() == 1;
+    let by_value = |a: &(usize, &f64), b: &(usize, &f64)| a.1.total_cmp(b.1);
+    let highest = values.iter().enumerate().max_by(by_value).map(|(k, _)| k);
+    let lowest = values.iter().enumerate().min_by(by_value).map(|(k, _)| k);
+    if let (Some(hi), Some(lo)) = (highest, lowest)
+        && values.len() >= 2
+    {
+        if alone(hi) {
+            marks[hi] = " ▲";
+        }
+        if alone(lo) {
+            marks[lo] = " ▼";
+        }
+    }
+    marks
 }
 
 /// `compare APP`: one row per instance, the running ones compared with their mean.
@@ -193,7 +197,8 @@ pub fn compare_text(instances: &[pb::Instance], now_ms: i64) -> String {
     let mem_mean = mean(on.iter().map(|i| i.memory_bytes as f64).sum(), n);
     let cpus: Vec<f64> = on.iter().map(|i| i.cpu_percent).collect();
     let mems: Vec<f64> = on.iter().map(|i| i.memory_bytes as f64).collect();
-    let (cpu_marks, mem_marks) = (marks(&cpus), marks(&mems));
+    let cpu_marks = marks(&cpus, percent);
+    let mem_marks = marks(&mems, |m| human_bytes(m as u64));
     let mut rows = Vec::new();
     for i in instances {
         let at = on.iter().position(|o| std::ptr::eq(*o, i));
@@ -346,5 +351,47 @@ mean of 3 online: cpu 20.0%, memory 50.0 MiB
         assert_eq!(v["instances"][2]["cpu_ratio"], 1.5);
         assert_eq!(v["instances"][3]["cpu_ratio"], Value::Null);
         assert_eq!(v["mean"]["online"], 3);
+    }
+
+    /// An arrow points at the one instance that stands out: equal figures carry none, whether
+    /// equal to the byte or only as shown.
+    #[test]
+    fn compare_marks_no_equal_values() {
+        let arrows = |cpu: &[f64], mem: &[u64]| -> Vec<String> {
+            let rows: Vec<pb::Instance> = cpu
+                .iter()
+                .zip(mem)
+                .enumerate()
+                .map(|(k, (c, m))| pb::Instance {
+                    memory_bytes: *m,
+                    ..inst(k as u32, "a", *c, 0, 0, 60)
+                })
+                .collect();
+            compare_text(&rows, NOW)
+                .lines()
+                .skip(1)
+                .take(rows.len())
+                .map(|line| line.chars().filter(|c| matches!(c, '▲' | '▼')).collect())
+                .collect()
+        };
+        let cases: &[(&[f64], &[u64], &[&str])] = &[
+            // Two idle instances a few KiB apart: both read 40.0 MiB.
+            (&[0.0, 0.0], &[40 * MIB, 40 * MIB + 4096], &["", ""]),
+            // Shown alike at 0.1%.
+            (&[10.01, 10.04], &[MIB, MIB], &["", ""]),
+            // A tie at the bottom: only the top stands out.
+            (&[10.0, 10.0, 30.0], &[MIB, MIB, MIB], &["", "", "▲"]),
+            // A tie at the top: only the bottom stands out.
+            (&[5.0, 30.0, 30.0], &[MIB, MIB, MIB], &["▼", "", ""]),
+            (
+                &[10.0, 20.0, 30.0],
+                &[2 * MIB, 3 * MIB, MIB],
+                &["▼", "▲", "▲▼"],
+            ),
+            (&[7.0], &[MIB], &[""]),
+        ];
+        for (cpu, mem, want) in cases {
+            assert_eq!(arrows(cpu, mem), *want, "{cpu:?} {mem:?}");
+        }
     }
 }
