@@ -28,9 +28,11 @@ use crate::validate::{StartPlan, parse_count, plan_start};
 use crate::wait;
 
 mod overwrite;
+mod start;
 use overwrite::refuse_to_overwrite;
 #[cfg(test)]
 use overwrite::{differing_fields, overwrite_refusal, same_but_adjusted};
+use start::{already_running, start_existing};
 
 /// Where a verb writes and how.
 pub struct Ctx<'a> {
@@ -155,33 +157,7 @@ async fn start_only(
 ) -> anyhow::Result<(wait::Said, Result<Option<wait::Goal>, ApiError>)> {
     match plan {
         StartPlan::Existing { app, index } => {
-            let target = pb::InstanceTarget {
-                app: app.clone(),
-                index,
-                rolling: false,
-            };
-            let reply = match call!(conn, start, target).await {
-                Err(e) if e.code == Code::NotFound && index.is_none() => {
-                    return Err(anyhow::anyhow!(
-                        "{}; to run {app:?} as a new app, give it a name: \
-                         pmcluster start {app} --name NAME",
-                        e.message
-                    ));
-                }
-                other => other?,
-            };
-            let mut lines = vec![format!(
-                "started {}",
-                describe_target(&app, index, reply.affected)
-            )];
-            lines.extend(waits_for_adoption(&reply.quarantined_nodes, "start"));
-            let said = wait::Said {
-                value: json!({
-                    "app": app, "action": "started", "index": index, "affected": reply.affected,
-                    "quarantined_nodes": reply.quarantined_nodes,
-                }),
-                lines,
-            };
+            let said = start_existing(conn, &app, index).await?;
             let goal = match args.wait.wait {
                 true => wait::goal(conn, &app, index).await.map(Some),
                 false => Ok(None),
@@ -196,7 +172,11 @@ async fn start_only(
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;
-            if unchanged {
+            let running = match unchanged {
+                true => already_running(conn, &spec.name, None).await?,
+                false => None,
+            };
+            if unchanged && running.is_none() {
                 // PM2's `start` on an app that exists starts it; an unchanged spec alone would
                 // leave instances a user stopped down.
                 let target = pb::InstanceTarget {
@@ -206,27 +186,47 @@ async fn start_only(
                 };
                 call!(conn, start, target).await?;
             }
-            let verb = if reply.created || unchanged {
-                "started"
-            } else {
-                "updated"
-            };
-            let note = match (unchanged, &kept) {
-                (true, Some(_)) => {
-                    ", its count and policies as they are: change them with `pmcluster scale` \
-                     or `pmcluster reload`"
-                }
-                (true, None) => ", spec unchanged",
-                (false, _) => "",
-            };
-            let said = wait::Said {
-                value: apply_json(&spec.name, &reply),
-                lines: vec![format!(
-                    "{verb} app {}: {} (version {}{note})",
+            let kept_note = "change them with `pmcluster scale` or `pmcluster reload`";
+            let line = match (unchanged, running, &kept) {
+                (true, Some(running), kept) => format!(
+                    "{} is already running ({}, version {}); nothing changed{}{}",
                     spec.name,
                     count_phrase(&app),
                     app.version,
-                )],
+                    running.errored_note(&spec.name),
+                    match kept {
+                        Some(_) => format!(": it keeps its count and policies ({kept_note})"),
+                        None => String::new(),
+                    },
+                ),
+                _ => {
+                    let verb = if reply.created || unchanged {
+                        "started"
+                    } else {
+                        "updated"
+                    };
+                    let note = match (unchanged, &kept) {
+                        (true, Some(_)) => {
+                            format!(", its count and policies as they are: {kept_note}")
+                        }
+                        (true, None) => ", spec unchanged".to_string(),
+                        (false, _) => String::new(),
+                    };
+                    format!(
+                        "{verb} app {}: {} (version {}{note})",
+                        spec.name,
+                        count_phrase(&app),
+                        app.version,
+                    )
+                }
+            };
+            let mut value = apply_json(&spec.name, &reply);
+            if let Some(object) = value.as_object_mut() {
+                object.insert("already_running".to_string(), json!(running.is_some()));
+            }
+            let said = wait::Said {
+                value,
+                lines: vec![line],
             };
             // A rollout the change started replaces every instance: they are up at its
             // version, once it succeeded.

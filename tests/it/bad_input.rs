@@ -251,7 +251,8 @@ fn bad_input() {
 }
 
 /// `start` of a command line with `--name` of an app that has that very spec starts it as it is
-/// (one a user stopped comes back), as `start APP` does; neither changes its version.
+/// (one a user stopped comes back), as `start APP` does; neither changes its version. One that
+/// runs already is said to, rather than "started".
 #[test]
 fn start_of_the_same_spec_starts_the_app_as_it_is() {
     let c = Cluster::start(1).expect("coordinator and one agent start");
@@ -264,13 +265,29 @@ fn start_of_the_same_spec_starts_the_app_as_it_is() {
 
     let out = c.cli(&line);
     out.assert_ok();
-    assert!(out.stdout.contains("spec unchanged"), "{out}");
+    assert!(
+        out.stdout
+            .contains("idle is already running (2 instances, version ")
+            && out.stdout.contains("); nothing changed"),
+        "{out}"
+    );
+    assert!(!out.stdout.contains("started"), "{out}");
+    let out = c.cli(&["start", "idle"]);
+    out.assert_ok();
+    assert!(
+        out.stdout
+            .contains("idle is already running (2 instances); nothing changed"),
+        "{out}"
+    );
     c.cli(&["stop", "idle"]).assert_ok();
     let out = c.cli(&[&line[..], &["--wait"]].concat());
     out.assert_ok();
+    assert!(out.stdout.contains("spec unchanged"), "{out}");
     assert!(out.stdout.contains("idle: 2 up after"), "{out}");
     c.cli(&["stop", "idle"]).assert_ok();
-    c.cli(&["start", "idle", "--wait"]).assert_ok();
+    let out = c.cli(&["start", "idle", "--wait"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("started 2 instances of idle"), "{out}");
     let now = c.wait_online("idle", 2).expect("idle runs");
     c.remember_pids(&now.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
     assert_eq!(version(), before);
@@ -280,7 +297,11 @@ fn start_of_the_same_spec_starts_the_app_as_it_is() {
     let out = c.cli(&line);
     out.assert_ok();
     assert!(
-        out.stdout.contains("its count and policies as they are"),
+        out.stdout
+            .contains("idle is already running (3 instances, version ")
+            && out
+                .stdout
+                .contains("nothing changed: it keeps its count and policies"),
         "{out}"
     );
     let now = c.wait_online("idle", 3).expect("idle keeps 3");

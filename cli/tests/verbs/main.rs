@@ -78,14 +78,16 @@ async fn app_lifecycle() -> anyhow::Result<()> {
         "",
     )
     .await?;
-    check(
+    // Running with this very spec: said so, rather than "started".
+    let again = check(
         a,
         &start,
         0,
-        "started app web: 2 instances (version 1, spec unchanged)",
+        "web is already running (2 instances, version 1); nothing changed\n",
         "",
     )
     .await?;
+    assert!(!again.stdout.contains("started"), "{}", again.stdout);
     check(a, &["list"], 0, "APP  INDEX  NODE", "").await?;
     let listed = check(a, &["ls", "web", "-o", "json"], 0, "", "").await?;
     let json: serde_json::Value = serde_json::from_str(&listed.stdout)?;
@@ -112,7 +114,46 @@ async fn app_lifecycle() -> anyhow::Result<()> {
     )
     .await?;
     check(a, &["ps"], 0, "stopped", "").await?;
+    // The command line again (its count was scaled since): what was stopped is started.
+    check(
+        a,
+        &start,
+        0,
+        "started app web: 1 instance (version 1, its count and policies as they are",
+        "",
+    )
+    .await?;
+    check(
+        a,
+        &start,
+        0,
+        "web is already running (1 instance, version 1); nothing changed: it keeps its count and \
+         policies",
+        "",
+    )
+    .await?;
+    check(a, &["stop", "web"], 0, "stopped 1 instance of web\n", "").await?;
     check(a, &["start", "web"], 0, "started 1 instance of web\n", "").await?;
+    check(
+        a,
+        &["start", "web"],
+        0,
+        "web is already running (1 instance); nothing changed\n",
+        "",
+    )
+    .await?;
+    check(
+        a,
+        &["start", "web", "--instance", "0"],
+        0,
+        "web[0] is already running; nothing changed\n",
+        "",
+    )
+    .await?;
+    let json = check(a, &["start", "web", "-o", "json"], 0, "", "").await?;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(json["already_running"], true, "{json}");
+    assert_eq!(json["action"], "none", "{json}");
     check(
         a,
         &["restart", "web"],
@@ -126,7 +167,7 @@ async fn app_lifecycle() -> anyhow::Result<()> {
     let json: serde_json::Value = serde_json::from_str(&info.stdout)?;
     assert_eq!(json["app"]["spec"]["port"], "3000-3001", "{json}");
     assert_eq!(json["instances"][0]["app"], "web", "{json}");
-    check(a, &["apps"], 0, "web        1     2/1", "").await?;
+    check(a, &["apps"], 0, "web        1     1/1", "").await?;
     check(a, &["nodes"], 0, "node-a  ready", "").await?;
     check(
         a,

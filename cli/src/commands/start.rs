@@ -1,0 +1,171 @@
+//! `start` of an app that exists: what a user stopped is started, and an app (or instance) that
+//! runs already is said to, as PM2 does, rather than "started".
+
+use pmcluster_proto::v1 as pb;
+use serde_json::json;
+use tonic::Code;
+
+use super::{describe_target, list_instances, plural, waits_for_adoption};
+use crate::error::ApiError;
+use crate::failover::{Conn, call};
+use crate::wait;
+
+/// `start APP [--instance N]`: starts what a user stopped, or says that nothing was, as PM2 does,
+/// rather than "started".
+pub(super) async fn start_existing(
+    conn: &mut Conn,
+    app: &str,
+    index: Option<u32>,
+) -> anyhow::Result<wait::Said> {
+    // An app not found is left to the start call, which says what to do instead.
+    let running = match already_running(conn, app, index).await {
+        Err(e) if e.code == Code::NotFound => None,
+        other => other?,
+    };
+    if let Some(running) = running {
+        let note = running.errored_note(&match index {
+            Some(i) => format!("{app} --instance {i}"),
+            None => app.to_string(),
+        });
+        let line = match index {
+            Some(i) => format!("{app}[{i}] is already running; nothing changed{note}"),
+            None => format!(
+                "{app} is already running ({}); nothing changed{note}",
+                plural(running.count, "instance")
+            ),
+        };
+        return Ok(wait::Said {
+            value: json!({
+                "app": app, "action": "none", "already_running": true, "index": index,
+                "affected": running.count, "quarantined_nodes": [],
+            }),
+            lines: vec![line],
+        });
+    }
+    let target = pb::InstanceTarget {
+        app: app.to_string(),
+        index,
+        rolling: false,
+    };
+    let reply = match call!(conn, start, target).await {
+        Err(e) if e.code == Code::NotFound && index.is_none() => {
+            return Err(anyhow::anyhow!(
+                "{}; to run {app:?} as a new app, give it a name: \
+                 pmcluster start {app} --name NAME",
+                e.message
+            ));
+        }
+        other => other?,
+    };
+    let mut lines = vec![format!(
+        "started {}",
+        describe_target(app, index, reply.affected)
+    )];
+    lines.extend(waits_for_adoption(&reply.quarantined_nodes, "start"));
+    Ok(wait::Said {
+        value: json!({
+            "app": app, "action": "started", "already_running": false, "index": index,
+            "affected": reply.affected, "quarantined_nodes": reply.quarantined_nodes,
+        }),
+        lines,
+    })
+}
+
+/// An app (or one instance) that `start` would change nothing of: it has instances, and a user
+/// stopped none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Running {
+    count: u32,
+    /// Of them, those that failed for good: a start leaves them so, a restart runs them again.
+    errored: u32,
+}
+
+impl Running {
+    /// What follows "nothing changed": the errored instances, which a start does not touch.
+    /// `target` is what `restart` takes for them (`web`, `web --instance 2`).
+    pub(super) fn errored_note(self, target: &str) -> String {
+        match self.errored {
+            0 => String::new(),
+            n => format!(
+                " ({} errored: `pmcluster restart {target}` runs {} again)",
+                n,
+                if n == 1 { "it" } else { "them" }
+            ),
+        }
+    }
+}
+
+/// `Some` when `start` of the app (or its instance `index`) would change nothing. Processes of
+/// removed records still ending, and what a quarantined node holds unmanaged, are none of the
+/// app's instances.
+pub(super) async fn already_running(
+    conn: &mut Conn,
+    app: &str,
+    index: Option<u32>,
+) -> Result<Option<Running>, ApiError> {
+    let instances = list_instances(conn, app).await?;
+    let mine: Vec<&pb::Instance> = instances
+        .iter()
+        .filter(|i| !i.removed && !i.unmanaged && index.is_none_or(|x| x == i.index))
+        .collect();
+    Ok(running_of(&mine))
+}
+
+fn running_of(instances: &[&pb::Instance]) -> Option<Running> {
+    let count = |f: &dyn Fn(&pb::Instance) -> bool| {
+        u32::try_from(instances.iter().filter(|i| f(i)).count()).unwrap_or(u32::MAX)
+    };
+    let running = Running {
+        count: count(&|_| true),
+        errored: count(&|i| i.state == pb::InstanceState::Errored as i32),
+    };
+    (running.count > 0 && count(&|i| i.stopped) == 0).then_some(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_is_nothing_stopped() {
+        let inst = |stopped: bool, state: pb::InstanceState| pb::Instance {
+            stopped,
+            state: state as i32,
+            ..pb::Instance::default()
+        };
+        let online = inst(false, pb::InstanceState::Online);
+        let errored = inst(false, pb::InstanceState::Errored);
+        let stopped = inst(true, pb::InstanceState::Stopped);
+        // Stopped by a user but still stopping: a start brings it back.
+        let stopping = inst(true, pb::InstanceState::Stopping);
+        // Instances, and the running count and errored count, if running.
+        type Case<'a> = (&'a [&'a pb::Instance], Option<(u32, u32)>);
+        let cases: &[Case] = &[
+            (&[&online, &online], Some((2, 0))),
+            (&[&online, &errored], Some((2, 1))),
+            (&[&online, &stopped], None),
+            (&[&stopping], None),
+            (&[], None),
+        ];
+        for (instances, want) in cases {
+            let got = running_of(instances).map(|r| (r.count, r.errored));
+            assert_eq!(got, *want, "{instances:?}");
+        }
+        let two = Running {
+            count: 3,
+            errored: 2,
+        };
+        assert_eq!(
+            two.errored_note("web"),
+            " (2 errored: `pmcluster restart web` runs them again)"
+        );
+        assert_eq!(
+            Running {
+                count: 1,
+                errored: 0
+            }
+            .errored_note("web"),
+            ""
+        );
+    }
+}
