@@ -24,11 +24,11 @@ use crate::model::InstanceId;
 use crate::process::{self, ProcId, Stat};
 
 /// The instance id of an instance process.
-pub const INSTANCE_VAR: &str = "PMCLUSTER_INSTANCE_UUID";
+pub const INSTANCE_VAR: &str = pmcluster_spec::instance::INSTANCE_UUID_VAR;
 /// The node name of the agent that started it.
-pub const NODE_VAR: &str = "PMCLUSTER_NODE";
+pub const NODE_VAR: &str = pmcluster_spec::instance::NODE_VAR;
 /// The key of the agent that started it (see [`Marker::key`]).
-pub const AGENT_VAR: &str = "PMCLUSTER_AGENT_KEY";
+pub const AGENT_VAR: &str = pmcluster_spec::instance::AGENT_KEY_VAR;
 /// On a log pump: the instance id it pumps for.
 pub const PUMP_VAR: &str = "PMCLUSTER_PUMP_FOR";
 /// Most bytes of one process's environment read (the markers are among the first variables
@@ -39,9 +39,8 @@ const MAX_ENVIRON: u64 = 8 << 20;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marker {
     pub node: String,
-    /// 16 hex digits of a hash (FNV-1a, stable across builds) of the data dir's absolute path:
-    /// the same after the directory is wiped and made again, another for another agent on the
-    /// host.
+    /// [`pmcluster_spec::instance::agent_key`] of the data dir's absolute path: the same after
+    /// the directory is wiped and made again, another for another agent on the host.
     pub key: String,
 }
 
@@ -52,18 +51,9 @@ impl Marker {
             .unwrap_or_else(|_| data_dir.to_path_buf());
         Marker {
             node: node.to_string(),
-            key: format!("{:016x}", fnv1a(path.as_os_str().as_encoded_bytes())),
+            key: pmcluster_spec::instance::agent_key(&path),
         }
     }
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
 }
 
 /// The environment variables that mark an instance process of this agent.
@@ -367,8 +357,10 @@ mod tests {
         assert_eq!(a.key.len(), 16);
         assert_eq!(a, Marker::new("n1", Path::new("/var/lib/a")));
         assert_ne!(a.key, Marker::new("n1", Path::new("/var/lib/b")).key);
-        // Stable across builds and versions: a fixed value.
-        assert_eq!(format!("{:016x}", fnv1a(b"/var/lib/a")), "14e2166354dfafb7");
+        assert_eq!(
+            a.key,
+            pmcluster_spec::instance::agent_key(Path::new("/var/lib/a"))
+        );
     }
 
     fn stat(pid: u32, ppid: u32, pgrp: u32) -> Stat {

@@ -1,6 +1,8 @@
 //! What makes one instance different from its siblings: its index, its port, its node's address,
 //! and the environment and arguments derived from them.
 
+use std::path::Path;
+
 use crate::AppSpec;
 
 /// Environment variables that carry the instance index, always set.
@@ -9,6 +11,34 @@ pub const INDEX_VARS: [&str; 3] = [
     "PM2_INSTANCE_ID",
     "NODE_APP_INSTANCE",
 ];
+
+/// The instance id of an instance process (the agent's markers: with [`NODE_VAR`] and
+/// [`AGENT_KEY_VAR`], how the agent, and `pmcluster down`, know its processes).
+pub const INSTANCE_UUID_VAR: &str = "PMCLUSTER_INSTANCE_UUID";
+/// The node name of the agent that started it.
+pub const NODE_VAR: &str = "PMCLUSTER_NODE";
+/// The key of the agent that started it (see [`agent_key`]).
+pub const AGENT_KEY_VAR: &str = "PMCLUSTER_AGENT_KEY";
+
+/// An agent's key: 16 hex digits of a hash (FNV-1a, stable across builds) of its data dir's
+/// absolute path, which the caller resolves (the agent and `pmcluster down` alike, so both
+/// arrive at the same key). The same after the directory is wiped and made again, another for
+/// another agent on the host.
+pub fn agent_key(absolute_data_dir: &Path) -> String {
+    format!(
+        "{:016x}",
+        fnv1a(absolute_data_dir.as_os_str().as_encoded_bytes())
+    )
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
 
 /// Replaces `${PORT}`, `${HOST}` and `${INSTANCE_ID}` in `s`. Without a port, `${PORT}` becomes
 /// empty. `host` is the address the node's instances are reached at (the agent's advertised
@@ -68,6 +98,16 @@ pub fn instance_argv(spec: &AppSpec, index: u32, port: Option<u16>, host: &str) 
 mod tests {
     use super::*;
     use crate::PortSpec;
+
+    #[test]
+    fn agent_keys_are_stable() {
+        // Stable across builds and versions: instances started by an older agent carry it.
+        assert_eq!(agent_key(Path::new("/var/lib/a")), "14e2166354dfafb7");
+        assert_ne!(
+            agent_key(Path::new("/var/lib/a")),
+            agent_key(Path::new("/var/lib/b"))
+        );
+    }
 
     #[test]
     fn expansion() {
