@@ -26,6 +26,8 @@ use crate::args::{DownArgs, OutputFormat, UpArgs};
 use crate::client::{connect_with, request, unary};
 use crate::error::UsageError;
 
+mod sweep;
+
 pub const COORDINATOR_BIN: &str = "pmcluster-coordinator";
 pub const AGENT_BIN: &str = "pmcluster-agent";
 
@@ -34,6 +36,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `down` gives the agent to stop its instances before SIGKILL.
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const COORDINATOR_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the processes of instances an agent left running get between SIGTERM and SIGKILL:
+/// an app's default `kill_timeout` (the agent, which knew each app's, had its chance).
+const INSTANCE_STOP_TIMEOUT: Duration = pmcluster_spec::app::DEFAULT_KILL_TIMEOUT;
 /// How often waits re-check; these are polls of other processes, not test sleeps.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -647,25 +652,48 @@ fn remove_if_exists(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// `down`: the agent first, so it stops its instances while the coordinator still runs.
+/// The key the agent of `layout` marks its instances' processes with: the agent's own
+/// derivation (see `pmcluster_spec::instance::agent_key`), from the data dir `up` gives it,
+/// resolved as the agent resolves it.
+fn agent_key(layout: &Layout) -> String {
+    let dir = layout.data_dir(Daemon::Agent);
+    let dir = fs::canonicalize(&dir)
+        .or_else(|_| std::path::absolute(&dir))
+        .unwrap_or(dir);
+    pmcluster_spec::instance::agent_key(&dir)
+}
+
+/// `down`: the agent first, so it stops its instances while the coordinator still runs; then
+/// whatever of its instances it left running (it had to be killed, or had died before).
 pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
     let layout = resolve_data_dir(args.data_dir, env)?;
     let mut any = false;
+    let mut left = Vec::new();
     for (daemon, grace) in [
         (Daemon::Agent, AGENT_STOP_TIMEOUT),
         (Daemon::Coordinator, COORDINATOR_STOP_TIMEOUT),
     ] {
         let line = match stop_daemon(&layout, daemon, grace)? {
-            Stopped::NotRunning => continue,
-            Stopped::Terminated(pid) => format!("stopped {} (pid {pid})", daemon.short()),
-            Stopped::Killed(pid) => format!(
+            Stopped::NotRunning => None,
+            Stopped::Terminated(pid) => Some(format!("stopped {} (pid {pid})", daemon.short())),
+            Stopped::Killed(pid) => Some(format!(
                 "killed {} (pid {pid}): it did not stop within {}s of SIGTERM",
                 daemon.short(),
                 grace.as_secs()
-            ),
+            )),
         };
-        any = true;
-        writeln!(out, "{line}").context("writing to stdout")?;
+        if let Some(line) = line {
+            any = true;
+            writeln!(out, "{line}").context("writing to stdout")?;
+        }
+        if daemon == Daemon::Agent {
+            let swept = sweep::stop_left(&agent_key(&layout), INSTANCE_STOP_TIMEOUT);
+            if let Some(line) = swept_line(&swept) {
+                any = true;
+                writeln!(out, "{line}").context("writing to stdout")?;
+            }
+            left = swept.left;
+        }
     }
     if !any {
         writeln!(out, "nothing to stop").context("writing to stdout")?;
@@ -673,7 +701,52 @@ pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::R
     for file in [layout.listen_file(), layout.node_file()] {
         remove_if_exists(&file)?;
     }
+    if !left.is_empty() {
+        let pids: Vec<String> = left.iter().map(i32::to_string).collect();
+        anyhow::bail!(
+            "{} of the agent's instances could not be stopped, even with SIGKILL: pid {}",
+            match left.len() {
+                1 => "1 process".to_string(),
+                n => format!("{n} processes"),
+            },
+            pids.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// What `down` says of the processes the agent left running, if it stopped any.
+fn swept_line(swept: &sweep::Swept) -> Option<String> {
+    let processes = |n: usize| match n {
+        1 => "1 process".to_string(),
+        n => format!("{n} processes"),
+    };
+    let mut parts = Vec::new();
+    if swept.stopped > 0 {
+        let killed = match swept.killed {
+            0 => String::new(),
+            n => format!(
+                " ({n} needed SIGKILL, {}s after SIGTERM)",
+                INSTANCE_STOP_TIMEOUT.as_secs()
+            ),
+        };
+        parts.push(format!(
+            "{} of the agent's instances that it left running{killed}",
+            processes(swept.stopped)
+        ));
+    }
+    let pumps = match swept.pumps_killed {
+        1 => "1 log pump".to_string(),
+        n => format!("{n} log pumps"),
+    };
+    match (swept.stopped, swept.pumps_killed) {
+        (_, 0) => {}
+        (0, _) => parts.push(format!(
+            "{pumps} of the agent that outlived their instances (SIGKILL)"
+        )),
+        _ => parts.push(format!("{pumps} that outlived them (SIGKILL)")),
+    }
+    (!parts.is_empty()).then(|| format!("stopped {}", parts.join(", and ")))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use nix::sys::signal::Signal;
-use pmcluster_tests::{Bins, ProcId, free_port_range, kill_pid, wait_for, wait_until};
+use pmcluster_tests::{Bins, ProcId, free_port_range, http_get, kill_pid, wait_for, wait_until};
 use serde_json::Value;
 
 use crate::DEADLINE;
@@ -273,4 +273,164 @@ fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
     );
     assert!(back.contains("agent already running"), "{back}");
     ok(&pm(cli, home, &url, &["down"]), "down at last");
+}
+
+/// The online instances of `app` as `list` shows them, once there are `n`.
+fn online(cli: &Path, home: &Path, url: &str, app: &str, n: usize) -> Result<Vec<Value>, String> {
+    let out = pm(cli, home, url, &["list", app, "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let up: Vec<Value> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["status"] == "online" && i["pid"].as_u64().is_some_and(|p| p > 0))
+        .cloned()
+        .collect();
+    if up.len() == n {
+        Ok(up)
+    } else {
+        Err(list.to_string())
+    }
+}
+
+/// A process the test started, killed by its pid when the test ends, however it ends.
+struct Bystander(std::process::Child);
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `down` with a hung agent (stopped with SIGSTOP) kills it after its 30 s, then stops the
+/// processes its instances left running, found by the agent's key in their environment: a
+/// child an instance started, and one that ignores SIGTERM (SIGKILL), too. It says how many,
+/// and a process that carries a key only like the agent's is left alone.
+#[test]
+fn down_stops_the_instances_a_hung_agent_leaves_running() {
+    let bins = Bins::locate().expect("binaries built (cargo build --workspace --bins)");
+    let home = tempfile::tempdir().expect("temp dir");
+    let home = home.path();
+    let port = free_port_range(1).expect("a free port for the coordinator");
+    let app_port = free_port_range(3).expect("free ports for the apps");
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let cli = bins.cli.as_path();
+    let _down = Down {
+        cli,
+        home,
+        url: &url,
+    };
+
+    ok(
+        &pm(
+            cli,
+            home,
+            &url,
+            &["up", "--listen", &listen, "--node-name", "local"],
+        ),
+        "up",
+    );
+    let testapp = bins.testapp.display().to_string();
+    let web_ports = format!("{app_port}-{}", app_port + 1);
+    let stubborn_port = (app_port + 2).to_string();
+    ok(
+        &pm(
+            cli,
+            home,
+            &url,
+            &[
+                "start",
+                &testapp,
+                "--name",
+                "web",
+                "--instances",
+                "2",
+                "--port",
+                &web_ports,
+            ],
+        ),
+        "start web",
+    );
+    ok(
+        &pm(
+            cli,
+            home,
+            &url,
+            &[
+                "start",
+                &testapp,
+                "--name",
+                "stubborn",
+                "--port",
+                &stubborn_port,
+                "--env",
+                "TESTAPP_IGNORE_SIGTERM=1",
+            ],
+        ),
+        "start stubborn",
+    );
+    let mut processes: Vec<ProcId> = ["web", "stubborn"]
+        .into_iter()
+        .zip([2, 1])
+        .flat_map(|(app, n)| {
+            wait_until(DEADLINE, &format!("{n} online of {app}"), || {
+                online(cli, home, &url, app, n)
+            })
+        })
+        .filter_map(|i| ProcId::of(u32::try_from(i["pid"].as_u64()?).ok()?))
+        .collect();
+    assert_eq!(processes.len(), 3, "{processes:?}");
+    let child = http_get(app_port, "/spawn-child").expect("web[0] spawns a child");
+    let child: Value = serde_json::from_str(&child.body).expect("the child's pid as JSON");
+    let child = child["child_pid"]
+        .as_u64()
+        .and_then(|p| ProcId::of(u32::try_from(p).ok()?))
+        .expect("the child runs");
+    processes.push(child);
+
+    // A process with a key that only begins as the agent's.
+    let environ = std::fs::read(format!("/proc/{}/environ", processes[0].pid))
+        .expect("an instance's environment");
+    let key = environ
+        .split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(b"PMCLUSTER_AGENT_KEY="))
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .expect("instances carry the agent key");
+    let bystander = Bystander(
+        Command::new("sleep")
+            .arg("600")
+            .env("PMCLUSTER_AGENT_KEY", format!("{key}0"))
+            .env("PMCLUSTER_INSTANCE_UUID", "not-ours")
+            .spawn()
+            .expect("start a bystander"),
+    );
+    let bystander_id = ProcId::of(bystander.0.id()).expect("the bystander runs");
+
+    let agent = daemon(home, "agent.pid").expect("agent pid file");
+    kill_pid(agent.pid, Signal::SIGSTOP).expect("stop the agent");
+    let out = ok(&pm(cli, home, &url, &["down"]), "down with a hung agent");
+    for want in [
+        format!("killed agent (pid {})", agent.pid),
+        "stopped 4 processes of the agent's instances that it left running (1 needed SIGKILL"
+            .to_string(),
+        "stopped coordinator".to_string(),
+    ] {
+        assert!(out.contains(&want), "{want:?} in {out}");
+    }
+    wait_until(DEADLINE, "the instances and the child gone", || {
+        let alive: Vec<u32> = processes
+            .iter()
+            .chain([&agent])
+            .filter(|p| p.alive())
+            .map(|p| p.pid)
+            .collect();
+        if alive.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still alive: {alive:?}"))
+        }
+    });
+    assert!(bystander_id.alive(), "the bystander was left alone");
 }

@@ -153,6 +153,34 @@ fn binaries_are_found_beside_then_in_path() -> anyhow::Result<()> {
 }
 
 #[test]
+fn down_says_what_it_stopped_after_the_agent() {
+    let line = |stopped, killed, pumps_killed| {
+        swept_line(&sweep::Swept {
+            stopped,
+            killed,
+            pumps_killed,
+            left: Vec::new(),
+        })
+    };
+    assert_eq!(line(0, 0, 0), None);
+    assert_eq!(
+        line(1, 0, 0).as_deref(),
+        Some("stopped 1 process of the agent's instances that it left running")
+    );
+    assert_eq!(
+        line(3, 1, 2).as_deref(),
+        Some(
+            "stopped 3 processes of the agent's instances that it left running (1 needed \
+             SIGKILL, 5s after SIGTERM), and 2 log pumps that outlived them (SIGKILL)"
+        )
+    );
+    assert_eq!(
+        line(0, 0, 1).as_deref(),
+        Some("stopped 1 log pump of the agent that outlived their instances (SIGKILL)")
+    );
+}
+
+#[test]
 fn down_with_nothing_running() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // A stale pid file naming a process that is not an agent (this test) is left alone
