@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use pmcluster_proto::v1 as pb;
 use serde_json::json;
 
-use crate::args::{DownArgs, OutputFormat, UpArgs};
+use crate::args::{DEFAULT_LISTEN, DownArgs, OutputFormat, UpArgs};
 use crate::client::{connect_with, request, unary};
 use crate::error::UsageError;
 
@@ -196,35 +196,103 @@ pub fn recorded_node_name(identity: &str) -> Option<String> {
         .map(str::to_string)
 }
 
-/// The node name `up` runs the agent under: the one its data dir already belongs to (the agent
-/// refuses any other), else `--node-name`, else `hostname`. A `--node-name` other than the
-/// recorded one is refused, saying what to do. `running` says the agent runs now.
+/// The node name `up` runs the agent under, and whether the agent renames its data dir's node to
+/// it: the one its data dir already belongs to (the agent refuses any other), else
+/// `--node-name`, else `hostname`. A `--node-name` other than the recorded one is refused,
+/// saying what to do, unless `rename` (`--rename-node`) and no agent runs: a running agent keeps
+/// its name. `running` says the agent runs now.
 pub fn choose_node_name(
     flag: Option<&str>,
     recorded: Option<&str>,
     hostname: impl FnOnce() -> String,
     agent_dir: &Path,
     running: bool,
-) -> Result<String, UsageError> {
+    rename: bool,
+) -> Result<(String, bool), UsageError> {
     match (flag, recorded) {
+        (Some(wanted), Some(node)) if wanted != node && rename && !running => {
+            Ok((wanted.to_string(), true))
+        }
+        (Some(wanted), Some(node)) if wanted != node && rename => Err(UsageError::new(format!(
+            "--rename-node: the agent running from this data directory is node {node:?}, and a \
+             running agent keeps its name; run `pmcluster down` (it stops the agent and its \
+             instances), then `pmcluster up --node-name {wanted} --rename-node`"
+        ))),
         (Some(wanted), Some(node)) if wanted != node => {
-            let is = match running {
-                true => "the agent running from this data directory is",
-                false => "this data directory's agent is",
+            let (is, first) = match running {
+                true => (
+                    "the agent running from this data directory is",
+                    "`pmcluster down`, then ",
+                ),
+                false => ("this data directory's agent is", ""),
             };
             Err(UsageError::new(format!(
                 "--node-name {wanted}: {is} node {node:?} (its data dir {} belongs to it, and \
                  an agent keeps its name); leave out --node-name, or give --node-name {node}, to \
-                 go on as {node:?}. To run this machine as {wanted:?} instead: `pmcluster down`, \
-                 move {} aside, `pmcluster up --node-name {wanted}`, then `pmcluster nodes \
-                 forget {node}` so that {node:?}'s instances are placed on {wanted:?}",
+                 go on as {node:?}. To rename node {node:?} to {wanted:?} (the cluster moves its \
+                 instances to the new name): {first}`pmcluster up --node-name {wanted} \
+                 --rename-node`. To run this machine as a new node {wanted:?} instead: \
+                 `pmcluster down`, move {} aside, `pmcluster up --node-name {wanted}`, then \
+                 `pmcluster nodes forget {node}` so that {node:?}'s instances are placed on \
+                 {wanted:?}",
                 agent_dir.display(),
                 agent_dir.display(),
             )))
         }
-        (_, Some(node)) => Ok(node.to_string()),
-        (Some(wanted), None) => Ok(wanted.to_string()),
-        (None, None) => Ok(hostname()),
+        (_, Some(node)) => Ok((node.to_string(), false)),
+        (Some(wanted), None) => Ok((wanted.to_string(), false)),
+        (None, None) => Ok((hostname(), false)),
+    }
+}
+
+/// Where `up` makes the coordinator listen. A running coordinator (`coordinator`, its pid) keeps
+/// the address it was started with (`recorded`); without one, a running agent's (`agent`: its
+/// pid and the URL it dials) is kept, so that its node gets ready; else the recorded address of
+/// a coordinator that went without `down` (a crash); else the default. A `--listen` (`flag`)
+/// that a running daemon contradicts is refused, saying what to do.
+pub fn choose_listen(
+    flag: Option<SocketAddr>,
+    recorded: Option<SocketAddr>,
+    coordinator: Option<i32>,
+    agent: Option<(i32, &str)>,
+) -> Result<SocketAddr, UsageError> {
+    let default = || parse_listen(DEFAULT_LISTEN);
+    if let Some(pid) = coordinator {
+        // An older `up` recorded no address: nothing to hold a flag against.
+        let Some(at) = recorded else {
+            return flag.map_or_else(default, Ok);
+        };
+        return match flag {
+            Some(wanted) if wanted != at => Err(UsageError::new(format!(
+                "--listen {wanted}: the coordinator running from this data directory (pid {pid}) \
+                 listens on {at}; leave out --listen to go on with it, or run `pmcluster down` \
+                 (it stops the agent and its instances), then `pmcluster up --listen {wanted}`"
+            ))),
+            _ => Ok(at),
+        };
+    }
+    // The agent's address as a listen address: the recorded one when it is that one, so that
+    // an `up --listen 0.0.0.0:PORT` stays on every interface.
+    let agent_at = agent.and_then(|(_, dials)| match recorded {
+        Some(r) if dial_url(r) == dials => Some(r),
+        _ => dials.strip_prefix("http://")?.parse().ok(),
+    });
+    match (flag, agent) {
+        (Some(wanted), Some((pid, dials))) if dial_url(wanted) != dials => {
+            let keep = match agent_at {
+                Some(at) => format!("leave out --listen to start the coordinator on {at} again"),
+                None => "start the coordinator where it dials".to_string(),
+            };
+            Err(UsageError::new(format!(
+                "--listen {wanted}: the agent running from this data directory (pid {pid}) dials \
+                 the coordinator at {dials}, not {}, so its node would never be ready; {keep}, \
+                 or run `pmcluster down` (it stops the agent and its instances), then \
+                 `pmcluster up --listen {wanted}`",
+                dial_url(wanted)
+            )))
+        }
+        (Some(wanted), _) => Ok(wanted),
+        (None, _) => agent_at.or(recorded).map_or_else(default, Ok),
     }
 }
 
@@ -400,7 +468,7 @@ pub async fn up(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let listen = parse_listen(&args.listen)?;
+    let flag_listen = args.listen.as_deref().map(parse_listen).transpose()?;
     let layout = resolve_data_dir(args.data_dir, env)?;
     fs::create_dir_all(&layout.dir)
         .with_context(|| format!("creating {}", layout.dir.display()))?;
@@ -418,20 +486,25 @@ pub async fn up(
         .is_none()
         .then(|| locate(Daemon::Agent, env))
         .transpose()?;
-    // Where the coordinator listens: the running one keeps the address it was started with.
-    let listen = match coordinator_pid {
-        Some(_) => fs::read_to_string(layout.listen_file())
-            .ok()
-            .and_then(|t| t.trim().parse::<SocketAddr>().ok())
-            .unwrap_or(listen),
-        None => listen,
-    };
+
+    // Where the coordinator listens, and the agent's node: what the running daemons and the data
+    // dir already have, checked before anything starts.
+    let running_cmdline = agent_pid.and_then(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok());
+    let dials = running_cmdline
+        .as_deref()
+        .and_then(|cmdline| cmdline_flag(cmdline, "--coordinator"));
+    let recorded_listen = fs::read_to_string(layout.listen_file())
+        .ok()
+        .and_then(|t| t.trim().parse::<SocketAddr>().ok());
+    let listen = choose_listen(
+        flag_listen,
+        recorded_listen,
+        coordinator_pid,
+        agent_pid.zip(dials.as_deref()),
+    )?;
     let url = dial_url(listen);
 
-    // The agent's node: the name its data dir belongs to. Checked, as is whom a running agent
-    // dials, before anything starts.
     let agent_dir = layout.data_dir(Daemon::Agent);
-    let running_cmdline = agent_pid.and_then(|pid| fs::read(format!("/proc/{pid}/cmdline")).ok());
     let recorded = running_cmdline
         .as_deref()
         .and_then(|cmdline| cmdline_flag(cmdline, "--node-name"))
@@ -440,30 +513,27 @@ pub async fn up(
                 .ok()
                 .and_then(|text| recorded_node_name(&text))
         });
-    let node_name = choose_node_name(
+    let (node_name, rename) = choose_node_name(
         args.node_name.as_deref(),
         recorded.as_deref(),
         hostname,
         &agent_dir,
         agent_pid.is_some(),
+        args.rename_node,
     )?;
-    if let (Some(pid), Some(cmdline)) = (agent_pid, &running_cmdline)
-        && let Some(dials) = cmdline_flag(cmdline, "--coordinator")
-        && dials != url
+    if let (Some(pid), Some(dials)) = (agent_pid, &dials)
+        && *dials != url
     {
+        // Not the flag's doing (that was refused above): the two daemons disagree.
         anyhow::bail!(
             "the agent already running from this data directory (pid {pid}) dials the \
              coordinator at {dials}, not {url} where this `up` {} it, so its node would never \
-             be ready; run `pmcluster down`, then `pmcluster up` again{}",
+             be ready; run `pmcluster down`, then `pmcluster up` again",
             if coordinator_pid.is_some() {
                 "finds"
             } else {
                 "would start"
             },
-            match dials.strip_prefix("http://") {
-                Some(addr) => format!(" (with --listen {addr} to keep the agent's address)"),
-                None => String::new(),
-            }
         );
     }
 
@@ -488,7 +558,7 @@ pub async fn up(
     match &agent_bin {
         None => notes.extend(agent_pid.map(|pid| format!("agent already running (pid {pid})"))),
         Some(binary) => {
-            let argv = [
+            let mut argv: Vec<OsString> = vec![
                 "--coordinator".into(),
                 url.clone().into(),
                 "--node-name".into(),
@@ -499,6 +569,9 @@ pub async fn up(
                 // agent would leave them running for the next one to adopt).
                 "--stop-instances-on-exit".into(),
             ];
+            if rename {
+                argv.push("--rename-node".into());
+            }
             started.push(spawn(&layout, Daemon::Agent, binary, &argv)?);
             fs::write(layout.node_file(), format!("{node_name}\n"))
                 .with_context(|| format!("writing {}", layout.node_file().display()))?;

@@ -195,7 +195,8 @@ fn refused(out: &Output, code: i32, what: &str) -> String {
 
 /// A plain `up` after `down` keeps the node name the first `up` gave (the agent's data dir
 /// belongs to it, and the agent refuses any other); another `--node-name` is refused saying
-/// what to do, and so is an `up` whose coordinator a running agent does not dial.
+/// what to do, and so is an `--listen` that a running agent does not dial, while a plain `up`
+/// after a coordinator crash starts it where it was; `--rename-node` renames the node.
 #[test]
 fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
     let bins = Bins::locate().expect("binaries built (cargo build --workspace --bins)");
@@ -241,6 +242,7 @@ fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
     for want in [
         "--node-name b: this data directory's agent is node \"a\"",
         "leave out --node-name",
+        "`pmcluster up --node-name b --rename-node`",
     ] {
         assert!(err.contains(want), "{want:?} in {err}");
     }
@@ -248,7 +250,8 @@ fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
     assert_eq!(daemon(home, "agent.pid"), None, "nothing started");
 
     // The coordinator goes (a crash, say) while the agent runs on, dialing its address; an
-    // `up` on another address says so rather than waiting for a node that never gets ready.
+    // `up` on another address is refused (by its argument: exit 2) rather than waiting for a
+    // node that never gets ready.
     ok(&pm(cli, home, &url, &["up", "--listen", &listen]), "up");
     let coordinator = daemon(home, "coordinator.pid").expect("coordinator pid file");
     kill_pid(coordinator.pid, Signal::SIGKILL).expect("kill the coordinator");
@@ -257,22 +260,46 @@ fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
     let other = format!("127.0.0.1:{other}");
     let err = refused(
         &pm(cli, home, &url, &["up", "--listen", &other]),
-        1,
+        2,
         "up on another address",
     );
     for want in [
         format!("dials the coordinator at {url}, not http://{other}"),
-        format!("with --listen {listen}"),
+        format!("leave out --listen to start the coordinator on {listen} again"),
     ] {
         assert!(err.contains(&want), "{want:?} in {err}");
     }
-    // On the agent's address, `up` starts the coordinator again and the node is ready.
-    let back = ok(
-        &pm(cli, home, &url, &["up", "--listen", &listen]),
-        "up again",
-    );
+    // Without --listen, `up` starts the coordinator again where it was, and the node is ready.
+    let back = ok(&pm(cli, home, &url, &["up"]), "plain up after the crash");
     assert!(back.contains("agent already running"), "{back}");
+    assert!(back.contains(&format!("listening on {url}")), "{back}");
     ok(&pm(cli, home, &url, &["down"]), "down at last");
+
+    // A rename is the way out the refusal names: the agent renames its node.
+    let renamed = ok(
+        &pm(
+            cli,
+            home,
+            &url,
+            &[
+                "up",
+                "--listen",
+                &listen,
+                "--node-name",
+                "b",
+                "--rename-node",
+            ],
+        ),
+        "up --node-name b --rename-node",
+    );
+    assert!(renamed.contains("agent ready as node \"b\""), "{renamed}");
+    ok(&pm(cli, home, &url, &["down"]), "down after the rename");
+    let again = ok(
+        &pm(cli, home, &url, &["up", "--listen", &listen]),
+        "plain up after the rename",
+    );
+    assert!(again.contains("agent ready as node \"b\""), "{again}");
+    ok(&pm(cli, home, &url, &["down"]), "down for good");
 }
 
 /// The online instances of `app` as `list` shows them, once there are `n`.

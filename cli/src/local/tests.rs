@@ -93,27 +93,92 @@ fn the_node_name_is_the_one_the_agent_data_dir_belongs_to() {
 
     let dir = Path::new("/home/u/.local/share/pmcluster/agent");
     let host = || "vm".to_string();
-    let choose = |flag, recorded, running| {
-        choose_node_name(flag, recorded, host, dir, running).map_err(|e| e.to_string())
+    let choose = |flag, recorded, running, rename| {
+        choose_node_name(flag, recorded, host, dir, running, rename).map_err(|e| e.to_string())
     };
+    let kept = |name: &str| Ok((name.to_string(), false));
     // Plain `up` after `up --node-name a` and `down`: a, not the hostname.
-    assert_eq!(choose(None, Some("a"), false), Ok("a".to_string()));
-    assert_eq!(choose(Some("a"), Some("a"), true), Ok("a".to_string()));
-    assert_eq!(choose(Some("b"), None, false), Ok("b".to_string()));
-    assert_eq!(choose(None, None, false), Ok("vm".to_string()));
-    let err = choose(Some("b"), Some("a"), false).expect_err("another name is refused");
+    assert_eq!(choose(None, Some("a"), false, false), kept("a"));
+    assert_eq!(choose(Some("a"), Some("a"), true, false), kept("a"));
+    assert_eq!(choose(Some("b"), None, false, false), kept("b"));
+    assert_eq!(choose(None, None, false, false), kept("vm"));
+    let err = choose(Some("b"), Some("a"), false, false).expect_err("another name is refused");
     for want in [
         "--node-name b: this data directory's agent is node \"a\"",
         "leave out --node-name, or give --node-name a",
+        "To rename node \"a\" to \"b\" (the cluster moves its instances to the new name): \
+         `pmcluster up --node-name b --rename-node`",
         "pmcluster down",
         "move /home/u/.local/share/pmcluster/agent aside",
         "pmcluster nodes forget a",
     ] {
         assert!(err.contains(want), "{want:?} in {err}");
     }
-    let err = choose(Some("b"), Some("a"), true).expect_err("another name is refused");
+    let err = choose(Some("b"), Some("a"), true, false).expect_err("another name is refused");
+    for want in [
+        "the agent running from this data directory is node \"a\"",
+        "`pmcluster down`, then `pmcluster up --node-name b --rename-node`",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    // --rename-node: the agent renames its node, unless it runs (it keeps its name).
+    assert_eq!(
+        choose(Some("b"), Some("a"), false, true),
+        Ok(("b".to_string(), true))
+    );
+    assert_eq!(choose(Some("a"), Some("a"), false, true), kept("a"));
+    assert_eq!(choose(Some("b"), None, false, true), kept("b"));
+    let err = choose(Some("b"), Some("a"), true, true).expect_err("a running agent keeps it");
     assert!(
-        err.contains("the agent running from this data directory is node \"a\""),
+        err.contains(
+            "run `pmcluster down` (it stops the agent and its instances), then \
+             `pmcluster up --node-name b --rename-node`"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_listen_address_is_the_one_the_daemons_have() {
+    let addr = |s: &str| -> SocketAddr { s.parse().expect("an address") };
+    let (a, b) = (addr("127.0.0.1:7001"), addr("127.0.0.1:7002"));
+    let default = addr(DEFAULT_LISTEN);
+    let choose = |flag, recorded, coordinator, agent| {
+        choose_listen(flag, recorded, coordinator, agent).map_err(|e| e.to_string())
+    };
+    let agent_a = Some((42, "http://127.0.0.1:7001"));
+    // Nothing runs, nothing recorded (a first `up`, or one after `down`).
+    assert_eq!(choose(None, None, None, None), Ok(default));
+    assert_eq!(choose(Some(b), None, None, None), Ok(b));
+    // The coordinator crashed, the agent runs on: its address, with or without a record.
+    assert_eq!(choose(None, Some(a), None, agent_a), Ok(a));
+    assert_eq!(choose(None, None, None, agent_a), Ok(a));
+    assert_eq!(choose(Some(a), Some(a), None, agent_a), Ok(a));
+    // Both crashed: the recorded address.
+    assert_eq!(choose(None, Some(a), None, None), Ok(a));
+    // Every interface stays every interface.
+    let any = addr("0.0.0.0:7001");
+    assert_eq!(choose(None, Some(any), None, agent_a), Ok(any));
+    // A running coordinator keeps its address.
+    assert_eq!(choose(None, Some(a), Some(7), agent_a), Ok(a));
+    assert_eq!(choose(Some(a), Some(a), Some(7), None), Ok(a));
+    assert_eq!(choose(Some(b), None, Some(7), None), Ok(b));
+
+    let err = choose(Some(b), Some(a), None, agent_a).expect_err("the agent dials a");
+    for want in [
+        "--listen 127.0.0.1:7002: the agent running from this data directory (pid 42) dials \
+         the coordinator at http://127.0.0.1:7001, not http://127.0.0.1:7002",
+        "leave out --listen to start the coordinator on 127.0.0.1:7001 again",
+        "`pmcluster up --listen 127.0.0.1:7002`",
+    ] {
+        assert!(err.contains(want), "{want:?} in {err}");
+    }
+    let err = choose(Some(b), Some(a), Some(7), None).expect_err("it listens on a");
+    assert!(
+        err.contains(
+            "--listen 127.0.0.1:7002: the coordinator running from this data \
+             directory (pid 7) listens on 127.0.0.1:7001; leave out --listen"
+        ),
         "{err}"
     );
 }
