@@ -28,6 +28,16 @@ pub(super) async fn start_existing(
             None => app.to_string(),
         });
         let line = match index {
+            _ if running.all_ended() => format!(
+                "{} not stopped, so nothing changed{note}",
+                match index {
+                    Some(i) => format!("{app}[{i}] ended by itself and is"),
+                    None => format!(
+                        "{app}'s {} ended by themselves and are",
+                        plural(running.count, "instance")
+                    ),
+                }
+            ),
             Some(i) => format!("{app}[{i}] is already running; nothing changed{note}"),
             None => format!(
                 "{app} is already running ({}); nothing changed{note}",
@@ -78,20 +88,35 @@ pub(super) struct Running {
     count: u32,
     /// Of them, those that failed for good: a start leaves them so, a restart runs them again.
     errored: u32,
+    /// Of them, those whose process exited with autorestart off (a one-shot job that ran): the
+    /// same.
+    exited: u32,
 }
 
 impl Running {
     /// What follows "nothing changed": the errored instances, which a start does not touch.
     /// `target` is what `restart` takes for them (`web`, `web --instance 2`).
     pub(super) fn errored_note(self, target: &str) -> String {
-        match self.errored {
+        let mut ended = Vec::new();
+        if self.errored > 0 {
+            ended.push(format!("{} errored", self.errored));
+        }
+        if self.exited > 0 {
+            ended.push(format!("{} exited", self.exited));
+        }
+        match self.errored + self.exited {
             0 => String::new(),
             n => format!(
-                " ({} errored: `pmcluster restart {target}` runs {} again)",
-                n,
+                " ({}: `pmcluster restart {target}` runs {} again)",
+                ended.join(", "),
                 if n == 1 { "it" } else { "them" }
             ),
         }
+    }
+
+    /// None of them runs: each errored or exited.
+    fn all_ended(self) -> bool {
+        self.errored + self.exited == self.count
     }
 }
 
@@ -118,6 +143,7 @@ fn running_of(instances: &[&pb::Instance]) -> Option<Running> {
     let running = Running {
         count: count(&|_| true),
         errored: count(&|i| i.state == pb::InstanceState::Errored as i32),
+        exited: count(&|i| i.state == pb::InstanceState::Exited as i32),
     };
     (running.count > 0 && count(&|i| i.stopped) == 0).then_some(running)
 }
@@ -135,37 +161,54 @@ mod tests {
         };
         let online = inst(false, pb::InstanceState::Online);
         let errored = inst(false, pb::InstanceState::Errored);
+        let exited = inst(false, pb::InstanceState::Exited);
         let stopped = inst(true, pb::InstanceState::Stopped);
         // Stopped by a user but still stopping: a start brings it back.
         let stopping = inst(true, pb::InstanceState::Stopping);
-        // Instances, and the running count and errored count, if running.
-        type Case<'a> = (&'a [&'a pb::Instance], Option<(u32, u32)>);
+        // Instances, and the running, errored and exited counts, if not stopped.
+        type Case<'a> = (&'a [&'a pb::Instance], Option<(u32, u32, u32)>);
         let cases: &[Case] = &[
-            (&[&online, &online], Some((2, 0))),
-            (&[&online, &errored], Some((2, 1))),
+            (&[&online, &online], Some((2, 0, 0))),
+            (&[&online, &errored], Some((2, 1, 0))),
+            (&[&exited, &errored], Some((2, 1, 1))),
             (&[&online, &stopped], None),
             (&[&stopping], None),
             (&[], None),
         ];
         for (instances, want) in cases {
-            let got = running_of(instances).map(|r| (r.count, r.errored));
+            let got = running_of(instances).map(|r| (r.count, r.errored, r.exited));
             assert_eq!(got, *want, "{instances:?}");
         }
-        let two = Running {
-            count: 3,
-            errored: 2,
+        let running = |count, errored, exited| Running {
+            count,
+            errored,
+            exited,
         };
-        assert_eq!(
-            two.errored_note("web"),
-            " (2 errored: `pmcluster restart web` runs them again)"
-        );
-        assert_eq!(
-            Running {
-                count: 1,
-                errored: 0
-            }
-            .errored_note("web"),
-            ""
-        );
+        // Counts, restart's target, the note, whether none of them runs.
+        let notes = [
+            (
+                running(3, 2, 0),
+                "web",
+                " (2 errored: `pmcluster restart web` runs them again)",
+                false,
+            ),
+            (running(1, 0, 0), "web", "", false),
+            (
+                running(1, 0, 1),
+                "job --instance 0",
+                " (1 exited: `pmcluster restart job --instance 0` runs it again)",
+                true,
+            ),
+            (
+                running(3, 1, 2),
+                "job",
+                " (1 errored, 2 exited: `pmcluster restart job` runs them again)",
+                true,
+            ),
+        ];
+        for (r, target, note, ended) in notes {
+            assert_eq!(r.errored_note(target), note, "{r:?}");
+            assert_eq!(r.all_ended(), ended, "{r:?}");
+        }
     }
 }
