@@ -91,7 +91,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
         "list-apps",
         &pb::ListAppsRequest {
             page_size: 1,
-            page_token: "api".into(),
+            page_token: "app/api".into(),
         },
     );
     add(

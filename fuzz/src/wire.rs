@@ -76,8 +76,10 @@ pub fn check(data: &[u8]) {
         );
     }
     if let Ok(r) = pb::ListAppsRequest::decode(data) {
-        let (apps, _next) = listing().list_apps_page(r.page_size, &r.page_token);
-        assert!(r.page_size == 0 || apps.len() <= r.page_size as usize);
+        match listing().list_apps_page(r.page_size, &r.page_token) {
+            Ok((apps, _next)) => assert!(r.page_size == 0 || apps.len() <= r.page_size as usize),
+            Err(e) => refused(e),
+        }
     }
     if let Ok(r) = pb::ListInstancesRequest::decode(data) {
         match listing().list_instances_page(&r.app, r.page_size, &r.page_token) {

@@ -246,6 +246,40 @@ fn bad_input() {
             .await
             .expect_err("a missing spec is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        // A page token is one a reply gave: a made-up one is refused, not read as a position.
+        for token in ["web", "not a token", "app/bad name"] {
+            let err = client
+                .list_apps(pb::ListAppsRequest {
+                    page_size: 0,
+                    page_token: token.into(),
+                })
+                .await
+                .expect_err("a made-up app page token is refused");
+            assert_eq!(err.code(), Code::InvalidArgument, "{token}: {err:?}");
+            assert!(err.message().starts_with("page_token:"), "{err:?}");
+            let err = client
+                .list_instances(pb::ListInstancesRequest {
+                    app: String::new(),
+                    page_size: 0,
+                    page_token: token.into(),
+                })
+                .await
+                .expect_err("a made-up instance page token is refused");
+            assert_eq!(err.code(), Code::InvalidArgument, "{token}: {err:?}");
+            assert!(err.message().starts_with("page_token:"), "{err:?}");
+        }
+        // One of a reply's form is taken, whether or not its app is still there.
+        for (token, apps) in [("app/web", 0), ("app/a-deleted-app", 1)] {
+            let reply = client
+                .list_apps(pb::ListAppsRequest {
+                    page_size: 0,
+                    page_token: token.into(),
+                })
+                .await
+                .expect("a token of a reply's form is taken")
+                .into_inner();
+            assert_eq!(reply.apps.len(), apps, "{token}: {reply:?}");
+        }
     });
     assert_eq!(stored_apps(&c), apps_before);
 }

@@ -225,7 +225,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let caller = r.extensions().get::<Caller>().cloned();
         let r = r.into_inner();
-        let (apps, next_page_token) = control.list_apps_page(r.page_size, &r.page_token);
+        let (apps, next_page_token) = control.list_apps_page(r.page_size, &r.page_token)?;
         Ok(Response::new(pb::ListAppsReply {
             apps: apps
                 .iter()

@@ -8,7 +8,8 @@ use super::*;
 use crate::core::adoption::quarantine_reason;
 use crate::core::quota::Caps;
 use crate::model::{
-    InstanceObserved, InstanceState, InstanceView, LogStream, NodeRecord, NodeStatus, Registration,
+    AppView, InstanceObserved, InstanceState, InstanceView, LogStream, NodeRecord, NodeStatus,
+    Registration,
 };
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
@@ -314,12 +315,79 @@ async fn pages_cover_every_instance_once_in_order() -> Result<()> {
         c.list_instances_page("", 2, "not a token"),
         Err(ControlError::InvalidArgument(m)) if m.starts_with("page_token:")
     ));
-    let (apps, next) = c.list_apps_page(1, "");
-    assert_eq!((apps.len(), next.as_str()), (1, "api"));
-    let (apps, next) = c.list_apps_page(1, &next);
+    let (apps, next) = c.list_apps_page(1, "")?;
+    assert_eq!((apps.len(), next.as_str()), (1, "app/api"));
+    let (apps, next) = c.list_apps_page(1, &next)?;
     assert_eq!(apps.first().map(|a| a.spec.name.as_str()), Some("web"));
     assert_eq!(apps.first().map(|a| a.online + a.pending), Some(0));
     assert!(next.is_empty());
+    Ok(())
+}
+
+/// A `ListApps` token names the last app of its page, which may be deleted before the next
+/// call: such a token goes on where that app would sort. One that no page could have ended with
+/// is refused, as `ListInstances` refuses one.
+#[test]
+fn app_pages_go_on_past_a_deleted_app_and_refuse_a_made_up_token() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    for (name, port) in [("api", 4100), ("web", 4200), ("worker", 4300)] {
+        let mut spec = web(1);
+        spec.name = name.into();
+        spec.port = PortSpec::Range(port, port + 99);
+        c.apply(spec)?;
+    }
+    let names = |apps: &[AppView]| apps.iter().map(|a| a.spec.name.clone()).collect::<Vec<_>>();
+    let (page, next) = c.list_apps_page(1, "")?;
+    assert_eq!(
+        (names(&page), next.as_str()),
+        (vec!["api".into()], "app/api")
+    );
+    c.delete_app("api")?;
+    let (page, next) = c.list_apps_page(1, &next)?;
+    assert_eq!(
+        (names(&page), next.as_str()),
+        (vec!["web".into()], "app/web")
+    );
+    c.delete_app("web")?;
+    let (page, next) = c.list_apps_page(1, &next)?;
+    assert_eq!((names(&page), next.as_str()), (vec!["worker".into()], ""));
+
+    // (token, the apps of the page it gives; None: refused)
+    let long = format!("app/{}", "a".repeat(65));
+    let cases: &[(&str, Option<&[&str]>)] = &[
+        ("", Some(&["worker"])),
+        // Well-formed, of an app that never was: as stale as a deleted one's.
+        ("app/a", Some(&["worker"])),
+        ("app/x", Some(&[])),
+        // The bare name, as tokens were before they carried the prefix.
+        ("web", None),
+        ("app/", None),
+        ("app", None),
+        ("App/web", None),
+        ("app/bad name", None),
+        ("app/../web", None),
+        ("app/web/x", None),
+        (&long, None),
+        // A `ListInstances` token.
+        ("1/0191e2a4-7c1d-7000-8000-000000000001/web", None),
+    ];
+    for (token, want) in cases {
+        match (c.list_apps_page(0, token), want) {
+            (Ok((page, next)), Some(want)) => {
+                assert_eq!(names(&page), *want, "token {token:?}");
+                assert!(next.is_empty(), "token {token:?}");
+            }
+            (Err(ControlError::InvalidArgument(m)), None) => {
+                assert!(m.starts_with("page_token:"), "token {token:?}: {m}");
+            }
+            (got, _) => panic!("token {token:?}: {got:?}"),
+        }
+    }
+    // An app token is no instance token either.
+    assert!(matches!(
+        c.list_instances_page("", 0, "app/web"),
+        Err(ControlError::InvalidArgument(m)) if m.starts_with("page_token:")
+    ));
     Ok(())
 }
 

@@ -70,6 +70,32 @@ impl InstanceKey {
     }
 }
 
+/// Where a `ListApps` page ends, as its token says: `app/NAME`, its last app. The app may be
+/// deleted before the next call, so a token is read without looking the app up (the next page
+/// starts where it would sort); what tells a garbled or made-up token from such a stale one is
+/// its form: the prefix, and a name that an app could have.
+const APP_TOKEN_PREFIX: &str = "app/";
+
+fn app_token(name: &str) -> String {
+    format!("{APP_TOKEN_PREFIX}{name}")
+}
+
+/// The app name a `ListApps` token names (`None` for the first page).
+fn parse_app_token(token: &str) -> Result<Option<&str>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix(APP_TOKEN_PREFIX)
+        .filter(|name| pmcluster_spec::app::validate_name(name).is_ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ControlError::InvalidArgument(
+                "page_token: not a token this coordinator gave; list again without it".into(),
+            )
+        })
+}
+
 impl Control {
     pub fn get_app(&self, name: &str) -> Result<AppView> {
         let inner = self.lock();
@@ -272,24 +298,30 @@ impl Control {
     }
 
     /// One page of `list_apps`, as [`Control::list_instances_page`] pages instances.
-    pub fn list_apps_page(&self, page_size: u32, page_token: &str) -> (Vec<AppView>, String) {
+    pub fn list_apps_page(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<AppView>, String)> {
         let page_size = match page_size {
             0 => DEFAULT_APP_PAGE,
             n => n.min(MAX_APP_PAGE),
         } as usize;
+        let after = parse_app_token(page_token)?;
         let inner = self.lock();
         let counts = state_counts(&inner, &self.config);
         let mut page = Vec::new();
         let mut bytes = 0;
         let mut more = false;
-        let start = (
-            std::ops::Bound::Excluded(page_token.to_string()),
-            std::ops::Bound::Unbounded,
-        );
-        let apps: Box<dyn Iterator<Item = &AppRecord>> = if page_token.is_empty() {
-            Box::new(inner.state.apps.values())
-        } else {
-            Box::new(inner.state.apps.range(start).map(|(_, a)| a))
+        let apps: Box<dyn Iterator<Item = &AppRecord>> = match after {
+            None => Box::new(inner.state.apps.values()),
+            Some(name) => {
+                let start = (
+                    std::ops::Bound::Excluded(name.to_string()),
+                    std::ops::Bound::Unbounded,
+                );
+                Box::new(inner.state.apps.range(start).map(|(_, a)| a))
+            }
         };
         for app in apps {
             if page.len() == page_size {
@@ -310,10 +342,10 @@ impl Control {
             page.push(view);
         }
         let next = match page.last() {
-            Some(last) if more => last.spec.name.clone(),
+            Some(last) if more => app_token(&last.spec.name),
             _ => String::new(),
         };
-        (page, next)
+        Ok((page, next))
     }
 
     pub fn list_nodes(&self) -> Vec<NodeView> {
