@@ -144,6 +144,10 @@ struct NodeLive {
     /// from the store and not connected since (see [`awaited_node_live`]), a time ahead: when
     /// it will count as down.
     down_since_ms: Option<i64>,
+    /// Loaded from the store and not connected since: its `node.down` is owed for when the time
+    /// it was given passes, since no session of it will lapse or close to say so (see
+    /// `Control::tick`). A registration clears it, and a later loss emits its own.
+    down_unannounced: bool,
     /// The instances the agent said it holds at registration (see `Registration::held`).
     held: Vec<Assignment>,
     /// Held instances the agent sent that could not be read: counted in the node's view.
@@ -409,6 +413,7 @@ fn new_node_live(now: i64) -> NodeLive {
         last_heartbeat_ms: 0,
         host: None,
         down_since_ms: Some(now),
+        down_unannounced: false,
         held: Vec::new(),
         held_unreadable: 0,
         reported_generation: 0,
@@ -427,6 +432,7 @@ fn new_node_live(now: i64) -> NodeLive {
 fn awaited_node_live(now: i64, config: &ControlConfig) -> NodeLive {
     NodeLive {
         down_since_ms: Some(now.saturating_add(timeout_ms(config))),
+        down_unannounced: true,
         ..new_node_live(now)
     }
 }

@@ -110,6 +110,7 @@ impl Control {
         });
         live.last_heartbeat_ms = self.now();
         live.down_since_ms = None;
+        live.down_unannounced = false;
         live.held = reg.held.clone();
         live.held_unreadable = reg.held_unreadable;
         live.reported_generation = reg.generation;

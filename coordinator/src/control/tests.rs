@@ -15,6 +15,8 @@ use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
 use uuid::Uuid;
 
+/// The nodes a coordinator that loaded the store awaits, and the one that never returns.
+mod awaited;
 /// A drain that a new leader (or a restarted coordinator) takes over.
 mod drain;
 /// Cluster identity: quarantine, adoption, and a store restored from an older copy.

@@ -27,9 +27,10 @@ pub const SAFETY_TICK_MS: i64 = 2000;
 
 impl Control {
     /// When the next [`Control::tick`] has work (clock milliseconds): the reconciler's follow-up
-    /// time, the first heartbeat that could lapse, the next autoscale sample, the next step of a
-    /// running rollout, a log request's answer deadline, or now when a reconcile is due or a write committed since the last tick;
-    /// at the latest [`SAFETY_TICK_MS`] from now.
+    /// time, the first heartbeat that could lapse, the time a node loaded from the store and not
+    /// back counts as down, the next autoscale sample, the next step of a running rollout, a log
+    /// request's answer deadline, or now when a reconcile is due or a write committed since the
+    /// last tick; at the latest [`SAFETY_TICK_MS`] from now.
     pub fn next_tick_at(&self) -> i64 {
         // Before the state lock: the routes' lock is never taken under it here.
         let log_deadline = self.next_log_deadline();
@@ -52,6 +53,12 @@ impl Control {
                     .saturating_add(timeout)
                     .saturating_add(1),
             );
+        }
+        // Its `node.down` is emitted on time, not up to a backstop tick late.
+        for live in inner.nodes.values().filter(|l| l.down_unannounced) {
+            if let Some(down_at) = live.down_since_ms {
+                at = at.min(down_at);
+            }
         }
         if inner
             .ahead
@@ -128,6 +135,7 @@ impl Control {
     /// reschedules instances of nodes down for too long and advances drains.
     pub fn tick(&self) {
         let mut lapsed = Vec::new();
+        let mut never_returned = Vec::new();
         let mut scaled = Vec::new();
         let rolled;
         {
@@ -139,7 +147,14 @@ impl Control {
                     live.session = None;
                     live.down_since_ms = Some(now);
                     lapsed.push(name.clone());
+                } else if live.down_unannounced && live.down_since_ms.is_some_and(|at| at <= now) {
+                    live.down_unannounced = false;
+                    never_returned.push(name.clone());
                 }
+            }
+            if !never_returned.is_empty() {
+                // Its link reads down from now on (a drain's old copy on it is lost).
+                inner.reconcile_due = true;
             }
             if !lapsed.is_empty() {
                 inner.reconcile_due = true;
@@ -185,6 +200,19 @@ impl Control {
                 &name,
                 None,
                 format!("node {name} missed heartbeats"),
+            );
+        }
+        // It had no session here, so no session's routes or leaving processes to drop.
+        for name in never_returned {
+            self.emit(
+                EventKind::NodeDown,
+                "",
+                &name,
+                None,
+                format!(
+                    "node {name} missed heartbeats: it has not reconnected since this \
+                     coordinator started or took over"
+                ),
             );
         }
         self.reap_log_routes();
