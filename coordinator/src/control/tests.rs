@@ -807,3 +807,66 @@ fn scaling_an_app_at_max_sets_its_count_from_what_max_came_to() -> Result<()> {
     assert_eq!(spread(&c, "web"), "a:1");
     Ok(())
 }
+
+/// Every listing shows what `instances: "max"` comes to for each app, as `get_app` does: over
+/// the nodes its constraints allow and not draining, within its port range.
+#[tokio::test]
+async fn lists_show_what_max_comes_to_for_each_app() -> Result<()> {
+    use pmcluster_spec::placement::Constraint;
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let node = |name: &str, cores: u32, zone: &str| Registration {
+        cores,
+        labels: [("zone".to_string(), zone.to_string())].into(),
+        ..register(name)
+    };
+    let _sessions = (
+        c.attach(&node("a", 2, "x"), None)?,
+        c.attach(&node("b", 4, "y"), None)?,
+        c.attach(&node("c", 8, "y"), None)?,
+    );
+    c.set_drain("c", true)?;
+    // (name, at max, zone it is held to, ports, the count it shows)
+    let cases: &[(&str, bool, Option<&str>, PortSpec, u32)] = &[
+        ("anywhere", true, None, PortSpec::None, 6),
+        ("capped", true, None, PortSpec::Range(5000, 5002), 3),
+        ("nowhere", true, Some("z"), PortSpec::None, 0),
+        ("plain", false, None, PortSpec::None, 3),
+        ("zone-y", true, Some("y"), PortSpec::None, 4),
+    ];
+    for (name, max, zone, port, _) in cases {
+        let mut spec = web(3);
+        spec.name = (*name).into();
+        spec.instances_max = *max;
+        spec.port = *port;
+        if let Some(zone) = zone {
+            spec.placement.constraints = vec![Constraint::Eq("zone".into(), (*zone).into())];
+        }
+        c.apply(spec)?;
+    }
+    let want: Vec<(String, u32)> = cases
+        .iter()
+        .map(|(name, _, _, _, count)| ((*name).to_string(), *count))
+        .collect();
+    let shown = |apps: Vec<AppView>| -> Vec<(String, u32)> {
+        apps.into_iter()
+            .map(|a| (a.spec.name, a.spec.instances))
+            .collect()
+    };
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    for _ in 0..10 {
+        let (page, next) = c.list_apps_page(2, &token)?;
+        paged.extend(shown(page));
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    assert_eq!(paged, want, "pages of two");
+    assert_eq!(shown(c.list_apps_page(0, "")?.0), want, "one page");
+    assert_eq!(shown(c.list_apps()), want, "list_apps");
+    for (name, count) in &want {
+        assert_eq!(c.get_app(name)?.spec.instances, *count, "get_app {name}");
+    }
+    Ok(())
+}

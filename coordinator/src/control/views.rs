@@ -1,10 +1,12 @@
 //! Read-only views of the state: apps, instances (paged), nodes, rollouts, endpoints, autoscale
 //! status.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use uuid::Uuid;
 
+use crate::core::reconcile;
 use crate::core::status::{self, Note};
 use crate::limits;
 use crate::model::view::{AppFigures, AutoscaleCount, InstanceFigures, MetricsView, NodeFigures};
@@ -105,11 +107,13 @@ impl Control {
 
     pub fn list_apps(&self) -> Vec<AppView> {
         let inner = self.lock();
+        let counts = state_counts(&inner, &self.config);
+        let max = MaxCounts::new(&inner, &self.config);
         inner
             .state
             .apps
             .values()
-            .map(|a| app_view(&inner, &self.config, a))
+            .map(|a| app_view_counted(a, counts.get(a.spec.name.as_str()), max.of(a)))
             .collect()
     }
 
@@ -310,6 +314,7 @@ impl Control {
         let after = parse_app_token(page_token)?;
         let inner = self.lock();
         let counts = state_counts(&inner, &self.config);
+        let max = MaxCounts::new(&inner, &self.config);
         let mut page = Vec::new();
         let mut bytes = 0;
         let mut more = false;
@@ -328,11 +333,7 @@ impl Control {
                 more = true;
                 break;
             }
-            let view = app_view_counted(
-                app,
-                counts.get(app.spec.name.as_str()),
-                resolved_count(&inner, &self.config, app),
-            );
+            let view = app_view_counted(app, counts.get(app.spec.name.as_str()), max.of(app));
             let size = limits::app_view_bytes(&view);
             if !page.is_empty() && bytes + size > limits::LIST_REPLY_BUDGET {
                 more = true;
@@ -756,10 +757,36 @@ pub(super) fn app_view(inner: &Inner, config: &ControlConfig, app: &AppRecord) -
 /// The instance count of `app` now: its spec's, or what `instances: "max"` comes to with the
 /// nodes registered now.
 pub(super) fn resolved_count(inner: &Inner, config: &ControlConfig, app: &AppRecord) -> u32 {
-    if !app.spec.instances_max {
-        return app.spec.instances;
+    MaxCounts::new(inner, config).of(app)
+}
+
+/// [`resolved_count`] for the many apps of one call: the nodes' views that max is counted over
+/// are the same for every app, and built once, at the first app at max (a page may hold a
+/// thousand apps, a cluster as many nodes).
+struct MaxCounts<'a> {
+    inner: &'a Inner,
+    config: &'a ControlConfig,
+    nodes: OnceCell<Vec<reconcile::NodeView<'a>>>,
+}
+
+impl<'a> MaxCounts<'a> {
+    fn new(inner: &'a Inner, config: &'a ControlConfig) -> MaxCounts<'a> {
+        MaxCounts {
+            inner,
+            config,
+            nodes: OnceCell::new(),
+        }
     }
-    crate::core::reconcile::desired_count(app, &super::node_views(inner, &inner.state, config))
+
+    fn of(&self, app: &AppRecord) -> u32 {
+        if !app.spec.instances_max {
+            return app.spec.instances;
+        }
+        let nodes = self
+            .nodes
+            .get_or_init(|| super::node_views(self.inner, &self.inner.state, self.config));
+        reconcile::desired_count(app, nodes)
+    }
 }
 
 /// Online, pending and stopped instances of an app, as its view shows them.
