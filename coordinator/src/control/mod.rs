@@ -40,6 +40,7 @@ mod commands;
 mod events;
 mod handouts;
 mod logs;
+mod parked;
 mod sessions;
 mod sets;
 mod tick;
@@ -211,6 +212,10 @@ struct CommandRoute {
 
 /// The state lock's guard: writes wait on it, and let go of it while the store commits.
 type Guard<'a> = parking_lot::MutexGuard<'a, Inner>;
+
+/// How long an agent's report waits for the state before it is parked: longer than another
+/// report or an ordinary write holds it, short enough that an async worker is never held long.
+const REPORT_LOCK_WAIT: Duration = Duration::from_millis(2);
 
 struct Inner {
     /// The time of the current critical section (see `Control::lock`).
@@ -388,6 +393,8 @@ pub struct Control {
     /// Cancelled when this control stops serving (its coordinator stepped down as leader):
     /// streams and loops that hold it end.
     retired: tokio_util::sync::CancellationToken,
+    /// Agent reports that would have waited long for `inner` (see `Control::report`).
+    parked: parked::Parked,
 }
 
 /// What a new agent session receives.
@@ -576,13 +583,28 @@ impl Control {
             clock,
             changed: tokio::sync::Notify::new(),
             retired: tokio_util::sync::CancellationToken::new(),
+            parked: parked::Parked::default(),
         })
     }
 
     fn lock(&self) -> Guard<'_> {
         // parking_lot's lock is not poisoned by a panic: the state under it was only ever
         // changed after a successful commit, so it is still consistent.
-        let mut inner = self.inner.lock();
+        self.fresh(self.inner.lock())
+    }
+
+    /// The state for an agent's report, unless it is taken for longer than another report or a
+    /// small write takes it: then `None`, at once while reports are parked already.
+    fn try_lock_for_report(&self) -> Option<Guard<'_>> {
+        let inner = if self.parked.busy() {
+            self.inner.try_lock()
+        } else {
+            self.inner.try_lock_for(REPORT_LOCK_WAIT)
+        };
+        inner.map(|inner| self.fresh(inner))
+    }
+
+    fn fresh<'a>(&self, mut inner: Guard<'a>) -> Guard<'a> {
         // One time for the whole critical section, read under the lock so it never goes back.
         inner.now = inner.now.max(self.clock.now_ms());
         inner
@@ -720,6 +742,8 @@ fn find_app<'a>(state: &'a Persisted, name: &str) -> Result<&'a AppRecord> {
 mod commit_tests;
 #[cfg(test)]
 mod metrics_tests;
+#[cfg(test)]
+mod parked_tests;
 #[cfg(test)]
 mod report_tests;
 #[cfg(test)]

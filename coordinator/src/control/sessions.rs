@@ -14,8 +14,8 @@ use crate::model::{Registration, Report};
 use super::sets::publish;
 use super::write;
 use super::{
-    Attached, Control, ControlError, Inner, Leaving, MemoryTrend, Result, Session, is_quarantined,
-    is_ready, new_node_live,
+    Attached, Control, ControlError, Guard, Inner, Leaving, MemoryTrend, Result, Session,
+    is_quarantined, is_ready, new_node_live,
 };
 use crate::core::adoption;
 
@@ -215,8 +215,45 @@ impl Control {
     }
 
     /// Records a status report (also the heartbeat). Ignored if the session was replaced.
+    ///
+    /// Called on an async worker, by the session's task. A write that plans thousands of
+    /// placements holds the state for seconds; a report that waited for it would hold its worker
+    /// as long, and with every worker so held no HTTP/2 ping is answered and every agent drops
+    /// its link (it gives up after 3 s). So a report that finds the state taken for longer than
+    /// a brief contention is parked (see [`super::parked`]) and taken in by the next report that
+    /// gets the state, or by the tick the parking asks for.
     pub fn report(&self, node: &str, session_id: u64, report: Report) {
-        let mut inner = self.lock();
+        let Some(inner) = self.try_lock_for_report() else {
+            self.parked.park(node, session_id, report);
+            self.changed.notify_one();
+            return;
+        };
+        // A parked report of this node is older than this one, which says all it said.
+        self.parked.drop_node(node);
+        self.take_report(inner, node, session_id, report);
+        self.take_parked(false);
+    }
+
+    /// Takes in the parked reports, each as it would have been when it came. Unless `wait`, as
+    /// a report does: once the state is taken for long again, what is left stays parked.
+    pub(super) fn take_parked(&self, wait: bool) {
+        while self.parked.busy() {
+            let inner = if wait {
+                self.lock()
+            } else if let Some(inner) = self.try_lock_for_report() {
+                inner
+            } else {
+                return;
+            };
+            let Some((node, session_id, report)) = self.parked.pop() else {
+                return;
+            };
+            self.take_report(inner, &node, session_id, report);
+        }
+    }
+
+    /// A report, under the state lock `inner`, which it releases before its events go out.
+    fn take_report(&self, mut inner: Guard<'_>, node: &str, session_id: u64, report: Report) {
         let now = inner.now;
         let Some(live) = inner.nodes.get_mut(node) else {
             return;

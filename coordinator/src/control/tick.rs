@@ -134,6 +134,8 @@ impl Control {
     /// Periodic housekeeping: ends sessions that stopped heartbeating, and reconciles, which
     /// reschedules instances of nodes down for too long and advances drains.
     pub fn tick(&self) {
+        // Before the lapses: a parked report is a heartbeat that came in time.
+        self.take_parked(true);
         let mut lapsed = Vec::new();
         let mut never_returned = Vec::new();
         let mut scaled = Vec::new();

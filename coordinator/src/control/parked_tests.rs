@@ -1,0 +1,82 @@
+//! A report that finds the state held for long (a big write) is parked rather than holding its
+//! async worker, and taken in later, never after a newer report of its node.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::report_tests::{send, statuses};
+use super::tests::{register, web};
+use super::*;
+use crate::model::InstanceState;
+use crate::store::MemoryStore;
+
+/// How long a parked report may take to return: far longer than it does.
+const RETURNS_WITHIN: Duration = Duration::from_secs(10);
+
+fn endpoints(c: &Control) -> Result<usize> {
+    Ok(c.endpoints("web")?.endpoints.len())
+}
+
+/// Sends `node`'s report while the state is held, as by a write planning for seconds: the call
+/// must return without it.
+fn send_while_held(c: &Control, node: &str, session: &Attached, state: InstanceState) {
+    let report = statuses(c, node, state, 0).expect("statuses");
+    let held = c.inner.lock();
+    let (done, returned) = mpsc::channel();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            send(c, node, session, report);
+            let _ = done.send(());
+        });
+        let came_back = returned.recv_timeout(RETURNS_WITHIN).is_ok();
+        // Released either way, or a report that waited would never end and the scope with it.
+        drop(held);
+        assert!(came_back, "the report waited for the state");
+    });
+}
+
+#[test]
+fn a_report_that_finds_the_state_held_is_parked_and_taken_in_by_the_tick() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    send_while_held(&c, "a", &a, InstanceState::Online);
+    assert!(c.parked.busy());
+    assert_eq!(endpoints(&c)?, 0, "not taken in yet");
+    c.tick();
+    assert!(!c.parked.busy());
+    assert_eq!(endpoints(&c)?, 2);
+    Ok(())
+}
+
+#[test]
+fn a_parked_report_is_taken_in_by_the_next_report_that_gets_the_state() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    let b = c.attach(&register("b"), None)?;
+    c.apply(web(4))?;
+    send_while_held(&c, "a", &a, InstanceState::Online);
+    // b's report, with the state free, takes a's in after its own.
+    send(&c, "b", &b, statuses(&c, "b", InstanceState::Online, 0)?);
+    assert!(!c.parked.busy());
+    assert_eq!(endpoints(&c)?, 4);
+    Ok(())
+}
+
+/// An agent reports all it holds each time, so its newer report makes a parked one moot, and
+/// the parked one taken in after it would set its instances back.
+#[test]
+fn a_parked_report_is_dropped_by_a_newer_one_of_its_node() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    send_while_held(&c, "a", &a, InstanceState::Launching);
+    send(&c, "a", &a, statuses(&c, "a", InstanceState::Online, 0)?);
+    c.tick();
+    assert_eq!(
+        endpoints(&c)?,
+        2,
+        "the older report was taken in after the newer"
+    );
+    Ok(())
+}
