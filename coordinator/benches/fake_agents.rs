@@ -30,6 +30,22 @@ use common::{
 };
 use pmcluster_proto::v1 as pb;
 
+/// Why the fake agents that ended did, by distinct cause: thousands fail the same few ways.
+fn ended(
+    agents: &mut tokio::task::JoinSet<BenchResult<()>>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut why = std::collections::BTreeMap::<String, usize>::new();
+    while let Some(done) = agents.try_join_next() {
+        let cause = match done {
+            Ok(Ok(())) => "a fake agent's session ended".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        *why.entry(cause).or_default() += 1;
+    }
+    why
+}
+
 async fn run() -> BenchResult<()> {
     let agents_n = env_or("FAKE_AGENTS", 1_000)? as usize;
     let instances_n = env_or("FAKE_AGENTS_INSTANCES", 10_000)? as i64;
@@ -67,19 +83,10 @@ async fn run() -> BenchResult<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while probe.registered.load(Ordering::Relaxed) < agents_n {
         if Instant::now() > deadline {
-            // Distinct causes only: thousands of agents fail the same few ways.
-            let mut why = std::collections::BTreeMap::<String, usize>::new();
-            while let Some(done) = agents.try_join_next() {
-                let cause = match done {
-                    Ok(Ok(())) => "a fake agent's session ended".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                };
-                *why.entry(cause).or_default() += 1;
-            }
             return Err(format!(
-                "only {} agents registered: {why:?}",
-                probe.registered.load(Ordering::Relaxed)
+                "only {} agents registered: {:?}",
+                probe.registered.load(Ordering::Relaxed),
+                ended(&mut agents)
             )
             .into());
         }
@@ -113,8 +120,9 @@ async fn run() -> BenchResult<()> {
     while probe.held.load(Ordering::Relaxed) < instances_n as usize {
         if t0.elapsed() > Duration::from_secs(120) {
             return Err(format!(
-                "only {} assignments arrived",
-                probe.held.load(Ordering::Relaxed)
+                "only {} assignments arrived; agents ended: {:?}",
+                probe.held.load(Ordering::Relaxed),
+                ended(&mut agents)
             )
             .into());
         }
