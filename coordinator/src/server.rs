@@ -356,11 +356,21 @@ async fn drive(
 async fn control_loop(control: Arc<Control>) {
     loop {
         // A tick may commit (rollout steps, autoscaling, reschedules): off the workers.
+        // The next tick's time too: it takes the state lock, which a long write may hold.
         let ticking = control.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || ticking.tick()).await {
-            tracing::error!(error = %e, "control tick failed");
-        }
-        let wait_ms = control.next_tick_at() - control.now_ms();
+        let next = match tokio::task::spawn_blocking(move || {
+            ticking.tick();
+            ticking.next_tick_at()
+        })
+        .await
+        {
+            Ok(next) => next,
+            Err(e) => {
+                tracing::error!(error = %e, "control tick failed");
+                control.next_tick_at()
+            }
+        };
+        let wait_ms = next - control.now_ms();
         let wait = Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
         tokio::select! {
             () = control.changed() => {}

@@ -62,6 +62,22 @@ impl Lifecycle {
 }
 
 impl Lifecycle {
+    /// Runs `f` (a control call that only reads): here while the state lock is free, or else on
+    /// a blocking thread, as [`Lifecycle::write`] does. A write planning thousands of placements
+    /// holds the lock for seconds, and an async worker waiting as long answers no HTTP/2 ping
+    /// (agents give up after 3 s) and serves no other call; the hop to a blocking thread costs
+    /// every call about 0.05 ms, so only a call that would wait takes it.
+    async fn read<T: Send + 'static>(
+        &self,
+        control: &Arc<Control>,
+        f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+    ) -> Result<T, Status> {
+        if control.state_free() {
+            return Ok(f(control)?);
+        }
+        self.write(control, f).await
+    }
+
     /// Runs `f` (a control call that may commit to the store) on a blocking thread: an fsync
     /// must not hold an async worker, and with it every other call and session on that worker.
     /// The thread is tracked, so a shutdown waits for the write (within its grace).
@@ -197,7 +213,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
             .as_ref()
             .map(|d| wire::deployment(&applied.app, d));
         // The app as it is now (a command right after this one may already show).
-        let app = control.get_app(&applied.app).ok();
+        let name = applied.app.clone();
+        let app = self
+            .life
+            .read(&control, move |c| c.get_app(&name))
+            .await
+            .ok();
         Ok(Response::new(pb::ApplyAppReply {
             app: Some(
                 app.as_ref()
@@ -213,7 +234,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
     async fn get_app(&self, r: Request<pb::GetAppRequest>) -> Result<Response<pb::App>, Status> {
         let control = self.control()?;
         let caller = r.extensions().get::<Caller>().cloned();
-        let app = control.get_app(&r.into_inner().name)?;
+        let name = r.into_inner().name;
+        let app = self.life.read(&control, move |c| c.get_app(&name)).await?;
         let env_values = Caller::sees_env_of(caller.as_ref(), &app.spec.name);
         Ok(Response::new(wire::app_shown(&app, env_values)))
     }
@@ -225,7 +247,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let caller = r.extensions().get::<Caller>().cloned();
         let r = r.into_inner();
-        let (apps, next_page_token) = control.list_apps_page(r.page_size, &r.page_token)?;
+        let (apps, next_page_token) = self
+            .life
+            .read(&control, move |c| {
+                c.list_apps_page(r.page_size, &r.page_token)
+            })
+            .await?;
         Ok(Response::new(pb::ListAppsReply {
             apps: apps
                 .iter()
@@ -307,8 +334,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
         let control = self.control()?;
         let r = r.into_inner();
-        let (instances, next_page_token) =
-            control.list_instances_page(&r.app, r.page_size, &r.page_token)?;
+        let (instances, next_page_token) = self
+            .life
+            .read(&control, move |c| {
+                c.list_instances_page(&r.app, r.page_size, &r.page_token)
+            })
+            .await?;
         Ok(Response::new(pb::ListInstancesReply {
             instances: instances.iter().map(pb::Instance::from).collect(),
             next_page_token,
@@ -320,12 +351,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         _r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
         let control = self.control()?;
+        let nodes = self.life.read(&control, |c| Ok(c.list_nodes())).await?;
         Ok(Response::new(pb::ListNodesReply {
-            nodes: control
-                .list_nodes()
-                .into_iter()
-                .map(pb::Node::from)
-                .collect(),
+            nodes: nodes.into_iter().map(pb::Node::from).collect(),
         }))
     }
 
@@ -391,9 +419,12 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::GetAutoscaleRequest>,
     ) -> Result<Response<pb::AutoscaleStatus>, Status> {
         let control = self.control()?;
-        Ok(Response::new(
-            control.get_autoscale(&r.into_inner().app)?.into(),
-        ))
+        let app = r.into_inner().app;
+        let status = self
+            .life
+            .read(&control, move |c| c.get_autoscale(&app))
+            .await?;
+        Ok(Response::new(status.into()))
     }
 
     async fn get_rollout(
@@ -402,7 +433,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let control = self.control()?;
         let app = r.into_inner().app;
-        let rollouts = control.rollouts(&app)?;
+        let rollouts = self
+            .life
+            .read(&control, {
+                let app = app.clone();
+                move |c| c.rollouts(&app)
+            })
+            .await?;
         Ok(Response::new(wire::rollout_status(&app, &rollouts)))
     }
 

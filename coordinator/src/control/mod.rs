@@ -604,6 +604,13 @@ impl Control {
         inner.map(|inner| self.fresh(inner))
     }
 
+    /// Whether the state lock is free, or becomes so within a moment (as a report waits for
+    /// it): a read that finds it so does not wait long on an async worker, unless a long write
+    /// takes the lock in the instant between.
+    pub fn state_free(&self) -> bool {
+        !self.parked.busy() && self.inner.try_lock_for(REPORT_LOCK_WAIT).is_some()
+    }
+
     fn fresh<'a>(&self, mut inner: Guard<'a>) -> Guard<'a> {
         // One time for the whole critical section, read under the lock so it never goes back.
         inner.now = inner.now.max(self.clock.now_ms());

@@ -80,3 +80,24 @@ fn a_parked_report_is_dropped_by_a_newer_one_of_its_node() -> Result<()> {
     );
     Ok(())
 }
+
+/// A read finds the state taken for long as a report does, and goes off the async workers.
+#[test]
+fn the_state_is_not_free_while_held_or_while_reports_are_parked() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    assert!(c.state_free());
+    {
+        let _held = c.inner.lock();
+        std::thread::scope(|s| {
+            let free = s.spawn(|| c.state_free()).join().expect("no panic");
+            assert!(!free);
+        });
+    }
+    send_while_held(&c, "a", &a, InstanceState::Online);
+    assert!(!c.state_free(), "reports are parked: the state was taken for long");
+    c.tick();
+    assert!(c.state_free());
+    Ok(())
+}
