@@ -23,27 +23,7 @@ pub(super) async fn start_existing(
         other => other?,
     };
     if let Some(running) = running {
-        let note = running.errored_note(&match index {
-            Some(i) => format!("{app} --instance {i}"),
-            None => app.to_string(),
-        });
-        let line = match index {
-            _ if running.all_ended() => format!(
-                "{} not stopped, so nothing changed{note}",
-                match index {
-                    Some(i) => format!("{app}[{i}] ended by itself and is"),
-                    None => format!(
-                        "{app}'s {} ended by themselves and are",
-                        plural(running.count, "instance")
-                    ),
-                }
-            ),
-            Some(i) => format!("{app}[{i}] is already running; nothing changed{note}"),
-            None => format!(
-                "{app} is already running ({}); nothing changed{note}",
-                plural(running.count, "instance")
-            ),
-        };
+        let line = running.line(app, index);
         return Ok(wait::Said {
             value: json!({
                 "app": app, "action": "none", "already_running": true, "index": index,
@@ -110,6 +90,31 @@ impl Running {
                 " ({}: `pmcluster restart {target}` runs {} again)",
                 ended.join(", "),
                 if n == 1 { "it" } else { "them" }
+            ),
+        }
+    }
+
+    /// What `start` says of `app` (or its instance `index`) when it changes nothing.
+    fn line(self, app: &str, index: Option<u32>) -> String {
+        let note = self.errored_note(&match index {
+            Some(i) => format!("{app} --instance {i}"),
+            None => app.to_string(),
+        });
+        let ended = match index {
+            _ if !self.all_ended() => None,
+            Some(i) => Some(format!("{app}[{i}] ended by itself and is")),
+            None if self.count == 1 => Some(format!("{app}'s instance ended by itself and is")),
+            None => Some(format!(
+                "{app}'s {} instances ended by themselves and are",
+                self.count
+            )),
+        };
+        match (ended, index) {
+            (Some(ended), _) => format!("{ended} not stopped, so nothing changed{note}"),
+            (None, Some(i)) => format!("{app}[{i}] is already running; nothing changed{note}"),
+            (None, None) => format!(
+                "{app} is already running ({}); nothing changed{note}",
+                plural(self.count, "instance")
             ),
         }
     }
@@ -209,6 +214,34 @@ mod tests {
         for (r, target, note, ended) in notes {
             assert_eq!(r.errored_note(target), note, "{r:?}");
             assert_eq!(r.all_ended(), ended, "{r:?}");
+        }
+        let lines = [
+            (
+                running(2, 0, 0),
+                None,
+                "web is already running (2 instances); nothing changed",
+            ),
+            (
+                running(1, 1, 0),
+                Some(3),
+                "web[3] ended by itself and is not stopped, so nothing changed (1 errored: \
+                 `pmcluster restart web --instance 3` runs it again)",
+            ),
+            (
+                running(1, 0, 1),
+                None,
+                "web's instance ended by itself and is not stopped, so nothing changed (1 \
+                 exited: `pmcluster restart web` runs it again)",
+            ),
+            (
+                running(2, 1, 1),
+                None,
+                "web's 2 instances ended by themselves and are not stopped, so nothing changed \
+                 (1 errored, 1 exited: `pmcluster restart web` runs them again)",
+            ),
+        ];
+        for (r, index, line) in lines {
+            assert_eq!(r.line("web", index), line, "{r:?}");
         }
     }
 }

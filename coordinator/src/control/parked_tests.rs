@@ -96,7 +96,10 @@ fn the_state_is_not_free_while_held_or_while_reports_are_parked() -> Result<()> 
         });
     }
     send_while_held(&c, "a", &a, InstanceState::Online);
-    assert!(!c.state_free(), "reports are parked: the state was taken for long");
+    assert!(
+        !c.state_free(),
+        "reports are parked: the state was taken for long"
+    );
     c.tick();
     assert!(c.state_free());
     Ok(())
