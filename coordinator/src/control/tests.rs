@@ -313,10 +313,27 @@ async fn pages_cover_every_instance_once_in_order() -> Result<()> {
             .collect();
         assert_eq!(got.iter().map(key).collect::<Vec<_>>(), want);
     }
-    assert!(matches!(
-        c.list_instances_page("", 2, "not a token"),
-        Err(ControlError::InvalidArgument(m)) if m.starts_with("page_token:")
-    ));
+    // The app part too must be one an app could have.
+    let id = Uuid::nil();
+    for token in [
+        "not a token",
+        &format!("0/{id}/bad name!"),
+        &format!("0/{id}/"),
+    ] {
+        assert!(
+            matches!(
+                c.list_instances_page("", 2, token),
+                Err(ControlError::InvalidArgument(m)) if m.starts_with("page_token:")
+            ),
+            "{token}"
+        );
+    }
+    assert!(
+        c.list_instances_page("", 2, &format!("0/{id}/gone"))?
+            .0
+            .len()
+            <= 2
+    );
     let (apps, next) = c.list_apps_page(1, "")?;
     assert_eq!((apps.len(), next.as_str()), (1, "app/api"));
     let (apps, next) = c.list_apps_page(1, &next)?;

@@ -58,7 +58,10 @@ impl InstanceKey {
         let mut parts = token.splitn(3, '/');
         let index = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
         let id = parts.next().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
-        let app = parts.next().filter(|a| !a.is_empty()).ok_or_else(bad)?;
+        let app = parts
+            .next()
+            .filter(|a| pmcluster_spec::app::validate_name(a).is_ok())
+            .ok_or_else(bad)?;
         Ok(Some(InstanceKey {
             app: app.to_string(),
             index,
