@@ -132,17 +132,20 @@ impl ClusterApi {
             .life
             .write(control, move |c| c.act(&app, index, action))
             .await?;
+        // What the agent must carry out; a disable or enable only changes the endpoints this
+        // coordinator serves, which happens at once.
+        let quarantined_nodes = match action {
+            Action::Start | Action::Stop | Action::Restart => {
+                self.life
+                    .read(control, move |c| Ok(c.quarantined_holding(&name, index)))
+                    .await?
+            }
+            Action::Disable | Action::Enable => Vec::new(),
+        };
         Ok(Response::new(pb::ActionReply {
             affected,
             deployment: None,
-            // What the agent must carry out; a disable or enable only changes the endpoints
-            // this coordinator serves, which happens at once.
-            quarantined_nodes: match action {
-                Action::Start | Action::Stop | Action::Restart => {
-                    control.quarantined_holding(&name, index)
-                }
-                Action::Disable | Action::Enable => Vec::new(),
-            },
+            quarantined_nodes,
         }))
     }
 
@@ -153,7 +156,10 @@ impl ClusterApi {
         (app, index, handout): (String, Option<u32>, crate::model::Handout),
     ) -> Result<Response<pb::DeliveryReply>, Status> {
         let control = self.control()?;
-        let pending = control.hand_out(&app, index, &handout)?;
+        let pending = self
+            .life
+            .read(&control, move |c| c.hand_out(&app, index, &handout))
+            .await?;
         let mut deliveries = pending.decided;
         let deadline = tokio::time::Instant::now() + HANDOUT_WAIT;
         for mut wait in pending.waits {
@@ -486,7 +492,13 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<Self::WatchEndpointsStream>, Status> {
         let control = self.control()?;
         let app = r.into_inner().app;
-        let first = control.endpoints(&app)?;
+        let first = self
+            .life
+            .read(&control, {
+                let app = app.clone();
+                move |c| c.endpoints(&app)
+            })
+            .await?;
         let (tx, rx) = mpsc::channel(8);
         let cancel = self.life.cancel.clone();
         let retired = control.retired_token();
@@ -506,6 +518,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 }
                 if tx.is_closed() {
                     return;
+                }
+                // A write holding the state for long: the next tick looks again, rather than
+                // this task holding its worker.
+                if !control.state_free_now() {
+                    continue;
                 }
                 match control.endpoints(&app) {
                     Ok(now) if now != last => {
@@ -562,7 +579,11 @@ impl pb::cluster_server::Cluster for ClusterApi {
         r: Request<pb::StreamLogsRequest>,
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let control = self.control()?;
-        let rx = control.stream_logs(&LogsQuery::from(r.into_inner()))?;
+        let query = LogsQuery::from(r.into_inner());
+        let rx = self
+            .life
+            .read(&control, move |c| c.stream_logs(&query))
+            .await?;
         let lines = ReceiverStream::new(rx).map(|l| Ok(pb::LogLine::from(l)));
         Ok(Response::new(self.life.until_over(&control, lines)))
     }

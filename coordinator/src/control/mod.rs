@@ -611,6 +611,12 @@ impl Control {
         !self.parked.busy() && self.inner.try_lock_for(REPORT_LOCK_WAIT).is_some()
     }
 
+    /// Whether the state lock is free this instant: for a poller that may as well look again at
+    /// its next round, and so should not wait at all.
+    pub fn state_free_now(&self) -> bool {
+        self.inner.try_lock().is_some()
+    }
+
     fn fresh<'a>(&self, mut inner: Guard<'a>) -> Guard<'a> {
         // One time for the whole critical section, read under the lock so it never goes back.
         inner.now = inner.now.max(self.clock.now_ms());
