@@ -670,6 +670,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.life.cancel.clone();
         let retired = control.retired_token();
+        let tasks = self.life.tasks.clone();
         self.life
             .tasks
             .spawn(outbound(attached, tx, cancel.clone()));
@@ -704,7 +705,9 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                 }
             }
             tracing::info!(node = %node, "agent disconnected");
-            control.detach(&node, session_id);
+            // Off the workers, as a write: the state may be held for long, and agents dropping
+            // their links at once must not hold every worker.
+            tasks.spawn_blocking(move || control.detach(&node, session_id));
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

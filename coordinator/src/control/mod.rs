@@ -620,6 +620,14 @@ impl Control {
     fn fresh<'a>(&self, mut inner: Guard<'a>) -> Guard<'a> {
         // One time for the whole critical section, read under the lock so it never goes back.
         inner.now = inner.now.max(self.clock.now_ms());
+        // Parked reports are heartbeats that came in time (see `parked`).
+        for (node, session_id, at) in self.parked.take_heard() {
+            if let Some(live) = inner.nodes.get_mut(&node)
+                && live.session.as_ref().map(|s| s.id) == Some(session_id)
+            {
+                live.last_heartbeat_ms = live.last_heartbeat_ms.max(at);
+            }
+        }
         inner
     }
 

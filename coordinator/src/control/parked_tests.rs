@@ -7,7 +7,8 @@ use std::time::Duration;
 use super::report_tests::{send, statuses};
 use super::tests::{register, web};
 use super::*;
-use crate::model::InstanceState;
+use crate::clock::ManualClock;
+use crate::model::{InstanceState, NodeStatus};
 use crate::store::MemoryStore;
 
 /// How long a parked report may take to return: far longer than it does.
@@ -102,5 +103,52 @@ fn the_state_is_not_free_while_held_or_while_reports_are_parked() -> Result<()> 
     );
     c.tick();
     assert!(c.state_free());
+    Ok(())
+}
+
+/// A parked report is a heartbeat that came in time: a write queued behind the long one that
+/// parked it (or any view) must not find the node silent since before that write.
+#[test]
+fn a_parked_report_counts_as_a_heartbeat_before_it_is_taken_in() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(1_000_000, 7));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(10),
+        ..ControlConfig::default()
+    };
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    send(&c, "a", &a, statuses(&c, "a", InstanceState::Online, 0)?);
+    clock.advance_ms(9_000);
+    send_while_held(&c, "a", &a, InstanceState::Online);
+    clock.advance_ms(2_000);
+    // 11 s after the last report taken in, 2 s after the parked one came; no tick yet.
+    let node = c.list_nodes().into_iter().find(|n| n.name == "a");
+    assert_eq!(node.map(|n| n.status), Some(NodeStatus::Ready));
+    Ok(())
+}
+
+/// A report of a replaced session neither drops nor replaces the parked report of the session
+/// that replaced it.
+#[test]
+fn a_replaced_sessions_report_leaves_the_new_sessions_parked_report() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    // The agent reconnected: the old session's task may still hand in what it had read.
+    let old = c.attach(&register("a"), None)?;
+    c.detach("a", old.session_id);
+    let new = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    send_while_held(&c, "a", &new, InstanceState::Online);
+    // Parked behind the new session's report: kept out.
+    send_while_held(&c, "a", &old, InstanceState::Launching);
+    // Taken in at once: must not drop the new session's parked report.
+    send(
+        &c,
+        "a",
+        &old,
+        statuses(&c, "a", InstanceState::Launching, 0)?,
+    );
+    c.tick();
+    assert_eq!(endpoints(&c)?, 2);
     Ok(())
 }

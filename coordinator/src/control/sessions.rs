@@ -19,6 +19,9 @@ use super::{
 };
 use crate::core::adoption;
 
+/// Parked reports one report takes in after its own, at most (see `Control::take_parked`).
+const PARKED_PER_REPORT: usize = 8;
+
 impl Control {
     /// Registers a node's session. Refuses a name whose session is still alive.
     pub fn attach(&self, reg: &Registration, peer: Option<std::net::IpAddr>) -> Result<Attached> {
@@ -224,20 +227,24 @@ impl Control {
     /// gets the state, or by the tick the parking asks for.
     pub fn report(&self, node: &str, session_id: u64, report: Report) {
         let Some(inner) = self.try_lock_for_report() else {
-            self.parked.park(node, session_id, report);
+            self.parked.park(node, session_id, report, self.now());
             self.changed.notify_one();
             return;
         };
-        // A parked report of this node is older than this one, which says all it said.
-        self.parked.drop_node(node);
+        // A parked report of this node's session is older than this one, which says all it said.
+        self.parked.drop_node(node, session_id);
         self.take_report(inner, node, session_id, report);
         self.take_parked(false);
     }
 
     /// Takes in the parked reports, each as it would have been when it came. Unless `wait`, as
-    /// a report does: once the state is taken for long again, what is left stays parked.
+    /// a report does: once the state is taken for long again, what is left stays parked, and
+    /// at most [`PARKED_PER_REPORT`], so that one agent's session task does not take in
+    /// thousands on its async worker; the tick, which each parking woke, takes the rest.
     pub(super) fn take_parked(&self, wait: bool) {
-        while self.parked.busy() {
+        let mut left = if wait { usize::MAX } else { PARKED_PER_REPORT };
+        while self.parked.busy() && left > 0 {
+            left -= 1;
             let inner = if wait {
                 self.lock()
             } else if let Some(inner) = self.try_lock_for_report() {
