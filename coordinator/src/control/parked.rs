@@ -23,8 +23,9 @@ pub(super) type Heard = (String, u64, i64);
 struct Lot {
     /// By node name.
     reports: BTreeMap<String, Waiting>,
-    /// Arrivals not yet handed to the state.
-    heard: Vec<Heard>,
+    /// Arrivals not yet handed to the state: the last of each node (with its session), so that
+    /// a lock held for a minute gathers one per node, not one per report.
+    heard: BTreeMap<String, (u64, i64)>,
 }
 
 impl Lot {
@@ -47,7 +48,12 @@ impl Parked {
     /// ids only grow; an older session's report is refused when taken in anyway).
     pub(super) fn park(&self, node: &str, session_id: u64, report: Report, now_ms: i64) {
         let mut lot = self.lot.lock();
-        lot.heard.push((node.to_string(), session_id, now_ms));
+        match lot.heard.get(node) {
+            Some((newer, _)) if *newer > session_id => {}
+            _ => {
+                lot.heard.insert(node.to_string(), (session_id, now_ms));
+            }
+        }
         match lot.reports.get(node) {
             Some((newer, _)) if *newer > session_id => {}
             _ => {
@@ -88,6 +94,9 @@ impl Parked {
         let heard = std::mem::take(&mut lot.heard);
         self.any.store(!lot.is_empty(), Ordering::SeqCst);
         heard
+            .into_iter()
+            .map(|(node, (session_id, at))| (node, session_id, at))
+            .collect()
     }
 
     /// One parked report, leaving the rest. Called under the state lock, as [`Parked::drop_node`]
