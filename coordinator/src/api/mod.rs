@@ -75,25 +75,35 @@ impl Lifecycle {
         if control.state_free() {
             return Ok(f(control)?);
         }
-        self.write(control, f).await
+        self.off_workers(control, f, "read").await
     }
 
     /// Runs `f` (a control call that may commit to the store) on a blocking thread: an fsync
     /// must not hold an async worker, and with it every other call and session on that worker.
-    /// The thread is tracked, so a shutdown waits for the write (within its grace).
     async fn write<T: Send + 'static>(
         &self,
         control: &Arc<Control>,
         f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
     ) -> Result<T, Status> {
+        self.off_workers(control, f, "write").await
+    }
+
+    /// `f` on a blocking thread of the server's own: tracked, so a shutdown waits for it (within
+    /// its grace). A panic in `f` (a bug) fails this call only.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        control: &Arc<Control>,
+        f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
+        what: &'static str,
+    ) -> Result<T, Status> {
         let control = control.clone();
         match self.tasks.spawn_blocking(move || f(&control)).await {
             Ok(result) => Ok(result?),
             Err(e) => {
-                tracing::error!(error = %e, "a write failed to run");
-                Err(Status::internal(
-                    "the coordinator failed this write; see its log",
-                ))
+                tracing::error!(error = %e, "a {what} failed to run");
+                Err(Status::internal(format!(
+                    "the coordinator failed this {what}; see its log"
+                )))
             }
         }
     }

@@ -61,7 +61,7 @@ impl Control {
     /// Sends `handout` to every instance of the app (or of one index) through their agents.
     /// NOT_FOUND for an unknown app or index.
     pub fn hand_out(&self, app: &str, index: Option<u32>, handout: &Handout) -> Result<Pending> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         let record = find_app(&inner.state, app)?;
         if let Some(i) = index
             && i >= record.spec.instances
@@ -127,7 +127,7 @@ impl Control {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            inner.command_routes.insert(
+            self.command_routes.lock().insert(
                 request_id,
                 CommandRoute {
                     node: node.clone(),
@@ -145,16 +145,16 @@ impl Control {
     }
 
     /// Routes an agent's answer to its caller (an answer from another node is ignored).
+    /// Takes only the routes' lock: it runs on the session's async worker.
     pub fn command_result(&self, node: &str, result: CommandResult) {
-        let mut inner = self.lock();
-        if inner
-            .command_routes
+        let mut routes = self.command_routes.lock();
+        if routes
             .get(&result.request_id)
             .is_none_or(|r| r.node != node)
         {
             return;
         }
-        if let Some(route) = inner.command_routes.remove(&result.request_id) {
+        if let Some(route) = routes.remove(&result.request_id) {
             // The caller may have given up waiting.
             let _ = route.reply.send(result);
         }
@@ -162,6 +162,6 @@ impl Control {
 
     /// Drops the route of a command whose caller stopped waiting.
     pub fn forget_command(&self, request_id: u64) {
-        self.lock().command_routes.remove(&request_id);
+        self.command_routes.lock().remove(&request_id);
     }
 }

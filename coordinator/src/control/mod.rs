@@ -32,7 +32,7 @@ use crate::core::quota::Caps;
 use crate::core::reconcile::{self, Link};
 use crate::model::{
     AppRecord, Assignment, Batch, DesiredSet, Event, HostMetrics, InstanceCommand,
-    InstanceObserved, LogLine, LogRequest, Persisted,
+    InstanceObserved, LogLine, LogRequest, Persisted, TokenRecord,
 };
 use crate::store::{Store, StoreError};
 
@@ -237,8 +237,6 @@ struct Inner {
     outcomes: BTreeMap<u64, std::result::Result<(), StoreError>>,
     nodes: BTreeMap<String, NodeLive>,
     observed: Observed,
-    /// Instance commands waiting for their agent's answer.
-    command_routes: HashMap<u64, CommandRoute>,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
     /// Since when each instance has been reported online without a break.
@@ -377,6 +375,13 @@ pub struct Control {
     /// here, and must not wait behind a reconcile or a commit holding `inner`. Lock order:
     /// `inner`, then `log_routes`; the log paths never take `inner` while holding this one.
     log_routes: parking_lot::Mutex<HashMap<u64, LogRoute>>,
+    /// Instance commands waiting for their agent's answer, under a lock of their own for the
+    /// same reason. Lock order: `inner`, then `command_routes`.
+    command_routes: parking_lot::Mutex<HashMap<u64, CommandRoute>>,
+    /// The committed tokens, copied out of `inner` at each commit that changes them: every call
+    /// carrying a token looks it up on an async worker, which must not wait behind a write that
+    /// holds `inner` for seconds. Lock order: `inner`, then `tokens`.
+    tokens: parking_lot::RwLock<BTreeMap<String, TokenRecord>>,
     /// Rung when a group of queued writes was committed (or refused).
     settled: parking_lot::Condvar,
     store: Arc<dyn Store>,
@@ -550,7 +555,6 @@ impl Control {
             outcomes: BTreeMap::new(),
             nodes,
             observed: Observed::default(),
-            command_routes: HashMap::new(),
             memory: HashMap::new(),
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
@@ -571,9 +575,12 @@ impl Control {
             publish(&mut inner, &name);
         }
         let (events, _) = broadcast::channel(1024);
+        let tokens = parking_lot::RwLock::new(inner.state.tokens.clone());
         Ok(Control {
             inner: parking_lot::Mutex::new(inner),
             log_routes: parking_lot::Mutex::new(HashMap::new()),
+            command_routes: parking_lot::Mutex::new(HashMap::new()),
+            tokens,
             settled: parking_lot::Condvar::new(),
             store,
             events,
@@ -621,7 +628,7 @@ impl Control {
         // One time for the whole critical section, read under the lock so it never goes back.
         inner.now = inner.now.max(self.clock.now_ms());
         // Parked reports are heartbeats that came in time (see `parked`).
-        for (node, session_id, at) in self.parked.take_heard() {
+        for (node, (session_id, at)) in self.parked.take_heard() {
             if let Some(live) = inner.nodes.get_mut(&node)
                 && live.session.as_ref().map(|s| s.id) == Some(session_id)
             {
@@ -666,9 +673,9 @@ impl Control {
         for live in inner.nodes.values_mut() {
             live.session = None;
         }
-        inner.command_routes.clear();
         inner.leaving.clear();
         drop(inner);
+        self.command_routes.lock().clear();
         self.log_routes.lock().clear();
     }
 

@@ -16,16 +16,16 @@ use crate::model::Report;
 /// A report waiting for the state: the node's session that sent it, and the report.
 type Waiting = (u64, Report);
 
-/// A parked report's arrival: node, session, clock milliseconds.
-pub(super) type Heard = (String, u64, i64);
+/// Parked reports' arrivals by node: the last one's session and clock milliseconds.
+pub(super) type Heard = BTreeMap<String, (u64, i64)>;
 
 #[derive(Default)]
 struct Lot {
     /// By node name.
     reports: BTreeMap<String, Waiting>,
-    /// Arrivals not yet handed to the state: the last of each node (with its session), so that
-    /// a lock held for a minute gathers one per node, not one per report.
-    heard: BTreeMap<String, (u64, i64)>,
+    /// Arrivals not yet handed to the state: the last of each node, so that a lock held for a
+    /// minute gathers one per node, not one per report.
+    heard: Heard,
 }
 
 impl Lot {
@@ -86,17 +86,14 @@ impl Parked {
     }
 
     /// The arrivals not yet handed to the state, leaving none (under the state lock).
-    pub(super) fn take_heard(&self) -> Vec<Heard> {
+    pub(super) fn take_heard(&self) -> Heard {
         if !self.busy() {
-            return Vec::new();
+            return Heard::new();
         }
         let mut lot = self.lot.lock();
         let heard = std::mem::take(&mut lot.heard);
         self.any.store(!lot.is_empty(), Ordering::SeqCst);
         heard
-            .into_iter()
-            .map(|(node, (session_id, at))| (node, session_id, at))
-            .collect()
     }
 
     /// One parked report, leaving the rest. Called under the state lock, as [`Parked::drop_node`]

@@ -1,5 +1,6 @@
-//! A report that finds the state held for long (a big write) is parked rather than holding its
-//! async worker, and taken in later, never after a newer report of its node.
+//! What an async worker calls while the state is held for long (a big write) returns without
+//! it: a report is parked, taken in later and never after a newer report of its node; token
+//! lookups and command answers do not take the state at all.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -8,39 +9,49 @@ use super::report_tests::{send, statuses};
 use super::tests::{register, web};
 use super::*;
 use crate::clock::ManualClock;
-use crate::model::{InstanceState, NodeStatus};
+use crate::model::{CommandResult, InstanceState, NodeStatus};
 use crate::store::MemoryStore;
 
 /// How long a parked report may take to return: far longer than it does.
 const RETURNS_WITHIN: Duration = Duration::from_secs(10);
 
+/// A control with node `a` attached and app `web` of `instances`.
+fn one_node(instances: u32) -> Result<(Control, Attached)> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(instances))?;
+    Ok((c, a))
+}
+
 fn endpoints(c: &Control) -> Result<usize> {
     Ok(c.endpoints("web")?.endpoints.len())
 }
 
-/// Sends `node`'s report while the state is held, as by a write planning for seconds: the call
-/// must return without it.
-fn send_while_held(c: &Control, node: &str, session: &Attached, state: InstanceState) {
-    let report = statuses(c, node, state, 0).expect("statuses");
+/// Runs `f` in another thread while the state is held, as by a write planning for seconds:
+/// `f` must return without it.
+fn returns_while_held<T: Send>(c: &Control, what: &str, f: impl FnOnce() -> T + Send) -> T {
     let held = c.inner.lock();
     let (done, returned) = mpsc::channel();
     std::thread::scope(|s| {
-        s.spawn(|| {
-            send(c, node, session, report);
-            let _ = done.send(());
+        s.spawn(move || {
+            let _ = done.send(f());
         });
-        let came_back = returned.recv_timeout(RETURNS_WITHIN).is_ok();
-        // Released either way, or a report that waited would never end and the scope with it.
+        let out = returned.recv_timeout(RETURNS_WITHIN);
+        // Released either way, or a call that waited would never end and the scope with it.
         drop(held);
-        assert!(came_back, "the report waited for the state");
-    });
+        out.unwrap_or_else(|_| panic!("{what} waited for the state"))
+    })
+}
+
+/// Sends `node`'s report while the state is held: the call must return without it.
+fn send_while_held(c: &Control, node: &str, session: &Attached, state: InstanceState) {
+    let report = statuses(c, node, state, 0).expect("statuses");
+    returns_while_held(c, "the report", || send(c, node, session, report));
 }
 
 #[test]
 fn a_report_that_finds_the_state_held_is_parked_and_taken_in_by_the_tick() -> Result<()> {
-    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
-    let a = c.attach(&register("a"), None)?;
-    c.apply(web(2))?;
+    let (c, a) = one_node(2)?;
     send_while_held(&c, "a", &a, InstanceState::Online);
     assert!(c.parked.busy());
     assert_eq!(endpoints(&c)?, 0, "not taken in yet");
@@ -68,9 +79,7 @@ fn a_parked_report_is_taken_in_by_the_next_report_that_gets_the_state() -> Resul
 /// the parked one taken in after it would set its instances back.
 #[test]
 fn a_parked_report_is_dropped_by_a_newer_one_of_its_node() -> Result<()> {
-    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
-    let a = c.attach(&register("a"), None)?;
-    c.apply(web(2))?;
+    let (c, a) = one_node(2)?;
     send_while_held(&c, "a", &a, InstanceState::Launching);
     send(&c, "a", &a, statuses(&c, "a", InstanceState::Online, 0)?);
     c.tick();
@@ -85,9 +94,7 @@ fn a_parked_report_is_dropped_by_a_newer_one_of_its_node() -> Result<()> {
 /// A read finds the state taken for long as a report does, and goes off the async workers.
 #[test]
 fn the_state_is_not_free_while_held_or_while_reports_are_parked() -> Result<()> {
-    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
-    let a = c.attach(&register("a"), None)?;
-    c.apply(web(1))?;
+    let (c, a) = one_node(1)?;
     assert!(c.state_free());
     {
         let _held = c.inner.lock();
@@ -150,5 +157,42 @@ fn a_replaced_sessions_report_leaves_the_new_sessions_parked_report() -> Result<
     );
     c.tick();
     assert_eq!(endpoints(&c)?, 2);
+    Ok(())
+}
+
+/// The calls an async worker makes besides reports and reads (the auth layer's token lookup on
+/// every call, an agent's answer to a command, a caller giving up on one, listing tokens) do not
+/// take the state either.
+#[test]
+fn token_lookups_and_command_answers_do_not_wait_for_the_state() -> Result<()> {
+    use crate::core::access::{Role, token_text};
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let (id, secret) = ("0123456789ab", "cd".repeat(32));
+    let (record, bearer) = c.create_token(NewToken {
+        id: id.into(),
+        secret: secret.clone(),
+        role: Role::Read,
+        apps: None,
+        description: String::new(),
+        created_by: "test".into(),
+    })?;
+    assert_eq!(bearer, token_text(id, &secret));
+    let grant = returns_while_held(&c, "a token lookup", || c.token_grant(&bearer));
+    assert_eq!(
+        grant.map(|(id, g)| (id, g.role)),
+        Some((record.id, Role::Read))
+    );
+    let listed = returns_while_held(&c, "listing tokens", || c.list_tokens().len());
+    assert_eq!(listed, 1);
+    let answer = CommandResult {
+        request_id: 7,
+        outcomes: Vec::new(),
+    };
+    returns_while_held(&c, "a command's answer", || c.command_result("a", answer));
+    returns_while_held(&c, "forgetting a command", || c.forget_command(7));
+    // The copy follows the committed state: a revoked token is refused from the next call on.
+    c.revoke_token(id)?;
+    assert!(c.token_grant(&bearer).is_none());
+    assert!(c.list_tokens().is_empty());
     Ok(())
 }

@@ -484,7 +484,7 @@ impl Control {
         inner.reconcile_due = true;
         self.changed.notify_one();
         // Their callers hear that the node went away (the reply channel closes).
-        inner.command_routes.retain(|_, r| r.node != node);
+        self.command_routes.lock().retain(|_, r| r.node != node);
         drop(inner);
         self.drop_log_routes(node, "disconnected");
         self.emit(

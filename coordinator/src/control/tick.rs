@@ -162,8 +162,8 @@ impl Control {
                 inner.reconcile_due = true;
                 // As at a disconnect: callers waiting on a lapsed session's answers hear that
                 // it went away, and its log readers' streams end (below, after `inner`).
-                inner
-                    .command_routes
+                self.command_routes
+                    .lock()
                     .retain(|_, r| !lapsed.contains(&r.node));
                 // No report will say when their removed processes end.
                 for name in &lapsed {

@@ -78,7 +78,7 @@ impl Control {
 
     /// Every token, by id.
     pub fn list_tokens(&self) -> Vec<TokenRecord> {
-        self.lock().state.tokens.values().cloned().collect()
+        self.tokens.read().values().cloned().collect()
     }
 
     /// Removes a token: calls carrying it are refused from the next one on.
@@ -97,11 +97,12 @@ impl Control {
         Ok(record)
     }
 
-    /// The grant of a bearer value, if it is a live token of this cluster.
+    /// The grant of a bearer value, if it is a live token of this cluster. Reads the tokens'
+    /// own copy, not `inner`: the auth layer calls this on an async worker for every call.
     pub fn token_grant(&self, bearer: &str) -> Option<(String, Grant)> {
         let id = access::token_id(bearer)?;
-        let inner = self.lock();
-        let record = inner.state.tokens.get(id)?;
+        let tokens = self.tokens.read();
+        let record = tokens.get(id)?;
         access::token_matches(bearer, &record.hash).then(|| {
             (
                 record.id.clone(),

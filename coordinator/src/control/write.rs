@@ -341,6 +341,9 @@ impl Control {
         let leaving = leaving_processes(inner, &batch.del_instances);
         let Inner { state, sets, .. } = inner;
         sets.apply(state, &batch);
+        if !batch.put_tokens.is_empty() || !batch.del_tokens.is_empty() {
+            *self.tokens.write() = state.tokens.clone();
+        }
         // A plan applied plans nothing more for its apps (a property test holds the reconciler
         // to it). A scoped write left the other apps as they were; what it frees matters to them
         // only where instances wait for room (pending, or a drain's handoff). So one full pass
