@@ -30,10 +30,7 @@ pub const NODE_VAR: &str = pmcluster_spec::instance::NODE_VAR;
 /// The key of the agent that started it (see [`Marker::key`]).
 pub const AGENT_VAR: &str = pmcluster_spec::instance::AGENT_KEY_VAR;
 /// On a log pump: the instance id it pumps for.
-pub const PUMP_VAR: &str = "PMCLUSTER_PUMP_FOR";
-/// Most bytes of one process's environment read (the markers are among the first variables
-/// of an instance's environment only by chance: the environment is sorted by name).
-const MAX_ENVIRON: u64 = 8 << 20;
+pub const PUMP_VAR: &str = pmcluster_spec::instance::PUMP_VAR;
 
 /// What marks this agent's processes: its node name and its key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,28 +107,20 @@ pub enum Mark {
 /// Reads the markers in a `/proc/PID/environ` text (NUL-separated `NAME=value`): a mark only when
 /// both the node name and the key are this agent's.
 pub fn parse_environ(environ: &[u8], m: &Marker) -> Option<Mark> {
-    let mut vars: BTreeMap<&[u8], &[u8]> = BTreeMap::new();
-    for entry in environ.split(|b| *b == 0) {
-        if let Some(eq) = entry.iter().position(|b| *b == b'=') {
-            vars.insert(&entry[..eq], &entry[eq + 1..]);
-        }
-    }
-    let var = |name: &str| {
-        vars.get(name.as_bytes())
-            .map(|v| String::from_utf8_lossy(v))
-    };
-    if var(NODE_VAR)? != m.node.as_str() || var(AGENT_VAR)? != m.key.as_str() {
+    let found = pmcluster_spec::proc::markers(environ);
+    let var = |value| Option::map(value, String::from_utf8_lossy);
+    if var(found.node)? != m.node.as_str() || var(found.key)? != m.key.as_str() {
         return None;
     }
-    if let Some(id) = var(INSTANCE_VAR).filter(|id| !id.is_empty()) {
-        let port = var("PORT").and_then(|p| p.parse().ok());
+    if let Some(id) = var(found.instance).filter(|id| !id.is_empty()) {
+        let port = var(found.port).and_then(|p| p.parse().ok());
         return Some(Mark::Instance {
             id: id.into_owned(),
             port,
         });
     }
     // The pump host's placeholder names no instance.
-    let id = var(PUMP_VAR).filter(|id| !id.is_empty() && !is_placeholder(id))?;
+    let id = var(found.pump).filter(|id| !id.is_empty() && !is_placeholder(id))?;
     Some(Mark::Pump {
         id: id.into_owned(),
     })
@@ -279,11 +268,8 @@ pub fn find(marker: &Marker, cgroups: &[PathBuf], adopted: &BTreeSet<InstanceId>
 }
 
 fn read_environ(pid: u32) -> Option<Vec<u8>> {
-    use std::io::Read;
     let file = std::fs::File::open(format!("/proc/{pid}/environ")).ok()?;
-    let mut bytes = Vec::new();
-    file.take(MAX_ENVIRON).read_to_end(&mut bytes).ok()?;
-    Some(bytes)
+    pmcluster_spec::proc::read_environ(file).ok()
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ pub const INSTANCE_UUID_VAR: &str = "PMCLUSTER_INSTANCE_UUID";
 pub const NODE_VAR: &str = "PMCLUSTER_NODE";
 /// The key of the agent that started it (see [`agent_key`]).
 pub const AGENT_KEY_VAR: &str = "PMCLUSTER_AGENT_KEY";
+/// On a log pump, in place of [`INSTANCE_UUID_VAR`]: the instance id it pumps for.
+pub const PUMP_VAR: &str = "PMCLUSTER_PUMP_FOR";
 
 /// An agent's key: 16 hex digits of a hash (FNV-1a, stable across builds) of its data dir's
 /// absolute path, which the caller resolves (the agent and `pmcluster down` alike, so both

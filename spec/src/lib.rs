@@ -2,7 +2,7 @@
 //! config files, validation with errors that name the field, per-instance environment and
 //! argument expansion, and conversion to and from the wire types.
 //!
-//! Pure: no I/O, no clocks, no environment reads.
+//! Pure: no I/O, no clocks, no environment reads (`proc` reads only a file its caller opened).
 
 // Pure: no wall clock, random ids, environment or hash order (see clippy.toml).
 #![deny(clippy::disallowed_methods, clippy::disallowed_types)]
@@ -14,6 +14,7 @@ pub mod config;
 pub mod instance;
 pub mod limits;
 pub mod placement;
+pub mod proc;
 pub mod secret;
 pub mod signal;
 pub mod supervise;

@@ -1,47 +1,12 @@
-//! Reading `/proc`: one process's stat line, every process, and an instance's family.
+//! Reading `/proc`: one process's stat line, every process, and an instance's family. The stat
+//! line's parser is `pmcluster_spec::proc`'s, which `pmcluster down` uses too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
+pub use pmcluster_spec::proc::{Stat, parse_stat};
+
 use super::ProcId;
-
-/// The fields of `/proc/PID/stat` the agent uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Stat {
-    pub pid: u32,
-    pub state: char,
-    pub ppid: u32,
-    pub pgrp: u32,
-    /// utime + stime, in clock ticks.
-    pub cpu_ticks: u64,
-    pub start_ticks: u64,
-    pub rss_pages: u64,
-}
-
-impl Stat {
-    /// Not a zombie (nor dead).
-    pub fn running(&self) -> bool {
-        !matches!(self.state, 'Z' | 'X' | 'x')
-    }
-}
-
-/// Parses one `/proc/PID/stat` line. The command name (field 2) may hold spaces and parentheses,
-/// so fields are counted from its last closing parenthesis.
-pub fn parse_stat(pid: u32, text: &str) -> Option<Stat> {
-    let rest = text.get(text.rfind(')')? + 1..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // f[0] is field 3 (state): field n is f[n - 3].
-    let num = |n: usize| -> Option<u64> { f.get(n - 3)?.parse().ok() };
-    Some(Stat {
-        pid,
-        state: f.first()?.chars().next()?,
-        ppid: u32::try_from(num(4)?).ok()?,
-        pgrp: u32::try_from(num(5)?).ok()?,
-        cpu_ticks: num(14)?.saturating_add(num(15)?),
-        start_ticks: num(22)?,
-        rss_pages: num(24)?,
-    })
-}
 
 /// When a process started (unix ms), from its start time in clock ticks after boot; 0 when the
 /// boot time cannot be read.
@@ -179,27 +144,6 @@ mod tests {
             cpu_ticks: 0,
             start_ticks: u64::from(pid),
             rss_pages: 0,
-        }
-    }
-
-    #[test]
-    fn stat_lines() {
-        let line = "123 (my (odd) app) S 1 123 123 0 -1 4194304 100 0 0 0 7 5 0 0 20 0 3 0 \
-                    9876 1000000 250 18446744073709551615";
-        assert_eq!(
-            parse_stat(123, line),
-            Some(Stat {
-                pid: 123,
-                state: 'S',
-                ppid: 1,
-                pgrp: 123,
-                cpu_ticks: 12,
-                start_ticks: 9876,
-                rss_pages: 250,
-            })
-        );
-        for bad in ["", "garbage", "7 (x) R", "7 (x) R 1 2"] {
-            assert_eq!(parse_stat(7, bad), None, "{bad:?}");
         }
     }
 

@@ -4,22 +4,20 @@
 //!
 //! They are found as the agent finds its own (see the agent's `orphans`): every instance process,
 //! and every child it forks, carries the agent's key in its environment
-//! ([`AGENT_KEY_VAR`], a hash of the agent's data dir path). Only processes carrying this exact
-//! key are touched, each by pid together with its start time, so a recycled pid is never hit.
-//! Log pumps carry the key too: they end by themselves once their instance's pipes close, and
-//! are signalled only if they outlive that.
+//! ([`AGENT_KEY_VAR`](pmcluster_spec::instance::AGENT_KEY_VAR), a hash of the agent's data dir
+//! path). Only processes carrying this exact key are touched, each by pid together with its
+//! start time, so a recycled pid is never hit. Log pumps carry the key too: they end by
+//! themselves once their instance's pipes close, and are signalled only if they outlive that.
+//!
+//! The stat line and the markers are read with `pmcluster_spec::proc`, the agent's own reading.
 
 use std::fs::File;
-use std::io::Read;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use pmcluster_spec::instance::{AGENT_KEY_VAR, INSTANCE_UUID_VAR};
+use pmcluster_spec::proc::{Stat, markers, parse_stat, read_environ};
 
-/// Most bytes of one process's environment read; the agent reads as much.
-const MAX_ENVIRON: u64 = 8 << 20;
 /// How long processes get to end after SIGKILL before `down` gives up on them, and log pumps
 /// after their instances ended before they get SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
@@ -39,37 +37,25 @@ pub enum Kind {
 }
 
 /// What a `/proc/PID/environ` text (NUL-separated `NAME=value`) says of a process: one of the
-/// agent with `key`'s, or not (`None`). Only the exact key counts.
+/// agent with `key`'s, or not (`None`). Only the exact key counts; unlike the agent's `orphans`,
+/// any process carrying it is one, the pump host included: `down` stops all.
 pub fn kind_of(environ: &[u8], key: &str) -> Option<Kind> {
-    let mut ours = false;
-    let mut instance = false;
-    for entry in environ.split(|b| *b == 0) {
-        let Some(eq) = entry.iter().position(|b| *b == b'=') else {
-            continue;
-        };
-        let (name, value) = (&entry[..eq], &entry[eq + 1..]);
-        if name == AGENT_KEY_VAR.as_bytes() {
-            ours = value == key.as_bytes();
-        } else if name == INSTANCE_UUID_VAR.as_bytes() {
-            instance = !value.is_empty();
-        }
+    let found = markers(environ);
+    if found.key? != key.as_bytes() {
+        return None;
     }
-    match (ours, instance) {
-        (false, _) => None,
-        (true, true) => Some(Kind::Instance),
-        (true, false) => Some(Kind::Pump),
+    // An empty instance id names no instance.
+    if found.instance.is_some_and(|id| !id.is_empty()) {
+        Some(Kind::Instance)
+    } else {
+        Some(Kind::Pump)
     }
 }
 
-/// The state letter and start time (clock ticks after boot) of a `/proc/PID/stat` text.
-pub fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    // The command name, in parentheses, may hold spaces and parentheses itself.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // Field 22 of the whole line; the state is field 3.
-    let start = fields.nth(18)?.parse().ok()?;
-    Some((state, start))
+/// The stat line of whatever process has this pid now.
+fn stat_of(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(pid, &text)
 }
 
 /// One process carrying the key, as first seen.
@@ -83,10 +69,10 @@ struct Marked {
 impl Marked {
     /// Still the same process, and not a zombie (which is gone but for its parent's wait).
     fn alive(&self) -> bool {
-        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+        u32::try_from(self.pid)
             .ok()
-            .and_then(|s| parse_stat(&s))
-            .is_some_and(|(state, start)| start == self.start && state != 'Z' && state != 'X')
+            .and_then(stat_of)
+            .is_some_and(|s| s.start_ticks == self.start && s.state != 'Z' && s.state != 'X')
     }
 
     /// Signals it if it is still the process first seen. Whether that worked shows in
@@ -115,34 +101,28 @@ fn scan(key: &str) -> Vec<Marked> {
         else {
             continue;
         };
-        let proc_dir = entry.path();
-        let Some(kind) = read_environ(&proc_dir).and_then(|e| kind_of(&e, key)) else {
+        let Some(kind) = environ_of(pid).and_then(|e| kind_of(&e, key)) else {
             continue;
         };
-        let Some((state, start)) = std::fs::read_to_string(proc_dir.join("stat"))
-            .ok()
-            .and_then(|s| parse_stat(&s))
-        else {
+        let Some(stat) = stat_of(pid) else {
             continue;
         };
         let Ok(pid) = i32::try_from(pid) else {
             continue;
         };
-        if state != 'Z' && state != 'X' {
-            found.push(Marked { pid, start, kind });
+        if stat.state != 'Z' && stat.state != 'X' {
+            found.push(Marked {
+                pid,
+                start: stat.start_ticks,
+                kind,
+            });
         }
     }
     found
 }
 
-fn read_environ(proc_dir: &Path) -> Option<Vec<u8>> {
-    let mut environ = Vec::new();
-    File::open(proc_dir.join("environ"))
-        .ok()?
-        .take(MAX_ENVIRON)
-        .read_to_end(&mut environ)
-        .ok()?;
-    Some(environ)
+fn environ_of(pid: u32) -> Option<Vec<u8>> {
+    read_environ(File::open(format!("/proc/{pid}/environ")).ok()?).ok()
 }
 
 /// What [`stop_left`] did.
@@ -269,17 +249,11 @@ mod tests {
     }
 
     #[test]
-    fn stat_lines() {
-        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 987654 \
-                    1000 200 18446744073709551615";
-        assert_eq!(parse_stat(line), Some(('S', 987654)));
-        assert_eq!(parse_stat("4242 (x) Z 1"), None);
-        assert_eq!(parse_stat("garbage"), None);
-        let mine = std::fs::read_to_string("/proc/self/stat").map(|s| parse_stat(&s));
-        assert!(
-            matches!(mine, Ok(Some((_, start))) if start > 0),
-            "{mine:?}"
-        );
+    fn own_stat() {
+        // The stat lines themselves are `pmcluster_spec::proc`'s tests.
+        let mine = stat_of(std::process::id());
+        assert!(mine.is_some_and(|s| s.start_ticks > 0), "{mine:?}");
+        assert_eq!(stat_of(u32::MAX), None);
     }
 
     #[test]
