@@ -72,7 +72,7 @@ impl Marked {
         u32::try_from(self.pid)
             .ok()
             .and_then(stat_of)
-            .is_some_and(|s| s.start_ticks == self.start && s.state != 'Z' && s.state != 'X')
+            .is_some_and(|s| s.start_ticks == self.start && s.running())
     }
 
     /// Signals it if it is still the process first seen. Whether that worked shows in
@@ -110,7 +110,7 @@ fn scan(key: &str) -> Vec<Marked> {
         let Ok(pid) = i32::try_from(pid) else {
             continue;
         };
-        if stat.state != 'Z' && stat.state != 'X' {
+        if stat.running() {
             found.push(Marked {
                 pid,
                 start: stat.start_ticks,
