@@ -17,6 +17,11 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --all-features 2>&1 | tee "$log" || status=$?
+# The fuzz crate is a workspace of its own (fuzzing needs nightly), but the tests of its checks
+# (every committed seed passes them) run on stable; sharing target/ reuses much of the build.
+echo "== cargo test (the fuzz crate's checks)"
+cargo test --manifest-path fuzz/Cargo.toml --target-dir target --lib --examples 2>&1 \
+  | tee -a "$log" || status=$?
 # A test that cannot run here (not root, no cgroups, no etcd) passes after printing
 # `pmcluster-test-skip: TEST: REASON` (see agent/tests/it/skip.rs): list those, and count them as
 # skipped, not passed. Matched anywhere in a line, as a test's stderr may land mid-line.

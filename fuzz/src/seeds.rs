@@ -1,7 +1,7 @@
 //! The starting corpus of the binary targets (`wire_specs`, `desired_set`): real requests and
 //! desired sets built from the config seeds. Written to `seeds/` by
-//! `cargo +nightly test --manifest-path fuzz/Cargo.toml --lib -- --ignored write_seeds`, and
-//! committed, so the fuzz runs need no extra build.
+//! `cargo run --manifest-path fuzz/Cargo.toml --example write_seeds`, and committed, so the fuzz
+//! runs need no extra build. `scripts/test.sh` runs this crate's tests on stable.
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
@@ -329,19 +329,6 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-
-    #[test]
-    #[ignore = "writes the committed seed files"]
-    fn write_seeds() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-        for (target, seeds) in [("wire_specs", wire()), ("desired_set", desired())] {
-            let dir = root.join(target);
-            std::fs::create_dir_all(&dir).expect("seed dir");
-            for (name, bytes) in seeds {
-                std::fs::write(dir.join(name), bytes).expect("seed file");
-            }
-        }
-    }
 
     /// Each seed passes its target's checks: a seed that fails is a finding, not a start. The
     /// config seeds are valid, so that the fuzzer starts from specs that get far.
