@@ -259,7 +259,7 @@ impl Control {
         }
     }
 
-    /// A report, under the state lock `inner`, which it releases before its events go out.
+    /// A report, under the state lock `inner`, which it holds until its events are out.
     fn take_report(&self, mut inner: Guard<'_>, node: &str, session_id: u64, report: Report) {
         let now = inner.now;
         let Some(live) = inner.nodes.get_mut(node) else {
@@ -406,7 +406,9 @@ impl Control {
         if !still_leaving.is_empty() {
             inner.leaving.insert(node.to_string(), still_leaving);
         }
-        drop(inner);
+        // The events go out under the state lock: a node's reports are taken in on more than
+        // one thread (its session's, and whichever takes in its parked report), and its events
+        // must come out in the order its reports were taken in.
         self.emit_ended(node, leaving);
         for (app, index, trend) in leaks {
             self.emit(
@@ -437,6 +439,7 @@ impl Control {
             };
             self.emit(EventKind::InstanceState, &app, node, Some(index), text);
         }
+        drop(inner);
     }
 
     /// The events for removed instances whose processes a report of `node` said have ended: one
