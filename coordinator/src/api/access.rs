@@ -7,7 +7,7 @@ use pmcluster_proto::v1 as pb;
 use rand::RngCore;
 use tonic::{Request, Response, Status};
 
-use super::Lifecycle;
+use super::{Lifecycle, Served};
 use crate::auth::Caller;
 use crate::control::NewToken;
 use crate::core::access::{self, Role};
@@ -17,6 +17,13 @@ use crate::model::TokenRecord;
 pub struct AccessApi {
     pub seat: Arc<Seat>,
     pub life: Lifecycle,
+}
+
+impl AccessApi {
+    /// As [`super::ClusterApi`]'s: the control only as [`Served`] reaches it.
+    fn control(&self) -> Result<Served, Status> {
+        Ok(Served::new(self.seat.control()?, &self.life))
+    }
 }
 
 fn to_wire(t: TokenRecord) -> pb::Token {
@@ -49,7 +56,7 @@ impl pb::access_server::Access for AccessApi {
         &self,
         r: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenReply>, Status> {
-        let control = self.seat.control()?;
+        let control = self.control()?;
         let created_by = caller_name(&r);
         let req = r.into_inner();
         let role = Role::parse(&req.role).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -61,10 +68,7 @@ impl pb::access_server::Access for AccessApi {
             description: req.description,
             created_by,
         };
-        let (record, secret) = self
-            .life
-            .write(&control, move |c| c.create_token(new))
-            .await?;
+        let (record, secret) = control.write(move |c| c.create_token(new)).await?;
         tracing::info!(
             id = %record.id,
             role = record.role.name(),
@@ -81,7 +85,7 @@ impl pb::access_server::Access for AccessApi {
         &self,
         _: Request<pb::ListTokensRequest>,
     ) -> Result<Response<pb::ListTokensReply>, Status> {
-        let control = self.seat.control()?;
+        let control = self.control()?;
         Ok(Response::new(pb::ListTokensReply {
             tokens: control.list_tokens().into_iter().map(to_wire).collect(),
         }))
@@ -91,13 +95,10 @@ impl pb::access_server::Access for AccessApi {
         &self,
         r: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenReply>, Status> {
-        let control = self.seat.control()?;
+        let control = self.control()?;
         let by = caller_name(&r);
         let id = r.into_inner().id;
-        let record = self
-            .life
-            .write(&control, move |c| c.revoke_token(&id))
-            .await?;
+        let record = control.write(move |c| c.revoke_token(&id)).await?;
         tracing::info!(id = %record.id, %by, "token revoked");
         Ok(Response::new(pb::RevokeTokenReply {
             token: Some(to_wire(record)),

@@ -1,6 +1,7 @@
 //! gRPC services: thin adapters between the wire and [`Control`]. Requests are converted (and
 //! validated) at this boundary, replies converted through `wire`; errors map to status codes in
-//! one place. A handler reaches the control only through its service's `control()`, once, first.
+//! one place. A handler reaches the control only through its service's `control()`, once, first,
+//! and only as [`Served`] allows.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -42,62 +43,56 @@ pub struct Lifecycle {
     pub tasks: TaskTracker,
 }
 
-impl Lifecycle {
-    /// `stream`, ended (cleanly) when the server shuts down or `control` retires (this
-    /// coordinator stepped down: the client reconnects and finds the leader).
-    fn until_over<T: Send + 'static>(
-        &self,
-        control: &Control,
-        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
-    ) -> BoxStream<T> {
-        use futures::StreamExt as _;
-        let (shutdown, retired) = (self.cancel.clone(), control.retired_token());
-        Box::pin(stream.take_until(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = retired.cancelled() => {}
-            }
-        }))
-    }
+/// The control as a handler reaches it, on an async worker. An async worker must never wait
+/// long for the state lock: a write planning thousands of placements holds it for seconds, and
+/// a worker waiting as long answers no HTTP/2 ping (agents give up after 3 s) and serves no
+/// other call. So a handler gets no `&Control` of its own: it hands a closure to [`Served::read`]
+/// or [`Served::write`], which run it where that cannot happen, and calls directly only what
+/// never takes the state lock (the methods below that are not async).
+pub struct Served {
+    control: Arc<Control>,
+    life: Lifecycle,
 }
 
-impl Lifecycle {
+impl Served {
+    pub fn new(control: Arc<Control>, life: &Lifecycle) -> Served {
+        Served {
+            control,
+            life: life.clone(),
+        }
+    }
+
     /// Runs `f` (a control call that only reads): here while the state lock is free, or else on
-    /// a blocking thread, as [`Lifecycle::write`] does. A write planning thousands of placements
-    /// holds the lock for seconds, and an async worker waiting as long answers no HTTP/2 ping
-    /// (agents give up after 3 s) and serves no other call; the hop to a blocking thread costs
-    /// every call about 0.05 ms, so only a call that would wait takes it.
-    async fn read<T: Send + 'static>(
+    /// a blocking thread, as [`Served::write`] does. The hop to a blocking thread costs every
+    /// call about 0.05 ms, so only a call that would wait takes it.
+    pub async fn read<T: Send + 'static>(
         &self,
-        control: &Arc<Control>,
         f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
     ) -> Result<T, Status> {
-        if control.state_free() {
-            return Ok(f(control)?);
+        if self.control.state_free() {
+            return Ok(f(&self.control)?);
         }
-        self.off_workers(control, f, "read").await
+        self.off_workers(f, "read").await
     }
 
     /// Runs `f` (a control call that may commit to the store) on a blocking thread: an fsync
     /// must not hold an async worker, and with it every other call and session on that worker.
-    async fn write<T: Send + 'static>(
+    pub async fn write<T: Send + 'static>(
         &self,
-        control: &Arc<Control>,
         f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
     ) -> Result<T, Status> {
-        self.off_workers(control, f, "write").await
+        self.off_workers(f, "write").await
     }
 
     /// `f` on a blocking thread of the server's own: tracked, so a shutdown waits for it (within
     /// its grace). A panic in `f` (a bug) fails this call only.
     async fn off_workers<T: Send + 'static>(
         &self,
-        control: &Arc<Control>,
         f: impl FnOnce(&Control) -> Result<T, ControlError> + Send + 'static,
         what: &'static str,
     ) -> Result<T, Status> {
-        let control = control.clone();
-        match self.tasks.spawn_blocking(move || f(&control)).await {
+        let control = self.control.clone();
+        match self.life.tasks.spawn_blocking(move || f(&control)).await {
             Ok(result) => Ok(result?),
             Err(e) => {
                 tracing::error!(error = %e, "a {what} failed to run");
@@ -106,6 +101,72 @@ impl Lifecycle {
                 )))
             }
         }
+    }
+
+    /// `f` here if the state lock is free this instant, else `None`: for a poller that may as
+    /// well look again at its next round, and so should not wait at all.
+    pub fn poll<T>(&self, f: impl FnOnce(&Control) -> T) -> Option<T> {
+        self.control.state_free_now().then(|| f(&self.control))
+    }
+
+    /// `stream`, ended (cleanly) when the server shuts down or the control retires (this
+    /// coordinator stepped down: the client reconnects and finds the leader).
+    fn until_over<T: Send + 'static>(
+        &self,
+        stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
+    ) -> BoxStream<T> {
+        use futures::StreamExt as _;
+        let (shutdown, retired) = (self.life.cancel.clone(), self.control.retired_token());
+        Box::pin(stream.take_until(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = retired.cancelled() => {}
+            }
+        }))
+    }
+
+    // What a worker may call directly: none of these takes the state lock (a report waits for
+    // it 2 ms at most and is otherwise parked; see `control/parked_tests.rs`).
+
+    pub fn retired_token(&self) -> CancellationToken {
+        self.control.retired_token()
+    }
+
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<crate::model::Event> {
+        self.control.subscribe_events()
+    }
+
+    pub fn recent_events(&self, app: &str, n: usize) -> Vec<crate::model::Event> {
+        self.control.recent_events(app, None, n)
+    }
+
+    pub fn forget_command(&self, request_id: u64) {
+        self.control.forget_command(request_id);
+    }
+
+    pub fn report(&self, node: &str, session_id: u64, report: Report) {
+        self.control.report(node, session_id, report);
+    }
+
+    pub fn log_chunk(&self, node: &str, chunk: LogChunk) {
+        self.control.log_chunk(node, chunk);
+    }
+
+    pub fn command_result(&self, node: &str, result: crate::model::CommandResult) {
+        self.control.command_result(node, result);
+    }
+
+    pub fn list_tokens(&self) -> Vec<crate::model::TokenRecord> {
+        self.control.list_tokens()
+    }
+
+    /// Ends a session, off the workers: it takes the state lock, and agents dropping their
+    /// links at once must not hold every worker.
+    pub fn detach(&self, node: String, session_id: u64) {
+        let control = self.control.clone();
+        self.life
+            .tasks
+            .spawn_blocking(move || control.detach(&node, session_id));
     }
 }
 
@@ -118,14 +179,14 @@ pub struct ClusterApi {
 impl ClusterApi {
     /// The control this service serves, or why it serves none now. Every handler asks once, at
     /// its start, and nothing else reaches the control.
-    fn control(&self) -> Result<Arc<Control>, Status> {
-        self.seat.control()
+    fn control(&self) -> Result<Served, Status> {
+        Ok(Served::new(self.seat.control()?, &self.life))
     }
 
     /// `start`, `stop` and a restart of one or every instance.
     async fn act(
         &self,
-        control: &Arc<Control>,
+        control: &Served,
         t: pb::InstanceTarget,
         action: Action,
     ) -> Result<Response<pb::ActionReply>, Status> {
@@ -138,16 +199,13 @@ impl ClusterApi {
         }
         let (app, index) = target(t);
         let name = app.clone();
-        let affected = self
-            .life
-            .write(control, move |c| c.act(&app, index, action))
-            .await?;
+        let affected = control.write(move |c| c.act(&app, index, action)).await?;
         // What the agent must carry out; a disable or enable only changes the endpoints this
         // coordinator serves, which happens at once.
         let quarantined_nodes = match action {
             Action::Start | Action::Stop | Action::Restart => {
-                self.life
-                    .read(control, move |c| Ok(c.quarantined_holding(&name, index)))
+                control
+                    .read(move |c| Ok(c.quarantined_holding(&name, index)))
                     .await?
             }
             Action::Disable | Action::Enable => Vec::new(),
@@ -166,9 +224,8 @@ impl ClusterApi {
         (app, index, handout): (String, Option<u32>, crate::model::Handout),
     ) -> Result<Response<pb::DeliveryReply>, Status> {
         let control = self.control()?;
-        let pending = self
-            .life
-            .read(&control, move |c| c.hand_out(&app, index, &handout))
+        let pending = control
+            .read(move |c| c.hand_out(&app, index, &handout))
             .await?;
         let mut deliveries = pending.decided;
         let deadline = tokio::time::Instant::now() + HANDOUT_WAIT;
@@ -207,7 +264,7 @@ impl ClusterApi {
     ) -> Result<Response<pb::NodeReply>, Status> {
         let control = self.control()?;
         let node = r.into_inner().node;
-        let node = self.life.write(&control, move |c| f(c, &node)).await?;
+        let node = control.write(move |c| f(c, &node)).await?;
         Ok(Response::new(pb::NodeReply {
             node: Some(node.into()),
         }))
@@ -223,18 +280,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let caller = r.extensions().get::<Caller>().cloned();
         let cmd = ApplyCmd::try_from(r.into_inner())?;
-        let applied = self.life.write(&control, move |c| c.apply_app(cmd)).await?;
+        let applied = control.write(move |c| c.apply_app(cmd)).await?;
         let deployment = applied
             .deployment
             .as_ref()
             .map(|d| wire::deployment(&applied.app, d));
         // The app as it is now (a command right after this one may already show).
         let name = applied.app.clone();
-        let app = self
-            .life
-            .read(&control, move |c| c.get_app(&name))
-            .await
-            .ok();
+        let app = control.read(move |c| c.get_app(&name)).await.ok();
         Ok(Response::new(pb::ApplyAppReply {
             app: Some(
                 app.as_ref()
@@ -251,7 +304,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let caller = r.extensions().get::<Caller>().cloned();
         let name = r.into_inner().name;
-        let app = self.life.read(&control, move |c| c.get_app(&name)).await?;
+        let app = control.read(move |c| c.get_app(&name)).await?;
         let env_values = Caller::sees_env_of(caller.as_ref(), &app.spec.name);
         Ok(Response::new(wire::app_shown(&app, env_values)))
     }
@@ -263,11 +316,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let caller = r.extensions().get::<Caller>().cloned();
         let r = r.into_inner();
-        let (apps, next_page_token) = self
-            .life
-            .read(&control, move |c| {
-                c.list_apps_page(r.page_size, &r.page_token)
-            })
+        let (apps, next_page_token) = control
+            .read(move |c| c.list_apps_page(r.page_size, &r.page_token))
             .await?;
         Ok(Response::new(pb::ListAppsReply {
             apps: apps
@@ -284,10 +334,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::DeleteAppReply>, Status> {
         let control = self.control()?;
         let name = r.into_inner().name;
-        let removed = self
-            .life
-            .write(&control, move |c| c.delete_app(&name))
-            .await?;
+        let removed = control.write(move |c| c.delete_app(&name)).await?;
         Ok(Response::new(pb::DeleteAppReply { removed }))
     }
 
@@ -297,7 +344,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::ScaleReply>, Status> {
         let control = self.control()?;
         let cmd = ScaleCmd::try_from(r.into_inner())?;
-        let scaled = self.life.write(&control, move |c| c.scale_app(cmd)).await?;
+        let scaled = control.write(move |c| c.scale_app(cmd)).await?;
         Ok(Response::new(scaled.into()))
     }
 
@@ -332,10 +379,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             ));
         }
         let app = t.app.clone();
-        let d = self
-            .life
-            .write(&control, move |c| c.restart_rolling(&t.app))
-            .await?;
+        let d = control.write(move |c| c.restart_rolling(&t.app)).await?;
         Ok(Response::new(pb::ActionReply {
             affected: d.total,
             deployment: Some(wire::deployment(&app, &d)),
@@ -350,11 +394,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::ListInstancesReply>, Status> {
         let control = self.control()?;
         let r = r.into_inner();
-        let (instances, next_page_token) = self
-            .life
-            .read(&control, move |c| {
-                c.list_instances_page(&r.app, r.page_size, &r.page_token)
-            })
+        let (instances, next_page_token) = control
+            .read(move |c| c.list_instances_page(&r.app, r.page_size, &r.page_token))
             .await?;
         Ok(Response::new(pb::ListInstancesReply {
             instances: instances.iter().map(pb::Instance::from).collect(),
@@ -367,7 +408,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         _r: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesReply>, Status> {
         let control = self.control()?;
-        let nodes = self.life.read(&control, |c| Ok(c.list_nodes())).await?;
+        let nodes = control.read(|c| Ok(c.list_nodes())).await?;
         Ok(Response::new(pb::ListNodesReply {
             nodes: nodes.into_iter().map(pb::Node::from).collect(),
         }))
@@ -395,10 +436,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::ListNodesReply>, Status> {
         let control = self.control()?;
         let node = r.into_inner().node;
-        let nodes = self
-            .life
-            .write(&control, move |c| c.adopt_node(&node))
-            .await?;
+        let nodes = control.write(move |c| c.adopt_node(&node)).await?;
         Ok(Response::new(pb::ListNodesReply {
             nodes: nodes.into_iter().map(pb::Node::from).collect(),
         }))
@@ -423,9 +461,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
             }
             _ => None,
         };
-        let status = self
-            .life
-            .write(&control, move |c| c.set_autoscale(&r.app, policy))
+        let status = control
+            .write(move |c| c.set_autoscale(&r.app, policy))
             .await?;
         Ok(Response::new(status.into()))
     }
@@ -436,10 +473,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::AutoscaleStatus>, Status> {
         let control = self.control()?;
         let app = r.into_inner().app;
-        let status = self
-            .life
-            .read(&control, move |c| c.get_autoscale(&app))
-            .await?;
+        let status = control.read(move |c| c.get_autoscale(&app)).await?;
         Ok(Response::new(status.into()))
     }
 
@@ -449,9 +483,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<pb::RolloutStatus>, Status> {
         let control = self.control()?;
         let app = r.into_inner().app;
-        let rollouts = self
-            .life
-            .read(&control, {
+        let rollouts = control
+            .read({
                 let app = app.clone();
                 move |c| c.rollouts(&app)
             })
@@ -467,9 +500,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let r = r.into_inner();
         let action = convert::rollout_action(&r)?;
         let app = r.app;
-        let d = self
-            .life
-            .write(&control, {
+        let d = control
+            .write({
                 let app = app.clone();
                 move |c| c.steer_rollout(&app, action)
             })
@@ -484,9 +516,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let r = r.into_inner();
         let app = r.app;
-        let d = self
-            .life
-            .write(&control, {
+        let d = control
+            .write({
                 let app = app.clone();
                 move |c| c.roll_back(&app, r.to_version)
             })
@@ -502,9 +533,8 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<Self::WatchEndpointsStream>, Status> {
         let control = self.control()?;
         let app = r.into_inner().app;
-        let first = self
-            .life
-            .read(&control, {
+        let first = control
+            .read({
                 let app = app.clone();
                 move |c| c.endpoints(&app)
             })
@@ -531,10 +561,10 @@ impl pb::cluster_server::Cluster for ClusterApi {
                 }
                 // A write holding the state for long: the next tick looks again, rather than
                 // this task holding its worker.
-                if !control.state_free_now() {
+                let Some(now) = control.poll(|c| c.endpoints(&app)) else {
                     continue;
-                }
-                match control.endpoints(&app) {
+                };
+                match now {
                     Ok(now) if now != last => {
                         if tx.send(Ok(now.clone().into())).await.is_err() {
                             return;
@@ -590,12 +620,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
     ) -> Result<Response<Self::StreamLogsStream>, Status> {
         let control = self.control()?;
         let query = LogsQuery::from(r.into_inner());
-        let rx = self
-            .life
-            .read(&control, move |c| c.stream_logs(&query))
-            .await?;
+        let rx = control.read(move |c| c.stream_logs(&query)).await?;
         let lines = ReceiverStream::new(rx).map(|l| Ok(pb::LogLine::from(l)));
-        Ok(Response::new(self.life.until_over(&control, lines)))
+        Ok(Response::new(control.until_over(lines)))
     }
 
     type WatchEventsStream = BoxStream<pb::Event>;
@@ -609,7 +636,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         // Subscribe before reading the history, so nothing falls between the two.
         let live = BroadcastStream::new(control.subscribe_events());
         let history = control
-            .recent_events(&r.app, None, r.history as usize)
+            .recent_events(&r.app, r.history as usize)
             .into_iter()
             .map(|e| Ok(pb::Event::from(e)));
         let past = tokio_stream::iter(history);
@@ -622,7 +649,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             // A lagging watcher skips what it missed rather than failing.
             _ => None,
         });
-        let live = self.life.until_over(&control, live);
+        let live = control.until_over(live);
         Ok(Response::new(Box::pin(past.chain(live))))
     }
 }
@@ -639,8 +666,8 @@ pub struct AgentLinkApi {
 
 impl AgentLinkApi {
     /// As [`ClusterApi::control`]: a session asks once, before it reads its first message.
-    fn control(&self) -> Result<Arc<Control>, Status> {
-        self.seat.control()
+    fn control(&self) -> Result<Served, Status> {
+        Ok(Served::new(self.seat.control()?, &self.life))
     }
 }
 
@@ -671,16 +698,12 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
         let reg = Registration::from(reg);
         let node = reg.node_name.clone();
         let instances = reg.instances.len();
-        let attached = self
-            .life
-            .write(&control, move |c| c.attach(&reg, peer))
-            .await?;
+        let attached = control.write(move |c| c.attach(&reg, peer)).await?;
         tracing::info!(node = %node, instances, "agent connected");
         let session_id = attached.session_id;
         let (tx, rx) = mpsc::channel(64);
         let cancel = self.life.cancel.clone();
         let retired = control.retired_token();
-        let tasks = self.life.tasks.clone();
         self.life
             .tasks
             .spawn(outbound(attached, tx, cancel.clone()));
@@ -715,9 +738,7 @@ impl pb::agent_link_server::AgentLink for AgentLinkApi {
                 }
             }
             tracing::info!(node = %node, "agent disconnected");
-            // Off the workers, as a write: the state may be held for long, and agents dropping
-            // their links at once must not hold every worker.
-            tasks.spawn_blocking(move || control.detach(&node, session_id));
+            control.detach(node, session_id);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
