@@ -55,8 +55,14 @@ impl Policy {
 pub struct Crashes {
     /// Unstable exits in a row (the backoff step).
     pub streak: u32,
-    /// When the unstable exits within the window happened, oldest first.
+    /// When the unstable exits within the window happened, oldest first, on a clock that
+    /// stands still while the agent waits to restart (see `waited`).
     pub unstable: VecDeque<Duration>,
+    /// How long this streak's restarts were held back (restart delay and backoff). The window
+    /// leaves that time out: with the default backoff (doubling to 15 s) no 16 crashes ever fit
+    /// in a minute of wall time, so `max_restarts` within `restart_window` of wall time could
+    /// never stop a crash loop.
+    pub waited: Duration,
 }
 
 /// What to do after an exit.
@@ -95,18 +101,18 @@ pub fn on_exit(
     }
     if uptime >= policy.min_uptime {
         // It ran long enough: whatever happened before is forgotten.
-        crashes.streak = 0;
-        crashes.unstable.clear();
+        *crashes = Crashes::default();
         return Decision::Restart {
             delay: policy.restart_delay,
         };
     }
     crashes.streak = crashes.streak.saturating_add(1);
-    crashes.unstable.push_back(now);
+    let at = now.saturating_sub(crashes.waited);
+    crashes.unstable.push_back(at);
     while crashes
         .unstable
         .front()
-        .is_some_and(|t| now.saturating_sub(*t) > policy.window)
+        .is_some_and(|t| at.saturating_sub(*t) > policy.window)
     {
         crashes.unstable.pop_front();
     }
@@ -122,11 +128,11 @@ pub fn on_exit(
             ),
         };
     }
-    Decision::Restart {
-        delay: policy
-            .restart_delay
-            .saturating_add(backoff(crashes.streak, policy.backoff_max)),
-    }
+    let delay = policy
+        .restart_delay
+        .saturating_add(backoff(crashes.streak, policy.backoff_max));
+    crashes.waited = crashes.waited.saturating_add(delay);
+    Decision::Restart { delay }
 }
 
 /// Extra delay for the `streak`-th unstable exit in a row: none for the first (so a `kill -9`
@@ -312,6 +318,47 @@ mod tests {
         for (policy, exits, want) in cases {
             assert_eq!(run(&policy, exits), want, "{policy:?} {exits:?}");
         }
+    }
+
+    /// A crash loop under the default settings (15 unstable restarts within a minute, a backoff
+    /// doubling to 15 s) ends errored: the waits do not count toward the window, or the 16th
+    /// crash would come about two minutes in and never within one.
+    #[test]
+    fn a_crash_loop_with_the_default_backoff_ends_errored() {
+        let defaults = pmcluster_spec::supervise::Supervision::default();
+        let policy = Policy {
+            autorestart: true,
+            restart_delay: ms(0),
+            min_uptime: defaults.min_uptime,
+            max_restarts: defaults.max_restarts,
+            window: defaults.restart_window,
+            backoff_max: defaults.restart_backoff_max,
+        };
+        let mut crashes = Crashes::default();
+        let (mut now, uptime) = (ms(0), ms(50));
+        let mut exits = 0;
+        let gave_up = loop {
+            exits += 1;
+            now += uptime;
+            match on_exit(
+                &policy,
+                &mut crashes,
+                now,
+                uptime,
+                "exited with code 1",
+                WHO,
+            ) {
+                Decision::Restart { delay } => now += delay,
+                Decision::GiveUp { .. } => break Some(now),
+                Decision::Exited { .. } => break None,
+            }
+            if exits > 100 {
+                break None;
+            }
+        };
+        assert_eq!(exits, defaults.max_restarts + 1);
+        // Its restarts were held back for most of the two minutes.
+        assert!(gave_up.is_some_and(|t| t > ms(100_000)), "{gave_up:?}");
     }
 
     #[test]

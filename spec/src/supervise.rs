@@ -19,7 +19,8 @@ pub struct Supervision {
     #[serde(with = "crate::app::millis")]
     pub min_uptime: Duration,
     /// Unstable restarts allowed within `restart_window` before the instance is errored
-    /// (0: never give up).
+    /// (0: never give up). The window's clock stands still while the agent waits to restart
+    /// (restart delay, backoff): the backoff must not keep a crash loop under the limit.
     pub max_restarts: u32,
     #[serde(with = "crate::app::millis")]
     pub restart_window: Duration,
