@@ -21,6 +21,7 @@ pub mod output;
 pub mod rollout;
 pub mod shell;
 pub mod status;
+pub mod stdout;
 pub mod token;
 pub mod validate;
 pub mod verbs;
@@ -33,6 +34,8 @@ use commands::Ctx;
 
 /// Runs one parsed command line, writing human output to `out`.
 pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> anyhow::Result<()> {
+    let mut out = stdout::Stdout::new(out, unread(&cli.command));
+    let out: &mut dyn Write = &mut out;
     let command = match cli.command {
         Command::Up(a) => return local::up(a, env, cli.output, out).await,
         Command::Down(a) => return local::down(a, env, out),
@@ -106,5 +109,58 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         | Command::Completions(_)
         | Command::Man(_)
         | Command::Import(_) => unreachable!("handled above"),
+    }
+}
+
+/// What a closed stdout does to `command` (see [`stdout`]): a read ends, a change finishes.
+fn unread(command: &Command) -> stdout::Unread {
+    use args::{RolloutCommand, TokenCommand};
+    use stdout::Unread::{Ends, Finishes};
+    match command {
+        Command::List(_)
+        | Command::Info(_)
+        | Command::Endpoints(_)
+        | Command::Logs(_)
+        | Command::Stats(_)
+        | Command::Compare(_)
+        | Command::Apps
+        | Command::Status
+        | Command::Whoami
+        | Command::Topology(_)
+        | Command::Events(_)
+        | Command::Monit(_)
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::Nodes(args::NodesArgs { action: None, .. }) => Ends,
+        Command::Rollout(a) => match &a.command {
+            RolloutCommand::Status { .. } | RolloutCommand::History { .. } => Ends,
+            RolloutCommand::Pause { .. }
+            | RolloutCommand::Resume { .. }
+            | RolloutCommand::Promote { .. }
+            | RolloutCommand::Undo { .. } => Finishes,
+        },
+        Command::Token(a) => match &a.command {
+            TokenCommand::List => Ends,
+            TokenCommand::Create { .. } | TokenCommand::Revoke { .. } => Finishes,
+        },
+        Command::Start(_)
+        | Command::Apply(_)
+        | Command::Scale(_)
+        | Command::Stop(_)
+        | Command::Restart(_)
+        | Command::Signal(_)
+        | Command::Send(_)
+        | Command::Disable(_)
+        | Command::Enable(_)
+        | Command::Reload(_)
+        | Command::Delete(_)
+        | Command::Nodes(_)
+        | Command::Drain(_)
+        | Command::Undrain(_)
+        | Command::Autoscale(_)
+        | Command::Up(_)
+        | Command::Down(_)
+        | Command::Certs(_)
+        | Command::Import(_) => Finishes,
     }
 }

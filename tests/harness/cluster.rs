@@ -18,7 +18,7 @@ use crate::cli::{CliOutput, Instance, render};
 use crate::daemon::{Daemon, log_file, wait_listening};
 use crate::error::{Error, io_err, unexpected};
 use crate::proc::{ProcId, children_of, is_log_pump};
-use crate::run::run_bounded;
+use crate::run::{run_bounded, run_bounded_unread};
 use crate::wait::poll_until;
 
 /// How long the harness waits for a daemon to come up, or for instances to come online.
@@ -496,6 +496,19 @@ impl Cluster {
         args: &[&str],
         timeout: Duration,
     ) -> Result<CliOutput, Error> {
+        let (mut cmd, run) = self.cli_command(coordinator, args)?;
+        run_bounded(&mut cmd, &self.root.join("cli"), &run, args, timeout)
+    }
+
+    /// As [`Cluster::try_cli`], with a stdout whose reader went away before the command started
+    /// (`pmcluster ... | true`).
+    pub fn try_cli_unread(&self, args: &[&str]) -> Result<CliOutput, Error> {
+        let (mut cmd, run) = self.cli_command(&self.url(), args)?;
+        run_bounded_unread(&mut cmd, &self.root.join("cli"), &run, args, CLI_TIMEOUT)
+    }
+
+    /// `pmcluster --coordinator COORDINATOR args...`, and a name for its output files.
+    fn cli_command(&self, coordinator: &str, args: &[&str]) -> Result<(Command, String), Error> {
         let run = self.cli_runs.fetch_add(1, Ordering::Relaxed);
         // A test's own --ca (no or another certificate) replaces the test user's.
         let tls = match &self.tls {
@@ -508,13 +521,7 @@ impl Cluster {
             .args(tls)
             .args(args)
             .env_remove("PMCLUSTER_COORDINATOR");
-        run_bounded(
-            &mut cmd,
-            &self.root.join("cli"),
-            &run.to_string(),
-            args,
-            timeout,
-        )
+        Ok((cmd, run.to_string()))
     }
 
     /// [`Cluster::try_cli`] that panics if the CLI could not be run at all (its exit status is

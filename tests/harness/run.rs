@@ -21,13 +21,43 @@ pub fn run_bounded(
     args: &[&str],
     timeout: Duration,
 ) -> Result<CliOutput, Error> {
+    run_bounded_to(cmd, dir, name, args, timeout, false)
+}
+
+/// As [`run_bounded`], with stdout a pipe whose reader is gone before the command starts (as
+/// `pmcluster ... | true` can be): every write to it fails with EPIPE. Its `stdout` is empty.
+pub fn run_bounded_unread(
+    cmd: &mut Command,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<CliOutput, Error> {
+    run_bounded_to(cmd, dir, name, args, timeout, true)
+}
+
+fn run_bounded_to(
+    cmd: &mut Command,
+    dir: &Path,
+    name: &str,
+    args: &[&str],
+    timeout: Duration,
+    unread: bool,
+) -> Result<CliOutput, Error> {
     fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let out_path = dir.join(format!("{name}.out"));
     let err_path = dir.join(format!("{name}.err"));
     let what = format!("{:?} {}", cmd.get_program(), args.join(" "));
+    let stdout = if unread {
+        let (reader, writer) = std::io::pipe().map_err(io_err("making a pipe".to_string()))?;
+        drop(reader);
+        Stdio::from(writer)
+    } else {
+        Stdio::from(log_file(&out_path)?)
+    };
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(log_file(&out_path)?)
+        .stdout(stdout)
         .stderr(log_file(&err_path)?)
         .spawn()
         .map_err(io_err(format!("spawning {what}")))?;
@@ -53,7 +83,11 @@ pub fn run_bounded(
     let output = CliOutput {
         args: args.iter().map(|s| s.to_string()).collect(),
         status,
-        stdout: read(&out_path)?,
+        stdout: if unread {
+            String::new()
+        } else {
+            read(&out_path)?
+        },
         stderr: read(&err_path)?,
     };
     let _ = fs::remove_file(&out_path);

@@ -236,3 +236,29 @@ fn apply_file_and_logs() {
     let all = c.instances("").expect("list");
     assert!(all.is_empty(), "{}", render(&all));
 }
+
+/// `pmcluster apply -f apps.json | true`: the reader is gone before the first line. A change
+/// still does all it was asked (it had stopped after the first app), and a read ends quietly.
+#[test]
+fn a_change_whose_reader_went_away_is_made_whole() {
+    let c = Cluster::start(1).expect("coordinator and one agent start");
+    let app = |name: &str| json!({"name": name, "script": "sleep", "args": ["600"]});
+    let config = json!({"apps": [app("first"), app("second"), app("third")]});
+    let path = c.root().join("three.json");
+    std::fs::write(&path, config.to_string()).expect("write three.json");
+    let applied = c
+        .try_cli_unread(&["apply", "-f", &path.display().to_string()])
+        .expect("apply runs");
+    applied.assert_ok();
+    for name in ["first", "second", "third"] {
+        wait_online(&c, name, 1);
+    }
+    let scaled = c
+        .try_cli_unread(&["scale", "third", "2", "--wait"])
+        .expect("scale runs");
+    scaled.assert_ok();
+    wait_online(&c, "third", 2);
+    let listed = c.try_cli_unread(&["list"]).expect("list runs");
+    listed.assert_ok();
+    assert!(listed.stderr.is_empty(), "{listed}");
+}
