@@ -653,7 +653,7 @@ pub enum FileFormat {
 pub struct ScaleArgs {
     /// App name
     pub app: String,
-    /// New number of instances (0 or more)
+    /// New number of instances (0 or more), or +N / -N to add or remove N
     // A string, so "-1" and "abc" reach our own message instead of clap's.
     #[arg(value_name = "N", allow_negative_numbers = true)]
     pub instances: String,

@@ -24,7 +24,7 @@ use crate::client::Client;
 use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call};
 use crate::output;
-use crate::validate::{StartPlan, parse_count, plan_start};
+use crate::validate::{ScaleTo, StartPlan, parse_scale, plan_start};
 use crate::wait;
 
 mod overwrite;
@@ -331,11 +331,15 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 
 /// `scale APP N`.
 pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let instances = parse_count(&args.instances).map_err(UsageError::new)?;
+    let (instances, relative) = match parse_scale(&args.instances).map_err(UsageError::new)? {
+        ScaleTo::To(n) => (i64::from(n), false),
+        ScaleTo::By(change) => (change, true),
+    };
     let mut conn = ctx.connect().await?;
     let req = pb::ScaleRequest {
         app: args.app.clone(),
-        instances: i64::from(instances),
+        instances,
+        relative,
     };
     let reply = call!(conn, scale, req).await?;
     let said = wait::Said {

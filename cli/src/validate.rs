@@ -51,6 +51,37 @@ pub fn parse_count(text: &str) -> Result<u32, String> {
     Ok(n)
 }
 
+/// What `scale APP N` asks for: `N` sets the count; `+N` and `-N` change it (`pm2 scale web +2`),
+/// by the count the coordinator has when it takes the change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleTo {
+    To(u32),
+    By(i64),
+}
+
+/// Parses `scale`'s count (see [`ScaleTo`]).
+pub fn parse_scale(text: &str) -> Result<ScaleTo, String> {
+    let trimmed = text.trim();
+    let (sign, digits) = match trimmed.as_bytes().first() {
+        Some(b'+') => (1, &trimmed[1..]),
+        Some(b'-') => (-1, &trimmed[1..]),
+        _ => return parse_count(text).map(ScaleTo::To),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "invalid instance count {}: give N to set it, or +N / -N to add or remove N",
+            echo(text)
+        ));
+    }
+    match digits.parse::<u32>() {
+        Ok(n) if n <= MAX_INSTANCES => Ok(ScaleTo::By(sign * i64::from(n))),
+        _ => Err(format!(
+            "invalid instance count {}: too large, the limit is {MAX_INSTANCES}",
+            echo(text)
+        )),
+    }
+}
+
 /// The first shell operator of `line` that a shell would interpret, if any: pipes, lists,
 /// redirections and command substitution. Quoted text is skipped, except that `$(` and backticks
 /// still substitute inside double quotes.

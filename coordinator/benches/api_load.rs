@@ -97,6 +97,7 @@ async fn scale_to_agent(c: &mut Client, probes: &[Arc<AgentProbe>]) -> BenchResu
         c.scale(pb::ScaleRequest {
             app: "fan".into(),
             instances: target,
+            relative: false,
         })
         .await?;
         let mut at = None;
@@ -151,6 +152,7 @@ async fn clients(url: &str, pid: u32, length: Duration) -> BenchResult<()> {
                 c.scale(pb::ScaleRequest {
                     app: "web".into(),
                     instances: 90 + i64::from(k % 2),
+                    relative: false,
                 })
                 .await?;
                 scales.push(ms(t.elapsed()));

@@ -114,6 +114,7 @@ async fn run() -> BenchResult<()> {
         .scale(pb::ScaleRequest {
             app: "web".into(),
             instances: instances_n,
+            relative: false,
         })
         .await?;
     let rpc = t0.elapsed();
@@ -310,6 +311,7 @@ async fn sustained(
             .scale(pb::ScaleRequest {
                 app: "api".into(),
                 instances: if up { 22 } else { 20 },
+                relative: false,
             })
             .await?;
         scales.push(t.elapsed().as_secs_f64() * 1000.0);

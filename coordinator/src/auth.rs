@@ -311,6 +311,7 @@ mod tests {
         let scale = pb::ScaleRequest {
             app: "web".into(),
             instances: 3,
+            relative: false,
         };
         assert_eq!(
             app_of("/pmcluster.v1.Cluster/Scale", &frame(&scale)),

@@ -61,6 +61,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
         &pb::ScaleRequest {
             app: "web".into(),
             instances: 7,
+            relative: false,
         },
     );
     add(

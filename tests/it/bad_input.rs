@@ -78,7 +78,13 @@ fn bad_input() {
     let small_range = format!("{small_base}-{}", small_base + 1);
 
     let cases = [
-        refused(&["scale", "web", "-1"], Some(2), &["-1"]),
+        // web has 2: a change below 0 is refused by the coordinator, naming what is left.
+        refused(
+            &["scale", "web", "-5"],
+            Some(2),
+            &["web has 2; -5 would leave -3"],
+        ),
+        refused(&["scale", "web", "-1.5"], Some(2), &["\"-1.5\"", "+N / -N"]),
         refused(&["scale", "web", "abc"], Some(2), &["abc"]),
         refused(
             &["scale", "web", "99999999999"],
@@ -186,6 +192,7 @@ fn bad_input() {
         let scale = |app: &str, instances: i64| pb::ScaleRequest {
             app: app.to_string(),
             instances,
+            relative: false,
         };
         let err = client
             .scale(scale("web", -1))

@@ -65,6 +65,7 @@ fn held_writes<'scope>(
                     let call = client.scale(pb::ScaleRequest {
                         app: app.into(),
                         instances,
+                        relative: false,
                     });
                     match tokio::time::timeout(RAW_TIMEOUT, call).await {
                         Ok(r) => r.map(|_| ()),
@@ -93,6 +94,7 @@ async fn raw_scale_once(url: &str, app: &str, count: u32) -> Result<(), tonic::S
         .scale(pb::ScaleRequest {
             app: app.to_string(),
             instances: i64::from(count),
+            relative: false,
         })
         .await
         .map(|_| ())

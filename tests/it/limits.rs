@@ -90,6 +90,7 @@ fn caps_refuse_an_app_and_a_scale_past_them_naming_the_flag() {
             .scale(pb::ScaleRequest {
                 app: "a".into(),
                 instances: 5000,
+                relative: false,
             })
             .await
             .expect_err("a scale past the cap is refused");
@@ -137,6 +138,7 @@ fn writes_past_the_burst_are_refused_and_reads_keep_working() {
                     .scale(pb::ScaleRequest {
                         app: "web".into(),
                         instances: i64::from(n % 4 + 1),
+                        relative: false,
                     })
                     .await;
                 // A read right after each write, refused or not.

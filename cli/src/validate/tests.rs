@@ -84,6 +84,33 @@ fn counts() {
 }
 
 #[test]
+fn scale_counts_set_or_change() {
+    let cases = [
+        ("3", Ok(ScaleTo::To(3))),
+        ("0", Ok(ScaleTo::To(0))),
+        ("+2", Ok(ScaleTo::By(2))),
+        ("-1", Ok(ScaleTo::By(-1))),
+        (" -0 ", Ok(ScaleTo::By(0))),
+        ("+100000", Ok(ScaleTo::By(100_000))),
+        ("+100001", Err("too large, the limit is 100000")),
+        ("-99999999999", Err("too large, the limit is 100000")),
+        ("+", Err("give N to set it, or +N / -N")),
+        ("+-2", Err("give N to set it, or +N / -N")),
+        ("-x", Err("give N to set it, or +N / -N")),
+        ("+1.5", Err("give N to set it, or +N / -N")),
+        ("abc", Err("must be a whole number 0 or more")),
+    ];
+    for (input, want) in cases {
+        let got = parse_scale(input);
+        match (want, &got) {
+            (Ok(w), Ok(g)) => assert_eq!(w, *g, "{input:?}"),
+            (Err(w), Err(g)) => assert!(g.contains(w), "{input:?}: {g}"),
+            _ => panic!("{input:?}: got {got:?}"),
+        }
+    }
+}
+
+#[test]
 fn shell_operators() {
     let cases = [
         ("node server.js", None),

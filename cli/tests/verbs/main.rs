@@ -241,10 +241,10 @@ async fn coordinator_errors() -> anyhow::Result<()> {
     // Bad input never reaches the coordinator.
     check(
         a,
-        &["scale", "web", "-1"],
+        &["scale", "web", "-1.5"],
         2,
         "",
-        "invalid instance count \"-1\"",
+        "invalid instance count \"-1.5\"",
     )
     .await?;
     Ok(())

@@ -327,9 +327,11 @@ class Client:
     def nodes(self) -> List[types_pb2.Node]:
         return list(self._call("ListNodes", cluster_pb2.ListNodesRequest()).nodes)
 
-    def scale(self, app: str, instances: int) -> cluster_pb2.ScaleReply:
-        """Sets the app's desired count; returns the previous and the new one."""
-        return self._call("Scale", cluster_pb2.ScaleRequest(app=app, instances=instances))
+    def scale(self, app: str, instances: int, relative: bool = False) -> cluster_pb2.ScaleReply:
+        """Sets the app's desired count, or with ``relative`` adds ``instances`` to it (negative
+        removes); returns the previous and the new count."""
+        request = cluster_pb2.ScaleRequest(app=app, instances=instances, relative=relative)
+        return self._call("Scale", request)
 
     def events(
         self, app: str = "", history: int = 20, follow: bool = True, timeout: Optional[float] = None

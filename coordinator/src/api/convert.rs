@@ -83,7 +83,10 @@ impl TryFrom<pb::ScaleRequest> for ScaleCmd {
     type Error = ControlError;
 
     fn try_from(r: pb::ScaleRequest) -> Result<ScaleCmd, ControlError> {
-        ScaleCmd::new(&r.app, r.instances)
+        match r.relative {
+            false => ScaleCmd::new(&r.app, r.instances),
+            true => ScaleCmd::by(&r.app, r.instances),
+        }
     }
 }
 
@@ -104,6 +107,7 @@ pub fn rollout_action(r: &pb::ControlRolloutRequest) -> Result<RolloutAction, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::Count;
 
     /// Whatever a control error echoes, its status keeps the code and a message that fits in a
     /// header.
@@ -198,24 +202,25 @@ mod tests {
     /// Typed commands refuse bad wire input naming the field, before the control sees it.
     #[test]
     fn commands_are_checked_at_the_boundary() {
-        let scale = |instances: i64| {
+        let scale = |instances: i64, relative: bool| {
             ScaleCmd::try_from(pb::ScaleRequest {
                 app: "web".into(),
                 instances,
+                relative,
             })
+            .map(|c| c.count)
             .map_err(|e| Status::from(e).message().to_string())
         };
-        assert_eq!(
-            scale(3),
-            Ok(ScaleCmd {
-                app: "web".into(),
-                instances: 3
-            })
-        );
-        assert!(scale(-1).is_err_and(|m| m.starts_with("instances: -1 is negative")));
-        assert!(
-            scale(1 << 40).is_err_and(|m| m.starts_with("instances: 1099511627776 is too large"))
-        );
+        assert_eq!(scale(3, false), Ok(Count::To(3)));
+        assert_eq!(scale(-2, true), Ok(Count::By(-2)));
+        assert_eq!(scale(2, true), Ok(Count::By(2)));
+        assert!(scale(-1, false).is_err_and(|m| m.starts_with("instances: -1 is negative")));
+        for relative in [false, true] {
+            assert!(
+                scale(1 << 40, relative)
+                    .is_err_and(|m| m.starts_with("instances: 1099511627776 is too large"))
+            );
+        }
         for (word, want) in [
             ("pause", Some(RolloutAction::Pause)),
             ("resume", Some(RolloutAction::Resume)),

@@ -43,7 +43,16 @@ pub struct Applied {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScaleCmd {
     pub app: String,
-    pub instances: u32,
+    pub count: Count,
+}
+
+/// The count a scale asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    To(u32),
+    /// Added to the count at the time of the write (`scale web +2`, as `pm2 scale` takes it):
+    /// under the state lock, so two at once both count.
+    By(i64),
 }
 
 impl ScaleCmd {
@@ -52,17 +61,31 @@ impl ScaleCmd {
     pub fn new(app: &str, count: i64) -> Result<ScaleCmd> {
         if count < 0 {
             return Err(ControlError::InvalidArgument(format!(
-                "instances: {count} is negative; give a count of 0 or more"
+                "instances: {count} is negative; give a count of 0 or more (or set relative to \
+                 remove instances)"
             )));
         }
-        let instances = u32::try_from(count).map_err(|_| {
-            ControlError::InvalidArgument(format!("instances: {count} is too large"))
-        })?;
+        let count = u32::try_from(count).map_err(|_| too_large(count))?;
         Ok(ScaleCmd {
             app: app.to_string(),
-            instances,
+            count: Count::To(count),
         })
     }
+
+    /// A change to the current count (`scale web +2`, `-1`).
+    pub fn by(app: &str, change: i64) -> Result<ScaleCmd> {
+        if change.unsigned_abs() > u64::from(u32::MAX) {
+            return Err(too_large(change));
+        }
+        Ok(ScaleCmd {
+            app: app.to_string(),
+            count: Count::By(change),
+        })
+    }
+}
+
+fn too_large(count: i64) -> ControlError {
+    ControlError::InvalidArgument(format!("instances: {count} is too large"))
 }
 
 /// What a scale did.
@@ -216,9 +239,26 @@ impl Control {
 
     /// Sets an app's desired count.
     pub fn scale_app(&self, cmd: ScaleCmd) -> Result<Scaled> {
-        let (name, count) = (cmd.app.as_str(), cmd.instances);
+        let name = cmd.app.as_str();
         let mut inner = self.lock();
         let app = find_app(&inner.ahead, name)?.clone();
+        let previous = super::views::resolved_count(&inner, &self.config, &app);
+        let count = match cmd.count {
+            Count::To(n) => n,
+            Count::By(change) => {
+                let to = i64::from(previous).saturating_add(change);
+                u32::try_from(to).map_err(|_| {
+                    ControlError::InvalidArgument(if to < 0 {
+                        format!(
+                            "instances: {name} has {previous}; {change} would leave {to}; scale \
+                             to 0 with: pmcluster scale {name} 0"
+                        )
+                    } else {
+                        format!("instances: {previous} + {change} is too large")
+                    })
+                })?
+            }
+        };
         if let Some(p) = &app.spec.autoscale
             && !(p.min..=p.max).contains(&count)
         {
@@ -228,7 +268,6 @@ impl Control {
                 p.min, p.max
             )));
         }
-        let previous = super::views::resolved_count(&inner, &self.config, &app);
         if count == previous && !app.spec.instances_max {
             // Nothing to write, and no event to say so; true once the writes queued before it
             // land.

@@ -49,7 +49,7 @@ mod views;
 mod write;
 
 pub use crate::model::{EventKind, Rollouts};
-pub use commands::{Applied, ApplyCmd, RolloutAction, ScaleCmd, Scaled};
+pub use commands::{Applied, ApplyCmd, Count, RolloutAction, ScaleCmd, Scaled};
 pub use handouts::{Pending, Wait};
 use sets::publish;
 pub use tokens::NewToken;

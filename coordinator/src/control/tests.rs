@@ -110,6 +110,45 @@ async fn pending_until_nodes_then_spread_and_scale_down() -> Result<()> {
     Ok(())
 }
 
+/// `scale web +2` / `-1` change the count the coordinator has when it takes them, and a change
+/// below 0 is refused naming what is there.
+#[tokio::test]
+async fn a_relative_scale_changes_the_current_count() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    let by = |change| c.scale_app(ScaleCmd::by("web", change)?);
+    assert_eq!(
+        by(3)?,
+        Scaled {
+            previous: 2,
+            instances: 5
+        }
+    );
+    assert_eq!(
+        by(-1)?,
+        Scaled {
+            previous: 5,
+            instances: 4
+        }
+    );
+    assert_eq!(
+        by(0)?,
+        Scaled {
+            previous: 4,
+            instances: 4
+        }
+    );
+    match by(-5) {
+        Err(ControlError::InvalidArgument(m)) => {
+            assert!(m.contains("web has 4; -5 would leave -1"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.get_app("web")?.spec.instances, 4);
+    Ok(())
+}
+
 #[tokio::test]
 async fn an_apply_can_keep_the_count_a_scale_set_meanwhile() -> Result<()> {
     let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;

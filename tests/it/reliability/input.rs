@@ -146,6 +146,7 @@ fn issue9_huge_name_is_invalid_argument_with_a_short_message() {
             .scale(pb::ScaleRequest {
                 app: huge.clone(),
                 instances: 2,
+                relative: false,
             })
             .await
             .expect_err("no such app");
