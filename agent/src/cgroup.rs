@@ -11,6 +11,10 @@
 //! [`crate::orphans`] for what it does with cgroups no record names). Membership only: no controller is enabled, so the "no internal
 //! processes" rule does not apply and the agent may stay in its own cgroup.
 //!
+//! While that directory may exist, the agent's data dir records its path
+//! ([`CGROUP_RECORD_FILE`]): once the agent is killed, nothing else knows which cgroup it ran
+//! in, and `pmcluster down` ends what it left there.
+//!
 //! Best effort everywhere: without a writable cgroup2 hierarchy (no cgroup2, read-only, not
 //! privileged) the agent says so once at info level and works as before (process groups plus
 //! `/proc` families). Nothing here ever fails a start.
@@ -28,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use pmcluster_spec::instance::{CGROUP_RECORD_FILE, cgroup_name};
 use tokio::time::Instant;
 
 use crate::model::InstanceId;
@@ -42,8 +47,10 @@ const END_WAIT: Duration = Duration::from_secs(10);
 /// Where the agent puts its instances' cgroups, if anywhere.
 #[derive(Debug, Default)]
 pub struct Cgroups {
-    /// `<mount><own>/pmcluster-<node>`; `None`: cgroups are off or unavailable.
+    /// `<mount><own>/pmcluster-<node>-<key>`; `None`: cgroups are off or unavailable.
     base: Option<PathBuf>,
+    /// The data dir's file that records `base`, for `pmcluster down`.
+    record: Option<PathBuf>,
     /// Whether the failure to create an instance's cgroup was logged already.
     told: AtomicBool,
 }
@@ -54,17 +61,21 @@ impl Cgroups {
         Cgroups::default()
     }
 
-    /// Finds the cgroup2 hierarchy and the agent's own cgroup and creates the agent's directory
-    /// under it. Logs (info) and turns cgroups off when any of that fails.
-    pub fn detect(node: &str, key: &str) -> Cgroups {
-        match base_dir(&format!("{node}-{key}")) {
+    /// Finds the cgroup2 hierarchy and the agent's own cgroup, creates the agent's directory
+    /// under it and records its path in `data_dir`. Logs (info) and turns cgroups off when any
+    /// of that but the record fails.
+    pub fn detect(node: &str, key: &str, data_dir: &Path) -> Cgroups {
+        match base_dir(&cgroup_name(node, key)) {
             Ok(base) => {
                 tracing::info!(
                     "each instance runs in a cgroup of its own under {}",
                     base.display()
                 );
+                let record = data_dir.join(CGROUP_RECORD_FILE);
+                record_base(&record, &base);
                 Cgroups {
                     base: Some(base),
+                    record: Some(record),
                     told: AtomicBool::new(false),
                 }
             }
@@ -163,7 +174,7 @@ impl Cgroups {
 impl Cgroups {
     /// At the agent's exit: removes the empty instance cgroups (an instance that never started,
     /// or one stopped for good; instances left running keep theirs, with their processes), then
-    /// its own directory when nothing is left in it.
+    /// its own directory when nothing is left in it, and then its record.
     pub fn tidy(&self) {
         let Some(base) = &self.base else { return };
         for entry in std::fs::read_dir(base).into_iter().flatten().flatten() {
@@ -174,18 +185,47 @@ impl Cgroups {
                 let _ = std::fs::remove_dir(&path);
             }
         }
-        let _ = std::fs::remove_dir(base);
+        let gone = match std::fs::remove_dir(base) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        };
+        // Kept while the directory stays: instances left running for the next agent are still
+        // in it, and a `down` after this agent may have to end them.
+        if gone && let Some(record) = &self.record {
+            let _ = std::fs::remove_file(record);
+            let _ = std::fs::remove_file(record_scratch(record));
+        }
     }
 }
 
-fn base_dir(node: &str) -> Result<PathBuf, String> {
+/// Writes `base` to `record` (its path and a newline), atomically. A failure costs only the
+/// clean-up after a kill, so it is logged and the agent goes on. Not fsynced: no cgroup outlives
+/// a reboot, and a record damaged by a power loss names none.
+fn record_base(record: &Path, base: &Path) {
+    let mut line = base.as_os_str().as_encoded_bytes().to_vec();
+    line.push(b'\n');
+    if let Err(e) = crate::persist::replace_private(&record_scratch(record), record, &line, false) {
+        tracing::warn!(
+            "cannot record the cgroup path in {}: {e}; if this agent is killed, `pmcluster down` \
+             cannot end what its instances leave in their cgroups",
+            record.display()
+        );
+    }
+}
+
+/// The scratch file [`crate::persist::replace_private`] writes the record through.
+fn record_scratch(record: &Path) -> PathBuf {
+    record.with_extension("tmp")
+}
+
+fn base_dir(name: &str) -> Result<PathBuf, String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mount = parse_mountinfo(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
     let own = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
     let own = parse_own_cgroup(&own).ok_or("/proc/self/cgroup has no cgroup2 entry")?;
-    let base = join_base(&mount, &own, node)
+    let base = join_base(&mount, &own, name)
         .ok_or_else(|| format!("the agent's cgroup {own:?} is outside the visible hierarchy"))?;
     std::fs::create_dir_all(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
     // Creating a directory may succeed where joining is refused (a cgroup1 directory tree that
@@ -196,9 +236,9 @@ fn base_dir(node: &str) -> Result<PathBuf, String> {
     Ok(base)
 }
 
-/// `<mount><own>/pmcluster-<node>`; `None` for an own path that climbs out (`/../..`, a cgroup
-/// namespace that hides the agent's cgroup).
-pub fn join_base(mount: &Path, own: &str, node: &str) -> Option<PathBuf> {
+/// `<mount><own>/<name>`; `None` for an own path that climbs out (`/../..`, a cgroup namespace
+/// that hides the agent's cgroup).
+pub fn join_base(mount: &Path, own: &str, name: &str) -> Option<PathBuf> {
     let mut base = mount.to_path_buf();
     for part in own.split('/').filter(|p| !p.is_empty()) {
         if part == ".." || part == "." {
@@ -206,7 +246,7 @@ pub fn join_base(mount: &Path, own: &str, node: &str) -> Option<PathBuf> {
         }
         base.push(part);
     }
-    base.push(format!("pmcluster-{node}"));
+    base.push(name);
     Some(base)
 }
 
@@ -454,16 +494,55 @@ mod tests {
     fn bases() {
         let mount = Path::new("/sys/fs/cgroup");
         assert_eq!(
-            join_base(mount, "/system.slice/pmcluster-agent.service", "n1"),
+            join_base(
+                mount,
+                "/system.slice/pmcluster-agent.service",
+                "pmcluster-n1-00aa"
+            ),
             Some(PathBuf::from(
-                "/sys/fs/cgroup/system.slice/pmcluster-agent.service/pmcluster-n1"
+                "/sys/fs/cgroup/system.slice/pmcluster-agent.service/pmcluster-n1-00aa"
             ))
         );
         assert_eq!(
-            join_base(Path::new("/sys/fs/cgroup/unified"), "/", "web-1"),
+            join_base(Path::new("/sys/fs/cgroup/unified"), "/", "pmcluster-web-1"),
             Some(PathBuf::from("/sys/fs/cgroup/unified/pmcluster-web-1"))
         );
-        assert_eq!(join_base(mount, "/../../user.slice", "n1"), None);
+        assert_eq!(join_base(mount, "/../../user.slice", "pmcluster-n1"), None);
+    }
+
+    /// The record names the directory while it is there: a tidy that cannot remove the
+    /// directory (instances left running in it) keeps the record, one that can removes both.
+    /// A plain directory stands in for the cgroup: tidy only reads and removes.
+    #[test]
+    fn the_record_lives_as_long_as_the_directory() -> io::Result<()> {
+        let data = tempfile::tempdir()?;
+        let base = data.path().join("pmcluster-n1-00aa");
+        std::fs::create_dir(&base)?;
+        let record = data.path().join(CGROUP_RECORD_FILE);
+        record_base(&record, &base);
+        record_base(&record, &base);
+        let mut want = base.as_os_str().as_encoded_bytes().to_vec();
+        want.push(b'\n');
+        assert_eq!(std::fs::read(&record)?, want);
+        let cgroups = Cgroups {
+            base: Some(base.clone()),
+            record: Some(record.clone()),
+            told: AtomicBool::new(false),
+        };
+
+        let busy = base.join("instance");
+        std::fs::create_dir(&busy)?;
+        std::fs::write(busy.join("cgroup.procs"), "123\n")?;
+        cgroups.tidy();
+        assert!(base.exists() && record.exists());
+
+        std::fs::remove_file(busy.join("cgroup.procs"))?;
+        std::fs::remove_dir(&busy)?;
+        cgroups.tidy();
+        assert!(!base.exists());
+        assert!(!record.exists());
+        assert!(!record_scratch(&record).exists());
+        Ok(())
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     let (cleared, _) = watch::channel(false);
     let marker = orphans::Marker::new(&config.node_name, &config.data_dir);
     let cgroups = if config.cgroups {
-        cgroup::Cgroups::detect(&config.node_name, &marker.key)
+        cgroup::Cgroups::detect(&config.node_name, &marker.key, &config.data_dir)
     } else {
         tracing::info!("instances run without cgroups (--no-cgroups)");
         cgroup::Cgroups::off()

@@ -26,6 +26,7 @@ use crate::args::{DEFAULT_LISTEN, DownArgs, OutputFormat, UpArgs};
 use crate::client::{connect_with, request, unary};
 use crate::error::UsageError;
 
+mod cgroups;
 mod sweep;
 
 pub const COORDINATOR_BIN: &str = "pmcluster-coordinator";
@@ -73,6 +74,15 @@ impl Layout {
     /// another name); kept by `down`.
     fn agent_identity(&self) -> PathBuf {
         self.data_dir(Daemon::Agent).join("identity.json")
+    }
+    /// Where the agent records its instances' cgroup directory while that exists.
+    fn agent_cgroup_record(&self) -> PathBuf {
+        self.data_dir(Daemon::Agent)
+            .join(pmcluster_spec::instance::CGROUP_RECORD_FILE)
+    }
+    /// The lock a running agent holds on its data dir.
+    fn agent_lock(&self) -> PathBuf {
+        self.data_dir(Daemon::Agent).join("agent.lock")
     }
 }
 
@@ -737,7 +747,8 @@ fn agent_key(layout: &Layout) -> String {
 }
 
 /// `down`: the agent first, so it stops its instances while the coordinator still runs; then
-/// whatever of its instances it left running (it had to be killed, or had died before).
+/// whatever of its instances it left running (it had to be killed, or had died before), and
+/// what is left in its cgroups, which it would have removed itself.
 pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::Result<()> {
     let layout = resolve_data_dir(args.data_dir, env)?;
     let mut any = false;
@@ -760,12 +771,12 @@ pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::R
             writeln!(out, "{line}").context("writing to stdout")?;
         }
         if daemon == Daemon::Agent {
-            let swept = sweep::stop_left(&agent_key(&layout), INSTANCE_STOP_TIMEOUT);
-            if let Some(line) = swept_line(&swept) {
-                any = true;
+            let (lines, survivors) = stop_left(&layout);
+            left = survivors;
+            for line in &lines {
                 writeln!(out, "{line}").context("writing to stdout")?;
             }
-            left = swept.left;
+            any |= !lines.is_empty();
         }
     }
     if !any {
@@ -786,6 +797,100 @@ pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::R
         );
     }
     Ok(())
+}
+
+/// Once the agent is gone: what it left running, found by its key (SIGTERM first, the kinder
+/// way), then whatever is left in its cgroups (what cleared its environment). Returns what to
+/// say and the pids that survived both.
+fn stop_left(layout: &Layout) -> (Vec<String>, Vec<i32>) {
+    let key = agent_key(layout);
+    let swept = sweep::stop_left(&key, INSTANCE_STOP_TIMEOUT);
+    let node = agent_node(layout);
+    let (record, lock) = (layout.agent_cgroup_record(), layout.agent_lock());
+    let ended = cgroups::end_left(&cgroups::Agent {
+        record: &record,
+        lock: &lock,
+        node: node.as_deref(),
+        key: &key,
+    });
+    let mut lines: Vec<String> = swept_line(&swept).into_iter().collect();
+    lines.extend(cgroup_lines(&ended));
+    let mut left = swept.left;
+    left.extend(
+        ended
+            .surviving()
+            .into_iter()
+            .filter_map(|p| i32::try_from(p).ok()),
+    );
+    left.sort_unstable();
+    left.dedup();
+    (lines, left)
+}
+
+/// The node name of the agent `up` started (its cgroup directory is named after it), else the
+/// one its data dir records.
+fn agent_node(layout: &Layout) -> Option<String> {
+    let given = fs::read_to_string(layout.node_file())
+        .ok()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty());
+    given.or_else(|| {
+        fs::read_to_string(layout.agent_identity())
+            .ok()
+            .and_then(|text| recorded_node_name(&text))
+    })
+}
+
+/// What `down` says of the agent's cgroups: what it ended and removed, what it left and why.
+fn cgroup_lines(ended: &cgroups::Ended) -> Vec<String> {
+    match ended {
+        cgroups::Ended::Nothing => Vec::new(),
+        cgroups::Ended::Refused(why) => vec![format!("left the agent's cgroups alone: {why}")],
+        cgroups::Ended::Tidied(t) => tidied_line(t)
+            .into_iter()
+            .chain(t.left.iter().map(left_cgroup_line))
+            .collect(),
+    }
+}
+
+fn tidied_line(t: &cgroups::Tidied) -> Option<String> {
+    let count = |n: usize, one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
+    };
+    let base = t.base.display();
+    let instances = count(t.removed, "instance cgroup", "instance cgroups");
+    let removed = match (t.base_removed, t.removed) {
+        (true, 0) => Some(format!("removed the agent's cgroup {base}")),
+        (true, _) => Some(format!(
+            "removed the agent's cgroup {base} and {instances} in it"
+        )),
+        (false, 0) => None,
+        (false, _) => Some(format!("removed {instances} under {base}")),
+    };
+    let killed = count(t.killed, "process", "processes");
+    match (removed, t.killed) {
+        (None, 0) => None,
+        (Some(removed), 0) => Some(removed),
+        (Some(removed), _) => Some(format!(
+            "{removed}, killing {killed} left in them (SIGKILL)"
+        )),
+        (None, _) => Some(format!(
+            "killed {killed} left in the agent's instance cgroups under {base} (SIGKILL)"
+        )),
+    }
+}
+
+fn left_cgroup_line(l: &cgroups::Left) -> String {
+    let why = match &l.error {
+        _ if !l.pids.is_empty() => {
+            let pids: Vec<String> = l.pids.iter().map(u32::to_string).collect();
+            format!("pid {} did not die even after SIGKILL", pids.join(", "))
+        }
+        Some(error) => error.clone(),
+        None => "it could not be emptied".to_string(),
+    };
+    format!("left cgroup {}: {why}", l.path.display())
 }
 
 /// What `down` says of the processes the agent left running, if it stopped any.

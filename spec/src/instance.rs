@@ -33,6 +33,17 @@ pub fn agent_key(absolute_data_dir: &Path) -> String {
     )
 }
 
+/// The name of the cgroup an agent puts its instances' cgroups in (under its own cgroup): named
+/// after the node and the [`agent_key`], so that no other agent shares it and `pmcluster down`
+/// can tell it is this agent's before it ends what is in it.
+pub fn cgroup_name(node: &str, key: &str) -> String {
+    format!("pmcluster-{node}-{key}")
+}
+
+/// The file in an agent's data dir that holds the path of that cgroup (one line) while it may
+/// exist: `pmcluster down` reads it to end what a killed or dead agent left in it.
+pub const CGROUP_RECORD_FILE: &str = "cgroup-base";
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
@@ -108,6 +119,14 @@ mod tests {
         assert_ne!(
             agent_key(Path::new("/var/lib/a")),
             agent_key(Path::new("/var/lib/b"))
+        );
+    }
+
+    #[test]
+    fn cgroup_names() {
+        assert_eq!(
+            cgroup_name("web-1", "14e2166354dfafb7"),
+            "pmcluster-web-1-14e2166354dfafb7"
         );
     }
 

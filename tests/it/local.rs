@@ -2,11 +2,13 @@
 //! coordinator and agent come up as daemons (idempotently), run an app, and `down` stops them
 //! and every instance; state survives `down`/`up`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use nix::sys::signal::Signal;
-use pmcluster_tests::{Bins, ProcId, free_port_range, http_get, kill_pid, wait_for, wait_until};
+use pmcluster_tests::{
+    Bins, ProcId, free_port_range, http_get, kill_pid, skip, wait_for, wait_until,
+};
 use serde_json::Value;
 
 use crate::DEADLINE;
@@ -330,82 +332,96 @@ impl Drop for Bystander {
     }
 }
 
+/// A process an instance started (not a child of the test), SIGKILLed by its pid and start time
+/// when the test ends, if `down` did not end it.
+struct Stray(ProcId);
+
+impl Drop for Stray {
+    fn drop(&mut self) {
+        self.0.signal(Signal::SIGKILL);
+    }
+}
+
+/// What the tests of `down` after a hung or dead agent share: the binaries, a home, the
+/// coordinator's address and a port range for apps.
+struct Local {
+    bins: Bins,
+    home: tempfile::TempDir,
+    listen: String,
+    url: String,
+    app_port: u16,
+}
+
+impl Local {
+    fn new(app_ports: u16) -> Local {
+        let bins = Bins::locate().expect("binaries built (cargo build --workspace --bins)");
+        let home = tempfile::tempdir().expect("temp dir");
+        let port = free_port_range(1).expect("a free port for the coordinator");
+        let app_port = free_port_range(app_ports).expect("free ports for the apps");
+        let listen = format!("127.0.0.1:{port}");
+        let url = format!("http://{listen}");
+        Local {
+            bins,
+            home,
+            listen,
+            url,
+            app_port,
+        }
+    }
+
+    fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    fn pm(&self, args: &[&str]) -> Output {
+        pm(&self.bins.cli, self.home(), &self.url, args)
+    }
+
+    /// `up` as node `local`; the guard runs `down` when the test ends, however it ends.
+    fn up(&self) -> Down<'_> {
+        let down = Down {
+            cli: &self.bins.cli,
+            home: self.home(),
+            url: &self.url,
+        };
+        let up = ["up", "--listen", &self.listen, "--node-name", "local"];
+        ok(&self.pm(&up), "up");
+        down
+    }
+
+    /// Starts the test app as `name` on `ports`, with `more` arguments, and waits until its `n`
+    /// instances are online.
+    fn start(&self, name: &str, n: usize, ports: &str, more: &[&str]) -> Vec<Value> {
+        let testapp = self.bins.testapp.display().to_string();
+        let count = n.to_string();
+        let mut args = vec!["start", &testapp, "--name", name, "--instances", &count];
+        args.extend(["--port", ports]);
+        args.extend(more);
+        ok(&self.pm(&args), &format!("start {name}"));
+        let (cli, home, url) = (&self.bins.cli, self.home(), &self.url);
+        wait_until(DEADLINE, &format!("{n} online of {name}"), || {
+            online(cli, home, url, name, n)
+        })
+    }
+}
+
 /// `down` with a hung agent (stopped with SIGSTOP) kills it after its 30 s, then stops the
 /// processes its instances left running, found by the agent's key in their environment: a
 /// child an instance started, and one that ignores SIGTERM (SIGKILL), too. It says how many,
 /// and a process that carries a key only like the agent's is left alone.
 #[test]
 fn down_stops_the_instances_a_hung_agent_leaves_running() {
-    let bins = Bins::locate().expect("binaries built (cargo build --workspace --bins)");
-    let home = tempfile::tempdir().expect("temp dir");
-    let home = home.path();
-    let port = free_port_range(1).expect("a free port for the coordinator");
-    let app_port = free_port_range(3).expect("free ports for the apps");
-    let listen = format!("127.0.0.1:{port}");
-    let url = format!("http://{listen}");
-    let cli = bins.cli.as_path();
-    let _down = Down {
-        cli,
-        home,
-        url: &url,
-    };
-
-    ok(
-        &pm(
-            cli,
-            home,
-            &url,
-            &["up", "--listen", &listen, "--node-name", "local"],
-        ),
-        "up",
-    );
-    let testapp = bins.testapp.display().to_string();
+    let local = Local::new(3);
+    let (home, app_port) = (local.home(), local.app_port);
+    let _down = local.up();
     let web_ports = format!("{app_port}-{}", app_port + 1);
     let stubborn_port = (app_port + 2).to_string();
-    ok(
-        &pm(
-            cli,
-            home,
-            &url,
-            &[
-                "start",
-                &testapp,
-                "--name",
-                "web",
-                "--instances",
-                "2",
-                "--port",
-                &web_ports,
-            ],
-        ),
-        "start web",
-    );
-    ok(
-        &pm(
-            cli,
-            home,
-            &url,
-            &[
-                "start",
-                &testapp,
-                "--name",
-                "stubborn",
-                "--port",
-                &stubborn_port,
-                "--env",
-                "TESTAPP_IGNORE_SIGTERM=1",
-            ],
-        ),
-        "start stubborn",
-    );
-    let mut processes: Vec<ProcId> = ["web", "stubborn"]
-        .into_iter()
-        .zip([2, 1])
-        .flat_map(|(app, n)| {
-            wait_until(DEADLINE, &format!("{n} online of {app}"), || {
-                online(cli, home, &url, app, n)
-            })
-        })
+    let web = local.start("web", 2, &web_ports, &[]);
+    let ignores = ["--env", "TESTAPP_IGNORE_SIGTERM=1"];
+    let stubborn = local.start("stubborn", 1, &stubborn_port, &ignores);
+    let mut processes: Vec<ProcId> = web
+        .iter()
+        .chain(&stubborn)
         .filter_map(|i| ProcId::of(u32::try_from(i["pid"].as_u64()?).ok()?))
         .collect();
     assert_eq!(processes.len(), 3, "{processes:?}");
@@ -437,7 +453,7 @@ fn down_stops_the_instances_a_hung_agent_leaves_running() {
 
     let agent = daemon(home, "agent.pid").expect("agent pid file");
     kill_pid(agent.pid, Signal::SIGSTOP).expect("stop the agent");
-    let out = ok(&pm(cli, home, &url, &["down"]), "down with a hung agent");
+    let out = ok(&local.pm(&["down"]), "down with a hung agent");
     for want in [
         format!("killed agent (pid {})", agent.pid),
         "stopped 4 processes of the agent's instances that it left running (1 needed SIGKILL"
@@ -460,4 +476,96 @@ fn down_stops_the_instances_a_hung_agent_leaves_running() {
         }
     });
     assert!(bystander_id.alive(), "the bystander was left alone");
+}
+
+/// The cgroup2 directory of a process, by `/proc/PID/cgroup` under this process's cgroup2 mount.
+fn cgroup_dir(pid: u32) -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = pmcluster_agent::cgroup::parse_mountinfo(&mountinfo)?;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let own = pmcluster_agent::cgroup::parse_own_cgroup(&text)?;
+    Some(mount.join(own.trim_start_matches('/')))
+}
+
+/// Why the agent of `home` runs its instances without cgroups, as its log says, for a skip.
+fn no_cgroups_because(home: &Path, instance: Option<&Path>) -> String {
+    let log = std::fs::read_to_string(home.join("agent.log")).unwrap_or_default();
+    let said = log
+        .lines()
+        .find(|l| l.contains("instances run without cgroups"))
+        .map(str::to_string);
+    said.unwrap_or_else(|| format!("the instance runs in cgroup {instance:?}"))
+}
+
+/// `down` after the agent died (kill -9) ends what its instances left in their cgroups: a
+/// process an instance started with a cleared environment carries no key for `down`'s sweep to
+/// find, but it is in the instance's cgroup. The agent's cgroup directory goes, as the agent's
+/// own exit would have removed it, and so does the record of it. Reported as skipped where the
+/// agent runs its instances without cgroups.
+#[test]
+fn down_ends_what_a_dead_agent_left_in_its_cgroups() {
+    let local = Local::new(1);
+    let home = local.home();
+    let _down = local.up();
+    let port = local.app_port.to_string();
+    let web = local.start("web", 1, &port, &[]);
+    let pid = web[0]["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .expect("the instance's pid");
+    let instance_cgroup = cgroup_dir(pid);
+    let base = instance_cgroup.as_deref().and_then(Path::parent);
+    let Some(base) = base.filter(|b| {
+        b.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pmcluster-local-"))
+    }) else {
+        let need = match nix::unistd::Uid::effective().is_root() {
+            true => "cgroup2",
+            false => "root",
+        };
+        return skip(need, &no_cgroups_because(home, instance_cgroup.as_deref()));
+    };
+    let record = home.join("agent").join("cgroup-base");
+    assert_eq!(
+        std::fs::read_to_string(&record).ok(),
+        Some(format!("{}\n", base.display())),
+        "the agent records its cgroup directory"
+    );
+
+    let child = http_get(local.app_port, "/spawn-child?env=clear").expect("a child, env -i");
+    let child: Value = serde_json::from_str(&child.body).expect("the child's pid as JSON");
+    let child = child["child_pid"]
+        .as_u64()
+        .and_then(|p| ProcId::of(u32::try_from(p).ok()?))
+        .expect("the child runs");
+    let stray = Stray(child);
+    let environ = std::fs::read(format!("/proc/{}/environ", child.pid)).expect("its environment");
+    assert!(
+        environ.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&environ)
+    );
+    assert_eq!(
+        cgroup_dir(child.pid),
+        instance_cgroup,
+        "in its instance's cgroup"
+    );
+
+    let agent = daemon(home, "agent.pid").expect("agent pid file");
+    kill_pid(agent.pid, Signal::SIGKILL).expect("kill the agent");
+    wait_for(DEADLINE, "the agent gone", || !agent.alive());
+    let out = ok(&local.pm(&["down"]), "down after the agent died");
+    for want in [
+        "stopped 1 process of the agent's instances that it left running".to_string(),
+        format!(
+            "removed the agent's cgroup {} and 1 instance cgroup in it, killing 1 process left \
+             in them (SIGKILL)",
+            base.display()
+        ),
+    ] {
+        assert!(out.contains(&want), "{want:?} in {out}");
+    }
+    wait_for(DEADLINE, "the env -i child gone", || !stray.0.alive());
+    assert!(!base.exists(), "{} is left", base.display());
+    assert!(!record.exists(), "the record is left");
 }

@@ -35,7 +35,7 @@ fn cgroup2_dir(test: &str) -> Result<PathBuf, String> {
     let probe = pmcluster_agent::cgroup::join_base(
         &mount,
         &own,
-        &format!("probe-{test}-{}", std::process::id()),
+        &format!("pmcluster-probe-{test}-{}", std::process::id()),
     )
     .ok_or("own cgroup outside the hierarchy")?;
     std::fs::create_dir(&probe).map_err(|e| format!("cannot create {}: {e}", probe.display()))?;

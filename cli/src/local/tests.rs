@@ -246,6 +246,89 @@ fn down_says_what_it_stopped_after_the_agent() {
 }
 
 #[test]
+fn down_says_what_it_ended_in_the_agents_cgroups() {
+    let base = "/sys/fs/cgroup/pmcluster-n-00aa";
+    let tidied = |killed, removed, base_removed, left: Vec<cgroups::Left>| {
+        cgroup_lines(&cgroups::Ended::Tidied(cgroups::Tidied {
+            base: PathBuf::from(base),
+            killed,
+            removed,
+            base_removed,
+            left,
+        }))
+    };
+    let left = |path: &str, pids: &[u32], error: Option<&str>| cgroups::Left {
+        path: PathBuf::from(path),
+        pids: pids.to_vec(),
+        error: error.map(str::to_string),
+    };
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
+        (cgroup_lines(&cgroups::Ended::Nothing), &[]),
+        (
+            cgroup_lines(&cgroups::Ended::Refused("/x is not named y".into())),
+            &["left the agent's cgroups alone: /x is not named y"],
+        ),
+        (tidied(0, 0, false, Vec::new()), &[]),
+        (
+            tidied(0, 0, true, Vec::new()),
+            &["removed the agent's cgroup /sys/fs/cgroup/pmcluster-n-00aa"],
+        ),
+        (
+            tidied(1, 1, true, Vec::new()),
+            &[
+                "removed the agent's cgroup /sys/fs/cgroup/pmcluster-n-00aa and 1 instance \
+               cgroup in it, killing 1 process left in them (SIGKILL)",
+            ],
+        ),
+        (
+            tidied(0, 3, true, Vec::new()),
+            &[
+                "removed the agent's cgroup /sys/fs/cgroup/pmcluster-n-00aa and 3 instance \
+               cgroups in it",
+            ],
+        ),
+        (
+            tidied(
+                2,
+                1,
+                false,
+                vec![left(&format!("{base}/i2"), &[41, 42], None)],
+            ),
+            &[
+                "removed 1 instance cgroup under /sys/fs/cgroup/pmcluster-n-00aa, killing 2 \
+                 processes left in them (SIGKILL)",
+                "left cgroup /sys/fs/cgroup/pmcluster-n-00aa/i2: pid 41, 42 did not die even \
+                 after SIGKILL",
+            ],
+        ),
+        (
+            tidied(
+                1,
+                0,
+                false,
+                vec![
+                    left(
+                        &format!("{base}/i1"),
+                        &[],
+                        Some("this pmcluster runs in it"),
+                    ),
+                    left(&format!("{base}/i2"), &[], Some("cannot remove it: busy")),
+                ],
+            ),
+            &[
+                "killed 1 process left in the agent's instance cgroups under \
+                 /sys/fs/cgroup/pmcluster-n-00aa (SIGKILL)",
+                "left cgroup /sys/fs/cgroup/pmcluster-n-00aa/i1: this pmcluster runs in it",
+                "left cgroup /sys/fs/cgroup/pmcluster-n-00aa/i2: cannot remove it: busy",
+            ],
+        ),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got, *want);
+    }
+}
+
+#[test]
 fn down_with_nothing_running() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     // A stale pid file naming a process that is not an agent (this test) is left alone

@@ -14,7 +14,8 @@
 //! - `/exit?code=N`: answer, then exit with code N about 50 ms later
 //! - `/sleep?ms=N`: wait N ms, then answer
 //! - `/log?n=N&stream=stdout|stderr`: write `line 1` .. `line N`
-//! - `/spawn-child`: spawn `sleep 1000` in the same process group
+//! - `/spawn-child`: spawn `sleep 1000` in the same process group; `?env=clear`: with an empty
+//!   environment (as `env -i` does: no marker of the agent's)
 //!
 //! Environment:
 //! - `PORT` (required unless `TESTAPP_NO_LISTEN=1`; `0` picks a free port)
@@ -342,7 +343,7 @@ async fn handle(req: Request<Incoming>, state: Arc<State>) -> Result<Resp, Infal
         "/exit" => exit_soon(query),
         "/sleep" => sleep(query).await,
         "/log" => log(query).await,
-        "/spawn-child" => spawn_child(),
+        "/spawn-child" => spawn_child(query),
         _ => Err(fail(StatusCode::NOT_FOUND, "not found")),
     };
     Ok(resp.unwrap_or_else(|Failure(status, msg)| text(status, &msg)))
@@ -472,10 +473,15 @@ async fn log(query: &str) -> Result<Resp, Failure> {
     }
 }
 
-fn spawn_child() -> Result<Resp, Failure> {
+fn spawn_child(query: &str) -> Result<Resp, Failure> {
     // Same process group as us (no setsid), so a group kill reaches it.
     // tokio reaps the child in the background once the handle is dropped.
-    let child = tokio::process::Command::new("sleep")
+    let mut command = tokio::process::Command::new("sleep");
+    if query_value(query, "env") == Some("clear") {
+        // Without PATH, `sleep` is looked for in the default path (/bin:/usr/bin).
+        command.env_clear();
+    }
+    let child = command
         .arg("1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
