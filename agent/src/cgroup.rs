@@ -347,7 +347,13 @@ pub fn procs(path: &Path) -> io::Result<Vec<u32>> {
 /// SIGKILL for everything in the cgroup: `cgroup.kill`, or each pid of `cgroup.procs` on
 /// kernels before 5.14.
 pub fn kill(path: &Path) {
-    match std::fs::write(path.join("cgroup.kill"), b"1") {
+    // Opened without create: creating a file in a cgroup directory fails with EACCES, which
+    // would hide the NotFound of a kernel without `cgroup.kill` and skip the fallback.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path.join("cgroup.kill"))
+        .and_then(|mut f| io::Write::write_all(&mut f, b"1"));
+    match written {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound && path.exists() => {
             for pid in procs(path).unwrap_or_default() {

@@ -814,7 +814,7 @@ fn stop_left(layout: &Layout) -> (Vec<String>, Vec<i32>) {
         key: &key,
     });
     let mut lines: Vec<String> = swept_line(&swept).into_iter().collect();
-    lines.extend(cgroup_lines(&ended));
+    lines.extend(cgroups::lines(&ended));
     let mut left = swept.left;
     left.extend(
         ended
@@ -839,58 +839,6 @@ fn agent_node(layout: &Layout) -> Option<String> {
             .ok()
             .and_then(|text| recorded_node_name(&text))
     })
-}
-
-/// What `down` says of the agent's cgroups: what it ended and removed, what it left and why.
-fn cgroup_lines(ended: &cgroups::Ended) -> Vec<String> {
-    match ended {
-        cgroups::Ended::Nothing => Vec::new(),
-        cgroups::Ended::Refused(why) => vec![format!("left the agent's cgroups alone: {why}")],
-        cgroups::Ended::Tidied(t) => tidied_line(t)
-            .into_iter()
-            .chain(t.left.iter().map(left_cgroup_line))
-            .collect(),
-    }
-}
-
-fn tidied_line(t: &cgroups::Tidied) -> Option<String> {
-    let count = |n: usize, one: &str, many: &str| match n {
-        1 => format!("1 {one}"),
-        n => format!("{n} {many}"),
-    };
-    let base = t.base.display();
-    let instances = count(t.removed, "instance cgroup", "instance cgroups");
-    let removed = match (t.base_removed, t.removed) {
-        (true, 0) => Some(format!("removed the agent's cgroup {base}")),
-        (true, _) => Some(format!(
-            "removed the agent's cgroup {base} and {instances} in it"
-        )),
-        (false, 0) => None,
-        (false, _) => Some(format!("removed {instances} under {base}")),
-    };
-    let killed = count(t.killed, "process", "processes");
-    match (removed, t.killed) {
-        (None, 0) => None,
-        (Some(removed), 0) => Some(removed),
-        (Some(removed), _) => Some(format!(
-            "{removed}, killing {killed} left in them (SIGKILL)"
-        )),
-        (None, _) => Some(format!(
-            "killed {killed} left in the agent's instance cgroups under {base} (SIGKILL)"
-        )),
-    }
-}
-
-fn left_cgroup_line(l: &cgroups::Left) -> String {
-    let why = match &l.error {
-        _ if !l.pids.is_empty() => {
-            let pids: Vec<String> = l.pids.iter().map(u32::to_string).collect();
-            format!("pid {} did not die even after SIGKILL", pids.join(", "))
-        }
-        Some(error) => error.clone(),
-        None => "it could not be emptied".to_string(),
-    };
-    format!("left cgroup {}: {why}", l.path.display())
 }
 
 /// What `down` says of the processes the agent left running, if it stopped any.

@@ -249,7 +249,7 @@ fn down_says_what_it_stopped_after_the_agent() {
 fn down_says_what_it_ended_in_the_agents_cgroups() {
     let base = "/sys/fs/cgroup/pmcluster-n-00aa";
     let tidied = |killed, removed, base_removed, left: Vec<cgroups::Left>| {
-        cgroup_lines(&cgroups::Ended::Tidied(cgroups::Tidied {
+        cgroups::lines(&cgroups::Ended::Tidied(cgroups::Tidied {
             base: PathBuf::from(base),
             killed,
             removed,
@@ -263,9 +263,9 @@ fn down_says_what_it_ended_in_the_agents_cgroups() {
         error: error.map(str::to_string),
     };
     let cases: Vec<(Vec<String>, &[&str])> = vec![
-        (cgroup_lines(&cgroups::Ended::Nothing), &[]),
+        (cgroups::lines(&cgroups::Ended::Nothing), &[]),
         (
-            cgroup_lines(&cgroups::Ended::Refused("/x is not named y".into())),
+            cgroups::lines(&cgroups::Ended::Refused("/x is not named y".into())),
             &["left the agent's cgroups alone: /x is not named y"],
         ),
         (tidied(0, 0, false, Vec::new()), &[]),
