@@ -663,7 +663,21 @@ async fn wait_ready(
                     let found = reply.nodes.iter().find(|n| n.name == node);
                     match found {
                         Some(n) if n.status == pb::NodeStatus::Ready as i32 => return Ok(()),
-                        Some(_) => last = format!("node {node:?} is registered but not ready"),
+                        // It stays so until someone acts: no use waiting.
+                        Some(n) if n.status == pb::NodeStatus::Quarantined as i32 => {
+                            // Its message names the fix (`pmcluster nodes adopt NODE`).
+                            anyhow::bail!(
+                                "node {node:?} is quarantined: {}; the daemons are left running",
+                                n.message
+                            );
+                        }
+                        Some(n) if n.message.is_empty() => {
+                            last = format!("node {node:?} is registered but not ready")
+                        }
+                        Some(n) => {
+                            last =
+                                format!("node {node:?} is registered but not ready: {}", n.message)
+                        }
                         None => last = format!("node {node:?} has not registered yet"),
                     }
                 }

@@ -39,11 +39,8 @@ pub(super) async fn start_existing(
     };
     let reply = match call!(conn, start, target).await {
         Err(e) if e.code == Code::NotFound && index.is_none() => {
-            return Err(anyhow::anyhow!(
-                "{}; to run {app:?} as a new app, give it a name: \
-                 pmcluster start {app} --name NAME",
-                e.message
-            ));
+            let hint = new_app_hint(app, local_file(app));
+            return Err(anyhow::anyhow!("{}; {hint}", e.message));
         }
         other => other?,
     };
@@ -59,6 +56,59 @@ pub(super) async fn start_existing(
         }),
         lines,
     })
+}
+
+/// A file of that name in the current directory, as `start` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalFile {
+    Executable,
+    NotExecutable,
+}
+
+fn local_file(name: &str) -> Option<LocalFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(name).ok().filter(|m| m.is_file())?;
+    Some(match meta.permissions().mode() & 0o111 {
+        0 => LocalFile::NotExecutable,
+        _ => LocalFile::Executable,
+    })
+}
+
+/// What to type to run `word` (no app of that name) as a new app. A bare word is a program on
+/// PATH, so the PM2 habit `start app.py` for a file here needs its path, or its interpreter when
+/// it is not executable (PM2 picks one by extension).
+fn new_app_hint(word: &str, file: Option<LocalFile>) -> String {
+    let stem = std::path::Path::new(word)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(word);
+    let interpreter = match std::path::Path::new(word)
+        .extension()
+        .and_then(|e| e.to_str())
+    {
+        Some("py") => Some("python3"),
+        Some("js" | "mjs" | "cjs") => Some("node"),
+        Some("sh") => Some("sh"),
+        Some("rb") => Some("ruby"),
+        _ => None,
+    };
+    match (file, interpreter) {
+        (None, _) => format!(
+            "to run {word:?} as a new app, give it a name: pmcluster start {word} --name NAME"
+        ),
+        (Some(LocalFile::Executable), _) => format!(
+            "to run the file {word} here as a new app, give its path (a bare name is looked up \
+             on PATH): pmcluster start ./{word} --name {stem}"
+        ),
+        (Some(LocalFile::NotExecutable), Some(interpreter)) => format!(
+            "to run the file {word} here as a new app, give its interpreter (it is not \
+             executable): pmcluster start \"{interpreter} {word}\" --name {stem}"
+        ),
+        (Some(LocalFile::NotExecutable), None) => format!(
+            "to run the file {word} here as a new app, make it executable and give its path: \
+             chmod +x {word} && pmcluster start ./{word} --name {stem}"
+        ),
+    }
 }
 
 /// An app (or one instance) that `start` would change nothing of: it has instances, and a user
@@ -156,6 +206,42 @@ fn running_of(instances: &[&pb::Instance]) -> Option<Running> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_here_is_run_by_its_path_or_interpreter() {
+        let cases = [
+            (
+                "redis-server",
+                None,
+                "pmcluster start redis-server --name NAME",
+            ),
+            (
+                "app.py",
+                Some(LocalFile::Executable),
+                "give its path (a bare name is looked up on PATH): pmcluster start ./app.py \
+                 --name app",
+            ),
+            (
+                "app.py",
+                Some(LocalFile::NotExecutable),
+                "pmcluster start \"python3 app.py\" --name app",
+            ),
+            (
+                "server.js",
+                Some(LocalFile::NotExecutable),
+                "pmcluster start \"node server.js\" --name server",
+            ),
+            (
+                "run",
+                Some(LocalFile::NotExecutable),
+                "chmod +x run && pmcluster start ./run --name run",
+            ),
+        ];
+        for (word, file, want) in cases {
+            let got = new_app_hint(word, file);
+            assert!(got.ends_with(want), "{word} {file:?}: {got}");
+        }
+    }
 
     #[test]
     fn running_is_nothing_stopped() {
