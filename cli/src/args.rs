@@ -315,7 +315,9 @@ pub struct RestartArgs {
     #[command(flatten)]
     pub target: TargetArgs,
 
-    /// Replace the instances in waves under the app's update policy (no downtime)
+    /// Replace the instances in waves under the app's update policy: no downtime where a
+    /// replacement can start beside the one it replaces (auto: ports, room in the port range,
+    /// another node); with a fixed port on one host each instance is stopped, then started
     #[arg(long, conflicts_with = "instance")]
     pub rolling: bool,
 
