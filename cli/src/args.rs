@@ -189,6 +189,16 @@ pub enum Command {
     /// List the apps with their versions and instance counts
     Apps,
 
+    /// Print apps as a config file that `apply -f` takes back (all apps, or one)
+    #[command(
+        after_help = "Examples:\n  pmcluster export -o yaml > apps.yaml   # every app, \
+        as it is now\n  pmcluster apply -f apps.yaml             # back, here or on another \
+        cluster\n\nJSON unless -o yaml. Secret env values are not exported: they read \
+        {\"secret\": \"<secret>\"}, which apply takes as \"keep the stored value\" for an app \
+        that has one; set them again for a new one."
+    )]
+    Export(ExportArgs),
+
     /// Show the coordinators (leader or standby, term, lease age, agents) and the store's
     /// health
     Status,
@@ -452,6 +462,12 @@ pub enum RolloutCommand {
         #[arg(long, value_name = "N")]
         to_version: Option<u64>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Only this app (default: every app)
+    pub app: Option<String>,
 }
 
 #[derive(Debug, Args)]

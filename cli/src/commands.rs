@@ -17,8 +17,8 @@ use serde_json::{Value, json};
 use tonic::Code;
 
 use crate::args::{
-    AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, EventsArgs, FileFormat, ListArgs, LogsArgs,
-    OutputFormat, ScaleArgs, StartArgs, TargetArgs, WaitFlags,
+    AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, EventsArgs, ExportArgs, FileFormat, ListArgs,
+    LogsArgs, OutputFormat, ScaleArgs, StartArgs, TargetArgs, WaitFlags,
 };
 use crate::client::Client;
 use crate::error::{ApiError, UsageError};
@@ -581,6 +581,30 @@ pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return ctx.line(output::NO_APPS);
     }
     ctx.text(&output::apps_table(&apps))
+}
+
+/// `export [APP]`: the apps in the names and shapes of a config file, as `{"apps": [...]}`, which
+/// `apply -f` takes back (a backup of the apps, or a copy for another cluster).
+pub async fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let format = match ctx.output {
+        OutputFormat::Table | OutputFormat::Json => OutputFormat::Json,
+        OutputFormat::Yaml => OutputFormat::Yaml,
+        OutputFormat::Nginx | OutputFormat::Haproxy => {
+            return Err(UsageError::new("-o: export writes json or yaml").into());
+        }
+    };
+    let mut conn = ctx.connect().await?;
+    let apps = match &args.app {
+        Some(name) => vec![call!(conn, get_app, pb::GetAppRequest { name: name.clone() }).await?],
+        None => list_apps(&mut conn).await?,
+    };
+    let mut configs = Vec::with_capacity(apps.len());
+    for app in apps {
+        let spec = AppSpec::try_from(app.spec.unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("the coordinator sent an invalid spec: {e}"))?;
+        configs.push(pmcluster_spec::config::to_config(&spec));
+    }
+    ctx.text(&output::document(&json!({ "apps": configs }), format)?)
 }
 
 /// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.

@@ -94,6 +94,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
             Some(NodesAction::Forget(a)) => nodes::forget(a, ctx).await,
         },
         Command::Apps => commands::apps(ctx).await,
+        Command::Export(a) => commands::export(a, ctx).await,
         Command::Status => status::status(ctx).await,
         Command::Token(a) => token::run(a.command, ctx).await,
         Command::Whoami => token::whoami(ctx).await,
@@ -124,6 +125,7 @@ fn unread(command: &Command) -> stdout::Unread {
         | Command::Stats(_)
         | Command::Compare(_)
         | Command::Apps
+        | Command::Export(_)
         | Command::Status
         | Command::Whoami
         | Command::Topology(_)

@@ -262,3 +262,63 @@ fn a_change_whose_reader_went_away_is_made_whole() {
     listed.assert_ok();
     assert!(listed.stderr.is_empty(), "{listed}");
 }
+
+/// `export` prints the apps as a config file that `apply -f` takes back: deleted and applied
+/// again from it, each app has the very spec it had.
+#[test]
+fn exported_apps_apply_back_as_they_were() {
+    let c = Cluster::start(1).expect("coordinator and one agent start");
+    let base = free_port_range(2).expect("two free ports");
+    let config = json!({"apps": [
+        {
+            "name": "api",
+            "script": c.testapp().display().to_string(),
+            "instances": 2,
+            "port": format!("{base}-{}", base + 1),
+            "env": {"GREETING": "hi"},
+            "max_memory_restart": "300M",
+            "health_check": {"check_type": "http", "url": "http://127.0.0.1:${PORT}/health"},
+            "update": {"max_surge": 0, "max_unavailable": 1},
+        },
+        {
+            "name": "job",
+            "script": "sleep",
+            "args": ["600"],
+            "autorestart": false,
+            "kill_timeout": "3s",
+            "placement": {"constraints": ["zone!=x"]},
+        },
+    ]});
+    let path = c.root().join("apps.json");
+    std::fs::write(&path, config.to_string()).expect("write apps.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    let specs = |c: &Cluster| -> Vec<serde_json::Value> {
+        let apps = c.cli(&["apps", "-o", "json"]).assert_ok().json();
+        let apps = apps.expect("apps -o json is JSON");
+        let apps = apps.as_array().cloned().unwrap_or_default();
+        apps.iter().map(|a| a["spec"].clone()).collect()
+    };
+    let before = specs(&c);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let exported = c.cli(&["export", "-o", "yaml"]);
+    exported.assert_ok();
+    let file = c.root().join("exported.yaml");
+    std::fs::write(&file, &exported.stdout).expect("write exported.yaml");
+    for app in ["api", "job"] {
+        c.cli(&["delete", app, "--wait"]).assert_ok();
+    }
+    c.cli(&["apply", "-f", &file.display().to_string()])
+        .assert_ok();
+    assert_eq!(specs(&c), before, "exported:\n{}", exported.stdout);
+    // One app alone, in JSON.
+    let one = c.cli(&["export", "job"]).assert_ok().json();
+    let names: Vec<String> = one.expect("export is JSON")["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(names, ["job"]);
+}
