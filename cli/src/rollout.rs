@@ -616,9 +616,13 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             if ctx.structured() {
                 return ctx.value(&output::deployment_json(&d));
             }
+            let from = match to_version {
+                Some(v) => format!("the spec of version {v}"),
+                None => "the previous spec".to_string(),
+            };
             ctx.line(&format!(
-                "{app}: rolling back to the spec of version {} as version {}; follow it with: pmcluster rollout status {app} --wait",
-                to_version.map(|v| v.to_string()).unwrap_or_else(|| "before".into()),
+                "{app}: rolling back to {from} as version {}; follow it with: pmcluster rollout \
+                 status {app} --wait",
                 d.to_version
             ))
         }

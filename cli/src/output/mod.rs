@@ -189,7 +189,8 @@ pub fn now_ms() -> i64 {
 }
 
 fn percent(p: f64) -> String {
-    format!("{p:.1}%")
+    // A sum of tiny negative rounding errors must not read "-0.0%".
+    format!("{:.1}%", if p.abs() < 0.05 { 0.0 } else { p })
 }
 
 fn dash_if_zero(n: u32) -> String {

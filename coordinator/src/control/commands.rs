@@ -204,7 +204,10 @@ impl Control {
             &name,
             "",
             None,
-            format!("{name} {what}: version {version}, {count} instances"),
+            format!(
+                "{name} {what}: version {version}, {count} instance{}",
+                if count == 1 { "" } else { "s" }
+            ),
         );
         Ok(Applied {
             app: name,

@@ -27,8 +27,9 @@ impl Control {
         if let Some(glob) = &new.apps {
             if new.role != Role::Operate {
                 return Err(ControlError::InvalidArgument(format!(
-                    "apps: only an operate token is limited to some apps; a {} token covers \
+                    "apps: only an operate token is limited to some apps; {} {} token covers \
                      every app (leave out --app)",
+                    if new.role == Role::Admin { "an" } else { "a" },
                     new.role.name()
                 )));
             }
