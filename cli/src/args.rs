@@ -115,10 +115,10 @@ pub enum Command {
     #[command(visible_alias = "describe")]
     Info(AppArg),
 
-    /// Stop an app's instances (they stay in the app until started again)
+    /// Stop an app's instances (they stay in the app until started again); `all`: every app
     Stop(TargetArgs),
 
-    /// Restart an app's instances: in place, or in waves with --rolling
+    /// Restart an app's instances: in place, or in waves with --rolling; `all`: every app
     #[command(after_help = "Examples:\n  \
         pmcluster restart web                 # every instance at once, in place\n  \
         pmcluster restart web --instance 2\n  \
@@ -169,7 +169,7 @@ pub enum Command {
         --exec 'kill -USR2 $(cat /run/haproxy.pid)'")]
     Endpoints(EndpointsArgs),
 
-    /// Stop every instance of an app and forget the app
+    /// Stop every instance of an app and forget the app; `all`: every app
     #[command(visible_aliases = ["del", "rm"])]
     Delete(DeleteArgs),
 

@@ -27,6 +27,7 @@ use crate::output;
 use crate::validate::{ScaleTo, StartPlan, parse_scale, plan_start};
 use crate::wait;
 
+pub mod all;
 mod overwrite;
 mod start;
 use overwrite::refuse_to_overwrite;
@@ -147,6 +148,17 @@ pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
     let (said, goal) = start_only(&args, plan, &mut conn).await?;
     wait::finish(&mut conn, ctx, &args.wait, said, goal).await
+}
+
+/// `start APP` of an app that exists, as `start all` runs it for each.
+async fn start_app(app: &str, wait: &WaitFlags, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let mut conn = ctx.connect().await?;
+    let said = start_existing(&mut conn, app, None).await?;
+    let goal = match wait.wait {
+        true => wait::goal(&mut conn, app, None).await.map(Some),
+        false => Ok(None),
+    };
+    wait::finish(&mut conn, ctx, wait, said, goal).await
 }
 
 /// `start` but for `--wait`: what it did, and what `--wait` waits for when given.

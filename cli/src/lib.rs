@@ -65,6 +65,11 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         out,
     };
     let ctx = &mut ctx;
+    if let Some((app, verb)) = all_verb(&command)
+        && let Some(names) = commands::all::expand(app, verb, ctx).await?
+    {
+        return commands::all::each(names, verb, ctx).await;
+    }
     match command {
         Command::Start(a) => commands::start(*a, ctx).await,
         Command::Apply(a) => commands::apply(a, ctx).await,
@@ -164,5 +169,27 @@ fn unread(command: &Command) -> stdout::Unread {
         | Command::Down(_)
         | Command::Certs(_)
         | Command::Import(_) => Finishes,
+    }
+}
+
+/// The app and verb of a command PM2's `all` may stand in for: `start`, `stop`, `restart` (not
+/// rolling) and `delete` of a whole app.
+fn all_verb(command: &Command) -> Option<(&str, commands::all::Verb<'_>)> {
+    use commands::all::Verb;
+    match command {
+        Command::Start(a) => match validate::plan_start(a) {
+            Ok(validate::StartPlan::Existing { app, index: None }) if app == "all" => {
+                Some((a.target.as_str(), Verb::Start(&a.wait)))
+            }
+            _ => None,
+        },
+        Command::Stop(a) if a.instance.is_none() => Some((a.app.as_str(), Verb::Stop)),
+        Command::Restart(a)
+            if !a.rolling && a.target.instance.is_none() && validate::check_restart(a).is_ok() =>
+        {
+            Some((a.target.app.as_str(), Verb::Restart(&a.wait)))
+        }
+        Command::Delete(a) => Some((a.app.as_str(), Verb::Delete(a))),
+        _ => None,
     }
 }

@@ -322,3 +322,61 @@ fn exported_apps_apply_back_as_they_were() {
         .collect();
     assert_eq!(names, ["job"]);
 }
+
+/// PM2's `all`: `stop all`, `start all`, `restart all`, `delete all` act on every app.
+#[test]
+fn all_stands_for_every_app() {
+    let c = Cluster::start(1).expect("coordinator and one agent start");
+    let app = |name: &str| json!({"name": name, "script": "sleep", "args": ["600"]});
+    let path = c.root().join("two.json");
+    std::fs::write(&path, json!({"apps": [app("one"), app("two")]}).to_string())
+        .expect("write two.json");
+    c.cli(&["apply", "-f", &path.display().to_string(), "--wait"])
+        .assert_ok();
+    let states = |c: &Cluster| -> Vec<(String, String)> {
+        let list = c.list_json("").expect("list");
+        let mut out: Vec<(String, String)> = list
+            .iter()
+            .map(|i| {
+                let field = |k: &str| i[k].as_str().unwrap_or_default().to_string();
+                (field("app"), field("status"))
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let all = |state: &str| vec![("one".into(), state.into()), ("two".into(), state.into())];
+
+    c.cli(&["stop", "all"]).assert_ok();
+    wait_until(DEADLINE, "both apps stopped", || {
+        let now = states(&c);
+        if now == all("stopped") {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    let started = c.cli(&["start", "all", "--wait"]);
+    started.assert_ok();
+    assert_eq!(states(&c), all("online"), "{started}");
+    let pids = |c: &Cluster| -> Vec<u64> {
+        let list = c.list_json("").expect("list");
+        list.iter().filter_map(|i| i["pid"].as_u64()).collect()
+    };
+    let before = pids(&c);
+    c.cli(&["restart", "all", "--wait"]).assert_ok();
+    let after = pids(&c);
+    assert_eq!(after.len(), 2);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} {after:?}"
+    );
+    // Not one JSON value: refused, naming what to do instead.
+    let json = c.cli(&["stop", "all", "-o", "json"]);
+    assert_eq!(json.code(), Some(2), "{json}");
+    assert!(json.stderr.contains("pmcluster apps -o json"), "{json}");
+
+    c.cli(&["delete", "all", "--wait"]).assert_ok();
+    let apps = c.cli(&["apps", "-o", "json"]).assert_ok().json();
+    assert_eq!(apps.expect("apps is JSON"), json!([]));
+}
