@@ -230,6 +230,7 @@ impl Control {
             },
         )?;
         drop(inner);
+        self.end_log_routes_of(name);
         self.emit(
             EventKind::AppDeleted,
             name,

@@ -197,6 +197,33 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Ends the log requests of `app`, which was deleted: a follow would otherwise wait for ever
+    /// on instances that are gone. Each reader is told once, in a plain line (its answer is
+    /// whole, not partial), and its stream ends with its last route.
+    pub(super) fn end_log_routes_of(&self, app: &str) {
+        let mut told: Vec<mpsc::Sender<LogLine>> = Vec::new();
+        self.log_routes.lock().retain(|request_id, r| {
+            if r.app != app {
+                return true;
+            }
+            cancel(r, *request_id);
+            if !told.iter().any(|t| t.same_channel(&r.lines)) {
+                let _ = r.lines.try_send(LogLine {
+                    app: app.to_string(),
+                    index: r.indices.first().copied().unwrap_or(0),
+                    node: r.node.clone(),
+                    stream: LogStream::Unspecified,
+                    line: format!("[pmcluster] app {app} was deleted: no more logs"),
+                    unread: false,
+                });
+                told.push(r.lines.clone());
+            }
+            false
+        });
+    }
+}
+
 /// Tells a reader that a node's instances were not asked for their logs, and why.
 fn unread(tx: &mpsc::Sender<LogLine>, app: &str, node: &str, indices: &[u32], why: &str) {
     notice(tx, app, node, indices, why, "no logs of");

@@ -169,6 +169,37 @@ async fn log_routes_need_no_state_lock_and_end_with_their_session() -> Result<()
     Ok(())
 }
 
+/// `logs web -f` while web is deleted: the reader is told once, as a whole answer (not an unread
+/// notice), the agent is told to drop the request, and the stream ends. Before, it waited for
+/// ever on instances that no longer existed.
+#[tokio::test]
+async fn a_follow_ends_when_its_app_is_deleted() -> Result<()> {
+    let LogRequest {
+        c,
+        mut lines,
+        request_id,
+        mut _a,
+        ..
+    } = log_request(true)?;
+    c.delete_app("web")?;
+    let said = lines.try_recv().map(|l| (l.line, l.unread));
+    assert_eq!(
+        said,
+        Ok((
+            "[pmcluster] app web was deleted: no more logs".to_string(),
+            false
+        ))
+    );
+    assert!(matches!(
+        lines.try_recv(),
+        Err(mpsc::error::TryRecvError::Disconnected)
+    ));
+    let cancelled = std::iter::from_fn(|| _a.commands.try_recv().ok())
+        .any(|cmd| matches!(cmd, AgentCommand::CancelLogs(id) if id == request_id));
+    assert!(cancelled, "the agent was told to drop the request");
+    Ok(())
+}
+
 /// An agent that is connected but does not answer a log request (a stopped process) gets
 /// LOG_ANSWER_WAIT: then its reader is told, the agent is told to drop the request, and the
 /// stream ends. Before, the reader waited for the heartbeat to lapse and then got nothing, which
