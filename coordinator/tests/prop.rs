@@ -435,7 +435,7 @@ proptest! {
                 avoid: Vec::new(),
                 disabled: false,
             });
-            facts.insert(id, Facts { healthy_since: Some(0), node_up: true, placed: true });
+            facts.insert(id, Facts { healthy_since: Some(0), node_up: true, placed: true, proven: false });
         }
         let mut d = Deployment {
             id: 1,
@@ -471,7 +471,7 @@ proptest! {
                     disabled: false,
                     ..o
                 });
-                facts.insert(id, Facts { healthy_since: None, node_up: true, placed: true });
+                facts.insert(id, Facts { healthy_since: None, node_up: true, placed: true, proven: false });
             }
             for id in &step.drain {
                 if let Some(r) = records.get_mut(id) {

@@ -244,6 +244,9 @@ struct Inner {
     /// Since when each instance's agent has reported, without a break, that it cannot start
     /// its process (the reconciler moves it after the app's reschedule_after).
     unstartable_since: BTreeMap<Uuid, i64>,
+    /// Rollout replacements seen healthy for their `min_healthy_time` (`rollout::Facts::proven`):
+    /// in memory, like every observation.
+    proven: BTreeSet<Uuid>,
     /// Memory samples of each online instance's current process, and whether a leak is
     /// suspected (in memory only: a new leader watches afresh).
     memory: HashMap<Uuid, MemoryTrend>,
@@ -559,6 +562,7 @@ impl Control {
             pending: BTreeMap::new(),
             online_since: HashMap::new(),
             unstartable_since: BTreeMap::new(),
+            proven: BTreeSet::new(),
             scaling,
             autoscale_counts: BTreeMap::new(),
             last_sample_ms: 0,

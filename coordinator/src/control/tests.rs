@@ -23,6 +23,8 @@ mod drain;
 mod identity;
 /// Log routes: requests to agents, lines to readers, and what a reader is told.
 mod logs;
+/// Rollouts stepped by the control loop in manual time.
+mod rollout;
 
 pub(super) fn register(name: &str) -> Registration {
     Registration {

@@ -114,11 +114,13 @@ impl Control {
                         healthy_since: healthy_since(inner, r),
                         node_up,
                         placed: r.node.is_some(),
+                        proven: inner.proven.contains(&r.id),
                     };
                     (r.id, f)
                 })
                 .collect();
             let step = rollout::step(&d, &app.spec.update, app.spec.instances, &refs, &facts, now);
+            inner.proven.extend(step.proven.iter().copied());
             let (batch, messages) =
                 rollout::apply_step(&app, &d, &records, &step, now, &mut || self.clock.new_id());
             events.extend(messages.into_iter().map(|m| (name.clone(), m)));

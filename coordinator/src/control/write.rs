@@ -364,6 +364,7 @@ impl Control {
             inner.observed.remove(id);
             inner.online_since.remove(id);
             inner.unstartable_since.remove(id);
+            inner.proven.remove(id);
         }
         // A changed record (stopped, refreshed, placed) may read its next status otherwise.
         for r in &batch.put_instances {

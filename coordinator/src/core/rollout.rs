@@ -6,9 +6,10 @@
 //! `max_surge + max_unavailable` indices at once (`canary` first, then wait for promotion). Once
 //! the replacement has been healthy for `min_healthy_time`, the old record is marked draining,
 //! and removed `shutdown_delay` later. Indices beyond `max_surge` drain their old record at once
-//! (stop-then-start). A replacement not healthy within `healthy_deadline`, or no index finished
-//! within `progress_deadline`, fails the deployment; with `auto_rollback` the shell then rolls
-//! back to the previous version.
+//! (stop-then-start). A replacement not healthy within `healthy_deadline` of its placement
+//! (whether its old copy still serves or went first), or no index finished within
+//! `progress_deadline`, fails the deployment; with `auto_rollback` the shell then rolls back to
+//! the previous version.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +30,11 @@ pub struct Facts {
     /// the instance it replaces (a fixed port on the only node that fits): the old one then
     /// goes first (stop-then-start) rather than the rollout stalling.
     pub placed: bool,
+    /// It was healthy for `min_healthy_time` at an earlier step (the shell keeps
+    /// [`Step::proven`]; in memory, so a new leader starts afresh). The healthy deadline is then
+    /// behind it: a crash later is its restart policy's to handle, not a replacement that never
+    /// came up.
+    pub proven: bool,
 }
 
 /// What the shell must do after a step.
@@ -43,6 +49,9 @@ pub struct Step {
     pub deployment: Deployment,
     /// The deployment failed and the policy asks for a rollback.
     pub rollback: bool,
+    /// Replacements healthy for `min_healthy_time` now, not yet [`Facts::proven`]: for the shell
+    /// to remember.
+    pub proven: Vec<Uuid>,
 }
 
 /// What one step of `app`'s deployment `d` changes: the records to write (an empty batch: nothing
@@ -167,6 +176,7 @@ pub fn step(
         remove: Vec::new(),
         deployment: d.clone(),
         rollback: false,
+        proven: Vec::new(),
     };
     if !d.state.active() {
         return out;
@@ -174,6 +184,26 @@ pub fn step(
     let fact = |id: &Uuid| facts.get(id).copied().unwrap_or_default();
     let min_healthy = policy.min_healthy_time.as_millis() as i64;
     let shutdown_delay = policy.shutdown_delay.as_millis() as i64;
+    // The healthy deadline counts from `created_ms`, which the shell sets again when the record
+    // is placed (`write::materialize`): that is when its node is told to start it. A
+    // stop-then-start replacement waits unplaced while its old copy drains and stops, and that
+    // wait (`shutdown_delay`, the old process's stop) says nothing of the new process, so it
+    // has no deadline until placed; the progress deadline bounds a wait for room. A stopped
+    // record never runs, so it is never late; a proven one was in time.
+    let overdue = |n: &InstanceRecord, f: Facts| {
+        !f.proven
+            && f.placed
+            && !n.stopped
+            && f.healthy_since.is_none()
+            && now_ms > n.created_ms + policy.healthy_deadline.as_millis() as i64
+    };
+    let late = |index: u32| {
+        format!(
+            "instance {index} of version {} not healthy within {}s",
+            d.to_version,
+            policy.healthy_deadline.as_secs()
+        )
+    };
     let mut by_index: BTreeMap<u32, Vec<&InstanceRecord>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.index < count) {
         by_index.entry(r.index).or_default().push(r);
@@ -199,10 +229,18 @@ pub fn step(
                 let healthy_long = fact(&n.id)
                     .healthy_since
                     .is_some_and(|t| now_ms - t >= min_healthy);
+                if healthy_long && !fact(&n.id).proven {
+                    out.proven.push(n.id);
+                }
                 if n.replaces.is_none() || healthy_long {
                     done += 1;
                 } else {
                     in_flight += 1;
+                    // Its old copy gone (stop-then-start), its index is down until it comes up:
+                    // the deadline of one started beside its old copy holds all the more.
+                    if overdue(n, fact(&n.id)) && failure.is_none() {
+                        failure = Some(late(index));
+                    }
                 }
             }
             continue;
@@ -221,6 +259,9 @@ pub fn step(
             Some(n) => {
                 let f = fact(&n.id);
                 let healthy_long = f.healthy_since.is_some_and(|t| now_ms - t >= min_healthy);
+                if healthy_long && !f.proven {
+                    out.proven.push(n.id);
+                }
                 // Once its replacement has proven itself, an index no longer holds the budget:
                 // the next wave starts while the old instance drains. An old copy that drains
                 // before that (stop-then-start, past the surge) is an unavailable index, which
@@ -240,13 +281,8 @@ pub fn step(
                         None => {}
                     }
                 }
-                let deadline = n.created_ms + policy.healthy_deadline.as_millis() as i64;
-                if f.healthy_since.is_none() && now_ms > deadline && failure.is_none() {
-                    failure = Some(format!(
-                        "instance {index} of version {} not healthy within {}s",
-                        d.to_version,
-                        policy.healthy_deadline.as_secs()
-                    ));
+                if overdue(n, f) && failure.is_none() {
+                    failure = Some(late(index));
                 }
             }
         }

@@ -1,14 +1,15 @@
 use super::*;
 use std::time::Duration;
 
-/// Records as `index:version[e=epoch][*since][~draining_since][c=created]` separated by
-/// spaces; ids are 1, 2, ... in order. `*T` means healthy since T.
+/// Records as `index:version[e=epoch][*since][~draining_since][@created][!][#][+]` separated
+/// by spaces; ids are 1, 2, ... in order. `*T` means healthy since T, `!` not placed, `#`
+/// stopped, `+` proven at an earlier step.
 fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
     let mut recs = Vec::new();
     let mut facts = BTreeMap::new();
     for (n, word) in text.split_whitespace().enumerate() {
         let id = Uuid::from_u128(n as u128 + 1);
-        let mut parts = word.split(['*', '~', '@', '!']);
+        let mut parts = word.split(['*', '~', '@', '!', '#', '+']);
         let head = parts.next().unwrap_or_default();
         let (index, version) = head.split_once(':').unwrap();
         let (version, epoch) = version.split_once('e').unwrap_or((version, "0"));
@@ -31,19 +32,24 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
             healthy_since: None,
             node_up: true,
             placed: true,
+            proven: false,
         };
         // Markers in order of appearance.
         let mut rest = &word[head.len()..];
         while !rest.is_empty() {
             let marker = rest.chars().next().unwrap_or(' ');
             let tail = &rest[1..];
-            let end = tail.find(['*', '~', '@', '!']).unwrap_or(tail.len());
+            let end = tail
+                .find(['*', '~', '@', '!', '#', '+'])
+                .unwrap_or(tail.len());
             let value: i64 = tail[..end].parse().unwrap_or(0);
             match marker {
                 '*' => f.healthy_since = Some(value),
                 '~' => rec.draining_since = Some(value),
                 '@' => rec.created_ms = value,
                 '!' => f.placed = false,
+                '#' => rec.stopped = true,
+                '+' => f.proven = true,
                 _ => {}
             }
             rest = &tail[end..];
@@ -330,6 +336,67 @@ fn unplaceable_replacement_goes_stop_then_start() {
     );
 }
 
+/// Stop-then-start (one node, a fixed port): the replacement waits unplaced while its old copy
+/// drains, and is placed once that is gone. It is held to `healthy_deadline` (1 s here) from
+/// its placement, as one started beside its old copy is; a crash-looping one sat until the
+/// progress deadline, its index down all the while.
+#[test]
+fn a_stop_then_start_replacement_is_held_to_the_healthy_deadline() {
+    let d = deployment(Kind::Update);
+    let p = UpdatePolicy {
+        shutdown_delay: Duration::from_millis(3000),
+        ..policy()
+    };
+    // Not placed while its old copy drains, past 1 s since it was made: waiting for room is not
+    // being unhealthy.
+    check(&d, &p, 2, "0:1*0~0 1:1*0 0:2@0!", 2000, "running 0/2");
+    // Placed at 3000, once the old copy was removed: not late within 1 s of that...
+    check(&d, &p, 2, "1:1*0 0:2@3000", 4000, "running 0/2");
+    // ...and late after it.
+    check(&d, &p, 2, "1:1*0 0:2@3000", 4001, "failed 0/2; rollback");
+    // Healthy in time: no failure; once proven, the next index goes.
+    check(
+        &d,
+        &p,
+        2,
+        "1:1*0 0:2*3500@3000",
+        4001,
+        "replace 1; running 1/2",
+    );
+    // No node has room for it: the progress deadline (5 s) is what bounds that.
+    check(&d, &p, 2, "1:1*0 0:2@0!", 4001, "running 0/2");
+    // A stopped replacement never runs, so it is never late.
+    check(&d, &p, 2, "1:1*0 0:2@0#", 4001, "running 0/2");
+}
+
+/// The healthy deadline is for coming up: a replacement once healthy for `min_healthy_time`
+/// that goes down later (a crash its agent restarts) holds the budget again, but fails nothing,
+/// whether its old copy is gone or still draining. Otherwise one crash of any replaced
+/// instance would roll back the whole update.
+#[test]
+fn a_proven_replacement_is_past_its_healthy_deadline() {
+    let d = deployment(Kind::Update);
+    let p = UpdatePolicy {
+        shutdown_delay: Duration::from_millis(3000),
+        ..policy()
+    };
+    // Healthy for min_healthy_time (100 ms): the step says so, for the shell to remember.
+    let (rs, facts) = records("1:1*0 0:2*3500@3000");
+    let refs: Vec<&InstanceRecord> = rs.iter().collect();
+    let got = step(&d, &p, 2, &refs, &facts, 4001);
+    assert_eq!(got.proven, [Uuid::from_u128(2)]);
+    // Said once: what is remembered is not said again.
+    let (rs, facts) = records("1:1*0 0:2*3500@3000+");
+    let refs: Vec<&InstanceRecord> = rs.iter().collect();
+    assert!(step(&d, &p, 2, &refs, &facts, 4001).proven.is_empty());
+    // Down again past its deadline, its old copy gone: in progress, not failed.
+    check(&d, &p, 2, "1:1*0 0:2@0+", 4001, "running 0/2");
+    // The same with its old copy still draining.
+    check(&d, &p, 2, "0:1*0~3000 1:1*0 0:2@0+", 4001, "running 0/2");
+    // Never proven: late.
+    check(&d, &p, 2, "1:1*0 0:2@0", 4001, "failed 0/2; rollback");
+}
+
 #[test]
 fn node_loss_during_rollout() {
     let d = deployment(Kind::Update);
@@ -342,6 +409,7 @@ fn node_loss_during_rollout() {
             healthy_since: None,
             node_up: false,
             placed: true,
+            proven: false,
         },
     );
     let refs: Vec<&InstanceRecord> = rs.iter().collect();
@@ -371,6 +439,7 @@ fn zero_unavailable_through_a_whole_update() {
                     healthy_since: Some(0),
                     node_up: true,
                     placed: true,
+                    proven: false,
                 },
             )
         })
@@ -406,6 +475,7 @@ fn zero_unavailable_through_a_whole_update() {
                     healthy_since: Some(now),
                     node_up: true,
                     placed: true,
+                    proven: false,
                 },
             );
         }
@@ -490,6 +560,7 @@ fn applying_a_step() {
         remove: remove.iter().map(|n| Uuid::from_u128(*n)).collect(),
         deployment: next,
         rollback: false,
+        proven: Vec::new(),
     };
     // Nothing to do: an empty batch.
     check_apply(

@@ -1,0 +1,192 @@
+use std::time::Duration;
+
+use pmcluster_spec::update::UpdatePolicy;
+
+use super::*;
+use crate::clock::ManualClock;
+use crate::model::{Deployment, State};
+
+/// What the agent of `node` says of its desired set: a spec with `BROKEN` in its environment
+/// crash-loops (errored, its agent retrying), any other runs; a stopped one is stopped.
+fn report_set(c: &Control, node: &str, session: &Attached) {
+    report_set_but(c, node, session, None);
+}
+
+/// As [`report_set`], with the process of the `down` instance between two starts (a crash).
+fn report_set_but(c: &Control, node: &str, session: &Attached, down: Option<Uuid>) {
+    let set = session.desired.borrow().clone().unwrap_or_default();
+    let statuses = set
+        .assignments
+        .iter()
+        .map(|a| {
+            let broken = a.spec.env.contains_key("BROKEN") || down == Some(a.id);
+            let state = match (a.run, broken) {
+                (false, _) => InstanceState::Stopped,
+                (true, false) => InstanceState::Online,
+                (true, true) => InstanceState::Errored,
+            };
+            InstanceObserved {
+                id: a.id,
+                state,
+                pid: if state == InstanceState::Online {
+                    100 + a.index
+                } else {
+                    0
+                },
+                restart_epoch: a.restart_epoch,
+                ..InstanceObserved::default()
+            }
+        })
+        .collect();
+    super::report_tests::send(c, node, session, statuses);
+}
+
+/// Deployment `id` of `app`, current or in the history.
+fn deployment(c: &Control, app: &str, id: u64) -> Result<Option<Deployment>> {
+    let r = c.rollouts(app)?;
+    Ok(r.current.into_iter().chain(r.history).find(|d| d.id == id))
+}
+
+/// One node with fixed ports: the replacement cannot start beside its old copy, so the old
+/// one goes first (stop-then-start). A new version that never comes up fails the rollout at
+/// its healthy deadline (5 s), and the old version comes back; it sat "running, 0/2" until the
+/// progress deadline (60 s), its index down all the while.
+#[tokio::test]
+async fn a_stop_then_start_rollout_fails_at_the_healthy_deadline() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(1_000_000, 11));
+    let c = Control::open_with(
+        Arc::new(MemoryStore::default()),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let a = c.attach(&register("a"), None)?;
+    let v1 = AppSpec {
+        update: UpdatePolicy {
+            min_healthy_time: Duration::from_secs(1),
+            healthy_deadline: Duration::from_secs(5),
+            progress_deadline: Duration::from_secs(60),
+            ..UpdatePolicy::default()
+        },
+        ..web(2)
+    };
+    c.apply(v1.clone())?;
+    report_set(&c, "a", &a);
+    let mut v2 = v1;
+    v2.env.insert("BROKEN".into(), "1".into());
+    let (_, _, _, started) = c.apply(v2)?;
+    let Some(started) = started else {
+        panic!("a new process starts a rollout");
+    };
+    let mut failed_after = None;
+    for second in 1..=70 {
+        clock.advance_ms(1000);
+        report_set(&c, "a", &a);
+        c.tick();
+        let d = deployment(&c, "web", started.id)?;
+        if d.as_ref().is_some_and(|d| d.state != State::Running) {
+            failed_after = Some((second, d));
+            break;
+        }
+    }
+    let Some((second, Some(d))) = failed_after else {
+        panic!("the rollout never ended: {:?}", c.rollouts("web")?);
+    };
+    assert_eq!(d.state, State::RolledBack, "{d:?}");
+    assert!(d.message.contains("not healthy within 5s"), "{}", d.message);
+    // A step each to make the replacement, drain the old copy and remove it (the replacement
+    // is placed then), and 5 s from that placement: not from the rollout's start.
+    assert!((8..=10).contains(&second), "failed after {second}s: {d:?}");
+    // The rollback brings version 1's process back to every index.
+    for _ in 0..30 {
+        clock.advance_ms(1000);
+        report_set(&c, "a", &a);
+        c.tick();
+    }
+    let set = a.desired.borrow().clone().unwrap_or_default();
+    let spec_of = |index: u32| {
+        set.assignments
+            .iter()
+            .filter(|x| x.index == index)
+            .map(|x| x.spec.env.contains_key("BROKEN"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        (spec_of(0), spec_of(1)),
+        (vec![false], vec![false]),
+        "{set:?}"
+    );
+    Ok(())
+}
+
+/// A replacement healthy for its `min_healthy_time` has met its healthy deadline: when it goes
+/// down later in the rollout (a crash its agent restarts), the rollout waits for it again but
+/// does not fail, as the engine's memory of it (`rollout::Facts::proven`) is kept by the shell.
+#[tokio::test]
+async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(1_000_000, 11));
+    let c = Control::open_with(
+        Arc::new(MemoryStore::default()),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let a = c.attach(&register("a"), None)?;
+    let v1 = AppSpec {
+        update: UpdatePolicy {
+            min_healthy_time: Duration::from_secs(3),
+            healthy_deadline: Duration::from_secs(5),
+            progress_deadline: Duration::from_secs(60),
+            ..UpdatePolicy::default()
+        },
+        ..web(2)
+    };
+    c.apply(v1.clone())?;
+    report_set(&c, "a", &a);
+    let mut v2 = v1;
+    v2.env.insert("V".into(), "2".into());
+    let (_, _, _, started) = c.apply(v2)?;
+    let Some(started) = started else {
+        panic!("a new process starts a rollout");
+    };
+    // Index 0's replacement: its id, and whether its healthy deadline has passed.
+    let replacement = || {
+        let inner = c.lock();
+        let now = inner.now;
+        (inner.state.app_instances("web").into_iter())
+            .find(|r| r.index == 0 && r.app_version == 2)
+            .map(|r| (r.id, now > r.created_ms + 5000))
+    };
+    let mut crashed = None;
+    let mut ended = None;
+    for second in 1..=60 {
+        clock.advance_ms(1000);
+        // Index 0 done (its replacement proven), index 1 under way, and index 0's deadline
+        // past: index 0's process is down for three reports.
+        let d = deployment(&c, "web", started.id)?;
+        if crashed.is_none()
+            && d.as_ref().is_some_and(|d| d.done == 1)
+            && replacement().is_some_and(|(_, late)| late)
+        {
+            crashed = Some(second);
+        }
+        let down = crashed
+            .filter(|at| second < at + 3)
+            .and_then(|_| replacement())
+            .map(|(id, _)| id);
+        report_set_but(&c, "a", &a, down);
+        c.tick();
+        let d = deployment(&c, "web", started.id)?;
+        if let Some(d) = d.filter(|d| d.state != State::Running) {
+            ended = Some(d);
+            break;
+        }
+    }
+    assert!(
+        crashed.is_some(),
+        "index 0 was never proven while index 1 was under way"
+    );
+    let Some(d) = ended else {
+        panic!("the rollout never ended: {:?}", c.rollouts("web")?);
+    };
+    assert_eq!((d.state, d.done), (State::Succeeded, 2), "{d:?}");
+    Ok(())
+}
