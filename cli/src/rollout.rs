@@ -345,6 +345,17 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         })?;
         let new = changes.apply(&old)?;
         if new != old {
+            // The coordinator refuses a rolling restart while an instance is stopped: the policy
+            // stays as it was rather than change for a restart that would not follow.
+            if current.stopped > 0 {
+                anyhow::bail!(
+                    "{app}: {} instance(s) stopped, and a rolling restart only replaces running \
+                     instances: start them first (pmcluster start {app}), then restart in waves, \
+                     or restart every instance at once, which starts stopped ones too \
+                     (pmcluster restart {app}); the update policy was not changed",
+                    current.stopped
+                );
+            }
             // The spec as the coordinator sent it, but for the policy.
             spec.update = Some(update_to_wire(&new));
             // Only the policy changes: the count stays whatever it is by then.

@@ -491,9 +491,22 @@ impl Control {
     }
 
     /// Replaces every instance of the app in waves (its update policy) with fresh processes.
+    /// Refused while any instance is stopped: see [`stopped_refusal`].
     pub fn restart_rolling(&self, name: &str) -> Result<Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner.ahead, name)?.clone();
+        let mut stopped: Vec<u32> = inner
+            .ahead
+            .app_instances(name)
+            .iter()
+            .filter(|i| i.stopped && i.index < app.spec.instances)
+            .map(|i| i.index)
+            .collect();
+        if !stopped.is_empty() {
+            stopped.sort_unstable();
+            stopped.dedup();
+            return Err(stopped_refusal(name, &stopped));
+        }
         let now = self.now();
         let epoch = inner
             .ahead
@@ -848,4 +861,32 @@ impl Control {
         let scaled = self.scale_app(ScaleCmd::new(name, count)?)?;
         Ok((scaled.previous, scaled.instances))
     }
+}
+
+/// Why a rolling restart of an app with stopped instances is refused, and what to run instead.
+/// Its waves hand each index from a serving process to a new one and wait for the new one to be
+/// healthy; a stopped index has nothing serving, and its replacement stayed stopped, so the
+/// rollout waited for it until someone started the app. Whether a stopped instance should run
+/// is the user's call (`pm2 reload` starts it, `kubectl rollout restart` starts nothing), so
+/// they are asked before anything changes rather than surprised either way.
+fn stopped_refusal(name: &str, indices: &[u32]) -> ControlError {
+    const NAMED: usize = 8;
+    let mut list: Vec<String> = indices
+        .iter()
+        .take(NAMED)
+        .map(|i| format!("{name}[{i}]"))
+        .collect();
+    if indices.len() > NAMED {
+        list.push(format!("and {} more", indices.len() - NAMED));
+    }
+    let (them, are) = match indices.len() {
+        1 => ("it", "is"),
+        _ => ("them", "are"),
+    };
+    ControlError::FailedPrecondition(format!(
+        "{} {are} stopped, and a rolling restart only replaces running instances: start \
+         {them} first (pmcluster start {name}), then restart in waves, or restart every \
+         instance at once, which starts stopped ones too (pmcluster restart {name})",
+        list.join(", ")
+    ))
 }

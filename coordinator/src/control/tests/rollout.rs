@@ -190,3 +190,49 @@ async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<(
     assert_eq!((d.state, d.done), (State::Succeeded, 2), "{d:?}");
     Ok(())
 }
+
+/// A rolling restart replaces serving processes in waves; a stopped instance has none, and its
+/// replacement stayed stopped, so the rollout never finished. It is refused up front, naming
+/// the stopped instances and what to run, with nothing written (no rollout, no new epoch, no
+/// new desired set); once they run, it goes ahead.
+#[tokio::test]
+async fn a_rolling_restart_with_stopped_instances_is_refused_and_changes_nothing() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(3))?;
+    let generation = || a.desired.borrow().as_ref().map(|s| s.generation);
+
+    c.act("web", None, Action::Stop)?;
+    let (before, sent) = (c.lock().ahead.clone(), generation());
+    let refused = c.restart_rolling("web");
+    let Err(ControlError::FailedPrecondition(message)) = refused else {
+        panic!("not refused: {refused:?}");
+    };
+    for part in [
+        "web[0], web[1], web[2] are stopped",
+        "start them first (pmcluster start web)",
+        "(pmcluster restart web)",
+    ] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
+    assert_eq!(c.lock().ahead, before, "nothing is written");
+    assert_eq!(generation(), sent, "no new desired set");
+    assert_eq!(c.rollouts("web")?.current, None);
+
+    // One stopped instance of three is named alone.
+    c.act("web", None, Action::Start)?;
+    c.act("web", Some(1), Action::Stop)?;
+    let refused = c.restart_rolling("web");
+    let Err(ControlError::FailedPrecondition(message)) = refused else {
+        panic!("not refused: {refused:?}");
+    };
+    assert!(
+        message.starts_with("web[1] is stopped") && message.contains("start it first"),
+        "{message}"
+    );
+
+    c.act("web", Some(1), Action::Start)?;
+    let d = c.restart_rolling("web")?;
+    assert_eq!((d.state, d.total), (State::Running, 3), "{d:?}");
+    Ok(())
+}
