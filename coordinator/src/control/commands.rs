@@ -864,11 +864,11 @@ impl Control {
 }
 
 /// Why a rolling restart of an app with stopped instances is refused, and what to run instead.
-/// Its waves hand each index from a serving process to a new one and wait for the new one to be
-/// healthy; a stopped index has nothing serving, and its replacement stayed stopped, so the
-/// rollout waited for it until someone started the app. Whether a stopped instance should run
-/// is the user's call (`pm2 reload` starts it, `kubectl rollout restart` starts nothing), so
-/// they are asked before anything changes rather than surprised either way.
+/// Its waves hand each index from a serving process to a new one; a stopped index has nothing
+/// serving. Carried along stopped (as a new version carries it), the restart would be done with
+/// instances that still do not run, and `--wait` fails on them; started, it would run what the
+/// user stopped. Whether a stopped instance should run is the user's call (`pm2 reload` starts
+/// it, `kubectl rollout restart` starts nothing), so they are asked before anything changes.
 fn stopped_refusal(name: &str, indices: &[u32]) -> ControlError {
     const NAMED: usize = 8;
     let mut list: Vec<String> = indices

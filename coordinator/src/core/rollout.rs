@@ -232,7 +232,9 @@ pub fn step(
                 if healthy_long && !fact(&n.id).proven {
                     out.proven.push(n.id);
                 }
-                if n.replaces.is_none() || healthy_long {
+                // A stopped one (the replacement of a stopped instance) has nothing to prove:
+                // it never runs, and holding the budget for it stalled every other index.
+                if n.replaces.is_none() || n.stopped || healthy_long {
                     done += 1;
                 } else {
                     in_flight += 1;

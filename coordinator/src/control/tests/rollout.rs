@@ -191,10 +191,9 @@ async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<(
     Ok(())
 }
 
-/// A rolling restart replaces serving processes in waves; a stopped instance has none, and its
-/// replacement stayed stopped, so the rollout never finished. It is refused up front, naming
-/// the stopped instances and what to run, with nothing written (no rollout, no new epoch, no
-/// new desired set); once they run, it goes ahead.
+/// A rolling restart replaces serving processes in waves; a stopped instance has none. It is
+/// refused up front, naming the stopped instances and what to run, with nothing written (no
+/// rollout, no new epoch, no new desired set); once they run, it goes ahead.
 #[tokio::test]
 async fn a_rolling_restart_with_stopped_instances_is_refused_and_changes_nothing() -> Result<()> {
     let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
@@ -234,5 +233,62 @@ async fn a_rolling_restart_with_stopped_instances_is_refused_and_changes_nothing
     c.act("web", Some(1), Action::Start)?;
     let d = c.restart_rolling("web")?;
     assert_eq!((d.state, d.total), (State::Running, 3), "{d:?}");
+    Ok(())
+}
+
+/// A new version rolls out to an app with a stopped instance: that index gets a stopped record
+/// of the new version at once (nothing runs there to hand over), and the others go in waves.
+/// The stopped record never became healthy, so it held the whole budget: no other index was
+/// replaced, and the rollout failed at its progress deadline and rolled back.
+#[tokio::test]
+async fn an_update_carries_a_stopped_instance_along_stopped() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(1_000_000, 11));
+    let c = Control::open_with(
+        Arc::new(MemoryStore::default()),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let a = c.attach(&register("a"), None)?;
+    let v1 = AppSpec {
+        update: UpdatePolicy {
+            min_healthy_time: Duration::from_secs(1),
+            healthy_deadline: Duration::from_secs(5),
+            progress_deadline: Duration::from_secs(60),
+            ..UpdatePolicy::default()
+        },
+        ..web(3)
+    };
+    c.apply(v1.clone())?;
+    report_set(&c, "a", &a);
+    c.act("web", Some(1), Action::Stop)?;
+    report_set(&c, "a", &a);
+    let mut v2 = v1;
+    v2.env.insert("V".into(), "2".into());
+    let (_, _, _, started) = c.apply(v2)?;
+    let Some(started) = started else {
+        panic!("a new process starts a rollout");
+    };
+    let mut ended = None;
+    for _ in 0..60 {
+        clock.advance_ms(1000);
+        report_set(&c, "a", &a);
+        c.tick();
+        if let Some(d) = deployment(&c, "web", started.id)?.filter(|d| d.state != State::Running) {
+            ended = Some(d);
+            break;
+        }
+    }
+    let Some(d) = ended else {
+        panic!("the rollout never ended: {:?}", c.rollouts("web")?);
+    };
+    assert_eq!((d.state, d.done), (State::Succeeded, 3), "{d:?}");
+    let set = a.desired.borrow().clone().unwrap_or_default();
+    let mut got: Vec<(u32, u64, bool)> = set
+        .assignments
+        .iter()
+        .map(|x| (x.index, x.app_version, x.run))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, [(0, 2, true), (1, 2, false), (2, 2, true)], "{set:?}");
     Ok(())
 }

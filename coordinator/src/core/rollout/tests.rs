@@ -365,8 +365,8 @@ fn a_stop_then_start_replacement_is_held_to_the_healthy_deadline() {
     );
     // No node has room for it: the progress deadline (5 s) is what bounds that.
     check(&d, &p, 2, "1:1*0 0:2@0!", 4001, "running 0/2");
-    // A stopped replacement never runs, so it is never late.
-    check(&d, &p, 2, "1:1*0 0:2@0#", 4001, "running 0/2");
+    // A stopped replacement never runs, so it is never late (and it is done at once).
+    check(&d, &p, 2, "1:1*0 0:2@0#", 4001, "replace 1; running 1/2");
 }
 
 /// The healthy deadline is for coming up: a replacement once healthy for `min_healthy_time`
@@ -395,6 +395,18 @@ fn a_proven_replacement_is_past_its_healthy_deadline() {
     check(&d, &p, 2, "0:1*0~3000 1:1*0 0:2@0+", 4001, "running 0/2");
     // Never proven: late.
     check(&d, &p, 2, "1:1*0 0:2@0", 4001, "failed 0/2; rollback");
+}
+
+/// A stopped instance is replaced at once by a stopped record of the new version (nothing
+/// runs to hand over), which is done from then on: it never runs, so it never proves itself,
+/// and counting it in progress held the budget (max_surge 1 here) until the progress deadline.
+#[test]
+fn a_stopped_replacement_is_done_at_once() {
+    let d = deployment(Kind::Update);
+    let p = policy();
+    check(&d, &p, 2, "0:1*0 1:1#", 10, "replace 2; running 0/2");
+    check(&d, &p, 2, "0:1*0 1:2@10#", 20, "replace 1; running 1/2");
+    check(&d, &p, 2, "0:2*20 1:2@10#", 200, "succeeded 2/2");
 }
 
 #[test]
