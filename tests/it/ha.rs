@@ -850,12 +850,14 @@ fn ha_sigterm_of_the_leader_hands_over_at_once() {
         .wait_leads(1 - leader, DEADLINE)
         .expect("the standby takes over");
     eprintln!("SIGTERM of the leader: the standby led after {took:?}");
-    // The leader resigned instead of letting its lease run out. The bound is 0.5 s;
-    // this is measured with status polls, so it includes their own time (scripts/bench-ha.sh
-    // times it to the first accepted write).
+    // The leader resigned instead of letting its lease run out: a lease left to expire hands
+    // over after its TTL (4 s here) at the soonest, so half of it tells the two apart whatever
+    // the load. How fast a resignation is (the 0.5 s) is a benchmark's to say:
+    // scripts/bench-ha.sh times it to the first accepted write (about 15 ms). Measured here with
+    // status polls, it read 502 ms once in a CI run with every test beside it.
     assert!(
-        took < Duration::from_millis(500),
-        "handover took {took:?}; a resignation should hand over at once"
+        took < Duration::from_secs(2),
+        "handover took {took:?}; a resignation should hand over at once, not at the lease's expiry"
     );
     let c = pair.cluster();
     c.cli(&["scale", "t", "3"]).assert_ok();
