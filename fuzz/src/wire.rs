@@ -7,7 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use pmcluster_coordinator::api::convert::{message, rollout_action, signal, target};
 use pmcluster_coordinator::auth::app_of;
-use pmcluster_coordinator::control::{ApplyCmd, Control, ControlConfig, ControlError, ScaleCmd};
+use pmcluster_coordinator::control::{
+    ApplyCmd, Control, ControlConfig, ControlError, Count, ScaleCmd,
+};
 use pmcluster_coordinator::core::access::{self, Role};
 use pmcluster_coordinator::model::{
     CommandResult, Handout, LogChunk, LogsQuery, Registration, Report,
@@ -152,9 +154,14 @@ fn apply(r: pb::ApplyAppRequest) {
 
 fn scale(r: pb::ScaleRequest) {
     match ScaleCmd::try_from(r.clone()) {
-        Ok(cmd) => assert_eq!(i64::from(cmd.instances), r.instances),
+        Ok(cmd) => match cmd.count {
+            Count::To(n) => assert!(!r.relative && i64::from(n) == r.instances),
+            Count::By(change) => assert!(r.relative && change == r.instances),
+        },
         Err(e) => {
-            assert!(r.instances < 0 || r.instances > i64::from(u32::MAX));
+            let magnitude = r.instances.unsigned_abs();
+            let too_large = magnitude > u64::from(u32::MAX);
+            assert!(too_large || (!r.relative && r.instances < 0));
             refused(e);
         }
     }
