@@ -67,6 +67,7 @@ fn main() {
             instances: &instances,
             nodes: &nodes,
             online: &online,
+            exited: &online,
             now_ms: 0,
             unstartable: &unstartable,
             max_instances_per_app: u32::MAX,

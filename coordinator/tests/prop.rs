@@ -34,6 +34,8 @@ struct RecIn {
     old_version: bool,
     /// Its agent cannot start it (long enough ago to move it).
     failing: bool,
+    /// Its agent reports it exited (for good in `app1`, whose autorestart is off).
+    exited: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -57,16 +59,20 @@ fn world() -> impl Strategy<Value = World> {
         0u8..6,
         0u8..4,
         0u8..4,
+        0u8..4,
     )
-        .prop_map(|(app, index, node, online, draining, old, failing)| RecIn {
-            app,
-            index,
-            node,
-            online,
-            draining: draining == 0,
-            old_version: old == 0,
-            failing: failing == 0,
-        });
+        .prop_map(
+            |(app, index, node, online, draining, old, failing, exited)| RecIn {
+                app,
+                index,
+                node,
+                online,
+                draining: draining == 0,
+                old_version: old == 0,
+                failing: failing == 0,
+                exited: exited == 0 && !online,
+            },
+        );
     (
         proptest::collection::vec(node, 1..5),
         proptest::collection::vec(0u32..6, 2..=2),
@@ -87,6 +93,7 @@ struct Owned {
     labels: BTreeMap<String, String>,
     nodes: Vec<NodeIn>,
     online: BTreeSet<Uuid>,
+    exited: BTreeSet<Uuid>,
     unstartable: BTreeMap<Uuid, i64>,
     next_id: u128,
 }
@@ -97,6 +104,8 @@ impl Owned {
         for (i, count) in w.counts.iter().enumerate() {
             let mut spec = AppSpec::new(&format!("app{i}"), "x", &[]);
             spec.instances = *count;
+            // One app of jobs: an exited instance of it has finished.
+            spec.autorestart = i == 0;
             let rec = AppRecord {
                 version: 2,
                 ..AppRecord::new(spec, 0)
@@ -111,6 +120,7 @@ impl Owned {
             labels: BTreeMap::new(),
             nodes: w.nodes.clone(),
             online: BTreeSet::new(),
+            exited: BTreeSet::new(),
             unstartable: BTreeMap::new(),
             next_id: 1,
         };
@@ -138,6 +148,9 @@ impl Owned {
             );
             if r.online {
                 owned.online.insert(id);
+            }
+            if r.exited {
+                owned.exited.insert(id);
             }
             if r.failing {
                 owned.unstartable.insert(id, NOW - 5_000_000);
@@ -186,6 +199,7 @@ impl Owned {
             instances: &self.instances,
             nodes: &views,
             online: &self.online,
+            exited: &self.exited,
             now_ms: NOW,
             unstartable: &self.unstartable,
             max_instances_per_app: u32::MAX,
@@ -245,6 +259,7 @@ impl Owned {
         for id in &plan.remove {
             self.instances.remove(id);
             self.online.remove(id);
+            self.exited.remove(id);
             self.unstartable.remove(id);
         }
     }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use pmcluster_tests::{
-    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, Sampler, children_of, kill_pid,
-    per_node, pid_alive, render, wait_until,
+    CliOutput, Cluster, Instance, NODE_NAMES, STARTUP_TIMEOUT, Sampler, children_of,
+    free_port_range, kill_pid, per_node, pid_alive, render, wait_until,
 };
 
 use crate::{DEADLINE, live, wait_online};
@@ -394,4 +394,113 @@ fn partitioned_node_returns_and_its_stale_copies_are_stopped() {
     let after = wait_online(&c, "web", 3);
     let ids = |l: &[Instance]| l.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&after), ids(&moved), "the replacements stay");
+}
+
+/// Runs `start` with `args` with `node-b` drained, so that the app's copies land on `node-a`.
+fn start_on_node_a(c: &Cluster, args: &[&str]) {
+    c.cli(&["drain", "node-b"]).assert_ok();
+    c.cli(args).assert_ok();
+}
+
+/// A replacement that never comes online (here: it exits on `node-b`, its only other node,
+/// before it opens its port) held a drain up for ever. Past the app's `update.healthy_deadline`
+/// the old copy stops anyway, and the event says why.
+#[test]
+fn a_drain_goes_on_past_a_replacement_that_never_comes_online() {
+    let c = Cluster::start(2).expect("cluster starts");
+    let base = free_port_range(4).expect("free ports");
+    let ports = format!("auto:{base}-{}", base + 3);
+    let cmd = format!(
+        "[ \"$PMCLUSTER_NODE\" = node-b ] && exit 3; exec {}",
+        c.testapp().display()
+    );
+    start_on_node_a(
+        &c,
+        &[
+            "start",
+            &cmd,
+            "--port",
+            &ports,
+            "--shell",
+            "--name",
+            "picky",
+            "--min-healthy-time",
+            "1s",
+            "--healthy-deadline",
+            "3s",
+        ],
+    );
+    wait_online(&c, "picky", 1);
+    c.cli(&["undrain", "node-b"]).assert_ok();
+    let out = c.cli(&["drain", "node-a"]);
+    out.assert_ok();
+    assert!(out.stdout.contains("healthy_deadline"), "{out}");
+    let moved = wait_until(DEADLINE, "node-a to hold no copy of picky", || {
+        let list = c.instances("picky")?;
+        match list.as_slice() {
+            [only] if only.node.as_deref() == Some("node-b") => Ok(list),
+            _ => Err(format!("picky:{}", render(&list))),
+        }
+    });
+    assert_ne!(moved[0].status, "online", "{}", render(&moved));
+    let events = c.cli(&["events", "picky", "--no-follow", "--history", "50"]);
+    events.assert_ok();
+    assert!(
+        events
+            .stdout
+            .contains("picky[0] on draining node node-a retired without a replacement online"),
+        "{events}"
+    );
+    assert!(
+        events.stdout.contains("update.healthy_deadline (3.0s)"),
+        "{events}"
+    );
+}
+
+/// A finished job (exited with autorestart off) was migrated like a running copy, and so run a
+/// second time on the new node. It now moves stopped.
+#[test]
+fn a_drain_does_not_run_a_finished_job_again() {
+    let c = Cluster::start(2).expect("cluster starts");
+    let runs = c.root().join("runs");
+    let cmd = format!("echo ran on $PMCLUSTER_NODE >> {}", runs.display());
+    start_on_node_a(
+        &c,
+        &[
+            "start",
+            &cmd,
+            "--shell",
+            "--name",
+            "job",
+            "--no-autorestart",
+        ],
+    );
+    wait_until(DEADLINE, "job to have run once and exited", || {
+        let list = c.instances("job")?;
+        match list.as_slice() {
+            [only] if only.status == "exited" => Ok(()),
+            _ => Err(format!("job:{}", render(&list))),
+        }
+    });
+    c.cli(&["undrain", "node-b"]).assert_ok();
+    c.cli(&["drain", "node-a"]).assert_ok();
+    let moved = wait_until(DEADLINE, "job to move to node-b, stopped", || {
+        let list = c.instances("job")?;
+        match list.as_slice() {
+            [only] if only.node.as_deref() == Some("node-b") && only.status == "stopped" => {
+                Ok(list)
+            }
+            _ => Err(format!("job:{}", render(&list))),
+        }
+    });
+    assert_eq!(moved[0].pid, None, "{}", render(&moved));
+    let ran = std::fs::read_to_string(&runs).unwrap_or_default();
+    assert_eq!(ran, "ran on node-a\n", "the job ran once, on node-a");
+    let events = c.cli(&["events", "job", "--no-follow", "--history", "50"]);
+    assert!(
+        events
+            .stdout
+            .contains("job[0] moved from node-a to node-b stopped"),
+        "{events}"
+    );
 }

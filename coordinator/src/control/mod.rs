@@ -319,6 +319,9 @@ impl Leaving {
 struct Observed {
     by_id: HashMap<Uuid, InstanceObserved>,
     online: std::collections::BTreeSet<Uuid>,
+    /// Reported exited: with autorestart off, ended for good (the reconciler moves such an
+    /// instance stopped). Few at any time, so kept like `online` rather than gathered per plan.
+    exited: std::collections::BTreeSet<Uuid>,
     /// Instances whose last status a report took in full (their online and failing times
     /// follow it), and whose records have not changed since: the same status again changes
     /// nothing, and a report passes it by (see `Control::report`).
@@ -336,12 +339,18 @@ impl Observed {
         } else {
             self.online.remove(&id);
         }
+        if o.state == crate::model::InstanceState::Exited {
+            self.exited.insert(id);
+        } else {
+            self.exited.remove(&id);
+        }
         self.settled.remove(&id);
         self.by_id.insert(id, o);
     }
 
     fn remove(&mut self, id: &Uuid) {
         self.online.remove(id);
+        self.exited.remove(id);
         self.settled.remove(id);
         self.by_id.remove(id);
     }

@@ -554,29 +554,63 @@ fn rewind(inner: &mut Inner) {
     inner.ahead = ahead;
 }
 
-/// `web[1] moved from a to b: it could not start on a for 30s: port 4300 is already in use on
-/// this host`: the agent's last word on it, without its own retry schedule.
+/// What an event says of a record that moved or gave way, in a user's words. For one that could
+/// not start: `web[1] moved from a to b: it could not start on a for 30s: port 4300 is already in
+/// use on this host`, the agent's last word on it without its own retry schedule.
 fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
-    let why = inner
-        .observed
-        .get(&m.old)
-        .map(|o| o.message.as_str())
-        .unwrap_or_default();
-    let why = why
-        .split_once(pmcluster_spec::supervise::RETRYING)
-        .map_or(why, |(w, _)| w);
-    let failing_ms = inner
-        .unstartable_since
-        .get(&m.old)
-        .map_or(0, |since| now.saturating_sub(*since).max(0));
-    let failing = format!("{:.1}s", failing_ms as f64 / 1000.0);
-    let mut text = format!(
-        "{}[{}] moved from {} to {}: it could not start on {} for {failing}",
-        m.app, m.index, m.from, m.to, m.from
-    );
+    let said = |id: &Uuid| {
+        let why = (inner.observed.get(id))
+            .map(|o| o.message.as_str())
+            .unwrap_or_default();
+        why.split_once(pmcluster_spec::supervise::RETRYING)
+            .map_or(why, |(w, _)| w)
+            .to_string()
+    };
+    let seconds = |ms: i64| format!("{:.1}s", ms.max(0) as f64 / 1000.0);
+    let to = if m.to.is_empty() {
+        "no node yet (pending)"
+    } else {
+        m.to.as_str()
+    };
+    let (mut text, why) = match m.why {
+        reconcile::Why::Unstartable => {
+            let failing_ms =
+                (inner.unstartable_since.get(&m.old)).map_or(0, |since| now.saturating_sub(*since));
+            let text = format!(
+                "{}[{}] moved from {} to {to}: it could not start on {} for {}",
+                m.app,
+                m.index,
+                m.from,
+                m.from,
+                seconds(failing_ms)
+            );
+            (text, said(&m.old))
+        }
+        reconcile::Why::Finished => (
+            format!(
+                "{}[{}] moved from {} to {to} stopped: it had exited with autorestart off, so it \
+                 is not run again (run it again with: pmcluster start {})",
+                m.app, m.index, m.from, m.app
+            ),
+            String::new(),
+        ),
+        reconcile::Why::Overdue { replacement } => {
+            let deadline = (inner.ahead.apps.get(&m.app))
+                .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
+            let text = format!(
+                "{}[{}] on draining node {} retired without a replacement online: the one on {to} \
+                 was not online within update.healthy_deadline ({})",
+                m.app,
+                m.index,
+                m.from,
+                seconds(deadline)
+            );
+            (text, said(&replacement))
+        }
+    };
     if !why.is_empty() {
         text.push_str(": ");
-        text.push_str(why);
+        text.push_str(&why);
     }
     text
 }
@@ -664,6 +698,7 @@ pub(super) fn plan_for(
         instances: &view.instances,
         nodes: &nodes,
         online: &inner.observed.online,
+        exited: &inner.observed.exited,
         now_ms: now,
         unstartable: &inner.unstartable_since,
         max_instances_per_app: config.caps.max_instances_per_app,

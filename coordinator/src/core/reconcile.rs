@@ -8,7 +8,12 @@
 //! - *lost*: on a node down for longer than the app's `reschedule_after`: replaced elsewhere
 //!   (the old record is removed, so the returning node is told to stop it);
 //! - *migrating*: on a draining node: a replacement is created on another node (one per draining
-//!   node at a time), and the old record is removed once the replacement is online;
+//!   node at a time), and the old record is removed once the replacement is online, or once the
+//!   app's `update.healthy_deadline` has passed since the replacement was placed without it
+//!   coming online (a crash-looping replacement does not hold a drain up for ever; Nomad's
+//!   migrate deadline does the same). A stopped instance, or one that exited with autorestart
+//!   off (a finished job), has nothing to hand over: it moves at once, stopped, and is not run
+//!   again;
 //! - *outdated*: older app version or a port that no longer matches the range: refreshed;
 //! - *conflicting*: more than one record for an index outside a migration: the best is kept.
 //! - *unstartable*: its agent has failed to start its process, without a break, for the app's
@@ -60,6 +65,8 @@ pub struct Snapshot<'a> {
     pub nodes: &'a [NodeView<'a>],
     /// Instances their agents report online.
     pub online: &'a BTreeSet<Uuid>,
+    /// Instances their agents report exited (for good when the app's autorestart is off).
+    pub exited: &'a BTreeSet<Uuid>,
     pub now_ms: i64,
     /// Records whose agent reports that it cannot start their process, each since when (ms).
     pub unstartable: &'a BTreeMap<Uuid, i64>,
@@ -90,8 +97,8 @@ pub struct Create {
     pub avoid: Vec<String>,
 }
 
-/// An unstartable record moved to another node (the old record is in `remove`, the new one in
-/// `create`): said in an event, with the agent's reason.
+/// A record that moved, or gave way, for a reason a user would not guess from the plan alone:
+/// said in an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Moved {
     pub app: String,
@@ -99,7 +106,20 @@ pub struct Moved {
     /// The record left behind.
     pub old: Uuid,
     pub from: String,
+    /// Where the index runs now; empty when it waits for a node.
     pub to: String,
+    pub why: Why,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// It could not start on `from` (the old record is in `remove`, the new one in `create`).
+    Unstartable,
+    /// It had exited with autorestart off on a draining or lost node: moved stopped.
+    Finished,
+    /// A drain's replacement was not online within the app's healthy deadline: the old record
+    /// retires anyway.
+    Overdue { replacement: Uuid },
 }
 
 /// The reconciler's output. Empty when nothing needs to change.
@@ -325,6 +345,9 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     };
     for (name, app) in apps {
         let want = desired_count(app, snap.nodes).min(snap.max_instances_per_app);
+        // Ran to its end and stays so: moving it must not run it again.
+        let finished =
+            |r: &InstanceRecord| !app.spec.autorestart && !r.stopped && snap.exited.contains(&r.id);
         let empty = BTreeMap::new();
         let indices = by_app.get(name.as_str()).unwrap_or(&empty);
         // Requests for the placer, gathered first so it is built at most once per app.
@@ -396,8 +419,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         None => {}
                     }
                 }
-                // A stopped instance has nothing to hand over: it just moves.
-                (Some(_), Some((Link::Up, true))) if inst.stopped => {
+                // A stopped or finished instance has nothing to hand over: it just moves.
+                (Some(_), Some((Link::Up, true))) if inst.stopped || finished(inst) => {
                     needs.push(Need::Replace(inst, true));
                 }
                 // An outdated copy on a draining node during a rollout is the rollout's to
@@ -459,6 +482,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         old: r.id,
                         from,
                         to: to.to_string(),
+                        why: Why::Unstartable,
                     });
                     plan.create.push(Create {
                         app: name.clone(),
@@ -511,13 +535,23 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 // pending): its node is gone either way.
                 Need::Replace(r, true) => {
                     plan.remove.push(r.id);
+                    if finished(r) {
+                        plan.moved.push(Moved {
+                            app: name.clone(),
+                            index,
+                            old: r.id,
+                            from: r.node.clone().unwrap_or_default(),
+                            to: node.clone().unwrap_or_default(),
+                            why: Why::Finished,
+                        });
+                    }
                     plan.create.push(Create {
                         app: name.clone(),
                         index,
                         node,
                         port,
                         replaces: None,
-                        stopped: r.stopped,
+                        stopped: r.stopped || finished(r),
                         avoid: Vec::new(),
                     });
                 }
@@ -650,6 +684,27 @@ fn settle_index<'r>(
             if snap.online.contains(&new.id) || old_lost {
                 retire(old, app, snap, nodes, plan);
                 return Some(new);
+            }
+            // Only a drain gives up waiting: an undrained node's copy keeps serving meanwhile.
+            if let Some((Link::Up, true)) = link(old.node.as_deref()) {
+                let deadline = app.spec.update.healthy_deadline.as_millis() as i64;
+                let due = new.created_ms.saturating_add(deadline);
+                if due > snap.now_ms {
+                    plan.follow_up(due);
+                } else {
+                    plan.moved.push(Moved {
+                        app: app.spec.name.clone(),
+                        index: old.index,
+                        old: old.id,
+                        from: old.node.clone().unwrap_or_default(),
+                        to: new.node.clone().unwrap_or_default(),
+                        why: Why::Overdue {
+                            replacement: new.id,
+                        },
+                    });
+                    retire(old, app, snap, nodes, plan);
+                    return Some(new);
+                }
             }
             return Some(old);
         }

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::*;
 use crate::clock::ManualClock;
 use crate::model::{InstanceObserved, InstanceRecord, InstanceState};
+use crate::store::MemoryStore;
+use pmcluster_spec::AppSpec;
 
 const T0: i64 = 1_000_000;
 
@@ -287,5 +289,127 @@ fn a_drained_node_that_does_not_return_to_a_new_leader_is_down_after_the_heartbe
         "a's instances were replaced on b: {after:?}"
     );
     assert_eq!(after.len(), 3, "{after:?}");
+    Ok(())
+}
+
+/// Two copies on `a`, online, `b` attached and `a` drained: the first replacement is placed on
+/// `b`. `spec` is `web`'s.
+fn drained(
+    spec: AppSpec,
+    clock: &Arc<ManualClock>,
+) -> Result<(Control, Agents, Attached, Attached)> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let c = Control::open_with(store, config(), clock.clone())?;
+    let mut agents = Agents::default();
+    let a = c.attach(&register("a"), None)?;
+    c.apply(spec)?;
+    agents.follow(&c, "a");
+    agents.all_online("a");
+    report(&c, &agents, "a", &a);
+    let b = c.attach(&register("b"), None)?;
+    c.set_drain("a", true)?;
+    c.tick();
+    Ok((c, agents, a, b))
+}
+
+fn on(c: &Control, node: &str) -> usize {
+    web_records(c)
+        .iter()
+        .filter(|r| r.node.as_deref() == Some(node))
+        .count()
+}
+
+fn moved_events(c: &Control) -> Vec<String> {
+    c.recent_events("web", Some(EventKind::InstanceMoved), 10)
+        .into_iter()
+        .map(|e| e.message)
+        .collect()
+}
+
+/// A replacement that never comes online (a crash loop, a port it never opens) held a drain up
+/// for ever. The old copy now retires once the app's healthy deadline has passed since the
+/// replacement was placed, an event says so, and the drain goes on to the next copy.
+#[test]
+fn a_drain_goes_on_past_a_replacement_not_online_by_the_healthy_deadline() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let mut spec = web(2);
+    spec.update.healthy_deadline = Duration::from_secs(30);
+    let (c, mut agents, a, b) = drained(spec, &clock)?;
+    let pass = |agents: &mut Agents| {
+        agents.follow(&c, "a");
+        agents.follow(&c, "b");
+        report(&c, agents, "a", &a);
+        report(&c, agents, "b", &b);
+        c.tick();
+    };
+    pass(&mut agents);
+    assert_eq!(
+        (on(&c, "a"), on(&c, "b")),
+        (2, 1),
+        "one migration under way"
+    );
+    // The replacement stays launching: nothing more moves before the deadline.
+    for second in 1..30 {
+        clock.advance_ms(1_000);
+        pass(&mut agents);
+        assert_eq!(on(&c, "a"), 2, "at {second} s");
+        assert_eq!(on(&c, "b"), 1, "at {second} s");
+    }
+    assert!(moved_events(&c).is_empty());
+    clock.advance_ms(1_000);
+    pass(&mut agents);
+    assert_eq!(
+        on(&c, "a"),
+        1,
+        "the copy whose replacement is overdue retired"
+    );
+    let said = moved_events(&c);
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains("on draining node a retired without a replacement online")
+            && said[0].contains("update.healthy_deadline (30.0s)"),
+        "{said:?}"
+    );
+    // The next migration starts, and once its replacement serves, a is empty.
+    pass(&mut agents);
+    assert_eq!((on(&c, "a"), on(&c, "b")), (1, 2));
+    agents.follow(&c, "b");
+    agents.all_online("b");
+    clock.advance_ms(500);
+    pass(&mut agents);
+    assert_eq!((on(&c, "a"), on(&c, "b")), (0, 2));
+    Ok(())
+}
+
+/// A finished job (exited with autorestart off) was migrated like a running copy: its
+/// replacement ran it again. It now moves at once, stopped.
+#[test]
+fn a_drain_moves_a_finished_job_stopped_and_does_not_run_it_again() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let mut spec = web(1);
+    spec.autorestart = false;
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let c = Control::open_with(store, config(), clock.clone())?;
+    let mut agents = Agents::default();
+    let a = c.attach(&register("a"), None)?;
+    c.apply(spec)?;
+    agents.follow(&c, "a");
+    for state in agents.by_node.values_mut().flat_map(|n| n.values_mut()) {
+        *state = InstanceState::Exited;
+    }
+    report(&c, &agents, "a", &a);
+    c.attach(&register("b"), None)?;
+    c.set_drain("a", true)?;
+    c.tick();
+    let records = web_records(&c);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].node.as_deref(), Some("b"));
+    assert!(records[0].stopped, "moved stopped: {records:?}");
+    let said = moved_events(&c);
+    assert!(
+        said.iter()
+            .any(|m| m.contains("web[0] moved from a to b stopped")),
+        "{said:?}"
+    );
     Ok(())
 }

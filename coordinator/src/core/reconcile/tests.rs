@@ -11,6 +11,7 @@ struct Fixture {
     instances: BTreeMap<Uuid, InstanceRecord>,
     nodes: Vec<FixtureNode>,
     online: BTreeSet<Uuid>,
+    exited: BTreeSet<Uuid>,
     unstartable: BTreeMap<Uuid, i64>,
 }
 
@@ -18,10 +19,11 @@ fn id(n: u128) -> Uuid {
     Uuid::from_u128(n)
 }
 
-/// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ eu][ wait]` separated by `;`
-/// (`sd` shutdown delay).
-/// Instances: `app/index@node[:port][*][~T][?T][^n1,n2][>n]` (`*` online, `~T` draining since
-/// T, `?T` failing to start since T, `^` nodes to avoid, `>n` replaces record n), ids 1, 2, ...
+/// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ hd=MS][ eu][ wait][ once]`
+/// separated by `;` (`sd` shutdown delay, `hd` healthy deadline, `once` autorestart off).
+/// Instances: `app/index@node[:port][*|%][~T][?T][^n1,n2][&T][>n]` (`*` online, `%` exited, `~T`
+/// draining since T, `?T` failing to start since T, `^` nodes to avoid, `&T` created at T, `>n`
+/// replaces record n), ids 1, 2, ...
 /// Nodes: `name[:k=v][ down=T][ drain][ mem=MiB][ cores=N]` separated by `;`.
 fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
     let apps = apps
@@ -51,11 +53,15 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     Some(("sd", v)) => {
                         spec.update.shutdown_delay = Duration::from_millis(v.parse().unwrap())
                     }
+                    Some(("hd", v)) => {
+                        spec.update.healthy_deadline = Duration::from_millis(v.parse().unwrap())
+                    }
                     _ if w == "eu" => {
                         spec.placement.constraints =
                             vec![Constraint::parse("c", "region=eu").unwrap()]
                     }
                     _ if w == "wait" => spec.reschedule = Reschedule::Never,
+                    _ if w == "once" => spec.autorestart = false,
                     _ => panic!("bad app word {w}"),
                 }
             }
@@ -67,6 +73,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
         })
         .collect();
     let mut online = BTreeSet::new();
+    let mut exited = BTreeSet::new();
     let mut unstartable = BTreeMap::new();
     let instances = instances
         .split_whitespace()
@@ -75,6 +82,9 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
             let (s, replaces) = s
                 .split_once('>')
                 .map_or((s, None), |(s, r)| (s, Some(id(r.parse().unwrap()))));
+            let (s, created_ms) = s
+                .split_once('&')
+                .map_or((s, 0), |(s, t)| (s, t.parse().unwrap()));
             let (s, avoid) = s.split_once('^').map_or((s, vec![]), |(s, a)| {
                 (s, a.split(',').map(str::to_string).collect())
             });
@@ -85,6 +95,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                 .split_once('~')
                 .map_or((s, None), |(s, t)| (s, Some(t.parse().unwrap())));
             let (s, is_online) = s.strip_suffix('*').map_or((s, false), |s| (s, true));
+            let (s, is_exited) = s.strip_suffix('%').map_or((s, false), |s| (s, true));
             let (ai, node) = s.split_once('@').unwrap_or((s, "-"));
             let (node, port) = node
                 .split_once(':')
@@ -101,12 +112,15 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                 stopped: false,
                 replaces,
                 draining_since,
-                created_ms: 0,
+                created_ms,
                 avoid,
                 disabled: false,
             };
             if is_online {
                 online.insert(rec.id);
+            }
+            if is_exited {
+                exited.insert(rec.id);
             }
             if let Some(t) = failing_since {
                 unstartable.insert(rec.id, t);
@@ -145,13 +159,13 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
         instances,
         nodes,
         online,
+        exited,
         unstartable,
     }
 }
 
-/// Renders a plan: `+app/index@node[:port][^avoid][>id]`, `=id@node`, `~id vN pP`, `!id` (drain),
-/// `-id`,
-/// `pending(app: reason)`, `followup@T`.
+/// Renders a plan: `+app/index@node[:port][^avoid][>id][(stopped)]`, `=id@node`, `~id vN pP`,
+/// `!id` (drain), `-id`, `moved(id from>to why)`, `pending(app: reason)`, `followup@T`.
 fn render(plan: &Plan) -> String {
     let short = |u: &Uuid| u.as_u128().to_string();
     let mut out = Vec::new();
@@ -166,8 +180,9 @@ fn render(plan: &Plan) -> String {
         } else {
             format!("^{}", c.avoid.join(","))
         };
+        let stopped = if c.stopped { "(stopped)" } else { "" };
         out.push(format!(
-            "+{}/{}@{}{port}{avoid}{rep}",
+            "+{}/{}@{}{port}{avoid}{rep}{stopped}",
             c.app,
             c.index,
             c.node.as_deref().unwrap_or("-")
@@ -188,6 +203,19 @@ fn render(plan: &Plan) -> String {
     }
     for i in &plan.remove {
         out.push(format!("-{}", short(i)));
+    }
+    for m in &plan.moved {
+        let why = match m.why {
+            Why::Unstartable => "unstartable".to_string(),
+            Why::Finished => "finished".to_string(),
+            Why::Overdue { replacement } => format!("overdue {}", short(&replacement)),
+        };
+        out.push(format!(
+            "moved({} {}>{} {why})",
+            short(&m.old),
+            m.from,
+            m.to
+        ));
     }
     for (app, why) in &plan.pending {
         out.push(format!("pending({app}: {why})"));
@@ -217,6 +245,7 @@ fn check(apps: &str, instances: &str, nodes: &str, now_ms: i64, want: &str) {
         instances: &f.instances,
         nodes: &views,
         online: &f.online,
+        exited: &f.exited,
         now_ms,
         unstartable: &f.unstartable,
         max_instances_per_app: u32::MAX,
@@ -348,7 +377,7 @@ fn unstartable_instances_move_on() {
         "web/0@a?0 web/1@b",
         "a; b; c",
         1000,
-        "+web/0@c^a -1",
+        "+web/0@c^a -1 moved(1 a>c unstartable)",
     );
     // Fixed ports: the port comes along.
     check(
@@ -356,10 +385,16 @@ fn unstartable_instances_move_on() {
         "web/0@a:4300?0",
         "a; b",
         1000,
-        "+web/0@b:4300^a -1",
+        "+web/0@b:4300^a -1 moved(1 a>b unstartable)",
     );
     // It failed on c before: b is the one left, and both are avoided from now on.
-    check("web=1", "web/0@c?0^a", "a; b; c", 1000, "+web/0@b^a,c -1");
+    check(
+        "web=1",
+        "web/0@c?0^a",
+        "a; b; c",
+        1000,
+        "+web/0@b^a,c -1 moved(1 c>b unstartable)",
+    );
     // Failed everywhere: it stays, and its agent keeps retrying.
     check("web=1", "web/0@b?0^a", "a; b", 5000, "");
     // Nowhere else to go at all: stays (not pending: the cause may pass).
@@ -374,7 +409,7 @@ fn unstartable_instances_move_on() {
         "web/0@a* web/0@b?0>1",
         "a drain; b; c",
         1000,
-        "+web/0@c^b>1 -2",
+        "+web/0@c^b>1 -2 moved(2 b>c unstartable) followup@300000",
     );
     // On a draining node the drain moves it, as before.
     check("web=1", "web/0@a?0", "a drain; b", 1000, "+web/0@b>1");
@@ -384,8 +419,15 @@ fn unstartable_instances_move_on() {
 fn drain() {
     // One migration at a time per draining node; the replacement goes elsewhere.
     check("web=2", "web/0@a web/1@a", "a drain; b", 0, "+web/0@b>1");
-    // Waiting for the replacement to come online: nothing new.
-    check("web=2", "web/0@a web/1@a web/0@b>1", "a drain; b", 0, "");
+    // Waiting for the replacement to come online: nothing new, until the healthy deadline
+    // (5 minutes by default) from its placement.
+    check(
+        "web=2",
+        "web/0@a web/1@a web/0@b>1",
+        "a drain; b",
+        0,
+        "followup@300000",
+    );
     // Replacement online: the old record goes; the next migration starts.
     check(
         "web=2",
@@ -396,6 +438,58 @@ fn drain() {
     );
     // Done.
     check("web=2", "web/0@b* web/1@b*", "a drain; b", 0, "");
+    // A replacement not online by the app's healthy deadline from its placement (a crash loop,
+    // a port it never opens) does not hold the drain up: the old copy retires (draining first
+    // while it serves), the event names both, and the next migration starts on the next pass, once it is gone.
+    check(
+        "web=2 hd=1000",
+        "web/0@a web/1@a web/0@b&500>1",
+        "a drain; b",
+        1499,
+        "followup@1500",
+    );
+    check(
+        "web=2 hd=1000",
+        "web/0@a web/1@a web/0@b&500>1",
+        "a drain; b",
+        1500,
+        "-1 moved(1 a>b overdue 3)",
+    );
+    check(
+        "web=2 hd=1000",
+        "web/0@b&500>9 web/1@a",
+        "a drain; b",
+        1500,
+        "+web/1@b>2",
+    );
+    check(
+        "web=2 hd=1000 sd=200",
+        "web/0@a* web/1@a* web/0@b&500>1",
+        "a drain; b",
+        1500,
+        "!1 moved(1 a>b overdue 3) followup@1700",
+    );
+    // Undrained meanwhile: the copy that serves is kept however long the replacement takes.
+    check("web=1 hd=1000", "web/0@a* web/0@b&500>1", "a; b", 9000, "");
+    // Stopped, or finished (exited with autorestart off): nothing to hand over, so it moves at
+    // once and stays stopped, not run again.
+    check(
+        "job=1 once",
+        "job/0@a%",
+        "a drain; b",
+        0,
+        "+job/0@b(stopped) -1 moved(1 a>b finished)",
+    );
+    // Exited with autorestart on is a process between restarts: a migration as any other.
+    check("job=1", "job/0@a%", "a drain; b", 0, "+job/0@b>1");
+    // The same on a lost node: the job is not run again elsewhere.
+    check(
+        "job=1 once",
+        "job/0@a%",
+        "a down=0; b",
+        5000,
+        "+job/0@b(stopped) -1 moved(1 a>b finished)",
+    );
     // No other node: the migration does not start, and the instance keeps running.
     check("web=1", "web/0@a", "a drain", 0, "");
     // Draining node goes down: its instances are replaced at once.
