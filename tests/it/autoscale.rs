@@ -76,7 +76,7 @@ fn scales_up_under_load_and_down_after() {
         "--max",
         "4",
         "--cpu-threshold",
-        "25",
+        "16",
         "--cooldown",
         "1s",
         "--up-stabilization",
@@ -91,7 +91,10 @@ fn scales_up_under_load_and_down_after() {
         "{shown}"
     );
 
-    // Full load on every instance, including those that appear: up to max.
+    // Full load on every instance, including those that appear: up to max. Four busy instances
+    // on two cores get about 50% each; the threshold sits well below, since other tests and
+    // builds on the machine take their share as well (at 25%, a CI run beside a compiler
+    // stopped at 3 for 60 s).
     let burner = Burner::start((base..base + 4).collect(), 400, 0);
     let t0 = Instant::now();
     wait_until(Duration::from_secs(60), "web to scale up to 4", || {
@@ -123,8 +126,8 @@ fn scales_up_under_load_and_down_after() {
     events.assert_ok();
     assert!(events.stdout.contains("cpu avg"), "{events}");
     // Far above the threshold, it grows by as many as the load needs (here straight to max).
-    assert!(events.stdout.contains("> 25% for 2s: 2 -> "), "{events}");
-    assert!(events.stdout.contains("< 12% for 3s"), "{events}");
+    assert!(events.stdout.contains("> 16% for 2s: 2 -> "), "{events}");
+    assert!(events.stdout.contains("< 8% for 3s"), "{events}");
     let status = c.cli(&["autoscale", "web", "-o", "json"]);
     let json = status.json().expect("autoscale json");
     assert!(
