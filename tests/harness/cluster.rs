@@ -18,7 +18,7 @@ use crate::cli::{CliOutput, Instance, render};
 use crate::daemon::{Daemon, log_file, wait_listening};
 use crate::error::{Error, io_err, unexpected};
 use crate::proc::{ProcId, children_of, is_log_pump};
-use crate::run::{run_bounded, run_bounded_unread};
+use crate::run::{Stdout, run_bounded, run_bounded_with};
 use crate::wait::poll_until;
 
 /// How long the harness waits for a daemon to come up, or for instances to come online.
@@ -504,7 +504,8 @@ impl Cluster {
     /// (`pmcluster ... | true`).
     pub fn try_cli_unread(&self, args: &[&str]) -> Result<CliOutput, Error> {
         let (mut cmd, run) = self.cli_command(&self.url(), args)?;
-        run_bounded_unread(&mut cmd, &self.root.join("cli"), &run, args, CLI_TIMEOUT)
+        let dir = self.root.join("cli");
+        run_bounded_with(&mut cmd, &dir, &run, args, CLI_TIMEOUT, Stdout::Unread)
     }
 
     /// `pmcluster --coordinator COORDINATOR args...`, and a name for its output files.

@@ -21,34 +21,33 @@ pub fn run_bounded(
     args: &[&str],
     timeout: Duration,
 ) -> Result<CliOutput, Error> {
-    run_bounded_to(cmd, dir, name, args, timeout, false)
+    run_bounded_with(cmd, dir, name, args, timeout, Stdout::Kept)
 }
 
-/// As [`run_bounded`], with stdout a pipe whose reader is gone before the command starts (as
-/// `pmcluster ... | true` can be): every write to it fails with EPIPE. Its `stdout` is empty.
-pub fn run_bounded_unread(
+/// Where a command's stdout goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stdout {
+    /// To `NAME.out`, read into the result.
+    Kept,
+    /// A pipe whose reader is gone before the command starts (as `pmcluster ... | true` can
+    /// be): every write to it fails with EPIPE. The result's `stdout` is empty.
+    Unread,
+}
+
+/// As [`run_bounded`], with the stdout `to`.
+pub(crate) fn run_bounded_with(
     cmd: &mut Command,
     dir: &Path,
     name: &str,
     args: &[&str],
     timeout: Duration,
-) -> Result<CliOutput, Error> {
-    run_bounded_to(cmd, dir, name, args, timeout, true)
-}
-
-fn run_bounded_to(
-    cmd: &mut Command,
-    dir: &Path,
-    name: &str,
-    args: &[&str],
-    timeout: Duration,
-    unread: bool,
+    to: Stdout,
 ) -> Result<CliOutput, Error> {
     fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let out_path = dir.join(format!("{name}.out"));
     let err_path = dir.join(format!("{name}.err"));
     let what = format!("{:?} {}", cmd.get_program(), args.join(" "));
-    let stdout = if unread {
+    let stdout = if to == Stdout::Unread {
         let (reader, writer) = std::io::pipe().map_err(io_err("making a pipe".to_string()))?;
         drop(reader);
         Stdio::from(writer)
@@ -83,7 +82,7 @@ fn run_bounded_to(
     let output = CliOutput {
         args: args.iter().map(|s| s.to_string()).collect(),
         status,
-        stdout: if unread {
+        stdout: if to == Stdout::Unread {
             String::new()
         } else {
             read(&out_path)?

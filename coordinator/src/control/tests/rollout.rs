@@ -47,49 +47,81 @@ fn deployment(c: &Control, app: &str, id: u64) -> Result<Option<Deployment>> {
     Ok(r.current.into_iter().chain(r.history).find(|d| d.id == id))
 }
 
+/// A control in manual time with one node, `a`, running `web` at version 1 under an update
+/// policy of short deadlines (healthy within 5 s, progress within 60 s).
+struct Rolling {
+    clock: Arc<ManualClock>,
+    c: Control,
+    a: Attached,
+    v1: AppSpec,
+}
+
+impl Rolling {
+    fn start(instances: u32, min_healthy_time: Duration) -> Result<Rolling> {
+        let clock = Arc::new(ManualClock::new(1_000_000, 11));
+        let c = Control::open_with(
+            Arc::new(MemoryStore::default()),
+            ControlConfig::default(),
+            clock.clone(),
+        )?;
+        let a = c.attach(&register("a"), None)?;
+        let v1 = AppSpec {
+            update: UpdatePolicy {
+                min_healthy_time,
+                healthy_deadline: Duration::from_secs(5),
+                progress_deadline: Duration::from_secs(60),
+                ..UpdatePolicy::default()
+            },
+            ..web(instances)
+        };
+        c.apply(v1.clone())?;
+        report_set(&c, "a", &a);
+        Ok(Rolling { clock, c, a, v1 })
+    }
+
+    /// Applies version 1 with `var` set in its environment: the rollout that starts.
+    fn update(&self, var: &str) -> Result<Deployment> {
+        let mut v2 = self.v1.clone();
+        v2.env.insert(var.into(), "1".into());
+        let (_, _, _, started) = self.c.apply(v2)?;
+        let Some(started) = started else {
+            panic!("a new process starts a rollout");
+        };
+        Ok(started)
+    }
+
+    /// A second goes by: the agent reports its set (with `down`'s process between two starts)
+    /// and the control ticks.
+    fn second(&self, down: Option<Uuid>) {
+        self.clock.advance_ms(1000);
+        report_set_but(&self.c, "a", &self.a, down);
+        self.c.tick();
+    }
+
+    /// Deployment `id` of `web`, once it has ended.
+    fn ended(&self, id: u64) -> Result<Option<Deployment>> {
+        Ok(deployment(&self.c, "web", id)?.filter(|d| d.state != State::Running))
+    }
+}
+
 /// One node with fixed ports: the replacement cannot start beside its old copy, so the old
 /// one goes first (stop-then-start). A new version that never comes up fails the rollout at
 /// its healthy deadline (5 s), and the old version comes back; it sat "running, 0/2" until the
 /// progress deadline (60 s), its index down all the while.
 #[tokio::test]
 async fn a_stop_then_start_rollout_fails_at_the_healthy_deadline() -> Result<()> {
-    let clock = Arc::new(ManualClock::new(1_000_000, 11));
-    let c = Control::open_with(
-        Arc::new(MemoryStore::default()),
-        ControlConfig::default(),
-        clock.clone(),
-    )?;
-    let a = c.attach(&register("a"), None)?;
-    let v1 = AppSpec {
-        update: UpdatePolicy {
-            min_healthy_time: Duration::from_secs(1),
-            healthy_deadline: Duration::from_secs(5),
-            progress_deadline: Duration::from_secs(60),
-            ..UpdatePolicy::default()
-        },
-        ..web(2)
-    };
-    c.apply(v1.clone())?;
-    report_set(&c, "a", &a);
-    let mut v2 = v1;
-    v2.env.insert("BROKEN".into(), "1".into());
-    let (_, _, _, started) = c.apply(v2)?;
-    let Some(started) = started else {
-        panic!("a new process starts a rollout");
-    };
+    let r = Rolling::start(2, Duration::from_secs(1))?;
+    let started = r.update("BROKEN")?;
     let mut failed_after = None;
     for second in 1..=70 {
-        clock.advance_ms(1000);
-        report_set(&c, "a", &a);
-        c.tick();
-        let d = deployment(&c, "web", started.id)?;
-        if d.as_ref().is_some_and(|d| d.state != State::Running) {
+        r.second(None);
+        if let Some(d) = r.ended(started.id)? {
             failed_after = Some((second, d));
             break;
         }
     }
-    let Some((second, Some(d))) = failed_after else {
-        panic!("the rollout never ended: {:?}", c.rollouts("web")?);
+    let Some((second, d)) = failed_after else {
+        panic!("the rollout never ended: {:?}", r.c.rollouts("web")?);
     };
     assert_eq!(d.state, State::RolledBack, "{d:?}");
     assert!(d.message.contains("not healthy within 5s"), "{}", d.message);
@@ -98,11 +130,9 @@ async fn a_stop_then_start_rollout_fails_at_the_healthy_deadline() -> Result<()>
     assert!((8..=10).contains(&second), "failed after {second}s: {d:?}");
     // The rollback brings version 1's process back to every index.
     for _ in 0..30 {
-        clock.advance_ms(1000);
-        report_set(&c, "a", &a);
-        c.tick();
+        r.second(None);
     }
-    let set = a.desired.borrow().clone().unwrap_or_default();
+    let set = r.a.desired.borrow().clone().unwrap_or_default();
     let spec_of = |index: u32| {
         set.assignments
             .iter()
@@ -123,33 +153,11 @@ async fn a_stop_then_start_rollout_fails_at_the_healthy_deadline() -> Result<()>
 /// does not fail, as the engine's memory of it (`rollout::Facts::proven`) is kept by the shell.
 #[tokio::test]
 async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<()> {
-    let clock = Arc::new(ManualClock::new(1_000_000, 11));
-    let c = Control::open_with(
-        Arc::new(MemoryStore::default()),
-        ControlConfig::default(),
-        clock.clone(),
-    )?;
-    let a = c.attach(&register("a"), None)?;
-    let v1 = AppSpec {
-        update: UpdatePolicy {
-            min_healthy_time: Duration::from_secs(3),
-            healthy_deadline: Duration::from_secs(5),
-            progress_deadline: Duration::from_secs(60),
-            ..UpdatePolicy::default()
-        },
-        ..web(2)
-    };
-    c.apply(v1.clone())?;
-    report_set(&c, "a", &a);
-    let mut v2 = v1;
-    v2.env.insert("V".into(), "2".into());
-    let (_, _, _, started) = c.apply(v2)?;
-    let Some(started) = started else {
-        panic!("a new process starts a rollout");
-    };
+    let r = Rolling::start(2, Duration::from_secs(3))?;
+    let started = r.update("V")?;
     // Index 0's replacement: its id, and whether its healthy deadline has passed.
     let replacement = || {
-        let inner = c.lock();
+        let inner = r.c.lock();
         let now = inner.now;
         (inner.state.app_instances("web").into_iter())
             .find(|r| r.index == 0 && r.app_version == 2)
@@ -158,10 +166,9 @@ async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<(
     let mut crashed = None;
     let mut ended = None;
     for second in 1..=60 {
-        clock.advance_ms(1000);
         // Index 0 done (its replacement proven), index 1 under way, and index 0's deadline
         // past: index 0's process is down for three reports.
-        let d = deployment(&c, "web", started.id)?;
+        let d = deployment(&r.c, "web", started.id)?;
         if crashed.is_none()
             && d.as_ref().is_some_and(|d| d.done == 1)
             && replacement().is_some_and(|(_, late)| late)
@@ -172,10 +179,8 @@ async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<(
             .filter(|at| second < at + 3)
             .and_then(|_| replacement())
             .map(|(id, _)| id);
-        report_set_but(&c, "a", &a, down);
-        c.tick();
-        let d = deployment(&c, "web", started.id)?;
-        if let Some(d) = d.filter(|d| d.state != State::Running) {
+        r.second(down);
+        if let Some(d) = r.ended(started.id)? {
             ended = Some(d);
             break;
         }
@@ -185,7 +190,7 @@ async fn a_crash_of_a_proven_replacement_does_not_fail_the_rollout() -> Result<(
         "index 0 was never proven while index 1 was under way"
     );
     let Some(d) = ended else {
-        panic!("the rollout never ended: {:?}", c.rollouts("web")?);
+        panic!("the rollout never ended: {:?}", r.c.rollouts("web")?);
     };
     assert_eq!((d.state, d.done), (State::Succeeded, 2), "{d:?}");
     Ok(())
@@ -242,47 +247,23 @@ async fn a_rolling_restart_with_stopped_instances_is_refused_and_changes_nothing
 /// replaced, and the rollout failed at its progress deadline and rolled back.
 #[tokio::test]
 async fn an_update_carries_a_stopped_instance_along_stopped() -> Result<()> {
-    let clock = Arc::new(ManualClock::new(1_000_000, 11));
-    let c = Control::open_with(
-        Arc::new(MemoryStore::default()),
-        ControlConfig::default(),
-        clock.clone(),
-    )?;
-    let a = c.attach(&register("a"), None)?;
-    let v1 = AppSpec {
-        update: UpdatePolicy {
-            min_healthy_time: Duration::from_secs(1),
-            healthy_deadline: Duration::from_secs(5),
-            progress_deadline: Duration::from_secs(60),
-            ..UpdatePolicy::default()
-        },
-        ..web(3)
-    };
-    c.apply(v1.clone())?;
-    report_set(&c, "a", &a);
-    c.act("web", Some(1), Action::Stop)?;
-    report_set(&c, "a", &a);
-    let mut v2 = v1;
-    v2.env.insert("V".into(), "2".into());
-    let (_, _, _, started) = c.apply(v2)?;
-    let Some(started) = started else {
-        panic!("a new process starts a rollout");
-    };
+    let r = Rolling::start(3, Duration::from_secs(1))?;
+    r.c.act("web", Some(1), Action::Stop)?;
+    report_set(&r.c, "a", &r.a);
+    let started = r.update("V")?;
     let mut ended = None;
     for _ in 0..60 {
-        clock.advance_ms(1000);
-        report_set(&c, "a", &a);
-        c.tick();
-        if let Some(d) = deployment(&c, "web", started.id)?.filter(|d| d.state != State::Running) {
+        r.second(None);
+        if let Some(d) = r.ended(started.id)? {
             ended = Some(d);
             break;
         }
     }
     let Some(d) = ended else {
-        panic!("the rollout never ended: {:?}", c.rollouts("web")?);
+        panic!("the rollout never ended: {:?}", r.c.rollouts("web")?);
     };
     assert_eq!((d.state, d.done), (State::Succeeded, 3), "{d:?}");
-    let set = a.desired.borrow().clone().unwrap_or_default();
+    let set = r.a.desired.borrow().clone().unwrap_or_default();
     let mut got: Vec<(u32, u64, bool)> = set
         .assignments
         .iter()
