@@ -427,7 +427,7 @@ fn a_drain_goes_on_past_a_replacement_that_never_comes_online() {
             "--min-healthy-time",
             "1s",
             "--healthy-deadline",
-            "3s",
+            "6s",
         ],
     );
     wait_online(&c, "picky", 1);
@@ -435,6 +435,17 @@ fn a_drain_goes_on_past_a_replacement_that_never_comes_online() {
     let out = c.cli(&["drain", "node-a"]);
     out.assert_ok();
     assert!(out.stdout.contains("healthy_deadline"), "{out}");
+    // Meanwhile `nodes` says what the drain waits on.
+    wait_until(DEADLINE, "nodes to say what node-a waits on", || {
+        let out = c.try_cli(&["nodes"])?;
+        match out
+            .stdout
+            .contains("node-a is draining: moving picky[0] to node-b: not online for")
+        {
+            true => Ok(()),
+            false => Err(out.to_string()),
+        }
+    });
     let moved = wait_until(DEADLINE, "node-a to hold no copy of picky", || {
         let list = c.instances("picky")?;
         match list.as_slice() {
@@ -452,7 +463,7 @@ fn a_drain_goes_on_past_a_replacement_that_never_comes_online() {
         "{events}"
     );
     assert!(
-        events.stdout.contains("update.healthy_deadline (3.0s)"),
+        events.stdout.contains("update.healthy_deadline (6.0s)"),
         "{events}"
     );
 }

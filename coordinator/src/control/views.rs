@@ -465,7 +465,15 @@ fn merge_same_series(mut instances: Vec<InstanceFigures>) -> Vec<InstanceFigures
 fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
     // (instances, cpu millis, memory bytes) reserved per node.
     let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
+    // Drain handoffs not done yet, by the node they move off: what a draining node waits on.
+    let mut moving: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
     for inst in inner.state.instances.values() {
+        if let Some(old) = inst.replaces.and_then(|id| inner.state.instances.get(&id))
+            && let Some(from) = old.node.as_deref()
+            && !inner.observed.online.contains(&inst.id)
+        {
+            moving.entry(from).or_default().push(inst);
+        }
         if let Some(n) = &inst.node {
             let c = counts.entry(n.as_str()).or_default();
             c.0 += 1;
@@ -527,10 +535,41 @@ fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
                 cpu_percent: host.cpu_percent,
                 memory_used_bytes: host.memory_used_bytes,
                 address: n.address.clone(),
-                message: quarantine.unwrap_or_default(),
+                message: match quarantine {
+                    Some(why) => why,
+                    None if status == NodeStatus::Draining => (moving.get(n.name.as_str()))
+                        .map(|m| waiting_on(inner, m))
+                        .unwrap_or_default(),
+                    None => String::new(),
+                },
             }
         })
         .collect()
+}
+
+/// What a draining node waits on: `moving web[1] to b: not online for 12.0s (the drain goes on
+/// without it after update.healthy_deadline, 300.0s): crashed 3 times ...`.
+fn waiting_on(inner: &Inner, moving: &[&InstanceRecord]) -> String {
+    let seconds = |ms: i64| format!("{:.1}s", ms.max(0) as f64 / 1000.0);
+    let one = |r: &InstanceRecord| {
+        let deadline = (inner.state.apps.get(&r.app))
+            .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
+        let mut text = format!(
+            "moving {}[{}] to {}: not online for {} (the drain goes on without it after \
+             update.healthy_deadline, {})",
+            r.app,
+            r.index,
+            r.node.as_deref().unwrap_or("no node yet"),
+            seconds(inner.now.saturating_sub(r.created_ms)),
+            seconds(deadline)
+        );
+        if let Some(o) = inner.observed.get(&r.id).filter(|o| !o.message.is_empty()) {
+            text.push_str(": ");
+            text.push_str(&o.message);
+        }
+        text
+    };
+    moving.iter().map(|r| one(r)).collect::<Vec<_>>().join("; ")
 }
 
 impl Control {

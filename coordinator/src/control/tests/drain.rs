@@ -356,6 +356,12 @@ fn a_drain_goes_on_past_a_replacement_not_online_by_the_healthy_deadline() -> Re
         assert_eq!(on(&c, "b"), 1, "at {second} s");
     }
     assert!(moved_events(&c).is_empty());
+    let a_node = c.list_nodes().into_iter().find(|n| n.name == "a");
+    let waits = a_node.map(|n| n.message).unwrap_or_default();
+    assert!(
+        waits.starts_with("moving web[") && waits.contains("to b: not online for 29.0s"),
+        "{waits}"
+    );
     clock.advance_ms(1_000);
     pass(&mut agents);
     assert_eq!(
