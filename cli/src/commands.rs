@@ -4,23 +4,18 @@
 //! not a coordinator is running. Rendering is delegated to `output`; this module only chooses what
 //! to render and writes it to `out`, propagating write errors so a closed pipe ends the command.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::io::Write;
 
 use anyhow::Context;
-use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::config::Format;
 use serde_json::{Value, json};
-use tonic::Code;
 
 use crate::args::{
-    AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, EventsArgs, ExportArgs, FileFormat, ListArgs,
-    LogsArgs, OutputFormat, ScaleArgs, StartArgs, TargetArgs, WaitFlags,
+    AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, ExportArgs, FileFormat, ListArgs, OutputFormat,
+    ScaleArgs, StartArgs, TargetArgs, WaitFlags,
 };
-use crate::client::Client;
 use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call};
 use crate::output;
@@ -30,10 +25,12 @@ use crate::wait;
 pub mod all;
 mod overwrite;
 mod start;
+mod stream;
 use overwrite::refuse_to_overwrite;
 #[cfg(test)]
 use overwrite::{differing_fields, overwrite_refusal, same_but_adjusted};
 use start::{already_running, start_existing};
+pub use stream::{events, logs};
 
 /// Where a verb writes and how.
 pub struct Ctx<'a> {
@@ -619,102 +616,6 @@ pub async fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     ctx.text(&output::document(&json!({ "apps": configs }), format)?)
 }
 
-/// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.
-pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let req = pb::StreamLogsRequest {
-        app: args.app.clone(),
-        index: args.instance,
-        lines: args.lines.unwrap_or(0),
-        follow: args.follow,
-    };
-    // Asked for again after a failover: the last line of each instance and stream, printed only
-    // when it is not the line printed last (one line is the least history a request can ask).
-    fn resume(req: &mut pb::StreamLogsRequest) {
-        req.lines = 1;
-    }
-    let structured = ctx.structured();
-    let mut last: HashMap<(u32, i32), String> = HashMap::new();
-    let mut seen: HashMap<(u32, i32), String> = HashMap::new();
-    // Notices that some instances were not read (their node is down, say): printed in place, and
-    // the exit says the answer is partial, as a script or a person scanning for `$?` expects.
-    let mut unread = 0usize;
-    let open = |mut client: Client, req| async move { client.stream_logs(req).await };
-    watch(
-        &mut conn,
-        req,
-        open,
-        args.follow.then_some(resume),
-        |item| {
-            let line = match item {
-                Watched::Resumed => {
-                    seen = last.clone();
-                    return Ok(());
-                }
-                Watched::Message(line) => line,
-            };
-            let key = (line.index, line.stream);
-            if seen.remove(&key).is_some_and(|prev| prev == line.line) {
-                return Ok(());
-            }
-            last.insert(key, line.line.clone());
-            unread += usize::from(line.unread);
-            if structured {
-                ctx.stream_item(&output::log_json(&line))
-            } else {
-                ctx.line(&output::log_line(&line, args.raw))
-            }
-        },
-    )
-    .await?;
-    // A follower saw each notice as it came, and the node may be back since: Ctrl-C ends it
-    // as usual.
-    match unread {
-        0 => Ok(()),
-        _ if args.follow => Ok(()),
-        1 => anyhow::bail!(
-            "some logs of {} were not read: see the notice above",
-            args.app
-        ),
-        n => anyhow::bail!(
-            "some logs of {} were not read: see the {n} notices above",
-            args.app
-        ),
-    }
-}
-
-/// `events [APP]`: until Ctrl-C. After a failover it subscribes again, without history.
-pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
-    let req = pb::WatchEventsRequest {
-        app: args.app.unwrap_or_default(),
-        history: args.history,
-        no_follow: args.no_follow,
-    };
-    fn resume(req: &mut pb::WatchEventsRequest) {
-        req.history = 0;
-    }
-    let structured = ctx.structured();
-    let open = |mut client: Client, req| async move { client.watch_events(req).await };
-    watch(
-        &mut conn,
-        req,
-        open,
-        (!args.no_follow).then_some(resume),
-        |item| {
-            let Watched::Message(event) = item else {
-                return Ok(());
-            };
-            if structured {
-                ctx.stream_item(&output::event_json(&event))
-            } else {
-                ctx.line(&output::event_line(&event))
-            }
-        },
-    )
-    .await
-}
-
 /// `autoscale APP [options]`: changes the policy when options are given, then shows it.
 pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
@@ -745,74 +646,6 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
         return ctx.value(&output::autoscale_json(&status));
     }
     ctx.text(&output::autoscale_text(&status))
-}
-
-/// What a watch hands its consumer.
-enum Watched<T> {
-    Message(T),
-    /// The stream was lost and opened again (on the leader, after a failover): what follows may
-    /// repeat what came before.
-    Resumed,
-}
-
-/// Reopenings in a row, without a message in between, before a watch gives up.
-const MAX_RESUMES: u32 = 5;
-
-/// Opens a server stream through `conn` and feeds each message to `each` until the stream ends,
-/// fails, or the user presses Ctrl-C (a normal way to end, so not an error). With `resume`, a
-/// stream lost with UNAVAILABLE (a leader stepping down, a coordinator gone) is opened again
-/// through `conn`, which dials the leader the refusal named or the next coordinator of the list;
-/// `resume` adjusts the request first.
-async fn watch<Q, T, F, Fut>(
-    conn: &mut Conn,
-    mut message: Q,
-    mut open: F,
-    resume: Option<fn(&mut Q)>,
-    mut each: impl FnMut(Watched<T>) -> anyhow::Result<()>,
-) -> anyhow::Result<()>
-where
-    Q: Clone,
-    F: FnMut(Client, tonic::Request<Q>) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
-{
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
-    let mut stream = tokio::select! {
-        _ = &mut ctrl_c => return Ok(()),
-        s = conn.stream(message.clone(), &mut open) => s?,
-    };
-    let mut resumes = 0;
-    loop {
-        let status = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            next = stream.next() => match next {
-                None => return Ok(()),
-                Some(Ok(m)) => {
-                    resumes = 0;
-                    each(Watched::Message(m))?;
-                    continue;
-                }
-                Some(Err(status)) => status,
-            },
-        };
-        let adjust = match resume {
-            Some(adjust) if status.code() == Code::Unavailable && resumes < MAX_RESUMES => adjust,
-            _ => return Err(ApiError::from(status).into()),
-        };
-        resumes += 1;
-        eprintln!(
-            "lost the coordinator at {} ({}); reconnecting",
-            conn.url(),
-            status.message()
-        );
-        conn.lost(&status);
-        adjust(&mut message);
-        stream = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            s = conn.stream(message.clone(), &mut open) => s?,
-        };
-        each(Watched::Resumed)?;
-    }
 }
 
 #[cfg(test)]
