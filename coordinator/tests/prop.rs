@@ -471,7 +471,7 @@ proptest! {
         for (t, becomes_healthy) in healthy.iter().enumerate() {
             let now = 1000 * (t as i64 + 1);
             let refs: Vec<&InstanceRecord> = records.values().collect();
-            let step = rollout::step(&d, &policy, count, &refs, &facts, now);
+            let step = rollout::step("web", &d, &policy, count, &refs, &facts, now);
             for old in &step.replace {
                 let Some(o) = records.get(old).cloned() else { continue };
                 let id = Uuid::from_u128(next);

@@ -119,7 +119,15 @@ impl Control {
                     (r.id, f)
                 })
                 .collect();
-            let step = rollout::step(&d, &app.spec.update, app.spec.instances, &refs, &facts, now);
+            let step = rollout::step(
+                &name,
+                &d,
+                &app.spec.update,
+                app.spec.instances,
+                &refs,
+                &facts,
+                now,
+            );
             inner.proven.extend(step.proven.iter().copied());
             let (batch, messages) =
                 rollout::apply_step(&app, &d, &records, &step, now, &mut || self.clock.new_id());

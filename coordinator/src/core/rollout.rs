@@ -162,7 +162,9 @@ pub fn outdated(d: &Deployment, r: &InstanceRecord) -> bool {
     r.app_version != d.to_version || (d.kind == Kind::Restart && r.restart_epoch < d.restart_epoch)
 }
 
+/// One step of `app`'s deployment `d` (the name is for the messages a user reads).
 pub fn step(
+    app: &str,
     d: &Deployment,
     policy: &UpdatePolicy,
     count: u32,
@@ -336,7 +338,7 @@ pub fn step(
     {
         next.state = State::AwaitingPromotion;
         next.message =
-            format!("{done} canaries healthy; promote with: pmcluster rollout promote APP");
+            format!("{done} canaries healthy; promote with: pmcluster rollout promote {app}");
     }
     let budget = policy.max_surge + policy.max_unavailable;
     let mut starts = 0u32;

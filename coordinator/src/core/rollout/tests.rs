@@ -123,7 +123,7 @@ fn render(s: &Step) -> String {
 fn check(d: &Deployment, p: &UpdatePolicy, count: u32, recs: &str, now: i64, want: &str) {
     let (rs, facts) = records(recs);
     let refs: Vec<&InstanceRecord> = rs.iter().collect();
-    let got = step(d, p, count, &refs, &facts, now);
+    let got = step("web", d, p, count, &refs, &facts, now);
     assert_eq!(render(&got), want, "records {recs:?} at {now}");
 }
 
@@ -218,6 +218,26 @@ fn failure_and_rollback() {
         5001,
         "failed 0/2; rollback",
     );
+}
+
+/// The canary's message is a command to copy: it names the app, whatever it is called.
+#[test]
+fn awaiting_promotion_names_the_app() {
+    let p = UpdatePolicy {
+        canary: 1,
+        ..policy()
+    };
+    let d = deployment(Kind::Update);
+    let (rs, facts) = records("1:1*0 2:1*0 0:2*0");
+    let refs: Vec<&InstanceRecord> = rs.iter().collect();
+    for app in ["web", "api-2", "all"] {
+        let got = step(app, &d, &p, 3, &refs, &facts, 300).deployment;
+        assert_eq!(got.state, State::AwaitingPromotion, "{app}");
+        assert_eq!(
+            got.message,
+            format!("1 canaries healthy; promote with: pmcluster rollout promote {app}")
+        );
+    }
 }
 
 #[test]
@@ -383,12 +403,16 @@ fn a_proven_replacement_is_past_its_healthy_deadline() {
     // Healthy for min_healthy_time (100 ms): the step says so, for the shell to remember.
     let (rs, facts) = records("1:1*0 0:2*3500@3000");
     let refs: Vec<&InstanceRecord> = rs.iter().collect();
-    let got = step(&d, &p, 2, &refs, &facts, 4001);
+    let got = step("web", &d, &p, 2, &refs, &facts, 4001);
     assert_eq!(got.proven, [Uuid::from_u128(2)]);
     // Said once: what is remembered is not said again.
     let (rs, facts) = records("1:1*0 0:2*3500@3000+");
     let refs: Vec<&InstanceRecord> = rs.iter().collect();
-    assert!(step(&d, &p, 2, &refs, &facts, 4001).proven.is_empty());
+    assert!(
+        step("web", &d, &p, 2, &refs, &facts, 4001)
+            .proven
+            .is_empty()
+    );
     // Down again past its deadline, its old copy gone: in progress, not failed.
     check(&d, &p, 2, "1:1*0 0:2@0+", 4001, "running 0/2");
     // The same with its old copy still draining.
@@ -425,7 +449,7 @@ fn node_loss_during_rollout() {
         },
     );
     let refs: Vec<&InstanceRecord> = rs.iter().collect();
-    let got = step(&d, &policy(), 2, &refs, &facts, 10);
+    let got = step("web", &d, &policy(), 2, &refs, &facts, 10);
     assert_eq!(render(&got), "drain 1; running 0/2");
     // Finished or failed deployments do nothing.
     let done = Deployment {
@@ -465,7 +489,7 @@ fn zero_unavailable_through_a_whole_update() {
             unavailable(&refs, &facts, 4).is_empty(),
             "tick {tick}: {recs:?}"
         );
-        let s = step(&d, &p, 4, &refs, &facts, now);
+        let s = step("web", &d, &p, 4, &refs, &facts, now);
         for old in &s.replace {
             let o = recs.iter().find(|r| r.id == *old).cloned().unwrap();
             next_id += 1;
