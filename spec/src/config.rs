@@ -23,7 +23,9 @@ use crate::supervise::{
 use crate::update::UpdatePolicy;
 use crate::{SpecError, echo};
 
+mod position;
 mod render;
+use position::locate;
 pub use render::to_config;
 
 /// Format of a config file, usually from its extension.
@@ -555,10 +557,13 @@ fn apps_of(
     for (i, raw) in raws.into_iter().enumerate() {
         let name = raw.name.clone();
         let spec = raw.into_spec().map_err(|e| match &name {
-            Some(name) => e.in_app(name),
+            Some(name) => at_value(e, source, many.then_some(i)).in_app(name),
             // An app without a name is known by its place in the file.
-            None if many => SpecError::new(&format!("apps[{i}].{}", e.field), e.message),
-            None => e,
+            None if many => {
+                let e = at_value(e, source, Some(i));
+                SpecError::new(&format!("apps[{i}].{}", e.field), e.message)
+            }
+            None => at_value(e, source, None),
         })?;
         if specs.iter().any(|s: &AppSpec| s.name == spec.name) {
             return Err(SpecError::new(
@@ -569,6 +574,26 @@ fn apps_of(
         specs.push(spec);
     }
     Ok(specs)
+}
+
+/// `e`, of the app at `apps[index]` (or the only one), with the line and column of its field's
+/// value when `source` is the text and its parser tells them.
+fn at_value(e: SpecError, source: Option<(&str, Format)>, index: Option<usize>) -> SpecError {
+    use position::{Step, steps, value_at};
+    let Some((text, format)) = source else {
+        return e;
+    };
+    let mut path: Vec<Step> = index.map_or(Vec::new(), |i| {
+        vec![Step::Key("apps".into()), Step::Index(i)]
+    });
+    let Some(at) = steps(&e.field).and_then(|steps| {
+        path.extend(steps);
+        value_at(text, format, &path)
+    }) else {
+        return e;
+    };
+    let message = format!("{} (line {}, column {})", e.message, at.0, at.1);
+    SpecError { message, ..e }
 }
 
 fn syntax_error(msg: &str) -> SpecError {
@@ -680,42 +705,6 @@ fn plain_types(message: &str) -> String {
         }
     }
     out
-}
-
-/// Where the format's own parser stops on the same text: the path it failed at, and the line
-/// and column, for formats whose parser tells them.
-fn locate<T: serde::de::DeserializeOwned>(
-    (text, format): (&str, Format),
-) -> Option<(String, Position)> {
-    match format {
-        Format::Json => {
-            let mut de = serde_json::Deserializer::from_str(text);
-            let e = serde_path_to_error::deserialize::<_, T>(&mut de).err()?;
-            let (line, column) = (e.inner().line(), e.inner().column());
-            (line > 0).then(|| (e.path().to_string(), (line as u64, column as u64)))
-        }
-        Format::Toml => {
-            let de = toml::de::Deserializer::parse(text).ok()?;
-            let e = serde_path_to_error::deserialize::<_, T>(de).err()?;
-            let start = e.inner().span()?.start;
-            let before = text.get(..start)?;
-            let line = before.matches('\n').count() as u64 + 1;
-            let column = before.rsplit('\n').next().unwrap_or("").chars().count() as u64 + 1;
-            Some((e.path().to_string(), (line, column)))
-        }
-        Format::Yaml => {
-            let mut path = None;
-            let e = serde_saphyr::with_deserializer_from_str(text, |de| {
-                serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
-                    path = Some(e.path().to_string());
-                    e.into_inner()
-                })
-            })
-            .err()?;
-            let (at, path) = (e.location()?, path?);
-            (at.line() > 0).then_some((path, (at.line(), at.column())))
-        }
-    }
 }
 
 /// Parses a duration written as milliseconds (`2000`) or with a unit (`"2s"`, `"500ms"`), and

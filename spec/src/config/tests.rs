@@ -509,3 +509,70 @@ fn type_errors_name_the_app_and_field() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }
+
+/// A value refused after the parse (a port that does not parse, a bad duration, a count over the
+/// ports) is located in the text as a type error is: the line and column the format's parser
+/// gives (YAML's is the key's, JSON's and TOML's the value's).
+#[test]
+fn checked_values_say_where_they_are() {
+    use Format::*;
+    let cases: &[(&str, Format, &str)] = &[
+        (
+            "apps:\n  - name: web\n    script: node\n    port: 30x0\n",
+            Yaml,
+            r#"app "web": port: "30x0" is not a port number (1-65535) (line 4, column 5)"#,
+        ),
+        (
+            "apps:\n  - name: ok\n    script: x\n  - name: b\n    restart_delay: soon\n    script: x\n",
+            Yaml,
+            "app \"b\": restart_delay: \"soon\" is not a duration (expected number at 0); write \
+             e.g. \"2s\" or 2000 (line 5, column 5)",
+        ),
+        (
+            "name: w\nscript: x\nhealth_check:\n  url: http://localhost/\n  interval: -1s\n",
+            Yaml,
+            "health_check.interval: \"-1s\" is not a duration",
+        ),
+        (
+            "name: w\nscript: x\ninstances: 3\nport: 3000-3001\n",
+            Yaml,
+            "3 instances were asked for; widen the range (e.g. 3000-3002) (line 4, column 1)",
+        ),
+        (
+            r#"{"name":"j","script":"x",
+  "port":"99999"}"#,
+            Json,
+            r#"app "j": port: "99999""#,
+        ),
+        (
+            "name = \"t\"\nscript = \"x\"\nrestart_delay = \"soon\"\n",
+            Toml,
+            "(line 3, column 17)",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (text, format, want) in cases {
+        let got = parse_apps(text, *format).expect_err(text).to_string();
+        if !got.contains(want) || !got.contains("(line ") {
+            wrong.push(format!("{text}\nwant {want}\ngot  {got}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+    // A config made by a program has no text to point into.
+    let tree = serde_json::json!({"name": "p", "script": "x", "port": "30x0"});
+    let got = parse_config(tree).expect_err("a bad port").to_string();
+    assert!(!got.contains("line"), "{got}");
+    // The steps of the fields errors name.
+    use super::position::{Step, steps};
+    let key = |k: &str| Step::Key(k.to_string());
+    assert_eq!(
+        steps("health_check.path"),
+        Some(vec![key("health_check"), key("path")])
+    );
+    assert_eq!(steps("args[2]"), Some(vec![key("args"), Step::Index(2)]));
+    assert_eq!(
+        steps("env.\"A B\".x"),
+        Some(vec![key("env"), key("A B"), key("x")])
+    );
+    assert_eq!(steps("args[x]"), None);
+}
