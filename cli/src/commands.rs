@@ -645,7 +645,18 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
     if ctx.structured() {
         return ctx.value(&output::autoscale_json(&status));
     }
-    ctx.text(&output::autoscale_text(&status))
+    // For the hint to turn it on, which must fit the app's ports; the status goes without it.
+    let port = match status.policy.as_ref().is_some_and(|p| p.enabled) {
+        true => None,
+        false => {
+            let req = pb::GetAppRequest {
+                name: status.app.clone(),
+            };
+            call!(conn, get_app, req).await.ok().and_then(|a| a.spec)
+        }
+    };
+    let port = port.as_ref().map(|s| s.port.as_str());
+    ctx.text(&output::autoscale_text(&status, port))
 }
 
 #[cfg(test)]

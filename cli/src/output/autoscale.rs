@@ -5,15 +5,32 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// `autoscale APP`: the policy, the current metrics and the last decisions.
-pub fn autoscale_text(s: &pb::AutoscaleStatus) -> String {
+/// `autoscale APP`: the policy, the current metrics and the last decisions. `port` is the app's
+/// port spec as it reads in its spec (`3000-3003`), when known: the coordinator refuses a
+/// `--max` over the ports it holds, so the hint to turn autoscaling on stays within them.
+pub fn autoscale_text(s: &pb::AutoscaleStatus, port: Option<&str>) -> String {
     let mut out = String::new();
     let p = s.policy.clone().unwrap_or_default();
     if !p.enabled {
         out.push_str(&format!(
-            "{}: autoscaling is off ({} instances)\nturn it on with: pmcluster autoscale {} --min 2 --max 10 --cpu-threshold 70\n",
-            s.app, s.instances, s.app
+            "{}: autoscaling is off ({} instances)\n",
+            s.app, s.instances
         ));
+        let capacity = port
+            .and_then(|p| pmcluster_spec::PortSpec::parse(p).ok())
+            .and_then(|p| p.capacity());
+        out.push_str(&match suggested_bounds(capacity, s.instances) {
+            Some((min, max)) => format!(
+                "turn it on with: pmcluster autoscale {} --min {min} --max {max} --cpu-threshold 70\n",
+                s.app
+            ),
+            None => format!(
+                "its port {} holds one instance: give it a range to autoscale, e.g. pmcluster \
+                 reload {} --set port=START-END\n",
+                port.unwrap_or_default(),
+                s.app
+            ),
+        });
     } else {
         let mode = if p.mode.is_empty() {
             "threshold"
@@ -65,6 +82,13 @@ pub fn autoscale_text(s: &pb::AutoscaleStatus) -> String {
         }
     }
     out
+}
+
+/// The `--min` and `--max` the hint suggests: 2 to 10, or to the current count when it is more,
+/// within the instances the app's ports hold (`capacity`); `None` when they hold fewer than 2.
+pub fn suggested_bounds(capacity: Option<u32>, instances: u32) -> Option<(u32, u32)> {
+    let max = instances.max(10).min(capacity.unwrap_or(u32::MAX));
+    (max >= 2).then_some((2, max))
 }
 
 pub fn autoscale_json(s: &pb::AutoscaleStatus) -> Value {

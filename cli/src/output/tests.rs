@@ -748,3 +748,32 @@ fn balance_policies() {
         assert_eq!(endpoints_haproxy(&e, balance), want, "{balance:?}");
     }
 }
+
+/// The hint to turn autoscaling on suggests a `--max` the app's ports hold: the coordinator
+/// refuses one over them.
+#[test]
+fn the_autoscale_hint_fits_the_ports() {
+    let off = |instances| pb::AutoscaleStatus {
+        app: "web".into(),
+        instances,
+        ..Default::default()
+    };
+    let cases: &[(Option<&str>, u32, &str)] = &[
+        (None, 2, "--min 2 --max 10 --cpu-threshold 70"),
+        (Some(""), 2, "--min 2 --max 10 "),
+        (Some("3000-3003"), 2, "--min 2 --max 4 "),
+        (Some("auto:3000-3002"), 1, "--min 2 --max 3 "),
+        (Some("3000-3099"), 2, "--min 2 --max 10 "),
+        (Some("3000-3099"), 30, "--min 2 --max 30 "),
+        (
+            Some("3000"),
+            1,
+            "its port 3000 holds one instance: give it a range to autoscale",
+        ),
+    ];
+    for (port, instances, want) in cases {
+        let got = autoscale_text(&off(*instances), *port);
+        assert!(got.contains(want), "{port:?}: want {want:?} in\n{got}");
+        assert!(got.starts_with("web: autoscaling is off"), "{got}");
+    }
+}
