@@ -9,11 +9,13 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod access;
+mod check;
 
 pub use access::{
     CertsAction, CertsArgs, CertsInitArgs, DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS, IssueArgs,
     IssueKind, MAX_CERT_DAYS, TokenArgs, TokenCommand,
 };
+pub use check::parse_from;
 
 /// Address of the coordinator when neither `--coordinator` nor the environment says otherwise.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7450";

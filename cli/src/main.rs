@@ -4,13 +4,15 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
-use pmcluster_cli::args::Cli;
+use pmcluster_cli::args::parse_from;
 use pmcluster_cli::error::exit_code;
 
 fn main() -> ExitCode {
     // clap prints help and usage errors itself and exits 0 or 2.
-    let cli = Cli::parse();
+    let (cli, warnings) = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    for warning in warnings {
+        let _ = writeln!(std::io::stderr(), "warning: {warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -146,3 +146,79 @@ fn negative_count_reaches_the_command() {
         other => panic!("{other:?}"),
     }
 }
+
+/// An output format the verb does not write is refused, naming -o/--output and what the verb
+/// writes; a connection flag given to a verb that talks to no coordinator is said to be ignored.
+#[test]
+fn global_flags_a_verb_ignores_are_not_ignored_silently() {
+    let checked = |line: &str| {
+        let words = shell_words::split(line).expect("test line splits");
+        parse_from(words)
+    };
+    let refused = [
+        (
+            "pmcluster list -o nginx",
+            "-o/--output nginx: `list` writes table, json or yaml (nginx config: `pmcluster \
+             endpoints APP -o nginx`)",
+        ),
+        (
+            "pmcluster -o haproxy info web",
+            "-o/--output haproxy: `info` writes table, json or yaml",
+        ),
+        (
+            "pmcluster monit -o json",
+            "-o/--output json: `monit` writes only table",
+        ),
+        (
+            "pmcluster completions bash -o yaml",
+            "-o/--output yaml: `completions` writes only table",
+        ),
+    ];
+    for (line, want) in refused {
+        let err = checked(line).map(|_| ()).expect_err(line);
+        assert_eq!(err.kind(), ErrorKind::InvalidValue, "{line}");
+        assert!(err.to_string().contains(want), "{line}: {err}");
+        assert_eq!(err.exit_code(), 2, "{line}");
+    }
+    let err = checked("pmcluster list -o xml")
+        .map(|_| ())
+        .expect_err("xml");
+    assert!(
+        err.to_string().contains("--output")
+            && err
+                .to_string()
+                .contains("table, json, yaml, nginx, haproxy"),
+        "{err}"
+    );
+
+    let warned = [
+        (
+            "pmcluster up --coordinator 10.0.0.1:7450",
+            vec![
+                "--coordinator is ignored: `up` works on this machine and talks to no \
+                 coordinator (the one it starts listens where --listen says)",
+            ],
+        ),
+        (
+            "pmcluster --token t --ca ca.pem completions bash",
+            vec![
+                "--ca is ignored: `completions`",
+                "--token is ignored: `completions`",
+            ],
+        ),
+        (
+            "pmcluster import pm2 x.json --cert c.pem",
+            vec!["--cert is ignored: `import`"],
+        ),
+        ("pmcluster --coordinator 10.0.0.1:7450 list", vec![]),
+        ("pmcluster endpoints web -o nginx", vec![]),
+        ("pmcluster up -o json", vec![]),
+    ];
+    for (line, want) in warned {
+        let (_, got) = checked(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(got.len(), want.len(), "{line}: {got:?}");
+        for (got, want) in got.iter().zip(want) {
+            assert!(got.starts_with(want), "{line}: {got}");
+        }
+    }
+}
