@@ -475,3 +475,30 @@ fn stats_and_compare_show_the_figures_the_agents_report() {
     let nope = c.try_cli(&["stats", "nope"]).expect("cli runs");
     assert!(nope.assert_failed().contains("not found"), "{nope}");
 }
+
+/// `events` and `monit` of an app that is not there fail at once with what `info` says, rather
+/// than watching nothing; a deleted app's events are still there to read.
+#[test]
+fn events_and_monit_of_an_unknown_app_fail_as_info_does() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let info = c.try_cli(&["info", "nosuchapp"]).expect("cli runs");
+    assert_eq!(info.code(), Some(1), "{info}");
+    assert!(
+        info.stderr.contains("app \"nosuchapp\" not found"),
+        "{info}"
+    );
+    // Bounded well below the harness's own limit: the fix is an answer at once.
+    let quick = Duration::from_secs(10);
+    for verb in ["events", "monit"] {
+        let out = c
+            .try_cli_timeout(&[verb, "nosuchapp"], quick)
+            .expect("cli runs");
+        assert_eq!(out.code(), info.code(), "{out}");
+        assert_eq!(out.stderr, info.stderr, "{out}");
+        assert!(out.stdout.is_empty(), "{out}");
+    }
+    c.start_app("gone", 1).online().expect("gone starts");
+    c.cli(&["delete", "gone"]).assert_ok();
+    let events = c.cli(&["events", "gone", "--no-follow"]);
+    assert!(events.assert_ok().stdout.contains("gone"), "{events}");
+}

@@ -12,7 +12,7 @@ use super::Ctx;
 use crate::args::{EventsArgs, LogsArgs};
 use crate::client::Client;
 use crate::error::ApiError;
-use crate::failover::Conn;
+use crate::failover::{Conn, call, open};
 use crate::output;
 
 /// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.
@@ -82,6 +82,9 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 /// `events [APP]`: until Ctrl-C. After a failover it subscribes again, without history.
 pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
+    if let Some(app) = &args.app {
+        known_app(&mut conn, app).await?;
+    }
     let req = pb::WatchEventsRequest {
         app: args.app.unwrap_or_default(),
         history: args.history,
@@ -109,6 +112,29 @@ pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         },
     )
     .await
+}
+
+/// An app that is not there fails as every verb naming one does (NOT_FOUND, exit 1), rather than
+/// a watch of nothing; one deleted whose events the coordinator still keeps is there to watch.
+async fn known_app(conn: &mut Conn, app: &str) -> anyhow::Result<()> {
+    let req = pb::GetAppRequest {
+        name: app.to_string(),
+    };
+    let missing = match call!(conn, get_app, req).await {
+        Ok(_) => return Ok(()),
+        Err(e) if e.code == Code::NotFound => e,
+        Err(e) => return Err(e.into()),
+    };
+    let req = pb::WatchEventsRequest {
+        app: app.to_string(),
+        history: 1,
+        no_follow: true,
+    };
+    let mut past = open!(conn, watch_events, req).await?;
+    match past.next().await {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(missing.into()),
+    }
 }
 
 /// What a watch hands its consumer.

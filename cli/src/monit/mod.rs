@@ -30,6 +30,21 @@ use model::{Action, Key, Monitor};
 const KEY_POLL: Duration = Duration::from_millis(100);
 
 pub async fn monit(args: MonitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let interval = args.interval;
+    if interval < Duration::from_millis(100) {
+        return Err(UsageError("--interval: at least 100ms".into()).into());
+    }
+    // An app that is not there fails at once, as every verb naming one does, and before the
+    // terminal check: it is the answer whatever the output is. In the view it would only be a
+    // refresh error on an empty screen.
+    let mut conn = match &args.app {
+        Some(app) => {
+            let mut conn = ctx.connect().await?;
+            list_instances(&mut conn, app).await?;
+            Some(conn)
+        }
+        None => None,
+    };
     if !std::io::stdout().is_terminal() {
         return Err(UsageError(
             "monit draws on a terminal, and standard output is not one; for scripts use \
@@ -38,11 +53,10 @@ pub async fn monit(args: MonitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         )
         .into());
     }
-    let interval = args.interval;
-    if interval < Duration::from_millis(100) {
-        return Err(UsageError("--interval: at least 100ms".into()).into());
-    }
-    let mut conn = ctx.connect().await?;
+    let mut conn = match conn.take() {
+        Some(conn) => conn,
+        None => ctx.connect().await?,
+    };
     let mut terminal = ratatui::try_init().context("setting up the terminal")?;
     let result = run(
         &mut terminal,

@@ -530,6 +530,11 @@ impl Cluster for Fake {
         r: Request<pb::WatchEventsRequest>,
     ) -> Reply<Self::WatchEventsStream> {
         let app = r.into_inner().app;
+        // As the coordinator: no events of an app it never had ("gone" was deleted, its events
+        // kept).
+        if !app.is_empty() && app != "gone" && !self.lock().apps.contains_key(&app) {
+            return Ok(Response::new(Box::pin(tokio_stream::empty())));
+        }
         let event = pb::Event {
             at_ms: 1_700_000_000_000,
             kind: "instance.state".into(),

@@ -238,6 +238,25 @@ async fn coordinator_errors() -> anyhow::Result<()> {
     )
     .await?;
     check(a, &["logs", "nope"], 1, "", "app \"nope\" not found").await?;
+    // Not a watch of nothing: the error and exit code `info` gives. A deleted app's events are
+    // still there to read.
+    check(
+        a,
+        &["events", "nope"],
+        1,
+        "",
+        "error: app \"nope\" not found\n",
+    )
+    .await?;
+    check(
+        a,
+        &["monit", "nope"],
+        1,
+        "",
+        "error: app \"nope\" not found\n",
+    )
+    .await?;
+    check(a, &["events", "gone", "--no-follow"], 0, "gone[1]", "").await?;
     // Bad input never reaches the coordinator.
     check(
         a,
