@@ -770,8 +770,9 @@ pub struct LogsArgs {
     /// Only the instance with this index
     #[arg(long, value_name = "INDEX")]
     pub instance: Option<u32>,
-    /// Lines of history per instance and stream (default 20, at most 10000)
-    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Lines of history per instance and stream (default 20, at most 10000); 0 for none: with
+    /// -f, only what is written from now on
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub lines: Option<u32>,
     /// Keep printing new lines until Ctrl-C
     #[arg(short = 'f', long)]

@@ -342,6 +342,7 @@ impl From<LogRequest> for pb::LogRequest {
             instance_ids: r.instance_ids.iter().map(ToString::to_string).collect(),
             lines: r.lines,
             follow: r.follow,
+            no_history: r.no_history,
         }
     }
 }
@@ -355,6 +356,7 @@ impl From<pb::StreamLogsRequest> for LogsQuery {
             index: r.index,
             lines: r.lines,
             follow: r.follow,
+            no_history: r.no_history,
         }
     }
 }

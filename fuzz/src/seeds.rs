@@ -86,6 +86,7 @@ pub fn wire() -> Vec<(String, Vec<u8>)> {
             index: Some(1),
             lines: 100,
             follow: true,
+            no_history: false,
         },
     );
     add(

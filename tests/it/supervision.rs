@@ -656,6 +656,67 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
     assert!(c.agent(0).running());
 }
 
+/// `logs --lines 0` is PM2's "no history": alone it prints nothing, with `-f` only the lines
+/// written from then on.
+#[test]
+fn logs_lines_0_follows_without_history() {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    apply(
+        &c,
+        json!({"name": "ticker", "script": "sh",
+               "args": ["-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]}),
+    );
+    wait_instance(&c, "ticker", "online", |i| i.online());
+    let tick = |line: &str| -> Option<u64> { line.rsplit("tick ").next()?.trim().parse().ok() };
+    // History to leave out: a few ticks written, the last one known.
+    let last = wait_until(DEADLINE, "a few ticks", || {
+        let out = c.try_cli(&["logs", "ticker", "--lines", "1"])?;
+        match out.stdout.lines().filter_map(tick).next_back() {
+            Some(n) if n >= 3 => Ok(n),
+            _ => Err(out.to_string()),
+        }
+    });
+    let none = c.cli(&["logs", "ticker", "--lines", "0"]);
+    assert_eq!(none.assert_ok().stdout, "", "{none}");
+
+    let mut follower = Command::new(&c.bins().cli)
+        .args([
+            "--coordinator",
+            &c.url(),
+            "logs",
+            "ticker",
+            "--lines",
+            "0",
+            "-f",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pmcluster logs -f starts");
+    let stdout = follower.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(DEADLINE);
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+    let first = first.expect("a new line within the deadline");
+    assert!(
+        tick(&first).is_some_and(|n| n > last),
+        "the first line followed is {first:?}, not one after tick {last}"
+    );
+}
+
 /// A node whose agent is connected but does not answer (stopped, its heartbeat not lapsed yet):
 /// `logs` does not wait for the heartbeat timeout and then print nothing with exit 0 (as it did,
 /// after about 9.7 s); within the coordinator's answer deadline (5 s) it prints a notice in place

@@ -57,9 +57,10 @@ impl LogRequests {
             node: self.agent.node_name.clone(),
             logs_dir: self.agent.logs_dir.clone(),
             sources: self.agent.state.log_sources(&ids),
-            lines: match req.lines {
-                0 => DEFAULT_LINES,
-                n => n.min(MAX_LINES),
+            lines: match (req.no_history, req.lines) {
+                (true, _) => 0,
+                (false, 0) => DEFAULT_LINES,
+                (false, n) => n.min(MAX_LINES),
             },
             follow: req.follow,
             out: self.out.clone(),
@@ -169,7 +170,8 @@ impl Job {
                         stream,
                         follower,
                     });
-                } else if !tail.partial.is_empty() {
+                } else if !tail.partial.is_empty() && n > 0 {
+                    // A line still being written is history too: with none asked, none is sent.
                     history.push(label(std::mem::take(&mut tail.partial)));
                 }
             }

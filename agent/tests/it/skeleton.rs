@@ -95,6 +95,7 @@ async fn walking_skeleton() {
             instance_ids: vec!["a".into()],
             lines: 1000,
             follow: false,
+            no_history: false,
         }))
         .await;
         let (lines, error) = s.logs_until_eof(request_id).await;
@@ -123,6 +124,7 @@ async fn walking_skeleton() {
         instance_ids: vec!["b".into()],
         lines: 0,
         follow: false,
+        no_history: false,
     }))
     .await;
     let (lines, _) = s.logs_until_eof(2).await;
@@ -134,6 +136,7 @@ async fn walking_skeleton() {
         instance_ids: vec!["nope".into()],
         lines: 5,
         follow: false,
+        no_history: false,
     }))
     .await;
     let (lines, error) = s.logs_until_eof(3).await;
@@ -149,6 +152,7 @@ async fn walking_skeleton() {
         instance_ids: vec!["b".into()],
         lines: 1,
         follow: true,
+        no_history: false,
     }))
     .await;
     let mut chunks = 0;
@@ -388,6 +392,7 @@ async fn ports_fixed_and_auto() {
         instance_ids: vec!["f".into(), "u".into()],
         lines: 5,
         follow: false,
+        no_history: false,
     }))
     .await;
     let (lines, error) = s.logs_until_eof(9).await;
@@ -493,6 +498,7 @@ async fn environment_cwd_and_log_chunks() {
             instance_ids: vec!["w".into()],
             lines: 1100,
             follow: false,
+            no_history: false,
         }))
         .await;
         let mut sizes = Vec::new();
@@ -527,6 +533,7 @@ async fn environment_cwd_and_log_chunks() {
         instance_ids: vec!["w".into()],
         lines: 2000,
         follow: false,
+        no_history: false,
     }))
     .await;
     let (all, _) = s.logs_until_eof(request_id).await;

@@ -27,6 +27,7 @@ fn parses() {
         "pmcluster start web --instance 2",
         "pmcluster start 'node server.js' --name web -- --flag x",
         "pmcluster logs web -f --lines 50 --instance 1",
+        "pmcluster logs web -f --lines 0",
         "pmcluster apply -f apps.yaml --format yaml",
         "pmcluster up --listen 127.0.0.1:0 --data-dir /tmp/x",
         "pmcluster --coordinator 10.0.0.1:7450 nodes",
@@ -80,7 +81,10 @@ fn parses() {
             "pmcluster endpoints web --balance random",
             ErrorKind::InvalidValue,
         ),
-        ("pmcluster logs web --lines 0", ErrorKind::ValueValidation),
+        (
+            "pmcluster logs web --lines 10001",
+            ErrorKind::ValueValidation,
+        ),
         (
             "pmcluster stop web --instance -1",
             ErrorKind::UnknownArgument,

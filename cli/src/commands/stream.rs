@@ -23,11 +23,13 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         index: args.instance,
         lines: args.lines.unwrap_or(0),
         follow: args.follow,
+        no_history: args.lines == Some(0),
     };
     // Asked for again after a failover: the last line of each instance and stream, printed only
     // when it is not the line printed last (one line is the least history a request can ask).
     fn resume(req: &mut pb::StreamLogsRequest) {
         req.lines = 1;
+        req.no_history = false;
     }
     let structured = ctx.structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();

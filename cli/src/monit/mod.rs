@@ -157,6 +157,7 @@ async fn follow(
         index: Some(index),
         lines: 50,
         follow: true,
+        no_history: false,
     };
     open!(conn, stream_logs, req).await
 }

@@ -71,6 +71,7 @@ impl Control {
                 instance_ids: instances.into_iter().map(|(id, _)| id).collect(),
                 lines,
                 follow: req.follow,
+                no_history: req.no_history,
             };
             // The route is in place before the request leaves, so no early chunk misses it.
             // What is not asked for is said rather than left out: an answer without those lines

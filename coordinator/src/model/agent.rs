@@ -113,6 +113,8 @@ pub struct LogRequest {
     /// How many past lines per instance.
     pub lines: u32,
     pub follow: bool,
+    /// None of the past lines: an agent that knows this field ignores `lines`.
+    pub no_history: bool,
 }
 
 /// Where a line came from.
@@ -192,4 +194,6 @@ pub struct LogsQuery {
     /// 0: the default.
     pub lines: u32,
     pub follow: bool,
+    /// No past lines at all (`logs --lines 0`), which `lines` cannot say: its 0 is the default.
+    pub no_history: bool,
 }

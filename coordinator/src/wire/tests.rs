@@ -117,8 +117,10 @@ fn desired_sets_and_log_requests_go_out_as_the_agent_reads_them() {
         instance_ids: vec![Uuid::from_u128(1)],
         lines: 20,
         follow: true,
+        no_history: true,
     });
     assert_eq!(req.instance_ids, vec![Uuid::from_u128(1).to_string()]);
+    assert!(req.no_history);
 }
 
 /// Log lines keep their stream both ways; a stream this coordinator does not know is its own.

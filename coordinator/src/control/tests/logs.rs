@@ -97,6 +97,7 @@ fn log_request_with(follow: bool, heartbeat_timeout: Duration) -> Result<LogRequ
         index: None,
         lines: 5,
         follow,
+        no_history: false,
     };
     let lines = c.stream_logs(&query)?;
     let request_id = match a.commands.try_recv() {
