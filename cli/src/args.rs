@@ -10,12 +10,14 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod access;
 mod check;
+mod local;
 
 pub use access::{
     CertsAction, CertsArgs, CertsInitArgs, DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS, IssueArgs,
     IssueKind, MAX_CERT_DAYS, TokenArgs, TokenCommand,
 };
 pub use check::parse_from;
+pub use local::{DownArgs, UpArgs};
 
 /// Address of the coordinator when neither `--coordinator` nor the environment says otherwise.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7450";
@@ -866,33 +868,6 @@ pub struct AutoscaleArgs {
     /// How long the load must stay low before scaling down (default 5m)
     #[arg(long, value_name = "DURATION")]
     pub down_stabilization: Option<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct UpArgs {
-    /// Directory for pid files, logs and the daemons' data
-    /// (default: $XDG_DATA_HOME/pmcluster or ~/.local/share/pmcluster)
-    #[arg(long, env = "PMCLUSTER_HOME", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Address the coordinator listens on (default: the one it had, after a crash, else
-    /// 127.0.0.1:7450)
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// Name of the local node (default: the one the agent's data dir belongs to, else the
-    /// hostname)
-    #[arg(long, value_name = "NAME")]
-    pub node_name: Option<String>,
-    /// Rename the node the agent's data dir belongs to to --node-name; the cluster moves its
-    /// instances to the new name
-    #[arg(long, requires = "node_name")]
-    pub rename_node: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct DownArgs {
-    /// Directory given to `pmcluster up`
-    #[arg(long, env = "PMCLUSTER_HOME", value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]
