@@ -120,7 +120,7 @@ pub enum Command {
     Info(AppArg),
 
     /// Stop an app's instances (they stay in the app until started again); `all`: every app
-    Stop(TargetArgs),
+    Stop(StopArgs),
 
     /// Restart an app's instances: in place, or in waves with --rolling; `all`: every app
     #[command(after_help = "Examples:\n  \
@@ -710,6 +710,22 @@ pub struct DeleteArgs {
     pub app: String,
 
     /// Return once every process of the app has ended; exit 1 if time runs out
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval,
+          requires = "wait")]
+    pub wait_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+
+    /// Return once every instance stopped is reported stopped (its process ended); exit 1 if
+    /// time runs out
     #[arg(long)]
     pub wait: bool,
 

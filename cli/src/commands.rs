@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::args::{
     AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, ExportArgs, FileFormat, ListArgs, OutputFormat,
-    ScaleArgs, StartArgs, TargetArgs, WaitFlags,
+    ScaleArgs, StartArgs, StopArgs, TargetArgs, WaitFlags,
 };
 use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call};
@@ -468,11 +468,23 @@ enum Action {
     Restart,
 }
 
-/// `stop APP [--instance N]`.
-pub async fn stop(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+/// `stop APP [--instance N] [--wait]`.
+pub async fn stop(args: StopArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
-    let said = action(Action::Stop, &args, &mut conn).await?;
-    wait::say(ctx, said)
+    let said = action(Action::Stop, &args.target, &mut conn).await?;
+    if !args.wait {
+        return wait::say(ctx, said);
+    }
+    let target = &args.target;
+    wait::finish_stop(
+        &mut conn,
+        ctx,
+        said,
+        &target.app,
+        target.instance,
+        args.wait_timeout,
+    )
+    .await
 }
 
 /// `restart APP [--instance N] [--wait]`.

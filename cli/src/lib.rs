@@ -183,7 +183,9 @@ fn all_verb(command: &Command) -> Option<(&str, commands::all::Verb<'_>)> {
             }
             _ => None,
         },
-        Command::Stop(a) if a.instance.is_none() => Some((a.app.as_str(), Verb::Stop)),
+        Command::Stop(a) if a.target.instance.is_none() => {
+            Some((a.target.app.as_str(), Verb::Stop(a)))
+        }
         Command::Restart(a)
             if !a.rolling && a.target.instance.is_none() && validate::check_restart(a).is_ok() =>
         {

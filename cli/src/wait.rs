@@ -1,7 +1,8 @@
 //! `--wait` of `start`, `scale`, `restart` and `apply`: the verb returns once every instance it
 //! asked for is up, as `docker compose up --wait` and `nomad job run` do, so that a script can
 //! act on the exit status instead of polling `list` itself. `apply` waits for each app in turn,
-//! within one `--wait-timeout`.
+//! within one `--wait-timeout`. `stop --wait` and `delete --wait` wait the other way: until the
+//! instances are stopped, or their processes ended.
 //!
 //! Whether the instances are up is judged by [`progress`], a pure function of the instance list,
 //! and whether a rollout the verb started failed by [`rollout_failed`] (or still runs, by
@@ -475,6 +476,101 @@ pub async fn until_gone(
             };
             anyhow::bail!(
                 "{app}: {n} {noun} not ended after {} ({}); see `pmcluster list {app}`",
+                humantime::format_duration(timeout),
+                named.join(", ")
+            );
+        }
+        let next = (Instant::now() + pause).min(deadline);
+        if !pause_or_event(&mut events, next, deadline).await {
+            pause = (pause * 3 / 2).min(POLL_MAX);
+        }
+    }
+}
+
+/// The instances `stop --wait` still waits for, of `app` (or its one `index`): those its
+/// coordinator does not list as stopped yet, as `web[1] stopping, pid 4711`. One a quarantined
+/// node holds is left out (nothing stops it until the node is adopted), and so is a removed
+/// one's process, which is no longer the app's.
+pub fn not_stopped(app: &str, index: Option<u32>, instances: &[pb::Instance]) -> Vec<String> {
+    instances
+        .iter()
+        .filter(|i| i.app == app && !i.unmanaged && !i.removed)
+        .filter(|i| index.is_none_or(|x| x == i.index))
+        .filter(|i| i.state != pb::InstanceState::Stopped as i32)
+        .map(|i| match i.pid {
+            0 => format!("{app}[{}] {}", i.index, state_name(i.state)),
+            pid => format!("{app}[{}] {}, pid {pid}", i.index, state_name(i.state)),
+        })
+        .collect()
+}
+
+/// `stop --wait`: prints what the stop did, then waits until [`not_stopped`] is empty or
+/// `timeout` runs out (an error naming what still runs). As [`finish`] does: in text, a line on
+/// the wait follows; in JSON or YAML, the one value comes after the wait, with a `wait` field.
+pub async fn finish_stop(
+    conn: &mut Conn,
+    ctx: &mut Ctx<'_>,
+    said: Said,
+    app: &str,
+    index: Option<u32>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let structured = ctx.structured();
+    let mut value = said.value.clone();
+    if !structured {
+        say(ctx, said)?;
+    }
+    let started = Instant::now();
+    let result = until_stopped(conn, app, index, timeout).await;
+    let seconds = started.elapsed().as_secs_f64();
+    if structured {
+        value["wait"] = match &result {
+            Ok(n) => json!({"stopped": n, "seconds": (seconds * 100.0).round() / 100.0}),
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        ctx.value(&value)?;
+    } else if let Ok(n) = &result {
+        ctx.line(&format!("{app}: {n} stopped after {seconds:.2}s"))?;
+    }
+    result.map(|_| ())
+}
+
+/// Asks for the app's instances until none of the targeted ones runs; returns how many are
+/// stopped.
+async fn until_stopped(
+    conn: &mut Conn,
+    app: &str,
+    index: Option<u32>,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = POLL;
+    // Opened before the first look, so that a stop after it wakes the wait.
+    let mut events = app_events(conn, app, deadline).await;
+    loop {
+        let instances = list_instances(conn, app).await?;
+        let left = not_stopped(app, index, &instances);
+        if left.is_empty() {
+            let stopped = instances
+                .iter()
+                .filter(|i| i.app == app && !i.unmanaged && !i.removed)
+                .filter(|i| index.is_none_or(|x| x == i.index))
+                .count();
+            return Ok(stopped);
+        }
+        if Instant::now() >= deadline {
+            let mut named: Vec<String> = left.iter().take(NAMED).cloned().collect();
+            if left.len() > NAMED {
+                named.push(format!("and {} more", left.len() - NAMED));
+            }
+            let noun = if left.len() == 1 {
+                "instance"
+            } else {
+                "instances"
+            };
+            anyhow::bail!(
+                "{app}: {} {noun} not stopped after {} ({}); see `pmcluster list {app}`",
+                left.len(),
                 humantime::format_duration(timeout),
                 named.join(", ")
             );

@@ -502,3 +502,41 @@ fn events_and_monit_of_an_unknown_app_fail_as_info_does() {
     let events = c.cli(&["events", "gone", "--no-follow"]);
     assert!(events.assert_ok().stdout.contains("gone"), "{events}");
 }
+
+/// `stop --wait` returns once the instances stopped are listed stopped, their processes ended:
+/// one index (the other keeps running), then the rest; `-o json` says how many in `wait`.
+#[test]
+fn stop_wait_returns_once_the_processes_ended() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 2).online().expect("web starts");
+    let before = wait_online(&c, "web", 2);
+    let ended = |pid: Option<u32>| {
+        pid.is_none_or(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+    };
+
+    let one = c.cli(&["stop", "web", "--instance", "1", "--wait"]);
+    assert!(
+        one.assert_ok().stdout.contains("web: 1 stopped after "),
+        "{one}"
+    );
+    let now = c.instances("web").expect("list");
+    let status: Vec<(&str, Option<u32>)> = now.iter().map(|i| (i.status.as_str(), i.pid)).collect();
+    assert_eq!(
+        status,
+        [("online", before[0].pid), ("stopped", None)],
+        "{}",
+        render(&now)
+    );
+    assert!(ended(before[1].pid), "{}", render(&before));
+
+    let all = c.cli(&["stop", "web", "--wait", "-o", "json"]);
+    let v = all.assert_ok().json().expect("stop -o json");
+    assert_eq!(v["wait"]["stopped"], 2, "{v}");
+    let now = c.instances("web").expect("list");
+    assert!(
+        now.iter().all(|i| i.status == "stopped" && i.pid.is_none()),
+        "{}",
+        render(&now)
+    );
+    assert!(ended(before[0].pid), "{}", render(&before));
+}

@@ -28,6 +28,8 @@ fn parses() {
         "pmcluster start 'node server.js' --name web -- --flag x",
         "pmcluster logs web -f --lines 50 --instance 1",
         "pmcluster logs web -f --lines 0",
+        "pmcluster stop web --wait",
+        "pmcluster stop web --instance 1 --wait --wait-timeout 5s",
         "pmcluster apply -f apps.yaml --format yaml",
         "pmcluster up --listen 127.0.0.1:0 --data-dir /tmp/x",
         "pmcluster --coordinator 10.0.0.1:7450 nodes",

@@ -4,14 +4,14 @@
 use pmcluster_proto::v1 as pb;
 
 use super::{Ctx, list_apps};
-use crate::args::{DeleteArgs, TargetArgs, WaitFlags};
+use crate::args::{DeleteArgs, StopArgs, TargetArgs, WaitFlags};
 use crate::error::UsageError;
 
 /// The verb `all` stands for, with its flags.
 #[derive(Debug, Clone, Copy)]
 pub enum Verb<'a> {
     Start(&'a WaitFlags),
-    Stop,
+    Stop(&'a StopArgs),
     Restart(&'a WaitFlags),
     Delete(&'a DeleteArgs),
 }
@@ -20,7 +20,7 @@ impl Verb<'_> {
     fn as_str(self) -> &'static str {
         match self {
             Verb::Start(_) => "start",
-            Verb::Stop => "stop",
+            Verb::Stop(_) => "stop",
             Verb::Restart(_) => "restart",
             Verb::Delete(_) => "delete",
         }
@@ -41,7 +41,14 @@ pub async fn each(names: Vec<String>, verb: Verb<'_>, ctx: &mut Ctx<'_>) -> anyh
         };
         let done = match verb {
             Verb::Start(wait) => super::start_app(&app, wait, ctx).await,
-            Verb::Stop => super::stop(target(), ctx).await,
+            Verb::Stop(s) => {
+                let args = StopArgs {
+                    target: target(),
+                    wait: s.wait,
+                    wait_timeout: s.wait_timeout,
+                };
+                super::stop(args, ctx).await
+            }
             Verb::Restart(wait) => super::restart(target(), wait, ctx).await,
             Verb::Delete(d) => {
                 let args = DeleteArgs {

@@ -2,7 +2,8 @@ use pb::{HealthState as H, InstanceState as S};
 use pmcluster_proto::v1 as pb;
 
 use super::{
-    Goal, Progress, progress, rollout_failed, rollout_held, rollout_running, with_rollout,
+    Goal, Progress, not_stopped, progress, rollout_failed, rollout_held, rollout_running,
+    with_rollout,
 };
 
 fn inst(index: u32, state: S) -> pb::Instance {
@@ -537,4 +538,43 @@ fn instances_up_while_the_rollout_runs_are_not_the_end_of_the_wait() {
     assert_eq!(with_rollout(still.clone(), running.clone()), still);
     let broke = failed("web[0] errored: boom");
     assert_eq!(with_rollout(broke.clone(), running), broke);
+}
+
+/// `stop --wait` waits for the targeted instances the coordinator does not list as stopped yet;
+/// those of a quarantined node, a removed record's process and other apps are none of its
+/// business.
+#[test]
+fn stop_waits_for_what_is_not_stopped_yet() {
+    let pid = |i: pb::Instance, p: u32| with(i, |i| i.pid = p);
+    let cases: Vec<(Vec<pb::Instance>, Option<u32>, Vec<&str>)> = vec![
+        (vec![inst(0, S::Stopped), inst(1, S::Stopped)], None, vec![]),
+        (
+            vec![pid(inst(0, S::Stopping), 4711), inst(1, S::Stopped)],
+            None,
+            vec!["web[0] stopping, pid 4711"],
+        ),
+        (
+            vec![pid(inst(0, S::Online), 7), inst(1, S::Unknown)],
+            None,
+            vec!["web[0] online, pid 7", "web[1] unknown"],
+        ),
+        // One index: the others may run.
+        (
+            vec![pid(inst(0, S::Online), 7), inst(1, S::Stopped)],
+            Some(1),
+            vec![],
+        ),
+        (
+            vec![
+                with(inst(0, S::Online), |i| i.unmanaged = true),
+                with(inst(1, S::Stopping), |i| i.removed = true),
+                with(inst(2, S::Online), |i| i.app = "api".into()),
+            ],
+            None,
+            vec![],
+        ),
+    ];
+    for (instances, index, want) in cases {
+        assert_eq!(not_stopped("web", index, &instances), want, "{index:?}");
+    }
 }

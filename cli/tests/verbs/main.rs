@@ -132,7 +132,17 @@ async fn app_lifecycle() -> anyhow::Result<()> {
         "",
     )
     .await?;
-    check(a, &["stop", "web"], 0, "stopped 1 instance of web\n", "").await?;
+    check(
+        a,
+        &["stop", "web", "--wait"],
+        0,
+        "stopped 1 instance of web\nweb: 1 stopped after ",
+        "",
+    )
+    .await?;
+    let json = check(a, &["stop", "web", "--wait", "-o", "json"], 0, "", "").await?;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(json["wait"]["stopped"], 1, "{json}");
     check(a, &["start", "web"], 0, "started 1 instance of web\n", "").await?;
     check(
         a,
