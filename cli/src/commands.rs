@@ -95,6 +95,36 @@ fn describe_target(app: &str, index: Option<u32>, affected: u32) -> String {
     }
 }
 
+/// What an action did, counting only the instances it changed (`ActionReply.changed`; an older
+/// coordinator says only `affected`): "stopped 2 instances of web", "stopped 1 instance of web
+/// (2 were already stopped)", "web[1] was already stopped; nothing changed". `already` is the
+/// state of those it left as they were.
+pub(crate) fn acted(
+    verb: &str,
+    already: &str,
+    app: &str,
+    index: Option<u32>,
+    reply: &pb::ActionReply,
+) -> String {
+    let changed = reply.changed.unwrap_or(reply.affected);
+    let rest = reply.affected.saturating_sub(changed);
+    let was = |n: u32| if n == 1 { "was" } else { "were" };
+    match index {
+        _ if rest == 0 => format!("{verb} {}", describe_target(app, index, changed)),
+        Some(i) => format!("{app}[{i}] was {already}; nothing changed"),
+        None if changed == 0 => format!(
+            "{} of {app} {} {already}; nothing changed",
+            plural(rest, "instance"),
+            was(rest)
+        ),
+        None => format!(
+            "{verb} {} ({rest} {} {already})",
+            describe_target(app, None, changed),
+            was(rest)
+        ),
+    }
+}
+
 fn instance_count(app: &pb::App) -> u32 {
     app.spec.as_ref().map(|s| s.instances).unwrap_or_default()
 }
@@ -529,15 +559,18 @@ async fn action(action: Action, args: &TargetArgs, conn: &mut Conn) -> anyhow::R
         Action::Stop => (call!(conn, stop, target).await?, "stopped", "stop"),
         Action::Restart => (call!(conn, restart, target).await?, "restarted", "restart"),
     };
-    let mut lines = vec![format!(
-        "{verb} {}",
-        describe_target(&args.app, args.instance, reply.affected)
+    let mut lines = vec![acted(
+        verb,
+        "already stopped",
+        &args.app,
+        args.instance,
+        &reply,
     )];
     lines.extend(waits_for_adoption(&reply.quarantined_nodes, does));
     Ok(wait::Said {
         value: json!({
             "app": args.app, "action": verb, "index": args.instance, "affected": reply.affected,
-            "quarantined_nodes": reply.quarantined_nodes,
+            "changed": reply.changed, "quarantined_nodes": reply.quarantined_nodes,
         }),
         lines,
     })
@@ -686,6 +719,43 @@ mod tests {
         ];
         for ((app, index, affected), want) in cases {
             assert_eq!(describe_target(app, index, affected), want);
+        }
+        // Only the instances an action changed are said to be changed.
+        let reply = |affected, changed| pb::ActionReply {
+            affected,
+            changed,
+            ..Default::default()
+        };
+        let cases = [
+            ((None, 3, Some(3)), "stopped 3 instances of web"),
+            ((None, 3, None), "stopped 3 instances of web"),
+            (
+                (None, 3, Some(1)),
+                "stopped 1 instance of web (2 were already stopped)",
+            ),
+            (
+                (None, 2, Some(1)),
+                "stopped 1 instance of web (1 was already stopped)",
+            ),
+            (
+                (None, 3, Some(0)),
+                "3 instances of web were already stopped; nothing changed",
+            ),
+            ((Some(1), 1, Some(1)), "stopped web[1]"),
+            (
+                (Some(1), 1, Some(0)),
+                "web[1] was already stopped; nothing changed",
+            ),
+        ];
+        for ((index, affected, changed), want) in cases {
+            let got = acted(
+                "stopped",
+                "already stopped",
+                "web",
+                index,
+                &reply(affected, changed),
+            );
+            assert_eq!(got, want);
         }
         let reply = |created, changed| pb::ApplyAppReply {
             app: None,

@@ -4,7 +4,7 @@
 use serde_json::json;
 
 use crate::args::{AppArg, SendArgs, SignalArgs};
-use crate::commands::{Ctx, list_instances};
+use crate::commands::{Ctx, acted, list_instances};
 use crate::error::UsageError;
 use crate::failover::call;
 use crate::output;
@@ -93,20 +93,26 @@ pub async fn rotation(
         index,
         rolling: false,
     };
-    let (reply, verb) = if enable {
-        (call!(conn, enable, target).await?, "enabled")
+    let (reply, verb, already) = if enable {
+        (
+            call!(conn, enable, target).await?,
+            "enabled",
+            "not disabled",
+        )
     } else {
-        (call!(conn, disable, target).await?, "disabled")
+        (
+            call!(conn, disable, target).await?,
+            "disabled",
+            "already disabled",
+        )
     };
     if ctx.structured() {
         return ctx.value(&json!({
             "app": app, "action": verb, "index": index, "affected": reply.affected,
+            "changed": reply.changed,
         }));
     }
-    match index {
-        Some(i) => ctx.line(&format!("{verb} {app}[{i}]")),
-        None => ctx.line(&format!("{verb} {} instances of {app}", reply.affected)),
-    }
+    ctx.line(&acted(verb, already, &app, index, &reply))
 }
 
 /// `stats APP` (`compare` false) and `compare APP`: from the instance list, as `list` reads it.

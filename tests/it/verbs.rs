@@ -540,3 +540,39 @@ fn stop_wait_returns_once_the_processes_ended() {
     );
     assert!(ended(before[0].pid), "{}", render(&before));
 }
+
+/// `enable` and `stop` report the instances they changed, not every one they were aimed at.
+#[test]
+fn enable_and_stop_count_only_what_they_changed() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 3).online().expect("web starts");
+    c.cli(&["disable", "web", "--instance", "1"]).assert_ok();
+    let enabled = c.cli(&["enable", "web"]);
+    assert_eq!(
+        enabled.assert_ok().stdout,
+        "enabled 1 instance of web (2 were not disabled)\n",
+        "{enabled}"
+    );
+    let again = c.cli(&["enable", "web", "--instance", "1"]);
+    assert_eq!(
+        again.assert_ok().stdout,
+        "web[1] was not disabled; nothing changed\n",
+        "{again}"
+    );
+    c.cli(&["stop", "web", "--instance", "0"]).assert_ok();
+    let stopped = c.cli(&["stop", "web"]);
+    assert_eq!(
+        stopped.assert_ok().stdout,
+        "stopped 2 instances of web (1 was already stopped)\n",
+        "{stopped}"
+    );
+    let v = c
+        .cli(&["-o", "json", "stop", "web"])
+        .json()
+        .expect("stop -o json");
+    assert_eq!(
+        (v["affected"].as_u64(), v["changed"].as_u64()),
+        (Some(3), Some(0)),
+        "{v}"
+    );
+}

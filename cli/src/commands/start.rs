@@ -5,7 +5,7 @@ use pmcluster_proto::v1 as pb;
 use serde_json::json;
 use tonic::Code;
 
-use super::{describe_target, list_instances, plural, waits_for_adoption};
+use super::{acted, list_instances, plural, waits_for_adoption};
 use crate::error::ApiError;
 use crate::failover::{Conn, call};
 use crate::wait;
@@ -44,15 +44,13 @@ pub(super) async fn start_existing(
         }
         other => other?,
     };
-    let mut lines = vec![format!(
-        "started {}",
-        describe_target(app, index, reply.affected)
-    )];
+    let mut lines = vec![acted("started", "not stopped", app, index, &reply)];
     lines.extend(waits_for_adoption(&reply.quarantined_nodes, "start"));
     Ok(wait::Said {
         value: json!({
             "app": app, "action": "started", "already_running": false, "index": index,
-            "affected": reply.affected, "quarantined_nodes": reply.quarantined_nodes,
+            "affected": reply.affected, "changed": reply.changed,
+            "quarantined_nodes": reply.quarantined_nodes,
         }),
         lines,
     })

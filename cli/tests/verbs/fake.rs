@@ -151,18 +151,24 @@ impl Fake {
             Some(i) => vec![i],
             None => (0..n).collect(),
         };
+        let mut changed = 0;
         for i in &indices {
             let key = (target.app.clone(), *i);
+            let was = state.stopped.contains(&key);
             match stop {
-                Some(true) if !state.stopped.contains(&key) => state.stopped.push(key),
-                Some(false) => state.stopped.retain(|k| k != &key),
-                _ => {}
+                Some(true) if !was => state.stopped.push(key),
+                Some(false) if was => state.stopped.retain(|k| k != &key),
+                // A restart (or a rotation, which the fake does not keep) changes each.
+                None => {}
+                _ => continue,
             }
+            changed += 1;
         }
         Ok(Response::new(pb::ActionReply {
             affected: indices.len() as u32,
             deployment: None,
             quarantined_nodes: state.quarantined_nodes.clone(),
+            changed: Some(changed),
         }))
     }
 }

@@ -732,3 +732,57 @@ async fn reload_sees_reordered_args() -> anyhow::Result<()> {
     assert_eq!(fake.lock().applied.len(), 2);
     Ok(())
 }
+
+/// `stop` and `start` count only the instances they changed, and say when they changed none.
+#[tokio::test]
+async fn actions_count_what_they_changed() -> anyhow::Result<()> {
+    let a = &serve().await?;
+    check(a, &["start", "app", "--name", "web", "-i", "3"], 0, "", "").await?;
+    check(
+        a,
+        &["stop", "web", "--instance", "1"],
+        0,
+        "stopped web[1]\n",
+        "",
+    )
+    .await?;
+    check(
+        a,
+        &["stop", "web", "--instance", "1"],
+        0,
+        "web[1] was already stopped; nothing changed\n",
+        "",
+    )
+    .await?;
+    check(
+        a,
+        &["stop", "web"],
+        0,
+        "stopped 2 instances of web (1 was already stopped)\n",
+        "",
+    )
+    .await?;
+    check(
+        a,
+        &["stop", "web"],
+        0,
+        "3 instances of web were already stopped; nothing changed\n",
+        "",
+    )
+    .await?;
+    check(
+        a,
+        &["start", "web", "--instance", "2"],
+        0,
+        "started web[2]\n",
+        "",
+    )
+    .await?;
+    let json = check(a, &["start", "web", "-o", "json"], 0, "", "").await?;
+    let json: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    assert_eq!(
+        (json["affected"].clone(), json["changed"].clone()),
+        (3.into(), 2.into())
+    );
+    Ok(())
+}

@@ -199,7 +199,7 @@ impl ClusterApi {
         }
         let (app, index) = target(t);
         let name = app.clone();
-        let affected = control.write(move |c| c.act(&app, index, action)).await?;
+        let (affected, changed) = control.write(move |c| c.act(&app, index, action)).await?;
         // What the agent must carry out; a disable or enable only changes the endpoints this
         // coordinator serves, which happens at once.
         let quarantined_nodes = match action {
@@ -214,6 +214,7 @@ impl ClusterApi {
             affected,
             deployment: None,
             quarantined_nodes,
+            changed: Some(changed),
         }))
     }
 
@@ -385,6 +386,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             deployment: Some(wire::deployment(&app, &d)),
             // A rolling restart places replacements elsewhere rather than waiting for a node.
             quarantined_nodes: Vec::new(),
+            changed: Some(d.total),
         }))
     }
 

@@ -380,8 +380,9 @@ impl Control {
         }
     }
 
-    /// Starts, stops or restarts the app's instances, or one of them.
-    pub fn act(&self, name: &str, index: Option<u32>, action: Action) -> Result<u32> {
+    /// Starts, stops or restarts the app's instances, or one of them: how many it applies to,
+    /// and how many of those it changed (a stop of a stopped one changes nothing).
+    pub fn act(&self, name: &str, index: Option<u32>, action: Action) -> Result<(u32, u32)> {
         let mut inner = self.lock();
         let app = find_app(&inner.ahead, name)?;
         if action == Action::Disable && index.is_none() {
@@ -470,6 +471,7 @@ impl Control {
                 as u32,
             Action::Restart => batch.put_instances.len() as u32,
         };
+        let changed = batch.put_instances.len() as u32;
         batch.put_nodes.extend(noted.into_values());
         self.write(&mut inner, batch)?;
         drop(inner);
@@ -487,7 +489,7 @@ impl Control {
             index,
             format!("{verb} {name}: {affected} instances"),
         );
-        Ok(affected)
+        Ok((affected, changed))
     }
 
     /// Replaces every instance of the app in waves (its update policy) with fresh processes.

@@ -157,7 +157,10 @@ async fn desired_sets_follow_commands() -> Result<()> {
     assert_eq!(set.assignments.len(), 2);
     assert!(set.assignments.iter().all(|x| x.run));
     let g1 = set.generation;
-    c.act("web", Some(1), Action::Stop)?;
+    // Applies to, and changed: a stop of what is stopped changes nothing.
+    assert_eq!(c.act("web", Some(1), Action::Stop)?, (1, 1));
+    assert_eq!(c.act("web", None, Action::Stop)?, (2, 1));
+    assert_eq!(c.act("web", Some(0), Action::Start)?, (1, 1));
     let set = a.desired.borrow_and_update().clone().unwrap_or_default();
     assert!(set.generation > g1);
     let stopped: Vec<u32> = set

@@ -146,7 +146,7 @@ fn command(world: &mut World) -> Result<(), String> {
                 .map_err(|e| e.to_string());
             (
                 format!("restart {app} {index:?}"),
-                r.map(|n| format!("{n}")),
+                r.map(|(n, _)| format!("{n}")),
             )
         }
         8 => {
