@@ -482,13 +482,20 @@ impl Control {
             Action::Disable => ("disable", EventKind::InstanceDisabled),
             Action::Enable => ("enable", EventKind::InstanceEnabled),
         };
-        self.emit(
-            kind,
-            name,
-            "",
-            index,
-            format!("{verb} {name}: {affected} instances"),
-        );
+        let count = |n: u32| match n {
+            1 => "1 instance".to_string(),
+            n => format!("{n} instances"),
+        };
+        let text = if changed == affected {
+            format!("{verb} {name}: {}", count(affected))
+        } else {
+            format!(
+                "{verb} {name}: {} of {} changed, the others already were",
+                changed,
+                count(affected)
+            )
+        };
+        self.emit(kind, name, "", index, text);
         Ok((affected, changed))
     }
 

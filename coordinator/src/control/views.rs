@@ -537,9 +537,18 @@ fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
                 address: n.address.clone(),
                 message: match quarantine {
                     Some(why) => why,
-                    None if status == NodeStatus::Draining => (moving.get(n.name.as_str()))
-                        .map(|m| waiting_on(inner, m))
-                        .unwrap_or_default(),
+                    None if status == NodeStatus::Draining => match moving.get(n.name.as_str()) {
+                        Some(m) => waiting_on(inner, m),
+                        // A moment between two handoffs, or no other node to go to.
+                        None => format!(
+                            "{} left, no handoff under way: one starts once another ready node \
+                             fits them",
+                            match instances {
+                                1 => "1 instance".to_string(),
+                                n => format!("{n} instances"),
+                            }
+                        ),
+                    },
                     None => String::new(),
                 },
             }

@@ -419,3 +419,24 @@ fn a_drain_moves_a_finished_job_stopped_and_does_not_run_it_again() -> Result<()
     );
     Ok(())
 }
+
+/// With no other node to go to, a draining node says nothing moves, rather than nothing.
+#[test]
+fn a_drain_with_nowhere_to_go_says_so() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), config())?;
+    c.attach(&register("a"), None)?;
+    c.apply(web(2))?;
+    c.set_drain("a", true)?;
+    c.tick();
+    let a = c.list_nodes().into_iter().find(|n| n.name == "a");
+    let said = a.map(|n| (n.status, n.message));
+    assert_eq!(
+        said,
+        Some((
+            NodeStatus::Draining,
+            "2 instances left, no handoff under way: one starts once another ready node fits them"
+                .to_string()
+        ))
+    );
+    Ok(())
+}
