@@ -300,6 +300,9 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         args.file.as_str()
     };
     let specs = crate::import::config_apps(&text, format, &args.file, source)?;
+    for warning in crate::import::shared_port_warnings(&specs) {
+        eprintln!("warning: {warning}");
+    }
     let mut conn = ctx.connect().await?;
     let mut results = Vec::with_capacity(specs.len());
     let mut goals = Vec::new();

@@ -116,6 +116,39 @@ pub fn config_apps(
     })
 }
 
+/// Warnings for apps of a config file that would crash-loop where a PM2 user expects them to
+/// share a port: a fixed `env.PORT` for more than one instance and no `port` to give each its
+/// own. PM2's cluster mode shares one port through its master; each pmcluster instance is a
+/// process of its own, so on one node all but the first fail with "address in use". An app
+/// kept to one instance per node is fine.
+pub fn shared_port_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
+    let warning = |s: &pmcluster_spec::AppSpec| {
+        let port = s.env.get("PORT")?.trim().parse::<u16>().ok()?;
+        let many = s.instances_max || s.instances > 1;
+        let one_per_node = s.placement.max_per_node == Some(1);
+        if !many || one_per_node || s.port != pmcluster_spec::PortSpec::None {
+            return None;
+        }
+        let range = match s.instances_max {
+            true => format!("auto:{port}-{}", port.saturating_add(99)),
+            false => format!(
+                "{port}-{}",
+                port.saturating_add(u16::try_from(s.instances - 1).unwrap_or(u16::MAX))
+            ),
+        };
+        Some(format!(
+            "app {:?}: every instance gets env.PORT {port}; PM2's cluster mode shares one port \
+             through its master, but pmcluster instances are processes of their own, so on one \
+             node all but one fail with \"address in use\". Give each its own port instead \
+             (\"port\": \"{range}\", which sets PORT per instance), keep one per node \
+             (\"placement\": {{\"max_per_node\": 1}}), or convert the PM2 file with: \
+             pmcluster import pm2 FILE",
+            s.name
+        ))
+    };
+    specs.iter().filter_map(warning).collect()
+}
+
 /// Converts `pm2 jlist` output (a JSON array of processes) or a JSON ecosystem file (`{"apps":
 /// [...]}`, or one app object). `source` names the input in messages.
 pub fn convert(text: &str, source: &str) -> Result<Imported, UsageError> {

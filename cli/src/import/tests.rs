@@ -353,3 +353,38 @@ fn stopped_pm2_apps_are_named() {
     // Every app converts all the same.
     assert_eq!(got.config["apps"].as_array().map(Vec::len), Some(3));
 }
+
+/// `apply -f` of an ecosystem file as PM2 users write it: a shared PORT warns, with the range
+/// that fixes it; one instance, a port range or one per node does not.
+#[test]
+fn shared_port_warnings_name_the_fix() {
+    let warned = |text: &str| {
+        let specs = config_apps(text, Format::Json, "apps.json", "apps.json")
+            .unwrap_or_else(|e| panic!("{e}"));
+        shared_port_warnings(&specs)
+    };
+    let app = |extra: &str| {
+        format!(
+            r#"{{"apps": [{{"name": "api", "script": "node", "args": "server.js",
+                "exec_mode": "cluster", "env": {{"PORT": "3000"}}{extra}}}]}}"#
+        )
+    };
+    let w = warned(&app(r#", "instances": 4"#));
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("app \"api\": every instance gets env.PORT 3000")
+            && w[0].contains(r#""port": "3000-3003""#)
+            && w[0].contains("pmcluster import pm2 FILE"),
+        "{w:?}"
+    );
+    let max = warned(&app(r#", "instances": "max""#));
+    assert!(max[0].contains(r#""port": "auto:3000-3099""#), "{max:?}");
+    for fine in [
+        "",
+        r#", "instances": 1"#,
+        r#", "instances": 4, "port": "3000-3003""#,
+        r#", "instances": 4, "placement": {"max_per_node": 1}"#,
+    ] {
+        assert_eq!(warned(&app(fine)), Vec::<String>::new(), "{fine}");
+    }
+}
