@@ -111,7 +111,9 @@ pub(crate) fn acted(
     let was = |n: u32| if n == 1 { "was" } else { "were" };
     match index {
         _ if rest == 0 => format!("{verb} {}", describe_target(app, index, changed)),
-        Some(i) => format!("{app}[{i}] was {already}; nothing changed"),
+        Some(i) if changed == 0 => format!("{app}[{i}] was {already}; nothing changed"),
+        // Some of the index's records (a drain handoff's two copies, say).
+        Some(_) => format!("{verb} {}", describe_target(app, index, changed)),
         None if changed == 0 => format!(
             "{} of {app} {} {already}; nothing changed",
             plural(rest, "instance"),
@@ -749,6 +751,8 @@ mod tests {
                 (Some(1), 1, Some(0)),
                 "web[1] was already stopped; nothing changed",
             ),
+            // Index 1's two records in a drain handoff, one of them changed.
+            ((Some(1), 2, Some(1)), "stopped web[1]"),
         ];
         for ((index, affected, changed), want) in cases {
             let got = acted(

@@ -112,7 +112,7 @@ pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Res
     let status = output::node_status_name(node.status);
     if drain {
         ctx.line(&format!(
-            "draining {}: {} to move, one at a time, each once its replacement is online or its app's update.healthy_deadline has passed (status {status}); watch with: pmcluster topology",
+            "draining {}: {} to move, one at a time, each once its replacement is online or its app's update.healthy_deadline has passed (status {status}); watch with: pmcluster nodes",
             args.node,
             plural(node.instances, "instance")
         ))

@@ -58,6 +58,7 @@ fn main() {
         .collect();
     let instances = BTreeMap::new();
     let online = BTreeSet::new();
+    let exited = BTreeSet::new();
     let unstartable = BTreeMap::new();
     let mut best = f64::MAX;
     for run in 0..3 {
@@ -67,7 +68,7 @@ fn main() {
             instances: &instances,
             nodes: &nodes,
             online: &online,
-            exited: &online,
+            exited: &exited,
             now_ms: 0,
             unstartable: &unstartable,
             max_instances_per_app: u32::MAX,

@@ -488,6 +488,8 @@ impl Control {
         };
         let text = if changed == affected {
             format!("{verb} {name}: {}", count(affected))
+        } else if changed == 0 {
+            format!("{verb} {name}: {}, nothing changed", count(affected))
         } else {
             format!(
                 "{verb} {name}: {} of {} changed, the others already were",

@@ -160,11 +160,13 @@ async fn desired_sets_follow_commands() -> Result<()> {
     // Applies to, and changed: a stop of what is stopped changes nothing.
     assert_eq!(c.act("web", Some(1), Action::Stop)?, (1, 1));
     assert_eq!(c.act("web", None, Action::Stop)?, (2, 1));
+    assert_eq!(c.act("web", Some(1), Action::Stop)?, (1, 0));
     assert_eq!(c.act("web", Some(0), Action::Start)?, (1, 1));
-    let said = c.recent_events("web", Some(EventKind::AppStop), 2);
+    let said = c.recent_events("web", Some(EventKind::AppStop), 3);
     let said: Vec<&str> = said.iter().map(|e| e.message.as_str()).collect();
     let already = "stop web: 1 of 2 instances changed, the others already were";
-    assert_eq!(said, ["stop web: 1 instance", already]);
+    let none = "stop web: 1 instance, nothing changed";
+    assert_eq!(said, ["stop web: 1 instance", already, none]);
     let set = a.desired.borrow_and_update().clone().unwrap_or_default();
     assert!(set.generation > g1);
     let stopped: Vec<u32> = set

@@ -468,9 +468,15 @@ fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
     // Drain handoffs not done yet, by the node they move off: what a draining node waits on.
     let mut moving: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
     for inst in inner.state.instances.values() {
+        // A rollout's pairs are the deployment engine's, which has deadlines of its own.
         if let Some(old) = inst.replaces.and_then(|id| inner.state.instances.get(&id))
             && let Some(from) = old.node.as_deref()
             && !inner.observed.online.contains(&inst.id)
+            && inner
+                .state
+                .apps
+                .get(&inst.app)
+                .is_some_and(|a| !a.rolling())
         {
             moving.entry(from).or_default().push(inst);
         }

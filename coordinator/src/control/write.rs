@@ -589,8 +589,8 @@ fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
         reconcile::Why::Finished => (
             format!(
                 "{}[{}] moved from {} to {to} stopped: it had exited with autorestart off, so it \
-                 is not run again (run it again with: pmcluster start {})",
-                m.app, m.index, m.from, m.app
+                 is not run again (run it again with: pmcluster start {} --instance {})",
+                m.app, m.index, m.from, m.app, m.index
             ),
             String::new(),
         ),

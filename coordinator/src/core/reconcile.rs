@@ -133,12 +133,12 @@ pub struct Plan {
     pub remove: Vec<Uuid>,
     /// Serving records to mark draining now (removed after the app's shutdown_delay).
     pub drain: Vec<Uuid>,
-    /// Unstartable records moved elsewhere.
+    /// Records that moved, or gave way, for a reason an event explains (see [`Why`]).
     pub moved: Vec<Moved>,
     /// Why instances of an app could not be placed (not a change; shown to users).
     pub pending: BTreeMap<String, String>,
     /// Earliest time (ms) at which something becomes due: a lost node's instances for
-    /// rescheduling, or a draining record for removal.
+    /// rescheduling, a draining record for removal, a drain handoff's healthy deadline.
     pub followup_at: Option<i64>,
 }
 
@@ -419,8 +419,12 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         None => {}
                     }
                 }
-                // A stopped or finished instance has nothing to hand over: it just moves.
-                (Some(_), Some((Link::Up, true))) if inst.stopped || finished(inst) => {
+                // A stopped or finished instance has nothing to hand over: it just moves. One
+                // that finished while its handoff was under way is left to the handoff, and a
+                // rollout's copies to the deployment engine.
+                (Some(_), Some((Link::Up, true)))
+                    if inst.stopped || (finished(inst) && !has_replacement && !app.rolling()) =>
+                {
                     needs.push(Need::Replace(inst, true));
                 }
                 // An outdated copy on a draining node during a rollout is the rollout's to
@@ -686,7 +690,11 @@ fn settle_index<'r>(
                 return Some(new);
             }
             // Only a drain gives up waiting: an undrained node's copy keeps serving meanwhile.
-            if let Some((Link::Up, true)) = link(old.node.as_deref()) {
+            // And only on a replacement whose node is up, so that its reports count: one whose
+            // node is down (or not back yet after a coordinator restart, when `online` is
+            // empty) may be online for all this coordinator knows.
+            let replacement_up = matches!(link(new.node.as_deref()), Some((Link::Up, _)));
+            if let (Some((Link::Up, true)), true) = (link(old.node.as_deref()), replacement_up) {
                 let deadline = app.spec.update.healthy_deadline.as_millis() as i64;
                 let due = new.created_ms.saturating_add(deadline);
                 if due > snap.now_ms {

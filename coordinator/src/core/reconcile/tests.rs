@@ -469,6 +469,15 @@ fn drain() {
         1500,
         "!1 moved(1 a>b overdue 3) followup@1700",
     );
+    // The replacement's node is down (or not back after a coordinator restart): it may be
+    // online for all the reports say, so the copy that serves is kept.
+    check(
+        "web=1 hd=1000",
+        "web/0@a* web/0@b&500>1",
+        "a drain; b down=900",
+        9000,
+        "",
+    );
     // Undrained meanwhile: the copy that serves is kept however long the replacement takes.
     check("web=1 hd=1000", "web/0@a* web/0@b&500>1", "a; b", 9000, "");
     // Stopped, or finished (exited with autorestart off): nothing to hand over, so it moves at
@@ -480,6 +489,16 @@ fn drain() {
         0,
         "+job/0@b(stopped) -1 moved(1 a>b finished)",
     );
+    // Finished while its handoff was under way: the handoff goes on (no stopped copy beside
+    // the replacement), and the replacement takes over once online.
+    check(
+        "job=1 once",
+        "job/0@a% job/0@b>1",
+        "a drain; b",
+        0,
+        "followup@300000",
+    );
+    check("job=1 once", "job/0@a% job/0@b*>1", "a drain; b", 0, "-1");
     // Exited with autorestart on is a process between restarts: a migration as any other.
     check("job=1", "job/0@a%", "a drain; b", 0, "+job/0@b>1");
     // The same on a lost node: the job is not run again elsewhere.
