@@ -1,5 +1,6 @@
-//! User commands (apply, scale, act, rollouts, autoscale policy, drain, adopt, forget): each
-//! validates, builds a `Batch` and hands it to the write path, then emits its event.
+//! User commands (apply, scale, act, rollouts, autoscale policy; adopt, forget and drain in
+//! `nodes`): each validates, builds a `Batch` and hands it to the write path, then emits its
+//! event.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -13,14 +14,11 @@ use crate::core::versions::{
     new_version, start_deployment, with_current_policies, with_deployment,
 };
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
-use crate::model::{AppView, AutoscaleView, Deployment, EventKind, Kind, NodeView, State};
+use crate::model::{AppView, AutoscaleView, Deployment, EventKind, Kind, State};
 
-use super::sets::publish;
-use super::{
-    Action, Control, ControlError, Inner, Result, find_app, is_quarantined, node_not_found,
-    ready_nodes,
-};
-use crate::core::adoption::adoption_batch;
+use super::{Action, Control, ControlError, Inner, Result, find_app, ready_nodes};
+
+mod nodes;
 
 /// `apply`: a spec, and whether to keep the app's current count instead of the spec's.
 #[derive(Debug, Clone)]
@@ -621,162 +619,6 @@ impl Control {
         d.ok_or_else(|| ControlError::InvalidArgument("nothing to roll back".into()))
     }
 
-    /// Adopts quarantined nodes (`name`, or every quarantined node when empty): their held
-    /// instances become this cluster's (apps that are not here are created from the agents'
-    /// specs), and they receive desired sets again, with a generation above the one each agent
-    /// applied and `adopt` set so that it takes this cluster's id. Adopting every node in one
-    /// write keeps the reconciler from placing an index that a not-yet-adopted node holds.
-    pub fn adopt_node(&self, name: &str) -> Result<Vec<NodeView>> {
-        let mut inner = self.lock();
-        let names: Vec<String> = if name.is_empty() {
-            inner
-                .nodes
-                .iter()
-                .filter(|(_, l)| is_quarantined(l))
-                .map(|(n, _)| n.clone())
-                .collect()
-        } else {
-            let live = inner.nodes.get(name).ok_or_else(|| node_not_found(name))?;
-            if !is_quarantined(live) {
-                return Err(ControlError::FailedPrecondition(format!(
-                    "node {name:?} is not quarantined; there is nothing to adopt"
-                )));
-            }
-            vec![name.to_string()]
-        };
-        if names.is_empty() {
-            return Err(ControlError::FailedPrecondition(
-                "no node is quarantined; there is nothing to adopt".into(),
-            ));
-        }
-        let now = self.now();
-        let mut scratch = inner.ahead.clone();
-        let mut batch = Batch::default();
-        let mut generation = inner.ahead.generation;
-        let mut imported = Vec::new();
-        for n in &names {
-            let Some(live) = inner.nodes.get(n) else {
-                continue;
-            };
-            let part = adoption_batch(&scratch, n, &live.held, now);
-            generation = generation.max(live.reported_generation);
-            imported.push((n.clone(), part.put_instances.len(), live.held.len()));
-            scratch.apply(&part);
-            batch
-                .put_apps
-                .retain(|a| !part.put_apps.iter().any(|p| p.spec.name == a.spec.name));
-            batch.put_apps.extend(part.put_apps);
-            batch.put_instances.extend(part.put_instances);
-            batch.del_instances.extend(part.del_instances);
-        }
-        // Restarts asked before a registration that was quarantined: raised now, in the batch
-        // whose generation goes above the agent's (see `NodeRecord::restarts_unseen`).
-        for n in &names {
-            if let (Some(node), Some(live)) = (inner.ahead.nodes.get(n), inner.nodes.get(n)) {
-                let raised = super::raised_restarts(&scratch, &node.restarts_unseen, &live.held);
-                batch.put_instances.extend(raised);
-            }
-        }
-        // Above anything the agents applied, so their next sets are not stale.
-        generation += 1;
-        batch.generation = Some(generation);
-        for n in &names {
-            let node = inner
-                .ahead
-                .nodes
-                .get(n)
-                .cloned()
-                .ok_or_else(|| node_not_found(n))?;
-            // Its set goes out once this commits (see the generations in `write`).
-            batch.put_nodes.push(NodeRecord {
-                generation,
-                sent_generation: Some(generation),
-                restarts_unseen: BTreeMap::new(),
-                ..node
-            });
-        }
-        // Their sets go out once this commits, and so do those of any write planned while it
-        // commits (which the write path marks sent by this).
-        inner.being_adopted.extend(names.iter().cloned());
-        let written = self.write(&mut inner, batch);
-        for n in &names {
-            inner.being_adopted.remove(n);
-        }
-        written?;
-        for n in &names {
-            if let Some(live) = inner.nodes.get_mut(n) {
-                if let Some(s) = live.session.as_mut() {
-                    s.quarantine = None;
-                }
-                live.adopting = true;
-            }
-            publish(&mut inner, n);
-        }
-        // Anything the adoption left unplaced can go to these nodes now.
-        inner.reconcile_due = true;
-        if let Err(e) = self.write(&mut inner, Batch::default()) {
-            tracing::error!(error = %e, "reconcile after adoption failed");
-        }
-        drop(inner);
-        for (n, count, _) in &imported {
-            let text = format!("node {n} adopted with {count} of its instances");
-            tracing::warn!("{text}");
-            self.emit(EventKind::NodeAdopted, "", n, None, text);
-        }
-        let mut views: Vec<NodeView> = self
-            .list_nodes()
-            .into_iter()
-            .filter(|n| names.contains(&n.name))
-            .collect();
-        // What the adoption did to the processes it did not take: the answer is the one place
-        // an operator learns that they are being stopped.
-        for view in &mut views {
-            if let Some((_, count, held)) = imported.iter().find(|(n, ..)| *n == view.name)
-                && held > count
-            {
-                view.message = format!(
-                    "{count} of the {held} instance(s) it ran are this cluster's now; the other \
-                     {} are stopped (their indices run on other nodes, or their app's spec \
-                     changed)",
-                    held - count
-                );
-            }
-        }
-        Ok(views)
-    }
-
-    /// Forgets a node that is not connected: its record goes, and its instances are replaced
-    /// elsewhere at once (the reconciler treats records on an unknown node as lost).
-    pub fn forget_node(&self, name: &str) -> Result<NodeView> {
-        let before = self
-            .list_nodes()
-            .into_iter()
-            .find(|n| n.name == name)
-            .ok_or_else(|| node_not_found(name))?;
-        let mut inner = self.lock();
-        if inner.nodes.get(name).is_some_and(|l| l.session.is_some()) {
-            return Err(ControlError::FailedPrecondition(format!(
-                "node {name:?} is connected; stop its agent first (or drain it to move its \
-                 instances while it runs)"
-            )));
-        }
-        let batch = Batch {
-            del_nodes: vec![name.to_string()],
-            ..Batch::default()
-        };
-        self.write(&mut inner, batch)?;
-        inner.nodes.remove(name);
-        drop(inner);
-        self.emit(
-            EventKind::NodeForgotten,
-            "",
-            name,
-            None,
-            format!("node {name} forgotten; its instances are placed elsewhere"),
-        );
-        Ok(before)
-    }
-
     /// Turns autoscaling on or off (`None`), or changes the policy.
     pub fn set_autoscale(
         &self,
@@ -811,36 +653,6 @@ impl Control {
         };
         self.emit(EventKind::AutoscalePolicy, name, "", None, text);
         self.get_autoscale(name)
-    }
-
-    /// Starts (or stops, with `drain = false`) draining a node.
-    pub fn set_drain(&self, node: &str, drain: bool) -> Result<NodeView> {
-        let mut inner = self.lock();
-        let Some(record) = inner.ahead.nodes.get(node).cloned() else {
-            return Err(ControlError::NotFound(format!(
-                "node {node:?} not found; see the nodes with 'pmcluster nodes'"
-            )));
-        };
-        if record.drain != drain {
-            let batch = Batch {
-                put_nodes: vec![NodeRecord { drain, ..record }],
-                ..Batch::default()
-            };
-            self.write(&mut inner, batch)?;
-        }
-        drop(inner);
-        let what = if drain { "draining" } else { "eligible again" };
-        self.emit(
-            EventKind::NodeDrain,
-            "",
-            node,
-            None,
-            format!("node {node} {what}"),
-        );
-        self.list_nodes()
-            .into_iter()
-            .find(|n| n.name == node)
-            .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))
     }
 }
 

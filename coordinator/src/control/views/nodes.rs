@@ -1,0 +1,134 @@
+//! The `nodes` view: each registered node's status, use and message (a quarantine's reason, or
+//! what a drain waits on).
+
+use std::collections::BTreeMap;
+
+use crate::model::{InstanceRecord, NodeStatus, NodeView};
+
+use super::super::{ControlConfig, Inner, awaited, is_ready, timeout_ms};
+
+/// Every registered node as `nodes` shows it.
+pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
+    // (instances, cpu millis, memory bytes) reserved per node.
+    let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
+    // Drain handoffs not done yet, by the node they move off: what a draining node waits on.
+    let mut moving: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
+    for inst in inner.state.instances.values() {
+        // A rollout's pairs are the deployment engine's, which has deadlines of its own.
+        if let Some(old) = inst.replaces.and_then(|id| inner.state.instances.get(&id))
+            && let Some(from) = old.node.as_deref()
+            && !inner.observed.online.contains(&inst.id)
+            && inner
+                .state
+                .apps
+                .get(&inst.app)
+                .is_some_and(|a| !a.rolling())
+        {
+            moving.entry(from).or_default().push(inst);
+        }
+        if let Some(n) = &inst.node {
+            let c = counts.entry(n.as_str()).or_default();
+            c.0 += 1;
+            if let Some(app) = inner.state.apps.get(&inst.app) {
+                // Saturating: the sums of requests can pass u64 (see `NodeUse`).
+                c.1 = c.1.saturating_add(u64::from(app.spec.resources.cpu_millis));
+                c.2 = c.2.saturating_add(app.spec.resources.memory_bytes);
+            }
+        }
+    }
+    inner
+        .state
+        .nodes
+        .values()
+        .map(|n| {
+            let live = inner.nodes.get(&n.name);
+            let ready = live.is_some_and(|l| is_ready(l, config, inner.now));
+            let host = live.and_then(|l| l.host).unwrap_or_default();
+            let (mut instances, cpu, memory) =
+                counts.get(n.name.as_str()).copied().unwrap_or_default();
+            if let Some(l) = live.filter(|l| super::super::is_quarantined(l)) {
+                // What it runs is not this cluster's, but it is there.
+                let held = l.held.len() + l.held_unreadable;
+                instances = instances.max(u32::try_from(held).unwrap_or(u32::MAX));
+            }
+            let quarantine = live
+                .and_then(|l| l.session.as_ref())
+                .and_then(|s| s.quarantine.clone())
+                .filter(|_| ready);
+            let status = match (ready, n.drain) {
+                _ if quarantine.is_some() => NodeStatus::Quarantined,
+                (false, _) => NodeStatus::Down,
+                (true, false) => NodeStatus::Ready,
+                (true, true) if instances > 0 => NodeStatus::Draining,
+                (true, true) => NodeStatus::Ineligible,
+            };
+            NodeView {
+                name: n.name.clone(),
+                status,
+                labels: n.labels.clone(),
+                cores: n.cores,
+                memory_bytes: n.memory_bytes,
+                instances,
+                allocated_cpu_millis: cpu,
+                allocated_memory_bytes: memory,
+                down_since_ms: match live {
+                    _ if ready => 0,
+                    // Not connected since this coordinator loaded the store: since the load.
+                    Some(l) if awaited(l, inner.now) => l
+                        .down_since_ms
+                        .unwrap_or(0)
+                        .saturating_sub(timeout_ms(config)),
+                    Some(l) => l.down_since_ms.unwrap_or(0),
+                    None => 0,
+                },
+                last_heartbeat_ms: live.map(|l| l.last_heartbeat_ms).unwrap_or(0),
+                hostname: n.hostname.clone(),
+                agent_version: n.agent_version.clone(),
+                cpu_percent: host.cpu_percent,
+                memory_used_bytes: host.memory_used_bytes,
+                address: n.address.clone(),
+                message: match quarantine {
+                    Some(why) => why,
+                    None if status == NodeStatus::Draining => match moving.get(n.name.as_str()) {
+                        Some(m) => waiting_on(inner, m),
+                        // A moment between two handoffs, or no other node to go to.
+                        None => format!(
+                            "{} left, no handoff under way: one starts once another ready node \
+                             fits them",
+                            match instances {
+                                1 => "1 instance".to_string(),
+                                n => format!("{n} instances"),
+                            }
+                        ),
+                    },
+                    None => String::new(),
+                },
+            }
+        })
+        .collect()
+}
+
+/// What a draining node waits on: `moving web[1] to b: not online for 12.0s (the drain goes on
+/// without it after update.healthy_deadline, 300.0s): crashed 3 times ...`.
+fn waiting_on(inner: &Inner, moving: &[&InstanceRecord]) -> String {
+    let seconds = |ms: i64| format!("{:.1}s", ms.max(0) as f64 / 1000.0);
+    let one = |r: &InstanceRecord| {
+        let deadline = (inner.state.apps.get(&r.app))
+            .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
+        let mut text = format!(
+            "moving {}[{}] to {}: not online for {} (the drain goes on without it after \
+             update.healthy_deadline, {})",
+            r.app,
+            r.index,
+            r.node.as_deref().unwrap_or("no node yet"),
+            seconds(inner.now.saturating_sub(r.created_ms)),
+            seconds(deadline)
+        );
+        if let Some(o) = inner.observed.get(&r.id).filter(|o| !o.message.is_empty()) {
+            text.push_str(": ");
+            text.push_str(&o.message);
+        }
+        text
+    };
+    moving.iter().map(|r| one(r)).collect::<Vec<_>>().join("; ")
+}
