@@ -591,13 +591,61 @@ fn cron_restart_restarts_on_schedule() {
     );
 }
 
+/// A `pmcluster` that keeps writing lines (`logs -f`): read on a thread of its own, line by
+/// line; ended (killed and reaped) when dropped.
+struct LogFollower {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogFollower {
+    fn start(c: &Cluster, args: &[&str]) -> LogFollower {
+        use std::io::BufRead;
+        let mut child = Command::new(&c.bins().cli)
+            .args(["--coordinator", &c.url()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("pmcluster {args:?} starts: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        LogFollower {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The next line, if one comes within `wait`.
+    fn next_within(&self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
+    }
+}
+
+impl Drop for LogFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
 /// `logs -f` follows an instance's output live through the coordinator, and a follower that
 /// goes away leaves the instance and the agent running.
 #[test]
 fn logs_follow_streams_new_lines_through_the_coordinator() {
-    use std::io::BufRead;
-    use std::sync::mpsc;
-
     let c = Cluster::start(1).expect("coordinator and an agent start");
     apply(
         &c,
@@ -605,35 +653,12 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
                "args": ["-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done"]}),
     );
     let before = wait_instance(&c, "ticker", "online", |i| i.online());
-    let mut follower = Command::new(&c.bins().cli)
-        .args([
-            "--coordinator",
-            &c.url(),
-            "logs",
-            "ticker",
-            "-f",
-            "--lines",
-            "1",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pmcluster logs -f starts");
-    let stdout = follower.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let follower = LogFollower::start(&c, &["logs", "ticker", "-f", "--lines", "1"]);
     // Ten successive ticks arrive as the instance writes them.
     let mut ticks: Vec<u64> = Vec::new();
     let deadline = Instant::now() + DEADLINE;
     while ticks.len() < 10 && Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200))
+        if let Some(line) = follower.next_within(Duration::from_millis(200))
             && let Some(n) = line
                 .rsplit("tick ")
                 .next()
@@ -642,9 +667,7 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
             ticks.push(n);
         }
     }
-    let _ = follower.kill();
-    let _ = follower.wait();
-    let _ = reader.join();
+    drop(follower);
     assert!(ticks.len() >= 10, "followed lines: {ticks:?}");
     assert!(
         ticks.windows(2).all(|w| w[1] == w[0] + 1),
@@ -660,9 +683,6 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
 /// written from then on.
 #[test]
 fn logs_lines_0_follows_without_history() {
-    use std::io::BufRead;
-    use std::sync::mpsc;
-
     let c = Cluster::start(1).expect("coordinator and an agent start");
     apply(
         &c,
@@ -682,34 +702,9 @@ fn logs_lines_0_follows_without_history() {
     let none = c.cli(&["logs", "ticker", "--lines", "0"]);
     assert_eq!(none.assert_ok().stdout, "", "{none}");
 
-    let mut follower = Command::new(&c.bins().cli)
-        .args([
-            "--coordinator",
-            &c.url(),
-            "logs",
-            "ticker",
-            "--lines",
-            "0",
-            "-f",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pmcluster logs -f starts");
-    let stdout = follower.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx.recv_timeout(DEADLINE);
-    let _ = follower.kill();
-    let _ = follower.wait();
-    let _ = reader.join();
+    let follower = LogFollower::start(&c, &["logs", "ticker", "--lines", "0", "-f"]);
+    let first = follower.next_within(DEADLINE);
+    drop(follower);
     let first = first.expect("a new line within the deadline");
     assert!(
         tick(&first).is_some_and(|n| n > last),

@@ -292,11 +292,12 @@ fn a_drained_node_that_does_not_return_to_a_new_leader_is_down_after_the_heartbe
     Ok(())
 }
 
-/// Two copies on `a`, online, `b` attached and `a` drained: the first replacement is placed on
-/// `b`. `spec` is `web`'s.
+/// `web` (`spec`) on `a`, each process reporting `state`, then `b` attached and `a` drained:
+/// a running copy's first replacement is placed on `b`.
 fn drained(
     spec: AppSpec,
     clock: &Arc<ManualClock>,
+    state: InstanceState,
 ) -> Result<(Control, Agents, Attached, Attached)> {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
     let c = Control::open_with(store, config(), clock.clone())?;
@@ -304,7 +305,9 @@ fn drained(
     let a = c.attach(&register("a"), None)?;
     c.apply(spec)?;
     agents.follow(&c, "a");
-    agents.all_online("a");
+    for s in agents.by_node.values_mut().flat_map(|n| n.values_mut()) {
+        *s = state;
+    }
     report(&c, &agents, "a", &a);
     let b = c.attach(&register("b"), None)?;
     c.set_drain("a", true)?;
@@ -334,7 +337,7 @@ fn a_drain_goes_on_past_a_replacement_not_online_by_the_healthy_deadline() -> Re
     let clock = Arc::new(ManualClock::new(T0, 11));
     let mut spec = web(2);
     spec.update.healthy_deadline = Duration::from_secs(30);
-    let (c, mut agents, a, b) = drained(spec, &clock)?;
+    let (c, mut agents, a, b) = drained(spec, &clock, InstanceState::Online)?;
     let pass = |agents: &mut Agents| {
         agents.follow(&c, "a");
         agents.follow(&c, "b");
@@ -394,19 +397,7 @@ fn a_drain_moves_a_finished_job_stopped_and_does_not_run_it_again() -> Result<()
     let clock = Arc::new(ManualClock::new(T0, 11));
     let mut spec = web(1);
     spec.autorestart = false;
-    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-    let c = Control::open_with(store, config(), clock.clone())?;
-    let mut agents = Agents::default();
-    let a = c.attach(&register("a"), None)?;
-    c.apply(spec)?;
-    agents.follow(&c, "a");
-    for state in agents.by_node.values_mut().flat_map(|n| n.values_mut()) {
-        *state = InstanceState::Exited;
-    }
-    report(&c, &agents, "a", &a);
-    c.attach(&register("b"), None)?;
-    c.set_drain("a", true)?;
-    c.tick();
+    let (c, ..) = drained(spec, &clock, InstanceState::Exited)?;
     let records = web_records(&c);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].node.as_deref(), Some("b"));
