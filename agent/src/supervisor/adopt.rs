@@ -25,7 +25,7 @@ use crate::health;
 use crate::logs::pump::keep_pumping;
 use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
 use crate::orphans::{self, Orphan};
-use crate::persist::{EndState, Saved, SavedProcess, SavedPump};
+use crate::persist::{EndState, Saved, SavedEnd, SavedProcess, SavedPump};
 use crate::process::{self, ExitWatch, ProcId, unix_ms};
 use crate::state::Agent;
 
@@ -90,8 +90,11 @@ pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
                 adopted.insert(assignment.instance_id.clone());
                 adopt(agent, &s, assignment, p, id);
             }
-            None => match ended_status(&s) {
-                Some(status) => keep_ended(agent, &s, assignment, status),
+            None => match ended_status(&s).map(|st| (s.clone(), st)).or_else(|| {
+                let unseen = unseen_end(&s, &assignment)?;
+                ended_status(&unseen).map(|st| (unseen, st))
+            }) {
+                Some((s, status)) => keep_ended(agent, &s, assignment, status),
                 None => {
                     if let Some(p) = &s.process {
                         tracing::info!(
@@ -143,6 +146,20 @@ fn ended_status(saved: &Saved) -> Option<Status> {
     status.last_exit_code = saved.last_exit_code;
     status.message.clone_from(&end.message);
     Some(status)
+}
+/// `saved` as ended for good when its process ended while no agent watched it and its
+/// autorestart is off: as that autorestart would have, it stays exited. A job that finished just
+/// as the last agent left (its end not recorded) must not run a second time; one with
+/// autorestart on is started again, as ever.
+fn unseen_end(saved: &Saved, assignment: &Assignment) -> Option<Saved> {
+    let autorestart = assignment.spec.as_ref().map_or(true, |s| s.autorestart);
+    (saved.process.is_some() && saved.ended.is_none() && !autorestart).then(|| Saved {
+        ended: Some(SavedEnd {
+            state: EndState::Exited,
+            message: "exited while no agent ran; autorestart is off".into(),
+        }),
+        ..saved.clone()
+    })
 }
 /// Supervises an instance that ended for good before the agent restarted, without starting it:
 /// the desired-set diff then sees the assignment it ended under, so only a start or restart
@@ -416,7 +433,6 @@ mod tests {
     use pmcluster_spec::AppSpec;
 
     use super::*;
-    use crate::persist::SavedEnd;
 
     fn record(run: bool, ended: Option<(EndState, &str)>) -> Saved {
         let a = Assignment {
@@ -467,5 +483,52 @@ mod tests {
         assert_eq!(kept(&record(true, None)), None);
         // Kept stopped by its assignment: the desired set reports it stopped.
         assert_eq!(kept(&record(false, Some((EndState::Exited, exited)))), None);
+    }
+
+    /// A process that ended while no agent watched: kept exited when its autorestart is off
+    /// (it finished, as far as anyone can tell), started again otherwise.
+    #[test]
+    fn an_unseen_end_with_autorestart_off_is_kept_exited() {
+        let assignment = |autorestart: bool| {
+            let mut spec = AppSpec::new("once", "sh", &["-c", "exit 0"]);
+            spec.autorestart = autorestart;
+            Assignment {
+                instance_id: InstanceId::new("i"),
+                app: "once".into(),
+                index: 0,
+                app_version: 2,
+                spec: Ok(Arc::new(spec)),
+                port: None,
+                run: true,
+                restart_epoch: 5,
+            }
+        };
+        let ran = |mut s: Saved| {
+            s.process = Some(SavedProcess {
+                pid: 1,
+                start_ticks: 1,
+                port: None,
+                started_at_ms: 0,
+                pumps: Vec::new(),
+                cgroup: None,
+            });
+            s
+        };
+        let kept = |s: &Saved, autorestart| {
+            let unseen = unseen_end(s, &assignment(autorestart))?;
+            ended_status(&unseen).map(|st| (st.state, st.message, st.restart_epoch))
+        };
+        let message = "exited while no agent ran; autorestart is off".to_string();
+        assert_eq!(
+            kept(&ran(record(true, None)), false),
+            Some((InstanceState::Exited, message, 5))
+        );
+        // Autorestart on: started again. No process recorded: a start still to do.
+        assert_eq!(kept(&ran(record(true, None)), true), None);
+        assert_eq!(kept(&record(true, None), false), None);
+        // Its end recorded: kept as recorded (ended_status), not through here.
+        let exited = "exited with code 0; autorestart is off";
+        let recorded = ran(record(true, Some((EndState::Exited, exited))));
+        assert_eq!(unseen_end(&recorded, &assignment(false)), None);
     }
 }
