@@ -480,10 +480,7 @@ impl Control {
             Action::Disable => ("disable", EventKind::InstanceDisabled),
             Action::Enable => ("enable", EventKind::InstanceEnabled),
         };
-        let count = |n: u32| match n {
-            1 => "1 instance".to_string(),
-            n => format!("{n} instances"),
-        };
+        let count = super::instances_phrase;
         let text = if changed == affected {
             format!("{verb} {name}: {}", count(affected))
         } else if changed == 0 {

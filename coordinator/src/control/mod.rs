@@ -515,6 +515,19 @@ fn raised_restarts(
         .collect()
 }
 
+/// "1 instance", "3 instances": how events and node messages count instances.
+fn instances_phrase(n: u32) -> String {
+    match n {
+        1 => "1 instance".to_string(),
+        n => format!("{n} instances"),
+    }
+}
+
+/// A span of milliseconds as events and node messages give it: "12.0s".
+fn seconds_phrase(ms: i64) -> String {
+    format!("{:.1}s", ms.max(0) as f64 / 1000.0)
+}
+
 fn is_quarantined(live: &NodeLive) -> bool {
     live.session
         .as_ref()

@@ -566,7 +566,7 @@ fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
             .map_or(why, |(w, _)| w)
             .to_string()
     };
-    let seconds = |ms: i64| format!("{:.1}s", ms.max(0) as f64 / 1000.0);
+    let seconds = super::seconds_phrase;
     let to = if m.to.is_empty() {
         "no node yet (pending)"
     } else {

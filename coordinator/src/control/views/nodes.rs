@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use crate::model::{InstanceRecord, NodeStatus, NodeView};
 
-use super::super::{ControlConfig, Inner, awaited, is_ready, timeout_ms};
+use super::super::{
+    ControlConfig, Inner, awaited, instances_phrase, is_ready, seconds_phrase, timeout_ms,
+};
 
 /// Every registered node as `nodes` shows it.
 pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView> {
@@ -95,10 +97,7 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
                         None => format!(
                             "{} left, no handoff under way: one starts once another ready node \
                              fits them",
-                            match instances {
-                                1 => "1 instance".to_string(),
-                                n => format!("{n} instances"),
-                            }
+                            instances_phrase(instances)
                         ),
                     },
                     None => String::new(),
@@ -111,7 +110,7 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
 /// What a draining node waits on: `moving web[1] to b: not online for 12.0s (the drain goes on
 /// without it after update.healthy_deadline, 300.0s): crashed 3 times ...`.
 fn waiting_on(inner: &Inner, moving: &[&InstanceRecord]) -> String {
-    let seconds = |ms: i64| format!("{:.1}s", ms.max(0) as f64 / 1000.0);
+    let seconds = seconds_phrase;
     let one = |r: &InstanceRecord| {
         let deadline = (inner.state.apps.get(&r.app))
             .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
