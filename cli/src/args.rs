@@ -21,6 +21,10 @@ pub use local::{DownArgs, UpArgs};
 
 /// Address of the coordinator when neither `--coordinator` nor the environment says otherwise.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7450";
+/// The help heading of the flags that say which coordinator to reach and how: every verb
+/// takes them, and a verb's help lists its own flags apart from them.
+const CONNECTION: &str = "Connection options";
+
 /// Where `pmcluster up` makes the local coordinator listen by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7450";
 
@@ -44,6 +48,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = CONNECTION,
         env = "PMCLUSTER_COORDINATOR",
         default_value = DEFAULT_COORDINATOR,
         value_name = "URL"
@@ -52,15 +57,33 @@ pub struct Cli {
 
     /// The cluster CA (PEM) that signed the coordinator's certificate; needed for https://
     /// coordinators
-    #[arg(long, global = true, env = "PMCLUSTER_CA", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = CONNECTION,
+        env = "PMCLUSTER_CA",
+        value_name = "FILE"
+    )]
     pub ca: Option<std::path::PathBuf>,
 
     /// Your client certificate (PEM), e.g. from `pmcluster certs issue user NAME`; with --key
-    #[arg(long, global = true, env = "PMCLUSTER_CERT", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = CONNECTION,
+        env = "PMCLUSTER_CERT",
+        value_name = "FILE"
+    )]
     pub cert: Option<std::path::PathBuf>,
 
     /// The private key (PEM) of --cert
-    #[arg(long, global = true, env = "PMCLUSTER_KEY", value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = CONNECTION,
+        env = "PMCLUSTER_KEY",
+        value_name = "FILE"
+    )]
     pub key: Option<std::path::PathBuf>,
 
     /// An API token (from `pmcluster token create`), sent as a bearer token with every call;
@@ -68,6 +91,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = CONNECTION,
         env = "PMCLUSTER_TOKEN",
         value_name = "TOKEN",
         hide_env_values = true
