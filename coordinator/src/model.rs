@@ -187,12 +187,32 @@ impl NodeRecord {
     }
 }
 
+/// A node forgotten with `nodes forget`, kept after its record goes: an agent that comes back
+/// under that name is then known for one this store forgot, not one it never knew (a store
+/// that lost writes or was restored), and joins afresh instead of being quarantined.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenNode {
+    pub name: String,
+    /// The record's [`NodeRecord::sent_up_to`]: an agent above it applied sets this store
+    /// never made, and is quarantined as before.
+    pub sent_up_to: u64,
+    /// The record's generation: the node's sets go on from it, so none goes back.
+    pub generation: u64,
+    pub forgotten_ms: i64,
+}
+
+/// Forgotten nodes kept, at most: the oldest goes first. A node forgotten longer ago than 1,024
+/// others that comes back is quarantined, as one the store never knew.
+pub const MAX_FORGOTTEN: usize = 1024;
+
 /// Everything the store holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Persisted {
     pub apps: BTreeMap<String, AppRecord>,
     pub instances: BTreeMap<Uuid, InstanceRecord>,
     pub nodes: BTreeMap<String, NodeRecord>,
+    /// Nodes forgotten, by name; a name is never both here and in `nodes`.
+    pub forgotten: BTreeMap<String, ForgottenNode>,
     /// API tokens by id.
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Highest desired-set generation handed out, cluster-wide.
@@ -215,6 +235,9 @@ pub struct Batch {
     pub put_nodes: Vec<NodeRecord>,
     /// Nodes forgotten (`nodes forget`) or renamed away.
     pub del_nodes: Vec<String>,
+    pub put_forgotten: Vec<ForgottenNode>,
+    /// Forgotten nodes that came back, or were let go for newer ones.
+    pub del_forgotten: Vec<String>,
     pub put_tokens: Vec<TokenRecord>,
     /// Tokens revoked, by id.
     pub del_tokens: Vec<String>,
@@ -259,7 +282,8 @@ impl Batch {
             }
             (puts, dels)
         }
-        let (mut apps, mut instances, mut nodes, mut tokens) = (
+        let (mut apps, mut instances, mut nodes, mut tokens, mut forgotten) = (
+            BTreeMap::new(),
             BTreeMap::new(),
             BTreeMap::new(),
             BTreeMap::new(),
@@ -287,6 +311,11 @@ impl Batch {
                 b.put_tokens.iter().map(|t| (t.id.clone(), t.clone())),
                 b.del_tokens.iter().cloned(),
             );
+            fold(
+                &mut forgotten,
+                b.put_forgotten.iter().map(|f| (f.name.clone(), f.clone())),
+                b.del_forgotten.iter().cloned(),
+            );
             if b.generation.is_some() {
                 out.generation = b.generation;
             }
@@ -298,6 +327,7 @@ impl Batch {
         (out.put_instances, out.del_instances) = split(instances);
         (out.put_nodes, out.del_nodes) = split(nodes);
         (out.put_tokens, out.del_tokens) = split(tokens);
+        (out.put_forgotten, out.del_forgotten) = split(forgotten);
         out
     }
 
@@ -308,6 +338,8 @@ impl Batch {
             && self.del_instances.is_empty()
             && self.put_nodes.is_empty()
             && self.del_nodes.is_empty()
+            && self.put_forgotten.is_empty()
+            && self.del_forgotten.is_empty()
             && self.put_tokens.is_empty()
             && self.del_tokens.is_empty()
             && self.generation.is_none()
@@ -360,6 +392,12 @@ impl Persisted {
         }
         for name in &batch.del_nodes {
             self.nodes.remove(name);
+        }
+        for node in &batch.put_forgotten {
+            self.forgotten.insert(node.name.clone(), node.clone());
+        }
+        for name in &batch.del_forgotten {
+            self.forgotten.remove(name);
         }
         for token in &batch.put_tokens {
             self.tokens.insert(token.id.clone(), token.clone());

@@ -15,7 +15,7 @@ use super::sets::publish;
 use super::write;
 use super::{
     Attached, Control, ControlError, Guard, Inner, Leaving, MemoryTrend, Result, Session,
-    is_quarantined, is_ready, new_node_live,
+    instances_phrase, is_quarantined, is_ready, new_node_live,
 };
 use crate::core::adoption;
 
@@ -54,6 +54,15 @@ impl Control {
             renamed = self.rename_batch(&inner, &reg.renamed_from, &name, &mut batch)?;
         }
         let known = inner.state.nodes.get(&name).or(renamed.as_ref()).cloned();
+        // A node forgotten with `nodes forget` whose agent came back: it joins afresh, its sets
+        // going on from the generation it had, so the first one (without the instances placed
+        // elsewhere since) stops what its agent still runs. Its tombstone goes with this write.
+        // (A record put under a forgotten name, renamed to it too, ends its tombstone.)
+        let tombstone = inner.state.forgotten.get(&name).cloned();
+        if tombstone.is_some() {
+            batch.del_forgotten.push(name.clone());
+        }
+        let forgotten = tombstone.filter(|_| known.is_none());
         let address = if reg.advertise_address.is_empty() {
             peer.map(|p| p.to_string()).unwrap_or_default()
         } else {
@@ -66,13 +75,20 @@ impl Control {
             memory_bytes: reg.memory_bytes,
             hostname: reg.hostname.clone(),
             agent_version: reg.agent_version.clone(),
-            generation: known.as_ref().map(|n| n.generation).unwrap_or(0),
+            generation: (known.as_ref().map(|n| n.generation))
+                .or(forgotten.as_ref().map(|f| f.generation))
+                .unwrap_or(0),
             drain: known.as_ref().is_some_and(|n| n.drain),
             address: address.clone(),
             // Its set goes out once this commits: the agent may hold this generation from now.
             sent_generation: match &quarantine {
-                None => Some(known.as_ref().map_or(0, |n| n.generation)),
-                Some(_) => known.as_ref().and_then(|n| n.sent_generation),
+                None => Some(
+                    (known.as_ref().map(|n| n.generation))
+                        .or(forgotten.as_ref().map(|f| f.generation))
+                        .unwrap_or(0),
+                ),
+                Some(_) => (known.as_ref().and_then(|n| n.sent_generation))
+                    .or(forgotten.as_ref().map(|f| f.sent_up_to)),
             },
             // Restarts asked while no agent was there: its set, going out now, carries them.
             // Raising one above what the agent holds is for a store behind the agent (restored
@@ -161,13 +177,24 @@ impl Control {
                     format!("node {name} quarantined: {why}"),
                 );
             }
-            None => self.emit(
-                EventKind::NodeUp,
-                "",
-                &name,
-                None,
-                format!("node {name} connected"),
-            ),
+            None => {
+                let text = match (&forgotten, reg.held.len()) {
+                    (Some(_), held) if held > 0 => {
+                        let held = instances_phrase(u32::try_from(held).unwrap_or(u32::MAX));
+                        format!(
+                            "node {name} connected; it had been forgotten, so it joins afresh \
+                             and its agent removes the {held} it held (their indices were placed \
+                             anew when it was forgotten)"
+                        )
+                    }
+                    (Some(_), _) => format!("node {name} connected; it had been forgotten"),
+                    (None, _) => format!("node {name} connected"),
+                };
+                if forgotten.is_some() {
+                    tracing::warn!(node = %name, "{text}");
+                }
+                self.emit(EventKind::NodeUp, "", &name, None, text);
+            }
         }
         Ok(Attached {
             session_id,

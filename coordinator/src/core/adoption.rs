@@ -48,22 +48,25 @@ pub fn quarantine_reason(state: &Persisted, reg: &Registration) -> Option<String
             reg.cluster_id, state.cluster_id
         ));
     }
-    // A renamed node brings the generations of its old name.
-    let known = state
+    // A renamed node brings the generations of its old name; a forgotten one those it had.
+    let record = state
         .nodes
         .get(name)
-        .or_else(|| state.nodes.get(reg.renamed_from))
+        .or_else(|| state.nodes.get(reg.renamed_from));
+    let forgotten = state.forgotten.get(name).filter(|_| record.is_none());
+    let known = record
         .map(|n| n.sent_up_to())
+        .or(forgotten.map(|f| f.sent_up_to))
         .unwrap_or(0);
-    if reg.generation > known && !state.nodes.contains_key(name) && reg.renamed_from.is_empty() {
-        // No record of the node at all: forgotten (`nodes forget`) while its agent was away,
-        // or never known to this store.
+    if reg.generation > known && record.is_none() && forgotten.is_none() {
+        // No record of the node at all: never known to this store, or forgotten so long ago
+        // that its tombstone went.
         return Some(format!(
-            "this cluster has no record of node {name} (it was forgotten with 'pmcluster nodes \
-             forget', or the store is older than the agent), whose agent applied desired-set \
-             generation {}; its {n} instance(s) keep running, beside any replacements placed \
-             elsewhere; 'pmcluster nodes adopt {name}' keeps those whose index runs nowhere \
-             else and stops the rest",
+            "this cluster has no record of node {name} (the store is older than the agent, or \
+             the node was forgotten long ago), whose agent applied desired-set generation {}; \
+             its {n} instance(s) keep running, beside any replacements placed elsewhere; \
+             'pmcluster nodes adopt {name}' keeps those whose index runs nowhere else and stops \
+             the rest",
             reg.generation
         ));
     }
@@ -155,7 +158,7 @@ pub fn adoption_batch(state: &Persisted, node: &str, held: &[Held], now: i64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NodeRecord;
+    use crate::model::{ForgottenNode, NodeRecord};
     use pmcluster_spec::AppSpec;
     use uuid::Uuid;
 
@@ -225,10 +228,11 @@ mod tests {
         }
     }
 
-    /// A node the store has no record of (forgotten while its agent was away) is told apart from
-    /// a store behind its agent, and the reason says what adopting it does.
+    /// A node the store forgot comes back unquarantined while its agent holds no set newer
+    /// than the store sent it; one the store has no record of at all (nor a tombstone) is told
+    /// apart from a store behind its agent, and the reason says what adopting it does.
     #[test]
-    fn a_forgotten_node_that_returns_is_named_as_such() {
+    fn a_node_that_returns_after_it_was_forgotten() {
         let reg = |generation| Registration {
             node: "c",
             cluster_id: "ours",
@@ -236,11 +240,40 @@ mod tests {
             generation,
             held: 3,
         };
+        let mut forgot = state(5);
+        forgot.forgotten.insert(
+            "c".into(),
+            ForgottenNode {
+                name: "c".into(),
+                sent_up_to: 13,
+                generation: 20,
+                forgotten_ms: 0,
+            },
+        );
+        for (generation, want) in [
+            (0, None),
+            (13, None),
+            (14, Some("only up to generation 13")),
+        ] {
+            let got = quarantine_reason(&forgot, &reg(generation));
+            assert_eq!(
+                got.as_deref().map(|why| why.contains(want.unwrap_or("-"))),
+                want.map(|_| true),
+                "agent at {generation}: {got:?}"
+            );
+        }
+        // Only the forgotten name: another name's agent is not let in by it.
+        let other = Registration {
+            node: "d",
+            ..reg(13)
+        };
+        assert!(quarantine_reason(&forgot, &other).is_some());
+
         assert_eq!(quarantine_reason(&state(5), &reg(0)), None, "a new node");
         let why = quarantine_reason(&state(5), &reg(13)).unwrap_or_default();
         for want in [
             "no record of node c",
-            "pmcluster nodes forget",
+            "forgotten long ago",
             "its 3 instance(s) keep running",
             "stops the rest",
         ] {

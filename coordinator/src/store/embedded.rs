@@ -23,6 +23,7 @@ const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const FORGOTTEN: TableDefinition<&str, &[u8]> = TableDefinition::new("forgotten");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GENERATION: &str = "generation";
 /// Text-valued metadata (the cluster id).
@@ -181,6 +182,7 @@ impl EmbeddedStore {
             tx.open_table(INSTANCES).map_err(io)?;
             tx.open_table(NODES).map_err(io)?;
             tx.open_table(TOKENS).map_err(io)?;
+            tx.open_table(FORGOTTEN).map_err(io)?;
             tx.open_table(META).map_err(io)?;
             tx.open_table(IDENTITY).map_err(io)?;
         }
@@ -203,6 +205,11 @@ impl EmbeddedStore {
         }
         for token in read_all::<crate::model::TokenRecord>(&tx, TOKENS, "tokens", &self.path)? {
             state.tokens.insert(token.id.clone(), token);
+        }
+        for node in
+            read_all::<crate::model::ForgottenNode>(&tx, FORGOTTEN, "forgotten", &self.path)?
+        {
+            state.forgotten.insert(node.name.clone(), node);
         }
         let meta = tx.open_table(META).map_err(io)?;
         state.generation = meta
@@ -289,6 +296,17 @@ impl Store for EmbeddedStore {
             for name in &batch.del_nodes {
                 nodes.remove(name.as_str()).map_err(io)?;
             }
+            if !batch.put_forgotten.is_empty() || !batch.del_forgotten.is_empty() {
+                let mut forgotten = tx.open_table(FORGOTTEN).map_err(io)?;
+                for node in &batch.put_forgotten {
+                    forgotten
+                        .insert(node.name.as_str(), encode(node)?.as_slice())
+                        .map_err(io)?;
+                }
+                for name in &batch.del_forgotten {
+                    forgotten.remove(name.as_str()).map_err(io)?;
+                }
+            }
             if !batch.put_tokens.is_empty() || !batch.del_tokens.is_empty() {
                 let mut tokens = tx.open_table(TOKENS).map_err(io)?;
                 for token in &batch.put_tokens {
@@ -316,7 +334,7 @@ impl Store for EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{AppRecord, InstanceRecord, NodeRecord};
+    use crate::model::{AppRecord, ForgottenNode, InstanceRecord, NodeRecord};
     use pmcluster_spec::AppSpec;
 
     #[test]
@@ -355,10 +373,17 @@ mod tests {
             sent_generation: Some(4),
             restarts_unseen: [(uuid::Uuid::from_u128(7), 3)].into(),
         };
+        let gone = |name: &str| ForgottenNode {
+            name: name.into(),
+            sent_up_to: 3,
+            generation: 4,
+            forgotten_ms: 99,
+        };
         let batch = Batch {
             put_apps: vec![app],
             put_instances: vec![inst],
             put_nodes: vec![node],
+            put_forgotten: vec![gone("b"), gone("c")],
             generation: Some(5),
             ..Batch::default()
         };
@@ -373,11 +398,13 @@ mod tests {
         store.commit(&Batch {
             del_apps: vec!["web".into()],
             del_instances: vec![uuid::Uuid::from_u128(7)],
+            del_forgotten: vec!["b".into()],
             ..Batch::default()
         })?;
         let got = store.load()?;
         assert!(got.apps.is_empty() && got.instances.is_empty());
         assert_eq!(got.nodes.len(), 1);
+        assert_eq!(got.forgotten.into_values().collect::<Vec<_>>(), [gone("c")]);
         Ok(())
     }
 

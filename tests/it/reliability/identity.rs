@@ -321,6 +321,98 @@ fn issue9_a_data_dir_reused_under_another_name_is_refused_or_renamed() {
     );
 }
 
+/// A node forgotten while its agent was down, whose agent comes back after all: it joins
+/// unquarantined, its agent stops the process whose index was placed elsewhere at the forget,
+/// and each index runs once. (Before the store kept forgotten names, it was quarantined and the
+/// old process ran beside its replacement until an operator adopted the node.)
+#[test]
+fn a_forgotten_node_that_comes_back_stops_what_runs_elsewhere() {
+    let mut c = Cluster::start(2).expect("coordinator and two agents start");
+    c.cli(&[
+        "start",
+        "sh",
+        "--name",
+        "idle",
+        "--instances",
+        "2",
+        "--",
+        "-c",
+        "exec sleep 600",
+    ])
+    .assert_ok();
+    let on_b = wait_until(DEADLINE, "idle on both nodes", || {
+        let list = c.instances("idle")?;
+        let on_b = list
+            .iter()
+            .find(|i| i.node.as_deref() == Some("node-b"))
+            .and_then(|i| i.pid);
+        match on_b {
+            Some(pid) if list.len() == 2 && list.iter().all(live) => Ok(pid),
+            _ => Err(render(&list)),
+        }
+    });
+    let old = ProcId::of(on_b).expect("node-b's instance runs");
+    c.remember_pids(&[on_b]);
+
+    // kill -9: the agent goes, its instance runs on.
+    let b = c.agent_idx("node-b").expect("node-b");
+    c.agent(b).kill();
+    assert!(old.alive(), "node-b's instance died with its agent");
+    wait_until(DEADLINE, "node-b forgotten", || {
+        let out = c.cli(&["nodes", "forget", "node-b"]);
+        if out.success() {
+            Ok(())
+        } else {
+            Err(out.to_string())
+        }
+    });
+    let moved = wait_until(DEADLINE, "both instances on node-a", || {
+        let list = c.instances("idle")?;
+        if list.len() == 2
+            && list.iter().all(live)
+            && list.iter().all(|i| i.node.as_deref() == Some("node-a"))
+        {
+            Ok(list)
+        } else {
+            Err(render(&list))
+        }
+    });
+    let pids: Vec<u32> = moved.iter().filter_map(|i| i.pid).collect();
+    c.remember_pids(&pids);
+    assert!(
+        old.alive(),
+        "the forgotten node's process runs while its agent is away"
+    );
+
+    c.restart_agent(b, &[])
+        .expect("node-b's agent starts again");
+    c.wait_ready(&["node-b"], DEADLINE)
+        .expect("node-b up, not quarantined");
+    wait_until(DEADLINE, "node-b's old process stopped", || {
+        if old.alive() {
+            Err(format!("{} runs", old.pid))
+        } else {
+            Ok(())
+        }
+    });
+    let (status, message) = node_status(&c, "node-b").expect("node-b listed");
+    assert_eq!(status, "ready", "{message}");
+    // The two that run on node-a are untouched; nothing else runs.
+    let after = c.instances("idle").expect("list idle");
+    let mut now: Vec<u32> = after.iter().filter_map(|i| i.pid).collect();
+    now.sort_unstable();
+    let mut want = pids.clone();
+    want.sort_unstable();
+    assert_eq!(now, want, "{}", render(&after));
+    let events = c.cli(&["events", "--no-follow", "--history", "50"]);
+    events.assert_ok();
+    assert!(
+        events.stdout.contains("it had been forgotten")
+            && events.stdout.contains("removes the 1 instance it held"),
+        "{events}"
+    );
+}
+
 /// `nodes forget` is refused while the node is connected, and afterwards places its instances
 /// elsewhere at once (not after `reschedule_after`), and the node is no longer listed.
 #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{Batch, EventKind, NodeRecord, NodeView};
+use crate::model::{Batch, EventKind, ForgottenNode, MAX_FORGOTTEN, NodeRecord, NodeView};
 
 use super::super::sets::publish;
 use super::super::{Control, ControlError, Result, is_quarantined, node_not_found};
@@ -149,10 +149,28 @@ impl Control {
                  instances while it runs)"
             )));
         }
-        let batch = Batch {
+        let mut batch = Batch {
             del_nodes: vec![name.to_string()],
             ..Batch::default()
         };
+        if let Some(record) = inner.ahead.nodes.get(name) {
+            batch.put_forgotten.push(ForgottenNode {
+                name: name.to_string(),
+                sent_up_to: record.sent_up_to(),
+                generation: record.generation,
+                forgotten_ms: inner.now,
+            });
+            // The oldest tombstones make room; a node that old coming back is quarantined.
+            let kept = &inner.ahead.forgotten;
+            if kept.len() >= MAX_FORGOTTEN && !kept.contains_key(name) {
+                let mut by_age: Vec<&ForgottenNode> = kept.values().collect();
+                by_age.sort_by_key(|f| (f.forgotten_ms, &f.name));
+                let over = kept.len() + 1 - MAX_FORGOTTEN;
+                batch
+                    .del_forgotten
+                    .extend(by_age.iter().take(over).map(|f| f.name.clone()));
+            }
+        }
         self.write(&mut inner, batch)?;
         inner.nodes.remove(name);
         drop(inner);
@@ -161,7 +179,10 @@ impl Control {
             "",
             name,
             None,
-            format!("node {name} forgotten; its instances are placed elsewhere"),
+            format!(
+                "node {name} forgotten; its instances are placed elsewhere (should its agent come \
+                 back, the node joins afresh and its agent stops them)"
+            ),
         );
         Ok(before)
     }

@@ -3,6 +3,7 @@
 //! restarts asked of it.
 
 use super::*;
+use crate::model::{ForgottenNode, MAX_FORGOTTEN};
 
 /// The held assignments of node `name` in `c`'s desired set, as an agent would send them.
 fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
@@ -696,5 +697,91 @@ async fn a_rolling_restart_around_a_quarantined_node_finishes_and_adoption_stops
         rows.iter().all(|i| i.node == "b" && !i.unmanaged),
         "{rows:?}"
     );
+    Ok(())
+}
+
+/// A node forgotten while its agent was away, whose agent comes back (a coordinator restart in
+/// between, so from the store): it joins unquarantined, its tombstone goes, and its first set
+/// holds none of what it ran (their indices were placed on the other node when it was
+/// forgotten), at a generation its agent takes. Without the tombstone it was quarantined.
+#[tokio::test]
+async fn a_forgotten_node_that_comes_back_joins_afresh() -> Result<()> {
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    let b = c.attach(&register("b"), None)?;
+    c.apply(web(2))?;
+    let held = held_of(&c, "b");
+    assert_eq!(held.len(), 1, "web spreads over both nodes");
+    let returning = registration_of(&c, "b");
+    c.detach("b", b.session_id);
+    c.forget_node("b")?;
+    let placed: Vec<String> = records(&c, "web")?.into_iter().map(|i| i.node).collect();
+    assert_eq!(placed, ["a", "a"]);
+    drop(c);
+
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    assert!(
+        store.load()?.forgotten.contains_key("b"),
+        "kept in the store"
+    );
+    let back = c.attach(&returning, None)?;
+    assert!(back.quarantine.is_empty(), "{}", back.quarantine);
+    let set = back.desired.borrow().clone().ok_or(ControlError::NotFound(
+        "no set for the returning node".into(),
+    ))?;
+    assert!(set.assignments.is_empty(), "{:?}", set.assignments);
+    assert!(
+        set.generation >= returning.generation,
+        "a set its agent applies"
+    );
+    assert!(store.load()?.forgotten.is_empty(), "the tombstone goes");
+    let said: Vec<String> = (c.recent_events("", Some(EventKind::NodeUp), 10).into_iter())
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        said.iter()
+            .any(|m| m.contains("it had been forgotten")
+                && m.contains("removes the 1 instance it held")),
+        "{said:?}"
+    );
+    Ok(())
+}
+
+/// Tombstones are bounded: a forget with `MAX_FORGOTTEN` kept lets the oldest go, and an agent
+/// of that oldest node is then quarantined as one the store never knew.
+#[tokio::test]
+async fn the_oldest_tombstone_makes_room() -> Result<()> {
+    let mut state = Persisted {
+        cluster_id: "c1".into(),
+        ..Persisted::default()
+    };
+    for i in 0..MAX_FORGOTTEN {
+        let name = format!("gone-{i:04}");
+        state.forgotten.insert(
+            name.clone(),
+            ForgottenNode {
+                name,
+                sent_up_to: 3,
+                generation: 3,
+                forgotten_ms: i64::try_from(i).unwrap_or(i64::MAX),
+            },
+        );
+    }
+    let store = Arc::new(MemoryStore::holding(state));
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let b = c.attach(&register("b"), None)?;
+    c.detach("b", b.session_id);
+    c.forget_node("b")?;
+    let kept = store.load()?.forgotten;
+    assert_eq!(kept.len(), MAX_FORGOTTEN);
+    assert!(kept.contains_key("b") && !kept.contains_key("gone-0000"));
+    let old = |name: &str| Registration {
+        cluster_id: "c1".into(),
+        generation: 3,
+        ..register(name)
+    };
+    assert!(!c.attach(&old("gone-0000"), None)?.quarantine.is_empty());
+    assert!(c.attach(&old("gone-0001"), None)?.quarantine.is_empty());
     Ok(())
 }

@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use pmcluster_spec::AppSpec;
 use uuid::Uuid;
 
-use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord, Persisted, TokenRecord};
+use crate::model::{
+    AppRecord, Batch, ForgottenNode, InstanceRecord, NodeRecord, Persisted, TokenRecord,
+};
 
 /// Instances per chunk key: a chunk of 256 records is ~80 KB of JSON, and scaling by 1,000 touches
 /// about 4 keys instead of 1,000.
@@ -48,6 +50,10 @@ impl Keys {
 
     pub fn node(&self, name: &str) -> String {
         format!("{}nodes/{name}", self.root)
+    }
+
+    pub fn forgotten(&self, name: &str) -> String {
+        format!("{}forgotten/{name}", self.root)
     }
 
     /// Token ids are hex (`core::access::TOKEN_ID_LEN` characters), so safe in a key.
@@ -210,6 +216,7 @@ pub fn plan(keys: &Keys, mirror: &Mirror, batch: &Batch) -> Result<Plan, serde_j
         });
     }
     plan_nodes(keys, mirror, batch, &mut ops)?;
+    plan_forgotten(keys, mirror, batch, &mut ops)?;
     plan_tokens(keys, mirror, batch, &mut ops)?;
     plan_apps(keys, mirror, batch, &mut ops)?;
     let chunks = plan_instances(keys, mirror, batch, &mut ops)?;
@@ -237,6 +244,34 @@ fn plan_nodes(
             }),
             None if mirror.state.nodes.contains_key(name) => ops.push(Op::Delete {
                 key: keys.node(name),
+            }),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn plan_forgotten(
+    keys: &Keys,
+    mirror: &Mirror,
+    batch: &Batch,
+    ops: &mut Vec<Op>,
+) -> Result<(), serde_json::Error> {
+    let mut after: BTreeMap<&str, Option<&ForgottenNode>> = BTreeMap::new();
+    for node in &batch.put_forgotten {
+        after.insert(&node.name, Some(node));
+    }
+    for name in &batch.del_forgotten {
+        after.insert(name, None);
+    }
+    for (name, node) in after {
+        match node {
+            Some(node) => ops.push(Op::Put {
+                key: keys.forgotten(name),
+                value: serde_json::to_vec(node)?,
+            }),
+            None if mirror.state.forgotten.contains_key(name) => ops.push(Op::Delete {
+                key: keys.forgotten(name),
             }),
             None => {}
         }
@@ -454,6 +489,10 @@ pub fn parse(
                 let node: NodeRecord = json(&key, &value)?;
                 state.nodes.insert(node.name.clone(), node);
             }
+            "forgotten" => {
+                let node: ForgottenNode = json(&key, &value)?;
+                state.forgotten.insert(node.name.clone(), node);
+            }
             "tokens" => {
                 let token: TokenRecord = json(&key, &value)?;
                 state.tokens.insert(token.id.clone(), token);
@@ -669,6 +708,12 @@ mod tests {
         let batch = Batch {
             put_apps: vec![app("web", &[1, 2])],
             put_instances: (0..600).map(|i| inst("web", i, u128::from(i))).collect(),
+            put_forgotten: vec![ForgottenNode {
+                name: "gone".into(),
+                sent_up_to: 4,
+                generation: 7,
+                forgotten_ms: 12,
+            }],
             generation: Some(9),
             cluster_id: Some("c1".into()),
             ..Batch::default()
@@ -686,7 +731,18 @@ mod tests {
         mirror.commit(&batch, plan);
         let (state, orphans) = parse(&keys, kvs).expect("parse");
         assert_eq!(state, mirror.state);
+        assert_eq!(state.forgotten.len(), 1);
         assert!(orphans.is_empty());
+        // A forgotten node that came back: its key goes; one never stored writes nothing.
+        let ops = committed(
+            &keys,
+            &mut mirror,
+            &Batch {
+                del_forgotten: vec!["gone".into(), "never".into()],
+                ..Batch::default()
+            },
+        );
+        assert_eq!(ops, ["del /p/forgotten/gone"]);
         let Err(bad) = parse(&keys, [(b"/p/apps/web".to_vec(), b"{".to_vec())]) else {
             panic!("a damaged value parsed");
         };

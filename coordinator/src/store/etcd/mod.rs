@@ -10,6 +10,7 @@
 //! | `P/meta/cluster_id`               | the cluster id, text                                |
 //! | `P/meta/generation`               | the highest generation, decimal text                |
 //! | `P/nodes/NAME`                    | `NodeRecord` JSON                                   |
+//! | `P/forgotten/NAME`                | `ForgottenNode` JSON: a node `nodes forget` removed |
 //! | `P/apps/NAME`                     | `AppRecord` JSON with `versions` empty              |
 //! | `P/specs/NAME/VERSION`            | one older spec (`AppRecord.versions`), `AppSpec` JSON; VERSION zero-padded to 20 digits |
 //! | `P/instances/APP/CHUNK`           | JSON array of the `InstanceRecord`s of APP whose index is in `[CHUNK*256, CHUNK*256+256)`, sorted by (index, id); CHUNK zero-padded to 6 digits |
