@@ -422,7 +422,9 @@ pub async fn empty(path: &Path) -> bool {
     true
 }
 
-/// Removes an empty cgroup that was made for a process that never started.
+/// Removes an empty cgroup that no process will use: one made for a process that never
+/// started, or one kept for a restart that will not come. The kernel refuses a populated one,
+/// which then stays.
 pub fn discard(path: &Path) {
     let _ = std::fs::remove_dir(path);
 }

@@ -414,6 +414,8 @@ impl Supervisor {
                     } else {
                         self.stopped(exit);
                     }
+                } else {
+                    self.discard_cgroup();
                 }
                 next_start = None;
                 if shutting_down {
@@ -536,6 +538,8 @@ impl Supervisor {
                         // Nothing can steer this instance any more (its entry is gone): end it.
                         if let Some(r) = running.take() {
                             self.stop(r).await;
+                        } else {
+                            self.discard_cgroup();
                         }
                         self.agent.ports.release(&self.id);
                         return;

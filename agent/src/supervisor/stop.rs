@@ -85,6 +85,17 @@ impl Supervisor {
         drained(&r.pumps, r.pump_exit.take()).await;
         exit
     }
+
+    /// Removes the instance's cgroup when no process of it runs and none is to start: the one
+    /// an exit kept for its restart (see `exited`) is otherwise left until the agent exits, so
+    /// a long-lived agent would gather one for every instance stopped or removed during its
+    /// restart delay. One still populated (a process stuck in the kernel, an orphan not yet
+    /// settled) refuses and stays.
+    pub(super) fn discard_cgroup(&self) {
+        if let Some(path) = self.agent.cgroups.path_for(&self.id) {
+            cgroup::discard(&path);
+        }
+    }
 }
 
 /// Processes of the family of `pgid`'s leader right now. With a cgroup, its members: nothing

@@ -9,7 +9,7 @@ use pmcluster_proto::v1 as pb;
 use tokio::process::{Child, Command};
 
 use crate::fake::{DEADLINE, FakeCoordinator, Session, instance, is_state, must};
-use crate::{Reaper, alive, assignment, group_alive, sh_spec, tempdir, wait_until};
+use crate::{AgentCgroups, Reaper, alive, assignment, group_alive, sh_spec, tempdir, wait_until};
 
 /// Starts the agent binary; its stderr goes to `DIR/agent.err`.
 /// `--coordinator URL --node-name NODE --data-dir DATA`, then `extra`: how these tests run it.
@@ -36,7 +36,7 @@ pub(crate) struct Started {
     pub coord: FakeCoordinator,
     pub data: std::path::PathBuf,
     pub args: Vec<String>,
-    pub agent: Child,
+    pub agent: AgentProcess,
     pub session: Session,
 }
 
@@ -80,7 +80,57 @@ impl Started {
     }
 }
 
-pub(crate) fn spawn_agent(dir: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> Child {
+/// An agent binary a test started, used as its [`Child`]. Dropped, it kills the agent if it
+/// still runs, waits for it, and then removes the cgroups it left empty: an agent that is
+/// killed (as most of these tests end theirs) never removes its own, and nothing else would.
+/// Every agent of a node and data dir has the same cgroups, so a test that starts the next
+/// agent on them keeps the previous one's handle until the end (as a shadowed binding does):
+/// dropped early, it could take a cgroup from under the running agent.
+pub(crate) struct AgentProcess {
+    child: Child,
+    cgroups: Option<AgentCgroups>,
+}
+
+impl std::ops::Deref for AgentProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for AgentProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        // An agent that still runs might make a cgroup after the removal; one already waited
+        // for refuses the kill, which is as good.
+        let _ = self.child.start_kill();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if std::time::Instant::now() > deadline {
+                eprintln!("the agent did not exit within {DEADLINE:?}; its cgroups stay");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_empty();
+        }
+    }
+}
+
+/// The value of flag `name` in `args`.
+fn flag<'a>(args: &'a [impl AsRef<std::ffi::OsStr>], name: &str) -> Option<&'a std::ffi::OsStr> {
+    args.windows(2)
+        .find(|pair| pair[0].as_ref() == name)
+        .map(|pair| pair[1].as_ref())
+}
+
+pub(crate) fn spawn_agent(dir: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> AgentProcess {
     let stderr = must(std::fs::File::create(dir.join("agent.err")), "stderr file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmcluster-agent"));
     cmd.args(args)
@@ -93,7 +143,16 @@ pub(crate) fn spawn_agent(dir: &Path, args: &[impl AsRef<std::ffi::OsStr>]) -> C
         .stdout(Stdio::null())
         .stderr(stderr)
         .kill_on_drop(true);
-    must(cmd.spawn(), "spawn agent")
+    // Named from its flags as the agent names them. Tests that leave one out are about flags it
+    // rejects before it makes any.
+    let cgroups = match (flag(args, "--node-name"), flag(args, "--data-dir")) {
+        (Some(node), Some(data)) => AgentCgroups::of(&node.to_string_lossy(), Path::new(data)),
+        _ => None,
+    };
+    AgentProcess {
+        child: must(cmd.spawn(), "spawn agent"),
+        cgroups,
+    }
 }
 
 pub(crate) async fn exit_of(child: &mut Child) -> ExitStatus {

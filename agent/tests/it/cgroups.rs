@@ -12,7 +12,7 @@ use pmcluster_proto::v1 as pb;
 use crate::binary::{Started, exit_of, start_agent, stderr_of};
 use crate::fake::{instance, is_state, must};
 use crate::skip::{Need, skip};
-use crate::{Reaper, assignment, sh_spec, wait_until};
+use crate::{AgentCgroups, Reaper, assignment, sh_spec, wait_until};
 
 /// What the agent logs when the kernel refuses to clone an instance into its cgroup.
 const CLONE3_REFUSED: &str = "cannot start instances inside their cgroups with clone3";
@@ -270,6 +270,61 @@ async fn a_crash_ends_a_grandchild_that_left_group_and_family() {
     // agent says so when the kernel refuses, and every start then pays a migration.
     let stderr = stderr_of(dir.path());
     assert!(!stderr.contains(CLONE3_REFUSED), "{stderr}");
+
+    let agent_pid = agent.id().unwrap_or(0);
+    must(
+        kill(Pid::from_raw(agent_pid as i32), Signal::SIGTERM),
+        "SIGTERM the agent",
+    );
+    let status = exit_of(&mut agent).await;
+    assert_eq!(status.code(), Some(0), "{}", stderr_of(dir.path()));
+}
+
+/// An instance stopped or removed while it waits out its restart delay loses the cgroup its
+/// exit kept for the restart: a long-lived agent would otherwise gather one for each until it
+/// exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_or_removal_during_a_restart_delay_removes_the_kept_cgroup() {
+    if let Err((need, why)) = usable("delay") {
+        return skip(need, &format!("cgroups are not usable here: {why}"));
+    }
+    // Nothing to reap: its processes end on their own.
+    let Started {
+        dir,
+        data,
+        mut agent,
+        session: mut s,
+        // Kept to the end: `..` would drop the fake coordinator at once.
+        coord: _coord,
+        ..
+    } = start_agent("cg-delay", &["--stop-instances-on-exit"]).await;
+    let mut spec = sh_spec("waiter", "exit 1");
+    spec.restart_delay_ms = 60_000;
+    let removed = assignment("r1", 0, &spec);
+    let mut stopped = assignment("s1", 1, &spec);
+    s.desired(1, vec![removed, stopped.clone()]).await;
+    let exited = |r: &pb::StatusReport, id: &str| {
+        instance(r, id).is_some_and(|i| i.last_exit_code == Some(1))
+    };
+    s.report_where("both exited, their restarts due in a minute", |r| {
+        exited(r, "r1") && exited(r, "s1")
+    })
+    .await;
+    let cgroups = AgentCgroups::of("cg-delay", &data).expect("the agent's cgroups");
+    let kept = [cgroups.base().join("r1"), cgroups.base().join("s1")];
+    for cg in &kept {
+        assert!(cg.is_dir(), "{} not kept for the restart", cg.display());
+    }
+
+    stopped.run = false;
+    s.desired(2, vec![stopped]).await;
+    s.report_where("r1 removed, s1 stopped", |r| {
+        instance(r, "r1").is_none() && is_state(r, "s1", pb::InstanceState::Stopped)
+    })
+    .await;
+    for cg in &kept {
+        wait_until("the kept cgroup removed", || !cg.exists()).await;
+    }
 
     let agent_pid = agent.id().unwrap_or(0);
     must(

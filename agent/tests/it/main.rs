@@ -2,7 +2,9 @@
 //!
 //! Every wait has a deadline ([`fake::DEADLINE`]); no test sleeps for correctness. Every process
 //! an agent starts is recorded in a [`Reaper`] that kills its group when the test ends, pass or
-//! fail, and agents are stopped (or killed) by the test that started them.
+//! fail, and agents are stopped (or killed) by the test that started them. The cgroups an agent
+//! binary leaves empty go with the test's handle on it (`binary::AgentProcess`); those of the
+//! processes a [`Reaper`] kills, with the reaper.
 
 mod binary;
 mod cgroups;
@@ -15,7 +17,7 @@ mod resources;
 mod skeleton;
 mod skip;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use nix::sys::signal::{Signal, kill, killpg};
@@ -110,6 +112,74 @@ fn agent_cgroup(pid: u32) -> Option<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let mount = pmcluster_agent::cgroup::parse_mountinfo(&mountinfo)?;
     Some(mount.join(own.trim_start_matches('/')))
+}
+
+/// The cgroups an agent makes (`<cgroup2 mount><own cgroup>/pmcluster-<node>-<key>`, see
+/// `pmcluster_agent::cgroup`), named from its node name and data dir as the agent names them,
+/// so that a test removes its own agent's and no other's.
+pub struct AgentCgroups {
+    base: PathBuf,
+}
+
+impl AgentCgroups {
+    /// Those of an agent with `node` and `data_dir` started from this process (it inherits this
+    /// process's cgroup); `None` without a cgroup2 hierarchy, where it makes none.
+    pub fn of(node: &str, data_dir: &Path) -> Option<AgentCgroups> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mount = pmcluster_agent::cgroup::parse_mountinfo(&mountinfo)?;
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        let own = pmcluster_agent::cgroup::parse_own_cgroup(&own)?;
+        let key = pmcluster_agent::orphans::Marker::new(node, &canonical(data_dir)).key;
+        let name = pmcluster_spec::instance::cgroup_name(node, &key);
+        let base = pmcluster_agent::cgroup::join_base(&mount, &own, &name)?;
+        Some(AgentCgroups { base })
+    }
+
+    /// The agent's directory.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// Removes every empty directory of the agent's, deepest first. Call it once no agent of
+    /// this node and data dir runs: a running one may be about to use what is empty now. One
+    /// that still holds processes is left (the kernel refuses it) to the [`Reaper`] of the
+    /// test that recorded them.
+    pub fn remove_empty(&self) {
+        remove_empty_below(&self.base);
+    }
+}
+
+/// Post-order, so that a directory goes after its children: the kernel removes no cgroup that
+/// has any.
+fn remove_empty_below(dir: &Path) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_below(&entry.path());
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ResourceBusy
+            ) => {}
+        Err(e) => eprintln!("cannot remove {}: {e}", dir.display()),
+    }
+}
+
+/// The path the agent keys on: its data dir's canonical path, which before its first start
+/// does not exist yet (the agent makes it), so its parent's canonical path with its name.
+fn canonical(data_dir: &Path) -> PathBuf {
+    if let Ok(path) = std::fs::canonicalize(data_dir) {
+        return path;
+    }
+    match (data_dir.parent(), data_dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            std::fs::canonicalize(parent).map_or_else(|_| data_dir.to_path_buf(), |p| p.join(name))
+        }
+        _ => data_dir.to_path_buf(),
+    }
 }
 
 /// Whether a process (or zombie) with this pid exists.
