@@ -27,9 +27,13 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     };
     // Asked for again after a failover: the last line of each instance and stream, printed only
     // when it is not the line printed last (one line is the least history a request can ask).
+    // With `--lines 0` none: a stream that printed nothing yet has no line to tell an old one
+    // by, and the user asked for no old lines (as `events` resumes, a line written during the
+    // switch may then be missed).
     fn resume(req: &mut pb::StreamLogsRequest) {
-        req.lines = 1;
-        req.no_history = false;
+        if !req.no_history {
+            req.lines = 1;
+        }
     }
     let structured = ctx.structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();
