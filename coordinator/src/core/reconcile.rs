@@ -11,7 +11,8 @@
 //!   node at a time), and the old record is removed once the replacement is online, or once the
 //!   app's `update.healthy_deadline` has passed since the replacement was placed without it
 //!   coming online (a crash-looping replacement does not hold a drain up for ever; Nomad's
-//!   migrate deadline does the same). A stopped instance, or one that exited with autorestart
+//!   migrate deadline does the same). A replacement whose own node is lost goes, and the
+//!   handoff starts again. A stopped instance, or one that exited with autorestart
 //!   off (a finished job), has nothing to hand over: it moves at once, stopped, and is not run
 //!   again;
 //! - *outdated*: older app version or a port that no longer matches the range: refreshed;
@@ -407,18 +408,11 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             match (inst.node.as_deref(), link(inst.node.as_deref())) {
                 (None, _) => needs.push(Need::Assign(inst)),
                 (Some(_), None) => needs.push(Need::Replace(inst, true)),
-                (Some(_), Some((Link::Down(since), drain))) => {
-                    let due = match app.spec.reschedule {
-                        _ if drain => Some(since),
-                        Reschedule::Never => None,
-                        Reschedule::After(d) => Some(since + d.as_millis() as i64),
-                    };
-                    match due {
-                        Some(at) if at <= snap.now_ms => needs.push(Need::Replace(inst, true)),
-                        Some(at) => plan.follow_up(at),
-                        None => {}
-                    }
-                }
+                (Some(_), Some((Link::Down(since), drain))) => match lost_at(app, since, drain) {
+                    Some(at) if at <= snap.now_ms => needs.push(Need::Replace(inst, true)),
+                    Some(at) => plan.follow_up(at),
+                    None => {}
+                },
                 // A stopped or finished instance has nothing to hand over: it just moves. One
                 // that finished while its handoff was under way is left to the handoff, and a
                 // rollout's copies to the deployment engine.
@@ -644,6 +638,16 @@ fn retire(
     }
 }
 
+/// When the records of a node down since `since` are lost: at once on a draining node, after
+/// the app's `reschedule_after` otherwise; `None` for an app that waits for its node.
+fn lost_at(app: &AppRecord, since: i64, drain: bool) -> Option<i64> {
+    match app.spec.reschedule {
+        _ if drain => Some(since),
+        Reschedule::Never => None,
+        Reschedule::After(d) => Some(since.saturating_add(d.as_millis() as i64)),
+    }
+}
+
 /// Link state and drain flag of a record's node; `None` for no node or an unknown one.
 fn link_of(nodes: &BTreeMap<&str, &NodeView<'_>>, node: Option<&str>) -> Option<(Link, bool)> {
     node.and_then(|n| nodes.get(n)).map(|n| (n.link, n.drain))
@@ -688,6 +692,24 @@ fn settle_index<'r>(
             if snap.online.contains(&new.id) || old_lost {
                 retire(old, app, snap, nodes, plan);
                 return Some(new);
+            }
+            // A replacement whose node is lost (down past the app's `reschedule_after`, or
+            // gone) will not take over: it goes, as a lost copy would, and the handoff starts
+            // anew on the next pass while the old copy serves. Kept, it held a drain for ever.
+            let new_lost = match link(new.node.as_deref()) {
+                Some((Link::Down(since), drain)) => lost_at(app, since, drain),
+                // A quarantined node's records wait for its adoption.
+                Some((Link::Up | Link::Quarantined, _)) => None,
+                None if new.node.is_some() => Some(snap.now_ms),
+                None => None,
+            };
+            match new_lost {
+                Some(at) if at <= snap.now_ms => {
+                    plan.remove.push(new.id);
+                    return Some(old);
+                }
+                Some(at) => plan.follow_up(at),
+                None => {}
             }
             // Only a drain gives up waiting: an undrained node's copy keeps serving meanwhile.
             // And only on a replacement whose node is up, so that its reports count: one whose

@@ -390,6 +390,47 @@ fn a_drain_goes_on_past_a_replacement_not_online_by_the_healthy_deadline() -> Re
     Ok(())
 }
 
+/// A replacement whose node goes down for good held a drain for ever: being one side of a
+/// handoff, the lost rule did not reach it. Once its node is down for the app's
+/// reschedule_after it now goes, the old copy serving meanwhile, and the handoff starts again
+/// on a node that is up.
+#[test]
+fn a_drain_goes_on_past_a_replacement_whose_node_is_lost() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let mut spec = web(1);
+    spec.reschedule = pmcluster_spec::app::Reschedule::After(Duration::from_secs(30));
+    let (c, mut agents, a, b) = drained(spec, &clock, InstanceState::Online)?;
+    assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "the handoff to b");
+    let third = c.attach(&register("c"), None)?;
+    c.detach("b", b.session_id);
+    let pass = |agents: &mut Agents| {
+        agents.follow(&c, "a");
+        agents.follow(&c, "c");
+        report(&c, agents, "a", &a);
+        report(&c, agents, "c", &third);
+        c.tick();
+    };
+    for second in 1..30 {
+        clock.advance_ms(1_000);
+        pass(&mut agents);
+        assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "at {second} s");
+    }
+    clock.advance_ms(1_000);
+    pass(&mut agents);
+    pass(&mut agents);
+    assert_eq!(
+        (on(&c, "a"), on(&c, "b"), on(&c, "c")),
+        (1, 0, 1),
+        "the lost replacement went and a new one is on c"
+    );
+    agents.follow(&c, "c");
+    agents.all_online("c");
+    clock.advance_ms(500);
+    pass(&mut agents);
+    assert_eq!((on(&c, "a"), on(&c, "c")), (0, 1), "a drained");
+    Ok(())
+}
+
 /// A finished job (exited with autorestart off) was migrated like a running copy: its
 /// replacement ran it again. It now moves at once, stopped.
 #[test]

@@ -470,16 +470,52 @@ fn drain() {
         "!1 moved(1 a>b overdue 3) followup@1700",
     );
     // The replacement's node is down (or not back after a coordinator restart): it may be
-    // online for all the reports say, so the copy that serves is kept.
+    // online for all the reports say, so the copy that serves is kept, and the deadline does
+    // not retire it; until the replacement's node is lost for the app (down for its
+    // reschedule_after, 1000 here): then the replacement goes, the old copy stays, and the next
+    // pass starts the handoff anew.
+    check(
+        "web=1 hd=1000",
+        "web/0@a* web/0@b&500>1",
+        "a drain; b down=900",
+        1899,
+        "followup@1900",
+    );
     check(
         "web=1 hd=1000",
         "web/0@a* web/0@b&500>1",
         "a drain; b down=900",
         9000,
+        "-2",
+    );
+    check(
+        "web=1",
+        "web/0@a*",
+        "a drain; b down=900; c",
+        9000,
+        "+web/0@c>1",
+    );
+    // The same for a replacement on a node that is gone (forgotten), at once; on a draining
+    // node, once it is down; and never for an app that waits for its nodes.
+    check("web=1", "web/0@a* web/0@z>1", "a drain; b", 0, "-2");
+    check(
+        "web=1",
+        "web/0@a* web/0@b>1",
+        "a drain; b drain down=900",
+        900,
+        "-2",
+    );
+    check(
+        "web=1 wait",
+        "web/0@a* web/0@b>1",
+        "a drain; b down=900",
+        9000,
         "",
     );
-    // Undrained meanwhile: the copy that serves is kept however long the replacement takes.
+    // Undrained meanwhile: the copy that serves is kept however long the replacement takes,
+    // and a replacement lost with its node goes.
     check("web=1 hd=1000", "web/0@a* web/0@b&500>1", "a; b", 9000, "");
+    check("web=1", "web/0@a* web/0@b>1", "a; b down=900", 9000, "-2");
     // Stopped, or finished (exited with autorestart off): nothing to hand over, so it moves at
     // once and stays stopped, not run again.
     check(
