@@ -5,7 +5,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use pmcluster_coordinator::core::access::Role;
 use pmcluster_coordinator::model::{
-    AppRecord, Batch, InstanceRecord, NodeRecord, Persisted, TokenRecord,
+    AppRecord, Batch, ForgottenNode, InstanceRecord, NodeRecord, Persisted, TokenRecord,
 };
 use pmcluster_coordinator::store::Store;
 use pmcluster_spec::AppSpec;
@@ -29,6 +29,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("many_instances_across_chunks", many_instances_across_chunks),
     ("an_app_with_many_versions", an_app_with_many_versions),
     ("tokens", tokens),
+    ("forgotten_nodes", forgotten_nodes),
 ];
 
 /// Runs every case, each on a fresh backend from `make(case name)`, and fails naming the cases
@@ -328,4 +329,43 @@ fn tokens(b: &mut dyn Backend) {
         "{}",
         b.name()
     );
+}
+
+/// `nodes forget` deletes a node and keeps its tombstone in one batch; the node's return deletes
+/// the tombstone and puts the node again.
+fn forgotten_nodes(b: &mut dyn Backend) {
+    let gone = ForgottenNode {
+        name: "a".into(),
+        sent_up_to: 4,
+        generation: 6,
+        forgotten_ms: 1_000,
+    };
+    let registered = Batch {
+        put_nodes: vec![node("a")],
+        ..Batch::default()
+    };
+    let forgotten = Batch {
+        del_nodes: vec!["a".into()],
+        put_forgotten: vec![gone.clone()],
+        ..Batch::default()
+    };
+    let got = check(b, &[registered, forgotten]);
+    assert!(got.nodes.is_empty(), "{}", b.name());
+    assert_eq!(
+        got.forgotten.values().collect::<Vec<_>>(),
+        vec![&gone],
+        "{}",
+        b.name()
+    );
+    let back = Batch {
+        put_nodes: vec![NodeRecord {
+            generation: 6,
+            ..node("a")
+        }],
+        del_forgotten: vec!["a".into(), "never-forgotten".into()],
+        ..Batch::default()
+    };
+    let got = check(b, &[back]);
+    assert!(got.forgotten.is_empty(), "{}", b.name());
+    assert_eq!(got.nodes.len(), 1, "{}", b.name());
 }
