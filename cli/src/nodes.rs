@@ -68,13 +68,17 @@ pub async fn forget(args: NodeArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if ctx.structured() {
         return ctx.value(&output::node_json(&node));
     }
+    let moved = match node.instances {
+        0 => String::new(),
+        n => format!(
+            "; its {} rescheduled on the other nodes (see: pmcluster list)",
+            plural(n, "instance")
+        ),
+    };
     ctx.line(&format!(
-        "forgot node {}: its {} rescheduled on the other nodes (see: pmcluster list); if its \
-         agent comes back, the node is quarantined with its processes running beside their \
-         replacements until 'pmcluster nodes adopt {}' stops them",
+        "forgot node {}{moved}; if its agent comes back, the node joins afresh and its agent \
+         stops what it still runs",
         args.node,
-        plural(node.instances, "instance"),
-        args.node
     ))
 }
 

@@ -55,14 +55,27 @@ impl Control {
         }
         let known = inner.state.nodes.get(&name).or(renamed.as_ref()).cloned();
         // A node forgotten with `nodes forget` whose agent came back: it joins afresh, its sets
-        // going on from the generation it had, so the first one (without the instances placed
+        // going on above the generations it had, so the first one (without the instances placed
         // elsewhere since) stops what its agent still runs. Its tombstone goes with this write.
         // (A record put under a forgotten name, renamed to it too, ends its tombstone.)
         let tombstone = inner.state.forgotten.get(&name).cloned();
         if tombstone.is_some() {
             batch.del_forgotten.push(name.clone());
         }
-        let forgotten = tombstone.filter(|_| known.is_none());
+        let forgotten = tombstone.filter(|_| known.is_none() && reg.renamed_from.is_empty());
+        // A generation of its own, above any the node had: its first set differs from what
+        // its agent applied, and one generation never stands for two sets. (Quarantined, the
+        // adoption raises it.)
+        let generation = match (&known, &forgotten) {
+            (Some(n), _) => n.generation,
+            (None, Some(f)) if quarantine.is_none() => {
+                let fresh = inner.state.generation.max(f.generation) + 1;
+                batch.generation = Some(fresh);
+                fresh
+            }
+            (None, Some(f)) => f.generation,
+            (None, None) => 0,
+        };
         let address = if reg.advertise_address.is_empty() {
             peer.map(|p| p.to_string()).unwrap_or_default()
         } else {
@@ -75,18 +88,12 @@ impl Control {
             memory_bytes: reg.memory_bytes,
             hostname: reg.hostname.clone(),
             agent_version: reg.agent_version.clone(),
-            generation: (known.as_ref().map(|n| n.generation))
-                .or(forgotten.as_ref().map(|f| f.generation))
-                .unwrap_or(0),
+            generation,
             drain: known.as_ref().is_some_and(|n| n.drain),
             address: address.clone(),
             // Its set goes out once this commits: the agent may hold this generation from now.
             sent_generation: match &quarantine {
-                None => Some(
-                    (known.as_ref().map(|n| n.generation))
-                        .or(forgotten.as_ref().map(|f| f.generation))
-                        .unwrap_or(0),
-                ),
+                None => Some(generation),
                 Some(_) => (known.as_ref().and_then(|n| n.sent_generation))
                     .or(forgotten.as_ref().map(|f| f.sent_up_to)),
             },

@@ -53,12 +53,19 @@ pub fn quarantine_reason(state: &Persisted, reg: &Registration) -> Option<String
         .nodes
         .get(name)
         .or_else(|| state.nodes.get(reg.renamed_from));
-    let forgotten = state.forgotten.get(name).filter(|_| record.is_none());
+    // Not for an agent renamed from a name this store has no record of: the tombstone is the
+    // forgotten node's, not proof that the agent is.
+    let forgotten =
+        (state.forgotten.get(name)).filter(|_| record.is_none() && reg.renamed_from.is_empty());
     let known = record
         .map(|n| n.sent_up_to())
         .or(forgotten.map(|f| f.sent_up_to))
         .unwrap_or(0);
-    if reg.generation > known && record.is_none() && forgotten.is_none() {
+    if reg.generation > known
+        && record.is_none()
+        && forgotten.is_none()
+        && reg.renamed_from.is_empty()
+    {
         // No record of the node at all: never known to this store, or forgotten so long ago
         // that its tombstone went.
         return Some(format!(
@@ -262,12 +269,18 @@ mod tests {
                 "agent at {generation}: {got:?}"
             );
         }
-        // Only the forgotten name: another name's agent is not let in by it.
+        // Only the forgotten name: another name's agent is not let in by it, nor one renamed
+        // to it from a name the store has no record of.
         let other = Registration {
             node: "d",
             ..reg(13)
         };
         assert!(quarantine_reason(&forgot, &other).is_some());
+        let renamed = Registration {
+            renamed_from: "x",
+            ..reg(13)
+        };
+        assert!(quarantine_reason(&forgot, &renamed).is_some());
 
         assert_eq!(quarantine_reason(&state(5), &reg(0)), None, "a new node");
         let why = quarantine_reason(&state(5), &reg(13)).unwrap_or_default();

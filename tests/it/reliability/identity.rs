@@ -358,14 +358,18 @@ fn a_forgotten_node_that_comes_back_stops_what_runs_elsewhere() {
     let b = c.agent_idx("node-b").expect("node-b");
     c.agent(b).kill();
     assert!(old.alive(), "node-b's instance died with its agent");
-    wait_until(DEADLINE, "node-b forgotten", || {
+    let said = wait_until(DEADLINE, "node-b forgotten", || {
         let out = c.cli(&["nodes", "forget", "node-b"]);
         if out.success() {
-            Ok(())
+            Ok(out.stdout)
         } else {
             Err(out.to_string())
         }
     });
+    assert!(
+        said.contains("its 1 instance rescheduled") && said.contains("the node joins afresh"),
+        "{said}"
+    );
     let moved = wait_until(DEADLINE, "both instances on node-a", || {
         let list = c.instances("idle")?;
         if list.len() == 2

@@ -172,7 +172,11 @@ impl Control {
             }
         }
         self.write(&mut inner, batch)?;
-        inner.nodes.remove(name);
+        // Unless its agent came back while the write waited to commit (it then registered
+        // afresh, and that entry is its session's).
+        if inner.nodes.get(name).is_some_and(|l| l.session.is_none()) {
+            inner.nodes.remove(name);
+        }
         drop(inner);
         self.emit(
             EventKind::NodeForgotten,
