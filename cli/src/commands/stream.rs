@@ -30,11 +30,12 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     // With `--lines 0` none: a stream that printed nothing yet has no line to tell an old one
     // by, and the user asked for no old lines (as `events` resumes, a line written during the
     // switch may then be missed).
+    // (`lines` stays 1 for a coordinator older than `no_history`, which would read 0 as its
+    // default of 20.)
     fn resume(req: &mut pb::StreamLogsRequest) {
-        if !req.no_history {
-            req.lines = 1;
-        }
+        req.lines = 1;
     }
+    let no_history = req.no_history;
     let structured = ctx.structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();
     let mut seen: HashMap<(u32, i32), String> = HashMap::new();
@@ -50,7 +51,13 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         |item| {
             let line = match item {
                 Watched::Resumed => {
-                    seen = last.clone();
+                    // Without history nothing old comes to match: a new line equal to the
+                    // last one printed is new.
+                    seen = if no_history {
+                        HashMap::new()
+                    } else {
+                        last.clone()
+                    };
                     return Ok(());
                 }
                 Watched::Message(line) => line,
