@@ -512,6 +512,18 @@ pub async fn up(
         coordinator_pid,
         agent_pid.zip(dials.as_deref()),
     )?;
+    // The coordinator it starts serves plaintext, without credentials: it would refuse any
+    // other address (README, "Security"), and only after the agent had started.
+    if coordinator_bin.is_some() && !listen.ip().is_loopback() {
+        return Err(UsageError::new(format!(
+            "--listen {listen}: `pmcluster up` runs a local cluster without TLS or credentials, \
+             so its coordinator listens on loopback only (e.g. --listen 127.0.0.1:{}); for one \
+             other hosts reach, run pmcluster-coordinator with --tls-cert, --tls-key and \
+             --client-ca (see `pmcluster certs`)",
+            listen.port()
+        ))
+        .into());
+    }
     let url = dial_url(listen);
 
     let agent_dir = layout.data_dir(Daemon::Agent);
@@ -634,8 +646,11 @@ pub async fn up(
     out.write_all(text.as_bytes()).context("writing to stdout")
 }
 
+/// How long a daemon `up` started is given to stop when the other one failed to start.
+const UP_FAILED_GRACE: Duration = Duration::from_secs(10);
+
 /// Waits until the coordinator answers and lists `node` as ready, failing early if a daemon
-/// started by this run exits.
+/// started by this run exits (stopping the other one it started).
 async fn wait_ready(
     layout: &Layout,
     url: &str,
@@ -645,17 +660,35 @@ async fn wait_ready(
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("the coordinator did not answer");
     loop {
-        for s in started.iter_mut() {
-            if let Ok(Some(status)) = s.child.try_wait() {
-                let log = layout.log_file(s.daemon);
-                let _ = fs::remove_file(layout.pid_file(s.daemon));
-                anyhow::bail!(
-                    "{} exited right after starting ({status}); its log {} ends with:\n{}",
-                    s.daemon.binary(),
-                    log.display(),
-                    log_tail(&log, 10)
-                );
+        let exited = started.iter_mut().find_map(|s| match s.child.try_wait() {
+            Ok(Some(status)) => Some((s.daemon, status)),
+            _ => None,
+        });
+        if let Some((daemon, status)) = exited {
+            let log = layout.log_file(daemon);
+            let _ = fs::remove_file(layout.pid_file(daemon));
+            // A half-started cluster is not left behind: an agent without its coordinator
+            // would start what its data dir holds, with nothing to steer it.
+            let mut stopped = String::new();
+            for other in started.iter().filter(|s| s.daemon != daemon) {
+                match stop_daemon(layout, other.daemon, UP_FAILED_GRACE) {
+                    Ok(_) => {
+                        stopped = format!("; the {} it started is stopped", other.daemon.binary())
+                    }
+                    Err(e) => {
+                        stopped = format!(
+                            "; stopping the {} it started failed: {e:#}",
+                            other.daemon.binary()
+                        )
+                    }
+                }
             }
+            anyhow::bail!(
+                "{} exited right after starting ({status}){stopped}; its log {} ends with:\n{}",
+                daemon.binary(),
+                log.display(),
+                log_tail(&log, 10)
+            );
         }
         if let Ok(mut client) = connect_with(url, Duration::from_millis(500)).await {
             match unary(client.list_nodes(request(pb::ListNodesRequest {}))).await {
