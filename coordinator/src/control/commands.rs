@@ -292,9 +292,11 @@ impl Control {
             }],
             ..Batch::default()
         };
-        if count < previous {
-            self.rebalance_moves(&inner, name, count, &mut batch);
-        }
+        let moves = if count < previous {
+            self.rebalance_moves(&inner, name, count, &mut batch)
+        } else {
+            Vec::new()
+        };
         self.write(&mut inner, batch)?;
         // A manual scale inside the bounds holds until the metrics say otherwise.
         inner
@@ -310,16 +312,38 @@ impl Control {
             None,
             format!("{name} scaled from {previous} to {count}"),
         );
+        let deadline = (app.spec.update.healthy_deadline.as_millis()) as i64;
+        for (index, from, to) in moves {
+            self.emit(
+                EventKind::InstanceMoved,
+                name,
+                &from,
+                Some(index),
+                format!(
+                    "{name}[{index}] moves from {from} to {to} to keep {name} spread after the \
+                     scale-down: the copy on {from} stops once the one on {to} is online (the \
+                     move is given up if that takes longer than update.healthy_deadline, {})",
+                    super::seconds_phrase(deadline)
+                ),
+            );
+        }
         Ok(Scaled {
             previous,
             instances: count,
         })
     }
 
-    /// Moves that keep the app's spread even after a scale-down to `count`.
-    pub(super) fn rebalance_moves(&self, inner: &Inner, name: &str, count: u32, batch: &mut Batch) {
+    /// Moves that keep the app's spread even after a scale-down to `count`: (index, from, to).
+    pub(super) fn rebalance_moves(
+        &self,
+        inner: &Inner,
+        name: &str,
+        count: u32,
+        batch: &mut Batch,
+    ) -> Vec<(u32, String, String)> {
+        let mut moves = Vec::new();
         let Some(app) = inner.ahead.apps.get(name) else {
-            return;
+            return moves;
         };
         let spec = &app.spec;
         // Only plain spread apps: moving instances of apps with resources or limits could break
@@ -328,7 +352,7 @@ impl Control {
             || spec.placement.max_per_node.is_some()
             || spec.resources != pmcluster_spec::app::Resources::default()
         {
-            return;
+            return moves;
         }
         let ready: Vec<String> = ready_nodes(inner, &self.config)
             .into_iter()
@@ -355,27 +379,26 @@ impl Control {
                 by_index.insert(inst.index, inst.clone());
             }
         }
-        // With a shutdown_delay the app asked for graceful stops: a move is a handoff (the new
-        // copy replaces the old one once online, and the old one then drains), as in a node
-        // drain. Without one it is a plain move, which also works when two agents share a host
-        // and a fixed port.
-        let handoff = !spec.update.shutdown_delay.is_zero();
+        // A move is a handoff, as in a node drain: the new copy replaces the old one once
+        // online (the old one then drains for the app's shutdown_delay), so a scale-down never
+        // takes a serving copy away from an index it keeps ("a count change restarts nothing"
+        // that serves). The reconciler gives a move up that is not online within the app's
+        // healthy deadline (two agents on one host with a fixed port, say).
         let now = self.now();
-        for (index, _from, to) in scheduler::rebalance(&placed) {
+        for (index, from, to) in scheduler::rebalance(&placed) {
             if let Some(old) = by_index.get(&index) {
-                if !handoff {
-                    batch.del_instances.push(old.id);
-                }
                 batch.put_instances.push(InstanceRecord {
                     id: self.clock.new_id(),
-                    node: Some(to),
-                    replaces: handoff.then_some(old.id),
+                    node: Some(to.clone()),
+                    replaces: Some(old.id),
                     draining_since: None,
                     created_ms: now,
                     ..old.clone()
                 });
+                moves.push((index, from, to));
             }
         }
+        moves
     }
 
     /// Starts, stops or restarts the app's instances, or one of them: how many it applies to,

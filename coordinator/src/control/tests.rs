@@ -114,14 +114,15 @@ async fn pending_until_nodes_then_spread_and_scale_down() -> Result<()> {
     Ok(())
 }
 
+/// A scale-down's rebalance move is a handoff, with or without a shutdown delay: the index's
+/// copy serves until the new one is online (a plain move stopped it first, so a scale-down
+/// restarted instances it kept), and an event says why it moves.
 #[tokio::test]
-async fn a_rebalance_move_with_a_shutdown_delay_is_a_handoff() -> Result<()> {
+async fn a_rebalance_move_is_a_handoff() -> Result<()> {
     let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
     let _a = c.attach(&register("a"), None)?;
     let _b = c.attach(&register("b"), None)?;
-    let mut spec = web(6);
-    spec.update.shutdown_delay = Duration::from_secs(5);
-    c.apply(spec)?;
+    c.apply(web(6))?;
     assert_eq!(spread(&c, "web"), "a:3 b:3");
     // A node joins; the scale-down to 3 would leave a:2 b:1 c:0, so one index moves to c.
     let _c = c.attach(&register("c"), None)?;
@@ -145,6 +146,17 @@ async fn a_rebalance_move_with_a_shutdown_delay_is_a_handoff() -> Result<()> {
     }
     let copies = |index: u32| after.iter().filter(|i| i.index == index).count();
     assert!((0..3).any(|i| copies(i) == 2), "a move was made: {after:?}");
+    let said: Vec<String> = (c.recent_events("web", Some(EventKind::InstanceMoved), 5))
+        .into_iter()
+        .map(|e| e.message)
+        .collect();
+    assert!(
+        said.iter().any(
+            |m| m.contains("to c to keep web spread after the scale-down")
+                && m.contains("stops once the one on c is online")
+        ),
+        "{said:?}"
+    );
     Ok(())
 }
 

@@ -607,6 +607,35 @@ fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
             );
             (text, said(&replacement))
         }
+        reconcile::Why::Abandoned => {
+            let deadline = (inner.ahead.apps.get(&m.app))
+                .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
+            let text = format!(
+                "{}[{}] stays on {}: its new copy on {} was not online within \
+                 update.healthy_deadline ({}), so the move is given up",
+                m.app,
+                m.index,
+                m.to,
+                m.from,
+                seconds(deadline)
+            );
+            (text, said(&m.old))
+        }
+        reconcile::Why::ReplacementLost => {
+            let after =
+                (inner.ahead.apps.get(&m.app)).map_or(String::new(), |a| match a.spec.reschedule {
+                    pmcluster_spec::app::Reschedule::After(d) => {
+                        format!(" for reschedule_after ({})", seconds(d.as_millis() as i64))
+                    }
+                    pmcluster_spec::app::Reschedule::Never => String::new(),
+                });
+            let text = format!(
+                "{}[{}]: its drain replacement on {} was dropped, that node being down{after} or \
+                 gone; the copy on {} serves on and the handoff starts again",
+                m.app, m.index, m.from, m.to
+            );
+            (text, String::new())
+        }
     };
     if !why.is_empty() {
         text.push_str(": ");

@@ -121,6 +121,13 @@ pub enum Why {
     /// A drain's replacement was not online within the app's healthy deadline: the old record
     /// retires anyway.
     Overdue { replacement: Uuid },
+    /// A drain's replacement (`old`, on `from`) whose node is lost goes; the copy it was to
+    /// replace serves on at `to`, and the handoff starts again.
+    ReplacementLost,
+    /// A move off a node that is not draining (a scale-down's rebalance, or a drain undone)
+    /// whose new copy (`old`, on `from`) was not online within the app's healthy deadline:
+    /// given up, the copy on `to` serves on.
+    Abandoned,
 }
 
 /// The reconciler's output. Empty when nothing needs to change.
@@ -706,6 +713,14 @@ fn settle_index<'r>(
             match new_lost {
                 Some(at) if at <= snap.now_ms => {
                     plan.remove.push(new.id);
+                    plan.moved.push(Moved {
+                        app: app.spec.name.clone(),
+                        index: new.index,
+                        old: new.id,
+                        from: new.node.clone().unwrap_or_default(),
+                        to: old.node.clone().unwrap_or_default(),
+                        why: Why::ReplacementLost,
+                    });
                     return Some(old);
                 }
                 Some(at) => plan.follow_up(at),
@@ -716,9 +731,28 @@ fn settle_index<'r>(
             // node is down (or not back yet after a coordinator restart, when `online` is
             // empty) may be online for all this coordinator knows.
             let replacement_up = matches!(link(new.node.as_deref()), Some((Link::Up, _)));
+            let deadline = app.spec.update.healthy_deadline.as_millis() as i64;
+            let due = new.created_ms.saturating_add(deadline);
+            // A move off a node that does not drain (a scale-down's rebalance, a drain undone)
+            // has a copy that serves where it is: one whose new copy does not come online in
+            // time is given up instead.
+            if let (Some((Link::Up, false)), true) = (link(old.node.as_deref()), replacement_up) {
+                if due > snap.now_ms {
+                    plan.follow_up(due);
+                } else {
+                    plan.remove.push(new.id);
+                    plan.moved.push(Moved {
+                        app: app.spec.name.clone(),
+                        index: new.index,
+                        old: new.id,
+                        from: new.node.clone().unwrap_or_default(),
+                        to: old.node.clone().unwrap_or_default(),
+                        why: Why::Abandoned,
+                    });
+                }
+                return Some(old);
+            }
             if let (Some((Link::Up, true)), true) = (link(old.node.as_deref()), replacement_up) {
-                let deadline = app.spec.update.healthy_deadline.as_millis() as i64;
-                let due = new.created_ms.saturating_add(deadline);
                 if due > snap.now_ms {
                     plan.follow_up(due);
                 } else {

@@ -415,8 +415,26 @@ fn a_drain_goes_on_past_a_replacement_whose_node_is_lost() -> Result<()> {
         pass(&mut agents);
         assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "at {second} s");
     }
+    let a_node = c.list_nodes().into_iter().find(|n| n.name == "a");
+    let waits = a_node.map(|n| n.message).unwrap_or_default();
+    assert!(
+        waits.contains("to b: not online for")
+            && waits.contains(
+                "its node b is down: the handoff starts again elsewhere once it has \
+                 been down for reschedule_after, 30.0s"
+            ),
+        "{waits}"
+    );
     clock.advance_ms(1_000);
     pass(&mut agents);
+    let said = moved_events(&c);
+    assert!(
+        said.iter().any(
+            |m| m.contains("web[0]: its drain replacement on b was dropped")
+                && m.contains("the copy on a serves on")
+        ),
+        "{said:?}"
+    );
     pass(&mut agents);
     assert_eq!(
         (on(&c, "a"), on(&c, "b"), on(&c, "c")),
@@ -428,6 +446,43 @@ fn a_drain_goes_on_past_a_replacement_whose_node_is_lost() -> Result<()> {
     clock.advance_ms(500);
     pass(&mut agents);
     assert_eq!((on(&c, "a"), on(&c, "c")), (0, 1), "a drained");
+    Ok(())
+}
+
+/// A drain undone while its handoff was under way left the replacement retrying for ever beside
+/// the copy that serves. Now it takes over if it comes online, and is given up (an event says
+/// so) once the app's healthy deadline has passed since its placement.
+#[test]
+fn an_undrain_gives_up_a_handoff_not_online_by_the_healthy_deadline() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let mut spec = web(1);
+    spec.update.healthy_deadline = Duration::from_secs(30);
+    let (c, mut agents, a, b) = drained(spec, &clock, InstanceState::Online)?;
+    assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "the handoff to b");
+    c.set_drain("a", false)?;
+    let pass = |agents: &mut Agents| {
+        agents.follow(&c, "a");
+        agents.follow(&c, "b");
+        report(&c, agents, "a", &a);
+        report(&c, agents, "b", &b);
+        c.tick();
+    };
+    for second in 1..30 {
+        clock.advance_ms(1_000);
+        pass(&mut agents);
+        assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "at {second} s");
+    }
+    clock.advance_ms(1_000);
+    pass(&mut agents);
+    assert_eq!((on(&c, "a"), on(&c, "b")), (1, 0), "the move given up");
+    let said = moved_events(&c);
+    assert!(
+        said.iter().any(|m| m.contains(
+            "web[0] stays on a: its new copy on b was not online \
+             within update.healthy_deadline (30.0s)"
+        )),
+        "{said:?}"
+    );
     Ok(())
 }
 

@@ -5,8 +5,11 @@ use std::collections::BTreeMap;
 
 use crate::model::{InstanceRecord, NodeStatus, NodeView};
 
+use pmcluster_spec::app::Reschedule;
+
 use super::super::{
-    ControlConfig, Inner, awaited, instances_phrase, is_ready, seconds_phrase, timeout_ms,
+    ControlConfig, Inner, awaited, instances_phrase, is_quarantined, is_ready, seconds_phrase,
+    timeout_ms,
 };
 
 /// Every registered node as `nodes` shows it.
@@ -92,7 +95,7 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
                 message: match quarantine {
                     Some(why) => why,
                     None if status == NodeStatus::Draining => match moving.get(n.name.as_str()) {
-                        Some(m) => waiting_on(inner, m),
+                        Some(m) => waiting_on(inner, config, m),
                         // A moment between two handoffs, or no other node to go to.
                         None => format!(
                             "{} left, no handoff under way: one starts once another ready node \
@@ -108,20 +111,37 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
 }
 
 /// What a draining node waits on: `moving web[1] to b: not online for 12.0s (the drain goes on
-/// without it after update.healthy_deadline, 300.0s): crashed 3 times ...`.
-fn waiting_on(inner: &Inner, moving: &[&InstanceRecord]) -> String {
+/// without it after update.healthy_deadline, 300.0s): crashed 3 times ...`; with the
+/// replacement's node down or quarantined, what the reconciler then waits for instead.
+fn waiting_on(inner: &Inner, config: &ControlConfig, moving: &[&InstanceRecord]) -> String {
     let seconds = seconds_phrase;
     let one = |r: &InstanceRecord| {
-        let deadline = (inner.state.apps.get(&r.app))
-            .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
+        let app = inner.state.apps.get(&r.app);
+        let deadline = app.map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
+        let to = r.node.as_deref().unwrap_or("no node yet");
+        let live = r.node.as_deref().and_then(|n| inner.nodes.get(n));
+        let rule = match live {
+            Some(l) if is_quarantined(l) => {
+                format!("its node {to} is quarantined: the handoff waits for its adoption")
+            }
+            Some(l) if is_ready(l, config, inner.now) => format!(
+                "the drain goes on without it after update.healthy_deadline, {}",
+                seconds(deadline)
+            ),
+            _ => match app.map(|a| a.spec.reschedule) {
+                Some(Reschedule::After(d)) => format!(
+                    "its node {to} is down: the handoff starts again elsewhere once it has been \
+                     down for reschedule_after, {}",
+                    seconds(d.as_millis() as i64)
+                ),
+                _ => format!("its node {to} is down: the handoff waits for it to return"),
+            },
+        };
         let mut text = format!(
-            "moving {}[{}] to {}: not online for {} (the drain goes on without it after \
-             update.healthy_deadline, {})",
+            "moving {}[{}] to {to}: not online for {} ({rule})",
             r.app,
             r.index,
-            r.node.as_deref().unwrap_or("no node yet"),
             seconds(inner.now.saturating_sub(r.created_ms)),
-            seconds(deadline)
         );
         if let Some(o) = inner.observed.get(&r.id).filter(|o| !o.message.is_empty()) {
             text.push_str(": ");

@@ -209,6 +209,8 @@ fn render(plan: &Plan) -> String {
             Why::Unstartable => "unstartable".to_string(),
             Why::Finished => "finished".to_string(),
             Why::Overdue { replacement } => format!("overdue {}", short(&replacement)),
+            Why::ReplacementLost => "lost".to_string(),
+            Why::Abandoned => "abandoned".to_string(),
         };
         out.push(format!(
             "moved({} {}>{} {why})",
@@ -486,7 +488,7 @@ fn drain() {
         "web/0@a* web/0@b&500>1",
         "a drain; b down=900",
         9000,
-        "-2",
+        "-2 moved(2 b>a lost)",
     );
     check(
         "web=1",
@@ -497,13 +499,19 @@ fn drain() {
     );
     // The same for a replacement on a node that is gone (forgotten), at once; on a draining
     // node, once it is down; and never for an app that waits for its nodes.
-    check("web=1", "web/0@a* web/0@z>1", "a drain; b", 0, "-2");
+    check(
+        "web=1",
+        "web/0@a* web/0@z>1",
+        "a drain; b",
+        0,
+        "-2 moved(2 z>a lost)",
+    );
     check(
         "web=1",
         "web/0@a* web/0@b>1",
         "a drain; b drain down=900",
         900,
-        "-2",
+        "-2 moved(2 b>a lost)",
     );
     check(
         "web=1 wait",
@@ -512,10 +520,37 @@ fn drain() {
         9000,
         "",
     );
-    // Undrained meanwhile: the copy that serves is kept however long the replacement takes,
-    // and a replacement lost with its node goes.
-    check("web=1 hd=1000", "web/0@a* web/0@b&500>1", "a; b", 9000, "");
-    check("web=1", "web/0@a* web/0@b>1", "a; b down=900", 9000, "-2");
+    // Undrained meanwhile (or a scale-down's rebalance move): the copy that serves is kept, and
+    // a replacement not online by the healthy deadline is given up; one lost with its node
+    // goes.
+    check(
+        "web=1 hd=1000",
+        "web/0@a* web/0@b&500>1",
+        "a; b",
+        1499,
+        "followup@1500",
+    );
+    check(
+        "web=1 hd=1000",
+        "web/0@a* web/0@b&500>1",
+        "a; b",
+        1500,
+        "-2 moved(2 b>a abandoned)",
+    );
+    check(
+        "web=1 hd=1000",
+        "web/0@a* web/0@b*&500>1",
+        "a; b",
+        1500,
+        "-1",
+    );
+    check(
+        "web=1",
+        "web/0@a* web/0@b>1",
+        "a; b down=900",
+        9000,
+        "-2 moved(2 b>a lost)",
+    );
     // Stopped, or finished (exited with autorestart off): nothing to hand over, so it moves at
     // once and stays stopped, not run again.
     check(
