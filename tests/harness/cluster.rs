@@ -52,6 +52,9 @@ pub struct Cluster {
     agents: Vec<Daemon>,
     /// Instance processes seen in `list`, killed at drop if still alive.
     instance_procs: Mutex<BTreeSet<ProcId>>,
+    /// Agent cgroups to remove at the end besides those the agents' data dirs name then (see
+    /// [`Cluster::remember_cgroups_of`]).
+    cgroups: Mutex<BTreeSet<PathBuf>>,
     cli_runs: AtomicU64,
     coordinator_args: Vec<String>,
     /// Coordinator URLs (comma-separated) of coordinators the cluster does not run itself
@@ -214,6 +217,7 @@ impl Cluster {
             port: 0,
             agents: Vec::new(),
             instance_procs: Mutex::new(BTreeSet::new()),
+            cgroups: Mutex::new(BTreeSet::new()),
             cli_runs: AtomicU64::new(0),
             coordinator_args,
             external,
@@ -602,6 +606,14 @@ impl Cluster {
         }
     }
 
+    /// Keeps the cgroup the agent of `data_dir` records now, to remove at drop: one a later
+    /// agent on the dir (under another node name) no longer records.
+    pub fn remember_cgroups_of(&self, data_dir: &Path) {
+        if let Some(base) = recorded_cgroup(data_dir) {
+            (self.cgroups.lock().unwrap_or_else(|e| e.into_inner())).insert(base);
+        }
+    }
+
     /// Records processes to end at drop whatever their parent (instances adopted by a restarted
     /// agent are not its children).
     pub fn remember_pids(&self, pids: &[u32]) {
@@ -760,7 +772,45 @@ impl Cluster {
         if let Some(net) = &self.net {
             net.kill_everything();
         }
+        // An agent that did not exit by itself (kill -9 in a test, or after its grace) never
+        // removed its cgroups; the record it keeps in its data dir names them.
+        let mut bases =
+            std::mem::take(&mut *self.cgroups.lock().unwrap_or_else(|e| e.into_inner()));
+        bases.extend(
+            self.agents
+                .iter()
+                .filter_map(|a| recorded_cgroup(&a.data_dir)),
+        );
+        for base in bases {
+            remove_empty_cgroups(&base);
+        }
     }
+}
+
+/// The cgroup directory the agent of `data_dir` records there, if it is an agent cgroup.
+fn recorded_cgroup(data_dir: &Path) -> Option<PathBuf> {
+    let record = data_dir.join(pmcluster_spec::instance::CGROUP_RECORD_FILE);
+    let base = PathBuf::from(fs::read_to_string(record).ok()?.trim());
+    let ours = base.starts_with("/sys/fs/cgroup")
+        && base
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("pmcluster-"));
+    ours.then_some(base)
+}
+
+/// Removes the empty directories of an agent's cgroup `base`, deepest first. One still holding
+/// a process stays (the kernel refuses it).
+fn remove_empty_cgroups(base: &Path) {
+    fn below(dir: &Path) {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                below(&entry.path());
+            }
+        }
+        // Busy (a process left) or gone: nothing to do.
+        let _ = fs::remove_dir(dir);
+    }
+    below(base);
 }
 
 impl Drop for Cluster {

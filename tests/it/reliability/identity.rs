@@ -286,6 +286,9 @@ fn issue9_a_data_dir_reused_under_another_name_is_refused_or_renamed() {
     let procs = start_web(&c, 2);
     let a = c.agent_idx("node-a").expect("node-a");
     let data_dir = c.agent(a).data_dir.clone();
+    // The renamed agent records its own cgroup; node-a's, which its instances stay in, is
+    // removed at the end from this.
+    c.remember_cgroups_of(&data_dir);
     c.agent(a).kill();
 
     let refused = c
