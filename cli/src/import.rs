@@ -110,10 +110,41 @@ pub fn config_apps(
     parse_apps(text, format).map_err(|e| {
         if e.field == "file" && looks_like_js(text) {
             js_error(source)
+        } else if let Some(key) = pm2_only(&e) {
+            UsageError::new(format!(
+                "{source}: {e}; {key} is a PM2 ecosystem setting: convert the file with \
+                 `pmcluster import pm2 {path}`, which says what each PM2 setting becomes"
+            ))
         } else {
             UsageError::new(format!("{source}: {e}"))
         }
     })
+}
+
+/// The key of an unknown-field error that PM2's ecosystem files have and pmcluster's config
+/// files do not: the file is then most likely a PM2 one.
+fn pm2_only(e: &pmcluster_spec::SpecError) -> Option<String> {
+    const PM2: &[&str] = &[
+        "node_args",
+        "interpreter",
+        "interpreter_args",
+        "watch",
+        "ignore_watch",
+        "error_file",
+        "out_file",
+        "log_file",
+        "combine_logs",
+        "log_date_format",
+        "pid_file",
+        "exp_backoff_restart_delay",
+        "wait_ready",
+        "namespace",
+    ];
+    if !e.message.contains("unknown field") {
+        return None;
+    }
+    let key = e.field.rsplit('.').next().unwrap_or(&e.field);
+    (PM2.contains(&key) || key.starts_with("env_")).then(|| key.to_string())
 }
 
 /// Warnings for apps of a config file that would crash-loop where a PM2 user expects them to
@@ -386,7 +417,7 @@ fn cron_restart(value: &Value, app: &str, warnings: &mut Vec<String>) -> Option<
 }
 
 /// The program a PM2 script runs under when no interpreter is given, by extension.
-fn default_interpreter(script: &str) -> Option<&'static str> {
+pub(crate) fn default_interpreter(script: &str) -> Option<&'static str> {
     let ext = Path::new(script).extension()?.to_str()?;
     match ext {
         "js" | "cjs" | "mjs" => Some("node"),

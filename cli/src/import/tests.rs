@@ -388,3 +388,23 @@ fn shared_port_warnings_name_the_fix() {
         assert_eq!(warned(&app(fine)), Vec::<String>::new(), "{fine}");
     }
 }
+
+/// `apply -f` of a PM2 ecosystem file fails on the first PM2-only key, and says how to convert
+/// the file; an unknown key of no PM2 meaning gets no such hint.
+#[test]
+fn apply_of_a_pm2_file_points_to_import() {
+    let pm2 = r#"{"apps": [{"name": "api", "script": "x", "env_production": {"A": "1"}}]}"#;
+    let err = config_apps(pm2, Format::Json, "eco.json", "eco.json")
+        .expect_err("a PM2 key")
+        .to_string();
+    assert!(
+        err.contains("env_production is a PM2 ecosystem setting")
+            && err.contains("`pmcluster import pm2 eco.json`"),
+        "{err}"
+    );
+    let other = r#"{"apps": [{"name": "api", "script": "x", "colour": "red"}]}"#;
+    let err = config_apps(other, Format::Json, "eco.json", "eco.json")
+        .expect_err("an unknown key")
+        .to_string();
+    assert!(!err.contains("import pm2"), "{err}");
+}
