@@ -206,10 +206,11 @@ async fn start_only(
             Ok((said, goal))
         }
         StartPlan::Apply { spec, derived_name } => {
+            let (spec, interpreted) = start::with_interpreter(*spec);
             // `start` creates an app, or starts one as it is: it never changes an app that
             // exists, which would reset every flag left out of this command line.
             let kept = refuse_to_overwrite(conn, &spec, derived_name).await?;
-            let spec = kept.clone().unwrap_or(*spec);
+            let spec = kept.clone().unwrap_or(spec);
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;
@@ -267,7 +268,7 @@ async fn start_only(
             }
             let said = wait::Said {
                 value,
-                lines: vec![line],
+                lines: interpreted.into_iter().chain([line]).collect(),
             };
             // A rollout the change started replaces every instance: they are up at its
             // version, once it succeeded.
@@ -390,10 +391,17 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         value: json!({
             "app": args.app, "previous": reply.previous, "instances": reply.instances,
         }),
-        lines: vec![format!(
-            "scaled {}: {} -> {}",
-            args.app, reply.previous, reply.instances
-        )],
+        lines: vec![match reply.previous == reply.instances {
+            true => format!(
+                "{} has {} already; nothing changed",
+                args.app,
+                plural(reply.instances, "instance")
+            ),
+            false => format!(
+                "scaled {}: {} -> {}",
+                args.app, reply.previous, reply.instances
+            ),
+        }],
     };
     let goal = match args.wait.wait {
         true => wait::goal(&mut conn, &args.app, None).await.map(|goal| {

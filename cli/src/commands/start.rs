@@ -2,6 +2,7 @@
 //! runs already is said to, as PM2 does, rather than "started".
 
 use pmcluster_proto::v1 as pb;
+use pmcluster_spec::AppSpec;
 use serde_json::json;
 use tonic::Code;
 
@@ -64,12 +65,42 @@ enum LocalFile {
 }
 
 fn local_file(name: &str) -> Option<LocalFile> {
+    local_file_at(std::path::Path::new(name))
+}
+
+fn local_file_at(path: &std::path::Path) -> Option<LocalFile> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(name).ok().filter(|m| m.is_file())?;
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
     Some(match meta.permissions().mode() & 0o111 {
         0 => LocalFile::NotExecutable,
         _ => LocalFile::Executable,
     })
+}
+
+/// The spec of `start "FILE ARGS"` where FILE is a script here that is not executable, run by
+/// the interpreter of its extension as PM2 does (`pm2 start server.py`), and a line saying so;
+/// else the spec as it is. The file is looked up from the app's `--cwd`, else from here.
+pub(super) fn with_interpreter(spec: AppSpec) -> (AppSpec, Option<String>) {
+    let Some(interpreter) = crate::import::default_interpreter(&spec.script) else {
+        return (spec, None);
+    };
+    let at = std::path::Path::new(spec.cwd.as_deref().unwrap_or(".")).join(&spec.script);
+    if spec.shell || local_file_at(&at) != Some(LocalFile::NotExecutable) {
+        return (spec, None);
+    }
+    let note = format!(
+        "{} is not executable: running it with {interpreter}, as PM2 does (give the command line \
+         to choose another, e.g. \"python3.12 {}\")",
+        spec.script, spec.script
+    );
+    let mut args = vec![spec.script.clone()];
+    args.extend(spec.args.iter().cloned());
+    let spec = AppSpec {
+        script: interpreter.to_string(),
+        args,
+        ..spec
+    };
+    (spec, Some(note))
 }
 
 /// What to type to run `word` (no app of that name) as a new app. A bare word is a program on
@@ -80,17 +111,7 @@ fn new_app_hint(word: &str, file: Option<LocalFile>) -> String {
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or(word);
-    let interpreter = match std::path::Path::new(word)
-        .extension()
-        .and_then(|e| e.to_str())
-    {
-        Some("py") => Some("python3"),
-        Some("js" | "mjs" | "cjs") => Some("node"),
-        Some("sh") => Some("sh"),
-        Some("rb") => Some("ruby"),
-        _ => None,
-    };
-    match (file, interpreter) {
+    match (file, crate::import::default_interpreter(word)) {
         (None, _) => format!(
             "to run {word:?} as a new app, give it a name: pmcluster start {word} --name NAME"
         ),
@@ -204,6 +225,49 @@ fn running_of(instances: &[&pb::Instance]) -> Option<Running> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `start "www/server.py 8000"` of a script that is not executable runs it with the
+    /// interpreter of its extension, as PM2 does; an executable one, an unknown extension, a
+    /// file that is not here, and a shell line are left as given.
+    #[test]
+    fn a_script_that_is_not_executable_gets_its_interpreter() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let at = |name: &str, mode: u32| -> std::io::Result<()> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "")?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        };
+        at("server.py", 0o644)?;
+        at("run.sh", 0o755)?;
+        at("data.txt", 0o644)?;
+        let cwd = dir.path().to_string_lossy().into_owned();
+        let spec = |script: &str, shell: bool| AppSpec {
+            cwd: Some(cwd.clone()),
+            shell,
+            ..AppSpec::new("x", script, &["8000"])
+        };
+        let (got, note) = with_interpreter(spec("server.py", false));
+        assert_eq!(
+            (got.script.as_str(), got.args.as_slice()),
+            (
+                "python3",
+                &["server.py".to_string(), "8000".to_string()][..]
+            )
+        );
+        assert!(note.is_some_and(|n| n.contains("running it with python3")));
+        for (script, shell) in [
+            ("run.sh", false),
+            ("data.txt", false),
+            ("missing.py", false),
+            ("server.py", true),
+        ] {
+            let (got, note) = with_interpreter(spec(script, shell));
+            assert_eq!(got.script, script, "{script} shell={shell}");
+            assert!(note.is_none(), "{script} shell={shell}");
+        }
+        Ok(())
+    }
 
     #[test]
     fn a_file_here_is_run_by_its_path_or_interpreter() {
