@@ -181,7 +181,15 @@ impl Control {
             .clone()
             .filter(|d| d.state.active() && d.started_ms == now);
         let name = record.spec.name.clone();
-        let (version, count) = (record.version, record.spec.instances);
+        let version = record.version;
+        // "max" is one per core of the nodes it may use: the count that means now.
+        let count = match record.spec.instances_max {
+            true => format!(
+                "max instances ({} now)",
+                super::views::resolved_count(&inner, &self.config, &record)
+            ),
+            false => super::instances_phrase(record.spec.instances),
+        };
         self.write(&mut inner, Batch::app(record))?;
         drop(inner);
         if let Some(d) = &deployment {
@@ -202,10 +210,7 @@ impl Control {
             &name,
             "",
             None,
-            format!(
-                "{name} {what}: version {version}, {count} instance{}",
-                if count == 1 { "" } else { "s" }
-            ),
+            format!("{name} {what}: version {version}, {count}"),
         );
         Ok(Applied {
             app: name,
