@@ -55,6 +55,11 @@ pub struct Cli {
     )]
     pub coordinator: String,
 
+    /// `coordinator` is the default: neither the flag nor the environment gave one (set by
+    /// [`parse_from`]; the CLI then looks for the coordinator `pmcluster up` started).
+    #[arg(skip)]
+    pub coordinator_defaulted: bool,
+
     /// The cluster CA (PEM) that signed the coordinator's certificate; needed for https://
     /// coordinators
     #[arg(

@@ -45,7 +45,13 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Import(source) => return import::run(source, cli.output, out),
         other => other,
     };
-    let urls = failover::parse_urls(&cli.coordinator)?;
+    // Neither --coordinator nor PMCLUSTER_COORDINATOR: the coordinator `pmcluster up` started
+    // from this user's data dir, wherever it listens, as PM2 talks to its local daemon.
+    let coordinator = match cli.coordinator_defaulted {
+        true => local::local_coordinator_url(env).unwrap_or(cli.coordinator),
+        false => cli.coordinator,
+    };
+    let urls = failover::parse_urls(&coordinator)?;
     let tls = client::tls_config(
         &urls,
         cli.ca.as_deref(),

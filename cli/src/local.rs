@@ -307,6 +307,23 @@ pub fn choose_listen(
 }
 
 /// The pid of `daemon` if its pid file names a live process running its binary.
+/// The URL of the coordinator `pmcluster up` runs from the data dir `PMCLUSTER_HOME` names (or
+/// the default one), when it runs.
+pub fn local_coordinator_url(env: &Environment) -> Option<String> {
+    let dir = std::env::var_os("PMCLUSTER_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| default_data_dir(env.xdg_data_home.clone(), env.home.clone()))?;
+    let layout = Layout { dir };
+    running_pid(&layout, Daemon::Coordinator)?;
+    let listen: SocketAddr = fs::read_to_string(layout.listen_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(dial_url(listen))
+}
+
 fn running_pid(layout: &Layout, daemon: Daemon) -> Option<i32> {
     let text = fs::read_to_string(layout.pid_file(daemon)).ok()?;
     parse_pid(&text).filter(|pid| runs(*pid, daemon.binary()))

@@ -45,7 +45,9 @@ where
         );
         level = m.subcommand().map(|(_, sub)| sub);
     }
-    let cli = Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))?;
+    let defaulted = matches.value_source("coordinator") == Some(ValueSource::DefaultValue);
+    let mut cli = Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut command))?;
+    cli.coordinator_defaulted = defaulted;
     let writes = formats(&cli.command);
     if !writes.contains(&cli.output) {
         let message = refusal(&verb, cli.output, writes);
