@@ -625,11 +625,11 @@ pub struct StartArgs {
     pub no_autorestart: bool,
 
     /// Delay before a crashed instance is restarted, e.g. 2s or 500ms
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub restart_delay: Option<String>,
 
     /// Time between the stop signal and SIGKILL, e.g. 5s
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub kill_timeout: Option<String>,
 
     /// With an app name: start only the instance with this index
@@ -649,7 +649,12 @@ pub struct StartArgs {
     pub distinct_hosts: bool,
 
     /// At most N instances per node
-    #[arg(long, value_name = "N", help_heading = "Placement")]
+    #[arg(
+        long,
+        value_name = "N",
+        help_heading = "Placement",
+        allow_negative_numbers = true
+    )]
     pub max_per_node: Option<u32>,
 
     /// CPU each instance reserves: cores (0.5) or millicores (500m)
@@ -665,7 +670,12 @@ pub struct StartArgs {
     pub overcommit: bool,
 
     /// How long a node may be down before its instances move elsewhere (default 30s), or never
-    #[arg(long, value_name = "DURATION|never", help_heading = "Placement")]
+    #[arg(
+        long,
+        value_name = "DURATION|never",
+        help_heading = "Placement",
+        allow_hyphen_values = true
+    )]
     pub reschedule_after: Option<String>,
 
     #[command(flatten)]
@@ -819,7 +829,8 @@ pub struct LogsArgs {
     pub instance: Option<u32>,
     /// Lines of history per instance and stream (default 20, at most 10000); 0 for none: with
     /// -f, only what is written from now on
-    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=10_000))]
+    #[arg(short = 'n', long, value_name = "N", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub lines: Option<u32>,
     /// Keep printing new lines until Ctrl-C
     #[arg(short = 'f', long)]
@@ -895,7 +906,7 @@ pub struct AutoscaleArgs {
     pub mode: Option<String>,
 
     /// Minimum time between two changes, e.g. 60s
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub cooldown: Option<String>,
 
     /// Threshold mode: scale down below this fraction of the threshold (default 0.5)
@@ -907,11 +918,11 @@ pub struct AutoscaleArgs {
     pub tolerance: Option<f64>,
 
     /// How long the load must stay high before scaling up (default 0s)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub up_stabilization: Option<String>,
 
     /// How long the load must stay low before scaling down (default 5m)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub down_stabilization: Option<String>,
 }
 

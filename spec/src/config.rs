@@ -717,10 +717,16 @@ pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError
             match s.parse::<u64>() {
                 Ok(ms) => Duration::from_millis(ms),
                 Err(_) => humantime::parse_duration(s).map_err(|e| {
+                    // The parser's "expected number at 0" says nothing a user can act on.
+                    let why = match e {
+                        _ if s.starts_with('-') => " (it cannot be negative)".to_string(),
+                        humantime::DurationError::NumberExpected(_) => String::new(),
+                        e => format!(" ({e})"),
+                    };
                     SpecError::new(
                         field,
                         format!(
-                            "{} is not a duration ({e}); write e.g. \"2s\" or 2000",
+                            "{} is not a duration{why}; write e.g. \"2s\" or 2000",
                             echo(s)
                         ),
                     )

@@ -525,8 +525,8 @@ fn checked_values_say_where_they_are() {
         (
             "apps:\n  - name: ok\n    script: x\n  - name: b\n    restart_delay: soon\n    script: x\n",
             Yaml,
-            "app \"b\": restart_delay: \"soon\" is not a duration (expected number at 0); write \
-             e.g. \"2s\" or 2000 (line 5, column 5)",
+            "app \"b\": restart_delay: \"soon\" is not a duration; write e.g. \"2s\" or 2000 \
+             (line 5, column 5)",
         ),
         (
             "name: w\nscript: x\nhealth_check:\n  url: http://localhost/\n  interval: -1s\n",
