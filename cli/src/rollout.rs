@@ -537,12 +537,22 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                     bar.set_prefix(format!("{app} v{}", d.to_version));
                     bar
                 });
+                // Without a terminal for the bar, a line each time the progress changes, as
+                // `kubectl rollout status` prints: a log or a CI job shows where it stands.
+                let lines = bar.is_none() && !ctx.structured();
+                let mut said = None;
                 // Bounded: the coordinator fails a stuck rollout at its progress deadline.
                 while output::deployment_active(&d) {
                     if let Some(bar) = &bar {
                         bar.set_length(u64::from(d.total.max(1)));
                         bar.set_position(u64::from(d.done));
                         bar.set_message(d.state.clone());
+                    }
+                    // By its step, not its message, which may count seconds.
+                    let step = (d.state.clone(), d.done, d.total);
+                    if lines && said.as_ref() != Some(&step) {
+                        ctx.line(&output::deployment_line(&d))?;
+                        said = Some(step);
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                     let status =
