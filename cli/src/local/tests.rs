@@ -1,4 +1,5 @@
 use super::*;
+use crate::args::DEFAULT_LISTEN;
 
 #[test]
 fn data_dirs() {

@@ -710,19 +710,21 @@ fn settle_index<'r>(
                 None if new.node.is_some() => Some(snap.now_ms),
                 None => None,
             };
+            // The replacement goes and the old copy stays, an event says why.
+            let drop_new = |plan: &mut Plan, why: Why| {
+                plan.remove.push(new.id);
+                plan.moved.push(Moved {
+                    app: app.spec.name.clone(),
+                    index: new.index,
+                    old: new.id,
+                    from: new.node.clone().unwrap_or_default(),
+                    to: old.node.clone().unwrap_or_default(),
+                    why,
+                });
+                Some(old)
+            };
             match new_lost {
-                Some(at) if at <= snap.now_ms => {
-                    plan.remove.push(new.id);
-                    plan.moved.push(Moved {
-                        app: app.spec.name.clone(),
-                        index: new.index,
-                        old: new.id,
-                        from: new.node.clone().unwrap_or_default(),
-                        to: old.node.clone().unwrap_or_default(),
-                        why: Why::ReplacementLost,
-                    });
-                    return Some(old);
-                }
+                Some(at) if at <= snap.now_ms => return drop_new(plan, Why::ReplacementLost),
                 Some(at) => plan.follow_up(at),
                 None => {}
             }
@@ -737,19 +739,10 @@ fn settle_index<'r>(
             // has a copy that serves where it is: one whose new copy does not come online in
             // time is given up instead.
             if let (Some((Link::Up, false)), true) = (link(old.node.as_deref()), replacement_up) {
-                if due > snap.now_ms {
-                    plan.follow_up(due);
-                } else {
-                    plan.remove.push(new.id);
-                    plan.moved.push(Moved {
-                        app: app.spec.name.clone(),
-                        index: new.index,
-                        old: new.id,
-                        from: new.node.clone().unwrap_or_default(),
-                        to: old.node.clone().unwrap_or_default(),
-                        why: Why::Abandoned,
-                    });
+                if due <= snap.now_ms {
+                    return drop_new(plan, Why::Abandoned);
                 }
+                plan.follow_up(due);
                 return Some(old);
             }
             if let (Some((Link::Up, true)), true) = (link(old.node.as_deref()), replacement_up) {

@@ -324,13 +324,8 @@ fn issue9_a_data_dir_reused_under_another_name_is_refused_or_renamed() {
     );
 }
 
-/// A node forgotten while its agent was down, whose agent comes back after all: it joins
-/// unquarantined, its agent stops the process whose index was placed elsewhere at the forget,
-/// and each index runs once. (Before the store kept forgotten names, it was quarantined and the
-/// old process ran beside its replacement until an operator adopted the node.)
-#[test]
-fn a_forgotten_node_that_comes_back_stops_what_runs_elsewhere() {
-    let mut c = Cluster::start(2).expect("coordinator and two agents start");
+/// Starts `idle` (2 instances of `sleep`, no port) and waits until both run, one on node-b.
+fn idle_on_both(c: &Cluster) -> Vec<Instance> {
     c.cli(&[
         "start",
         "sh",
@@ -343,17 +338,29 @@ fn a_forgotten_node_that_comes_back_stops_what_runs_elsewhere() {
         "exec sleep 600",
     ])
     .assert_ok();
-    let on_b = wait_until(DEADLINE, "idle on both nodes", || {
+    wait_until(DEADLINE, "idle on both nodes", || {
         let list = c.instances("idle")?;
-        let on_b = list
-            .iter()
-            .find(|i| i.node.as_deref() == Some("node-b"))
-            .and_then(|i| i.pid);
-        match on_b {
-            Some(pid) if list.len() == 2 && list.iter().all(live) => Ok(pid),
-            _ => Err(render(&list)),
+        let on_b = list.iter().any(|i| i.node.as_deref() == Some("node-b"));
+        if list.len() == 2 && list.iter().all(live) && on_b {
+            Ok(list)
+        } else {
+            Err(render(&list))
         }
-    });
+    })
+}
+
+/// A node forgotten while its agent was down, whose agent comes back after all: it joins
+/// unquarantined, its agent stops the process whose index was placed elsewhere at the forget,
+/// and each index runs once. (Before the store kept forgotten names, it was quarantined and the
+/// old process ran beside its replacement until an operator adopted the node.)
+#[test]
+fn a_forgotten_node_that_comes_back_stops_what_runs_elsewhere() {
+    let mut c = Cluster::start(2).expect("coordinator and two agents start");
+    let on_b = idle_on_both(&c)
+        .iter()
+        .find(|i| i.node.as_deref() == Some("node-b"))
+        .and_then(|i| i.pid)
+        .expect("node-b's instance has a pid");
     let old = ProcId::of(on_b).expect("node-b's instance runs");
     c.remember_pids(&[on_b]);
 
@@ -425,27 +432,7 @@ fn a_forgotten_node_that_comes_back_stops_what_runs_elsewhere() {
 #[test]
 fn issue9_nodes_forget_removes_a_gone_node() {
     let c = Cluster::start(2).expect("coordinator and two agents start");
-    c.cli(&[
-        "start",
-        "sh",
-        "--name",
-        "idle",
-        "--instances",
-        "2",
-        "--",
-        "-c",
-        "exec sleep 600",
-    ])
-    .assert_ok();
-    let before = wait_until(DEADLINE, "idle on both nodes", || {
-        let list = c.instances("idle")?;
-        let on_b = list.iter().any(|i| i.node.as_deref() == Some("node-b"));
-        if list.len() == 2 && list.iter().all(live) && on_b {
-            Ok(list)
-        } else {
-            Err(render(&list))
-        }
-    });
+    let before = idle_on_both(&c);
     c.remember_pids(&before.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
 
     let refused = c.cli(&["nodes", "forget", "node-b"]);
