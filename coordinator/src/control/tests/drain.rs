@@ -315,6 +315,18 @@ fn drained(
     Ok((c, agents, a, b))
 }
 
+/// One step of the fake agents: each of `nodes` follows the store and reports what it runs,
+/// then the control loop ticks.
+fn step(c: &Control, agents: &mut Agents, nodes: &[(&str, &Attached)]) {
+    for (node, _) in nodes {
+        agents.follow(c, node);
+    }
+    for (node, session) in nodes {
+        report(c, agents, node, session);
+    }
+    c.tick();
+}
+
 fn on(c: &Control, node: &str) -> usize {
     web_records(c)
         .iter()
@@ -338,13 +350,7 @@ fn a_drain_goes_on_past_a_replacement_not_online_by_the_healthy_deadline() -> Re
     let mut spec = web(2);
     spec.update.healthy_deadline = Duration::from_secs(30);
     let (c, mut agents, a, b) = drained(spec, &clock, InstanceState::Online)?;
-    let pass = |agents: &mut Agents| {
-        agents.follow(&c, "a");
-        agents.follow(&c, "b");
-        report(&c, agents, "a", &a);
-        report(&c, agents, "b", &b);
-        c.tick();
-    };
+    let pass = |agents: &mut Agents| step(&c, agents, &[("a", &a), ("b", &b)]);
     pass(&mut agents);
     assert_eq!(
         (on(&c, "a"), on(&c, "b")),
@@ -403,13 +409,7 @@ fn a_drain_goes_on_past_a_replacement_whose_node_is_lost() -> Result<()> {
     assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "the handoff to b");
     let third = c.attach(&register("c"), None)?;
     c.detach("b", b.session_id);
-    let pass = |agents: &mut Agents| {
-        agents.follow(&c, "a");
-        agents.follow(&c, "c");
-        report(&c, agents, "a", &a);
-        report(&c, agents, "c", &third);
-        c.tick();
-    };
+    let pass = |agents: &mut Agents| step(&c, agents, &[("a", &a), ("c", &third)]);
     for second in 1..30 {
         clock.advance_ms(1_000);
         pass(&mut agents);
@@ -460,13 +460,7 @@ fn an_undrain_gives_up_a_handoff_not_online_by_the_healthy_deadline() -> Result<
     let (c, mut agents, a, b) = drained(spec, &clock, InstanceState::Online)?;
     assert_eq!((on(&c, "a"), on(&c, "b")), (1, 1), "the handoff to b");
     c.set_drain("a", false)?;
-    let pass = |agents: &mut Agents| {
-        agents.follow(&c, "a");
-        agents.follow(&c, "b");
-        report(&c, agents, "a", &a);
-        report(&c, agents, "b", &b);
-        c.tick();
-    };
+    let pass = |agents: &mut Agents| step(&c, agents, &[("a", &a), ("b", &b)]);
     for second in 1..30 {
         clock.advance_ms(1_000);
         pass(&mut agents);
