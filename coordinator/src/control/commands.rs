@@ -353,9 +353,11 @@ impl Control {
         let spec = &app.spec;
         // Only plain spread apps: moving instances of apps with resources or limits could break
         // a rule the scheduler honoured when it placed them.
+        // Nor during a rollout, whose engine counts an index's records against its surge.
         if spec.placement.strategy != pmcluster_spec::placement::Strategy::Spread
             || spec.placement.max_per_node.is_some()
             || spec.resources != pmcluster_spec::app::Resources::default()
+            || app.rolling()
         {
             return moves;
         }
@@ -374,14 +376,29 @@ impl Control {
             .collect();
         let mut placed: BTreeMap<String, Vec<u32>> =
             ready.iter().map(|n| (n.clone(), Vec::new())).collect();
-        let mut by_index = BTreeMap::new();
+        // The index's records that count: not one that drains away. An index with a handoff
+        // under way (an earlier scale-down's move, a drain's) is counted once, where its new
+        // copy goes, and not moved again.
+        let mut of_index: BTreeMap<u32, Vec<&InstanceRecord>> = BTreeMap::new();
         for inst in inner.ahead.app_instances(name) {
-            if inst.index >= count {
-                continue;
+            if inst.index < count && inst.draining_since.is_none() {
+                of_index.entry(inst.index).or_default().push(inst);
             }
-            if let Some(v) = inst.node.as_ref().and_then(|n| placed.get_mut(n)) {
-                v.push(inst.index);
-                by_index.insert(inst.index, inst.clone());
+        }
+        let mut by_index = BTreeMap::new();
+        for (index, records) in &of_index {
+            let (at, movable) = match records.as_slice() {
+                [only] => (*only, true),
+                more => match more.iter().find(|r| r.replaces.is_some()) {
+                    Some(new) => (*new, false),
+                    None => continue,
+                },
+            };
+            if let Some(v) = at.node.as_ref().and_then(|n| placed.get_mut(n)) {
+                v.push(*index);
+                if movable {
+                    by_index.insert(*index, at.clone());
+                }
             }
         }
         // A move is a handoff, as in a node drain: the new copy replaces the old one once
@@ -389,18 +406,27 @@ impl Control {
         // takes a serving copy away from an index it keeps ("a count change restarts nothing"
         // that serves). The reconciler gives a move up that is not online within the app's
         // healthy deadline (two agents on one host with a fixed port, say).
+        // A stopped or finished instance serves nothing and would never come online: it just
+        // moves.
         let now = self.now();
         for (index, from, to) in scheduler::rebalance(&placed) {
             if let Some(old) = by_index.get(&index) {
+                let plain =
+                    old.stopped || (!spec.autorestart && inner.observed.exited.contains(&old.id));
+                if plain {
+                    batch.del_instances.push(old.id);
+                }
                 batch.put_instances.push(InstanceRecord {
                     id: self.clock.new_id(),
                     node: Some(to.clone()),
-                    replaces: Some(old.id),
+                    replaces: (!plain).then_some(old.id),
                     draining_since: None,
                     created_ms: now,
                     ..old.clone()
                 });
-                moves.push((index, from, to));
+                if !plain {
+                    moves.push((index, from, to));
+                }
             }
         }
         moves

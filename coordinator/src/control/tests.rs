@@ -8,8 +8,8 @@ use super::*;
 use crate::core::adoption::quarantine_reason;
 use crate::core::quota::Caps;
 use crate::model::{
-    AppView, InstanceObserved, InstanceState, InstanceView, LogStream, NodeRecord, NodeStatus,
-    Registration,
+    AppView, InstanceObserved, InstanceRecord, InstanceState, InstanceView, LogStream, NodeRecord,
+    NodeStatus, Registration,
 };
 use crate::store::MemoryStore;
 use pmcluster_spec::PortSpec;
@@ -157,6 +157,44 @@ async fn a_rebalance_move_is_a_handoff() -> Result<()> {
         ),
         "{said:?}"
     );
+    Ok(())
+}
+
+/// A second scale-down while the first one's moves are under way counts each moving index
+/// once, where its new copy goes, and moves none of them again (it undid them: a third record
+/// for the index, which the conflict rule then removed with the move); a stopped instance just
+/// moves, since it would never come online to hand over.
+#[tokio::test]
+async fn rebalance_moves_under_way_are_not_moved_again_and_stopped_ones_just_move() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(5))?;
+    let _b = c.attach(&register("b"), None)?;
+    let _c = c.attach(&register("c"), None)?;
+    c.scale("web", 4)?;
+    c.scale("web", 3)?;
+    let records = c.persisted().instances;
+    for index in 0..3 {
+        let active: Vec<&InstanceRecord> = records
+            .values()
+            .filter(|r| r.index == index && r.draining_since.is_none())
+            .collect();
+        assert!(active.len() <= 2, "index {index}: {active:?}");
+        if let [one, two] = active.as_slice() {
+            assert!(one.replaces == Some(two.id) || two.replaces == Some(one.id));
+        }
+    }
+
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(4))?;
+    let _b = c.attach(&register("b"), None)?;
+    c.act("web", None, Action::Stop)?;
+    c.scale("web", 2)?;
+    let records: Vec<InstanceRecord> = c.persisted().instances.into_values().collect();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| r.stopped && r.replaces.is_none()));
+    assert_eq!(spread(&c, "web"), "a:1 b:1");
     Ok(())
 }
 

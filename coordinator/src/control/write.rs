@@ -629,9 +629,14 @@ fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
                     }
                     pmcluster_spec::app::Reschedule::Never => String::new(),
                 });
+            // A drain hands over again; a scale-down's move is not made again.
+            let then = match inner.ahead.nodes.get(&m.to).is_some_and(|n| n.drain) {
+                true => "the drain starts the handoff again",
+                false => "the move is given up",
+            };
             let text = format!(
-                "{}[{}]: its drain replacement on {} was dropped, that node being down{after} or \
-                 gone; the copy on {} serves on and the handoff starts again",
+                "{}[{}]: its new copy on {} was dropped, that node being down{after} or gone; the \
+                 copy on {} serves on and {then}",
                 m.app, m.index, m.from, m.to
             );
             (text, String::new())

@@ -737,8 +737,9 @@ fn settle_index<'r>(
             let due = new.created_ms.saturating_add(deadline);
             // A move off a node that does not drain (a scale-down's rebalance, a drain undone)
             // has a copy that serves where it is: one whose new copy does not come online in
-            // time is given up instead.
-            if let (Some((Link::Up, false)), true) = (link(old.node.as_deref()), replacement_up) {
+            // time is given up instead, wherever that copy is (dropping it takes nothing that
+            // serves).
+            if let Some((Link::Up, false)) = link(old.node.as_deref()) {
                 if due <= snap.now_ms {
                     return drop_new(plan, Why::Abandoned);
                 }

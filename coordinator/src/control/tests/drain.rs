@@ -429,10 +429,10 @@ fn a_drain_goes_on_past_a_replacement_whose_node_is_lost() -> Result<()> {
     pass(&mut agents);
     let said = moved_events(&c);
     assert!(
-        said.iter().any(
-            |m| m.contains("web[0]: its drain replacement on b was dropped")
-                && m.contains("the copy on a serves on")
-        ),
+        said.iter()
+            .any(|m| m.contains("web[0]: its new copy on b was dropped")
+                && m.contains("the drain starts the handoff again")
+                && m.contains("the copy on a serves on")),
         "{said:?}"
     );
     pass(&mut agents);
