@@ -206,7 +206,11 @@ async fn start_only(
             Ok((said, goal))
         }
         StartPlan::Apply { spec, derived_name } => {
-            let (spec, interpreted) = start::with_interpreter(*spec);
+            // Not for an app that exists: `start` then names it as it was made.
+            let (spec, interpreted) = match start::with_interpreter((*spec).clone()) {
+                (run, Some(note)) if !app_exists(conn, &spec.name).await? => (run, Some(note)),
+                _ => (*spec, None),
+            };
             // `start` creates an app, or starts one as it is: it never changes an app that
             // exists, which would reset every flag left out of this command line.
             let kept = refuse_to_overwrite(conn, &spec, derived_name).await?;
@@ -280,6 +284,18 @@ async fn start_only(
             };
             Ok((said, Ok(args.wait.wait.then_some(goal))))
         }
+    }
+}
+
+/// Whether the coordinator has an app of that name.
+async fn app_exists(conn: &mut Conn, name: &str) -> Result<bool, ApiError> {
+    let req = pb::GetAppRequest {
+        name: name.to_string(),
+    };
+    match call!(conn, get_app, req).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.code == tonic::Code::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -392,8 +408,9 @@ pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             "app": args.app, "previous": reply.previous, "instances": reply.instances,
         }),
         lines: vec![match reply.previous == reply.instances {
+            // (An app at "max" scaled to its count now is fixed at it: a change all the same.)
             true => format!(
-                "{} has {} already; nothing changed",
+                "{}: {}, as before",
                 args.app,
                 plural(reply.instances, "instance")
             ),

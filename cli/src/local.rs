@@ -9,7 +9,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -133,6 +133,8 @@ pub struct Environment {
     pub xdg_data_home: Option<OsString>,
     pub home: Option<OsString>,
     pub path: Option<OsString>,
+    /// `PMCLUSTER_HOME`: the data dir of `up` (its `--data-dir` reads it through clap too).
+    pub pmcluster_home: Option<OsString>,
     /// Directory of the running `pmcluster`, where the daemons ship.
     pub exe_dir: Option<PathBuf>,
 }
@@ -143,6 +145,7 @@ impl Environment {
             xdg_data_home: std::env::var_os("XDG_DATA_HOME"),
             home: std::env::var_os("HOME"),
             path: std::env::var_os("PATH"),
+            pmcluster_home: std::env::var_os("PMCLUSTER_HOME"),
             exe_dir: std::env::current_exe()
                 .ok()
                 .and_then(|exe| exe.parent().map(Path::to_path_buf)),
@@ -259,11 +262,10 @@ pub fn choose_node_name(
     }
 }
 
-/// The pid of `daemon` if its pid file names a live process running its binary.
 /// The URL of the coordinator `pmcluster up` runs from the data dir `PMCLUSTER_HOME` names (or
 /// the default one), when it runs.
 pub fn local_coordinator_url(env: &Environment) -> Option<String> {
-    let dir = std::env::var_os("PMCLUSTER_HOME")
+    let dir = (env.pmcluster_home.clone())
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .or_else(|| default_data_dir(env.xdg_data_home.clone(), env.home.clone()))?;
@@ -277,6 +279,7 @@ pub fn local_coordinator_url(env: &Environment) -> Option<String> {
     Some(dial_url(listen))
 }
 
+/// The pid of `daemon` if its pid file names a live process running its binary.
 fn running_pid(layout: &Layout, daemon: Daemon) -> Option<i32> {
     let text = fs::read_to_string(layout.pid_file(daemon)).ok()?;
     parse_pid(&text).filter(|pid| runs(*pid, daemon.binary()))
@@ -421,6 +424,18 @@ pub async fn up(
         coordinator_pid,
         agent_pid.zip(dials.as_deref()),
     )?;
+    // An address recorded by an older `up` on every interface (which its coordinator then
+    // refused) is taken as loopback, where the agent dials it anyway.
+    let listen = match (flag_listen, listen.ip()) {
+        (None, ip) if ip.is_unspecified() => {
+            let loopback = match ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            };
+            SocketAddr::new(loopback, listen.port())
+        }
+        _ => listen,
+    };
     // The coordinator it starts serves plaintext, without credentials: it would refuse any
     // other address (README, "Security"), and only after the agent had started.
     if coordinator_bin.is_some() && !listen.ip().is_loopback() {
@@ -555,9 +570,6 @@ pub async fn up(
     out.write_all(text.as_bytes()).context("writing to stdout")
 }
 
-/// How long a daemon `up` started is given to stop when the other one failed to start.
-const UP_FAILED_GRACE: Duration = Duration::from_secs(10);
-
 /// Waits until the coordinator answers and lists `node` as ready, failing early if a daemon
 /// started by this run exits (stopping the other one it started).
 async fn wait_ready(
@@ -580,7 +592,11 @@ async fn wait_ready(
             // would start what its data dir holds, with nothing to steer it.
             let mut stopped = String::new();
             for other in started.iter().filter(|s| s.daemon != daemon) {
-                match stop_daemon(layout, other.daemon, UP_FAILED_GRACE) {
+                let grace = match other.daemon {
+                    Daemon::Agent => AGENT_STOP_TIMEOUT,
+                    Daemon::Coordinator => COORDINATOR_STOP_TIMEOUT,
+                };
+                match stop_daemon(layout, other.daemon, grace) {
                     Ok(_) => {
                         stopped = format!("; the {} it started is stopped", other.daemon.binary())
                     }

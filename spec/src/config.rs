@@ -718,6 +718,18 @@ pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError
                 Ok(ms) => Duration::from_millis(ms),
                 Err(_) => humantime::parse_duration(s).map_err(|e| {
                     // The parser's "expected number at 0" says nothing a user can act on.
+                    let flag = s.starts_with("--")
+                        || (s.starts_with('-') && s[1..].starts_with(char::is_alphabetic));
+                    if flag {
+                        return SpecError::new(
+                            field,
+                            format!(
+                                "{} looks like a flag, not a duration: give this one a value, \
+                                 e.g. \"2s\"",
+                                echo(s)
+                            ),
+                        );
+                    }
                     let why = match e {
                         _ if s.starts_with('-') => " (it cannot be negative)".to_string(),
                         humantime::DurationError::NumberExpected(_) => String::new(),

@@ -37,8 +37,8 @@ pub fn choose_listen(
             _ => Ok(at),
         };
     }
-    // The agent's address as a listen address: the recorded one when it is that one, so that
-    // an `up --listen 0.0.0.0:PORT` stays on every interface.
+    // The agent's address as a listen address: the recorded one when it is that one (`up` takes
+    // a recorded address on every interface, from an older version, as loopback).
     let agent_at = agent.and_then(|(_, dials)| match recorded {
         Some(r) if dial_url(r) == dials => Some(r),
         _ => dials.strip_prefix("http://")?.parse().ok(),

@@ -271,6 +271,14 @@ fn start_errors() {
             "--kill-timeout:",
         ),
         (
+            "pmcluster start 'node s.js' --name w --kill-timeout -1s",
+            "--kill-timeout: \"-1s\" is not a duration (it cannot be negative)",
+        ),
+        (
+            "pmcluster start 'node s.js' --name w --kill-timeout --shell",
+            "--kill-timeout: \"--shell\" looks like a flag, not a duration: give this one a value",
+        ),
+        (
             "pmcluster start 'node s.js' --name w --restart-delay 5124095576030h",
             "--restart-delay: 584542046years 1month 2days 15h 26m 24s is more than the maximum of 1h",
         ),
