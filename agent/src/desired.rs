@@ -30,7 +30,7 @@ pub enum Action {
     /// Run it: a new instance, or one that was stopped (or is being removed) and must run again.
     Start(Assignment),
     /// Stop the running process and start it again with this assignment: its restart epoch went
-    /// up, or its version, spec, port or index changed.
+    /// up, or its process spec, port or index changed.
     Restart(Assignment),
     /// Keep it stopped (stop it if it runs) and remember this assignment for a later start.
     /// New instances with `run = false` are created stopped so they are reported STOPPED.
@@ -128,8 +128,9 @@ fn same_process(a: &Result<Arc<AppSpec>, String>, b: &Result<Arc<AppSpec>, Strin
 /// The action for an instance the agent has and the set still holds.
 fn diff_one(old: &Assignment, wanted: &Assignment) -> Option<Action> {
     // Anything that changes the process itself (its argv, env, port or log files) needs a restart.
-    let changed = old.app_version != wanted.app_version
-        || !same_process(&old.spec, &wanted.spec)
+    // A new app version alone does not: the coordinator gives an instance the version it
+    // returns to (a rollback) when the instance runs that process already.
+    let changed = !same_process(&old.spec, &wanted.spec)
         || old.port != wanted.port
         || old.index != wanted.index
         || old.app != wanted.app;
@@ -280,8 +281,10 @@ mod tests {
         check("a e=1", 1, "2: a e=2", "gen 2, restart a");
         check("a e=3", 1, "2: a e=2", "gen 2");
         check("a stop e=1", 1, "2: a stop e=2", "gen 2, stop a");
-        // Version, spec, port and index changes restart a running instance.
-        check("a v=1", 1, "2: a v=2", "gen 2, restart a");
+        // Spec, port and index changes restart a running instance; a version with the same
+        // process (a rollback to what it runs) does not.
+        check("a v=1", 1, "2: a v=2", "gen 2");
+        check("a v=1", 1, "2: a v=2 script=node", "gen 2, restart a");
         check("a", 1, "2: a script=node", "gen 2, restart a");
         // A new instance count (scale) is not a change of the process.
         check("a", 1, "2: a n=12", "gen 2");
@@ -289,7 +292,7 @@ mod tests {
         check("a p=3000", 1, "2: a p=3001", "gen 2, restart a");
         check("a i=0", 1, "2: a i=1", "gen 2, restart a");
         // ... and are only remembered for a stopped one.
-        check("a stop v=1", 1, "2: a stop v=2", "gen 2, stop a");
+        check("a stop v=1", 1, "2: a stop script=node", "gen 2, stop a");
         // Run flag.
         check("a", 1, "2: a stop", "gen 2, stop a");
         check("a stop", 1, "2: a", "gen 2, start a");

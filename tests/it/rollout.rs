@@ -181,3 +181,73 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
     wait_online(&c, "web", 6);
     drop(lb);
 }
+
+/// `rollout undo` of a rollout that has replaced one index of three: the undo returns to v1,
+/// which the two indices not reached still run and which index 0's old copy runs beside its
+/// v2 replacement. Those three processes carry on under the new version number (their pids
+/// stay), and only the v2 replacement goes, as a Kubernetes rollback keeps the pods of the
+/// template it returns to. Before, every index was replaced by a fresh process of the same v1.
+#[test]
+fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
+    let c = Cluster::start(1).expect("cluster starts");
+    let base = free_port_range(20).expect("free ports");
+    let path = c.root().join("web.json");
+    let text = serde_json::json!({
+        "name": "web",
+        "script": c.testapp().display().to_string(),
+        "instances": 3,
+        "port": format!("auto:{base}-{}", base + 19),
+        "env": { "TESTAPP_VERSION": "v1" },
+        // A replacement is on trial for a minute: the undo comes while index 0's is.
+        "update": { "max_surge": 1, "min_healthy_time": "60s" }
+    });
+    fs::write(&path, text.to_string()).expect("write web.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    let pids = |list: &[pmcluster_tests::Instance]| -> BTreeMap<String, Option<u32>> {
+        list.iter().map(|i| (i.id.clone(), i.pid)).collect()
+    };
+    let before = pids(&wait_online(&c, "web", 3));
+    c.cli(&["reload", "web", "--set", "env.TESTAPP_VERSION=v2", "--yes"])
+        .assert_ok();
+    wait_until(DEADLINE, "index 0's v2 replacement online", || {
+        let list = c.instances("web").map_err(|e| e.to_string())?;
+        let fresh = list
+            .iter()
+            .filter(|i| !before.contains_key(&i.id) && i.status == "online")
+            .count();
+        if fresh == 1 && list.len() == 4 {
+            Ok(())
+        } else {
+            Err(format!("{list:?}"))
+        }
+    });
+    let undo = c.cli(&["rollout", "undo", "web"]);
+    undo.assert_ok();
+    wait_until(DEADLINE, "the undo's rollout to succeed", || {
+        let v = c
+            .cli(&["rollout", "status", "web", "-o", "json"])
+            .json()
+            .map_err(|e| e.to_string())?;
+        if v["kind"] == "rollback" && v["state"] == "succeeded" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    wait_until(DEADLINE, "the v2 replacement to go", || {
+        let list = c.instances("web").map_err(|e| e.to_string())?;
+        if pids(&list) == before && list.iter().all(|i| i.status == "online") {
+            Ok(())
+        } else {
+            Err(format!("want {before:?}, have {list:?}"))
+        }
+    });
+    let versions: Vec<String> = c
+        .instances("web")
+        .expect("list")
+        .iter()
+        .map(|i| i.json["version"].to_string())
+        .collect();
+    assert_eq!(versions, ["3", "3", "3"], "{undo}");
+}

@@ -15,11 +15,12 @@ pub fn deployment_active(d: &pb::Deployment) -> bool {
     )
 }
 
-/// One line for a rollout: `web: update v1 -> v2 running, 3/6 replaced (message)`.
+/// One line for a rollout: `web: update v1 -> v2 running, 3/6 on v2 (message)`. An index is
+/// on the new version once replaced, or at once when it runs that process already (a rollback).
 pub fn deployment_line(d: &pb::Deployment) -> String {
     let mut s = format!(
-        "{}: {} v{} -> v{} {}, {}/{} replaced",
-        d.app, d.kind, d.from_version, d.to_version, d.state, d.done, d.total
+        "{}: {} v{} -> v{} {}, {}/{} on v{}",
+        d.app, d.kind, d.from_version, d.to_version, d.state, d.done, d.total, d.to_version
     );
     if !d.message.is_empty() {
         s.push_str(&format!(" ({})", d.message));
@@ -57,7 +58,7 @@ pub fn deployments_table(all: &[pb::Deployment]) -> String {
         .collect();
     render_table(
         &[
-            "id", "kind", "versions", "state", "replaced", "started", "message",
+            "id", "kind", "versions", "state", "done", "started", "message",
         ],
         rows,
         &[0],

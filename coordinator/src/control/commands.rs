@@ -11,7 +11,7 @@ use pmcluster_spec::autoscale::AutoscalePolicy;
 
 use crate::core::scheduler;
 use crate::core::versions::{
-    new_version, start_deployment, with_current_policies, with_deployment,
+    kept_records, new_version, start_deployment, with_current_policies, with_deployment,
 };
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
 use crate::model::{AppView, AutoscaleView, Deployment, EventKind, Kind, State};
@@ -190,7 +190,8 @@ impl Control {
             ),
             false => super::instances_phrase(record.spec.instances),
         };
-        self.write(&mut inner, Batch::app(record))?;
+        let (batch, kept) = with_kept_records(&inner, record, now);
+        self.write(&mut inner, batch)?;
         drop(inner);
         if let Some(d) = &deployment {
             self.emit(
@@ -199,8 +200,10 @@ impl Control {
                 "",
                 None,
                 format!(
-                    "{name}: rolling out version {} (from {})",
-                    d.to_version, d.from_version
+                    "{name}: rolling out version {} (from {}){}",
+                    d.to_version,
+                    d.from_version,
+                    keeping_phrase(kept)
                 ),
             );
         }
@@ -658,14 +661,18 @@ impl Control {
         let has_instances = !inner.ahead.app_instances(name).is_empty();
         let record = new_version(app, spec, now, Kind::Rollback, has_instances);
         let d = record.deployment.clone();
-        self.write(&mut inner, Batch::app(record))?;
+        let (batch, kept) = with_kept_records(&inner, record, now);
+        self.write(&mut inner, batch)?;
         drop(inner);
         self.emit(
             EventKind::RolloutStarted,
             name,
             "",
             None,
-            format!("{name}: rolling back to version {target}"),
+            format!(
+                "{name}: rolling back to version {target}{}",
+                keeping_phrase(kept)
+            ),
         );
         d.ok_or_else(|| ControlError::InvalidArgument("nothing to roll back".into()))
     }
@@ -704,6 +711,29 @@ impl Control {
         };
         self.emit(EventKind::AutoscalePolicy, name, "", None, text);
         self.get_autoscale(name)
+    }
+}
+
+/// The write of an app record, with the instances its version runs already relabelled to it
+/// (see [`kept_records`]); and how many those are.
+fn with_kept_records(inner: &Inner, record: AppRecord, now: i64) -> (Batch, usize) {
+    let records = inner.ahead.app_instances(&record.spec.name);
+    let changed = kept_records(&record, &records, now);
+    let kept = changed
+        .iter()
+        .filter(|r| r.app_version == record.version)
+        .count();
+    let mut batch = Batch::app(record);
+    batch.put_instances = changed;
+    (batch, kept)
+}
+
+/// ", keeping the 3 instances that run it already", for a rollout's first event.
+fn keeping_phrase(kept: usize) -> String {
+    match kept {
+        0 => String::new(),
+        1 => ", keeping the instance that runs it already".to_string(),
+        n => format!(", keeping the {n} instances that run it already"),
     }
 }
 

@@ -130,6 +130,11 @@ pub fn apply_step(
             Kind::Rollback,
             true,
         );
+        // The indices the failed rollout had not reached go on as they are.
+        let refs: Vec<&InstanceRecord> = records.iter().collect();
+        batch
+            .put_instances
+            .extend(versions::kept_records(&record, &refs, now_ms));
         messages.push(format!(
             "{name}: rolling back to version {}: {}",
             d.from_version, step.deployment.message

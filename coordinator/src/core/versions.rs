@@ -4,7 +4,7 @@
 
 use pmcluster_spec::AppSpec;
 
-use crate::model::{AppRecord, Deployment, Kind, State};
+use crate::model::{AppRecord, Deployment, InstanceRecord, Kind, State};
 
 /// Earlier specs kept per app (for instances still on them and for `rollout undo`).
 pub const VERSIONS_KEPT: usize = 10;
@@ -105,8 +105,50 @@ pub fn new_version(old: AppRecord, spec: AppSpec, now: i64, kind: Kind, roll: bo
     app
 }
 
+/// The records a new version runs already, relabelled to it, so that its rollout keeps them:
+/// those of an earlier version with the same process (an undo, or an apply of an older config),
+/// as a Kubernetes rollback keeps the pods of the template it returns to. A replacement started
+/// for one of them (by the rollout being undone) drains, and the rollout removes it. A record
+/// already draining is on its way out and is left to the rollout, as is one whose version's spec
+/// is no longer kept.
+pub fn kept_records(app: &AppRecord, records: &[&InstanceRecord], now: i64) -> Vec<InstanceRecord> {
+    let runs_it = |r: &InstanceRecord| {
+        r.app == app.spec.name
+            && r.app_version != app.version
+            && r.draining_since.is_none()
+            && app
+                .versions
+                .get(&r.app_version)
+                .is_some_and(|s| s.same_process(&app.spec))
+    };
+    let kept: Vec<InstanceRecord> = records
+        .iter()
+        .filter(|r| runs_it(r))
+        .map(|r| InstanceRecord {
+            app_version: app.version,
+            ..(*r).clone()
+        })
+        .collect();
+    let undone = records.iter().filter(|r| {
+        !runs_it(r)
+            && r.app == app.spec.name
+            && r.draining_since.is_none()
+            && r.replaces
+                .is_some_and(|old| kept.iter().any(|k| k.id == old))
+    });
+    let undone: Vec<InstanceRecord> = undone
+        .map(|r| InstanceRecord {
+            draining_since: Some(now),
+            ..(*r).clone()
+        })
+        .collect();
+    kept.into_iter().chain(undone).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn app(instances: u32) -> AppRecord {
@@ -212,5 +254,72 @@ mod tests {
         assert_eq!(rec.history.len(), HISTORY_KEPT);
         assert_eq!(rec.history.first().map(|d| d.id), Some(10));
         assert!(rec.history.iter().all(|d| d.state == State::Superseded));
+    }
+
+    /// `kept_records` over records written `name:version`, with `+` for a draining one and
+    /// `>old` for a replacement of `old`: the changed records, as `name:version` with `+` for
+    /// one set draining. The app went v1 -> v2 (script "v2") -> v3 (script "v1" again), with
+    /// v0 (script "v0") kept too.
+    fn kept(records: &str) -> String {
+        let mut rec = app(2);
+        rec.versions.insert(0, spec("v0"));
+        rec = new_version(rec, spec("v2"), 1, Kind::Update, true);
+        rec = new_version(rec, spec("v1"), 2, Kind::Rollback, true);
+        let ids: BTreeMap<&str, uuid::Uuid> = records
+            .split_whitespace()
+            .zip(1u128..)
+            .map(|(w, n)| {
+                (
+                    w.split([':', '>', '+']).next().unwrap_or(w),
+                    uuid::Uuid::from_u128(n),
+                )
+            })
+            .collect();
+        let parsed: Vec<InstanceRecord> = records
+            .split_whitespace()
+            .map(|w| {
+                let (head, old) = w.split_once('>').unwrap_or((w, ""));
+                let draining = head.ends_with('+');
+                let (name, version) = head.trim_end_matches('+').split_once(':').expect("name:v");
+                InstanceRecord {
+                    id: ids[name],
+                    app: "web".into(),
+                    index: 0,
+                    node: Some("n1".into()),
+                    port: None,
+                    app_version: version.parse().expect("version"),
+                    restart_epoch: 0,
+                    stopped: false,
+                    replaces: ids.get(old).copied(),
+                    draining_since: draining.then_some(1),
+                    created_ms: 0,
+                    avoid: Vec::new(),
+                    disabled: false,
+                }
+            })
+            .collect();
+        let refs: Vec<&InstanceRecord> = parsed.iter().collect();
+        let name_of = |id| ids.iter().find(|(_, v)| **v == id).map(|(k, _)| *k);
+        kept_records(&rec, &refs, 9)
+            .iter()
+            .map(|r| {
+                let drains = if r.draining_since == Some(9) { "+" } else { "" };
+                format!("{}:{}{drains}", name_of(r.id).unwrap_or("?"), r.app_version)
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_version_keeps_the_records_that_run_it_already() {
+        // Nothing replaced yet: every v1 record is v3's, nothing restarts.
+        assert_eq!(kept("a:1 b:1"), "a:3 b:3");
+        // A v2 replacement of a kept record drains; one of another record is left to the rollout.
+        assert_eq!(kept("a:1 b:1 c:2>a"), "a:3 b:3 c:2+");
+        assert_eq!(kept("a:1+ c:2>a"), "");
+        // Another process, a spec no longer kept, or one already on v3: left alone.
+        assert_eq!(kept("a:0 b:2 d:7 e:3"), "");
+        // A record draining already is on its way out.
+        assert_eq!(kept("a:1+ b:1"), "b:3");
     }
 }

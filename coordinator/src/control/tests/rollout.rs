@@ -58,6 +58,11 @@ struct Rolling {
 
 impl Rolling {
     fn start(instances: u32, min_healthy_time: Duration) -> Result<Rolling> {
+        Rolling::start_with(web(instances), min_healthy_time)
+    }
+
+    /// [`Rolling::start`] of `spec` (with the short deadlines).
+    fn start_with(spec: AppSpec, min_healthy_time: Duration) -> Result<Rolling> {
         let clock = Arc::new(ManualClock::new(1_000_000, 11));
         let c = Control::open_with(
             Arc::new(MemoryStore::default()),
@@ -72,7 +77,7 @@ impl Rolling {
                 progress_deadline: Duration::from_secs(60),
                 ..UpdatePolicy::default()
             },
-            ..web(instances)
+            ..spec
         };
         c.apply(v1.clone())?;
         report_set(&c, "a", &a);
@@ -271,5 +276,77 @@ async fn an_update_carries_a_stopped_instance_along_stopped() -> Result<()> {
         .collect();
     got.sort_unstable();
     assert_eq!(got, [(0, 2, true), (1, 2, false), (2, 2, true)], "{set:?}");
+    Ok(())
+}
+
+/// The ids of `web`'s records, sorted, with their versions.
+fn records_of(c: &Control) -> Vec<(u32, Uuid, u64)> {
+    let inner = c.lock();
+    let mut v: Vec<(u32, Uuid, u64)> = (inner.state.app_instances("web").into_iter())
+        .map(|r| (r.index, r.id, r.app_version))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `rollout undo` returns to version 1's process as version 3. An index the undone rollout had
+/// not reached still runs that process: it is kept, not replaced (it was, every one, with the
+/// same process under the new number), as a Kubernetes rollback keeps the pods of its template.
+/// The one index already replaced gets version 1 back, and its old copy's replacement goes.
+#[tokio::test]
+async fn an_undo_keeps_the_instances_that_run_the_version_it_returns_to() -> Result<()> {
+    // No fixed ports, so a replacement starts beside its old copy; replacements prove themselves
+    // over 10 s, so the undo comes while index 0's is still on trial.
+    let spec = AppSpec {
+        port: PortSpec::None,
+        ..web(3)
+    };
+    let r = Rolling::start_with(spec, Duration::from_secs(10))?;
+    let before = records_of(&r.c);
+    // Undone before any step: nothing is replaced, the undo's rollout succeeds at once.
+    r.update("V")?;
+    let undo = r.c.roll_back("web", None)?;
+    r.second(None);
+    let d = deployment(&r.c, "web", undo.id)?;
+    assert_eq!(d.map(|d| (d.state, d.done)), Some((State::Succeeded, 3)));
+    let kept: Vec<(u32, Uuid)> = records_of(&r.c)
+        .iter()
+        .map(|(i, id, _)| (*i, *id))
+        .collect();
+    let ids: Vec<(u32, Uuid)> = before.iter().map(|(i, id, _)| (*i, *id)).collect();
+    assert_eq!(kept, ids);
+    assert!(records_of(&r.c).iter().all(|(_, _, v)| *v == 3));
+    // Undone with index 0's replacement (version 4) online beside its old copy: the old copy
+    // and the two indices not reached stay; the replacement goes.
+    let started = r.update("W")?;
+    for _ in 0..30 {
+        r.second(None);
+        if records_of(&r.c)
+            .iter()
+            .any(|(i, _, v)| *i == 0 && *v == started.to_version)
+        {
+            break;
+        }
+    }
+    r.second(None);
+    let during = records_of(&r.c);
+    assert_eq!(during.len(), 4, "{during:?}");
+    let undo = r.c.roll_back("web", None)?;
+    let mut ended = None;
+    for _ in 0..30 {
+        r.second(None);
+        if let Some(d) = r.ended(undo.id)? {
+            ended = Some(d);
+            break;
+        }
+    }
+    assert_eq!(ended.map(|d| d.state), Some(State::Succeeded));
+    let after = records_of(&r.c);
+    assert_eq!(
+        after.iter().map(|(i, id, _)| (*i, *id)).collect::<Vec<_>>(),
+        ids,
+        "{after:?}"
+    );
+    assert!(after.iter().all(|(_, _, v)| *v == undo.to_version));
     Ok(())
 }

@@ -634,7 +634,8 @@ fn applying_a_step() {
         ),
         "put [1:0:v1~7] del [3] apps [v2 running] msgs 1",
     );
-    // A failed step that asks for a rollback: a new version (3) rolling back.
+    // A failed step that asks for a rollback: a new version (3) rolling back, which keeps the
+    // old process that still serves (now of version 3) and drains its failed replacement.
     let failed = Deployment {
         state: State::Failed,
         ..d.clone()
@@ -643,8 +644,18 @@ fn applying_a_step() {
         "0:1 0:2",
         Step {
             rollback: true,
+            ..step(&[], &[], &[], failed.clone())
+        },
+        "put [1:0:v3 2:0:v2<1~7] del [] apps [v3 running] msgs 2",
+    );
+    // An index the failed rollout had replaced already: its old copy is gone, so the v2
+    // process stays until the rollback replaces it.
+    check_apply(
+        "0:2 1:1",
+        Step {
+            rollback: true,
             ..step(&[], &[], &[], failed)
         },
-        "put [] del [] apps [v3 running] msgs 2",
+        "put [2:1:v3] del [] apps [v3 running] msgs 2",
     );
 }
