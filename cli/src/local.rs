@@ -607,6 +607,14 @@ async fn wait_ready(
                         )
                     }
                 }
+                // As `down` does: what the agent left (killed past its grace) goes too.
+                if other.daemon == Daemon::Agent {
+                    let (lines, _) = stop_left(layout);
+                    for line in lines {
+                        stopped.push_str("; ");
+                        stopped.push_str(&line);
+                    }
+                }
             }
             anyhow::bail!(
                 "{} exited right after starting ({status}){stopped}; its log {} ends with:\n{}",

@@ -171,6 +171,36 @@ fn python_client_lists_scales_and_follows_events() {
     let out = run(&["nosuchapp", "1", "--timeout", "5"]);
     assert_eq!(out.code(), Some(2), "{out:?}");
     assert!(out.stderr.contains("NOT_FOUND"), "{out:?}");
+
+    // With no coordinator given, the one a local `pmcluster up` runs, as the CLI finds it: its
+    // pid file and listen file in PMCLUSTER_HOME (made here for the test's coordinator).
+    let home = dir.join("up-home");
+    fs::create_dir_all(&home).expect("mkdir up-home");
+    let pid = c.coordinator().map(|d| d.pid()).expect("a coordinator");
+    fs::write(home.join("coordinator.pid"), format!("{pid}\n")).expect("pid file");
+    fs::write(
+        home.join("coordinator.listen"),
+        format!("0.0.0.0:{}\n", c.port()),
+    )
+    .expect("listen file");
+    let script = "from pmcluster import connect\nwith connect() as c:\n    print('apps', [a.spec.name for a in c.apps()], c.current)\n";
+    let out = run_bounded(
+        Command::new(&venv_python)
+            .args(["-c", script])
+            .current_dir(&checkout)
+            .env_remove("PYTHONPATH")
+            .env_remove("PMCLUSTER_COORDINATOR")
+            .env_remove("PMCLUSTER_TOKEN")
+            .env("PMCLUSTER_HOME", &home),
+        &dir,
+        "up-lookup",
+        &[],
+        DEADLINE,
+    )
+    .expect("the lookup script runs");
+    out.assert_ok();
+    let want = format!("apps ['web'] http://127.0.0.1:{}", c.port());
+    assert!(out.stdout.contains(&want), "want {want:?}: {out:?}");
 }
 
 /// Opens the event stream first (so that its opening meets the standby), then scales and reads

@@ -1,7 +1,9 @@
 """A small synchronous client over the generated stubs.
 
 ``PMCLUSTER_COORDINATOR`` (or ``target``) is one coordinator or, for an HA pair, a
-comma-separated list, as the CLI's ``--coordinator``; else ``127.0.0.1:7450``. A standby refuses
+comma-separated list, as the CLI's ``--coordinator``; else, as the CLI does, the coordinator a
+local ``pmcluster up`` runs (from ``PMCLUSTER_HOME`` or the default data dir), wherever it
+listens; else ``127.0.0.1:7450``. A standby refuses
 every call with ``UNAVAILABLE`` and names the leader in ``pmcluster-leader`` metadata: the client
 dials that leader at once (no backoff) and sends the call again there, since a refused call was
 not executed. A coordinator that cannot be reached, or refuses without naming a leader, sends the
@@ -162,6 +164,47 @@ def _ready(channel: grpc.Channel, timeout: float) -> Optional[str]:
     return f"it accepted the connection but did not answer within {timeout}s (stopped or overloaded)"
 
 
+def _up_dir() -> Optional[str]:
+    """The data dir of ``pmcluster up``: ``PMCLUSTER_HOME``, else ``$XDG_DATA_HOME/pmcluster``,
+    else ``~/.local/share/pmcluster``."""
+    home = os.environ.get("PMCLUSTER_HOME")
+    if home:
+        return home
+    xdg = os.environ.get("XDG_DATA_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "pmcluster")
+    user_home = os.environ.get("HOME")
+    return os.path.join(user_home, ".local/share/pmcluster") if user_home else None
+
+
+def local_coordinator() -> Optional[str]:
+    """The URL of the coordinator a local ``pmcluster up`` runs, or ``None``: its pid file must
+    name a live ``pmcluster-coordinator`` (a stale file after a reboot names none), and its
+    listen file gives the address (an unspecified one is dialled on loopback)."""
+    d = _up_dir()
+    if d is None:
+        return None
+    try:
+        with open(os.path.join(d, "coordinator.pid")) as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0]
+        with open(os.path.join(d, "coordinator.listen")) as f:
+            listen = f.read().strip()
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or os.path.basename(argv0) != b"pmcluster-coordinator":
+        return None
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "[::]":
+        host = "[::1]"
+    return f"http://{host}:{port}"
+
+
 def connect(
     target: Optional[str] = None,
     token: Optional[str] = None,
@@ -172,7 +215,12 @@ def connect(
 ) -> "Client":
     """A client of the coordinator(s) ``target`` lists; arguments left out come from the CLI's
     environment variables. Connections are made at the first call."""
-    target = target or os.environ.get("PMCLUSTER_COORDINATOR") or DEFAULT_COORDINATOR
+    target = (
+        target
+        or os.environ.get("PMCLUSTER_COORDINATOR")
+        or local_coordinator()
+        or DEFAULT_COORDINATOR
+    )
     token = token if token is not None else os.environ.get("PMCLUSTER_TOKEN")
     tls = (
         ca or os.environ.get("PMCLUSTER_CA"),
