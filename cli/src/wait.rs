@@ -266,7 +266,7 @@ pub fn rollout_running(id: u64, status: &pb::RolloutStatus) -> Option<String> {
         .as_ref()
         .filter(|d| d.id == id && deployment_active(d))?;
     Some(format!(
-        "the rollout of version {} is {}, {} of {} replaced",
+        "the rollout of version {} is {}, {} of {} on it",
         d.to_version, d.state, d.done, d.total
     ))
 }

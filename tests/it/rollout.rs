@@ -198,8 +198,9 @@ fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
         "instances": 3,
         "port": format!("auto:{base}-{}", base + 19),
         "env": { "TESTAPP_VERSION": "v1" },
-        // A replacement is on trial for a minute: the undo comes while index 0's is.
-        "update": { "max_surge": 1, "min_healthy_time": "60s" }
+        // A replacement is on trial for 10 s: the undo comes while index 0's is. The kept old
+        // copy beside it has then to be healthy that long before the v2 copy drains.
+        "update": { "max_surge": 1, "min_healthy_time": "10s" }
     });
     fs::write(&path, text.to_string()).expect("write web.json");
     c.cli(&["apply", "-f", &path.display().to_string()])

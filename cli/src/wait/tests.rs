@@ -510,12 +510,12 @@ fn instances_up_while_the_rollout_runs_are_not_the_end_of_the_wait() {
         (
             "running",
             status(d(7, "running", 0), vec![]),
-            Some("the rollout of version 1 is running, 0 of 1 replaced"),
+            Some("the rollout of version 1 is running, 0 of 1 on it"),
         ),
         (
             "paused",
             status(d(7, "paused", 0), vec![]),
-            Some("the rollout of version 1 is paused, 0 of 1 replaced"),
+            Some("the rollout of version 1 is paused, 0 of 1 on it"),
         ),
         ("succeeded", status(d(7, "succeeded", 1), vec![]), None),
         ("failed", status(d(7, "failed", 0), vec![]), None),
@@ -531,7 +531,7 @@ fn instances_up_while_the_rollout_runs_are_not_the_end_of_the_wait() {
     let running = rollout_running(7, &status(d(7, "running", 0), vec![]));
     assert_eq!(
         with_rollout(Progress::Up(1), running.clone()),
-        waiting("1 of 1 up; the rollout of version 1 is running, 0 of 1 replaced")
+        waiting("1 of 1 up; the rollout of version 1 is running, 0 of 1 on it")
     );
     assert_eq!(with_rollout(Progress::Up(1), None), Progress::Up(1));
     let still = waiting("0 of 1 up; web[0] launching");

@@ -190,7 +190,7 @@ impl Control {
             ),
             false => super::instances_phrase(record.spec.instances),
         };
-        let (batch, kept) = with_kept_records(&inner, record, now);
+        let (batch, kept) = with_kept_records(&inner, record);
         self.write(&mut inner, batch)?;
         drop(inner);
         if let Some(d) = &deployment {
@@ -661,7 +661,7 @@ impl Control {
         let has_instances = !inner.ahead.app_instances(name).is_empty();
         let record = new_version(app, spec, now, Kind::Rollback, has_instances);
         let d = record.deployment.clone();
-        let (batch, kept) = with_kept_records(&inner, record, now);
+        let (batch, kept) = with_kept_records(&inner, record);
         self.write(&mut inner, batch)?;
         drop(inner);
         self.emit(
@@ -716,16 +716,13 @@ impl Control {
 
 /// The write of an app record, with the instances its version runs already relabelled to it
 /// (see [`kept_records`]); and how many those are.
-fn with_kept_records(inner: &Inner, record: AppRecord, now: i64) -> (Batch, usize) {
+fn with_kept_records(inner: &Inner, record: AppRecord) -> (Batch, usize) {
     let records = inner.ahead.app_instances(&record.spec.name);
-    let changed = kept_records(&record, &records, now);
-    let kept = changed
-        .iter()
-        .filter(|r| r.app_version == record.version)
-        .count();
+    let kept = kept_records(&record, &records);
+    let count = kept.len();
     let mut batch = Batch::app(record);
-    batch.put_instances = changed;
-    (batch, kept)
+    batch.put_instances = kept;
+    (batch, count)
 }
 
 /// ", keeping the 3 instances that run it already", for a rollout's first event.

@@ -134,7 +134,7 @@ pub fn apply_step(
         let refs: Vec<&InstanceRecord> = records.iter().collect();
         batch
             .put_instances
-            .extend(versions::kept_records(&record, &refs, now_ms));
+            .extend(versions::kept_records(&record, &refs));
         messages.push(format!(
             "{name}: rolling back to version {}: {}",
             d.from_version, step.deployment.message
@@ -196,9 +196,12 @@ pub fn step(
     // stop-then-start replacement waits unplaced while its old copy drains and stops, and that
     // wait (`shutdown_delay`, the old process's stop) says nothing of the new process, so it
     // has no deadline until placed; the progress deadline bounds a wait for room. A stopped
-    // record never runs, so it is never late; a proven one was in time.
+    // record never runs, so it is never late; a proven one was in time. A record older than the
+    // deployment is none of its replacements: one a rollback kept (`versions::kept_records`),
+    // whose process was there before and is its restart policy's to look after.
     let overdue = |n: &InstanceRecord, f: Facts| {
         !f.proven
+            && n.created_ms >= d.started_ms
             && f.placed
             && !n.stopped
             && f.healthy_since.is_none()
@@ -240,8 +243,10 @@ pub fn step(
                     out.proven.push(n.id);
                 }
                 // A stopped one (the replacement of a stopped instance) has nothing to prove:
-                // it never runs, and holding the budget for it stalled every other index.
-                if n.replaces.is_none() || n.stopped || healthy_long {
+                // it never runs, and holding the budget for it stalled every other index. Nor
+                // has one older than the deployment (kept by a rollback).
+                if n.replaces.is_none() || n.stopped || healthy_long || n.created_ms < d.started_ms
+                {
                     done += 1;
                 } else {
                     in_flight += 1;
@@ -333,8 +338,10 @@ pub fn step(
         out.deployment = next;
         return out;
     }
-    // Canaries: replace `canary` indices, then wait for a promotion.
-    let canary_cap = (policy.canary > 0 && !d.promoted).then_some(policy.canary);
+    // Canaries: replace `canary` indices, then wait for a promotion. Not for a rollback: it
+    // returns to a version that ran, and the indices it keeps are no canaries.
+    let canary_cap =
+        (policy.canary > 0 && !d.promoted && d.kind != Kind::Rollback).then_some(policy.canary);
     let started = replaced_before.max(done + in_flight);
     if let Some(cap) = canary_cap
         && done >= cap.min(total)

@@ -106,13 +106,15 @@ pub fn new_version(old: AppRecord, spec: AppSpec, now: i64, kind: Kind, roll: bo
 }
 
 /// The records a new version runs already, relabelled to it, so that its rollout keeps them:
-/// those of an earlier version with the same process (an undo, or an apply of an older config),
-/// as a Kubernetes rollback keeps the pods of the template it returns to. A replacement started
-/// for one of them (by the rollout being undone) drains, and the rollout removes it. A record
-/// already draining is on its way out and is left to the rollout, as is one whose version's spec
-/// is no longer kept.
-pub fn kept_records(app: &AppRecord, records: &[&InstanceRecord], now: i64) -> Vec<InstanceRecord> {
-    let runs_it = |r: &InstanceRecord| {
+/// those of an earlier version with the same process (an undo, an automatic rollback, an apply
+/// of an older config), as a Kubernetes rollback keeps the pods of the template it returns to.
+/// Left to the rollout as outdated: a replacement started for one of them (the rollout being
+/// undone drains it once the kept one has been healthy for `min_healthy_time`, as for any
+/// replacement, so an index is never left without a serving copy), a record already draining,
+/// and one whose version's spec is no longer kept. Of a pair that both run the process (a
+/// rolling restart's, a drain's handoff), only the side that served first is kept.
+pub fn kept_records(app: &AppRecord, records: &[&InstanceRecord]) -> Vec<InstanceRecord> {
+    let runs_it = |r: &&&InstanceRecord| {
         r.app == app.spec.name
             && r.app_version != app.version
             && r.draining_since.is_none()
@@ -121,28 +123,18 @@ pub fn kept_records(app: &AppRecord, records: &[&InstanceRecord], now: i64) -> V
                 .get(&r.app_version)
                 .is_some_and(|s| s.same_process(&app.spec))
     };
-    let kept: Vec<InstanceRecord> = records
+    let candidates: Vec<&&InstanceRecord> = records.iter().filter(runs_it).collect();
+    candidates
         .iter()
-        .filter(|r| runs_it(r))
+        .filter(|r| {
+            !r.replaces
+                .is_some_and(|old| candidates.iter().any(|c| c.id == old))
+        })
         .map(|r| InstanceRecord {
             app_version: app.version,
-            ..(*r).clone()
+            ..(**r).clone()
         })
-        .collect();
-    let undone = records.iter().filter(|r| {
-        !runs_it(r)
-            && r.app == app.spec.name
-            && r.draining_since.is_none()
-            && r.replaces
-                .is_some_and(|old| kept.iter().any(|k| k.id == old))
-    });
-    let undone: Vec<InstanceRecord> = undone
-        .map(|r| InstanceRecord {
-            draining_since: Some(now),
-            ..(*r).clone()
-        })
-        .collect();
-    kept.into_iter().chain(undone).collect()
+        .collect()
 }
 
 #[cfg(test)]
@@ -257,8 +249,7 @@ mod tests {
     }
 
     /// `kept_records` over records written `name:version`, with `+` for a draining one and
-    /// `>old` for a replacement of `old`: the changed records, as `name:version` with `+` for
-    /// one set draining. The app went v1 -> v2 (script "v2") -> v3 (script "v1" again), with
+    /// `>old` for a replacement of `old`: the relabelled records, as `name:version`. The app went v1 -> v2 (script "v2") -> v3 (script "v1" again), with
     /// v0 (script "v0") kept too.
     fn kept(records: &str) -> String {
         let mut rec = app(2);
@@ -300,12 +291,9 @@ mod tests {
             .collect();
         let refs: Vec<&InstanceRecord> = parsed.iter().collect();
         let name_of = |id| ids.iter().find(|(_, v)| **v == id).map(|(k, _)| *k);
-        kept_records(&rec, &refs, 9)
+        kept_records(&rec, &refs)
             .iter()
-            .map(|r| {
-                let drains = if r.draining_since == Some(9) { "+" } else { "" };
-                format!("{}:{}{drains}", name_of(r.id).unwrap_or("?"), r.app_version)
-            })
+            .map(|r| format!("{}:{}", name_of(r.id).unwrap_or("?"), r.app_version))
             .collect::<Vec<_>>()
             .join(" ")
     }
@@ -314,9 +302,14 @@ mod tests {
     fn a_version_keeps_the_records_that_run_it_already() {
         // Nothing replaced yet: every v1 record is v3's, nothing restarts.
         assert_eq!(kept("a:1 b:1"), "a:3 b:3");
-        // A v2 replacement of a kept record drains; one of another record is left to the rollout.
-        assert_eq!(kept("a:1 b:1 c:2>a"), "a:3 b:3 c:2+");
+        // A v2 replacement of a kept record is the rollout's to drain, once the kept one has
+        // proven itself.
+        assert_eq!(kept("a:1 b:1 c:2>a"), "a:3 b:3");
         assert_eq!(kept("a:1+ c:2>a"), "");
+        // Of a pair that both run it (a rolling restart's, a drain's handoff), the side that
+        // served first; a replacement of a record not kept is kept.
+        assert_eq!(kept("a:1 b:1>a"), "a:3");
+        assert_eq!(kept("a:1+ b:1>a"), "b:3");
         // Another process, a spec no longer kept, or one already on v3: left alone.
         assert_eq!(kept("a:0 b:2 d:7 e:3"), "");
         // A record draining already is on its way out.

@@ -635,7 +635,8 @@ fn applying_a_step() {
         "put [1:0:v1~7] del [3] apps [v2 running] msgs 1",
     );
     // A failed step that asks for a rollback: a new version (3) rolling back, which keeps the
-    // old process that still serves (now of version 3) and drains its failed replacement.
+    // old process that still serves (now of version 3); its failed replacement is the
+    // rollback's to drain.
     let failed = Deployment {
         state: State::Failed,
         ..d.clone()
@@ -646,10 +647,10 @@ fn applying_a_step() {
             rollback: true,
             ..step(&[], &[], &[], failed.clone())
         },
-        "put [1:0:v3 2:0:v2<1~7] del [] apps [v3 running] msgs 2",
+        "put [1:0:v3] del [] apps [v3 running] msgs 2",
     );
-    // An index the failed rollout had replaced already: its old copy is gone, so the v2
-    // process stays until the rollback replaces it.
+    // An index the failed rollout had replaced already (index 0): its old copy is gone, so the
+    // v2 process stays until the rollback replaces it; index 1's v1 is kept.
     check_apply(
         "0:2 1:1",
         Step {
@@ -658,4 +659,47 @@ fn applying_a_step() {
         },
         "put [2:1:v3] del [] apps [v3 running] msgs 2",
     );
+}
+
+/// A rollback keeps the records that run its version already (`versions::kept_records`): they
+/// are older than the deployment, so they are done, never late (one restarting is its restart
+/// policy's, not a failed replacement), and no canaries; the copy they replace drains only once
+/// the kept one has been healthy for `min_healthy_time`.
+#[test]
+fn a_rollback_holds_nothing_against_the_records_it_kept() {
+    let d = Deployment {
+        started_ms: 100,
+        ..deployment(Kind::Rollback)
+    };
+    let p = policy();
+    // Kept, down (restarting) long past the healthy deadline: done, not a failure.
+    check(&d, &p, 2, "0:2@0 1:2*0@0", 5000, "succeeded 2/2");
+    // Kept beside the undone copy (version 1 here), not healthy: the undone copy serves on.
+    check(&d, &p, 1, "0:1*0 0:2@0", 2000, "running 0/1");
+    // Healthy for min_healthy_time: the undone copy drains.
+    check(&d, &p, 1, "0:1*0 0:2*1000@0", 2000, "drain 1; running 0/1");
+    // With canaries in the policy, a rollback does not stop for a promotion.
+    let canary = UpdatePolicy {
+        canary: 1,
+        ..policy()
+    };
+    check(
+        &d,
+        &canary,
+        2,
+        "0:2*0@0 1:1*0",
+        200,
+        "replace 2; running 1/2",
+    );
+    let update = deployment(Kind::Update);
+    check(
+        &update,
+        &canary,
+        2,
+        "0:2*0 1:1*0",
+        200,
+        "awaiting promotion 1/2",
+    );
+    // A replacement this deployment made is still held to its deadline.
+    check(&d, &p, 1, "0:1*0 0:2@150", 1200, "failed 0/1");
 }
