@@ -206,10 +206,23 @@ async fn start_only(
             Ok((said, goal))
         }
         StartPlan::Apply { spec, derived_name } => {
-            // Not for an app that exists: `start` then names it as it was made.
-            let (spec, interpreted) = match start::with_interpreter((*spec).clone()) {
-                (run, Some(note)) if !app_exists(conn, &spec.name).await? => (run, Some(note)),
-                _ => (*spec, None),
+            // A script here by its interpreter and in this directory, as PM2 runs it: for a new
+            // app; an app that exists is taken as it was made, whichever way that was.
+            let (here, notes) = start::for_here((*spec).clone());
+            let (spec, interpreted) = if notes.is_empty() {
+                (*spec, notes)
+            } else if !app_exists(conn, &spec.name).await? {
+                (here, notes)
+            } else {
+                match refuse_to_overwrite(conn, &here, derived_name).await {
+                    Ok(_) => (here, Vec::new()),
+                    // Made from the command line as given (before this, or by hand), or not
+                    // this one at all: then it is refused for what differs from the PM2 way.
+                    Err(e) => match refuse_to_overwrite(conn, &spec, derived_name).await {
+                        Ok(_) => (*spec, Vec::new()),
+                        Err(_) => return Err(e),
+                    },
+                }
             };
             // `start` creates an app, or starts one as it is: it never changes an app that
             // exists, which would reset every flag left out of this command line.

@@ -569,3 +569,72 @@ fn down_ends_what_a_dead_agent_left_in_its_cgroups() {
     assert!(!base.exists(), "{} is left", base.display());
     assert!(!record.exists(), "the record is left");
 }
+
+/// A PM2 user's `pmcluster start ./server.py` in their project directory, with `up` run
+/// elsewhere: the script is not executable, so it runs under python3, and it runs in the
+/// project directory (its relative `greeting.txt` is found), as `pm2 start` runs an app where
+/// it was started; before, it was looked up from `up`'s directory and crash-looped. The same
+/// command again is "already running", not a refusal to change the app.
+#[test]
+fn start_runs_a_script_given_from_here_in_this_directory() {
+    let bins = Bins::locate().expect("binaries built (cargo build --workspace --bins)");
+    let home = tempfile::tempdir().expect("temp dir");
+    let home = home.path();
+    let project = tempfile::tempdir().expect("project dir");
+    let project = project.path();
+    let port = free_port_range(1).expect("a free port for the coordinator");
+    let app_port = free_port_range(1).expect("a free port for the app");
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let cli = bins.cli.as_path();
+    let _down = Down {
+        cli,
+        home,
+        url: &url,
+    };
+    ok(&pm(cli, home, &url, &["up", "--listen", &listen]), "up");
+    std::fs::write(project.join("greeting.txt"), "hello from the project\n").expect("greeting");
+    std::fs::write(
+        project.join("server.py"),
+        "import http.server, os\n\
+         body = open('greeting.txt', 'rb').read()\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(body)\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+    )
+    .expect("server.py");
+    let start = |what: &str| {
+        let out = Command::new(cli)
+            .args(["start", "./server.py", "--name", "py", "--port"])
+            .arg(app_port.to_string())
+            .current_dir(project)
+            .env("PMCLUSTER_HOME", home)
+            .env("PMCLUSTER_COORDINATOR", &url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap_or_else(|e| panic!("pmcluster start: {e}"));
+        ok(&out, what)
+    };
+    let said = start("start");
+    assert!(said.contains("running it with python3"), "{said}");
+    assert!(
+        said.contains(&format!("py runs in {}", project.display())),
+        "{said}"
+    );
+    wait_until(
+        DEADLINE,
+        "the app to answer with the project's file",
+        || match http_get(app_port, "/") {
+            Ok(reply) if reply.body.contains("hello from the project") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let again = start("start again");
+    assert!(again.contains("already running"), "{again}");
+    ok(&pm(cli, home, &url, &["down"]), "down");
+}

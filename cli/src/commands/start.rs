@@ -103,6 +103,46 @@ pub(super) fn with_interpreter(spec: AppSpec) -> (AppSpec, Option<String>) {
     (spec, Some(note))
 }
 
+/// [`with_interpreter`], then [`with_cwd_here`] from the current directory: the spec of a new
+/// app as PM2 would run it, and a line for each change.
+pub(super) fn for_here(spec: AppSpec) -> (AppSpec, Vec<String>) {
+    let (spec, interpreted) = with_interpreter(spec);
+    let (spec, moved) = match std::env::current_dir() {
+        Ok(here) => with_cwd_here(spec, &here),
+        Err(_) => (spec, None),
+    };
+    (spec, interpreted.into_iter().chain(moved).collect())
+}
+
+/// The spec of a new app whose program (or, for an interpreter or other program on PATH, its
+/// first argument) is a file here given by a relative path, with no `--cwd`: run in this
+/// directory, `here`, as PM2 runs an app where `pm2 start` ran (the path would otherwise be
+/// looked up from the agent's working directory); and a line saying so. Else the spec as it is.
+pub(super) fn with_cwd_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec, Option<String>) {
+    let relative = |p: &str| !p.is_empty() && !p.starts_with('/') && !p.starts_with('-');
+    let file = if spec.script.contains('/') {
+        Some(spec.script.as_str())
+    } else {
+        spec.args.first().map(String::as_str)
+    };
+    let Some(file) = file.filter(|f| relative(f)) else {
+        return (spec, None);
+    };
+    if spec.cwd.is_some() || spec.shell || local_file_at(&here.join(file)).is_none() {
+        return (spec, None);
+    }
+    let dir = here.to_string_lossy().into_owned();
+    let note = format!(
+        "{} runs in {dir}, where {file} is, as with PM2 (give --cwd DIR for another directory)",
+        spec.name
+    );
+    let spec = AppSpec {
+        cwd: Some(dir),
+        ..spec
+    };
+    (spec, Some(note))
+}
+
 /// What to type to run `word` (no app of that name) as a new app. A bare word is a program on
 /// PATH, so the PM2 habit `start app.py` for a file here needs its path, or its interpreter when
 /// it is not executable (PM2 picks one by extension).
@@ -266,6 +306,47 @@ mod tests {
             assert_eq!(got.script, script, "{script} shell={shell}");
             assert!(note.is_none(), "{script} shell={shell}");
         }
+        Ok(())
+    }
+
+    /// A new app whose program, or its interpreter's script, is a file here by a relative path
+    /// runs here; a program on PATH with no such argument, an absolute path, a file not here,
+    /// a `--cwd` and a shell line are left as given.
+    #[test]
+    fn a_file_given_from_here_runs_here() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("www"))?;
+        std::fs::write(dir.path().join("www/server.py"), "")?;
+        std::fs::write(dir.path().join("app.js"), "")?;
+        let here = dir.path().to_string_lossy().into_owned();
+        let cwd_of = |script: &str, args: &[&str], cwd: Option<&str>, shell: bool| {
+            let spec = AppSpec {
+                cwd: cwd.map(str::to_string),
+                shell,
+                ..AppSpec::new("web", script, args)
+            };
+            let (got, note) = with_cwd_here(spec, dir.path());
+            assert_eq!(
+                got.cwd.is_some() && cwd.is_none(),
+                note.is_some(),
+                "{script}"
+            );
+            got.cwd
+        };
+        let here_too = Some(here.clone());
+        assert_eq!(cwd_of("www/server.py", &[], None, false), here_too);
+        assert_eq!(cwd_of("./www/server.py", &["80"], None, false), here_too);
+        assert_eq!(cwd_of("python3", &["www/server.py"], None, false), here_too);
+        assert_eq!(cwd_of("node", &["app.js"], None, false), here_too);
+        assert_eq!(cwd_of("redis-server", &[], None, false), None);
+        assert_eq!(cwd_of("python3", &["-m", "http.server"], None, false), None);
+        assert_eq!(cwd_of("www/missing.py", &[], None, false), None);
+        assert_eq!(cwd_of("/usr/bin/env", &["app.js"], None, false), None);
+        assert_eq!(cwd_of("node", &["app.js"], None, true), None);
+        assert_eq!(
+            cwd_of("node", &["app.js"], Some("/srv"), false),
+            Some("/srv".to_string())
+        );
         Ok(())
     }
 
