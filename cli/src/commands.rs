@@ -9,6 +9,7 @@ use std::io::Write;
 use anyhow::Context;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
+use pmcluster_spec::app::ENV_HIDDEN;
 use pmcluster_spec::config::Format;
 use serde_json::{Value, json};
 
@@ -699,6 +700,20 @@ pub async fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     for app in apps {
         let spec = AppSpec::try_from(app.spec.unwrap_or_default())
             .map_err(|e| anyhow::anyhow!("the coordinator sent an invalid spec: {e}"))?;
+        // A backup that holds placeholders for values is no backup: refused, not written.
+        let hidden: Vec<&str> = (spec.env.iter())
+            .filter(|(k, v)| v.as_str() == ENV_HIDDEN && !spec.secret_env.contains(*k))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !hidden.is_empty() {
+            anyhow::bail!(
+                "export: the coordinator hid the env values of {} ({}) from this token (the \
+                 read role sees none, nor does an operate token for other apps): the file would \
+                 hold {ENV_HIDDEN} in their place; export with a token that may operate the app",
+                spec.name,
+                hidden.join(", ")
+            );
+        }
         configs.push(pmcluster_spec::config::to_config(&spec));
     }
     ctx.text(&output::document(&json!({ "apps": configs }), format)?)

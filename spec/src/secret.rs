@@ -106,14 +106,22 @@ impl AppSpec {
     }
 
     /// Puts back the stored value of every secret that `self` sends as [`SECRET_SHOWN`] (the
-    /// spec was fetched, edited and sent back). Names the first key that has no stored secret.
+    /// spec was fetched, edited and sent back), and of every value it sends as [`ENV_HIDDEN`]
+    /// (fetched under a token that may not read env values: the text is no value anyone set).
+    /// Names the first key that has no stored value to stand for.
     pub fn keep_secrets_of(&mut self, stored: Option<&AppSpec>) -> Result<(), SpecError> {
         for (key, value) in &mut self.env {
-            if value != SECRET_SHOWN || !self.secret_env.contains(key) {
-                continue;
-            }
+            let secret = self.secret_env.contains(key);
+            let (placeholder, what) = match value.as_str() {
+                SECRET_SHOWN if secret => (SECRET_SHOWN, "a stored secret"),
+                ENV_HIDDEN if !secret => (
+                    ENV_HIDDEN,
+                    "a value hidden from a token of the read role (as in an `export` made with one)",
+                ),
+                _ => continue,
+            };
             let kept = stored
-                .filter(|old| old.secret_env.contains(key))
+                .filter(|old| old.secret_env.contains(key) == secret)
                 .and_then(|old| old.env.get(key));
             match kept {
                 Some(v) => v.clone_into(value),
@@ -121,7 +129,8 @@ impl AppSpec {
                     return Err(SpecError::new(
                         &format!("env.{key}"),
                         format!(
-                            "{SECRET_SHOWN} stands for a stored secret, and app {:?} has none                              for {key}; give the value itself",
+                            "{placeholder} stands for {what}, and app {:?} has none for {key}; \
+                             give the value itself",
                             self.name
                         ),
                     ));
@@ -228,5 +237,30 @@ mod tests {
         let mut fresh = shown;
         let err = fresh.keep_secrets_of(None).expect_err("nothing to keep");
         assert_eq!(err.field, "env.DB_PASS");
+        assert!(!err.to_string().contains("  "), "{err}");
+
+        // What a read-role token was shown, sent back (an `export` made with it): the stored
+        // values, not the placeholder's text; with no stored value, refused, naming the key.
+        let mut exported = hidden.clone();
+        exported.keep_secrets_of(Some(&stored)).expect("kept");
+        assert_eq!(exported, stored);
+        let mut elsewhere = hidden;
+        elsewhere.env.remove("DB_PASS");
+        let err = elsewhere
+            .keep_secrets_of(None)
+            .expect_err("nothing to keep");
+        assert_eq!(err.field, "env.MODE");
+        assert!(err.to_string().contains("read role"), "{err}");
+        // A secret of that name is no stand-in for a plain value, nor the other way round.
+        let mut plain = stored.clone();
+        plain.secret_env.clear();
+        let mut sent = stored.shown(false);
+        sent.secret_env.clear();
+        sent.env.insert("DB_PASS".into(), ENV_HIDDEN.into());
+        let err = sent
+            .keep_secrets_of(Some(&stored))
+            .expect_err("a secret stands for no plain value");
+        assert_eq!(err.field, "env.DB_PASS");
+        assert!(plain.clone().keep_secrets_of(Some(&plain)).is_ok());
     }
 }

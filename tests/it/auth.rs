@@ -108,6 +108,26 @@ fn tokens_and_roles_decide_every_call_and_refusals_are_logged() {
     // An admin sees the value.
     let info = as_token(&c, &admin, &["info", "envy", "-o", "json"]);
     assert!(info.assert_ok().stdout.contains("visible-value"), "{info}");
+    // An export would be a backup with placeholders for values: refused, naming the keys.
+    let err = as_token(&c, &read, &["export", "envy"]);
+    let msg = err.assert_failed();
+    assert!(msg.contains("hid the env values of envy (PLAIN)"), "{err}");
+    // Such a file applied back (made before the refusal) keeps the stored values: the
+    // placeholder is no value anyone set.
+    let exported = as_token(&c, &admin, &["export", "envy"]);
+    let hidden = exported
+        .assert_ok()
+        .stdout
+        .replace("visible-value", "<hidden>");
+    let file = c.root().join("hidden-export.json");
+    std::fs::write(&file, hidden).expect("write the export");
+    let applied = as_token(&c, &admin, &["apply", "-f", &s(&file)]);
+    assert!(
+        applied.assert_ok().stdout.contains("unchanged"),
+        "{applied}"
+    );
+    let info = as_token(&c, &admin, &["info", "envy", "-o", "json"]);
+    assert!(info.assert_ok().stdout.contains("visible-value"), "{info}");
 
     // operate for web*: web yes, db no, tokens no; outside web* it reads as the read role does.
     for verb in [
