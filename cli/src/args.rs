@@ -186,8 +186,10 @@ pub enum Command {
     /// Put a disabled instance (or, without --instance, every one) back in rotation
     Enable(TargetArgs),
 
-    /// Roll out a new version: from a file, from --set changes, or with a new count
+    /// Roll out a new version: from a file, from --set changes, or with a new count; with no
+    /// option at all, restart in waves without downtime (PM2's reload)
     #[command(after_help = "Examples:\n  \
+        pmcluster reload web                               # a rolling restart, as pm2 reload\n  \
         pmcluster reload web --set env.FEATURE=on          # shows the diff, asks, rolls out\n  \
         pmcluster reload web -f apps.json --yes\n  \
         pmcluster reload web --set update.max_surge=2 --set args='[\"server.js\",\"--v2\"]'\n  \

@@ -221,6 +221,30 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 /// `reload APP [-f FILE | --set K=V... | --instances N] [update-policy flags] [--yes]`.
 pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let policy = PolicyChanges::parse(&args.update)?;
+    // `pm2 reload web` restarts an app without downtime: with no change given, so does this.
+    // Update flags alone still change only the policy, as they always did here.
+    if args.file.is_none() && args.set.is_empty() && args.instances.is_none() && policy.is_empty() {
+        if !ctx.structured() {
+            ctx.line(&format!(
+                "{}: no change given (-f, --set, --instances or update flags), so a rolling \
+                 restart, as `pm2 reload` does (the same as: pmcluster restart {} --rolling)",
+                args.app, args.app
+            ))?;
+        }
+        let restart = crate::args::RestartArgs {
+            target: crate::args::TargetArgs {
+                app: args.app,
+                instance: None,
+            },
+            rolling: true,
+            update: args.update,
+            wait: crate::args::WaitFlags {
+                wait: false,
+                wait_timeout: std::time::Duration::from_secs(60),
+            },
+        };
+        return rolling_restart(restart, ctx).await;
+    }
     policy.check_sets(&args.set)?;
     let mut conn = ctx.connect().await?;
     let app = call!(
@@ -269,8 +293,9 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let changes = diff(&shown_old, &shown_new);
     if changes.is_empty() {
         return ctx.line(&format!(
-            "{}: nothing to change (version {})",
-            args.app, app.version
+            "{}: nothing to change (version {}); to restart it without downtime: pmcluster \
+             reload {} (no options), or pmcluster restart {} --rolling",
+            args.app, app.version, args.app, args.app
         ));
     }
     if !ctx.structured() {

@@ -559,6 +559,23 @@ fn rolling_restart_wait_ends_with_its_rollout() {
         "--wait returned before: {out}\n{status}"
     );
 
+    // `reload APP` with no change given restarts in waves, as `pm2 reload` does.
+    let before = c.instances("web").expect("list");
+    let pid = before.first().and_then(|i| i.pid);
+    let out = c.cli(&["reload", "web"]);
+    out.assert_ok();
+    assert!(
+        out.stdout.contains("no change given") && out.stdout.contains("rolling restart of web"),
+        "{out}"
+    );
+    wait_until(DEADLINE, "web's process replaced by the reload", || {
+        let now = c.instances("web").map_err(|e| e.to_string())?;
+        match now.as_slice() {
+            [one] if one.status == "online" && one.pid.is_some() && one.pid != pid => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
     // The first run serves; every later one serves for half a second, then exits 1.
     let mark = c.root().join("flap-ran");
     let script = format!(
