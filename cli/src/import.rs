@@ -417,18 +417,7 @@ fn cron_restart(value: &Value, app: &str, warnings: &mut Vec<String>) -> Option<
 }
 
 /// The program a PM2 script runs under when no interpreter is given, by extension.
-pub(crate) fn default_interpreter(script: &str) -> Option<&'static str> {
-    let ext = Path::new(script).extension()?.to_str()?;
-    match ext {
-        "js" | "cjs" | "mjs" => Some("node"),
-        "py" => Some("python3"),
-        "sh" => Some("bash"),
-        "rb" => Some("ruby"),
-        "pl" => Some("perl"),
-        "php" => Some("php"),
-        _ => None,
-    }
-}
+pub(crate) use pmcluster_spec::interpreter::by_extension as default_interpreter;
 
 /// A list of words: a JSON list of strings, or one string split like a shell would.
 /// PM2's `node_args` then `interpreter_args`: both go to the interpreter, in that order.

@@ -12,6 +12,7 @@ pub mod app;
 pub mod autoscale;
 pub mod config;
 pub mod instance;
+pub mod interpreter;
 pub mod limits;
 pub mod placement;
 pub mod proc;

@@ -331,16 +331,42 @@ fn spawn_error(
     let mut message = format!("cannot run {program:?}: {}", describe(e));
     // A relative path is looked up from the instance's directory, which without a cwd is the
     // agent's: wherever `pmcluster up` ran, not where the user typed `start ./run.sh`.
-    if e.kind() == io::ErrorKind::NotFound && program.contains('/') && !program.starts_with('/') {
-        let dir = spec.cwd.clone().or_else(|| {
+    let dir = || {
+        spec.cwd.clone().or_else(|| {
             std::env::current_dir()
                 .ok()
                 .map(|d| d.display().to_string())
-        });
+        })
+    };
+    let interpreter = pmcluster_spec::interpreter::by_extension(program);
+    let run_by = |name: &str| match interpreter {
+        Some(i) => format!(", or its interpreter: {i} {name}"),
+        None => String::new(),
+    };
+    if e.kind() == io::ErrorKind::NotFound && program.contains('/') && !program.starts_with('/') {
         message.push_str(&format!(
             " (looked up from the instance's working directory {:?}: give an absolute path, \
              or set cwd)",
-            dir.unwrap_or_default()
+            dir().unwrap_or_default()
+        ));
+    } else if e.kind() == io::ErrorKind::NotFound && !program.contains('/') {
+        // A PM2 habit (`script: server.py`): PM2 runs a file of the app's directory. Here a bare
+        // name is a program on PATH, as in a shell.
+        let here = dir().map(|d| std::path::Path::new(&d).join(program));
+        if here.is_some_and(|f| f.is_file()) {
+            message.push_str(&format!(
+                " (a bare name is looked up on PATH; for the file in the instance's working \
+                 directory give ./{program}{})",
+                run_by(program)
+            ));
+        }
+    } else if e.kind() == io::ErrorKind::PermissionDenied
+        && !entering_cwd
+        && let Some(i) = interpreter
+    {
+        message.push_str(&format!(
+            " (the script is not executable: chmod +x it, or run it with its interpreter: \
+             {i} {program})"
         ));
     }
     // A NUL byte in the argv or environment (std refuses it before exec), or an argument
@@ -524,5 +550,34 @@ mod tests {
             let said = text(spawn_error(&not_found, program, &spec, false, false));
             assert!(!said.contains("looked up from"), "{said}");
         }
+    }
+
+    /// PM2 habits: a bare `server.py` that is a file of the instance's directory, and a script
+    /// that is not executable, get the two ways to run them.
+    #[test]
+    fn a_script_that_cannot_run_names_the_ways_that_can() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("server.py"), "")?;
+        let mut spec = AppSpec::new("py", "server.py", &[]);
+        spec.cwd = Some(dir.path().display().to_string());
+        let text = |e: StartError| match e {
+            StartError::Retry(m) | StartError::Fatal(m) => m,
+        };
+        let not_found = io::Error::from(io::ErrorKind::NotFound);
+        let said = text(spawn_error(&not_found, "server.py", &spec, false, false));
+        assert!(
+            said.contains("give ./server.py, or its interpreter: python3 server.py"),
+            "{said}"
+        );
+        // Not a file there: a program missing from PATH, nothing to suggest.
+        let said = text(spawn_error(&not_found, "redis-server", &spec, false, false));
+        assert!(!said.contains('('), "{said}");
+        let denied = io::Error::from_raw_os_error(nix::errno::Errno::EACCES as i32);
+        let said = text(spawn_error(&denied, "./server.py", &spec, false, false));
+        assert!(
+            said.contains("chmod +x it, or run it with its interpreter: python3"),
+            "{said}"
+        );
+        Ok(())
     }
 }

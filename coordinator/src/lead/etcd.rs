@@ -248,9 +248,10 @@ impl Store for TermStore {
         let age = self.last_ack.borrow().elapsed();
         if age > self.lapse {
             tracing::warn!(
-                "write refused: no keep-alive acknowledged for {age:?} (over {:?}, two thirds of \
-                 the lease), so this term is over",
-                self.lapse
+                "write refused: no keep-alive acknowledged for {:.1}s (over {:.1}s, two thirds \
+                 of the lease), so this term is over",
+                age.as_secs_f64(),
+                self.lapse.as_secs_f64()
             );
             self.lost.cancel();
             return Err(StoreError::NotLeader);
@@ -401,7 +402,8 @@ impl Election {
         tracing::info!(term, advertise = %self.advertise, "leading");
         let why = tokio::select! {
             () = lease_lapsed(last_ack.clone(), lapse) => format!(
-                "stepping down: no keep-alive acknowledged for {lapse:?} (two thirds of the lease)"
+                "stepping down: no keep-alive acknowledged for {:.1}s (two thirds of the lease)",
+                lapse.as_secs_f64()
             ),
             () = lost.cancelled() => {
                 "stepping down: a write was fenced off (another coordinator leads) or its \
