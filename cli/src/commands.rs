@@ -339,27 +339,36 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
     let mut results = Vec::with_capacity(specs.len());
     let mut goals = Vec::new();
-    for (n, spec) in specs.iter().enumerate() {
-        let reply = apply_one(&mut conn, spec).await.with_context(|| {
-            let done: Vec<&str> = specs[..n].iter().map(|s| s.name.as_str()).collect();
-            if done.is_empty() {
-                format!("applying app {:?}", spec.name)
-            } else {
-                format!(
-                    "applying app {:?} (already applied: {})",
-                    spec.name,
-                    done.join(", ")
-                )
+    // As `kubectl apply`: an app refused (a token's app patterns, a bad value) does not keep the
+    // others from being applied; the first refusal is the command's error at the end.
+    let mut refused: Option<anyhow::Error> = None;
+    let mut not_applied = Vec::new();
+    for spec in &specs {
+        let reply = match apply_one(&mut conn, spec).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let e = e.context(format!("applying app {:?}", spec.name));
+                // The first is the command's error at the end; later ones are said as they come.
+                if ctx.structured() && specs.len() > 1 {
+                    results.push(json!({"app": spec.name, "error": format!("{e:#}")}));
+                } else if refused.is_some() {
+                    eprintln!("error: {e:#}");
+                }
+                not_applied.push(spec.name.as_str());
+                refused.get_or_insert(e);
+                continue;
             }
-        })?;
+        };
         let app = reply.app.clone().unwrap_or_default();
         if args.wait.wait {
-            goals.push(wait::Goal {
+            // With the place of its result, which a refused app before it shifts.
+            let goal = wait::Goal {
                 version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
                 rollout: reply.deployment.as_ref().map(|d| d.id),
                 created: reply.created,
                 ..wait::goal_of(&spec.name, &app, None)
-            });
+            };
+            goals.push((results.len(), goal));
         }
         if ctx.structured() {
             results.push(apply_json(&spec.name, &reply));
@@ -387,10 +396,10 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     // --wait: each app in turn, within one --wait-timeout for all.
     let deadline = tokio::time::Instant::now() + args.wait.wait_timeout;
     let mut outcome = Ok(());
-    for (n, goal) in goals.iter().enumerate() {
+    for (n, goal) in &goals {
         let (waited, result) =
             wait::wait_for(&mut conn, ctx, goal, deadline, args.wait.wait_timeout).await?;
-        if let Some(object) = results.get_mut(n).and_then(Value::as_object_mut) {
+        if let Some(object) = results.get_mut(*n).and_then(Value::as_object_mut) {
             object.insert("wait".to_string(), waited);
         }
         if result.is_err() {
@@ -401,7 +410,16 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     if ctx.structured() {
         ctx.value(&Value::Array(results))?;
     }
-    outcome
+    match refused {
+        Some(e) if specs.len() > not_applied.len() => Err(e.context(format!(
+            "{} of {} apps not applied ({}), the others applied; the first refusal",
+            not_applied.len(),
+            specs.len(),
+            not_applied.join(", ")
+        ))),
+        Some(e) => Err(e),
+        None => outcome,
+    }
 }
 
 /// `scale APP N`.

@@ -154,6 +154,22 @@ fn tokens_and_roles_decide_every_call_and_refusals_are_logged() {
     c.remember_pids(&web.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
     let db = wait_online(&c, "db", 1);
     assert_eq!(db.len(), 1, "db was not scaled");
+    // As kubectl apply: an app outside the token's apps is refused, the others are applied.
+    let two = c.root().join("two-apps.json");
+    let text = serde_json::json!({"apps": [
+        {"name": "dbx", "script": "sleep", "args": ["600"]},
+        {"name": "webx", "script": "sleep", "args": ["600"]},
+    ]});
+    std::fs::write(&two, text.to_string()).expect("write two-apps.json");
+    let out = as_token(&c, &operate_web, &["apply", "-f", &s(&two)]);
+    let msg = out.assert_failed();
+    assert!(
+        msg.contains("1 of 2 apps not applied (dbx)") && msg.contains("web*"),
+        "{out}"
+    );
+    assert!(out.stdout.contains("webx: created"), "{out}");
+    let webx = wait_online(&c, "webx", 1);
+    c.remember_pids(&webx.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
 
     // Tokens are listed without their secrets, and a revoked one is refused.
     let listed = c.cli(&["token", "list", "-o", "json"]);
