@@ -109,20 +109,49 @@ impl Served {
         self.control.state_free_now().then(|| f(&self.control))
     }
 
-    /// `stream`, ended (cleanly) when the server shuts down or the control retires (this
-    /// coordinator stepped down: the client reconnects and finds the leader).
+    /// `stream`, ended when the server shuts down or the control retires (this coordinator
+    /// stepped down) with [`Served::ended`]'s UNAVAILABLE: a clean end would read as "nothing
+    /// more to follow", and a client would stop rather than follow on at the leader. A stream
+    /// that ends by itself (an app deleted under `logs -f`) still ends cleanly.
     fn until_over<T: Send + 'static>(
         &self,
+        seat: &Arc<Seat>,
         stream: impl Stream<Item = Result<T, Status>> + Send + 'static,
     ) -> BoxStream<T> {
-        use futures::StreamExt as _;
-        let (shutdown, retired) = (self.life.cancel.clone(), self.control.retired_token());
-        Box::pin(stream.take_until(async move {
+        let (shutdown, retired, seat) = (
+            self.life.cancel.clone(),
+            self.control.retired_token(),
+            seat.clone(),
+        );
+        let over = Box::pin(async move {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = retired.cancelled() => {}
             }
-        }))
+            Served::ended(&seat)
+        });
+        let state = (Box::pin(stream), Some(over));
+        Box::pin(futures::stream::unfold(
+            state,
+            |(mut stream, over)| async move {
+                let mut over = over?;
+                tokio::select! {
+                    biased;
+                    status = &mut over => Some((Err(status), (stream, None))),
+                    item = stream.next() => item.map(|item| (item, (stream, Some(over)))),
+                }
+            },
+        ))
+    }
+
+    /// How a stream ends when its coordinator leaves office or shuts down: UNAVAILABLE, as a
+    /// standby refuses, with the leader in its metadata once this one knows it, so that a client
+    /// follows on there.
+    fn ended(seat: &Seat) -> Status {
+        match seat.control() {
+            Ok(_) => Status::unavailable("this coordinator is shutting down"),
+            Err(refusal) => refusal,
+        }
     }
 
     // What a worker may call directly: none of these takes the state lock (a report waits for
@@ -544,6 +573,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let (tx, rx) = mpsc::channel(8);
         let cancel = self.life.cancel.clone();
         let retired = control.retired_token();
+        let seat = self.seat.clone();
         self.life.tasks.spawn(async move {
             // Polled: endpoints follow agent reports, which arrive every heartbeat; 100 ms keeps
             // a load balancer within a tenth of a second of the truth at little cost.
@@ -554,8 +584,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
             let mut every = tokio::time::interval(std::time::Duration::from_millis(100));
             loop {
                 tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = retired.cancelled() => return,
+                    // As `until_over`: a clean end would tell a watcher there is no more.
+                    () = cancel.cancelled() => break,
+                    () = retired.cancelled() => break,
                     _ = every.tick() => {}
                 }
                 if tx.is_closed() {
@@ -580,6 +611,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
                     }
                 }
             }
+            let _ = tx.send(Err(Served::ended(&seat))).await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -624,7 +656,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let query = LogsQuery::from(r.into_inner());
         let rx = control.read(move |c| c.stream_logs(&query)).await?;
         let lines = ReceiverStream::new(rx).map(|l| Ok(pb::LogLine::from(l)));
-        Ok(Response::new(control.until_over(lines)))
+        Ok(Response::new(control.until_over(&self.seat, lines)))
     }
 
     type WatchEventsStream = BoxStream<pb::Event>;
@@ -651,7 +683,7 @@ impl pb::cluster_server::Cluster for ClusterApi {
             // A lagging watcher skips what it missed rather than failing.
             _ => None,
         });
-        let live = control.until_over(live);
+        let live = control.until_over(&self.seat, live);
         Ok(Response::new(Box::pin(past.chain(live))))
     }
 }
