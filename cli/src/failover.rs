@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use tokio::time::Instant;
 
 use pmcluster_proto::leader_hint;
 use pmcluster_proto::v1::coordination_client::CoordinationClient;
@@ -170,6 +171,26 @@ fn status_why(status: &Status) -> String {
     }
 }
 
+/// How long a followed stream or a `--wait` poll keeps asking for a leader after losing one: a
+/// takeover after a kill -9 takes the lease's TTL and a little (seconds), and a lease of a few
+/// times the default still fits.
+pub const TAKEOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// The pause between two asks while no coordinator leads.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// Whether `status` says the coordinator went away rather than answered: a refusal or an
+/// unreachable one (`UNAVAILABLE`), or a connection that broke under the call (a leader killed
+/// mid-stream). tonic reports the latter as `UNKNOWN` or `INTERNAL` built from a local h2/hyper
+/// error, which it keeps as the source; a status the coordinator sent has none.
+pub fn connection_lost(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown | Code::Internal => std::error::Error::source(status).is_some(),
+        _ => false,
+    }
+}
+
 /// A connection to whichever coordinator of the list takes calls.
 pub struct Conn {
     urls: Vec<String>,
@@ -209,6 +230,10 @@ impl Conn {
     /// named, if it named one.
     pub fn lost(&mut self, status: &Status) {
         self.hint = leader_hint(status).and_then(|h| normalize_url(&h).ok());
+        // A connection that broke is not asked again: the next call dials afresh.
+        if std::error::Error::source(status).is_some() {
+            self.current = None;
+        }
     }
 
     /// A unary call with [`CALL_TIMEOUT`], as a grpc-timeout and as a local deadline (the
@@ -220,7 +245,45 @@ impl Conn {
         F: FnMut(Client, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.call(message, request, cluster_client, call).await
+        self.call(message, request, cluster_client, call)
+            .await
+            .map_err(|(e, _)| e)
+    }
+
+    /// A unary read that a wait repeats anyway (`--wait`'s looks): retried, after
+    /// [`RETRY_PAUSE`], while no coordinator takes it or its connection broke under it, until
+    /// `until`. A failover then costs the wait a few seconds, not its outcome. Only for reads: a
+    /// call that changes something and lost its connection may have been executed.
+    pub async fn poll<Q, R, F, Fut>(
+        &mut self,
+        until: Instant,
+        message: Q,
+        mut call: F,
+    ) -> Result<R, ApiError>
+    where
+        Q: Clone,
+        F: FnMut(Client, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let mut told = false;
+        loop {
+            let e = match self
+                .call(message.clone(), request, cluster_client, &mut call)
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err((e, lost)) if lost || e.code == Code::Unavailable => e,
+                Err((e, _)) => return Err(e),
+            };
+            if Instant::now() + RETRY_PAUSE >= until {
+                return Err(e);
+            }
+            if !told {
+                eprintln!("{e}; asking again until a coordinator leads");
+                told = true;
+            }
+            tokio::time::sleep(RETRY_PAUSE).await;
+        }
     }
 
     /// [`Conn::unary`] on the `Access` service (tokens, whoami).
@@ -230,7 +293,9 @@ impl Conn {
         F: FnMut(AccessClient<Authed>, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.call(message, request, AccessClient::new, call).await
+        self.call(message, request, AccessClient::new, call)
+            .await
+            .map_err(|(e, _)| e)
     }
 
     /// Opens a server stream: no grpc-timeout (a followed stream lives as long as the user
@@ -241,16 +306,20 @@ impl Conn {
         F: FnMut(Client, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.call(message, Request::new, cluster_client, call).await
+        self.call(message, Request::new, cluster_client, call)
+            .await
+            .map_err(|(e, _)| e)
     }
 
+    /// The call through the route; an error says too whether the connection broke under it
+    /// (see [`connection_lost`]), when the call may or may not have been executed.
     async fn call<C, Q, R, F, Fut>(
         &mut self,
         message: Q,
         make: fn(Q) -> Request<Q>,
         client_of: fn(Authed) -> C,
         mut call: F,
-    ) -> Result<R, ApiError>
+    ) -> Result<R, (ApiError, bool)>
     where
         Q: Clone,
         F: FnMut(C, Request<Q>) -> Fut,
@@ -270,26 +339,32 @@ impl Conn {
             .await
             {
                 Err(_) => {
-                    return Err(ApiError {
+                    let e = ApiError {
                         code: Code::DeadlineExceeded,
                         message: format!(
                             "the coordinator at {url} did not answer within {}s",
                             CALL_TIMEOUT.as_secs()
                         ),
-                    });
+                    };
+                    return Err((e, false));
                 }
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
             };
             if status.code() != Code::Unavailable {
-                return Err(status.into());
+                let lost = connection_lost(&status);
+                if lost {
+                    // The next call dials afresh rather than reuse a broken connection.
+                    self.current = None;
+                }
+                return Err((status.into(), lost));
             }
             // Whatever comes next, it is not this connection.
             self.current = None;
             route.refused(&url, status_why(&status), leader_hint(&status).as_deref());
             last = Some(ApiError::from(status));
         }
-        Err(give_up(route.tried(), last))
+        Err((give_up(route.tried(), last), false))
     }
 
     /// The client for `url`: the one in use, or a new dial (which becomes the one in use). A
@@ -367,6 +442,16 @@ macro_rules! call {
     };
 }
 
+/// One `--wait` look through a [`Conn`], asked again through a failover until `until`:
+/// `poll!(conn, until, get_rollout, request_message)`.
+macro_rules! poll {
+    ($conn:expr, $until:expr, $method:ident, $message:expr) => {
+        $conn.poll($until, $message, |mut client, req| async move {
+            client.$method(req).await
+        })
+    };
+}
+
 /// One stream opened through a [`Conn`]: `open!(conn, stream_logs, request_message)`.
 macro_rules! open {
     ($conn:expr, $method:ident, $message:expr) => {
@@ -376,7 +461,7 @@ macro_rules! open {
     };
 }
 
-pub(crate) use {call, open};
+pub(crate) use {call, open, poll};
 
 #[cfg(test)]
 mod tests {

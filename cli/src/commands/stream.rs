@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use pmcluster_proto::v1 as pb;
@@ -12,7 +13,7 @@ use super::Ctx;
 use crate::args::{EventsArgs, LogsArgs};
 use crate::client::Client;
 use crate::error::ApiError;
-use crate::failover::{Conn, call, open};
+use crate::failover::{Conn, RETRY_PAUSE, TAKEOVER_WAIT, call, connection_lost, open};
 use crate::output;
 
 /// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.
@@ -48,6 +49,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         req,
         open,
         args.follow.then_some(resume),
+        |line| line.unread,
         |item| {
             let line = match item {
                 Watched::Resumed => {
@@ -113,6 +115,7 @@ pub async fn events(args: EventsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         req,
         open,
         (!args.no_follow).then_some(resume),
+        |_| false,
         |item| {
             let Watched::Message(event) = item else {
                 return Ok(());
@@ -163,14 +166,21 @@ const MAX_RESUMES: u32 = 5;
 
 /// Opens a server stream through `conn` and feeds each message to `each` until the stream ends,
 /// fails, or the user presses Ctrl-C (a normal way to end, so not an error). With `resume`, a
-/// stream lost with UNAVAILABLE (a leader stepping down, a coordinator gone) is opened again
-/// through `conn`, which dials the leader the refusal named or the next coordinator of the list;
-/// `resume` adjusts the request first.
+/// stream lost with its coordinator (a leader stepping down ends it with UNAVAILABLE and names
+/// the new leader when it knows it; a leader killed breaks the connection) is opened again
+/// through `conn`, which dials the leader named or the next coordinator of the list, for up to
+/// [`TAKEOVER_WAIT`] while none leads yet; `resume` adjusts the request first.
+///
+/// `notice` tells the messages that only say what could not be read (a node not connected). A
+/// new leader's agents take a moment to reconnect, and until then its stream has nothing to
+/// follow: it says so and ends. Within the takeover's wait, such a stream is opened again, its
+/// notices held back until something else comes (and then given, as they still hold).
 async fn watch<Q, T, F, Fut>(
     conn: &mut Conn,
     mut message: Q,
     mut open: F,
     resume: Option<fn(&mut Q)>,
+    notice: fn(&T) -> bool,
     mut each: impl FnMut(Watched<T>) -> anyhow::Result<()>,
 ) -> anyhow::Result<()>
 where
@@ -185,35 +195,94 @@ where
         s = conn.stream(message.clone(), &mut open) => s?,
     };
     let mut resumes = 0;
+    // Set from a loss of the coordinator until the stream, opened again, gives a message that is
+    // not a notice.
+    let mut lost_at: Option<Instant> = None;
+    let mut held: Vec<T> = Vec::new();
     loop {
-        let status = tokio::select! {
+        let next = tokio::select! {
             _ = &mut ctrl_c => return Ok(()),
-            next = stream.next() => match next {
-                None => return Ok(()),
-                Some(Ok(m)) => {
-                    resumes = 0;
-                    each(Watched::Message(m))?;
-                    continue;
+            next = stream.next() => next,
+        };
+        let status = match next {
+            Some(Ok(m)) if lost_at.is_some() && notice(&m) => {
+                held.push(m);
+                continue;
+            }
+            Some(Ok(m)) => {
+                lost_at = None;
+                resumes = 0;
+                for h in held.drain(..) {
+                    each(Watched::Message(h))?;
                 }
-                Some(Err(status)) => status,
-            },
+                each(Watched::Message(m))?;
+                continue;
+            }
+            Some(Err(status)) => Some(status),
+            None => None,
         };
-        let adjust = match resume {
-            Some(adjust) if status.code() == Code::Unavailable && resumes < MAX_RESUMES => adjust,
-            _ => return Err(ApiError::from(status).into()),
+        let adjust = match (&status, resume) {
+            (Some(status), Some(adjust)) if connection_lost(status) && resumes < MAX_RESUMES => {
+                Some(adjust)
+            }
+            (None, _) if lost_at.is_some_and(|at| at.elapsed() + RETRY_PAUSE < TAKEOVER_WAIT) => {
+                None
+            }
+            _ => {
+                for h in held.drain(..) {
+                    each(Watched::Message(h))?;
+                }
+                return match status {
+                    Some(status) => Err(ApiError::from(status).into()),
+                    None => Ok(()),
+                };
+            }
         };
-        resumes += 1;
-        eprintln!(
-            "lost the coordinator at {} ({}); reconnecting",
-            conn.url(),
-            status.message()
-        );
-        conn.lost(&status);
-        adjust(&mut message);
-        stream = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
-            s = conn.stream(message.clone(), &mut open) => s?,
+        if let (Some(status), Some(adjust)) = (&status, adjust) {
+            resumes += 1;
+            eprintln!(
+                "lost the coordinator at {} ({}); reconnecting",
+                conn.url(),
+                status.message()
+            );
+            conn.lost(status);
+            adjust(&mut message);
+            lost_at.get_or_insert_with(Instant::now);
+        } else {
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
+        }
+        // The notices of the next opening replace these.
+        held.clear();
+        // Until a coordinator leads again: the standby takes over once the old leader's lease
+        // ends, and a refusal meanwhile is no reason to stop following.
+        let until = lost_at.map_or_else(Instant::now, |at| at + TAKEOVER_WAIT);
+        let mut told = false;
+        stream = loop {
+            let opened = tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                s = conn.stream(message.clone(), &mut open) => s,
+            };
+            match opened {
+                Ok(s) => break s,
+                Err(e) if e.code == Code::Unavailable && Instant::now() + RETRY_PAUSE < until => {
+                    if !told {
+                        eprintln!("{e}; asking again until a coordinator leads");
+                        told = true;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+            tokio::select! {
+                _ = &mut ctrl_c => return Ok(()),
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+            }
         };
+        if status.is_some() {
+            eprintln!("reconnected to the coordinator at {}", conn.url());
+        }
         each(Watched::Resumed)?;
     }
 }
