@@ -18,7 +18,7 @@ use crate::args::{
     ScaleArgs, StartArgs, StopArgs, TargetArgs, WaitFlags,
 };
 use crate::error::{ApiError, UsageError};
-use crate::failover::{Conn, call};
+use crate::failover::{Conn, call, poll};
 use crate::output;
 use crate::validate::{ScaleTo, StartPlan, parse_scale, plan_start};
 use crate::wait;
@@ -468,6 +468,16 @@ pub(crate) async fn list_instances(
     conn: &mut Conn,
     app: &str,
 ) -> Result<Vec<pb::Instance>, ApiError> {
+    list_instances_until(conn, app, None).await
+}
+
+/// [`list_instances`] for a wait's look: with `until`, each page is asked again through a
+/// failover until then (see [`Conn::poll`]).
+pub(crate) async fn list_instances_until(
+    conn: &mut Conn,
+    app: &str,
+    until: Option<tokio::time::Instant>,
+) -> Result<Vec<pb::Instance>, ApiError> {
     let mut instances = Vec::new();
     let mut page_token = String::new();
     // Bounded: 1000 pages of 5000 is far beyond any cluster; a token that does not move would
@@ -478,7 +488,10 @@ pub(crate) async fn list_instances(
             page_size: PAGE_SIZE,
             page_token: page_token.clone(),
         };
-        let reply = call!(conn, list_instances, req).await?;
+        let reply = match until {
+            Some(until) => poll!(conn, until, list_instances, req).await?,
+            None => call!(conn, list_instances, req).await?,
+        };
         instances.extend(reply.instances);
         if reply.next_page_token.is_empty() || reply.next_page_token == page_token {
             return Ok(instances);

@@ -20,7 +20,7 @@ use crate::args::{
 use crate::commands::Ctx;
 use crate::error::ApiError;
 use crate::error::UsageError;
-use crate::failover::{Conn, call, open};
+use crate::failover::{Conn, TAKEOVER_WAIT, call, open, poll};
 use crate::output;
 use crate::validate::PolicyChanges;
 use crate::wait;
@@ -462,7 +462,9 @@ async fn restart_goal(
             let req = pb::RolloutRequest {
                 app: app.to_string(),
             };
-            let status = call!(conn, get_rollout, req).await?;
+            // After the restart was made: a failover meanwhile is waited out.
+            let until = tokio::time::Instant::now() + TAKEOVER_WAIT;
+            let status = poll!(conn, until, get_rollout, req).await?;
             status
                 .current
                 .filter(output::deployment_active)
@@ -542,7 +544,12 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
     let mut conn = ctx.connect().await?;
     match args.command {
         RolloutCommand::Status { app, wait } => {
-            let status = call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() }).await?;
+            // With --wait, each look is asked again through a failover: a rollout goes on at
+            // the new leader, and the wait with it.
+            let patience = if wait { TAKEOVER_WAIT } else { Duration::ZERO };
+            let look = || tokio::time::Instant::now() + patience;
+            let req = pb::RolloutRequest { app: app.clone() };
+            let status = poll!(conn, look(), get_rollout, req).await?;
             let Some(mut d) = status.current else {
                 return ctx.line(&format!(
                     "{app} has not rolled out anything yet (version {})",
@@ -580,8 +587,8 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                         said = Some(step);
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
-                    let status =
-                        call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() }).await?;
+                    let req = pb::RolloutRequest { app: app.clone() };
+                    let status = poll!(conn, look(), get_rollout, req).await?;
                     let Some(next) = status.current else { break };
                     // A rollback replaces the failed rollout: report the failure.
                     if next.id != d.id {

@@ -20,9 +20,9 @@ use pmcluster_spec::supervise::{DEFAULT_MIN_UPTIME, RETRYING};
 use serde_json::{Value, json};
 
 use crate::args::WaitFlags;
-use crate::commands::{Ctx, list_instances};
+use crate::commands::{Ctx, list_instances, list_instances_until};
 use crate::error::ApiError;
-use crate::failover::{Conn, call, open};
+use crate::failover::{Conn, TAKEOVER_WAIT, open, poll};
 use crate::output::{deployment_active, state_name};
 
 /// The first pause between two looks at the instance list: a start of a small app takes tens of
@@ -314,7 +314,7 @@ pub async fn until_up(
     // When each process (instance id and pid) was first seen online, by this clock.
     let mut online_since: HashMap<(String, u32), Instant> = HashMap::new();
     loop {
-        let instances = list_instances(conn, &goal.app).await?;
+        let instances = list_instances_until(conn, &goal.app, Some(deadline)).await?;
         let now = Instant::now();
         online_since.retain(|(id, pid), _| {
             instances.iter().any(|i| {
@@ -338,7 +338,7 @@ pub async fn until_up(
             let req = pb::RolloutRequest {
                 app: goal.app.clone(),
             };
-            let status = call!(conn, get_rollout, req).await?;
+            let status = poll!(conn, deadline, get_rollout, req).await?;
             if let Some(why) = rollout_failed(id, &status) {
                 anyhow::bail!("{}: {why}", goal.app);
             }
@@ -447,7 +447,7 @@ pub async fn until_gone(
     // Opened before the first look, so that an end after it wakes the wait.
     let mut events = app_events(conn, app, deadline).await;
     loop {
-        let left: Vec<pb::Instance> = match list_instances(conn, app).await {
+        let left: Vec<pb::Instance> = match list_instances_until(conn, app, Some(deadline)).await {
             Ok(listed) => listed
                 .into_iter()
                 .filter(|i| ids.contains(i.id.as_str()))
@@ -548,7 +548,7 @@ async fn until_stopped(
     // Opened before the first look, so that a stop after it wakes the wait.
     let mut events = app_events(conn, app, deadline).await;
     loop {
-        let instances = list_instances(conn, app).await?;
+        let instances = list_instances_until(conn, app, Some(deadline)).await?;
         let left = not_stopped(app, index, &instances);
         if left.is_empty() {
             let stopped = instances
@@ -662,12 +662,13 @@ pub async fn wait_for(
     }
 }
 
-/// What `--wait` waits for on `app` (or one index of it), as its spec says now.
+/// What `--wait` waits for on `app` (or one index of it), as its spec says now. Asked after the
+/// verb's change was made, so a failover meanwhile is waited out (a read, safe to ask again).
 pub async fn goal(conn: &mut Conn, app: &str, index: Option<u32>) -> Result<Goal, ApiError> {
     let req = pb::GetAppRequest {
         name: app.to_string(),
     };
-    let shown = call!(conn, get_app, req).await?;
+    let shown = poll!(conn, Instant::now() + TAKEOVER_WAIT, get_app, req).await?;
     Ok(goal_of(app, &shown, index))
 }
 
