@@ -570,6 +570,21 @@ mod tests {
     }
 
     #[test]
+    fn lost_connections() {
+        // What a coordinator sends: only its refusal means it is gone.
+        assert!(connection_lost(&Status::unavailable("a standby")));
+        assert!(!connection_lost(&Status::internal(
+            "the coordinator failed"
+        )));
+        assert!(!connection_lost(&Status::unknown("boom")));
+        assert!(!connection_lost(&Status::not_found("no app")));
+        // What tonic makes of a connection that broke under a call: a status built here, from
+        // the local error it keeps as its source.
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        assert!(connection_lost(&Status::from_error(Box::new(reset))));
+    }
+
+    #[test]
     fn giving_up() {
         let one = [Tried {
             url: "http://a:1".into(),
