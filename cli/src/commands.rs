@@ -9,13 +9,11 @@ use std::io::Write;
 use anyhow::Context;
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::AppSpec;
-use pmcluster_spec::app::ENV_HIDDEN;
-use pmcluster_spec::config::Format;
 use serde_json::{Value, json};
 
 use crate::args::{
-    AppArg, ApplyArgs, AutoscaleArgs, DeleteArgs, ExportArgs, FileFormat, ListArgs, OutputFormat,
-    ScaleArgs, StartArgs, StopArgs, TargetArgs, WaitFlags,
+    AppArg, AutoscaleArgs, DeleteArgs, ListArgs, OutputFormat, ScaleArgs, StartArgs, StopArgs,
+    TargetArgs, WaitFlags,
 };
 use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call, poll};
@@ -24,9 +22,11 @@ use crate::validate::{ScaleTo, StartPlan, parse_scale, plan_start};
 use crate::wait;
 
 pub mod all;
+mod apply;
 mod overwrite;
 mod start;
 mod stream;
+pub use apply::{apply, export};
 use overwrite::refuse_to_overwrite;
 #[cfg(test)]
 use overwrite::{differing_fields, overwrite_refusal, same_but_adjusted};
@@ -207,22 +207,23 @@ async fn start_only(
             Ok((said, goal))
         }
         StartPlan::Apply { spec, derived_name } => {
-            // A script here by its interpreter and in this directory, as PM2 runs it: for a new
-            // app; an app that exists is taken as it was made, whichever way that was.
-            let (here, notes) = start::for_here((*spec).clone());
+            // A script here by its interpreter, and (with the coordinator on this machine) in
+            // this directory, as PM2 runs it: for a new app. An app that exists is taken as it
+            // was made, whichever of the ways to read this command line that was.
+            let (here, notes) = start::for_here((*spec).clone(), conn.on_this_host());
             let (spec, interpreted) = if notes.is_empty() {
                 (*spec, notes)
-            } else if !app_exists(conn, &spec.name).await? {
-                (here, notes)
             } else {
-                match refuse_to_overwrite(conn, &here, derived_name).await {
-                    Ok(_) => (here, Vec::new()),
-                    // Made from the command line as given (before this, or by hand), or not
-                    // this one at all: then it is refused for what differs from the PM2 way.
-                    Err(e) => match refuse_to_overwrite(conn, &spec, derived_name).await {
-                        Ok(_) => (*spec, Vec::new()),
-                        Err(_) => return Err(e),
-                    },
+                match overwrite::stored(conn, &spec.name).await? {
+                    None => (here, notes),
+                    Some(stored) => {
+                        let interpreted = start::with_interpreter((*spec).clone()).0;
+                        let ways = vec![here, interpreted, (*spec).clone()];
+                        (
+                            overwrite::closest(&stored, ways).unwrap_or(*spec),
+                            Vec::new(),
+                        )
+                    }
                 }
             };
             // `start` creates an app, or starts one as it is: it never changes an app that
@@ -298,127 +299,6 @@ async fn start_only(
             };
             Ok((said, Ok(args.wait.wait.then_some(goal))))
         }
-    }
-}
-
-/// Whether the coordinator has an app of that name.
-async fn app_exists(conn: &mut Conn, name: &str) -> Result<bool, ApiError> {
-    let req = pb::GetAppRequest {
-        name: name.to_string(),
-    };
-    match call!(conn, get_app, req).await {
-        Ok(_) => Ok(true),
-        Err(e) if e.code == tonic::Code::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// `apply -f FILE`: every app of the file is validated before any is sent.
-pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let text = if args.file == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading apps from standard input")?
-    } else {
-        std::fs::read_to_string(&args.file)
-            .map_err(|e| UsageError::new(format!("cannot read {}: {e}", args.file)))?
-    };
-    let format = match args.format {
-        Some(FileFormat::Json) => Format::Json,
-        Some(FileFormat::Yaml) => Format::Yaml,
-        Some(FileFormat::Toml) => Format::Toml,
-        None => Format::from_path(&args.file),
-    };
-    let source = if args.file == "-" {
-        "<stdin>"
-    } else {
-        args.file.as_str()
-    };
-    let specs = crate::import::config_apps(&text, format, &args.file, source)?;
-    for warning in crate::import::shared_port_warnings(&specs) {
-        eprintln!("warning: {warning}");
-    }
-    let mut conn = ctx.connect().await?;
-    let mut results = Vec::with_capacity(specs.len());
-    let mut goals = Vec::new();
-    // As `kubectl apply`: an app refused (a token's app patterns, a bad value) does not keep the
-    // others from being applied; the first refusal is the command's error at the end.
-    let mut refused: Option<anyhow::Error> = None;
-    let mut not_applied = Vec::new();
-    for spec in &specs {
-        let reply = match apply_one(&mut conn, spec).await {
-            Ok(reply) => reply,
-            Err(e) => {
-                let e = e.context(format!("applying app {:?}", spec.name));
-                // The first is the command's error at the end; later ones are said as they come.
-                if ctx.structured() && specs.len() > 1 {
-                    results.push(json!({"app": spec.name, "error": format!("{e:#}")}));
-                } else if refused.is_some() {
-                    eprintln!("error: {e:#}");
-                }
-                not_applied.push(spec.name.as_str());
-                refused.get_or_insert(e);
-                continue;
-            }
-        };
-        let app = reply.app.clone().unwrap_or_default();
-        if args.wait.wait {
-            // With the place of its result, which a refused app before it shifts.
-            let goal = wait::Goal {
-                version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
-                rollout: reply.deployment.as_ref().map(|d| d.id),
-                created: reply.created,
-                ..wait::goal_of(&spec.name, &app, None)
-            };
-            goals.push((results.len(), goal));
-        }
-        if ctx.structured() {
-            results.push(apply_json(&spec.name, &reply));
-            continue;
-        }
-        let result = apply_result(&reply);
-        let line = if result == "unchanged" {
-            format!("{}: unchanged (version {})", spec.name, app.version)
-        } else {
-            format!(
-                "{}: {result} (version {}, {})",
-                spec.name,
-                app.version,
-                count_phrase(&app)
-            )
-        };
-        ctx.line(&line)?;
-        if let Some(d) = reply.deployment.as_ref().filter(|_| !args.wait.wait) {
-            ctx.line(&format!(
-                "{}: rolling out version {} in waves; follow it with: pmcluster rollout status {} --wait",
-                spec.name, d.to_version, spec.name
-            ))?;
-        }
-    }
-    // --wait: each app in turn, within one --wait-timeout for all.
-    let deadline = tokio::time::Instant::now() + args.wait.wait_timeout;
-    let mut outcome = Ok(());
-    for (n, goal) in &goals {
-        let (waited, result) =
-            wait::wait_for(&mut conn, ctx, goal, deadline, args.wait.wait_timeout).await?;
-        if let Some(object) = results.get_mut(*n).and_then(Value::as_object_mut) {
-            object.insert("wait".to_string(), waited);
-        }
-        if result.is_err() {
-            outcome = result;
-            break;
-        }
-    }
-    if ctx.structured() {
-        ctx.value(&Value::Array(results))?;
-    }
-    match refused {
-        Some(e) if specs.len() > not_applied.len() => Err(e.context(format!(
-            "{} of {} apps not applied ({}), the others applied; the first refusal",
-            not_applied.len(),
-            specs.len(),
-            not_applied.join(", ")
-        ))),
-        Some(e) => Err(e),
-        None => outcome,
     }
 }
 
@@ -710,44 +590,6 @@ pub async fn apps(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         return ctx.line(output::NO_APPS);
     }
     ctx.text(&output::apps_table(&apps))
-}
-
-/// `export [APP]`: the apps in the names and shapes of a config file, as `{"apps": [...]}`, which
-/// `apply -f` takes back (a backup of the apps, or a copy for another cluster).
-pub async fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let format = match ctx.output {
-        OutputFormat::Table | OutputFormat::Json => OutputFormat::Json,
-        OutputFormat::Yaml => OutputFormat::Yaml,
-        OutputFormat::Nginx | OutputFormat::Haproxy => {
-            return Err(UsageError::new("-o: export writes json or yaml").into());
-        }
-    };
-    let mut conn = ctx.connect().await?;
-    let apps = match &args.app {
-        Some(name) => vec![call!(conn, get_app, pb::GetAppRequest { name: name.clone() }).await?],
-        None => list_apps(&mut conn).await?,
-    };
-    let mut configs = Vec::with_capacity(apps.len());
-    for app in apps {
-        let spec = AppSpec::try_from(app.spec.unwrap_or_default())
-            .map_err(|e| anyhow::anyhow!("the coordinator sent an invalid spec: {e}"))?;
-        // A backup that holds placeholders for values is no backup: refused, not written.
-        let hidden: Vec<&str> = (spec.env.iter())
-            .filter(|(k, v)| v.as_str() == ENV_HIDDEN && !spec.secret_env.contains(*k))
-            .map(|(k, _)| k.as_str())
-            .collect();
-        if !hidden.is_empty() {
-            anyhow::bail!(
-                "export: the coordinator hid the env values of {} ({}) from this token (the \
-                 read role sees none, nor does an operate token for other apps): the file would \
-                 hold {ENV_HIDDEN} in their place; export with a token that may operate the app",
-                spec.name,
-                hidden.join(", ")
-            );
-        }
-        configs.push(pmcluster_spec::config::to_config(&spec));
-    }
-    ctx.text(&output::document(&json!({ "apps": configs }), format)?)
 }
 
 /// `autoscale APP [options]`: changes the policy when options are given, then shows it.

@@ -226,6 +226,12 @@ impl Conn {
         self.current.as_ref().map_or("", |(url, _)| url.as_str())
     }
 
+    /// Whether every coordinator of the list is on this machine (loopback): its agents may then
+    /// see this machine's files, as a local `pmcluster up` does.
+    pub fn on_this_host(&self) -> bool {
+        !self.urls.is_empty() && self.urls.iter().all(|u| is_loopback_url(u))
+    }
+
     /// A stream from the coordinator ended with `status`: the next call dials the leader it
     /// named, if it named one.
     pub fn lost(&mut self, status: &Status) {
@@ -463,12 +469,42 @@ macro_rules! open {
 
 pub(crate) use {call, open, poll};
 
+/// Whether a coordinator URL names this machine: `localhost` or a loopback address.
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn urls(list: &[&str]) -> Vec<String> {
         list.iter().map(|u| u.to_string()).collect()
+    }
+
+    #[test]
+    fn loopback_urls() {
+        let cases = [
+            ("http://127.0.0.1:7450", true),
+            ("https://localhost:7450", true),
+            ("http://[::1]:7450", true),
+            ("http://127.0.0.2:7450/", true),
+            ("http://10.0.0.1:7450", false),
+            ("http://[fe80::1]:7450", false),
+            ("https://coord.example:7450", false),
+        ];
+        for (url, want) in cases {
+            assert_eq!(is_loopback_url(url), want, "{url}");
+        }
     }
 
     #[test]

@@ -607,13 +607,21 @@ async fn wait_ready(
                         )
                     }
                 }
-                // As `down` does: what the agent left (killed past its grace) goes too.
-                if other.daemon == Daemon::Agent {
-                    let (lines, _) = stop_left(layout);
-                    for line in lines {
-                        stopped.push_str("; ");
-                        stopped.push_str(&line);
-                    }
+            }
+            // As `down` does: what the agent left (one killed past its grace, or one that exited
+            // by itself after starting what its data dir held) goes too.
+            if started.iter().any(|s| s.daemon == Daemon::Agent) {
+                let (lines, survivors) = stop_left(layout);
+                for line in lines {
+                    stopped.push_str("; ");
+                    stopped.push_str(&line);
+                }
+                if !survivors.is_empty() {
+                    let pids: Vec<String> = survivors.iter().map(i32::to_string).collect();
+                    stopped.push_str(&format!(
+                        "; still running after SIGKILL: pid {}",
+                        pids.join(", ")
+                    ));
                 }
             }
             anyhow::bail!(

@@ -352,13 +352,24 @@ fn spawn_error(
     } else if e.kind() == io::ErrorKind::NotFound && !program.contains('/') {
         // A PM2 habit (`script: server.py`): PM2 runs a file of the app's directory. Here a bare
         // name is a program on PATH, as in a shell.
+        use std::os::unix::fs::PermissionsExt;
         let here = dir().map(|d| std::path::Path::new(&d).join(program));
-        if here.is_some_and(|f| f.is_file()) {
-            message.push_str(&format!(
+        let meta = here.and_then(|f| std::fs::metadata(f).ok().filter(|m| m.is_file()));
+        match meta.map(|m| m.permissions().mode() & 0o111 != 0) {
+            Some(true) => message.push_str(&format!(
                 " (a bare name is looked up on PATH; for the file in the instance's working \
                  directory give ./{program}{})",
                 run_by(program)
-            ));
+            )),
+            Some(false) => message.push_str(&format!(
+                " (a bare name is looked up on PATH; the file of that name in the instance's \
+                 working directory is not executable{})",
+                match interpreter {
+                    Some(i) => format!(": run it with its interpreter, {i} {program}"),
+                    None => format!(": chmod +x it and give ./{program}"),
+                }
+            )),
+            None => {}
         }
     } else if e.kind() == io::ErrorKind::PermissionDenied
         && !entering_cwd
@@ -556,8 +567,11 @@ mod tests {
     /// that is not executable, get the two ways to run them.
     #[test]
     fn a_script_that_cannot_run_names_the_ways_that_can() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
-        std::fs::write(dir.path().join("server.py"), "")?;
+        let script = dir.path().join("server.py");
+        std::fs::write(&script, "")?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
         let mut spec = AppSpec::new("py", "server.py", &[]);
         spec.cwd = Some(dir.path().display().to_string());
         let text = |e: StartError| match e {
@@ -567,6 +581,13 @@ mod tests {
         let said = text(spawn_error(&not_found, "server.py", &spec, false, false));
         assert!(
             said.contains("give ./server.py, or its interpreter: python3 server.py"),
+            "{said}"
+        );
+        // Not executable: only its interpreter would run it.
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+        let said = text(spawn_error(&not_found, "server.py", &spec, false, false));
+        assert!(
+            said.contains("not executable: run it with its interpreter, python3 server.py"),
             "{said}"
         );
         // Not a file there: a program missing from PATH, nothing to suggest.

@@ -47,6 +47,40 @@ pub(super) async fn refuse_to_overwrite(
     Err(UsageError::new(overwrite_refusal(&spec.name, derived, &differs)).into())
 }
 
+/// The spec of app `name` as the coordinator shows it (secrets masked); `None` for no such app.
+pub(super) async fn stored(conn: &mut Conn, name: &str) -> anyhow::Result<Option<AppSpec>> {
+    let req = pb::GetAppRequest {
+        name: name.to_string(),
+    };
+    let app = match call!(conn, get_app, req).await {
+        Err(e) if e.code == Code::NotFound => return Ok(None),
+        other => other?,
+    };
+    let spec = AppSpec::try_from(app.spec.unwrap_or_default()).map_err(|e| {
+        UsageError::new(format!(
+            "an app named {name:?} exists, and its stored spec cannot be read here ({e}); see \
+             `pmcluster info {name}`"
+        ))
+    })?;
+    Ok(Some(spec))
+}
+
+/// Of the ways to read one command line (`candidates`, most wanted first), the one `stored` was
+/// made from: the first that `start` would run as it is, else the one that differs from it in
+/// the fewest fields (whose refusal then names the fewest).
+pub(super) fn closest(stored: &AppSpec, candidates: Vec<AppSpec>) -> Option<AppSpec> {
+    let fits = |wanted: &AppSpec| {
+        let wanted = wanted.shown(true);
+        *stored == wanted || same_but_adjusted(stored, &wanted)
+    };
+    if let Some(i) = candidates.iter().position(fits) {
+        return candidates.into_iter().nth(i);
+    }
+    candidates
+        .into_iter()
+        .min_by_key(|c| differing_fields(stored, &c.shown(true)).len())
+}
+
 /// Whether `current` is `wanted` but for its count and the policies commands change once it
 /// runs (see [`refuse_to_overwrite`]).
 pub(super) fn same_but_adjusted(current: &AppSpec, wanted: &AppSpec) -> bool {
@@ -94,4 +128,37 @@ pub(super) fn overwrite_refusal(name: &str, derived: bool, differs: &[String]) -
          `-f FILE`, `--instances N`) or `pmcluster apply -f FILE`; to start it as it is: \
          `pmcluster start {name}`; to replace it: `pmcluster delete {name}` first"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An app made by `start www/server.py` before `start` set a cwd holds the interpreter
+    /// but no cwd: the same command line now fits it by that reading, not the newest one.
+    #[test]
+    fn the_closest_reading_of_a_command_line_is_the_one_the_app_was_made_from() {
+        let raw = AppSpec::new("py", "www/server.py", &[]);
+        let interpreted = AppSpec::new("py", "python3", &["www/server.py"]);
+        let here = AppSpec {
+            cwd: Some("/home/me/proj".into()),
+            ..interpreted.clone()
+        };
+        let ways = || vec![here.clone(), interpreted.clone(), raw.clone()];
+        for stored in [&here, &interpreted, &raw] {
+            assert_eq!(closest(stored, ways()).as_ref(), Some(stored));
+        }
+        // Another count is no other reading: the app is started as it is.
+        let scaled = AppSpec {
+            instances: 4,
+            ..interpreted.clone()
+        };
+        assert_eq!(closest(&scaled, ways()), Some(interpreted.clone()));
+        // None fits: the one with the fewest fields to name in the refusal.
+        let elsewhere = AppSpec {
+            cwd: Some("/srv".into()),
+            ..interpreted.clone()
+        };
+        assert_eq!(closest(&elsewhere, ways()), Some(here.clone()));
+    }
 }

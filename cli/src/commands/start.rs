@@ -103,13 +103,14 @@ pub(super) fn with_interpreter(spec: AppSpec) -> (AppSpec, Option<String>) {
     (spec, Some(note))
 }
 
-/// [`with_interpreter`], then [`with_cwd_here`] from the current directory: the spec of a new
-/// app as PM2 would run it, and a line for each change.
-pub(super) fn for_here(spec: AppSpec) -> (AppSpec, Vec<String>) {
+/// [`with_interpreter`], then, for a coordinator on this machine (`local`), [`with_cwd_here`]
+/// from the current directory: the spec of a new app as PM2 would run it, and a line for each
+/// change. A remote cluster's hosts need not have this directory.
+pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
     let (spec, interpreted) = with_interpreter(spec);
     let (spec, moved) = match std::env::current_dir() {
-        Ok(here) => with_cwd_here(spec, &here),
-        Err(_) => (spec, None),
+        Ok(here) if local => with_cwd_here(spec, &here),
+        _ => (spec, None),
     };
     (spec, interpreted.into_iter().chain(moved).collect())
 }

@@ -1,0 +1,207 @@
+//! `apply -f FILE` and `export`: apps from and to config files.
+
+use anyhow::Context;
+use pmcluster_spec::AppSpec;
+use pmcluster_spec::app::ENV_HIDDEN;
+use pmcluster_spec::config::Format;
+use serde_json::{Value, json};
+
+use super::{Ctx, apply_json, apply_one, apply_result, count_phrase, list_apps};
+use crate::args::{ApplyArgs, ExportArgs, FileFormat, OutputFormat};
+use crate::error::{ApiError, UsageError};
+use crate::failover::call;
+use crate::output;
+use crate::wait;
+use pmcluster_proto::v1 as pb;
+
+/// `apply -f FILE`: every app of the file is validated before any is sent.
+pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let text = if args.file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading apps from standard input")?
+    } else {
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| UsageError::new(format!("cannot read {}: {e}", args.file)))?
+    };
+    let format = match args.format {
+        Some(FileFormat::Json) => Format::Json,
+        Some(FileFormat::Yaml) => Format::Yaml,
+        Some(FileFormat::Toml) => Format::Toml,
+        None => Format::from_path(&args.file),
+    };
+    let source = if args.file == "-" {
+        "<stdin>"
+    } else {
+        args.file.as_str()
+    };
+    let specs = crate::import::config_apps(&text, format, &args.file, source)?;
+    for warning in crate::import::shared_port_warnings(&specs) {
+        eprintln!("warning: {warning}");
+    }
+    let mut conn = ctx.connect().await?;
+    let mut results = Vec::with_capacity(specs.len());
+    let mut goals = Vec::new();
+    // As `kubectl apply`: an app refused (a token's app patterns, a bad value) does not keep the
+    // others from being applied; the first refusal is the command's error at the end.
+    let mut refused: Option<anyhow::Error> = None;
+    let mut not_applied = Vec::new();
+    for (n, spec) in specs.iter().enumerate() {
+        let reply = match apply_one(&mut conn, spec).await {
+            Ok(reply) => reply,
+            // Anything but a refusal of this app (a lost coordinator, a timeout whose write may
+            // have landed) ends the command here, saying what was applied.
+            Err(e) if !refusal(&e) => {
+                let done: Vec<&str> = (specs[..n].iter())
+                    .filter(|s| !not_applied.contains(&s.name.as_str()))
+                    .map(|s| s.name.as_str())
+                    .collect();
+                return Err(e.context(match done.is_empty() {
+                    true => format!("applying app {:?}", spec.name),
+                    false => format!(
+                        "applying app {:?} (already applied: {})",
+                        spec.name,
+                        done.join(", ")
+                    ),
+                }));
+            }
+            Err(e) => {
+                let e = e.context(format!("applying app {:?}", spec.name));
+                // The first is the command's error at the end; later ones are said as they come.
+                if ctx.structured() && specs.len() > 1 {
+                    results.push(json!({"app": spec.name, "error": format!("{e:#}")}));
+                } else if refused.is_some() {
+                    eprintln!("error: {e:#}");
+                }
+                not_applied.push(spec.name.as_str());
+                refused.get_or_insert(e);
+                continue;
+            }
+        };
+        let app = reply.app.clone().unwrap_or_default();
+        if args.wait.wait {
+            // With the place of its result, which a refused app before it shifts.
+            let goal = wait::Goal {
+                version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
+                rollout: reply.deployment.as_ref().map(|d| d.id),
+                created: reply.created,
+                ..wait::goal_of(&spec.name, &app, None)
+            };
+            goals.push((results.len(), goal));
+        }
+        if ctx.structured() {
+            results.push(apply_json(&spec.name, &reply));
+            continue;
+        }
+        let result = apply_result(&reply);
+        let line = if result == "unchanged" {
+            format!("{}: unchanged (version {})", spec.name, app.version)
+        } else {
+            format!(
+                "{}: {result} (version {}, {})",
+                spec.name,
+                app.version,
+                count_phrase(&app)
+            )
+        };
+        ctx.line(&line)?;
+        if let Some(d) = reply.deployment.as_ref().filter(|_| !args.wait.wait) {
+            ctx.line(&format!(
+                "{}: rolling out version {} in waves; follow it with: pmcluster rollout status {} --wait",
+                spec.name, d.to_version, spec.name
+            ))?;
+        }
+    }
+    // --wait: each app in turn, within one --wait-timeout for all.
+    let deadline = tokio::time::Instant::now() + args.wait.wait_timeout;
+    let mut outcome = Ok(());
+    for (n, goal) in &goals {
+        let (waited, result) =
+            wait::wait_for(&mut conn, ctx, goal, deadline, args.wait.wait_timeout).await?;
+        if let Some(object) = results.get_mut(*n).and_then(Value::as_object_mut) {
+            object.insert("wait".to_string(), waited);
+        }
+        if result.is_err() {
+            outcome = result;
+            break;
+        }
+    }
+    // A single app refused prints no empty list before its error.
+    if ctx.structured() && !(results.is_empty() && refused.is_some()) {
+        ctx.value(&Value::Array(results))?;
+    }
+    let Some(e) = refused else {
+        return outcome;
+    };
+    if specs.len() == not_applied.len() {
+        return Err(e);
+    }
+    let summary = format!(
+        "{} of {} apps not applied ({}), the others applied",
+        not_applied.len(),
+        specs.len(),
+        not_applied.join(", ")
+    );
+    match outcome {
+        // A wait that failed for an app that was applied is the graver news (and its exit code).
+        Err(waited) => Err(waited.context(format!("{summary}; the first refusal: {e:#}"))),
+        Ok(()) => Err(e.context(format!("{summary}; the first refusal"))),
+    }
+}
+
+/// Whether an apply's error is the coordinator's refusal of that one app, which the next app of
+/// the file may not meet: a bad value, a token's app patterns, a limit.
+fn refusal(e: &anyhow::Error) -> bool {
+    use tonic::Code;
+    e.chain().any(|c| {
+        c.downcast_ref::<UsageError>().is_some()
+            || c.downcast_ref::<ApiError>().is_some_and(|a| {
+                matches!(
+                    a.code,
+                    Code::InvalidArgument
+                        | Code::PermissionDenied
+                        | Code::FailedPrecondition
+                        | Code::NotFound
+                        | Code::AlreadyExists
+                        | Code::ResourceExhausted
+                        | Code::OutOfRange
+                )
+            })
+    })
+}
+
+/// `export [APP]`: the apps in the names and shapes of a config file, as `{"apps": [...]}`, which
+/// `apply -f` takes back (a backup of the apps, or a copy for another cluster).
+pub async fn export(args: ExportArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    let format = match ctx.output {
+        OutputFormat::Table | OutputFormat::Json => OutputFormat::Json,
+        OutputFormat::Yaml => OutputFormat::Yaml,
+        OutputFormat::Nginx | OutputFormat::Haproxy => {
+            return Err(UsageError::new("-o: export writes json or yaml").into());
+        }
+    };
+    let mut conn = ctx.connect().await?;
+    let apps = match &args.app {
+        Some(name) => vec![call!(conn, get_app, pb::GetAppRequest { name: name.clone() }).await?],
+        None => list_apps(&mut conn).await?,
+    };
+    let mut configs = Vec::with_capacity(apps.len());
+    for app in apps {
+        let spec = AppSpec::try_from(app.spec.unwrap_or_default())
+            .map_err(|e| anyhow::anyhow!("the coordinator sent an invalid spec: {e}"))?;
+        // A backup that holds placeholders for values is no backup: refused, not written.
+        let hidden: Vec<&str> = (spec.env.iter())
+            .filter(|(k, v)| v.as_str() == ENV_HIDDEN && !spec.secret_env.contains(*k))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !hidden.is_empty() {
+            anyhow::bail!(
+                "export: the coordinator hid the env values of {} ({}) from this token (the \
+                 read role sees none, nor does an operate token for other apps): the file would \
+                 hold {ENV_HIDDEN} in their place; export with a token that may operate the app",
+                spec.name,
+                hidden.join(", ")
+            );
+        }
+        configs.push(pmcluster_spec::config::to_config(&spec));
+    }
+    ctx.text(&output::document(&json!({ "apps": configs }), format)?)
+}
