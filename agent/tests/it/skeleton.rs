@@ -271,15 +271,24 @@ async fn stop_start_restart_and_errors() {
     reaper.add(pid3);
     assert!(!alive(pid2));
 
-    // A version change restarts too.
+    // A new version number alone keeps the process (a rollback to the process it runs)...
     b.app_version = 2;
     s.desired(6, vec![b.clone()]).await;
+    s.report_where("set 6 applied, b kept", |r| {
+        r.generation >= 6 && is_state(r, "b", ONLINE) && pid_of(r, "b") == pid3
+    })
+    .await;
+    // ... and a new version with another process restarts it.
+    b.app_version = 3;
+    b.spec = Some(sh_spec("sleeper", "exec sleep 31"));
+    s.desired(7, vec![b.clone()]).await;
     let r = s
-        .report_where("b restarted by version", |r| {
+        .report_where("b restarted by a new process", |r| {
             is_state(r, "b", ONLINE) && pid_of(r, "b") != pid3 && pid_of(r, "b") != 0
         })
         .await;
     reaper.add(pid_of(&r, "b"));
+    assert!(!alive(pid3));
 
     // A program that cannot run: ERRORED with a clear message, the others unaffected.
     let bad = pb::AppSpec {
@@ -293,7 +302,7 @@ async fn stop_start_restart_and_errors() {
         ..Default::default()
     };
     s.desired(
-        7,
+        8,
         vec![
             b.clone(),
             assignment("c", 0, &bad),
