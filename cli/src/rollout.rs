@@ -292,6 +292,12 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let (shown_old, shown_new) = hide_secrets(&old_config, &to_config(&new));
     let changes = diff(&shown_old, &shown_new);
     if changes.is_empty() {
+        // The shape of an applied reload, so that a script reads one document either way.
+        if ctx.structured() {
+            return ctx.value(&serde_json::json!({
+                "app": args.app, "version": app.version, "deployment": null, "changed": false,
+            }));
+        }
         return ctx.line(&format!(
             "{}: nothing to change (version {}); to restart it without downtime: pmcluster \
              reload {} (no options), or pmcluster restart {} --rolling",
