@@ -374,6 +374,7 @@ fn spawn_error(
     } else if e.kind() == io::ErrorKind::PermissionDenied
         && !entering_cwd
         && let Some(i) = interpreter
+        && not_executable(program, dir)
     {
         message.push_str(&format!(
             " (the script is not executable: chmod +x it, or run it with its interpreter: \
@@ -402,6 +403,25 @@ fn spawn_error(
     } else {
         StartError::Retry(message)
     }
+}
+
+/// Whether `program` (a path, relative to the instance's directory `dir` unless absolute) is a
+/// file without any execute bit. EACCES has other causes (a directory on the way that cannot be
+/// searched, a `noexec` mount), where `chmod +x` on the script would be the wrong advice.
+fn not_executable(program: &str, dir: impl Fn() -> Option<String>) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = if program.starts_with('/') {
+        std::path::PathBuf::from(program)
+    } else if program.contains('/') {
+        match dir() {
+            Some(d) => std::path::Path::new(&d).join(program),
+            None => return false,
+        }
+    } else {
+        // A bare name is found on PATH, not here: nothing to say of a file.
+        return false;
+    };
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 == 0)
 }
 
 /// Who an instance runs as: its credentials and, with a `user`, what a login as that user would
@@ -599,6 +619,13 @@ mod tests {
             said.contains("chmod +x it, or run it with its interpreter: python3"),
             "{said}"
         );
+        // Executable already (refused for another reason: a directory, a noexec mount), or not
+        // there at all: no advice to chmod it.
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        let said = text(spawn_error(&denied, "./server.py", &spec, false, false));
+        assert!(!said.contains("chmod"), "{said}");
+        let said = text(spawn_error(&denied, "./missing.py", &spec, false, false));
+        assert!(!said.contains("chmod"), "{said}");
         Ok(())
     }
 }
