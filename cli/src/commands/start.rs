@@ -115,23 +115,30 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
     (spec, interpreted.into_iter().chain(moved).collect())
 }
 
-/// The spec of a new app whose program (or, for an interpreter or other program on PATH, its
-/// first argument) is a file here given by a relative path, with no `--cwd`: run in this
-/// directory, `here`, as PM2 runs an app where `pm2 start` ran (the path would otherwise be
-/// looked up from the agent's working directory); and a line saying so. Else the spec as it is.
+/// The spec of a new app whose program (or, for an interpreter or other program such as
+/// `/usr/bin/env`, one of its arguments) is a file here given by a relative path, with no
+/// `--cwd`: run in this directory, `here`, as PM2 runs an app where `pm2 start` ran (the path
+/// would otherwise be looked up from the agent's working directory); and a line saying so. Else
+/// the spec as it is.
 pub(super) fn with_cwd_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec, Option<String>) {
-    let relative = |p: &str| !p.is_empty() && !p.starts_with('/') && !p.starts_with('-');
-    let file = if spec.script.contains('/') {
-        Some(spec.script.as_str())
-    } else {
-        spec.args.first().map(String::as_str)
-    };
-    let Some(file) = file.filter(|f| relative(f)) else {
-        return (spec, None);
-    };
-    if spec.cwd.is_some() || spec.shell || local_file_at(&here.join(file)).is_none() {
+    if spec.cwd.is_some() || spec.shell {
         return (spec, None);
     }
+    let relative = |p: &&String| !p.is_empty() && !p.starts_with('/') && !p.starts_with('-');
+    let program_here = spec.script.contains('/') && !spec.script.starts_with('/');
+    // A relative program is the file; else the first argument that names a file here (the
+    // script of `python3 www/server.py` or of `/usr/bin/env node app.js`).
+    let file = if program_here {
+        Some(&spec.script).filter(|f| local_file_at(&here.join(f)).is_some())
+    } else {
+        spec.args
+            .iter()
+            .filter(relative)
+            .find(|f| local_file_at(&here.join(f)).is_some())
+    };
+    let Some(file) = file.cloned() else {
+        return (spec, None);
+    };
     let dir = here.to_string_lossy().into_owned();
     let note = format!(
         "{} runs in {dir}, where {file} is, as with PM2 (give --cwd DIR for another directory)",
@@ -311,8 +318,8 @@ mod tests {
     }
 
     /// A new app whose program, or its interpreter's script, is a file here by a relative path
-    /// runs here; a program on PATH with no such argument, an absolute path, a file not here,
-    /// a `--cwd` and a shell line are left as given.
+    /// runs here; a program with no such argument, absolute paths, a file not here, a `--cwd`
+    /// and a shell line are left as given.
     #[test]
     fn a_file_given_from_here_runs_here() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -342,7 +349,19 @@ mod tests {
         assert_eq!(cwd_of("redis-server", &[], None, false), None);
         assert_eq!(cwd_of("python3", &["-m", "http.server"], None, false), None);
         assert_eq!(cwd_of("www/missing.py", &[], None, false), None);
-        assert_eq!(cwd_of("/usr/bin/env", &["app.js"], None, false), None);
+        assert_eq!(
+            cwd_of("/usr/bin/env", &["node", "app.js"], None, false),
+            here_too
+        );
+        assert_eq!(
+            cwd_of("/usr/bin/python3", &["-u", "www/server.py"], None, false),
+            here_too
+        );
+        assert_eq!(
+            cwd_of("/usr/bin/env", &["node", "/srv/app.js"], None, false),
+            None
+        );
+        assert_eq!(cwd_of("/srv/run", &["www/missing.py"], None, false), None);
         assert_eq!(cwd_of("node", &["app.js"], None, true), None);
         assert_eq!(
             cwd_of("node", &["app.js"], Some("/srv"), false),
