@@ -469,14 +469,16 @@ macro_rules! open {
 
 pub(crate) use {call, open, poll};
 
-/// Whether a coordinator URL names this machine: `localhost` or a loopback address.
+/// Whether a coordinator URL names this machine: `localhost` or a loopback address. The host is
+/// read by the `Uri` parser that [`normalize_url`] checked the URL with; what it cannot read is
+/// not this machine.
 pub fn is_loopback_url(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
+    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
+        return false;
     };
+    // An IPv6 host comes in its brackets: `[::1]`.
+    let host = uri.host().unwrap_or_default();
+    let host = (host.strip_prefix('[').and_then(|h| h.strip_suffix(']'))).unwrap_or(host);
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -501,6 +503,16 @@ mod tests {
             ("http://10.0.0.1:7450", false),
             ("http://[fe80::1]:7450", false),
             ("https://coord.example:7450", false),
+            ("https://[::1]:7450/", true),
+            ("http://LocalHost:7450", true),
+            ("https://127.255.0.9:7450", true),
+            ("http://127.0.0.1", true),
+            ("http://localhost.example:7450", false),
+            ("https://192.168.1.5:7450", false),
+            ("http://[::2]:7450", false),
+            // No scheme: the host of HOST:PORT all the same.
+            ("127.0.0.1:7450", true),
+            ("not a url", false),
         ];
         for (url, want) in cases {
             assert_eq!(is_loopback_url(url), want, "{url}");
