@@ -186,9 +186,16 @@ pub const RETRY_PAUSE: Duration = Duration::from_millis(500);
 pub fn connection_lost(status: &Status) -> bool {
     match status.code() {
         Code::Unavailable => true,
-        Code::Unknown | Code::Internal => std::error::Error::source(status).is_some(),
+        Code::Unknown | Code::Internal => connection_broke(status),
         _ => false,
     }
+}
+
+/// Whether `status` was built here from a local transport error (which tonic keeps as its
+/// source) rather than sent by the coordinator: the connection under the call broke, and is not
+/// asked again.
+fn connection_broke(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
 }
 
 /// A connection to whichever coordinator of the list takes calls.
@@ -237,7 +244,7 @@ impl Conn {
     pub fn lost(&mut self, status: &Status) {
         self.hint = leader_hint(status).and_then(|h| normalize_url(&h).ok());
         // A connection that broke is not asked again: the next call dials afresh.
-        if std::error::Error::source(status).is_some() {
+        if connection_broke(status) {
             self.current = None;
         }
     }
@@ -629,7 +636,10 @@ mod tests {
         // What tonic makes of a connection that broke under a call: a status built here, from
         // the local error it keeps as its source.
         let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
-        assert!(connection_lost(&Status::from_error(Box::new(reset))));
+        let broken = Status::from_error(Box::new(reset));
+        assert!(connection_lost(&broken));
+        assert!(connection_broke(&broken));
+        assert!(!connection_broke(&Status::unavailable("a standby")));
     }
 
     #[test]
