@@ -210,25 +210,25 @@ async fn start_only(
             // A script here by its interpreter, and (with the coordinator on this machine) in
             // this directory, as PM2 runs it: for a new app. An app that exists is taken as it
             // was made, whichever of the ways to read this command line that was.
+            // Fetched once: it picks the reading of the command line, then decides whether
+            // `start` may run it.
+            let stored = overwrite::stored(conn, &spec.name).await?;
             let (here, notes) = start::for_here((*spec).clone(), conn.on_this_host());
-            let (spec, interpreted) = if notes.is_empty() {
-                (*spec, notes)
-            } else {
-                match overwrite::stored(conn, &spec.name).await? {
-                    None => (here, notes),
-                    Some(stored) => {
-                        let interpreted = start::with_interpreter((*spec).clone()).0;
-                        let ways = vec![here, interpreted, (*spec).clone()];
-                        (
-                            overwrite::closest(&stored, ways).unwrap_or(*spec),
-                            Vec::new(),
-                        )
-                    }
+            let (spec, interpreted) = match &stored {
+                _ if notes.is_empty() => (*spec, notes),
+                None => (here, notes),
+                Some(stored) => {
+                    let interpreted = start::with_interpreter((*spec).clone()).0;
+                    let ways = vec![here, interpreted, (*spec).clone()];
+                    (
+                        overwrite::closest(stored, ways).unwrap_or(*spec),
+                        Vec::new(),
+                    )
                 }
             };
             // `start` creates an app, or starts one as it is: it never changes an app that
             // exists, which would reset every flag left out of this command line.
-            let kept = refuse_to_overwrite(conn, &spec, derived_name).await?;
+            let kept = refuse_to_overwrite(stored.as_ref(), &spec, derived_name)?;
             let spec = kept.clone().unwrap_or(spec);
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
@@ -735,6 +735,25 @@ mod tests {
         ] {
             assert!(named.contains(want), "{want:?} in {named}");
         }
+        // What `start` makes of the stored spec it fetched.
+        let kept = |stored: Option<&AppSpec>, wanted: &AppSpec| {
+            refuse_to_overwrite(stored, wanted, false).map_err(|e| {
+                assert_eq!(crate::error::exit_code(&e), 2, "{e}");
+                e.to_string()
+            })
+        };
+        assert_eq!(kept(None, &web).ok(), Some(None));
+        assert_eq!(kept(Some(&web), &web).ok(), Some(None));
+        let scaled = AppSpec {
+            instances: 5,
+            ..web.clone()
+        };
+        assert_eq!(kept(Some(&scaled), &web).ok(), Some(Some(scaled.clone())));
+        let refused = kept(Some(&web), &sleep).err().unwrap_or_default();
+        assert!(
+            refused.contains("differs in args, instances, port, script"),
+            "{refused}"
+        );
         let derived = overwrite_refusal("sleep", true, &[]);
         assert!(
             derived.starts_with(

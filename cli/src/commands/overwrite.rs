@@ -14,36 +14,26 @@ use crate::failover::{Conn, call};
 /// same spec is fine: `start` then starts it, as PM2 does. So is one that differs only in what
 /// commands change after its start (the count `scale` and the autoscaler set, the policies
 /// `restart --rolling` and `autoscale` save): the stored spec is returned, to start as it is,
-/// so that a script that runs `start` and then `scale` can run again. `derived` says the name
-/// came from the program rather than from `--name`.
-pub(super) async fn refuse_to_overwrite(
-    conn: &mut Conn,
+/// so that a script that runs `start` and then `scale` can run again. `stored` is the app's
+/// spec as [`stored`] fetched it (`None`: no such app); `derived` says the name came from the
+/// program rather than from `--name`.
+pub(super) fn refuse_to_overwrite(
+    stored: Option<&AppSpec>,
     spec: &AppSpec,
     derived: bool,
 ) -> anyhow::Result<Option<AppSpec>> {
-    let req = pb::GetAppRequest {
-        name: spec.name.clone(),
-    };
-    let existing = match call!(conn, get_app, req).await {
-        Err(e) if e.code == Code::NotFound => return Ok(None),
-        other => other?,
+    let Some(current) = stored else {
+        return Ok(None);
     };
     // The coordinator shows secrets as `<secret>`: compare what it can show.
     let wanted = spec.shown(true);
-    let differs = match existing.spec.map(AppSpec::try_from) {
-        Some(Ok(current)) if current == wanted => return Ok(None),
-        Some(Ok(current)) if same_but_adjusted(&current, &wanted) => return Ok(Some(current)),
-        Some(Ok(current)) => differing_fields(&current, &wanted),
-        Some(Err(e)) => {
-            return Err(UsageError::new(format!(
-                "an app named {:?} exists, and its stored spec cannot be read here ({e}); see \
-                 `pmcluster info {}`",
-                spec.name, spec.name
-            ))
-            .into());
-        }
-        None => Vec::new(),
-    };
+    if *current == wanted {
+        return Ok(None);
+    }
+    if same_but_adjusted(current, &wanted) {
+        return Ok(Some(current.clone()));
+    }
+    let differs = differing_fields(current, &wanted);
     Err(UsageError::new(overwrite_refusal(&spec.name, derived, &differs)).into())
 }
 
