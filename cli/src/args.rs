@@ -628,9 +628,23 @@ pub struct WaitFlags {
     pub wait: bool,
 
     /// How long --wait waits
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval,
+    #[arg(long, value_name = "DURATION", default_value = WAIT_TIMEOUT, value_parser = parse_interval,
           requires = "wait")]
     pub wait_timeout: std::time::Duration,
+}
+
+/// `--wait-timeout` when not given, for every verb that has it.
+pub const WAIT_TIMEOUT: &str = "60s";
+
+impl Default for WaitFlags {
+    /// No `--wait`, and `--wait-timeout` as clap sets it when not given.
+    fn default() -> WaitFlags {
+        WaitFlags {
+            wait: false,
+            // A constant that clap parses on every run of these verbs (and a test checks).
+            wait_timeout: parse_interval(WAIT_TIMEOUT).unwrap_or_default(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -649,7 +663,7 @@ pub struct DeleteArgs {
     pub wait: bool,
 
     /// How long --wait waits
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval,
+    #[arg(long, value_name = "DURATION", default_value = WAIT_TIMEOUT, value_parser = parse_interval,
           requires = "wait")]
     pub wait_timeout: std::time::Duration,
 }
@@ -665,7 +679,7 @@ pub struct StopArgs {
     pub wait: bool,
 
     /// How long --wait waits
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_interval,
+    #[arg(long, value_name = "DURATION", default_value = WAIT_TIMEOUT, value_parser = parse_interval,
           requires = "wait")]
     pub wait_timeout: std::time::Duration,
 }

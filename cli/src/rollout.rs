@@ -238,10 +238,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             },
             rolling: true,
             update: args.update,
-            wait: crate::args::WaitFlags {
-                wait: false,
-                wait_timeout: std::time::Duration::from_secs(60),
-            },
+            wait: crate::args::WaitFlags::default(),
         };
         return rolling_restart(restart, ctx).await;
     }

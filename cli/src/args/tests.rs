@@ -153,6 +153,22 @@ fn negative_count_reaches_the_command() {
     }
 }
 
+/// The `--wait-timeout` clap fills in is the one `WaitFlags::default()` has: 60 s.
+#[test]
+fn the_wait_timeout_default_is_one() {
+    assert_eq!(
+        parse_interval(WAIT_TIMEOUT),
+        Ok(std::time::Duration::from_secs(60))
+    );
+    let default = WaitFlags::default();
+    assert!(!default.wait);
+    let cli = parse("pmcluster scale web 2").expect("parses");
+    match cli.command {
+        Command::Scale(s) => assert_eq!(s.wait.wait_timeout, default.wait_timeout),
+        other => panic!("{other:?}"),
+    }
+}
+
 /// An output format the verb does not write is refused, naming -o/--output and what the verb
 /// writes; a connection flag given to a verb that talks to no coordinator is said to be ignored.
 #[test]
