@@ -65,27 +65,69 @@ impl From<tonic::Status> for ApiError {
     }
 }
 
+/// What an error comes to, read from the first cause in its chain the CLI tells apart: the exit
+/// code ([`exit_code`]) and whether `apply` goes on to the next app ([`Class::refusal`]) both
+/// follow from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// stdout closed under us: the reader went away, as with `pmcluster logs web | head`.
+    ClosedStdout,
+    /// Input refused before asking anyone, or the coordinator's `INVALID_ARGUMENT`.
+    BadInput,
+    /// The coordinator refused the call for what it asked of that one object: a token's app
+    /// patterns, a precondition, no such object, one that exists, a limit.
+    Refused,
+    /// Everything else: a coordinator gone or late, its own failure, a local error.
+    Failed,
+}
+
+impl Class {
+    pub fn of(err: &anyhow::Error) -> Class {
+        for cause in err.chain() {
+            if let Some(io) = cause.downcast_ref::<io::Error>()
+                && io.kind() == io::ErrorKind::BrokenPipe
+            {
+                return Class::ClosedStdout;
+            }
+            if cause.downcast_ref::<UsageError>().is_some() {
+                return Class::BadInput;
+            }
+            if let Some(api) = cause.downcast_ref::<ApiError>() {
+                return match api.code {
+                    tonic::Code::InvalidArgument => Class::BadInput,
+                    tonic::Code::PermissionDenied
+                    | tonic::Code::FailedPrecondition
+                    | tonic::Code::NotFound
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::OutOfRange => Class::Refused,
+                    _ => Class::Failed,
+                };
+            }
+        }
+        Class::Failed
+    }
+
+    /// 2 for bad input, 0 for a closed stdout, 1 for everything else.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Class::ClosedStdout => 0,
+            Class::BadInput => 2,
+            Class::Refused | Class::Failed => 1,
+        }
+    }
+
+    /// Whether the error refuses the one thing asked, which the next one may not meet (a bad
+    /// value, a token's app patterns, a limit), rather than ending everything after it.
+    pub fn refusal(self) -> bool {
+        matches!(self, Class::BadInput | Class::Refused)
+    }
+}
+
 /// Maps an error to the process exit code: 2 for bad input, 0 for a closed stdout (the reader
 /// went away, as with `pmcluster logs web | head`), 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
-    for cause in err.chain() {
-        if let Some(io) = cause.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::BrokenPipe
-        {
-            return 0;
-        }
-        if cause.downcast_ref::<UsageError>().is_some() {
-            return 2;
-        }
-        if let Some(api) = cause.downcast_ref::<ApiError>() {
-            return if api.code == tonic::Code::InvalidArgument {
-                2
-            } else {
-                1
-            };
-        }
-    }
-    1
+    Class::of(err).exit_code()
 }
 
 #[cfg(test)]
@@ -115,6 +157,44 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(exit_code(&err), want, "{err:#}");
         }
+    }
+
+    #[test]
+    fn classes() {
+        use tonic::Code;
+        let api = |code: Code| -> anyhow::Error {
+            anyhow::Error::from(ApiError::from(tonic::Status::new(code, "x")))
+                .context("applying app \"web\"")
+        };
+        let refused = [
+            Code::PermissionDenied,
+            Code::FailedPrecondition,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::ResourceExhausted,
+            Code::OutOfRange,
+        ];
+        for code in refused {
+            assert_eq!(Class::of(&api(code)), Class::Refused, "{code:?}");
+            assert!(Class::of(&api(code)).refusal());
+            assert_eq!(exit_code(&api(code)), 1, "{code:?}");
+        }
+        let failed = [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unknown,
+            Code::Unauthenticated,
+            Code::Aborted,
+        ];
+        for code in failed {
+            assert_eq!(Class::of(&api(code)), Class::Failed, "{code:?}");
+            assert!(!Class::of(&api(code)).refusal());
+        }
+        assert_eq!(Class::of(&api(Code::InvalidArgument)), Class::BadInput);
+        assert!(Class::of(&api(Code::InvalidArgument)).refusal());
+        assert!(Class::of(&UsageError::new("bad").into()).refusal());
+        assert!(!Class::of(&anyhow::anyhow!("boom")).refusal());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::{Ctx, apply_json, apply_one, apply_result, count_phrase, list_apps};
 use crate::args::{ApplyArgs, ExportArgs, FileFormat, OutputFormat};
-use crate::error::{ApiError, UsageError};
+use crate::error::{Class, UsageError};
 use crate::failover::call;
 use crate::output;
 use crate::wait;
@@ -49,7 +49,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             Ok(reply) => reply,
             // Anything but a refusal of this app (a lost coordinator, a timeout whose write may
             // have landed) ends the command here, saying what was applied.
-            Err(e) if !refusal(&e) => {
+            Err(e) if !Class::of(&e).refusal() => {
                 let done: Vec<&str> = (specs[..n].iter())
                     .filter(|s| !not_applied.contains(&s.name.as_str()))
                     .map(|s| s.name.as_str())
@@ -145,27 +145,6 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Err(waited) => Err(waited.context(format!("{summary}; the first refusal: {e:#}"))),
         Ok(()) => Err(e.context(format!("{summary}; the first refusal"))),
     }
-}
-
-/// Whether an apply's error is the coordinator's refusal of that one app, which the next app of
-/// the file may not meet: a bad value, a token's app patterns, a limit.
-fn refusal(e: &anyhow::Error) -> bool {
-    use tonic::Code;
-    e.chain().any(|c| {
-        c.downcast_ref::<UsageError>().is_some()
-            || c.downcast_ref::<ApiError>().is_some_and(|a| {
-                matches!(
-                    a.code,
-                    Code::InvalidArgument
-                        | Code::PermissionDenied
-                        | Code::FailedPrecondition
-                        | Code::NotFound
-                        | Code::AlreadyExists
-                        | Code::ResourceExhausted
-                        | Code::OutOfRange
-                )
-            })
-    })
 }
 
 /// `export [APP]`: the apps in the names and shapes of a config file, as `{"apps": [...]}`, which
