@@ -655,6 +655,19 @@ fn lost_at(app: &AppRecord, since: i64, drain: bool) -> Option<i64> {
     }
 }
 
+/// The move that ends one side of a migration pair: `gone` is the record left behind, and the
+/// index runs where `stays` is.
+fn pair_moved(app: &AppRecord, gone: &InstanceRecord, stays: &InstanceRecord, why: Why) -> Moved {
+    Moved {
+        app: app.spec.name.clone(),
+        index: gone.index,
+        old: gone.id,
+        from: gone.node.clone().unwrap_or_default(),
+        to: stays.node.clone().unwrap_or_default(),
+        why,
+    }
+}
+
 /// Link state and drain flag of a record's node; `None` for no node or an unknown one.
 fn link_of(nodes: &BTreeMap<&str, &NodeView<'_>>, node: Option<&str>) -> Option<(Link, bool)> {
     node.and_then(|n| nodes.get(n)).map(|n| (n.link, n.drain))
@@ -713,14 +726,7 @@ fn settle_index<'r>(
             // The replacement goes and the old copy stays, an event says why.
             let drop_new = |plan: &mut Plan, why: Why| {
                 plan.remove.push(new.id);
-                plan.moved.push(Moved {
-                    app: app.spec.name.clone(),
-                    index: new.index,
-                    old: new.id,
-                    from: new.node.clone().unwrap_or_default(),
-                    to: old.node.clone().unwrap_or_default(),
-                    why,
-                });
+                plan.moved.push(pair_moved(app, new, old, why));
                 Some(old)
             };
             match new_lost {
@@ -750,16 +756,10 @@ fn settle_index<'r>(
                 if due > snap.now_ms {
                     plan.follow_up(due);
                 } else {
-                    plan.moved.push(Moved {
-                        app: app.spec.name.clone(),
-                        index: old.index,
-                        old: old.id,
-                        from: old.node.clone().unwrap_or_default(),
-                        to: new.node.clone().unwrap_or_default(),
-                        why: Why::Overdue {
-                            replacement: new.id,
-                        },
-                    });
+                    let why = Why::Overdue {
+                        replacement: new.id,
+                    };
+                    plan.moved.push(pair_moved(app, old, new, why));
                     retire(old, app, snap, nodes, plan);
                     return Some(new);
                 }
