@@ -9,10 +9,10 @@ use uuid::Uuid;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::autoscale::AutoscalePolicy;
 
-use crate::core::scheduler;
 use crate::core::versions::{
     kept_records, new_version, start_deployment, with_current_policies, with_deployment,
 };
+use crate::core::{reconcile, scheduler};
 use crate::model::{AppRecord, Batch, InstanceRecord, NodeRecord};
 use crate::model::{AppView, AutoscaleView, Deployment, EventKind, Kind, State};
 
@@ -410,12 +410,11 @@ impl Control {
         // that serves). The reconciler gives a move up that is not online within the app's
         // healthy deadline (two agents on one host with a fixed port, say).
         // A stopped or finished instance serves nothing and would never come online: it just
-        // moves.
+        // moves, by the reconciler's own rule for a drain.
         let now = self.now();
         for (index, from, to) in scheduler::rebalance(&placed) {
             if let Some(old) = by_index.get(&index) {
-                let plain =
-                    old.stopped || (!spec.autorestart && inner.observed.exited.contains(&old.id));
+                let plain = reconcile::hands_nothing_over(app, old, &inner.observed.exited);
                 if plain {
                     batch.del_instances.push(old.id);
                 }

@@ -353,9 +353,6 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     };
     for (name, app) in apps {
         let want = desired_count(app, snap.nodes).min(snap.max_instances_per_app);
-        // Ran to its end and stays so: moving it must not run it again.
-        let finished =
-            |r: &InstanceRecord| !app.spec.autorestart && !r.stopped && snap.exited.contains(&r.id);
         let empty = BTreeMap::new();
         let indices = by_app.get(name.as_str()).unwrap_or(&empty);
         // Requests for the placer, gathered first so it is built at most once per app.
@@ -424,7 +421,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 // that finished while its handoff was under way is left to the handoff, and a
                 // rollout's copies to the deployment engine.
                 (Some(_), Some((Link::Up, true)))
-                    if inst.stopped || (finished(inst) && !has_replacement && !app.rolling()) =>
+                    if hands_nothing_over(app, inst, snap.exited)
+                        && (inst.stopped || (!has_replacement && !app.rolling())) =>
                 {
                     needs.push(Need::Replace(inst, true));
                 }
@@ -540,7 +538,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 // pending): its node is gone either way.
                 Need::Replace(r, true) => {
                     plan.remove.push(r.id);
-                    if finished(r) {
+                    if finished(app, r, snap.exited) {
                         plan.moved.push(Moved {
                             app: name.clone(),
                             index,
@@ -556,7 +554,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         node,
                         port,
                         replaces: None,
-                        stopped: r.stopped || finished(r),
+                        stopped: hands_nothing_over(app, r, snap.exited),
                         avoid: Vec::new(),
                     });
                 }
@@ -653,6 +651,18 @@ fn lost_at(app: &AppRecord, since: i64, drain: bool) -> Option<i64> {
         Reschedule::Never => None,
         Reschedule::After(d) => Some(since.saturating_add(d.as_millis() as i64)),
     }
+}
+
+/// Whether `rec` ran to its end and stays so (exited with autorestart off, not stopped): moving
+/// it must not run it again.
+pub fn finished(app: &AppRecord, rec: &InstanceRecord, exited: &BTreeSet<Uuid>) -> bool {
+    !app.spec.autorestart && !rec.stopped && exited.contains(&rec.id)
+}
+
+/// Whether `rec` is stopped or [`finished`]: it serves nothing and would never come online, so
+/// it has nothing to hand over and just moves (a drain's, and a scale-down's rebalance).
+pub fn hands_nothing_over(app: &AppRecord, rec: &InstanceRecord, exited: &BTreeSet<Uuid>) -> bool {
+    rec.stopped || finished(app, rec, exited)
 }
 
 /// The move that ends one side of a migration pair: `gone` is the record left behind, and the
