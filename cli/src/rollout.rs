@@ -624,8 +624,13 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
                 ctx.line(&output::deployment_line(&d))?;
             }
             if matches!(d.state.as_str(), "failed" | "rolled back") {
+                let next = if d.state == "failed" {
+                    crate::wait::left_standing(&d)
+                } else {
+                    String::new()
+                };
                 anyhow::bail!(
-                    "the rollout of version {} {}: {}",
+                    "the rollout of version {} {}: {}{next}",
                     d.to_version,
                     d.state,
                     d.message

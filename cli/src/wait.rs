@@ -253,7 +253,21 @@ pub fn rollout_failed(id: u64, status: &pb::RolloutStatus) -> Option<String> {
     } else {
         format!(": {}", d.message)
     };
-    Some(format!("the rollout of version {version} {how}{why}"))
+    let next = match current {
+        Some(c) if c.id == id && d.state == "failed" => left_standing(d),
+        _ => String::new(),
+    };
+    Some(format!("the rollout of version {version} {how}{why}{next}"))
+}
+
+/// What a failed rollout that was not rolled back leaves, and the ways on: the indices it did
+/// not reach keep their version, and serve.
+pub fn left_standing(d: &pb::Deployment) -> String {
+    format!(
+        "; the instances it did not replace keep running version {}: `pmcluster rollout undo \
+         {}` returns every instance to it, or apply a fixed spec",
+        d.from_version, d.app
+    )
 }
 
 /// What is left of the rollout `id` while it runs (or waits, paused or for a promotion): the

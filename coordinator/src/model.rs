@@ -87,6 +87,15 @@ impl AppRecord {
     pub fn rolling(&self) -> bool {
         self.deployment.as_ref().is_some_and(|d| d.state.active())
     }
+
+    /// Whether the rollout to the app's version failed and was not rolled back: the instances
+    /// still on an earlier version keep it (they are what serves) until an undo or a new
+    /// version, as the old side of a failed Kubernetes deployment does.
+    pub fn held_by_failure(&self) -> bool {
+        self.deployment
+            .as_ref()
+            .is_some_and(|d| d.state == State::Failed && d.to_version == self.version)
+    }
 }
 
 /// One placed (or pending) instance of an app: the unit the scheduler decides about.

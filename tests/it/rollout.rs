@@ -252,3 +252,81 @@ fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
         .collect();
     assert_eq!(versions, ["3", "3", "3"], "{undo}");
 }
+
+/// A rollout that fails with `auto_rollback` off stops there: the indices it did not reach keep
+/// their processes of the version before, and they serve, as the old side of a failed
+/// Kubernetes deployment does. Before, the failed version was pushed onto them in place (each
+/// restarted into the crash loop), and the app went down whole.
+#[test]
+fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
+    let c = Cluster::start(1).expect("cluster starts");
+    let base = free_port_range(20).expect("free ports");
+    let path = c.root().join("web.json");
+    let text = serde_json::json!({
+        "name": "web",
+        "script": c.testapp().display().to_string(),
+        "instances": 2,
+        "port": format!("auto:{base}-{}", base + 19),
+        "env": { "TESTAPP_VERSION": "v1" },
+        "update": {
+            "max_surge": 1,
+            "min_healthy_time": "1s",
+            "healthy_deadline": "3s",
+            "auto_rollback": false
+        }
+    });
+    fs::write(&path, text.to_string()).expect("write web.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    let before: BTreeMap<String, Option<u32>> = wait_online(&c, "web", 2)
+        .iter()
+        .map(|i| (i.id.clone(), i.pid))
+        .collect();
+    // An unparsable setting: every process of version 2 exits at once.
+    c.cli(&[
+        "reload",
+        "web",
+        "--set",
+        "env.TESTAPP_STARTUP_DELAY_MS=soon",
+        "--yes",
+    ])
+    .assert_ok();
+    wait_until(DEADLINE, "the rollout to fail", || {
+        let v = c
+            .cli(&["rollout", "status", "web", "-o", "json"])
+            .json()
+            .map_err(|e| e.to_string())?;
+        if v["state"] == "failed" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    // The failed replacement goes in the pass that would also have moved the others onto its
+    // version: once it is gone, the records say which version each index runs.
+    let list = wait_until(DEADLINE, "the failed replacement to go", || {
+        let list = c.instances("web").map_err(|e| e.to_string())?;
+        if list.len() == 2 {
+            Ok(list)
+        } else {
+            Err(format!("{list:?}"))
+        }
+    });
+    let versions: Vec<String> = list.iter().map(|i| i.json["version"].to_string()).collect();
+    assert_eq!(versions, ["1", "1"], "{list:?}");
+    let after: BTreeMap<String, Option<u32>> = list.iter().map(|i| (i.id.clone(), i.pid)).collect();
+    assert_eq!(after, before, "the old processes were replaced: {list:?}");
+    for i in &list {
+        let port = i.port.expect("an old instance has its port");
+        let got = pmcluster_tests::http_get(port, "/").expect("an old instance answers");
+        assert!(got.body.contains("\"v1\""), "{got:?}");
+    }
+    // And the status says what is left, and the ways on.
+    let status = c.cli(&["rollout", "status", "web"]);
+    let said = status.assert_failed();
+    assert!(
+        said.contains("keep running version 1") && said.contains("rollout undo web"),
+        "{said}"
+    );
+}
+

@@ -405,6 +405,7 @@ fn a_rollout_that_will_not_bring_its_version_up_fails_the_wait() {
     let d = |id: u64, state: &str| pb::Deployment {
         id,
         app: "web".into(),
+        from_version: 1,
         to_version: 2,
         state: state.into(),
         message: if state == "running" {
@@ -431,7 +432,11 @@ fn a_rollout_that_will_not_bring_its_version_up_fails_the_wait() {
         (
             "failed",
             status(Some(d(7, "failed")), vec![]),
-            Some("the rollout of version 2 failed: web[1] did not become healthy"),
+            Some(
+                "the rollout of version 2 failed: web[1] did not become healthy; the instances \
+                 it did not replace keep running version 1: `pmcluster rollout undo web` \
+                 returns every instance to it, or apply a fixed spec",
+            ),
         ),
         (
             "rolled back: the rollback is current",

@@ -403,8 +403,10 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 continue;
             }
             let port = app.spec.port.port_for(index);
-            // During a rollout, older versions are replaced by the engine, not refreshed here.
-            let outdated = inst.app_version != app.version && !app.rolling();
+            // During a rollout, older versions are replaced by the engine, not refreshed here;
+            // after a failed one, they are what serves.
+            let outdated =
+                inst.app_version != app.version && !app.rolling() && !app.held_by_failure();
             if outdated || (inst.port != port && inst.app_version == app.version) {
                 plan.refresh.push((inst.id, app.version, port));
             }

@@ -44,6 +44,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
             }
             spec.port = PortSpec::parse(port).unwrap();
             spec.reschedule = Reschedule::After(Duration::from_millis(1000));
+            let mut failed = false;
             for w in words {
                 match w.split_once('=') {
                     Some(("mem", v)) => {
@@ -62,13 +63,29 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     }
                     _ if w == "wait" => spec.reschedule = Reschedule::Never,
                     _ if w == "once" => spec.autorestart = false,
+                    // The rollout to this version failed, and was not rolled back.
+                    _ if w == "failed" => failed = true,
                     _ => panic!("bad app word {w}"),
                 }
             }
-            let rec = AppRecord {
+            let mut rec = AppRecord {
                 version: version.parse().unwrap(),
                 ..AppRecord::new(spec, 0)
             };
+            if failed {
+                let d = crate::core::versions::start_deployment(
+                    &rec,
+                    crate::model::Kind::Update,
+                    rec.version - 1,
+                    rec.version,
+                    0,
+                    0,
+                );
+                rec.deployment = Some(crate::model::Deployment {
+                    state: crate::model::State::Failed,
+                    ..d
+                });
+            }
             (name.to_string(), rec)
         })
         .collect();
@@ -288,6 +305,10 @@ fn placement_and_scaling() {
     check("", "web/0@a web/1@b", "a; b", 0, "-1 -2");
     check("web=2@4100-4199", "", "a", 0, "+web/0@a:4100 +web/1@a:4101");
     check("web=1v2", "web/0@a", "a", 0, "~1 v2 p-");
+    // A version whose rollout failed (not rolled back): what still runs the version before it
+    // keeps running it, as the old side of a failed Kubernetes deployment keeps serving;
+    // moving it to the failed version would take down what serves.
+    check("web=2v2 failed", "web/0@a* web/1@b*", "a; b", 0, "");
     // instances "max": one per core of the usable nodes (drained ones excluded).
     check(
         "web=max",
