@@ -330,3 +330,72 @@ fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
     );
 }
 
+/// A replacement that its agent stops restarting (errored: `max_restarts` crashes) fails the
+/// rollout then, naming the crashes, rather than at a healthy deadline minutes away; the
+/// automatic rollback follows, and every instance serves the old version again.
+#[test]
+fn an_errored_replacement_fails_the_rollout_without_waiting_out_its_deadline() {
+    let c = Cluster::start(1).expect("cluster starts");
+    let base = free_port_range(20).expect("free ports");
+    let path = c.root().join("web.json");
+    let text = serde_json::json!({
+        "name": "web",
+        "script": c.testapp().display().to_string(),
+        "instances": 2,
+        "port": format!("auto:{base}-{}", base + 19),
+        "env": { "TESTAPP_VERSION": "v1" },
+        "max_restarts": 2,
+        "restart_delay": "100ms",
+        "update": { "max_surge": 1, "min_healthy_time": "1s", "healthy_deadline": "10m" }
+    });
+    fs::write(&path, text.to_string()).expect("write web.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    wait_online(&c, "web", 2);
+    c.cli(&[
+        "reload",
+        "web",
+        "--set",
+        "env.TESTAPP_STARTUP_DELAY_MS=soon",
+        "--yes",
+    ])
+    .assert_ok();
+    // Within the harness's deadline, far inside the 10 minutes of the healthy deadline.
+    let failed = wait_until(DEADLINE, "the rollout to fail", || {
+        let v = c
+            .cli(&["rollout", "history", "web", "-o", "json"])
+            .json()
+            .map_err(|e| e.to_string())?;
+        let text = v.to_string();
+        if text.contains("rolled back") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    });
+    assert!(
+        failed.contains("instance 0 of version 2 errored") && failed.contains("exited with code"),
+        "{failed}"
+    );
+    wait_until(DEADLINE, "both instances on v1 again", || {
+        let list = c.instances("web").map_err(|e| e.to_string())?;
+        let v1 = list
+            .iter()
+            .filter(|i| {
+                i.online()
+                    && i.port
+                        .and_then(http_body)
+                        .is_some_and(|b| b.contains("\"v1\""))
+            })
+            .count();
+        if v1 == 2 && list.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{list:?}"))
+        }
+    });
+}
+
+fn http_body(port: u16) -> Option<String> {
+    pmcluster_tests::http_get(port, "/").ok().map(|r| r.body)
+}

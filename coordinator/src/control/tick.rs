@@ -115,6 +115,7 @@ impl Control {
                         node_up,
                         placed: r.node.is_some(),
                         proven: inner.proven.contains(&r.id),
+                        errored: errored(inner, r),
                     };
                     (r.id, f)
                 })
@@ -384,3 +385,17 @@ fn count_autoscale(inner: &mut Inner, app: &str, direction: &'static str, outcom
         .entry((app.to_string(), direction, outcome))
         .or_default() += 1;
 }
+
+/// Why the agent gave up restarting `r`, if it did. Its advice to restart the instance is left
+/// out: in a rollout's failure, "instance 0" could be either copy of that index.
+fn errored<'a>(inner: &'a Inner, r: &InstanceRecord) -> Option<&'a str> {
+    let o = inner.observed.get(&r.id)?;
+    if o.state != crate::model::InstanceState::Errored {
+        return None;
+    }
+    let why = o.message.as_str();
+    Some(why.split_once(RESTART_ADVICE).map_or(why, |(why, _)| why))
+}
+
+/// Where the agent's message for an errored instance turns from what happened to what to do.
+const RESTART_ADVICE: &str = "; restart it with";

@@ -21,7 +21,7 @@ use crate::model::{AppRecord, Batch, Deployment, InstanceRecord, Kind, State};
 
 /// What the engine knows of one record beyond the record itself.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Facts {
+pub struct Facts<'a> {
     /// Online (and healthy, when it has a health check) continuously since this time.
     pub healthy_since: Option<i64>,
     /// Its node is connected.
@@ -35,6 +35,10 @@ pub struct Facts {
     /// behind it: a crash later is its restart policy's to handle, not a replacement that never
     /// came up.
     pub proven: bool,
+    /// Its agent gave up restarting it (errored), and why (the crashes and the last exit).
+    /// Not coming back on its own: a replacement in this state fails the rollout at once
+    /// rather than at its healthy deadline.
+    pub errored: Option<&'a str>,
 }
 
 /// What the shell must do after a step.
@@ -174,7 +178,7 @@ pub fn step(
     policy: &UpdatePolicy,
     count: u32,
     records: &[&InstanceRecord],
-    facts: &BTreeMap<Uuid, Facts>,
+    facts: &BTreeMap<Uuid, Facts<'_>>,
     now_ms: i64,
 ) -> Step {
     let mut out = Step {
@@ -214,6 +218,22 @@ pub fn step(
             policy.healthy_deadline.as_secs()
         )
     };
+    // A replacement of this deployment that its agent stopped restarting: it is down for good,
+    // and waiting out its deadline would only hold the rollout.
+    let given_up = |n: &InstanceRecord, f: Facts<'_>| {
+        let why = f
+            .errored
+            .filter(|_| !f.proven && n.created_ms >= d.started_ms && !n.stopped);
+        why.map(|why| {
+            format!(
+                "instance {} of version {} errored: {why}",
+                n.index, d.to_version
+            )
+        })
+    };
+    let failed = |n: &InstanceRecord, f: Facts<'_>| {
+        given_up(n, f).or_else(|| overdue(n, f).then(|| late(n.index)))
+    };
     let mut by_index: BTreeMap<u32, Vec<&InstanceRecord>> = BTreeMap::new();
     for r in records.iter().filter(|r| r.index < count) {
         by_index.entry(r.index).or_default().push(r);
@@ -252,8 +272,8 @@ pub fn step(
                     in_flight += 1;
                     // Its old copy gone (stop-then-start), its index is down until it comes up:
                     // the deadline of one started beside its old copy holds all the more.
-                    if overdue(n, fact(&n.id)) && failure.is_none() {
-                        failure = Some(late(index));
+                    if failure.is_none() {
+                        failure = failed(n, fact(&n.id));
                     }
                 }
             }
@@ -295,8 +315,8 @@ pub fn step(
                         None => {}
                     }
                 }
-                if overdue(n, f) && failure.is_none() {
-                    failure = Some(late(index));
+                if failure.is_none() {
+                    failure = failed(n, f);
                 }
             }
         }
@@ -349,8 +369,9 @@ pub fn step(
         && next.state == State::Running
     {
         next.state = State::AwaitingPromotion;
+        let canaries = if done == 1 { "canary" } else { "canaries" };
         next.message =
-            format!("{done} canaries healthy; promote with: pmcluster rollout promote {app}");
+            format!("{done} {canaries} healthy; promote with: pmcluster rollout promote {app}");
     }
     let budget = policy.max_surge + policy.max_unavailable;
     let mut starts = 0u32;

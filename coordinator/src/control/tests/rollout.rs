@@ -12,7 +12,8 @@ fn report_set(c: &Control, node: &str, session: &Attached) {
     report_set_but(c, node, session, None);
 }
 
-/// As [`report_set`], with the process of the `down` instance between two starts (a crash).
+/// As [`report_set`], with the process of the `down` instance between two starts (a crash; the
+/// agent still restarts it, so not errored).
 fn report_set_but(c: &Control, node: &str, session: &Attached, down: Option<Uuid>) {
     let set = session.desired.borrow().clone().unwrap_or_default();
     let statuses = set
@@ -23,7 +24,7 @@ fn report_set_but(c: &Control, node: &str, session: &Attached, down: Option<Uuid
             let state = match (a.run, broken) {
                 (false, _) => InstanceState::Stopped,
                 (true, false) => InstanceState::Online,
-                (true, true) => InstanceState::Errored,
+                (true, true) => InstanceState::Exited,
             };
             InstanceObserved {
                 id: a.id,

@@ -3,13 +3,13 @@ use std::time::Duration;
 
 /// Records as `index:version[e=epoch][*since][~draining_since][@created][!][#][+]` separated
 /// by spaces; ids are 1, 2, ... in order. `*T` means healthy since T, `!` not placed, `#`
-/// stopped, `+` proven at an earlier step.
-fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
+/// stopped, `+` proven at an earlier step, `%` errored (its agent gave up restarting it).
+fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts<'static>>) {
     let mut recs = Vec::new();
     let mut facts = BTreeMap::new();
     for (n, word) in text.split_whitespace().enumerate() {
         let id = Uuid::from_u128(n as u128 + 1);
-        let mut parts = word.split(['*', '~', '@', '!', '#', '+']);
+        let mut parts = word.split(['*', '~', '@', '!', '#', '+', '%']);
         let head = parts.next().unwrap_or_default();
         let (index, version) = head.split_once(':').unwrap();
         let (version, epoch) = version.split_once('e').unwrap_or((version, "0"));
@@ -33,6 +33,7 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
             node_up: true,
             placed: true,
             proven: false,
+            errored: None,
         };
         // Markers in order of appearance.
         let mut rest = &word[head.len()..];
@@ -40,7 +41,7 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
             let marker = rest.chars().next().unwrap_or(' ');
             let tail = &rest[1..];
             let end = tail
-                .find(['*', '~', '@', '!', '#', '+'])
+                .find(['*', '~', '@', '!', '#', '+', '%'])
                 .unwrap_or(tail.len());
             let value: i64 = tail[..end].parse().unwrap_or(0);
             match marker {
@@ -50,6 +51,7 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
                 '!' => f.placed = false,
                 '#' => rec.stopped = true,
                 '+' => f.proven = true,
+                '%' => f.errored = Some(CRASHED),
                 _ => {}
             }
             rest = &tail[end..];
@@ -62,6 +64,8 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts>) {
     }
     (recs, facts)
 }
+
+const CRASHED: &str = "crashed 16 times within 60s (last: exited with code 3)";
 
 fn deployment(kind: Kind) -> Deployment {
     Deployment {
@@ -220,6 +224,60 @@ fn failure_and_rollback() {
     );
 }
 
+/// A replacement whose agent gave up restarting it fails the rollout at once, with the cause,
+/// rather than at its healthy deadline: it will not come up on its own. One that proved itself
+/// and crashed later, a kept one older than the deployment, and an old copy are the restart
+/// policy's, not the rollout's.
+#[test]
+fn an_errored_replacement_fails_the_rollout_at_once() {
+    let d = deployment(Kind::Update);
+    let p = policy();
+    let failed = |recs: &str| {
+        let (rs, facts) = records(recs);
+        let refs: Vec<&InstanceRecord> = rs.iter().collect();
+        step("web", &d, &p, 2, &refs, &facts, 10)
+    };
+    // Beside its old copy, and with its old copy gone (stop-then-start).
+    for recs in ["0:1*0 1:1*0 0:2@0%", "1:1*0 0:2@0%"] {
+        let got = failed(recs);
+        assert_eq!(render(&got), "failed 0/2; rollback", "{recs}");
+        assert_eq!(
+            got.deployment.message,
+            format!("instance 0 of version 2 errored: {CRASHED}"),
+            "{recs}"
+        );
+    }
+    // Proven before it errored, a kept record older than the deployment, an old copy: each as
+    // if it had not errored.
+    let d_later = Deployment {
+        started_ms: 5,
+        ..deployment(Kind::Update)
+    };
+    for (d, recs) in [
+        (&d, "0:1*0 1:1*0 0:2@0+"),
+        (&d_later, "0:1*0 1:1*0 0:2@0"),
+        (&d, "0:1*0 1:1*0"),
+    ] {
+        let (rs, facts) = records(recs);
+        let refs: Vec<&InstanceRecord> = rs.iter().collect();
+        let errored: BTreeMap<Uuid, Facts<'_>> = facts
+            .iter()
+            .map(|(id, f)| {
+                let f = Facts {
+                    errored: Some(CRASHED),
+                    ..*f
+                };
+                (*id, f)
+            })
+            .collect();
+        assert_eq!(
+            step("web", d, &p, 2, &refs, &errored, 10),
+            step("web", d, &p, 2, &refs, &facts, 10),
+            "{recs}"
+        );
+    }
+}
+
 /// The canary's message is a command to copy: it names the app, whatever it is called.
 #[test]
 fn awaiting_promotion_names_the_app() {
@@ -235,7 +293,7 @@ fn awaiting_promotion_names_the_app() {
         assert_eq!(got.state, State::AwaitingPromotion, "{app}");
         assert_eq!(
             got.message,
-            format!("1 canaries healthy; promote with: pmcluster rollout promote {app}")
+            format!("1 canary healthy; promote with: pmcluster rollout promote {app}")
         );
     }
 }
@@ -446,6 +504,7 @@ fn node_loss_during_rollout() {
             node_up: false,
             placed: true,
             proven: false,
+            errored: None,
         },
     );
     let refs: Vec<&InstanceRecord> = rs.iter().collect();
@@ -476,6 +535,7 @@ fn zero_unavailable_through_a_whole_update() {
                     node_up: true,
                     placed: true,
                     proven: false,
+                    errored: None,
                 },
             )
         })
@@ -512,6 +572,7 @@ fn zero_unavailable_through_a_whole_update() {
                     node_up: true,
                     placed: true,
                     proven: false,
+                    errored: None,
                 },
             );
         }
