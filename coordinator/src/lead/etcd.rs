@@ -32,7 +32,7 @@ use crate::control::{Control, ControlConfig};
 use crate::model::{Batch, Persisted};
 use crate::server::{self, Config, ServeError, StoreChoice};
 use crate::store::etcd::probe::{self, Probe};
-use crate::store::etcd::{describe, with_tls};
+use crate::store::etcd::{answered, describe, with_tls};
 use crate::store::{EtcdConfig, EtcdStore, Fence, Store, StoreError};
 use crate::tls::{EtcdTlsPem, TlsError};
 
@@ -122,6 +122,7 @@ pub async fn serve_pair(
         },
     );
     let election = Arc::new(Election {
+        etcd: endpoints.join(","),
         client,
         campaigner,
         store,
@@ -187,6 +188,8 @@ async fn check_tls(endpoints: &[String], tls: &EtcdTlsPem) -> Result<(), ServeEr
 }
 
 struct Election {
+    /// The endpoints, as a refusal names them.
+    etcd: String,
     client: Client,
     campaigner: Client,
     store: Arc<EtcdStore>,
@@ -207,17 +210,37 @@ fn wall_ms() -> i64 {
         .unwrap_or(0)
 }
 
-async fn within<T, E: std::error::Error + 'static>(
-    what: &str,
-    call: impl Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Err(_) => Err(format!(
-            "{what}: etcd did not answer within {CALL_TIMEOUT:?}"
-        )),
-        // With causes: a refused TLS handshake is only "transport error" on its own.
-        Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
-        Ok(Ok(v)) => Ok(v),
+/// Why a term ended or could not begin: what the election was doing, for the log, and why, in
+/// one clause that a standby's refusal quotes to people (who need etcd's state, not the
+/// election's step).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Trouble {
+    doing: String,
+    why: String,
+}
+
+impl Trouble {
+    fn new(doing: impl Into<String>, why: impl Into<String>) -> Trouble {
+        Trouble {
+            doing: doing.into(),
+            why: why.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Trouble {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.doing, self.why)
+    }
+}
+
+/// etcd at `etcd` failed a call, `e` (`None`: it did not answer within the call's deadline), in
+/// one clause.
+fn etcd_failed(etcd: &str, e: Option<&etcd_client::Error>) -> String {
+    match e {
+        Some(e) if answered(e) => format!("etcd at {etcd} refused the call ({})", describe(e)),
+        Some(e) => format!("etcd at {etcd} did not answer ({})", describe(e)),
+        None => format!("etcd at {etcd} did not answer (timed out)"),
     }
 }
 
@@ -270,6 +293,38 @@ impl Store for TermStore {
 }
 
 impl Election {
+    /// One etcd call of the election, within [`CALL_TIMEOUT`]; `what` names it in the log.
+    async fn within<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, Trouble> {
+        match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Err(_) => Err(Trouble::new(what, etcd_failed(&self.etcd, None))),
+            Ok(Err(e)) => Err(Trouble::new(what, etcd_failed(&self.etcd, Some(&e)))),
+            Ok(Ok(v)) => Ok(v),
+        }
+    }
+
+    /// Not in the election any more, for `trouble`: callers refused meanwhile hear why, and a
+    /// standby stops naming a leader. It learnt that leader while it followed the election;
+    /// out of it, the hint goes stale (the leader may step down for the same reason) and would
+    /// send clients to a coordinator that leads no more.
+    fn out_of_the_election(&self, trouble: &Trouble) {
+        self.seat.set_trouble(Some(trouble.why.clone()));
+        self.seat.set_leader_hint(None);
+    }
+
+    /// Why a lease lapsed: etcd did not acknowledge a keep-alive for `lapse` (two thirds of
+    /// the TTL), which is etcd not answering as far as this coordinator can tell.
+    fn lease_unrenewed(&self, lapse: Duration) -> String {
+        format!(
+            "etcd at {} did not answer (no keep-alive acknowledged for {:.1}s)",
+            self.etcd,
+            lapse.as_secs_f64()
+        )
+    }
+
     fn election_name(&self) -> String {
         format!("{}/election", self.prefix)
     }
@@ -280,9 +335,9 @@ impl Election {
 
     async fn run(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            if let Err(why) = self.term(&stop).await {
-                tracing::warn!("{why}");
-                self.seat.set_trouble(Some(why));
+            if let Err(trouble) = self.term(&stop).await {
+                tracing::warn!("{trouble}");
+                self.out_of_the_election(&trouble);
             }
             *self
                 .lease_granted_ms
@@ -302,10 +357,11 @@ impl Election {
     }
 
     /// One lease: campaign, lead, and step down. `Ok` only when stopped on request.
-    async fn term(&self, stop: &CancellationToken) -> Result<(), String> {
+    async fn term(&self, stop: &CancellationToken) -> Result<(), Trouble> {
         let mut client = self.client.clone();
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(2);
-        let lease = within("granting a lease", client.lease_grant(ttl, None))
+        let lease = self
+            .within("granting a lease", client.lease_grant(ttl, None))
             .await?
             .id();
         *self
@@ -318,12 +374,14 @@ impl Election {
         let ended = self.serve_term(&mut client, lease, last_ack, stop).await;
         // Said at once: revoking below may wait out its timeout on an etcd without quorum, and
         // callers refused meanwhile should hear why rather than "try again".
-        if let Err(why) = &ended {
-            self.seat.set_trouble(Some(why.clone()));
+        if let Err(trouble) = &ended {
+            self.out_of_the_election(trouble);
         }
         // Whatever ended the term, the lease goes with it: the members key disappears and, had
         // the leader key survived, it is released.
-        let _ = within("revoking the lease", client.lease_revoke(lease)).await;
+        let _ = self
+            .within("revoking the lease", client.lease_revoke(lease))
+            .await;
         ended
     }
 
@@ -333,7 +391,7 @@ impl Election {
         lease: i64,
         last_ack: watch::Receiver<Instant>,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), Trouble> {
         let lapse = self.ttl * 2 / 3;
         let name = self.election_name();
         let key: LeaderKey = {
@@ -342,26 +400,37 @@ impl Election {
             let campaign = campaigner.campaign(name.clone(), self.advertise.clone(), lease);
             tokio::select! {
                 r = campaign => r
-                    .map_err(|e| format!("campaign: {}", describe(&e)))?
+                    .map_err(|e| Trouble::new("campaigning", etcd_failed(&self.etcd, Some(&e))))?
                     .take_leader()
-                    .ok_or("campaign: etcd answered without a leader key")?,
+                    .ok_or_else(|| Trouble::new(
+                        "campaigning",
+                        format!("etcd at {} answered without a leader key", self.etcd),
+                    ))?,
                 () = lease_lapsed(last_ack.clone(), lapse) => {
-                    return Err("lease not renewed while campaigning; starting again".into());
+                    return Err(Trouble::new(
+                        "campaigning; starting again",
+                        self.lease_unrenewed(lapse),
+                    ));
                 }
                 () = stop.cancelled() => return Ok(()),
                 () = self.follow_leader(follower, &name, lease) => {
-                    return Err("stopped following the leader".into());
+                    return Err(Trouble::new("campaigning", "stopped following the leader"));
                 }
             }
         };
         // The campaign may have returned after the lease lapsed: act only on a key that is
         // still ours, with a lease acknowledged recently.
-        let current = within("reading the leader", client.leader(name.clone())).await?;
+        let current = self
+            .within("reading the leader", client.leader(name.clone()))
+            .await?;
         let ours = current
             .kv()
             .is_some_and(|kv| kv.key() == key.key() && kv.create_revision() == key.rev());
         if !ours || last_ack.borrow().elapsed() > lapse {
-            return Err("elected, but the leader key is no longer ours; not acting".into());
+            return Err(Trouble::new(
+                "elected",
+                "the leader key is no longer ours; not acting",
+            ));
         }
         let term = key.rev();
         let fence = Fence {
@@ -383,17 +452,21 @@ impl Election {
         let config = self.control.clone();
         let opened = tokio::task::spawn_blocking(move || Control::open(term_store, config))
             .await
-            .map_err(|e| format!("loading the store: {e}"))?;
+            .map_err(|e| Trouble::new("loading the store", e.to_string()))?;
         let control = match opened {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 self.store.set_fence(None);
-                let _ = within(
-                    "resigning",
-                    client.resign(Some(ResignOptions::new().with_leader(key))),
-                )
-                .await;
-                return Err(format!("elected, but cannot load the store: {e}"));
+                let _ = self
+                    .within(
+                        "resigning",
+                        client.resign(Some(ResignOptions::new().with_leader(key))),
+                    )
+                    .await;
+                return Err(Trouble::new(
+                    "elected, but cannot load the store",
+                    e.to_string(),
+                ));
             }
         };
         let since = wall_ms();
@@ -401,25 +474,26 @@ impl Election {
         self.seat.lead(control, term, since);
         tracing::info!(term, advertise = %self.advertise, "leading");
         let why = tokio::select! {
-            () = lease_lapsed(last_ack.clone(), lapse) => format!(
-                "stepping down: no keep-alive acknowledged for {:.1}s (two thirds of the lease)",
-                lapse.as_secs_f64()
+            () = lease_lapsed(last_ack.clone(), lapse) => Trouble::new(
+                "stepping down",
+                self.lease_unrenewed(lapse),
             ),
-            () = lost.cancelled() => {
-                "stepping down: a write was fenced off (another coordinator leads) or its \
-                 outcome is unknown (etcd unavailable)"
-                    .to_string()
-            }
+            () = lost.cancelled() => Trouble::new(
+                "stepping down",
+                "a write was fenced off (another coordinator leads) or its outcome is unknown \
+                 (etcd unavailable)",
+            ),
             why = self.watch_own_key(client.clone(), &name, &key, lease, since) => why,
             () = stop.cancelled() => {
                 // Resign first: the standby's campaign returns at once.
                 self.seat.stand_by(None);
                 self.store.set_fence(None);
-                let resigned = within(
-                    "resigning",
-                    client.resign(Some(ResignOptions::new().with_leader(key))),
-                )
-                .await;
+                let resigned = self
+                    .within(
+                        "resigning",
+                        client.resign(Some(ResignOptions::new().with_leader(key))),
+                    )
+                    .await;
                 match resigned {
                     Ok(_) => tracing::info!(term, "resigned"),
                     Err(e) => tracing::warn!(term, "{e}"),
@@ -436,11 +510,9 @@ impl Election {
     async fn follow_leader(&self, mut client: Client, name: &str, lease: i64) {
         let mut published = Instant::now() - PUBLISH_EVERY;
         loop {
-            let leader = match within(
-                "reading the leader from etcd",
-                client.leader(name.to_string()),
-            )
-            .await
+            let leader = match self
+                .within("reading the leader", client.leader(name.to_string()))
+                .await
             {
                 Ok(r) => {
                     self.seat.set_trouble(None);
@@ -448,8 +520,8 @@ impl Election {
                         .and_then(|kv| kv.value_str().ok())
                         .map(str::to_string)
                 }
-                Err(why) => {
-                    self.seat.set_trouble(Some(why));
+                Err(trouble) => {
+                    self.seat.set_trouble(Some(trouble.why));
                     None
                 }
             };
@@ -471,15 +543,18 @@ impl Election {
         key: &LeaderKey,
         lease: i64,
         since: i64,
-    ) -> String {
+    ) -> Trouble {
         let mut published = Instant::now() - PUBLISH_EVERY;
         loop {
-            if let Ok(r) = within("reading the leader", client.leader(name.to_string())).await {
+            if let Ok(r) = self
+                .within("reading the leader", client.leader(name.to_string()))
+                .await
+            {
                 let ours = r
                     .kv()
                     .is_some_and(|kv| kv.key() == key.key() && kv.create_revision() == key.rev());
                 if !ours {
-                    return "stepping down: the leader key is no longer ours".into();
+                    return Trouble::new("stepping down", "the leader key is no longer ours");
                 }
             }
             if published.elapsed() >= PUBLISH_EVERY {
@@ -513,11 +588,12 @@ impl Election {
             return;
         };
         let key = format!("{}{lease:x}", self.members_prefix());
-        if let Err(e) = within(
-            "publishing this coordinator",
-            client.put(key, value, Some(PutOptions::new().with_lease(lease))),
-        )
-        .await
+        if let Err(e) = self
+            .within(
+                "publishing this coordinator",
+                client.put(key, value, Some(PutOptions::new().with_lease(lease))),
+            )
+            .await
         {
             tracing::debug!("{e}");
         }
@@ -528,11 +604,12 @@ impl Election {
 impl Directory for Election {
     async fn peers(&self) -> (Vec<Peer>, Result<(), String>) {
         let mut client = self.client.clone();
-        let read = within(
-            "reading the coordinators",
-            client.get(self.members_prefix(), Some(GetOptions::new().with_prefix())),
-        )
-        .await;
+        let read = self
+            .within(
+                "reading the coordinators",
+                client.get(self.members_prefix(), Some(GetOptions::new().with_prefix())),
+            )
+            .await;
         match read {
             Ok(r) => (
                 r.kvs()
@@ -542,11 +619,9 @@ impl Directory for Election {
                 Ok(()),
             ),
             // Worded for `pmcluster status`, where it is the store's whole story.
-            Err(e) => (
+            Err(trouble) => (
                 Vec::new(),
-                Err(format!(
-                    "etcd does not answer ({e}); has it lost its quorum?"
-                )),
+                Err(format!("{}; has it lost its quorum?", trouble.why)),
             ),
         }
     }
@@ -601,5 +676,40 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_etcd_in_one_clause() {
+        let refused = {
+            let mut status = tonic::Status::unavailable("tcp connect error");
+            status.set_source(Arc::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )));
+            etcd_client::Error::GRpcStatus(status)
+        };
+        assert_eq!(
+            etcd_failed("http://e:2379", Some(&refused)),
+            "etcd at http://e:2379 did not answer (connection refused)"
+        );
+        let no_quorum =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert_eq!(
+            etcd_failed("http://e:2379", Some(&no_quorum)),
+            "etcd at http://e:2379 refused the call (etcdserver: no leader)"
+        );
+        assert_eq!(
+            etcd_failed("http://e:2379", None),
+            "etcd at http://e:2379 did not answer (timed out)"
+        );
+        let trouble = Trouble::new("granting a lease", etcd_failed("http://e:2379", None));
+        assert_eq!(
+            trouble.to_string(),
+            "granting a lease: etcd at http://e:2379 did not answer (timed out)"
+        );
     }
 }

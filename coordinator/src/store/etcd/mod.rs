@@ -187,13 +187,66 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An etcd error with its causes (a transport error's own text is often just "transport
-/// error"), led by what to check when it is a refused TLS handshake.
-pub(crate) fn describe(e: &(dyn std::error::Error + 'static)) -> String {
-    let text = causes(e);
-    match tls_hint(&text) {
-        Some(hint) => format!("{hint}: {text}"),
-        None => text,
+/// An etcd error in a few words a person can act on: the deepest cause ("connection refused",
+/// "timed out", or what etcd itself answered), led by what to check when it is a refused TLS
+/// handshake. etcd-client's own text embeds tonic's Debug dumps (nested statuses, metadata maps,
+/// connector internals): several hundred characters that repeat themselves and tell an operator
+/// nothing more.
+pub(crate) fn describe(e: &etcd_client::Error) -> String {
+    let detail = detail(e);
+    // The rustls alert is in etcd-client's full text, not always in the deepest cause.
+    match tls_hint(&format!("{e} {detail}")) {
+        Some(hint) => format!("{hint}: {detail}"),
+        None => detail,
+    }
+}
+
+/// Whether etcd itself answered the call with an error (rather than not answering at all): a
+/// status that tonic did not build from a local failure.
+pub(crate) fn answered(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if std::error::Error::source(s).is_none())
+}
+
+/// The deepest cause of `e`, short. etcd-client's error has no `source`, so its chain starts at
+/// the status or transport error it wraps.
+fn detail(e: &etcd_client::Error) -> String {
+    let root: &(dyn std::error::Error + 'static) = match e {
+        etcd_client::Error::GRpcStatus(status) => status,
+        etcd_client::Error::TransportError(transport) => transport,
+        etcd_client::Error::IoError(io) => io,
+        other => return other.to_string(),
+    };
+    let mut deepest = root;
+    let mut io = None;
+    let mut next = Some(root);
+    while let Some(cause) = next {
+        if let Some(found) = cause.downcast_ref::<std::io::Error>() {
+            io = Some(found);
+        }
+        deepest = cause;
+        next = cause.source();
+    }
+    if let Some(io) = io {
+        // An OS error reads best as its kind ("connection refused", without "(os error 111)");
+        // a wrapped one (a TLS failure) is its own words.
+        return match io.get_ref() {
+            Some(inner) => inner.to_string(),
+            None => io.kind().to_string(),
+        };
+    }
+    if let Some(status) = deepest.downcast_ref::<tonic::Status>() {
+        return if status.message().is_empty() {
+            status.code().description().to_string()
+        } else {
+            status.message().to_string()
+        };
+    }
+    let text = deepest.to_string();
+    // tonic's deadline on a call or a connection.
+    if text.eq_ignore_ascii_case("timeout expired") {
+        "timed out".to_string()
+    } else {
+        text
     }
 }
 
@@ -224,20 +277,6 @@ fn tls_hint(text: &str) -> Option<&'static str> {
         );
     }
     None
-}
-
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let more = cause.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// Whether etcd refused a transaction for its size (its limits may be set below ours).
@@ -560,6 +599,53 @@ mod tests {
         let theirs = "transport error: invalid peer certificate: UnknownIssuer";
         assert!(tls_hint(theirs).is_some_and(|h| h.contains("--etcd-ca")));
         assert_eq!(tls_hint("connection refused"), None);
+    }
+
+    /// A status as tonic builds it from a local failure: the failure is its source.
+    fn local(
+        status: tonic::Status,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> etcd_client::Error {
+        let mut status = status;
+        status.set_source(std::sync::Arc::new(cause));
+        etcd_client::Error::GRpcStatus(status)
+    }
+
+    #[derive(Debug)]
+    struct Expired;
+
+    impl std::fmt::Display for Expired {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("timeout expired")
+        }
+    }
+
+    impl std::error::Error for Expired {}
+
+    #[test]
+    fn etcd_errors_are_described_in_a_few_words() {
+        let refused = local(
+            tonic::Status::unavailable("tcp connect error"),
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        assert_eq!(describe(&refused), "connection refused");
+        assert!(!answered(&refused));
+        // etcd-client's own text carries tonic's Debug of the cause.
+        assert!(refused.to_string().len() > describe(&refused).len());
+
+        let timed_out = local(tonic::Status::cancelled("Timeout expired"), Expired);
+        assert_eq!(describe(&timed_out), "timed out");
+        assert!(!answered(&timed_out));
+
+        let said =
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("etcdserver: no leader"));
+        assert_eq!(describe(&said), "etcdserver: no leader");
+        assert!(answered(&said));
+        let bare = etcd_client::Error::GRpcStatus(tonic::Status::unavailable(""));
+        assert_eq!(describe(&bare), tonic::Code::Unavailable.description());
+
+        let elect = etcd_client::Error::ElectError("no leader key".into());
+        assert_eq!(describe(&elect), "election error: no leader key");
     }
 
     #[test]
