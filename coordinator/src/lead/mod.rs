@@ -184,7 +184,9 @@ impl Seat {
 
 /// A standby's refusal. The message says where to go, for people; the metadata says it for
 /// clients, which dial it at once. With no leader, `trouble` is what the election last failed
-/// on, so that a write refused for want of etcd quorum says so rather than "try again".
+/// on (one clause naming etcd), so that a call refused for want of etcd says so rather than "try
+/// again", and says what to look at: every coordinator refuses alike then, and the CLI quotes
+/// the refusal once for all of them.
 pub fn standby_status(leader: Option<&str>, trouble: Option<&str>) -> Status {
     match leader {
         Some(url) => {
@@ -198,8 +200,9 @@ pub fn standby_status(leader: Option<&str>, trouble: Option<&str>) -> Status {
         }
         None => match trouble {
             Some(why) => Status::unavailable(format!(
-                "this coordinator is a standby and no leader is elected: {why}; writes resume \
-                 once etcd answers with quorum and a coordinator is elected"
+                "this coordinator is a standby and sees no leader: {why}. No coordinator can \
+                 lead until etcd answers with quorum: check etcd; `pmcluster status` shows who \
+                 leads"
             )),
             None => Status::unavailable(
                 "this coordinator is a standby and no leader is elected yet; try again in a few \
@@ -228,9 +231,17 @@ mod tests {
         let unknown = standby_status(None, None);
         assert_eq!(unknown.code(), tonic::Code::Unavailable);
         assert!(unknown.metadata().get(LEADER_METADATA).is_none());
-        let cut_off = standby_status(None, Some("reading the leader: etcd did not answer"));
-        assert!(cut_off.message().contains("etcd did not answer"));
-        assert!(cut_off.message().contains("quorum"));
+        let cut_off = standby_status(
+            None,
+            Some("etcd at http://e1:2379 did not answer (connection refused)"),
+        );
+        assert_eq!(
+            cut_off.message(),
+            "this coordinator is a standby and sees no leader: etcd at http://e1:2379 did not \
+             answer (connection refused). No coordinator can lead until etcd answers with \
+             quorum: check etcd; `pmcluster status` shows who leads"
+        );
+        assert!(cut_off.metadata().get(LEADER_METADATA).is_none());
     }
 
     #[test]
@@ -245,5 +256,19 @@ mod tests {
         seat.set_leader_hint(Some("http://b:1".into()));
         let err = seat.control().err().map(|s| s.message().to_string());
         assert!(err.is_some_and(|m| m.contains("http://b:1")));
+        // Cut off from etcd, the standby forgets the leader it knew: its refusal names no one
+        // and says why instead.
+        seat.set_trouble(Some("etcd at http://e:1 did not answer (timed out)".into()));
+        seat.set_leader_hint(None);
+        let refused = seat.control().err();
+        let message = refused.as_ref().map(|s| s.message().to_string());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("sees no leader: etcd at http://e:1")
+                    && !m.contains("http://b:1")),
+            "{message:?}"
+        );
+        assert!(refused.is_some_and(|s| s.metadata().get(LEADER_METADATA).is_none()));
     }
 }
