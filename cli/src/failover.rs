@@ -132,23 +132,23 @@ impl Route {
 }
 
 /// The error when no coordinator took a call: with one attempt, that attempt's own error (so a
-/// single `--coordinator` reads as before); with several, every URL and what it said.
+/// single `--coordinator` reads as before); with several, what each said, once per distinct
+/// answer with the URLs that gave it.
 fn give_up(tried: &[Tried], last: Option<ApiError>) -> ApiError {
     match (tried, last) {
         ([_], Some(last)) => last,
         _ => {
             // A standby that answered while no leader did: its leader is gone or out of reach,
-            // and the election that replaces it takes the lease's time.
-            let electing = tried.iter().any(|t| t.why.contains("is a standby"));
+            // and the election that replaces it takes the lease's time. Unless a refusal says
+            // what to do itself (a standby cut off from etcd does): the advice would only
+            // contradict it.
+            let electing = tried.iter().any(|t| t.why.contains("is a standby"))
+                && !tried.iter().any(|t| t.why.contains("`pmcluster status`"));
             ApiError {
                 code: Code::Unavailable,
                 message: format!(
-                    "no coordinator took the call; tried {}{}",
-                    tried
-                        .iter()
-                        .map(|t| format!("{}: {}", t.url, t.why))
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    "no coordinator took the call; {}{}",
+                    said(tried),
                     if electing {
                         ". If the leader is gone, the standby takes over once its lease ends \
                          (--lease-ttl, 2s by default): retry in a few seconds, and see \
@@ -160,6 +160,30 @@ fn give_up(tried: &[Tried], last: Option<ApiError>) -> ApiError {
             }
         }
     }
+}
+
+/// Each distinct answer once, after the URLs that gave it, in the order tried: "A: why; B and C
+/// said: why". Coordinators cut off from the same etcd refuse in the same words, and a URL
+/// can be tried twice in one call (a hint leads back to it); saying it per attempt made one
+/// sentence into a paragraph.
+fn said(tried: &[Tried]) -> String {
+    let mut answers: Vec<(Vec<&str>, &str)> = Vec::new();
+    for t in tried {
+        match answers.iter_mut().find(|(_, why)| *why == t.why) {
+            Some((urls, _)) if urls.contains(&t.url.as_str()) => {}
+            Some((urls, _)) => urls.push(&t.url),
+            None => answers.push((vec![&t.url], &t.why)),
+        }
+    }
+    answers
+        .iter()
+        .map(|(urls, why)| match urls.as_slice() {
+            [one] => format!("{one}: {why}"),
+            [rest @ .., last] => format!("{} and {last} said: {why}", rest.join(", ")),
+            [] => why.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// What a refusal or transport failure says, for the list of URLs tried.
@@ -667,12 +691,62 @@ mod tests {
         assert_eq!(err.code, Code::Unavailable);
         assert_eq!(
             err.message,
-            "no coordinator took the call; tried http://a:1: cannot reach it: refused; \
+            "no coordinator took the call; http://a:1: cannot reach it: refused; \
              http://b:1: this coordinator is a standby. If the leader is gone, the standby \
              takes over once its lease ends (--lease-ttl, 2s by default): retry in a few \
              seconds, and see `pmcluster status`"
         );
         let neither = [one[0].clone(), one[0].clone()];
         assert!(!give_up(&neither, None).message.contains("lease"));
+    }
+
+    #[test]
+    fn one_answer_is_said_once() {
+        let cut_off = "this coordinator is a standby and sees no leader: etcd at http://e:2379 \
+                       did not answer (connection refused). No coordinator can lead until etcd \
+                       answers with quorum: check etcd; `pmcluster status` shows who leads";
+        let refusal = |url: &str| Tried {
+            url: url.into(),
+            why: cut_off.into(),
+        };
+        // Both coordinators of a pair cut off from etcd, the first asked twice (a stale hint
+        // led back to it).
+        let tried = [
+            refusal("http://a:1"),
+            refusal("http://b:1"),
+            refusal("http://a:1"),
+        ];
+        let err = give_up(&tried, None);
+        assert_eq!(err.code, Code::Unavailable);
+        assert_eq!(
+            err.message,
+            format!("no coordinator took the call; http://a:1 and http://b:1 said: {cut_off}")
+        );
+        // The refusal says what to do: no advice about leases beside it.
+        assert!(!err.message.contains("--lease-ttl"), "{}", err.message);
+        assert_eq!(err.message.matches("etcd at").count(), 1, "{}", err.message);
+
+        // Different answers each keep their URLs, in the order tried.
+        let mixed = [
+            refusal("http://a:1"),
+            Tried {
+                url: "http://b:1".into(),
+                why: "cannot reach it: connection refused".into(),
+            },
+            refusal("http://c:1"),
+        ];
+        assert_eq!(
+            said(&mixed),
+            format!(
+                "http://a:1 and http://c:1 said: {cut_off}; http://b:1: cannot reach it: \
+                 connection refused"
+            )
+        );
+        let three = [
+            refusal("http://a:1"),
+            refusal("http://b:1"),
+            refusal("http://c:1"),
+        ];
+        assert!(said(&three).starts_with("http://a:1, http://b:1 and http://c:1 said: "));
     }
 }
