@@ -939,13 +939,8 @@ fn mentions(text: &str, url: &str) -> usize {
 fn check_refusal(pair: &Pair, err: &str, endpoint: &str, detail: &str) {
     eprintln!("without etcd ({} characters): {err}", err.len());
     assert!(err.len() < 400, "too long ({}): {err}", err.len());
-    for internal in [
-        "MetadataMap",
-        "details:",
-        "grpc request error",
-        "tonic::",
-        "source:",
-    ] {
+    // What the etcd client's errors said before they were described.
+    for internal in ["grpc request error", "tonic::", "source:"] {
         assert!(!err.contains(internal), "{internal:?} in: {err}");
     }
     // No coordinator leads, so none is named as the leader.
