@@ -9,6 +9,23 @@ use crate::model::{LogChunk, LogLine, LogRequest, LogStream, LogsQuery};
 
 use super::{AgentCommand, Control, ControlError, LogRoute, Result, find_app};
 
+/// Lines a reader's route holds at least, for a reader that falls behind a followed stream.
+const ROUTE_LINES: usize = 1024;
+
+/// The route's size for `lines` of history from each of `instances`: the whole answer, both
+/// streams of each, with room for the notes of nodes that cannot answer, so that no line of
+/// it is dropped however fast the agents send it (it is bounded: at most 10,000 lines per
+/// stream). A slot costs nothing until a line fills it. With `follow`, lines that come later
+/// may still be dropped for a reader that falls behind, and each drop is said.
+fn route_capacity(lines: u32, instances: usize) -> usize {
+    let history = (lines as usize)
+        .saturating_mul(2)
+        .saturating_mul(instances)
+        .saturating_add(instances)
+        .saturating_add(16);
+    history.max(ROUTE_LINES)
+}
+
 /// How long an agent has to start answering a log request (without `follow`). An agent that is
 /// connected but not answering (a stopped process, a host that stalls) would otherwise keep the
 /// reader waiting until its heartbeat lapses, and then end the answer as if there were no logs.
@@ -39,10 +56,12 @@ impl Control {
                 continue;
             }
             if let Some(node) = &inst.node {
-                by_node
-                    .entry(node.clone())
-                    .or_default()
-                    .push((inst.id, inst.index));
+                let asked = by_node.entry(node.clone()).or_default();
+                // Two copies of an index on one node (a rollout's, a restart's) write the same
+                // files: asked twice, the reader would get each line twice.
+                if !asked.iter().any(|(_, index)| *index == inst.index) {
+                    asked.push((inst.id, inst.index));
+                }
             }
         }
         // The requests go out after `inner` is let go: routing them needs only the routes'
@@ -61,7 +80,8 @@ impl Control {
             self.now()
                 .saturating_add(i64::try_from(LOG_ANSWER_WAIT.as_millis()).unwrap_or(i64::MAX))
         });
-        let (tx, rx) = mpsc::channel(1024);
+        let asked: usize = requests.iter().map(|(_, i, _)| i.len()).sum();
+        let (tx, rx) = mpsc::channel(route_capacity(lines, asked));
         let mut routes = self.log_routes.lock();
         for (node, instances, commands) in requests {
             let request_id = self.ids.fetch_add(1, Ordering::Relaxed);

@@ -69,6 +69,62 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
     assert!(route_lines(&mut route, lines(11, 1)));
 }
 
+/// The history a reader asks for arrives whole, however fast its agent sends it: a route
+/// holds both streams' `lines` of each instance asked. Before, it held 1,024 lines, and
+/// `logs --lines 2000` lost the newest lines and the whole other stream without a word.
+/// Two copies of an index on one node (a rollout's) are asked once: they share their files.
+#[test]
+fn a_log_history_arrives_whole_and_once() -> Result<()> {
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
+    let c = Control::open_with(
+        Arc::new(MemoryStore::default()),
+        ControlConfig::default(),
+        clock,
+    )?;
+    let mut a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let query = crate::model::LogsQuery {
+        app: "web".into(),
+        index: None,
+        lines: 2000,
+        follow: false,
+        no_history: false,
+    };
+    let mut rx = c.stream_logs(&query)?;
+    let request = match a.commands.try_recv() {
+        Ok(AgentCommand::Logs(r)) => r,
+        other => panic!("the agent was not asked for logs: {other:?}"),
+    };
+    assert_eq!(request.instance_ids.len(), 1);
+    let lines: Vec<LogLine> = [LogStream::Stdout, LogStream::Stderr]
+        .into_iter()
+        .flat_map(|stream| {
+            (0..2000).map(move |i| LogLine {
+                app: "web".into(),
+                line: format!("line {i}"),
+                stream,
+                ..LogLine::default()
+            })
+        })
+        .collect();
+    c.log_chunk(
+        "a",
+        crate::model::LogChunk {
+            request_id: request.request_id,
+            lines,
+            eof: true,
+            error: String::new(),
+        },
+    );
+    let mut got = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        got.push(l);
+    }
+    assert_eq!(got.len(), 4000, "{:?}", got.last());
+    assert!(got.iter().all(|l| l.stream != LogStream::Unspecified));
+    Ok(())
+}
+
 /// A control with a manual clock and a 1.5 s heartbeat timeout, node "a" attached and running
 /// web[0], and a log request for web made: the agent's session and the reader's stream.
 struct LogRequest {

@@ -351,3 +351,42 @@ async fn an_undo_keeps_the_instances_that_run_the_version_it_returns_to() -> Res
     assert!(after.iter().all(|(_, _, v)| *v == undo.to_version));
     Ok(())
 }
+
+/// Two copies of an index on one node (a rollout's replacement beside its old copy) write the
+/// same log files: a log request asks the node for that index once, or the reader would get
+/// each line twice.
+#[tokio::test]
+async fn a_log_request_asks_once_for_an_index_with_two_copies() -> Result<()> {
+    let spec = AppSpec {
+        port: PortSpec::None,
+        ..web(2)
+    };
+    let mut r = Rolling::start_with(spec, Duration::from_secs(10))?;
+    let started = r.update("V")?;
+    let pair = (0..30).any(|_| {
+        r.second(None);
+        records_of(&r.c)
+            .iter()
+            .any(|(i, _, v)| *i == 0 && *v == started.to_version)
+    });
+    assert!(pair, "no replacement: {:?}", records_of(&r.c));
+    assert_eq!(records_of(&r.c).len(), 3);
+    while r.a.commands.try_recv().is_ok() {}
+    let query = crate::model::LogsQuery {
+        app: "web".into(),
+        index: None,
+        lines: 5,
+        follow: false,
+        no_history: false,
+    };
+    let _lines = r.c.stream_logs(&query)?;
+    let asked = loop {
+        match r.a.commands.try_recv() {
+            Ok(AgentCommand::Logs(req)) => break req.instance_ids.len(),
+            Ok(_) => continue,
+            Err(e) => panic!("the agent was not asked for logs: {e:?}"),
+        }
+    };
+    assert_eq!(asked, 2);
+    Ok(())
+}
