@@ -679,6 +679,48 @@ fn logs_follow_streams_new_lines_through_the_coordinator() {
     assert!(c.agent(0).running());
 }
 
+/// A burst that rotates the log file several times between two reads of the follower: every
+/// line arrives, in order, from each rotated file in turn (none is kept from the reader). Before,
+/// `logs -f` went from the file it read straight to the live one and lost the files between
+/// without a word (a user's 5,000-line burst lost 4,227).
+#[test]
+fn logs_follow_reads_every_file_a_burst_rotated() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let port = free_port_range(1).expect("a free port");
+    // 4 KiB files, twenty kept: 3,000 lines of about 10 bytes rotate seven times at once,
+    // and none is deleted before the follower gets to it.
+    apply(
+        &c,
+        json!({"name": "burst", "script": c.testapp().display().to_string(),
+               "port": port.to_string(), "log_max_size": "4K", "log_retain": 20}),
+    );
+    wait_online(&c, "burst", 1);
+    http_get(port, "/log?n=1").expect("a first line");
+    let follower = LogFollower::start(&c, &["logs", "burst", "-f", "--lines", "1"]);
+    let number = |line: &str| -> Option<u64> { line.rsplit("line ").next()?.trim().parse().ok() };
+    // The history line says the follow has begun.
+    let first = follower.next_within(DEADLINE).expect("the history line");
+    assert_eq!(number(&first), Some(1), "{first}");
+    let reply = http_get(port, "/log?n=3000").expect("burst");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let mut got = Vec::new();
+    let deadline = Instant::now() + DEADLINE;
+    while got.len() < 3000 && Instant::now() < deadline {
+        if let Some(line) = follower.next_within(Duration::from_millis(200)) {
+            got.push(line);
+        }
+    }
+    drop(follower);
+    let numbers: Vec<Option<u64>> = got.iter().map(|l| number(l)).collect();
+    let want: Vec<Option<u64>> = (1..=3000).map(Some).collect();
+    assert!(
+        numbers == want,
+        "{} lines, the first that is not the next: {:?}",
+        got.len(),
+        got.iter().zip(1u64..).find(|(l, n)| number(l) != Some(*n))
+    );
+}
+
 /// `logs --lines 0` is PM2's "no history": alone it prints nothing, with `-f` only the lines
 /// written from then on.
 #[test]

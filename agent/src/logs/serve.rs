@@ -201,7 +201,27 @@ impl Job {
             let polled = tokio::task::spawn_blocking(move || {
                 let mut lines = Vec::new();
                 for s in &mut streams {
-                    match s.follower.poll() {
+                    let polled = s.follower.poll();
+                    if s.follower.take_gap() {
+                        lines.push(pb::LogLine {
+                            app: s.source.app.clone(),
+                            index: s.source.index,
+                            node: node.clone(),
+                            stream: pb::LogStream::Unspecified.into(),
+                            line: format!(
+                                "[pmcluster] {}[{}] {}: the log rotated past log_retain before \
+                                 it was read; lines may be missing here",
+                                s.source.app,
+                                s.source.index,
+                                match s.stream {
+                                    pb::LogStream::Stderr => "stderr",
+                                    _ => "stdout",
+                                }
+                            ),
+                            unread: false,
+                        });
+                    }
+                    match polled {
                         Ok(new) => lines.extend(new.into_iter().map(|line| pb::LogLine {
                             app: s.source.app.clone(),
                             index: s.source.index,

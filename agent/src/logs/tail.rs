@@ -12,6 +12,11 @@ use super::{MAX_LINE_BYTES, rotated};
 const MAX_SCAN_BYTES: u64 = 8 << 20;
 /// Most bytes read from a followed file per poll.
 const MAX_FOLLOW_READ: u64 = 1 << 20;
+/// How far a file's modification time may lag the clock it is compared with (the kernel stamps
+/// files from a clock that advances a tick, up to 10 ms, at a time).
+const MTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
+/// The most rotated files a follower looks through for the one after the file it read.
+const MAX_ROTATED: u32 = 1000;
 
 /// The end of a file as read by [`read_last_lines`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -142,6 +147,12 @@ pub struct Follower {
     offset: u64,
     /// Bytes after the last newline read so far.
     pending: Vec<u8>,
+    /// The file it held was rotated past the kept files before it was read to its end, or
+    /// before the ones after it were: lines may be missing (see [`Follower::take_gap`]).
+    gap: bool,
+    /// When it began to follow a file that did not exist yet (an instance writes its first
+    /// line only later): the first file made since then is where its lines start.
+    waiting_since: Option<std::time::SystemTime>,
 }
 fn ident(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
@@ -161,10 +172,74 @@ impl Follower {
         };
         Follower {
             path,
-            file,
             offset: if same { tail.end } else { 0 },
             pending: Vec::new(),
+            gap: false,
+            waiting_since: file.is_none().then(std::time::SystemTime::now),
+            file,
         }
+    }
+
+    /// The file to read first when there was none to follow at the start: the oldest rotated
+    /// file written since then (a flood may have rotated the first file away already before
+    /// the first poll), else the live file.
+    fn first_file(&mut self) -> PathBuf {
+        let Some(since) = self.waiting_since.take() else {
+            return self.path.clone();
+        };
+        // File times come from the kernel's coarse clock, a tick behind the precise one.
+        let since = since.checked_sub(MTIME_SLACK).unwrap_or(since);
+        let mut first = None;
+        for k in 1..=MAX_ROTATED {
+            let path = rotated(&self.path, k);
+            let Ok(m) = std::fs::metadata(&path) else {
+                break;
+            };
+            if m.modified().is_ok_and(|t| t >= since) {
+                first = Some(path);
+            }
+        }
+        first.unwrap_or_else(|| self.path.clone())
+    }
+
+    /// Whether lines may be missing before those the last poll returned (once).
+    pub fn take_gap(&mut self) -> bool {
+        std::mem::take(&mut self.gap)
+    }
+
+    /// The file to read after the held one, read to its end, once the live file is another:
+    /// the one rotated right after it while it is kept (`.k-1` when the held one is now `.k`),
+    /// else the live file. Rotated files a flood made between two polls are read, not skipped.
+    /// A held file no longer kept (rotated past `log_retain`, so deleted) may have had files
+    /// after it that went too: the oldest kept one newer than it is read, and the gap said.
+    fn next_file(&mut self) -> PathBuf {
+        let Some(held) = &self.file else {
+            return self.first_file();
+        };
+        let Ok(meta) = held.metadata() else {
+            return self.path.clone();
+        };
+        let (held_id, held_mtime) = (ident(&meta), meta.modified().ok());
+        let mut newer = None;
+        // Bounded: the pump keeps at most `log_retain` (a small number) rotated files.
+        for k in 1..=MAX_ROTATED {
+            let path = rotated(&self.path, k);
+            let Ok(m) = std::fs::metadata(&path) else {
+                break;
+            };
+            if ident(&m) == held_id {
+                return newer.unwrap_or_else(|| self.path.clone());
+            }
+            // A file rotated before the held one was opened (an `rm` and a new live file
+            // since) is older, not next.
+            if m.modified().ok() >= held_mtime {
+                newer = Some(path);
+            }
+        }
+        if meta.nlink() == 0 && newer.is_some() {
+            self.gap = true;
+        }
+        newer.unwrap_or_else(|| self.path.clone())
     }
 
     /// New complete lines since the last call. Blocking file I/O: call from the blocking pool.
@@ -183,7 +258,8 @@ impl Follower {
                     return self.read_held(len);
                 }
             }
-            self.file = Some(File::open(&self.path)?);
+            let next = self.next_file();
+            self.file = Some(File::open(&next)?);
             self.offset = 0;
             if !self.pending.is_empty() {
                 // The old file ended mid-line: that line is complete as far as it goes.
@@ -419,5 +495,74 @@ mod tests {
         }
         write(b"fresh file line\n", false);
         assert_eq!(poll(), ["fresh file line"]);
+    }
+
+    /// Rotations between two polls (a flood): the rotated files are read in order, none
+    /// skipped; a file rotated past the kept ones before it was read is a gap, said once.
+    /// Before, the follower went from the file it held straight to the live one, and lost
+    /// every file in between without a word.
+    #[test]
+    fn a_follower_reads_the_files_rotated_between_two_polls() -> io::Result<()> {
+        use crate::logs::rotate_by_rename;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.log");
+        let append = |text: &str| -> io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(text.as_bytes())
+        };
+        append("a\n")?;
+        let tail = read_last_lines_rotated(&path, 10)?;
+        let mut follower = Follower::new(path.clone(), &tail);
+        let read = |follower: &mut Follower| -> io::Result<(Vec<String>, bool)> {
+            let mut all = Vec::new();
+            let mut gap = false;
+            // Bounded: each poll moves on by a file at least.
+            for _ in 0..10 {
+                all.extend(follower.poll()?);
+                gap |= follower.take_gap();
+            }
+            Ok((all, gap))
+        };
+        // Three files made between two polls, three kept: each read, in order.
+        append("b\n")?;
+        rotate_by_rename(&path, 3)?;
+        append("c\n")?;
+        rotate_by_rename(&path, 3)?;
+        append("d\n")?;
+        rotate_by_rename(&path, 3)?;
+        append("e\n")?;
+        assert_eq!(
+            read(&mut follower)?,
+            (vec!["b".into(), "c".into(), "d".into(), "e".into()], false)
+        );
+        // More than are kept: what is kept is read, and the gap is said.
+        append("f\n")?;
+        for line in ["g\n", "h\n", "i\n"] {
+            rotate_by_rename(&path, 1)?;
+            append(line)?;
+        }
+        let (lines, gap) = read(&mut follower)?;
+        assert_eq!(lines, ["f", "h", "i"]);
+        assert!(gap);
+        // No file yet when it began (an instance that wrote nothing so far), then a flood
+        // that rotates: from the first file made, not from the live one.
+        let path = dir.path().join("b.log");
+        let tail = read_last_lines_rotated(&path, 0)?;
+        let mut follower = Follower::new(path.clone(), &tail);
+        let append = |text: &str| -> io::Result<()> {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            f.write_all(text.as_bytes())
+        };
+        append("1\n")?;
+        rotate_by_rename(&path, 3)?;
+        append("2\n")?;
+        assert_eq!(read(&mut follower)?, (vec!["1".into(), "2".into()], false));
+        Ok(())
     }
 }

@@ -9,8 +9,10 @@ use crate::model::{LogChunk, LogLine, LogRequest, LogStream, LogsQuery};
 
 use super::{AgentCommand, Control, ControlError, LogRoute, Result, find_app};
 
-/// Lines a reader's route holds at least, for a reader that falls behind a followed stream.
-const ROUTE_LINES: usize = 1024;
+/// Lines a reader's route holds at least: what an agent's poll of a followed file sends at once
+/// in a flood (up to 1 MiB of lines per stream), so that a reader who keeps up loses none of a
+/// burst. A few MiB at most for a reader that falls behind, who loses lines then (said).
+const ROUTE_LINES: usize = 16_384;
 
 /// The route's size for `lines` of history from each of `instances`: the whole answer, both
 /// streams of each, with room for the notes of nodes that cannot answer, so that no line of
