@@ -597,6 +597,8 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
     let mut conn = ctx.connect().await?;
     let app = args.app.clone();
     let changing = args.off || crate::validate::autoscale_changes(&args);
+    // With --off, the policy switched off: the line to turn it back on restates it.
+    let mut switched_off = None;
     let status = if changing {
         let current = call!(
             conn,
@@ -606,6 +608,9 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
         .await?;
         let policy = crate::validate::autoscale_policy(&args, current.policy.as_ref())
             .map_err(anyhow::Error::from)?;
+        if args.off {
+            switched_off = current.policy.filter(|p| p.enabled);
+        }
         call!(
             conn,
             set_autoscale,
@@ -618,6 +623,15 @@ pub async fn autoscale(args: AutoscaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
     } else {
         call!(conn, get_autoscale, pb::GetAutoscaleRequest { app }).await?
     };
+    if let Some(p) = &switched_off
+        && !ctx.structured()
+    {
+        let off = format!(
+            "{}: autoscaling is off ({} instances)\n",
+            status.app, status.instances
+        );
+        return ctx.text(&(off + &output::turn_back_on(&status.app, p)));
+    }
     if ctx.structured() {
         return ctx.value(&output::autoscale_json(&status));
     }

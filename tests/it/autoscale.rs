@@ -138,7 +138,13 @@ fn scales_up_under_load_and_down_after() {
     // Manual scale: inside the bounds it holds, outside it is refused while autoscaling.
     let err = c.cli(&["scale", "web", "9"]).assert_failed().to_string();
     assert!(err.contains("autoscales between 2 and 4"), "{err}");
-    c.cli(&["autoscale", "web", "--off"]).assert_ok();
+    let off = c.cli(&["autoscale", "web", "--off"]);
+    assert!(
+        off.assert_ok()
+            .stdout
+            .contains("turn it back on with: pmcluster autoscale web --min 2 --max 4 "),
+        "{off}"
+    );
     // --wait: the removed process is listed (stopping) until it has ended.
     c.cli(&["scale", "web", "1", "--wait"]).assert_ok();
     assert_eq!(count(&c, "web"), 1);

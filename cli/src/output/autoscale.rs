@@ -91,6 +91,44 @@ pub fn suggested_bounds(capacity: Option<u32>, instances: u32) -> Option<(u32, u
     (max >= 2).then_some((2, max))
 }
 
+/// After `autoscale APP --off`: the command that turns the policy it switched off back on, its
+/// bounds, mode and thresholds, and the times that were not the defaults.
+pub fn turn_back_on(app: &str, p: &pb::Autoscale) -> String {
+    let mut flags = vec![format!("--min {} --max {}", p.min, p.max)];
+    if p.mode == "target" {
+        flags.push("--mode target".into());
+    }
+    if p.cpu_threshold > 0.0 {
+        flags.push(format!("--cpu-threshold {}", p.cpu_threshold));
+    }
+    if p.memory_threshold > 0.0 {
+        flags.push(format!("--memory-threshold {}", p.memory_threshold));
+    } else if p.memory_threshold_bytes > 0 {
+        // "B": a plain number would be read as a percent.
+        flags.push(format!("--memory-threshold {}B", p.memory_threshold_bytes));
+    }
+    if p.scale_down_fraction > 0.0 {
+        flags.push(format!("--scale-down-fraction {}", p.scale_down_fraction));
+    }
+    if let Some(t) = p.tolerance {
+        flags.push(format!("--tolerance {t}"));
+    }
+    let ms = |flag: &str, v: u64| format!("{flag} {v}ms");
+    if let Some(v) = p.cooldown_ms {
+        flags.push(ms("--cooldown", v));
+    }
+    if p.up_stabilization_ms > 0 {
+        flags.push(ms("--up-stabilization", p.up_stabilization_ms));
+    }
+    if let Some(v) = p.down_stabilization_ms {
+        flags.push(ms("--down-stabilization", v));
+    }
+    format!(
+        "turn it back on with: pmcluster autoscale {app} {}\n",
+        flags.join(" ")
+    )
+}
+
 pub fn autoscale_json(s: &pb::AutoscaleStatus) -> Value {
     let p = s.policy.clone().unwrap_or_default();
     json!({

@@ -623,6 +623,22 @@ fn autoscale_flags() {
     let b = parse("pmcluster autoscale web --max 6");
     let p2 = autoscale_policy(&b, Some(&p)).expect("valid");
     assert_eq!((p2.min, p2.max, p2.cpu_threshold), (2, 6, 70.0));
+    // The line `--off` prints to turn a policy back on gives that very policy.
+    for line in [
+        "pmcluster autoscale web --min 2 --max 10 --cpu-threshold 70 --cooldown 30s",
+        "pmcluster autoscale web --min 1 --max 4 --mode target --memory-threshold 512M \
+         --tolerance 0.2 --up-stabilization 5s --down-stabilization 1m",
+        "pmcluster autoscale web --max 3 --memory-threshold 80 --scale-down-fraction 0.25",
+    ] {
+        let policy = autoscale_policy(&parse(line), None).expect("valid");
+        let back = crate::output::turn_back_on("web", &policy);
+        let back = back
+            .trim_end()
+            .strip_prefix("turn it back on with: ")
+            .expect("the line");
+        let again = autoscale_policy(&parse(back), None).expect("valid");
+        assert_eq!(again, policy, "{line} -> {back}");
+    }
     let m = parse("pmcluster autoscale web --max 3 --memory-threshold 512M");
     assert_eq!(
         autoscale_policy(&m, None)

@@ -56,8 +56,9 @@ fn ratio(policy: &AutoscalePolicy, memory_request: u64, s: &Sample) -> Option<(f
             best = Some((r, text));
         }
     };
+    let down = policy.scale_down_fraction;
     if let (Some(t), Some(cpu)) = (policy.cpu_threshold, s.cpu) {
-        consider(cpu / t, format!("cpu avg {cpu:.0}%"));
+        consider(cpu / t, format!("cpu avg {}%", figure(cpu, &[t, t * down])));
     }
     match (policy.memory_threshold, s.memory) {
         (Some(MemoryThreshold::Bytes(b)), Some(m)) if b > 0 => {
@@ -68,11 +69,25 @@ fn ratio(policy: &AutoscalePolicy, memory_request: u64, s: &Sample) -> Option<(f
         }
         (Some(MemoryThreshold::Percent(p)), Some(m)) if memory_request > 0 => {
             let pct = m * 100.0 / memory_request as f64;
-            consider(pct / p, format!("memory avg {pct:.0}% of request"));
+            consider(
+                pct / p,
+                format!("memory avg {}% of request", figure(pct, &[p, p * down])),
+            );
         }
         _ => {}
     }
     best
+}
+
+/// `v` in whole units, unless that reads the same as one of the `thresholds` it is compared
+/// with (as whole units): then with two decimals, so that "40% > 40%" reads "40.31% > 40%".
+fn figure(v: f64, thresholds: &[f64]) -> String {
+    let whole = format!("{v:.0}");
+    if thresholds.iter().any(|t| format!("{t:.0}") == whole) {
+        format!("{v:.2}")
+    } else {
+        whole
+    }
 }
 
 fn threshold_text(policy: &AutoscalePolicy, factor: f64) -> String {
@@ -165,36 +180,50 @@ pub fn decide(input: Input<'_>) -> Decision {
             if up_ok
                 && let Some(rs) = ratios(up_window)
                 && rs.iter().all(|r| *r > 1.0)
-                && input.current < p.max
             {
+                let above = format!(
+                    "{latest_text} > {} for {}",
+                    threshold_text(p, 1.0),
+                    secs(up_ms)
+                );
+                if input.current >= p.max {
+                    return Decision::Hold {
+                        reason: format!("{above}, but {} is the maximum", p.max),
+                    };
+                }
                 let lowest = rs.iter().copied().fold(f64::INFINITY, f64::min);
                 let enough = (f64::from(latest.online.max(1)) * lowest).ceil() as u32;
-                let to = clamp(enough.max(input.current + 1));
+                let wanted = enough.max(input.current + 1);
+                let to = clamp(wanted);
+                let capped = if wanted > to {
+                    format!(" (wanted {wanted}; the maximum is {})", p.max)
+                } else {
+                    String::new()
+                };
                 return Decision::Scale {
                     to,
-                    reason: format!(
-                        "{latest_text} > {} for {}: {} -> {to}",
-                        threshold_text(p, 1.0),
-                        secs(up_ms),
-                        input.current
-                    ),
+                    reason: format!("{above}: {} -> {to}{capped}", input.current),
                 };
             }
             let f = p.scale_down_fraction;
             if covers(input.history, input.now_ms, down_ms)
                 && let Some(rs) = ratios(down_window)
                 && rs.iter().all(|r| *r < f)
-                && input.current > p.min
             {
+                let below = format!(
+                    "{latest_text} < {} for {}",
+                    threshold_text(p, f),
+                    secs(down_ms)
+                );
+                if input.current <= p.min {
+                    return Decision::Hold {
+                        reason: format!("{below}, but {} is the minimum", p.min),
+                    };
+                }
                 let to = input.current - 1;
                 return Decision::Scale {
                     to,
-                    reason: format!(
-                        "{latest_text} < {} for {}: {} -> {to}",
-                        threshold_text(p, f),
-                        secs(down_ms),
-                        input.current
-                    ),
+                    reason: format!("{below}: {} -> {to}", input.current),
                 };
             }
             Decision::Hold {
@@ -249,8 +278,15 @@ pub fn decide(input: Input<'_>) -> Decision {
                     ),
                 };
             }
+            let bound = if latest_ratio > 1.0 + p.tolerance && input.current >= p.max {
+                format!(", but {} is the maximum", p.max)
+            } else if latest_ratio < 1.0 - p.tolerance && input.current <= p.min {
+                format!(", but {} is the minimum", p.min)
+            } else {
+                String::new()
+            };
             Decision::Hold {
-                reason: format!("{latest_text} (x{latest_ratio:.2} of target): holding"),
+                reason: format!("{latest_text} (x{latest_ratio:.2} of target): holding{bound}"),
             }
         }
     }
@@ -328,7 +364,29 @@ mod tests {
         check(&p, 4, &[(40, 50.0), (20, 86.0), (0, 86.0)], None, "hold");
         // Not enough history to cover the window.
         check(&p, 4, &[(10, 90.0), (0, 90.0)], None, "hold");
-        check(&p, 10, &flat(40, 99.0), None, "hold");
+        // At the maximum, and at the minimum: said so, not "within bounds".
+        check(
+            &p,
+            10,
+            &flat(40, 99.0),
+            None,
+            "hold: cpu avg 99% > 70% for 30s, but 10 is the maximum",
+        );
+        check(
+            &p,
+            2,
+            &flat(400, 5.0),
+            None,
+            "hold: cpu avg 5% < 35% for 300s, but 2 is the minimum",
+        );
+        // A figure that rounds to its threshold is given to the hundredth.
+        check(
+            &p,
+            4,
+            &flat(40, 70.4),
+            None,
+            "cpu avg 70.40% > 70% for 30s: 4 -> 5",
+        );
         // Far above: enough instances at once to bring the average back to the threshold, by the
         // lowest load of the window, within max.
         check(
@@ -339,7 +397,13 @@ mod tests {
             "-> 8: cpu avg 140% > 70% for 30s: 4 -> 8",
         );
         check(&p, 4, &[(30, 105.0), (20, 140.0), (0, 140.0)], None, "-> 6");
-        check(&p, 4, &flat(40, 400.0), None, "-> 10");
+        check(
+            &p,
+            4,
+            &flat(40, 400.0),
+            None,
+            "-> 10: cpu avg 400% > 70% for 30s: 4 -> 10 (wanted 23; the maximum is 10)",
+        );
         check(
             &p,
             4,
@@ -388,6 +452,14 @@ mod tests {
         check(&p, 4, &flat(40, 350.0), None, "-> 10");
         // Inside the tolerance band: hold.
         check(&p, 4, &flat(400, 75.0), None, "hold");
+        // Above the target at the maximum: the hold says why.
+        check(
+            &p,
+            10,
+            &flat(40, 140.0),
+            None,
+            "hold: cpu avg 140% (x2.00 of target): holding, but 10 is the maximum",
+        );
         // Scale-up takes the lowest recommendation of the window.
         check(&p, 4, &[(30, 105.0), (20, 140.0), (0, 140.0)], None, "-> 6");
         // Scale-down takes the highest recommendation of the down window.
