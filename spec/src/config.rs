@@ -758,6 +758,10 @@ pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError
     check_duration(field, d)
 }
 
+/// Names both forms `instances` takes, so a near miss like `"max5"` points at the keyword too.
+const NOT_A_COUNT: &str =
+    "is neither a whole number of instances (0 or more) nor \"max\" (one per core)";
+
 /// Parses an instance count: a whole number 0 or more, up to u32 (`"max"` is handled by the caller).
 pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
     let too_large = |n: &dyn std::fmt::Display| {
@@ -779,16 +783,13 @@ pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
                 }
                 _ => Err(SpecError::new(
                     "instances",
-                    format!("{} is not a whole number of instances (0 or more)", echo(s)),
+                    format!("{} {NOT_A_COUNT}", echo(s)),
                 )),
             }
         }
         other => Err(SpecError::new(
             "instances",
-            format!(
-                "{} is not a whole number of instances (0 or more)",
-                other.to_text()
-            ),
+            format!("{} {NOT_A_COUNT}", other.to_text()),
         )),
     }
 }

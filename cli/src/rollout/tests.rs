@@ -35,7 +35,7 @@ fn edit_errors_name_the_option_and_field() {
         (
             &["instances=lots"],
             None,
-            "--set instances: \"lots\" is not a whole number",
+            "--set instances: \"lots\" is neither a whole number",
         ),
         (
             &[],

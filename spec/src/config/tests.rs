@@ -493,7 +493,17 @@ fn type_errors_name_the_app_and_field() {
         (
             r#"{"name":"x1","script":"x","instances":"four"}"#,
             Json,
-            r#"app "x1": instances: "four" is not a whole number of instances (0 or more)"#,
+            r#"app "x1": instances: "four" is neither a whole number of instances (0 or more) nor "max" (one per core)"#,
+        ),
+        (
+            r#"{"name":"x2","script":"x","instances":"max5"}"#,
+            Json,
+            r#"app "x2": instances: "max5" is neither a whole number of instances (0 or more) nor "max" (one per core)"#,
+        ),
+        (
+            r#"{"name":"x3","script":"x","instances":-2}"#,
+            Json,
+            r#"app "x3": instances: -2 is neither a whole number of instances (0 or more) nor "max" (one per core)"#,
         ),
     ];
     let mut wrong = Vec::new();
