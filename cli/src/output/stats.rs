@@ -27,6 +27,7 @@ struct Figures {
     disabled: usize,
     leaking: usize,
     cpu_total: f64,
+    cpu_min: f64,
     cpu_max: f64,
     mem_total: u64,
     mem_min: u64,
@@ -50,6 +51,11 @@ fn figures(instances: &[pb::Instance], now_ms: i64) -> Figures {
         disabled: instances.iter().filter(|i| i.disabled).count(),
         leaking: instances.iter().filter(|i| !i.leak.is_empty()).count(),
         cpu_total: on.iter().map(|i| i.cpu_percent).sum(),
+        cpu_min: on
+            .iter()
+            .map(|i| i.cpu_percent)
+            .min_by(f64::total_cmp)
+            .unwrap_or(0.0),
         cpu_max: on.iter().map(|i| i.cpu_percent).fold(0.0, f64::max),
         mem_total: on.iter().map(|i| i.memory_bytes).sum(),
         mem_min: on.iter().map(|i| i.memory_bytes).min().unwrap_or(0),
@@ -102,9 +108,10 @@ pub fn stats_text(app: &str, instances: &[pb::Instance], now_ms: i64) -> String 
         (
             "cpu",
             format!(
-                "{} total, {} avg, {} max",
+                "{} total, {} avg, {} min, {} max",
                 percent(f.cpu_total),
                 percent(mean(f.cpu_total, n)),
+                percent(f.cpu_min),
                 percent(f.cpu_max)
             ),
         ),
@@ -145,7 +152,10 @@ pub fn stats_json(app: &str, instances: &[pb::Instance], now_ms: i64) -> Value {
         "online": f.online,
         "disabled": f.disabled,
         "leak_suspected": f.leaking,
-        "cpu": {"total": f.cpu_total, "avg": mean(f.cpu_total, n), "max": f.cpu_max},
+        "cpu": {
+            "total": f.cpu_total, "avg": mean(f.cpu_total, n),
+            "min": f.cpu_min, "max": f.cpu_max,
+        },
         "memory": {
             "total": f.mem_total, "avg": mean(f.mem_total as f64, n) as u64,
             "min": f.mem_min, "max": f.mem_max,
@@ -318,7 +328,7 @@ mod tests {
         let want = "\
 app:       web
 instances: 3 online of 4, 1 disabled
-cpu:       60.0% total, 20.0% avg, 30.0% max
+cpu:       60.0% total, 20.0% avg, 10.0% min, 30.0% max
 memory:    150.0 MiB total, 50.0 MiB avg, 40.0 MiB min, 60.0 MiB max
 restarts:  3
 uptime:    1m shortest, 1h longest
@@ -328,6 +338,7 @@ nodes:     a 2, b 1
         let v = stats_json("web", &three(), NOW);
         assert_eq!(v["online"], 3);
         assert_eq!(v["memory"]["avg"], 50 * MIB);
+        assert_eq!(v["cpu"]["min"], 10.0);
         assert_eq!(v["nodes"]["a"], 2);
         let none = stats_text("web", &[], NOW);
         assert!(
