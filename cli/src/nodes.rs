@@ -109,21 +109,65 @@ pub async fn drain(args: NodeArg, drain: bool, ctx: &mut Ctx<'_>) -> anyhow::Res
     } else {
         call!(conn, undrain_node, target).await?
     };
-    let node = reply.node.unwrap_or_default();
     if ctx.structured() {
-        return ctx.value(&output::node_json(&node));
+        return ctx.value(&output::node_json(&reply.node.unwrap_or_default()));
     }
+    ctx.line(&drain_line(&args.node, drain, &reply))
+}
+
+/// What `drain` / `undrain` did: an undrain of a node that was not drained (or a second drain)
+/// wrote nothing, and saying "eligible again" would suggest it had been kept from scheduling.
+fn drain_line(name: &str, drain: bool, reply: &pb::NodeReply) -> String {
+    let node = reply.node.clone().unwrap_or_default();
     let status = output::node_status_name(node.status);
-    if drain {
-        ctx.line(&format!(
-            "draining {}: {} to move, one at a time, each once its replacement is online or its app's update.healthy_deadline has passed (status {status}); watch with: pmcluster nodes",
-            args.node,
-            plural(node.instances, "instance")
-        ))
-    } else {
-        ctx.line(&format!(
-            "{} is eligible again (status {status})",
-            args.node
-        ))
+    let to_move = plural(node.instances, "instance");
+    match (drain, reply.unchanged) {
+        (true, false) => format!(
+            "draining {name}: {to_move} to move, one at a time, each once its replacement is online or its app's update.healthy_deadline has passed (status {status}); watch with: pmcluster nodes"
+        ),
+        (true, true) => format!(
+            "{name} is draining already; nothing changed ({to_move} still to move; watch with: pmcluster nodes)"
+        ),
+        (false, false) => format!("{name} is eligible again (status {status})"),
+        (false, true) => format!("{name} is not drained; nothing changed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(status: pb::NodeStatus, instances: u32, unchanged: bool) -> pb::NodeReply {
+        pb::NodeReply {
+            node: Some(pb::Node {
+                name: "n2".into(),
+                status: status as i32,
+                instances,
+                ..pb::Node::default()
+            }),
+            unchanged,
+        }
+    }
+
+    #[test]
+    fn drain_and_undrain_say_when_nothing_changed() {
+        use pb::NodeStatus::{Draining, Ready};
+        assert_eq!(
+            drain_line("n2", false, &reply(Ready, 2, true)),
+            "n2 is not drained; nothing changed"
+        );
+        assert_eq!(
+            drain_line("n2", false, &reply(Ready, 2, false)),
+            "n2 is eligible again (status ready)"
+        );
+        assert_eq!(
+            drain_line("n2", true, &reply(Draining, 1, true)),
+            "n2 is draining already; nothing changed (1 instance still to move; watch with: \
+             pmcluster nodes)"
+        );
+        assert!(
+            drain_line("n2", true, &reply(Draining, 2, false))
+                .starts_with("draining n2: 2 instances to move, one at a time"),
+        );
     }
 }

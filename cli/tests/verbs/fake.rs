@@ -378,6 +378,7 @@ impl Cluster for Fake {
                 status: pb::NodeStatus::Draining as i32,
                 ..Default::default()
             }),
+            unchanged: false,
         }))
     }
 
@@ -406,6 +407,7 @@ impl Cluster for Fake {
                 status: pb::NodeStatus::Ready as i32,
                 ..Default::default()
             }),
+            unchanged: true,
         }))
     }
 

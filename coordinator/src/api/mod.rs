@@ -297,6 +297,21 @@ impl ClusterApi {
         let node = control.write(move |c| f(c, &node)).await?;
         Ok(Response::new(pb::NodeReply {
             node: Some(node.into()),
+            unchanged: false,
+        }))
+    }
+
+    async fn drain_command(
+        &self,
+        r: Request<pb::NodeTarget>,
+        drain: bool,
+    ) -> Result<Response<pb::NodeReply>, Status> {
+        let control = self.control()?;
+        let node = r.into_inner().node;
+        let (node, changed) = control.write(move |c| c.set_drain(&node, drain)).await?;
+        Ok(Response::new(pb::NodeReply {
+            node: Some(node.into()),
+            unchanged: !changed,
         }))
     }
 }
@@ -449,16 +464,14 @@ impl pb::cluster_server::Cluster for ClusterApi {
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        self.node_command(r, |c, node| c.set_drain(node, true))
-            .await
+        self.drain_command(r, true).await
     }
 
     async fn undrain_node(
         &self,
         r: Request<pb::NodeTarget>,
     ) -> Result<Response<pb::NodeReply>, Status> {
-        self.node_command(r, |c, node| c.set_drain(node, false))
-            .await
+        self.drain_command(r, false).await
     }
 
     async fn adopt_node(

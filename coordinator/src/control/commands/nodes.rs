@@ -191,15 +191,17 @@ impl Control {
         Ok(before)
     }
 
-    /// Starts (or stops, with `drain = false`) draining a node.
-    pub fn set_drain(&self, node: &str, drain: bool) -> Result<NodeView> {
+    /// Starts (or stops, with `drain = false`) draining a node. Also says whether anything
+    /// changed, so an undrain of a node that was never drained is not reported as one.
+    pub fn set_drain(&self, node: &str, drain: bool) -> Result<(NodeView, bool)> {
         let mut inner = self.lock();
         let Some(record) = inner.ahead.nodes.get(node).cloned() else {
             return Err(ControlError::NotFound(format!(
                 "node {node:?} not found; see the nodes with 'pmcluster nodes'"
             )));
         };
-        if record.drain != drain {
+        let changed = record.drain != drain;
+        if changed {
             let batch = Batch {
                 put_nodes: vec![NodeRecord { drain, ..record }],
                 ..Batch::default()
@@ -207,17 +209,21 @@ impl Control {
             self.write(&mut inner, batch)?;
         }
         drop(inner);
-        let what = if drain { "draining" } else { "eligible again" };
-        self.emit(
-            EventKind::NodeDrain,
-            "",
-            node,
-            None,
-            format!("node {node} {what}"),
-        );
-        self.list_nodes()
+        if changed {
+            let what = if drain { "draining" } else { "eligible again" };
+            self.emit(
+                EventKind::NodeDrain,
+                "",
+                node,
+                None,
+                format!("node {node} {what}"),
+            );
+        }
+        let view = self
+            .list_nodes()
             .into_iter()
             .find(|n| n.name == node)
-            .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))
+            .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))?;
+        Ok((view, changed))
     }
 }

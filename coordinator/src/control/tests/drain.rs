@@ -521,3 +521,27 @@ fn a_drain_with_nowhere_to_go_says_so() -> Result<()> {
     );
     Ok(())
 }
+
+/// An undrain of a node that was not drained (or a second drain) changes nothing, and says so:
+/// no write, no event, and the caller is told, so the CLI does not report the node "eligible
+/// again".
+#[test]
+fn a_drain_or_undrain_that_changes_nothing_says_so() -> Result<()> {
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config(), clock)?;
+    c.attach(&register("a"), None)?;
+    let drain_events = |c: &Control| c.recent_events("", Some(EventKind::NodeDrain), 10).len();
+    let (_, changed) = c.set_drain("a", false)?;
+    assert!(!changed, "a was never drained");
+    assert_eq!(drain_events(&c), 0);
+    let (view, changed) = c.set_drain("a", true)?;
+    assert!(changed);
+    assert_eq!(view.name, "a");
+    let (_, changed) = c.set_drain("a", true)?;
+    assert!(!changed, "a was draining already");
+    assert_eq!(drain_events(&c), 1);
+    let (_, changed) = c.set_drain("a", false)?;
+    assert!(changed);
+    assert_eq!(drain_events(&c), 2);
+    Ok(())
+}
