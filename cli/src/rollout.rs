@@ -665,6 +665,11 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             ))
         }
         RolloutCommand::Undo { app, to_version } => {
+            // Only to say which spec the undo restores and how that version fared: the undo
+            // goes ahead without it.
+            let before = call!(conn, get_rollout, pb::RolloutRequest { app: app.clone() })
+                .await
+                .ok();
             let d = call!(
                 conn,
                 undo_rollout,
@@ -677,17 +682,60 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             if ctx.structured() {
                 return ctx.value(&output::deployment_json(&d));
             }
-            let from = match to_version {
-                Some(v) => format!("the spec of version {v}"),
-                None => "the previous spec".to_string(),
-            };
-            ctx.line(&format!(
-                "{app}: rolling back to {from} as version {}; follow it with: pmcluster rollout \
-                 status {app} --wait",
-                d.to_version
-            ))
+            ctx.line(&undo_line(&app, to_version, before.as_ref(), &d))
         }
     }
+}
+
+/// What `rollout undo` started: the version whose spec comes back and, when that version's own
+/// rollout failed or was rolled back, a warning. Right after an automatic rollback the version
+/// before the current one is the bad one, and an undo silently re-deployed it.
+fn undo_line(
+    app: &str,
+    to_version: Option<u64>,
+    before: Option<&pb::RolloutStatus>,
+    d: &pb::Deployment,
+) -> String {
+    // The coordinator goes back to the newest kept version below the current one; judged from
+    // the status read just before, and only if no other change came in between.
+    let before = before.filter(|s| s.version == d.from_version);
+    let source = to_version.or_else(|| {
+        before.and_then(|s| s.versions.iter().copied().filter(|v| *v < s.version).max())
+    });
+    let Some(source) = source else {
+        return format!(
+            "{app}: rolling back to the previous spec as version {}; follow it with: pmcluster \
+             rollout status {app} --wait",
+            d.to_version
+        );
+    };
+    // The rollout that made `source` (a rolling restart also ends on it, but does not make it).
+    let fate = before
+        .and_then(|s| {
+            s.history
+                .iter()
+                .chain(s.current.as_ref())
+                .filter(|h| h.to_version == source && h.from_version != source)
+                .max_by_key(|h| h.id)
+        })
+        .and_then(|h| {
+            let what = match h.state.as_str() {
+                "failed" => "failed",
+                "rolled back" => "was rolled back",
+                _ => return None,
+            };
+            Some(if h.message.is_empty() {
+                format!(" (version {source}'s rollout {what})")
+            } else {
+                format!(" (version {source}'s rollout {what}: {})", h.message)
+            })
+        })
+        .unwrap_or_default();
+    format!(
+        "{app}: rolling back to the spec of version {source} as version {}{fate}; follow it \
+         with: pmcluster rollout status {app} --wait",
+        d.to_version
+    )
 }
 
 async fn control(

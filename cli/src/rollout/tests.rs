@@ -204,3 +204,55 @@ fn policy_change_lines() {
     assert!(policy_changes(&old, &old).is_empty());
     assert_eq!(policy_json(&new)["shutdown_delay_ms"], 2500);
 }
+
+/// After an automatic rollback (6 failed, 7 restored 5's spec), a plain undo goes back to 6: the
+/// line names the version whose spec it restores and says how that version's rollout ended.
+#[test]
+fn undo_names_the_version_it_restores_and_warns_of_a_bad_one() {
+    let dep = |id, kind: &str, from, to, state: &str, message: &str| pb::Deployment {
+        id,
+        app: "web".into(),
+        kind: kind.into(),
+        from_version: from,
+        to_version: to,
+        state: state.into(),
+        message: message.into(),
+        ..pb::Deployment::default()
+    };
+    let status = pb::RolloutStatus {
+        current: Some(dep(4, "rollback", 6, 7, "succeeded", "")),
+        history: vec![
+            dep(1, "update", 4, 5, "succeeded", ""),
+            dep(2, "restart", 5, 5, "failed", "restart stuck"),
+            dep(3, "update", 5, 6, "rolled back", "web[0] crashed 3 times"),
+        ],
+        versions: vec![4, 5, 6, 7],
+        version: 7,
+    };
+    let undo = dep(5, "rollback", 7, 8, "running", "");
+    assert_eq!(
+        undo_line("web", None, Some(&status), &undo),
+        "web: rolling back to the spec of version 6 as version 8 (version 6's rollout was \
+         rolled back: web[0] crashed 3 times); follow it with: pmcluster rollout status web --wait"
+    );
+    // A good version: no warning, and a failed restart of it does not count against it.
+    assert_eq!(
+        undo_line("web", Some(5), Some(&status), &undo),
+        "web: rolling back to the spec of version 5 as version 8; follow it with: pmcluster \
+         rollout status web --wait"
+    );
+    let mut failed = status.clone();
+    failed.history[2].state = "failed".into();
+    assert!(
+        undo_line("web", None, Some(&failed), &undo)
+            .contains("version 6 as version 8 (version 6's rollout failed: web[0] crashed"),
+    );
+    // Another change came in between the read and the undo: the source is not known for sure.
+    let later = dep(5, "rollback", 9, 10, "running", "");
+    assert_eq!(
+        undo_line("web", None, Some(&status), &later),
+        "web: rolling back to the previous spec as version 10; follow it with: pmcluster \
+         rollout status web --wait"
+    );
+    assert!(undo_line("web", None, None, &undo).contains("the previous spec as version 8"));
+}
