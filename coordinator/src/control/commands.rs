@@ -596,8 +596,9 @@ impl Control {
     pub fn steer_rollout(&self, name: &str, action: RolloutAction) -> Result<Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner.ahead, name)?.clone();
+        // Not a bad argument: the same call succeeds once a rollout is under way.
         let Some(mut d) = app.deployment.clone().filter(|d| d.state.active()) else {
-            return Err(ControlError::InvalidArgument(format!(
+            return Err(ControlError::FailedPrecondition(format!(
                 "app {name:?} has no rollout in progress; see: pmcluster rollout history {name}"
             )));
         };
@@ -611,8 +612,33 @@ impl Control {
                 EventKind::RolloutResume
             }
             RolloutAction::Promote => {
+                let to = d.to_version;
+                // A promotion lifts the canary cap; without one pending it would report a
+                // change that never happened.
+                let nothing = if d.kind == Kind::Rollback {
+                    Some("is a rollback, which has no canaries".to_string())
+                } else if app.spec.update.canary == 0 {
+                    Some("has no canaries (update.canary is 0)".to_string())
+                } else if d.promoted {
+                    Some("was promoted already".to_string())
+                } else {
+                    None
+                };
+                if let Some(why) = nothing {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "nothing to promote: the rollout of app {name:?} to version {to} {why}"
+                    )));
+                }
+                let resumed = d.state == State::Paused;
                 d.promoted = true;
                 d.state = State::Running;
+                // The canary step's message asked for this promotion; it would read as still
+                // pending until the next step rewrote it.
+                d.message = if resumed {
+                    "promoted and resumed; the rollout goes on".to_string()
+                } else {
+                    "promoted; the rollout goes on".to_string()
+                };
                 EventKind::RolloutPromote
             }
         };

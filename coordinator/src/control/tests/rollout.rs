@@ -390,3 +390,46 @@ async fn a_log_request_asks_once_for_an_index_with_two_copies() -> Result<()> {
     assert_eq!(asked, 2);
     Ok(())
 }
+
+/// `rollout promote` says what it did: a promotion of a paused canary rollout resumes it, and
+/// the reply no longer carries the canary step's "promote with" hint. With no canary waiting
+/// (none configured, promoted already, no rollout) it is refused as a failed precondition, not
+/// answered with the unchanged status.
+#[tokio::test]
+async fn a_promotion_says_what_it_did_and_is_refused_with_nothing_to_promote() -> Result<()> {
+    let mut r = Rolling::start(3, Duration::from_secs(1))?;
+    let refused = |r: &Rolling, want: &str| match r.c.steer_rollout("web", RolloutAction::Promote) {
+        Err(ControlError::FailedPrecondition(m)) => assert!(m.contains(want), "{m}"),
+        other => panic!("want a refusal saying {want:?}, got {other:?}"),
+    };
+    refused(&r, "has no rollout in progress");
+    let plain = r.update("PLAIN")?;
+    refused(
+        &r,
+        "nothing to promote: the rollout of app \"web\" to version 2 has no canaries",
+    );
+    for _ in 0..60 {
+        if r.ended(plain.id)?.is_some() {
+            break;
+        }
+        r.second(None);
+    }
+    r.v1.update.canary = 1;
+    let canary = r.update("CANARY")?;
+    let mut waiting = false;
+    for _ in 0..60 {
+        r.second(None);
+        if deployment(&r.c, "web", canary.id)?.is_some_and(|d| d.state == State::AwaitingPromotion)
+        {
+            waiting = true;
+            break;
+        }
+    }
+    assert!(waiting, "{:?}", r.c.rollouts("web")?);
+    r.c.steer_rollout("web", RolloutAction::Pause)?;
+    let d = r.c.steer_rollout("web", RolloutAction::Promote)?;
+    assert_eq!(d.state, State::Running);
+    assert_eq!(d.message, "promoted and resumed; the rollout goes on");
+    refused(&r, "was promoted already");
+    Ok(())
+}
