@@ -121,6 +121,31 @@ pub fn config_apps(
     })
 }
 
+/// As [`config_apps`] for `apply -f`, with each app's bad value its own error (the app named,
+/// or its place): only a file that cannot be read as apps is one error for all.
+#[allow(clippy::type_complexity)]
+pub fn config_apps_each(
+    text: &str,
+    format: Format,
+    path: &str,
+    source: &str,
+) -> Result<Vec<(String, Result<pmcluster_spec::AppSpec, UsageError>)>, UsageError> {
+    refuse_js(path)?;
+    let apps = pmcluster_spec::config::parse_apps_each(text, format).map_err(|e| {
+        // The whole-file path words this error (a JavaScript file, a PM2 setting) as before.
+        config_apps(text, format, path, source)
+            .err()
+            .unwrap_or_else(|| UsageError::new(format!("{source}: {e}")))
+    })?;
+    Ok(apps
+        .into_iter()
+        .map(|(label, spec)| {
+            let spec = spec.map_err(|e| UsageError::new(format!("{source}: {e}")));
+            (label, spec)
+        })
+        .collect())
+}
+
 /// The key of an unknown-field error that PM2's ecosystem files have and pmcluster's config
 /// files do not: the file is then most likely a PM2 one.
 fn pm2_only(e: &pmcluster_spec::SpecError) -> Option<String> {

@@ -519,12 +519,15 @@ impl Scalar {
 pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError> {
     // Read into a generic tree first, so the shape (one app or `apps`) is decided before the
     // strict, unknown-field-rejecting parse, which then reports the real cause of an error.
-    let tree: serde_json::Value = match format {
+    apps_of(parse_tree(text, format)?, Some((text, format)))
+}
+
+fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, SpecError> {
+    Ok(match format {
         Format::Json => serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
         Format::Toml => toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
-    };
-    apps_of(tree, Some((text, format)))
+    })
 }
 
 /// [`parse_apps`] of a config already read into a tree, e.g. one made or edited by a program
@@ -537,15 +540,54 @@ fn apps_of(
     tree: serde_json::Value,
     source: Option<(&str, Format)>,
 ) -> Result<Vec<AppSpec>, SpecError> {
+    let (many, raws) = raw_apps(&tree, source)?;
+    let mut specs = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.into_iter().enumerate() {
+        let spec = spec_of(i, raw, many, source)?;
+        no_twice(specs.iter(), &spec)?;
+        specs.push(spec);
+    }
+    Ok(specs)
+}
+
+/// As [`parse_apps`], with each app's own error apart: `Err` only for a file that cannot be read
+/// as apps at all (its syntax, its shape, a field of the wrong type, a name given twice), so a
+/// bad value in one app need not keep the others from being applied. Each app comes with what
+/// names it: its name, else its place (`apps[2]`).
+#[allow(clippy::type_complexity)]
+pub fn parse_apps_each(
+    text: &str,
+    format: Format,
+) -> Result<Vec<(String, Result<AppSpec, SpecError>)>, SpecError> {
+    let tree = parse_tree(text, format)?;
+    let source = Some((text, format));
+    let (many, raws) = raw_apps(&tree, source)?;
+    let mut out: Vec<(String, Result<AppSpec, SpecError>)> = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.into_iter().enumerate() {
+        let label = raw.name.clone().unwrap_or_else(|| format!("apps[{i}]"));
+        let spec = spec_of(i, raw, many, source);
+        if let Ok(spec) = &spec {
+            no_twice(out.iter().filter_map(|(_, s)| s.as_ref().ok()), spec)?;
+        }
+        out.push((label, spec));
+    }
+    Ok(out)
+}
+
+/// The apps of a config tree before validation, and whether it held a list (`apps`).
+fn raw_apps(
+    tree: &serde_json::Value,
+    source: Option<(&str, Format)>,
+) -> Result<(bool, Vec<RawApp>), SpecError> {
     let many = tree.get("apps").is_some();
     let raws = if many {
-        strict::<RawApps>(&tree)
-            .map_err(|e| field_error(&tree, e, || locate::<RawApps>(source?)))?
+        strict::<RawApps>(tree)
+            .map_err(|e| field_error(tree, e, || locate::<RawApps>(source?)))?
             .apps
     } else if tree.is_object() {
         vec![
-            strict::<RawApp>(&tree)
-                .map_err(|e| field_error(&tree, e, || locate::<RawApp>(source?)))?,
+            strict::<RawApp>(tree)
+                .map_err(|e| field_error(tree, e, || locate::<RawApp>(source?)))?,
         ]
     } else {
         return Err(syntax_error("expected one app object or {\"apps\": [...]}"));
@@ -553,27 +595,39 @@ fn apps_of(
     if raws.is_empty() {
         return Err(SpecError::new("apps", "is empty: the file defines no app"));
     }
-    let mut specs = Vec::with_capacity(raws.len());
-    for (i, raw) in raws.into_iter().enumerate() {
-        let name = raw.name.clone();
-        let spec = raw.into_spec().map_err(|e| match &name {
-            Some(name) => at_value(e, source, many.then_some(i)).in_app(name),
-            // An app without a name is known by its place in the file.
-            None if many => {
-                let e = at_value(e, source, Some(i));
-                SpecError::new(&format!("apps[{i}].{}", e.field), e.message)
-            }
-            None => at_value(e, source, None),
-        })?;
-        if specs.iter().any(|s: &AppSpec| s.name == spec.name) {
-            return Err(SpecError::new(
-                "name",
-                format!("app {} is defined twice", echo(&spec.name)),
-            ));
+    Ok((many, raws))
+}
+
+/// App `i` of the file validated, its error naming the app (or its place, without a name).
+fn spec_of(
+    i: usize,
+    raw: RawApp,
+    many: bool,
+    source: Option<(&str, Format)>,
+) -> Result<AppSpec, SpecError> {
+    let name = raw.name.clone();
+    raw.into_spec().map_err(|e| match &name {
+        Some(name) => at_value(e, source, many.then_some(i)).in_app(name),
+        // An app without a name is known by its place in the file.
+        None if many => {
+            let e = at_value(e, source, Some(i));
+            SpecError::new(&format!("apps[{i}].{}", e.field), e.message)
         }
-        specs.push(spec);
+        None => at_value(e, source, None),
+    })
+}
+
+fn no_twice<'a>(
+    mut before: impl Iterator<Item = &'a AppSpec>,
+    spec: &AppSpec,
+) -> Result<(), SpecError> {
+    if before.any(|s| s.name == spec.name) {
+        return Err(SpecError::new(
+            "name",
+            format!("app {} is defined twice", echo(&spec.name)),
+        ));
     }
-    Ok(specs)
+    Ok(())
 }
 
 /// `e`, of the app at `apps[index]` (or the only one), with the line and column of its field's

@@ -14,7 +14,8 @@ use crate::output;
 use crate::wait;
 use pmcluster_proto::v1 as pb;
 
-/// `apply -f FILE`: every app of the file is validated before any is sent.
+/// `apply -f FILE`: every app of the file is validated before any is sent; one with a bad value
+/// is refused and the others applied, as the coordinator's refusals are.
 pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let text = if args.file == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading apps from standard input")?
@@ -33,50 +34,74 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     } else {
         args.file.as_str()
     };
-    let specs = crate::import::config_apps(&text, format, &args.file, source)?;
-    for warning in crate::import::shared_port_warnings(&specs) {
+    let apps = crate::import::config_apps_each(&text, format, &args.file, source)?;
+    // No app valid (a file of one bad app, say): its errors, without asking the coordinator.
+    if apps.iter().all(|(_, spec)| spec.is_err()) {
+        let mut errors = apps.into_iter().filter_map(|(_, spec)| spec.err());
+        let first = errors
+            .next()
+            .unwrap_or_else(|| UsageError::new(format!("{source}: the file defines no app")));
+        for later in errors {
+            eprintln!("error: {later}");
+        }
+        return Err(first.into());
+    }
+    let valid: Vec<AppSpec> = (apps.iter())
+        .filter_map(|(_, spec)| spec.as_ref().ok().cloned())
+        .collect();
+    for warning in crate::import::shared_port_warnings(&valid) {
         eprintln!("warning: {warning}");
     }
     let mut conn = ctx.connect().await?;
-    let mut results = Vec::with_capacity(specs.len());
+    let mut results = Vec::with_capacity(apps.len());
     let mut goals = Vec::new();
     // As `kubectl apply`: an app refused (a token's app patterns, a bad value) does not keep the
     // others from being applied; the first refusal is the command's error at the end.
     let mut refused: Option<anyhow::Error> = None;
     let mut not_applied = Vec::new();
-    for (n, spec) in specs.iter().enumerate() {
-        let reply = match apply_one(&mut conn, spec).await {
+    for (n, (label, spec)) in apps.iter().enumerate() {
+        // A bad value found here refuses its app as the coordinator's refusal would.
+        let sent = match spec {
+            Ok(spec) => apply_one(&mut conn, spec).await,
+            Err(e) => Err(UsageError::new(e.0.clone()).into()),
+        };
+        let reply = match sent {
             Ok(reply) => reply,
             // Anything but a refusal of this app (a lost coordinator, a timeout whose write may
             // have landed) ends the command here, saying what was applied.
             Err(e) if !Class::of(&e).refusal() => {
-                let done: Vec<&str> = (specs[..n].iter())
-                    .filter(|s| !not_applied.contains(&s.name.as_str()))
-                    .map(|s| s.name.as_str())
+                let done: Vec<&str> = (apps[..n].iter())
+                    .map(|(label, _)| label.as_str())
+                    .filter(|label| !not_applied.contains(label))
                     .collect();
                 return Err(e.context(match done.is_empty() {
-                    true => format!("applying app {:?}", spec.name),
+                    true => format!("applying app {label:?}"),
                     false => format!(
-                        "applying app {:?} (already applied: {})",
-                        spec.name,
+                        "applying app {label:?} (already applied: {})",
                         done.join(", ")
                     ),
                 }));
             }
             Err(e) => {
-                let e = e.context(format!("applying app {:?}", spec.name));
+                // A value refused here names its file and app already.
+                let e = match spec {
+                    Ok(_) => e.context(format!("applying app {label:?}")),
+                    Err(_) => e,
+                };
                 // The first is the command's error at the end; later ones are said as they come.
-                if ctx.structured() && specs.len() > 1 {
-                    results.push(json!({"app": spec.name, "error": format!("{e:#}")}));
+                if ctx.structured() && apps.len() > 1 {
+                    results.push(json!({"app": label, "error": format!("{e:#}")}));
                 } else if refused.is_some() {
                     eprintln!("error: {e:#}");
                 }
-                not_applied.push(spec.name.as_str());
+                not_applied.push(label.as_str());
                 refused.get_or_insert(e);
                 continue;
             }
         };
         let app = reply.app.clone().unwrap_or_default();
+        // Only a valid app was sent and answered.
+        let Ok(spec) = spec else { continue };
         if args.wait.wait {
             // With the place of its result, which a refused app before it shifts.
             let goal = wait::Goal {
@@ -131,13 +156,13 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let Some(e) = refused else {
         return outcome;
     };
-    if specs.len() == not_applied.len() {
+    if apps.len() == not_applied.len() {
         return Err(e);
     }
     let summary = format!(
         "{} of {} apps not applied ({}), the others applied",
         not_applied.len(),
-        specs.len(),
+        apps.len(),
         not_applied.join(", ")
     );
     match outcome {

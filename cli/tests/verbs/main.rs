@@ -280,6 +280,8 @@ async fn coordinator_errors() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+/// Every app of a file is validated before any is sent; one with a bad value is refused by name
+/// and field while the others are applied, and the command fails at the end.
 async fn apply_validates_everything_before_sending() -> anyhow::Result<()> {
     let a = &serve().await?;
     let dir = tempfile::tempdir()?;
@@ -294,15 +296,35 @@ async fn apply_validates_everything_before_sending() -> anyhow::Result<()> {
         r#"{"apps": [{"name": "api", "script": "node"}, {"name": "w2", "script": "x", "port": "30x0"}]}"#,
     )?;
     let bad_path = bad.to_string_lossy().into_owned();
-    check(
+    let refused = check(
         a,
         &["apply", "-f", &bad_path],
         2,
-        "",
+        "api: created (version 1, 1 instance)\n",
         "app \"w2\": port: \"30x0\" is not a port number",
     )
     .await?;
-    check(a, &["apps"], 0, "no apps", "").await?;
+    assert!(
+        refused
+            .stderr
+            .contains("1 of 2 apps not applied (w2), the others applied"),
+        "{}",
+        refused.stderr
+    );
+    let listed = check(a, &["apps"], 0, "api", "").await?;
+    assert!(!listed.stdout.contains("w2"), "{}", listed.stdout);
+    // With no app valid, nothing is sent.
+    std::fs::write(
+        &bad,
+        r#"{"apps": [{"name": "w3", "script": "x", "port": "30x0"}, {"name": "w4", "script": "x", "instances": "max5"}]}"#,
+    )?;
+    let none = check(a, &["apply", "-f", &bad_path], 2, "", "app \"w3\": port:").await?;
+    assert!(
+        none.stderr.contains("app \"w4\": instances:"),
+        "{}",
+        none.stderr
+    );
+    assert!(none.stdout.is_empty(), "{}", none.stdout);
     let good_path = good.to_string_lossy().into_owned();
     check(
         a,

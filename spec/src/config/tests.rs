@@ -586,3 +586,40 @@ fn checked_values_say_where_they_are() {
     );
     assert_eq!(steps("args[x]"), None);
 }
+
+/// A bad value in one app of a file is that app's error alone: `apply -f` applies the others.
+/// A file that is not apps at all is one error.
+#[test]
+fn each_app_of_a_file_is_validated_apart() {
+    let text = r#"{"apps": [
+        {"name": "m1", "script": "x"},
+        {"name": "m2", "script": "x", "instances": 5000, "port": "auto:18700-18710"},
+        {"name": "m4", "script": "x", "instances": "max5"},
+        {"script": "x"},
+        {"name": "m3", "script": "x"}
+    ]}"#;
+    let apps = parse_apps_each(text, Format::Json).expect("the file is read");
+    let labels: Vec<&str> = apps.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["m1", "m2", "m4", "apps[3]", "m3"]);
+    assert!(apps[0].1.is_ok() && apps[4].1.is_ok(), "{apps:?}");
+    let m2 = apps[1].1.as_ref().expect_err("m2 is refused").to_string();
+    assert!(m2.starts_with("app \"m2\": port:"), "{m2}");
+    let m4 = apps[2].1.as_ref().expect_err("m4 is refused").to_string();
+    assert!(m4.starts_with("app \"m4\": instances:"), "{m4}");
+    let unnamed = apps[3]
+        .1
+        .as_ref()
+        .expect_err("apps[3] is refused")
+        .to_string();
+    assert!(unnamed.starts_with("apps[3].name: is missing"), "{unnamed}");
+    // The whole file fails as before with parse_apps.
+    assert!(parse_apps(text, Format::Json).is_err());
+    for bad in [
+        r#"{"apps": [{"name": "a", "script": "x"}, {"name": "a", "script": "y"}]}"#,
+        r#"{"apps": []}"#,
+        r#"{"apps": [{"name": "a", "script": "x", "nope": 1}]}"#,
+        "[1, 2",
+    ] {
+        assert!(parse_apps_each(bad, Format::Json).is_err(), "{bad}");
+    }
+}
