@@ -1,9 +1,9 @@
-//! Node names are unique among connected agents.
+//! Node names are unique among connected agents; a drain moves what another node takes.
 
-use pmcluster_tests::{Cluster, now_ms, wait_until};
+use pmcluster_tests::{Cluster, STARTUP_TIMEOUT, now_ms, render, wait_until};
 use serde_json::Value;
 
-use crate::DEADLINE;
+use crate::{DEADLINE, wait_online};
 
 #[test]
 fn duplicate_node_name_refused() {
@@ -132,5 +132,71 @@ fn health_and_reflection_are_served() {
             .await
             .expect("a v1alpha reflection reply");
         assert!(reply.is_some_and(|r| format!("{r:?}").contains("pmcluster.v1.Cluster")));
+    });
+}
+
+/// Found by a user trial: an instance that only the draining node fits (`!zone`) held the
+/// node's one handoff slot for ever, so nothing else moved, and `nodes` said every instance
+/// waited for a node to fit it. Now the others move, one at a time, and `nodes` names the one
+/// that stays and why.
+#[test]
+fn a_drain_moves_what_fits_and_names_what_cannot_move() {
+    let mut c = Cluster::start(0).expect("coordinator starts");
+    c.add_agent("node-a").expect("node-a starts");
+    c.add_agent_with("node-b", &["--label", "zone=z2"])
+        .expect("node-b starts");
+    c.wait_ready(&["node-a", "node-b"], STARTUP_TIMEOUT)
+        .expect("agents ready");
+    // Everything on node-a first: node-b takes nothing while it drains.
+    c.cli(&["drain", "node-b"]).assert_ok();
+    let sleeper = |name: &str, extra: &[&str]| {
+        let mut args = vec!["start", "exec sleep 600", "--shell", "--name", name];
+        args.extend_from_slice(extra);
+        c.cli(&args).assert_ok();
+    };
+    // `flood` sorts before `web`: it was the one to take the handoff slot.
+    sleeper("flood", &["--constraint", "!zone"]);
+    sleeper("web", &["--instances", "2"]);
+    wait_online(&c, "flood", 1);
+    wait_online(&c, "web", 2);
+    c.cli(&["undrain", "node-b"]).assert_ok();
+
+    c.cli(&["drain", "node-a"]).assert_ok();
+    let stays = "node-a is draining: flood[0] cannot move: no ready node matching !zone";
+    wait_until(DEADLINE, "web to move to node-b while flood stays", || {
+        let web = c.instances("web")?;
+        let flood = c.instances("flood")?;
+        let nodes = c.try_cli(&["nodes"])?;
+        let moved = web.len() == 2
+            && web
+                .iter()
+                .all(|i| i.node.as_deref() == Some("node-b") && i.online());
+        let kept = matches!(flood.as_slice(),
+            [f] if f.node.as_deref() == Some("node-a") && f.online());
+        if moved && kept && nodes.stdout.contains(stays) {
+            Ok(())
+        } else {
+            Err(format!(
+                "web:{}\nflood:{}\n{nodes}",
+                render(&web),
+                render(&flood)
+            ))
+        }
+    });
+
+    // With flood gone, nothing is left: node-a is ineligible.
+    c.cli(&["scale", "flood", "0"]).assert_ok();
+    wait_until(DEADLINE, "node-a to be empty and ineligible", || {
+        let nodes = c.nodes_json()?;
+        let a = nodes.iter().find(|n| n["name"] == "node-a");
+        match a {
+            Some(n)
+                if n["status"] == "ineligible"
+                    && n["message"].as_str().unwrap_or("").is_empty() =>
+            {
+                Ok(())
+            }
+            _ => Err(Value::Array(nodes).to_string()),
+        }
     });
 }

@@ -239,6 +239,9 @@ struct Inner {
     observed: Observed,
     /// Why instances of an app are pending, from the last reconcile.
     pending: BTreeMap<String, String>,
+    /// Instances a drain cannot move, by app, each with the placer's reason, from the last
+    /// reconcile (what a draining node says it waits on).
+    unmovable: BTreeMap<String, BTreeMap<Uuid, String>>,
     /// Since when each instance has been reported online without a break.
     online_since: HashMap<Uuid, i64>,
     /// Since when each instance's agent has reported, without a break, that it cannot start
@@ -582,6 +585,7 @@ impl Control {
             observed: Observed::default(),
             memory: HashMap::new(),
             pending: BTreeMap::new(),
+            unmovable: BTreeMap::new(),
             online_since: HashMap::new(),
             unstartable_since: BTreeMap::new(),
             proven: BTreeSet::new(),

@@ -101,14 +101,18 @@ impl Control {
             Some(_) => min_time(inner.followup_at, plan.followup_at),
             None => plan.followup_at,
         };
-        let pending = match &scope {
+        // A scoped plan speaks for its apps only: the others keep what the last plan said.
+        let (pending, unmovable) = match &scope {
             Some(apps) => {
                 let mut pending = inner.pending.clone();
                 pending.retain(|app, _| !apps.contains(app));
                 pending.extend(plan.pending.clone());
-                pending
+                let mut unmovable = inner.unmovable.clone();
+                unmovable.retain(|app, _| !apps.contains(app));
+                unmovable.extend(plan.unmovable.clone());
+                (pending, unmovable)
             }
-            None => plan.pending.clone(),
+            None => (plan.pending.clone(), plan.unmovable.clone()),
         };
         let placed = materialize(&inner.ahead, &plan, &mut batch, now, self.clock.as_ref());
         let moved: Vec<(String, String, u32, String)> = plan
@@ -125,6 +129,7 @@ impl Control {
             .collect();
         if batch.is_empty() {
             inner.pending = pending;
+            inner.unmovable = unmovable;
             inner.reconcile_due = false;
             inner.followup_at = followup_at;
             return self.after_queued(inner);
@@ -177,6 +182,7 @@ impl Control {
         };
         inner.ahead.apply(&batch);
         inner.pending = pending;
+        inner.unmovable = unmovable;
         let seq = inner.next_seq;
         inner.next_seq += 1;
         inner.queue.push_back(Queued {
@@ -348,9 +354,9 @@ impl Control {
         // to it). A scoped write left the other apps as they were; what it frees matters to them
         // only where instances wait for room (pending, or a drain's handoff). So one full pass
         // confirms after a write planned on everything, one that removed records, or while
-        // instances are pending.
+        // instances are pending or cannot leave a draining node.
         let freed = !batch.del_instances.is_empty() || !batch.del_apps.is_empty();
-        if !scoped || freed || !inner.pending.is_empty() {
+        if !scoped || freed || !inner.pending.is_empty() || !inner.unmovable.is_empty() {
             inner.reconcile_due = true;
         }
         inner.tick_due = true;

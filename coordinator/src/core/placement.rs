@@ -187,8 +187,36 @@ impl<'s, 'a> Placer<'s, 'a> {
         self.place_avoiding(port, &[])
     }
 
+    /// Whether [`Placer::place`] would find a node now, without booking it: the reason if not.
+    /// Nodes it drops are those every later placement of the app would drop too (their causes
+    /// only get worse), so asking changes no later answer.
+    pub fn fits(&mut self, port: Option<u16>) -> Result<(), String> {
+        let (_, key) = self.pick(port, &[])?;
+        self.heap.push(Reverse(key));
+        Ok(())
+    }
+
     /// [`Placer::place`], leaving out the nodes in `avoid` (where the instance could not start).
     pub fn place_avoiding(&mut self, port: Option<u16>, avoid: &[&str]) -> Result<&'a str, String> {
+        let (i, _) = self.pick(port, avoid)?;
+        if let Some(c) = self.app_counts.get_mut(i) {
+            *c += 1;
+        }
+        let slot = &mut self.slots[i];
+        slot.total += 1;
+        slot.reserve(i128::from(self.ask.cpu), i128::from(self.ask.memory));
+        if let Some(p) = port {
+            slot.ports_used.insert(p);
+        }
+        let name = slot.name;
+        let key = self.key(i);
+        self.heap.push(Reverse(key));
+        Ok(name)
+    }
+
+    /// The best node for one instance, taken off the heap with its key (the caller books it, or
+    /// puts the key back); the nodes passed over for a port or `avoid` go back.
+    fn pick(&mut self, port: Option<u16>, avoid: &[&str]) -> Result<(usize, Key), String> {
         let mut port_clash = Vec::new();
         let mut avoided = Vec::new();
         let chosen = loop {
@@ -221,14 +249,14 @@ impl<'s, 'a> Placer<'s, 'a> {
                 port_clash.push(key);
                 continue;
             }
-            break Some(i);
+            break Some((i, key));
         };
         let clashes = port_clash.len() as u32;
         let avoided_nodes = avoided.len();
         for key in port_clash.into_iter().chain(avoided) {
             self.heap.push(Reverse(key));
         }
-        let Some(i) = chosen else {
+        let Some(chosen) = chosen else {
             if avoided_nodes == 0 {
                 return Err(self.reason(clashes, port));
             }
@@ -241,19 +269,7 @@ impl<'s, 'a> Placer<'s, 'a> {
             }
             return Err(format!("{}; {left_out}", self.reason(clashes, port)));
         };
-        if let Some(c) = self.app_counts.get_mut(i) {
-            *c += 1;
-        }
-        let slot = &mut self.slots[i];
-        slot.total += 1;
-        slot.reserve(i128::from(self.ask.cpu), i128::from(self.ask.memory));
-        if let Some(p) = port {
-            slot.ports_used.insert(p);
-        }
-        let name = slot.name;
-        let key = self.key(i);
-        self.heap.push(Reverse(key));
-        Ok(name)
+        Ok(chosen)
     }
 
     /// Explains why nothing fits, e.g. `no ready node with 512 MiB memory free matching region=eu

@@ -8,7 +8,9 @@
 //! - *lost*: on a node down for longer than the app's `reschedule_after`: replaced elsewhere
 //!   (the old record is removed, so the returning node is told to stop it);
 //! - *migrating*: on a draining node: a replacement is created on another node (one per draining
-//!   node at a time), and the old record is removed once the replacement is online, or once the
+//!   node at a time; an instance no other node takes stays, with the placer's reason in
+//!   [`Plan::unmovable`], and the next one moves instead), and the old record is removed once
+//!   the replacement is online, or once the
 //!   app's `update.healthy_deadline` has passed since the replacement was placed without it
 //!   coming online (a crash-looping replacement does not hold a drain up for ever; Nomad's
 //!   migrate deadline does the same). A replacement whose own node is lost goes, and the
@@ -145,6 +147,10 @@ pub struct Plan {
     pub moved: Vec<Moved>,
     /// Why instances of an app could not be placed (not a change; shown to users).
     pub pending: BTreeMap<String, String>,
+    /// Instances on a draining node that no other node takes, by app, each with the placer's
+    /// reason: they stay and serve, and the drain moves the others (not a change; shown to
+    /// users as what the node waits on).
+    pub unmovable: BTreeMap<String, BTreeMap<Uuid, String>>,
     /// Earliest time (ms) at which something becomes due: a lost node's instances for
     /// rescheduling, a draining record for removal, a drain handoff's healthy deadline.
     pub followup_at: Option<i64>,
@@ -358,7 +364,12 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         // Requests for the placer, gathered first so it is built at most once per app.
         enum Need<'r> {
             Assign(&'r InstanceRecord),
-            Replace(&'r InstanceRecord, bool),
+            /// Lost (or stopped or finished on a draining node): replaced at once, pending
+            /// where nothing fits.
+            Replace(&'r InstanceRecord),
+            /// On a draining node (the second field): a handoff, when the node has none under
+            /// way and another node fits it.
+            Migrate(&'r InstanceRecord, &'r str),
             Create(u32),
             /// Unstartable where it is.
             Move(&'r InstanceRecord),
@@ -413,9 +424,9 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             let has_replacement = records.iter().any(|r| r.replaces == Some(inst.id));
             match (inst.node.as_deref(), link(inst.node.as_deref())) {
                 (None, _) => needs.push(Need::Assign(inst)),
-                (Some(_), None) => needs.push(Need::Replace(inst, true)),
+                (Some(_), None) => needs.push(Need::Replace(inst)),
                 (Some(_), Some((Link::Down(since), drain))) => match lost_at(app, since, drain) {
-                    Some(at) if at <= snap.now_ms => needs.push(Need::Replace(inst, true)),
+                    Some(at) if at <= snap.now_ms => needs.push(Need::Replace(inst)),
                     Some(at) => plan.follow_up(at),
                     None => {}
                 },
@@ -426,7 +437,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     if hands_nothing_over(app, inst, snap.exited)
                         && (inst.stopped || (!has_replacement && !app.rolling())) =>
                 {
-                    needs.push(Need::Replace(inst, true));
+                    needs.push(Need::Replace(inst));
                 }
                 // An outdated copy on a draining node during a rollout is the rollout's to
                 // replace, within its surge budget: a drain handoff beside it would add copies
@@ -435,12 +446,11 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     if app.deployment.as_ref().is_some_and(|d| {
                         d.state.active() && crate::core::rollout::outdated(d, inst)
                     }) => {}
+                // Every candidate is asked for, not only the first: one the placer cannot put
+                // anywhere must not hold the node's handoff slot while the others could move.
+                // The placing below starts at most one handoff per node.
                 (Some(n), Some((Link::Up, true))) if !has_replacement => {
-                    let busy = migrating_from.entry(n).or_default();
-                    if *busy == 0 {
-                        *busy += 1;
-                        needs.push(Need::Replace(inst, false));
-                    }
+                    needs.push(Need::Migrate(inst, n));
                 }
                 _ => {}
             }
@@ -467,7 +477,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         let mut reason = String::new();
         for need in needs {
             let index = match &need {
-                Need::Assign(r) | Need::Replace(r, _) | Need::Move(r) => r.index,
+                Need::Assign(r) | Need::Replace(r) | Need::Migrate(r, _) | Need::Move(r) => r.index,
                 Need::Create(i) => *i,
             };
             if let Need::Move(r) = need {
@@ -502,6 +512,43 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 continue;
             }
             let port = app.spec.port.port_for(index);
+            if let Need::Migrate(r, from) = need {
+                // One handoff at a time per draining node: once one is under way (or started
+                // above), the others only learn whether they could go, so that the node can say
+                // which cannot and why.
+                let busy = migrating_from.entry(from).or_default();
+                let tried = if !reason.is_empty() && placer.exhausted() {
+                    Err(reason.clone())
+                } else if *busy > 0 {
+                    placer.fits(port).map(|()| None)
+                } else {
+                    placer.place(port).map(Some)
+                };
+                match tried {
+                    Ok(Some(to)) => {
+                        *busy += 1;
+                        plan.create.push(Create {
+                            app: name.clone(),
+                            index,
+                            node: Some(to.to_string()),
+                            port,
+                            replaces: Some(r.id),
+                            stopped: false,
+                            avoid: Vec::new(),
+                        });
+                    }
+                    Ok(None) => {}
+                    // It stays, still serving; not pending, since it runs.
+                    Err(why) => {
+                        plan.unmovable
+                            .entry(name.clone())
+                            .or_default()
+                            .insert(r.id, why.clone());
+                        reason = why;
+                    }
+                }
+                continue;
+            }
             // Once no node is left for the app, the rest of its needs fail for the same reason:
             // skip the placer (and its explanation) so that a huge pending count stays cheap.
             let picked = if !reason.is_empty() && placer.exhausted() {
@@ -515,13 +562,13 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     }
                 }
             };
-            if picked.is_none() && !matches!(need, Need::Replace(_, false)) {
+            if picked.is_none() {
                 unplaced += 1;
             }
             let node = picked;
             match need {
-                // Placed above, with the nodes it failed on left out.
-                Need::Move(_) => {}
+                // Placed above: with the nodes it failed on left out, or one at a time per node.
+                Need::Move(_) | Need::Migrate(..) => {}
                 Need::Assign(r) => {
                     if let Some(n) = node {
                         plan.assign.push((r.id, n));
@@ -538,7 +585,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 }),
                 // A lost instance is replaced even when nothing fits (the new record waits as
                 // pending): its node is gone either way.
-                Need::Replace(r, true) => {
+                Need::Replace(r) => {
                     plan.remove.push(r.id);
                     if finished(app, r, snap.exited) {
                         plan.moved.push(Moved {
@@ -559,20 +606,6 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         stopped: hands_nothing_over(app, r, snap.exited),
                         avoid: Vec::new(),
                     });
-                }
-                // A migration only starts when the replacement has somewhere to go.
-                Need::Replace(r, false) => {
-                    if let Some(n) = node {
-                        plan.create.push(Create {
-                            app: name.clone(),
-                            index,
-                            node: Some(n),
-                            port,
-                            replaces: Some(r.id),
-                            stopped: false,
-                            avoid: Vec::new(),
-                        });
-                    }
                 }
             }
         }

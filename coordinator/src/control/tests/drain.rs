@@ -515,7 +515,8 @@ fn a_drain_with_nowhere_to_go_says_so() -> Result<()> {
         said,
         Some((
             NodeStatus::Draining,
-            "2 instances left, no handoff under way: one starts once another ready node fits them"
+            "web[0] cannot move: no ready node (1 node: 1 not ready); \
+             web[1] cannot move: no ready node (1 node: 1 not ready)"
                 .to_string()
         ))
     );
@@ -543,5 +544,78 @@ fn a_drain_or_undrain_that_changes_nothing_says_so() -> Result<()> {
     let (_, changed) = c.set_drain("a", false)?;
     assert!(changed);
     assert_eq!(drain_events(&c), 2);
+    Ok(())
+}
+
+/// Found by a user trial: an instance only the draining node fits (`!zone`) held the node's one
+/// handoff slot for ever, so the instances other nodes fit never moved, and the node said they
+/// all waited for a node to fit them. Now they move one at a time past it, and the node names
+/// the one that stays, with the placer's reason.
+#[test]
+fn a_drain_moves_the_others_past_an_instance_no_other_node_fits() -> Result<()> {
+    use pmcluster_spec::placement::Constraint;
+    let clock = Arc::new(ManualClock::new(T0, 11));
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config(), clock.clone())?;
+    let a = c.attach(&register("a"), None)?;
+    let mut flood = AppSpec::new("flood", "testapp", &[]);
+    flood.placement.constraints = vec![Constraint::parse("constraints", "!zone")?];
+    c.apply(flood)?;
+    c.apply(web(2))?;
+    let zoned = Registration {
+        labels: [("zone".to_string(), "z2".to_string())].into(),
+        ..register("b")
+    };
+    let b = c.attach(&zoned, None)?;
+    c.set_drain("a", true)?;
+    c.tick();
+    let on = |node: &str| {
+        let mut held: Vec<String> = c
+            .persisted()
+            .instances
+            .values()
+            .filter(|r| r.node.as_deref() == Some(node))
+            .map(|r| format!("{}[{}]", r.app, r.index))
+            .collect();
+        held.sort();
+        held
+    };
+    assert_eq!(
+        on("b"),
+        ["web[0]"],
+        "web[0]'s handoff started, past flood[0]"
+    );
+    let message = || {
+        c.list_nodes()
+            .into_iter()
+            .find(|n| n.name == "a")
+            .map(|n| (n.status, n.message))
+            .unwrap_or((NodeStatus::Down, "a is not listed".to_string()))
+    };
+    let stays = "flood[0] cannot move: no ready node matching !zone \
+                 (2 nodes: 1 not ready, 1 not matching !zone)";
+    let (status, said) = message();
+    assert_eq!(status, NodeStatus::Draining);
+    assert!(said.starts_with("moving web[0] to b: "), "{said}");
+    assert!(said.contains(stays), "{said}");
+    assert!(
+        said.ends_with("1 instance to move, one handoff at a time"),
+        "{said}"
+    );
+    // web[0]'s replacement comes online: web[1]'s handoff starts, and flood[0] still stays.
+    let mut agents = Agents::default();
+    agents.follow(&c, "a");
+    agents.follow(&c, "b");
+    agents.all_online("a");
+    agents.all_online("b");
+    clock.advance_ms(1_000);
+    step(&c, &mut agents, &[("a", &a), ("b", &b)]);
+    assert_eq!(on("b"), ["web[0]", "web[1]"]);
+    // Both old copies gone once web[1]'s is online: flood[0] is all that is left, and said so.
+    agents.follow(&c, "b");
+    agents.all_online("b");
+    clock.advance_ms(1_000);
+    step(&c, &mut agents, &[("a", &a), ("b", &b)]);
+    assert_eq!(on("a"), ["flood[0]"]);
+    assert_eq!(message(), (NodeStatus::Draining, stays.to_string()));
     Ok(())
 }

@@ -18,7 +18,25 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
     let mut counts: BTreeMap<&str, (u32, u64, u64)> = BTreeMap::new();
     // Drain handoffs not done yet, by the node they move off: what a draining node waits on.
     let mut moving: BTreeMap<&str, Vec<&InstanceRecord>> = BTreeMap::new();
+    // By node: what the last plan found no other node for, with the placer's reason; and the
+    // old copies of finished handoffs that still drain for their shutdown_delay.
+    let mut stuck: BTreeMap<&str, Vec<(&str, u32, &str)>> = BTreeMap::new();
+    let mut retiring: BTreeMap<&str, u32> = BTreeMap::new();
     for inst in inner.state.instances.values() {
+        if let Some(n) = inst.node.as_deref() {
+            if let Some(why) = inner
+                .unmovable
+                .get(&inst.app)
+                .and_then(|ids| ids.get(&inst.id))
+            {
+                stuck
+                    .entry(n)
+                    .or_default()
+                    .push((inst.app.as_str(), inst.index, why.as_str()));
+            } else if inst.draining_since.is_some() {
+                *retiring.entry(n).or_default() += 1;
+            }
+        }
         // A rollout's pairs are the deployment engine's, which has deadlines of its own.
         if let Some(old) = inst.replaces.and_then(|id| inner.state.instances.get(&id))
             && let Some(from) = old.node.as_deref()
@@ -94,15 +112,14 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
                 address: n.address.clone(),
                 message: match quarantine {
                     Some(why) => why,
-                    None if status == NodeStatus::Draining => match moving.get(n.name.as_str()) {
-                        Some(m) => waiting_on(inner, config, m),
-                        // A moment between two handoffs, or no other node to go to.
-                        None => format!(
-                            "{} left, no handoff under way: one starts once another ready node \
-                             fits them",
-                            instances_phrase(instances)
-                        ),
-                    },
+                    None if status == NodeStatus::Draining => draining(
+                        inner,
+                        config,
+                        instances,
+                        moving.get(n.name.as_str()).map(Vec::as_slice),
+                        stuck.get(n.name.as_str()).map(Vec::as_slice),
+                        retiring.get(n.name.as_str()).copied().unwrap_or(0),
+                    ),
                     None => String::new(),
                 },
             }
@@ -110,7 +127,53 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
         .collect()
 }
 
-/// What a draining node waits on: `moving web[1] to b: not online for 12.0s (the drain goes on
+/// What a draining node waits on: the handoff under way, each instance no other node takes
+/// (with the placer's reason; the drain moves the others past it), the old copies still
+/// draining, and how many wait for their turn.
+fn draining(
+    inner: &Inner,
+    config: &ControlConfig,
+    instances: u32,
+    moving: Option<&[&InstanceRecord]>,
+    stuck: Option<&[(&str, u32, &str)]>,
+    retiring: u32,
+) -> String {
+    let mut parts = Vec::new();
+    let mut accounted = retiring;
+    if let Some(m) = moving {
+        parts.push(waiting_on(inner, config, m));
+        // Each handoff's old copy is on this node.
+        accounted += u32::try_from(m.len()).unwrap_or(u32::MAX);
+    }
+    if let Some(s) = stuck {
+        // By app and index, as a user lists them (the records are kept by id).
+        let mut s = s.to_vec();
+        s.sort_unstable();
+        parts.extend(
+            s.iter()
+                .map(|(app, index, why)| format!("{app}[{index}] cannot move: {why}")),
+        );
+        accounted = accounted.saturating_add(u32::try_from(s.len()).unwrap_or(u32::MAX));
+    }
+    if retiring > 0 {
+        parts.push(format!(
+            "{} moved, stopping after update.shutdown_delay",
+            instances_phrase(retiring)
+        ));
+    }
+    let waiting = instances.saturating_sub(accounted);
+    if waiting > 0 {
+        // Between two handoffs (the next pass starts one), or a rollout's copies, which the
+        // rollout replaces. Not said to wait for a node: those that do are named above.
+        parts.push(format!(
+            "{} to move, one handoff at a time",
+            instances_phrase(waiting)
+        ));
+    }
+    parts.join("; ")
+}
+
+/// What a draining node's handoffs wait on: `moving web[1] to b: not online for 12.0s (the drain goes on
 /// without it after update.healthy_deadline, 300.0s): crashed 3 times ...`; with the
 /// replacement's node down or quarantined, what the reconciler then waits for instead.
 fn waiting_on(inner: &Inner, config: &ControlConfig, moving: &[&InstanceRecord]) -> String {

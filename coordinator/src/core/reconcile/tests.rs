@@ -182,7 +182,8 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
 }
 
 /// Renders a plan: `+app/index@node[:port][^avoid][>id][(stopped)]`, `=id@node`, `~id vN pP`,
-/// `!id` (drain), `-id`, `moved(id from>to why)`, `pending(app: reason)`, `followup@T`.
+/// `!id` (drain), `-id`, `moved(id from>to why)`, `pending(app: reason)`, `stays(id: reason)`
+/// (cannot leave its draining node), `followup@T`.
 fn render(plan: &Plan) -> String {
     let short = |u: &Uuid| u.as_u128().to_string();
     let mut out = Vec::new();
@@ -238,6 +239,9 @@ fn render(plan: &Plan) -> String {
     }
     for (app, why) in &plan.pending {
         out.push(format!("pending({app}: {why})"));
+    }
+    for (id, why) in plan.unmovable.values().flatten() {
+        out.push(format!("stays({}: {why})", short(id)));
     }
     if let Some(t) = plan.followup_at {
         out.push(format!("followup@{t}"));
@@ -438,6 +442,50 @@ fn unstartable_instances_move_on() {
     check("web=1", "web/0@a?0", "a drain; b", 1000, "+web/0@b>1");
 }
 
+/// Found by a user trial: an instance no other node takes held its draining node's one handoff
+/// slot, pass after pass, while the instances other nodes do take stayed put. It now stays on
+/// its own, with the placer's reason, and the next one moves.
+#[test]
+fn drain_moves_what_fits_past_what_cannot_move() {
+    // `job` only fits region=eu, which only the draining node is; `web` fits b.
+    check(
+        "job=1 eu; web=2",
+        "job/0@a web/0@a web/1@a",
+        "a:region=eu drain; b",
+        0,
+        "+web/0@b>2 stays(1: no ready node matching region=eu (2 nodes: 1 not ready, \
+         1 not matching region=eu))",
+    );
+    // Still one handoff at a time: while web[0]'s is under way, web[1] waits, and job says why
+    // it cannot move.
+    check(
+        "job=1 eu; web=2",
+        "job/0@a web/0@a web/1@a web/0@b>2",
+        "a:region=eu drain; b",
+        0,
+        "stays(1: no ready node matching region=eu (2 nodes: 1 not ready, \
+         1 not matching region=eu)) followup@300000",
+    );
+    // Once web[0]'s replacement is online, web[1]'s starts; job stays.
+    check(
+        "job=1 eu; web=2",
+        "job/0@a web/0@a web/1@a web/0@b*>2",
+        "a:region=eu drain; b",
+        0,
+        "+web/1@b>3 -2 stays(1: no ready node matching region=eu (2 nodes: 1 not ready, \
+         1 not matching region=eu))",
+    );
+    // The same within one app: an index whose fixed port no other node has free stays, the
+    // next index moves.
+    check(
+        "web=2@8000-8001; other=1@8000",
+        "web/0@a:8000 web/1@a:8001 other/0@b:8000",
+        "a drain; b",
+        0,
+        "+web/1@b:8001>2 stays(1: no ready node (2 nodes: 1 not ready, 1 with port 8000 in use))",
+    );
+}
+
 #[test]
 fn drain() {
     // One migration at a time per draining node; the replacement goes elsewhere.
@@ -602,7 +650,13 @@ fn drain() {
         "+job/0@b(stopped) -1 moved(1 a>b finished)",
     );
     // No other node: the migration does not start, and the instance keeps running.
-    check("web=1", "web/0@a", "a drain", 0, "");
+    check(
+        "web=1",
+        "web/0@a",
+        "a drain",
+        0,
+        "stays(1: no ready node (1 node: 1 not ready))",
+    );
     // Draining node goes down: its instances are replaced at once.
     check("web=1", "web/0@a", "a drain down=0; b", 1, "+web/0@b -1");
     // Drained nodes take nothing new.
