@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use pmcluster_spec::AppSpec;
+use pmcluster_spec::supervise::RESTART_ADVICE;
 
 /// Extra delay of the second unstable exit in a row; it doubles with every further one, up to
 /// the app's `restart_backoff_max`.
@@ -120,7 +121,7 @@ pub fn on_exit(
     if policy.max_restarts > 0 && n > policy.max_restarts as usize {
         return Decision::GiveUp {
             message: format!(
-                "crashed {n} times within {} (last: {how}); restart it with: pmcluster restart \
+                "crashed {n} times within {} (last: {how}){RESTART_ADVICE}: pmcluster restart \
                  {} --instance {}",
                 human(policy.window),
                 who.app,

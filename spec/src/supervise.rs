@@ -59,6 +59,11 @@ pub const DEFAULT_LOG_KEEP: u32 = 5;
 /// a start that is still being retried (the program may be installed, the port freed, the
 /// instance moved to another node) from one that failed for good.
 pub const RETRYING: &str = "; retrying in";
+/// Where an agent's status message for an instance it stopped restarting (`crashed 16 times
+/// within 60s (last: exited with code 3); restart it with: pmcluster restart web --instance 0`)
+/// turns from what happened to what to do: a rollout's failure quotes only the first part, as
+/// "instance 0" could be either copy of that index there.
+pub const RESTART_ADVICE: &str = "; restart it with";
 
 impl Default for Supervision {
     fn default() -> Supervision {

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use pmcluster_spec::supervise::{RESTART_ADVICE, RETRYING};
 use uuid::Uuid;
 
 use crate::core::autoscale::{self, Decision, Sample};
@@ -115,7 +116,7 @@ impl Control {
                         node_up,
                         placed: r.node.is_some(),
                         proven: inner.proven.contains(&r.id),
-                        errored: errored(inner, r),
+                        errored: errored(inner, r, node_up),
                     };
                     (r.id, f)
                 })
@@ -386,16 +387,19 @@ fn count_autoscale(inner: &mut Inner, app: &str, direction: &'static str, outcom
         .or_default() += 1;
 }
 
-/// Why the agent gave up restarting `r`, if it did. Its advice to restart the instance is left
-/// out: in a rollout's failure, "instance 0" could be either copy of that index.
-fn errored<'a>(inner: &'a Inner, r: &InstanceRecord) -> Option<&'a str> {
+/// Why the agent gave up restarting `r`, if it did: the report of this very process (its
+/// restart epoch) from a node that is up. An agent that cannot start it and says it will try
+/// again (a port still held by the copy before it, a directory not there yet) has not given up,
+/// whatever state it reports.
+fn errored<'a>(inner: &'a Inner, r: &InstanceRecord, node_up: bool) -> Option<&'a str> {
     let o = inner.observed.get(&r.id)?;
-    if o.state != crate::model::InstanceState::Errored {
+    if !node_up
+        || o.state != crate::model::InstanceState::Errored
+        || o.restart_epoch < r.restart_epoch
+        || o.message.contains(RETRYING)
+    {
         return None;
     }
     let why = o.message.as_str();
     Some(why.split_once(RESTART_ADVICE).map_or(why, |(why, _)| why))
 }
-
-/// Where the agent's message for an errored instance turns from what happened to what to do.
-const RESTART_ADVICE: &str = "; restart it with";
