@@ -263,6 +263,10 @@ pub fn rollout_failed(id: u64, status: &pb::RolloutStatus) -> Option<String> {
 /// What a failed rollout that was not rolled back leaves, and the ways on: the indices it did
 /// not reach keep their version, and serve.
 pub fn left_standing(d: &pb::Deployment) -> String {
+    // A rolling restart's instances all run its version, restarted or not.
+    if d.kind == "restart" {
+        return String::new();
+    }
     format!(
         "; the instances it did not replace keep running version {}: `pmcluster rollout undo \
          {}` returns every instance to it, or apply a fixed spec",

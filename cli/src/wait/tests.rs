@@ -470,6 +470,16 @@ fn a_rollout_that_will_not_bring_its_version_up_fails_the_wait() {
     for (name, st, want) in cases {
         assert_eq!(rollout_failed(7, &st).as_deref(), want, "{name}");
     }
+    // A failed rolling restart leaves no other version standing.
+    let restart = pb::Deployment {
+        kind: "restart".into(),
+        from_version: 2,
+        ..d(7, "failed")
+    };
+    assert_eq!(
+        rollout_failed(7, &status(Some(restart), vec![])).as_deref(),
+        Some("the rollout of version 2 failed: web[1] did not become healthy")
+    );
     let held = [
         (
             "awaiting promotion",

@@ -167,9 +167,10 @@ impl Control {
                     };
                     (rec, false, true)
                 } else {
-                    let has_instances = !inner.ahead.app_instances(&old.spec.name).is_empty();
+                    let in_use = versions_in_use(&inner.ahead.app_instances(&old.spec.name));
+                    let has_instances = !in_use.is_empty();
                     (
-                        new_version(old, spec, now, Kind::Update, has_instances),
+                        new_version(old, spec, now, Kind::Update, has_instances, &in_use),
                         false,
                         true,
                     )
@@ -569,6 +570,17 @@ impl Control {
             stopped.dedup();
             return Err(stopped_refusal(name, &stopped));
         }
+        // After a failed rollout left standing, the instances it did not reach run the version
+        // before it: a rolling restart replaces every instance at the app's version, so it
+        // would roll the failed version out over them.
+        if let Some(d) = app.deployment.as_ref().filter(|_| app.held_by_failure()) {
+            return Err(ControlError::FailedPrecondition(format!(
+                "{name}: the rollout of version {} failed and its instances not replaced still \
+                 run version {}; a rolling restart would replace them with version {}: return \
+                 to version {} with `pmcluster rollout undo {name}`, or apply a fixed spec",
+                d.to_version, d.from_version, d.to_version, d.from_version
+            )));
+        }
         let now = self.now();
         let epoch = inner
             .ahead
@@ -683,8 +695,9 @@ impl Control {
         // The old process, with today's count and policies.
         let spec = with_current_policies(&app, spec);
         let now = self.now();
-        let has_instances = !inner.ahead.app_instances(name).is_empty();
-        let record = new_version(app, spec, now, Kind::Rollback, has_instances);
+        let in_use = versions_in_use(&inner.ahead.app_instances(name));
+        let has_instances = !in_use.is_empty();
+        let record = new_version(app, spec, now, Kind::Rollback, has_instances, &in_use);
         let d = record.deployment.clone();
         let (batch, kept) = with_kept_records(&inner, record);
         self.write(&mut inner, batch)?;
@@ -815,4 +828,9 @@ fn stopped_refusal(name: &str, indices: &[u32]) -> ControlError {
          instance at once, which starts stopped ones too (pmcluster restart {name})",
         list.join(", ")
     ))
+}
+
+/// The versions `records` run: their specs are kept however many versions come after.
+fn versions_in_use(records: &[&InstanceRecord]) -> std::collections::BTreeSet<u64> {
+    records.iter().map(|r| r.app_version).collect()
 }

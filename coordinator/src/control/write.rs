@@ -698,7 +698,10 @@ pub(super) fn materialize(
         });
     }
     for c in &plan.create {
-        let version = state.apps.get(&c.app).map(|a| a.version).unwrap_or(1);
+        let version = c
+            .version
+            .or_else(|| state.apps.get(&c.app).map(|a| a.version))
+            .unwrap_or(1);
         batch.put_instances.push(InstanceRecord {
             id: clock.new_id(),
             app: c.app.clone(),

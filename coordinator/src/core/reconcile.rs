@@ -98,6 +98,10 @@ pub struct Create {
     pub stopped: bool,
     /// Nodes where this index could not start (carried by a move).
     pub avoid: Vec<String>,
+    /// The version it runs: `None` for the app's. A replacement (a drain's, a lost node's) of
+    /// a record that a failed rollout left on the version before keeps that version: the
+    /// failed one would take down what serves.
+    pub version: Option<u64>,
 }
 
 /// A record that moved, or gave way, for a reason a user would not guess from the plan alone:
@@ -507,6 +511,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         replaces: r.replaces,
                         stopped: false,
                         avoid,
+                        version: kept_version(app, r),
                     });
                 }
                 continue;
@@ -535,6 +540,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                             replaces: Some(r.id),
                             stopped: false,
                             avoid: Vec::new(),
+                            version: kept_version(app, r),
                         });
                     }
                     Ok(None) => {}
@@ -582,6 +588,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     replaces: None,
                     stopped: false,
                     avoid: Vec::new(),
+                    version: None,
                 }),
                 // A lost instance is replaced even when nothing fits (the new record waits as
                 // pending): its node is gone either way.
@@ -605,6 +612,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         replaces: None,
                         stopped: hands_nothing_over(app, r, snap.exited),
                         avoid: Vec::new(),
+                        version: kept_version(app, r),
                     });
                 }
             }
@@ -619,6 +627,15 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     plan.drain.sort();
     plan.drain.dedup();
     plan
+}
+
+/// The version a replacement of `r` keeps: its own, while a failed rollout left it there
+/// and its spec is kept (see [`Create::version`]).
+fn kept_version(app: &AppRecord, r: &InstanceRecord) -> Option<u64> {
+    (app.held_by_failure()
+        && r.app_version != app.version
+        && app.versions.contains_key(&r.app_version))
+    .then_some(r.app_version)
 }
 
 fn port_of(app: &AppRecord, index: u32) -> Option<u16> {

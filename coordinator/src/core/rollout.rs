@@ -133,6 +133,7 @@ pub fn apply_step(
             now_ms,
             Kind::Rollback,
             true,
+            &records.iter().map(|r| r.app_version).collect(),
         );
         // The indices the failed rollout had not reached go on as they are.
         let refs: Vec<&InstanceRecord> = records.iter().collect();

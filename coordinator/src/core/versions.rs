@@ -74,7 +74,17 @@ pub fn with_deployment(mut app: AppRecord, d: Deployment) -> AppRecord {
 }
 
 /// The app at a new version running `spec`; with running instances, a rollout to it starts.
-pub fn new_version(old: AppRecord, spec: AppSpec, now: i64, kind: Kind, roll: bool) -> AppRecord {
+/// Of the earlier specs, the oldest go beyond [`VERSIONS_KEPT`], but never one that a record
+/// still runs (`in_use`): a failed rollout leaves the indices it did not reach on the version
+/// before it, and without its spec they would be given the app's (see [`AppRecord::spec_of`]).
+pub fn new_version(
+    old: AppRecord,
+    spec: AppSpec,
+    now: i64,
+    kind: Kind,
+    roll: bool,
+    in_use: &std::collections::BTreeSet<u64>,
+) -> AppRecord {
     let from = old.version;
     let to = old
         .versions
@@ -90,7 +100,7 @@ pub fn new_version(old: AppRecord, spec: AppSpec, now: i64, kind: Kind, roll: bo
     };
     app.versions.insert(from, old.spec.clone());
     while app.versions.len() > VERSIONS_KEPT {
-        let Some(first) = app.versions.keys().next().copied() else {
+        let Some(first) = app.versions.keys().find(|v| !in_use.contains(v)).copied() else {
             break;
         };
         app.versions.remove(&first);
@@ -139,7 +149,7 @@ pub fn kept_records(app: &AppRecord, records: &[&InstanceRecord]) -> Vec<Instanc
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
 
@@ -153,12 +163,33 @@ mod tests {
         AppSpec::new("web", script, &[])
     }
 
+    /// A version some record still runs (left by failed rollouts) is kept past the ten: its
+    /// instances would otherwise be given the app's latest spec.
+    #[test]
+    fn a_version_in_use_is_never_dropped() {
+        let mut rec = app(2);
+        let in_use: BTreeSet<u64> = [1].into();
+        for i in 0..15 {
+            rec = new_version(rec, spec(&format!("v{i}")), i, Kind::Update, true, &in_use);
+        }
+        assert!(rec.versions.contains_key(&1));
+        assert_eq!(rec.versions.len(), VERSIONS_KEPT);
+        assert!(!rec.versions.contains_key(&2), "the oldest not in use went");
+    }
+
     /// The record after `steps` (each a new process applied at time i+1, rolling or not) as text:
     /// `version kept=[versions] deployment history`.
     fn check(steps: &[(&str, bool)], want: &str) {
         let mut rec = app(2);
         for (i, (script, roll)) in steps.iter().enumerate() {
-            rec = new_version(rec, spec(script), i as i64 + 1, Kind::Update, *roll);
+            rec = new_version(
+                rec,
+                spec(script),
+                i as i64 + 1,
+                Kind::Update,
+                *roll,
+                &BTreeSet::new(),
+            );
         }
         let kept: Vec<String> = rec.versions.keys().map(|v| v.to_string()).collect();
         let d = rec
@@ -206,7 +237,7 @@ mod tests {
     #[test]
     fn a_new_version_number_is_above_every_kept_one() {
         // After a rollback to 1 the app is at version 3, not 2 again.
-        let mut rec = new_version(app(1), spec("v2"), 1, Kind::Update, false);
+        let mut rec = new_version(app(1), spec("v2"), 1, Kind::Update, false, &BTreeSet::new());
         let old = rec.spec_of(1).clone();
         rec = new_version(
             rec,
@@ -214,6 +245,7 @@ mod tests {
             2,
             Kind::Rollback,
             true,
+            &BTreeSet::new(),
         );
         assert_eq!(rec.version, 3);
         assert_eq!(rec.spec.script, "v1");
@@ -254,8 +286,8 @@ mod tests {
     fn kept(records: &str) -> String {
         let mut rec = app(2);
         rec.versions.insert(0, spec("v0"));
-        rec = new_version(rec, spec("v2"), 1, Kind::Update, true);
-        rec = new_version(rec, spec("v1"), 2, Kind::Rollback, true);
+        rec = new_version(rec, spec("v2"), 1, Kind::Update, true, &BTreeSet::new());
+        rec = new_version(rec, spec("v1"), 2, Kind::Rollback, true, &BTreeSet::new());
         let ids: BTreeMap<&str, uuid::Uuid> = records
             .split_whitespace()
             .zip(1u128..)

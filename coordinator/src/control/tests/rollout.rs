@@ -433,3 +433,104 @@ async fn a_promotion_says_what_it_did_and_is_refused_with_nothing_to_promote() -
     refused(&r, "was promoted already");
     Ok(())
 }
+
+/// A replacement its agent gave up on fails the rollout at once, with the agent's reason and
+/// without its advice to restart "instance 0"; one the agent reports errored while it still
+/// retries the start (the port held by the copy it replaces, a directory not there yet) does
+/// not: that is what the healthy deadline is for.
+#[tokio::test]
+async fn only_a_replacement_given_up_on_fails_the_rollout_at_once() -> Result<()> {
+    for (message, fails) in [
+        (
+            "crashed 3 times within 60s (last: exited with code 3); restart it with: pmcluster \
+             restart web --instance 0",
+            true,
+        ),
+        (
+            "port 4100 is already in use on this host; retrying in 400ms",
+            false,
+        ),
+    ] {
+        let r = Rolling::start(2, Duration::from_secs(1))?;
+        let started = r.update("BROKEN")?;
+        let mut failed = None;
+        // The replacement is placed at the third step (stop-then-start: fixed ports), so seven
+        // seconds are within its healthy deadline (5 s from its placement).
+        for _ in 0..7 {
+            r.clock.advance_ms(1000);
+            let set = r.a.desired.borrow().clone().unwrap_or_default();
+            let statuses = set
+                .assignments
+                .iter()
+                .map(|a| {
+                    let broken = a.spec.env.contains_key("BROKEN");
+                    InstanceObserved {
+                        id: a.id,
+                        state: if broken {
+                            InstanceState::Errored
+                        } else {
+                            InstanceState::Online
+                        },
+                        pid: if broken { 0 } else { 100 + a.index },
+                        message: if broken {
+                            message.into()
+                        } else {
+                            String::new()
+                        },
+                        restart_epoch: a.restart_epoch,
+                        ..InstanceObserved::default()
+                    }
+                })
+                .collect();
+            super::report_tests::send(&r.c, "a", &r.a, statuses);
+            r.c.tick();
+            if let Some(d) = r.ended(started.id)? {
+                failed = Some(d);
+                break;
+            }
+        }
+        match failed {
+            Some(d) => {
+                assert!(fails, "{message}: {d:?}");
+                assert!(
+                    d.message.ends_with(
+                        "errored: crashed 3 times within 60s (last: exited with code 3)"
+                    ),
+                    "{}",
+                    d.message
+                );
+            }
+            None => assert!(!fails, "{message}: the rollout is still running"),
+        }
+    }
+    Ok(())
+}
+
+/// After a failed rollout left standing (no automatic rollback), a rolling restart is refused:
+/// it would replace the instances still on the version before with the failed one.
+#[tokio::test]
+async fn a_rolling_restart_is_refused_while_a_failed_rollout_stands() -> Result<()> {
+    let r = Rolling::start(2, Duration::from_secs(1))?;
+    let mut v2 = r.v1.clone();
+    v2.env.insert("BROKEN".into(), "1".into());
+    v2.update.auto_rollback = false;
+    let (_, _, _, started) = r.c.apply(v2)?;
+    let Some(started) = started else {
+        panic!("a new process starts a rollout");
+    };
+    let failed = (0..30).any(|_| {
+        r.second(None);
+        r.ended(started.id)
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.state == State::Failed)
+    });
+    assert!(failed, "{:?}", r.c.rollouts("web")?);
+    match r.c.restart_rolling("web") {
+        Err(ControlError::FailedPrecondition(why)) => {
+            assert!(why.contains("rollout undo web"), "{why}")
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+    Ok(())
+}

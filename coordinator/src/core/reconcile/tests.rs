@@ -85,6 +85,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     state: crate::model::State::Failed,
                     ..d
                 });
+                rec.versions.insert(rec.version - 1, rec.spec.clone());
             }
             (name.to_string(), rec)
         })
@@ -199,8 +200,9 @@ fn render(plan: &Plan) -> String {
             format!("^{}", c.avoid.join(","))
         };
         let stopped = if c.stopped { "(stopped)" } else { "" };
+        let version = c.version.map(|v| format!(" v{v}")).unwrap_or_default();
         out.push(format!(
-            "+{}/{}@{}{port}{avoid}{rep}{stopped}",
+            "+{}/{}@{}{port}{avoid}{rep}{stopped}{version}",
             c.app,
             c.index,
             c.node.as_deref().unwrap_or("-")
@@ -313,6 +315,29 @@ fn placement_and_scaling() {
     // keeps running it, as the old side of a failed Kubernetes deployment keeps serving;
     // moving it to the failed version would take down what serves.
     check("web=2v2 failed", "web/0@a* web/1@b*", "a; b", 0, "");
+    // Nor may a drain's handoff or a lost node's replacement bring it in: they keep the
+    // version of the record they replace. A new index gets the app's version.
+    check(
+        "web=2v2 failed",
+        "web/0@a* web/1@b*",
+        "a drain; b; c",
+        0,
+        "+web/0@c>1 v1",
+    );
+    check(
+        "web=2v2 failed",
+        "web/0@a* web/1@b*",
+        "a down=0; b; c",
+        5000,
+        "+web/0@c v1 -1",
+    );
+    check(
+        "web=3v2 failed",
+        "web/0@a* web/1@b*",
+        "a; b; c",
+        0,
+        "+web/2@c",
+    );
     // instances "max": one per core of the usable nodes (drained ones excluded).
     check(
         "web=max",
