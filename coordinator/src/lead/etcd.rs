@@ -27,7 +27,7 @@ use etcd_client::{Client, ConnectOptions, GetOptions, LeaderKey, PutOptions, Res
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Directory, Peer, Role, Seat, StoreInfo};
+use super::{Directory, NoLeader, Peer, Role, Seat, StoreInfo};
 use crate::control::{Control, ControlConfig};
 use crate::model::{Batch, Persisted};
 use crate::server::{self, Config, ServeError, StoreChoice};
@@ -217,13 +217,36 @@ fn wall_ms() -> i64 {
 struct Trouble {
     doing: String,
     why: String,
+    /// etcd did not answer or refused: what a refusal sends people to check, and why a standby
+    /// forgets the leader it knew.
+    etcd: bool,
 }
 
 impl Trouble {
+    /// A failure of the election itself (another coordinator took the key, the store could
+    /// not be loaded).
     fn new(doing: impl Into<String>, why: impl Into<String>) -> Trouble {
         Trouble {
             doing: doing.into(),
             why: why.into(),
+            etcd: false,
+        }
+    }
+
+    /// etcd did not answer, or refused.
+    fn etcd(doing: impl Into<String>, why: impl Into<String>) -> Trouble {
+        Trouble {
+            etcd: true,
+            ..Trouble::new(doing, why)
+        }
+    }
+
+    /// What a standby's refusal says of it.
+    fn no_leader(&self) -> NoLeader {
+        if self.etcd {
+            NoLeader::Etcd(self.why.clone())
+        } else {
+            NoLeader::Election(self.why.clone())
         }
     }
 }
@@ -300,8 +323,8 @@ impl Election {
         call: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, Trouble> {
         match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Err(_) => Err(Trouble::new(what, etcd_failed(&self.etcd, None))),
-            Ok(Err(e)) => Err(Trouble::new(what, etcd_failed(&self.etcd, Some(&e)))),
+            Err(_) => Err(Trouble::etcd(what, etcd_failed(&self.etcd, None))),
+            Ok(Err(e)) => Err(Trouble::etcd(what, etcd_failed(&self.etcd, Some(&e)))),
             Ok(Ok(v)) => Ok(v),
         }
     }
@@ -311,8 +334,11 @@ impl Election {
     /// out of it, the hint goes stale (the leader may step down for the same reason) and would
     /// send clients to a coordinator that leads no more.
     fn out_of_the_election(&self, trouble: &Trouble) {
-        self.seat.set_trouble(Some(trouble.why.clone()));
-        self.seat.set_leader_hint(None);
+        self.seat.set_trouble(Some(trouble.no_leader()));
+        // Another coordinator leading (the key no longer ours) is followed, not forgotten.
+        if trouble.etcd {
+            self.seat.set_leader_hint(None);
+        }
     }
 
     /// Why a lease lapsed: etcd did not acknowledge a keep-alive for `lapse` (two thirds of
@@ -400,14 +426,14 @@ impl Election {
             let campaign = campaigner.campaign(name.clone(), self.advertise.clone(), lease);
             tokio::select! {
                 r = campaign => r
-                    .map_err(|e| Trouble::new("campaigning", etcd_failed(&self.etcd, Some(&e))))?
+                    .map_err(|e| Trouble::etcd("campaigning", etcd_failed(&self.etcd, Some(&e))))?
                     .take_leader()
-                    .ok_or_else(|| Trouble::new(
+                    .ok_or_else(|| Trouble::etcd(
                         "campaigning",
                         format!("etcd at {} answered without a leader key", self.etcd),
                     ))?,
                 () = lease_lapsed(last_ack.clone(), lapse) => {
-                    return Err(Trouble::new(
+                    return Err(Trouble::etcd(
                         "campaigning; starting again",
                         self.lease_unrenewed(lapse),
                     ));
@@ -474,7 +500,7 @@ impl Election {
         self.seat.lead(control, term, since);
         tracing::info!(term, advertise = %self.advertise, "leading");
         let why = tokio::select! {
-            () = lease_lapsed(last_ack.clone(), lapse) => Trouble::new(
+            () = lease_lapsed(last_ack.clone(), lapse) => Trouble::etcd(
                 "stepping down",
                 self.lease_unrenewed(lapse),
             ),
@@ -521,7 +547,7 @@ impl Election {
                         .map(str::to_string)
                 }
                 Err(trouble) => {
-                    self.seat.set_trouble(Some(trouble.why));
+                    self.seat.set_trouble(Some(trouble.no_leader()));
                     None
                 }
             };
@@ -706,7 +732,7 @@ mod tests {
             etcd_failed("http://e:2379", None),
             "etcd at http://e:2379 did not answer (timed out)"
         );
-        let trouble = Trouble::new("granting a lease", etcd_failed("http://e:2379", None));
+        let trouble = Trouble::etcd("granting a lease", etcd_failed("http://e:2379", None));
         assert_eq!(
             trouble.to_string(),
             "granting a lease: etcd at http://e:2379 did not answer (timed out)"

@@ -69,7 +69,7 @@ pub struct Seat {
     role: watch::Sender<Role>,
     /// Why the election could not find or become a leader lately (etcd out of reach, without
     /// quorum): a standby that knows no leader says so in its refusal.
-    trouble: std::sync::Mutex<Option<String>>,
+    trouble: std::sync::Mutex<Option<NoLeader>>,
     /// This coordinator's own URL, as clients should dial it.
     advertise: String,
     store: StoreInfo,
@@ -125,13 +125,13 @@ impl Seat {
             Role::Leader { control, .. } => Ok(control.clone()),
             Role::Standby { leader } => {
                 let trouble = self.trouble.lock().unwrap_or_else(|e| e.into_inner());
-                Err(standby_status(leader.as_deref(), trouble.as_deref()))
+                Err(standby_status(leader.as_deref(), trouble.as_ref()))
             }
         }
     }
 
     /// The election's latest failure to reach etcd or to lead (`None`: it reached etcd).
-    pub fn set_trouble(&self, why: Option<String>) {
+    pub fn set_trouble(&self, why: Option<NoLeader>) {
         *self.trouble.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
@@ -187,7 +187,18 @@ impl Seat {
 /// on (one clause naming etcd), so that a call refused for want of etcd says so rather than "try
 /// again", and says what to look at: every coordinator refuses alike then, and the CLI quotes
 /// the refusal once for all of them.
-pub fn standby_status(leader: Option<&str>, trouble: Option<&str>) -> Status {
+/// Why the election has no leader to name, as a standby's refusal says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoLeader {
+    /// etcd did not answer or refused (one clause naming it): no coordinator can lead until it
+    /// answers with quorum, so that is what to check.
+    Etcd(String),
+    /// Anything else (another coordinator took the leader key, the store could not be loaded):
+    /// said as it is, without sending people to etcd.
+    Election(String),
+}
+
+pub fn standby_status(leader: Option<&str>, trouble: Option<&NoLeader>) -> Status {
     match leader {
         Some(url) => {
             let mut status = Status::unavailable(format!(
@@ -199,10 +210,14 @@ pub fn standby_status(leader: Option<&str>, trouble: Option<&str>) -> Status {
             status
         }
         None => match trouble {
-            Some(why) => Status::unavailable(format!(
+            Some(NoLeader::Etcd(why)) => Status::unavailable(format!(
                 "this coordinator is a standby and sees no leader: {why}. No coordinator can \
                  lead until etcd answers with quorum: check etcd; `pmcluster status` shows who \
                  leads"
+            )),
+            Some(NoLeader::Election(why)) => Status::unavailable(format!(
+                "this coordinator is a standby and sees no leader: {why}; try again in a few \
+                 seconds, and see `pmcluster status` and the coordinators' logs"
             )),
             None => Status::unavailable(
                 "this coordinator is a standby and no leader is elected yet; try again in a few \
@@ -233,7 +248,9 @@ mod tests {
         assert!(unknown.metadata().get(LEADER_METADATA).is_none());
         let cut_off = standby_status(
             None,
-            Some("etcd at http://e1:2379 did not answer (connection refused)"),
+            Some(&NoLeader::Etcd(
+                "etcd at http://e1:2379 did not answer (connection refused)".into(),
+            )),
         );
         assert_eq!(
             cut_off.message(),
@@ -242,6 +259,18 @@ mod tests {
              quorum: check etcd; `pmcluster status` shows who leads"
         );
         assert!(cut_off.metadata().get(LEADER_METADATA).is_none());
+        // Not etcd's doing: said as it is, without sending people to etcd.
+        let lost = standby_status(
+            None,
+            Some(&NoLeader::Election(
+                "cannot load the store: a record this build cannot read".into(),
+            )),
+        );
+        assert!(
+            lost.message().contains("cannot load the store") && !lost.message().contains("etcd"),
+            "{}",
+            lost.message()
+        );
     }
 
     #[test]
@@ -258,7 +287,9 @@ mod tests {
         assert!(err.is_some_and(|m| m.contains("http://b:1")));
         // Cut off from etcd, the standby forgets the leader it knew: its refusal names no one
         // and says why instead.
-        seat.set_trouble(Some("etcd at http://e:1 did not answer (timed out)".into()));
+        seat.set_trouble(Some(NoLeader::Etcd(
+            "etcd at http://e:1 did not answer (timed out)".into(),
+        )));
         seat.set_leader_hint(None);
         let refused = seat.control().err();
         let message = refused.as_ref().map(|s| s.message().to_string());
