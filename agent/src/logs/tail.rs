@@ -12,9 +12,6 @@ use super::{MAX_LINE_BYTES, rotated};
 const MAX_SCAN_BYTES: u64 = 8 << 20;
 /// Most bytes read from a followed file per poll.
 const MAX_FOLLOW_READ: u64 = 1 << 20;
-/// How far a file's modification time may lag the clock it is compared with (the kernel stamps
-/// files from a clock that advances a tick, up to 10 ms, at a time).
-const MTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
 /// The most rotated files a follower looks through for the one after the file it read.
 const MAX_ROTATED: u32 = 1000;
 
@@ -151,11 +148,17 @@ pub struct Follower {
     /// before the ones after it were: lines may be missing (see [`Follower::take_gap`]).
     gap: bool,
     /// When it began to follow a file that did not exist yet (an instance writes its first
-    /// line only later): the first file made since then is where its lines start.
-    waiting_since: Option<std::time::SystemTime>,
+    /// line only later): the rotated files there were then (device and inode). The first file
+    /// made since, the oldest one not among them, is where its lines start.
+    waiting: Option<Vec<(u64, u64)>>,
 }
 fn ident(meta: &std::fs::Metadata) -> (u64, u64) {
     (meta.dev(), meta.ino())
+}
+/// The rotated files of `path` opened, `.1` first, up to the first that cannot be opened (at
+/// most [`MAX_ROTATED`]).
+fn rotated_files(path: &Path) -> impl Iterator<Item = File> + '_ {
+    (1..=MAX_ROTATED).map_while(move |k| File::open(rotated(path, k)).ok())
 }
 impl Follower {
     /// The file it follows.
@@ -170,36 +173,58 @@ impl Follower {
             (Some(f), Some(id)) => f.metadata().is_ok_and(|m| ident(&m) == id),
             _ => false,
         };
+        let waiting = file.is_none().then(|| {
+            rotated_files(&path)
+                .filter_map(|f| f.metadata().ok().map(|m| ident(&m)))
+                .collect()
+        });
         Follower {
             path,
             offset: if same { tail.end } else { 0 },
             pending: Vec::new(),
             gap: false,
-            waiting_since: file.is_none().then(std::time::SystemTime::now),
+            waiting,
             file,
         }
     }
 
     /// The file to read first when there was none to follow at the start: the oldest rotated
-    /// file written since then (a flood may have rotated the first file away already before
-    /// the first poll), else the live file.
-    fn first_file(&mut self) -> PathBuf {
-        let Some(since) = self.waiting_since.take() else {
-            return self.path.clone();
+    /// file that was not there then (a flood may have rotated the first file away already
+    /// before the first poll), else the live file.
+    ///
+    /// Told apart by identity, not by time: a file's modification time may be coarse (a
+    /// second, two) or come from another clock (a network filesystem's) than the one that
+    /// stamped the start.
+    fn first_file(&mut self, between: &mut impl FnMut()) -> io::Result<(File, bool)> {
+        let Some(before) = self.waiting.take() else {
+            return Ok((File::open(&self.path)?, false));
         };
-        // File times come from the kernel's coarse clock, a tick behind the precise one.
-        let since = since.checked_sub(MTIME_SLACK).unwrap_or(since);
         let mut first = None;
-        for k in 1..=MAX_ROTATED {
-            let path = rotated(&self.path, k);
-            let Ok(m) = std::fs::metadata(&path) else {
-                break;
+        for file in rotated_files(&self.path) {
+            let Ok(meta) = file.metadata() else {
+                continue;
             };
-            if m.modified().is_ok_and(|t| t >= since) {
-                first = Some(path);
+            if !before.contains(&ident(&meta)) {
+                first = Some(file);
             }
         }
-        first.unwrap_or_else(|| self.path.clone())
+        between();
+        match first {
+            Some(file) => Ok((file, false)),
+            None => self.open_live(before),
+        }
+    }
+
+    /// The live file; `waiting` is put back when there is none yet, so the next try looks at
+    /// the rotated files again.
+    fn open_live(&mut self, waiting: Vec<(u64, u64)>) -> io::Result<(File, bool)> {
+        match File::open(&self.path) {
+            Ok(f) => Ok((f, false)),
+            Err(e) => {
+                self.waiting = Some(waiting);
+                Err(e)
+            }
+        }
     }
 
     /// Whether lines may be missing before those the last poll returned (once).
@@ -211,39 +236,60 @@ impl Follower {
     /// the one rotated right after it while it is kept (`.k-1` when the held one is now `.k`),
     /// else the live file. Rotated files a flood made between two polls are read, not skipped.
     /// A held file no longer kept (rotated past `log_retain`, so deleted) may have had files
-    /// after it that went too: the oldest kept one newer than it is read, and the gap said.
-    fn next_file(&mut self) -> PathBuf {
+    /// after it that went too: the oldest kept one newer than it is read, and the gap said
+    /// (the `bool`).
+    ///
+    /// Each rotated file is opened as it is looked at, and the handle of the one chosen is the
+    /// one read: a flood renames `.k-1` to `.k` at any time, so a file opened again by name
+    /// after the look may be another one (a file skipped, or one read twice). `between` runs
+    /// after the look (where tests rotate the files).
+    fn next_file(&mut self, between: &mut impl FnMut()) -> io::Result<(File, bool)> {
         let Some(held) = &self.file else {
-            return self.first_file();
+            return self.first_file(between);
         };
         let Ok(meta) = held.metadata() else {
-            return self.path.clone();
+            return Ok((File::open(&self.path)?, false));
         };
         let (held_id, held_mtime) = (ident(&meta), meta.modified().ok());
-        let mut newer = None;
+        let mut previous: Option<File> = None;
+        let mut newer: Option<File> = None;
+        let mut found = false;
         // Bounded: the pump keeps at most `log_retain` (a small number) rotated files.
-        for k in 1..=MAX_ROTATED {
-            let path = rotated(&self.path, k);
-            let Ok(m) = std::fs::metadata(&path) else {
-                break;
+        for file in rotated_files(&self.path) {
+            let Ok(m) = file.metadata() else {
+                continue;
             };
             if ident(&m) == held_id {
-                return newer.unwrap_or_else(|| self.path.clone());
+                // The one rotated right after it is the one looked at just before.
+                newer = previous.take();
+                found = true;
+                break;
             }
-            // A file rotated before the held one was opened (an `rm` and a new live file
-            // since) is older, not next.
+            // Only for a held file that is gone, whose place among the kept ones its identity
+            // no longer tells: a file rotated before the held one was opened (an `rm` and a new
+            // live file since) is older, not next. Its inode may be a new file's by now, so
+            // identities cannot tell; file times, compared with each other, can.
             if m.modified().ok() >= held_mtime {
-                newer = Some(path);
+                newer = Some(file.try_clone()?);
             }
+            previous = Some(file);
         }
-        if meta.nlink() == 0 && newer.is_some() {
-            self.gap = true;
+        between();
+        let gap = !found && meta.nlink() == 0 && newer.is_some();
+        match newer {
+            Some(file) => Ok((file, gap)),
+            None => Ok((File::open(&self.path)?, false)),
         }
-        newer.unwrap_or_else(|| self.path.clone())
     }
 
     /// New complete lines since the last call. Blocking file I/O: call from the blocking pool.
     pub fn poll(&mut self) -> io::Result<Vec<String>> {
+        self.poll_with(|| {})
+    }
+
+    /// [`Follower::poll`], calling `between` after the rotated files are looked through for
+    /// the next one (where tests rotate the files).
+    fn poll_with(&mut self, mut between: impl FnMut()) -> io::Result<Vec<String>> {
         let on_disk = live_ident(&self.path)?;
         let held = match &self.file {
             Some(f) => Some(ident(&f.metadata()?)),
@@ -258,8 +304,10 @@ impl Follower {
                     return self.read_held(len);
                 }
             }
-            let next = self.next_file();
-            self.file = Some(File::open(&next)?);
+            let (next, gap) = self.next_file(&mut between)?;
+            // Said only once the next file is open: a failed open is tried again next poll.
+            self.gap |= gap;
+            self.file = Some(next);
             self.offset = 0;
             if !self.pending.is_empty() {
                 // The old file ended mid-line: that line is complete as far as it goes.
@@ -563,6 +611,82 @@ mod tests {
         rotate_by_rename(&path, 3)?;
         append("2\n")?;
         assert_eq!(read(&mut follower)?, (vec!["1".into(), "2".into()], false));
+        Ok(())
+    }
+
+    fn append_to(path: &Path, text: &str) -> io::Result<()> {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?
+            .write_all(text.as_bytes())
+    }
+
+    /// A flood rotates at any time, also between the look through the rotated files for the
+    /// next one and its read: the file looked at is the one read. Before, it was opened again
+    /// by name after the look, and a rotation in between (`.1` renamed to `.2`) made that the
+    /// file after it: "b" was skipped.
+    #[test]
+    fn a_rotation_while_the_next_file_is_chosen_skips_nothing() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.log");
+        append_to(&path, "a\n")?;
+        let tail = read_last_lines_rotated(&path, 10)?;
+        let mut follower = Follower::new(path.clone(), &tail);
+        for line in ["b\n", "c\n"] {
+            rotate_by_rename(&path, 3)?;
+            append_to(&path, line)?;
+        }
+        let mut rotated_once = false;
+        let mut lines = Vec::new();
+        let mut gap = false;
+        // Bounded: each poll moves on by a file at least.
+        for _ in 0..10 {
+            lines.extend(follower.poll_with(|| {
+                if !std::mem::replace(&mut rotated_once, true) {
+                    rotate_by_rename(&path, 3).expect("rotate");
+                    append_to(&path, "d\n").expect("append");
+                }
+            })?);
+            gap |= follower.take_gap();
+        }
+        assert!(rotated_once);
+        assert_eq!(lines, ["b", "c", "d"]);
+        assert!(!gap);
+        Ok(())
+    }
+
+    /// A follower that began before its file existed starts from the first file made since,
+    /// told by identity: a file time may be coarse or from another clock. Before, it compared
+    /// file times with the clock: an earlier run's rotated file stamped ahead was read as new
+    /// ("old" shown), and a new one stamped behind was skipped.
+    #[test]
+    fn a_follower_that_began_before_its_file_tells_new_files_by_identity() -> io::Result<()> {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("b.log");
+        let hour = Duration::from_secs(3600);
+        let stamp = |k: u32, time: SystemTime| -> io::Result<()> {
+            File::options()
+                .write(true)
+                .open(rotated(&path, k))?
+                .set_modified(time)
+        };
+        // An earlier run's file, stamped ahead of this clock.
+        std::fs::write(rotated(&path, 1), "old\n")?;
+        stamp(1, SystemTime::now() + hour)?;
+        let tail = read_last_lines_rotated(&path, 0)?;
+        let mut follower = Follower::new(path.clone(), &tail);
+        append_to(&path, "1\n")?;
+        rotate_by_rename(&path, 3)?;
+        // The first file made since, stamped behind.
+        stamp(1, SystemTime::now() - hour)?;
+        append_to(&path, "2\n")?;
+        let mut lines = Vec::new();
+        for _ in 0..10 {
+            lines.extend(follower.poll()?);
+        }
+        assert_eq!(lines, ["1", "2"]);
         Ok(())
     }
 }
