@@ -327,8 +327,9 @@ impl State {
         self.lock().instances.get(id).map(|e| e.status.clone())
     }
 
-    /// Log sources of the given instances, or the ids this agent does not know.
-    pub fn log_sources(&self, ids: &[InstanceId]) -> Result<Vec<LogSource>, Vec<InstanceId>> {
+    /// Log sources of the given instances this agent knows, and the ids it does not (a copy
+    /// the coordinator assigned that it has not applied yet, or one it just forgot).
+    pub fn log_sources(&self, ids: &[InstanceId]) -> (Vec<LogSource>, Vec<InstanceId>) {
         let inner = self.lock();
         let mut unknown = Vec::new();
         let mut sources = Vec::new();
@@ -348,11 +349,7 @@ impl State {
                 None => unknown.push(id.clone()),
             }
         }
-        if unknown.is_empty() {
-            Ok(sources)
-        } else {
-            Err(unknown)
-        }
+        (sources, unknown)
     }
 
     /// Process group ids of instances that still have a process, for the last-resort kill.

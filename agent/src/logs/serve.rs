@@ -1,7 +1,7 @@
 //! Answers the coordinator's `LogRequest`s with `LogChunk`s: history from [`super::tail`], then
 //! (with follow) new lines as they come, through the link's bounded log queue.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -109,7 +109,8 @@ struct Job {
     request_id: u64,
     node: String,
     logs_dir: PathBuf,
-    sources: Result<Vec<LogSource>, Vec<InstanceId>>,
+    /// The instances asked that this agent knows, and those it does not.
+    sources: (Vec<LogSource>, Vec<InstanceId>),
     lines: u32,
     follow: bool,
     out: mpsc::Sender<pb::AgentMessage>,
@@ -123,24 +124,43 @@ struct Stream {
 }
 impl Job {
     async fn run(self) {
-        let sources = match &self.sources {
-            Ok(s) => s.clone(),
-            Err(unknown) => {
-                let ids: Vec<&str> = unknown.iter().map(InstanceId::as_str).collect();
-                let error = format!("unknown instance on this node: {}", ids.join(", "));
-                self.send(Vec::new(), true, error).await;
-                return;
-            }
-        };
+        let (sources, unknown) = &self.sources;
+        if sources.is_empty() && !unknown.is_empty() {
+            let ids: Vec<&str> = unknown.iter().map(InstanceId::as_str).collect();
+            let error = format!("unknown instance on this node: {}", ids.join(", "));
+            self.send(Vec::new(), true, error).await;
+            return;
+        }
         let mut history = Vec::new();
+        // An id not known beside known ones is most likely a copy of one of their indices
+        // that this agent has not started yet (a rollout's replacement): the others are read,
+        // and it is said. It has no index known here; the notice takes the first copy's.
+        if let Some(first) = sources.first() {
+            for id in unknown {
+                let line = format!(
+                    "[pmcluster] node {} does not run instance {} (not started here yet, or \
+                     gone): it is not read",
+                    self.node,
+                    id.as_str()
+                );
+                history.push(self.line(first, pb::LogStream::Unspecified, line));
+            }
+        }
         let mut streams = Vec::new();
-        for source in &sources {
+        // Two copies of an index on this node (a rollout's, a restart's) write the same files:
+        // each file is read once, or every line would come twice. The copies may differ in
+        // `merge_logs`, so the files read are those of either.
+        let mut read_paths: HashSet<PathBuf> = HashSet::new();
+        for source in sources {
             if pmcluster_spec::app::validate_name(&source.app).is_err() {
                 // An invalid spec never ran, so it has no files; its name may not be a safe path.
                 continue;
             }
             for &stream in log_streams(source.merged) {
                 let path = log_path(&self.logs_dir, &source.app, source.index, stream);
+                if !read_paths.insert(path.clone()) {
+                    continue;
+                }
                 let n = usize::try_from(self.lines).unwrap_or(usize::MAX);
                 let read_path = path.clone();
                 let follow = self.follow;
@@ -306,5 +326,94 @@ impl Job {
             }
         }
         true
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs a history request for `sources` and returns what it sent: each line's stream and
+    /// text, and the error.
+    async fn history(
+        logs_dir: &std::path::Path,
+        sources: (Vec<LogSource>, Vec<InstanceId>),
+    ) -> (Vec<(pb::LogStream, String)>, String) {
+        let (out, mut rx) = mpsc::channel(64);
+        let job = Job {
+            request_id: 7,
+            node: "a".into(),
+            logs_dir: logs_dir.to_path_buf(),
+            sources,
+            lines: 10,
+            follow: false,
+            out,
+            cancel: CancellationToken::new(),
+        };
+        job.run().await;
+        let mut lines = Vec::new();
+        while let Ok(msg) = rx.try_recv() {
+            let Some(pb::agent_message::Msg::LogChunk(chunk)) = msg.msg else {
+                continue;
+            };
+            lines.extend(chunk.lines.into_iter().map(|l| {
+                (
+                    pb::LogStream::try_from(l.stream).unwrap_or_default(),
+                    l.line,
+                )
+            }));
+            if chunk.eof {
+                return (lines, chunk.error);
+            }
+        }
+        panic!("no end of the answer: {lines:?}");
+    }
+
+    /// Two copies of an index on one node (a rollout's old one with `merge_logs`, its
+    /// replacement without) share their files: each file is read once, the union of both
+    /// copies' streams. A third copy the agent does not run yet is said, and does not fail
+    /// the request. Before, the coordinator asked for one copy (an arbitrary one), which could
+    /// miss the other's stderr file, and an id unknown here failed the node's whole answer.
+    #[tokio::test]
+    async fn copies_of_an_index_read_each_file_once() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(
+            log_path(dir.path(), "web", 0, pb::LogStream::Stdout),
+            "o1\no2\n",
+        )?;
+        std::fs::write(
+            log_path(dir.path(), "web", 0, pb::LogStream::Stderr),
+            "e1\n",
+        )?;
+        let copy = |merged| LogSource {
+            app: "web".into(),
+            index: 0,
+            merged,
+        };
+        let (lines, error) = history(
+            dir.path(),
+            (
+                vec![copy(true), copy(false), copy(true)],
+                vec![InstanceId::new("not-yet")],
+            ),
+        )
+        .await;
+        assert_eq!(error, "");
+        let text = |stream| -> Vec<&str> {
+            lines
+                .iter()
+                .filter(|(s, _)| *s == stream)
+                .map(|(_, l)| l.as_str())
+                .collect()
+        };
+        assert_eq!(text(pb::LogStream::Stdout), ["o1", "o2"]);
+        assert_eq!(text(pb::LogStream::Stderr), ["e1"]);
+        let notices = text(pb::LogStream::Unspecified);
+        assert_eq!(notices.len(), 1, "{notices:?}");
+        assert!(notices[0].contains("not-yet"), "{notices:?}");
+        // Only ids unknown here: the request fails, as before.
+        let (lines, error) = history(dir.path(), (Vec::new(), vec![InstanceId::new("x")])).await;
+        assert!(lines.is_empty());
+        assert!(error.contains("unknown instance"), "{error}");
+        Ok(())
     }
 }

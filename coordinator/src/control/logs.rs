@@ -58,12 +58,13 @@ impl Control {
                 continue;
             }
             if let Some(node) = &inst.node {
-                let asked = by_node.entry(node.clone()).or_default();
                 // Two copies of an index on one node (a rollout's, a restart's) write the same
-                // files: asked twice, the reader would get each line twice.
-                if !asked.iter().any(|(_, index)| *index == inst.index) {
-                    asked.push((inst.id, inst.index));
-                }
+                // files: both are asked, and the agent reads each file once. It knows which
+                // files each copy has (`merge_logs` may differ) and which copies it runs.
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push((inst.id, inst.index));
             }
         }
         // The requests go out after `inner` is let go: routing them needs only the routes'
@@ -87,7 +88,9 @@ impl Control {
         let mut routes = self.log_routes.lock();
         for (node, instances, commands) in requests {
             let request_id = self.ids.fetch_add(1, Ordering::Relaxed);
-            let indices: Vec<u32> = instances.iter().map(|(_, index)| *index).collect();
+            let mut indices: Vec<u32> = instances.iter().map(|(_, index)| *index).collect();
+            indices.sort_unstable();
+            indices.dedup();
             let request = LogRequest {
                 request_id,
                 instance_ids: instances.into_iter().map(|(id, _)| id).collect(),
