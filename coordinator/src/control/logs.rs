@@ -11,21 +11,27 @@ use super::{AgentCommand, Control, ControlError, LogRoute, Result, find_app};
 
 /// Lines a reader's route holds at least: what an agent's poll of a followed file sends at once
 /// in a flood (up to 1 MiB of lines per stream), so that a reader who keeps up loses none of a
-/// burst. A few MiB at most for a reader that falls behind, who loses lines then (said).
+/// burst. A reader that falls behind loses lines past it (said). Memory: a few MiB with
+/// ordinary lines (about 100 bytes); at worst, lines of the agent's longest (16 KiB), 256 MiB.
 const ROUTE_LINES: usize = 16_384;
+
+/// The most lines a route holds for a history, whatever was asked: the 10,000 lines of both
+/// streams of 10 instances. Past it, lines are dropped (said). At worst (16 KiB lines) about
+/// 3 GiB for a reader that stops reading; with ordinary lines, some tens of MiB.
+const ROUTE_HISTORY_LINES: usize = 200_000;
 
 /// The route's size for `lines` of history from each of `instances`: the whole answer, both
 /// streams of each, with room for the notes of nodes that cannot answer, so that no line of
-/// it is dropped however fast the agents send it (it is bounded: at most 10,000 lines per
-/// stream). A slot costs nothing until a line fills it. With `follow`, lines that come later
-/// may still be dropped for a reader that falls behind, and each drop is said.
-fn route_capacity(lines: u32, instances: usize) -> usize {
+/// it is dropped however fast the agents send it (at most [`ROUTE_HISTORY_LINES`]). A slot
+/// costs nothing until a line fills it. With `follow`, lines that come later may still be
+/// dropped for a reader that falls behind, and each drop is said.
+pub(super) fn route_capacity(lines: u32, instances: usize) -> usize {
     let history = (lines as usize)
         .saturating_mul(2)
         .saturating_mul(instances)
         .saturating_add(instances)
         .saturating_add(16);
-    history.max(ROUTE_LINES)
+    history.clamp(ROUTE_LINES, ROUTE_HISTORY_LINES)
 }
 
 /// How long an agent has to start answering a log request (without `follow`). An agent that is

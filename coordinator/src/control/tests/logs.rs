@@ -72,9 +72,10 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
 /// The history a reader asks for arrives whole, however fast its agent sends it: a route
 /// holds both streams' `lines` of each instance asked. Before, it held 1,024 lines, and
 /// `logs --lines 2000` lost the newest lines and the whole other stream without a word.
-/// Two copies of an index on one node (a rollout's) are asked once: they share their files.
+/// (That two copies of an index on one node are read once is the agent's part: it reads each
+/// file once.)
 #[test]
-fn a_log_history_arrives_whole_and_once() -> Result<()> {
+fn a_log_history_arrives_whole() -> Result<()> {
     let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
     let c = Control::open_with(
         Arc::new(MemoryStore::default()),
@@ -123,6 +124,19 @@ fn a_log_history_arrives_whole_and_once() -> Result<()> {
     assert_eq!(got.len(), 4000, "{:?}", got.last());
     assert!(got.iter().all(|l| l.stream != LogStream::Unspecified));
     Ok(())
+}
+
+/// A route's room for a history is bounded whatever is asked (lines of up to 16 KiB each):
+/// the most lines of the most instances do not make a reader that stops reading hold
+/// gigabytes upon gigabytes. A follow keeps the room of a flood's poll.
+#[test]
+fn a_route_holds_a_bounded_history() {
+    use crate::control::logs::route_capacity;
+    assert_eq!(route_capacity(2000, 1), 16_384);
+    assert_eq!(route_capacity(10_000, 2), 40_018);
+    assert_eq!(route_capacity(10_000, 10), 200_000);
+    assert_eq!(route_capacity(10_000, 500), 200_000);
+    assert_eq!(route_capacity(u32::MAX, usize::MAX), 200_000);
 }
 
 /// A control with a manual clock and a 1.5 s heartbeat timeout, node "a" attached and running
