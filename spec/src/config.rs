@@ -7,8 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::app::{
-    AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, MAX_INSTANCES, PlacementSpec, PortSpec, Reschedule,
-    Resources,
+    AppSpec, DEFAULT_KILL_TIMEOUT, ExecMode, PlacementSpec, PortSpec, Reschedule, Resources,
 };
 use crate::autoscale::{
     AutoscalePolicy, DEFAULT_COOLDOWN, DEFAULT_DOWN_STABILIZATION, DEFAULT_SCALE_DOWN_FRACTION,
@@ -25,8 +24,10 @@ use crate::{SpecError, echo};
 
 mod position;
 mod render;
+mod scalars;
 use position::locate;
 pub use render::to_config;
+pub use scalars::{parse_duration, parse_instances};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -759,93 +760,6 @@ fn plain_types(message: &str) -> String {
         }
     }
     out
-}
-
-/// Parses a duration written as milliseconds (`2000`) or with a unit (`"2s"`, `"500ms"`), and
-/// checks it against the field's maximum ([`crate::limits::DURATION_MAX`]).
-pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError> {
-    let d = match value {
-        Scalar::Int(ms) if *ms >= 0 => Duration::from_millis(*ms as u64),
-        Scalar::Str(s) => {
-            let s = s.trim();
-            match s.parse::<u64>() {
-                Ok(ms) => Duration::from_millis(ms),
-                Err(_) => humantime::parse_duration(s).map_err(|e| {
-                    // The parser's "expected number at 0" says nothing a user can act on.
-                    let flag = s.starts_with("--")
-                        || (s.starts_with('-') && s[1..].starts_with(char::is_alphabetic));
-                    if flag {
-                        return SpecError::new(
-                            field,
-                            format!(
-                                "{} looks like a flag, not a duration: give this one a value, \
-                                 e.g. \"2s\"",
-                                echo(s)
-                            ),
-                        );
-                    }
-                    let why = match e {
-                        _ if s.starts_with('-') => " (it cannot be negative)".to_string(),
-                        humantime::DurationError::NumberExpected(_) => String::new(),
-                        e => format!(" ({e})"),
-                    };
-                    SpecError::new(
-                        field,
-                        format!(
-                            "{} is not a duration{why}; write e.g. \"2s\" or 2000",
-                            echo(s)
-                        ),
-                    )
-                })?,
-            }
-        }
-        other => {
-            return Err(SpecError::new(
-                field,
-                format!(
-                    "{} is not a duration; write e.g. \"2s\" or 2000",
-                    echo(&other.to_text())
-                ),
-            ));
-        }
-    };
-    check_duration(field, d)
-}
-
-/// Names both forms `instances` takes, so a near miss like `"max5"` points at the keyword too.
-const NOT_A_COUNT: &str =
-    "is neither a whole number of instances (0 or more) nor \"max\" (one per core)";
-
-/// Parses an instance count: a whole number 0 or more, up to u32 (`"max"` is handled by the caller).
-pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
-    let too_large = |n: &dyn std::fmt::Display| {
-        SpecError::new(
-            "instances",
-            format!("{n} is too large: the limit is {MAX_INSTANCES}"),
-        )
-    };
-    match value {
-        // Counts past MAX_INSTANCES that fit are refused by `AppSpec::validate`.
-        Scalar::Int(n) if *n >= 0 => u32::try_from(*n).map_err(|_| too_large(n)),
-        Scalar::Str(s) => {
-            let digits = s.trim().strip_prefix('+').unwrap_or(s.trim());
-            match digits.parse::<u32>() {
-                Ok(n) => Ok(n),
-                // Digits that do not fit a u32 are a number all the same, only too large.
-                _ if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
-                    Err(too_large(&echo(s)))
-                }
-                _ => Err(SpecError::new(
-                    "instances",
-                    format!("{} {NOT_A_COUNT}", echo(s)),
-                )),
-            }
-        }
-        other => Err(SpecError::new(
-            "instances",
-            format!("{} {NOT_A_COUNT}", other.to_text()),
-        )),
-    }
 }
 
 impl RawApp {

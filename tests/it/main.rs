@@ -12,6 +12,7 @@ mod balance;
 mod deploy;
 mod failover;
 mod ha;
+mod ha_etcd_down;
 mod ha_follow;
 mod ha_tls;
 mod hosts;

@@ -44,6 +44,28 @@ fn config(dir: &Path, testapp: &str, base: u16) -> String {
     path.display().to_string()
 }
 
+/// A cluster of one agent running `web`, the test app at v1 on `auto:` ports, with `instances`
+/// and the spec's other fields from `more` (its update policy, restart policy).
+fn web_on_auto_ports(instances: u32, more: serde_json::Value) -> Cluster {
+    let c = Cluster::start(1).expect("cluster starts");
+    let base = free_port_range(20).expect("free ports");
+    let path = c.root().join("web.json");
+    let mut text = serde_json::json!({
+        "name": "web",
+        "script": c.testapp().display().to_string(),
+        "instances": instances,
+        "port": format!("auto:{base}-{}", base + 19),
+        "env": { "TESTAPP_VERSION": "v1" },
+    });
+    if let (Some(spec), Some(more)) = (text.as_object_mut(), more.as_object()) {
+        spec.extend(more.clone());
+    }
+    fs::write(&path, text.to_string()).expect("write web.json");
+    c.cli(&["apply", "-f", &path.display().to_string()])
+        .assert_ok();
+    c
+}
+
 #[test]
 fn rolling_updates_behind_haproxy_lose_no_request() {
     let mut c = Cluster::start(3).expect("cluster starts");
@@ -189,22 +211,12 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
 /// template it returns to. Before, every index was replaced by a fresh process of the same v1.
 #[test]
 fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
-    let c = Cluster::start(1).expect("cluster starts");
-    let base = free_port_range(20).expect("free ports");
-    let path = c.root().join("web.json");
-    let text = serde_json::json!({
-        "name": "web",
-        "script": c.testapp().display().to_string(),
-        "instances": 3,
-        "port": format!("auto:{base}-{}", base + 19),
-        "env": { "TESTAPP_VERSION": "v1" },
-        // A replacement is on trial for 10 s: the undo comes while index 0's is. The kept old
-        // copy beside it has then to be healthy that long before the v2 copy drains.
-        "update": { "max_surge": 1, "min_healthy_time": "10s" }
-    });
-    fs::write(&path, text.to_string()).expect("write web.json");
-    c.cli(&["apply", "-f", &path.display().to_string()])
-        .assert_ok();
+    // A replacement is on trial for 10 s: the undo comes while index 0's is. The kept old copy
+    // beside it has then to be healthy that long before the v2 copy drains.
+    let c = web_on_auto_ports(
+        3,
+        serde_json::json!({ "update": { "max_surge": 1, "min_healthy_time": "10s" } }),
+    );
     let pids = |list: &[pmcluster_tests::Instance]| -> BTreeMap<String, Option<u32>> {
         list.iter().map(|i| (i.id.clone(), i.pid)).collect()
     };
@@ -259,25 +271,15 @@ fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
 /// restarted into the crash loop), and the app went down whole.
 #[test]
 fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
-    let c = Cluster::start(1).expect("cluster starts");
-    let base = free_port_range(20).expect("free ports");
-    let path = c.root().join("web.json");
-    let text = serde_json::json!({
-        "name": "web",
-        "script": c.testapp().display().to_string(),
-        "instances": 2,
-        "port": format!("auto:{base}-{}", base + 19),
-        "env": { "TESTAPP_VERSION": "v1" },
-        "update": {
+    let c = web_on_auto_ports(
+        2,
+        serde_json::json!({ "update": {
             "max_surge": 1,
             "min_healthy_time": "1s",
             "healthy_deadline": "3s",
             "auto_rollback": false
-        }
-    });
-    fs::write(&path, text.to_string()).expect("write web.json");
-    c.cli(&["apply", "-f", &path.display().to_string()])
-        .assert_ok();
+        } }),
+    );
     let before: BTreeMap<String, Option<u32>> = wait_online(&c, "web", 2)
         .iter()
         .map(|i| (i.id.clone(), i.pid))
@@ -335,22 +337,14 @@ fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
 /// automatic rollback follows, and every instance serves the old version again.
 #[test]
 fn an_errored_replacement_fails_the_rollout_without_waiting_out_its_deadline() {
-    let c = Cluster::start(1).expect("cluster starts");
-    let base = free_port_range(20).expect("free ports");
-    let path = c.root().join("web.json");
-    let text = serde_json::json!({
-        "name": "web",
-        "script": c.testapp().display().to_string(),
-        "instances": 2,
-        "port": format!("auto:{base}-{}", base + 19),
-        "env": { "TESTAPP_VERSION": "v1" },
-        "max_restarts": 2,
-        "restart_delay": "100ms",
-        "update": { "max_surge": 1, "min_healthy_time": "1s", "healthy_deadline": "10m" }
-    });
-    fs::write(&path, text.to_string()).expect("write web.json");
-    c.cli(&["apply", "-f", &path.display().to_string()])
-        .assert_ok();
+    let c = web_on_auto_ports(
+        2,
+        serde_json::json!({
+            "max_restarts": 2,
+            "restart_delay": "100ms",
+            "update": { "max_surge": 1, "min_healthy_time": "1s", "healthy_deadline": "10m" }
+        }),
+    );
     wait_online(&c, "web", 2);
     c.cli(&[
         "reload",

@@ -554,13 +554,7 @@ mod tests {
         use crate::logs::rotate_by_rename;
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("a.log");
-        let append = |text: &str| -> io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            f.write_all(text.as_bytes())
-        };
+        let append = |text: &str| append_to(&path, text);
         append("a\n")?;
         let tail = read_last_lines_rotated(&path, 10)?;
         let mut follower = Follower::new(path.clone(), &tail);
@@ -600,13 +594,7 @@ mod tests {
         let path = dir.path().join("b.log");
         let tail = read_last_lines_rotated(&path, 0)?;
         let mut follower = Follower::new(path.clone(), &tail);
-        let append = |text: &str| -> io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)?;
-            f.write_all(text.as_bytes())
-        };
+        let append = |text: &str| append_to(&path, text);
         append("1\n")?;
         rotate_by_rename(&path, 3)?;
         append("2\n")?;
