@@ -66,11 +66,12 @@ fn bad_input() {
         "malformed.json",
         r#"{"apps": [{"name": "broken", "script": "sleep""#,
     );
-    // The first app is fine, the second is not: neither may be applied.
+    // Two apps, each with a bad value: each is refused, naming it (an app of the file that is
+    // fine would be applied: `apply` refuses an app alone, as `kubectl apply` does).
     let second_bad = write(
         "second-bad.json",
         r#"{"apps": [
-            {"name": "first-ok", "script": "sleep", "args": ["600"]},
+            {"name": "first-bad", "script": "sleep", "instances": -1},
             {"name": "second-bad", "script": "sleep", "instances": 3, "port": "30000-30001"}
         ]}"#,
     );
@@ -99,7 +100,7 @@ fn bad_input() {
         refused(
             &["apply", "-f", &second_bad],
             Some(2),
-            &["port", "second-bad"],
+            &["port", "second-bad", "instances", "first-bad"],
         ),
         refused(&["start", ""], Some(2), &["command"]),
         refused(
