@@ -696,11 +696,22 @@ fn undo_line(
     before: Option<&pb::RolloutStatus>,
     d: &pb::Deployment,
 ) -> String {
-    // The coordinator goes back to the newest kept version below the current one; judged from
-    // the status read just before, and only if no other change came in between.
-    let before = before.filter(|s| s.version == d.from_version);
+    // The coordinator goes back to what still serves after a failed rollout left standing
+    // (the version that rollout started from), else to the newest kept version below the
+    // current one; judged from the status read just before, and only if no other change came
+    // in between (the undo then starts from that same version).
+    let held = before.and_then(|s| {
+        s.current
+            .as_ref()
+            .filter(|c| c.state == "failed" && c.to_version == s.version)
+            .map(|c| c.from_version)
+            .filter(|v| s.versions.contains(v))
+    });
+    let before = before.filter(|s| held.unwrap_or(s.version) == d.from_version);
     let source = to_version.or_else(|| {
-        before.and_then(|s| s.versions.iter().copied().filter(|v| *v < s.version).max())
+        before.and_then(|s| {
+            held.or_else(|| s.versions.iter().copied().filter(|v| *v < s.version).max())
+        })
     });
     let Some(source) = source else {
         return format!(

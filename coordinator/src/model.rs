@@ -96,6 +96,16 @@ impl AppRecord {
             .as_ref()
             .is_some_and(|d| d.state == State::Failed && d.to_version == self.version)
     }
+
+    /// The version that still serves after a failed rollout was left standing, while its spec
+    /// is kept: where the next rollout starts from, what an undo returns to, and what new and
+    /// moved indices run meanwhile.
+    pub fn held_version(&self) -> Option<u64> {
+        self.deployment
+            .as_ref()
+            .filter(|d| self.held_by_failure() && self.versions.contains_key(&d.from_version))
+            .map(|d| d.from_version)
+    }
 }
 
 /// One placed (or pending) instance of an app: the unit the scheduler decides about.

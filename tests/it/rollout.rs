@@ -330,6 +330,24 @@ fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
         said.contains("keep running version 1") && said.contains("rollout undo web"),
         "{said}"
     );
+    // A scale-up meanwhile adds what serves, not the failed version (a review's finding).
+    c.cli(&["scale", "web", "3"]).assert_ok();
+    let list = wait_online(&c, "web", 3);
+    let added = list
+        .iter()
+        .find(|i| !before.contains_key(&i.id))
+        .expect("a third instance");
+    assert_eq!(added.json["version"].to_string(), "1", "{list:?}");
+    let body = added.port.and_then(http_body).unwrap_or_default();
+    assert!(body.contains("\"v1\""), "{body}");
+    // And an undo names that version as the one it returns to.
+    let undo = c.cli(&["rollout", "undo", "web"]);
+    assert!(
+        undo.assert_ok()
+            .stdout
+            .contains("the spec of version 1 as version 3"),
+        "{undo}"
+    );
 }
 
 /// A replacement that its agent stops restarting (errored: `max_restarts` crashes) fails the

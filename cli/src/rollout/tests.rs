@@ -255,4 +255,25 @@ fn undo_names_the_version_it_restores_and_warns_of_a_bad_one() {
          rollout status web --wait"
     );
     assert!(undo_line("web", None, None, &undo).contains("the previous spec as version 8"));
+    // A failed rollout left standing (5 -> 6 failed, 6 -> 7 failed from what served): back to
+    // 5, what the instances not replaced run, not to the failed 6.
+    let held = pb::RolloutStatus {
+        current: Some(dep(4, "update", 5, 7, "failed", "web[0] errored")),
+        history: vec![
+            dep(1, "update", 4, 5, "succeeded", ""),
+            dep(3, "update", 5, 6, "failed", "web[0] crashed 3 times"),
+        ],
+        versions: vec![4, 5, 6],
+        version: 7,
+    };
+    assert_eq!(
+        undo_line(
+            "web",
+            None,
+            Some(&held),
+            &dep(5, "rollback", 5, 8, "running", "")
+        ),
+        "web: rolling back to the spec of version 5 as version 8; follow it with: pmcluster \
+         rollout status web --wait"
+    );
 }

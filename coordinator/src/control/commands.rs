@@ -667,7 +667,9 @@ impl Control {
     pub fn roll_back(&self, name: &str, to_version: Option<u64>) -> Result<Deployment> {
         let mut inner = self.lock();
         let app = find_app(&inner.ahead, name)?.clone();
-        let target = match to_version {
+        // After a failed rollout left standing, "back" is to what still serves, which the
+        // status names; the failed version may itself have followed another failed one.
+        let target = match to_version.or(app.held_version()) {
             Some(v) => v,
             None => app
                 .versions

@@ -580,6 +580,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         plan.assign.push((r.id, n));
                     }
                 }
+                // After a failed rollout left standing, a new index runs what serves, not the
+                // version that failed.
                 Need::Create(index) => plan.create.push(Create {
                     app: name.clone(),
                     index,
@@ -588,7 +590,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     replaces: None,
                     stopped: false,
                     avoid: Vec::new(),
-                    version: None,
+                    version: app.held_version(),
                 }),
                 // A lost instance is replaced even when nothing fits (the new record waits as
                 // pending): its node is gone either way.
@@ -656,7 +658,9 @@ fn unstartable_due(
     };
     // A rollout's copies are the deployment engine's (its healthy deadline judges them); an
     // outdated copy gets its new version first, which may well start.
-    let current = rec.app_version == app.version && rec.port == port_of(app, rec.index);
+    // One a failed rollout left on the version before it is current too: it keeps that one.
+    let current = (rec.app_version == app.version || kept_version(app, rec).is_some())
+        && rec.port == port_of(app, rec.index);
     let up = matches!(link_of(nodes, rec.node.as_deref()), Some((Link::Up, false)));
     if rec.stopped || app.rolling() || !current || !up {
         return false;

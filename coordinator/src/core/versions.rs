@@ -85,7 +85,9 @@ pub fn new_version(
     roll: bool,
     in_use: &std::collections::BTreeSet<u64>,
 ) -> AppRecord {
-    let from = old.version;
+    // After a failed rollout left standing, what serves is the version before it: the next
+    // rollout starts from there, so that its rollback returns to what served.
+    let from = old.held_version().unwrap_or(old.version);
     let to = old
         .versions
         .keys()
@@ -98,7 +100,7 @@ pub fn new_version(
         versions: old.versions.clone(),
         ..old.clone()
     };
-    app.versions.insert(from, old.spec.clone());
+    app.versions.insert(old.version, old.spec.clone());
     while app.versions.len() > VERSIONS_KEPT {
         let Some(first) = app.versions.keys().find(|v| !in_use.contains(v)).copied() else {
             break;
@@ -253,6 +255,44 @@ mod tests {
             rec.deployment.as_ref().map(|d| d.kind),
             Some(Kind::Rollback)
         );
+    }
+
+    /// Found by a review: after the rollout to 2 failed and was left standing (1 serves), the
+    /// rollout to 3 started from 2, so its rollback would have returned to the failed spec.
+    #[test]
+    fn a_rollout_after_a_failure_left_standing_starts_from_what_serves() {
+        let mut rec = new_version(app(2), spec("v2"), 1, Kind::Update, true, &BTreeSet::new());
+        let failed = rec.deployment.clone().map(|d| Deployment {
+            state: State::Failed,
+            ..d
+        });
+        rec.deployment = failed;
+        assert_eq!(rec.held_version(), Some(1));
+        let next = new_version(
+            rec.clone(),
+            spec("v3"),
+            2,
+            Kind::Update,
+            true,
+            &BTreeSet::new(),
+        );
+        let d = next
+            .deployment
+            .as_ref()
+            .map(|d| (d.from_version, d.to_version));
+        assert_eq!(d, Some((1, 3)));
+        assert_eq!(next.spec_of(1).script, "v1");
+        assert_eq!(
+            next.spec_of(2).script,
+            "v2",
+            "the failed spec is kept as a version"
+        );
+        assert_eq!(next.held_version(), None, "the new rollout is running");
+        // Without the spec of what served, there is nothing to start from but the app's.
+        rec.versions.clear();
+        let next = new_version(rec, spec("v3"), 2, Kind::Update, true, &BTreeSet::new());
+        let d = next.deployment.as_ref().map(|d| d.from_version);
+        assert_eq!(d, Some(2));
     }
 
     #[test]

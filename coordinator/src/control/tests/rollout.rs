@@ -539,3 +539,51 @@ async fn a_rolling_restart_is_refused_while_a_failed_rollout_stands() -> Result<
     }
     Ok(())
 }
+
+/// Found by a review: after a failed rollout left standing, a second failed rollout started
+/// from the failed version, and an undo returned to it; a scale-up meanwhile added instances
+/// of the failed version. What serves (version 1) is where each of them goes now.
+#[tokio::test]
+async fn what_a_failed_rollout_left_standing_is_what_comes_next() -> Result<()> {
+    let r = Rolling::start(2, Duration::from_secs(1))?;
+    let fail = |value: &str| -> Result<Deployment> {
+        let mut next = r.v1.clone();
+        next.env.insert("BROKEN".into(), value.into());
+        next.update.auto_rollback = false;
+        let (_, _, _, started) = r.c.apply(next)?;
+        let Some(started) = started else {
+            panic!("a new process starts a rollout");
+        };
+        let failed = (0..30).any(|_| {
+            r.second(None);
+            r.ended(started.id)
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.state == State::Failed)
+        });
+        assert!(failed, "{:?}", r.c.rollouts("web")?);
+        Ok(started)
+    };
+    let first = fail("1")?;
+    assert_eq!((first.from_version, first.to_version), (1, 2));
+    let second = fail("2")?;
+    assert_eq!((second.from_version, second.to_version), (1, 3));
+    r.c.scale("web", 3)?;
+    r.second(None);
+    let added: Vec<u64> = records_of(&r.c)
+        .into_iter()
+        .filter(|(index, _, _)| *index == 2)
+        .map(|(_, _, version)| version)
+        .collect();
+    assert_eq!(added, vec![1], "index 2 runs what serves");
+    let undo = r.c.roll_back("web", None)?;
+    assert_eq!(undo.from_version, 1);
+    let inner = r.c.lock();
+    let app = find_app(&inner.state, "web")?;
+    assert_eq!(
+        app.spec.env.get("BROKEN"),
+        None,
+        "undo returns to version 1's process"
+    );
+    Ok(())
+}

@@ -316,7 +316,7 @@ fn placement_and_scaling() {
     // moving it to the failed version would take down what serves.
     check("web=2v2 failed", "web/0@a* web/1@b*", "a; b", 0, "");
     // Nor may a drain's handoff or a lost node's replacement bring it in: they keep the
-    // version of the record they replace. A new index gets the app's version.
+    // version of the record they replace. A new index (a scale-up meanwhile) runs what serves.
     check(
         "web=2v2 failed",
         "web/0@a* web/1@b*",
@@ -336,7 +336,15 @@ fn placement_and_scaling() {
         "web/0@a* web/1@b*",
         "a; b; c",
         0,
-        "+web/2@c",
+        "+web/2@c v1",
+    );
+    // One that cannot start where it is moves as a current one would, on its own version.
+    check(
+        "web=2v2 failed",
+        "web/0@a?0 web/1@b*",
+        "a; b; c",
+        5000,
+        "+web/0@c^a v1 -1 moved(1 a>c unstartable)",
     );
     // instances "max": one per core of the usable nodes (drained ones excluded).
     check(
