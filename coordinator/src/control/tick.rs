@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 
-use pmcluster_spec::supervise::{RESTART_ADVICE, RETRYING};
 use uuid::Uuid;
 
 use crate::core::autoscale::{self, Decision, Sample};
@@ -393,13 +392,5 @@ fn count_autoscale(inner: &mut Inner, app: &str, direction: &'static str, outcom
 /// whatever state it reports.
 fn errored<'a>(inner: &'a Inner, r: &InstanceRecord, node_up: bool) -> Option<&'a str> {
     let o = inner.observed.get(&r.id)?;
-    if !node_up
-        || o.state != crate::model::InstanceState::Errored
-        || o.restart_epoch < r.restart_epoch
-        || o.message.contains(RETRYING)
-    {
-        return None;
-    }
-    let why = o.message.as_str();
-    Some(why.split_once(RESTART_ADVICE).map_or(why, |(why, _)| why))
+    (node_up && o.gave_up(r.restart_epoch)).then(|| o.reason())
 }

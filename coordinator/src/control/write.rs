@@ -565,12 +565,9 @@ fn rewind(inner: &mut Inner) {
 /// use on this host`, the agent's last word on it without its own retry schedule.
 fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
     let said = |id: &Uuid| {
-        let why = (inner.observed.get(id))
-            .map(|o| o.message.as_str())
-            .unwrap_or_default();
-        why.split_once(pmcluster_spec::supervise::RETRYING)
-            .map_or(why, |(w, _)| w)
-            .to_string()
+        (inner.observed.get(id))
+            .map(|o| o.reason().to_string())
+            .unwrap_or_default()
     };
     let seconds = super::seconds_phrase;
     let to = if m.to.is_empty() {

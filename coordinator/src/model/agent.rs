@@ -59,6 +59,26 @@ pub struct InstanceObserved {
     pub start_failures: u32,
 }
 
+impl InstanceObserved {
+    /// The agent's last word on it, without its own retry schedule or restart advice: what
+    /// happened, for an event or a rollout's failure to quote.
+    pub fn reason(&self) -> &str {
+        use pmcluster_spec::supervise::{RESTART_ADVICE, RETRYING};
+        let why = self.message.as_str();
+        let why = why.split_once(RETRYING).map_or(why, |(w, _)| w);
+        why.split_once(RESTART_ADVICE).map_or(why, |(w, _)| w)
+    }
+
+    /// Whether the agent gave up on the process of restart epoch `epoch` (or a later one):
+    /// errored, with no retry of its own scheduled (a start it still retries is reported as
+    /// errored too, with its schedule).
+    pub fn gave_up(&self, epoch: u64) -> bool {
+        self.state == InstanceState::Errored
+            && self.restart_epoch >= epoch
+            && !self.message.contains(pmcluster_spec::supervise::RETRYING)
+    }
+}
+
 /// The host's own figures, from a report.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct HostMetrics {
