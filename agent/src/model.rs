@@ -101,6 +101,8 @@ impl From<pb::DesiredSet> for DesiredSet {
 pub enum InstanceState {
     Launching,
     Online,
+    /// Exited, and started again once its restart delay and backoff have passed.
+    Restarting,
     Exited,
     Errored,
     Stopping,
@@ -112,6 +114,7 @@ impl From<InstanceState> for pb::InstanceState {
         match s {
             InstanceState::Launching => pb::InstanceState::Launching,
             InstanceState::Online => pb::InstanceState::Online,
+            InstanceState::Restarting => pb::InstanceState::Restarting,
             InstanceState::Exited => pb::InstanceState::Exited,
             InstanceState::Errored => pb::InstanceState::Errored,
             InstanceState::Stopping => pb::InstanceState::Stopping,

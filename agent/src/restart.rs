@@ -121,8 +121,8 @@ pub fn on_exit(
     if policy.max_restarts > 0 && n > policy.max_restarts as usize {
         return Decision::GiveUp {
             message: format!(
-                "crashed {n} times within {} (last: {how}){RESTART_ADVICE}: pmcluster restart \
-                 {} --instance {}",
+                "crashed {n} times within {} of running (last: {how}){RESTART_ADVICE}: pmcluster \
+                 restart {} --instance {}",
                 human(policy.window),
                 who.app,
                 who.index
@@ -255,7 +255,7 @@ mod tests {
                     "restart in 0ms",
                     "restart in 100ms",
                     "restart in 200ms",
-                    "give up: crashed 4 times within 10s (last: exited with code 1); restart it \
+                    "give up: crashed 4 times within 10s of running (last: exited with code 1); restart it \
                      with: pmcluster restart web --instance 2",
                 ],
             ),

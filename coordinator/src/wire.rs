@@ -36,6 +36,7 @@ pub fn state_from_wire(state: i32) -> InstanceState {
         Ok(W::Stopping) => S::Stopping,
         Ok(W::Unknown) => S::Unknown,
         Ok(W::Draining) => S::Draining,
+        Ok(W::Restarting) => S::Restarting,
     }
 }
 
@@ -53,6 +54,7 @@ pub fn state_to_wire(state: InstanceState) -> pb::InstanceState {
         S::Stopping => W::Stopping,
         S::Unknown => W::Unknown,
         S::Draining => W::Draining,
+        S::Restarting => W::Restarting,
     }
 }
 

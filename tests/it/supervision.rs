@@ -55,6 +55,29 @@ fn log_file(c: &Cluster, agent: usize, name: &str) -> std::path::PathBuf {
     c.agent(agent).data_dir.join("logs").join(name)
 }
 
+/// Between a crash and its restart an instance reads `restarting`, with when: a trial found it
+/// read `exited`, which the README gives to an instance that ended for good.
+#[test]
+fn a_crashed_instance_reads_restarting_until_its_restart() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    apply(
+        &c,
+        json!({
+            "name": "crashy",
+            "script": c.testapp().display().to_string(),
+            "restart_delay": "1h",
+        }),
+    );
+    let waiting = wait_instance(&c, "crashy", "restarting", |i| i.status == "restarting");
+    assert_eq!(waiting.json["last_exit_code"], 2, "{}", waiting.json);
+    assert_eq!(
+        message(&waiting),
+        "exited with code 2; restarting in 1h",
+        "{}",
+        waiting.json
+    );
+}
+
 #[test]
 fn crash_loop_ends_errored_after_max_restarts() {
     let c = Cluster::start(1).expect("coordinator and an agent start");
@@ -76,7 +99,7 @@ fn crash_loop_ends_errored_after_max_restarts() {
     assert_eq!(errored.pid, None);
     let m = message(&errored);
     assert!(
-        m.starts_with("crashed 4 times within 60s (last: exited with code 2)")
+        m.starts_with("crashed 4 times within 60s of running (last: exited with code 2)")
             && m.ends_with("restart it with: pmcluster restart crashy --instance 0"),
         "{m}"
     );

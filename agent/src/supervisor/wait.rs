@@ -271,7 +271,11 @@ impl Supervisor {
                 } else {
                     format!("{how}; restarting in {}", restart::human(delay))
                 };
-                (InstanceState::Exited, message, Some(Instant::now() + delay))
+                (
+                    InstanceState::Restarting,
+                    message,
+                    Some(Instant::now() + delay),
+                )
             }
             Decision::GiveUp { message } => {
                 tracing::warn!(instance = %self.id, "{message}");

@@ -96,7 +96,7 @@ async fn crash_loop_gives_up_and_a_restart_epoch_revives_it() {
     assert_eq!((l.restarts, l.last_exit_code), (2, Some(1)));
     assert_eq!(
         l.message,
-        "crashed 3 times within 60s (last: exited with code 1); restart it with: pmcluster \
+        "crashed 3 times within 60s of running (last: exited with code 1); restart it with: pmcluster \
          restart loop --instance 0"
     );
     // A user's restart (a higher epoch) gives it another round.

@@ -46,7 +46,7 @@ fn state_style(state: &str) -> Style {
     match state {
         "online" => Style::new().fg(Color::Green),
         "launching" | "stopping" | "draining" | "pending" => Style::new().fg(Color::Yellow),
-        "errored" | "exited" => Style::new().fg(Color::Red),
+        "errored" | "exited" | "restarting" => Style::new().fg(Color::Red),
         _ => Style::new(),
     }
 }

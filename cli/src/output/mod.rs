@@ -91,6 +91,7 @@ pub fn state_name(state: i32) -> &'static str {
         S::Errored => "errored",
         S::Stopping => "stopping",
         S::Draining => "draining",
+        S::Restarting => "restarting",
         S::Unknown | S::Unspecified => "unknown",
     }
 }

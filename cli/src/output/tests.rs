@@ -189,6 +189,7 @@ fn state_names() {
         (S::Online as i32, "online"),
         (S::Stopped as i32, "stopped"),
         (S::Exited as i32, "exited"),
+        (S::Restarting as i32, "restarting"),
         (S::Errored as i32, "errored"),
         (S::Stopping as i32, "stopping"),
         (S::Unknown as i32, "unknown"),

@@ -31,7 +31,17 @@ pub fn derive(
     let (status, note) = match (&rec.node, reported) {
         (None, _) if rec.stopped => (S::Stopped, Note::Pending),
         (None, _) => (S::Pending, Note::Pending),
-        (Some(n), _) if !node_up => (S::Unknown, Note::NodeDown(n.clone())),
+        // What its agent confirmed before it went still holds: a stopped one is not run again
+        // when its node comes back, nor a finished one (exited, autorestart off). A stop the
+        // agent never confirmed may not have happened (a partition): unknown, as the rest.
+        (Some(n), _) if !node_up => {
+            let known = match reported {
+                Some((S::Stopped, _)) if rec.stopped => S::Stopped,
+                Some((S::Exited, epoch)) if epoch >= rec.restart_epoch && !rec.stopped => S::Exited,
+                _ => S::Unknown,
+            };
+            (known, Note::NodeDown(n.clone()))
+        }
         // Restarted, and the agent has not tried to start it since: what it said last is about
         // the process (or the failure) before the restart.
         // The old process stopping is shown as such.
@@ -105,6 +115,15 @@ mod tests {
         check("pending", None, false, "Pending/pending");
         check("pending stopped", Some(S::Online), true, "Stopped/pending");
         check("placed", Some(S::Online), false, "Unknown/down a");
+        check("placed", Some(S::Restarting), false, "Unknown/down a");
+        // Found by a user trial: a stopped instance and a finished job read "unknown" while
+        // their node was down, though neither would run when it came back.
+        check("placed stopped", Some(S::Stopped), false, "Stopped/down a");
+        check("placed stopped", None, false, "Unknown/down a");
+        check("placed stopped", Some(S::Online), false, "Unknown/down a");
+        check("placed", Some(S::Exited), false, "Exited/down a");
+        check("placed restarted", Some(S::Exited), false, "Unknown/down a");
+        check("placed", Some(S::Restarting), true, "Restarting/reported");
         check("placed", None, true, "Launching/reported");
         check("placed stopped", None, true, "Stopped/reported");
         check("placed", Some(S::Online), true, "Online/reported");

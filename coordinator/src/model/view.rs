@@ -25,6 +25,7 @@ pub enum InstanceState {
     Stopping,
     Unknown,
     Draining,
+    Restarting,
 }
 
 impl InstanceState {
@@ -41,6 +42,7 @@ impl InstanceState {
             InstanceState::Stopping => "stopping",
             InstanceState::Unknown => "unknown",
             InstanceState::Draining => "draining",
+            InstanceState::Restarting => "restarting",
         }
     }
 }
