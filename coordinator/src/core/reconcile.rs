@@ -469,7 +469,16 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         }
         let counts: Vec<u32> = {
             let mut c = vec![0; slots.len()];
-            for inst in indices.values().flatten() {
+            // A copy that another record of its index replaces (a rollout's old side, a move's)
+            // is on its way out, so the spread is judged without it. Counted, it tied its node
+            // with one whose copy had already gone, and a rolling update of a spread app ended
+            // uneven (2/2/2 became 3/2/1).
+            let leaving = |inst: &InstanceRecord| {
+                indices
+                    .get(&inst.index)
+                    .is_some_and(|rs| rs.iter().any(|r| r.replaces == Some(inst.id)))
+            };
+            for inst in indices.values().flatten().filter(|r| !leaving(r)) {
                 if let Some(&i) = inst.node.as_deref().and_then(|n| slot_of.get(n)) {
                     c[i] += 1;
                 }

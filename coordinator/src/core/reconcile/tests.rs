@@ -19,8 +19,9 @@ fn id(n: u128) -> Uuid {
     Uuid::from_u128(n)
 }
 
-/// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ hd=MS][ eu][ wait][ once]`
-/// separated by `;` (`sd` shutdown delay, `hd` healthy deadline, `once` autorestart off).
+/// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ hd=MS][ eu][ wait][ once][ failed]
+/// [ rolling]` separated by `;` (`sd` shutdown delay, `hd` healthy deadline, `once` autorestart
+/// off, `failed`/`rolling` the rollout to vN failed/runs).
 /// Instances: `app/index@node[:port][*|%][~T][?T][^n1,n2][&T][>n]` (`*` online, `%` exited, `~T`
 /// draining since T, `?T` failing to start since T, `^` nodes to avoid, `&T` created at T, `>n`
 /// replaces record n), ids 1, 2, ...
@@ -44,7 +45,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
             }
             spec.port = PortSpec::parse(port).unwrap();
             spec.reschedule = Reschedule::After(Duration::from_millis(1000));
-            let mut failed = false;
+            let (mut failed, mut rolling) = (false, false);
             for w in words {
                 match w.split_once('=') {
                     Some(("mem", v)) => {
@@ -65,6 +66,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     _ if w == "once" => spec.autorestart = false,
                     // The rollout to this version failed, and was not rolled back.
                     _ if w == "failed" => failed = true,
+                    _ if w == "rolling" => rolling = true,
                     _ => panic!("bad app word {w}"),
                 }
             }
@@ -72,7 +74,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                 version: version.parse().unwrap(),
                 ..AppRecord::new(spec, 0)
             };
-            if failed {
+            if failed || rolling {
                 let d = crate::core::versions::start_deployment(
                     &rec,
                     crate::model::Kind::Update,
@@ -81,10 +83,12 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     0,
                     0,
                 );
-                rec.deployment = Some(crate::model::Deployment {
-                    state: crate::model::State::Failed,
-                    ..d
-                });
+                let state = if failed {
+                    crate::model::State::Failed
+                } else {
+                    crate::model::State::Running
+                };
+                rec.deployment = Some(crate::model::Deployment { state, ..d });
                 rec.versions.insert(rec.version - 1, rec.spec.clone());
             }
             (name.to_string(), rec)
@@ -775,4 +779,56 @@ fn graceful_scale_down() {
     check("web=2 sd=1000", "web/0@a*", "a; b", 1000, "+web/1@b");
     // A deleted app's records go at once (its spec is gone).
     check("", "web/0@a*", "a", 0, "-1");
+}
+
+#[test]
+fn a_rolling_update_keeps_the_spread() {
+    // Six instances 2/2/2 over a, b, c, being updated to v2 (the fixture's records are all v1:
+    // versions do not weigh in placement). A replacement (`@->n`) waits unplaced until this
+    // plan places it; its old copy serves until it is healthy, and then drains. The copy being
+    // replaced is on its way out: counted, it tied its node with the one that had already lost
+    // a copy, and the tie went by name, so the update ended 3/2/1 or worse.
+    let six = "web/0@a* web/1@b* web/2@c* web/3@a* web/4@b* web/5@c*";
+    // Index 0 done (on a), its old copy gone; index 1's replacement goes back to b.
+    check(
+        "web=6v2 rolling",
+        &format!("{six} web/1@->2"),
+        "a; b; c",
+        0,
+        "=7@b",
+    );
+    // Two at once (surge 2): each to the node its old copy leaves.
+    check(
+        "web=6v2 rolling",
+        &format!("{six} web/1@->2 web/2@->3"),
+        "a; b; c",
+        0,
+        "=7@b =8@c",
+    );
+    // Stop-then-start: the old copy drains before its replacement is placed.
+    check(
+        "web=6v2 rolling",
+        "web/0@a* web/1@b*~0 web/2@c* web/3@a* web/4@b* web/5@c* web/1@->2",
+        "a; b; c",
+        0,
+        "=7@b",
+    );
+    // The first wave: counting index 0's old copy made a tie of three that a won by name, so
+    // this one was right by luck.
+    check(
+        "web=6v2 rolling",
+        &format!("{six} web/0@->1"),
+        "a; b; c",
+        0,
+        "=7@a",
+    );
+    // Index 0's old copy drains beside its replacement on a: neither it nor index 2's old copy
+    // weighs, so c, not b, gets index 2 back.
+    check(
+        "web=6v2 rolling",
+        "web/0@a*~0 web/0@a*>1 web/1@b* web/2@c* web/3@a* web/4@b* web/5@c* web/2@->4",
+        "a; b; c",
+        0,
+        "=8@c",
+    );
 }
