@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use pmcluster_tests::{Cluster, Sampler, free_port_range, wait_until};
+use pmcluster_tests::{Cluster, Sampler, free_port_range, per_node, render, wait_until};
 
 use crate::lb::{Balancer, Load, wait_all_answers};
 use crate::{DEADLINE, wait_online};
@@ -44,10 +44,10 @@ fn config(dir: &Path, testapp: &str, base: u16) -> String {
     path.display().to_string()
 }
 
-/// A cluster of one agent running `web`, the test app at v1 on `auto:` ports, with `instances`
-/// and the spec's other fields from `more` (its update policy, restart policy).
-fn web_on_auto_ports(instances: u32, more: serde_json::Value) -> Cluster {
-    let c = Cluster::start(1).expect("cluster starts");
+/// A cluster of `agents` agents running `web`, the test app at v1 on `auto:` ports, with
+/// `instances` and the spec's other fields from `more` (its update policy, restart policy).
+fn web_on_auto_ports(agents: usize, instances: u32, more: serde_json::Value) -> Cluster {
+    let c = Cluster::start(agents).expect("cluster starts");
     let base = free_port_range(20).expect("free ports");
     let path = c.root().join("web.json");
     let mut text = serde_json::json!({
@@ -204,6 +204,37 @@ fn rolling_updates_behind_haproxy_lose_no_request() {
     drop(lb);
 }
 
+/// A rolling update of an app spread 2/2/2 over three nodes leaves it 2/2/2, as a fresh
+/// placement would. Each replacement used to be placed with its old copy still counted on its
+/// node, which then tied with a node that had already got its own copy back, and the update
+/// ended 3/2/1.
+#[test]
+fn a_rolling_update_keeps_the_spread() {
+    let c = web_on_auto_ports(
+        3,
+        6,
+        serde_json::json!({ "update": { "max_surge": 1, "min_healthy_time": "1s" } }),
+    );
+    let spread = |list: &[pmcluster_tests::Instance]| -> Vec<usize> {
+        let mut counts: Vec<usize> = per_node(list).into_values().collect();
+        counts.sort_unstable();
+        counts
+    };
+    let before = wait_online(&c, "web", 6);
+    assert_eq!(spread(&before), [2, 2, 2], "{}", render(&before));
+    c.cli(&["reload", "web", "--set", "env.TESTAPP_VERSION=v2", "--yes"])
+        .assert_ok();
+    wait_rollout(&c).assert_ok();
+    // The old copies may still be stopping when the rollout succeeds.
+    let after = wait_online(&c, "web", 6);
+    assert!(
+        after.iter().all(|i| before.iter().all(|b| b.id != i.id)),
+        "every index replaced:{}",
+        render(&after)
+    );
+    assert_eq!(spread(&after), [2, 2, 2], "{}", render(&after));
+}
+
 /// `rollout undo` of a rollout that has replaced one index of three: the undo returns to v1,
 /// which the two indices not reached still run and which index 0's old copy runs beside its
 /// v2 replacement. Those three processes carry on under the new version number (their pids
@@ -214,6 +245,7 @@ fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
     // A replacement is on trial for 10 s: the undo comes while index 0's is. The kept old copy
     // beside it has then to be healthy that long before the v2 copy drains.
     let c = web_on_auto_ports(
+        1,
         3,
         serde_json::json!({ "update": { "max_surge": 1, "min_healthy_time": "10s" } }),
     );
@@ -272,6 +304,7 @@ fn an_undo_keeps_the_processes_that_run_the_version_it_returns_to() {
 #[test]
 fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
     let c = web_on_auto_ports(
+        1,
         2,
         serde_json::json!({ "update": {
             "max_surge": 1,
@@ -356,6 +389,7 @@ fn a_failed_rollout_without_rollback_leaves_the_old_instances_serving() {
 #[test]
 fn an_errored_replacement_fails_the_rollout_without_waiting_out_its_deadline() {
     let c = web_on_auto_ports(
+        1,
         2,
         serde_json::json!({
             "max_restarts": 2,
