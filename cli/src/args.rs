@@ -236,7 +236,7 @@ pub enum Command {
     )]
     Export(ExportArgs),
 
-    /// Show the coordinators (leader or standby, term, lease age, agents) and the store's
+    /// Show the coordinators (leader or standby, term, how long each has held its lease, agents) and the store's
     /// health
     Status,
 
@@ -769,7 +769,8 @@ pub struct EventsArgs {
     /// Only this app's events
     pub app: Option<String>,
 
-    /// Show up to N recent events first
+    /// Show up to N recent events first (of the last 1,000 the leader keeps in memory since it
+    /// started leading)
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub history: u32,
 

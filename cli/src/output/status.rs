@@ -172,7 +172,10 @@ pub fn status_text(view: &StatusView) -> String {
             "coordinator",
             "role",
             "term",
-            "lease age",
+            // Since its lease was granted: it is renewed all along, so this is how long the
+            // coordinator has been alive in etcd, not how stale it is (a trial read "14s" beside
+            // a 2 s TTL as a lease gone bad).
+            "lease held",
             "leading for",
             "agents",
             "reached",
@@ -189,7 +192,9 @@ pub fn status_text(view: &StatusView) -> String {
         .iter()
         .any(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
     {
-        text.push_str("no coordinator leads: writes wait until one is elected\n");
+        text.push_str(
+            "no coordinator leads: calls other than `status` are refused until one is elected\n",
+        );
     } else if !answering_leader {
         text.push_str(
             "the leader did not answer: it may be down; the other takes over when its lease \
