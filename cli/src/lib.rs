@@ -46,9 +46,10 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         other => other,
     };
     // Neither --coordinator nor PMCLUSTER_COORDINATOR: the coordinator `pmcluster up` started
-    // from this user's data dir, wherever it listens, as PM2 talks to its local daemon.
+    // from this user's data dir, wherever it listens, as PM2 talks to its local daemon; the
+    // default address only for a data dir `up` never used.
     let coordinator = match cli.coordinator_defaulted {
-        true => local::local_coordinator_url(env).unwrap_or(cli.coordinator),
+        true => local::local_coordinator_url(env)?.unwrap_or(cli.coordinator),
         false => cli.coordinator,
     };
     let urls = failover::parse_urls(&coordinator)?;

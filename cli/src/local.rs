@@ -31,7 +31,7 @@ mod listen;
 mod sweep;
 
 use listen::check_listen_free;
-pub use listen::{choose_listen, dial_url, parse_listen};
+pub use listen::{choose_listen, dial_url, home_coordinator, parse_listen};
 
 pub const COORDINATOR_BIN: &str = "pmcluster-coordinator";
 pub const AGENT_BIN: &str = "pmcluster-agent";
@@ -66,7 +66,9 @@ impl Layout {
     fn data_dir(&self, daemon: Daemon) -> PathBuf {
         self.path(daemon.short())
     }
-    /// The address the running coordinator was told to listen on.
+    /// The address the coordinator was last told to listen on. `down` keeps it: a later `up`
+    /// brings the cluster back there, and other verbs, while it is down, say so rather than
+    /// dial the default address, where another cluster may answer.
     fn listen_file(&self) -> PathBuf {
         self.path("coordinator.listen")
     }
@@ -262,21 +264,22 @@ pub fn choose_node_name(
     }
 }
 
-/// The URL of the coordinator `pmcluster up` runs from the data dir `PMCLUSTER_HOME` names (or
-/// the default one), when it runs.
-pub fn local_coordinator_url(env: &Environment) -> Option<String> {
+/// The coordinator `pmcluster up` runs from the data dir `PMCLUSTER_HOME` names (or the default
+/// one), for a verb given no coordinator: see [`home_coordinator`].
+pub fn local_coordinator_url(env: &Environment) -> anyhow::Result<Option<String>> {
     let dir = (env.pmcluster_home.clone())
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .or_else(|| default_data_dir(env.xdg_data_home.clone(), env.home.clone()))?;
+        .or_else(|| default_data_dir(env.xdg_data_home.clone(), env.home.clone()));
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
     let layout = Layout { dir };
-    running_pid(&layout, Daemon::Coordinator)?;
-    let listen: SocketAddr = fs::read_to_string(layout.listen_file())
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(dial_url(listen))
+    let recorded = fs::read_to_string(layout.listen_file())
+        .ok()
+        .and_then(|text| text.trim().parse::<SocketAddr>().ok());
+    let running = running_pid(&layout, Daemon::Coordinator);
+    Ok(home_coordinator(&layout.dir, recorded, running)?)
 }
 
 /// The pid of `daemon` if its pid file names a live process running its binary.
@@ -770,9 +773,8 @@ pub fn down(args: DownArgs, env: &Environment, out: &mut dyn Write) -> anyhow::R
     if !any {
         writeln!(out, "nothing to stop").context("writing to stdout")?;
     }
-    for file in [layout.listen_file(), layout.node_file()] {
-        remove_if_exists(&file)?;
-    }
+    // The listen file stays (see `Layout::listen_file`).
+    remove_if_exists(&layout.node_file())?;
     if !left.is_empty() {
         let pids: Vec<String> = left.iter().map(i32::to_string).collect();
         anyhow::bail!(

@@ -638,3 +638,64 @@ fn start_runs_a_script_given_from_here_in_this_directory() {
     assert!(again.contains("already running"), "{again}");
     ok(&pm(cli, home, &url, &["down"]), "down");
 }
+
+/// Runs the CLI with `home` as its PMCLUSTER_HOME and no coordinator given: it finds one from
+/// the data dir.
+fn pm_home(cli: &Path, home: &Path, args: &[&str]) -> Output {
+    Command::new(cli)
+        .args(args)
+        .env("PMCLUSTER_HOME", home)
+        .env_remove("PMCLUSTER_COORDINATOR")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap_or_else(|e| panic!("pmcluster {args:?}: {e}"))
+}
+
+/// A data dir `up` used keeps its coordinator's address: while that coordinator is down (killed,
+/// or after `down`), a verb given no coordinator fails naming the data dir and that address, and
+/// calls no other cluster's coordinator (once, one on the default address got `delete all`); a
+/// plain `up` brings the cluster back there.
+#[test]
+fn verbs_of_a_data_dir_whose_coordinator_is_down_reach_no_other_cluster() {
+    let (theirs, mine) = (Local::new(1), Local::new(1));
+    let _their_down = theirs.up();
+    let port = theirs.app_port.to_string();
+    theirs.start("precious", 1, &port, &[]);
+    let _my_down = mine.up();
+    let cli = mine.bins.cli.as_path();
+    let listed = ok(&pm_home(cli, mine.home(), &["apps"]), "apps of mine");
+    assert!(!listed.contains("precious"), "{listed}");
+
+    let down_says = |what: &str| {
+        // Reads only: in a regression, a change would go to whatever holds the default address.
+        for args in [&["apps"][..], &["list"]] {
+            let err = refused(&pm_home(cli, mine.home(), args), 1, what);
+            let want = format!(
+                "the coordinator of {} ({}) is not running: start it with `pmcluster up`",
+                mine.home().display(),
+                mine.url
+            );
+            assert!(err.contains(&want), "{what}: {want:?} in {err}");
+        }
+    };
+    let coordinator = daemon(mine.home(), "coordinator.pid").expect("coordinator pid file");
+    kill_pid(coordinator.pid, Signal::SIGKILL).expect("kill my coordinator");
+    wait_for(DEADLINE, "my coordinator gone", || !coordinator.alive());
+    down_says("after SIGKILL");
+    ok(&pm_home(cli, mine.home(), &["up"]), "up after the kill");
+    ok(&pm_home(cli, mine.home(), &["down"]), "down");
+    down_says("after down");
+
+    // Checked before a plain `up` could start anything on the default address.
+    let recorded = std::fs::read_to_string(mine.home().join("coordinator.listen"));
+    assert_eq!(recorded.ok().as_deref().map(str::trim), Some(&*mine.listen));
+    let back = ok(&pm_home(cli, mine.home(), &["up"]), "plain up after down");
+    assert!(
+        back.contains(&format!("listening on {}", mine.url)),
+        "{back}"
+    );
+    ok(&pm_home(cli, mine.home(), &["apps"]), "apps of mine again");
+
+    let theirs_now = ok(&theirs.pm(&["apps"]), "their apps");
+    assert!(theirs_now.contains("precious"), "{theirs_now}");
+}

@@ -10,8 +10,8 @@ pub struct UpArgs {
     /// (default: $XDG_DATA_HOME/pmcluster or ~/.local/share/pmcluster)
     #[arg(long, env = "PMCLUSTER_HOME", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Address the coordinator listens on (default: the one it had, after a crash, else
-    /// 127.0.0.1:7450)
+    /// Address the coordinator listens on (default: the one this data dir's last `up` gave it,
+    /// after `down` or a crash too, else 127.0.0.1:7450)
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Name of the local node (default: the one the agent's data dir belongs to, else the

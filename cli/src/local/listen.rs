@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::Path;
 use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
@@ -13,8 +14,9 @@ use crate::error::UsageError;
 
 /// Where `up` makes the coordinator listen. A running coordinator (`coordinator`, its pid) keeps
 /// the address it was started with (`recorded`); without one, a running agent's (`agent`: its
-/// pid and the URL it dials) is kept, so that its node gets ready; else the recorded address of
-/// a coordinator that went without `down` (a crash); else the default. A `--listen` (`flag`)
+/// pid and the URL it dials) is kept, so that its node gets ready; else the address the last
+/// `up` recorded (after `down` or a crash: `up` brings the same cluster back where its verbs
+/// look for it); else the default. A `--listen` (`flag`)
 /// that a running daemon contradicts is refused, saying what to do.
 pub fn choose_listen(
     flag: Option<SocketAddr>,
@@ -60,6 +62,38 @@ pub fn choose_listen(
         (Some(wanted), _) => Ok(wanted),
         (None, _) => agent_at.or(recorded).map_or_else(default, Ok),
     }
+}
+
+/// Where a verb given no coordinator finds the one `up` runs from the data dir `home`: `recorded`
+/// is the address `up` last started it on, `running` its pid if it runs. A data dir `up` never
+/// used leaves the choice to the caller (the default address). One it used never falls back to
+/// the default while its coordinator is down: another cluster may answer there, and the verb
+/// would act on that cluster's apps.
+pub fn home_coordinator(
+    home: &Path,
+    recorded: Option<SocketAddr>,
+    running: Option<i32>,
+) -> Result<Option<String>, CoordinatorDown> {
+    match (recorded, running) {
+        (Some(at), Some(_)) => Ok(Some(dial_url(at))),
+        (Some(at), None) => Err(CoordinatorDown {
+            home: home.display().to_string(),
+            url: dial_url(at),
+        }),
+        // Running without a record: started by an older `up`, which listened on the default.
+        (None, _) => Ok(None),
+    }
+}
+
+/// The coordinator of a data dir `up` used is not running.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the coordinator of {home} ({url}) is not running: start it with `pmcluster up`, or name \
+     the coordinator to talk to with --coordinator (or PMCLUSTER_COORDINATOR)"
+)]
+pub struct CoordinatorDown {
+    pub home: String,
+    pub url: String,
 }
 
 /// Parses `--listen`. Port 0 is refused: the agent and this CLI must know where to dial.

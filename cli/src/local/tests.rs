@@ -148,14 +148,14 @@ fn the_listen_address_is_the_one_the_daemons_have() {
         choose_listen(flag, recorded, coordinator, agent).map_err(|e| e.to_string())
     };
     let agent_a = Some((42, "http://127.0.0.1:7001"));
-    // Nothing runs, nothing recorded (a first `up`, or one after `down`).
+    // Nothing runs, nothing recorded (a first `up`).
     assert_eq!(choose(None, None, None, None), Ok(default));
     assert_eq!(choose(Some(b), None, None, None), Ok(b));
     // The coordinator crashed, the agent runs on: its address, with or without a record.
     assert_eq!(choose(None, Some(a), None, agent_a), Ok(a));
     assert_eq!(choose(None, None, None, agent_a), Ok(a));
     assert_eq!(choose(Some(a), Some(a), None, agent_a), Ok(a));
-    // Both crashed: the recorded address.
+    // Both crashed, or `down` stopped both: the recorded address.
     assert_eq!(choose(None, Some(a), None, None), Ok(a));
     // Every interface stays every interface.
     let any = addr("0.0.0.0:7001");
@@ -182,6 +182,61 @@ fn the_listen_address_is_the_one_the_daemons_have() {
         ),
         "{err}"
     );
+}
+
+#[test]
+fn a_data_dir_up_used_never_falls_back_to_the_default_address() {
+    let home = Path::new("/tmp/h3");
+    let at: SocketAddr = "127.0.0.1:17452".parse().expect("an address");
+    let any: SocketAddr = "0.0.0.0:17452".parse().expect("an address");
+    let find = |recorded, running| home_coordinator(home, recorded, running);
+    assert_eq!(
+        find(Some(at), Some(7)).ok().flatten().as_deref(),
+        Some("http://127.0.0.1:17452")
+    );
+    assert_eq!(
+        find(Some(any), Some(7)).ok().flatten().as_deref(),
+        Some("http://127.0.0.1:17452")
+    );
+    // Never used by `up` (or by one too old to record): the caller's default.
+    assert!(matches!(find(None, None), Ok(None)));
+    assert!(matches!(find(None, Some(7)), Ok(None)));
+    // Used, and its coordinator is down (killed, crashed, or `down`): an error, not the default.
+    let err = find(Some(at), None).expect_err("down").to_string();
+    assert_eq!(
+        err,
+        "the coordinator of /tmp/h3 (http://127.0.0.1:17452) is not running: start it with \
+         `pmcluster up`, or name the coordinator to talk to with --coordinator (or \
+         PMCLUSTER_COORDINATOR)"
+    );
+}
+
+#[test]
+fn verbs_find_the_coordinator_from_the_data_dir_files() -> anyhow::Result<()> {
+    let home = tempfile::tempdir()?;
+    let env = Environment {
+        pmcluster_home: Some(home.path().as_os_str().to_owned()),
+        ..Environment::default()
+    };
+    assert_eq!(local_coordinator_url(&env)?, None, "never used by `up`");
+    fs::write(home.path().join("coordinator.listen"), "127.0.0.1:17452\n")?;
+    let err = local_coordinator_url(&env).expect_err("nothing runs");
+    assert!(
+        err.to_string()
+            .contains("(http://127.0.0.1:17452) is not running"),
+        "{err}"
+    );
+    // A pid file left by a coordinator killed with SIGKILL: its pid names no coordinator.
+    fs::write(
+        home.path().join("coordinator.pid"),
+        format!("{}\n", std::process::id()),
+    )?;
+    let err = local_coordinator_url(&env).expect_err("the pid is not a coordinator's");
+    assert!(
+        err.to_string().contains(&home.path().display().to_string()),
+        "{err}"
+    );
+    Ok(())
 }
 
 #[test]
@@ -338,6 +393,8 @@ fn down_with_nothing_running() -> anyhow::Result<()> {
         dir.path().join("agent.pid"),
         format!("{}\n", std::process::id()),
     )?;
+    fs::write(dir.path().join("coordinator.listen"), "127.0.0.1:17452\n")?;
+    fs::write(dir.path().join("agent.node"), "a\n")?;
     let mut out = Vec::new();
     down(
         DownArgs {
@@ -348,5 +405,11 @@ fn down_with_nothing_running() -> anyhow::Result<()> {
     )?;
     assert_eq!(String::from_utf8(out)?, "nothing to stop\n");
     assert!(!dir.path().join("agent.pid").exists());
+    assert!(!dir.path().join("agent.node").exists());
+    // Kept: the next `up` starts there, and verbs meanwhile name it rather than dial another.
+    assert_eq!(
+        fs::read_to_string(dir.path().join("coordinator.listen"))?,
+        "127.0.0.1:17452\n"
+    );
     Ok(())
 }
