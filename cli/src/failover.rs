@@ -390,11 +390,15 @@ impl Conn {
             };
             if status.code() != Code::Unavailable {
                 let lost = connection_lost(&status);
+                let mut e = ApiError::from(status);
                 if lost {
                     // The next call dials afresh rather than reuse a broken connection.
                     self.current = None;
+                    if let Some(hint) = crate::client::tls_hint(&url).await {
+                        e.message = hint;
+                    }
                 }
-                return Err((status.into(), lost));
+                return Err((e, lost));
             }
             // Whatever comes next, it is not this connection.
             self.current = None;

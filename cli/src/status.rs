@@ -8,7 +8,7 @@ use pmcluster_proto::v1::coordination_client::CoordinationClient;
 use serde_json::Value;
 use tonic::transport::ClientTlsConfig;
 
-use crate::client::{CONNECT_TIMEOUT, Dial, dial_channel, request, unary};
+use crate::client::{CONNECT_TIMEOUT, Dial, dial_channel, request, tls_hint, unary};
 use crate::commands::Ctx;
 use crate::error::UsageError;
 use crate::output::{self, Asked};
@@ -45,9 +45,14 @@ async fn ask(url: &str, tls: Option<&ClientTlsConfig>) -> Result<Asked, UsageErr
         Err(Dial::Unreachable(why)) => Err(why),
         Ok(channel) => {
             let mut client = CoordinationClient::new(channel);
-            unary(client.get_status(request(pb::GetStatusRequest {})))
-                .await
-                .map_err(|e| e.message)
+            match unary(client.get_status(request(pb::GetStatusRequest {}))).await {
+                Ok(status) => Ok(status),
+                // What a broken connection comes to (see `failover::connection_lost`).
+                Err(e) if matches!(e.code, tonic::Code::Internal | tonic::Code::Unknown) => {
+                    Err(tls_hint(url).await.unwrap_or(e.message))
+                }
+                Err(e) => Err(e.message),
+            }
         }
     };
     Ok(Asked {

@@ -101,14 +101,20 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
         .assert_failed();
     wait_logged(&c, before, &want);
 
-    // 4. Plaintext to the TLS port.
+    // 4. Plaintext to the TLS port: the CLI says to use https://, rather than "transport
+    // error".
     let plain = url.replacen("https://", "http://", 1);
     let want = ["WARN", "TLS connection refused", "corrupt message"];
     let before = lines_with(&c, &want);
     let out = c
         .try_cli_at(&plain, &["nodes"], DEADLINE)
         .expect("the CLI runs");
-    out.assert_failed();
+    let err = out.assert_failed();
+    let hint = format!(
+        "the coordinator at {plain} serves TLS (it answered a plaintext call in TLS): use {url} \
+         with --ca (and --cert/--key, or --token)"
+    );
+    assert!(err.contains(&hint), "{hint:?} in {err}");
     wait_logged(&c, before, &want);
 
     // 5. node-a's certificate registering as node b: PERMISSION_DENIED, logged by both sides.
