@@ -34,6 +34,9 @@ pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             let reply = conn
                 .access(req, |mut c, r| async move { c.create_token(r).await })
                 .await?;
+            if let Some(warning) = restricts_nothing(conn.url()) {
+                eprintln!("warning: {warning}");
+            }
             let token = reply.token.unwrap_or_default();
             if ctx.structured() {
                 let mut value = token_json(&token);
@@ -108,6 +111,20 @@ pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
     }
 }
 
+/// Why a token made on the coordinator at `url` restricts nothing yet, if it does not: a
+/// coordinator without TLS (`pmcluster up`, or `--insecure`) takes a call without credentials
+/// for an admin's, so a caller limited by the token can simply leave it out.
+fn restricts_nothing(url: &str) -> Option<String> {
+    url.starts_with("http://").then(|| {
+        format!(
+            "the coordinator at {url} serves without TLS, so it takes a call without \
+             credentials for an admin's: this token restricts nothing until the coordinator \
+             requires credentials (run pmcluster-coordinator with --tls-cert, --tls-key and \
+             --client-ca; README, \"Certificates\")"
+        )
+    })
+}
+
 pub async fn whoami(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
     let reply = conn
@@ -133,4 +150,23 @@ pub async fn whoami(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         reply.role,
         conn.url()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_of_a_plaintext_coordinator_comes_with_a_warning() {
+        let warning = restricts_nothing("http://127.0.0.1:7450").expect("plaintext");
+        for want in [
+            "the coordinator at http://127.0.0.1:7450 serves without TLS",
+            "takes a call without credentials for an admin's",
+            "this token restricts nothing until",
+            "--tls-cert, --tls-key and --client-ca",
+        ] {
+            assert!(warning.contains(want), "{want:?} in {warning}");
+        }
+        assert_eq!(restricts_nothing("https://coord.example:7450"), None);
+    }
 }

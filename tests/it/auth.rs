@@ -25,6 +25,8 @@ fn make_token(c: &Cluster, role: &str, app: Option<&str>) -> (String, String) {
     }
     let out = c.cli(&args);
     out.assert_ok();
+    // With TLS, a call without credentials is refused: the token does restrict its holder.
+    assert!(!out.stderr.contains("restricts nothing"), "{out}");
     let v = out.json().expect("token create -o json");
     let id = v["id"].as_str().expect("an id").to_string();
     let secret = v["secret"].as_str().expect("a secret").to_string();

@@ -576,3 +576,18 @@ fn enable_and_stop_count_only_what_they_changed() {
         "{v}"
     );
 }
+
+/// `token create` on a plaintext coordinator makes the token, and warns that it restricts
+/// nothing there: a call without credentials is an admin's.
+#[test]
+fn a_token_made_on_a_plaintext_coordinator_comes_with_a_warning() {
+    let c = Cluster::start(0).expect("a coordinator starts");
+    let made = c.cli(&["token", "create", "--role", "read"]);
+    assert!(made.assert_ok().stdout.contains("pmc_"), "{made}");
+    for want in [
+        format!("warning: the coordinator at {} serves without TLS", c.url()),
+        "this token restricts nothing until the coordinator requires credentials".to_string(),
+    ] {
+        assert!(made.stderr.contains(&want), "{want:?} in {made}");
+    }
+}
