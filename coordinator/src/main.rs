@@ -456,7 +456,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let metrics = server::bind_metrics(config.metrics_listen).await?;
             let control =
                 server::open_control(data_dir, &config.control, metrics.as_ref().map(|(m, _)| m))?;
-            let listener = server::bind(config.listen).await?;
+            let listener = server::bind(config.listen, "--listen").await?;
             let addr = listener.local_addr().context("reading the bound address")?;
             // Tests and `pmcluster up` read this line to learn the port.
             println!("pmcluster-coordinator listening on {addr}");

@@ -69,11 +69,14 @@ pub enum ServeError {
     Control(#[from] crate::control::ControlError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    /// The OS error is part of the message, not a source: printed with its causes (`{:#}`), it
+    /// would be said twice.
+    #[error("cannot listen on {addr}: {}", bind_advice(.flag, .addr, .error))]
     Bind {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        /// The flag that gave the address, for the advice.
+        flag: &'static str,
+        error: std::io::Error,
     },
     #[error("reflection service: {0}")]
     Reflection(String),
@@ -116,11 +119,31 @@ pub fn open_control(
     Ok(Arc::new(Control::open(store, control.clone())?))
 }
 
-/// Binds the configured address.
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+/// Binds `addr`, which `flag` gave (`--listen`).
+pub async fn bind(addr: SocketAddr, flag: &'static str) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServeError::Bind { addr, source })
+        .map_err(|error| ServeError::Bind { addr, flag, error })
+}
+
+/// Why `addr` could not be bound, and what to do about it.
+fn bind_advice(flag: &str, addr: &SocketAddr, error: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "{error}; another process holds port {}: stop it, or give {flag} another address",
+            addr.port()
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "{error}; no interface of this host has {}: give {flag} one of its addresses, or \
+             0.0.0.0 for all of them",
+            addr.ip()
+        ),
+        ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "{error}; ports below 1024 need privileges: give {flag} a port of 1024 or above"
+        ),
+        _ => error.to_string(),
+    }
 }
 
 /// With `addr` (`--metrics-listen`): fresh metrics and their bound listener. Bound before the
@@ -131,10 +154,11 @@ pub async fn bind_metrics(
     let Some(addr) = addr else {
         return Ok(None);
     };
-    let listener = bind(addr).await?;
+    let flag = "--metrics-listen";
+    let listener = bind(addr, flag).await?;
     let bound = listener
         .local_addr()
-        .map_err(|source| ServeError::Bind { addr, source })?;
+        .map_err(|error| ServeError::Bind { addr, flag, error })?;
     // Like the gRPC listener's line: with port 0 this is how a caller learns the port.
     println!("pmcluster-coordinator metrics on http://{bound}/metrics");
     tracing::info!(%bound, "serving /metrics");
@@ -377,5 +401,57 @@ async fn control_loop(control: Arc<Control>) {
             () = tokio::time::sleep(wait) => {}
         }
         tokio::time::sleep(MIN_TICK_GAP).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Printed as `main` prints errors (`{:#}`, with causes), the OS error comes once, with what
+    /// to do.
+    #[tokio::test]
+    async fn a_taken_port_is_said_once_with_what_to_do() {
+        let held = bind("127.0.0.1:0".parse().expect("an address"), "--listen")
+            .await
+            .expect("a free port");
+        let addr = held.local_addr().expect("its address");
+        let err = bind(addr, "--listen").await.expect_err("the port is taken");
+        let text = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(
+            text,
+            format!(
+                "cannot listen on {addr}: Address already in use (os error 98); another \
+                 process holds port {}: stop it, or give --listen another address",
+                addr.port()
+            )
+        );
+    }
+
+    #[test]
+    fn bind_advice_names_the_flag() {
+        use std::io::{Error, ErrorKind};
+        let addr: SocketAddr = "10.9.8.7:80".parse().expect("an address");
+        let not_here = bind_advice("--listen", &addr, &Error::from(ErrorKind::AddrNotAvailable));
+        assert!(
+            not_here.ends_with(
+                "; no interface of this host has 10.9.8.7: give --listen one of its \
+                 addresses, or 0.0.0.0 for all of them"
+            ),
+            "{not_here}"
+        );
+        let low = bind_advice(
+            "--metrics-listen",
+            &addr,
+            &Error::from(ErrorKind::PermissionDenied),
+        );
+        assert!(
+            low.ends_with(
+                "; ports below 1024 need privileges: give --metrics-listen a port of 1024 or above"
+            ),
+            "{low}"
+        );
+        let other = Error::other("boom");
+        assert_eq!(bind_advice("--listen", &addr, &other), "boom");
     }
 }

@@ -105,7 +105,7 @@ pub async fn serve_pair(
         None => None,
     };
     let metrics = server::bind_metrics(config.metrics_listen).await?;
-    let listener = server::bind(config.listen).await?;
+    let listener = server::bind(config.listen, "--listen").await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Tests and `pmcluster up` read this line to learn the port.
     println!("pmcluster-coordinator listening on {addr}");
