@@ -12,9 +12,6 @@ pub fn apps_table(apps: &[pb::App]) -> String {
         .iter()
         .map(|a| {
             let spec = spec_of(a);
-            let command = std::iter::once(spec.script.clone())
-                .chain(spec.args.iter().cloned())
-                .collect::<Vec<_>>();
             vec![
                 spec.name.clone(),
                 a.version.to_string(),
@@ -26,7 +23,7 @@ pub fn apps_table(apps: &[pb::App]) -> String {
                 } else {
                     spec.port.clone()
                 },
-                shell_words::join(command),
+                command_line(&spec),
             ]
         })
         .collect();
@@ -37,6 +34,18 @@ pub fn apps_table(apps: &[pb::App]) -> String {
         rows,
         &[1, 2, 3, 4],
     )
+}
+
+/// The command line as typed: a `--shell` app's script is the line the shell parses, shown
+/// as it is (quoting it again would show quotes the user never typed).
+pub fn command_line(spec: &pb::AppSpec) -> String {
+    if spec.shell {
+        return std::iter::once(spec.script.as_str())
+            .chain(spec.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    shell_words::join(std::iter::once(&spec.script).chain(&spec.args))
 }
 
 pub fn spec_json(s: &pb::AppSpec) -> Value {

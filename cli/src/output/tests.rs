@@ -504,6 +504,36 @@ fn info_shows_the_whole_spec() {
     assert_eq!(plain["update"]["max_surge"], 1);
 }
 
+/// A `--shell` app's line is shown as typed (it is stored whole, as the shell gets it), not
+/// quoted once more as if it were one word; other command lines are quoted word by word.
+#[test]
+fn a_shell_line_is_shown_as_typed() {
+    let spec = |script: &str, args: &[&str], shell: bool| pb::AppSpec {
+        script: script.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        shell,
+        ..Default::default()
+    };
+    let cases = [
+        (
+            spec("bash -c 'echo job-done; exit 0'", &[], true),
+            "bash -c 'echo job-done; exit 0'",
+        ),
+        (
+            spec("./serve.sh | tee out.log", &[], true),
+            "./serve.sh | tee out.log",
+        ),
+        (
+            spec("node", &["server.js", "my app"], false),
+            "node server.js 'my app'",
+        ),
+        (spec("/opt/my tool", &[], false), "'/opt/my tool'"),
+    ];
+    for (spec, want) in cases {
+        assert_eq!(command_line(&spec), want, "{spec:?}");
+    }
+}
+
 #[test]
 fn app_table_and_info() {
     check_table(
