@@ -210,7 +210,7 @@ pub enum Command {
     #[command(visible_aliases = ["del", "rm"])]
     Delete(DeleteArgs),
 
-    /// Show the recent output of an app, and follow it with -f
+    /// Show the recent output of an app (or of every app), and follow it with -f
     Logs(LogsArgs),
 
     /// An app's figures in one block: CPU and memory totals, averages and extremes, restarts,
@@ -732,8 +732,8 @@ pub struct OneInstanceArgs {
 
 #[derive(Debug, Args)]
 pub struct LogsArgs {
-    /// App name
-    pub app: String,
+    /// App name; every app's when left out or `all` (unless an app is named `all`)
+    pub app: Option<String>,
     /// Only the instance with this index
     #[arg(long, value_name = "INDEX")]
     pub instance: Option<u32>,

@@ -1,6 +1,7 @@
 //! The verbs that follow a server stream, `logs` and `events`, and the loop they share, which
 //! opens the stream again on the leader after a failover.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use tokio::time::Instant;
@@ -12,15 +13,104 @@ use tonic::Code;
 use super::Ctx;
 use crate::args::{EventsArgs, LogsArgs};
 use crate::client::Client;
-use crate::error::ApiError;
+use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, RETRY_PAUSE, TAKEOVER_WAIT, call, connection_lost, open};
 use crate::output;
 
-/// `logs APP`: history, then new lines with `--follow`, until the stream ends or Ctrl-C.
+/// `logs APP`, and `logs` or `logs all` for every app, as `pm2 logs` shows: history, then new
+/// lines with `--follow`, until the streams end or Ctrl-C. The coordinator streams one app's
+/// lines at a time, so every app is one stream per app, its lines prefixed with `app[index]` as
+/// one app's are: read one app after the other, or followed side by side. An app created later
+/// is not followed (the list is taken once, as `stop all` takes it).
 pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let mut conn = ctx.connect().await?;
+    let one_app = "--instance picks an instance of one app: pmcluster logs APP --instance N";
+    if args.app.is_none() && args.instance.is_some() {
+        return Err(UsageError::new(one_app).into());
+    }
+    let (names, every) = match args.app.as_deref() {
+        Some(app) if app != "all" => (vec![app.to_string()], false),
+        named => {
+            let mut conn = ctx.connect().await?;
+            let names: Vec<String> = super::list_apps(&mut conn)
+                .await?
+                .into_iter()
+                .filter_map(|a| a.spec.map(|s| s.name))
+                .collect();
+            // As `stop all`: an app named `all` is that app.
+            match named {
+                Some(all) if names.iter().any(|n| n == all) => (vec![all.to_string()], false),
+                _ => (names, true),
+            }
+        }
+    };
+    if every && args.instance.is_some() {
+        return Err(UsageError::new(one_app).into());
+    }
+    if names.is_empty() {
+        return match ctx.structured() {
+            true => Ok(()),
+            false => ctx.line(output::NO_APPS),
+        };
+    }
+    let mut conns = Vec::with_capacity(names.len());
+    for _ in &names {
+        conns.push(ctx.connect().await?);
+    }
+    let out = RefCell::new(ctx);
+    let results = match args.follow {
+        // Each app's stream is open for good: side by side, as their lines come.
+        true => {
+            let each = names.iter().zip(conns.iter_mut());
+            futures::future::join_all(each.map(|(app, conn)| app_logs(app, &args, conn, &out)))
+                .await
+        }
+        // One after the other, so that each app's history reads in one piece.
+        false => {
+            let mut results = Vec::with_capacity(names.len());
+            for (app, conn) in names.iter().zip(conns.iter_mut()) {
+                results.push(app_logs(app, &args, conn, &out).await);
+            }
+            results
+        }
+    };
+    let mut unread = 0;
+    for result in results {
+        match result {
+            Ok(n) => unread += n,
+            // An app deleted since the list was taken has no logs to show.
+            Err(e) if every && not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // A follower saw each notice as it came, and the node may be back since: Ctrl-C ends it
+    // as usual.
+    let whose = match every {
+        true => "some logs".to_string(),
+        false => format!("some logs of {}", names.join(", ")),
+    };
+    match unread {
+        0 => Ok(()),
+        _ if args.follow => Ok(()),
+        1 => anyhow::bail!("{whose} were not read: see the notice above"),
+        n => anyhow::bail!("{whose} were not read: see the {n} notices above"),
+    }
+}
+
+fn not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ApiError>()
+        .is_some_and(|e| e.code == Code::NotFound)
+}
+
+/// One app's lines, written through `out` (shared with the other apps' streams); the count of
+/// notices of instances that were not read.
+async fn app_logs(
+    app: &str,
+    args: &LogsArgs,
+    conn: &mut Conn,
+    out: &RefCell<&mut Ctx<'_>>,
+) -> anyhow::Result<usize> {
     let req = pb::StreamLogsRequest {
-        app: args.app.clone(),
+        app: app.to_string(),
         index: args.instance,
         lines: args.lines.unwrap_or(0),
         follow: args.follow,
@@ -37,7 +127,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         req.lines = 1;
     }
     let no_history = req.no_history;
-    let structured = ctx.structured();
+    let structured = out.borrow().structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();
     let mut seen: HashMap<(u32, i32), String> = HashMap::new();
     // Notices that some instances were not read (their node is down, say): printed in place, and
@@ -45,7 +135,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut unread = 0usize;
     let open = |mut client: Client, req| async move { client.stream_logs(req).await };
     watch(
-        &mut conn,
+        conn,
         req,
         open,
         args.follow.then_some(resume),
@@ -70,6 +160,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             }
             last.insert(key, line.line.clone());
             unread += usize::from(line.unread);
+            let mut ctx = out.borrow_mut();
             if structured {
                 ctx.stream_item(&output::log_json(&line))
             } else {
@@ -78,20 +169,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         },
     )
     .await?;
-    // A follower saw each notice as it came, and the node may be back since: Ctrl-C ends it
-    // as usual.
-    match unread {
-        0 => Ok(()),
-        _ if args.follow => Ok(()),
-        1 => anyhow::bail!(
-            "some logs of {} were not read: see the notice above",
-            args.app
-        ),
-        n => anyhow::bail!(
-            "some logs of {} were not read: see the {n} notices above",
-            args.app
-        ),
-    }
+    Ok(unread)
 }
 
 /// `events [APP]`: until Ctrl-C. After a failover it subscribes again, without history.
