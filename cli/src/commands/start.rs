@@ -88,9 +88,11 @@ pub(super) fn with_interpreter(spec: AppSpec) -> (AppSpec, Option<String>) {
     if spec.shell || local_file_at(&at) != Some(LocalFile::NotExecutable) {
         return (spec, None);
     }
+    let head = file_head(&at);
+    let other = another_interpreter(interpreter, shebang(&head).as_deref());
     let note = format!(
         "{} is not executable: running it with {interpreter}, as PM2 does (give the command line \
-         to choose another, e.g. \"python3.12 {}\")",
+         to choose another, e.g. \"{other} {}\")",
         spec.script, spec.script
     );
     let mut args = vec![spec.script.clone()];
@@ -101,6 +103,52 @@ pub(super) fn with_interpreter(spec: AppSpec) -> (AppSpec, Option<String>) {
         ..spec
     };
     (spec, Some(note))
+}
+
+/// The first bytes of a file, enough for its `#!` line; nothing when it cannot be read.
+fn file_head(path: &std::path::Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(256).read_to_end(&mut head);
+    }
+    head
+}
+
+/// The program of a script's `#!` line (`#!/usr/bin/env python3.11`: `python3.11`), from the
+/// start of the file.
+fn shebang(head: &[u8]) -> Option<String> {
+    let line = head.strip_prefix(b"#!")?;
+    let line = line.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split_whitespace();
+    let program = words.next()?;
+    let name = program.rsplit('/').next()?;
+    if name != "env" {
+        return Some(name.to_string());
+    }
+    // `env -S node --flag` and `env python3`: the first word that is not env's own option.
+    let program = words.find(|w| !w.starts_with('-'))?;
+    Some(program.rsplit('/').next()?.to_string())
+}
+
+/// An example of another interpreter for the note of [`with_interpreter`]: the script's own
+/// `#!` program when it names another, else a variant of the one chosen, so that a shell
+/// script is not told to use Python.
+fn another_interpreter(chosen: &str, shebang: Option<&str>) -> String {
+    if let Some(program) = shebang.filter(|p| *p != chosen && !p.is_empty()) {
+        return program.to_string();
+    }
+    match chosen {
+        "python3" => "python3.12",
+        "node" => "node --enable-source-maps",
+        "bash" => "sh",
+        "ruby" => "ruby -w",
+        "perl" => "perl -w",
+        "php" => "php -d display_errors=1",
+        other => other,
+    }
+    .to_string()
 }
 
 /// [`with_interpreter`], then, for a coordinator on this machine (`local`), [`with_cwd_here`]
@@ -404,6 +452,65 @@ mod tests {
             let got = new_app_hint(word, file);
             assert!(got.ends_with(want), "{word} {file:?}: {got}");
         }
+    }
+
+    /// The note of a script run by its extension's interpreter suggests one that fits the
+    /// file: its `#!` program when that is another, else a variant of the one chosen (a shell
+    /// script is not told to use Python).
+    #[test]
+    fn the_other_interpreter_fits_the_file() {
+        let cases: [(&[u8], Option<&str>); 8] = [
+            (b"#!/bin/sh\necho hi\n", Some("sh")),
+            (b"#!/usr/bin/env python3.11\n", Some("python3.11")),
+            (b"#!/usr/bin/env -S node --harmony\n", Some("node")),
+            (b"#! /bin/bash -e\n", Some("bash")),
+            (b"#!\n", None),
+            (b"echo hi\n", None),
+            (b"", None),
+            (b"\xff\xfe", None),
+        ];
+        for (head, want) in cases {
+            assert_eq!(shebang(head).as_deref(), want, "{head:?}");
+        }
+        let others = [
+            ("bash", None, "sh"),
+            ("bash", Some("bash"), "sh"),
+            ("bash", Some("zsh"), "zsh"),
+            ("python3", None, "python3.12"),
+            ("python3", Some("python3.11"), "python3.11"),
+            ("node", None, "node --enable-source-maps"),
+            ("ruby", None, "ruby -w"),
+        ];
+        for (chosen, bang, want) in others {
+            assert_eq!(another_interpreter(chosen, bang), want, "{chosen} {bang:?}");
+        }
+    }
+
+    /// `start worker.sh` of a script that is not executable says it runs with bash, and gives
+    /// another interpreter for a shell script, not Python.
+    #[test]
+    fn the_note_names_an_interpreter_of_the_script() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("worker.sh"), "#!/bin/sh\necho hi\n")?;
+        std::fs::write(dir.path().join("server.js"), "console.log(1)\n")?;
+        let cwd = dir.path().to_string_lossy().into_owned();
+        for (script, want) in [
+            (
+                "worker.sh",
+                "running it with bash, as PM2 does (give the command line to choose \
+                 another, e.g. \"sh worker.sh\")",
+            ),
+            ("server.js", "e.g. \"node --enable-source-maps server.js\""),
+        ] {
+            let spec = AppSpec {
+                cwd: Some(cwd.clone()),
+                ..AppSpec::new("x", script, &[])
+            };
+            let note = with_interpreter(spec).1.unwrap_or_default();
+            assert!(note.contains(want), "{note}");
+            assert!(!note.contains("python"), "{note}");
+        }
+        Ok(())
     }
 
     #[test]
