@@ -18,6 +18,7 @@ pub mod local;
 pub mod monit;
 pub mod nodes;
 pub mod output;
+pub mod pm2;
 pub mod rollout;
 pub mod shell;
 pub mod status;
@@ -77,7 +78,9 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
     {
         return commands::all::each(names, verb, ctx).await;
     }
-    match command {
+    // An app named like a PM2 id (`stop 0`) that is not found says that apps have names here.
+    let app = pm2::app_named(&command).map(str::to_string);
+    let done = match command {
         Command::Start(a) => commands::start(*a, ctx).await,
         Command::Apply(a) => commands::apply(a, ctx).await,
         Command::Scale(a) => commands::scale(a, ctx).await,
@@ -122,7 +125,8 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         | Command::Completions(_)
         | Command::Man(_)
         | Command::Import(_) => unreachable!("handled above"),
-    }
+    };
+    pm2::with_id_hint(done, app.as_deref())
 }
 
 /// What a closed stdout does to `command` (see [`stdout`]): a read ends, a change finishes.

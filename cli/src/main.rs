@@ -9,7 +9,9 @@ use pmcluster_cli::error::exit_code;
 
 fn main() -> ExitCode {
     // clap prints help and usage errors itself and exits 0 or 2.
-    let (cli, warnings) = parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit());
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let (cli, warnings) =
+        parse_from(args.clone()).unwrap_or_else(|e| pmcluster_cli::pm2::explain(e, &args).exit());
     for warning in warnings {
         let _ = writeln!(std::io::stderr(), "warning: {warning}");
     }

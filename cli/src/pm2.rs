@@ -1,0 +1,136 @@
+//! PM2 habits that mean something else here, or nothing: the verbs of PM2's dump file and boot
+//! scripts, `--update-env` and PM2's numeric ids. Each gets a pointer
+//! to what pmcluster does instead, rather than clap's guess at a verb spelled alike or a bare
+//! "not found".
+
+use std::ffi::OsString;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+
+use crate::args::Command;
+use crate::error::ApiError;
+
+/// clap's refusal of a PM2 verb or flag that pmcluster has no use for, as a pointer to what it
+/// does instead; any other error as clap words it. clap would offer a verb spelled alike
+/// (`save`: "a similar subcommand exists: 'scale'", `resurrect`: 'restart'), which does
+/// something else. (Hidden verbs and flags would do the same, but clap_complete puts hidden
+/// ones in the completion scripts.) `args` is the command line, for the app of `--update-env`.
+pub fn explain(err: clap::Error, args: &[OsString]) -> clap::Error {
+    let said = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.as_str()),
+        _ => None,
+    };
+    let pointer = match err.kind() {
+        ErrorKind::InvalidSubcommand => said(ContextKind::InvalidSubcommand).and_then(verb),
+        ErrorKind::UnknownArgument => said(ContextKind::InvalidArg)
+            .filter(|a| *a == "--update-env" || a.starts_with("--update-env="))
+            .map(|_| update_env(args)),
+        _ => None,
+    };
+    match pointer {
+        Some(pointer) => clap::Error::raw(err.kind(), format!("{pointer}\n")),
+        None => err,
+    }
+}
+
+/// What to do instead of PM2's verbs for its dump file and boot scripts.
+fn verb(word: &str) -> Option<String> {
+    Some(match word {
+        "save" | "dump" => "pmcluster keeps no dump file: the coordinator stores each app as it \
+             changes, and `pmcluster up` (or the coordinator's restart) brings them back. For a \
+             copy in a file: pmcluster export -o yaml > apps.yaml (back with `pmcluster apply \
+             -f apps.yaml`)"
+            .to_string(),
+        "resurrect" => "nothing to resurrect: the apps come back by themselves when the \
+             coordinator starts (`pmcluster up` on one machine); from a file written by \
+             `pmcluster export`: pmcluster apply -f apps.yaml"
+            .to_string(),
+        "startup" | "unstartup" => "pmcluster makes no boot script: run `pmcluster up` at boot \
+             on one machine (it is idempotent), or, on hosts, the systemd units in \
+             deploy/systemd/ (pmcluster-coordinator.service, pmcluster-agent.service; \
+             deploy/install-agent.sh installs an agent's); the apps come back with the \
+             coordinator"
+            .to_string(),
+        _ => return None,
+    })
+}
+
+/// PM2's `restart APP --update-env` takes the shell's env; here env is part of the app's spec.
+fn update_env(args: &[OsString]) -> String {
+    let app = app_after_verb(args).unwrap_or_else(|| "APP".to_string());
+    format!(
+        "--update-env: pmcluster does not take env from your shell, an app runs with the env it \
+         was given. Change it with a rolling update: pmcluster reload {app} --set env.KEY=VALUE \
+         (repeat --set for more)"
+    )
+}
+
+/// The app of `restart web --update-env`: the command line read again without the flag.
+fn app_after_verb(args: &[OsString]) -> Option<String> {
+    let rest = args.iter().filter(|a| {
+        let a = a.to_string_lossy();
+        a != "--update-env" && !a.starts_with("--update-env=")
+    });
+    let (cli, _) = crate::args::parse_from(rest).ok()?;
+    app_named(&cli.command).map(|app| shell_words::quote(app).into_owned())
+}
+
+/// Whether `app` reads as a PM2 id (`pm2 stop 0`) rather than a name.
+pub fn looks_like_id(app: &str) -> bool {
+    !app.is_empty() && app.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// What follows "app "0" not found" for a name that reads as a PM2 id.
+pub fn id_hint() -> &'static str {
+    "pmcluster knows apps by name, not by PM2's numeric ids"
+}
+
+/// The app a verb names, for [`with_id_hint`].
+pub fn app_named(command: &Command) -> Option<&str> {
+    Some(match command {
+        Command::Info(a) | Command::Stats(a) | Command::Compare(a) => &a.app,
+        Command::Stop(a) => &a.target.app,
+        Command::Restart(a) => &a.target.app,
+        Command::Delete(a) => &a.app,
+        Command::Scale(a) => &a.app,
+        Command::Signal(a) => &a.app,
+        Command::Send(a) => &a.app,
+        Command::Disable(a) => &a.app,
+        Command::Enable(a) => &a.app,
+        Command::Reload(a) => &a.app,
+        Command::Endpoints(a) => &a.app,
+        Command::Autoscale(a) => &a.app,
+        Command::Logs(a) => a.app.as_deref()?,
+        Command::List(a) => a.app.as_deref()?,
+        Command::Events(a) => a.app.as_deref()?,
+        Command::Monit(a) => a.app.as_deref()?,
+        _ => return None,
+    })
+}
+
+/// A "not found" of an app named like a PM2 id (`stop 0`), with the hint that pmcluster names
+/// apps; any other outcome as it is.
+pub fn with_id_hint(done: anyhow::Result<()>, app: Option<&str>) -> anyhow::Result<()> {
+    let Err(err) = done else { return done };
+    let Some(app) = app.filter(|a| looks_like_id(a)) else {
+        return Err(err);
+    };
+    match err.downcast_ref::<ApiError>() {
+        Some(e) if e.code == tonic::Code::NotFound && e.message.contains(&format!("{app:?}")) => {
+            // The coordinator's "not found" may already say where the names are.
+            let list = match e.message.contains("pmcluster apps") {
+                true => "",
+                false => ": `pmcluster list` shows the names",
+            };
+            Err(ApiError {
+                code: e.code,
+                message: format!("{}; {}{list}", e.message, id_hint()),
+            }
+            .into())
+        }
+        _ => Err(err),
+    }
+}
+
+#[cfg(test)]
+mod tests;

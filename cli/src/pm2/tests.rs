@@ -1,0 +1,129 @@
+use super::*;
+use crate::args::{Cli, parse_from};
+
+fn parse(line: &str) -> Result<Cli, clap::Error> {
+    let words = shell_words::split(line).expect("test line splits");
+    parse_from(words).map(|(cli, _)| cli)
+}
+
+/// PM2's `save`, `resurrect`, `startup` (and `dump`, `unstartup`), with whatever PM2 takes
+/// after them, and `--update-env`, each reach a pointer to what pmcluster does instead, not
+/// clap's "a similar subcommand exists" (`save`: 'scale') or a bare "unexpected argument".
+#[test]
+fn pm2_verbs_and_flags_point_to_what_to_do_instead() {
+    let cases = [
+        ("pmcluster save", "pmcluster export -o yaml > apps.yaml"),
+        ("pmcluster save --force", "pmcluster up"),
+        ("pmcluster -o json dump", "keeps no dump file"),
+        ("pmcluster resurrect", "pmcluster apply -f"),
+        (
+            "pmcluster startup systemd -u me --hp /home/me",
+            "deploy/systemd/",
+        ),
+        ("pmcluster unstartup", "pmcluster up` at boot"),
+        (
+            "pmcluster restart pyapp --update-env",
+            "pmcluster reload pyapp --set env.KEY=VALUE",
+        ),
+        (
+            "pmcluster --coordinator http://h:1 restart --instance 1 web --update-env",
+            "pmcluster reload web --set env.KEY=VALUE",
+        ),
+        (
+            "pmcluster reload --update-env",
+            "pmcluster reload APP --set env.KEY=VALUE",
+        ),
+    ];
+    for (line, want) in cases {
+        let args: Vec<OsString> = shell_words::split(line)
+            .expect("test line splits")
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let err = parse_from(args.clone())
+            .err()
+            .unwrap_or_else(|| panic!("{line}: parsed"));
+        let said = explain(err, &args);
+        let text = said.to_string();
+        assert!(text.contains(want), "{line}: {text}");
+        assert!(!text.contains("similar"), "{line}: {text}");
+        // A usage error: exit 2, as clap's own refusal of an unknown verb.
+        assert_eq!(said.exit_code(), 2, "{line}");
+    }
+    // Other mistakes keep clap's words, suggestions and all.
+    for (line, want) in [
+        ("pmcluster scael web 2", "'scale'"),
+        (
+            "pmcluster restart web --update",
+            "unexpected argument '--update'",
+        ),
+        ("pmcluster bogus", "unrecognized subcommand 'bogus'"),
+    ] {
+        let args: Vec<OsString> = shell_words::split(line)
+            .expect("test line splits")
+            .into_iter()
+            .map(OsString::from)
+            .collect();
+        let err = parse_from(args.clone())
+            .err()
+            .unwrap_or_else(|| panic!("{line}: parsed"));
+        let text = explain(err, &args).to_string();
+        assert!(text.contains(want), "{line}: {text}");
+    }
+}
+
+#[test]
+fn numeric_names_read_as_pm2_ids() {
+    for (app, id) in [
+        ("0", true),
+        ("12", true),
+        ("web", false),
+        ("web2", false),
+        ("", false),
+    ] {
+        assert_eq!(looks_like_id(app), id, "{app:?}");
+    }
+    let not_found = |app: &str| -> anyhow::Result<()> {
+        Err(ApiError::from(tonic::Status::not_found(format!("app {app:?} not found"))).into())
+    };
+    let said = |r: anyhow::Result<()>| r.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    let hinted = with_id_hint(not_found("0"), Some("0"));
+    assert_eq!(
+        said(hinted),
+        "app \"0\" not found; pmcluster knows apps by name, not by PM2's numeric ids: \
+         `pmcluster list` shows the names",
+    );
+    // The coordinator's own pointer to the names is not said twice.
+    let pointed: anyhow::Result<()> = Err(ApiError::from(tonic::Status::not_found(
+        "app \"7\" not found; see the apps with 'pmcluster apps'",
+    ))
+    .into());
+    assert_eq!(
+        said(with_id_hint(pointed, Some("7"))),
+        "app \"7\" not found; see the apps with 'pmcluster apps'; pmcluster knows apps by \
+         name, not by PM2's numeric ids",
+    );
+    // Still a "not found": exit 1.
+    let hinted = with_id_hint(not_found("0"), Some("0")).expect_err("an error");
+    assert_eq!(crate::error::exit_code(&hinted), 1);
+    // A name, another error, or success: as they are.
+    assert_eq!(
+        said(with_id_hint(not_found("web"), Some("web"))),
+        "app \"web\" not found"
+    );
+    let other: anyhow::Result<()> =
+        Err(ApiError::from(tonic::Status::unavailable("no leader")).into());
+    assert!(!said(with_id_hint(other, Some("0"))).contains("PM2"));
+    assert!(with_id_hint(Ok(()), Some("0")).is_ok());
+    for (line, app) in [
+        ("pmcluster info 0", Some("0")),
+        ("pmcluster stop 0", Some("0")),
+        ("pmcluster restart 1 --instance 0", Some("1")),
+        ("pmcluster logs 3", Some("3")),
+        ("pmcluster logs", None),
+        ("pmcluster apps", None),
+    ] {
+        let cli = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert_eq!(app_named(&cli.command), app, "{line}");
+    }
+}
