@@ -175,7 +175,11 @@ async fn apply_one(conn: &mut Conn, spec: &AppSpec) -> anyhow::Result<pb::ApplyA
 /// `start "command line" --name web ...` or `start web [--instance N]`.
 pub async fn start(args: StartArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let plan = plan_start(&args)?;
+    if let StartPlan::Apply { .. } = plan {
+        start::refuse_config_file(&args)?;
+    }
     let mut conn = ctx.connect().await?;
+    let plan = start::file_here(&args, plan, &mut conn).await?;
     let (said, goal) = start_only(&args, plan, &mut conn).await?;
     wait::finish(&mut conn, ctx, &args.wait, said, goal).await
 }

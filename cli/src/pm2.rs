@@ -1,11 +1,12 @@
 //! PM2 habits that mean something else here, or nothing: the verbs of PM2's dump file and boot
-//! scripts, `--update-env` and PM2's numeric ids. Each gets a pointer
+//! scripts, `--update-env`, PM2's numeric ids and `start` of a config file. Each gets a pointer
 //! to what pmcluster does instead, rather than clap's guess at a verb spelled alike or a bare
 //! "not found".
 
 use std::ffi::OsString;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
+use pmcluster_spec::config::Format;
 
 use crate::args::Command;
 use crate::error::ApiError;
@@ -130,6 +131,65 @@ pub fn with_id_hint(done: anyhow::Result<()>, app: Option<&str>) -> anyhow::Resu
         }
         _ => Err(err),
     }
+}
+
+/// What `start FILE` says of a config file, by its name as PM2 tells one (`*.config.js`,
+/// `.cjs`, `.mjs`; `.json`, `.yml`, `.yaml`) and, for pmcluster's own formats, `.toml`: the
+/// verb that reads it. `text` is the file's, when it could be read: it tells a pmcluster config
+/// (`apply -f`) from a PM2 ecosystem file (`import pm2`, then `apply -f`). None for a name that
+/// is no config file's.
+pub fn config_pointer(target: &str, text: Option<&str>) -> Option<String> {
+    let lower = target.to_ascii_lowercase();
+    let quoted = shell_words::quote(target);
+    let not_a_program = "`start` runs a program or an app, not a config file";
+    if [".config.js", ".config.cjs", ".config.mjs"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
+    {
+        // As `apply -f` and `import pm2` refuse it: PM2's JavaScript ecosystem file is a
+        // program that pmcluster does not run.
+        return Some(format!(
+            "{target} is a PM2 ecosystem file in JavaScript; {not_a_program}, and pmcluster does \
+             not run the file's JavaScript. Convert it to JSON in the directory that holds it:\n  \
+             {}\nthen: pmcluster import pm2 eco.json --out apps.json && pmcluster apply -f \
+             apps.json",
+            crate::import::js_hint(target)
+        ));
+    }
+    let format = match () {
+        _ if lower.ends_with(".json") => Format::Json,
+        _ if lower.ends_with(".yaml") || lower.ends_with(".yml") => Format::Yaml,
+        _ if lower.ends_with(".toml") => Format::Toml,
+        _ => return None,
+    };
+    let ours = text.is_some_and(|t| crate::import::config_apps(t, format, target, target).is_ok());
+    // `import pm2` reads JSON only: an ecosystem file in YAML goes to `apply -f`, which names
+    // what it cannot take.
+    let pm2 = !ours
+        && format == Format::Json
+        && text.is_some_and(|t| crate::import::convert(t, target).is_ok());
+    Some(match pm2 {
+        true => format!(
+            "{target} is a PM2 ecosystem file (or `pm2 jlist` output); {not_a_program}. Convert \
+             it, then apply it: pmcluster import pm2 {quoted} --out apps.json && pmcluster apply \
+             -f apps.json"
+        ),
+        false => format!(
+            "{target} is a config file; {not_a_program}. Create or update its apps with: \
+             pmcluster apply -f {quoted}"
+        ),
+    })
+}
+
+/// [`config_pointer`] of a file here (or anywhere, by its path), read when it is small enough
+/// to be a config.
+pub fn config_pointer_here(target: &str) -> Option<String> {
+    const MAX: u64 = 4 << 20;
+    let text = std::fs::metadata(target)
+        .ok()
+        .filter(|m| m.is_file() && m.len() <= MAX)
+        .and_then(|_| std::fs::read_to_string(target).ok());
+    config_pointer(target, text.as_deref())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use clap::Args;
 
 use super::{UpdateFlags, WaitFlags};
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct StartArgs {
     /// The command line to run ("node server.js"), or the name of an existing app to start again
     #[arg(value_name = "COMMAND|APP")]

@@ -7,8 +7,10 @@ use serde_json::json;
 use tonic::Code;
 
 use super::{acted, list_instances, plural, waits_for_adoption};
-use crate::error::ApiError;
+use crate::args::StartArgs;
+use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call};
+use crate::validate::{StartPlan, plan_start};
 use crate::wait;
 
 /// `start APP [--instance N]`: starts what a user stopped, or says that nothing was, as PM2 does,
@@ -55,6 +57,58 @@ pub(super) async fn start_existing(
         }),
         lines,
     })
+}
+
+/// `start WORD` of a word that names no app: PM2's `start app.py`, its first command. A file
+/// here that can run (executable, or a script whose interpreter its extension names) is started
+/// as a new app, as `start ./app.py` starts it; a config file is refused with the verb that
+/// reads it. Else the plan as it is, whose "not found" says what to type.
+///
+/// An app of that name wins over a file of that name here, as before files were looked at:
+/// `start web` starts the stopped app `web` wherever it is typed, even next to a file `web`.
+pub(super) async fn file_here(
+    args: &StartArgs,
+    plan: StartPlan,
+    conn: &mut Conn,
+) -> anyhow::Result<StartPlan> {
+    let StartPlan::Existing { app, index: None } = &plan else {
+        return Ok(plan);
+    };
+    let config = crate::pm2::config_pointer_here(app);
+    let runnable = match local_file(app) {
+        Some(LocalFile::Executable) => true,
+        Some(LocalFile::NotExecutable) => crate::import::default_interpreter(app).is_some(),
+        None => false,
+    };
+    if config.is_none() && !runnable {
+        return Ok(plan);
+    }
+    let req = pb::GetAppRequest { name: app.clone() };
+    match call!(conn, get_app, req).await {
+        Ok(_) => return Ok(plan),
+        Err(e) if e.code == Code::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(pointer) = config {
+        return Err(UsageError::new(pointer).into());
+    }
+    let mut here = args.clone();
+    here.target = format!("./{app}");
+    Ok(plan_start(&here)?)
+}
+
+/// `start "FILE"` of a config file by its path, or with flags that make a new app of it: refused
+/// with the verb that reads it, before anything is asked. A command line of more than one word
+/// (`start "node ecosystem.config.js"`) runs what it says.
+pub(super) fn refuse_config_file(args: &StartArgs) -> Result<(), UsageError> {
+    let target = args.target.trim();
+    if args.shell || target.is_empty() || target.contains(char::is_whitespace) {
+        return Ok(());
+    }
+    match crate::pm2::config_pointer_here(target) {
+        Some(pointer) => Err(UsageError::new(pointer)),
+        None => Ok(()),
+    }
 }
 
 /// A file of that name in the current directory, as `start` sees it.
@@ -208,6 +262,7 @@ fn new_app_hint(word: &str, file: Option<LocalFile>) -> String {
         .and_then(|s| s.to_str())
         .unwrap_or(word);
     match (file, crate::import::default_interpreter(word)) {
+        (None, _) if crate::pm2::looks_like_id(word) => crate::pm2::id_hint().to_string(),
         (None, _) => format!(
             "to run {word:?} as a new app, give it a name: pmcluster start {word} --name NAME"
         ),
@@ -447,6 +502,12 @@ mod tests {
                 Some(LocalFile::NotExecutable),
                 "chmod +x run && pmcluster start ./run --name run",
             ),
+            // PM2's `start 0` starts its process 0 again.
+            (
+                "0",
+                None,
+                "pmcluster knows apps by name, not by PM2's numeric ids",
+            ),
         ];
         for (word, file, want) in cases {
             let got = new_app_hint(word, file);
@@ -511,6 +572,37 @@ mod tests {
             assert!(!note.contains("python"), "{note}");
         }
         Ok(())
+    }
+
+    /// `start FILE` of a config file by its path or with flags is refused before anything is
+    /// asked; a command line of more words, or a shell line, is run as given.
+    #[test]
+    fn a_config_file_is_not_run() {
+        use clap::Parser;
+        let start = |line: &str| -> Result<(), String> {
+            let words = shell_words::split(line).expect("test line splits");
+            let cli = crate::args::Cli::try_parse_from(words).map_err(|e| e.to_string())?;
+            let crate::args::Command::Start(args) = cli.command else {
+                return Err("not start".into());
+            };
+            refuse_config_file(&args).map_err(|e| e.0)
+        };
+        for line in [
+            "pmcluster start ./ecosystem.config.js",
+            "pmcluster start ecosystem.config.js --name eco",
+            "pmcluster start conf/apps.yaml -i 2",
+            "pmcluster start ./apps.toml",
+        ] {
+            let refused = start(line).expect_err(line);
+            assert!(refused.contains("not a config file"), "{line}: {refused}");
+        }
+        for line in [
+            "pmcluster start 'node ecosystem.config.js' --name eco",
+            "pmcluster start ./server.js",
+            "pmcluster start apps.json --shell --name a",
+        ] {
+            assert_eq!(start(line), Ok(()), "{line}");
+        }
     }
 
     #[test]

@@ -127,3 +127,64 @@ fn numeric_names_read_as_pm2_ids() {
         assert_eq!(app_named(&cli.command), app, "{line}");
     }
 }
+
+/// `start FILE` of a config file points to the verb that reads it: `apply -f` for pmcluster's
+/// own (and any file it cannot read), `import pm2` for a PM2 ecosystem file in JSON, and the way
+/// to JSON first for one in JavaScript, as `apply -f` says of it.
+#[test]
+fn config_files_point_to_apply_or_import() {
+    let ours = r#"{"apps": [{"name": "web", "script": "node", "args": ["server.js"]}]}"#;
+    let pm2 = r#"{"apps": [{"name": "web", "script": "server.js", "watch": true}]}"#;
+    let cases: [(&str, Option<&str>, Option<&str>); 12] = [
+        (
+            "ecosystem.config.js",
+            None,
+            Some(
+                "then: pmcluster import pm2 eco.json --out apps.json && pmcluster apply -f apps.json",
+            ),
+        ),
+        (
+            "ecosystem.config.cjs",
+            None,
+            Some("import('./ecosystem.config.cjs')"),
+        ),
+        ("app.config.mjs", None, Some("in JavaScript")),
+        (
+            "apps.json",
+            Some(ours),
+            Some("pmcluster apply -f apps.json"),
+        ),
+        (
+            "ecosystem.json",
+            Some(pm2),
+            Some(
+                "pmcluster import pm2 ecosystem.json --out apps.json && pmcluster apply -f apps.json",
+            ),
+        ),
+        ("eco.json", None, Some("pmcluster apply -f eco.json")),
+        (
+            "apps.yaml",
+            Some("apps:\n  - name: web\n    script: node\n"),
+            Some("apply -f apps.yaml"),
+        ),
+        ("apps.yml", None, Some("apply -f apps.yml")),
+        ("apps.toml", None, Some("apply -f apps.toml")),
+        ("my apps.json", None, Some("apply -f 'my apps.json'")),
+        ("server.js", None, None),
+        ("app.py", None, None),
+    ];
+    for (target, text, want) in cases {
+        let got = config_pointer(target, text);
+        match (want, &got) {
+            (None, None) => {}
+            (Some(want), Some(got)) => {
+                assert!(got.contains(want), "{target}: {got}");
+                assert!(
+                    got.contains("not a config file") || got.contains("config file"),
+                    "{got}"
+                );
+            }
+            _ => panic!("{target}: {got:?}"),
+        }
+    }
+}
