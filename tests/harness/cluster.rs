@@ -504,6 +504,13 @@ impl Cluster {
         run_bounded(&mut cmd, &self.root.join("cli"), &run, args, timeout)
     }
 
+    /// As [`Cluster::try_cli`], run in `dir` (what `start app.py` finds there).
+    pub fn try_cli_in(&self, dir: &Path, args: &[&str]) -> Result<CliOutput, Error> {
+        let (mut cmd, run) = self.cli_command(&self.url(), args)?;
+        cmd.current_dir(dir);
+        run_bounded(&mut cmd, &self.root.join("cli"), &run, args, CLI_TIMEOUT)
+    }
+
     /// As [`Cluster::try_cli`], with a stdout whose reader went away before the command started
     /// (`pmcluster ... | true`).
     pub fn try_cli_unread(&self, args: &[&str]) -> Result<CliOutput, Error> {

@@ -23,6 +23,7 @@ mod local;
 mod metrics;
 mod monit;
 mod nodes;
+mod pm2;
 mod python_client;
 mod reliability;
 mod rollout;

@@ -1,0 +1,305 @@
+//! A PM2 user's first commands: `start app.js` of a file here, `start ecosystem.config.js`, and
+//! `logs` of every app.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pmcluster_tests::{CliOutput, Cluster, wait_until};
+
+use crate::{DEADLINE, wait_online};
+
+#[track_caller]
+fn run_in(c: &Cluster, dir: &Path, args: &[&str]) -> CliOutput {
+    c.try_cli_in(dir, args)
+        .unwrap_or_else(|e| panic!("pmcluster {args:?}: {e}"))
+}
+
+fn write(dir: &Path, name: &str, text: &str, mode: u32) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write a file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// Waits until `logs APP` shows `needle`.
+#[track_caller]
+fn wait_log(c: &Cluster, app: &str, needle: &str) {
+    wait_until(
+        DEADLINE,
+        &format!("{needle:?} in the logs of {app}"),
+        || {
+            let out = c.try_cli(&["logs", app, "--lines", "50"])?;
+            match out.stdout.contains(needle) {
+                true => Ok(()),
+                false => Err(out.to_string()),
+            }
+        },
+    );
+}
+
+fn app_names(c: &Cluster) -> Vec<String> {
+    let out = c.cli(&["apps", "-o", "json"]);
+    let v = out.assert_ok().json().expect("apps -o json");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// `start worker.sh` (a script that is not executable) and `start tick` (an executable file),
+/// bare names of files here, start them as new apps as `start ./worker.sh` does: by the
+/// interpreter of the extension, in this directory, named after the file. A stopped app named
+/// like a file here is started itself, the file left alone; a file that cannot run still gets
+/// the hint of what to type.
+#[test]
+fn start_of_a_file_here_by_its_bare_name_runs_it() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(
+        dir,
+        "worker.sh",
+        "#!/bin/sh\necho worker-hello from $(cat greeting.txt)\nexec sleep 1000\n",
+        0o644,
+    );
+    write(dir, "greeting.txt", "the-project\n", 0o644);
+    write(
+        dir,
+        "tick",
+        "#!/bin/sh\necho tick-hello\nexec sleep 1000\n",
+        0o755,
+    );
+    write(dir, "data.txt", "not a program\n", 0o644);
+
+    let out = run_in(&c, dir, &["start", "worker.sh"]);
+    out.assert_ok();
+    for said in [
+        "running it with bash",
+        "e.g. \"sh ./worker.sh\"",
+        "started app worker",
+    ] {
+        assert!(out.stdout.contains(said), "{said:?} in {out}");
+    }
+    assert!(!out.stdout.contains("python"), "{out}");
+    wait_online(&c, "worker", 1);
+    // Run in this directory: its relative file is found.
+    wait_log(&c, "worker", "worker-hello from the-project");
+
+    run_in(&c, dir, &["start", "tick"]).assert_ok();
+    wait_online(&c, "tick", 1);
+    wait_log(&c, "tick", "tick-hello");
+
+    // The same again is the app that runs, not another one.
+    let again = run_in(&c, dir, &["start", "worker.sh"]);
+    assert!(
+        again.assert_ok().stdout.contains("already running"),
+        "{again}"
+    );
+
+    // An app of that name wins over the file.
+    c.cli(&["start", "sleep 1000", "--name", "job.sh"])
+        .assert_ok();
+    wait_online(&c, "job.sh", 1);
+    c.cli(&["stop", "job.sh"]).assert_ok();
+    write(dir, "job.sh", "echo the file ran\n", 0o644);
+    let named = run_in(&c, dir, &["start", "job.sh"]);
+    assert!(
+        named
+            .assert_ok()
+            .stdout
+            .contains("started 1 instance of job.sh"),
+        "{named}"
+    );
+    wait_online(&c, "job.sh", 1);
+
+    let data = run_in(&c, dir, &["start", "data.txt"]);
+    assert_eq!(data.code(), Some(1), "{data}");
+    assert!(data.stderr.contains("chmod +x data.txt"), "{data}");
+
+    let mut apps = app_names(&c);
+    apps.sort();
+    assert_eq!(apps, ["job.sh", "tick", "worker"]);
+}
+
+/// `start` of a config file (pmcluster's, a PM2 ecosystem file in JSON or in JavaScript) is
+/// refused with exit 2 and the verb that reads it, creating nothing, by a bare name or a path;
+/// the verb it names then works.
+#[test]
+fn start_of_a_config_file_points_to_apply_or_import() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let project = tempfile::tempdir().expect("project dir");
+    let dir = project.path();
+    write(
+        dir,
+        "apps.json",
+        r#"{"apps": [{"name": "files", "script": "sleep", "args": ["1000"]}]}"#,
+        0o644,
+    );
+    write(
+        dir,
+        "ecosystem.json",
+        r#"{"apps": [{"name": "eco", "script": "sleep", "args": "1000", "watch": true}]}"#,
+        0o644,
+    );
+    write(
+        dir,
+        "ecosystem.config.js",
+        "module.exports = { apps: [{ name: 'eco', script: 'server.js' }] }\n",
+        0o644,
+    );
+    write(
+        dir,
+        "apps.yaml",
+        "apps:\n  - name: y\n    script: sleep\n",
+        0o644,
+    );
+    let cases = [
+        (&["start", "apps.json"][..], "pmcluster apply -f apps.json"),
+        (&["start", "./apps.yaml"], "pmcluster apply -f ./apps.yaml"),
+        (
+            &["start", "ecosystem.json"],
+            "pmcluster import pm2 ecosystem.json --out apps.json && pmcluster apply -f apps.json",
+        ),
+        (
+            &["start", "ecosystem.config.js"],
+            "import('./ecosystem.config.js')",
+        ),
+        (
+            &["start", "ecosystem.config.js", "--name", "eco"],
+            "then: pmcluster import pm2 eco.json --out apps.json",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = run_in(&c, dir, args);
+        assert_eq!(out.code(), Some(2), "{out}");
+        assert!(out.stderr.contains(want), "{want:?} in {out}");
+        assert!(out.stderr.contains("not a config file"), "{out}");
+    }
+    assert!(app_names(&c).is_empty(), "{:?}", app_names(&c));
+    // What it points to does the job.
+    run_in(&c, dir, &["apply", "-f", "apps.json"]).assert_ok();
+    let imported = run_in(
+        &c,
+        dir,
+        &["import", "pm2", "ecosystem.json", "--out", "converted.json"],
+    );
+    imported.assert_ok();
+    run_in(&c, dir, &["apply", "-f", "converted.json"]).assert_ok();
+    let mut apps = app_names(&c);
+    apps.sort();
+    assert_eq!(apps, ["eco", "files"]);
+}
+
+/// `logs` with no app and `logs all` show every app's lines, each prefixed `app[index]`, as
+/// `pm2 logs` does; `-f` follows every app side by side. `--instance` needs one app, and an app
+/// named `all` is that app.
+#[test]
+fn logs_of_every_app() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    for (app, n) in [("alpha", "1"), ("beta", "2")] {
+        let line = format!("echo {app}-hello $PMCLUSTER_INSTANCE_ID; exec sleep 1000");
+        c.cli(&["start", &line, "--shell", "--name", app, "-i", n])
+            .assert_ok();
+    }
+    wait_online(&c, "alpha", 1);
+    wait_online(&c, "beta", 2);
+    wait_log(&c, "beta", "beta-hello 1");
+    wait_log(&c, "alpha", "alpha-hello 0");
+    for args in [&["logs"][..], &["logs", "all"]] {
+        let out = c.cli(args);
+        let text = out.assert_ok().stdout.clone();
+        for want in [
+            "alpha[0] | alpha-hello 0",
+            "beta[0] | beta-hello 0",
+            "beta[1] | beta-hello 1",
+        ] {
+            assert!(text.contains(want), "{want:?} in {out}");
+        }
+        // One app after the other.
+        let first_beta = text.find("beta[").unwrap_or(0);
+        assert!(
+            text.rfind("alpha[").is_some_and(|a| a < first_beta),
+            "{out}"
+        );
+    }
+    let json = c.cli(&["logs", "-o", "json"]);
+    let apps: Vec<String> = json
+        .assert_ok()
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["app"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        apps.contains(&"alpha".into()) && apps.contains(&"beta".into()),
+        "{json}"
+    );
+
+    let one = c.try_cli(&["logs", "--instance", "0"]).expect("cli runs");
+    assert_eq!(one.code(), Some(2), "{one}");
+    assert!(
+        one.stderr.contains("pmcluster logs APP --instance N"),
+        "{one}"
+    );
+
+    // -f: lines of both apps as they are written.
+    let mut follower = Command::new(&c.bins().cli)
+        .args(["--coordinator", &c.url(), "logs", "-f", "--lines", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("logs -f starts");
+    let stdout = follower.stdout.take().expect("piped stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Restarted until the follower, which may not be subscribed yet, saw both.
+    let mut seen = (false, false);
+    let until = Instant::now() + DEADLINE;
+    while !(seen.0 && seen.1) && Instant::now() < until {
+        c.cli(&["restart", "alpha"]).assert_ok();
+        c.cli(&["restart", "beta", "--instance", "1"]).assert_ok();
+        let round = Instant::now() + Duration::from_secs(3);
+        while let Some(left) = round.checked_duration_since(Instant::now()) {
+            let Ok(line) = lines.recv_timeout(left) else {
+                break;
+            };
+            seen.0 |= line.starts_with("alpha[0] | alpha-hello");
+            seen.1 |= line.starts_with("beta[1] | beta-hello");
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let _ = reader.join();
+    assert_eq!(
+        seen,
+        (true, true),
+        "logs -f saw alpha's and beta's new lines"
+    );
+
+    c.cli(&[
+        "start",
+        "echo all-hello; exec sleep 1000",
+        "--shell",
+        "--name",
+        "all",
+    ])
+    .assert_ok();
+    wait_online(&c, "all", 1);
+    wait_log(&c, "all", "all-hello");
+    let named = c.cli(&["logs", "all"]);
+    let text = named.assert_ok().stdout.clone();
+    assert!(
+        text.contains("all[0] | all-hello") && !text.contains("alpha"),
+        "{named}"
+    );
+}
