@@ -303,3 +303,41 @@ fn logs_of_every_app() {
         "{named}"
     );
 }
+
+/// `logs` of every app with a token for some of them shows the apps it may read and names the
+/// others on standard error; a token that may read none is refused as `logs APP` is.
+#[test]
+fn logs_of_every_app_shows_those_a_token_may_read() {
+    let c = Cluster::start_tls(1).expect("a TLS coordinator and an agent start");
+    for app in ["web", "other"] {
+        let line = format!("echo {app}-hello; exec sleep 1000");
+        c.cli(&["start", &line, "--shell", "--name", app])
+            .assert_ok();
+        wait_online(&c, app, 1);
+        wait_log(&c, app, &format!("{app}-hello"));
+    }
+    let ca = c.pki().expect("a TLS cluster").ca().display().to_string();
+    let as_token = |role: &str, apps: Option<&str>| {
+        let mut args = vec!["token", "create", "--role", role, "-o", "json"];
+        args.extend(apps.map(|a| ["--app", a]).into_iter().flatten());
+        let made = c.cli(&args);
+        let token = made.assert_ok().json().expect("token create -o json")["secret"]
+            .as_str()
+            .expect("a secret")
+            .to_string();
+        c.try_cli(&["--ca", &ca, "--token", &token, "logs"])
+            .expect("cli runs")
+    };
+    let web = as_token("operate", Some("web*"));
+    assert!(
+        web.assert_ok().stdout.contains("web[0] | web-hello"),
+        "{web}"
+    );
+    assert!(!web.stdout.contains("other-hello"), "{web}");
+    assert!(
+        web.stderr.contains("may not read their logs: other"),
+        "{web}"
+    );
+    let read = as_token("read", None);
+    assert!(read.assert_failed().contains("may not call"), "{read}");
+}

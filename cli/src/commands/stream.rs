@@ -74,13 +74,30 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }
     };
     let mut unread = 0;
-    for result in results {
+    let mut denied = Vec::new();
+    let mut first_denial = None;
+    for (app, result) in names.iter().zip(results) {
         match result {
             Ok(n) => unread += n,
             // An app deleted since the list was taken has no logs to show.
-            Err(e) if every && not_found(&e) => {}
+            Err(e) if every && code(&e) == Some(Code::NotFound) => {}
+            // A token for some apps lists them all but reads the logs of its own: every app
+            // is every app it may read.
+            Err(e) if every && code(&e) == Some(Code::PermissionDenied) => {
+                denied.push(app.as_str());
+                first_denial.get_or_insert(e);
+            }
             Err(e) => return Err(e),
         }
+    }
+    if let Some(e) = first_denial {
+        if denied.len() == names.len() {
+            return Err(e);
+        }
+        eprintln!(
+            "note: not shown, as your credentials may not read their logs: {}",
+            denied.join(", ")
+        );
     }
     // A follower saw each notice as it came, and the node may be back since: Ctrl-C ends it
     // as usual.
@@ -96,9 +113,8 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
 }
 
-fn not_found(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ApiError>()
-        .is_some_and(|e| e.code == Code::NotFound)
+fn code(e: &anyhow::Error) -> Option<Code> {
+    e.downcast_ref::<ApiError>().map(|e| e.code)
 }
 
 /// One app's lines, written through `out` (shared with the other apps' streams); the count of
