@@ -493,6 +493,14 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 Need::Assign(r) | Need::Replace(r) | Need::Migrate(r, _) | Need::Move(r) => r.index,
                 Need::Create(i) => *i,
             };
+            // The version the new record runs, and so its port: a failed rollout left standing
+            // keeps what serves on the version before, whose port may differ.
+            let version = match &need {
+                Need::Create(_) => app.held_version(),
+                Need::Replace(r) | Need::Migrate(r, _) | Need::Move(r) => kept_version(app, r),
+                Need::Assign(_) => None,
+            };
+            let port = port_at(app, version, index);
             if let Need::Move(r) = need {
                 let mut avoid = r.avoid.clone();
                 let from = r.node.clone().unwrap_or_default();
@@ -502,7 +510,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 let left_out: Vec<&str> = avoid.iter().map(String::as_str).collect();
                 // Where nothing else fits, it stays: its agent keeps retrying, and the record
                 // must not turn pending for a cause that may pass.
-                if let Ok(to) = placer.place_avoiding(port_of(app, index), &left_out) {
+                if let Ok(to) = placer.place_avoiding(port, &left_out) {
                     plan.remove.push(r.id);
                     plan.moved.push(Moved {
                         app: name.clone(),
@@ -516,16 +524,15 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         app: name.clone(),
                         index,
                         node: Some(to.to_string()),
-                        port: port_of(app, index),
+                        port,
                         replaces: r.replaces,
                         stopped: false,
                         avoid,
-                        version: kept_version(app, r),
+                        version,
                     });
                 }
                 continue;
             }
-            let port = app.spec.port.port_for(index);
             if let Need::Migrate(r, from) = need {
                 // One handoff at a time per draining node: once one is under way (or started
                 // above), the others only learn whether they could go, so that the node can say
@@ -549,7 +556,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                             replaces: Some(r.id),
                             stopped: false,
                             avoid: Vec::new(),
-                            version: kept_version(app, r),
+                            version,
                         });
                     }
                     Ok(None) => {}
@@ -599,7 +606,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                     replaces: None,
                     stopped: false,
                     avoid: Vec::new(),
-                    version: app.held_version(),
+                    version,
                 }),
                 // A lost instance is replaced even when nothing fits (the new record waits as
                 // pending): its node is gone either way.
@@ -623,7 +630,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                         replaces: None,
                         stopped: hands_nothing_over(app, r, snap.exited),
                         avoid: Vec::new(),
-                        version: kept_version(app, r),
+                        version,
                     });
                 }
             }
@@ -653,6 +660,14 @@ fn port_of(app: &AppRecord, index: u32) -> Option<u16> {
     app.spec.port.port_for(index)
 }
 
+/// The port of `index` at `version` (`None`: the app's).
+fn port_at(app: &AppRecord, version: Option<u64>, index: u32) -> Option<u16> {
+    match version {
+        Some(v) => app.spec_of(v).port.port_for(index),
+        None => port_of(app, index),
+    }
+}
+
 /// Whether `rec` has failed to start on its (up, not draining) node for the app's
 /// `reschedule_after`; until then, asks to be woken when it will have.
 fn unstartable_due(
@@ -668,8 +683,9 @@ fn unstartable_due(
     // A rollout's copies are the deployment engine's (its healthy deadline judges them); an
     // outdated copy gets its new version first, which may well start.
     // One a failed rollout left on the version before it is current too: it keeps that one.
-    let current = (rec.app_version == app.version || kept_version(app, rec).is_some())
-        && rec.port == port_of(app, rec.index);
+    let kept = kept_version(app, rec);
+    let current = (rec.app_version == app.version || kept.is_some())
+        && rec.port == port_at(app, kept, rec.index);
     let up = matches!(link_of(nodes, rec.node.as_deref()), Some((Link::Up, false)));
     if rec.stopped || app.rolling() || !current || !up {
         return false;

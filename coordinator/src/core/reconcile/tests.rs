@@ -46,6 +46,7 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
             spec.port = PortSpec::parse(port).unwrap();
             spec.reschedule = Reschedule::After(Duration::from_millis(1000));
             let (mut failed, mut rolling) = (false, false);
+            let mut was_port = None;
             for w in words {
                 match w.split_once('=') {
                     Some(("mem", v)) => {
@@ -66,6 +67,8 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     _ if w == "once" => spec.autorestart = false,
                     // The rollout to this version failed, and was not rolled back.
                     _ if w == "failed" => failed = true,
+                    // The version before the failed one had these ports.
+                    Some(("was", v)) => was_port = Some(PortSpec::parse(v).unwrap()),
                     _ if w == "rolling" => rolling = true,
                     _ => panic!("bad app word {w}"),
                 }
@@ -89,7 +92,11 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                     crate::model::State::Running
                 };
                 rec.deployment = Some(crate::model::Deployment { state, ..d });
-                rec.versions.insert(rec.version - 1, rec.spec.clone());
+                let mut before = rec.spec.clone();
+                if let Some(p) = was_port {
+                    before.port = p;
+                }
+                rec.versions.insert(rec.version - 1, before);
             }
             (name.to_string(), rec)
         })
@@ -341,6 +348,22 @@ fn placement_and_scaling() {
         "a; b; c",
         0,
         "+web/2@c v1",
+    );
+    // The failed version moved the app to other ports: what runs the version before keeps its
+    // own (found by a review: a v1 process was given the failed v2's port).
+    check(
+        "web=3@4200-4299v2 failed was=4100-4199",
+        "web/0@a:4100* web/1@b:4101*",
+        "a; b; c",
+        0,
+        "+web/2@c:4102 v1",
+    );
+    check(
+        "web=2@4200-4299v2 failed was=4100-4199",
+        "web/0@a:4100?0 web/1@b:4101*",
+        "a; b; c",
+        5000,
+        "+web/0@c:4100^a v1 -1 moved(1 a>c unstartable)",
     );
     // One that cannot start where it is moves as a current one would, on its own version.
     check(
