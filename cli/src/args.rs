@@ -493,7 +493,8 @@ pub enum RolloutCommand {
     Promote { app: String },
     /// Past rollouts and the versions kept for undo
     History { app: String },
-    /// Roll back to the previous version, or --to-version N
+    /// Roll back to the previous version (after a failed rollout left standing: the version
+    /// still serving), or --to-version N
     Undo {
         app: String,
         #[arg(long, value_name = "N")]
