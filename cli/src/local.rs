@@ -267,11 +267,7 @@ pub fn choose_node_name(
 /// The coordinator `pmcluster up` runs from the data dir `PMCLUSTER_HOME` names (or the default
 /// one), for a verb given no coordinator: see [`home_coordinator`].
 pub fn local_coordinator_url(env: &Environment) -> anyhow::Result<Option<String>> {
-    let dir = (env.pmcluster_home.clone())
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| default_data_dir(env.xdg_data_home.clone(), env.home.clone()));
-    let Some(dir) = dir else {
+    let Some(dir) = verbs_data_dir(env) else {
         return Ok(None);
     };
     let layout = Layout { dir };
@@ -280,6 +276,14 @@ pub fn local_coordinator_url(env: &Environment) -> anyhow::Result<Option<String>
         .and_then(|text| text.trim().parse::<SocketAddr>().ok());
     let running = running_pid(&layout, Daemon::Coordinator);
     Ok(home_coordinator(&layout.dir, recorded, running)?)
+}
+
+/// The data dir a verb given no coordinator looks in: `PMCLUSTER_HOME`, else the default one.
+fn verbs_data_dir(env: &Environment) -> Option<PathBuf> {
+    (env.pmcluster_home.clone())
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| default_data_dir(env.xdg_data_home.clone(), env.home.clone()))
 }
 
 /// The pid of `daemon` if its pid file names a live process running its binary.
@@ -486,6 +490,8 @@ pub async fn up(
         );
     }
 
+    // What the listen record said before this run wrote it, if it did.
+    let mut listen_before: Option<Option<String>> = None;
     match &coordinator_bin {
         None => notes
             .extend(coordinator_pid.map(|pid| format!("coordinator already running (pid {pid})"))),
@@ -499,6 +505,7 @@ pub async fn up(
                 data.into_os_string(),
             ];
             started.push(spawn(&layout, Daemon::Coordinator, binary, &argv)?);
+            listen_before = Some(fs::read_to_string(layout.listen_file()).ok());
             fs::write(layout.listen_file(), format!("{listen}\n"))
                 .with_context(|| format!("writing {}", layout.listen_file().display()))?;
         }
@@ -530,7 +537,19 @@ pub async fn up(
     for note in &notes {
         writeln!(out, "{note}").context("writing to stdout")?;
     }
-    wait_ready(&layout, &url, &node_name, &mut started).await?;
+    if let Err(e) = wait_ready(&layout, &url, &node_name, &mut started).await {
+        // A coordinator that never came up there leaves the record as it was, or every later
+        // plain `up` would try that address again (`down` keeps the record).
+        if let Some(before) = listen_before
+            && running_pid(&layout, Daemon::Coordinator).is_none()
+        {
+            let _ = match before {
+                Some(text) => fs::write(layout.listen_file(), text),
+                None => fs::remove_file(layout.listen_file()),
+            };
+        }
+        return Err(e);
+    }
 
     let pid = |d| running_pid(&layout, d);
     if matches!(format, OutputFormat::Json | OutputFormat::Yaml) {
@@ -564,9 +583,13 @@ pub async fn up(
         layout.log_file(Daemon::Coordinator).display(),
         layout.log_file(Daemon::Agent).display(),
     );
-    if url != crate::args::DEFAULT_COORDINATOR {
+    // Verbs find the cluster through the data dir they resolve, wherever it listens: only a
+    // data dir other than theirs needs saying. (An exported PMCLUSTER_COORDINATOR would outlive
+    // this cluster and send every later data dir's verbs here too.)
+    if verbs_data_dir(env).as_deref() != Some(layout.dir.as_path()) {
         text.push_str(&format!(
-            "point the CLI at it with: export PMCLUSTER_COORDINATOR={url}\n"
+            "other verbs find this cluster with: export PMCLUSTER_HOME={}\n",
+            layout.dir.display()
         ));
     }
     text.push_str("stop it with: pmcluster down\n");

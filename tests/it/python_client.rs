@@ -201,6 +201,31 @@ fn python_client_lists_scales_and_follows_events() {
     out.assert_ok();
     let want = format!("apps ['web'] http://127.0.0.1:{}", c.port());
     assert!(out.stdout.contains(&want), "want {want:?}: {out:?}");
+
+    // That home's coordinator gone (its pid file names no live one): the lookup refuses rather
+    // than dial the default address, where another cluster may answer.
+    fs::write(home.join("coordinator.pid"), "0\n").expect("pid file");
+    let out = run_bounded(
+        Command::new(&venv_python)
+            .args(["-c", script])
+            .current_dir(&checkout)
+            .env_remove("PYTHONPATH")
+            .env_remove("PMCLUSTER_COORDINATOR")
+            .env_remove("PMCLUSTER_TOKEN")
+            .env("PMCLUSTER_HOME", &home),
+        &dir,
+        "up-lookup-down",
+        &[],
+        DEADLINE,
+    )
+    .expect("the lookup script runs");
+    assert!(!out.success(), "{out:?}");
+    let want = format!(
+        "the coordinator of {} (http://127.0.0.1:{}) is not running",
+        home.display(),
+        c.port()
+    );
+    assert!(out.stderr.contains(&want), "want {want:?}: {out:?}");
 }
 
 /// Opens the event stream first (so that its opening meets the standby), then scales and reads

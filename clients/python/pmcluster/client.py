@@ -3,7 +3,8 @@
 ``PMCLUSTER_COORDINATOR`` (or ``target``) is one coordinator or, for an HA pair, a
 comma-separated list, as the CLI's ``--coordinator``; else, as the CLI does, the coordinator a
 local ``pmcluster up`` runs (from ``PMCLUSTER_HOME`` or the default data dir), wherever it
-listens; else ``127.0.0.1:7450``. A standby refuses
+listens, and an error while it is down; else, for a data dir ``up`` never used,
+``127.0.0.1:7450``. A standby refuses
 every call with ``UNAVAILABLE`` and names the leader in ``pmcluster-leader`` metadata: the client
 dials that leader at once (no backoff) and sends the call again there, since a refused call was
 not executed. A coordinator that cannot be reached, or refuses without naming a leader, sends the
@@ -177,23 +178,26 @@ def _up_dir() -> Optional[str]:
     return os.path.join(user_home, ".local/share/pmcluster") if user_home else None
 
 
-def local_coordinator() -> Optional[str]:
-    """The URL of the coordinator a local ``pmcluster up`` runs, or ``None``: its pid file must
-    name a live ``pmcluster-coordinator`` (a stale file after a reboot names none), and its
-    listen file gives the address (an unspecified one is dialled on loopback)."""
-    d = _up_dir()
-    if d is None:
-        return None
+def _coordinator_running(d: str) -> bool:
+    """Whether the data dir's pid file names a live ``pmcluster-coordinator`` (a stale file
+    after a reboot names none)."""
     try:
         with open(os.path.join(d, "coordinator.pid")) as f:
             pid = int(f.read().strip())
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             argv0 = f.read().split(b"\0", 1)[0]
+    except (OSError, ValueError):
+        return False
+    return pid > 0 and os.path.basename(argv0) == b"pmcluster-coordinator"
+
+
+def _recorded_url(d: str) -> Optional[str]:
+    """The URL of the address ``up`` last gave the data dir's coordinator (``down`` keeps it);
+    an unspecified one is dialled on loopback."""
+    try:
         with open(os.path.join(d, "coordinator.listen")) as f:
             listen = f.read().strip()
-    except (OSError, ValueError):
-        return None
-    if pid <= 0 or os.path.basename(argv0) != b"pmcluster-coordinator":
+    except OSError:
         return None
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
@@ -205,6 +209,30 @@ def local_coordinator() -> Optional[str]:
     return f"http://{host}:{port}"
 
 
+def local_coordinator() -> Optional[str]:
+    """The URL of the coordinator a local ``pmcluster up`` runs, or ``None`` when none runs."""
+    d = _up_dir()
+    url = _recorded_url(d) if d else None
+    return url if d and url and _coordinator_running(d) else None
+
+
+def _default_target() -> str:
+    """Where a call goes when neither ``target`` nor ``PMCLUSTER_COORDINATOR`` says, as the CLI
+    decides: the local ``up`` coordinator; the default address only for a data dir ``up`` never
+    used, since while that data dir's coordinator is down another cluster may answer there."""
+    d = _up_dir()
+    url = _recorded_url(d) if d else None
+    if d is None or url is None:
+        return DEFAULT_COORDINATOR
+    if not _coordinator_running(d):
+        raise ClientError(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the coordinator of {d} ({url}) is not running: start it with `pmcluster up`, "
+            "or name the coordinator to talk to (connect(target) or PMCLUSTER_COORDINATOR)",
+        )
+    return url
+
+
 def connect(
     target: Optional[str] = None,
     token: Optional[str] = None,
@@ -214,13 +242,10 @@ def connect(
     timeout: float = 10.0,
 ) -> "Client":
     """A client of the coordinator(s) ``target`` lists; arguments left out come from the CLI's
-    environment variables. Connections are made at the first call."""
-    target = (
-        target
-        or os.environ.get("PMCLUSTER_COORDINATOR")
-        or local_coordinator()
-        or DEFAULT_COORDINATOR
-    )
+    environment variables. Connections are made at the first call. With no coordinator given, raises
+    :class:`ClientError` (``UNAVAILABLE``) at once when the local ``up`` data dir's coordinator is
+    down, rather than dial the default address."""
+    target = target or os.environ.get("PMCLUSTER_COORDINATOR") or _default_target()
     token = token if token is not None else os.environ.get("PMCLUSTER_TOKEN")
     tls = (
         ca or os.environ.get("PMCLUSTER_CA"),
