@@ -222,7 +222,9 @@ fn connection_broke(status: &Status) -> bool {
     std::error::Error::source(status).is_some()
 }
 
-/// A connection to whichever coordinator of the list takes calls.
+/// A connection to whichever coordinator of the list takes calls. A clone shares its channel
+/// (HTTP/2 carries many calls on one connection) until either side has to dial again.
+#[derive(Clone)]
 pub struct Conn {
     urls: Vec<String>,
     /// The coordinator calls go to now, and its client.

@@ -185,10 +185,11 @@ pub fn config_pointer(target: &str, text: Option<&str>) -> Option<String> {
 /// to be a config.
 pub fn config_pointer_here(target: &str) -> Option<String> {
     const MAX: u64 = 4 << 20;
-    let text = std::fs::metadata(target)
-        .ok()
-        .filter(|m| m.is_file() && m.len() <= MAX)
-        .and_then(|_| std::fs::read_to_string(target).ok());
+    // No file, no pointer: `start missing.yaml` is an app name or a command like any other.
+    let meta = std::fs::metadata(target).ok().filter(|m| m.is_file())?;
+    let text = (meta.len() <= MAX)
+        .then(|| std::fs::read_to_string(target).ok())
+        .flatten();
     config_pointer(target, text.as_deref())
 }
 

@@ -75,11 +75,16 @@ pub(super) async fn file_here(
         return Ok(plan);
     };
     let config = crate::pm2::config_pointer_here(app);
-    let runnable = match local_file(app) {
-        Some(LocalFile::Executable) => true,
-        Some(LocalFile::NotExecutable) => crate::import::default_interpreter(app).is_some(),
-        None => false,
-    };
+    // Only a file this user owns, for a coordinator on this host: a remote agent would run
+    // whatever `./WORD` is where it runs, and a mistyped app name in a shared directory must
+    // not start a file someone else put there.
+    let runnable = conn.on_this_host()
+        && own_file(app)
+        && match local_file(app) {
+            Some(LocalFile::Executable) => true,
+            Some(LocalFile::NotExecutable) => crate::import::default_interpreter(app).is_some(),
+            None => false,
+        };
     if config.is_none() && !runnable {
         return Ok(plan);
     }
@@ -94,7 +99,14 @@ pub(super) async fn file_here(
     }
     let mut here = args.clone();
     here.target = format!("./{app}");
+    eprintln!("no app is named {app:?}: starting the file ./{app} here as a new app");
     Ok(plan_start(&here)?)
+}
+
+/// Whether the file `name` belongs to the user running this command.
+fn own_file(name: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(name).is_ok_and(|m| m.uid() == nix::unistd::getuid().as_raw())
 }
 
 /// `start "FILE"` of a config file by its path, or with flags that make a new app of it: refused
@@ -575,10 +587,17 @@ mod tests {
     }
 
     /// `start FILE` of a config file by its path or with flags is refused before anything is
-    /// asked; a command line of more words, or a shell line, is run as given.
+    /// asked; a command line of more words, or a shell line, is run as given, and so is a name
+    /// with a config file's extension that is no file (found by a review).
     #[test]
-    fn a_config_file_is_not_run() {
+    fn a_config_file_is_not_run() -> std::io::Result<()> {
         use clap::Parser;
+        let dir = tempfile::tempdir()?;
+        let d = dir.path().display().to_string();
+        std::fs::create_dir(dir.path().join("conf"))?;
+        for name in ["ecosystem.config.js", "conf/apps.yaml", "apps.toml", "apps.json"] {
+            std::fs::write(dir.path().join(name), "{}")?;
+        }
         let start = |line: &str| -> Result<(), String> {
             let words = shell_words::split(line).expect("test line splits");
             let cli = crate::args::Cli::try_parse_from(words).map_err(|e| e.to_string())?;
@@ -588,21 +607,23 @@ mod tests {
             refuse_config_file(&args).map_err(|e| e.0)
         };
         for line in [
-            "pmcluster start ./ecosystem.config.js",
-            "pmcluster start ecosystem.config.js --name eco",
-            "pmcluster start conf/apps.yaml -i 2",
-            "pmcluster start ./apps.toml",
+            format!("pmcluster start {d}/ecosystem.config.js"),
+            format!("pmcluster start {d}/ecosystem.config.js --name eco"),
+            format!("pmcluster start {d}/conf/apps.yaml -i 2"),
+            format!("pmcluster start {d}/apps.toml"),
         ] {
-            let refused = start(line).expect_err(line);
+            let refused = start(&line).expect_err(&line);
             assert!(refused.contains("not a config file"), "{line}: {refused}");
         }
         for line in [
-            "pmcluster start 'node ecosystem.config.js' --name eco",
-            "pmcluster start ./server.js",
-            "pmcluster start apps.json --shell --name a",
+            format!("pmcluster start 'node {d}/ecosystem.config.js' --name eco"),
+            format!("pmcluster start {d}/server.js"),
+            format!("pmcluster start {d}/apps.json --shell --name a"),
+            format!("pmcluster start {d}/missing.yaml --name m"),
         ] {
-            assert_eq!(start(line), Ok(()), "{line}");
+            assert_eq!(start(&line), Ok(()), "{line}");
         }
+        Ok(())
     }
 
     #[test]

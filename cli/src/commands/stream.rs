@@ -52,17 +52,30 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             false => ctx.line(output::NO_APPS),
         };
     }
-    let mut conns = Vec::with_capacity(names.len());
-    for _ in &names {
-        conns.push(ctx.connect().await?);
-    }
+    // One connection, its streams side by side on it: a thousand apps are not a thousand
+    // connections.
+    let first = ctx.connect().await?;
+    let mut conns = vec![first; names.len()];
     let out = RefCell::new(ctx);
     let results = match args.follow {
-        // Each app's stream is open for good: side by side, as their lines come.
+        // Each app's stream is open for good: side by side, as their lines come. What ends one
+        // early is said then, not when the others end (at Ctrl-C).
         true => {
             let each = names.iter().zip(conns.iter_mut());
-            futures::future::join_all(each.map(|(app, conn)| app_logs(app, &args, conn, &out)))
-                .await
+            futures::future::join_all(each.map(|(app, conn)| {
+                let (args, out) = (&args, &out);
+                async move {
+                    let result = app_logs(app, args, conn, out).await;
+                    if let Err(e) = &result
+                        && every
+                        && code(e) != Some(Code::NotFound)
+                    {
+                        eprintln!("note: the logs of {app} are not followed: {e:#}");
+                    }
+                    result
+                }
+            }))
+            .await
         }
         // One after the other, so that each app's history reads in one piece.
         false => {
@@ -74,6 +87,7 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }
     };
     let mut unread = 0;
+    let mut stopped = Vec::new();
     let mut denied = Vec::new();
     let mut first_denial = None;
     for (app, result) in names.iter().zip(results) {
@@ -87,6 +101,8 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 denied.push(app.as_str());
                 first_denial.get_or_insert(e);
             }
+            // Said as it happened (above).
+            Err(_) if every && args.follow => stopped.push(app.as_str()),
             Err(e) => return Err(e),
         }
     }
@@ -94,9 +110,18 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         if denied.len() == names.len() {
             return Err(e);
         }
-        eprintln!(
-            "note: not shown, as your credentials may not read their logs: {}",
-            denied.join(", ")
+        // A follower said so as each was refused.
+        if !args.follow {
+            eprintln!(
+                "note: not shown, as your credentials may not read their logs: {}",
+                denied.join(", ")
+            );
+        }
+    }
+    if !stopped.is_empty() {
+        anyhow::bail!(
+            "the logs of {} were not followed to the end: see above",
+            stopped.join(", ")
         );
     }
     // A follower saw each notice as it came, and the node may be back since: Ctrl-C ends it
