@@ -595,7 +595,12 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let d = dir.path().display().to_string();
         std::fs::create_dir(dir.path().join("conf"))?;
-        for name in ["ecosystem.config.js", "conf/apps.yaml", "apps.toml", "apps.json"] {
+        for name in [
+            "ecosystem.config.js",
+            "conf/apps.yaml",
+            "apps.toml",
+            "apps.json",
+        ] {
             std::fs::write(dir.path().join(name), "{}")?;
         }
         let start = |line: &str| -> Result<(), String> {

@@ -114,20 +114,25 @@ impl SimAgent {
         Verdict::Applied
     }
 
-    /// Moves processes along: launching ones whose time came are online.
+    /// Moves processes along: launching and restarting ones whose time came are online.
     pub fn advance(&mut self, now: i64) {
         for p in self.procs.values_mut() {
-            if p.state == InstanceState::Launching && now >= p.online_at {
+            let starting = matches!(
+                p.state,
+                InstanceState::Launching | InstanceState::Restarting
+            );
+            if starting && now >= p.online_at {
                 p.state = InstanceState::Online;
             }
         }
     }
 
-    /// Crashes one process; the agent's restart policy brings it back after `restart_ms`.
+    /// Crashes one process; the agent's restart policy brings it back after `restart_ms`,
+    /// reporting it restarting meanwhile, as a real agent does.
     pub fn crash(&mut self, id: &str, now: i64, restart_ms: i64) -> bool {
         match self.procs.get_mut(id) {
             Some(p) if p.state != InstanceState::Stopped => {
-                p.state = InstanceState::Launching;
+                p.state = InstanceState::Restarting;
                 p.online_at = now + restart_ms;
                 p.restarts += 1;
                 true
