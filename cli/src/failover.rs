@@ -345,9 +345,23 @@ impl Conn {
         F: FnMut(Client, Request<Q>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        self.call(message, Request::new, cluster_client, call)
-            .await
-            .map_err(|(e, _)| e)
+        self.stream_or_lost(message, call).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Conn::stream`], whose error says too whether the connection broke under the opening (a
+    /// coordinator killed as it was dialled): a follower opening its stream again waits that
+    /// out as it waits out a refusal.
+    pub async fn stream_or_lost<Q, R, F, Fut>(
+        &mut self,
+        message: Q,
+        call: F,
+    ) -> Result<R, (ApiError, bool)>
+    where
+        Q: Clone,
+        F: FnMut(Client, Request<Q>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        self.call(message, Request::new, cluster_client, call).await
     }
 
     /// The call through the route; an error says too whether the connection broke under it

@@ -277,14 +277,32 @@ fn logs_of_every_app() {
             seen.1 |= line.starts_with("beta[1] | beta-hello");
         }
     }
-    let _ = follower.kill();
-    let _ = follower.wait();
-    let _ = reader.join();
     assert_eq!(
         seen,
         (true, true),
         "logs -f saw alpha's and beta's new lines"
     );
+    // Its reader goes away (`| head`): the next line alpha writes ends the follower, whole, with
+    // exit 0. A trial found it went on for ever, following beta, which wrote nothing more.
+    drop(lines);
+    let until = Instant::now() + DEADLINE;
+    let ended = loop {
+        if let Ok(Some(status)) = follower.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= until {
+            break None;
+        }
+        c.cli(&["restart", "alpha"]).assert_ok();
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if ended.is_none() {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
+    let _ = reader.join();
+    let ended = ended.expect("logs -f ended once its reader went away");
+    assert!(ended.success(), "{ended:?}");
 
     c.cli(&[
         "start",

@@ -59,29 +59,42 @@ pub async fn logs(args: LogsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let out = RefCell::new(ctx);
     let results = match args.follow {
         // Each app's stream is open for good: side by side, as their lines come. What ends one
-        // early is said then, not when the others end (at Ctrl-C).
+        // early is said then, not when the others end (at Ctrl-C); a reader gone (`| head`)
+        // ends them all, or the apps that print nothing would be followed for ever.
         true => {
-            let each = names.iter().zip(conns.iter_mut());
-            futures::future::join_all(each.map(|(app, conn)| {
-                let (args, out) = (&args, &out);
-                async move {
-                    let result = app_logs(app, args, conn, out).await;
-                    if let Err(e) = &result
-                        && every
-                        && code(e) != Some(Code::NotFound)
-                    {
-                        eprintln!("note: the logs of {app} are not followed: {e:#}");
+            let each = names.iter().zip(conns.iter_mut()).enumerate();
+            let mut running: futures::stream::FuturesUnordered<_> = each
+                .map(|(n, (app, conn))| {
+                    let (args, out) = (&args, &out);
+                    async move { (n, app_logs(app, args, conn, out).await) }
+                })
+                .collect();
+            let mut results: Vec<Option<anyhow::Result<usize>>> =
+                (0..names.len()).map(|_| None).collect();
+            while let Some((n, result)) = running.next().await {
+                if let Err(e) = &result {
+                    if crate::error::Class::of(e) == crate::error::Class::ClosedStdout {
+                        return result.map(|_| ());
                     }
-                    result
+                    if every && code(e) != Some(Code::NotFound) {
+                        eprintln!("note: the logs of {} are not followed: {e:#}", names[n]);
+                    }
                 }
-            }))
-            .await
+                results[n] = Some(result);
+            }
+            results.into_iter().flatten().collect()
         }
         // One after the other, so that each app's history reads in one piece.
         false => {
             let mut results = Vec::with_capacity(names.len());
             for (app, conn) in names.iter().zip(conns.iter_mut()) {
-                results.push(app_logs(app, &args, conn, &out).await);
+                let result = app_logs(app, &args, conn, &out).await;
+                if let Err(e) = &result
+                    && crate::error::Class::of(e) == crate::error::Class::ClosedStdout
+                {
+                    return result.map(|_| ());
+                }
+                results.push(result);
             }
             results
         }
@@ -382,17 +395,23 @@ where
         stream = loop {
             let opened = tokio::select! {
                 _ = &mut ctrl_c => return Ok(()),
-                s = conn.stream(message.clone(), &mut open) => s,
+                s = conn.stream_or_lost(message.clone(), &mut open) => s,
             };
+            // A connection that broke as the stream opened (the coordinator killed, starting
+            // again, or its standby taking over) is waited out as a refusal is: found by a
+            // trial, where `logs -f` gave up at once after a `kill -9`.
             match opened {
                 Ok(s) => break s,
-                Err(e) if e.code == Code::Unavailable && Instant::now() + RETRY_PAUSE < until => {
+                Err((e, lost))
+                    if (e.code == Code::Unavailable || lost)
+                        && Instant::now() + RETRY_PAUSE < until =>
+                {
                     if !told {
                         eprintln!("{e}; asking again until a coordinator leads");
                         told = true;
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err((e, _)) => return Err(e.into()),
             }
             tokio::select! {
                 _ = &mut ctrl_c => return Ok(()),
