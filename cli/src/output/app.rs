@@ -196,6 +196,36 @@ pub fn apps_json(apps: &[pb::App]) -> Value {
     Value::Array(apps.iter().map(app_json).collect())
 }
 
+/// `; 2 of 3 instances run version 1` when some instances run another version than `version`.
+fn other_versions(version: u64, instances: &[pb::Instance]) -> String {
+    let live: Vec<&pb::Instance> = instances
+        .iter()
+        .filter(|i| !i.removed && !i.unmanaged)
+        .collect();
+    let mut others: Vec<u64> = live
+        .iter()
+        .map(|i| i.app_version)
+        .filter(|v| *v != version && *v != 0)
+        .collect();
+    let count = others.len();
+    if count == 0 {
+        return String::new();
+    }
+    others.sort_unstable();
+    others.dedup();
+    let list: Vec<String> = others.iter().map(u64::to_string).collect();
+    let (verb, versions) = match (count, others.len()) {
+        (1, _) => ("runs", "version"),
+        (_, 1) => ("run", "version"),
+        _ => ("run", "versions"),
+    };
+    format!(
+        "; {count} of {} instances {verb} {versions} {}",
+        live.len(),
+        list.join(", ")
+    )
+}
+
 /// `info`: the app's fields, one per line, then its instances.
 pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> String {
     let s = spec_of(app);
@@ -207,7 +237,7 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
             v.to_string()
         }
     };
-    let updated = if app.updated_at_ms > 0 {
+    let mut updated = if app.updated_at_ms > 0 {
         format!(
             "{} (updated {} ago)",
             app.version,
@@ -216,6 +246,9 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
     } else {
         app.version.to_string()
     };
+    // The app's version is what it should run; during a rollout, or after a failed one left
+    // standing, some instances run another (a trial read the failed version here as running).
+    updated.push_str(&other_versions(app.version, instances));
     let env = sorted_pairs(&s.env)
         .into_iter()
         .map(|(k, v)| format!("{k}={}", shown(k, v, &s.secret_env)))

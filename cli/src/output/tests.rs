@@ -808,3 +808,33 @@ fn the_autoscale_hint_fits_the_ports() {
         assert!(got.starts_with("web: autoscaling is off"), "{got}");
     }
 }
+
+/// `info`'s version line says when instances run another version than the app's: a trial read
+/// a failed rollout's version there as the one running.
+#[test]
+fn info_says_which_instances_run_another_version() {
+    let on = |index, version| pb::Instance {
+        app_version: version,
+        ..instance("web", index, pb::InstanceState::Online)
+    };
+    let version_line = |instances: &[pb::Instance]| {
+        app_info_text(&app("web"), instances, NOW)
+            .lines()
+            .find(|l| l.starts_with("version:"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(version_line(&[on(0, 2), on(1, 2)]), "2 (updated 3m ago)");
+    assert_eq!(
+        version_line(&[on(0, 1), on(1, 2)]),
+        "2 (updated 3m ago); 1 of 2 instances runs version 1"
+    );
+    assert_eq!(
+        version_line(&[on(0, 1), on(1, 1), on(2, 2)]),
+        "2 (updated 3m ago); 2 of 3 instances run version 1"
+    );
+    assert_eq!(
+        version_line(&[on(0, 1), on(1, 3), on(2, 2)]),
+        "2 (updated 3m ago); 2 of 3 instances run versions 1, 3"
+    );
+}

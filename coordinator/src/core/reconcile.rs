@@ -422,7 +422,16 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             // after a failed one, they are what serves.
             let outdated =
                 inst.app_version != app.version && !app.rolling() && !app.held_by_failure();
-            if outdated || (inst.port != port && inst.app_version == app.version) {
+            // A stopped one the failed rollout moved onto its version (it had nothing to hand
+            // over) runs nothing: it goes back to what serves, or a start would bring the failed
+            // version up.
+            let held = app
+                .held_version()
+                .filter(|_| inst.stopped && inst.app_version == app.version);
+            if let Some(v) = held {
+                plan.refresh
+                    .push((inst.id, v, port_at(app, Some(v), index)));
+            } else if outdated || (inst.port != port && inst.app_version == app.version) {
                 plan.refresh.push((inst.id, app.version, port));
             }
             let has_replacement = records.iter().any(|r| r.replaces == Some(inst.id));

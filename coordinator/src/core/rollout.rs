@@ -113,8 +113,16 @@ pub fn apply_step(
     let next = step.deployment.clone();
     let mut record = versions::with_deployment(app.clone(), next.clone());
     if next.state != d.state || next.done != d.done {
+        // An end that is not a success says why, as `rollout status` does (a trial found the
+        // event of a failure bare); a rollback's own message below says it then.
+        let why = match next.state {
+            State::Failed | State::RolledBack if !next.message.is_empty() && !step.rollback => {
+                format!(": {}", next.message)
+            }
+            _ => String::new(),
+        };
         messages.push(format!(
-            "{name}: rollout to version {} {} ({}/{})",
+            "{name}: rollout to version {} {} ({}/{}){why}",
             next.to_version,
             next.state.name(),
             next.done,

@@ -22,9 +22,9 @@ fn id(n: u128) -> Uuid {
 /// Apps: `name=count[@ports][vN][ mem=MiB][ max=N][ sd=MS][ hd=MS][ eu][ wait][ once][ failed]
 /// [ rolling]` separated by `;` (`sd` shutdown delay, `hd` healthy deadline, `once` autorestart
 /// off, `failed`/`rolling` the rollout to vN failed/runs).
-/// Instances: `app/index@node[:port][*|%][~T][?T][^n1,n2][&T][>n]` (`*` online, `%` exited, `~T`
-/// draining since T, `?T` failing to start since T, `^` nodes to avoid, `&T` created at T, `>n`
-/// replaces record n), ids 1, 2, ...
+/// Instances: `app/index@node[:port][*|%][~T][?T][^n1,n2][&T][>n][#][=V]` (`*` online, `%`
+/// exited, `~T` draining since T, `?T` failing to start since T, `^` nodes to avoid, `&T` created
+/// at T, `>n` replaces record n, `#` stopped, `=V` at version V, else 1), ids 1, 2, ...
 /// Nodes: `name[:k=v][ down=T][ drain][ mem=MiB][ cores=N]` separated by `;`.
 fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
     let apps = apps
@@ -108,6 +108,10 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
         .split_whitespace()
         .enumerate()
         .map(|(n, s)| {
+            let (s, version) = s
+                .split_once('=')
+                .map_or((s, 1), |(s, v)| (s, v.parse().unwrap()));
+            let (s, stopped) = s.strip_suffix('#').map_or((s, false), |s| (s, true));
             let (s, replaces) = s
                 .split_once('>')
                 .map_or((s, None), |(s, r)| (s, Some(id(r.parse().unwrap()))));
@@ -136,9 +140,9 @@ fn fixture(apps: &str, instances: &str, nodes: &str) -> Fixture {
                 index: index.parse().unwrap(),
                 node: (node != "-").then(|| node.to_string()),
                 port,
-                app_version: 1,
+                app_version: version,
                 restart_epoch: 0,
-                stopped: false,
+                stopped,
                 replaces,
                 draining_since,
                 created_ms,
@@ -348,6 +352,23 @@ fn placement_and_scaling() {
         "a; b; c",
         0,
         "+web/2@c v1",
+    );
+    // A stopped instance the failed rollout moved onto its version (it had nothing to hand
+    // over) goes back to what serves: a start would otherwise bring the failed version up
+    // (found by a trial).
+    check(
+        "web=2v2 failed",
+        "web/0@a* web/1@b#=2",
+        "a; b",
+        0,
+        "~2 v1 p-",
+    );
+    check(
+        "web=2@4200-4299v2 failed was=4100-4199",
+        "web/0@a:4100* web/1@b:4201#=2",
+        "a; b",
+        0,
+        "~2 v1 p4101",
     );
     // The failed version moved the app to other ports: what runs the version before keeps its
     // own (found by a review: a v1 process was given the failed v2's port).
