@@ -307,6 +307,21 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             ctx.line(&format!("  {line}"))?;
         }
     }
+    // The changes are shown against the app's spec; after a failed rollout left standing,
+    // that is the failed version's, while the instances run the one before, and the rollout
+    // starts from there: what the failed version changed comes along unseen (found by a trial).
+    let status = call!(
+        conn,
+        get_rollout,
+        pb::RolloutRequest {
+            app: args.app.clone()
+        }
+    )
+    .await
+    .ok();
+    if let Some(note) = status.as_ref().and_then(|s| held_note(&args.app, s)) {
+        eprintln!("{note}");
+    }
     if !args.yes && !confirm("apply these changes?")? {
         return ctx.line("nothing applied");
     }
@@ -685,6 +700,22 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             ctx.line(&undo_line(&app, to_version, before.as_ref(), &d))
         }
     }
+}
+
+/// The warning a reload gets while a failed rollout stands: its changes go on top of the
+/// failed version's spec, whose own changes the instances never ran.
+fn held_note(app: &str, s: &pb::RolloutStatus) -> Option<String> {
+    let c = s.current.as_ref()?;
+    (c.state == "failed" && c.to_version == s.version && c.from_version != c.to_version).then(|| {
+        format!(
+            "note: the rollout of version {to} failed, and the instances it did not replace run \
+             version {from}: these changes go on top of version {to}'s spec, with what it \
+             changed; to start from version {from}'s instead: pmcluster rollout undo {app}, \
+             then reload",
+            to = c.to_version,
+            from = c.from_version,
+        )
+    })
 }
 
 /// What `rollout undo` started: the version whose spec comes back and, when that version's own

@@ -277,3 +277,42 @@ fn undo_names_the_version_it_restores_and_warns_of_a_bad_one() {
          rollout status web --wait"
     );
 }
+
+/// A reload while a failed rollout stands says that its changes go on top of the failed spec;
+/// a reload after a success, or after a failed rolling restart (same version), says nothing.
+#[test]
+fn a_reload_over_a_failed_rollout_says_what_comes_along() {
+    let dep = |kind: &str, from, to, state: &str| pb::Deployment {
+        app: "web".into(),
+        kind: kind.into(),
+        from_version: from,
+        to_version: to,
+        state: state.into(),
+        ..pb::Deployment::default()
+    };
+    let status = |current| pb::RolloutStatus {
+        current: Some(current),
+        versions: vec![1],
+        version: 2,
+        ..pb::RolloutStatus::default()
+    };
+    let note = held_note("web", &status(dep("update", 1, 2, "failed"))).unwrap_or_default();
+    assert!(
+        note.contains("rollout of version 2 failed")
+            && note.contains("run version 1")
+            && note.contains("pmcluster rollout undo web"),
+        "{note}"
+    );
+    assert_eq!(
+        held_note("web", &status(dep("update", 1, 2, "succeeded"))),
+        None
+    );
+    assert_eq!(
+        held_note("web", &status(dep("restart", 2, 2, "failed"))),
+        None
+    );
+    assert_eq!(
+        held_note("web", &status(dep("update", 1, 3, "failed"))),
+        None
+    );
+}
