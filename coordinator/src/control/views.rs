@@ -545,7 +545,14 @@ pub(super) fn instance_view(
                  lately); the node counts as down if it has not within the heartbeat timeout"
             );
         }
-        Note::NodeDown(n) => out.message = format!("node {n} is down"),
+        Note::NodeDown(n) => {
+            out.message = format!("node {n} is down");
+            // The last figures are no longer measured: a trial read a CPU figure and an uptime
+            // that kept growing on a node that was gone. The pid and port still say what ran.
+            out.cpu_percent = 0.0;
+            out.memory_bytes = 0;
+            out.started_at_ms = 0;
+        }
         Note::Reported => {}
         Note::Restarting => {
             out.message = "restart asked; its agent has not started it again yet".into();

@@ -208,6 +208,9 @@ async fn records_on_a_quarantined_node_say_why_nothing_changes() -> Result<()> {
     for row in restored.list_instances("web")? {
         if !row.unmanaged {
             assert_eq!(row.message, "node a is down", "web[{}]", row.index);
+            // Its last figures are not shown as if measured now.
+            let figures = (row.cpu_percent, row.memory_bytes, row.started_at_ms);
+            assert_eq!(figures, (0.0, 0, 0), "web[{}]", row.index);
         }
     }
     Ok(())
