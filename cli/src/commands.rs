@@ -277,8 +277,18 @@ async fn start_only(
                         (true, None) => ", spec unchanged".to_string(),
                         (false, _) => String::new(),
                     };
+                    // Placed or not is known by now: an app no node can take must not read as
+                    // started (a trial's `--memory 100G` did).
+                    let pending = match app.pending {
+                        0 => String::new(),
+                        n => format!(
+                            "; {n} pending, no node can take {}: `pmcluster list {}` says why",
+                            if n == 1 { "it" } else { "them" },
+                            spec.name
+                        ),
+                    };
                     format!(
-                        "{verb} app {}: {} (version {}{note})",
+                        "{verb} app {}: {} (version {}{note}){pending}",
                         spec.name,
                         count_phrase(&app),
                         app.version,
