@@ -20,6 +20,7 @@ mod import;
 mod lb;
 mod limits;
 mod local;
+mod logs_follow;
 mod metrics;
 mod monit;
 mod nodes;
