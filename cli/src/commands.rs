@@ -219,7 +219,7 @@ async fn start_only(
             let stored = overwrite::stored(conn, &spec.name).await?;
             let (here, notes) = start::for_here((*spec).clone(), conn.on_this_host());
             let (spec, interpreted) = match &stored {
-                _ if notes.is_empty() => (*spec, notes),
+                _ if here == *spec => (*spec, notes),
                 None => (here, notes),
                 Some(stored) => {
                     let interpreted = start::with_interpreter((*spec).clone()).0;
@@ -233,6 +233,10 @@ async fn start_only(
             // `start` creates an app, or starts one as it is: it never changes an app that
             // exists, which would reset every flag left out of this command line.
             let kept = refuse_to_overwrite(stored.as_ref(), &spec, derived_name)?;
+            let kept_note = match &kept {
+                Some(stored) => overwrite::kept_note(stored, &spec, args.instances.is_some()),
+                None => String::new(),
+            };
             let spec = kept.clone().unwrap_or(spec);
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
@@ -251,7 +255,6 @@ async fn start_only(
                 };
                 call!(conn, start, target).await?;
             }
-            let kept_note = "change them with `pmcluster scale` or `pmcluster reload`";
             let line = match (unchanged, running, &kept) {
                 (true, Some(running), kept) => format!(
                     "{} is already running ({}, version {}); nothing changed{}{}",

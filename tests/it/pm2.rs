@@ -98,6 +98,31 @@ fn start_of_a_file_here_by_its_bare_name_runs_it() {
         "{again}"
     );
 
+    // With flags it is the same app: only the count differs, which `scale` changes.
+    let count = run_in(&c, dir, &["start", "worker.sh", "-i", "2"]);
+    for said in [
+        "already running",
+        "`pmcluster scale worker 2` runs 2 instances",
+    ] {
+        assert!(
+            count.assert_ok().stdout.contains(said),
+            "{said:?} in {count}"
+        );
+    }
+    // An executable file by its bare name with --name runs the file, not a program on PATH.
+    run_in(&c, dir, &["start", "tick", "--name", "tock"]).assert_ok();
+    wait_online(&c, "tock", 1);
+
+    // A script's name with no such file here is neither run nor offered --name alone.
+    let missing = run_in(&c, dir, &["start", "missing.py"]);
+    assert_eq!(missing.code(), Some(1), "{missing}");
+    assert!(
+        missing
+            .stderr
+            .contains("there is no file missing.py in this directory"),
+        "{missing}"
+    );
+
     // An app of that name wins over the file.
     c.cli(&["start", "sleep 1000", "--name", "job.sh"])
         .assert_ok();
@@ -120,7 +145,7 @@ fn start_of_a_file_here_by_its_bare_name_runs_it() {
 
     let mut apps = app_names(&c);
     apps.sort();
-    assert_eq!(apps, ["job.sh", "tick", "worker"]);
+    assert_eq!(apps, ["job.sh", "tick", "tock", "worker"]);
 }
 
 /// `start` of a config file (pmcluster's, a PM2 ecosystem file in JSON or in JavaScript) is

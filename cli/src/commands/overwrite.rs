@@ -84,6 +84,22 @@ pub(super) fn same_but_adjusted(current: &AppSpec, wanted: &AppSpec) -> bool {
     adjusted == *current
 }
 
+/// How to change what an app that `start` left as it is kept: `scale` with the count asked for
+/// when `--instances` (`count_given`) asked for another one, which is what a user of `pm2
+/// start app.js -i 4` over a running app wants; else the verbs that change the rest.
+pub(super) fn kept_note(stored: &AppSpec, wanted: &AppSpec, count_given: bool) -> String {
+    let other_count = wanted.instances != stored.instances || stored.instances_max;
+    if count_given && !wanted.instances_max && other_count {
+        return format!(
+            "`pmcluster scale {} {}` runs {}",
+            wanted.name,
+            wanted.instances,
+            super::plural(wanted.instances, "instance")
+        );
+    }
+    "change them with `pmcluster scale` or `pmcluster reload`".to_string()
+}
+
 /// The top-level config fields (`script`, `instances`, `update`, ...) in which two specs differ.
 pub(super) fn differing_fields(current: &AppSpec, wanted: &AppSpec) -> Vec<String> {
     let (a, b) = (to_config(current), to_config(wanted));
@@ -150,5 +166,29 @@ mod tests {
             ..interpreted.clone()
         };
         assert_eq!(closest(&elsewhere, ways()), Some(here.clone()));
+    }
+
+    /// `start app.py -i 2` over a running `app` of another count points to `scale` with that
+    /// count; without `-i` (the count 1 is then no wish) or with `-i max`, to the verbs.
+    #[test]
+    fn a_count_kept_points_to_scale() {
+        let stored = AppSpec::new("app", "python3", &["./app.py"]);
+        let two = AppSpec {
+            instances: 2,
+            ..stored.clone()
+        };
+        assert_eq!(
+            kept_note(&stored, &two, true),
+            "`pmcluster scale app 2` runs 2 instances"
+        );
+        let general = "change them with `pmcluster scale` or `pmcluster reload`";
+        assert_eq!(kept_note(&two, &stored, false), general);
+        assert_eq!(kept_note(&stored, &stored, true), general);
+        let max = AppSpec {
+            instances: 0,
+            instances_max: true,
+            ..stored.clone()
+        };
+        assert_eq!(kept_note(&stored, &max, true), general);
     }
 }

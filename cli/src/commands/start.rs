@@ -221,12 +221,45 @@ fn another_interpreter(chosen: &str, shebang: Option<&str>) -> String {
 /// from the current directory: the spec of a new app as PM2 would run it, and a line for each
 /// change. A remote cluster's hosts need not have this directory.
 pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
+    let here = std::env::current_dir().ok().filter(|_| local);
+    let spec = match &here {
+        Some(here) => with_path_here(spec, here),
+        None => spec,
+    };
     let (spec, interpreted) = with_interpreter(spec);
-    let (spec, moved) = match std::env::current_dir() {
-        Ok(here) if local => with_cwd_here(spec, &here),
-        _ => (spec, None),
+    let (spec, moved) = match &here {
+        Some(here) => with_cwd_here(spec, here),
+        None => (spec, None),
     };
     (spec, interpreted.into_iter().chain(moved).collect())
+}
+
+/// The spec of a new app whose program is a bare word naming a file that can run (executable,
+/// or a script of a known extension) in its `--cwd`, else in `here`: the program as `./WORD`.
+/// `start app.py` of a file here runs `./app.py`, and `start app.py --name x` must store the
+/// same, or the two would be different apps and an executable `app.py` would be looked up on
+/// PATH; PM2 too runs the file before anything on PATH. Else the spec as it is.
+pub(super) fn with_path_here(spec: AppSpec, here: &std::path::Path) -> AppSpec {
+    if spec.shell || spec.script.is_empty() || spec.script.contains('/') {
+        return spec;
+    }
+    let at = here
+        .join(spec.cwd.as_deref().unwrap_or("."))
+        .join(&spec.script);
+    let runnable = match local_file_at(&at) {
+        Some(LocalFile::Executable) => true,
+        Some(LocalFile::NotExecutable) => {
+            crate::import::default_interpreter(&spec.script).is_some()
+        }
+        None => false,
+    };
+    if !runnable {
+        return spec;
+    }
+    AppSpec {
+        script: format!("./{}", spec.script),
+        ..spec
+    }
 }
 
 /// The spec of a new app whose program (or, for an interpreter or other program such as
@@ -275,7 +308,14 @@ fn new_app_hint(word: &str, file: Option<LocalFile>) -> String {
         .unwrap_or(word);
     match (file, crate::import::default_interpreter(word)) {
         (None, _) if crate::pm2::looks_like_id(word) => crate::pm2::id_hint().to_string(),
-        (None, _) => format!(
+        // A script's name is no program one expects on PATH: most likely a file is missing,
+        // and `--name` alone would make an app that cannot run.
+        (None, Some(_)) => format!(
+            "and there is no file {word} in this directory: give the script's path \
+             (pmcluster start path/to/{word}), or, for a program {word} on PATH: pmcluster start \
+             {word} --name NAME"
+        ),
+        (None, None) => format!(
             "to run {word:?} as a new app, give it a name: pmcluster start {word} --name NAME"
         ),
         (Some(LocalFile::Executable), _) => format!(
@@ -485,6 +525,53 @@ mod tests {
         Ok(())
     }
 
+    /// A bare word naming a runnable file here, or in the app's `--cwd`, is run by its path,
+    /// whether `start app.py` or `start app.py --name x` made the spec; a word with no such
+    /// file, a file that cannot run, a path and a shell line are left as given.
+    #[test]
+    fn a_bare_file_here_is_run_by_its_path() -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir(dir.path().join("srv"))?;
+        for (name, mode) in [
+            ("app.py", 0o644),
+            ("run", 0o755),
+            ("notes", 0o644),
+            ("srv/job.sh", 0o644),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "")?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+        let script_of = |script: &str, cwd: Option<&str>, shell: bool| {
+            let spec = AppSpec {
+                cwd: cwd.map(str::to_string),
+                shell,
+                ..AppSpec::new("x", script, &[])
+            };
+            with_path_here(spec, dir.path()).script
+        };
+        assert_eq!(script_of("app.py", None, false), "./app.py");
+        assert_eq!(script_of("run", None, false), "./run");
+        assert_eq!(script_of("job.sh", Some("srv"), false), "./job.sh");
+        assert_eq!(script_of("job.sh", None, false), "job.sh");
+        assert_eq!(script_of("notes", None, false), "notes");
+        assert_eq!(script_of("missing.py", None, false), "missing.py");
+        assert_eq!(script_of("./app.py", None, false), "./app.py");
+        assert_eq!(script_of("app.py", None, true), "app.py");
+        // Then by its interpreter, as `start ./app.py` stores it.
+        let spec = with_path_here(AppSpec::new("x", "app.py", &[]), dir.path());
+        let (spec, _) = with_interpreter(AppSpec {
+            cwd: Some(dir.path().to_string_lossy().into_owned()),
+            ..spec
+        });
+        assert_eq!(
+            (spec.script.as_str(), spec.args.as_slice()),
+            ("python3", &["./app.py".to_string()][..])
+        );
+        Ok(())
+    }
+
     #[test]
     fn a_file_here_is_run_by_its_path_or_interpreter() {
         let cases = [
@@ -513,6 +600,13 @@ mod tests {
                 "run",
                 Some(LocalFile::NotExecutable),
                 "chmod +x run && pmcluster start ./run --name run",
+            ),
+            (
+                "app.py",
+                None,
+                "and there is no file app.py in this directory: give the script's path \
+                 (pmcluster start path/to/app.py), or, for a program app.py on PATH: pmcluster \
+                 start app.py --name NAME",
             ),
             // PM2's `start 0` starts its process 0 again.
             (
