@@ -22,7 +22,8 @@ pub fn explain(err: clap::Error, args: &[OsString]) -> clap::Error {
         _ => None,
     };
     let pointer = match err.kind() {
-        ErrorKind::InvalidSubcommand => said(ContextKind::InvalidSubcommand).and_then(verb),
+        ErrorKind::InvalidSubcommand => said(ContextKind::InvalidSubcommand)
+            .and_then(|word| verb(word).or_else(|| (word == "env").then(|| env(args)))),
         ErrorKind::UnknownArgument => said(ContextKind::InvalidArg)
             .filter(|a| *a == "--update-env" || a.starts_with("--update-env="))
             .map(|_| update_env(args)),
@@ -54,6 +55,26 @@ fn verb(word: &str) -> Option<String> {
             .to_string(),
         _ => return None,
     })
+}
+
+/// PM2's `env APP` shows a process's environment; here it is the env of the app's spec, which
+/// `info` shows (clap's guess would be `send` or `events`).
+fn env(args: &[OsString]) -> String {
+    let app = args
+        .iter()
+        .skip_while(|a| *a != "env")
+        .nth(1)
+        .map(|a| a.to_string_lossy())
+        .filter(|a| !a.starts_with('-'))
+        .map_or_else(
+            || "APP".to_string(),
+            |a| shell_words::quote(&a).into_owned(),
+        );
+    format!(
+        "pmcluster has no `env` verb: an app runs with the env of its spec (no shell env is \
+         added), which `pmcluster info {app}` shows, secrets masked (`pmcluster info {app} -o \
+         json`: .app.spec.env). Change it with: pmcluster reload {app} --set env.KEY=VALUE"
+    )
 }
 
 /// PM2's `restart APP --update-env` takes the shell's env; here env is part of the app's spec.

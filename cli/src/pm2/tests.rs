@@ -29,6 +29,12 @@ fn pm2_verbs_and_flags_point_to_what_to_do_instead() {
             "pmcluster --coordinator http://h:1 restart --instance 1 web --update-env",
             "pmcluster reload web --set env.KEY=VALUE",
         ),
+        ("pmcluster env web", "`pmcluster info web` shows"),
+        (
+            "pmcluster -o json env 0",
+            "pmcluster reload 0 --set env.KEY=VALUE",
+        ),
+        ("pmcluster env", "pmcluster info APP"),
         (
             "pmcluster reload --update-env",
             "pmcluster reload APP --set env.KEY=VALUE",
