@@ -805,6 +805,14 @@ pub async fn endpoints(args: EndpointsArgs, ctx: &mut Ctx<'_>) -> anyhow::Result
         app: args.app.clone(),
     };
     let mut stream = open!(conn, watch_endpoints, req).await?;
+    let req = pb::GetAppRequest {
+        name: args.app.clone(),
+    };
+    if let Ok(app) = call!(conn, get_app, req).await
+        && app.spec.is_some_and(|s| s.port.is_empty())
+    {
+        eprintln!("{}", output::no_port_note(&args.app));
+    }
     let format = ctx.output;
     let watch_stdout = args.watch && args.file.is_none();
     let render = move |e: &pb::Endpoints| -> anyhow::Result<String> {

@@ -65,6 +65,16 @@ pub fn deployments_table(all: &[pb::Deployment]) -> String {
     )
 }
 
+/// Said on stderr by `endpoints` of an app with no port, whose list is empty for that reason
+/// rather than for want of instances online; the list is still printed and the exit is 0, so
+/// that a script writing a proxy config sees no error.
+pub fn no_port_note(app: &str) -> String {
+    format!(
+        "{app} has no port, so it has no endpoints (give it one: pmcluster reload {app} --set \
+         port=PORT)"
+    )
+}
+
 /// `host:port` per line.
 pub fn endpoints_plain(e: &pb::Endpoints) -> String {
     e.endpoints
