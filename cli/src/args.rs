@@ -461,7 +461,7 @@ pub struct ReloadArgs {
     #[arg(long, value_name = "N")]
     pub instances: Option<u32>,
 
-    /// Apply without showing the diff and asking
+    /// Apply without asking (the diff is still shown)
     #[arg(short = 'y', long)]
     pub yes: bool,
 
