@@ -476,6 +476,45 @@ fn stats_and_compare_show_the_figures_the_agents_report() {
     assert!(nope.assert_failed().contains("not found"), "{nope}");
 }
 
+/// An app with no port and nothing online: `endpoints` says why its list is empty (stderr,
+/// exit 0), `stats` and `compare` say nothing is online rather than showing 0% figures, and
+/// their JSON holds no `-0.0`.
+#[test]
+fn an_app_with_no_port_and_nothing_online_says_so() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.cli(&["start", "sleep 600", "--name", "idle"]).assert_ok();
+    c.wait_online("idle", 1).expect("idle starts");
+    let endpoints = c.cli(&["endpoints", "idle", "-o", "haproxy"]);
+    endpoints.assert_ok();
+    assert!(
+        endpoints
+            .stderr
+            .contains("idle has no port, so it has no endpoints"),
+        "{endpoints}"
+    );
+    c.cli(&["stop", "idle", "--wait"]).assert_ok();
+    let stats = c.cli(&["stats", "idle"]);
+    assert!(
+        stats
+            .assert_ok()
+            .stdout
+            .contains("cpu:       - (no instance online)"),
+        "{stats}"
+    );
+    let compare = c.cli(&["compare", "idle"]);
+    assert!(
+        compare
+            .assert_ok()
+            .stdout
+            .contains("no instance online: nothing to compare"),
+        "{compare}"
+    );
+    for verb in ["stats", "compare"] {
+        let out = c.cli(&["-o", "json", verb, "idle"]);
+        assert!(!out.assert_ok().stdout.contains("-0.0"), "{out}");
+    }
+}
+
 /// `events` and `monit` of an app that is not there fail at once with what `info` says, rather
 /// than watching nothing; a deleted app's events are still there to read.
 #[test]

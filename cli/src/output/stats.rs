@@ -38,6 +38,14 @@ struct Figures {
     by_node: std::collections::BTreeMap<String, usize>,
 }
 
+/// A sum that starts at +0.0: std's `sum` of no f64 is -0.0, which JSON shows as `-0.0`.
+fn sum(values: impl Iterator<Item = f64>) -> f64 {
+    values.fold(0.0, |a, b| a + b)
+}
+
+/// What no instance online shows instead of figures, as uptime shows none.
+const NOTHING_ONLINE: &str = "- (no instance online)";
+
 fn figures(instances: &[pb::Instance], now_ms: i64) -> Figures {
     let on = up(instances);
     let mut by_node = std::collections::BTreeMap::new();
@@ -50,7 +58,7 @@ fn figures(instances: &[pb::Instance], now_ms: i64) -> Figures {
         online: on.len(),
         disabled: instances.iter().filter(|i| i.disabled).count(),
         leaking: instances.iter().filter(|i| !i.leak.is_empty()).count(),
-        cpu_total: on.iter().map(|i| i.cpu_percent).sum(),
+        cpu_total: sum(on.iter().map(|i| i.cpu_percent)),
         cpu_min: on
             .iter()
             .map(|i| i.cpu_percent)
@@ -85,6 +93,10 @@ pub fn stats_text(app: &str, instances: &[pb::Instance], now_ms: i64) -> String 
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let online = |figures: String| match n {
+        0 => NOTHING_ONLINE.to_string(),
+        _ => figures,
+    };
     let rows: Vec<(&str, String)> = vec![
         ("app", app.to_string()),
         (
@@ -107,23 +119,23 @@ pub fn stats_text(app: &str, instances: &[pb::Instance], now_ms: i64) -> String 
         ),
         (
             "cpu",
-            format!(
+            online(format!(
                 "{} total, {} avg, {} min, {} max",
                 percent(f.cpu_total),
                 percent(mean(f.cpu_total, n)),
                 percent(f.cpu_min),
                 percent(f.cpu_max)
-            ),
+            )),
         ),
         (
             "memory",
-            format!(
+            online(format!(
                 "{} total, {} avg, {} min, {} max",
                 human_bytes(f.mem_total),
                 human_bytes(mean(f.mem_total as f64, n) as u64),
                 human_bytes(f.mem_min),
                 human_bytes(f.mem_max)
-            ),
+            )),
         ),
         ("restarts", f.restarts.to_string()),
         (
@@ -142,10 +154,12 @@ pub fn stats_text(app: &str, instances: &[pb::Instance], now_ms: i64) -> String 
         .collect()
 }
 
-/// `stats APP -o json`.
+/// `stats APP -o json`. With no instance online the totals are 0 (a sum of nothing) and the
+/// average and extremes null, as the uptimes are.
 pub fn stats_json(app: &str, instances: &[pb::Instance], now_ms: i64) -> Value {
     let f = figures(instances, now_ms);
     let n = f.online;
+    let of_online = |v: Value| if n == 0 { Value::Null } else { v };
     json!({
         "app": app,
         "instances": f.total,
@@ -153,12 +167,12 @@ pub fn stats_json(app: &str, instances: &[pb::Instance], now_ms: i64) -> Value {
         "disabled": f.disabled,
         "leak_suspected": f.leaking,
         "cpu": {
-            "total": f.cpu_total, "avg": mean(f.cpu_total, n),
-            "min": f.cpu_min, "max": f.cpu_max,
+            "total": f.cpu_total, "avg": of_online(json!(mean(f.cpu_total, n))),
+            "min": of_online(json!(f.cpu_min)), "max": of_online(json!(f.cpu_max)),
         },
         "memory": {
-            "total": f.mem_total, "avg": mean(f.mem_total as f64, n) as u64,
-            "min": f.mem_min, "max": f.mem_max,
+            "total": f.mem_total, "avg": of_online(json!(mean(f.mem_total as f64, n) as u64)),
+            "min": of_online(json!(f.mem_min)), "max": of_online(json!(f.mem_max)),
         },
         "restarts": f.restarts,
         "uptime_ms": {"min": f.uptime_min, "max": f.uptime_max},
@@ -203,8 +217,8 @@ fn marks(values: &[f64], show: impl Fn(f64) -> String) -> Vec<&'static str> {
 pub fn compare_text(instances: &[pb::Instance], now_ms: i64) -> String {
     let on = up(instances);
     let n = on.len();
-    let cpu_mean = mean(on.iter().map(|i| i.cpu_percent).sum(), n);
-    let mem_mean = mean(on.iter().map(|i| i.memory_bytes as f64).sum(), n);
+    let cpu_mean = mean(sum(on.iter().map(|i| i.cpu_percent)), n);
+    let mem_mean = mean(sum(on.iter().map(|i| i.memory_bytes as f64)), n);
     let cpus: Vec<f64> = on.iter().map(|i| i.cpu_percent).collect();
     let mems: Vec<f64> = on.iter().map(|i| i.memory_bytes as f64).collect();
     let cpu_marks = marks(&cpus, percent);
@@ -241,11 +255,14 @@ pub fn compare_text(instances: &[pb::Instance], now_ms: i64) -> String {
         rows,
         &[0, 3, 4, 5, 6],
     );
-    text.push_str(&format!(
-        "mean of {n} online: cpu {}, memory {}\n",
-        percent(cpu_mean),
-        human_bytes(mem_mean as u64)
-    ));
+    text.push_str(&match n {
+        0 => "no instance online: nothing to compare\n".to_string(),
+        _ => format!(
+            "mean of {n} online: cpu {}, memory {}\n",
+            percent(cpu_mean),
+            human_bytes(mem_mean as u64)
+        ),
+    });
     text
 }
 
@@ -253,8 +270,8 @@ pub fn compare_text(instances: &[pb::Instance], now_ms: i64) -> String {
 pub fn compare_json(instances: &[pb::Instance], now_ms: i64) -> Value {
     let on = up(instances);
     let n = on.len();
-    let cpu_mean = mean(on.iter().map(|i| i.cpu_percent).sum(), n);
-    let mem_mean = mean(on.iter().map(|i| i.memory_bytes as f64).sum(), n);
+    let cpu_mean = mean(sum(on.iter().map(|i| i.cpu_percent)), n);
+    let mem_mean = mean(sum(on.iter().map(|i| i.memory_bytes as f64)), n);
     let ratio = |v: f64, m: f64| if m > 0.0 { json!(v / m) } else { Value::Null };
     let rows: Vec<Value> = instances
         .iter()
@@ -265,7 +282,8 @@ pub fn compare_json(instances: &[pb::Instance], now_ms: i64) -> Value {
                 "node": i.node,
                 "status": state_name(i.state),
                 "disabled": i.disabled,
-                "cpu": i.cpu_percent,
+                // `+ 0.0` turns a reported -0.0 into 0.0.
+                "cpu": i.cpu_percent + 0.0,
                 "cpu_ratio": if running { ratio(i.cpu_percent, cpu_mean) } else { Value::Null },
                 "memory": i.memory_bytes,
                 "memory_ratio": if running { ratio(i.memory_bytes as f64, mem_mean) } else { Value::Null },
@@ -274,7 +292,11 @@ pub fn compare_json(instances: &[pb::Instance], now_ms: i64) -> Value {
             })
         })
         .collect();
-    json!({"mean": {"cpu": cpu_mean, "memory": mem_mean as u64, "online": n}, "instances": rows})
+    let (cpu, memory) = match n {
+        0 => (Value::Null, Value::Null),
+        _ => (json!(cpu_mean), json!(mem_mean as u64)),
+    };
+    json!({"mean": {"cpu": cpu, "memory": memory, "online": n}, "instances": rows})
 }
 
 #[cfg(test)]
@@ -345,6 +367,43 @@ nodes:     a 2, b 1
             none.contains("0 online of 0") && none.contains("nodes:     -"),
             "{none}"
         );
+    }
+
+    /// With every instance stopped the figures say nothing is online, and JSON holds no
+    /// `-0.0` (std's sum of no f64) but 0 totals and null averages and extremes.
+    #[test]
+    fn nothing_online_is_said_so() {
+        let stopped: Vec<pb::Instance> = three().into_iter().skip(3).collect();
+        let text = stats_text("web", &stopped, NOW);
+        assert!(
+            text.contains("cpu:       - (no instance online)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("memory:    - (no instance online)\n"),
+            "{text}"
+        );
+        let v = stats_json("web", &stopped, NOW);
+        assert!(!v.to_string().contains("-0"), "{v}");
+        assert_eq!(v["cpu"]["total"], 0.0);
+        assert_eq!(v["memory"]["total"], 0);
+        for figure in ["cpu", "memory"] {
+            for of in ["avg", "min", "max"] {
+                assert_eq!(v[figure][of], Value::Null, "{figure}.{of}: {v}");
+            }
+        }
+        let compare = compare_text(&stopped, NOW);
+        assert!(
+            compare.ends_with("no instance online: nothing to compare\n"),
+            "{compare}"
+        );
+        let v = compare_json(&stopped, NOW);
+        assert_eq!(v["mean"], json!({"cpu": null, "memory": null, "online": 0}));
+        let zero = pb::Instance {
+            cpu_percent: -0.0,
+            ..inst(0, "a", 0.0, 1, 0, 60)
+        };
+        assert!(!compare_json(&[zero], NOW).to_string().contains("-0"));
     }
 
     #[test]
