@@ -466,3 +466,28 @@ fn a_removed_instance_its_agent_never_reported_is_listed_until_a_newer_report() 
     assert_eq!(listed(&c)?, ["0:launching:100:false"]);
     Ok(())
 }
+
+/// A state event names the state once: the agent's "exited with code 0" follows the instance
+/// rather than "is exited:"; another message follows the state.
+#[test]
+fn a_state_event_says_its_state_once() {
+    use super::sessions::state_text;
+    let cases = [
+        ("exited", "", "job[0] is exited"),
+        ("exited", "exited with code 0", "job[0] exited with code 0"),
+        (
+            "exited",
+            "exited with code 0; autorestart is off",
+            "job[0] exited with code 0; autorestart is off",
+        ),
+        (
+            "online",
+            "restarted: memory over",
+            "job[0] is online: restarted: memory over",
+        ),
+        ("errored", "errors: 3", "job[0] is errored: errors: 3"),
+    ];
+    for (state, message, want) in cases {
+        assert_eq!(state_text("job", 0, state, message), want, "{message}");
+    }
+}

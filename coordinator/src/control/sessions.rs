@@ -466,11 +466,7 @@ impl Control {
                 ),
                 _ => (state.name().to_string(), message),
             };
-            let text = if message.is_empty() {
-                format!("{app}[{index}] is {state}")
-            } else {
-                format!("{app}[{index}] is {state}: {message}")
-            };
+            let text = state_text(&app, index, &state, &message);
             self.emit(EventKind::InstanceState, &app, node, Some(index), text);
         }
         drop(inner);
@@ -637,4 +633,18 @@ fn check_registration(reg: &Registration) -> Result<()> {
             .map_err(invalid)?;
     }
     Ok(())
+}
+
+/// The event of an instance's new state: `web[0] is online: restarted: ...`. A message that
+/// already starts with the state (the agent's `exited with code 0`) follows the instance
+/// directly, not after `is exited:`, which would say it twice.
+pub(super) fn state_text(app: &str, index: u32, state: &str, message: &str) -> String {
+    let says_state = message
+        .strip_prefix(state)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', ':', ';', ',']));
+    match () {
+        _ if message.is_empty() => format!("{app}[{index}] is {state}"),
+        _ if says_state => format!("{app}[{index}] {message}"),
+        _ => format!("{app}[{index}] is {state}: {message}"),
+    }
 }
