@@ -71,11 +71,17 @@ fn report(
             ctx.line(&line)?;
         }
     }
+    // A signal is named (SIGTERM), a message is not shown: "the message".
+    let what = match what {
+        "message" => "the message",
+        signal => signal,
+    };
     if total == 0 {
         anyhow::bail!("{app} has no running instance to send {what} to");
     }
     if missed > 0 {
-        anyhow::bail!("{missed} of {total} instances of {app} did not get {what}");
+        let of = crate::commands::plural(u32::try_from(total).unwrap_or(u32::MAX), "instance");
+        anyhow::bail!("{missed} of {of} of {app} did not get {what}");
     }
     Ok(())
 }

@@ -113,7 +113,7 @@ fn monit_shows_instances_logs_and_nodes_and_quits_on_q() {
     let screen = tmux.wait_screen(
         "monit to list ticker and web and follow ticker[0]'s logs",
         &[
-            "pmcluster monit · 2 apps · 3 instances · 1 nodes",
+            "pmcluster monit · 2 apps · 3 instances · 1 node",
             "logs ticker[0]",
             "tick ",
         ],

@@ -168,7 +168,7 @@ fn send_reaches_node_and_python_apps_by_broadcast_and_unicast() {
     let deaf = c.try_cli(&["send", "web", "anyone?"]).expect("cli runs");
     assert!(
         deaf.assert_failed()
-            .contains("1 of 1 instances of web did not get message"),
+            .contains("1 of 1 instance of web did not get the message"),
         "{deaf}"
     );
     assert!(deaf.stdout.contains("does not listen"), "{deaf}");

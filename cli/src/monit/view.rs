@@ -127,10 +127,13 @@ fn instances(frame: &mut Frame, area: Rect, m: &Monitor, now_ms: i64) {
         names.dedup();
         names.len()
     };
+    let count =
+        |n: usize, word| crate::commands::plural(u32::try_from(n).unwrap_or(u32::MAX), word);
     let title = format!(
-        " pmcluster monit · {apps} apps · {} instances · {} nodes ",
-        m.instances.len(),
-        m.nodes.len()
+        " pmcluster monit · {} · {} · {} ",
+        count(apps, "app"),
+        count(m.instances.len(), "instance"),
+        count(m.nodes.len(), "node")
     );
     let table = Table::new(rows, widths)
         .header(header)
@@ -345,7 +348,7 @@ mod tests {
     fn instances_view_shows_rows_sparklines_logs_and_keys() {
         let text = screen(&monitor());
         for want in [
-            "pmcluster monit · 1 apps · 2 instances · 1 nodes",
+            "pmcluster monit · 1 app · 2 instances · 1 node",
             "▶ web",
             "online",
             "errored",

@@ -13,8 +13,9 @@ pub fn autoscale_text(s: &pb::AutoscaleStatus, port: Option<&str>) -> String {
     let p = s.policy.clone().unwrap_or_default();
     if !p.enabled {
         out.push_str(&format!(
-            "{}: autoscaling is off ({} instances)\n",
-            s.app, s.instances
+            "{}: autoscaling is off ({})\n",
+            s.app,
+            crate::commands::plural(s.instances, "instance")
         ));
         let capacity = port
             .and_then(|p| pmcluster_spec::PortSpec::parse(p).ok())
@@ -67,8 +68,9 @@ pub fn autoscale_text(s: &pb::AutoscaleStatus, port: Option<&str>) -> String {
         .map(human_bytes)
         .unwrap_or_else(|| NONE.to_string());
     out.push_str(&format!(
-        "  now: {} instances, {} online with fresh metrics, cpu avg {cpu}, memory avg {mem}\n",
-        s.instances, s.online
+        "  now: {}, {} online with fresh metrics, cpu avg {cpu}, memory avg {mem}\n",
+        crate::commands::plural(s.instances, "instance"),
+        s.online
     ));
     if !s.state.is_empty() {
         out.push_str(&format!("  last evaluation: {}\n", s.state));

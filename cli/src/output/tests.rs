@@ -838,3 +838,25 @@ fn info_says_which_instances_run_another_version() {
         "2 (updated 3m ago); 2 of 3 instances run versions 1, 3"
     );
 }
+
+/// One instance is "1 instance", autoscaling off or on.
+#[test]
+fn autoscale_counts_one_instance_in_the_singular() {
+    let status = |enabled| pb::AutoscaleStatus {
+        app: "web".into(),
+        instances: 1,
+        policy: Some(pb::Autoscale {
+            enabled,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let off = autoscale_text(&status(false), None);
+    assert!(
+        off.starts_with("web: autoscaling is off (1 instance)\n"),
+        "{off}"
+    );
+    let on = autoscale_text(&status(true), None);
+    assert!(on.contains("  now: 1 instance, 0 online"), "{on}");
+    assert!(!on.contains("1 instances"), "{on}");
+}
