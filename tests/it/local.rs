@@ -695,6 +695,17 @@ fn verbs_of_a_data_dir_whose_coordinator_is_down_reach_no_other_cluster() {
         "{back}"
     );
     ok(&pm_home(cli, mine.home(), &["apps"]), "apps of mine again");
+    // A variable set empty is unset: this data dir's coordinator, not a refusal of "".
+    let empty = Command::new(cli)
+        .args(["apps"])
+        .env("PMCLUSTER_HOME", mine.home())
+        .env("PMCLUSTER_COORDINATOR", "")
+        .env("PMCLUSTER_TOKEN", "")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("pmcluster apps");
+    let listed = ok(&empty, "apps with PMCLUSTER_COORDINATOR empty");
+    assert!(!listed.contains("precious"), "{listed}");
 
     let theirs_now = ok(&theirs.pm(&["apps"]), "their apps");
     assert!(theirs_now.contains("precious"), "{theirs_now}");

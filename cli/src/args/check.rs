@@ -21,6 +21,24 @@ const CONNECTION: [(&str, &str); 5] = [
     ("token", "--token"),
 ];
 
+/// `command` with no environment binding for a variable set empty (`var` reads one): clap takes
+/// `PMCLUSTER_COORDINATOR=` as the value "", which no flag accepts, where shells and most tools
+/// take an empty variable as unset (`PMCLUSTER_COORDINATOR= pmcluster list` to ignore one set in
+/// a profile). clap has no switch for this.
+fn without_empty_env(
+    command: clap::Command,
+    var: &dyn Fn(&std::ffi::OsStr) -> Option<OsString>,
+) -> clap::Command {
+    command
+        .mut_args(|arg| {
+            let empty = arg
+                .get_env()
+                .is_some_and(|name| var(name).is_some_and(|v| v.is_empty()));
+            if empty { arg.env(None::<&str>) } else { arg }
+        })
+        .mut_subcommands(|sub| without_empty_env(sub, var))
+}
+
 /// Parses `args` as `Cli::parse` would, then refuses an `-o` the verb does not write. Also
 /// returns a warning per connection flag given on the command line to a verb that talks to no
 /// coordinator (one from the environment is nobody's mistake).
@@ -29,7 +47,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut command = Cli::command();
+    let mut command = without_empty_env(Cli::command(), &|name| std::env::var_os(name));
     let mut matches = command.try_get_matches_from_mut(args)?;
     // Before the conversion, which takes the subcommand's matches out. A global flag is the
     // command line's at the level it was written at (`pmcluster up --coordinator X`: `up`'s).
@@ -117,4 +135,46 @@ fn refusal(verb: &str, given: OutputFormat, writes: &[OutputFormat]) -> String {
         _ => String::new(),
     };
     format!("-o/--output {given}: `{verb}` writes {list}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A PMCLUSTER_* variable set empty is taken as unset: `--coordinator` falls back to its
+    /// default (and the coordinator `pmcluster up` started), where clap refused "" with exit 2;
+    /// one set to a value, and the command line, still count.
+    #[test]
+    fn an_empty_variable_is_unset() {
+        let env = |name: &std::ffi::OsStr| match name.to_str() {
+            Some("PMCLUSTER_COORDINATOR" | "PMCLUSTER_TOKEN" | "PMCLUSTER_HOME") => {
+                Some(OsString::new())
+            }
+            Some("PMCLUSTER_CA") => Some("/etc/ca.pem".into()),
+            _ => None,
+        };
+        let command = without_empty_env(Cli::command(), &env);
+        let bound = |command: &clap::Command, id: &str| {
+            command
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .map(|n| n.to_string_lossy().into_owned())
+        };
+        assert_eq!(bound(&command, "coordinator"), None);
+        assert_eq!(bound(&command, "token"), None);
+        assert_eq!(bound(&command, "ca").as_deref(), Some("PMCLUSTER_CA"));
+        assert_eq!(bound(&command, "cert").as_deref(), Some("PMCLUSTER_CERT"));
+        let up = command
+            .get_subcommands()
+            .find(|c| c.get_name() == "up")
+            .expect("an up verb");
+        assert_eq!(bound(up, "data_dir"), None);
+        let untouched = without_empty_env(Cli::command(), &|_| None);
+        let up = untouched
+            .get_subcommands()
+            .find(|c| c.get_name() == "up")
+            .expect("an up verb");
+        assert_eq!(bound(up, "data_dir").as_deref(), Some("PMCLUSTER_HOME"));
+    }
 }
