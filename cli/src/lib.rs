@@ -11,6 +11,7 @@ pub mod args;
 pub mod certs;
 pub mod client;
 pub mod commands;
+pub mod endpoints;
 pub mod error;
 pub mod failover;
 pub mod import;
@@ -100,7 +101,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         Command::Enable(a) => verbs::rotation(a.app, a.instance, true, ctx).await,
         Command::Reload(a) => rollout::reload(a, ctx).await,
         Command::Rollout(a) => rollout::rollout(a, ctx).await,
-        Command::Endpoints(a) => rollout::endpoints(a, ctx).await,
+        Command::Endpoints(a) => endpoints::endpoints(a, ctx).await,
         Command::Delete(a) => commands::delete(a, ctx).await,
         Command::Logs(a) => commands::logs(a, ctx).await,
         Command::Nodes(a) => match a.action {
