@@ -461,7 +461,7 @@ pub struct ReloadArgs {
     #[arg(long, value_name = "N")]
     pub instances: Option<u32>,
 
-    /// Apply without asking (the diff is still shown)
+    /// Apply without asking (the diff is still shown in table output)
     #[arg(short = 'y', long)]
     pub yes: bool,
 

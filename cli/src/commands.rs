@@ -223,7 +223,8 @@ async fn start_only(
                 None => (here, notes),
                 Some(stored) => {
                     let interpreted = start::with_interpreter((*spec).clone()).0;
-                    let ways = vec![here, interpreted, (*spec).clone()];
+                    let before = start::as_before_paths((*spec).clone(), conn.on_this_host());
+                    let ways = vec![here, before, interpreted, (*spec).clone()];
                     (
                         overwrite::closest(stored, ways).unwrap_or(*spec),
                         Vec::new(),
@@ -284,11 +285,7 @@ async fn start_only(
                     // started (a trial's `--memory 100G` did).
                     let pending = match app.pending {
                         0 => String::new(),
-                        n => format!(
-                            "; {n} pending, no node can take {}: `pmcluster list {}` says why",
-                            if n == 1 { "it" } else { "them" },
-                            spec.name
-                        ),
+                        n => format!("; {n} pending: `pmcluster list {}` says why", spec.name),
                     };
                     format!(
                         "{verb} app {}: {} (version {}{note}){pending}",

@@ -405,13 +405,16 @@ impl Conn {
                 Ok(Err(status)) => status,
             };
             if status.code() != Code::Unavailable {
-                let lost = connection_lost(&status);
+                let mut lost = connection_lost(&status);
                 let mut e = ApiError::from(status);
                 if lost {
                     // The next call dials afresh rather than reuse a broken connection.
                     self.current = None;
                     if let Some(hint) = crate::client::tls_hint(&url).await {
+                        // Not a connection that broke: a TLS server refused plaintext, so the
+                        // call did not run, and asking again cannot help.
                         e.message = hint;
+                        lost = false;
                     }
                 }
                 return Err((e, lost));

@@ -1,5 +1,4 @@
-//! Rolling updates from the command line: `reload`, `restart --rolling`, `rollout ...` and
-//! `endpoints` (load-balancer integration).
+//! Rolling updates from the command line: `reload`, `restart --rolling` and `rollout ...`.
 
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;

@@ -104,7 +104,7 @@ pub(super) async fn file_here(
 }
 
 /// Whether the file `name` belongs to the user running this command.
-fn own_file(name: &str) -> bool {
+fn own_file(name: impl AsRef<std::path::Path>) -> bool {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(name).is_ok_and(|m| m.uid() == nix::unistd::getuid().as_raw())
 }
@@ -222,16 +222,27 @@ fn another_interpreter(chosen: &str, shebang: Option<&str>) -> String {
 /// change. A remote cluster's hosts need not have this directory.
 pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
     let here = std::env::current_dir().ok().filter(|_| local);
-    let spec = match &here {
+    let (spec, pathed) = match &here {
         Some(here) => with_path_here(spec, here),
-        None => spec,
+        None => (spec, None),
     };
     let (spec, interpreted) = with_interpreter(spec);
     let (spec, moved) = match &here {
         Some(here) => with_cwd_here(spec, here),
         None => (spec, None),
     };
-    (spec, interpreted.into_iter().chain(moved).collect())
+    let notes = pathed.into_iter().chain(interpreted).chain(moved);
+    (spec, notes.collect())
+}
+
+/// [`for_here`] as it read a command line before a bare file name here became `./FILE`: an
+/// app an older CLI created that way is the same app, not another spec to refuse.
+pub(super) fn as_before_paths(spec: AppSpec, local: bool) -> AppSpec {
+    let spec = with_interpreter(spec).0;
+    match std::env::current_dir().ok().filter(|_| local) {
+        Some(here) => with_cwd_here(spec, &here).0,
+        None => spec,
+    }
 }
 
 /// The spec of a new app whose program is a bare word naming a file that can run (executable,
@@ -239,9 +250,11 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
 /// `start app.py` of a file here runs `./app.py`, and `start app.py --name x` must store the
 /// same, or the two would be different apps and an executable `app.py` would be looked up on
 /// PATH; PM2 too runs the file before anything on PATH. Else the spec as it is.
-pub(super) fn with_path_here(spec: AppSpec, here: &std::path::Path) -> AppSpec {
+/// Only a file this user owns, as for `start WORD`: a program named like a file someone else
+/// put in a shared directory stays the one on PATH. The line says which ran.
+pub(super) fn with_path_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec, Option<String>) {
     if spec.shell || spec.script.is_empty() || spec.script.contains('/') {
-        return spec;
+        return (spec, None);
     }
     let at = here
         .join(spec.cwd.as_deref().unwrap_or("."))
@@ -253,13 +266,18 @@ pub(super) fn with_path_here(spec: AppSpec, here: &std::path::Path) -> AppSpec {
         }
         None => false,
     };
-    if !runnable {
-        return spec;
+    if !runnable || !own_file(&at) {
+        return (spec, None);
     }
-    AppSpec {
+    let note = format!(
+        "{} runs ./{}, the file here, not a program of that name on PATH",
+        spec.name, spec.script
+    );
+    let spec = AppSpec {
         script: format!("./{}", spec.script),
         ..spec
-    }
+    };
+    (spec, Some(note))
 }
 
 /// The spec of a new app whose program (or, for an interpreter or other program such as
@@ -298,9 +316,10 @@ pub(super) fn with_cwd_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec, 
     (spec, Some(note))
 }
 
-/// What to type to run `word` (no app of that name) as a new app. A bare word is a program on
-/// PATH, so the PM2 habit `start app.py` for a file here needs its path, or its interpreter when
-/// it is not executable (PM2 picks one by extension).
+/// What to type to run `word` (no app of that name) as a new app, when `start WORD` could not
+/// start it as a file here (see [`file_here`]): a bare word is then a program on PATH, so a
+/// file needs its path, or its interpreter when it is not executable (PM2 picks one by
+/// extension).
 fn new_app_hint(word: &str, file: Option<LocalFile>) -> String {
     let stem = std::path::Path::new(word)
         .file_stem()
@@ -549,7 +568,7 @@ mod tests {
                 shell,
                 ..AppSpec::new("x", script, &[])
             };
-            with_path_here(spec, dir.path()).script
+            with_path_here(spec, dir.path()).0.script
         };
         assert_eq!(script_of("app.py", None, false), "./app.py");
         assert_eq!(script_of("run", None, false), "./run");
@@ -560,7 +579,11 @@ mod tests {
         assert_eq!(script_of("./app.py", None, false), "./app.py");
         assert_eq!(script_of("app.py", None, true), "app.py");
         // Then by its interpreter, as `start ./app.py` stores it.
-        let spec = with_path_here(AppSpec::new("x", "app.py", &[]), dir.path());
+        let (spec, note) = with_path_here(AppSpec::new("x", "app.py", &[]), dir.path());
+        assert_eq!(
+            note.as_deref(),
+            Some("x runs ./app.py, the file here, not a program of that name on PATH")
+        );
         let (spec, _) = with_interpreter(AppSpec {
             cwd: Some(dir.path().to_string_lossy().into_owned()),
             ..spec

@@ -219,11 +219,11 @@ fn other_versions(version: u64, instances: &[pb::Instance]) -> String {
         (_, 1) => ("run", "version"),
         _ => ("run", "versions"),
     };
-    format!(
-        "; {count} of {} instances {verb} {versions} {}",
-        live.len(),
-        list.join(", ")
-    )
+    let of = match live.len() {
+        1 => "1 instance".to_string(),
+        n => format!("{n} instances"),
+    };
+    format!("; {count} of {of} {verb} {versions} {}", list.join(", "))
 }
 
 /// `info`: the app's fields, one per line, then its instances.

@@ -860,3 +860,14 @@ fn autoscale_counts_one_instance_in_the_singular() {
     assert!(on.contains("  now: 1 instance, 0 online"), "{on}");
     assert!(!on.contains("1 instances"), "{on}");
 }
+
+#[test]
+fn info_says_so_of_a_single_instance_in_the_singular() {
+    let app = app("web");
+    let one = pb::Instance {
+        app_version: 1,
+        ..instance("web", 0, pb::InstanceState::Online)
+    };
+    let text = app_info_text(&app, &[one], NOW);
+    assert!(text.contains("; 1 of 1 instance runs version 1"), "{text}");
+}

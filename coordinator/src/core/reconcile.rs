@@ -422,9 +422,9 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             // after a failed one, they are what serves.
             let outdated =
                 inst.app_version != app.version && !app.rolling() && !app.held_by_failure();
-            // A stopped one the failed rollout moved onto its version (it had nothing to hand
-            // over) runs nothing: it goes back to what serves, or a start would bring the failed
-            // version up.
+            // A stopped one on the failed version (the rollout moved it there, as it had nothing
+            // to hand over, or it was stopped after its replacement came up) runs nothing: it
+            // goes back to what serves, or a start would bring the failed version up.
             let held = app
                 .held_version()
                 .filter(|_| inst.stopped && inst.app_version == app.version);

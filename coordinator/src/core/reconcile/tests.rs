@@ -363,6 +363,8 @@ fn placement_and_scaling() {
         0,
         "~2 v1 p-",
     );
+    // Once there it stays: no pass moves it again.
+    check("web=2v2 failed", "web/0@a* web/1@b#=1", "a; b", 0, "");
     check(
         "web=2@4200-4299v2 failed was=4100-4199",
         "web/0@a:4100* web/1@b:4201#=2",
