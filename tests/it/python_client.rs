@@ -184,20 +184,24 @@ fn python_client_lists_scales_and_follows_events() {
     )
     .expect("listen file");
     let script = "from pmcluster import connect\nwith connect() as c:\n    print('apps', [a.spec.name for a in c.apps()], c.current)\n";
-    let out = run_bounded(
-        Command::new(&venv_python)
-            .args(["-c", script])
-            .current_dir(&checkout)
-            .env_remove("PYTHONPATH")
-            .env_remove("PMCLUSTER_COORDINATOR")
-            .env_remove("PMCLUSTER_TOKEN")
-            .env("PMCLUSTER_HOME", &home),
-        &dir,
-        "up-lookup",
-        &[],
-        DEADLINE,
-    )
-    .expect("the lookup script runs");
+    // The script with no coordinator given: only PMCLUSTER_HOME says where to look.
+    let lookup = |name: &str| {
+        run_bounded(
+            Command::new(&venv_python)
+                .args(["-c", script])
+                .current_dir(&checkout)
+                .env_remove("PYTHONPATH")
+                .env_remove("PMCLUSTER_COORDINATOR")
+                .env_remove("PMCLUSTER_TOKEN")
+                .env("PMCLUSTER_HOME", &home),
+            &dir,
+            name,
+            &[],
+            DEADLINE,
+        )
+        .expect("the lookup script runs")
+    };
+    let out = lookup("up-lookup");
     out.assert_ok();
     let want = format!("apps ['web'] http://127.0.0.1:{}", c.port());
     assert!(out.stdout.contains(&want), "want {want:?}: {out:?}");
@@ -205,20 +209,7 @@ fn python_client_lists_scales_and_follows_events() {
     // That home's coordinator gone (its pid file names no live one): the lookup refuses rather
     // than dial the default address, where another cluster may answer.
     fs::write(home.join("coordinator.pid"), "0\n").expect("pid file");
-    let out = run_bounded(
-        Command::new(&venv_python)
-            .args(["-c", script])
-            .current_dir(&checkout)
-            .env_remove("PYTHONPATH")
-            .env_remove("PMCLUSTER_COORDINATOR")
-            .env_remove("PMCLUSTER_TOKEN")
-            .env("PMCLUSTER_HOME", &home),
-        &dir,
-        "up-lookup-down",
-        &[],
-        DEADLINE,
-    )
-    .expect("the lookup script runs");
+    let out = lookup("up-lookup-down");
     assert!(!out.success(), "{out:?}");
     let want = format!(
         "the coordinator of {} (http://127.0.0.1:{}) is not running",

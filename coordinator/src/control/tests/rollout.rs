@@ -104,6 +104,27 @@ impl Rolling {
         self.c.tick();
     }
 
+    /// Applies version 1 with `BROKEN=value` and no automatic rollback, and waits for that
+    /// rollout to fail (and stand).
+    fn fail_without_rollback(&self, value: &str) -> Result<Deployment> {
+        let mut next = self.v1.clone();
+        next.env.insert("BROKEN".into(), value.into());
+        next.update.auto_rollback = false;
+        let (_, _, _, started) = self.c.apply(next)?;
+        let Some(started) = started else {
+            panic!("a new process starts a rollout");
+        };
+        let failed = (0..30).any(|_| {
+            self.second(None);
+            self.ended(started.id)
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.state == State::Failed)
+        });
+        assert!(failed, "{:?}", self.c.rollouts("web")?);
+        Ok(started)
+    }
+
     /// Deployment `id` of `web`, once it has ended.
     fn ended(&self, id: u64) -> Result<Option<Deployment>> {
         Ok(deployment(&self.c, "web", id)?.filter(|d| d.state != State::Running))
@@ -516,21 +537,7 @@ async fn only_a_replacement_given_up_on_fails_the_rollout_at_once() -> Result<()
 #[tokio::test]
 async fn a_rolling_restart_is_refused_while_a_failed_rollout_stands() -> Result<()> {
     let r = Rolling::start(2, Duration::from_secs(1))?;
-    let mut v2 = r.v1.clone();
-    v2.env.insert("BROKEN".into(), "1".into());
-    v2.update.auto_rollback = false;
-    let (_, _, _, started) = r.c.apply(v2)?;
-    let Some(started) = started else {
-        panic!("a new process starts a rollout");
-    };
-    let failed = (0..30).any(|_| {
-        r.second(None);
-        r.ended(started.id)
-            .ok()
-            .flatten()
-            .is_some_and(|d| d.state == State::Failed)
-    });
-    assert!(failed, "{:?}", r.c.rollouts("web")?);
+    r.fail_without_rollback("1")?;
     match r.c.restart_rolling("web") {
         Err(ControlError::FailedPrecondition(why)) => {
             assert!(why.contains("rollout undo web"), "{why}")
@@ -546,24 +553,7 @@ async fn a_rolling_restart_is_refused_while_a_failed_rollout_stands() -> Result<
 #[tokio::test]
 async fn what_a_failed_rollout_left_standing_is_what_comes_next() -> Result<()> {
     let r = Rolling::start(2, Duration::from_secs(1))?;
-    let fail = |value: &str| -> Result<Deployment> {
-        let mut next = r.v1.clone();
-        next.env.insert("BROKEN".into(), value.into());
-        next.update.auto_rollback = false;
-        let (_, _, _, started) = r.c.apply(next)?;
-        let Some(started) = started else {
-            panic!("a new process starts a rollout");
-        };
-        let failed = (0..30).any(|_| {
-            r.second(None);
-            r.ended(started.id)
-                .ok()
-                .flatten()
-                .is_some_and(|d| d.state == State::Failed)
-        });
-        assert!(failed, "{:?}", r.c.rollouts("web")?);
-        Ok(started)
-    };
+    let fail = |value: &str| r.fail_without_rollback(value);
     let first = fail("1")?;
     assert_eq!((first.from_version, first.to_version), (1, 2));
     let second = fail("2")?;
