@@ -700,17 +700,22 @@ pub async fn rollout(args: RolloutArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
 /// The warning a reload gets while a failed rollout stands: its changes go on top of the
 /// failed version's spec, whose own changes the instances never ran.
 fn held_note(app: &str, s: &pb::RolloutStatus) -> Option<String> {
-    let c = s.current.as_ref()?;
-    (c.state == "failed" && c.to_version == s.version && c.from_version != c.to_version).then(|| {
-        format!(
-            "note: the rollout of version {to} failed, and the instances it did not replace run \
-             version {from}: these changes go on top of version {to}'s spec, with what it \
-             changed; to start from version {from}'s instead: pmcluster rollout undo {app}, \
-             then reload",
-            to = c.to_version,
-            from = c.from_version,
-        )
-    })
+    let from = held_from(s).filter(|from| *from != s.version)?;
+    Some(format!(
+        "note: the rollout of version {to} failed, and the instances it did not replace run \
+         version {from}: these changes go on top of version {to}'s spec, with what it changed; \
+         to start from version {from}'s instead: pmcluster rollout undo {app}, then reload",
+        to = s.version,
+    ))
+}
+
+/// The version a failed rollout to the app's version started from, which the instances it did
+/// not replace still run: as the coordinator's `AppRecord::held_by_failure` reads the status.
+fn held_from(s: &pb::RolloutStatus) -> Option<u64> {
+    s.current
+        .as_ref()
+        .filter(|c| c.state == "failed" && c.to_version == s.version)
+        .map(|c| c.from_version)
 }
 
 /// What `rollout undo` started: the version whose spec comes back and, when that version's own
@@ -726,13 +731,7 @@ fn undo_line(
     // (the version that rollout started from), else to the newest kept version below the
     // current one; judged from the status read just before, and only if no other change came
     // in between (the undo then starts from that same version).
-    let held = before.and_then(|s| {
-        s.current
-            .as_ref()
-            .filter(|c| c.state == "failed" && c.to_version == s.version)
-            .map(|c| c.from_version)
-            .filter(|v| s.versions.contains(v))
-    });
+    let held = before.and_then(|s| held_from(s).filter(|v| s.versions.contains(v)));
     let before = before.filter(|s| held.unwrap_or(s.version) == d.from_version);
     let source = to_version.or_else(|| {
         before.and_then(|s| {

@@ -78,13 +78,7 @@ pub(super) async fn file_here(
     // Only a file this user owns, for a coordinator on this host: a remote agent would run
     // whatever `./WORD` is where it runs, and a mistyped app name in a shared directory must
     // not start a file someone else put there.
-    let runnable = conn.on_this_host()
-        && own_file(app)
-        && match local_file(app) {
-            Some(LocalFile::Executable) => true,
-            Some(LocalFile::NotExecutable) => crate::import::default_interpreter(app).is_some(),
-            None => false,
-        };
+    let runnable = conn.on_this_host() && runnable_file(std::path::Path::new(app));
     if config.is_none() && !runnable {
         return Ok(plan);
     }
@@ -103,10 +97,19 @@ pub(super) async fn file_here(
     Ok(plan_start(&here)?)
 }
 
-/// Whether the file `name` belongs to the user running this command.
-fn own_file(name: impl AsRef<std::path::Path>) -> bool {
+/// Whether `path` is a file this user owns that can run: executable, or a script whose
+/// interpreter its extension names. Only such a file is run for a bare word (`start app.py`, or
+/// a program named like a file here): a file someone else put in a shared directory is not.
+fn runnable_file(path: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(name).is_ok_and(|m| m.uid() == nix::unistd::getuid().as_raw())
+    let own = std::fs::metadata(path).is_ok_and(|m| m.uid() == nix::unistd::getuid().as_raw());
+    own && match local_file_at(path) {
+        Some(LocalFile::Executable) => true,
+        Some(LocalFile::NotExecutable) => {
+            crate::import::default_interpreter(&path.to_string_lossy()).is_some()
+        }
+        None => false,
+    }
 }
 
 /// `start "FILE"` of a config file by its path, or with flags that make a new app of it: refused
@@ -259,14 +262,7 @@ pub(super) fn with_path_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec,
     let at = here
         .join(spec.cwd.as_deref().unwrap_or("."))
         .join(&spec.script);
-    let runnable = match local_file_at(&at) {
-        Some(LocalFile::Executable) => true,
-        Some(LocalFile::NotExecutable) => {
-            crate::import::default_interpreter(&spec.script).is_some()
-        }
-        None => false,
-    };
-    if !runnable || !own_file(&at) {
+    if !runnable_file(&at) {
         return (spec, None);
     }
     let note = format!(

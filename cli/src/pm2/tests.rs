@@ -6,6 +6,19 @@ fn parse(line: &str) -> Result<Cli, clap::Error> {
     parse_from(words).map(|(cli, _)| cli)
 }
 
+/// clap's refusal of `line`, as [`explain`] words it.
+fn refused(line: &str) -> clap::Error {
+    let args: Vec<OsString> = shell_words::split(line)
+        .expect("test line splits")
+        .into_iter()
+        .map(OsString::from)
+        .collect();
+    let err = parse_from(args.clone())
+        .err()
+        .unwrap_or_else(|| panic!("{line}: parsed"));
+    explain(err, &args)
+}
+
 /// PM2's `save`, `resurrect`, `startup` (and `dump`, `unstartup`), with whatever PM2 takes
 /// after them, and `--update-env`, each reach a pointer to what pmcluster does instead, not
 /// clap's "a similar subcommand exists" (`save`: 'scale') or a bare "unexpected argument".
@@ -41,15 +54,7 @@ fn pm2_verbs_and_flags_point_to_what_to_do_instead() {
         ),
     ];
     for (line, want) in cases {
-        let args: Vec<OsString> = shell_words::split(line)
-            .expect("test line splits")
-            .into_iter()
-            .map(OsString::from)
-            .collect();
-        let err = parse_from(args.clone())
-            .err()
-            .unwrap_or_else(|| panic!("{line}: parsed"));
-        let said = explain(err, &args);
+        let said = refused(line);
         let text = said.to_string();
         assert!(text.contains(want), "{line}: {text}");
         assert!(!text.contains("similar"), "{line}: {text}");
@@ -65,15 +70,7 @@ fn pm2_verbs_and_flags_point_to_what_to_do_instead() {
         ),
         ("pmcluster bogus", "unrecognized subcommand 'bogus'"),
     ] {
-        let args: Vec<OsString> = shell_words::split(line)
-            .expect("test line splits")
-            .into_iter()
-            .map(OsString::from)
-            .collect();
-        let err = parse_from(args.clone())
-            .err()
-            .unwrap_or_else(|| panic!("{line}: parsed"));
-        let text = explain(err, &args).to_string();
+        let text = refused(line).to_string();
         assert!(text.contains(want), "{line}: {text}");
     }
 }

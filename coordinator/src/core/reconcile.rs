@@ -363,6 +363,8 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
     };
     for (name, app) in apps {
         let want = desired_count(app, snap.nodes).min(snap.max_instances_per_app);
+        // Once per app, not per record: what a failed rollout left serving, if one did.
+        let held_version = app.held_version();
         let empty = BTreeMap::new();
         let indices = by_app.get(name.as_str()).unwrap_or(&empty);
         // Requests for the placer, gathered first so it is built at most once per app.
@@ -425,9 +427,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             // A stopped one on the failed version (the rollout moved it there, as it had nothing
             // to hand over, or it was stopped after its replacement came up) runs nothing: it
             // goes back to what serves, or a start would bring the failed version up.
-            let held = app
-                .held_version()
-                .filter(|_| inst.stopped && inst.app_version == app.version);
+            let held = held_version.filter(|_| inst.stopped && inst.app_version == app.version);
             if let Some(v) = held {
                 plan.refresh
                     .push((inst.id, v, port_at(app, Some(v), index)));
@@ -505,7 +505,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
             // The version the new record runs, and so its port: a failed rollout left standing
             // keeps what serves on the version before, whose port may differ.
             let version = match &need {
-                Need::Create(_) => app.held_version(),
+                Need::Create(_) => held_version,
                 Need::Replace(r) | Need::Migrate(r, _) | Need::Move(r) => kept_version(app, r),
                 Need::Assign(_) => None,
             };
