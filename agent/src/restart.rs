@@ -152,6 +152,33 @@ pub fn retry_delay(attempt: u32, restart_delay: Duration, cap: Duration) -> Dura
     restart_delay.saturating_add(backoff(attempt.saturating_add(1), cap))
 }
 
+/// When a restart comes, for the instance's message: "in 3.2s" for a short wait, else the time
+/// of day in UTC ("at 06:12:40 UTC, 1h after it ended"), since the message is read long after
+/// it was written and a plain "in 1h" would never count down.
+pub fn restart_when(delay: Duration, ended: chrono::DateTime<chrono::Utc>) -> String {
+    if delay < Duration::from_secs(10) {
+        return format!("in {}", human(delay));
+    }
+    let at = chrono::TimeDelta::from_std(delay)
+        .ok()
+        .and_then(|d| ended.checked_add_signed(d));
+    match at {
+        Some(at) if delay < Duration::from_secs(20 * 3600) => {
+            format!(
+                "at {} UTC, {} after it ended",
+                at.format("%H:%M:%S"),
+                human(delay)
+            )
+        }
+        Some(at) => format!(
+            "at {} UTC, {} after it ended",
+            at.format("%Y-%m-%d %H:%M:%S"),
+            human(delay)
+        ),
+        None => format!("in {}", human(delay)),
+    }
+}
+
 /// "60s", "1m30s", "250ms": short, for messages.
 pub fn human(d: Duration) -> String {
     let ms = d.as_millis();
@@ -380,6 +407,25 @@ mod tests {
             ]
         );
         assert_eq!(retry_delay(u32::MAX, ms(10), cap), ms(15_010));
+    }
+
+    #[test]
+    fn restart_times() {
+        let ended = chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("a valid time");
+        let cases = [
+            (ms(0), "in 0ms"),
+            (ms(3_200), "in 3.2s"),
+            (ms(9_500), "in 9.5s"),
+            (ms(10_000), "at 22:13:30 UTC, 10s after it ended"),
+            (ms(3_600_000), "at 23:13:20 UTC, 1h after it ended"),
+            (
+                ms(48 * 3_600_000),
+                "at 2023-11-16 22:13:20 UTC, 48h after it ended",
+            ),
+        ];
+        for (d, want) in cases {
+            assert_eq!(restart_when(d, ended), want, "{d:?}");
+        }
     }
 
     #[test]

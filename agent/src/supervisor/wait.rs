@@ -269,7 +269,8 @@ impl Supervisor {
                 let message = if delay.is_zero() {
                     how.to_string()
                 } else {
-                    format!("{how}; restarting in {}", restart::human(delay))
+                    let when = restart::restart_when(delay, chrono::Utc::now());
+                    format!("{how}; restarting {when}")
                 };
                 (
                     InstanceState::Restarting,

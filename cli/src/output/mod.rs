@@ -571,14 +571,16 @@ fn target(app: &str, index: Option<u32>) -> String {
     }
 }
 
-/// One event of `events`: `time kind app[index] node message`.
+/// One event of `events`: `time kind app[index] node message`. Lines stream out one by one,
+/// so the columns are fixed; a long kind (`instance.leak_suspected`) takes from the target's
+/// padding, so node and message stay in line with the rows around it.
 pub fn event_line(e: &pb::Event) -> String {
     let node = if e.node.is_empty() { NONE } else { &e.node };
+    let kind_target = format!("{:<16} {}", e.kind, target(&e.app, e.index));
     format!(
-        "{}  {:<16} {:<16} {:<12} {}",
+        "{}  {:<33} {:<12} {}",
         timestamp(e.at_ms),
-        e.kind,
-        target(&e.app, e.index),
+        kind_target,
         node,
         e.message
     )

@@ -653,7 +653,11 @@ fn log_and_event_lines() {
 
     let event = |app: &str, index: Option<u32>, node: &str| pb::Event {
         at_ms: NOW,
-        kind: "instance.state".into(),
+        kind: if index == Some(9) {
+            "instance.leak_suspected".into()
+        } else {
+            "instance.state".into()
+        },
         app: app.into(),
         node: node.into(),
         index,
@@ -667,6 +671,10 @@ fn log_and_event_lines() {
         (
             event("", None, ""),
             "2023-11-14T22:13:20Z  instance.state   -                -            online",
+        ),
+        (
+            event("web", Some(9), "a"),
+            "2023-11-14T22:13:20Z  instance.leak_suspected web[9]    a            online",
         ),
     ];
     for (input, want) in cases {
