@@ -364,6 +364,51 @@ fn stop_signal_grace_and_sigkill() {
     }
 }
 
+/// A stop that comes while a restart still waits for the old process to end is what holds: a
+/// review found the agent then started a process of the old target, only to stop it again.
+#[test]
+fn a_stop_during_a_restart_starts_nothing() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let port = free_port_range(1).expect("a free port");
+    apply(
+        &c,
+        json!({"name": "slow", "script": c.testapp().display().to_string(),
+               "port": port.to_string(), "env": {"TESTAPP_IGNORE_SIGTERM": "1"},
+               "kill_timeout": "3s"}),
+    );
+    let first = wait_online(&c, "slow", 1).remove(0);
+    let proc = ProcId::of(first.pid.expect("pid")).expect("alive");
+    let out = log_file(&c, 0, "slow-0-out.log");
+    let err = log_file(&c, 0, "slow-0-err.log");
+    std::thread::scope(|s| {
+        // The restart waits for its instance; it may fail once the stop wins, which is fine.
+        let restart = s.spawn(|| c.cli(&["restart", "slow"]));
+        wait_until(
+            DEADLINE,
+            "the restart's SIGTERM to reach the old process",
+            || {
+                let text = std::fs::read_to_string(&err).unwrap_or_default();
+                match text.contains("ignoring SIGTERM") {
+                    true => Ok(()),
+                    false => Err(format!("{err:?}: {text:?}")),
+                }
+            },
+        );
+        assert!(proc.alive(), "the old process outlived its SIGTERM");
+        c.cli(&["stop", "slow"]).assert_ok();
+        let _ = restart.join();
+    });
+    wait_instance(&c, "slow", "stopped", |i| {
+        i.status == "stopped" && i.pid.is_none() && !proc.alive()
+    });
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        text.matches("testapp listening on").count(),
+        1,
+        "a process started after the stop: {text}"
+    );
+}
+
 #[test]
 fn grandchildren_are_gone_after_stop_and_after_a_crash() {
     let c = Cluster::start(1).expect("coordinator and an agent start");

@@ -450,6 +450,7 @@ impl Supervisor {
                 self.seen_seq = target.start_seq;
             } else if self.start_pending(&target) {
                 self.seen_seq = target.start_seq;
+                let waited = running.is_some();
                 if let Some(r) = running.take() {
                     let exit = self.stop(r).await;
                     self.stopped(exit);
@@ -459,6 +460,12 @@ impl Supervisor {
                 self.reason = None;
                 self.ended = None;
                 next_start = Some(Instant::now());
+                if waited {
+                    // The stop may have taken the whole kill timeout: a stop, delete, newer spec
+                    // or shutdown that came meanwhile is read at the top before anything starts,
+                    // not after a process of the old target.
+                    continue;
+                }
             }
 
             let cleared = *self.cleared.borrow_and_update();
