@@ -136,6 +136,14 @@ pub fn on_exit(
     Decision::Restart { delay }
 }
 
+/// Before [`on_exit`] for a start that never became ready (the listen timeout or the health
+/// check's): the time it `ran` waiting is left out of the window, like the restart waits, or an
+/// app that never listens (30 s a try by default) could never reach `max_restarts` within a
+/// minute and would be restarted for ever.
+pub fn never_ready(crashes: &mut Crashes, ran: Duration) {
+    crashes.waited = crashes.waited.saturating_add(ran);
+}
+
 /// Extra delay for the `streak`-th unstable exit in a row: none for the first (so a `kill -9`
 /// or a one-off crash comes back at once), then 100 ms, 200 ms, ... up to `cap`.
 pub fn backoff(streak: u32, cap: Duration) -> Duration {
@@ -407,6 +415,37 @@ mod tests {
             ]
         );
         assert_eq!(retry_delay(u32::MAX, ms(10), cap), ms(15_010));
+    }
+
+    /// Starts that wait out a 30 s listen timeout each, with the backoff between them, still
+    /// reach `max_restarts` within the window: it counts neither the waits nor the tries.
+    #[test]
+    fn starts_that_never_get_ready_give_up() {
+        let p = policy();
+        let mut crashes = Crashes::default();
+        let mut now = ms(0);
+        let mut said = Vec::new();
+        for _ in 0..4 {
+            now += ms(30_000);
+            never_ready(&mut crashes, ms(30_000));
+            let how = "not listening on port 3000 within 30s";
+            match on_exit(&p, &mut crashes, now, ms(0), how, WHO) {
+                Decision::Restart { delay } => {
+                    now += delay;
+                    said.push(format!("restart in {}", human(delay)));
+                }
+                other => said.push(format!("{other:?}")),
+            }
+        }
+        assert_eq!(
+            said[..3],
+            ["restart in 0ms", "restart in 100ms", "restart in 200ms"]
+        );
+        assert!(said[3].starts_with("GiveUp"), "{said:?}");
+        assert!(
+            said[3].contains("(last: not listening on port 3000 within 30s)"),
+            "{said:?}"
+        );
     }
 
     #[test]

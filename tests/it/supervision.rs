@@ -138,6 +138,37 @@ fn crash_loop_ends_errored_after_max_restarts() {
     );
 }
 
+/// An app that never listens on its port reaches `max_restarts` like one that crashes: a review
+/// found the time each try waits out the listen timeout counted in the window, so with a timeout
+/// longer than the window it was restarted for ever.
+#[test]
+fn a_start_that_never_listens_ends_errored() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let port = free_port_range(1).expect("a free port");
+    apply(
+        &c,
+        json!({
+            "name": "deaf",
+            "script": c.testapp().display().to_string(),
+            "port": port.to_string(),
+            "env": {"TESTAPP_NO_LISTEN": "1"},
+            "listen_timeout": "1s",
+            "max_restarts": 2,
+            "restart_window": "500ms",
+            "restart_backoff_max": "100ms",
+        }),
+    );
+    let errored = wait_instance(&c, "deaf", "errored", |i| i.status == "errored");
+    let m = message(&errored);
+    assert!(
+        m.starts_with(&format!(
+            "crashed 3 times within 500ms of running (last: not listening on port {port} within 1s)"
+        )),
+        "{}",
+        errored.json
+    );
+}
+
 #[test]
 fn memory_growth_triggers_a_restart() {
     let c = Cluster::start(1).expect("coordinator and an agent start");

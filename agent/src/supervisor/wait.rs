@@ -67,9 +67,11 @@ impl Supervisor {
                 tracing::warn!(instance = %self.id, "{why}; restarting it");
                 let policy = Policy::of(&r.spec);
                 let index = r.index;
+                let started = r.started;
                 let exit = self.stop(r).await;
                 self.note_stop(exit);
                 // It never came up: an unstable start, counted as such.
+                restart::never_ready(&mut self.crashes, started.elapsed());
                 let decision = self.decide(&policy, Duration::ZERO, &why, index);
                 let next = self.after(decision, &why, None);
                 self.reason = Some(format!("restarted: {why}"));
