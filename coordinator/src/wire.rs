@@ -439,6 +439,7 @@ impl From<NodeView> for pb::Node {
             NodeStatus::Draining => pb::NodeStatus::Draining,
             NodeStatus::Ineligible => pb::NodeStatus::Ineligible,
             NodeStatus::Quarantined => pb::NodeStatus::Quarantined,
+            NodeStatus::Reconnecting => pb::NodeStatus::Reconnecting,
         };
         pb::Node {
             name: n.name,

@@ -14,6 +14,7 @@ pub mod config;
 pub mod instance;
 pub mod interpreter;
 pub mod limits;
+pub mod link;
 pub mod placement;
 pub mod proc;
 pub mod secret;

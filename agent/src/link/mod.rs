@@ -42,7 +42,7 @@ use dialer::{Dialer, Next};
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
 /// Reconnect backoff: first delay, doubled per failed attempt up to the max.
 pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
-pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+pub const RECONNECT_MAX: Duration = pmcluster_spec::link::AGENT_RECONNECT_MAX;
 /// How long the coordinator may take to answer a new session.
 const SESSION_SETUP: Duration = Duration::from_secs(10);
 /// A coordinator sends nothing for long stretches, so a silent one (a frozen host, a cut that
@@ -604,6 +604,12 @@ mod tests {
             let jittered = with_jitter(want);
             assert!(
                 jittered >= want && jittered <= want + want / 4,
+                "{jittered:?}"
+            );
+            // A coordinator that takes over waits this long for every agent (a second of it for
+            // the dial itself).
+            assert!(
+                jittered + Duration::from_secs(1) <= pmcluster_spec::link::AGENT_RECONNECT_WITHIN,
                 "{jittered:?}"
             );
         }

@@ -131,6 +131,7 @@ pub fn node_status_name(status: i32) -> &'static str {
             "DRAINING" => "draining",
             "INELIGIBLE" => "ineligible",
             "QUARANTINED" => "quarantined",
+            "RECONNECTING" => "reconnecting",
             _ => "unknown",
         })
         .unwrap_or("unknown")

@@ -200,6 +200,10 @@ fn state_names() {
     }
     assert_eq!(node_status_name(pb::NodeStatus::Ready as i32), "ready");
     assert_eq!(node_status_name(pb::NodeStatus::Down as i32), "down");
+    assert_eq!(
+        node_status_name(pb::NodeStatus::Reconnecting as i32),
+        "reconnecting"
+    );
     assert_eq!(node_status_name(3), "draining");
     assert_eq!(node_status_name(4), "ineligible");
     assert_eq!(node_status_name(0), "unknown");

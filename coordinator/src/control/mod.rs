@@ -450,15 +450,15 @@ fn new_node_live(now: i64) -> NodeLive {
 }
 
 /// A node as a coordinator that just loaded the store (a restart, or a takeover in an HA pair)
-/// sees it: not connected, and given the heartbeat timeout to connect before it counts as down,
-/// as if its last heartbeat had come now. Counted from the load instead, every node's reschedule
+/// sees it: not connected, and given [`awaited_ms`] to connect before it counts as down, as if
+/// its last heartbeat had come then. Counted from the load instead, every node's reschedule
 /// and drain clocks would start while its agent is still finding the new leader (it notices a
 /// silent old one only by its keepalive): a short `reschedule_after` then moved every instance
 /// of the cluster to whichever node reconnected first, and a drain replaced all of a draining
 /// node's instances at once.
 fn awaited_node_live(now: i64, config: &ControlConfig) -> NodeLive {
     NodeLive {
-        down_since_ms: Some(now.saturating_add(timeout_ms(config))),
+        down_since_ms: Some(now.saturating_add(awaited_ms(config))),
         down_unannounced: true,
         ..new_node_live(now)
     }
@@ -467,6 +467,16 @@ fn awaited_node_live(now: i64, config: &ControlConfig) -> NodeLive {
 /// The heartbeat timeout in ms.
 fn timeout_ms(config: &ControlConfig) -> i64 {
     i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long a coordinator that loaded the store gives each node to connect: the heartbeat
+/// timeout, and never less than the agents' longest reconnect wait. A trial with heartbeat
+/// timeout 2s and `reschedule_after` 1s froze etcd for 20 s: the agents had backed off to
+/// 5-6 s between tries meanwhile, so the new leader found every node down and restarted a
+/// whole app on the node that came back first, while every instance ran.
+fn awaited_ms(config: &ControlConfig) -> i64 {
+    let within = i64::try_from(pmcluster_spec::link::AGENT_RECONNECT_WITHIN.as_millis());
+    timeout_ms(config).max(within.unwrap_or(i64::MAX))
 }
 
 /// Whether a node loaded from the store has not connected since, and is still within the time

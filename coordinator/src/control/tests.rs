@@ -744,6 +744,67 @@ fn a_new_leader_gives_every_node_the_heartbeat_timeout_to_reconnect() -> Result<
     Ok(())
 }
 
+/// With a tuned heartbeat timeout shorter than the agents' longest reconnect wait, a new leader
+/// still waits for that wait: a trial froze etcd for 20 s under a 2 s timeout and a 1 s
+/// `reschedule_after`, and the new leader restarted a whole app on the first node back. Until
+/// then `nodes` reads `reconnecting`, not `down`.
+#[test]
+fn a_new_leader_waits_out_the_agents_reconnect_backoff() -> Result<()> {
+    const T0: i64 = 1_000_000;
+    let clock = Arc::new(crate::clock::ManualClock::new(T0, 7));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(2),
+        ..ControlConfig::default()
+    };
+    let within =
+        i64::try_from(pmcluster_spec::link::AGENT_RECONNECT_WITHIN.as_millis()).unwrap_or(i64::MAX);
+    let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
+    let _sessions = (
+        old.attach(&register("a"), None)?,
+        old.attach(&register("b"), None)?,
+    );
+    let mut spec = web(4);
+    spec.reschedule = pmcluster_spec::app::Reschedule::After(Duration::from_secs(1));
+    old.apply(spec)?;
+    old.tick();
+    assert_eq!(spread(&old, "web"), "a:2 b:2");
+    drop(old);
+
+    let new = Control::open_with(store, config, clock.clone())?;
+    // Past the timeout and the reschedule delay, within the agents' reconnect wait.
+    clock.advance_ms(within - 1);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:2 b:2");
+    let statuses = |c: &Control| -> Vec<(String, NodeStatus)> {
+        c.list_nodes()
+            .into_iter()
+            .map(|n| (n.name, n.status))
+            .collect()
+    };
+    assert_eq!(
+        statuses(&new),
+        [
+            ("a".to_string(), NodeStatus::Reconnecting),
+            ("b".to_string(), NodeStatus::Reconnecting)
+        ]
+    );
+    let _a = new.attach(&register("a"), None)?;
+    clock.advance_ms(2);
+    new.tick();
+    assert_eq!(
+        statuses(&new),
+        [
+            ("a".to_string(), NodeStatus::Ready),
+            ("b".to_string(), NodeStatus::Down)
+        ]
+    );
+    clock.advance_ms(1_000);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:4");
+    Ok(())
+}
+
 /// `scale N` of an app at `instances: "max"` gives it N, as `pm2 scale` does, from the count
 /// max came to (it was read as 0, and the count stayed max); the same count again writes nothing.
 #[test]

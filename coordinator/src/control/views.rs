@@ -18,6 +18,7 @@ use crate::model::{
 
 use super::{
     Control, ControlConfig, ControlError, Inner, Leaving, Result, awaited, find_app, is_ready,
+    seconds_phrase,
 };
 
 mod nodes;
@@ -540,9 +541,13 @@ pub(super) fn instance_view(
                 .unwrap_or_else(|| "waiting for a node".into());
         }
         Note::NodeDown(n) if live.is_some_and(|l| awaited(l, inner.now)) => {
+            let left = live
+                .and_then(|l| l.down_since_ms)
+                .map_or(0, |at| at.saturating_sub(inner.now));
             out.message = format!(
                 "node {n} has not reconnected to this coordinator yet (it started or took over \
-                 lately); the node counts as down if it has not within the heartbeat timeout"
+                 lately); the node counts as down if it has not in {}",
+                seconds_phrase(left)
             );
         }
         Note::NodeDown(n) => {

@@ -113,6 +113,9 @@ pub enum NodeStatus {
     /// Drained and empty.
     Ineligible,
     Quarantined,
+    /// Not connected since this coordinator loaded the store, within the time it gives agents
+    /// to come back: not counted down yet.
+    Reconnecting,
 }
 
 /// One node: its record, its link and what it reported last.
@@ -239,15 +242,17 @@ impl NodeStatus {
             NodeStatus::Draining => "draining",
             NodeStatus::Ineligible => "ineligible",
             NodeStatus::Quarantined => "quarantined",
+            NodeStatus::Reconnecting => "reconnecting",
         }
     }
 
-    pub const ALL: [NodeStatus; 5] = [
+    pub const ALL: [NodeStatus; 6] = [
         NodeStatus::Ready,
         NodeStatus::Down,
         NodeStatus::Draining,
         NodeStatus::Ineligible,
         NodeStatus::Quarantined,
+        NodeStatus::Reconnecting,
     ];
 }
 

@@ -8,8 +8,8 @@ use crate::model::{InstanceRecord, NodeStatus, NodeView};
 use pmcluster_spec::app::Reschedule;
 
 use super::super::{
-    ControlConfig, Inner, awaited, instances_phrase, is_quarantined, is_ready, seconds_phrase,
-    timeout_ms,
+    ControlConfig, Inner, awaited, awaited_ms, instances_phrase, is_quarantined, is_ready,
+    seconds_phrase,
 };
 
 /// Every registered node as `nodes` shows it.
@@ -80,6 +80,11 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
                 .filter(|_| ready);
             let status = match (ready, n.drain) {
                 _ if quarantine.is_some() => NodeStatus::Quarantined,
+                // A trial saw every node "down" after each failover, in `nodes` and in the
+                // metrics, while `list` said they had not reconnected yet and nothing moved.
+                (false, _) if live.is_some_and(|l| awaited(l, inner.now)) => {
+                    NodeStatus::Reconnecting
+                }
                 (false, _) => NodeStatus::Down,
                 (true, false) => NodeStatus::Ready,
                 (true, true) if instances > 0 => NodeStatus::Draining,
@@ -100,7 +105,7 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
                     Some(l) if awaited(l, inner.now) => l
                         .down_since_ms
                         .unwrap_or(0)
-                        .saturating_sub(timeout_ms(config)),
+                        .saturating_sub(awaited_ms(config)),
                     Some(l) => l.down_since_ms.unwrap_or(0),
                     None => 0,
                 },
