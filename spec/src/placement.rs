@@ -53,86 +53,130 @@ pub enum Constraint {
     Missing(String),
 }
 
+/// The grammar every constraint error ends with.
+const GRAMMAR: &str = "write key=value, key!=value, key in (a,b), key not in (a,b), key or !key, \
+     where keys are ASCII letters, digits, '.', '_', '-' and '/', and values may also hold other \
+     letters and ':'";
+
+/// Whether [`Constraint`] text is checked as new input or read back as a cluster already holds it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    New,
+    Held,
+}
+
 impl Constraint {
     /// Parses `k=v`, `k!=v`, `k in (a,b)`, `k not in (a,b)`, `k` (exists) or `!k` (missing).
+    /// Values are checked much like keys: a malformed one (`zone=a,zone=b`, `zone in (a,b`,
+    /// `zone==`) matched no node and left the app pending for ever.
     pub fn parse(field: &str, s: &str) -> Result<Constraint, SpecError> {
-        let s = s.trim();
-        let bad = |why: &str| {
-            SpecError::new(
-                field,
-                format!(
-                    "{} {why}; write key=value, key!=value, key in (a,b), key not in (a,b), key or !key",
-                    echo(s)
-                ),
-            )
-        };
-        let key_ok = |k: &str| {
-            !k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
-        };
-        let list = |rest: &str| -> Result<Vec<String>, SpecError> {
-            let rest = rest.trim();
-            let inner = rest
-                .strip_prefix('(')
-                .and_then(|r| r.strip_suffix(')'))
-                .unwrap_or(rest);
-            let items: Vec<String> = inner
-                .split(',')
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .collect();
-            if items.is_empty() {
-                return Err(bad("has an empty list"));
-            }
-            Ok(items)
-        };
-        if let Some((k, v)) = s.split_once("!=") {
-            let k = k.trim();
-            return if key_ok(k) {
-                Ok(Constraint::Ne(k.into(), v.trim().into()))
-            } else {
-                Err(bad("has a bad label key"))
-            };
-        }
-        if let Some((k, v)) = s.split_once('=') {
-            let k = k.trim();
-            return if key_ok(k) {
-                Ok(Constraint::Eq(k.into(), v.trim().into()))
-            } else {
-                Err(bad("has a bad label key"))
-            };
-        }
-        if let Some((k, rest)) = s.split_once(" not in ") {
-            let k = k.trim();
-            return if key_ok(k) {
-                Ok(Constraint::NotIn(k.into(), list(rest)?))
-            } else {
-                Err(bad("has a bad label key"))
-            };
-        }
-        if let Some((k, rest)) = s.split_once(" in ") {
-            let k = k.trim();
-            return if key_ok(k) {
-                Ok(Constraint::In(k.into(), list(rest)?))
-            } else {
-                Err(bad("has a bad label key"))
-            };
-        }
-        if let Some(k) = s.strip_prefix('!') {
-            return if key_ok(k.trim()) {
-                Ok(Constraint::Missing(k.trim().into()))
-            } else {
-                Err(bad("has a bad label key"))
-            };
-        }
-        if key_ok(s) {
-            Ok(Constraint::Exists(s.into()))
-        } else {
-            Err(bad("is not a constraint"))
-        }
+        parse_constraint(field, s, Reading::New)
     }
 
+    /// Reads a constraint that a coordinator already accepted (a spec sent back from it, or an
+    /// agent's saved assignment). Values go unchecked, as before they were checked at all: a spec
+    /// stored then must still load, and only new input is refused ([`Constraint::parse`]).
+    pub fn parse_held(field: &str, s: &str) -> Result<Constraint, SpecError> {
+        parse_constraint(field, s, Reading::Held)
+    }
+}
+
+fn key_ok(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+}
+
+/// Why `v`, which follows the operator `op`, cannot be a label value in a constraint, if it
+/// cannot. Node labels may hold any text, but a value with a space, comma, parenthesis or `=`
+/// is far likelier a typo for another operator than a label that really reads so.
+fn value_fault(v: &str, op: &str) -> Option<String> {
+    if v.is_empty() {
+        return Some(format!("has no value after {op:?}"));
+    }
+    let c = v
+        .chars()
+        .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':')))?;
+    let hint = match (c, op) {
+        (',' | '(' | ')', "=") => "; for any of several values write key in (a,b)",
+        (',' | '(' | ')', "!=") => "; to exclude several values write key not in (a,b)",
+        ('=', "=") if v.starts_with('=') => "; \"==\" is not an operator",
+        _ => "",
+    };
+    let what = match c {
+        c if c.is_whitespace() => "whitespace".to_string(),
+        c => format!("{c:?}"),
+    };
+    Some(format!("has {what} in its value {}{hint}", echo(v)))
+}
+
+fn parse_constraint(field: &str, s: &str, reading: Reading) -> Result<Constraint, SpecError> {
+    let s = s.trim();
+    let bad = |why: &str| SpecError::new(field, format!("{} {why}; {GRAMMAR}", echo(s)));
+    let key = |k: &str| -> Result<String, SpecError> {
+        let k = k.trim();
+        if key_ok(k) {
+            Ok(k.to_string())
+        } else {
+            Err(bad(&format!("has a bad label key {}", echo(k))))
+        }
+    };
+    let value = |v: &str, op: &str| -> Result<String, SpecError> {
+        let v = v.trim();
+        match value_fault(v, op) {
+            Some(why) if reading == Reading::New => Err(bad(&why)),
+            _ => Ok(v.to_string()),
+        }
+    };
+    let list = |rest: &str, op: &str| -> Result<Vec<String>, SpecError> {
+        let rest = rest.trim();
+        let inner = match (rest.strip_prefix('('), reading) {
+            (Some(open), _) if open.ends_with(')') => &open[..open.len() - 1],
+            (Some(_), Reading::New) => return Err(bad("has a \"(\" without a \")\" at its end")),
+            (None, Reading::New) if rest.ends_with(')') => {
+                return Err(bad("has a \")\" without a \"(\" before its list"));
+            }
+            _ => rest,
+        };
+        let items: Vec<&str> = inner.split(',').map(str::trim).collect();
+        if items.iter().all(|v| v.is_empty()) {
+            return Err(bad("has an empty list"));
+        }
+        match reading {
+            Reading::New if items.iter().any(|v| v.is_empty()) => {
+                Err(bad("has an empty item in its list (a comma too many?)"))
+            }
+            Reading::New => items.iter().map(|v| value(v, op)).collect(),
+            Reading::Held => Ok(items
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+                .collect()),
+        }
+    };
+    if let Some((k, v)) = s.split_once("!=") {
+        return Ok(Constraint::Ne(key(k)?, value(v, "!=")?));
+    }
+    if let Some((k, v)) = s.split_once('=') {
+        return Ok(Constraint::Eq(key(k)?, value(v, "=")?));
+    }
+    if let Some((k, rest)) = s.split_once(" not in ") {
+        return Ok(Constraint::NotIn(key(k)?, list(rest, "not in")?));
+    }
+    if let Some((k, rest)) = s.split_once(" in ") {
+        return Ok(Constraint::In(key(k)?, list(rest, "in")?));
+    }
+    if let Some(k) = s.strip_prefix('!') {
+        return Ok(Constraint::Missing(key(k)?));
+    }
+    if key_ok(s) {
+        Ok(Constraint::Exists(s.into()))
+    } else {
+        Err(bad("is not a constraint"))
+    }
+}
+
+impl Constraint {
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         match self {
             Constraint::Eq(k, v) => labels.get(k) == Some(v),
@@ -270,6 +314,134 @@ mod tests {
         }
         for bad in ["", "=eu", "a b", "region in ()", "!", "k in"] {
             assert!(Constraint::parse("constraints", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// Label values as node labels and Kubernetes write them still parse, and malformed ones a
+    /// user trial found accepted (each left its app pending for ever) are refused, saying why.
+    #[test]
+    fn constraint_values() {
+        let eq = |k: &str, v: &str| Ok(Constraint::Eq(k.into(), v.into()));
+        let list = |vs: &[&str]| vs.iter().map(|v| v.to_string()).collect::<Vec<_>>();
+        let cases: Vec<(&str, Result<Constraint, &str>)> = vec![
+            ("zone=n1", eq("zone", "n1")),
+            (" zone = n1 ", eq("zone", "n1")),
+            (
+                "topology.kubernetes.io/zone=eu-west-1a",
+                eq("topology.kubernetes.io/zone", "eu-west-1a"),
+            ),
+            ("version=v1.2.3_rc-1", eq("version", "v1.2.3_rc-1")),
+            ("path=a/b/c", eq("path", "a/b/c")),
+            ("addr=10.0.0.1:8080", eq("addr", "10.0.0.1:8080")),
+            ("city=münchen", eq("city", "münchen")),
+            ("zone!=n1", Ok(Constraint::Ne("zone".into(), "n1".into()))),
+            (
+                "zone in (a, b)",
+                Ok(Constraint::In("zone".into(), list(&["a", "b"]))),
+            ),
+            (
+                "zone in a,b",
+                Ok(Constraint::In("zone".into(), list(&["a", "b"]))),
+            ),
+            (
+                "zone not in (a)",
+                Ok(Constraint::NotIn("zone".into(), list(&["a"]))),
+            ),
+            (
+                "zone in (a,b",
+                Err(r#""zone in (a,b" has a "(" without a ")" at its end"#),
+            ),
+            (
+                "zone in a,b)",
+                Err(r#"has a ")" without a "(" before its list"#),
+            ),
+            ("zone in ((a,b))", Err(r#"has '(' in its value "(a""#)),
+            ("zone in (a b)", Err(r#"has whitespace in its value "a b""#)),
+            ("zone in (a,,b)", Err("has an empty item in its list")),
+            ("zone in (a,)", Err("has an empty item in its list")),
+            ("zone not in (a,b", Err(r#"has a "(" without a ")""#)),
+            (
+                "zone==",
+                Err(r#"has '=' in its value "="; "==" is not an operator; write key=value,"#),
+            ),
+            ("zone==a", Err(r#""==" is not an operator"#)),
+            (
+                "zone=a b",
+                Err(r#""zone=a b" has whitespace in its value "a b""#),
+            ),
+            (
+                "zone=n1,zone=n2",
+                Err(
+                    r#"has ',' in its value "n1,zone=n2"; for any of several values write key in (a,b)"#,
+                ),
+            ),
+            (
+                "zone!=a,b",
+                Err("to exclude several values write key not in (a,b)"),
+            ),
+            (
+                "zone=(a,b)",
+                Err("for any of several values write key in (a,b)"),
+            ),
+            ("zone != ", Err(r#""zone !=" has no value after "!=""#)),
+            ("zone=", Err(r#"has no value after "=""#)),
+            ("zone=\"a\"", Err(r#"has '"' in its value"#)),
+            ("zone=a!", Err(r#"has '!' in its value"#)),
+            ("zo ne=a", Err(r#"has a bad label key "zo ne""#)),
+        ];
+        for (text, want) in cases {
+            match (Constraint::parse("placement.constraints", text), want) {
+                (Ok(got), Ok(want)) => {
+                    assert_eq!(got, want, "{text}");
+                    assert_eq!(Constraint::parse("c", &got.to_string()), Ok(got), "{text}");
+                }
+                (Err(e), Err(want)) => {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with("placement.constraints: "), "{text}: {msg}");
+                    assert!(msg.contains(want), "{text}: {msg}");
+                    assert!(
+                        msg.contains("write key=value, key!=value, key in (a,b)"),
+                        "{msg}"
+                    );
+                }
+                (got, want) => panic!("{text}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// A spec stored before values were checked reads back as it was written: what the old
+    /// parser made of it, shown and read again, is the same constraint.
+    #[test]
+    fn held_constraints_read_back_unchecked() {
+        let cases = [
+            (
+                "zone in (a,b",
+                Constraint::In("zone".into(), vec!["(a".into(), "b".into()]),
+            ),
+            ("zone==", Constraint::Eq("zone".into(), "=".into())),
+            ("zone=a b", Constraint::Eq("zone".into(), "a b".into())),
+            (
+                "zone=n1,zone=n2",
+                Constraint::Eq("zone".into(), "n1,zone=n2".into()),
+            ),
+            ("zone != ", Constraint::Ne("zone".into(), String::new())),
+            (
+                "zone in (a,,b)",
+                Constraint::In("zone".into(), vec!["a".into(), "b".into()]),
+            ),
+        ];
+        for (text, want) in cases {
+            assert!(Constraint::parse("c", text).is_err(), "{text}");
+            let held = Constraint::parse_held("c", text);
+            assert_eq!(held.as_ref(), Ok(&want), "{text}");
+            assert_eq!(
+                Constraint::parse_held("c", &want.to_string()),
+                Ok(want),
+                "{text}"
+            );
+        }
+        for bad in ["", "=eu", "a b", "region in ()", "!", "k in"] {
+            assert!(Constraint::parse_held("c", bad).is_err(), "{bad:?}");
         }
     }
 

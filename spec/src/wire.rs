@@ -1,5 +1,7 @@
 //! Conversions between [`AppSpec`] and the wire type `pmcluster.v1.AppSpec`. Reading from the wire
-//! validates, so every spec that crosses a service boundary has been checked.
+//! validates, so every spec that crosses a service boundary has been checked. Placement
+//! constraints are read as a cluster may already hold them; a new spec (an apply) is read with
+//! [`new_spec_from_wire`], which also holds them to today's grammar.
 
 use std::time::Duration;
 
@@ -89,6 +91,22 @@ impl From<&AppSpec> for pb::AppSpec {
             update: Some(update_to_wire(&s.update)),
         }
     }
+}
+
+/// A spec sent as new input, to be stored: [`AppSpec::try_from`], and its constraints and
+/// affinities must also pass [`Constraint::parse`]. Specs coming back from a coordinator or an
+/// agent's disk are read with `try_from` alone, so one stored before values were checked still
+/// loads.
+pub fn new_spec_from_wire(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
+    let placement = p.placement.clone().unwrap_or_default();
+    let spec = AppSpec::try_from(p)?;
+    for c in &placement.constraints {
+        Constraint::parse("placement.constraints", c)?;
+    }
+    for a in &placement.affinities {
+        Constraint::parse("placement.affinities", &a.expr)?;
+    }
+    Ok(spec)
 }
 
 impl TryFrom<pb::AppSpec> for AppSpec {
@@ -342,14 +360,14 @@ fn placement_from_wire(p: pb::Placement) -> Result<PlacementSpec, SpecError> {
     let constraints = p
         .constraints
         .iter()
-        .map(|c| Constraint::parse("placement.constraints", c))
+        .map(|c| Constraint::parse_held("placement.constraints", c))
         .collect::<Result<Vec<_>, _>>()?;
     let affinities = p
         .affinities
         .iter()
         .map(|a| {
             Ok(Affinity {
-                constraint: Constraint::parse("placement.affinities", &a.expr)?,
+                constraint: Constraint::parse_held("placement.affinities", &a.expr)?,
                 weight: a.weight,
             })
         })

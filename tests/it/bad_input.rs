@@ -75,6 +75,12 @@ fn bad_input() {
             {"name": "second-bad", "script": "sleep", "instances": 3, "port": "30000-30001"}
         ]}"#,
     );
+    // A user trial found these constraints accepted, each leaving its app pending for ever.
+    let bad_constraints = write(
+        "bad-constraints.yaml",
+        "apps:\n  - name: placed\n    script: sleep\n    args: [\"600\"]\n    placement:\n      \
+         constraints: [\"zone=n1\", \"zone=n1,zone=n2\"]\n",
+    );
     let small_base = free_port_range(2).expect("two free ports");
     let small_range = format!("{small_base}-{}", small_base + 1);
 
@@ -140,6 +146,74 @@ fn bad_input() {
             &["start", &testapp, "--name", "web", "--instances", "2"],
             Some(2),
             &["already exists", "(it differs in port)"],
+        ),
+        refused(
+            &[
+                "start",
+                "sleep 1",
+                "--name",
+                "x",
+                "--constraint",
+                "zone in (a,b",
+            ],
+            Some(2),
+            &[
+                "--constraint: \"zone in (a,b\" has a \"(\" without a \")\"",
+                "key in (a,b)",
+            ],
+        ),
+        refused(
+            &["start", "sleep 1", "--name", "x", "--constraint", "zone=="],
+            Some(2),
+            &["--constraint: \"zone==\"", "\"==\" is not an operator"],
+        ),
+        refused(
+            &[
+                "start",
+                "sleep 1",
+                "--name",
+                "x",
+                "--constraint",
+                "zone=a b",
+            ],
+            Some(2),
+            &["--constraint: \"zone=a b\" has whitespace in its value"],
+        ),
+        refused(
+            &[
+                "start",
+                "sleep 1",
+                "--name",
+                "x",
+                "--constraint",
+                "zone=n1,zone=n2",
+            ],
+            Some(2),
+            &[
+                "--constraint: \"zone=n1,zone=n2\" has ','",
+                "write key in (a,b)",
+            ],
+        ),
+        refused(
+            &[
+                "start",
+                "sleep 1",
+                "--name",
+                "x",
+                "--constraint",
+                "zone != ",
+            ],
+            Some(2),
+            &["--constraint: \"zone !=\" has no value after \"!=\""],
+        ),
+        refused(
+            &["apply", "-f", &bad_constraints],
+            Some(2),
+            &[
+                "placed",
+                "placement.constraints",
+                "\"zone=n1,zone=n2\" has ','",
+            ],
         ),
         refused(&["stop", "nosuchapp"], None, &["nosuchapp"]),
         refused(&["delete", "nosuchapp"], None, &["nosuchapp"]),
@@ -246,6 +320,29 @@ fn bad_input() {
             .expect_err("a bad app name is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("name"), "{err:?}");
+        // The coordinator refuses a malformed constraint itself, as the CLI does.
+        let err = client
+            .apply_app(pb::ApplyAppRequest {
+                spec: Some(pb::AppSpec {
+                    name: "placed".into(),
+                    script: "sleep".into(),
+                    instances: 1,
+                    placement: Some(pb::Placement {
+                        constraints: vec!["zone=n1,zone=n2".into()],
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                keep_instances: false,
+            })
+            .await
+            .expect_err("a malformed constraint is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with("placement.constraints: \"zone=n1,zone=n2\" has ','"),
+            "{err:?}"
+        );
         let err = client
             .apply_app(pb::ApplyAppRequest {
                 spec: None,

@@ -310,6 +310,27 @@ fn start_errors() {
             "pmcluster start 'node s.js' --name w --constraint 'a b'",
             "--constraint:",
         ),
+        // A user trial found these accepted; each left the app pending for ever.
+        (
+            "pmcluster start 'node s.js' --name w --constraint 'zone in (a,b'",
+            "--constraint: \"zone in (a,b\" has a \"(\" without a \")\" at its end; write key=value",
+        ),
+        (
+            "pmcluster start 'node s.js' --name w --constraint 'zone=='",
+            "--constraint: \"zone==\" has '=' in its value",
+        ),
+        (
+            "pmcluster start 'node s.js' --name w --constraint 'zone=a b'",
+            "--constraint: \"zone=a b\" has whitespace in its value \"a b\"",
+        ),
+        (
+            "pmcluster start 'node s.js' --name w --constraint zone=n1,zone=n2",
+            "for any of several values write key in (a,b)",
+        ),
+        (
+            "pmcluster start 'node s.js' --name w --constraint 'zone != '",
+            "--constraint: \"zone !=\" has no value after \"!=\"",
+        ),
         (
             "pmcluster start 'node s.js' --name w --strategy random",
             "--strategy:",

@@ -3,7 +3,7 @@
 //! gRPC statuses. The conversions of plain data (views, events, agent messages) are `wire`'s.
 
 use pmcluster_proto::v1 as pb;
-use pmcluster_spec::AppSpec;
+use pmcluster_spec::wire::new_spec_from_wire;
 use tonic::{Code, Status};
 
 use crate::control::{ApplyCmd, ControlError, RolloutAction, ScaleCmd, Scaled};
@@ -73,7 +73,7 @@ impl TryFrom<pb::ApplyAppRequest> for ApplyCmd {
             .spec
             .ok_or_else(|| ControlError::InvalidArgument("spec: missing".into()))?;
         Ok(ApplyCmd {
-            spec: AppSpec::try_from(wire)?,
+            spec: new_spec_from_wire(wire)?,
             keep_instances: r.keep_instances,
         })
     }
@@ -240,5 +240,53 @@ mod tests {
         let missing = ApplyCmd::try_from(pb::ApplyAppRequest::default())
             .map_err(|e| Status::from(e).message().to_string());
         assert!(missing.is_err_and(|m| m == "spec: missing"));
+    }
+
+    /// A user trial found these accepted, each leaving its app pending for ever. An apply refuses
+    /// them; a spec read back (from this coordinator, or an agent) with one still loads.
+    #[test]
+    fn an_apply_with_a_malformed_constraint_is_invalid_argument() {
+        let apply = |constraints: &[&str], affinity: &str| pb::ApplyAppRequest {
+            spec: Some(pb::AppSpec {
+                name: "web".into(),
+                script: "sleep".into(),
+                instances: 1,
+                placement: Some(pb::Placement {
+                    constraints: constraints.iter().map(|c| c.to_string()).collect(),
+                    affinities: vec![pb::Affinity {
+                        expr: affinity.into(),
+                        weight: 10,
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            keep_instances: false,
+        };
+        assert!(ApplyCmd::try_from(apply(&["zone=n1", "disk in (ssd,nvme)"], "rack=r1")).is_ok());
+        let cases = [
+            (
+                apply(&["zone in (a,b"], "rack=r1"),
+                "placement.constraints: \"zone in (a,b\"",
+            ),
+            (
+                apply(&["zone=a", "zone=="], "rack=r1"),
+                "placement.constraints: \"zone==\"",
+            ),
+            (apply(&["zone=a b"], "rack=r1"), "whitespace"),
+            (apply(&["zone=n1,zone=n2"], "rack=r1"), "key in (a,b)"),
+            (apply(&["zone != "], "rack=r1"), "no value after"),
+            (
+                apply(&["zone=a"], "rack=r1 r2"),
+                "placement.affinities: \"rack=r1 r2\"",
+            ),
+        ];
+        for (request, want) in cases {
+            let wire = request.spec.clone().unwrap_or_default();
+            let status = Status::from(ApplyCmd::try_from(request).expect_err(want));
+            assert_eq!(status.code(), Code::InvalidArgument, "{want}");
+            assert!(status.message().contains(want), "{}", status.message());
+            assert!(pmcluster_spec::AppSpec::try_from(wire).is_ok(), "{want}");
+        }
     }
 }
