@@ -75,11 +75,16 @@ fn bad_input() {
             {"name": "second-bad", "script": "sleep", "instances": 3, "port": "30000-30001"}
         ]}"#,
     );
-    // A user trial found these constraints accepted, each leaving its app pending for ever.
+    // A user trial found these constraints accepted, each leaving its app pending for ever, and
+    // `instances = 1e3` refused as "1000 is neither a whole number ...".
     let bad_constraints = write(
         "bad-constraints.yaml",
         "apps:\n  - name: placed\n    script: sleep\n    args: [\"600\"]\n    placement:\n      \
          constraints: [\"zone=n1\", \"zone=n1,zone=n2\"]\n",
+    );
+    let float_count = write(
+        "float-count.toml",
+        "name = \"floaty\"\nscript = \"sleep\"\nargs = [\"600\"]\ninstances = 1e3\n",
     );
     let small_base = free_port_range(2).expect("two free ports");
     let small_range = format!("{small_base}-{}", small_base + 1);
@@ -214,6 +219,11 @@ fn bad_input() {
                 "placement.constraints",
                 "\"zone=n1,zone=n2\" has ','",
             ],
+        ),
+        refused(
+            &["apply", "-f", &float_count],
+            Some(2),
+            &["instances: 1000.0 is a float; write the whole number 1000, or \"max\""],
         ),
         refused(&["stop", "nosuchapp"], None, &["nosuchapp"]),
         refused(&["delete", "nosuchapp"], None, &["nosuchapp"]),

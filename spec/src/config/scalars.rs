@@ -87,9 +87,23 @@ pub fn parse_instances(value: &Scalar) -> Result<u32, SpecError> {
                 )),
             }
         }
+        Scalar::Float(f) => Err(SpecError::new("instances", float_count(*f))),
         other => Err(SpecError::new(
             "instances",
             format!("{} {NOT_A_COUNT}", other.to_text()),
         )),
     }
+}
+
+/// The message for a count written as a float (`1e3`, `2.0`, `2.5`). Its plain form may read as
+/// a whole number ("1000"), so it says what was wrong and, when there is one, the count meant.
+fn float_count(f: f64) -> String {
+    // `{:?}` keeps a float looking like one: 1000.0, not 1000.
+    let whole = f.is_finite() && f >= 0.0 && f.fract() == 0.0 && f <= f64::from(MAX_INSTANCES);
+    let instead = if whole {
+        format!("the whole number {}", f as u32)
+    } else {
+        "a whole number of instances (0 or more)".to_string()
+    };
+    format!("{f:?} is a float; write {instead}, or \"max\" (one per core)")
 }

@@ -505,6 +505,32 @@ fn type_errors_name_the_app_and_field() {
             Json,
             r#"app "x3": instances: -2 is neither a whole number of instances (0 or more) nor "max" (one per core)"#,
         ),
+        // A user trial got "1000 is neither a whole number ... nor "max"" for `instances = 1e3`.
+        (
+            "name = \"f1\"\nscript = \"x\"\ninstances = 1e3\n",
+            Toml,
+            r#"app "f1": instances: 1000.0 is a float; write the whole number 1000, or "max" (one per core)"#,
+        ),
+        (
+            r#"{"name":"f2","script":"x","instances":2.0}"#,
+            Json,
+            r#"app "f2": instances: 2.0 is a float; write the whole number 2, or "max""#,
+        ),
+        (
+            "name: f3\nscript: x\ninstances: 2.5\n",
+            Yaml,
+            r#"app "f3": instances: 2.5 is a float; write a whole number of instances (0 or more), or "max""#,
+        ),
+        (
+            r#"{"name":"f4","script":"x","instances":-3.0}"#,
+            Json,
+            r#"app "f4": instances: -3.0 is a float; write a whole number of instances (0 or more)"#,
+        ),
+        (
+            "name = \"f5\"\nscript = \"x\"\ninstances = 1e30\n",
+            Toml,
+            r#"app "f5": instances: 1e30 is a float; write a whole number of instances (0 or more)"#,
+        ),
     ];
     let mut wrong = Vec::new();
     for (text, format, want) in cases {
