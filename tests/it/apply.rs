@@ -380,3 +380,39 @@ fn all_stands_for_every_app() {
     let apps = c.cli(&["apps", "-o", "json"]).assert_ok().json();
     assert_eq!(apps.expect("apps is JSON"), json!([]));
 }
+
+/// A config file's apps run next to it, as PM2 runs an ecosystem file's: a trial applied a file
+/// from another directory, and its apps ran wherever `pmcluster up` had run (another file of
+/// the same name there ran instead).
+#[test]
+fn a_config_files_apps_run_beside_it() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let port = free_port_range(1).expect("a free port");
+    let proj = c.root().join("proj");
+    std::fs::create_dir_all(proj.join("sub")).expect("make the project directory");
+    let script = proj.join("run.sh");
+    let testapp = c.testapp().display().to_string();
+    std::fs::write(&script, format!("#!/bin/sh\nexec {testapp:?}\n")).expect("write run.sh");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&script, mode).expect("make run.sh executable");
+    let file = proj.join("apps.json");
+    let apps = json!({"apps": [
+        {"name": "beside", "script": "./run.sh", "port": port.to_string()},
+        {"name": "under", "script": "sleep", "args": ["600"], "cwd": "sub"},
+    ]});
+    std::fs::write(&file, apps.to_string()).expect("write the config");
+    let out = c.cli(&["apply", "-f", &file.display().to_string()]);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains(&format!(
+            "note: beside runs in {}, where ./run.sh is",
+            proj.display()
+        )),
+        "{out}"
+    );
+    for (app, dir) in [("beside", proj.clone()), ("under", proj.join("sub"))] {
+        let pid = wait_online(&c, app, 1)[0].pid.expect("a pid");
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("its cwd");
+        assert_eq!(cwd, dir, "{app}");
+    }
+}

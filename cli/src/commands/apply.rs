@@ -53,6 +53,22 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     let mut conn = ctx.connect().await?;
+    let apps = match config_dir(&args.file).filter(|_| conn.on_this_host()) {
+        Some(dir) => apps
+            .into_iter()
+            .map(|(label, spec)| {
+                let spec = spec.map(|spec| {
+                    let (spec, notes) = super::start::beside_file(spec, &dir);
+                    for note in notes {
+                        eprintln!("note: {note}");
+                    }
+                    spec
+                });
+                (label, spec)
+            })
+            .collect(),
+        None => apps,
+    };
     let mut results = Vec::with_capacity(apps.len());
     let mut goals = Vec::new();
     // As `kubectl apply`: an app refused (a token's app patterns, a bad value) does not keep the
@@ -170,6 +186,17 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Err(waited) => Err(waited.context(format!("{summary}; the first refusal: {e:#}"))),
         Ok(()) => Err(e.context(format!("{summary}; the first refusal"))),
     }
+}
+
+/// The directory of a config file given by its path (not `-`), made absolute.
+fn config_dir(file: &str) -> Option<std::path::PathBuf> {
+    if file == "-" {
+        return None;
+    }
+    let path = std::path::Path::new(file);
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let dir = dir.unwrap_or(std::path::Path::new("."));
+    std::path::absolute(dir).ok()
 }
 
 /// `export [APP]`: the apps in the names and shapes of a config file, as `{"apps": [...]}`, which

@@ -231,11 +231,29 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
     };
     let (spec, interpreted) = with_interpreter(spec);
     let (spec, moved) = match &here {
-        Some(here) => with_cwd_here(spec, here),
+        Some(here) => with_cwd_here(spec, here, "give --cwd DIR for another directory"),
         None => (spec, None),
     };
     let notes = pathed.into_iter().chain(interpreted).chain(moved);
     (spec, notes.collect())
+}
+
+/// An app of a config file in `dir`, applied to a coordinator on this machine, as PM2 runs an
+/// ecosystem file's apps: a relative `cwd` is the file's neighbour, and with no `cwd` a program
+/// or script that is a file next to the config runs there. A trial applied a file from another
+/// directory: the apps ran in whatever directory `pmcluster up` had run in (another
+/// `server.js` there ran instead), and all crash-looped after `down` and `up` elsewhere.
+pub(super) fn beside_file(spec: AppSpec, dir: &std::path::Path) -> (AppSpec, Vec<String>) {
+    let spec = match &spec.cwd {
+        Some(cwd) if !cwd.starts_with('/') => AppSpec {
+            cwd: Some(dir.join(cwd).to_string_lossy().into_owned()),
+            ..spec
+        },
+        _ => spec,
+    };
+    let (spec, pathed) = with_path_here(spec, dir);
+    let (spec, moved) = with_cwd_here(spec, dir, "set cwd in the file for another directory");
+    (spec, pathed.into_iter().chain(moved).collect())
 }
 
 /// [`for_here`] as it read a command line before a bare file name here became `./FILE`: an
@@ -243,7 +261,7 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
 pub(super) fn as_before_paths(spec: AppSpec, local: bool) -> AppSpec {
     let spec = with_interpreter(spec).0;
     match std::env::current_dir().ok().filter(|_| local) {
-        Some(here) => with_cwd_here(spec, &here).0,
+        Some(here) => with_cwd_here(spec, &here, "").0,
         None => spec,
     }
 }
@@ -281,7 +299,11 @@ pub(super) fn with_path_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec,
 /// `--cwd`: run in this directory, `here`, as PM2 runs an app where `pm2 start` ran (the path
 /// would otherwise be looked up from the agent's working directory); and a line saying so. Else
 /// the spec as it is.
-pub(super) fn with_cwd_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec, Option<String>) {
+pub(super) fn with_cwd_here(
+    spec: AppSpec,
+    here: &std::path::Path,
+    other_dir: &str,
+) -> (AppSpec, Option<String>) {
     if spec.cwd.is_some() || spec.shell {
         return (spec, None);
     }
@@ -302,7 +324,7 @@ pub(super) fn with_cwd_here(spec: AppSpec, here: &std::path::Path) -> (AppSpec, 
     };
     let dir = here.to_string_lossy().into_owned();
     let note = format!(
-        "{} runs in {dir}, where {file} is, as with PM2 (give --cwd DIR for another directory)",
+        "{} runs in {dir}, where {file} is, as with PM2 ({other_dir})",
         spec.name
     );
     let spec = AppSpec {
@@ -503,7 +525,8 @@ mod tests {
                 shell,
                 ..AppSpec::new("web", script, args)
             };
-            let (got, note) = with_cwd_here(spec, dir.path());
+            let (got, note) =
+                with_cwd_here(spec, dir.path(), "give --cwd DIR for another directory");
             assert_eq!(
                 got.cwd.is_some() && cwd.is_none(),
                 note.is_some(),
