@@ -152,7 +152,8 @@ impl Supervisor {
                 .iter()
                 .chain(env.iter())
                 .chain(markers_env.iter());
-            let envp = into_cgroup::environment(layers).map_err(StartError::Fatal)?;
+            let envp =
+                into_cgroup::environment(layers).map_err(|e| discard(StartError::Fatal(e)))?;
             let path_var = envp
                 .iter()
                 .find_map(|kv| kv.to_bytes().strip_prefix(b"PATH="))
@@ -176,7 +177,7 @@ impl Supervisor {
             let stdin = std::fs::File::open("/dev/null")
                 .map_err(|e| discard(StartError::Retry(format!("/dev/null: {}", describe(&e)))))?;
             let Some((out, err)) = stdio.take() else {
-                return Err(StartError::Retry("no output pipes".to_string()));
+                return Err(discard(StartError::Retry("no output pipes".to_string())));
             };
             let setup = into_cgroup::Setup {
                 program: resolved,
