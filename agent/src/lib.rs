@@ -68,6 +68,11 @@ pub enum AgentError {
         path.display()
     )]
     DataDirInUse { path: PathBuf },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot read host information: {0}")]
     Host(String),
     #[error("cannot watch for child exits: {0}")]
@@ -306,6 +311,14 @@ fn tighten_data_dir(data_dir: &Path) {
     }
 }
 
+/// Sleeps until `at`, or for ever without one: a `select!` arm with nothing scheduled.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Takes an exclusive lock on `DATA_DIR/agent.lock` for as long as the returned file lives.
 fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
     let path = data_dir.join("agent.lock");
@@ -320,8 +333,14 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
         })?;
     match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(file),
-        Err(_) => Err(AgentError::DataDirInUse {
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(AgentError::DataDirInUse {
             path: data_dir.to_path_buf(),
+        }),
+        // A filesystem without locks (NFS without lockd: ENOLCK, EOPNOTSUPP) is not another
+        // agent: saying "in use" would send the operator after a process that does not exist.
+        Err(e) => Err(AgentError::Lock {
+            path,
+            source: e.into(),
         }),
     }
 }

@@ -27,7 +27,7 @@ use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
 use crate::state::Agent;
-use crate::{config, restart, supervisor};
+use crate::{config, restart, sleep_until_opt, supervisor};
 
 mod delta;
 pub mod dialer;
@@ -246,11 +246,7 @@ async fn session(
         .max_encoding_message_size(pmcluster_proto::MAX_MESSAGE_BYTES);
     let (status_tx, status_rx) = mpsc::channel(STATUS_QUEUE);
     let (log_tx, log_rx) = mpsc::channel(LOG_QUEUE);
-    let remembered = agent
-        .identity
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let remembered = lock_identity(agent).clone();
     let register = pb::Register {
         node_name: agent.node_name.clone(),
         labels: cfg.labels.clone().into_iter().collect(),
@@ -355,12 +351,7 @@ async fn session(
 /// Says loudly when the coordinator serves another cluster or quarantined this node: its sets
 /// will be refused (or not sent) and the instances keep running until an operator adopts it.
 fn check_registered(agent: &Agent, r: &pb::Registered) {
-    let ours = agent
-        .identity
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .cluster_id
-        .clone();
+    let ours = lock_identity(agent).cluster_id.clone();
     if !ours.is_empty() && !r.cluster_id.is_empty() && ours != r.cluster_id {
         tracing::error!(
             "this agent belongs to cluster {ours}, but the coordinator serves cluster {}: its \
@@ -426,10 +417,7 @@ fn update_identity(
 /// generation below the highest applied); then remembers the set's cluster and generation.
 fn accept_set(agent: &Arc<Agent>, set: pb::DesiredSet, refused: &mut bool) {
     let verdict = {
-        let id = agent
-            .identity
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = lock_identity(agent);
         identity::verdict(&id, &set.cluster_id, set.generation, set.adopt)
     };
     match verdict {
@@ -575,13 +563,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 pub(crate) use adopt::{adopt_local, start_local_after};
 use launch::StartError;
-use wait::{next_cron, next_event, sleep_until_opt};
+use wait::{next_cron, next_event};
 
 use crate::desired::{self, Action, Current, Plan};
 use crate::health::{self, Tracker};
@@ -41,6 +41,7 @@ use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, St
 use crate::persist::{Saved, SavedEnd, SavedProcess, SavedPump};
 use crate::process::{Exit, ExitWatch, ProcId};
 use crate::restart::{self, Crashes};
+use crate::sleep_until_opt;
 use crate::state::{Agent, Entry, Inner, Poke, Target};
 
 /// How often a launching instance's port is probed.
@@ -605,7 +606,9 @@ impl Supervisor {
             (saved, self.start_pending(&target))
         };
         let Some(mut saved) = saved else {
-            let _ = self.agent.records.remove(self.id.as_str());
+            if let Err(e) = self.agent.records.remove(self.id.as_str()) {
+                tracing::warn!(instance = %self.id, "cannot remove its record: {e}");
+            }
             return;
         };
         if let Some(status) = self.agent.state.status(&self.id) {
