@@ -18,7 +18,7 @@ use pmcluster_spec::supervise::{HealthCheck, Probe};
 use tokio::net::TcpStream;
 
 use crate::model::Health;
-use crate::process::{Exit, Reaper, describe, signal_group};
+use crate::process::{Credentials, Exit, Reaper, describe, set_in_child, signal_group};
 
 /// One probe's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,9 +93,10 @@ pub struct Target {
     pub host: String,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
-    /// The instance's user and group: an exec probe runs as the instance does, not as the agent.
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
+    /// The instance's user, group and supplementary groups: an exec probe runs as the instance
+    /// does, never as the agent. `Err` says why they are unknown; an exec probe then fails with
+    /// it.
+    pub credentials: Result<Credentials, String>,
 }
 
 /// A probe in flight, polled by the supervisor.
@@ -218,6 +219,10 @@ impl Drop for KillOnDrop {
 
 async fn exec(command: String, target: Target, reaper: Arc<Reaper>) -> Outcome {
     use std::os::unix::process::CommandExt;
+    let credentials = match target.credentials {
+        Ok(c) => c,
+        Err(why) => return Outcome::Fail(format!("{command:?} not run: {why}")),
+    };
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(&command)
@@ -226,15 +231,23 @@ async fn exec(command: String, target: Target, reaper: Arc<Reaper>) -> Outcome {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0);
+    // As the instance's own start does: with another user, the directory is entered after the
+    // switch, with that user's rights.
+    let switches_user = credentials.uid.is_some() || credentials.gid.is_some();
+    let mut cwd_as_user = None;
     if let Some(cwd) = &target.cwd {
-        cmd.current_dir(cwd);
+        if switches_user {
+            match std::ffi::CString::new(cwd.as_str()) {
+                Ok(c) => cwd_as_user = Some(c),
+                Err(_) => return Outcome::Fail(format!("cwd {cwd:?} contains a NUL byte")),
+            }
+        } else {
+            cmd.current_dir(cwd);
+        }
     }
-    if let Some(gid) = target.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = target.uid {
-        cmd.uid(uid);
-    }
+    // Not `cmd.uid`/`cmd.gid`, which drop every supplementary group: the instance has its
+    // user's (see `process::set_in_child`), and the probe must reach what the instance reaches.
+    set_in_child(&mut cmd, None, None, Vec::new(), credentials, cwd_as_user);
     let spawned = match reaper.spawn(&mut cmd) {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(format!("cannot run /bin/sh: {}", describe(&e))),
@@ -364,8 +377,7 @@ mod tests {
             host: String::new(),
             env: vec![("WANT".into(), "7".into())],
             cwd: None,
-            uid: None,
-            gid: None,
+            credentials: Ok(Credentials::default()),
         };
         let check = |command: &str, timeout_ms: u64| HealthCheck {
             probe: Probe::Exec {
@@ -388,6 +400,32 @@ mod tests {
             probe(&check("sleep 10", 100), &target, &reaper).await,
             Outcome::Fail("no answer within 100ms".into())
         );
+        // Its user unknown (an adopted instance whose lookup failed): not run as the agent.
+        let unknown = Target {
+            credentials: Err("cannot look up user \"app\": EIO: I/O error".into()),
+            ..target.clone()
+        };
+        assert_eq!(
+            probe(&check("true", 5000), &unknown, &reaper).await,
+            Outcome::Fail("\"true\" not run: cannot look up user \"app\": EIO: I/O error".into())
+        );
+        // As another user, with the supplementary groups the instance gets (root only).
+        if nix::unistd::Uid::effective().is_root() {
+            let nobody = Target {
+                credentials: Ok(Credentials {
+                    uid: Some(65534),
+                    gid: Some(65534),
+                    groups: Some(vec![65534, 4242]),
+                }),
+                cwd: Some("/".into()),
+                ..target.clone()
+            };
+            let command = "test \"$(id -u)\" = 65534 && id -G | grep -qw 4242 && test \"$PWD\" = /";
+            assert_eq!(
+                probe(&check(command, 5000), &nobody, &reaper).await,
+                Outcome::Pass
+            );
+        }
         cancel.cancel();
         let _ = reaping.await;
     }

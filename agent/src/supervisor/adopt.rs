@@ -13,15 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use pmcluster_spec::instance::instance_env;
+use pmcluster_spec::supervise::Probe;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::launch::run_as;
+use super::launch::{health_target, run_as};
 use super::stop::{AFTER_KILL_WAIT, stop_signal};
 use super::{Running, apply_local, spawn_supervisor};
 use crate::cgroup;
-use crate::health;
 use crate::logs::pump::keep_pumping;
 use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
 use crate::orphans::{self, Orphan};
@@ -233,23 +232,30 @@ pub(super) fn adopt(
     let started = Instant::now()
         .checked_sub(uptime)
         .unwrap_or_else(Instant::now);
-    let (probe_env, uid, gid) = match run_as(&spec) {
-        Ok(r) => (r.env, r.credentials.uid, r.credentials.gid),
-        Err(_) => (Vec::new(), None, None),
-    };
-    let host = agent.host();
-    let health_target = health::Target {
-        index: saved.index,
-        port: process.port,
-        env: probe_env
-            .into_iter()
-            .chain(instance_env(&spec, saved.index, process.port, &host))
-            .collect(),
-        host,
-        cwd: spec.cwd.clone(),
-        uid,
-        gid,
-    };
+    let run_as = run_as(&spec);
+    let exec_probe = spec
+        .supervision
+        .health_check
+        .as_ref()
+        .is_some_and(|c| matches!(c.probe, Probe::Exec { .. }));
+    if let Err(e) = &run_as {
+        if exec_probe {
+            tracing::warn!(
+                instance = %assignment.instance_id,
+                "{e}: its exec health checks fail until it is restarted, rather than run as \
+                 the agent"
+            );
+        } else {
+            tracing::warn!(instance = %assignment.instance_id, "{e}");
+        }
+    }
+    let health_target = health_target(
+        &spec,
+        saved.index,
+        process.port,
+        agent.host(),
+        run_as.as_ref(),
+    );
     let mut running = Running::new(
         id,
         ExitWatch::adopt(id),
@@ -259,6 +265,11 @@ pub(super) fn adopt(
         process.port,
         &health_target,
     );
+    if run_as.is_err() && exec_probe {
+        // It ran before the agent did; a probe that cannot run must not hold it launching
+        // until its listen timeout restarts it (nor can a start do better without the user).
+        running.ready = true;
+    }
     // Found again by its record, or by its instance id (records of older agents).
     running.cgroup = process
         .cgroup
@@ -288,7 +299,10 @@ pub(super) fn adopt(
     status.restarts = saved.restarts;
     status.last_exit_code = saved.last_exit_code;
     status.health = running.health_state();
-    status.message = "adopted after an agent restart".to_string();
+    status.message = match &run_as {
+        Ok(_) => "adopted after an agent restart".to_string(),
+        Err(e) => format!("adopted after an agent restart; {e}"),
+    };
     tracing::info!(instance = %assignment.instance_id, app = %saved.app, index = saved.index, pid = id.pid, "adopted");
     let mut inner = agent.state.lock();
     // A Start action would restart it; the adopted process *is* the started one.

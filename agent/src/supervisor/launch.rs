@@ -83,7 +83,7 @@ impl Supervisor {
                 Err(e) => return Err(StartError::Retry(format!("cwd {cwd:?}: {}", describe(&e)))),
             }
         }
-        let run_as = run_as(&spec).map_err(StartError::Fatal)?;
+        let run_as = run_as(&spec).map_err(StartError::from)?;
         let affinity = affinity(&spec.supervision.cpu_affinity).map_err(StartError::Fatal)?;
         let limits = limits(&spec.supervision.limits).map_err(StartError::Fatal)?;
         let (stdout, stderr, pumps) =
@@ -100,12 +100,7 @@ impl Supervisor {
             ),
             None => None,
         };
-        let probe_env: Vec<(String, String)> = run_as
-            .env
-            .iter()
-            .cloned()
-            .chain(env.iter().cloned())
-            .collect();
+        let health_target = health_target(&spec, a.index, port, host.clone(), Ok(&run_as));
         // The message socket lives in the agent's private data dir, which another user cannot
         // reach: an instance that runs as one gets no PMCLUSTER_MESSAGES.
         let mut env = env;
@@ -117,7 +112,6 @@ impl Supervisor {
                 socket.to_string_lossy().into_owned(),
             ));
         }
-        let (probe_uid, probe_gid) = (run_as.credentials.uid, run_as.credentials.gid);
         let special = !run_as.credentials.is_empty() || affinity.is_some() || !limits.is_empty();
         let entering_cwd = switches_user && spec.cwd.is_some();
         let failed = |e: io::Error| spawn_error(&e, program, &spec, entering_cwd, special);
@@ -264,15 +258,7 @@ impl Supervisor {
             a.clone(),
             Arc::clone(&spec),
             port,
-            &health::Target {
-                index: a.index,
-                port,
-                host: host.clone(),
-                env: probe_env,
-                cwd: spec.cwd.clone(),
-                uid: probe_uid,
-                gid: probe_gid,
-            },
+            &health_target,
         );
         running.unpumped = pumps;
         running.cgroup = cgroup_path;
@@ -425,6 +411,73 @@ fn not_executable(program: &str, dir: impl Fn() -> Option<String>) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 == 0)
 }
 
+/// What an instance's health probes run against, for a process this agent started or one it
+/// adopted: built in one place so that both run an exec probe as the instance's user. Without
+/// the user (`run_as` failed, which only an adopted process can have: a start fails first),
+/// exec probes fail with the lookup error rather than run as the agent.
+pub(super) fn health_target(
+    spec: &AppSpec,
+    index: u32,
+    port: Option<u16>,
+    host: String,
+    run_as: Result<&RunAs, &RunAsError>,
+) -> health::Target {
+    let (user_env, credentials) = match run_as {
+        Ok(r) => (r.env.clone(), Ok(r.credentials.clone())),
+        Err(e) => (Vec::new(), Err(e.to_string())),
+    };
+    // The user's HOME, USER and LOGNAME first, as for the instance: the spec's env overrides
+    // them.
+    let env = user_env
+        .into_iter()
+        .chain(instance_env(spec, index, port, &host))
+        .collect();
+    health::Target {
+        index,
+        port,
+        host,
+        env,
+        cwd: spec.cwd.clone(),
+        credentials,
+    }
+}
+
+/// Why the user or group an instance runs as is not known.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum RunAsError {
+    /// The database answered that there is no such user or group (or the name cannot be one):
+    /// only a change of the host or of the spec helps.
+    #[error("{0}")]
+    Missing(String),
+    /// The database could not be read (an NSS backend such as LDAP or SSSD down): a later try
+    /// may succeed.
+    #[error("{0}")]
+    Lookup(String),
+}
+impl From<RunAsError> for StartError {
+    fn from(e: RunAsError) -> StartError {
+        match e {
+            // Final, as the CLI's `--wait` takes it: an operator creates the user or fixes the
+            // spec, and applying either starts it.
+            RunAsError::Missing(m) => StartError::Fatal(m),
+            // One NSS hiccup during a crash restart must not leave the instance down for good.
+            RunAsError::Lookup(m) => StartError::Retry(m),
+        }
+    }
+}
+/// A user or group database answer as the entry, or why there is none.
+fn found<T>(what: &str, name: &str, answer: nix::Result<Option<T>>) -> Result<T, RunAsError> {
+    match answer {
+        Ok(Some(entry)) => Ok(entry),
+        Ok(None) => Err(RunAsError::Missing(format!(
+            "{what} {name:?} does not exist on this host"
+        ))),
+        Err(e) => Err(RunAsError::Lookup(format!(
+            "cannot look up {what} {name:?}: {e}"
+        ))),
+    }
+}
+
 /// Who an instance runs as: its credentials and, with a `user`, what a login as that user would
 /// put in its environment.
 #[derive(Debug)]
@@ -437,35 +490,27 @@ pub(super) struct RunAs {
 /// The user and group to run as (names or numbers; a user without a group runs with its primary
 /// group) and, for a user, its supplementary groups. Reads the user and group databases, so it
 /// runs before the fork, never in the child.
-pub(super) fn run_as(spec: &AppSpec) -> Result<RunAs, String> {
+pub(super) fn run_as(spec: &AppSpec) -> Result<RunAs, RunAsError> {
     use nix::unistd::{Gid, Group, Uid, User};
     let s = &spec.supervision;
     let user = match &s.user {
         None => None,
         Some(name) => {
-            let found = match name.parse::<u32>() {
+            let answer = match name.parse::<u32>() {
                 Ok(uid) => User::from_uid(uid.into()),
                 Err(_) => User::from_name(name),
             };
-            match found {
-                Ok(Some(u)) => Some(u),
-                Ok(None) => return Err(format!("user {name:?} does not exist on this host")),
-                Err(e) => return Err(format!("cannot look up user {name:?}: {e}")),
-            }
+            Some(found("user", name, answer)?)
         }
     };
     let gid = match &s.group {
         None => user.as_ref().map(|u| u.gid.as_raw()),
         Some(name) => {
-            let found = match name.parse::<u32>() {
+            let answer = match name.parse::<u32>() {
                 Ok(gid) => Group::from_gid(gid.into()),
                 Err(_) => Group::from_name(name),
             };
-            match found {
-                Ok(Some(g)) => Some(g.gid.as_raw()),
-                Ok(None) => return Err(format!("group {name:?} does not exist on this host")),
-                Err(e) => return Err(format!("cannot look up group {name:?}: {e}")),
-            }
+            Some(found("group", name, answer)?.gid.as_raw())
         }
     };
     let Some(user) = user else {
@@ -483,11 +528,16 @@ pub(super) fn run_as(spec: &AppSpec) -> Result<RunAs, String> {
     // the group it runs with. Only a privileged agent can set them; an unprivileged one can only
     // run instances as itself, with its own groups.
     let groups = if Uid::effective().is_root() {
-        let name = std::ffi::CString::new(user.name.as_str())
-            .map_err(|_| format!("user {:?}: the name holds a NUL byte", user.name))?;
+        let name = std::ffi::CString::new(user.name.as_str()).map_err(|_| {
+            RunAsError::Missing(format!("user {:?}: the name holds a NUL byte", user.name))
+        })?;
         let primary = Gid::from_raw(gid.unwrap_or(user.gid.as_raw()));
-        let list = nix::unistd::getgrouplist(&name, primary)
-            .map_err(|e| format!("cannot look up the groups of user {:?}: {e}", user.name))?;
+        let list = nix::unistd::getgrouplist(&name, primary).map_err(|e| {
+            RunAsError::Lookup(format!(
+                "cannot look up the groups of user {:?}: {e}",
+                user.name
+            ))
+        })?;
         Some(list.into_iter().map(Gid::as_raw).collect())
     } else {
         None
@@ -561,6 +611,53 @@ mod tests {
         assert!(matches!(affinity(&[]), Ok(None)));
         assert!(matches!(affinity(&[0]), Ok(Some(_))));
         assert!(affinity(&[1 << 20]).is_err_and(|e| e.contains("no CPU")));
+    }
+
+    /// A user or group database that cannot be read is retried; one that says "no such user"
+    /// is final.
+    #[test]
+    fn a_failed_lookup_is_retried_and_a_missing_user_is_final() {
+        let unreadable: nix::Result<Option<()>> = Err(nix::errno::Errno::EIO);
+        let e = found("user", "app", unreadable).err();
+        assert_eq!(
+            e,
+            Some(RunAsError::Lookup(
+                "cannot look up user \"app\": EIO: I/O error".to_string()
+            ))
+        );
+        assert!(matches!(e.map(StartError::from), Some(StartError::Retry(m))
+            if m.starts_with("cannot look up user \"app\"")));
+        let e = found::<()>("group", "app", Ok(None)).err();
+        assert!(matches!(e.map(StartError::from), Some(StartError::Fatal(m))
+            if m == "group \"app\" does not exist on this host"));
+        assert_eq!(found("user", "app", Ok(Some(7))), Ok(7));
+    }
+
+    /// Without its user, an adopted instance's health target carries the lookup error and none
+    /// of a user's environment: an exec probe fails with it rather than run as the agent.
+    #[test]
+    fn a_health_target_without_its_user_says_why() {
+        let spec = AppSpec::new("web", "sleep", &["60"]);
+        let lost = RunAsError::Lookup("cannot look up user \"app\": EIO: I/O error".into());
+        let target = health_target(&spec, 2, Some(8080), "10.0.0.5".into(), Err(&lost));
+        assert_eq!(target.credentials, Err(lost.to_string()));
+        assert!(
+            !target.env.iter().any(|(k, _)| k == "HOME"),
+            "{:?}",
+            target.env
+        );
+        let run_as = RunAs {
+            credentials: process::Credentials {
+                uid: Some(1000),
+                gid: Some(1000),
+                groups: Some(vec![1000, 27]),
+            },
+            env: vec![("HOME".to_string(), "/home/app".to_string())],
+        };
+        let target = health_target(&spec, 2, Some(8080), "10.0.0.5".into(), Ok(&run_as));
+        assert_eq!(target.credentials, Ok(run_as.credentials.clone()));
+        assert_eq!(target.env.first(), Some(&run_as.env[0]));
+        assert_eq!((target.index, target.port), (2, Some(8080)));
     }
 
     /// A relative program that is not found names the directory it was looked up from.

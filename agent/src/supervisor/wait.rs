@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pmcluster_spec::supervise::Probe;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval};
 
@@ -120,7 +121,10 @@ impl Supervisor {
         let change = h.tracker.record(&outcome);
         let failures = h.tracker.failures();
         let last = h.tracker.last_failure.clone();
-        let restart_unhealthy = h.check.restart_unhealthy;
+        // An exec probe that could not run (its user unknown, see `launch::health_target`) says
+        // nothing of the process, and a start would need the same user: said, not restarted.
+        let not_run = matches!(h.check.probe, Probe::Exec { .. }) && h.target.credentials.is_err();
+        let restart_unhealthy = h.check.restart_unhealthy && !not_run;
         let health = h.tracker.health;
         match change {
             Change::Same => Ok(r),
