@@ -234,43 +234,13 @@ const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// closed first); the probe tells that case apart from a coordinator that died mid-call.
 pub(crate) async fn tls_hint(url: &str) -> Option<String> {
     let at = url.strip_prefix("http://")?;
-    if !serves_tls(at).await {
+    if !pmcluster_proto::serves_tls(at, TLS_PROBE_TIMEOUT).await {
         return None;
     }
     Some(format!(
         "the coordinator at {url} serves TLS (it answered a plaintext call in TLS): use \
          https://{at} with --ca (and --cert/--key, or --token)"
     ))
-}
-
-/// Whether the server at `authority` (HOST:PORT) answers the HTTP/2 preface with a TLS record.
-async fn serves_tls(authority: &str) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-        stream
-            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-            .await
-            .ok()?;
-        let mut head = [0u8; 3];
-        let mut got = 0;
-        while got < head.len() {
-            match stream.read(&mut head[got..]).await.ok()? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        Some(is_tls_record(&head[..got]))
-    };
-    let answer = tokio::time::timeout(TLS_PROBE_TIMEOUT, probe).await;
-    answer.ok().flatten().unwrap_or(false)
-}
-
-/// Whether `head` starts a TLS record: a content type (change cipher spec, alert, handshake,
-/// application data) and a 3.x version. An h2 server answers the preface with a SETTINGS frame,
-/// whose first bytes are a length no bigger than this.
-fn is_tls_record(head: &[u8]) -> bool {
-    matches!(head, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
 }
 
 /// The innermost cause: "Connection refused (os error 111)" rather than "transport error".
@@ -326,21 +296,6 @@ mod tests {
         };
         assert!(err(tls_config(&https, None, None, None)).starts_with("--ca is needed"));
         assert!(err(tls_config(&https, Some(p), None, None)).starts_with("--ca /nonexistent"));
-    }
-
-    #[test]
-    fn tls_records() {
-        let cases: &[(&[u8], bool)] = &[
-            (&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32], true), // rustls: an alert
-            (&[0x16, 0x03, 0x01], true),
-            (&[0x00, 0x00, 0x12, 0x04], false), // an h2 SETTINGS frame
-            (b"HTTP/1.1 400 Bad Request", false),
-            (&[0x15, 0x03], false),
-            (&[], false),
-        ];
-        for (head, want) in cases {
-            assert_eq!(is_tls_record(head), *want, "{head:?}");
-        }
     }
 
     /// A server that answers whatever it is sent with `reply`, then closes; its address.

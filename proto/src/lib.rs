@@ -1,7 +1,8 @@
 //! The pmcluster v1 gRPC API, generated from `proto/pmcluster/v1/*.proto` at build time.
 //!
-//! Owns the wire types only. Domain types live in `pmcluster-spec` and the coordinator; the
-//! conversions between them sit at the service boundary, never here.
+//! Owns the wire types, and the few readings of the wire every client needs (a standby's leader
+//! hint, whether a server speaks TLS). Domain types live in `pmcluster-spec` and the
+//! coordinator; the conversions between them sit at the service boundary, never here.
 
 #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
 pub mod v1 {
@@ -39,9 +40,58 @@ pub fn leader_hint(status: &tonic::Status) -> Option<String> {
     (!value.is_empty()).then(|| value.to_string())
 }
 
+/// Whether the server at `authority` (HOST:PORT) answers the HTTP/2 preface with a TLS record,
+/// within `timeout`: what tells a coordinator that serves TLS, dialled with `http://`, apart
+/// from one that is down or died mid-call. tonic says only "transport error" or "h2 protocol
+/// error" in both cases (it read the TLS alert as an oversized frame, or the server closed
+/// first).
+pub async fn serves_tls(authority: &str, timeout: std::time::Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 3];
+        let mut got = 0;
+        while got < head.len() {
+            match stream.read(&mut head[got..]).await.ok()? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Some(is_tls_record(&head[..got]))
+    };
+    let answer = tokio::time::timeout(timeout, probe).await;
+    answer.ok().flatten().unwrap_or(false)
+}
+
+/// Whether `head` starts a TLS record: a content type (change cipher spec, alert, handshake,
+/// application data) and a 3.x version. An h2 server answers the preface with a SETTINGS frame,
+/// whose first bytes are a length no bigger than this.
+fn is_tls_record(head: &[u8]) -> bool {
+    matches!(head, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_records() {
+        let cases: &[(&[u8], bool)] = &[
+            (&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32], true), // rustls: an alert
+            (&[0x16, 0x03, 0x01], true),
+            (&[0x00, 0x00, 0x12, 0x04], false), // an h2 SETTINGS frame
+            (b"HTTP/1.1 400 Bad Request", false),
+            (&[0x15, 0x03], false),
+            (&[], false),
+        ];
+        for (head, want) in cases {
+            assert_eq!(is_tls_record(head), *want, "{head:?}");
+        }
+    }
 
     fn refusal(hint: Option<&str>) -> tonic::Status {
         let mut status = tonic::Status::unavailable("this coordinator is a standby");

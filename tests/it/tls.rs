@@ -117,6 +117,39 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
     assert!(err.contains(&hint), "{hint:?} in {err}");
     wait_logged(&c, before, &want);
 
+    // An agent given the plaintext URL says the same, rather than "transport error", and
+    // keeps retrying (the operator may fix either side). Started by hand: the harness gives a
+    // TLS cluster's agents --tls-cert, which an http:// URL refuses.
+    let dir = c.root().join("agent-plain");
+    fs::create_dir_all(&dir).expect("a data dir");
+    let stderr = dir.join("stderr.log");
+    let mut agent = Command::new(&c.bins().agent)
+        .args(["--coordinator", &plain, "--node-name", "d", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr).expect("a stderr file"))
+        .spawn()
+        .expect("the agent runs");
+    let hint = format!(
+        "the coordinator at {plain} serves TLS (it answered a plaintext call in TLS): use {url} \
+         with --ca, --tls-cert and --tls-key; retrying"
+    );
+    let said = || fs::read_to_string(&stderr).unwrap_or_default();
+    let seen = pmcluster_tests::poll_until(DEADLINE, "agent d to say it", || {
+        match agent.try_wait() {
+            Ok(None) if said().contains(&hint) => Ok(()),
+            Ok(None) => Err("not yet".to_string()),
+            // Exited: said below.
+            _ => Ok(()),
+        }
+    });
+    let running = matches!(agent.try_wait(), Ok(None));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(seen.is_ok() && running, "{hint:?} in {}", said());
+
     // 5. node-a's certificate registering as node b: PERMISSION_DENIED, logged by both sides.
     let (cert, key) = node_a;
     let flags = ["--tls-cert", &s(&cert), "--tls-key", &s(&key), "--ca", &ca];

@@ -129,6 +129,8 @@ enum End {
         answered: bool,
         /// The leader an UNAVAILABLE named (a standby's refusal, a leader stepping down).
         hint: Option<String>,
+        /// The URL is `http://` but the coordinator there serves TLS; `reason` says what to do.
+        wants_tls: bool,
         reason: String,
     },
 }
@@ -145,7 +147,8 @@ pub(crate) async fn run(
     let mut dialer = Dialer::new(cfg.coordinators.clone());
     loop {
         let url = dialer.target().to_string();
-        match session(&agent, &cfg, &url, &mut dialer, &cancel).await {
+        let end = session(&agent, &cfg, &url, &mut dialer, &cancel).await;
+        match tls_hinted(&url, end, &cancel).await {
             End::Shutdown => return Ok(()),
             End::Ended {
                 already_exists: true,
@@ -160,6 +163,7 @@ pub(crate) async fn run(
                 already_exists,
                 answered,
                 hint,
+                wants_tls,
                 reason,
             } => {
                 if registered {
@@ -193,10 +197,15 @@ pub(crate) async fn run(
                         "link to coordinator lost ({url}: {reason}); reconnecting to {to} in {delay:?}"
                     );
                 } else if reason.starts_with("PERMISSION_DENIED") {
-                    tracing::warn!(
+                    // Not a network fault: nothing changes until an operator fixes the
+                    // certificate or the node name, so it is said as an error (retried all the
+                    // same, in case the fix is on the coordinator's side).
+                    tracing::error!(
                         "coordinator at {url} refused this agent ({reason}); retrying {to} in \
                          {delay:?}"
                     );
+                } else if wants_tls {
+                    tracing::error!("{reason}; retrying {to} in {delay:?}");
                 } else {
                     tracing::warn!(
                         "cannot reach a coordinator (last: {url}, {reason}); retrying {to} in \
@@ -210,6 +219,55 @@ pub(crate) async fn run(
             }
         }
     }
+}
+
+/// How long the look at whether a coordinator speaks TLS may take, on the way to a retry.
+const TLS_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A plaintext session that broke before it registered, without a refusal the coordinator
+/// meant: if the server at `url` answers plaintext HTTP/2 with TLS, the reason says to use
+/// `https://` (as the CLI does), not tonic's "transport error" or "h2 protocol error", which
+/// read as a network fault and were retried for ever without a word of the cause.
+async fn tls_hinted(url: &str, end: End, cancel: &CancellationToken) -> End {
+    match end {
+        End::Ended {
+            registered: false,
+            already_exists: false,
+            answered,
+            hint: None,
+            wants_tls: false,
+            reason,
+        } if !reason.starts_with("PERMISSION_DENIED") => {
+            let serves_tls = match url.strip_prefix("http://") {
+                Some(at) => tokio::select! {
+                    () = cancel.cancelled() => return End::Shutdown,
+                    tls = pmcluster_proto::serves_tls(at, TLS_PROBE_TIMEOUT) => tls.then_some(at),
+                },
+                None => None,
+            };
+            let (wants_tls, reason) = match serves_tls {
+                Some(at) => (true, plaintext_to_tls(url, at)),
+                None => (false, reason),
+            };
+            End::Ended {
+                registered: false,
+                already_exists: false,
+                answered,
+                hint: None,
+                wants_tls,
+                reason,
+            }
+        }
+        other => other,
+    }
+}
+
+/// What to do about a `--coordinator http://AT` that serves TLS, in the agent's flags.
+fn plaintext_to_tls(url: &str, at: &str) -> String {
+    format!(
+        "the coordinator at {url} serves TLS (it answered a plaintext call in TLS): use \
+         https://{at} with --ca, --tls-cert and --tls-key"
+    )
 }
 
 /// Adds up to a quarter of `delay` at random, so agents cut off together do not all come back
@@ -509,6 +567,7 @@ fn ended(registered: bool, already_exists: bool, reason: String) -> End {
         already_exists,
         answered: false,
         hint: None,
+        wants_tls: false,
         reason,
     }
 }
@@ -533,6 +592,7 @@ fn from_status(registered: bool, status: &tonic::Status) -> End {
         // UNAVAILABLE is a standby's refusal, or a transport failure as tonic reports it.
         answered: status.code() != tonic::Code::Unavailable,
         hint: hint(status),
+        wants_tls: false,
         reason,
     }
 }
@@ -568,6 +628,65 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers whatever it is sent with `reply`, then closes; its address.
+    async fn answering(reply: &'static [u8]) -> std::io::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let at = listener.local_addr()?.to_string();
+        tokio::spawn(async move {
+            if let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream.write_all(reply).await;
+            }
+        });
+        Ok(at)
+    }
+
+    fn transport_error() -> End {
+        from_status(false, &tonic::Status::unknown("transport error"))
+    }
+
+    fn said(end: &End) -> (bool, &str) {
+        match end {
+            End::Ended {
+                wants_tls, reason, ..
+            } => (*wants_tls, reason.as_str()),
+            End::Shutdown => (false, "shutdown"),
+        }
+    }
+
+    /// A plaintext dial of a coordinator that serves TLS says to use https://, not "transport
+    /// error"; a coordinator that speaks h2, or one that refused, keeps its own reason.
+    #[tokio::test]
+    async fn a_plaintext_dial_of_a_tls_coordinator_says_to_use_https() -> std::io::Result<()> {
+        let cancel = CancellationToken::new();
+        let alert: &[u8] = &[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+        let at = answering(alert).await?;
+        let url = format!("http://{at}");
+        let end = tls_hinted(&url, transport_error(), &cancel).await;
+        let want = format!(
+            "the coordinator at {url} serves TLS (it answered a plaintext call in TLS): use \
+             https://{at} with --ca, --tls-cert and --tls-key"
+        );
+        assert_eq!(said(&end), (true, want.as_str()));
+
+        let settings: &[u8] = &[0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00];
+        let at = answering(settings).await?;
+        let end = tls_hinted(&format!("http://{at}"), transport_error(), &cancel).await;
+        assert_eq!(said(&end), (false, "Unknown error: transport error"));
+
+        // A refusal is what the coordinator meant: not probed, and said as it came.
+        let at = answering(alert).await?;
+        let denied = from_status(false, &tonic::Status::permission_denied("not node b"));
+        let end = tls_hinted(&format!("http://{at}"), denied, &cancel).await;
+        assert!(
+            said(&end).1.starts_with("PERMISSION_DENIED: not node b"),
+            "{end:?}"
+        );
+        Ok(())
+    }
 
     #[test]
     fn reconnect_backoff() {
