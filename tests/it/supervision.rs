@@ -669,6 +669,40 @@ fn agent_kill_9_leaves_instances_running_and_the_next_agent_adopts_them() {
     assert!(procs[0].alive() && procs[2].alive());
 }
 
+/// A user's stop is on disk before the stop ends: an agent that restarts while a process that
+/// ignores SIGTERM is still inside its kill timeout stops the process it adopts, even with
+/// the coordinator down, rather than keep it running from a record that says it runs.
+#[test]
+fn a_stop_in_progress_survives_an_agent_restart() {
+    let mut c = Cluster::start(1).expect("coordinator and an agent start");
+    let port = free_port_range(1).expect("a free port");
+    let testapp = c.testapp().display().to_string();
+    apply(
+        &c,
+        json!({"name": "stubborn", "script": testapp, "port": port.to_string(),
+               "env": {"TESTAPP_IGNORE_SIGTERM": "1"}, "kill_timeout": "8s"}),
+    );
+    let i = wait_online(&c, "stubborn", 1).remove(0);
+    let proc = ProcId::of(i.pid.expect("pid")).expect("alive");
+    c.cli(&["stop", "stubborn"]).assert_ok();
+    // Stopping: the SIGTERM went out, and its kill timeout runs.
+    wait_instance(&c, "stubborn", "stopping", |i| i.status == "stopping");
+    let old = c.agent_idx("node-a").expect("node-a");
+    c.agent(old).kill();
+    c.kill_coordinator().expect("kill the coordinator");
+    assert!(proc.alive(), "it ignores SIGTERM");
+
+    c.restart_agent(old, &[]).expect("restart the agent");
+    // Within its kill timeout (SIGTERM again, then SIGKILL) and some room.
+    wait_until(DEADLINE, "the adopted stubborn[0] to be stopped", || {
+        if proc.alive() {
+            Err(format!("pid {} alive", proc.pid))
+        } else {
+            Ok(())
+        }
+    });
+}
+
 /// `cron_restart` restarts a healthy instance on its schedule (every minute here: cron's finest
 /// grain), says why, and counts it as a restart.
 #[test]

@@ -407,6 +407,13 @@ impl Supervisor {
             let shutting_down = self.agent.stop_instances.is_cancelled();
             if target.remove || shutting_down || !target.assignment.run {
                 if let Some(r) = running.take() {
+                    if !target.remove && !shutting_down {
+                        // A user's stop, recorded before the stop (which may take the whole
+                        // kill timeout, beyond the agent's shutdown slack): an agent that
+                        // restarts meanwhile then stops the process it adopts, rather than
+                        // keep it running as wanted. Not for a delete (see below).
+                        self.persist(Some(&r));
+                    }
                     let exit = self.stop(r).await;
                     if target.remove {
                         // Its record goes below; written first as well, it was about a
