@@ -311,14 +311,6 @@ fn tighten_data_dir(data_dir: &Path) {
     }
 }
 
-/// Sleeps until `at`, or for ever without one: a `select!` arm with nothing scheduled.
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Takes an exclusive lock on `DATA_DIR/agent.lock` for as long as the returned file lives.
 fn lock_data_dir(data_dir: &Path) -> Result<File, AgentError> {
     let path = data_dir.join("agent.lock");

@@ -27,7 +27,8 @@ use crate::logs::LogRequests;
 use crate::metrics::HostInfo;
 use crate::model::DesiredSet;
 use crate::state::Agent;
-use crate::{config, restart, sleep_until_opt, supervisor};
+use crate::supervisor::sleep_until_opt;
+use crate::{config, restart, supervisor};
 
 mod delta;
 pub mod dialer;

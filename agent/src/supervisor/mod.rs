@@ -32,6 +32,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 pub(crate) use adopt::{adopt_local, start_local_after};
 use launch::StartError;
+pub(crate) use wait::sleep_until_opt;
 use wait::{next_cron, next_event};
 
 use crate::desired::{self, Action, Current, Plan};
@@ -41,7 +42,6 @@ use crate::model::{Assignment, DesiredSet, Health, InstanceId, InstanceState, St
 use crate::persist::{Saved, SavedEnd, SavedProcess, SavedPump};
 use crate::process::{Exit, ExitWatch, ProcId};
 use crate::restart::{self, Crashes};
-use crate::sleep_until_opt;
 use crate::state::{Agent, Entry, Inner, Poke, Target};
 
 /// How often a launching instance's port is probed.

@@ -19,7 +19,6 @@ use crate::model::{Health, InstanceState};
 use crate::persist::{EndState, SavedEnd};
 use crate::process::{self, Exit};
 use crate::restart::{self, Decision, Named, Policy};
-use crate::sleep_until_opt;
 use crate::state::Poke;
 
 /// How a starting instance's message begins while its health check fails (before it is online).
@@ -396,6 +395,14 @@ pub(super) async fn probe(interval: &mut Interval, port: u16, host: Option<IpAdd
                 return;
             }
         }
+    }
+}
+/// Sleeps until `at`, or for ever without one: a `select!` arm with nothing scheduled. Also the
+/// link's (which sits above the supervisors, see the crate's layering test).
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 /// Time until the next run of a cron expression, in the agent's local time.
