@@ -41,16 +41,16 @@ impl Authed {
 pub struct Token(tonic::codegen::http::HeaderValue);
 
 impl Token {
-    /// The value of `--token`; the error names the flag (and never echoes the token).
+    /// The value of `--token`; the error names the flag (and never echoes the token). The
+    /// format is checked here as the coordinator checks it, so a malformed token is bad input
+    /// (exit 2) rather than a refusal that reads like a wrong token.
     pub fn parse(text: &str) -> Result<Token, UsageError> {
         let text = text.trim();
-        let well_formed = text.starts_with("pmc_")
-            && text.len() < 256
-            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !well_formed {
-            return Err(UsageError::new(
-                "--token (or PMCLUSTER_TOKEN): not a pmcluster token; it starts with pmc_ and is                  printed once by `pmcluster token create`",
-            ));
+        if pmcluster_proto::token::id(text).is_none() {
+            return Err(UsageError::new(format!(
+                "--token (or PMCLUSTER_TOKEN): {}",
+                pmcluster_proto::token::MALFORMED
+            )));
         }
         let mut value = tonic::codegen::http::HeaderValue::from_str(&format!("Bearer {text}"))
             .map_err(|_| UsageError::new("--token: not a valid header value"))?;
@@ -296,6 +296,24 @@ mod tests {
         };
         assert!(err(tls_config(&https, None, None, None)).starts_with("--ca is needed"));
         assert!(err(tls_config(&https, Some(p), None, None)).starts_with("--ca /nonexistent"));
+    }
+
+    #[test]
+    fn tokens() {
+        let good = format!("pmc_0123456789ab_{}", "0".repeat(64));
+        assert!(Token::parse(&good).is_ok());
+        assert!(
+            Token::parse(&format!(" {good}\n")).is_ok(),
+            "a pasted newline"
+        );
+        let want = "--token (or PMCLUSTER_TOKEN): malformed token: expected pmc_<id>_<secret> as \
+                    printed by `pmcluster token create`";
+        for bad in ["abc def", "pmc_bogus", "pmc_", "", &format!("{good}x")] {
+            match Token::parse(bad) {
+                Err(e) => assert_eq!(e.to_string(), want, "{bad:?}"),
+                Ok(_) => panic!("{bad:?} accepted"),
+            }
+        }
     }
 
     /// A server that answers whatever it is sent with `reply`, then closes; its address.

@@ -182,11 +182,10 @@ impl Gate {
                     unauthenticated("the authorization header is not `Bearer TOKEN`".into())
                 })?;
             if access::token_id(bearer).is_none() {
-                return Err(unauthenticated(
-                    "the token is not a pmcluster token (pmc_...); check --token or \
-                     PMCLUSTER_TOKEN"
-                        .into(),
-                ));
+                return Err(unauthenticated(format!(
+                    "{}; check --token or PMCLUSTER_TOKEN",
+                    pmcluster_proto::token::MALFORMED
+                )));
             }
             // Tokens live in the leader's state: a standby sends the caller there first.
             let control = self.seat.control().map_err(Identified::Standby)?;

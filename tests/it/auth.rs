@@ -216,6 +216,15 @@ fn tokens_and_roles_decide_every_call_and_refusals_are_logged() {
     assert!(err.assert_failed().contains("unknown or revoked"), "{err}");
     let err = c.cli(&["list", "--token", "not-a-token"]);
     assert_eq!(err.status.code(), Some(2), "{err}");
+    // A user trial: `pmc_bogus` went to the coordinator and came back "not a pmcluster token
+    // (pmc_...)", though it starts with pmc_; and a space made the message's own gap.
+    let want = "--token (or PMCLUSTER_TOKEN): malformed token: expected pmc_<id>_<secret> as \
+                printed by `pmcluster token create`";
+    for bad in ["pmc_bogus", "abc def"] {
+        let err = c.cli(&["list", "--token", bad]);
+        assert_eq!(err.status.code(), Some(2), "{err}");
+        assert!(err.stderr.contains(want), "{want:?} in {err}");
+    }
 }
 
 #[test]

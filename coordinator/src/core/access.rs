@@ -248,24 +248,14 @@ pub fn check_glob(glob: &str) -> Result<(), AccessError> {
     Ok(())
 }
 
-/// Every token starts so; a glance tells a pmcluster token from other secrets.
-pub const TOKEN_PREFIX: &str = "pmc_";
-/// Hex characters of a token's id.
-pub const TOKEN_ID_LEN: usize = 12;
-/// Hex characters of a token's secret part (256 bits).
-pub const TOKEN_SECRET_LEN: usize = 64;
+// The format is shared with the CLI, which checks a token before sending it.
+pub use pmcluster_proto::token::{
+    ID_LEN as TOKEN_ID_LEN, PREFIX as TOKEN_PREFIX, SECRET_LEN as TOKEN_SECRET_LEN, id as token_id,
+};
 
 /// The bearer value of a token with `id` and `secret` (both hex).
 pub fn token_text(id: &str, secret: &str) -> String {
     format!("{TOKEN_PREFIX}{id}_{secret}")
-}
-
-/// The id of a well-formed bearer value; `None` for anything else.
-pub fn token_id(bearer: &str) -> Option<&str> {
-    let rest = bearer.strip_prefix(TOKEN_PREFIX)?;
-    let (id, secret) = rest.split_once('_')?;
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hex(id, TOKEN_ID_LEN) && hex(secret, TOKEN_SECRET_LEN)).then_some(id)
 }
 
 /// What the store keeps of a bearer value: its SHA-256, hex. The secret has 256 random bits,
