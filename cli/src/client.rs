@@ -89,27 +89,53 @@ impl tower::Service<tonic::codegen::http::Request<tonic::body::Body>> for Authed
 }
 
 /// Turns `host:port` or `http://host:port` into the URL we dial; the error names the flag.
+/// An address that can never be dialled (no host, a port out of range) is bad input here:
+/// dialled, it only came back as "cannot reach", which sent the user looking for a coordinator.
 pub fn normalize_url(input: &str) -> Result<String, UsageError> {
-    let trimmed = input.trim().trim_end_matches('/');
-    let url = if trimmed.contains("://") {
-        trimmed.to_string()
-    } else {
-        format!("http://{trimmed}")
-    };
-    let bad = || {
+    let trimmed = input.trim();
+    // The scheme's own slashes are not a trailing '/': trimmed with the rest, `https://` became
+    // `https:`, which read as the host `https`.
+    let (scheme, rest) = trimmed.split_once("://").unwrap_or(("http", trimmed));
+    let rest = rest.trim_end_matches('/');
+    let bad = |why: &str| {
         UsageError::new(format!(
-            "--coordinator: {input:?} is not an address; use HOST:PORT, http://HOST:PORT or \
+            "--coordinator: {input:?} {why}; use HOST:PORT, http://HOST:PORT or \
              https://HOST:PORT"
         ))
     };
-    let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad())?;
+    if rest.is_empty() {
+        return Err(bad("has no host"));
+    }
+    let url = format!("{scheme}://{rest}");
+    let uri: tonic::codegen::http::Uri = url.parse().map_err(|_| bad("is not an address"))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err(bad());
+        return Err(bad("is not an address"));
     }
-    match uri.authority() {
-        Some(a) if !a.host().is_empty() => Ok(url),
-        _ => Err(bad()),
+    let Some(authority) = uri.authority() else {
+        return Err(bad("is not an address"));
+    };
+    if authority.host().is_empty() {
+        return Err(bad("has no host"));
     }
+    if let Some(port) = port_text(authority.as_str()) {
+        match port.parse::<u16>() {
+            _ if port.is_empty() => return Err(bad("has no port after ':'")),
+            Ok(1..) => {}
+            _ => return Err(bad(&format!("has port {port}, not one of 1-65535"))),
+        }
+    }
+    Ok(url)
+}
+
+/// The port as written after the host (`None` without one): the `Uri` parser takes any digits,
+/// and its `port_u16` cannot tell a missing port from one out of range.
+fn port_text(authority: &str) -> Option<&str> {
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    // An IPv6 host's colons are inside its brackets.
+    let after_host = host_port
+        .rfind(']')
+        .map_or(host_port, |i| &host_port[i + 1..]);
+    after_host.rsplit_once(':').map(|(_, port)| port)
 }
 
 /// Connects to the coordinator at `url` (already normalised), failing within
@@ -135,10 +161,19 @@ pub(crate) enum Dial {
 }
 
 pub(crate) fn unreachable(url: &str, why: &str) -> String {
-    format!(
-        "cannot reach the coordinator at {url}: {why}; is it running? \
-         start a local one with 'pmcluster up'"
-    )
+    // `pmcluster up` only starts a coordinator on this machine: for a remote one the advice
+    // would send the user to the wrong host.
+    if crate::failover::is_loopback_url(url) {
+        format!(
+            "cannot reach the coordinator at {url}: {why}; is it running? start a local one \
+             with 'pmcluster up'"
+        )
+    } else {
+        format!(
+            "cannot reach the coordinator at {url}: {why}; is it running there, and is \
+             --coordinator (or PMCLUSTER_COORDINATOR) its address?"
+        )
+    }
 }
 
 pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
@@ -299,6 +334,32 @@ mod tests {
     }
 
     #[test]
+    fn only_a_local_address_is_told_to_run_up() {
+        for local in [
+            "http://127.0.0.1:7450",
+            "http://localhost:7450",
+            "http://[::1]:7450",
+        ] {
+            let said = unreachable(local, "Connection refused (os error 111)");
+            assert!(
+                said.ends_with("start a local one with 'pmcluster up'"),
+                "{said}"
+            );
+        }
+        // A user trial: told to run `pmcluster up` about a coordinator on another host.
+        let said = unreachable(
+            "https://10.77.0.1:17710",
+            "Connection refused (os error 111)",
+        );
+        assert_eq!(
+            said,
+            "cannot reach the coordinator at https://10.77.0.1:17710: Connection refused (os \
+             error 111); is it running there, and is --coordinator (or PMCLUSTER_COORDINATOR) \
+             its address?"
+        );
+    }
+
+    #[test]
     fn tokens() {
         let good = format!("pmc_0123456789ab_{}", "0".repeat(64));
         assert!(Token::parse(&good).is_ok());
@@ -373,9 +434,24 @@ mod tests {
             ("coord.internal:7450/", Ok("http://coord.internal:7450")),
             ("[::1]:7450", Ok("http://[::1]:7450")),
             ("https://c:7450", Ok("https://c:7450")),
+            ("https://[::1]:7450/", Ok("https://[::1]:7450")),
+            ("http://c", Ok("http://c")),
+            ("http://c:65535", Ok("http://c:65535")),
             ("ftp://c:7450", Err("is not an address")),
-            ("", Err("is not an address")),
+            ("", Err("has no host")),
             ("a b:1", Err("is not an address")),
+            // A user trial: both were dialled and reported as unreachable.
+            ("https://", Err("\"https://\" has no host")),
+            ("https:///", Err("has no host")),
+            ("https://:7450", Err("has no host")),
+            (
+                "https://10.77.0.1:99999",
+                Err("has port 99999, not one of 1-65535"),
+            ),
+            ("c:0", Err("has port 0, not one of 1-65535")),
+            ("c:-1", Err("has port -1, not one of 1-65535")),
+            ("c:", Err("has no port after ':'")),
+            ("[::1]:", Err("has no port after ':'")),
         ];
         for (input, want) in cases {
             let got = normalize_url(input).map_err(|e| e.to_string());

@@ -30,10 +30,13 @@ pub async fn status(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         })
         .collect();
     let Some(view) = output::status_view(asked) else {
-        anyhow::bail!(
-            "no coordinator answered: {}; is one running? start a local one with 'pmcluster up'",
-            failures.join("; ")
-        )
+        // `pmcluster up` starts one on this machine only: no advice for a remote list.
+        let local = ctx.urls.iter().all(|u| crate::failover::is_loopback_url(u));
+        let advice = match local {
+            true => "; is one running? start a local one with 'pmcluster up'",
+            false => "; is one running there, and is --coordinator its address?",
+        };
+        anyhow::bail!("no coordinator answered: {}{advice}", failures.join("; "))
     };
     show(&view, ctx)
 }
