@@ -5,11 +5,15 @@
 //! digits, `.`, `_`, `-`), so a name is also safe in a file name and a URI path.
 
 use std::fmt;
+use std::time::SystemTime;
+
+use time::OffsetDateTime;
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::PkiError;
+use crate::issue::date;
 
 /// The scheme and trust domain every identity URI starts with.
 pub const PREFIX: &str = "spiffe://pmcluster/";
@@ -140,6 +144,36 @@ pub fn identity_from_pem(pem: &[u8]) -> Result<Identity, PkiError> {
     identity_from_der(&block.contents)
 }
 
+/// Where `now` falls in a certificate's validity, with the bound it is past as a date, so a
+/// client can say that its own certificate expired before a peer refuses it with no reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    /// Past its notAfter: that date.
+    Expired(String),
+    /// Before its notBefore: that date (the clock of one side is off, or it was issued ahead).
+    NotYet(String),
+}
+
+/// The [`Validity`] of a DER certificate at `now`. Checks nothing else (not the signature).
+pub fn validity_from_der(der: &[u8], now: SystemTime) -> Result<Validity, PkiError> {
+    let (_, cert) = X509Certificate::from_der(der)
+        .map_err(|e| PkiError::Certificate(format!("not an X.509 certificate: {e}")))?;
+    let now = OffsetDateTime::from(now);
+    let validity = cert.validity();
+    let (not_before, not_after) = (
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    );
+    Ok(if now > not_after {
+        Validity::Expired(date(not_after))
+    } else if now < not_before {
+        Validity::NotYet(date(not_before))
+    } else {
+        Validity::Valid
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,5 +219,22 @@ mod tests {
     fn garbage_is_not_a_certificate() {
         assert!(identity_from_der(b"nope").is_err());
         assert!(identity_from_pem(b"nope").is_err());
+        assert!(validity_from_der(b"nope", SystemTime::now()).is_err());
+    }
+
+    #[test]
+    fn validity_names_the_bound_passed() {
+        use std::time::Duration;
+        let day = Duration::from_secs(24 * 3600);
+        let issued_at = SystemTime::UNIX_EPOCH + 20_000 * day;
+        let made = crate::new_ca(10, issued_at).expect("a CA");
+        let (_, block) = x509_parser::pem::parse_x509_pem(made.cert_pem.as_bytes()).expect("PEM");
+        let at = |t| validity_from_der(&block.contents, t).expect("a certificate");
+        assert_eq!(at(issued_at + day), Validity::Valid);
+        assert_eq!(
+            at(issued_at + 11 * day),
+            Validity::Expired(date(made.not_after))
+        );
+        assert!(matches!(at(issued_at - 2 * day), Validity::NotYet(_)));
     }
 }

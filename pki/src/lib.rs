@@ -10,7 +10,7 @@ pub mod identity;
 pub mod issue;
 
 pub use grant::{UserGrant, user_grant_from_der};
-pub use identity::{Identity, identity_from_der, identity_from_pem};
+pub use identity::{Identity, Validity, identity_from_der, identity_from_pem, validity_from_der};
 pub use issue::{Ca, Issued, San, issue, issue_user, new_ca};
 
 /// Everything this crate refuses, each naming what it refused.
