@@ -3,14 +3,14 @@
 //! through [`crate::failover::Conn`], which uses these for each coordinator of the list.
 
 use std::future::Future;
-use std::path::Path;
 use std::time::Duration;
 
 use pmcluster_proto::v1::cluster_client::ClusterClient;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
 use crate::error::{ApiError, UsageError};
+use crate::tls::Tls;
 
 /// How long connecting may take before we say the coordinator cannot be reached.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -150,6 +150,7 @@ pub async fn connect_with(url: &str, timeout: Duration) -> anyhow::Result<Client
         Ok(client) => Ok(client),
         Err(Dial::BadUrl(e)) => Err(e.into()),
         Err(Dial::Unreachable(why)) => Err(anyhow::anyhow!(unreachable(url, &why))),
+        Err(Dial::Tls(why)) => Err(anyhow::anyhow!(why)),
     }
 }
 
@@ -158,6 +159,9 @@ pub(crate) enum Dial {
     BadUrl(UsageError),
     /// The innermost cause, or that nothing answered in time.
     Unreachable(String),
+    /// It answered, but the TLS handshake failed for a reason [`crate::tls::explain`] names;
+    /// the message is whole, as "is it running?" would send the user the wrong way.
+    Tls(String),
 }
 
 pub(crate) fn unreachable(url: &str, why: &str) -> String {
@@ -186,44 +190,8 @@ pub(crate) async fn dial(url: &str, timeout: Duration) -> Result<Client, Dial> {
 /// How to reach and prove ourselves to coordinators: TLS (`--ca`, `--cert`, `--key`) and a token.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {
-    pub tls: Option<ClientTlsConfig>,
+    pub tls: Option<Tls>,
     pub token: Option<Token>,
-}
-
-/// The TLS settings from `--ca`, `--cert` and `--key`, read once. `--ca` is needed when any
-/// URL is `https://`; `--cert` and `--key` go together. `None` when no URL is `https://` (a
-/// local `pmcluster up` cluster is plaintext on loopback, whatever the environment says).
-pub fn tls_config(
-    urls: &[String],
-    ca: Option<&Path>,
-    cert: Option<&Path>,
-    key: Option<&Path>,
-) -> Result<Option<ClientTlsConfig>, UsageError> {
-    if !urls.iter().any(|u| u.starts_with("https://")) {
-        return Ok(None);
-    }
-    let read = |flag: &str, path: &Path| {
-        std::fs::read(path).map_err(|e| UsageError::new(format!("{flag} {}: {e}", path.display())))
-    };
-    let Some(ca) = ca else {
-        return Err(UsageError::new(
-            "--ca is needed for an https:// --coordinator: the cluster CA (ca.pem) that signed \
-             the coordinator's certificate",
-        ));
-    };
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--ca", ca)?));
-    match (cert, key) {
-        (Some(cert), Some(key)) => {
-            tls = tls.identity(Identity::from_pem(
-                read("--cert", cert)?,
-                read("--key", key)?,
-            ));
-        }
-        (None, None) => {}
-        (Some(_), None) => return Err(UsageError::new("--key is missing: --cert needs it")),
-        (None, Some(_)) => return Err(UsageError::new("--cert is missing: --key needs it")),
-    }
-    Ok(Some(tls))
 }
 
 /// The `Cluster` client over `channel`, with the coordinator's limits: replies are paged or
@@ -238,7 +206,7 @@ pub(crate) fn cluster_client(channel: Authed) -> Client {
 pub(crate) async fn dial_channel(
     url: &str,
     timeout: Duration,
-    tls: Option<&ClientTlsConfig>,
+    tls: Option<&Tls>,
 ) -> Result<Channel, Dial> {
     let bad = |e: String| Dial::BadUrl(UsageError::new(format!("--coordinator: {url:?}: {e}")));
     let mut endpoint = Endpoint::from_shared(url.to_string())
@@ -249,13 +217,16 @@ pub(crate) async fn dial_channel(
         // A leader hint can be https:// though the list was not.
         let tls = tls.ok_or_else(|| bad("https:// needs --ca (and --cert, --key)".into()))?;
         endpoint = endpoint
-            .tls_config(tls.clone())
+            .tls_config(tls.config().clone())
             .map_err(|e| bad(e.to_string()))?;
     }
     // The outer deadline also covers the HTTP/2 handshake, which connect_timeout does not.
     match tokio::time::timeout(timeout, endpoint.connect()).await {
         Err(_) => Err(Dial::Unreachable(format!("no answer within {timeout:?}"))),
-        Ok(Err(e)) => Err(Dial::Unreachable(root_cause(&e))),
+        Ok(Err(e)) => Err(match crate::tls::explain(&e, tls) {
+            Some(why) => Dial::Tls(why),
+            None => Dial::Unreachable(root_cause(&e)),
+        }),
         Ok(Ok(channel)) => Ok(channel),
     }
 }
@@ -317,21 +288,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tls_flags() {
-        let http = vec!["http://c:1".to_string()];
-        let https = vec!["https://c:1".to_string()];
-        let p = Path::new("/nonexistent/pmcluster-test.pem");
-        // Plaintext URLs ignore the flags (a PMCLUSTER_CA in the environment must not break `up`).
-        assert!(matches!(tls_config(&http, Some(p), None, None), Ok(None)));
-        let err = |r: Result<Option<ClientTlsConfig>, UsageError>| match r {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("accepted"),
-        };
-        assert!(err(tls_config(&https, None, None, None)).starts_with("--ca is needed"));
-        assert!(err(tls_config(&https, Some(p), None, None)).starts_with("--ca /nonexistent"));
-    }
 
     #[test]
     fn only_a_local_address_is_told_to_run_up() {

@@ -404,6 +404,19 @@ impl Conn {
                 Ok(Ok(response)) => return Ok(response.into_inner()),
                 Ok(Err(status)) => status,
             };
+            // With TLS 1.3 the coordinator judges our certificate after our side of the
+            // handshake is done, so its refusal breaks the call ("transport error", or
+            // "operation was canceled" when hyper read the close before the alert).
+            if connection_broke(&status)
+                && let Some(why) = self.refusal(&status, &url).await
+            {
+                self.current = None;
+                let e = ApiError {
+                    code: status.code(),
+                    message: why,
+                };
+                return Err((e, false));
+            }
             if status.code() != Code::Unavailable {
                 let mut lost = connection_lost(&status);
                 let mut e = ApiError::from(status);
@@ -425,6 +438,16 @@ impl Conn {
             last = Some(ApiError::from(status));
         }
         Err((give_up(route.tried(), last), false))
+    }
+
+    /// Whether a call that broke at `url` was the coordinator refusing our certificate: said
+    /// in the error, or else asked with a handshake of our own.
+    async fn refusal(&self, status: &Status, url: &str) -> Option<String> {
+        let tls = self.creds.tls.as_ref();
+        match crate::tls::explain(status, tls) {
+            Some(why) => Some(why),
+            None => crate::tls::refusal(url, tls).await,
+        }
     }
 
     /// The client for `url`: the one in use, or a new dial (which becomes the one in use). A
@@ -465,6 +488,14 @@ impl Conn {
                     message: crate::client::unreachable(url, &why),
                 });
                 route.failed(url, format!("cannot reach it: {why}"));
+                None
+            }
+            Err(Dial::Tls(why)) => {
+                *last = Some(ApiError {
+                    code: Code::Unavailable,
+                    message: why.clone(),
+                });
+                route.failed(url, why);
                 None
             }
             Err(Dial::BadUrl(e)) => {

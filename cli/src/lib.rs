@@ -24,6 +24,7 @@ pub mod rollout;
 pub mod shell;
 pub mod status;
 pub mod stdout;
+pub mod tls;
 pub mod token;
 pub mod validate;
 pub mod verbs;
@@ -55,7 +56,7 @@ pub async fn run(cli: Cli, env: &local::Environment, out: &mut dyn Write) -> any
         false => cli.coordinator,
     };
     let urls = failover::parse_urls(&coordinator)?;
-    let tls = client::tls_config(
+    let tls = tls::load(
         &urls,
         cli.ca.as_deref(),
         cli.cert.as_deref(),

@@ -61,6 +61,9 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
     let expired = pki
         .expired(&Identity::user(TEST_USER).expect("a user name"))
         .expect("an expired certificate");
+    let expired_agent = pki
+        .expired(&Identity::agent("node-old").expect("a node name"))
+        .expect("an expired agent certificate");
     let node_a = pki.agent("node-a").expect("node-a's certificate");
     let user = pki.pair(&format!("user-{TEST_USER}"));
     let url = c.url();
@@ -89,16 +92,30 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
         "invalid peer certificate: BadSignature",
     ];
     let before = lines_with(&c, &want);
-    c.cli(&["nodes", "--ca", &ca, "--cert", &s(&cert), "--key", &s(&key)])
-        .assert_failed();
+    let out = c.cli(&["nodes", "--ca", &ca, "--cert", &s(&cert), "--key", &s(&key)]);
+    // A user trial: the CLI said only "transport error"; the reason was in this log alone.
+    let said = format!(
+        "the coordinator refused this client's certificate (--cert {}): not signed by the CA \
+         it trusts, expired, or revoked",
+        s(&cert)
+    );
+    assert!(out.assert_failed().contains(&said), "{said:?} in {out}");
+    assert_eq!(out.status.code(), Some(1), "{out}");
     wait_logged(&c, before, &want);
 
-    // 3. A certificate of this CA that has expired.
+    // 3. A certificate of this CA that has expired: the CLI reads the date itself and does
+    // not dial; the coordinator still refuses and logs one, presented by an agent.
     let (cert, key) = expired;
+    let out = c.cli(&["nodes", "--ca", &ca, "--cert", &s(&cert), "--key", &s(&key)]);
+    let said = format!("--cert {} expired on ", s(&cert));
+    assert!(out.assert_failed().contains(&said), "{said:?} in {out}");
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    let (cert, key) = expired_agent;
     let want = ["WARN", "TLS connection refused", "certificate expired"];
     let before = lines_with(&c, &want);
-    c.cli(&["nodes", "--ca", &ca, "--cert", &s(&cert), "--key", &s(&key)])
-        .assert_failed();
+    let flags = ["--tls-cert", &s(&cert), "--tls-key", &s(&key), "--ca", &ca];
+    c.add_agent_with("node-old", &flags)
+        .expect("the agent starts");
     wait_logged(&c, before, &want);
 
     // 4. Plaintext to the TLS port: the CLI says to use https://, rather than "transport
@@ -152,6 +169,7 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
 
     // 5. node-a's certificate registering as node b: PERMISSION_DENIED, logged by both sides.
     let (cert, key) = node_a;
+    let node_a_key = key.clone();
     let flags = ["--tls-cert", &s(&cert), "--tls-key", &s(&key), "--ca", &ca];
     let want = [
         "WARN",
@@ -168,7 +186,7 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
     });
 
     // 6. A user certificate on AgentLink.
-    let (cert, key) = user;
+    let (cert, key) = user.clone();
     let flags = ["--tls-cert", &s(&cert), "--tls-key", &s(&key), "--ca", &ca];
     let want = [
         "call refused",
@@ -177,6 +195,53 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
     let before = lines_with(&c, &want);
     c.add_agent_with("c", &flags).expect("agent c starts");
     wait_logged(&c, before, &want);
+
+    // 7. A key that is not the certificate's: said at load, naming both flags, not blamed on
+    // --coordinator as a user trial saw.
+    let cert = user.0.clone();
+    let other_key = node_a_key;
+    let out = c.cli(&[
+        "nodes",
+        "--ca",
+        &ca,
+        "--cert",
+        &s(&cert),
+        "--key",
+        &s(&other_key),
+    ]);
+    let said = format!(
+        "--cert {} and --key {} do not match",
+        s(&cert),
+        s(&other_key)
+    );
+    assert!(out.assert_failed().contains(&said), "{said:?} in {out}");
+    assert_eq!(out.status.code(), Some(2), "{out}");
+
+    // 8. A --ca file with no certificate in it (a trial gave /etc/hostname, and every
+    // coordinator was refused as UnknownIssuer).
+    let not_a_ca = c.root().join("hostname");
+    fs::write(&not_a_ca, "host-a\n").expect("a file that is no CA");
+    let out = c.cli(&["nodes", "--ca", &s(&not_a_ca)]);
+    let said = format!("--ca {} holds no PEM certificate", s(&not_a_ca));
+    assert!(out.assert_failed().contains(&said), "{said:?} in {out}");
+    assert_eq!(out.status.code(), Some(2), "{out}");
+
+    // 9. The other CA as --ca: the coordinator's certificate is the one refused, here.
+    let other_ca = s(&other.ca());
+    let (cert, key) = other.pair(&format!("user-{TEST_USER}"));
+    let out = c.cli(&[
+        "nodes",
+        "--ca",
+        &other_ca,
+        "--cert",
+        &s(&cert),
+        "--key",
+        &s(&key),
+    ]);
+    let said =
+        format!("the coordinator's certificate is not signed by --ca {other_ca} (BadSignature)");
+    assert!(out.assert_failed().contains(&said), "{said:?} in {out}");
+    assert!(!out.stderr.contains("pmcluster up"), "{out}");
 
     // Neither impostor became a node.
     let nodes = c.nodes_json().expect("nodes");
