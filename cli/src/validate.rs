@@ -628,8 +628,19 @@ pub fn autoscale_policy(
     if a.off {
         return Ok(pb::Autoscale::default());
     }
-    let mut p = current.filter(|c| c.enabled).cloned().unwrap_or_default();
+    let current = current.filter(|c| c.enabled);
+    let mut p = current.cloned().unwrap_or_default();
     p.enabled = true;
+    if current.is_none() {
+        // A new policy: as in a config file (and Kubernetes' HPA), at least one instance stays.
+        p.min = 1;
+        if a.max.is_none() {
+            return Err(UsageError::new(
+                "--max: give the most instances it may scale to, e.g. --max 10 (with --min, \
+                 the fewest; 1 if left out)",
+            ));
+        }
+    }
     if let Some(v) = a.min {
         p.min = v;
     }
@@ -677,7 +688,7 @@ pub fn autoscale_policy(
     if let Some(v) = ms("autoscale.down_stabilization", &a.down_stabilization)? {
         p.down_stabilization_ms = Some(v);
     }
-    pmcluster_spec::wire::autoscale_from_wire(&p).map_err(autoscale_flag_error)?;
+    pmcluster_spec::wire::new_autoscale_from_wire(&p).map_err(autoscale_flag_error)?;
     Ok(p)
 }
 

@@ -91,6 +91,22 @@ impl AutoscalePolicy {
         }
     }
 
+    /// [`AutoscalePolicy::validate`], and what only a new policy must meet: a min of one or
+    /// more. A trial's `autoscale web --max 4` took its min as 0: the idle app went 2 -> 1 -> 0,
+    /// and with no instance left there is no CPU or memory to measure, so nothing could ever
+    /// scale it up again. (Kubernetes' HPA keeps at least one too.) A stored policy with min 0
+    /// still reads back, so that a spec sent on keeps working.
+    pub fn validate_new(&self) -> Result<(), SpecError> {
+        if self.min == 0 {
+            return Err(SpecError::new(
+                "autoscale.min",
+                "must be at least 1: with no instance left there is no CPU or memory to \
+                 measure, so the autoscaler could never scale it up again",
+            ));
+        }
+        self.validate()
+    }
+
     /// Checks bounds and ranges; errors name the field (`autoscale.min`, ...).
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.min > self.max {

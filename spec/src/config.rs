@@ -322,7 +322,7 @@ impl RawAutoscale {
                 DEFAULT_DOWN_STABILIZATION,
             )?,
         };
-        policy.validate()?;
+        policy.validate_new()?;
         Ok(policy)
     }
 }

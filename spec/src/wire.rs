@@ -97,6 +97,14 @@ impl From<&AppSpec> for pb::AppSpec {
 /// affinities must also pass [`Constraint::parse`]. Specs coming back from a coordinator or an
 /// agent's disk are read with `try_from` alone, so one stored before values were checked still
 /// loads.
+/// A policy sent to be set (`SetAutoscale`): [`autoscale_from_wire`] with the rules of a new
+/// policy (see [`AutoscalePolicy::validate_new`]).
+pub fn new_autoscale_from_wire(p: &pb::Autoscale) -> Result<AutoscalePolicy, SpecError> {
+    let policy = autoscale_from_wire(p)?;
+    policy.validate_new()?;
+    Ok(policy)
+}
+
 pub fn new_spec_from_wire(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
     let placement = p.placement.clone().unwrap_or_default();
     let spec = AppSpec::try_from(p)?;
@@ -105,6 +113,9 @@ pub fn new_spec_from_wire(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
     }
     for a in &placement.affinities {
         Constraint::parse("placement.affinities", &a.expr)?;
+    }
+    if let Some(a) = &spec.autoscale {
+        a.validate_new()?;
     }
     Ok(spec)
 }

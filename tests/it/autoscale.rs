@@ -207,7 +207,7 @@ fn bad_policies_are_refused() {
     let c = Cluster::start(1).expect("cluster starts");
     c.cli(&["start", "exec sleep 600", "--shell", "--name", "w"])
         .assert_ok();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &[
                 "autoscale",
@@ -226,6 +226,24 @@ fn bad_policies_are_refused() {
             "--cpu-threshold",
         ),
         (&["autoscale", "w", "--max", "4"], "--cpu-threshold"),
+        // An app scaled to none reports nothing to scale it up from again.
+        (
+            &[
+                "autoscale",
+                "w",
+                "--min",
+                "0",
+                "--max",
+                "4",
+                "--cpu-threshold",
+                "70",
+            ],
+            "--min: must be at least 1",
+        ),
+        (
+            &["autoscale", "w", "--cpu-threshold", "70"],
+            "--max: give the most instances",
+        ),
         (
             &[
                 "autoscale",

@@ -361,6 +361,27 @@ fn bad_input() {
             .await
             .expect_err("a missing spec is refused");
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        // A new autoscaling policy keeps one instance at least: none would report nothing to
+        // scale up from again. Checked before the app is looked up.
+        let err = client
+            .set_autoscale(pb::SetAutoscaleRequest {
+                app: "placed".into(),
+                policy: Some(pb::Autoscale {
+                    enabled: true,
+                    min: 0,
+                    max: 4,
+                    cpu_threshold: 70.0,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect_err("an autoscale min of 0 is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with("autoscale.min: must be at least 1"),
+            "{err:?}"
+        );
         // A page token is one a reply gave: a made-up one is refused, not read as a position.
         for token in ["web", "not a token", "app/bad name"] {
             let err = client

@@ -660,6 +660,9 @@ fn autoscale_flags() {
         let again = autoscale_policy(&parse(back), None).expect("valid");
         assert_eq!(again, policy, "{line} -> {back}");
     }
+    // A new policy keeps at least one instance unless told otherwise (a trial's went to 0).
+    let one = parse("pmcluster autoscale web --max 4 --cpu-threshold 70");
+    assert_eq!(autoscale_policy(&one, None).expect("valid").min, 1);
     let m = parse("pmcluster autoscale web --max 3 --memory-threshold 512M");
     assert_eq!(
         autoscale_policy(&m, None)
@@ -692,6 +695,14 @@ fn autoscale_flags() {
         (
             "pmcluster autoscale web --max 2 --cpu-threshold 70 --down-stabilization 2days",
             "--down-stabilization: 2days is more than the maximum of 1day",
+        ),
+        (
+            "pmcluster autoscale web --min 0 --max 4 --cpu-threshold 70",
+            "--min: must be at least 1",
+        ),
+        (
+            "pmcluster autoscale web --mode target --cpu-threshold 60",
+            "--max: give the most instances it may scale to",
         ),
     ];
     for (line, want) in bad {

@@ -500,9 +500,9 @@ impl pb::cluster_server::Cluster for ClusterApi {
         let control = self.control()?;
         let r = r.into_inner();
         let policy = match r.policy {
-            Some(p) if p.enabled => {
-                Some(pmcluster_spec::wire::autoscale_from_wire(&p).map_err(ControlError::from)?)
-            }
+            Some(p) if p.enabled => Some(
+                pmcluster_spec::wire::new_autoscale_from_wire(&p).map_err(ControlError::from)?,
+            ),
             _ => None,
         };
         let status = control
