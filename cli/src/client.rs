@@ -46,10 +46,10 @@ impl Token {
     /// (exit 2) rather than a refusal that reads like a wrong token.
     pub fn parse(text: &str) -> Result<Token, UsageError> {
         let text = text.trim();
-        if pmcluster_proto::token::id(text).is_none() {
+        if pmcluster_pki::token::id(text).is_none() {
             return Err(UsageError::new(format!(
                 "--token (or PMCLUSTER_TOKEN): {}",
-                pmcluster_proto::token::MALFORMED
+                pmcluster_pki::token::MALFORMED
             )));
         }
         let mut value = tonic::codegen::http::HeaderValue::from_str(&format!("Bearer {text}"))

@@ -184,7 +184,7 @@ impl Gate {
             if access::token_id(bearer).is_none() {
                 return Err(unauthenticated(format!(
                     "{}; check --token or PMCLUSTER_TOKEN",
-                    pmcluster_proto::token::MALFORMED
+                    pmcluster_pki::token::MALFORMED
                 )));
             }
             // Tokens live in the leader's state: a standby sends the caller there first.

@@ -1,5 +1,6 @@
-//! pmcluster's certificates: one cluster CA, and certificates for the coordinator, agents and
-//! users whose identity is a URI SAN under `spiffe://pmcluster/`.
+//! pmcluster's credentials: one cluster CA, and certificates for the coordinator, agents and
+//! users whose identity is a URI SAN under `spiffe://pmcluster/`; and `token`, the format of
+//! the bearer tokens the CLI and the coordinator both check.
 //!
 //! `issue` builds certificates and keys as PEM text (no files: the CLI writes them);
 //! `identity` reads the identity back from a certificate, which is what the coordinator will
@@ -8,6 +9,7 @@
 pub mod grant;
 pub mod identity;
 pub mod issue;
+pub mod token;
 
 pub use grant::{UserGrant, user_grant_from_der};
 pub use identity::{Identity, Validity, identity_from_der, identity_from_pem, validity_from_der};

@@ -249,7 +249,7 @@ pub fn check_glob(glob: &str) -> Result<(), AccessError> {
 }
 
 // The format is shared with the CLI, which checks a token before sending it.
-pub use pmcluster_proto::token::{
+pub use pmcluster_pki::token::{
     ID_LEN as TOKEN_ID_LEN, PREFIX as TOKEN_PREFIX, SECRET_LEN as TOKEN_SECRET_LEN, id as token_id,
 };
 
