@@ -51,9 +51,12 @@ impl Format {
     }
 }
 
+/// The shape of a file of several apps. Parsed whole only to find what is wrong with the file
+/// itself (and where): each app is taken from the tree apart (see `raw_apps`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawApps {
+    #[allow(dead_code)]
     apps: Vec<RawApp>,
 }
 
@@ -524,9 +527,20 @@ pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError>
 }
 
 fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, SpecError> {
+    // The parsers' own words for these ("EOF while parsing a value") say little to a user.
+    if text.trim().is_empty() {
+        return Err(syntax_error(
+            "the file is empty: write one app, or {\"apps\": [...]}",
+        ));
+    }
     Ok(match format {
         Format::Json => serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
-        Format::Yaml => serde_saphyr::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+        Format::Yaml => serde_saphyr::from_str(text).map_err(|e| {
+            // Advice to the programmer who calls the parser, not to the file's author.
+            let text = e.to_string();
+            let text = text.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+            syntax_error(&text)
+        })?,
         Format::Toml => toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
     })
 }
@@ -544,7 +558,7 @@ fn apps_of(
     let (many, raws) = raw_apps(&tree, source)?;
     let mut specs = Vec::with_capacity(raws.len());
     for (i, raw) in raws.into_iter().enumerate() {
-        let spec = spec_of(i, raw, many, source)?;
+        let spec = spec_of(i, raw?, many, source)?;
         no_twice(specs.iter(), &spec)?;
         specs.push(spec);
     }
@@ -565,6 +579,14 @@ pub fn parse_apps_each(
     let (many, raws) = raw_apps(&tree, source)?;
     let mut out: Vec<(String, Result<AppSpec, SpecError>)> = Vec::with_capacity(raws.len());
     for (i, raw) in raws.into_iter().enumerate() {
+        let raw = match raw {
+            Ok(raw) => raw,
+            Err(e) => {
+                let label = tree["apps"][i]["name"].as_str().map(str::to_string);
+                out.push((label.unwrap_or_else(|| format!("apps[{i}]")), Err(e)));
+                continue;
+            }
+        };
         let label = raw.name.clone().unwrap_or_else(|| format!("apps[{i}]"));
         let spec = spec_of(i, raw, many, source);
         if let Ok(spec) = &spec {
@@ -575,21 +597,49 @@ pub fn parse_apps_each(
     Ok(out)
 }
 
-/// The apps of a config tree before validation, and whether it held a list (`apps`).
+/// The apps of a config tree before validation, and whether it held a list (`apps`). In a list,
+/// an app with a value of the wrong type is that app's error alone, as a bad value is: a trial's
+/// `autorestart: "false"` in one app kept the other apps of the file from being applied. What
+/// is wrong with the file as a whole (its shape, a field no app has, which may make it a PM2
+/// file) stays the file's error.
+#[allow(clippy::type_complexity)]
 fn raw_apps(
     tree: &serde_json::Value,
     source: Option<(&str, Format)>,
-) -> Result<(bool, Vec<RawApp>), SpecError> {
+) -> Result<(bool, Vec<Result<RawApp, SpecError>>), SpecError> {
     let many = tree.get("apps").is_some();
-    let raws = if many {
+    let whole = || {
         strict::<RawApps>(tree)
-            .map_err(|e| field_error(tree, e, || locate::<RawApps>(source?)))?
-            .apps
+            .map(|_| ())
+            .map_err(|e| field_error(tree, e, || locate::<RawApps>(source?)))
+    };
+    let raws = if many {
+        let Some(items) = tree["apps"].as_array() else {
+            whole()?;
+            return Err(syntax_error("\"apps\" must be a list of apps"));
+        };
+        let mut raws = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match strict::<RawApp>(item) {
+                Ok(raw) => raws.push(Ok(raw)),
+                // Said of the file as before: the whole parse finds it (and its position).
+                Err(e) if e.inner().to_string().starts_with("unknown field") => whole()?,
+                Err(e) => {
+                    // Placed as a value's error is: by the field's path under `apps[i]`.
+                    let e = field_error(&serde_json::Value::Null, e, || None);
+                    raws.push(Err(named(e, item["name"].as_str(), i, true, source)));
+                }
+            }
+        }
+        // What only the whole file can have wrong: a key beside `apps`.
+        if raws.iter().all(Result::is_ok) {
+            whole()?;
+        }
+        raws
     } else if tree.is_object() {
-        vec![
-            strict::<RawApp>(tree)
-                .map_err(|e| field_error(tree, e, || locate::<RawApp>(source?)))?,
-        ]
+        vec![Ok(strict::<RawApp>(tree).map_err(|e| {
+            field_error(tree, e, || locate::<RawApp>(source?))
+        })?)]
     } else {
         return Err(syntax_error("expected one app object or {\"apps\": [...]}"));
     };
@@ -607,7 +657,20 @@ fn spec_of(
     source: Option<(&str, Format)>,
 ) -> Result<AppSpec, SpecError> {
     let name = raw.name.clone();
-    raw.into_spec().map_err(|e| match &name {
+    raw.into_spec()
+        .map_err(|e| named(e, name.as_deref(), i, many, source))
+}
+
+/// The error `e` of app `i` (`many`: of a list), placed in the file and naming the app, or its
+/// place when it has no name.
+fn named(
+    e: SpecError,
+    name: Option<&str>,
+    i: usize,
+    many: bool,
+    source: Option<(&str, Format)>,
+) -> SpecError {
+    match name {
         Some(name) => at_value(e, source, many.then_some(i)).in_app(name),
         // An app without a name is known by its place in the file.
         None if many => {
@@ -615,7 +678,7 @@ fn spec_of(
             SpecError::new(&format!("apps[{i}].{}", e.field), e.message)
         }
         None => at_value(e, source, None),
-    })
+    }
 }
 
 fn no_twice<'a>(

@@ -416,3 +416,26 @@ fn a_config_files_apps_run_beside_it() {
         assert_eq!(cwd, dir, "{app}");
     }
 }
+
+/// A value of the wrong type refuses its own app only, as a bad value does: a trial's
+/// `autorestart: "false"` kept the file's other apps from being applied.
+#[test]
+fn a_wrong_type_in_one_app_leaves_the_others_applied() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let file = c.root().join("typed.yaml");
+    let text = "apps:\n  - name: good1\n    script: sleep\n    args: [\"600\"]\n  - name: bad1\n    \
+                script: sleep\n    autorestart: \"false\"\n  - name: good2\n    script: sleep\n    \
+                args: [\"600\"]\n";
+    std::fs::write(&file, text).expect("write the config");
+    let out = c.cli(&["apply", "-f", &file.display().to_string()]);
+    let err = out.assert_failed().to_string();
+    assert!(
+        err.contains("1 of 3 apps not applied (bad1)")
+            && err.contains("app \"bad1\": autorestart: invalid type")
+            && err.contains("(line 7, column 5)"),
+        "{err}"
+    );
+    for app in ["good1", "good2"] {
+        wait_online(&c, app, 1);
+    }
+}

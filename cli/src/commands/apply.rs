@@ -34,7 +34,8 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     } else {
         args.file.as_str()
     };
-    let apps = crate::import::config_apps_each(&text, format, &args.file, source)?;
+    let apps = crate::import::config_apps_each(&text, format, &args.file, source)
+        .map_err(|e| read_as_json(e, &args))?;
     // No app valid (a file of one bad app, say): its errors, without asking the coordinator.
     if apps.iter().all(|(_, spec)| spec.is_err()) {
         let mut errors = apps.into_iter().filter_map(|(_, spec)| spec.err());
@@ -186,6 +187,23 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         Err(waited) => Err(waited.context(format!("{summary}; the first refusal: {e:#}"))),
         Ok(()) => Err(e.context(format!("{summary}; the first refusal"))),
     }
+}
+
+/// A file that could not be read, named neither `.json` nor `.yaml`/`.yml`/`.toml` and so read
+/// as JSON: the error says so (a trial's TOML in `apps.txt` read "expected ident").
+fn read_as_json(e: UsageError, args: &ApplyArgs) -> UsageError {
+    let lower = args.file.to_ascii_lowercase();
+    let named = [".json", ".yaml", ".yml", ".toml"]
+        .iter()
+        .any(|ext| lower.ends_with(ext));
+    if args.format.is_some() || named || args.file == "-" {
+        return e;
+    }
+    UsageError::new(format!(
+        "{} (read as JSON: the name ends in none of .json, .yaml, .yml, .toml; give --format \
+         yaml or --format toml for another format)",
+        e.0
+    ))
 }
 
 /// The directory of a config file given by its path (not `-`), made absolute.

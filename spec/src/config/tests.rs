@@ -649,3 +649,48 @@ fn each_app_of_a_file_is_validated_apart() {
         assert!(parse_apps_each(bad, Format::Json).is_err(), "{bad}");
     }
 }
+
+/// A value of the wrong type is its app's error too, placed in the file: a trial's
+/// `autorestart: "false"` kept the file's other apps from being applied, with no line.
+#[test]
+fn a_wrong_type_is_its_apps_error_with_its_place() {
+    let text = "apps:\n  - name: good1\n    script: x\n  - name: bad1\n    script: x\n    \
+                autorestart: \"false\"\n  - script: x\n    instances: [1]\n  - name: good2\n    \
+                script: x\n";
+    let apps = parse_apps_each(text, Format::Yaml).expect("the file is read");
+    let labels: Vec<&str> = apps.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(labels, ["good1", "bad1", "apps[2]", "good2"]);
+    assert!(apps[0].1.is_ok() && apps[3].1.is_ok(), "{apps:?}");
+    let bad1 = apps[1].1.as_ref().expect_err("bad1 is refused").to_string();
+    assert_eq!(
+        bad1,
+        "app \"bad1\": autorestart: invalid type: string \"false\", expected a boolean \
+         (line 6, column 5)"
+    );
+    let unnamed = apps[2]
+        .1
+        .as_ref()
+        .expect_err("apps[2] is refused")
+        .to_string();
+    assert!(unnamed.starts_with("apps[2].instances: "), "{unnamed}");
+    // parse_apps (one spec, `reload --set`) still refuses the file for it.
+    assert!(parse_apps(text, Format::Yaml).is_err());
+}
+
+/// An empty file and a key given twice are said in the user's words, not the parser's.
+#[test]
+fn empty_files_and_duplicate_keys() {
+    for format in [Format::Json, Format::Yaml, Format::Toml] {
+        let e = parse_apps(" \n", format).expect_err("empty");
+        assert_eq!(
+            e.to_string(),
+            "file: the file is empty: write one app, or {\"apps\": [...]}"
+        );
+    }
+    let e = parse_apps("name: a\nname: b\nscript: x\n", Format::Yaml).expect_err("twice");
+    let text = e.to_string();
+    assert!(
+        text.contains("duplicate") && !text.contains("DuplicateKeyPolicy"),
+        "{text}"
+    );
+}
