@@ -14,6 +14,9 @@ use std::time::Duration;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::supervise::RESTART_ADVICE;
 
+/// How the supervisor says a process ended with exit code 0.
+pub const CLEAN_EXIT: &str = "exited with code 0";
+
 /// Extra delay of the second unstable exit in a row; it doubles with every further one, up to
 /// the app's `restart_backoff_max`.
 pub const CRASH_BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -119,10 +122,16 @@ pub fn on_exit(
     }
     let n = crashes.unstable.len();
     if policy.max_restarts > 0 && n > policy.max_restarts as usize {
+        // A program that ends cleanly at once is most likely a job, not a crash (a trial's
+        // one-shot script read "crashed 16 times ... exited with code 0").
+        let (what, job) = match how == CLEAN_EXIT {
+            true => ("ended", "; for a job that ends, set autorestart: false"),
+            false => ("crashed", ""),
+        };
         return Decision::GiveUp {
             message: format!(
-                "crashed {n} times within {} of running (last: {how}){RESTART_ADVICE}: pmcluster \
-                 restart {} --instance {}",
+                "{what} {n} times within {} of running (last: {how}{job}){RESTART_ADVICE}: \
+                 pmcluster restart {} --instance {}",
                 human(policy.window),
                 who.app,
                 who.index
@@ -445,6 +454,26 @@ mod tests {
         assert!(
             said[3].contains("(last: not listening on port 3000 within 30s)"),
             "{said:?}"
+        );
+    }
+
+    /// A program that keeps ending cleanly is said to end, with the way to run a job.
+    #[test]
+    fn a_clean_exit_loop_reads_as_a_job() {
+        let p = policy();
+        let mut crashes = Crashes::default();
+        let said: Vec<Decision> = (1..=4)
+            .map(|n| on_exit(&p, &mut crashes, ms(n * 10), ms(5), CLEAN_EXIT, WHO))
+            .collect();
+        let Decision::GiveUp { message } = &said[3] else {
+            panic!("{said:?}");
+        };
+        assert!(
+            message.starts_with(
+                "ended 4 times within 10s of running (last: exited with code 0; for a job that \
+                 ends, set autorestart: false)"
+            ),
+            "{message}"
         );
     }
 

@@ -197,6 +197,8 @@ mod tests {
     #[test]
     fn exits() {
         assert_eq!(Exit::Code(3).describe(), "exited with code 3");
+        // The restart policy tells a clean exit by these words.
+        assert_eq!(Exit::Code(0).describe(), crate::restart::CLEAN_EXIT);
         assert_eq!(Exit::Signal(9).describe(), "killed by SIGKILL");
         assert_eq!(Exit::Signal(15).code(), None);
         assert_eq!(signal_name(200), "signal 200");
