@@ -154,10 +154,14 @@ async fn http(url: String, expected: Option<u16>) -> Outcome {
                 Some(want) => status == want,
                 None => (200..300).contains(&status),
             };
-            if ok {
-                Outcome::Pass
-            } else {
-                Outcome::Fail(format!("GET {url}: HTTP {status}"))
+            match (ok, expected) {
+                (true, _) => Outcome::Pass,
+                // A trial read "HTTP 200" alone as success where 201 was asked for: the status
+                // wanted goes beside the one received.
+                (false, Some(want)) => {
+                    Outcome::Fail(format!("GET {url}: HTTP {status}, expected {want}"))
+                }
+                (false, None) => Outcome::Fail(format!("GET {url}: HTTP {status}, expected 2xx")),
             }
         }
         Err(why) => Outcome::Fail(format!("GET {url}: {why}")),
@@ -316,10 +320,10 @@ mod tests {
         let Ok(addr) = listener.local_addr() else {
             return;
         };
-        // A one-shot HTTP server answering 503, then 200.
+        // A one-shot HTTP server answering 503, then 200 twice.
         let server = tokio::spawn(async move {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            for status in ["503 Service Unavailable", "200 OK"] {
+            for status in ["503 Service Unavailable", "200 OK", "200 OK"] {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
@@ -332,9 +336,13 @@ mod tests {
         let url = format!("http://127.0.0.1:{}/health", addr.port());
         assert_eq!(
             http(url.clone(), None).await,
-            Outcome::Fail(format!("GET {url}: HTTP 503"))
+            Outcome::Fail(format!("GET {url}: HTTP 503, expected 2xx"))
         );
         assert_eq!(http(url.clone(), Some(200)).await, Outcome::Pass);
+        assert_eq!(
+            http(url.clone(), Some(201)).await,
+            Outcome::Fail(format!("GET {url}: HTTP 200, expected 201"))
+        );
         let _ = server.await;
         // A port bound but not listening refuses connections; holding it keeps another test
         // from taking the freed port between the close and the check.
