@@ -172,6 +172,35 @@ fn pm2_only(e: &pmcluster_spec::SpecError) -> Option<String> {
     (PM2.contains(&key) || key.starts_with("env_")).then(|| key.to_string())
 }
 
+/// Everything `apply -f` warns of before it applies a file: it applies all the same.
+pub fn apply_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
+    let mut warnings = shared_port_warnings(specs);
+    warnings.extend(small_memory_warnings(specs));
+    warnings
+}
+
+/// A `max_memory_restart` under 1 MiB restarts every process within a second, for ever (memory
+/// restarts never end in errored). A number is bytes, as in PM2, so `100` meant as 100M is
+/// easy to write: a trial did. Warned, not refused, since PM2 takes it.
+pub fn small_memory_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
+    const MIB: u64 = 1 << 20;
+    let warning = |s: &pmcluster_spec::AppSpec| {
+        let limit = s.supervision.max_memory_restart.filter(|n| *n < MIB)?;
+        // As written where it can be: `512K` reads "512 KiB", not "512.0 KiB".
+        let (shown, guess) = match limit {
+            0..1024 => (format!("{limit} B"), format!(" (did you mean {limit}M?)")),
+            _ if limit.is_multiple_of(1024) => (format!("{} KiB", limit / 1024), String::new()),
+            _ => (crate::output::human_bytes(limit), String::new()),
+        };
+        Some(format!(
+            "app {:?}: max_memory_restart {shown} is below 1 MiB: every process is restarted within a \
+             second{guess}",
+            s.name
+        ))
+    };
+    specs.iter().filter_map(warning).collect()
+}
+
 /// Warnings for apps of a config file that would crash-loop where a PM2 user expects them to
 /// share a port: a fixed `env.PORT` for more than one instance and no `port` to give each its
 /// own. PM2's cluster mode shares one port through its master; each pmcluster instance is a

@@ -639,14 +639,19 @@ impl Supervisor {
     }
 }
 
-/// "612 MiB" for messages.
+/// "612 MiB", "1.6 MiB", "100 B" for messages: a limit reads as configured (a trial's
+/// `max_memory_restart: 100` read "0 KiB"), whole where it is a whole unit, else one decimal.
 fn bytes(n: u64) -> String {
-    const MIB: u64 = 1 << 20;
-    if n >= MIB {
-        format!("{} MiB", n / MIB)
-    } else {
-        format!("{} KiB", n / 1024)
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size {
+            return match n.is_multiple_of(size) {
+                true => format!("{} {unit}", n / size),
+                false => format!("{:.1} {unit}", n as f64 / size as f64),
+            };
+        }
     }
+    format!("{n} B")
 }
 #[cfg(test)]
 mod tests {
@@ -881,7 +886,18 @@ mod tests {
 
     #[test]
     fn error_descriptions() {
-        assert_eq!(bytes(612 << 20), "612 MiB");
-        assert_eq!(bytes(5000), "4 KiB");
+        let cases = [
+            (612 << 20, "612 MiB"),
+            (5000, "4.9 KiB"),
+            (100, "100 B"),
+            (0, "0 B"),
+            (1024, "1 KiB"),
+            (1_700_000, "1.6 MiB"),
+            (3 << 30, "3 GiB"),
+            (150 << 20, "150 MiB"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(bytes(n), want, "{n}");
+        }
     }
 }

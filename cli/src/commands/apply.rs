@@ -50,7 +50,7 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let valid: Vec<AppSpec> = (apps.iter())
         .filter_map(|(_, spec)| spec.as_ref().ok().cloned())
         .collect();
-    for warning in crate::import::shared_port_warnings(&valid) {
+    for warning in crate::import::apply_warnings(&valid) {
         eprintln!("warning: {warning}");
     }
     let mut conn = ctx.connect().await?;

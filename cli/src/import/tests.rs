@@ -408,3 +408,31 @@ fn apply_of_a_pm2_file_points_to_import() {
         .to_string();
     assert!(!err.contains("import pm2"), "{err}");
 }
+
+/// A trial's `"max_memory_restart": 100` (bytes, as in PM2) restarted its app every second
+/// without a word: `apply -f` warns of a limit under 1 MiB, and guesses M for a small number.
+#[test]
+fn a_memory_limit_under_a_mebibyte_warns() {
+    let warned = |limit: &str| {
+        let text = format!(
+            r#"{{"name": "mm", "script": "sleep", "args": "100", "max_memory_restart": {limit}}}"#
+        );
+        let specs = config_apps(&text, Format::Json, "mm.json", "mm.json")
+            .unwrap_or_else(|e| panic!("{e}"));
+        apply_warnings(&specs)
+    };
+    assert_eq!(
+        warned("100"),
+        vec![
+            "app \"mm\": max_memory_restart 100 B is below 1 MiB: every process is restarted \
+             within a second (did you mean 100M?)"
+                .to_string()
+        ]
+    );
+    let kib = warned(r#""512K""#);
+    assert_eq!(kib.len(), 1, "{kib:?}");
+    assert!(kib[0].contains("512 KiB is below 1 MiB") && !kib[0].contains("did you mean"));
+    for fine in [r#""1M""#, r#""150M""#, "314572800"] {
+        assert_eq!(warned(fine), Vec::<String>::new(), "{fine}");
+    }
+}
