@@ -16,7 +16,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::{log_path, log_streams, rotate_copy_truncate};
-use crate::model::{HostSample, InstanceId};
+use crate::model::{HostSample, InstanceId, Status};
 use crate::process::{self, ProcId, Stat};
 use crate::state::Agent;
 use crate::state::{Poke, State};
@@ -243,28 +243,52 @@ fn sample_targets(state: &State, logs_dir: &Path) -> Vec<SampleTarget> {
 }
 
 /// Stores a metrics sample: per-instance cpu, memory and processes, and the host numbers.
+/// `sampled` names the process each instance's sample is of: one that was replaced while the
+/// pass ran (a memory restart does so within a pass) is not the instance's now, and its figures
+/// are not shown against the new pid (a trial saw a fresh process above its memory limit).
 fn record_metrics(
     state: &State,
     per_instance: &BTreeMap<InstanceId, InstanceSample>,
+    sampled: &[SampleTarget],
     host: HostSample,
 ) {
+    let sampled: BTreeMap<&InstanceId, Option<u32>> =
+        sampled.iter().map(|t| (&t.id, t.pid)).collect();
     let mut inner = state.lock();
     for (id, entry) in inner.instances.iter_mut() {
-        match per_instance.get(id) {
-            Some(sample) if entry.status.pid.is_some() => {
-                entry.status.cpu_percent = sample.cpu_percent;
-                entry.status.cpu_time_ms =
-                    entry.status.cpu_time_ms.saturating_add(sample.cpu_ms_used);
-                entry.status.memory_bytes = sample.rss_bytes;
-                entry.family.clone_from(&sample.family);
-            }
-            _ => {
-                entry.status.cpu_percent = 0.0;
-                entry.status.memory_bytes = 0;
-            }
-        }
+        let sampled_pid = sampled.get(id).copied().flatten();
+        apply_sample(
+            &mut entry.status,
+            &mut entry.family,
+            per_instance.get(id),
+            sampled_pid,
+        );
     }
     inner.host = host;
+}
+
+/// One instance's sample onto its status: `sampled_pid` is the process the sample was taken of.
+fn apply_sample(
+    status: &mut Status,
+    family: &mut Vec<ProcId>,
+    sample: Option<&InstanceSample>,
+    sampled_pid: Option<u32>,
+) {
+    // The old process's CPU time was the instance's all the same: it counts.
+    if let Some(sample) = sample {
+        status.cpu_time_ms = status.cpu_time_ms.saturating_add(sample.cpu_ms_used);
+    }
+    match sample {
+        Some(sample) if status.pid.is_some() && status.pid == sampled_pid => {
+            status.cpu_percent = sample.cpu_percent;
+            status.memory_bytes = sample.rss_bytes;
+            family.clone_from(&sample.family);
+        }
+        _ => {
+            status.cpu_percent = 0.0;
+            status.memory_bytes = 0;
+        }
+    }
 }
 
 /// Rotates the log files of `targets` that grew past their limit while their instance writes
@@ -323,7 +347,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
             }
         };
         sampler = back;
-        record_metrics(&agent.state, &usage, host);
+        record_metrics(&agent.state, &usage, &targets, host);
         for t in &targets {
             let (Some(limit), Some(pid)) = (t.max_memory, t.pid) else {
                 continue;
@@ -412,6 +436,41 @@ mod tests {
             first.get(&InstanceId::new("a")).map(|s| s.cpu_percent),
             Some(0.0)
         );
+    }
+
+    /// A trial saw a process started by a memory restart shown with its predecessor's memory,
+    /// above the limit: a sample counts for the process it was taken of only.
+    #[test]
+    fn a_sample_shows_against_its_own_process_only() {
+        use crate::model::InstanceState;
+        let sample = InstanceSample {
+            cpu_percent: 12.5,
+            cpu_ms_used: 300,
+            rss_bytes: 160 << 20,
+            family: vec![ProcId {
+                pid: 10,
+                start_ticks: 1,
+            }],
+        };
+        // (pid now, pid sampled, sample) -> (cpu %, memory, cpu time)
+        let cases = [
+            (Some(10), Some(10), Some(&sample), (12.5, 160 << 20, 1300)),
+            (Some(11), Some(10), Some(&sample), (0.0, 0, 1300)),
+            (None, Some(10), Some(&sample), (0.0, 0, 1300)),
+            (Some(11), None, None, (0.0, 0, 1000)),
+        ];
+        for (now, sampled, sample, want) in cases {
+            let mut status = Status::new(InstanceState::Online, 0);
+            status.pid = now;
+            status.cpu_percent = 50.0;
+            status.memory_bytes = 170 << 20;
+            status.cpu_time_ms = 1000;
+            let mut family = Vec::new();
+            apply_sample(&mut status, &mut family, sample, sampled);
+            let got = (status.cpu_percent, status.memory_bytes, status.cpu_time_ms);
+            assert_eq!(got, want, "now {now:?}, sampled {sampled:?}");
+            assert_eq!(family.is_empty(), want.1 == 0, "now {now:?}");
+        }
     }
 
     #[test]

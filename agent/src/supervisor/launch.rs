@@ -273,6 +273,10 @@ impl Supervisor {
         self.agent.state.update(&self.id, |s| {
             s.state = state;
             s.pid = Some(pid);
+            // Unknown until the metrics pass samples this process: the figures held are the
+            // last process's (after a memory restart, above the limit).
+            s.cpu_percent = 0.0;
+            s.memory_bytes = 0;
             s.port = port;
             s.started_at_ms = unix_ms();
             s.restart_epoch = a.restart_epoch;
