@@ -399,6 +399,9 @@ impl From<&AppView> for pb::App {
             online: a.online,
             pending: a.pending,
             stopped: a.stopped,
+            errored: a.errored,
+            restarting: a.restarting,
+            exited: a.exited,
         }
     }
 }

@@ -6,7 +6,8 @@ fn spec_of(app: &pb::App) -> pb::AppSpec {
     app.spec.clone().unwrap_or_default()
 }
 
-/// The app table of `apps`: instances read `online/desired`.
+/// The app table of `apps`: instances read `online/desired`, then the other states a user waits
+/// out or acts on (a trial's errored app read "0/1, 0 pending, 0 stopped" and nothing more).
 pub fn apps_table(apps: &[pb::App]) -> String {
     let rows = apps
         .iter()
@@ -18,6 +19,9 @@ pub fn apps_table(apps: &[pb::App]) -> String {
                 format!("{}/{}", a.online, spec.instances),
                 a.pending.to_string(),
                 a.stopped.to_string(),
+                a.restarting.to_string(),
+                a.errored.to_string(),
+                a.exited.to_string(),
                 if spec.port.is_empty() {
                     NONE.to_string()
                 } else {
@@ -29,10 +33,19 @@ pub fn apps_table(apps: &[pb::App]) -> String {
         .collect();
     render_table(
         &[
-            "app", "version", "online", "pending", "stopped", "port", "command",
+            "app",
+            "version",
+            "online",
+            "pending",
+            "stopped",
+            "restarting",
+            "errored",
+            "exited",
+            "port",
+            "command",
         ],
         rows,
-        &[1, 2, 3, 4],
+        &[1, 2, 3, 4, 5, 6, 7],
     )
 }
 
@@ -188,6 +201,9 @@ pub fn app_json(a: &pb::App) -> Value {
         "online": a.online,
         "pending": a.pending,
         "stopped": a.stopped,
+        "restarting": a.restarting,
+        "errored": a.errored,
+        "exited": a.exited,
         "spec": spec_json(&spec),
     })
 }
@@ -226,6 +242,20 @@ fn other_versions(version: u64, instances: &[pb::Instance]) -> String {
     format!("; {count} of {of} {verb} {versions} {}", list.join(", "))
 }
 
+/// `, 1 restarting, 2 errored`: the counts of `info` beyond online, pending and stopped, the
+/// ones that are not 0 (most apps have none, and six numbers to read past on every app).
+fn not_running(app: &pb::App) -> String {
+    [
+        (app.restarting, "restarting"),
+        (app.errored, "errored"),
+        (app.exited, "exited"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, state)| format!(", {n} {state}"))
+    .collect()
+}
+
 /// `info`: the app's fields, one per line, then its instances.
 pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> String {
     let s = spec_of(app);
@@ -262,12 +292,13 @@ pub fn app_info_text(app: &pb::App, instances: &[pb::Instance], now_ms: i64) -> 
         (
             "instances",
             format!(
-                "{}{} desired: {} online, {} pending, {} stopped",
+                "{}{} desired: {} online, {} pending, {} stopped{}",
                 s.instances,
                 if s.instances_max { " (max)" } else { "" },
                 app.online,
                 app.pending,
-                app.stopped
+                app.stopped,
+                not_running(app)
             ),
         ),
         ("script", s.script.clone()),

@@ -376,6 +376,7 @@ fn app(name: &str) -> pb::App {
         online: 3,
         pending: 1,
         stopped: 0,
+        ..pb::App::default()
     }
 }
 
@@ -543,9 +544,38 @@ fn app_table_and_info() {
     check_table(
         apps_table(&[app("web")]),
         "\
-APP  VERSION  ONLINE  PENDING  STOPPED  PORT       COMMAND
-web        2     3/4        1        0  3000-3003  node server.js --title 'my app'
+APP  VERSION  ONLINE  PENDING  STOPPED  RESTARTING  ERRORED  EXITED  PORT       COMMAND
+web        2     3/4        1        0           0        0       0  3000-3003  node server.js --title 'my app'
 ",
+    );
+    // A trial's errored app read "0/1, 0 pending, 0 stopped" and nothing more.
+    let failing = pb::App {
+        online: 0,
+        pending: 0,
+        restarting: 1,
+        errored: 2,
+        exited: 1,
+        ..app("web")
+    };
+    check_table(
+        apps_table(std::slice::from_ref(&failing)),
+        "\
+APP  VERSION  ONLINE  PENDING  STOPPED  RESTARTING  ERRORED  EXITED  PORT       COMMAND
+web        2     0/4        0        0           1        2       1  3000-3003  node server.js --title 'my app'
+",
+    );
+    let info = app_info_text(&failing, &[], NOW);
+    assert!(
+        info.contains(
+            "instances:      4 desired: 0 online, 0 pending, 0 stopped, 1 restarting, 2 errored, \
+             1 exited\n"
+        ),
+        "{info}"
+    );
+    let json = app_json(&failing);
+    assert_eq!(
+        [&json["restarting"], &json["errored"], &json["exited"]],
+        [&json!(1), &json!(2), &json!(1)]
     );
     check_table(
         app_info_text(&app("web"), &[], NOW),

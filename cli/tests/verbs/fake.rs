@@ -218,6 +218,7 @@ impl Cluster for Fake {
             online: spec.instances,
             pending: 0,
             stopped: 0,
+            ..pb::App::default()
         };
         state.apps.insert(spec.name.clone(), app.clone());
         Ok(Response::new(pb::ApplyAppReply {

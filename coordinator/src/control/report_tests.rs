@@ -4,7 +4,7 @@
 
 use super::tests::{register, web};
 use super::*;
-use crate::model::{Health, InstanceObserved, InstanceState, Registration, Report};
+use crate::model::{AppView, Health, InstanceObserved, InstanceState, Registration, Report};
 use crate::store::MemoryStore;
 
 /// What an agent on `node` says of each instance of `web` there.
@@ -490,4 +490,46 @@ fn a_state_event_says_its_state_once() {
     for (state, message, want) in cases {
         assert_eq!(state_text("job", 0, state, message), want, "{message}");
     }
+}
+
+/// A trial's errored app read "1 desired: 0 online, 0 pending, 0 stopped": an app counts its
+/// errored, restarting (crash-looping) and exited instances too, in `get_app` and `list_apps`.
+#[test]
+fn an_app_counts_its_errored_restarting_and_exited_instances() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    let a = c.attach(&register("a"), None)?;
+    c.apply(web(5))?;
+    let states = [
+        InstanceState::Online,
+        InstanceState::Errored,
+        InstanceState::Restarting,
+        InstanceState::Exited,
+        InstanceState::Errored,
+    ];
+    let mut reported = statuses(&c, "a", InstanceState::Online, 0)?;
+    assert_eq!(reported.len(), states.len());
+    let indices: BTreeMap<String, u32> = c
+        .list_instances("web")?
+        .into_iter()
+        .map(|i| (i.id, i.index))
+        .collect();
+    for o in &mut reported {
+        let index = indices.get(&o.id.to_string()).copied().unwrap_or_default();
+        o.state = states[index as usize];
+    }
+    send(&c, "a", &a, reported);
+    let counts = |v: &AppView| {
+        (
+            v.online,
+            v.pending,
+            v.stopped,
+            v.errored,
+            v.restarting,
+            v.exited,
+        )
+    };
+    assert_eq!(counts(&c.get_app("web")?), (1, 0, 0, 2, 1, 1));
+    let listed: Vec<_> = c.list_apps().iter().map(counts).collect();
+    assert_eq!(listed, [(1, 0, 0, 2, 1, 1)]);
+    Ok(())
 }

@@ -734,22 +734,30 @@ impl<'a> MaxCounts<'a> {
     }
 }
 
-/// Online, pending and stopped instances of an app, as its view shows them.
-#[derive(Debug, Default, Clone, Copy)]
+/// An app's instances by state, as its view shows them: the states a user waits out or acts on.
+/// Launching, stopping, draining and unknown (a node down) are passing and not counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct StateCounts {
     online: u32,
     pending: u32,
     stopped: u32,
+    errored: u32,
+    restarting: u32,
+    exited: u32,
 }
 
 impl StateCounts {
     fn add(&mut self, state: InstanceState) {
-        match state {
-            InstanceState::Online => self.online += 1,
-            InstanceState::Pending => self.pending += 1,
-            InstanceState::Stopped => self.stopped += 1,
-            _ => {}
-        }
+        let count = match state {
+            InstanceState::Online => &mut self.online,
+            InstanceState::Pending => &mut self.pending,
+            InstanceState::Stopped => &mut self.stopped,
+            InstanceState::Errored => &mut self.errored,
+            InstanceState::Restarting => &mut self.restarting,
+            InstanceState::Exited => &mut self.exited,
+            _ => return,
+        };
+        *count += 1;
     }
 }
 
@@ -787,6 +795,9 @@ pub(super) fn app_view_counted(
         online: counts.online,
         pending: counts.pending,
         stopped: counts.stopped,
+        errored: counts.errored,
+        restarting: counts.restarting,
+        exited: counts.exited,
     }
 }
 

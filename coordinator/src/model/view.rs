@@ -68,6 +68,13 @@ pub struct AppView {
     pub online: u32,
     pub pending: u32,
     pub stopped: u32,
+    /// Failed for good; a trial's errored app read "0 online, 0 pending, 0 stopped" and nothing
+    /// more.
+    pub errored: u32,
+    /// Crashed and waiting for their restart: a crash loop.
+    pub restarting: u32,
+    /// Exited on their own with autorestart off.
+    pub exited: u32,
 }
 
 /// One instance: its record merged with what its agent last reported.
