@@ -230,6 +230,9 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
         .iter()
         .map(|i| {
             let up = running(i);
+            // The figures of an instance whose node is down are not measured now (the
+            // coordinator sends 0): a trial read CPU `0.0%` there beside MEM `-`.
+            let measured = up && i.state() != pb::InstanceState::Unknown;
             let mut row = vec![
                 i.app.clone(),
                 i.index.to_string(),
@@ -251,13 +254,13 @@ pub fn instances_table(instances: &[pb::Instance], now_ms: i64) -> String {
                 dash_if_zero(i.port),
                 instance_status(i),
                 health_name(i.health).unwrap_or(NONE).to_string(),
-                if up {
+                if measured {
                     percent(i.cpu_percent)
                 } else {
                     NONE.to_string()
                 },
                 // A process has memory: zero means its first sample has not come in yet.
-                if up && i.memory_bytes > 0 {
+                if measured && i.memory_bytes > 0 {
                     human_bytes(i.memory_bytes)
                 } else {
                     NONE.to_string()
@@ -396,8 +399,8 @@ pub fn nodes_table(nodes: &[pb::Node], now_ms: i64) -> String {
                 node_status_name(n.status).to_string(),
                 n.cores.to_string(),
                 human_bytes(n.memory_bytes),
-                percent(n.cpu_percent),
-                human_bytes(n.memory_used_bytes),
+                used(n, percent(n.cpu_percent)),
+                used(n, human_bytes(n.memory_used_bytes)),
                 n.instances.to_string(),
                 allocated(n),
                 if labels.is_empty() {
@@ -444,8 +447,8 @@ pub fn node_json(n: &pb::Node) -> Value {
         "agent_version": n.agent_version,
         "cores": n.cores,
         "memory_bytes": n.memory_bytes,
-        "cpu_percent": n.cpu_percent,
-        "memory_used_bytes": n.memory_used_bytes,
+        "cpu_percent": if measured(n) { json!(n.cpu_percent) } else { Value::Null },
+        "memory_used_bytes": if measured(n) { json!(n.memory_used_bytes) } else { Value::Null },
         "instances": n.instances,
         "allocated_cpu_millis": n.allocated_cpu_millis,
         "allocated_memory_bytes": n.allocated_memory_bytes,
@@ -454,6 +457,23 @@ pub fn node_json(n: &pb::Node) -> Value {
         "last_heartbeat_ms": if n.last_heartbeat_ms > 0 { json!(n.last_heartbeat_ms) } else { Value::Null },
         "message": n.message,
     })
+}
+
+/// Whether a node's CPU and memory in use are measured now: not while it is down or has not
+/// reconnected (a trial read a down node's last figures as current).
+fn measured(n: &pb::Node) -> bool {
+    !matches!(
+        pb::NodeStatus::try_from(n.status),
+        Ok(pb::NodeStatus::Down | pb::NodeStatus::Reconnecting)
+    )
+}
+
+/// A node's figure in use, or `-` when it is not measured now (see [`measured`]).
+fn used(n: &pb::Node, figure: String) -> String {
+    match measured(n) {
+        true => figure,
+        false => NONE.to_string(),
+    }
 }
 
 /// Reserved resources of a node: `500m cpu, 1.0 GiB` or `-`.

@@ -255,6 +255,25 @@ web      4  -          -     -  pending  -            -         -         4     
   web[3]: cannot execute \"nod\": not found
 ",
         ),
+        // A down node's instance keeps its pid; its figures are not measured (a trial read CPU
+        // `0.0%` there beside MEM `-`).
+        (
+            vec![pb::Instance {
+                state: S::Unknown as i32,
+                pid: 4100,
+                cpu_percent: 0.0,
+                memory_bytes: 0,
+                started_at_ms: 0,
+                message: "node node-a is down".into(),
+                ..instance("web", 0, S::Online)
+            }],
+            "\
+APP  INDEX  NODE     PID  PORT  STATUS   HEALTH  CPU  MEM  RESTARTS  UPTIME
+web      0  node-a  4100  3000  unknown  -         -    -         0       -
+
+  web[0]: node node-a is down
+",
+        ),
     ];
     for (input, want) in cases {
         // One machine: the agents' address is loopback.
@@ -342,18 +361,31 @@ fn node_table_and_json() {
     let mut down = node("b", pb::NodeStatus::Down);
     down.labels.clear();
     down.last_heartbeat_ms = 0;
+    let mut reconnecting = node("c", pb::NodeStatus::Reconnecting);
+    reconnecting.labels.clear();
+    // A trial read a down node's last CPU and memory as current: not measured, they read `-`.
     check_table(
-        nodes_table(&[node("a", pb::NodeStatus::Ready), down], NOW),
+        nodes_table(
+            &[node("a", pb::NodeStatus::Ready), down.clone(), reconnecting],
+            NOW,
+        ),
         "\
-NODE  STATUS  CORES    MEMORY   CPU  MEM USED  INSTANCES  ALLOCATED  LABELS           LAST HEARTBEAT
-a     ready       8  16.0 GiB  7.2%   3.0 GiB          3  -          disk=ssd,zone=a  1s ago
-b     down        8  16.0 GiB  7.2%   3.0 GiB          3  -          -                never
+NODE  STATUS        CORES    MEMORY   CPU  MEM USED  INSTANCES  ALLOCATED  LABELS           LAST HEARTBEAT
+a     ready             8  16.0 GiB  7.2%   3.0 GiB          3  -          disk=ssd,zone=a  1s ago
+b     down              8  16.0 GiB     -         -          3  -          -                never
+c     reconnecting      8  16.0 GiB     -         -          3  -          -                1s ago
 ",
     );
     let got = node_json(&node("a", pb::NodeStatus::Ready));
     assert_eq!(got["labels"], json!({"disk": "ssd", "zone": "a"}));
     assert_eq!(got["status"], "ready");
     assert_eq!(got["last_heartbeat_ms"], NOW - 1_000);
+    assert_eq!(got["cpu_percent"], json!(7.25));
+    let got = node_json(&down);
+    assert_eq!(
+        [&got["cpu_percent"], &got["memory_used_bytes"]],
+        [&Value::Null; 2]
+    );
 }
 
 fn app(name: &str) -> pb::App {

@@ -4,7 +4,9 @@
 
 use super::tests::{register, web};
 use super::*;
-use crate::model::{AppView, Health, InstanceObserved, InstanceState, Registration, Report};
+use crate::model::{
+    AppView, Health, InstanceObserved, InstanceState, NodeStatus, Registration, Report,
+};
 use crate::store::MemoryStore;
 
 /// What an agent on `node` says of each instance of `web` there.
@@ -531,5 +533,40 @@ fn an_app_counts_its_errored_restarting_and_exited_instances() -> Result<()> {
     assert_eq!(counts(&c.get_app("web")?), (1, 0, 0, 2, 1, 1));
     let listed: Vec<_> = c.list_apps().iter().map(counts).collect();
     assert_eq!(listed, [(1, 0, 0, 2, 1, 1)]);
+    Ok(())
+}
+
+/// A trial read a down node's last CPU and memory in `nodes` as current: a node that is not
+/// connected has no figures in use, as its instances have none.
+#[test]
+fn a_down_node_shows_no_figures_in_use() -> Result<()> {
+    let clock = Arc::new(crate::clock::ManualClock::new(1_000_000, 7));
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open_with(store, ControlConfig::default(), clock.clone())?;
+    let a = c.attach(&register("a"), None)?;
+    let generation = a.desired.borrow().as_ref().map_or(0, |s| s.generation);
+    c.report(
+        "a",
+        a.session_id,
+        Report {
+            generation,
+            instances: Vec::new(),
+            host: Some(crate::model::HostMetrics {
+                cpu_percent: 97.5,
+                memory_used_bytes: 1 << 30,
+                ..Default::default()
+            }),
+        },
+    );
+    let figures = |c: &Control| -> Vec<(NodeStatus, f64, u64)> {
+        c.list_nodes()
+            .into_iter()
+            .map(|n| (n.status, n.cpu_percent, n.memory_used_bytes))
+            .collect()
+    };
+    assert_eq!(figures(&c), [(NodeStatus::Ready, 97.5, 1 << 30)]);
+    clock.advance_ms(3_600_000);
+    c.tick();
+    assert_eq!(figures(&c), [(NodeStatus::Down, 0.0, 0)]);
     Ok(())
 }

@@ -66,7 +66,12 @@ pub(super) fn node_views(inner: &Inner, config: &ControlConfig) -> Vec<NodeView>
         .map(|n| {
             let live = inner.nodes.get(&n.name);
             let ready = live.is_some_and(|l| is_ready(l, config, inner.now));
-            let host = live.and_then(|l| l.host).unwrap_or_default();
+            // Not measured while it is down or has not reconnected: a trial read a down node's
+            // last CPU and memory as current (its instances' figures are dropped the same way).
+            let host = live
+                .and_then(|l| l.host)
+                .filter(|_| ready)
+                .unwrap_or_default();
             let (mut instances, cpu, memory) =
                 counts.get(n.name.as_str()).copied().unwrap_or_default();
             if let Some(l) = live.filter(|l| super::super::is_quarantined(l)) {
