@@ -228,7 +228,7 @@ impl Control {
     pub fn delete_app(&self, name: &str) -> Result<u32> {
         let mut inner = self.lock();
         find_app(&inner.ahead, name)?;
-        let removed = inner.ahead.app_instances(name).len() as u32;
+        let removed = crate::core::status::instance_count(&inner.ahead.app_instances(name));
         self.write(
             &mut inner,
             Batch {

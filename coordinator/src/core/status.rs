@@ -70,10 +70,69 @@ pub fn derive(
     (status, note)
 }
 
+/// How many instances `records` (one app's) are as users count them: one per index. A drain's
+/// replacement, or a rollout's new copy beside the old one draining, is a second record of the
+/// same index; a trial's delete of 6 instances, one with a pending replacement, said "7 removed".
+pub fn instance_count(records: &[&InstanceRecord]) -> u32 {
+    let indices: std::collections::BTreeSet<u32> = records.iter().map(|r| r.index).collect();
+    u32::try_from(indices.len()).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use uuid::Uuid;
+
+    /// (index, replaces another record, draining).
+    type Rec = (u32, bool, bool);
+
+    #[test]
+    fn instances_count_once_per_index() {
+        let cases: [(&[Rec], u32); 5] = [
+            (&[], 0),
+            (&[(0, false, false), (1, false, false)], 2),
+            // Six, one with a drain's replacement beside it (the trial's delete).
+            (
+                &[
+                    (0, false, false),
+                    (1, false, false),
+                    (2, false, false),
+                    (3, false, false),
+                    (4, false, false),
+                    (5, false, false),
+                    (5, true, false),
+                ],
+                6,
+            ),
+            // A rollout's old copy draining beside its new one.
+            (&[(0, false, true), (0, false, false), (1, false, false)], 2),
+            // One scaled away and draining is still one of the app's until it ends.
+            (&[(0, false, false), (1, false, true)], 2),
+        ];
+        for (records, want) in cases {
+            let recs: Vec<InstanceRecord> = records
+                .iter()
+                .enumerate()
+                .map(|(n, &(index, replacement, draining))| InstanceRecord {
+                    id: Uuid::from_u128(n as u128 + 1),
+                    app: "web".into(),
+                    index,
+                    node: Some("a".into()),
+                    port: None,
+                    app_version: 1,
+                    restart_epoch: 0,
+                    stopped: false,
+                    replaces: replacement.then(Uuid::nil),
+                    draining_since: draining.then_some(5),
+                    created_ms: 0,
+                    avoid: Vec::new(),
+                    disabled: false,
+                })
+                .collect();
+            let refs: Vec<&InstanceRecord> = recs.iter().collect();
+            assert_eq!(instance_count(&refs), want, "{records:?}");
+        }
+    }
 
     /// `record` is `placed|pending` plus `stopped` and `draining` flags; the answer is rendered as
     /// `Status/Note`.
