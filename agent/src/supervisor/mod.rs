@@ -468,10 +468,12 @@ impl Supervisor {
                 self.reason = None;
                 self.ended = None;
                 next_start = Some(Instant::now());
-                if waited {
-                    // The stop may have taken the whole kill timeout: a stop, delete, newer spec
-                    // or shutdown that came meanwhile is read at the top before anything starts,
-                    // not after a process of the old target.
+                // The stop may have taken the whole kill timeout: a stop, delete, newer spec or
+                // shutdown that came meanwhile is read at the top before anything starts, not
+                // after a process of the old target. (A detach still starts the new process: the
+                // next agent adopts it, and the restart is not lost.)
+                let changed = self.target.has_changed().unwrap_or(true);
+                if waited && (changed || self.agent.stop_instances.is_cancelled()) {
                     continue;
                 }
             }
