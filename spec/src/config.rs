@@ -27,7 +27,7 @@ mod render;
 mod scalars;
 use position::locate;
 pub use render::to_config;
-pub use scalars::{parse_duration, parse_instances};
+pub use scalars::{duration_text, parse_duration, parse_instances, size_text};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

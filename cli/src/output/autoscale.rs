@@ -1,6 +1,9 @@
 //! Rendering of `autoscale APP`: the policy, the current metrics and the last decisions.
 
+use std::time::Duration;
+
 use pmcluster_proto::v1 as pb;
+use pmcluster_spec::config::{duration_text, size_text};
 use serde_json::{Value, json};
 
 use super::*;
@@ -106,8 +109,14 @@ pub fn turn_back_on(app: &str, p: &pb::Autoscale) -> String {
     if p.memory_threshold > 0.0 {
         flags.push(format!("--memory-threshold {}", p.memory_threshold));
     } else if p.memory_threshold_bytes > 0 {
-        // "B": a plain number would be read as a percent.
-        flags.push(format!("--memory-threshold {}B", p.memory_threshold_bytes));
+        // A plain number would be read as a percent: bytes get their "B".
+        let size = size_text(p.memory_threshold_bytes);
+        let unit = if size.ends_with(|c: char| c.is_ascii_digit()) {
+            "B"
+        } else {
+            ""
+        };
+        flags.push(format!("--memory-threshold {size}{unit}"));
     }
     if p.scale_down_fraction > 0.0 {
         flags.push(format!("--scale-down-fraction {}", p.scale_down_fraction));
@@ -115,7 +124,8 @@ pub fn turn_back_on(app: &str, p: &pb::Autoscale) -> String {
     if let Some(t) = p.tolerance {
         flags.push(format!("--tolerance {t}"));
     }
-    let ms = |flag: &str, v: u64| format!("{flag} {v}ms");
+    // As one would type them: `--cooldown 15s`, not `15000ms`.
+    let ms = |flag: &str, v: u64| format!("{flag} {}", duration_text(Duration::from_millis(v)));
     if let Some(v) = p.cooldown_ms {
         flags.push(ms("--cooldown", v));
     }

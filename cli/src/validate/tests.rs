@@ -650,6 +650,7 @@ fn autoscale_flags() {
         "pmcluster autoscale web --min 1 --max 4 --mode target --memory-threshold 512M \
          --tolerance 0.2 --up-stabilization 5s --down-stabilization 1m",
         "pmcluster autoscale web --max 3 --memory-threshold 80 --scale-down-fraction 0.25",
+        "pmcluster autoscale web --max 3 --memory-threshold 1000B --cooldown 1500ms",
     ] {
         let policy = autoscale_policy(&parse(line), None).expect("valid");
         let back = crate::output::turn_back_on("web", &policy);
@@ -660,6 +661,24 @@ fn autoscale_flags() {
         let again = autoscale_policy(&parse(back), None).expect("valid");
         assert_eq!(again, policy, "{line} -> {back}");
     }
+    // In the units one types: a trial found `--cooldown 15000ms --down-stabilization 300000ms`.
+    let policy = autoscale_policy(
+        &parse(
+            "pmcluster autoscale web --max 4 --memory-threshold 512M --cooldown 15000 \
+             --down-stabilization 300s",
+        ),
+        None,
+    )
+    .expect("valid");
+    let back = crate::output::turn_back_on("web", &policy);
+    for want in [
+        "--memory-threshold 512M",
+        "--cooldown 15s",
+        "--down-stabilization 5m",
+    ] {
+        assert!(back.contains(want), "{want:?} in {back}");
+    }
+    assert!(!back.contains("000ms"), "{back}");
     // A new policy keeps at least one instance unless told otherwise (a trial's went to 0).
     let one = parse("pmcluster autoscale web --max 4 --cpu-threshold 70");
     assert_eq!(autoscale_policy(&one, None).expect("valid").min, 1);

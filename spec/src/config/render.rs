@@ -6,7 +6,7 @@ use super::*;
 /// Used to show a spec and to edit it field by field (`pmcluster reload --set`).
 pub fn to_config(spec: &AppSpec) -> serde_json::Value {
     use serde_json::{Map, Value, json};
-    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let ms = duration_text;
     let mut o = Map::new();
     o.insert("name".into(), json!(spec.name));
     o.insert("script".into(), json!(spec.script));
@@ -52,7 +52,7 @@ pub fn to_config(spec: &AppSpec) -> serde_json::Value {
         "resources".into(),
         json!({
             "cpu": format!("{}m", spec.resources.cpu_millis),
-            "memory": spec.resources.memory_bytes.to_string(),
+            "memory": size_text(spec.resources.memory_bytes),
             "overcommit": spec.resources.overcommit,
         }),
     );
@@ -101,7 +101,7 @@ pub fn to_config(spec: &AppSpec) -> serde_json::Value {
         o.insert("health_check".into(), Value::Object(h));
     }
     if let Some(m) = s.max_memory_restart {
-        o.insert("max_memory_restart".into(), json!(m.to_string()));
+        o.insert("max_memory_restart".into(), json!(size_text(m)));
     }
     if !s.cpu_affinity.is_empty() {
         o.insert("cpu_affinity".into(), json!(s.cpu_affinity));
@@ -121,7 +121,7 @@ pub fn to_config(spec: &AppSpec) -> serde_json::Value {
     o.insert("log_timestamps".into(), json!(s.log_timestamps));
     o.insert(
         "log_max_size".into(),
-        json!(s.log_max_bytes.unwrap_or(0).to_string()),
+        json!(size_text(s.log_max_bytes.unwrap_or(0))),
     );
     o.insert("log_retain".into(), json!(s.log_keep));
     if let Some(a) = &spec.autoscale {
@@ -132,7 +132,7 @@ pub fn to_config(spec: &AppSpec) -> serde_json::Value {
                 "cpu_threshold": a.cpu_threshold,
                 "memory_threshold": match a.memory_threshold {
                     Some(MemoryThreshold::Percent(p)) => json!(p),
-                    Some(MemoryThreshold::Bytes(b)) => json!(b.to_string()),
+                    Some(MemoryThreshold::Bytes(b)) => json!(size_text(b)),
                     None => Value::Null,
                 },
                 "scale_down_fraction": a.scale_down_fraction, "tolerance": a.tolerance,

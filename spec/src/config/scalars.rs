@@ -58,6 +58,54 @@ pub fn parse_duration(field: &str, value: &Scalar) -> Result<Duration, SpecError
     check_duration(field, d)
 }
 
+/// A duration as a config file and a flag write it, in the largest unit that holds it exactly:
+/// `15s`, `5m`, `1500ms`, `2h`, `1d` ([`parse_duration`] reads each back to the same value). A
+/// user trial found `"healthy_deadline": "300000ms"` in an export, and `--cooldown 15000ms` in
+/// a command printed to type. What is finer than a millisecond is dropped, as the spec keeps
+/// milliseconds.
+pub fn duration_text(d: Duration) -> String {
+    const UNITS: [(u128, &str); 4] = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ];
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    UNITS
+        .iter()
+        .find(|(unit, _)| ms.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{ms}ms"),
+            |(unit, name)| format!("{}{name}", ms / unit),
+        )
+}
+
+/// A size as a config file writes it, in the largest unit of 1024 that holds it exactly: `200M`,
+/// `10M`, `1536K`, else plain bytes (`"1000"`); what [`crate::placement::parse_memory`] reads
+/// back to the same number. (A trial found `max_memory_restart: "209715200"` in an export of
+/// an app given `200M`.)
+pub fn size_text(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "T"),
+        (1 << 30, "G"),
+        (1 << 20, "M"),
+        (1 << 10, "K"),
+    ];
+    if bytes == 0 {
+        return "0".to_string();
+    }
+    UNITS
+        .iter()
+        .find(|(unit, _)| bytes.is_multiple_of(*unit))
+        .map_or_else(
+            || bytes.to_string(),
+            |(unit, name)| format!("{}{name}", bytes / unit),
+        )
+}
+
 /// Names both forms `instances` takes, so a near miss like `"max5"` points at the keyword too.
 const NOT_A_COUNT: &str =
     "is neither a whole number of instances (0 or more) nor \"max\" (one per core)";

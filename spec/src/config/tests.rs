@@ -1,6 +1,7 @@
 use super::*;
 use crate::placement::Strategy;
 use crate::supervise::StopSignal;
+use std::time::Duration;
 
 fn check(text: &str, format: Format, want: Result<&[(&str, u32, &str)], &str>) {
     let got = parse_apps(text, format);
@@ -693,4 +694,46 @@ fn empty_files_and_duplicate_keys() {
         text.contains("duplicate") && !text.contains("DuplicateKeyPolicy"),
         "{text}"
     );
+}
+
+/// Durations and sizes are written in the largest unit that holds them exactly, and read back
+/// as the same value (a trial found "300000ms" and "209715200" in an export).
+#[test]
+fn durations_and_sizes_are_written_as_one_would_type_them() {
+    use crate::placement::parse_memory;
+    let durations = [
+        (0, "0s"),
+        (500, "500ms"),
+        (1_500, "1500ms"),
+        (15_000, "15s"),
+        (90_000, "90s"),
+        (300_000, "5m"),
+        (3_600_000, "1h"),
+        (86_400_000, "1d"),
+        (90_061_001, "90061001ms"),
+    ];
+    for (ms, want) in durations {
+        let d = Duration::from_millis(ms);
+        let text = duration_text(d);
+        assert_eq!(text, want);
+        let back = parse_duration("x", &Scalar::Str(text.clone())).expect(&text);
+        assert_eq!(back, d, "{text}");
+    }
+    let sizes = [
+        (0, "0"),
+        (1000, "1000"),
+        (1536, "1536"),
+        (2048, "2K"),
+        (1536 << 10, "1536K"),
+        (10 << 20, "10M"),
+        (200 << 20, "200M"),
+        (3 << 30, "3G"),
+        (2 << 40, "2T"),
+        (u64::MAX, "18446744073709551615"),
+    ];
+    for (bytes, want) in sizes {
+        let text = size_text(bytes);
+        assert_eq!(text, want);
+        assert_eq!(parse_memory("x", &text).expect(&text), bytes, "{text}");
+    }
 }
