@@ -749,6 +749,12 @@ pub struct LogsArgs {
     /// Print only the lines, without the app[index] prefix
     #[arg(long)]
     pub raw: bool,
+    /// Only what the instances wrote to stderr (PM2's --err)
+    #[arg(long, conflicts_with = "out")]
+    pub err: bool,
+    /// Only what the instances wrote to stdout (PM2's --out)
+    #[arg(long)]
+    pub out: bool,
 }
 
 #[derive(Debug, Args)]

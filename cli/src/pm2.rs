@@ -1,9 +1,10 @@
 //! PM2 habits that mean something else here, or nothing: the verbs of PM2's dump file and boot
-//! scripts, `--update-env`, PM2's numeric ids and `start` of a config file. Each gets a pointer
+//! scripts, `--update-env`, `--watch`, PM2's numeric ids and `start` of a config file. Each gets a pointer
 //! to what pmcluster does instead, rather than clap's guess at a verb spelled alike or a bare
 //! "not found".
 
 use std::ffi::OsString;
+use std::path::Path;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use pmcluster_spec::config::Format;
@@ -24,9 +25,7 @@ pub fn explain(err: clap::Error, args: &[OsString]) -> clap::Error {
     let pointer = match err.kind() {
         ErrorKind::InvalidSubcommand => said(ContextKind::InvalidSubcommand)
             .and_then(|word| verb(word).or_else(|| (word == "env").then(|| env(args)))),
-        ErrorKind::UnknownArgument => said(ContextKind::InvalidArg)
-            .filter(|a| *a == "--update-env" || a.starts_with("--update-env="))
-            .map(|_| update_env(args)),
+        ErrorKind::UnknownArgument => said(ContextKind::InvalidArg).and_then(|a| flag(a, args)),
         _ => None,
     };
     match pointer {
@@ -55,6 +54,27 @@ fn verb(word: &str) -> Option<String> {
             .to_string(),
         _ => return None,
     })
+}
+
+/// What to do instead of a PM2 flag that pmcluster has no use for: `--update-env`, and
+/// `--watch` (clap's guess, `--wait`, waits for the instances to come up).
+fn flag(arg: &str, args: &[OsString]) -> Option<String> {
+    let name = arg.split_once('=').map_or(arg, |(name, _)| name);
+    match name {
+        "--update-env" => Some(update_env(args)),
+        "--watch" | "--ignore-watch" | "--watch-delay" => Some(watch(name, args)),
+        _ => None,
+    }
+}
+
+/// PM2's `--watch` restarts on a file change; pmcluster's agents may run on other hosts than
+/// the files one edits, so a change is rolled out by a command.
+fn watch(flag: &str, args: &[OsString]) -> String {
+    let app = app_without(args, flag).unwrap_or_else(|| "APP".to_string());
+    format!(
+        "{flag}: pmcluster does not watch files; after a change, restart the app's instances \
+         one after another with: pmcluster reload {app}"
+    )
 }
 
 /// PM2's `env APP` shows a process's environment; here it is the env of the app's spec, which
@@ -89,12 +109,29 @@ fn update_env(args: &[OsString]) -> String {
 
 /// The app of `restart web --update-env`: the command line read again without the flag.
 fn app_after_verb(args: &[OsString]) -> Option<String> {
+    app_without(args, "--update-env")
+}
+
+/// The app a command line names once `flag` (a switch, or `flag=VALUE`) is left out; for
+/// `start` of a command line, the name it would get.
+fn app_without(args: &[OsString], flag: &str) -> Option<String> {
     let rest = args.iter().filter(|a| {
         let a = a.to_string_lossy();
-        a != "--update-env" && !a.starts_with("--update-env=")
+        a != flag && !a.starts_with(&format!("{flag}="))
     });
     let (cli, _) = crate::args::parse_from(rest).ok()?;
-    app_named(&cli.command).map(|app| shell_words::quote(app).into_owned())
+    let app = match &cli.command {
+        // `start server.js` of a file here makes an app named after the file, `server`.
+        Command::Start(s) => match crate::validate::plan_start(s).ok()? {
+            crate::validate::StartPlan::Existing { app, .. } if Path::new(&app).is_file() => {
+                Path::new(&app).file_stem()?.to_string_lossy().into_owned()
+            }
+            crate::validate::StartPlan::Existing { app, .. } => app,
+            crate::validate::StartPlan::Apply { spec, .. } => spec.name,
+        },
+        other => app_named(other)?.to_string(),
+    };
+    Some(shell_words::quote(&app).into_owned())
 }
 
 /// Whether `app` reads as a PM2 id (`pm2 stop 0`) rather than a name.

@@ -9,6 +9,8 @@ use pmcluster_spec::app::{MAX_INSTANCES, validate_name};
 use pmcluster_spec::config::{
     RawPlacement, RawResources, Scalar, parse_duration, parse_reschedule,
 };
+use pmcluster_spec::placement::parse_memory;
+use pmcluster_spec::supervise::Supervision;
 use pmcluster_spec::update::UpdatePolicy;
 use pmcluster_spec::{AppSpec, PortSpec, SpecError, echo};
 
@@ -146,6 +148,11 @@ pub fn plan_start(args: &StartArgs) -> Result<StartPlan, UsageError> {
         || args.no_autorestart
         || args.restart_delay.is_some()
         || args.kill_timeout.is_some()
+        || args.max_memory_restart.is_some()
+        || args.cron_restart.is_some()
+        || args.max_restarts.is_some()
+        || args.min_uptime.is_some()
+        || args.time
         || args.update.any()
         || !args.constraints.is_empty()
         || args.strategy.is_some()
@@ -265,6 +272,7 @@ fn finish_spec(
     };
     let base = AppSpec::new(&name, &script, &[]);
     let update = PolicyChanges::parse(&args.update)?.apply(&base.update)?;
+    let supervision = start_supervision(args, &base.supervision)?;
     AppSpec {
         args: script_args,
         cwd: args.cwd.clone().filter(|c| !c.is_empty()),
@@ -303,10 +311,44 @@ fn finish_spec(
             .map_err(flag_error)?
             .unwrap_or_default(),
         update,
+        supervision,
         ..base
     }
     .validate()
     .map_err(flag_error)
+}
+
+/// The supervision of `start`'s PM2 flags on top of `base`, each value read by the spec's own
+/// parser (so `--max-memory-restart 1.5G` means what `max_memory_restart: "1.5G"` means in a
+/// file); the whole is checked with the spec. As in a file, a size of 0 is no limit.
+fn start_supervision(args: &StartArgs, base: &Supervision) -> Result<Supervision, UsageError> {
+    let max_memory_restart = match &args.max_memory_restart {
+        None => base.max_memory_restart,
+        Some(text) => {
+            Some(parse_memory("max_memory_restart", text).map_err(flag_error)?).filter(|n| *n > 0)
+        }
+    };
+    let max_restarts = match &args.max_restarts {
+        None => base.max_restarts,
+        Some(text) => count_flag("--max-restarts", text)?,
+    };
+    let min_uptime = match &args.min_uptime {
+        None => base.min_uptime,
+        Some(text) => {
+            parse_duration("min_uptime", &Scalar::Str(text.clone())).map_err(flag_error)?
+        }
+    };
+    Ok(Supervision {
+        max_memory_restart,
+        max_restarts,
+        min_uptime,
+        cron_restart: args
+            .cron_restart
+            .clone()
+            .or_else(|| base.cron_restart.clone()),
+        log_timestamps: args.time || base.log_timestamps,
+        ..base.clone()
+    })
 }
 
 /// PM2 names an app after its script: `node` for "node server.js", `server` for "./server.sh".
@@ -347,6 +389,9 @@ fn flag_error(e: SpecError) -> UsageError {
         "cwd" => "--cwd",
         "restart_delay" => "--restart-delay",
         "kill_timeout" => "--kill-timeout",
+        "max_memory_restart" => "--max-memory-restart",
+        "cron_restart" => "--cron-restart",
+        "min_uptime" => "--min-uptime",
         "placement.constraints" => "--constraint",
         "placement.strategy" => "--strategy",
         "placement.max_per_node" => "--max-per-node",

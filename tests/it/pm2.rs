@@ -384,3 +384,75 @@ fn logs_of_every_app_shows_those_a_token_may_read() {
     let read = as_token("read", None);
     assert!(read.assert_failed().contains("may not call"), "{read}");
 }
+
+/// A user trial found PM2's `start` flags refused, with clap's tip pointing to flags of another
+/// meaning (`--max-memory-restart`: '--memory', a reservation). They now set the spec's fields,
+/// shown by `info` in a config file's words; `start` of the same again starts the app as it is,
+/// with another value it is refused naming the field; `--watch` gets a pointer (exit 2); and
+/// `logs --err` / `--out` show one stream.
+#[test]
+fn pm2_start_flags_set_the_spec_and_watch_gets_a_pointer() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let line = "echo to-stdout; echo to-stderr >&2; exec sleep 1000";
+    let flags = [
+        "start",
+        line,
+        "--shell",
+        "--name",
+        "flags",
+        "--max-memory-restart",
+        "64M",
+        "--cron-restart",
+        "0 3 * * *",
+        "--max-restarts",
+        "3",
+        "--time",
+    ];
+    c.cli(&flags).assert_ok();
+    wait_online(&c, "flags", 1);
+    let info = c.cli(&["info", "flags", "-o", "json"]);
+    let v = info.assert_ok().json().expect("info -o json");
+    let spec = &v["app"]["spec"];
+    assert_eq!(spec["max_memory_restart"], "64M", "{info}");
+    assert_eq!(spec["cron_restart"], "0 3 * * *", "{info}");
+    assert_eq!(spec["max_restarts"], 3, "{info}");
+    assert_eq!(spec["log_timestamps"], true, "{info}");
+
+    // The same flags again: the app as it is, not another spec.
+    let again = c.cli(&flags);
+    assert!(
+        again.assert_ok().stdout.contains("already running"),
+        "{again}"
+    );
+    // Another value: `start` changes no app, and names what differs.
+    let mut other = flags.to_vec();
+    other[10] = "5";
+    let refused = c.cli(&other);
+    assert_eq!(refused.code(), Some(2), "{refused}");
+    assert!(refused.stderr.contains("max_restarts"), "{refused}");
+
+    let watch = c.cli(&["start", "node server.js", "--name", "web", "--watch"]);
+    assert_eq!(watch.code(), Some(2), "{watch}");
+    assert!(
+        watch
+            .stderr
+            .contains("--watch: pmcluster does not watch files")
+            && watch.stderr.contains("pmcluster reload web")
+            && !watch.stderr.contains("--wait"),
+        "{watch}"
+    );
+
+    wait_log(&c, "flags", "to-stderr");
+    let err = c.cli(&["logs", "flags", "--err"]);
+    let text = &err.assert_ok().stdout;
+    assert!(
+        text.contains("to-stderr") && !text.contains("to-stdout"),
+        "{err}"
+    );
+    let out = c.cli(&["logs", "flags", "--out"]);
+    let text = &out.assert_ok().stdout;
+    assert!(
+        text.contains("to-stdout") && !text.contains("to-stderr"),
+        "{out}"
+    );
+}

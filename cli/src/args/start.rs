@@ -55,6 +55,28 @@ pub struct StartArgs {
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub kill_timeout: Option<String>,
 
+    /// Restart an instance whose process tree's resident memory exceeds this, e.g. 300M (PM2's
+    /// flag; --memory is a placement reservation, not a limit)
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory_restart: Option<String>,
+
+    /// Restart every instance on this five-field cron schedule, e.g. "0 3 * * *"
+    #[arg(long, visible_alias = "cron", value_name = "EXPR")]
+    pub cron_restart: Option<String>,
+
+    /// Quick crashes (sooner than --min-uptime) allowed within a minute before an instance is
+    /// left errored (default 15; 0: never give up)
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_restarts: Option<String>,
+
+    /// An exit sooner than this after start counts as a crash toward --max-restarts (default 1s)
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    pub min_uptime: Option<String>,
+
+    /// Prefix each log line with the time it was written (PM2's --time)
+    #[arg(long)]
+    pub time: bool,
+
     /// With an app name: start only the instance with this index
     #[arg(long, value_name = "INDEX")]
     pub instance: Option<u32>,

@@ -181,6 +181,11 @@ async fn app_logs(
         req.lines = 1;
     }
     let no_history = req.no_history;
+    let wanted = match (args.err, args.out) {
+        (true, _) => Some(pb::LogStream::Stderr),
+        (_, true) => Some(pb::LogStream::Stdout),
+        _ => None,
+    };
     let structured = out.borrow().structured();
     let mut last: HashMap<(u32, i32), String> = HashMap::new();
     let mut seen: HashMap<(u32, i32), String> = HashMap::new();
@@ -208,6 +213,13 @@ async fn app_logs(
                 }
                 Watched::Message(line) => line,
             };
+            // The request has no stream filter: the other stream's lines are left out here.
+            // pmcluster's own notices (no stream) are shown either way.
+            if wanted.is_some_and(|w| line.stream != w as i32)
+                && line.stream != pb::LogStream::Unspecified as i32
+            {
+                return Ok(());
+            }
             let key = (line.index, line.stream);
             if seen.remove(&key).is_some_and(|prev| prev == line.line) {
                 return Ok(());

@@ -52,6 +52,18 @@ fn pm2_verbs_and_flags_point_to_what_to_do_instead() {
             "pmcluster reload --update-env",
             "pmcluster reload APP --set env.KEY=VALUE",
         ),
+        // clap's guess for `--watch` was `--wait`, which means something else.
+        (
+            "pmcluster start 'node server.js' --name web --watch",
+            "--watch: pmcluster does not watch files; after a change, restart the app's \
+             instances one after another with: pmcluster reload web",
+        ),
+        ("pmcluster start --watch=. api", "pmcluster reload api"),
+        ("pmcluster restart web --watch", "pmcluster reload web"),
+        (
+            "pmcluster start --ignore-watch node_modules",
+            "--ignore-watch:",
+        ),
     ];
     for (line, want) in cases {
         let said = refused(line);

@@ -359,6 +359,72 @@ fn start_errors() {
     }
 }
 
+/// PM2's supervision flags on `start` set the spec's fields as a config file's keys of those
+/// names would; a user trial found them refused, with clap's tip pointing to flags of another
+/// meaning (`--memory`, a placement reservation).
+#[test]
+fn pm2_supervision_flags() {
+    let args = start_args(
+        "pmcluster start 'node s.js' --name w --max-memory-restart 100M --cron '0 3 * * *' \
+             --max-restarts 3 --min-uptime 5s --time",
+    );
+    let s = start_spec(&args).expect("valid").supervision;
+    assert_eq!(s.max_memory_restart, Some(100 << 20));
+    assert_eq!(s.cron_restart.as_deref(), Some("0 3 * * *"));
+    assert_eq!((s.max_restarts, s.min_uptime), (3, Duration::from_secs(5)));
+    assert!(s.log_timestamps);
+    let long = start_args("pmcluster start 'node s.js' --cron-restart @daily --max-restarts 0");
+    let s = start_spec(&long).expect("valid").supervision;
+    assert_eq!(
+        (s.cron_restart.as_deref(), s.max_restarts),
+        (Some("@daily"), 0)
+    );
+    // Each makes a new app's spec, not a start of an app named like the program.
+    assert!(matches!(
+        plan_start(&start_args("pmcluster start web --time")),
+        Ok(StartPlan::Apply { .. })
+    ));
+    // Left out: the spec's defaults, as in a file.
+    let plain = start_spec(&start_args("pmcluster start 'node s.js'")).expect("valid");
+    assert_eq!(
+        plain.supervision,
+        pmcluster_spec::supervise::Supervision::default()
+    );
+    let errors = [
+        (
+            "--max-memory-restart lots",
+            "--max-memory-restart: \"lots\" is not a memory amount",
+        ),
+        (
+            "--cron '0 3 * *'",
+            "--cron-restart: \"0 3 * *\": has 4 fields",
+        ),
+        (
+            "--cron-restart 'a b c d e'",
+            "--cron-restart: \"a b c d e\"",
+        ),
+        ("--max-restarts -1", "--max-restarts: \"-1\" is negative"),
+        (
+            "--max-restarts many",
+            "--max-restarts: \"many\" is not a whole number",
+        ),
+        (
+            "--min-uptime soon",
+            "--min-uptime: \"soon\" is not a duration",
+        ),
+        (
+            "--min-uptime 2h",
+            "--min-uptime: 2h is more than the maximum of 1h",
+        ),
+    ];
+    for (flags, want) in errors {
+        check(
+            &format!("pmcluster start 'node s.js' --name w {flags}"),
+            Err(want),
+        );
+    }
+}
+
 #[test]
 fn placement_flags() {
     let args = start_args(
