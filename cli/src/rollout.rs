@@ -338,24 +338,86 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     )
     .await?;
     let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
+    let policy_changed = new.update != current.update;
     if ctx.structured() {
         return ctx.value(&serde_json::json!({
             "app": args.app, "version": version,
             "deployment": reply.deployment.as_ref().map(output::deployment_json),
+            "update": policy_changed.then(|| policy_json(&new.update)),
         }));
     }
     match &reply.deployment {
         Some(d) => ctx.line(&format!(
             "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
             args.app, d.to_version, d.from_version, args.app
-        )),
-        None if new.update != current.update => ctx.line(&format!(
-            "{}: updated (version {version}, no instance restarts); the new update policy applies \
-             to the next rollout or `pmcluster restart {} --rolling`",
-            args.app, args.app
-        )),
-        None => ctx.line(&format!("{}: updated (version {version}, no instance restarts)", args.app)),
+        ))?,
+        None => ctx.line(&format!("{}: updated (version {version}, no instance restarts)", args.app))?,
     }
+    match policy_changed {
+        true => ctx.line(&policy_kept(&args.app, &current.update, &new.update)),
+        false => Ok(()),
+    }
+}
+
+/// What `reload` and `restart --rolling` say of an update policy their flags changed: it is
+/// stored with the app, not used for this rollout only, and how to go back. A user trial gave
+/// `reload api --canary 1` once; a later plain `reload` then stopped half-done, waiting for
+/// `rollout promote`, and nothing had said the canary was kept.
+fn policy_kept(app: &str, old: &UpdatePolicy, new: &UpdatePolicy) -> String {
+    format!(
+        "{app}: update policy changed: {} (kept for later rollouts; to go back: pmcluster reload \
+         {app} {})",
+        policy_changes(old, new).join(", "),
+        policy_flags(old, new).join(" ")
+    )
+}
+
+/// The update flags that set the fields in which `new` differs from `old` back to `old`'s.
+fn policy_flags(old: &UpdatePolicy, new: &UpdatePolicy) -> Vec<String> {
+    let d = |d: Duration| pmcluster_spec::config::duration_text(d);
+    let fields = [
+        (
+            "--max-surge",
+            old.max_surge.to_string(),
+            new.max_surge.to_string(),
+        ),
+        (
+            "--max-unavailable",
+            old.max_unavailable.to_string(),
+            new.max_unavailable.to_string(),
+        ),
+        (
+            "--min-healthy-time",
+            d(old.min_healthy_time),
+            d(new.min_healthy_time),
+        ),
+        (
+            "--healthy-deadline",
+            d(old.healthy_deadline),
+            d(new.healthy_deadline),
+        ),
+        (
+            "--progress-deadline",
+            d(old.progress_deadline),
+            d(new.progress_deadline),
+        ),
+        (
+            "--auto-rollback",
+            old.auto_rollback.to_string(),
+            new.auto_rollback.to_string(),
+        ),
+        ("--canary", old.canary.to_string(), new.canary.to_string()),
+        (
+            "--shutdown-delay",
+            d(old.shutdown_delay),
+            d(new.shutdown_delay),
+        ),
+    ];
+    fields
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(flag, a, _)| format!("{flag} {a}"))
+        .collect()
 }
 
 /// `restart APP --rolling [update-policy flags]`. With flags, the app's update policy is changed
@@ -429,10 +491,7 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
     };
     let mut lines = Vec::new();
     if let Some((old, new)) = &changed_policy {
-        lines.push(format!(
-            "{app}: update policy changed: {}",
-            policy_changes(old, new).join(", ")
-        ));
+        lines.push(policy_kept(app, old, new));
     }
     let follow = match args.wait.wait {
         true => String::new(),

@@ -203,6 +203,30 @@ fn policy_change_lines() {
     );
     assert!(policy_changes(&old, &old).is_empty());
     assert_eq!(policy_json(&new)["shutdown_delay_ms"], 2500);
+    // A trial's one-off `reload api --canary 1` was kept, unsaid: the line says so, and how to
+    // go back, in flags `reload` reads.
+    let canary = UpdatePolicy {
+        canary: 1,
+        healthy_deadline: Duration::from_secs(8),
+        ..old.clone()
+    };
+    assert_eq!(
+        policy_kept("api", &old, &canary),
+        "api: update policy changed: healthy_deadline 5m -> 8s, canary 0 -> 1 (kept for later \
+         rollouts; to go back: pmcluster reload api --healthy-deadline 5m --canary 0)"
+    );
+    let back = policy_flags(&new, &old).join(" ");
+    assert_eq!(
+        back,
+        "--max-surge 2 --auto-rollback false --shutdown-delay 2500ms"
+    );
+    let words = shell_words::split(&format!("pmcluster reload web {back}")).expect("splits");
+    let cli = <crate::args::Cli as clap::Parser>::try_parse_from(words).expect("parses");
+    let crate::args::Command::Reload(args) = cli.command else {
+        panic!("not reload");
+    };
+    let changes = PolicyChanges::parse(&args.update).expect("valid");
+    assert_eq!(changes.apply(&old).expect("valid"), new);
 }
 
 /// After an automatic rollback (6 failed, 7 restored 5's spec), a plain undo goes back to 6: the

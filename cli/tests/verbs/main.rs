@@ -484,7 +484,9 @@ async fn update_policy_flags() -> anyhow::Result<()> {
         ],
         0,
         "web: update policy changed: max_surge 2 -> 3, auto_rollback false -> true, \
-         shutdown_delay 500ms -> 2s\nrolling restart of web: 2 instances",
+         shutdown_delay 500ms -> 2s (kept for later rollouts; to go back: pmcluster reload web \
+         --max-surge 2 --auto-rollback false --shutdown-delay 500ms)\nrolling restart of web: 2 \
+         instances",
         "",
     )
     .await?;
@@ -540,7 +542,7 @@ async fn update_policy_flags() -> anyhow::Result<()> {
     assert_eq!(calls(&fake), ["ApplyApp web", "Restart web rolling"]);
 
     // reload with flags only: a policy change, shown in the diff, restarting nothing.
-    check(
+    let out = check(
         a,
         &["reload", "web", "--canary", "2", "--yes"],
         0,
@@ -548,6 +550,15 @@ async fn update_policy_flags() -> anyhow::Result<()> {
         "",
     )
     .await?;
+    // A trial's one-off canary was kept unsaid, and a later plain `reload` waited for promote.
+    assert!(
+        out.stdout.contains(
+            "web: update policy changed: canary 0 -> 2 (kept for later rollouts; to go back: \
+             pmcluster reload web --canary 0)"
+        ),
+        "{}",
+        out.stdout
+    );
     assert_eq!(calls(&fake), ["ApplyApp web"]);
     assert_eq!(last_spec(&fake).update.map(|u| u.canary), Some(2));
 
