@@ -391,6 +391,18 @@ fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// `up`: start what is not running, then wait until the node is ready.
+/// Why `up` does not start a coordinator on `listen`, an address other hosts may reach, and what
+/// runs one there.
+fn not_loopback(listen: SocketAddr) -> UsageError {
+    UsageError::new(format!(
+        "--listen {listen}: `pmcluster up` runs a local cluster without TLS or credentials, so \
+         its coordinator listens on loopback only (e.g. --listen 127.0.0.1:{}); for one other \
+         hosts reach, run pmcluster-coordinator with --tls-cert, --tls-key and --client-ca (see \
+         `pmcluster certs`)",
+        listen.port()
+    ))
+}
+
 pub async fn up(
     args: UpArgs,
     env: &Environment,
@@ -425,6 +437,16 @@ pub async fn up(
     let recorded_listen = fs::read_to_string(layout.listen_file())
         .ok()
         .and_then(|t| t.trim().parse::<SocketAddr>().ok());
+    // A --listen `up` can never start a coordinator on is refused first: a trial's `up --listen
+    // 0.0.0.0:17650` beside a running coordinator was told to `down` (stopping every instance)
+    // and run that very command, which was then refused for this. (A coordinator an older `up`
+    // left running there is gone on with, as before.)
+    if let Some(wanted) = flag_listen
+        && !wanted.ip().is_loopback()
+        && !(coordinator_pid.is_some() && recorded_listen == Some(wanted))
+    {
+        return Err(not_loopback(wanted).into());
+    }
     let listen = choose_listen(
         flag_listen,
         recorded_listen,
@@ -446,14 +468,7 @@ pub async fn up(
     // The coordinator it starts serves plaintext, without credentials: it would refuse any
     // other address (README, "Security"), and only after the agent had started.
     if coordinator_bin.is_some() && !listen.ip().is_loopback() {
-        return Err(UsageError::new(format!(
-            "--listen {listen}: `pmcluster up` runs a local cluster without TLS or credentials, \
-             so its coordinator listens on loopback only (e.g. --listen 127.0.0.1:{}); for one \
-             other hosts reach, run pmcluster-coordinator with --tls-cert, --tls-key and \
-             --client-ca (see `pmcluster certs`)",
-            listen.port()
-        ))
-        .into());
+        return Err(not_loopback(listen).into());
     }
     let url = dial_url(listen);
 

@@ -255,6 +255,18 @@ fn up_keeps_the_node_name_and_says_whom_a_running_agent_dials() {
     // `up` on another address is refused (by its argument: exit 2) rather than waiting for a
     // node that never gets ready.
     ok(&pm(cli, home, &url, &["up", "--listen", &listen]), "up");
+    // A trial's `up --listen 0.0.0.0:PORT` beside the running coordinator was told to `down`
+    // and run it again, which was then refused: it is refused first, for what it is.
+    let everywhere = format!("0.0.0.0:{port}");
+    let err = refused(
+        &pm(cli, home, &url, &["up", "--listen", &everywhere]),
+        2,
+        "up --listen 0.0.0.0",
+    );
+    assert!(
+        err.contains("listens on loopback only") && !err.contains("pmcluster down"),
+        "{err}"
+    );
     let coordinator = daemon(home, "coordinator.pid").expect("coordinator pid file");
     kill_pid(coordinator.pid, Signal::SIGKILL).expect("kill the coordinator");
     wait_for(DEADLINE, "the coordinator gone", || !coordinator.alive());
