@@ -147,7 +147,7 @@ pub enum Command {
     List(ListArgs),
 
     /// Show an app: its spec, version and instances
-    #[command(visible_alias = "describe")]
+    #[command(visible_aliases = ["describe", "show"])]
     Info(AppArg),
 
     /// Stop an app's instances (they stay in the app until started again); `all`: every app

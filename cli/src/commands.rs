@@ -316,8 +316,22 @@ async fn start_only(
     }
 }
 
+/// `scale APP max`, which PM2 users type: "max" is a spec's count (one per core, counted by the
+/// coordinator as nodes come and go), not a number `scale` could set, so the spec changes.
+pub(crate) fn scale_max(app: &str) -> String {
+    let app = shell_words::quote(app);
+    format!(
+        "scale {app} max: `scale` sets a number of instances; for one per CPU core of the \
+         eligible nodes (PM2's -i max), change the app's spec in a rolling update: pmcluster \
+         reload {app} --set instances=max (its port must then be a range or auto:A-B)"
+    )
+}
+
 /// `scale APP N`.
 pub async fn scale(args: ScaleArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+    if args.instances.trim() == "max" {
+        return Err(UsageError::new(scale_max(&args.app)).into());
+    }
     let (instances, relative) = match parse_scale(&args.instances).map_err(UsageError::new)? {
         ScaleTo::To(n) => (i64::from(n), false),
         ScaleTo::By(change) => (change, true),

@@ -203,3 +203,19 @@ fn config_files_point_to_apply_or_import() {
         }
     }
 }
+
+/// PM2's `show` is `info` here, as `describe` is; `scale web max` says which change runs one
+/// instance per core (a trial found both refused with no way on).
+#[test]
+fn show_is_info_and_scale_max_says_how() {
+    for line in ["pmcluster show web", "pmcluster describe web"] {
+        let cli = parse(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(matches!(cli.command, Command::Info(_)), "{line}");
+    }
+    assert_eq!(
+        crate::commands::scale_max("web"),
+        "scale web max: `scale` sets a number of instances; for one per CPU core of the \
+         eligible nodes (PM2's -i max), change the app's spec in a rolling update: pmcluster \
+         reload web --set instances=max (its port must then be a range or auto:A-B)"
+    );
+}
