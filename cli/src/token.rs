@@ -48,12 +48,15 @@ pub async fn run(command: TokenCommand, ctx: &mut Ctx<'_>) -> anyhow::Result<()>
             } else {
                 format!(" for apps {}", token.apps)
             };
-            ctx.line(&format!(
+            // Only the token on stdout, so that `token create > file` saves the token alone
+            // (a trial's file held the two lines of prose as well); the prose on stderr.
+            eprintln!(
                 "created token {} (role {}{scope}). It is shown this once; keep it secret:",
                 token.id, token.role
-            ))?;
+            );
             ctx.line(&reply.secret)?;
-            ctx.line("use it with --token TOKEN or PMCLUSTER_TOKEN=TOKEN")
+            eprintln!("use it with --token TOKEN or PMCLUSTER_TOKEN=TOKEN");
+            Ok(())
         }
         TokenCommand::List => {
             let mut conn = ctx.connect().await?;

@@ -622,10 +622,18 @@ fn enable_and_stop_count_only_what_they_changed() {
 fn a_token_made_on_a_plaintext_coordinator_comes_with_a_warning() {
     let c = Cluster::start(0).expect("a coordinator starts");
     let made = c.cli(&["token", "create", "--role", "read"]);
-    assert!(made.assert_ok().stdout.contains("pmc_"), "{made}");
+    // Only the token on stdout, so that `token create > file` saves it alone; the rest on
+    // stderr (a trial's file held two lines of prose too).
+    let stdout = &made.assert_ok().stdout;
+    assert!(
+        stdout.starts_with("pmc_") && stdout.trim_end().lines().count() == 1,
+        "{made}"
+    );
     for want in [
         format!("warning: the coordinator at {} serves without TLS", c.url()),
         "this token restricts nothing until the coordinator requires credentials".to_string(),
+        "It is shown this once; keep it secret".to_string(),
+        "use it with --token TOKEN".to_string(),
     ] {
         assert!(made.stderr.contains(&want), "{want:?} in {made}");
     }
