@@ -314,13 +314,25 @@ fn exported_apps_apply_back_as_they_were() {
     assert_eq!(specs(&c), before, "exported:\n{}", exported.stdout);
     // One app alone, in JSON.
     let one = c.cli(&["export", "job"]).assert_ok().json();
-    let names: Vec<String> = one.expect("export is JSON")["apps"]
+    let one = one.expect("export is JSON");
+    let names: Vec<String> = one["apps"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|a| a["name"].as_str().map(str::to_string))
         .collect();
     assert_eq!(names, ["job"]);
+    // In the units one writes: a trial found "300000ms" and sizes in bytes ("209715200").
+    let job = &one["apps"][0];
+    assert_eq!(
+        (&job["kill_timeout"], &job["log_max_size"]),
+        (&json!("3s"), &json!("10M")),
+        "{one}"
+    );
+    assert_eq!(job["update"]["healthy_deadline"], "5m", "{one}");
+    let api = c.cli(&["export", "api"]).assert_ok().json();
+    let api = api.expect("export is JSON");
+    assert_eq!(api["apps"][0]["max_memory_restart"], "300M", "{api}");
 }
 
 /// PM2's `all`: `stop all`, `start all`, `restart all`, `delete all` act on every app.
