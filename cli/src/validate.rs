@@ -676,15 +676,16 @@ pub fn autoscale_policy(
     let current = current.filter(|c| c.enabled);
     let mut p = current.cloned().unwrap_or_default();
     p.enabled = true;
-    if current.is_none() {
-        // A new policy: as in a config file (and Kubernetes' HPA), at least one instance stays.
+    // A new policy, or one an older CLI stored with min 0 by default: as in a config file (and
+    // Kubernetes' HPA), at least one instance stays unless --min says otherwise.
+    if p.min == 0 {
         p.min = 1;
-        if a.max.is_none() {
-            return Err(UsageError::new(
-                "--max: give the most instances it may scale to, e.g. --max 10 (with --min, \
-                 the fewest; 1 if left out)",
-            ));
-        }
+    }
+    if current.is_none() && a.max.is_none() {
+        return Err(UsageError::new(
+            "--max: give the most instances it may scale to, e.g. --max 10 (with --min, the \
+             fewest; 1 if left out)",
+        ));
     }
     if let Some(v) = a.min {
         p.min = v;

@@ -94,8 +94,10 @@ impl AutoscalePolicy {
     /// [`AutoscalePolicy::validate`], and what only a new policy must meet: a min of one or
     /// more. A trial's `autoscale web --max 4` took its min as 0: the idle app went 2 -> 1 -> 0,
     /// and with no instance left there is no CPU or memory to measure, so nothing could ever
-    /// scale it up again. (Kubernetes' HPA keeps at least one too.) A stored policy with min 0
-    /// still reads back, so that a spec sent on keeps working.
+    /// scale it up again. (Kubernetes' HPA keeps at least one too.) Held to it: a policy the
+    /// `autoscale` verb (or `SetAutoscale`) sets. A spec that is sent back as it is stored
+    /// (`reload`, `export` then `apply -f`) keeps a min 0 an older CLI stored, and a config
+    /// file's block, whose min is 1 unless written, may say 0 on purpose.
     pub fn validate_new(&self) -> Result<(), SpecError> {
         if self.min == 0 {
             return Err(SpecError::new(

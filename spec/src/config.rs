@@ -325,7 +325,7 @@ impl RawAutoscale {
                 DEFAULT_DOWN_STABILIZATION,
             )?,
         };
-        policy.validate_new()?;
+        policy.validate()?;
         Ok(policy)
     }
 }

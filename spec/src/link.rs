@@ -8,7 +8,14 @@ use std::time::Duration;
 /// off while no coordinator led (an etcd outage) re-dials only after such a wait.
 pub const AGENT_RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// The longest an agent waits for a coordinator to answer a new session: a coordinator whose
+/// host is frozen still accepts connections (its kernel does) and never answers.
+pub const AGENT_SESSION_SETUP: Duration = Duration::from_secs(10);
+
 /// How long after a coordinator starts leading every agent has dialled it at least once: the
-/// longest reconnect wait with its jitter, and a second for the dial and the registration.
-pub const AGENT_RECONNECT_WITHIN: Duration =
-    Duration::from_millis(AGENT_RECONNECT_MAX.as_millis() as u64 * 5 / 4 + 1000);
+/// longest reconnect wait with its jitter, a round's wait on the other coordinator of a pair
+/// (frozen: the session setup; gone: the 3 s connect timeout), and two seconds for the dial
+/// and the registration.
+pub const AGENT_RECONNECT_WITHIN: Duration = Duration::from_millis(
+    (AGENT_RECONNECT_MAX.as_millis() * 5 / 4 + AGENT_SESSION_SETUP.as_millis() + 2000) as u64,
+);

@@ -88,15 +88,16 @@ fn key_ok(k: &str) -> bool {
 }
 
 /// Why `v`, which follows the operator `op`, cannot be a label value in a constraint, if it
-/// cannot. Node labels may hold any text, but a value with a space, comma, parenthesis or `=`
-/// is far likelier a typo for another operator than a label that really reads so.
+/// cannot. Node labels may hold any text, but a value with a space, comma, parenthesis, `=` or
+/// `!` (or a quote) is far likelier a typo for another operator than a label that really reads so; any other
+/// character (`kernel=6.1.0+deb12`) is the label's.
 fn value_fault(v: &str, op: &str) -> Option<String> {
     if v.is_empty() {
         return Some(format!("has no value after {op:?}"));
     }
-    let c = v
-        .chars()
-        .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '/' | ':')))?;
+    let c = v.chars().find(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, ',' | '(' | ')' | '=' | '!' | '"' | '\'')
+    })?;
     let hint = match (c, op) {
         (',' | '(' | ')', "=") => "; for any of several values write key in (a,b)",
         (',' | '(' | ')', "!=") => "; to exclude several values write key not in (a,b)",
@@ -333,6 +334,8 @@ mod tests {
             ("version=v1.2.3_rc-1", eq("version", "v1.2.3_rc-1")),
             ("path=a/b/c", eq("path", "a/b/c")),
             ("addr=10.0.0.1:8080", eq("addr", "10.0.0.1:8080")),
+            // Any text an agent's label may hold but the grammar's own characters.
+            ("kernel=6.1.0+deb12", eq("kernel", "6.1.0+deb12")),
             ("city=münchen", eq("city", "münchen")),
             ("zone!=n1", Ok(Constraint::Ne("zone".into(), "n1".into()))),
             (

@@ -93,10 +93,6 @@ impl From<&AppSpec> for pb::AppSpec {
     }
 }
 
-/// A spec sent as new input, to be stored: [`AppSpec::try_from`], and its constraints and
-/// affinities must also pass [`Constraint::parse`]. Specs coming back from a coordinator or an
-/// agent's disk are read with `try_from` alone, so one stored before values were checked still
-/// loads.
 /// A policy sent to be set (`SetAutoscale`): [`autoscale_from_wire`] with the rules of a new
 /// policy (see [`AutoscalePolicy::validate_new`]).
 pub fn new_autoscale_from_wire(p: &pb::Autoscale) -> Result<AutoscalePolicy, SpecError> {
@@ -105,6 +101,10 @@ pub fn new_autoscale_from_wire(p: &pb::Autoscale) -> Result<AutoscalePolicy, Spe
     Ok(policy)
 }
 
+/// A spec sent as new input, to be stored: [`AppSpec::try_from`], and its constraints and
+/// affinities must also pass [`Constraint::parse`]. Specs coming back from a coordinator or an
+/// agent's disk are read with `try_from` alone, so one stored before values were checked still
+/// loads.
 pub fn new_spec_from_wire(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
     let placement = p.placement.clone().unwrap_or_default();
     let spec = AppSpec::try_from(p)?;
@@ -113,9 +113,6 @@ pub fn new_spec_from_wire(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
     }
     for a in &placement.affinities {
         Constraint::parse("placement.affinities", &a.expr)?;
-    }
-    if let Some(a) = &spec.autoscale {
-        a.validate_new()?;
     }
     Ok(spec)
 }

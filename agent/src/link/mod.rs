@@ -45,7 +45,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(1000);
 pub const RECONNECT_BASE: Duration = Duration::from_millis(100);
 pub const RECONNECT_MAX: Duration = pmcluster_spec::link::AGENT_RECONNECT_MAX;
 /// How long the coordinator may take to answer a new session.
-const SESSION_SETUP: Duration = Duration::from_secs(10);
+const SESSION_SETUP: Duration = pmcluster_spec::link::AGENT_SESSION_SETUP;
 /// A coordinator sends nothing for long stretches, so a silent one (a frozen host, a cut that
 /// drops packets) is noticed only by HTTP/2 pings, at most the two below after its last word.
 /// A new leader of an HA pair gives each node its heartbeat timeout (10 s by default, 3 s in
@@ -707,10 +707,11 @@ mod tests {
                 jittered >= want && jittered <= want + want / 4,
                 "{jittered:?}"
             );
-            // A coordinator that takes over waits this long for every agent (a second of it for
-            // the dial itself).
+            // A coordinator that takes over waits this long for every agent: a wait, a round's
+            // session setup on the other coordinator of the pair, then the dial itself.
             assert!(
-                jittered + Duration::from_secs(1) <= pmcluster_spec::link::AGENT_RECONNECT_WITHIN,
+                jittered + SESSION_SETUP + Duration::from_secs(2)
+                    <= pmcluster_spec::link::AGENT_RECONNECT_WITHIN,
                 "{jittered:?}"
             );
         }

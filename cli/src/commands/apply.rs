@@ -55,19 +55,17 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
     let mut conn = ctx.connect().await?;
     let apps = match config_dir(&args.file).filter(|_| conn.on_this_host()) {
-        Some(dir) => apps
-            .into_iter()
-            .map(|(label, spec)| {
-                let spec = spec.map(|spec| {
-                    let (spec, notes) = super::start::beside_file(spec, &dir);
-                    for note in notes {
-                        eprintln!("note: {note}");
-                    }
-                    spec
-                });
-                (label, spec)
-            })
-            .collect(),
+        Some(dir) => {
+            let mut beside = Vec::with_capacity(apps.len());
+            for (label, spec) in apps {
+                let spec = match spec {
+                    Ok(spec) => Ok(beside_file(&mut conn, spec, &dir).await?),
+                    Err(e) => Err(e),
+                };
+                beside.push((label, spec));
+            }
+            beside
+        }
         None => apps,
     };
     let mut results = Vec::with_capacity(apps.len());
@@ -206,7 +204,29 @@ fn read_as_json(e: UsageError, args: &ApplyArgs) -> UsageError {
     ))
 }
 
-/// The directory of a config file given by its path (not `-`), made absolute.
+/// [`super::start::beside_file`] of an app of the file, with its notes on stderr; but an app
+/// stored just as the file has it (applied by an older CLI, before apps ran beside their file)
+/// is kept as it is, so that applying the same file again changes nothing.
+async fn beside_file(
+    conn: &mut crate::failover::Conn,
+    spec: AppSpec,
+    dir: &std::path::Path,
+) -> anyhow::Result<AppSpec> {
+    let (beside, notes) = super::start::beside_file(spec.clone(), dir);
+    if beside == spec {
+        return Ok(spec);
+    }
+    if super::overwrite::stored(conn, &spec.name).await?.as_ref() == Some(&spec) {
+        return Ok(spec);
+    }
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    Ok(beside)
+}
+
+/// The directory of a config file given by its path (not `-`), with links and `..` resolved, so
+/// that one file gives one `cwd` whichever way it is named.
 fn config_dir(file: &str) -> Option<std::path::PathBuf> {
     if file == "-" {
         return None;
@@ -214,7 +234,7 @@ fn config_dir(file: &str) -> Option<std::path::PathBuf> {
     let path = std::path::Path::new(file);
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(std::path::Path::new("."));
-    std::path::absolute(dir).ok()
+    std::fs::canonicalize(dir).ok()
 }
 
 /// `export [APP]`: the apps in the names and shapes of a config file, as `{"apps": [...]}`, which

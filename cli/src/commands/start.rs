@@ -245,10 +245,14 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
 /// `server.js` there ran instead), and all crash-looped after `down` and `up` elsewhere.
 pub(super) fn beside_file(spec: AppSpec, dir: &std::path::Path) -> (AppSpec, Vec<String>) {
     let spec = match &spec.cwd {
-        Some(cwd) if !cwd.starts_with('/') => AppSpec {
-            cwd: Some(dir.join(cwd).to_string_lossy().into_owned()),
-            ..spec
-        },
+        Some(cwd) if !cwd.starts_with('/') => {
+            // `components` drops the `.` of `cwd: "."` (`/srv/proj`, not `/srv/proj/.`).
+            let cwd: std::path::PathBuf = dir.join(cwd).components().collect();
+            AppSpec {
+                cwd: Some(cwd.to_string_lossy().into_owned()),
+                ..spec
+            }
+        }
         _ => spec,
     };
     let (spec, pathed) = with_path_here(spec, dir);

@@ -709,7 +709,11 @@ fn a_new_leader_gives_every_node_the_heartbeat_timeout_to_reconnect() -> Result<
     const T0: i64 = 1_000_000;
     let clock = Arc::new(crate::clock::ManualClock::new(T0, 7));
     let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
-    let config = ControlConfig::default();
+    // Above the least a new leader gives (the test below), so the timeout is what counts.
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(20),
+        ..ControlConfig::default()
+    };
     let timeout = i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
     let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
     let _sessions = (

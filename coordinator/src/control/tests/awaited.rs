@@ -7,7 +7,9 @@ use crate::clock::ManualClock;
 use crate::model::event::Event;
 
 const T0: i64 = 1_000_000;
-const TIMEOUT_MS: i64 = 10_000;
+/// Above the least time a new leader gives (`AGENT_RECONNECT_WITHIN`), so that the heartbeat
+/// timeout is what counts here.
+const TIMEOUT_MS: i64 = 20_000;
 
 fn config() -> ControlConfig {
     ControlConfig {

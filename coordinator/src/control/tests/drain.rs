@@ -270,10 +270,15 @@ fn a_drain_resumed_by_a_new_leader_keeps_its_copies_when_the_drained_node_return
 fn a_drained_node_that_does_not_return_to_a_new_leader_is_down_after_the_heartbeat_timeout()
 -> Result<()> {
     let (store, clock, agents) = mid_drain()?;
-    let c = Control::open_with(store, config(), clock.clone())?;
+    // Above the least a new leader gives, so the heartbeat timeout is what counts.
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(20),
+        ..config()
+    };
+    let c = Control::open_with(store, config, clock.clone())?;
     let before = web_records(&c);
     let b = c.attach(&registration_of(&agents, "b"), None)?;
-    for _ in 0..10 {
+    for _ in 0..20 {
         c.tick();
         assert_eq!(web_records(&c), before, "nothing moves while a may return");
         clock.advance_ms(1_000);
