@@ -407,15 +407,19 @@ impl Conn {
             // With TLS 1.3 the coordinator judges our certificate after our side of the
             // handshake is done, so its refusal breaks the call ("transport error", or
             // "operation was canceled" when hyper read the close before the alert).
+            // The call did not run: the other coordinator of a pair (one that trusts another
+            // CA mid-rotation, say) may take it, as after a refused dial.
             if connection_broke(&status)
-                && let Some(why) = self.refusal(&status, &url).await
+                && let Some(why) =
+                    crate::tls::why_refused(&status, &url, self.creds.tls.as_ref()).await
             {
                 self.current = None;
-                let e = ApiError {
+                route.failed(&url, why.clone());
+                last = Some(ApiError {
                     code: status.code(),
                     message: why,
-                };
-                return Err((e, false));
+                });
+                continue;
             }
             if status.code() != Code::Unavailable {
                 let mut lost = connection_lost(&status);
@@ -438,16 +442,6 @@ impl Conn {
             last = Some(ApiError::from(status));
         }
         Err((give_up(route.tried(), last), false))
-    }
-
-    /// Whether a call that broke at `url` was the coordinator refusing our certificate: said
-    /// in the error, or else asked with a handshake of our own.
-    async fn refusal(&self, status: &Status, url: &str) -> Option<String> {
-        let tls = self.creds.tls.as_ref();
-        match crate::tls::explain(status, tls) {
-            Some(why) => Some(why),
-            None => crate::tls::refusal(url, tls).await,
-        }
     }
 
     /// The client for `url`: the one in use, or a new dial (which becomes the one in use). A

@@ -66,10 +66,7 @@ async fn ask(url: &str, tls: Option<&Tls>) -> Result<(Asked, bool), UsageError> 
                 if let Err(status) = &answer
                     && std::error::Error::source(status).is_some()
                 {
-                    refused = match crate::tls::explain(status, tls) {
-                        Some(why) => Some(why),
-                        None => crate::tls::refusal(url, tls).await,
-                    };
+                    refused = crate::tls::why_refused(status, url, tls).await;
                 }
                 answer
             };

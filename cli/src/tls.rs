@@ -190,6 +190,42 @@ pub fn explain(err: &(dyn StdError + 'static), tls: Option<&Tls>) -> Option<Stri
     }
 }
 
+/// Why a call whose connection broke at `url` failed, when the coordinator refused our
+/// certificate (or we its): said in the error chain, else asked with a handshake of our own.
+/// Not asked when nothing answered at all (refused, unreachable, timed out): no TLS refusal
+/// has that shape, and a failover to the other coordinator must not wait on a dead host.
+pub async fn why_refused(
+    err: &(dyn StdError + 'static),
+    url: &str,
+    tls: Option<&Tls>,
+) -> Option<String> {
+    if let Some(why) = explain(err, tls) {
+        return Some(why);
+    }
+    if never_connected(err) {
+        return None;
+    }
+    refusal(url, tls).await
+}
+
+/// Whether the error chain says the connection was never made.
+fn never_connected(err: &(dyn StdError + 'static)) -> bool {
+    use std::io::ErrorKind as K;
+    let mut at = Some(err);
+    while let Some(e) = at {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                K::ConnectionRefused | K::TimedOut | K::HostUnreachable | K::NetworkUnreachable
+            )
+        {
+            return true;
+        }
+        at = e.source();
+    }
+    false
+}
+
 /// How long [`refusal`]'s own handshake may wait for the coordinator's verdict.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -198,7 +234,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// says "connection closed", whichever it read first). A TLS 1.3 server judges the client's
 /// certificate after the client's side of the handshake is done, so the answer is read after
 /// it. `None` when it does not refuse it (or says nothing in time).
-pub async fn refusal(url: &str, tls: Option<&Tls>) -> Option<String> {
+async fn refusal(url: &str, tls: Option<&Tls>) -> Option<String> {
     use tokio::io::AsyncReadExt;
     let tls = tls?;
     let config = tls.probe.clone()?;
@@ -370,8 +406,8 @@ fn client_refused(alert: AlertDescription, cert: Option<&Path>) -> Option<String
         }
         (Some(cert), _) if refused => format!(
             "the coordinator refused this client's certificate (--cert {}): not signed by the \
-             CA it trusts, expired, or revoked ({alert:?}); check --cert/--key or \
-             PMCLUSTER_CERT",
+             CA it trusts, expired, revoked, or not a client certificate (a coordinator's is \
+             not) ({alert:?}); check --cert/--key or PMCLUSTER_CERT",
             cert.display()
         ),
         _ => return None,

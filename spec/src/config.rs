@@ -622,8 +622,13 @@ fn raw_apps(
         for (i, item) in items.iter().enumerate() {
             match strict::<RawApp>(item) {
                 Ok(raw) => raws.push(Ok(raw)),
-                // Said of the file as before: the whole parse finds it (and its position).
-                Err(e) if e.inner().to_string().starts_with("unknown field") => whole()?,
+                // Said of the file as before: the whole parse finds it (and its position);
+                // one entry an item, so an app is never left out without its error.
+                Err(e) if e.inner().to_string().starts_with("unknown field") => {
+                    return Err(whole()
+                        .err()
+                        .unwrap_or_else(|| field_error(tree, e, || None)));
+                }
                 Err(e) => {
                     // Placed as a value's error is: by the field's path under `apps[i]`.
                     let e = field_error(&serde_json::Value::Null, e, || None);

@@ -96,7 +96,7 @@ fn tls_refuses_and_logs_every_untrusted_peer() {
     // A user trial: the CLI said only "transport error"; the reason was in this log alone.
     let said = format!(
         "the coordinator refused this client's certificate (--cert {}): not signed by the CA \
-         it trusts, expired, or revoked",
+         it trusts, expired, revoked, or not a client certificate",
         s(&cert)
     );
     assert!(out.assert_failed().contains(&said), "{said:?} in {out}");

@@ -182,8 +182,9 @@ fn handshake_failures_say_whose_certificate() {
             Some(
                 format!(
                     "the coordinator refused this client's certificate (--cert \
-                     /home/u/user-u.pem): not signed by the CA it trusts, expired, or revoked \
-                     ({alert:?}); check --cert/--key or PMCLUSTER_CERT"
+                     /home/u/user-u.pem): not signed by the CA it trusts, expired, revoked, or \
+                     not a client certificate (a coordinator's is not) ({alert:?}); check \
+                     --cert/--key or PMCLUSTER_CERT"
                 )
                 .as_str()
             )
