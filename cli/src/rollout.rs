@@ -374,50 +374,59 @@ fn policy_kept(app: &str, old: &UpdatePolicy, new: &UpdatePolicy) -> String {
 
 /// The update flags that set the fields in which `new` differs from `old` back to `old`'s.
 fn policy_flags(old: &UpdatePolicy, new: &UpdatePolicy) -> Vec<String> {
-    let d = |d: Duration| pmcluster_spec::config::duration_text(d);
-    let fields = [
-        (
-            "--max-surge",
-            old.max_surge.to_string(),
-            new.max_surge.to_string(),
-        ),
-        (
-            "--max-unavailable",
-            old.max_unavailable.to_string(),
-            new.max_unavailable.to_string(),
-        ),
-        (
-            "--min-healthy-time",
-            d(old.min_healthy_time),
-            d(new.min_healthy_time),
-        ),
-        (
-            "--healthy-deadline",
-            d(old.healthy_deadline),
-            d(new.healthy_deadline),
-        ),
-        (
-            "--progress-deadline",
-            d(old.progress_deadline),
-            d(new.progress_deadline),
-        ),
-        (
-            "--auto-rollback",
-            old.auto_rollback.to_string(),
-            new.auto_rollback.to_string(),
-        ),
-        ("--canary", old.canary.to_string(), new.canary.to_string()),
-        (
-            "--shutdown-delay",
-            d(old.shutdown_delay),
-            d(new.shutdown_delay),
-        ),
-    ];
-    fields
+    policy_fields(old, new)
         .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(flag, a, _)| format!("{flag} {a}"))
+        .filter(|(_, _, a, b)| a != b)
+        .map(|(_, flag, a, _)| format!("{flag} {a}"))
         .collect()
+}
+
+/// Each field of the update policy: its name, its flag, and its value in `old` and in `new`.
+fn policy_fields(
+    old: &UpdatePolicy,
+    new: &UpdatePolicy,
+) -> [(&'static str, &'static str, String, String); 8] {
+    let d = |d: Duration| pmcluster_spec::config::duration_text(d);
+    let both = |f: &dyn Fn(&UpdatePolicy) -> String| (f(old), f(new));
+    let field = |name, flag, (a, b): (String, String)| (name, flag, a, b);
+    [
+        field(
+            "max_surge",
+            "--max-surge",
+            both(&|p| p.max_surge.to_string()),
+        ),
+        field(
+            "max_unavailable",
+            "--max-unavailable",
+            both(&|p| p.max_unavailable.to_string()),
+        ),
+        field(
+            "min_healthy_time",
+            "--min-healthy-time",
+            both(&|p| d(p.min_healthy_time)),
+        ),
+        field(
+            "healthy_deadline",
+            "--healthy-deadline",
+            both(&|p| d(p.healthy_deadline)),
+        ),
+        field(
+            "progress_deadline",
+            "--progress-deadline",
+            both(&|p| d(p.progress_deadline)),
+        ),
+        field(
+            "auto_rollback",
+            "--auto-rollback",
+            both(&|p| p.auto_rollback.to_string()),
+        ),
+        field("canary", "--canary", both(&|p| p.canary.to_string())),
+        field(
+            "shutdown_delay",
+            "--shutdown-delay",
+            both(&|p| d(p.shutdown_delay)),
+        ),
+    ]
 }
 
 /// `restart APP --rolling [update-policy flags]`. With flags, the app's update policy is changed
@@ -565,49 +574,10 @@ fn policy_json(p: &UpdatePolicy) -> Value {
 
 /// The fields that differ, as `max_surge 1 -> 2`.
 fn policy_changes(old: &UpdatePolicy, new: &UpdatePolicy) -> Vec<String> {
-    let d = |d: Duration| humantime::format_duration(d).to_string();
-    let fields = [
-        (
-            "max_surge",
-            old.max_surge.to_string(),
-            new.max_surge.to_string(),
-        ),
-        (
-            "max_unavailable",
-            old.max_unavailable.to_string(),
-            new.max_unavailable.to_string(),
-        ),
-        (
-            "min_healthy_time",
-            d(old.min_healthy_time),
-            d(new.min_healthy_time),
-        ),
-        (
-            "healthy_deadline",
-            d(old.healthy_deadline),
-            d(new.healthy_deadline),
-        ),
-        (
-            "progress_deadline",
-            d(old.progress_deadline),
-            d(new.progress_deadline),
-        ),
-        (
-            "auto_rollback",
-            old.auto_rollback.to_string(),
-            new.auto_rollback.to_string(),
-        ),
-        ("canary", old.canary.to_string(), new.canary.to_string()),
-        (
-            "shutdown_delay",
-            d(old.shutdown_delay),
-            d(new.shutdown_delay),
-        ),
-    ];
-    fields
+    policy_fields(old, new)
         .into_iter()
-        .filter(|(_, a, b)| a != b)
-        .map(|(name, a, b)| format!("{name} {a} -> {b}"))
+        .filter(|(_, _, a, b)| a != b)
+        .map(|(name, _, a, b)| format!("{name} {a} -> {b}"))
         .collect()
 }
 

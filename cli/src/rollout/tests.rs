@@ -198,7 +198,7 @@ fn policy_change_lines() {
         vec![
             "max_surge 1 -> 2",
             "auto_rollback true -> false",
-            "shutdown_delay 0s -> 2s 500ms",
+            "shutdown_delay 0s -> 2500ms",
         ]
     );
     assert!(policy_changes(&old, &old).is_empty());
