@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use pmcluster_proto::v1 as pb;
+use pmcluster_spec::app::PortSpec;
 use pmcluster_spec::config::{Format, parse_config, to_config};
 use pmcluster_spec::update::UpdatePolicy;
 use pmcluster_spec::wire::{update_from_wire, update_to_wire};
@@ -347,16 +348,46 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }));
     }
     match &reply.deployment {
-        Some(d) => ctx.line(&format!(
-            "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
-            args.app, d.to_version, d.from_version, args.app
+        Some(d) => {
+            ctx.line(&format!(
+                "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
+                args.app, d.to_version, d.from_version, args.app
+            ))?;
+            if let Some(note) = fixed_port_note(&mut conn, &args.app, &new.port).await {
+                eprintln!("{note}");
+            }
+        }
+        None => ctx.line(&format!(
+            "{}: updated (version {version}, no instance restarts)",
+            args.app
         ))?,
-        None => ctx.line(&format!("{}: updated (version {version}, no instance restarts)", args.app))?,
     }
     match policy_changed {
         true => ctx.line(&policy_kept(&args.app, &current.update, &new.update)),
         false => Ok(()),
     }
+}
+
+/// A rollout of an app with fixed ports on a cluster of one ready node replaces each instance
+/// stop-then-start: a replacement never shares a node with the instance that holds its port.
+/// A trial's `reload` (PM2's word for "without downtime") dropped requests, unsaid.
+async fn fixed_port_note(conn: &mut Conn, app: &str, port: &PortSpec) -> Option<String> {
+    if !matches!(port, PortSpec::Single(_) | PortSpec::Range(..)) {
+        return None;
+    }
+    let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
+        .await
+        .ok()?;
+    let ready = (nodes.nodes.iter())
+        .filter(|n| n.status == pb::NodeStatus::Ready as i32)
+        .count();
+    (ready <= 1).then(|| {
+        format!(
+            "note: {app} has fixed ports and one node to run on, so each instance is stopped \
+             before its replacement starts (a short gap per instance); `auto:` ports (with \
+             `pmcluster endpoints {app}` for the load balancer) give updates without downtime"
+        )
+    })
 }
 
 /// What `reload` and `restart --rolling` say of an update policy their flags changed: it is
@@ -517,6 +548,20 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         }),
         lines,
     };
+    if reply.deployment.is_some() {
+        let req = pb::GetAppRequest {
+            name: app.to_string(),
+        };
+        let port = match call!(conn, get_app, req).await {
+            Ok(a) => PortSpec::parse(&a.spec.unwrap_or_default().port).ok(),
+            Err(_) => None,
+        };
+        if let Some(port) = port
+            && let Some(note) = fixed_port_note(&mut conn, app, &port).await
+        {
+            eprintln!("{note}");
+        }
+    }
     let started = reply.deployment.as_ref().map(|d| d.id);
     let goal = match before {
         Some(replaced) => restart_goal(&mut conn, app, replaced, started)

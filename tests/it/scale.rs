@@ -568,6 +568,12 @@ fn rolling_restart_wait_ends_with_its_rollout() {
         out.stdout.contains("no change given") && out.stdout.contains("rolling restart of web"),
         "{out}"
     );
+    // A fixed port and one node: said, since PM2's `reload` means no downtime (a trial).
+    assert!(
+        out.stderr
+            .contains("note: web has fixed ports and one node to run on"),
+        "{out}"
+    );
     wait_until(DEADLINE, "web's process replaced by the reload", || {
         let now = c.instances("web").map_err(|e| e.to_string())?;
         match now.as_slice() {
