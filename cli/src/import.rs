@@ -855,7 +855,11 @@ pub fn run(source: ImportSource, output: OutputFormat, out: &mut dyn Write) -> a
     } else {
         OutputFormat::Json
     };
-    let text = crate::output::document(&imported.config, format)?;
+    let mut text = crate::output::document(&imported.config, format)?;
+    // A text file ends with a newline (a trial's `--out apps.json` had none).
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
     let n = imported.config["apps"].as_array().map_or(0, Vec::len);
     match target {
         None => out.write_all(text.as_bytes()).context("writing to stdout"),
