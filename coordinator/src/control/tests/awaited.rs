@@ -111,3 +111,111 @@ fn a_node_that_reconnects_in_time_is_announced_down_only_when_its_session_is_los
     assert_eq!(messages, ["node a disconnected"]);
     Ok(())
 }
+
+/// A coordinator that loads the store (a restart, or a new leader of an HA pair) gives each
+/// node the heartbeat timeout to reconnect before its absence counts: agents notice a silent
+/// old leader only by their keepalive, and one at a time.
+#[test]
+fn a_new_leader_gives_every_node_the_heartbeat_timeout_to_reconnect() -> Result<()> {
+    const T0: i64 = 1_000_000;
+    let clock = Arc::new(crate::clock::ManualClock::new(T0, 7));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    // Above the least a new leader gives (the test below), so the timeout is what counts.
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(20),
+        ..ControlConfig::default()
+    };
+    let timeout = i64::try_from(config.heartbeat_timeout.as_millis()).unwrap_or(i64::MAX);
+    let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
+    let _sessions = (
+        old.attach(&register("a"), None)?,
+        old.attach(&register("b"), None)?,
+    );
+    let mut spec = web(4);
+    spec.reschedule = pmcluster_spec::app::Reschedule::After(Duration::from_secs(2));
+    old.apply(spec)?;
+    old.tick();
+    assert_eq!(spread(&old, "web"), "a:2 b:2");
+    drop(old);
+
+    let new = Control::open_with(store, config, clock.clone())?;
+    // Past the app's reschedule delay, within the heartbeat timeout: nothing moves, and the rows
+    // say why they are not reported.
+    clock.advance_ms(timeout / 2);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:2 b:2");
+    let rows = records(&new, "web")?;
+    assert!(
+        rows.iter().all(|i| i
+            .message
+            .contains("has not reconnected to this coordinator yet")),
+        "{rows:?}"
+    );
+    // a reconnects; b never does: once the timeout and the delay have passed, b's move.
+    let _a = new.attach(&register("a"), None)?;
+    clock.advance_ms(timeout / 2 + 2_000 + 1);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:4");
+    Ok(())
+}
+
+/// With a tuned heartbeat timeout shorter than the agents' longest reconnect wait, a new leader
+/// still waits for that wait: a trial froze etcd for 20 s under a 2 s timeout and a 1 s
+/// `reschedule_after`, and the new leader restarted a whole app on the first node back. Until
+/// then `nodes` reads `reconnecting`, not `down`.
+#[test]
+fn a_new_leader_waits_out_the_agents_reconnect_backoff() -> Result<()> {
+    const T0: i64 = 1_000_000;
+    let clock = Arc::new(crate::clock::ManualClock::new(T0, 7));
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(2),
+        ..ControlConfig::default()
+    };
+    let within =
+        i64::try_from(pmcluster_spec::link::AGENT_RECONNECT_WITHIN.as_millis()).unwrap_or(i64::MAX);
+    let old = Control::open_with(store.clone(), config.clone(), clock.clone())?;
+    let _sessions = (
+        old.attach(&register("a"), None)?,
+        old.attach(&register("b"), None)?,
+    );
+    let mut spec = web(4);
+    spec.reschedule = pmcluster_spec::app::Reschedule::After(Duration::from_secs(1));
+    old.apply(spec)?;
+    old.tick();
+    assert_eq!(spread(&old, "web"), "a:2 b:2");
+    drop(old);
+
+    let new = Control::open_with(store, config, clock.clone())?;
+    // Past the timeout and the reschedule delay, within the agents' reconnect wait.
+    clock.advance_ms(within - 1);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:2 b:2");
+    let statuses = |c: &Control| -> Vec<(String, NodeStatus)> {
+        c.list_nodes()
+            .into_iter()
+            .map(|n| (n.name, n.status))
+            .collect()
+    };
+    assert_eq!(
+        statuses(&new),
+        [
+            ("a".to_string(), NodeStatus::Reconnecting),
+            ("b".to_string(), NodeStatus::Reconnecting)
+        ]
+    );
+    let _a = new.attach(&register("a"), None)?;
+    clock.advance_ms(2);
+    new.tick();
+    assert_eq!(
+        statuses(&new),
+        [
+            ("a".to_string(), NodeStatus::Ready),
+            ("b".to_string(), NodeStatus::Down)
+        ]
+    );
+    clock.advance_ms(1_000);
+    new.tick();
+    assert_eq!(spread(&new, "web"), "a:4");
+    Ok(())
+}
