@@ -2,6 +2,7 @@
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_spec::config::{Format, parse_apps, to_config};
+use pmcluster_spec::wire::new_spec_from_wire;
 use pmcluster_spec::{AppSpec, MESSAGE_MAX_BYTES, SpecError};
 use prost::Message;
 
@@ -21,7 +22,13 @@ pub fn check_error(e: &SpecError) {
 }
 
 /// `spec` reads back unchanged from its wire form (also through protobuf bytes, as it travels)
-/// and from its config form (`to_config`, which `pmcluster reload --set` edits and sends back).
+/// and, when it would be accepted as new input, from its config form (`to_config`, which
+/// `pmcluster reload --set` edits and sends back).
+///
+/// A spec read leniently (`AppSpec::try_from`: one a coordinator already holds, or an agent's
+/// saved assignment) may carry a constraint value that new input refuses, because it was stored
+/// before values were checked. Its config form must then be refused with a short message naming
+/// the field, not read back as something else.
 pub fn check_spec(spec: &AppSpec) {
     let wire = pb::AppSpec::from(spec);
     match AppSpec::try_from(wire.clone()) {
@@ -33,13 +40,24 @@ pub fn check_spec(spec: &AppSpec) {
         Ok(decoded) => assert_eq!(decoded, wire, "protobuf bytes read back otherwise"),
         Err(e) => panic!("a spec's own encoding does not decode: {e}"),
     }
+    let as_new = new_spec_from_wire(wire);
     let text = to_config(spec).to_string();
-    match parse_apps(&text, Format::Json) {
-        Ok(specs) => assert_eq!(
+    match (parse_apps(&text, Format::Json), as_new) {
+        (Ok(specs), Ok(_)) => assert_eq!(
             specs.as_slice(),
             std::slice::from_ref(spec),
             "spec -> config -> spec changed it\nconfig: {text}"
         ),
-        Err(e) => panic!("a valid spec's config form is refused: {e}\nconfig: {text}"),
+        (Err(e), Ok(_)) => panic!("a valid spec's config form is refused: {e}\nconfig: {text}"),
+        (Ok(specs), Err(held)) => panic!(
+            "a spec new input refuses ({held}) reads from its config form as {specs:?}\nconfig: {text}"
+        ),
+        (Err(e), Err(_)) => {
+            check_error(&e);
+            assert!(
+                e.to_string().contains("placement."),
+                "a held spec's config form is refused for another reason: {e}\nconfig: {text}"
+            );
+        }
     }
 }
