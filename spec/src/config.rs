@@ -538,11 +538,60 @@ fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, SpecError
         Format::Yaml => serde_saphyr::from_str(text).map_err(|e| {
             // Advice to the programmer who calls the parser, not to the file's author.
             let text = e.to_string();
-            let text = text.replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+            let text = text
+                .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+                .replace(
+                    " rejected by the configured policy",
+                    " has no meaning here; write a number",
+                );
             syntax_error(&text)
         })?,
-        Format::Toml => toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+        Format::Toml => {
+            let tree = toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?;
+            // TOML's nan and inf have no JSON form: the tree holds null for them, which reads as
+            // a field left out, so `instances = nan` started one instance without a word.
+            if let Some(field) = toml::from_str::<toml::Value>(text)
+                .ok()
+                .and_then(|v| non_finite(&v))
+            {
+                let e = SpecError::new(
+                    &field,
+                    "is not a finite number (nan and inf have no meaning here); write a number",
+                );
+                return Err(at_value(e, Some((text, format)), None));
+            }
+            tree
+        }
     })
+}
+
+/// The field path (as [`SpecError`] writes it) of the first nan or infinite float in `v`.
+fn non_finite(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::Float(f) if !f.is_finite() => Some(String::new()),
+        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
+            let rest = non_finite(v)?;
+            let key = if position::steps(k).is_some_and(|s| s.len() == 1) {
+                k.clone()
+            } else {
+                echo(k)
+            };
+            Some(match rest.as_str() {
+                "" => key,
+                r if r.starts_with('[') => format!("{key}{r}"),
+                r => format!("{key}.{r}"),
+            })
+        }),
+        toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
+            let rest = non_finite(v)?;
+            Some(match rest.as_str() {
+                "" => format!("[{i}]"),
+                r if r.starts_with('[') => format!("[{i}]{r}"),
+                r => format!("[{i}].{r}"),
+            })
+        }),
+        _ => None,
+    }
 }
 
 /// [`parse_apps`] of a config already read into a tree, e.g. one made or edited by a program

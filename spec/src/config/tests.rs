@@ -737,3 +737,43 @@ fn durations_and_sizes_are_written_as_one_would_type_them() {
         assert_eq!(parse_memory("x", &text).expect(&text), bytes, "{text}");
     }
 }
+
+/// TOML's nan and inf read as null through a JSON tree, that is as a field left out: they must
+/// be refused by name instead. YAML's parser refuses them itself.
+#[test]
+fn non_finite_numbers_are_refused() {
+    for (text, format, want) in [
+        (
+            "name = \"w\"\nscript = \"a\"\ninstances = nan\n",
+            Format::Toml,
+            "instances: is not a finite number (nan and inf have no meaning here); write a number \
+             (line 3, column 13)",
+        ),
+        (
+            "[[apps]]\nname = \"w\"\nscript = \"a\"\nmax_memory_restart = -inf\n",
+            Format::Toml,
+            "apps[0].max_memory_restart: is not a finite number",
+        ),
+        (
+            "name = \"w\"\nscript = \"a\"\n[autoscale]\nmax = 4\ncpu_threshold = inf\n",
+            Format::Toml,
+            "autoscale.cpu_threshold: is not a finite number",
+        ),
+        (
+            "name = \"w\"\nscript = \"a\"\n[env]\n\"a.b\" = nan\n",
+            Format::Toml,
+            "env.\"a.b\": is not a finite number",
+        ),
+        (
+            "name: w\nscript: a\ninstances: .nan\n",
+            Format::Yaml,
+            "non-finite float `.nan` has no meaning here; write a number",
+        ),
+    ] {
+        let e = parse_apps(text, format).expect_err(text);
+        assert!(e.to_string().contains(want), "{text:?}: {e}");
+    }
+    // A finite float where one is taken still reads.
+    let ok = "name = \"w\"\nscript = \"a\"\n[autoscale]\nmax = 4\ncpu_threshold = 70.5\n";
+    assert!(parse_apps(ok, Format::Toml).is_ok());
+}
