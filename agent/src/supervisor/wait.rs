@@ -69,6 +69,7 @@ impl Supervisor {
                 let policy = Policy::of(&r.spec);
                 let index = r.index;
                 let started = r.started;
+                self.stopping_for(&format!("restarted: {why}"));
                 let exit = self.stop(r).await;
                 self.note_stop(exit);
                 // It never came up: an unstable start, counted as such.
@@ -191,6 +192,7 @@ impl Supervisor {
     }
     /// Stops the process and asks for a start at once, with `why` as the instance's message.
     pub(super) async fn restart_now(&mut self, r: Running, why: &str) -> Instant {
+        self.stopping_for(why);
         let exit = self.stop(r).await;
         // The start at once writes the record with the new process (or without one when it
         // fails), as after a crash.
@@ -198,6 +200,14 @@ impl Supervisor {
         self.set_state(InstanceState::Launching, why);
         self.reason = Some(why.to_string());
         Instant::now()
+    }
+    /// Says why the stop that follows is made, for a restart whose message is `why`
+    /// ("restarted: ..."): the stop's own state change keeps the message it finds, which was
+    /// the previous restart's reason, so a memory restart's `stopping` event named the crash
+    /// before it.
+    fn stopping_for(&self, why: &str) {
+        let why = why.replacen("restarted", "restarting", 1);
+        self.set_state(InstanceState::Stopping, &why);
     }
     /// Records an exit the instance did on its own; returns when to start it again, if at all.
     pub(super) async fn exited(&mut self, mut r: Running, exit: Exit) -> Option<Instant> {

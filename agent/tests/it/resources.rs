@@ -318,3 +318,63 @@ async fn cwd_is_entered_as_the_instances_user() {
     assert!(w.message.contains("Permission denied"), "{w:?}");
     must(agent.stop().await, "agent result");
 }
+
+/// A restart the agent makes (here for a failed health check) says why while it stops the old
+/// process: the stop kept the message it found, the previous restart's reason, so the
+/// `stopping` event of a memory or health restart named the crash before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_says_why_while_it_stops() {
+    let reaper = Reaper::default();
+    let dir = tempdir();
+    let flag = dir.path().join("sick");
+    let mut coord = FakeCoordinator::start().await;
+    let agent = InProcessAgent::start(&coord.url, dir.path(), "n11");
+    let (mut s, _) = coord.accept().await;
+    s.registered(100).await;
+    // It ignores SIGTERM, so its stop lasts the whole kill_timeout and a report sees it.
+    let mut spec = sh_spec("slow", "trap '' TERM; while :; do sleep 0.2; done");
+    spec.kill_timeout_ms = Some(3000);
+    spec.health_check = Some(pb::HealthCheck {
+        check_type: "exec".into(),
+        command: format!("test ! -e {}", flag.display()),
+        interval_ms: 200,
+        timeout_ms: 2000,
+        retries: 1,
+        ..Default::default()
+    });
+    s.desired(1, vec![assignment("h", 0, &spec)]).await;
+    let r = s
+        .report_where("h online and healthy", |r| {
+            instance(r, "h").is_some_and(|i| i.health == pb::HealthState::Healthy as i32)
+        })
+        .await;
+    let first = instance(&r, "h").map_or(0, |i| i.pid);
+    reaper.add(first);
+    must(std::fs::write(&flag, ""), "write the flag");
+    let r = s
+        .report_where("h stopping", |r| {
+            is_state(r, "h", pb::InstanceState::Stopping)
+        })
+        .await;
+    let stopping = instance(&r, "h").cloned().unwrap_or_default();
+    // The checks come once the new process is known, so that a failing one still reaps it.
+    must(std::fs::remove_file(&flag), "remove the flag");
+    let r = s
+        .report_where("h online again with a new pid", |r| {
+            instance(r, "h").is_some_and(|i| {
+                i.state == pb::InstanceState::Online as i32 && i.pid != 0 && i.pid != first
+            })
+        })
+        .await;
+    reaper.add(instance(&r, "h").map_or(0, |i| i.pid));
+    let restarted = instance(&r, "h").cloned().unwrap_or_default();
+    assert!(
+        stopping.message.starts_with("restarting: unhealthy"),
+        "{stopping:?}"
+    );
+    assert!(
+        restarted.message.starts_with("restarted: unhealthy"),
+        "{restarted:?}"
+    );
+    must(agent.stop().await, "agent result");
+}
