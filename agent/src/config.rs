@@ -159,6 +159,25 @@ pub fn parse_label(value: &str) -> Result<(String, String), ConfigError> {
     Ok((key.to_string(), val.to_string()))
 }
 
+/// Why no placement constraint can name the label `key=value`, if none can: labels take any
+/// text (refusing one would keep an upgraded agent from starting), but a constraint's key is
+/// ASCII and its value holds no space, comma, parenthesis, `=`, `!` or quote, so apps can only
+/// match such a label by its key's presence. Said once at start, where the operator looks.
+pub fn label_unmatchable(key: &str, value: &str) -> Option<String> {
+    pmcluster_spec::placement::Constraint::parse("--label", &format!("{key}={value}"))
+        .err()
+        .map(|e| {
+            let label = pmcluster_spec::echo(&format!("{key}={value}"));
+            // The constraint parser's own words, without its advice on writing constraints.
+            let why = e.message.split("; ").next().unwrap_or(&e.message);
+            let why = why.strip_prefix(label.as_str()).unwrap_or(why).trim_start();
+            format!(
+                "--label {label}: no placement constraint can match it (it {why}); use letters, \
+                 digits and . _ - / : + in label keys and values"
+            )
+        })
+}
+
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let coordinators = validate_urls(&self.coordinator)?;
@@ -485,5 +504,24 @@ mod tests {
                 "http://b:7450".to_string()
             ])
         );
+    }
+
+    #[test]
+    fn labels_no_constraint_can_name_are_said() {
+        for (key, value) in [("zone", "a"), ("kernel", "6.1.0+deb12"), ("rack", "r1:u3")] {
+            assert_eq!(label_unmatchable(key, value), None, "{key}={value}");
+        }
+        for (key, value, want) in [
+            ("zone", "eu west", "whitespace"),
+            ("tier", "a,b", "','"),
+            ("my zone", "a", "bad label key"),
+        ] {
+            let why = label_unmatchable(key, value).unwrap_or_default();
+            assert!(
+                why.contains("no placement constraint can match it") && why.contains(want),
+                "{key}={value}: {why}"
+            );
+            assert!(!why.contains("write key=value"), "{why}");
+        }
     }
 }

@@ -157,6 +157,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for (key, value) in &config.labels {
+        if let Some(why) = pmcluster_agent::config::label_unmatchable(key, value) {
+            tracing::warn!("{why}");
+        }
+    }
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
