@@ -85,15 +85,22 @@ fn env(args: &[OsString]) -> String {
         .skip_while(|a| *a != "env")
         .nth(1)
         .map(|a| a.to_string_lossy())
-        .filter(|a| !a.starts_with('-'))
-        .map_or_else(
-            || "APP".to_string(),
-            |a| shell_words::quote(&a).into_owned(),
-        );
+        .filter(|a| !a.starts_with('-'));
+    // `pm2 env 0` names a process by id: pointing to `info 0` would only lead to a not-found.
+    let by_id = app.as_deref().is_some_and(looks_like_id);
+    let app = match app {
+        Some(a) if !by_id => shell_words::quote(&a).into_owned(),
+        _ => "APP".to_string(),
+    };
+    let names = if by_id {
+        format!("; {} (`pmcluster apps` lists them)", id_hint())
+    } else {
+        String::new()
+    };
     format!(
         "pmcluster has no `env` verb: an app runs with the env of its spec (no shell env is \
          added), which `pmcluster info {app}` shows, secrets masked (`pmcluster info {app} -o \
-         json`: .app.spec.env). Change it with: pmcluster reload {app} --set env.KEY=VALUE"
+         json`: .app.spec.env). Change it with: pmcluster reload {app} --set env.KEY=VALUE{names}"
     )
 }
 

@@ -45,7 +45,8 @@ fn pm2_verbs_and_flags_point_to_what_to_do_instead() {
         ("pmcluster env web", "`pmcluster info web` shows"),
         (
             "pmcluster -o json env 0",
-            "pmcluster reload 0 --set env.KEY=VALUE",
+            "pmcluster reload APP --set env.KEY=VALUE; pmcluster knows apps by name, not by \
+             PM2's numeric ids (`pmcluster apps` lists them)",
         ),
         ("pmcluster env", "pmcluster info APP"),
         (
