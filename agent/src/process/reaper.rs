@@ -154,6 +154,14 @@ impl Reaper {
         let spawned = spawn();
         let registered = spawned.map(|pid| (pid, self.lock().register(pid)));
         drop(under_way);
+        if let Ok((pid, _)) = &registered
+            && !self.reap_all
+        {
+            // Reaping only registered pids, a reap between the spawn and the registration
+            // passed this child by, and its SIGCHLD is spent: its exit would wait for the
+            // next sweep (2 s, which made a crash loop's fast exit read as a stable run).
+            self.reap_pid(*pid);
+        }
         let (pid, exit) = registered?;
         Ok(Spawned {
             pid,
@@ -181,19 +189,14 @@ impl Reaper {
         } else {
             let pids: Vec<u32> = table.waiting.keys().copied().collect();
             for pid in pids {
-                match waitpid(to_pid(pid), Some(WaitPidFlag::WNOHANG)) {
-                    Ok(WaitStatus::StillAlive) => {}
-                    Ok(status) => deliver(&mut table, status),
-                    // Not our child any more (cannot happen for a registered pid); forget it.
-                    Err(Errno::ECHILD) => {
-                        if let Some(tx) = table.waiting.remove(&pid) {
-                            let _ = tx.send(Exit::Unknown);
-                        }
-                    }
-                    Err(_) => {}
-                }
+                reap_registered(&mut table, pid);
             }
         }
+    }
+
+    /// Reaps one registered child if it has exited (the embedded reaper's way, see `reap`).
+    fn reap_pid(&self, pid: u32) {
+        reap_registered(&mut self.lock(), pid);
     }
 
     /// Reaps on every SIGCHLD (and every [`REAP_SWEEP`]) until `cancel`. Waiters still registered
@@ -209,6 +212,24 @@ impl Reaper {
             }
             self.reap();
         }
+    }
+}
+
+/// `waitpid` of one registered child, without blocking: its exit, if any, to its waiter.
+fn reap_registered(table: &mut Table, pid: u32) {
+    if !table.waiting.contains_key(&pid) {
+        return;
+    }
+    match waitpid(to_pid(pid), Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => {}
+        Ok(status) => deliver(table, status),
+        // Not our child any more (cannot happen for a registered pid); forget it.
+        Err(Errno::ECHILD) => {
+            if let Some(tx) = table.waiting.remove(&pid) {
+                let _ = tx.send(Exit::Unknown);
+            }
+        }
+        Err(_) => {}
     }
 }
 
@@ -373,7 +394,9 @@ mod tests {
 
     #[test]
     fn a_spawn_that_fails_or_panics_is_no_longer_under_way() {
-        let reaper = Reaper::new(false);
+        // Reaping all: an embedded reaper looks for the exit of a pid it registers, and this
+        // one is no child of the test.
+        let reaper = Reaper::new(true);
         let failed: Result<Spawned, &str> = reaper.spawn_with(|| Err("no"));
         assert!(failed.is_err());
         assert_eq!(reaper.lock().spawning, 0);
@@ -386,5 +409,27 @@ mod tests {
         assert!(ok.is_ok_and(|s| s.pid == 4_000_000));
         assert_eq!(reaper.lock().spawning, 0);
         assert!(reaper.lock().waiting.contains_key(&4_000_000));
+    }
+
+    /// An embedded reaper (reaping only registered pids) that reaps while a spawn is under way
+    /// passes the new child by; the exit must still reach its waiter at once, not at the next
+    /// sweep: its SIGCHLD is spent.
+    #[test]
+    fn an_embedded_reaper_sees_a_child_that_ended_before_its_registration() {
+        let reaper = Reaper::new(false);
+        let spawned = reaper.spawn_with(|| {
+            let child = Command::new("true").spawn()?;
+            let pid = child.id();
+            // Ended (a zombie) before it is registered, and a reap (its SIGCHLD's) comes first.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while super::super::read_stat(pid).is_some_and(|s| s.running()) {
+                assert!(std::time::Instant::now() < deadline, "true did not end");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            reaper.reap();
+            Ok::<u32, io::Error>(pid)
+        });
+        let mut spawned = spawned.expect("true spawns");
+        assert_eq!(spawned.exit.try_recv().ok(), Some(Exit::Code(0)));
     }
 }
