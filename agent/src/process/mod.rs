@@ -124,10 +124,15 @@ pub fn signal_group(pgid: u32, signal: Signal) {
     }
 }
 
+/// Whether a process group has any member, zombies included: the signal probe alone.
+pub fn group_exists(pgid: u32) -> bool {
+    killpg(to_pid(pgid), None).is_ok()
+}
+
 /// Whether any process of the group runs (zombies do not count: an orphaned member that exited
 /// may wait a while for its reaper, and a stop must not wait for that).
 pub fn group_alive(pgid: u32) -> bool {
-    if killpg(to_pid(pgid), None).is_err() {
+    if !group_exists(pgid) {
         return false;
     }
     match scan() {

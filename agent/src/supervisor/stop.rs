@@ -36,7 +36,7 @@ impl Supervisor {
         // Who is in the family now: descendants that called setsid are not in the group, and
         // once the leader is gone nothing else links them to it.
         let mut family = self.agent.state.family(&self.id);
-        family.extend(family_now(pgid, r.cgroup.as_deref()));
+        family.extend(family_off_runtime(pgid, r.cgroup.as_deref()).await);
         signal_group(pgid, signal);
         let mut signalled = std::collections::BTreeSet::new();
         for p in &family {
@@ -60,7 +60,7 @@ impl Supervisor {
         let exit = match tokio::time::timeout_at(deadline, r.exit.wait()).await {
             Ok(exit) => {
                 // Give the rest of the group (and cgroup) what is left of the grace period.
-                while (process::group_alive(pgid) || cgroup_busy(&r)) && Instant::now() < deadline {
+                while (group_alive(pgid).await || cgroup_busy(&r)) && Instant::now() < deadline {
                     tokio::time::sleep(GROUP_POLL).await;
                 }
                 exit
@@ -77,7 +77,7 @@ impl Supervisor {
                 }
             }
         };
-        family.extend(family_now(pgid, r.cgroup.as_deref()));
+        family.extend(family_off_runtime(pgid, r.cgroup.as_deref()).await);
         process::kill_all(pgid, &family);
         if let Some(path) = &r.cgroup {
             cgroup::end(path).await;
@@ -102,7 +102,7 @@ impl Supervisor {
 /// leaves it by `setsid` or a double fork, and reading its one file costs far less than the scan
 /// of every `/proc/PID/stat` on the host, which each stop made twice (half of the agent's CPU
 /// while 50 instances were deleted, bench/RESULTS.md). Else from that scan.
-pub(super) fn family_now(pgid: u32, cgroup: Option<&Path>) -> Vec<ProcId> {
+fn family_now(pgid: u32, cgroup: Option<&Path>) -> Vec<ProcId> {
     if let Some(path) = cgroup
         && let Ok(pids) = cgroup::procs(path)
     {
@@ -119,10 +119,31 @@ pub(super) fn family_now(pgid: u32, cgroup: Option<&Path>) -> Vec<ProcId> {
     }
     process::family_now(pgid, pgid)
 }
+/// [`family_now`] on a blocking thread. Without a cgroup it reads every `/proc/PID/stat` of the
+/// host, milliseconds each time; a mass stop (`delete` of an app of hundreds, an agent stopping
+/// them all) made those scans side by side on the runtime's few worker threads, and held up
+/// what else they run: the coordinator link's heartbeats and reports, log streams.
+async fn family_off_runtime(pgid: u32, cgroup: Option<&Path>) -> Vec<ProcId> {
+    let cgroup = cgroup.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || family_now(pgid, cgroup.as_deref()))
+        .await
+        .unwrap_or_default()
+}
+/// [`process::group_alive`], with its `/proc` scan on a blocking thread (see
+/// [`family_off_runtime`]). A group already gone, the common case right after a crash, is known
+/// by the signal probe alone, with no hop to another thread on the restart's path.
+async fn group_alive(pgid: u32) -> bool {
+    if !process::group_exists(pgid) {
+        return false;
+    }
+    tokio::task::spawn_blocking(move || process::group_alive(pgid))
+        .await
+        .unwrap_or(true)
+}
 /// Waits (briefly) until nothing of a process group runs any more.
 pub(super) async fn wait_group_gone(pgid: u32) {
     let deadline = Instant::now() + GROUP_GONE_WAIT;
-    while process::group_alive(pgid) && Instant::now() < deadline {
+    while group_alive(pgid).await && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
