@@ -40,6 +40,7 @@ mod commands;
 mod events;
 mod handouts;
 mod logs;
+mod moved;
 mod parked;
 mod sessions;
 mod sets;

@@ -12,11 +12,11 @@ use crate::model::{
 use crate::model::{Registration, Report};
 
 use super::sets::publish;
-use super::write;
 use super::{
     Attached, Control, ControlError, Guard, Inner, Leaving, MemoryTrend, Result, Session,
     instances_phrase, is_quarantined, is_ready, new_node_live,
 };
+use super::{moved, write};
 use crate::core::adoption;
 
 /// Parked reports one report takes in after its own, at most (see `Control::take_parked`).
@@ -164,6 +164,11 @@ impl Control {
             tracing::error!(error = %e, "reconcile after node registration failed");
         }
         let cluster_id = inner.state.cluster_id.clone();
+        // A quarantined node keeps what it holds until its adoption.
+        let stale = match &quarantine {
+            None => moved::stale_copies(&inner.state, &name, &reg.held, forgotten.is_some()),
+            Some(_) => Vec::new(),
+        };
         drop(inner);
         if let Some(old) = renamed {
             let text = format!(
@@ -202,6 +207,9 @@ impl Control {
                 }
                 self.emit(EventKind::NodeUp, "", &name, None, text);
             }
+        }
+        for (kind, app, index, text) in stale {
+            self.emit(kind, &app, &name, index, text);
         }
         Ok(Attached {
             session_id,

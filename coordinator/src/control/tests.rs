@@ -23,6 +23,9 @@ mod drain;
 mod identity;
 /// Log routes: requests to agents, lines to readers, and what a reader is told.
 mod logs;
+/// A lost node's instances moved elsewhere, and its old copies stopped when it returns: what
+/// the events say of both.
+mod node_loss;
 /// Rollouts stepped by the control loop in manual time.
 mod rollout;
 /// Scale commands: relative counts, and an apply that keeps a count set meanwhile.

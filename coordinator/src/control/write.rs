@@ -18,6 +18,7 @@ use crate::core::reconcile::{self, Plan, Snapshot};
 use crate::limits;
 use crate::model::{Batch, InstanceObserved, InstanceRecord, InstanceState, NodeRecord, Persisted};
 
+use super::moved::{self, MovedEvent};
 use super::sets::{self, Growth, publish};
 use super::{Control, ControlError, Guard, Inner, Leaving, Result, is_quarantined, node_views};
 use crate::clock::Clock;
@@ -36,8 +37,8 @@ pub(super) struct Queued {
     pub(super) growth: Growth,
     /// Nodes whose desired set the batch changes.
     touched: BTreeSet<String>,
-    /// (app, from, index, text) of each instance the plan moves.
-    moved: Vec<(String, String, u32, String)>,
+    /// The events of the instances the plan moves.
+    moved: Vec<MovedEvent>,
     /// (app, index, node) of each placement.
     placed: Vec<(String, u32, Option<String>)>,
     followup_at: Option<i64>,
@@ -114,19 +115,13 @@ impl Control {
             }
             None => (plan.pending.clone(), plan.unmovable.clone()),
         };
-        let placed = materialize(&inner.ahead, &plan, &mut batch, now, self.clock.as_ref());
-        let moved: Vec<(String, String, u32, String)> = plan
-            .moved
-            .iter()
-            .map(|m| {
-                (
-                    m.app.clone(),
-                    m.from.clone(),
-                    m.index,
-                    moved_text(inner, m, now),
-                )
-            })
-            .collect();
+        let mut placed = materialize(&inner.ahead, &plan, &mut batch, now, self.clock.as_ref());
+        // One line per move: where it went is in the move's event.
+        let said = moved::said_by_moves(&plan);
+        if !said.is_empty() {
+            placed.retain(|(app, index, _)| !said.contains(&(app.as_str(), *index)));
+        }
+        let moved = moved::moved_events(inner, &plan, now);
         if batch.is_empty() {
             inner.pending = pending;
             inner.unmovable = unmovable;
@@ -378,7 +373,7 @@ impl Control {
         }
         publish_to.extend(touched);
         for (app, from, index, text) in moved {
-            self.emit(EventKind::InstanceMoved, &app, &from, Some(index), text);
+            self.emit(EventKind::InstanceMoved, &app, &from, index, text);
         }
         // One event per placement, unless a write places many of an app: then one for all of
         // them, so that a scale to 100,000 does not flood watchers and the event history.
@@ -558,98 +553,6 @@ fn rewind(inner: &mut Inner) {
         ahead.apply(&q.batch);
     }
     inner.ahead = ahead;
-}
-
-/// What an event says of a record that moved or gave way, in a user's words. For one that could
-/// not start: `web[1] moved from a to b: it could not start on a for 30s: port 4300 is already in
-/// use on this host`, the agent's last word on it without its own retry schedule.
-fn moved_text(inner: &Inner, m: &reconcile::Moved, now: i64) -> String {
-    let said = |id: &Uuid| {
-        (inner.observed.get(id))
-            .map(|o| o.reason().to_string())
-            .unwrap_or_default()
-    };
-    let seconds = super::seconds_phrase;
-    let to = if m.to.is_empty() {
-        "no node yet (pending)"
-    } else {
-        m.to.as_str()
-    };
-    let (mut text, why) = match m.why {
-        reconcile::Why::Unstartable => {
-            let failing_ms =
-                (inner.unstartable_since.get(&m.old)).map_or(0, |since| now.saturating_sub(*since));
-            let text = format!(
-                "{}[{}] moved from {} to {to}: it could not start on {} for {}",
-                m.app,
-                m.index,
-                m.from,
-                m.from,
-                seconds(failing_ms)
-            );
-            (text, said(&m.old))
-        }
-        reconcile::Why::Finished => (
-            format!(
-                "{}[{}] moved from {} to {to} stopped: it had exited with autorestart off, so it \
-                 is not run again (run it again with: pmcluster start {} --instance {})",
-                m.app, m.index, m.from, m.app, m.index
-            ),
-            String::new(),
-        ),
-        reconcile::Why::Overdue { replacement } => {
-            let deadline = (inner.ahead.apps.get(&m.app))
-                .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
-            let text = format!(
-                "{}[{}] on draining node {} retired without a replacement online: the one on {to} \
-                 was not online within update.healthy_deadline ({})",
-                m.app,
-                m.index,
-                m.from,
-                seconds(deadline)
-            );
-            (text, said(&replacement))
-        }
-        reconcile::Why::Abandoned => {
-            let deadline = (inner.ahead.apps.get(&m.app))
-                .map_or(0, |a| a.spec.update.healthy_deadline.as_millis() as i64);
-            let text = format!(
-                "{}[{}] stays on {}: its new copy on {} was not online within \
-                 update.healthy_deadline ({}), so the move is given up",
-                m.app,
-                m.index,
-                m.to,
-                m.from,
-                seconds(deadline)
-            );
-            (text, said(&m.old))
-        }
-        reconcile::Why::ReplacementLost => {
-            let after =
-                (inner.ahead.apps.get(&m.app)).map_or(String::new(), |a| match a.spec.reschedule {
-                    pmcluster_spec::app::Reschedule::After(d) => {
-                        format!(" for reschedule_after ({})", seconds(d.as_millis() as i64))
-                    }
-                    pmcluster_spec::app::Reschedule::Never => String::new(),
-                });
-            // A drain hands over again; a scale-down's move is not made again.
-            let then = match inner.ahead.nodes.get(&m.to).is_some_and(|n| n.drain) {
-                true => "the drain starts the handoff again",
-                false => "the move is given up",
-            };
-            let text = format!(
-                "{}[{}]: its new copy on {} was dropped, that node being down{after} or gone; the \
-                 copy on {} serves on and {then}",
-                m.app, m.index, m.from, m.to
-            );
-            (text, String::new())
-        }
-    };
-    if !why.is_empty() {
-        text.push_str(": ");
-        text.push_str(&why);
-    }
-    text
 }
 
 /// Turns a plan into records in `batch` (minting ids). Returns (app, index, node) of placements.

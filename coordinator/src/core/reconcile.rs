@@ -36,6 +36,10 @@ use uuid::Uuid;
 use crate::core::placement::{Ask, NO_PORTS, NodeSlot, Placer, saturating_i64};
 use crate::model::{AppRecord, InstanceRecord, RecordIndex};
 
+mod plan;
+use plan::PENDING;
+pub use plan::{Create, Moved, Plan, Why, pending_reason};
+
 /// Connection state of a node, as the reconciler needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Link {
@@ -83,95 +87,6 @@ pub struct Snapshot<'a> {
     /// a scoped plan then reads its apps' records and the nodes' use without passing every
     /// record. `None` plans from the records alone, to the same plan.
     pub index: Option<&'a RecordIndex>,
-}
-
-/// A new instance record to create; the apply step mints its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Create {
-    pub app: String,
-    pub index: u32,
-    pub node: Option<String>,
-    pub port: Option<u16>,
-    /// The record this one takes over from once online (migration).
-    pub replaces: Option<Uuid>,
-    /// Carried over from a replaced record a user had stopped.
-    pub stopped: bool,
-    /// Nodes where this index could not start (carried by a move).
-    pub avoid: Vec<String>,
-    /// The version it runs: `None` for the app's. A replacement (a drain's, a lost node's) of
-    /// a record that a failed rollout left on the version before keeps that version: the
-    /// failed one would take down what serves.
-    pub version: Option<u64>,
-}
-
-/// A record that moved, or gave way, for a reason a user would not guess from the plan alone:
-/// said in an event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Moved {
-    pub app: String,
-    pub index: u32,
-    /// The record left behind.
-    pub old: Uuid,
-    pub from: String,
-    /// Where the index runs now; empty when it waits for a node.
-    pub to: String,
-    pub why: Why,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
-    /// It could not start on `from` (the old record is in `remove`, the new one in `create`).
-    Unstartable,
-    /// It had exited with autorestart off on a draining or lost node: moved stopped.
-    Finished,
-    /// A drain's replacement was not online within the app's healthy deadline: the old record
-    /// retires anyway.
-    Overdue { replacement: Uuid },
-    /// A drain's replacement (`old`, on `from`) whose node is lost goes; the copy it was to
-    /// replace serves on at `to`, and the handoff starts again.
-    ReplacementLost,
-    /// A move off a node that is not draining (a scale-down's rebalance, or a drain undone)
-    /// whose new copy (`old`, on `from`) was not online within the app's healthy deadline:
-    /// given up, the copy on `to` serves on.
-    Abandoned,
-}
-
-/// The reconciler's output. Empty when nothing needs to change.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Plan {
-    pub create: Vec<Create>,
-    /// Pending records that now have a node.
-    pub assign: Vec<(Uuid, String)>,
-    /// Records whose version or port changed: the new version and port.
-    pub refresh: Vec<(Uuid, u64, Option<u16>)>,
-    pub remove: Vec<Uuid>,
-    /// Serving records to mark draining now (removed after the app's shutdown_delay).
-    pub drain: Vec<Uuid>,
-    /// Records that moved, or gave way, for a reason an event explains (see [`Why`]).
-    pub moved: Vec<Moved>,
-    /// Why instances of an app could not be placed (not a change; shown to users).
-    pub pending: BTreeMap<String, String>,
-    /// Instances on a draining node that no other node takes, by app, each with the placer's
-    /// reason: they stay and serve, and the drain moves the others (not a change; shown to
-    /// users as what the node waits on).
-    pub unmovable: BTreeMap<String, BTreeMap<Uuid, String>>,
-    /// Earliest time (ms) at which something becomes due: a lost node's instances for
-    /// rescheduling, a draining record for removal, a drain handoff's healthy deadline.
-    pub followup_at: Option<i64>,
-}
-
-impl Plan {
-    pub fn is_empty(&self) -> bool {
-        self.create.is_empty()
-            && self.assign.is_empty()
-            && self.refresh.is_empty()
-            && self.remove.is_empty()
-            && self.drain.is_empty()
-    }
-
-    fn follow_up(&mut self, at: i64) {
-        self.followup_at = Some(self.followup_at.map_or(at, |f| f.min(at)));
-    }
 }
 
 /// Instance count of an app: its spec's, or with `instances: "max"` one per core of the nodes it
@@ -621,14 +536,23 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
                 // pending): its node is gone either way.
                 Need::Replace(r) => {
                     plan.remove.push(r.id);
-                    if finished(app, r, snap.exited) {
+                    // A finished one says so first: that it is not run again matters more than
+                    // where it was. A stopped or finished one on a draining node that is up
+                    // just moves, as the drain said it would.
+                    let why = match link(r.node.as_deref()) {
+                        _ if finished(app, r, snap.exited) => Some(Why::Finished),
+                        Some((Link::Down(since), _)) => Some(Why::NodeLost { since: Some(since) }),
+                        None => Some(Why::NodeLost { since: None }),
+                        Some((Link::Up | Link::Quarantined, _)) => None,
+                    };
+                    if let Some(why) = why {
                         plan.moved.push(Moved {
                             app: name.clone(),
                             index,
                             old: r.id,
                             from: r.node.clone().unwrap_or_default(),
                             to: node.clone().unwrap_or_default(),
-                            why: Why::Finished,
+                            why,
                         });
                     }
                     plan.create.push(Create {
@@ -646,7 +570,7 @@ pub fn reconcile(snap: Snapshot<'_>) -> Plan {
         }
         if unplaced > 0 {
             plan.pending
-                .insert(name.clone(), format!("{unplaced} pending: {reason}"));
+                .insert(name.clone(), format!("{unplaced}{PENDING}{reason}"));
         }
     }
     plan.remove.sort();

@@ -26,7 +26,9 @@ pub enum EventKind {
     NodeDrain,
     InstancePlaced,
     InstanceState,
-    /// An instance that could not start on its node was placed on another.
+    /// An instance moved, or gave way, for a reason the event says: it could not start on its
+    /// node, its node was lost (and, once it returns, its old copy there stops), a drain's
+    /// handoff or a scale-down's rebalance.
     InstanceMoved,
     /// The autoscaler changed an app's count.
     Autoscale,

@@ -6,7 +6,7 @@ use super::*;
 use crate::model::{ForgottenNode, MAX_FORGOTTEN};
 
 /// The held assignments of node `name` in `c`'s desired set, as an agent would send them.
-fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
+pub(super) fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
     let inner = c.lock();
     inner
         .nodes
@@ -18,7 +18,7 @@ fn held_of(c: &Control, name: &str) -> Vec<Assignment> {
 
 /// What node `name`'s agent would say when it registers again: `c`'s cluster, the node's
 /// generation and its desired set as held.
-fn registration_of(c: &Control, name: &str) -> Registration {
+pub(super) fn registration_of(c: &Control, name: &str) -> Registration {
     let (cluster_id, generation) = {
         let inner = c.lock();
         (
@@ -721,6 +721,17 @@ async fn a_forgotten_node_that_comes_back_joins_afresh() -> Result<()> {
     c.forget_node("b")?;
     let placed: Vec<String> = records(&c, "web")?.into_iter().map(|i| i.node).collect();
     assert_eq!(placed, ["a", "a"]);
+    let index = held[0].index;
+    let moved = |c: &Control| -> Vec<String> {
+        (c.recent_events("web", Some(EventKind::InstanceMoved), 10)
+            .into_iter())
+        .map(|e| e.message)
+        .collect()
+    };
+    assert_eq!(
+        moved(&c),
+        [format!("web[{index}] moved from b to a: node b forgotten")]
+    );
     drop(c);
 
     let c = Control::open(store.clone(), ControlConfig::default())?;
@@ -747,6 +758,12 @@ async fn a_forgotten_node_that_comes_back_joins_afresh() -> Result<()> {
             .any(|m| m.contains("it had been forgotten")
                 && m.contains("removes the 1 instance it held")),
         "{said:?}"
+    );
+    assert_eq!(
+        moved(&c),
+        [format!(
+            "web[{index}] on b stopped: replaced on a after b was forgotten"
+        )]
     );
     Ok(())
 }

@@ -15,6 +15,9 @@ struct Fixture {
     unstartable: BTreeMap<Uuid, i64>,
 }
 
+/// The moves of a lost node's instances, and what their events need.
+mod node_lost;
+
 fn id(n: u128) -> Uuid {
     Uuid::from_u128(n)
 }
@@ -246,6 +249,8 @@ fn render(plan: &Plan) -> String {
             Why::Overdue { replacement } => format!("overdue {}", short(&replacement)),
             Why::ReplacementLost => "lost".to_string(),
             Why::Abandoned => "abandoned".to_string(),
+            Why::NodeLost { since: Some(t) } => format!("nodelost down@{t}"),
+            Why::NodeLost { since: None } => "nodelost gone".to_string(),
         };
         out.push(format!(
             "moved({} {}>{} {why})",
@@ -344,7 +349,7 @@ fn placement_and_scaling() {
         "web/0@a* web/1@b*",
         "a down=0; b; c",
         5000,
-        "+web/0@c v1 -1",
+        "+web/0@c v1 -1 moved(1 a>c nodelost down@0)",
     );
     check(
         "web=3v2 failed",
@@ -437,13 +442,14 @@ fn node_loss() {
         1000,
         "followup@1500",
     );
-    // Down long enough: replaced on a ready node, old record removed.
+    // Down long enough: replaced on a ready node, old record removed, and the move says why:
+    // its node has been down since 0.
     check(
         "web=2",
         "web/0@a web/1@b",
         "a down=0; b",
         1000,
-        "+web/0@b -1",
+        "+web/0@b -1 moved(1 a>b nodelost down@0)",
     );
     // Apps that wait for their node are left alone.
     check("web=2 wait", "web/0@a web/1@b", "a down=0; b", 99_999, "");
@@ -461,7 +467,7 @@ fn node_loss() {
         "web/0@a",
         "a down=0",
         5000,
-        "+web/0@- -1 pending(web: 1 pending: no ready node (1 node: 1 not ready))",
+        "+web/0@- -1 moved(1 a> nodelost down@0) pending(web: 1 pending: no ready node (1 node: 1 not ready))",
     );
     // Node back after its instances moved: nothing of it is in any plan (the records are gone).
     check("web=1", "web/0@b", "a; b", 0, "");
@@ -740,8 +746,14 @@ fn drain() {
         0,
         "stays(1: no ready node (1 node: 1 not ready))",
     );
-    // Draining node goes down: its instances are replaced at once.
-    check("web=1", "web/0@a", "a drain down=0; b", 1, "+web/0@b -1");
+    // Draining node goes down: its instances are replaced at once, and the move says why.
+    check(
+        "web=1",
+        "web/0@a",
+        "a drain down=0; b",
+        1,
+        "+web/0@b -1 moved(1 a>b nodelost down@0)",
+    );
     // Drained nodes take nothing new.
     check("web=2", "", "a drain; b", 0, "+web/0@b +web/1@b");
     // With a shutdown delay the old record drains before it goes.

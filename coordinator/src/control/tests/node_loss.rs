@@ -1,0 +1,173 @@
+//! A node lost for longer than the app's `reschedule_after`: its instances are placed elsewhere,
+//! and the events say where from and why, one line per index; when it returns, the old copies
+//! its agent still runs are stopped, and the events say so.
+
+use super::identity::registration_of;
+use super::*;
+use crate::clock::ManualClock;
+use crate::model::{Event, Report};
+
+const T0: i64 = 1_000_000;
+
+/// A cluster of nodes `a` and `b` (2 cores each) running `spec` with a 30 s
+/// `reschedule_after`, and `b`'s registration as its agent would send it again later.
+fn two_nodes(mut spec: AppSpec) -> Result<(Control, Arc<ManualClock>, Attached, Registration)> {
+    let clock = Arc::new(ManualClock::new(T0, 17));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(10),
+        ..ControlConfig::default()
+    };
+    let c = Control::open_with(Arc::new(MemoryStore::default()), config, clock.clone())?;
+    let a = c.attach(&register("a"), None)?;
+    let _b = c.attach(&register("b"), None)?;
+    spec.reschedule = pmcluster_spec::app::Reschedule::After(Duration::from_secs(30));
+    c.apply(spec)?;
+    let returning = registration_of(&c, "b");
+    assert!(!returning.held.is_empty(), "b runs some of web");
+    Ok((c, clock, a, returning))
+}
+
+/// `b` disconnects now, and the clock then passes `seconds` (see [`pass`]).
+fn lose_b_for(c: &Control, clock: &ManualClock, a: &Attached, seconds: i64) -> Result<()> {
+    let session = session_of(c, "b").ok_or(ControlError::NotFound("b is not connected".into()))?;
+    c.detach("b", session);
+    pass(c, clock, a, seconds);
+    Ok(())
+}
+
+fn session_of(c: &Control, node: &str) -> Option<u64> {
+    let inner = c.lock();
+    inner.nodes.get(node)?.session.as_ref().map(|s| s.id)
+}
+
+/// The clock passes `seconds`, `a` reporting (its heartbeat) and a tick after each.
+fn pass(c: &Control, clock: &ManualClock, a: &Attached, seconds: i64) {
+    for _ in 0..seconds {
+        clock.advance_ms(1_000);
+        c.report("a", a.session_id, Report::default());
+        c.tick();
+    }
+}
+
+/// The events of `web` since `b` was lost.
+fn since_the_loss(c: &Control, kind: EventKind) -> Vec<Event> {
+    (c.recent_events("web", Some(kind), 1000).into_iter())
+        .filter(|e| e.at_ms > T0)
+        .collect()
+}
+
+fn texts(events: &[Event]) -> Vec<String> {
+    events.iter().map(|e| e.message.clone()).collect()
+}
+
+/// The indices `b` held.
+fn held_indices(returning: &Registration) -> Vec<u32> {
+    let mut indices: Vec<u32> = returning.held.iter().map(|a| a.index).collect();
+    indices.sort_unstable();
+    indices
+}
+
+#[test]
+fn a_node_loss_says_where_from_and_why_once_per_index() -> Result<()> {
+    let (c, clock, a, returning) = two_nodes(web(2))?;
+    let [index] = held_indices(&returning)[..] else {
+        panic!("one of web's two instances on b: {:?}", returning.held);
+    };
+    lose_b_for(&c, &clock, &a, 29)?;
+    assert!(
+        since_the_loss(&c, EventKind::InstanceMoved).is_empty(),
+        "not lost for reschedule_after yet"
+    );
+    pass(&c, &clock, &a, 2);
+    assert_eq!(spread(&c, "web"), "a:2");
+    let moved = since_the_loss(&c, EventKind::InstanceMoved);
+    assert_eq!(
+        texts(&moved),
+        [format!(
+            "web[{index}] moved from b to a: node b down for 30.0s"
+        )]
+    );
+    assert_eq!((moved[0].node.as_str(), moved[0].index), ("b", Some(index)));
+    let placed = since_the_loss(&c, EventKind::InstancePlaced);
+    assert!(placed.is_empty(), "one line per move: {:?}", texts(&placed));
+
+    // b returns with the old copy still running: its agent is told to stop it, and an event
+    // says why.
+    let _b = c.attach(&returning, None)?;
+    let moved = since_the_loss(&c, EventKind::InstanceMoved);
+    assert_eq!(
+        texts(&moved[1..]),
+        [format!(
+            "web[{index}] on b stopped: replaced on a while b was down"
+        )]
+    );
+    assert_eq!(moved[1].node, "b");
+    assert!(
+        since_the_loss(&c, EventKind::InstanceState).is_empty(),
+        "nothing removed without a replacement"
+    );
+    // Nothing more on a later return: the copies it holds are its records' again.
+    c.detach("b", session_of(&c, "b").unwrap_or_default());
+    let again = registration_of(&c, "b");
+    let _b = c.attach(&again, None)?;
+    assert_eq!(since_the_loss(&c, EventKind::InstanceMoved).len(), 2);
+    Ok(())
+}
+
+#[test]
+fn a_lost_instance_no_node_takes_says_it_waits_and_why() -> Result<()> {
+    let mut spec = web(2);
+    spec.placement.max_per_node = Some(1);
+    let (c, clock, a, returning) = two_nodes(spec)?;
+    let [index] = held_indices(&returning)[..] else {
+        panic!("one of web's two instances on b: {:?}", returning.held);
+    };
+    lose_b_for(&c, &clock, &a, 31)?;
+    assert_eq!(spread(&c, "web"), "-:1 a:1");
+    let moved = since_the_loss(&c, EventKind::InstanceMoved);
+    assert_eq!(
+        texts(&moved),
+        [format!(
+            "web[{index}] moved off b (down 30.0s): pending, no ready node below 1 instance of \
+             the app (2 nodes: 1 not ready, 1 at the per-node limit)"
+        )]
+    );
+    let placed = since_the_loss(&c, EventKind::InstancePlaced);
+    assert!(placed.is_empty(), "one line per move: {:?}", texts(&placed));
+
+    // Back: the pending copy is placed there, and the old one stops.
+    let _b = c.attach(&returning, None)?;
+    let moved = since_the_loss(&c, EventKind::InstanceMoved);
+    assert_eq!(
+        texts(&moved[1..]),
+        [format!(
+            "web[{index}] on b stopped: replaced while b was down, by a new copy there"
+        )]
+    );
+    Ok(())
+}
+
+/// A node that ran many of an app's instances: one event for their moves and one for their
+/// old copies' stops, as placements are, so that watchers and the history are not flooded.
+#[test]
+fn many_lost_instances_are_one_event() -> Result<()> {
+    let (c, clock, a, returning) = two_nodes(web(50))?;
+    assert_eq!(returning.held.len(), 25);
+    lose_b_for(&c, &clock, &a, 31)?;
+    assert_eq!(spread(&c, "web"), "a:50");
+    let moved = since_the_loss(&c, EventKind::InstanceMoved);
+    assert_eq!(
+        texts(&moved),
+        ["web: 25 instances moved off b (down 30.0s): 25 placed on other nodes, 0 pending"]
+    );
+    assert_eq!((moved[0].node.as_str(), moved[0].index), ("b", None));
+    let placed = since_the_loss(&c, EventKind::InstancePlaced);
+    assert!(placed.is_empty(), "{:?}", texts(&placed));
+    let _b = c.attach(&returning, None)?;
+    let moved = since_the_loss(&c, EventKind::InstanceMoved);
+    assert_eq!(
+        texts(&moved[1..]),
+        ["web: 25 instances on b stopped: replaced or removed while b was down"]
+    );
+    Ok(())
+}
