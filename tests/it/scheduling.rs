@@ -373,6 +373,24 @@ fn partitioned_node_returns_and_its_stale_copies_are_stopped() {
         stale.iter().all(|p| pid_alive(*p)),
         "the cut-off copy still runs meanwhile"
     );
+    let index = (before.iter())
+        .find(|i| i.node.as_deref() == Some("node-a"))
+        .map(|i| i.index)
+        .expect("an instance on node-a");
+    let to = (moved.iter())
+        .find(|i| i.index == index)
+        .and_then(|i| i.node.clone())
+        .expect("the index runs elsewhere");
+    // One line says where from and why, and no placement line beside it.
+    let events = |c: &Cluster| {
+        let out = c.cli(&["events", "web", "--no-follow", "--history", "100"]);
+        out.assert_ok().stdout.clone()
+    };
+    let said = events(&c);
+    let from = format!("web[{index}] moved from node-a to {to}: node node-a down for ");
+    assert!(said.contains(&from), "{from:?} not in:\n{said}");
+    let placed = format!("web[{index}] placed on {to}");
+    assert!(!said.contains(&placed), "{placed:?} in:\n{said}");
 
     // The partition heals: the returning agent learns its copy was replaced and stops it.
     c.agent(a).signal(Signal::SIGCONT);
@@ -391,6 +409,9 @@ fn partitioned_node_returns_and_its_stale_copies_are_stopped() {
         procs.values().all(|p| p.len() == 1) && procs.len() == 3,
         "one process per index: {procs:?}"
     );
+    let said = events(&c);
+    let stop = format!("web[{index}] on node-a stopped: replaced on {to} while node-a was down");
+    assert!(said.contains(&stop), "{stop:?} not in:\n{said}");
     let after = wait_online(&c, "web", 3);
     let ids = |l: &[Instance]| l.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&after), ids(&moved), "the replacements stay");
