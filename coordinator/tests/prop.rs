@@ -450,7 +450,7 @@ proptest! {
                 avoid: Vec::new(),
                 disabled: false,
             });
-            facts.insert(id, Facts { healthy_since: Some(0), node_up: true, placed: true, proven: false, errored: None });
+            facts.insert(id, Facts { healthy_since: Some(0), node_up: true, placed: true, node_draining: false, proven: false, errored: None });
         }
         let mut d = Deployment {
             id: 1,
@@ -486,7 +486,7 @@ proptest! {
                     disabled: false,
                     ..o
                 });
-                facts.insert(id, Facts { healthy_since: None, node_up: true, placed: true, proven: false, errored: None });
+                facts.insert(id, Facts { healthy_since: None, node_up: true, placed: true, node_draining: false, proven: false, errored: None });
             }
             for id in &step.drain {
                 if let Some(r) = records.get_mut(id) {

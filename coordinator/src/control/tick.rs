@@ -114,6 +114,9 @@ impl Control {
                         healthy_since: healthy_since(inner, r),
                         node_up,
                         placed: r.node.is_some(),
+                        node_draining: (r.node.as_ref())
+                            .and_then(|n| inner.ahead.nodes.get(n))
+                            .is_some_and(|n| n.drain),
                         proven: inner.proven.contains(&r.id),
                         errored: errored(inner, r, node_up),
                     };

@@ -30,6 +30,11 @@ pub struct Facts<'a> {
     /// the instance it replaces (a fixed port on the only node that fits): the old one then
     /// goes first (stop-then-start) rather than the rollout stalling.
     pub placed: bool,
+    /// Its node is draining: nothing new is placed there, so stopping this copy for an
+    /// unplaced replacement frees no room for it and only takes the index down (a drain of the
+    /// only node during a rolling update). The rollout then waits, and its progress deadline
+    /// ends it, as a Kubernetes rollout waits on a cordoned node.
+    pub node_draining: bool,
     /// It was healthy for `min_healthy_time` at an earlier step (the shell keeps
     /// [`Step::proven`]; in memory, so a new leader starts afresh). The healthy deadline is then
     /// behind it: a crash later is its restart policy's to handle, not a replacement that never
@@ -318,7 +323,10 @@ pub fn step(
                     match o.draining_since {
                         Some(since) if now_ms - since >= shutdown_delay => out.remove.push(o.id),
                         Some(_) => {}
-                        None if healthy_long || !fact(&o.id).node_up || !f.placed => {
+                        None if healthy_long
+                            || !fact(&o.id).node_up
+                            || (!f.placed && !fact(&o.id).node_draining) =>
+                        {
                             out.drain.push(o.id)
                         }
                         None => {}

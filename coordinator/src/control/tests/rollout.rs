@@ -577,3 +577,28 @@ async fn what_a_failed_rollout_left_standing_is_what_comes_next() -> Result<()> 
     );
     Ok(())
 }
+
+/// A drain of the only node during a rolling update with per-index ports: the replacement can
+/// go nowhere (nothing new is placed on a draining node), and stopping the old copy to make
+/// room, as a rollout does on an open node, freed nothing. Every index was taken down in turn
+/// until `undrain`. The old copies now serve on, and the progress deadline ends the rollout.
+#[test]
+fn a_drain_of_the_only_node_during_a_rolling_update_takes_no_index_down() -> Result<()> {
+    let r = Rolling::start(2, Duration::from_secs(1))?;
+    let update = r.update("V")?;
+    r.c.set_drain("a", true)?;
+    for second in 1..=70 {
+        r.second(None);
+        let serving: std::collections::BTreeSet<u32> = (r.c.list_instances("web")?.into_iter())
+            .filter(|i| i.state == InstanceState::Online)
+            .map(|i| i.index)
+            .collect();
+        assert_eq!(serving, [0, 1].into(), "at {second} s");
+    }
+    let ended = deployment(&r.c, "web", update.id)?.map(|d| d.state);
+    assert!(
+        ended.is_some_and(|s| s != State::Running),
+        "the progress deadline ends it: {ended:?}"
+    );
+    Ok(())
+}

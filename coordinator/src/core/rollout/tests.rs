@@ -3,13 +3,14 @@ use std::time::Duration;
 
 /// Records as `index:version[e=epoch][*since][~draining_since][@created][!][#][+]` separated
 /// by spaces; ids are 1, 2, ... in order. `*T` means healthy since T, `!` not placed, `#`
-/// stopped, `+` proven at an earlier step, `%` errored (its agent gave up restarting it).
+/// stopped, `+` proven at an earlier step, `%` errored (its agent gave up restarting it), `^`
+/// on a draining node.
 fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts<'static>>) {
     let mut recs = Vec::new();
     let mut facts = BTreeMap::new();
     for (n, word) in text.split_whitespace().enumerate() {
         let id = Uuid::from_u128(n as u128 + 1);
-        let mut parts = word.split(['*', '~', '@', '!', '#', '+', '%']);
+        let mut parts = word.split(['*', '~', '@', '!', '#', '+', '%', '^']);
         let head = parts.next().unwrap_or_default();
         let (index, version) = head.split_once(':').unwrap();
         let (version, epoch) = version.split_once('e').unwrap_or((version, "0"));
@@ -32,6 +33,7 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts<'static>>) 
             healthy_since: None,
             node_up: true,
             placed: true,
+            node_draining: false,
             proven: false,
             errored: None,
         };
@@ -41,7 +43,7 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts<'static>>) 
             let marker = rest.chars().next().unwrap_or(' ');
             let tail = &rest[1..];
             let end = tail
-                .find(['*', '~', '@', '!', '#', '+', '%'])
+                .find(['*', '~', '@', '!', '#', '+', '%', '^'])
                 .unwrap_or(tail.len());
             let value: i64 = tail[..end].parse().unwrap_or(0);
             match marker {
@@ -52,6 +54,7 @@ fn records(text: &str) -> (Vec<InstanceRecord>, BTreeMap<Uuid, Facts<'static>>) 
                 '#' => rec.stopped = true,
                 '+' => f.proven = true,
                 '%' => f.errored = Some(CRASHED),
+                '^' => f.node_draining = true,
                 _ => {}
             }
             rest = &tail[end..];
@@ -414,6 +417,32 @@ fn unplaceable_replacement_goes_stop_then_start() {
     );
 }
 
+/// On a draining node, stopping the old copy frees no room (nothing new goes there): the index
+/// keeps serving and the rollout waits for room until its progress deadline. A drain of the
+/// only node during a rolling update took each index down until `undrain`.
+#[test]
+fn an_unplaced_replacement_does_not_stop_a_copy_on_a_draining_node() {
+    let d = deployment(Kind::Update);
+    check(&d, &policy(), 1, "0:1*0^ 0:2@0!", 10, "running 0/1");
+    check(
+        &d,
+        &policy(),
+        1,
+        "0:1*0^ 0:2@0!",
+        5001,
+        "failed 0/1; rollback",
+    );
+    // Its replacement placed elsewhere (the drain's other node): the handoff goes on as usual.
+    check(
+        &d,
+        &policy(),
+        1,
+        "0:1*0^ 0:2*0@0",
+        200,
+        "drain 1; running 0/1",
+    );
+}
+
 /// Stop-then-start (one node, a fixed port): the replacement waits unplaced while its old copy
 /// drains, and is placed once that is gone. It is held to `healthy_deadline` (1 s here) from
 /// its placement, as one started beside its old copy is; a crash-looping one sat until the
@@ -503,6 +532,7 @@ fn node_loss_during_rollout() {
             healthy_since: None,
             node_up: false,
             placed: true,
+            node_draining: false,
             proven: false,
             errored: None,
         },
@@ -534,6 +564,7 @@ fn zero_unavailable_through_a_whole_update() {
                     healthy_since: Some(0),
                     node_up: true,
                     placed: true,
+                    node_draining: false,
                     proven: false,
                     errored: None,
                 },
@@ -571,6 +602,7 @@ fn zero_unavailable_through_a_whole_update() {
                     healthy_since: Some(now),
                     node_up: true,
                     placed: true,
+                    node_draining: false,
                     proven: false,
                     errored: None,
                 },
