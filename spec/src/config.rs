@@ -25,9 +25,11 @@ use crate::{SpecError, echo};
 mod position;
 mod render;
 mod scalars;
+mod text;
 use position::locate;
 pub use render::to_config;
 pub use scalars::{duration_text, parse_duration, parse_instances, size_text};
+use text::{at_value, field_error, parse_tree, strict, syntax_error};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -526,74 +528,6 @@ pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError>
     apps_of(parse_tree(text, format)?, Some((text, format)))
 }
 
-fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, SpecError> {
-    // The parsers' own words for these ("EOF while parsing a value") say little to a user.
-    if text.trim().is_empty() {
-        return Err(syntax_error(
-            "the file is empty: write one app, or {\"apps\": [...]}",
-        ));
-    }
-    Ok(match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
-        Format::Yaml => serde_saphyr::from_str(text).map_err(|e| {
-            // Advice to the programmer who calls the parser, not to the file's author.
-            let text = e.to_string();
-            let text = text
-                .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
-                .replace(
-                    " rejected by the configured policy",
-                    " has no meaning here; write a number",
-                );
-            syntax_error(&text)
-        })?,
-        Format::Toml => {
-            let tree = toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?;
-            // TOML's nan and inf have no JSON form: the tree holds null for them, which reads as
-            // a field left out, so `instances = nan` started one instance without a word.
-            if let Some(field) = toml::from_str::<toml::Value>(text)
-                .ok()
-                .and_then(|v| non_finite(&v))
-            {
-                let e = SpecError::new(
-                    &field,
-                    "is not a finite number (nan and inf have no meaning here); write a number",
-                );
-                return Err(at_value(e, Some((text, format)), None));
-            }
-            tree
-        }
-    })
-}
-
-/// The field path (as [`SpecError`] writes it) of the first nan or infinite float in `v`.
-fn non_finite(v: &toml::Value) -> Option<String> {
-    match v {
-        toml::Value::Float(f) if !f.is_finite() => Some(String::new()),
-        toml::Value::Table(t) => t.iter().find_map(|(k, v)| {
-            let rest = non_finite(v)?;
-            let key = if position::steps(k).is_some_and(|s| s.len() == 1) {
-                k.clone()
-            } else {
-                echo(k)
-            };
-            Some(match rest.as_str() {
-                "" => key,
-                r if r.starts_with('[') => format!("{key}{r}"),
-                r => format!("{key}.{r}"),
-            })
-        }),
-        toml::Value::Array(a) => a.iter().enumerate().find_map(|(i, v)| {
-            let rest = non_finite(v)?;
-            Some(match rest.as_str() {
-                "" => format!("[{i}]"),
-                r if r.starts_with('[') => format!("[{i}]{r}"),
-                r => format!("[{i}].{r}"),
-            })
-        }),
-        _ => None,
-    }
-}
-
 /// [`parse_apps`] of a config already read into a tree, e.g. one made or edited by a program
 /// (`reload --set`, `import pm2`). Errors have no line and column: no one wrote that text.
 pub fn parse_config(tree: serde_json::Value) -> Result<Vec<AppSpec>, SpecError> {
@@ -746,137 +680,6 @@ fn no_twice<'a>(
         ));
     }
     Ok(())
-}
-
-/// `e`, of the app at `apps[index]` (or the only one), with the line and column of its field's
-/// value when `source` is the text and its parser tells them.
-fn at_value(e: SpecError, source: Option<(&str, Format)>, index: Option<usize>) -> SpecError {
-    use position::{Step, steps, value_at};
-    let Some((text, format)) = source else {
-        return e;
-    };
-    let mut path: Vec<Step> = index.map_or(Vec::new(), |i| {
-        vec![Step::Key("apps".into()), Step::Index(i)]
-    });
-    let Some(at) = steps(&e.field).and_then(|steps| {
-        path.extend(steps);
-        value_at(text, format, &path)
-    }) else {
-        return e;
-    };
-    let message = format!("{} (line {}, column {})", e.message, at.0, at.1);
-    SpecError { message, ..e }
-}
-
-fn syntax_error(msg: &str) -> SpecError {
-    SpecError::new("file", msg.to_string())
-}
-
-/// The strict parse of a file's tree, keeping the path to what it refuses.
-fn strict<T: serde::de::DeserializeOwned>(
-    tree: &serde_json::Value,
-) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
-    serde_path_to_error::deserialize(tree)
-}
-
-/// A line and column (1-based) in a file's text.
-type Position = (u64, u64);
-
-/// The strict parse's error, naming the app (by its name, else its place in `apps`) and the field
-/// at fault, and where the format tells it (`located`, asked only here) the line and column.
-fn field_error(
-    tree: &serde_json::Value,
-    err: serde_path_to_error::Error<serde_json::Error>,
-    located: impl FnOnce() -> Option<(String, Position)>,
-) -> SpecError {
-    use serde_path_to_error::Segment;
-    let path = err.path().to_string();
-    let segments: Vec<&Segment> = err.path().iter().collect();
-    // `{"apps": [...]}`: the app is the element of `apps` the path goes through.
-    let (app, rest) = match segments.as_slice() {
-        [Segment::Map { key }, Segment::Seq { index }, rest @ ..] if key == "apps" => {
-            match tree["apps"][*index]["name"].as_str() {
-                Some(name) => (Some(name.to_string()), rest),
-                None => (None, &segments[..]),
-            }
-        }
-        [Segment::Map { key }, ..] if key == "apps" => (None, &segments[..]),
-        all => (tree["name"].as_str().map(str::to_string), all),
-    };
-    let mut field = String::new();
-    for segment in rest {
-        match segment {
-            Segment::Seq { index } => field.push_str(&format!("[{index}]")),
-            Segment::Map { key } => {
-                if !field.is_empty() {
-                    field.push('.');
-                }
-                // A key is the user's text (an env name): quoted when it would not print as it is.
-                if key.chars().all(|c| c.is_ascii_graphic()) {
-                    field.push_str(key);
-                } else {
-                    field.push_str(&echo(key));
-                }
-            }
-            Segment::Enum { .. } => {}
-            Segment::Unknown => {
-                if !field.is_empty() {
-                    field.push('.');
-                }
-                field.push('?');
-            }
-        }
-    }
-    if field.is_empty() {
-        field = "file".to_string();
-    }
-    let mut message = plain_types(&err.inner().to_string());
-    // The native parse must fail at the same place for its position to be this error's.
-    if let Some((at, (line, column))) = located()
-        && at == path
-    {
-        message.push_str(&format!(" (line {line}, column {column})"));
-    }
-    let e = SpecError::new(&field, message);
-    match app {
-        Some(name) => e.in_app(&name),
-        None => e,
-    }
-}
-
-/// serde's messages name Rust's integer types (`expected u32`): say what they hold instead.
-fn plain_types(message: &str) -> String {
-    const TYPES: [(&str, &str); 8] = [
-        ("expected u8", "expected a whole number from 0 to 255"),
-        ("expected u16", "expected a whole number from 0 to 65535"),
-        (
-            "expected u32",
-            "expected a whole number from 0 to 4294967295",
-        ),
-        ("expected u64", "expected a whole number 0 or more"),
-        (
-            "expected i32",
-            "expected a whole number from -2147483648 to 2147483647",
-        ),
-        ("expected i64", "expected a whole number"),
-        ("expected f32", "expected a number"),
-        ("expected f64", "expected a number"),
-    ];
-    let mut out = message.to_string();
-    for (rust, plain) in TYPES {
-        // Whole words only: `expected u32` and not a prefix of a longer name.
-        let mut from = 0;
-        while let Some(at) = out[from..].find(rust).map(|i| i + from) {
-            let end = at + rust.len();
-            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-                from = end;
-                continue;
-            }
-            out.replace_range(at..end, plain);
-            from = at + plain.len();
-        }
-    }
-    out
 }
 
 impl RawApp {

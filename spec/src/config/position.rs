@@ -14,7 +14,8 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{Format, Position};
+use super::Format;
+use super::text::Position;
 
 /// Where the format's own parser stops on the same text: the path it failed at, and the line
 /// and column, for formats whose parser tells them.
