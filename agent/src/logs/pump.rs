@@ -10,9 +10,11 @@
 //! kept files shift, the oldest beyond `log_retain` goes) and opens a new one. So no file ever
 //! holds more than `log_max_size` (a line longer than that is cut over files), an instance's
 //! files per stream never more than `log_max_size × (log_retain + 1)`, and nothing is lost to a
-//! copy and truncate. Whatever an instance writes, the pump makes it wait only for the disk: it
-//! reads as fast as the pipe fills, holds at most one read buffer, and a full pipe makes the
-//! instance's write block, never grow a file past its bound.
+//! copy and truncate. This holds too when two pumps write one path, as the old and the new
+//! process of an index do during a rolling update: each write locks the file and rotates under
+//! the lock (see [`LogWriter`]). Whatever an instance writes, the pump makes it wait only for
+//! the disk: it reads as fast as the pipe fills, holds at most one read buffer, and a full pipe
+//! makes the instance's write block, never grow a file past its bound.
 //!
 //! Why not let instances write their files directly (as they once did, rotated by copy and
 //! truncate once a second): then nothing bounds a file between two passes. A program writing
@@ -41,7 +43,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -140,15 +142,26 @@ impl PumpTarget {
 /// Appends output to a pump's file (stamped, with timestamps), rotating the file by rename
 /// before a write would take it past its limit.
 ///
+/// Other pumps may write the same path at the same time: during a rolling update the new
+/// process of an index runs beside the old one, and a restarted instance's old pump may still
+/// be draining its pipe. So each write takes an exclusive `flock` on the file, checks that the
+/// path still names it (else another pump rotated it: the path is opened again), takes its
+/// size from the file rather than from what this pump wrote, and rotates under the lock. The
+/// limit then holds for the pumps together, a rotation is never undone or repeated by another,
+/// and no pump writes into a file that was rotated away (which `logs -f` no longer follows).
+///
 /// A write that fails (disk full, log directory removed) is reported once and its bytes are
 /// dropped; the next write opens the file again. The pump never stops reading for it: an
 /// instance whose pipe has no reader dies, one whose pipe is not read blocks.
 pub struct LogWriter {
     target: PumpTarget,
-    /// The open file and its size.
-    file: Option<(File, u64)>,
+    /// The file last written, kept open between writes: whether the path still names it is
+    /// checked at the next, under its lock.
+    file: Option<File>,
     at_line_start: bool,
     failing: bool,
+    /// The file system refused a lock once (reported); writes go on unlocked.
+    lock_refused: bool,
 }
 impl LogWriter {
     pub fn new(target: PumpTarget) -> LogWriter {
@@ -157,6 +170,7 @@ impl LogWriter {
             file: None,
             at_line_start: true,
             failing: false,
+            lock_refused: false,
         }
     }
 
@@ -189,36 +203,96 @@ impl LogWriter {
         }
     }
 
+    /// Appends `bytes` to the file the path names, under its lock (see the type's doc),
+    /// rotating it first when full.
     fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
-        if let Some((file, _)) = &self.file
-            && file.metadata()?.nlink() == 0
-        {
-            // Removed (`rm`, the log directory deleted): write where `logs` will look.
-            self.file = None;
-        }
+        let path = &self.target.path;
+        let mut file = match self.file.take() {
+            Some(file) => file,
+            None => open_append(path)?,
+        };
+        let mut reopened = 0;
         while !bytes.is_empty() {
-            if self.file.is_none() {
-                let file = open_append(&self.target.path)?;
-                let len = file.metadata()?.len();
-                self.file = Some((file, len));
-            }
-            let Some((file, len)) = self.file.as_mut() else {
-                return Err(io::Error::other("no log file"));
+            let lock = match lock_exclusive(&file) {
+                Ok(lock) => Some(lock),
+                // A file system without locks (some FUSE ones): one pump alone stays right,
+                // and dropping the output would be worse than two pumps racing.
+                Err(e) => {
+                    if !self.lock_refused {
+                        self.lock_refused = true;
+                        tracing::warn!("cannot lock {}: {e}; writing it unlocked", path.display());
+                    }
+                    None
+                }
+            };
+            let Some(len) = size_if_named(&file, path)? else {
+                // Rotated by another pump, or removed (`rm`, the log directory deleted): write
+                // where `logs` looks. A second turn means the path changed again between the
+                // open and the lock; bounded, so that a rename loop outside the pumps costs
+                // this write, not the pump's reading.
+                reopened += 1;
+                if reopened > MAX_REOPENS {
+                    return Err(io::Error::other(
+                        "the log file is replaced as fast as it is opened",
+                    ));
+                }
+                drop(lock);
+                file = open_append(path)?;
+                continue;
             };
             let n = match self.target.max_bytes {
                 None => bytes.len(),
-                Some(max) => split_at_room(bytes, max.saturating_sub(*len), *len == 0),
+                Some(max) => split_at_room(bytes, max.saturating_sub(len), len == 0),
             };
-            file.write_all(&bytes[..n])?;
-            *len += n as u64;
+            (&file).write_all(&bytes[..n])?;
             bytes = &bytes[n..];
             if !bytes.is_empty() {
-                // Full: what is left goes into a fresh file.
-                self.file = None;
-                rotate_by_rename(&self.target.path, self.target.keep)?;
+                // Full: what is left goes into a fresh file. Renamed under the lock, so that no
+                // other pump writes into it once it is `.1`, nor rotates it too.
+                rotate_by_rename(path, self.target.keep)?;
+                drop(lock);
+                file = open_append(path)?;
             }
         }
+        self.file = Some(file);
         Ok(())
+    }
+}
+/// How often one write opens its path again because the file it named changed before it was
+/// locked.
+const MAX_REOPENS: u32 = 64;
+/// An exclusive `flock` on a log file, held by one pump while it checks, writes and rotates
+/// the file, released when dropped.
+struct FileLock<'a>(&'a File);
+impl Drop for FileLock<'_> {
+    fn drop(&mut self) {
+        // Closing the file would release it too; an error here leaves it to that.
+        let _ = rustix::fs::flock(self.0, rustix::fs::FlockOperation::Unlock);
+    }
+}
+/// Waits for the exclusive lock of `file`: the lock of the open file itself (the inode), not
+/// of its path, so that a pump still holding the file another rotated finds out under the
+/// lock, and a lock file next to it is not needed (nor left behind).
+fn lock_exclusive(file: &File) -> io::Result<FileLock<'_>> {
+    loop {
+        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
+            Ok(()) => return Ok(FileLock(file)),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+/// The size of `file` when `path` names it still; `None` when it names another file or none.
+/// With rustix's `fstat` and `stat`: std's metadata calls cost a third more, and these run at
+/// every write.
+fn size_if_named(file: &File, path: &Path) -> io::Result<Option<u64>> {
+    let held = rustix::fs::fstat(file)?;
+    match rustix::fs::stat(path) {
+        Ok(named) if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) => {
+            Ok(Some(u64::try_from(held.st_size).unwrap_or(0)))
+        }
+        Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 /// Copies one pipe into its log file (stamped, with timestamps) until the pipe ends (every

@@ -240,3 +240,188 @@ fn pump_arguments() {
     assert_eq!(plain.args(None).len(), 4);
     assert!(PUMP_NAME.to_bytes().len() <= 15);
 }
+/// Every file of `path`, oldest first: the rotated ones from the highest number down, then the
+/// live one; none past `.limit`.
+fn files_oldest_first(path: &Path, limit: u32) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = (1..=limit)
+        .map(|n| rotated(path, n))
+        .take_while(|p| p.exists())
+        .collect();
+    files.reverse();
+    files.push(path.to_path_buf());
+    files
+}
+/// Two pumps of one path (a rolling update's old and new process of an index, or a restart
+/// whose old pump still drains), taking turns in one thread so that every interleaving is the
+/// one written down. After every turn: no file over the limit (the two together used to make
+/// one of about twice the limit), and the last line just written is the last line of the live
+/// file (a pump whose file the other rotated used to go on writing into `.1`, which `logs -f`
+/// no longer follows). With room for every rotated file, every line is kept exactly once.
+#[test]
+fn two_writers_of_one_path_share_its_bound_and_its_rotation() {
+    // (max bytes, keep, turns: (writer, lines written in one write))
+    type Case = (u64, u32, &'static [(usize, usize)]);
+    let cases: [Case; 5] = [
+        (
+            50,
+            50,
+            &[(0, 3), (1, 3), (0, 1), (1, 1), (0, 1), (1, 1), (0, 4)],
+        ),
+        (50, 50, &[(0, 4), (1, 4), (0, 1), (0, 1), (1, 1), (1, 1)]),
+        (
+            100,
+            50,
+            &[(0, 1), (1, 9), (0, 1), (1, 1), (0, 9), (1, 2), (0, 2)],
+        ),
+        // One rotation by each in turn: the other's next line follows into the new file.
+        (
+            30,
+            50,
+            &[(0, 3), (1, 1), (0, 3), (1, 1), (0, 1), (1, 3), (0, 1)],
+        ),
+        // Nothing kept: the full file is removed, the next line still reaches the live one.
+        (40, 0, &[(0, 4), (1, 2), (0, 2), (1, 1), (0, 1)]),
+    ];
+    for (case, (max, keep, turns)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shared.log");
+        let mut writers: Vec<LogWriter> = (0..2)
+            .map(|_| {
+                LogWriter::new(PumpTarget {
+                    path: path.clone(),
+                    max_bytes: Some(max),
+                    keep,
+                    timestamps: false,
+                })
+            })
+            .collect();
+        let mut next = [0u32; 2];
+        let mut written = Vec::new();
+        for (turn, &(w, lines)) in turns.iter().enumerate() {
+            let mut chunk = String::new();
+            for _ in 0..lines {
+                // 9 bytes a line.
+                let line = format!("w{w} {:05}", next[w]);
+                next[w] += 1;
+                chunk.push_str(&line);
+                chunk.push('\n');
+                written.push(line);
+            }
+            writers[w].write(chunk.as_bytes());
+            let at = format!("case {case} turn {turn}");
+            for file in files_oldest_first(&path, keep + 1) {
+                let len = std::fs::metadata(&file).map_or(0, |m| m.len());
+                assert!(len <= max, "{at}: {} holds {len} bytes", file.display());
+            }
+            let live = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                live.lines().last(),
+                written.last().map(String::as_str),
+                "{at}: the line just written is not the live file's last"
+            );
+        }
+        if keep > 0 {
+            let mut kept: Vec<String> = files_oldest_first(&path, keep + 1)
+                .iter()
+                .flat_map(|f| {
+                    let text = std::fs::read_to_string(f).unwrap_or_default();
+                    text.lines().map(str::to_string).collect::<Vec<_>>()
+                })
+                .collect();
+            kept.sort();
+            written.sort();
+            assert_eq!(kept, written, "case {case}: every line once");
+        }
+    }
+}
+/// Pumps of one path in threads of their own (so in parallel, each with its own open file as
+/// separate pump processes have), writing many lines in chunks of varying size while the file
+/// rotates every few writes: every line is kept exactly once and in its pump's order (given
+/// rotated files enough to keep them all), no file passes the limit, and a line each pump
+/// writes once all are done, after many rotations by the others, goes into the live file.
+#[test]
+fn pumps_in_parallel_on_one_path_keep_every_line_once_within_the_limit() {
+    const PUMPS: usize = 3;
+    const LINES: u32 = 4000;
+    let max = 2048u64;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rolling.log");
+    // About 16 bytes a line: some 24,000 lines in 2 KiB files.
+    let keep = 400;
+    let start = std::sync::Arc::new(std::sync::Barrier::new(PUMPS));
+    let threads: Vec<_> = (0..PUMPS)
+        .map(|p| {
+            let start = start.clone();
+            let mut writer = LogWriter::new(PumpTarget {
+                path: path.clone(),
+                max_bytes: Some(max),
+                keep,
+                timestamps: false,
+            });
+            std::thread::spawn(move || {
+                start.wait();
+                let mut chunk = String::new();
+                for i in 0..LINES {
+                    chunk.push_str(&format!("p{p} {i:05} {}\n", "x".repeat(i as usize % 9)));
+                    // Chunks of 1 to 13 lines, as a pipe's reads may bring.
+                    if (i + p as u32).is_multiple_of(13) || i + 1 == LINES {
+                        writer.write(chunk.as_bytes());
+                        chunk.clear();
+                    }
+                }
+                writer
+            })
+        })
+        .collect();
+    let mut writers: Vec<LogWriter> = threads
+        .into_iter()
+        .map(|t| t.join().expect("pump thread"))
+        .collect();
+    let live_last = || {
+        let live = std::fs::read_to_string(&path).expect("the live file");
+        live.lines().last().map(str::to_string)
+    };
+    for (p, writer) in writers.iter_mut().enumerate() {
+        writer.write(format!("p{p} {LINES:05}\n").as_bytes());
+        assert_eq!(
+            live_last(),
+            Some(format!("p{p} {LINES:05}")),
+            "pump {p}'s line after the others' rotations is not in the live file"
+        );
+    }
+    let files = files_oldest_first(&path, keep + 1);
+    assert!(
+        !rotated(&path, keep).exists(),
+        "not enough rotated files kept to check every line: {}",
+        files.len()
+    );
+    let mut seen: Vec<Vec<u32>> = vec![Vec::new(); PUMPS];
+    for file in &files {
+        let text = std::fs::read_to_string(file).expect("read");
+        assert!(
+            text.len() as u64 <= max,
+            "{} holds {} bytes",
+            file.display(),
+            text.len()
+        );
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{}",
+            file.display()
+        );
+        for line in text.lines() {
+            let (pump, rest) = line.split_once(' ').expect("a pump's line");
+            let p: usize = pump[1..].parse().expect("a pump number");
+            seen[p].push(rest[..5].parse().expect("a line number"));
+        }
+    }
+    for (p, numbers) in seen.iter().enumerate() {
+        let want: Vec<u32> = (0..=LINES).collect();
+        assert!(
+            *numbers == want,
+            "pump {p}: {} lines, the first out of place: {:?}",
+            numbers.len(),
+            numbers.iter().zip(0..).find(|(n, i)| *n != i)
+        );
+    }
+}
