@@ -149,6 +149,8 @@ impl PumpTarget {
 /// size from the file rather than from what this pump wrote, and rotates under the lock. The
 /// limit then holds for the pumps together, a rotation is never undone or repeated by another,
 /// and no pump writes into a file that was rotated away (which `logs -f` no longer follows).
+/// What the lock does not do: keep lines whole between pumps. A read of a pipe may end inside
+/// a line, and another pump's write may land before the rest of it.
 ///
 /// A write that fails (disk full, log directory removed) is reported once and its bytes are
 /// dropped; the next write opens the file again. The pump never stops reading for it: an
