@@ -413,8 +413,13 @@ pub fn step(
                 continue;
             };
             out.replace.push(old.id);
-            // Past the surge budget, the old one goes first (counts as unavailable).
-            if in_flight + starts >= policy.max_surge && old.draining_since.is_none() {
+            // Past the surge budget, the old one goes first (counts as unavailable); not from a
+            // draining node, where its going frees no room: its replacement goes to another
+            // node beside it, or waits while it serves.
+            if in_flight + starts >= policy.max_surge
+                && old.draining_since.is_none()
+                && !fact(&old.id).node_draining
+            {
                 out.drain.push(old.id);
             }
             starts += 1;

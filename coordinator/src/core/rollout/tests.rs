@@ -441,6 +441,43 @@ fn an_unplaced_replacement_does_not_stop_a_copy_on_a_draining_node() {
         200,
         "drain 1; running 0/1",
     );
+    // Past the surge budget (none; or the second of a wave of two unavailable), a copy on an
+    // open node goes first, one on a draining node does not.
+    let no_surge = UpdatePolicy {
+        max_surge: 0,
+        max_unavailable: 1,
+        ..policy()
+    };
+    check(
+        &d,
+        &no_surge,
+        1,
+        "0:1*0",
+        10,
+        "replace 1; drain 1; running 0/1",
+    );
+    check(&d, &no_surge, 1, "0:1*0^", 10, "replace 1; running 0/1");
+    let wave = UpdatePolicy {
+        max_surge: 1,
+        max_unavailable: 1,
+        ..policy()
+    };
+    check(
+        &d,
+        &wave,
+        2,
+        "0:1*0 1:1*0",
+        10,
+        "replace 1,2; drain 2; running 0/2",
+    );
+    check(
+        &d,
+        &wave,
+        2,
+        "0:1*0^ 1:1*0^",
+        10,
+        "replace 1,2; running 0/2",
+    );
 }
 
 /// Stop-then-start (one node, a fixed port): the replacement waits unplaced while its old copy
