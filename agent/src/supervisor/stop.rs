@@ -28,16 +28,25 @@ impl Supervisor {
     /// SIGKILL to all of them after the kill timeout. Returns once the leader has ended and
     /// nothing of its family is left.
     pub(super) async fn stop(&self, mut r: Running) -> Exit {
-        self.set_state(InstanceState::Stopping, "");
+        // A restart the agent makes said why just before (`stopping_for`); any other stop (a
+        // user's stop, restart or delete) clears the reason the last restart left.
+        self.agent.state.update(&self.id, |s| {
+            if s.state != InstanceState::Stopping {
+                s.message.clear();
+            }
+            s.state = InstanceState::Stopping;
+        });
         let pgid = r.proc.pid;
         let grace = r.spec.kill_timeout;
-        let deadline = Instant::now() + grace;
         let signal = stop_signal(r.spec.supervision.stop_signal);
         // Who is in the family now: descendants that called setsid are not in the group, and
         // once the leader is gone nothing else links them to it.
         let mut family = self.agent.state.family(&self.id);
         family.extend(family_off_runtime(pgid, r.cgroup.as_deref()).await);
         signal_group(pgid, signal);
+        // The grace counts from the signal, not from before the family scan (a blocking
+        // thread's, which may queue in a mass stop).
+        let deadline = Instant::now() + grace;
         let mut signalled = std::collections::BTreeSet::new();
         for p in &family {
             if process::read_stat(p.pid).is_some_and(|s| s.pgrp != pgid) {

@@ -376,5 +376,20 @@ async fn a_restart_says_why_while_it_stops() {
         restarted.message.starts_with("restarted: unhealthy"),
         "{restarted:?}"
     );
+    // A user's stop does not read as that restart still: the reason goes.
+    let mut stop = assignment("h", 0, &spec);
+    stop.run = false;
+    s.desired(2, vec![stop]).await;
+    let r = s
+        .report_where("h stopping at the user's word", |r| {
+            is_state(r, "h", pb::InstanceState::Stopping)
+        })
+        .await;
+    let stopping = instance(&r, "h").cloned().unwrap_or_default();
+    s.report_where("h stopped", |r| {
+        is_state(r, "h", pb::InstanceState::Stopped)
+    })
+    .await;
+    assert_eq!(stopping.message, "", "{stopping:?}");
     must(agent.stop().await, "agent result");
 }
