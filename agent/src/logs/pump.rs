@@ -214,6 +214,10 @@ impl LogWriter {
             None => open_append(path)?,
         };
         let mut reopened = 0;
+        // This write rotated the file: a line that does not fit is cut from here on, though
+        // another pump may have put a line into the fresh file meanwhile. Waiting for an empty
+        // file instead rotated again at each such line, each time pushing a kept file out.
+        let mut rotated_here = false;
         while !bytes.is_empty() {
             let lock = match lock_exclusive(&file) {
                 Ok(lock) => Some(lock),
@@ -244,7 +248,9 @@ impl LogWriter {
             };
             let n = match self.target.max_bytes {
                 None => bytes.len(),
-                Some(max) => split_at_room(bytes, max.saturating_sub(len), len == 0),
+                Some(max) => {
+                    split_at_room(bytes, max.saturating_sub(len), len == 0 || rotated_here)
+                }
             };
             (&file).write_all(&bytes[..n])?;
             bytes = &bytes[n..];
@@ -252,6 +258,7 @@ impl LogWriter {
                 // Full: what is left goes into a fresh file. Renamed under the lock, so that no
                 // other pump writes into it once it is `.1`, nor rotates it too.
                 rotate_by_rename(path, self.target.keep)?;
+                rotated_here = true;
                 drop(lock);
                 file = open_append(path)?;
             }
