@@ -168,12 +168,24 @@ pub fn label_unmatchable(key: &str, value: &str) -> Option<String> {
         .err()
         .map(|e| {
             let label = pmcluster_spec::echo(&format!("{key}={value}"));
-            // The constraint parser's own words, without its advice on writing constraints.
-            let why = e.message.split("; ").next().unwrap_or(&e.message);
-            let why = why.strip_prefix(label.as_str()).unwrap_or(why).trim_start();
+            // The constraint parser's own words after its echo of the label, without its advice
+            // on writing constraints (the label itself may hold "; ").
+            let why = e.message.strip_prefix(label.as_str()).unwrap_or(&e.message);
+            let advice = [
+                "; write key=value",
+                "; for any of",
+                "; to exclude",
+                "; \"==\"",
+            ];
+            let end = (advice.iter())
+                .filter_map(|a| why.find(a))
+                .min()
+                .unwrap_or(why.len());
+            let why = why[..end].trim_start();
             format!(
-                "--label {label}: no placement constraint can match it (it {why}); use letters, \
-                 digits and . _ - / : + in label keys and values"
+                "--label {label}: no placement constraint can match it (it {why}); label keys \
+                 take ASCII letters, digits and . _ - /, values anything but spaces, commas, \
+                 parentheses, = ! and quotes"
             )
         })
 }
@@ -513,6 +525,8 @@ mod tests {
         }
         for (key, value, want) in [
             ("zone", "eu west", "whitespace"),
+            ("zone", "a; b", "whitespace in its value \"a; b\")"),
+            ("k8s:zone", "a", "bad label key \"k8s:zone\")"),
             ("tier", "a,b", "','"),
             ("my zone", "a", "bad label key"),
         ] {
