@@ -123,6 +123,14 @@ impl Control {
         let (commands_tx, commands) = mpsc::channel(256);
         let (closer, closed) = watch::channel(());
         let now = inner.now;
+        // Down in this coordinator's view, not merely awaited after a load (its down time is
+        // then still ahead): only such a node's stale copies were replaced or removed while it
+        // was away, as their events say. A coordinator that restarted cannot tell why the copies
+        // an agent holds went, and says nothing of them.
+        let was_down = inner
+            .nodes
+            .get(&name)
+            .is_some_and(|l| l.session.is_none() && l.down_since_ms.is_some_and(|at| at <= now));
         let live = inner
             .nodes
             .entry(name.clone())
@@ -166,8 +174,10 @@ impl Control {
         let cluster_id = inner.state.cluster_id.clone();
         // A quarantined node keeps what it holds until its adoption.
         let stale = match &quarantine {
-            None => moved::stale_copies(&inner.state, &name, &reg.held, forgotten.is_some()),
-            Some(_) => Vec::new(),
+            None if was_down || forgotten.is_some() => {
+                moved::stale_copies(&inner.state, &name, &reg.held, forgotten.is_some())
+            }
+            _ => Vec::new(),
         };
         drop(inner);
         if let Some(old) = renamed {

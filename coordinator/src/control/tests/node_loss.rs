@@ -171,3 +171,35 @@ fn many_lost_instances_are_one_event() -> Result<()> {
     );
     Ok(())
 }
+
+/// A node a coordinator never saw down (it took over, or restarted, with the node's agent
+/// still running what a removal it did not deliver left) says nothing of the copies it holds
+/// whose records went: the new coordinator cannot tell why they went, and "removed while b was
+/// down" would be false.
+#[test]
+fn a_node_not_seen_down_has_no_returning_copies_to_tell_of() -> Result<()> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let clock = Arc::new(ManualClock::new(T0, 17));
+    let config = ControlConfig {
+        heartbeat_timeout: Duration::from_secs(10),
+        ..ControlConfig::default()
+    };
+    let before = Control::open_with(store.clone(), config.clone(), clock.clone())?;
+    let _a = before.attach(&register("a"), None)?;
+    let _b = before.attach(&register("b"), None)?;
+    before.apply(web(4))?;
+    let returning = registration_of(&before, "b");
+    assert!(!returning.held.is_empty(), "b runs some of web");
+    before.delete_app("web")?;
+    drop(before);
+    // The next coordinator loads the store; b's agent, still holding its copies, finds it.
+    clock.advance_ms(1_000);
+    let c = Control::open_with(store, config, clock)?;
+    let _b = c.attach(&returning, None)?;
+    let said: Vec<String> = (c.recent_events("web", None, 1000).into_iter())
+        .map(|e| e.message)
+        .filter(|m| m.contains(" on b stopped"))
+        .collect();
+    assert!(said.is_empty(), "{said:?}");
+    Ok(())
+}
