@@ -164,30 +164,14 @@ pub fn parse_label(value: &str) -> Result<(String, String), ConfigError> {
 /// ASCII and its value holds no space, comma, parenthesis, `=`, `!` or quote, so apps can only
 /// match such a label by its key's presence. Said once at start, where the operator looks.
 pub fn label_unmatchable(key: &str, value: &str) -> Option<String> {
-    pmcluster_spec::placement::Constraint::parse("--label", &format!("{key}={value}"))
-        .err()
-        .map(|e| {
-            let label = pmcluster_spec::echo(&format!("{key}={value}"));
-            // The constraint parser's own words after its echo of the label, without its advice
-            // on writing constraints (the label itself may hold "; ").
-            let why = e.message.strip_prefix(label.as_str()).unwrap_or(&e.message);
-            let advice = [
-                "; write key=value",
-                "; for any of",
-                "; to exclude",
-                "; \"==\"",
-            ];
-            let end = (advice.iter())
-                .filter_map(|a| why.find(a))
-                .min()
-                .unwrap_or(why.len());
-            let why = why[..end].trim_start();
-            format!(
-                "--label {label}: no placement constraint can match it (it {why}); label keys \
-                 take ASCII letters, digits and . _ - /, values anything but spaces, commas, \
-                 parentheses, = ! and quotes"
-            )
-        })
+    pmcluster_spec::placement::label_fault(key, value).map(|why| {
+        let label = pmcluster_spec::echo(&format!("{key}={value}"));
+        format!(
+            "--label {label}: no placement constraint can match it (it {why}); label keys \
+             take ASCII letters, digits and . _ - /, values anything but spaces, commas, \
+             parentheses, = ! and quotes"
+        )
+    })
 }
 
 impl RawConfig {

@@ -87,28 +87,50 @@ fn key_ok(k: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
 }
 
+/// Why no constraint can name the node label `key=value`, if none can: a node started with
+/// such a label is placed only by constraints that ignore it. Said without advice on writing
+/// constraints, since the fault is in the label (`has a bad label key "k8s:zone"`).
+pub fn label_fault(key: &str, value: &str) -> Option<String> {
+    if !key_ok(key) {
+        return Some(format!("has a bad label key {}", echo(key)));
+    }
+    // An empty value is matched by `key` (exists), so only a value's characters can be at fault.
+    let c = value_char_fault(value)?;
+    Some(value_char_message(c, value))
+}
+
+/// The first character of `v` that a constraint's value cannot hold. Node labels may hold any
+/// text, but a value with a space, comma, parenthesis, `=` or `!` (or a quote) is far likelier a
+/// typo for another operator than a label that really reads so; any other character
+/// (`kernel=6.1.0+deb12`) is the label's.
+fn value_char_fault(v: &str) -> Option<char> {
+    v.chars().find(|c| {
+        c.is_whitespace() || c.is_control() || matches!(c, ',' | '(' | ')' | '=' | '!' | '"' | '\'')
+    })
+}
+
+fn value_char_message(c: char, v: &str) -> String {
+    let what = match c {
+        c if c.is_whitespace() => "whitespace".to_string(),
+        c => format!("{c:?}"),
+    };
+    format!("has {what} in its value {}", echo(v))
+}
+
 /// Why `v`, which follows the operator `op`, cannot be a label value in a constraint, if it
-/// cannot. Node labels may hold any text, but a value with a space, comma, parenthesis, `=` or
-/// `!` (or a quote) is far likelier a typo for another operator than a label that really reads so; any other
-/// character (`kernel=6.1.0+deb12`) is the label's.
+/// cannot, with advice when the value looks like another operator's.
 fn value_fault(v: &str, op: &str) -> Option<String> {
     if v.is_empty() {
         return Some(format!("has no value after {op:?}"));
     }
-    let c = v.chars().find(|c| {
-        c.is_whitespace() || c.is_control() || matches!(c, ',' | '(' | ')' | '=' | '!' | '"' | '\'')
-    })?;
+    let c = value_char_fault(v)?;
     let hint = match (c, op) {
         (',' | '(' | ')', "=") => "; for any of several values write key in (a,b)",
         (',' | '(' | ')', "!=") => "; to exclude several values write key not in (a,b)",
         ('=', "=") if v.starts_with('=') => "; \"==\" is not an operator",
         _ => "",
     };
-    let what = match c {
-        c if c.is_whitespace() => "whitespace".to_string(),
-        c => format!("{c:?}"),
-    };
-    Some(format!("has {what} in its value {}{hint}", echo(v)))
+    Some(format!("{}{hint}", value_char_message(c, v)))
 }
 
 fn parse_constraint(field: &str, s: &str, reading: Reading) -> Result<Constraint, SpecError> {
@@ -446,6 +468,34 @@ mod tests {
         for bad in ["", "=eu", "a b", "region in ()", "!", "k in"] {
             assert!(Constraint::parse_held("c", bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_label_is_at_fault_exactly_when_no_constraint_names_it() {
+        let labels = [
+            ("zone", "a", None),
+            ("kernel", "6.1.0+deb12", None),
+            ("rack", "r1:u3", None),
+            (
+                "zone",
+                "eu west",
+                Some("has whitespace in its value \"eu west\""),
+            ),
+            ("tier", "a,b", Some("has ',' in its value \"a,b\"")),
+            ("k", "==x", Some("has '=' in its value \"==x\"")),
+            ("k8s:zone", "a", Some("has a bad label key \"k8s:zone\"")),
+            ("", "a", Some("has a bad label key \"\"")),
+        ];
+        for (key, value, want) in labels {
+            let fault = label_fault(key, value);
+            assert_eq!(fault.as_deref(), want, "{key}={value}");
+            let named = Constraint::parse("c", &format!("{key}={value}"))
+                .is_ok_and(|c| c == Constraint::Eq(key.into(), value.into()));
+            assert_eq!(named, fault.is_none(), "{key}={value}");
+        }
+        // An empty value is named by the key alone.
+        assert_eq!(label_fault("zone", ""), None);
+        assert!(Constraint::parse("c", "zone").is_ok());
     }
 
     #[test]
