@@ -353,7 +353,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
                 args.app, d.to_version, d.from_version, args.app
             ))?;
-            if let Some(note) = fixed_port_note(&mut conn, &args.app, &new.port).await {
+            if let Some(note) = rollout_note(&mut conn, &args.app, &new.port).await {
                 eprintln!("{note}");
             }
         }
@@ -368,26 +368,45 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// A rollout of an app with fixed ports on a cluster of one ready node replaces each instance
-/// stop-then-start: a replacement never shares a node with the instance that holds its port.
-/// A trial's `reload` (PM2's word for "without downtime") dropped requests, unsaid.
-async fn fixed_port_note(conn: &mut Conn, app: &str, port: &PortSpec) -> Option<String> {
-    if !matches!(port, PortSpec::Single(_) | PortSpec::Range(..)) {
-        return None;
-    }
+/// What a person should know of the nodes before a rollout of `app` runs.
+/// - With no ready node, no replacement can start: the old instances serve on and the rollout
+///   waits, then fails at its `progress_deadline`. A drain left on during a `reload` looked like
+///   a hang.
+/// - With fixed ports and one ready node, each instance is replaced stop-then-start: a
+///   replacement never shares a node with the instance that holds its port. A trial's `reload`
+///   (PM2's word for "without downtime") dropped requests, unsaid.
+async fn rollout_note(conn: &mut Conn, app: &str, port: &PortSpec) -> Option<String> {
     let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
         .await
         .ok()?;
     let ready = (nodes.nodes.iter())
         .filter(|n| n.status == pb::NodeStatus::Ready as i32)
         .count();
-    (ready <= 1).then(|| {
-        format!(
-            "note: {app} has fixed ports and one node to run on, so each instance is stopped \
-             before its replacement starts (a short gap per instance); `auto:` ports (with \
-             `pmcluster endpoints {app}` for the load balancer) give updates without downtime"
-        )
-    })
+    if ready == 0 {
+        let mut seen: Vec<String> = (nodes.nodes.iter().take(3))
+            .map(|n| format!("{} {}", n.name, output::node_status_name(n.status)))
+            .collect();
+        if nodes.nodes.len() > 3 {
+            seen.push(format!("{} more", nodes.nodes.len() - 3));
+        }
+        let seen = match seen.is_empty() {
+            true => "no node has joined".to_string(),
+            false => seen.join(", "),
+        };
+        return Some(format!(
+            "note: no node is ready to take {app}'s new instances ({seen}), so the old ones \
+             keep serving and the rollout waits; it fails at its progress_deadline unless a \
+             node is undrained (pmcluster undrain NODE) or joins"
+        ));
+    }
+    if !matches!(port, PortSpec::Single(_) | PortSpec::Range(..)) || ready > 1 {
+        return None;
+    }
+    Some(format!(
+        "note: {app} has fixed ports and one node to run on, so each instance is stopped \
+         before its replacement starts (a short gap per instance); `auto:` ports (with \
+         `pmcluster endpoints {app}` for the load balancer) give updates without downtime"
+    ))
 }
 
 /// What `reload` and `restart --rolling` say of an update policy their flags changed: it is
@@ -557,7 +576,7 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
             Err(_) => None,
         };
         if let Some(port) = port
-            && let Some(note) = fixed_port_note(&mut conn, app, &port).await
+            && let Some(note) = rollout_note(&mut conn, app, &port).await
         {
             eprintln!("{note}");
         }

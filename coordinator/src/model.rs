@@ -90,11 +90,12 @@ impl AppRecord {
 
     /// Whether the rollout to the app's version failed and was not rolled back: the instances
     /// still on an earlier version keep it (they are what serves) until an undo or a new
-    /// version, as the old side of a failed Kubernetes deployment does.
+    /// version, as the old side of a failed Kubernetes deployment does. A failed rolling restart
+    /// holds nothing: its instances all run the app's version, restarted or not.
     pub fn held_by_failure(&self) -> bool {
-        self.deployment
-            .as_ref()
-            .is_some_and(|d| d.state == State::Failed && d.to_version == self.version)
+        self.deployment.as_ref().is_some_and(|d| {
+            d.state == State::Failed && d.to_version == self.version && d.kind != Kind::Restart
+        })
     }
 
     /// The version that still serves after a failed rollout was left standing, while its spec

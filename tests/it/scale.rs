@@ -582,6 +582,24 @@ fn rolling_restart_wait_ends_with_its_rollout() {
         }
     });
 
+    // With the only node draining, no new instance can start anywhere: said, since the
+    // rollout then only waits (a trial's drain left on during a reload looked like a hang).
+    c.cli(&["drain", "node-a"]).assert_ok();
+    let out = c.cli(&["restart", "web", "--rolling"]);
+    out.assert_ok();
+    assert!(
+        out.stderr
+            .contains("note: no node is ready to take web's new instances (node-a draining)"),
+        "{out}"
+    );
+    c.cli(&["undrain", "node-a"]).assert_ok();
+    let out = c.cli(&["rollout", "status", "web", "--wait"]);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "the restart goes on once undrained: {out}"
+    );
+
     // The first run serves; every later one serves for half a second, then exits 1.
     let mark = c.root().join("flap-ran");
     let script = format!(

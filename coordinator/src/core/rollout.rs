@@ -361,7 +361,10 @@ pub fn step(
     if let Some(why) = failure {
         next.state = State::Failed;
         next.message = why;
-        out.rollback = policy.auto_rollback && d.kind != Kind::Rollback;
+        // Only a new version has something to roll back to. A failed rollback is not rolled
+        // back again, and a rolling restart's "previous version" is its own: rolling it back
+        // is another restart, which would wait out the same deadline for the same reason.
+        out.rollback = policy.auto_rollback && d.kind == Kind::Update;
         // Stop what was starting; the old instances still serve.
         out.replace.clear();
         out.drain.clear();

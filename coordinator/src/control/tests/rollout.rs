@@ -602,3 +602,36 @@ fn a_drain_of_the_only_node_during_a_rolling_update_takes_no_index_down() -> Res
     );
     Ok(())
 }
+
+/// A rolling restart that fails (here: its only node drains, so no replacement can go anywhere
+/// until the progress deadline) is not rolled back: the rollback of a restart was another
+/// restart, waiting out the same deadline. Nor does it stand in the way of the next one, as a
+/// failed new version does: every instance runs the app's version either way.
+#[test]
+fn a_failed_rolling_restart_is_not_rolled_back_and_holds_nothing() -> Result<()> {
+    let r = Rolling::start(2, Duration::from_secs(1))?;
+    r.c.set_drain("a", true)?;
+    let restart = r.c.restart_rolling("web")?;
+    let failed = (0..70).any(|_| {
+        r.second(None);
+        r.ended(restart.id)
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.state == State::Failed)
+    });
+    assert!(failed, "{:?}", r.c.rollouts("web")?);
+    for _ in 0..5 {
+        r.second(None);
+    }
+    let rollouts = r.c.rollouts("web")?;
+    let ended = deployment(&r.c, "web", restart.id)?.map(|d| d.state);
+    assert_eq!(ended, Some(State::Failed), "{rollouts:?}");
+    assert!(
+        (rollouts.current.iter().chain(&rollouts.history)).all(|d| d.id <= restart.id),
+        "no rollback after it: {rollouts:?}"
+    );
+    r.c.set_drain("a", false)?;
+    let again = r.c.restart_rolling("web")?;
+    assert!(again.id > restart.id, "{again:?}");
+    Ok(())
+}

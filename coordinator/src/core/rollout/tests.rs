@@ -212,6 +212,9 @@ fn failure_and_rollback() {
         ..deployment(Kind::Update)
     };
     check(&rb, &p, 2, "0:1*0 1:1*0 0:2@0", 1001, "failed 0/2");
+    // Nor does a rolling restart: its rollback would be the same restart again.
+    let restart = deployment(Kind::Restart);
+    check(&restart, &p, 2, "0:1*0 1:1*0 0:1e1@0", 1001, "failed 0/2");
     // No progress at all for progress_deadline.
     let stuck = Deployment {
         progress_ms: 0,
