@@ -52,7 +52,7 @@ pub(super) fn moved_events(inner: &Inner, plan: &Plan, now: i64) -> Vec<MovedEve
             "{app}: {} instances moved off {from} ({}): {placed} placed on other nodes, \
              {pending} pending",
             placed + pending,
-            lost_brief(since, now)
+            lost_phrase("down", since, now)
         );
         if let Some(why) = reconcile::pending_reason(plan, app).filter(|_| pending > 0) {
             text.push_str(": ");
@@ -71,18 +71,12 @@ pub(super) fn said_by_moves(plan: &Plan) -> BTreeSet<(&str, u32)> {
         .collect()
 }
 
-/// How a lost node is lost, after its name: `down for 31.0s`, or `forgotten`.
-fn lost_phrase(since: Option<i64>, now: i64) -> String {
+/// How a lost node is lost: `forgotten`, or `down` and how long. After the node's name that
+/// reads `down for 31.0s`, in brackets after it `down 31.0s`: `down` is the words before the
+/// time.
+fn lost_phrase(down: &str, since: Option<i64>, now: i64) -> String {
     match since {
-        Some(at) => format!("down for {}", super::seconds_phrase(now.saturating_sub(at))),
-        None => "forgotten".to_string(),
-    }
-}
-
-/// The same, in brackets after the node: `down 31.0s`, or `forgotten`.
-fn lost_brief(since: Option<i64>, now: i64) -> String {
-    match since {
-        Some(at) => format!("down {}", super::seconds_phrase(now.saturating_sub(at))),
+        Some(at) => format!("{down} {}", super::seconds_phrase(now.saturating_sub(at))),
         None => "forgotten".to_string(),
     }
 }
@@ -197,7 +191,7 @@ fn lost_text(
     if m.to.is_empty() {
         let text = format!(
             "{app}[{index}] moved off {from} ({}): pending",
-            lost_brief(since, now)
+            lost_phrase("down", since, now)
         );
         return match pending {
             Some(why) if !why.is_empty() => format!("{text}, {why}"),
@@ -212,7 +206,7 @@ fn lost_text(
     format!(
         "{app}[{index}] moved from {from} to {}{stopped}: node {from} {}",
         m.to,
-        lost_phrase(since, now)
+        lost_phrase("down for", since, now)
     )
 }
 
