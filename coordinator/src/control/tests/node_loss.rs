@@ -60,48 +60,59 @@ fn texts(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.message.clone()).collect()
 }
 
-/// The indices `b` held.
-fn held_indices(returning: &Registration) -> Vec<u32> {
-    let mut indices: Vec<u32> = returning.held.iter().map(|a| a.index).collect();
-    indices.sort_unstable();
-    indices
+/// Checks that `web` spread as `spread_as` after `b`'s loss, its moves said in one event,
+/// `want`, and no placement said beside it (one line per move); returns that event.
+fn moved_once(c: &Control, spread_as: &str, want: &str) -> Event {
+    assert_eq!(spread(c, "web"), spread_as);
+    let moved = since_the_loss(c, EventKind::InstanceMoved);
+    assert_eq!(texts(&moved), [want]);
+    let placed = since_the_loss(c, EventKind::InstancePlaced);
+    assert!(placed.is_empty(), "one line per move: {:?}", texts(&placed));
+    moved[0].clone()
+}
+
+/// `b` registers as `returning`: checks that one event, `want`, followed the one of its loss
+/// (the old copies its agent still runs), and returns that event.
+fn b_returns(c: &Control, returning: &Registration, want: &str) -> Result<(Attached, Event)> {
+    let b = c.attach(returning, None)?;
+    let moved = since_the_loss(c, EventKind::InstanceMoved);
+    assert_eq!(texts(&moved[1..]), [want]);
+    Ok((b, moved[1].clone()))
+}
+
+/// The index of the one of web's two instances `b` held.
+fn held_index(returning: &Registration) -> u32 {
+    let [held] = &returning.held[..] else {
+        panic!("one of web's two instances on b: {:?}", returning.held);
+    };
+    held.index
 }
 
 #[test]
 fn a_node_loss_says_where_from_and_why_once_per_index() -> Result<()> {
     let (c, clock, a, returning) = two_nodes(web(2))?;
-    let [index] = held_indices(&returning)[..] else {
-        panic!("one of web's two instances on b: {:?}", returning.held);
-    };
+    let index = held_index(&returning);
     lose_b_for(&c, &clock, &a, 29)?;
     assert!(
         since_the_loss(&c, EventKind::InstanceMoved).is_empty(),
         "not lost for reschedule_after yet"
     );
     pass(&c, &clock, &a, 2);
-    assert_eq!(spread(&c, "web"), "a:2");
-    let moved = since_the_loss(&c, EventKind::InstanceMoved);
-    assert_eq!(
-        texts(&moved),
-        [format!(
-            "web[{index}] moved from b to a: node b down for 30.0s"
-        )]
+    let moved = moved_once(
+        &c,
+        "a:2",
+        &format!("web[{index}] moved from b to a: node b down for 30.0s"),
     );
-    assert_eq!((moved[0].node.as_str(), moved[0].index), ("b", Some(index)));
-    let placed = since_the_loss(&c, EventKind::InstancePlaced);
-    assert!(placed.is_empty(), "one line per move: {:?}", texts(&placed));
+    assert_eq!((moved.node.as_str(), moved.index), ("b", Some(index)));
 
     // b returns with the old copy still running: its agent is told to stop it, and an event
     // says why.
-    let _b = c.attach(&returning, None)?;
-    let moved = since_the_loss(&c, EventKind::InstanceMoved);
-    assert_eq!(
-        texts(&moved[1..]),
-        [format!(
-            "web[{index}] on b stopped: replaced on a while b was down"
-        )]
-    );
-    assert_eq!(moved[1].node, "b");
+    let (_b, stopped) = b_returns(
+        &c,
+        &returning,
+        &format!("web[{index}] on b stopped: replaced on a while b was down"),
+    )?;
+    assert_eq!(stopped.node, "b");
     assert!(
         since_the_loss(&c, EventKind::InstanceState).is_empty(),
         "nothing removed without a replacement"
@@ -119,31 +130,23 @@ fn a_lost_instance_no_node_takes_says_it_waits_and_why() -> Result<()> {
     let mut spec = web(2);
     spec.placement.max_per_node = Some(1);
     let (c, clock, a, returning) = two_nodes(spec)?;
-    let [index] = held_indices(&returning)[..] else {
-        panic!("one of web's two instances on b: {:?}", returning.held);
-    };
+    let index = held_index(&returning);
     lose_b_for(&c, &clock, &a, 31)?;
-    assert_eq!(spread(&c, "web"), "-:1 a:1");
-    let moved = since_the_loss(&c, EventKind::InstanceMoved);
-    assert_eq!(
-        texts(&moved),
-        [format!(
+    moved_once(
+        &c,
+        "-:1 a:1",
+        &format!(
             "web[{index}] moved off b (down 30.0s): pending, no ready node below 1 instance of \
              the app (2 nodes: 1 not ready, 1 at the per-node limit)"
-        )]
+        ),
     );
-    let placed = since_the_loss(&c, EventKind::InstancePlaced);
-    assert!(placed.is_empty(), "one line per move: {:?}", texts(&placed));
 
     // Back: the pending copy is placed there, and the old one stops.
-    let _b = c.attach(&returning, None)?;
-    let moved = since_the_loss(&c, EventKind::InstanceMoved);
-    assert_eq!(
-        texts(&moved[1..]),
-        [format!(
-            "web[{index}] on b stopped: replaced while b was down, by a new copy there"
-        )]
-    );
+    b_returns(
+        &c,
+        &returning,
+        &format!("web[{index}] on b stopped: replaced while b was down, by a new copy there"),
+    )?;
     Ok(())
 }
 
@@ -154,21 +157,17 @@ fn many_lost_instances_are_one_event() -> Result<()> {
     let (c, clock, a, returning) = two_nodes(web(50))?;
     assert_eq!(returning.held.len(), 25);
     lose_b_for(&c, &clock, &a, 31)?;
-    assert_eq!(spread(&c, "web"), "a:50");
-    let moved = since_the_loss(&c, EventKind::InstanceMoved);
-    assert_eq!(
-        texts(&moved),
-        ["web: 25 instances moved off b (down 30.0s): 25 placed on other nodes, 0 pending"]
+    let moved = moved_once(
+        &c,
+        "a:50",
+        "web: 25 instances moved off b (down 30.0s): 25 placed on other nodes, 0 pending",
     );
-    assert_eq!((moved[0].node.as_str(), moved[0].index), ("b", None));
-    let placed = since_the_loss(&c, EventKind::InstancePlaced);
-    assert!(placed.is_empty(), "{:?}", texts(&placed));
-    let _b = c.attach(&returning, None)?;
-    let moved = since_the_loss(&c, EventKind::InstanceMoved);
-    assert_eq!(
-        texts(&moved[1..]),
-        ["web: 25 instances on b stopped: replaced or removed while b was down"]
-    );
+    assert_eq!((moved.node.as_str(), moved.index), ("b", None));
+    b_returns(
+        &c,
+        &returning,
+        "web: 25 instances on b stopped: replaced or removed while b was down",
+    )?;
     Ok(())
 }
 
