@@ -306,6 +306,13 @@ fn check(apps: &str, instances: &str, nodes: &str, now_ms: i64, want: &str) {
     assert_eq!(reconcile(snap), plan, "not deterministic");
 }
 
+/// A finished job (exited, autorestart off) on node `a`, `nodes` at `now_ms` moving it off:
+/// it moves to `b` stopped, not run again, and its move says it finished.
+fn check_finished_job_moves(nodes: &str, now_ms: i64) {
+    let want = "+job/0@b(stopped) -1 moved(1 a>b finished)";
+    check("job=1 once", "job/0@a%", nodes, now_ms, want);
+}
+
 #[test]
 fn placement_and_scaling() {
     check("web=2", "web/0@a web/1@b", "a; b", 0, "");
@@ -711,13 +718,7 @@ fn drain() {
     );
     // Stopped, or finished (exited with autorestart off): nothing to hand over, so it moves at
     // once and stays stopped, not run again.
-    check(
-        "job=1 once",
-        "job/0@a%",
-        "a drain; b",
-        0,
-        "+job/0@b(stopped) -1 moved(1 a>b finished)",
-    );
+    check_finished_job_moves("a drain; b", 0);
     // Finished while its handoff was under way: the handoff goes on (no stopped copy beside
     // the replacement), and the replacement takes over once online.
     check(
@@ -731,13 +732,7 @@ fn drain() {
     // Exited with autorestart on is a process between restarts: a migration as any other.
     check("job=1", "job/0@a%", "a drain; b", 0, "+job/0@b>1");
     // The same on a lost node: the job is not run again elsewhere.
-    check(
-        "job=1 once",
-        "job/0@a%",
-        "a down=0; b",
-        5000,
-        "+job/0@b(stopped) -1 moved(1 a>b finished)",
-    );
+    check_finished_job_moves("a down=0; b", 5000);
     // No other node: the migration does not start, and the instance keeps running.
     check(
         "web=1",

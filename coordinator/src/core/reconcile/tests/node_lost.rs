@@ -39,13 +39,7 @@ fn a_lost_nodes_moves_say_since_when() {
         "+web/0@b(stopped) -1 moved(1 a>b nodelost down@0)",
     );
     // A finished job says that it is not run again, not where it was lost: one line per move.
-    check(
-        "job=1 once",
-        "job/0@a%",
-        "a down=0; b",
-        5000,
-        "+job/0@b(stopped) -1 moved(1 a>b finished)",
-    );
+    check_finished_job_moves("a down=0; b", 5000);
     // A stopped one on a draining node that is up just moves, as the drain said it would.
     check("web=1", "web/0@a#", "a drain; b", 0, "+web/0@b(stopped) -1");
 }
