@@ -154,6 +154,10 @@ struct NodeLive {
     held: Vec<Assignment>,
     /// Held instances the agent sent that could not be read: counted in the node's view.
     held_unreadable: usize,
+    /// The held copies whose stops an event has said (see `moved::stale_copies`): a link that
+    /// drops and comes back before its agent applied its set lists them again, and a second
+    /// event would tell of a second stop.
+    told_stale: BTreeSet<Uuid>,
     /// Highest desired-set generation the agent reported applying.
     reported_generation: u64,
     /// Adopted by an operator and not yet confirmed by a report: its sets carry `adopt`.
@@ -444,6 +448,7 @@ fn new_node_live(now: i64) -> NodeLive {
         down_unannounced: false,
         held: Vec::new(),
         held_unreadable: 0,
+        told_stale: BTreeSet::new(),
         reported_generation: 0,
         adopting: false,
         memory_sampled_ms: i64::MIN,

@@ -213,24 +213,33 @@ fn lost_text(
 /// The events of the copies a returning node's agent still runs whose records went while it
 /// was away (replaced elsewhere, or removed by a scale-down or a delete): its first set leaves
 /// them out, so its agent stops them. One per copy, or past [`EVENTS_PER_WRITE`] of an app, one
-/// for them all. `forgotten`: it was away as a forgotten node.
+/// for them all. `forgotten`: it was away as a forgotten node. `told`: the copies an earlier
+/// return of the node told of, which are not told of again (its agent had not applied the set
+/// that stops them when its link dropped); left as the stale copies it holds now, so that a
+/// copy it no longer runs is not remembered.
 pub(super) fn stale_copies(
     state: &Persisted,
     node: &str,
     held: &[Assignment],
     forgotten: bool,
+    told: &mut BTreeSet<Uuid>,
 ) -> Vec<(EventKind, String, Option<u32>, String)> {
     let away = match forgotten {
         true => format!("after {node} was forgotten"),
         false => format!("while {node} was down"),
     };
     let mut per_app: BTreeMap<&str, Vec<&Assignment>> = BTreeMap::new();
+    let mut stale_now = BTreeSet::new();
     // A held copy its agent does not run (a user stopped it) has nothing to stop.
     for a in held.iter().filter(|a| a.run) {
         if !state.instances.contains_key(&a.id) {
-            per_app.entry(a.spec.name.as_str()).or_default().push(a);
+            stale_now.insert(a.id);
+            if !told.contains(&a.id) {
+                per_app.entry(a.spec.name.as_str()).or_default().push(a);
+            }
         }
     }
+    *told = stale_now;
     let mut out = Vec::new();
     for (app, mut stale) in per_app {
         if stale.len() > EVENTS_PER_WRITE {

@@ -173,10 +173,15 @@ impl Control {
         }
         let cluster_id = inner.state.cluster_id.clone();
         // A quarantined node keeps what it holds until its adoption.
-        let stale = match &quarantine {
-            None if was_down || forgotten.is_some() => {
-                moved::stale_copies(&inner.state, &name, &reg.held, forgotten.is_some())
-            }
+        let Inner { state, nodes, .. } = &mut *inner;
+        let stale = match (&quarantine, nodes.get_mut(&name)) {
+            (None, Some(live)) if was_down || forgotten.is_some() => moved::stale_copies(
+                state,
+                &name,
+                &reg.held,
+                forgotten.is_some(),
+                &mut live.told_stale,
+            ),
             _ => Vec::new(),
         };
         drop(inner);

@@ -171,6 +171,47 @@ fn many_lost_instances_are_one_event() -> Result<()> {
     Ok(())
 }
 
+/// A link that drops and comes back before the agent applied the set its return sent, so that
+/// it still runs the old copies: their stops were said at the first return, and are not said
+/// again at the second.
+#[test]
+fn a_flapping_return_tells_of_each_old_copy_once() -> Result<()> {
+    let (c, clock, a, _) = two_nodes(web(2))?;
+    let mut api = web(2);
+    api.name = "api".into();
+    c.apply(api)?;
+    let returning = registration_of(&c, "b");
+    let index_of = |app: &str| {
+        let held: Vec<u32> = (returning.held.iter())
+            .filter(|h| h.spec.name == app)
+            .map(|h| h.index)
+            .collect();
+        assert_eq!(held.len(), 1, "one of {app}'s two instances on b");
+        held[0]
+    };
+    let (w, i) = (index_of("web"), index_of("api"));
+    // api's copy on b is removed while b is down, web's replaced on a.
+    lose_b_for(&c, &clock, &a, 1)?;
+    c.delete_app("api")?;
+    pass(&c, &clock, &a, 30);
+    let told = |c: &Control| -> Vec<String> {
+        (c.recent_events("", None, 1000).into_iter())
+            .map(|e| e.message)
+            .filter(|m| m.contains(" on b stopped"))
+            .collect()
+    };
+    let want = [
+        format!("api[{i}] on b stopped: removed while b was down"),
+        format!("web[{w}] on b stopped: replaced on a while b was down"),
+    ];
+    let _b = c.attach(&returning, None)?;
+    assert_eq!(told(&c), want);
+    lose_b_for(&c, &clock, &a, 1)?;
+    let _b = c.attach(&returning, None)?;
+    assert_eq!(told(&c), want, "said once per copy");
+    Ok(())
+}
+
 /// A node a coordinator never saw down (it took over, or restarted, with the node's agent
 /// still running what a removal it did not deliver left) says nothing of the copies it holds
 /// whose records went: the new coordinator cannot tell why they went, and "removed while b was
