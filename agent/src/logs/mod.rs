@@ -3,13 +3,15 @@
 //! never the whole file), following them as they grow, and answering the coordinator's
 //! `LogRequest`s with `LogChunk`s.
 //!
-//! Parts: this file names the files and rotates them; [`pump`] writes them; [`tail`] reads
-//! their last lines and follows them; `serve` answers the coordinator's log requests.
+//! Parts: this file names the files and rotates them; [`pump`] writes them; `lock` keeps their
+//! writers apart; [`tail`] reads their last lines and follows them; `serve` answers the
+//! coordinator's log requests.
 //!
 //! Log tasks only read files and send through the link's bounded log queue; when the queue is full
 //! they wait. They never touch a supervisor, so a slow reader cannot hold an instance up (the
 //! instance, or its pump, writes straight into its files).
 pub mod host;
+mod lock;
 pub mod pump;
 mod serve;
 pub mod tail;

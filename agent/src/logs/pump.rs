@@ -54,6 +54,7 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::lock::lock_exclusive;
 use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
@@ -270,27 +271,6 @@ impl LogWriter {
 /// How often one write opens its path again because the file it named changed before it was
 /// locked.
 const MAX_REOPENS: u32 = 64;
-/// An exclusive `flock` on a log file, held by one pump while it checks, writes and rotates
-/// the file, released when dropped.
-struct FileLock<'a>(&'a File);
-impl Drop for FileLock<'_> {
-    fn drop(&mut self) {
-        // Closing the file would release it too; an error here leaves it to that.
-        let _ = rustix::fs::flock(self.0, rustix::fs::FlockOperation::Unlock);
-    }
-}
-/// Waits for the exclusive lock of `file`: the lock of the open file itself (the inode), not
-/// of its path, so that a pump still holding the file another rotated finds out under the
-/// lock, and a lock file next to it is not needed (nor left behind).
-fn lock_exclusive(file: &File) -> io::Result<FileLock<'_>> {
-    loop {
-        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(FileLock(file)),
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 /// The size of `file` when `path` names it still; `None` when it names another file or none.
 /// With rustix's `fstat` and `stat`: std's metadata calls cost a third more, and these run at
 /// every write.
