@@ -1,6 +1,22 @@
 //! The lock every writer of a log file takes around a write or a rotation of it.
 use std::fs::File;
 use std::io;
+use std::time::{Duration, Instant};
+
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
+
+/// How long a writer waits for a log file's lock before it goes on without it. A pump holds
+/// the lock for one write and perhaps a rotation: well under a millisecond on a local disk, a
+/// few on a slow one. Held longer, it is held by something else (a backup script's `flock`),
+/// maybe for minutes, and waiting for that would stop the pump reading, fill the instance's
+/// pipe and block the instance at its next write. Unlocked, a writer races only the other
+/// pumps of its path, which share one only during a rolling update.
+pub(super) const LOCK_WAIT: Duration = Duration::from_millis(200);
+/// Between two tries for a lock that is held: another pump lets it go within one write. Tries
+/// rather than a blocking `flock` cut short by a timer signal, which is the whole process's,
+/// and an agent without its helper pumps in threads of its own.
+const LOCK_RETRY: Duration = Duration::from_millis(1);
 
 /// An exclusive `flock` on a log file, held by one writer while it checks, writes and rotates
 /// the file, released when dropped.
@@ -8,17 +24,28 @@ pub(super) struct FileLock<'a>(&'a File);
 impl Drop for FileLock<'_> {
     fn drop(&mut self) {
         // Closing the file would release it too; an error here leaves it to that.
-        let _ = rustix::fs::flock(self.0, rustix::fs::FlockOperation::Unlock);
+        let _ = rustix::fs::flock(self.0, FlockOperation::Unlock);
     }
 }
-/// Waits for the exclusive lock of `file`: the lock of the open file itself (the inode), not
-/// of its path, so that a pump still holding the file another rotated finds out under the
-/// lock, and a lock file next to it is not needed (nor left behind).
-pub(super) fn lock_exclusive(file: &File) -> io::Result<FileLock<'_>> {
+/// The exclusive lock of `file`, waited for up to `wait`; `None` when it is still held by then.
+/// The lock of the open file itself (the inode), not of its path, so that a pump still holding
+/// the file another rotated finds out under the lock, and a lock file next to it is not needed
+/// (nor left behind). Blocking (it sleeps between tries): for a pump, or a blocking task.
+pub(super) fn lock_within(file: &File, wait: Duration) -> io::Result<Option<FileLock<'_>>> {
+    // Taken at the first refusal only: a lock nobody holds costs one call, as before the bound.
+    let mut deadline = None;
     loop {
-        match rustix::fs::flock(file, rustix::fs::FlockOperation::LockExclusive) {
-            Ok(()) => return Ok(FileLock(file)),
-            Err(rustix::io::Errno::INTR) => {}
+        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(Some(FileLock(file))),
+            Err(Errno::INTR) => {}
+            Err(Errno::WOULDBLOCK) => {
+                let now = Instant::now();
+                let deadline = *deadline.get_or_insert(now + wait);
+                if now >= deadline {
+                    return Ok(None);
+                }
+                std::thread::sleep(LOCK_RETRY.min(deadline - now));
+            }
             Err(e) => return Err(e.into()),
         }
     }

@@ -54,7 +54,7 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::lock::lock_exclusive;
+use super::lock::{LOCK_WAIT, lock_within};
 use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
@@ -145,13 +145,14 @@ impl PumpTarget {
 ///
 /// Other pumps may write the same path at the same time: during a rolling update the new
 /// process of an index runs beside the old one, and a restarted instance's old pump may still
-/// be draining its pipe. So each write takes an exclusive `flock` on the file, checks that the
-/// path still names it (else another pump rotated it: the path is opened again), takes its
-/// size from the file rather than from what this pump wrote, and rotates under the lock. The
-/// limit then holds for the pumps together, a rotation is never undone or repeated by another,
-/// and no pump writes into a file that was rotated away (which `logs -f` no longer follows).
-/// What the lock does not do: keep lines whole between pumps. A read of a pipe may end inside
-/// a line, and another pump's write may land before the rest of it.
+/// be draining its pipe. So each write takes an exclusive `flock` on the file (waiting for it
+/// [`LOCK_WAIT`] at most, see there why), checks that the path still names it (else another
+/// pump rotated it: the path is opened again), takes its size from the file rather than from
+/// what this pump wrote, and rotates under the lock. The limit then holds for the pumps
+/// together, a rotation is never undone or repeated by another, and no pump writes into a file
+/// that was rotated away (which `logs -f` no longer follows). What the lock does not do: keep
+/// lines whole between pumps. A read of a pipe may end inside a line, and another pump's write
+/// may land before the rest of it.
 ///
 /// A write that fails (disk full, log directory removed) is reported once and its bytes are
 /// dropped; the next write opens the file again. The pump never stops reading for it: an
@@ -165,6 +166,13 @@ pub struct LogWriter {
     failing: bool,
     /// The file system refused a lock once (reported); writes go on unlocked.
     lock_refused: bool,
+    /// The last try found the lock held past [`LOCK_WAIT`], by something other than a pump:
+    /// until the lock is got again, a write tries once and goes on unlocked, rather than
+    /// wait the bound again at every read of the pipe. The price, while the lock is held so: a
+    /// write may race another pump's.
+    lock_held_long: bool,
+    /// That was reported (once: a script holding the lock every hour would repeat it).
+    lock_held_told: bool,
 }
 impl LogWriter {
     pub fn new(target: PumpTarget) -> LogWriter {
@@ -174,6 +182,8 @@ impl LogWriter {
             at_line_start: true,
             failing: false,
             lock_refused: false,
+            lock_held_long: false,
+            lock_held_told: false,
         }
     }
 
@@ -220,8 +230,28 @@ impl LogWriter {
         // file instead rotated again at each such line, each time pushing a kept file out.
         let mut rotated_here = false;
         while !bytes.is_empty() {
-            let lock = match lock_exclusive(&file) {
-                Ok(lock) => Some(lock),
+            let wait = if self.lock_held_long {
+                Duration::ZERO
+            } else {
+                LOCK_WAIT
+            };
+            let lock = match lock_within(&file, wait) {
+                Ok(Some(lock)) => {
+                    self.lock_held_long = false;
+                    Some(lock)
+                }
+                Ok(None) => {
+                    self.lock_held_long = true;
+                    if !self.lock_held_told {
+                        self.lock_held_told = true;
+                        tracing::warn!(
+                            "{} stays locked by another process past {LOCK_WAIT:?}; writing it \
+                             unlocked while it is",
+                            path.display()
+                        );
+                    }
+                    None
+                }
                 // A file system without locks (some FUSE ones): one pump alone stays right,
                 // and dropping the output would be worse than two pumps racing.
                 Err(e) => {

@@ -425,3 +425,44 @@ fn pumps_in_parallel_on_one_path_keep_every_line_once_within_the_limit() {
         );
     }
 }
+/// A lock on the file held outside the pumps (a backup script's `flock`) holds a write up by
+/// [`LOCK_WAIT`] at most: then the bytes go in unlocked, rather than the pump stopping reading
+/// and the instance blocking on its next write once the pipe is full. The writes after it do
+/// not wait the whole bound again while the lock stays held, which would let the pump read
+/// only one chunk per bound.
+#[test]
+fn a_lock_held_outside_the_pumps_delays_a_write_only_briefly() {
+    const MORE: u32 = 20;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("held.log");
+    // An open file of its own: a lock of another process, as far as `flock` is concerned.
+    let outsider = File::create(&path).expect("create");
+    rustix::fs::flock(&outsider, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    let target = PumpTarget {
+        path: path.clone(),
+        max_bytes: Some(1 << 20),
+        keep: 1,
+        timestamps: false,
+    };
+    let (done, writes) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut writer = LogWriter::new(target);
+        writer.write(b"first\n");
+        let more = std::time::Instant::now();
+        for _ in 0..MORE {
+            writer.write(b"more\n");
+        }
+        let _ = done.send(more.elapsed());
+    });
+    // The old pump waited here for as long as the lock was held: this test's whole life.
+    let more = writes
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the writes end while the lock is held");
+    assert!(
+        more < LOCK_WAIT * MORE / 4,
+        "{MORE} writes took {more:?} while the lock was held"
+    );
+    let want = format!("first\n{}", "more\n".repeat(MORE as usize));
+    assert_eq!(std::fs::read_to_string(&path).ok(), Some(want));
+    drop(outsider);
+}
