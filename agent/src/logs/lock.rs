@@ -33,18 +33,17 @@ impl Drop for FileLock<'_> {
 /// (nor left behind). Blocking (it sleeps between tries): for a pump, or a blocking task.
 pub(super) fn lock_within(file: &File, wait: Duration) -> io::Result<Option<FileLock<'_>>> {
     // Taken at the first refusal only: a lock nobody holds costs one call, as before the bound.
-    let mut deadline = None;
+    let mut first_refusal = None;
     loop {
         match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return Ok(Some(FileLock(file))),
             Err(Errno::INTR) => {}
             Err(Errno::WOULDBLOCK) => {
-                let now = Instant::now();
-                let deadline = *deadline.get_or_insert(now + wait);
-                if now >= deadline {
+                let waited = first_refusal.get_or_insert_with(Instant::now).elapsed();
+                let Some(left) = wait.checked_sub(waited).filter(|left| !left.is_zero()) else {
                     return Ok(None);
-                }
-                std::thread::sleep(LOCK_RETRY.min(deadline - now));
+                };
+                std::thread::sleep(LOCK_RETRY.min(left));
             }
             Err(e) => return Err(e.into()),
         }
