@@ -303,7 +303,7 @@ fn rotate_logs(targets: &[SampleTarget]) {
             let big = std::fs::metadata(path).is_ok_and(|m| m.len() > *max);
             if big
                 && writes_directly(pid)
-                && let Err(e) = rotate_copy_truncate(path, *keep)
+                && let Err(e) = rotate_copy_truncate(path, *keep, *max)
             {
                 tracing::warn!(instance = %t.id, "cannot rotate {}: {e}", path.display());
             }

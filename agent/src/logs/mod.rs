@@ -23,6 +23,8 @@ use std::time::Duration;
 
 use pmcluster_proto::v1 as pb;
 
+use lock::{LOCK_WAIT, lock_within, size_if_named};
+
 pub use host::{HOST_COMMAND, host_process};
 pub use pump::{PUMP_COMMAND, PumpTarget, pump_process};
 pub(crate) use serve::LogRequests;
@@ -79,15 +81,68 @@ pub fn rotation_renames(path: &Path, keep: u32) -> Vec<(PathBuf, PathBuf)> {
         .map(|n| (rotated(path, n), rotated(path, n + 1)))
         .collect()
 }
-/// Rotates a file that a process writes to directly (with `O_APPEND`), by copy and truncate:
-/// shift the kept files, copy the live file to `.1`, truncate the live file to zero.
+/// How often a copy and truncate opens its path again because a pump rotated the file away
+/// before it was locked.
+const COPY_TRUNCATE_TRIES: u32 = 4;
+/// Rotates a file that a process writes to directly (with `O_APPEND`) when it holds more than
+/// `over` bytes, by copy and truncate: shift the kept files, copy the live file to `.1`,
+/// truncate the live file to zero.
 ///
 /// Only for instances adopted from an agent that let them write their files directly (before
 /// every instance's output went through a pump): such an instance holds its file open, and the
 /// agent cannot make it reopen one. It bounds nothing (the file grows as fast as the instance
-/// writes between two passes) and loses what is written between the copy and the truncate;
-/// the instance's next start puts it behind a pump.
-pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
+/// writes between two passes) and loses what the instance writes between the copy and the
+/// truncate; the instance's next start puts it behind a pump.
+///
+/// That next start may be a rolling update, whose new process's pump writes the same path
+/// beside the adopted one: so the rotation holds the pumps' lock (see [`pump::LogWriter`]),
+/// and a pump's write lands in the copy or after the truncate, not between them. Under the lock
+/// it checks again that the path names the file and that the file is still over `over`: a
+/// pump may have rotated it by rename meanwhile. Like a pump, it waits [`LOCK_WAIT`] at most
+/// for the lock, then rotates without it; and a copy that holds the lock longer than that
+/// (a file of hundreds of megabytes) makes a pump write unlocked.
+pub fn rotate_copy_truncate(path: &Path, keep: u32, over: u64) -> io::Result<()> {
+    copy_truncate_within(path, keep, over, LOCK_WAIT)
+}
+/// [`rotate_copy_truncate`], waiting `wait` at most for the lock.
+fn copy_truncate_within(path: &Path, keep: u32, over: u64, wait: Duration) -> io::Result<()> {
+    for _ in 0..COPY_TRUNCATE_TRIES {
+        let live = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)?;
+        let lock = match lock_within(&live, wait) {
+            Ok(lock) => {
+                if lock.is_none() {
+                    tracing::warn!(
+                        "{} stays locked by another process past {wait:?}; rotating it unlocked",
+                        path.display()
+                    );
+                }
+                lock
+            }
+            // A file system without locks: the rotation is done as it was before the pumps.
+            Err(e) => {
+                tracing::debug!("cannot lock {}: {e}; rotating it unlocked", path.display());
+                None
+            }
+        };
+        match size_if_named(&live, path)? {
+            Some(len) if len > over => {
+                copy_truncate(&live, path, keep)?;
+                drop(lock);
+                return Ok(());
+            }
+            // No longer over: a pump rotated it by rename since the caller looked.
+            Some(_) => return Ok(()),
+            // Rotated by rename between the open and the lock: look at the file it names now.
+            None => {}
+        }
+    }
+    Ok(())
+}
+/// The copy and truncate of [`rotate_copy_truncate`], on `live`, the file `path` names.
+fn copy_truncate(live: &File, path: &Path, keep: u32) -> io::Result<()> {
     if keep > 0 {
         for (from, to) in rotation_renames(path, keep) {
             match std::fs::rename(&from, &to) {
@@ -95,7 +150,7 @@ pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
                 _ => {}
             }
         }
-        let mut src = File::open(path)?;
+        let mut src = live;
         let mut dst = crate::persist::private_file()
             .write(true)
             .create(true)
@@ -108,13 +163,10 @@ pub fn rotate_copy_truncate(path: &Path, keep: u32) -> io::Result<()> {
                 break;
             }
             src.seek(SeekFrom::Start(copied))?;
-            copied += io::copy(&mut (&mut src).take(len - copied), &mut dst)?;
+            copied += io::copy(&mut src.take(len - copied), &mut dst)?;
         }
     }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .set_len(0)
+    live.set_len(0)
 }
 /// Rotation of a file only the agent writes: shift the kept files and rename the live one to
 /// `.1` (nothing is copied, nothing lost). With `keep` 0 the live file is removed.
@@ -182,7 +234,7 @@ mod tests {
         let path = dir.path().join("a.log");
         for round in 1..=5 {
             std::fs::write(&path, format!("round {round}\n")).expect("write");
-            rotate_copy_truncate(&path, 3).expect("rotate");
+            rotate_copy_truncate(&path, 3, 0).expect("rotate");
             assert_eq!(std::fs::metadata(&path).map(|m| m.len()).ok(), Some(0));
         }
         let read = |n| std::fs::read_to_string(rotated(&path, n)).ok();
@@ -192,8 +244,105 @@ mod tests {
         assert_eq!(read(4), None);
         // keep 0: truncate only.
         std::fs::write(&path, "x\n").expect("write");
-        rotate_copy_truncate(&path, 0).expect("rotate");
+        rotate_copy_truncate(&path, 0, 0).expect("rotate");
         assert_eq!(read(1).as_deref(), Some("round 5\n"));
+    }
+    /// A copy and truncate waits for the lock a pump writes under (the new process of an
+    /// index, in a rolling update, beside the adopted one that writes the file itself): the
+    /// pump's write goes into the copy or after the truncate, not between them, where it was
+    /// lost.
+    #[test]
+    fn copy_truncate_waits_for_a_pumps_lock() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "before\n").expect("write");
+        // A pump's open file of its own, as `flock` sees it.
+        let pump = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        rustix::fs::flock(&pump, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+        let (done, rotation) = std::sync::mpsc::channel();
+        let rotating = path.clone();
+        std::thread::spawn(move || {
+            let rotated = copy_truncate_within(&rotating, 2, 0, Duration::from_secs(10));
+            let _ = done.send(rotated.map_err(|e| e.to_string()));
+        });
+        let early = rotation.recv_timeout(Duration::from_millis(100));
+        assert!(early.is_err(), "rotated under a pump's lock: {early:?}");
+        (&pump).write_all(b"under the lock\n").expect("write");
+        rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
+        let result = rotation
+            .recv_timeout(Duration::from_secs(10))
+            .expect("rotated once the lock is let go");
+        assert_eq!(result, Ok(()));
+        let read = |path| std::fs::read_to_string(path).ok();
+        assert_eq!(
+            (read(rotated(&path, 1)), read(path.clone())),
+            (Some("before\nunder the lock\n".into()), Some(String::new()))
+        );
+    }
+    /// A pump that rotated the file by rename while the copy and truncate waited for its lock
+    /// leaves nothing to rotate: the full file is `.1` already, and the one the path names now
+    /// is the pump's fresh one. Neither is copied, shifted nor emptied.
+    #[test]
+    fn copy_truncate_after_a_pumps_rotation_leaves_it_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "full file\n").expect("write");
+        let pump = File::open(&path).expect("open");
+        rustix::fs::flock(&pump, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+        let (done, rotation) = std::sync::mpsc::channel();
+        let rotating = path.clone();
+        std::thread::spawn(move || {
+            let rotated = copy_truncate_within(&rotating, 2, 5, Duration::from_secs(10));
+            let _ = done.send(rotated.map_err(|e| e.to_string()));
+        });
+        // Let the rotation open the full file and wait for its lock, as the pump rotates it.
+        std::thread::sleep(Duration::from_millis(100));
+        rotate_by_rename(&path, 2).expect("rename");
+        std::fs::write(&path, "new\n").expect("write");
+        rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
+        let result = rotation
+            .recv_timeout(Duration::from_secs(10))
+            .expect("done once the lock is let go");
+        assert_eq!(result, Ok(()));
+        let read = |path| std::fs::read_to_string(path).ok();
+        assert_eq!(
+            (
+                read(path.clone()),
+                read(rotated(&path, 1)),
+                read(rotated(&path, 2))
+            ),
+            (Some("new\n".into()), Some("full file\n".into()), None)
+        );
+    }
+    /// A lock held for longer than any pump holds it (a backup script's) delays the rotation by
+    /// [`LOCK_WAIT`] at most: then the file is rotated unlocked, rather than left to grow.
+    #[test]
+    fn copy_truncate_waits_for_a_lock_held_elsewhere_only_briefly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a.log");
+        std::fs::write(&path, "line\n").expect("write");
+        let outsider = File::open(&path).expect("open");
+        rustix::fs::flock(&outsider, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+        let (done, rotation) = std::sync::mpsc::channel();
+        let rotating = path.clone();
+        std::thread::spawn(move || {
+            let rotated = rotate_copy_truncate(&rotating, 1, 0);
+            let _ = done.send(rotated.map_err(|e| e.to_string()));
+        });
+        let result = rotation
+            .recv_timeout(Duration::from_secs(10))
+            .expect("rotated while the lock is held");
+        assert_eq!(result, Ok(()));
+        let read = |path| std::fs::read_to_string(path).ok();
+        assert_eq!(
+            (read(path.clone()), read(rotated(&path, 1))),
+            (Some(String::new()), Some("line\n".into()))
+        );
+        drop(outsider);
     }
     #[test]
     fn rename_rotation() {

@@ -54,7 +54,7 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::lock::{LOCK_WAIT, lock_within};
+use super::lock::{LOCK_WAIT, lock_within, size_if_named};
 use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
@@ -301,19 +301,6 @@ impl LogWriter {
 /// How often one write opens its path again because the file it named changed before it was
 /// locked.
 const MAX_REOPENS: u32 = 64;
-/// The size of `file` when `path` names it still; `None` when it names another file or none.
-/// With rustix's `fstat` and `stat`: std's metadata calls cost a third more, and these run at
-/// every write.
-fn size_if_named(file: &File, path: &Path) -> io::Result<Option<u64>> {
-    let held = rustix::fs::fstat(file)?;
-    match rustix::fs::stat(path) {
-        Ok(named) if (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino) => {
-            Ok(Some(u64::try_from(held.st_size).unwrap_or(0)))
-        }
-        Ok(_) | Err(rustix::io::Errno::NOENT) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
 /// Copies one pipe into its log file (stamped, with timestamps) until the pipe ends (every
 /// process holding its write end exited). Blocking: the body of a pump of one pipe
 /// (`merge_logs`), and of each thread of an agent that pumps in threads.
