@@ -419,24 +419,31 @@ def crash_latency(system, port, n):
         # Past every system's minimum uptime (1 s), so each kill is a "stable" crash.
         time.sleep(1.5)
         pid = listener_pid(port)
-        old_socket = listen_inode(port)
-        if pid is None or old_socket is None:
+        if pid is None:
             note = "no listener found"
+            break
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            note = "the listener ended before the kill"
             break
         t0 = time.perf_counter()
         os.kill(pid, signal.SIGKILL)
+        # The killed process's socket still answers for a few hundred microseconds, until the
+        # kernel closes its files; it reports the exit (to the supervisor, and to this pidfd)
+        # only after, so no restart can answer sooner. A connect before then that the old
+        # socket answered sent the loop into the /proc walk below (2.5-7.5 ms) and the new
+        # socket was seen only after it: the slow half of the samples.
+        try:
+            select.select([pidfd], [], [], 10)
+        finally:
+            os.close(pidfd)
         while True:
             elapsed = time.perf_counter() - t0
             if elapsed > 10:
                 note = "never restarted (waited 10 s)"
                 break
-            # The killed process's socket still answers for a few hundred microseconds, until
-            # the kernel closes its files. Only a connect made while another socket listens
-            # counts: one read of /proc/net/tcp (about 0.1 ms) before each connect tells them
-            # apart. Before, a connect the old socket answered sent the loop into the /proc walk
-            # below (2.5-7.5 ms) and the restart was seen only after it: half the samples.
-            socket_now = listen_inode(port)
-            if socket_now is not None and socket_now != old_socket and port_open(port):
+            if port_open(port):
                 # Timed when the port answers; whose answer it was is checked after, untimed
                 # (the /proc walk takes milliseconds in Python).
                 answered = time.perf_counter() - t0
