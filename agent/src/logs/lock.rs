@@ -14,10 +14,19 @@ use rustix::io::Errno;
 /// pipe and block the instance at its next write. Unlocked, a writer races only the other
 /// pumps of its path, which share one only during a rolling update.
 pub(super) const LOCK_WAIT: Duration = Duration::from_millis(200);
-/// Between two tries for a lock that is held: another pump lets it go within one write. Tries
-/// rather than a blocking `flock` cut short by a timer signal, which is the whole process's,
-/// and an agent without its helper pumps in threads of its own.
-const LOCK_RETRY: Duration = Duration::from_millis(1);
+/// The first pause between two tries for a lock that is held, doubled at each refusal up to
+/// [`LOCK_RETRY_MAX`]: another pump lets it go within one write, tens of microseconds, and a
+/// flat millisecond per refusal cut two flooding pumps of one path (a rolling update of a
+/// chatty app) to about a thousand reads a second. Tries rather than a blocking `flock` cut
+/// short by a timer signal, which is the whole process's, and an agent without its helper
+/// pumps in threads of its own.
+const LOCK_RETRY_FIRST: Duration = Duration::from_micros(20);
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(1);
+/// How long a writer waits for a lock that was last found held past its bound: a little
+/// rather than not at all, so that a pump slowed for a while (descheduled on a loaded host)
+/// does not leave the others writing unlocked for good, and a lock held for minutes outside
+/// costs a write at most this.
+pub(super) const LOCK_WAIT_HELD_LONG: Duration = Duration::from_millis(10);
 
 /// An exclusive `flock` on a log file, held by one writer while it checks, writes and rotates
 /// the file, released when dropped.
@@ -35,6 +44,7 @@ impl Drop for FileLock<'_> {
 pub(super) fn lock_within(file: &File, wait: Duration) -> io::Result<Option<FileLock<'_>>> {
     // Taken at the first refusal only: a lock nobody holds costs one call, as before the bound.
     let mut first_refusal = None;
+    let mut pause = LOCK_RETRY_FIRST;
     loop {
         match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => return Ok(Some(FileLock(file))),
@@ -44,7 +54,8 @@ pub(super) fn lock_within(file: &File, wait: Duration) -> io::Result<Option<File
                 let Some(left) = wait.checked_sub(waited).filter(|left| !left.is_zero()) else {
                     return Ok(None);
                 };
-                std::thread::sleep(LOCK_RETRY.min(left));
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(LOCK_RETRY_MAX);
             }
             Err(e) => return Err(e.into()),
         }

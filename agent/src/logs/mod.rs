@@ -299,8 +299,29 @@ mod tests {
             let rotated = copy_truncate_within(&rotating, 2, 5, Duration::from_secs(10));
             let _ = done.send(rotated.map_err(|e| e.to_string()));
         });
-        // Let the rotation open the full file and wait for its lock, as the pump rotates it.
-        std::thread::sleep(Duration::from_millis(100));
+        // The rotation has the full file open (and waits for its lock) once two of this
+        // process's descriptors name it: the pump's and its own. Then the pump rotates it.
+        let full = std::os::unix::fs::MetadataExt::ino(&pump.metadata().expect("stat"));
+        let opened = || {
+            (std::fs::read_dir("/proc/self/fd")
+                .into_iter()
+                .flatten()
+                .flatten())
+            .filter(|fd| {
+                std::fs::metadata(fd.path())
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == full)
+            })
+            .count()
+                >= 2
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !opened() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rotation never opened the file"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         rotate_by_rename(&path, 2).expect("rename");
         std::fs::write(&path, "new\n").expect("write");
         rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");

@@ -54,7 +54,7 @@ use pmcluster_spec::AppSpec;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::lock::{LOCK_WAIT, lock_within, size_if_named};
+use super::lock::{LOCK_WAIT, LOCK_WAIT_HELD_LONG, lock_within, size_if_named};
 use super::{log_path, log_streams, rotate_by_rename};
 use crate::model::InstanceId;
 use crate::orphans::pump_markers;
@@ -166,10 +166,13 @@ pub struct LogWriter {
     failing: bool,
     /// The file system refused a lock once (reported); writes go on unlocked.
     lock_refused: bool,
-    /// The last try found the lock held past [`LOCK_WAIT`], by something other than a pump:
-    /// until the lock is got again, a write tries once and goes on unlocked, rather than
-    /// wait the bound again at every read of the pipe. The price, while the lock is held so: a
-    /// write may race another pump's.
+    /// How long a write waits for the lock: [`LOCK_WAIT`], longer in tests whose pumps must
+    /// not go unlocked however the host schedules them.
+    lock_wait: Duration,
+    /// The last try found the lock held past `lock_wait`, by something other than a pump:
+    /// until the lock is got again, a write waits [`LOCK_WAIT_HELD_LONG`] and goes on
+    /// unlocked, rather than wait the whole bound again at every read of the pipe. The price,
+    /// while the lock is held so: a write may race another pump's.
     lock_held_long: bool,
     /// That was reported (once: a script holding the lock every hour would repeat it).
     lock_held_told: bool,
@@ -182,8 +185,18 @@ impl LogWriter {
             at_line_start: true,
             failing: false,
             lock_refused: false,
+            lock_wait: LOCK_WAIT,
             lock_held_long: false,
             lock_held_told: false,
+        }
+    }
+
+    /// This writer, waiting `wait` for the file's lock rather than [`LOCK_WAIT`].
+    #[cfg(test)]
+    pub(super) fn waiting(self, wait: Duration) -> LogWriter {
+        LogWriter {
+            lock_wait: wait,
+            ..self
         }
     }
 
@@ -230,10 +243,9 @@ impl LogWriter {
         // file instead rotated again at each such line, each time pushing a kept file out.
         let mut rotated_here = false;
         while !bytes.is_empty() {
-            let wait = if self.lock_held_long {
-                Duration::ZERO
-            } else {
-                LOCK_WAIT
+            let wait = match self.lock_held_long {
+                true => LOCK_WAIT_HELD_LONG.min(self.lock_wait),
+                false => self.lock_wait,
             };
             let lock = match lock_within(&file, wait) {
                 Ok(Some(lock)) => {
@@ -245,9 +257,10 @@ impl LogWriter {
                     if !self.lock_held_told {
                         self.lock_held_told = true;
                         tracing::warn!(
-                            "{} stays locked by another process past {LOCK_WAIT:?}; writing it \
-                             unlocked while it is",
-                            path.display()
+                            "{} stays locked past {:?} (by another process, or a pump of it \
+                             held up); writing it unlocked while it is",
+                            path.display(),
+                            self.lock_wait
                         );
                     }
                     None

@@ -352,12 +352,14 @@ fn pumps_in_parallel_on_one_path_keep_every_line_once_within_the_limit() {
     let threads: Vec<_> = (0..PUMPS)
         .map(|p| {
             let start = start.clone();
+            // However this host schedules the threads, none may go on unlocked here.
             let mut writer = LogWriter::new(PumpTarget {
                 path: path.clone(),
                 max_bytes: Some(max),
                 keep,
                 timestamps: false,
-            });
+            })
+            .waiting(Duration::from_secs(60));
             std::thread::spawn(move || {
                 start.wait();
                 let mut chunk = String::new();
