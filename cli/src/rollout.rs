@@ -804,10 +804,11 @@ fn held_note(app: &str, s: &pb::RolloutStatus) -> Option<String> {
 
 /// The version a failed rollout to the app's version started from, which the instances it did
 /// not replace still run: as the coordinator's `AppRecord::held_by_failure` reads the status.
+/// A failed rolling restart holds nothing: its instances all run the app's version.
 fn held_from(s: &pb::RolloutStatus) -> Option<u64> {
     s.current
         .as_ref()
-        .filter(|c| c.state == "failed" && c.to_version == s.version)
+        .filter(|c| c.state == "failed" && c.to_version == s.version && c.kind != "restart")
         .map(|c| c.from_version)
 }
 

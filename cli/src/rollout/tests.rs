@@ -271,6 +271,26 @@ fn undo_names_the_version_it_restores_and_warns_of_a_bad_one() {
         undo_line("web", None, Some(&failed), &undo)
             .contains("version 6 as version 8 (version 6's rollout failed: web[0] crashed"),
     );
+    // A failed rolling restart holds nothing (found by a review): the undo goes to the version
+    // before, as the coordinator does, not "back" to the version that was restarted.
+    let restarted = pb::RolloutStatus {
+        current: Some(dep(
+            4,
+            "restart",
+            7,
+            7,
+            "failed",
+            "no instance replaced within 60s",
+        )),
+        history: vec![dep(3, "update", 6, 7, "succeeded", "")],
+        versions: vec![5, 6, 7],
+        version: 7,
+    };
+    assert_eq!(
+        undo_line("web", None, Some(&restarted), &undo),
+        "web: rolling back to the spec of version 6 as version 8; follow it with: pmcluster \
+         rollout status web --wait"
+    );
     // Another change came in between the read and the undo: the source is not known for sure.
     let later = dep(5, "rollback", 9, 10, "running", "");
     assert_eq!(

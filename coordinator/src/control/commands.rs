@@ -581,6 +581,23 @@ impl Control {
                 d.to_version, d.from_version, d.to_version, d.from_version
             )));
         }
+        // A rollout of a new version under way (running, paused, or its canaries awaiting a
+        // promotion) still has instances on the version before: a restart would replace them
+        // with the new one past its gates, and if the restart then failed, nothing would hold
+        // them on what serves. A restart under way is only superseded.
+        if let Some(d) =
+            (app.deployment.as_ref()).filter(|d| d.state.active() && d.kind != Kind::Restart)
+        {
+            return Err(ControlError::FailedPrecondition(format!(
+                "{name}: the rollout to version {} is {}; a rolling restart now would take the \
+                 instances still on version {} to it as well: wait for it (pmcluster rollout \
+                 status {name} --wait), promote or resume it, or undo it (pmcluster rollout undo \
+                 {name})",
+                d.to_version,
+                d.state.name(),
+                d.from_version
+            )));
+        }
         let now = self.now();
         let epoch = inner
             .ahead

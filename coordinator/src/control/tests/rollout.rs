@@ -635,3 +635,37 @@ fn a_failed_rolling_restart_is_not_rolled_back_and_holds_nothing() -> Result<()>
     assert!(again.id > restart.id, "{again:?}");
     Ok(())
 }
+
+/// Found by a review: a rolling restart while a new version's rollout was under way (here its
+/// canary awaits promotion) replaced that rollout, took the instances still on version 1 to
+/// version 2 past the canary gate, and, failing, left them nothing to be held on. It is refused
+/// now, and the rollout under way goes on as it was.
+#[test]
+fn a_rolling_restart_is_refused_while_a_new_version_rolls_out() -> Result<()> {
+    let r = Rolling::start(3, Duration::from_secs(1))?;
+    let mut v2 = r.v1.clone();
+    v2.update.canary = 1;
+    v2.env.insert("V".into(), "2".into());
+    let Some(update) = r.c.apply(v2)?.3 else {
+        panic!("a new process starts a rollout");
+    };
+    let awaiting = (0..30).any(|_| {
+        r.second(None);
+        deployment(&r.c, "web", update.id)
+            .ok()
+            .flatten()
+            .is_some_and(|d| d.state == State::AwaitingPromotion)
+    });
+    assert!(awaiting, "{:?}", r.c.rollouts("web")?);
+    match r.c.restart_rolling("web") {
+        Err(ControlError::FailedPrecondition(why)) => assert!(
+            why.contains("the rollout to version 2 is awaiting promotion")
+                && why.contains("rollout undo web"),
+            "{why}"
+        ),
+        other => panic!("not refused: {other:?}"),
+    }
+    let now = deployment(&r.c, "web", update.id)?.map(|d| d.state);
+    assert_eq!(now, Some(State::AwaitingPromotion));
+    Ok(())
+}
