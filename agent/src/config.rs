@@ -161,8 +161,9 @@ pub fn parse_label(value: &str) -> Result<(String, String), ConfigError> {
 
 /// Why no placement constraint can name the label `key=value`, if none can: labels take any
 /// text (refusing one would keep an upgraded agent from starting), but a constraint's key is
-/// ASCII and its value holds no space, comma, parenthesis, `=`, `!` or quote, so apps can only
-/// match such a label by its key's presence. Said once at start, where the operator looks.
+/// ASCII and its value holds no space, comma, parenthesis, `=`, `!` or quote: no constraint
+/// names such a key at all, and such a value only through its key's presence. Said once at
+/// start, where the operator looks.
 pub fn label_unmatchable(key: &str, value: &str) -> Option<String> {
     pmcluster_spec::placement::label_fault(key, value).map(|why| {
         let label = pmcluster_spec::echo(&format!("{key}={value}"));

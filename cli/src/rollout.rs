@@ -340,12 +340,20 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     .await?;
     let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
     let policy_changed = new.update != current.update;
+    let note = match &reply.deployment {
+        Some(_) => rollout_note(&mut conn, &args.app, &new).await,
+        None => None,
+    };
     if ctx.structured() {
-        return ctx.value(&serde_json::json!({
+        let said = ctx.value(&serde_json::json!({
             "app": args.app, "version": version,
             "deployment": reply.deployment.as_ref().map(output::deployment_json),
             "update": policy_changed.then(|| policy_json(&new.update)),
         }));
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        return said;
     }
     match &reply.deployment {
         Some(d) => {
@@ -353,7 +361,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
                 args.app, d.to_version, d.from_version, args.app
             ))?;
-            if let Some(note) = rollout_note(&mut conn, &args.app, &new.port).await {
+            if let Some(note) = note {
                 eprintln!("{note}");
             }
         }
@@ -368,38 +376,34 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     }
 }
 
-/// What a person should know of the nodes before a rollout of `app` runs.
-/// - With no ready node, no replacement can start: the old instances serve on and the rollout
-///   waits, then fails at its `progress_deadline`. A drain left on during a `reload` looked like
-///   a hang.
+/// What a person should know of the nodes before a rollout of `app` (to `spec`) runs. Only the
+/// nodes its placement constraints allow count.
+/// - With none ready, no replacement can start: the rollout waits, then fails at its
+///   `progress_deadline`. A drain left on during a `reload` looked like a hang.
 /// - With fixed ports and one ready node, each instance is replaced stop-then-start: a
 ///   replacement never shares a node with the instance that holds its port. A trial's `reload`
 ///   (PM2's word for "without downtime") dropped requests, unsaid.
-async fn rollout_note(conn: &mut Conn, app: &str, port: &PortSpec) -> Option<String> {
+async fn rollout_note(conn: &mut Conn, app: &str, spec: &AppSpec) -> Option<String> {
     let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
         .await
         .ok()?;
-    let ready = (nodes.nodes.iter())
+    let labels = |n: &pb::Node| n.labels.clone().into_iter().collect();
+    let fitting: Vec<&pb::Node> = (nodes.nodes.iter())
+        .filter(|n| {
+            let labels = labels(n);
+            spec.placement
+                .constraints
+                .iter()
+                .all(|c| c.matches(&labels))
+        })
+        .collect();
+    let ready = (fitting.iter())
         .filter(|n| n.status == pb::NodeStatus::Ready as i32)
         .count();
     if ready == 0 {
-        let mut seen: Vec<String> = (nodes.nodes.iter().take(3))
-            .map(|n| format!("{} {}", n.name, output::node_status_name(n.status)))
-            .collect();
-        if nodes.nodes.len() > 3 {
-            seen.push(format!("{} more", nodes.nodes.len() - 3));
-        }
-        let seen = match seen.is_empty() {
-            true => "no node has joined".to_string(),
-            false => seen.join(", "),
-        };
-        return Some(format!(
-            "note: no node is ready to take {app}'s new instances ({seen}), so the old ones \
-             keep serving and the rollout waits; it fails at its progress_deadline unless a \
-             node is undrained (pmcluster undrain NODE) or joins"
-        ));
+        return Some(no_ready_note(app, &nodes.nodes, &fitting));
     }
-    if !matches!(port, PortSpec::Single(_) | PortSpec::Range(..)) || ready > 1 {
+    if !matches!(spec.port, PortSpec::Single(_) | PortSpec::Range(..)) || ready > 1 {
         return None;
     }
     Some(format!(
@@ -407,6 +411,42 @@ async fn rollout_note(conn: &mut Conn, app: &str, port: &PortSpec) -> Option<Str
          before its replacement starts (a short gap per instance); `auto:` ports (with \
          `pmcluster endpoints {app}` for the load balancer) give updates without downtime"
     ))
+}
+
+/// [`rollout_note`] when none of the `fitting` nodes (of `all`) is ready: which are not, and
+/// what would make one ready, for the statuses there are.
+fn no_ready_note(app: &str, all: &[pb::Node], fitting: &[&pb::Node]) -> String {
+    let start = format!("note: no node can take {app}'s new instances now");
+    let end = "the rollout waits, and fails at its progress_deadline unless one can";
+    if fitting.is_empty() {
+        let why = match all.is_empty() {
+            true => "no node has joined",
+            false => "no node matches its placement constraints",
+        };
+        return format!("{start} ({why}); {end}");
+    }
+    let mut seen: Vec<String> = (fitting.iter().take(3))
+        .map(|n| format!("{} {}", n.name, output::node_status_name(n.status)))
+        .collect();
+    if fitting.len() > 3 {
+        seen.push(format!("{} more", fitting.len() - 3));
+    }
+    let has = |s: pb::NodeStatus| fitting.iter().any(|n| n.status == s as i32);
+    let mut ways = Vec::new();
+    if has(pb::NodeStatus::Draining) || has(pb::NodeStatus::Ineligible) {
+        ways.push("undrain one (pmcluster undrain NODE)");
+    }
+    if has(pb::NodeStatus::Quarantined) {
+        ways.push("adopt one (pmcluster nodes adopt NODE)");
+    }
+    if has(pb::NodeStatus::Down) || has(pb::NodeStatus::Reconnecting) {
+        ways.push("wait for a node down or reconnecting to come back");
+    }
+    let ways = match ways.is_empty() {
+        true => String::new(),
+        false => format!(": {}", ways.join(", or ")),
+    };
+    format!("{start} ({}); {end}{ways}", seen.join(", "))
 }
 
 /// What `reload` and `restart --rolling` say of an update policy their flags changed: it is
@@ -571,12 +611,12 @@ pub async fn rolling_restart(args: RestartArgs, ctx: &mut Ctx<'_>) -> anyhow::Re
         let req = pb::GetAppRequest {
             name: app.to_string(),
         };
-        let port = match call!(conn, get_app, req).await {
-            Ok(a) => PortSpec::parse(&a.spec.unwrap_or_default().port).ok(),
+        let spec = match call!(conn, get_app, req).await {
+            Ok(a) => a.spec.and_then(|s| AppSpec::try_from(s).ok()),
             Err(_) => None,
         };
-        if let Some(port) = port
-            && let Some(note) = rollout_note(&mut conn, app, &port).await
+        if let Some(spec) = spec
+            && let Some(note) = rollout_note(&mut conn, app, &spec).await
         {
             eprintln!("{note}");
         }
