@@ -301,16 +301,14 @@ mod tests {
         });
         // The rotation has the full file open (and waits for its lock) once two of this
         // process's descriptors name it: the pump's and its own. Then the pump rotates it.
-        let full = std::os::unix::fs::MetadataExt::ino(&pump.metadata().expect("stat"));
+        use std::os::unix::fs::MetadataExt;
+        let full = pump.metadata().map(|m| (m.dev(), m.ino())).expect("stat");
         let opened = || {
             (std::fs::read_dir("/proc/self/fd")
                 .into_iter()
                 .flatten()
                 .flatten())
-            .filter(|fd| {
-                std::fs::metadata(fd.path())
-                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == full)
-            })
+            .filter(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| (m.dev(), m.ino()) == full))
             .count()
                 >= 2
         };

@@ -169,8 +169,8 @@ pub struct LogWriter {
     /// How long a write waits for the lock: [`LOCK_WAIT`], longer in tests whose pumps must
     /// not go unlocked however the host schedules them.
     lock_wait: Duration,
-    /// The last try found the lock held past `lock_wait`, by something other than a pump:
-    /// until the lock is got again, a write waits [`LOCK_WAIT_HELD_LONG`] and goes on
+    /// The last try found the lock held past `lock_wait`: by something other than a pump, or
+    /// by a pump held up (descheduled on a loaded host). Until the lock is got again, a write waits [`LOCK_WAIT_HELD_LONG`] and goes on
     /// unlocked, rather than wait the whole bound again at every read of the pipe. The price,
     /// while the lock is held so: a write may race another pump's.
     lock_held_long: bool,
