@@ -80,3 +80,54 @@ fn no_ready_note(app: &str, all: &[pb::Node], fitting: &[&pb::Node]) -> String {
     };
     format!("{start} ({}); {end}{ways}", seen.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, status: pb::NodeStatus) -> pb::Node {
+        pb::Node {
+            name: name.into(),
+            status: status as i32,
+            ..pb::Node::default()
+        }
+    }
+
+    #[test]
+    fn the_no_ready_note_names_the_nodes_and_the_ways_out_they_have() {
+        use pb::NodeStatus::{Down, Draining, Quarantined, Reconnecting};
+        let note = |all: &[pb::Node], fitting: &[usize]| {
+            let fitting: Vec<&pb::Node> = fitting.iter().map(|i| &all[*i]).collect();
+            no_ready_note("web", all, &fitting)
+        };
+        let start = "note: no node can take web's new instances now";
+        let end = "the rollout waits, and fails at its progress_deadline unless one can";
+        assert_eq!(
+            note(&[], &[]),
+            format!("{start} (no node has joined); {end}")
+        );
+        let a = [node("a", Draining), node("b", Down)];
+        assert_eq!(
+            note(&a, &[]),
+            format!("{start} (no node matches its placement constraints); {end}")
+        );
+        assert_eq!(
+            note(&a, &[0, 1]),
+            format!(
+                "{start} (a draining, b down); {end}: undrain one (pmcluster undrain NODE), or \
+                 wait for a node down or reconnecting to come back"
+            )
+        );
+        let q = [node("q", Quarantined), node("r", Reconnecting)];
+        assert_eq!(
+            note(&q, &[0]),
+            format!("{start} (q quarantined); {end}: adopt one (pmcluster nodes adopt NODE)")
+        );
+        let many: Vec<pb::Node> = (0..5).map(|i| node(&format!("n{i}"), Down)).collect();
+        assert!(
+            note(&many, &[0, 1, 2, 3, 4]).contains("(n0 down, n1 down, n2 down, 2 more)"),
+            "{}",
+            note(&many, &[0, 1, 2, 3, 4])
+        );
+    }
+}
