@@ -15,11 +15,11 @@ use rustix::io::Errno;
 /// pumps of its path, which share one only during a rolling update.
 pub(super) const LOCK_WAIT: Duration = Duration::from_millis(200);
 /// The first pause between two tries for a lock that is held, doubled at each refusal up to
-/// [`LOCK_RETRY_MAX`]: another pump lets it go within one write, tens of microseconds, and a
-/// flat millisecond per refusal cut two flooding pumps of one path (a rolling update of a
-/// chatty app) to about a thousand reads a second. Tries rather than a blocking `flock` cut
-/// short by a timer signal, which is the whole process's, and an agent without its helper
-/// pumps in threads of its own.
+/// [`LOCK_RETRY_MAX`]: another pump lets it go within one write, tens of microseconds, so a
+/// refused write need not sleep a millisecond. (Refusals are rare: two threads flooding one
+/// path wrote as much with a flat millisecond as with this, and more than with a blocking
+/// `flock`.) Tries rather than a blocking `flock` cut short by a timer signal, which is the
+/// whole process's, and an agent without its helper pumps in threads of its own.
 const LOCK_RETRY_FIRST: Duration = Duration::from_micros(20);
 const LOCK_RETRY_MAX: Duration = Duration::from_millis(1);
 /// How long a writer waits for a lock that was last found held past its bound: a little
