@@ -247,6 +247,31 @@ mod tests {
         rotate_copy_truncate(&path, 0, 0).expect("rotate");
         assert_eq!(read(1).as_deref(), Some("round 5\n"));
     }
+    /// `a.log` in `dir`, holding `text`, with an exclusive `flock` held through a file opened
+    /// apart (a pump's or an outsider's, as `flock` sees it; `append` for one that writes).
+    fn locked_log(dir: &Path, text: &str, append: bool) -> (PathBuf, File) {
+        let path = dir.join("a.log");
+        std::fs::write(&path, text).expect("write");
+        let file = std::fs::OpenOptions::new()
+            .read(!append)
+            .append(append)
+            .open(&path)
+            .expect("open");
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+        (path, file)
+    }
+    /// Runs `rotate` on `path` in a thread of its own; its result comes through the receiver.
+    fn rotating(
+        path: &Path,
+        rotate: impl FnOnce(&Path) -> io::Result<()> + Send + 'static,
+    ) -> std::sync::mpsc::Receiver<Result<(), String>> {
+        let (done, rotation) = std::sync::mpsc::channel();
+        let path = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = done.send(rotate(&path).map_err(|e| e.to_string()));
+        });
+        rotation
+    }
     /// A copy and truncate waits for the lock a pump writes under (the new process of an
     /// index, in a rolling update, beside the adopted one that writes the file itself): the
     /// pump's write goes into the copy or after the truncate, not between them, where it was
@@ -255,19 +280,9 @@ mod tests {
     fn copy_truncate_waits_for_a_pumps_lock() {
         use std::io::Write;
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a.log");
-        std::fs::write(&path, "before\n").expect("write");
-        // A pump's open file of its own, as `flock` sees it.
-        let pump = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .expect("open");
-        rustix::fs::flock(&pump, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-        let (done, rotation) = std::sync::mpsc::channel();
-        let rotating = path.clone();
-        std::thread::spawn(move || {
-            let rotated = copy_truncate_within(&rotating, 2, 0, Duration::from_secs(10));
-            let _ = done.send(rotated.map_err(|e| e.to_string()));
+        let (path, pump) = locked_log(dir.path(), "before\n", true);
+        let rotation = rotating(&path, |p| {
+            copy_truncate_within(p, 2, 0, Duration::from_secs(10))
         });
         let early = rotation.recv_timeout(Duration::from_millis(100));
         assert!(early.is_err(), "rotated under a pump's lock: {early:?}");
@@ -289,15 +304,9 @@ mod tests {
     #[test]
     fn copy_truncate_after_a_pumps_rotation_leaves_it_alone() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a.log");
-        std::fs::write(&path, "full file\n").expect("write");
-        let pump = File::open(&path).expect("open");
-        rustix::fs::flock(&pump, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-        let (done, rotation) = std::sync::mpsc::channel();
-        let rotating = path.clone();
-        std::thread::spawn(move || {
-            let rotated = copy_truncate_within(&rotating, 2, 5, Duration::from_secs(10));
-            let _ = done.send(rotated.map_err(|e| e.to_string()));
+        let (path, pump) = locked_log(dir.path(), "full file\n", false);
+        let rotation = rotating(&path, |p| {
+            copy_truncate_within(p, 2, 5, Duration::from_secs(10))
         });
         // The rotation has the full file open (and waits for its lock) once two of this
         // process's descriptors name it: the pump's and its own. Then the pump rotates it.
@@ -342,16 +351,8 @@ mod tests {
     #[test]
     fn copy_truncate_waits_for_a_lock_held_elsewhere_only_briefly() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("a.log");
-        std::fs::write(&path, "line\n").expect("write");
-        let outsider = File::open(&path).expect("open");
-        rustix::fs::flock(&outsider, rustix::fs::FlockOperation::LockExclusive).expect("flock");
-        let (done, rotation) = std::sync::mpsc::channel();
-        let rotating = path.clone();
-        std::thread::spawn(move || {
-            let rotated = rotate_copy_truncate(&rotating, 1, 0);
-            let _ = done.send(rotated.map_err(|e| e.to_string()));
-        });
+        let (path, outsider) = locked_log(dir.path(), "line\n", false);
+        let rotation = rotating(&path, |p| rotate_copy_truncate(p, 1, 0));
         let result = rotation
             .recv_timeout(Duration::from_secs(10))
             .expect("rotated while the lock is held");
