@@ -99,8 +99,11 @@ const COPY_TRUNCATE_TRIES: u32 = 4;
 /// and a pump's write lands in the copy or after the truncate, not between them. Under the lock
 /// it checks again that the path names the file and that the file is still over `over`: a
 /// pump may have rotated it by rename meanwhile. Like a pump, it waits [`LOCK_WAIT`] at most
-/// for the lock, then rotates without it; and a copy that holds the lock longer than that
-/// (a file of hundreds of megabytes) makes a pump write unlocked.
+/// for the lock, then rotates without it.
+///
+/// The copy is made aside before the lock is taken ([`Staged`]), and under the lock only what
+/// was written since is added to it: a copy of hundreds of megabytes made under the lock would
+/// hold a pump past its [`LOCK_WAIT`], and make it write unlocked.
 pub fn rotate_copy_truncate(path: &Path, keep: u32, over: u64) -> io::Result<()> {
     copy_truncate_within(path, keep, over, LOCK_WAIT)
 }
@@ -111,6 +114,11 @@ fn copy_truncate_within(path: &Path, keep: u32, over: u64, wait: Duration) -> io
             .read(true)
             .write(true)
             .open(path)?;
+        let staged = if keep > 0 {
+            Some(Staged::begin(&live, path)?)
+        } else {
+            None
+        };
         let lock = match lock_within(&live, wait) {
             Ok(lock) => {
                 if lock.is_none() {
@@ -129,7 +137,11 @@ fn copy_truncate_within(path: &Path, keep: u32, over: u64, wait: Duration) -> io
         };
         match size_if_named(&live, path)? {
             Some(len) if len > over => {
-                copy_truncate(&live, path, keep)?;
+                if let Some(mut staged) = staged {
+                    staged.catch_up(&live)?;
+                    staged.keep_as_first(path, keep)?;
+                }
+                live.set_len(0)?;
                 drop(lock);
                 return Ok(());
             }
@@ -141,32 +153,69 @@ fn copy_truncate_within(path: &Path, keep: u32, over: u64, wait: Duration) -> io
     }
     Ok(())
 }
-/// The copy and truncate of [`rotate_copy_truncate`], on `live`, the file `path` names.
-fn copy_truncate(live: &File, path: &Path, keep: u32) -> io::Result<()> {
-    if keep > 0 {
-        for (from, to) in rotation_renames(path, keep) {
-            match std::fs::rename(&from, &to) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        let mut src = live;
-        let mut dst = crate::persist::private_file()
+/// The copy a copy and truncate makes of a live file, at `<path>.rotating` until it becomes
+/// the `.1`; removed when dropped before that (the rotation found nothing to do, or failed).
+struct Staged {
+    aside: PathBuf,
+    copy: File,
+    copied: u64,
+    kept: bool,
+}
+impl Staged {
+    /// A copy of what `live` holds now.
+    fn begin(live: &File, path: &Path) -> io::Result<Staged> {
+        let mut aside = path.as_os_str().to_os_string();
+        aside.push(".rotating");
+        let aside = PathBuf::from(aside);
+        let copy = crate::persist::private_file()
             .write(true)
             .create(true)
             .truncate(true)
-            .open(rotated(path, 1))?;
-        let mut copied = 0u64;
+            .open(&aside)?;
+        let mut staged = Staged {
+            aside,
+            copy,
+            copied: 0,
+            kept: false,
+        };
+        staged.catch_up(live)?;
+        Ok(staged)
+    }
+    /// Adds what was written to `live` since the copy was made. A file shorter than the copy
+    /// was emptied meanwhile (by its own process, or a rotation of another agent's), so the
+    /// copy is made again from its start. The few tries bound the copy of a file written
+    /// faster than it can be copied; what comes after goes to the truncate's loss.
+    fn catch_up(&mut self, mut live: &File) -> io::Result<()> {
         for _ in 0..4 {
-            let len = src.metadata()?.len();
-            if len <= copied {
+            let len = live.metadata()?.len();
+            if len < self.copied {
+                self.copy.set_len(0)?;
+                self.copy.seek(SeekFrom::Start(0))?;
+                self.copied = 0;
+            }
+            if len == self.copied {
                 break;
             }
-            src.seek(SeekFrom::Start(copied))?;
-            copied += io::copy(&mut src.take(len - copied), &mut dst)?;
+            live.seek(SeekFrom::Start(self.copied))?;
+            self.copied += io::copy(&mut live.take(len - self.copied), &mut self.copy)?;
+        }
+        Ok(())
+    }
+    /// Shifts the kept files of `path` and makes the copy its `.1`.
+    fn keep_as_first(mut self, path: &Path, keep: u32) -> io::Result<()> {
+        shift_kept(path, keep)?;
+        std::fs::rename(&self.aside, rotated(path, 1))?;
+        self.kept = true;
+        Ok(())
+    }
+}
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.kept {
+            // Left behind only if the agent stops here; the next rotation's copy replaces it.
+            let _ = std::fs::remove_file(&self.aside);
         }
     }
-    live.set_len(0)
 }
 /// Rotation of a file only the agent writes: shift the kept files and rename the live one to
 /// `.1` (nothing is copied, nothing lost). With `keep` 0 the live file is removed.
@@ -174,13 +223,19 @@ pub fn rotate_by_rename(path: &Path, keep: u32) -> io::Result<()> {
     if keep == 0 {
         return std::fs::remove_file(path);
     }
+    shift_kept(path, keep)?;
+    std::fs::rename(path, rotated(path, 1))
+}
+/// Makes room for a new `.1` of `path` (see [`rotation_renames`]); a kept file missing is no
+/// error.
+fn shift_kept(path: &Path, keep: u32) -> io::Result<()> {
     for (from, to) in rotation_renames(path, keep) {
         match std::fs::rename(&from, &to) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     }
-    std::fs::rename(path, rotated(path, 1))
+    Ok(())
 }
 #[cfg(test)]
 mod tests {
@@ -284,6 +339,13 @@ mod tests {
         let rotation = rotating(&path, |p| {
             copy_truncate_within(p, 2, 0, Duration::from_secs(10))
         });
+        // The copy is made before the lock is waited for: the lock is held only for the tail.
+        let aside = dir.path().join("a.log.rotating");
+        let staged = || std::fs::read_to_string(&aside).ok();
+        wait_until(
+            || staged().as_deref() == Some("before\n"),
+            "the copy is made aside",
+        );
         let early = rotation.recv_timeout(Duration::from_millis(100));
         assert!(early.is_err(), "rotated under a pump's lock: {early:?}");
         (&pump).write_all(b"under the lock\n").expect("write");
@@ -294,8 +356,47 @@ mod tests {
         assert_eq!(result, Ok(()));
         let read = |path| std::fs::read_to_string(path).ok();
         assert_eq!(
-            (read(rotated(&path, 1)), read(path.clone())),
-            (Some("before\nunder the lock\n".into()), Some(String::new()))
+            (read(rotated(&path, 1)), read(path.clone()), staged()),
+            (
+                Some("before\nunder the lock\n".into()),
+                Some(String::new()),
+                None
+            )
+        );
+    }
+    /// Polls `done` every millisecond for 10 s at most.
+    fn wait_until(done: impl Fn() -> bool, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    /// A file emptied between the copy made aside and the lock (by its own process) is copied
+    /// again from its start: the copy holds what the file holds, not the old lines before it.
+    #[test]
+    fn copy_truncate_of_a_file_emptied_meanwhile_copies_it_anew() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, pump) = locked_log(dir.path(), "old lines, emptied\n", false);
+        let rotation = rotating(&path, |p| {
+            copy_truncate_within(p, 2, 0, Duration::from_secs(10))
+        });
+        let aside = dir.path().join("a.log.rotating");
+        let read = |path| std::fs::read_to_string(path).ok();
+        wait_until(
+            || read(aside.clone()).as_deref() == Some("old lines, emptied\n"),
+            "the copy is made aside",
+        );
+        // Emptied and written again, in place: the same file, shorter than the copy.
+        std::fs::write(&path, "new\n").expect("write");
+        rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
+        let result = rotation
+            .recv_timeout(Duration::from_secs(10))
+            .expect("rotated once the lock is let go");
+        assert_eq!(result, Ok(()));
+        assert_eq!(
+            (read(rotated(&path, 1)), read(path.clone()), read(aside)),
+            (Some("new\n".into()), Some(String::new()), None)
         );
     }
     /// A pump that rotated the file by rename while the copy and truncate waited for its lock
@@ -321,14 +422,7 @@ mod tests {
             .count()
                 >= 2
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !opened() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the rotation never opened the file"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_until(opened, "the rotation opens the file");
         rotate_by_rename(&path, 2).expect("rename");
         std::fs::write(&path, "new\n").expect("write");
         rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
@@ -341,9 +435,10 @@ mod tests {
             (
                 read(path.clone()),
                 read(rotated(&path, 1)),
-                read(rotated(&path, 2))
+                read(rotated(&path, 2)),
+                read(dir.path().join("a.log.rotating"))
             ),
-            (Some("new\n".into()), Some("full file\n".into()), None)
+            (Some("new\n".into()), Some("full file\n".into()), None, None)
         );
     }
     /// A lock held for longer than any pump holds it (a backup script's) delays the rotation by
