@@ -322,19 +322,32 @@ fn writes_directly(pid: u32) -> bool {
 pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The rotations run beside the samples, not in their task: one may wait for a file's lock
+    // (up to the log lock's bound, per file), and the samples must not wait with it. One pass
+    // of rotations at a time.
+    let mut rotating: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
         let targets = sample_targets(&agent.state, &agent.logs_dir);
+        let rotations: Vec<SampleTarget> = targets
+            .iter()
+            .filter(|t| t.logs.is_some() && t.pid.is_some())
+            .cloned()
+            .collect();
+        if !rotations.is_empty() && rotating.as_ref().is_none_or(|r| r.is_finished()) {
+            rotating = Some(tokio::task::spawn_blocking(move || {
+                rotate_logs(&rotations);
+            }));
+        }
         let leaders: Vec<(InstanceId, u32)> = targets
             .iter()
             .filter_map(|t| Some((t.id.clone(), t.pid?)))
             .collect();
         let joined = tokio::task::spawn_blocking(move || {
             let (usage, host) = sampler.sample(&leaders);
-            rotate_logs(&targets);
             (sampler, usage, host, targets)
         })
         .await;
