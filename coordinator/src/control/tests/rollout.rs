@@ -114,15 +114,21 @@ impl Rolling {
         let Some(started) = started else {
             panic!("a new process starts a rollout");
         };
-        let failed = (0..30).any(|_| {
+        self.until(started.id, State::Failed, 30)?;
+        Ok(started)
+    }
+
+    /// Seconds go by, `seconds` at most, until deployment `id` of `web` is in `state`.
+    fn until(&self, id: u64, state: State, seconds: u32) -> Result<()> {
+        let reached = (0..seconds).any(|_| {
             self.second(None);
-            self.ended(started.id)
+            deployment(&self.c, "web", id)
                 .ok()
                 .flatten()
-                .is_some_and(|d| d.state == State::Failed)
+                .is_some_and(|d| d.state == state)
         });
-        assert!(failed, "{:?}", self.c.rollouts("web")?);
-        Ok(started)
+        assert!(reached, "never {state:?}: {:?}", self.c.rollouts("web")?);
+        Ok(())
     }
 
     /// Deployment `id` of `web`, once it has ended.
@@ -612,14 +618,7 @@ fn a_failed_rolling_restart_is_not_rolled_back_and_holds_nothing() -> Result<()>
     let r = Rolling::start(2, Duration::from_secs(1))?;
     r.c.set_drain("a", true)?;
     let restart = r.c.restart_rolling("web")?;
-    let failed = (0..70).any(|_| {
-        r.second(None);
-        r.ended(restart.id)
-            .ok()
-            .flatten()
-            .is_some_and(|d| d.state == State::Failed)
-    });
-    assert!(failed, "{:?}", r.c.rollouts("web")?);
+    r.until(restart.id, State::Failed, 70)?;
     for _ in 0..5 {
         r.second(None);
     }
@@ -649,14 +648,7 @@ fn a_rolling_restart_is_refused_while_a_new_version_rolls_out() -> Result<()> {
     let Some(update) = r.c.apply(v2)?.3 else {
         panic!("a new process starts a rollout");
     };
-    let awaiting = (0..30).any(|_| {
-        r.second(None);
-        deployment(&r.c, "web", update.id)
-            .ok()
-            .flatten()
-            .is_some_and(|d| d.state == State::AwaitingPromotion)
-    });
-    assert!(awaiting, "{:?}", r.c.rollouts("web")?);
+    r.until(update.id, State::AwaitingPromotion, 30)?;
     match r.c.restart_rolling("web") {
         Err(ControlError::FailedPrecondition(why)) => assert!(
             why.contains("the rollout to version 2 is awaiting promotion")
