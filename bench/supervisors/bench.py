@@ -13,6 +13,9 @@ Scenarios (loopback only, every loop bounded in count and time):
            median of those paired direct starts (on a noisy machine, direct starts taken once
            at the beginning moved a ratio by up to x0.5 between two runs)
   start50  the same with 50 instances (rss and cpu are taken on its last run)
+  read     one read command of the supervisor (its list or status), timed after each start12
+           pair: every start command costs at least this before its first spawn, so it gives
+           the floor of start12's ratio for a supervisor driven by a command
 
 The app is the same for every system in a run: pmcluster-testapp (release build; `--app testapp`,
 the default), whose start is about 1 ms of CPU, so that a supervisor's own cost shows at its
@@ -210,6 +213,9 @@ class Pmcluster:
     def stop_many(self):
         self.cli("delete", "many")
 
+    def read(self):
+        self.cli("list")
+
     def teardown(self):
         self.cli("down", check=False)
 
@@ -330,6 +336,10 @@ stderr_logfile={d}/logs/%(program_name)s_%(process_num)02d.err
     def stop_many(self):
         self.ctl("stop", f"{self.group}:*")
 
+    def read(self):
+        # Exits 3 while a process is stopped: an answer all the same.
+        self.ctl("status")
+
     def teardown(self):
         if self.proc:
             self.ctl("stop", "all")
@@ -379,6 +389,9 @@ class Pmdaemon:
         # ProcessAlreadyExists. This run's HOME is private, so "all" is just these.
         self.cmd("delete", "all", "--force")
         self.kill_leftovers()
+
+    def read(self):
+        self.cmd("list")
 
     def teardown(self):
         # Without --force it asks for confirmation, and with no answer deletes nothing.
@@ -550,16 +563,27 @@ def start_stop(system, base, n):
     return took
 
 
+def read_once(system):
+    """Seconds for one read command of `system` (its list or status), from the harness's spawn of
+    it to its exit: a start command costs at least this before its first spawn, so a start of
+    n apps over their direct start cannot be below (read + direct) / direct."""
+    t0 = time.perf_counter()
+    system.read()
+    return time.perf_counter() - t0
+
+
 def many(system, testapp, base, idle_seconds, runs):
     """start12 and start50 seconds (medians of `runs`), each start paired with a direct start of
     the bare apps right after it (the ratios divide by the medians of these pairs, so a machine
     that slows down during the run moves both sides), and RSS KiB and CPU % of the supervisor
     with 50 instances (on the last start50)."""
-    start12, direct12 = [], []
+    start12, direct12, reads = [], [], []
     for _ in range(runs):
         start12.append(start_stop(system, base, N_FEW))
         direct12.append(direct_start(testapp, base, N_FEW))
-    out = {"start12_s": median_of(start12), "direct12_s": median_of(direct12)}
+        reads.append(read_once(system))
+    out = {"start12_s": median_of(start12), "direct12_s": median_of(direct12),
+           "read_s": median_of(reads)}
     start50, direct50 = [], []
     for _ in range(runs - 1):
         start50.append(start_stop(system, base, N_MANY))
@@ -690,6 +714,11 @@ def main():
     def over_direct(start, paired):
         return lambda r: r[start] / r[paired] if r.get(start) and r.get(paired) else None
 
+    def floor12(r):
+        if r.get("read_s") is None or not r.get("direct12_s"):
+            return None
+        return (r["read_s"] + r["direct12_s"]) / r["direct12_s"]
+
     def over_bare_ms(r):
         if r.get("crash_s") is None or bare is None:
             return None
@@ -715,6 +744,9 @@ def main():
          lambda v: f"{v * 1000:.0f} ms", ""),
         ("start 12: over the direct start", over_direct("start12_s", "direct12_s"),
          lambda v: f"x{v:.2f}", "<= x1.1"),
+        ("a read command (list or status)", lambda r: r.get("read_s"),
+         lambda v: f"{v * 1000:.1f} ms", ""),
+        ("start 12: floor, (read + direct) / direct", floor12, lambda v: f"x{v:.2f}", ""),
         ("start 50: overhead per instance", per_instance_ms, lambda v: f"{v:.2f} ms", "< 5 ms"),
         ("start 50: total", lambda r: r.get("start50_s"), lambda v: f"{v * 1000:.0f} ms", ""),
         ("start 50: direct start, paired", lambda r: r.get("direct50_s"),
