@@ -134,6 +134,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
     // Held until the agent returns: two agents adopting the same instances would fight.
     let _lock = lock_data_dir(&config.data_dir)?;
     tighten_data_dir(&config.data_dir);
+    // Under the lock: no rotation of this data dir's files is under way.
+    logs::remove_stale_copies(&logs_dir);
     // Under the lock: the spares it takes over must be no running agent's.
     let (records, leftovers) = persist::Records::open(instances_dir);
     tracing::debug!(

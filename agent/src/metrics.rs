@@ -311,6 +311,13 @@ fn rotate_logs(targets: &[SampleTarget]) {
     }
 }
 
+/// Logs a pass of rotations that panicked (its task's end, which nothing else looks at).
+fn rotated(pass: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = pass {
+        tracing::error!("a log rotation pass failed: {e}");
+    }
+}
+
 /// Whether the process's stdout or stderr is a regular file (not a pipe to a pump).
 fn writes_directly(pid: u32) -> bool {
     [1, 2]
@@ -328,8 +335,18 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
     let mut rotating: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                // Awaited: the agent lets go of its data dir only once no rotation is under way
+                // (another agent's rotation of the same files would share their copies aside).
+                if let Some(r) = rotating.take() {
+                    rotated(r.await);
+                }
+                return;
+            }
             _ = tick.tick() => {}
+        }
+        if let Some(r) = rotating.take_if(|r| r.is_finished()) {
+            rotated(r.await);
         }
         let targets = sample_targets(&agent.state, &agent.logs_dir);
         let rotations: Vec<SampleTarget> = targets
@@ -337,7 +354,7 @@ pub(crate) async fn run(agent: Arc<Agent>, mut sampler: Sampler, cancel: Cancell
             .filter(|t| t.logs.is_some() && t.pid.is_some())
             .cloned()
             .collect();
-        if !rotations.is_empty() && rotating.as_ref().is_none_or(|r| r.is_finished()) {
+        if !rotations.is_empty() && rotating.is_none() {
             rotating = Some(tokio::task::spawn_blocking(move || {
                 rotate_logs(&rotations);
             }));

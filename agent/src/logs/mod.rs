@@ -137,9 +137,8 @@ fn copy_truncate_within(path: &Path, keep: u32, over: u64, wait: Duration) -> io
         };
         match size_if_named(&live, path)? {
             Some(len) if len > over => {
-                if let Some(mut staged) = staged {
-                    staged.catch_up(&live)?;
-                    staged.keep_as_first(path, keep)?;
+                if let Some(staged) = staged {
+                    staged.keep_as_first(&live, path, keep)?;
                 }
                 live.set_len(0)?;
                 drop(lock);
@@ -164,6 +163,7 @@ struct Staged {
 impl Staged {
     /// A copy of what `live` holds now.
     fn begin(live: &File, path: &Path) -> io::Result<Staged> {
+        // Log files end in `.log` (see `log_path`), and only their copies in STAGED_SUFFIX.
         let mut aside = path.as_os_str().to_os_string();
         aside.push(".rotating");
         let aside = PathBuf::from(aside);
@@ -201,19 +201,37 @@ impl Staged {
         }
         Ok(())
     }
-    /// Shifts the kept files of `path` and makes the copy its `.1`.
-    fn keep_as_first(mut self, path: &Path, keep: u32) -> io::Result<()> {
+    /// Shifts the kept files of `path` and makes the copy its `.1`, then adds what `live` got
+    /// meanwhile (through the copy's open file, under its new name): the truncate that follows
+    /// loses only what is written after that.
+    fn keep_as_first(mut self, live: &File, path: &Path, keep: u32) -> io::Result<()> {
+        self.catch_up(live)?;
         shift_kept(path, keep)?;
         std::fs::rename(&self.aside, rotated(path, 1))?;
         self.kept = true;
-        Ok(())
+        self.catch_up(live)
     }
 }
 impl Drop for Staged {
     fn drop(&mut self) {
         if !self.kept {
-            // Left behind only if the agent stops here; the next rotation's copy replaces it.
             let _ = std::fs::remove_file(&self.aside);
+        }
+    }
+}
+/// The suffix of a copy made aside ([`Staged`]).
+const STAGED_SUFFIX: &str = ".log.rotating";
+/// Removes the copies made aside that an agent killed during a rotation left in `logs_dir`: the
+/// adopted instance's next start puts it behind a pump, so no later rotation of that path would
+/// replace one. For the agent's start, under its data dir's lock.
+pub fn remove_stale_copies(logs_dir: &Path) {
+    for entry in std::fs::read_dir(logs_dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(|n| n.ends_with(STAGED_SUFFIX)) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!("removed {}, left by a rotation", entry.path().display()),
+                Err(e) => tracing::warn!("cannot remove {}: {e}", entry.path().display()),
+            }
         }
     }
 }
@@ -458,6 +476,29 @@ mod tests {
             (Some(String::new()), Some("line\n".into()))
         );
         drop(outsider);
+    }
+    /// A copy an agent killed mid-rotation left is removed at the next start; log files and
+    /// their rotated ones stay.
+    #[test]
+    fn stale_copies_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "web-0-out.log",
+            "web-0-out.log.1",
+            "web-0-out.log.rotating",
+            "note.rotating",
+        ];
+        for name in names {
+            std::fs::write(dir.path().join(name), "x").expect("write");
+        }
+        remove_stale_copies(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("read_dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["note.rotating", "web-0-out.log", "web-0-out.log.1"]);
     }
     #[test]
     fn rename_rotation() {
