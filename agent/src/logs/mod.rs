@@ -183,7 +183,8 @@ impl Staged {
     }
     /// Adds what was written to `live` since the copy was made. A file shorter than the copy
     /// was emptied meanwhile (by its own process, or a rotation of another agent's), so the
-    /// copy is made again from its start. The few tries bound the copy of a file written
+    /// copy is made again from its start. One emptied and then refilled past the copy's length
+    /// is not told apart (its lengths alone say nothing): its first bytes stay the old ones. The few tries bound the copy of a file written
     /// faster than it can be copied; what comes after goes to the truncate's loss.
     fn catch_up(&mut self, mut live: &File) -> io::Result<()> {
         for _ in 0..4 {
