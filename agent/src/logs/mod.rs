@@ -184,8 +184,9 @@ impl Staged {
     /// Adds what was written to `live` since the copy was made. A file shorter than the copy
     /// was emptied meanwhile (by its own process, or a rotation of another agent's), so the
     /// copy is made again from its start. One emptied and then refilled past the copy's length
-    /// is not told apart (its lengths alone say nothing): its first bytes stay the old ones. The few tries bound the copy of a file written
-    /// faster than it can be copied; what comes after goes to the truncate's loss.
+    /// is not told apart (its lengths alone say nothing): its first bytes stay the old ones.
+    /// The few tries bound the copy of a file written faster than it can be copied; what comes
+    /// after goes to the truncate's loss.
     fn catch_up(&mut self, mut live: &File) -> io::Result<()> {
         for _ in 0..4 {
             let len = live.metadata()?.len();
@@ -354,34 +355,53 @@ mod tests {
     fn copy_truncate_waits_for_a_pumps_lock() {
         use std::io::Write;
         let dir = tempfile::tempdir().expect("tempdir");
-        let (path, pump) = locked_log(dir.path(), "before\n", true);
-        let rotation = rotating(&path, |p| {
-            copy_truncate_within(p, 2, 0, Duration::from_secs(10))
-        });
         // The copy is made before the lock is waited for: the lock is held only for the tail.
-        let aside = dir.path().join("a.log.rotating");
-        let staged = || std::fs::read_to_string(&aside).ok();
-        wait_until(
-            || staged().as_deref() == Some("before\n"),
-            "the copy is made aside",
-        );
+        let (path, pump, rotation, aside) = rotating_once_copied(dir.path(), "before\n", true);
         let early = rotation.recv_timeout(Duration::from_millis(100));
         assert!(early.is_err(), "rotated under a pump's lock: {early:?}");
         (&pump).write_all(b"under the lock\n").expect("write");
-        rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
-        let result = rotation
-            .recv_timeout(Duration::from_secs(10))
-            .expect("rotated once the lock is let go");
-        assert_eq!(result, Ok(()));
+        let_go(&pump, &rotation);
         let read = |path| std::fs::read_to_string(path).ok();
         assert_eq!(
-            (read(rotated(&path, 1)), read(path.clone()), staged()),
+            (read(rotated(&path, 1)), read(path.clone()), read(aside)),
             (
                 Some("before\nunder the lock\n".into()),
                 Some(String::new()),
                 None
             )
         );
+    }
+    /// `a.log` in `dir` holding `text`, locked as [`locked_log`] locks it, and a copy and
+    /// truncate of it (2 files kept) started by [`rotating`], returned once it has made its
+    /// copy aside (the last path) and so waits for the lock.
+    fn rotating_once_copied(
+        dir: &Path,
+        text: &str,
+        append: bool,
+    ) -> (
+        PathBuf,
+        File,
+        std::sync::mpsc::Receiver<Result<(), String>>,
+        PathBuf,
+    ) {
+        let (path, pump) = locked_log(dir, text, append);
+        let rotation = rotating(&path, |p| {
+            copy_truncate_within(p, 2, 0, Duration::from_secs(10))
+        });
+        let aside = dir.join("a.log.rotating");
+        wait_until(
+            || std::fs::read_to_string(&aside).ok().as_deref() == Some(text),
+            "the copy is made aside",
+        );
+        (path, pump, rotation, aside)
+    }
+    /// Lets go of `pump`'s lock, and waits for `rotation` to end well.
+    fn let_go(pump: &File, rotation: &std::sync::mpsc::Receiver<Result<(), String>>) {
+        rustix::fs::flock(pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
+        let result = rotation
+            .recv_timeout(Duration::from_secs(10))
+            .expect("rotated once the lock is let go");
+        assert_eq!(result, Ok(()));
     }
     /// Polls `done` every millisecond for 10 s at most.
     fn wait_until(done: impl Fn() -> bool, what: &str) {
@@ -396,23 +416,12 @@ mod tests {
     #[test]
     fn copy_truncate_of_a_file_emptied_meanwhile_copies_it_anew() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (path, pump) = locked_log(dir.path(), "old lines, emptied\n", false);
-        let rotation = rotating(&path, |p| {
-            copy_truncate_within(p, 2, 0, Duration::from_secs(10))
-        });
-        let aside = dir.path().join("a.log.rotating");
-        let read = |path| std::fs::read_to_string(path).ok();
-        wait_until(
-            || read(aside.clone()).as_deref() == Some("old lines, emptied\n"),
-            "the copy is made aside",
-        );
+        let (path, pump, rotation, aside) =
+            rotating_once_copied(dir.path(), "old lines, emptied\n", false);
         // Emptied and written again, in place: the same file, shorter than the copy.
         std::fs::write(&path, "new\n").expect("write");
-        rustix::fs::flock(&pump, rustix::fs::FlockOperation::Unlock).expect("unlock");
-        let result = rotation
-            .recv_timeout(Duration::from_secs(10))
-            .expect("rotated once the lock is let go");
-        assert_eq!(result, Ok(()));
+        let_go(&pump, &rotation);
+        let read = |path| std::fs::read_to_string(path).ok();
         assert_eq!(
             (read(rotated(&path, 1)), read(path.clone()), read(aside)),
             (Some("new\n".into()), Some(String::new()), None)
