@@ -1,7 +1,8 @@
 //! Error kinds the CLI tells apart, and the exit code each one maps to.
 //!
 //! Everything else is an `anyhow::Error` with context. The exit code is derived from the error
-//! chain in one place ([`exit_code`]) so scripts can trust it: 0 ok, 1 failed, 2 bad input.
+//! chain in one place ([`exit_code`]) so scripts can trust it: 0 ok, 1 failed, 2 bad input,
+//! 3 answered but not ready (`status` with no leader or a store in trouble).
 
 use std::io;
 
@@ -16,6 +17,13 @@ impl UsageError {
         UsageError(message.into())
     }
 }
+
+/// The coordinators answered, and what they said means the cluster cannot serve now: none
+/// leads, or the store is unhealthy. Exit code 3, as `systemctl status` and `supervisorctl
+/// status` say "answered, not running", so that a script can wait for a cluster that serves.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
 
 /// A gRPC call the coordinator answered with an error. The message is the coordinator's own,
 /// prefixed with what the code means when the message alone would not say it.
@@ -79,6 +87,8 @@ pub enum Class {
     Refused,
     /// Everything else: a coordinator gone or late, its own failure, a local error.
     Failed,
+    /// Coordinators answered that the cluster cannot serve now ([`NotReady`]).
+    NotReady,
 }
 
 impl Class {
@@ -91,6 +101,9 @@ impl Class {
             }
             if cause.downcast_ref::<UsageError>().is_some() {
                 return Class::BadInput;
+            }
+            if cause.downcast_ref::<NotReady>().is_some() {
+                return Class::NotReady;
             }
             if let Some(api) = cause.downcast_ref::<ApiError>() {
                 return match api.code {
@@ -114,6 +127,7 @@ impl Class {
             Class::ClosedStdout => 0,
             Class::BadInput => 2,
             Class::Refused | Class::Failed => 1,
+            Class::NotReady => 3,
         }
     }
 
@@ -125,7 +139,8 @@ impl Class {
 }
 
 /// Maps an error to the process exit code: 2 for bad input, 0 for a closed stdout (the reader
-/// went away, as with `pmcluster logs web | head`), 1 for everything else.
+/// went away, as with `pmcluster logs web | head`), 3 for a cluster that answered that it cannot
+/// serve, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     Class::of(err).exit_code()
 }
@@ -153,6 +168,7 @@ mod tests {
             (ApiError::from(tonic::Status::unavailable("down")).into(), 1),
             (broken.context("writing the table"), 0),
             (io::Error::from(io::ErrorKind::NotFound).into(), 1),
+            (NotReady("no coordinator leads".into()).into(), 3),
         ];
         for (err, want) in cases {
             assert_eq!(exit_code(&err), want, "{err:#}");

@@ -1,5 +1,6 @@
 //! `pmcluster`: parse the command line, run it, and turn the outcome into an exit code
-//! (0 ok, 1 failed, 2 usage or bad input; a closed stdout exits 0).
+//! (0 ok, 1 failed, 2 usage or bad input, 3 `status` of a cluster that cannot serve; a closed
+//! stdout exits 0).
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -1,7 +1,8 @@
 //! `pmcluster status`: which coordinator leads, and whether the store is healthy. Every
 //! coordinator answers it, a standby too, so it asks every one of `--coordinator` (at once)
 //! rather than following leader hints, and lists each: one it could not reach says so, even
-//! when another answered for the cluster.
+//! when another answered for the cluster. It exits 3 when they answered that the cluster
+//! cannot serve (no leader, an unhealthy store), the table printed all the same.
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_proto::v1::coordination_client::CoordinationClient;
@@ -9,7 +10,7 @@ use serde_json::Value;
 
 use crate::client::{CONNECT_TIMEOUT, Dial, dial_channel, request, tls_hint, unary};
 use crate::commands::Ctx;
-use crate::error::UsageError;
+use crate::error::{NotReady, UsageError};
 use crate::output::{self, Asked};
 use crate::tls::Tls;
 
@@ -43,7 +44,11 @@ pub async fn status(ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         };
         anyhow::bail!("no coordinator answered: {}{advice}", failures.join("; "))
     };
-    show(&view, ctx)
+    show(&view, ctx)?;
+    match output::not_ready(&view) {
+        Some(why) => Err(NotReady(why).into()),
+        None => Ok(()),
+    }
 }
 
 /// Asks the coordinator at `url` for its status, and says whether a TLS handshake failed; a

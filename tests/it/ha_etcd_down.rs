@@ -30,11 +30,35 @@ fn ha_without_etcd_the_cli_says_so_once_and_briefly() {
     check_refusal(&pair, &stopped, &endpoint, "did not answer");
     let scale = settled_refusal(&pair, &["scale", "nothing", "2"]);
     check_refusal(&pair, &scale, &endpoint, "did not answer");
+    // `status` answers, with the table, and exits 3: a script can wait for a cluster that serves.
+    let status = pair.cluster().try_cli(&["status"]).expect("the CLI runs");
+    assert_eq!(status.code(), Some(3), "{status}");
+    assert!(status.stdout.contains("UNHEALTHY"), "{status}");
+    assert!(
+        status.stderr.contains("the cluster cannot serve now")
+            && status.stderr.contains("the store is unhealthy"),
+        "{status}"
+    );
 
     // etcd back: a coordinator leads again (the election does not stay stuck on it).
     pair.etcd().cont(0).expect("etcd resumes");
     pair.wait_leader(DEADLINE)
         .expect("a leader once etcd answers");
+    wait_until(
+        DEADLINE,
+        "status to exit 0 once a coordinator leads",
+        || {
+            let out = pair
+                .cluster()
+                .try_cli(&["status"])
+                .map_err(|e| e.to_string())?;
+            if out.success() {
+                Ok(())
+            } else {
+                Err(out.to_string())
+            }
+        },
+    );
 
     pair.etcd_mut().kill(0).expect("etcd is killed");
     let killed = settled_refusal(&pair, &["apps"]);

@@ -125,6 +125,24 @@ pub fn status_view(asked: Vec<Asked>) -> Option<StatusView> {
     })
 }
 
+/// Why the cluster `view` describes cannot serve now, if it cannot: no coordinator leads, or
+/// the store is unhealthy. `None` for one that can (a leader that did not answer still leads
+/// until its lease expires, and the other takes over then).
+pub fn not_ready(view: &StatusView) -> Option<String> {
+    let mut why = Vec::new();
+    if !view
+        .rows
+        .iter()
+        .any(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
+    {
+        why.push("no coordinator leads".to_string());
+    }
+    if let Some(store) = view.store.as_ref().filter(|s| !s.healthy) {
+        why.push(format!("the store is unhealthy ({})", store.error));
+    }
+    (!why.is_empty()).then(|| format!("the cluster cannot serve now: {}", why.join("; ")))
+}
+
 fn reach_text(reach: &Reach) -> String {
     match reach {
         Reach::Answered => "answered".to_string(),
@@ -452,5 +470,44 @@ mod tests {
             text.contains("UNHEALTHY: etcd did not answer within 2s"),
             "{text}"
         );
+        assert_eq!(
+            not_ready(&view).as_deref(),
+            Some(
+                "the cluster cannot serve now: no coordinator leads; the store is unhealthy \
+                 (etcd did not answer within 2s)"
+            )
+        );
+    }
+
+    #[test]
+    fn ready_takes_a_leader_and_a_healthy_store() {
+        let view = |role: &str, healthy: bool| {
+            status_view(vec![answered(
+                "http://a:7450",
+                vec![coordinator("http://a:7450", role, true)],
+                healthy,
+            )])
+            .expect("answered")
+        };
+        assert_eq!(not_ready(&view("leader", true)), None);
+        let sick = not_ready(&view("leader", false)).unwrap_or_default();
+        assert!(sick.contains("the store is unhealthy"), "{sick}");
+        assert!(!sick.contains("leads"), "{sick}");
+        let led = not_ready(&view("standby", true)).unwrap_or_default();
+        assert!(led.ends_with("no coordinator leads"), "{led}");
+        // A leader the CLI could not reach still leads, until its lease expires.
+        let gone = status_view(vec![
+            answered(
+                "http://b:7450",
+                vec![
+                    coordinator("http://a:7450", "leader", false),
+                    coordinator("http://b:7450", "standby", true),
+                ],
+                true,
+            ),
+            refused("http://a:7450"),
+        ])
+        .expect("one answered");
+        assert_eq!(not_ready(&gone), None);
     }
 }
