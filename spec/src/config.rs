@@ -525,7 +525,20 @@ impl Scalar {
 pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError> {
     // Read into a generic tree first, so the shape (one app or `apps`) is decided before the
     // strict, unknown-field-rejecting parse, which then reports the real cause of an error.
-    apps_of(parse_tree(text, format)?, Some((text, format)))
+    apps_of(read_tree(text, format)?, Some((text, format)))
+}
+
+/// The tree of a config file's text, refusing a nan or infinite number by its field; a field no
+/// app has is said first (`typo = nan` is a typo before it is a bad number).
+fn read_tree(text: &str, format: Format) -> Result<serde_json::Value, SpecError> {
+    let (tree, non_finite) = parse_tree(text, format)?;
+    match non_finite {
+        None => Ok(tree),
+        Some(e) => match raw_apps(&tree, Some((text, format))) {
+            Err(unknown) if unknown.message.contains("unknown field") => Err(unknown),
+            _ => Err(e),
+        },
+    }
 }
 
 /// [`parse_apps`] of a config already read into a tree, e.g. one made or edited by a program
@@ -557,7 +570,7 @@ pub fn parse_apps_each(
     text: &str,
     format: Format,
 ) -> Result<Vec<(String, Result<AppSpec, SpecError>)>, SpecError> {
-    let tree = parse_tree(text, format)?;
+    let tree = read_tree(text, format)?;
     let source = Some((text, format));
     let (many, raws) = raw_apps(&tree, source)?;
     let mut out: Vec<(String, Result<AppSpec, SpecError>)> = Vec::with_capacity(raws.len());

@@ -773,6 +773,22 @@ fn non_finite_numbers_are_refused() {
         let e = parse_apps(text, format).expect_err(text);
         assert!(e.to_string().contains(want), "{text:?}: {e}");
     }
+    // A field no app has is a typo before it is a bad number, in one app or in a list.
+    for (text, want) in [
+        (
+            "name = \"w\"\nscript = \"a\"\ntypo = nan\n",
+            "typo: unknown field `typo`",
+        ),
+        (
+            "[[apps]]\nname = \"w\"\nscript = \"a\"\ninstancez = inf\n",
+            "unknown field `instancez`",
+        ),
+    ] {
+        let e = parse_apps(text, Format::Toml).expect_err(text);
+        assert!(e.to_string().contains(want), "{text:?}: {e}");
+        let e = parse_apps_each(text, Format::Toml).expect_err(text);
+        assert!(e.to_string().contains(want), "{text:?}: {e}");
+    }
     // A finite float where one is taken still reads.
     let ok = "name = \"w\"\nscript = \"a\"\n[autoscale]\nmax = 4\ncpu_threshold = 70.5\n";
     assert!(parse_apps(ok, Format::Toml).is_ok());

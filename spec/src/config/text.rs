@@ -5,7 +5,12 @@
 use super::{Format, position};
 use crate::{SpecError, echo};
 
-pub(super) fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value, SpecError> {
+/// The tree of `text`, and the error of its first nan or infinite number (TOML has them; the tree
+/// holds null there), which the caller reports unless the field is one no app has.
+pub(super) fn parse_tree(
+    text: &str,
+    format: Format,
+) -> Result<(serde_json::Value, Option<SpecError>), SpecError> {
     // The parsers' own words for these ("EOF while parsing a value") say little to a user.
     if text.trim().is_empty() {
         return Err(syntax_error(
@@ -13,33 +18,40 @@ pub(super) fn parse_tree(text: &str, format: Format) -> Result<serde_json::Value
         ));
     }
     Ok(match format {
-        Format::Json => serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
-        Format::Yaml => serde_saphyr::from_str(text).map_err(|e| {
-            // Advice to the programmer who calls the parser, not to the file's author.
-            let text = e.to_string();
-            let text = text
-                .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
-                .replace(
-                    " rejected by the configured policy",
-                    " has no meaning here; write a number",
-                );
-            syntax_error(&text)
-        })?,
+        Format::Json => (
+            serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+            None,
+        ),
+        Format::Yaml => (
+            serde_saphyr::from_str(text).map_err(|e| {
+                // Advice to the programmer who calls the parser, not to the file's author.
+                let text = e.to_string();
+                let text = text
+                    .replace(", set DuplicateKeyPolicy in Options if acceptable", "")
+                    .replace(
+                        " rejected by the configured policy",
+                        " has no meaning here; write a number",
+                    );
+                syntax_error(&text)
+            })?,
+            None,
+        ),
         Format::Toml => {
             let tree = toml::from_str(text).map_err(|e| syntax_error(&e.to_string()))?;
             // TOML's nan and inf have no JSON form: the tree holds null for them, which reads as
             // a field left out, so `instances = nan` started one instance without a word.
-            if let Some(field) = toml::from_str::<toml::Value>(text)
+            let refused = toml::from_str::<toml::Value>(text)
                 .ok()
                 .and_then(|v| non_finite(&v))
-            {
-                let e = SpecError::new(
-                    &field,
-                    "is not a finite number (nan and inf have no meaning here); write a number",
-                );
-                return Err(at_value(e, Some((text, format)), None));
-            }
-            tree
+                .map(|field| {
+                    let e = SpecError::new(
+                        &field,
+                        "is not a finite number (nan and inf have no meaning here); write a \
+                         number",
+                    );
+                    at_value(e, Some((text, format)), None)
+                });
+            (tree, refused)
         }
     })
 }
