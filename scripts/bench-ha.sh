@@ -50,7 +50,8 @@ start_coord() {
 CLI() { "$B/pmcluster" --coordinator "$URLS" "$@"; }
 leader() {
   for i in 0 1; do
-    if "$B/pmcluster" --coordinator "http://127.0.0.1:${P[$i]}" status -o json 2>/dev/null |
+    # Exit 3 (no leader, or a store slow to answer) still prints the JSON read below.
+    if { "$B/pmcluster" --coordinator "http://127.0.0.1:${P[$i]}" status -o json 2>/dev/null || true; } |
       python3 -c 'import json,sys; v=json.load(sys.stdin); sys.exit(0 if any(c["answered"] and c["role"]=="leader" for c in v["coordinators"]) else 1)' 2>/dev/null; then
       echo "$i"; return
     fi

@@ -239,9 +239,9 @@ pub enum Command {
     /// Show the coordinators (leader or standby, term, how long each has held its lease, agents) and the store's
     /// health
     #[command(
-        after_help = "Exits 0 when a coordinator leads and the store is healthy, 3 when they answered that the \
-        cluster cannot serve (none leads, or the store is unhealthy; the table is shown all the same), 1 when \
-        none answered."
+        after_help = "Exits 0 when a coordinator leads, answers, and the store is healthy; 3 when they answered \
+        that the cluster cannot serve (none leads, the leader did not answer, or the store is unhealthy; the \
+        table is shown all the same); 1 when none answered."
     )]
     Status,
 

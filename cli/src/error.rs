@@ -121,7 +121,8 @@ impl Class {
         Class::Failed
     }
 
-    /// 2 for bad input, 0 for a closed stdout, 1 for everything else.
+    /// 2 for bad input, 0 for a closed stdout, 3 for a cluster that cannot serve, 1 for
+    /// everything else.
     pub fn exit_code(self) -> u8 {
         match self {
             Class::ClosedStdout => 0,

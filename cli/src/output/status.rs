@@ -125,17 +125,28 @@ pub fn status_view(asked: Vec<Asked>) -> Option<StatusView> {
     })
 }
 
-/// Why the cluster `view` describes cannot serve now, if it cannot: no coordinator leads, or
-/// the store is unhealthy. `None` for one that can (a leader that did not answer still leads
-/// until its lease expires, and the other takes over then).
+/// Why the cluster `view` describes cannot serve this client now, if it cannot: no coordinator
+/// leads, the leader did not answer (its calls would fail as well), or the store is unhealthy.
+/// `None` for one that can. A leader known only from the store (not in `--coordinator`) was
+/// not asked, and counts.
 pub fn not_ready(view: &StatusView) -> Option<String> {
     let mut why = Vec::new();
-    if !view
+    let leaders: Vec<&CoordinatorRow> = view
         .rows
         .iter()
-        .any(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
-    {
+        .filter(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
+        .collect();
+    if leaders.is_empty() {
         why.push("no coordinator leads".to_string());
+    } else if leaders
+        .iter()
+        .all(|r| matches!(r.reach, Reach::Unreachable(_)))
+    {
+        why.push(
+            "the leader did not answer (if it is down, the other takes over when its lease \
+             expires)"
+                .to_string(),
+        );
     }
     if let Some(store) = view.store.as_ref().filter(|s| !s.healthy) {
         why.push(format!("the store is unhealthy ({})", store.error));
@@ -495,7 +506,7 @@ mod tests {
         assert!(!sick.contains("leads"), "{sick}");
         let led = not_ready(&view("standby", true)).unwrap_or_default();
         assert!(led.ends_with("no coordinator leads"), "{led}");
-        // A leader the CLI could not reach still leads, until its lease expires.
+        // A leader the CLI could not reach cannot serve it; one it did not ask can.
         let gone = status_view(vec![
             answered(
                 "http://b:7450",
@@ -508,6 +519,17 @@ mod tests {
             refused("http://a:7450"),
         ])
         .expect("one answered");
-        assert_eq!(not_ready(&gone), None);
+        let said = not_ready(&gone).unwrap_or_default();
+        assert!(said.contains("the leader did not answer"), "{said}");
+        let unasked = status_view(vec![answered(
+            "http://b:7450",
+            vec![
+                coordinator("http://a:7450", "leader", false),
+                coordinator("http://b:7450", "standby", true),
+            ],
+            true,
+        )])
+        .expect("one answered");
+        assert_eq!(not_ready(&unasked), None);
     }
 }
