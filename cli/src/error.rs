@@ -2,7 +2,8 @@
 //!
 //! Everything else is an `anyhow::Error` with context. The exit code is derived from the error
 //! chain in one place ([`exit_code`]) so scripts can trust it: 0 ok, 1 failed, 2 bad input,
-//! 3 answered but not ready (`status` with no leader or a store in trouble).
+//! 3 answered but not ready (`status` without a leader that answers, or with a store in
+//! trouble).
 
 use std::io;
 
@@ -19,7 +20,7 @@ impl UsageError {
 }
 
 /// The coordinators answered, and what they said means the cluster cannot serve now: none
-/// leads, or the store is unhealthy. Exit code 3, as `systemctl status` and `supervisorctl
+/// leads, the leader did not answer, or the store is unhealthy. Exit code 3, as `systemctl status` and `supervisorctl
 /// status` say "answered, not running", so that a script can wait for a cluster that serves.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -2,7 +2,8 @@
 //! coordinator answers it, a standby too, so it asks every one of `--coordinator` (at once)
 //! rather than following leader hints, and lists each: one it could not reach says so, even
 //! when another answered for the cluster. It exits 3 when they answered that the cluster
-//! cannot serve (no leader, an unhealthy store), the table printed all the same.
+//! cannot serve (no leader, a leader that did not answer, an unhealthy store), the table
+//! printed all the same.
 
 use pmcluster_proto::v1 as pb;
 use pmcluster_proto::v1::coordination_client::CoordinationClient;

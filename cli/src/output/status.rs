@@ -490,6 +490,18 @@ mod tests {
         );
     }
 
+    /// The standby at b answering, the leader at a as the store lists it.
+    fn standby_b_of_leader_a() -> Asked {
+        answered(
+            "http://b:7450",
+            vec![
+                coordinator("http://a:7450", "leader", false),
+                coordinator("http://b:7450", "standby", true),
+            ],
+            true,
+        )
+    }
+
     #[test]
     fn ready_takes_a_leader_and_a_healthy_store() {
         let view = |role: &str, healthy: bool| {
@@ -507,29 +519,11 @@ mod tests {
         let led = not_ready(&view("standby", true)).unwrap_or_default();
         assert!(led.ends_with("no coordinator leads"), "{led}");
         // A leader the CLI could not reach cannot serve it; one it did not ask can.
-        let gone = status_view(vec![
-            answered(
-                "http://b:7450",
-                vec![
-                    coordinator("http://a:7450", "leader", false),
-                    coordinator("http://b:7450", "standby", true),
-                ],
-                true,
-            ),
-            refused("http://a:7450"),
-        ])
-        .expect("one answered");
+        let gone = status_view(vec![standby_b_of_leader_a(), refused("http://a:7450")])
+            .expect("one answered");
         let said = not_ready(&gone).unwrap_or_default();
         assert!(said.contains("the leader did not answer"), "{said}");
-        let unasked = status_view(vec![answered(
-            "http://b:7450",
-            vec![
-                coordinator("http://a:7450", "leader", false),
-                coordinator("http://b:7450", "standby", true),
-            ],
-            true,
-        )])
-        .expect("one answered");
+        let unasked = status_view(vec![standby_b_of_leader_a()]).expect("one answered");
         assert_eq!(not_ready(&unasked), None);
     }
 }
