@@ -125,28 +125,43 @@ pub fn status_view(asked: Vec<Asked>) -> Option<StatusView> {
     })
 }
 
+/// Whether a row of `status` leads, and whether one that leads answered (or was not asked).
+enum Leadership {
+    None,
+    /// Every row that leads is one the CLI could not reach.
+    Unanswered,
+    Answered,
+}
+
+fn leadership(view: &StatusView) -> Leadership {
+    let mut leaders = view
+        .rows
+        .iter()
+        .filter(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
+        .peekable();
+    if leaders.peek().is_none() {
+        Leadership::None
+    } else if leaders.all(|r| matches!(r.reach, Reach::Unreachable(_))) {
+        Leadership::Unanswered
+    } else {
+        Leadership::Answered
+    }
+}
+
 /// Why the cluster `view` describes cannot serve this client now, if it cannot: no coordinator
 /// leads, the leader did not answer (its calls would fail as well), or the store is unhealthy.
 /// `None` for one that can. A leader known only from the store (not in `--coordinator`) was
 /// not asked, and counts.
 pub fn not_ready(view: &StatusView) -> Option<String> {
     let mut why = Vec::new();
-    let leaders: Vec<&CoordinatorRow> = view
-        .rows
-        .iter()
-        .filter(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
-        .collect();
-    if leaders.is_empty() {
-        why.push("no coordinator leads".to_string());
-    } else if leaders
-        .iter()
-        .all(|r| matches!(r.reach, Reach::Unreachable(_)))
-    {
-        why.push(
+    match leadership(view) {
+        Leadership::None => why.push("no coordinator leads".to_string()),
+        Leadership::Unanswered => why.push(
             "the leader did not answer (if it is down, the other takes over when its lease \
              expires)"
                 .to_string(),
-        );
+        ),
+        Leadership::Answered => {}
     }
     if let Some(store) = view.store.as_ref().filter(|s| !s.healthy) {
         why.push(format!("the store is unhealthy ({})", store.error));
@@ -212,23 +227,15 @@ pub fn status_text(view: &StatusView) -> String {
         rows,
         &[2, 5],
     );
-    let answering_leader = view.rows.iter().any(|r| {
-        !matches!(r.reach, Reach::Unreachable(_))
-            && r.info.as_ref().is_some_and(|c| c.role == "leader")
-    });
-    if !view
-        .rows
-        .iter()
-        .any(|r| r.info.as_ref().is_some_and(|c| c.role == "leader"))
-    {
-        text.push_str(
+    match leadership(view) {
+        Leadership::None => text.push_str(
             "no coordinator leads: calls other than `status` are refused until one is elected\n",
-        );
-    } else if !answering_leader {
-        text.push_str(
+        ),
+        Leadership::Unanswered => text.push_str(
             "the leader did not answer: it may be down; the other takes over when its lease \
              expires\n",
-        );
+        ),
+        Leadership::Answered => {}
     }
     let unreachable: Vec<&str> = view
         .rows
