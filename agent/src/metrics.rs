@@ -230,7 +230,7 @@ fn sample_targets(state: &State, logs_dir: &Path) -> Vec<SampleTarget> {
                     .iter()
                     .map(|s| log_path(logs_dir, &e.app, e.index, *s))
                     .collect();
-                Some((paths, max, spec.supervision.log_keep))
+                Some((paths, max, spec.supervision.log_keep_bounded()))
             });
             SampleTarget {
                 id: id.clone(),

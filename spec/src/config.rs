@@ -699,6 +699,7 @@ impl RawApp {
     /// Fills defaults and validates.
     pub fn into_spec(mut self) -> Result<AppSpec, SpecError> {
         let supervision = self.supervision()?;
+        supervision.validate_new()?;
         let autoscale = self
             .autoscale
             .take()

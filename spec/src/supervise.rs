@@ -54,6 +54,10 @@ pub const DEFAULT_RESTART_BACKOFF_MAX: Duration = Duration::from_secs(15);
 pub const DEFAULT_LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
 pub const DEFAULT_LOG_KEEP: u32 = 5;
+/// The most rotated files a stream keeps (`log_retain`). Each rotation shifts every kept file
+/// by one, so the bound is also the most renames a rotation does; a billion made the pump
+/// allocate hundreds of GB and die, and a million took seconds per rotation.
+pub const MAX_LOG_KEEP: u32 = 1000;
 /// How an agent's status message says that it will try a failed start again (`port 4300 is
 /// already in use on this host; retrying in 1.6s`). The coordinator and the CLI read it to tell
 /// a start that is still being retried (the program may be installed, the port freed, the
@@ -171,6 +175,29 @@ pub const LIMIT_NAMES: [&str; 8] = [
 ];
 
 impl Supervision {
+    /// The bounds that new input (a config file, a flag, an apply) is held to, beyond
+    /// [`Supervision::validate`]: a spec stored before a bound existed still loads, and the
+    /// agent clamps what it acts on (see [`Supervision::log_keep_bounded`]).
+    pub fn validate_new(&self) -> Result<(), SpecError> {
+        if self.log_keep > MAX_LOG_KEEP {
+            return Err(SpecError::new(
+                "log_retain",
+                format!(
+                    "{} rotated files is over the limit of {MAX_LOG_KEEP}; raise log_max_size \
+                     to keep more output",
+                    self.log_keep
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `log_keep`, at most [`MAX_LOG_KEEP`]: what an agent keeps, also for a spec stored
+    /// before the bound.
+    pub fn log_keep_bounded(&self) -> u32 {
+        self.log_keep.min(MAX_LOG_KEEP)
+    }
+
     /// Checks the fields that need more than their type.
     pub fn validate(&self) -> Result<(), SpecError> {
         if let Some(name) = self

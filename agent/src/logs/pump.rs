@@ -544,7 +544,7 @@ fn pump_target(
         // The pump runs in `/`, so that it holds no directory busy.
         path: std::path::absolute(&path).unwrap_or(path),
         max_bytes: spec.supervision.log_max_bytes.filter(|m| *m > 0),
-        keep: spec.supervision.log_keep,
+        keep: spec.supervision.log_keep_bounded(),
         timestamps: spec.supervision.log_timestamps,
     }
 }

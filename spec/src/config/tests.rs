@@ -680,6 +680,19 @@ fn a_wrong_type_is_its_apps_error_with_its_place() {
 
 /// An empty file and a key given twice are said in the user's words, not the parser's.
 #[test]
+fn log_retain_is_bounded() {
+    let ok = parse_apps("name: w\nscript: x\nlog_retain: 1000\n", Format::Yaml).expect("1000");
+    assert_eq!(ok[0].supervision.log_keep, 1000);
+    let e = parse_apps("name: w\nscript: x\nlog_retain: 4294967295\n", Format::Yaml)
+        .expect_err("over the bound")
+        .to_string();
+    assert!(
+        e.contains("log_retain: 4294967295 rotated files is over the limit of 1000"),
+        "{e}"
+    );
+}
+
+#[test]
 fn empty_files_and_duplicate_keys() {
     for format in [Format::Json, Format::Yaml, Format::Toml] {
         let e = parse_apps(" \n", format).expect_err("empty");
