@@ -30,6 +30,42 @@ pub struct Imported {
 /// JavaScript file's or would need quoting in a shell.
 const DEFAULT_JS: &str = "ecosystem.config.js";
 
+/// The most a config file (or standard input) may hold: the coordinator takes no larger message.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// A config file's text, `-` for standard input. Read up to [`MAX_CONFIG_BYTES`] and no further:
+/// `apply -f /dev/zero` (or a stream that never ends) is refused, not read until memory runs out.
+pub fn read_config(path: &str) -> Result<String, UsageError> {
+    use std::io::Read;
+    let name = if path == "-" { "standard input" } else { path };
+    let cannot = |e: std::io::Error| UsageError::new(format!("cannot read {name}: {e}"));
+    let mut bytes = Vec::new();
+    if path == "-" {
+        let stdin = std::io::stdin();
+        stdin
+            .lock()
+            .take(MAX_CONFIG_BYTES + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)
+    }
+    .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(UsageError::new(format!(
+            "{name} holds more than {} MiB, more than any config of apps needs; is it the \
+             right file?",
+            MAX_CONFIG_BYTES >> 20
+        )));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        UsageError::new(format!(
+            "cannot read {name}: it is not UTF-8 text (byte {} is not)",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
 /// How to make a JSON file of the JavaScript ecosystem file `path`, run in its directory: PM2's
 /// ecosystem file is a program, which pmcluster does not run. A dynamic import loads an ES module
 /// (`export default`: `.mjs`, or `.js` in a `"type": "module"` package), which `require()` refuses
@@ -830,12 +866,7 @@ fn from_jlist(procs: &[Value], warnings: &mut Vec<String>) -> Result<Vec<Value>,
 pub fn run(source: ImportSource, output: OutputFormat, out: &mut dyn Write) -> anyhow::Result<()> {
     let ImportSource::Pm2 { file, out: target } = source;
     refuse_js(&file)?;
-    let text = if file == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
-    } else {
-        std::fs::read_to_string(&file)
-            .map_err(|e| UsageError::new(format!("cannot read {file}: {e}")))?
-    };
+    let text = read_config(&file)?;
     let source = if file == "-" {
         "<stdin>"
     } else {

@@ -255,7 +255,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let old_config = to_config(&current);
     let mut config = match &args.file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+            let text = crate::import::read_config(path)?;
             let specs = crate::import::config_apps(&text, Format::from_path(path), path, path)?;
             let spec = specs
                 .into_iter()

@@ -1,6 +1,5 @@
 //! `apply -f FILE` and `export`: apps from and to config files.
 
-use anyhow::Context;
 use pmcluster_spec::AppSpec;
 use pmcluster_spec::app::ENV_HIDDEN;
 use pmcluster_spec::config::Format;
@@ -17,12 +16,7 @@ use pmcluster_proto::v1 as pb;
 /// `apply -f FILE`: every app of the file is validated before any is sent; one with a bad value
 /// is refused and the others applied, as the coordinator's refusals are.
 pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
-    let text = if args.file == "-" {
-        std::io::read_to_string(std::io::stdin()).context("reading apps from standard input")?
-    } else {
-        std::fs::read_to_string(&args.file)
-            .map_err(|e| UsageError::new(format!("cannot read {}: {e}", args.file)))?
-    };
+    let text = crate::import::read_config(&args.file)?;
     let format = match args.format {
         Some(FileFormat::Json) => Format::Json,
         Some(FileFormat::Yaml) => Format::Yaml,

@@ -436,3 +436,37 @@ fn a_memory_limit_under_a_mebibyte_warns() {
         assert_eq!(warned(fine), Vec::<String>::new(), "{fine}");
     }
 }
+
+/// A config is read up to a bound: an endless stream or a huge file is refused, not read into
+/// memory whole; a file that is not text says so.
+#[test]
+fn config_files_are_read_up_to_a_bound() -> Result<(), Box<dyn std::error::Error>> {
+    let e = read_config("/dev/zero").expect_err("an endless stream");
+    assert!(
+        e.to_string().contains("/dev/zero holds more than 16 MiB"),
+        "{e}"
+    );
+    let dir = tempfile::tempdir()?;
+    let big = dir.path().join("big.json");
+    std::fs::File::create(&big)?.set_len(MAX_CONFIG_BYTES + 1)?;
+    let big = big.to_string_lossy();
+    assert!(read_config(&big).is_err());
+    let binary = dir.path().join("bin.json");
+    std::fs::write(&binary, b"{\"name\": \"\xff\"}")?;
+    let e = read_config(&binary.to_string_lossy()).expect_err("not UTF-8");
+    assert!(
+        e.to_string().contains("not UTF-8 text (byte 10 is not)"),
+        "{e}"
+    );
+    let ok = dir.path().join("ok.json");
+    std::fs::write(&ok, "{\"name\": \"a\"}")?;
+    assert_eq!(read_config(&ok.to_string_lossy())?, "{\"name\": \"a\"}");
+    let missing = read_config("/nonexistent/apps.json").expect_err("missing");
+    assert!(
+        missing
+            .to_string()
+            .starts_with("cannot read /nonexistent/apps.json: "),
+        "{missing}"
+    );
+    Ok(())
+}
