@@ -251,5 +251,9 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in a log file or the journal.
         .with_ansi(std::io::stderr().is_terminal())
+        // A log that can no longer be written (its reader gone: a closed pipe, a restarted
+        // journal) drops lines rather than report it with `eprintln!`, which panics and would
+        // end the agent.
+        .log_internal_errors(false)
         .init();
 }

@@ -459,7 +459,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             let listener = server::bind(config.listen, "--listen").await?;
             let addr = listener.local_addr().context("reading the bound address")?;
             // Tests and `pmcluster up` read this line to learn the port.
-            println!("pmcluster-coordinator listening on {addr}");
+            server::announce(&format!("pmcluster-coordinator listening on {addr}"));
             tracing::info!(%addr, data_dir = %data_dir.display(), "serving");
             let scheme = if tls.is_some() { "https" } else { "http" };
             let advertise = config
@@ -506,6 +506,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in a log file or the journal.
         .with_ansi(std::io::stderr().is_terminal())
+        // A log that can no longer be written (its reader gone: a closed pipe, a restarted
+        // journal) drops lines rather than report it with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .init();
     let config = match validate(args) {
         Ok(c) => c,

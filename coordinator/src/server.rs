@@ -160,7 +160,9 @@ pub async fn bind_metrics(
         .local_addr()
         .map_err(|error| ServeError::Bind { addr, flag, error })?;
     // Like the gRPC listener's line: with port 0 this is how a caller learns the port.
-    println!("pmcluster-coordinator metrics on http://{bound}/metrics");
+    announce(&format!(
+        "pmcluster-coordinator metrics on http://{bound}/metrics"
+    ));
     tracing::info!(%bound, "serving /metrics");
     Ok(Some((
         Arc::new(crate::metrics::Metrics::default()),
@@ -402,6 +404,14 @@ async fn control_loop(control: Arc<Control>) {
         }
         tokio::time::sleep(MIN_TICK_GAP).await;
     }
+}
+
+/// Prints a line that a caller reads to learn an address (`pmcluster up`, tests), ignoring a
+/// stdout that nobody reads any more: `println!` would panic on the closed pipe.
+pub fn announce(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
 #[cfg(test)]

@@ -67,6 +67,9 @@ pub struct Cluster {
     /// namespaces, see [`crate::Net`]) instead of loopback. Shared with the daemons a test
     /// runs on the same hosts beside the cluster (an HA pair, etcd).
     net: Option<Arc<crate::Net>>,
+    /// Daemons started from now on log to a pipe whose reader is gone (see
+    /// [`Cluster::start_logs_unread`]).
+    logs_unread: bool,
 }
 
 impl Cluster {
@@ -84,7 +87,15 @@ impl Cluster {
             ));
         }
         let args = coordinator_args.iter().map(|s| s.to_string()).collect();
-        Cluster::build(n_agents, args, None, false, None)
+        Cluster::build(n_agents, args, None, false, None, false)
+    }
+
+    /// As [`Cluster::start`], with every daemon's stderr, where it logs, a pipe whose reader
+    /// is gone before it starts (a log reader that went away: a restarted journal, `| head`):
+    /// each of its log lines fails with EPIPE. `RUST_LOG=debug` makes them log much. Their
+    /// logs are not kept, so a failure report has none.
+    pub fn start_logs_unread(n_agents: usize) -> Result<Cluster, Error> {
+        Cluster::build(n_agents, Vec::new(), None, false, None, true)
     }
 
     /// As [`Cluster::start_with`], on test hosts (see [`crate::Net`]): host "coordinator" runs
@@ -115,7 +126,7 @@ impl Cluster {
         let net = Arc::new(crate::Net::create(&names)?);
         let mut args: Vec<String> = coordinator_args.iter().map(|s| s.to_string()).collect();
         args.push("--insecure".into());
-        Cluster::build(n_agents, args, None, false, Some(net))
+        Cluster::build(n_agents, args, None, false, Some(net), false)
     }
 
     /// As [`Cluster::start_external`], on the test hosts `net`: each agent on the host of its
@@ -137,6 +148,7 @@ impl Cluster {
             Some(urls.to_string()),
             false,
             Some(net),
+            false,
         )
     }
 
@@ -168,7 +180,7 @@ impl Cluster {
     /// As [`Cluster::start`], all over mutual TLS, with a CA and certificates made in the
     /// cluster's directory (see [`Cluster::pki`]).
     pub fn start_tls(n_agents: usize) -> Result<Cluster, Error> {
-        Cluster::build(n_agents, Vec::new(), None, true, None)
+        Cluster::build(n_agents, Vec::new(), None, true, None, false)
     }
 
     /// The certificates of a [`Cluster::start_tls`] cluster.
@@ -185,7 +197,14 @@ impl Cluster {
                 format!("at most {} agents", NODE_NAMES.len()),
             ));
         }
-        Cluster::build(n_agents, Vec::new(), Some(urls.to_string()), false, None)
+        Cluster::build(
+            n_agents,
+            Vec::new(),
+            Some(urls.to_string()),
+            false,
+            None,
+            false,
+        )
     }
 
     fn build(
@@ -194,6 +213,7 @@ impl Cluster {
         external: Option<String>,
         tls: bool,
         net: Option<Arc<crate::Net>>,
+        logs_unread: bool,
     ) -> Result<Cluster, Error> {
         let bins = Bins::locate()?;
         let dir = tempfile::Builder::new()
@@ -223,6 +243,7 @@ impl Cluster {
             external,
             tls,
             net,
+            logs_unread,
         };
         match cluster.boot(n_agents) {
             Ok(()) => Ok(cluster),
@@ -312,9 +333,10 @@ impl Cluster {
             .env_remove("PMCLUSTER_DATA_DIR")
             // Plain logs in the files the failure report prints.
             .env("NO_COLOR", "1")
+            .env("RUST_LOG", self.log_level())
             .stdin(Stdio::null())
             .stdout(log_file(&stdout_path)?)
-            .stderr(log_file(&stderr_path)?)
+            .stderr(self.log_stream(&stderr_path)?)
             .spawn()
             .map_err(io_err(format!(
                 "spawning {}",
@@ -437,9 +459,10 @@ impl Cluster {
             .env_remove("PMCLUSTER_STOP_INSTANCES_ON_EXIT")
             // Plain logs in the files the failure report prints.
             .env("NO_COLOR", "1")
+            .env("RUST_LOG", self.log_level())
             .stdin(Stdio::null())
             .stdout(log_file(&stdout_path)?)
-            .stderr(log_file(&stderr_path)?);
+            .stderr(self.log_stream(&stderr_path)?);
         if stop_instances_on_exit {
             cmd.arg("--stop-instances-on-exit");
         }
@@ -449,6 +472,27 @@ impl Cluster {
         self.agents
             .push(Daemon::new(name, data_dir, stdout_path, stderr_path, child));
         Ok(idx)
+    }
+
+    /// Where a daemon's stderr goes: `path`, or a pipe nobody reads (see
+    /// [`Cluster::start_logs_unread`]).
+    fn log_stream(&self, path: &Path) -> Result<Stdio, Error> {
+        if !self.logs_unread {
+            return Ok(Stdio::from(log_file(path)?));
+        }
+        let (reader, writer) = std::io::pipe().map_err(io_err("making a pipe"))?;
+        drop(reader);
+        Ok(Stdio::from(writer))
+    }
+
+    /// The daemons' `RUST_LOG`: `debug` where nobody reads their logs, so that they write much
+    /// to the closed pipe; else the caller's level, `info` by default.
+    fn log_level(&self) -> String {
+        match std::env::var("RUST_LOG") {
+            _ if self.logs_unread => "debug".to_string(),
+            Ok(level) if !level.is_empty() => level,
+            _ => "info".to_string(),
+        }
     }
 
     /// Waits until `nodes` lists each of `names` as ready.

@@ -108,7 +108,7 @@ pub async fn serve_pair(
     let listener = server::bind(config.listen, "--listen").await?;
     let addr = listener.local_addr().context("reading the bound address")?;
     // Tests and `pmcluster up` read this line to learn the port.
-    println!("pmcluster-coordinator listening on {addr}");
+    crate::server::announce(&format!("pmcluster-coordinator listening on {addr}"));
     let advertise = config.advertise.clone().unwrap_or_else(|| {
         let scheme = if tls.is_some() { "https" } else { "http" };
         format!("{scheme}://{addr}")

@@ -191,3 +191,34 @@ fn out_files(logs: &Path, max: u64) -> (u64, Vec<String>) {
     }
     (total, over)
 }
+
+/// The daemons' own logs: a coordinator and an agent whose stderr nobody reads any more (a
+/// restarted journal, `| head`), at the debug level so that every call writes lines that fail.
+/// Both used to panic at their first such line (exit 101), and the agent left its cgroup behind.
+/// Now they drop the lines and go on: the cluster starts, runs an app, scales it and stops it.
+#[test]
+fn daemons_whose_log_reader_is_gone_keep_serving() {
+    let c = Cluster::start_logs_unread(1).expect("a cluster that logs to a closed pipe starts");
+    let web = c.start_app("web", 2).ports(3).online().expect("web starts");
+    assert_eq!(web.procs().len(), 2, "{}", render(&web.instances));
+    c.cli(&["scale", "web", "3"]).assert_ok();
+    c.wait_online("web", 3)
+        .expect("a third instance comes online");
+    c.cli(&["stop", "web"]).assert_ok();
+    wait_until(DEADLINE, "web stopped", || {
+        let list = c.instances("web").map_err(|e| e.to_string())?;
+        match list.iter().all(|i| i.pid.is_none()) {
+            true => Ok(()),
+            false => Err(render(&list)),
+        }
+    });
+    let coordinator = c.coordinator().expect("the cluster runs its coordinator");
+    for daemon in std::iter::once(coordinator).chain(c.agents()) {
+        assert!(
+            daemon.running(),
+            "{} exited ({:?}) while its log reader was gone",
+            daemon.name,
+            daemon.try_exit()
+        );
+    }
+}
