@@ -28,6 +28,21 @@ pub fn choose_node_name(
     running: bool,
     rename: bool,
 ) -> Result<(String, bool), UsageError> {
+    // Before anything starts: the agent would refuse it only after `up` had started the
+    // coordinator.
+    if let Some(wanted) = flag
+        && let Err(e) = pmcluster_spec::app::validate_node_name(wanted)
+    {
+        return Err(UsageError::new(format!("--node-name: {}", e.message)));
+    }
+    let from_host = |hostname: String| match pmcluster_spec::app::validate_node_name(&hostname) {
+        Ok(()) => Ok((hostname, false)),
+        Err(e) => Err(UsageError::new(format!(
+            "this host's name cannot name its node ({}); give the node a name with \
+             --node-name NAME",
+            e.message
+        ))),
+    };
     match (flag, recorded) {
         (Some(wanted), Some(node)) if wanted != node && rename && !running => {
             Ok((wanted.to_string(), true))
@@ -60,6 +75,6 @@ pub fn choose_node_name(
         }
         (_, Some(node)) => Ok((node.to_string(), false)),
         (Some(wanted), None) => Ok((wanted.to_string(), false)),
-        (None, None) => Ok((hostname(), false)),
+        (None, None) => from_host(hostname()),
     }
 }

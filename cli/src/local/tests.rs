@@ -103,6 +103,19 @@ fn the_node_name_is_the_one_the_agent_data_dir_belongs_to() {
     assert_eq!(choose(Some("a"), Some("a"), true, false), kept("a"));
     assert_eq!(choose(Some("b"), None, false, false), kept("b"));
     assert_eq!(choose(None, None, false, false), kept("vm"));
+    // A name the agent would refuse is refused before anything starts.
+    let err = choose(Some("bad name"), None, false, false).expect_err("not a node name");
+    assert!(
+        err.starts_with("--node-name: \"bad name\" is not a valid node name"),
+        "{err}"
+    );
+    let err = choose_node_name(None, None, || "a b".to_string(), dir, false, false)
+        .expect_err("a host name that is not a node name");
+    assert!(
+        err.to_string()
+            .contains("give the node a name with --node-name NAME"),
+        "{err}"
+    );
     let err = choose(Some("b"), Some("a"), false, false).expect_err("another name is refused");
     for want in [
         "--node-name b: this data directory's agent is node \"a\"",
