@@ -293,8 +293,24 @@ pub(crate) fn validate_url(url: String) -> Result<String, ConfigError> {
     if rest.is_empty() || rest.starts_with('/') {
         return Err(bad("the URL has no host"));
     }
-    if tonic::transport::Endpoint::from_shared(url.clone()).is_err() {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(url.clone()) else {
         return Err(bad("not a valid URL"));
+    };
+    // The URI parser takes any digits as a port; one out of range would only fail at every
+    // dial, forever.
+    if let Some(authority) = endpoint.uri().authority() {
+        let host_port = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, h)| h);
+        let after_host = host_port
+            .rfind(']')
+            .map_or(host_port, |i| &host_port[i + 1..]);
+        if let Some((_, port)) = after_host.rsplit_once(':')
+            && !matches!(port.parse::<u16>(), Ok(1..))
+        {
+            return Err(bad(&format!("port {port:?} is not one of 1-65535")));
+        }
     }
     Ok(url)
 }
@@ -423,6 +439,20 @@ mod tests {
                     ..raw()
                 },
                 "--coordinator \"b:1\": expected a URL",
+            ),
+            (
+                RawConfig {
+                    coordinator: "http://127.0.0.1:99999".into(),
+                    ..raw()
+                },
+                "--coordinator \"http://127.0.0.1:99999\": port \"99999\" is not one of 1-65535",
+            ),
+            (
+                RawConfig {
+                    coordinator: "http://[::1]:0".into(),
+                    ..raw()
+                },
+                "port \"0\" is not one of 1-65535",
             ),
             (
                 RawConfig {
