@@ -100,7 +100,12 @@ struct Args {
     /// Serve plaintext on a non-loopback --listen address: anyone who reaches the port can
     /// then run commands on every host. Without TLS and without this flag, such a coordinator
     /// refuses to start.
-    #[arg(long, env = "PMCLUSTER_INSECURE")]
+    /// In the environment, any value but "", 0, false, no, off or n means on.
+    #[arg(
+        long,
+        env = "PMCLUSTER_INSECURE",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     insecure: bool,
 
     // Limits: a request over one is refused (RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED) with a

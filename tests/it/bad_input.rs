@@ -316,6 +316,17 @@ fn bad_input() {
             .expect_err("an unknown app is not found");
         assert_eq!(err.code(), Code::NotFound, "{err:?}");
         assert!(err.message().contains("nosuchapp"), "{err:?}");
+        // A name no app can have is bad input, not a missing app.
+        let err = client
+            .get_app(pb::GetAppRequest { name: "a/b".into() })
+            .await
+            .expect_err("no app can be named a/b");
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message()
+                .starts_with("app: \"a/b\" is not a valid app name"),
+            "{err:?}"
+        );
         let err = client
             .apply_app(pb::ApplyAppRequest {
                 spec: Some(pb::AppSpec {
@@ -477,4 +488,33 @@ fn start_of_the_same_spec_starts_the_app_as_it_is() {
     let now = c.wait_online("idle", 3).expect("idle keeps 3");
     c.remember_pids(&now.iter().filter_map(|i| i.pid).collect::<Vec<_>>());
     assert_eq!(version(), before);
+}
+
+/// `PMCLUSTER_INSECURE` set empty or to a no is off, as the agent's switches are: the
+/// coordinator refuses a plaintext non-loopback address for the usual reason (exit 64, naming
+/// --insecure), where clap used to refuse the variable itself and no value but "true" started it.
+/// Nothing is bound: the refusal comes before the listener.
+#[test]
+fn an_insecure_variable_set_empty_or_no_is_off() {
+    let coordinator = pmcluster_tests::binary(pmcluster_tests::COORDINATOR_BIN).expect("built");
+    let root = tempfile::tempdir().expect("a temporary directory");
+    for value in ["", "0", "no", "off"] {
+        let out = pmcluster_tests::run_bounded(
+            std::process::Command::new(&coordinator)
+                .args(["--listen", "0.0.0.0:0", "--data-dir"])
+                .arg(root.path().join("data"))
+                .env("PMCLUSTER_INSECURE", value),
+            root.path(),
+            "coordinator",
+            &["--listen", "0.0.0.0:0"],
+            crate::DEADLINE,
+        )
+        .expect("the coordinator runs");
+        assert_eq!(out.code(), Some(64), "PMCLUSTER_INSECURE={value:?}: {out}");
+        assert!(
+            out.stderr
+                .contains("or --insecure to serve plaintext anyway"),
+            "PMCLUSTER_INSECURE={value:?}: {out}"
+        );
+    }
 }

@@ -795,9 +795,12 @@ fn ready_nodes(inner: &Inner, config: &ControlConfig) -> Vec<String> {
 }
 
 fn node_not_found(name: &str) -> ControlError {
-    ControlError::NotFound(format!(
-        "node {name:?} not found; see the nodes with 'pmcluster nodes'"
-    ))
+    match pmcluster_spec::app::validate_node_name(name) {
+        Err(e) => ControlError::InvalidArgument(format!("node: {}", e.message)),
+        Ok(()) => ControlError::NotFound(format!(
+            "node {name:?} not found; see the nodes with 'pmcluster nodes'"
+        )),
+    }
 }
 
 /// The app `name` of `state`: `inner.ahead` for a command, `inner.state` for a read.
@@ -806,9 +809,14 @@ fn find_app<'a>(state: &'a Persisted, name: &str) -> Result<&'a AppRecord> {
         return Err(ControlError::InvalidArgument("app: name is empty".into()));
     }
     state.apps.get(name).ok_or_else(|| {
-        ControlError::NotFound(format!(
-            "app {name:?} not found; see the apps with 'pmcluster apps'"
-        ))
+        // Looked up first, so that an app stored under an older grammar stays reachable; a
+        // name no app could have is the caller's mistake, not a missing app.
+        match pmcluster_spec::app::validate_name(name) {
+            Err(e) => ControlError::InvalidArgument(format!("app: {}", e.message)),
+            Ok(()) => ControlError::NotFound(format!(
+                "app {name:?} not found; see the apps with 'pmcluster apps'"
+            )),
+        }
     })
 }
 

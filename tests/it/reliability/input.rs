@@ -139,8 +139,9 @@ fn issue9_huge_name_is_invalid_argument_with_a_short_message() {
         let err = client
             .get_app(pb::GetAppRequest { name: huge.clone() })
             .await
-            .expect_err("no such app");
-        assert_eq!(err.code(), Code::NotFound, "{:?}", err.code());
+            .expect_err("no app can have that name");
+        assert_eq!(err.code(), Code::InvalidArgument, "{:?}", err.code());
+        assert!(err.message().starts_with("app: \"nnn"), "{}", err.message());
         assert!(err.message().len() < SHORT, "{} bytes", err.message().len());
         let err = client
             .scale(pb::ScaleRequest {
@@ -149,8 +150,8 @@ fn issue9_huge_name_is_invalid_argument_with_a_short_message() {
                 relative: false,
             })
             .await
-            .expect_err("no such app");
-        assert_eq!(err.code(), Code::NotFound, "{:?}", err.code());
+            .expect_err("no app can have that name");
+        assert_eq!(err.code(), Code::InvalidArgument, "{:?}", err.code());
         assert!(err.message().len() < SHORT, "{} bytes", err.message().len());
     });
 
