@@ -111,14 +111,16 @@ impl AutoscalePolicy {
 
     /// Checks bounds and ranges; errors name the field (`autoscale.min`, ...).
     pub fn validate(&self) -> Result<(), SpecError> {
+        // A max of 0 first: it is the wrong one then, whatever the min (`--max 0` was said to
+        // be a bad `--min`).
+        if self.max == 0 {
+            return Err(SpecError::new("autoscale.max", "must be at least 1"));
+        }
         if self.min > self.max {
             return Err(SpecError::new(
                 "autoscale.min",
                 format!("min {} is above max {}", self.min, self.max),
             ));
-        }
-        if self.max == 0 {
-            return Err(SpecError::new("autoscale.max", "must be at least 1"));
         }
         if self.max > crate::app::MAX_INSTANCES {
             return Err(SpecError::new(
@@ -188,6 +190,7 @@ mod tests {
         let cases: Vec<(AutoscalePolicy, &str)> = vec![
             (AutoscalePolicy::new(5, 2, 70.0), "autoscale.min"),
             (AutoscalePolicy::new(0, 0, 70.0), "autoscale.max"),
+            (AutoscalePolicy::new(1, 0, 70.0), "autoscale.max"),
             (AutoscalePolicy::new(1, 2, 0.0), "autoscale.cpu_threshold"),
             (
                 AutoscalePolicy::new(1, 2, f64::NAN),
