@@ -616,6 +616,19 @@ fn raw_apps(
         };
         let mut raws = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
+            if !item.is_object() {
+                // serde's words for it ("expected struct RawApp") name our type, not the file's.
+                let what = match item {
+                    serde_json::Value::Null => "empty",
+                    serde_json::Value::Array(_) => "a list",
+                    _ => "a single value",
+                };
+                raws.push(Err(SpecError::new(
+                    &format!("apps[{i}]"),
+                    format!("is {what}, not an app; each item of apps is a map with at least a name and a script"),
+                )));
+                continue;
+            }
             match strict::<RawApp>(item) {
                 Ok(raw) => raws.push(Ok(raw)),
                 // Said of the file as before: the whole parse finds it (and its position);

@@ -707,6 +707,58 @@ fn empty_files_and_duplicate_keys() {
         text.contains("duplicate") && !text.contains("DuplicateKeyPolicy"),
         "{text}"
     );
+    // JSON too, at any depth, where a tree kept the last value without a word.
+    for json in [
+        r#"{"name": "a", "script": "x", "instances": 1, "instances": 3}"#,
+        r#"{"apps": [{"name": "a", "script": "x", "env": {"A": "1", "A": "2"}}]}"#,
+    ] {
+        let e = parse_apps(json, Format::Json).expect_err(json).to_string();
+        assert!(e.contains("is given twice at line 1"), "{e}");
+    }
+    // What is not twice is read as before, numbers of every kind included.
+    let ok = r#"{"name": "a", "script": "x", "instances": 2, "max_memory_restart": 1.5e9,
+        "env": {"A": "1", "B": "-3"}, "args": ["a", "b"], "autorestart": true, "cwd": null}"#;
+    let apps = parse_apps(ok, Format::Json).expect("reads");
+    assert_eq!(apps[0].instances, 2);
+    assert_eq!(apps[0].args, ["a", "b"]);
+    assert_eq!(apps[0].env.len(), 2);
+}
+
+/// Input as editors and people make it: a byte-order mark, two YAML documents, an empty item.
+#[test]
+fn files_as_editors_save_them() {
+    let bom = "\u{feff}{\"name\": \"a\", \"script\": \"x\"}";
+    assert_eq!(
+        parse_apps(bom, Format::Json).expect("a BOM is skipped")[0].name,
+        "a"
+    );
+    let two = "name: a\nscript: x\n---\nname: b\nscript: y\n";
+    let e = parse_apps(two, Format::Yaml)
+        .expect_err("two documents")
+        .to_string();
+    assert!(
+        e.contains("a config file is one document; list every app under `apps:`"),
+        "{e}"
+    );
+    assert!(!e.contains("from_str_multiple"), "{e}");
+    let each = parse_apps_each(
+        r#"{"apps": [{"name": "a", "script": "x"}, null, 3]}"#,
+        Format::Json,
+    )
+    .expect("the file reads");
+    assert!(each[0].1.is_ok());
+    let says = |i: usize| each[i].1.as_ref().expect_err("not an app").to_string();
+    assert!(
+        says(1).starts_with("apps[1]: is empty, not an app; each item of apps is a map"),
+        "{}",
+        says(1)
+    );
+    assert!(
+        says(2).starts_with("apps[2]: is a single value, not an app"),
+        "{}",
+        says(2)
+    );
+    assert!(!says(1).contains("RawApp"), "{}", says(1));
 }
 
 /// Durations and sizes are written in the largest unit that holds them exactly, and read back

@@ -11,6 +11,9 @@ pub(super) fn parse_tree(
     text: &str,
     format: Format,
 ) -> Result<(serde_json::Value, Option<SpecError>), SpecError> {
+    // Editors on Windows save UTF-8 with a byte-order mark, which JSON parsers refuse as the
+    // first value ("expected value at line 1 column 1").
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // The parsers' own words for these ("EOF while parsing a value") say little to a user.
     if text.trim().is_empty() {
         return Err(syntax_error(
@@ -19,7 +22,9 @@ pub(super) fn parse_tree(
     }
     Ok(match format {
         Format::Json => (
-            serde_json::from_str(text).map_err(|e| syntax_error(&e.to_string()))?,
+            serde_json::from_str::<NoTwice>(text)
+                .map_err(|e| syntax_error(&e.to_string()))?
+                .0,
             None,
         ),
         Format::Yaml => (
@@ -31,6 +36,11 @@ pub(super) fn parse_tree(
                     .replace(
                         " rejected by the configured policy",
                         " has no meaning here; write a number",
+                    )
+                    .replace(
+                        "; use from_str_multiple or from_str_multiple_with_options",
+                        " (a `---` line): a config file is one document; list every app under \
+                         `apps:`",
                     );
                 syntax_error(&text)
             })?,
@@ -54,6 +64,83 @@ pub(super) fn parse_tree(
             (tree, refused)
         }
     })
+}
+
+/// A JSON tree read with every object's keys checked: a key given twice is an error, as YAML's
+/// and TOML's parsers make it, where `serde_json::Value` keeps the last silently
+/// (`{"instances": 1, "instances": 3}` started three).
+struct NoTwice(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for NoTwice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<NoTwice, D::Error> {
+        d.deserialize_any(NoTwiceVisitor).map(NoTwice)
+    }
+}
+
+struct NoTwiceVisitor;
+
+impl<'de> serde::de::Visitor<'de> for NoTwiceVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let NoTwice(value) = map.next_value()?;
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {} is given twice",
+                    echo(&key)
+                )));
+            }
+            out.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(NoTwice(value)) = seq.next_element()? {
+            out.push(value);
+        }
+        Ok(serde_json::Value::Array(out))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        // JSON text has no nan or inf, so this is always a number.
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
 }
 
 /// The field path (as [`SpecError`] writes it) of the first nan or infinite float in `v`.
