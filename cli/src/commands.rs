@@ -239,6 +239,11 @@ async fn start_only(
                 None => String::new(),
             };
             let spec = kept.clone().unwrap_or(spec);
+            if kept.is_none() {
+                for warning in crate::import::no_port_warnings(std::slice::from_ref(&spec)) {
+                    eprintln!("warning: {warning}");
+                }
+            }
             let reply = apply_one(conn, &spec).await?;
             let app = reply.app.clone().unwrap_or_default();
             let unchanged = !reply.created && !reply.changed;

@@ -212,7 +212,33 @@ fn pm2_only(e: &pmcluster_spec::SpecError) -> Option<String> {
 pub fn apply_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
     let mut warnings = shared_port_warnings(specs);
     warnings.extend(small_memory_warnings(specs));
+    warnings.extend(no_port_warnings(specs));
     warnings
+}
+
+/// `${PORT}` in the command line of an app that has no port and sets no `PORT` of its own: it
+/// becomes empty, and the app most likely fails at once (a trial's `python3 -m http.server
+/// ${PORT}` crash-looped on "invalid int value: ''"). Warned, not refused: the app may not
+/// need it.
+pub fn no_port_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
+    let warning = |s: &pmcluster_spec::AppSpec| {
+        let uses = std::iter::once(&s.script)
+            .chain(&s.args)
+            .any(|a| a.contains("${PORT}"));
+        let env_port = s
+            .env
+            .get("PORT")
+            .is_some_and(|p| p.trim().parse::<u16>().is_ok());
+        (uses && s.port == pmcluster_spec::PortSpec::None && !env_port).then(|| {
+            format!(
+                "app {:?}: its command line uses ${{PORT}}, but the app has no port, so it becomes \
+                 empty; give it ports (--port 3000-3003, or \"port\" in a config file) or set \
+                 env PORT",
+                s.name
+            )
+        })
+    };
+    specs.iter().filter_map(warning).collect()
 }
 
 /// A `max_memory_restart` under 1 MiB restarts every process within a second, for ever (memory

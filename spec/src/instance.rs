@@ -63,6 +63,13 @@ pub fn expand(s: &str, index: u32, port: Option<u16>, host: &str) -> String {
         .replace("${INSTANCE_ID}", &index.to_string())
 }
 
+/// The port `${PORT}` stands for in an instance's command line and env: its own, else, for an
+/// app given no port, a number its `env` sets as `PORT` (as PM2 users write it), so that the
+/// command line and the `PORT` the process gets agree, where `${PORT}` used to become empty.
+fn port_of(spec: &AppSpec, port: Option<u16>) -> Option<u16> {
+    port.or_else(|| spec.env.get("PORT")?.trim().parse().ok())
+}
+
 /// The environment an instance gets on top of the agent's: the spec's `env` (expanded), the index
 /// variables, the spec's `instance_var`, and `PORT` when it has a port. Later entries win.
 pub fn instance_env(
@@ -71,10 +78,11 @@ pub fn instance_env(
     port: Option<u16>,
     host: &str,
 ) -> Vec<(String, String)> {
+    let expanding = port_of(spec, port);
     let mut env: Vec<(String, String)> = spec
         .env
         .iter()
-        .map(|(k, v)| (k.clone(), expand(v, index, port, host)))
+        .map(|(k, v)| (k.clone(), expand(v, index, expanding, host)))
         .collect();
     let idx = index.to_string();
     for var in INDEX_VARS {
@@ -93,6 +101,7 @@ pub fn instance_env(
 /// The argv an instance runs: `script args...` expanded, or `/bin/sh -c "script args..."` when the
 /// spec asks for a shell.
 pub fn instance_argv(spec: &AppSpec, index: u32, port: Option<u16>, host: &str) -> Vec<String> {
+    let port = port_of(spec, port);
     let script = expand(&spec.script, index, port, host);
     let args = spec.args.iter().map(|a| expand(a, index, port, host));
     if spec.shell {
@@ -183,5 +192,27 @@ mod tests {
             instance_argv(&spec, 2, Some(4102), "node-a.lan"),
             vec!["/bin/sh", "-c", "node server.js --port=4102"]
         );
+    }
+
+    /// An app given no port but `env.PORT` (as PM2 apps are): `${PORT}` is that port, in the
+    /// command line and in the env, as the process's `PORT` is. A port of its own wins over it.
+    #[test]
+    fn without_a_port_env_port_stands_for_port() {
+        let mut spec = AppSpec::new("web", "python3", &["-m", "http.server", "${PORT}"]);
+        spec.env.insert("PORT".into(), " 8080".into());
+        spec.env
+            .insert("URL".into(), "http://localhost:${PORT}/".into());
+        let argv = instance_argv(&spec, 0, None, "");
+        assert_eq!(argv, ["python3", "-m", "http.server", "8080"]);
+        let env = instance_env(&spec, 0, None, "");
+        let url = env
+            .iter()
+            .find(|(k, _)| k == "URL")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(url, Some("http://localhost:8080/"));
+        assert_eq!(instance_argv(&spec, 0, Some(4100), "")[3], "4100");
+        // Not a number: nothing to stand for, as without it.
+        spec.env.insert("PORT".into(), "${PORT}".into());
+        assert_eq!(instance_argv(&spec, 0, None, "")[3], "");
     }
 }

@@ -451,3 +451,36 @@ fn a_wrong_type_in_one_app_leaves_the_others_applied() {
         wait_online(&c, app, 1);
     }
 }
+
+/// An app given `env.PORT` and no port of its own, as PM2 apps are: `${PORT}` in its command line
+/// is that port, so the command line and the `PORT` the process gets agree. It used to become
+/// empty (`PORT= testapp` here, which fails at once, as `http.server ${PORT}` did in a trial).
+/// Without either, `start` warns that it will be empty.
+#[test]
+fn env_port_stands_for_port_in_the_command_line() {
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let port = free_port_range(1).expect("a free port");
+    let testapp = c.testapp().display().to_string();
+    let line = format!("env PORT=${{PORT}} {testapp}");
+    let out = c.cli(&[
+        "start",
+        &line,
+        "--name",
+        "envport",
+        "--env",
+        &format!("PORT={port}"),
+    ]);
+    out.assert_ok();
+    assert!(!out.stderr.contains("warning"), "{out}");
+    wait_until(DEADLINE, "envport answers on env.PORT", || {
+        pmcluster_tests::http_get(port, "/health").map_err(|e| e.to_string())
+    });
+    let out = c.cli(&["start", &line, "--name", "noport"]);
+    out.assert_ok();
+    assert!(
+        out.stderr.contains(
+            "warning: app \"noport\": its command line uses ${PORT}, but the app has no port"
+        ),
+        "{out}"
+    );
+}

@@ -470,3 +470,24 @@ fn config_files_are_read_up_to_a_bound() -> Result<(), Box<dyn std::error::Error
     );
     Ok(())
 }
+
+/// `${PORT}` with no port to stand for is warned of; with a port, or an `env.PORT` number (which
+/// it then stands for), it is not.
+#[test]
+fn a_port_variable_without_a_port_is_warned_of() {
+    let mut spec =
+        pmcluster_spec::AppSpec::new("files", "python3", &["-m", "http.server", "${PORT}"]);
+    let warned = no_port_warnings(std::slice::from_ref(&spec));
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert!(
+        warned[0]
+            .starts_with("app \"files\": its command line uses ${PORT}, but the app has no port"),
+        "{warned:?}"
+    );
+    spec.env.insert("PORT".into(), "8000".into());
+    assert!(no_port_warnings(std::slice::from_ref(&spec)).is_empty());
+    spec.env.clear();
+    spec.port = pmcluster_spec::PortSpec::Range(8000, 8001);
+    assert!(no_port_warnings(std::slice::from_ref(&spec)).is_empty());
+    assert!(apply_warnings(std::slice::from_ref(&spec)).is_empty());
+}
