@@ -146,9 +146,9 @@ pub enum Command {
     #[command(visible_aliases = ["ls", "ps"])]
     List(ListArgs),
 
-    /// Show an app: its spec, version and instances
+    /// Show an app: its spec, version and instances (--instance N: only that one's row)
     #[command(visible_aliases = ["describe", "show"])]
-    Info(AppArg),
+    Info(TargetArgs),
 
     /// Stop an app's instances (they stay in the app until started again); `all`: every app
     Stop(StopArgs),
@@ -470,6 +470,11 @@ pub struct ReloadArgs {
     #[arg(short = 'y', long)]
     pub yes: bool,
 
+    /// Accepted as PMDaemon writes it (`reload web --rolling --instances 6`): a reload always
+    /// rolls
+    #[arg(long)]
+    pub rolling: bool,
+
     // Applied after -f and --set. A policy change alone restarts nothing: it applies to the next
     // rollout.
     #[command(flatten)]
@@ -766,6 +771,10 @@ pub struct LogsArgs {
 pub struct MonitArgs {
     /// Only this app's instances
     pub app: Option<String>,
+
+    /// Only the app's instance with this index
+    #[arg(long, value_name = "INDEX", requires = "app")]
+    pub instance: Option<u32>,
 
     /// How often to refresh the figures (at least 100ms)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]

@@ -12,8 +12,8 @@ use pmcluster_spec::AppSpec;
 use serde_json::{Value, json};
 
 use crate::args::{
-    AppArg, AutoscaleArgs, DeleteArgs, ListArgs, OutputFormat, ScaleArgs, StartArgs, StopArgs,
-    TargetArgs, WaitFlags,
+    AutoscaleArgs, DeleteArgs, ListArgs, OutputFormat, ScaleArgs, StartArgs, StopArgs, TargetArgs,
+    WaitFlags,
 };
 use crate::error::{ApiError, UsageError};
 use crate::failover::{Conn, call, poll};
@@ -466,13 +466,33 @@ pub async fn list(args: ListArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 /// `info APP`.
-pub async fn info(args: AppArg, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
+pub async fn info(args: TargetArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let mut conn = ctx.connect().await?;
     let req = pb::GetAppRequest {
         name: args.app.clone(),
     };
     let app = call!(conn, get_app, req).await?;
-    let instances = list_instances(&mut conn, &args.app).await?;
+    let mut instances = list_instances(&mut conn, &args.app).await?;
+    if let Some(index) = args.instance {
+        instances.retain(|i| i.index == index);
+        let count = app.spec.as_ref().map_or(0, |s| s.instances);
+        if instances.is_empty() && index >= count {
+            // The coordinator's words for the same mistake in `stop` or `restart`.
+            let message = match count {
+                0 => format!("app {:?} has no instance {index}: it has none", args.app),
+                n => format!(
+                    "app {:?} has no instance {index}: it has {n} (indices 0-{})",
+                    args.app,
+                    n - 1
+                ),
+            };
+            return Err(crate::error::ApiError {
+                code: tonic::Code::NotFound,
+                message,
+            }
+            .into());
+        }
+    }
     let now = output::now_ms();
     if ctx.structured() {
         return ctx.value(&output::app_info_json(&app, &instances, now));

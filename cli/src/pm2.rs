@@ -154,7 +154,8 @@ pub fn id_hint() -> &'static str {
 /// The app a verb names, for [`with_id_hint`].
 pub fn app_named(command: &Command) -> Option<&str> {
     Some(match command {
-        Command::Info(a) | Command::Stats(a) | Command::Compare(a) => &a.app,
+        Command::Info(a) => &a.app,
+        Command::Stats(a) | Command::Compare(a) => &a.app,
         Command::Stop(a) => &a.target.app,
         Command::Restart(a) => &a.target.app,
         Command::Delete(a) => &a.app,

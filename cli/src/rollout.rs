@@ -80,8 +80,13 @@ fn edit_error(e: &SpecError, sets: &[String], instances: bool) -> UsageError {
     } else if instances && field == "instances" {
         UsageError::new(format!("--instances: {message}"))
     } else {
-        // Another field refuses what was set (a port range too small for the new count).
-        UsageError::new(format!("--set: {field}: {message}"))
+        // Another field refuses what was edited (a port range too small for the new count),
+        // named by the option that edited it.
+        let by = match sets.is_empty() && instances {
+            true => "--instances",
+            false => "--set",
+        };
+        UsageError::new(format!("{by}: {field}: {message}"))
     }
 }
 

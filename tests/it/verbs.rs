@@ -474,6 +474,35 @@ fn stats_and_compare_show_the_figures_the_agents_report() {
 
     let nope = c.try_cli(&["stats", "nope"]).expect("cli runs");
     assert!(nope.assert_failed().contains("not found"), "{nope}");
+
+    // PMDaemon's spellings: `info APP --instance N` shows that instance alone, and one the app
+    // does not have is not found, as `stop --instance` says it; `reload --rolling` is a reload.
+    let one = c
+        .cli(&["-o", "json", "info", "web", "--instance", "1"])
+        .json()
+        .expect("info --instance -o json");
+    let indices: Vec<u64> = one["instances"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["index"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(indices, [1], "{one}");
+    let missing = c
+        .try_cli(&["info", "web", "--instance", "7"])
+        .expect("cli runs");
+    assert_eq!(missing.code(), Some(1), "{missing}");
+    assert!(
+        missing
+            .stderr
+            .contains("app \"web\" has no instance 7: it has 2 (indices 0-1)"),
+        "{missing}"
+    );
+    let reload = c.cli(&["reload", "web", "--rolling", "--yes"]);
+    assert!(
+        reload.assert_ok().stdout.contains("so a rolling restart"),
+        "{reload}"
+    );
+    c.wait_online("web", 2)
+        .expect("web is back after the reload");
 }
 
 /// An app with no port and nothing online: `endpoints` says why its list is empty (stderr,

@@ -61,7 +61,7 @@ pub async fn monit(args: MonitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     let result = run(
         &mut terminal,
         &mut conn,
-        args.app.as_deref().unwrap_or(""),
+        (args.app.as_deref().unwrap_or(""), args.instance),
         interval,
     )
     .await;
@@ -72,7 +72,7 @@ pub async fn monit(args: MonitArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 async fn run(
     terminal: &mut ratatui::DefaultTerminal,
     conn: &mut Conn,
-    app: &str,
+    (app, instance): (&str, Option<u32>),
     interval: Duration,
 ) -> anyhow::Result<()> {
     let (keys_tx, mut keys) = mpsc::channel(16);
@@ -87,7 +87,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let result = loop {
         let action = tokio::select! {
-            _ = tick.tick() => match fetch(conn, app).await {
+            _ = tick.tick() => match fetch(conn, app, instance).await {
                 Ok((instances, nodes)) => m.refresh(instances, nodes),
                 Err(e) => {
                     m.refresh_failed(e.to_string());
@@ -136,11 +136,17 @@ async fn run(
     result
 }
 
+/// The instances to show (of `app`, or every one with ""; only index `instance` if given) and
+/// every node.
 async fn fetch(
     conn: &mut Conn,
     app: &str,
+    instance: Option<u32>,
 ) -> Result<(Vec<pb::Instance>, Vec<pb::Node>), crate::error::ApiError> {
-    let instances = list_instances(conn, app).await?;
+    let mut instances = list_instances(conn, app).await?;
+    if let Some(index) = instance {
+        instances.retain(|i| i.index == index);
+    }
     let nodes = call!(conn, list_nodes, pb::ListNodesRequest {})
         .await?
         .nodes;

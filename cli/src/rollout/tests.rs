@@ -60,6 +60,11 @@ fn edit_errors_name_the_option_and_field() {
         edit_error(&e, &["instances=3".to_string()], false).to_string(),
         "--set: port: holds 2 ports but 3 instances were asked for"
     );
+    // `reload web --instances 3` alone gave no --set to blame.
+    assert_eq!(
+        edit_error(&e, &[], true).to_string(),
+        "--instances: port: holds 2 ports but 3 instances were asked for"
+    );
 }
 
 #[test]
