@@ -202,7 +202,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Agen
         stop_instances: CancellationToken::new(),
         detach: CancellationToken::new(),
         cleared,
-        unclaimed: Mutex::new(Vec::new()),
+        unclaimed: Mutex::new(std::collections::BTreeMap::new()),
         started: Instant::now(),
         log_pump: config.log_pump.clone(),
         pump_host: Mutex::new(None),

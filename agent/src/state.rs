@@ -41,6 +41,15 @@ pub(crate) struct Target {
     pub start_seq: u64,
 }
 
+/// What an instance's record said of it when its process was found ended at the agent's start:
+/// the instance goes on from there when it is started again, rather than from 0 (a crash loop
+/// that outlived its agent read 7 restarts, then 3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub restarts: u32,
+    pub last_exit_code: Option<i32>,
+}
+
 /// Something the metrics pass asks of a supervisor.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Poke {
@@ -72,8 +81,9 @@ pub(crate) struct Agent {
     /// Mirrors `Inner::cleared` for supervisors to wait on.
     pub cleared: watch::Sender<bool>,
     /// Instances of the local state that did not run at startup: forgotten unless the first
-    /// desired set brings them back.
-    pub unclaimed: Mutex<Vec<InstanceId>>,
+    /// desired set brings them back. With what their records said of them, which a supervisor
+    /// made for one of them starts from.
+    pub unclaimed: Mutex<BTreeMap<InstanceId, Carried>>,
     /// The origin of the restart policy's clock.
     pub started: Instant,
     /// See [`crate::Config::log_pump`].
@@ -129,7 +139,7 @@ impl Agent {
             stop_instances: CancellationToken::new(),
             detach: CancellationToken::new(),
             cleared: watch::channel(false).0,
-            unclaimed: Mutex::new(Vec::new()),
+            unclaimed: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             log_pump: None,
             pump_host: Mutex::new(None),

@@ -669,6 +669,53 @@ fn agent_kill_9_leaves_instances_running_and_the_next_agent_adopts_them() {
     assert!(procs[0].alive() && procs[2].alive());
 }
 
+/// A crash loop whose agent dies goes on counting where it was: the next agent finds its
+/// process ended, starts it again as a restart, and `list` never shows fewer restarts than
+/// before (it read 7, then 3: the count began again at 0).
+#[test]
+fn a_crash_loop_keeps_its_restart_count_across_an_agent_restart() {
+    let mut c = Cluster::start(1).expect("coordinator and an agent start");
+    c.cli(&["start", "sh -c 'sleep 0.2; exit 5'", "--name", "loop"])
+        .assert_ok();
+    // Killed between two of its processes (in its backoff, about a second by then): the next
+    // agent finds no process to adopt, and starts it from its record.
+    let before = wait_until(
+        DEADLINE,
+        "loop restarted 4 times, waiting to restart",
+        || {
+            let list = c.instances("loop")?;
+            match list.first() {
+                Some(i) if i.restarts >= 4 && i.status == "restarting" && i.pid.is_none() => {
+                    Ok(i.restarts)
+                }
+                _ => Err(render(&list)),
+            }
+        },
+    );
+    let old = c.agent_idx("node-a").expect("node-a");
+    c.agent(old).kill();
+    c.restart_agent(old, &[]).expect("restart the agent");
+    c.wait_ready(&["node-a"], DEADLINE).expect("node-a back");
+    // Watched until the new agent has restarted it once more: the count never goes back (it
+    // began at 0 again, so a look soon after the new agent's first report read fewer).
+    let dropped = wait_until(
+        DEADLINE,
+        "the new agent counts on from the old count",
+        || {
+            let list = c.instances("loop")?;
+            match list.first() {
+                Some(i) if i.restarts < before => Ok(Some(render(&list))),
+                Some(i) if i.restarts > before => Ok(None),
+                _ => Err(format!(
+                    "before the agent restart: {before}; now: {}",
+                    render(&list)
+                )),
+            }
+        },
+    );
+    assert_eq!(dropped, None, "before the agent restart: {before} restarts");
+}
+
 /// A user's stop is on disk before the stop ends: an agent that restarts while a process that
 /// ignores SIGTERM is still inside its kill timeout stops the process it adopts, even with
 /// the coordinator down, rather than keep it running from a record that says it runs.

@@ -26,7 +26,7 @@ use crate::model::{Assignment, DesiredSet, InstanceId, InstanceState, Status};
 use crate::orphans::{self, Orphan};
 use crate::persist::{EndState, Saved, SavedEnd, SavedProcess, SavedPump};
 use crate::process::{self, ExitWatch, ProcId, unix_ms};
-use crate::state::Agent;
+use crate::state::{Agent, Carried};
 
 /// How often a stopping orphan is checked.
 const POLL: Duration = Duration::from_millis(20);
@@ -48,6 +48,7 @@ pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
         tracing::warn!("ignoring {}: {why}", path.display());
     }
     let mut waiting = Vec::new();
+    let mut carried = BTreeMap::new();
     let mut adopted = BTreeSet::new();
     // Cgroups of instances that run (left alone) and of those whose process ended while no
     // agent ran (what is left in them goes: nothing supervises it).
@@ -102,6 +103,13 @@ pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
                             "ended while the agent was down"
                         );
                     }
+                    carried.insert(
+                        assignment.instance_id.clone(),
+                        Carried {
+                            restarts: s.restarts,
+                            last_exit_code: s.last_exit_code,
+                        },
+                    );
                     waiting.push(assignment);
                 }
             },
@@ -126,8 +134,7 @@ pub(crate) fn adopt_local(agent: &Arc<Agent>) -> Vec<Assignment> {
     *agent
         .unclaimed
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) =
-        waiting.iter().map(|a| a.instance_id.clone()).collect();
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = carried;
     waiting
 }
 /// The status to keep for a record whose process does not run, when that instance ended for

@@ -161,7 +161,7 @@ fn forget_unclaimed(agent: &Agent) {
         return;
     }
     let inner = agent.state.lock();
-    for id in unclaimed {
+    for id in unclaimed.into_keys() {
         if !inner.instances.contains_key(&id) {
             tracing::info!(instance = %id, "not in the coordinator's desired set; forgetting it");
             if let Err(e) = agent.records.remove(id.as_str()) {
@@ -190,7 +190,19 @@ fn upsert(agent: &Arc<Agent>, inner: &mut Inner, assignment: Assignment, start: 
     } else {
         InstanceState::Stopped
     };
-    let status = Status::new(state, assignment.restart_epoch);
+    let mut status = Status::new(state, assignment.restart_epoch);
+    // One whose process ended while no agent ran goes on counting from its record: its next
+    // start is a restart.
+    let carried = agent
+        .unclaimed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&id)
+        .copied();
+    if let Some(c) = carried {
+        status.restarts = c.restarts;
+        status.last_exit_code = c.last_exit_code;
+    }
     spawn_supervisor(
         agent,
         inner,
