@@ -38,7 +38,7 @@ struct Args {
     labels: Vec<(String, String)>,
     /// On SIGTERM or SIGINT, stop every instance before exiting. Without it the agent exits and
     /// leaves its instances running; an agent started again with the same --data-dir adopts them.
-    /// In the environment, any value but "", 0, false, no, off or n means on.
+    /// In the environment, any value but "", 0, false, f, no, off or n means on.
     #[arg(
         long,
         env = "PMCLUSTER_STOP_INSTANCES_ON_EXIT",

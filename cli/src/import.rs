@@ -60,7 +60,7 @@ pub fn read_config(path: &str) -> Result<String, UsageError> {
     }
     String::from_utf8(bytes).map_err(|e| {
         UsageError::new(format!(
-            "cannot read {name}: it is not UTF-8 text (byte {} is not)",
+            "cannot read {name}: it is not UTF-8 text (the byte at offset {} is not)",
             e.utf8_error().valid_up_to()
         ))
     })
@@ -299,7 +299,9 @@ pub fn shared_port_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
 /// Converts `pm2 jlist` output (a JSON array of processes) or a JSON ecosystem file (`{"apps":
 /// [...]}`, or one app object). `source` names the input in messages.
 pub fn convert(text: &str, source: &str) -> Result<Imported, UsageError> {
-    let tree: Value = serde_json::from_str(text).map_err(|e| {
+    // As a config file is read: without a byte-order mark, and a key given twice refused.
+    let text = pmcluster_spec::config::without_bom(text);
+    let tree: Value = pmcluster_spec::config::json_tree(text).map_err(|e| {
         if looks_like_js(text) {
             js_error(source)
         } else {

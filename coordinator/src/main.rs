@@ -100,7 +100,7 @@ struct Args {
     /// Serve plaintext on a non-loopback --listen address: anyone who reaches the port can
     /// then run commands on every host. Without TLS and without this flag, such a coordinator
     /// refuses to start.
-    /// In the environment, any value but "", 0, false, no, off or n means on.
+    /// In the environment, any value but "", 0, false, f, no, off or n means on.
     #[arg(
         long,
         env = "PMCLUSTER_INSECURE",

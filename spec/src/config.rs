@@ -30,6 +30,7 @@ use position::locate;
 pub use render::to_config;
 pub use scalars::{duration_text, parse_duration, parse_instances, size_text};
 use text::{at_value, field_error, parse_tree, strict, syntax_error};
+pub use text::{json_tree, without_bom};
 
 /// Format of a config file, usually from its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -523,6 +524,7 @@ impl Scalar {
 
 /// Parses a config file's text into validated specs. The error names the app and field at fault.
 pub fn parse_apps(text: &str, format: Format) -> Result<Vec<AppSpec>, SpecError> {
+    let text = without_bom(text);
     // Read into a generic tree first, so the shape (one app or `apps`) is decided before the
     // strict, unknown-field-rejecting parse, which then reports the real cause of an error.
     apps_of(read_tree(text, format)?, Some((text, format)))
@@ -570,6 +572,7 @@ pub fn parse_apps_each(
     text: &str,
     format: Format,
 ) -> Result<Vec<(String, Result<AppSpec, SpecError>)>, SpecError> {
+    let text = without_bom(text);
     let tree = read_tree(text, format)?;
     let source = Some((text, format));
     let (many, raws) = raw_apps(&tree, source)?;
@@ -712,7 +715,6 @@ impl RawApp {
     /// Fills defaults and validates.
     pub fn into_spec(mut self) -> Result<AppSpec, SpecError> {
         let supervision = self.supervision()?;
-        supervision.validate_new()?;
         let autoscale = self
             .autoscale
             .take()

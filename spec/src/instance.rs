@@ -66,7 +66,8 @@ pub fn expand(s: &str, index: u32, port: Option<u16>, host: &str) -> String {
 /// The port `${PORT}` stands for in an instance's command line and env: its own, else, for an
 /// app given no port, a number its `env` sets as `PORT` (as PM2 users write it), so that the
 /// command line and the `PORT` the process gets agree, where `${PORT}` used to become empty.
-fn port_of(spec: &AppSpec, port: Option<u16>) -> Option<u16> {
+/// The health check's `${PORT}` and TCP probe use it too.
+pub fn port_of(spec: &AppSpec, port: Option<u16>) -> Option<u16> {
     port.or_else(|| spec.env.get("PORT")?.trim().parse().ok())
 }
 

@@ -175,9 +175,10 @@ pub const LIMIT_NAMES: [&str; 8] = [
 ];
 
 impl Supervision {
-    /// The bounds that new input (a config file, a flag, an apply) is held to, beyond
-    /// [`Supervision::validate`]: a spec stored before a bound existed still loads, and the
-    /// agent clamps what it acts on (see [`Supervision::log_keep_bounded`]).
+    /// The bounds a new value is held to, beyond [`Supervision::validate`]. The coordinator
+    /// checks them where a value changes: a spec stored before a bound existed still loads and
+    /// goes back and forth as it is (`reload --set`, `export` then `apply -f`), and the agent
+    /// clamps what it acts on (see [`Supervision::log_keep_bounded`]).
     pub fn validate_new(&self) -> Result<(), SpecError> {
         if self.log_keep > MAX_LOG_KEEP {
             return Err(SpecError::new(
@@ -334,6 +335,26 @@ pub fn validate_cron(expr: &str) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_retain_has_a_bound() {
+        let mut sup = Supervision {
+            log_keep: MAX_LOG_KEEP,
+            ..Supervision::default()
+        };
+        assert!(sup.validate_new().is_ok());
+        sup.log_keep = u32::MAX;
+        let e = sup.validate_new().expect_err("over the bound");
+        assert_eq!(e.field, "log_retain");
+        assert!(
+            e.to_string()
+                .contains("4294967295 rotated files is over the limit of 1000"),
+            "{e}"
+        );
+        // Valid as stored data: the agent keeps the bound's worth.
+        assert!(sup.validate().is_ok());
+        assert_eq!(sup.log_keep_bounded(), MAX_LOG_KEEP);
+    }
 
     #[test]
     fn cron() {

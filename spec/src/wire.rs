@@ -108,7 +108,6 @@ pub fn new_autoscale_from_wire(p: &pb::Autoscale) -> Result<AutoscalePolicy, Spe
 pub fn new_spec_from_wire(p: pb::AppSpec) -> Result<AppSpec, SpecError> {
     let placement = p.placement.clone().unwrap_or_default();
     let spec = AppSpec::try_from(p)?;
-    spec.supervision.validate_new()?;
     for c in &placement.constraints {
         Constraint::parse("placement.constraints", c)?;
     }
@@ -417,22 +416,6 @@ mod tests {
         spec.restart_delay = Duration::from_millis(250);
         let wire = pb::AppSpec::from(&spec);
         assert_eq!(AppSpec::try_from(wire), Ok(spec));
-    }
-
-    /// New input is held to the bound of kept log files; a spec stored with more still loads
-    /// (its agent keeps the bound's worth).
-    #[test]
-    fn log_retain_has_a_bound_for_new_input() {
-        use crate::supervise::MAX_LOG_KEEP;
-        let mut spec = AppSpec::new("web", "node", &["server.js"]);
-        spec.supervision.log_keep = MAX_LOG_KEEP;
-        assert!(new_spec_from_wire(pb::AppSpec::from(&spec)).is_ok());
-        spec.supervision.log_keep = u32::MAX;
-        let e = new_spec_from_wire(pb::AppSpec::from(&spec)).expect_err("over the bound");
-        assert_eq!(e.field, "log_retain");
-        assert!(e.to_string().contains("limit of 1000"), "{e}");
-        let stored = AppSpec::try_from(pb::AppSpec::from(&spec)).expect("a stored spec loads");
-        assert_eq!(stored.supervision.log_keep_bounded(), MAX_LOG_KEEP);
     }
 
     /// Found by the config fuzz targets: a zero kill timeout, cooldown, down stabilization or

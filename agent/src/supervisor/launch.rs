@@ -438,7 +438,8 @@ pub(super) fn health_target(
         .collect();
     health::Target {
         index,
-        port,
+        // An app with no port probes the one its env gives as PORT, as `${PORT}` stands for.
+        port: pmcluster_spec::instance::port_of(spec, port),
         host,
         env,
         cwd: spec.cwd.clone(),

@@ -455,7 +455,8 @@ fn config_files_are_read_up_to_a_bound() -> Result<(), Box<dyn std::error::Error
     std::fs::write(&binary, b"{\"name\": \"\xff\"}")?;
     let e = read_config(&binary.to_string_lossy()).expect_err("not UTF-8");
     assert!(
-        e.to_string().contains("not UTF-8 text (byte 10 is not)"),
+        e.to_string()
+            .contains("not UTF-8 text (the byte at offset 10 is not)"),
         "{e}"
     );
     let ok = dir.path().join("ok.json");
@@ -490,4 +491,17 @@ fn a_port_variable_without_a_port_is_warned_of() {
     spec.port = pmcluster_spec::PortSpec::Range(8000, 8001);
     assert!(no_port_warnings(std::slice::from_ref(&spec)).is_empty());
     assert!(apply_warnings(std::slice::from_ref(&spec)).is_empty());
+}
+
+/// A PM2 file is read as a config file is: a byte-order mark skipped, a key given twice refused.
+#[test]
+fn pm2_files_with_a_bom_or_a_key_twice() {
+    let bom = "\u{feff}{\"apps\": [{\"name\": \"a\", \"script\": \"x.js\"}]}";
+    let got = convert(bom, "eco.json").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(got.config["apps"][0]["name"], "a");
+    let twice = r#"{"apps": [{"name": "a", "script": "x.js", "instances": 1, "instances": 4}]}"#;
+    let e = convert(twice, "eco.json")
+        .expect_err("a key twice")
+        .to_string();
+    assert!(e.contains("the key \"instances\" is given twice"), "{e}");
 }

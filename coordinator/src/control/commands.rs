@@ -134,6 +134,12 @@ impl Control {
         } = cmd;
         let mut inner = self.lock();
         let existing = inner.ahead.apps.get(&spec.name).cloned();
+        // Bounds newer than some stored specs hold only where the value changes: a spec stored
+        // before them goes back and forth as it is (`reload --set`, `export` then `apply -f`).
+        let stored_keep = existing.as_ref().map(|r| r.spec.supervision.log_keep);
+        if stored_keep != Some(spec.supervision.log_keep) {
+            spec.supervision.validate_new()?;
+        }
         let mut spec = spec;
         spec.keep_secrets_of(existing.as_ref().map(|r| &r.spec))?;
         let spec = match &existing {

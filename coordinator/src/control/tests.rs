@@ -800,3 +800,33 @@ async fn lists_show_what_max_comes_to_for_each_app() -> Result<()> {
     }
     Ok(())
 }
+
+/// `log_retain` over its bound is refused as a new value, naming the field; a spec stored with
+/// one before the bound existed is applied back as it is (a `reload` of another field).
+#[test]
+fn log_retain_over_its_bound_is_refused_unless_stored() -> Result<()> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    let mut spec = web(1);
+    spec.supervision.log_keep = 5_000;
+    match c.apply(spec.clone()) {
+        Err(ControlError::InvalidSpec(e)) => {
+            assert_eq!(e.field, "log_retain");
+            assert!(e.message.starts_with("5000 rotated files"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // As an older coordinator stored it.
+    c.apply(web(1))?;
+    let mut app = store.load()?.apps["web"].clone();
+    app.spec.supervision.log_keep = 5_000;
+    store.commit(&crate::model::Batch::app(app))?;
+    drop(c);
+    let c = Control::open(store.clone(), ControlConfig::default())?;
+    spec.instances = 2;
+    c.apply(spec.clone())?;
+    assert_eq!(store.load()?.apps["web"].spec.instances, 2);
+    spec.supervision.log_keep = 6_000;
+    assert!(matches!(c.apply(spec), Err(ControlError::InvalidSpec(_))));
+    Ok(())
+}

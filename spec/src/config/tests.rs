@@ -680,19 +680,6 @@ fn a_wrong_type_is_its_apps_error_with_its_place() {
 
 /// An empty file and a key given twice are said in the user's words, not the parser's.
 #[test]
-fn log_retain_is_bounded() {
-    let ok = parse_apps("name: w\nscript: x\nlog_retain: 1000\n", Format::Yaml).expect("1000");
-    assert_eq!(ok[0].supervision.log_keep, 1000);
-    let e = parse_apps("name: w\nscript: x\nlog_retain: 4294967295\n", Format::Yaml)
-        .expect_err("over the bound")
-        .to_string();
-    assert!(
-        e.contains("log_retain: 4294967295 rotated files is over the limit of 1000"),
-        "{e}"
-    );
-}
-
-#[test]
 fn empty_files_and_duplicate_keys() {
     for format in [Format::Json, Format::Yaml, Format::Toml] {
         let e = parse_apps(" \n", format).expect_err("empty");
@@ -732,6 +719,12 @@ fn files_as_editors_save_them() {
         parse_apps(bom, Format::Json).expect("a BOM is skipped")[0].name,
         "a"
     );
+    // A value's error is placed in the text after the mark, not at its start.
+    let bom_bad = "\u{feff}{\"name\": \"a\",\n \"script\": \"x\", \"port\": \"30x0\"}";
+    let e = parse_apps(bom_bad, Format::Json)
+        .expect_err("a bad port")
+        .to_string();
+    assert!(e.contains("(line 2, column"), "{e}");
     let two = "name: a\nscript: x\n---\nname: b\nscript: y\n";
     let e = parse_apps(two, Format::Yaml)
         .expect_err("two documents")

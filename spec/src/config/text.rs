@@ -11,9 +11,6 @@ pub(super) fn parse_tree(
     text: &str,
     format: Format,
 ) -> Result<(serde_json::Value, Option<SpecError>), SpecError> {
-    // Editors on Windows save UTF-8 with a byte-order mark, which JSON parsers refuse as the
-    // first value ("expected value at line 1 column 1").
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // The parsers' own words for these ("EOF while parsing a value") say little to a user.
     if text.trim().is_empty() {
         return Err(syntax_error(
@@ -22,9 +19,7 @@ pub(super) fn parse_tree(
     }
     Ok(match format {
         Format::Json => (
-            serde_json::from_str::<NoTwice>(text)
-                .map_err(|e| syntax_error(&e.to_string()))?
-                .0,
+            json_tree(text).map_err(|e| syntax_error(&e.to_string()))?,
             None,
         ),
         Format::Yaml => (
@@ -64,6 +59,18 @@ pub(super) fn parse_tree(
             (tree, refused)
         }
     })
+}
+
+/// `text` without the byte-order mark that editors on Windows put before UTF-8, which JSON
+/// parsers refuse as the first value ("expected value at line 1 column 1"). Taken off where a
+/// file's text comes in, so that positions found in it later count from the same place.
+pub fn without_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// The tree of a JSON text, refusing a key given twice in one object (see [`NoTwice`]).
+pub fn json_tree(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    serde_json::from_str::<NoTwice>(text).map(|t| t.0)
 }
 
 /// A JSON tree read with every object's keys checked: a key given twice is an error, as YAML's

@@ -196,9 +196,7 @@ impl Control {
     pub fn set_drain(&self, node: &str, drain: bool) -> Result<(NodeView, bool)> {
         let mut inner = self.lock();
         let Some(record) = inner.ahead.nodes.get(node).cloned() else {
-            return Err(ControlError::NotFound(format!(
-                "node {node:?} not found; see the nodes with 'pmcluster nodes'"
-            )));
+            return Err(node_not_found(node));
         };
         let changed = record.drain != drain;
         if changed {
@@ -223,7 +221,7 @@ impl Control {
             .list_nodes()
             .into_iter()
             .find(|n| n.name == node)
-            .ok_or_else(|| ControlError::NotFound(format!("node {node:?} not found")))?;
+            .ok_or_else(|| node_not_found(node))?;
         Ok((view, changed))
     }
 }

@@ -624,3 +624,20 @@ fn a_drain_moves_the_others_past_an_instance_no_other_node_fits() -> Result<()> 
     assert_eq!(message(), (NodeStatus::Draining, stays.to_string()));
     Ok(())
 }
+
+/// A node name no node can have is bad input; a well-formed one that is not there is not found.
+#[test]
+fn draining_a_name_no_node_can_have_is_invalid() -> Result<()> {
+    let c = Control::open(Arc::new(MemoryStore::default()), ControlConfig::default())?;
+    for bad in ["", "a b", "../x"] {
+        match c.set_drain(bad, true) {
+            Err(ControlError::InvalidArgument(m)) => assert!(m.starts_with("node: "), "{m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        c.set_drain("nosuch", true),
+        Err(ControlError::NotFound(_))
+    ));
+    Ok(())
+}
