@@ -375,7 +375,9 @@ fn supervision_fields(spec: &pmcluster_spec::AppSpec) -> Vec<(&'static str, Stri
         (
             "max restarts",
             format!(
-                "{} in {} (backoff up to {})",
+                // Only runs shorter than `min_uptime` count, as in PM2: a trial read the
+                // bare "2 in 1m" as a cap, and saw an app that ran 2 s restarted for ever.
+                "{} in {} of runs shorter than min uptime (backoff up to {})",
                 sv.max_restarts,
                 dur(sv.restart_window),
                 dur(sv.restart_backoff_max)

@@ -481,7 +481,7 @@ fn info_shows_the_whole_spec() {
     let text = app_info_text(&app, &[], NOW);
     for want in [
         "min uptime:     3s\n",
-        "max restarts:   7 in 1m (backoff up to 15s)\n",
+        "max restarts:   7 in 1m of runs shorter than min uptime (backoff up to 15s)\n",
         "max memory:     512.0 MiB (restart above)\n",
         "cron restart:   0 3 * * *\n",
         "listen timeout: 8s\n",
@@ -630,7 +630,7 @@ restart delay:  2s
 kill timeout:   5s
 exec mode:      fork
 min uptime:     1s
-max restarts:   15 in 1m (backoff up to 15s)
+max restarts:   15 in 1m of runs shorter than min uptime (backoff up to 15s)
 max memory:     -
 cron restart:   -
 listen timeout: 30s
