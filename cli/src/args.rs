@@ -479,6 +479,9 @@ pub struct ReloadArgs {
     // rollout.
     #[command(flatten)]
     pub update: UpdateFlags,
+
+    #[command(flatten)]
+    pub wait: WaitFlags,
 }
 
 #[derive(Debug, Args)]

@@ -241,7 +241,7 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
             },
             rolling: true,
             update: args.update,
-            wait: crate::args::WaitFlags::default(),
+            wait: args.wait,
         };
         return rolling_restart(restart, ctx).await;
     }
@@ -345,42 +345,49 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
         }
     )
     .await?;
-    let version = reply.app.as_ref().map(|a| a.version).unwrap_or_default();
+    let applied = reply.app.clone().unwrap_or_default();
+    let version = applied.version;
     let policy_changed = new.update != current.update;
     let note = match &reply.deployment {
         Some(_) => rollout_note(&mut conn, &args.app, &new).await,
         None => None,
     };
-    if ctx.structured() {
-        let said = ctx.value(&serde_json::json!({
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    let mut lines = vec![match &reply.deployment {
+        Some(d) if args.wait.wait => format!(
+            "{}: rolling out version {} (from {})",
+            args.app, d.to_version, d.from_version
+        ),
+        Some(d) => format!(
+            "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
+            args.app, d.to_version, d.from_version, args.app
+        ),
+        None => format!(
+            "{}: updated (version {version}, no instance restarts)",
+            args.app
+        ),
+    }];
+    if policy_changed {
+        lines.push(policy_kept(&args.app, &current.update, &new.update));
+    }
+    let said = wait::Said {
+        value: json!({
             "app": args.app, "version": version,
             "deployment": reply.deployment.as_ref().map(output::deployment_json),
             "update": policy_changed.then(|| policy_json(&new.update)),
-        }));
-        if let Some(note) = note {
-            eprintln!("{note}");
-        }
-        return said;
-    }
-    match &reply.deployment {
-        Some(d) => {
-            ctx.line(&format!(
-                "{}: rolling out version {} (from {}); follow it with: pmcluster rollout status {} --wait",
-                args.app, d.to_version, d.from_version, args.app
-            ))?;
-            if let Some(note) = note {
-                eprintln!("{note}");
-            }
-        }
-        None => ctx.line(&format!(
-            "{}: updated (version {version}, no instance restarts)",
-            args.app
-        ))?,
-    }
-    match policy_changed {
-        true => ctx.line(&policy_kept(&args.app, &current.update, &new.update)),
-        false => Ok(()),
-    }
+        }),
+        lines,
+    };
+    // As `apply --wait`: the new version on every instance the spec asks for, and a failure or
+    // rollback of the rollout this reload started fails the wait.
+    let goal = wait::Goal {
+        version: reply.deployment.as_ref().map_or(0, |d| d.to_version),
+        rollout: reply.deployment.as_ref().map(|d| d.id),
+        ..wait::goal_of(&args.app, &applied, None)
+    };
+    wait::finish(&mut conn, ctx, &args.wait, said, Ok(Some(goal))).await
 }
 
 /// What `reload` and `restart --rolling` say of an update policy their flags changed: it is

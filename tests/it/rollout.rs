@@ -445,3 +445,66 @@ fn an_errored_replacement_fails_the_rollout_without_waiting_out_its_deadline() {
 fn http_body(port: u16) -> Option<String> {
     pmcluster_tests::http_get(port, "/").ok().map(|r| r.body)
 }
+
+/// `reload --wait` returns once every instance runs the new version (each port answers with
+/// it at once), and exits 1 naming the replacement that errored, as
+/// `restart --rolling --wait` and `apply --wait` do. Before, `reload` took no `--wait`.
+#[test]
+fn reload_wait_returns_with_the_new_version_in_place_or_fails_with_the_rollout() {
+    let c = web_on_auto_ports(
+        1,
+        2,
+        serde_json::json!({
+            "max_restarts": 2,
+            "restart_delay": "100ms",
+            "update": { "max_surge": 1, "min_healthy_time": "500ms", "healthy_deadline": "10m" }
+        }),
+    );
+    wait_online(&c, "web", 2);
+    let out = c
+        .try_cli_timeout(
+            &[
+                "reload",
+                "web",
+                "--set",
+                "env.TESTAPP_VERSION=v2",
+                "--yes",
+                "--wait",
+            ],
+            std::time::Duration::from_secs(120),
+        )
+        .expect("pmcluster reload --wait runs");
+    out.assert_ok();
+    assert!(out.stdout.contains("web: 2 up after"), "{out}");
+    let list = c.instances("web").expect("list");
+    let serving: Vec<Option<String>> = list
+        .iter()
+        .filter(|i| i.online())
+        .map(|i| i.port.and_then(http_body))
+        .collect();
+    assert!(
+        serving.len() >= 2
+            && serving
+                .iter()
+                .filter(|b| b.as_deref().is_some_and(|b| b.contains("\"v2\"")))
+                .count()
+                == 2,
+        "both indices answer v2 when reload --wait returns: {serving:?}\n{}",
+        render(&list)
+    );
+    let bad = c
+        .try_cli_timeout(
+            &[
+                "reload",
+                "web",
+                "--set",
+                "env.TESTAPP_STARTUP_DELAY_MS=soon",
+                "--yes",
+                "--wait",
+            ],
+            std::time::Duration::from_secs(120),
+        )
+        .expect("pmcluster reload --wait runs");
+    assert_eq!(bad.code(), Some(1), "{bad}");
+    assert!(bad.stderr.contains("errored"), "{bad}");
+}
