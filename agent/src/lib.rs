@@ -111,9 +111,41 @@ fn client_tls(files: &config::TlsFiles) -> Result<tonic::transport::ClientTlsCon
     let cert = read("--tls-cert", &files.cert)?;
     let key = read("--tls-key", &files.key)?;
     let ca = read("--ca", &files.ca)?;
+    check_pem("--tls-cert", &files.cert, &cert, Holds::Certificate)?;
+    check_pem("--ca", &files.ca, &ca, Holds::Certificate)?;
+    check_pem("--tls-key", &files.key, &key, Holds::Key)?;
     Ok(tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca))
         .identity(tonic::transport::Identity::from_pem(cert, key)))
+}
+
+/// What a TLS flag's file must hold.
+enum Holds {
+    Certificate,
+    Key,
+}
+
+/// Whether `pem`, read from the file `flag` names, holds what that flag needs.
+fn check_pem(flag: &'static str, path: &Path, pem: &[u8], holds: Holds) -> Result<(), AgentError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let missing = match holds {
+        Holds::Key => PrivateKeyDer::from_pem_slice(pem).is_err().then_some(
+            "holds no PEM private key; give the key `pmcluster certs issue agent NODE` wrote",
+        ),
+        Holds::Certificate => (!CertificateDer::pem_slice_iter(pem).any(|c| c.is_ok())).then_some(
+            "holds no PEM certificate; give the files `pmcluster certs init` and `pmcluster \
+             certs issue agent NODE` wrote",
+        ),
+    };
+    match missing {
+        Some(reason) => Err(AgentError::Tls {
+            flag,
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Runs the agent until `shutdown` is cancelled (then stops or leaves its instances, as

@@ -254,6 +254,15 @@ fn validate(args: Args) -> anyhow::Result<Config> {
             format!("--metrics-listen: {a:?} is not an address like 127.0.0.1:9450")
         })?),
     };
+    // Else the gRPC bind, which comes second, fails as if another process held the port.
+    if let Some(addr) = metrics_listen
+        && addr == listen
+        && addr.port() != 0
+    {
+        anyhow::bail!(
+            "--metrics-listen {addr} is the --listen address too: give one of them another port"
+        );
+    }
     if let Some(addr) = metrics_listen
         && !addr.ip().is_loopback()
     {
@@ -423,6 +432,14 @@ fn validate(args: Args) -> anyhow::Result<Config> {
 fn is_store_error(e: &anyhow::Error) -> bool {
     use pmcluster_coordinator::control::ControlError;
     use pmcluster_coordinator::server::ServeError;
+    use pmcluster_coordinator::tls::TlsError;
+    // Files given by the TLS flags that cannot be used, read before anything is served.
+    if matches!(
+        e.downcast_ref::<TlsError>(),
+        Some(TlsError::File { .. } | TlsError::Config(_))
+    ) {
+        return true;
+    }
     matches!(
         e.downcast_ref::<ServeError>(),
         Some(

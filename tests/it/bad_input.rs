@@ -518,3 +518,85 @@ fn an_insecure_variable_set_empty_or_no_is_off() {
         );
     }
 }
+
+/// Startup flags the operator must fix exit 64 with the flag named, before anything is served:
+/// a coordinator's `--tls-cert` that holds no certificate exited 1, like a crash, and `--metrics-listen` on
+/// the `--listen` address said another process held the port (the coordinator's own metrics
+/// listener did).
+#[test]
+fn daemons_with_unusable_tls_files_or_one_address_twice_exit_64() {
+    let coordinator = pmcluster_tests::binary(pmcluster_tests::COORDINATOR_BIN).expect("built");
+    let root = tempfile::tempdir().expect("a temporary directory");
+    let not_pem = root.path().join("not.pem");
+    std::fs::write(&not_pem, "root:x:0:0:root:/root:/bin/bash\n").expect("write not.pem");
+    let not_pem = not_pem.display().to_string();
+    let port = pmcluster_tests::free_port_range(1).expect("a free port");
+    let addr = format!("127.0.0.1:{port}");
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--tls-cert",
+                &not_pem,
+                "--tls-key",
+                &not_pem,
+                "--client-ca",
+                &not_pem,
+            ],
+            "--tls-cert",
+        ),
+        (
+            &["--listen", &addr, "--metrics-listen", &addr],
+            "is the --listen address too",
+        ),
+    ];
+    for (args, said) in cases {
+        let out = pmcluster_tests::run_bounded(
+            std::process::Command::new(&coordinator)
+                .args(args)
+                .arg("--data-dir")
+                .arg(root.path().join("data")),
+            root.path(),
+            "coordinator",
+            args,
+            crate::DEADLINE,
+        )
+        .expect("the coordinator runs");
+        assert_eq!(out.code(), Some(64), "{args:?}: {out}");
+        assert!(out.stderr.contains(said), "{args:?}: {out}");
+    }
+    // The agent read the files but left their contents to its first dial, which failed as a
+    // "transport error" on every retry, forever.
+    let agent = pmcluster_tests::binary(pmcluster_tests::AGENT_BIN).expect("built");
+    let coordinator_url = format!("https://{addr}");
+    let args = [
+        "--coordinator",
+        &coordinator_url,
+        "--node-name",
+        "n1",
+        "--tls-cert",
+        &not_pem,
+        "--tls-key",
+        &not_pem,
+        "--ca",
+        &not_pem,
+        "--no-cgroups",
+    ];
+    let out = pmcluster_tests::run_bounded(
+        std::process::Command::new(&agent)
+            .args(args)
+            .arg("--data-dir")
+            .arg(root.path().join("agent")),
+        root.path(),
+        "agent",
+        &args,
+        crate::DEADLINE,
+    )
+    .expect("the agent runs");
+    assert_eq!(out.code(), Some(64), "{out}");
+    assert!(
+        out.stderr.contains("--tls-cert") && out.stderr.contains("holds no PEM certificate"),
+        "{out}"
+    );
+}
