@@ -42,6 +42,15 @@ pub const CHUNK_BYTES: usize = 1 << 20;
 pub const MAX_LINE_BYTES: usize = 16 * 1024;
 /// How often followed files are checked for growth.
 pub const FOLLOW_POLL: Duration = Duration::from_millis(150);
+/// The most lines one poll of a follow request sends, shared by its files: half of what the
+/// coordinator's route for one reader holds (16,384 lines), so that a reader who takes one
+/// poll's lines before the next loses none. What is left waits in the files.
+pub const FOLLOW_POLL_LINES: usize = 8_192;
+/// The least share of a poll's lines a file gets, however many files a request follows.
+pub const FOLLOW_MIN_SHARE: usize = 64;
+/// The next poll after one that left lines in a file: a flood is sent at up to about 160,000
+/// lines a second, which a reader on this machine's CLI keeps up with.
+pub const FOLLOW_BEHIND_POLL: Duration = Duration::from_millis(50);
 /// Path of one instance's stdout or stderr file, always a file directly in `logs_dir`.
 ///
 /// The app name comes from the wire or from a record on disk: a valid one is a plain path

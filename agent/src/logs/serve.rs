@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::tail::{Follower, read_last_lines_rotated};
 use super::{
-    CHUNK_BYTES, CHUNK_LINES, DEFAULT_LINES, FOLLOW_POLL, MAX_LINES, log_path, log_streams,
+    CHUNK_BYTES, CHUNK_LINES, DEFAULT_LINES, FOLLOW_BEHIND_POLL, FOLLOW_MIN_SHARE, FOLLOW_POLL,
+    FOLLOW_POLL_LINES, MAX_LINES, log_path, log_streams,
 };
 use crate::model::InstanceId;
 use crate::state::{Agent, LogSource};
@@ -207,7 +208,16 @@ impl Job {
     }
 
     async fn follow(&self, mut streams: Vec<Stream>) {
+        // Each stream's share of a poll's lines; a stream that took all of it is behind its
+        // file, and the next poll comes sooner.
+        let share = (FOLLOW_POLL_LINES / streams.len().max(1)).max(FOLLOW_MIN_SHARE);
+        let mut behind = false;
         loop {
+            let wait = if behind {
+                FOLLOW_BEHIND_POLL
+            } else {
+                FOLLOW_POLL
+            };
             tokio::select! {
                 () = self.cancel.cancelled() => {
                     // Tell the coordinator the request is closed; it may not be listening any more,
@@ -215,13 +225,15 @@ impl Job {
                     let _ = self.out.try_send(self.chunk(Vec::new(), true, String::new()));
                     return;
                 }
-                () = tokio::time::sleep(FOLLOW_POLL) => {}
+                () = tokio::time::sleep(wait) => {}
             }
             let node = self.node.clone();
             let polled = tokio::task::spawn_blocking(move || {
                 let mut lines = Vec::new();
+                let mut behind = false;
                 for s in &mut streams {
-                    let polled = s.follower.poll();
+                    let polled = s.follower.poll_at_most(share);
+                    behind |= polled.as_ref().is_ok_and(|l| l.len() >= share);
                     if s.follower.take_gap() {
                         lines.push(pb::LogLine {
                             app: s.source.app.clone(),
@@ -253,11 +265,11 @@ impl Job {
                         Err(e) => tracing::debug!("following {}: {e}", s.follower.path().display()),
                     }
                 }
-                (streams, lines)
+                (streams, lines, behind)
             })
             .await;
             let lines;
-            (streams, lines) = match polled {
+            (streams, lines, behind) = match polled {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::error!("log follower failed: {e}");

@@ -284,12 +284,24 @@ impl Follower {
 
     /// New complete lines since the last call. Blocking file I/O: call from the blocking pool.
     pub fn poll(&mut self) -> io::Result<Vec<String>> {
-        self.poll_with(|| {})
+        self.poll_at_most(usize::MAX)
     }
 
-    /// [`Follower::poll`], calling `between` after the rotated files are looked through for
-    /// the next one (where tests rotate the files).
-    fn poll_with(&mut self, mut between: impl FnMut()) -> io::Result<Vec<String>> {
+    /// [`Follower::poll`], at most about `max_lines` of them (one more when a rotated file
+    /// ended mid-line): the rest stays in the file for the next call. A flood of short lines
+    /// made one poll of 1 MiB about 90,000 lines at once, more than a reader's route at the
+    /// coordinator holds, so a reader that kept up lost most of them.
+    pub fn poll_at_most(&mut self, max_lines: usize) -> io::Result<Vec<String>> {
+        self.poll_with(max_lines, || {})
+    }
+
+    /// [`Follower::poll_at_most`], calling `between` after the rotated files are looked through
+    /// for the next one (where tests rotate the files).
+    fn poll_with(
+        &mut self,
+        max_lines: usize,
+        mut between: impl FnMut(),
+    ) -> io::Result<Vec<String>> {
         let on_disk = live_ident(&self.path)?;
         let held = match &self.file {
             Some(f) => Some(ident(&f.metadata()?)),
@@ -301,7 +313,7 @@ impl Follower {
             if let Some(file) = &self.file {
                 let len = file.metadata()?.len();
                 if len > self.offset {
-                    return self.read_held(len);
+                    return self.read_held(len, max_lines);
                 }
             }
             let (next, gap) = self.next_file(&mut between)?;
@@ -314,7 +326,7 @@ impl Follower {
                 let line = line_text(&std::mem::take(&mut self.pending));
                 let mut lines = vec![line];
                 let len = self.held_len()?;
-                lines.extend(self.read_held(len)?);
+                lines.extend(self.read_held(len, max_lines)?);
                 return Ok(lines);
             }
         }
@@ -324,7 +336,7 @@ impl Follower {
             self.offset = 0;
             self.pending.clear();
         }
-        self.read_held(len)
+        self.read_held(len, max_lines)
     }
 
     fn held_len(&self) -> io::Result<u64> {
@@ -335,8 +347,8 @@ impl Follower {
     }
 
     /// Complete lines of the held file from the offset towards `len` (at most
-    /// [`MAX_FOLLOW_READ`] bytes).
-    fn read_held(&mut self, len: u64) -> io::Result<Vec<String>> {
+    /// [`MAX_FOLLOW_READ`] bytes, and at most `max_lines` lines).
+    fn read_held(&mut self, len: u64, max_lines: usize) -> io::Result<Vec<String>> {
         let Some(file) = &mut self.file else {
             return Ok(Vec::new());
         };
@@ -351,12 +363,20 @@ impl Follower {
         self.pending.extend_from_slice(&buf);
         let mut lines = Vec::new();
         let mut rest: &[u8] = &self.pending;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+        let max_lines = max_lines.max(1);
+        while lines.len() < max_lines
+            && let Some(pos) = rest.iter().position(|b| *b == b'\n')
+        {
             lines.push(line_text(&rest[..pos]));
             rest = &rest[pos + 1..];
         }
-        // An endless line without newline is flushed in pieces rather than buffered forever.
-        if rest.len() >= MAX_LINE_BYTES {
+        if lines.len() == max_lines {
+            // The rest is read again next time. It is all from this read: `pending` held no
+            // newline, and one ended the last line taken.
+            self.offset -= rest.len() as u64;
+            rest = &[];
+        } else if rest.len() >= MAX_LINE_BYTES {
+            // An endless line without newline is flushed in pieces rather than buffered forever.
             lines.push(line_text(rest));
             rest = &[];
         }
@@ -630,7 +650,7 @@ mod tests {
         let mut gap = false;
         // Bounded: each poll moves on by a file at least.
         for _ in 0..10 {
-            lines.extend(follower.poll_with(|| {
+            lines.extend(follower.poll_with(usize::MAX, || {
                 if !std::mem::replace(&mut rotated_once, true) {
                     rotate_by_rename(&path, 3).expect("rotate");
                     append_to(&path, "d\n").expect("append");
@@ -675,6 +695,45 @@ mod tests {
             lines.extend(follower.poll()?);
         }
         assert_eq!(lines, ["1", "2"]);
+        Ok(())
+    }
+
+    /// A poll takes at most the lines it is allowed, and the next ones go on from there, in
+    /// order, with none lost or repeated: across a line still being written, and into the file
+    /// rotated in between. Before, one poll took up to 1 MiB however many lines that was.
+    #[test]
+    fn a_poll_takes_at_most_its_share_of_lines_and_the_next_go_on_from_there() -> io::Result<()> {
+        use crate::logs::rotate_by_rename;
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.log");
+        append_to(&path, "")?;
+        let tail = read_last_lines_rotated(&path, 10)?;
+        let mut follower = Follower::new(path.clone(), &tail);
+        let text: String = (0..2_500).map(|i| format!("{i}\n")).collect();
+        append_to(&path, &text)?;
+        append_to(&path, "part")?;
+        let mut got = Vec::new();
+        let mut sizes = Vec::new();
+        // Bounded: each poll takes a line at least until none is left.
+        for _ in 0..10 {
+            let lines = follower.poll_at_most(1_000)?;
+            sizes.push(lines.len());
+            got.extend(lines);
+        }
+        assert_eq!(sizes, [1_000, 1_000, 500, 0, 0, 0, 0, 0, 0, 0]);
+        append_to(&path, "ial\n")?;
+        append_to(&path, &text)?;
+        // Rotated with a share left unread: the rest of it comes first, then the new file.
+        rotate_by_rename(&path, 3)?;
+        append_to(&path, "after\n")?;
+        for _ in 0..10 {
+            got.extend(follower.poll_at_most(1_000)?);
+        }
+        let mut want: Vec<String> = (0..2_500).map(|i| i.to_string()).collect();
+        want.push("partial".to_string());
+        want.extend((0..2_500).map(|i| i.to_string()));
+        want.push("after".to_string());
+        assert_eq!(got, want);
         Ok(())
     }
 }
