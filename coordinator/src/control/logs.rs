@@ -202,6 +202,10 @@ impl Control {
                 cancel(r, *id);
                 return false;
             }
+            if announce_pending(r) {
+                cancel(r, *id);
+                return false;
+            }
             true
         });
     }
@@ -338,13 +342,24 @@ pub(super) fn route_lines(route: &mut LogRoute, lines: Vec<LogLine>) -> bool {
     false
 }
 
+/// Announces the lines dropped for a reader once it has room again, on the control loop's
+/// tick: a burst followed by silence never brings the next line that [`route_lines`] announces
+/// them before, and the reader was never told that the end of the burst was lost. Returns
+/// whether the reader is gone.
+pub(super) fn announce_pending(route: &mut LogRoute) -> bool {
+    if route.dropped == 0 || route.lines.capacity() == 0 {
+        return false;
+    }
+    announce_dropped(route, None)
+}
+
 /// Sends the "N lines dropped" notice (app and node of `next`, when known) and resets the count.
 /// Returns whether the reader is gone.
 pub(super) fn announce_dropped(route: &mut LogRoute, next: Option<&LogLine>) -> bool {
     let n = route.dropped;
     let notice = LogLine {
-        app: next.map(|l| l.app.clone()).unwrap_or_default(),
-        index: next.map_or(0, |l| l.index),
+        app: next.map_or_else(|| route.app.clone(), |l| l.app.clone()),
+        index: next.map_or_else(|| route.indices.first().copied().unwrap_or(0), |l| l.index),
         node: next.map_or_else(|| route.node.clone(), |l| l.node.clone()),
         stream: LogStream::Unspecified,
         line: format!("[pmcluster] {n} lines dropped here: this reader fell behind"),

@@ -64,6 +64,28 @@ fn a_slow_log_reader_loses_lines_visibly_and_never_blocks() {
         "an unread notice was among the dropped lines"
     );
     assert!(!route.dropped_unread);
+    // A burst, then silence: what was dropped at its end is announced once the reader has
+    // room, without waiting for a next line that may never come. Before, the reader got the
+    // head of the burst and nothing more, with no word of the rest.
+    while rx.try_recv().is_ok() {}
+    assert!(!route_lines(&mut route, lines(20, 10)));
+    assert_eq!(route.dropped, 6);
+    assert!(
+        !crate::control::logs::announce_pending(&mut route),
+        "the reader is still there"
+    );
+    assert_eq!(route.dropped, 6, "no room yet: the count waits");
+    for want in 20..24 {
+        assert_eq!(
+            rx.try_recv().unwrap_or_default().line,
+            format!("line {want}")
+        );
+    }
+    assert!(!crate::control::logs::announce_pending(&mut route));
+    let notice = rx.try_recv().unwrap_or_default();
+    assert!(notice.line.contains("6 lines dropped"), "{}", notice.line);
+    assert_eq!((notice.app.as_str(), notice.index), ("web", 0));
+    assert_eq!(route.dropped, 0);
     // The reader went away.
     drop(rx);
     assert!(route_lines(&mut route, lines(11, 1)));
