@@ -27,6 +27,7 @@ mod overwrite;
 mod start;
 mod stream;
 pub use apply::{apply, export};
+pub(crate) use apply::{beside_file, config_dir};
 use overwrite::refuse_to_overwrite;
 #[cfg(test)]
 use overwrite::{differing_fields, overwrite_refusal, same_but_adjusted};

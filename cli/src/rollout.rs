@@ -268,6 +268,13 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
                 .ok_or_else(|| {
                     UsageError::new(format!("{path} has no app named {:?}", args.app))
                 })?;
+            // Read as `apply -f` reads the same file: a trial's reload of the file it had
+            // applied dropped the `cwd` apply had found beside it, and every replacement
+            // failed to find its script.
+            let spec = match crate::commands::config_dir(path).filter(|_| conn.on_this_host()) {
+                Some(dir) => crate::commands::beside_file(&mut conn, spec, &dir).await?,
+                None => spec,
+            };
             to_config(&spec)
         }
         None => old_config.clone(),

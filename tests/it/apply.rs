@@ -407,10 +407,14 @@ fn a_config_files_apps_run_beside_it() {
     std::fs::write(&script, format!("#!/bin/sh\nexec {testapp:?}\n")).expect("write run.sh");
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
     std::fs::set_permissions(&script, mode).expect("make run.sh executable");
+    // Not executable: run by the interpreter of its extension, as PM2 runs `script: app.js`.
+    let plain = proj.join("plain.sh");
+    std::fs::write(&plain, "exec sleep 600\n").expect("write plain.sh");
     let file = proj.join("apps.json");
     let apps = json!({"apps": [
         {"name": "beside", "script": "./run.sh", "port": port.to_string()},
         {"name": "under", "script": "sleep", "args": ["600"], "cwd": "sub"},
+        {"name": "plain", "script": "plain.sh", "min_uptime": "200ms"},
     ]});
     std::fs::write(&file, apps.to_string()).expect("write the config");
     let out = c.cli(&["apply", "-f", &file.display().to_string()]);
@@ -422,11 +426,38 @@ fn a_config_files_apps_run_beside_it() {
         )),
         "{out}"
     );
-    for (app, dir) in [("beside", proj.clone()), ("under", proj.join("sub"))] {
+    assert!(
+        out.stderr
+            .contains("note: ./plain.sh is not executable: running it with bash"),
+        "{out}"
+    );
+    for (app, dir) in [
+        ("beside", proj.clone()),
+        ("under", proj.join("sub")),
+        ("plain", proj.clone()),
+    ] {
         let pid = wait_online(&c, app, 1)[0].pid.expect("a pid");
         let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("its cwd");
         assert_eq!(cwd, dir, "{app}");
     }
+    // `reload -f` of the same file reads it as `apply -f` did: nothing changed. Before, it
+    // dropped the `cwd` found beside the file and rolled out replacements that could not start.
+    for app in ["beside", "under", "plain"] {
+        let out = c.cli(&["reload", app, "-f", &file.display().to_string(), "--yes"]);
+        out.assert_ok();
+        assert!(out.stdout.contains("nothing to change"), "{out}");
+    }
+    // A relative `--cwd` is this directory's, as PM2 takes it: the agent read it from its own.
+    let out = c
+        .try_cli_in(
+            &proj,
+            &["start", "sleep 600", "--name", "rel", "--cwd", "sub"],
+        )
+        .expect("pmcluster start runs");
+    out.assert_ok();
+    let pid = wait_online(&c, "rel", 1)[0].pid.expect("a pid");
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("its cwd");
+    assert_eq!(cwd, proj.join("sub"), "{out}");
 }
 
 /// A value of the wrong type refuses its own app only, as a bad value does: a trial's

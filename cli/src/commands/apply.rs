@@ -201,7 +201,7 @@ fn read_as_json(e: UsageError, args: &ApplyArgs) -> UsageError {
 /// [`super::start::beside_file`] of an app of the file, with its notes on stderr; but an app
 /// stored just as the file has it (applied by an older CLI, before apps ran beside their file)
 /// is kept as it is, so that applying the same file again changes nothing.
-async fn beside_file(
+pub(crate) async fn beside_file(
     conn: &mut crate::failover::Conn,
     spec: AppSpec,
     dir: &std::path::Path,
@@ -221,7 +221,7 @@ async fn beside_file(
 
 /// The directory of a config file given by its path (not `-`), with links and `..` resolved, so
 /// that one file gives one `cwd` whichever way it is named.
-fn config_dir(file: &str) -> Option<std::path::PathBuf> {
+pub(crate) fn config_dir(file: &str) -> Option<std::path::PathBuf> {
     if file == "-" {
         return None;
     }

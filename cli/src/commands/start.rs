@@ -225,6 +225,10 @@ fn another_interpreter(chosen: &str, shebang: Option<&str>) -> String {
 /// change. A remote cluster's hosts need not have this directory.
 pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
     let here = std::env::current_dir().ok().filter(|_| local);
+    let (spec, resolved) = match &here {
+        Some(here) => absolute_cwd(spec, here),
+        None => (spec, None),
+    };
     let (spec, pathed) = match &here {
         Some(here) => with_path_here(spec, here),
         None => (spec, None),
@@ -234,8 +238,33 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
         Some(here) => with_cwd_here(spec, here, "give --cwd DIR for another directory"),
         None => (spec, None),
     };
-    let notes = pathed.into_iter().chain(interpreted).chain(moved);
+    let notes = resolved
+        .into_iter()
+        .chain(pathed)
+        .chain(interpreted)
+        .chain(moved);
     (spec, notes.collect())
+}
+
+/// The spec with a relative `cwd` made absolute from `dir` (where `start` ran, or the config
+/// file's directory), and a line saying so. The agent would read it from its own working
+/// directory: a trial's `start r.sh --cwd sub` said it ran `./r.sh` and then errored with
+/// `cwd "sub": No such file or directory`.
+fn absolute_cwd(spec: AppSpec, dir: &std::path::Path) -> (AppSpec, Option<String>) {
+    match &spec.cwd {
+        Some(cwd) if !cwd.starts_with('/') => {
+            // `components` drops the `.` of `cwd: "."` (`/srv/proj`, not `/srv/proj/.`).
+            let absolute: std::path::PathBuf = dir.join(cwd).components().collect();
+            let absolute = absolute.to_string_lossy().into_owned();
+            let note = format!("{}: cwd {cwd} is {absolute}", spec.name);
+            let spec = AppSpec {
+                cwd: Some(absolute),
+                ..spec
+            };
+            (spec, Some(note))
+        }
+        _ => (spec, None),
+    }
 }
 
 /// An app of a config file in `dir`, applied to a coordinator on this machine, as PM2 runs an
@@ -243,21 +272,20 @@ pub(super) fn for_here(spec: AppSpec, local: bool) -> (AppSpec, Vec<String>) {
 /// or script that is a file next to the config runs there. A trial applied a file from another
 /// directory: the apps ran in whatever directory `pmcluster up` had run in (another
 /// `server.js` there ran instead), and all crash-looped after `down` and `up` elsewhere.
-pub(super) fn beside_file(spec: AppSpec, dir: &std::path::Path) -> (AppSpec, Vec<String>) {
-    let spec = match &spec.cwd {
-        Some(cwd) if !cwd.starts_with('/') => {
-            // `components` drops the `.` of `cwd: "."` (`/srv/proj`, not `/srv/proj/.`).
-            let cwd: std::path::PathBuf = dir.join(cwd).components().collect();
-            AppSpec {
-                cwd: Some(cwd.to_string_lossy().into_owned()),
-                ..spec
-            }
-        }
-        _ => spec,
-    };
+/// A script that is not executable runs under the interpreter of its extension, as PM2 runs an
+/// ecosystem file's `script: "app.js"` (before, `apply` ran it as a program: "Permission
+/// denied").
+pub(crate) fn beside_file(spec: AppSpec, dir: &std::path::Path) -> (AppSpec, Vec<String>) {
+    let (spec, resolved) = absolute_cwd(spec, dir);
     let (spec, pathed) = with_path_here(spec, dir);
     let (spec, moved) = with_cwd_here(spec, dir, "set cwd in the file for another directory");
-    (spec, pathed.into_iter().chain(moved).collect())
+    let (spec, interpreted) = with_interpreter(spec);
+    let notes = resolved
+        .into_iter()
+        .chain(pathed)
+        .chain(moved)
+        .chain(interpreted);
+    (spec, notes.collect())
 }
 
 /// [`for_here`] as it read a command line before a bare file name here became `./FILE`: an
