@@ -48,7 +48,14 @@ impl Control {
             };
             let part = adoption_batch(&scratch, n, &live.held, now);
             generation = generation.max(live.reported_generation);
-            imported.push((n.clone(), part.put_instances.len(), live.held.len()));
+            // Held instances this cluster has records of already stay, as those adopted do. A
+            // trial's answer counted only the adopted, and said 6 of 7 were stopped where 1 was.
+            let known = (live.held.iter())
+                .filter(|h| {
+                    (scratch.instances.get(&h.id)).is_some_and(|r| r.node.as_deref() == Some(n))
+                })
+                .count();
+            imported.push((n.clone(), part.put_instances.len() + known, live.held.len()));
             scratch.apply(&part);
             batch
                 .put_apps

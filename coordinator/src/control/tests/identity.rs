@@ -703,6 +703,42 @@ async fn a_rolling_restart_around_a_quarantined_node_finishes_and_adoption_stops
     Ok(())
 }
 
+/// An adoption's answer counts what the node keeps: the instances this cluster had records of
+/// already (the restored store knew web[0]) beside those it adopts. A trial's answer counted
+/// only the adopted ones, and said every other process was stopped: "0 of the 2 ... the other
+/// 2 are stopped", where only web[1] (beyond the restored count) was.
+#[tokio::test]
+async fn an_adoption_counts_the_instances_already_known_as_kept() -> Result<()> {
+    use crate::clock::ManualClock;
+    let clock = Arc::new(ManualClock::new(1_000_000, 13));
+    let store = Arc::new(MemoryStore::default());
+    let c = Control::open_with(store.clone(), ControlConfig::default(), clock.clone())?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    let backup = store.load()?;
+    c.scale("web", 2)?;
+    let reg_a = registration_of(&c, "a");
+    assert_eq!(reg_a.held.len(), 2, "{:?}", reg_a.held);
+    drop(c);
+
+    let c = Control::open_with(
+        Arc::new(MemoryStore::holding(backup)),
+        ControlConfig::default(),
+        clock.clone(),
+    )?;
+    let a = c.attach(&reg_a, None)?;
+    assert!(!a.quarantine.is_empty(), "a is ahead of the restored store");
+    let adopted = c.adopt_node("a")?;
+    assert!(
+        adopted.iter().any(|n| n.name == "a"
+            && n.message.contains("1 of the 2 instance(s) it ran")
+            && n.message.contains("the other 1 are stopped")),
+        "{adopted:?}"
+    );
+    assert_eq!(held_of(&c, "a").len(), 1);
+    Ok(())
+}
+
 /// A node forgotten while its agent was away, whose agent comes back (a coordinator restart in
 /// between, so from the store): it joins unquarantined, its tombstone goes, and its first set
 /// holds none of what it ran (their indices were placed on the other node when it was
