@@ -441,3 +441,44 @@ async fn a_log_reader_is_told_what_could_not_be_read() -> Result<()> {
     ));
     Ok(())
 }
+
+/// A follow whose reader fell behind a burst, and the burst ended: once the reader has taken
+/// what its route held, the control loop's tick tells it how many lines it lost. Before, it
+/// was told only before a next line, which may never come.
+#[test]
+fn a_tick_announces_what_a_burst_lost_once_the_reader_has_room() -> Result<()> {
+    let LogRequest {
+        c,
+        _a,
+        mut lines,
+        request_id,
+        ..
+    } = log_request(true)?;
+    let burst: Vec<LogLine> = (0..20_000)
+        .map(|i| LogLine {
+            app: "web".into(),
+            line: format!("line {i}"),
+            stream: LogStream::Stdout,
+            ..LogLine::default()
+        })
+        .collect();
+    c.log_chunk(
+        "a",
+        crate::model::LogChunk {
+            request_id,
+            lines: burst,
+            eof: false,
+            error: String::new(),
+        },
+    );
+    c.tick();
+    let mut got = Vec::new();
+    while let Ok(l) = lines.try_recv() {
+        got.push(l.line);
+    }
+    assert_eq!(got.len(), 16_384, "no room, no notice yet");
+    c.tick();
+    let notice = lines.try_recv().map(|l| l.line).unwrap_or_default();
+    assert!(notice.contains("3616 lines dropped"), "{notice:?}");
+    Ok(())
+}
