@@ -169,6 +169,11 @@ pub fn progress(
         };
         let replacing = stale(i);
         if i.stopped && !replacing {
+            if goal.index.is_none() {
+                // Stopped by a user: a wait for the whole app leaves it down, as `signal` passes
+                // it by; it would not come up by itself.
+                continue;
+            }
             return Progress::Failed(format!(
                 "{app}[{index}] is stopped; start it with: pmcluster start {app} --instance \
                  {index}"
@@ -644,6 +649,7 @@ pub async fn finish(
     if ctx.structured() {
         let (waited, result) = wait_for(conn, ctx, &goal, deadline, flags.wait_timeout).await?;
         let mut value = said.value;
+        refresh_deployment(conn, &goal, &mut value).await;
         if let Some(object) = value.as_object_mut() {
             object.insert("wait".to_string(), waited);
         }
@@ -654,6 +660,30 @@ pub async fn finish(
     wait_for(conn, ctx, &goal, deadline, flags.wait_timeout)
         .await?
         .1
+}
+
+/// The `deployment` of a verb's JSON value as it stands after its wait: the verb's reply gave
+/// it as it started (`"state": "running", "done": 0`), which read as unfinished after a wait
+/// that saw it succeed. Left as it was when the rollout cannot be read.
+pub async fn refresh_deployment(conn: &mut Conn, goal: &Goal, value: &mut Value) {
+    let Some(id) = goal.rollout else { return };
+    let Some(slot) = value.get_mut("deployment").filter(|d| d.is_object()) else {
+        return;
+    };
+    let req = pb::RolloutRequest {
+        app: goal.app.clone(),
+    };
+    let Ok(status) = crate::failover::call!(conn, get_rollout, req).await else {
+        return;
+    };
+    let now = status
+        .current
+        .iter()
+        .chain(status.history.iter())
+        .find(|d| d.id == id);
+    if let Some(d) = now {
+        *slot = crate::output::deployment_json(d);
+    }
 }
 
 /// One wait by [`until_up`]: in text, a line on how long it took; for JSON, the `wait` field

@@ -470,12 +470,17 @@ fn reload_wait_returns_with_the_new_version_in_place_or_fails_with_the_rollout()
                 "env.TESTAPP_VERSION=v2",
                 "--yes",
                 "--wait",
+                "-o",
+                "json",
             ],
             std::time::Duration::from_secs(120),
         )
         .expect("pmcluster reload --wait runs");
     out.assert_ok();
-    assert!(out.stdout.contains("web: 2 up after"), "{out}");
+    let said = out.json().expect("one JSON value");
+    assert_eq!(said["wait"]["up"], 2, "{out}");
+    // The rollout as it stands after the wait, not as the reply gave it at the start.
+    assert_eq!(said["deployment"]["state"], "succeeded", "{out}");
     let list = c.instances("web").expect("list");
     let serving: Vec<Option<String>> = list
         .iter()

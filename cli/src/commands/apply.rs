@@ -150,6 +150,9 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     for (n, goal) in &goals {
         let (waited, result) =
             wait::wait_for(&mut conn, ctx, goal, deadline, args.wait.wait_timeout).await?;
+        if let Some(value) = results.get_mut(*n) {
+            wait::refresh_deployment(&mut conn, goal, value).await;
+        }
         if let Some(object) = results.get_mut(*n).and_then(Value::as_object_mut) {
             object.insert("wait".to_string(), waited);
         }

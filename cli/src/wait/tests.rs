@@ -171,10 +171,21 @@ fn instances_are_up_when_online_healthy_and_at_the_version_asked_for() {
             failed("web[1] errored: user \"nope\" does not exist on this host"),
         ),
         (
-            "a stopped instance will not come up by itself",
-            goal(Some(2)),
+            "an instance asked for that is stopped will not come up by itself",
+            Goal {
+                index: Some(1),
+                ..goal(Some(2))
+            },
             vec![online(0), with(inst(1, S::Stopped), |i| i.stopped = true)],
             failed("web[1] is stopped; start it with: pmcluster start web --instance 1"),
+        ),
+        (
+            // A trial's `stop tom --instance 1`, then `reload tom ... --wait`, failed at once
+            // while the rollout went on to succeed.
+            "one a user stopped is left out of a wait for the whole app",
+            goal(Some(2)),
+            vec![online(0), with(inst(1, S::Stopped), |i| i.stopped = true)],
+            Progress::Up(1),
         ),
         (
             "a health check not passed yet",
