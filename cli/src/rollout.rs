@@ -227,6 +227,12 @@ pub async fn reload(args: ReloadArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
     // `pm2 reload web` restarts an app without downtime: with no change given, so does this.
     // Update flags alone still change only the policy, as they always did here.
     if args.file.is_none() && args.set.is_empty() && args.instances.is_none() && policy.is_empty() {
+        // An app that is not there is said first, not after a line on what would be done.
+        let mut conn = ctx.connect().await?;
+        let req = pb::GetAppRequest {
+            name: args.app.clone(),
+        };
+        call!(conn, get_app, req).await?;
         if !ctx.structured() {
             ctx.line(&format!(
                 "{}: no change given (-f, --set, --instances or update flags), so a rolling \
