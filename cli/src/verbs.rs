@@ -55,7 +55,7 @@ fn report(
             .map(|d| {
                 json!({
                     "index": d.index, "instance_id": d.instance_id, "node": d.node,
-                    "delivered": d.delivered, "error": d.error,
+                    "delivered": d.delivered, "error": d.error, "unconfirmed": d.unconfirmed,
                 })
             })
             .collect();
@@ -65,6 +65,14 @@ fn report(
             let node = if d.node.is_empty() { "-" } else { &d.node };
             let line = if d.delivered {
                 format!("{app}[{}] on {node}: {what} delivered", d.index)
+            } else if d.unconfirmed {
+                // A trial stopped an agent (SIGSTOP): "not delivered", then the signal arrived
+                // once it ran again, and a retry would have sent it twice.
+                format!(
+                    "{app}[{}] on {node}: sent, not confirmed: {}; its agent may still carry it \
+                     out, so look (pmcluster list, its logs) before sending it again",
+                    d.index, d.error
+                )
             } else {
                 format!("{app}[{}] on {node}: not delivered: {}", d.index, d.error)
             };
@@ -81,6 +89,12 @@ fn report(
     }
     if missed > 0 {
         let of = crate::commands::plural(u32::try_from(total).unwrap_or(u32::MAX), "instance");
+        let unsure = reply.deliveries.iter().filter(|d| d.unconfirmed).count();
+        if unsure > 0 {
+            anyhow::bail!(
+                "{missed} of {of} of {app} did not confirm {what} ({unsure} may still get it)"
+            );
+        }
         anyhow::bail!("{missed} of {of} of {app} did not get {what}");
     }
     Ok(())

@@ -249,6 +249,7 @@ impl From<Delivery> for pb::Delivery {
             node: d.node.unwrap_or_default(),
             delivered: d.outcome.is_ok(),
             error: d.outcome.err().unwrap_or_default(),
+            unconfirmed: d.unconfirmed,
         }
     }
 }

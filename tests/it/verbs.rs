@@ -90,6 +90,31 @@ fn signal_reaches_one_instance_or_all() {
     assert!(index.assert_failed().contains("no instance 7"), "{index}");
 }
 
+/// A signal sent to an agent that then does not answer (stopped with SIGSTOP) is "sent, not
+/// confirmed", and it does arrive once the agent runs again. It read "not delivered", and a
+/// trial's retry would have sent it twice.
+#[test]
+fn a_signal_whose_agent_does_not_answer_is_unconfirmed_not_undelivered() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    c.start_app("web", 1).online().expect("web starts");
+    wait_online(&c, "web", 1);
+    let agent = c.agent(0).pid();
+    let agent = Pid::from_raw(i32::try_from(agent).expect("a pid"));
+    kill(agent, Signal::SIGSTOP).expect("stop the agent");
+    let out = c.try_cli(&["-o", "json", "signal", "web", "USR2"]);
+    // Running again whatever the call said, before anything is asserted.
+    kill(agent, Signal::SIGCONT).expect("continue the agent");
+    let out = out.expect("cli runs");
+    assert_eq!(out.code(), Some(1), "{out}");
+    let v = out.json().expect("signal -o json");
+    let d = &v["deliveries"][0];
+    assert!(d["delivered"] == false && d["unconfirmed"] == true, "{out}");
+    assert!(out.stderr.contains("may still get it"), "{out}");
+    wait_log(&c, "web", 0, "testapp got SIGUSR2");
+}
+
 /// `program` on the PATH, or `None` after reporting the test as skipped for want of `need`.
 pub(crate) fn program(name: &str, need: &str) -> Option<std::path::PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {

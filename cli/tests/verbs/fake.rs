@@ -126,6 +126,7 @@ impl Fake {
                 node: "node-a".into(),
                 delivered: true,
                 error: String::new(),
+                unconfirmed: false,
             })
             .collect();
         Ok(Response::new(pb::DeliveryReply { deliveries }))

@@ -51,6 +51,8 @@ impl Wait {
                     instance_id: *id,
                     node: Some(self.node.clone()),
                     outcome,
+                    // The command left; with no answer, whether it was carried out is unknown.
+                    unconfirmed: answer.is_none(),
                 }
             })
             .collect()
@@ -90,6 +92,7 @@ impl Control {
                     instance_id: inst.id,
                     node: None,
                     outcome: Err("pending: not placed on a node".to_string()),
+                    unconfirmed: false,
                 }),
             }
         }
@@ -109,6 +112,7 @@ impl Control {
                         instance_id: *id,
                         node: Some(node.clone()),
                         outcome: Err(why.clone()),
+                        unconfirmed: false,
                     })
                     .collect::<Vec<_>>()
             };

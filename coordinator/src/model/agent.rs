@@ -204,6 +204,8 @@ pub struct Delivery {
     pub node: Option<String>,
     /// `Err`: why it was not delivered.
     pub outcome: Result<(), String>,
+    /// Sent, with no answer: the agent may still carry it out (see `pb::Delivery`).
+    pub unconfirmed: bool,
 }
 
 /// A user's `logs` request: the app, one index or all, past lines per instance, follow.
