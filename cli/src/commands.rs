@@ -241,7 +241,9 @@ async fn start_only(
             };
             let spec = kept.clone().unwrap_or(spec);
             if kept.is_none() {
-                for warning in crate::import::no_port_warnings(std::slice::from_ref(&spec)) {
+                // As `apply -f` warns: a trial's `start ... --env PORT=33110 --instances 2`
+                // crash-looped on "address in use" with no word before.
+                for warning in crate::import::apply_warnings(std::slice::from_ref(&spec)) {
                     eprintln!("warning: {warning}");
                 }
             }

@@ -80,9 +80,9 @@ pub fn shared_port_warnings(specs: &[pmcluster_spec::AppSpec]) -> Vec<String> {
             "app {:?}: every instance gets env.PORT {port}; PM2's cluster mode shares one port \
              through its master, but pmcluster instances are processes of their own, so on one \
              node all but one fail with \"address in use\". Give each its own port instead \
-             (\"port\": \"{range}\", which sets PORT per instance), keep one per node \
-             (\"placement\": {{\"max_per_node\": 1}}), or convert the PM2 file with: \
-             pmcluster import pm2 FILE",
+             (\"port\": \"{range}\" in a config file, --port {range} on the command line, \
+             which sets PORT per instance), keep one per node (\"placement\": \
+             {{\"max_per_node\": 1}}), or convert a PM2 file with: pmcluster import pm2 FILE",
             s.name
         ))
     };
