@@ -751,7 +751,9 @@ fn a_stop_in_progress_survives_an_agent_restart() {
 }
 
 /// `cron_restart` restarts a healthy instance on its schedule (every minute here: cron's finest
-/// grain), says why, and counts it as a restart.
+/// grain), says why, and counts it as a restart. A job with autorestart off runs again on its
+/// schedule after it exited, as PM2 runs one given `--cron` and `--no-autorestart` (it stayed
+/// `exited`).
 #[test]
 fn cron_restart_restarts_on_schedule() {
     let c = Cluster::start(1).expect("coordinator and an agent start");
@@ -760,6 +762,12 @@ fn cron_restart_restarts_on_schedule() {
         json!({"name": "nightly", "script": "sh", "args": ["-c", "exec sleep 600"],
                "cron_restart": "* * * * *"}),
     );
+    apply(
+        &c,
+        json!({"name": "job", "script": "sh", "args": ["-c", "echo job ran"],
+               "autorestart": false, "cron_restart": "* * * * *"}),
+    );
+    let ran = wait_instance(&c, "job", "exited after its run", |i| i.status == "exited").restarts;
     let first = wait_instance(&c, "nightly", "online", |i| i.online());
     let pid = first.pid.expect("online instances have a pid");
     // Up to a minute until the next minute starts, plus room for a loaded machine.
@@ -780,4 +788,18 @@ fn cron_restart_restarts_on_schedule() {
         "the reason is shown: {}",
         message(&again)
     );
+    // Run again at the next minute (the one that restarted nightly, unless that one came
+    // before the job's run was seen).
+    let job = wait_until(
+        std::time::Duration::from_secs(90),
+        "job[0] run again by its cron schedule",
+        || {
+            let list = c.instances("job")?;
+            match list.first() {
+                Some(i) if i.restarts > ran => Ok(i.clone()),
+                _ => Err(render(&list)),
+            }
+        },
+    );
+    assert!(matches!(job.status.as_str(), "exited" | "online"), "{job}");
 }

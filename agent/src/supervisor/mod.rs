@@ -549,6 +549,10 @@ impl Supervisor {
                 }
             }
 
+            let cron_run = match (&running, next_start) {
+                (None, None) => self.cron_run_at(&target),
+                _ => None,
+            };
             tokio::select! {
                 // Also when the detach came during this turn's awaits (a restart's stop and
                 // start): the loop's top then records the instance and ends. Left out once
@@ -591,8 +595,32 @@ impl Supervisor {
                     }
                 }
                 () = sleep_until_opt(next_start), if running.is_none() => {}
+                () = sleep_until_opt(cron_run), if cron_run.is_some() => {
+                    let expr = target.assignment.spec.as_ref().ok()
+                        .and_then(|s| s.supervision.cron_restart.clone())
+                        .unwrap_or_default();
+                    self.crashes = Crashes::default();
+                    self.reason = Some(format!("started by cron_restart {expr:?}"));
+                    next_start = Some(Instant::now());
+                }
             }
         }
+    }
+
+    /// When an instance that exited with autorestart off runs again: at the next time of its
+    /// `cron_restart`, as PM2 runs a job given `--cron` and `--no-autorestart`. A trial's job
+    /// ran once and stayed `exited`. One that errored stays so until a user restarts it.
+    fn cron_run_at(&self, target: &Target) -> Option<Instant> {
+        let exited = self
+            .ended
+            .as_ref()
+            .is_some_and(|e| e.state == crate::persist::EndState::Exited);
+        if !exited || !target.assignment.run {
+            return None;
+        }
+        let spec = target.assignment.spec.as_ref().ok()?;
+        let expr = spec.supervision.cron_restart.as_deref()?;
+        next_cron(expr).map(|wait| Instant::now() + wait)
     }
     /// Whether the target asks for a start this supervisor has not acted on yet.
     fn start_pending(&self, target: &Target) -> bool {
