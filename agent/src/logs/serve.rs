@@ -184,14 +184,21 @@ impl Job {
                     }
                 };
                 let label = |line: String| self.line(source, stream, line);
-                history.extend(std::mem::take(&mut tail.lines).into_iter().map(&label));
+                let mut lines = std::mem::take(&mut tail.lines);
+                let partial = follower.is_none() && !tail.partial.is_empty() && n > 0;
+                if partial && lines.len() >= n {
+                    // The line still being written is one of the `n` asked for: a trial's
+                    // `logs flood -n 2` printed three lines, the last one cut.
+                    lines.remove(0);
+                }
+                history.extend(lines.into_iter().map(&label));
                 if let Some(follower) = follower {
                     streams.push(Stream {
                         source: source.clone(),
                         stream,
                         follower,
                     });
-                } else if !tail.partial.is_empty() && n > 0 {
+                } else if partial {
                     // A line still being written is history too: with none asked, none is sent.
                     history.push(label(std::mem::take(&mut tail.partial)));
                 }
@@ -426,6 +433,33 @@ mod tests {
         let (lines, error) = history(dir.path(), (Vec::new(), vec![InstanceId::new("x")])).await;
         assert!(lines.is_empty());
         assert!(error.contains("unknown instance"), "{error}");
+        Ok(())
+    }
+
+    /// A line still being written counts as one of the lines asked for: ten asked, ten given,
+    /// the cut one last. A trial's `logs flood -n 2` printed three.
+    #[tokio::test]
+    async fn a_line_being_written_is_one_of_the_lines_asked_for() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let text: String = (1..=12).map(|i| format!("l{i}\n")).collect();
+        std::fs::write(
+            log_path(dir.path(), "web", 0, pb::LogStream::Stdout),
+            format!("{text}cut"),
+        )?;
+        let source = LogSource {
+            app: "web".into(),
+            index: 0,
+            merged: true,
+        };
+        let (lines, error) = history(dir.path(), (vec![source], Vec::new())).await;
+        assert_eq!(error, "");
+        let got: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(
+            got,
+            [
+                "l4", "l5", "l6", "l7", "l8", "l9", "l10", "l11", "l12", "cut"
+            ]
+        );
         Ok(())
     }
 }
