@@ -185,14 +185,22 @@ pub async fn apply(args: ApplyArgs, ctx: &mut Ctx<'_>) -> anyhow::Result<()> {
 }
 
 /// A file that could not be read, named neither `.json` nor `.yaml`/`.yml`/`.toml` and so read
-/// as JSON: the error says so (a trial's TOML in `apps.txt` read "expected ident").
+/// as JSON: the error says so (a trial's TOML in `apps.txt` read "expected ident"). Standard
+/// input too: a trial's `cat apps.yml | pmcluster apply -f -` read "expected ident".
 fn read_as_json(e: UsageError, args: &ApplyArgs) -> UsageError {
     let lower = args.file.to_ascii_lowercase();
     let named = [".json", ".yaml", ".yml", ".toml"]
         .iter()
         .any(|ext| lower.ends_with(ext));
-    if args.format.is_some() || named || args.file == "-" {
+    if args.format.is_some() || named {
         return e;
+    }
+    if args.file == "-" {
+        return UsageError::new(format!(
+            "{} (standard input is read as JSON; give --format yaml or --format toml for \
+             another format)",
+            e.0
+        ));
     }
     UsageError::new(format!(
         "{} (read as JSON: the name ends in none of .json, .yaml, .yml, .toml; give --format \

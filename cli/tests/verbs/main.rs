@@ -6,7 +6,7 @@
 
 mod fake;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 
 use fake::*;
@@ -817,5 +817,30 @@ async fn actions_count_what_they_changed() -> anyhow::Result<()> {
         (json["affected"].clone(), json["changed"].clone()),
         (3.into(), 2.into())
     );
+    Ok(())
+}
+
+/// YAML piped to `apply -f -` is read as JSON, and the error says how to give another format
+/// (a trial's read "expected ident" and nothing more).
+#[tokio::test]
+async fn apply_from_stdin_names_format_when_it_cannot_read_it() -> anyhow::Result<()> {
+    let a = serve().await?;
+    let bin = BIN.to_string();
+    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<std::process::Output> {
+        let mut child = std::process::Command::new(bin)
+            .args(["--coordinator", &a, "apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"apps:\n  - name: a\n    script: sleep\n")?;
+        }
+        Ok(child.wait_with_output()?)
+    })
+    .await??;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("give --format yaml"), "{stderr}");
     Ok(())
 }
