@@ -336,6 +336,10 @@ pub async fn until_up(
     let mut events = app_events(conn, &goal.app, deadline).await;
     // When each process (instance id and pid) was first seen online, by this clock.
     let mut online_since: HashMap<(String, u32), Instant> = HashMap::new();
+    // A rollout held for a person (a canary to promote, a pause) is said once, when it is seen:
+    // the wait goes on, for a promotion from another terminal, but a user trial sat out the
+    // whole --wait-timeout not knowing why.
+    let mut said_held = false;
     loop {
         let instances = list_instances_until(conn, &goal.app, Some(deadline)).await?;
         let now = Instant::now();
@@ -367,6 +371,14 @@ pub async fn until_up(
             }
             held = rollout_held(id, &status);
             running = rollout_running(id, &status);
+            if let Some(step) = held.as_ref().filter(|_| !said_held) {
+                said_held = true;
+                eprintln!(
+                    "note: {}: {step}; waiting for it until --wait-timeout ({})",
+                    goal.app,
+                    humantime::format_duration(timeout)
+                );
+            }
         }
         match with_rollout(progress(goal, &instances, steady), running) {
             Progress::Up(n) => return Ok(n),
