@@ -202,6 +202,32 @@ fn send_reaches_node_and_python_apps_by_broadcast_and_unicast() {
     assert!(bad.stderr.contains("message: must be one line"), "{bad}");
 }
 
+/// An instance that runs as another user gets no message socket (it lives in the agent's
+/// private data dir), and `send` says so, with what to use instead. It said the instance did
+/// not listen on a socket it was never given.
+#[test]
+fn send_to_an_instance_of_another_user_says_it_has_no_socket() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return pmcluster_tests::skip("root", "only root starts an instance as another user");
+    }
+    let c = Cluster::start(1).expect("coordinator and an agent start");
+    let file = c.root().join("nobody.json");
+    let spec = serde_json::json!({"name": "other", "script": "sleep", "args": ["600"],
+                                  "user": "nobody"});
+    std::fs::write(&file, spec.to_string()).expect("write the config");
+    c.cli(&["apply", "-f", &file.display().to_string()])
+        .assert_ok();
+    wait_online(&c, "other", 1);
+    let out = c.try_cli(&["send", "other", "hi"]).expect("cli runs");
+    out.assert_failed();
+    assert!(
+        out.stdout
+            .contains("runs as user nobody, and such an instance gets no message socket")
+            && out.stdout.contains("use signal instead"),
+        "{out}"
+    );
+}
+
 /// The indices in an `endpoints -o json` text (an array of endpoints), sorted.
 fn endpoint_indices(text: &str) -> Result<Vec<u64>, String> {
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("{e}: {text:?}"))?;

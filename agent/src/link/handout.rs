@@ -110,6 +110,18 @@ fn signal(agent: &Agent, id: &InstanceId, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The user or group the instance's spec runs it as (`user web`, `group www`), if any.
+fn runs_as(agent: &Agent, id: &InstanceId) -> Option<String> {
+    let inner = agent.state.lock();
+    let target = inner.instances.get(id)?.target.borrow();
+    let s = &target.assignment.spec.as_ref().ok()?.supervision;
+    match (&s.user, &s.group) {
+        (Some(user), _) => Some(format!("user {user}")),
+        (None, Some(group)) => Some(format!("group {group}")),
+        (None, None) => None,
+    }
+}
+
 async fn message(agent: &Agent, id: &InstanceId, text: &str) -> Result<(), String> {
     running_pid(agent, id)?;
     let path = agent
@@ -121,8 +133,17 @@ async fn message(agent: &Agent, id: &InstanceId, text: &str) -> Result<(), Strin
                 .await
                 .map_err(|e| match e.kind() {
                     std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                        "the instance does not listen on its message socket (PMCLUSTER_MESSAGES)"
-                            .to_string()
+                        match runs_as(agent, id) {
+                            // See `launch`: the socket is in the agent's private data dir.
+                            Some(who) => format!(
+                                "the instance runs as {who}, and such an instance gets no \
+                                 message socket (PMCLUSTER_MESSAGES): it could not reach the \
+                                 agent's private directory; use signal instead"
+                            ),
+                            None => "the instance does not listen on its message socket \
+                                     (PMCLUSTER_MESSAGES)"
+                                .to_string(),
+                        }
                     }
                     _ => format!("cannot reach its message socket: {e}"),
                 })?;
