@@ -71,12 +71,21 @@ fn edit_error(e: &SpecError, sets: &[String], instances: bool) -> UsageError {
                 .is_some_and(|rest| rest.starts_with('.'))
     };
     let message = &e.message;
-    if sets
+    let edited_by = sets
         .iter()
-        .filter_map(|s| s.split_once('=').map(|(key, _)| key))
-        .any(edited)
-    {
-        UsageError::new(format!("--set {field}: {message}"))
+        .filter_map(|s| s.split_once('='))
+        .find(|(key, _)| edited(key));
+    if let Some((key, raw)) = edited_by {
+        // A value that reads as JSON is taken as such (`false`, `1001`, `null`): a field that
+        // wants text then refuses it, and a trial did not see why `script=false` failed.
+        let typed = serde_json::from_str::<Value>(raw).is_ok_and(|v| !v.is_string());
+        let hint = match typed && message.contains("string") {
+            true => format!(
+                " (the value is read as JSON; for the text, quote it: --set '{key}=\"{raw}\"')"
+            ),
+            false => String::new(),
+        };
+        UsageError::new(format!("--set {field}: {message}{hint}"))
     } else if instances && field == "instances" {
         UsageError::new(format!("--instances: {message}"))
     } else {

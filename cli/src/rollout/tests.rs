@@ -33,6 +33,12 @@ fn edit_errors_name_the_option_and_field() {
             "--set env.A: expected a string, a number",
         ),
         (
+            &["script=false"],
+            None,
+            "--set script: invalid type: boolean `false`, expected a string (the value is read \
+             as JSON; for the text, quote it: --set 'script=\"false\"')",
+        ),
+        (
             &["instances=lots"],
             None,
             "--set instances: \"lots\" is neither a whole number",
