@@ -722,8 +722,20 @@ impl Control {
         let now = self.now();
         let in_use = versions_in_use(&inner.ahead.app_instances(name));
         let has_instances = !in_use.is_empty();
+        let from = app.held_version().unwrap_or(app.version);
         let record = new_version(app, spec, now, Kind::Rollback, has_instances, &in_use);
-        let d = record.deployment.clone();
+        let d = match has_instances {
+            true => record.deployment.clone(),
+            // Nothing to replace: the version is in place at once, and no rollout is kept (id
+            // 0). The reply was the app's last rollout, which named a version long gone (a
+            // trial's undo of an app with no instances said "as version 1" going 2 -> 3).
+            false => Some(Deployment {
+                id: 0,
+                state: State::Succeeded,
+                message: "no instance to replace".into(),
+                ..start_deployment(&record, Kind::Rollback, from, record.version, 0, now)
+            }),
+        };
         let (batch, kept) = with_kept_records(&inner, record);
         self.write(&mut inner, batch)?;
         drop(inner);

@@ -661,3 +661,30 @@ fn a_rolling_restart_is_refused_while_a_new_version_rolls_out() -> Result<()> {
     assert_eq!(now, Some(State::AwaitingPromotion));
     Ok(())
 }
+
+/// `rollout undo` of an app with no instances: the new version is in place at once, and the
+/// reply says so. It was the app's last rollout, naming a version long gone.
+#[test]
+fn an_undo_with_no_instances_names_the_new_version() -> Result<()> {
+    let c = Control::open_with(
+        Arc::new(MemoryStore::default()),
+        ControlConfig::default(),
+        Arc::new(crate::clock::ManualClock::new(1_000_000, 3)),
+    )?;
+    let _a = c.attach(&register("a"), None)?;
+    c.apply(web(1))?;
+    c.scale("web", 0)?;
+    c.apply(AppSpec {
+        env: [("V".to_string(), "2".to_string())].into(),
+        ..web(0)
+    })?;
+    let version = c.get_app("web")?.version;
+    let d = c.roll_back("web", None)?;
+    assert_eq!(
+        (d.from_version, d.to_version, d.state),
+        (version, version + 1, State::Succeeded),
+        "{d:?}"
+    );
+    assert_eq!(c.get_app("web")?.version, version + 1);
+    Ok(())
+}
